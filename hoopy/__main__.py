@@ -1,0 +1,5 @@
+import sys
+
+from hoopy.cli import main
+
+sys.exit(main())

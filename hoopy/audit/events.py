@@ -1,0 +1,41 @@
+"""Audit events: what happened, when, where, who, and the outcome (NIST AU-3)."""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+
+import attrs
+
+
+@attrs.frozen
+class Event:
+    kind: str  # session.start, operation, approval.decided, redaction, recording.sealed, ...
+    outcome: str | None = None  # allowed, refused, held, approved, denied, expired, ok, error, ...
+    session: str | None = None
+    identity: str | None = None
+    connection: str | None = None
+    protocol: str | None = None
+    peer: str | None = None
+    data: dict = attrs.field(factory=dict)
+    time_us: int = attrs.field(factory=lambda: time.time_ns() // 1000)
+
+
+@attrs.frozen
+class StoredEvent:
+    seq: int
+    hash: str
+    event: Event
+
+
+def iso(time_us: int | None) -> str | None:
+    if time_us is None:
+        return None
+    return datetime.fromtimestamp(time_us / 1e6, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_time(text: str) -> int:
+    """RFC 3339 (or a date) to microseconds since the epoch."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1_000_000)

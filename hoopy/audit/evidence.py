@@ -1,0 +1,236 @@
+"""The auditor's archive: everything needed to check access offline.
+
+``OUT.tar.gz`` holds (under ``hoopy-evidence/``):
+
+  manifest.json        every other file with its SHA-256 and size
+  README.md            what is here and how to check it without hoopy
+  controls.md          NIST 800-53 controls -> the files that evidence them
+  verification.json    the result of verifying the whole chain and recordings
+  events.jsonl         the events in the period, with their chain links
+  sessions.jsonl       the sessions in the period
+  approvals.jsonl      the approvals in the period
+  identities.json      identities (names, kinds, roles, key fingerprints; never tokens)
+  grants.json          grants, masking rules and connections in force (no secrets)
+  recordings/*.cast    the terminal recordings of the sessions in the period
+  verify_events.py     a standalone checker of the chain in events.jsonl
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hoopy import __version__
+from hoopy.audit import chain as chainmod
+from hoopy.audit.events import iso
+from hoopy.audit.store import event_json
+from hoopy.audit.verify import verify
+
+ROOT = "hoopy-evidence"
+
+CONTROLS = [
+    ("AC-2", "Account management",
+     "Every caller is a named identity (agent or human) with its own credential; sessions name it.",
+     ["identities.json", "sessions.jsonl"]),
+    ("AC-3", "Access enforcement",
+     "Every operation was judged by the policy before it reached the target: `operation` events "
+     "with outcome allowed, refused or held, and the rule that decided.",
+     ["events.jsonl", "grants.json"]),
+    ("AC-5", "Separation of duties",
+     "Held operations were decided by a reviewer other than the requester (`approval.decided` "
+     "events name both).",
+     ["approvals.jsonl", "events.jsonl", "identities.json"]),
+    ("AC-6", "Least privilege",
+     "Grants are deny-by-default allow/approve/deny rules per identity and connection, with expiry.",
+     ["grants.json", "events.jsonl"]),
+    ("AU-2", "Event logging",
+     "Session start and end, each operation and its outcome, approvals, redactions, failed "
+     "authentications and sealed recordings are events.",
+     ["events.jsonl"]),
+    ("AU-3", "Content of audit records",
+     "Each event has what (kind, data), when (time), where (gateway, connection, peer), who "
+     "(identity, session attribution) and the outcome.",
+     ["events.jsonl", "sessions.jsonl"]),
+    ("AU-6", "Audit record review, analysis and reporting",
+     "Events, sessions and approvals as JSON lines for review; terminal sessions replayable with "
+     "`asciinema play`.",
+     ["events.jsonl", "sessions.jsonl", "approvals.jsonl", "recordings/"]),
+    ("AU-9", "Protection of audit information",
+     "Events are hash-chained; the chain and every sealed recording were verified at export "
+     "(verification.json) and can be re-checked offline with verify_events.py; this archive's "
+     "files are listed with their SHA-256 in manifest.json.",
+     ["verification.json", "verify_events.py", "manifest.json"]),
+    ("AU-12", "Audit record generation",
+     "Records are made by the gateway on the connection, outside the agent; terminal recordings "
+     "are asciicast v2 written as the session ran.",
+     ["events.jsonl", "recordings/"]),
+    ("SC-7", "Boundary protection",
+     "Agents reach targets only through the gateway's listeners; connections list what each "
+     "listener fronts, and refused operations never reached the target.",
+     ["grants.json", "events.jsonl"]),
+    ("SC-8", "Transmission confidentiality and integrity",
+     "Connections list the TLS settings used towards callers and targets; upstream credentials "
+     "are held by the gateway and never given to callers.",
+     ["grants.json"]),
+]
+
+VERIFY_SCRIPT = '''#!/usr/bin/env python3
+"""Check the hash chain of events.jsonl without hoopy: python3 verify_events.py events.jsonl"""
+import hashlib, json, sys
+
+FIELDS = %r
+
+def canonical(obj):
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+def main(path):
+    prev = None
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            e = json.loads(line)
+            row = dict(e, data=canonical(e["data"]))
+            if prev is not None and e["prev"] != prev:
+                print(f"broken: event {e['seq']}: its link to the event before does not match")
+                return 1
+            body = canonical([row[k] for k in FIELDS])
+            if hashlib.sha256(f"{e['prev']}\\n{body}".encode()).hexdigest() != e["hash"]:
+                print(f"broken: event {e['seq']}: its content does not match its hash")
+                return 1
+            prev = e["hash"]
+            n += 1
+    print(f"ok: {n} events, every link holds")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "events.jsonl"))
+''' % (chainmod.FIELDS,)
+
+
+def _jsonl(rows) -> bytes:
+    return b"".join(json.dumps(r, default=str, ensure_ascii=False).encode() + b"\n" for r in rows)
+
+
+def _policy(config) -> dict:
+    conns = {}
+    for name, c in config.connections.items():
+        s = {}
+        for k, v in vars_of(c.settings).items():
+            if hasattr(v, "ref"):
+                s[k] = f"<secret {v.ref}>"  # where the secret lives, never its value
+            elif isinstance(v, dict):
+                s[k] = {hk: (f"<secret {hv.ref}>" if hasattr(hv, "ref") else hv) for hk, hv in v.items()}
+            else:
+                s[k] = str(v) if v is not None else None
+        conns[name] = {"type": c.type, "listen": c.listen, "upstream": c.upstream,
+                       "approval_timeout_s": c.approval_timeout, "settings": s}
+    return {
+        "grants": [{"identity": g.identity, "connection": g.connection,
+                    "allow": [r.text for r in g.allow], "approve": [r.text for r in g.approve],
+                    "deny": [r.text for r in g.deny],
+                    "expires": g.expires.isoformat() if g.expires else None} for g in config.grants],
+        "masking": [{"connection": m.connection, "columns": list(m.columns), "fields": list(m.fields),
+                     "patterns": [d.name for d in m.patterns]} for m in config.masking],
+        "connections": conns,
+        "gateway": {"approval_timeout_s": config.gateway.approval_timeout},
+    }
+
+
+def vars_of(obj) -> dict:
+    import attrs
+
+    return attrs.asdict(obj, recurse=False) if attrs.has(type(obj)) else dict(vars(obj))
+
+
+def _controls_md(since, until) -> str:
+    lines = ["# NIST SP 800-53 controls and the evidence in this archive", "",
+             f"Period: {since or 'the beginning'} to {until or 'the export'}.", "",
+             "| control | name | how hoopy meets it | evidence |", "|---|---|---|---|"]
+    for cid, name, how, files in CONTROLS:
+        lines.append(f"| {cid} | {name} | {how} | {', '.join(f'`{f}`' for f in files)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _readme(verification, since, until) -> str:
+    return f"""# hoopy evidence archive
+
+Exported {iso(time.time_ns() // 1000)} by hoopy {__version__}; period {since or 'the beginning'} to {until or 'the export'}.
+
+- `manifest.json` lists every file here with its SHA-256: `sha256sum` each to check the archive.
+- `verification.json`: the whole event chain and every sealed recording were verified at export:
+  **{'intact' if verification['ok'] else 'BROKEN: ' + str(verification['problem'])}**.
+- `events.jsonl` is one event per line with `seq`, `prev` and `hash`: `python3 verify_events.py events.jsonl`
+  recomputes every link offline.
+- `recordings/*.cast` are asciicast v2: `asciinema play FILE` or `asciinema cat FILE`; their SHA-256 is
+  in the `recording.sealed` events.
+- `controls.md` maps NIST 800-53 controls to these files. No token, password or key is in this archive.
+"""
+
+
+def export(config, reader, out: Path, since_us: int | None = None, until_us: int | None = None) -> dict:
+    """Write the archive; return its manifest."""
+    files: list[tuple[str, bytes | Path]] = []
+    verification = verify(reader, config.gateway.recordings).as_dict()
+
+    events = [event_json(e) for e in reader.events(since_us=since_us, until_us=until_us)]
+    sessions = [s for s in reader.sessions(since_us=since_us, until_us=until_us)]
+    approvals = [a for a in reader.approvals()
+                 if (since_us is None or (a["created_us"] or 0) >= since_us)
+                 and (until_us is None or (a["created_us"] or 0) <= until_us)]
+    since, until = iso(since_us), iso(until_us)
+
+    files.append(("events.jsonl", _jsonl(events)))
+    files.append(("sessions.jsonl", _jsonl(
+        dict(s, start=iso(s["started_us"]), end=iso(s["ended_us"])) for s in sessions)))
+    files.append(("approvals.jsonl", _jsonl(
+        dict(a, created=iso(a["created_us"]), decided=iso(a["decided_us"])) for a in approvals)))
+    files.append(("identities.json", json.dumps(
+        [i.public() for i in config.identities.values()], indent=2).encode()))
+    files.append(("grants.json", json.dumps(_policy(config), indent=2, default=str).encode()))
+    files.append(("verification.json", json.dumps(verification, indent=2).encode()))
+    files.append(("controls.md", _controls_md(since, until).encode()))
+    files.append(("README.md", _readme(verification, since, until).encode()))
+    files.append(("verify_events.py", VERIFY_SCRIPT.encode()))
+    rec_dir = config.gateway.recordings
+    for e in events:
+        if e["kind"] == "recording.sealed":
+            name = e["data"].get("path")
+            if name and "/" not in name and (rec_dir / name).is_file():
+                files.append((f"recordings/{name}", rec_dir / name))
+
+    manifest = {"hoopy": __version__, "exported": iso(time.time_ns() // 1000),
+                "gateway": config.gateway.name, "since": since, "until": until,
+                "counts": {"events": len(events), "sessions": len(sessions), "approvals": len(approvals)},
+                "chain_head": {"seq": verification["head_seq"], "hash": verification["head_hash"]},
+                "files": []}
+    out = Path(out)
+    tmp = out.with_name(out.name + ".part")
+    with tarfile.open(tmp, "w:gz") as tar:
+        for name, content in files:
+            h = hashlib.sha256()
+            if isinstance(content, Path):
+                with open(content, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        h.update(chunk)
+                size = content.stat().st_size
+                tar.add(content, arcname=f"{ROOT}/{name}", recursive=False)
+            else:
+                h.update(content)
+                size = len(content)
+                _add_bytes(tar, f"{ROOT}/{name}", content)
+            manifest["files"].append({"path": name, "sha256": h.hexdigest(), "size": size})
+        _add_bytes(tar, f"{ROOT}/manifest.json", json.dumps(manifest, indent=2).encode())
+    tmp.replace(out)
+    return manifest
+
+
+def _add_bytes(tar, name: str, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = int(datetime.now(timezone.utc).timestamp())
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))

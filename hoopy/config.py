@@ -1,0 +1,525 @@
+"""The configuration file: TOML (tomllib) into validated attrs objects.
+
+Every problem is collected with the key it belongs to, so ``hoopy check``
+can name them all at once; a gateway never starts half-configured.
+Secrets are never inline: ``env:NAME`` or ``file:/path`` references only.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import socket
+import tomllib
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import attrs
+
+from hoopy.units import parse_duration, parse_size
+
+# Each connection type's own keys live with its protocol package.
+PROTOCOLS = {
+    "postgres": "hoopy.postgres.settings",
+    "ssh": "hoopy.ssh.settings",
+    "http": "hoopy.http.settings",
+}
+
+
+@attrs.frozen
+class Problem:
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}" if self.key else self.message
+
+
+class ConfigError(Exception):
+    """The configuration has problems; ``problems`` names each one."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+@attrs.frozen
+class Secret:
+    """A secret read from its reference; ``repr`` never shows the value."""
+
+    ref: str
+    value: str = attrs.field(repr=False)
+
+    def __str__(self) -> str:
+        return self.ref
+
+
+@attrs.frozen
+class GatewaySettings:
+    state: str
+    recordings: Path
+    admin_listen: str | None
+    approval_timeout: float
+    name: str
+    store_busy_timeout: float
+
+
+@attrs.frozen
+class Connection:
+    name: str
+    type: str
+    listen: str
+    upstream: str
+    settings: Any  # the protocol's own attrs object (hoopy.<type>.settings)
+    approval_timeout: float
+
+
+@attrs.frozen
+class Grant:
+    identity: str
+    connection: str
+    allow: tuple  # of hoopy.policy.rules.Rule
+    approve: tuple
+    deny: tuple
+    expires: datetime | None
+    index: int  # position in the file, for messages: grants[3]
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires is not None and now >= self.expires
+
+
+@attrs.frozen
+class Masking:
+    connection: str
+    columns: tuple[str, ...]
+    fields: tuple[str, ...]
+    patterns: tuple  # of hoopy.policy.masking.Detector
+    index: int
+
+
+@attrs.frozen
+class Config:
+    path: Path
+    gateway: GatewaySettings
+    identities: dict  # name -> hoopy.identity.Identity
+    connections: dict  # name -> Connection
+    grants: tuple[Grant, ...]
+    masking: tuple[Masking, ...]
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def masking_for(self, connection: str) -> tuple[Masking, ...]:
+        return tuple(m for m in self.masking if m.connection == connection)
+
+
+class Table:
+    """Typed access to one TOML table that records problems under its key.
+
+    Protocol settings modules use it so their messages look like the core's.
+    """
+
+    def __init__(self, key: str, data: dict, problems: list[Problem], base_dir: Path):
+        self.key = key
+        self.data = data
+        self.problems = problems
+        self.base_dir = base_dir
+        self._seen: set[str] = set()
+
+    def name(self, sub: str) -> str:
+        return f"{self.key}.{sub}" if self.key else sub
+
+    def problem(self, sub: str | None, message: str) -> None:
+        self.problems.append(Problem(self.name(sub) if sub else self.key, message))
+
+    def has(self, key: str) -> bool:
+        return key in self.data
+
+    def raw(self, key: str, default=None):
+        self._seen.add(key)
+        return self.data.get(key, default)
+
+    def _get(self, key, required, default, types, what):
+        self._seen.add(key)
+        if key not in self.data:
+            if required:
+                self.problem(key, "is required")
+            return default
+        value = self.data[key]
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in (
+            types if isinstance(types, tuple) else (types,)
+        ):
+            self.problem(key, f"must be {what}, not {type(value).__name__}")
+            return default
+        return value
+
+    def string(self, key, *, required=False, default=None, choices=None):
+        value = self._get(key, required, default, str, "a string")
+        if value is not None and choices and value not in choices:
+            self.problem(key, f"{value!r} is not one of {', '.join(choices)}")
+            return default
+        return value
+
+    def boolean(self, key, *, default=False):
+        return self._get(key, False, default, bool, "true or false")
+
+    def integer(self, key, *, default=None, minimum=None):
+        value = self._get(key, False, default, int, "a whole number")
+        if value is not None and minimum is not None and value < minimum:
+            self.problem(key, f"must be at least {minimum}")
+            return default
+        return value
+
+    def strings(self, key, *, default=()):
+        value = self._get(key, False, None, list, "a list of strings")
+        if value is None:
+            return tuple(default)
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str):
+                self.problem(f"{key}[{i}]", "must be a string")
+            else:
+                out.append(item)
+        return tuple(out)
+
+    def table(self, key, *, default=None):
+        return self._get(key, False, default, dict, "a table")
+
+    def duration(self, key, *, default=None):
+        self._seen.add(key)
+        if key not in self.data:
+            return default
+        try:
+            return parse_duration(self.data[key])
+        except ValueError as e:
+            self.problem(key, str(e))
+            return default
+
+    def size(self, key, *, default=None):
+        self._seen.add(key)
+        if key not in self.data:
+            return default
+        try:
+            return parse_size(self.data[key])
+        except ValueError as e:
+            self.problem(key, str(e))
+            return default
+
+    def secret(self, key, *, required=False) -> Secret | None:
+        ref = self.string(key, required=required)
+        if ref is None:
+            return None
+        return resolve_secret(ref, self.name(key), self.problems, self.base_dir)
+
+    def secret_value(self, sub: str, ref) -> Secret | None:
+        if not isinstance(ref, str):
+            self.problem(sub, "must be an \"env:NAME\" or \"file:/path\" reference")
+            return None
+        return resolve_secret(ref, self.name(sub), self.problems, self.base_dir)
+
+    def file_path(self, key, *, required=False) -> Path | None:
+        """A ``file:`` reference to a path that need not exist yet (a key to generate)."""
+        ref = self.string(key, required=required)
+        if ref is None:
+            return None
+        if not ref.startswith("file:"):
+            self.problem(key, "must be a \"file:/path\" reference")
+            return None
+        return self.resolve_path(ref[5:])
+
+    def resolve_path(self, p: str) -> Path:
+        path = Path(os.path.expanduser(p))
+        return path if path.is_absolute() else self.base_dir / path
+
+    def server_endpoint(self, key, *, required=False) -> str | None:
+        desc = self.string(key, required=required)
+        if desc is not None:
+            err = check_server_endpoint(desc)
+            if err:
+                self.problem(key, err)
+                return None
+        return desc
+
+    def client_endpoint(self, key, *, required=False) -> str | None:
+        desc = self.string(key, required=required)
+        if desc is not None:
+            err = check_client_endpoint(desc)
+            if err:
+                self.problem(key, err)
+                return None
+        return desc
+
+    def finish(self) -> None:
+        """Name every key nobody asked for: a typo must not silently do nothing."""
+        for key in self.data:
+            if key not in self._seen:
+                self.problem(key, "unknown key")
+
+
+def resolve_secret(ref: str, key: str, problems: list[Problem], base_dir: Path) -> Secret | None:
+    if ref.startswith("env:"):
+        name = ref[4:]
+        if not name:
+            problems.append(Problem(key, "\"env:\" needs a variable name"))
+            return None
+        if name not in os.environ:
+            problems.append(Problem(key, f"environment variable {name} is not set"))
+            return None
+        return Secret(ref, os.environ[name])
+    if ref.startswith("file:"):
+        p = Path(os.path.expanduser(ref[5:]))
+        if not p.is_absolute():
+            p = base_dir / p
+        try:
+            return Secret(ref, p.read_text().strip("\r\n"))
+        except OSError as e:
+            problems.append(Problem(key, f"cannot read secret file {p}: {e.strerror or e}"))
+            return None
+    problems.append(
+        Problem(key, "secrets are never inline: use \"env:NAME\" or \"file:/path\"")
+    )
+    return None
+
+
+def check_server_endpoint(desc: str) -> str | None:
+    # The endpoint parsers need no reactor until listen(); passing None keeps
+    # `hoopy check` and twistd's option parsing from importing one.
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        serverFromString(None, desc)
+    except Exception as e:
+        return f"bad endpoint string {desc!r}: {e}"
+    return None
+
+
+def check_client_endpoint(desc: str) -> str | None:
+    from twisted.internet.endpoints import clientFromString
+
+    try:
+        clientFromString(None, desc)
+    except Exception as e:
+        return f"bad endpoint string {desc!r}: {e}"
+    return None
+
+
+def listener_address(desc: str) -> tuple[int, str] | None:
+    """(port, interface) a TCP server endpoint binds, for finding duplicates."""
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        ep = serverFromString(None, desc)
+    except Exception:
+        return None
+    port = getattr(ep, "_port", None)
+    if not isinstance(port, int) or port == 0:
+        return None
+    return port, getattr(ep, "_interface", "") or ""
+
+
+def _overlaps(a: tuple[int, str], b: tuple[int, str]) -> bool:
+    wildcard = {"", "0.0.0.0", "::"}
+    return a[0] == b[0] and (a[1] == b[1] or a[1] in wildcard or b[1] in wildcard)
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,127}$")
+
+
+def _parse_time(value, key: str, problems: list[Problem]) -> datetime | None:
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            problems.append(Problem(key, f"{value!r} is not an RFC 3339 time"))
+            return None
+    else:
+        problems.append(Problem(key, "must be an RFC 3339 time such as 2026-12-31T00:00:00Z"))
+        return None
+    if dt.tzinfo is None:
+        problems.append(Problem(key, "needs a time zone (such as Z)"))
+        return None
+    return dt.astimezone(timezone.utc)
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate the file; raise ConfigError naming every problem."""
+    path = Path(path).absolute()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError([Problem("", f"cannot read {path}: {e.strerror or e}")])
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([Problem("", f"{path}: not valid TOML: {e}")])
+    return parse(data, path)
+
+
+def parse(data: dict, path: Path) -> Config:
+    from hoopy.identity import parse_identity
+    from hoopy.policy.masking import parse_detector
+    from hoopy.policy.rules import RuleError, parse_rule
+
+    problems: list[Problem] = []
+    base = path.parent
+    top = Table("", data, problems, base)
+
+    # [gateway]
+    gw = Table("gateway", top.table("gateway", default={}), problems, base)
+    state = gw.string("state", default="hoopy.db")
+    if state and not state.startswith(("postgresql://", "postgres://")):
+        state = str(gw.resolve_path(state))
+    elif state:
+        problems.append(
+            Problem("gateway.state", "a PostgreSQL state store is not available in this version; use a SQLite file")
+        )
+    recordings = gw.resolve_path(gw.string("recordings", default="recordings"))
+    admin_listen = gw.server_endpoint("admin_listen")
+    approval_timeout = gw.duration("approval_timeout", default=300.0)
+    gw_name = gw.string("name", default=socket.gethostname())
+    busy = gw.duration("store_busy_timeout", default=5.0)
+    gw.finish()
+    gateway = GatewaySettings(
+        state=state, recordings=recordings, admin_listen=admin_listen,
+        approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
+    )
+
+    # [identities.NAME]
+    identities = {}
+    declared = set(top.table("identities", default={}) or {})
+    for name, table in (top.table("identities", default={}) or {}).items():
+        key = f"identities.{name}"
+        if not _NAME.match(name):
+            problems.append(Problem(key, "identity names are letters, digits, . _ @ -"))
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        ident = parse_identity(name, Table(key, table, problems, base))
+        if ident is not None:
+            identities[name] = ident
+
+    # [connections.NAME]
+    connections = {}
+    listeners: list[tuple[str, tuple[int, str]]] = []
+    if admin_listen and (addr := listener_address(admin_listen)):
+        listeners.append(("gateway.admin_listen", addr))
+    for name, table in (top.table("connections", default={}) or {}).items():
+        key = f"connections.{name}"
+        if not _NAME.match(name):
+            problems.append(Problem(key, "connection names are letters, digits, . _ @ -"))
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        t = Table(key, table, problems, base)
+        ctype = t.string("type", required=True, choices=tuple(PROTOCOLS))
+        listen = t.server_endpoint("listen", required=True)
+        if listen and (addr := listener_address(listen)):
+            for other, oaddr in listeners:
+                if _overlaps(addr, oaddr):
+                    t.problem("listen", f"port {addr[0]} is already used by {other}")
+            listeners.append((f"{key}.listen", addr))
+        timeout = t.duration("approval_timeout", default=approval_timeout)
+        settings = None
+        if ctype:
+            module = importlib.import_module(PROTOCOLS[ctype])
+            settings = module.parse(t)
+        t.finish()
+        upstream = t.data.get("upstream")
+        if ctype and listen and settings is not None and isinstance(upstream, str):
+            connections[name] = Connection(
+                name=name, type=ctype, listen=listen, upstream=upstream,
+                settings=settings, approval_timeout=timeout,
+            )
+        elif ctype is None or listen is None:
+            pass  # already named
+        else:
+            connections.setdefault(name, None)
+
+    # [[grants]]
+    grants = []
+    for i, table in enumerate(top._get("grants", False, [], list, "an array of tables") or []):
+        key = f"grants[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        t = Table(key, table, problems, base)
+        ident = t.string("identity", required=True)
+        conn = t.string("connection", required=True)
+        if ident is not None and ident not in declared:
+            t.problem("identity", f"unknown identity {ident!r}")
+        ctype = None
+        if conn is not None:
+            if conn not in connections:
+                t.problem("connection", f"unknown connection {conn!r}")
+            elif connections[conn] is not None:
+                ctype = connections[conn].type
+        lists = {}
+        for word in ("allow", "approve", "deny"):
+            rules = []
+            for j, text in enumerate(t.strings(word)):
+                if ctype is None:
+                    continue
+                try:
+                    rules.append(parse_rule(ctype, text))
+                except RuleError as e:
+                    t.problem(f"{word}[{j}]", str(e))
+            lists[word] = tuple(rules)
+        expires = None
+        if t.has("expires"):
+            expires = _parse_time(t.raw("expires"), t.name("expires"), problems)
+        t.finish()
+        if ident and conn:
+            grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i))
+
+    # [[masking]]
+    masking = []
+    for i, table in enumerate(top._get("masking", False, [], list, "an array of tables") or []):
+        key = f"masking[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        t = Table(key, table, problems, base)
+        conn = t.string("connection", required=True)
+        ctype = None
+        if conn is not None:
+            if conn not in connections:
+                t.problem("connection", f"unknown connection {conn!r}")
+            elif connections[conn] is not None:
+                ctype = connections[conn].type
+        columns = t.strings("columns")
+        fields = t.strings("fields")
+        if columns and ctype not in (None, "postgres"):
+            t.problem("columns", "columns apply to postgres connections only")
+        if fields and ctype not in (None, "http"):
+            t.problem("fields", "fields apply to http connections only")
+        for j, col in enumerate(columns):
+            if len(col.split(".")) not in (2, 3) or not all(col.split(".")):
+                t.problem(f"columns[{j}]", f"{col!r} is not schema.table.column")
+        detectors = []
+        for j, text in enumerate(t.strings("patterns")):
+            try:
+                detectors.append(parse_detector(text))
+            except ValueError as e:
+                t.problem(f"patterns[{j}]", str(e))
+        t.finish()
+        if conn:
+            masking.append(Masking(conn, columns, fields, tuple(detectors), i))
+
+    top.finish()
+    if problems:
+        raise ConfigError(problems)
+    return Config(
+        path=path, gateway=gateway, identities=identities, connections=connections,
+        grants=tuple(grants), masking=tuple(masking),
+    )
+
+
+def check(path) -> list[Problem]:
+    try:
+        load(path)
+    except ConfigError as e:
+        return e.problems
+    return []

@@ -1,0 +1,145 @@
+"""The gateway: what every protocol service stands on.
+
+One object per process, holding the config, identities, the state store,
+the policy and approval services, metrics and the open sessions. It is a
+MultiService: the store starts first and stops last, so on SIGTERM every
+protocol service ends its sessions and they are recorded before the store
+closes.
+"""
+from __future__ import annotations
+
+import importlib
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import DeferredList, succeed
+from twisted.logger import Logger
+
+from hoopy.audit.events import Event
+from hoopy.audit.store import SQLiteEventStore
+from hoopy.identity import Directory
+from hoopy.metrics import Metrics
+from hoopy.policy.approvals import ApprovalService
+from hoopy.policy.service import PolicyService
+from hoopy.session import Session
+
+log = Logger()
+
+SERVICES = {
+    "postgres": "hoopy.postgres.service",
+    "ssh": "hoopy.ssh.service",
+    "http": "hoopy.http.service",
+}
+
+
+class Gateway(MultiService):
+    def __init__(self, config, reactor=None, store=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        self.name_ = config.gateway.name
+        self.identities = Directory(config.identities)
+        self.metrics = Metrics()
+        self.store = store or SQLiteEventStore(
+            config.gateway.state, config.gateway.name, reactor,
+            busy_timeout=config.gateway.store_busy_timeout)
+        self.store.on_error = lambda e: self.metrics.store_errors.inc()
+        self.approvals = ApprovalService(self.store, self.identities, reactor, self.metrics)
+        self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
+        self.recordings = config.gateway.recordings
+        self.sessions: dict[str, Session] = {}
+
+    # --- building ----------------------------------------------------------
+
+    def add_connections(self):
+        for conn in self.config.connections.values():
+            module = importlib.import_module(SERVICES[conn.type])
+            svc = module.make_service(self, conn)
+            svc.setName(f"connection:{conn.name}")
+            svc.setServiceParent(self)
+
+    def add_admin(self):
+        if self.config.gateway.admin_listen:
+            from hoopy.admin.api import make_service
+
+            svc = make_service(self, self.config.gateway.admin_listen)
+            svc.setName("admin")
+            svc.setServiceParent(self)
+
+    # --- sessions -----------------------------------------------------------
+
+    def new_session(self, identity: str, connection, peer: str) -> Session:
+        """A session object; ``start()`` records it (and fails if it cannot)."""
+        return Session(self, identity, connection.name, connection.type, peer)
+
+    def _session_started(self, session: Session):
+        self.sessions[session.id] = session
+        self.metrics.sessions.labels(session.protocol, session.connection).inc()
+        self.metrics.sessions_open.labels(session.protocol, session.connection).inc()
+
+    def _session_ended(self, session: Session):
+        if self.sessions.pop(session.id, None) is not None:
+            self.metrics.sessions_open.labels(session.protocol, session.connection).dec()
+
+    def record(self, kind: str, outcome: str | None = None, *, connection=None, peer=None,
+               identity=None, **data):
+        """An event outside any session: a failed login, a refused connection."""
+        return self.store.append(Event(
+            kind=kind, outcome=outcome, identity=identity,
+            connection=connection.name if connection is not None else None,
+            protocol=connection.type if connection is not None else None,
+            peer=peer, data=data))
+
+    def auth_failed(self, connection, peer: str, user: str, method: str, reason: str = "bad credentials"):
+        self.metrics.auth_failures.labels(connection.type, connection.name).inc()
+        d = self.record("auth.failed", "refused", connection=connection, peer=peer,
+                        user=user[:256], method=method, reason=reason)
+        d.addErrback(lambda f: log.error("auth failure not recorded: {e}", e=f.getErrorMessage()))
+        return d
+
+    def count_bytes(self, session: Session, direction: str, n: int):
+        self.metrics.bytes.labels(session.protocol, session.connection, direction).inc(n)
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def startService(self):
+        self.store.start()
+        # Approvals left pending by a previous run can never resume their caller.
+        reader = self.store.reader()
+        try:
+            stale = reader.approvals("pending")
+        finally:
+            reader.close()
+        for row in stale:
+            self.store.append(Event(
+                kind="approval.expired", outcome="expired", session=row["session"],
+                identity=row["requester"], connection=row["connection"], protocol=row["protocol"],
+                data={"approval": row["id"], "operation": row["operation"],
+                      "reason": "the gateway restarted while it was pending"}),
+                approval={"id": row["id"], "state": "expired",
+                          "reason": "the gateway restarted while it was pending"})
+        super().startService()
+        log.info("hoopy gateway {name} started: {n} connection(s)", name=self.name_,
+                 n=len(self.config.connections))
+
+    def stopService(self):
+        # Children first (listeners close, sessions end and are recorded),
+        # then anything still open, then the store.
+        d = super().stopService() or succeed(None)
+        d.addCallback(lambda _: self.end_all_sessions("gateway shutdown"))
+        d.addCallback(lambda _: self.store.stop())
+        return d
+
+    def end_all_sessions(self, reason: str):
+        ds = []
+        for session in list(self.sessions.values()):
+            for a in self.approvals.cancel_session(session, reason):
+                ds.append(a)
+            if session.terminate is not None:
+                try:
+                    ds.append(session.terminate(reason))
+                except Exception:
+                    log.failure("terminating session {id}", id=session.id)
+            ds.append(session.end(reason))
+        return DeferredList([d for d in ds if d is not None], consumeErrors=True)

@@ -1,0 +1,5 @@
+"""The http connection service (being built: see its issue)."""
+
+
+def make_service(gateway, connection):
+    raise SystemExit(f"hoopy: connections.{connection.name}: type \"http\" is not implemented yet")

@@ -1,0 +1,188 @@
+"""Identities: every caller is named (NIST AC-2), with its own token or SSH key.
+
+Tokens are kept only as SHA-256 (and a PostgreSQL SCRAM verifier) and
+compared in constant time; SSH keys are matched as OpenSSH matches
+authorized_keys: by key type and key blob, never by comment.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+
+import attrs
+
+KINDS = ("agent", "human")
+ROLES = ("reviewer", "auditor")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+SCRAM_ITERATIONS = 4096
+
+
+@attrs.frozen
+class ScramVerifier:
+    """A PostgreSQL SCRAM-SHA-256 verifier: the format pg_authid keeps."""
+
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+
+    @classmethod
+    def parse(cls, text: str) -> "ScramVerifier":
+        m = re.fullmatch(r"SCRAM-SHA-256\$(\d+):([^$]+)\$([^:]+):(.+)", text.strip())
+        if not m:
+            raise ValueError("is not a SCRAM-SHA-256$iterations:salt$StoredKey:ServerKey verifier")
+        try:
+            salt, stored, server = (base64.b64decode(g, validate=True) for g in m.group(2, 3, 4))
+        except ValueError:
+            raise ValueError("has a part that is not base64")
+        if len(stored) != 32 or len(server) != 32:
+            raise ValueError("keys must be 32 bytes (SHA-256)")
+        return cls(int(m.group(1)), salt, stored, server)
+
+    @classmethod
+    def make(cls, password: str, salt: bytes | None = None, iterations: int = SCRAM_ITERATIONS):
+        salt = salt if salt is not None else secrets.token_bytes(16)
+        salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+        client_key = hmac.digest(salted, b"Client Key", "sha256")
+        return cls(
+            iterations, salt, hashlib.sha256(client_key).digest(),
+            hmac.digest(salted, b"Server Key", "sha256"),
+        )
+
+    def __str__(self) -> str:
+        b = lambda v: base64.b64encode(v).decode()  # noqa: E731
+        return f"SCRAM-SHA-256${self.iterations}:{b(self.salt)}${b(self.stored_key)}:{b(self.server_key)}"
+
+
+@attrs.frozen
+class SSHKey:
+    algorithm: str
+    blob: bytes  # the key's wire encoding: what OpenSSH compares
+    comment: str
+
+    def matches(self, algorithm: str, blob: bytes) -> bool:
+        return hmac.compare_digest(self.blob, blob)
+
+    @property
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.blob).digest()
+        return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+def parse_ssh_key(line: str) -> SSHKey:
+    """An OpenSSH public-key line (authorized_keys options before it are refused)."""
+    import asyncssh
+
+    try:
+        key = asyncssh.import_public_key(line.strip())
+    except (asyncssh.KeyImportError, ValueError) as e:
+        raise ValueError(f"is not an OpenSSH public key line: {e}")
+    parts = line.split(None, 2)
+    return SSHKey(key.get_algorithm(), key.public_data, parts[2] if len(parts) > 2 else "")
+
+
+@attrs.frozen
+class Identity:
+    name: str
+    kind: str
+    roles: frozenset
+    ssh_keys: tuple
+    token_sha256: bytes | None = attrs.field(repr=False)
+    token_scram: ScramVerifier | None = attrs.field(repr=False)
+
+    @property
+    def is_reviewer(self) -> bool:
+        return "reviewer" in self.roles
+
+    def check_token(self, token: str) -> bool:
+        if self.token_sha256 is None:
+            # Still hash, so a missing token costs the same time as a wrong one.
+            hmac.compare_digest(hash_token(token), b"\0" * 32)
+            return False
+        return hmac.compare_digest(hash_token(token), self.token_sha256)
+
+    def check_ssh_key(self, algorithm: str, blob: bytes) -> bool:
+        ok = False
+        for k in self.ssh_keys:  # no early exit: the time does not say which key
+            ok |= k.matches(algorithm, blob)
+        return ok
+
+    def public(self) -> dict:
+        """What may be shown to an auditor: never the token material."""
+        return {
+            "name": self.name, "kind": self.kind, "roles": sorted(self.roles),
+            "ssh_keys": [f"{k.algorithm} {k.fingerprint} {k.comment}".strip() for k in self.ssh_keys],
+            "has_token": self.token_sha256 is not None,
+            "has_scram": self.token_scram is not None,
+        }
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def new_token() -> str:
+    """256 bits from the OS CSPRNG, URL- and shell-safe."""
+    return "hpy_" + secrets.token_urlsafe(32)
+
+
+def parse_identity(name: str, t) -> Identity | None:
+    kind = t.string("kind", default="agent", choices=KINDS)
+    roles = t.strings("roles")
+    for i, r in enumerate(roles):
+        if r not in ROLES:
+            t.problem(f"roles[{i}]", f"unknown role {r!r} (roles: {', '.join(ROLES)})")
+    keys = []
+    for i, line in enumerate(t.strings("ssh_keys")):
+        try:
+            keys.append(parse_ssh_key(line))
+        except ValueError as e:
+            t.problem(f"ssh_keys[{i}]", str(e))
+    digest = None
+    hexed = t.string("token_sha256")
+    if hexed is not None:
+        if _HEX64.match(hexed.lower()):
+            digest = bytes.fromhex(hexed)
+        else:
+            t.problem("token_sha256", "must be 64 hex digits (from `hoopy token new`)")
+    scram = None
+    text = t.string("token_scram")
+    if text is not None:
+        try:
+            scram = ScramVerifier.parse(text)
+        except ValueError as e:
+            t.problem("token_scram", str(e))
+    t.finish()
+    return Identity(name, kind or "agent", frozenset(roles), tuple(keys), digest, scram)
+
+
+class Directory:
+    """Lookup of identities by name, token or SSH key."""
+
+    def __init__(self, identities: dict):
+        self._by_name = dict(identities)
+
+    def get(self, name: str) -> Identity | None:
+        return self._by_name.get(name)
+
+    def __iter__(self):
+        return iter(self._by_name.values())
+
+    def by_token(self, token: str) -> Identity | None:
+        """The identity whose token this is; every identity is compared."""
+        digest = hash_token(token)
+        found = None
+        for ident in self._by_name.values():
+            if ident.token_sha256 is not None and hmac.compare_digest(digest, ident.token_sha256):
+                found = ident
+        return found
+
+    def authenticate_token(self, name: str, token: str) -> Identity | None:
+        ident = self._by_name.get(name)
+        if ident is None:
+            hmac.compare_digest(hash_token(token), b"\0" * 32)
+            return None
+        return ident if ident.check_token(token) else None

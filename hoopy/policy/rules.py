@@ -1,0 +1,216 @@
+"""The rule words of each protocol, parsed once, matched fast.
+
+  postgres  read | write | ddl | admin | all [TABLE ...]   TABLE: schema.name, globs allowed
+  ssh       shell | sftp | exec GLOB | forward HOST:PORT
+  http      METHOD /path/glob                               METHOD may be *
+
+An operation is what the policy judges. It is made of one or more *units*
+(a postgres statement touching two tables is two units); every unit must
+be covered on its own, so a rule for one thing never carries another.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+
+import attrs
+
+PG_CLASSES = ("read", "write", "ddl", "admin")
+
+
+class RuleError(ValueError):
+    pass
+
+
+@attrs.frozen
+class Unit:
+    """One thing a rule must cover: (kind, subject).
+
+    postgres: kind is a class, subject "schema.table" or None (no table);
+    ssh: kind exec/shell/sftp/forward, subject the command line or HOST:PORT;
+    http: kind the method, subject the normalized path.
+    """
+
+    kind: str
+    subject: str | None = None
+
+    def __str__(self) -> str:
+        return self.kind if self.subject is None else f"{self.kind} {self.subject}"
+
+
+@attrs.frozen
+class Operation:
+    protocol: str
+    kind: str  # statement | exec | shell | sftp | forward | request | ...
+    text: str  # what a person reads: the SQL, the command line, "GET /path"
+    units: tuple  # of Unit
+    detail: dict = attrs.field(factory=dict, eq=False)  # recorded with the event
+
+    @classmethod
+    def single(cls, protocol: str, kind: str, text: str, subject: str | None = None, **detail):
+        return cls(protocol, kind, text, (Unit(kind, subject),), detail)
+
+
+@attrs.frozen
+class Rule:
+    protocol: str
+    text: str
+    _match: object = attrs.field(repr=False, eq=False)
+
+    def matches(self, unit: Unit) -> bool:
+        return self._match(unit)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rule(protocol: str, text: str) -> Rule:
+    parser = _PARSERS.get(protocol)
+    if parser is None:
+        raise RuleError(f"no rules for protocol {protocol!r}")
+    if not isinstance(text, str) or not text.strip():
+        raise RuleError("empty rule")
+    return Rule(protocol, text.strip(), parser(text.strip()))
+
+
+# --- postgres ------------------------------------------------------------
+
+_IDENT = r'(?:[A-Za-z_*?][A-Za-z0-9_$*?]*|"[^"]+")'
+_TABLE = re.compile(rf"^{_IDENT}(?:\.{_IDENT})?$")
+
+
+def _normalize_table(name: str) -> str:
+    parts = [p[1:-1] if p.startswith('"') else p.lower() for p in _split_dotted(name)]
+    if len(parts) == 1:
+        parts.insert(0, "public")
+    return ".".join(parts)
+
+
+def _split_dotted(name: str) -> list[str]:
+    return re.findall(r'"[^"]+"|[^.]+', name)
+
+
+def _postgres(text: str):
+    words = text.split()
+    cls = words[0].lower()
+    if cls not in PG_CLASSES + ("all",):
+        raise RuleError(f"{text!r}: postgres rules start with read, write, ddl, admin or all")
+    tables = []
+    for t in words[1:]:
+        t = t.rstrip(",")
+        if not _TABLE.match(t):
+            raise RuleError(f"{text!r}: {t!r} is not a table name (schema.table)")
+        tables.append(_normalize_table(t))
+    classes = PG_CLASSES if cls == "all" else (cls,)
+
+    def match(unit: Unit) -> bool:
+        if unit.kind not in classes:
+            return False
+        if not tables or unit.subject is None:
+            return True
+        return any(fnmatch.fnmatchcase(unit.subject, t) for t in tables)
+
+    return match
+
+
+def pg_table_unit(cls: str, schema: str | None, name: str | None) -> Unit:
+    """The unit for one table a statement touches (names as PostgreSQL folds them)."""
+    if name is None:
+        return Unit(cls, None)
+    return Unit(cls, f"{schema or 'public'}.{name}")
+
+
+# --- ssh -------------------------------------------------------------------
+
+# What a wildcard in an exec rule may stand for: plain words only. Anything
+# a shell would treat as syntax (separators, substitution, redirection,
+# quoting, globbing, newlines) must be written literally in the rule.
+_SHELL_SAFE = r"[A-Za-z0-9_\-+=.,:/@% ]"
+
+
+def _exec_pattern(glob: str) -> re.Pattern:
+    out = []
+    for ch in glob:
+        if ch == "*":
+            out.append(f"{_SHELL_SAFE}*")
+        elif ch == "?":
+            out.append(_SHELL_SAFE)
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _ssh(text: str):
+    word, _, rest = text.partition(" ")
+    word = word.lower()
+    rest = rest.strip()
+    if word in ("shell", "sftp"):
+        if rest:
+            raise RuleError(f"{text!r}: {word} takes nothing after it")
+        return lambda unit: unit.kind == word
+    if word == "exec":
+        if not rest:
+            raise RuleError(f"{text!r}: exec needs a command glob")
+        pattern = _exec_pattern(rest)
+        return lambda unit: unit.kind == "exec" and unit.subject is not None and bool(
+            pattern.fullmatch(unit.subject)
+        )
+    if word == "forward":
+        host, sep, port = rest.rpartition(":")
+        if not sep or not host or not port or " " in rest:
+            raise RuleError(f"{text!r}: forward needs HOST:PORT")
+        if not (port == "*" or port.isdigit()):
+            raise RuleError(f"{text!r}: {port!r} is not a port")
+        host = host.strip("[]").lower()
+
+        def match(unit: Unit) -> bool:
+            if unit.kind != "forward" or unit.subject is None:
+                return False
+            h, _, p = unit.subject.rpartition(":")
+            return fnmatch.fnmatchcase(h.strip("[]").lower(), host) and (port == "*" or p == port)
+
+        return match
+    raise RuleError(f"{text!r}: ssh rules are shell, sftp, exec GLOB or forward HOST:PORT")
+
+
+# --- http ------------------------------------------------------------------
+
+_METHOD = re.compile(r"^(\*|[A-Z]+)$")
+
+
+def _path_pattern(glob: str) -> re.Pattern:
+    # "*" stays within one path segment, "**" crosses segments.
+    out = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _http(text: str):
+    parts = text.split()
+    if len(parts) != 2:
+        raise RuleError(f"{text!r}: http rules are METHOD /path/glob")
+    method, path = parts
+    if not _METHOD.match(method):
+        raise RuleError(f"{text!r}: {method!r} is not a method (GET, POST, ... or *)")
+    if not path.startswith("/"):
+        raise RuleError(f"{text!r}: the path must start with /")
+    pattern = _path_pattern(path)
+    return lambda unit: (method == "*" or unit.kind == method) and unit.subject is not None and bool(
+        pattern.fullmatch(unit.subject)
+    )
+
+
+_PARSERS = {"postgres": _postgres, "ssh": _ssh, "http": _http}

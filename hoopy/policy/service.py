@@ -1,0 +1,140 @@
+"""The one policy service every protocol calls.
+
+``judge`` is pure: deny by default; for every unit of an operation a
+matching deny rule wins, then approve, then allow; expired grants do not
+exist. ``decide`` adds the record: it writes the event (durable) before it
+answers, so a protocol that forwards on Allow has always recorded first,
+and a store that cannot write turns every answer into a refusal.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import attrs
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from hoopy.audit.store import StoreError
+from hoopy.policy.approvals import ApprovalService, _describe
+
+log = Logger()
+
+STORE_DOWN = "refused: the audit store cannot record this operation"
+
+
+@attrs.frozen
+class Allow:
+    rule: str
+    approval: str | None = None
+
+
+@attrs.frozen
+class Deny:
+    reason: str
+    rule: str | None = None
+    approval: str | None = None
+
+
+@attrs.frozen
+class Hold:
+    """Held for a reviewer. ``approval.id`` is what the caller is shown;
+    ``resolution`` fires with Allow or Deny once decided or timed out."""
+
+    approval: object
+    resolution: Deferred = attrs.field(eq=False)
+
+    @property
+    def id(self) -> str:
+        return self.approval.id
+
+
+@attrs.frozen
+class Judgement:
+    """The pure answer: outcome allow | approve | deny, the rule, the reason."""
+
+    outcome: str
+    rule: str | None
+    reason: str
+
+
+class PolicyService:
+    def __init__(self, config, store, approvals: ApprovalService, metrics=None, now=None):
+        self.store = store
+        self.approvals = approvals
+        self.metrics = metrics
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self.timeouts = {name: c.approval_timeout for name, c in config.connections.items()}
+        self.default_timeout = config.gateway.approval_timeout
+        self._grants: dict[tuple[str, str], list] = {}
+        for g in config.grants:
+            self._grants.setdefault((g.identity, g.connection), []).append(g)
+
+    def judge(self, identity: str, connection: str, operation) -> Judgement:
+        now = self._now()
+        grants = [g for g in self._grants.get((identity, connection), ()) if not g.expired(now)]
+        worst = None
+        for unit in operation.units:
+            j = _judge_unit(grants, unit)
+            if j.outcome == "deny":
+                return Judgement("deny", j.rule, f"{j.reason} (for {identity} on {connection})")
+            if worst is None or (j.outcome == "approve" and worst.outcome == "allow"):
+                worst = j
+        if worst is None:  # an operation with no units is not an operation anyone granted
+            return Judgement("deny", None, f"nothing to judge in {operation.text!r}")
+        return worst
+
+    def decide(self, session, operation) -> Deferred:
+        """Fires with Allow, Deny or Hold once the event saying so is durable."""
+        j = self.judge(session.identity, session.connection, operation)
+        self._count(session, {"allow": "allowed", "approve": "held", "deny": "refused"}[j.outcome])
+        if j.outcome == "deny":
+            deny = Deny(j.reason, j.rule)
+            d = session.event("operation", "refused", rule=j.rule, reason=j.reason, **_describe(operation))
+            return d.addBoth(lambda _: deny)
+        if j.outcome == "allow":
+            d = session.event("operation", "allowed", rule=j.rule, **_describe(operation))
+            return d.addCallbacks(lambda _: Allow(j.rule), self._store_down, errbackArgs=(session,))
+        timeout = self.timeouts.get(session.connection, self.default_timeout)
+        d = self.approvals.request(session, operation, j.rule, timeout)
+        return d.addCallbacks(self._held, self._store_down, errbackArgs=(session,))
+
+    def _held(self, approval) -> Hold:
+        def resolved(a):
+            if a.state == "approved":
+                return Allow(a.rule, a.id)
+            why = {"denied": f"denied by {a.reviewer}", "expired": "approval timed out"}.get(a.state, a.state)
+            if a.reason and a.state == "denied":
+                why += f": {a.reason}"
+            return Deny(f"approval {a.id} {why}", a.rule, a.id)
+
+        return Hold(approval, approval.outcome.addCallback(resolved))
+
+    def _store_down(self, failure, session):
+        failure.trap(StoreError)
+        log.error("session {id}: {e}", id=session.id, e=failure.getErrorMessage())
+        return Deny(STORE_DOWN)
+
+    def _count(self, session, outcome):
+        if self.metrics:
+            self.metrics.operations.labels(session.protocol, session.connection, outcome).inc()
+
+
+def _judge_unit(grants, unit) -> Judgement:
+    allow = approve = None
+    for g in grants:
+        for r in g.deny:
+            if r.matches(unit):
+                return Judgement("deny", r.text, f"{unit} is denied by rule {r.text!r}")
+        if approve is None:
+            approve = next((r for r in g.approve if r.matches(unit)), None)
+        if allow is None:
+            allow = next((r for r in g.allow if r.matches(unit)), None)
+    if approve is not None:
+        return Judgement("approve", approve.text, f"{unit} needs approval (rule {approve.text!r})")
+    if allow is not None:
+        return Judgement("allow", allow.text, f"allowed by rule {allow.text!r}")
+    return Judgement("deny", None, f"no grant allows {unit}")
+
+
+def instant(value) -> Deferred:
+    return succeed(value)

@@ -1,0 +1,58 @@
+"""twistd's entry point: ``twistd -n hoopy -c hoopy.toml``.
+
+asyncssh runs on asyncio, so the gateway runs on Twisted's asyncio reactor.
+The Options constructor installs it when nothing has chosen a reactor yet
+(twistd parses ``-r`` before it builds our options); makeService refuses
+any other reactor with a one-line error.
+"""
+from __future__ import annotations
+
+import sys
+
+from twisted.python import usage
+
+
+def _install_asyncio_reactor():
+    if "twisted.internet.reactor" in sys.modules:
+        return
+    from twisted.internet import asyncioreactor
+
+    asyncioreactor.install()
+
+
+class Options(usage.Options):
+    synopsis = "-c FILE"
+    longdesc = "Runs the hoopy access gateway with the TOML configuration FILE."
+    optParameters = [["config", "c", "hoopy.toml", "the configuration file"]]
+
+    def __init__(self):
+        _install_asyncio_reactor()
+        super().__init__()
+
+
+def _reactor_ok() -> tuple[bool, str]:
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    return isinstance(reactor, AsyncioSelectorReactor), type(reactor).__module__
+
+
+def makeService(options):
+    from hoopy import config as configmod
+
+    ok, name = _reactor_ok()
+    if not ok:
+        raise SystemExit(f"hoopy needs the asyncio reactor (asyncssh runs on it), not {name}: "
+                         "drop -r or use -r asyncio")
+    try:
+        cfg = configmod.load(options["config"])
+    except configmod.ConfigError as e:
+        lines = "\n".join(f"  {p}" for p in e.problems)
+        raise SystemExit(f"hoopy: {options['config']} has problems; not starting:\n{lines}")
+
+    from hoopy.gateway import Gateway
+
+    gateway = Gateway(cfg)
+    gateway.add_connections()
+    gateway.add_admin()
+    return gateway

@@ -1,0 +1,165 @@
+"""Helpers for tests that run the real gateway: ``twistd -n hoopy -c FILE``."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import attrs
+
+from hoopy.identity import ScramVerifier, new_token
+
+BIN = Path(sys.executable).parent
+TWISTD = shutil.which("twistd", path=str(BIN)) or shutil.which("twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@attrs.frozen
+class Ident:
+    name: str
+    token: str
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.token.encode()).hexdigest()
+
+    def toml(self, kind="agent", roles=(), ssh_keys=(), scram=True) -> str:
+        lines = [f"[identities.{self.name}]", f'kind = "{kind}"', f'token_sha256 = "{self.sha256}"']
+        if roles:
+            lines.append("roles = [" + ", ".join(f'"{r}"' for r in roles) + "]")
+        if ssh_keys:
+            lines.append("ssh_keys = [" + ", ".join(json.dumps(k) for k in ssh_keys) + "]")
+        if scram:
+            lines.append(f'token_scram = "{ScramVerifier.make(self.token, iterations=4096)}"')
+        return "\n".join(lines) + "\n"
+
+
+def ident(name: str) -> Ident:
+    return Ident(name, new_token())
+
+
+class HoopyProcess:
+    """A real gateway process; its admin API on a free port."""
+
+    def __init__(self, workdir: Path, body: str, admin_port: int | None = None,
+                 env: dict | None = None, approval_timeout: str = "30s"):
+        self.workdir = Path(workdir)
+        self.admin_port = admin_port or free_port()
+        self.config = self.workdir / "hoopy.toml"
+        self.config.write_text(
+            "[gateway]\n"
+            f'state = "hoopy.db"\nrecordings = "recordings"\n'
+            f'admin_listen = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
+            f'approval_timeout = "{approval_timeout}"\nstore_busy_timeout = "1s"\n\n' + body)
+        self.env = {**os.environ, **(env or {})}
+        self.proc = None
+        self.log = self.workdir / "twistd.log"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def db(self) -> Path:
+        return self.workdir / "hoopy.db"
+
+    @property
+    def recordings(self) -> Path:
+        return self.workdir / "recordings"
+
+    def start(self, timeout: float = 20):
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "hoopy", "-c", str(self.config)],
+            cwd=self.workdir, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"twistd exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                status, _ = self.get("/health")
+                if status in (200, 503):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway did not come up:\n{self.log.read_text()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise RuntimeError(f"gateway did not stop on {sig!r}:\n{self.log.read_text()}")
+        finally:
+            self._logf.close()
+
+    def request(self, method: str, path: str, token: str | None = None, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.admin + path, data=data, method=method)
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+                return r.status, (json.loads(raw) if r.headers.get_content_type() == "application/json" else raw)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                return e.code, json.loads(raw)
+            except ValueError:
+                return e.code, raw
+
+    def get(self, path, token=None):
+        return self.request("GET", path, token)
+
+    def hoopy(self, *args, token: str | None = None, check=False, timeout=60) -> subprocess.CompletedProcess:
+        """Run the real ``hoopy`` command against this gateway's config."""
+        env = dict(self.env)
+        if token:
+            env["HOOPY_TOKEN"] = token
+        args = list(args)
+        if "-c" not in args:
+            args += ["-c", str(self.config)]
+        return subprocess.run([sys.executable, "-m", "hoopy", *args], cwd=self.workdir, env=env,
+                              capture_output=True, text=True, check=check, timeout=timeout)
+
+    def wait_pending(self, token: str, count: int = 1, timeout: float = 15) -> list:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status, rows = self.get("/approvals?state=pending", token)
+            if status == 200 and len(rows) >= count:
+                return rows
+            time.sleep(0.05)
+        raise AssertionError(f"no pending approval after {timeout}s")
+
+    def events(self, kind: str | None = None) -> list[dict]:
+        """Every event in the store (read straight from SQLite)."""
+        from hoopy.audit.store import SQLiteReader, event_json
+
+        r = SQLiteReader(self.db)
+        try:
+            return [event_json(e) for e in r.events() if kind is None or e["kind"] == kind]
+        finally:
+            r.close()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
