@@ -406,6 +406,7 @@ def parse(data: dict, path: Path) -> Config:
     listeners: list[tuple[str, tuple[int, str]]] = []
     if admin_listen and (addr := listener_address(admin_listen)):
         listeners.append(("gateway.admin_listen", addr))
+    conn_types: dict[str, str | None] = {}  # every declared connection, even a broken one
     for name, table in (top.table("connections", default={}) or {}).items():
         key = f"connections.{name}"
         if not _NAME.match(name):
@@ -415,6 +416,7 @@ def parse(data: dict, path: Path) -> Config:
             continue
         t = Table(key, table, problems, base)
         ctype = t.string("type", required=True, choices=tuple(PROTOCOLS))
+        conn_types[name] = ctype
         listen = t.server_endpoint("listen", required=True)
         if listen and (addr := listener_address(listen)):
             for other, oaddr in listeners:
@@ -422,21 +424,15 @@ def parse(data: dict, path: Path) -> Config:
                     t.problem("listen", f"port {addr[0]} is already used by {other}")
             listeners.append((f"{key}.listen", addr))
         timeout = t.duration("approval_timeout", default=approval_timeout)
-        settings = None
-        if ctype:
-            module = importlib.import_module(PROTOCOLS[ctype])
-            settings = module.parse(t)
+        if ctype is None:
+            continue  # its other keys cannot be judged without a type
+        settings = importlib.import_module(PROTOCOLS[ctype]).parse(t)
         t.finish()
-        upstream = t.data.get("upstream")
-        if ctype and listen and settings is not None and isinstance(upstream, str):
+        if listen:
             connections[name] = Connection(
-                name=name, type=ctype, listen=listen, upstream=upstream,
+                name=name, type=ctype, listen=listen, upstream=t.data.get("upstream"),
                 settings=settings, approval_timeout=timeout,
             )
-        elif ctype is None or listen is None:
-            pass  # already named
-        else:
-            connections.setdefault(name, None)
 
     # [[grants]]
     grants = []
@@ -452,10 +448,9 @@ def parse(data: dict, path: Path) -> Config:
             t.problem("identity", f"unknown identity {ident!r}")
         ctype = None
         if conn is not None:
-            if conn not in connections:
+            if conn not in conn_types:
                 t.problem("connection", f"unknown connection {conn!r}")
-            elif connections[conn] is not None:
-                ctype = connections[conn].type
+            ctype = conn_types.get(conn)
         lists = {}
         for word in ("allow", "approve", "deny"):
             rules = []
@@ -485,10 +480,9 @@ def parse(data: dict, path: Path) -> Config:
         conn = t.string("connection", required=True)
         ctype = None
         if conn is not None:
-            if conn not in connections:
+            if conn not in conn_types:
                 t.problem("connection", f"unknown connection {conn!r}")
-            elif connections[conn] is not None:
-                ctype = connections[conn].type
+            ctype = conn_types.get(conn)
         columns = t.strings("columns")
         fields = t.strings("fields")
         if columns and ctype not in (None, "postgres"):

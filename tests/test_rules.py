@@ -1,0 +1,156 @@
+"""The policy's pure half: rule words, deny > approve > allow > nothing, expiry, no ride-alongs."""
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from hoopy.config import Grant
+from hoopy.policy.rules import Operation, RuleError, Unit, parse_rule, pg_table_unit
+from hoopy.policy.service import PolicyService
+
+
+def rules(proto, *texts):
+    return tuple(parse_rule(proto, t) for t in texts)
+
+
+def policy(*grants, now=None):
+    class Cfg:
+        connections = {}
+
+        class gateway:
+            approval_timeout = 60
+
+    Cfg.grants = grants
+    return PolicyService(Cfg, None, None, now=now)
+
+
+def grant(conn, allow=(), approve=(), deny=(), expires=None, proto="ssh", who="agent"):
+    return Grant(who, conn, rules(proto, *allow), rules(proto, *approve), rules(proto, *deny), expires, 0)
+
+
+def exec_op(cmd):
+    return Operation.single("ssh", "exec", cmd, cmd)
+
+
+SSH = grant("web", allow=["exec uptime", "exec df -h", "exec systemctl status *"],
+            approve=["exec systemctl restart *", "shell"])
+
+
+@pytest.mark.parametrize("cmd,outcome", [
+    ("uptime", "allow"),
+    ("df -h", "allow"),
+    ("systemctl status nginx", "allow"),
+    ("systemctl status nginx.service --no-pager", "allow"),
+    ("systemctl restart nginx", "approve"),
+    ("uptime ", "deny"),
+    ("uptime; rm -rf /", "deny"),
+    ("uptime && touch /tmp/x", "deny"),
+    ("uptime || touch /tmp/x", "deny"),
+    ("uptime | sh", "deny"),
+    ("uptime\ntouch /tmp/x", "deny"),
+    ("uptime\rtouch /tmp/x", "deny"),
+    ("systemctl status $(touch /tmp/x)", "deny"),
+    ("systemctl status `touch /tmp/x`", "deny"),
+    ("systemctl status x; touch /tmp/x", "deny"),
+    ("systemctl status x & touch /tmp/x", "deny"),
+    ("systemctl status x > /etc/passwd", "deny"),
+    ("systemctl status x < /etc/shadow", "deny"),
+    ("systemctl status 'x;y'", "deny"),
+    ('systemctl status "$HOME"', "deny"),
+    ("systemctl status ${IFS}x", "deny"),
+    ("systemctl status *", "deny"),
+    ("systemctl status x\\;y", "deny"),
+    ("systemctl status x#", "deny"),
+    ("systemctl restart x; reboot", "deny"),
+    ("rm -rf /", "deny"),
+])
+def test_exec_rules_never_carry_a_second_command(cmd, outcome):
+    assert policy(SSH).judge("agent", "web", exec_op(cmd)).outcome == outcome
+
+
+def test_deny_beats_approve_beats_allow():
+    p = policy(grant("web", allow=["exec systemctl *"], approve=["exec systemctl restart *"],
+                     deny=["exec systemctl restart sshd"]))
+    assert p.judge("agent", "web", exec_op("systemctl status a")).outcome == "allow"
+    assert p.judge("agent", "web", exec_op("systemctl restart a")).outcome == "approve"
+    j = p.judge("agent", "web", exec_op("systemctl restart sshd"))
+    assert j.outcome == "deny" and j.rule == "exec systemctl restart sshd"
+
+
+def test_deny_in_another_grant_still_wins():
+    p = policy(grant("web", allow=["shell"]), grant("web", deny=["shell"]))
+    assert p.judge("agent", "web", Operation.single("ssh", "shell", "shell")).outcome == "deny"
+
+
+def test_deny_by_default_and_per_identity_and_connection():
+    p = policy(SSH)
+    assert p.judge("agent", "db", exec_op("uptime")).outcome == "deny"
+    assert p.judge("other", "web", exec_op("uptime")).outcome == "deny"
+    assert "no grant allows exec uptime" in p.judge("other", "web", exec_op("uptime")).reason
+
+
+def test_expired_grants_do_not_exist():
+    now = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    g = grant("web", allow=["exec uptime"], expires=now)
+    assert policy(g, now=lambda: now - timedelta(seconds=1)).judge("agent", "web", exec_op("uptime")).outcome == "allow"
+    assert policy(g, now=lambda: now).judge("agent", "web", exec_op("uptime")).outcome == "deny"
+
+
+def test_forward_and_sftp():
+    p = policy(grant("web", allow=["forward db.internal:5432", "sftp"]))
+    fw = lambda t: Operation.single("ssh", "forward", f"forward {t}", t)  # noqa: E731
+    assert p.judge("agent", "web", fw("db.internal:5432")).outcome == "allow"
+    assert p.judge("agent", "web", fw("db.internal:22")).outcome == "deny"
+    assert p.judge("agent", "web", fw("evil:5432")).outcome == "deny"
+    assert p.judge("agent", "web", Operation.single("ssh", "sftp", "sftp")).outcome == "allow"
+    assert p.judge("agent", "web", Operation.single("ssh", "shell", "shell")).outcome == "deny"
+
+
+def http_op(method, path):
+    return Operation("http", "request", f"{method} {path}", (Unit(method, path),))
+
+
+def test_http_globs_stay_within_a_segment_unless_double_star():
+    p = policy(grant("api", proto="http", allow=["GET /v1/customers/*", "* /health", "GET /files/**"],
+                     approve=["POST /v1/refunds"]))
+    assert p.judge("agent", "api", http_op("GET", "/v1/customers/42")).outcome == "allow"
+    assert p.judge("agent", "api", http_op("GET", "/v1/customers/42/cards")).outcome == "deny"
+    assert p.judge("agent", "api", http_op("DELETE", "/v1/customers/42")).outcome == "deny"
+    assert p.judge("agent", "api", http_op("DELETE", "/health")).outcome == "allow"
+    assert p.judge("agent", "api", http_op("GET", "/files/a/b/c")).outcome == "allow"
+    assert p.judge("agent", "api", http_op("POST", "/v1/refunds")).outcome == "approve"
+    assert p.judge("agent", "api", http_op("POST", "/v1/refunds/x")).outcome == "deny"
+
+
+def pg_op(*units):
+    return Operation("postgres", "statement", "sql", tuple(units))
+
+
+def test_postgres_every_table_must_be_covered():
+    p = policy(grant("db", proto="postgres", allow=["read public.customers", "read public.invoices"],
+                     approve=["write public.invoices"]))
+    read_c = pg_table_unit("read", "public", "customers")
+    assert p.judge("agent", "db", pg_op(read_c)).outcome == "allow"
+    assert p.judge("agent", "db", pg_op(pg_table_unit("read", None, "customers"))).outcome == "allow"
+    assert p.judge("agent", "db", pg_op(read_c, pg_table_unit("write", "public", "invoices"))).outcome == "approve"
+    # A granted read does not carry an ungranted one with it.
+    assert p.judge("agent", "db", pg_op(read_c, pg_table_unit("read", "public", "secrets"))).outcome == "deny"
+    assert p.judge("agent", "db", pg_op(pg_table_unit("write", "public", "customers"))).outcome == "deny"
+    assert p.judge("agent", "db", pg_op(pg_table_unit("ddl", None, None))).outcome == "deny"
+    assert p.judge("agent", "db", pg_op()).outcome == "deny"
+
+
+def test_postgres_all_and_schema_globs():
+    p = policy(grant("db", proto="postgres", allow=["all reporting.*"], deny=["admin"]))
+    assert p.judge("agent", "db", pg_op(pg_table_unit("write", "reporting", "x"))).outcome == "allow"
+    assert p.judge("agent", "db", pg_op(pg_table_unit("write", "public", "x"))).outcome == "deny"
+    assert p.judge("agent", "db", pg_op(pg_table_unit("admin", "reporting", "x"))).outcome == "deny"
+
+
+@pytest.mark.parametrize("proto,text", [
+    ("ssh", "exec"), ("ssh", "shell now"), ("ssh", "forward nohost"), ("ssh", "forward h:port"),
+    ("ssh", "login"), ("http", "GET"), ("http", "get /x"), ("http", "GET x"), ("postgres", "select"),
+    ("postgres", "read a.b.c.d"), ("postgres", "read x;y"), ("http", ""),
+])
+def test_bad_rule_words(proto, text):
+    with pytest.raises(RuleError):
+        parse_rule(proto, text)
