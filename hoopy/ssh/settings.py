@@ -13,6 +13,9 @@ class SSHSettings:
     upstream_key: object  # hoopy.config.Secret: the gateway's private key upstream
     upstream_known_hosts: object  # Secret: known_hosts lines for the upstream
     host_key: Path  # the gateway's own host key, generated if absent
+    exec_output_limit: int = 64 * 1024  # bytes of an exec's output kept in its event
+    connect_timeout: float = 10.0  # seconds to reach and authenticate to the upstream
+    login_timeout: float = 30.0  # seconds a client has to authenticate
 
 
 def parse(t) -> SSHSettings:
@@ -25,4 +28,7 @@ def parse(t) -> SSHSettings:
         upstream_key=t.secret("upstream_key", required=True),
         upstream_known_hosts=t.secret("upstream_known_hosts", required=True),
         host_key=host_key,
+        exec_output_limit=t.size("exec_output_limit", default=64 * 1024),
+        connect_timeout=t.duration("connect_timeout", default=10.0),
+        login_timeout=t.duration("login_timeout", default=30.0),
     )

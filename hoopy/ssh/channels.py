@@ -1,0 +1,562 @@
+"""The channels of one client connection, each relayed to its own upstream channel.
+
+A session channel (exec, shell, sftp) is judged by the policy service
+before anything reaches upstream: the client's bytes are held (its window
+stays shut) until the decision, then the two channels are joined with
+backpressure both ways (a side that cannot write pauses the other side's
+reading). Terminal channels are recorded in asciicast v2; exec channels
+without a terminal keep their output, bounded, in their closing event;
+SFTP requests are read packet by packet and each file operation is
+recorded (durable) before the packet goes upstream.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import asyncssh
+from twisted.logger import Logger
+
+from hoopy.audit.asciicast import AsciicastRecorder
+from hoopy.policy.rules import Operation, Unit
+from hoopy.policy.service import Deny, Hold
+from hoopy.ssh import sftp
+
+log = Logger()
+
+STDERR = asyncssh.EXTENDED_DATA_STDERR
+REFUSED = 126  # what a shell returns for "found but cannot run"
+GATEWAY_FAILED = 255  # what ssh itself returns when the connection fails
+ATTRIBUTION = {"HOOPY_MODEL": "model", "HOOPY_TOOL_CALL": "tool_call", "HOOPY_MCP_SERVER": "mcp_server"}
+
+
+async def wait(d):
+    """Await a Twisted Deferred from asyncio code."""
+    return await d.asFuture(asyncio.get_running_loop())
+
+
+def _text(v) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+class ClientSession(asyncssh.SSHServerSession):
+    """One session channel from the client: exec, shell or the sftp subsystem."""
+
+    def __init__(self, client):
+        self.client = client  # hoopy.ssh.server.ClientConnection
+        self.chan = None
+        self.kind = None
+        self.command = None
+        self.pty = None  # (term_type, term_size, term_modes)
+        self.up = None  # the upstream channel, once open
+        self.recorder = None
+        self.recording = None
+        self.tracker = None  # sftp.Tracker for sftp channels
+        self.hold = None
+        self.closed = False  # the client's side is gone
+        self.exit_status = None
+        self.exit_signal = None
+        self.bytes_in = self.bytes_out = self.bytes_err = 0
+        self.output = bytearray()
+        self.truncated = False
+        self.started = time.monotonic()
+        self.done = asyncio.get_event_loop().create_future()  # set once the channel is recorded
+        self._finishing = None
+        self._sftp_queue = collections.deque()
+        self._sftp_pump = None
+        self._eof_pending = False
+        self._early = []
+
+    # --- requests from the client -------------------------------------------
+
+    def connection_made(self, chan):
+        self.chan = chan
+        self.client.channels.add(self)
+        self.client.records.add(self.done)
+        self.done.add_done_callback(self.client.records.discard)
+
+    def pty_requested(self, term_type, term_size, term_modes):
+        self.pty = (term_type, term_size, term_modes)
+        return True
+
+    def shell_requested(self):
+        self.kind = "shell"
+        return True
+
+    def exec_requested(self, command):
+        self.kind = "exec"
+        self.command = command
+        return True
+
+    def subsystem_requested(self, subsystem):
+        if subsystem != "sftp":
+            return False
+        self.kind = "sftp"
+        return True
+
+    def session_started(self):
+        # Nothing the client sends goes anywhere before the policy has spoken.
+        self.chan.pause_reading()
+        asyncio.ensure_future(self._run())
+
+    # --- opening -------------------------------------------------------------
+
+    async def _run(self):
+        try:
+            await self._open()
+        except Exception:
+            log.failure("ssh channel {kind} of {peer}", kind=self.kind, peer=self.client.peer)
+            await self._fail("hoopy: internal error; see the gateway log", GATEWAY_FAILED)
+
+    @property
+    def session(self):
+        return self.client.session
+
+    def _operation(self) -> Operation:
+        detail = {"pty": self.pty is not None}
+        if self.kind == "exec":
+            return Operation("ssh", "exec", self.command, (Unit("exec", self.command),), detail)
+        return Operation("ssh", self.kind, self.kind, (Unit(self.kind),), detail)
+
+    async def _open(self):
+        try:
+            session, upstream = await self.client.wait_ready()
+        except Exception as e:
+            await self._fail(f"hoopy: {e}", GATEWAY_FAILED, record=False)
+            self.client.close_soon()
+            return
+        env = {_text(k): _text(v) for k, v in self.chan.get_environment().items()}
+        attribution = {ATTRIBUTION[k]: env.pop(k) for k in list(env) if k in ATTRIBUTION}
+        if attribution:
+            try:
+                await wait(session.attribute(**attribution))
+            except Exception:
+                return await self._fail("hoopy: refused: the audit store cannot record this session",
+                                        REFUSED)
+        if self.pty is not None:
+            self._start_recording(env)
+        decision = await wait(self.client.gateway.policy.decide(session, self._operation()))
+        if isinstance(decision, Hold):
+            self.hold = decision
+            self._notice(f"hoopy: {self._what()} is held for approval {decision.id}; "
+                         f"waiting for a reviewer (hoopy approve {decision.id})")
+            self._marker(f"approval {decision.id} requested")
+            decision = await wait(decision.resolution)
+            self.hold = None
+            self._marker(f"approval {decision.approval} "
+                         f"{'denied' if isinstance(decision, Deny) else 'approved'}")
+        if self.closed:
+            return await self._finish()
+        if isinstance(decision, Deny):
+            return await self._fail(f"hoopy: refused: {decision.reason}", REFUSED)
+        kw = {"env": env, "encoding": None}
+        if self.pty is not None:
+            term_type, term_size, term_modes = self.pty
+            kw.update(term_type=term_type, term_size=term_size, term_modes=term_modes, request_pty="force")
+        else:
+            kw["request_pty"] = False
+        if self.kind == "sftp":
+            kw["subsystem"] = "sftp"
+            self.tracker = sftp.Tracker()
+        try:
+            up, _ = await upstream.create_session(
+                lambda: UpstreamSession(self), self.command if self.kind == "exec" else None, **kw)
+        except (asyncssh.Error, OSError) as e:
+            why = getattr(e, "reason", None) or str(e) or type(e).__name__
+            return await self._fail(f"hoopy: the upstream refused the {self.kind} channel: {why}",
+                                    GATEWAY_FAILED)
+        if self.closed:
+            up.close()
+            return
+        self.up = up
+        early, self._early = b"".join(self._early), []
+        if early:
+            if self.tracker is not None:
+                self._sftp_requests(early)
+            else:
+                up.write(early)
+        if self._eof_pending and not self._sftp_queue:
+            up.write_eof()
+        self.chan.resume_reading()
+
+    def _what(self) -> str:
+        return f"command {self.command!r}" if self.kind == "exec" else self.kind
+
+    def _start_recording(self, env):
+        name = self.client.recording_name()
+        term_type, term_size, _ = self.pty
+        width, height = (term_size[0], term_size[1]) if term_size else (80, 24)
+        title = f"{self.session.identity} on {self.session.connection}: " + (
+            self.command if self.kind == "exec" else self.kind)
+        try:
+            self.recorder = AsciicastRecorder(
+                self.client.gateway.recordings / name, self.session, width, height,
+                term=term_type or None, shell=env.get("SHELL"), title=title,
+                command=self.command if self.kind == "exec" else None)
+        except OSError as e:
+            log.error("recording {name}: {e}", name=name, e=str(e))
+            return
+        self.recording = name
+        for data in self._early:  # typed before the recording could start
+            self.recorder.input(data)
+        if self.session.recording is None:
+            self.session.set_recording(name)
+
+    def _marker(self, label):
+        if self.recorder is not None:
+            self.recorder.marker(label)
+
+    def _notice(self, line: str):
+        if self.closed:
+            return
+        nl = "\r\n" if self.pty is not None else "\n"
+        data = (line + nl).encode()
+        self.chan.write_stderr(data)
+        if self.recorder is not None:
+            self.recorder.output(data)
+
+    async def _fail(self, message: str, status: int, record: bool = True):
+        self._notice(message)
+        self.exit_status = status
+        self.reason = message
+        if record:
+            await self._finish()
+        self._exit()
+        if not record and not self.done.done():
+            self.done.set_result(None)
+
+    # --- bytes both ways ------------------------------------------------------
+
+    def data_received(self, data, datatype):
+        self.bytes_in += len(data)
+        if self.recorder is not None:
+            self.recorder.input(data)
+        if self.up is None:
+            # Early bytes (before the decision): held here, bounded by the channel window.
+            self._early.append(data)
+            return
+        if self.tracker is not None:
+            return self._sftp_requests(data)
+        self.up.write(data)
+
+    def from_upstream(self, data, datatype):
+        if datatype == STDERR:
+            self.bytes_err += len(data)
+        else:
+            self.bytes_out += len(data)
+        if self.tracker is not None:
+            try:
+                self.tracker.responses(data)
+            except sftp.SFTPError as e:
+                return self._abort(f"hoopy: {e}")
+        if self.recorder is not None:
+            self.recorder.output(data)
+        elif self.kind == "exec" and not self.truncated:
+            room = self.client.settings.exec_output_limit - len(self.output)
+            if len(data) > room:
+                self.truncated = True
+                data_kept = data[:max(room, 0)]
+            else:
+                data_kept = data
+            self.output += data_kept
+        if self.closed:
+            return
+        if datatype == STDERR:
+            self.chan.write_stderr(data)
+        else:
+            self.chan.write(data)
+
+    def eof_received(self):
+        if self.up is not None:
+            if self._sftp_queue:
+                self._eof_pending = True
+            else:
+                self.up.write_eof()
+        else:
+            self._eof_pending = True
+        return True  # half-open: the command's output still flows back
+
+    def terminal_size_changed(self, width, height, pixwidth, pixheight):
+        if self.pty is not None:
+            self.pty = (self.pty[0], (width, height, pixwidth, pixheight), self.pty[2])
+        if self.recorder is not None:
+            self.recorder.resize(width, height)
+        if self.up is not None:
+            self.up.change_terminal_size(width, height, pixwidth, pixheight)
+
+    def signal_received(self, signal):
+        if self.up is not None:
+            self.up.send_signal(signal)
+
+    def break_received(self, msec):
+        if self.up is not None:
+            self.up.send_break(msec)
+            return True
+        return False
+
+    # Backpressure: the client cannot take more, so stop reading upstream, and back.
+    def pause_writing(self):
+        if self.up is not None:
+            self.up.pause_reading()
+
+    def resume_writing(self):
+        if self.up is not None:
+            self.up.resume_reading()
+
+    # --- sftp: record each file operation before it goes upstream ---------------
+
+    def _sftp_requests(self, data):
+        try:
+            packets = self.tracker.requests(data)
+        except sftp.SFTPError as e:
+            return self._abort(f"hoopy: {e}")
+        if not self._sftp_queue and all(a is None for _, a in packets):
+            if packets:
+                self.up.write(b"".join(p for p, _ in packets))
+            return
+        self._sftp_queue.extend(packets)
+        if self._sftp_pump is None:
+            self.chan.pause_reading()
+            self._sftp_pump = asyncio.ensure_future(self._pump_sftp())
+
+    async def _pump_sftp(self):
+        try:
+            while self._sftp_queue and not self.closed:
+                run = []
+                while self._sftp_queue and self._sftp_queue[0][1] is None:
+                    run.append(self._sftp_queue.popleft()[0])
+                if run:
+                    self.up.write(b"".join(run))
+                    continue
+                pkt, action = self._sftp_queue.popleft()
+                try:
+                    await wait(self.session.event(action.kind, "ok", **action.data))
+                except Exception:
+                    return self._abort("hoopy: refused: the audit store cannot record this file operation")
+                if self.up is None or self.closed:
+                    return
+                self.up.write(pkt)
+            if self._eof_pending and self.up is not None:
+                self.up.write_eof()
+        finally:
+            self._sftp_pump = None
+            if not self.closed:
+                self.chan.resume_reading()
+
+    def _abort(self, message):
+        self._notice(message)
+        if self.up is not None:
+            self.up.close()
+        if not self.closed:
+            self.chan.close()
+
+    # --- closing -------------------------------------------------------------
+
+    def upstream_closed(self, exc):
+        """The upstream channel ended: pass its exit on, record, close."""
+        self.up_exc = exc
+        if self.exit_status is None and self.exit_signal is None:
+            why = getattr(exc, "reason", None) or (str(exc) if exc else "") or "closed without an exit status"
+            self._notice(f"hoopy: the upstream connection was lost: {why}")
+            self.exit_status = GATEWAY_FAILED
+            self.reason = f"upstream lost: {why}"
+        asyncio.ensure_future(self._close_after_record())
+
+    async def _close_after_record(self):
+        await self._finish()
+        self._exit()
+
+    def _exit(self):
+        if self.closed:
+            return
+        if self.exit_signal is not None:
+            sig, core, msg = self.exit_signal
+            self.chan.exit_with_signal(sig, core, msg)
+        else:
+            self.chan.exit(self.exit_status if self.exit_status is not None else GATEWAY_FAILED)
+
+    def connection_lost(self, exc):
+        """The client's channel is gone (closed, or the client vanished)."""
+        self.closed = True
+        self.client.channels.discard(self)
+        if self.hold is not None:
+            self.client.gateway.approvals.cancel_session(self.session, "the client went away")
+        if self.up is not None:
+            self.up.close()
+        if self._finishing is None and self.kind is not None and self.session is not None:
+            if self.exit_status is None:
+                self.reason = "client closed the channel" if exc is None else f"client lost: {exc}"
+            asyncio.ensure_future(self._finish())
+        elif self.kind is None and not self.done.done():
+            self.done.set_result(None)
+
+    def client_gone(self):
+        """The whole client connection ended."""
+        if not self.closed:
+            self.connection_lost(None)
+
+    def _finish(self):
+        if self._finishing is None:
+            self._finishing = asyncio.ensure_future(self._record_end())
+        return self._finishing
+
+    async def _record_end(self):
+        try:
+            session = self.session
+            gw = self.client.gateway
+            if session is None:
+                return
+            gw.count_bytes(session, "in", self.bytes_in)
+            gw.count_bytes(session, "out", self.bytes_out + self.bytes_err)
+            data = {
+                "exit_status": self.exit_status,
+                "exit_signal": self.exit_signal[0] if self.exit_signal else None,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "bytes_err": self.bytes_err,
+                "duration_s": round(time.monotonic() - self.started, 3), "pty": self.pty is not None,
+            }
+            if getattr(self, "reason", None):
+                data["reason"] = self.reason
+            if self.kind == "exec":
+                data["command"] = self.command
+                if self.recorder is None:
+                    data["output"] = self.output.decode("utf-8", "replace")
+                    data["output_truncated"] = self.truncated
+            if self.tracker is not None:
+                for action in self.tracker.unclosed():
+                    await _quiet(wait(session.event(action.kind, "ok", **action.data)))
+            if self.recording:
+                data["recording"] = self.recording
+            ok = self.exit_status == 0 and self.exit_signal is None
+            await _quiet(wait(session.event(f"ssh.{self.kind}", "ok" if ok else "failed", **data)))
+            if self.recorder is not None:
+                await _quiet(wait(self.recorder.seal()))
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
+
+
+async def _quiet(aw):
+    try:
+        await aw
+    except Exception as e:  # the store is down: logged there; the channel still closes
+        log.error("ssh: event not recorded: {e}", e=e)
+
+
+class UpstreamSession(asyncssh.SSHClientSession):
+    """The upstream half of a session channel: everything goes back to the client."""
+
+    def __init__(self, down: ClientSession):
+        self.down = down
+        self.chan = None
+
+    def connection_made(self, chan):
+        self.chan = chan
+
+    def data_received(self, data, datatype):
+        self.down.from_upstream(data, datatype)
+
+    def eof_received(self):
+        if not self.down.closed:
+            self.down.chan.write_eof()
+        return True
+
+    def exit_status_received(self, status):
+        self.down.exit_status = status
+
+    def exit_signal_received(self, signal, core_dumped, msg, lang):
+        self.down.exit_signal = (signal, core_dumped, msg)
+
+    def pause_writing(self):
+        if not self.down.closed:
+            self.down.chan.pause_reading()
+
+    def resume_writing(self):
+        if not self.down.closed and not self.down._sftp_queue:
+            self.down.chan.resume_reading()
+
+    def connection_lost(self, exc):
+        self.down.upstream_closed(exc)
+
+
+# --- direct-tcpip --------------------------------------------------------------
+
+class ForwardSession(asyncssh.SSHTCPSession):
+    """A client's direct-tcpip channel, relayed to the same forward from the upstream host."""
+
+    def __init__(self, client, target: str):
+        self.client = client
+        self.target = target
+        self.chan = None
+        self.up = None
+        self.closed = False
+        self.bytes_in = self.bytes_out = 0
+        self.started = time.monotonic()
+
+    def connection_made(self, chan):
+        self.chan = chan
+
+    def data_received(self, data, datatype):
+        self.bytes_in += len(data)
+        self.up.write(data)
+
+    def eof_received(self):
+        self.up.write_eof()
+        return True
+
+    def pause_writing(self):
+        self.up.pause_reading()
+
+    def resume_writing(self):
+        self.up.resume_reading()
+
+    def from_upstream(self, data):
+        self.bytes_out += len(data)
+        if not self.closed:
+            self.chan.write(data)
+
+    def connection_lost(self, exc):
+        self.closed = True
+        if self.up is not None:
+            self.up.close()
+        self._record()
+
+    def upstream_closed(self, exc):
+        if not self.closed:
+            self.chan.close()
+        self._record()
+
+    def _record(self):
+        if getattr(self, "_recorded", False):
+            return
+        self._recorded = True
+        session = self.client.session
+        self.client.gateway.count_bytes(session, "in", self.bytes_in)
+        self.client.gateway.count_bytes(session, "out", self.bytes_out)
+        d = session.event("ssh.forward", "ok", target=self.target, bytes_in=self.bytes_in,
+                          bytes_out=self.bytes_out, duration_s=round(time.monotonic() - self.started, 3))
+        d.addErrback(lambda f: log.error("ssh: forward end not recorded: {e}", e=f.getErrorMessage()))
+
+
+class UpstreamForward(asyncssh.SSHTCPSession):
+    def __init__(self, down: ForwardSession):
+        self.down = down
+
+    def data_received(self, data, datatype):
+        self.down.from_upstream(data)
+
+    def eof_received(self):
+        if not self.down.closed:
+            self.down.chan.write_eof()
+        return True
+
+    def pause_writing(self):
+        if not self.down.closed:
+            self.down.chan.pause_reading()
+
+    def resume_writing(self):
+        if not self.down.closed:
+            self.down.chan.resume_reading()
+
+    def connection_lost(self, exc):
+        self.down.upstream_closed(exc)

@@ -1,0 +1,208 @@
+"""One client's SSH connection to the gateway: authentication, its session, its upstream.
+
+The SSH user name is the identity; its key must be one of the identity's
+``ssh_keys``. An unknown user and a wrong key get the same answer (the
+next auth method, then a disconnect), as from sshd. Once authenticated the
+session is recorded and the gateway connects upstream; channels that open
+meanwhile wait for that (``wait_ready``).
+"""
+from __future__ import annotations
+
+import asyncio
+
+import asyncssh
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from hoopy.policy.rules import Operation
+from hoopy.policy.service import Deny, Hold
+from hoopy.ssh.channels import ClientSession, ForwardSession, UpstreamForward, wait
+from hoopy.ssh.upstream import UpstreamError
+
+log = Logger()
+
+
+class SessionRefused(Exception):
+    pass
+
+
+class ClientConnection(asyncssh.SSHServer):
+    def __init__(self, service):
+        self.service = service
+        self.gateway = service.gateway
+        self.connection = service.connection
+        self.settings = service.connection.settings
+        self.conn = None
+        self.peer = "unknown"
+        self.user = None
+        self.rejected_keys = 0
+        self.session = None
+        self.upstream = None
+        self.ready = None  # the future of (session, upstream connection)
+        self.channels = set()  # open session channels
+        self.records = set()  # the `done` futures of channels still being recorded
+        self.recordings = 0
+        self.end_reason = None
+        self.ended = asyncio.get_event_loop().create_future()
+
+    # --- authentication ----------------------------------------------------------
+
+    def connection_made(self, conn):
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        if peer:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        self.service.clients.add(self)
+
+    def begin_auth(self, username):
+        self.user = username
+        return True
+
+    def password_auth_supported(self):
+        return False
+
+    def kbdint_auth_supported(self):
+        return False
+
+    def host_based_auth_supported(self):
+        return False
+
+    def public_key_auth_supported(self):
+        return True
+
+    def validate_public_key(self, username, key):
+        ident = self.gateway.identities.get(username)
+        ok = ident is not None and ident.check_ssh_key(key.get_algorithm(), key.public_data)
+        if not ok:
+            self.rejected_keys += 1
+        return ok
+
+    def validate_ca_key(self, username, key):
+        return False  # certificates are not identities
+
+    def auth_completed(self):
+        self.ready = asyncio.ensure_future(self._start(self.user))
+        self.ready.add_done_callback(lambda f: f.exception())  # retrieved by channels
+
+    async def _start(self, identity):
+        session = self.gateway.new_session(identity, self.connection, self.peer)
+        try:
+            await wait(session.start())
+        except Exception as e:
+            log.error("ssh {peer}: session not recorded, refused: {e}", peer=self.peer, e=e)
+            raise SessionRefused("refused: the audit store cannot record this session")
+        self.session = session
+        session.terminate = self.terminate
+        try:
+            self.upstream = await self.service.upstream.connect(self._upstream_lost)
+        except UpstreamError as e:
+            self.end_reason = f"upstream failed: {e}"
+            try:
+                await wait(session.event("ssh.upstream", "failed", upstream=self.service.upstream.name,
+                                         reason=str(e)))
+            except Exception:
+                pass
+            raise
+        return session, self.upstream
+
+    async def wait_ready(self):
+        if self.ready is None:
+            raise SessionRefused("not authenticated")
+        return await asyncio.shield(self.ready)
+
+    def _upstream_lost(self, exc):
+        if self.conn is not None and not self.ended.done():
+            self.end_reason = self.end_reason or "upstream connection lost"
+            # Let each channel report and record first; then the client goes too.
+            asyncio.get_event_loop().call_later(1.0, self._close_if_idle)
+
+    def _close_if_idle(self):
+        if not self.channels and self.conn is not None:
+            self.conn.close()
+        elif self.conn is not None:
+            asyncio.get_event_loop().call_later(1.0, self._close_if_idle)
+
+    def close_soon(self):
+        asyncio.get_event_loop().call_later(0.5, self._close_if_idle)
+
+    def recording_name(self) -> str:
+        n = self.recordings
+        self.recordings += 1
+        return f"{self.session.id}.cast" if n == 0 else f"{self.session.id}.{n}.cast"
+
+    # --- channels --------------------------------------------------------------------
+
+    def session_requested(self):
+        if self.ready is None:
+            return False
+        return ClientSession(self)
+
+    def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
+        return self._forward(dest_host, dest_port, orig_host, orig_port)
+
+    async def _forward(self, host, port, orig_host, orig_port):
+        try:
+            session, upstream = await self.wait_ready()
+        except Exception as e:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, f"hoopy: {e}")
+        target = f"{host}:{port}"
+        op = Operation.single("ssh", "forward", f"forward {target}", target, origin=f"{orig_host}:{orig_port}")
+        decision = await wait(self.gateway.policy.decide(session, op))
+        if isinstance(decision, Hold):
+            decision = await wait(decision.resolution)
+        if isinstance(decision, Deny):
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                            f"hoopy: refused: {decision.reason}")
+        fwd = ForwardSession(self, target)
+        try:
+            fwd.up, _ = await upstream.create_connection(lambda: UpstreamForward(fwd), host, port)
+        except asyncssh.ChannelOpenError as e:
+            raise asyncssh.ChannelOpenError(e.code, f"hoopy: upstream: {e.reason}")
+        return fwd
+
+    def server_requested(self, listen_host, listen_port):
+        return False  # remote forwarding: no rule grants it
+
+    def unix_connection_requested(self, dest_path):
+        return False
+
+    def unix_server_requested(self, listen_path):
+        return False
+
+    # --- the end -------------------------------------------------------------------------
+
+    def connection_lost(self, exc):
+        self.service.clients.discard(self)
+        if self.ready is None:
+            if self.user is not None:
+                self.gateway.auth_failed(self.connection, self.peer, self.user, "publickey",
+                                         reason=f"no accepted key ({self.rejected_keys} offered)")
+            if not self.ended.done():
+                self.ended.set_result(None)
+            return
+        reason = self.end_reason or ("client closed" if exc is None else f"client lost: {exc}")
+        asyncio.ensure_future(self._end(reason))
+
+    async def _end(self, reason):
+        try:
+            for ch in list(self.channels):
+                ch.client_gone()
+            # Each channel records its end (and seals its recording) before the session ends.
+            if self.records:
+                await asyncio.wait(list(self.records), timeout=30)
+            if self.upstream is not None:
+                self.upstream.close()
+            if self.session is not None:
+                await wait(self.session.end(reason))
+        except Exception as e:
+            log.error("ssh {peer}: end not recorded: {e}", peer=self.peer, e=e)
+        finally:
+            if not self.ended.done():
+                self.ended.set_result(None)
+
+    def terminate(self, reason):
+        """Close this client's connection (gateway shutdown); fires once it is recorded."""
+        self.end_reason = reason
+        if self.conn is not None:
+            self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"hoopy: {reason}")
+        return Deferred.fromFuture(asyncio.shield(self.ended))

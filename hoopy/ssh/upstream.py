@@ -1,0 +1,73 @@
+"""The gateway's own SSH connection to the upstream host, one per client.
+
+The upstream's host key must be in ``upstream_known_hosts``: an unknown or
+changed key is refused (no trust on first use), and the client is told why.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import asyncssh
+from twisted.internet.endpoints import clientFromString
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached or trusted; the message is for the client."""
+
+
+def address(endpoint: str) -> tuple[str, int]:
+    """(host, port) of a Twisted client endpoint string such as tcp:host=H:port=P."""
+    ep = clientFromString(None, endpoint)
+    host = getattr(ep, "_hostText", None) or getattr(ep, "_host", None)
+    port = getattr(ep, "_port", None)
+    if not host or not port:
+        raise ValueError(f"{endpoint!r}: only tcp:host=...:port=... upstreams are supported for ssh")
+    if isinstance(host, bytes):
+        host = host.decode()
+    return host, int(port)
+
+
+class Upstream:
+    """What every client's upstream connection is made from (parsed once)."""
+
+    def __init__(self, settings):
+        self.host, self.port = address(settings.upstream)
+        self.user = settings.upstream_user
+        self.timeout = settings.connect_timeout
+        self.key = asyncssh.import_private_key(settings.upstream_key.value)
+        self.known_hosts = asyncssh.import_known_hosts(settings.upstream_known_hosts.value + "\n")
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def connect(self, on_lost=None) -> asyncssh.SSHClientConnection:
+        try:
+            conn, _ = await asyncio.wait_for(asyncssh.create_connection(
+                lambda: _Client(on_lost), self.host, self.port, username=self.user, client_keys=[self.key],
+                known_hosts=self.known_hosts, agent_path=None, agent_forwarding=False,
+                x11_forwarding=False, config=[], preferred_auth="publickey",
+                password=None, kbdint_auth=False, gss_auth=False, host_based_auth=False,
+                keepalive_interval=30, keepalive_count_max=3,
+            ), self.timeout)
+            return conn
+        except asyncssh.HostKeyNotVerifiable as e:
+            raise UpstreamError(
+                f"the upstream host key of {self.name} is not the one in upstream_known_hosts "
+                f"(unknown or changed): session refused ({e.reason})") from None
+        except asyncssh.PermissionDenied:
+            raise UpstreamError(f"the upstream {self.name} refused the gateway's key") from None
+        except asyncio.TimeoutError:
+            raise UpstreamError(f"the upstream {self.name} did not answer within {self.timeout:g}s") from None
+        except (OSError, asyncssh.Error) as e:
+            why = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise UpstreamError(f"the upstream {self.name} is unreachable: {why}") from None
+
+
+class _Client(asyncssh.SSHClient):
+    def __init__(self, on_lost):
+        self._on_lost = on_lost
+
+    def connection_lost(self, exc):
+        if self._on_lost is not None:
+            self._on_lost(exc)
