@@ -1,0 +1,60 @@
+"""Header rules, sans-IO: what is dropped, what is injected, what is recorded."""
+from __future__ import annotations
+
+# RFC 9110 7.6.1: meaningful for one hop only, never forwarded.
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection",
+    b"te", b"trailer", b"transfer-encoding", b"upgrade",
+})
+# The caller's own credential and attribution: consumed here, never forwarded.
+HOOPY = frozenset({b"x-hoopy-token", b"x-hoopy-model", b"x-hoopy-tool-call", b"x-hoopy-mcp-server"})
+# Set by the gateway alone: a caller could otherwise pose as another client to the upstream.
+FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
+                        b"x-real-ip"})
+# Headers that change which method the upstream framework runs: refused outright.
+METHOD_OVERRIDE = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
+# Values never written to the record.
+SECRET = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie", b"x-api-key",
+                    b"api-key", b"x-auth-token", b"x-hoopy-token", b"x-amz-security-token",
+                    b"x-csrf-token", b"x-xsrf-token"})
+REDACTED = "[REDACTED]"
+
+
+def connection_tokens(values) -> set[bytes]:
+    """Header names a Connection header lists (they are hop-by-hop too)."""
+    out = set()
+    for v in values or ():
+        out.update(t.strip().lower() for t in v.split(b",") if t.strip())
+    return out
+
+
+def forwardable(name: bytes, extra_hop: set) -> bool:
+    n = name.lower()
+    return not (n in HOP_BY_HOP or n in extra_hop)
+
+
+def is_secret(name: bytes) -> bool:
+    n = name.lower()
+    return n in SECRET or n.endswith((b"-token", b"-api-key", b"-secret", b"apikey")) or b"password" in n
+
+
+def for_record(pairs) -> dict:
+    """{name: value or [values]} with secret values replaced: safe to keep."""
+    out: dict = {}
+    for name, values in pairs:
+        key = name.decode("latin-1").lower()
+        vals = [REDACTED if is_secret(name) else v.decode("latin-1")[:1024] for v in values]
+        out[key] = vals[0] if len(vals) == 1 else vals
+    return out
+
+
+def forwarded_for(peer_host: str, proto: str, host: bytes | None) -> dict[bytes, bytes]:
+    """The Forwarded (RFC 7239) and X-Forwarded-* headers this gateway adds."""
+    node = f'"[{peer_host}]"' if ":" in peer_host else peer_host
+    fwd = f"for={node};proto={proto}"
+    out = {b"x-forwarded-for": peer_host.encode(), b"x-forwarded-proto": proto.encode()}
+    if host and all(32 < c < 127 and c not in b'";,' for c in host):
+        fwd += f';host="{host.decode()}"'
+        out[b"x-forwarded-host"] = host
+    out[b"forwarded"] = fwd.encode()
+    return out

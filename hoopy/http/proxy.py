@@ -1,0 +1,771 @@
+"""The HTTP gateway: a twisted.web site that judges, forwards and records.
+
+One ``GatewayChannel`` per client TCP connection holds that connection's
+session. Each request is one ``Exchange``: authenticate (Bearer token or
+X-Hoopy-Token), normalize the target (``paths``), ask the policy (waiting
+for a reviewer when held), then forward with twisted.web's Agent over a
+persistent connection pool. Response bodies stream straight through with
+backpressure unless a masking rule applies; then JSON and text bodies are
+buffered up to ``mask_limit`` and masked whole, and SSE is masked event by
+event as it streams.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import FileBodyProducer, ResponseDone
+from twisted.web.http import HTTPChannel, PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
+
+from hoopy.audit.store import StoreError
+from hoopy.http import headers as H
+from hoopy.http.bodies import Decoder, MaskError, Masker, SSEMasker, body_kind, decodable
+from hoopy.http.paths import PathError, normalize_target
+from hoopy.policy.rules import Operation, Unit
+from hoopy.policy.service import Allow, Deny, Hold
+
+log = Logger()
+
+# Bodies at least this large are masked on a worker thread, not the reactor.
+THREAD_MASK_SIZE = 64 * 1024
+
+
+class Refusal(Exception):
+    """Ends an exchange with a JSON error the client shows."""
+
+    def __init__(self, status: int, error: str, outcome: str = "refused", **extra):
+        super().__init__(error)
+        self.status, self.error, self.outcome, self.extra = status, error, outcome, extra
+
+
+class GatewayChannel(HTTPChannel):
+    """One client connection: holds its session and ends it when the connection goes."""
+
+    session = None
+    proxy = None  # the HTTPProxy, set by the site
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self.session is not None:
+            self.proxy.end_session(self, "client disconnected")
+
+
+class GatewaySite(Site):
+    protocol = GatewayChannel
+    noisy = False
+
+    def __init__(self, proxy):
+        super().__init__(proxy.resource)
+        self.proxy = proxy
+        self.displayTracebacks = False
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.proxy = self.proxy
+        self.proxy.channels.add(channel)
+        return channel
+
+    def log(self, request):
+        pass  # every request is an event in the store; no second access log
+
+
+class ProxyResource(Resource):
+    isLeaf = True
+
+    def __init__(self, proxy):
+        super().__init__()
+        self.proxy = proxy
+
+    def render(self, request):
+        Exchange(self.proxy, request).run()
+        return NOT_DONE_YET
+
+
+class HTTPProxy:
+    """Everything one http connection's requests share."""
+
+    def __init__(self, gateway, connection, agent, tls: bool):
+        from urllib.parse import urlsplit
+
+        self.gateway = gateway
+        self.connection = connection
+        self.settings = connection.settings
+        self.agent = agent
+        self.proto = "https" if tls else "http"
+        u = urlsplit(self.settings.upstream)
+        self.upstream_base = f"{u.scheme}://{u.netloc}".encode()
+        self.upstream_prefix = u.path.rstrip("/").encode()
+        self.inject = [(name.encode("latin-1"), s.value.encode("latin-1"))
+                       for name, s in self.settings.upstream_headers.items()]
+        self.inject_names = {n.lower() for n, _ in self.inject}
+        self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
+        self.resource = ProxyResource(self)
+        self.channels: set = set()
+
+    def session_for(self, channel, identity: str, peer: str):
+        """The channel's session for this identity: a new one if another identity spoke before."""
+        s = channel.session
+        if s is not None and s.identity == identity and not s.ended:
+            return defer.succeed(s)
+        if s is not None:
+            self.end_session(channel, "another identity used this connection")
+        session = self.gateway.new_session(identity, self.connection, peer)
+
+        def terminate(reason, channel=channel, session=session):
+            d = session.end(reason)
+            if channel.transport is not None:
+                channel.transport.abortConnection()
+            return d
+
+        session.terminate = terminate
+        channel.session = session
+        return session.start()
+
+    def end_session(self, channel, reason: str):
+        s, channel.session = channel.session, None
+        if s is not None:
+            self.gateway.approvals.cancel_session(s, reason)
+            s.end(reason)
+        if reason == "client disconnected":
+            self.channels.discard(channel)
+
+    def stop(self, reason: str):
+        ds = []
+        for channel in list(self.channels):
+            s = channel.session
+            if s is not None:
+                ds += self.gateway.approvals.cancel_session(s, reason)
+                ds.append(s.terminate(reason))
+            elif channel.transport is not None:
+                channel.transport.loseConnection()
+        return defer.DeferredList(ds, consumeErrors=True)
+
+
+def _token(request) -> str | None:
+    auth = request.getHeader(b"authorization")
+    if auth:
+        scheme, _, value = auth.partition(b" ")
+        if scheme.lower() == b"bearer" and value.strip():
+            return value.strip().decode("latin-1")
+    tok = request.getHeader(b"x-hoopy-token")
+    return tok.strip().decode("latin-1") if tok and tok.strip() else None
+
+
+class Exchange:
+    """One request through the gateway, from judgement to the last byte."""
+
+    def __init__(self, proxy: HTTPProxy, request):
+        self.proxy = proxy
+        self.request = request
+        self.settings = proxy.settings
+        self.started = time.monotonic()
+        self.session = None
+        self.method = request.method.decode("latin-1")
+        self.path = None
+        self.query = None
+        self.status = None
+        self.outcome = None
+        self.error = None
+        self.rule = None
+        self.approval = None
+        self.req_bytes = 0
+        self.resp_bytes = 0
+        self.req_body_record = None
+        self.resp_body_record = None
+        self.resp_headers_record = None
+        self.gone = False
+        self.finished = False
+        self.pending = None  # the Deferred being waited on, cancelled if the client goes
+        self.upstream_transport = None
+        self.timer = None
+        self.timed_out = False
+        addr = request.getClientAddress()
+        self.peer_host = getattr(addr, "host", "unknown")
+        self.peer = f"{self.peer_host}:{getattr(addr, 'port', '')}"
+        request.notifyFinish().addErrback(self._client_gone)
+
+    # --- the flow -------------------------------------------------------------
+
+    def run(self):
+        self.request.defaultContentType = None
+        d = defer.ensureDeferred(self._run())
+        d.addErrback(self._failed)
+
+    async def _run(self):
+        req = self.request
+        token = _token(req)
+        ident = self.proxy.gateway.identities.by_token(token) if token else None
+        if ident is None:
+            self.proxy.gateway.auth_failed(self.proxy.connection, self.peer, "", "bearer",
+                                           "missing token" if token is None else "bad credentials")
+            req.setHeader(b"www-authenticate", b'Bearer realm="hoopy"')
+            self._reply(401, {"error": "authentication required: send Authorization: Bearer TOKEN"})
+            self.outcome = "unauthenticated"
+            return
+        try:
+            self.session = await self._wait(self.proxy.session_for(req.channel, ident.name, self.peer))
+        except StoreError:
+            raise Refusal(503, "refused: the audit store cannot record this session", "error")
+        attribution = {k: (req.getHeader(h) or b"").decode("utf-8", "replace") for k, h in (
+            ("model", b"x-hoopy-model"), ("tool_call", b"x-hoopy-tool-call"),
+            ("mcp_server", b"x-hoopy-mcp-server"))}
+        if any(attribution.values()):
+            try:
+                await self._wait(self.session.attribute(**attribution))
+            except StoreError:
+                raise Refusal(503, "refused: the audit store cannot record this request", "error")
+        self._check_shape()
+        op = Operation("http", "request", f"{self.method} {self.path}", (Unit(self.method, self.path),),
+                       {"method": self.method, "path": self.path, "query": self.query})
+        verdict = await self._wait(self.proxy.gateway.policy.decide(self.session, op))
+        if isinstance(verdict, Hold):
+            self.approval = verdict.id
+            verdict = await self._wait(verdict.resolution)
+        if isinstance(verdict, Deny):
+            self.rule = verdict.rule
+            self.approval = verdict.approval or self.approval
+            raise Refusal(403, verdict.reason, "refused", rule=verdict.rule, approval=self.approval)
+        assert isinstance(verdict, Allow)
+        self.rule = verdict.rule
+        await self._forward()
+
+    def _check_shape(self):
+        req = self.request
+        if req.method == b"CONNECT":
+            raise Refusal(405, "CONNECT is not forwarded")
+        try:
+            self.path, self.query = normalize_target(req.uri)
+        except PathError as e:
+            raise Refusal(400, str(e))
+        h = req.requestHeaders
+        if h.hasHeader(b"content-length") and h.hasHeader(b"transfer-encoding"):
+            raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding")
+        for name in H.METHOD_OVERRIDE:
+            if h.hasHeader(name):
+                raise Refusal(400, f"method-override headers ({name.decode()}) are refused: "
+                                   "send the real method")
+        if h.hasHeader(b"upgrade"):
+            raise Refusal(501, "protocol upgrades (WebSocket) are not relayed by this gateway yet")
+
+    # --- upstream ------------------------------------------------------------
+
+    def _upstream_headers(self) -> Headers:
+        req = self.request
+        h = req.requestHeaders
+        extra_hop = H.connection_tokens(h.getRawHeaders(b"connection"))
+        out = Headers()
+        for name, values in h.getAllRawHeaders():
+            n = name.lower()
+            if (n in H.HOP_BY_HOP or n in extra_hop or n in H.HOOPY or n in H.FORWARDING
+                    or n in (b"host", b"content-length", b"authorization") or n in self.proxy.inject_names):
+                continue
+            if n == b"accept-encoding" and self.proxy.masker.active:
+                continue  # we must read what we mask
+            out.setRawHeaders(name, values)
+        if self.proxy.masker.active:
+            out.setRawHeaders(b"accept-encoding", [b"identity"])
+        for name, value in H.forwarded_for(self.peer_host, self.proxy.proto, h.getRawHeaders(b"host", [None])[0]).items():
+            out.setRawHeaders(name, [value])
+        for name, value in self.proxy.inject:
+            out.setRawHeaders(name, [value])
+        return out
+
+    async def _request_body(self):
+        req = self.request
+        h = req.requestHeaders
+        content = req.content
+        content.seek(0, 2)
+        size = content.tell()
+        content.seek(0)
+        self.req_bytes = size
+        if size == 0 and not (h.hasHeader(b"content-length") or h.hasHeader(b"transfer-encoding")):
+            return None
+        kind = body_kind((h.getRawHeaders(b"content-type") or [None])[0])
+        masker = self.proxy.masker
+        if masker.applies(kind):
+            if not decodable((h.getRawHeaders(b"content-encoding") or [None])[0]) or h.hasHeader(b"content-encoding"):
+                raise Refusal(415, "a request body that must be masked cannot be content-encoded")
+            if size > self.settings.mask_limit:
+                raise Refusal(413, f"the request body must be masked and is larger than mask_limit "
+                                   f"({self.settings.mask_limit} bytes)")
+            data = content.read()
+            try:
+                data, counts = await self._mask(kind, data)
+            except MaskError as e:
+                raise Refusal(400, f"the request body cannot be masked: {e}")
+            await self._record_redactions("request", counts)
+            self._keep_body("req", data, kind)
+            from io import BytesIO
+
+            return FileBodyProducer(BytesIO(data))
+        if kind != "other":
+            self.req_body_record = _prefix(content.read(self.settings.record_body_limit),
+                                           self.settings.record_body_limit, size)
+            content.seek(0)
+        return FileBodyProducer(content)
+
+    async def _forward(self):
+        body = await self._request_body()
+        uri = self.proxy.upstream_base + self.proxy.upstream_prefix + self.path.encode()
+        if self.query is not None:
+            uri += b"?" + self.query.encode()
+        d = self.proxy.agent.request(self.request.method, uri, self._upstream_headers(), body)
+        self._arm_timer(d)
+        try:
+            response = await self._wait(d)
+        except Exception as e:
+            if self.gone:
+                raise defer.CancelledError()
+            if not self.timed_out:
+                raise Refusal(502, f"the upstream could not be reached: {_reason(e)}", "error")
+            raise Refusal(504, f"the upstream did not answer within {self.settings.upstream_timeout:g}s",
+                          "error")
+        finally:
+            self._disarm_timer()
+        await self._respond(response)
+
+    def _arm_timer(self, d):
+        def expire():
+            self.timed_out = True
+            d.cancel()
+
+        self.timer = self.proxy.gateway.reactor.callLater(self.settings.upstream_timeout, expire)
+
+    def _disarm_timer(self):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    async def _respond(self, response):
+        req = self.request
+        self.status = response.code
+        ct = (response.headers.getRawHeaders(b"content-type") or [None])[0]
+        ct = ct.decode("latin-1") if ct else None
+        kind = body_kind(ct)
+        encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
+        encoding = encoding.decode("latin-1") if encoding else None
+        must_mask = self.proxy.masker.applies(kind) and self.method != "HEAD"
+        extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
+        out = req.responseHeaders
+        for name, values in response.headers.getAllRawHeaders():
+            n = name.lower()
+            if n in H.HOP_BY_HOP or n in extra_hop:
+                continue
+            if must_mask and n in (b"content-encoding", b"content-length", b"content-md5", b"etag"):
+                continue
+            out.setRawHeaders(name, values)
+        self.resp_headers_record = H.for_record(response.headers.getAllRawHeaders())
+        if must_mask and encoding and not decodable(encoding):
+            response.deliverBody(_Discard())
+            raise Refusal(502, f"the upstream body must be masked but its Content-Encoding "
+                               f"{encoding!r} cannot be decoded", "error")
+        decoder = Decoder(encoding, self.settings.mask_limit) if must_mask and encoding and \
+            encoding.lower() != "identity" else None
+        if must_mask and kind != "sse":
+            data = await self._wait(self._collect(response, decoder))
+            try:
+                data, counts = await self._mask(kind, data)
+            except MaskError as e:
+                raise Refusal(502, f"the upstream body cannot be masked: {e}", "error")
+            await self._record_redactions("response", counts)
+            self._keep_body("resp", data, kind)
+            req.setResponseCode(response.code, response.phrase)
+            req.setHeader(b"content-length", str(len(data)).encode())
+            self._write(data)
+            self._finish("ok")
+            return
+        req.setResponseCode(response.code, response.phrase)
+        if not must_mask and response.length is not UNKNOWN_LENGTH:
+            req.setHeader(b"content-length", str(response.length).encode())
+        stream = _Stream(self, SSEMasker(self.proxy.masker, self.settings.mask_limit) if must_mask else None,
+                         decoder, kind)
+        self.pending = stream.done
+        response.deliverBody(stream)
+        try:
+            await stream.done
+        finally:
+            self.pending = None
+
+    def _collect(self, response, decoder) -> defer.Deferred:
+        c = _Collect(self, decoder, self.settings.mask_limit)
+        response.deliverBody(c)
+        return c.done
+
+    async def _mask(self, kind, data):
+        masker = self.proxy.masker
+        if len(data) >= THREAD_MASK_SIZE:
+            return await deferToThread(masker.mask, kind, data)
+        return masker.mask(kind, data)
+
+    async def _record_redactions(self, direction: str, counts: dict):
+        if not counts:
+            return
+        self.proxy.gateway.metrics.redactions.labels("http", self.proxy.connection.name).inc(
+            sum(counts.values()))
+        try:
+            await self._wait(self.session.event("redaction", "masked", direction=direction,
+                                                path=self.path, counts=counts))
+        except StoreError:
+            raise Refusal(503, "refused: the audit store cannot record a redaction", "error")
+
+    def _keep_body(self, which, data: bytes, kind):
+        limit = self.settings.record_body_limit
+        rec = _prefix(data[:limit], limit, len(data))
+        if which == "req":
+            self.req_body_record = rec
+        else:
+            self.resp_body_record = rec
+
+    # --- the client side ---------------------------------------------------------
+
+    def _wait(self, d):
+        """Await ``d``, cancelling it if the client goes away meanwhile."""
+        self.pending = d
+        if self.gone:
+            d.cancel()
+
+        def clear(r):
+            if self.pending is d:
+                self.pending = None
+            return r
+
+        return d.addBoth(clear)
+
+    def _client_gone(self, failure):
+        if self.finished:
+            return
+        self.gone = True
+        self._disarm_timer()
+        if self.pending is not None:
+            self.pending.cancel()
+        if self.upstream_transport is not None:
+            self.upstream_transport.stopProducing()
+
+    def _write(self, data: bytes):
+        if not self.gone and data:
+            self.resp_bytes += len(data)
+            self.request.write(data)
+
+    def _reply(self, status: int, body: dict):
+        req = self.request
+        self.status = status
+        data = json.dumps(body).encode() + b"\n"
+        if not self.gone and not req.startedWriting:
+            req.setResponseCode(status)
+            for name in list(dict(req.responseHeaders.getAllRawHeaders())):
+                if name.lower() not in (b"www-authenticate",):
+                    req.responseHeaders.removeHeader(name)
+            req.setHeader(b"content-type", b"application/json")
+            req.setHeader(b"cache-control", b"no-store")
+            req.setHeader(b"content-length", str(len(data)).encode())
+            self._write(data)
+        self._finish(None)
+
+    def _finish(self, outcome):
+        if self.outcome is None:
+            self.outcome = outcome
+        if self.finished:
+            return
+        self.finished = True
+        if not self.gone:
+            self.request.finish()
+        self._record()
+
+    def _abort(self, outcome, error):
+        """The response already started: all that is left is to cut the connection."""
+        self.outcome, self.error = outcome, error
+        self.finished = True
+        if not self.gone and self.request.channel.transport is not None:
+            self.request.channel.transport.abortConnection()
+        self._record()
+
+    def _failed(self, failure: Failure):
+        if self.finished:
+            return
+        if failure.check(defer.CancelledError) and self.gone:
+            self.outcome, self.error = "client gone", "the client went away"
+            self.finished = True
+            self._record()
+            return
+        if failure.check(Refusal):
+            r = failure.value
+        elif failure.check(StoreError):
+            r = Refusal(503, "refused: the audit store cannot record this request", "error")
+        else:
+            log.failure("http exchange failed", failure)
+            r = Refusal(502, f"the gateway could not complete the request: {failure.getErrorMessage()}",
+                        "error")
+        self.error = r.error
+        self.outcome = r.outcome
+        if self.request.startedWriting:
+            self._abort(r.outcome, r.error)
+            return
+        body = {"error": r.error}
+        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval") and (v or k == "rule")})
+        self._reply(r.status, body)
+
+    def _record(self):
+        session = self.session
+        if session is None:
+            return
+        gw = self.proxy.gateway
+        gw.count_bytes(session, "in", self.req_bytes)
+        gw.count_bytes(session, "out", self.resp_bytes)
+        data = {
+            "method": self.method, "path": self.path, "query": self.query, "status": self.status,
+            "request_bytes": self.req_bytes, "response_bytes": self.resp_bytes,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
+            "request_headers": H.for_record(self.request.requestHeaders.getAllRawHeaders()),
+        }
+        if self.path is None:
+            data["target"] = self.request.uri.decode("latin-1")[:2048]
+        for k, v in (("rule", self.rule), ("approval", self.approval), ("error", self.error),
+                     ("response_headers", self.resp_headers_record),
+                     ("request_body", self.req_body_record), ("response_body", self.resp_body_record)):
+            if v is not None:
+                data[k] = v
+        session.event("http.request", self.outcome or "ok", **data).addErrback(
+            lambda f: log.error("http request not recorded: {e}", e=f.getErrorMessage()))
+
+
+def _prefix(data: bytes, limit: int, total: int):
+    if limit <= 0:
+        return None
+    text = data[:limit].decode("utf-8", "replace")
+    return text if total <= limit else {"head": text, "total_bytes": total}
+
+
+def _reason(e) -> str:
+    inner = getattr(e, "reasons", None)
+    if inner:
+        return "; ".join(f.getErrorMessage() or f.type.__name__ for f in inner)
+    return str(e) or type(e).__name__
+
+
+class _Discard(Protocol):
+    def dataReceived(self, data):
+        pass
+
+    def connectionMade(self):
+        self.transport.stopProducing()
+
+
+class _Collect(Protocol):
+    """Buffers a body that must be masked, up to the limit."""
+
+    def __init__(self, exchange, decoder, limit):
+        self.exchange = exchange
+        self.decoder = decoder
+        self.limit = limit
+        self.parts = []
+        self.size = 0
+        self.raw = 0
+        self.done = defer.Deferred(lambda d: self._stop())
+        self.error = None
+
+    def connectionMade(self):
+        self.exchange.upstream_transport = self.transport
+
+    def _stop(self):
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data):
+        if self.error is not None:
+            return
+        self.raw += len(data)
+        try:
+            if self.decoder is not None:
+                data = self.decoder.feed(data)
+        except MaskError as e:
+            return self._fail(str(e))
+        self.size += len(data)
+        if self.size > self.limit:
+            return self._fail(f"the upstream body must be masked and is larger than mask_limit "
+                              f"({self.limit} bytes)")
+        self.parts.append(data)
+
+    def _fail(self, error):
+        self.error = error
+        self.transport.stopProducing()
+        if not self.done.called:
+            self.done.errback(Refusal(502, error, "error"))
+
+    def connectionLost(self, reason):
+        self.exchange.upstream_transport = None
+        if self.done.called:
+            return
+        if not reason.check(ResponseDone, PotentialDataLoss):
+            self.done.errback(Refusal(502, f"the upstream response broke off: {_reason(reason.value)}",
+                                      "error"))
+            return
+        try:
+            if self.decoder is not None:
+                self.parts.append(self.decoder.close())
+        except MaskError as e:
+            self.done.errback(Refusal(502, str(e), "error"))
+            return
+        self.done.callback(b"".join(self.parts))
+
+
+@implementer(IPushProducer)
+class _Stream(Protocol):
+    """Streams an upstream body to the client with backpressure both ways.
+
+    The client's transport pauses us (registerProducer) and we pause the
+    upstream connection; SSE is masked event by event on the way.
+    """
+
+    def __init__(self, exchange: Exchange, sse: SSEMasker | None, decoder, kind):
+        self.exchange = exchange
+        self.sse = sse
+        self.decoder = decoder
+        self.kind = kind
+        self.done = defer.Deferred(lambda d: self.stopProducing())
+        self.keep = exchange.settings.record_body_limit if kind != "other" else 0
+        self.kept = []
+        self.kept_size = 0
+        self.total = 0
+        self.paused_for_store = False
+        self.client_paused = False
+        self.broken = False
+        self.backlog = []
+        self.lost = None
+
+    def connectionMade(self):
+        self.exchange.upstream_transport = self.transport
+        self.exchange.request.registerProducer(self, True)
+        if self.kind == "sse":
+            self.exchange.request.write(b"")  # the head now: an event stream may be quiet a while
+
+    # IPushProducer, for the client's transport
+    def pauseProducing(self):
+        self.client_paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self):
+        self.client_paused = False
+        if self.transport is not None and not self.paused_for_store:
+            self.transport.resumeProducing()
+
+    def stopProducing(self):
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data):
+        if self.broken:
+            return
+        if self.paused_for_store:
+            self.backlog.append(data)  # the parser may still hand us what it had read
+            return
+        try:
+            if self.decoder is not None:
+                data = self.decoder.feed(data)
+            if self.sse is not None:
+                data = self.sse.feed(data)
+                counts = self.sse.take_counts()
+                if counts:
+                    return self._after_redaction(counts, data)
+        except MaskError as e:
+            return self._break(f"the upstream stream cannot be masked: {e}")
+        self._emit(data)
+
+    def _emit(self, data):
+        if not data:
+            return
+        self.total += len(data)
+        if self.kept_size < self.keep:
+            piece = data[:self.keep - self.kept_size]
+            self.kept.append(piece)
+            self.kept_size += len(piece)
+        self.exchange._write(data)
+
+    def _after_redaction(self, counts, data, then=None):
+        # Hold the stream until the redaction is durable, then pass on the masked event.
+        ex = self.exchange
+        self.paused_for_store = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+        ex.proxy.gateway.metrics.redactions.labels("http", ex.proxy.connection.name).inc(sum(counts.values()))
+        d = ex.session.event("redaction", "masked", direction="response", path=ex.path, counts=counts)
+
+        def written(_):
+            self.paused_for_store = False
+            self._emit(data)
+            if then is not None:
+                return then()
+            while self.backlog and not self.paused_for_store and not self.broken:
+                self.dataReceived(self.backlog.pop(0))
+            if self.paused_for_store or self.broken:
+                return
+            if self.lost is not None:
+                return self._lost(self.lost)
+            if self.transport is not None and not self.client_paused:
+                self.transport.resumeProducing()
+
+        def failed(f):
+            self._break("the audit store cannot record a redaction")
+
+        d.addCallbacks(written, failed)
+
+    def _break(self, error):
+        self.broken = True
+        if self.transport is not None:
+            self.transport.stopProducing()
+        if not self.done.called:
+            self.done.errback(Refusal(502, error, "error"))
+
+    def connectionLost(self, reason):
+        ex = self.exchange
+        ex.upstream_transport = None
+        self.transport = None
+        if not ex.gone:
+            ex.request.unregisterProducer()
+        if self.paused_for_store:
+            self.lost = reason  # finish once the pending redaction is written
+            return
+        self._lost(reason)
+
+    def _lost(self, reason):
+        ex = self.exchange
+        ex.resp_body_record = _prefix(b"".join(self.kept), self.keep, self.total) if self.keep else None
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            try:
+                tail = b""
+                if self.decoder is not None:
+                    tail = self.decoder.close()
+                if self.sse is not None:
+                    tail = self.sse.feed(tail) + self.sse.close()
+                    counts = self.sse.take_counts()
+                    if counts:  # a last event without its blank line
+                        return self._after_redaction(counts, tail, then=self._complete)
+                self._emit(tail)
+            except MaskError as e:
+                return self._break(f"the upstream stream cannot be masked: {e}")
+            self._complete()
+        elif ex.gone:
+            self.done.errback(defer.CancelledError())
+        else:
+            self._break(f"the upstream response broke off: {_reason(reason.value)}")
+
+    def _complete(self):
+        ex = self.exchange
+        ex.resp_body_record = _prefix(b"".join(self.kept), self.keep, self.total) if self.keep else None
+        ex._finish("ok")
+        if not self.done.called:
+            self.done.callback(None)

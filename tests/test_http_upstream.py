@@ -1,0 +1,134 @@
+"""A real upstream HTTP server for the HTTP gateway tests (no tests in here).
+
+Run as ``python tests/test_http_upstream.py PORT LOGFILE``: a twisted.web
+server on 127.0.0.1:PORT that appends one JSON line per request it receives
+to LOGFILE (method, path, headers, body size), so a test can prove what did
+or did not reach the upstream.
+
+  /echo/**        JSON: the method, raw path, headers and body it received
+  /customer       JSON holding an ssn, a card number and e-mail addresses
+  /gzip/customer  the same, gzip-encoded whatever Accept-Encoding says
+  /text           text/plain with an e-mail address
+  /sse            text/event-stream: three events, JSON and text, 50 ms apart
+  /big?size=N     N bytes of application/octet-stream, produced with backpressure
+  /slow           answers after 10 s
+  /reset          sends a head and half a body, then drops the connection
+  /upload         counts and hashes the request body
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import sys
+
+CUSTOMER = {
+    "id": 42,
+    "name": "Ada",
+    "ssn": "123-45-6789",
+    "card": {"number": "4111 1111 1111 1111", "expiry": "12/29"},
+    "contact": {"email": "ada@example.com", "note": "call ada@example.com after 5"},
+    "orders": [{"id": 1, "ssn": "987-65-4320"}],
+}
+
+
+def main(port: int, logfile: str):
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET, Site
+
+    log = open(logfile, "a", buffering=1)
+
+    class BigProducer:
+        def __init__(self, request, size):
+            self.request, self.left = request, size
+            self.chunk = b"x" * 65536
+
+        def resumeProducing(self):
+            if self.left <= 0:
+                return
+            n = min(self.left, len(self.chunk))
+            self.left -= n
+            self.request.write(self.chunk[:n] if n < len(self.chunk) else self.chunk)
+            if self.left <= 0:
+                self.request.unregisterProducer()
+                self.request.finish()
+
+        def stopProducing(self):
+            self.left = 0
+
+    class Root(Resource):
+        isLeaf = True
+
+        def render(self, request):
+            if request.path == b"/upload":  # may be large: hash it in pieces
+                h, n = hashlib.sha256(), 0
+                while chunk := request.content.read(1 << 20):
+                    h.update(chunk)
+                    n += len(chunk)
+                request.setHeader(b"content-type", b"application/json")
+                return json.dumps({"bytes": n, "sha256": h.hexdigest()}).encode()
+            body = request.content.read()
+            path = request.uri.decode()
+            headers = {k.decode().lower(): [v.decode() for v in vs]
+                       for k, vs in request.requestHeaders.getAllRawHeaders()}
+            log.write(json.dumps({"method": request.method.decode(), "path": path, "headers": headers,
+                                  "body_bytes": len(body)}) + "\n")
+            p = request.path.decode()
+            if p.startswith("/echo") or p.startswith("/v1/"):
+                request.setHeader(b"content-type", b"application/json")
+                request.setHeader(b"set-cookie", b"sid=upstream-cookie")
+                return json.dumps({"method": request.method.decode(), "path": path, "headers": headers,
+                                   "body": body.decode("utf-8", "replace")}).encode()
+            if p == "/customer":
+                request.setHeader(b"content-type", b"application/json; charset=utf-8")
+                return json.dumps(CUSTOMER).encode()
+            if p == "/gzip/customer":
+                request.setHeader(b"content-type", b"application/json")
+                request.setHeader(b"content-encoding", b"gzip")
+                return gzip.compress(json.dumps(CUSTOMER).encode())
+            if p == "/text":
+                request.setHeader(b"content-type", b"text/plain")
+                return b"write to ada@example.com or bob@example.org\n"
+            if p == "/sse":
+                request.setHeader(b"content-type", b"text/event-stream")
+                request.setHeader(b"cache-control", b"no-cache")
+                events = [
+                    b'event: message\ndata: {"jsonrpc":"2.0","id":1,"result":{"ssn":"123-45-6789","who":"ada@example.com"}}\n\n',
+                    b"data: plain text for ada@example.com\n\n",
+                    b'data: {"done":true}\n\n',
+                ]
+                for i, ev in enumerate(events):
+                    reactor.callLater(0.05 * i, request.write, ev)
+                reactor.callLater(0.05 * len(events), request.finish)
+                return NOT_DONE_YET
+            if p == "/big":
+                size = int(request.args.get(b"size", [b"1048576"])[0])
+                request.setHeader(b"content-type", b"application/octet-stream")
+                request.setHeader(b"content-length", str(size).encode())
+                request.registerProducer(BigProducer(request, size), False)
+                return NOT_DONE_YET
+            if p == "/slow":
+                call = reactor.callLater(10, lambda: request.finish() if not request.finished else None)
+                request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
+                request.setHeader(b"content-type", b"text/plain")
+                return NOT_DONE_YET
+            if p == "/reset":
+                request.setHeader(b"content-type", b"application/octet-stream")
+                request.setHeader(b"content-length", b"100000")
+                request.write(b"y" * 1000)
+                reactor.callLater(0.05, request.transport.abortConnection)
+                return NOT_DONE_YET
+            if p == "/health":
+                return b"ok"
+            request.setResponseCode(404)
+            return b"not found"
+
+    site = Site(Root())
+    site.log = lambda request: None
+    reactor.listenTCP(port, site, interface="127.0.0.1")
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2])
