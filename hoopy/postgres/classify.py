@@ -1,0 +1,419 @@
+"""What a SQL string does: read / write / ddl / admin, and the tables it touches.
+
+pglast parses with PostgreSQL's own parser; we walk the *whole* tree, so a
+DELETE inside a CTE, ``EXPLAIN ANALYZE`` of a write, ``SELECT ... FOR
+UPDATE``, ``COPY ... FROM`` or ``TO PROGRAM``, side-effecting functions,
+``DO`` blocks and ``SET ROLE`` are never taken for reads.
+
+Unqualified names are judged as ``public.NAME`` (``pg_*`` names as
+``pg_catalog.NAME``): the gateway's documented search path. A session that
+changed ``search_path`` cannot be judged that way, so ``Classified.unqualified``
+lets the caller refuse.
+"""
+from __future__ import annotations
+
+import functools
+
+import attrs
+from pglast import ast, parse_sql
+from pglast.enums import VariableSetKind
+from pglast.parser import ParseError
+
+from hoopy.policy.rules import Unit, pg_table_unit
+
+
+class ClassifyError(Exception):
+    """The SQL does not parse: refused with the parser's message."""
+
+
+# Functions known to be free of side effects (what an agent's SELECT uses).
+SAFE_FUNCTIONS = frozenset("""
+count sum avg min max stddev variance every bool_and bool_or array_agg string_agg json_agg jsonb_agg
+json_object_agg jsonb_object_agg row_to_json to_json to_jsonb json_build_object jsonb_build_object
+json_build_array jsonb_build_array jsonb_pretty json_typeof jsonb_typeof jsonb_set jsonb_array_length
+json_array_length jsonb_each jsonb_each_text json_each json_each_text jsonb_object_keys jsonb_array_elements
+json_array_elements jsonb_extract_path jsonb_extract_path_text json_extract_path json_extract_path_text
+lower upper length char_length octet_length substr substring trim btrim ltrim rtrim concat concat_ws
+replace split_part left right lpad rpad repeat reverse position strpos initcap format regexp_replace
+regexp_match regexp_matches regexp_split_to_array regexp_split_to_table starts_with to_char to_date to_number
+to_timestamp date_trunc date_part extract age now clock_timestamp statement_timestamp transaction_timestamp
+timeofday make_date make_time make_timestamp make_timestamptz make_interval justify_days justify_hours
+abs round floor ceil ceiling trunc mod power sqrt exp ln log sign greatest least random pi div
+coalesce nullif generate_series unnest array_length array_position array_positions cardinality array_to_string
+string_to_array array_append array_prepend array_cat array_remove array_upper array_lower md5 sha256 encode
+decode gen_random_uuid uuid_generate_v4 pg_sleep version current_setting current_database current_schema
+current_schemas current_user session_user pg_typeof format_type quote_ident quote_literal quote_nullable
+row_number rank dense_rank percent_rank cume_dist ntile lag lead first_value last_value nth_value
+percentile_cont percentile_disc mode obj_description col_description shobj_description
+pg_table_is_visible pg_type_is_visible pg_function_is_visible pg_get_userbyid pg_get_expr pg_get_indexdef
+pg_get_constraintdef pg_get_viewdef pg_get_triggerdef pg_get_functiondef pg_get_function_arguments
+pg_get_function_result pg_get_function_identity_arguments pg_get_ruledef pg_get_serial_sequence
+pg_get_partkeydef pg_get_statisticsobjdef pg_relation_size pg_total_relation_size pg_table_size
+pg_indexes_size pg_size_pretty pg_encoding_to_char pg_backend_pid pg_postmaster_start_time
+has_table_privilege has_schema_privilege has_database_privilege has_column_privilege has_function_privilege
+pg_has_role array_to_json inet_server_addr inet_server_port txid_current_if_assigned pg_is_in_recovery
+""".split())
+
+# Functions that reach outside SQL's data model: files, servers, settings, roles.
+ADMIN_FUNCTIONS = frozenset("""
+pg_read_file pg_read_binary_file pg_ls_dir pg_stat_file pg_ls_logdir pg_ls_waldir pg_ls_tmpdir
+pg_ls_archive_statusdir pg_file_write pg_file_rename pg_file_unlink pg_logdir_ls dblink dblink_exec
+dblink_connect dblink_connect_u dblink_send_query dblink_open dblink_fetch set_config pg_terminate_backend
+pg_cancel_backend pg_reload_conf pg_rotate_logfile pg_switch_wal pg_create_restore_point pg_start_backup
+pg_stop_backup pg_backup_start pg_backup_stop pg_promote pg_create_logical_replication_slot
+pg_create_physical_replication_slot pg_drop_replication_slot pg_logical_slot_get_changes
+pg_logical_emit_message pg_advisory_lock pg_advisory_xact_lock pg_import_system_collations
+""".split())
+
+
+@attrs.frozen
+class Classified:
+    units: tuple  # of Unit
+    relations: frozenset  # "schema.name" of every relation named (any class)
+    column_names: frozenset  # every column name referenced (lower-case)
+    whole_row: bool  # a whole-row reference, a star below the top, or a cursor FETCH
+    unqualified: bool  # some relation name had no schema
+    statements: tuple  # one top-level statement kind per statement ("SelectStmt", ...)
+    copy_out: bool  # COPY ... TO STDOUT
+    fetch: bool
+    prepares: tuple = ()  # (name, units) of PREPARE statements
+    executes: tuple = ()  # names of EXECUTE statements
+    sets_search_path: bool = False
+
+    @property
+    def classes(self) -> frozenset:
+        return frozenset(u.kind for u in self.units)
+
+
+class _Walk:
+    def __init__(self):
+        self.units: dict = {}
+        self.relations: set = set()
+        self.columns: set = set()
+        self.aliases: set = set()
+        self.whole_row = False
+        self.unqualified = False
+        self.copy_out = False
+        self.fetch = False
+        self.prepares = []
+        self.executes = []
+        self.sets_search_path = False
+        self.pending_lone = []
+
+    def add(self, cls, table=None):
+        self.units.setdefault(Unit(cls, None) if table is None else Unit(cls, table), None)
+
+    def rel(self, rv: ast.RangeVar, ctes=frozenset(), cls="read"):
+        schema = rv.schemaname
+        name = rv.relname
+        if schema is None:
+            if name in ctes:
+                return None
+            self.unqualified = True
+            schema = "pg_catalog" if name.startswith("pg_") else "public"
+        table = f"{schema}.{name}"
+        self.relations.add(table)
+        if rv.alias is not None:
+            self.aliases.add(rv.alias.aliasname)
+        self.aliases.add(name)
+        self.add(cls, table)
+        return table
+
+    # The generic walk: every node, every field.
+    def node(self, n, ctes=frozenset(), top=False):
+        if n is None:
+            return
+        if isinstance(n, (list, tuple)):
+            for x in n:
+                self.node(x, ctes)
+            return
+        if not isinstance(n, ast.Node):
+            return
+        handler = getattr(self, "on_" + type(n).__name__, None)
+        if handler is not None:
+            if handler(n, ctes, top) is not False:
+                return
+        self.children(n, ctes)
+
+    def children(self, n, ctes, skip=()):
+        for name in type(n).__slots__:
+            if name in skip:
+                continue
+            v = getattr(n, name, None)
+            if isinstance(v, (ast.Node, list, tuple)):
+                self.node(v, ctes)
+
+    def _with(self, n, ctes):
+        w = getattr(n, "withClause", None)
+        if w is None:
+            return ctes
+        names = frozenset(c.ctename for c in w.ctes or ())
+        ctes = ctes | names
+        self.node(w.ctes, ctes)
+        return ctes
+
+    # --- statements ------------------------------------------------------
+    def on_SelectStmt(self, n, ctes, top):
+        ctes = self._with(n, ctes)
+        if n.lockingClause:
+            # FOR UPDATE/SHARE takes row locks: a write on what it reads.
+            for rv in _range_vars(n.fromClause):
+                self.rel(rv, ctes, "write")
+        if n.intoClause is not None:
+            self.add("ddl", self.rel(n.intoClause.rel, frozenset(), "ddl"))
+        if top:
+            # A star in the outer target list yields columns with an origin.
+            for t in n.targetList or ():
+                v = t.val
+                if isinstance(v, ast.ColumnRef):
+                    self.column_ref(v, star_ok=True)
+                else:
+                    self.node(v, ctes)
+            self.children(n, ctes, skip=("withClause", "targetList", "intoClause", "larg", "rarg"))
+            self.node(n.larg, ctes)
+            self.node(n.rarg, ctes)
+            return True
+        self.children(n, ctes, skip=("withClause", "intoClause"))
+        return True
+
+    def _dml(self, n, ctes):
+        ctes = self._with(n, ctes)
+        self.rel(n.relation, ctes, "write")
+        self.children(n, ctes, skip=("withClause", "relation"))
+        return True
+
+    def on_InsertStmt(self, n, ctes, top):
+        return self._dml(n, ctes)
+
+    def on_UpdateStmt(self, n, ctes, top):
+        return self._dml(n, ctes)
+
+    def on_DeleteStmt(self, n, ctes, top):
+        return self._dml(n, ctes)
+
+    def on_MergeStmt(self, n, ctes, top):
+        return self._dml(n, ctes)
+
+    def on_RangeVar(self, n, ctes, top):
+        self.rel(n, ctes, "read")
+        return True
+
+    def on_ExplainStmt(self, n, ctes, top):
+        # Judged as what it explains: EXPLAIN ANALYZE runs it; even a plain
+        # EXPLAIN of a write asks about a write.
+        self.node(n.query, ctes, top=False)
+        return True
+
+    def on_CopyStmt(self, n, ctes, top):
+        if n.filename is not None or n.is_program:
+            self.add("admin")  # server files and programs
+        if n.relation is not None:
+            self.rel(n.relation, ctes, "write" if n.is_from else "read")
+        if n.query is not None:
+            self.node(n.query, ctes)
+        if not n.is_from and n.filename is None:
+            self.copy_out = True
+        return True
+
+    def on_PrepareStmt(self, n, ctes, top):
+        sub = _Walk()
+        sub.node(n.query, ctes, top=True)
+        self.merge(sub)
+        self.prepares.append((n.name, tuple(sub.units)))
+        return True
+
+    def on_ExecuteStmt(self, n, ctes, top):
+        self.executes.append(n.name)
+        self.node(n.params, ctes)
+        return True
+
+    def on_DeclareCursorStmt(self, n, ctes, top):
+        self.node(n.query, ctes, top=False)
+        if n.options & 0x0020:  # CURSOR_OPT_HOLD survives the transaction: still a read
+            pass
+        return True
+
+    def on_FetchStmt(self, n, ctes, top):
+        self.fetch = True
+        self.whole_row = True  # we cannot see what the cursor reads here
+        self.add("read")
+        return True
+
+    def on_ClosePortalStmt(self, n, ctes, top):
+        self.add("read")
+        return True
+
+    def on_VariableSetStmt(self, n, ctes, top):
+        name = (n.name or "").lower()
+        if name in ("role", "session_authorization", "session_replication_role", "search_path") \
+                or name.startswith("hoopy.") or n.kind == VariableSetKind.VAR_RESET_ALL:
+            self.add("admin")
+            if name == "search_path" or n.kind == VariableSetKind.VAR_RESET_ALL:
+                self.sets_search_path = True
+        else:
+            self.add("read")
+        return True
+
+    def on_VariableShowStmt(self, n, ctes, top):
+        self.add("read")
+        return True
+
+    def on_TransactionStmt(self, n, ctes, top):
+        self.add("read")
+        return True
+
+    def on_DeallocateStmt(self, n, ctes, top):
+        self.add("read")
+        return True
+
+    def on_DiscardStmt(self, n, ctes, top):
+        self.add("admin")  # DISCARD ALL resets role and search path
+        self.sets_search_path = True
+        return True
+
+    def on_ListenStmt(self, n, ctes, top):
+        self.add("read")
+        return True
+
+    def on_UnlistenStmt(self, n, ctes, top):
+        self.add("read")
+        return True
+
+    def on_NotifyStmt(self, n, ctes, top):
+        self.add("write")
+        return True
+
+    def on_LockStmt(self, n, ctes, top):
+        for rv in n.relations or ():
+            self.rel(rv, ctes, "write")
+        return True
+
+    def on_TruncateStmt(self, n, ctes, top):
+        for rv in n.relations or ():
+            self.rel(rv, ctes, "write")
+        return True
+
+    def on_CallStmt(self, n, ctes, top):
+        self.add("write")
+        self.node(n.funccall.args if n.funccall else None, ctes)
+        return True
+
+    def on_DoStmt(self, n, ctes, top):
+        self.add("admin")
+        return True
+
+    # --- expressions -----------------------------------------------------
+    def on_FuncCall(self, n, ctes, top):
+        name = n.funcname[-1].sval.lower() if n.funcname else ""
+        if name in ADMIN_FUNCTIONS or name.startswith(("lo_", "dblink", "pg_ls_", "pg_read_")):
+            self.add("admin")
+        elif name in SAFE_FUNCTIONS and (len(n.funcname) == 1 or n.funcname[0].sval == "pg_catalog"):
+            pass
+        else:
+            # nextval, setval and any function we cannot vouch for may write.
+            self.add("write")
+        return False  # and walk the arguments
+
+    def on_ColumnRef(self, n, ctes, top):
+        self.column_ref(n)
+        return True
+
+    def column_ref(self, n, star_ok=False):
+        fields = n.fields or ()
+        names = [f.sval.lower() for f in fields if isinstance(f, ast.String)]
+        if any(isinstance(f, ast.A_Star) for f in fields):
+            if not star_ok:
+                self.whole_row = True
+        elif len(names) == 1:
+            # A lone name may be a whole row ("SELECT c FROM customers c").
+            self.pending_lone.append(names[0])
+        self.columns.update(names)
+
+    def merge(self, other: "_Walk"):
+        for u in other.units:
+            self.units.setdefault(u, None)
+        self.relations |= other.relations
+        self.columns |= other.columns
+        self.aliases |= other.aliases
+        self.whole_row |= other.whole_row
+        self.unqualified |= other.unqualified
+        self.copy_out |= other.copy_out
+        self.pending_lone.extend(other.pending_lone)
+
+
+_STATEMENT_CLASS = {
+    # DDL: changes the schema.
+    **{k: "ddl" for k in (
+        "CreateStmt", "AlterTableStmt", "DropStmt", "IndexStmt", "ViewStmt", "CreateTableAsStmt",
+        "RenameStmt", "CommentStmt", "CreateSeqStmt", "AlterSeqStmt", "CreateFunctionStmt",
+        "AlterFunctionStmt", "CreateTrigStmt", "RuleStmt", "CreateSchemaStmt", "CompositeTypeStmt",
+        "CreateEnumStmt", "AlterEnumStmt", "CreateDomainStmt", "AlterDomainStmt", "DefineStmt",
+        "CreateCastStmt", "AlterObjectSchemaStmt", "AlterOwnerStmt", "CreateStatsStmt",
+        "RefreshMatViewStmt", "CreatePolicyStmt", "AlterPolicyStmt", "CreateRangeStmt",
+        "AlterDefaultPrivilegesStmt", "SecLabelStmt")},
+}
+
+
+def _range_vars(n):
+    out = []
+
+    def walk(x):
+        if isinstance(x, (list, tuple)):
+            for y in x:
+                walk(y)
+        elif isinstance(x, ast.RangeVar):
+            out.append(x)
+        elif isinstance(x, ast.JoinExpr):
+            walk(x.larg)
+            walk(x.rarg)
+    walk(n)
+    return out
+
+
+_HANDLED = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "ExplainStmt", "CopyStmt",
+            "PrepareStmt", "ExecuteStmt", "DeclareCursorStmt", "FetchStmt", "ClosePortalStmt",
+            "VariableSetStmt", "VariableShowStmt", "TransactionStmt", "DeallocateStmt", "DiscardStmt",
+            "ListenStmt", "UnlistenStmt", "NotifyStmt", "LockStmt", "TruncateStmt", "CallStmt", "DoStmt"}
+
+
+@functools.lru_cache(maxsize=4096)
+def classify(sql: str) -> Classified:
+    try:
+        stmts = parse_sql(sql)
+    except ParseError as e:
+        raise ClassifyError(str(e.args[0]) if e.args else str(e))
+    w = _Walk()
+    kinds = []
+    for raw in stmts:
+        s = raw.stmt
+        kind = type(s).__name__
+        kinds.append(kind)
+        if kind in _HANDLED:
+            w.node(s, top=True)
+        else:
+            cls = _STATEMENT_CLASS.get(kind, "admin")
+            sub = _Walk()
+            sub.children(s, frozenset())
+            # Tables named by a DDL statement are DDL on those tables; its
+            # embedded queries (CREATE TABLE AS, views) also read.
+            units = list(sub.units)
+            sub.units = {}
+            for u in units:
+                sub.add(cls if u.kind == "read" else u.kind, u.subject)
+            w.merge(sub)
+            w.add(cls)
+    if not w.units and kinds:
+        w.add("read")  # SELECT 1, SELECT now(): reads nothing, still a read
+    whole = w.whole_row or any(name in w.aliases for name in w.pending_lone)
+    return Classified(
+        units=tuple(w.units), relations=frozenset(w.relations), column_names=frozenset(w.columns),
+        whole_row=whole, unqualified=w.unqualified, statements=tuple(kinds), copy_out=w.copy_out,
+        fetch=w.fetch, prepares=tuple(w.prepares), executes=tuple(w.executes),
+        sets_search_path=w.sets_search_path)
+
+
+def table_units(units) -> tuple:
+    return tuple(units)
+
+
+__all__ = ["classify", "Classified", "ClassifyError", "pg_table_unit"]

@@ -1,0 +1,762 @@
+"""The client side: a thin Twisted adapter that speaks PostgreSQL to clients.
+
+Startup and authentication (SCRAM against the identity's verifier), then
+every client message in order: statements are judged before anything that
+runs them goes upstream; replies come back through a queue of expected
+replies (pipelining), masking where a rule applies and bytes untouched
+where none can.
+"""
+from __future__ import annotations
+
+import collections
+import secrets
+import struct
+import time
+
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+from hoopy.policy.rules import Operation, Unit
+from hoopy.policy.service import Allow, Deny, Hold
+from hoopy.postgres import codec, scram
+from hoopy.postgres.backend import UpstreamError, connect, send_cancel
+from hoopy.postgres.classify import ClassifyError, classify
+from hoopy.postgres.rows import MaskRules, catalog_query
+
+log = Logger()
+
+MAX_SQL_RECORDED = 100_000
+MAX_PARAM_RECORDED = 1_000
+# Client parameters never passed upstream: identity, database choice and
+# anything that would change who we are or the protocol we speak.
+PRIVATE_PARAMS = {"user", "database", "options", "replication"}
+
+
+class Pending:
+    """One reply the client is owed, in order."""
+
+    __slots__ = ("kind", "raw", "sql", "classified", "plan", "rows", "start", "portal", "tag",
+                 "error", "target", "copy")
+
+    def __init__(self, kind, raw=None, sql=None, classified=None, portal=None):
+        self.kind = kind
+        self.raw = raw  # synthetic: bytes to send when this reaches the head
+        self.sql = sql
+        self.classified = classified
+        self.plan = None
+        self.rows = 0
+        self.start = time.monotonic()
+        self.portal = portal
+        self.tag = None
+        self.error = None
+        self.target = None  # describe_internal: the Execute it describes for
+        self.copy = False
+
+
+class PortalInfo:
+    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified")
+
+    def __init__(self, sql, params, result_formats):
+        self.sql = sql
+        self.params = params
+        self.result_formats = result_formats
+        self.judged = False
+        self.plan = None
+        self.classified = None
+
+
+def parse_options(options: str) -> tuple[dict, list]:
+    """``-c k=v`` / ``--k=v`` words (backslash escapes a space): hoopy.* for
+    us, the rest for upstream."""
+    words, cur, esc = [], [], False
+    for ch in options:
+        if esc:
+            cur.append(ch)
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif ch.isspace():
+            if cur:
+                words.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        words.append("".join(cur))
+    ours, rest = {}, []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        kv = None
+        if w == "-c" and i + 1 < len(words):
+            kv = words[i + 1]
+            i += 2
+        elif w.startswith("-c"):
+            kv = w[2:]
+            i += 1
+        elif w.startswith("--"):
+            kv = w[2:]
+            i += 1
+        else:
+            rest.append(w)
+            i += 1
+            continue
+        k, _, v = kv.partition("=")
+        if k.lower().startswith("hoopy."):
+            ours[k.lower()[6:]] = v
+        else:
+            rest += ["-c", kv]
+    return ours, rest
+
+
+def _quote_option(w: str) -> str:
+    return w.replace("\\", "\\\\").replace(" ", "\\ ")
+
+
+def decode_param(value, fmt: int, type_oid: int):
+    if value is None:
+        return None
+    if fmt == 0:
+        text = value.decode("utf-8", "replace")
+        return text if len(text) <= MAX_PARAM_RECORDED else text[:MAX_PARAM_RECORDED] + "..."
+    try:
+        if type_oid == 23 and len(value) == 4:
+            return struct.unpack("!i", value)[0]
+        if type_oid == 20 and len(value) == 8:
+            return struct.unpack("!q", value)[0]
+        if type_oid == 21 and len(value) == 2:
+            return struct.unpack("!h", value)[0]
+        if type_oid == 16 and len(value) == 1:
+            return value != b"\0"
+        if type_oid == 701 and len(value) == 8:
+            return struct.unpack("!d", value)[0]
+        if type_oid == 700 and len(value) == 4:
+            return struct.unpack("!f", value)[0]
+        if type_oid in (25, 1043, 1042, 19, 114):
+            return value.decode("utf-8", "replace")[:MAX_PARAM_RECORDED]
+    except (struct.error, UnicodeDecodeError):
+        pass
+    h = value[:MAX_PARAM_RECORDED // 2].hex()
+    return "\\x" + h + ("..." if len(value) > MAX_PARAM_RECORDED // 2 else "")
+
+
+class Frontend(Protocol):
+    def __init__(self, service):
+        self.service = service
+        self.gateway = service.gateway
+        self.connection = service.connection
+        self.settings = service.connection.settings
+        self.phase = "startup"
+        self.sreader = codec.StartupReader()
+        self.reader = codec.MessageReader()
+        self.ureader = codec.MessageReader()
+        self.tls = False
+        self.session = None
+        self.up = None
+        self.queue: collections.deque = collections.deque()
+        self.statements: dict = {}  # name -> (sql, param types)
+        self.portals: dict = {}
+        self.prepared: dict = {}  # SQL PREPARE name -> units
+        self.skipping = False
+        self.waiting = False
+        self.tx_status = b"I"
+        self.search_path_changed = False
+        self.held = None
+        self.key = None
+        self.rules = MaskRules(service.detectors, configured=service.mask_columns)
+
+    # --- plumbing ------------------------------------------------------------
+    @property
+    def peer(self) -> str:
+        try:
+            a = self.transport.getPeer()
+            return f"{a.host}:{a.port}"
+        except Exception:
+            return "?"
+
+    def connectionMade(self):
+        self._peer = self.peer
+        self.service.clients.add(self)
+        self.timeout = self.gateway.reactor.callLater(60, self._startup_timeout)
+
+    def _startup_timeout(self):
+        if self.phase in ("startup", "auth"):
+            self.fatal("08P01", "authentication timed out")
+
+    def send(self, data: bytes):
+        if self.session is not None:
+            self.gateway.count_bytes(self.session, "down", len(data))
+        self.transport.write(data)
+
+    def fatal(self, code: str, message: str):
+        if self.phase == "closed":
+            return
+        try:
+            self.transport.write(codec.error(code, message, "FATAL"))
+        except Exception:
+            pass
+        self.close(message)
+
+    def close(self, reason: str):
+        if self.phase == "closed":
+            return
+        self.phase = "closed"
+        self.transport.loseConnection()
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.loseConnection()
+        self._end(reason)
+
+    def _end(self, reason):
+        if self.held is not None and self.session is not None:
+            self.gateway.approvals.cancel_session(self.session, reason)
+        if self.session is not None:
+            return self.session.end(reason)
+
+    def dataReceived(self, data: bytes):
+        try:
+            if self.phase == "startup":
+                self.sreader.feed(data)
+                self._startup_packets()
+            elif self.phase == "closed":
+                return
+            else:
+                if self.session is not None:
+                    self.gateway.count_bytes(self.session, "up", len(data))
+                self.reader.feed(data)
+                if self.phase == "auth":
+                    self._auth_messages()
+                elif self.phase == "ready":
+                    self.pump()
+        except codec.ProtocolError as e:
+            self.fatal("08P01", f"invalid frontend message: {e}")
+
+    def connectionLost(self, reason):
+        self.service.clients.discard(self)
+        if self.timeout.active():
+            self.timeout.cancel()
+        if self.key is not None:
+            self.service.cancel_keys.pop(self.key, None)
+        if self.phase == "closed":
+            return
+        busy = any(p.kind in ("execute", "query") for p in self.queue)
+        self.phase = "closed"
+        if self.up is not None and self.up.transport is not None:
+            if busy:
+                # Stop the query upstream rather than drain it into memory.
+                send_cancel(self.gateway.reactor, self.settings, self.up.pid, self.up.key)
+            self.up.transport.loseConnection()
+        self._end("client disconnected" if not busy else "client disconnected mid-result")
+
+    # --- startup --------------------------------------------------------------
+    def _startup_packets(self):
+        while self.phase == "startup":
+            payload = self.sreader.next()
+            if payload is None:
+                return
+            s = codec.parse_startup(payload)
+            if s.code == codec.SSL_REQUEST:
+                if self.sreader.buf:
+                    raise codec.ProtocolError("data after SSLRequest before the TLS handshake")
+                if self.service.tls_context is not None and not self.tls:
+                    self.transport.write(b"S")
+                    self.transport.startTLS(self.service.tls_context)
+                    self.tls = True
+                else:
+                    self.transport.write(b"N")
+            elif s.code == codec.GSSENC_REQUEST:
+                self.transport.write(b"N")
+            elif s.code == codec.CANCEL_REQUEST:
+                self.service.cancel(s.pid, s.key)
+                self.phase = "closed"
+                self.transport.loseConnection()
+                return
+            else:
+                return self._startup(s)
+
+    def _startup(self, s):
+        params = s.params
+        user = params.get("user")
+        if not user:
+            return self.fatal("28000", "no PostgreSQL user name specified in startup packet")
+        if "replication" in params and params["replication"].lower() not in ("false", "0", "off", "no"):
+            return self.fatal("42501", "replication connections are not allowed through hoopy")
+        minor = s.code & 0xFFFF
+        unknown = [k for k in params if k.startswith("_pq_.")]
+        if minor > 0 or unknown:
+            # Stay on 3.0 (a 3.2 client, PostgreSQL 18 libpq, carries on).
+            self.transport.write(codec.negotiate_protocol(0, unknown))
+        self.client_params = params
+        self.user = user
+        if self.reader.buf or self.sreader.buf:
+            self.reader.feed(self.sreader.take_rest())
+        ident = self.gateway.identities.get(user)
+        verifier = ident.token_scram if ident is not None else None
+        cbind = self.service.cbind_data if self.tls else None
+        self.scram = scram.ScramServer(verifier, cbind, user)
+        mechs = ([scram.MECH_PLUS] if cbind is not None else []) + [scram.MECH]
+        self.phase = "auth"
+        self.auth_step = 0
+        self.transport.write(codec.auth(10, b"".join(codec.cstr(m) for m in mechs) + b"\0"))
+        if self.reader.buf:
+            self._auth_messages()
+
+    def _auth_messages(self):
+        while self.phase == "auth":
+            m = self.reader.next()
+            if m is None:
+                return
+            t, p = m
+            if t != b"p":
+                raise codec.ProtocolError(f"expected a password message, got {t!r}")
+            try:
+                if self.auth_step == 0:
+                    mech, data = codec.parse_sasl_initial(p)
+                    self.transport.write(codec.auth(11, self.scram.first(mech, data)))
+                    self.auth_step = 1
+                else:
+                    final = self.scram.final(p)
+                    self.transport.write(codec.auth(12, final) + codec.auth(0))
+                    self.phase = "connecting"
+                    self._authenticated()
+            except scram.ScramError as e:
+                self.gateway.auth_failed(self.connection, self._peer, self.user, "scram-sha-256", str(e))
+                return self.fatal("28P01", f'password authentication failed for user "{self.user}"')
+
+    def _authenticated(self):
+        self.session = self.gateway.new_session(self.user, self.connection, self._peer)
+        self.session.terminate = self.terminate
+        d = self.session.start()
+        d.addCallbacks(self._session_started, self._session_failed)
+
+    def _session_failed(self, f):
+        log.error("postgres session not recorded: {e}", e=f.getErrorMessage())
+        self.session = None
+        self.fatal("08004", "hoopy cannot record this session: refused")
+
+    def _session_started(self, _):
+        if self.phase == "closed":
+            return self.session.end("client disconnected")
+        ours, rest = parse_options(self.client_params.get("options", ""))
+        self.session.attribute(application_name=self.client_params.get("application_name"),
+                               model=ours.get("model"), tool_call=ours.get("tool_call"),
+                               mcp_server=ours.get("mcp_server"))
+        if any(w.lower().startswith("search_path") for w in rest) or "search_path" in self.client_params:
+            self.search_path_changed = True
+        up = {"user": self.settings.upstream_user,
+              "database": self.settings.upstream_database or self.client_params.get("database") or self.user}
+        for k, v in self.client_params.items():
+            if k not in PRIVATE_PARAMS and not k.startswith("_pq_."):
+                up[k] = v
+        if rest:
+            up["options"] = " ".join(_quote_option(w) for w in rest)
+        catalog = catalog_query(self.rules.configured) if self.rules.configured else None
+        d = connect(self.gateway.reactor, self.settings, up, catalog)
+        d.addCallbacks(self._upstream_ready, self._upstream_failed)
+
+    def _upstream_failed(self, f):
+        e = f.value
+        code, message = (e.code, e.message) if isinstance(e, UpstreamError) else ("08001", str(e))
+        if code.startswith("28"):
+            # Do not show the client the upstream's authentication story.
+            log.error("upstream authentication failed: {m}", m=message)
+            message = "the gateway could not authenticate upstream"
+            code = "08001"
+        if self.session is not None:
+            self.session.event("upstream.failed", "error", code=code, message=message)
+        self.fatal(code, message)
+
+    def _upstream_ready(self, backend):
+        self.up = backend
+        if self.phase == "closed":
+            backend.transport.loseConnection()
+            return
+        if self.rules.configured:
+            self.rules.load(backend.catalog + [[]] * (2 - len(backend.catalog)))
+        backend.frontend = self
+        self.transport.registerProducer(backend.transport, True)
+        pid = secrets.randbits(31)
+        key = secrets.token_bytes(4)
+        self.key = (pid, key)
+        self.service.cancel_keys[self.key] = self
+        out = [codec.parameter_status(k, v) for k, v in backend.statuses.items()]
+        out.append(codec.backend_key(pid, key))
+        out.append(codec.ready(b"I"))
+        self.send(b"".join(out))
+        self.phase = "ready"
+        self.timeout.cancel()
+        self.pump()
+
+    def cancel_upstream(self):
+        if self.up is not None:
+            send_cancel(self.gateway.reactor, self.settings, self.up.pid, self.up.key)
+            if self.session is not None:
+                self.session.event("cancel", "ok")
+
+    def terminate(self, reason):
+        if self.phase != "closed":
+            try:
+                self.transport.write(codec.error("57P01", f"terminating connection: {reason}", "FATAL"))
+            except Exception:
+                pass
+            self.phase = "closed"
+            self.transport.loseConnection()
+            if self.up is not None and self.up.transport is not None:
+                self.up.transport.loseConnection()
+        return self._end(reason)
+
+    # --- client messages ------------------------------------------------------
+    def pump(self):
+        while not self.waiting and self.phase == "ready":
+            m = self.reader.next()
+            if m is None:
+                return
+            self.handle(*m)
+
+    def forward(self, t: bytes, p: bytes):
+        self.up.transport.write(codec.msg(t, p))
+
+    def handle(self, t: bytes, p: bytes):
+        if t == b"X":
+            return self.close("client terminated")
+        if self.skipping and t != b"S":
+            return
+        if t == b"Q":
+            return self.simple_query(codec.parse_query(p))
+        if t == b"P":
+            parse = codec.parse_parse(p)
+            self.statements[parse.name] = (parse.query, parse.param_types)
+            self.forward(t, p)
+            return self.expect(Pending("parse"))
+        if t == b"B":
+            b = codec.parse_bind(p)
+            stmt = self.statements.get(b.statement)
+            if stmt is not None:
+                sql, types = stmt
+                fmts = b.param_formats
+                params = [decode_param(v, fmts[0] if len(fmts) == 1 else (fmts[i] if fmts else 0),
+                                       types[i] if i < len(types) else 0) for i, v in enumerate(b.params)]
+                self.portals[b.portal] = PortalInfo(sql, params, b.result_formats)
+            else:
+                self.portals.pop(b.portal, None)
+            self.forward(t, p)
+            return self.expect(Pending("bind"))
+        if t == b"D":
+            kind, name = codec.parse_describe(p)
+            self.forward(t, p)
+            return self.expect(Pending("describe_S" if kind == b"S" else "describe_P"))
+        if t == b"E":
+            portal, _ = codec.parse_execute(p)
+            return self.execute(portal, p)
+        if t == b"C":
+            kind, name = codec.parse_describe(p)
+            (self.statements if kind == b"S" else self.portals).pop(name, None)
+            self.forward(t, p)
+            return self.expect(Pending("close"))
+        if t == b"S":
+            self.skipping = False
+            self.portals.pop("", None)
+            self.forward(t, p)
+            return self.expect(Pending("sync"))
+        if t == b"H":
+            return self.forward(t, p)
+        if t in (b"d", b"c", b"f"):
+            return self.forward(t, p)
+        if t == b"F":
+            self.refuse_now("function calls by OID (fastpath) are not allowed through hoopy")
+            return self.expect(Pending("synthetic", raw=codec.ready(self.tx_status)))
+        raise codec.ProtocolError(f"unknown message type {t!r}")
+
+    # --- judging --------------------------------------------------------------
+    def _operation(self, sql, classified, params=None):
+        detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
+        if params is not None:
+            detail["params"] = params
+        units = list(classified.units)
+        for name in classified.executes:
+            units.extend(self.prepared.get(name, (Unit("admin", None),)))
+        return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)
+
+    def _local_refusal(self, c) -> str | None:
+        """Refusals that need no rule: what the gateway cannot judge or mask safely."""
+        if c.unqualified and self.search_path_changed:
+            return "refused: search_path was changed in this session, so unqualified table names are ambiguous"
+        if self.rules.configured and self.rules.touches(c):
+            if c.copy_out:
+                return "refused: COPY TO STDOUT of a table with masked columns"
+            if c.classes - {"read"} and (c.whole_row or not self.rules.names.isdisjoint(c.column_names)):
+                return "refused: this statement would copy a masked column"
+        return None
+
+    def judge(self, sql, params, proceed, refuse):
+        """Calls proceed(classified) or refuse(message, code) once decided."""
+        try:
+            c = classify(sql)
+        except ClassifyError as e:
+            self.session.event("operation", "refused", reason=f"syntax error: {e}", sql=sql[:MAX_SQL_RECORDED])
+            return refuse(f"syntax error: {e}", "42601")
+        if not c.statements:
+            return proceed(c)  # empty query: nothing runs
+        why = self._local_refusal(c)
+        op = self._operation(sql, c, params)
+        self.waiting = True
+        self.transport.pauseProducing()
+        if why:
+            d = self.session.event("operation", "refused", reason=why, sql=op.detail["sql"],
+                                   units=[str(u) for u in op.units])
+            d.addBoth(lambda _: Deny(why))
+        else:
+            d = self.gateway.policy.decide(self.session, op)
+
+        def decided(r):
+            if self.phase == "closed":
+                return
+            if isinstance(r, Hold):
+                self.held = r
+                self.send(codec.notice(
+                    f"hoopy: held for approval {r.id} (rule {r.approval.rule!r}); waiting for a reviewer",
+                    detail=f"approve with: hoopy approve {r.id}"))
+                r.resolution.addCallback(decided)
+                r.resolution.addErrback(lambda f: decided(Deny(f"approval failed: {f.getErrorMessage()}")))
+                return
+            self.held = None
+            self.waiting = False
+            if isinstance(r, Allow):
+                if c.sets_search_path:
+                    self.search_path_changed = True
+                for name, units in c.prepares:
+                    self.prepared[name] = units
+                proceed(c)
+            else:
+                msg = r.reason if r.rule is None or r.rule in r.reason else f"{r.reason} (rule {r.rule!r})"
+                if isinstance(r, Deny) and r.approval and r.approval not in msg:
+                    msg += f" (approval {r.approval})"
+                refuse("hoopy: " + msg, "42501")
+            self.transport.resumeProducing()
+            self.pump()
+
+        d.addCallback(decided)
+        d.addErrback(lambda f: (log.failure("judging", f), self.fatal("XX000", "internal error judging")))
+
+    def simple_query(self, sql):
+        def proceed(c):
+            self.forward(b"Q", codec.cstr(sql))
+            self.expect(Pending("query", sql=sql, classified=c))
+
+        def refuse(message, code):
+            self.expect(Pending("synthetic", raw=codec.error(code, message) + codec.ready(self.tx_status)))
+
+        self.judge(sql, None, proceed, refuse)
+
+    def execute(self, portal, p):
+        info = self.portals.get(portal)
+        if info is None:
+            # Upstream will say the portal does not exist.
+            self.forward(b"E", p)
+            return self.expect(Pending("execute", portal=portal))
+        if info.judged:
+            return self._send_execute(info, portal, p)
+
+        def proceed(c):
+            info.judged = True
+            info.classified = c
+            self._send_execute(info, portal, p, describe=self.rules.active)
+
+        def refuse(message, code):
+            self.refuse_now(message, code)
+
+        self.judge(info.sql, info.params, proceed, refuse)
+
+    def _send_execute(self, info, portal, p, describe=False):
+        ex = Pending("execute", sql=info.sql, classified=info.classified, portal=portal)
+        ex.plan = info.plan
+        if describe:
+            # We must know the result columns to mask them; the client may not ask.
+            d = Pending("describe_internal")
+            d.target = (ex, info)
+            self.forward(b"D", b"P" + codec.cstr(portal))
+            self.expect(d)
+        self.forward(b"E", p)
+        self.expect(ex)
+
+    def refuse_now(self, message, code="42501"):
+        """An error in the extended protocol: the client's messages up to Sync are skipped."""
+        self.skipping = True
+        self.expect(Pending("synthetic", raw=codec.error(code, message)))
+
+    def expect(self, pending):
+        self.queue.append(pending)
+        if pending.kind == "synthetic" and len(self.queue) == 1:
+            self._flush_synthetic()
+
+    def _flush_synthetic(self):
+        q = self.queue
+        while q and q[0].kind == "synthetic":
+            self.send(q.popleft().raw)
+
+    # --- upstream replies -----------------------------------------------------
+    def upstream_data(self, data: bytes):
+        if self.phase == "closed":
+            return
+        if self.session is not None:
+            self.gateway.count_bytes(self.session, "down", len(data))
+        r = self.ureader
+        r.feed(data)
+        out = []
+        q = self.queue
+        try:
+            while True:
+                head = q[0] if q else None
+                if head is not None and head.plan is None and head.kind in ("execute", "query"):
+                    raw, n = r.scan_rows()
+                    if n:
+                        head.rows += n
+                        out.append(raw)
+                m = r.next()
+                if m is None:
+                    break
+                self._reply(m[0], m[1], out)
+        except codec.ProtocolError as e:
+            self.transport.write(b"".join(out))
+            return self.fatal("08006", f"upstream protocol error: {e}")
+        if out:
+            self.transport.write(b"".join(out))
+
+    def _reply(self, t, p, out):
+        q = self.queue
+        if t in (b"N", b"A", b"S"):
+            out.append(codec.msg(t, p))
+            return
+        if not q:
+            out.append(codec.msg(t, p))
+            if t == b"E" and codec.parse_fields(p).get("S") == "FATAL":
+                self.transport.write(b"".join(out))
+                out.clear()
+                self.close("upstream ended the session")
+            return
+        head = q[0]
+        k = head.kind
+        if t == b"E":
+            fields = codec.parse_fields(p)
+            out.append(codec.msg(t, p))
+            if k == "query":
+                head.error = fields.get("C")
+                return
+            if k == "sync":  # cannot happen; be safe
+                return
+            # The backend now skips to Sync: so do the replies we expect.
+            while q and q[0].kind != "sync":
+                e = q.popleft()
+                if e.kind == "execute":
+                    e.error = fields.get("C")
+                    self._done(e)
+                elif e.kind == "describe_internal":
+                    ex = e.target[0]
+                    ex.error = fields.get("C")
+                    self._done(ex)
+                    if q and q[0] is ex:
+                        q.popleft()
+            if fields.get("S") == "FATAL":
+                self.transport.write(b"".join(out))
+                out.clear()
+                self.close("upstream ended the session")
+            return
+        if k == "describe_internal":
+            ex, info = head.target
+            if t == b"T":
+                ex.plan = info.plan = self._plan(codec.parse_row_description(p), ex.classified,
+                                                 info.result_formats)
+            q.popleft()
+            return
+        if k in ("execute", "query"):
+            if t == b"D":
+                head.rows += 1
+                out.append(head.plan.apply(p) if head.plan is not None else codec.msg(t, p))
+                return
+            if t == b"T" and k == "query":
+                head.plan = self._plan(codec.parse_row_description(p), head.classified, None)
+                out.append(codec.msg(t, p))
+                return
+            if t == b"d" and head.plan is not None and head.plan.detectors:
+                out.append(codec.msg(t, head.plan.copy_line(p)))
+                return
+            if t == b"H" and k == "query" and self.rules.detectors:
+                from hoopy.postgres.rows import RowPlan
+
+                if codec.Cursor(p).byte() == b"\x01":
+                    # Binary COPY cannot be scanned: refuse by ending the session safely.
+                    self.cancel_upstream()
+                head.plan = RowPlan([], self.rules.detectors)
+            out.append(codec.msg(t, p))
+            if t == b"C":
+                head.tag = codec.parse_command_tag(p)
+                if k == "execute":
+                    q.popleft()
+                    self._done(head)
+                elif head.plan is not None:
+                    self._redactions(head)
+                    head.plan = None
+            elif t in (b"s", b"I") and k == "execute":
+                q.popleft()
+                self._done(head)
+            elif t == b"Z":
+                self.tx_status = p[:1]
+                q.popleft()
+                self._done(head)
+                self._flush_pending(out)
+            return
+        out.append(codec.msg(t, p))
+        if k == "describe_S" and t == b"t":
+            return
+        if t == b"Z":
+            self.tx_status = p[:1]
+        q.popleft()
+        self._flush_pending(out)
+
+    def _flush_pending(self, out):
+        q = self.queue
+        while q and q[0].kind == "synthetic":
+            out.append(q.popleft().raw)
+
+    def _plan(self, fields, classified, formats):
+        plan = self.rules.plan(fields, classified)
+        if plan is not None and formats:
+            plan.with_formats(formats)
+        return plan
+
+    def _redactions(self, p):
+        s = p.plan.summary() if p.plan is not None else None
+        if not s:
+            return
+        n = sum(s["columns"].values()) + sum(s["patterns"].values())
+        self.gateway.metrics.redactions.labels("postgres", self.connection.name).inc(n)
+        p.plan.columns, p.plan.patterns = {}, {}
+        self.session.event("redaction", "masked", sql=(p.sql or "")[:2000], **s).addErrback(
+            lambda f: log.error("redaction not recorded: {e}", e=f.getErrorMessage()))
+
+    def _done(self, p):
+        """A statement finished: record rows, duration and outcome."""
+        if self.session is None or p.sql is None:
+            return
+        self._redactions(p)
+        data = {"sql": p.sql[:2000], "duration_ms": round((time.monotonic() - p.start) * 1000, 3)}
+        if p.kind == "execute":
+            data["rows"] = p.rows if p.tag is None or not p.tag.startswith(("INSERT", "UPDATE", "DELETE", "MERGE")) \
+                else codec.rows_from_tag(p.tag)
+        else:
+            data["rows_returned"] = p.rows
+        if p.tag:
+            data["tag"] = p.tag
+        if p.error:
+            data["sqlstate"] = p.error
+        self.session.event("statement", "error" if p.error else "ok", **data).addErrback(
+            lambda f: log.error("statement not recorded: {e}", e=f.getErrorMessage()))
+
+    def upstream_lost(self, reason):
+        if self.phase == "closed":
+            return
+        self.up = None
+        try:
+            self.transport.write(codec.error("08006", "hoopy: the upstream server closed the connection", "FATAL"))
+        except Exception:
+            pass
+        self.close("upstream connection lost")

@@ -1,0 +1,208 @@
+"""Masking of result rows, by each field's origin (table OID, attribute number).
+
+``MaskRules`` is built per session from the upstream catalog; ``plan`` looks
+at one RowDescription (and what the statement references) and returns None
+when no rule can apply, so the rows pass through as bytes, untouched.
+"""
+from __future__ import annotations
+
+import struct
+
+import attrs
+
+from hoopy.policy.masking import MASK, redact_text
+from hoopy.postgres import codec
+
+MASK_B = MASK.encode()
+# Types whose values are text in both formats (binary text is UTF-8 too).
+TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})
+JSON = 114
+JSONB = 3802
+INT_BINARY = {20: struct.Struct("!q"), 21: struct.Struct("!h"), 23: struct.Struct("!i")}
+
+
+def catalog_query(columns) -> str:
+    """One simple query: the masked columns, then every view that depends
+    on their tables (recursively). Names are passed as literals."""
+    lit = ",".join("'" + c.replace("'", "''") + "'" for c in columns) or "NULL"
+    return (
+        "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a "
+        "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE a.attnum > 0 AND NOT a.attisdropped "
+        f"AND n.nspname || '.' || c.relname || '.' || a.attname = ANY(ARRAY[{lit}]::text[]);"
+        "WITH RECURSIVE m(oid) AS ("
+        " SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE n.nspname || '.' || c.relname || '.' || a.attname = ANY(ARRAY[{lit}]::text[])"
+        " UNION SELECT r.ev_class FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid"
+        " JOIN m ON d.refobjid = m.oid WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass"
+        " AND r.ev_class <> m.oid) "
+        "SELECT m.oid, c.relkind, n.nspname, c.relname FROM m JOIN pg_catalog.pg_class c ON c.oid = m.oid "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace")
+
+
+@attrs.define
+class MaskRules:
+    detectors: tuple = ()
+    columns: dict = attrs.field(factory=dict)  # (oid, attnum) -> "schema.table.column"
+    views: dict = attrs.field(factory=dict)  # oid -> "schema.view" (every column masked)
+    relations: frozenset = frozenset()  # "schema.name" of masked tables and their views
+    names: frozenset = frozenset()  # masked column names
+    configured: tuple = ()  # the column names as configured
+
+    @property
+    def active(self) -> bool:
+        return bool(self.detectors or self.configured)
+
+    def load(self, results):
+        """``results``: the two row sets of catalog_query, as text values."""
+        cols, rels = results
+        for oid, attnum, nsp, rel, att in cols:
+            self.columns[(int(oid), int(attnum))] = f"{nsp}.{rel}.{att}"
+        names = {c.rsplit(".", 1)[-1].lower() for c in self.configured}
+        relations = {c.rsplit(".", 1)[0] for c in self.configured}
+        for oid, kind, nsp, rel in rels:
+            relations.add(f"{nsp}.{rel}")
+            if kind in ("v", "m"):
+                self.views[int(oid)] = f"{nsp}.{rel}"
+        self.relations = frozenset(relations)
+        self.names = frozenset(names)
+
+    def touches(self, c) -> bool:
+        """The statement names a masked table or a view over one."""
+        return bool(self.relations and c is not None and not self.relations.isdisjoint(c.relations))
+
+    def tainted(self, c) -> bool:
+        """Result columns without an origin may carry a masked value: the
+        statement references a masked relation and a masked column name,
+        a whole row, a star below the top, or reads a cursor."""
+        if c is None:
+            return bool(self.configured)
+        if c.fetch and self.configured:
+            return True
+        return self.touches(c) and (c.whole_row or not self.names.isdisjoint(c.column_names))
+
+    def plan(self, fields, classified) -> "RowPlan | None":
+        if not self.active:
+            return None
+        taint = self.tainted(classified) if self.configured else False
+        actions = []
+        any_action = False
+        for f in fields:
+            label = None
+            if f.table_oid:
+                label = self.columns.get((f.table_oid, f.attnum))
+                if label is None and f.table_oid in self.views:
+                    label = self.views[f.table_oid] + "." + f.name
+            elif taint:
+                label = f"expression {f.name}"
+            if label is not None:
+                actions.append(("mask", label, f))
+                any_action = True
+            elif self.detectors and (f.type_oid in TEXT_TYPES or f.type_oid in (JSON, JSONB)
+                                     or (f.type_oid in INT_BINARY)):
+                actions.append(("scan", None, f))
+                any_action = True
+            else:
+                actions.append(None)
+        return RowPlan(actions, self.detectors) if any_action else None
+
+
+def _mask_value(f) -> bytes | None:
+    """A masked value that stays valid for its type, or NULL."""
+    if f.type_oid in TEXT_TYPES:
+        return MASK_B
+    if f.type_oid == JSON:
+        return b'"' + MASK_B + b'"'
+    if f.type_oid == JSONB:
+        return (b"\x01" if f.format == 1 else b"") + b'"' + MASK_B + b'"'
+    return None
+
+
+class RowPlan:
+    def __init__(self, actions, detectors):
+        self.actions = actions
+        self.detectors = detectors
+        self.columns: dict = {}  # label -> values masked
+        self.patterns: dict = {}  # detector -> values masked
+
+    def with_formats(self, formats):
+        """Describe of a statement says text; Bind decides the real formats."""
+        if not formats:
+            return self
+        out = []
+        for i, a in enumerate(self.actions):
+            if a is not None:
+                fmt = formats[0] if len(formats) == 1 else (formats[i] if i < len(formats) else 0)
+                a = (a[0], a[1], attrs.evolve(a[2], format=fmt))
+            out.append(a)
+        self.actions = out
+        return self
+
+    def apply(self, payload: bytes) -> bytes:
+        values = codec.parse_data_row(payload)
+        changed = False
+        for i, a in enumerate(self.actions):
+            if a is None or i >= len(values) or values[i] is None:
+                continue
+            what, label, f = a
+            v = values[i]
+            if what == "mask":
+                values[i] = _mask_value(f)
+                self.columns[label] = self.columns.get(label, 0) + 1
+                changed = True
+                continue
+            nv = self._scan(v, f)
+            if nv is not v:
+                values[i] = nv
+                changed = True
+        return codec.build_data_row(values) if changed else codec.msg(b"D", payload)
+
+    def _scan(self, v: bytes, f):
+        if f.type_oid in INT_BINARY:
+            if f.format == 1:
+                try:
+                    text = str(INT_BINARY[f.type_oid].unpack(v)[0])
+                except struct.error:
+                    return v
+            else:
+                text = v.decode("ascii", "replace")
+            _, counts = redact_text(text, self.detectors)
+            if counts:
+                self._count(counts)
+                return None  # a number cannot hold the mask: NULL
+            return v
+        prefix = b""
+        if f.type_oid == JSONB and f.format == 1:
+            prefix, v = v[:1], v[1:]
+        try:
+            text = v.decode()
+        except UnicodeDecodeError:
+            return v
+        new, counts = redact_text(text, self.detectors)
+        if not counts:
+            return prefix + v if prefix else v
+        self._count(counts)
+        return prefix + new.encode()
+
+    def _count(self, counts):
+        for k, n in counts.items():
+            self.patterns[k] = self.patterns.get(k, 0) + n
+
+    def copy_line(self, data: bytes) -> bytes:
+        """COPY TO STDOUT in text or CSV: patterns over the whole line."""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return data
+        new, counts = redact_text(text, self.detectors)
+        if counts:
+            self._count(counts)
+            return new.encode()
+        return data
+
+    def summary(self) -> dict | None:
+        if not self.columns and not self.patterns:
+            return None
+        return {"columns": dict(self.columns), "patterns": dict(self.patterns)}
