@@ -46,6 +46,7 @@ def catalog_query(columns) -> str:
 class MaskRules:
     detectors: tuple = ()
     columns: dict = attrs.field(factory=dict)  # (oid, attnum) -> "schema.table.column"
+    tables: dict = attrs.field(factory=dict)  # oid -> "schema.table" with a masked column
     views: dict = attrs.field(factory=dict)  # oid -> "schema.view" (every column masked)
     relations: frozenset = frozenset()  # "schema.name" of masked tables and their views
     names: frozenset = frozenset()  # masked column names
@@ -60,6 +61,7 @@ class MaskRules:
         cols, rels = results
         for oid, attnum, nsp, rel, att in cols:
             self.columns[(int(oid), int(attnum))] = f"{nsp}.{rel}.{att}"
+            self.tables[int(oid)] = f"{nsp}.{rel}"
         names = {c.rsplit(".", 1)[-1].lower() for c in self.configured}
         relations = {c.rsplit(".", 1)[0] for c in self.configured}
         for oid, kind, nsp, rel in rels:
@@ -93,6 +95,8 @@ class MaskRules:
             label = None
             if f.table_oid:
                 label = self.columns.get((f.table_oid, f.attnum))
+                if label is None and f.attnum <= 0 and f.table_oid in self.tables:
+                    label = self.tables[f.table_oid] + " (whole row)"
                 if label is None and f.table_oid in self.views:
                     label = self.views[f.table_oid] + "." + f.name
             elif taint:

@@ -1,0 +1,318 @@
+"""The PostgreSQL gateway against the real PostgreSQL on 127.0.0.1:5432,
+through a real ``twistd -n hoopy``, with real clients (psql, psycopg, asyncpg)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tests.support import free_port, ident
+
+psycopg = pytest.importorskip("psycopg")
+asyncpg = pytest.importorskip("asyncpg")
+
+PG = "host=127.0.0.1 port=5432 user=postgres"
+PSQL = "psql"
+
+
+def admin_sql(sql: str, db: str = "postgres") -> str:
+    r = subprocess.run([PSQL, f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def database():
+    """A database of our own, so parallel runs never collide."""
+    name = f"hoopy_test_{secrets.token_hex(4)}"
+    admin_sql(f"CREATE DATABASE {name}")
+    admin_sql("""
+        CREATE TABLE customers (id int PRIMARY KEY, name text, ssn text, email text, card bigint);
+        INSERT INTO customers VALUES
+          (1, 'Ann', '123-45-6789', 'ann@example.com', 4111111111111111),
+          (2, 'Bob', '987-65-4321', 'bob@example.org', 42);
+        CREATE TABLE invoices (id int PRIMARY KEY, amount int);
+        INSERT INTO invoices VALUES (1, 100), (2, 200);
+        CREATE VIEW customer_view AS SELECT id, ssn FROM customers;
+    """, name)
+    yield name
+    admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+AGENT = ident("pg-agent")
+REVIEWER = ident("pg-reviewer")
+
+
+def body(db: str, port: int, upstream_port: int = 5432, extra: str = "") -> str:
+    return (AGENT.toml() + REVIEWER.toml(kind="human", roles=["reviewer"]) + f"""
+[connections.pg]
+type = "postgres"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "tcp:host=127.0.0.1:port={upstream_port}"
+upstream_user = "postgres"
+upstream_database = "{db}"
+upstream_tls = "disable"
+{extra}
+[[grants]]
+identity = "pg-agent"
+connection = "pg"
+allow = ["read public.customers", "read public.invoices", "read public.customer_view"]
+approve = ["write public.invoices"]
+
+[[masking]]
+connection = "pg"
+columns = ["public.customers.ssn"]
+patterns = ["email", "credit_card"]
+""")
+
+
+@pytest.fixture
+def gw(hoopy_gateway, database):
+    port = free_port()
+    g = hoopy_gateway(body(database, port), approval_timeout="5s")
+    g.pg_port = port
+    g.dsn = f"host=127.0.0.1 port={port} user={AGENT.name} password={AGENT.token} dbname=whatever"
+    return g
+
+
+def psql(g, *sql, user=AGENT, password=None, extra_env=None, timeout=30):
+    args = [PSQL, f"host=127.0.0.1 port={g.pg_port} user={user.name} dbname=x", "-XAt"]
+    for s in sql:
+        args += ["-c", s]
+    env = {**os.environ, "PGPASSWORD": password or user.token, "PGCONNECT_TIMEOUT": "10", **(extra_env or {})}
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def wait_for(cond, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def invoices(db):
+    return admin_sql("SELECT id, amount FROM invoices ORDER BY id", db)
+
+
+def customers_count(db):
+    return admin_sql("SELECT count(*) FROM customers", db)
+
+
+def test_psql_reads_refusals_and_masking(gw, database):
+    r = psql(gw, "SELECT id, name FROM customers ORDER BY id")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["1|Ann", "2|Bob"]
+
+    # Masked by origin: aliases and expressions do not unmask; views neither.
+    r = psql(gw, "SELECT ssn AS s, upper(ssn), ssn || '' AS e, (SELECT ssn FROM customers LIMIT 1) "
+                 "FROM customers c WHERE id = 1")
+    assert r.returncode == 0, r.stderr
+    assert "123-45-6789" not in r.stdout and r.stdout.strip() == "|".join(["[REDACTED]"] * 4)
+    for q in ("SELECT row_to_json(c) FROM customers c", "SELECT json_agg(ssn) FROM customers",
+              "SELECT * FROM customer_view", "SELECT s FROM (SELECT ssn AS s FROM customers) t",
+              "SELECT c FROM customers c"):
+        r = psql(gw, q)
+        assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout)
+    # Patterns: every text value, and a card number stored as a bigint becomes NULL.
+    r = psql(gw, "SELECT email, card, 'write to ann@example.com' FROM customers WHERE id = 1")
+    assert r.stdout.strip() == "[REDACTED]||write to [REDACTED]", r.stdout
+
+    # Refused: a plain write, a smuggled write, a CTE write, EXPLAIN ANALYZE, COPY of a masked table.
+    for q in ("DELETE FROM customers",
+              "SELECT 1; DELETE FROM customers",
+              "WITH d AS (DELETE FROM customers RETURNING id) SELECT * FROM d",
+              "EXPLAIN ANALYZE DELETE FROM customers",
+              "SELECT id FROM customers FOR UPDATE",
+              "SELECT set_config('search_path', 'x', false)",
+              "DO $$BEGIN DELETE FROM customers; END$$",
+              "COPY customers TO STDOUT",
+              "SET ROLE postgres"):
+        r = psql(gw, q)
+        assert r.returncode != 0, q
+        assert "hoopy" in r.stderr, (q, r.stderr)
+    assert customers_count(database) == "2"
+    # The connection stays usable after a refusal.
+    r = psql(gw, "DELETE FROM customers", "SELECT count(*) FROM invoices")
+    assert "no grant allows write public.customers" in r.stderr
+    assert r.stdout.strip() == "2"
+    refused = [e for e in gw.events("operation") if e["outcome"] == "refused"]
+    assert any("DELETE FROM customers" in e["data"].get("sql", "") for e in refused)
+    redactions = gw.events("redaction")
+    assert redactions and all("123-45-6789" not in json.dumps(e) for e in redactions)
+    assert any(e["data"]["columns"].get("public.customers.ssn") for e in redactions)
+
+
+def test_psycopg_text_binary_pipeline(gw, database):
+    with psycopg.connect(gw.dsn, autocommit=True) as c:
+        assert c.execute("SELECT id, name, ssn FROM customers WHERE id = %s", (1,)).fetchall() == \
+            [(1, "Ann", "[REDACTED]")]
+        cur = c.cursor(binary=True)
+        rows = cur.execute("SELECT id, name, ssn AS x, email, card FROM customers ORDER BY id").fetchall()
+        assert rows == [(1, "Ann", "[REDACTED]", "[REDACTED]", None), (2, "Bob", "[REDACTED]", "[REDACTED]", 42)]
+        with c.pipeline():
+            a = c.execute("SELECT count(*) FROM invoices")
+            b = c.execute("SELECT name FROM customers WHERE id = %s", (2,))
+            d = c.execute("SELECT amount FROM invoices WHERE id = %s", (2,), binary=True)
+        assert a.fetchall() == [(2,)] and b.fetchall() == [("Bob",)] and d.fetchall() == [(200,)]
+        # One refusal in a pipeline: the rest up to Sync is skipped, then all goes on.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with c.pipeline():
+                c.execute("SELECT 1")
+                c.execute("DELETE FROM customers WHERE id = %s", (1,))
+        assert c.execute("SELECT count(*) FROM customers").fetchone() == (2,)
+        # A transaction through the gateway.
+        c.autocommit = False
+        assert c.execute("SELECT amount FROM invoices WHERE id = 1").fetchone() == (100,)
+        c.rollback()
+    assert customers_count(database) == "2"
+
+
+def test_asyncpg_prepared_binary(gw, database):
+    async def run():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gw.pg_port, user=AGENT.name,
+                                     password=AGENT.token, database="x")
+        try:
+            st = await conn.prepare("SELECT id, name, ssn, card FROM customers WHERE id = $1")
+            r1 = await st.fetchrow(1)
+            r2 = await st.fetchrow(2)
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.execute("DELETE FROM customers WHERE id = $1", 1)
+            n = await conn.fetchval("SELECT count(*) FROM customers")
+            return r1, r2, n
+        finally:
+            await conn.close()
+
+    r1, r2, n = in_thread(run)
+    assert tuple(r1) == (1, "Ann", "[REDACTED]", None)
+    assert tuple(r2) == (2, "Bob", "[REDACTED]", 42)
+    assert n == 2 and customers_count(database) == "2"
+
+
+def in_thread(coro_fn):
+    """asyncpg on its own event loop (pytest-twisted runs one in this thread)."""
+    box = {}
+
+    def target():
+        try:
+            box["r"] = asyncio.run(coro_fn())
+        except BaseException as e:  # re-raised below in the test's thread
+            box["e"] = e
+
+    t = threading.Thread(target=target)
+    t.start()
+    t.join(60)
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
+
+
+def _held_update(gw, decide, before):
+    result = {}
+
+    def client():
+        result["r"] = psql(gw, "UPDATE invoices SET amount = amount + 1 WHERE id = 1", timeout=30)
+
+    t = threading.Thread(target=client)
+    t.start()
+    rows = gw.wait_pending(REVIEWER.token)
+    assert invoices(gw.database) == before  # nothing ran while held
+    r = gw.hoopy(decide, rows[0]["id"], token=REVIEWER.token)
+    assert r.returncode == 0, r.stdout + r.stderr
+    t.join(30)
+    return rows[0]["id"], result["r"]
+
+
+def test_held_update_approved_then_denied(gw, database):
+    gw.database = database
+    aid, r = _held_update(gw, "approve", "1|100\n2|200")
+    assert r.returncode == 0, r.stderr
+    assert aid in r.stderr  # the NoticeResponse named the approval at once
+    assert invoices(database) == "1|101\n2|200"
+    aid, r = _held_update(gw, "deny", "1|101\n2|200")
+    assert r.returncode != 0 and "42501" not in r.stdout
+    assert aid in r.stderr and "denied" in r.stderr
+    assert invoices(database) == "1|101\n2|200"
+    admin_sql("UPDATE invoices SET amount = 100 WHERE id = 1", database)
+
+
+def test_cancel_from_psql_stops_pg_sleep(gw):
+    env = {**os.environ, "PGPASSWORD": AGENT.token}
+    p = subprocess.Popen([PSQL, f"host=127.0.0.1 port={gw.pg_port} user={AGENT.name} dbname=x", "-XAt",
+                          "-c", "SELECT pg_sleep(30)"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "pg_sleep" not in admin_sql(
+            "SELECT string_agg(query, ',') FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"):
+        time.sleep(0.1)
+    start = time.monotonic()
+    p.send_signal(signal.SIGINT)  # psql sends a CancelRequest with the key hoopy gave it
+    out, err = p.communicate(timeout=15)
+    assert time.monotonic() - start < 5
+    assert "canceling statement due to user request" in err, err
+    assert any(e["kind"] == "cancel" for e in gw.events())
+
+
+def test_wrong_password_and_unknown_user_get_28P01(gw):
+    r1 = psql(gw, "SELECT 1", password="wrong")
+    r2 = psql(gw, "SELECT 1", user=ident("nobody"))
+    for r in (r1, r2):
+        assert r.returncode != 0
+        assert "password authentication failed" in r.stderr
+    # Same words, no hint which it was.
+    assert r1.stderr.replace(AGENT.name, "U") == r2.stderr.replace("nobody", "U")
+    with pytest.raises(psycopg.OperationalError) as e:
+        psycopg.connect(gw.dsn.replace(AGENT.token, "nope"))
+    assert "28P01" in str(getattr(e.value, "sqlstate", "")) or "password authentication failed" in str(e.value)
+    assert wait_for(lambda: len(gw.events("auth.failed")) >= 3)
+
+
+def test_show_lists_statements_with_parameters_and_audit_verifies(gw):
+    with psycopg.connect(gw.dsn + " application_name=billing-bot options='-c hoopy.model=gpt-x "
+                                  "-c hoopy.tool_call=call-7'", autocommit=True) as c:
+        c.execute("SELECT name FROM customers WHERE id = %s AND name <> %s", (2, "zed")).fetchall()
+        c.cursor(binary=True).execute("SELECT amount FROM invoices WHERE id = %s", (1,)).fetchall()
+        # the hoopy.* options never reach upstream
+        assert "hoopy" not in (c.execute("SHOW application_name").fetchone()[0] or "x") + \
+            str(c.execute("SELECT current_setting('hoopy.model', true)").fetchone()[0] or "")
+    r = gw.hoopy("sessions", "--json")
+    sessions = json.loads(r.stdout)
+    s = [s for s in sessions if s.get("identity") == AGENT.name][-1]
+    assert s["model"] == "gpt-x" and s["tool_call"] == "call-7" and s["application_name"] == "billing-bot"
+    r = gw.hoopy("show", s["id"])
+    assert r.returncode == 0
+    assert "SELECT name FROM customers WHERE id = $1" in r.stdout
+    assert 'params=[2, "zed"]' in r.stdout, r.stdout
+    assert 'params=[1]' in r.stdout, r.stdout  # binary int4 decoded by type
+    statements = [e for e in gw.events("statement") if e["session"] == s["id"]]
+    assert statements and all("duration_ms" in e["data"] for e in statements)
+    assert any(e["data"].get("rows") == 1 for e in statements)
+    r = gw.hoopy("audit", "verify")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_upstream_down_gives_08001_and_malformed_bytes_08P01(hoopy_gateway, database):
+    port, dead = free_port(), free_port()
+    g = hoopy_gateway(body(database, port, upstream_port=dead))
+    g.pg_port = port
+    r = psql(g, "SELECT 1")
+    assert r.returncode != 0 and "upstream" in r.stderr, r.stderr
+    ends = g.events("session.end")
+    assert ends, "the session is sealed"
+    # Garbage after a valid startup: 08P01 and that connection closes; the gateway carries on.
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"\x00\x00\x00\x08\xff\xff\xff\xff")
+        data = s.recv(1000)
+    assert b"08P01" in data
+    status, _ = g.get("/health")
+    assert status in (200, 503)
