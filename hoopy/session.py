@@ -32,6 +32,8 @@ class Session:
     # Set by the protocol: ends the connection (gateway shutdown). Returns a
     # Deferred that fires once the session has ended and recorded so.
     terminate: object = None
+    started: bool = False  # True once session.start is durable
+    _start_d: Deferred | None = None
     _end_d: Deferred | None = None
 
     def event(self, kind: str, outcome: str | None = None, **data) -> Deferred:
@@ -53,12 +55,19 @@ class Session:
             identity=self.identity, connection=self.connection, protocol=self.protocol,
             peer=self.peer, started_us=ev.time_us))
 
+        def started(_):
+            self.started = True
+            return self
+
         def failed(f):
             self.gateway._session_ended(self)
             self.ended = True
             return f
 
-        return d.addCallbacks(lambda _: self, failed)
+        d.addCallbacks(started, failed)
+        self._start_d = Deferred()
+        d.addBoth(lambda r: (self._start_d.callback(None), r)[1])
+        return d
 
     def attribute(self, **values) -> Deferred:
         """Record who the caller acts for (model, tool_call, mcp_server, application_name)."""
@@ -77,13 +86,30 @@ class Session:
         """Record the end once; later calls get the same Deferred."""
         if self._end_d is not None:
             return self._end_d
+        if self._start_d is not None and not self._start_d.called:
+            # Ended while its start is being written: end it right after.
+            self._end_d = Deferred()
+            self._start_d.addCallback(lambda _: self._end_now(reason, data)).chainDeferred(self._end_d)
+            return self._end_d
+        return self._end_now(reason, data)
+
+    def _end_now(self, reason, data) -> Deferred:
+        if self._end_d is not None and self._end_d.called:
+            return self._end_d
+        if not self.started:
+            # Its start was never recorded (or not yet): there is no session to end.
+            self.ended = True
+            self.gateway._session_ended(self)
+            return succeed(None)
         self.ended = True
         ev = self._event("session.end", "ok", {"reason": reason, **data})
         row = self.row(ended_us=ev.time_us, end_reason=reason)
         if self.recording:
             row["recording"] = self.recording
-        self._end_d = self.gateway.store.append(ev, session=row)
-        self._end_d.addErrback(lambda f: log.error("session {id}: end not recorded: {e}",
-                                                   id=self.id, e=f.getErrorMessage()))
-        self._end_d.addBoth(lambda r: (self.gateway._session_ended(self), r)[1])
-        return self._end_d
+        d = self.gateway.store.append(ev, session=row)
+        d.addErrback(lambda f: log.error("session {id}: end not recorded: {e}",
+                                         id=self.id, e=f.getErrorMessage()))
+        d.addBoth(lambda r: (self.gateway._session_ended(self), r)[1])
+        if self._end_d is None:
+            self._end_d = d
+        return d

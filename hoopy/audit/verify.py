@@ -29,13 +29,72 @@ class Result:
         return f"broken: {self.problem}"
 
 
+# Session and approval columns that chained events determine; `hoopy sessions`
+# and `hoopy approvals` show these, so they must agree with the chain.
+SESSION_FROM_EVENTS = ("identity", "connection", "protocol", "peer", "started_us", "ended_us",
+                       "end_reason", "model", "tool_call", "mcp_server", "application_name")
+APPROVAL_FROM_EVENTS = ("requester", "session", "operation", "state", "reviewer")
+
+
+def _derive(row, sessions: dict, approvals: dict):
+    kind, sid = row["kind"], row["session"]
+    if kind == "session.start":
+        sessions[sid] = {"identity": row["identity"], "connection": row["connection"],
+                         "protocol": row["protocol"], "peer": row["peer"], "started_us": row["time_us"],
+                         "ended_us": None, "end_reason": None, "model": None, "tool_call": None,
+                         "mcp_server": None, "application_name": None, "_seq": row["seq"]}
+    elif kind == "session.attribution" and sid in sessions:
+        sessions[sid].update({k: v for k, v in json.loads(row["data"]).items() if k in SESSION_FROM_EVENTS})
+    elif kind == "session.end" and sid in sessions:
+        sessions[sid].update(ended_us=row["time_us"], end_reason=json.loads(row["data"]).get("reason"))
+    elif kind == "operation" and row["outcome"] == "held":
+        data = json.loads(row["data"])
+        approvals[data["approval"]] = {"requester": row["identity"], "session": sid,
+                                       "operation": data.get("text"), "state": "pending",
+                                       "reviewer": None, "_seq": row["seq"]}
+    elif kind in ("approval.decided", "approval.expired"):
+        data = json.loads(row["data"])
+        if data.get("approval") in approvals:
+            approvals[data["approval"]].update(state=row["outcome"], reviewer=data.get("reviewer"))
+
+
+def _compare(reader, sessions: dict, approvals: dict) -> str | None:
+    rows = {r["id"]: r for r in reader.sessions()}
+    for sid, want in sessions.items():
+        have = rows.pop(sid, None)
+        if have is None:
+            return f"session {sid} (started by event {want['_seq']}) is missing from the sessions table"
+        for col in SESSION_FROM_EVENTS:
+            if have.get(col) != want[col]:
+                return (f"session {sid}: the sessions table says {col}={have.get(col)!r}, "
+                        f"its events say {want[col]!r} (edited)")
+    if rows:
+        sid = next(iter(rows))
+        return f"session {sid} is in the sessions table but no event started it (inserted)"
+    arows = {r["id"]: r for r in reader.approvals()}
+    for aid, want in approvals.items():
+        have = arows.pop(aid, None)
+        if have is None:
+            return f"approval {aid} (held by event {want['_seq']}) is missing from the approvals table"
+        for col in APPROVAL_FROM_EVENTS:
+            if have.get(col) != want[col]:
+                return (f"approval {aid}: the approvals table says {col}={have.get(col)!r}, "
+                        f"its events say {want[col]!r} (edited)")
+    if arows:
+        return f"approval {next(iter(arows))} is in the approvals table but no event held it (inserted)"
+    return None
+
+
 def verify(reader, recordings_dir: Path) -> Result:
     sealed = []  # (seq, session, file name, sha256)
+    sessions: dict = {}
+    approvals: dict = {}
 
     def rows():
         for row in reader.events():
             if row["kind"] == "recording.sealed":
                 sealed.append(row)
+            _derive(row, sessions, approvals)
             yield row
 
     try:
@@ -43,6 +102,9 @@ def verify(reader, recordings_dir: Path) -> Result:
     except Break as b:
         return Result(False, problem=str(b))
     res = Result(True, count, last, head)
+    mismatch = _compare(reader, sessions, approvals)
+    if mismatch:
+        return Result(False, count, last, head, 0, mismatch)
     for row in sealed:
         data = json.loads(row["data"])
         name = data.get("path")
