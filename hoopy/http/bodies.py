@@ -27,10 +27,12 @@ def _add(counts: dict, key: str, n: int = 1):
     counts[key] = counts.get(key, 0) + n
 
 
-def body_kind(content_type: str | None) -> str:
+def body_kind(content_type: str | bytes | None) -> str:
     """json | sse | text | other, from a Content-Type value."""
     if not content_type:
         return "other"
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
     ct = content_type.split(";", 1)[0].strip().lower()
     if ct == "text/event-stream":
         return "sse"

@@ -24,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
 from twisted.web.http import HTTPChannel, PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 from zope.interface import implementer
@@ -295,7 +295,7 @@ class Exchange:
         kind = body_kind((h.getRawHeaders(b"content-type") or [None])[0])
         masker = self.proxy.masker
         if masker.applies(kind):
-            if not decodable((h.getRawHeaders(b"content-encoding") or [None])[0]) or h.hasHeader(b"content-encoding"):
+            if h.hasHeader(b"content-encoding"):
                 raise Refusal(415, "a request body that must be masked cannot be content-encoded")
             if size > self.settings.mask_limit:
                 raise Refusal(413, f"the request body must be masked and is larger than mask_limit "
@@ -321,6 +321,8 @@ class Exchange:
         uri = self.proxy.upstream_base + self.proxy.upstream_prefix + self.path.encode()
         if self.query is not None:
             uri += b"?" + self.query.encode()
+        if body is not None:
+            body = _ProgressProducer(body, self._progress)
         d = self.proxy.agent.request(self.request.method, uri, self._upstream_headers(), body)
         self._arm_timer(d)
         try:
@@ -342,6 +344,11 @@ class Exchange:
             d.cancel()
 
         self.timer = self.proxy.gateway.reactor.callLater(self.settings.upstream_timeout, expire)
+
+    def _progress(self):
+        # upstream_timeout counts from the last request byte sent, not from the start of an upload
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(self.settings.upstream_timeout)
 
     def _disarm_timer(self):
         if self.timer is not None and self.timer.active():
@@ -552,6 +559,38 @@ def _reason(e) -> str:
     if inner:
         return "; ".join(f.getErrorMessage() or f.type.__name__ for f in inner)
     return str(e) or type(e).__name__
+
+
+@implementer(IBodyProducer)
+class _ProgressProducer:
+    """A body producer that reports each piece it writes (for the idle timeout)."""
+
+    def __init__(self, inner, progress):
+        self.inner = inner
+        self.length = inner.length
+        self.progress = progress
+
+    def startProducing(self, consumer):
+        progress = self.progress
+
+        class Consumer:
+            def write(self, data):
+                progress()
+                consumer.write(data)
+
+            def __getattr__(self, name):
+                return getattr(consumer, name)
+
+        return self.inner.startProducing(Consumer())
+
+    def pauseProducing(self):
+        self.inner.pauseProducing()
+
+    def resumeProducing(self):
+        self.inner.resumeProducing()
+
+    def stopProducing(self):
+        self.inner.stopProducing()
 
 
 class _Discard(Protocol):

@@ -1,0 +1,130 @@
+"""Unit tests of the HTTP gateway's pure code: paths, bodies, headers."""
+import gzip
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hoopy.http import headers as H
+from hoopy.http.bodies import Decoder, Masker, MaskError, SSEMasker, body_kind
+from hoopy.http.paths import PathError, normalize_path, normalize_target
+from hoopy.policy.masking import BUILTIN, MASK
+
+
+@pytest.mark.parametrize("raw, path, query", [
+    (b"/", "/", None),
+    (b"/v1//customers///42", "/v1/customers/42", None),
+    (b"/v1/./customers/../customers/42", "/v1/customers/42", None),
+    (b"/v1/customers/../admin", "/v1/admin", None),
+    (b"/v1/customers/42/", "/v1/customers/42/", None),
+    (b"/v1/customers/42/..", "/v1/customers/", None),
+    (b"/v1/%63ustomers/%7Euser", "/v1/customers/~user", None),
+    (b"/v1/a%20b/%e2%82%ac", "/v1/a%20b/%E2%82%AC", None),
+    (b"/v1/file%2Ejson", "/v1/file.json", None),
+    (b"/v1/x?b=%2F&a=../..", "/v1/x", "b=%2F&a=../.."),
+])
+def test_normalize(raw, path, query):
+    assert normalize_target(raw) == (path, query)
+
+
+@pytest.mark.parametrize("raw", [
+    b"/v1/customers/%2e%2e/admin", b"/v1/customers/%2E/x", b"/v1/customers/.%2e/admin",
+    b"/v1/customers%2F42", b"/v1/customers%2f..%2fadmin", b"/v1/customers/42%5C..",
+    b"/v1/customers/42\\..\\admin", b"/v1/customers/42;/../admin", b"/v1/a%00b", b"/v1/a%3Bb",
+    b"/../etc/passwd", b"/v1/../../etc", b"/v1/%zz", b"/v1/%4",
+    b"http://evil.example/v1/customers/42", b"evil.example:443", b"*", b"/v1/x#frag",
+    "/v1/caf\u00e9".encode(), b"/v1/a b",
+])
+def test_refused_targets(raw):
+    with pytest.raises(PathError):
+        normalize_target(raw)
+
+
+_segment = st.text(alphabet="ab.%2eEfF/~-_", max_size=12)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_segment, max_size=6))
+def test_normalization_is_idempotent_and_clean(parts):
+    raw = ("/" + "/".join(parts)).encode()
+    try:
+        out = normalize_path(raw)
+    except PathError:
+        return
+    assert out.startswith("/")
+    assert "//" not in out
+    assert "/../" not in out + "/" and "/./" not in out + "/"
+    assert normalize_path(out.encode()) == out
+
+
+def _masker():
+    return Masker(("ssn", "card.number"), (BUILTIN["email"], BUILTIN["credit_card"]))
+
+
+def test_json_fields_anywhere_dotted_paths_and_patterns():
+    body = json.dumps({
+        "ssn": "123-45-6789", "card": {"number": 4111111111111111, "expiry": "12/29"},
+        "number": 7, "list": [{"ssn": "x"}, "mail me at a@b.example"],
+        "nested": {"card": {"number": "x"}}, "note": "card 4111 1111 1111 1111",
+    }).encode()
+    out, counts = _masker().mask_json(body)
+    v = json.loads(out)
+    assert v["ssn"] == MASK and v["card"]["number"] == MASK and v["card"]["expiry"] == "12/29"
+    assert v["number"] == 7 and v["list"][0]["ssn"] == MASK and v["nested"]["card"]["number"] == MASK
+    assert v["list"][1] == f"mail me at {MASK}" and v["note"] == f"card {MASK}"
+    assert counts == {"field:ssn": 2, "field:card.number": 2, "email": 1, "credit_card": 1}
+    assert b"123-45-6789" not in out and b"a@b.example" not in out
+
+
+def test_json_untouched_when_nothing_matches():
+    body = b'{ "a" : 1 }'
+    assert _masker().mask_json(body) == (body, {})
+
+
+def test_invalid_json_with_fields_is_refused_not_passed():
+    with pytest.raises(MaskError):
+        _masker().mask_json(b'{"ssn": "123-45-6789"')
+
+
+def test_sse_masked_event_by_event_across_chunk_boundaries():
+    s = SSEMasker(_masker(), limit=1000)
+    stream = (b'event: message\ndata: {"ssn":"1","who":"a@b.example"}\n\n'
+              b"data: text for c@d.example\n\n" b'data: {"ok":true}\n\n')
+    out = b"".join(s.feed(stream[i:i + 7]) for i in range(0, len(stream), 7)) + s.close()
+    assert b"a@b.example" not in out and b"c@d.example" not in out
+    assert out.count(b"\n\n") == 3 and b"event: message\n" in out
+    assert b'data: {"ok":true}\n\n' in out
+    assert s.counts == {"field:ssn": 1, "email": 2}
+
+
+def test_sse_event_over_limit_is_refused():
+    s = SSEMasker(_masker(), limit=64)
+    with pytest.raises(MaskError):
+        s.feed(b"data: " + b"x" * 100)
+
+
+def test_gzip_decoder_and_its_limit():
+    z = gzip.compress(b"a" * 5000)
+    d = Decoder("gzip", 10000)
+    assert d.feed(z[:10]) + d.feed(z[10:]) + d.close() == b"a" * 5000
+    with pytest.raises(MaskError):
+        Decoder("gzip", 1000).feed(z)
+    with pytest.raises(MaskError):
+        Decoder("br", 1000)
+
+
+@pytest.mark.parametrize("ct, kind", [
+    ("application/json", "json"), ("application/problem+json; charset=utf-8", "json"),
+    ("text/event-stream", "sse"), ("text/plain", "text"), ("application/octet-stream", "other"),
+    (None, "other"),
+])
+def test_body_kind(ct, kind):
+    assert body_kind(ct) == kind
+
+
+def test_header_record_redacts_secrets():
+    rec = H.for_record([(b"Authorization", [b"Bearer x"]), (b"Cookie", [b"a=b"]), (b"X-Api-Key", [b"k"]),
+                        (b"X-Upstream-Token", [b"t"]), (b"Accept", [b"*/*"])])
+    assert rec == {"authorization": "[REDACTED]", "cookie": "[REDACTED]", "x-api-key": "[REDACTED]",
+                   "x-upstream-token": "[REDACTED]", "accept": "*/*"}
