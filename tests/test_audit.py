@@ -268,3 +268,41 @@ async def test_store_batches_concurrent_appends_in_order(tmp_path):
     finally:
         await gw.stopService()
     assert verify(gw.config.path).returncode == 0
+
+
+def test_edited_sessions_table_is_caught(chain):
+    """`hoopy sessions` shows the sessions table: it must agree with the chained events."""
+    gw, s = chain
+    with db(gw) as c:
+        c.execute("UPDATE sessions SET model = 'someone-else' WHERE id = ?", (s.id,))
+    r = verify(gw.config.path)
+    assert r.returncode == 1
+    assert f"session {s.id}: the sessions table says model='someone-else', its events say 'claude-x'" in r.stdout
+
+
+def test_session_row_without_events_is_caught(chain):
+    gw, s = chain
+    with db(gw) as c:
+        c.execute("INSERT INTO sessions (id, gateway, identity) VALUES ('forged', 'g', 'agent')")
+    r = verify(gw.config.path)
+    assert r.returncode == 1 and "session forged is in the sessions table but no event started it" in r.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_edited_approval_row_is_caught(tmp_path):
+    from tests.gateway_fixtures import ALICE
+
+    gw = start_gateway(tmp_path)
+    try:
+        s = gw.new_session("agent", gw.config.connections["api"], "127.0.0.1:40005")
+        await s.start()
+        hold = await gw.policy.decide(s, request("POST", "/v1/refunds"))
+        await gw.approvals.decide(hold.id, "alice", False, "no")
+        await s.end()
+    finally:
+        await gw.stopService()
+    assert verify(gw.config.path).returncode == 0
+    with db(gw) as c:
+        c.execute("UPDATE approvals SET state = 'approved' WHERE id = ?", (hold.id,))
+    r = verify(gw.config.path)
+    assert r.returncode == 1 and f"approval {hold.id}: the approvals table says state='approved'" in r.stdout
