@@ -1,0 +1,224 @@
+"""Unit tests of the pure parts of the PostgreSQL gateway: codec, classifier,
+SCRAM and row masking (no sockets)."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hoopy.identity import ScramVerifier
+from hoopy.policy.masking import BUILTIN
+from hoopy.postgres import codec, scram
+from hoopy.postgres.classify import ClassifyError, classify
+from hoopy.postgres.frontend import decode_param, parse_options
+from hoopy.postgres.rows import MaskRules
+
+
+# --- codec -------------------------------------------------------------------
+
+def test_startup_roundtrip_and_special_codes():
+    raw = codec.startup_message({"user": "a", "database": "b"})
+    r = codec.StartupReader()
+    r.feed(raw[:3])
+    assert r.next() is None
+    r.feed(raw[3:])
+    s = codec.parse_startup(r.next())
+    assert s.code == codec.PROTOCOL_30 and s.params == {"user": "a", "database": "b"}
+    assert codec.parse_startup(codec.ssl_request()[4:]).code == codec.SSL_REQUEST
+    c = codec.parse_startup(codec.cancel_request(42, b"\x01\x02\x03\x04")[4:])
+    assert (c.pid, c.key) == (42, b"\x01\x02\x03\x04")
+    s32 = codec.parse_startup(codec.startup_message({"user": "u"}, codec.PROTOCOL_32)[4:])
+    assert s32.code & 0xFFFF == 2
+
+
+@pytest.mark.parametrize("payload", [
+    b"\x00\x04\x00\x00user\x00a\x00",  # not terminated
+    b"\x00\x04\x00\x00user\x00\x00",  # key without value... (odd items)
+    b"\x00\x02\x00\x00\x00",  # protocol 2
+    b"\x00",
+])
+def test_bad_startup_packets(payload):
+    with pytest.raises(codec.ProtocolError):
+        codec.parse_startup(payload)
+
+
+def test_message_reader_and_builders():
+    r = codec.MessageReader()
+    bind = (codec.cstr("p") + codec.cstr("s") + struct.pack("!hh", 1, 0) + struct.pack("!h", 2)
+            + struct.pack("!i", 1) + b"7" + struct.pack("!i", -1) + struct.pack("!hh", 1, 1))
+    data = codec.query("select 1") + codec.msg(b"B", bind) + codec.SYNC
+    for i in range(len(data)):  # any split works
+        r = codec.MessageReader()
+        r.feed(data[:i])
+        got = list(r)
+        r.feed(data[i:])
+        got += list(r)
+        assert [t for t, _ in got] == [b"Q", b"B", b"S"]
+    b = codec.parse_bind(bind)
+    assert b.params == (b"7", None) and b.result_formats == (1,)
+    with pytest.raises(codec.ProtocolError):
+        r = codec.MessageReader()
+        r.feed(b"Q\x00\x00\x00\x01")
+        r.next()
+
+
+def test_scan_rows_takes_only_whole_datarows():
+    rows = codec.build_data_row([b"a"]) * 3
+    r = codec.MessageReader()
+    r.feed(rows + codec.msg(b"C", b"SELECT 3\0") + codec.build_data_row([b"x"])[:-1])
+    raw, n = r.scan_rows()
+    assert n == 3 and raw == rows
+    assert r.next()[0] == b"C"
+    assert r.scan_rows() == (b"", 0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_fuzz_client_bytes_never_crash(data):
+    r = codec.MessageReader()
+    r.feed(data)
+    try:
+        for t, p in r:
+            for f in (codec.parse_bind, codec.parse_parse, codec.parse_query, codec.parse_describe,
+                      codec.parse_execute, codec.parse_sasl_initial, codec.parse_row_description,
+                      codec.parse_data_row, codec.parse_fields):
+                try:
+                    f(p)
+                except codec.ProtocolError:
+                    pass
+    except codec.ProtocolError:
+        pass
+    try:
+        codec.parse_startup(data)
+    except codec.ProtocolError:
+        pass
+
+
+# --- classification ----------------------------------------------------------
+
+def units(sql):
+    return sorted(str(u) for u in classify(sql).units)
+
+
+@pytest.mark.parametrize("sql, expected", [
+    ("SELECT * FROM customers", ["read public.customers"]),
+    ("select 1", ["read"]),
+    ("SELECT * FROM billing.invoices i JOIN customers c ON c.id = i.cid",
+     ["read billing.invoices", "read public.customers"]),
+    ("WITH d AS (DELETE FROM invoices RETURNING *) SELECT * FROM d", ["write public.invoices"]),
+    ("EXPLAIN ANALYZE DELETE FROM t", ["write public.t"]),
+    ("SELECT * FROM t FOR UPDATE", ["read public.t", "write public.t"]),
+    ("COPY t FROM STDIN", ["write public.t"]),
+    ("COPY t TO PROGRAM 'sh'", ["admin", "read public.t"]),
+    ("COPY t TO '/tmp/x'", ["admin", "read public.t"]),
+    ("DO $$BEGIN END$$", ["admin"]),
+    ("SET ROLE postgres", ["admin"]),
+    ("SET statement_timeout = 5", ["read"]),
+    ("SELECT pg_read_file('/etc/passwd')", ["admin"]),
+    ("SELECT lo_import('/etc/passwd')", ["admin"]),
+    ("SELECT nextval('s')", ["write"]),
+    ("SELECT my_func(1)", ["write"]),
+    ("SELECT count(*), lower(name) FROM t", ["read public.t"]),
+    ("PREPARE p AS DELETE FROM t", ["write public.t"]),
+    ("CREATE TABLE x (a int)", ["ddl", "ddl public.x"]),
+    ("DROP TABLE x", ["ddl"]),
+    ("GRANT SELECT ON t TO bob", ["admin", "admin public.t"]),
+    ("TRUNCATE t", ["write public.t"]),
+    ("BEGIN; UPDATE t SET a = 1; COMMIT", ["read", "write public.t"]),
+    ("SELECT * FROM pg_class", ["read pg_catalog.pg_class"]),
+    ("WITH t AS (SELECT 1) SELECT * FROM t", ["read"]),
+    ("SELECT * FROM (WITH c AS (SELECT 1) SELECT * FROM c) a, c", ["read public.c"]),
+    ("INSERT INTO a SELECT * FROM b", ["read public.b", "write public.a"]),
+    ("SELECT dblink_exec('x', 'drop table t')", ["admin"]),
+])
+def test_classify(sql, expected):
+    assert units(sql) == expected
+
+
+def test_classify_details():
+    c = classify("SELECT row_to_json(c) FROM customers c")
+    assert c.whole_row
+    c = classify("SELECT c.* FROM customers c")
+    assert not c.whole_row
+    c = classify("SELECT x FROM (SELECT * FROM customers) s")
+    assert c.whole_row  # a star below the top
+    assert classify("COPY (SELECT 1) TO STDOUT").copy_out
+    assert classify("SET search_path = evil").sets_search_path
+    assert classify("SELECT 1 FROM t").unqualified and not classify("SELECT 1 FROM public.t").unqualified
+    assert classify("PREPARE p AS DELETE FROM t").prepares[0][0] == "p"
+    assert classify("EXECUTE p").executes == ("p",)
+    with pytest.raises(ClassifyError):
+        classify("SELEC 1")
+
+
+# --- SCRAM ---------------------------------------------------------------------
+
+def test_scram_client_and_server_agree_and_reject_wrong_password():
+    v = ScramVerifier.make("sesame")
+    for cb in (None, b"\x01" * 32):
+        server = scram.ScramServer(v, cb)
+        mechs = [scram.MECH_PLUS, scram.MECH] if cb else [scram.MECH]
+        client = scram.ScramClient("sesame", mechs, cb)
+        sf = server.first(client.mech, client.first())
+        final = server.final(client.final(sf))
+        client.verify(final)
+    server = scram.ScramServer(v, None)
+    client = scram.ScramClient("wrong", [scram.MECH], None)
+    sf = server.first(client.mech, client.first())
+    with pytest.raises(scram.ScramError):
+        server.final(client.final(sf))
+
+
+def test_scram_unknown_user_and_downgrade_fail():
+    server = scram.ScramServer(None, None, "nobody")
+    client = scram.ScramClient("anything", [scram.MECH], None)
+    sf = server.first(client.mech, client.first())
+    with pytest.raises(scram.ScramError):
+        server.final(client.final(sf))
+    server = scram.ScramServer(ScramVerifier.make("x"), b"\x02" * 32)
+    with pytest.raises(scram.ScramError):
+        server.first(scram.MECH, b"y,,n=,r=abc")  # client could bind, thinks we cannot
+
+
+def test_md5_password_matches_postgres_formula():
+    inner = hashlib.md5(b"pwuser").hexdigest()
+    assert scram.md5_password("user", "pw", b"salt") == \
+        b"md5" + hashlib.md5(inner.encode() + b"salt").hexdigest().encode() + b"\0"
+
+
+# --- rows ------------------------------------------------------------------------
+
+def _fields(*specs):
+    return [codec.Field(n, oid, att, typ, -1, -1, fmt) for n, oid, att, typ, fmt in specs]
+
+
+def test_row_plan_by_origin_and_patterns():
+    rules = MaskRules((BUILTIN["email"], BUILTIN["credit_card"]), configured=("public.customers.ssn",))
+    rules.load(([("16384", "3", "public", "customers", "ssn")], [("16384", "r", "public", "customers")]))
+    c = classify("SELECT ssn AS x, name, card FROM customers")
+    plan = rules.plan(_fields(("x", 16384, 3, 25, 0), ("name", 16384, 2, 25, 0), ("card", 16384, 5, 20, 1)), c)
+    row = codec.build_data_row([b"123-45-6789", b"ann@example.com", struct.pack("!q", 4111111111111111)])
+    out = codec.parse_data_row(plan.apply(row[5:])[5:])
+    assert out == [b"[REDACTED]", b"[REDACTED]", None]
+    assert plan.summary() == {"columns": {"public.customers.ssn": 1}, "patterns": {"email": 1, "credit_card": 1}}
+    # An expression over a masked column has no origin: masked (int -> NULL, text -> mask).
+    c = classify("SELECT upper(ssn), length(ssn) FROM customers")
+    plan = rules.plan(_fields(("upper", 0, 0, 25, 0), ("length", 0, 0, 23, 0)), c)
+    assert codec.parse_data_row(plan.apply(codec.build_data_row([b"X", b"11"])[5:])[5:]) == [b"[REDACTED]", None]
+    # No rule can apply: no plan, rows pass as bytes.
+    rules2 = MaskRules((), configured=("public.customers.ssn",))
+    rules2.load(([("16384", "3", "public", "customers", "ssn")], []))
+    assert rules2.plan(_fields(("id", 16384, 1, 23, 0)), classify("SELECT id FROM customers")) is None
+
+
+def test_params_decoding_and_options():
+    assert decode_param(b"abc", 0, 25) == "abc"
+    assert decode_param(struct.pack("!i", 7), 1, 23) == 7
+    assert decode_param(b"\x00\xff", 1, 17) == "\\x00ff"
+    ours, rest = parse_options("-c hoopy.model=gpt -c hoopy.tool_call=t\\ 1 -c work_mem=4MB --geqo=off")
+    assert ours == {"model": "gpt", "tool_call": "t 1"}
+    assert rest == ["-c", "work_mem=4MB", "-c", "geqo=off"]
