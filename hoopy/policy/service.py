@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hoopy.audit.store import StoreError
@@ -88,6 +88,8 @@ class PolicyService:
         j = self.judge(session.identity, session.connection, operation)
         self._count(session, {"allow": "allowed", "approve": "held", "deny": "refused"}[j.outcome])
         if j.outcome == "deny":
+            log.info("refused {identity} on {connection}: {text!r}: {reason}", identity=session.identity,
+                     connection=session.connection, text=operation.text[:200], reason=j.reason)
             deny = Deny(j.reason, j.rule)
             d = session.event("operation", "refused", rule=j.rule, reason=j.reason, **_describe(operation))
             return d.addBoth(lambda _: deny)
@@ -99,6 +101,8 @@ class PolicyService:
         return d.addCallbacks(self._held, self._store_down, errbackArgs=(session,))
 
     def _held(self, approval) -> Hold:
+        log.info("held {identity} on {connection}: {text!r} as approval {id}", identity=approval.requester,
+                 connection=approval.session.connection, text=approval.operation.text[:200], id=approval.id)
         def resolved(a):
             if a.state == "approved":
                 return Allow(a.rule, a.id)
@@ -135,6 +139,3 @@ def _judge_unit(grants, unit) -> Judgement:
         return Judgement("allow", allow.text, f"allowed by rule {allow.text!r}")
     return Judgement("deny", None, f"no grant allows {unit}")
 
-
-def instant(value) -> Deferred:
-    return succeed(value)
