@@ -289,6 +289,16 @@ class Frontend(Protocol):
         self.user = user
         if self.reader.buf or self.sreader.buf:
             self.reader.feed(self.sreader.take_rest())
+        if self.settings.client_auth == "password":
+            if not self.tls:
+                return self.fatal("28000", "this connection requires TLS (sslmode=require)")
+            self.scram = None
+            self.phase = "auth"
+            self.auth_step = 0
+            self.transport.write(codec.auth(3))
+            if self.reader.buf:
+                self._auth_messages()
+            return
         ident = self.gateway.identities.get(user)
         verifier = ident.token_scram if ident is not None else None
         cbind = self.service.cbind_data if self.tls else None
@@ -309,7 +319,14 @@ class Frontend(Protocol):
             if t != b"p":
                 raise codec.ProtocolError(f"expected a password message, got {t!r}")
             try:
-                if self.auth_step == 0:
+                if self.scram is None:  # cleartext over TLS
+                    token = codec.Cursor(p).cstr()
+                    if self.gateway.identities.authenticate_token(self.user, token) is None:
+                        raise scram.ScramError("wrong token")
+                    self.transport.write(codec.auth(0))
+                    self.phase = "connecting"
+                    self._authenticated()
+                elif self.auth_step == 0:
                     mech, data = codec.parse_sasl_initial(p)
                     self.transport.write(codec.auth(11, self.scram.first(mech, data)))
                     self.auth_step = 1
@@ -319,7 +336,8 @@ class Frontend(Protocol):
                     self.phase = "connecting"
                     self._authenticated()
             except scram.ScramError as e:
-                self.gateway.auth_failed(self.connection, self._peer, self.user, "scram-sha-256", str(e))
+                self.gateway.auth_failed(self.connection, self._peer, self.user,
+                                         "password" if self.scram is None else "scram-sha-256", str(e))
                 return self.fatal("28P01", f'password authentication failed for user "{self.user}"')
 
     def _authenticated(self):

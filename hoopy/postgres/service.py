@@ -22,7 +22,11 @@ def _tls(settings):
     from twisted.internet import ssl
 
     pem = settings.tls_cert.value + "\n" + settings.tls_key.value
-    ctx = ssl.PrivateCertificate.loadPEM(pem).options()
+    pc = ssl.PrivateCertificate.loadPEM(pem)
+    # libpq 17+ offers ALPN "postgresql"; without a protocol list to choose
+    # from, the handshake fails with an internal-error alert.
+    ctx = ssl.CertificateOptions(privateKey=pc.privateKey.original, certificate=pc.original,
+                                 acceptableProtocols=[b"postgresql"])
     cert = x509.load_pem_x509_certificate(settings.tls_cert.value.encode())
     h = cert.signature_hash_algorithm.name if cert.signature_hash_algorithm else None
     return ctx, scram.tls_server_end_point(cert.public_bytes(Encoding.DER), h)
