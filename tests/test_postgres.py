@@ -316,3 +316,62 @@ def test_upstream_down_gives_08001_and_malformed_bytes_08P01(hoopy_gateway, data
     assert b"08P01" in data
     status, _ = g.get("/health")
     assert status in (200, 503)
+
+
+def raw_client(port, user, token):
+    """A minimal client on a plain socket (our own codec and SCRAM client), so
+    the test decides when, and whether, to read."""
+    from hoopy.postgres import codec, scram
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(codec.startup_message({"user": user, "database": "x"}))
+    r = codec.MessageReader()
+
+    def recv_msg():
+        while True:
+            m = r.next()
+            if m is not None:
+                return m
+            data = s.recv(65536)
+            assert data, "closed"
+            r.feed(data)
+
+    t, p = recv_msg()
+    assert t == b"R"
+    client = scram.ScramClient(token, [scram.MECH], None)
+    s.sendall(codec.sasl_initial(client.mech, client.first()))
+    t, p = recv_msg()
+    s.sendall(codec.password(client.final(p[4:])))
+    while True:
+        t, p = recv_msg()
+        if t == b"Z":
+            return s, recv_msg
+        assert t != b"E", p
+
+
+def gateway_rss_kib(g) -> int:
+    for line in open(f"/proc/{g.proc.pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_backpressure_and_client_gone_mid_result_cancels_upstream(gw):
+    marker = f"hoopy_bp_{secrets.token_hex(3)}"
+    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+    from hoopy.postgres import codec
+
+    # About 2 GB of rows if drained; the client reads one message and stops.
+    s.sendall(codec.query(f"SELECT g, repeat('{marker}', 100) FROM generate_series(1, 20000000) g"))
+    assert recv_msg()[0] == b"T"
+    before = gateway_rss_kib(gw)
+    time.sleep(3)
+    grown = gateway_rss_kib(gw) - before
+    assert grown < 64 * 1024, f"gateway grew {grown} KiB while the client did not read"
+    active = f"SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%{marker}%' AND state = 'active' " \
+             "AND pid <> pg_backend_pid()"
+    assert admin_sql(active) == "1"
+    s.close()
+    assert wait_for(lambda: admin_sql(active) == "0", timeout=10), "upstream query still running"
+    assert wait_for(lambda: any(e["data"].get("reason") == "client disconnected mid-result"
+                                for e in gw.events("session.end")))
