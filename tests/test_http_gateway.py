@@ -59,7 +59,7 @@ REVIEWER = ident("alice")
 OTHER = ident("other-agent")
 
 
-def gateway_toml(upstream_port: int, listen_port: int, extra: str = "") -> str:
+def gateway_toml(upstream_port: int, listen_port: int, plain_port: int, extra: str = "") -> str:
     return (
         AGENT.toml(scram=False) + REVIEWER.toml(kind="human", roles=["reviewer"], scram=False)
         + OTHER.toml(scram=False) + f"""
@@ -85,6 +85,19 @@ identity = "other-agent"
 connection = "api"
 allow = ["GET /v1/customers/*"]
 
+# no masking here: WebSocket upgrades are relayed only where nothing must be masked
+[connections.plain]
+type = "http"
+listen = "tcp:{plain_port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{upstream_port}"
+upstream_headers = {{ Authorization = "env:API_AUTH" }}
+upstream_timeout = "2s"
+
+[[grants]]
+identity = "billing-agent"
+connection = "plain"
+allow = ["GET /ws", "GET /ws-refuse"]
+
 [[masking]]
 connection = "api"
 fields = ["ssn", "card.number"]
@@ -101,12 +114,13 @@ def upstream(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gw(upstream, tmp_path_factory):
-    port = free_port()
-    p = HoopyProcess(tmp_path_factory.mktemp("gw"), gateway_toml(upstream.port, port),
+    port, plain = free_port(), free_port()
+    p = HoopyProcess(tmp_path_factory.mktemp("gw"), gateway_toml(upstream.port, port, plain),
                      env={"API_AUTH": UPSTREAM_SECRET}, approval_timeout="4s")
     p.start()
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
+    p.plain_port = plain
     yield p
     p.stop()
 
@@ -466,6 +480,90 @@ async def test_treq_client_streams_sse_events_as_they_arrive(gw):
     body = b"".join(d for _, d in times)
     assert b"ada@example.com" not in body and b"[REDACTED]" in body
     await defer.succeed(None)
+
+
+# --- WebSocket ---------------------------------------------------------------------------------
+
+
+def ws_open(port: int, path: str, token: str):
+    import base64
+
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+               f"Authorization: Bearer {token}\r\n\r\n").encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        c = s.recv(65536)
+        if not c:
+            break
+        buf += c
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    return s, key, head, rest
+
+
+def ws_send(s, payload: bytes, opcode=1):
+    mask = os.urandom(4)
+    assert len(payload) < 126
+    s.sendall(bytes([0x80 | opcode, 0x80 | len(payload)]) + mask
+              + bytes(c ^ mask[i % 4] for i, c in enumerate(payload)))
+
+
+def ws_recv(s, buf: bytes = b"") -> tuple[bytes, bytes]:
+    while len(buf) < 2 or len(buf) < 2 + (buf[1] & 0x7F):
+        c = s.recv(65536)
+        if not c:
+            raise AssertionError("connection closed")
+        buf += c
+    n = buf[1] & 0x7F
+    return buf[2:2 + n], buf[2 + n:]
+
+
+def test_websocket_upgrade_is_judged_as_get_then_relayed(gw, upstream):
+    import base64
+    import hashlib
+
+    mark = upstream.mark()
+    s, key, head, rest = ws_open(gw.plain_port, "/ws", AGENT.token)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
+    assert b"Sec-WebSocket-Accept: " + accept in head
+    ws_send(s, b"hello")
+    msg, rest = ws_recv(s, rest)
+    assert msg == b"echo: hello"
+    ws_send(s, b"again")
+    msg, rest = ws_recv(s, rest)
+    assert msg == b"echo: again"
+    ws_send(s, b"", opcode=8)
+    s.settimeout(5)
+    while s.recv(65536):
+        pass
+    s.close()
+    seen = [r for r in upstream.since(mark) if r["path"] == "/ws"]
+    assert seen and seen[0]["headers"]["authorization"] == [UPSTREAM_SECRET]
+    assert seen[0]["headers"]["upgrade"] == ["websocket"]
+    assert AGENT.token not in json.dumps(seen)
+    closed = wait_events(gw, "websocket.closed", 1)
+    assert closed and closed[-1]["data"]["bytes_to_upstream"] > 0
+    up = [e for e in gw.events("http.request") if e["outcome"] == "upgraded"]
+    assert up and up[-1]["data"]["status"] == 101 and up[-1]["data"]["rule"] == "GET /ws"
+
+
+def test_websocket_refusals(gw, upstream):
+    mark = upstream.mark()
+    for port, path, token, status in (
+        (gw.plain_port, "/ws-not-granted", AGENT.token, b"403"),
+        (gw.plain_port, "/ws", "hpy_wrong", b"401"),
+        (gw.port, "/ws", AGENT.token, b"501"),  # a connection with masking rules relays no upgrades
+    ):
+        s, _, head, _ = ws_open(port, path, token)
+        s.close()
+        assert head.split(b" ")[1] == status, (path, head)
+    assert upstream.since(mark) == []
+    s, _, head, _ = ws_open(gw.plain_port, "/ws-refuse", AGENT.token)
+    assert head.split(b" ")[1] == b"502"  # the upstream said 403, not 101: no tunnel
+    s.close()
 
 
 # --- faults -----------------------------------------------------------------------------------

@@ -14,11 +14,15 @@ or did not reach the upstream.
   /slow           answers after 10 s
   /reset          sends a head and half a body, then drops the connection
   /upload         counts and hashes the request body
+  /ws             a WebSocket echo (text frames), answering 101 itself
+  /ws-refuse      answers a WebSocket upgrade with 403
 """
 from __future__ import annotations
 
+import base64
 import gzip
 import hashlib
+import struct
 import json
 import sys
 
@@ -57,6 +61,43 @@ def main(port: int, logfile: str):
         def stopProducing(self):
             self.left = 0
 
+    from twisted.internet.protocol import Protocol
+
+    class WSEcho(Protocol):
+        """Just enough RFC 6455 to echo masked client frames back unmasked."""
+
+        buf = b""
+
+        def dataReceived(self, data):
+            self.buf += data
+            while len(self.buf) >= 2:
+                b0, b1 = self.buf[0], self.buf[1]
+                n, i = b1 & 0x7F, 2
+                if n == 126:
+                    if len(self.buf) < 4:
+                        return
+                    n, i = struct.unpack("!H", self.buf[2:4])[0], 4
+                elif n == 127:
+                    if len(self.buf) < 10:
+                        return
+                    n, i = struct.unpack("!Q", self.buf[2:10])[0], 10
+                if len(self.buf) < i + 4 + n:
+                    return
+                key, payload = self.buf[i:i + 4], self.buf[i + 4:i + 4 + n]
+                self.buf = self.buf[i + 4 + n:]
+                payload = bytes(c ^ key[j % 4] for j, c in enumerate(payload))
+                if b0 & 0x0F == 8:  # close
+                    self.transport.write(b"\x88\x00")
+                    self.transport.loseConnection()
+                    return
+                self.transport.write(ws_frame(b"echo: " + payload))
+
+    def ws_frame(payload: bytes, mask: bytes | None = None) -> bytes:
+        n = len(payload)
+        head = bytes([0x81]) + (bytes([n | (0x80 if mask else 0)]) if n < 126 else
+                                bytes([126 | (0x80 if mask else 0)]) + struct.pack("!H", n))
+        return head + payload
+
     class Root(Resource):
         isLeaf = True
 
@@ -75,6 +116,22 @@ def main(port: int, logfile: str):
             log.write(json.dumps({"method": request.method.decode(), "path": path, "headers": headers,
                                   "body_bytes": len(body)}) + "\n")
             p = request.path.decode()
+            if p == "/ws-refuse":
+                request.setResponseCode(403)
+                return b"no"
+            if p == "/ws" and (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
+                key = request.getHeader(b"sec-websocket-key")
+                accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+                transport = request.channel.transport
+                proto = WSEcho()
+                request.channel.dataReceived = proto.dataReceived
+                request.channel.connectionLost = lambda reason: None
+                transport.unregisterProducer()
+                proto.makeConnection(transport)
+                transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                transport.resumeProducing()
+                return NOT_DONE_YET
             if p.startswith("/echo") or p.startswith("/v1/"):
                 request.setHeader(b"content-type", b"application/json")
                 request.setHeader(b"set-cookie", b"sid=upstream-cookie")

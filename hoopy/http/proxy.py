@@ -106,6 +106,10 @@ class HTTPProxy:
         self.proto = "https" if tls else "http"
         u = urlsplit(self.settings.upstream)
         self.upstream_base = f"{u.scheme}://{u.netloc}".encode()
+        self.upstream_host = u.netloc.encode()
+        self.upstream_hostname = u.hostname
+        self.upstream_port = u.port or (443 if u.scheme == "https" else 80)
+        self.tls_policy = None  # set by the service: the upstream's TLS creator factory
         self.upstream_prefix = u.path.rstrip("/").encode()
         self.inject = [(name.encode("latin-1"), s.value.encode("latin-1"))
                        for name, s in self.settings.upstream_headers.items()]
@@ -113,6 +117,18 @@ class HTTPProxy:
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self.resource = ProxyResource(self)
         self.channels: set = set()
+
+    def raw_endpoint(self):
+        """A client endpoint to the upstream outside the pool (for upgrades)."""
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+
+        reactor = self.gateway.reactor
+        ep = HostnameEndpoint(reactor, self.upstream_hostname, self.upstream_port,
+                              timeout=min(self.settings.upstream_timeout, 10.0))
+        if self.settings.upstream.startswith("https:"):
+            creator = self.tls_policy.creatorForNetloc(self.upstream_hostname.encode(), self.upstream_port)
+            ep = wrapClientTLS(creator, ep)
+        return ep
 
     def session_for(self, channel, identity: str, peer: str):
         """The channel's session for this identity: a new one if another identity spoke before."""
@@ -191,6 +207,7 @@ class Exchange:
         self.upstream_transport = None
         self.timer = None
         self.timed_out = False
+        self.websocket = False
         addr = request.getClientAddress()
         self.peer_host = getattr(addr, "host", "unknown")
         self.peer = f"{self.peer_host}:{getattr(addr, 'port', '')}"
@@ -239,7 +256,10 @@ class Exchange:
             raise Refusal(403, verdict.reason, "refused", rule=verdict.rule, approval=self.approval)
         assert isinstance(verdict, Allow)
         self.rule = verdict.rule
-        await self._forward()
+        if self.websocket:
+            await self._relay()
+        else:
+            await self._forward()
 
     def _check_shape(self):
         req = self.request
@@ -257,15 +277,25 @@ class Exchange:
                 raise Refusal(400, f"method-override headers ({name.decode()}) are refused: "
                                    "send the real method")
         if h.hasHeader(b"upgrade"):
-            raise Refusal(501, "protocol upgrades (WebSocket) are not relayed by this gateway yet")
+            upgrade = b",".join(h.getRawHeaders(b"upgrade")).lower()
+            if req.method != b"GET" or b"websocket" not in upgrade:
+                raise Refusal(501, "only WebSocket upgrades (GET with Upgrade: websocket) are relayed")
+            if self.proxy.masker.active:
+                raise Refusal(501, "WebSocket frames cannot be masked, and this connection has masking "
+                                   "rules: upgrades are refused rather than relayed unmasked")
+            self.websocket = True
 
     # --- upstream ------------------------------------------------------------
 
-    def _upstream_headers(self) -> Headers:
+    def _upstream_headers(self, upgrade: bool = False) -> Headers:
         req = self.request
         h = req.requestHeaders
-        extra_hop = H.connection_tokens(h.getRawHeaders(b"connection"))
+        extra_hop = H.connection_tokens(h.getRawHeaders(b"connection")) - {b"upgrade"}
         out = Headers()
+        if upgrade:
+            out.setRawHeaders(b"host", [self.proxy.upstream_host])
+            out.setRawHeaders(b"connection", [b"Upgrade"])
+            out.setRawHeaders(b"upgrade", h.getRawHeaders(b"upgrade"))
         for name, values in h.getAllRawHeaders():
             n = name.lower()
             if (n in H.HOP_BY_HOP or n in extra_hop or n in H.HOOPY or n in H.FORWARDING
@@ -316,11 +346,60 @@ class Exchange:
             content.seek(0)
         return FileBodyProducer(content)
 
+    def _target(self) -> bytes:
+        t = self.proxy.upstream_prefix + self.path.encode()
+        return t + b"?" + self.query.encode() if self.query is not None else t
+
+    async def _relay(self):
+        """A judged WebSocket upgrade: relayed byte for byte once the upstream says 101."""
+        from twisted.internet.endpoints import connectProtocol
+
+        from hoopy.http.upgrade import Timer, UpstreamSide, request_head, take_over
+
+        up = UpstreamSide(request_head(b"GET", self._target(), self._upstream_headers(upgrade=True)))
+        for d in (connectProtocol(self.proxy.raw_endpoint(), up), up.answered):
+            self._arm_timer(d)
+            try:
+                result = await self._wait(d)
+            except Exception as e:
+                if up.transport is not None:
+                    up.transport.abortConnection()
+                if self.gone:
+                    raise defer.CancelledError()
+                if self.timed_out:
+                    raise Refusal(504, f"the upstream did not answer within {self.settings.upstream_timeout:g}s",
+                                  "error")
+                raise Refusal(502, f"the upstream could not be reached: {_reason(e)}", "error")
+            finally:
+                self._disarm_timer()
+        status, head, rest = result
+        self.status = status
+        if status != 101:
+            up.transport.abortConnection()
+            raise Refusal(502, f"the upstream answered the WebSocket upgrade with {status}, not 101", "error")
+        channel, session, timer = self.request.channel, self.session, Timer()
+        proxy = self.proxy
+
+        def lost():
+            session.event("websocket.closed", "ok", path=self.path, duration_ms=timer.ms(),
+                          bytes_from_upstream=up.bytes_in + len(rest), bytes_to_upstream=client.bytes_out
+                          ).addErrback(lambda f: log.error("websocket close not recorded: {e}",
+                                                           e=f.getErrorMessage()))
+            proxy.gateway.count_bytes(session, "out", up.bytes_in + len(rest))
+            proxy.gateway.count_bytes(session, "in", client.bytes_out)
+            if channel.session is not None:
+                proxy.end_session(channel, "client disconnected")
+            proxy.channels.discard(channel)
+
+        client = take_over(channel, up, head + rest, lost)
+        self.resp_bytes = len(head) + len(rest)
+        self.finished = True
+        self.outcome = "upgraded"
+        self._record()
+
     async def _forward(self):
         body = await self._request_body()
-        uri = self.proxy.upstream_base + self.proxy.upstream_prefix + self.path.encode()
-        if self.query is not None:
-            uri += b"?" + self.query.encode()
+        uri = self.proxy.upstream_base + self._target()
         if body is not None:
             body = _ProgressProducer(body, self._progress)
         d = self.proxy.agent.request(self.request.method, uri, self._upstream_headers(), body)

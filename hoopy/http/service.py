@@ -29,9 +29,20 @@ def _upstream_agent(reactor, settings):
         policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certs))
     else:
         policy = BrowserLikePolicyForHTTPS()
-    agent = Agent(reactor, contextFactory=policy, pool=pool,
-                  connectTimeout=min(settings.upstream_timeout, 10.0))
-    return agent, pool
+    class CachingAgent(Agent):
+        # One upstream: build its endpoint once, not per request (IDNA checks add up).
+        _endpoints: dict = {}
+
+        def _getEndpoint(self, uri):
+            key = (uri.scheme, uri.host, uri.port)
+            ep = self._endpoints.get(key)
+            if ep is None:
+                ep = self._endpoints[key] = super()._getEndpoint(uri)
+            return ep
+
+    agent = CachingAgent(reactor, contextFactory=policy, pool=pool,
+                         connectTimeout=min(settings.upstream_timeout, 10.0))
+    return agent, pool, policy
 
 
 def _tls_factory(settings, factory):
@@ -49,9 +60,10 @@ class HTTPService(Service):
         self.gateway = gateway
         self.connection = connection
         settings = connection.settings
-        self.agent, self.pool = _upstream_agent(gateway.reactor, settings)
+        self.agent, self.pool, policy = _upstream_agent(gateway.reactor, settings)
         tls = settings.tls_cert is not None
         self.proxy = HTTPProxy(gateway, connection, self.agent, tls)
+        self.proxy.tls_policy = policy
         self.site = GatewaySite(self.proxy)
         self.factory = _tls_factory(settings, self.site) if tls else self.site
         self.port = None

@@ -1,0 +1,262 @@
+"""HTTP gateway benchmark: the same load directly, through hoopy and through nginx.
+
+    python bench/http.py [--duration 10] [--connections 32] [--threads 2]
+
+Starts nginx (apt nginx-light) twice: as the upstream (static files: a small
+JSON document, a 256 MiB file, a 1 MiB JSON document full of e-mail
+addresses) and as a reverse proxy in front of it, plus a real
+``twistd -n hoopy`` with one http connection to the same upstream. Then:
+
+  1. wrk: small JSON GET, keep-alive; requests/s, p50/p99, and the ratios;
+  2. curl: a 256 MiB download, MB/s and the gateway's RSS sampled during it;
+  3. wrk: the 1 MiB JSON through a connection that masks e-mail addresses.
+
+Nothing here is a test: it prints numbers for docs/performance.md.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def nginx_conf(work: Path, up_port: int, proxy_port: int) -> Path:
+    conf = work / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type application/json;
+    types {{ application/json json; application/octet-stream bin; }}
+    client_body_temp_path {work}/nginx-body;
+    proxy_temp_path {work}/nginx-proxy;
+    fastcgi_temp_path {work}/nginx-fcgi;
+    uwsgi_temp_path {work}/nginx-uwsgi;
+    scgi_temp_path {work}/nginx-scgi;
+    upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}
+    server {{
+        listen 127.0.0.1:{up_port};
+        root {work}/www;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{proxy_port};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+""")
+    return conf
+
+
+def wrk(url: str, seconds: int, connections: int, threads: int, token: str | None) -> dict:
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if token:
+        cmd += ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "non2xx": int(errors.group(1)) if errors else 0}
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def download(url: str, token: str | None, watch_pid: int | None = None) -> dict:
+    cmd = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{speed_download}"]
+    if token:
+        cmd += ["-H", f"Authorization: Bearer {token}"]
+    p = subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, text=True)
+    samples = []
+    while p.poll() is None:
+        if watch_pid:
+            samples.append(rss_mib(watch_pid))
+        time.sleep(0.05)
+    code, size, speed = p.stdout.read().split()
+    out = {"status": int(code), "bytes": int(size), "MBps": float(speed) / 1e6}
+    if samples:
+        out["rss_min_mib"], out["rss_max_mib"] = min(samples), max(samples)
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx", "curl", "twistd"):
+        if not shutil.which(tool):
+            sys.exit(f"bench/http.py needs {tool} on PATH")
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from hoopy.identity import new_token
+
+    work = Path(tempfile.mkdtemp(prefix="hoopy-bench-http-"))
+    work.chmod(0o755)  # nginx workers run as an unprivileged user
+    www = work / "www"
+    www.mkdir()
+    (www / "small.json").write_text(json.dumps({"id": 42, "name": "Ada", "plan": "pro", "active": True}))
+    with open(www / "big.bin", "wb") as f:
+        block = os.urandom(1 << 20)
+        for _ in range(256):
+            f.write(block)
+    rows = [{"id": i, "name": f"customer {i}", "email": f"user{i}@example.com", "note": "x" * 40}
+            for i in range(1 << 20)]
+    doc, n = [], 0
+    for r in rows:  # about 1 MiB of JSON
+        s = json.dumps(r)
+        n += len(s) + 1
+        doc.append(r)
+        if n >= 1 << 20:
+            break
+    (www / "masked.json").write_text(json.dumps({"customers": doc}))
+
+    up_port, ngx_port, hoopy_port, masked_port, admin_port = (free_port() for _ in range(5))
+    token = new_token()
+    sha = hashlib.sha256(token.encode()).hexdigest()
+    (work / "hoopy.toml").write_text(f"""
+[gateway]
+state = "hoopy.db"
+admin_listen = "tcp:{admin_port}:interface=127.0.0.1"
+
+[identities.bench]
+token_sha256 = "{sha}"
+
+[connections.api]
+type = "http"
+listen = "tcp:{hoopy_port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{up_port}"
+upstream_headers = {{ Authorization = "env:BENCH_UPSTREAM_AUTH" }}
+
+[connections.masked]
+type = "http"
+listen = "tcp:{masked_port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{up_port}"
+
+[[grants]]
+identity = "bench"
+connection = "api"
+allow = ["GET /**"]
+
+[[grants]]
+identity = "bench"
+connection = "masked"
+allow = ["GET /**"]
+
+[[masking]]
+connection = "masked"
+fields = ["ssn"]
+patterns = ["email"]
+""")
+    procs = []
+    try:
+        procs.append(subprocess.Popen(["nginx", "-c", str(nginx_conf(work, up_port, ngx_port)), "-p", str(work)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        gw = subprocess.Popen(["twistd", "-n", "--pidfile=", "hoopy", "-c", str(work / "hoopy.toml")], cwd=work,
+                              env={**os.environ, "BENCH_UPSTREAM_AUTH": "Bearer bench-upstream"},
+                              stdout=open(work / "twistd.log", "wb"), stderr=subprocess.STDOUT)
+        procs.append(gw)
+        for port in (up_port, ngx_port, hoopy_port, masked_port):
+            wait_port(port)
+
+        d, c, t = args.duration, args.connections, args.threads
+        print(f"# small JSON GET, wrk -t{t} -c{c} -d{d}s, keep-alive")
+        wrk(f"http://127.0.0.1:{hoopy_port}/small.json", 2, c, t, token)  # warm up the pool
+        res = {
+            "direct": wrk(f"http://127.0.0.1:{up_port}/small.json", d, c, t, None),
+            "nginx": wrk(f"http://127.0.0.1:{ngx_port}/small.json", d, c, t, None),
+            "hoopy": wrk(f"http://127.0.0.1:{hoopy_port}/small.json", d, c, t, token),
+        }
+        print(f"{'path':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        for k, v in res.items():
+            print(f"{k:8} {v['rps']:10.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['non2xx']:8d}")
+        print(f"hoopy/direct req/s ratio {res['hoopy']['rps'] / res['direct']['rps']:.3f}; "
+              f"hoopy/nginx {res['hoopy']['rps'] / res['nginx']['rps']:.3f}; "
+              f"added p50 {res['hoopy']['p50_ms'] - res['direct']['p50_ms']:.2f} ms "
+              f"(nginx adds {res['nginx']['p50_ms'] - res['direct']['p50_ms']:.2f} ms)")
+        print("# the same at one connection (latency without queueing)")
+        one = {k: wrk(u, max(3, d // 2), 1, 1, tok) for k, u, tok in (
+            ("direct", f"http://127.0.0.1:{up_port}/small.json", None),
+            ("hoopy", f"http://127.0.0.1:{hoopy_port}/small.json", token))}
+        print(f"direct p50 {one['direct']['p50_ms']:.3f} ms, hoopy p50 {one['hoopy']['p50_ms']:.3f} ms, "
+              f"added {one['hoopy']['p50_ms'] - one['direct']['p50_ms']:.3f} ms; "
+              f"hoopy {one['hoopy']['rps']:.0f} req/s on one connection")
+
+        print("# 256 MiB download (curl)")
+        dd = download(f"http://127.0.0.1:{up_port}/big.bin", None)
+        hd = download(f"http://127.0.0.1:{hoopy_port}/big.bin", token, gw.pid)
+        nd = download(f"http://127.0.0.1:{ngx_port}/big.bin", None)
+        print(f"direct {dd['MBps']:.0f} MB/s, nginx {nd['MBps']:.0f} MB/s, hoopy {hd['MBps']:.0f} MB/s "
+              f"(ratio {hd['MBps'] / dd['MBps']:.2f}); gateway RSS {hd['rss_min_mib']:.0f}-{hd['rss_max_mib']:.0f} MiB "
+              f"during the transfer; status {hd['status']}, {hd['bytes']} bytes")
+
+        print("# masked 1 MiB JSON (e-mail pattern on every value), wrk -c4")
+        size = (www / "masked.json").stat().st_size
+        md = wrk(f"http://127.0.0.1:{up_port}/masked.json", max(3, d // 2), 4, 1, None)
+        mh = wrk(f"http://127.0.0.1:{masked_port}/masked.json", max(3, d // 2), 4, 1, token)
+        print(f"{size / (1 << 20):.2f} MiB body: direct {md['rps']:.0f} req/s p50 {md['p50_ms']:.1f} ms; "
+              f"hoopy masked {mh['rps']:.1f} req/s p50 {mh['p50_ms']:.1f} ms p99 {mh['p99_ms']:.1f} ms "
+              f"({mh['rps'] * size / 1e6:.1f} MB/s masked), non-2xx {mh['non2xx']}")
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"work directory kept: {work}")
+
+
+if __name__ == "__main__":
+    main()

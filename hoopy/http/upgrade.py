@@ -1,0 +1,125 @@
+"""WebSocket upgrades: judged as a GET on their path, then relayed as raw bytes.
+
+The upgrade request goes upstream on its own connection (not the pool), with
+the same header rules as any request. Only when the upstream answers
+``101 Switching Protocols`` is the client connection taken over and the two
+connected byte for byte, with backpressure both ways. Any other answer ends
+the exchange with a 502: the client connection never turns into an
+unjudged tunnel.
+"""
+from __future__ import annotations
+
+import time
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+
+log = Logger()
+
+MAX_HEAD = 64 * 1024
+
+
+def request_head(method: bytes, target: bytes, headers) -> bytes:
+    lines = [method + b" " + target + b" HTTP/1.1"]
+    for name, values in headers.getAllRawHeaders():
+        for v in values:
+            lines.append(name + b": " + v)
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+class UpstreamSide(Protocol):
+    """The upstream end: sends the upgrade request, waits for 101, then relays."""
+
+    def __init__(self, head: bytes):
+        self.head = head
+        self.buf = b""
+        self.answered = defer.Deferred()  # fires with (status, head bytes, rest)
+        self.client = None  # ClientSide once relaying
+        self.bytes_in = 0
+        self.closed = defer.Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.head)
+
+    def dataReceived(self, data):
+        if self.client is not None:
+            self.bytes_in += len(data)
+            self.client.transport.write(data)
+            return
+        if self.answered.called:
+            return
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self.buf) > MAX_HEAD:
+                self.answered.errback(ValueError("the upstream's answer head is too large"))
+                self.transport.abortConnection()
+            return
+        head, rest = self.buf[:end + 4], self.buf[end + 4:]
+        self.buf = b""
+        try:
+            status = int(head.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            self.answered.errback(ValueError("the upstream's answer is not HTTP"))
+            self.transport.abortConnection()
+            return
+        self.answered.callback((status, head, rest))
+
+    def connectionLost(self, reason):
+        if not self.answered.called:
+            self.answered.errback(ConnectionError("the upstream closed before answering the upgrade"))
+        if self.client is not None and self.client.transport is not None:
+            self.client.transport.loseConnection()
+        if not self.closed.called:
+            self.closed.callback("upstream closed")
+
+
+class ClientSide(Protocol):
+    """The client end, after the HTTP channel was handed over to the relay."""
+
+    def __init__(self, upstream: UpstreamSide, on_lost):
+        self.upstream = upstream
+        self.on_lost = on_lost
+        self.bytes_out = 0
+
+    def dataReceived(self, data):
+        self.bytes_out += len(data)
+        if self.upstream.transport is not None:
+            self.upstream.transport.write(data)
+
+    def connectionLost(self, reason=None):
+        if self.upstream.transport is not None:
+            self.upstream.transport.loseConnection()
+        self.on_lost()
+
+
+def take_over(channel, upstream: UpstreamSide, answer: bytes, on_lost) -> ClientSide:
+    """Turn an HTTP channel into one end of a raw relay to ``upstream``."""
+    client = ClientSide(upstream, on_lost)
+    transport = channel.transport
+    early = b"".join(getattr(channel, "_dataBuffer", []) or [])  # sent before we answered
+    channel._dataBuffer = []
+    # The channel stops being HTTP: its bytes and its end now belong to the relay.
+    channel.dataReceived = client.dataReceived
+    channel.connectionLost = client.connectionLost
+    channel.setTimeout(None)
+    client.makeConnection(transport)
+    transport.unregisterProducer()
+    upstream.client = client
+    transport.write(answer)
+    # Backpressure both ways: each side pauses the other's reading.
+    transport.registerProducer(upstream.transport, True)
+    upstream.transport.registerProducer(transport, True)
+    transport.resumeProducing()
+    if early:
+        client.dataReceived(early)
+    return client
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.monotonic()
+
+    def ms(self) -> float:
+        return round((time.monotonic() - self.start) * 1000, 3)
