@@ -25,11 +25,12 @@ UPSTREAM_SECRET = "Bearer upstream-secret-0451"
 
 
 class Upstream:
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, tls=()):
         self.port = free_port()
         self.log = workdir / "upstream.jsonl"
         self.log.touch()
-        self.proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(self.port), str(self.log)],
+        self.proc = subprocess.Popen([sys.executable, str(UPSTREAM_SCRIPT), str(self.port), str(self.log),
+                                      *map(str, tls)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
@@ -564,6 +565,78 @@ def test_websocket_refusals(gw, upstream):
     s, _, head, _ = ws_open(gw.plain_port, "/ws-refuse", AGENT.token)
     assert head.split(b" ")[1] == b"502"  # the upstream said 403, not 101: no tunnel
     s.close()
+
+
+# --- TLS ------------------------------------------------------------------------------------
+
+
+def make_ca_and_cert(d: Path, names=("localhost",)):
+    """A throwaway CA and a server certificate it signed for ``names`` (DNS names only)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "hoopy test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (d / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (d / "cert.pem").write_bytes(cert.public_bytes(pem))
+    (d / "key.pem").write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                  serialization.NoEncryption()))
+    return d / "ca.pem", d / "cert.pem", d / "key.pem"
+
+
+def test_https_upstream_is_verified_and_callers_can_use_tls(hoopy_gateway, tmp_path):
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    up = Upstream(tmp_path, tls=(cert, key))
+    try:
+        ports = {name: free_port() for name in ("good", "wrong_name", "untrusted", "tls")}
+        conns = ""
+        for name, upstream, extra in (
+            ("good", f"https://localhost:{up.port}", f'upstream_ca = "file:{ca}"'),
+            ("wrong_name", f"https://127.0.0.1:{up.port}", f'upstream_ca = "file:{ca}"'),  # cert says localhost
+            ("untrusted", f"https://localhost:{up.port}", ""),  # the system CAs do not know ours
+            ("tls", f"https://localhost:{up.port}", f'upstream_ca = "file:{ca}"\n'
+                                                    f'tls_cert = "file:{cert}"\ntls_key = "file:{key}"'),
+        ):
+            conns += f"""
+[connections.{name.replace("_", "-")}]
+type = "http"
+listen = "tcp:{ports[name]}:interface=127.0.0.1"
+upstream = "{upstream}"
+upstream_headers = {{ Authorization = "env:API_AUTH" }}
+{extra}
+[[grants]]
+identity = "billing-agent"
+connection = "{name.replace("_", "-")}"
+allow = ["GET /echo/**"]
+"""
+        hoopy_gateway(AGENT.toml(scram=False) + conns, env={"API_AUTH": UPSTREAM_SECRET})
+        status, body, _, _ = curl(f"http://127.0.0.1:{ports['good']}/echo/tls")
+        assert status == 200 and json.loads(body)["headers"]["authorization"] == [UPSTREAM_SECRET]
+        for bad, why in (("wrong_name", "Mismatch"), ("untrusted", "certificate verify failed")):
+            status, body, _, _ = curl(f"http://127.0.0.1:{ports[bad]}/echo/tls")
+            assert status == 502 and why in json.loads(body)["error"], (bad, body)
+        status, body, _, _ = curl(f"https://localhost:{ports['tls']}/echo/over-tls", "--cacert", str(ca))
+        assert status == 200 and json.loads(body)["path"] == "/echo/over-tls"
+        assert json.loads(body)["headers"]["x-forwarded-proto"] == ["https"]
+    finally:
+        up.stop()
 
 
 # --- faults -----------------------------------------------------------------------------------

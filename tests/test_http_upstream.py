@@ -1,6 +1,6 @@
 """A real upstream HTTP server for the HTTP gateway tests (no tests in here).
 
-Run as ``python tests/test_http_upstream.py PORT LOGFILE``: a twisted.web
+Run as ``python tests/test_http_upstream.py PORT LOGFILE [CERT KEY]`` (https with CERT): a twisted.web
 server on 127.0.0.1:PORT that appends one JSON line per request it receives
 to LOGFILE (method, path, headers, body size), so a test can prove what did
 or did not reach the upstream.
@@ -36,7 +36,7 @@ CUSTOMER = {
 }
 
 
-def main(port: int, logfile: str):
+def main(port: int, logfile: str, tls=()):
     from twisted.internet import reactor
     from twisted.web.resource import Resource
     from twisted.web.server import NOT_DONE_YET, Site
@@ -183,9 +183,15 @@ def main(port: int, logfile: str):
 
     site = Site(Root())
     site.log = lambda request: None
-    reactor.listenTCP(port, site, interface="127.0.0.1")
+    if tls:
+        from twisted.internet import ssl
+
+        cert = ssl.PrivateCertificate.loadPEM(open(tls[0]).read() + open(tls[1]).read())
+        reactor.listenSSL(port, site, cert.options(), interface="127.0.0.1")
+    else:
+        reactor.listenTCP(port, site, interface="127.0.0.1")
     reactor.run()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2])
+    main(int(sys.argv[1]), sys.argv[2], sys.argv[3:5])
