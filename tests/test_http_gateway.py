@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -717,6 +718,22 @@ def test_one_session_per_connection_and_complete_request_records(gw):
     assert AGENT.token not in json.dumps(shown)
     assert d["response_body"]["total_bytes"] > 256  # kept up to record_body_limit
     assert [e["kind"] for e in shown].count("operation") == 2
+
+
+def test_another_identity_on_the_same_connection_gets_its_own_session(gw):
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        for tok in (AGENT.token, OTHER.token):
+            s.sendall(f"GET /v1/customers/9 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {tok}\r\n\r\n".encode())
+            buf = b""
+            while b"\r\n\r\n" not in buf or len(buf.partition(b"\r\n\r\n")[2]) < int(
+                    re.search(rb"Content-Length: (\d+)", buf).group(1)):
+                buf += s.recv(65536)
+            assert buf.startswith(b"HTTP/1.1 200")
+    ends = wait_events(gw, "session.end", 1)
+    switched = [e for e in ends if e["data"]["reason"] == "another identity used this connection"]
+    assert switched and switched[-1]["identity"] == "billing-agent"
+    other = [e for e in gw.events("http.request") if e["identity"] == "other-agent"]
+    assert other and other[-1]["session"] != switched[-1]["session"]
 
 
 def test_audit_verify_passes(gw):

@@ -128,3 +128,46 @@ def test_header_record_redacts_secrets():
                         (b"X-Upstream-Token", [b"t"]), (b"Accept", [b"*/*"])])
     assert rec == {"authorization": "[REDACTED]", "cookie": "[REDACTED]", "x-api-key": "[REDACTED]",
                    "x-upstream-token": "[REDACTED]", "accept": "*/*"}
+
+
+def _load(tmp_path, body):
+    from hoopy import config
+
+    f = tmp_path / "hoopy.toml"
+    f.write_text("[gateway]\n" + body)
+    try:
+        return config.load(f), []
+    except config.ConfigError as e:
+        return None, [str(p) for p in e.problems]
+
+
+def test_settings_keys_and_their_problems(tmp_path, monkeypatch):
+    monkeypatch.setenv("API_AUTH", "Bearer x")
+    cfg, problems = _load(tmp_path, """
+[connections.api]
+type = "http"
+listen = "tcp:18080"
+upstream = "https://api.example/v2"
+upstream_headers = { Authorization = "env:API_AUTH" }
+upstream_timeout = "3s"
+mask_limit = "1MiB"
+record_body_limit = "1KiB"
+""")
+    assert problems == []
+    s = cfg.connections["api"].settings
+    assert (s.upstream_timeout, s.mask_limit, s.record_body_limit) == (3.0, 1 << 20, 1024)
+    assert s.upstream_headers["Authorization"].value == "Bearer x"
+    _, problems = _load(tmp_path, """
+[connections.api]
+type = "http"
+listen = "tcp:18080"
+upstream = "ftp://x"
+tls_cert = "file:/nonexistent.pem"
+mask_limit = "lots"
+upstream_headers = { Authorization = "Bearer inline" }
+""")
+    text = "\n".join(problems)
+    assert "connections.api.upstream: 'ftp://x' is not an http:// or https:// URL" in text
+    assert "connections.api.tls_key: tls_cert and tls_key go together" in text
+    assert "connections.api.mask_limit" in text
+    assert "connections.api.upstream_headers.Authorization" in text
