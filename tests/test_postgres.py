@@ -307,8 +307,7 @@ def test_upstream_down_gives_08001_and_malformed_bytes_08P01(hoopy_gateway, data
     g.pg_port = port
     r = psql(g, "SELECT 1")
     assert r.returncode != 0 and "upstream" in r.stderr, r.stderr
-    ends = g.events("session.end")
-    assert ends, "the session is sealed"
+    assert wait_for(lambda: g.events("session.end")), "the session is sealed"
     # Garbage after a valid startup: 08P01 and that connection closes; the gateway carries on.
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"\x00\x00\x00\x08\xff\xff\xff\xff")

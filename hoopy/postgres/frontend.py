@@ -624,11 +624,19 @@ class Frontend(Protocol):
         try:
             while True:
                 head = q[0] if q else None
-                if head is not None and head.plan is None and head.kind in ("execute", "query"):
-                    raw, n = r.scan_rows()
-                    if n:
-                        head.rows += n
-                        out.append(raw)
+                if head is not None and head.kind in ("execute", "query"):
+                    plan = head.plan
+                    if plan is None:
+                        raw, n = r.scan_rows()
+                        if n:
+                            head.rows += n
+                            out.append(raw)
+                    elif plan.prefilter is not None:
+                        raw, n = r.scan_rows()
+                        if n:
+                            head.rows += n
+                            # No pattern can be anywhere in this run of rows: pass it whole.
+                            out.append(raw if plan.prefilter.search(raw) is None else plan.apply_many(raw))
                 m = r.next()
                 if m is None:
                     break

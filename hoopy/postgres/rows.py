@@ -19,6 +19,50 @@ TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})
 JSON = 114
 JSONB = 3802
 INT_BINARY = {20: struct.Struct("!q"), 21: struct.Struct("!h"), 23: struct.Struct("!i")}
+_I = struct.Struct("!i")
+
+# Cheap byte-level tests that must match wherever a built-in detector could:
+# a row (or a whole chunk of rows) none of them finds passes untouched.
+PREFILTERS = {
+    "email": rb"@",
+    "credit_card": rb"[0-9](?:[ -]?[0-9]){12}",
+    "us_ssn": rb"[0-9]{3}-[0-9]{2}-[0-9]{4}",
+}
+
+
+def prefilter(detectors):
+    """One compiled bytes regex, or None when a detector has no prefilter."""
+    import re
+
+    parts = []
+    for d in detectors:
+        if d.name not in PREFILTERS:
+            return None
+        parts.append(PREFILTERS[d.name])
+    return re.compile(b"|".join(parts)) if parts else None
+
+
+def split_row(p: bytes) -> list:
+    """DataRow payload -> values (None for NULL); ProtocolError when malformed."""
+    n = int.from_bytes(p[:2], "big", signed=True)
+    out = []
+    pos = 2
+    end = len(p)
+    unpack = _I.unpack_from
+    try:
+        for _ in range(n):
+            (k,) = unpack(p, pos)
+            pos += 4
+            if k == -1:
+                out.append(None)
+            else:
+                if k < 0 or pos + k > end:
+                    raise codec.ProtocolError("bad DataRow")
+                out.append(p[pos:pos + k])
+                pos += k
+    except struct.error:
+        raise codec.ProtocolError("bad DataRow")
+    return out
 
 
 def catalog_query(columns) -> str:
@@ -113,6 +157,7 @@ class MaskRules:
         return RowPlan(actions, self.detectors) if any_action else None
 
 
+
 def _mask_value(f) -> bytes | None:
     """A masked value that stays valid for its type, or NULL."""
     if f.type_oid in TEXT_TYPES:
@@ -130,6 +175,16 @@ class RowPlan:
         self.detectors = detectors
         self.columns: dict = {}  # label -> values masked
         self.patterns: dict = {}  # detector -> values masked
+        self._update()
+
+    def _update(self):
+        # Only pattern scans, and only over text bytes: a row with no
+        # prefilter hit cannot change, so it need not be parsed.
+        self.prefilter = None
+        if all(a is None or (a[0] == "scan" and not (a[2].format == 1 and a[2].type_oid in INT_BINARY))
+               for a in self.actions):
+            self.prefilter = prefilter(self.detectors)
+        self.indexed = [(i, a) for i, a in enumerate(self.actions) if a is not None]
 
     def with_formats(self, formats):
         """Describe of a statement says text; Bind decides the real formats."""
@@ -142,13 +197,17 @@ class RowPlan:
                 a = (a[0], a[1], attrs.evolve(a[2], format=fmt))
             out.append(a)
         self.actions = out
+        self._update()
         return self
 
     def apply(self, payload: bytes) -> bytes:
-        values = codec.parse_data_row(payload)
+        pf = self.prefilter
+        if pf is not None and pf.search(payload) is None:
+            return codec.msg(b"D", payload)
+        values = split_row(payload)
         changed = False
-        for i, a in enumerate(self.actions):
-            if a is None or i >= len(values) or values[i] is None:
+        for i, a in self.indexed:
+            if i >= len(values) or values[i] is None:
                 continue
             what, label, f = a
             v = values[i]
@@ -163,6 +222,17 @@ class RowPlan:
                 changed = True
         return codec.build_data_row(values) if changed else codec.msg(b"D", payload)
 
+    def apply_many(self, raw: bytes) -> bytes:
+        """A run of whole DataRow messages."""
+        out = []
+        pos = 0
+        end = len(raw)
+        while pos < end:
+            (n,) = _I.unpack_from(raw, pos + 1)
+            out.append(self.apply(raw[pos + 5:pos + 1 + n]))
+            pos += n + 1
+        return b"".join(out)
+
     def _scan(self, v: bytes, f):
         if f.type_oid in INT_BINARY:
             if f.format == 1:
@@ -176,6 +246,9 @@ class RowPlan:
             if counts:
                 self._count(counts)
                 return None  # a number cannot hold the mask: NULL
+            return v
+        pf = self.prefilter
+        if pf is not None and pf.search(v) is None:
             return v
         prefix = b""
         if f.type_oid == JSONB and f.format == 1:
