@@ -374,3 +374,14 @@ def test_backpressure_and_client_gone_mid_result_cancels_upstream(gw):
     assert wait_for(lambda: admin_sql(active) == "0", timeout=10), "upstream query still running"
     assert wait_for(lambda: any(e["data"].get("reason") == "client disconnected mid-result"
                                 for e in gw.events("session.end")))
+
+
+def test_sigterm_ends_and_records_open_sessions(gw):
+    c = psycopg.connect(gw.dsn, autocommit=True)
+    assert c.execute("SELECT 1").fetchone() == (1,)
+    assert gw.stop() in (0, -signal.SIGTERM)  # twistd 26 re-raises the signal after a clean stop
+    ends = [e for e in gw.events("session.end") if e["data"].get("reason") == "gateway shutdown"]
+    assert len(ends) == 1
+    with pytest.raises(psycopg.OperationalError):
+        c.execute("SELECT 1")
+    c.close()

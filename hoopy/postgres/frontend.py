@@ -714,7 +714,8 @@ class Frontend(Protocol):
                 head.plan = RowPlan([], self.rules.detectors)
             out.append(codec.msg(t, p))
             if t == b"C":
-                head.tag = codec.parse_command_tag(p)
+                tag = codec.parse_command_tag(p)
+                head.tag = tag if head.tag is None or k == "execute" else f"{head.tag}; {tag}"
                 if k == "execute":
                     q.popleft()
                     self._done(head)

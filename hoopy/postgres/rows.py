@@ -180,6 +180,7 @@ class RowPlan:
     def _update(self):
         # Only pattern scans, and only over text bytes: a row with no
         # prefilter hit cannot change, so it need not be parsed.
+        self.value_filter = prefilter(self.detectors)
         self.prefilter = None
         if all(a is None or (a[0] == "scan" and not (a[2].format == 1 and a[2].type_oid in INT_BINARY))
                for a in self.actions):
@@ -234,6 +235,9 @@ class RowPlan:
         return b"".join(out)
 
     def _scan(self, v: bytes, f):
+        pf = self.value_filter
+        if pf is not None and (f.format == 0 or f.type_oid not in INT_BINARY) and pf.search(v) is None:
+            return v
         if f.type_oid in INT_BINARY:
             if f.format == 1:
                 try:
@@ -246,9 +250,6 @@ class RowPlan:
             if counts:
                 self._count(counts)
                 return None  # a number cannot hold the mask: NULL
-            return v
-        pf = self.prefilter
-        if pf is not None and pf.search(v) is None:
             return v
         prefix = b""
         if f.type_oid == JSONB and f.format == 1:
