@@ -385,3 +385,14 @@ def test_sigterm_ends_and_records_open_sessions(gw):
     with pytest.raises(psycopg.OperationalError):
         c.execute("SELECT 1")
     c.close()
+
+
+def test_copy_to_stdout_is_pattern_masked_and_binary_copy_refused(gw, database):
+    r = psql(gw, "COPY (SELECT id, 'mail ann@example.com' FROM public.invoices ORDER BY id) TO STDOUT")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["1\tmail [REDACTED]", "2\tmail [REDACTED]"]
+    r = psql(gw, "COPY (SELECT id, email FROM public.customers) TO STDOUT")  # names a masked table
+    assert r.returncode != 0 and "masked" in r.stderr
+    r = psql(gw, "COPY (SELECT 'x@example.com') TO STDOUT (FORMAT binary)")
+    assert r.returncode != 0 and "binary COPY" in r.stderr
+    assert "example" not in r.stdout

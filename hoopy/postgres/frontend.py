@@ -21,7 +21,7 @@ from hoopy.policy.service import Allow, Deny, Hold
 from hoopy.postgres import codec, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
 from hoopy.postgres.classify import ClassifyError, classify
-from hoopy.postgres.rows import MaskRules, catalog_query
+from hoopy.postgres.rows import MaskRules, RowPlan, catalog_query
 
 log = Logger()
 
@@ -641,6 +641,8 @@ class Frontend(Protocol):
                 if m is None:
                     break
                 self._reply(m[0], m[1], out)
+                if self.phase == "closed":
+                    return  # nothing more may reach the client
         except codec.ProtocolError as e:
             self.transport.write(b"".join(out))
             return self.fatal("08006", f"upstream protocol error: {e}")
@@ -705,12 +707,13 @@ class Frontend(Protocol):
             if t == b"d" and head.plan is not None and head.plan.detectors:
                 out.append(codec.msg(t, head.plan.copy_line(p)))
                 return
-            if t == b"H" and k == "query" and self.rules.detectors:
-                from hoopy.postgres.rows import RowPlan
-
+            if t == b"H" and self.rules.detectors:
                 if codec.Cursor(p).byte() == b"\x01":
-                    # Binary COPY cannot be scanned: refuse by ending the session safely.
+                    # Binary COPY cannot be scanned for patterns: nothing of it may pass.
                     self.cancel_upstream()
+                    self.transport.write(b"".join(out))
+                    out.clear()
+                    return self.fatal("42501", "hoopy: binary COPY TO STDOUT cannot be masked")
                 head.plan = RowPlan([], self.rules.detectors)
             out.append(codec.msg(t, p))
             if t == b"C":
