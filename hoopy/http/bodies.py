@@ -16,11 +16,27 @@ import zlib
 
 import attrs
 
-from hoopy.policy.masking import MASK, redact_text
+from hoopy.policy.masking import MASK
 
 
 class MaskError(Exception):
     """The body must be masked but cannot be (too large, not decodable): refuse it."""
+
+
+# A character every match of a built-in detector contains: strings without it are skipped cheaply
+# (the e-mail pattern is slow to search for on long text with no "@").
+HINTS = {"email": "@", "us_ssn": "-"}
+
+
+def _redact(text: str, hinted) -> tuple[str, dict]:
+    counts = {}
+    for d, hint in hinted:
+        if hint is not None and hint not in text:
+            continue
+        text, n = d.redact(text)
+        if n:
+            counts[d.name] = counts.get(d.name, 0) + n
+    return text, counts
 
 
 def _add(counts: dict, key: str, n: int = 1):
@@ -48,6 +64,15 @@ def body_kind(content_type: str | bytes | None) -> str:
 class Masker:
     fields: tuple = ()  # "ssn", "card.number"
     detectors: tuple = ()  # hoopy.policy.masking.Detector
+    # Split once: plain keys are a set lookup; only dotted fields need the key path.
+    _plain: frozenset = attrs.field(init=False, repr=False, eq=False)
+    _dotted: tuple = attrs.field(init=False, repr=False, eq=False)
+    _hinted: tuple = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self):
+        object.__setattr__(self, "_plain", frozenset(f for f in self.fields if "." not in f))
+        object.__setattr__(self, "_hinted", tuple((d, HINTS.get(d.name)) for d in self.detectors))
+        object.__setattr__(self, "_dotted", tuple((f, tuple(f.split("."))) for f in self.fields if "." in f))
 
     @classmethod
     def from_config(cls, maskings) -> "Masker":
@@ -70,33 +95,55 @@ class Masker:
 
     # --- JSON ---------------------------------------------------------------
 
-    def _field_hit(self, path: tuple) -> str | None:
-        for f in self.fields:
-            parts = tuple(f.split("."))
-            if path[-len(parts):] == parts:
-                return f
-        return None
-
     def mask_value(self, value, counts: dict, path: tuple = ()):
-        if isinstance(value, dict):
-            out = {}
-            for k, v in value.items():
-                p = path + (str(k),)
-                hit = self._field_hit(p) if self.fields else None
-                if hit is not None:
-                    _add(counts, f"field:{hit}")
-                    out[k] = MASK
-                else:
-                    out[k] = self.mask_value(v, counts, p)
-            return out
-        if isinstance(value, list):
-            return [self.mask_value(v, counts, path) for v in value]
-        if isinstance(value, str) and self.detectors:
-            text, c = redact_text(value, self.detectors)
-            for name, n in c.items():
-                _add(counts, name, n)
-            return text
-        return value
+        plain, dotted = self._plain, self._dotted
+        hinted = self._hinted
+
+        def walk(value, path):
+            if isinstance(value, str):
+                if hinted:
+                    text, c = _redact(value, hinted)
+                    if c:
+                        for name, n in c.items():
+                            _add(counts, name, n)
+                        return text
+                return value
+            if isinstance(value, dict):
+                out = {}
+                for k, v in value.items():
+                    if k in plain:
+                        _add(counts, f"field:{k}")
+                        out[k] = MASK
+                        continue
+                    if dotted:
+                        p = path + (str(k),)
+                        hit = next((f for f, parts in dotted if p[-len(parts):] == parts), None)
+                        if hit is not None:
+                            _add(counts, f"field:{hit}")
+                            out[k] = MASK
+                            continue
+                    else:
+                        p = path
+                    out[k] = walk(v, p) if isinstance(v, (str, dict, list)) else v
+                return out
+            if isinstance(value, list):
+                return [walk(v, path) if isinstance(v, (str, dict, list)) else v for v in value]
+            return value
+
+        return walk(value, path)
+
+    def _clean(self, data: bytes) -> bool:
+        """True when nothing in ``data`` can need masking (the fast path, checked on the raw text).
+
+        A JSON escape (\\uXXXX) could hide a match from a text search, so its presence means: walk.
+        """
+        if b"\\u" in data:
+            return False
+        text = data.decode("utf-8", "surrogateescape")
+        for f in self.fields:
+            if f'"{f.rsplit(".", 1)[-1]}"' in text:
+                return False
+        return not any((hint is None or hint in text) and d.pattern.search(text) for d, hint in self._hinted)
 
     def mask_json(self, data: bytes) -> tuple[bytes, dict]:
         """Masked JSON bytes and counts; the input unchanged when nothing matched."""
@@ -108,6 +155,8 @@ class Masker:
             if self.fields:
                 raise MaskError("the body is declared JSON but is not valid JSON, so it cannot be masked")
             return self.mask_text(data)
+        if self._clean(data):
+            return data, {}
         counts: dict = {}
         masked = self.mask_value(value, counts)
         if not counts:
@@ -118,7 +167,7 @@ class Masker:
         if not self.detectors:
             return data, {}
         text = data.decode("utf-8", "surrogateescape")
-        masked, counts = redact_text(text, self.detectors)
+        masked, counts = _redact(text, self._hinted)
         if not counts:
             return data, counts
         return masked.encode("utf-8", "surrogateescape"), counts
