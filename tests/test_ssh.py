@@ -1,0 +1,535 @@
+"""The SSH gateway against a real OpenSSH sshd, through a real twistd gateway,
+with the real ssh, scp and sftp clients."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port, ident
+
+SSHD = "/usr/sbin/sshd"
+CLIENT_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+               "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-F", "/dev/null"]
+
+
+def keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+                   check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+class Sshd:
+    """A real OpenSSH server on a free port, with its own config, keys and authorized_keys."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.host_key = self.root / "ssh_host_ed25519_key"
+        self.host_pub = keygen(self.host_key)
+        self.client_key = self.root / "gateway_key"  # what the gateway logs in with
+        (self.root / "authorized_keys").write_text(keygen(self.client_key) + "\n")
+        self.known_hosts = self.root / "known_hosts"
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self.host_pub}\n")
+        self.config = self.root / "sshd_config"
+        self.config.write_text(f"""\
+Port {self.port}
+ListenAddress 127.0.0.1
+HostKey {self.host_key}
+AuthorizedKeysFile {self.root}/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+UsePAM no
+PermitRootLogin yes
+StrictModes no
+PidFile none
+AcceptEnv LANG HOOPY_TEST_*
+AllowTcpForwarding yes
+Subsystem sftp internal-sftp
+LogLevel VERBOSE
+MaxStartups 500
+MaxSessions 500
+""")
+        self.log = self.root / "sshd.log"
+        self.proc = None
+
+    def start(self):
+        os.makedirs("/run/sshd", exist_ok=True)
+        self._logf = open(self.log, "ab")
+        # Its own process group: killing it kills the per-connection sshd children too.
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
+                                     stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 10
+        import socket
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log.read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("sshd did not start")
+
+    def kill(self):
+        """Kill sshd and every sshd it forked (an upstream host that dies mid-session)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        # Only the sshd processes: the session's shell then gets its hangup as on a real
+        # crash (a SIGKILLed login shell can leave locks behind, e.g. pyenv's rehash lock).
+        pids = [self.proc.pid, *(p for p in _descendants(self.proc.pid) if _comm(p) == "sshd")]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+
+    def stop(self):
+        self.kill()
+        if getattr(self, "_logf", None):
+            self._logf.close()
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in children.get(todo.pop(), ()):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+@pytest.fixture
+def sshd(tmp_path):
+    s = Sshd(tmp_path / "sshd").start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def agent_key(tmp_path):
+    path = tmp_path / "agent_key"
+    return path, keygen(path)
+
+
+def connection_toml(sshd: Sshd, name="web", port=None, known_hosts=None, extra="") -> tuple[str, int]:
+    port = port or free_port()
+    return f"""
+[connections.{name}]
+type = "ssh"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "tcp:host=127.0.0.1:port={sshd.port}"
+upstream_user = "root"
+upstream_key = "file:{sshd.client_key}"
+upstream_known_hosts = "file:{known_hosts or sshd.known_hosts}"
+{extra}
+""", port
+
+
+def grant(identity, allow=(), approve=(), deny=(), connection="web") -> str:
+    q = lambda xs: "[" + ", ".join(json.dumps(x) for x in xs) + "]"  # noqa: E731
+    return (f'\n[[grants]]\nidentity = "{identity}"\nconnection = "{connection}"\n'
+            f"allow = {q(allow)}\napprove = {q(approve)}\ndeny = {q(deny)}\n")
+
+
+class Setup:
+    def __init__(self, gw, port, key, agent, reviewer, sshd, tmp):
+        self.gw, self.port, self.key, self.agent, self.reviewer = gw, port, key, agent, reviewer
+        self.sshd = sshd
+        self.tmp = tmp
+
+    def ssh_args(self, *args, user=None, key=None):
+        return ["ssh", "-p", str(self.port), "-i", str(key or self.key), *CLIENT_OPTS, *args,
+                f"{user or self.agent.name}@127.0.0.1"]
+
+    def ssh(self, command, *args, user=None, key=None, input=None, timeout=30):
+        argv = self.ssh_args(*args, user=user, key=key)
+        if command is not None:
+            argv.append(command)
+        return subprocess.run(argv, capture_output=True, text=True, input=input, timeout=timeout)
+
+    def sessions(self):
+        return self.gw.events("session.start")
+
+
+@pytest.fixture
+def setup(hoopy_gateway, sshd, agent_key, tmp_path):
+    """A gateway with one ssh connection; make(allow=..., approve=...) starts it."""
+
+    def make(allow=(), approve=(), deny=(), extra="", known_hosts=None):
+        key, pub = agent_key
+        agent, reviewer = ident("agent"), ident("alice")
+        conn, port = connection_toml(sshd, known_hosts=known_hosts, extra=extra)
+        body = (agent.toml(ssh_keys=[pub]) + reviewer.toml(kind="human", roles=["reviewer"])
+                + conn + grant("agent", allow, approve, deny))
+        gw = hoopy_gateway(body, approval_timeout="5s")
+        return Setup(gw, port, key, agent, reviewer, sshd, tmp_path)
+
+    return make
+
+
+def exec_events(gw):
+    return [e for e in gw.events("ssh.exec")]
+
+
+# --- exec ----------------------------------------------------------------------------
+
+def test_allowed_exec_returns_output_and_exit_status(setup):
+    s = setup(allow=["exec echo *", "exec ls *", "exec false"])
+    r = s.ssh("echo hello through hoopy")
+    assert (r.returncode, r.stdout) == (0, "hello through hoopy\n"), r.stderr
+    r = s.ssh("false")
+    assert r.returncode == 1
+    r = s.ssh("ls /nonexistent-hoopy")
+    assert r.returncode == 2 and "nonexistent-hoopy" in r.stderr
+
+    evs = exec_events(s.gw)
+    assert [e["data"]["command"] for e in evs] == ["echo hello through hoopy", "false", "ls /nonexistent-hoopy"]
+    assert [e["data"]["exit_status"] for e in evs] == [0, 1, 2]
+    assert evs[0]["data"]["output"] == "hello through hoopy\n"
+    assert evs[0]["data"]["bytes_out"] == len("hello through hoopy\n")
+    ops = s.gw.events("operation")
+    assert [o["outcome"] for o in ops] == ["allowed"] * 3
+    # Each operation is recorded before its result.
+    assert ops[0]["seq"] < evs[0]["seq"]
+
+
+def test_exec_output_bound_is_configurable(setup):
+    s = setup(allow=["exec head -c 5000 /dev/zero"], extra='exec_output_limit = "1KiB"')
+    r = subprocess.run(s.ssh_args() + ["head -c 5000 /dev/zero"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and len(r.stdout) == 5000  # the client gets all of it
+    (ev,) = exec_events(s.gw)
+    assert len(ev["data"]["output"]) == 1024 and ev["data"]["output_truncated"] is True
+    assert ev["data"]["bytes_out"] == 5000
+
+
+def test_refused_and_smuggled_commands_never_run_upstream(setup, tmp_path):
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    control = marks / "control"
+    s = setup(allow=["exec echo *", f"exec touch {control}"])
+    # The marker mechanism works: an allowed touch does create its file.
+    assert s.ssh(f"touch {control}").returncode == 0 and control.exists()
+
+    attempts = {
+        "refused": f"touch {marks}/refused",
+        "semicolon": f"echo a; touch {marks}/semicolon",
+        "and": f"echo a && touch {marks}/and",
+        "or": f"echo a || touch {marks}/or",
+        "subst": f"echo $(touch {marks}/subst)",
+        "backtick": f"echo `touch {marks}/backtick`",
+        "newline": f"echo a\ntouch {marks}/newline",
+        "pipe": f"echo a | tee {marks}/pipe",
+        "redirect": f"echo a > {marks}/redirect",
+        "background": f"echo a & touch {marks}/background",
+    }
+    for name, cmd in attempts.items():
+        r = s.ssh(cmd)
+        assert r.returncode == 126, (name, r)
+        assert "hoopy: refused:" in r.stderr and r.stdout == "", (name, r)
+    time.sleep(0.3)
+    assert sorted(p.name for p in marks.iterdir()) == ["control"]
+    refused = s.gw.events("operation")
+    assert sum(1 for e in refused if e["outcome"] == "refused") == len(attempts)
+    # sshd never saw a command it was not allowed to run.
+    log = s.sshd.log.read_text()
+    assert "semicolon" not in log and "subst" not in log
+
+
+def test_held_command_runs_after_approve_and_not_after_deny(setup, tmp_path):
+    ok, no = tmp_path / "approved", tmp_path / "denied"
+    s = setup(approve=["exec touch *"])
+
+    p = subprocess.Popen(s.ssh_args() + [f"touch {ok}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (row,) = s.gw.wait_pending(s.reviewer.token)
+    assert not ok.exists()
+    r = s.gw.hoopy("approve", row["id"], token=s.reviewer.token)
+    assert r.returncode == 0, r.stderr
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 0, err
+    assert row["id"] in err and "held for approval" in err
+    assert ok.exists()
+
+    # The requester cannot approve its own request.
+    p = subprocess.Popen(s.ssh_args() + [f"touch {no}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (row,) = s.gw.wait_pending(s.reviewer.token)
+    assert s.gw.hoopy("approve", row["id"], token=s.agent.token).returncode == 1
+    r = s.gw.hoopy("deny", row["id"], "--reason", "not today", token=s.reviewer.token)
+    assert r.returncode == 0, r.stderr
+    out, err = p.communicate(timeout=20)
+    assert p.returncode == 126
+    assert "not today" in err
+    assert not no.exists()
+
+
+def test_held_command_times_out_as_refused(setup, tmp_path):
+    s = setup(approve=["exec touch *"])
+    t0 = time.monotonic()
+    r = s.ssh(f"touch {tmp_path}/never")
+    assert r.returncode == 126 and "timed out" in r.stderr
+    assert 4 < time.monotonic() - t0 < 15
+    assert not (tmp_path / "never").exists()
+
+
+# --- authentication ------------------------------------------------------------------
+
+def test_unknown_user_and_wrong_key_are_refused_alike(setup, tmp_path):
+    s = setup(allow=["exec echo *"])
+    other = tmp_path / "other_key"
+    keygen(other)
+    wrong_key = s.ssh("echo hi", key=other)
+    unknown_user = s.ssh("echo hi", user="mallory")
+    assert wrong_key.returncode == unknown_user.returncode == 255
+    assert "Permission denied (publickey)" in wrong_key.stderr
+    assert wrong_key.stderr.replace("agent@", "X@") == unknown_user.stderr.replace("mallory@", "X@")
+    time.sleep(0.5)
+    fails = s.gw.events("auth.failed")
+    assert sorted(e["data"]["user"] for e in fails) == ["agent", "mallory"]
+    assert not s.gw.events("session.start")
+
+
+def test_unknown_upstream_host_key_refuses_with_a_message(setup, sshd, tmp_path):
+    kh = tmp_path / "wrong_known_hosts"
+    kh.write_text(f"[127.0.0.1]:{sshd.port} {keygen(tmp_path / 'imposter')}\n")
+    s = setup(allow=["exec echo *"], known_hosts=kh)
+    r = s.ssh("echo hi")
+    assert r.returncode == 255
+    assert "host key" in r.stderr and "refused" in r.stderr
+    assert r.stdout == ""
+    time.sleep(0.5)
+    (ev,) = s.gw.events("ssh.upstream")
+    assert ev["outcome"] == "failed"
+
+
+def test_unreachable_upstream_gives_a_message(hoopy_gateway, agent_key, tmp_path):
+    dead = Sshd(tmp_path / "dead")  # configured, never started: nothing listens
+    key, pub = agent_key
+    agent = ident("agent")
+    conn, port = connection_toml(dead)
+    gw = hoopy_gateway(agent.toml(ssh_keys=[pub]) + conn + grant("agent", ["exec echo *"]))
+    r = subprocess.run(["ssh", "-p", str(port), "-i", str(key), *CLIENT_OPTS, "agent@127.0.0.1", "echo hi"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 255 and "unreachable" in r.stderr
+    # The gateway carries on.
+    assert gw.get("/health")[0] == 200
+
+
+# --- terminals, attribution, recordings -------------------------------------------------------
+
+def test_interactive_session_is_recorded_and_verified(setup):
+    s = setup(allow=["shell"])
+    script = "echo typed-$((6*7))\nexit 0\n"
+    r = s.ssh(None, "-tt", "-o", "SetEnv=HOOPY_MODEL=claude-test HOOPY_TOOL_CALL=call-7", input=script)
+    assert r.returncode == 0, r.stderr
+    assert "typed-42" in r.stdout
+
+    (start,) = s.sessions()
+    sid = start["session"]
+    cast = s.gw.recordings / f"{sid}.cast"
+    shown = subprocess.run(["asciinema", "cat", str(cast)], capture_output=True, text=True, check=True).stdout
+    assert "echo typed-$((6*7))" in shown and "typed-42" in shown
+    lines = cast.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["version"] == 2 and "agent on web" in header["title"]
+    codes = {json.loads(line)[1] for line in lines[1:]}
+    assert {"o", "i"} <= codes
+
+    sessions = s.gw.hoopy("sessions")
+    assert "claude-test" in sessions.stdout and "call-7" in sessions.stdout
+
+    (sealed,) = s.gw.events("recording.sealed")
+    assert sealed["data"]["path"] == cast.name
+    v = s.gw.hoopy("audit", "verify")
+    assert v.returncode == 0, v.stdout + v.stderr
+    data = bytearray(cast.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    cast.write_bytes(bytes(data))
+    v = s.gw.hoopy("audit", "verify")
+    assert v.returncode == 1 and cast.name in (v.stdout + v.stderr)
+
+
+def test_refused_shell_gets_a_message(setup):
+    s = setup(allow=["exec echo *"])
+    r = s.ssh(None, "-tt", input="echo never\n")
+    assert r.returncode == 126
+    assert "hoopy: refused" in r.stdout + r.stderr
+
+
+def test_held_shell_marks_the_recording(setup):
+    s = setup(approve=["shell"])
+    p = subprocess.Popen(s.ssh_args("-tt"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    (row,) = s.gw.wait_pending(s.reviewer.token)
+    assert s.gw.hoopy("approve", row["id"], token=s.reviewer.token).returncode == 0
+    out, err = p.communicate("echo after-approval\nexit\n", timeout=30)
+    assert p.returncode == 0 and "after-approval" in out
+    (start,) = s.sessions()
+    lines = (s.gw.recordings / f"{start['session']}.cast").read_text().splitlines()
+    markers = [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "m"]
+    assert markers == [f"approval {row['id']} requested", f"approval {row['id']} approved"]
+
+
+def _wait_for_output(s, text, timeout=15):
+    """The recording of the session's shell, once it shows ``text`` (as JSON-escaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        starts = s.sessions()
+        if starts:
+            cast = s.gw.recordings / f"{starts[0]['session']}.cast"
+            if cast.exists() and text in cast.read_text():
+                return cast
+        time.sleep(0.1)
+    raise AssertionError(f"the shell never showed {text!r}")
+
+
+def test_killed_upstream_leaves_a_sealed_recording(setup):
+    s = setup(allow=["shell"])
+    p = subprocess.Popen(s.ssh_args("-tt"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdin.write(b"echo before-the-crash\n")
+    p.stdin.flush()
+    cast = _wait_for_output(s, "before-the-crash\\r\\n")
+    s.sshd.kill()
+    out, err = p.communicate(timeout=30)
+    assert p.returncode != 0
+    assert b"upstream connection was lost" in out + err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not s.gw.events("session.end"):
+        time.sleep(0.1)
+    (sealed,) = s.gw.events("recording.sealed")
+    assert sealed["data"]["path"] == cast.name
+    assert s.gw.events("session.end")
+    v = s.gw.hoopy("audit", "verify")
+    assert v.returncode == 0, v.stdout + v.stderr
+    subprocess.run(["asciinema", "cat", str(cast)], check=True, capture_output=True)
+    # The gateway carries on: a new session gets a clear message, not a hang.
+    r = s.ssh("echo hi")
+    assert r.returncode == 255 and "unreachable" in r.stderr
+
+
+def test_gateway_shutdown_ends_and_records_open_sessions(setup):
+    s = setup(allow=["shell"])
+    p = subprocess.Popen(s.ssh_args("-tt"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdin.write(b"echo still-here\n")
+    p.stdin.flush()
+    _wait_for_output(s, "still-here\\r\\n")
+    s.gw.stop()
+    p.communicate(timeout=20)
+    assert p.returncode != 0
+    (end,) = s.gw.events("session.end")
+    assert end["data"]["reason"] == "gateway shutdown"
+    assert s.gw.events("recording.sealed")
+
+
+# --- sftp, scp, forwarding -----------------------------------------------------------------------
+
+def test_sftp_and_scp_file_operations_are_events(setup, tmp_path):
+    s = setup(allow=["sftp"])
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    local = tmp_path / "local.bin"
+    local.write_bytes(os.urandom(300_000))
+    batch = tmp_path / "batch"
+    batch.write_text(f"put {local} {remote}/up.bin\nget {remote}/up.bin {tmp_path}/down.bin\n"
+                     f"rename {remote}/up.bin {remote}/moved.bin\nrm {remote}/moved.bin\n")
+    r = subprocess.run(["sftp", "-P", str(s.port), "-i", str(s.key), *CLIENT_OPTS, "-b", str(batch),
+                        "agent@127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "down.bin").read_bytes() == local.read_bytes()
+    assert not (remote / "moved.bin").exists()
+
+    r = subprocess.run(["scp", "-P", str(s.port), "-i", str(s.key), *CLIENT_OPTS, str(local),
+                        f"agent@127.0.0.1:{remote}/scp.bin"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (remote / "scp.bin").read_bytes() == local.read_bytes()
+
+    time.sleep(0.5)
+    kinds = [(e["kind"], e["data"].get("path")) for e in s.gw.events() if e["kind"].startswith("sftp.")]
+    assert ("sftp.open", f"{remote}/up.bin") in kinds
+    assert ("sftp.rename", f"{remote}/up.bin") in kinds
+    assert ("sftp.remove", f"{remote}/moved.bin") in kinds
+    assert ("sftp.open", f"{remote}/scp.bin") in kinds
+    closes = {(e["data"]["path"], e["data"]["mode"]): e["data"] for e in s.gw.events("sftp.close")}
+    assert any(d["bytes_written"] == 300_000 for (p, m), d in closes.items() if p.endswith("up.bin"))
+    assert any(d["bytes_read"] == 300_000 for (p, m), d in closes.items() if p.endswith("up.bin"))
+    assert any(d["bytes_written"] == 300_000 for (p, m), d in closes.items() if p.endswith("scp.bin"))
+
+
+def test_sftp_without_a_rule_is_refused(setup, tmp_path):
+    s = setup(allow=["exec echo *"])
+    batch = tmp_path / "batch"
+    batch.write_text("ls /\n")
+    r = subprocess.run(["sftp", "-P", str(s.port), "-i", str(s.key), *CLIENT_OPTS, "-b", str(batch),
+                        "agent@127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "hoopy: refused" in r.stderr
+    assert [e["outcome"] for e in s.gw.events("operation")] == ["refused"]
+
+
+def _echo_server():
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            with c:
+                while data := c.recv(65536):
+                    c.sendall(data.upper())
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def test_port_forward_only_where_granted(setup):
+    srv = _echo_server()
+    port = srv.getsockname()[1]
+    try:
+        s = setup(allow=[f"forward 127.0.0.1:{port}"])
+        r = s.ssh(None, "-W", f"127.0.0.1:{port}", input="ping through hoopy\n")
+        assert r.stdout == "PING THROUGH HOOPY\n", r.stderr
+        other = free_port()
+        argv = ["ssh", "-p", str(s.port), "-i", str(s.key), "-o", "LogLevel=INFO", *CLIENT_OPTS,
+                "-W", f"127.0.0.1:{other}", "agent@127.0.0.1"]
+        r = subprocess.run(argv, capture_output=True, text=True, input="x\n", timeout=30)
+        assert r.returncode != 0
+        assert "administratively prohibited: hoopy: refused" in r.stderr, r.stderr
+        time.sleep(0.3)
+        ops = [(e["outcome"], e["data"].get("units")) for e in s.gw.events("operation")]
+        assert ops == [("allowed", [f"forward 127.0.0.1:{port}"]), ("refused", [f"forward 127.0.0.1:{other}"])]
+        (fwd,) = s.gw.events("ssh.forward")
+        assert fwd["data"]["bytes_in"] == len("ping through hoopy\n")
+    finally:
+        srv.close()
