@@ -533,3 +533,45 @@ def test_port_forward_only_where_granted(setup):
         assert fwd["data"]["bytes_in"] == len("ping through hoopy\n")
     finally:
         srv.close()
+
+
+# --- faults ----------------------------------------------------------------------------------
+
+def test_malformed_ssh_traffic_ends_only_that_connection(setup):
+    import socket
+
+    s = setup(allow=["exec echo *"])
+    for junk in (b"GET / HTTP/1.0\r\n\r\n", b"SSH-2.0-x\r\n" + b"\x00\x00\xff\xff" + os.urandom(64)):
+        c = socket.create_connection(("127.0.0.1", s.port), 5)
+        c.settimeout(5)
+        c.sendall(junk)
+        try:
+            while c.recv(4096):
+                pass
+        except (ConnectionResetError, socket.timeout):
+            pass
+        c.close()
+    r = s.ssh("echo still serving")
+    assert (r.returncode, r.stdout) == (0, "still serving\n")
+
+
+def test_vanished_client_closes_its_upstream(setup):
+    s = setup(allow=["exec sleep 41"])
+    p = subprocess.Popen(s.ssh_args("-tt") + ["sleep 41"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and "Starting session" not in s.sshd.log.read_text():
+        time.sleep(0.1)
+    time.sleep(0.3)
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if "Disconnected from user root" in s.sshd.log.read_text() and s.gw.events("session.end"):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the upstream connection stayed open after the client vanished")
+    (ev,) = s.gw.events("ssh.exec")
+    assert ev["data"]["command"] == "sleep 41" and ev["data"]["exit_status"] is None
+    assert s.gw.events("recording.sealed")
