@@ -60,6 +60,7 @@ class GatewayChannel(HTTPChannel):
         super().connectionLost(reason)
         if self.session is not None:
             self.proxy.end_session(self, "client disconnected")
+        self.proxy.channels.discard(self)
 
 
 class GatewaySite(Site):
@@ -154,8 +155,6 @@ class HTTPProxy:
         if s is not None:
             self.gateway.approvals.cancel_session(s, reason)
             s.end(reason)
-        if reason == "client disconnected":
-            self.channels.discard(channel)
 
     def stop(self, reason: str):
         ds = []
