@@ -35,10 +35,10 @@ def _config(args):
 
 
 def _reader(cfg):
-    from hoopy.audit.store import SQLiteReader, StoreError
+    from hoopy.audit.store import StoreError, open_reader
 
     try:
-        return SQLiteReader(cfg.gateway.state)
+        return open_reader(cfg)  # SQLite file or postgresql:// URL
     except StoreError as e:
         raise SystemExit(_fail(str(e), 1))
 

@@ -283,6 +283,37 @@ def resolve_secret(ref: str, key: str, problems: list[Problem], base_dir: Path) 
     return None
 
 
+def check_postgres_state(url: str) -> list[str]:
+    """Problems with a ``postgresql://`` state URL (never echoing a password)."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return ["a PostgreSQL state needs psycopg 3: pip install 'psycopg[binary]'"]
+    try:
+        info = conninfo_to_dict(url)
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else "cannot be parsed"
+        # libpq may quote the bad part of the URL: never echo a password in it.
+        try:
+            from urllib.parse import urlsplit
+
+            secret = urlsplit(url).password
+        except ValueError:
+            secret = None
+        if secret:
+            msg = msg.replace(secret, "***")
+        return [f"not a valid PostgreSQL URL: {msg}"]
+    problems = []
+    if not (info.get("host") or info.get("hostaddr")):
+        problems.append("the PostgreSQL URL names no host or socket directory "
+                        "(postgresql://user@host/db, or ?host=/run/postgresql)")
+    if any(p and not p.isdigit() for p in info.get("port", "").split(",")):
+        problems.append(f"port {info['port']!r} is not a number")
+    if "password" in info:
+        problems.append("no password in the state URL: use PGPASSWORD, ~/.pgpass or passfile=/path")
+    return problems
+
+
 def check_server_endpoint(desc: str) -> str | None:
     # The endpoint parsers need no reactor until listen(); passing None keeps
     # `hoopy check` and twistd's option parsing from importing one.
@@ -373,9 +404,8 @@ def parse(data: dict, path: Path) -> Config:
     if state and not state.startswith(("postgresql://", "postgres://")):
         state = str(gw.resolve_path(state))
     elif state:
-        problems.append(
-            Problem("gateway.state", "a PostgreSQL state store is not available in this version; use a SQLite file")
-        )
+        for message in check_postgres_state(state):
+            problems.append(Problem("gateway.state", message))
     recordings = gw.resolve_path(gw.string("recordings", default="recordings"))
     admin_listen = gw.server_endpoint("admin_listen")
     approval_timeout = gw.duration("approval_timeout", default=300.0)

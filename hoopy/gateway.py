@@ -15,7 +15,7 @@ from twisted.internet.defer import DeferredList, succeed
 from twisted.logger import Logger
 
 from hoopy.audit.events import Event
-from hoopy.audit.store import SQLiteEventStore
+from hoopy.audit.store import StateConflict, open_store
 from hoopy.identity import Directory
 from hoopy.metrics import Metrics
 from hoopy.policy.approvals import ApprovalService
@@ -41,9 +41,7 @@ class Gateway(MultiService):
         self.name_ = config.gateway.name
         self.identities = Directory(config.identities)
         self.metrics = Metrics()
-        self.store = store or SQLiteEventStore(
-            config.gateway.state, config.gateway.name, reactor,
-            busy_timeout=config.gateway.store_busy_timeout)
+        self.store = store or open_store(config, reactor)
         self.store.on_error = lambda e: self.metrics.store_errors.inc()
         self.approvals = ApprovalService(self.store, self.identities, reactor, self.metrics)
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
@@ -111,6 +109,9 @@ class Gateway(MultiService):
             stale = reader.approvals("pending")
         finally:
             reader.close()
+        if getattr(self.store, "shared", False):
+            # Other nodes hold their own: expire only what this node held.
+            stale = [row for row in stale if row["gateway"] == self.name_]
         for row in stale:
             self.store.append(Event(
                 kind="approval.expired", outcome="expired", session=row["session"],
@@ -118,7 +119,9 @@ class Gateway(MultiService):
                 data={"approval": row["id"], "operation": row["operation"],
                       "reason": "the gateway restarted while it was pending"}),
                 approval={"id": row["id"], "state": "expired",
-                          "reason": "the gateway restarted while it was pending"})
+                          "reason": "the gateway restarted while it was pending"},
+                # A reviewer on another node may have decided it meanwhile.
+                expect_state="pending").addErrback(lambda f: f.trap(StateConflict))
         super().startService()
         log.info("hoopy gateway {name} started: {n} connection(s)", name=self.name_,
                  n=len(self.config.connections))

@@ -170,7 +170,9 @@ class AdminResource(Resource):
             if reason is not None and not isinstance(reason, str):
                 return self._json(request, 400, {"error": "reason must be a string"})
         aid, verb = parts[1], parts[2]
-        if self.gateway.approvals.get(aid) is None:
+        # Not held here: with a shared store another node may hold it, and
+        # decide() takes the cross-node path; otherwise say what it is.
+        if self.gateway.approvals.get(aid) is None and not self.gateway.approvals.shared:
             return self._read(request, lambda r: (
                 (409, {"error": f"approval {aid} is already {row['state']}", "state": row["state"]})
                 if (row := r.approval(aid)) else (404, {"error": f"no pending approval {aid}"})))
@@ -178,8 +180,7 @@ class AdminResource(Resource):
 
         def done(a):
             log.info("approval {id} {state} by {who}", id=a.id, state=a.state, who=ident.name)
-            return 200, {"approval": a.id, "state": a.state, "reviewer": a.reviewer,
-                         "requester": a.requester, "operation": a.operation.text}
+            return 200, a.summary()
 
         def refused(f):
             if f.check(ApprovalError):

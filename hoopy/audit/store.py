@@ -88,8 +88,19 @@ class StoreError(Exception):
     """The store could not make an event durable; the operation must be refused."""
 
 
+class StateConflict(Exception):
+    """A conditional approval update found the row no longer in the expected
+    state (another node, or an expiry, decided first): nothing was written."""
+
+    def __init__(self, approval_id: str, state: str | None):
+        self.approval_id = approval_id
+        self.state = state
+        super().__init__(f"approval {approval_id} is {'already ' + state if state else 'unknown'}")
+
+
 class IEventStore(Interface):
     healthy = Attribute("False after a write failed, until one succeeds again")
+    shared = Attribute("True when other gateway nodes write the same store (PostgreSQL)")
 
     def start():
         """Open the store and load the chain head."""
@@ -97,11 +108,20 @@ class IEventStore(Interface):
     def stop():
         """Write what is queued, then close. Returns a Deferred."""
 
-    def append(event, session=None, approval=None):
+    def append(event, session=None, approval=None, expect_state=None):
         """Make ``event`` durable, with optional session/approval row updates
         (dicts of column values, upserted by id) in the same transaction.
         Returns a Deferred firing with a StoredEvent once it is on disk, or
-        failing with StoreError."""
+        failing with StoreError.
+
+        With ``expect_state``, the approval row is updated (not upserted) only
+        if its state is still ``expect_state``; otherwise neither the row nor
+        the event is written and the Deferred fails with StateConflict."""
+
+    def watch_approvals(callback):
+        """Call ``callback(approval_id)`` when another node decided an
+        approval, ``callback(None)`` when some may have been missed. A no-op
+        for a store no other node writes."""
 
     def reader():
         """An IStoreReader (blocking; use from a thread or a CLI)."""
@@ -199,6 +219,7 @@ class SQLiteEventStore:
     """SQLite in WAL mode; one writer thread, batched transactions."""
 
     max_batch = 512
+    shared = False  # one gateway per SQLite file
 
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
         self.path = str(path)
@@ -250,7 +271,11 @@ class SQLiteEventStore:
     def reader(self) -> SQLiteReader:
         return SQLiteReader(self.path)
 
-    def append(self, event: Event, session: dict | None = None, approval: dict | None = None) -> Deferred:
+    def watch_approvals(self, callback) -> None:
+        """Nothing to watch: no other node writes this file."""
+
+    def append(self, event: Event, session: dict | None = None, approval: dict | None = None,
+               expect_state: str | None = None) -> Deferred:
         d = Deferred()
         if self._stopped is not None or self._thread is None:
             d.errback(StoreError("the state store is closed"))
@@ -260,7 +285,10 @@ class SQLiteEventStore:
         except (TypeError, ValueError) as e:  # a bug in the caller, never silently dropped
             d.errback(StoreError(f"event data is not JSON: {e}"))
             return d
-        self._queue.put((event, data, session, approval, d))
+        if expect_state is not None and not (approval and approval.get("id")):
+            d.errback(StoreError("expect_state needs an approval row with its id"))
+            return d
+        self._queue.put((event, data, session, approval, expect_state, d))
         return d
 
     # --- the writer thread -------------------------------------------------
@@ -298,7 +326,12 @@ class SQLiteEventStore:
             # another process appended since.
             row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = row if row else (0, GENESIS)
-            for event, data, session, approval, d in batch:
+            for event, data, session, approval, expect, d in batch:
+                if expect is not None:
+                    conflict = self._conditional(db, approval, expect)
+                    if conflict is not None:
+                        results.append((d, conflict))  # nothing written for this one
+                        continue
                 seq += 1
                 row = {
                     "seq": seq, "time_us": event.time_us, "gateway": self.gateway,
@@ -318,7 +351,7 @@ class SQLiteEventStore:
                 )
                 if session:
                     self._upsert(db, "sessions", SESSION_COLUMNS, {"gateway": self.gateway, **session})
-                if approval:
+                if approval and expect is None:
                     self._upsert(db, "approvals", APPROVAL_COLUMNS, {"gateway": self.gateway, **approval})
                 prev = h
                 results.append((d, StoredEvent(seq, h, event)))
@@ -333,6 +366,18 @@ class SQLiteEventStore:
             return
         self.head = (seq, prev)
         self.reactor.callFromThread(self._written, results)
+
+    @staticmethod
+    def _conditional(db, approval, expect):
+        """The approval row changes only if still ``expect``: the first decision wins."""
+        cols = [c for c in APPROVAL_COLUMNS if c in approval and c not in ("id", "gateway")]
+        cur = db.execute(
+            f"UPDATE approvals SET {', '.join(f'{c}=?' for c in cols)} WHERE id=? AND state=?",
+            [approval[c] for c in cols] + [approval["id"], expect])
+        if cur.rowcount == 1:
+            return None
+        row = db.execute("SELECT state FROM approvals WHERE id = ?", (approval["id"],)).fetchone()
+        return StateConflict(approval["id"], row[0] if row else None)
 
     @staticmethod
     def _upsert(db, table, columns, values):
@@ -351,7 +396,10 @@ class SQLiteEventStore:
             log.info("state store: writing again")
         self.healthy = True
         for d, stored in results:
-            d.callback(stored)
+            if isinstance(stored, Exception):
+                d.errback(stored)
+            else:
+                d.callback(stored)
 
     def _failed(self, deferreds, err):
         if self.healthy:
@@ -363,5 +411,24 @@ class SQLiteEventStore:
             d.errback(err)
 
 
-def open_reader(config) -> SQLiteReader:
+def is_postgres(state: str) -> bool:
+    return state.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(config, reactor=None):
+    """The IEventStore that ``gateway.state`` names (not started)."""
+    gw = config.gateway
+    if is_postgres(gw.state):
+        from hoopy.audit.pgstore import PostgresEventStore
+
+        return PostgresEventStore(gw.state, gw.name, reactor, busy_timeout=gw.store_busy_timeout)
+    return SQLiteEventStore(gw.state, gw.name, reactor, busy_timeout=gw.store_busy_timeout)
+
+
+def open_reader(config):
+    """An IStoreReader on ``gateway.state``; raises StoreError if it cannot."""
+    if is_postgres(config.gateway.state):
+        from hoopy.audit.pgstore import PostgresReader
+
+        return PostgresReader(config.gateway.state)
     return SQLiteReader(config.gateway.state)

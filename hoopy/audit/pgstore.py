@@ -1,0 +1,573 @@
+"""The PostgreSQL state store: several gateway nodes, one chain.
+
+``state = "postgresql://user@host/db"`` puts events, sessions and approvals
+in the ``hoopy`` schema of that database (created if absent). Like the
+SQLite store, one writer thread batches whatever is queued into a single
+transaction and the Deferred from ``append`` fires only after COMMIT. Every
+node appends to the same chain: each batch first takes a transaction-level
+advisory lock and only then reads the head, so links stay right whichever
+node writes next.
+
+When an approval row leaves ``pending`` the same transaction sends
+``NOTIFY hoopy_approvals, '<id>'`` (delivered on COMMIT only); a listener
+thread on every node hands those ids to the approval service, so the node
+holding the operation resumes it whichever node the reviewer reached.
+
+The password never goes in ``state``: libpq's PGPASSWORD, ~/.pgpass or a
+``passfile=`` parameter supply it (config refuses an inline one).
+"""
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from hoopy.audit.chain import GENESIS, canonical_json, link
+from hoopy.audit.events import Event, StoredEvent
+from hoopy.audit.store import (APPROVAL_COLUMNS, SESSION_COLUMNS, IEventStore, IStoreReader,
+                               StateConflict, StoreError)
+
+log = Logger()
+
+SCHEMA_NAME = "hoopy"
+CHANNEL = "hoopy_approvals"
+# pg_advisory_xact_lock key serializing chain appends (and schema creation)
+# across nodes: "hoopy" in ASCII, unlikely to meet an application's own key.
+CHAIN_LOCK = 0x686F6F7079  # = 448546173049, named in docs/operators.md
+
+SCHEMA = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA_NAME};
+CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.events (
+    seq BIGINT PRIMARY KEY,
+    time_us BIGINT NOT NULL,
+    gateway TEXT NOT NULL,
+    session TEXT,
+    identity TEXT,
+    connection TEXT,
+    protocol TEXT,
+    peer TEXT,
+    kind TEXT NOT NULL,
+    outcome TEXT,
+    data TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON {SCHEMA_NAME}.events(session, seq);
+CREATE INDEX IF NOT EXISTS events_time ON {SCHEMA_NAME}.events(time_us);
+CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.sessions (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    identity TEXT,
+    connection TEXT,
+    protocol TEXT,
+    peer TEXT,
+    started_us BIGINT,
+    ended_us BIGINT,
+    end_reason TEXT,
+    model TEXT,
+    tool_call TEXT,
+    mcp_server TEXT,
+    application_name TEXT,
+    recording TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON {SCHEMA_NAME}.sessions(started_us);
+CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.approvals (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    session TEXT,
+    requester TEXT NOT NULL,
+    connection TEXT,
+    protocol TEXT,
+    operation TEXT NOT NULL,
+    rule TEXT,
+    state TEXT NOT NULL,
+    created_us BIGINT NOT NULL,
+    expires_us BIGINT,
+    decided_us BIGINT,
+    reviewer TEXT,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_state ON {SCHEMA_NAME}.approvals(state, created_us);
+"""
+
+EVENT_COLUMNS = ("seq", "time_us", "gateway", "session", "identity", "connection", "protocol",
+                 "peer", "kind", "outcome", "data", "prev", "hash")
+
+# Applied unless the URL says otherwise: a dead server or a silent network
+# must turn into a refusal within seconds, not a writer stuck forever.
+CONNECT_DEFAULTS = {
+    "connect_timeout": "5",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "3",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "10000",
+    "application_name": "hoopy",
+}
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError as e:  # pragma: no cover - an install problem, named clearly
+        raise StoreError("a PostgreSQL state needs psycopg 3: pip install 'psycopg[binary]'") from e
+    return psycopg
+
+
+def describe(dsn: str) -> str:
+    """The DSN without its password, for logs and errors."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(dsn)
+    except Exception:
+        return "postgresql://(unparsable)"
+    host = info.get("host") or info.get("hostaddr") or "localhost"
+    port = info.get("port") or "5432"
+    user = f"{info['user']}@" if info.get("user") else ""
+    return f"postgresql://{user}{host}:{port}/{info.get('dbname', '')}"
+
+
+def connect(dsn: str, **kw):
+    """A psycopg connection (autocommit; transactions are explicit)."""
+    psycopg = _psycopg()
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = {**CONNECT_DEFAULTS, **conninfo_to_dict(dsn)}
+    try:
+        return psycopg.connect(**params, autocommit=True, **kw)
+    except psycopg.Error as e:
+        raise StoreError(f"cannot connect to the state store {describe(dsn)}: {_first_line(e)}") from e
+
+
+def _first_line(e) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def ensure_schema(conn) -> None:
+    """Create the hoopy schema if absent. Skipped when the tables exist, so a
+    runtime role without CREATE works once an owner has run it."""
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL"
+                       " AND to_regclass(%s) IS NOT NULL",
+                       (f"{SCHEMA_NAME}.events", f"{SCHEMA_NAME}.sessions",
+                        f"{SCHEMA_NAME}.approvals")).fetchone()
+    if row[0]:
+        return
+    with conn.transaction():
+        # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                conn.execute(stmt)
+
+
+@implementer(IStoreReader)
+class PostgresReader:
+    """Blocking reads (use from a thread or the CLI), all from one snapshot
+    (a read-only REPEATABLE READ transaction held until ``close``), so a
+    verify or an export sees events, sessions and approvals as of one moment
+    while other nodes keep appending. ``events`` streams through a
+    server-side cursor: the chain may be far larger than memory."""
+
+    itersize = 2000
+    _cursors = itertools.count()
+
+    def __init__(self, dsn: str):
+        from psycopg import IsolationLevel
+        from psycopg.rows import dict_row
+
+        self.dsn = dsn
+        self.db = connect(dsn)
+        self.db.autocommit = False
+        self.db.isolation_level = IsolationLevel.REPEATABLE_READ
+        self.db.read_only = True
+        self.db.row_factory = dict_row
+        try:
+            present = self.db.execute("SELECT to_regclass(%s) IS NOT NULL AS present",
+                                      (f"{SCHEMA_NAME}.events",)).fetchone()["present"]
+        except Exception as e:
+            self.db.close()
+            raise StoreError(f"cannot read the state store {describe(dsn)}: {_first_line(e)}") from e
+        if not present:
+            self.db.close()
+            raise StoreError(f"no hoopy state store in {describe(dsn)}")
+
+    def close(self):
+        self.db.close()
+
+    def _rows(self, sql, args=()):
+        return list(self.db.execute(sql, args).fetchall())
+
+    def sessions(self, since_us=None, until_us=None, limit=None):
+        sql = f"SELECT * FROM {SCHEMA_NAME}.sessions WHERE true"
+        args = []
+        if since_us is not None:
+            sql += " AND coalesce(ended_us, 9223372036854775807) >= %s"
+            args.append(since_us)
+        if until_us is not None:
+            sql += " AND started_us <= %s"
+            args.append(until_us)
+        sql += " ORDER BY started_us DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self._rows(sql, args)
+
+    def session(self, session_id):
+        rows = self._rows(f"SELECT * FROM {SCHEMA_NAME}.sessions WHERE id = %s", (session_id,))
+        return rows[0] if rows else None
+
+    def events(self, session=None, since_us=None, until_us=None):
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM {SCHEMA_NAME}.events WHERE true"
+        args = []
+        if session is not None:
+            sql += " AND session = %s"
+            args.append(session)
+        if since_us is not None:
+            sql += " AND time_us >= %s"
+            args.append(since_us)
+        if until_us is not None:
+            sql += " AND time_us <= %s"
+            args.append(until_us)
+        sql += " ORDER BY seq"
+        with self.db.cursor(name=f"hoopy_events_{next(self._cursors)}") as cur:
+            cur.itersize = self.itersize
+            cur.execute(sql, args)
+            yield from cur
+
+    def approvals(self, state=None):
+        if state is None:
+            return self._rows(f"SELECT * FROM {SCHEMA_NAME}.approvals ORDER BY created_us")
+        return self._rows(f"SELECT * FROM {SCHEMA_NAME}.approvals WHERE state = %s ORDER BY created_us",
+                          (state,))
+
+    def approval(self, approval_id):
+        rows = self._rows(f"SELECT * FROM {SCHEMA_NAME}.approvals WHERE id = %s", (approval_id,))
+        return rows[0] if rows else None
+
+
+_STOP = object()
+
+
+class _IdleConnectionLost(Exception):
+    """The writer's connection died while idle; nothing of the batch was sent."""
+
+
+@implementer(IEventStore)
+class PostgresEventStore:
+    """One writer thread, batched transactions, a chain shared by every node."""
+
+    max_batch = 512
+    shared = True  # other gateway nodes may write the same store
+
+    def __init__(self, dsn: str, gateway: str, reactor=None, busy_timeout: float = 5.0):
+        self.dsn = dsn
+        self.gateway = gateway
+        self.busy_timeout = busy_timeout
+        self._reactor = reactor
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._listener: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._stopped: Deferred | None = None
+        self._conn = None
+        self._watchers: list = []
+        self.healthy = True
+        self.head = (0, GENESIS)
+        self.on_error = None  # callable(exc): the metrics hook
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    def __repr__(self):
+        return f"<PostgresEventStore {describe(self.dsn)} gateway={self.gateway}>"
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def _connect(self):
+        conn = connect(self.dsn)
+        ms = max(1, int(self.busy_timeout * 1000))
+        # A lock held too long (another node stuck mid-batch) or a query that
+        # never returns fails the batch, and so refuses its operations.
+        conn.execute(f"SET lock_timeout = {ms}")
+        conn.execute(f"SET statement_timeout = {ms * 2}")
+        return conn
+
+    def start(self):
+        """Connect, create the schema, LISTEN: synchronously, at startup, so a
+        store that is not there stops the gateway before it listens."""
+        conn = self._connect()
+        try:
+            ensure_schema(conn)
+            row = conn.execute(f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1").fetchone()
+        except Exception as e:
+            conn.close()
+            raise StoreError(f"cannot open the state store {describe(self.dsn)}: {_first_line(e)}") from e
+        if row:
+            self.head = (row[0], row[1])
+        try:
+            listen = connect(self.dsn)
+            listen.execute(f"LISTEN {CHANNEL}")
+        except Exception as e:
+            conn.close()
+            raise StoreError(f"cannot listen on the state store {describe(self.dsn)}: {_first_line(e)}") from e
+        self._conn = conn
+        self._listener = threading.Thread(target=self._listen, args=(listen,),
+                                          name="hoopy-store-listener", daemon=True)
+        self._listener.start()
+        self._thread = threading.Thread(target=self._run, name="hoopy-store-writer", daemon=True)
+        self._thread.start()
+        log.info("state store: {where}", where=describe(self.dsn))
+
+    def stop(self) -> Deferred:
+        if self._stopped is None:
+            self._stopped = Deferred()
+            if self._thread is None:
+                self._stopped.callback(None)
+            else:
+                self._queue.put(_STOP)
+        return self._stopped
+
+    def reader(self) -> PostgresReader:
+        return PostgresReader(self.dsn)
+
+    def watch_approvals(self, callback) -> None:
+        """``callback(approval_id)`` on the reactor thread when any node moved
+        an approval out of pending; ``callback(None)`` after the listener
+        reconnected (notifications may have been missed: check them all)."""
+        self._watchers.append(callback)
+
+    def append(self, event: Event, session: dict | None = None, approval: dict | None = None,
+               expect_state: str | None = None) -> Deferred:
+        d = Deferred()
+        if self._stopped is not None or self._thread is None:
+            d.errback(StoreError("the state store is closed"))
+            return d
+        try:
+            data = canonical_json(event.data)
+        except (TypeError, ValueError) as e:
+            d.errback(StoreError(f"event data is not JSON: {e}"))
+            return d
+        if expect_state is not None and not (approval and approval.get("id")):
+            d.errback(StoreError("expect_state needs an approval row with its id"))
+            return d
+        self._queue.put((event, data, session, approval, expect_state, d))
+        return d
+
+    # --- the writer thread -----------------------------------------------------------
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            stop_after = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop_after = True
+                    break
+                batch.append(nxt)
+            self._write(batch)
+            if stop_after:
+                break
+        try:
+            self._closing.set()
+            if self._conn is not None:
+                self._conn.close()
+            if self._listener is not None:
+                self._listener.join(5)
+        finally:
+            self.reactor.callFromThread(self._stopped.callback, None)
+
+    def _write(self, batch):
+        psycopg = _psycopg()
+        try:
+            try:
+                results, head = self._transaction(batch)
+            except _IdleConnectionLost:
+                # The server closed the connection while it sat idle (restart,
+                # failover, pg_terminate_backend) and nothing of this batch was
+                # sent: once more on a new connection. If that fails, refuse.
+                self._drop()
+                results, head = self._transaction(batch)
+        except Exception as e:
+            lost = isinstance(e, psycopg.OperationalError) and not isinstance(
+                e, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
+            if lost or (self._conn is not None and (self._conn.broken or self._conn.closed)):
+                self._drop()  # the next batch reconnects
+            err = StoreError(f"the state store cannot write: {_first_line(e)}")
+            self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
+            return
+        self.head = head
+        self.reactor.callFromThread(self._written, results)
+
+    def _drop(self):
+        try:
+            if self._conn is not None:
+                self._conn.close()
+        except Exception:
+            pass
+        self._conn = None
+
+    def _transaction(self, batch):
+        """One transaction for the whole batch; (results, new head) after COMMIT."""
+        psycopg = _psycopg()
+        reused = self._conn is not None and not self._conn.closed
+        if not reused:
+            self._conn = self._connect()  # the last batch lost it: try again now
+        conn = self._conn
+        cur = conn.cursor()
+        try:
+            cur.execute("BEGIN")
+        except psycopg.OperationalError as e:
+            if reused and conn.broken:
+                raise _IdleConnectionLost() from e
+            raise
+        try:
+            results, head = self._batch(cur, batch)
+            cur.execute("COMMIT")
+        except BaseException:
+            if not conn.broken and not conn.closed:
+                try:
+                    cur.execute("ROLLBACK")
+                except Exception:
+                    pass
+            raise
+        return results, head
+
+    def _batch(self, cur, batch):
+        # Every node appends to one chain: serialize, then read the head.
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+        cur.execute(f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1")
+        row = cur.fetchone()
+        seq, prev = row if row else (0, GENESIS)
+        results = []
+        notify = []
+        for event, data, session, approval, expect, d in batch:
+            if expect is not None:
+                conflict = self._conditional(cur, approval, expect)
+                if conflict is not None:
+                    results.append((d, conflict))  # nothing written for this one
+                    continue
+            seq += 1
+            row = {
+                "seq": seq, "time_us": event.time_us, "gateway": self.gateway,
+                "session": event.session, "identity": event.identity,
+                "connection": event.connection, "protocol": event.protocol,
+                "peer": event.peer, "kind": event.kind, "outcome": event.outcome,
+                "data": data,
+            }
+            h = link(prev, row)
+            cur.execute(
+                f"INSERT INTO {SCHEMA_NAME}.events ({', '.join(EVENT_COLUMNS)})"
+                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                (seq, row["time_us"], self.gateway, row["session"], row["identity"],
+                 row["connection"], row["protocol"], row["peer"], row["kind"],
+                 row["outcome"], data, prev, h))
+            if session:
+                self._upsert(cur, "sessions", SESSION_COLUMNS, {"gateway": self.gateway, **session})
+            if approval and expect is None:
+                self._upsert(cur, "approvals", APPROVAL_COLUMNS, {"gateway": self.gateway, **approval})
+            if approval and approval.get("state", "pending") != "pending":
+                notify.append(approval["id"])
+            prev = h
+            results.append((d, StoredEvent(seq, h, event)))
+        for aid in notify:  # delivered on COMMIT, never before
+            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
+        return results, (seq, prev)
+
+    @staticmethod
+    def _conditional(cur, approval, expect):
+        """Update the approval row only if it is still in state ``expect``:
+        across nodes, the first decision wins and the second changes nothing."""
+        cols = [c for c in APPROVAL_COLUMNS if c in approval and c not in ("id", "gateway")]
+        cur.execute(
+            f"UPDATE {SCHEMA_NAME}.approvals SET {', '.join(f'{c} = %s' for c in cols)}"
+            " WHERE id = %s AND state = %s",
+            [approval[c] for c in cols] + [approval["id"], expect])
+        if cur.rowcount == 1:
+            return None
+        cur.execute(f"SELECT state FROM {SCHEMA_NAME}.approvals WHERE id = %s", (approval["id"],))
+        row = cur.fetchone()
+        return StateConflict(approval["id"], row[0] if row else None)
+
+    @staticmethod
+    def _upsert(cur, table, columns, values):
+        cols = [c for c in columns if c in values]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id")
+        cur.execute(
+            f"INSERT INTO {SCHEMA_NAME}.{table} ({', '.join(cols)})"
+            f" VALUES ({', '.join('%s' for _ in cols)}) ON CONFLICT (id) DO UPDATE SET {updates}",
+            [values[c] for c in cols])
+
+    # --- the listener thread ---------------------------------------------------------
+
+    def _listen(self, conn):
+        backoff = 0.2
+        while not self._closing.is_set():
+            if conn is None:
+                try:
+                    conn = connect(self.dsn)
+                    conn.execute(f"LISTEN {CHANNEL}")
+                except Exception as e:
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    log.debug("state store listener: {e}", e=str(e))
+                    self._closing.wait(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.2
+                log.info("state store listener: listening again")
+                self._deliver(None)  # whatever was notified while away
+            try:
+                for n in conn.notifies(timeout=0.5):
+                    self._deliver(n.payload)
+            except Exception as e:
+                log.warn("state store listener lost its connection ({e}); reconnecting", e=_first_line(e))
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def _deliver(self, approval_id):
+        for cb in self._watchers:
+            self.reactor.callFromThread(cb, approval_id)
+
+    # --- back on the reactor thread ---------------------------------------------------
+
+    def _written(self, results):
+        if not self.healthy:
+            log.info("state store: writing again")
+        self.healthy = True
+        for d, stored in results:
+            if isinstance(stored, Exception):
+                d.errback(stored)
+            else:
+                d.callback(stored)
+
+    def _failed(self, deferreds, err):
+        if self.healthy:
+            log.error("state store: {error}; operations are refused until it can write", error=str(err))
+        self.healthy = False
+        if self.on_error:
+            self.on_error(err)
+        for d in deferreds:
+            d.errback(err)
+
