@@ -237,6 +237,7 @@ def test_refused_routes_are_403_json_naming_the_rule(gw, upstream):
     assert status == 403 and headers["content-type"] == "application/json"
     err = json.loads(body)
     assert "no grant allows GET /v1/admin/users" in err["error"] and err["rule"] is None
+    assert err["approval"] is None
     status, body, _, _ = curl(gw.url + "/v1/customers/42", "-X", "DELETE")
     assert status == 403 and json.loads(body)["rule"] == "DELETE /v1/customers/*"
     # another identity's grants are its own

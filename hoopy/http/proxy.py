@@ -598,7 +598,8 @@ class Exchange:
             self._abort(r.outcome, r.error)
             return
         body = {"error": r.error}
-        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval") and (v or k == "rule")})
+        # A policy refusal always names its rule and approval (null when none): INTERFACE.md
+        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval")})
         self._reply(r.status, body)
 
     def _record(self):
