@@ -396,3 +396,22 @@ def test_copy_to_stdout_is_pattern_masked_and_binary_copy_refused(gw, database):
     r = psql(gw, "COPY (SELECT 'x@example.com') TO STDOUT (FORMAT binary)")
     assert r.returncode != 0 and "binary COPY" in r.stderr
     assert "example" not in r.stdout
+
+
+def test_held_statement_notice_names_the_approval_at_once(gw, database):
+    from hoopy.postgres import codec
+
+    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+    s.sendall(codec.query("UPDATE invoices SET amount = amount WHERE id = 2"))
+    t, p = recv_msg()  # before any reviewer acts
+    assert t == b"N"
+    pending = gw.wait_pending(REVIEWER.token)
+    assert pending[0]["id"] in codec.parse_fields(p)["M"]
+    assert gw.hoopy("deny", pending[0]["id"], "--reason", "not now", token=REVIEWER.token).returncode == 0
+    t, p = recv_msg()
+    fields = codec.parse_fields(p)
+    assert t == b"E" and fields["C"] == "42501" and pending[0]["id"] in fields["M"]
+    assert recv_msg() == (b"Z", b"I")
+    s.sendall(codec.query("SELECT 1"))  # still usable
+    assert recv_msg()[0] == b"T"
+    s.close()

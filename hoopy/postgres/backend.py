@@ -64,6 +64,10 @@ class Backend(Protocol):
 
     # --- setup ---------------------------------------------------------------
     def connectionMade(self):
+        try:
+            self.transport.setTcpNoDelay(True)  # no Nagle delay on small messages
+        except Exception:
+            pass
         if self.settings.upstream_tls != "disable":
             self.state = "ssl"
             self.transport.write(codec.ssl_request())

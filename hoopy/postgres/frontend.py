@@ -140,6 +140,14 @@ def decode_param(value, fmt: int, type_oid: int):
     return "\\x" + h + ("..." if len(value) > MAX_PARAM_RECORDED // 2 else "")
 
 
+def _nodelay(transport):
+    # Small request/reply messages: Nagle plus delayed ACKs would add 40 ms.
+    try:
+        transport.setTcpNoDelay(True)
+    except Exception:
+        pass
+
+
 class Frontend(Protocol):
     def __init__(self, service):
         self.service = service
@@ -176,6 +184,7 @@ class Frontend(Protocol):
 
     def connectionMade(self):
         self._peer = self.peer
+        _nodelay(self.transport)
         self.service.clients.add(self)
         self.timeout = self.gateway.reactor.callLater(60, self._startup_timeout)
 
