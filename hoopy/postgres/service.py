@@ -53,6 +53,10 @@ class PostgresFactory(Factory):
         fe = self.cancel_keys.get((pid, key))
         if fe is None or fe.up is None:
             return  # as PostgreSQL: an unknown key is silently ignored
+        if fe.held is not None:
+            # Waiting for a reviewer: withdraw the request; nothing runs.
+            self.gateway.approvals.cancel_session(fe.session, "cancelled by the client")
+            return
         fe.cancel_upstream()
 
 
