@@ -222,3 +222,13 @@ def test_params_decoding_and_options():
     ours, rest = parse_options("-c hoopy.model=gpt -c hoopy.tool_call=t\\ 1 -c work_mem=4MB --geqo=off")
     assert ours == {"model": "gpt", "tool_call": "t 1"}
     assert rest == ["-c", "work_mem=4MB", "-c", "geqo=off"]
+
+
+def test_take_rows_passes_whole_rows_and_buffers_the_rest():
+    rows = codec.build_data_row([b"a"]) * 3
+    tail = codec.msg(b"C", b"SELECT 3\0")
+    for data in (rows, rows + tail, rows[:7], tail + rows):
+        r = codec.MessageReader()
+        raw, n = r.take_rows(data)
+        assert raw == data[:len(raw)] and n == raw.count(b"D\x00\x00\x00\x09")
+        assert bytes(r.buf) == data[len(raw):]

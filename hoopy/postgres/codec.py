@@ -128,6 +128,20 @@ class MessageReader:
         del buf[:n + 1]
         return t, payload
 
+    def take_rows(self, data: bytes):
+        """With nothing buffered: the whole DataRows at the start of ``data``
+        as (raw bytes, how many); the rest is buffered. Saves copying a
+        pass-through chunk into the buffer and out again."""
+        if self.buf:
+            self.buf += data
+            return self.scan_rows()
+        pos, rows = row_run(data)
+        if pos < len(data):
+            self.buf += data[pos:] if pos else data
+        if not pos:
+            return b"", 0
+        return (data[:pos] if pos < len(data) else data), rows
+
     def scan_rows(self):
         """Fast path for pass-through: the longest prefix of whole DataRow
         messages, as (raw bytes, how many rows)."""
@@ -147,6 +161,21 @@ class MessageReader:
         raw = bytes(buf[:pos])
         del buf[:pos]
         return raw, rows
+
+
+def row_run(data) -> tuple[int, int]:
+    """(end, count) of the whole DataRow messages at the start of ``data``."""
+    pos = 0
+    rows = 0
+    end = len(data)
+    unpack = _HI.unpack_from
+    while end - pos >= 5:
+        t, n = unpack(data, pos)
+        if t != b"D" or n < 4 or end - pos < n + 1:
+            break
+        rows += 1
+        pos += n + 1
+    return pos, rows
 
 
 class Cursor:

@@ -627,9 +627,16 @@ class Frontend(Protocol):
         if self.session is not None:
             self.gateway.count_bytes(self.session, "down", len(data))
         r = self.ureader
-        r.feed(data)
         out = []
         q = self.queue
+        head = q[0] if q else None
+        if head is not None and head.plan is None and head.kind in ("execute", "query"):
+            raw, n = r.take_rows(data)  # the common case: a chunk of rows to pass on
+            if n:
+                head.rows += n
+                out.append(raw)
+        else:
+            r.feed(data)
         try:
             while True:
                 head = q[0] if q else None
