@@ -13,7 +13,7 @@ import socket
 import tomllib
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import attrs
 

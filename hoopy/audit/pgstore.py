@@ -19,17 +19,14 @@ The password never goes in ``state``: libpq's PGPASSWORD, ~/.pgpass or a
 from __future__ import annotations
 
 import itertools
-import queue
 import threading
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hoopy.audit.chain import GENESIS, canonical_json, link
-from hoopy.audit.events import Event, StoredEvent
-from hoopy.audit.store import (APPROVAL_COLUMNS, SESSION_COLUMNS, IEventStore, IStoreReader,
-                               StateConflict, StoreError)
+from hoopy.audit.chain import GENESIS
+from hoopy.audit.store import IEventStore, IStoreReader
+from hoopy.audit.writer import EVENT_COLUMNS, BatchedStore, Dialect, StoreError, write_batch
 
 log = Logger()
 
@@ -93,9 +90,6 @@ CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.approvals (
 );
 CREATE INDEX IF NOT EXISTS approvals_state ON {SCHEMA_NAME}.approvals(state, created_us);
 """
-
-EVENT_COLUMNS = ("seq", "time_us", "gateway", "session", "identity", "connection", "protocol",
-                 "peer", "kind", "outcome", "data", "prev", "hash")
 
 # Applied unless the URL says otherwise: a dead server or a silent network
 # must turn into a refusal within seconds, not a writer stuck forever.
@@ -257,35 +251,19 @@ class _IdleConnectionLost(Exception):
 
 
 @implementer(IEventStore)
-class PostgresEventStore:
+class PostgresEventStore(BatchedStore):
     """One writer thread, batched transactions, a chain shared by every node."""
 
-    max_batch = 512
     shared = True  # other gateway nodes may write the same store
+    dialect = Dialect("%s", f"{SCHEMA_NAME}.")
 
     def __init__(self, dsn: str, gateway: str, reactor=None, busy_timeout: float = 5.0):
+        super().__init__(gateway, reactor, busy_timeout)
         self.dsn = dsn
-        self.gateway = gateway
-        self.busy_timeout = busy_timeout
-        self._reactor = reactor
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
         self._listener: threading.Thread | None = None
         self._closing = threading.Event()
-        self._stopped: Deferred | None = None
         self._conn = None
         self._watchers: list = []
-        self.healthy = True
-        self.head = (0, GENESIS)
-        self.on_error = None  # callable(exc): the metrics hook
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     def __repr__(self):
         return f"<PostgresEventStore {describe(self.dsn)} gateway={self.gateway}>"
@@ -307,12 +285,11 @@ class PostgresEventStore:
         conn = self._connect()
         try:
             ensure_schema(conn)
-            row = conn.execute(f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1").fetchone()
+            # Proves the tables are there and readable before the gateway listens.
+            conn.execute(f"SELECT seq FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1").fetchone()
         except Exception as e:
             conn.close()
             raise StoreError(f"cannot open the state store {describe(self.dsn)}: {_first_line(e)}") from e
-        if row:
-            self.head = (row[0], row[1])
         try:
             listen = connect(self.dsn)
             listen.execute(f"LISTEN {CHANNEL}")
@@ -323,18 +300,8 @@ class PostgresEventStore:
         self._listener = threading.Thread(target=self._listen, args=(listen,),
                                           name="hoopy-store-listener", daemon=True)
         self._listener.start()
-        self._thread = threading.Thread(target=self._run, name="hoopy-store-writer", daemon=True)
-        self._thread.start()
+        self._start_writer()
         log.info("state store: {where}", where=describe(self.dsn))
-
-    def stop(self) -> Deferred:
-        if self._stopped is None:
-            self._stopped = Deferred()
-            if self._thread is None:
-                self._stopped.callback(None)
-            else:
-                self._queue.put(_STOP)
-        return self._stopped
 
     def reader(self) -> PostgresReader:
         return PostgresReader(self.dsn)
@@ -345,52 +312,14 @@ class PostgresEventStore:
         reconnected (notifications may have been missed: check them all)."""
         self._watchers.append(callback)
 
-    def append(self, event: Event, session: dict | None = None, approval: dict | None = None,
-               expect_state: str | None = None) -> Deferred:
-        d = Deferred()
-        if self._stopped is not None or self._thread is None:
-            d.errback(StoreError("the state store is closed"))
-            return d
-        try:
-            data = canonical_json(event.data)
-        except (TypeError, ValueError) as e:
-            d.errback(StoreError(f"event data is not JSON: {e}"))
-            return d
-        if expect_state is not None and not (approval and approval.get("id")):
-            d.errback(StoreError("expect_state needs an approval row with its id"))
-            return d
-        self._queue.put((event, data, session, approval, expect_state, d))
-        return d
-
     # --- the writer thread -----------------------------------------------------------
 
-    def _run(self):
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            stop_after = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop_after = True
-                    break
-                batch.append(nxt)
-            self._write(batch)
-            if stop_after:
-                break
-        try:
-            self._closing.set()
-            if self._conn is not None:
-                self._conn.close()
-            if self._listener is not None:
-                self._listener.join(5)
-        finally:
-            self.reactor.callFromThread(self._stopped.callback, None)
+    def _close(self):
+        self._closing.set()
+        if self._conn is not None:
+            self._conn.close()
+        if self._listener is not None:
+            self._listener.join(5)
 
     def _write(self, batch):
         psycopg = _psycopg()
@@ -411,7 +340,6 @@ class PostgresEventStore:
             err = StoreError(f"the state store cannot write: {_first_line(e)}")
             self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
             return
-        self.head = head
         self.reactor.callFromThread(self._written, results)
 
     def _drop(self):
@@ -451,67 +379,11 @@ class PostgresEventStore:
     def _batch(self, cur, batch):
         # Every node appends to one chain: serialize, then read the head.
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-        cur.execute(f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1")
-        row = cur.fetchone()
-        seq, prev = row if row else (0, GENESIS)
-        results = []
-        notify = []
-        for event, data, session, approval, expect, d in batch:
-            if expect is not None:
-                conflict = self._conditional(cur, approval, expect)
-                if conflict is not None:
-                    results.append((d, conflict))  # nothing written for this one
-                    continue
-            seq += 1
-            row = {
-                "seq": seq, "time_us": event.time_us, "gateway": self.gateway,
-                "session": event.session, "identity": event.identity,
-                "connection": event.connection, "protocol": event.protocol,
-                "peer": event.peer, "kind": event.kind, "outcome": event.outcome,
-                "data": data,
-            }
-            h = link(prev, row)
-            cur.execute(
-                f"INSERT INTO {SCHEMA_NAME}.events ({', '.join(EVENT_COLUMNS)})"
-                " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-                (seq, row["time_us"], self.gateway, row["session"], row["identity"],
-                 row["connection"], row["protocol"], row["peer"], row["kind"],
-                 row["outcome"], data, prev, h))
-            if session:
-                self._upsert(cur, "sessions", SESSION_COLUMNS, {"gateway": self.gateway, **session})
-            if approval and expect is None:
-                self._upsert(cur, "approvals", APPROVAL_COLUMNS, {"gateway": self.gateway, **approval})
-            if approval and approval.get("state", "pending") != "pending":
-                notify.append(approval["id"])
-            prev = h
-            results.append((d, StoredEvent(seq, h, event)))
-        for aid in notify:  # delivered on COMMIT, never before
+        head = self.dialect.head(cur) or (0, GENESIS)
+        results, head, decided = write_batch(self.dialect, cur, batch, head, self.gateway)
+        for aid in decided:  # delivered on COMMIT, never before
             cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
-        return results, (seq, prev)
-
-    @staticmethod
-    def _conditional(cur, approval, expect):
-        """Update the approval row only if it is still in state ``expect``:
-        across nodes, the first decision wins and the second changes nothing."""
-        cols = [c for c in APPROVAL_COLUMNS if c in approval and c not in ("id", "gateway")]
-        cur.execute(
-            f"UPDATE {SCHEMA_NAME}.approvals SET {', '.join(f'{c} = %s' for c in cols)}"
-            " WHERE id = %s AND state = %s",
-            [approval[c] for c in cols] + [approval["id"], expect])
-        if cur.rowcount == 1:
-            return None
-        cur.execute(f"SELECT state FROM {SCHEMA_NAME}.approvals WHERE id = %s", (approval["id"],))
-        row = cur.fetchone()
-        return StateConflict(approval["id"], row[0] if row else None)
-
-    @staticmethod
-    def _upsert(cur, table, columns, values):
-        cols = [c for c in columns if c in values]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id")
-        cur.execute(
-            f"INSERT INTO {SCHEMA_NAME}.{table} ({', '.join(cols)})"
-            f" VALUES ({', '.join('%s' for _ in cols)}) ON CONFLICT (id) DO UPDATE SET {updates}",
-            [values[c] for c in cols])
+        return results, head
 
     # --- the listener thread ---------------------------------------------------------
 
@@ -549,25 +421,3 @@ class PostgresEventStore:
     def _deliver(self, approval_id):
         for cb in self._watchers:
             self.reactor.callFromThread(cb, approval_id)
-
-    # --- back on the reactor thread ---------------------------------------------------
-
-    def _written(self, results):
-        if not self.healthy:
-            log.info("state store: writing again")
-        self.healthy = True
-        for d, stored in results:
-            if isinstance(stored, Exception):
-                d.errback(stored)
-            else:
-                d.callback(stored)
-
-    def _failed(self, deferreds, err):
-        if self.healthy:
-            log.error("state store: {error}; operations are refused until it can write", error=str(err))
-        self.healthy = False
-        if self.on_error:
-            self.on_error(err)
-        for d in deferreds:
-            d.errback(err)
-

@@ -9,17 +9,16 @@ chain link is computed inside that thread: no caller can skip it.
 from __future__ import annotations
 
 import json
-import queue
 import sqlite3
-import threading
 from pathlib import Path
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from hoopy.audit.chain import GENESIS, canonical_json, link
-from hoopy.audit.events import Event, StoredEvent, iso
+from hoopy.audit.chain import GENESIS
+from hoopy.audit.events import iso
+from hoopy.audit.writer import (APPROVAL_COLUMNS, SESSION_COLUMNS, BatchedStore, Dialect,  # noqa: F401
+                                StateConflict, StoreError, write_batch)
 
 log = Logger()
 
@@ -77,27 +76,6 @@ CREATE TABLE IF NOT EXISTS approvals (
 CREATE INDEX IF NOT EXISTS approvals_state ON approvals(state, created_us);
 """
 
-SESSION_COLUMNS = ("id", "gateway", "identity", "connection", "protocol", "peer", "started_us",
-                   "ended_us", "end_reason", "model", "tool_call", "mcp_server",
-                   "application_name", "recording")
-APPROVAL_COLUMNS = ("id", "gateway", "session", "requester", "connection", "protocol", "operation",
-                    "rule", "state", "created_us", "expires_us", "decided_us", "reviewer", "reason")
-
-
-class StoreError(Exception):
-    """The store could not make an event durable; the operation must be refused."""
-
-
-class StateConflict(Exception):
-    """A conditional approval update found the row no longer in the expected
-    state (another node, or an expiry, decided first): nothing was written."""
-
-    def __init__(self, approval_id: str, state: str | None):
-        self.approval_id = approval_id
-        self.state = state
-        super().__init__(f"approval {approval_id} is {'already ' + state if state else 'unknown'}")
-
-
 class IEventStore(Interface):
     healthy = Attribute("False after a write failed, until one succeeds again")
     shared = Attribute("True when other gateway nodes write the same store (PostgreSQL)")
@@ -150,8 +128,13 @@ class SQLiteReader:
         self.path = str(path)
         if not Path(self.path).exists():
             raise StoreError(f"no state store at {self.path}")
-        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+        self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10,
+                                  isolation_level=None, check_same_thread=False)
         self.db.row_factory = sqlite3.Row
+        # One read transaction: every read sees the same snapshot, so verify
+        # compares events and tables as they were at one moment (WAL readers
+        # never block the writer).
+        self.db.execute("BEGIN")
 
     def close(self):
         self.db.close()
@@ -211,35 +194,15 @@ def event_json(row: dict) -> dict:
     return out
 
 
-_STOP = object()
-
-
 @implementer(IEventStore)
-class SQLiteEventStore:
+class SQLiteEventStore(BatchedStore):
     """SQLite in WAL mode; one writer thread, batched transactions."""
 
-    max_batch = 512
-    shared = False  # one gateway per SQLite file
+    dialect = Dialect("?")
 
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
+        super().__init__(gateway, reactor, busy_timeout)
         self.path = str(path)
-        self.gateway = gateway
-        self.busy_timeout = busy_timeout
-        self._reactor = reactor
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._stopped: Deferred | None = None
-        self.healthy = True
-        self.head = (0, GENESIS)
-        self.on_error = None  # callable(exc): the metrics hook
-
-    @property
-    def reactor(self):
-        if self._reactor is None:
-            from twisted.internet import reactor
-
-            self._reactor = reactor
-        return self._reactor
 
     def _connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -253,162 +216,32 @@ class SQLiteEventStore:
     def start(self):
         """Open synchronously (at startup, before listening) so a bad store stops the gateway."""
         self._db = self._connect()
-        row = self._db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-        if row:
-            self.head = (row[0], row[1])
-        self._thread = threading.Thread(target=self._run, name="hoopy-store-writer", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> Deferred:
-        if self._stopped is None:
-            self._stopped = Deferred()
-            if self._thread is None:
-                self._stopped.callback(None)
-            else:
-                self._queue.put(_STOP)
-        return self._stopped
+        self._start_writer()
 
     def reader(self) -> SQLiteReader:
         return SQLiteReader(self.path)
 
-    def watch_approvals(self, callback) -> None:
-        """Nothing to watch: no other node writes this file."""
-
-    def append(self, event: Event, session: dict | None = None, approval: dict | None = None,
-               expect_state: str | None = None) -> Deferred:
-        d = Deferred()
-        if self._stopped is not None or self._thread is None:
-            d.errback(StoreError("the state store is closed"))
-            return d
-        try:
-            data = canonical_json(event.data)
-        except (TypeError, ValueError) as e:  # a bug in the caller, never silently dropped
-            d.errback(StoreError(f"event data is not JSON: {e}"))
-            return d
-        if expect_state is not None and not (approval and approval.get("id")):
-            d.errback(StoreError("expect_state needs an approval row with its id"))
-            return d
-        self._queue.put((event, data, session, approval, expect_state, d))
-        return d
-
-    # --- the writer thread -------------------------------------------------
-
-    def _run(self):
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                break
-            batch = [item]
-            stop_after = False
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop_after = True
-                    break
-                batch.append(nxt)
-            self._write(batch)
-            if stop_after:
-                break
-        try:
-            self._db.close()
-        finally:
-            self.reactor.callFromThread(self._stopped.callback, None)
-
     def _write(self, batch):
-        results = []
-        db = self._db
+        cur = self._db.cursor()
         try:
-            db.execute("BEGIN IMMEDIATE")
-            # Read the head inside the write lock: cheap, and right even if
-            # another process appended since.
-            row = db.execute("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev = row if row else (0, GENESIS)
-            for event, data, session, approval, expect, d in batch:
-                if expect is not None:
-                    conflict = self._conditional(db, approval, expect)
-                    if conflict is not None:
-                        results.append((d, conflict))  # nothing written for this one
-                        continue
-                seq += 1
-                row = {
-                    "seq": seq, "time_us": event.time_us, "gateway": self.gateway,
-                    "session": event.session, "identity": event.identity,
-                    "connection": event.connection, "protocol": event.protocol,
-                    "peer": event.peer, "kind": event.kind, "outcome": event.outcome,
-                    "data": data,
-                }
-                h = link(prev, row)
-                db.execute(
-                    "INSERT INTO events (seq, time_us, gateway, session, identity, connection,"
-                    " protocol, peer, kind, outcome, data, prev, hash)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (seq, row["time_us"], self.gateway, row["session"], row["identity"],
-                     row["connection"], row["protocol"], row["peer"], row["kind"],
-                     row["outcome"], data, prev, h),
-                )
-                if session:
-                    self._upsert(db, "sessions", SESSION_COLUMNS, {"gateway": self.gateway, **session})
-                if approval and expect is None:
-                    self._upsert(db, "approvals", APPROVAL_COLUMNS, {"gateway": self.gateway, **approval})
-                prev = h
-                results.append((d, StoredEvent(seq, h, event)))
-            db.execute("COMMIT")
+            cur.execute("BEGIN IMMEDIATE")
+            # The head is read inside the write lock: right even if another
+            # process appended since.
+            head = self.dialect.head(cur) or (0, GENESIS)
+            results, _, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
+            cur.execute("COMMIT")
         except Exception as e:
             try:
-                db.execute("ROLLBACK")
+                cur.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             err = StoreError(f"the state store cannot write: {e}")
             self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
             return
-        self.head = (seq, prev)
         self.reactor.callFromThread(self._written, results)
 
-    @staticmethod
-    def _conditional(db, approval, expect):
-        """The approval row changes only if still ``expect``: the first decision wins."""
-        cols = [c for c in APPROVAL_COLUMNS if c in approval and c not in ("id", "gateway")]
-        cur = db.execute(
-            f"UPDATE approvals SET {', '.join(f'{c}=?' for c in cols)} WHERE id=? AND state=?",
-            [approval[c] for c in cols] + [approval["id"], expect])
-        if cur.rowcount == 1:
-            return None
-        row = db.execute("SELECT state FROM approvals WHERE id = ?", (approval["id"],)).fetchone()
-        return StateConflict(approval["id"], row[0] if row else None)
-
-    @staticmethod
-    def _upsert(db, table, columns, values):
-        cols = [c for c in columns if c in values]
-        updates = ", ".join(f"{c}=excluded.{c}" for c in cols if c != "id")
-        db.execute(
-            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
-            f" ON CONFLICT(id) DO UPDATE SET {updates}",
-            [values[c] for c in cols],
-        )
-
-    # --- back on the reactor thread -----------------------------------------
-
-    def _written(self, results):
-        if not self.healthy:
-            log.info("state store: writing again")
-        self.healthy = True
-        for d, stored in results:
-            if isinstance(stored, Exception):
-                d.errback(stored)
-            else:
-                d.callback(stored)
-
-    def _failed(self, deferreds, err):
-        if self.healthy:
-            log.error("state store: {error}; operations are refused until it can write", error=str(err))
-        self.healthy = False
-        if self.on_error:
-            self.on_error(err)
-        for d in deferreds:
-            d.errback(err)
+    def _close(self):
+        self._db.close()
 
 
 def is_postgres(state: str) -> bool:

@@ -1,0 +1,224 @@
+"""What every state store shares: one writer thread that batches queued
+events into a single transaction and links each into the hash chain.
+
+A store subclasses ``BatchedStore`` and supplies ``_write(batch)`` (its
+transaction around ``write_batch``) and ``_close()``; the SQL that differs
+between databases is only the placeholder and the table prefix.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from hoopy.audit.chain import canonical_json, link
+from hoopy.audit.events import Event, StoredEvent
+
+log = Logger()
+
+SESSION_COLUMNS = ("id", "gateway", "identity", "connection", "protocol", "peer", "started_us",
+                   "ended_us", "end_reason", "model", "tool_call", "mcp_server",
+                   "application_name", "recording")
+APPROVAL_COLUMNS = ("id", "gateway", "session", "requester", "connection", "protocol", "operation",
+                    "rule", "state", "created_us", "expires_us", "decided_us", "reviewer", "reason")
+EVENT_COLUMNS = ("seq", "time_us", "gateway", "session", "identity", "connection", "protocol",
+                 "peer", "kind", "outcome", "data", "prev", "hash")
+
+
+class StoreError(Exception):
+    """The store could not make an event durable; the operation must be refused."""
+
+
+class StateConflict(Exception):
+    """A conditional approval update found the row no longer in the expected
+    state (another node, or an expiry, decided first): nothing was written."""
+
+    def __init__(self, approval_id: str, state: str | None):
+        self.approval_id = approval_id
+        self.state = state
+        super().__init__(f"approval {approval_id} is {'already ' + state if state else 'unknown'}")
+
+
+_STOP = object()
+
+
+class Dialect:
+    """How one database spells the few statements that differ."""
+
+    def __init__(self, param: str, prefix: str = ""):
+        self.param = param
+        self.prefix = prefix
+
+    def upsert(self, cur, table, columns, values):
+        cols = [c for c in columns if c in values]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c != "id")
+        cur.execute(
+            f"INSERT INTO {self.prefix}{table} ({', '.join(cols)})"
+            f" VALUES ({', '.join(self.param for _ in cols)}) ON CONFLICT (id) DO UPDATE SET {updates}",
+            [values[c] for c in cols])
+
+    def conditional(self, cur, approval, expect):
+        """Update the approval row only if still in state ``expect``: the first decision wins."""
+        p = self.param
+        cols = [c for c in APPROVAL_COLUMNS if c in approval and c not in ("id", "gateway")]
+        cur.execute(
+            f"UPDATE {self.prefix}approvals SET {', '.join(f'{c} = {p}' for c in cols)}"
+            f" WHERE id = {p} AND state = {p}",
+            [approval[c] for c in cols] + [approval["id"], expect])
+        if cur.rowcount == 1:
+            return None
+        cur.execute(f"SELECT state FROM {self.prefix}approvals WHERE id = {p}", (approval["id"],))
+        row = cur.fetchone()
+        return StateConflict(approval["id"], row[0] if row else None)
+
+    def insert_event(self, cur, values):
+        cur.execute(f"INSERT INTO {self.prefix}events ({', '.join(EVENT_COLUMNS)})"
+                    f" VALUES ({', '.join(self.param for _ in EVENT_COLUMNS)})",
+                    [values[c] for c in EVENT_COLUMNS])
+
+    def head(self, cur):
+        cur.execute(f"SELECT seq, hash FROM {self.prefix}events ORDER BY seq DESC LIMIT 1")
+        return cur.fetchone()
+
+
+def write_batch(dialect: Dialect, cur, batch, head, gateway: str):
+    """Insert a batch, each event linked to the one before, inside the
+    caller's transaction. Returns (results, new head, ids of approvals that
+    left pending); results pair each Deferred with its StoredEvent or the
+    StateConflict that kept it out of the chain."""
+    seq, prev = head
+    results, decided = [], []
+    for event, data, session, approval, expect, d in batch:
+        if expect is not None:
+            conflict = dialect.conditional(cur, approval, expect)
+            if conflict is not None:
+                results.append((d, conflict))  # nothing written for this one
+                continue
+        seq += 1
+        row = {"seq": seq, "time_us": event.time_us, "gateway": gateway, "session": event.session,
+               "identity": event.identity, "connection": event.connection, "protocol": event.protocol,
+               "peer": event.peer, "kind": event.kind, "outcome": event.outcome, "data": data}
+        h = link(prev, row)
+        dialect.insert_event(cur, {**row, "prev": prev, "hash": h})
+        if session:
+            dialect.upsert(cur, "sessions", SESSION_COLUMNS, {"gateway": gateway, **session})
+        if approval and expect is None:
+            dialect.upsert(cur, "approvals", APPROVAL_COLUMNS, {"gateway": gateway, **approval})
+        if approval and approval.get("state", "pending") != "pending":
+            decided.append(approval["id"])
+        prev = h
+        results.append((d, StoredEvent(seq, h, event)))
+    return results, (seq, prev), decided
+
+
+class BatchedStore:
+    """The queue, the writer thread and the hand-back to the reactor."""
+
+    max_batch = 512
+    shared = False  # True where other gateway nodes write the same store
+
+    def __init__(self, gateway: str, reactor=None, busy_timeout: float = 5.0):
+        self.gateway = gateway
+        self.busy_timeout = busy_timeout
+        self._reactor = reactor
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred | None = None
+        self.healthy = True
+        self.on_error = None  # callable(exc): the metrics hook
+
+    @property
+    def reactor(self):
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    def _start_writer(self):
+        self._thread = threading.Thread(target=self._run, name="hoopy-store-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> Deferred:
+        if self._stopped is None:
+            self._stopped = Deferred()
+            if self._thread is None:
+                self._stopped.callback(None)
+            else:
+                self._queue.put(_STOP)
+        return self._stopped
+
+    def watch_approvals(self, callback) -> None:
+        """Nothing to watch where no other node writes the store."""
+
+    def append(self, event: Event, session: dict | None = None, approval: dict | None = None,
+               expect_state: str | None = None) -> Deferred:
+        d = Deferred()
+        if self._stopped is not None or self._thread is None:
+            d.errback(StoreError("the state store is closed"))
+            return d
+        try:
+            data = canonical_json(event.data)
+        except (TypeError, ValueError) as e:  # a bug in the caller, never silently dropped
+            d.errback(StoreError(f"event data is not JSON: {e}"))
+            return d
+        if expect_state is not None and not (approval and approval.get("id")):
+            d.errback(StoreError("expect_state needs an approval row with its id"))
+            return d
+        self._queue.put((event, data, session, approval, expect_state, d))
+        return d
+
+    # --- the writer thread ---------------------------------------------------
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch = [item]
+            stop_after = False
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop_after = True
+                    break
+                batch.append(nxt)
+            self._write(batch)
+            if stop_after:
+                break
+        try:
+            self._close()
+        finally:
+            self.reactor.callFromThread(self._stopped.callback, None)
+
+    def _write(self, batch):
+        raise NotImplementedError
+
+    def _close(self):
+        raise NotImplementedError
+
+    # --- back on the reactor thread ----------------------------------------------
+
+    def _written(self, results):
+        if not self.healthy:
+            log.info("state store: writing again")
+        self.healthy = True
+        for d, stored in results:
+            if isinstance(stored, Exception):
+                d.errback(stored)
+            else:
+                d.callback(stored)
+
+    def _failed(self, deferreds, err):
+        if self.healthy:
+            log.error("state store: {error}; operations are refused until it can write", error=str(err))
+        self.healthy = False
+        if self.on_error:
+            self.on_error(err)
+        for d in deferreds:
+            d.errback(err)
