@@ -415,3 +415,33 @@ def test_held_statement_notice_names_the_approval_at_once(gw, database):
     s.sendall(codec.query("SELECT 1"))  # still usable
     assert recv_msg()[0] == b"T"
     s.close()
+
+
+def test_upstream_dies_mid_session_then_the_gateway_carries_on(gw):
+    c = psycopg.connect(gw.dsn, autocommit=True)
+    pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]
+    admin_sql(f"SELECT pg_terminate_backend({pid})")
+    with pytest.raises(psycopg.OperationalError):
+        c.execute("SELECT 1")
+    c.close()
+    assert wait_for(lambda: any(e["data"].get("reason", "").startswith("upstream")
+                                for e in gw.events("session.end")))
+    with psycopg.connect(gw.dsn, autocommit=True) as c2:
+        assert c2.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_statement_refused_when_the_audit_store_cannot_write(gw, database):
+    import sqlite3
+
+    with psycopg.connect(gw.dsn, autocommit=True) as c:
+        assert c.execute("SELECT count(*) FROM invoices").fetchone() == (2,)
+        lock = sqlite3.connect(gw.db, timeout=5, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as e:
+                c.execute("SELECT count(*) FROM invoices")
+            assert "audit store" in str(e.value)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert c.execute("SELECT count(*) FROM invoices").fetchone() == (2,)
