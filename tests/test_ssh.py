@@ -18,6 +18,36 @@ CLIENT_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/
                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-F", "/dev/null"]
 
 
+UPSTREAM_LOGIN = "hoopy-upstream"
+
+
+def upstream_login() -> str:
+    """The account the gateway logs in as upstream.
+
+    root's own login shell here is bash, which runs ~/.bashrc on every ssh
+    login (pyenv init: a rehash behind a lock it waits up to 60 s for, and a
+    shell killed mid-rehash leaves that lock behind). So the tests use a
+    second uid-0 account whose shell is /bin/sh with no rc files, created
+    once; if that cannot be made they fall back to root.
+    """
+    import pwd
+
+    try:
+        pwd.getpwnam(UPSTREAM_LOGIN)
+        return UPSTREAM_LOGIN
+    except KeyError:
+        pass
+    if os.geteuid() == 0:
+        subprocess.run(["useradd", "-o", "-u", "0", "-g", "0", "-M", "-d", "/", "-s", "/bin/sh",
+                        "-p", "*", UPSTREAM_LOGIN], capture_output=True)
+        try:
+            pwd.getpwnam(UPSTREAM_LOGIN)
+            return UPSTREAM_LOGIN
+        except KeyError:
+            pass
+    return "root"
+
+
 def keygen(path: Path) -> str:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
                    check=True)
@@ -31,6 +61,7 @@ class Sshd:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        self.user = upstream_login()
         self.host_key = self.root / "ssh_host_ed25519_key"
         self.host_pub = keygen(self.host_key)
         self.client_key = self.root / "gateway_key"  # what the gateway logs in with
@@ -143,7 +174,7 @@ def connection_toml(sshd: Sshd, name="web", port=None, known_hosts=None, extra="
 type = "ssh"
 listen = "tcp:{port}:interface=127.0.0.1"
 upstream = "tcp:host=127.0.0.1:port={sshd.port}"
-upstream_user = "root"
+upstream_user = "{sshd.user}"
 upstream_key = "file:{sshd.client_key}"
 upstream_known_hosts = "file:{known_hosts or sshd.known_hosts}"
 {extra}
@@ -180,13 +211,13 @@ class Setup:
 def setup(hoopy_gateway, sshd, agent_key, tmp_path):
     """A gateway with one ssh connection; make(allow=..., approve=...) starts it."""
 
-    def make(allow=(), approve=(), deny=(), extra="", known_hosts=None):
+    def make(allow=(), approve=(), deny=(), extra="", known_hosts=None, approval_timeout="20s"):
         key, pub = agent_key
         agent, reviewer = ident("agent"), ident("alice")
         conn, port = connection_toml(sshd, known_hosts=known_hosts, extra=extra)
         body = (agent.toml(ssh_keys=[pub]) + reviewer.toml(kind="human", roles=["reviewer"])
                 + conn + grant("agent", allow, approve, deny))
-        gw = hoopy_gateway(body, approval_timeout="5s")
+        gw = hoopy_gateway(body, approval_timeout=approval_timeout)
         return Setup(gw, port, key, agent, reviewer, sshd, tmp_path)
 
     return make
@@ -287,11 +318,11 @@ def test_held_command_runs_after_approve_and_not_after_deny(setup, tmp_path):
 
 
 def test_held_command_times_out_as_refused(setup, tmp_path):
-    s = setup(approve=["exec touch *"])
+    s = setup(approve=["exec touch *"], approval_timeout="3s")
     t0 = time.monotonic()
     r = s.ssh(f"touch {tmp_path}/never")
     assert r.returncode == 126 and "timed out" in r.stderr
-    assert 4 < time.monotonic() - t0 < 15
+    assert 2.5 < time.monotonic() - t0 < 15
     assert not (tmp_path / "never").exists()
 
 
@@ -567,7 +598,7 @@ def test_vanished_client_closes_its_upstream(setup):
     p.wait()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        if "Disconnected from user root" in s.sshd.log.read_text() and s.gw.events("session.end"):
+        if f"Disconnected from user {s.sshd.user}" in s.sshd.log.read_text() and s.gw.events("session.end"):
             break
         time.sleep(0.1)
     else:

@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""SSH: the same load directly against OpenSSH sshd and through hoopy.
+
+    python3 bench/ssh.py [--mib 256] [--echoes 500] [--concurrent 200] [--idle 200]
+
+Starts a real sshd on a free port (as the tests do) and a real
+``twistd -n hoopy`` with one ssh connection to it, then measures:
+
+  1. 256 MiB through ``exec cat`` with the OpenSSH client: MB/s, direct and through hoopy;
+  2. interactive echo latency: one byte to ``cat`` on a pty and back, median and p99;
+  3. 200 exec sessions at once (asyncssh clients, one connection each): errors and wall time;
+  4. gateway memory per idle session (authenticated, upstream connected, no channel).
+
+Prints each figure and the hoopy/direct ratio. A script, not a test.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# bench/ holds http.py and friends: keep them from shadowing the stdlib.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+import argparse
+import asyncio
+import statistics
+import subprocess
+import tempfile
+import time
+
+import asyncssh
+
+from tests.support import HoopyProcess, free_port, ident
+from tests.test_ssh import CLIENT_OPTS, Sshd, connection_toml, grant, keygen
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Target:
+    def __init__(self, name, port, user, key):
+        self.name, self.port, self.user, self.key = name, port, user, Path(key)
+
+    def ssh(self, *args):
+        return ["ssh", "-p", str(self.port), "-i", str(self.key), *CLIENT_OPTS, *args, f"{self.user}@127.0.0.1"]
+
+    async def connect(self):
+        return await asyncssh.connect("127.0.0.1", self.port, username=self.user,
+                                      client_keys=[str(self.key)], known_hosts=None,
+                                      agent_path=None, config=[])
+
+
+def throughput(t: Target, mib: int, cipher: str | None = None) -> float:
+    opts = ("-c", cipher) if cipher else ()
+    cmd = f"head -c {mib}M /dev/zero | {' '.join(t.ssh(*opts))} cat | wc -c"
+    t0 = time.monotonic()
+    out = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=True).stdout
+    dt = time.monotonic() - t0
+    assert int(out) == mib << 20, (t.name, out)
+    return mib / dt
+
+
+async def echo_latency(t: Target, n: int) -> list[float]:
+    async with await t.connect() as conn:
+        # The bench needs a byte echoed: `cat` on a pty (raw-ish: -icanon -echo via stty).
+        proc = await conn.create_process("stty raw -echo; cat", term_type="xterm", encoding=None)
+        await asyncio.sleep(0.5)
+        samples = []
+        for i in range(n):
+            b = bytes([97 + i % 26])
+            t0 = time.perf_counter()
+            proc.stdin.write(b)
+            got = await proc.stdout.readexactly(1)
+            samples.append(time.perf_counter() - t0)
+            assert got == b
+        proc.stdin.write(b"\x04")
+        proc.close()
+        return samples
+
+
+async def concurrent(t: Target, n: int) -> tuple[int, float]:
+    async def one(i):
+        async with await t.connect() as conn:
+            r = await conn.run(f"echo ok-{i}", check=False)
+            return r.exit_status == 0 and r.stdout.strip() == f"ok-{i}"
+
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(one(i) for i in range(n)), return_exceptions=True)
+    errors = sum(1 for r in results if r is not True)
+    for r in results:
+        if isinstance(r, BaseException):
+            print(f"    error: {type(r).__name__}: {r}")
+            break
+    return errors, time.monotonic() - t0
+
+
+async def idle_memory(t: Target, pid: int, n: int) -> float:
+    await asyncio.sleep(1)
+    before = rss_kib(pid)
+    conns = []
+    for i in range(0, n, 20):
+        conns += await asyncio.gather(*(t.connect() for _ in range(min(20, n - i))))
+    await asyncio.sleep(2)
+    after = rss_kib(pid)
+    for c in conns:
+        c.close()
+    return (after - before) / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--echoes", type=int, default=500)
+    ap.add_argument("--concurrent", type=int, default=200)
+    ap.add_argument("--idle", type=int, default=200)
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="hoopy-bench-ssh-") as tmp:
+        tmp = Path(tmp)
+        sshd = Sshd(tmp / "sshd").start()
+        gw = None
+        try:
+            agent_key = tmp / "agent_key"
+            pub = keygen(agent_key)
+            agent = ident("agent")
+            conn, port = connection_toml(sshd)
+            body = agent.toml(ssh_keys=[pub]) + conn + grant(
+                "agent", ["exec cat", "exec echo *", "exec stty raw -echo; cat"])
+            (tmp / "gw").mkdir()
+            gw = HoopyProcess(tmp / "gw", body).start()
+            direct = Target("direct", sshd.port, sshd.user, sshd.client_key)
+            hoopy = Target("hoopy", port, "agent", agent_key)
+            rows = []
+
+            for cipher in (None, "aes128-ctr", "aes128-gcm@openssh.com"):
+                print(f"1. {args.mib} MiB through exec cat (OpenSSH client, cipher {cipher or 'default'})")
+                d = throughput(direct, args.mib, cipher)
+                h = throughput(hoopy, args.mib, cipher)
+                print(f"   direct {d:8.1f} MiB/s   hoopy {h:8.1f} MiB/s   hoopy/direct {h / d:.2f}")
+                rows.append((f"throughput MiB/s ({cipher or 'default cipher'})", d, h, h / d))
+
+            print(f"2. echo latency, {args.echoes} round trips of one byte on a pty")
+            ds = asyncio.run(echo_latency(direct, args.echoes))
+            hs = asyncio.run(echo_latency(hoopy, args.echoes))
+            dm, hm = statistics.median(ds) * 1e3, statistics.median(hs) * 1e3
+            dp = statistics.quantiles(ds, n=100)[98] * 1e3
+            hp = statistics.quantiles(hs, n=100)[98] * 1e3
+            print(f"   median direct {dm:.3f} ms  hoopy {hm:.3f} ms  added {hm - dm:.3f} ms"
+                  f"   p99 direct {dp:.3f} ms  hoopy {hp:.3f} ms")
+            rows.append(("echo median ms", dm, hm, hm / dm))
+
+            print(f"3. {args.concurrent} concurrent exec sessions")
+            de, dt = asyncio.run(concurrent(direct, args.concurrent))
+            he, ht = asyncio.run(concurrent(hoopy, args.concurrent))
+            print(f"   direct {dt:.2f} s, {de} errors   hoopy {ht:.2f} s, {he} errors   time ratio {ht / dt:.2f}")
+            rows.append((f"{args.concurrent} concurrent s", dt, ht, ht / dt))
+
+            print(f"4. gateway memory per idle session ({args.idle} sessions)")
+            per = asyncio.run(idle_memory(hoopy, gw.proc.pid, args.idle))
+            print(f"   {per:.0f} KiB per idle session (gateway RSS {rss_kib(gw.proc.pid) / 1024:.0f} MiB)")
+            rows.append(("KiB per idle session", None, per, None))
+
+            print("\n| measure | direct | hoopy | hoopy/direct |\n|---|---|---|---|")
+            for name, dv, hv, r in rows:
+                f = lambda v: "-" if v is None else f"{v:.3f}" if v < 10 else f"{v:.1f}"  # noqa: E731
+                print(f"| {name} | {f(dv)} | {f(hv)} | {f(r)} |")
+        finally:
+            if gw is not None:
+                gw.stop()
+            sshd.stop()
+
+
+if __name__ == "__main__":
+    main()
