@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -445,3 +446,38 @@ def test_statement_refused_when_the_audit_store_cannot_write(gw, database):
             lock.execute("ROLLBACK")
             lock.close()
         assert c.execute("SELECT count(*) FROM invoices").fetchone() == (2,)
+
+
+JDBC_JAR = next(iter(sorted(__import__("glob").glob(
+    os.path.expanduser("~/.m2/repository/org/postgresql/postgresql/*/postgresql-*.jar")))), None)
+
+JDBC_SOURCE = r"""
+import java.sql.*;
+public class HoopyJdbc {
+  public static void main(String[] a) throws Exception {
+    try (Connection c = DriverManager.getConnection(a[0], a[1], a[2])) {
+      PreparedStatement ps = c.prepareStatement("SELECT id, name, ssn FROM customers WHERE id = ?");
+      for (int i = 0; i < 7; i++) {  // past prepareThreshold: a named server-side statement
+        ps.setInt(1, 1 + i % 2);
+        try (ResultSet rs = ps.executeQuery()) { rs.next(); System.out.println(rs.getInt(1) + "|" + rs.getString(2) + "|" + rs.getString(3)); }
+      }
+      try { c.createStatement().executeUpdate("DELETE FROM customers"); System.out.println("deleted?!"); }
+      catch (SQLException e) { System.out.println("refused " + e.getSQLState()); }
+      try (ResultSet rs = c.createStatement().executeQuery("SELECT count(*) FROM customers")) { rs.next(); System.out.println("count " + rs.getInt(1)); }
+    }
+  }
+}
+"""
+
+
+@pytest.mark.skipif(JDBC_JAR is None or shutil.which("java") is None, reason="needs java and the pgjdbc jar")
+def test_jdbc_prepared_statements(gw, tmp_path):
+    src = tmp_path / "HoopyJdbc.java"
+    src.write_text(JDBC_SOURCE)
+    url = f"jdbc:postgresql://127.0.0.1:{gw.pg_port}/x?sslmode=disable"
+    r = subprocess.run(["java", "-cp", JDBC_JAR, str(src), url, AGENT.name, AGENT.token],
+                       capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:7] == ["1|Ann|[REDACTED]", "2|Bob|[REDACTED]"] * 3 + ["1|Ann|[REDACTED]"]
+    assert lines[7:] == ["refused 42501", "count 2"]
