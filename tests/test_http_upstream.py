@@ -181,7 +181,21 @@ def main(port: int, logfile: str, tls=()):
             request.setResponseCode(404)
             return b"not found"
 
+    from twisted.web.server import Request
+
+    class ProgressRequest(Request):
+        """Logs when an upload's first MiB has arrived: proof that bodies stream through the gateway."""
+
+        seen = 0
+
+        def handleContentChunk(self, data):
+            before, self.seen = self.seen, self.seen + len(data)
+            if before < 1 << 20 <= self.seen:
+                log.write(json.dumps({"progress": self.channel._path.decode(), "bytes": self.seen}) + "\n")
+            super().handleContentChunk(data)
+
     site = Site(Root())
+    site.requestFactory = ProgressRequest
     site.log = lambda request: None
     if tls:
         from twisted.internet import ssl

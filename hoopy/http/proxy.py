@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from io import BytesIO
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -26,13 +27,14 @@ from twisted.web.http import HTTPChannel, PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
 from hoopy.audit.store import StoreError
 from hoopy.http import headers as H
 from hoopy.http.bodies import Decoder, MaskError, Masker, SSEMasker, body_kind, decodable
 from hoopy.http.paths import PathError, normalize_target
+from hoopy.http.upload import BodyPipe, BodyTooLarge
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.service import Allow, Deny, Hold
 
@@ -63,8 +65,37 @@ class GatewayChannel(HTTPChannel):
         self.proxy.channels.discard(self)
 
 
+class GatewayRequest(Request):
+    """A request whose exchange starts once its head is in, while its body still arrives."""
+
+    _parsePOSTFormSubmission = False  # the body is not ours to parse: it goes upstream
+    defaultContentType = None
+    exchange = None
+
+    def gotLength(self, length):
+        ch = self.channel
+        # twisted.web sets these in requestReceived, after the body; the head is all we need.
+        self.method, self.uri, self.clientproto = ch._command, ch._path, ch._version
+        self.content = BodyPipe(ch.transport, length, keep=ch.proxy.settings.record_body_limit)
+        # A held request may keep its caller's socket paused for long: no idle timeout meanwhile.
+        self._saved_timeout = ch.setTimeout(None)
+        self.exchange = Exchange(ch.proxy, self)
+        self.exchange.run()
+
+    def handleContentChunk(self, data):
+        self.content.feed(data)
+
+    def requestReceived(self, command, path, version):
+        if self._saved_timeout and hasattr(self.channel, "_savedTimeOut"):
+            self.channel._savedTimeOut = self._saved_timeout  # restored by requestDone
+        pipe = self.content
+        super().requestReceived(command, path, version)  # reads content.tell(): before any finish
+        pipe.end()
+
+
 class GatewaySite(Site):
     protocol = GatewayChannel
+    requestFactory = GatewayRequest
     noisy = False
 
     def __init__(self, proxy):
@@ -90,7 +121,9 @@ class ProxyResource(Resource):
         self.proxy = proxy
 
     def render(self, request):
-        Exchange(self.proxy, request).run()
+        if getattr(request, "exchange", None) is None:  # started at its head (GatewayRequest)
+            request.exchange = Exchange(self.proxy, request)
+            request.exchange.run()
         return NOT_DONE_YET
 
 
@@ -207,6 +240,7 @@ class Exchange:
         self.timer = None
         self.timed_out = False
         self.websocket = False
+        self.req_kind = None
         addr = request.getClientAddress()
         self.peer_host = getattr(addr, "host", "unknown")
         self.peer = f"{self.peer_host}:{getattr(addr, 'port', '')}"
@@ -312,38 +346,35 @@ class Exchange:
         return out
 
     async def _request_body(self):
+        """The upstream request's body producer (None for none), masked when a rule says so."""
         req = self.request
         h = req.requestHeaders
-        content = req.content
-        content.seek(0, 2)
-        size = content.tell()
-        content.seek(0)
-        self.req_bytes = size
-        if size == 0 and not (h.hasHeader(b"content-length") or h.hasHeader(b"transfer-encoding")):
+        pipe = req.content
+        if not (h.hasHeader(b"content-length") or h.hasHeader(b"transfer-encoding")):
+            pipe.discard()
             return None
         kind = body_kind((h.getRawHeaders(b"content-type") or [None])[0])
-        masker = self.proxy.masker
-        if masker.applies(kind):
-            if h.hasHeader(b"content-encoding"):
-                raise Refusal(415, "a request body that must be masked cannot be content-encoded")
-            if size > self.settings.mask_limit:
-                raise Refusal(413, f"the request body must be masked and is larger than mask_limit "
-                                   f"({self.settings.mask_limit} bytes)")
-            data = content.read()
-            try:
-                data, counts = await self._mask(kind, data)
-            except MaskError as e:
-                raise Refusal(400, f"the request body cannot be masked: {e}")
-            await self._record_redactions("request", counts)
-            self._keep_body("req", data, kind)
-            from io import BytesIO
-
-            return FileBodyProducer(BytesIO(data))
-        if kind != "other":
-            self.req_body_record = _prefix(content.read(self.settings.record_body_limit),
-                                           self.settings.record_body_limit, size)
-            content.seek(0)
-        return FileBodyProducer(content)
+        self.req_kind = kind
+        if not self.proxy.masker.applies(kind):
+            pipe.on_write = self._progress
+            return pipe
+        limit = self.settings.mask_limit
+        if h.hasHeader(b"content-encoding"):
+            raise Refusal(415, "a request body that must be masked cannot be content-encoded")
+        too_big = Refusal(413, f"the request body must be masked and is larger than mask_limit ({limit} bytes)")
+        if pipe.length is not UNKNOWN_LENGTH and pipe.length > limit:
+            raise too_big
+        try:
+            data = await self._wait(pipe.collect(limit))
+        except BodyTooLarge:
+            raise too_big
+        try:
+            data, counts = await self._mask(kind, data)
+        except MaskError as e:
+            raise Refusal(400, f"the request body cannot be masked: {e}")
+        await self._record_redactions("request", counts)
+        self._keep_body("req", data, kind)
+        return _ProgressProducer(FileBodyProducer(BytesIO(data)), self._progress)
 
     def _target(self) -> bytes:
         t = self.proxy.upstream_prefix + self.path.encode()
@@ -537,6 +568,8 @@ class Exchange:
             self.pending.cancel()
         if self.upstream_transport is not None:
             self.upstream_transport.stopProducing()
+        if isinstance(self.request.content, BodyPipe):
+            self.request.content.abort(failure)
 
     def _write(self, data: bytes):
         if not self.gone and data:
@@ -565,8 +598,29 @@ class Exchange:
             return
         self.finished = True
         if not self.gone:
-            self.request.finish()
+            pipe = self.request.content
+            if getattr(pipe, "done", True):
+                self.request.finish()
+            else:
+                self._finish_after_body(pipe)
         self._record()
+
+    def _finish_after_body(self, pipe):
+        # Answered before the caller finished sending (refused, or the upstream answered early).
+        # twisted.web can only end a request whose body is in, so the rest is read and dropped;
+        # a caller that keeps sending for long loses the connection instead.
+        pipe.discard()
+        req = self.request
+        timer = self.proxy.gateway.reactor.callLater(5, lambda: req.channel.transport.loseConnection()
+                                                     if req.channel.transport is not None else None)
+
+        def received(_):
+            if timer.active():
+                timer.cancel()
+            if not self.gone and not req.finished:
+                req.finish()
+
+        pipe.received_all.addCallback(received)
 
     def _abort(self, outcome, error):
         """The response already started: all that is left is to cut the connection."""
@@ -607,6 +661,11 @@ class Exchange:
         if session is None:
             return
         gw = self.proxy.gateway
+        pipe = self.request.content
+        if isinstance(pipe, BodyPipe):
+            self.req_bytes = pipe.received
+            if self.req_body_record is None and self.req_kind not in (None, "other"):
+                self.req_body_record = _prefix(bytes(pipe.head), self.settings.record_body_limit, pipe.received)
         gw.count_bytes(session, "in", self.req_bytes)
         gw.count_bytes(session, "out", self.resp_bytes)
         data = {

@@ -1,0 +1,170 @@
+"""Request bodies streamed to the upstream as they arrive, with backpressure.
+
+twisted.web normally spools a request body (to a temporary file past 100 KB)
+and only then hands the request over. A gateway wants better: judge the
+request on its head, then pass the body on while it is still arriving, so a
+1 GiB upload needs neither memory nor disk, and a held or refused request
+has sent nothing upstream. ``BodyPipe`` stands in for ``request.content``
+and is the upstream request's IBodyProducer: chunks go straight to the
+upstream connection while it keeps up; when it does not (or before the
+policy has answered), up to ``HIGH`` bytes wait here and then the client's
+socket stops being read until the upstream drains.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from twisted.internet import defer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+HIGH = 256 * 1024  # buffered bytes at which the client's socket is paused
+LOW = 64 * 1024  # ... and resumed
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@implementer(IBodyProducer)
+class BodyPipe:
+    def __init__(self, transport, length, keep: int = 0):
+        self.transport = transport  # the client's: paused and resumed for backpressure
+        self.length = length if length is not None else UNKNOWN_LENGTH
+        self.keep = keep  # how many leading bytes to keep for the record
+        self.head = bytearray()
+        self.received = 0
+        self.done = False
+        self.discarding = False
+        self.received_all = defer.Deferred()
+        self._buf: deque = deque()
+        self._buffered = 0
+        self._consumer = None
+        self._consumer_paused = False
+        self._produced: defer.Deferred | None = None
+        self._client_paused = False
+        self.on_write = None  # called for every piece sent upstream (the idle timer)
+        self.sent = defer.Deferred()  # fires once the whole body went upstream
+
+    # --- what twisted.web's Request expects of ``content`` ----------------------
+
+    def tell(self) -> int:
+        return self.received
+
+    def seek(self, *args):
+        pass
+
+    def read(self, *args) -> bytes:
+        return b""  # the body is not kept: it went (or goes) upstream
+
+    def close(self):
+        pass
+
+    # --- fed by the request ----------------------------------------------------
+
+    def feed(self, data: bytes):
+        self.received += len(data)
+        if len(self.head) < self.keep:
+            self.head += data[:self.keep - len(self.head)]
+        if self.discarding:
+            return
+        if self._consumer is not None and not self._consumer_paused and not self._buf:
+            self._write(data)
+            return
+        self._buf.append(data)
+        self._buffered += len(data)
+        if self._buffered > HIGH and not self._client_paused and self.transport is not None:
+            self._client_paused = True
+            self.transport.pauseProducing()
+
+    def end(self):
+        self.done = True
+        if not self.received_all.called:
+            self.received_all.callback(self.received)
+        self._flush()
+
+    def abort(self, reason):
+        """The client went away mid-body: the upstream request must fail, not end short."""
+        self.discarding = True
+        self._buf.clear()
+        if self._produced is not None and not self._produced.called:
+            self._produced.errback(reason)
+
+    def discard(self):
+        """Nobody will read the rest (the request was refused): drop it, and keep reading."""
+        self.discarding = True
+        self._buf.clear()
+        self._buffered = 0
+        self._resume_client()
+
+    # --- IBodyProducer, for the upstream request --------------------------------
+
+    def startProducing(self, consumer):
+        self._consumer = consumer
+        self._produced = defer.Deferred()
+        self._flush()
+        return self._produced
+
+    def pauseProducing(self):
+        self._consumer_paused = True
+
+    def resumeProducing(self):
+        self._consumer_paused = False
+        self._flush()
+
+    def stopProducing(self):
+        # The upstream request is over (cancelled or failed): the rest has nowhere to go.
+        self._consumer = None
+        self.discard()
+
+    # --- inside ------------------------------------------------------------------
+
+    def _write(self, data):
+        if self.on_write is not None:
+            self.on_write()
+        self._consumer.write(data)
+
+    def _flush(self):
+        while self._buf and self._consumer is not None and not self._consumer_paused:
+            data = self._buf.popleft()
+            self._buffered -= len(data)
+            self._write(data)
+        if self._buffered < LOW:
+            self._resume_client()
+        if self.done and not self._buf and self._produced is not None and not self._produced.called:
+            self._produced.callback(None)
+            if not self.sent.called:
+                self.sent.callback(None)
+
+    def _resume_client(self):
+        if self._client_paused and self.transport is not None:
+            self._client_paused = False
+            self.transport.resumeProducing()
+
+    def collect(self, limit: int) -> defer.Deferred:
+        """The whole body (for masking), or BodyTooLarge past ``limit`` bytes."""
+        parts = []
+        size = 0
+        result = defer.Deferred()
+
+        class Collector:
+            def write(self, data):
+                nonlocal size
+                size += len(data)
+                if size > limit:
+                    if not result.called:
+                        result.errback(BodyTooLarge(limit))
+                    return
+                parts.append(data)
+
+        def finished(_):
+            if not result.called:
+                result.callback(b"".join(parts))
+
+        def failed(f):
+            if not result.called:
+                result.errback(f)
+
+        self.startProducing(Collector()).addCallbacks(finished, failed)
+
+        return result.addErrback(lambda f: (self.stopProducing(), f)[1])
