@@ -481,3 +481,19 @@ def test_jdbc_prepared_statements(gw, tmp_path):
     lines = r.stdout.splitlines()
     assert lines[:7] == ["1|Ann|[REDACTED]", "2|Bob|[REDACTED]"] * 3 + ["1|Ann|[REDACTED]"]
     assert lines[7:] == ["refused 42501", "count 2"]
+
+
+def test_large_statement_is_judged_off_the_reactor(gw):
+    big = "x" * 200_000
+
+    def run(sql):  # on stdin: too long for one argument
+        return subprocess.run([PSQL, f"host=127.0.0.1 port={gw.pg_port} user={AGENT.name} dbname=x", "-XAt"],
+                              input=sql + ";\n", capture_output=True, text=True, timeout=30,
+                              env={**os.environ, "PGPASSWORD": AGENT.token})
+
+    r = run(f"SELECT length('{big}') FROM invoices WHERE id = 1")
+    assert r.returncode == 0 and r.stdout.strip() == "200000", r.stderr
+    r = run(f"DELETE FROM customers WHERE name = '{big}'")
+    assert "no grant allows write public.customers" in r.stderr
+    r = run(f"SELEC '{big}'")
+    assert "syntax error" in r.stderr

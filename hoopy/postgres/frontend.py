@@ -13,6 +13,7 @@ import secrets
 import struct
 import time
 
+from twisted.internet import threads
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
@@ -27,6 +28,8 @@ log = Logger()
 
 MAX_SQL_RECORDED = 100_000
 MAX_PARAM_RECORDED = 1_000
+LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
+MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 # Client parameters never passed upstream: identity, database choice and
 # anything that would change who we are or the protocol we speak.
 PRIVATE_PARAMS = {"user", "database", "options", "replication"}
@@ -140,6 +143,13 @@ def decode_param(value, fmt: int, type_oid: int):
     return "\\x" + h + ("..." if len(value) > MAX_PARAM_RECORDED // 2 else "")
 
 
+def _classify_or_error(sql):
+    try:
+        return classify(sql)
+    except ClassifyError as e:
+        return e
+
+
 def _nodelay(transport):
     # Small request/reply messages: Nagle plus delayed ACKs would add 40 ms.
     try:
@@ -156,7 +166,7 @@ class Frontend(Protocol):
         self.settings = service.connection.settings
         self.phase = "startup"
         self.sreader = codec.StartupReader()
-        self.reader = codec.MessageReader()
+        self.reader = codec.MessageReader(MAX_CLIENT_MESSAGE)
         self.ureader = codec.MessageReader()
         self.tls = False
         self.session = None
@@ -516,11 +526,30 @@ class Frontend(Protocol):
 
     def judge(self, sql, params, proceed, refuse):
         """Calls proceed(classified) or refuse(message, code) once decided."""
-        try:
-            c = classify(sql)
-        except ClassifyError as e:
-            self.session.event("operation", "refused", reason=f"syntax error: {e}", sql=sql[:MAX_SQL_RECORDED])
-            return refuse(f"syntax error: {e}", "42601")
+        if len(sql) > LARGE_SQL:
+            # Parsing megabytes of SQL would stall every other session: do it
+            # on a thread, with this connection paused meanwhile.
+            self.waiting = True
+            self.transport.pauseProducing()
+
+            def parsed(c):
+                self.waiting = False
+                self.transport.resumeProducing()
+                if self.phase != "closed":
+                    self._judge(sql, params, proceed, refuse, c)
+                    self.pump()
+
+            d = threads.deferToThreadPool(self.gateway.reactor, self.gateway.reactor.getThreadPool(),
+                                          _classify_or_error, sql)
+            d.addCallback(parsed)
+            d.addErrback(lambda f: (log.failure("classifying", f), self.fatal("XX000", "internal error")))
+            return
+        self._judge(sql, params, proceed, refuse, _classify_or_error(sql))
+
+    def _judge(self, sql, params, proceed, refuse, c):
+        if isinstance(c, ClassifyError):
+            self.session.event("operation", "refused", reason=f"syntax error: {c}", sql=sql[:MAX_SQL_RECORDED])
+            return refuse(f"syntax error: {c}", "42601")
         if not c.statements:
             return proceed(c)  # empty query: nothing runs
         why = self._local_refusal(c)
