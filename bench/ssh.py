@@ -100,14 +100,19 @@ async def concurrent(t: Target, n: int) -> tuple[int, float]:
     return errors, time.monotonic() - t0
 
 
-async def idle_memory(t: Target, pid: int, n: int) -> float:
-    await asyncio.sleep(1)
-    before = rss_kib(pid)
+async def idle_memory(t: Target, gw, n: int) -> float:
+    # Warm up first (imports, first session), so only the sessions' own memory is counted.
+    async with await t.connect():
+        await asyncio.sleep(1)
+    before = rss_kib(gw.proc.pid)
+    started = len(gw.events("session.start"))
     conns = []
     for i in range(0, n, 20):
         conns += await asyncio.gather(*(t.connect() for _ in range(min(20, n - i))))
     await asyncio.sleep(2)
-    after = rss_kib(pid)
+    after = rss_kib(gw.proc.pid)
+    opened = len(gw.events("session.start")) - started
+    assert opened == n, f"only {opened} of {n} sessions started"
     for c in conns:
         c.close()
     return (after - before) / n
@@ -138,6 +143,12 @@ def main():
             hoopy = Target("hoopy", port, "agent", agent_key)
             rows = []
 
+            print(f"0. gateway memory per idle session ({args.idle} sessions)")
+            per = asyncio.run(idle_memory(hoopy, gw, args.idle))
+            print(f"   {per:.0f} KiB per idle session (measured first, on a fresh gateway;"
+                  f" RSS now {rss_kib(gw.proc.pid) / 1024:.0f} MiB)")
+            rows.append(("KiB per idle session", None, per, None))
+
             for cipher in (None, "aes128-ctr", "aes128-gcm@openssh.com"):
                 print(f"1. {args.mib} MiB through exec cat (OpenSSH client, cipher {cipher or 'default'})")
                 d = throughput(direct, args.mib, cipher)
@@ -160,11 +171,6 @@ def main():
             he, ht = asyncio.run(concurrent(hoopy, args.concurrent))
             print(f"   direct {dt:.2f} s, {de} errors   hoopy {ht:.2f} s, {he} errors   time ratio {ht / dt:.2f}")
             rows.append((f"{args.concurrent} concurrent s", dt, ht, ht / dt))
-
-            print(f"4. gateway memory per idle session ({args.idle} sessions)")
-            per = asyncio.run(idle_memory(hoopy, gw.proc.pid, args.idle))
-            print(f"   {per:.0f} KiB per idle session (gateway RSS {rss_kib(gw.proc.pid) / 1024:.0f} MiB)")
-            rows.append(("KiB per idle session", None, per, None))
 
             print("\n| measure | direct | hoopy | hoopy/direct |\n|---|---|---|---|")
             for name, dv, hv, r in rows:

@@ -3,6 +3,7 @@ with the real ssh, scp and sftp clients."""
 from __future__ import annotations
 
 import json
+import sys
 import os
 import signal
 import subprocess
@@ -606,3 +607,14 @@ def test_vanished_client_closes_its_upstream(setup):
     (ev,) = s.gw.events("ssh.exec")
     assert ev["data"]["command"] == "sleep 41" and ev["data"]["exit_status"] is None
     assert s.gw.events("recording.sealed")
+
+
+def test_config_names_a_bad_ssh_key(tmp_path, sshd):
+    conn, _ = connection_toml(sshd, extra='ciphers = ["rot13"]\nexec_output_limit = "lots"')
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[gateway]\nstate = "hoopy.db"\n' + conn)
+    r = subprocess.run([sys.executable, "-m", "hoopy", "check", "-c", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 2
+    out = r.stdout + r.stderr
+    assert "connections.web.ciphers[0]" in out and "rot13" in out
+    assert "connections.web.exec_output_limit" in out

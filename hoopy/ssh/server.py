@@ -190,6 +190,8 @@ class ClientConnection(asyncssh.SSHServer):
             # Each channel records its end (and seals its recording) before the session ends.
             if self.records:
                 await asyncio.wait(list(self.records), timeout=30)
+            if not self.ready.done():  # still logging in upstream: let it finish, then close it
+                await asyncio.wait([self.ready], timeout=self.settings.connect_timeout + 5)
             if self.upstream is not None:
                 self.upstream.close()
             if self.session is not None:

@@ -62,6 +62,7 @@ class SSHService(Service):
             password_auth=False, kbdint_auth=False, gss_host=None,
             login_timeout=self.settings.login_timeout, server_version="hoopy",
             keepalive_interval=60, keepalive_count_max=3,
+            encryption_algs=list(self.settings.ciphers),
         )))
 
         def listening(server):

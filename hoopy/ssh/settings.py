@@ -16,6 +16,27 @@ class SSHSettings:
     exec_output_limit: int = 64 * 1024  # bytes of an exec's output kept in its event
     connect_timeout: float = 10.0  # seconds to reach and authenticate to the upstream
     login_timeout: float = 30.0  # seconds a client has to authenticate
+    ciphers: tuple = ()  # what clients may choose; the client's order decides
+
+
+# OpenSSH clients pick chacha20-poly1305 first when offered; asyncssh runs it
+# as two passes with Python between them, so the gateway offers AES (one
+# OpenSSL call per packet) unless the operator lists chacha20 in `ciphers`.
+DEFAULT_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes192-ctr",
+                   "aes256-ctr")
+
+
+def _ciphers(t) -> tuple:
+    from asyncssh.encryption import get_encryption_algs
+
+    names = t.strings("ciphers", default=DEFAULT_CIPHERS)
+    known = {a.decode() for a in get_encryption_algs()}
+    for i, name in enumerate(names):
+        if name not in known:
+            t.problem(f"ciphers[{i}]", f"unknown cipher {name!r} (known: {', '.join(sorted(known))})")
+    if not names:
+        t.problem("ciphers", "needs at least one cipher")
+    return tuple(names)
 
 
 def parse(t) -> SSHSettings:
@@ -31,4 +52,5 @@ def parse(t) -> SSHSettings:
         exec_output_limit=t.size("exec_output_limit", default=64 * 1024),
         connect_timeout=t.duration("connect_timeout", default=10.0),
         login_timeout=t.duration("login_timeout", default=30.0),
+        ciphers=_ciphers(t),
     )
