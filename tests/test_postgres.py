@@ -143,6 +143,10 @@ def test_psql_reads_refusals_and_masking(gw, database):
         assert r.returncode != 0, q
         assert "hoopy" in r.stderr, (q, r.stderr)
     assert customers_count(database) == "2"
+    # In a transaction block a refusal aborts the transaction: COMMIT rolls back.
+    r = psql(gw, "BEGIN", "SELECT 1", "DELETE FROM customers", "SELECT 2", "COMMIT")
+    assert "no grant allows write public.customers" in r.stderr
+    assert "current transaction is aborted" in r.stderr and r.stdout.splitlines()[-1] == "ROLLBACK", r.stdout
     # The connection stays usable after a refusal.
     r = psql(gw, "DELETE FROM customers", "SELECT count(*) FROM invoices")
     assert "no grant allows write public.customers" in r.stderr
@@ -172,9 +176,16 @@ def test_psycopg_text_binary_pipeline(gw, database):
                 c.execute("SELECT 1")
                 c.execute("DELETE FROM customers WHERE id = %s", (1,))
         assert c.execute("SELECT count(*) FROM customers").fetchone() == (2,)
-        # A transaction through the gateway.
+        # A transaction through the gateway; a refusal inside it aborts it, as a server error would.
         c.autocommit = False
         assert c.execute("SELECT amount FROM invoices WHERE id = 1").fetchone() == (100,)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("DELETE FROM customers WHERE id = %s", (1,))
+        assert c.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            c.execute("SELECT 1")
+        c.rollback()
+        assert c.execute("SELECT 1").fetchone() == (1,)
         c.rollback()
     assert customers_count(database) == "2"
 

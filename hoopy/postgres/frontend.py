@@ -28,6 +28,7 @@ log = Logger()
 
 MAX_SQL_RECORDED = 100_000
 MAX_PARAM_RECORDED = 1_000
+ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
 LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 # Client parameters never passed upstream: identity, database choice and
@@ -490,8 +491,14 @@ class Frontend(Protocol):
             self.forward(t, p)
             return self.expect(Pending("close"))
         if t == b"S":
+            refused_in_tx = self.skipping == "refused" and self.tx_status == b"T"
             self.skipping = False
             self.portals.pop("", None)
+            if refused_in_tx:
+                # Our refusal must abort the transaction as a server error would:
+                # a failing query stands in for the Sync (one ReadyForQuery, status E).
+                self.forward(b"Q", codec.cstr(ABORT_SQL))
+                return self.expect(Pending("abort"))
             self.forward(t, p)
             return self.expect(Pending("sync"))
         if t == b"H":
@@ -499,8 +506,8 @@ class Frontend(Protocol):
         if t in (b"d", b"c", b"f"):
             return self.forward(t, p)
         if t == b"F":
-            self.refuse_now("function calls by OID (fastpath) are not allowed through hoopy")
-            return self.expect(Pending("synthetic", raw=codec.ready(self.tx_status)))
+            return self.expect(Pending("synthetic", raw=codec.error(
+                "42501", "hoopy: function calls by OID (fastpath) are not allowed") + codec.ready(self.tx_status)))
         raise codec.ProtocolError(f"unknown message type {t!r}")
 
     # --- judging --------------------------------------------------------------
@@ -599,6 +606,10 @@ class Frontend(Protocol):
             self.expect(Pending("query", sql=sql, classified=c))
 
         def refuse(message, code):
+            if self.tx_status == b"T":
+                # As the server would: an error inside a transaction block aborts it.
+                self.forward(b"Q", codec.cstr(ABORT_SQL))
+                return self.expect(Pending("abort", raw=codec.error(code, message)))
             self.expect(Pending("synthetic", raw=codec.error(code, message) + codec.ready(self.tx_status)))
 
         self.judge(sql, None, proceed, refuse)
@@ -636,7 +647,7 @@ class Frontend(Protocol):
 
     def refuse_now(self, message, code="42501"):
         """An error in the extended protocol: the client's messages up to Sync are skipped."""
-        self.skipping = True
+        self.skipping = "refused"
         self.expect(Pending("synthetic", raw=codec.error(code, message)))
 
     def expect(self, pending):
@@ -708,6 +719,16 @@ class Frontend(Protocol):
             return
         head = q[0]
         k = head.kind
+        if k == "abort":
+            if t == b"E":
+                if head.raw:
+                    out.append(head.raw)  # the client sees our refusal, not the stand-in error
+            elif t == b"Z":
+                self.tx_status = p[:1]
+                out.append(codec.msg(t, p))
+                q.popleft()
+                self._flush_pending(out)
+            return
         if t == b"E":
             fields = codec.parse_fields(p)
             out.append(codec.msg(t, p))
