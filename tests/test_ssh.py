@@ -618,3 +618,20 @@ def test_config_names_a_bad_ssh_key(tmp_path, sshd):
     out = r.stdout + r.stderr
     assert "connections.web.ciphers[0]" in out and "rot13" in out
     assert "connections.web.exec_output_limit" in out
+
+
+def test_masking_patterns_apply_to_exec_output(setup):
+    s = setup(allow=["exec echo *", "exec head -c 3000 /dev/urandom"],
+              extra='\n[[masking]]\nconnection = "web"\npatterns = ["email"]\n')
+    r = s.ssh("echo contact alice@example.com or bob@example.org today")
+    assert r.returncode == 0
+    assert r.stdout == "contact [REDACTED] or [REDACTED] today\n"
+    (red,) = s.gw.events("redaction")
+    assert red["data"]["patterns"] == {"email": 2}
+    # The command line is the operation and is recorded as sent; the output kept is the masked one.
+    (ev,) = s.gw.events("ssh.exec")[:1]
+    assert ev["data"]["output"] == "contact [REDACTED] or [REDACTED] today\n"
+    assert ev["data"]["redacted"] == {"email": 2}
+    # Binary output with nothing to mask passes unchanged (byte count checked end to end).
+    r = subprocess.run(s.ssh_args() + ["head -c 3000 /dev/urandom"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and len(r.stdout) == 3000

@@ -22,6 +22,7 @@ from hoopy.audit.asciicast import AsciicastRecorder
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.service import Deny, Hold
 from hoopy.ssh import sftp
+from hoopy.ssh.masking import LineMasker
 
 log = Logger()
 
@@ -67,6 +68,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self._sftp_pump = None
         self._eof_pending = False
         self._early = []
+        self.maskers = None  # {datatype: LineMasker} for exec output, where masking applies
 
     # --- requests from the client -------------------------------------------
 
@@ -159,6 +161,11 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.kind == "sftp":
             kw["subsystem"] = "sftp"
             self.tracker = sftp.Tracker()
+        if self.kind == "exec" and self.pty is None:
+            detectors = [d for m in self.client.gateway.config.masking_for(self.client.connection.name)
+                         for d in m.patterns]
+            if detectors:
+                self.maskers = {None: LineMasker(detectors), STDERR: LineMasker(detectors)}
         try:
             up, _ = await upstream.create_session(
                 lambda: UpstreamSession(self), self.command if self.kind == "exec" else None, **kw)
@@ -250,6 +257,13 @@ class ClientSession(asyncssh.SSHServerSession):
                 self.tracker.responses(data)
             except sftp.SFTPError as e:
                 return self._abort(f"hoopy: {e}")
+        if self.maskers is not None:
+            data = self.maskers[STDERR if datatype == STDERR else None].feed(data)
+            if not data:
+                return
+        self._deliver(data, datatype)
+
+    def _deliver(self, data, datatype):
         if self.recorder is not None:
             self.recorder.output(data)
         elif self.kind == "exec" and not self.truncated:
@@ -266,6 +280,14 @@ class ClientSession(asyncssh.SSHServerSession):
             self.chan.write_stderr(data)
         else:
             self.chan.write(data)
+
+    def flush_masked(self):
+        """The held-back tail of masked output, once upstream has no more."""
+        if self.maskers is not None:
+            for datatype, masker in self.maskers.items():
+                tail = masker.flush()
+                if tail:
+                    self._deliver(tail, datatype)
 
     def eof_received(self):
         if self.up is not None:
@@ -356,6 +378,7 @@ class ClientSession(asyncssh.SSHServerSession):
     def upstream_closed(self, exc):
         """The upstream channel ended: pass its exit on, record, close."""
         self.up_exc = exc
+        self.flush_masked()
         if self.exit_status is None and self.exit_signal is None:
             why = getattr(exc, "reason", None) or (str(exc) if exc else "") or "closed without an exit status"
             self._notice(f"hoopy: the upstream connection was lost: {why}")
@@ -427,6 +450,16 @@ class ClientSession(asyncssh.SSHServerSession):
                     await _quiet(wait(session.event(action.kind, "ok", **action.data)))
             if self.recording:
                 data["recording"] = self.recording
+            if self.maskers is not None:
+                counts = {}
+                for m in self.maskers.values():
+                    for name, n in m.counts.items():
+                        counts[name] = counts.get(name, 0) + n
+                if counts:
+                    gw.metrics.redactions.labels("ssh", session.connection).inc(sum(counts.values()))
+                    data["redacted"] = counts
+                    await _quiet(wait(session.event("redaction", "masked", where="exec output",
+                                                    command=self.command, patterns=counts)))
             ok = self.exit_status == 0 and self.exit_signal is None
             await _quiet(wait(session.event(f"ssh.{self.kind}", "ok" if ok else "failed", **data)))
             if self.recorder is not None:
@@ -457,6 +490,7 @@ class UpstreamSession(asyncssh.SSHClientSession):
         self.down.from_upstream(data, datatype)
 
     def eof_received(self):
+        self.down.flush_masked()
         if not self.down.closed:
             self.down.chan.write_eof()
         return True
