@@ -395,6 +395,8 @@ def test_interactive_session_is_recorded_and_verified(setup):
 
     (sealed,) = s.gw.events("recording.sealed")
     assert sealed["data"]["path"] == cast.name
+    replay = s.gw.hoopy("replay", sid, "--speed", "1000")
+    assert replay.returncode == 0 and "typed-42" in replay.stdout, replay.stderr
     v = s.gw.hoopy("audit", "verify")
     assert v.returncode == 0, v.stdout + v.stderr
     data = bytearray(cast.read_bytes())
@@ -635,3 +637,43 @@ def test_masking_patterns_apply_to_exec_output(setup):
     # Binary output with nothing to mask passes unchanged (byte count checked end to end).
     r = subprocess.run(s.ssh_args() + ["head -c 3000 /dev/urandom"], capture_output=True, timeout=30)
     assert r.returncode == 0 and len(r.stdout) == 3000
+
+
+WINDOW_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+
+async def until(stream, text):
+    buf = ""
+    while text not in buf:
+        buf += await asyncio.wait_for(stream.read(4096), 10)
+    return buf
+
+async def main(port, key):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        p = await c.create_process(term_type="xterm", term_size=(80, 24))
+        p.stdin.write("stty size\n")
+        await until(p.stdout, "24 80")
+        p.change_terminal_size(100, 40)
+        await asyncio.sleep(0.3)
+        p.stdin.write("stty size\n")
+        await until(p.stdout, "40 100")
+        p.stdin.write("exit\n")
+        await asyncio.wait_for(p.wait(), 10)
+        print("ok", p.exit_status)
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_window_changes_pass_through_and_are_recorded(setup):
+    s = setup(allow=["shell"])
+    r = subprocess.run([sys.executable, "-c", WINDOW_CLIENT, str(s.port), str(s.key)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ok 0", r.stderr
+    (start,) = s.sessions()
+    lines = (s.gw.recordings / f"{start['session']}.cast").read_text().splitlines()
+    assert json.loads(lines[0])["width"] == 80
+    resizes = [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "r"]
+    assert resizes == ["100x40"]
