@@ -508,3 +508,40 @@ def test_large_statement_is_judged_off_the_reactor(gw):
     assert "no grant allows write public.customers" in r.stderr
     r = run(f"SELEC '{big}'")
     assert "syntax error" in r.stderr
+
+
+def test_startup_settings_that_would_change_identity_or_parsing_are_refused(gw):
+    for options in ("-c role=postgres", "-c standard_conforming_strings=off", "-c session_authorization=x"):
+        r = psql(gw, "SELECT 1", extra_env={"PGOPTIONS": options})
+        assert r.returncode != 0 and "not allowed through hoopy" in r.stderr, (options, r.stderr)
+    r = psql(gw, "SELECT 1", extra_env={"PGCLIENTENCODING": "SJIS"})
+    assert r.returncode != 0 and "UTF8" in r.stderr
+    r = psql(gw, "SELECT 1", extra_env={"PGOPTIONS": "-c statement_timeout=5s -c hoopy.model=m"})
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+
+
+def test_lexing_settings_changed_mid_session_refuse_everything(hoopy_gateway, database):
+    port = free_port()
+    boss = ident("pg-boss")
+    g = hoopy_gateway(boss.toml() + f"""
+[connections.pg]
+type = "postgres"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "tcp:host=127.0.0.1:port=5432"
+upstream_user = "postgres"
+upstream_database = "{database}"
+upstream_tls = "disable"
+
+[[grants]]
+identity = "pg-boss"
+connection = "pg"
+allow = ["all", "read public.customers"]
+deny = ["write public.customers"]
+""")
+    g.pg_port = port
+    # With standard_conforming_strings off the server reads 'x\\' , $$' as one string and then
+    # runs the DELETE, while a parser with it on sees a SELECT of two strings.
+    smuggle = "SELECT 'x\\' , $$'; DELETE FROM customers; --$$"
+    r = psql(g, "SELECT set_config('standard_conforming_strings', 'off', false)", smuggle, user=boss)
+    assert "cannot read its SQL as the server does" in r.stderr, r.stderr
+    assert customers_count(database) == "2"

@@ -245,7 +245,8 @@ class _Walk:
 
     def on_VariableSetStmt(self, n, ctes, top):
         name = (n.name or "").lower()
-        if name in ("role", "session_authorization", "session_replication_role", "search_path") \
+        if name in ("role", "session_authorization", "session_replication_role", "search_path",
+                    "standard_conforming_strings", "client_encoding", "backslash_quote") \
                 or name.startswith("hoopy.") or n.kind == VariableSetKind.VAR_RESET_ALL:
             self.add("admin")
             if name == "search_path" or n.kind == VariableSetKind.VAR_RESET_ALL:

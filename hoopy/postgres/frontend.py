@@ -34,6 +34,46 @@ MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 # Client parameters never passed upstream: identity, database choice and
 # anything that would change who we are or the protocol we speak.
 PRIVATE_PARAMS = {"user", "database", "options", "replication"}
+# Settings a client may pass at startup (as parameters or -c options). Any
+# other would change who we are upstream (role, session_authorization) or how
+# SQL is tokenized (standard_conforming_strings, client_encoding other than
+# UTF-8), which would let a statement mean one thing to the gateway's parser
+# and another to the server.
+CLIENT_SETTINGS = {"application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits",
+                   "intervalstyle", "search_path", "statement_timeout", "lock_timeout",
+                   "idle_in_transaction_session_timeout", "work_mem", "geqo", "lc_messages",
+                   "lc_monetary", "lc_numeric", "lc_time", "jit", "default_transaction_isolation",
+                   "default_transaction_read_only", "bytea_output", "fallback_application_name"}
+UTF8_NAMES = {"utf8", "utf-8", "unicode"}
+
+
+def settings_problem(params: dict, option_words: list) -> str | None:
+    """Why the client's startup settings cannot pass, or None."""
+    pairs = [(k, v) for k, v in params.items() if k not in PRIVATE_PARAMS and not k.startswith("_pq_.")]
+    words = list(option_words)
+    while words:
+        w = words.pop(0)
+        if w != "-c" or not words:
+            return f"startup option {w!r} is not allowed through hoopy"
+        k, _, v = words.pop(0).partition("=")
+        pairs.append((k, v))
+    for k, v in pairs:
+        key = k.lower().replace("-", "_")
+        if key not in CLIENT_SETTINGS:
+            return f"startup setting {k!r} is not allowed through hoopy"
+        if key == "client_encoding" and v.strip().lower().strip("'\"") not in UTF8_NAMES:
+            return "hoopy accepts only UTF8 as client_encoding"
+    return None
+
+
+def lexing_unsafe(name: str, value: str) -> bool:
+    """A server setting under which the gateway's parser may read SQL differently."""
+    name = name.lower()
+    if name == "standard_conforming_strings":
+        return value.lower() != "on"
+    if name == "client_encoding":
+        return value.lower() not in UTF8_NAMES
+    return False
 
 
 class Pending:
@@ -180,6 +220,7 @@ class Frontend(Protocol):
         self.waiting = False
         self.tx_status = b"I"
         self.search_path_changed = False
+        self.lexer_unsafe = False
         self.held = None
         self.key = None
         self.rules = MaskRules(service.detectors, configured=service.mask_columns)
@@ -307,6 +348,9 @@ class Frontend(Protocol):
             self.transport.write(codec.negotiate_protocol(0, unknown))
         self.client_params = params
         self.user = user
+        problem = settings_problem(params, parse_options(params.get("options", ""))[1])
+        if problem:
+            return self.fatal("42501", problem)
         if self.reader.buf or self.sreader.buf:
             self.reader.feed(self.sreader.take_rest())
         if self.settings.client_auth == "password":
@@ -416,6 +460,7 @@ class Frontend(Protocol):
         key = secrets.token_bytes(4)
         self.key = (pid, key)
         self.service.cancel_keys[self.key] = self
+        self.lexer_unsafe = any(lexing_unsafe(k, v) for k, v in backend.statuses.items())
         out = [codec.parameter_status(k, v) for k, v in backend.statuses.items()]
         out.append(codec.backend_key(pid, key))
         out.append(codec.ready(b"I"))
@@ -522,6 +567,9 @@ class Frontend(Protocol):
 
     def _local_refusal(self, c) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""
+        if self.lexer_unsafe:
+            return ("refused: standard_conforming_strings is off or client_encoding is not UTF8 in this "
+                    "session, so hoopy cannot read its SQL as the server does")
         if c.unqualified and self.search_path_changed:
             return "refused: search_path was changed in this session, so unqualified table names are ambiguous"
         if self.rules.configured and self.rules.touches(c):
@@ -708,6 +756,10 @@ class Frontend(Protocol):
     def _reply(self, t, p, out):
         q = self.queue
         if t in (b"N", b"A", b"S"):
+            if t == b"S":
+                c = codec.Cursor(p)
+                if lexing_unsafe(c.cstr(), c.cstr()):
+                    self.lexer_unsafe = True
             out.append(codec.msg(t, p))
             return
         if not q:
