@@ -23,6 +23,7 @@ from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.service import Deny, Hold
 from hoopy.ssh import sftp
 from hoopy.ssh.masking import LineMasker
+from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
 log = Logger()
 
@@ -152,7 +153,7 @@ class ClientSession(asyncssh.SSHServerSession):
             return await self._finish()
         if isinstance(decision, Deny):
             return await self._fail(f"hoopy: refused: {decision.reason}", REFUSED)
-        kw = {"env": env, "encoding": None}
+        kw = {"env": env, "encoding": None, "window": WINDOW, "max_pktsize": MAX_PACKET}
         if self.pty is not None:
             term_type, term_size, term_modes = self.pty
             kw.update(term_type=term_type, term_size=term_size, term_modes=term_modes, request_pty="force")

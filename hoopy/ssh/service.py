@@ -16,7 +16,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from hoopy.ssh.server import ClientConnection
-from hoopy.ssh.upstream import Upstream
+from hoopy.ssh.upstream import MAX_PACKET, WINDOW, Upstream
 
 log = Logger()
 
@@ -63,6 +63,8 @@ class SSHService(Service):
             login_timeout=self.settings.login_timeout, server_version="hoopy",
             keepalive_interval=60, keepalive_count_max=3,
             encryption_algs=list(self.settings.ciphers),
+            # Bigger packets from the client mean fewer trips through Python per MiB.
+            window=WINDOW, max_pktsize=MAX_PACKET,
         )))
 
         def listening(server):

@@ -18,6 +18,13 @@ FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-po
                 "aes128-ctr", "aes192-ctr", "aes256-ctr")
 
 
+# What the gateway advertises on the channels it receives on: the peer may send
+# packets up to MAX_PACKET (OpenSSH honours up to 256 KiB), so each trip
+# through Python carries more.
+WINDOW = 8 * 1024 * 1024
+MAX_PACKET = 128 * 1024
+
+
 class UpstreamError(Exception):
     """The upstream could not be reached or trusted; the message is for the client."""
 
