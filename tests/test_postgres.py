@@ -545,3 +545,36 @@ deny = ["write public.customers"]
     r = psql(g, "SELECT set_config('standard_conforming_strings', 'off', false)", smuggle, user=boss)
     assert "cannot read its SQL as the server does" in r.stderr, r.stderr
     assert customers_count(database) == "2"
+
+
+def test_sql_prepared_statements_and_cursors_reached_by_protocol_messages(gw, database):
+    """SQL PREPARE and DECLARE share the namespace of protocol statements and portals."""
+    from hoopy.postgres import codec
+
+    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+
+    def until_ready():
+        got = []
+        while True:
+            t, p = recv_msg()
+            got.append((t, p))
+            if t == b"Z":
+                return got
+
+    # A Bind of an SQL-prepared name is judged as EXECUTE of it, with the units it was prepared with,
+    # and its result masked by origin.
+    s.sendall(codec.query("PREPARE q AS SELECT ssn, name FROM customers ORDER BY id"))
+    until_ready()
+    s.sendall(codec.msg(b"B", b"\0q\0" + b"\0\0\0\0\0\0") + codec.msg(b"E", b"\0\0\0\0\0") + codec.SYNC)
+    got = until_ready()
+    rows = [codec.parse_data_row(p) for t, p in got if t == b"D"]
+    assert rows == [[b"[REDACTED]", b"Ann"], [b"[REDACTED]", b"Bob"]], got
+    assert any(e["data"].get("sql") == 'EXECUTE "q"' for e in gw.events("operation"))
+    # A cursor read through Execute is a FETCH: no-origin columns of a masked table stay masked.
+    s.sendall(codec.query("BEGIN; DECLARE cur CURSOR FOR SELECT upper(ssn) FROM customers"))
+    until_ready()
+    s.sendall(codec.msg(b"E", b"cur\0\0\0\0\0") + codec.SYNC)
+    got = until_ready()
+    rows = [codec.parse_data_row(p) for t, p in got if t == b"D"]
+    assert rows == [[b"[REDACTED]"], [b"[REDACTED]"]], got
+    s.close()

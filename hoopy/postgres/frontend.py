@@ -153,6 +153,10 @@ def parse_options(options: str) -> tuple[dict, list]:
     return ours, rest
 
 
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _quote_option(w: str) -> str:
     return w.replace("\\", "\\\\").replace(" ", "\\ ")
 
@@ -513,6 +517,10 @@ class Frontend(Protocol):
         if t == b"B":
             b = codec.parse_bind(p)
             stmt = self.statements.get(b.statement)
+            if stmt is None:
+                # Not parsed through this protocol: an SQL PREPARE shares the namespace.
+                # Judged as EXECUTE of it (the units recorded when it was prepared).
+                stmt = (f"EXECUTE {_quote_ident(b.statement)}", ())
             if stmt is not None:
                 sql, types = stmt
                 fmts = b.param_formats
@@ -665,9 +673,9 @@ class Frontend(Protocol):
     def execute(self, portal, p):
         info = self.portals.get(portal)
         if info is None:
-            # Upstream will say the portal does not exist.
-            self.forward(b"E", p)
-            return self.expect(Pending("execute", portal=portal))
+            # Not bound through this protocol: an SQL cursor (DECLARE) shares the
+            # namespace. Reading it is a FETCH, judged and masked as one.
+            info = self.portals[portal] = PortalInfo(f"FETCH FROM {_quote_ident(portal)}", None, ())
         if info.judged:
             return self._send_execute(info, portal, p)
 
