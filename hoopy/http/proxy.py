@@ -16,7 +16,6 @@ import time
 from io import BytesIO
 
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
@@ -241,6 +240,7 @@ class Exchange:
         self.timed_out = False
         self.websocket = False
         self.req_kind = None
+        self.holding = False
         addr = request.getClientAddress()
         self.peer_host = getattr(addr, "host", "unknown")
         self.peer = f"{self.peer_host}:{getattr(addr, 'port', '')}"
@@ -282,7 +282,11 @@ class Exchange:
         verdict = await self._wait(self.proxy.gateway.policy.decide(self.session, op))
         if isinstance(verdict, Hold):
             self.approval = verdict.id
-            verdict = await self._wait(verdict.resolution)
+            self.holding = True  # a caller gone now expires the approval (see _client_gone)
+            try:
+                verdict = await self._wait(verdict.resolution)
+            finally:
+                self.holding = False
         if isinstance(verdict, Deny):
             self.rule = verdict.rule
             self.approval = verdict.approval or self.approval
@@ -365,7 +369,7 @@ class Exchange:
         if pipe.length is not UNKNOWN_LENGTH and pipe.length > limit:
             raise too_big
         try:
-            data = await self._wait(pipe.collect(limit))
+            data = await self._wait(pipe.collect(limit), cancel=True)
         except BodyTooLarge:
             raise too_big
         try:
@@ -382,15 +386,13 @@ class Exchange:
 
     async def _relay(self):
         """A judged WebSocket upgrade: relayed byte for byte once the upstream says 101."""
-        from twisted.internet.endpoints import connectProtocol
-
-        from hoopy.http.upgrade import Timer, UpstreamSide, request_head, take_over
+        from hoopy.http.upgrade import OneConnection, Timer, UpstreamSide, request_head, take_over
 
         up = UpstreamSide(request_head(b"GET", self._target(), self._upstream_headers(upgrade=True)))
-        for d in (connectProtocol(self.proxy.raw_endpoint(), up), up.answered):
+        for d in (self.proxy.raw_endpoint().connect(OneConnection(up)), up.answered):
             self._arm_timer(d)
             try:
-                result = await self._wait(d)
+                result = await self._wait(d, cancel=True)
             except Exception as e:
                 if up.transport is not None:
                     up.transport.abortConnection()
@@ -435,7 +437,7 @@ class Exchange:
         d = self.proxy.agent.request(self.request.method, uri, self._upstream_headers(), body)
         self._arm_timer(d)
         try:
-            response = await self._wait(d)
+            response = await self._wait(d, cancel=True)
         except Exception as e:
             if self.gone:
                 raise defer.CancelledError()
@@ -490,7 +492,7 @@ class Exchange:
         decoder = Decoder(encoding, self.settings.mask_limit) if must_mask and encoding and \
             encoding.lower() != "identity" else None
         if must_mask and kind != "sse":
-            data = await self._wait(self._collect(response, decoder))
+            data = await self._wait(self._collect(response, decoder), cancel=True)
             try:
                 data, counts = await self._mask(kind, data)
             except MaskError as e:
@@ -546,18 +548,25 @@ class Exchange:
 
     # --- the client side ---------------------------------------------------------
 
-    def _wait(self, d):
-        """Await ``d``, cancelling it if the client goes away meanwhile."""
-        self.pending = d
-        if self.gone:
-            d.cancel()
+    async def _wait(self, d, cancel: bool = False):
+        """Await ``d``; if the client goes away meanwhile, stop here.
 
-        def clear(r):
+        Only Deferreds of this exchange (upstream requests, body reads) are
+        cancelled; one owned by the store or the approvals (an event being made
+        durable, a reviewer's decision) is let fire, and the exchange ends after.
+        """
+        if cancel:
+            self.pending = d
+            if self.gone:
+                d.cancel()
+        try:
+            result = await d
+        finally:
             if self.pending is d:
                 self.pending = None
-            return r
-
-        return d.addBoth(clear)
+        if self.gone:
+            raise defer.CancelledError()
+        return result
 
     def _client_gone(self, failure):
         if self.finished:
@@ -566,6 +575,8 @@ class Exchange:
         self._disarm_timer()
         if self.pending is not None:
             self.pending.cancel()
+        if self.holding and self.session is not None:
+            self.proxy.gateway.approvals.cancel_session(self.session, "the caller went away while held")
         if self.upstream_transport is not None:
             self.upstream_transport.stopProducing()
         if isinstance(self.request.content, BodyPipe):
@@ -611,8 +622,14 @@ class Exchange:
         # a caller that keeps sending for long loses the connection instead.
         pipe.discard()
         req = self.request
-        timer = self.proxy.gateway.reactor.callLater(5, lambda: req.channel.transport.loseConnection()
-                                                     if req.channel.transport is not None else None)
+
+        def close():
+            transport = getattr(req.channel, "transport", None)
+            if transport is not None:
+                transport.loseConnection()
+
+        timer = self.proxy.gateway.reactor.callLater(5, close)
+        req.notifyFinish().addBoth(lambda _: timer.cancel() if timer.active() else None)
 
         def received(_):
             if timer.active():

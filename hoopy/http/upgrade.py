@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from twisted.internet import defer
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 log = Logger()
@@ -115,6 +115,18 @@ def take_over(channel, upstream: UpstreamSide, answer: bytes, on_lost) -> Client
     if early:
         client.dataReceived(early)
     return client
+
+
+class OneConnection(Factory):
+    """Connects one given protocol (as connectProtocol does, without a log line each time)."""
+
+    noisy = False
+
+    def __init__(self, protocol):
+        self.protocol_instance = protocol
+
+    def buildProtocol(self, addr):
+        return self.protocol_instance
 
 
 class Timer:
