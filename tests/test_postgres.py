@@ -578,3 +578,11 @@ def test_sql_prepared_statements_and_cursors_reached_by_protocol_messages(gw, da
     rows = [codec.parse_data_row(p) for t, p in got if t == b"D"]
     assert rows == [[b"[REDACTED]"], [b"[REDACTED]"]], got
     s.close()
+
+
+def test_error_messages_do_not_leak_masked_values(gw):
+    r = psql(gw, "SELECT ssn::int FROM customers")
+    assert r.returncode != 0 and "invalid input syntax" in r.stderr
+    assert "45-6789" not in r.stderr and "65-4321" not in r.stderr, r.stderr
+    r = psql(gw, "SELECT 'ann@example.com'::int")  # psql itself echoes the query: look at the message
+    assert r.returncode != 0 and r.stderr.splitlines()[0].endswith('"[REDACTED]"'), r.stderr

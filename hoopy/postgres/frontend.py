@@ -17,6 +17,7 @@ from twisted.internet import threads
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
+from hoopy.policy.masking import redact_text
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.service import Allow, Deny, Hold
 from hoopy.postgres import codec, scram
@@ -763,6 +764,8 @@ class Frontend(Protocol):
 
     def _reply(self, t, p, out):
         q = self.queue
+        if (t == b"E" or t == b"N") and self.rules.active:
+            p = self._scrub(p, q[0] if q else None)
         if t in (b"N", b"A", b"S"):
             if t == b"S":
                 c = codec.Cursor(p)
@@ -867,6 +870,33 @@ class Frontend(Protocol):
             self.tx_status = p[:1]
         q.popleft()
         self._flush_pending(out)
+
+    def _scrub(self, p: bytes, head) -> bytes:
+        """Error and notice texts can quote values ('invalid input syntax for
+        type integer: "123-45-6789"'): patterns apply to them, and for a statement
+        over masked columns their details are withheld."""
+        fields = codec.parse_fields(p)
+        c = head.classified if head is not None else None
+        changed = False
+        if self.rules.configured and (c is None or self.rules.touches(c)):
+            for k in ("D", "H", "W", "q"):
+                if fields.pop(k, None) is not None:
+                    changed = True
+            m = fields.get("M", "")
+            if ":" in m or '"' in m:
+                fields["M"] = m.split(":", 1)[0].split('"', 1)[0].rstrip() + \
+                    " (details withheld by hoopy: the statement reads masked columns)"
+                changed = True
+        if self.rules.detectors:
+            for k in ("M", "D", "H", "W"):
+                if k in fields:
+                    new, counts = redact_text(fields[k], self.rules.detectors)
+                    if counts:
+                        fields[k] = new
+                        changed = True
+        if not changed:
+            return p
+        return b"".join(k.encode() + codec.cstr(v) for k, v in fields.items()) + b"\0"
 
     def _flush_pending(self, out):
         q = self.queue
