@@ -677,3 +677,64 @@ def test_window_changes_pass_through_and_are_recorded(setup):
     assert json.loads(lines[0])["width"] == 80
     resizes = [json.loads(line)[2] for line in lines[1:] if json.loads(line)[1] == "r"]
     assert resizes == ["100x40"]
+
+
+def test_exit_signal_passes_through(setup):
+    s = setup(allow=["exec kill -TERM $$"])
+    r = s.ssh("kill -TERM $$")
+    assert r.returncode != 0
+    (ev,) = s.gw.events("ssh.exec")
+    assert ev["data"]["exit_signal"] == "TERM" and ev["outcome"] == "failed"
+
+
+def test_agent_forwarding_is_refused(setup, tmp_path):
+    s = setup(allow=["exec echo agent=$SSH_AUTH_SOCK"])
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        cmd = "echo agent=$SSH_AUTH_SOCK"
+        # Control: straight to sshd, -A does forward the agent.
+        direct = subprocess.run(["ssh", "-p", str(s.sshd.port), "-i", str(s.sshd.client_key), *CLIENT_OPTS,
+                                 "-A", f"{s.sshd.user}@127.0.0.1", cmd], capture_output=True, text=True,
+                                env=env, timeout=30)
+        assert direct.stdout.strip() not in ("", "agent="), direct
+        via = subprocess.run(s.ssh_args("-A") + [cmd], capture_output=True, text=True, env=env, timeout=30)
+        assert via.returncode == 0 and via.stdout.strip() == "agent=", via
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+MUX_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+
+async def main(port, key):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        for word in ("first", "second"):
+            p = await c.create_process(term_type="xterm", term_size=(80, 24))
+            p.stdin.write(f"echo {word}-terminal; exit\n")
+            await asyncio.wait_for(p.wait(), 15)
+        print("ok")
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_two_terminals_in_one_session_get_two_recordings(setup):
+    s = setup(allow=["shell"])
+    r = subprocess.run([sys.executable, "-c", MUX_CLIENT, str(s.port), str(s.key)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "ok", r.stderr
+    time.sleep(0.5)
+    (start,) = s.sessions()
+    sid = start["session"]
+    sealed = sorted(e["data"]["path"] for e in s.gw.events("recording.sealed"))
+    assert sealed == [f"{sid}.1.cast", f"{sid}.cast"]
+    assert "second-terminal" in (s.gw.recordings / f"{sid}.1.cast").read_text()
+    assert s.gw.hoopy("audit", "verify").returncode == 0
