@@ -171,3 +171,71 @@ upstream_headers = { Authorization = "Bearer inline" }
     assert "connections.api.tls_key: tls_cert and tls_key go together" in text
     assert "connections.api.mask_limit" in text
     assert "connections.api.upstream_headers.Authorization" in text
+
+
+class _Transport:
+    def __init__(self):
+        self.paused = False
+        self.calls = []
+
+    def pauseProducing(self):
+        self.paused = True
+        self.calls.append("pause")
+
+    def resumeProducing(self):
+        self.paused = False
+        self.calls.append("resume")
+
+
+class _Consumer:
+    def __init__(self):
+        self.data = []
+
+    def write(self, data):
+        self.data.append(data)
+
+
+def test_body_pipe_buffers_then_pauses_the_caller_and_drains_in_order():
+    from hoopy.http.upload import HIGH, BodyPipe
+
+    t = _Transport()
+    pipe = BodyPipe(t, None, keep=4)
+    chunk = b"a" * 65536
+    for _ in range(HIGH // len(chunk) + 2):  # before the policy answered: nowhere to go yet
+        pipe.feed(chunk)
+    assert t.paused
+    c = _Consumer()
+    done = pipe.startProducing(c)
+    assert not t.paused and len(c.data) == HIGH // len(chunk) + 2
+    pipe.pauseProducing()  # the upstream socket is full
+    pipe.feed(b"tail")
+    assert c.data[-1] == chunk
+    pipe.resumeProducing()
+    assert c.data[-1] == b"tail"
+    results = []
+    done.addCallback(results.append)
+    pipe.end()
+    assert results == [None] and pipe.received == (HIGH // len(chunk) + 2) * len(chunk) + 4
+    assert bytes(pipe.head) == b"aaaa"
+
+
+def test_body_pipe_abort_fails_the_upstream_body_and_collect_has_a_limit():
+    from hoopy.http.upload import BodyPipe, BodyTooLarge
+
+    pipe = BodyPipe(_Transport(), 10)
+    failures = []
+    pipe.startProducing(_Consumer()).addErrback(failures.append)
+    pipe.feed(b"12345")
+    pipe.abort(Exception("client gone"))
+    assert len(failures) == 1
+    pipe = BodyPipe(_Transport(), None)
+    got = []
+    pipe.collect(8).addErrback(lambda f: got.append(f.check(BodyTooLarge)))
+    pipe.feed(b"123456789")
+    assert got == [BodyTooLarge]
+    pipe = BodyPipe(_Transport(), None)
+    d = pipe.collect(8)
+    pipe.feed(b"1234")
+    pipe.feed(b"5678")
+    pipe.end()
+    assert d.result == b"12345678"

@@ -73,7 +73,8 @@ class BodyPipe:
             return
         self._buf.append(data)
         self._buffered += len(data)
-        if self._buffered > HIGH and not self._client_paused and self.transport is not None:
+        if self._buffered > HIGH and self.transport is not None:
+            # Every time, not only the first: twisted.web may resume the socket on its own.
             self._client_paused = True
             self.transport.pauseProducing()
 
