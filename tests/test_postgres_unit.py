@@ -2,9 +2,7 @@
 SCRAM and row masking (no sockets)."""
 from __future__ import annotations
 
-import base64
 import hashlib
-import hmac
 import struct
 
 import pytest
@@ -14,7 +12,8 @@ from hoopy.identity import ScramVerifier
 from hoopy.policy.masking import BUILTIN
 from hoopy.postgres import codec, scram
 from hoopy.postgres.classify import ClassifyError, classify
-from hoopy.postgres.frontend import decode_param, parse_options
+from hoopy.postgres.params import decode_param
+from hoopy.postgres.startup import parse_options
 from hoopy.postgres.rows import MaskRules
 
 

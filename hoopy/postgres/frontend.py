@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import secrets
-import struct
 import time
 
 from twisted.internet import threads
@@ -23,60 +22,17 @@ from hoopy.policy.service import Allow, Deny, Hold
 from hoopy.postgres import codec, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
 from hoopy.postgres.classify import ClassifyError, classify
+from hoopy.postgres.params import decode_param
 from hoopy.postgres.rows import MaskRules, RowPlan, catalog_query
+from hoopy.postgres.startup import (
+    PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem)
 
 log = Logger()
 
 MAX_SQL_RECORDED = 100_000
-MAX_PARAM_RECORDED = 1_000
 ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
 LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
-# Client parameters never passed upstream: identity, database choice and
-# anything that would change who we are or the protocol we speak.
-PRIVATE_PARAMS = {"user", "database", "options", "replication"}
-# Settings a client may pass at startup (as parameters or -c options). Any
-# other would change who we are upstream (role, session_authorization) or how
-# SQL is tokenized (standard_conforming_strings, client_encoding other than
-# UTF-8), which would let a statement mean one thing to the gateway's parser
-# and another to the server.
-CLIENT_SETTINGS = {"application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits",
-                   "intervalstyle", "search_path", "statement_timeout", "lock_timeout",
-                   "idle_in_transaction_session_timeout", "work_mem", "geqo", "lc_messages",
-                   "lc_monetary", "lc_numeric", "lc_time", "jit", "default_transaction_isolation",
-                   "default_transaction_read_only", "bytea_output", "fallback_application_name"}
-UTF8_NAMES = {"utf8", "utf-8", "unicode"}
-
-
-def settings_problem(params: dict, option_words: list) -> str | None:
-    """Why the client's startup settings cannot pass, or None."""
-    pairs = [(k, v) for k, v in params.items() if k not in PRIVATE_PARAMS and not k.startswith("_pq_.")]
-    words = list(option_words)
-    while words:
-        w = words.pop(0)
-        if w != "-c" or not words:
-            return f"startup option {w!r} is not allowed through hoopy"
-        k, _, v = words.pop(0).partition("=")
-        pairs.append((k, v))
-    for k, v in pairs:
-        key = k.lower().replace("-", "_")
-        if key not in CLIENT_SETTINGS:
-            return f"startup setting {k!r} is not allowed through hoopy"
-        if key == "client_encoding" and v.strip().lower().strip("'\"") not in UTF8_NAMES:
-            return "hoopy accepts only UTF8 as client_encoding"
-    return None
-
-
-def lexing_unsafe(name: str, value: str) -> bool:
-    """A server setting under which the gateway's parser may read SQL differently."""
-    name = name.lower()
-    if name == "standard_conforming_strings":
-        return value.lower() != "on"
-    if name == "client_encoding":
-        return value.lower() not in UTF8_NAMES
-    return False
-
-
 class Pending:
     """One reply the client is owed, in order."""
 
@@ -108,85 +64,6 @@ class PortalInfo:
         self.judged = False
         self.plan = None
         self.classified = None
-
-
-def parse_options(options: str) -> tuple[dict, list]:
-    """``-c k=v`` / ``--k=v`` words (backslash escapes a space): hoopy.* for
-    us, the rest for upstream."""
-    words, cur, esc = [], [], False
-    for ch in options:
-        if esc:
-            cur.append(ch)
-            esc = False
-        elif ch == "\\":
-            esc = True
-        elif ch.isspace():
-            if cur:
-                words.append("".join(cur))
-                cur = []
-        else:
-            cur.append(ch)
-    if cur:
-        words.append("".join(cur))
-    ours, rest = {}, []
-    i = 0
-    while i < len(words):
-        w = words[i]
-        kv = None
-        if w == "-c" and i + 1 < len(words):
-            kv = words[i + 1]
-            i += 2
-        elif w.startswith("-c"):
-            kv = w[2:]
-            i += 1
-        elif w.startswith("--"):
-            kv = w[2:]
-            i += 1
-        else:
-            rest.append(w)
-            i += 1
-            continue
-        k, _, v = kv.partition("=")
-        if k.lower().startswith("hoopy."):
-            ours[k.lower()[6:]] = v
-        else:
-            rest += ["-c", kv]
-    return ours, rest
-
-
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _quote_option(w: str) -> str:
-    return w.replace("\\", "\\\\").replace(" ", "\\ ")
-
-
-def decode_param(value, fmt: int, type_oid: int):
-    if value is None:
-        return None
-    if fmt == 0:
-        text = value.decode("utf-8", "replace")
-        return text if len(text) <= MAX_PARAM_RECORDED else text[:MAX_PARAM_RECORDED] + "..."
-    try:
-        if type_oid == 23 and len(value) == 4:
-            return struct.unpack("!i", value)[0]
-        if type_oid == 20 and len(value) == 8:
-            return struct.unpack("!q", value)[0]
-        if type_oid == 21 and len(value) == 2:
-            return struct.unpack("!h", value)[0]
-        if type_oid == 16 and len(value) == 1:
-            return value != b"\0"
-        if type_oid == 701 and len(value) == 8:
-            return struct.unpack("!d", value)[0]
-        if type_oid == 700 and len(value) == 4:
-            return struct.unpack("!f", value)[0]
-        if type_oid in (25, 1043, 1042, 19, 114):
-            return value.decode("utf-8", "replace")[:MAX_PARAM_RECORDED]
-    except (struct.error, UnicodeDecodeError):
-        pass
-    h = value[:MAX_PARAM_RECORDED // 2].hex()
-    return "\\x" + h + ("..." if len(value) > MAX_PARAM_RECORDED // 2 else "")
 
 
 def _classify_or_error(sql):
@@ -435,7 +312,7 @@ class Frontend(Protocol):
             if k not in PRIVATE_PARAMS and not k.startswith("_pq_."):
                 up[k] = v
         if rest:
-            up["options"] = " ".join(_quote_option(w) for w in rest)
+            up["options"] = " ".join(quote_option(w) for w in rest)
         catalog = catalog_query(self.rules.configured) if self.rules.configured else None
         d = connect(self.gateway.reactor, self.settings, up, catalog)
         d.addCallbacks(self._upstream_ready, self._upstream_failed)
@@ -521,7 +398,7 @@ class Frontend(Protocol):
             if stmt is None:
                 # Not parsed through this protocol: an SQL PREPARE shares the namespace.
                 # Judged as EXECUTE of it (the units recorded when it was prepared).
-                stmt = (f"EXECUTE {_quote_ident(b.statement)}", ())
+                stmt = (f"EXECUTE {quote_ident(b.statement)}", ())
             if stmt is not None:
                 sql, types = stmt
                 fmts = b.param_formats
@@ -676,7 +553,7 @@ class Frontend(Protocol):
         if info is None:
             # Not bound through this protocol: an SQL cursor (DECLARE) shares the
             # namespace. Reading it is a FETCH, judged and masked as one.
-            info = self.portals[portal] = PortalInfo(f"FETCH FROM {_quote_ident(portal)}", None, ())
+            info = self.portals[portal] = PortalInfo(f"FETCH FROM {quote_ident(portal)}", None, ())
         if info.judged:
             return self._send_execute(info, portal, p)
 

@@ -1,0 +1,103 @@
+"""What a client may ask for at startup, and what passes upstream.
+
+The client's startup parameters and ``options`` carry hoopy's attribution
+(``-c hoopy.model=...``) and ordinary settings; anything that would change who
+the gateway is upstream, or how the server tokenizes SQL, is refused.
+"""
+from __future__ import annotations
+
+# Client parameters never passed upstream: identity, database choice and
+# anything that would change who we are or the protocol we speak.
+PRIVATE_PARAMS = {"user", "database", "options", "replication"}
+# Settings a client may pass at startup (as parameters or -c options). Any
+# other would change who we are upstream (role, session_authorization) or how
+# SQL is tokenized (standard_conforming_strings, client_encoding other than
+# UTF-8), which would let a statement mean one thing to the gateway's parser
+# and another to the server.
+CLIENT_SETTINGS = {"application_name", "client_encoding", "datestyle", "timezone", "extra_float_digits",
+                   "intervalstyle", "search_path", "statement_timeout", "lock_timeout",
+                   "idle_in_transaction_session_timeout", "work_mem", "geqo", "lc_messages",
+                   "lc_monetary", "lc_numeric", "lc_time", "jit", "default_transaction_isolation",
+                   "default_transaction_read_only", "bytea_output", "fallback_application_name"}
+UTF8_NAMES = {"utf8", "utf-8", "unicode"}
+
+
+def settings_problem(params: dict, option_words: list) -> str | None:
+    """Why the client's startup settings cannot pass, or None."""
+    pairs = [(k, v) for k, v in params.items() if k not in PRIVATE_PARAMS and not k.startswith("_pq_.")]
+    words = list(option_words)
+    while words:
+        w = words.pop(0)
+        if w != "-c" or not words:
+            return f"startup option {w!r} is not allowed through hoopy"
+        k, _, v = words.pop(0).partition("=")
+        pairs.append((k, v))
+    for k, v in pairs:
+        key = k.lower().replace("-", "_")
+        if key not in CLIENT_SETTINGS:
+            return f"startup setting {k!r} is not allowed through hoopy"
+        if key == "client_encoding" and v.strip().lower().strip("'\"") not in UTF8_NAMES:
+            return "hoopy accepts only UTF8 as client_encoding"
+    return None
+
+
+def lexing_unsafe(name: str, value: str) -> bool:
+    """A server setting under which the gateway's parser may read SQL differently."""
+    name = name.lower()
+    if name == "standard_conforming_strings":
+        return value.lower() != "on"
+    if name == "client_encoding":
+        return value.lower() not in UTF8_NAMES
+    return False
+
+
+def parse_options(options: str) -> tuple[dict, list]:
+    """``-c k=v`` / ``--k=v`` words (backslash escapes a space): hoopy.* for
+    us, the rest for upstream."""
+    words, cur, esc = [], [], False
+    for ch in options:
+        if esc:
+            cur.append(ch)
+            esc = False
+        elif ch == "\\":
+            esc = True
+        elif ch.isspace():
+            if cur:
+                words.append("".join(cur))
+                cur = []
+        else:
+            cur.append(ch)
+    if cur:
+        words.append("".join(cur))
+    ours, rest = {}, []
+    i = 0
+    while i < len(words):
+        w = words[i]
+        kv = None
+        if w == "-c" and i + 1 < len(words):
+            kv = words[i + 1]
+            i += 2
+        elif w.startswith("-c"):
+            kv = w[2:]
+            i += 1
+        elif w.startswith("--"):
+            kv = w[2:]
+            i += 1
+        else:
+            rest.append(w)
+            i += 1
+            continue
+        k, _, v = kv.partition("=")
+        if k.lower().startswith("hoopy."):
+            ours[k.lower()[6:]] = v
+        else:
+            rest += ["-c", kv]
+    return ours, rest
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_option(w: str) -> str:
+    return w.replace("\\", "\\\\").replace(" ", "\\ ")
