@@ -621,6 +621,21 @@ def test_config_names_a_bad_ssh_key(tmp_path, sshd):
     assert "connections.web.ciphers[0]" in out and "rot13" in out
     assert "connections.web.exec_output_limit" in out
 
+    # A key file that is not a key and a known_hosts with no lines are named too.
+    notakey, empty = tmp_path / "notakey", tmp_path / "empty_known_hosts"
+    notakey.write_text("hello\n")
+    empty.write_text("# nothing\n")
+    conn, _ = connection_toml(sshd, known_hosts=empty)
+    cfg.write_text('[gateway]\nstate = "hoopy.db"\n' + conn.replace(str(sshd.client_key), str(notakey)))
+    r = subprocess.run([sys.executable, "-m", "hoopy", "check", "-c", str(cfg)], capture_output=True, text=True)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2
+    assert "connections.web.upstream_key" in out and "connections.web.upstream_known_hosts" in out
+    conn, _ = connection_toml(sshd)
+    cfg.write_text('[gateway]\nstate = "hoopy.db"\n' + conn)
+    r = subprocess.run([sys.executable, "-m", "hoopy", "check", "-c", str(cfg)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
 
 def test_masking_patterns_apply_to_exec_output(setup):
     s = setup(allow=["exec echo *", "exec head -c 3000 /dev/urandom"],

@@ -39,10 +39,68 @@ def _ciphers(t) -> tuple:
     return tuple(names)
 
 
+def _check_key(t, key, secret):
+    import asyncssh
+
+    if secret is None:
+        return
+    try:
+        asyncssh.import_private_key(secret.value)
+    except asyncssh.KeyEncryptionError:
+        t.problem(key, "the private key has a passphrase; the gateway needs it without one")
+    except (asyncssh.KeyImportError, ValueError) as e:
+        t.problem(key, f"is not a private key: {e}")
+
+
+def _check_known_hosts(t, key, secret):
+    import asyncssh
+
+    if secret is None:
+        return
+    lines = [ln for ln in secret.value.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        t.problem(key, "has no host key lines: every upstream host key would be refused")
+        return
+    try:
+        asyncssh.import_known_hosts(secret.value + "\n")
+    except (ValueError, asyncssh.KeyImportError) as e:
+        t.problem(key, f"is not a known_hosts file: {e}")
+
+
+def _check_endpoints(t, listen, upstream):
+    from twisted.internet.endpoints import clientFromString, serverFromString
+
+    try:
+        if listen and not isinstance(getattr(serverFromString(None, listen), "_port", None), int):
+            t.problem("listen", "ssh listens on tcp:PORT[:interface=ADDR] only")
+    except Exception:
+        pass  # the core names a bad endpoint string
+    try:
+        if upstream and not getattr(clientFromString(None, upstream), "_host", None):
+            t.problem("upstream", "ssh connects upstream with tcp:host=HOST:port=PORT only")
+    except Exception:
+        pass
+
+
 def parse(t) -> SSHSettings:
     host_key = t.file_path("host_key")
     if host_key is None:
         host_key = t.base_dir / f"ssh_host_ed25519_key.{t.key.split('.', 1)[-1]}"
+    s = _parse(t, host_key)
+    _check_key(t, "upstream_key", s.upstream_key)
+    _check_known_hosts(t, "upstream_known_hosts", s.upstream_known_hosts)
+    if host_key.exists():
+        try:
+            import asyncssh
+
+            asyncssh.read_private_key(str(host_key))
+        except Exception as e:
+            t.problem("host_key", f"{host_key} is not a readable private key without passphrase: {e}")
+    _check_endpoints(t, t.data.get("listen"), s.upstream)
+    return s
+
+
+def _parse(t, host_key) -> SSHSettings:
     return SSHSettings(
         upstream=t.client_endpoint("upstream", required=True),
         upstream_user=t.string("upstream_user", required=True),
