@@ -577,7 +577,7 @@ def test_malformed_ssh_traffic_ends_only_that_connection(setup):
     s = setup(allow=["exec echo *"])
     for junk in (b"GET / HTTP/1.0\r\n\r\n", b"SSH-2.0-x\r\n" + b"\x00\x00\xff\xff" + os.urandom(64)):
         c = socket.create_connection(("127.0.0.1", s.port), 5)
-        c.settimeout(5)
+        c.settimeout(2)
         c.sendall(junk)
         try:
             while c.recv(4096):
@@ -753,3 +753,22 @@ def test_two_terminals_in_one_session_get_two_recordings(setup):
     assert sealed == [f"{sid}.1.cast", f"{sid}.cast"]
     assert "second-terminal" in (s.gw.recordings / f"{sid}.1.cast").read_text()
     assert s.gw.hoopy("audit", "verify").returncode == 0
+
+
+def test_nothing_runs_when_the_audit_store_cannot_write(setup, tmp_path):
+    import sqlite3
+
+    mark = tmp_path / "ran"
+    s = setup(allow=["exec touch *"])
+    lock = sqlite3.connect(s.gw.db, timeout=5, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        r = s.ssh(f"touch {mark}")
+        assert r.returncode != 0
+        assert "audit store" in r.stderr, r.stderr
+        assert not mark.exists()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    r = s.ssh(f"touch {mark}")
+    assert r.returncode == 0 and mark.exists()
