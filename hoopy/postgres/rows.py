@@ -42,6 +42,18 @@ def prefilter(detectors):
     return re.compile(b"|".join(parts)) if parts else None
 
 
+def byte_detectors(detectors):
+    """(name, bytes pattern, check) for built-in detectors, or None if any is custom."""
+    import re
+
+    out = []
+    for d in detectors:
+        if d.name not in PREFILTERS:
+            return None
+        out.append((d.name, re.compile(d.pattern.pattern.encode("ascii")), d.check))
+    return out
+
+
 def split_row(p: bytes) -> list:
     """DataRow payload -> values (None for NULL); ProtocolError when malformed."""
     n = int.from_bytes(p[:2], "big", signed=True)
@@ -185,7 +197,7 @@ class RowPlan:
         if all(a is None or (a[0] == "scan" and not (a[2].format == 1 and a[2].type_oid in INT_BINARY))
                for a in self.actions):
             self.prefilter = prefilter(self.detectors)
-        self.indexed = [(i, a) for i, a in enumerate(self.actions) if a is not None]
+        self.byte_detectors = byte_detectors(self.detectors)
 
     def with_formats(self, formats):
         """Describe of a statement says text; Bind decides the real formats."""
@@ -202,26 +214,55 @@ class RowPlan:
         return self
 
     def apply(self, payload: bytes) -> bytes:
+        """One DataRow payload -> the DataRow message to send. Only the values
+        that change are rebuilt; the rest of the row is copied as it came."""
         pf = self.prefilter
         if pf is not None and pf.search(payload) is None:
             return codec.msg(b"D", payload)
-        values = split_row(payload)
-        changed = False
-        for i, a in self.indexed:
-            if i >= len(values) or values[i] is None:
-                continue
-            what, label, f = a
-            v = values[i]
-            if what == "mask":
-                values[i] = _mask_value(f)
-                self.columns[label] = self.columns.get(label, 0) + 1
-                changed = True
-                continue
-            nv = self._scan(v, f)
-            if nv is not v:
-                values[i] = nv
-                changed = True
-        return codec.build_data_row(values) if changed else codec.msg(b"D", payload)
+        actions = self.actions
+        count = len(actions)
+        vf = self.value_filter
+        unpack = _I.unpack_from
+        end = len(payload)
+        try:
+            n = int.from_bytes(payload[:2], "big", signed=True)
+            pos = 2
+            pieces = None
+            last = 0
+            for i in range(n):
+                (k,) = unpack(payload, pos)
+                start = pos
+                pos += 4
+                if k == -1:
+                    continue
+                if k < 0 or pos + k > end:
+                    raise codec.ProtocolError("bad DataRow")
+                a = actions[i] if i < count else None
+                if a is not None:
+                    if a[0] == "scan" and vf is not None and (a[2].format == 0 or a[2].type_oid not in INT_BINARY) \
+                            and vf.search(payload, pos, pos + k) is None:
+                        pos += k  # no candidate in this value: nothing to scan
+                        continue
+                    v = payload[pos:pos + k]
+                    if a[0] == "mask":
+                        nv = _mask_value(a[2])
+                        self.columns[a[1]] = self.columns.get(a[1], 0) + 1
+                    else:
+                        nv = self._scan(v, a[2])
+                    if nv is not v:
+                        if pieces is None:
+                            pieces = []
+                        pieces.append(payload[last:start])
+                        pieces.append(b"\xff\xff\xff\xff" if nv is None else _I.pack(len(nv)) + nv)
+                        last = pos + k
+                pos += k
+        except struct.error:
+            raise codec.ProtocolError("bad DataRow")
+        if pieces is None:
+            return codec.msg(b"D", payload)
+        pieces.append(payload[last:])
+        body = b"".join(pieces)
+        return b"D" + _I.pack(len(body) + 4) + body
 
     def apply_many(self, raw: bytes) -> bytes:
         """A run of whole DataRow messages."""
@@ -254,6 +295,28 @@ class RowPlan:
         prefix = b""
         if f.type_oid == JSONB and f.format == 1:
             prefix, v = v[:1], v[1:]
+        if self.byte_detectors is not None:
+            # The built-in patterns are ASCII: they match UTF-8 bytes as they match text.
+            changed = False
+            for name, pattern, check in self.byte_detectors:
+                if check is None:
+                    v2, k = pattern.subn(MASK_B, v)
+                else:
+                    k = 0
+
+                    def sub(m, check=check):
+                        nonlocal k
+                        if check(m.group(0).decode("ascii")):
+                            k += 1
+                            return MASK_B
+                        return m.group(0)
+
+                    v2 = pattern.sub(sub, v)
+                if k:
+                    self.patterns[name] = self.patterns.get(name, 0) + k
+                    v = v2
+                    changed = True
+            return prefix + v if changed else (prefix + v if prefix else v)
         try:
             text = v.decode()
         except UnicodeDecodeError:
