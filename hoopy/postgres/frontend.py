@@ -327,7 +327,11 @@ class Frontend(Protocol):
             code = "08001"
         if self.session is not None:
             self.session.event("upstream.failed", "error", code=code, message=message)
-        self.fatal(code, message)
+        if code not in ("08001", "08006"):
+            # e.g. 57P03 "starting up": to the client, the upstream is not available.
+            message = f"{message} (upstream SQLSTATE {code})"
+            code = "08001"
+        self.fatal(code, "hoopy: " + message)
 
     def _upstream_ready(self, backend):
         self.up = backend
