@@ -772,3 +772,26 @@ def test_nothing_runs_when_the_audit_store_cannot_write(setup, tmp_path):
         lock.close()
     r = s.ssh(f"touch {mark}")
     assert r.returncode == 0 and mark.exists()
+
+
+def _rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+
+
+def test_input_waits_in_the_window_while_held_then_all_of_it_flows(setup):
+    """A held command's stdin is flow-controlled, not buffered in the gateway, and none is lost."""
+    s = setup(approve=["exec sha256sum"])
+    before = _rss_kib(s.gw.proc.pid)
+    p = subprocess.Popen(f"head -c 100M /dev/zero | {' '.join(s.ssh_args())} sha256sum",
+                         shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    (row,) = s.gw.wait_pending(s.reviewer.token)
+    time.sleep(2)  # the client pushes as much as it may
+    held = _rss_kib(s.gw.proc.pid)
+    assert held - before < 40 * 1024, f"the gateway grew by {(held - before) // 1024} MiB while holding"
+    assert s.gw.hoopy("approve", row["id"], token=s.reviewer.token).returncode == 0
+    out, err = p.communicate(timeout=60)
+    expected = subprocess.run("head -c 100M /dev/zero | sha256sum", shell=True, capture_output=True,
+                              text=True).stdout
+    assert out == expected, err

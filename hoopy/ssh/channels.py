@@ -99,8 +99,8 @@ class ClientSession(asyncssh.SSHServerSession):
         return True
 
     def session_started(self):
-        # Nothing the client sends goes anywhere before the policy has spoken.
-        self.chan.pause_reading()
+        # Nothing the client sends goes anywhere before the policy has spoken
+        # (data that arrives meanwhile is held, see data_received).
         asyncio.ensure_future(self._run())
 
     # --- opening -------------------------------------------------------------
@@ -243,6 +243,9 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.up is None:
             # Early bytes (before the decision): held here, bounded by the channel window.
             self._early.append(data)
+            # asyncssh resumes reading right after session_started(), so pause here:
+            # the rest waits in the channel window and the client is flow-controlled.
+            self.chan.pause_reading()
             return
         if self.tracker is not None:
             return self._sftp_requests(data)
