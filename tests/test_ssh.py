@@ -795,3 +795,19 @@ def test_input_waits_in_the_window_while_held_then_all_of_it_flows(setup):
     expected = subprocess.run("head -c 100M /dev/zero | sha256sum", shell=True, capture_output=True,
                               text=True).stdout
     assert out == expected, err
+
+
+def test_a_slow_reader_slows_the_upstream_instead_of_filling_the_gateway(setup, tmp_path):
+    s = setup(allow=["exec head -c 120M /dev/zero"])
+    before = _rss_kib(s.gw.proc.pid)
+    flag = tmp_path / "read-now"
+    # The client reads nothing until the flag exists: everything in between is backpressure.
+    reader = f"while [ ! -e {flag} ]; do sleep 0.1; done; wc -c"
+    p = subprocess.Popen(f"{' '.join(s.ssh_args())} 'head -c 120M /dev/zero' | sh -c '{reader}'",
+                         shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    grown = _rss_kib(s.gw.proc.pid) - before
+    flag.touch()
+    out, err = p.communicate(timeout=90)
+    assert out.strip() == str(120 << 20), err
+    assert grown < 50 * 1024, f"the gateway grew by {grown // 1024} MiB for a reader that did not read"
