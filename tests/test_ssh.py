@@ -487,7 +487,7 @@ def test_sftp_and_scp_file_operations_are_events(setup, tmp_path):
     remote = tmp_path / "remote"
     remote.mkdir()
     local = tmp_path / "local.bin"
-    local.write_bytes(os.urandom(300_000))
+    local.write_bytes(os.urandom(5_000_000))
     batch = tmp_path / "batch"
     batch.write_text(f"put {local} {remote}/up.bin\nget {remote}/up.bin {tmp_path}/down.bin\n"
                      f"rename {remote}/up.bin {remote}/moved.bin\nrm {remote}/moved.bin\n")
@@ -509,9 +509,9 @@ def test_sftp_and_scp_file_operations_are_events(setup, tmp_path):
     assert ("sftp.remove", f"{remote}/moved.bin") in kinds
     assert ("sftp.open", f"{remote}/scp.bin") in kinds
     closes = {(e["data"]["path"], e["data"]["mode"]): e["data"] for e in s.gw.events("sftp.close")}
-    assert any(d["bytes_written"] == 300_000 for (p, m), d in closes.items() if p.endswith("up.bin"))
-    assert any(d["bytes_read"] == 300_000 for (p, m), d in closes.items() if p.endswith("up.bin"))
-    assert any(d["bytes_written"] == 300_000 for (p, m), d in closes.items() if p.endswith("scp.bin"))
+    assert any(d["bytes_written"] == 5_000_000 for (p, m), d in closes.items() if p.endswith("up.bin"))
+    assert any(d["bytes_read"] == 5_000_000 for (p, m), d in closes.items() if p.endswith("up.bin"))
+    assert any(d["bytes_written"] == 5_000_000 for (p, m), d in closes.items() if p.endswith("scp.bin"))
 
 
 def test_sftp_without_a_rule_is_refused(setup, tmp_path):
