@@ -586,3 +586,29 @@ def test_error_messages_do_not_leak_masked_values(gw):
     assert "45-6789" not in r.stderr and "65-4321" not in r.stderr, r.stderr
     r = psql(gw, "SELECT 'ann@example.com'::int")  # psql itself echoes the query: look at the message
     assert r.returncode != 0 and r.stderr.splitlines()[0].endswith('"[REDACTED]"'), r.stderr
+
+
+def test_random_messages_after_login_never_take_the_gateway_down(gw):
+    """Well-framed garbage of every message type: each connection ends or answers; the gateway lives."""
+    import random
+
+    from hoopy.postgres import codec
+
+    rnd = random.Random(4)
+    for i in range(40):
+        s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+        t = bytes([rnd.choice(b"QPBDECSHdcfFXpzZ\x00")])
+        body = bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 40)))
+        s.sendall(codec.msg(t, body) + codec.SYNC)
+        s.settimeout(5)
+        try:
+            while True:
+                m, p = recv_msg()
+                if m == b"Z" or (m == b"E" and codec.parse_fields(p).get("S") == "FATAL"):
+                    break
+        except (AssertionError, OSError):
+            pass  # closed: fine
+        s.close()
+    with psycopg.connect(gw.dsn, autocommit=True) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+    assert "Traceback" not in gw.log_text(), gw.log_text()[-3000:]
