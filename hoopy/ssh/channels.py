@@ -70,6 +70,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self._eof_pending = False
         self._early = []
         self.maskers = None  # {datatype: LineMasker} for exec output, where masking applies
+        self.up_blocked = False  # the upstream channel asked us to stop writing
 
     # --- requests from the client -------------------------------------------
 
@@ -367,7 +368,7 @@ class ClientSession(asyncssh.SSHServerSession):
                 self.up.write_eof()
         finally:
             self._sftp_pump = None
-            if not self.closed:
+            if not self.closed and not self.up_blocked:
                 self.chan.resume_reading()
 
     def _abort(self, message):
@@ -506,11 +507,13 @@ class UpstreamSession(asyncssh.SSHClientSession):
         self.down.exit_signal = (signal, core_dumped, msg)
 
     def pause_writing(self):
+        self.down.up_blocked = True
         if not self.down.closed:
             self.down.chan.pause_reading()
 
     def resume_writing(self):
-        if not self.down.closed and not self.down._sftp_queue:
+        self.down.up_blocked = False
+        if not self.down.closed and self.down._sftp_pump is None:
             self.down.chan.resume_reading()
 
     def connection_lost(self, exc):
