@@ -32,7 +32,7 @@ import time
 
 import asyncssh
 
-from tests.support import HoopyProcess, free_port, ident
+from tests.support import HoopyProcess, ident
 from tests.test_ssh import CLIENT_OPTS, Sshd, connection_toml, grant, keygen
 
 

@@ -16,7 +16,8 @@ from twisted.logger import Logger
 
 from hoopy.policy.rules import Operation
 from hoopy.policy.service import Deny, Hold
-from hoopy.ssh.channels import ClientSession, ForwardSession, UpstreamForward, wait
+from hoopy.ssh.channels import ClientSession, wait
+from hoopy.ssh.forward import ForwardSession, UpstreamForward
 from hoopy.ssh.upstream import UpstreamError
 
 log = Logger()
