@@ -811,3 +811,25 @@ def test_a_slow_reader_slows_the_upstream_instead_of_filling_the_gateway(setup, 
     out, err = p.communicate(timeout=90)
     assert out.strip() == str(120 << 20), err
     assert grown < 50 * 1024, f"the gateway grew by {grown // 1024} MiB for a reader that did not read"
+
+
+def test_env_passes_upstream_but_attribution_stays_at_the_gateway(setup):
+    s = setup(allow=["exec echo x=$HOOPY_TEST_X m=$HOOPY_MODEL"])
+    r = s.ssh("echo x=$HOOPY_TEST_X m=$HOOPY_MODEL", "-o", "SetEnv=HOOPY_TEST_X=42 HOOPY_MODEL=secret-model")
+    assert r.stdout == "x=42 m=\n", r.stderr
+    (attr,) = s.gw.events("session.attribution")
+    assert attr["data"] == {"model": "secret-model"}
+
+
+def test_exec_with_a_terminal_is_recorded(setup):
+    s = setup(allow=["exec echo on-a-pty"])
+    r = s.ssh("echo on-a-pty", "-tt")
+    assert r.returncode == 0 and "on-a-pty" in r.stdout
+    (start,) = s.sessions()
+    cast = s.gw.recordings / f"{start['session']}.cast"
+    header = json.loads(cast.read_text().splitlines()[0])
+    assert header["command"] == "echo on-a-pty"
+    assert "on-a-pty" in subprocess.run(["asciinema", "cat", str(cast)], capture_output=True,
+                                        text=True, check=True).stdout
+    (ev,) = s.gw.events("ssh.exec")
+    assert ev["data"]["pty"] is True and ev["data"]["recording"] == cast.name and "output" not in ev["data"]
