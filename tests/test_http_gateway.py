@@ -495,6 +495,11 @@ def test_large_upload_in_bounded_memory(gw):
     assert got == {"bytes": size, "sha256": zeros.hexdigest()}
     print(f"gateway RSS {before / 1024:.0f} MiB -> peak {peak / 1024:.0f} MiB during a 1 GiB upload")
     assert (peak - before) / 1024 < 48, f"RSS grew {(peak - before) / 1024:.0f} MiB during a 1 GiB upload"
+    deadline = time.monotonic() + 5
+    while not [e for e in gw.events("http.request") if e["data"].get("path") == "/upload"
+               and e["data"]["request_bytes"] == size and e["data"]["status"] == 200]:
+        assert time.monotonic() < deadline, "the 1 GiB upload was not recorded with its size"
+        time.sleep(0.05)
 
 
 def test_upload_streams_through_before_the_caller_has_sent_it_all(gw, upstream):

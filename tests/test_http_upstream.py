@@ -102,13 +102,9 @@ def main(port: int, logfile: str, tls=()):
         isLeaf = True
 
         def render(self, request):
-            if request.path == b"/upload":  # may be large: hash it in pieces
-                h, n = hashlib.sha256(), 0
-                while chunk := request.content.read(1 << 20):
-                    h.update(chunk)
-                    n += len(chunk)
+            if request.path == b"/upload":
                 request.setHeader(b"content-type", b"application/json")
-                return json.dumps({"bytes": n, "sha256": h.hexdigest()}).encode()
+                return json.dumps({"bytes": request.seen, "sha256": request.sha.hexdigest()}).encode()
             body = request.content.read()
             path = request.uri.decode()
             headers = {k.decode().lower(): [v.decode() for v in vs]
@@ -184,15 +180,24 @@ def main(port: int, logfile: str, tls=()):
     from twisted.web.server import Request
 
     class ProgressRequest(Request):
-        """Logs when an upload's first MiB has arrived: proof that bodies stream through the gateway."""
+        """Hashes uploads as they arrive (no spooling: a 1 GiB upload is answered at once) and logs
+        when the first MiB is in: proof that bodies stream through the gateway."""
 
         seen = 0
+
+        def gotLength(self, length):
+            super().gotLength(length)
+            self.upload = self.channel._path.startswith(b"/upload")
+            self.sha = hashlib.sha256()
 
         def handleContentChunk(self, data):
             before, self.seen = self.seen, self.seen + len(data)
             if before < 1 << 20 <= self.seen:
                 log.write(json.dumps({"progress": self.channel._path.decode(), "bytes": self.seen}) + "\n")
-            super().handleContentChunk(data)
+            if self.upload:
+                self.sha.update(data)
+            else:
+                super().handleContentChunk(data)
 
     site = Site(Root())
     site.requestFactory = ProgressRequest

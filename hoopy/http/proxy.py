@@ -241,6 +241,8 @@ class Exchange:
         self.websocket = False
         self.req_kind = None
         self.holding = False
+        # twisted.web drops request.content when the request finishes; the record still needs it
+        self.pipe = request.content if isinstance(request.content, BodyPipe) else None
         addr = request.getClientAddress()
         self.peer_host = getattr(addr, "host", "unknown")
         self.peer = f"{self.peer_host}:{getattr(addr, 'port', '')}"
@@ -353,7 +355,7 @@ class Exchange:
         """The upstream request's body producer (None for none), masked when a rule says so."""
         req = self.request
         h = req.requestHeaders
-        pipe = req.content
+        pipe = self.pipe
         if not (h.hasHeader(b"content-length") or h.hasHeader(b"transfer-encoding")):
             pipe.discard()
             return None
@@ -579,8 +581,8 @@ class Exchange:
             self.proxy.gateway.approvals.cancel_session(self.session, "the caller went away while held")
         if self.upstream_transport is not None:
             self.upstream_transport.stopProducing()
-        if isinstance(self.request.content, BodyPipe):
-            self.request.content.abort(failure)
+        if self.pipe is not None:
+            self.pipe.abort(failure)
 
     def _write(self, data: bytes):
         if not self.gone and data:
@@ -609,8 +611,8 @@ class Exchange:
             return
         self.finished = True
         if not self.gone:
-            pipe = self.request.content
-            if getattr(pipe, "done", True):
+            pipe = self.pipe
+            if pipe is None or pipe.done:
                 self.request.finish()
             else:
                 self._finish_after_body(pipe)
@@ -678,8 +680,8 @@ class Exchange:
         if session is None:
             return
         gw = self.proxy.gateway
-        pipe = self.request.content
-        if isinstance(pipe, BodyPipe):
+        pipe = self.pipe
+        if pipe is not None:
             self.req_bytes = pipe.received
             if self.req_body_record is None and self.req_kind not in (None, "other"):
                 self.req_body_record = _prefix(bytes(pipe.head), self.settings.record_body_limit, pipe.received)
