@@ -44,6 +44,9 @@ def database():
         CREATE TABLE invoices (id int PRIMARY KEY, amount int);
         INSERT INTO invoices VALUES (1, 100), (2, 200);
         CREATE VIEW customer_view AS SELECT id, ssn FROM customers;
+        -- A user function named like a harmless built-in: upper(int) is not pg_catalog's.
+        CREATE FUNCTION public.upper(x int) RETURNS bigint LANGUAGE sql
+          AS 'WITH d AS (DELETE FROM invoices WHERE id = x RETURNING 1) SELECT count(*) FROM d';
     """, name)
     yield name
     admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -116,7 +119,7 @@ def test_psql_reads_refusals_and_masking(gw, database):
     assert r.stdout.splitlines() == ["1|Ann", "2|Bob"]
 
     # Masked by origin: aliases and expressions do not unmask; views neither.
-    r = psql(gw, "SELECT ssn AS s, upper(ssn), ssn || '' AS e, (SELECT ssn FROM customers LIMIT 1) "
+    r = psql(gw, "SELECT ssn AS s, lower(ssn), ssn || '' AS e, (SELECT ssn FROM customers LIMIT 1) "
                  "FROM customers c WHERE id = 1")
     assert r.returncode == 0, r.stderr
     assert "123-45-6789" not in r.stdout and r.stdout.strip() == "|".join(["[REDACTED]"] * 4)
@@ -571,7 +574,7 @@ def test_sql_prepared_statements_and_cursors_reached_by_protocol_messages(gw, da
     assert rows == [[b"[REDACTED]", b"Ann"], [b"[REDACTED]", b"Bob"]], got
     assert any(e["data"].get("sql") == 'EXECUTE "q"' for e in gw.events("operation"))
     # A cursor read through Execute is a FETCH: no-origin columns of a masked table stay masked.
-    s.sendall(codec.query("BEGIN; DECLARE cur CURSOR FOR SELECT upper(ssn) FROM customers"))
+    s.sendall(codec.query("BEGIN; DECLARE cur CURSOR FOR SELECT lower(ssn) FROM customers"))
     until_ready()
     s.sendall(codec.msg(b"E", b"cur\0\0\0\0\0") + codec.SYNC)
     got = until_ready()
@@ -612,3 +615,17 @@ def test_random_messages_after_login_never_take_the_gateway_down(gw):
     with psycopg.connect(gw.dsn, autocommit=True) as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
     assert "Traceback" not in gw.log_text(), gw.log_text()[-3000:]
+
+
+def test_user_function_named_like_a_builtin_is_not_taken_for_a_read(gw, database):
+    """public.upper(int) deletes rows: a call to "upper" is judged a write, not a read."""
+    from hoopy.postgres import codec
+
+    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+    s.sendall(codec.query("SELECT upper(2)"))
+    t, p = recv_msg()
+    assert t == b"N" and "held for approval" in codec.parse_fields(p)["M"]  # a write rule applies
+    s.close()  # withdraws the request
+    r = psql(gw, "SELECT pg_catalog.upper('abc'), lower('X')")
+    assert r.returncode == 0 and r.stdout.strip() == "ABC|x", r.stderr
+    assert invoices(database) == "1|100\n2|200"

@@ -54,6 +54,17 @@ has_table_privilege has_schema_privilege has_database_privilege has_column_privi
 pg_has_role array_to_json inet_server_addr inet_server_port txid_current_if_assigned pg_is_in_recovery
 """.split())
 
+# Catalog readers psql's \d commands and drivers' introspection use.
+SAFE_PREFIXES = ("pg_get_", "has_", "pg_stat_get_", "pg_describe_object", "pg_identify_object",
+                 "pg_relation_", "pg_table_", "pg_total_relation_", "pg_indexes_", "pg_size_", "pg_column_size",
+                 "pg_encoding_", "pg_char_to_encoding", "pg_partition_", "pg_options_to_table", "pg_tablespace_",
+                 "pg_database_size", "pg_index_column_has_property", "pg_index_has_property",
+                 "pg_indexam_has_property", "pg_sequence_parameters", "pg_input_is_valid", "pg_collation_",
+                 "pg_event_trigger_", "pg_type_", "pg_function_", "pg_conversion_", "pg_ts_", "pg_opclass_",
+                 "pg_opfamily_", "pg_operator_", "pg_statistics_", "array_", "string_", "text", "to_",
+                 "pg_has_role", "pg_my_temp_schema", "pg_is_other_temp_schema", "pg_jit_available",
+                 "pg_current_logfile", "format", "row_security_active")
+
 # Functions that reach outside SQL's data model: files, servers, settings, roles.
 ADMIN_FUNCTIONS = frozenset("""
 pg_read_file pg_read_binary_file pg_ls_dir pg_stat_file pg_ls_logdir pg_ls_waldir pg_ls_tmpdir
@@ -79,6 +90,7 @@ class Classified:
     prepares: tuple = ()  # (name, units) of PREPARE statements
     executes: tuple = ()  # names of EXECUTE statements
     sets_search_path: bool = False
+    bare_functions: frozenset = frozenset()  # unqualified names judged side-effect free
 
     @property
     def classes(self) -> frozenset:
@@ -99,6 +111,7 @@ class _Walk:
         self.executes = []
         self.sets_search_path = False
         self.pending_lone = []
+        self.bare_functions = set()
 
     def add(self, cls, table=None):
         self.units.setdefault(Unit(cls, None) if table is None else Unit(cls, table), None)
@@ -308,8 +321,12 @@ class _Walk:
         name = n.funcname[-1].sval.lower() if n.funcname else ""
         if name in ADMIN_FUNCTIONS or name.startswith(("lo_", "dblink", "pg_ls_", "pg_read_")):
             self.add("admin")
-        elif name in SAFE_FUNCTIONS and (len(n.funcname) == 1 or n.funcname[0].sval == "pg_catalog"):
-            pass
+        elif (name in SAFE_FUNCTIONS or name.startswith(SAFE_PREFIXES) or name.endswith("_is_visible")) \
+                and (len(n.funcname) == 1 or n.funcname[0].sval == "pg_catalog"):
+            if len(n.funcname) == 1:
+                # A function of that name outside pg_catalog could be chosen
+                # instead: the session checks these against the upstream catalog.
+                self.bare_functions.add(name)
         else:
             # nextval, setval and any function we cannot vouch for may write.
             self.add("write")
@@ -340,6 +357,7 @@ class _Walk:
         self.unqualified |= other.unqualified
         self.copy_out |= other.copy_out
         self.pending_lone.extend(other.pending_lone)
+        self.bare_functions |= other.bare_functions
 
 
 _STATEMENT_CLASS = {
@@ -410,7 +428,7 @@ def classify(sql: str) -> Classified:
         units=tuple(w.units), relations=frozenset(w.relations), column_names=frozenset(w.columns),
         whole_row=whole, unqualified=w.unqualified, statements=tuple(kinds), copy_out=w.copy_out,
         fetch=w.fetch, prepares=tuple(w.prepares), executes=tuple(w.executes),
-        sets_search_path=w.sets_search_path)
+        sets_search_path=w.sets_search_path, bare_functions=frozenset(w.bare_functions))
 
 
 def table_units(units) -> tuple:

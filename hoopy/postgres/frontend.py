@@ -23,7 +23,7 @@ from hoopy.postgres import codec, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
 from hoopy.postgres.classify import ClassifyError, classify
 from hoopy.postgres.params import decode_param
-from hoopy.postgres.rows import MaskRules, RowPlan, catalog_query
+from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, RowPlan, catalog_query
 from hoopy.postgres.startup import (
     PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem)
 
@@ -103,6 +103,7 @@ class Frontend(Protocol):
         self.tx_status = b"I"
         self.search_path_changed = False
         self.lexer_unsafe = False
+        self.user_functions = frozenset()
         self.held = None
         self.key = None
         self.rules = MaskRules(service.detectors, configured=service.mask_columns)
@@ -313,7 +314,7 @@ class Frontend(Protocol):
                 up[k] = v
         if rest:
             up["options"] = " ".join(quote_option(w) for w in rest)
-        catalog = catalog_query(self.rules.configured) if self.rules.configured else None
+        catalog = FUNCTIONS_QUERY + (catalog_query(self.rules.configured) if self.rules.configured else "")
         d = connect(self.gateway.reactor, self.settings, up, catalog)
         d.addCallbacks(self._upstream_ready, self._upstream_failed)
 
@@ -338,8 +339,9 @@ class Frontend(Protocol):
         if self.phase == "closed":
             backend.transport.loseConnection()
             return
+        self.user_functions = frozenset(r[0] for r in (backend.catalog or [[]])[0])
         if self.rules.configured:
-            self.rules.load(backend.catalog + [[]] * (2 - len(backend.catalog)))
+            self.rules.load((backend.catalog + [[], [], []])[1:3])
         backend.frontend = self
         self.transport.registerProducer(backend.transport, True)
         pid = secrets.randbits(31)
@@ -451,6 +453,8 @@ class Frontend(Protocol):
         if params is not None:
             detail["params"] = params
         units = list(classified.units)
+        if not self.user_functions.isdisjoint(classified.bare_functions):
+            units.append(Unit("write", None))  # may call a user-defined function of that name
         for name in classified.executes:
             units.extend(self.prepared.get(name, (Unit("admin", None),)))
         return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)

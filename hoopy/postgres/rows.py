@@ -77,6 +77,12 @@ def split_row(p: bytes) -> list:
     return out
 
 
+# Functions defined outside pg_catalog: a name on the classifier's list of
+# side-effect-free built-ins that is also here may resolve to one of them.
+FUNCTIONS_QUERY = ("SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p "
+                   "WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace;")
+
+
 def catalog_query(columns) -> str:
     """One simple query: the masked columns, then every view that depends
     on their tables (recursively). Names are passed as literals."""
