@@ -328,8 +328,10 @@ class _Walk:
                 # instead: the session checks these against the upstream catalog.
                 self.bare_functions.add(name)
         else:
-            # nextval, setval and any function we cannot vouch for may write.
-            self.add("write")
+            # nextval, setval and any function we cannot vouch for may write:
+            # a write on the function itself, so a rule for one table never covers it.
+            schema = n.funcname[0].sval.lower() if len(n.funcname) > 1 else "public"
+            self.add("write", f"{schema}.{name}()")
         return False  # and walk the arguments
 
     def on_ColumnRef(self, n, ctes, top):

@@ -453,8 +453,8 @@ class Frontend(Protocol):
         if params is not None:
             detail["params"] = params
         units = list(classified.units)
-        if not self.user_functions.isdisjoint(classified.bare_functions):
-            units.append(Unit("write", None))  # may call a user-defined function of that name
+        for name in self.user_functions & classified.bare_functions:
+            units.append(Unit("write", f"public.{name}()"))  # may call a user-defined function of that name
         for name in classified.executes:
             units.extend(self.prepared.get(name, (Unit("admin", None),)))
         return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)
