@@ -624,3 +624,23 @@ def test_user_function_named_like_a_builtin_is_not_taken_for_a_read(gw, database
     r = psql(gw, "SELECT pg_catalog.upper('abc'), lower('X')")
     assert r.returncode == 0 and r.stdout.strip() == "ABC|x", r.stderr
     assert invoices(database) == "1|100\n2|200"
+
+
+def test_notification_payloads_are_pattern_masked(gw, database):
+    from hoopy.postgres import codec
+
+    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+    s.sendall(codec.query("LISTEN hoopy_chan"))
+    while recv_msg()[0] != b"Z":
+        pass
+    admin_sql("SELECT pg_notify('hoopy_chan', 'card 4111 1111 1111 1111 for ann@example.com')", database)
+    s.sendall(codec.query("SELECT 1"))  # notifications are delivered between statements
+    seen = []
+    while True:
+        t, p = recv_msg()
+        seen.append((t, p))
+        if t == b"Z":
+            break
+    notes = [p for t, p in seen if t == b"A"]
+    assert notes and b"4111" not in notes[0] and b"ann@" not in notes[0] and b"[REDACTED]" in notes[0]
+    s.close()

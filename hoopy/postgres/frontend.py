@@ -651,6 +651,13 @@ class Frontend(Protocol):
         q = self.queue
         if (t == b"E" or t == b"N") and self.rules.active:
             p = self._scrub(p, q[0] if q else None)
+        elif t == b"A" and self.rules.detectors:
+            # NOTIFY payloads are text another session chose: patterns apply.
+            c = codec.Cursor(p)
+            pid, channel, payload = c.int32(), c.cstr(), c.cstr()
+            new, counts = redact_text(payload, self.rules.detectors)
+            if counts:
+                p = p[:4] + codec.cstr(channel) + codec.cstr(new)
         if t in (b"N", b"A", b"S"):
             if t == b"S":
                 c = codec.Cursor(p)
