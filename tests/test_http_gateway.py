@@ -81,7 +81,7 @@ record_body_limit = "256"
 identity = "billing-agent"
 connection = "api"
 allow = ["GET /v1/customers/*", "* /echo/**", "GET /customer", "GET /gzip/customer", "GET /text", "GET /sse",
-         "GET /big", "GET /slow", "GET /reset", "POST /upload", "POST /v1/search"]
+         "GET /big", "GET /slow", "GET /reset", "GET /stall", "POST /upload", "POST /v1/search"]
 approve = ["POST /v1/refunds"]
 deny = ["DELETE /v1/customers/*"]
 
@@ -732,6 +732,21 @@ def test_slow_upstream_is_504_and_reset_upstream_breaks_only_that_response(gw):
     status, body, _, rc = curl(gw.url + "/reset")
     assert rc != 0  # curl reports the body as cut short: never a complete-looking response
     assert len(body) < 100000
+    assert curl(gw.url + "/v1/customers/1")[0] == 200
+
+
+def test_upstream_stalled_mid_body_is_cut_after_the_timeout(gw):
+    t0 = time.monotonic()
+    status, body, _, rc = curl(gw.url + "/stall", timeout=20)
+    took = time.monotonic() - t0
+    assert status == 200 and len(body) == 1000 and rc != 0  # cut short, visibly, not hung
+    assert 1.5 < took < 8
+    deadline = time.monotonic() + 5
+    while not [e for e in gw.events("http.request") if e["data"].get("path") == "/stall"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ev = [e for e in gw.events("http.request") if e["data"].get("path") == "/stall"][-1]
+    assert ev["outcome"] == "error" and "stalled" in ev["data"]["error"]
     assert curl(gw.url + "/v1/customers/1")[0] == 200
 
 

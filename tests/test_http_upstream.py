@@ -13,6 +13,7 @@ or did not reach the upstream.
   /big?size=N     N bytes of application/octet-stream, produced with backpressure
   /slow           answers after 10 s
   /reset          sends a head and half a body, then drops the connection
+  /stall          sends a head and 1000 bytes, then nothing, connection open
   /upload         counts and hashes the request body
   /ws             a WebSocket echo (text frames), answering 101 itself
   /ws-refuse      answers a WebSocket upgrade with 403
@@ -165,6 +166,10 @@ def main(port: int, logfile: str, tls=()):
                 call = reactor.callLater(10, lambda: request.finish() if not request.finished else None)
                 request.notifyFinish().addErrback(lambda _: call.cancel() if call.active() else None)
                 request.setHeader(b"content-type", b"text/plain")
+                return NOT_DONE_YET
+            if p == "/stall":  # a head and a little body, then silence (the connection stays open)
+                request.setHeader(b"content-type", b"application/octet-stream")
+                request.write(b"z" * 1000)
                 return NOT_DONE_YET
             if p == "/reset":
                 request.setHeader(b"content-type", b"application/octet-stream")

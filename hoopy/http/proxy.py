@@ -476,7 +476,9 @@ class Exchange:
         kind = body_kind(ct)
         encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
         encoding = encoding.decode("latin-1") if encoding else None
-        must_mask = self.proxy.masker.applies(kind) and self.method != "HEAD"
+        # HEAD, 204 and 304 carry no body to mask (and must keep their headers as sent)
+        must_mask = (self.proxy.masker.applies(kind) and self.method != "HEAD"
+                     and response.code not in (204, 304))
         extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
         out = req.responseHeaders
         for name, values in response.headers.getAllRawHeaders():
@@ -839,12 +841,24 @@ class _Stream(Protocol):
         self.broken = False
         self.backlog = []
         self.lost = None
+        self.stall = None
 
     def connectionMade(self):
         self.exchange.upstream_transport = self.transport
         self.exchange.request.registerProducer(self, True)
         if self.kind == "sse":
             self.exchange.request.write(b"")  # the head now: an event stream may be quiet a while
+        else:
+            # An event stream may rightly be quiet for long; any other body may not.
+            timeout = self.exchange.settings.upstream_timeout
+            self.stall = self.exchange.proxy.gateway.reactor.callLater(timeout, self._stalled)
+
+    def _stalled(self):
+        timeout = self.exchange.settings.upstream_timeout
+        if self.client_paused or self.paused_for_store:  # waiting on the client, not the upstream
+            self.stall = self.exchange.proxy.gateway.reactor.callLater(timeout, self._stalled)
+            return
+        self._break(f"the upstream stalled: no body bytes for {timeout:g}s")
 
     # IPushProducer, for the client's transport
     def pauseProducing(self):
@@ -862,6 +876,8 @@ class _Stream(Protocol):
             self.transport.stopProducing()
 
     def dataReceived(self, data):
+        if self.stall is not None and self.stall.active():
+            self.stall.reset(self.exchange.settings.upstream_timeout)
         if self.broken:
             return
         if self.paused_for_store:
@@ -925,6 +941,8 @@ class _Stream(Protocol):
             self.done.errback(Refusal(502, error, "error"))
 
     def connectionLost(self, reason):
+        if self.stall is not None and self.stall.active():
+            self.stall.cancel()
         ex = self.exchange
         ex.upstream_transport = None
         self.transport = None
