@@ -70,13 +70,43 @@ def test_good_config_is_ok(tmp_path, monkeypatch):
 
 def test_spec_example_parses_once_its_placeholders_are_real(tmp_path, monkeypatch):
     """Every key of the contract's example is understood (placeholders swapped for real values)."""
+    p = real_example(tmp_path, monkeypatch, SPEC.read_text())
+    r = run_check(p)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = cm.load(p)
+    assert set(cfg.connections) == {"billing-db", "web-1", "internal-api"}
+    assert [g.identity for g in cfg.grants] == ["billing-agent"] * 3
+    assert cfg.grants[0].expires.year == 2026
+    assert cfg.masking[0].columns == ("public.customers.ssn", "public.customers.account_number")
+    assert [d.name for d in cfg.masking[0].patterns] == ["email", "credit_card", "us_ssn"]
+
+
+def test_documented_config_with_every_optional_key(tmp_path, monkeypatch):
+    """docs/hoopy.toml documents hoopy's own keys, commented out: each is accepted."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "hoopy.toml").read_text()
+    optional = re.findall(r"^# ([a-z_]+) = .*\(optional", text, flags=re.M)
+    assert len(optional) >= 12, optional
+    text = re.sub(r"^# ([a-z_]+ = .*)$", lambda m: m.group(1) if "(optional" in m.group(1) or
+                  m.group(1).startswith("ciphers") else m.group(0), text, flags=re.M)
+    text = text.replace("/etc/hoopy/db-ca.pem", "/etc/hoopy/tls.crt")
+    p = real_example(tmp_path, monkeypatch, text)
+    r = run_check(p)
+    assert r.returncode == 0, r.stdout + r.stderr
+    cfg = cm.load(p)
+    assert cfg.gateway.name == "gw-1"
+    assert cfg.connections["billing-db"].approval_timeout == 120
+    assert cfg.grants[1].deny[0].text == "exec systemctl restart sshd"
+
+
+def real_example(tmp_path, monkeypatch, text):
     import asyncssh
 
     key = asyncssh.generate_private_key("ssh-ed25519")
     (tmp_path / "k").write_bytes(key.export_private_key())
     (tmp_path / "kh").write_text("[10.0.0.5]:22 " + key.export_public_key().decode())
     (tmp_path / "crt").write_text("x")
-    text = SPEC.read_text()
     a, b = ident("billing-agent"), ident("alice")
     text = text.replace('"ssh-ed25519 AAAAC3Nza... billing-agent"',
                         '"' + key.export_public_key().decode().strip() + ' billing-agent"')
@@ -90,15 +120,7 @@ def test_spec_example_parses_once_its_placeholders_are_real(tmp_path, monkeypatc
     text = text.replace("/etc/hoopy/ssh_host_ed25519_key", str(tmp_path / "hk"))
     monkeypatch.setenv("BILLING_DB_PASSWORD", "pw")
     monkeypatch.setenv("INTERNAL_API_AUTH", "Bearer x")
-    p = write(tmp_path, text)
-    r = run_check(p)
-    assert r.returncode == 0, r.stdout + r.stderr
-    cfg = cm.load(p)
-    assert set(cfg.connections) == {"billing-db", "web-1", "internal-api"}
-    assert [g.identity for g in cfg.grants] == ["billing-agent"] * 3
-    assert cfg.grants[0].expires.year == 2026
-    assert cfg.masking[0].columns == ("public.customers.ssn", "public.customers.account_number")
-    assert [d.name for d in cfg.masking[0].patterns] == ["email", "credit_card", "us_ssn"]
+    return write(tmp_path, text)
 
 
 BROKEN = """
