@@ -514,10 +514,25 @@ def test_upload_streams_through_before_the_caller_has_sent_it_all(gw, upstream):
             time.sleep(0.05)
         s.sendall(b"u" * (2 << 20))
         resp = b""
-        while not resp.endswith(b"}"):
+        while not resp.rstrip().endswith(b"}"):
             resp += s.recv(65536)
     assert resp.startswith(b"HTTP/1.1 200")
     assert json.loads(resp.partition(b"\r\n\r\n")[2])["bytes"] == size
+
+
+def test_a_slow_caller_is_not_taken_for_a_slow_upstream(gw):
+    # upstream_timeout is 2s; the caller pauses 3s mid-body
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(f"POST /upload HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {AGENT.token}\r\n"
+                  f"Content-Type: application/octet-stream\r\nContent-Length: 2000\r\n\r\n".encode())
+        s.sendall(b"s" * 1000)
+        time.sleep(3)
+        s.sendall(b"s" * 1000)
+        resp = b""
+        while not resp.rstrip().endswith(b"}"):
+            resp += s.recv(65536)
+    assert resp.startswith(b"HTTP/1.1 200"), resp
+    assert json.loads(resp.partition(b"\r\n\r\n")[2])["bytes"] == 2000
 
 
 def test_refused_upload_is_answered_without_forwarding_a_byte(gw, upstream, tmp_path):

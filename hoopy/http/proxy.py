@@ -362,7 +362,7 @@ class Exchange:
         kind = body_kind((h.getRawHeaders(b"content-type") or [None])[0])
         self.req_kind = kind
         if not self.proxy.masker.applies(kind):
-            pipe.on_write = self._progress
+            pipe.on_progress = self._progress
             return pipe
         limit = self.settings.mask_limit
         if h.hasHeader(b"content-encoding"):
@@ -434,10 +434,8 @@ class Exchange:
     async def _forward(self):
         body = await self._request_body()
         uri = self.proxy.upstream_base + self._target()
-        if body is not None:
-            body = _ProgressProducer(body, self._progress)
         d = self.proxy.agent.request(self.request.method, uri, self._upstream_headers(), body)
-        self._arm_timer(d)
+        self._arm_timer(d)  # reset by every body byte in or out (_progress): an upload takes its time
         try:
             response = await self._wait(d, cancel=True)
         except Exception as e:
@@ -453,13 +451,18 @@ class Exchange:
 
     def _arm_timer(self, d):
         def expire():
+            if self.pipe is not None and self.pipe.waiting_on_caller:
+                # the upload is slow on the caller's side: not the upstream's fault
+                self.timer = self.proxy.gateway.reactor.callLater(self.settings.upstream_timeout, expire)
+                return
             self.timed_out = True
             d.cancel()
 
         self.timer = self.proxy.gateway.reactor.callLater(self.settings.upstream_timeout, expire)
 
     def _progress(self):
-        # upstream_timeout counts from the last request byte sent, not from the start of an upload
+        # upstream_timeout counts from the last request byte received or sent, not from the start
+        # of an upload: a slow caller is not a slow upstream
         if self.timer is not None and self.timer.active():
             self.timer.reset(self.settings.upstream_timeout)
 

@@ -43,8 +43,7 @@ class BodyPipe:
         self._consumer_paused = False
         self._produced: defer.Deferred | None = None
         self._client_paused = False
-        self.on_write = None  # called for every piece sent upstream (the idle timer)
-        self.sent = defer.Deferred()  # fires once the whole body went upstream
+        self.on_progress = None  # called for every piece received or sent upstream (the idle timer)
 
     # --- what twisted.web's Request expects of ``content`` ----------------------
 
@@ -60,10 +59,17 @@ class BodyPipe:
     def close(self):
         pass
 
+    @property
+    def waiting_on_caller(self) -> bool:
+        """Still arriving and nothing held up by the upstream: the caller is the slow one."""
+        return not self.done and not self.discarding and not (self._consumer_paused or self._buf)
+
     # --- fed by the request ----------------------------------------------------
 
     def feed(self, data: bytes):
         self.received += len(data)
+        if self.on_progress is not None:
+            self.on_progress()
         if len(self.head) < self.keep:
             self.head += data[:self.keep - len(self.head)]
         if self.discarding:
@@ -121,8 +127,8 @@ class BodyPipe:
     # --- inside ------------------------------------------------------------------
 
     def _write(self, data):
-        if self.on_write is not None:
-            self.on_write()
+        if self.on_progress is not None:
+            self.on_progress()
         self._consumer.write(data)
 
     def _flush(self):
@@ -134,8 +140,6 @@ class BodyPipe:
             self._resume_client()
         if self.done and not self._buf and self._produced is not None and not self._produced.called:
             self._produced.callback(None)
-            if not self.sent.called:
-                self.sent.callback(None)
 
     def _resume_client(self):
         if self._client_paused and self.transport is not None:
