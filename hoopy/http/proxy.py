@@ -22,7 +22,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import FileBodyProducer, ResponseDone
-from twisted.web.http import HTTPChannel, PotentialDataLoss
+from twisted.web.http import HTTPChannel, PotentialDataLoss, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.resource import Resource
@@ -83,6 +83,12 @@ class GatewayRequest(Request):
 
     def handleContentChunk(self, data):
         self.content.feed(data)
+
+    def process(self):
+        # The exchange already runs (since gotLength): no resource tree to walk, nothing to render.
+        self.site = self.channel.site
+        if self.exchange is None:  # not reached: gotLength always starts one
+            super().process()
 
     def requestReceived(self, command, path, version):
         if self._saved_timeout and hasattr(self.channel, "_savedTimeOut"):
@@ -605,6 +611,7 @@ class Exchange:
                     req.responseHeaders.removeHeader(name)
             req.setHeader(b"content-type", b"application/json")
             req.setHeader(b"cache-control", b"no-store")
+            req.setHeader(b"date", datetimeToString())
             req.setHeader(b"content-length", str(len(data)).encode())
             self._write(data)
         self._finish(None)
