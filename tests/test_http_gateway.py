@@ -856,7 +856,14 @@ def test_sigterm_ends_and_records_open_sessions(gw, upstream):
     # a held request is open while the gateway stops: the caller gets an answer, the session an end
     p = _held_post(gw, "{}")
     gw.wait_pending(REVIEWER.token)
+    # and a download is streaming
+    dl = subprocess.Popen(["curl", "-s", "-o", "/dev/null", "-H", f"Authorization: Bearer {AGENT.token}",
+                           f"{gw.url}/big?size={8 << 30}"])
+    time.sleep(0.5)
+    t0 = time.monotonic()
     assert gw.stop() in (0, -15)  # twistd ends with the signal that stopped it
+    assert time.monotonic() - t0 < 10
+    assert dl.wait(10) != 0  # cut, not completed
     out, _ = p.communicate(timeout=20)
     assert not out.endswith(b"\n200")
     ends = [e for e in gw.events("session.end")]
