@@ -833,3 +833,54 @@ def test_exec_with_a_terminal_is_recorded(setup):
                                         text=True, check=True).stdout
     (ev,) = s.gw.events("ssh.exec")
     assert ev["data"]["pty"] is True and ev["data"]["recording"] == cast.name and "output" not in ev["data"]
+
+
+# --- attacks of a hostile agent with a granted identity -------------------------------------------
+
+def permissive_sshd(root: Path) -> Sshd:
+    """An upstream that accepts every environment variable a client sends (`AcceptEnv *`)."""
+    up = Sshd(root)
+    up.config.write_text(up.config.read_text().replace("AcceptEnv LANG HOOPY_TEST_*", "AcceptEnv *"))
+    return up.start()
+
+
+def test_env_requests_cannot_change_what_a_granted_command_runs(hoopy_gateway, agent_key, tmp_path):
+    up = permissive_sshd(tmp_path / "permissive")
+    try:
+        # A granted command that happens to be a bash script (as many deploy and status tools are).
+        tool, evil, mark = tmp_path / "status.sh", tmp_path / "evil.sh", tmp_path / "hijacked"
+        tool.write_text("#!/bin/bash\necho status-ok\n")
+        tool.chmod(0o755)
+        evil.write_text(f"touch {mark}\n")
+        key, pub = agent_key
+        agent = ident("agent")
+        conn, port = connection_toml(up)
+        gw = hoopy_gateway(agent.toml(ssh_keys=[pub]) + conn + grant("agent", [f"exec {tool}", "exec env"]))
+        # Control: straight to this sshd, a BASH_ENV sent with the command runs another program.
+        direct = subprocess.run(["ssh", "-p", str(up.port), "-i", str(up.client_key), *CLIENT_OPTS,
+                                 "-o", f"SetEnv=BASH_ENV={evil}", f"{up.user}@127.0.0.1", str(tool)],
+                                capture_output=True, text=True, timeout=30)
+        assert direct.stdout == "status-ok\n" and mark.exists(), direct
+        mark.unlink()
+
+        def via(command, setenv):
+            return subprocess.run(["ssh", "-p", str(port), "-i", str(key), *CLIENT_OPTS, "-o", setenv,
+                                   "agent@127.0.0.1", command], capture_output=True, text=True, timeout=30)
+
+        r = via(str(tool), f"SetEnv=BASH_ENV={evil}")
+        assert r.returncode == 0 and r.stdout == "status-ok\n", r
+        assert not mark.exists()
+        r = via("env", "SetEnv=BASH_ENV=/tmp/x ENV=/tmp/x LD_PRELOAD=/tmp/x.so SHELLOPTS=xtrace "
+                       "PROMPT_COMMAND=id BASH_FUNC_f%%=x PS4=x LC_ALL=C LC_EVIL=x HOOPY_TEST_OK=1 LANG=C.UTF-8")
+        assert r.returncode == 0, r
+        names = {line.split("=", 1)[0] for line in r.stdout.splitlines()}
+        for bad in ("BASH_ENV", "ENV", "LD_PRELOAD", "SHELLOPTS", "PROMPT_COMMAND", "BASH_FUNC_f%%", "PS4",
+                    "LC_EVIL"):
+            assert bad not in names, (bad, r.stdout)
+        assert {"LC_ALL", "HOOPY_TEST_OK", "LANG"} <= names
+        # The operation's event names what passed and what was dropped.
+        op = gw.events("operation")[-1]
+        assert op["data"]["env"] == ["HOOPY_TEST_OK", "LANG", "LC_ALL"]
+        assert "BASH_ENV" in op["data"]["env_dropped"] and "LD_PRELOAD" in op["data"]["env_dropped"]
+    finally:
+        up.stop()

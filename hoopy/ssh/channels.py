@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import time
 
 import asyncssh
@@ -31,6 +32,30 @@ STDERR = asyncssh.EXTENDED_DATA_STDERR
 REFUSED = 126  # what a shell returns for "found but cannot run"
 GATEWAY_FAILED = 255  # what ssh itself returns when the connection fails
 ATTRIBUTION = {"HOOPY_MODEL": "model", "HOOPY_TOOL_CALL": "tool_call", "HOOPY_MCP_SERVER": "mcp_server"}
+
+# What a client's `env` requests may pass upstream. The command line is the operation judged, so
+# nothing else may change what the host runs: an upstream that accepts PATH, BASH_ENV, ENV,
+# LD_PRELOAD, SHELLOPTS, PROMPT_COMMAND, BASH_FUNC_*, PAGER, GIT_* ... (`AcceptEnv *`) would run
+# another program than the one granted. So only locale, time zone and HOOPY_* names pass, with
+# plain values; everything else is dropped (as sshd drops what it does not accept) and the
+# operation's event names what passed and what was dropped.
+_LOCALE_NAMES = {"LANG", "LANGUAGE", "TZ", "COLORTERM"} | {f"LC_{n}" for n in (
+    "ALL", "CTYPE", "COLLATE", "MESSAGES", "MONETARY", "NUMERIC", "TIME", "ADDRESS",
+    "IDENTIFICATION", "MEASUREMENT", "NAME", "PAPER", "TELEPHONE")}
+_PLAIN_NAME = re.compile(r"HOOPY_[A-Z0-9_]+")
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:@%+=/ -]*")
+
+
+def upstream_env(env: dict) -> tuple[dict, list]:
+    """(what may go upstream, the names dropped)."""
+    passed, dropped = {}, []
+    for name, value in env.items():
+        if (name in _LOCALE_NAMES or _PLAIN_NAME.fullmatch(name)) and _PLAIN_VALUE.fullmatch(value) \
+                and len(value) <= 256:
+            passed[name] = value
+        else:
+            dropped.append(name)
+    return passed, sorted(dropped)
 
 
 async def wait(d):
@@ -71,6 +96,8 @@ class ClientSession(asyncssh.SSHServerSession):
         self._early = []
         self.maskers = None  # {datatype: LineMasker} for exec output, where masking applies
         self.up_blocked = False  # the upstream channel asked us to stop writing
+        self.env = {}  # what goes upstream (see upstream_env)
+        self.env_dropped = []
 
     # --- requests from the client -------------------------------------------
 
@@ -119,6 +146,10 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def _operation(self) -> Operation:
         detail = {"pty": self.pty is not None}
+        if self.env:
+            detail["env"] = sorted(self.env)
+        if self.env_dropped:
+            detail["env_dropped"] = self.env_dropped
         if self.kind == "exec":
             return Operation("ssh", "exec", self.command, (Unit("exec", self.command),), detail)
         return Operation("ssh", self.kind, self.kind, (Unit(self.kind),), detail)
@@ -138,6 +169,7 @@ class ClientSession(asyncssh.SSHServerSession):
             except Exception:
                 return await self._fail("hoopy: refused: the audit store cannot record this session",
                                         REFUSED)
+        self.env, self.env_dropped = upstream_env(env)
         if self.pty is not None:
             self._start_recording(env)
         decision = await wait(self.client.gateway.policy.decide(session, self._operation()))
@@ -154,7 +186,7 @@ class ClientSession(asyncssh.SSHServerSession):
             return await self._finish()
         if isinstance(decision, Deny):
             return await self._fail(f"hoopy: refused: {decision.reason}", REFUSED)
-        kw = {"env": env, "encoding": None, "window": WINDOW, "max_pktsize": MAX_PACKET}
+        kw = {"env": self.env, "encoding": None, "window": WINDOW, "max_pktsize": MAX_PACKET}
         if self.pty is not None:
             term_type, term_size, term_modes = self.pty
             kw.update(term_type=term_type, term_size=term_size, term_modes=term_modes, request_pty="force")
