@@ -884,3 +884,21 @@ def test_env_requests_cannot_change_what_a_granted_command_runs(hoopy_gateway, a
         assert "BASH_ENV" in op["data"]["env_dropped"] and "LD_PRELOAD" in op["data"]["env_dropped"]
     finally:
         up.stop()
+
+
+def test_a_shell_without_a_terminal_is_recorded_too(setup):
+    """`ssh -T` with a script on stdin: the commands are only input; they must be on the record."""
+    s = setup(allow=["shell"])
+    r = s.ssh(None, "-T", input="echo no-tty-$((6*7))\nexit 3\n")
+    assert r.returncode == 3 and r.stdout == "no-tty-42\n", r
+    (start,) = s.sessions()
+    cast = s.gw.recordings / f"{start['session']}.cast"
+    lines = [json.loads(line) for line in cast.read_text().splitlines()]
+    typed = "".join(ev[2] for ev in lines[1:] if ev[1] == "i")
+    assert "echo no-tty-$((6*7))" in typed
+    assert "no-tty-42" in subprocess.run(["asciinema", "cat", str(cast)], capture_output=True, text=True,
+                                         check=True).stdout
+    (ev,) = s.gw.events("ssh.shell")
+    assert ev["data"]["recording"] == cast.name and ev["data"]["pty"] is False
+    (sealed,) = s.gw.events("recording.sealed")
+    assert sealed["data"]["path"] == cast.name

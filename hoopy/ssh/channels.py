@@ -170,7 +170,9 @@ class ClientSession(asyncssh.SSHServerSession):
                 return await self._fail("hoopy: refused: the audit store cannot record this session",
                                         REFUSED)
         self.env, self.env_dropped = upstream_env(env)
-        if self.pty is not None:
+        if self.pty is not None or self.kind == "shell":
+            # A shell without a terminal (`ssh -T`, a script on stdin) is recorded too: its commands
+            # arrive as input, so nothing else would say what ran.
             self._start_recording(env)
         decision = await wait(self.client.gateway.policy.decide(session, self._operation()))
         if isinstance(decision, Hold):
@@ -226,7 +228,7 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def _start_recording(self, env):
         name = self.client.recording_name()
-        term_type, term_size, _ = self.pty
+        term_type, term_size, _ = self.pty if self.pty is not None else (None, None, None)
         width, height = (term_size[0], term_size[1]) if term_size else (80, 24)
         title = f"{self.session.identity} on {self.session.connection}: " + (
             self.command if self.kind == "exec" else self.kind)
