@@ -902,3 +902,22 @@ def test_a_shell_without_a_terminal_is_recorded_too(setup):
     assert ev["data"]["recording"] == cast.name and ev["data"]["pty"] is False
     (sealed,) = s.gw.events("recording.sealed")
     assert sealed["data"]["path"] == cast.name
+
+
+def test_sftp_server_side_copy_and_link_chmod_are_events(setup, tmp_path):
+    """`cp` (copy-data), `chmod -h` (lsetstat@openssh.com) and `ln` change files too."""
+    s = setup(allow=["sftp"])
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "f").write_text("data\n")
+    batch = tmp_path / "batch"
+    batch.write_text(f"cp {remote}/f {remote}/copy\nchmod -h 600 {remote}/f\nln {remote}/f {remote}/hard\n")
+    r = subprocess.run(["sftp", "-P", str(s.port), "-i", str(s.key), *CLIENT_OPTS, "-b", str(batch),
+                        "agent@127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert (remote / "copy").read_text() == "data\n" and (remote / "f").stat().st_mode & 0o777 == 0o600
+    time.sleep(0.5)
+    events = [(e["kind"], e["data"]) for e in s.gw.events() if e["kind"].startswith("sftp.")]
+    assert ("sftp.copy", {"path": f"{remote}/f", "to": f"{remote}/copy"}) in events, events
+    assert ("sftp.setstat", {"path": f"{remote}/f"}) in events, events
+    assert ("sftp.link", {"path": f"{remote}/f", "to": f"{remote}/hard"}) in events, events

@@ -91,3 +91,21 @@ def test_fuzz_only_sftp_errors(data):
         tr.responses(data)
     except sftp.SFTPError:
         pass
+
+
+def test_unknown_requests_and_extensions_are_recorded_by_name():
+    tr = sftp.Tracker()
+    got = tr.requests(pkt(sftp.EXTENDED, rid(1) + s("frobnicate@example.com") + s("/x"))
+                      + pkt(21, rid(2) + s("/a") + s("/b") + b"\x01")  # v6 LINK
+                      + pkt(sftp.EXTENDED, rid(3) + s("statvfs@openssh.com") + s("/"))
+                      + pkt(sftp.EXTENDED, rid(4) + s("lsetstat@openssh.com") + s("/l") + rid(0)))
+    assert [(a.kind, a.data) if a else None for _, a in got] == [
+        ("sftp.extended", {"name": "frobnicate@example.com"}), ("sftp.request", {"type": 21}), None,
+        ("sftp.setstat", {"path": "/l"})]
+
+
+def test_an_upstream_speaking_another_sftp_version_ends_the_channel():
+    tr = sftp.Tracker()
+    tr.responses(pkt(sftp.VERSION, struct.pack(">I", 3)))
+    with pytest.raises(sftp.SFTPError):
+        sftp.Tracker().responses(pkt(sftp.VERSION, struct.pack(">I", 6)))

@@ -18,6 +18,11 @@ OPEN, CLOSE, READ, WRITE = 3, 4, 5, 6
 SETSTAT, FSETSTAT, OPENDIR = 9, 10, 11
 REMOVE, MKDIR, RMDIR, RENAME, SYMLINK = 13, 14, 15, 18, 20
 EXTENDED = 200
+# Requests that change nothing, or whose effect is recorded elsewhere (open, close), v3.
+_PLAIN_REQUESTS = {INIT, READ, WRITE, 7, 8, 12, 16, 17, 19}  # ... LSTAT FSTAT READDIR REALPATH STAT READLINK
+_READ_ONLY_EXTENSIONS = {"statvfs@openssh.com", "fstatvfs@openssh.com", "limits@openssh.com",
+                         "expand-path@openssh.com", "home-directory", "users-groups-by-id@openssh.com",
+                         "fsync@openssh.com"}
 STATUS, HANDLE, DATA = 101, 102, 103
 
 # The largest packet OpenSSH sends or accepts is 256 KiB; anything much larger is garbage.
@@ -175,9 +180,20 @@ class Tracker:
             if name in ("posix-rename@openssh.com", "hardlink@openssh.com"):
                 kind = "sftp.rename" if name.startswith("posix") else "sftp.link"
                 return Action(kind, {"path": r.text(), "to": r.text()})
-            if name == "copy-data":
-                return Action("sftp.copy", {})
-            return None
+            if name == "lsetstat@openssh.com":  # chmod/chown/touch of a link itself (`chmod -h`)
+                return Action("sftp.setstat", {"path": r.text()})
+            if name == "copy-data":  # `cp` on the server: read handle, offset, length, write handle
+                src = self.files.get(r.string())
+                r.u64()
+                r.u64()
+                dst = self.files.get(r.string())
+                return Action("sftp.copy", {"path": src.path if src else None, "to": dst.path if dst else None})
+            if name in _READ_ONLY_EXTENSIONS:
+                return None
+            # Anything else the upstream might act on is on the record, by name, before it goes.
+            return Action("sftp.extended", {"name": name})
+        if t not in _PLAIN_REQUESTS:
+            return Action("sftp.request", {"type": t})
         return None
 
     def responses(self, data: bytes) -> list[bytes]:
@@ -185,7 +201,12 @@ class Tracker:
         pkts = self._resp.packets(data)
         for p in pkts:
             t = p[4]
-            if t == HANDLE:
+            if t == VERSION:
+                # This reader knows v3 (what OpenSSH speaks); a later version lays requests out
+                # otherwise (v4+ OPEN, v5 RENAME flags, v6 LINK): end the channel, not mis-record it.
+                if _Reader(p).u32() != 3:
+                    raise SFTPError("the upstream speaks an SFTP version other than 3")
+            elif t == HANDLE:
                 r = _Reader(p)
                 rid = r.u32()
                 handle = r.string()
