@@ -41,3 +41,27 @@ def test_exec_glob_examples():
     assert exec_rule("x**y").matches(Unit("exec", "xy"))
     assert not exec_rule("ls *").matches(Unit("exec", "ls\u00a0-l"))  # no non-ASCII lookalikes
     assert not exec_rule("ls *").matches(Unit("exec", "ls \u0430"))
+
+
+def forward(rule, target):
+    return parse_rule("ssh", f"forward {rule}").matches(Unit("forward", target))
+
+
+def test_an_address_pattern_matches_addresses_not_names_that_resolve_anywhere():
+    assert forward("10.0.0.*:80", "10.0.0.7:80")
+    assert forward("10.*:80", "10.1.2.3:80")
+    assert not forward("10.0.0.*:80", "10.0.0.1.nip.io:80")  # a DNS name: resolves wherever its owner likes
+    assert not forward("10.0.0.*:80", "10.0.0.1.:80")
+    assert not forward("127.0.0.1:80", "127.1:80") and not forward("1*.0.0.1:80", "010.0.0.1:80")
+    assert forward("[::1]:22", "::1:22") and forward("[::1]:22", "[::1]:22")
+    assert forward("fd00::*:22", "fd00::5:22") and not forward("fd00::*:22", "fd00::5.evil.example:22")
+
+
+def test_a_name_pattern_stays_within_one_label():
+    assert forward("db*:5432", "db1:5432") and forward("DB-?.internal:5432", "db-2.internal:5432")
+    assert not forward("db*:5432", "db.attacker.example:5432")
+    assert not forward("*.internal:443", "evil.example/.internal:443")
+    assert forward("*.internal:443", "api.internal:443") and not forward("*.internal:443", "a.b.internal:443")
+    assert forward("db.internal:5432", "db.internal:5432") and not forward("db.internal:5432", "dbxinternal:5432")
+    assert forward("*:5432", "anything.at.all:5432")
+    assert not forward("localhost:80", "127.0.0.1:80")  # names and addresses are not resolved: fail closed

@@ -11,6 +11,7 @@ be covered on its own, so a rule for one thing never carries another.
 from __future__ import annotations
 
 import fnmatch
+import ipaddress
 import re
 
 import attrs
@@ -204,15 +205,45 @@ def _ssh(text: str):
         if not (port == "*" or port.isdigit()):
             raise RuleError(f"{text!r}: {port!r} is not a port")
         host = host.strip("[]").lower()
+        host_ok = _forward_host(host)
 
         def match(unit: Unit) -> bool:
             if unit.kind != "forward" or unit.subject is None:
                 return False
             h, _, p = unit.subject.rpartition(":")
-            return fnmatch.fnmatchcase(h.strip("[]").lower(), host) and (port == "*" or p == port)
+            return host_ok(h.strip("[]").lower()) and (port == "*" or p == port)
 
         return match
     raise RuleError(f"{text!r}: ssh rules are shell, sftp, exec GLOB or forward HOST:PORT")
+
+
+_IP_PATTERN = re.compile(r"[0-9.*?]+|[0-9a-f.*?]*:[0-9a-f:.*?]*")
+
+
+def _forward_host(pattern: str):
+    """Does a requested host match a forward rule's host pattern?
+
+    ``*`` alone is any host. A pattern shaped like an address (``10.0.0.*``, ``fd00::*``) matches
+    addresses only, written canonically: otherwise ``10.0.0.*`` would match the DNS name
+    ``10.0.0.1.attacker.example``, which resolves anywhere (and ``010.0.0.1`` is 8.0.0.1 to
+    inet_aton). In a name pattern ``*`` and ``?`` stay within one label, of name characters:
+    ``db*`` is ``db1``, never ``db.attacker.example``; ``*.internal`` is one level below it.
+    """
+    if pattern == "*":
+        return lambda host: True
+    if _IP_PATTERN.fullmatch(pattern):
+        def ip(host: str) -> bool:
+            try:
+                canonical = str(ipaddress.ip_address(host)) == host
+            except ValueError:
+                return False
+            return canonical and fnmatch.fnmatchcase(host, pattern)
+
+        return ip
+    label = "[a-z0-9_-]"
+    rx = re.compile("".join(f"{label}*" if ch == "*" else label if ch == "?" else re.escape(ch)
+                            for ch in pattern))
+    return lambda host: rx.fullmatch(host) is not None
 
 
 # --- http ------------------------------------------------------------------
