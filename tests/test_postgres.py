@@ -44,6 +44,7 @@ def database():
         CREATE TABLE invoices (id int PRIMARY KEY, amount int);
         INSERT INTO invoices VALUES (1, 100), (2, 200);
         CREATE VIEW customer_view AS SELECT id, ssn FROM customers;
+        CREATE VIEW renamed_view AS SELECT id, ssn AS x FROM customers;
         -- A user function named like a harmless built-in: upper(int) is not pg_catalog's.
         CREATE FUNCTION public.upper(x int) RETURNS bigint LANGUAGE sql
           AS 'WITH d AS (DELETE FROM invoices WHERE id = x RETURNING 1) SELECT count(*) FROM d';
@@ -69,7 +70,8 @@ upstream_tls = "disable"
 [[grants]]
 identity = "pg-agent"
 connection = "pg"
-allow = ["read public.customers", "read public.invoices", "read public.customer_view"]
+allow = ["read public.customers", "read public.invoices", "read public.customer_view",
+         "read public.renamed_view", "read public.customers_archive"]
 approve = ["write public.invoices"]
 
 [[masking]]
@@ -643,4 +645,220 @@ def test_notification_payloads_are_pattern_masked(gw, database):
             break
     notes = [p for t, p in seen if t == b"A"]
     assert notes and b"4111" not in notes[0] and b"ann@" not in notes[0] and b"[REDACTED]" in notes[0]
+    s.close()
+
+
+def _proto(gw):
+    """A raw protocol client and helpers for the namespace tests below."""
+    from hoopy.postgres import codec
+
+    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+
+    def until_ready():
+        got = []
+        while True:
+            t, p = recv_msg()
+            got.append((t, p))
+            if t == b"Z":
+                return got
+
+    def parse(name, sql):
+        return codec.msg(b"P", codec.cstr(name) + codec.cstr(sql) + b"\0\0")
+
+    def bind(portal, stmt):
+        return codec.msg(b"B", codec.cstr(portal) + codec.cstr(stmt) + b"\0\0\0\0\0\0")
+
+    def execute(portal):
+        return codec.msg(b"E", codec.cstr(portal) + b"\0\0\0\0")
+
+    until_ready.recv_msg = recv_msg
+    return s, until_ready, parse, bind, execute
+
+
+def test_parse_of_a_name_in_use_does_not_change_what_the_gateway_judges(gw, database):
+    """The server refuses a Parse of a statement name that exists and keeps the old
+    statement: the gateway must not judge the refused text instead of the kept one."""
+    from hoopy.postgres import codec
+
+    before = invoices(database)
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(parse("s1", "DELETE FROM invoices") + codec.SYNC)  # parsed, not run
+    until_ready()
+    s.sendall(parse("s1", "SELECT 1") + codec.SYNC)  # the server: "already exists"
+    until_ready()
+    s.sendall(bind("", "s1") + execute("") + codec.SYNC)
+    got = until_ready()
+    assert any(t == b"E" for t, _ in got), got
+    assert invoices(database) == before
+    # The same through SQL PREPARE of a name the protocol already holds.
+    s.sendall(parse("s2", "DELETE FROM invoices") + codec.SYNC)
+    until_ready()
+    s.sendall(codec.query("PREPARE s2 AS SELECT 1"))
+    until_ready()
+    s.sendall(codec.query("EXECUTE s2"))
+    got = until_ready()
+    assert any(t == b"E" for t, _ in got), got
+    assert invoices(database) == before
+    s.close()
+
+
+def test_unnamed_portal_survives_sync_inside_a_transaction(gw, database):
+    """In a transaction block the unnamed portal outlives Sync: an Execute of it
+    after Sync runs what was bound, and must be judged as that."""
+    from hoopy.postgres import codec
+
+    before = invoices(database)
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(codec.query("BEGIN"))
+    until_ready()
+    s.sendall(parse("", "DELETE FROM invoices") + bind("", "") + codec.SYNC)
+    until_ready()
+    s.sendall(execute("") + codec.SYNC)
+    got = until_ready()
+    s.sendall(codec.query("COMMIT"))
+    until_ready()
+    assert any(t == b"E" for t, _ in got), got
+    assert invoices(database) == before
+    s.close()
+
+
+def test_cursor_declared_with_the_name_of_an_old_portal_is_masked(gw, database):
+    """A portal's judgement dies with it: a cursor DECLAREd later under its name is a FETCH."""
+    from hoopy.postgres import codec
+
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(parse("", "SELECT 1") + bind("p", "") + execute("p") + codec.SYNC)
+    until_ready()  # the implicit transaction ends: portal p is gone upstream
+    s.sendall(codec.query("BEGIN; DECLARE p CURSOR FOR SELECT ssn, lower(ssn) FROM customers ORDER BY id"))
+    until_ready()
+    s.sendall(execute("p") + codec.SYNC)
+    got = until_ready()
+    s.sendall(codec.query("COMMIT"))
+    until_ready()
+    data = b"".join(p for t, p in got if t == b"D")
+    assert b"45-6789" not in data and b"65-4321" not in data, got
+    s.close()
+
+
+def test_table_alias_column_names_do_not_unmask(gw):
+    for q in ("SELECT lower(x) FROM customers AS c(i, n, x)",
+              "SELECT x || '' FROM customers c(i, n, x) WHERE i = 1",
+              "SELECT t.x || '' FROM (customers JOIN invoices USING (id)) AS t(i, n, x)"):
+        r = psql(gw, q)
+        assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout, r.stderr)
+
+
+def test_messages_skipped_after_an_upstream_error_do_not_shift_the_replies(gw):
+    """After an error the server ignores messages until Sync and answers none of
+    them: the gateway must not expect replies to them, or later rows reach the
+    client under the wrong expectation (unmasked)."""
+    from hoopy.postgres import codec
+
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"H"))
+    assert until_ready.recv_msg()[0] == b"E"  # flushed; the server now skips to Sync
+    time.sleep(0.2)
+    s.sendall(parse("", "SELECT 1") + bind("", "") + execute("") + codec.SYNC)
+    until_ready()
+    s.sendall(codec.query("SELECT ssn FROM customers ORDER BY id"))
+    got = until_ready()
+    data = b"".join(p for t, p in got if t == b"D")
+    assert b"45-6789" not in data and b"65-4321" not in data, got
+    s.sendall(codec.query("SELECT 1"))
+    assert [t for t, _ in until_ready()] == [b"T", b"D", b"C", b"Z"]
+    s.close()
+
+
+def test_expressions_over_a_view_that_renames_a_masked_column_are_masked(gw):
+    for q in ("SELECT lower(x) FROM renamed_view", "SELECT x || '' FROM renamed_view v",
+              "SELECT x FROM renamed_view", "SELECT json_agg(x) FROM renamed_view"):
+        r = psql(gw, q)
+        assert r.returncode == 0 and "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout)
+
+
+def test_a_masked_column_read_through_an_inheritance_child_is_masked(hoopy_gateway, database):
+    admin_sql("CREATE TABLE customers_archive () INHERITS (customers);"
+              "INSERT INTO customers_archive VALUES (9, 'Old', '111-22-3333', 'o@x', 1)", database)
+    try:
+        port = free_port()
+        g = hoopy_gateway(body(database, port))
+        g.pg_port = port
+        for q in ("SELECT ssn FROM customers_archive", "SELECT lower(ssn) FROM customers_archive",
+                  "SELECT a FROM customers_archive a", "SELECT ssn FROM ONLY customers_archive"):
+            r = psql(g, q)
+            assert r.returncode == 0 and "22-3333" not in r.stdout, (q, r.stdout, r.stderr)
+    finally:
+        admin_sql("DROP TABLE customers_archive", database)
+
+
+def test_a_failed_or_skipped_bind_or_close_keeps_the_portal_judged_as_it_is(gw, database):
+    """Bind of a name in use fails; a Close skipped after an error does nothing:
+    after ROLLBACK TO SAVEPOINT the old portal runs, and must be judged as itself."""
+    from hoopy.postgres import codec
+
+    before = invoices(database)
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(codec.query("BEGIN"))
+    until_ready()
+    s.sendall(parse("", "DELETE FROM invoices") + bind("p", "") + codec.SYNC)
+    until_ready()
+    # A failing Bind of the same portal name.
+    s.sendall(codec.query("SAVEPOINT a"))
+    until_ready()
+    s.sendall(parse("", "SELECT 1") + bind("p", "") + codec.SYNC)
+    until_ready()
+    s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
+    until_ready()
+    # A Close the server skips after an error.
+    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"C", b"Pp\0") + codec.SYNC)
+    until_ready()
+    s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
+    until_ready()
+    # A DECLARE of the name fails too.
+    s.sendall(codec.query("DECLARE p CURSOR FOR SELECT 1"))
+    until_ready()
+    s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
+    until_ready()
+    s.sendall(execute("p") + codec.SYNC)
+    got = until_ready()
+    s.sendall(codec.query("COMMIT"))
+    until_ready()
+    assert any(t == b"E" for t, _ in got), got
+    assert invoices(database) == before
+    s.close()
+
+
+def test_bind_over_a_holdable_cursor_name_does_not_unmask_it(gw):
+    from hoopy.postgres import codec
+
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(codec.query("DECLARE h CURSOR WITH HOLD FOR SELECT lower(ssn) FROM customers ORDER BY id"))
+    until_ready()
+    s.sendall(parse("", "SELECT 1") + bind("h", "") + codec.SYNC)  # fails: the cursor exists
+    until_ready()
+    s.sendall(execute("h") + codec.SYNC)
+    got = until_ready()
+    data = b"".join(p for t, p in got if t == b"D")
+    assert data and b"45-6789" not in data and b"65-4321" not in data, got
+    s.sendall(codec.query("CLOSE h"))
+    until_ready()
+    s.close()
+
+
+def test_refusal_in_a_transaction_after_an_upstream_error_does_not_hang(gw):
+    """Our stand-in for a refused Sync must still be answered when the server is
+    already skipping after an error of its own."""
+    from hoopy.postgres import codec
+
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(codec.query("BEGIN"))
+    until_ready()
+    s.sendall(parse("", "SELECT * FROM no_such_table") + parse("d", "DELETE FROM invoices")
+              + bind("", "d") + execute("") + codec.SYNC)
+    got = until_ready()
+    assert got[-1] == (b"Z", b"E"), got
+    s.sendall(codec.query("ROLLBACK"))
+    assert until_ready()[-1] == (b"Z", b"I")
+    s.sendall(codec.query("SELECT 1"))
+    assert [t for t, _ in until_ready()] == [b"T", b"D", b"C", b"Z"]
     s.close()

@@ -233,3 +233,19 @@ def test_take_rows_passes_whole_rows_and_buffers_the_rest():
         raw, n = r.take_rows(data)
         assert raw == data[:len(raw)] and n == count == len(raw) // len(one)
         assert bytes(r.buf) == data[len(raw):]
+
+
+def test_classify_namespace_changes_and_hidden_names():
+    from hoopy.postgres.classify import classify
+
+    # What CREATE TABLE AS EXECUTE runs is judged with what was prepared.
+    assert classify("CREATE TABLE x AS EXECUTE s").executes == ("s",)
+    assert classify("DEALLOCATE s; DEALLOCATE ALL").deallocates == ("s", None)
+    assert classify("DISCARD ALL").deallocates == (None,)
+    assert classify("BEGIN; DECLARE c CURSOR FOR SELECT 1").declares == ("c",)
+    p = classify("PREPARE p AS SELECT upper(x) FROM t").prepares[0]
+    assert p[0] == "p" and "upper" in p[2]
+    # Column alias lists rename columns out of sight: whole-row references.
+    assert classify("SELECT lower(x) FROM customers AS c(i, n, x)").whole_row
+    assert classify("SELECT lower(t.x) FROM (customers JOIN invoices USING (id)) AS t(i, n, x)").whole_row
+    assert not classify("SELECT lower(name) FROM customers AS c").whole_row

@@ -87,8 +87,10 @@ class Classified:
     statements: tuple  # one top-level statement kind per statement ("SelectStmt", ...)
     copy_out: bool  # COPY ... TO STDOUT
     fetch: bool
-    prepares: tuple = ()  # (name, units) of PREPARE statements
+    prepares: tuple = ()  # (name, units, bare function names) of PREPARE statements
     executes: tuple = ()  # names of EXECUTE statements
+    deallocates: tuple = ()  # names of DEALLOCATE (None: all, DISCARD too)
+    declares: tuple = ()  # names of cursors DECLAREd
     sets_search_path: bool = False
     bare_functions: frozenset = frozenset()  # unqualified names judged side-effect free
 
@@ -109,6 +111,8 @@ class _Walk:
         self.fetch = False
         self.prepares = []
         self.executes = []
+        self.deallocates = []
+        self.declares = []
         self.sets_search_path = False
         self.pending_lone = []
         self.bare_functions = set()
@@ -128,6 +132,7 @@ class _Walk:
         self.relations.add(table)
         if rv.alias is not None:
             self.aliases.add(rv.alias.aliasname)
+            self.on_Alias(rv.alias, ctes, False)
         self.aliases.add(name)
         self.add(cls, table)
         return table
@@ -232,7 +237,7 @@ class _Walk:
         sub = _Walk()
         sub.node(n.query, ctes, top=True)
         self.merge(sub)
-        self.prepares.append((n.name, tuple(sub.units)))
+        self.prepares.append((n.name, tuple(sub.units), frozenset(sub.bare_functions)))
         return True
 
     def on_ExecuteStmt(self, n, ctes, top):
@@ -241,6 +246,7 @@ class _Walk:
         return True
 
     def on_DeclareCursorStmt(self, n, ctes, top):
+        self.declares.append(n.portalname)
         self.node(n.query, ctes, top=False)
         if n.options & 0x0020:  # CURSOR_OPT_HOLD survives the transaction: still a read
             pass
@@ -277,11 +283,13 @@ class _Walk:
         return True
 
     def on_DeallocateStmt(self, n, ctes, top):
+        self.deallocates.append(n.name)
         self.add("read")
         return True
 
     def on_DiscardStmt(self, n, ctes, top):
         self.add("admin")  # DISCARD ALL resets role and search path
+        self.deallocates.append(None)
         self.sets_search_path = True
         return True
 
@@ -334,6 +342,13 @@ class _Walk:
             self.add("write", f"{schema}.{name}()")
         return False  # and walk the arguments
 
+    def on_Alias(self, n, ctes, top):
+        if n.colnames:
+            # "customers AS c(i, n, x)": x is a masked column under a name we
+            # cannot tell from the SQL; count it as a whole-row reference.
+            self.whole_row = True
+        return True
+
     def on_ColumnRef(self, n, ctes, top):
         self.column_ref(n)
         return True
@@ -360,6 +375,13 @@ class _Walk:
         self.copy_out |= other.copy_out
         self.pending_lone.extend(other.pending_lone)
         self.bare_functions |= other.bare_functions
+        # CREATE TABLE AS EXECUTE, EXPLAIN ANALYZE EXECUTE: what it runs counts.
+        self.executes.extend(other.executes)
+        self.prepares.extend(other.prepares)
+        self.deallocates.extend(other.deallocates)
+        self.declares.extend(other.declares)
+        self.fetch |= other.fetch
+        self.sets_search_path |= other.sets_search_path
 
 
 _STATEMENT_CLASS = {
@@ -430,6 +452,7 @@ def classify(sql: str) -> Classified:
         units=tuple(w.units), relations=frozenset(w.relations), column_names=frozenset(w.columns),
         whole_row=whole, unqualified=w.unqualified, statements=tuple(kinds), copy_out=w.copy_out,
         fetch=w.fetch, prepares=tuple(w.prepares), executes=tuple(w.executes),
+        deallocates=tuple(w.deallocates), declares=tuple(w.declares),
         sets_search_path=w.sets_search_path, bare_functions=frozenset(w.bare_functions))
 
 

@@ -31,6 +31,7 @@ log = Logger()
 
 MAX_SQL_RECORDED = 100_000
 ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
+ABORT_PORTAL = "hoopy refused this statement"  # no such portal: Execute of it fails
 LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 class Pending:
@@ -99,6 +100,7 @@ class Frontend(Protocol):
         self.portals: dict = {}
         self.prepared: dict = {}  # SQL PREPARE name -> units
         self.skipping = False
+        self.upstream_skip = False  # the server ignores everything until the next Sync
         self.waiting = False
         self.tx_status = b"I"
         self.search_path_changed = False
@@ -389,32 +391,41 @@ class Frontend(Protocol):
     def handle(self, t: bytes, p: bytes):
         if t == b"X":
             return self.close("client terminated")
-        if self.skipping and t != b"S":
+        if (self.skipping or self.upstream_skip) and t != b"S":
+            # upstream_skip: after an error in the extended protocol the server
+            # ignores every message (Query too) until Sync, and answers none.
             return
         if t == b"Q":
             return self.simple_query(codec.parse_query(p))
         if t == b"P":
             parse = codec.parse_parse(p)
-            self.statements[parse.name] = (parse.query, parse.param_types)
+            if parse.name and (parse.name in self.statements or parse.name in self.prepared):
+                # The server refuses it and keeps the statement it has: what a
+                # Bind of the name runs is still that one.
+                return self.refuse_now(f'prepared statement "{parse.name}" already exists', "42P05")
+            prev = self.statements.get(parse.name)
+            entry = self.statements[parse.name] = (parse.query, parse.param_types)
             self.forward(t, p)
-            return self.expect(Pending("parse"))
+            pending = Pending("parse")
+            pending.target = (self.statements, parse.name, entry, prev)
+            return self.expect(pending)
         if t == b"B":
             b = codec.parse_bind(p)
             stmt = self.statements.get(b.statement)
-            if stmt is None:
-                # Not parsed through this protocol: an SQL PREPARE shares the namespace.
-                # Judged as EXECUTE of it (the units recorded when it was prepared).
+            if stmt is None or b.statement in self.prepared:
+                # An SQL PREPARE shares the namespace: judged as EXECUTE of the name
+                # (the units it was prepared with, and any protocol statement's).
                 stmt = (f"EXECUTE {quote_ident(b.statement)}", ())
-            if stmt is not None:
-                sql, types = stmt
-                fmts = b.param_formats
-                params = [decode_param(v, fmts[0] if len(fmts) == 1 else (fmts[i] if fmts else 0),
-                                       types[i] if i < len(types) else 0) for i, v in enumerate(b.params)]
-                self.portals[b.portal] = PortalInfo(sql, params, b.result_formats)
-            else:
-                self.portals.pop(b.portal, None)
+            sql, types = stmt
+            fmts = b.param_formats
+            params = [decode_param(v, fmts[0] if len(fmts) == 1 else (fmts[i] if fmts else 0),
+                                   types[i] if i < len(types) else 0) for i, v in enumerate(b.params)]
+            prev = self.portals.get(b.portal)
+            info = self.portals[b.portal] = PortalInfo(sql, params, b.result_formats)
             self.forward(t, p)
-            return self.expect(Pending("bind"))
+            pending = Pending("bind")
+            pending.target = (self.portals, b.portal, info, prev)
+            return self.expect(pending)
         if t == b"D":
             kind, name = codec.parse_describe(p)
             self.forward(t, p)
@@ -424,18 +435,28 @@ class Frontend(Protocol):
             return self.execute(portal, p)
         if t == b"C":
             kind, name = codec.parse_describe(p)
-            (self.statements if kind == b"S" else self.portals).pop(name, None)
+            pending = Pending("close")
+            if kind == b"S":
+                self.statements.pop(name, None)  # an unknown name is judged as admin: no undo
+                self.prepared.pop(name, None)  # one namespace with SQL PREPARE
+            else:
+                # An unknown portal is judged as a FETCH: if the server skips this
+                # Close, the portal (and what it runs) stays.
+                pending.target = (self.portals, name, None, self.portals.pop(name, None))
             self.forward(t, p)
-            return self.expect(Pending("close"))
+            return self.expect(pending)
         if t == b"S":
-            refused_in_tx = self.skipping == "refused" and self.tx_status == b"T"
+            refused_in_tx = self.skipping == "refused" and self.tx_status == b"T" and not self.upstream_skip
             self.skipping = False
+            self.upstream_skip = False
             self.portals.pop("", None)
             if refused_in_tx:
                 # Our refusal must abort the transaction as a server error would:
-                # a failing query stands in for the Sync (one ReadyForQuery, status E).
-                self.forward(b"Q", codec.cstr(ABORT_SQL))
-                return self.expect(Pending("abort"))
+                # an Execute of a portal that cannot exist fails (or, if the server
+                # is already skipping after an error, is ignored) before the Sync.
+                self.forward(b"E", codec.cstr(ABORT_PORTAL) + b"\0\0\0\0")
+                self.forward(t, p)
+                return self.expect(Pending("abort_sync"))
             self.forward(t, p)
             return self.expect(Pending("sync"))
         if t == b"H":
@@ -456,8 +477,21 @@ class Frontend(Protocol):
         for name in self.user_functions & classified.bare_functions:
             units.append(Unit("write", f"public.{name}()"))  # may call a user-defined function of that name
         for name in classified.executes:
-            units.extend(self.prepared.get(name, (Unit("admin", None),)))
+            units.extend(self._prepared_units(name))
         return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)
+
+    def _prepared_units(self, name):
+        """What EXECUTE of a name may run: the units an SQL PREPARE of it was judged
+        with and those of a protocol statement of that name (one namespace)."""
+        units = list(self.prepared.get(name, ()))
+        if name in self.statements:
+            c = _classify_or_error(self.statements[name][0])
+            if isinstance(c, ClassifyError) or c.executes:
+                units.append(Unit("admin", None))
+            else:
+                units.extend(c.units)
+                units.extend(Unit("write", f"public.{f}()") for f in self.user_functions & c.bare_functions)
+        return units or [Unit("admin", None)]
 
     def _local_refusal(self, c) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""
@@ -528,8 +562,25 @@ class Frontend(Protocol):
             if isinstance(r, Allow):
                 if c.sets_search_path:
                     self.search_path_changed = True
-                for name, units in c.prepares:
-                    self.prepared[name] = units
+                for name in c.deallocates:
+                    if name is None:
+                        self.prepared.clear()
+                        self.statements.clear()
+                    else:
+                        self.prepared.pop(name, None)
+                        self.statements.pop(name, None)
+                for name, units, bare in c.prepares:
+                    units = units + tuple(Unit("write", f"public.{f}()") for f in self.user_functions & bare)
+                    # If the name is taken the server refuses this PREPARE and keeps
+                    # the old one: an EXECUTE is judged with both.
+                    self.prepared[name] = tuple(dict.fromkeys(self.prepared.get(name, ()) + units))
+                for name in c.declares:
+                    # A cursor is a portal. If the name is bound the DECLARE fails, yet a
+                    # savepoint can bring the old portal back: judge an Execute as either.
+                    old = self.portals.get(name)
+                    if old is not None:
+                        self.portals[name] = PortalInfo(f"{old.sql}\n;\nFETCH FROM {quote_ident(name)}",
+                                                        old.params, ())
                 proceed(c)
             else:
                 msg = r.reason if r.rule is None or r.rule in r.reason else f"{r.reason} (rule {r.rule!r})"
@@ -674,7 +725,7 @@ class Frontend(Protocol):
             return
         head = q[0]
         k = head.kind
-        if k == "abort":
+        if k in ("abort", "abort_sync"):
             if t == b"E":
                 if head.raw:
                     out.append(head.raw)  # the client sees our refusal, not the stand-in error
@@ -692,10 +743,12 @@ class Frontend(Protocol):
                 return
             if k == "sync":  # cannot happen; be safe
                 return
-            # The backend now skips to Sync: so do the replies we expect.
-            while q and q[0].kind != "sync":
+            # The backend now skips to Sync, answering nothing: so do the replies we expect.
+            while q and q[0].kind not in ("sync", "abort_sync"):
                 e = q.popleft()
-                if e.kind == "execute":
+                if e.kind in ("parse", "bind", "close") and e.target is not None:
+                    self._undo(e)
+                elif e.kind == "execute":
                     e.error = fields.get("C")
                     self._done(e)
                 elif e.kind == "describe_internal":
@@ -704,6 +757,12 @@ class Frontend(Protocol):
                     self._done(ex)
                     if q and q[0] is ex:
                         q.popleft()
+                elif e.kind == "synthetic":
+                    out.append(e.raw)
+            if not q:
+                # The client has not sent its Sync yet: what it sends until then
+                # is ignored upstream, and must expect no reply.
+                self.upstream_skip = True
             if fields.get("S") == "FATAL":
                 self.transport.write(b"".join(out))
                 out.clear()
@@ -762,6 +821,15 @@ class Frontend(Protocol):
             self.tx_status = p[:1]
         q.popleft()
         self._flush_pending(out)
+
+    def _undo(self, e):
+        """A Parse, Bind or Close the server failed or skipped: the name keeps what it had."""
+        table, name, new, prev = e.target
+        if table.get(name) is new:
+            if prev is None:
+                table.pop(name, None)
+            else:
+                table[name] = prev
 
     def _scrub(self, p: bytes, head) -> bytes:
         """Error and notice texts can quote values ('invalid input syntax for

@@ -87,16 +87,27 @@ def catalog_query(columns) -> str:
     """One simple query: the masked columns, then every view that depends
     on their tables (recursively). Names are passed as literals."""
     lit = ",".join("'" + c.replace("'", "''") + "'" for c in columns) or "NULL"
+    # Inheritance children and partitions hold the column too (under its name:
+    # an inherited column cannot be renamed), with origins of their own.
     return (
-        "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname FROM pg_catalog.pg_attribute a "
+        "WITH RECURSIVE t(oid, attname) AS ("
+        " SELECT a.attrelid, a.attname FROM pg_catalog.pg_attribute a"
+        " JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
+        " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE a.attnum > 0 AND NOT a.attisdropped"
+        f" AND n.nspname || '.' || c.relname || '.' || a.attname = ANY(ARRAY[{lit}]::text[])"
+        " UNION SELECT i.inhrelid, t.attname FROM pg_catalog.pg_inherits i JOIN t ON i.inhparent = t.oid) "
+        "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname FROM t "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attname = t.attname "
         "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE a.attnum > 0 AND NOT a.attisdropped "
-        f"AND n.nspname || '.' || c.relname || '.' || a.attname = ANY(ARRAY[{lit}]::text[]);"
-        "WITH RECURSIVE m(oid) AS ("
+        "WHERE NOT a.attisdropped;"
+        "WITH RECURSIVE b(oid) AS ("
         " SELECT a.attrelid FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid"
         " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
         f" WHERE n.nspname || '.' || c.relname || '.' || a.attname = ANY(ARRAY[{lit}]::text[])"
+        " UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN b ON i.inhparent = b.oid), "
+        "m(oid) AS (SELECT oid FROM b"
         " UNION SELECT r.ev_class FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid"
         " JOIN m ON d.refobjid = m.oid WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass"
         " AND r.ev_class <> m.oid) "
@@ -112,6 +123,7 @@ class MaskRules:
     views: dict = attrs.field(factory=dict)  # oid -> "schema.view" (every column masked)
     relations: frozenset = frozenset()  # "schema.name" of masked tables and their views
     names: frozenset = frozenset()  # masked column names
+    view_names: frozenset = frozenset()  # "schema.view" of views over masked tables
     configured: tuple = ()  # the column names as configured
 
     @property
@@ -126,11 +138,14 @@ class MaskRules:
             self.tables[int(oid)] = f"{nsp}.{rel}"
         names = {c.rsplit(".", 1)[-1].lower() for c in self.configured}
         relations = {c.rsplit(".", 1)[0] for c in self.configured}
+        view_names = set()
         for oid, kind, nsp, rel in rels:
             relations.add(f"{nsp}.{rel}")
             if kind in ("v", "m"):
                 self.views[int(oid)] = f"{nsp}.{rel}"
+                view_names.add(f"{nsp}.{rel}")
         self.relations = frozenset(relations)
+        self.view_names = frozenset(view_names)
         self.names = frozenset(names)
 
     def touches(self, c) -> bool:
@@ -140,10 +155,13 @@ class MaskRules:
     def tainted(self, c) -> bool:
         """Result columns without an origin may carry a masked value: the
         statement references a masked relation and a masked column name,
-        a whole row, a star below the top, or reads a cursor."""
+        a whole row, a star below the top, or reads a cursor; or it names a
+        view over a masked table (whose columns may be renamed)."""
         if c is None:
             return bool(self.configured)
         if c.fetch and self.configured:
+            return True
+        if not self.view_names.isdisjoint(c.relations):
             return True
         return self.touches(c) and (c.whole_row or not self.names.isdisjoint(c.column_names))
 
