@@ -921,3 +921,37 @@ def test_sftp_server_side_copy_and_link_chmod_are_events(setup, tmp_path):
     assert ("sftp.copy", {"path": f"{remote}/f", "to": f"{remote}/copy"}) in events, events
     assert ("sftp.setstat", {"path": f"{remote}/f"}) in events, events
     assert ("sftp.link", {"path": f"{remote}/f", "to": f"{remote}/hard"}) in events, events
+
+
+LATE_PTY_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+from asyncssh.packet import String, UInt32
+
+async def main(port, key):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        out = []
+
+        class S(asyncssh.SSHClientSession):
+            def data_received(self, data, datatype):
+                out.append(data)
+
+        chan, _ = await c.create_session(S, "tty")
+        # A terminal asked for after the exec: the decision has been made without one.
+        late = await chan._make_request(b"pty-req", String("xterm"), UInt32(80), UInt32(24), UInt32(0),
+                                        UInt32(0), String(b""))
+        await chan.wait_closed()
+        print("late-pty", late, "".join(out).strip())
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_a_terminal_asked_for_after_exec_is_refused(setup):
+    s = setup(allow=["exec tty"])
+    r = subprocess.run([sys.executable, "-c", LATE_PTY_CLIENT, str(s.port), str(s.key)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "late-pty False not a tty", (r.stdout, r.stderr)
+    (ev,) = s.gw.events("ssh.exec")
+    assert ev["data"]["pty"] is False

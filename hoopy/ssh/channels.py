@@ -108,6 +108,10 @@ class ClientSession(asyncssh.SSHServerSession):
         self.done.add_done_callback(self.client.records.discard)
 
     def pty_requested(self, term_type, term_size, term_modes):
+        if self.kind is not None:
+            # After exec/shell the decision (and whether the channel is recorded) is already
+            # being made: a late pty-req would reach upstream as a terminal nobody records.
+            return False
         self.pty = (term_type, term_size, term_modes)
         return True
 
