@@ -955,3 +955,45 @@ def test_a_terminal_asked_for_after_exec_is_refused(setup):
     assert r.stdout.strip() == "late-pty False not a tty", (r.stdout, r.stderr)
     (ev,) = s.gw.events("ssh.exec")
     assert ev["data"]["pty"] is False
+
+
+def _fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_connections_that_never_log_in_are_bounded_and_timed_out(setup):
+    import socket
+
+    from hoopy.ssh.server import MAX_UNAUTHENTICATED
+
+    s = setup(allow=["exec echo *"], extra='login_timeout = "8s"')
+    before = _fds(s.gw.proc.pid)
+    socks = []
+    try:
+        t0 = time.monotonic()
+        for _ in range(MAX_UNAUTHENTICATED + 300):
+            c = socket.create_connection(("127.0.0.1", s.port), 5)
+            c.sendall(b"SSH-2.0-silent\r\n")
+            socks.append(c)
+        time.sleep(0.5)
+        assert time.monotonic() - t0 < 6, "too slow to show anything"
+        # The gateway holds at most MAX_UNAUTHENTICATED of them, not every one a client opens.
+        held = _fds(s.gw.proc.pid) - before
+        assert held < MAX_UNAUTHENTICATED + 50, held
+        deadline = time.monotonic() + 15  # past login_timeout: all of them are gone
+        while time.monotonic() < deadline and _fds(s.gw.proc.pid) - before > 20:
+            time.sleep(0.2)
+        assert _fds(s.gw.proc.pid) - before < 20
+        for c in socks:
+            c.settimeout(2)
+            try:
+                while c.recv(65536):
+                    pass
+            except (ConnectionResetError, socket.timeout) as e:
+                assert not isinstance(e, socket.timeout), "a silent connection was never closed"
+    finally:
+        for c in socks:
+            c.close()
+    r = s.ssh("echo still serving")
+    assert (r.returncode, r.stdout) == (0, "still serving\n"), r.stderr
+    assert not s.gw.events("auth.failed")  # nobody tried a name

@@ -27,6 +27,12 @@ class SessionRefused(Exception):
     pass
 
 
+# Connections still authenticating (as sshd's MaxStartups): past this many, a new one is closed at
+# once, so a flood of connections that never log in (each kept up to login_timeout) cannot take
+# every file descriptor of the gateway, which every protocol and the audit store share.
+MAX_UNAUTHENTICATED = 256
+
+
 class ClientConnection(asyncssh.SSHServer):
     def __init__(self, service):
         self.service = service
@@ -45,6 +51,7 @@ class ClientConnection(asyncssh.SSHServer):
         self.recordings = 0
         self.end_reason = None
         self.ended = asyncio.get_event_loop().create_future()
+        self.refused = False  # closed at once: too many connections authenticating
 
     # --- authentication ----------------------------------------------------------
 
@@ -54,6 +61,12 @@ class ClientConnection(asyncssh.SSHServer):
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
         self.service.clients.add(self)
+        pending = sum(1 for c in self.service.clients if c.ready is None)
+        if pending > MAX_UNAUTHENTICATED:
+            log.warn("ssh {peer}: refused: {n} connections are already authenticating", peer=self.peer,
+                     n=pending - 1)
+            self.refused = True
+            conn.abort()
 
     def begin_auth(self, username):
         self.user = username
@@ -82,6 +95,7 @@ class ClientConnection(asyncssh.SSHServer):
         return False  # certificates are not identities
 
     def auth_completed(self):
+        self.user = self.conn.get_extra_info("username") or self.user  # the name that authenticated
         self.ready = asyncio.ensure_future(self._start(self.user))
         self.ready.add_done_callback(lambda f: f.exception())  # retrieved by channels
 
@@ -175,7 +189,7 @@ class ClientConnection(asyncssh.SSHServer):
     def connection_lost(self, exc):
         self.service.clients.discard(self)
         if self.ready is None:
-            if self.user is not None:
+            if self.user is not None and not self.refused:
                 self.gateway.auth_failed(self.connection, self.peer, self.user, "publickey",
                                          reason=f"no accepted key ({self.rejected_keys} offered)")
             if not self.ended.done():
