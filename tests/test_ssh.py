@@ -997,3 +997,20 @@ def test_connections_that_never_log_in_are_bounded_and_timed_out(setup):
     r = s.ssh("echo still serving")
     assert (r.returncode, r.stdout) == (0, "still serving\n"), r.stderr
     assert not s.gw.events("auth.failed")  # nobody tried a name
+
+
+def test_a_terminal_that_cannot_be_recorded_does_not_run(setup, tmp_path):
+    import shutil
+
+    mark = tmp_path / "ran"
+    s = setup(allow=["shell", f"exec touch {mark}"])
+    shutil.rmtree(s.gw.recordings, ignore_errors=True)
+    s.gw.recordings.write_text("not a directory\n")  # no recording can be created
+    r = s.ssh(None, "-tt", input=f"touch {mark}\nexit\n")
+    assert r.returncode == 126 and "recording" in r.stdout + r.stderr, r
+    r = s.ssh(f"touch {mark}", "-tt")
+    assert r.returncode == 126, r
+    time.sleep(0.3)
+    assert not mark.exists()
+    # Without a terminal an exec is recorded in its event, and runs.
+    assert s.ssh(f"touch {mark}").returncode == 0 and mark.exists()

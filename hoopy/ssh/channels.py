@@ -177,7 +177,10 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.pty is not None or self.kind == "shell":
             # A shell without a terminal (`ssh -T`, a script on stdin) is recorded too: its commands
             # arrive as input, so nothing else would say what ran.
-            self._start_recording(env)
+            if not self._start_recording(env):
+                # Fail closed: a terminal nobody records is not run.
+                return await self._fail("hoopy: refused: the recording of this terminal cannot be written",
+                                        REFUSED)
         decision = await wait(self.client.gateway.policy.decide(session, self._operation()))
         if isinstance(decision, Hold):
             self.hold = decision
@@ -243,12 +246,13 @@ class ClientSession(asyncssh.SSHServerSession):
                 command=self.command if self.kind == "exec" else None)
         except OSError as e:
             log.error("recording {name}: {e}", name=name, e=str(e))
-            return
+            return False
         self.recording = name
         for data in self._early:  # typed before the recording could start
             self.recorder.input(data)
         if self.session.recording is None:
             self.session.set_recording(name)
+        return True
 
     def _marker(self, label):
         if self.recorder is not None:
