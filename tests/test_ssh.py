@@ -1014,3 +1014,35 @@ def test_a_terminal_that_cannot_be_recorded_does_not_run(setup, tmp_path):
     assert not mark.exists()
     # Without a terminal an exec is recorded in its event, and runs.
     assert s.ssh(f"touch {mark}").returncode == 0 and mark.exists()
+
+
+EMPTY_EXEC_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+
+class Empty(str):
+    def __bool__(self):  # an exec request whose command line is empty (asyncssh would send `shell`)
+        return True
+
+async def main(port, key):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        try:
+            r = await c.run(Empty(""), input="echo pwned-$((6*7))\n", request_pty=False)
+            print("ran", r.exit_status, r.stdout.strip())
+        except asyncssh.ChannelOpenError as e:
+            print("refused", e)
+        except asyncssh.Error as e:
+            print("refused", e)
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_an_empty_exec_is_not_a_shell(setup):
+    """exec "" matches `exec *`; upstream it would be the user's login shell, running stdin."""
+    s = setup(allow=["exec *"])
+    r = subprocess.run([sys.executable, "-c", EMPTY_EXEC_CLIENT, str(s.port), str(s.key)],
+                       capture_output=True, text=True, timeout=60)
+    assert "pwned-42" not in r.stdout, r.stdout
+    assert r.stdout.startswith("refused"), (r.stdout, r.stderr)

@@ -120,6 +120,10 @@ class ClientSession(asyncssh.SSHServerSession):
         return True
 
     def exec_requested(self, command):
+        if not command:
+            # An empty command line would open the upstream user's login shell (asyncssh sends a
+            # `shell` request for it, sshd runs the shell for it): a shell judged as `exec *`.
+            return False
         self.kind = "exec"
         self.command = command
         return True
