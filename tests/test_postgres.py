@@ -862,3 +862,37 @@ def test_refusal_in_a_transaction_after_an_upstream_error_does_not_hang(gw):
     s.sendall(codec.query("SELECT 1"))
     assert [t for t, _ in until_ready()] == [b"T", b"D", b"C", b"Z"]
     s.close()
+
+
+def test_patterns_reach_into_arrays_records_and_other_types(gw):
+    """Pattern masking is not only for text columns: an email in an array, a record,
+    a tsvector or xml, a card number as numeric, in text and binary formats."""
+    for q in ("SELECT array_agg(email) FROM customers", "SELECT ROW(email, 1) FROM customers",
+              "SELECT c FROM customers c", "SELECT to_tsvector('simple', email) FROM customers",
+              "SELECT xmlelement(name x, email) FROM customers", "SELECT card::numeric FROM customers",
+              "SELECT ARRAY[card] FROM customers", "SELECT ARRAY[[email]]::varchar[] FROM customers"):
+        r = psql(gw, q)
+        assert r.returncode == 0 and "example" not in r.stdout and "4111111111111111" not in r.stdout, \
+            (q, r.stdout, r.stderr)
+
+    async def go():
+        conn = await asyncpg.connect(host="127.0.0.1", port=gw.pg_port, user=AGENT.name,
+                                     password=AGENT.token, database="x")
+        try:
+            out = []
+            for q in ("SELECT card::numeric AS n FROM customers", "SELECT ROW(card, email) AS r FROM customers",
+                      "SELECT array_agg(email) FROM customers", "SELECT -card::numeric * 10000 AS d FROM customers"):
+                out.append(repr(await conn.fetch(q)))
+            return out
+        finally:
+            await conn.close()
+
+    texts = in_thread(go)
+    with psycopg.connect(gw.dsn) as conn:  # binary arrays of numbers
+        for q in ("SELECT array_agg(card) FROM customers", "SELECT ARRAY[card::numeric] FROM customers"):
+            texts.append(repr(conn.execute(q, binary=True).fetchall()))
+    for text in texts:
+        assert "4111111111111111" not in text and "example" not in text, text
+    # Harmless values stay.
+    r = psql(gw, "SELECT ARRAY[id], ROW(name), 42::numeric FROM customers WHERE id = 2")
+    assert r.stdout.strip() == "{2}|(Bob)|42", r.stdout

@@ -249,3 +249,17 @@ def test_classify_namespace_changes_and_hidden_names():
     assert classify("SELECT lower(x) FROM customers AS c(i, n, x)").whole_row
     assert classify("SELECT lower(t.x) FROM (customers JOIN invoices USING (id)) AS t(i, n, x)").whole_row
     assert not classify("SELECT lower(name) FROM customers AS c").whole_row
+
+
+def test_binary_values_are_walked_for_patterns():
+    import struct
+
+    from hoopy.postgres.rows import binary_texts
+
+    card = struct.pack("!q", 4111111111111111)
+    arr = struct.pack("!iiiii", 1, 0, 20, 1, 1) + struct.pack("!i", 8) + card
+    rec = struct.pack("!i", 2) + struct.pack("!ii", 1016, len(arr)) + arr + struct.pack("!ii", 25, -1)
+    assert "4111111111111111" in binary_texts(2249, rec)
+    num = struct.pack("!hhHh", 4, 3, 0, 0) + struct.pack("!hhhh", 4111, 1111, 1111, 1111)
+    assert "4111111111111111" in binary_texts(1700, num)
+    assert binary_texts(2249, b"\x00\x00\x00\x05junk") == ["\x00\x00\x00\x05junk"]  # not a record: bytes

@@ -19,7 +19,91 @@ TEXT_TYPES = frozenset({25, 1043, 1042, 19, 705})
 JSON = 114
 JSONB = 3802
 INT_BINARY = {20: struct.Struct("!q"), 21: struct.Struct("!h"), 23: struct.Struct("!i")}
+NUMERIC = 1700
+# Types whose values cannot show a pattern's text (bool, floats, times, uuid, oid):
+# not scanned. Every other value is: text types and json are redacted in place,
+# any other type (arrays, records, numeric, xml, tsvector...) becomes NULL.
+NO_TEXT = frozenset({16, 26, 700, 701, 1082, 1083, 1114, 1184, 1186, 1266, 2950})
 _I = struct.Struct("!i")
+_H = struct.Struct("!h")
+
+
+def _in_place(f) -> bool:
+    return f.type_oid in TEXT_TYPES or f.type_oid in (JSON, JSONB)
+
+
+def _opaque(f) -> bool:
+    """A binary value whose bytes need not show its text (ints, numeric, arrays, records)."""
+    return f.format == 1 and not _in_place(f)
+
+
+def _numeric_text(v: bytes) -> str:
+    ndigits, weight = _H.unpack_from(v, 0)[0], _H.unpack_from(v, 2)[0]
+    sign = int.from_bytes(v[4:6], "big")
+    digits = [_H.unpack_from(v, 8 + 2 * i)[0] for i in range(ndigits)]
+    if sign == 0xC000:
+        return "NaN"
+    ip = digits[:weight + 1] + [0] * max(0, weight + 1 - len(digits))
+    whole = (str(ip[0]) + "".join("%04d" % d for d in ip[1:])) if ip else "0"
+    frac = "0000" * max(0, -weight - 1) + "".join("%04d" % d for d in digits[max(0, weight + 1):])
+    return ("-" if sign == 0x4000 else "") + whole + ("." + frac if frac else "")
+
+
+def _items(v: bytes, array: bool):
+    """(type oid, bytes or None) of a binary array's elements or a record's fields; None if not one."""
+    try:
+        if array:
+            ndim, flags, elem = _I.unpack_from(v, 0)[0], _I.unpack_from(v, 4)[0], _I.unpack_from(v, 8)[0]
+            if not 0 <= ndim <= 6 or flags not in (0, 1):
+                return None
+            count, pos = (1 if ndim else 0), 12
+            for _ in range(ndim):
+                count *= _I.unpack_from(v, pos)[0]
+                pos += 8
+            oids = None
+        else:
+            count, pos = _I.unpack_from(v, 0)[0], 4
+            elem = None
+        if not 0 <= count <= len(v):
+            return None
+        out = []
+        for _ in range(count):
+            if elem is None:
+                oid = _I.unpack_from(v, pos)[0]
+                pos += 4
+            else:
+                oid = elem
+            (k,) = _I.unpack_from(v, pos)
+            pos += 4
+            if k == -1:
+                continue
+            if k < 0 or pos + k > len(v):
+                return None
+            out.append((oid, v[pos:pos + k]))
+            pos += k
+        return out if pos == len(v) else None
+    except struct.error:
+        return None
+
+
+def binary_texts(oid: int, v: bytes, depth: int = 0) -> list:
+    """The texts a binary value may show, for pattern checks: ints and numerics in
+    decimal, arrays and records element by element, and always the raw bytes."""
+    out = [v.decode("latin-1")]
+    try:
+        if oid in INT_BINARY:
+            out.append(str(INT_BINARY[oid].unpack(v)[0]))
+        elif oid == NUMERIC:
+            out.append(_numeric_text(v))
+        elif oid not in TEXT_TYPES and depth < 8:
+            parts = _items(v, True)
+            if parts is None:
+                parts = _items(v, False)
+            for eo, ev in parts or ():
+                out.extend(binary_texts(eo, ev, depth + 1))
+    except (struct.error, IndexError):
+        pass
+    return out
 
 # Cheap byte-level tests that must match wherever a built-in detector could:
 # a row (or a whole chunk of rows) none of them finds passes untouched.
@@ -184,8 +268,7 @@ class MaskRules:
             if label is not None:
                 actions.append(("mask", label, f))
                 any_action = True
-            elif self.detectors and (f.type_oid in TEXT_TYPES or f.type_oid in (JSON, JSONB)
-                                     or (f.type_oid in INT_BINARY)):
+            elif self.detectors and f.type_oid not in NO_TEXT:
                 actions.append(("scan", None, f))
                 any_action = True
             else:
@@ -218,8 +301,7 @@ class RowPlan:
         # prefilter hit cannot change, so it need not be parsed.
         self.value_filter = prefilter(self.detectors)
         self.prefilter = None
-        if all(a is None or (a[0] == "scan" and not (a[2].format == 1 and a[2].type_oid in INT_BINARY))
-               for a in self.actions):
+        if all(a is None or (a[0] == "scan" and not _opaque(a[2])) for a in self.actions):
             self.prefilter = prefilter(self.detectors)
         self.byte_detectors = byte_detectors(self.detectors)
 
@@ -263,7 +345,7 @@ class RowPlan:
                     raise codec.ProtocolError("bad DataRow")
                 a = actions[i] if i < count else None
                 if a is not None:
-                    if a[0] == "scan" and vf is not None and (a[2].format == 0 or a[2].type_oid not in INT_BINARY) \
+                    if a[0] == "scan" and vf is not None and not _opaque(a[2]) \
                             and vf.search(payload, pos, pos + k) is None:
                         pos += k  # no candidate in this value: nothing to scan
                         continue
@@ -301,20 +383,16 @@ class RowPlan:
 
     def _scan(self, v: bytes, f):
         pf = self.value_filter
-        if pf is not None and (f.format == 0 or f.type_oid not in INT_BINARY) and pf.search(v) is None:
+        if pf is not None and not _opaque(f) and pf.search(v) is None:
             return v
-        if f.type_oid in INT_BINARY:
-            if f.format == 1:
-                try:
-                    text = str(INT_BINARY[f.type_oid].unpack(v)[0])
-                except struct.error:
-                    return v
-            else:
-                text = v.decode("ascii", "replace")
-            _, counts = redact_text(text, self.detectors)
-            if counts:
-                self._count(counts)
-                return None  # a number cannot hold the mask: NULL
+        if not _in_place(f):
+            # A number, array, record...: the mask would not be a valid value: NULL.
+            texts = binary_texts(f.type_oid, v) if f.format == 1 else [v.decode("utf-8", "replace")]
+            for text in texts:
+                _, counts = redact_text(text, self.detectors)
+                if counts:
+                    self._count(counts)
+                    return None
             return v
         prefix = b""
         if f.type_oid == JSONB and f.format == 1:
