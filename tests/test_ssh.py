@@ -1046,3 +1046,40 @@ def test_an_empty_exec_is_not_a_shell(setup):
                        capture_output=True, text=True, timeout=60)
     assert "pwned-42" not in r.stdout, r.stdout
     assert r.stdout.startswith("refused"), (r.stdout, r.stderr)
+
+
+MANY_SESSIONS_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+
+async def main(port, key, n):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        async def one():
+            try:
+                p = await c.create_process("cat")  # held: each waits, holding its input window
+                return p
+            except asyncssh.ChannelOpenError:
+                return None
+        procs = await asyncio.gather(*(one() for _ in range(int(n))))
+        print("opened", sum(p is not None for p in procs))
+        for p in procs:
+            if p is not None:
+                p.close()
+        # Closed channels make room again.
+        await asyncio.sleep(1)
+        p = await c.create_process("cat")
+        print("again", p is not None)
+        p.close()
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_one_connection_holds_a_bounded_number_of_session_channels(setup):
+    from hoopy.ssh.server import MAX_SESSIONS
+
+    s = setup(approve=["exec cat"])
+    r = subprocess.run([sys.executable, "-c", MANY_SESSIONS_CLIENT, str(s.port), str(s.key),
+                        str(MAX_SESSIONS + 15)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["opened", str(MAX_SESSIONS), "again", "True"], (r.stdout, r.stderr)

@@ -454,6 +454,9 @@ class ClientSession(asyncssh.SSHServerSession):
         """The client's channel is gone (closed, or the client vanished)."""
         self.closed = True
         self.client.channels.discard(self)
+        if not getattr(self, "_counted_closed", False):
+            self._counted_closed = True
+            self.client.sessions -= 1
         if self.hold is not None:
             self.client.gateway.approvals.cancel_session(self.session, "the client went away")
         if self.up is not None:

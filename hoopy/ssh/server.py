@@ -32,6 +32,11 @@ class SessionRefused(Exception):
 # every file descriptor of the gateway, which every protocol and the audit store share.
 MAX_UNAUTHENTICATED = 256
 
+# Session channels open at once on one connection (as sshd's MaxSessions). Each may hold a channel
+# window of input (8 MiB) while it waits for the policy or a reviewer: without a bound one
+# connection could make the gateway hold any amount.
+MAX_SESSIONS = 10
+
 
 class ClientConnection(asyncssh.SSHServer):
     def __init__(self, service):
@@ -47,6 +52,7 @@ class ClientConnection(asyncssh.SSHServer):
         self.upstream = None
         self.ready = None  # the future of (session, upstream connection)
         self.channels = set()  # open session channels
+        self.sessions = 0  # session channels accepted and not yet closed
         self.records = set()  # the `done` futures of channels still being recorded
         self.recordings = 0
         self.end_reason = None
@@ -150,6 +156,10 @@ class ClientConnection(asyncssh.SSHServer):
     def session_requested(self):
         if self.ready is None:
             return False
+        if self.sessions >= MAX_SESSIONS:
+            log.info("ssh {peer}: session channel refused: {n} open", peer=self.peer, n=self.sessions)
+            return False
+        self.sessions += 1
         return ClientSession(self)
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
