@@ -896,3 +896,20 @@ def test_patterns_reach_into_arrays_records_and_other_types(gw):
     # Harmless values stay.
     r = psql(gw, "SELECT ARRAY[id], ROW(name), 42::numeric FROM customers WHERE id = 2")
     assert r.stdout.strip() == "{2}|(Bob)|42", r.stdout
+
+
+def test_column_statistics_do_not_show_masked_values(hoopy_gateway, database):
+    """pg_stats holds sample values of every column (histogram, most common values):
+    with masked columns configured, the statistics views are refused."""
+    admin_sql("ANALYZE customers", database)
+    port = free_port()
+    g = hoopy_gateway(body(database, port).replace('"read public.customers",',
+                                                   '"read public.customers", "read pg_catalog.*",'))
+    g.pg_port = port
+    for q in ("SELECT histogram_bounds FROM pg_stats WHERE tablename = 'customers'",
+              "SELECT histogram_bounds::text FROM pg_catalog.pg_stats WHERE attname = 'ssn'",
+              "SELECT s.* FROM pg_stats s"):
+        r = psql(g, q)
+        assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout)
+    r = psql(g, "SELECT count(*) FROM pg_class WHERE relname = 'customers'")  # the catalog still reads
+    assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr

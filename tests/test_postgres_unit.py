@@ -263,3 +263,20 @@ def test_binary_values_are_walked_for_patterns():
     num = struct.pack("!hhHh", 4, 3, 0, 0) + struct.pack("!hhhh", 4111, 1111, 1111, 1111)
     assert "4111111111111111" in binary_texts(1700, num)
     assert binary_texts(2249, b"\x00\x00\x00\x05junk") == ["\x00\x00\x00\x05junk"]  # not a record: bytes
+
+
+def test_error_scrub_cuts_translated_messages_before_any_value():
+    """lc_messages may be another language: values are quoted with »«, « », „“, ''."""
+    import types
+
+    from hoopy.postgres import codec
+    from hoopy.postgres.frontend import Frontend
+
+    fake = types.SimpleNamespace(rules=MaskRules(configured=("public.customers.ssn",)))
+    for m in ("Relation »123-45-6789« existiert nicht", "la relation « 123-45-6789 » n'existe pas",
+              "relacja „123-45-6789” nie istnieje", "relation '123-45-6789' does not exist",
+              "invalid input syntax for type integer: \"123-45-6789\""):
+        p = b"SERROR\0C42P01\0M" + m.encode() + b"\0\0"
+        out = codec.parse_fields(Frontend._scrub(fake, p, None))["M"]
+        assert "6789" not in out, out
+        assert "details withheld" in out

@@ -9,6 +9,7 @@ where none can.
 from __future__ import annotations
 
 import collections
+import re
 import secrets
 import time
 
@@ -32,6 +33,10 @@ log = Logger()
 MAX_SQL_RECORDED = 100_000
 ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
 ABORT_PORTAL = "hoopy refused this statement"  # no such portal: Execute of it fails
+# Catalog views holding sample values of columns (histograms, most common values).
+STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
+    "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"))
+_VALUE_START = re.compile(r"[:\"'`\u0080-\U0010ffff]")
 LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 class Pending:
@@ -500,6 +505,8 @@ class Frontend(Protocol):
                     "session, so hoopy cannot read its SQL as the server does")
         if c.unqualified and self.search_path_changed:
             return "refused: search_path was changed in this session, so unqualified table names are ambiguous"
+        if self.rules.configured and not STATISTICS.isdisjoint(c.relations):
+            return "refused: column statistics (pg_stats) hold sample values of masked columns"
         if self.rules.configured and self.rules.touches(c):
             if c.copy_out:
                 return "refused: COPY TO STDOUT of a table with masked columns"
@@ -843,9 +850,10 @@ class Frontend(Protocol):
                 if fields.pop(k, None) is not None:
                     changed = True
             m = fields.get("M", "")
-            if ":" in m or '"' in m:
-                fields["M"] = m.split(":", 1)[0].split('"', 1)[0].rstrip() + \
-                    " (details withheld by hoopy: the statement reads masked columns)"
+            cut = _VALUE_START.split(m, 1)
+            if len(cut) > 1:
+                # Before the first colon, quote (any language's: lc_messages) or non-ASCII letter.
+                fields["M"] = cut[0].rstrip() + " (details withheld by hoopy: the statement reads masked columns)"
                 changed = True
         if self.rules.detectors:
             for k in ("M", "D", "H", "W"):
