@@ -1083,3 +1083,41 @@ def test_one_connection_holds_a_bounded_number_of_session_channels(setup):
     r = subprocess.run([sys.executable, "-c", MANY_SESSIONS_CLIENT, str(s.port), str(s.key),
                         str(MAX_SESSIONS + 15)], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["opened", str(MAX_SESSIONS), "again", "True"], (r.stdout, r.stderr)
+
+
+TWO_HELD_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+
+async def main(port, key, flag):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        first = await c.create_process("echo first")
+        second = await c.create_process("echo second")
+        await asyncio.sleep(1.5)  # both held
+        first.close()  # the tool gave up on one of them
+        await first.wait_closed()
+        print("closed-first", flush=True)
+        r = await asyncio.wait_for(second.wait(), 30)
+        print("second", r.exit_status, r.stdout.strip())
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_closing_one_held_channel_leaves_the_others_held(setup):
+    s = setup(approve=["exec echo *"])
+    p = subprocess.Popen([sys.executable, "-c", TWO_HELD_CLIENT, str(s.port), str(s.key), "x"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "closed-first"
+    deadline = time.monotonic() + 10
+    while True:
+        rows = s.gw.wait_pending(s.reviewer.token)
+        if len(rows) == 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    (row,) = rows
+    assert "second" in json.dumps(row)
+    assert s.gw.hoopy("approve", row["id"], token=s.reviewer.token).returncode == 0
+    out, err = p.communicate(timeout=30)
+    assert out.strip() == "second 0 second", (out, err)

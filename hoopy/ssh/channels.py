@@ -458,7 +458,10 @@ class ClientSession(asyncssh.SSHServerSession):
             self._counted_closed = True
             self.client.sessions -= 1
         if self.hold is not None:
-            self.client.gateway.approvals.cancel_session(self.session, "the client went away")
+            # This channel's approval only: other channels of the session may be held too.
+            approvals, approval = self.client.gateway.approvals, self.hold.approval
+            if approvals.pending.get(approval.id) is approval:
+                approvals._settle(approval, "expired", None, "the client went away").addErrback(lambda f: None)
         if self.up is not None:
             self.up.close()
         if self._finishing is None and self.kind is not None and self.session is not None:
