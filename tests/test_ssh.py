@@ -1121,3 +1121,21 @@ def test_closing_one_held_channel_leaves_the_others_held(setup):
     assert s.gw.hoopy("approve", row["id"], token=s.reviewer.token).returncode == 0
     out, err = p.communicate(timeout=30)
     assert out.strip() == "second 0 second", (out, err)
+
+
+def test_a_held_forward_expires_when_its_client_goes(setup):
+    port = free_port()
+    s = setup(approve=[f"forward 127.0.0.1:{port}"])
+    p = subprocess.Popen(s.ssh_args("-W", f"127.0.0.1:{port}"), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    (row,) = s.gw.wait_pending(s.reviewer.token)
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and s.gw.get("/approvals?state=pending", s.reviewer.token)[1]:
+        time.sleep(0.1)
+    assert s.gw.get("/approvals?state=pending", s.reviewer.token)[1] == []
+    (exp,) = s.gw.events("approval.expired")
+    assert exp["data"]["approval"] == row["id"] and exp["data"]["reason"] == "the client went away"
+    (end,) = s.gw.events("session.end")
+    assert exp["seq"] < end["seq"]

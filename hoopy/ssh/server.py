@@ -215,6 +215,10 @@ class ClientConnection(asyncssh.SSHServer):
             # Each channel records its end (and seals its recording) before the session ends.
             if self.records:
                 await asyncio.wait(list(self.records), timeout=30)
+            if self.session is not None:
+                # Held port forwards have no channel yet to notice the client going: expire them.
+                await asyncio.gather(*(wait(d) for d in self.gateway.approvals.cancel_session(
+                    self.session, "the client went away")))
             if not self.ready.done():  # still logging in upstream: let it finish, then close it
                 await asyncio.wait([self.ready], timeout=self.settings.connect_timeout + 5)
             if self.upstream is not None:
