@@ -1139,3 +1139,16 @@ def test_a_held_forward_expires_when_its_client_goes(setup):
     assert exp["data"]["approval"] == row["id"] and exp["data"]["reason"] == "the client went away"
     (end,) = s.gw.events("session.end")
     assert exp["seq"] < end["seq"]
+
+
+def test_what_an_exec_reads_is_in_its_event(setup):
+    """A granted interpreter (`exec sh`) runs what arrives on stdin: that must be on the record too."""
+    s = setup(allow=["exec sh"], extra='exec_output_limit = "1KiB"')
+    r = s.ssh("sh", input="echo piped-$((6*7))\n")
+    assert r.stdout == "piped-42\n", r
+    (ev,) = s.gw.events("ssh.exec")
+    assert ev["data"]["input"] == "echo piped-$((6*7))\n" and ev["data"]["input_truncated"] is False
+    r = s.ssh("sh", input="true\n" * 1000)
+    ev = s.gw.events("ssh.exec")[-1]
+    assert len(ev["data"]["input"]) == 1024 and ev["data"]["input_truncated"] is True
+    assert ev["data"]["bytes_in"] == 5000

@@ -87,6 +87,8 @@ class ClientSession(asyncssh.SSHServerSession):
         self.bytes_in = self.bytes_out = self.bytes_err = 0
         self.output = bytearray()
         self.truncated = False
+        self.input = bytearray()
+        self.input_truncated = False
         self.started = time.monotonic()
         self.done = asyncio.get_event_loop().create_future()  # set once the channel is recorded
         self._finishing = None
@@ -287,6 +289,12 @@ class ClientSession(asyncssh.SSHServerSession):
         self.bytes_in += len(data)
         if self.recorder is not None:
             self.recorder.input(data)
+        elif self.kind == "exec" and not self.input_truncated:
+            # What an exec without a terminal reads (a script piped to `sh`, a file to `tee`) is
+            # kept as its output is, bounded, in its event.
+            room = self.client.settings.exec_output_limit - len(self.input)
+            self.input_truncated = len(data) > room
+            self.input += data[:max(room, 0)]
         if self.up is None:
             # Early bytes (before the decision): held here, bounded by the channel window.
             self._early.append(data)
@@ -502,6 +510,8 @@ class ClientSession(asyncssh.SSHServerSession):
                 if self.recorder is None:
                     data["output"] = self.output.decode("utf-8", "replace")
                     data["output_truncated"] = self.truncated
+                    data["input"] = self.input.decode("utf-8", "replace")
+                    data["input_truncated"] = self.input_truncated
             if self.tracker is not None:
                 for action in self.tracker.unclosed():
                     await _quiet(wait(session.event(action.kind, "ok", **action.data)))
