@@ -913,3 +913,45 @@ def test_column_statistics_do_not_show_masked_values(hoopy_gateway, database):
         assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout)
     r = psql(g, "SELECT count(*) FROM pg_class WHERE relname = 'customers'")  # the catalog still reads
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+
+
+def test_search_path_set_at_startup_under_another_spelling_is_noticed(gw, database):
+    """The server folds case and dashes in setting names: Search_Path, --search-path,
+    -c search-path all move unqualified names to another schema."""
+    from hoopy.postgres import codec, scram
+
+    admin_sql("CREATE SCHEMA IF NOT EXISTS shadow; CREATE TABLE IF NOT EXISTS shadow.invoices (secret text);"
+              "DELETE FROM shadow.invoices; INSERT INTO shadow.invoices VALUES ('top secret')", database)
+    for opts in ("--search-path=shadow", "-c search-path=shadow", "-c Search-Path=shadow"):
+        r = psql(gw, "SELECT * FROM invoices", extra_env={"PGOPTIONS": opts})
+        assert "top secret" not in r.stdout, (opts, r.stdout)
+    # As a startup parameter of its own.
+    s = socket.create_connection(("127.0.0.1", gw.pg_port), timeout=10)
+    s.sendall(codec.startup_message({"user": AGENT.name, "database": "x", "Search_Path": "shadow"}))
+    rd = codec.MessageReader()
+
+    def recv_msg():
+        while True:
+            m = rd.next()
+            if m is not None:
+                return m
+            data = s.recv(65536)
+            assert data, "closed"
+            rd.feed(data)
+
+    assert recv_msg()[0] == b"R"
+    client = scram.ScramClient(AGENT.token, [scram.MECH], None)
+    s.sendall(codec.sasl_initial(client.mech, client.first()))
+    t, p = recv_msg()
+    s.sendall(codec.password(client.final(p[4:])))
+    while recv_msg()[0] != b"Z":
+        pass
+    s.sendall(codec.query("SELECT * FROM invoices"))
+    got = []
+    while True:
+        t, p = recv_msg()
+        got.append((t, p))
+        if t == b"Z":
+            break
+    assert not any(b"top secret" in p for t, p in got), got
+    s.close()

@@ -26,7 +26,7 @@ from hoopy.postgres.classify import ClassifyError, classify
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, RowPlan, catalog_query
 from hoopy.postgres.startup import (
-    PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem)
+    PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem, startup_keys)
 
 log = Logger()
 
@@ -312,7 +312,7 @@ class Frontend(Protocol):
         self.session.attribute(application_name=self.client_params.get("application_name"),
                                model=ours.get("model"), tool_call=ours.get("tool_call"),
                                mcp_server=ours.get("mcp_server"))
-        if any(w.lower().startswith("search_path") for w in rest) or "search_path" in self.client_params:
+        if "search_path" in startup_keys(self.client_params, rest):
             self.search_path_changed = True
         up = {"user": self.settings.upstream_user,
               "database": self.settings.upstream_database or self.client_params.get("database") or self.user}

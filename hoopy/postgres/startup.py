@@ -33,12 +33,28 @@ def settings_problem(params: dict, option_words: list) -> str | None:
         k, _, v = words.pop(0).partition("=")
         pairs.append((k, v))
     for k, v in pairs:
-        key = k.lower().replace("-", "_")
+        key = setting_key(k)
         if key not in CLIENT_SETTINGS:
             return f"startup setting {k!r} is not allowed through hoopy"
         if key == "client_encoding" and v.strip().lower().strip("'\"") not in UTF8_NAMES:
             return "hoopy accepts only UTF8 as client_encoding"
     return None
+
+
+def setting_key(name: str) -> str:
+    """A setting's name as the server matches it: case-insensitive, '-' as '_'."""
+    return name.strip().lower().replace("-", "_")
+
+
+def startup_keys(params: dict, option_words: list) -> set:
+    """Every setting the startup packet makes, by setting_key."""
+    keys = {setting_key(k) for k in params if k not in PRIVATE_PARAMS and not k.startswith("_pq_.")}
+    words = list(option_words)
+    while words:
+        w = words.pop(0)
+        if w == "-c" and words:
+            keys.add(setting_key(words.pop(0).partition("=")[0]))
+    return keys
 
 
 def lexing_unsafe(name: str, value: str) -> bool:
