@@ -1152,3 +1152,38 @@ def test_what_an_exec_reads_is_in_its_event(setup):
     ev = s.gw.events("ssh.exec")[-1]
     assert len(ev["data"]["input"]) == 1024 and ev["data"]["input_truncated"] is True
     assert ev["data"]["bytes_in"] == 5000
+
+
+ENV_FLOOD_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+from asyncssh.packet import String
+
+async def main(port, key, n):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        chan, _ = await c.create_session(asyncssh.SSHClientSession, "sleep 4")
+        for i in range(int(n)):
+            chan._send_request(b"env", String(f"HOOPY_FLOOD_{i}"), String("x" * 16000))
+            if i % 100 == 0:
+                await asyncio.sleep(0)
+        print("sent", flush=True)
+        await chan.wait_closed()
+        r = await c.run("env", env={"HOOPY_TEST_AFTER": "1"})
+        print("after", "HOOPY_TEST_AFTER=1" in r.stdout)
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_env_requests_without_end_do_not_fill_the_gateway(setup):
+    s = setup(allow=["exec sleep 4", "exec env"])
+    before = _rss_kib(s.gw.proc.pid)
+    p = subprocess.Popen([sys.executable, "-c", ENV_FLOOD_CLIENT, str(s.port), str(s.key), "6000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "sent", p.stderr.read()
+    time.sleep(1)
+    grown = _rss_kib(s.gw.proc.pid) - before
+    out, err = p.communicate(timeout=30)
+    assert out.strip() == "after True", (out, err)
+    assert grown < 30 * 1024, f"the gateway grew by {grown // 1024} MiB keeping 96 MB of env requests"

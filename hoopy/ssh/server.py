@@ -37,6 +37,22 @@ MAX_UNAUTHENTICATED = 256
 # connection could make the gateway hold any amount.
 MAX_SESSIONS = 10
 
+# asyncssh keeps every `env` request of a channel: without a bound, a client sending env requests
+# without end (each up to a packet) makes the gateway hold any amount (sshd keeps 128 at most).
+MAX_ENV = 64
+MAX_ENV_BYTES = 4096
+
+
+class ServerChannel(asyncssh.SSHServerChannel):
+    def _process_env_request(self, packet) -> bool:
+        key = packet.get_string()
+        value = packet.get_string()
+        packet.check_end()
+        if len(key) + len(value) > MAX_ENV_BYTES or (key not in self._env and len(self._env) >= MAX_ENV):
+            return False
+        self._env[key] = value
+        return True
+
 
 class ClientConnection(asyncssh.SSHServer):
     def __init__(self, service):
@@ -160,7 +176,9 @@ class ClientConnection(asyncssh.SSHServer):
             log.info("ssh {peer}: session channel refused: {n} open", peer=self.peer, n=self.sessions)
             return False
         self.sessions += 1
-        return ClientSession(self)
+        chan = self.conn.create_server_channel()  # the connection's encoding, window and packet size
+        chan.__class__ = ServerChannel
+        return chan, ClientSession(self)
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
         return self._forward(dest_host, dest_port, orig_host, orig_port)
