@@ -955,3 +955,13 @@ def test_search_path_set_at_startup_under_another_spelling_is_noticed(gw, databa
             break
     assert not any(b"top secret" in p for t, p in got), got
     s.close()
+
+
+def test_prepared_statement_executed_later_is_masked_and_scrubbed(gw):
+    r = psql(gw, "PREPARE q AS SELECT lower(ssn), ssn || '' FROM customers ORDER BY id", "EXECUTE q")
+    assert r.returncode == 0 and "45-6789" not in r.stdout and "65-4321" not in r.stdout, (r.stdout, r.stderr)
+    r = psql(gw, "PREPARE q AS SELECT ssn::int FROM customers", "EXECUTE q")
+    assert "45-6789" not in r.stderr and "65-4321" not in r.stderr, r.stderr
+    r = psql(gw, "PREPARE q AS SELECT ssn FROM customers", "EXPLAIN ANALYZE EXECUTE q",
+             "CREATE TEMP TABLE t AS EXECUTE q")
+    assert "45-6789" not in r.stdout + r.stderr

@@ -510,7 +510,8 @@ class Frontend(Protocol):
         if self.rules.configured and self.rules.touches(c):
             if c.copy_out:
                 return "refused: COPY TO STDOUT of a table with masked columns"
-            if c.classes - {"read"} and (c.whole_row or not self.rules.names.isdisjoint(c.column_names)):
+            if c.classes - {"read"} and (c.whole_row or c.executes
+                                         or not self.rules.names.isdisjoint(c.column_names)):
                 return "refused: this statement would copy a masked column"
         return None
 

@@ -234,6 +234,8 @@ class MaskRules:
 
     def touches(self, c) -> bool:
         """The statement names a masked table or a view over one."""
+        if c is not None and self.configured and (c.executes or c.fetch):
+            return True  # what a prepared statement or a cursor reads is not in this SQL
         return bool(self.relations and c is not None and not self.relations.isdisjoint(c.relations))
 
     def tainted(self, c) -> bool:
@@ -243,7 +245,7 @@ class MaskRules:
         view over a masked table (whose columns may be renamed)."""
         if c is None:
             return bool(self.configured)
-        if c.fetch and self.configured:
+        if (c.fetch or c.executes) and self.configured:
             return True
         if not self.view_names.isdisjoint(c.relations):
             return True
