@@ -81,9 +81,10 @@ record_body_limit = "256"
 identity = "billing-agent"
 connection = "api"
 allow = ["GET /v1/customers/*", "* /echo/**", "GET /customer", "GET /gzip/customer", "GET /text", "GET /sse",
-         "GET /big", "GET /slow", "GET /reset", "GET /stall", "POST /upload", "POST /v1/search"]
+         "GET /big", "GET /slow", "GET /reset", "GET /stall", "POST /upload", "POST /v1/search",
+         "GET /raw", "* /items/**"]
 approve = ["POST /v1/refunds"]
-deny = ["DELETE /v1/customers/*"]
+deny = ["DELETE /v1/customers/*", "DELETE /items/**"]
 
 [[grants]]
 identity = "other-agent"
@@ -198,7 +199,8 @@ def test_granted_route_forwards_with_injected_credential_and_without_the_callers
     seen = json.loads(body)
     assert seen["path"] == "/v1/customers/42?expand=orders"
     h = seen["headers"]
-    assert h["authorization"] == [UPSTREAM_SECRET]
+    # the upstream got the injected credential (its log, below); its echo of it never reaches the caller
+    assert h["authorization"] == ["*" * len(UPSTREAM_SECRET)] and UPSTREAM_SECRET not in body.decode()
     assert h["host"] == [f"127.0.0.1:{upstream.port}"]
     assert h["x-forwarded-for"] == ["127.0.0.1"]  # the caller's own claim is dropped
     assert h["forwarded"][0].startswith("for=127.0.0.1;proto=http")
@@ -210,7 +212,7 @@ def test_granted_route_forwards_with_injected_credential_and_without_the_callers
     # X-Hoopy-Token works too, and never travels on either
     status, body, _, _ = curl(gw.url + "/echo/x", "-H", f"X-Hoopy-Token: {AGENT.token}", token=None)
     assert status == 200 and AGENT.token not in body.decode()
-    assert json.loads(body)["headers"]["authorization"] == [UPSTREAM_SECRET]
+    assert json.loads(body)["headers"]["authorization"] == ["*" * len(UPSTREAM_SECRET)]
     for r in upstream.requests():
         assert AGENT.token not in json.dumps(r)
         assert r["headers"].get("authorization") == [UPSTREAM_SECRET]
@@ -725,7 +727,8 @@ allow = ["GET /echo/**"]
 """
         hoopy_gateway(AGENT.toml(scram=False) + conns, env={"API_AUTH": UPSTREAM_SECRET})
         status, body, _, _ = curl(f"http://127.0.0.1:{ports['good']}/echo/tls")
-        assert status == 200 and json.loads(body)["headers"]["authorization"] == [UPSTREAM_SECRET]
+        assert status == 200 and json.loads(body)["headers"]["authorization"] == ["*" * len(UPSTREAM_SECRET)]
+        assert up.requests()[-1]["headers"]["authorization"] == [UPSTREAM_SECRET]  # echoed, not shown
         for bad, why in (("wrong_name", "Mismatch"), ("untrusted", "certificate verify failed")):
             status, body, _, _ = curl(f"http://127.0.0.1:{ports[bad]}/echo/tls")
             assert status == 502 and why in json.loads(body)["error"], (bad, body)
@@ -847,6 +850,119 @@ def test_another_identity_on_the_same_connection_gets_its_own_session(gw):
     assert other and other[-1]["session"] != switched[-1]["session"]
 
 
+# --- attacks: a hostile agent with a granted token ----------------------------------------------
+
+def raw_url(gw, body: bytes, ct: str | None = None, ce=(), h=()) -> str:
+    """A /raw URL: the upstream answers ``body`` with the Content-Type, encodings and headers given."""
+    import base64
+    from urllib.parse import urlencode
+
+    q = [("b", base64.urlsafe_b64encode(body).decode())]
+    q += [("ct", ct)] if ct is not None else []
+    q += [("ce", e) for e in ce] + [("h", x) for x in h]
+    return gw.url + "/raw?" + urlencode(q)
+
+
+def test_lowercase_method_cannot_slip_past_a_deny_rule(gw, upstream):
+    # "DELETE /items/**" is denied, "* /items/**" allowed: "delete" is no other method to an upstream
+    mark = upstream.mark()
+    for method in (b"delete", b"Delete"):
+        resp = raw_request(gw.port, method + b" /items/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                           + AGENT.token.encode() + b"\r\nConnection: close\r\n\r\n")
+        assert status_of(resp) in (400, 403), resp
+    assert upstream.since(mark) == []
+    assert curl(gw.url + "/items/1", "-X", "PATCH")[0] == 404  # granted, forwarded (the upstream has none)
+
+
+@pytest.mark.parametrize("header", ["X-Original-URL: /v1/admin", "X-Rewrite-URL: /v1/admin",
+                                    "X-Original-URI: /v1/admin", "X-Forwarded-Prefix: /admin"])
+def test_path_override_headers_never_reach_upstream(gw, upstream, header):
+    mark = upstream.mark()
+    status, body, _, _ = curl(gw.url + "/v1/customers/42", "-H", header)
+    name = header.split(":")[0].lower()
+    for r in upstream.since(mark):
+        assert name not in r["headers"], r
+    assert status in (200, 400)
+
+
+@pytest.mark.parametrize("target", [b"/v1/customers/..%252f..%252fadmin", b"/v1/customers/%c0%af",
+                                    b"/v1/customers/%252e%252e"])
+def test_double_and_overlong_encodings_are_refused(gw, upstream, target):
+    mark = upstream.mark()
+    resp = raw_request(gw.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                       + AGENT.token.encode() + b"\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 400, resp
+    assert upstream.since(mark) == []
+
+
+def test_range_request_cannot_read_a_masked_value_in_slices(gw):
+    body = json.dumps({"id": 1, "ssn": "123-45-6789"}).encode()
+    start = body.index(b'"123')
+    status, got, _, _ = curl(raw_url(gw, body, "application/json"), "-H",
+                             f"Range: bytes={start}-{start + 12}")
+    assert b"123-45-6789" not in got, got
+    assert status in (200, 502)
+
+
+@pytest.mark.parametrize("ct", [None, "application/octet-stream", "text/plain", "text/html",
+                                "application/x-ndjson"])
+def test_json_under_another_content_type_is_still_masked(gw, ct):
+    body = json.dumps(CUSTOMER_LIKE).encode()
+    if ct == "application/x-ndjson":
+        body = body + b"\n" + body + b"\n"
+    status, got, _, _ = curl(raw_url(gw, body, ct))
+    assert b"123-45-6789" not in got and b"4111 1111" not in got, (ct, got)
+    assert status in (200, 502)
+
+
+CUSTOMER_LIKE = {"id": 7, "ssn": "123-45-6789", "card": {"number": "4111 1111 1111 1111"}}
+
+
+def test_utf16_json_is_masked_or_refused(gw):
+    body = json.dumps(CUSTOMER_LIKE).encode("utf-16")
+    status, got, _, _ = curl(raw_url(gw, body, "application/json; charset=utf-16"))
+    text = got.decode("utf-16", "replace") if got[:2] in (b"\xff\xfe", b"\xfe\xff") else got.decode("utf-8", "replace")
+    assert "123-45-6789" not in text, (status, got)
+    # text in UTF-16 cannot slip an e-mail address past the patterns either
+    status, got, _, _ = curl(raw_url(gw, "mail ada@example.com".encode("utf-16"), "text/plain; charset=utf-16"))
+    assert "ada@example.com" not in got.decode("utf-16", "replace"), (status, got)
+
+
+def test_duplicate_json_keys_cannot_hide_a_pattern(gw):
+    body = b'{"note": "ada@example.com", "note": "nothing here"}'
+    status, got, _, _ = curl(raw_url(gw, body, "application/json"))
+    assert b"ada@example.com" not in got, got
+
+
+def test_two_content_encoding_headers_are_not_half_read(gw):
+    import gzip as _gzip
+
+    # "Content-Encoding: identity" then "Content-Encoding: gzip": the body is gzip all the same
+    body = _gzip.compress(b"mail ada@example.com")
+    status, got, headers, _ = curl(raw_url(gw, body, "text/plain", ce=["identity", "gzip"]))
+    assert (status, got) == (200, b"mail [REDACTED]") or status == 502, (status, got)
+    # two codings (gzip twice) are not undone once and passed on
+    status, got, _, _ = curl(raw_url(gw, _gzip.compress(body), "text/plain", ce=["gzip", "gzip"]))
+    assert status == 502, (status, got)
+
+
+@pytest.mark.parametrize("stream", [
+    b'data: {"ssn": "123-45-6789"}\n\r\ndata: {}\n\n',
+    b'data: {"ssn": "123-45-6789"}\n\rdata: {}\n\n',
+    b'\xef\xbb\xbfdata: {"ssn": "123-45-6789"}\n\n',
+])
+def test_sse_line_endings_and_bom_cannot_desync_the_masker(gw, stream):
+    status, got, _, _ = curl(raw_url(gw, stream, "text/event-stream"))
+    assert b"123-45-6789" not in got, got
+
+
+def test_injected_credential_is_not_echoed_back_in_response_headers(gw):
+    status, got, headers, _ = curl(raw_url(gw, b"moved", "text/plain",
+                                           h=["Location: https://elsewhere.example/?auth={auth}",
+                                              "X-Debug-Auth: {auth}"]))
+    assert UPSTREAM_SECRET.split()[1] not in json.dumps(headers), headers
+
+
 def test_audit_verify_passes(gw):
     r = gw.hoopy("audit", "verify", token=REVIEWER.token)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -871,3 +987,4 @@ def test_sigterm_ends_and_records_open_sessions(gw, upstream):
     assert {e["session"] for e in starts} <= {e["session"] for e in ends}
     r = gw.hoopy("audit", "verify")
     assert r.returncode == 0, r.stdout + r.stderr
+

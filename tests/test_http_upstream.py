@@ -17,6 +17,8 @@ or did not reach the upstream.
   /upload         counts and hashes the request body
   /ws             a WebSocket echo (text frames), answering 101 itself
   /ws-refuse      answers a WebSocket upgrade with 403
+  /raw?b=B64&ct=TYPE&ce=ENC&h=NAME:VALUE  the body, Content-Type and headers the test asks for
+                  (no Content-Type without ct); honours "Range: bytes=A-B" with a 206
 """
 from __future__ import annotations
 
@@ -177,6 +179,26 @@ def main(port: int, logfile: str, tls=()):
                 request.write(b"y" * 1000)
                 reactor.callLater(0.05, request.transport.abortConnection)
                 return NOT_DONE_YET
+            if p == "/raw":
+                a = request.args
+                data = base64.urlsafe_b64decode(a.get(b"b", [b""])[0])
+                request.defaultContentType = None
+                if b"ct" in a:
+                    request.setHeader(b"content-type", a[b"ct"][0])
+                for ce in a.get(b"ce", []):
+                    request.responseHeaders.addRawHeader(b"content-encoding", ce)
+                for h in a.get(b"h", []):
+                    name, _, value = h.partition(b":")
+                    value = value.strip().replace(b"{auth}", (request.getHeader(b"authorization") or b""))
+                    request.responseHeaders.addRawHeader(name, value)
+                rng = request.getHeader(b"range")
+                if rng and rng.startswith(b"bytes="):
+                    lo, _, hi = rng[6:].partition(b"-")
+                    lo, hi = int(lo), min(int(hi), len(data) - 1)
+                    request.setResponseCode(206)
+                    request.setHeader(b"content-range", b"bytes %d-%d/%d" % (lo, hi, len(data)))
+                    return data[lo:hi + 1]
+                return data
             if p == "/health":
                 return b"ok"
             request.setResponseCode(404)

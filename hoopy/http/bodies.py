@@ -11,7 +11,9 @@ Counts name what was masked, never the value: ``{"field:ssn": 2, "email": 1}``.
 """
 from __future__ import annotations
 
+import codecs
 import json
+import re
 import zlib
 
 import attrs
@@ -87,11 +89,9 @@ class Masker:
         return bool(self.fields or self.detectors)
 
     def applies(self, kind: str) -> bool:
-        if kind in ("json", "sse"):
-            return self.active
-        if kind == "text":
-            return bool(self.detectors)
-        return False
+        # Text too when only fields apply: JSON labelled text/plain (or text/html) is still JSON to
+        # whoever reads it. Other (binary) types are sniffed by the proxy (``looks_like_json``).
+        return kind in ("json", "sse", "text") and self.active
 
     # --- JSON ---------------------------------------------------------------
 
@@ -135,9 +135,10 @@ class Masker:
     def _clean(self, data: bytes) -> bool:
         """True when nothing in ``data`` can need masking (the fast path, checked on the raw text).
 
-        A JSON escape (\\uXXXX) could hide a match from a text search, so its presence means: walk.
+        Any JSON escape (\\uXXXX, \\/, \\n ...) could hide a match from a text search, so its
+        presence means: walk.
         """
-        if b"\\u" in data:
+        if b"\\" in data:
             return False
         text = data.decode("utf-8", "surrogateescape")
         for f in self.fields:
@@ -149,23 +150,63 @@ class Masker:
         """Masked JSON bytes and counts; the input unchanged when nothing matched."""
         if not data.strip():
             return data, {}
+        _check_ascii_compatible(data)
+        dup = []
+
+        def pairs(items):
+            d = dict(items)
+            if len(d) != len(items):
+                dup.append(True)
+            return d
+
         try:
-            value = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+            value = json.loads(data, object_pairs_hook=pairs)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             if self.fields:
                 raise MaskError("the body is declared JSON but is not valid JSON, so it cannot be masked")
             return self.mask_text(data)
         if self._clean(data):
             return data, {}
         counts: dict = {}
-        masked = self.mask_value(value, counts)
-        if not counts:
+        try:
+            masked = self.mask_value(value, counts)
+        except RecursionError:
+            raise MaskError("the JSON body is nested too deeply to be masked")
+        if not counts and not dup:
             return data, counts
+        # With duplicate keys the walk saw only the last value of each: what is sent is what was walked.
         return json.dumps(masked, ensure_ascii=False, separators=(",", ":")).encode(), counts
+
+    def mask_sniffed(self, data: bytes) -> tuple[bytes, dict]:
+        """A body whose type does not say JSON but may hold it: JSON (or JSON lines) if it parses,
+        else text by patterns; refused if it looks like JSON, fields apply, and it does not parse."""
+        if not looks_like_json(data):
+            return self.mask_text(data)
+        try:
+            return self.mask_json(data)
+        except MaskError:
+            pass
+        lines = data.split(b"\n")
+        out, counts = [], {}
+        try:
+            for ln in lines:
+                if ln.strip():
+                    json.loads(ln)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            if self.fields:
+                raise MaskError("the body looks like JSON but does not parse, so it cannot be masked")
+            return self.mask_text(data)
+        for ln in lines:
+            m, c = self.mask_json(ln)
+            out.append(m)
+            for k, n in c.items():
+                _add(counts, k, n)
+        return b"\n".join(out), counts
 
     def mask_text(self, data: bytes) -> tuple[bytes, dict]:
         if not self.detectors:
             return data, {}
+        _check_ascii_compatible(data)
         text = data.decode("utf-8", "surrogateescape")
         masked, counts = _redact(text, self._hinted)
         if not counts:
@@ -178,15 +219,53 @@ class Masker:
         if kind == "sse":
             s = SSEMasker(self, limit=max(len(data), 1))
             return s.feed(data) + s.close(), s.counts
-        return self.mask_text(data)
+        return self.mask_sniffed(data)
+
+
+_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+# Charsets in which the ASCII text the patterns and field names look for is plain ASCII bytes.
+_ASCII_CHARSETS = re.compile(r"^(utf-?8|us-ascii|ascii|iso-8859-\d+|latin-?1|(windows|cp)-?125\d)$")
+
+
+def _check_ascii_compatible(data: bytes):
+    """UTF-16/32 (a BOM or NUL bytes) hide every ASCII match from the masker: refused, not passed."""
+    if data.startswith(_BOMS) or b"\x00" in data:
+        raise MaskError("the body is not UTF-8 (UTF-16/32 or binary), so it cannot be masked")
+
+
+def charset_ok(content_type) -> bool:
+    """False when a Content-Type names a charset the masker cannot read (utf-16, utf-7, EBCDIC ...)."""
+    if not content_type:
+        return True
+    if isinstance(content_type, bytes):
+        content_type = content_type.decode("latin-1")
+    for param in content_type.split(";")[1:]:
+        k, _, v = param.partition("=")
+        if k.strip().lower() == "charset":
+            return bool(_ASCII_CHARSETS.match(v.strip().strip('"').lower()))
+    return True
+
+
+def looks_like_json(head: bytes) -> bool:
+    """Whether a body's first bytes look like JSON (or a BOM / UTF-16 form of it)."""
+    for bom in (codecs.BOM_UTF8,) + _BOMS:
+        if head.startswith(bom):
+            return True if bom != codecs.BOM_UTF8 else looks_like_json(head[len(bom):])
+    stripped = head.replace(b"\x00", b"").lstrip(b" \t\r\n")
+    return stripped[:1] in (b"{", b"[", b'"')
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
 class SSEMasker:
     """Masks a text/event-stream as it arrives, one event at a time.
 
-    An event ends at a blank line; its ``data:`` lines are joined, masked as
-    JSON when they parse as JSON, else by patterns, and written back. An event
-    longer than ``limit`` raises MaskError: it is never passed unmasked.
+    The stream is read as its reader reads it (the WHATWG parser): lines end at CRLF, LF or CR, an
+    event ends at an empty line, a leading BOM is dropped, a ``data`` line without a colon is an empty
+    data line. An event's ``data`` values are joined, masked as JSON when they hold JSON (else by
+    patterns), and the event is written back with LF line ends. An event longer than ``limit``
+    raises MaskError: it is never passed unmasked.
     """
 
     def __init__(self, masker: Masker, limit: int):
@@ -194,39 +273,68 @@ class SSEMasker:
         self.limit = limit
         self.counts: dict = {}
         self._buf = b""
+        self._lines: list = []
+        self._size = 0
+        self._start = True
 
     def feed(self, data: bytes) -> bytes:
         self._buf += data
-        out = []
+        if self._start:
+            if len(self._buf) < 3 and codecs.BOM_UTF8.startswith(self._buf):
+                return b""
+            if self._buf.startswith(codecs.BOM_UTF8):
+                self._buf = self._buf[3:]
+            self._start = False
+        return self._lines_out(final=False)
+
+    def _lines_out(self, final: bool) -> bytes:
+        out, pos, buf = [], 0, self._buf
         while True:
-            end, sep_len = _event_end(self._buf)
-            if end < 0:
+            m = _LINE_END.search(buf, pos)
+            if m is None:
                 break
-            event, self._buf = self._buf[:end], self._buf[end + sep_len:]
-            out.append(self._event(event) + b"\n\n")
-        if len(self._buf) > self.limit:
+            if m.group() == b"\r" and m.end() == len(buf) and not final:
+                break  # a CR at the end may be the first half of a CRLF
+            line, pos = buf[pos:m.start()], m.end()
+            if line:
+                self._lines.append(line)
+                self._size += len(line) + 1
+            elif self._lines:
+                out.append(self._event(self._lines) + b"\n\n")
+                self._lines, self._size = [], 0
+            else:
+                out.append(b"\n")
+        self._buf = buf[pos:]
+        if self._size + len(self._buf) > self.limit:
             raise MaskError(f"a server-sent event is larger than mask_limit ({self.limit} bytes)")
         return b"".join(out)
 
     def close(self) -> bytes:
-        rest, self._buf = self._buf, b""
-        return self._event(rest) if rest.strip() else rest
+        out = self._lines_out(final=True)
+        if self._buf:
+            self._lines.append(self._buf)
+            self._buf = b""
+        if self._lines:  # a last event without its blank line
+            out += self._event(self._lines) + b"\n"
+            self._lines, self._size = [], 0
+        return out
 
-    def _event(self, event: bytes) -> bytes:
-        lines = event.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        data = [ln[5:][1:] if ln[5:6] == b" " else ln[5:] for ln in lines if ln.startswith(b"data:")]
+    def _event(self, lines: list) -> bytes:
+        data, others = [], []
+        for ln in lines:
+            if ln == b"data" or ln.startswith(b"data:"):
+                v = ln[5:]
+                data.append(v[1:] if v[:1] == b" " else v)
+            else:
+                others.append(ln)
         if not data:
-            return event
+            return b"\n".join(lines)
         payload = b"\n".join(data)
-        try:
-            masked, counts = self.masker.mask_json(payload)
-        except MaskError:
-            masked, counts = self.masker.mask_text(payload)
+        masked, counts = self.masker.mask_sniffed(payload)
         if not counts:
-            return event
+            return b"\n".join(lines)
         for k, n in counts.items():
             _add(self.counts, k, n)
-        others = [ln for ln in lines if not ln.startswith(b"data:")]
         return b"\n".join(others + [b"data: " + m for m in masked.split(b"\n")])
 
     def take_counts(self) -> dict:
@@ -234,20 +342,49 @@ class SSEMasker:
         return c
 
 
-def _event_end(buf: bytes) -> tuple[int, int]:
-    best, blen = -1, 0
-    for sep in (b"\n\n", b"\r\n\r\n", b"\r\r"):
-        i = buf.find(sep)
-        if i >= 0 and (best < 0 or i < best):
-            best, blen = i, len(sep)
-    return best, blen
+class Scrubber:
+    """Replaces secrets in a stream with as many ``*`` (so a Content-Length stays true).
+
+    Only a tail that could be the start of a secret is held back until the next piece.
+    """
+
+    def __init__(self, secrets):
+        self.secrets = tuple(secrets)
+        self.tail = b""
+
+    def feed(self, data: bytes) -> bytes:
+        buf = self.tail + data if self.tail else data
+        for s in self.secrets:
+            if s in buf:
+                buf = buf.replace(s, b"*" * len(s))
+        hold = 0
+        for s in self.secrets:
+            for k in range(min(len(s) - 1, len(buf)), hold, -1):
+                if buf.endswith(s[:k]):
+                    hold = k
+                    break
+        if hold:
+            buf, self.tail = buf[:-hold], buf[-hold:]
+        else:
+            self.tail = b""
+        return buf
+
+    def close(self) -> bytes:
+        t, self.tail = self.tail, b""
+        return t
+
+
+def codings(encoding: str | None) -> list[str]:
+    """The content codings of a Content-Encoding value (all its headers joined), without identity."""
+    return [c.strip().lower() for c in (encoding or "").split(",") if c.strip().lower() not in ("", "identity")]
 
 
 class Decoder:
     """Undoes a Content-Encoding (gzip, deflate) with an output limit."""
 
     def __init__(self, encoding: str, limit: int):
-        enc = encoding.strip().lower()
+        found = codings(encoding)
+        enc = found[0] if len(found) == 1 else encoding.strip().lower()
         if enc in ("gzip", "x-gzip"):
             self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif enc == "deflate":
@@ -275,4 +412,6 @@ class Decoder:
 
 
 def decodable(encoding: str | None) -> bool:
-    return (encoding or "identity").strip().lower() in ("identity", "gzip", "x-gzip", "deflate")
+    """One coding at most (``gzip, gzip`` is not undone twice) and one this module decodes."""
+    found = codings(encoding)
+    return not found or (len(found) == 1 and found[0] in ("gzip", "x-gzip", "deflate"))

@@ -10,7 +10,15 @@ HOP_BY_HOP = frozenset({
 HOOPY = frozenset({b"x-hoopy-token", b"x-hoopy-model", b"x-hoopy-tool-call", b"x-hoopy-mcp-server"})
 # Set by the gateway alone: a caller could otherwise pose as another client to the upstream.
 FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto",
-                        b"x-real-ip"})
+                        b"x-real-ip", b"x-forwarded-prefix", b"x-forwarded-path", b"x-forwarded-uri",
+                        b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme",
+                        b"x-forwarded-ssl", b"x-original-host", b"x-host", b"x-client-ip",
+                        b"true-client-ip", b"x-cluster-client-ip", b"front-end-https", b"x-url-scheme"})
+# Headers with which frameworks (IIS URL Rewrite, Symfony, Zend, nginx setups) route to another path
+# than the request line's: the policy judged the request line, so these are refused outright.
+PATH_OVERRIDE = frozenset({b"x-original-url", b"x-rewrite-url", b"x-original-uri", b"x-override-url"})
+# Query parameters with which frameworks (Laravel, Symfony, Rails via forms) run another method.
+METHOD_OVERRIDE_PARAMS = frozenset({"_method", "x-http-method-override", "x-http-method", "x-method-override"})
 # Headers that change which method the upstream framework runs: refused outright.
 METHOD_OVERRIDE = frozenset({b"x-http-method-override", b"x-http-method", b"x-method-override"})
 # Values never written to the record.

@@ -57,6 +57,9 @@ def _decode_segment(seg: bytes) -> bytes:
         if len(esc) != 2 or esc[0] not in _HEX or esc[1] not in _HEX:
             raise PathError("the path has a malformed percent-escape")
         esc = esc.upper()
+        if esc == b"25" and len(seg) >= i + 5 and seg[i + 3] in _HEX and seg[i + 4] in _HEX:
+            raise PathError("the path has a double-encoded escape (%25XX), which upstreams that decode "
+                            "twice read differently")
         why = _FORBIDDEN_ESCAPES.get(esc)
         if why:
             raise PathError(f"the path has {why} (%{esc.decode()}), which upstreams read differently")
@@ -66,6 +69,13 @@ def _decode_segment(seg: bytes) -> bytes:
         else:
             out += b"%" + esc
         i += 3
+    if re.search(rb"%[89A-F]", bytes(out)):
+        # Escaped bytes outside ASCII must be UTF-8: an overlong form (%C0%AF is "/") is refused.
+        try:
+            re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), seg).decode("utf-8")
+        except UnicodeDecodeError:
+            raise PathError("the path has percent-escaped bytes that are not UTF-8 (overlong forms "
+                            "such as %C0%AF are read as '/' by some upstreams)")
     return bytes(out)
 
 

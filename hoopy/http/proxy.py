@@ -12,7 +12,9 @@ event as it streams.
 from __future__ import annotations
 
 import json
+import re
 import time
+import zlib
 from io import BytesIO
 
 from twisted.internet import defer
@@ -31,7 +33,8 @@ from zope.interface import implementer
 
 from hoopy.audit.store import StoreError
 from hoopy.http import headers as H
-from hoopy.http.bodies import Decoder, MaskError, Masker, SSEMasker, body_kind, decodable
+from hoopy.http.bodies import (Decoder, MaskError, Masker, Scrubber, SSEMasker, body_kind, charset_ok, codings,
+                               decodable, looks_like_json)
 from hoopy.http.paths import PathError, normalize_target
 from hoopy.http.upload import BodyPipe, BodyTooLarge
 from hoopy.policy.rules import Operation, Unit
@@ -39,6 +42,7 @@ from hoopy.policy.service import Allow, Deny, Hold
 
 log = Logger()
 
+_METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")
 # Bodies at least this large are masked on a worker thread, not the reactor.
 THREAD_MASK_SIZE = 64 * 1024
 
@@ -153,9 +157,32 @@ class HTTPProxy:
         self.inject = [(name.encode("latin-1"), s.value.encode("latin-1"))
                        for name, s in self.settings.upstream_headers.items()]
         self.inject_names = {n.lower() for n, _ in self.inject}
+        # The injected credentials, whole and without their scheme ("Bearer ..."): an upstream that
+        # echoes one back (a header, a redirect's Location, a debug body) must not hand it to the caller.
+        secrets = set()
+        for _, v in self.inject:
+            for s in (v, v.partition(b" ")[2].strip()):
+                if len(s) >= 8:
+                    secrets.add(s)
+        self.secrets = tuple(sorted(secrets, key=len, reverse=True))
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self.resource = ProxyResource(self)
         self.channels: set = set()
+
+    def scrub_header(self, value: bytes) -> bytes:
+        for secret in self.secrets:
+            if secret in value:
+                value = value.replace(secret, H.REDACTED.encode())
+        return value
+
+    def scrub_body(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            if secret in data:
+                data = data.replace(secret, b"*" * len(secret))
+        return data
+
+    def scrubber(self):
+        return Scrubber(self.secrets) if self.secrets else None
 
     def raw_endpoint(self):
         """A client endpoint to the upstream outside the pool (for upgrades)."""
@@ -310,11 +337,26 @@ class Exchange:
         req = self.request
         if req.method == b"CONNECT":
             raise Refusal(405, "CONNECT is not forwarded")
+        if not _METHOD.fullmatch(req.method):
+            # Rules name methods in upper case; many upstreams upper-case what they get, so "delete"
+            # would be judged as no DELETE and run as one.
+            raise Refusal(400, "the method must be an upper-case token (GET, POST, ...)")
         try:
             self.path, self.query = normalize_target(req.uri)
         except PathError as e:
             raise Refusal(400, str(e))
+        if self.query:
+            from urllib.parse import unquote_plus
+
+            for part in re.split(r"[&;]", self.query):
+                key = unquote_plus(part.partition("=")[0]).strip().lower()
+                if key in H.METHOD_OVERRIDE_PARAMS:
+                    raise Refusal(400, f"method-override parameters ({key}) are refused: send the real method")
         h = req.requestHeaders
+        for name in H.PATH_OVERRIDE:
+            if h.hasHeader(name):
+                raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
+                                   "is what is judged")
         if h.hasHeader(b"content-length") and h.hasHeader(b"transfer-encoding"):
             raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding")
         for name in H.METHOD_OVERRIDE:
@@ -346,8 +388,8 @@ class Exchange:
             if (n in H.HOP_BY_HOP or n in extra_hop or n in H.HOOPY or n in H.FORWARDING
                     or n in (b"host", b"content-length", b"authorization") or n in self.proxy.inject_names):
                 continue
-            if n == b"accept-encoding" and self.proxy.masker.active:
-                continue  # we must read what we mask
+            if n in (b"accept-encoding", b"range", b"if-range") and self.proxy.masker.active:
+                continue  # we must read what we mask, whole (a slice of a JSON value is no JSON)
             out.setRawHeaders(name, values)
         if self.proxy.masker.active:
             out.setRawHeaders(b"accept-encoding", [b"identity"])
@@ -483,33 +525,58 @@ class Exchange:
         ct = (response.headers.getRawHeaders(b"content-type") or [None])[0]
         ct = ct.decode("latin-1") if ct else None
         kind = body_kind(ct)
-        encoding = (response.headers.getRawHeaders(b"content-encoding") or [None])[0]
-        encoding = encoding.decode("latin-1") if encoding else None
+        # every Content-Encoding header: reading only the first would take "identity, gzip" as plain
+        encoding = b", ".join(response.headers.getRawHeaders(b"content-encoding") or []).decode("latin-1") or None
+        masker = self.proxy.masker
         # HEAD, 204 and 304 carry no body to mask (and must keep their headers as sent)
-        must_mask = (self.proxy.masker.applies(kind) and self.method != "HEAD"
-                     and response.code not in (204, 304))
+        bodyless = self.method == "HEAD" or response.code in (204, 304)
+        must_mask = masker.applies(kind) and not bodyless
+        deliver = response.deliverBody
+        if masker.active and not bodyless and kind == "other":
+            # Not labelled JSON or text, yet it may be JSON (a missing or wrong Content-Type, or one
+            # the caller negotiated): its first bytes decide.
+            if not decodable(encoding):
+                response.deliverBody(_Discard())
+                raise Refusal(502, f"the upstream body may need masking but its Content-Encoding "
+                                   f"{encoding!r} cannot be decoded", "error")
+            sniff = _Sniff(encoding)
+            response.deliverBody(sniff)
+            head = await self._wait(sniff.decided, cancel=True)
+            deliver = sniff.attach
+            if looks_like_json(head):
+                must_mask, kind = True, "text"  # masked as JSON (or JSON lines) when it parses
+        if must_mask and response.code == 206:
+            deliver(_Discard())
+            raise Refusal(502, "the upstream sent a partial (206) body that must be masked: a slice "
+                               "cannot be masked", "error")
+        if must_mask and not charset_ok(ct):
+            deliver(_Discard())
+            raise Refusal(502, f"the upstream body must be masked but its charset ({ct}) cannot be "
+                               "read by the masker", "error")
         extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
         out = req.responseHeaders
+        scrub = self.proxy.scrub_header
         for name, values in response.headers.getAllRawHeaders():
             n = name.lower()
             if n in H.HOP_BY_HOP or n in extra_hop:
                 continue
             if must_mask and n in (b"content-encoding", b"content-length", b"content-md5", b"etag"):
                 continue
-            out.setRawHeaders(name, values)
-        self.resp_headers_record = H.for_record(response.headers.getAllRawHeaders())
+            out.setRawHeaders(name, [scrub(v) for v in values])
+        self.resp_headers_record = H.for_record(
+            (n, [scrub(v) for v in vs]) for n, vs in response.headers.getAllRawHeaders())
         if must_mask and encoding and not decodable(encoding):
-            response.deliverBody(_Discard())
+            deliver(_Discard())
             raise Refusal(502, f"the upstream body must be masked but its Content-Encoding "
                                f"{encoding!r} cannot be decoded", "error")
-        decoder = Decoder(encoding, self.settings.mask_limit) if must_mask and encoding and \
-            encoding.lower() != "identity" else None
+        decoder = Decoder(encoding, self.settings.mask_limit) if must_mask and codings(encoding) else None
         if must_mask and kind != "sse":
-            data = await self._wait(self._collect(response, decoder), cancel=True)
+            data = await self._wait(self._collect(deliver, decoder), cancel=True)
             try:
                 data, counts = await self._mask(kind, data)
             except MaskError as e:
                 raise Refusal(502, f"the upstream body cannot be masked: {e}", "error")
+            data = self.proxy.scrub_body(data)
             await self._record_redactions("response", counts)
             self._keep_body("resp", data, kind)
             req.setResponseCode(response.code, response.phrase)
@@ -520,18 +587,19 @@ class Exchange:
         req.setResponseCode(response.code, response.phrase)
         if not must_mask and response.length is not UNKNOWN_LENGTH:
             req.setHeader(b"content-length", str(response.length).encode())
-        stream = _Stream(self, SSEMasker(self.proxy.masker, self.settings.mask_limit) if must_mask else None,
-                         decoder, kind)
+        scrubber = self.proxy.scrubber() if not codings(encoding) or must_mask else None
+        stream = _Stream(self, SSEMasker(masker, self.settings.mask_limit) if must_mask else None,
+                         decoder, kind, scrubber)
         self.pending = stream.done
-        response.deliverBody(stream)
+        deliver(stream)
         try:
             await stream.done
         finally:
             self.pending = None
 
-    def _collect(self, response, decoder) -> defer.Deferred:
+    def _collect(self, deliver, decoder) -> defer.Deferred:
         c = _Collect(self, decoder, self.settings.mask_limit)
-        response.deliverBody(c)
+        deliver(c)
         return c.done
 
     async def _mask(self, kind, data):
@@ -762,6 +830,59 @@ class _ProgressProducer:
         self.inner.stopProducing()
 
 
+class _Sniff(Protocol):
+    """Holds the first bytes of a body until they show whether it may be JSON, then hands the
+    connection (and those bytes) to the protocol that reads the body."""
+
+    SNIFF = 512
+
+    def __init__(self, encoding):
+        self.buf = b""
+        self.peek = zlib.decompressobj(16 + zlib.MAX_WBITS if codings(encoding)[:1] in (["gzip"], ["x-gzip"])
+                                       else zlib.MAX_WBITS) if codings(encoding) else None
+        self.head = b""
+        self.decided = defer.Deferred(lambda d: self.transport.stopProducing() if self.transport else None)
+        self.target = None
+        self.lost = None
+
+    def dataReceived(self, data):
+        if self.target is not None:
+            return self.target.dataReceived(data)
+        self.buf += data
+        if self.decided.called:
+            return
+        if self.peek is not None:
+            try:
+                self.head += self.peek.decompress(data, self.SNIFF)
+            except zlib.error:
+                self.head = b"{"  # undecodable: taken for JSON, and refused when masking finds it corrupt
+        else:
+            self.head += data
+        stripped = self.head.replace(b"\x00", b"").lstrip(b" \t\r\n\xef\xbb\xbf\xff\xfe")
+        if stripped or len(self.head) >= self.SNIFF or len(self.buf) >= 64 * 1024:
+            self.transport.pauseProducing()
+            self.decided.callback(self.head)
+
+    def connectionLost(self, reason):
+        if self.target is not None:
+            return self.target.connectionLost(reason)
+        self.lost = reason
+        if not self.decided.called:
+            self.decided.callback(self.head)
+
+    def attach(self, target):
+        self.target = target
+        transport = self.transport
+        target.makeConnection(transport)
+        if self.lost is None and transport is not None and not isinstance(target, _Discard):
+            transport.resumeProducing()
+        buf, self.buf = self.buf, b""
+        if buf:
+            target.dataReceived(buf)
+        if self.lost is not None:
+            target.connectionLost(self.lost)
+
+
 class _Discard(Protocol):
     def dataReceived(self, data):
         pass
@@ -836,8 +957,9 @@ class _Stream(Protocol):
     upstream connection; SSE is masked event by event on the way.
     """
 
-    def __init__(self, exchange: Exchange, sse: SSEMasker | None, decoder, kind):
+    def __init__(self, exchange: Exchange, sse: SSEMasker | None, decoder, kind, scrubber=None):
         self.exchange = exchange
+        self.scrubber = scrubber
         self.sse = sse
         self.decoder = decoder
         self.kind = kind
@@ -905,7 +1027,11 @@ class _Stream(Protocol):
             return self._break(f"the upstream stream cannot be masked: {e}")
         self._emit(data)
 
-    def _emit(self, data):
+    def _emit(self, data, last=False):
+        if self.scrubber is not None:
+            data = self.scrubber.feed(data)
+            if last:
+                data += self.scrubber.close()
         if not data:
             return
         self.total += len(data)
@@ -978,7 +1104,7 @@ class _Stream(Protocol):
                     counts = self.sse.take_counts()
                     if counts:  # a last event without its blank line
                         return self._after_redaction(counts, tail, then=self._complete)
-                self._emit(tail)
+                self._emit(tail, last=True)
             except MaskError as e:
                 return self._break(f"the upstream stream cannot be masked: {e}")
             self._complete()
@@ -989,6 +1115,8 @@ class _Stream(Protocol):
 
     def _complete(self):
         ex = self.exchange
+        if self.scrubber is not None:
+            self._emit(b"", last=True)
         ex.resp_body_record = _prefix(b"".join(self.kept), self.keep, self.total) if self.keep else None
         ex._finish("ok")
         if not self.done.called:
