@@ -1187,3 +1187,37 @@ def test_env_requests_without_end_do_not_fill_the_gateway(setup):
     out, err = p.communicate(timeout=30)
     assert out.strip() == "after True", (out, err)
     assert grown < 30 * 1024, f"the gateway grew by {grown // 1024} MiB keeping 96 MB of env requests"
+
+
+MANY_FORWARDS_CLIENT = r'''
+import asyncio, sys
+import asyncssh
+
+async def main(port, key, target, n):
+    async with asyncssh.connect("127.0.0.1", int(port), username="agent", client_keys=[key],
+                                known_hosts=None, agent_path=None, config=[]) as c:
+        async def one():
+            try:
+                await c.create_connection(asyncssh.SSHTCPSession, "127.0.0.1", int(target))
+                return "open"
+            except asyncssh.ChannelOpenError:
+                return "refused"
+        tasks = [asyncio.ensure_future(one()) for _ in range(int(n))]
+        done, pending = await asyncio.wait(tasks, timeout=4)  # the rest wait for a reviewer
+        print("refused", sum(t.result() == "refused" for t in done), "held", len(pending), flush=True)
+        for t in pending:
+            t.cancel()
+
+asyncio.run(main(*sys.argv[1:]))
+'''
+
+
+def test_one_connection_holds_a_bounded_number_of_forwards(setup):
+    from hoopy.ssh.server import MAX_FORWARDS
+
+    target = free_port()
+    s = setup(approve=[f"forward 127.0.0.1:{target}"])
+    r = subprocess.run([sys.executable, "-c", MANY_FORWARDS_CLIENT, str(s.port), str(s.key), str(target),
+                        str(MAX_FORWARDS + 20)], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["refused", "20", "held", str(MAX_FORWARDS)], (r.stdout, r.stderr)
+    assert len(s.gw.get("/approvals?state=pending", s.reviewer.token)[1]) <= MAX_FORWARDS

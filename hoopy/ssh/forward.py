@@ -49,6 +49,8 @@ class ForwardSession(asyncssh.SSHTCPSession):
             self.chan.write(data)
 
     def connection_lost(self, exc):
+        if not self.closed:
+            self.client.forwards -= 1
         self.closed = True
         if self.up is not None:
             self.up.close()

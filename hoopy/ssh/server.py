@@ -37,6 +37,10 @@ MAX_UNAUTHENTICATED = 256
 # connection could make the gateway hold any amount.
 MAX_SESSIONS = 10
 
+# Port-forward channels open (or waiting for their decision) at once on one connection: each may
+# be an approval for reviewers and a channel window of data in the gateway.
+MAX_FORWARDS = 64
+
 # asyncssh keeps every `env` request of a channel: without a bound, a client sending env requests
 # without end (each up to a packet) makes the gateway hold any amount (sshd keeps 128 at most).
 MAX_ENV = 64
@@ -69,6 +73,7 @@ class ClientConnection(asyncssh.SSHServer):
         self.ready = None  # the future of (session, upstream connection)
         self.channels = set()  # open session channels
         self.sessions = 0  # session channels accepted and not yet closed
+        self.forwards = 0  # direct-tcpip channels requested and not yet closed
         self.records = set()  # the `done` futures of channels still being recorded
         self.recordings = 0
         self.end_reason = None
@@ -181,7 +186,18 @@ class ClientConnection(asyncssh.SSHServer):
         return chan, ClientSession(self)
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
-        return self._forward(dest_host, dest_port, orig_host, orig_port)
+        if self.forwards >= MAX_FORWARDS:
+            log.info("ssh {peer}: forward refused: {n} open", peer=self.peer, n=self.forwards)
+            return False
+        self.forwards += 1
+        return self._counted_forward(dest_host, dest_port, orig_host, orig_port)
+
+    async def _counted_forward(self, *args):
+        try:
+            return await self._forward(*args)
+        except BaseException:
+            self.forwards -= 1  # never opened; an opened one counts down when it closes
+            raise
 
     async def _forward(self, host, port, orig_host, orig_port):
         try:
