@@ -65,3 +65,11 @@ def test_a_name_pattern_stays_within_one_label():
     assert forward("db.internal:5432", "db.internal:5432") and not forward("db.internal:5432", "dbxinternal:5432")
     assert forward("*:5432", "anything.at.all:5432")
     assert not forward("localhost:80", "127.0.0.1:80")  # names and addresses are not resolved: fail closed
+
+
+def test_a_star_never_stands_for_shell_syntax_or_other_bytes():
+    r = exec_rule("ls *")
+    for tail in ("a\x00; id", "a\r", "a\tb", "~root", "$HOME", "${IFS}id", "*", "[a]", "a'b", 'a"b', "a\\b",
+                 "a\u2028b", "a\u3000b", "a\u037eb", "a#b", "a!b", "{a,b}", "a^b"):
+        assert not r.matches(Unit("exec", f"ls {tail}")), tail
+    assert r.matches(Unit("exec", "ls -la /var/log/nginx:a=b,c+d@e%f_g"))
