@@ -965,3 +965,21 @@ def test_prepared_statement_executed_later_is_masked_and_scrubbed(gw):
     r = psql(gw, "PREPARE q AS SELECT ssn FROM customers", "EXPLAIN ANALYZE EXECUTE q",
              "CREATE TEMP TABLE t AS EXECUTE q")
     assert "45-6789" not in r.stdout + r.stderr
+
+
+def test_functional_notation_is_a_call_with_the_whole_row(gw, database):
+    """t.f is f(t) in PostgreSQL: a masked row through c.to_jsonb, and a user
+    function called as i.zap, are not column reads."""
+    for q in ("SELECT c.to_jsonb FROM customers c", "SELECT c.row_to_json FROM customers c",
+              "SELECT customers.to_json FROM customers", "SELECT c.record_out FROM customers c"):
+        r = psql(gw, q)
+        assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout, r.stderr)
+    admin_sql("CREATE OR REPLACE FUNCTION public.zap(i invoices) RETURNS int LANGUAGE sql "
+              "AS 'DELETE FROM invoices WHERE id = i.id RETURNING 1'", database)
+    try:
+        before = invoices(database)
+        r = psql(gw, "SELECT i.zap FROM invoices i")
+        assert r.returncode != 0 and "42501" not in r.stdout, (r.stdout, r.stderr)
+        assert invoices(database) == before
+    finally:
+        admin_sql("DROP FUNCTION public.zap(invoices)", database)

@@ -280,3 +280,11 @@ def test_error_scrub_cuts_translated_messages_before_any_value():
         out = codec.parse_fields(Frontend._scrub(fake, p, None))["M"]
         assert "6789" not in out, out
         assert "details withheld" in out
+
+
+def test_functional_notation_is_seen():
+    from hoopy.postgres.classify import classify
+
+    assert classify("SELECT c.to_jsonb FROM customers c").whole_row
+    assert "zap" in classify("SELECT i.zap FROM invoices i").dotted
+    assert not classify("SELECT c.id, c.name FROM customers c").whole_row

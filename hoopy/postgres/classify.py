@@ -65,6 +65,16 @@ SAFE_PREFIXES = ("pg_get_", "has_", "pg_stat_get_", "pg_describe_object", "pg_id
                  "pg_has_role", "pg_my_temp_schema", "pg_is_other_temp_schema", "pg_jit_available",
                  "pg_current_logfile", "format", "row_security_active")
 
+# Built-ins callable with one row argument: "c.to_jsonb" is to_jsonb(c), a whole row
+# (functional notation, which reads like a column reference).
+ROW_FUNCTIONS = frozenset("""
+any_out anycompatible_out anycompatiblenonarray_out anyelement_out anynonarray_out array_agg concat count
+cume_dist dense_rank first_value hash_record json_agg json_build_array json_build_object jsonb_agg
+jsonb_build_array jsonb_build_object lag last_value lead mode num_nonnulls num_nulls percent_rank
+pg_collation_for pg_column_compression pg_column_size pg_typeof quote_literal quote_nullable rank
+record_out record_send row_to_json to_json to_jsonb hstore to_tsvector json_populate_record
+""".split())
+
 # Functions that reach outside SQL's data model: files, servers, settings, roles.
 ADMIN_FUNCTIONS = frozenset("""
 pg_read_file pg_read_binary_file pg_ls_dir pg_stat_file pg_ls_logdir pg_ls_waldir pg_ls_tmpdir
@@ -93,6 +103,7 @@ class Classified:
     declares: tuple = ()  # names of cursors DECLAREd
     sets_search_path: bool = False
     bare_functions: frozenset = frozenset()  # unqualified names judged side-effect free
+    dotted: frozenset = frozenset()  # last names of "a.b" column references: b may be a function of a
 
     @property
     def classes(self) -> frozenset:
@@ -116,6 +127,7 @@ class _Walk:
         self.sets_search_path = False
         self.pending_lone = []
         self.bare_functions = set()
+        self.dotted = set()
 
     def add(self, cls, table=None):
         self.units.setdefault(Unit(cls, None) if table is None else Unit(cls, table), None)
@@ -237,7 +249,7 @@ class _Walk:
         sub = _Walk()
         sub.node(n.query, ctes, top=True)
         self.merge(sub)
-        self.prepares.append((n.name, tuple(sub.units), frozenset(sub.bare_functions)))
+        self.prepares.append((n.name, tuple(sub.units), frozenset(sub.bare_functions | sub.dotted)))
         return True
 
     def on_ExecuteStmt(self, n, ctes, top):
@@ -362,6 +374,10 @@ class _Walk:
         elif len(names) == 1:
             # A lone name may be a whole row ("SELECT c FROM customers c").
             self.pending_lone.append(names[0])
+        else:
+            self.dotted.add(names[-1])
+            if names[-1] in ROW_FUNCTIONS:
+                self.whole_row = True
         self.columns.update(names)
 
     def merge(self, other: "_Walk"):
@@ -375,6 +391,7 @@ class _Walk:
         self.copy_out |= other.copy_out
         self.pending_lone.extend(other.pending_lone)
         self.bare_functions |= other.bare_functions
+        self.dotted |= other.dotted
         # CREATE TABLE AS EXECUTE, EXPLAIN ANALYZE EXECUTE: what it runs counts.
         self.executes.extend(other.executes)
         self.prepares.extend(other.prepares)
@@ -453,7 +470,8 @@ def classify(sql: str) -> Classified:
         whole_row=whole, unqualified=w.unqualified, statements=tuple(kinds), copy_out=w.copy_out,
         fetch=w.fetch, prepares=tuple(w.prepares), executes=tuple(w.executes),
         deallocates=tuple(w.deallocates), declares=tuple(w.declares),
-        sets_search_path=w.sets_search_path, bare_functions=frozenset(w.bare_functions))
+        sets_search_path=w.sets_search_path, bare_functions=frozenset(w.bare_functions),
+        dotted=frozenset(w.dotted))
 
 
 def table_units(units) -> tuple:

@@ -479,8 +479,9 @@ class Frontend(Protocol):
         if params is not None:
             detail["params"] = params
         units = list(classified.units)
-        for name in self.user_functions & classified.bare_functions:
-            units.append(Unit("write", f"public.{name}()"))  # may call a user-defined function of that name
+        for name in self.user_functions & (classified.bare_functions | classified.dotted):
+            # May call a user-defined function of that name ("t.f" is f(t)).
+            units.append(Unit("write", f"public.{name}()"))
         for name in classified.executes:
             units.extend(self._prepared_units(name))
         return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)
@@ -495,7 +496,8 @@ class Frontend(Protocol):
                 units.append(Unit("admin", None))
             else:
                 units.extend(c.units)
-                units.extend(Unit("write", f"public.{f}()") for f in self.user_functions & c.bare_functions)
+                units.extend(Unit("write", f"public.{f}()")
+                             for f in self.user_functions & (c.bare_functions | c.dotted))
         return units or [Unit("admin", None)]
 
     def _local_refusal(self, c) -> str | None:
