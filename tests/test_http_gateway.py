@@ -963,6 +963,45 @@ def test_injected_credential_is_not_echoed_back_in_response_headers(gw):
     assert UPSTREAM_SECRET.split()[1] not in json.dumps(headers), headers
 
 
+def test_two_different_tokens_are_a_bad_credential(gw, upstream):
+    mark = upstream.mark()
+    # which identity acts must not hang on which of two headers a reader takes
+    for extra in (["-H", f"Authorization: Bearer {OTHER.token}"], ["-H", f"X-Hoopy-Token: {OTHER.token}"]):
+        status, body, headers, _ = curl(gw.url + "/v1/customers/1", *extra)
+        assert status == 401 and "www-authenticate" in headers, (extra, status, body)
+    assert upstream.since(mark) == []
+    # the same token twice is still that one caller
+    assert curl(gw.url + "/v1/customers/1", "-H", f"X-Hoopy-Token: {AGENT.token}")[0] == 200
+
+
+@pytest.mark.parametrize("where", ["query", "cookie", "header"])
+def test_the_callers_token_never_rides_upstream_in_another_place(gw, upstream, where):
+    from urllib.parse import quote
+
+    mark = upstream.mark()
+    url, args = gw.url + "/v1/customers/1", []
+    if where == "query":
+        url += "?access_token=" + quote(AGENT.token)
+    elif where == "cookie":
+        args = ["-H", f"Cookie: session={AGENT.token}"]
+    else:
+        args = ["-H", f"X-Api-Key: {AGENT.token}"]
+    status, body, _, _ = curl(url, *args)
+    assert status == 400 and "token" in json.loads(body)["error"], body
+    assert AGENT.token not in json.dumps(upstream.since(mark))
+
+
+def test_the_callers_host_header_does_not_pick_the_upstream_site(gw, upstream):
+    mark = upstream.mark()
+    status, body, _, _ = curl(gw.url + "/v1/customers/1", "-H", "Host: admin.internal.example")
+    assert status == 200
+    for r in upstream.since(mark):
+        assert "admin.internal.example" not in json.dumps(r["headers"]), r["headers"]
+    resp = raw_request(gw.port, b"GET /v1/customers/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer "
+                       + AGENT.token.encode() + b"\r\nConnection: close\r\n\r\n")
+    assert status_of(resp) == 400, resp
+
+
 def test_audit_verify_passes(gw):
     r = gw.hoopy("audit", "verify", token=REVIEWER.token)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -234,13 +234,20 @@ class HTTPProxy:
 
 
 def _token(request) -> str | None:
-    auth = request.getHeader(b"authorization")
-    if auth:
-        scheme, _, value = auth.partition(b" ")
+    """The caller's token; None when there is none, "" when there are two that differ (refused as
+    a bad credential: which identity it acts as must not depend on which header a reader takes)."""
+    found = set()
+    h = request.requestHeaders
+    for auth in h.getRawHeaders(b"authorization") or ():
+        scheme, _, value = auth.strip().partition(b" ")
         if scheme.lower() == b"bearer" and value.strip():
-            return value.strip().decode("latin-1")
-    tok = request.getHeader(b"x-hoopy-token")
-    return tok.strip().decode("latin-1") if tok and tok.strip() else None
+            found.add(value.strip())
+    for tok in h.getRawHeaders(b"x-hoopy-token") or ():
+        if tok.strip():
+            found.add(tok.strip())
+    if not found:
+        return None
+    return found.pop().decode("latin-1") if len(found) == 1 else ""
 
 
 class Exchange:
@@ -312,6 +319,7 @@ class Exchange:
             except StoreError:
                 raise Refusal(503, "refused: the audit store cannot record this request", "error")
         self._check_shape()
+        self._check_token_stays(token)
         op = Operation("http", "request", f"{self.method} {self.path}", (Unit(self.method, self.path),),
                        {"method": self.method, "path": self.path, "query": self.query})
         verdict = await self._wait(self.proxy.gateway.policy.decide(self.session, op))
@@ -333,6 +341,20 @@ class Exchange:
         else:
             await self._forward()
 
+    def _check_token_stays(self, token: str):
+        """The caller's token goes nowhere but here: not upstream in another header, a cookie or the query."""
+        from urllib.parse import unquote_plus
+
+        tok = token.encode("latin-1")
+        for name, values in self.request.requestHeaders.getAllRawHeaders():
+            if name.lower() in (b"authorization", b"x-hoopy-token"):
+                continue
+            if any(tok in v for v in values):
+                raise Refusal(400, f"the caller's token is in the {name.decode('latin-1')} header too, "
+                                   "and would reach the upstream")
+        if self.query is not None and (token in self.query or token in unquote_plus(self.query)):
+            raise Refusal(400, "the caller's token is in the query string, and would reach the upstream")
+
     def _check_shape(self):
         req = self.request
         if req.method == b"CONNECT":
@@ -353,6 +375,8 @@ class Exchange:
                 if key in H.METHOD_OVERRIDE_PARAMS:
                     raise Refusal(400, f"method-override parameters ({key}) are refused: send the real method")
         h = req.requestHeaders
+        if len(h.getRawHeaders(b"host") or ()) > 1:
+            raise Refusal(400, "a request has one Host header")
         for name in H.PATH_OVERRIDE:
             if h.hasHeader(name):
                 raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
@@ -393,7 +417,9 @@ class Exchange:
             out.setRawHeaders(name, values)
         if self.proxy.masker.active:
             out.setRawHeaders(b"accept-encoding", [b"identity"])
-        for name, value in H.forwarded_for(self.peer_host, self.proxy.proto, h.getRawHeaders(b"host", [None])[0]).items():
+        # No host= / X-Forwarded-Host: the caller picks its Host header, and an upstream (or the ingress
+        # in front of it) that routes on X-Forwarded-Host would take the caller to another site.
+        for name, value in H.forwarded_for(self.peer_host, self.proxy.proto, None).items():
             out.setRawHeaders(name, [value])
         for name, value in self.proxy.inject:
             out.setRawHeaders(name, [value])
