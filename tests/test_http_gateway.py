@@ -989,6 +989,8 @@ def test_the_callers_token_never_rides_upstream_in_another_place(gw, upstream, w
     status, body, _, _ = curl(url, *args)
     assert status == 400 and "token" in json.loads(body)["error"], body
     assert AGENT.token not in json.dumps(upstream.since(mark))
+    events = wait_events(gw, "http.request", 1)
+    assert AGENT.token not in json.dumps(events)  # nor into the record
 
 
 def test_the_callers_host_header_does_not_pick_the_upstream_site(gw, upstream):
@@ -1000,6 +1002,16 @@ def test_the_callers_host_header_does_not_pick_the_upstream_site(gw, upstream):
     resp = raw_request(gw.port, b"GET /v1/customers/1 HTTP/1.1\r\nHost: a\r\nHost: b\r\nAuthorization: Bearer "
                        + AGENT.token.encode() + b"\r\nConnection: close\r\n\r\n")
     assert status_of(resp) == 400, resp
+
+
+def test_a_request_body_that_could_not_be_masked_is_not_recorded_unmasked(gw, upstream):
+    mark = upstream.mark()
+    status, body, _, _ = curl(gw.url + "/v1/search", "-H", "Content-Type: application/json",
+                              "--data", '{"ssn": "123-45-6789", oops')
+    assert status == 400, body
+    assert upstream.since(mark) == []
+    time.sleep(0.3)
+    assert "123-45-6789" not in json.dumps(gw.events("http.request"))
 
 
 def test_audit_verify_passes(gw):

@@ -239,3 +239,91 @@ def test_body_pipe_abort_fails_the_upstream_body_and_collect_has_a_limit():
     pipe.feed(b"5678")
     pipe.end()
     assert d.result == b"12345678"
+
+
+# --- masking holes an upstream (or a caller choosing what it asks for) could open ----------------
+
+def test_utf16_json_and_text_are_refused_not_passed():
+    body = json.dumps({"ssn": "123-45-6789"}).encode("utf-16")
+    with pytest.raises(MaskError):
+        _masker().mask_json(body)
+    with pytest.raises(MaskError):
+        _masker().mask_text("ada@example.com".encode("utf-16-le"))
+
+
+def test_duplicate_keys_send_what_was_walked():
+    out, counts = _masker().mask_json(b'{"note": "a@b.example", "note": "clean"}')
+    assert b"a@b.example" not in out and json.loads(out) == {"note": "clean"}
+
+
+def test_escapes_disable_the_fast_path():
+    m = Masker((), (BUILTIN["email"],))
+    out, counts = m.mask_json(b'{"x": "ada\\u0040example.com"}')
+    assert counts == {"email": 1} and b"example.com" not in out
+
+
+def test_deep_nesting_is_refused_when_fields_apply():
+    with pytest.raises(MaskError):
+        _masker().mask_json(b"[" * 100000 + b"]" * 100000)
+
+
+@pytest.mark.parametrize("body", [
+    json.dumps({"ssn": "123-45-6789"}).encode(),
+    b'  [{"ssn": "123-45-6789"}]',
+    b'{"ssn": "123-45-6789"}\n{"ssn": "987-65-4320"}\n',
+])
+def test_json_without_a_json_type_is_masked_as_json(body):
+    out, counts = _masker().mask_sniffed(body)
+    assert b"123-45-6789" not in out and counts.get("field:ssn")
+
+
+def test_json_looking_but_broken_is_refused_when_fields_apply():
+    with pytest.raises(MaskError):
+        _masker().mask_sniffed(b'{"ssn": "123-45-6789", oops')
+
+
+@pytest.mark.parametrize("stream", [
+    b'data: {"ssn": "1"}\n\r\ndata: {}\n\n',
+    b'data: {"ssn": "1"}\n\rdata: {}\n\n',
+    b'data: {"ssn": "1"}\r\rdata: {}\r\r',
+    b'\xef\xbb\xbfdata: {"ssn": "1"}\n\n',
+    b'data: {"ssn":\ndata\ndata: "1"}\n\n',
+])
+def test_sse_is_split_into_events_as_an_eventsource_does(stream):
+    for step in (1, 3, len(stream)):
+        s = SSEMasker(_masker(), limit=1000)
+        out = b"".join(s.feed(stream[i:i + step]) for i in range(0, len(stream), step)) + s.close()
+        assert b'"1"' not in out and b"[REDACTED]" in out, (step, out)
+
+
+def test_decodable_and_decoder_take_every_coding():
+    from hoopy.http.bodies import codings, decodable
+
+    assert codings("identity, gzip") == ["gzip"] and decodable("identity, gzip")
+    assert not decodable("gzip, gzip") and not decodable("br")
+    assert Decoder("identity, gzip", 100).feed(gzip.compress(b"x")) == b"x"
+
+
+def test_charset_ok():
+    from hoopy.http.bodies import charset_ok
+
+    assert charset_ok("application/json; charset=utf-8") and charset_ok("text/plain; charset=ISO-8859-1")
+    assert charset_ok(None) and charset_ok("text/plain")
+    assert not charset_ok("text/plain; charset=utf-16") and not charset_ok('text/plain; charset="UTF-7"')
+
+
+def test_scrubber_replaces_secrets_across_pieces_and_keeps_the_length():
+    from hoopy.http.bodies import Scrubber
+
+    secret = b"upstream-secret-0451"
+    data = b"a" * 10 + secret + b"b" * 3 + b"upstream-sec" + b"c" + secret
+    for step in (1, 5, 7, len(data)):
+        s = Scrubber([secret])
+        out = b"".join(s.feed(data[i:i + step]) for i in range(0, len(data), step)) + s.close()
+        assert len(out) == len(data) and secret not in out and b"upstream-sec" in out
+
+
+@pytest.mark.parametrize("raw", [b"/v1/%252f", b"/v1/%252e%252e/admin", b"/v1/%c0%af", b"/v1/%e2%82"])
+def test_double_encoded_and_non_utf8_escapes_are_refused(raw):
+    with pytest.raises(PathError):
+        normalize_target(raw)

@@ -281,6 +281,7 @@ class Exchange:
         self.websocket = False
         self.req_kind = None
         self.holding = False
+        self.token = None  # the caller's, kept out of the record
         # twisted.web drops request.content when the request finishes; the record still needs it
         self.pipe = request.content if isinstance(request.content, BodyPipe) else None
         addr = request.getClientAddress()
@@ -319,6 +320,7 @@ class Exchange:
             except StoreError:
                 raise Refusal(503, "refused: the audit store cannot record this request", "error")
         self._check_shape()
+        self.token = token
         self._check_token_stays(token)
         op = Operation("http", "request", f"{self.method} {self.path}", (Unit(self.method, self.path),),
                        {"method": self.method, "path": self.path, "query": self.query})
@@ -789,7 +791,9 @@ class Exchange:
         pipe = self.pipe
         if pipe is not None:
             self.req_bytes = pipe.received
-            if self.req_body_record is None and self.req_kind not in (None, "other"):
+            if (self.req_body_record is None and self.req_kind not in (None, "other")
+                    and not self.proxy.masker.applies(self.req_kind)):
+                # (a body that had to be masked and was not, refused or too large, is not kept unmasked)
                 self.req_body_record = _prefix(bytes(pipe.head), self.settings.record_body_limit, pipe.received)
         gw.count_bytes(session, "in", self.req_bytes)
         gw.count_bytes(session, "out", self.resp_bytes)
@@ -801,6 +805,8 @@ class Exchange:
         }
         if self.path is None:
             data["target"] = self.request.uri.decode("latin-1")[:2048]
+        if self.token:  # a caller that put its token somewhere else too (refused): not into the record
+            data = json.loads(json.dumps(data).replace(json.dumps(self.token)[1:-1], H.REDACTED))
         for k, v in (("rule", self.rule), ("approval", self.approval), ("error", self.error),
                      ("response_headers", self.resp_headers_record),
                      ("request_body", self.req_body_record), ("response_body", self.resp_body_record)):
