@@ -288,3 +288,15 @@ def test_functional_notation_is_seen():
     assert classify("SELECT c.to_jsonb FROM customers c").whole_row
     assert "zap" in classify("SELECT i.zap FROM invoices i").dotted
     assert not classify("SELECT c.id, c.name FROM customers c").whole_row
+
+
+def test_settings_that_hide_or_weaken_the_server_are_admin():
+    from hoopy.postgres.classify import classify
+
+    for q in ("SET log_statement = 'none'", "SET LOCAL log_min_duration_statement = -1",
+              "SET zero_damaged_pages = on", "SET pgaudit.log = 'none'", "SET lc_messages = 'de_DE'",
+              "SET session_preload_libraries = 'x'", "RESET track_activities"):
+        assert classify(q).classes == {"admin"}, q
+    for q in ("SET statement_timeout = 0", "SET TIME ZONE 'UTC'", "SET extra_float_digits = 3",
+              "SET client_min_messages = warning", "SET application_name = 'x'", "RESET work_mem"):
+        assert classify(q).classes == {"read"}, q

@@ -75,6 +75,16 @@ pg_collation_for pg_column_compression pg_column_size pg_typeof quote_literal qu
 record_out record_send row_to_json to_json to_jsonb hstore to_tsvector json_populate_record
 """.split())
 
+# Settings that change who we are, how SQL is read, what the server logs or checks,
+# or what code it loads: admin. So are extensions' settings (pgaudit.*, hoopy.*),
+# log_*, debug_* and track_*.
+ADMIN_SETTINGS = frozenset("""
+role session_authorization session_replication_role search_path standard_conforming_strings client_encoding
+backslash_quote lc_messages zero_damaged_pages ignore_checksum_failure ignore_system_indexes
+ignore_invalid_pages allow_system_table_mods allow_in_place_tablespaces session_preload_libraries
+local_preload_libraries dynamic_library_path compute_query_id row_security
+""".split())
+
 # Functions that reach outside SQL's data model: files, servers, settings, roles.
 ADMIN_FUNCTIONS = frozenset("""
 pg_read_file pg_read_binary_file pg_ls_dir pg_stat_file pg_ls_logdir pg_ls_waldir pg_ls_tmpdir
@@ -276,9 +286,8 @@ class _Walk:
 
     def on_VariableSetStmt(self, n, ctes, top):
         name = (n.name or "").lower()
-        if name in ("role", "session_authorization", "session_replication_role", "search_path",
-                    "standard_conforming_strings", "client_encoding", "backslash_quote") \
-                or name.startswith("hoopy.") or n.kind == VariableSetKind.VAR_RESET_ALL:
+        if name in ADMIN_SETTINGS or name.startswith(("log_", "debug_", "track_")) \
+                or "." in name or n.kind == VariableSetKind.VAR_RESET_ALL:
             self.add("admin")
             if name == "search_path" or n.kind == VariableSetKind.VAR_RESET_ALL:
                 self.sets_search_path = True

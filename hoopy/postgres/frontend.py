@@ -767,8 +767,6 @@ class Frontend(Protocol):
                     self._done(ex)
                     if q and q[0] is ex:
                         q.popleft()
-                elif e.kind == "synthetic":
-                    out.append(e.raw)
             if not q:
                 # The client has not sent its Sync yet: what it sends until then
                 # is ignored upstream, and must expect no reply.
