@@ -1135,6 +1135,8 @@ def test_a_held_forward_expires_when_its_client_goes(setup):
     while time.monotonic() < deadline and s.gw.get("/approvals?state=pending", s.reviewer.token)[1]:
         time.sleep(0.1)
     assert s.gw.get("/approvals?state=pending", s.reviewer.token)[1] == []
+    while time.monotonic() < deadline and not s.gw.events("session.end"):
+        time.sleep(0.1)
     (exp,) = s.gw.events("approval.expired")
     assert exp["data"]["approval"] == row["id"] and exp["data"]["reason"] == "the client went away"
     (end,) = s.gw.events("session.end")
