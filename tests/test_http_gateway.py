@@ -852,14 +852,14 @@ def test_another_identity_on_the_same_connection_gets_its_own_session(gw):
 
 # --- attacks: a hostile agent with a granted token ----------------------------------------------
 
-def raw_url(gw, body: bytes, ct: str | None = None, ce=(), h=()) -> str:
+def raw_url(gw, body: bytes, ct: str | None = None, ce=(), h=(), stall=False) -> str:
     """A /raw URL: the upstream answers ``body`` with the Content-Type, encodings and headers given."""
     import base64
     from urllib.parse import urlencode
 
     q = [("b", base64.urlsafe_b64encode(body).decode())]
     q += [("ct", ct)] if ct is not None else []
-    q += [("ce", e) for e in ce] + [("h", x) for x in h]
+    q += [("ce", e) for e in ce] + [("h", x) for x in h] + ([("stall", "1")] if stall else [])
     return gw.url + "/raw?" + urlencode(q)
 
 
@@ -1012,6 +1012,14 @@ def test_a_request_body_that_could_not_be_masked_is_not_recorded_unmasked(gw, up
     assert upstream.since(mark) == []
     time.sleep(0.3)
     assert "123-45-6789" not in json.dumps(gw.events("http.request"))
+
+
+@pytest.mark.parametrize("body, ct", [(b"", None), (b'{"a": ', "application/json"), (b"  ", None)])
+def test_an_upstream_silent_while_its_body_is_sniffed_or_buffered_is_cut(gw, body, ct):
+    t0 = time.monotonic()
+    status, got, _, _ = curl(raw_url(gw, body, ct, stall=True), timeout=15)
+    assert status == 504 or status is None or status == 502, (status, got)
+    assert time.monotonic() - t0 < 8, "the exchange waited on a silent upstream past upstream_timeout"
 
 
 def test_audit_verify_passes(gw):

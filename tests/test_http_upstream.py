@@ -18,7 +18,8 @@ or did not reach the upstream.
   /ws             a WebSocket echo (text frames), answering 101 itself
   /ws-refuse      answers a WebSocket upgrade with 403
   /raw?b=B64&ct=TYPE&ce=ENC&h=NAME:VALUE  the body, Content-Type and headers the test asks for
-                  (no Content-Type without ct); honours "Range: bytes=A-B" with a 206
+                  (no Content-Type without ct); honours "Range: bytes=A-B" with a 206;
+                  with stall=1 the body is sent and the response never ends
 """
 from __future__ import annotations
 
@@ -198,6 +199,9 @@ def main(port: int, logfile: str, tls=()):
                     request.setResponseCode(206)
                     request.setHeader(b"content-range", b"bytes %d-%d/%d" % (lo, hi, len(data)))
                     return data[lo:hi + 1]
+                if b"stall" in a:  # the head and the body so far, then silence
+                    request.write(data)
+                    return NOT_DONE_YET
                 return data
             if p == "/health":
                 return b"ok"

@@ -567,7 +567,7 @@ class Exchange:
                 response.deliverBody(_Discard())
                 raise Refusal(502, f"the upstream body may need masking but its Content-Encoding "
                                    f"{encoding!r} cannot be decoded", "error")
-            sniff = _Sniff(encoding)
+            sniff = _Sniff(encoding, self)
             response.deliverBody(sniff)
             head = await self._wait(sniff.decided, cancel=True)
             deliver = sniff.attach
@@ -868,14 +868,34 @@ class _Sniff(Protocol):
 
     SNIFF = 512
 
-    def __init__(self, encoding):
+    def __init__(self, encoding, exchange):
+        self.exchange = exchange
+        self.stall = None
         self.buf = b""
         self.peek = zlib.decompressobj(16 + zlib.MAX_WBITS if codings(encoding)[:1] in (["gzip"], ["x-gzip"])
                                        else zlib.MAX_WBITS) if codings(encoding) else None
         self.head = b""
-        self.decided = defer.Deferred(lambda d: self.transport.stopProducing() if self.transport else None)
+        self.decided = defer.Deferred(lambda d: self._cancel())
         self.target = None
         self.lost = None
+
+    def connectionMade(self):
+        self.exchange.upstream_transport = self.transport
+        reactor, timeout = self.exchange.proxy.gateway.reactor, self.exchange.settings.upstream_timeout
+        self.stall = reactor.callLater(timeout, self._stalled)
+
+    def _stalled(self):
+        if not self.decided.called:
+            timeout = self.exchange.settings.upstream_timeout
+            if self.transport is not None:
+                self.transport.stopProducing()
+            self.decided.errback(Refusal(504, f"the upstream stalled: no body bytes for {timeout:g}s", "error"))
+
+    def _decide(self):
+        if self.stall is not None and self.stall.active():
+            self.stall.cancel()
+        if not self.decided.called:
+            self.decided.callback(self.head)
 
     def dataReceived(self, data):
         if self.target is not None:
@@ -893,14 +913,20 @@ class _Sniff(Protocol):
         stripped = self.head.replace(b"\x00", b"").lstrip(b" \t\r\n\xef\xbb\xbf\xff\xfe")
         if stripped or len(self.head) >= self.SNIFF or len(self.buf) >= 64 * 1024:
             self.transport.pauseProducing()
-            self.decided.callback(self.head)
+            self._decide()
 
     def connectionLost(self, reason):
         if self.target is not None:
             return self.target.connectionLost(reason)
+        self.exchange.upstream_transport = None
         self.lost = reason
-        if not self.decided.called:
-            self.decided.callback(self.head)
+        self._decide()
+
+    def _cancel(self):
+        if self.stall is not None and self.stall.active():
+            self.stall.cancel()
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     def attach(self, target):
         self.target = target
@@ -935,15 +961,26 @@ class _Collect(Protocol):
         self.raw = 0
         self.done = defer.Deferred(lambda d: self._stop())
         self.error = None
+        self.stall = None
 
     def connectionMade(self):
         self.exchange.upstream_transport = self.transport
+        reactor, timeout = self.exchange.proxy.gateway.reactor, self.exchange.settings.upstream_timeout
+        self.stall = reactor.callLater(timeout, self._stalled)
+
+    def _stalled(self):
+        timeout = self.exchange.settings.upstream_timeout
+        self._fail(f"the upstream stalled: no body bytes for {timeout:g}s", 504)
 
     def _stop(self):
+        if self.stall is not None and self.stall.active():
+            self.stall.cancel()
         if self.transport is not None:
             self.transport.stopProducing()
 
     def dataReceived(self, data):
+        if self.stall is not None and self.stall.active():
+            self.stall.reset(self.exchange.settings.upstream_timeout)
         if self.error is not None:
             return
         self.raw += len(data)
@@ -958,13 +995,15 @@ class _Collect(Protocol):
                               f"({self.limit} bytes)")
         self.parts.append(data)
 
-    def _fail(self, error):
+    def _fail(self, error, status=502):
         self.error = error
-        self.transport.stopProducing()
+        self._stop()
         if not self.done.called:
-            self.done.errback(Refusal(502, error, "error"))
+            self.done.errback(Refusal(status, error, "error"))
 
     def connectionLost(self, reason):
+        if self.stall is not None and self.stall.active():
+            self.stall.cancel()
         self.exchange.upstream_transport = None
         if self.done.called:
             return
