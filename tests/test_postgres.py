@@ -983,3 +983,27 @@ def test_functional_notation_is_a_call_with_the_whole_row(gw, database):
         assert invoices(database) == before
     finally:
         admin_sql("DROP FUNCTION public.zap(invoices)", database)
+
+
+def test_a_rule_for_one_table_does_not_grant_statements_about_other_objects(hoopy_gateway, database):
+    """ddl/admin/write on public.scratch: DROP of another table, DO, CALL of any
+    procedure, CREATE OR REPLACE of any function are not about scratch."""
+    admin_sql("CREATE TABLE IF NOT EXISTS victim (a int);"
+              "CREATE OR REPLACE PROCEDURE public.wipe() LANGUAGE sql AS 'DELETE FROM victim'", database)
+    try:
+        port = free_port()
+        g = hoopy_gateway(body(database, port).replace(
+            '"read public.customers",', '"read public.customers", "ddl public.scratch", "admin public.scratch", '
+                                        '"write public.scratch",'))
+        g.pg_port = port
+        for q in ("DROP TABLE public.victim", "DROP TABLE IF EXISTS victim, scratch",
+                  "CREATE OR REPLACE FUNCTION public.upper(x int) RETURNS bigint LANGUAGE sql AS 'SELECT 1::bigint'",
+                  "DO $$BEGIN DELETE FROM victim; END$$", "CALL public.wipe()", "DROP SCHEMA public CASCADE",
+                  "COPY (SELECT 1) TO PROGRAM 'true'"):
+            r = psql(g, q)
+            assert r.returncode != 0 and "no grant allows" in r.stderr, (q, r.stdout, r.stderr)
+        assert admin_sql("SELECT count(*) FROM pg_class WHERE relname = 'victim'", database) == "1"
+        r = psql(g, "CREATE TABLE public.scratch (a int)", "INSERT INTO scratch VALUES (1)", "DROP TABLE scratch")
+        assert r.returncode == 0, r.stderr
+    finally:
+        admin_sql("DROP TABLE IF EXISTS victim, scratch; DROP PROCEDURE IF EXISTS public.wipe()", database)

@@ -22,6 +22,13 @@ from pglast.parser import ParseError
 from hoopy.policy.rules import Unit, pg_table_unit
 
 
+# The subject of a ddl or admin unit that is not about one named table or function
+# (DO, SET ROLE, COPY ... PROGRAM, DROP SCHEMA, ALTER ROLE, ...). No table pattern
+# matches it (patterns have a dot), so only a rule without tables covers it: a
+# rule for one table must not grant a DO block or a DROP of another table.
+ANY_OBJECT = "(any object)"
+
+
 class ClassifyError(Exception):
     """The SQL does not parse: refused with the parser's message."""
 
@@ -140,7 +147,9 @@ class _Walk:
         self.dotted = set()
 
     def add(self, cls, table=None):
-        self.units.setdefault(Unit(cls, None) if table is None else Unit(cls, table), None)
+        if table is None and cls in ("admin", "ddl"):
+            table = ANY_OBJECT
+        self.units.setdefault(Unit(cls, table), None)
 
     def rel(self, rv: ast.RangeVar, ctes=frozenset(), cls="read"):
         schema = rv.schemaname
@@ -337,8 +346,8 @@ class _Walk:
         return True
 
     def on_CallStmt(self, n, ctes, top):
-        self.add("write")
-        self.node(n.funccall.args if n.funccall else None, ctes)
+        # A procedure is a function: a write on it, as for a function call.
+        self.node(n.funccall, ctes)
         return True
 
     def on_DoStmt(self, n, ctes, top):
@@ -423,6 +432,51 @@ _STATEMENT_CLASS = {
 }
 
 
+# Statements whose object is the relation they name (a RangeVar): the units of
+# those relations say what they touch.
+_ON_RELATIONS = {"CreateStmt", "AlterTableStmt", "IndexStmt", "ViewStmt", "CreateTableAsStmt", "CreateSeqStmt",
+                 "AlterSeqStmt", "CreateTrigStmt", "RuleStmt", "RefreshMatViewStmt", "CreatePolicyStmt",
+                 "AlterPolicyStmt", "CreateStatsStmt", "RenameStmt", "AlterObjectSchemaStmt", "GrantStmt",
+                 "VacuumStmt", "ClusterStmt", "ReindexStmt"}
+
+
+def _qualified(names, suffix=""):
+    names = [x.sval for x in names if isinstance(x, ast.String)]
+    if not names or len(names) > 2:
+        return None
+    if len(names) == 1:
+        names = ["pg_catalog" if names[0].startswith("pg_") and not suffix else "public"] + names
+    return ".".join(names) + suffix
+
+
+_RELATION_OBJECTS = {"OBJECT_TABLE", "OBJECT_VIEW", "OBJECT_MATVIEW", "OBJECT_INDEX", "OBJECT_SEQUENCE",
+                     "OBJECT_FOREIGN_TABLE"}
+_ROUTINE_OBJECTS = {"OBJECT_FUNCTION", "OBJECT_PROCEDURE", "OBJECT_ROUTINE", "OBJECT_AGGREGATE"}
+
+
+def _named_objects(s):
+    """The tables and functions a DROP or CREATE FUNCTION is about, or None if
+    the statement is not one of those or names something else."""
+    if isinstance(s, ast.DropStmt):
+        kind = getattr(s.removeType, "name", str(s.removeType))
+        out = []
+        for obj in s.objects or ():
+            if kind in _RELATION_OBJECTS and isinstance(obj, (list, tuple)):
+                q = _qualified(obj)
+            elif kind in _ROUTINE_OBJECTS and isinstance(obj, ast.ObjectWithArgs):
+                q = _qualified(obj.objname, "()")
+            else:
+                q = None
+            if q is None:
+                return None
+            out.append(q)
+        return out
+    if isinstance(s, ast.CreateFunctionStmt):
+        q = _qualified(s.funcname, "()")
+        return None if q is None else [q]
+    return None
+
+
 def _range_vars(n):
     out = []
 
@@ -469,8 +523,15 @@ def classify(sql: str) -> Classified:
             sub.units = {}
             for u in units:
                 sub.add(cls if u.kind == "read" else u.kind, u.subject)
+            named = _named_objects(s)
+            for subject in named or ():
+                sub.add(cls, subject)
             w.merge(sub)
-            w.add(cls)
+            if named is None and (kind not in _ON_RELATIONS
+                                  or not any(u.subject and u.subject != ANY_OBJECT for u in units)):
+                w.add(cls)  # about no table we can name: (any object)
+            else:
+                w.units.setdefault(Unit(cls, None), None)
     if not w.units and kinds:
         w.add("read")  # SELECT 1, SELECT now(): reads nothing, still a read
     whole = w.whole_row or any(name in w.aliases for name in w.pending_lone)

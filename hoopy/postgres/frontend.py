@@ -22,7 +22,7 @@ from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.service import Allow, Deny, Hold
 from hoopy.postgres import codec, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
-from hoopy.postgres.classify import ClassifyError, classify
+from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, RowPlan, catalog_query
 from hoopy.postgres.startup import (
@@ -493,12 +493,12 @@ class Frontend(Protocol):
         if name in self.statements:
             c = _classify_or_error(self.statements[name][0])
             if isinstance(c, ClassifyError) or c.executes:
-                units.append(Unit("admin", None))
+                units.append(Unit("admin", ANY_OBJECT))
             else:
                 units.extend(c.units)
                 units.extend(Unit("write", f"public.{f}()")
                              for f in self.user_functions & (c.bare_functions | c.dotted))
-        return units or [Unit("admin", None)]
+        return units or [Unit("admin", ANY_OBJECT)]
 
     def _local_refusal(self, c) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""
