@@ -154,3 +154,28 @@ def test_postgres_all_and_schema_globs():
 def test_bad_rule_words(proto, text):
     with pytest.raises(RuleError):
         parse_rule(proto, text)
+
+
+def test_path_globs_agree_with_their_regex_on_random_cases():
+    import random
+
+    from hoopy.policy.rules import _path_matcher, _path_pattern
+
+    rnd = random.Random(2026)
+    for _ in range(5000):
+        glob = "/" + "".join(rnd.choice(["a", "b", "/", "*", "**", "?", "."]) for _ in range(rnd.randint(0, 7)))
+        path = "/" + "".join(rnd.choice("ab/.x") for _ in range(rnd.randint(0, 9)))
+        assert _path_matcher(glob)(path) == (_path_pattern(glob).fullmatch(path) is not None), (glob, path)
+
+
+def test_a_crafted_path_cannot_stall_the_matcher():
+    """`GET /x*x*x*x*y` against a long run of x: the regex form backtracks for seconds."""
+    import time
+
+    p = policy(grant("api", proto="http", allow=["GET /x*x*x*x*y", "GET /files/**/*-*-*.csv"]))
+    t0 = time.perf_counter()
+    assert p.judge("agent", "api", http_op("GET", "/" + "x" * 8000)).outcome == "deny"
+    assert p.judge("agent", "api", http_op("GET", "/files/" + "a-" * 4000 + "/b")).outcome == "deny"
+    assert time.perf_counter() - t0 < 0.5
+    assert p.judge("agent", "api", http_op("GET", "/xaxbxcxdy")).outcome == "allow"
+    assert p.judge("agent", "api", http_op("GET", "/files/2026/q4/a-b-c.csv")).outcome == "allow"

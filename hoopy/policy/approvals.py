@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 import attrs
-from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, succeed, ensureDeferred, fail
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -276,6 +276,13 @@ class ApprovalService:
         log.info("approval {id} {state} by {who} on another node", id=approval.id,
                  state=approval.state, who=approval.reviewer)
         approval.outcome.callback(approval)
+
+    def expire(self, approval_id: str, reason: str) -> Deferred:
+        """End one pending approval now (its caller went away): it expires on the record."""
+        approval = self.pending.get(approval_id)
+        if approval is None:
+            return succeed(None)
+        return self._settle(approval, "expired", None, reason).addErrback(lambda f: None)
 
     def cancel_session(self, session, reason: str) -> list[Deferred]:
         """The held caller went away (or the gateway stops): its approvals expire."""

@@ -88,7 +88,7 @@ class PolicyService:
         j = self.judge(session.identity, session.connection, operation)
         self._count(session, {"allow": "allowed", "approve": "held", "deny": "refused"}[j.outcome])
         if j.outcome == "deny":
-            log.info("refused {identity} on {connection}: {text!r}: {reason}", identity=session.identity,
+            log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
                      connection=session.connection, text=operation.text[:200], reason=j.reason)
             deny = Deny(j.reason, j.rule)
             d = session.event("operation", "refused", rule=j.rule, reason=j.reason, **_describe(operation))

@@ -467,9 +467,7 @@ class ClientSession(asyncssh.SSHServerSession):
             self.client.sessions -= 1
         if self.hold is not None:
             # This channel's approval only: other channels of the session may be held too.
-            approvals, approval = self.client.gateway.approvals, self.hold.approval
-            if approvals.pending.get(approval.id) is approval:
-                approvals._settle(approval, "expired", None, "the client went away").addErrback(lambda f: None)
+            self.client.gateway.approvals.expire(self.hold.approval.id, "the client went away")
         if self.up is not None:
             self.up.close()
         if self._finishing is None and self.kind is not None and self.session is not None:
