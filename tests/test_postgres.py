@@ -743,7 +743,9 @@ def test_cursor_declared_with_the_name_of_an_old_portal_is_masked(gw, database):
 def test_table_alias_column_names_do_not_unmask(gw):
     for q in ("SELECT lower(x) FROM customers AS c(i, n, x)",
               "SELECT x || '' FROM customers c(i, n, x) WHERE i = 1",
-              "SELECT t.x || '' FROM (customers JOIN invoices USING (id)) AS t(i, n, x)"):
+              "SELECT t.x || '' FROM (customers JOIN invoices USING (id)) AS t(i, n, x)",
+              "SELECT row_to_json(j) FROM (customers JOIN invoices USING (id)) AS j",
+              "SELECT j::text FROM (customers NATURAL JOIN invoices) j"):
         r = psql(gw, q)
         assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout, r.stderr)
 

@@ -373,6 +373,8 @@ class _Walk:
         return False  # and walk the arguments
 
     def on_Alias(self, n, ctes, top):
+        # A join's, a subquery's or a function's alias names a row too ("SELECT j FROM (a JOIN b ...) j").
+        self.aliases.add(n.aliasname)
         if n.colnames:
             # "customers AS c(i, n, x)": x is a masked column under a name we
             # cannot tell from the SQL; count it as a whole-row reference.
