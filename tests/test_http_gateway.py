@@ -1022,6 +1022,40 @@ def test_an_upstream_silent_while_its_body_is_sniffed_or_buffered_is_cut(gw, bod
     assert time.monotonic() - t0 < 8, "the exchange waited on a silent upstream past upstream_timeout"
 
 
+@pytest.mark.parametrize("args", [
+    ["--data", "_method=DELETE"], ["--data", "a=1&%5Fmethod=DELETE"], ["--data", "X-HTTP-Method-Override=DELETE"],
+    ["-F", "a=1", "-F", "_method=DELETE"], ["-F", "file=@/etc/hostname", "-F", "_method=DELETE"],
+])
+def test_method_override_form_fields_are_refused(gw, upstream, args):
+    # "DELETE /items/**" is denied; Rails, Laravel and Symfony run a POST with _method=DELETE as a DELETE
+    mark = upstream.mark()
+    status, body, _, _ = curl(gw.url + "/items/1", *args)
+    assert status == 400 and "method-override" in json.loads(body)["error"], (status, body)
+    time.sleep(0.2)
+    assert upstream.since(mark) == []
+    # a form without one goes through, multipart streamed
+    assert curl(gw.url + "/items/1", "--data", "a=1&method=x")[0] == 404
+    assert curl(gw.url + "/items/1", "-F", "a=1", "-F", "file=@/etc/hostname")[0] == 404
+
+
+def test_a_method_override_field_late_in_a_streaming_multipart_body_stops_it(gw, upstream, tmp_path):
+    f = tmp_path / "big.bin"
+    f.write_bytes(b"q" * (3 << 20))
+    mark = upstream.mark()
+    status, body, _, rc = curl(gw.url + "/items/1", "-F", f"file=@{f}", "-F", "_method=DELETE")
+    assert status in (400, 502, None), (status, body)
+    time.sleep(0.3)
+    assert [r for r in upstream.since(mark) if r.get("method")] == []  # no request reached its end
+    assert curl(gw.url + "/v1/customers/1")[0] == 200
+
+
+def test_method_override_query_parameter_is_refused(gw, upstream):
+    mark = upstream.mark()
+    status, body, _, _ = curl(gw.url + "/items/1?_method=DELETE", "-X", "POST")
+    assert status == 400, body
+    assert upstream.since(mark) == []
+
+
 def test_audit_verify_passes(gw):
     r = gw.hoopy("audit", "verify", token=REVIEWER.token)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -327,3 +327,9 @@ def test_scrubber_replaces_secrets_across_pieces_and_keeps_the_length():
 def test_double_encoded_and_non_utf8_escapes_are_refused(raw):
     with pytest.raises(PathError):
         normalize_target(raw)
+
+
+def test_a_card_number_sent_as_a_json_number_is_masked_by_patterns():
+    out, counts = _masker().mask_json(b'{"cc": 4111111111111111, "n": [4111111111111111], "id": 42, "ok": true}')
+    assert json.loads(out) == {"cc": MASK, "n": [MASK], "id": 42, "ok": True}
+    assert counts == {"credit_card": 2}

@@ -108,6 +108,15 @@ class Masker:
                             _add(counts, name, n)
                         return text
                 return value
+            if isinstance(value, int) and not isinstance(value, bool):
+                # a card number sent as a JSON number is the same number to its reader
+                if hinted:
+                    text, c = _redact(str(value), hinted)
+                    if c:
+                        for name, n in c.items():
+                            _add(counts, name, n)
+                        return MASK
+                return value
             if isinstance(value, dict):
                 out = {}
                 for k, v in value.items():
@@ -124,10 +133,10 @@ class Masker:
                             continue
                     else:
                         p = path
-                    out[k] = walk(v, p) if isinstance(v, (str, dict, list)) else v
+                    out[k] = walk(v, p) if isinstance(v, (str, dict, list, int)) else v
                 return out
             if isinstance(value, list):
-                return [walk(v, path) if isinstance(v, (str, dict, list)) else v for v in value]
+                return [walk(v, path) if isinstance(v, (str, dict, list, int)) else v for v in value]
             return value
 
         return walk(value, path)

@@ -109,6 +109,9 @@ class GatewaySite(Site):
 
     def __init__(self, proxy):
         super().__init__(proxy.resource)
+        # The body is not ours to parse: it goes upstream. twisted.web parsed a multipart body after
+        # it had streamed away, found nothing, and answered 400 to every multipart POST.
+        self._parsePOSTFormSubmission = False
         self.proxy = proxy
         self.displayTracebacks = False
 
@@ -282,6 +285,7 @@ class Exchange:
         self.req_kind = None
         self.holding = False
         self.token = None  # the caller's, kept out of the record
+        self.body_refusal = None
         # twisted.web drops request.content when the request finishes; the record still needs it
         self.pipe = request.content if isinstance(request.content, BodyPipe) else None
         addr = request.getClientAddress()
@@ -435,21 +439,42 @@ class Exchange:
         if not (h.hasHeader(b"content-length") or h.hasHeader(b"transfer-encoding")):
             pipe.discard()
             return None
-        kind = body_kind((h.getRawHeaders(b"content-type") or [None])[0])
+        ct = (h.getRawHeaders(b"content-type") or [None])[0]
+        kind = body_kind(ct)
         self.req_kind = kind
-        if not self.proxy.masker.applies(kind):
+        media = (ct or b"").split(b";", 1)[0].strip().lower()
+        # A form field "_method" makes Rails, Laravel and Symfony run another method than the judged one.
+        form = media == b"application/x-www-form-urlencoded"
+        if media.startswith(b"multipart/"):
+            pipe.set_watch(_MultipartOverrideWatch(self._body_refused))
+        if self.body_refusal is not None:
+            raise self.body_refusal
+        mask = self.proxy.masker.applies(kind)
+        if not mask and not form:
             pipe.on_progress = self._progress
             return pipe
         limit = self.settings.mask_limit
         if h.hasHeader(b"content-encoding"):
-            raise Refusal(415, "a request body that must be masked cannot be content-encoded")
-        too_big = Refusal(413, f"the request body must be masked and is larger than mask_limit ({limit} bytes)")
+            raise Refusal(415, "a request body that must be masked (or a form, checked for a method "
+                               "override) cannot be content-encoded")
+        why = "must be masked" if mask else "is a form, read whole to check for a method override,"
+        too_big = Refusal(413, f"the request body {why} and is larger than mask_limit ({limit} bytes)")
         if pipe.length is not UNKNOWN_LENGTH and pipe.length > limit:
             raise too_big
         try:
             data = await self._wait(pipe.collect(limit), cancel=True)
         except BodyTooLarge:
             raise too_big
+        if form:
+            from urllib.parse import parse_qsl
+
+            for key, _ in parse_qsl(data.decode("latin-1"), keep_blank_values=True):
+                if key.strip().lower() in H.METHOD_OVERRIDE_PARAMS:
+                    raise Refusal(400, f"method-override parameters ({key.strip()}) are refused: "
+                                       "send the real method")
+        if not mask:
+            self._keep_body("req", data, kind)
+            return _ProgressProducer(FileBodyProducer(BytesIO(data)), self._progress)
         try:
             data, counts = await self._mask(kind, data)
         except MaskError as e:
@@ -457,6 +482,13 @@ class Exchange:
         await self._record_redactions("request", counts)
         self._keep_body("req", data, kind)
         return _ProgressProducer(FileBodyProducer(BytesIO(data)), self._progress)
+
+    def _body_refused(self, refusal):
+        """A streaming body turned out to be refused (a multipart method override): stop it going on."""
+        if self.body_refusal is None:
+            self.body_refusal = refusal
+            if self.pipe is not None:
+                self.pipe.abort(Failure(refusal))
 
     def _target(self) -> bytes:
         t = self.proxy.upstream_prefix + self.path.encode()
@@ -517,6 +549,8 @@ class Exchange:
         except Exception as e:
             if self.gone:
                 raise defer.CancelledError()
+            if self.body_refusal is not None:
+                raise self.body_refusal
             if not self.timed_out:
                 raise Refusal(502, f"the upstream could not be reached: {_reason(e)}", "error")
             raise Refusal(504, f"the upstream did not answer within {self.settings.upstream_timeout:g}s",
@@ -860,6 +894,25 @@ class _ProgressProducer:
 
     def stopProducing(self):
         self.inner.stopProducing()
+
+
+class _MultipartOverrideWatch:
+    """Looks through a streaming multipart body for a method-override field (``name="_method"``)."""
+
+    PATTERN = re.compile(rb"(?i)content-disposition:[^\r\n]*(?:(?:_|%5f)method|x-http-method|x-method-override)")
+    CARRY = 1024
+
+    def __init__(self, refuse):
+        self.refuse = refuse
+        self.tail = b""
+
+    def __call__(self, data: bytes) -> bool:
+        buf = self.tail + data
+        self.tail = buf[-self.CARRY:]
+        if self.PATTERN.search(buf):
+            self.refuse(Refusal(400, "method-override form fields (_method) are refused: send the real method"))
+            return True
+        return False
 
 
 class _Sniff(Protocol):

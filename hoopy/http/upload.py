@@ -44,6 +44,8 @@ class BodyPipe:
         self._produced: defer.Deferred | None = None
         self._client_paused = False
         self.on_progress = None  # called for every piece received or sent upstream (the idle timer)
+        self.watch = None  # called with every piece before it goes on; True: it must not (see abort)
+        self._aborted = None
 
     # --- what twisted.web's Request expects of ``content`` ----------------------
 
@@ -74,6 +76,8 @@ class BodyPipe:
             self.head += data[:self.keep - len(self.head)]
         if self.discarding:
             return
+        if self.watch is not None and self.watch(data):
+            return  # the watcher refused the body (and aborted this pipe): nothing more goes upstream
         if self._consumer is not None and not self._consumer_paused and not self._buf:
             self._write(data)
             return
@@ -84,6 +88,12 @@ class BodyPipe:
             self._client_paused = True
             self.transport.pauseProducing()
 
+    def set_watch(self, watch):
+        """Watch every piece from now on, starting with those already waiting here."""
+        if self._buf and watch(b"".join(self._buf)):
+            return
+        self.watch = watch
+
     def end(self):
         self.done = True
         if not self.received_all.called:
@@ -93,7 +103,10 @@ class BodyPipe:
     def abort(self, reason):
         """The client went away mid-body: the upstream request must fail, not end short."""
         self.discarding = True
+        self._aborted = reason
         self._buf.clear()
+        self._buffered = 0
+        self._resume_client()
         if self._produced is not None and not self._produced.called:
             self._produced.errback(reason)
 
@@ -107,6 +120,8 @@ class BodyPipe:
     # --- IBodyProducer, for the upstream request --------------------------------
 
     def startProducing(self, consumer):
+        if self._aborted is not None:  # never a short body that looks complete
+            return defer.fail(self._aborted)
         self._consumer = consumer
         self._produced = defer.Deferred()
         self._flush()
