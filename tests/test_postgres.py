@@ -816,6 +816,12 @@ def test_a_failed_or_skipped_bind_or_close_keeps_the_portal_judged_as_it_is(gw, 
     until_ready()
     s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
     until_ready()
+    # A Close and a Bind of the name, both skipped after an error.
+    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"C", b"Pp\0") + bind("p", "")
+              + codec.SYNC)
+    until_ready()
+    s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
+    until_ready()
     # A DECLARE of the name fails too.
     s.sendall(codec.query("DECLARE p CURSOR FOR SELECT 1"))
     until_ready()

@@ -754,10 +754,11 @@ class Frontend(Protocol):
             if k == "sync":  # cannot happen; be safe
                 return
             # The backend now skips to Sync, answering nothing: so do the replies we expect.
+            undo = []
             while q and q[0].kind not in ("sync", "abort_sync"):
                 e = q.popleft()
                 if e.kind in ("parse", "bind", "close") and e.target is not None:
-                    self._undo(e)
+                    undo.append(e)
                 elif e.kind == "execute":
                     e.error = fields.get("C")
                     self._done(e)
@@ -767,6 +768,8 @@ class Frontend(Protocol):
                     self._done(ex)
                     if q and q[0] is ex:
                         q.popleft()
+            for e in reversed(undo):  # last first: Close p then Bind p leaves p as it was
+                self._undo(e)
             if not q:
                 # The client has not sent its Sync yet: what it sends until then
                 # is ignored upstream, and must expect no reply.
