@@ -84,7 +84,7 @@ allow = ["GET /v1/customers/*", "* /echo/**", "GET /customer", "GET /gzip/custom
          "GET /big", "GET /slow", "GET /reset", "GET /stall", "POST /upload", "POST /v1/search",
          "GET /raw", "* /items/**"]
 approve = ["POST /v1/refunds"]
-deny = ["DELETE /v1/customers/*", "DELETE /items/**"]
+deny = ["DELETE /v1/customers/*", "DELETE /items/**", "PUT /items/*/lock"]
 
 [[grants]]
 identity = "other-agent"
@@ -1054,6 +1054,18 @@ def test_method_override_query_parameter_is_refused(gw, upstream):
     status, body, _, _ = curl(gw.url + "/items/1?_method=DELETE", "-X", "POST")
     assert status == 400, body
     assert upstream.since(mark) == []
+
+
+@pytest.mark.parametrize("path", ["/items/1/lock/", "/items/1/LOCK", "/items/1/Lock/", "/items/1/lock.",
+                                  "/items/1/lock%20", "/items/1/lock./"])
+def test_a_denied_route_cannot_be_reached_in_a_form_a_lenient_upstream_reads_as_it(gw, upstream, path):
+    # "* /items/**" is allowed, "PUT /items/*/lock" denied; Express and Spring ignore a trailing slash,
+    # IIS (and others) ignore case and trailing dots
+    mark = upstream.mark()
+    status, body, _, _ = curl(gw.url + path, "-X", "PUT")
+    assert status == 403 and json.loads(body)["rule"] == "PUT /items/*/lock", (status, body)
+    assert upstream.since(mark) == []
+    assert curl(gw.url + "/items/1/locksmith/", "-X", "PUT")[0] == 404  # what no rule denies goes on
 
 
 def test_audit_verify_passes(gw):

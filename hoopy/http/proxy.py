@@ -326,7 +326,7 @@ class Exchange:
         self._check_shape()
         self.token = token
         self._check_token_stays(token)
-        op = Operation("http", "request", f"{self.method} {self.path}", (Unit(self.method, self.path),),
+        op = Operation("http", "request", f"{self.method} {self.path}", self._units(),
                        {"method": self.method, "path": self.path, "query": self.query})
         verdict = await self._wait(self.proxy.gateway.policy.decide(self.session, op))
         if isinstance(verdict, Hold):
@@ -346,6 +346,27 @@ class Exchange:
             await self._relay()
         else:
             await self._forward()
+
+    def _units(self) -> tuple:
+        """What the policy judges: the path as forwarded, and each form of it that a lenient upstream
+        reads as the same route (Express and older Spring ignore a trailing slash, IIS and many
+        others ignore case, IIS drops trailing dots and spaces) whenever a rule treats that form
+        more strictly (denies or holds it). Otherwise "DELETE /v1/customers/42/" would slip past
+        "DELETE /v1/customers/*" and reach the very route it denies."""
+        units = [Unit(self.method, self.path)]
+        path = self.path
+        trimmed = path.rstrip("/") or "/"
+        dotless = "/".join(re.sub(r"(?:\.|%20)+$", "", seg) or seg for seg in trimmed.split("/"))
+        forms = dict.fromkeys(f for p in (trimmed, path.lower(), dotless) for f in (p, p.lower(), p.rstrip("/") or "/"))
+        policy, who, conn = self.proxy.gateway.policy, self.session.identity, self.session.connection
+        for form in forms:
+            if form == path:
+                continue
+            unit = Unit(self.method, form)
+            j = policy.judge(who, conn, Operation("http", "request", f"{self.method} {form}", (unit,)))
+            if j.outcome == "approve" or (j.outcome == "deny" and j.rule is not None):
+                units.append(unit)
+        return tuple(units)
 
     def _check_token_stays(self, token: str):
         """The caller's token goes nowhere but here: not upstream in another header, a cookie or the query."""
