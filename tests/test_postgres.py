@@ -1015,3 +1015,29 @@ def test_a_rule_for_one_table_does_not_grant_statements_about_other_objects(hoop
         assert r.returncode == 0, r.stderr
     finally:
         admin_sql("DROP TABLE IF EXISTS victim, scratch; DROP PROCEDURE IF EXISTS public.wipe()", database)
+
+
+def test_a_held_execute_approved_after_an_upstream_error_expects_no_reply(gw, database):
+    """The server skips to Sync after an error that arrives while an Execute is held:
+    approved later, that Execute is ignored upstream, and no reply may be waited
+    for (later rows would reach the client under the wrong expectation)."""
+    from hoopy.postgres import codec
+
+    gw.database = database
+    s, until_ready, parse, bind, execute = _proto(gw)
+    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"H")
+              + parse("u", "UPDATE invoices SET amount = amount WHERE id = 1") + bind("", "u") + execute(""))
+    rows = gw.wait_pending(REVIEWER.token)
+    time.sleep(0.3)  # the error reaches the gateway while the Execute is held
+    r = gw.hoopy("approve", rows[0]["id"], token=REVIEWER.token)
+    assert r.returncode == 0, r.stdout + r.stderr
+    time.sleep(0.3)
+    s.sendall(codec.SYNC)
+    until_ready()
+    s.sendall(codec.query("SELECT lower(ssn) FROM customers ORDER BY id"))
+    got = until_ready()
+    data = b"".join(p for t, p in got if t == b"D")
+    assert b"45-6789" not in data and b"65-4321" not in data, got
+    s.sendall(codec.query("SELECT 1"))
+    assert [t for t, _ in until_ready()] == [b"T", b"D", b"C", b"Z"]
+    s.close()

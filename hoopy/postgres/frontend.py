@@ -654,6 +654,13 @@ class Frontend(Protocol):
         self.expect(Pending("synthetic", raw=codec.error(code, message)))
 
     def expect(self, pending):
+        if self.upstream_skip and pending.kind not in ("sync", "abort_sync", "synthetic"):
+            # Sent while the server skips to Sync after an error (a held statement
+            # approved meanwhile): ignored upstream, so no reply is coming.
+            if pending.kind in ("execute", "query") and pending.sql is not None:
+                pending.error = "skipped"
+                self._done(pending)
+            return
         self.queue.append(pending)
         if pending.kind == "synthetic" and len(self.queue) == 1:
             self._flush_synthetic()
