@@ -1068,6 +1068,14 @@ def test_a_denied_route_cannot_be_reached_in_a_form_a_lenient_upstream_reads_as_
     assert curl(gw.url + "/items/1/locksmith/", "-X", "PUT")[0] == 404  # what no rule denies goes on
 
 
+def test_a_multipart_answer_whose_parts_cannot_be_masked_is_refused(gw):
+    body = (b'--b1\r\nContent-Type: application/json\r\n\r\n{"ssn": "123-45-6789"}\r\n--b1--\r\n')
+    status, got, _, _ = curl(raw_url(gw, body, "multipart/mixed; boundary=b1"))
+    assert status == 502 and b"123-45-6789" not in got, (status, got)
+    status, got, _, _ = curl(raw_url(gw, b'\x1e{"ssn": "123-45-6789"}\n', "application/json-seq"))
+    assert b"123-45-6789" not in got, (status, got)
+
+
 def test_audit_verify_passes(gw):
     r = gw.hoopy("audit", "verify", token=REVIEWER.token)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -333,3 +333,15 @@ def test_a_card_number_sent_as_a_json_number_is_masked_by_patterns():
     out, counts = _masker().mask_json(b'{"cc": 4111111111111111, "n": [4111111111111111], "id": 42, "ok": true}')
     assert json.loads(out) == {"cc": MASK, "n": [MASK], "id": 42, "ok": True}
     assert counts == {"credit_card": 2}
+
+
+def test_json_text_sequences_are_masked_as_json():
+    out, counts = _masker().mask_sniffed(b'\x1e{"ssn": "123-45-6789"}\n\x1e{"ssn": "987-65-4320"}\n')
+    assert b"123-45-6789" not in out and b"987-65-4320" not in out and counts == {"field:ssn": 2}
+
+
+def test_more_credential_headers_are_redacted_in_the_record():
+    rec = H.for_record([(b"Ocp-Apim-Subscription-Key", [b"k"]), (b"X-Hub-Signature", [b"s"]),
+                        (b"X-Client-Secret", [b"c"]), (b"X-Goog-Api-Key", [b"g"]), (b"Accept", [b"*/*"])])
+    assert rec == {"ocp-apim-subscription-key": "[REDACTED]", "x-hub-signature": "[REDACTED]",
+                   "x-client-secret": "[REDACTED]", "x-goog-api-key": "[REDACTED]", "accept": "*/*"}

@@ -195,7 +195,7 @@ class Masker:
             return self.mask_json(data)
         except MaskError:
             pass
-        lines = data.split(b"\n")
+        lines = data.replace(b"\x1e", b"\n").split(b"\n")  # JSON lines, or RS-separated JSON texts
         out, counts = [], {}
         try:
             for ln in lines:
@@ -260,7 +260,7 @@ def looks_like_json(head: bytes) -> bool:
     for bom in (codecs.BOM_UTF8,) + _BOMS:
         if head.startswith(bom):
             return True if bom != codecs.BOM_UTF8 else looks_like_json(head[len(bom):])
-    stripped = head.replace(b"\x00", b"").lstrip(b" \t\r\n")
+    stripped = head.replace(b"\x00", b"").lstrip(b" \t\r\n\x1e")  # RS: JSON text sequences (RFC 7464)
     return stripped[:1] in (b"{", b"[", b'"')
 
 

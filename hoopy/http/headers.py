@@ -43,7 +43,9 @@ def forwardable(name: bytes, extra_hop: set) -> bool:
 
 def is_secret(name: bytes) -> bool:
     n = name.lower()
-    return n in SECRET or n.endswith((b"-token", b"-api-key", b"-secret", b"apikey")) or b"password" in n
+    return (n in SECRET or n.endswith((b"-token", b"-key", b"-secret", b"apikey", b"-signature", b"-credential",
+                                       b"-credentials", b"-session"))
+            or any(w in n for w in (b"password", b"secret", b"passwd")))
 
 
 def for_record(pairs) -> dict:

@@ -554,6 +554,7 @@ class Exchange:
                 proxy.end_session(channel, "client disconnected")
             proxy.channels.discard(channel)
 
+        head = self.proxy.scrub_header(head)  # an injected credential echoed in the 101 stays here
         client = take_over(channel, up, head + rest, lost)
         self.resp_bytes = len(head) + len(rest)
         self.finished = True
@@ -614,6 +615,10 @@ class Exchange:
         # HEAD, 204 and 304 carry no body to mask (and must keep their headers as sent)
         bodyless = self.method == "HEAD" or response.code in (204, 304)
         must_mask = masker.applies(kind) and not bodyless
+        if masker.active and not bodyless and (ct or "").strip().lower().startswith("multipart/"):
+            # a batch answer (multipart/mixed) holds JSON parts the masker would not see
+            response.deliverBody(_Discard())
+            raise Refusal(502, f"the upstream body is {ct.split(';')[0]}, whose parts cannot be masked", "error")
         deliver = response.deliverBody
         if masker.active and not bodyless and kind == "other":
             # Not labelled JSON or text, yet it may be JSON (a missing or wrong Content-Type, or one
@@ -984,7 +989,7 @@ class _Sniff(Protocol):
                 self.head = b"{"  # undecodable: taken for JSON, and refused when masking finds it corrupt
         else:
             self.head += data
-        stripped = self.head.replace(b"\x00", b"").lstrip(b" \t\r\n\xef\xbb\xbf\xff\xfe")
+        stripped = self.head.replace(b"\x00", b"").lstrip(b" \t\r\n\x1e\xef\xbb\xbf\xff\xfe")
         if stripped or len(self.head) >= self.SNIFF or len(self.buf) >= 64 * 1024:
             self.transport.pauseProducing()
             self._decide()
