@@ -365,10 +365,17 @@ class Frontend(Protocol):
         self.pump()
 
     def cancel_upstream(self):
-        if self.up is not None:
-            send_cancel(self.gateway.reactor, self.settings, self.up.pid, self.up.key)
-            if self.session is not None:
-                self.session.event("cancel", "ok")
+        if self.up is None:
+            return
+        pid, key = self.up.pid, self.up.key
+        if self.session is None:
+            send_cancel(self.gateway.reactor, self.settings, pid, key)
+            return
+        # On the record first, as every operation; a cancel only stops work,
+        # so it goes upstream even when the record cannot be written.
+        d = self.session.event("cancel", "ok")
+        d.addErrback(lambda f: log.error("cancel not recorded: {e}", e=f.getErrorMessage()))
+        d.addBoth(lambda _: send_cancel(self.gateway.reactor, self.settings, pid, key))
 
     def terminate(self, reason):
         if self.phase != "closed":
