@@ -1049,6 +1049,20 @@ def test_a_method_override_field_late_in_a_streaming_multipart_body_stops_it(gw,
     assert curl(gw.url + "/v1/customers/1")[0] == 200
 
 
+@pytest.mark.parametrize("body", ['{"_method": "DELETE"}', '{"\\u005fmethod": "DELETE"}',
+                                  '{"a": 1, "_\\u006dethod": "DELETE"}'])
+def test_method_override_in_a_json_body_is_refused(gw, upstream, body):
+    # Laravel runs a JSON POST with "_method": "DELETE" as a DELETE
+    mark = upstream.mark()
+    status, got, _, _ = curl(gw.url + "/items/1", "-H", "Content-Type: application/json", "--data", body)
+    assert status == 400 and "method-override" in json.loads(got)["error"], (status, got)
+    time.sleep(0.2)
+    assert upstream.since(mark) == []
+    status, _, _, _ = curl(gw.url + "/items/1", "-H", "Content-Type: application/json",
+                           "--data", '{"method": "x", "name": "Z\\u00fcrich \\u003cb\\u003e"}')
+    assert status == 404  # forwarded
+
+
 def test_method_override_query_parameter_is_refused(gw, upstream):
     mark = upstream.mark()
     status, body, _, _ = curl(gw.url + "/items/1?_method=DELETE", "-X", "POST")

@@ -468,6 +468,8 @@ class Exchange:
         form = media == b"application/x-www-form-urlencoded"
         if media.startswith(b"multipart/"):
             pipe.set_watch(_MultipartOverrideWatch(self._body_refused))
+        elif kind == "json":  # Laravel reads _method from a JSON body too
+            pipe.set_watch(_JSONOverrideWatch(self._body_refused))
         if self.body_refusal is not None:
             raise self.body_refusal
         mask = self.proxy.masker.applies(kind)
@@ -936,9 +938,17 @@ class _MultipartOverrideWatch:
         buf = self.tail + data
         self.tail = buf[-self.CARRY:]
         if self.PATTERN.search(buf):
-            self.refuse(Refusal(400, "method-override form fields (_method) are refused: send the real method"))
+            self.refuse(Refusal(400, "method-override fields (_method) in the body are refused: send the real method"))
             return True
         return False
+
+
+class _JSONOverrideWatch(_MultipartOverrideWatch):
+    """A JSON body with a "_method" key (Laravel runs it as that method), or with an ASCII letter
+    written as an escape (\\u005fmethod is the same key, and no encoder writes letters so)."""
+
+    PATTERN = re.compile(rb'"_method"|\\u00(?:4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA])')
+    CARRY = 16
 
 
 class _Sniff(Protocol):
