@@ -345,3 +345,10 @@ def test_more_credential_headers_are_redacted_in_the_record():
                         (b"X-Client-Secret", [b"c"]), (b"X-Goog-Api-Key", [b"g"]), (b"Accept", [b"*/*"])])
     assert rec == {"ocp-apim-subscription-key": "[REDACTED]", "x-hub-signature": "[REDACTED]",
                    "x-client-secret": "[REDACTED]", "x-goog-api-key": "[REDACTED]", "accept": "*/*"}
+
+
+def test_charsets_the_masker_can_read():
+    from hoopy.http.bodies import charset_ok
+
+    assert all(charset_ok(f"text/plain; charset={c}") for c in ("Shift_JIS", "gbk", "windows-1252", "iso8859-15"))
+    assert not any(charset_ok(f"text/plain; charset={c}") for c in ("utf-16le", "utf-32", "ibm037", "utf-7"))

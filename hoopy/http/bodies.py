@@ -233,7 +233,8 @@ class Masker:
 
 _BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 # Charsets in which the ASCII text the patterns and field names look for is plain ASCII bytes.
-_ASCII_CHARSETS = re.compile(r"^(utf-?8|us-ascii|ascii|iso-8859-\d+|latin-?1|(windows|cp)-?125\d)$")
+_ASCII_CHARSETS = re.compile(r"^(utf-?8|us-ascii|ascii|iso-?8859-\d+|latin-?1|(windows|cp)-?125\d|shift_jis|"
+                             r"euc-jp|euc-kr|gb2312|gbk|gb18030|big5|koi8-[ru])$")
 
 
 def _check_ascii_compatible(data: bytes):
