@@ -102,7 +102,7 @@ upstream_timeout = "2s"
 [[grants]]
 identity = "billing-agent"
 connection = "plain"
-allow = ["GET /ws", "GET /ws-refuse"]
+allow = ["GET /ws", "GET /ws-refuse", "GET /ws-h2c"]
 
 [[masking]]
 connection = "api"
@@ -585,12 +585,12 @@ async def test_treq_client_streams_sse_events_as_they_arrive(gw):
 # --- WebSocket ---------------------------------------------------------------------------------
 
 
-def ws_open(port: int, path: str, token: str):
+def ws_open(port: int, path: str, token: str, upgrade: str = "websocket"):
     import base64
 
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     key = base64.b64encode(os.urandom(16)).decode()
-    s.sendall((f"GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    s.sendall((f"GET {path} HTTP/1.1\r\nHost: gw\r\nUpgrade: {upgrade}\r\nConnection: Upgrade\r\n"
                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
                f"Authorization: Bearer {token}\r\n\r\n").encode())
     buf = b""
@@ -1088,6 +1088,20 @@ def test_a_multipart_answer_whose_parts_cannot_be_masked_is_refused(gw):
     assert status == 502 and b"123-45-6789" not in got, (status, got)
     status, got, _, _ = curl(raw_url(gw, b'\x1e{"ssn": "123-45-6789"}\n', "application/json-seq"))
     assert b"123-45-6789" not in got, (status, got)
+
+
+def test_an_upgrade_can_only_become_a_websocket(gw, upstream):
+    # offered h2c beside websocket, an upstream could pick h2c: an HTTP/2 tunnel to any path, unjudged
+    mark = upstream.mark()
+    for offer in ("websocket, h2c", "h2c, websocket", "WebSocket, foo"):
+        s, _, head, _ = ws_open(gw.plain_port, "/ws", AGENT.token, upgrade=offer)
+        s.close()
+        assert head.split(b" ")[1] == b"501", (offer, head)
+    assert upstream.since(mark) == []
+    # an upstream that switches to something else than what was judged gets no tunnel
+    s, _, head, _ = ws_open(gw.plain_port, "/ws-h2c", AGENT.token)
+    s.close()
+    assert head.split(b" ")[1] == b"502", head
 
 
 def test_audit_verify_passes(gw):

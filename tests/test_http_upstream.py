@@ -17,6 +17,7 @@ or did not reach the upstream.
   /upload         counts and hashes the request body
   /ws             a WebSocket echo (text frames), answering 101 itself
   /ws-refuse      answers a WebSocket upgrade with 403
+  /ws-h2c         answers any upgrade with 101 to h2c
   /raw?b=B64&ct=TYPE&ce=ENC&h=NAME:VALUE  the body, Content-Type and headers the test asks for
                   (no Content-Type without ct); honours "Range: bytes=A-B" with a 206;
                   with stall=1 the body is sent and the response never ends
@@ -116,6 +117,11 @@ def main(port: int, logfile: str, tls=()):
             log.write(json.dumps({"method": request.method.decode(), "path": path, "headers": headers,
                                   "body_bytes": len(body)}) + "\n")
             p = request.path.decode()
+            if p == "/ws-h2c":  # switches to h2c whatever was asked
+                request.channel.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                                                b"Upgrade: h2c\r\n\r\n")
+                request.channel.transport.loseConnection()
+                return NOT_DONE_YET
             if p == "/ws-refuse":
                 request.setResponseCode(403)
                 return b"no"

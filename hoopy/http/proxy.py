@@ -415,8 +415,10 @@ class Exchange:
                 raise Refusal(400, f"method-override headers ({name.decode()}) are refused: "
                                    "send the real method")
         if h.hasHeader(b"upgrade"):
-            upgrade = b",".join(h.getRawHeaders(b"upgrade")).lower()
-            if req.method != b"GET" or b"websocket" not in upgrade:
+            # exactly websocket: "websocket, h2c" would let the upstream pick h2c, and an HTTP/2 tunnel
+            # carries requests to any path, none of them judged
+            upgrade = [t.strip().lower() for v in h.getRawHeaders(b"upgrade") for t in v.split(b",") if t.strip()]
+            if req.method != b"GET" or upgrade != [b"websocket"]:
                 raise Refusal(501, "only WebSocket upgrades (GET with Upgrade: websocket) are relayed")
             if self.proxy.masker.active:
                 raise Refusal(501, "WebSocket frames cannot be masked, and this connection has masking "
@@ -433,7 +435,7 @@ class Exchange:
         if upgrade:
             out.setRawHeaders(b"host", [self.proxy.upstream_host])
             out.setRawHeaders(b"connection", [b"Upgrade"])
-            out.setRawHeaders(b"upgrade", h.getRawHeaders(b"upgrade"))
+            out.setRawHeaders(b"upgrade", [b"websocket"])
         for name, values in h.getAllRawHeaders():
             n = name.lower()
             if (n in H.HOP_BY_HOP or n in extra_hop or n in H.HOOPY or n in H.FORWARDING
@@ -542,6 +544,11 @@ class Exchange:
         if status != 101:
             up.transport.abortConnection()
             raise Refusal(502, f"the upstream answered the WebSocket upgrade with {status}, not 101", "error")
+        said = [ln.partition(b":")[2].strip().lower() for ln in head.split(b"\r\n")[1:]
+                if ln.partition(b":")[0].strip().lower() == b"upgrade"]
+        if said != [b"websocket"]:
+            up.transport.abortConnection()
+            raise Refusal(502, "the upstream switched to another protocol than WebSocket: no tunnel", "error")
         channel, session, timer = self.request.channel, self.session, Timer()
         proxy = self.proxy
 
