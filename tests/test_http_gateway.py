@@ -343,6 +343,19 @@ def test_held_post_is_delivered_after_approval_and_not_after_denial(gw, upstream
     assert upstream.since(mark) == []
 
 
+def test_the_reviewer_of_a_held_request_sees_its_query(gw, upstream):
+    mark = upstream.mark()
+    p = subprocess.Popen(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20", "-H",
+                          f"Authorization: Bearer {AGENT.token}", "-H", "Content-Type: application/json",
+                          "--data", "{}", gw.url + "/v1/refunds?amount=1000000&to=attacker"],
+                         stdout=subprocess.PIPE)
+    pending = gw.wait_pending(REVIEWER.token)
+    assert "amount=1000000&to=attacker" in pending[0]["operation"], pending[0]
+    assert gw.hoopy("deny", pending[0]["id"], token=REVIEWER.token).returncode == 0
+    out, _ = p.communicate(timeout=20)
+    assert out.endswith(b"403") and upstream.since(mark) == []
+
+
 def test_caller_gone_while_held_expires_the_approval(gw, upstream):
     mark = upstream.mark()
     p = _held_post(gw, '{"invoice": 9}')

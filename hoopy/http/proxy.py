@@ -326,7 +326,9 @@ class Exchange:
         self._check_shape()
         self.token = token
         self._check_token_stays(token)
-        op = Operation("http", "request", f"{self.method} {self.path}", self._units(),
+        # The reviewer of a held request reads this text: the query is part of what is approved
+        text = f"{self.method} {self.path}" + (f"?{self.query[:1024]}" if self.query else "")
+        op = Operation("http", "request", text, self._units(),
                        {"method": self.method, "path": self.path, "query": self.query})
         verdict = await self._wait(self.proxy.gateway.policy.decide(self.session, op))
         if isinstance(verdict, Hold):
