@@ -82,7 +82,7 @@ identity = "billing-agent"
 connection = "api"
 allow = ["GET /v1/customers/*", "* /echo/**", "GET /customer", "GET /gzip/customer", "GET /text", "GET /sse",
          "GET /big", "GET /slow", "GET /reset", "GET /stall", "POST /upload", "POST /v1/search",
-         "GET /raw", "* /items/**"]
+         "GET /raw", "HEAD /raw", "* /items/**"]
 approve = ["POST /v1/refunds"]
 deny = ["DELETE /v1/customers/*", "DELETE /items/**", "PUT /items/*/lock"]
 
@@ -1115,6 +1115,25 @@ def test_an_upgrade_can_only_become_a_websocket(gw, upstream):
     s, _, head, _ = ws_open(gw.plain_port, "/ws-h2c", AGENT.token)
     s.close()
     assert head.split(b" ")[1] == b"502", head
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_no_hash_of_an_unmasked_body_reaches_the_caller(gw, upstream, method):
+    # Express's ETag is the SHA-1 of the body: of {"ssn": ...} it lets the SSN be guessed offline
+    import base64
+    import hashlib
+
+    body = b'{"ssn": "123-45-6789"}'
+    etag = '"' + base64.b64encode(hashlib.sha1(body).digest()).decode() + '"'
+    url = raw_url(gw, body, "application/json", h=[f"ETag: {etag}", "Content-MD5: x", "Digest: sha-256=x"])
+    status, got, headers, _ = curl(url, "-X", method, *(["-I"] if method == "HEAD" else []))
+    assert status == 200
+    for name in ("etag", "content-md5", "digest"):
+        assert name not in headers, (method, headers)
+    # nor may a guess be checked against it: If-None-Match does not reach the upstream
+    mark = upstream.mark()
+    curl(gw.url + "/v1/customers/1", "-H", f"If-None-Match: {etag}", "-X", method)
+    assert all("if-none-match" not in r["headers"] for r in upstream.since(mark))
 
 
 def test_audit_verify_passes(gw):

@@ -43,6 +43,7 @@ from hoopy.policy.service import Allow, Deny, Hold
 log = Logger()
 
 _METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")
+_BODY_DIGESTS = frozenset({b"etag", b"content-md5", b"digest", b"content-digest", b"repr-digest"})
 # Bodies at least this large are masked on a worker thread, not the reactor.
 THREAD_MASK_SIZE = 64 * 1024
 
@@ -445,6 +446,9 @@ class Exchange:
                 continue
             if n in (b"accept-encoding", b"range", b"if-range") and self.proxy.masker.active:
                 continue  # we must read what we mask, whole (a slice of a JSON value is no JSON)
+            if (n in (b"if-none-match", b"if-match") and self.proxy.masker.active
+                    and req.method in (b"GET", b"HEAD")):
+                continue  # a 304/412 would tell whether a guessed body (its ETag) is the unmasked one
             out.setRawHeaders(name, values)
         if self.proxy.masker.active:
             out.setRawHeaders(b"accept-encoding", [b"identity"])
@@ -659,8 +663,10 @@ class Exchange:
             n = name.lower()
             if n in H.HOP_BY_HOP or n in extra_hop:
                 continue
-            if must_mask and n in (b"content-encoding", b"content-length", b"content-md5", b"etag"):
+            if must_mask and n in (b"content-encoding", b"content-length"):
                 continue
+            if masker.active and n in _BODY_DIGESTS:
+                continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
             out.setRawHeaders(name, [scrub(v) for v in values])
         self.resp_headers_record = H.for_record(
             (n, [scrub(v) for v in vs]) for n, vs in response.headers.getAllRawHeaders())
