@@ -1136,6 +1136,16 @@ def test_no_hash_of_an_unmasked_body_reaches_the_caller(gw, upstream, method):
     assert all("if-none-match" not in r["headers"] for r in upstream.since(mark))
 
 
+def test_patterns_apply_to_response_headers_too(gw):
+    url = raw_url(gw, b"moved", "text/plain", h=["Location: /login?email=ada@example.com",
+                                                "Content-Disposition: attachment; filename=ada@example.com.pdf"])
+    status, got, headers, _ = curl(url)
+    assert "ada@example.com" not in json.dumps(headers), headers
+    assert "[REDACTED]" in headers["location"]
+    time.sleep(0.2)
+    assert "ada@example.com" not in json.dumps(gw.events("http.request"))
+
+
 def test_audit_verify_passes(gw):
     r = gw.hoopy("audit", "verify", token=REVIEWER.token)
     assert r.returncode == 0, r.stdout + r.stderr

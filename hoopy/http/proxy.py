@@ -659,7 +659,24 @@ class Exchange:
         extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
         out = req.responseHeaders
         scrub = self.proxy.scrub_header
-        for name, values in response.headers.getAllRawHeaders():
+        header_counts: dict = {}
+        def clean(values):
+            values = [scrub(v) for v in values]
+            if not masker.detectors:
+                return values
+            masked = []
+            for v in values:  # a pattern's match in a header (a Location's query, a file name) too
+                try:
+                    v, c = masker.mask_text(v)
+                except MaskError:
+                    c = {}
+                for k, cnt in c.items():
+                    header_counts[k] = header_counts.get(k, 0) + cnt
+                masked.append(v)
+            return masked
+
+        cleaned = [(name, clean(values)) for name, values in response.headers.getAllRawHeaders()]
+        for name, values in cleaned:
             n = name.lower()
             if n in H.HOP_BY_HOP or n in extra_hop:
                 continue
@@ -667,9 +684,9 @@ class Exchange:
                 continue
             if masker.active and n in _BODY_DIGESTS:
                 continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
-            out.setRawHeaders(name, [scrub(v) for v in values])
-        self.resp_headers_record = H.for_record(
-            (n, [scrub(v) for v in vs]) for n, vs in response.headers.getAllRawHeaders())
+            out.setRawHeaders(name, values)
+        self.resp_headers_record = H.for_record(cleaned)
+        await self._record_redactions("response", header_counts)
         if must_mask and encoding and not decodable(encoding):
             deliver(_Discard())
             raise Refusal(502, f"the upstream body must be masked but its Content-Encoding "
