@@ -660,6 +660,7 @@ class Exchange:
         out = req.responseHeaders
         scrub = self.proxy.scrub_header
         header_counts: dict = {}
+
         def clean(values):
             values = [scrub(v) for v in values]
             if not masker.detectors:
@@ -686,7 +687,11 @@ class Exchange:
                 continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
             out.setRawHeaders(name, values)
         self.resp_headers_record = H.for_record(cleaned)
-        await self._record_redactions("response", header_counts)
+        try:
+            await self._record_redactions("response", header_counts)
+        except Exception:
+            deliver(_Discard())  # the body is read by no one: let the upstream connection go
+            raise
         if must_mask and encoding and not decodable(encoding):
             deliver(_Discard())
             raise Refusal(502, f"the upstream body must be masked but its Content-Encoding "
