@@ -25,8 +25,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
-from hoopy.audit.store import IEventStore, IStoreReader
-from hoopy.audit.writer import EVENT_COLUMNS, BatchedStore, Dialect, StoreError, write_batch
+from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
+from hoopy.audit.writer import BatchedStore, Dialect, StoreError, write_batch
 
 log = Logger()
 
@@ -160,7 +160,7 @@ def ensure_schema(conn) -> None:
 
 
 @implementer(IStoreReader)
-class PostgresReader:
+class PostgresReader(ReaderQueries):
     """Blocking reads (use from a thread or the CLI), all from one snapshot
     (a read-only REPEATABLE READ transaction held until ``close``), so a
     verify or an export sees events, sessions and approvals as of one moment
@@ -169,6 +169,8 @@ class PostgresReader:
 
     itersize = 2000
     _cursors = itertools.count()
+
+    dialect = Dialect("%s", f"{SCHEMA_NAME}.")
 
     def __init__(self, dsn: str):
         from psycopg import IsolationLevel
@@ -196,54 +198,13 @@ class PostgresReader:
     def _rows(self, sql, args=()):
         return list(self.db.execute(sql, args).fetchall())
 
-    def sessions(self, since_us=None, until_us=None, limit=None):
-        sql = f"SELECT * FROM {SCHEMA_NAME}.sessions WHERE true"
-        args = []
-        if since_us is not None:
-            sql += " AND coalesce(ended_us, 9223372036854775807) >= %s"
-            args.append(since_us)
-        if until_us is not None:
-            sql += " AND started_us <= %s"
-            args.append(until_us)
-        sql += " ORDER BY started_us DESC"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return self._rows(sql, args)
-
-    def session(self, session_id):
-        rows = self._rows(f"SELECT * FROM {SCHEMA_NAME}.sessions WHERE id = %s", (session_id,))
-        return rows[0] if rows else None
-
-    def events(self, session=None, since_us=None, until_us=None):
-        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM {SCHEMA_NAME}.events WHERE true"
-        args = []
-        if session is not None:
-            sql += " AND session = %s"
-            args.append(session)
-        if since_us is not None:
-            sql += " AND time_us >= %s"
-            args.append(since_us)
-        if until_us is not None:
-            sql += " AND time_us <= %s"
-            args.append(until_us)
-        sql += " ORDER BY seq"
+    def _stream(self, sql, args):
         with self.db.cursor(name=f"hoopy_events_{next(self._cursors)}") as cur:
             cur.itersize = self.itersize
             cur.execute(sql, args)
             yield from cur
 
-    def approvals(self, state=None):
-        if state is None:
-            return self._rows(f"SELECT * FROM {SCHEMA_NAME}.approvals ORDER BY created_us")
-        return self._rows(f"SELECT * FROM {SCHEMA_NAME}.approvals WHERE state = %s ORDER BY created_us",
-                          (state,))
 
-    def approval(self, approval_id):
-        rows = self._rows(f"SELECT * FROM {SCHEMA_NAME}.approvals WHERE id = %s", (approval_id,))
-        return rows[0] if rows else None
-
-
-_STOP = object()
 
 
 class _IdleConnectionLost(Exception):

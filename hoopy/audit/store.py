@@ -17,8 +17,8 @@ from zope.interface import Attribute, Interface, implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.events import iso
-from hoopy.audit.writer import (APPROVAL_COLUMNS, SESSION_COLUMNS, BatchedStore, Dialect,  # noqa: F401
-                                StateConflict, StoreError, write_batch)
+from hoopy.audit.writer import (APPROVAL_COLUMNS, EVENT_COLUMNS, SESSION_COLUMNS,  # noqa: F401
+                                BatchedStore, Dialect, StateConflict, StoreError, write_batch)
 
 log = Logger()
 
@@ -122,8 +122,58 @@ class IStoreReader(Interface):
         """One approval row or None."""
 
 
+class ReaderQueries:
+    """The reads every store answers; a store gives its ``dialect`` and how it
+    runs a query (``_rows``: all rows as dicts, ``_stream``: rows one by one)."""
+
+    dialect: Dialect
+
+    def sessions(self, since_us=None, until_us=None, limit=None):
+        p, t = self.dialect.param, self.dialect.prefix
+        sql, args = f"SELECT * FROM {t}sessions WHERE 1=1", []
+        if since_us is not None:
+            sql += f" AND coalesce(ended_us, 9223372036854775807) >= {p}"
+            args.append(since_us)
+        if until_us is not None:
+            sql += f" AND started_us <= {p}"
+            args.append(until_us)
+        sql += " ORDER BY started_us DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self._rows(sql, args)
+
+    def session(self, session_id):
+        rows = self._rows(f"SELECT * FROM {self.dialect.prefix}sessions WHERE id = {self.dialect.param}",
+                          (session_id,))
+        return rows[0] if rows else None
+
+    def events(self, session=None, since_us=None, until_us=None):
+        p = self.dialect.param
+        sql, args = f"SELECT {', '.join(EVENT_COLUMNS)} FROM {self.dialect.prefix}events WHERE 1=1", []
+        for clause, value in ((f"session = {p}", session), (f"time_us >= {p}", since_us),
+                              (f"time_us <= {p}", until_us)):
+            if value is not None:
+                sql += f" AND {clause}"
+                args.append(value)
+        return self._stream(sql + " ORDER BY seq", args)
+
+    def approvals(self, state=None):
+        t = self.dialect.prefix
+        if state is None:
+            return self._rows(f"SELECT * FROM {t}approvals ORDER BY created_us")
+        return self._rows(f"SELECT * FROM {t}approvals WHERE state = {self.dialect.param} ORDER BY created_us",
+                          (state,))
+
+    def approval(self, approval_id):
+        rows = self._rows(f"SELECT * FROM {self.dialect.prefix}approvals WHERE id = {self.dialect.param}",
+                          (approval_id,))
+        return rows[0] if rows else None
+
+
 @implementer(IStoreReader)
-class SQLiteReader:
+class SQLiteReader(ReaderQueries):
+    dialect = Dialect("?")
+
     def __init__(self, path: str | Path):
         self.path = str(path)
         if not Path(self.path).exists():
@@ -142,48 +192,9 @@ class SQLiteReader:
     def _rows(self, sql, args=()):
         return [dict(r) for r in self.db.execute(sql, args)]
 
-    def sessions(self, since_us=None, until_us=None, limit=None):
-        sql = "SELECT * FROM sessions WHERE 1=1"
-        args = []
-        if since_us is not None:
-            sql += " AND coalesce(ended_us, 9223372036854775807) >= ?"
-            args.append(since_us)
-        if until_us is not None:
-            sql += " AND started_us <= ?"
-            args.append(until_us)
-        sql += " ORDER BY started_us DESC"
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        return self._rows(sql, args)
-
-    def session(self, session_id):
-        rows = self._rows("SELECT * FROM sessions WHERE id = ?", (session_id,))
-        return rows[0] if rows else None
-
-    def events(self, session=None, since_us=None, until_us=None):
-        sql = "SELECT * FROM events WHERE 1=1"
-        args = []
-        if session is not None:
-            sql += " AND session = ?"
-            args.append(session)
-        if since_us is not None:
-            sql += " AND time_us >= ?"
-            args.append(since_us)
-        if until_us is not None:
-            sql += " AND time_us <= ?"
-            args.append(until_us)
-        sql += " ORDER BY seq"
+    def _stream(self, sql, args):
         for r in self.db.execute(sql, args):  # streamed: the table may be large
             yield dict(r)
-
-    def approvals(self, state=None):
-        if state is None:
-            return self._rows("SELECT * FROM approvals ORDER BY created_us")
-        return self._rows("SELECT * FROM approvals WHERE state = ? ORDER BY created_us", (state,))
-
-    def approval(self, approval_id):
-        rows = self._rows("SELECT * FROM approvals WHERE id = ?", (approval_id,))
-        return rows[0] if rows else None
 
 
 def event_json(row: dict) -> dict:
