@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
-from hoopy.audit.writer import BatchedStore, Dialect, StoreError, write_batch
+from hoopy.audit.writer import BatchedStore, Dialect, StoreError, schema_sql, write_batch
 
 log = Logger()
 
@@ -36,60 +36,7 @@ CHANNEL = "hoopy_approvals"
 # across nodes: "hoopy" in ASCII, unlikely to meet an application's own key.
 CHAIN_LOCK = 0x686F6F7079  # = 448546173049, named in docs/operators.md
 
-SCHEMA = f"""
-CREATE SCHEMA IF NOT EXISTS {SCHEMA_NAME};
-CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.events (
-    seq BIGINT PRIMARY KEY,
-    time_us BIGINT NOT NULL,
-    gateway TEXT NOT NULL,
-    session TEXT,
-    identity TEXT,
-    connection TEXT,
-    protocol TEXT,
-    peer TEXT,
-    kind TEXT NOT NULL,
-    outcome TEXT,
-    data TEXT NOT NULL,
-    prev TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_session ON {SCHEMA_NAME}.events(session, seq);
-CREATE INDEX IF NOT EXISTS events_time ON {SCHEMA_NAME}.events(time_us);
-CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.sessions (
-    id TEXT PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    identity TEXT,
-    connection TEXT,
-    protocol TEXT,
-    peer TEXT,
-    started_us BIGINT,
-    ended_us BIGINT,
-    end_reason TEXT,
-    model TEXT,
-    tool_call TEXT,
-    mcp_server TEXT,
-    application_name TEXT,
-    recording TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_started ON {SCHEMA_NAME}.sessions(started_us);
-CREATE TABLE IF NOT EXISTS {SCHEMA_NAME}.approvals (
-    id TEXT PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    session TEXT,
-    requester TEXT NOT NULL,
-    connection TEXT,
-    protocol TEXT,
-    operation TEXT NOT NULL,
-    rule TEXT,
-    state TEXT NOT NULL,
-    created_us BIGINT NOT NULL,
-    expires_us BIGINT,
-    decided_us BIGINT,
-    reviewer TEXT,
-    reason TEXT
-);
-CREATE INDEX IF NOT EXISTS approvals_state ON {SCHEMA_NAME}.approvals(state, created_us);
-"""
+SCHEMA = f"CREATE SCHEMA IF NOT EXISTS {SCHEMA_NAME};\n" + schema_sql(f"{SCHEMA_NAME}.", "BIGINT")
 
 # Applied unless the URL says otherwise: a dead server or a silent network
 # must turn into a refusal within seconds, not a writer stuck forever.

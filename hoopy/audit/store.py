@@ -18,63 +18,11 @@ from zope.interface import Attribute, Interface, implementer
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.events import iso
 from hoopy.audit.writer import (APPROVAL_COLUMNS, EVENT_COLUMNS, SESSION_COLUMNS,  # noqa: F401
-                                BatchedStore, Dialect, StateConflict, StoreError, write_batch)
+                                BatchedStore, Dialect, StateConflict, StoreError, schema_sql, write_batch)
 
 log = Logger()
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY,
-    time_us INTEGER NOT NULL,
-    gateway TEXT NOT NULL,
-    session TEXT,
-    identity TEXT,
-    connection TEXT,
-    protocol TEXT,
-    peer TEXT,
-    kind TEXT NOT NULL,
-    outcome TEXT,
-    data TEXT NOT NULL,
-    prev TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_session ON events(session, seq);
-CREATE INDEX IF NOT EXISTS events_time ON events(time_us);
-CREATE TABLE IF NOT EXISTS sessions (
-    id TEXT PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    identity TEXT,
-    connection TEXT,
-    protocol TEXT,
-    peer TEXT,
-    started_us INTEGER,
-    ended_us INTEGER,
-    end_reason TEXT,
-    model TEXT,
-    tool_call TEXT,
-    mcp_server TEXT,
-    application_name TEXT,
-    recording TEXT
-);
-CREATE INDEX IF NOT EXISTS sessions_started ON sessions(started_us);
-CREATE TABLE IF NOT EXISTS approvals (
-    id TEXT PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    session TEXT,
-    requester TEXT NOT NULL,
-    connection TEXT,
-    protocol TEXT,
-    operation TEXT NOT NULL,
-    rule TEXT,
-    state TEXT NOT NULL,
-    created_us INTEGER NOT NULL,
-    expires_us INTEGER,
-    decided_us INTEGER,
-    reviewer TEXT,
-    reason TEXT
-);
-CREATE INDEX IF NOT EXISTS approvals_state ON approvals(state, created_us);
-"""
+SCHEMA = schema_sql()
 
 class IEventStore(Interface):
     healthy = Attribute("False after a write failed, until one succeeds again")

@@ -58,31 +58,26 @@ def _derive(row, sessions: dict, approvals: dict):
             approvals[data["approval"]].update(state=row["outcome"], reviewer=data.get("reviewer"))
 
 
-def _compare(reader, sessions: dict, approvals: dict) -> str | None:
-    rows = {r["id"]: r for r in reader.sessions()}
-    for sid, want in sessions.items():
-        have = rows.pop(sid, None)
+def _compare_table(what, table, verb, rows, derived, columns) -> str | None:
+    """Every row the events imply is in the table with the same values, and no other row."""
+    rows = {r["id"]: r for r in rows}
+    for rid, want in derived.items():
+        have = rows.pop(rid, None)
         if have is None:
-            return f"session {sid} (started by event {want['_seq']}) is missing from the sessions table"
-        for col in SESSION_FROM_EVENTS:
+            return f"{what} {rid} ({verb} by event {want['_seq']}) is missing from the {table} table"
+        for col in columns:
             if have.get(col) != want[col]:
-                return (f"session {sid}: the sessions table says {col}={have.get(col)!r}, "
+                return (f"{what} {rid}: the {table} table says {col}={have.get(col)!r}, "
                         f"its events say {want[col]!r} (edited)")
     if rows:
-        sid = next(iter(rows))
-        return f"session {sid} is in the sessions table but no event started it (inserted)"
-    arows = {r["id"]: r for r in reader.approvals()}
-    for aid, want in approvals.items():
-        have = arows.pop(aid, None)
-        if have is None:
-            return f"approval {aid} (held by event {want['_seq']}) is missing from the approvals table"
-        for col in APPROVAL_FROM_EVENTS:
-            if have.get(col) != want[col]:
-                return (f"approval {aid}: the approvals table says {col}={have.get(col)!r}, "
-                        f"its events say {want[col]!r} (edited)")
-    if arows:
-        return f"approval {next(iter(arows))} is in the approvals table but no event held it (inserted)"
+        return f"{what} {next(iter(rows))} is in the {table} table but no event {verb} it (inserted)"
     return None
+
+
+def _compare(reader, sessions: dict, approvals: dict) -> str | None:
+    return (_compare_table("session", "sessions", "started", reader.sessions(), sessions, SESSION_FROM_EVENTS)
+            or _compare_table("approval", "approvals", "held", reader.approvals(), approvals,
+                              APPROVAL_FROM_EVENTS))
 
 
 def verify(reader, recordings_dir: Path) -> Result:

@@ -27,6 +27,66 @@ EVENT_COLUMNS = ("seq", "time_us", "gateway", "session", "identity", "connection
                  "peer", "kind", "outcome", "data", "prev", "hash")
 
 
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS {prefix}events (
+    seq {integer} PRIMARY KEY,
+    time_us {integer} NOT NULL,
+    gateway TEXT NOT NULL,
+    session TEXT,
+    identity TEXT,
+    connection TEXT,
+    protocol TEXT,
+    peer TEXT,
+    kind TEXT NOT NULL,
+    outcome TEXT,
+    data TEXT NOT NULL,
+    prev TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_session ON {prefix}events(session, seq);
+CREATE INDEX IF NOT EXISTS events_time ON {prefix}events(time_us);
+CREATE TABLE IF NOT EXISTS {prefix}sessions (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    identity TEXT,
+    connection TEXT,
+    protocol TEXT,
+    peer TEXT,
+    started_us {integer},
+    ended_us {integer},
+    end_reason TEXT,
+    model TEXT,
+    tool_call TEXT,
+    mcp_server TEXT,
+    application_name TEXT,
+    recording TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_started ON {prefix}sessions(started_us);
+CREATE TABLE IF NOT EXISTS {prefix}approvals (
+    id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    session TEXT,
+    requester TEXT NOT NULL,
+    connection TEXT,
+    protocol TEXT,
+    operation TEXT NOT NULL,
+    rule TEXT,
+    state TEXT NOT NULL,
+    created_us {integer} NOT NULL,
+    expires_us {integer},
+    decided_us {integer},
+    reviewer TEXT,
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_state ON {prefix}approvals(state, created_us);
+"""
+
+
+def schema_sql(prefix: str = "", integer: str = "INTEGER") -> str:
+    """The tables every store keeps, in one database's spelling."""
+    return _SCHEMA.format(prefix=prefix, integer=integer)
+
+
 class StoreError(Exception):
     """The store could not make an event durable; the operation must be refused."""
 
