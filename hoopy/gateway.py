@@ -41,6 +41,7 @@ class Gateway(MultiService):
         self.name_ = config.gateway.name
         self.identities = Directory(config.identities)
         self.metrics = Metrics()
+        self._byte_counters: dict = {}
         self.store = store or open_store(config, reactor)
         self.store.on_error = lambda e: self.metrics.store_errors.inc()
         self.approvals = ApprovalService(self.store, self.identities, reactor, self.metrics)
@@ -97,7 +98,11 @@ class Gateway(MultiService):
         return d
 
     def count_bytes(self, session: Session, direction: str, n: int):
-        self.metrics.bytes.labels(session.protocol, session.connection, direction).inc(n)
+        key = (session.protocol, session.connection, direction)
+        child = self._byte_counters.get(key)
+        if child is None:  # labels() costs more than the increment: once per key
+            child = self._byte_counters[key] = self.metrics.bytes.labels(*key)
+        child.inc(n)
 
     # --- lifecycle ------------------------------------------------------------
 

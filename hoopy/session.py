@@ -40,6 +40,11 @@ class Session:
         """Append an event of this session; fires once durable, fails with StoreError."""
         return self.gateway.store.append(self._event(kind, outcome, data))
 
+    def trailing_event(self, kind: str, outcome: str | None = None, **data) -> None:
+        """Append an event nothing waits for (the outcome of an operation
+        whose decision is already durable); it shares the next flush."""
+        self.gateway.store.append_trailing(self._event(kind, outcome, data))
+
     def _event(self, kind, outcome, data) -> Event:
         return Event(kind=kind, outcome=outcome, session=self.id, identity=self.identity,
                      connection=self.connection, protocol=self.protocol, peer=self.peer,

@@ -306,3 +306,36 @@ async def test_edited_approval_row_is_caught(tmp_path):
         c.execute("UPDATE approvals SET state = 'approved' WHERE id = ?", (hold.id,))
     r = verify(gw.config.path)
     assert r.returncode == 1 and f"approval {hold.id}: the approvals table says state='approved'" in r.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_writers_on_one_sqlite_file_keep_one_chain(tmp_path):
+    """A store keeps its chain head between batches; another writer on the same
+    file (another gateway process) appending in between must not fork the chain."""
+    from twisted.internet import defer
+
+    from hoopy.audit.chain import verify_rows
+    from hoopy.audit.events import Event
+    from hoopy.audit.store import SQLiteEventStore
+
+    path = tmp_path / "shared.db"
+    a, b = SQLiteEventStore(path, "a"), SQLiteEventStore(path, "b")
+    a.start()
+    b.start()
+    try:
+        for i in range(20):
+            await a.append(Event(kind="test", data={"i": i}))
+            await b.append(Event(kind="test", data={"i": i}))
+            a.append_trailing(Event(kind="test.trailing", data={"i": i}))
+        stored = await defer.gatherResults([s.append(Event(kind="test.bulk", data={"n": n}))
+                                            for n in range(100) for s in (a, b)])
+        assert len({x.seq for x in stored}) == 200
+    finally:
+        await a.stop()
+        await b.stop()
+    c = sqlite3.connect(path)
+    c.row_factory = sqlite3.Row
+    rows = [dict(r) for r in c.execute("SELECT * FROM events ORDER BY seq")]
+    count, last, _ = verify_rows(rows)
+    assert count == last == 20 * 3 + 200
+    assert sum(r["kind"] == "test.trailing" for r in rows) == 20

@@ -160,6 +160,45 @@ def test_classify_details():
         classify("SELEC 1")
 
 
+_SHAPE_CORPUS = [
+    "SELECT abalance FROM pgbench_accounts WHERE aid = 1",
+    "COPY t TO PROGRAM 'sh'", "COPY t TO '/tmp/x'", "COPY t FROM STDIN",
+    "SET search_path = 'evil'", "SET ROLE 'postgres'", "SET statement_timeout = 5",
+    "SELECT pg_read_file('/etc/passwd')", "SELECT nextval('s')", "SELECT set_config('role', 'x', false)",
+    "DO $$BEGIN END$$", "PREPARE p AS DELETE FROM t WHERE a = 1", "EXECUTE p(1, 'x')",
+    "SELECT x::float(10), interval '1 day', B'01', X'1F', 1.5e3, E'a\\'b' FROM customers c LIMIT 5",
+    "NOTIFY ch, 'payload'", "SELECT * FROM t /* 'comment' 1 */ WHERE a = 'x' -- 2",
+]
+
+
+@pytest.mark.parametrize("sql", _SHAPE_CORPUS)
+def test_classify_cache_by_shape_matches_a_fresh_parse(sql):
+    """Statements that differ only in constants share one cached result: it must
+    be what parsing each of them gives."""
+    import re
+
+    from hoopy.postgres.classify import _classify
+
+    first = classify(sql)
+    assert first == _classify(sql)
+    # Other constants, same shape: the cached result must still be right.
+    variant = re.sub(r"\b\d+\b", "7", sql).replace("'x'", "'zz'").replace("'sh'", "'rm -rf /'")
+    assert classify(variant) == _classify(variant)
+
+
+def test_classify_cache_keeps_names_and_structure_apart():
+    assert units("SELECT * FROM a WHERE x = 1") == ["read public.a"]
+    assert units("SELECT * FROM b WHERE x = 1") == ["read public.b"]  # another name, another shape
+    assert units("SELECT * FROM a WHERE x = 1; DELETE FROM a") == ["read public.a", "write public.a"]
+    assert units("SELECT * FROM a WHERE x = '1; DELETE FROM a'") == ["read public.a"]
+    assert units("COPY t TO STDOUT") == ["read public.t"]
+    assert units("COPY t TO '/tmp/x'") == ["admin (any object)", "read public.t"]
+    assert units("SELECT 1 -- ; DELETE FROM a") == ["read"]
+    assert units("SELECT 1 /* */ ; DELETE FROM a") == ["write public.a"]
+    with pytest.raises(ClassifyError):
+        classify("SELECT 'unterminated")
+
+
 # --- SCRAM ---------------------------------------------------------------------
 
 def test_scram_client_and_server_agree_and_reject_wrong_password():

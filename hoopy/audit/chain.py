@@ -15,8 +15,12 @@ FIELDS = ("seq", "time_us", "gateway", "session", "identity", "connection",
           "protocol", "peer", "kind", "outcome", "data")
 
 
+# One encoder, made once: json.dumps with options builds a new one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def canonical_json(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return _CANONICAL.encode(obj)
 
 
 def link(prev_hash: str, row: dict) -> str:

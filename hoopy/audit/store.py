@@ -44,6 +44,11 @@ class IEventStore(Interface):
         if its state is still ``expect_state``; otherwise neither the row nor
         the event is written and the Deferred fails with StateConflict."""
 
+    def append_trailing(event):
+        """Queue an event no operation waits for (what a finished operation
+        did): committed with the next batch that one does wait for, or within
+        a few milliseconds. Failures are logged."""
+
     def watch_approvals(callback):
         """Call ``callback(approval_id)`` when another node decided an
         approval, ``callback(None)`` when some may have been missed. A no-op
@@ -162,6 +167,7 @@ class SQLiteEventStore(BatchedStore):
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
         self.path = str(path)
+        self._head = None  # (seq, hash) of our last commit; None: read it from the table
 
     def _connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -183,21 +189,48 @@ class SQLiteEventStore(BatchedStore):
     def _write(self, batch):
         cur = self._db.cursor()
         try:
-            cur.execute("BEGIN IMMEDIATE")
-            # The head is read inside the write lock: right even if another
-            # process appended since.
-            head = self.dialect.head(cur) or (0, GENESIS)
-            results, _, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
-            cur.execute("COMMIT")
+            if self._only_events(batch):
+                results = self._insert_only(cur, batch)
+            else:
+                cur.execute("BEGIN IMMEDIATE")
+                # The head is read inside the write lock: right even if another
+                # process appended since.
+                head = self.dialect.head(cur) or (0, GENESIS)
+                results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
+                cur.execute("COMMIT")
         except Exception as e:
+            self._head = None  # read it again before the next batch
             try:
-                cur.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    cur.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             err = StoreError(f"the state store cannot write: {e}")
             self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
             return
         self.reactor.callFromThread(self._written, results)
+
+    def _only_events(self, batch) -> bool:
+        # No session or approval rows: the batch is one INSERT statement.
+        return len(batch) <= self.dialect.rows_per_insert and all(
+            item[2] is None and item[3] is None and item[4] is None for item in batch)
+
+    def _insert_only(self, cur, batch):
+        """The common batch (events only) as one INSERT, which SQLite runs as
+        its own transaction: one trip into the database and one flush, where
+        BEGIN, a head query and COMMIT would each wait for the GIL again while
+        the reactor thread is busy. The head is kept between batches; if
+        another process appended meanwhile, our first seq is taken, the INSERT
+        fails whole on the primary key, and we chain onto the real head."""
+        for attempt in range(2):
+            head = self._head or self.dialect.head(cur) or (0, GENESIS)
+            try:
+                results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
+                return results
+            except sqlite3.IntegrityError:
+                self._head = None
+                if attempt:
+                    raise
 
     def _close(self):
         self._db.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -107,6 +108,8 @@ _STOP = object()
 class Dialect:
     """How one database spells the few statements that differ."""
 
+    rows_per_insert = 64  # 13 parameters each: far below any database's limit
+
     def __init__(self, param: str, prefix: str = ""):
         self.param = param
         self.prefix = prefix
@@ -133,10 +136,14 @@ class Dialect:
         row = cur.fetchone()
         return StateConflict(approval["id"], row[0] if row else None)
 
-    def insert_event(self, cur, values):
-        cur.execute(f"INSERT INTO {self.prefix}events ({', '.join(EVENT_COLUMNS)})"
-                    f" VALUES ({', '.join(self.param for _ in EVENT_COLUMNS)})",
-                    [values[c] for c in EVENT_COLUMNS])
+    def insert_events(self, cur, rows):
+        """Insert rows (lists in EVENT_COLUMNS order) with one statement: one
+        trip into the database (and out of the GIL) per batch, not per event."""
+        one = f"({', '.join(self.param for _ in EVENT_COLUMNS)})"
+        for i in range(0, len(rows), self.rows_per_insert):
+            chunk = rows[i:i + self.rows_per_insert]
+            cur.execute(f"INSERT INTO {self.prefix}events ({', '.join(EVENT_COLUMNS)}) VALUES "
+                        + ", ".join(one for _ in chunk), [v for row in chunk for v in row])
 
     def head(self, cur):
         cur.execute(f"SELECT seq, hash FROM {self.prefix}events ORDER BY seq DESC LIMIT 1")
@@ -149,7 +156,7 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str):
     left pending); results pair each Deferred with its StoredEvent or the
     StateConflict that kept it out of the chain."""
     seq, prev = head
-    results, decided = [], []
+    results, decided, rows = [], [], []
     for event, data, session, approval, expect, d in batch:
         if expect is not None:
             conflict = dialect.conditional(cur, approval, expect)
@@ -161,7 +168,9 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str):
                "identity": event.identity, "connection": event.connection, "protocol": event.protocol,
                "peer": event.peer, "kind": event.kind, "outcome": event.outcome, "data": data}
         h = link(prev, row)
-        dialect.insert_event(cur, {**row, "prev": prev, "hash": h})
+        row["prev"] = prev
+        row["hash"] = h
+        rows.append([row[c] for c in EVENT_COLUMNS])
         if session:
             dialect.upsert(cur, "sessions", SESSION_COLUMNS, {"gateway": gateway, **session})
         if approval and expect is None:
@@ -170,6 +179,8 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str):
             decided.append(approval["id"])
         prev = h
         results.append((d, StoredEvent(seq, h, event)))
+    if rows:
+        dialect.insert_events(cur, rows)
     return results, (seq, prev), decided
 
 
@@ -177,6 +188,7 @@ class BatchedStore:
     """The queue, the writer thread and the hand-back to the reactor."""
 
     max_batch = 512
+    linger = 0.005  # seconds a batch of trailing events waits for company
     shared = False  # True where other gateway nodes write the same store
 
     def __init__(self, gateway: str, reactor=None, busy_timeout: float = 5.0):
@@ -230,6 +242,21 @@ class BatchedStore:
         self._queue.put((event, data, session, approval, expect_state, d))
         return d
 
+    def append_trailing(self, event: Event) -> None:
+        """Append an event nobody waits for (what a finished statement did): it
+        is committed with the next batch someone waits for, or after
+        ``linger`` seconds, so it does not cost a disk flush of its own.
+        A failure is logged; the operation it follows has already happened."""
+        if self._stopped is not None or self._thread is None:
+            log.error("event not recorded, the state store is closed: {kind}", kind=event.kind)
+            return
+        try:
+            data = canonical_json(event.data)
+        except (TypeError, ValueError) as e:
+            log.error("event not recorded, its data is not JSON: {e}", e=e)
+            return
+        self._queue.put((event, data, None, None, None, None))
+
     # --- the writer thread ---------------------------------------------------
 
     def _run(self):
@@ -238,16 +265,26 @@ class BatchedStore:
             if item is _STOP:
                 break
             batch = [item]
+            urgent = item[-1] is not None
             stop_after = False
+            deadline = None
             while len(batch) < self.max_batch:
                 try:
-                    nxt = self._queue.get_nowait()
+                    if urgent:
+                        nxt = self._queue.get_nowait()
+                    else:
+                        # Only trailing events so far: wait a moment for one
+                        # someone waits on, and share its flush.
+                        if deadline is None:
+                            deadline = time.monotonic() + self.linger
+                        nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is _STOP:
                     stop_after = True
                     break
                 batch.append(nxt)
+                urgent = urgent or nxt[-1] is not None
             self._write(batch)
             if stop_after:
                 break
@@ -269,6 +306,8 @@ class BatchedStore:
             log.info("state store: writing again")
         self.healthy = True
         for d, stored in results:
+            if d is None:
+                continue  # a trailing event
             if isinstance(stored, Exception):
                 d.errback(stored)
             else:
@@ -280,5 +319,11 @@ class BatchedStore:
         self.healthy = False
         if self.on_error:
             self.on_error(err)
+        lost = 0
         for d in deferreds:
-            d.errback(err)
+            if d is None:
+                lost += 1
+            else:
+                d.errback(err)
+        if lost:
+            log.error("state store: {n} trailing event(s) not recorded: {error}", n=lost, error=str(err))

@@ -911,8 +911,7 @@ class Exchange:
                      ("request_body", self.req_body_record), ("response_body", self.resp_body_record)):
             if v is not None:
                 data[k] = v
-        session.event("http.request", self.outcome or "ok", **data).addErrback(
-            lambda f: log.error("http request not recorded: {e}", e=f.getErrorMessage()))
+        session.trailing_event("http.request", self.outcome or "ok", **data)
 
 
 def _prefix(data: bytes, limit: int, total: int):

@@ -12,12 +12,10 @@ lets the caller refuse.
 """
 from __future__ import annotations
 
-import functools
-
 import attrs
 from pglast import ast, parse_sql
 from pglast.enums import VariableSetKind
-from pglast.parser import ParseError
+from pglast.parser import ParseError, scan
 
 from hoopy.policy.rules import Unit, pg_table_unit
 
@@ -501,8 +499,45 @@ _HANDLED = {"SelectStmt", "InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt",
             "ListenStmt", "UnlistenStmt", "NotifyStmt", "LockStmt", "TruncateStmt", "CallStmt", "DoStmt"}
 
 
-@functools.lru_cache(maxsize=4096)
+# Tokens whose value never changes what a statement does to the classifier: it
+# reads names and structure, never a constant's value. (U&'...' stays: its
+# UESCAPE clause is read by the parser.)
+_CONSTANTS = frozenset(("SCONST", "ICONST", "FCONST", "BCONST", "XCONST"))
+_COMMENTS = frozenset(("SQL_COMMENT", "C_COMMENT"))
+_SHAPES: dict = {}
+_SHAPES_MAX = 4096
+_SHAPE_MAX_SQL = 16384  # longer SQL is rare, and classified on a thread: not cached
+
+
+def _shape(sql: str):
+    """The statement with its constants' values left out (``aid = 1`` and
+    ``aid = 2`` share one), or None if it does not scan."""
+    try:
+        tokens = scan(sql)
+    except ParseError:
+        return None
+    return tuple(t.name if t.name in _CONSTANTS else sql[t.start:t.end + 1]
+                 for t in tokens if t.name not in _COMMENTS)
+
+
 def classify(sql: str) -> Classified:
+    """Classified, cached by shape: statements that differ only in constants
+    (what a driver or pgbench sends in a loop) are parsed once. A miss parses
+    the statement itself, never a stand-in, so a constant that makes the
+    parser fail is still reported."""
+    key = _shape(sql) if len(sql) <= _SHAPE_MAX_SQL else None
+    if key is None:
+        return _classify(sql)
+    c = _SHAPES.get(key)
+    if c is None:
+        c = _classify(sql)
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.pop(next(iter(_SHAPES)))  # oldest first; a dict keeps insertion order
+        _SHAPES[key] = c
+    return c
+
+
+def _classify(sql: str) -> Classified:
     try:
         stmts = parse_sql(sql)
     except ParseError as e:

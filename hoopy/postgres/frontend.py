@@ -14,8 +14,10 @@ import secrets
 import time
 
 from twisted.internet import threads
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from hoopy.policy.masking import redact_text
 from hoopy.policy.rules import Operation, Unit
@@ -25,6 +27,7 @@ from hoopy.postgres.backend import UpstreamError, connect, send_cancel
 from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, RowPlan, catalog_query
+from hoopy.sockwrite import write_now
 from hoopy.postgres.startup import (
     PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem, startup_keys)
 
@@ -37,6 +40,7 @@ ABORT_PORTAL = "hoopy refused this statement"  # no such portal: Execute of it f
 STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
     "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"))
 _VALUE_START = re.compile(r"[:\"'`\u0080-\U0010ffff]")
+PIPELINE_BUFFER = 1024 * 1024  # client bytes read ahead while a statement is judged
 LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 class Pending:
@@ -87,6 +91,23 @@ def _nodelay(transport):
         pass
 
 
+@implementer(IPushProducer)
+class _ClientReading:
+    """The client connection as the producer of what we write upstream."""
+
+    def __init__(self, frontend):
+        self.frontend = frontend
+
+    def pauseProducing(self):
+        self.frontend.pause("upstream")
+
+    def resumeProducing(self):
+        self.frontend.resume("upstream")
+
+    def stopProducing(self):
+        pass
+
+
 class Frontend(Protocol):
     def __init__(self, service):
         self.service = service
@@ -101,6 +122,8 @@ class Frontend(Protocol):
         self.session = None
         self.up = None
         self.queue: collections.deque = collections.deque()
+        self.upbuf: list = []  # messages for upstream not yet written
+        self.paused_for: set = set()  # why reading from the client is paused
         self.statements: dict = {}  # name -> (sql, param types)
         self.portals: dict = {}
         self.prepared: dict = {}  # SQL PREPARE name -> units
@@ -138,6 +161,22 @@ class Frontend(Protocol):
         if self.session is not None:
             self.gateway.count_bytes(self.session, "down", len(data))
         self.transport.write(data)
+
+    def pause(self, reason: str):
+        """Stop reading from the client until every reason to is gone."""
+        if not self.paused_for:
+            self.transport.pauseProducing()
+        self.paused_for.add(reason)
+
+    def resume(self, reason: str):
+        if reason in self.paused_for:
+            self.paused_for.discard(reason)
+            if not self.paused_for and self.phase != "closed":
+                self.transport.resumeProducing()
+
+    def _pause_if_full(self):
+        if len(self.reader.buf) > PIPELINE_BUFFER:
+            self.pause("judging")
 
     def fatal(self, code: str, message: str):
         if self.phase == "closed":
@@ -178,6 +217,8 @@ class Frontend(Protocol):
                     self._auth_messages()
                 elif self.phase == "ready":
                     self.pump()
+                    if self.waiting:
+                        self._pause_if_full()
         except codec.ProtocolError as e:
             self.fatal("08P01", f"invalid frontend message: {e}")
 
@@ -351,6 +392,9 @@ class Frontend(Protocol):
             self.rules.load((backend.catalog + [[], [], []])[1:3])
         backend.frontend = self
         self.transport.registerProducer(backend.transport, True)
+        # And the other way: an upstream that does not keep up (a COPY FROM
+        # faster than the server takes it) stops our reading from the client.
+        backend.transport.registerProducer(_ClientReading(self), True)
         pid = secrets.randbits(31)
         key = secrets.token_bytes(4)
         self.key = (pid, key)
@@ -391,14 +435,26 @@ class Frontend(Protocol):
 
     # --- client messages ------------------------------------------------------
     def pump(self):
-        while not self.waiting and self.phase == "ready":
-            m = self.reader.next()
-            if m is None:
-                return
-            self.handle(*m)
+        try:
+            while not self.waiting and self.phase == "ready":
+                m = self.reader.next()
+                if m is None:
+                    return
+                self.handle(*m)
+        finally:
+            self._flush_upstream()
 
     def forward(self, t: bytes, p: bytes):
-        self.up.transport.write(codec.msg(t, p))
+        # Collected while the client's bytes are handled, sent in one write
+        # (a pipelined Parse/Bind/Describe/Execute/Sync is one send upstream).
+        self.upbuf.append(codec.msg(t, p))
+
+    def _flush_upstream(self):
+        if self.upbuf and self.up is not None and self.up.transport is not None:
+            data = b"".join(self.upbuf)
+            self.upbuf.clear()
+            if self.phase != "closed":
+                write_now(self.up.transport, data)
 
     def handle(self, t: bytes, p: bytes):
         if t == b"X":
@@ -530,11 +586,11 @@ class Frontend(Protocol):
             # Parsing megabytes of SQL would stall every other session: do it
             # on a thread, with this connection paused meanwhile.
             self.waiting = True
-            self.transport.pauseProducing()
+            self.pause("parsing")
 
             def parsed(c):
                 self.waiting = False
-                self.transport.resumeProducing()
+                self.resume("parsing")
                 if self.phase != "closed":
                     self._judge(sql, params, proceed, refuse, c)
                     self.pump()
@@ -554,8 +610,11 @@ class Frontend(Protocol):
             return proceed(c)  # empty query: nothing runs
         why = self._local_refusal(c)
         op = self._operation(sql, c, params)
+        # Further client messages wait in the reader (a pipelining client is
+        # paused only once PIPELINE_BUFFER of them has arrived: pausing every
+        # statement would cost two epoll changes each).
         self.waiting = True
-        self.transport.pauseProducing()
+        self._pause_if_full()
         if why:
             d = self.session.event("operation", "refused", reason=why, sql=op.detail["sql"],
                                    units=[str(u) for u in op.units])
@@ -604,7 +663,7 @@ class Frontend(Protocol):
                 if isinstance(r, Deny) and r.approval and r.approval not in msg:
                     msg += f" (approval {r.approval})"
                 refuse("hoopy: " + msg, "42501")
-            self.transport.resumeProducing()
+            self.resume("judging")
             self.pump()
 
         d.addCallback(decided)
@@ -720,7 +779,7 @@ class Frontend(Protocol):
             self.transport.write(b"".join(out))
             return self.fatal("08006", f"upstream protocol error: {e}")
         if out:
-            self.transport.write(b"".join(out))
+            write_now(self.transport, b"".join(out))
 
     def _reply(self, t, p, out):
         q = self.queue
@@ -920,8 +979,7 @@ class Frontend(Protocol):
             data["tag"] = p.tag
         if p.error:
             data["sqlstate"] = p.error
-        self.session.event("statement", "error" if p.error else "ok", **data).addErrback(
-            lambda f: log.error("statement not recorded: {e}", e=f.getErrorMessage()))
+        self.session.trailing_event("statement", "error" if p.error else "ok", **data)
 
     def upstream_lost(self, reason):
         if self.phase == "closed":
