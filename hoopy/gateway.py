@@ -11,10 +11,11 @@ from __future__ import annotations
 import importlib
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import DeferredList, succeed
+from twisted.internet.defer import DeferredList, gatherResults, succeed
 from twisted.logger import Logger
 
 from hoopy.audit.events import Event
+from hoopy.audit.failures import AuthFailureLog
 from hoopy.audit.store import StateConflict, open_store
 from hoopy.identity import Directory
 from hoopy.metrics import Metrics
@@ -42,6 +43,7 @@ class Gateway(MultiService):
         self.identities = Directory(config.identities)
         self.metrics = Metrics()
         self._byte_counters: dict = {}
+        self.auth_failures = AuthFailureLog(self.record, reactor)
         self.store = store or open_store(config, reactor)
         self.store.on_error = lambda e: self.metrics.store_errors.inc()
         self.approvals = ApprovalService(self.store, self.identities, reactor, self.metrics)
@@ -92,10 +94,7 @@ class Gateway(MultiService):
 
     def auth_failed(self, connection, peer: str, user: str, method: str, reason: str = "bad credentials"):
         self.metrics.auth_failures.labels(connection.type, connection.name).inc()
-        d = self.record("auth.failed", "refused", connection=connection, peer=peer,
-                        user=user[:256], method=method, reason=reason)
-        d.addErrback(lambda f: log.error("auth failure not recorded: {e}", e=f.getErrorMessage()))
-        return d
+        return self.auth_failures.failed(connection, peer, user, method, reason)
 
     def count_bytes(self, session: Session, direction: str, n: int):
         key = (session.protocol, session.connection, direction)
@@ -136,6 +135,7 @@ class Gateway(MultiService):
         # then anything still open, then the store.
         d = super().stopService() or succeed(None)
         d.addCallback(lambda _: self.end_all_sessions("gateway shutdown"))
+        d.addCallback(lambda _: gatherResults(self.auth_failures.flush()))
         d.addCallback(lambda _: self.store.stop())
         return d
 

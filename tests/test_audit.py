@@ -339,3 +339,50 @@ async def test_two_writers_on_one_sqlite_file_keep_one_chain(tmp_path):
     count, last, _ = verify_rows(rows)
     assert count == last == 20 * 3 + 200
     assert sum(r["kind"] == "test.trailing" for r in rows) == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_flood_of_failed_logins_is_counted_not_recorded_one_by_one(tmp_path):
+    """The first failures per peer and window are events of their own; the rest
+    become one summary event with the exact count, so a password-guessing loop
+    cannot fill the store, and nothing goes unrecorded."""
+    from twisted.internet import task
+
+    from hoopy.audit.failures import AuthFailureLog
+
+    gw = start_gateway(tmp_path)
+    clock = task.Clock()
+    gw.auth_failures = AuthFailureLog(gw.record, clock, burst=5, window=60)
+    api = gw.config.connections["api"]
+    try:
+        for i in range(12):
+            await gw.auth_failed(api, "10.0.0.7:4000", f"user{i % 3}", "bearer")
+        await gw.auth_failed(api, "10.0.0.8:4000", "other", "bearer")
+        await gw.auth_failed(api, "[::1]:4000", "six", "bearer")
+        for i in range(2):
+            await gw.auth_failed(api, "[::1]:4001", "six", "scram-sha-256")
+        clock.advance(61)  # the windows close: one summary per peer that went over
+        await gw.auth_failed(api, "10.0.0.7:4001", "again", "bearer")  # a new window
+        for _ in range(6):
+            await gw.auth_failed(api, "10.0.0.9:1", "x", "bearer")
+        await defer_all(gw.auth_failures.flush())  # what stopping the gateway does
+    finally:
+        await gw.stopService()
+    events = [e for e in gw.store.reader().events() if e["kind"] == "auth.failed"]
+    refused = [e for e in events if e["outcome"] == "refused"]
+    summaries = [json.loads(e["data"]) | {"peer": e["peer"]} for e in events if e["outcome"] == "suppressed"]
+    assert sum(e["peer"].startswith("10.0.0.7:") for e in refused) == 5 + 1
+    assert sum(e["peer"].startswith("10.0.0.9:") for e in refused) == 5
+    assert len(refused) == 5 + 1 + 1 + 3 + 5
+    by_peer = {s["peer"]: s for s in summaries}
+    assert set(by_peer) == {"10.0.0.7", "10.0.0.9"}
+    assert by_peer["10.0.0.7"]["failures"] == 7
+    assert by_peer["10.0.0.7"]["users"] == {"user2": 3, "user0": 2, "user1": 2}
+    assert by_peer["10.0.0.9"]["failures"] == 1
+    assert verify(gw.config.path).returncode == 0
+
+
+def defer_all(ds):
+    from twisted.internet import defer
+
+    return defer.gatherResults(list(ds))
