@@ -330,6 +330,16 @@ def test_upstream_down_gives_08001_and_malformed_bytes_08P01(hoopy_gateway, data
         s.sendall(b"\x00\x00\x00\x08\xff\xff\xff\xff")
         data = s.recv(1000)
     assert b"08P01" in data
+    # Before authenticating, a message may not claim more than 64 KiB: a peer
+    # without a password cannot make the gateway buffer 256 MiB.
+    from hoopy.postgres import codec
+
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(codec.startup_message({"user": "nobody", "database": "x"}))
+        s.recv(1000)  # AuthenticationSASL
+        s.sendall(b"p" + (100 * 1024 * 1024).to_bytes(4, "big") + b"x" * 1000)
+        data = s.recv(1000)
+    assert b"08P01" in data and b"invalid length" in data, data
     status, _ = g.get("/health")
     assert status in (200, 503)
 

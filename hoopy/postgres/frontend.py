@@ -43,6 +43,7 @@ _VALUE_START = re.compile(r"[:\"'`\u0080-\U0010ffff]")
 PIPELINE_BUFFER = 1024 * 1024  # client bytes read ahead while a statement is judged
 LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
+MAX_AUTH_MESSAGE = 64 * 1024  # as the server's own limit on an authentication token
 class Pending:
     """One reply the client is owed, in order."""
 
@@ -116,7 +117,9 @@ class Frontend(Protocol):
         self.settings = service.connection.settings
         self.phase = "startup"
         self.sreader = codec.StartupReader()
-        self.reader = codec.MessageReader(MAX_CLIENT_MESSAGE)
+        # Before authentication only SASL/password messages come: kept small, so
+        # an unauthenticated peer cannot make us buffer a huge message.
+        self.reader = codec.MessageReader(MAX_AUTH_MESSAGE)
         self.ureader = codec.MessageReader()
         self.tls = False
         self.session = None
@@ -336,6 +339,7 @@ class Frontend(Protocol):
                 return self.fatal("28P01", f'password authentication failed for user "{self.user}"')
 
     def _authenticated(self):
+        self.reader.max_size = MAX_CLIENT_MESSAGE
         self.session = self.gateway.new_session(self.user, self.connection, self._peer)
         self.session.terminate = self.terminate
         d = self.session.start()
