@@ -1051,3 +1051,31 @@ def test_a_held_execute_approved_after_an_upstream_error_expects_no_reply(gw, da
     s.sendall(codec.query("SELECT 1"))
     assert [t for t, _ in until_ready()] == [b"T", b"D", b"C", b"Z"]
     s.close()
+
+
+def test_asyncpg_custom_types_introspect_through_a_read_grant(hoopy_gateway, database):
+    """asyncpg looks up an enum's type in pg_catalog, first turning jit off with
+    set_config('jit', ...): that is a SET of a harmless setting (read), while
+    set_config of role or search_path stays admin."""
+    admin_sql("CREATE TYPE mood AS ENUM ('sad', 'happy'); CREATE TABLE pets (id int, m mood);"
+              "INSERT INTO pets VALUES (1, 'happy')", database)
+    port = free_port()
+    g = hoopy_gateway(body(database, port).replace(
+        'allow = ["read public.customers"', 'allow = ["read pg_catalog.*", "read public.pets", "read public.customers"'))
+
+    async def go():
+        conn = await asyncpg.connect(host="127.0.0.1", port=port, user=AGENT.name, password=AGENT.token,
+                                     database="x")
+        try:
+            rows = await conn.fetch("SELECT id, m FROM pets")
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.fetch("SELECT set_config('role', 'postgres', false)")
+            with pytest.raises(asyncpg.exceptions.InsufficientPrivilegeError):
+                await conn.fetch("SELECT set_config($1, 'postgres', false)", "role")
+            return [tuple(r) for r in rows]
+        finally:
+            await conn.close()
+
+    assert in_thread(go) == [(1, "happy")]
+    sqls = [e["data"]["sql"] for e in g.events("operation") if e["outcome"] == "allowed"]
+    assert any("set_config('jit'" in s for s in sqls), sqls

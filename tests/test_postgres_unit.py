@@ -139,6 +139,13 @@ def units(sql):
     ("SELECT * FROM (WITH c AS (SELECT 1) SELECT * FROM c) a, c", ["read public.c"]),
     ("INSERT INTO a SELECT * FROM b", ["read public.b", "write public.a"]),
     ("SELECT dblink_exec('x', 'drop table t')", ["admin (any object)"]),
+    ("SELECT current_setting('jit'), set_config('jit', 'off', false)", ["read"]),
+    ("SELECT pg_catalog.set_config('jit', $1, false)", ["read"]),
+    ("SELECT set_config('role', 'postgres', false)", ["admin (any object)"]),
+    ("SELECT set_config('pgaudit.log', 'none', true)", ["admin (any object)"]),
+    ("SELECT set_config($1, 'x', false)", ["admin (any object)"]),
+    ("SELECT set_config(name, 'x', false) FROM t", ["admin (any object)", "read public.t"]),
+    ("SELECT other.set_config('jit', 'x', false)", ["admin (any object)"]),
 ])
 def test_classify(sql, expected):
     assert units(sql) == expected
@@ -197,6 +204,11 @@ def test_classify_cache_keeps_names_and_structure_apart():
     assert units("SELECT 1 /* */ ; DELETE FROM a") == ["write public.a"]
     with pytest.raises(ClassifyError):
         classify("SELECT 'unterminated")
+    # set_config is classified by its constant: never cached by shape, however spelled.
+    for spelling in ("set_config", '"set_config"', 'U&"set_config"', "pg_catalog.set_config"):
+        assert units(f"SELECT {spelling}('jit', 'off', false)") == ["read"]
+        assert units(f"SELECT {spelling}('role', 'x', false)") == ["admin (any object)"], spelling
+    assert classify("SELECT set_config('search_path', 'x', false)").sets_search_path
 
 
 # --- SCRAM ---------------------------------------------------------------------

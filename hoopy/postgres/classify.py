@@ -292,14 +292,11 @@ class _Walk:
         return True
 
     def on_VariableSetStmt(self, n, ctes, top):
-        name = (n.name or "").lower()
-        if name in ADMIN_SETTINGS or name.startswith(("log_", "debug_", "track_")) \
-                or "." in name or n.kind == VariableSetKind.VAR_RESET_ALL:
+        if n.kind == VariableSetKind.VAR_RESET_ALL:
             self.add("admin")
-            if name == "search_path" or n.kind == VariableSetKind.VAR_RESET_ALL:
-                self.sets_search_path = True
+            self.sets_search_path = True
         else:
-            self.add("read")
+            self.setting((n.name or "").lower())
         return True
 
     def on_VariableShowStmt(self, n, ctes, top):
@@ -352,9 +349,26 @@ class _Walk:
         self.add("admin")
         return True
 
+    def setting(self, name: str):
+        """SET name, or set_config('name', ...): admin if the setting is."""
+        if name in ADMIN_SETTINGS or name.startswith(("log_", "debug_", "track_")) or "." in name:
+            self.add("admin")
+            if name == "search_path":
+                self.sets_search_path = True
+        else:
+            self.add("read")
+
     # --- expressions -----------------------------------------------------
     def on_FuncCall(self, n, ctes, top):
         name = n.funcname[-1].sval.lower() if n.funcname else ""
+        if name == "set_config" and (len(n.funcname) == 1 or n.funcname[0].sval == "pg_catalog") \
+                and n.args and isinstance(n.args[0], ast.A_Const) and isinstance(n.args[0].val, ast.String):
+            # What drivers send (asyncpg turns jit off): the same as SET of that
+            # name. The name is a constant, so _shape does not cache these.
+            self.setting(n.args[0].val.sval.lower())
+            if len(n.funcname) == 1:
+                self.bare_functions.add(name)  # a public.set_config would be chosen instead
+            return False
         if name in ADMIN_FUNCTIONS or name.startswith(("lo_", "dblink", "pg_ls_", "pg_read_")):
             self.add("admin")
         elif (name in SAFE_FUNCTIONS or name.startswith(SAFE_PREFIXES) or name.endswith("_is_visible")) \
@@ -509,15 +523,25 @@ _SHAPES_MAX = 4096
 _SHAPE_MAX_SQL = 16384  # longer SQL is rare, and classified on a thread: not cached
 
 
+# Functions whose classification reads a constant argument: never cached by shape.
+_READS_CONSTANTS = frozenset(("set_config", '"set_config"'))
+
+
 def _shape(sql: str):
     """The statement with its constants' values left out (``aid = 1`` and
-    ``aid = 2`` share one), or None if it does not scan."""
+    ``aid = 2`` share one), or None if it does not scan or its class depends
+    on a constant."""
     try:
         tokens = scan(sql)
     except ParseError:
         return None
-    return tuple(t.name if t.name in _CONSTANTS else sql[t.start:t.end + 1]
-                 for t in tokens if t.name not in _COMMENTS)
+    if any(t.name == "UIDENT" for t in tokens):
+        return None  # U&"..." could spell one of them
+    key = tuple(t.name if t.name in _CONSTANTS else sql[t.start:t.end + 1]
+                for t in tokens if t.name not in _COMMENTS)
+    if any(k.lower() in _READS_CONSTANTS for k in key):
+        return None
+    return key
 
 
 def classify(sql: str) -> Classified:
