@@ -352,3 +352,64 @@ def test_charsets_the_masker_can_read():
 
     assert all(charset_ok(f"text/plain; charset={c}") for c in ("Shift_JIS", "gbk", "windows-1252", "iso8859-15"))
     assert not any(charset_ok(f"text/plain; charset={c}") for c in ("utf-16le", "utf-32", "ibm037", "utf-7"))
+
+
+def test_header_records_cache_names_without_changing_them():
+    pairs = [(b"Content-Type", [b"application/json"]), (b"X-Api-Key", [b"k1"]), (b"Accept", [b"a", b"b"]),
+             (b"Authorization", [b"Bearer x", b"Bearer y"])]
+    for _ in range(2):  # the second time from the name cache
+        assert H.for_record(pairs) == {"content-type": "application/json", "x-api-key": H.REDACTED,
+                                       "accept": ["a", "b"], "authorization": [H.REDACTED, H.REDACTED]}
+
+
+class _FakeTransport:
+    def __init__(self):
+        self.paused = False
+        self.log = []
+
+    def pauseProducing(self):
+        self.paused = True
+        self.log.append("pause")
+
+    def resumeProducing(self):
+        self.paused = False
+        self.log.append("resume")
+
+    def stopProducing(self):
+        self.log.append("stop")
+
+
+def test_upstream_pause_is_soft_until_bytes_arrive_then_holds_them_in_order():
+    from twisted.internet.task import Clock
+
+    from hoopy.http.service import _UpstreamTransport
+
+    got = []
+
+    class Proto:
+        def deliver(self, data):
+            got.append(data)
+
+    clock, real = Clock(), _FakeTransport()
+    t = _UpstreamTransport(real, Proto(), clock)
+    t.pauseProducing()
+    t.resumeProducing()
+    assert real.log == []  # a pause and resume with nothing between: the socket is not touched
+    t.pauseProducing()
+    t.hold(b"a")
+    t.hold(b"b")
+    assert real.log == ["pause"] and got == []
+    t.resumeProducing()
+    assert got == [] and real.paused  # handed on in the next turn, and reading resumes only after
+    t.pauseProducing()  # paused again before that turn: nothing goes
+    clock.advance(0)
+    assert got == [] and real.paused
+    t.resumeProducing()
+    clock.advance(0)
+    assert got == [b"a", b"b"] and real.log == ["pause", "resume"]
+    t.pauseProducing()
+    t.hold(b"c")
+    t.stopProducing()
+    t.resumeProducing()
+    clock.advance(0)
+    assert got == [b"a", b"b"] and "stop" in real.log  # what was held is dropped

@@ -368,11 +368,15 @@ class Scrubber:
             if s in buf:
                 buf = buf.replace(s, b"*" * len(s))
         hold = 0
+        n = len(buf)
         for s in self.secrets:
-            for k in range(min(len(s) - 1, len(buf)), hold, -1):
-                if buf.endswith(s[:k]):
-                    hold = k
+            # the longest end of buf that begins s: look only where s's first byte is, leftmost first
+            i = buf.find(s[:1], max(0, n - len(s) + 1))
+            while i != -1 and n - i > hold:
+                if s.startswith(buf[i:]):
+                    hold = n - i
                     break
+                i = buf.find(s[:1], i + 1)
         if hold:
             buf, self.tail = buf[:-hold], buf[-hold:]
         else:

@@ -48,13 +48,27 @@ def is_secret(name: bytes) -> bool:
             or any(w in n for w in (b"password", b"secret", b"passwd")))
 
 
+_RECORD_NAMES: dict = {}  # header name -> (its record key, whether its value is secret)
+
+
+def _record_name(name: bytes):
+    found = _RECORD_NAMES.get(name)
+    if found is None:
+        found = (name.decode("latin-1").lower(), is_secret(name))
+        if len(_RECORD_NAMES) < 4096:  # names come from callers and upstreams: the cache stays small
+            _RECORD_NAMES[name] = found
+    return found
+
+
 def for_record(pairs) -> dict:
     """{name: value or [values]} with secret values replaced: safe to keep."""
     out: dict = {}
     for name, values in pairs:
-        key = name.decode("latin-1").lower()
-        vals = [REDACTED if is_secret(name) else v.decode("latin-1")[:1024] for v in values]
-        out[key] = vals[0] if len(vals) == 1 else vals
+        key, secret = _RECORD_NAMES.get(name) or _record_name(name)
+        if len(values) == 1:
+            out[key] = REDACTED if secret else values[0].decode("latin-1")[:1024]
+        else:
+            out[key] = [REDACTED if secret else v.decode("latin-1")[:1024] for v in values]
     return out
 
 

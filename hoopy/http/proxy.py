@@ -39,6 +39,7 @@ from hoopy.http.paths import PathError, normalize_target
 from hoopy.http.upload import BodyPipe, BodyTooLarge
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.service import Allow, Deny, Hold
+from hoopy.sockwrite import write_now
 
 log = Logger()
 
@@ -57,10 +58,45 @@ class Refusal(Exception):
 
 
 class GatewayChannel(HTTPChannel):
-    """One client connection: holds its session and ends it when the connection goes."""
+    """One client connection: holds its session and ends it when the connection goes.
+
+    A response's head is held back until its first body bytes (or the request's end) and goes out
+    with them in one write, sent at once when nothing is buffered (``write_now``): a small answer
+    is one send() instead of two buffered writes, each costing a loop turn and epoll changes.
+    """
 
     session = None
     proxy = None  # the HTTPProxy, set by the site
+    _head = None  # the response head, not yet written
+
+    def writeHeaders(self, version, code, reason, headers):
+        if not isinstance(headers, Headers):
+            return super().writeHeaders(version, code, reason, headers)
+        seq = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                seq += (name, b": ", value, b"\r\n")
+        seq.append(b"\r\n")
+        self._head = b"".join(seq)
+
+    def write(self, data):
+        head = self._head
+        if head is not None:
+            self._head = None
+            data = head + data
+        if data and self.transport is not None:
+            write_now(self.transport, data)
+
+    def writeSequence(self, iovec):
+        self.write(b"".join(iovec))
+
+    def flush_head(self):
+        if self._head is not None:
+            self.write(b"")
+
+    def requestDone(self, request):
+        self.flush_head()
+        super().requestDone(request)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
@@ -88,6 +124,10 @@ class GatewayRequest(Request):
 
     def handleContentChunk(self, data):
         self.content.feed(data)
+
+    def write(self, data):
+        super().write(data)
+        self.channel.flush_head()  # a head written alone (an event stream's) goes now, not later
 
     def process(self):
         # The exchange already runs (since gotLength): no resource tree to walk, nothing to render.
@@ -161,6 +201,15 @@ class HTTPProxy:
         self.inject = [(name.encode("latin-1"), s.value.encode("latin-1"))
                        for name, s in self.settings.upstream_headers.items()]
         self.inject_names = {n.lower() for n, _ in self.inject}
+        # Request headers never forwarded as the caller sent them (hop-by-hop, ours, forwarding
+        # headers, Host, Content-Length, the caller's credential, and those the gateway injects).
+        self.dropped_request_headers = (H.HOP_BY_HOP | H.HOOPY | H.FORWARDING | self.inject_names
+                                        | {b"host", b"content-length", b"authorization"})
+        # The Host header the Agent would compute for the upstream (default ports left out, an
+        # IPv6 literal in brackets), set by us so that the Agent does not copy every request's headers.
+        host = u.hostname.encode("idna") if ":" not in u.hostname else b"[" + u.hostname.encode() + b"]"
+        default = (u.scheme, self.upstream_port) in (("http", 80), ("https", 443))
+        self.agent_host = host if default else b"%b:%d" % (host, self.upstream_port)
         # The injected credentials, whole and without their scheme ("Bearer ..."): an upstream that
         # echoes one back (a header, a redirect's Location, a debug body) must not hand it to the caller.
         secrets = set()
@@ -433,30 +482,36 @@ class Exchange:
     def _upstream_headers(self, upgrade: bool = False) -> Headers:
         req = self.request
         h = req.requestHeaders
-        extra_hop = H.connection_tokens(h.getRawHeaders(b"connection")) - {b"upgrade"}
+        proxy = self.proxy
+        masking = proxy.masker.active
+        conn = h.getRawHeaders(b"connection")
+        extra_hop = H.connection_tokens(conn) - {b"upgrade"} if conn else ()
         out = Headers()
         if upgrade:
-            out.setRawHeaders(b"host", [self.proxy.upstream_host])
+            out.setRawHeaders(b"host", [proxy.upstream_host])
             out.setRawHeaders(b"connection", [b"Upgrade"])
             out.setRawHeaders(b"upgrade", [b"websocket"])
+        else:
+            # The Agent's own Host value, set here: the Agent copies the headers to add one otherwise.
+            out.setRawHeaders(b"host", [proxy.agent_host])
+        dropped = proxy.dropped_request_headers
         for name, values in h.getAllRawHeaders():
             n = name.lower()
-            if (n in H.HOP_BY_HOP or n in extra_hop or n in H.HOOPY or n in H.FORWARDING
-                    or n in (b"host", b"content-length", b"authorization") or n in self.proxy.inject_names):
+            if n in dropped or n in extra_hop:
                 continue
-            if n in (b"accept-encoding", b"range", b"if-range") and self.proxy.masker.active:
-                continue  # we must read what we mask, whole (a slice of a JSON value is no JSON)
-            if (n in (b"if-none-match", b"if-match") and self.proxy.masker.active
-                    and req.method in (b"GET", b"HEAD")):
-                continue  # a 304/412 would tell whether a guessed body (its ETag) is the unmasked one
+            if masking:
+                if n in (b"accept-encoding", b"range", b"if-range"):
+                    continue  # we must read what we mask, whole (a slice of a JSON value is no JSON)
+                if n in (b"if-none-match", b"if-match") and req.method in (b"GET", b"HEAD"):
+                    continue  # a 304/412 would tell whether a guessed body (its ETag) is the unmasked one
             out.setRawHeaders(name, values)
-        if self.proxy.masker.active:
+        if masking:
             out.setRawHeaders(b"accept-encoding", [b"identity"])
         # No host= / X-Forwarded-Host: the caller picks its Host header, and an upstream (or the ingress
         # in front of it) that routes on X-Forwarded-Host would take the caller to another site.
-        for name, value in H.forwarded_for(self.peer_host, self.proxy.proto, None).items():
+        for name, value in H.forwarded_for(self.peer_host, proxy.proto, None).items():
             out.setRawHeaders(name, [value])
-        for name, value in self.proxy.inject:
+        for name, value in proxy.inject:
             out.setRawHeaders(name, [value])
         return out
 
@@ -905,7 +960,9 @@ class Exchange:
         if self.path is None:
             data["target"] = self.request.uri.decode("latin-1")[:2048]
         if self.token:  # a caller that put its token somewhere else too (refused): not into the record
-            data = json.loads(json.dumps(data).replace(json.dumps(self.token)[1:-1], H.REDACTED))
+            text, tok = json.dumps(data), json.dumps(self.token)[1:-1]
+            if tok in text:
+                data = json.loads(text.replace(tok, H.REDACTED))
         for k, v in (("rule", self.rule), ("approval", self.approval), ("error", self.error),
                      ("response_headers", self.resp_headers_record),
                      ("request_body", self.req_body_record), ("response_body", self.resp_body_record)):
