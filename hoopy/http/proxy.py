@@ -286,16 +286,16 @@ class HTTPProxy:
         return defer.DeferredList(ds, consumeErrors=True)
 
 
-def _token(request) -> str | None:
-    """The caller's token; None when there is none, "" when there are two that differ (refused as
-    a bad credential: which identity it acts as must not depend on which header a reader takes)."""
+def _token(hdrs) -> str | None:
+    """The caller's token (from ``hdrs``, lower-case name -> values); None when there is none, ""
+    when there are two that differ (refused as a bad credential: which identity it acts as must
+    not depend on which header a reader takes)."""
     found = set()
-    h = request.requestHeaders
-    for auth in h.getRawHeaders(b"authorization") or ():
+    for auth in hdrs.get(b"authorization", ()):
         scheme, _, value = auth.strip().partition(b" ")
         if scheme.lower() == b"bearer" and value.strip():
             found.add(value.strip())
-    for tok in h.getRawHeaders(b"x-hoopy-token") or ():
+    for tok in hdrs.get(b"x-hoopy-token", ()):
         if tok.strip():
             found.add(tok.strip())
     if not found:
@@ -335,6 +335,7 @@ class Exchange:
         self.req_kind = None
         self.holding = False
         self.token = None  # the caller's, kept out of the record
+        self.hdrs: dict = {}  # the request headers by lower-case name (set by _run)
         self.body_refusal = None
         # twisted.web drops request.content when the request finishes; the record still needs it
         self.pipe = request.content if isinstance(request.content, BodyPipe) else None
@@ -352,7 +353,9 @@ class Exchange:
 
     async def _run(self):
         req = self.request
-        token = _token(req)
+        # The request's headers by lower-case name, read once: every check below looks them up here.
+        self.hdrs = hdrs = {name.lower(): values for name, values in req.requestHeaders.getAllRawHeaders()}
+        token = _token(hdrs)
         ident = self.proxy.gateway.identities.by_token(token) if token else None
         if ident is None:
             self.proxy.gateway.auth_failed(self.proxy.connection, self.peer, "", "bearer",
@@ -365,7 +368,7 @@ class Exchange:
             self.session = await self._wait(self.proxy.session_for(req.channel, ident.name, self.peer))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record this session", "error")
-        attribution = {k: (req.getHeader(h) or b"").decode("utf-8", "replace") for k, h in (
+        attribution = {k: (hdrs.get(h, (b"",))[-1] or b"").decode("utf-8", "replace") for k, h in (
             ("model", b"x-hoopy-model"), ("tool_call", b"x-hoopy-tool-call"),
             ("mcp_server", b"x-hoopy-mcp-server"))}
         if any(attribution.values()):
@@ -453,23 +456,23 @@ class Exchange:
                 key = unquote_plus(part.partition("=")[0]).strip().lower()
                 if key in H.METHOD_OVERRIDE_PARAMS:
                     raise Refusal(400, f"method-override parameters ({key}) are refused: send the real method")
-        h = req.requestHeaders
-        if len(h.getRawHeaders(b"host") or ()) > 1:
+        h = self.hdrs
+        if len(h.get(b"host", ())) > 1:
             raise Refusal(400, "a request has one Host header")
         for name in H.PATH_OVERRIDE:
-            if h.hasHeader(name):
+            if name in h:
                 raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
                                    "is what is judged")
-        if h.hasHeader(b"content-length") and h.hasHeader(b"transfer-encoding"):
+        if b"content-length" in h and b"transfer-encoding" in h:
             raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding")
         for name in H.METHOD_OVERRIDE:
-            if h.hasHeader(name):
+            if name in h:
                 raise Refusal(400, f"method-override headers ({name.decode()}) are refused: "
                                    "send the real method")
-        if h.hasHeader(b"upgrade"):
+        if b"upgrade" in h:
             # exactly websocket: "websocket, h2c" would let the upstream pick h2c, and an HTTP/2 tunnel
             # carries requests to any path, none of them judged
-            upgrade = [t.strip().lower() for v in h.getRawHeaders(b"upgrade") for t in v.split(b",") if t.strip()]
+            upgrade = [t.strip().lower() for v in h[b"upgrade"] for t in v.split(b",") if t.strip()]
             if req.method != b"GET" or upgrade != [b"websocket"]:
                 raise Refusal(501, "only WebSocket upgrades (GET with Upgrade: websocket) are relayed")
             if self.proxy.masker.active:
@@ -484,7 +487,7 @@ class Exchange:
         h = req.requestHeaders
         proxy = self.proxy
         masking = proxy.masker.active
-        conn = h.getRawHeaders(b"connection")
+        conn = self.hdrs.get(b"connection")
         extra_hop = H.connection_tokens(conn) - {b"upgrade"} if conn else ()
         out = Headers()
         if upgrade:
@@ -518,12 +521,12 @@ class Exchange:
     async def _request_body(self):
         """The upstream request's body producer (None for none), masked when a rule says so."""
         req = self.request
-        h = req.requestHeaders
+        h = self.hdrs
         pipe = self.pipe
-        if not (h.hasHeader(b"content-length") or h.hasHeader(b"transfer-encoding")):
+        if not (b"content-length" in h or b"transfer-encoding" in h):
             pipe.discard()
             return None
-        ct = (h.getRawHeaders(b"content-type") or [None])[0]
+        ct = h.get(b"content-type", [None])[0]
         kind = body_kind(ct)
         self.req_kind = kind
         media = (ct or b"").split(b";", 1)[0].strip().lower()
@@ -540,7 +543,7 @@ class Exchange:
             pipe.on_progress = self._progress
             return pipe
         limit = self.settings.mask_limit
-        if h.hasHeader(b"content-encoding"):
+        if b"content-encoding" in h:
             raise Refusal(415, "a request body that must be masked (or a form, checked for a method "
                                "override) cannot be content-encoded")
         why = "must be masked" if mask else "is a form, read whole to check for a method override,"
