@@ -520,7 +520,6 @@ class Exchange:
 
     async def _request_body(self):
         """The upstream request's body producer (None for none), masked when a rule says so."""
-        req = self.request
         h = self.hdrs
         pipe = self.pipe
         if not (b"content-length" in h or b"transfer-encoding" in h):
