@@ -102,6 +102,8 @@ def cmd_token_new(args):
 def cmd_approvals(args):
     cfg = _config(args)
     reader = _reader(cfg)
+    if args.id:
+        return _show_approval(reader, args)
     rows = reader.approvals(None if args.all else "pending")
     if args.json:
         from hoopy.admin.api import approval_json
@@ -112,8 +114,36 @@ def cmd_approvals(args):
         print("no pending approvals" if not args.all else "no approvals")
         return 0
     _table([[r["id"], r["requester"], r["connection"] or "-", r["state"], _age(r["created_us"]),
-             r["operation"] if len(r["operation"]) < 80 else r["operation"][:77] + "..."] for r in rows],
+             _first_line(r["operation"])] for r in rows],
            ["ID", "IDENTITY", "CONNECTION", "STATE", "AGE", "OPERATION"])
+    if any("\n" in r["operation"] or len(r["operation"]) >= 80 for r in rows):
+        print("(... : more in `hoopy approvals ID`: parameters, request body)")
+    return 0
+
+
+def _first_line(text: str) -> str:
+    line, nl, _ = text.partition("\n")
+    return line if len(line) < 80 and not nl else line[:76] + " ..."
+
+
+def _show_approval(reader, args):
+    """One approval in full: what the reviewer approves, with its parameters or body."""
+    from hoopy.admin.api import approval_json
+
+    row = reader.approval(args.id)
+    if row is None:
+        return _fail(f"no approval {args.id}", 1)
+    out = approval_json(row)
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return 0
+    for k in ("id", "state", "requester", "connection", "protocol", "session", "rule", "created", "expires",
+              "decided", "reviewer", "reason"):
+        if out.get(k) is not None:
+            print(f"{k + ':':<12}{out[k]}")
+    print("operation:")
+    for line in out["operation"].splitlines() or [""]:
+        print("    " + line)
     return 0
 
 
@@ -271,7 +301,8 @@ def parser() -> argparse.ArgumentParser:
     tok = sub.add_parser("token", help="tokens").add_subparsers(dest="token_command", required=True)
     tok.add_parser("new", help="print a new token and its token_sha256/token_scram lines").set_defaults(
         fn=cmd_token_new)
-    sp = cfg(sub.add_parser("approvals", help="list pending approvals"))
+    sp = cfg(sub.add_parser("approvals", help="list pending approvals, or show one in full"))
+    sp.add_argument("id", nargs="?", help="show this approval in full (its parameters, its request body)")
     sp.add_argument("--all", action="store_true", help="decided ones too")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_approvals)

@@ -86,7 +86,7 @@ def test_four_eyes_in_the_real_process(gateway, upstream):
     held = curl("-X", "POST", "-d", '{"amount": 5}', gateway.http + "/v1/refunds", token=BOB.token)
     pending = gateway.wait_pending(ALICE.token)
     aid = pending[0]["id"]
-    assert pending[0]["requester"] == "bob" and pending[0]["operation"] == "POST /v1/refunds"
+    assert pending[0]["requester"] == "bob" and pending[0]["operation"] == 'POST /v1/refunds\n\n{"amount": 5}'
     assert not any(r["path"] == "/v1/refunds" for r in seen(log))  # held: not upstream yet
 
     r = gateway.hoopy("approve", aid, token=BOB.token)

@@ -102,7 +102,7 @@ upstream_timeout = "2s"
 [[grants]]
 identity = "billing-agent"
 connection = "plain"
-allow = ["GET /ws", "GET /ws-refuse", "GET /ws-h2c"]
+allow = ["GET /ws", "GET /ws-refuse", "GET /ws-h2c", "HEAD /raw"]
 
 [[masking]]
 connection = "api"
@@ -319,7 +319,11 @@ def test_held_post_is_delivered_after_approval_and_not_after_denial(gw, upstream
     mark = upstream.mark()
     p = _held_post(gw, '{"invoice": 7, "amount": 12}')
     pending = gw.wait_pending(REVIEWER.token)
-    assert pending[0]["operation"] == "POST /v1/refunds"
+    # the reviewer reads the body it approves, not only the route
+    assert pending[0]["operation"] == 'POST /v1/refunds\n\n{"invoice": 7, "amount": 12}'
+    shown = gw.hoopy("approvals", pending[0]["id"])
+    assert shown.returncode == 0 and '    {"invoice": 7, "amount": 12}' in shown.stdout, shown
+    assert "POST /v1/refunds ..." in gw.hoopy("approvals").stdout  # the list shows there is more
     assert upstream.since(mark) == []  # nothing forwarded while held
     assert gw.hoopy("approve", pending[0]["id"], token=AGENT.token).returncode == 1  # never its own
     assert gw.hoopy("approve", pending[0]["id"], token=REVIEWER.token).returncode == 0
@@ -341,6 +345,59 @@ def test_held_post_is_delivered_after_approval_and_not_after_denial(gw, upstream
     assert err["approval"] == pending[0]["id"] and "not today" in err["error"]
     assert err["rule"] == "POST /v1/refunds"
     assert upstream.since(mark) == []
+
+
+def test_the_reviewer_of_a_held_request_sees_its_body_masked_and_exactly_it_goes_upstream(gw, upstream):
+    import hashlib
+
+    def held(*args, ctype="application/json"):
+        return subprocess.Popen(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "20", "-H",
+                                 f"Authorization: Bearer {AGENT.token}", "-H", f"Content-Type: {ctype}",
+                                 *args, gw.url + "/v1/refunds"], stdout=subprocess.PIPE)
+
+    # JSON: masked before the reviewer (and the upstream) sees it; the record keeps its digest
+    mark = upstream.mark()
+    p = held("--data", '{"amount": 5, "contact": "ada@example.com"}')
+    pending = gw.wait_pending(REVIEWER.token)
+    op = pending[0]["operation"]
+    head, _, shown = op.partition("\n\n")
+    assert head == "POST /v1/refunds" and "ada@example.com" not in op, op
+    assert json.loads(shown)["amount"] == 5
+    assert gw.hoopy("approve", pending[0]["id"], token=REVIEWER.token).returncode == 0
+    out, _ = p.communicate(timeout=20)
+    body, _, code = out.rpartition(b"\n")
+    assert code == b"200", out
+    sent = json.loads(body)["body"]
+    assert sent == shown  # what the reviewer read is what went
+    held_event = [e for e in gw.events("operation") if e.get("outcome") == "held"
+                  and e["data"].get("approval") == pending[0]["id"]][0]
+    assert held_event["data"]["body_sha256"] == hashlib.sha256(sent.encode()).hexdigest()
+    assert held_event["data"]["body_bytes"] == len(sent.encode())
+
+    # binary: the reviewer reads its size, type and digest, never raw bytes
+    blob = bytes(range(256)) * 40
+    path = gw.workdir / "blob.bin"
+    path.write_bytes(blob)
+    p = held("--data-binary", f"@{path}", ctype="application/octet-stream")
+    pending = gw.wait_pending(REVIEWER.token)
+    digest = hashlib.sha256(blob).hexdigest()
+    assert pending[0]["operation"] == (f"POST /v1/refunds\n\n[{len(blob)} bytes of application/octet-stream, "
+                                       f"sha256 {digest}]")
+    assert gw.hoopy("approve", pending[0]["id"], token=REVIEWER.token).returncode == 0
+    out, _ = p.communicate(timeout=20)
+    assert out.endswith(b"\n200"), out[-200:]
+
+    # larger than mask_limit (2 MiB): it cannot be shown whole, so it is refused, and nobody is asked
+    mark = upstream.mark()
+    path.write_bytes(b"x" * (3 << 20))
+    p = held("--data-binary", f"@{path}", ctype="application/octet-stream")
+    out, _ = p.communicate(timeout=20)
+    body, _, code = out.rpartition(b"\n")
+    assert code == b"413" and "reviewer" in json.loads(body)["error"], out[-300:]
+    assert upstream.since(mark) == []
+    status, rows = gw.get("/approvals?state=pending", REVIEWER.token)
+    assert status == 200 and rows == []
+    assert gw.hoopy("audit", "verify").returncode == 0  # the approvals rows agree with the held events
 
 
 def test_the_reviewer_of_a_held_request_sees_its_query(gw, upstream):
@@ -388,6 +445,31 @@ def test_held_post_times_out_into_403(gw, upstream):
 
 
 # --- masking ----------------------------------------------------------------------------------
+
+def test_a_graphql_alias_cannot_rename_a_masked_field(gw, upstream):
+    """{ customer { contact: ssn } } answers under "contact": the rule for ssn would not see it."""
+    from urllib.parse import quote
+
+    def post(doc, ctype="application/json"):
+        body = json.dumps({"query": doc, "variables": {"id": 7}}) if ctype == "application/json" else doc
+        return curl(gw.url + "/echo/graphql", "-H", f"Content-Type: {ctype}", "--data-binary", body)
+
+    mark = upstream.mark()
+    for status, body, _, _ in (
+            post("query Q($id: ID!) { customer(id: $id) { name contact: ssn } }"),
+            post("{ customer { c: card { number } } }"),  # renaming the parent escapes "card.number"
+            post("{ customer { s: ssn } }", ctype="application/graphql"),
+            curl(gw.url + "/echo/graphql?query=" + quote("{ customer { s: ssn } }"))):
+        assert status == 403, body
+        err = json.loads(body)
+        assert "GraphQL alias" in err["error"] and "masked field" in err["error"], err
+    assert upstream.since(mark) == []
+    # the same fields under their own names go, and come back masked
+    status, body, _, _ = post("query Q($id: ID!) { customer(id: $id, note: \"a: ssn\") { name ssn n: name } }")
+    assert status == 200 and len(upstream.since(mark)) == 1
+    ev = [e for e in gw.events("http.request") if e["data"]["path"] == "/echo/graphql"]
+    assert [e["outcome"] for e in ev][-5:] == ["refused"] * 4 + ["ok"]
+
 
 SECRETS = ("123-45-6789", "987-65-4320", "4111 1111 1111 1111", "ada@example.com", "bob@example.org")
 
@@ -1135,6 +1217,20 @@ def test_no_hash_of_an_unmasked_body_reaches_the_caller(gw, upstream, method):
     curl(gw.url + "/v1/customers/1", "-H", f"If-None-Match: {etag}", "-X", method,
          *(["-I"] if method == "HEAD" else []))
     assert all("if-none-match" not in r["headers"] for r in upstream.since(mark))
+
+
+def test_head_of_a_masked_body_does_not_tell_its_unmasked_length(gw):
+    body = b'{"ssn": "123-45-6789", "name": "' + b"x" * 37 + b'"}'
+    url = raw_url(gw, body, "application/json")
+    status, got, _, _ = curl(url)
+    assert status == 200 and b"123-45-6789" not in got
+    status, _, headers, _ = curl(url, "-I")
+    assert status == 200
+    assert headers.get("content-length") in (None, str(len(got))), headers
+    # where nothing is masked, HEAD tells the length a GET would get, as the upstream said it
+    plain = url.replace(gw.url, f"http://127.0.0.1:{gw.plain_port}")
+    status, _, headers, _ = curl(plain, "-I")
+    assert status == 200 and headers.get("content-length") == str(len(body)), headers
 
 
 def test_patterns_apply_to_response_headers_too(gw):

@@ -413,3 +413,44 @@ def test_upstream_pause_is_soft_until_bytes_arrive_then_holds_them_in_order():
     t.resumeProducing()
     clock.advance(0)
     assert got == [b"a", b"b"] and "stop" in real.log  # what was held is dropped
+
+
+# --- GraphQL aliases ---------------------------------------------------------------------------
+
+from hoopy.http.graphql import aliases, documents_in_body, renamed_masked_field  # noqa: E402
+
+
+@pytest.mark.parametrize("doc, found", [
+    ("{ customer(id: 7) { name contact: email } }", [("contact", "email")]),
+    ("query Q($id: ID! = 5, $f: Filter = {ssn: \"x\"}) { c: customer(id: $id, where: {a: b}) { ssn } }",
+     [("c", "customer")]),
+    ("{ a # x: ssn\n b }", []),  # a comment
+    ('{ a(note: "x: ssn") b(doc: """ { e: email } """) }', []),  # strings
+    ("{ ...on Customer { s : ssn } }", [("s", "ssn")]),
+    ("fragment F on Customer { s: ssn @include(if: $x) }", [("s", "ssn")]),
+    ("mutation { update(input: {ssn: \"1\"}) { ok } }", []),  # an object value in arguments
+    ("{a:b,c:d}", [("a", "b"), ("c", "d")]),
+    ("not graphql: ssn", []),  # no selection set
+])
+def test_graphql_aliases(doc, found):
+    assert aliases(doc) == found
+
+
+def test_graphql_alias_of_a_masked_key_or_its_parent_is_found():
+    keys = Masker(("ssn", "card.number")).field_keys
+    assert keys == {"ssn", "card", "number"}
+    assert renamed_masked_field(["{ customer { s: ssn } }"], keys) == ("s", "ssn")
+    assert renamed_masked_field(["{ c: card { number } }"], keys) == ("c", "card")  # "c.number" escapes "card.number"
+    assert renamed_masked_field(["{ customer { ssn: name } }"], keys) is None  # renaming *to* a masked key masks more
+    assert renamed_masked_field(["{ ssn: ssn }", "search ssn: ssn"], keys) is None
+    body = json.dumps([{"query": "{ a }"}, {"query": "{ x: number }", "variables": {}}]).encode()
+    assert renamed_masked_field(documents_in_body(body, "json", "application/json"), keys) == ("x", "number")
+    assert documents_in_body(b"{ x: ssn }", "text", "application/graphql") == ["{ x: ssn }"]
+    assert documents_in_body(b"not json", "json", "application/json") == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_graphql_lexer_takes_anything(doc):
+    for alias, field in aliases(doc):
+        assert alias and field

@@ -263,6 +263,32 @@ def test_held_update_approved_then_denied(gw, database):
     admin_sql("UPDATE invoices SET amount = 100 WHERE id = 1", database)
 
 
+def test_the_reviewer_of_a_held_statement_reads_its_bind_parameters(gw, database):
+    """ "UPDATE invoices SET amount = $1" says nothing of the amount: the approval shows the values."""
+    gw.database = database
+    result = {}
+
+    def client():
+        with psycopg.connect(gw.dsn, autocommit=True) as c:  # psycopg binds server-side (Parse/Bind)
+            try:
+                c.execute("UPDATE invoices SET amount = %s WHERE id = %s AND 'x' <> %s", (555, 1, "it's"))
+            except psycopg.errors.InsufficientPrivilege as e:
+                result["error"] = str(e)
+
+    t = threading.Thread(target=client)
+    t.start()
+    rows = gw.wait_pending(REVIEWER.token)
+    op = rows[0]["operation"]
+    assert op == ("UPDATE invoices SET amount = $1 WHERE id = $2 AND 'x' <> $3\n"
+                  "-- parameters: $1 = 555, $2 = 1, $3 = 'it''s'"), op
+    shown = gw.hoopy("approvals", rows[0]["id"])
+    assert shown.returncode == 0 and "    -- parameters: $1 = 555" in shown.stdout, shown
+    assert gw.hoopy("deny", rows[0]["id"], token=REVIEWER.token).returncode == 0
+    t.join(30)
+    assert "denied" in result["error"] and invoices(database) == "1|100\n2|200"
+    assert gw.hoopy("audit", "verify").returncode == 0
+
+
 def test_cancel_from_psql_stops_pg_sleep(gw):
     env = {**os.environ, "PGPASSWORD": AGENT.token}
     p = subprocess.Popen([PSQL, f"host=127.0.0.1 port={gw.pg_port} user={AGENT.name} dbname=x", "-XAt",

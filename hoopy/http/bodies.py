@@ -70,8 +70,11 @@ class Masker:
     _plain: frozenset = attrs.field(init=False, repr=False, eq=False)
     _dotted: tuple = attrs.field(init=False, repr=False, eq=False)
     _hinted: tuple = attrs.field(init=False, repr=False, eq=False)
+    # Every key a field rule names, each segment of a dotted one: a GraphQL alias may rename none.
+    field_keys: frozenset = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self):
+        object.__setattr__(self, "field_keys", frozenset(k for f in self.fields for k in f.split(".")))
         object.__setattr__(self, "_plain", frozenset(f for f in self.fields if "." not in f))
         object.__setattr__(self, "_hinted", tuple((d, HINTS.get(d.name)) for d in self.detectors))
         object.__setattr__(self, "_dotted", tuple((f, tuple(f.split("."))) for f in self.fields if "." in f))

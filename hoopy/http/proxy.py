@@ -11,6 +11,7 @@ event as it streams.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -35,6 +36,7 @@ from hoopy.audit.store import StoreError
 from hoopy.http import headers as H
 from hoopy.http.bodies import (Decoder, MaskError, Masker, Scrubber, SSEMasker, body_kind, charset_ok, codings,
                                decodable, looks_like_json)
+from hoopy.http.graphql import documents_in_body, renamed_masked_field
 from hoopy.http.paths import PathError, normalize_target
 from hoopy.http.upload import BodyPipe, BodyTooLarge
 from hoopy.policy.rules import Operation, Unit
@@ -47,6 +49,8 @@ _METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")
 _BODY_DIGESTS = frozenset({b"etag", b"content-md5", b"digest", b"content-digest", b"repr-digest"})
 # Bodies at least this large are masked on a worker thread, not the reactor.
 THREAD_MASK_SIZE = 64 * 1024
+REVIEW_BODY_SHOWN = 16 * 1024  # of a held request's body, in the approval a reviewer reads
+_NOT_READ = object()
 
 
 class Refusal(Exception):
@@ -336,6 +340,8 @@ class Exchange:
         self.holding = False
         self.token = None  # the caller's, kept out of the record
         self.hdrs: dict = {}  # the request headers by lower-case name (set by _run)
+        self.held_body = _NOT_READ  # the body producer, when read whole before a hold
+        self.review_body = None  # those bytes (masked), as the reviewer saw them
         self.body_refusal = None
         # twisted.web drops request.content when the request finishes; the record still needs it
         self.pipe = request.content if isinstance(request.content, BodyPipe) else None
@@ -377,13 +383,24 @@ class Exchange:
             except StoreError:
                 raise Refusal(503, "refused: the audit store cannot record this request", "error")
         self._check_shape()
+        if self.query is not None and self.proxy.masker.field_keys:  # GET /graphql?query={...}
+            from urllib.parse import parse_qsl
+
+            self._check_graphql([v for k, v in parse_qsl(self.query, keep_blank_values=True) if k == "query"])
         self.token = token
         self._check_token_stays(token)
         # The reviewer of a held request reads this text: the query is part of what is approved
         text = f"{self.method} {self.path}" + (f"?{self.query[:1024]}" if self.query else "")
         op = Operation("http", "request", text, self._units(),
                        {"method": self.method, "path": self.path, "query": self.query})
-        verdict = await self._wait(self.proxy.gateway.policy.decide(self.session, op))
+        policy = self.proxy.gateway.policy
+        if (self._has_body() and not self.websocket
+                and policy.judge(self.session.identity, self.session.connection, op).outcome == "approve"):
+            # The reviewer approves the body too ("POST /v1/refunds" says nothing of the amount): it is
+            # read whole first (masked where a rule says so), shown, and exactly it goes upstream.
+            self.held_body = await self._request_body(whole=True)
+            op.detail.update(self._body_for_review())
+        verdict = await self._wait(policy.decide(self.session, op))
         if isinstance(verdict, Hold):
             self.approval = verdict.id
             self.holding = True  # a caller gone now expires the approval (see _client_gone)
@@ -518,8 +535,29 @@ class Exchange:
             out.setRawHeaders(name, [value])
         return out
 
-    async def _request_body(self):
-        """The upstream request's body producer (None for none), masked when a rule says so."""
+    def _has_body(self) -> bool:
+        h = self.hdrs
+        return b"transfer-encoding" in h or (b"content-length" in h and self.pipe is not None and self.pipe.length != 0)
+
+    def _body_for_review(self) -> dict:
+        """The (masked) body read whole for a reviewer: its text up to REVIEW_BODY_SHOWN, or what it is."""
+        data = self.review_body
+        out = {"body_bytes": len(data), "body_sha256": hashlib.sha256(data).hexdigest()}
+        if self.req_kind in (None, "other"):
+            ct = (self.hdrs.get(b"content-type", [b"no content type"])[0]).decode("latin-1")[:200]
+            out["body"] = f"[{len(data)} bytes of {ct}, sha256 {out['body_sha256']}]"
+        else:
+            text = data[:REVIEW_BODY_SHOWN].decode("utf-8", "replace")
+            if len(data) > REVIEW_BODY_SHOWN:
+                text += f"\n[... {len(data) - REVIEW_BODY_SHOWN} more bytes, {len(data)} in all, sha256 {out['body_sha256']}]"
+            out["body"] = text
+        return out
+
+    async def _request_body(self, whole: bool = False):
+        """The upstream request's body producer (None for none), masked when a rule says so; with
+        ``whole``, read whole (up to mask_limit) and kept in ``review_body`` for a reviewer."""
+        if self.held_body is not _NOT_READ:
+            return self.held_body
         h = self.hdrs
         pipe = self.pipe
         if not (b"content-length" in h or b"transfer-encoding" in h):
@@ -538,14 +576,15 @@ class Exchange:
         if self.body_refusal is not None:
             raise self.body_refusal
         mask = self.proxy.masker.applies(kind)
-        if not mask and not form:
+        if not mask and not form and not whole:
             pipe.on_progress = self._progress
             return pipe
         limit = self.settings.mask_limit
         if b"content-encoding" in h:
             raise Refusal(415, "a request body that must be masked (or a form, checked for a method "
-                               "override) cannot be content-encoded")
-        why = "must be masked" if mask else "is a form, read whole to check for a method override,"
+                               "override, or one a reviewer reads) cannot be content-encoded")
+        why = ("must be masked" if mask else "is a form, read whole to check for a method override,"
+               if form else "needs approval, and is read whole to be shown to the reviewer,")
         too_big = Refusal(413, f"the request body {why} and is larger than mask_limit ({limit} bytes)")
         if pipe.length is not UNKNOWN_LENGTH and pipe.length > limit:
             raise too_big
@@ -553,6 +592,8 @@ class Exchange:
             data = await self._wait(pipe.collect(limit), cancel=True)
         except BodyTooLarge:
             raise too_big
+        if self.proxy.masker.field_keys:
+            self._check_graphql(documents_in_body(data, kind, media.decode("latin-1")))
         if form:
             from urllib.parse import parse_qsl
 
@@ -560,16 +601,22 @@ class Exchange:
                 if key.strip().lower() in H.METHOD_OVERRIDE_PARAMS:
                     raise Refusal(400, f"method-override parameters ({key.strip()}) are refused: "
                                        "send the real method")
-        if not mask:
-            self._keep_body("req", data, kind)
-            return _ProgressProducer(FileBodyProducer(BytesIO(data)), self._progress)
-        try:
-            data, counts = await self._mask(kind, data)
-        except MaskError as e:
-            raise Refusal(400, f"the request body cannot be masked: {e}")
-        await self._record_redactions("request", counts)
+        if mask:
+            try:
+                data, counts = await self._mask(kind, data)
+            except MaskError as e:
+                raise Refusal(400, f"the request body cannot be masked: {e}")
+            await self._record_redactions("request", counts)
         self._keep_body("req", data, kind)
+        self.review_body = data
         return _ProgressProducer(FileBodyProducer(BytesIO(data)), self._progress)
+
+    def _check_graphql(self, documents):
+        """A GraphQL alias renames a response key: one that renames a masked field would unmask it."""
+        hit = renamed_masked_field(documents, self.proxy.masker.field_keys)
+        if hit is not None:
+            raise Refusal(403, f"the GraphQL alias {hit[0]!r} renames the masked field {hit[1]!r}: "
+                               "ask for it under its own name", "refused")
 
     def _body_refused(self, refusal):
         """A streaming body turned out to be refused (a multipart method override): stop it going on."""
@@ -733,6 +780,7 @@ class Exchange:
                 masked.append(v)
             return masked
 
+        head_of_masked = self.method == "HEAD" and masker.active and (masker.applies(kind) or kind == "other")
         cleaned = [(name, clean(values)) for name, values in response.headers.getAllRawHeaders()]
         for name, values in cleaned:
             n = name.lower()
@@ -740,6 +788,8 @@ class Exchange:
                 continue
             if must_mask and n in (b"content-encoding", b"content-length"):
                 continue
+            if n == b"content-length" and head_of_masked:
+                continue  # the unmasked body's length: not what a GET would send, and it tells a masked value's size
             if masker.active and n in _BODY_DIGESTS:
                 continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
             out.setRawHeaders(name, values)
@@ -769,7 +819,9 @@ class Exchange:
             self._finish("ok")
             return
         req.setResponseCode(response.code, response.phrase)
-        if not must_mask and response.length is not UNKNOWN_LENGTH:
+        if not must_mask and not bodyless and response.length is not UNKNOWN_LENGTH:
+            # (HEAD, 204 and 304 keep the upstream's header, if any: their "length" here is 0, the
+            # body they describe or lack is not)
             req.setHeader(b"content-length", str(response.length).encode())
         scrubber = self.proxy.scrubber() if not codings(encoding) or must_mask else None
         stream = _Stream(self, SSEMasker(masker, self.settings.mask_limit) if must_mask else None,

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 
 from hoopy.audit.events import Event
 from hoopy.audit.store import StateConflict, StoreError
+from hoopy.policy.review import review_text
 from hoopy.session import new_id
 
 log = Logger()
@@ -66,7 +67,7 @@ class Approval:
         return {
             "id": self.id, "session": self.session.id, "requester": self.requester,
             "connection": self.session.connection, "protocol": self.session.protocol,
-            "operation": self.operation.text, "rule": self.rule, "state": self.state,
+            "operation": review_text(self.operation.text, self.operation.detail), "rule": self.rule, "state": self.state,
             "created_us": self.created_us, "expires_us": self.expires_us,
             "decided_us": self.decided_us, "reviewer": self.reviewer, "reason": self.reason,
         }
