@@ -323,6 +323,18 @@ def test_scrubber_replaces_secrets_across_pieces_and_keeps_the_length():
         assert len(out) == len(data) and secret not in out and b"upstream-sec" in out
 
 
+def test_scrubber_with_a_credential_and_its_scheme_less_form():
+    from hoopy.http.bodies import Scrubber
+
+    whole, bare = b"Bearer upstream-secret-0451", b"upstream-secret-0451"
+    data = b"x" * 100 + whole + b"y" * 50 + bare + b"z" * 7 + b"Bearer " + b"upstream-sec"
+    for step in (1, 3, 16, len(data)):
+        s = Scrubber([bare, whole])
+        assert s.cores == (bare,)
+        out = b"".join(s.feed(data[i:i + step]) for i in range(0, len(data), step)) + s.close()
+        assert len(out) == len(data) and bare not in out and out.count(b"*") == len(whole) + len(bare)
+
+
 @pytest.mark.parametrize("raw", [b"/v1/%252f", b"/v1/%252e%252e/admin", b"/v1/%c0%af", b"/v1/%e2%82"])
 def test_double_encoded_and_non_utf8_escapes_are_refused(raw):
     with pytest.raises(PathError):
@@ -454,3 +466,14 @@ def test_graphql_alias_of_a_masked_key_or_its_parent_is_found():
 def test_graphql_lexer_takes_anything(doc):
     for alias, field in aliases(doc):
         assert alias and field
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=1, max_size=24), st.integers(0, 70000), st.binary(max_size=64))
+def test_bytesearch_agrees_with_in(needle, at, noise):
+    from hoopy.bytesearch import LARGE, contains
+
+    hay = (noise * (LARGE // max(1, len(noise)) + 1) + b"\0" * LARGE)[:LARGE + at]
+    assert contains(hay, needle) == (needle in hay)
+    planted = hay[:at] + needle + hay[at:]
+    assert contains(planted, needle)

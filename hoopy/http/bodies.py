@@ -18,6 +18,7 @@ import zlib
 
 import attrs
 
+from hoopy.bytesearch import contains
 from hoopy.policy.masking import MASK
 
 
@@ -362,14 +363,18 @@ class Scrubber:
     """
 
     def __init__(self, secrets):
-        self.secrets = tuple(secrets)
+        self.secrets = tuple(sorted(secrets, key=len, reverse=True))  # longest first
+        # A secret that holds another ("Bearer TOKEN" holds TOKEN) cannot be in a buffer the other is
+        # not in: only these are searched for in every piece (one pass over a download, not two).
+        self.cores = tuple(s for s in self.secrets if not any(o != s and o in s for o in self.secrets))
         self.tail = b""
 
     def feed(self, data: bytes) -> bytes:
         buf = self.tail + data if self.tail else data
-        for s in self.secrets:
-            if s in buf:
-                buf = buf.replace(s, b"*" * len(s))
+        if any(contains(buf, c) for c in self.cores):
+            for s in self.secrets:
+                if s in buf:
+                    buf = buf.replace(s, b"*" * len(s))
         hold = 0
         n = len(buf)
         for s in self.secrets:

@@ -10,6 +10,8 @@ from hoopy.sockwrite import write_now
 
 log = Logger()
 
+UPSTREAM_READ_SIZE = 256 * 1024
+
 
 class _UpstreamTransport:
     """An upstream connection's transport as its HTTP11ClientProtocol sees it.
@@ -99,6 +101,9 @@ def _upstream_agent(reactor, settings):
         def connectionMade(self):
             if ITCPTransport.providedBy(self._real_transport):
                 self._real_transport.setTcpNoDelay(True)
+            if hasattr(self._real_transport, "bufferSize"):
+                # a large body moves in fewer, larger reads: less Python per byte (Twisted reads 64 KiB)
+                self._real_transport.bufferSize = UPSTREAM_READ_SIZE
 
         def dataReceived(self, data):
             if self.transport.soft_paused or self.transport._held:
