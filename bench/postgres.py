@@ -47,8 +47,8 @@ def sh(args, **kw):
     return r
 
 
-def pgbench(port, user, db, seconds, env):
-    out = sh(["pgbench", "-n", "-S", "-c", "8", "-j", "2", "-T", str(seconds), "-h", "127.0.0.1",
+def pgbench(port, user, db, seconds, env, clients=8):
+    out = sh(["pgbench", "-n", "-S", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "-h", "127.0.0.1",
               "-p", str(port), "-U", user, db], env=env).stdout
     return float(re.search(r"tps = ([0-9.]+)", out).group(1))
 
@@ -75,6 +75,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--clients", type=int, default=8, help="pgbench clients (the target is set for 8)")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hoopy-bench-pg-"))
@@ -169,10 +170,10 @@ patterns = ["email"]
             print(line, flush=True)
             results.append(line)
 
-        d = pgbench(5432, "postgres", db, a.seconds, penv)
-        b = pgbench(bp, "postgres", db, a.seconds, penv)
-        h = pgbench(hp, "bench", db, a.seconds, env)
-        report("pgbench -S, 8 clients (TPS)", d, h, "tps", f"pgbouncer {b:,.0f} tps, hoopy/pgbouncer {h / b:.2f}")
+        d = pgbench(5432, "postgres", db, a.seconds, penv, a.clients)
+        b = pgbench(bp, "postgres", db, a.seconds, penv, a.clients)
+        h = pgbench(hp, "bench", db, a.seconds, env, a.clients)
+        report(f"pgbench -S, {a.clients} clients (TPS)", d, h, "tps", f"pgbouncer {b:,.0f} tps, hoopy/pgbouncer {h / b:.2f}")
 
         d = bulk(5432, "postgres", db, a.rows, penv)
         h = bulk(hp, "bench", db, a.rows, env)
