@@ -131,3 +131,14 @@ async def test_admin_api_reads_need_a_reviewer_or_auditor(tmp_path):
         # Shutdown ended the session and expired its approval, on the record.
         kinds = [e["kind"] for e in gw.store.reader().events()]
         assert kinds[-2:] in (["approval.expired", "session.end"], ["session.end", "approval.expired"])
+
+
+def test_what_a_reviewer_reads_cannot_redraw_or_reorder_itself():
+    from hoopy.policy.review import review_text
+
+    body = 'amount=1000000&n=\x1b[2K\x1b[G    amount=1\x00 \u202eevil\u202c\tok\nnext'
+    text = review_text("POST /v1/refunds", {"body": body})
+    assert text == ("POST /v1/refunds\n\namount=1000000&n=\\x1b[2K\\x1b[G    amount=1\\x00 \\u202eevil\\u202c"
+                    "\tok\nnext")
+    sql = review_text("UPDATE t SET a = $1, b = $2, c = $3, d = $4", {"params": ["it's\x1b[8m", None, 2.5, False]})
+    assert sql.endswith("-- parameters: $1 = 'it''s\\x1b[8m', $2 = NULL, $3 = 2.5, $4 = false")

@@ -328,8 +328,8 @@ async def test_two_writers_on_one_sqlite_file_keep_one_chain(tmp_path):
             await b.append(Event(kind="test", data={"i": i}))
             a.append_trailing(Event(kind="test.trailing", data={"i": i}))
         stored = await defer.gatherResults([s.append(Event(kind="test.bulk", data={"n": n}))
-                                            for n in range(100) for s in (a, b)])
-        assert len({x.seq for x in stored}) == 200
+                                            for n in range(400) for s in (a, b)])
+        assert len({x.seq for x in stored}) == 800
     finally:
         await a.stop()
         await b.stop()
@@ -337,8 +337,42 @@ async def test_two_writers_on_one_sqlite_file_keep_one_chain(tmp_path):
     c.row_factory = sqlite3.Row
     rows = [dict(r) for r in c.execute("SELECT * FROM events ORDER BY seq")]
     count, last, _ = verify_rows(rows)
-    assert count == last == 20 * 3 + 200
+    assert count == last == 20 * 3 + 800
     assert sum(r["kind"] == "test.trailing" for r in rows) == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_writer_that_loses_the_race_twice_still_appends(tmp_path, monkeypatch):
+    """Another process appends between our head read and our INSERT whenever it can (a busy
+    neighbour): the second try takes the write lock first, so the append cannot fail."""
+    from hoopy.audit import store as storemod
+    from hoopy.audit.events import Event
+
+    path = tmp_path / "shared.db"
+    a = storemod.SQLiteEventStore(path, "a")
+    a.start()
+    real = storemod.write_batch
+    races = []
+
+    def neighbour_first(dialect, cur, batch, head, gateway):
+        if len(races) < 2 and not cur.connection.in_transaction:
+            other = sqlite3.connect(path)
+            with other:  # takes the seq we are about to use
+                top = other.execute("SELECT max(seq) FROM events").fetchone()[0] or 0
+                other.execute("INSERT INTO events (seq, time_us, gateway, kind, data, prev, hash) "
+                              "VALUES (?, 0, 'b', 'neighbour', '{}', '', '')", (top + 1,))
+            other.close()
+            races.append(top + 1)
+        return real(dialect, cur, batch, head, gateway)
+
+    try:
+        first = await a.append(Event(kind="test", data={}))
+        monkeypatch.setattr(storemod, "write_batch", neighbour_first)
+        stored = await a.append(Event(kind="test", data={"after": "races"}))
+    finally:
+        await a.stop()
+    # the neighbour won the unlocked try; the locked one it could not race
+    assert races and stored.seq > max(races) > first.seq
 
 
 @pytest_twisted.ensureDeferred

@@ -454,26 +454,41 @@ def test_a_graphql_alias_cannot_rename_a_masked_field(gw, upstream):
         body = json.dumps({"query": doc, "variables": {"id": 7}}) if ctype == "application/json" else doc
         return curl(gw.url + "/echo/graphql", "-H", f"Content-Type: {ctype}", "--data-binary", body)
 
+    def multipart(doc):  # the GraphQL multipart request spec (file uploads)
+        return curl(gw.url + "/echo/graphql", "-F", "operations=" + json.dumps({"query": doc}),
+                    "-F", 'map={"0": ["variables.file"]}', "-F", "0=@/etc/hostname")
+
     mark = upstream.mark()
     for status, body, _, _ in (
             post("query Q($id: ID!) { customer(id: $id) { name contact: ssn } }"),
             post("{ customer { c: card { number } } }"),  # renaming the parent escapes "card.number"
             post("{ customer { s: ssn } }", ctype="application/graphql"),
-            curl(gw.url + "/echo/graphql?query=" + quote("{ customer { s: ssn } }"))):
+            curl(gw.url + "/echo/graphql?query=" + quote("{ customer { s: ssn } }")),
+            # what GraphQL servers also read: a form's query, JSON under another label or none,
+            # "Query" (Go's encoding/json), a multipart "operations" part
+            curl(gw.url + "/echo/graphql", "--data-urlencode", "query={ customer { s: ssn } }"),
+            curl(gw.url + "/echo/graphql", "-H", "Content-Type: text/plain", "--data",
+                 json.dumps({"query": "{ customer { s: ssn } }"})),
+            curl(gw.url + "/echo/graphql", "-H", "Content-Type:", "--data-binary",
+                 json.dumps({"Query": "{ customer { s: ssn } }"})),
+            multipart("{ customer { s: ssn } }")):
         assert status == 403, body
         err = json.loads(body)
         assert "GraphQL alias" in err["error"] and "masked field" in err["error"], err
     assert upstream.since(mark) == []
+    status, body, _, _ = multipart("{ customer { ssn } }")  # an upload without aliases goes
+    assert status == 200, body
+    mark = upstream.mark()
     # the same fields under their own names go, and come back masked
     status, body, _, _ = post("query Q($id: ID!) { customer(id: $id, note: \"a: ssn\") { name ssn n: name } }")
     assert status == 200 and len(upstream.since(mark)) == 1
     deadline = time.monotonic() + 5
     while True:  # the request event follows the response (it is written with the next batch)
         ev = [e["outcome"] for e in gw.events("http.request") if e["data"]["path"] == "/echo/graphql"]
-        if ev[-5:] == ["refused"] * 4 + ["ok"] or time.monotonic() > deadline:
+        if ev[-10:] == ["refused"] * 8 + ["ok"] * 2 or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert ev[-5:] == ["refused"] * 4 + ["ok"]
+    assert ev[-10:] == ["refused"] * 8 + ["ok"] * 2
 
 
 SECRETS = ("123-45-6789", "987-65-4320", "4111 1111 1111 1111", "ada@example.com", "bob@example.org")
@@ -529,15 +544,18 @@ def test_each_redaction_is_an_event_without_the_value(gw):
 
 def test_a_body_over_mask_limit_is_refused_not_passed(gw, tmp_path):
     # /echo answers JSON holding the request body: 3 MiB is over the 2 MiB mask_limit
+    raw = tmp_path / "big.bin"
+    raw.write_bytes(b"z" * (3 << 20))  # streams up (not JSON); the JSON echo of it cannot be masked
+    status, body, _, _ = curl(gw.url + "/echo/big", "-H", "Content-Type: application/octet-stream",
+                              "--data-binary", f"@{raw}")
+    assert status == 502, body[:200]
+    assert "mask_limit" in json.loads(body)["error"]
     f = tmp_path / "big.json"
     f.write_text(json.dumps({"blob": "z" * (3 << 20)}))
     big = f"@{f}"
-    status, body, _, _ = curl(gw.url + "/echo/big", "-H", "Content-Type: application/octet-stream",
-                              "--data-binary", big)
-    assert status == 502, body[:200]
-    assert "mask_limit" in json.loads(body)["error"]
-    status, body, _, _ = curl(gw.url + "/echo/big", "-H", "Content-Type: application/json", "--data-binary", big)
-    assert status == 413 and "mask_limit" in json.loads(body)["error"]
+    for ct in ("application/json", "application/octet-stream"):  # JSON under any label is read whole
+        status, body, _, _ = curl(gw.url + "/echo/big", "-H", f"Content-Type: {ct}", "--data-binary", big)
+        assert status == 413 and "mask_limit" in json.loads(body)["error"], (ct, body[:200])
 
 
 # --- streaming --------------------------------------------------------------------------------

@@ -429,7 +429,7 @@ def test_upstream_pause_is_soft_until_bytes_arrive_then_holds_them_in_order():
 
 # --- GraphQL aliases ---------------------------------------------------------------------------
 
-from hoopy.http.graphql import aliases, documents_in_body, renamed_masked_field  # noqa: E402
+from hoopy.http.graphql import MAX_DOCUMENT, TooLong, aliases, documents_in_body, renamed_masked_field  # noqa: E402,E501
 
 
 @pytest.mark.parametrize("doc, found", [
@@ -455,10 +455,23 @@ def test_graphql_alias_of_a_masked_key_or_its_parent_is_found():
     assert renamed_masked_field(["{ c: card { number } }"], keys) == ("c", "card")  # "c.number" escapes "card.number"
     assert renamed_masked_field(["{ customer { ssn: name } }"], keys) is None  # renaming *to* a masked key masks more
     assert renamed_masked_field(["{ ssn: ssn }", "search ssn: ssn"], keys) is None
-    body = json.dumps([{"query": "{ a }"}, {"query": "{ x: number }", "variables": {}}]).encode()
-    assert renamed_masked_field(documents_in_body(body, "json", "application/json"), keys) == ("x", "number")
-    assert documents_in_body(b"{ x: ssn }", "text", "application/graphql") == ["{ x: ssn }"]
-    assert documents_in_body(b"not json", "json", "application/json") == []
+    body = json.dumps([{"query": "{ a }"}, {"Query": "{ x: number }", "variables": {}}]).encode()
+    for media in ("application/json", "text/plain", ""):  # JSON whatever it is labelled; any case of the key
+        assert renamed_masked_field(documents_in_body(body, media), keys) == ("x", "number")
+    assert documents_in_body(b"{ x: ssn }", "application/graphql") == ["{ x: ssn }"]
+    assert documents_in_body(b"not json", "application/json") == []
+    form = b"operationName=Q&QUERY=%7B+c%3A+card+%7B+number+%7D+%7D"
+    assert documents_in_body(form, "application/x-www-form-urlencoded") == ["{ c: card { number } }"]
+    with pytest.raises(TooLong):
+        renamed_masked_field(["{" + " " * (MAX_DOCUMENT + 1)], keys)
+
+
+def test_graphql_lexer_is_linear_on_unclosed_strings():
+    import time
+
+    start = time.monotonic()
+    aliases("{ " + '\\"' * 200_000 + "\n}")  # each quote once started a scan to the line's end
+    assert time.monotonic() - start < 2
 
 
 @settings(max_examples=300, deadline=None)

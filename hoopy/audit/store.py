@@ -222,15 +222,19 @@ class SQLiteEventStore(BatchedStore):
         the reactor thread is busy. The head is kept between batches; if
         another process appended meanwhile, our first seq is taken, the INSERT
         fails whole on the primary key, and we chain onto the real head."""
-        for attempt in range(2):
-            head = self._head or self.dialect.head(cur) or (0, GENESIS)
-            try:
-                results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
-                return results
-            except sqlite3.IntegrityError:
-                self._head = None
-                if attempt:
-                    raise
+        head = self._head or self.dialect.head(cur) or (0, GENESIS)
+        try:
+            results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
+            return results
+        except sqlite3.IntegrityError:
+            self._head = None
+        # Another writer is busy: a head read outside the lock may be stale again by the INSERT, so
+        # this time it is read inside the write lock (as for batches with rows to update).
+        cur.execute("BEGIN IMMEDIATE")
+        head = self.dialect.head(cur) or (0, GENESIS)
+        results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
+        cur.execute("COMMIT")
+        return results
 
     def _close(self):
         self._db.close()

@@ -8,7 +8,6 @@ import attrs
 
 from hoopy.audit.asciicast import sha256_file
 from hoopy.audit.chain import Break, verify_rows
-from hoopy.policy.review import review_text
 
 
 @attrs.define
@@ -51,7 +50,7 @@ def _derive(row, sessions: dict, approvals: dict):
     elif kind == "operation" and row["outcome"] == "held":
         data = json.loads(row["data"])
         approvals[data["approval"]] = {"requester": row["identity"], "session": sid,
-                                       "operation": review_text(data.get("text") or "", data),
+                                       "operation": data.get("review", data.get("text")),
                                        "state": "pending",
                                        "reviewer": None, "_seq": row["seq"]}
     elif kind in ("approval.decided", "approval.expired"):

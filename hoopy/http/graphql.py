@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import re
 
+from hoopy.http.bodies import looks_like_json
+
 _TOKEN = re.compile(r'''
     (?P<ws>[\s,\ufeff]+)
   | (?P<comment>\#[^\n\r]*)
   | (?P<block>"""(?:\\"""|[^"]|"(?!""))*(?:"""|$))
-  | (?P<string>"(?:\\.|[^"\\\n\r])*(?:"|$))
+  | (?P<string>"(?:\\.|[^"\\\n\r])*"?)
   | (?P<name>[_A-Za-z][_0-9A-Za-z]*)
   | (?P<number>-?[0-9][0-9.eE+-]*)
   | (?P<punct>\.\.\.|[!$&():=@\[\]{|}])
@@ -60,10 +62,19 @@ def aliases(document: str) -> list[tuple[str, str]]:
     return out
 
 
+MAX_DOCUMENT = 1 << 20  # a longer document is refused rather than lexed on the reactor thread
+
+
+class TooLong(Exception):
+    pass
+
+
 def documents_in_json(value) -> list[str]:
-    """The GraphQL documents of a JSON request body: ``{"query": "..."}`` or a batch (a list of them)."""
+    """The GraphQL documents of a JSON request body: ``{"query": "..."}`` or a batch (a list of them).
+    The key in any case: Go's encoding/json (gqlgen, graphql-go) takes "Query" for "query"."""
     items = value if isinstance(value, list) else [value]
-    return [i["query"] for i in items if isinstance(i, dict) and isinstance(i.get("query"), str)]
+    return [v for i in items if isinstance(i, dict)
+            for k, v in i.items() if isinstance(k, str) and k.lower() == "query" and isinstance(v, str)]
 
 
 def renamed_masked_field(documents, masked_keys) -> tuple[str, str] | None:
@@ -71,18 +82,29 @@ def renamed_masked_field(documents, masked_keys) -> tuple[str, str] | None:
     for doc in documents:
         if "{" not in doc:
             continue  # no selection set, no alias: not GraphQL, or nothing to rename
+        if len(doc) > MAX_DOCUMENT:
+            raise TooLong(f"a GraphQL document over {MAX_DOCUMENT} characters")
         for alias, field in aliases(doc):
             if field in masked_keys and alias != field:
                 return alias, field
     return None
 
 
-def documents_in_body(data: bytes, kind: str, media: str) -> list[str]:
+def documents_in_body(data: bytes, media: str) -> list[str]:
+    """Where a GraphQL server may find a document in a request body read whole: the body itself
+    (application/graphql), a form's ``query`` field, or JSON's ``query`` (whatever the body is
+    labelled: servers parse JSON sent as text/plain or with no type)."""
     if media == "application/graphql":
         return [data.decode("utf-8", "replace")]
-    if kind == "json":
+    docs = []
+    if media == "application/x-www-form-urlencoded":
+        from urllib.parse import parse_qsl
+
+        docs += [v for k, v in parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True)
+                 if k.lower() == "query"]
+    if looks_like_json(data):
         try:
-            return documents_in_json(json.loads(data))
+            docs += documents_in_json(json.loads(data))
         except ValueError:
-            return []
-    return []
+            pass
+    return docs

@@ -36,7 +36,7 @@ from hoopy.audit.store import StoreError
 from hoopy.http import headers as H
 from hoopy.http.bodies import (Decoder, MaskError, Masker, Scrubber, SSEMasker, body_kind, charset_ok, codings,
                                decodable, looks_like_json)
-from hoopy.http.graphql import documents_in_body, renamed_masked_field
+from hoopy.http.graphql import TooLong, documents_in_body, documents_in_json, renamed_masked_field
 from hoopy.http.paths import PathError, normalize_target
 from hoopy.http.upload import BodyPipe, BodyTooLarge
 from hoopy.policy.rules import Operation, Unit
@@ -49,6 +49,7 @@ _METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")
 _BODY_DIGESTS = frozenset({b"etag", b"content-md5", b"digest", b"content-digest", b"repr-digest"})
 # Bodies at least this large are masked on a worker thread, not the reactor.
 THREAD_MASK_SIZE = 64 * 1024
+_SNIFF = 512  # first bytes of an untyped request body that tell whether it looks like JSON
 REVIEW_BODY_SHOWN = 16 * 1024  # of a held request's body, in the approval a reviewer reads
 _NOT_READ = object()
 
@@ -569,14 +570,23 @@ class Exchange:
         media = (ct or b"").split(b";", 1)[0].strip().lower()
         # A form field "_method" makes Rails, Laravel and Symfony run another method than the judged one.
         form = media == b"application/x-www-form-urlencoded"
+        field_keys = self.proxy.masker.field_keys
         if media.startswith(b"multipart/"):
-            pipe.set_watch(_MultipartOverrideWatch(self._body_refused))
+            watches = [_MultipartOverrideWatch(self._body_refused)]
+            if field_keys:  # the GraphQL multipart request spec: the document is in a part
+                watches.append(_MultipartGraphQLWatch(ct, self._graphql_part, self._body_refused))
+            pipe.set_watch(lambda data: any(w(data) for w in watches))
         elif kind == "json":  # Laravel reads _method from a JSON body too
             pipe.set_watch(_JSONOverrideWatch(self._body_refused))
         if self.body_refusal is not None:
             raise self.body_refusal
         mask = self.proxy.masker.applies(kind)
-        if not mask and not form and not whole:
+        sniffed_json = False
+        if field_keys and kind == "other" and not media.startswith(b"multipart/") and not whole:
+            # GraphQL servers parse JSON sent with no type, or another: such a body is read whole
+            # and checked for aliases; anything else streams as it comes.
+            sniffed_json = looks_like_json(await self._wait(pipe.sniff(_SNIFF), cancel=True))
+        if not mask and not form and not whole and not sniffed_json:
             pipe.on_progress = self._progress
             return pipe
         limit = self.settings.mask_limit
@@ -584,7 +594,8 @@ class Exchange:
             raise Refusal(415, "a request body that must be masked (or a form, checked for a method "
                                "override, or one a reviewer reads) cannot be content-encoded")
         why = ("must be masked" if mask else "is a form, read whole to check for a method override,"
-               if form else "needs approval, and is read whole to be shown to the reviewer,")
+               if form else "needs approval, and is read whole to be shown to the reviewer,"
+               if whole else "looks like JSON, read whole to check GraphQL aliases of masked fields,")
         too_big = Refusal(413, f"the request body {why} and is larger than mask_limit ({limit} bytes)")
         if pipe.length is not UNKNOWN_LENGTH and pipe.length > limit:
             raise too_big
@@ -592,8 +603,8 @@ class Exchange:
             data = await self._wait(pipe.collect(limit), cancel=True)
         except BodyTooLarge:
             raise too_big
-        if self.proxy.masker.field_keys:
-            self._check_graphql(documents_in_body(data, kind, media.decode("latin-1")))
+        if field_keys:
+            self._check_graphql(documents_in_body(data, media.decode("latin-1")))
         if form:
             from urllib.parse import parse_qsl
 
@@ -613,10 +624,23 @@ class Exchange:
 
     def _check_graphql(self, documents):
         """A GraphQL alias renames a response key: one that renames a masked field would unmask it."""
-        hit = renamed_masked_field(documents, self.proxy.masker.field_keys)
+        try:
+            hit = renamed_masked_field(documents, self.proxy.masker.field_keys)
+        except TooLong as e:
+            raise Refusal(413, f"{e} is not checked for aliases of masked fields, so it is refused")
         if hit is not None:
             raise Refusal(403, f"the GraphQL alias {hit[0]!r} renames the masked field {hit[1]!r}: "
                                "ask for it under its own name", "refused")
+
+    def _graphql_part(self, name: str, data: bytes):
+        """A multipart part that may hold a GraphQL document ("operations": JSON; "query": the text)."""
+        if name == "query":
+            self._check_graphql([data.decode("utf-8", "replace")])
+        elif looks_like_json(data):
+            try:
+                self._check_graphql(documents_in_json(json.loads(data)))
+            except ValueError:
+                raise Refusal(400, "the multipart part 'operations' is not JSON")
 
     def _body_refused(self, refusal):
         """A streaming body turned out to be refused (a multipart method override): stop it going on."""
@@ -780,7 +804,9 @@ class Exchange:
                 masked.append(v)
             return masked
 
-        head_of_masked = self.method == "HEAD" and masker.active and (masker.applies(kind) or kind == "other")
+        # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
+        head_of_masked = ((self.method == "HEAD" or response.code == 304) and masker.active
+                          and (masker.applies(kind) or kind == "other"))
         cleaned = [(name, clean(values)) for name, values in response.headers.getAllRawHeaders()]
         for name, values in cleaned:
             n = name.lower()
@@ -1088,6 +1114,70 @@ class _MultipartOverrideWatch:
             self.refuse(Refusal(400, "method-override fields (_method) in the body are refused: send the real method"))
             return True
         return False
+
+
+class _MultipartGraphQLWatch:
+    """Finds the parts of a streaming multipart body named "operations" or "query" (the GraphQL
+    multipart request spec; form posts), holds each (up to MAX_PART) until it ends, and has it
+    checked before the piece that ends it goes on. Other parts stream through unheld."""
+
+    MAX_PART = 1 << 20
+    NAME = re.compile(rb'(?i)content-disposition:[^\r\n]*?;\s*name\s*=\s*(?:"([^"]*)"|([^;\s]+))')
+
+    def __init__(self, content_type: bytes, check, refuse):
+        m = re.search(rb'(?i);\s*boundary\s*=\s*(?:"([^"]+)"|([^;\s]+))', content_type or b"")
+        self.delim = b"\r\n--" + (m.group(1) or m.group(2)) if m else None
+        self.check, self.refuse = check, refuse
+        self.buf = b"\r\n"  # the first delimiter comes without the CRLF before it
+        self.state = "seek"  # seek a delimiter | head (a part's headers) | hold (a checked part) | end
+        self.name = None
+
+    def __call__(self, data: bytes) -> bool:
+        if self.delim is None:
+            self.refuse(Refusal(400, "a multipart body without a boundary"))
+            return True
+        self.buf += data
+        try:
+            self._parse()
+        except Refusal as r:
+            self.refuse(r)
+            return True
+        return False
+
+    def _parse(self):
+        d = self.delim
+        while True:
+            if self.state == "end":
+                self.buf = b""
+                return
+            if self.state in ("seek", "hold"):
+                i = self.buf.find(d)
+                if i < 0:
+                    if self.state == "seek":
+                        self.buf = self.buf[-(len(d) - 1):]
+                    elif len(self.buf) > self.MAX_PART:
+                        raise Refusal(413, f"the multipart part {self.name!r} (a GraphQL document) is larger "
+                                           f"than {self.MAX_PART} bytes and cannot be checked")
+                    return
+                if self.state == "hold":
+                    self.check(self.name, self.buf[:i])
+                self.buf, self.state = self.buf[i + len(d):], "head"
+            if self.state == "head":
+                if self.buf[:2] == b"--":
+                    self.state = "end"
+                    continue
+                if len(self.buf) < 2:
+                    return  # not yet known whether this is the closing delimiter
+                # the part's headers end at a blank line; the CRLF after the delimiter starts them
+                j = self.buf.find(b"\r\n\r\n")
+                if j < 0:
+                    if len(self.buf) > 16384:
+                        raise Refusal(400, "a multipart part's headers are longer than 16 KiB")
+                    return
+                m = self.NAME.search(self.buf[:j + 2])
+                self.name = (m.group(1) or m.group(2) or b"").decode("latin-1").lower() if m else ""
+                self.buf = self.buf[j + 4:]
+                self.state = "hold" if self.name in ("operations", "query") else "seek"
 
 
 class _JSONOverrideWatch(_MultipartOverrideWatch):

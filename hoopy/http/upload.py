@@ -46,6 +46,7 @@ class BodyPipe:
         self.on_progress = None  # called for every piece received or sent upstream (the idle timer)
         self.watch = None  # called with every piece before it goes on; True: it must not (see abort)
         self._aborted = None
+        self._sniffers: list = []
 
     # --- what twisted.web's Request expects of ``content`` ----------------------
 
@@ -83,10 +84,28 @@ class BodyPipe:
             return
         self._buf.append(data)
         self._buffered += len(data)
+        self._check_sniffers()
         if self._buffered > HIGH and self.transport is not None:
             # Every time, not only the first: twisted.web may resume the socket on its own.
             self._client_paused = True
             self.transport.pauseProducing()
+
+    def sniff(self, n: int) -> defer.Deferred:
+        """The body's first ``n`` bytes (fewer if it is shorter), once they are in; before anything
+        has gone upstream (nothing is taken from the pipe)."""
+        d = defer.Deferred()
+        self._sniffers.append((n, d))
+        self._check_sniffers()
+        return d
+
+    def _check_sniffers(self):
+        if not self._sniffers:
+            return
+        have = sum(len(b) for b in self._buf)
+        for n, d in list(self._sniffers):
+            if have >= n or self.done or self.discarding:
+                self._sniffers.remove((n, d))
+                d.callback(b"".join(self._buf)[:n])
 
     def set_watch(self, watch):
         """Watch every piece from now on, starting with those already waiting here."""
@@ -98,6 +117,7 @@ class BodyPipe:
         self.done = True
         if not self.received_all.called:
             self.received_all.callback(self.received)
+        self._check_sniffers()
         self._flush()
 
     def abort(self, reason):
@@ -107,6 +127,7 @@ class BodyPipe:
         self._buf.clear()
         self._buffered = 0
         self._resume_client()
+        self._check_sniffers()
         if self._produced is not None and not self._produced.called:
             self._produced.errback(reason)
 
@@ -116,6 +137,7 @@ class BodyPipe:
         self._buf.clear()
         self._buffered = 0
         self._resume_client()
+        self._check_sniffers()
 
     # --- IBodyProducer, for the upstream request --------------------------------
 

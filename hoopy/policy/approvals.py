@@ -110,12 +110,15 @@ class ApprovalService:
             id=new_id("ap-")[:15], session=session, operation=operation, rule=rule,
             created_us=now, expires_us=now + int(timeout * 1e6),
         )
-        # One event, with the approvals row in the same transaction.
+        # One event, with the approvals row in the same transaction; the event says what the row
+        # shows the reviewer (when that is more than the operation's text), for audit verify.
+        row = approval.row()
+        review = {"review": row["operation"]} if row["operation"] != operation.text else {}
         d = self.store.append(
             session._event("operation", "held", {
                 "approval": approval.id, "rule": rule, "timeout_s": timeout,
-                "expires_us": approval.expires_us, **_describe(operation)}),
-            approval=approval.row())
+                "expires_us": approval.expires_us, **_describe(operation), **review}),
+            approval=row)
 
         def pending(_):
             self.pending[approval.id] = approval

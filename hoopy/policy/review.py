@@ -2,10 +2,18 @@
 
 "UPDATE accounts SET balance = $1" or "POST /v1/refunds" says little about what would
 happen: the bind parameters and the request body are part of what is approved. The
-approvals row keeps this text, and ``hoopy audit verify`` rebuilds it from the held
-event to check the row, so both sides must use this one function.
+approvals row keeps this text, and the held event records it too (``review``) so that
+``hoopy audit verify`` can check the row.
+
+The text is the caller's: control characters (a terminal escape that redraws the line a
+reviewer reads, a NUL a PostgreSQL text column refuses) and bidirectional overrides
+(which reorder what is displayed) are shown escaped, never acted on.
 """
 from __future__ import annotations
+
+import re
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def review_text(text: str, detail: dict) -> str:
@@ -15,7 +23,12 @@ def review_text(text: str, detail: dict) -> str:
     body = detail.get("body")
     if body is not None:
         text += "\n\n" + body
-    return text
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(m) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
 def _sql_literal(value) -> str:
