@@ -711,6 +711,28 @@ def _proto(gw):
     return s, until_ready, parse, bind, execute
 
 
+def test_a_statement_is_judged_before_its_bind_reaches_the_server(gw, database):
+    """Planning an unnamed statement at Bind folds IMMUTABLE functions with constant arguments:
+    the function runs before any Execute. A mislabelled one with a side effect (here it advances a
+    sequence) must not run for a caller whose grant does not cover it."""
+    from hoopy.postgres import codec
+
+    gw.database = database
+    admin_sql("CREATE SEQUENCE side_effects; CREATE FUNCTION sneaky(int) RETURNS int IMMUTABLE "
+              "LANGUAGE plpgsql AS $$ BEGIN PERFORM nextval('side_effects'); RETURN $1; END $$", database)
+    before = admin_sql("SELECT last_value, is_called FROM side_effects", database)
+    s, until_ready, parse, _, execute = _proto(gw)
+    bind = codec.msg(b"B", b"\0\0" + b"\0\0" + b"\0\x01" + b"\0\0\0\x01" + b"7" + b"\0\0")  # $1 = '7'
+    s.sendall(parse("", "SELECT sneaky($1::int)") + bind + execute("") + codec.SYNC)
+    got = until_ready()
+    errors = [codec.parse_fields(p) for t, p in got if t == b"E"]
+    assert errors and errors[0]["C"] == "42501" and "sneaky" in errors[0]["M"], got
+    assert admin_sql("SELECT last_value, is_called FROM side_effects", database) == before  # it never ran
+    s.sendall(codec.query("SELECT 1"))
+    assert [t for t, _ in until_ready()] == [b"T", b"D", b"C", b"Z"]  # the connection goes on
+    s.close()
+
+
 def test_parse_of_a_name_in_use_does_not_change_what_the_gateway_judges(gw, database):
     """The server refuses a Parse of a statement name that exists and keeps the old
     statement: the gateway must not judge the refused text instead of the kept one."""

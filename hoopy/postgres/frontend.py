@@ -66,7 +66,7 @@ class Pending:
 
 
 class PortalInfo:
-    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified")
+    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified", "executed")
 
     def __init__(self, sql, params, result_formats):
         self.sql = sql
@@ -75,6 +75,7 @@ class PortalInfo:
         self.judged = False
         self.plan = None
         self.classified = None
+        self.executed = False  # an Execute went upstream (a later one resumes a suspended portal)
 
 
 def _classify_or_error(sql):
@@ -492,12 +493,21 @@ class Frontend(Protocol):
             fmts = b.param_formats
             params = [decode_param(v, fmts[0] if len(fmts) == 1 else (fmts[i] if fmts else 0),
                                    types[i] if i < len(types) else 0) for i, v in enumerate(b.params)]
-            prev = self.portals.get(b.portal)
-            info = self.portals[b.portal] = PortalInfo(sql, params, b.result_formats)
-            self.forward(t, p)
-            pending = Pending("bind")
-            pending.target = (self.portals, b.portal, info, prev)
-            return self.expect(pending)
+            info = PortalInfo(sql, params, b.result_formats)
+
+            # Judged at Bind, not at Execute: planning an unnamed statement with its parameters
+            # already runs code (IMMUTABLE functions are folded into constants at Bind).
+            def proceed(c):
+                info.judged = True
+                info.classified = c
+                prev = self.portals.get(b.portal)
+                self.portals[b.portal] = info
+                self.forward(t, p)
+                pending = Pending("bind")
+                pending.target = (self.portals, b.portal, info, prev)
+                self.expect(pending)
+
+            return self.judge(sql, params, proceed, lambda message, code: self.refuse_now(message, code))
         if t == b"D":
             kind, name = codec.parse_describe(p)
             self.forward(t, p)
@@ -694,11 +704,13 @@ class Frontend(Protocol):
             # namespace. Reading it is a FETCH, judged and masked as one.
             info = self.portals[portal] = PortalInfo(f"FETCH FROM {quote_ident(portal)}", None, ())
         if info.judged:
-            return self._send_execute(info, portal, p)
+            first, info.executed = not info.executed, True
+            return self._send_execute(info, portal, p, describe=first and self.rules.active)
 
         def proceed(c):
             info.judged = True
             info.classified = c
+            info.executed = True
             self._send_execute(info, portal, p, describe=self.rules.active)
 
         def refuse(message, code):
