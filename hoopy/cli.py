@@ -116,7 +116,7 @@ def cmd_approvals(args):
     _table([[r["id"], r["requester"], r["connection"] or "-", r["state"], _age(r["created_us"]),
              _first_line(r["operation"])] for r in rows],
            ["ID", "IDENTITY", "CONNECTION", "STATE", "AGE", "OPERATION"])
-    if any("\n" in r["operation"] or len(r["operation"]) >= 80 for r in rows):
+    if any(_first_line(r["operation"]) != r["operation"] for r in rows):
         print("(... : more in `hoopy approvals ID`: parameters, request body)")
     return 0
 

@@ -189,15 +189,7 @@ class SQLiteEventStore(BatchedStore):
     def _write(self, batch):
         cur = self._db.cursor()
         try:
-            if self._only_events(batch):
-                results = self._insert_only(cur, batch)
-            else:
-                cur.execute("BEGIN IMMEDIATE")
-                # The head is read inside the write lock: right even if another
-                # process appended since.
-                head = self.dialect.head(cur) or (0, GENESIS)
-                results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
-                cur.execute("COMMIT")
+            results = self._insert_only(cur, batch) if self._only_events(batch) else self._locked(cur, batch)
         except Exception as e:
             self._head = None  # read it again before the next batch
             try:
@@ -229,7 +221,12 @@ class SQLiteEventStore(BatchedStore):
         except sqlite3.IntegrityError:
             self._head = None
         # Another writer is busy: a head read outside the lock may be stale again by the INSERT, so
-        # this time it is read inside the write lock (as for batches with rows to update).
+        # this time it is read inside the write lock.
+        return self._locked(cur, batch)
+
+    def _locked(self, cur, batch):
+        """The batch in a transaction that holds the write lock from the start: the head is read
+        inside it, right even if another process appended since."""
         cur.execute("BEGIN IMMEDIATE")
         head = self.dialect.head(cur) or (0, GENESIS)
         results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)

@@ -538,7 +538,8 @@ class Exchange:
 
     def _has_body(self) -> bool:
         h = self.hdrs
-        return b"transfer-encoding" in h or (b"content-length" in h and self.pipe is not None and self.pipe.length != 0)
+        return b"transfer-encoding" in h or (b"content-length" in h and self.pipe is not None
+                                              and self.pipe.length != 0)
 
     def _body_for_review(self) -> dict:
         """The (masked) body read whole for a reviewer: its text up to REVIEW_BODY_SHOWN, or what it is."""

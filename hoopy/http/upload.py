@@ -101,9 +101,8 @@ class BodyPipe:
     def _check_sniffers(self):
         if not self._sniffers:
             return
-        have = sum(len(b) for b in self._buf)
         for n, d in list(self._sniffers):
-            if have >= n or self.done or self.discarding:
+            if self._buffered >= n or self.done or self.discarding:
                 self._sniffers.remove((n, d))
                 d.callback(b"".join(self._buf)[:n])
 

@@ -67,7 +67,8 @@ class Approval:
         return {
             "id": self.id, "session": self.session.id, "requester": self.requester,
             "connection": self.session.connection, "protocol": self.session.protocol,
-            "operation": review_text(self.operation.text, self.operation.detail), "rule": self.rule, "state": self.state,
+            "operation": review_text(self.operation.text, self.operation.detail),
+            "rule": self.rule, "state": self.state,
             "created_us": self.created_us, "expires_us": self.expires_us,
             "decided_us": self.decided_us, "reviewer": self.reviewer, "reason": self.reason,
         }

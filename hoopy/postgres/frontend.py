@@ -27,9 +27,9 @@ from hoopy.postgres.backend import UpstreamError, connect, send_cancel
 from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, RowPlan, catalog_query
-from hoopy.sockwrite import write_now
 from hoopy.postgres.startup import (
     PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem, startup_keys)
+from hoopy.sockwrite import write_now
 
 log = Logger()
 
@@ -507,7 +507,7 @@ class Frontend(Protocol):
                 pending.target = (self.portals, b.portal, info, prev)
                 self.expect(pending)
 
-            return self.judge(sql, params, proceed, lambda message, code: self.refuse_now(message, code))
+            return self.judge(sql, params, proceed, self.refuse_now)
         if t == b"D":
             kind, name = codec.parse_describe(p)
             self.forward(t, p)
@@ -703,22 +703,18 @@ class Frontend(Protocol):
             # Not bound through this protocol: an SQL cursor (DECLARE) shares the
             # namespace. Reading it is a FETCH, judged and masked as one.
             info = self.portals[portal] = PortalInfo(f"FETCH FROM {quote_ident(portal)}", None, ())
-        if info.judged:
-            first, info.executed = not info.executed, True
-            return self._send_execute(info, portal, p, describe=first and self.rules.active)
+        if info.judged:  # at its Bind, or at an earlier Execute of a suspended portal
+            return self._send_execute(info, portal, p)
 
         def proceed(c):
             info.judged = True
             info.classified = c
-            info.executed = True
-            self._send_execute(info, portal, p, describe=self.rules.active)
+            self._send_execute(info, portal, p)
 
-        def refuse(message, code):
-            self.refuse_now(message, code)
+        self.judge(info.sql, info.params, proceed, self.refuse_now)
 
-        self.judge(info.sql, info.params, proceed, refuse)
-
-    def _send_execute(self, info, portal, p, describe=False):
+    def _send_execute(self, info, portal, p):
+        describe, info.executed = self.rules.active and not info.executed, True  # only the first
         ex = Pending("execute", sql=info.sql, classified=info.classified, portal=portal)
         ex.plan = info.plan
         if describe:
