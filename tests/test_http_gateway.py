@@ -463,7 +463,7 @@ def test_a_graphql_alias_cannot_rename_a_masked_field(gw, upstream):
             post("query Q($id: ID!) { customer(id: $id) { name contact: ssn } }"),
             post("{ customer { c: card { number } } }"),  # renaming the parent escapes "card.number"
             post("{ customer { s: ssn } }", ctype="application/graphql"),
-            curl(gw.url + "/echo/graphql?query=" + quote("{ customer { s: ssn } }")),
+            curl(gw.url + "/echo/graphql?Query=" + quote("{ customer { s: ssn } }")),
             # what GraphQL servers also read: a form's query, JSON under another label or none,
             # "Query" (Go's encoding/json), a multipart "operations" part
             curl(gw.url + "/echo/graphql", "--data-urlencode", "query={ customer { s: ssn } }"),
@@ -475,6 +475,7 @@ def test_a_graphql_alias_cannot_rename_a_masked_field(gw, upstream):
         assert status == 403, body
         err = json.loads(body)
         assert "GraphQL alias" in err["error"] and "masked field" in err["error"], err
+        assert err["approval"] is None and err["rule"] is None  # INTERFACE.md: {"error", "approval"}
     assert upstream.since(mark) == []
     status, body, _, _ = multipart("{ customer { ssn } }")  # an upload without aliases goes
     assert status == 200, body

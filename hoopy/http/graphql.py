@@ -90,18 +90,20 @@ def renamed_masked_field(documents, masked_keys) -> tuple[str, str] | None:
     return None
 
 
+def documents_in_form(text: str) -> list[str]:
+    """The ``query`` fields (the name in any case) of a form body or a URL's query string."""
+    from urllib.parse import parse_qsl
+
+    return [v for k, v in parse_qsl(text, keep_blank_values=True) if k.lower() == "query"]
+
+
 def documents_in_body(data: bytes, media: str) -> list[str]:
     """Where a GraphQL server may find a document in a request body read whole: the body itself
     (application/graphql), a form's ``query`` field, or JSON's ``query`` (whatever the body is
     labelled: servers parse JSON sent as text/plain or with no type)."""
     if media == "application/graphql":
         return [data.decode("utf-8", "replace")]
-    docs = []
-    if media == "application/x-www-form-urlencoded":
-        from urllib.parse import parse_qsl
-
-        docs += [v for k, v in parse_qsl(data.decode("utf-8", "replace"), keep_blank_values=True)
-                 if k.lower() == "query"]
+    docs = documents_in_form(data.decode("utf-8", "replace")) if media == "application/x-www-form-urlencoded" else []
     if looks_like_json(data):
         try:
             docs += documents_in_json(json.loads(data))

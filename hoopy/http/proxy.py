@@ -36,7 +36,7 @@ from hoopy.audit.store import StoreError
 from hoopy.http import headers as H
 from hoopy.http.bodies import (Decoder, MaskError, Masker, Scrubber, SSEMasker, body_kind, charset_ok, codings,
                                decodable, looks_like_json)
-from hoopy.http.graphql import TooLong, documents_in_body, documents_in_json, renamed_masked_field
+from hoopy.http.graphql import TooLong, documents_in_body, documents_in_form, documents_in_json, renamed_masked_field
 from hoopy.http.paths import PathError, normalize_target
 from hoopy.http.upload import BodyPipe, BodyTooLarge
 from hoopy.policy.rules import Operation, Unit
@@ -385,9 +385,7 @@ class Exchange:
                 raise Refusal(503, "refused: the audit store cannot record this request", "error")
         self._check_shape()
         if self.query is not None and self.proxy.masker.field_keys:  # GET /graphql?query={...}
-            from urllib.parse import parse_qsl
-
-            self._check_graphql([v for k, v in parse_qsl(self.query, keep_blank_values=True) if k == "query"])
+            self._check_graphql(documents_in_form(self.query))
         self.token = token
         self._check_token_stays(token)
         # The reviewer of a held request reads this text: the query is part of what is approved
@@ -631,7 +629,7 @@ class Exchange:
             raise Refusal(413, f"{e} is not checked for aliases of masked fields, so it is refused")
         if hit is not None:
             raise Refusal(403, f"the GraphQL alias {hit[0]!r} renames the masked field {hit[1]!r}: "
-                               "ask for it under its own name", "refused")
+                               "ask for it under its own name", "refused", rule=None, approval=None)
 
     def _graphql_part(self, name: str, data: bytes):
         """A multipart part that may hold a GraphQL document ("operations": JSON; "query": the text)."""
