@@ -6,7 +6,6 @@ Secrets are never inline: ``env:NAME`` or ``file:/path`` references only.
 """
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import socket
@@ -19,12 +18,6 @@ import attrs
 
 from hoopy.units import parse_duration, parse_size
 
-# Each connection type's own keys live with its protocol package.
-PROTOCOLS = {
-    "postgres": "hoopy.postgres.settings",
-    "ssh": "hoopy.ssh.settings",
-    "http": "hoopy.http.settings",
-}
 
 
 @attrs.frozen
@@ -392,7 +385,8 @@ def load(path: str | os.PathLike) -> Config:
 def parse(data: dict, path: Path) -> Config:
     from hoopy.identity import parse_identity
     from hoopy.policy.masking import parse_detector
-    from hoopy.policy.rules import RuleError, parse_rule
+    from hoopy.policy.rules import RuleError
+    from hoopy.protocols import PROTOCOLS, parse_rule
 
     problems: list[Problem] = []
     base = path.parent
@@ -456,7 +450,7 @@ def parse(data: dict, path: Path) -> Config:
         timeout = t.duration("approval_timeout", default=approval_timeout)
         if ctype is None:
             continue  # its other keys cannot be judged without a type
-        settings = importlib.import_module(PROTOCOLS[ctype]).parse(t)
+        settings = PROTOCOLS[ctype].parse_settings(t)
         t.finish()
         if listen:
             connections[name] = Connection(
@@ -515,10 +509,10 @@ def parse(data: dict, path: Path) -> Config:
             ctype = conn_types.get(conn)
         columns = t.strings("columns")
         fields = t.strings("fields")
-        if columns and ctype not in (None, "postgres"):
-            t.problem("columns", "columns apply to postgres connections only")
-        if fields and ctype not in (None, "http"):
-            t.problem("fields", "fields apply to http connections only")
+        for word, given in (("columns", columns), ("fields", fields)):
+            if given and ctype is not None and word not in PROTOCOLS[ctype].masking_keys:
+                owners = [p.name for p in PROTOCOLS.values() if word in p.masking_keys]
+                t.problem(word, f"{word} apply to {' and '.join(owners)} connections only")
         for j, col in enumerate(columns):
             if len(col.split(".")) not in (2, 3) or not all(col.split(".")):
                 t.problem(f"columns[{j}]", f"{col!r} is not schema.table.column")

@@ -8,8 +8,6 @@ closes.
 """
 from __future__ import annotations
 
-import importlib
-
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, gatherResults, succeed
 from twisted.logger import Logger
@@ -21,16 +19,10 @@ from hoopy.identity import Directory
 from hoopy.metrics import Metrics
 from hoopy.policy.approvals import ApprovalService
 from hoopy.policy.service import PolicyService
+from hoopy.protocols import PROTOCOLS
 from hoopy.session import Session
 
 log = Logger()
-
-SERVICES = {
-    "postgres": "hoopy.postgres.service",
-    "ssh": "hoopy.ssh.service",
-    "http": "hoopy.http.service",
-}
-
 
 class Gateway(MultiService):
     def __init__(self, config, reactor=None, store=None):
@@ -55,8 +47,7 @@ class Gateway(MultiService):
 
     def add_connections(self):
         for conn in self.config.connections.values():
-            module = importlib.import_module(SERVICES[conn.type])
-            svc = module.make_service(self, conn)
+            svc = PROTOCOLS[conn.type].make_service(self, conn)
             svc.setName(f"connection:{conn.name}")
             svc.setServiceParent(self)
 

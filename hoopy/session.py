@@ -1,4 +1,11 @@
-"""A session: one authenticated connection of one identity to one connection."""
+"""A session: one authenticated connection of one identity to one connection.
+
+The one object a protocol talks to once a caller is authenticated: it asks
+the session for decisions (``decide``), reports what it masked
+(``redacted``), counts bytes, cancels its holds and ends. The session passes
+each to the policy, the approvals, the store and the metrics, which no
+protocol imports.
+"""
 from __future__ import annotations
 
 import secrets
@@ -8,10 +15,17 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from hoopy.audit.events import Event
+from hoopy.audit.store import StoreError
+
+__all__ = ["Session", "StoreError", "new_id", "IN", "OUT"]
 
 log = Logger()
 
 ATTRIBUTION_KEYS = ("model", "tool_call", "mcp_server", "application_name")
+
+# The one ``direction`` vocabulary of byte counts, whatever the protocol:
+IN = "in"  # from the caller, toward the upstream
+OUT = "out"  # from the upstream, toward the caller
 
 
 def new_id(prefix: str = "") -> str:
@@ -35,6 +49,41 @@ class Session:
     started: bool = False  # True once session.start is durable
     _start_d: Deferred | None = None
     _end_d: Deferred | None = None
+
+    # --- what a protocol asks of its session ------------------------------
+
+    def decide(self, operation) -> Deferred:
+        """Fires with Allow, Deny or Hold (hoopy.policy.verdicts) once the event saying so is durable."""
+        return self.gateway.policy.decide(self, operation)
+
+    def judge(self, operation):
+        """The policy's pure answer (a Judgement), recording nothing."""
+        return self.gateway.policy.judge(self.identity, self.connection, operation)
+
+    def masking(self) -> tuple:
+        """The [[masking]] blocks of this session's connection."""
+        return self.gateway.config.masking_for(self.connection)
+
+    def redacted(self, count: int, **data) -> Deferred:
+        """``count`` values were masked: counted, and recorded as one ``redaction``
+        event (``data`` says where and by which rules); fires once durable."""
+        if not count:
+            return succeed(None)
+        self.gateway.metrics.redactions.labels(self.protocol, self.connection).inc(count)
+        return self.event("redaction", "masked", **data)
+
+    def count_bytes(self, direction: str, n: int) -> None:
+        """Bytes proxied: ``IN`` from the caller, ``OUT`` to it."""
+        self.gateway.count_bytes(self, direction, n)
+
+    def cancel_holds(self, reason: str) -> list:
+        """Expire every approval this session waits on (the caller left); Deferreds, one each."""
+        return self.gateway.approvals.cancel_session(self, reason)
+
+    def expire_hold(self, approval_id: str, reason: str):
+        return self.gateway.approvals.expire(approval_id, reason)
+
+    # --- the record ---------------------------------------------------------
 
     def event(self, kind: str, outcome: str | None = None, **data) -> Deferred:
         """Append an event of this session; fires once durable, fails with StoreError."""

@@ -4,7 +4,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from hoopy.config import Grant
-from hoopy.policy.rules import Operation, RuleError, Unit, parse_rule, pg_table_unit
+from hoopy.policy.rules import Operation, RuleError, Unit
+from hoopy.postgres.rules import pg_table_unit
+from hoopy.protocols import parse_rule
 from hoopy.policy.service import PolicyService
 
 
@@ -159,7 +161,7 @@ def test_bad_rule_words(proto, text):
 def test_path_globs_agree_with_their_regex_on_random_cases():
     import random
 
-    from hoopy.policy.rules import _path_matcher, _path_pattern
+    from hoopy.http.rules import _path_matcher, _path_pattern
 
     rnd = random.Random(2026)
     for _ in range(5000):

@@ -3,7 +3,9 @@ import time
 
 from hypothesis import given, settings, strategies as st
 
-from hoopy.policy.rules import Unit, _exec_pattern, parse_rule
+from hoopy.policy.rules import Unit
+from hoopy.protocols import parse_rule
+from hoopy.ssh.rules import _exec_pattern
 
 
 def exec_rule(glob):

@@ -32,7 +32,6 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface import implementer
 
-from hoopy.audit.store import StoreError
 from hoopy.http import headers as H
 from hoopy.http.bodies import (Decoder, MaskError, Masker, Scrubber, SSEMasker, body_kind, charset_ok, codings,
                                decodable, looks_like_json)
@@ -40,7 +39,8 @@ from hoopy.http.graphql import TooLong, documents_in_body, documents_in_form, do
 from hoopy.http.paths import PathError, normalize_target
 from hoopy.http.upload import BodyPipe, BodyTooLarge
 from hoopy.policy.rules import Operation, Unit
-from hoopy.policy.service import Allow, Deny, Hold
+from hoopy.policy.verdicts import Allow, Deny, Hold
+from hoopy.session import IN, OUT, StoreError
 from hoopy.sockwrite import write_now
 
 log = Logger()
@@ -276,7 +276,7 @@ class HTTPProxy:
     def end_session(self, channel, reason: str):
         s, channel.session = channel.session, None
         if s is not None:
-            self.gateway.approvals.cancel_session(s, reason)
+            s.cancel_holds(reason)
             s.end(reason)
 
     def stop(self, reason: str):
@@ -284,7 +284,7 @@ class HTTPProxy:
         for channel in list(self.channels):
             s = channel.session
             if s is not None:
-                ds += self.gateway.approvals.cancel_session(s, reason)
+                ds += s.cancel_holds(reason)
                 ds.append(s.terminate(reason))
             elif channel.transport is not None:
                 channel.transport.loseConnection()
@@ -392,14 +392,12 @@ class Exchange:
         text = f"{self.method} {self.path}" + (f"?{self.query[:1024]}" if self.query else "")
         op = Operation("http", "request", text, self._units(),
                        {"method": self.method, "path": self.path, "query": self.query})
-        policy = self.proxy.gateway.policy
-        if (self._has_body() and not self.websocket
-                and policy.judge(self.session.identity, self.session.connection, op).outcome == "approve"):
+        if self._has_body() and not self.websocket and self.session.judge(op).outcome == "approve":
             # The reviewer approves the body too ("POST /v1/refunds" says nothing of the amount): it is
             # read whole first (masked where a rule says so), shown, and exactly it goes upstream.
             self.held_body = await self._request_body(whole=True)
             op.detail.update(self._body_for_review())
-        verdict = await self._wait(policy.decide(self.session, op))
+        verdict = await self._wait(self.session.decide(op))
         if isinstance(verdict, Hold):
             self.approval = verdict.id
             self.holding = True  # a caller gone now expires the approval (see _client_gone)
@@ -429,12 +427,11 @@ class Exchange:
         trimmed = path.rstrip("/") or "/"
         dotless = "/".join(re.sub(r"(?:\.|%20)+$", "", seg) or seg for seg in trimmed.split("/"))
         forms = dict.fromkeys(f for p in (trimmed, path.lower(), dotless) for f in (p, p.lower(), p.rstrip("/") or "/"))
-        policy, who, conn = self.proxy.gateway.policy, self.session.identity, self.session.connection
         for form in forms:
             if form == path:
                 continue
             unit = Unit(self.method, form)
-            j = policy.judge(who, conn, Operation("http", "request", f"{self.method} {form}", (unit,)))
+            j = self.session.judge(Operation("http", "request", f"{self.method} {form}", (unit,)))
             if j.outcome == "approve" or (j.outcome == "deny" and j.rule is not None):
                 units.append(unit)
         return tuple(units)
@@ -690,8 +687,8 @@ class Exchange:
                           bytes_from_upstream=up.bytes_in + len(rest), bytes_to_upstream=client.bytes_out
                           ).addErrback(lambda f: log.error("websocket close not recorded: {e}",
                                                            e=f.getErrorMessage()))
-            proxy.gateway.count_bytes(session, "out", up.bytes_in + len(rest))
-            proxy.gateway.count_bytes(session, "in", client.bytes_out)
+            session.count_bytes(OUT, up.bytes_in + len(rest))
+            session.count_bytes(IN, client.bytes_out)
             if channel.session is not None:
                 proxy.end_session(channel, "client disconnected")
             proxy.channels.discard(channel)
@@ -872,11 +869,9 @@ class Exchange:
     async def _record_redactions(self, direction: str, counts: dict):
         if not counts:
             return
-        self.proxy.gateway.metrics.redactions.labels("http", self.proxy.connection.name).inc(
-            sum(counts.values()))
         try:
-            await self._wait(self.session.event("redaction", "masked", direction=direction,
-                                                path=self.path, counts=counts))
+            await self._wait(self.session.redacted(sum(counts.values()), direction=direction,
+                                                   path=self.path, counts=counts))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record a redaction", "error")
 
@@ -918,7 +913,7 @@ class Exchange:
         if self.pending is not None:
             self.pending.cancel()
         if self.holding and self.session is not None:
-            self.proxy.gateway.approvals.cancel_session(self.session, "the caller went away while held")
+            self.session.cancel_holds("the caller went away while held")
         if self.upstream_transport is not None:
             self.upstream_transport.stopProducing()
         if self.pipe is not None:
@@ -1020,7 +1015,6 @@ class Exchange:
         session = self.session
         if session is None:
             return
-        gw = self.proxy.gateway
         pipe = self.pipe
         if pipe is not None:
             self.req_bytes = pipe.received
@@ -1028,8 +1022,8 @@ class Exchange:
                     and not self.proxy.masker.applies(self.req_kind)):
                 # (a body that had to be masked and was not, refused or too large, is not kept unmasked)
                 self.req_body_record = _prefix(bytes(pipe.head), self.settings.record_body_limit, pipe.received)
-        gw.count_bytes(session, "in", self.req_bytes)
-        gw.count_bytes(session, "out", self.resp_bytes)
+        session.count_bytes(IN, self.req_bytes)
+        session.count_bytes(OUT, self.resp_bytes)
         data = {
             "method": self.method, "path": self.path, "query": self.query, "status": self.status,
             "request_bytes": self.req_bytes, "response_bytes": self.resp_bytes,
@@ -1443,8 +1437,7 @@ class _Stream(Protocol):
         self.paused_for_store = True
         if self.transport is not None:
             self.transport.pauseProducing()
-        ex.proxy.gateway.metrics.redactions.labels("http", ex.proxy.connection.name).inc(sum(counts.values()))
-        d = ex.session.event("redaction", "masked", direction="response", path=ex.path, counts=counts)
+        d = ex.session.redacted(sum(counts.values()), direction="response", path=ex.path, counts=counts)
 
         def written(_):
             self.paused_for_store = False

@@ -10,51 +10,18 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hoopy.audit.store import StoreError
 from hoopy.policy.approvals import ApprovalService, _describe
+from hoopy.policy.verdicts import Allow, Deny, Hold, Judgement
 
 log = Logger()
 
 STORE_DOWN = "refused: the audit store cannot record this operation"
 
-
-@attrs.frozen
-class Allow:
-    rule: str
-    approval: str | None = None
-
-
-@attrs.frozen
-class Deny:
-    reason: str
-    rule: str | None = None
-    approval: str | None = None
-
-
-@attrs.frozen
-class Hold:
-    """Held for a reviewer. ``approval.id`` is what the caller is shown;
-    ``resolution`` fires with Allow or Deny once decided or timed out."""
-
-    approval: object
-    resolution: Deferred = attrs.field(eq=False)
-
-    @property
-    def id(self) -> str:
-        return self.approval.id
-
-
-@attrs.frozen
-class Judgement:
-    """The pure answer: outcome allow | approve | deny, the rule, the reason."""
-
-    outcome: str
-    rule: str | None
-    reason: str
+__all__ = ["Allow", "Deny", "Hold", "Judgement", "PolicyService", "STORE_DOWN"]
 
 
 class PolicyService:

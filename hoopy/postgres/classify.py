@@ -17,7 +17,8 @@ from pglast import ast, parse_sql
 from pglast.enums import VariableSetKind
 from pglast.parser import ParseError, scan
 
-from hoopy.policy.rules import Unit, pg_table_unit
+from hoopy.policy.rules import Unit
+from hoopy.postgres.rules import pg_table_unit
 
 
 # The subject of a ddl or admin unit that is not about one named table or function

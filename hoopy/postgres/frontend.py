@@ -21,7 +21,8 @@ from zope.interface import implementer
 
 from hoopy.policy.masking import redact_text
 from hoopy.policy.rules import Operation, Unit
-from hoopy.policy.service import Allow, Deny, Hold
+from hoopy.policy.verdicts import Allow, Deny, Hold
+from hoopy.session import IN, OUT
 from hoopy.postgres import codec, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
 from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
@@ -163,7 +164,7 @@ class Frontend(Protocol):
 
     def send(self, data: bytes):
         if self.session is not None:
-            self.gateway.count_bytes(self.session, "down", len(data))
+            self.session.count_bytes(OUT, len(data))
         self.transport.write(data)
 
     def pause(self, reason: str):
@@ -202,7 +203,7 @@ class Frontend(Protocol):
 
     def _end(self, reason):
         if self.held is not None and self.session is not None:
-            self.gateway.approvals.cancel_session(self.session, reason)
+            self.session.cancel_holds(reason)
         if self.session is not None:
             return self.session.end(reason)
 
@@ -215,7 +216,7 @@ class Frontend(Protocol):
                 return
             else:
                 if self.session is not None:
-                    self.gateway.count_bytes(self.session, "up", len(data))
+                    self.session.count_bytes(IN, len(data))
                 self.reader.feed(data)
                 if self.phase == "auth":
                     self._auth_messages()
@@ -634,7 +635,7 @@ class Frontend(Protocol):
                                    units=[str(u) for u in op.units])
             d.addBoth(lambda _: Deny(why))
         else:
-            d = self.gateway.policy.decide(self.session, op)
+            d = self.session.decide(op)
 
         def decided(r):
             if self.phase == "closed":
@@ -753,7 +754,7 @@ class Frontend(Protocol):
         if self.phase == "closed":
             return
         if self.session is not None:
-            self.gateway.count_bytes(self.session, "down", len(data))
+            self.session.count_bytes(OUT, len(data))
         r = self.ureader
         out = []
         q = self.queue
@@ -971,9 +972,8 @@ class Frontend(Protocol):
         if not s:
             return
         n = sum(s["columns"].values()) + sum(s["patterns"].values())
-        self.gateway.metrics.redactions.labels("postgres", self.connection.name).inc(n)
         p.plan.columns, p.plan.patterns = {}, {}
-        self.session.event("redaction", "masked", sql=(p.sql or "")[:2000], **s).addErrback(
+        self.session.redacted(n, sql=(p.sql or "")[:2000], **s).addErrback(
             lambda f: log.error("redaction not recorded: {e}", e=f.getErrorMessage()))
 
     def _done(self, p):

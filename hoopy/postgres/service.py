@@ -55,7 +55,7 @@ class PostgresFactory(Factory):
             return  # as PostgreSQL: an unknown key is silently ignored
         if fe.held is not None:
             # Waiting for a reviewer: withdraw the request; nothing runs.
-            self.gateway.approvals.cancel_session(fe.session, "cancelled by the client")
+            fe.session.cancel_holds("cancelled by the client")
             return
         fe.cancel_upstream()
 

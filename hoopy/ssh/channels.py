@@ -21,7 +21,8 @@ from twisted.logger import Logger
 
 from hoopy.audit.asciicast import AsciicastRecorder
 from hoopy.policy.rules import Operation, Unit
-from hoopy.policy.service import Deny, Hold
+from hoopy.policy.verdicts import Deny, Hold
+from hoopy.session import IN, OUT
 from hoopy.ssh import sftp
 from hoopy.ssh.masking import LineMasker
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
@@ -187,7 +188,7 @@ class ClientSession(asyncssh.SSHServerSession):
                 # Fail closed: a terminal nobody records is not run.
                 return await self._fail("hoopy: refused: the recording of this terminal cannot be written",
                                         REFUSED)
-        decision = await wait(self.client.gateway.policy.decide(session, self._operation()))
+        decision = await wait(session.decide(self._operation()))
         if isinstance(decision, Hold):
             self.hold = decision
             self._notice(f"hoopy: {self._what()} is held for approval {decision.id}; "
@@ -211,7 +212,7 @@ class ClientSession(asyncssh.SSHServerSession):
             kw["subsystem"] = "sftp"
             self.tracker = sftp.Tracker()
         if self.kind == "exec" and self.pty is None:
-            detectors = [d for m in self.client.gateway.config.masking_for(self.client.connection.name)
+            detectors = [d for m in session.masking()
                          for d in m.patterns]
             if detectors:
                 self.maskers = {None: LineMasker(detectors), STDERR: LineMasker(detectors)}
@@ -467,7 +468,7 @@ class ClientSession(asyncssh.SSHServerSession):
             self.client.sessions -= 1
         if self.hold is not None:
             # This channel's approval only: other channels of the session may be held too.
-            self.client.gateway.approvals.expire(self.hold.approval.id, "the client went away")
+            self.client.session.expire_hold(self.hold.approval.id, "the client went away")
         if self.up is not None:
             self.up.close()
         if self._finishing is None and self.kind is not None and self.session is not None:
@@ -490,11 +491,10 @@ class ClientSession(asyncssh.SSHServerSession):
     async def _record_end(self):
         try:
             session = self.session
-            gw = self.client.gateway
             if session is None:
                 return
-            gw.count_bytes(session, "in", self.bytes_in)
-            gw.count_bytes(session, "out", self.bytes_out + self.bytes_err)
+            session.count_bytes(IN, self.bytes_in)
+            session.count_bytes(OUT, self.bytes_out + self.bytes_err)
             data = {
                 "exit_status": self.exit_status,
                 "exit_signal": self.exit_signal[0] if self.exit_signal else None,
@@ -521,10 +521,9 @@ class ClientSession(asyncssh.SSHServerSession):
                     for name, n in m.counts.items():
                         counts[name] = counts.get(name, 0) + n
                 if counts:
-                    gw.metrics.redactions.labels("ssh", session.connection).inc(sum(counts.values()))
                     data["redacted"] = counts
-                    await _quiet(wait(session.event("redaction", "masked", where="exec output",
-                                                    command=self.command, patterns=counts)))
+                    await _quiet(wait(session.redacted(sum(counts.values()), where="exec output",
+                                                       command=self.command, patterns=counts)))
             ok = self.exit_status == 0 and self.exit_signal is None
             await _quiet(wait(session.event(f"ssh.{self.kind}", "ok" if ok else "failed", **data)))
             if self.recorder is not None:

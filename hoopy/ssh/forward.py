@@ -11,6 +11,8 @@ import time
 import asyncssh
 from twisted.logger import Logger
 
+from hoopy.session import IN, OUT
+
 log = Logger()
 
 
@@ -66,8 +68,8 @@ class ForwardSession(asyncssh.SSHTCPSession):
             return
         self._recorded = True
         session = self.client.session
-        self.client.gateway.count_bytes(session, "in", self.bytes_in)
-        self.client.gateway.count_bytes(session, "out", self.bytes_out)
+        session.count_bytes(IN, self.bytes_in)
+        session.count_bytes(OUT, self.bytes_out)
         d = session.event("ssh.forward", "ok", target=self.target, bytes_in=self.bytes_in,
                           bytes_out=self.bytes_out, duration_s=round(time.monotonic() - self.started, 3))
         d.addErrback(lambda f: log.error("ssh: forward end not recorded: {e}", e=f.getErrorMessage()))

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from hoopy.policy.rules import Operation
-from hoopy.policy.service import Deny, Hold
+from hoopy.policy.verdicts import Deny, Hold
 from hoopy.ssh.channels import ClientSession, wait
 from hoopy.ssh.forward import ForwardSession, UpstreamForward
 from hoopy.ssh.upstream import UpstreamError
@@ -206,7 +206,7 @@ class ClientConnection(asyncssh.SSHServer):
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, f"hoopy: {e}")
         target = f"{host}:{port}"
         op = Operation.single("ssh", "forward", f"forward {target}", target, origin=f"{orig_host}:{orig_port}")
-        decision = await wait(self.gateway.policy.decide(session, op))
+        decision = await wait(session.decide(op))
         if isinstance(decision, Hold):
             decision = await wait(decision.resolution)
         if isinstance(decision, Deny):

@@ -1,0 +1,44 @@
+"""What the policy answers about an operation: the types every protocol reads.
+
+``Allow`` and ``Deny`` are final; ``Hold`` carries the pending approval and a
+Deferred that fires with Allow or Deny once a reviewer decides (or time runs out).
+"""
+from __future__ import annotations
+
+import attrs
+from twisted.internet.defer import Deferred
+
+
+@attrs.frozen
+class Allow:
+    rule: str
+    approval: str | None = None
+
+
+@attrs.frozen
+class Deny:
+    reason: str
+    rule: str | None = None
+    approval: str | None = None
+
+
+@attrs.frozen
+class Hold:
+    """Held for a reviewer. ``approval.id`` is what the caller is shown;
+    ``resolution`` fires with Allow or Deny once decided or timed out."""
+
+    approval: object
+    resolution: Deferred = attrs.field(eq=False)
+
+    @property
+    def id(self) -> str:
+        return self.approval.id
+
+
+@attrs.frozen
+class Judgement:
+    """The pure answer: outcome allow | approve | deny, the rule, the reason."""
+
+    outcome: str
+    rule: str | None
+    reason: str
