@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import time
 
 import asyncssh
@@ -23,7 +22,8 @@ from hoopy.audit.asciicast import AsciicastRecorder
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.session import IN, OUT
-from hoopy.ssh import sftp
+from hoopy.ssh import sftp, shell
+from hoopy.ssh.environment import upstream_env
 from hoopy.ssh.masking import LineMasker
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
@@ -34,29 +34,7 @@ REFUSED = 126  # what a shell returns for "found but cannot run"
 GATEWAY_FAILED = 255  # what ssh itself returns when the connection fails
 ATTRIBUTION = {"HOOPY_MODEL": "model", "HOOPY_TOOL_CALL": "tool_call", "HOOPY_MCP_SERVER": "mcp_server"}
 
-# What a client's `env` requests may pass upstream. The command line is the operation judged, so
-# nothing else may change what the host runs: an upstream that accepts PATH, BASH_ENV, ENV,
-# LD_PRELOAD, SHELLOPTS, PROMPT_COMMAND, BASH_FUNC_*, PAGER, GIT_* ... (`AcceptEnv *`) would run
-# another program than the one granted. So only locale, time zone and HOOPY_* names pass, with
-# plain values; everything else is dropped (as sshd drops what it does not accept) and the
-# operation's event names what passed and what was dropped.
-_LOCALE_NAMES = {"LANG", "LANGUAGE", "TZ", "COLORTERM"} | {f"LC_{n}" for n in (
-    "ALL", "CTYPE", "COLLATE", "MESSAGES", "MONETARY", "NUMERIC", "TIME", "ADDRESS",
-    "IDENTIFICATION", "MEASUREMENT", "NAME", "PAPER", "TELEPHONE")}
-_PLAIN_NAME = re.compile(r"HOOPY_[A-Z0-9_]+")
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:@%+=/ -]*")
-
-
-def upstream_env(env: dict) -> tuple[dict, list]:
-    """(what may go upstream, the names dropped)."""
-    passed, dropped = {}, []
-    for name, value in env.items():
-        if (name in _LOCALE_NAMES or _PLAIN_NAME.fullmatch(name)) and _PLAIN_VALUE.fullmatch(value) \
-                and len(value) <= 256:
-            passed[name] = value
-        else:
-            dropped.append(name)
-    return passed, sorted(dropped)
+# What a client's `env` requests may pass upstream: see hoopy.ssh.environment.
 
 
 async def wait(d):
@@ -162,7 +140,11 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.env_dropped:
             detail["env_dropped"] = self.env_dropped
         if self.kind == "exec":
-            return Operation("ssh", "exec", self.command, (Unit("exec", self.command),), detail)
+            # What the upstream's shell will run, part by part (hoopy.ssh.shell).
+            analysis = shell.analyze(self.command, self.client.settings.upstream_shell)
+            if analysis.heredocs:
+                detail["heredocs"] = [dict(h) for h in analysis.heredocs]
+            return Operation("ssh", "exec", self.command, analysis.units, detail)
         return Operation("ssh", self.kind, self.kind, (Unit(self.kind),), detail)
 
     async def _open(self):
@@ -191,7 +173,8 @@ class ClientSession(asyncssh.SSHServerSession):
         decision = await wait(session.decide(self._operation()))
         if isinstance(decision, Hold):
             self.hold = decision
-            self._notice(f"hoopy: {self._what()} is held for approval {decision.id}; "
+            why = f" ({decision.reason})" if decision.reason and self.kind == "exec" else ""
+            self._notice(f"hoopy: {self._what()} is held for approval {decision.id}{why}; "
                          f"waiting for a reviewer (hoopy approve {decision.id})")
             self._marker(f"approval {decision.id} requested")
             decision = await wait(decision.resolution)
