@@ -95,9 +95,9 @@ class Part:
     def unit(self):
         from hoopy.policy.rules import Unit
 
-        if self.kind == "exec":
-            return Unit("exec", self.text, unjudgeable=self.unresolved, key=self.key)
-        return Unit(self.kind, self.text)
+        if self.kind in ("unjudgeable", "refused"):
+            return Unit(self.kind, self.text)
+        return Unit(self.kind, self.text, unjudgeable=self.unresolved, key=self.key)
 
 
 @attrs.frozen
@@ -647,10 +647,17 @@ class _Judge:
         self.unjudgeable(f"{what} {_clip(self.t(node))!r}: its output is known only once it has run")
         # What it would run is judged too: a deny rule still refuses the line outright.
         inner = [c for c in node.children if c.is_named]
+        start = len(self.parts)
         try:
             self.sequence(inner, None)
         except Unjudgeable as e:
             self.unjudgeable(str(e))
+        # Rules judge them (a deny rule refuses the line), but one nothing matches is part of
+        # what cannot be judged, not a refusal of its own.
+        for i in range(start, len(self.parts)):
+            p = self.parts[i]
+            if p.kind in ("exec", "write", "read") and p.unresolved is None:
+                self.parts[i] = attrs.evolve(p, unresolved=f"runs inside {what} {_clip(self.t(node), 60)!r}")
 
     # --- commands -----------------------------------------------------------------------------
 
