@@ -25,6 +25,7 @@ from hoopy.session import IN, OUT
 from hoopy.ssh import sftp, shell
 from hoopy.ssh.environment import upstream_env
 from hoopy.ssh.masking import LineMasker
+from hoopy.ssh.sftpgate import SFTPGate
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
 log = Logger()
@@ -59,6 +60,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self.recorder = None
         self.recording = None
         self.tracker = None  # sftp.Tracker for sftp channels
+        self.gate = None  # SFTPGate: judges each file request by its resolved path
         self.hold = None
         self.closed = False  # the client's side is gone
         self.exit_status = None
@@ -194,6 +196,7 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.kind == "sftp":
             kw["subsystem"] = "sftp"
             self.tracker = sftp.Tracker()
+            self.gate = SFTPGate(self)
         if self.kind == "exec" and self.pty is None:
             detectors = [d for m in session.masking()
                          for d in m.patterns]
@@ -296,10 +299,16 @@ class ClientSession(asyncssh.SSHServerSession):
         else:
             self.bytes_out += len(data)
         if self.tracker is not None:
+            # Whole packets only: the gateway's own requests' answers stay here, and its own
+            # replies to refused requests go between packets.
             try:
-                self.tracker.responses(data)
+                pkts, mine = self.tracker.read_responses(data)
             except sftp.SFTPError as e:
                 return self._abort(f"hoopy: {e}")
+            self.gate.answered(mine)
+            data = b"".join(pkts)
+            if not data:
+                return
         if self.maskers is not None:
             data = self.maskers[STDERR if datatype == STDERR else None].feed(data)
             if not data:
@@ -334,7 +343,7 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def eof_received(self):
         if self.up is not None:
-            if self._sftp_queue:
+            if self._sftp_queue or self._sftp_pump is not None:
                 self._eof_pending = True
             else:
                 self.up.write_eof()
@@ -373,14 +382,14 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def _sftp_requests(self, data):
         try:
-            packets = self.tracker.requests(data)
+            reqs = self.tracker.read_requests(data)
         except sftp.SFTPError as e:
             return self._abort(f"hoopy: {e}")
-        if not self._sftp_queue and all(a is None for _, a in packets):
-            if packets:
-                self.up.write(b"".join(p for p, _ in packets))
+        if not self._sftp_queue and all(r.access is None and r.action is None for r in reqs):
+            if reqs:
+                self.up.write(b"".join(r.pkt for r in reqs))
             return
-        self._sftp_queue.extend(packets)
+        self._sftp_queue.extend(reqs)
         if self._sftp_pump is None:
             self.chan.pause_reading()
             self._sftp_pump = asyncio.ensure_future(self._pump_sftp())
@@ -389,19 +398,21 @@ class ClientSession(asyncssh.SSHServerSession):
         try:
             while self._sftp_queue and not self.closed:
                 run = []
-                while self._sftp_queue and self._sftp_queue[0][1] is None:
-                    run.append(self._sftp_queue.popleft()[0])
+                while self._sftp_queue and self._sftp_queue[0].access is None and self._sftp_queue[0].action is None:
+                    run.append(self._sftp_queue.popleft().pkt)
                 if run:
                     self.up.write(b"".join(run))
                     continue
-                pkt, action = self._sftp_queue.popleft()
+                req = self._sftp_queue.popleft()
                 try:
-                    await wait(self.session.event(action.kind, "ok", **action.data))
-                except Exception:
+                    await self.gate.handle(req)
+                except asyncio.TimeoutError:
+                    return self._abort("hoopy: the upstream did not resolve an SFTP path")
+                except Exception as e:
+                    log.error("ssh sftp: {e}", e=e)
                     return self._abort("hoopy: refused: the audit store cannot record this file operation")
                 if self.up is None or self.closed:
                     return
-                self.up.write(pkt)
             if self._eof_pending and self.up is not None:
                 self.up.write_eof()
         finally:

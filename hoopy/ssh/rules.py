@@ -211,7 +211,8 @@ def exec_rule(glob: str):
 
 
 def path_glob(glob: str):
-    """A path glob: `*` and `?` within one segment, `**` across segments."""
+    """A path glob: `*` and `?` within one segment, `**` across segments (`/srv/**` is /srv and
+    everything under it)."""
     if not glob.startswith("/"):
         raise RuleError(f"{glob!r}: a path glob is absolute (starts with /)")
     if any(s == ".." for s in glob.split("/")):
@@ -219,7 +220,10 @@ def path_glob(glob: str):
     out = []
     i = 0
     while i < len(glob):
-        if glob.startswith("/**/", i):
+        if glob.endswith("/**") and i == len(glob) - 3:
+            out.append("(?:/.*)?")  # the directory itself and everything under it
+            i += 3
+        elif glob.startswith("/**/", i):
             out.append("/(?:.*/)?")
             i += 4
         elif glob.startswith("**", i):
