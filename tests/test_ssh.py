@@ -917,7 +917,10 @@ def test_sftp_server_side_copy_and_link_chmod_are_events(setup, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (remote / "copy").read_text() == "data\n" and (remote / "f").stat().st_mode & 0o777 == 0o600
     time.sleep(0.5)
-    events = [(e["kind"], e["data"]) for e in s.gw.events() if e["kind"].startswith("sftp.")]
+    # (Each event also names the rule that allowed it: issue 12.)
+    events = [(e["kind"], {k: v for k, v in e["data"].items() if k != "rule"}) for e in s.gw.events()
+              if e["kind"].startswith("sftp.")]
+    assert all(e["data"].get("rule") == "sftp" for e in s.gw.events() if e["kind"] in ("sftp.setstat", "sftp.link"))
     assert ("sftp.copy", {"path": f"{remote}/f", "to": f"{remote}/copy"}) in events, events
     assert ("sftp.setstat", {"path": f"{remote}/f"}) in events, events
     assert ("sftp.link", {"path": f"{remote}/f", "to": f"{remote}/hard"}) in events, events
