@@ -818,7 +818,7 @@ def test_env_passes_upstream_but_attribution_stays_at_the_gateway(setup):
     r = s.ssh("echo x=$HOOPY_TEST_X m=$HOOPY_MODEL", "-o", "SetEnv=HOOPY_TEST_X=42 HOOPY_MODEL=secret-model")
     assert r.stdout == "x=42 m=\n", r.stderr
     (attr,) = s.gw.events("session.attribution")
-    assert attr["data"] == {"model": "secret-model"}
+    assert attr["data"] == {"model": "secret-model", "source": "claimed"}  # a client's value is its claim
 
 
 def test_exec_with_a_terminal_is_recorded(setup):

@@ -23,7 +23,7 @@ import re
 from hoopy.policy.rules import RuleError, Unit
 from hoopy.ssh import shell as sh
 
-_SPECIAL = sh.G_STAR + sh.G_QMARK + sh.INPUT + sh.V_OPEN + sh.V_CLOSE
+_SPECIAL = sh.G_STAR + sh.G_QMARK + sh.INPUT + sh.V_OPEN + sh.V_CLOSE + sh.SKEL
 _STAR = f"[^{sh.V_OPEN}{sh.V_CLOSE}]*"  # argument text: never into a word the shell would expand
 _QMARK = f"[^{re.escape(_SPECIAL)}]"  # one character of argument text
 _VERBATIM = re.compile(f"{sh.V_OPEN}[^{sh.V_CLOSE}]*{sh.V_CLOSE}")
@@ -120,9 +120,17 @@ def _could_match(toks, key: str) -> bool:
         if c in (sh.G_STAR, sh.INPUT):
             cmd.append(None)  # any text
         elif c == sh.V_OPEN:
+            # A word the shell expands: its skeleton (the text it keeps, INPUT where anything
+            # may come), or anything at all without one.
             end = key.find(sh.V_CLOSE, pos)
-            cmd.append(None)
-            pos = (end if end >= 0 else len(key) - 1) + 1
+            end = end if end >= 0 else len(key)
+            inner = key[pos + 1:end]
+            _, skel_sep, skel = inner.partition(sh.SKEL)
+            if not skel_sep:
+                cmd.append(None)
+            else:
+                cmd.extend(None if ch in (sh.INPUT, sh.G_STAR) else "?" if ch == sh.G_QMARK else ch for ch in skel)
+            pos = end + 1
             continue
         elif c == sh.G_QMARK:
             cmd.append("?")  # one character
@@ -190,8 +198,6 @@ def exec_rule(glob: str):
     if judge.parts:
         raise RuleError(f"exec {glob!r}: command substitution cannot be granted")
     key = sh.SEP.join(w.enc for w in words)
-    if sh.INPUT in key:
-        raise RuleError(f"exec {glob!r}: not a plain command")
     toks = _tokens(key)
     bounded, anywhere = _matcher(toks, True), _matcher(toks, False)
 

@@ -35,6 +35,7 @@ G_STAR = "\x11"
 G_QMARK = "\x12"
 INPUT = "\x1a"
 V_OPEN, V_CLOSE = "\x1c", "\x1d"
+SKEL = "\x1f"  # inside V_OPEN...V_CLOSE: what follows is the word's skeleton, for deny rules
 
 MAX_LINE = 256 * 1024  # longer lines are not judged (refused, or held where the grant says so)
 MAX_DEPTH = 6  # sh -c 'sh -c ...' nesting
@@ -346,7 +347,8 @@ class _Judge:
                 self.word(ch)  # only for what it would substitute
             return cwd, cwd
         if k == "test_command":
-            self.bash_only("[[ ... ]]")
+            if node.children and node.children[0].type == "[[":
+                self.bash_only("[[ ... ]]")
             self.test_command(node)
             return cwd, cwd
         if k == "function_definition":
@@ -488,7 +490,7 @@ class _Judge:
         for n in _walk(node):
             if n.type in ("simple_expansion", "expansion", "command_substitution", "process_substitution",
                           "arithmetic_expansion"):
-                self.unjudgeable(f"[[ ... ]] with expansions ({_clip(self.t(node))!r})")
+                self.unjudgeable(f"a test with expansions ({_clip(self.t(node))!r})")
                 return
 
     def declaration(self, node):
@@ -550,7 +552,7 @@ class _Judge:
         text = self.t(node)
         xs = [s for kind, s in pieces if kind == "x"]
         if xs:
-            return Word(V_OPEN + text + V_CLOSE, text, None, f"`{_clip(xs[0])}` would be expanded by the shell")
+            return self._unresolved(text, pieces, f"`{_clip(xs[0])}` would be expanded by the shell")
         value, enc, mask = [], [], []
         glob = False
         first = True
@@ -578,9 +580,9 @@ class _Judge:
                     first = False
                     continue
                 if c in "$`()":
-                    return Word(V_OPEN + text + V_CLOSE, text, None, f"`{_clip(text)}` would be expanded by the shell")
+                    return self._unresolved(text, pieces, f"`{_clip(text)}` would be expanded by the shell")
                 if c == "~" and (first or (mask and mask[-1] in "=:")):
-                    return Word(V_OPEN + text + V_CLOSE, text, None, f"`{_clip(text)}`: ~ is expanded by the shell")
+                    return self._unresolved(text, pieces, f"`{_clip(text)}`: ~ is expanded by the shell")
                 if c == "*":
                     glob = True
                     enc.append(G_STAR)
@@ -595,15 +597,37 @@ class _Judge:
                 i += 1
         m = "".join(mask)
         if "[" in m and "]" in m[m.index("["):]:
-            return Word(V_OPEN + text + V_CLOSE, text, None, f"`{_clip(text)}`: [...] is a pattern the shell expands")
+            return self._unresolved(text, pieces, f"`{_clip(text)}`: [...] is a pattern the shell expands")
         if ("{" in m) and _BRACE.search(m):
-            return Word(V_OPEN + text + V_CLOSE, text, None, f"`{_clip(text)}`: braces are expanded by the shell")
+            return self._unresolved(text, pieces, f"`{_clip(text)}`: braces are expanded by the shell")
         v = "".join(value)
         if _BAD_CHARS.search(v):
-            return Word(V_OPEN + text + V_CLOSE, text, None, f"`{_clip(text)}` holds control characters")
+            return self._unresolved(text, pieces, f"`{_clip(text)}` holds control characters")
         if glob:
             return Word("".join(enc), text, None, f"`{_clip(text)}` is a pattern the shell expands")
         return Word(v, _quote(v), v)
+
+    @staticmethod
+    def _unresolved(text, pieces, why) -> Word:
+        """A word only a rule spelling it exactly matches: its source between V_OPEN and V_CLOSE,
+        then (after SKEL) its skeleton for deny rules: the literal text it keeps, INPUT where the
+        shell would put anything (`ok-$N` can never be `denied-1`)."""
+        skel = []
+        for kind, s in pieces:
+            if kind == "lit":
+                skel.append(s)
+            elif kind == "x" or any(c in s for c in "$`()~[{"):
+                skel.append(INPUT)
+            else:
+                i = 0
+                while i < len(s):
+                    if s[i] == "\\" and i + 1 < len(s):
+                        skel.append(s[i + 1])
+                        i += 2
+                        continue
+                    skel.append(INPUT if s[i] in "*?" else s[i])
+                    i += 1
+        return Word(V_OPEN + text + SKEL + "".join(skel) + V_CLOSE, text, None, why)
 
     def _collect(self, node, pieces):
         k = node.type
@@ -781,7 +805,10 @@ class _Judge:
         if not name.literal:
             # A pattern or expansion for the command name decides which program runs: only a
             # rule spelling it exactly can match it (a rule's * does not cover it).
-            words = [Word(V_OPEN + name.text + V_CLOSE, name.text, None, name.why)] + list(words[1:])
+            if not name.enc.startswith(V_OPEN):
+                skel = name.enc.replace(G_STAR, INPUT).replace(G_QMARK, INPUT)
+                name = Word(V_OPEN + name.text + SKEL + skel + V_CLOSE, name.text, None, name.why)
+            words = [name] + list(words[1:])
             why = f"the command name {name.text!r} would be expanded by the shell"
         else:
             why = next((w.why for w in words if not w.literal and V_OPEN in w.enc), None)
