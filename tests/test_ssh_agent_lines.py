@@ -215,3 +215,33 @@ def test_fixed_attribution_is_recorded_and_a_claim_beside_it(agents):
     r = subprocess.run(["ssh", "-p", str(port), "-i", str(key), *CLIENT_OPTS, "-o",
                         "SetEnv=HOOPY_MODEL=m2", "agent2@127.0.0.1", "true"], capture_output=True, timeout=30)
     assert {"model": "m2", "source": "claimed"} in [e["data"] for e in gw.events("session.attribution")]
+
+
+def test_check_upstream_shell_reads_the_login_shell(sshd, tmp_path):  # noqa: F811
+    """What `hoopy check --connect` calls: the configured upstream_shell against the real one."""
+    import asyncio
+    import threading
+
+    from hoopy import config as cm
+    from hoopy.ssh.upstream import check_upstream_shell
+
+    real = login_shell(sshd.user)
+    results = {}
+    for configured in ("bash", "sh", "zsh"):
+        conn, _ = connection_toml(sshd, extra=f'upstream_shell = "{configured}"')
+        path = tmp_path / f"{configured}.toml"
+        path.write_text(f'[gateway]\nstate = "{tmp_path}/x.db"\n' + conn)
+        settings = cm.load(path).connections["web"].settings
+
+        def run():
+            results[configured] = asyncio.run(check_upstream_shell(settings))
+
+        t = threading.Thread(target=run)
+        t.start()
+        t.join(60)
+    right = dialect_of(real)
+    for configured, problem in results.items():
+        if dialect_of(configured) == right:
+            assert problem is None, (configured, problem)
+        else:
+            assert problem and real in problem and "upstream_shell" in problem, (configured, problem)
