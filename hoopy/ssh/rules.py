@@ -200,17 +200,29 @@ def exec_rule(glob: str):
     key = sh.SEP.join(w.enc for w in words)
     toks = _tokens(key)
     bounded, anywhere = _matcher(toks, True), _matcher(toks, False)
+    # The rule's leading literal text (its command name, usually): most commands fail here.
+    lead = []
+    for t in toks:
+        if t[0] != "lit" or t[1].startswith(sh.V_OPEN):
+            break
+        lead.append(t[1])
+    lead = "".join(lead)
+    special = re.compile(f"[{re.escape(_SPECIAL)}]")
 
     def match(unit: Unit) -> bool:
         # Spelled exactly as the command (`ls a?` for `ls a?`), or matched word for word.
-        return unit.kind == "exec" and unit.key is not None and (unit.key == key or bounded(unit.key))
+        k = unit.key
+        if unit.kind != "exec" or k is None:
+            return False
+        return k == key or (k.startswith(lead) and bounded(k))
 
     def deny(unit: Unit) -> bool:
-        if unit.kind != "exec" or unit.key is None:
+        k = unit.key
+        if unit.kind != "exec" or k is None:
             return False
-        if not any(c in unit.key for c in _SPECIAL):
-            return anywhere(unit.key)
-        return _could_match(toks, unit.key)
+        if special.search(k) is None:
+            return k.startswith(lead) and anywhere(k)
+        return _could_match(toks, k)
 
     match.deny = deny
     return match

@@ -22,12 +22,14 @@ expands to names the rule's ``*`` would have allowed one by one); INPUT stands f
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import posixpath
 import re
 
 import attrs
 
+from hoopy.policy.rules import Unit
 from hoopy.ssh.environment import passes as env_passes
 
 SEP = "\x1e"
@@ -94,8 +96,6 @@ class Part:
     unresolved: str | None = None  # exec: why no rule can judge it unless it spells a word exactly
 
     def unit(self):
-        from hoopy.policy.rules import Unit
-
         if self.kind in ("unjudgeable", "refused"):
             return Unit(self.kind, self.text)
         return Unit(self.kind, self.text, unjudgeable=self.unresolved, key=self.key)
@@ -111,6 +111,7 @@ class Analysis:
         return tuple(p.unit() for p in self.parts)
 
 
+@functools.lru_cache(maxsize=64)
 def dialect_of(shell: str) -> str | None:
     """The dialect judged for a login shell (a name or a path): bash, sh, or None (not judged)."""
     name = posixpath.basename(shell or "")
@@ -547,6 +548,10 @@ class _Judge:
     # --- words ------------------------------------------------------------------------------
 
     def word(self, node, assignment=False) -> Word:
+        if node.type in ("word", "number"):
+            text = self.t(node)
+            if _PLAIN.fullmatch(text):  # the usual case: nothing to remove or expand
+                return Word(text, text, text)
         pieces: list[tuple[str, str]] = []
         self._collect(node, pieces)
         text = self.t(node)
