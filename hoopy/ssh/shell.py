@@ -42,6 +42,7 @@ SKEL = "\x1f"  # inside V_OPEN...V_CLOSE: what follows is the word's skeleton, f
 MAX_LINE = 256 * 1024  # longer lines are not judged (refused, or held where the grant says so)
 MAX_DEPTH = 6  # sh -c 'sh -c ...' nesting
 MAX_PARTS = 512  # parts of one line
+MAX_WORDS = 4096  # words of one line: bounds the time a line can hold the reactor (about 0.1 s)
 SHELLS = ("bash", "sh")  # the dialects judged; any other upstream shell: every line is unjudgeable
 
 # Characters a line may hold: no C0 control other than tab and newline (they would be NUL for
@@ -230,6 +231,7 @@ class _Judge:
         self.src = b""
         self.dialect = "bash"
         self.depth = 0
+        self.words = 0
 
     # Each program (the line, and each `sh -c` string) is parsed and walked with its own source.
     def program(self, text: str, dialect: str, depth: int, cwd):
@@ -548,6 +550,9 @@ class _Judge:
     # --- words ------------------------------------------------------------------------------
 
     def word(self, node, assignment=False) -> Word:
+        self.words += 1
+        if self.words > MAX_WORDS:
+            raise Unjudgeable(f"more than {MAX_WORDS} words in one line")
         if node.type in ("word", "number"):
             text = self.t(node)
             if _PLAIN.fullmatch(text):  # the usual case: nothing to remove or expand
