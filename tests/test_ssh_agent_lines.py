@@ -157,6 +157,12 @@ def test_what_agents_send(agents):
             rc, err, row = _run_held(gw, argv, alice)
             if rc != 0 or "held for approval" not in err:
                 wrong.append((name, f"held: exit {rc}: {err.strip()}"))
+            if name == "held-part":
+                # The reviewer reads every part with what judged it.
+                shown = gw.hoopy("approvals", row["id"]).stdout
+                if "-- parts:" not in shown or f"exec touch {marks}/ok-68  (allow" not in shown \
+                        or f"exec touch {marks}/held-68  (approve" not in shown:
+                    wrong.append((name, f"hoopy approvals ID does not show the parts: {shown}"))
         time.sleep(0.05)
         for mark in markers:
             must_not = mark.startswith("!")
