@@ -75,6 +75,18 @@ _SET_OPTIONS = frozenset({"errexit", "nounset", "pipefail", "xtrace", "noclobber
 # Lowercase variables programs read from the environment: assignments to them are filtered too.
 _ENV_LOWER = frozenset({"http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"})
 
+# Arithmetic that runs nothing: numbers (decimal, 0x.., BASE#..) and operators, no names.
+_ARITH_NODES = frozenset({"number", "binary_expression", "unary_expression", "ternary_expression",
+                          "parenthesized_expression"})
+_ARITH_NUMBER = re.compile(r"[0-9]+|0[xX][0-9A-Fa-f]+|[0-9]+#[0-9A-Za-z@_]+")
+_ARITH_ASSIGN = frozenset({"=", "+=", "-=", "*=", "/=", "%=", "<<=", ">>=", "&=", "^=", "|=", "++", "--"})
+_ARITH_TESTS = frozenset({"-eq", "-ne", "-lt", "-le", "-gt", "-ge"})  # [[ ]] evaluates their operands
+_NAME_TESTS = frozenset({"-v", "-R"})  # test, [ and [[ ]] evaluate a subscript of the name
+_INTEGER = re.compile(r"[-+]?[0-9]+")
+# Builtins that take variable names: bash evaluates a subscript in one (`read 'a[$(cmd)]'`).
+_NAME_BUILTINS = frozenset({"read", "printf", "getopts", "wait", "unset", "test", "["})
+_SUBSCRIPTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[")
+
 _UNJUDGED = object()  # a flow that cannot be followed: the cwd after it is unknown
 BOTTOM = object()  # unreachable (after `exit`)
 
@@ -347,7 +359,14 @@ class _Judge:
             return cwd, cwd
         if k == "unset_command":
             for ch in node.named_children:
-                self.word(ch)  # only for what it would substitute
+                if ch.type == "variable_name":
+                    continue
+                w = self.word(ch)
+                if not w.literal or "[" in w.value:
+                    # bash evaluates the subscript of an array element to unset (`PIPESTATUS[$(cmd)]`).
+                    self.unjudgeable(f"{_clip(self.t(node))!r}: unset of a name the gateway cannot read "
+                                     f"(a subscript is evaluated)")
+                    break
             return cwd, cwd
         if k == "test_command":
             if node.children and node.children[0].type == "[[":
@@ -480,13 +499,20 @@ class _Judge:
         return out, out
 
     def arithmetic(self, node, what):
-        """Arithmetic runs nothing, unless it assigns or reads variables (whose values bash
-        evaluates again, array subscripts and all)."""
+        """Arithmetic runs nothing when it is numbers and operators only. Anything else is not
+        judged: a variable's value is evaluated again, and a name with a subscript (`a[$(cmd)]`,
+        quoted or not) runs the command in it; assignments have side effects."""
         for n in _walk(node):
-            if n.type in ("variable_name", "simple_expansion", "expansion", "command_substitution",
-                          "subscript") or (not n.is_named and n.type in (
-                          "=", "+=", "-=", "*=", "/=", "%=", "<<=", ">>=", "&=", "^=", "|=", "++", "--")):
-                self.unjudgeable(f"{what} with variables or side effects ({_clip(self.t(node))!r})")
+            if n is node:
+                continue
+            if n.is_named:
+                # (tree-sitter reads 0x1f as a variable name: it is a number, no name starts with a digit)
+                ok = (n.type in _ARITH_NODES and (n.type != "number" or _ARITH_NUMBER.fullmatch(self.t(n)))) or (
+                    n.type == "variable_name" and _ARITH_NUMBER.fullmatch(self.t(n)) and self.t(n)[0].isdigit())
+            else:
+                ok = n.type not in _ARITH_ASSIGN
+            if not ok:
+                self.unjudgeable(f"{what} with variables, strings or side effects ({_clip(self.t(node))!r})")
                 return
 
     def test_command(self, node):
@@ -495,6 +521,26 @@ class _Judge:
                           "arithmetic_expansion"):
                 self.unjudgeable(f"a test with expansions ({_clip(self.t(node))!r})")
                 return
+        # `[[ X -eq Y ]]` evaluates X and Y as arithmetic and `[[ -v X ]]` a subscript of X:
+        # bash runs `a[$(cmd)]` there even from a quoted string. Operands are numbers, names plain.
+        for n in _walk(node):
+            op = self.t(n) if n.type in ("test_operator", "word") else None
+            if op in _ARITH_TESTS:
+                parent = n.parent
+                operands = [c for c in parent.children if c.id != n.id] if parent is not None else []
+                if parent is None or parent.type != "binary_expression" or len(operands) != 2 or not all(
+                        _INTEGER.fullmatch(self.word(c).value or "x") for c in operands):
+                    self.unjudgeable(f"a test that evaluates {_clip(self.t(parent or n))!r} as arithmetic "
+                                     f"(only numbers are judged)")
+                    return
+            elif op in _NAME_TESTS:
+                parent = n.parent
+                operands = [c for c in parent.children if c.id != n.id] if parent is not None else []
+                if parent is None or parent.type != "unary_expression" or len(operands) != 1 or \
+                        not _NAME.fullmatch(self.word(operands[0]).value or "-"):
+                    self.unjudgeable(f"a test of the variable {_clip(self.t(parent or n))!r} "
+                                     f"(a subscript is evaluated: only plain names are judged)")
+                    return
 
     def declaration(self, node):
         kw = node.children[0].type if node.children else ""
@@ -758,7 +804,13 @@ class _Judge:
         if cmd in ("pushd", "popd"):
             self.exec_part(words)
             return None, cwd
+        if cmd in _NAME_BUILTINS and self.subscripted(words):
+            return cwd, cwd
         if cmd in _NO_OP:
+            if cmd == "wait" and any(w.literal and w.value.startswith("-") and "p" in w.value for w in args):
+                # wait -p NAME assigns the job's pid to any variable (PATH included).
+                self.unjudgeable(f"{_clip(_show(words))!r}: wait -p assigns a variable")
+                return cwd, cwd
             for w in args:
                 if not w.literal:
                     self.exec_part(words)
@@ -823,6 +875,23 @@ class _Judge:
         else:
             why = next((w.why for w in words if not w.literal and V_OPEN in w.enc), None)
         self.add(Part("exec", _show(words), SEP.join(w.enc for w in words), why))
+
+    def subscripted(self, words) -> bool:
+        """A builtin given a name with a subscript (`read 'a[$(cmd)]'`, `test -v 'a[...]'`): bash
+        evaluates the subscript, command substitutions and all. Unjudgeable; True if so."""
+        cmd, args = words[0].value, words[1:]
+        if cmd == "printf":  # only the name after -v
+            args = [w for i, w in enumerate(args) if i and args[i - 1].literal and args[i - 1].value == "-v"] + [
+                literal_word(w.value[2:]) for w in args if w.literal and w.value.startswith("-v")]
+        elif cmd in ("test", "["):
+            if not any(w.literal and w.value in _NAME_TESTS for w in args):
+                return False
+        for w in args:
+            if w.literal and _SUBSCRIPTED.match(w.value.lstrip("-")) and "]" in w.value:
+                self.unjudgeable(f"{_clip(_show(words))!r}: a variable name with a subscript, "
+                                 f"which bash evaluates (commands in it run)")
+                return True
+        return False
 
     def cd(self, args: list[Word], cwd):
         args = list(args)

@@ -1,0 +1,162 @@
+"""The command-line judge attacked: lines an agent with a narrow grant sends to make the upstream
+shell run, write or read what no rule allows. Each was found by running it against a real shell;
+each must be refused by the judge (in memory) and, through the real gateway to a real sshd, must
+leave no trace upstream (a marker file that must not exist, a file that must not change).
+
+The upstream login shell of the tests is /bin/sh (dash); what only bash does is sent as
+`bash -c '...'`, which the gateway judges with bash's grammar and the upstream runs with bash.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+
+import pytest
+
+from hoopy.config import Grant
+from hoopy.policy.service import _judge_unit
+from hoopy.protocols import parse_rule
+from hoopy.ssh import shell
+from tests.support import HoopyProcess, ident
+from tests.test_ssh import CLIENT_OPTS, Sshd, connection_toml, grant, keygen
+
+# The narrow grant (the paths are the fixture's folders): A is readable, O writable, M holds markers.
+NARROW_ALLOW = ["exec echo *", "exec ls *", "exec cat A/*", "exec systemctl status *", "exec git status",
+                "exec true", "read A/**", "write O/*", "sftp read A/**", "sftp write U/**"]
+NARROW_DENY = ["exec rm *"]
+# A broad grant with a deny rule: the deny rule must hold whatever the spelling.
+BROAD_ALLOW = ["exec *", "read /**", "write /**"]
+
+
+def _bash(inner: str) -> str:
+    return "bash -c " + shlex.quote(inner)
+
+
+# (name, identity, line). Every line must be refused and leave no marker M/<name>; A/conf must
+# keep its content ("original\n"). The markers are made by `touch M/<name>`, written as T.
+ATTACKS = [
+    # bash evaluates array subscripts in a literal string wherever it reads a variable name or
+    # does arithmetic: `a[$(cmd)]` runs cmd, with no `$(` the parser ever sees outside quotes.
+    ("dbl-bracket-eq", "narrow", _bash("echo hi; [[ 'a[$(T)]' -eq 0 ]]")),
+    ("dbl-bracket-lt", "narrow", _bash("echo hi; [[ 1 -lt 'a[$(T)]' ]]")),
+    ("dbl-bracket-v", "narrow", _bash("echo hi; [[ -v 'a[$(T)]' ]]")),
+    ("test-v", "narrow", _bash("echo hi; test -v 'a[$(T)]'")),
+    ("bracket-v", "narrow", _bash("echo hi; [ -v 'a[$(T)]' ]")),
+    ("arith-quoted", "narrow", _bash("echo hi; (( 'a[$(T)]' ))")),
+    ("arith-expansion-quoted", "narrow", _bash("echo $(( 'a[$(T)]' ))")),
+    ("unset-pipestatus", "narrow", _bash("echo hi; unset 'PIPESTATUS[$(T)]'")),
+    ("unset-variable", "narrow", _bash("echo hi; x='PIPESTATUS[$(T)]'; unset $x")),
+    ("wait-p", "narrow", _bash("echo hi & wait -n -p 'a[$(T)]'")),
+]
+
+REWRITES = []
+
+
+def _fill(text: str, d: dict, name: str = "") -> str:
+    for k, v in d.items():
+        text = text.replace(f"{k}/", f"{v}/")
+    return text.replace("$(T)", f"$(touch {d['M']}/{name})")
+
+
+def _grant(allow, deny):
+    rules = lambda xs: tuple(parse_rule("ssh", x) for x in xs)  # noqa: E731
+    return [Grant("agent", "web", rules(allow), (), rules(deny), None, 0, "deny")]
+
+
+def _verdict(grants, line, shell_name="sh"):
+    js = [_judge_unit(grants, u) for u in shell.analyze(line, shell_name).units]
+    if any(j.outcome == "deny" for j in js):
+        return "deny"
+    return "approve" if any(j.outcome == "approve" for j in js) else "allow"
+
+
+DIRS = {"A": "/srv/app", "O": "/tmp/out", "U": "/tmp/up", "M": "/tmp/m"}
+
+
+@pytest.mark.parametrize("name, who, line", ATTACKS + [(n, "narrow", l) for n, l in REWRITES])
+def test_the_judge_refuses(name, who, line):
+    allow = [_fill(r, DIRS) for r in (NARROW_ALLOW if who == "narrow" else BROAD_ALLOW)]
+    g = _grant(allow, NARROW_DENY)
+    text = _fill(line, DIRS, name)
+    assert _verdict(g, text) == "deny", shell.analyze(text).parts
+    assert _verdict(g, text, "bash") == "deny", shell.analyze(text, "bash").parts
+
+
+# --- against a real sshd, through the real gateway ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attacks")
+    d = {k: root / k.lower() for k in ("A", "O", "U", "M")}
+    for p in d.values():
+        p.mkdir()
+    sshd = Sshd(root / "sshd").start()
+    key = root / "agent_key"
+    pub = keygen(key)
+    narrow, broad = ident("narrow"), ident("broad")
+    conn, port = connection_toml(sshd)
+    dd = {k: str(v) for k, v in d.items()}
+    body = (narrow.toml(ssh_keys=[pub]) + broad.toml(ssh_keys=[pub]) + conn
+            + grant("narrow", [_fill(r, dd) for r in NARROW_ALLOW], (), NARROW_DENY)
+            + grant("broad", BROAD_ALLOW, (), NARROW_DENY))
+    gw = HoopyProcess(root, body).start()
+    try:
+        yield gw, port, key, d
+    finally:
+        gw.stop()
+        sshd.stop()
+
+
+def _ssh(lab, who, line, timeout=30):
+    gw, port, key, d = lab
+    return subprocess.run(["ssh", "-p", str(port), "-i", str(key), *CLIENT_OPTS, f"{who}@127.0.0.1", line],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_marker_mechanism_works(lab):
+    gw, port, key, d = lab
+    r = _ssh(lab, "narrow", f"echo hi > {d['O']}/ok")
+    assert r.returncode == 0, r.stderr
+    assert (d["O"] / "ok").read_text() == "hi\n"
+    r = _ssh(lab, "broad", f"touch {d['M']}/control")
+    assert r.returncode == 0 and (d["M"] / "control").exists(), r.stderr
+    (d["M"] / "control").unlink()
+
+
+@pytest.mark.parametrize("name, who, line", ATTACKS)
+def test_nothing_unjudged_runs_upstream(lab, name, who, line):
+    gw, port, key, d = lab
+    text = _fill(line, {k: str(v) for k, v in d.items()}, name)
+    r = _ssh(lab, who, text)
+    time.sleep(0.05)
+    ran = (d["M"] / name).exists()
+    assert not ran and r.returncode == 126 and "hoopy: refused:" in r.stderr, (ran, r.returncode, r.stderr)
+
+
+@pytest.mark.parametrize("name, line", REWRITES)
+def test_a_readable_file_is_not_written_through_a_descriptor(lab, name, line):
+    gw, port, key, d = lab
+    conf = d["A"] / "conf"
+    conf.write_text("original\n")
+    r = _ssh(lab, "narrow", _fill(line, {k: str(v) for k, v in d.items()}, name))
+    written = conf.read_text() != "original\n"
+    assert not written and r.returncode == 126 and "hoopy: refused:" in r.stderr, (written, r.returncode, r.stderr)
+
+
+def test_bash_evaluation_of_names_and_arithmetic_stays_judged():
+    """What is left of the arithmetic and name checks: numbers and plain names pass, subscripts
+    in any builtin that takes a name are unjudgeable, even where a rule grants the builtin."""
+    g = _grant(["exec echo *", "exec printf *", "exec read *", "exec getopts *"], [])
+    for ok in ("[[ 1 -eq 1 ]]; echo ok", "[[ 1 -lt 2 && -v HOME ]]; echo ok", "(( 1 + 0x1f * 36#zz )); echo ok",
+"test -d /tmp; echo ok", "[ -v x ] && echo ok", "unset x y; echo ok",
+               "echo a & wait", "echo a & wait -n %1", "printf '%s\\n' 'a[1]'", "read -r line"):
+        assert _verdict(g, ok, "bash") == "allow", (ok, shell.analyze(ok, "bash").parts)
+    for bad in ("printf -v 'a[$(id)]' x", "read 'a[$(id)]'", "getopts ab 'a[$(id)]'", "read -a 'a[$(id)]'",
+                "[[ x -eq 1 ]]; echo ok", "[[ 'a' -ne 1 ]]; echo ok", "(( x )); echo ok", "(( a[1] )); echo ok",
+"unset 'a[1]'; echo ok", "echo & wait -p x", "echo & wait -np PATH",
+                "[ -v 'a[0]' ]; echo ok", "[[ -R 'a[0]' ]]; echo"):
+        assert _verdict(g, bad, "bash") == "deny", (bad, shell.analyze(bad, "bash").parts)
+    # $((...)) is a word the shell expands (a rule must spell it); what is in it is judged too.
+    assert [p.kind for p in shell.analyze("echo $(( (1 + 2) * 3 ))", "bash").parts] == ["exec"]
+    assert "unjudgeable" in [p.kind for p in shell.analyze("echo $(( 'a[$(id)]' ))", "bash").parts]
