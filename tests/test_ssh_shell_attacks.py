@@ -48,6 +48,11 @@ ATTACKS = [
     ("unset-pipestatus", "narrow", _bash("echo hi; unset 'PIPESTATUS[$(T)]'")),
     ("unset-variable", "narrow", _bash("echo hi; x='PIPESTATUS[$(T)]'; unset $x")),
     ("wait-p", "narrow", _bash("echo hi & wait -n -p 'a[$(T)]'")),
+    # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
+    # word is the command, not the value.
+    ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
+    ("xargs-eof", "narrow", "echo M/xargs-eof | xargs --eof touch echo"),
+    ("xargs-max-lines", "narrow", "echo M/xargs-max-lines | xargs --max-lines touch echo"),
 ]
 
 REWRITES = []

@@ -1378,9 +1378,11 @@ def _exec_options(args):
     return args[i:]
 
 
-_XARGS_FLAG = {"-0", "--null", "-r", "--no-run-if-empty", "-t", "--verbose", "-x", "--exit"}
-_XARGS_VALUE = {"-d", "--delimiter", "-n", "--max-args", "-L", "--max-lines", "-P", "--max-procs",
-                "-s", "--max-chars", "-E", "-e", "--eof"}
+# GNU xargs (getopt "+0a:E:e::i::I:l::L:n:prs:txP:d:"): -e, -i, -l and --eof, --replace,
+# --max-lines take their value only attached (-eSTR, --eof=STR): alone, the next word is the command.
+_XARGS_FLAG = {"-0", "--null", "-r", "--no-run-if-empty", "-t", "--verbose", "-x", "--exit", "-e", "--eof",
+               "--max-lines"}
+_XARGS_VALUE = {"-d", "--delimiter", "-n", "--max-args", "-L", "-P", "--max-procs", "-s", "--max-chars", "-E"}
 
 
 def _xargs(args):
@@ -1393,7 +1395,7 @@ def _xargs(args):
         elif v in _XARGS_VALUE:
             _lit(args, i + 1, f"xargs {v}")
             i += 2
-        elif re.fullmatch(r"--(delimiter|max-args|max-lines|max-procs|max-chars|eof)=.*|-[dnLPsE].+", v):
+        elif re.fullmatch(r"--(delimiter|max-args|max-lines|max-procs|max-chars|eof)=.*|-[dnLPsEe].+", v):
             i += 1
         elif v == "-I":
             replace = _lit(args, i + 1, "xargs -I")
