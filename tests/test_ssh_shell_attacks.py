@@ -55,7 +55,15 @@ ATTACKS = [
     ("xargs-max-lines", "narrow", "echo M/xargs-max-lines | xargs --max-lines touch echo"),
 ]
 
-REWRITES = []
+# Lines that write A/conf (only readable) by reopening a descriptor the line opened for reading.
+REWRITES = [
+    ("stdin-reopened", "echo pwned <A/conf >/dev/stdin"),
+    ("dev-fd-reopened", "echo pwned 3<A/conf >/dev/fd/3"),
+    ("proc-fd-reopened", "echo pwned 3<A/conf >/proc/self/fd/3"),
+    ("group-stdin-reopened", "{ echo pwned >/dev/stdin; } <A/conf"),
+    ("tee-fd-reopened", "echo pwned | tee /dev/fd/3 3<A/conf"),
+    ("sh-c-stdin-reopened", "sh -c 'echo pwned >/dev/stdin' <A/conf"),
+]
 
 
 def _fill(text: str, d: dict, name: str = "") -> str:

@@ -53,8 +53,11 @@ _BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}", re.S)
 _DURATION = re.compile(r"[0-9]+(\.[0-9]+)?[smhd]?")
 _NUMBER = re.compile(r"[+-]?[0-9]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_FD_DEV = re.compile(r"/dev/fd/[0-9]+|/proc/self/fd/[0-9]+")
-_QUIET_FILES = frozenset({"/dev/null", "/dev/stdout", "/dev/stderr", "/dev/stdin", "/dev/tty", "/dev/zero"})
+_FD_DEV = re.compile(r"/dev/fd/([0-9]+)|/proc/self/fd/([0-9]+)")
+_QUIET_FILES = frozenset({"/dev/null", "/dev/tty", "/dev/zero"})
+# Names of a descriptor: opening one opens again the file the descriptor has (on Linux), for
+# writing too: `echo x <readable >/dev/stdin` would write a file only granted for reading.
+_FD_NAMES = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
 _BIN_DIRS = ("/bin/", "/usr/bin/", "/usr/local/bin/", "/sbin/", "/usr/sbin/")
 
 # Builtins whose effect is decided only while running, or that change what later names mean.
@@ -161,6 +164,7 @@ def analyze(line: str, shell: str = "bash") -> Analysis:
         if dialect is None:
             raise Unjudgeable(f"the upstream shell {shell!r} is not one the gateway can read (bash or sh)")
         j.program(line, dialect, 0, None)
+        j.finish()
         if not j.parts:
             # Nothing that needs a rule (`cd /srv`, `true`): the line itself is the operation.
             j.parts.append(Part("exec", _display_line(line), _encode_line(line), None))
@@ -244,6 +248,30 @@ class _Judge:
         self.dialect = "bash"
         self.depth = 0
         self.words = 0
+        # Descriptors the line points at files (anywhere in it, nested shells included), the
+        # copies it makes of them (dst, src), and the descriptor names it opens (fd, text).
+        self.file_fds: set[int] = set()
+        self.dups: list[tuple[int, int]] = []
+        self.fd_names: list[tuple[int, str]] = []
+
+    def finish(self):
+        """After the whole line: a descriptor name that may stand for a file the line opened
+        (`3<conf >/dev/fd/3`) cannot be judged as quiet: which file, and how, depends on order."""
+        if not self.fd_names:
+            return
+        files = set(self.file_fds)
+        changed = True
+        while changed:
+            changed = False
+            for dst, src in self.dups:
+                if src in files and dst not in files:
+                    files.add(dst)
+                    changed = True
+        for fd, text in self.fd_names:
+            if fd in files:
+                self.unjudgeable(f"{_clip(text)!r}: a descriptor the line points at a file; opening it "
+                                 f"opens that file again (write to or read from it by name)")
+                return
 
     # Each program (the line, and each `sh -c` string) is parsed and walked with its own source.
     def program(self, text: str, dialect: str, depth: int, cwd):
@@ -1085,9 +1113,13 @@ class _Judge:
                 return
             raise Unjudgeable(f"the redirection {_clip(self.t(node))!r}")
         w = self.word(dest)
+        fd_node = next((c for c in node.children if c.type == "file_descriptor"), None)
+        fd = int(self.t(fd_node)) if fd_node is not None and self.t(fd_node).isdigit() else None
         if op in (">&", "<&"):
             if w.literal and (_NUMBER.fullmatch(w.value) or w.value == "-" or w.value.rstrip("-").isdigit()):
-                return  # 2>&1, 3<&0, >&-: descriptors, no file
+                if w.value.rstrip("-").isdigit():  # 2>&1, 3<&0: a copy; >&-: closed
+                    self.dups.append((fd if fd is not None else (0 if op == "<&" else 1), int(w.value.rstrip("-"))))
+                return
             if op == "<&":
                 self.unjudgeable(f"the redirection {_clip(self.t(node))!r}")
                 return
@@ -1096,11 +1128,25 @@ class _Judge:
             self.unjudgeable(f"the file of {_clip(self.t(node))!r} would be expanded by the shell")
             return
         kind = "read" if op in ("<",) else "write"
-        self.file(kind, w.value, cwd, info, self.t(node))
+        if fd is not None:
+            fds = (fd,)
+        elif op in ("&>", "&>>", ">&"):
+            fds = (1, 2)
+        else:
+            fds = (0,) if kind == "read" else (1,)
+        self.file(kind, w.value, cwd, info, self.t(node), fds)
 
-    def file(self, kind, path, cwd, info, text):
-        if path in _QUIET_FILES or _FD_DEV.fullmatch(path):
+    def file(self, kind, path, cwd, info, text, fds=()):
+        named = _FD_NAMES.get(path)
+        if named is None and (m := _FD_DEV.fullmatch(path)):
+            named = int(m.group(1) or m.group(2))
+        if named is not None:
+            self.fd_names.append((named, text))
+            self.dups.extend((d, named) for d in fds)
             return
+        if path in _QUIET_FILES:
+            return
+        self.file_fds.update(fds)
         if path.startswith(("/dev/tcp/", "/dev/udp/")):
             self.add(Part("refused", f"{_clip(text)!r}: a network connection by redirection"))
             return
