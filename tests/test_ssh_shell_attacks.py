@@ -48,6 +48,11 @@ ATTACKS = [
     ("unset-pipestatus", "narrow", _bash("echo hi; unset 'PIPESTATUS[$(T)]'")),
     ("unset-variable", "narrow", _bash("echo hi; x='PIPESTATUS[$(T)]'; unset $x")),
     ("wait-p", "narrow", _bash("echo hi & wait -n -p 'a[$(T)]'")),
+    # tree-sitter-bash drops an escaped space after `{` and reads the rest as a comment; the shell
+    # (bash and dash) reads `{ #` as one word and runs what follows the `;`.
+    ("brace-escaped-space", "narrow", "echo {\\ #; touch M/brace-escaped-space"),
+    ("brace-escaped-space-word", "narrow", "echo a{\\ #; touch M/brace-escaped-space-word"),
+    ("brace-escaped-space-bash", "narrow", _bash("echo {\\ #; touch M/brace-escaped-space-bash")),
     # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
     # word is the command, not the value.
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
@@ -155,6 +160,14 @@ def test_a_readable_file_is_not_written_through_a_descriptor(lab, name, line):
     r = _ssh(lab, "narrow", _fill(line, {k: str(v) for k, v in d.items()}, name))
     written = conf.read_text() != "original\n"
     assert not written and r.returncode == 126 and "hoopy: refused:" in r.stderr, (written, r.returncode, r.stderr)
+
+
+def test_what_the_parser_passes_over_is_unjudgeable():
+    assert "passes over" in shell.analyze("echo {\\ #; id").parts[0].text
+    with pytest.raises(ValueError):
+        parse_rule("ssh", "exec echo {\\ #")
+    # What it does place is judged as before.
+    assert [p.kind for p in shell.analyze("echo {a\\ b} 'c d' \"e $f\" a\\ b").parts] == ["exec"]
 
 
 def test_bash_evaluation_of_names_and_arithmetic_stays_judged():

@@ -286,8 +286,13 @@ class _Judge:
         root = tree.root_node
         if root.has_error:
             raise Unjudgeable(f"the shell syntax of {_clip(text)!r} (it does not parse)")
+        src = text.encode("utf-8", "surrogateescape")
+        skipped = _skipped(root, src)
+        if skipped is not None:
+            raise Unjudgeable(f"the shell syntax of {_clip(text)!r}: the parser passes over {skipped!r}, "
+                              f"which the shell reads")
         saved = (self.src, self.dialect, self.depth)
-        self.src, self.dialect, self.depth = text.encode("utf-8", "surrogateescape"), dialect, depth
+        self.src, self.dialect, self.depth = src, dialect, depth
         try:
             return self.sequence(root.children, cwd)
         finally:
@@ -1246,6 +1251,32 @@ def _walk(node):
         n = stack.pop()
         yield n
         stack.extend(n.children)
+
+
+_BLANKS = re.compile(rb"[ \t\n]*")
+
+
+def _skipped(root, src: bytes):
+    """Text between the parser's tokens that is not blank, or None. tree-sitter-bash drops what
+    it cannot place, silently: in `echo {\\ #; id` it drops the escaped space after `{` and
+    reads `#; id` as a comment, where the shell reads `{ #` as one word and runs `id`. Every byte
+    the shell reads must be in some token (a here-document's body is text of its own)."""
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if n.child_count == 0 or n.type == "heredoc_body":
+            if n.type == "heredoc_body":
+                stack.extend(n.children)
+            continue
+        prev = n.start_byte
+        for c in n.children:
+            if c.start_byte > prev and not _BLANKS.fullmatch(src, prev, c.start_byte):
+                return src[prev:c.start_byte].decode("utf-8", "surrogateescape")
+            prev = c.end_byte
+            stack.append(c)
+        if n.end_byte > prev and not _BLANKS.fullmatch(src, prev, n.end_byte):
+            return src[prev:n.end_byte].decode("utf-8", "surrogateescape")
+    return None
 
 
 def _normal(path: str) -> str | None:
