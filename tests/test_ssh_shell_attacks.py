@@ -53,6 +53,16 @@ ATTACKS = [
     ("brace-escaped-space", "narrow", "echo {\\ #; touch M/brace-escaped-space"),
     ("brace-escaped-space-word", "narrow", "echo a{\\ #; touch M/brace-escaped-space-word"),
     ("brace-escaped-space-bash", "narrow", _bash("echo {\\ #; touch M/brace-escaped-space-bash")),
+    # ... takes a line break into a word when the next line starts with a backslash: one echo to
+    # the parser, an echo and a touch to the shell.
+    ("newline-escaped", "narrow", "echo hi\n\\touch M/newline-escaped"),
+    ("newline-escaped-bash", "narrow", _bash("echo hi\n\\touch M/newline-escaped-bash")),
+    # ... reads `$'\\'` and what follows up to the next quote as one ANSI-C string; bash ends it.
+    ("ansi-c-escaped-backslash", "narrow", _bash("echo $'\\\\'; touch M/ansi-c-escaped-backslash #'")),
+    # ... splits a word after a quote: `'r'\m` is r and m to it, rm to the shell; a redirection's
+    # file is judged by its first piece (O/sub) and opened by the whole (O/sub/../../m/...).
+    ("quote-split-deny", "broad", "'r'\\m -f M/x; touch M/quote-split-deny"),
+    ("quote-split-redirect", "narrow", "echo pwned > 'O/sub'\\/../../m/quote-split-redirect"),
     # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
     # word is the command, not the value.
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
@@ -109,6 +119,7 @@ def lab(tmp_path_factory):
     d = {k: root / k.lower() for k in ("A", "O", "U", "M")}
     for p in d.values():
         p.mkdir()
+    (d["O"] / "sub").mkdir()
     sshd = Sshd(root / "sshd").start()
     key = root / "agent_key"
     pub = keygen(key)
@@ -166,6 +177,13 @@ def test_what_the_parser_passes_over_is_unjudgeable():
     assert "passes over" in shell.analyze("echo {\\ #; id").parts[0].text
     with pytest.raises(ValueError):
         parse_rule("ssh", "exec echo {\\ #")
+    for line in ("echo hi\n\\id", "'r'\\m -rf /", "echo > '/tmp/out/d'\\/../x", "echo $'\\\\'; id #'",
+                 "echo $'a\\'", "echo { }["):
+        assert "otherwise than the shell" in shell.analyze(line, "bash").parts[0].text, line
+    # A double-quoted word keeps the blanks and line breaks tree-sitter leaves out of its pieces.
+    for line, words in (('echo " " b', [" ", "b"]), ('echo "a\nb"', ["a\nb"]), ('echo "-x\n\t"', ["-x\n\t"]),
+                        ('echo "a\\"b" c"d"e', ['a"b', "cde"])):
+        assert shell.analyze(line).parts[0].key.split(shell.SEP)[1:] == words, line
     # What it does place is judged as before.
     assert [p.kind for p in shell.analyze("echo {a\\ b} 'c d' \"e $f\" a\\ b").parts] == ["exec"]
 

@@ -172,7 +172,7 @@ def exec_rule(glob: str):
     """The matcher of ``exec GLOB``: callable(unit) -> bool, with ``.deny`` for deny lists."""
     tree = sh.parse_tree(glob)
     root = tree.root_node
-    if root.has_error or sh._skipped(root, glob.encode("utf-8", "surrogateescape")) is not None:
+    if root.has_error or sh._misread(root, glob.encode("utf-8", "surrogateescape")) is not None:
         raise RuleError(f"exec {glob!r}: not a command the shell can read (check its quotes)")
     stmts = [c for c in root.children if c.is_named and c.type != "comment"]
     if len(stmts) == 1 and stmts[0].type == "redirected_statement":

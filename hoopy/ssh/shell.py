@@ -287,10 +287,10 @@ class _Judge:
         if root.has_error:
             raise Unjudgeable(f"the shell syntax of {_clip(text)!r} (it does not parse)")
         src = text.encode("utf-8", "surrogateescape")
-        skipped = _skipped(root, src)
-        if skipped is not None:
-            raise Unjudgeable(f"the shell syntax of {_clip(text)!r}: the parser passes over {skipped!r}, "
-                              f"which the shell reads")
+        misread = _misread(root, src)
+        if misread is not None:
+            raise Unjudgeable(f"the shell syntax of {_clip(text)!r}: the parser reads it otherwise than "
+                              f"the shell ({misread})")
         saved = (self.src, self.dialect, self.depth)
         self.src, self.dialect, self.depth = src, dialect, depth
         try:
@@ -725,13 +725,28 @@ class _Judge:
         elif k == "raw_string":
             pieces.append(("lit", self.t(node)[1:-1]))
         elif k == "string":
-            for ch in node.children:
-                if ch.type == '"':
-                    continue
+            # The text between the quotes, blanks and line breaks tree-sitter leaves between its
+            # pieces included: `"a<newline>b"` is one argument with the line break in it.
+            kids = node.children
+            prev = kids[0].end_byte if kids and kids[0].type == '"' else node.start_byte
+            text = []
+            for i in range(1, len(kids)):
+                ch = kids[i]
+                gap = self.src[prev:ch.start_byte].decode("utf-8", "surrogateescape")
+                if ch.type == '"' and i == len(kids) - 1:
+                    # (tree-sitter puts the blanks before the closing quote into its token)
+                    text.append(gap + self.t(ch)[:-1])
+                    break
                 if ch.type == "string_content":
-                    pieces.append(("lit", _unescape_dq(self.t(ch))))
+                    text.append(gap + self.t(ch))
                 else:
+                    if gap or text:
+                        pieces.append(("lit", _unescape_dq("".join(text) + gap)))
+                        text = []
                     self._expansion(ch, pieces)
+                prev = ch.end_byte
+            if text:
+                pieces.append(("lit", _unescape_dq("".join(text))))
         elif k == "ansi_c_string":
             self.bash_only("$'...'")
             v = _ansi_c(self.t(node)[2:-1])
@@ -1254,28 +1269,92 @@ def _walk(node):
 
 
 _BLANKS = re.compile(rb"[ \t\n]*")
+# Tokens whose text may hold a line break: quoted text, here-documents, the break itself.
+_MULTILINE = frozenset({"raw_string", "string_content", "ansi_c_string", "heredoc_body", "heredoc_content",
+                        "\n", "heredoc_end"})
+# Nodes that are (part of) one shell word: two of them side by side with nothing between are one
+# word to the shell, wherever tree-sitter did not make them a concatenation.
+_WORDISH = frozenset({"word", "raw_string", "string", "concatenation", "number", "simple_expansion", "expansion",
+                      "command_substitution", "ansi_c_string", "translated_string", "arithmetic_expansion",
+                      "process_substitution", "command_name", "variable_name"})
+# Anonymous tokens whose text is not their name (tree-sitter's own: here-document pieces).
+_ANON_FREE = frozenset({"heredoc_start", "heredoc_end", "simple_heredoc_body", "file_descriptor"})
+_WHOLE = frozenset({"concatenation", "string", "translated_string", "heredoc_body", "command_name"})
 
 
-def _skipped(root, src: bytes):
-    """Text between the parser's tokens that is not blank, or None. tree-sitter-bash drops what
-    it cannot place, silently: in `echo {\\ #; id` it drops the escaped space after `{` and
-    reads `#; id` as a comment, where the shell reads `{ #` as one word and runs `id`. Every byte
-    the shell reads must be in some token (a here-document's body is text of its own)."""
+# What a token of each kind cannot hold bare (not after a backslash): the shell would end it, or
+# quote, or expand there. tree-sitter-bash once read `$'\\\\'; id #'` as one ANSI-C string, where bash
+# ends the string after the escaped backslash and runs id.
+_BAD_IN_TOKEN = {
+    "word": re.compile(rb"[\s'\"`;&|<>()]|\$[({\[A-Za-z0-9_@*#?!$'\"-]"),
+    "string_content": re.compile(rb'["`]|\$[({\[A-Za-z0-9_@*#?!$-]'),
+    "ansi_c_string": re.compile(rb"'"),
+    "raw_string": re.compile(rb"'"),
+}
+
+
+def _token_misread(kind: str, tok: bytes, bad) -> str | None:
+    if kind == "ansi_c_string":
+        body, esc = tok[2:-1], True  # $'...': a backslash escapes any character, ' too
+    elif kind == "raw_string":
+        body, esc = tok[1:-1], False  # '...': nothing is escaped
+    else:
+        body, esc = tok, True
+    i = 0
+    while i < len(body):
+        if esc and body[i:i + 1] == b"\\":
+            if i + 1 >= len(body) and kind == "ansi_c_string":
+                return "an ANSI-C string whose closing quote is escaped"
+            i += 2
+            continue
+        m = bad.match(body, i)
+        if m is not None:
+            return f"{m.group().decode('utf-8', 'surrogateescape')!r} inside one {kind.replace('_', ' ')}"
+        i += 1
+    return None
+
+
+def _misread(root, src: bytes):
+    """Where tree-sitter-bash reads the text otherwise than the shell does, or None.
+
+    It does so silently, and each case once hid a command: it drops an escaped blank after `{`
+    (`echo {\\ #; id`: `#; id` became a comment, the shell runs id); it takes a line break into a
+    word (`echo hi` newline `\\id`: one echo, where the shell runs id); it splits a word after a
+    quote (`'r'\\m`: `r` and `m`, where the shell runs rm; `> 'dir'\\/../x` judged as `dir`).
+    So every byte the shell reads must be in a token, a line break in a word is a break, and
+    two pieces of one word must be one node.
+    """
     stack = [root]
     while stack:
         n = stack.pop()
-        if n.child_count == 0 or n.type == "heredoc_body":
-            if n.type == "heredoc_body":
-                stack.extend(n.children)
+        if n.child_count == 0:
+            tok = src[n.start_byte:n.end_byte]
+            if not n.is_named and tok.strip(b" \t\n") != n.type.encode() and n.type not in _ANON_FREE:
+                return f"the token {tok.decode('utf-8', 'surrogateescape')!r} as {n.type!r}"
+            if n.type not in _MULTILINE and b"\n" in tok:
+                return "a line break inside a word"
+            bad = _BAD_IN_TOKEN.get(n.type)
+            if bad is not None:
+                why = _token_misread(n.type, tok, bad)
+                if why is not None:
+                    return why
+            continue
+        if n.type == "heredoc_body":
+            stack.extend(n.children)
             continue
         prev = n.start_byte
+        prev_wordish = False
         for c in n.children:
             if c.start_byte > prev and not _BLANKS.fullmatch(src, prev, c.start_byte):
-                return src[prev:c.start_byte].decode("utf-8", "surrogateescape")
+                return f"{src[prev:c.start_byte].decode('utf-8', 'surrogateescape')!r}, which it passes over"
+            wordish = c.type in _WORDISH
+            if wordish and prev_wordish and c.start_byte == prev and n.type not in _WHOLE:
+                return f"one word split in two at {src[c.start_byte:c.end_byte].decode('utf-8', 'surrogateescape')!r}"
+            prev_wordish = wordish
             prev = c.end_byte
             stack.append(c)
         if n.end_byte > prev and not _BLANKS.fullmatch(src, prev, n.end_byte):
-            return src[prev:n.end_byte].decode("utf-8", "surrogateescape")
+            return f"{src[prev:n.end_byte].decode('utf-8', 'surrogateescape')!r}, which it passes over"
     return None
 
 
