@@ -68,6 +68,9 @@ ATTACKS = [
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
     ("xargs-eof", "narrow", "echo M/xargs-eof | xargs --eof touch echo"),
     ("xargs-max-lines", "narrow", "echo M/xargs-max-lines | xargs --max-lines touch echo"),
+    # A deny rule names a program, however it is spelled: by its path, a copy of it, or after an
+    # env assignment whose name is no identifier (env takes it as one; the judge took it as the command).
+    ("deny-env-odd-name", "broad", "env 'X-Y=1' rm -f M/x; touch M/deny-env-odd-name"),
 ]
 
 # Lines that write A/conf (only readable) by reopening a descriptor the line opened for reading.

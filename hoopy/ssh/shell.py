@@ -1095,8 +1095,9 @@ class _Judge:
                 raise Unjudgeable(f"env {v}: an option the gateway does not know")
             else:
                 break
-        while i < len(args) and args[i].literal and "=" in args[i].value and \
-                _NAME.fullmatch(args[i].value.partition("=")[0]):
+        # env takes every word with `=` as NAME=VALUE, whatever NAME is (`env 'X-Y=1' rm`): all of
+        # them pass the environment filter (which refuses such a name), none is the command.
+        while i < len(args) and args[i].literal and "=" in args[i].value:
             n, _, val = args[i].value.partition("=")
             self.environment(n, literal_word(val), args[i].value)
             i += 1
