@@ -70,6 +70,9 @@ ATTACKS = [
     ("xargs-max-lines", "narrow", "echo M/xargs-max-lines | xargs --max-lines touch echo"),
     # A deny rule names a program, however it is spelled: by its path, a copy of it, or after an
     # env assignment whose name is no identifier (env takes it as one; the judge took it as the command).
+    ("deny-bin-path", "broad", "/bin/rm -f M/x; touch M/deny-bin-path"),
+    ("deny-usr-bin-path", "broad", "/usr/bin/rm -f M/x; touch M/deny-usr-bin-path"),
+    ("deny-copied-binary", "broad", "cp /bin/rm M/rm && M/rm -f M/x; touch M/deny-copied-binary"),
     ("deny-env-odd-name", "broad", "env 'X-Y=1' rm -f M/x; touch M/deny-env-odd-name"),
 ]
 

@@ -168,6 +168,34 @@ def _could_match(toks, key: str) -> bool:
     return prev[m]
 
 
+def _base_key(key: str) -> str | None:
+    """The encoded command with its name's directory removed (`/bin/rm -f x` -> `rm -f x`), or
+    None when the name has no `/`. A name the shell expands that holds a `/` (`/bin/$X`) could
+    end in anything: its last segment is any text."""
+    name, sep, rest = key.partition(sh.SEP)
+    if "/" not in name:
+        return None
+    if name.startswith(sh.V_OPEN):
+        skel = name[1:-1].partition(sh.SKEL)[2]
+        if "/" not in skel and skel:
+            return None
+        tail = skel.rsplit("/", 1)[1] if "/" in skel else ""
+        if not skel or any(c in tail for c in (sh.INPUT, sh.G_STAR)) or sh.INPUT in skel.rsplit("/", 1)[0]:
+            tail = sh.INPUT  # the expansion may hold a `/` of its own: any last segment
+        return sh.V_OPEN + "?" + sh.SKEL + tail + sh.V_CLOSE + sep + rest
+    return name.rsplit("/", 1)[1] + sep + rest
+
+
+def _base_tokens(toks):
+    """A rule's tokens with its command name's directory removed (the same tokens if none)."""
+    name_end = next((i for i, t in enumerate(toks) if t == ("lit", sh.SEP)), len(toks))
+    name = toks[:name_end]
+    slash = max((i for i, t in enumerate(name) if t == ("lit", "/")), default=None)
+    if slash is None:
+        return toks
+    return toks[slash + 1:]
+
+
 def exec_rule(glob: str):
     """The matcher of ``exec GLOB``: callable(unit) -> bool, with ``.deny`` for deny lists."""
     tree = sh.parse_tree(glob)
@@ -216,13 +244,25 @@ def exec_rule(glob: str):
             return False
         return k == key or (k.startswith(lead) and bounded(k))
 
+    # A deny rule names a program wherever it is: `exec rm *` denies /bin/rm and /usr/bin/rm too
+    # (and `exec /bin/rm *` denies rm), so both command names are compared by their last segment.
+    base_toks = _base_tokens(toks)
+    base_anywhere = _matcher(base_toks, False) if base_toks is not toks else anywhere
+
+    def deny_one(k, toks, anywhere) -> bool:
+        if special.search(k) is None:
+            return anywhere(k)
+        return _could_match(toks, k)
+
     def deny(unit: Unit) -> bool:
         k = unit.key
         if unit.kind != "exec" or k is None:
             return False
-        if special.search(k) is None:
-            return k.startswith(lead) and anywhere(k)
-        return _could_match(toks, k)
+        if deny_one(k, toks, anywhere):
+            return True
+        bk = _base_key(k)
+        return (bk is not None or base_toks is not toks) and deny_one(bk if bk is not None else k, base_toks,
+                                                                       base_anywhere)
 
     match.deny = deny
     return match
