@@ -63,6 +63,9 @@ ATTACKS = [
     # file is judged by its first piece (O/sub) and opened by the whole (O/sub/../../m/...).
     ("quote-split-deny", "broad", "'r'\\m -f M/x; touch M/quote-split-deny"),
     ("quote-split-redirect", "narrow", "echo pwned > 'O/sub'\\/../../m/quote-split-redirect"),
+    # bash's `{NAME}>file` opens a descriptor and assigns its number to NAME: PATH=10 (or so), and
+    # `ls` runs U/10/ls, which the agent uploaded (sftp write U/**).
+    ("named-fd-path", "narrow", _bash("cd U && echo hi {PATH}>O/named-fd && ls x")),
     # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
     # word is the command, not the value.
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
@@ -126,6 +129,11 @@ def lab(tmp_path_factory):
     for p in d.values():
         p.mkdir()
     (d["O"] / "sub").mkdir()
+    for n in range(10, 16):  # what `{PATH}>file` makes PATH (the lowest free descriptor from 10)
+        (d["U"] / str(n)).mkdir()
+        ls = d["U"] / str(n) / "ls"
+        ls.write_text(f"#!/bin/sh\ntouch {d['M']}/named-fd-path\n")
+        ls.chmod(0o755)
     sshd = Sshd(root / "sshd").start()
     key = root / "agent_key"
     pub = keygen(key)

@@ -1109,6 +1109,17 @@ class _Judge:
 
     def redirect(self, node, cwd, info: "_Redirects"):
         k = node.type
+        if node.start_byte and self.src[node.start_byte - 1:node.start_byte] == b"}":
+            # `{NAME}>file`: bash opens a new descriptor and assigns its number to NAME (PATH
+            # too), evaluating a subscript in NAME; tree-sitter reads `{NAME}` as an argument.
+            j = node.start_byte - 2
+            while j >= 0 and self.src[j] not in b"{} \t\n":
+                j -= 1
+            if j >= 0 and self.src[j] == ord("{"):
+                name = self.src[j:node.start_byte].decode("utf-8", "surrogateescape")
+                self.unjudgeable(f"{_clip(name)!r} before a redirection: bash assigns the new descriptor's "
+                                 f"number to that variable")
+                return
         if k == "heredoc_redirect":
             return self.heredoc(node, cwd, info)
         if k == "herestring_redirect":
