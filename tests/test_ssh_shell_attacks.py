@@ -66,6 +66,9 @@ ATTACKS = [
     # bash's `{NAME}>file` opens a descriptor and assigns its number to NAME: PATH=10 (or so), and
     # `ls` runs U/10/ls, which the agent uploaded (sftp write U/**).
     ("named-fd-path", "narrow", _bash("cd U && echo hi {PATH}>O/named-fd && ls x")),
+    # In a BIG5 (GBK, Shift-JIS) locale, bash reads the last byte of `中` and the backslash after it
+    # as one character: the quote the judge saw escaped opens a string, and `touch` is code.
+    ("big5-backslash", "narrow", "LC_ALL=zh_TW.BIG5 " + _bash("echo 中\\' '; touch M/big5-backslash #'")),
     # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
     # word is the command, not the value.
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
@@ -122,8 +125,17 @@ def test_the_judge_refuses(name, who, line):
 
 # --- against a real sshd, through the real gateway ---------------------------------------------
 
+def _big5_locale():
+    """The upstream has a BIG5 locale (.ci/run makes it; as root the fixture makes it too)."""
+    if "zh_tw.big5" not in subprocess.run(["locale", "-a"], capture_output=True, text=True).stdout.lower():
+        subprocess.run(["localedef", "-f", "BIG5", "-i", "zh_TW", "zh_TW.BIG5"], capture_output=True)
+    assert "zh_tw.big5" in subprocess.run(["locale", "-a"], capture_output=True, text=True).stdout.lower(), \
+        "the zh_TW.BIG5 locale is missing (localedef -f BIG5 -i zh_TW zh_TW.BIG5, see .ci/run)"
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
+    _big5_locale()
     root = tmp_path_factory.mktemp("attacks")
     d = {k: root / k.lower() for k in ("A", "O", "U", "M")}
     for p in d.values():

@@ -48,6 +48,7 @@ SHELLS = ("bash", "sh")  # the dialects judged; any other upstream shell: every 
 # Characters a line may hold: no C0 control other than tab and newline (they would be NUL for
 # execve, carriage returns a terminal hides, or the encoding's own markers above).
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_WIDE_ESCAPE = re.compile(r"[^\x00-\x7f]\\")
 _PLAIN = re.compile(r"[A-Za-z0-9_\-+=.,:/@%]+")
 _BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}", re.S)
 _DURATION = re.compile(r"[0-9]+(\.[0-9]+)?[smhd]?")
@@ -281,6 +282,11 @@ class _Judge:
             raise Unjudgeable(f"a command line longer than {MAX_LINE // 1024} KiB")
         if _BAD_CHARS.search(text):
             raise Unjudgeable("control characters in the command line")
+        if _WIDE_ESCAPE.search(text):
+            # In a BIG5, GBK or Shift-JIS locale bash reads the byte before a backslash and the
+            # backslash as one character: `中\'` opens a quote there where UTF-8 escapes it.
+            raise Unjudgeable("a backslash right after a non-ASCII character (in some locales it is part "
+                              "of that character, not an escape)")
         text = _join_continuations(text)
         tree = parse_tree(text)
         root = tree.root_node
