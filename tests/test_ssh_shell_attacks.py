@@ -8,6 +8,7 @@ The upstream login shell of the tests is /bin/sh (dash); what only bash does is 
 """
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import time
@@ -230,3 +231,65 @@ def test_bash_evaluation_of_names_and_arithmetic_stays_judged():
     # $((...)) is a word the shell expands (a rule must spell it); what is in it is judged too.
     assert [p.kind for p in shell.analyze("echo $(( (1 + 2) * 3 ))", "bash").parts] == ["exec"]
     assert "unjudgeable" in [p.kind for p in shell.analyze("echo $(( 'a[$(id)]' ))", "bash").parts]
+
+
+# --- SFTP by path ----------------------------------------------------------------------------
+
+async def _sftp(lab, who="narrow"):
+    import asyncssh
+
+    gw, port, key, d = lab
+    conn = await asyncssh.connect("127.0.0.1", port, username=who, client_keys=[str(key)], known_hosts=None)
+    return conn, await conn.start_sftp_client()
+
+
+def _in_thread(coro_fn):
+    """Run an asyncio client in its own thread (the tests' reactor owns this thread's loop)."""
+    import asyncio
+    import threading
+
+    out = {}
+
+    def run():
+        try:
+            asyncio.run(coro_fn())
+        except BaseException as e:  # re-raised in the test
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the SFTP client did not finish"
+    if "error" in out:
+        raise out["error"]
+
+
+def test_sftp_judges_a_name_by_its_bytes(lab):
+    """A name that is not UTF-8 was judged by how it is shown (`\\xff`, four characters), another
+    file than the byte 0xff: with a directory named `p\\xff` and a link named p<0xff> to U, a write
+    to `U/p<0xff>/../x` was judged as U/x and written beside U."""
+    import asyncssh
+
+    gw, port, key, d = lab
+    escape = d["U"].parent / "sftp-bytes-escape"
+    u = str(d["U"]).encode()
+
+    async def attack():
+        conn, s = await _sftp(lab)
+        async with conn:
+            await s.mkdir(u + b"/p\\xff")  # a directory whose name is shown like the byte
+            await s.symlink(u + b"/p\xff", u)  # asyncssh: (link, target) here; a link to U, in U
+            with pytest.raises(asyncssh.SFTPPermissionDenied):
+                f = await s.open(u + b"/p\xff/../sftp-bytes-escape", "wb")
+                await f.write(b"escaped\n")
+                await f.close()
+            # What stays inside U is still written, by its bytes.
+            f = await s.open(u + b"/p\xff/inside\xfe", "wb")
+            await f.write(b"ok\n")
+            await f.close()
+
+    _in_thread(attack)
+    assert not escape.exists()
+    assert (d["U"] / os.fsdecode(b"inside\xfe")).read_bytes() == b"ok\n"
+    shown = [e["data"] for e in gw.events("sftp.open")]
+    assert any(o["path"].endswith("/p\\xff/inside\\xfe") for o in shown), shown

@@ -323,7 +323,8 @@ def parse(text: str):
         kind = f"sftp.{how}"
 
         def sftp_match(unit: Unit) -> bool:
-            return unit.kind == kind and ok(unit.subject)
+            # The exact path where it is not the subject shown (a name with bytes not UTF-8).
+            return unit.kind == kind and ok(unit.key if unit.key is not None else unit.subject)
 
         # From an allow or approve list, a path rule lets the subsystem open; its file
         # operations are then judged one by one.

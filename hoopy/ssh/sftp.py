@@ -66,8 +66,8 @@ class FileStats:
 
     def close_data(self, **extra) -> dict:
         data = {"path": self.path, "mode": self.mode, "bytes_read": self.read, "bytes_written": self.written}
-        if self.resolved is not None and self.resolved != self.path:
-            data["resolved"] = self.resolved
+        if self.resolved is not None and display(self.resolved) != self.path:
+            data["resolved"] = display(self.resolved)
         if self.written:
             # The hash of what was written, when it was written in order (else the size says it all).
             data["sha256"] = self.sha.hexdigest() if self.in_order else None
@@ -162,7 +162,21 @@ class _Reader:
         return v
 
     def text(self) -> str:
+        """For people: bytes that are not UTF-8 shown as \\xNN."""
         return self.string().decode("utf-8", "backslashreplace")
+
+    def path(self) -> str:
+        """For judging: exactly the bytes the server uses (surrogateescape round-trips them). A
+        name shown as \\xff is another file than the byte 0xff: judged by its display, a link
+        named with that byte passed as the directory named `\\xff`."""
+        return self.string().decode("utf-8", "surrogateescape")
+
+
+def display(path: str | None) -> str | None:
+    """A judged path as people (and the event store) read it."""
+    if path is None:
+        return None
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _mode(pflags: int) -> str:
@@ -204,21 +218,21 @@ class Tracker:
         if len(self.pending) > MAX_PENDING:
             raise SFTPError(f"more than {MAX_PENDING} SFTP requests awaiting a reply")
         if t == OPEN:
-            path = r.text()
+            path = r.path()
             write = bool(r.u32() & _WRITE_FLAGS)
             return Request(p, t, rid, action, "write" if write else "read", ((path, True),))
         if t in (OPENDIR, STAT):
-            return Request(p, t, rid, action, "read", ((r.text(), True),))
+            return Request(p, t, rid, action, "read", ((r.path(), True),))
         if t in (LSTAT, READLINK):
-            return Request(p, t, rid, action, "read", ((r.text(), False),))
+            return Request(p, t, rid, action, "read", ((r.path(), False),))
         if t in (SETSTAT, MKDIR):
-            return Request(p, t, rid, action, "write", ((r.text(), True),))
+            return Request(p, t, rid, action, "write", ((r.path(), True),))
         if t in (REMOVE, RMDIR):
-            return Request(p, t, rid, action, "write", ((r.text(), False),))
+            return Request(p, t, rid, action, "write", ((r.path(), False),))
         if t == RENAME:
-            return Request(p, t, rid, action, "write", ((r.text(), False), (r.text(), False)))
+            return Request(p, t, rid, action, "write", ((r.path(), False), (r.path(), False)))
         if t == SYMLINK:
-            target, link = r.text(), r.text()  # OpenSSH's order
+            target, link = r.path(), r.path()  # OpenSSH's order
             if not target.startswith("/"):
                 target = posixpath.join(posixpath.dirname(link) or ".", target)
             return Request(p, t, rid, action, "write", ((link, False), (target, True)))
@@ -228,9 +242,9 @@ class Tracker:
         if t == EXTENDED:
             name = r.text()
             if name in ("posix-rename@openssh.com", "hardlink@openssh.com"):
-                return Request(p, t, rid, action, "write", ((r.text(), False), (r.text(), name.startswith("hard"))))
+                return Request(p, t, rid, action, "write", ((r.path(), False), (r.path(), name.startswith("hard"))))
             if name == "lsetstat@openssh.com":
-                return Request(p, t, rid, action, "write", ((r.text(), False),))
+                return Request(p, t, rid, action, "write", ((r.path(), False),))
             if name in _READ_ONLY_EXTENSIONS or name == "copy-data":
                 return Request(p, t, rid, action)  # judged when its handles were opened, or harmless
             return Request(p, t, rid, action, "write", (), None)  # unknown: only plain `sftp` grants it
@@ -356,7 +370,7 @@ class Tracker:
             if rid in self.own and t in (101, 104):  # STATUS, NAME: an answer to the gateway
                 self.own.discard(rid)
                 if t == 104 and r.u32() >= 1:
-                    mine.append((rid, r.text()))
+                    mine.append((rid, r.path()))
                 else:
                     mine.append((rid, None))
                 continue

@@ -90,16 +90,20 @@ class SFTPGate:
         for path, follow in req.paths:
             got = await self.resolve(path, follow)
             if got is None:
-                return self.answer(req, sftp.NO_SUCH_FILE, f"hoopy: {path!r} does not resolve on the upstream")
+                return self.answer(req, sftp.NO_SUCH_FILE,
+                                   f"hoopy: {sftp.display(path)!r} does not resolve on the upstream")
             resolved.append(got)
         kind = f"sftp.{req.access}"
         subjects = resolved or [req.handle_path]
         name = _NAMES.get(req.type, f"request {req.type}")
         if req.type == sftp.EXTENDED and req.action is not None:
             name = req.action.data.get("name") or req.action.kind.split(".", 1)[1]
-        text = f"sftp {name} " + " ".join(str(s) for s in subjects)
-        op = Operation("ssh", kind, text, tuple(Unit(kind, s) for s in subjects),
-                       {"request": name, "paths": [p for p, _ in req.paths], "resolved": resolved})
+        shown = [sftp.display(s) for s in subjects]
+        text = f"sftp {name} " + " ".join(str(s) for s in shown)
+        # Rules match the exact path (key); people and the record read it shown (subject).
+        op = Operation("ssh", kind, text, tuple(Unit(kind, d, key=s) for s, d in zip(subjects, shown)),
+                       {"request": name, "paths": [sftp.display(p) for p, _ in req.paths],
+                        "resolved": [sftp.display(r) for r in resolved]})
         j = session.judge(op)
         if j.outcome != "allow":
             decision = await _wait(session.decide(op))
@@ -117,11 +121,12 @@ class SFTPGate:
         if req.action is not None:
             data = dict(req.action.data)
             if resolved and resolved != [p for p, _ in req.paths]:
-                data["resolved"] = resolved[0] if len(resolved) == 1 else resolved
+                data["resolved"] = sftp.display(resolved[0]) if len(resolved) == 1 else [sftp.display(r) for r in resolved]
             data["rule"] = rule
             await _wait(session.event(req.action.kind, "ok", **data))
         elif req.type not in _QUIET:
-            await _wait(session.event("sftp.request", "ok", request=name, paths=resolved, rule=rule))
+            await _wait(session.event("sftp.request", "ok", request=name, paths=[sftp.display(r) for r in resolved],
+                                      rule=rule))
         if self.ch.up is not None and not self.ch.closed:
             self.ch.up.write(req.pkt)
 
