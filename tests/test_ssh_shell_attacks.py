@@ -293,3 +293,52 @@ def test_sftp_judges_a_name_by_its_bytes(lab):
     assert (d["U"] / os.fsdecode(b"inside\xfe")).read_bytes() == b"ok\n"
     shown = [e["data"] for e in gw.events("sftp.open")]
     assert any(o["path"].endswith("/p\\xff/inside\\xfe") for o in shown), shown
+
+
+def test_sftp_refuses_a_link_the_server_cannot_resolve(lab):
+    """OpenSSH's REALPATH follows 32 links, the kernel 40. A chain of 36 links inside U ending in
+    a link moved up a level (created as `U/a/last -> ../escape`, judged U/escape, then renamed to
+    `U/last`, pointing beside U): REALPATH of U/l0 failed, the gateway judged the name U/l0 itself,
+    and the server's open followed the chain out of U. Now a link the server cannot resolve is
+    refused, for a chain the agent builds and one already there."""
+    import asyncssh
+
+    gw, port, key, d = lab
+    escape = d["U"].parent / "escape"
+    u = str(d["U"]).encode() + b"/chain"
+    there = d["U"] / "there"  # a chain made on the host by someone else
+    there.mkdir()
+    os.symlink("../../escape", there / "last")
+    for i in range(35, -1, -1):
+        os.symlink("last" if i == 35 else f"l{i + 1}", there / f"l{i}")
+
+    async def attack():
+        conn, s = await _sftp(lab)
+        async with conn:
+            await s.mkdir(u)
+            await s.mkdir(u + b"/a")
+            await s.symlink(u + b"/a/last", b"../../escape")  # asyncssh: (link, target); judged U/escape
+            try:
+                for i in range(35, -1, -1):
+                    await s.symlink(u + b"/l%d" % i, b"last" if i == 35 else b"l%d" % (i + 1))
+            except asyncssh.SFTPNoSuchFile:
+                pass  # a link to a chain the server cannot resolve is refused: the chain stops there
+            await s.rename(u + b"/a/last", u + b"/last")  # now U/chain/last -> ../../escape: beside U
+            try:
+                f = await s.open(u + b"/l0", "wb")
+                await f.write(b"escaped\n")
+                await f.close()
+            except asyncssh.SFTPError:
+                pass
+            t = str(there).encode()
+            for how in ("wb", "rb"):
+                with pytest.raises(asyncssh.SFTPNoSuchFile, match="does not resolve"):
+                    await s.open(t + b"/l0", how)
+            # A new file is still created (nothing is there yet: judged in its directory).
+            f = await s.open(t + b"/new", "wb")
+            await f.write(b"ok\n")
+            await f.close()
+
+    _in_thread(attack)
+    assert not escape.exists()
+    assert (there / "new").read_bytes() == b"ok\n"

@@ -25,7 +25,7 @@ _PLAIN_REQUESTS = {INIT, READ, WRITE, 7, 8, 12, 16, 17, 19}  # ... LSTAT FSTAT R
 _READ_ONLY_EXTENSIONS = {"statvfs@openssh.com", "fstatvfs@openssh.com", "limits@openssh.com",
                          "expand-path@openssh.com", "home-directory", "users-groups-by-id@openssh.com",
                          "fsync@openssh.com"}
-STATUS, HANDLE, DATA = 101, 102, 103
+STATUS, HANDLE, DATA, NAME, ATTRS = 101, 102, 103, 104, 105
 
 # The largest packet OpenSSH sends or accepts is 256 KiB; anything much larger is garbage.
 MAX_PACKET = 1 << 20
@@ -99,10 +99,14 @@ def status(rid: int, code: int, message: str) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-def realpath_request(rid: int, path: str) -> bytes:
+def realpath_request(rid: int, path: str, kind: int = REALPATH) -> bytes:
     p = path.encode("utf-8", "surrogateescape")
-    body = struct.pack(">BI", REALPATH, rid) + struct.pack(">I", len(p)) + p
+    body = struct.pack(">BI", kind, rid) + struct.pack(">I", len(p)) + p
     return struct.pack(">I", len(body)) + body
+
+
+def lstat_request(rid: int, path: str) -> bytes:
+    return realpath_request(rid, path, LSTAT)
 
 
 def split_parent(path: str) -> tuple[str, str]:
@@ -352,8 +356,8 @@ class Tracker:
         return [p for p in self.read_responses(data)[0]]
 
     def read_responses(self, data: bytes) -> tuple[list[bytes], list[tuple[int, str | None]]]:
-        """(whole server packets for the client, answers to the gateway's own requests:
-        (id, the resolved path or None))."""
+        """(whole server packets for the client, answers to the gateway's own requests: (id, the
+        resolved path of a NAME, the code of a STATUS, or True for an ATTRS))."""
         pkts = self._resp.packets(data)
         out, mine = [], []
         for p in pkts:
@@ -367,12 +371,14 @@ class Tracker:
                 continue
             r = _Reader(p)
             rid = r.u32()
-            if rid in self.own and t in (101, 104):  # STATUS, NAME: an answer to the gateway
+            if rid in self.own:  # an answer to the gateway: a NAME's path, a STATUS code, ATTRS: True
                 self.own.discard(rid)
-                if t == 104 and r.u32() >= 1:
-                    mine.append((rid, r.path()))
+                if t == 104:
+                    mine.append((rid, r.path() if r.u32() >= 1 else None))
+                elif t == STATUS:
+                    mine.append((rid, r.u32()))
                 else:
-                    mine.append((rid, None))
+                    mine.append((rid, t == ATTRS))
                 continue
             self.pending.discard(rid)
             out.append(p)

@@ -48,26 +48,40 @@ class SFTPGate:
     # --- answers from the upstream -----------------------------------------------------------
 
     def answered(self, mine):
-        for rid, path in mine:
+        for rid, answer in mine:
             fut = self.waiters.pop(rid, None)
             if fut is not None and not fut.done():
-                fut.set_result(path)
+                fut.set_result(answer)
 
-    async def realpath(self, path: str) -> str | None:
+    async def _ask(self, packet_of):
         rid = self.tracker.own_id()
         fut = asyncio.get_running_loop().create_future()
         self.waiters[rid] = fut
-        self.ch.up.write(sftp.realpath_request(rid, path))
+        self.ch.up.write(packet_of(rid))
         try:
             return await asyncio.wait_for(fut, RESOLVE_TIMEOUT)
         finally:
             self.waiters.pop(rid, None)
+
+    async def realpath(self, path: str) -> str | None:
+        got = await self._ask(lambda rid: sftp.realpath_request(rid, path))
+        return got if isinstance(got, str) else None
+
+    async def missing(self, path: str) -> bool:
+        """Is there nothing at all at path, not even a link (SFTP LSTAT: no such file)?"""
+        return await self._ask(lambda rid: sftp.lstat_request(rid, path)) == sftp.NO_SUCH_FILE
 
     async def resolve(self, path: str, follow: bool) -> str | None:
         if follow:
             got = await self.realpath(path)
             if got is not None:
                 return got
+            # The server cannot resolve it. A name that is not there yet (a server whose REALPATH
+            # wants the file to exist) is created in its directory: judge that. But a link it
+            # cannot resolve (longer than its REALPATH follows, dangling) the kernel may still
+            # follow, elsewhere: not judged, refused.
+            if not await self.missing(path):
+                return None
         parent, name = sftp.split_parent(path)
         if name in ("", ".", ".."):
             return await self.realpath(path)
