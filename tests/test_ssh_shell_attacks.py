@@ -317,13 +317,16 @@ def test_sftp_refuses_a_link_the_server_cannot_resolve(lab):
         async with conn:
             await s.mkdir(u)
             await s.mkdir(u + b"/a")
-            await s.symlink(u + b"/a/last", b"../../escape")  # asyncssh: (link, target); judged U/escape
-            try:
+            try:  # (refused now: a target with '..', see the next test)
+                await s.symlink(u + b"/a/last", b"../../escape")  # asyncssh: (link, target); judged U/escape
                 for i in range(35, -1, -1):
                     await s.symlink(u + b"/l%d" % i, b"last" if i == 35 else b"l%d" % (i + 1))
-            except asyncssh.SFTPNoSuchFile:
+            except (asyncssh.SFTPNoSuchFile, asyncssh.SFTPPermissionDenied):
                 pass  # a link to a chain the server cannot resolve is refused: the chain stops there
-            await s.rename(u + b"/a/last", u + b"/last")  # now U/chain/last -> ../../escape: beside U
+            try:
+                await s.rename(u + b"/a/last", u + b"/last")  # now U/chain/last -> ../../escape: beside U
+            except asyncssh.SFTPError:
+                pass
             try:
                 f = await s.open(u + b"/l0", "wb")
                 await f.write(b"escaped\n")
@@ -342,3 +345,29 @@ def test_sftp_refuses_a_link_the_server_cannot_resolve(lab):
     _in_thread(attack)
     assert not escape.exists()
     assert (there / "new").read_bytes() == b"ok\n"
+
+
+def test_sftp_refuses_a_link_that_points_elsewhere_once_moved(lab):
+    """`U/a/l -> ../M/planted` is judged as U/M/planted (inside U); renamed to U/l (both ends in U)
+    it points at M/planted: a link out of the granted tree, for whatever follows it next (a
+    redirection judged as U/l, a program, another service)."""
+    import asyncssh
+
+    gw, port, key, d = lab
+    u = str(d["U"]).encode() + b"/moved"
+
+    async def attack():
+        conn, s = await _sftp(lab)
+        async with conn:
+            await s.mkdir(u)
+            await s.mkdir(u + b"/a")
+            for target in (b"../../m/planted", b"/" + u.lstrip(b"/") + b"/a/../x"):
+                with pytest.raises(asyncssh.SFTPPermissionDenied, match="'..'"):
+                    await s.symlink(u + b"/a/l", target)
+                    await s.rename(u + b"/a/l", u + b"/l")
+            await s.symlink(u + b"/a/ok", b"sub/x")  # a link down the tree stays a link into it
+
+    _in_thread(attack)
+    moved = d["U"] / "moved"
+    assert not (moved / "l").is_symlink() and not (moved / "a" / "l").is_symlink()
+    assert os.readlink(moved / "a" / "ok") == "sub/x"

@@ -90,6 +90,7 @@ class Request:
     access: str | None = None
     paths: tuple = ()
     handle_path: str | None = None
+    refuse: str | None = None  # why the gateway refuses it whatever the rules say
 
 
 def status(rid: int, code: int, message: str) -> bytes:
@@ -237,9 +238,15 @@ class Tracker:
             return Request(p, t, rid, action, "write", ((r.path(), False), (r.path(), False)))
         if t == SYMLINK:
             target, link = r.path(), r.path()  # OpenSSH's order
+            refuse = None
+            if ".." in target.split("/"):
+                # Where `..` leads is decided each time the link is followed: from wherever the link
+                # (or a directory on its path) has been moved to since. `a/l -> ../x`, judged as U/x,
+                # renamed to U/l, points beside U.
+                refuse = "a link whose target has '..' points elsewhere once it or its directory moves"
             if not target.startswith("/"):
                 target = posixpath.join(posixpath.dirname(link) or ".", target)
-            return Request(p, t, rid, action, "write", ((link, False), (target, True)))
+            return Request(p, t, rid, action, "write", ((link, False), (target, True)), refuse=refuse)
         if t == FSETSTAT:
             f = self.files.get(r.string())
             return Request(p, t, rid, action, "write", (), f.resolved if f else None)

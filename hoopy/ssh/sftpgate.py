@@ -95,6 +95,12 @@ class SFTPGate:
     async def handle(self, req: sftp.Request):
         """Judge, record and forward one request (or answer it here). Raises on a store failure."""
         session = self.ch.session
+        if req.refuse is not None:
+            # On the record like any refusal (the event), and answered here.
+            op = Operation("ssh", f"sftp.{req.access}", f"sftp {_NAMES.get(req.type, req.type)}",
+                           (Unit("refused", req.refuse),), {"paths": [sftp.display(p) for p, _ in req.paths]})
+            decision = await _wait(session.decide(op))
+            return self.answer(req, sftp.PERMISSION_DENIED, f"hoopy: refused: {decision.reason}")
         if req.access is None:
             if req.action is not None:
                 await _wait(session.event(req.action.kind, "ok", **req.action.data))
