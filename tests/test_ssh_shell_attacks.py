@@ -9,6 +9,7 @@ The upstream login shell of the tests is /bin/sh (dash); what only bash does is 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -70,6 +71,12 @@ ATTACKS = [
     # In a BIG5 (GBK, Shift-JIS) locale, bash reads the last byte of `中` and the backslash after it
     # as one character: the quote the judge saw escaped opens a string, and `touch` is code.
     ("big5-backslash", "narrow", "LC_ALL=zh_TW.BIG5 " + _bash("echo 中\\' '; touch M/big5-backslash #'")),
+    # `command cd DIR` (both shells) and bash's `time cd DIR` move the shell: a relative write after
+    # it was judged in the directory before (O), and landed in DIR.
+    ("command-cd", "narrow", "cd O && command cd M && echo x > command-cd"),
+    ("command-p-cd", "narrow", "cd O && command -p cd M && echo x > command-p-cd"),
+    ("time-cd", "narrow", _bash("cd O && time cd M && echo x > time-cd")),
+    ("time-p-cd", "narrow", _bash("cd O && time -p cd M && echo x > time-p-cd")),
     # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
     # word is the command, not the value.
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
@@ -95,8 +102,8 @@ REWRITES = [
 
 
 def _fill(text: str, d: dict, name: str = "") -> str:
-    for k, v in d.items():
-        text = text.replace(f"{k}/", f"{v}/")
+    """A, O, U, M (a word of their own or before a /) become the fixture's folders; $(T) a touch."""
+    text = re.sub(r"(?<![\w.\-/])([AOUM])(?=/|\s|$)", lambda m: str(d[m.group(1)]), text)
     return text.replace("$(T)", f"$(touch {d['M']}/{name})")
 
 
@@ -213,6 +220,23 @@ def test_what_the_parser_passes_over_is_unjudgeable():
         assert shell.analyze(line).parts[0].key.split(shell.SEP)[1:] == words, line
     # What it does place is judged as before.
     assert [p.kind for p in shell.analyze("echo {a\\ b} 'c d' \"e $f\" a\\ b").parts] == ["exec"]
+
+
+def test_a_builtin_run_by_a_program_is_a_program():
+    """nice, env, timeout, xargs, exec find a name in PATH: `nice cd /x` runs a program called cd
+    (needing a rule), and moves nothing; `command` and bash's `time` run the builtin here."""
+    g = _grant(["exec echo *", "write /o/*"], [])
+    for line in ("nice cd /x", "env test -v x", "timeout 5 : x", "xargs cd", "exec cd /x", "nice command ls"):
+        assert _verdict(g, line, "bash") == "deny", line
+        assert [p.kind for p in shell.analyze(line, "bash").parts] == ["exec"], line
+    assert parts_of("cd /o && nice cd /x && echo a > f")[1] == ("write", "/o/f")
+    assert parts_of("cd /o && command cd /x && echo a > f")[0] == ("write", "/x/f")
+    assert parts_of("cd /o && time cd /x && echo a > f")[0] == ("write", "/x/f")
+    assert parts_of("cd /o && time cd /x && echo a > f", "sh")[1] == ("write", "/o/f")  # dash: a program
+
+
+def parts_of(line, shell_name="bash"):
+    return [(p.kind, p.text) for p in shell.analyze(line, shell_name).parts]
 
 
 def test_bash_evaluation_of_names_and_arithmetic_stays_judged():

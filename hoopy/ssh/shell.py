@@ -75,6 +75,10 @@ _UNJUDGEABLE_BUILTINS = {
 }
 # Builtins that run nothing and need no rule (their arguments are still checked).
 _NO_OP = frozenset({":", "exit", "return", "wait"})
+# Names the judge reads as this shell's own builtins (no rule, or an effect on the shell): run by a
+# program they are programs found in PATH.
+_BUILTIN_ONLY = _NO_OP | {"cd", "pushd", "popd", "set", "test", "[", "export", "readonly", "unset", "command",
+                          "exec"}
 _SET_OPTIONS = frozenset({"errexit", "nounset", "pipefail", "xtrace", "noclobber", "verbose"})
 # Lowercase variables programs read from the environment: assignments to them are filtered too.
 _ENV_LOWER = frozenset({"http_proxy", "https_proxy", "ftp_proxy", "no_proxy", "all_proxy"})
@@ -837,8 +841,12 @@ class _Judge:
             info.heredoc["command"] = " ".join(w.text for w in words)
         return result
 
-    def simple(self, words: list[Word], cwd, info: "_Redirects", depth=0):
-        """Judge one simple command: see through wrappers; return the cwd after it."""
+    def simple(self, words: list[Word], cwd, info: "_Redirects", depth=0, program=False):
+        """Judge one simple command: see through wrappers; return the cwd after it.
+
+        ``program``: run by a program (nice, env, timeout, xargs, exec ...), which finds the name
+        in PATH: a shell builtin (`cd`, `:`, `test`, `command`) is then a program by that name,
+        needing a rule like any other, and it changes nothing in this shell."""
         if depth > MAX_DEPTH:
             raise Unjudgeable(f"wrappers nested deeper than {MAX_DEPTH}")
         name = words[0]
@@ -850,6 +858,9 @@ class _Judge:
         if "/" in cmd and cmd.startswith(_BIN_DIRS):
             base = posixpath.basename(cmd)
         args = words[1:]
+        if program and (cmd in _BUILTIN_ONLY or cmd in _UNJUDGEABLE_BUILTINS):
+            self.exec_part(words)
+            return cwd, cwd
         if cmd in _UNJUDGEABLE_BUILTINS:
             self.unjudgeable(f"{_clip(_show(words))!r}: {_UNJUDGEABLE_BUILTINS[cmd]}")
             return _UNJUDGED if cmd in ("source", ".", "eval") else cwd, cwd
@@ -895,9 +906,13 @@ class _Judge:
             if kind == "words":
                 if not rest:
                     return cwd, cwd
-                if cmd == "exec":
+                if not program and (cmd == "command" or (cmd == "time" and self.dialect == "bash")):
+                    # The builtin `command` and bash's keyword `time` run the command in this
+                    # shell: `command cd /x` and `time cd /x` move it (dash's time is a program).
                     return self.simple(rest, cwd, info, depth + 1)
-                self.simple(rest, cwd, info, depth + 1)
+                if cmd == "exec":
+                    return self.simple(rest, cwd, info, depth + 1, program=True)
+                self.simple(rest, cwd, info, depth + 1, program=True)
                 return cwd, cwd
             if kind == "shell":
                 dialect, string = rest
