@@ -77,6 +77,12 @@ ATTACKS = [
     ("command-p-cd", "narrow", "cd O && command -p cd M && echo x > command-p-cd"),
     ("time-cd", "narrow", _bash("cd O && time cd M && echo x > time-cd")),
     ("time-p-cd", "narrow", _bash("cd O && time -p cd M && echo x > time-p-cd")),
+    # tree-sitter-bash reads `! { ...; }`, `! if ...` and bash's `time { ...; }` as commands named
+    # `{` and `if`, the commands inside as their arguments: a deny rule never saw the rm.
+    ("negated-group", "broad", "! { rm -f M/x; }; touch M/negated-group"),
+    ("negated-if", "broad", "! if true; then rm -f M/x; fi; touch M/negated-if"),
+    ("time-group", "broad", _bash("time { rm -f M/x; }; touch M/time-group")),
+    ("time-dbl-bracket", "broad", _bash("time [[ 'a[$(rm -f M/x)]' -eq 1 ]]; touch M/time-dbl-bracket")),
     # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
     # word is the command, not the value.
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),

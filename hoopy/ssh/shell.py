@@ -95,6 +95,9 @@ _INTEGER = re.compile(r"[-+]?[0-9]+")
 _NAME_BUILTINS = frozenset({"read", "printf", "getopts", "wait", "unset", "test", "["})
 _SUBSCRIPTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\[")
 
+_RESERVED = frozenset({"{", "}", "!", "if", "then", "else", "elif", "fi", "case", "esac", "for", "select", "while",
+                       "until", "do", "done", "in", "function", "[[", "]]", "((", "coproc"})
+
 _UNJUDGED = object()  # a flow that cannot be followed: the cwd after it is unknown
 BOTTOM = object()  # unreachable (after `exit`)
 
@@ -811,6 +814,16 @@ class _Judge:
         return self.statement(body, cwd, tuple(own) + tuple(redirs))
 
     def command(self, node, cwd, outer_redirects):
+        # A reserved word where a command's name goes is syntax to the shell: tree-sitter-bash reads
+        # `! { rm x; }`, `! if ...` and `time { ...; }` as commands named `{` and `if`, with the
+        # commands inside as their arguments (bash runs them). Likewise a reserved word after bash's
+        # keyword `time`.
+        raw = [self.t(c) for c in node.children if c.is_named and c.type not in (
+            "variable_assignment", "file_redirect", "heredoc_redirect", "herestring_redirect", "comment")]
+        if raw and (raw[0] in _RESERVED or (raw[0] == "time" and self.dialect == "bash" and any(
+                r in _RESERVED for r in raw[1:2] + [x for x in raw[2:3] if raw[1:2] in (["-p"], ["--"])]))):
+            raise Unjudgeable(f"{_clip(self.t(node))!r}: a reserved word read as a command (the parser "
+                              f"does not see the compound command the shell runs)")
         info = _Redirects()
         assignments, words = [], []
         for ch in node.children:
