@@ -55,6 +55,9 @@ ATTACKS = [
     ("brace-escaped-space", "narrow", "echo {\\ #; touch M/brace-escaped-space"),
     ("brace-escaped-space-word", "narrow", "echo a{\\ #; touch M/brace-escaped-space-word"),
     ("brace-escaped-space-bash", "narrow", _bash("echo {\\ #; touch M/brace-escaped-space-bash")),
+    # ... reads `{}` as an empty group and `#; touch` as a comment; the shell reads the word `{}#`.
+    ("empty-group-hash", "narrow", "echo a; {}#; touch M/empty-group-hash"),
+    ("empty-group-hash-bash", "narrow", _bash("echo a; {}#; touch M/empty-group-hash-bash")),
     # ... takes a line break into a word when the next line starts with a backslash: one echo to
     # the parser, an echo and a touch to the shell.
     ("newline-escaped", "narrow", "echo hi\n\\touch M/newline-escaped"),

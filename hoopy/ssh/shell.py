@@ -1323,6 +1323,9 @@ _MULTILINE = frozenset({"raw_string", "string_content", "ansi_c_string", "heredo
 _WORDISH = frozenset({"word", "raw_string", "string", "concatenation", "number", "simple_expansion", "expansion",
                       "command_substitution", "ansi_c_string", "translated_string", "arithmetic_expansion",
                       "process_substitution", "command_name", "variable_name"})
+_KEYWORDS = frozenset({"{", "}", "!", "if", "then", "else", "elif", "fi", "case", "esac", "for", "select", "while",
+                       "until", "do", "done", "in", "function", "[[", "]]"})
+_DELIMITS = frozenset(bytes([c]) for c in b" \t\n;&|()<>")
 # Anonymous tokens whose text is not their name (tree-sitter's own: here-document pieces).
 _ANON_FREE = frozenset({"heredoc_start", "heredoc_end", "simple_heredoc_body", "file_descriptor"})
 _WHOLE = frozenset({"concatenation", "string", "translated_string", "heredoc_body", "command_name"})
@@ -1375,6 +1378,13 @@ def _misread(root, src: bytes):
         n = stack.pop()
         if n.child_count == 0:
             tok = src[n.start_byte:n.end_byte]
+            if not n.is_named and n.type in _KEYWORDS:
+                # A reserved word is one only as a whole word: `{}#; id` is the word `{}#` to the
+                # shell (then `id` runs), an empty group and a comment to tree-sitter.
+                start = n.start_byte + len(tok) - len(tok.lstrip(b" \t\n"))
+                if (start > 0 and src[start - 1:start] not in _DELIMITS) or \
+                        (n.end_byte < len(src) and src[n.end_byte:n.end_byte + 1] not in _DELIMITS):
+                    return f"{tok.strip().decode('utf-8', 'surrogateescape')!r} as a reserved word inside a word"
             if not n.is_named and tok.strip(b" \t\n") != n.type.encode() and n.type not in _ANON_FREE:
                 return f"the token {tok.decode('utf-8', 'surrogateescape')!r} as {n.type!r}"
             if n.type not in _MULTILINE and b"\n" in tok:
