@@ -1378,6 +1378,8 @@ def _misread(root, src: bytes):
         n = stack.pop()
         if n.child_count == 0:
             tok = src[n.start_byte:n.end_byte]
+            if n.type == "comment" and n.start_byte > 0 and src[n.start_byte - 1:n.start_byte] not in _DELIMITS:
+                return "'#' inside a word read as a comment"
             if not n.is_named and n.type in _KEYWORDS:
                 # A reserved word is one only as a whole word: `{}#; id` is the word `{}#` to the
                 # shell (then `id` runs), an empty group and a comment to tree-sitter.
