@@ -1335,31 +1335,23 @@ _WHOLE = frozenset({"concatenation", "string", "translated_string", "heredoc_bod
 # quote, or expand there. tree-sitter-bash once read `$'\\\\'; id #'` as one ANSI-C string, where bash
 # ends the string after the escaped backslash and runs id.
 _BAD_IN_TOKEN = {
-    "word": re.compile(rb"[\s'\"`;&|<>()]|\$[({\[A-Za-z0-9_@*#?!$'\"-]"),
-    "string_content": re.compile(rb'["`]|\$[({\[A-Za-z0-9_@*#?!$-]'),
-    "ansi_c_string": re.compile(rb"'"),
-    "raw_string": re.compile(rb"'"),
+    "word": re.compile(rb"\\(?:.|$)|[\s'\"`;&|<>()]|\$[({\[A-Za-z0-9_@*#?!$'\"-]", re.S),
+    "string_content": re.compile(rb'\\(?:.|$)|["`]|\$[({\[A-Za-z0-9_@*#?!$-]', re.S),
+    "ansi_c_string": re.compile(rb"\\(?:.|$)|'", re.S),  # $'...': a backslash escapes any character
+    "raw_string": re.compile(rb"'"),  # '...': nothing is escaped
 }
+_PLAIN_TOKEN = re.compile(rb"[A-Za-z0-9_\-+=.,:/@%]*")  # most words: nothing to look at
 
 
 def _token_misread(kind: str, tok: bytes, bad) -> str | None:
-    if kind == "ansi_c_string":
-        body, esc = tok[2:-1], True  # $'...': a backslash escapes any character, ' too
-    elif kind == "raw_string":
-        body, esc = tok[1:-1], False  # '...': nothing is escaped
-    else:
-        body, esc = tok, True
-    i = 0
-    while i < len(body):
-        if esc and body[i:i + 1] == b"\\":
-            if i + 1 >= len(body) and kind == "ansi_c_string":
+    body = tok[2:-1] if kind == "ansi_c_string" else tok[1:-1] if kind == "raw_string" else tok
+    for m in bad.finditer(body):
+        got = m.group()
+        if got[:1] == b"\\" and kind != "raw_string":
+            if len(got) == 1 and kind == "ansi_c_string":
                 return "an ANSI-C string whose closing quote is escaped"
-            i += 2
-            continue
-        m = bad.match(body, i)
-        if m is not None:
-            return f"{m.group().decode('utf-8', 'surrogateescape')!r} inside one {kind.replace('_', ' ')}"
-        i += 1
+            continue  # an escaped character
+        return f"{got.decode('utf-8', 'surrogateescape')!r} inside one {kind.replace('_', ' ')}"
     return None
 
 
@@ -1369,50 +1361,63 @@ def _misread(root, src: bytes):
     It does so silently, and each case once hid a command: it drops an escaped blank after `{`
     (`echo {\\ #; id`: `#; id` became a comment, the shell runs id); it takes a line break into a
     word (`echo hi` newline `\\id`: one echo, where the shell runs id); it splits a word after a
-    quote (`'r'\\m`: `r` and `m`, where the shell runs rm; `> 'dir'\\/../x` judged as `dir`).
-    So every byte the shell reads must be in a token, a line break in a word is a break, and
-    two pieces of one word must be one node.
+    quote (`'r'\\m`: `r` and `m`, where the shell runs rm; `> 'dir'\\/../x` judged as `dir`);
+    it reads `{}#; id` as an empty group and a comment. So every byte the shell reads must be
+    in a token, as the shell reads it: a line break in a word is a break, two pieces of one word
+    are one node, a reserved word or a comment starts between blanks or operators.
     """
-    stack = [root]
+    n_src = len(src)
+    stack = [(root, root.type, root.start_byte, root.end_byte)]
+    pop, push = stack.pop, stack.append
     while stack:
-        n = stack.pop()
-        if n.child_count == 0:
-            tok = src[n.start_byte:n.end_byte]
-            if n.type == "comment" and n.start_byte > 0 and src[n.start_byte - 1:n.start_byte] not in _DELIMITS:
-                return "'#' inside a word read as a comment"
-            if not n.is_named and n.type in _KEYWORDS:
-                # A reserved word is one only as a whole word: `{}#; id` is the word `{}#` to the
-                # shell (then `id` runs), an empty group and a comment to tree-sitter.
-                start = n.start_byte + len(tok) - len(tok.lstrip(b" \t\n"))
-                if (start > 0 and src[start - 1:start] not in _DELIMITS) or \
-                        (n.end_byte < len(src) and src[n.end_byte:n.end_byte + 1] not in _DELIMITS):
-                    return f"{tok.strip().decode('utf-8', 'surrogateescape')!r} as a reserved word inside a word"
-            if not n.is_named and tok.strip(b" \t\n") != n.type.encode() and n.type not in _ANON_FREE:
-                return f"the token {tok.decode('utf-8', 'surrogateescape')!r} as {n.type!r}"
-            if n.type not in _MULTILINE and b"\n" in tok:
+        n, typ, start, end = pop()
+        children = n.children
+        if not children:
+            tok = src[start:end]
+            if typ == "word" and _PLAIN_TOKEN.fullmatch(tok):
+                continue
+            named = n.is_named
+            if typ == "comment":
+                if start > 0 and src[start - 1:start] not in _DELIMITS:
+                    return "'#' inside a word read as a comment"
+                continue
+            if not named:
+                if typ in _KEYWORDS:
+                    # A reserved word is one only as a whole word: `{}#; id` is the word `{}#`
+                    # to the shell (then `id` runs), an empty group and a comment to tree-sitter.
+                    first = start + len(tok) - len(tok.lstrip(b" \t\n"))
+                    if (first > 0 and src[first - 1:first] not in _DELIMITS) or \
+                            (end < n_src and src[end:end + 1] not in _DELIMITS):
+                        return f"{tok.strip().decode('utf-8', 'surrogateescape')!r} as a reserved word inside a word"
+                if typ not in _ANON_FREE and tok.strip(b" \t\n") != typ.encode():
+                    return f"the token {tok.decode('utf-8', 'surrogateescape')!r} as {typ!r}"
+            if typ not in _MULTILINE and b"\n" in tok:
                 return "a line break inside a word"
-            bad = _BAD_IN_TOKEN.get(n.type)
+            bad = _BAD_IN_TOKEN.get(typ)
             if bad is not None:
-                why = _token_misread(n.type, tok, bad)
+                why = _token_misread(typ, tok, bad)
                 if why is not None:
                     return why
             continue
-        if n.type == "heredoc_body":
-            stack.extend(n.children)
+        if typ == "heredoc_body":
+            for c in children:
+                push((c, c.type, c.start_byte, c.end_byte))
             continue
-        prev = n.start_byte
+        whole = typ in _WHOLE
+        prev = start
         prev_wordish = False
-        for c in n.children:
-            if c.start_byte > prev and not _BLANKS.fullmatch(src, prev, c.start_byte):
-                return f"{src[prev:c.start_byte].decode('utf-8', 'surrogateescape')!r}, which it passes over"
-            wordish = c.type in _WORDISH
-            if wordish and prev_wordish and c.start_byte == prev and n.type not in _WHOLE:
-                return f"one word split in two at {src[c.start_byte:c.end_byte].decode('utf-8', 'surrogateescape')!r}"
+        for c in children:
+            ctyp, cstart, cend = c.type, c.start_byte, c.end_byte
+            if cstart > prev and not _BLANKS.fullmatch(src, prev, cstart):
+                return f"{src[prev:cstart].decode('utf-8', 'surrogateescape')!r}, which it passes over"
+            wordish = ctyp in _WORDISH
+            if wordish and prev_wordish and cstart == prev and not whole:
+                return f"one word split in two at {src[cstart:cend].decode('utf-8', 'surrogateescape')!r}"
             prev_wordish = wordish
-            prev = c.end_byte
-            stack.append(c)
-        if n.end_byte > prev and not _BLANKS.fullmatch(src, prev, n.end_byte):
-            return f"{src[prev:n.end_byte].decode('utf-8', 'surrogateescape')!r}, which it passes over"
+            prev = cend
+            push((c, ctyp, cstart, cend))
+        if end > prev and not _BLANKS.fullmatch(src, prev, end):
+            return f"{src[prev:end].decode('utf-8', 'surrogateescape')!r}, which it passes over"
     return None
 
 
