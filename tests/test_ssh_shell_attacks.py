@@ -404,3 +404,32 @@ def test_sftp_refuses_a_link_that_points_elsewhere_once_moved(lab):
     moved = d["U"] / "moved"
     assert not (moved / "l").is_symlink() and not (moved / "a" / "l").is_symlink()
     assert os.readlink(moved / "a" / "ok") == "sub/x"
+
+
+# --- the judgement is bounded --------------------------------------------------------------------
+
+@pytest.mark.parametrize("unit", [")", "a|", "<>", "'|", "x=(", "])", "a;", '"a" ', "(( 1+"])
+def test_a_crafted_line_cannot_hold_the_reactor(unit):
+    """tree-sitter-bash's error recovery is quadratic: 32 KiB of `)` took ten seconds (in C,
+    holding the GIL: every protocol of the gateway stopped), 256 KiB about ten minutes."""
+    line = (unit * (256 * 1024 // len(unit)))[:256 * 1024 - 64]
+    t0 = time.monotonic()
+    parts = shell.analyze(line).parts
+    took = time.monotonic() - t0
+    assert took < 1.0, took  # the bound is 0.1 s of parsing; the rest is this machine's load
+    assert parts[0].kind == "unjudgeable", parts[0]
+
+
+def test_a_long_here_document_is_still_judged():
+    body = "server { listen 80; root /srv/www; }  # a config line\n" * 4000  # 216 KiB
+    line = f"cat > /etc/app/conf.d/x.conf <<'EOF'\n{body}EOF"
+    parts = shell.analyze(line).parts
+    assert [(p.kind, p.text) for p in parts] == [("write", "/etc/app/conf.d/x.conf")]
+
+
+def test_a_crafted_line_through_the_gateway_is_refused_at_once(lab):
+    t0 = time.monotonic()
+    r = _ssh(lab, "narrow", ")" * (120 * 1024))  # (an argument holds at most 128 KiB)
+    assert r.returncode == 126 and "takes the parser" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 10
+    assert _ssh(lab, "narrow", "echo still").stdout == "still\n"

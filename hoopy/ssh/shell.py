@@ -26,6 +26,7 @@ import functools
 import hashlib
 import posixpath
 import re
+import time
 
 import attrs
 
@@ -43,6 +44,9 @@ MAX_LINE = 256 * 1024  # longer lines are not judged (refused, or held where the
 MAX_DEPTH = 6  # sh -c 'sh -c ...' nesting
 MAX_PARTS = 512  # parts of one line
 MAX_WORDS = 4096  # words of one line: bounds the time a line can hold the reactor (about 0.1 s)
+# Syntax nodes of one parse (what every walk in Python visits): a 256 KiB line of `"a" ` or `1+`
+# is a quarter million of them, seconds on the reactor; a here-document's body is one.
+MAX_NODES = 20_000
 SHELLS = ("bash", "sh")  # the dialects judged; any other upstream shell: every line is unjudgeable
 
 # Characters a line may hold: no C0 control other than tab and newline (they would be NUL for
@@ -159,14 +163,55 @@ def _parser():
     return _PARSER
 
 
-def parse_tree(text: str):
-    """The tree-sitter tree of a command line (bytes are UTF-8)."""
-    return _parser().parse(text.encode("utf-8", "surrogateescape"))
+PARSE_SMALL = 1024  # a line this long parses in milliseconds, whatever it holds: no clock needed
+PARSE_TIME = 0.1  # seconds the parses of one line may take (the reactor waits)
+
+
+class TooSlow(Exception):
+    pass
+
+
+def parse_tree(text: str, deadline: float | None = None):
+    """The tree-sitter tree of a command line (bytes are UTF-8).
+
+    tree-sitter-bash's error recovery is quadratic on some input: 32 KiB of `)` take ten
+    seconds, in C, holding the GIL, so on the reactor. A longer line is parsed so that it stops
+    at ``deadline`` (TooSlow)."""
+    data = text.encode("utf-8", "surrogateescape")
+    parser = _parser()
+    if deadline is None or len(data) <= PARSE_SMALL:
+        return parser.parse(data)
+    late = []
+
+    # The parser checks its progress callback only every so many steps, and its lexer can spend
+    # long in one (256 KiB of `)` before the first check): input comes in small pieces, and none
+    # once the time is up.
+    def read(offset, _point):
+        if time.monotonic() > deadline:
+            late.append(True)
+            return b""
+        return data[offset:offset + 4096]
+
+    def progress(*_):
+        if time.monotonic() > deadline:
+            late.append(True)
+            return True
+        return False
+
+    try:
+        tree = parser.parse(read, progress_callback=progress)
+    except ValueError:  # halted by the callback
+        parser.reset()
+        raise TooSlow() from None
+    if late:
+        raise TooSlow()
+    return tree
 
 
 def analyze(line: str, shell: str = "bash") -> Analysis:
     """Every part of a command line, for a login shell of this dialect (``bash`` or ``sh``)."""
     j = _Judge()
+    j.deadline = time.monotonic() + PARSE_TIME
     try:
         dialect = dialect_of(shell)
         if dialect is None:
@@ -256,6 +301,7 @@ class _Judge:
         self.dialect = "bash"
         self.depth = 0
         self.words = 0
+        self.deadline = None  # when the parses of this line must be done (monotonic)
         # Descriptors the line points at files (anywhere in it, nested shells included), the
         # copies it makes of them (dst, src), and the descriptor names it opens (fd, text).
         self.file_fds: set[int] = set()
@@ -294,9 +340,11 @@ class _Judge:
             # backslash as one character: `中\'` opens a quote there where UTF-8 escapes it.
             raise Unjudgeable("a backslash right after a non-ASCII character (in some locales it is part "
                               "of that character, not an escape)")
-        text = _join_continuations(text)
-        tree = parse_tree(text)
+        text = _join_continuations(text, self.deadline)
+        tree = self.parse(text)
         root = tree.root_node
+        if root.descendant_count > MAX_NODES:
+            raise Unjudgeable(f"a command line of more than {MAX_NODES} syntax nodes")
         if root.has_error:
             raise Unjudgeable(f"the shell syntax of {_clip(text)!r} (it does not parse)")
         src = text.encode("utf-8", "surrogateescape")
@@ -310,6 +358,12 @@ class _Judge:
             return self.sequence(root.children, cwd)
         finally:
             self.src, self.dialect, self.depth = saved
+
+    def parse(self, text: str):
+        try:
+            return parse_tree(text, self.deadline)
+        except TooSlow:
+            raise Unjudgeable(f"a command line that takes the parser more than {PARSE_TIME:g} s") from None
 
     def t(self, node) -> str:
         return self.src[node.start_byte:node.end_byte].decode("utf-8", "surrogateescape")
@@ -1429,12 +1483,17 @@ def _normal(path: str) -> str | None:
     return "/" + "/".join(segs)
 
 
-def _join_continuations(text: str) -> str:
+def _join_continuations(text: str, deadline: float | None = None) -> str:
     """Remove backslash-newline pairs where the shell does (outside single quotes, comments and
     quoted here-documents): tree-sitter splits a word there, the shell joins it."""
     if "\\\n" not in text:
         return text
-    tree = parse_tree(text)
+    try:
+        tree = parse_tree(text, deadline)
+    except TooSlow:
+        raise Unjudgeable(f"a command line that takes the parser more than {PARSE_TIME:g} s") from None
+    if tree.root_node.descendant_count > MAX_NODES:
+        raise Unjudgeable(f"a command line of more than {MAX_NODES} syntax nodes")
     keep = []
     for n in _walk(tree.root_node):
         if n.type in ("raw_string", "comment", "ansi_c_string"):
