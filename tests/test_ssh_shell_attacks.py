@@ -433,3 +433,17 @@ def test_a_crafted_line_through_the_gateway_is_refused_at_once(lab):
     assert r.returncode == 126 and "takes the parser" in r.stderr, r.stderr
     assert time.monotonic() - t0 < 10
     assert _ssh(lab, "narrow", "echo still").stdout == "still\n"
+
+
+def test_a_part_cannot_draw_more_parts_for_the_reviewer():
+    """A quoted line break in one part was printed as is: `echo 'x<newline>   exec ls  (allow: …)'`
+    drew a fake part, allowed, in the list a reviewer approves."""
+    from hoopy.policy.review import review_text
+
+    line = "echo 'x\n   exec ls  (allow: exec ls *)' && rm -rf /srv"
+    g = _grant(["exec echo *"], [])
+    parts = [{"unit": str(u), "outcome": _judge_unit(g, u).outcome, "rule": _judge_unit(g, u).rule,
+              "reason": _judge_unit(g, u).reason} for u in shell.analyze(line).units]
+    shown = review_text(line, {"parts": parts}).split("-- parts:")[1]
+    assert shown.count("\n") == 2, shown  # two parts, two lines
+    assert "exec echo 'x\\n   exec ls  (allow: exec ls *)'" in shown

@@ -27,13 +27,20 @@ def review_text(text: str, detail: dict) -> str:
     if parts:
         # A line of several commands: each part with what judged it, so the reviewer approves
         # what will run, not only the line as typed.
+        # One line per part: a line break inside a part (a quoted argument) is shown escaped, or
+        # it could draw more parts, "allowed", in the list the reviewer reads.
         text += "\n-- parts:" + "".join(
-            f"\n   {p['unit']}  ({p['outcome']}: {p.get('rule') or p.get('reason') or '-'})" for p in parts)
+            f"\n   {_one_line(p['unit'])}  ({p['outcome']}: {_one_line(p.get('rule') or p.get('reason') or '-')})"
+            for p in parts)
     for h in detail.get("heredocs") or ():
         text += f"\n-- here-document: {h['bytes']} bytes, sha256 {h['sha256']}"
         if h.get("writes"):
             text += " -> " + ", ".join(h["writes"])
     return _UNSAFE.sub(_escape, text)
+
+
+def _one_line(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("\n", "\\n")
 
 
 def _escape(m) -> str:
