@@ -86,6 +86,8 @@ ATTACKS = [
     ("negated-if", "broad", "! if true; then rm -f M/x; fi; touch M/negated-if"),
     ("time-group", "broad", _bash("time { rm -f M/x; }; touch M/time-group")),
     ("time-dbl-bracket", "broad", _bash("time [[ 'a[$(rm -f M/x)]' -eq 1 ]]; touch M/time-dbl-bracket")),
+    # With PATH unset, bash looks for programs in the current directory: `ls` is U/ls.
+    ("unset-path", "narrow", _bash("cd U && unset PATH && ls x")),
     # xargs -e, --eof and --max-lines take their value only attached (-eSTR, --eof=STR): the next
     # word is the command, not the value.
     ("xargs-e", "narrow", "echo M/xargs-e | xargs -e touch echo"),
@@ -158,6 +160,9 @@ def lab(tmp_path_factory):
     for p in d.values():
         p.mkdir()
     (d["O"] / "sub").mkdir()
+    ls = d["U"] / "ls"  # what `ls` is with PATH unset, in U
+    ls.write_text(f"#!/bin/sh\ntouch {d['M']}/unset-path\n")
+    ls.chmod(0o755)
     for n in range(10, 16):  # what `{PATH}>file` makes PATH (the lowest free descriptor from 10)
         (d["U"] / str(n)).mkdir()
         ls = d["U"] / str(n) / "ls"

@@ -459,9 +459,12 @@ class _Judge:
             return cwd, cwd
         if k == "unset_command":
             for ch in node.named_children:
-                if ch.type == "variable_name":
+                w = Word(self.t(ch), self.t(ch), self.t(ch)) if ch.type == "variable_name" else self.word(ch)
+                if w.literal and _NAME.fullmatch(w.value):
+                    self.unset(w.value)
                     continue
-                w = self.word(ch)
+                if w.literal and w.value in ("-v", "-f", "-n"):
+                    continue
                 if not w.literal or "[" in w.value:
                     # bash evaluates the subscript of an array element to unset (`PIPESTATUS[$(cmd)]`).
                     self.unjudgeable(f"{_clip(self.t(node))!r}: unset of a name the gateway cannot read "
@@ -684,6 +687,15 @@ class _Judge:
         elif not env_passes(name, value.value):
             self.add(Part("refused", f"{name}={_clip(value.value)!r}: only LANG, LC_*, TZ and HOOPY_* "
                                      f"variables with plain values may be set for the upstream"))
+
+    def unset(self, name: str):
+        """unset NAME: with PATH unset bash looks for programs in the current directory (then
+        `ls` is ./ls); an environment name is filtered as an assignment to it would be."""
+        if name.islower() and name not in _ENV_LOWER and not name.startswith(("bash", "ld_")):
+            return
+        if not env_passes(name, ""):
+            self.add(Part("refused", f"unset {name}: only LANG, LC_*, TZ and HOOPY_* variables may be changed "
+                                     f"for the upstream"))
 
     def shell_variable(self, name, value: Word | None, text=None):
         """A shell variable assigned (`x=1`, `for x in`): exported names change what programs do."""
