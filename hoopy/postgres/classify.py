@@ -14,7 +14,6 @@ cached per shape and scope.
 from __future__ import annotations
 
 import threading
-import time
 
 import attrs
 from pglast.parser import ParseError, normalize
@@ -216,11 +215,66 @@ def _classify(sql: str, scope: Scope = DEFAULT) -> Classified:
     return resolve(_parse(sql), scope)
 
 
+# --- large statements: off the reactor, a few at a time ---------------------------
+
+class ParseGate:
+    """Large statements are classified on threads, at most ``limit`` at once
+    gateway-wide (the rest wait their turn): the memory a parse may take is
+    bounded per statement (``sqltree``), so the total is bounded too."""
+
+    def __init__(self, limit: int = 2):
+        self.limit = limit
+        self._sem = None
+
+    def classify(self, reactor, sql: str, scope: Scope):
+        """A Deferred firing with classify_or_error's result (never failing)."""
+        from twisted.internet import defer, threads
+
+        if self._sem is None:
+            self._sem = defer.DeferredSemaphore(self.limit)
+
+        def run():
+            return threads.deferToThreadPool(reactor, reactor.getThreadPool(), _classify_and_trim, sql, scope)
+
+        d = self._sem.run(run)
+        d.addErrback(lambda f: CannotJudge(f"internal error in the classifier ({f.type.__name__})"))
+        return d
+
+    @property
+    def waiting(self) -> int:
+        return len(self._sem.waiting) if self._sem is not None else 0
+
+
+PARSES = ParseGate()
+_TRIM_AFTER = 256 * 1024
+
+
+def _classify_and_trim(sql: str, scope: Scope):
+    c = classify_or_error(sql, scope)
+    if len(sql) >= _TRIM_AFTER:
+        _malloc_trim()  # give the parser's memory back to the system, not only to malloc
+    return c
+
+
+def _malloc_trim():
+    global _trim
+    if _trim is None:
+        try:
+            import ctypes
+
+            _trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None
+
+
 def table_units(units) -> tuple:
     return tuple(units)
 
 
 __all__ = ["classify", "classify_or_error", "resolve", "parse_statement", "Classified", "ClassifyError",
-           "CannotJudge", "CopyTarget", "Scope", "ANY_OBJECT", "pg_table_unit"]
-
-_unused = time  # noqa: F841  (kept for the thread helpers below)
+           "CannotJudge", "CopyTarget", "Scope", "ANY_OBJECT", "pg_table_unit", "PARSES"]

@@ -13,7 +13,6 @@ import re
 import secrets
 import time
 
-from twisted.internet import threads
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -25,11 +24,12 @@ from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.session import IN, OUT
 from hoopy.postgres import codec, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
-from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
+from hoopy.postgres.classify import ANY_OBJECT, PARSES, ClassifyError, classify_or_error, resolve
+from hoopy.postgres.scope import SCOPE_QUERY, SCOPE_RESULTS, Scope
 from hoopy.postgres.params import decode_param
-from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, RowPlan, catalog_query
+from hoopy.postgres.rows import CopyMask, MaskRules, RowPlan, catalog_query
 from hoopy.postgres.startup import (
-    PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem, startup_keys)
+    PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem)
 from hoopy.sockwrite import write_now
 
 log = Logger()
@@ -42,7 +42,7 @@ STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
     "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"))
 _VALUE_START = re.compile(r"[:\"'`\u0080-\U0010ffff]")
 PIPELINE_BUFFER = 1024 * 1024  # client bytes read ahead while a statement is judged
-LARGE_SQL = 64 * 1024  # longer statements are parsed off the reactor thread
+LARGE_SQL = 16 * 1024  # longer statements are parsed off the reactor thread (a few at once)
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 MAX_AUTH_MESSAGE = 64 * 1024  # as the server's own limit on an authentication token
 class Pending:
@@ -79,11 +79,8 @@ class PortalInfo:
         self.executed = False  # an Execute went upstream (a later one resumes a suspended portal)
 
 
-def _classify_or_error(sql):
-    try:
-        return classify(sql)
-    except ClassifyError as e:
-        return e
+def _classify_or_error(sql, scope):
+    return classify_or_error(sql, scope)
 
 
 def _nodelay(transport):
@@ -136,9 +133,15 @@ class Frontend(Protocol):
         self.upstream_skip = False  # the server ignores everything until the next Sync
         self.waiting = False
         self.tx_status = b"I"
-        self.search_path_changed = False
         self.lexer_unsafe = False
-        self.user_functions = frozenset()
+        # The session's search path, as read upstream (hoopy.postgres.scope): unknown
+        # until connected, and again from a statement that may change it until re-read.
+        self.scope = Scope.unknown()
+        self.scope_due = False  # re-read it upstream at the next chance (after a Sync or Query)
+        self.scope_reading = None  # the Pending of a read in flight
+        self.scope_waiters: list = []  # judging that waits for it
+        self.path_dirty = False  # changed inside a transaction: its end may change it back
+        self.ext_open = False  # extended-protocol messages went upstream since the last Sync
         self.held = None
         self.key = None
         self.rules = MaskRules(service.detectors, configured=service.mask_columns)
@@ -359,8 +362,6 @@ class Frontend(Protocol):
         self.session.attribute(application_name=self.client_params.get("application_name"),
                                model=ours.get("model"), tool_call=ours.get("tool_call"),
                                mcp_server=ours.get("mcp_server"))
-        if "search_path" in startup_keys(self.client_params, rest):
-            self.search_path_changed = True
         up = {"user": self.settings.upstream_user,
               "database": self.settings.upstream_database or self.client_params.get("database") or self.user}
         for k, v in self.client_params.items():
@@ -368,7 +369,7 @@ class Frontend(Protocol):
                 up[k] = v
         if rest:
             up["options"] = " ".join(quote_option(w) for w in rest)
-        catalog = FUNCTIONS_QUERY + (catalog_query(self.rules.configured) if self.rules.configured else "")
+        catalog = SCOPE_QUERY + (catalog_query(self.rules.configured) if self.rules.configured else "")
         d = connect(self.gateway.reactor, self.settings, up, catalog)
         d.addCallbacks(self._upstream_ready, self._upstream_failed)
 
@@ -393,9 +394,10 @@ class Frontend(Protocol):
         if self.phase == "closed":
             backend.transport.loseConnection()
             return
-        self.user_functions = frozenset(r[0] for r in (backend.catalog or [[]])[0])
+        results = list(backend.catalog) + [[]] * (SCOPE_RESULTS + 2)
+        self.scope = Scope.from_results(results[:SCOPE_RESULTS])
         if self.rules.configured:
-            self.rules.load((backend.catalog + [[], [], []])[1:3])
+            self.rules.load(results[SCOPE_RESULTS:SCOPE_RESULTS + 2])
         backend.frontend = self
         self.transport.registerProducer(backend.transport, True)
         # And the other way: an upstream that does not keep up (a COPY FROM
@@ -454,6 +456,10 @@ class Frontend(Protocol):
         # Collected while the client's bytes are handled, sent in one write
         # (a pipelined Parse/Bind/Describe/Execute/Sync is one send upstream).
         self.upbuf.append(codec.msg(t, p))
+        if t in (b"S", b"Q"):
+            self.ext_open = False
+        elif t in (b"P", b"B", b"D", b"E", b"C", b"H"):
+            self.ext_open = True  # an extended-protocol batch until its Sync
 
     def _flush_upstream(self):
         if self.upbuf and self.up is not None and self.up.transport is not None:
@@ -539,9 +545,11 @@ class Frontend(Protocol):
                 # is already skipping after an error, is ignored) before the Sync.
                 self.forward(b"E", codec.cstr(ABORT_PORTAL) + b"\0\0\0\0")
                 self.forward(t, p)
-                return self.expect(Pending("abort_sync"))
+                self.expect(Pending("abort_sync"))
+                return self._read_scope_if_due()
             self.forward(t, p)
-            return self.expect(Pending("sync"))
+            self.expect(Pending("sync"))
+            return self._read_scope_if_due()
         if t == b"H":
             return self.forward(t, p)
         if t in (b"d", b"c", b"f"):
@@ -557,9 +565,6 @@ class Frontend(Protocol):
         if params is not None:
             detail["params"] = params
         units = list(classified.units)
-        for name in self.user_functions & (classified.bare_functions | classified.dotted):
-            # May call a user-defined function of that name ("t.f" is f(t)).
-            units.append(Unit("write", f"public.{name}()"))
         for name in classified.executes:
             units.extend(self._prepared_units(name))
         return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)
@@ -567,15 +572,17 @@ class Frontend(Protocol):
     def _prepared_units(self, name):
         """What EXECUTE of a name may run: the units an SQL PREPARE of it was judged
         with and those of a protocol statement of that name (one namespace)."""
-        units = list(self.prepared.get(name, ()))
+        # The server analyses a prepared statement again when the search path has
+        # changed since: its names are looked up in today's path.
+        found = [resolve(body, self.scope) for body in self.prepared.get(name, ())]
         if name in self.statements:
-            c = _classify_or_error(self.statements[name][0])
-            if isinstance(c, ClassifyError) or c.executes:
+            found.append(_classify_or_error(self.statements[name][0], self.scope))
+        units = []
+        for c in found:
+            if isinstance(c, ClassifyError) or c.executes or c.unresolved:
                 units.append(Unit("admin", ANY_OBJECT))
             else:
                 units.extend(c.units)
-                units.extend(Unit("write", f"public.{f}()")
-                             for f in self.user_functions & (c.bare_functions | c.dotted))
         return units or [Unit("admin", ANY_OBJECT)]
 
     def _local_refusal(self, c) -> str | None:
@@ -583,23 +590,40 @@ class Frontend(Protocol):
         if self.lexer_unsafe:
             return ("refused: standard_conforming_strings is off or client_encoding is not UTF8 in this "
                     "session, so hoopy cannot read its SQL as the server does")
-        if c.unqualified and self.search_path_changed:
-            return "refused: search_path was changed in this session, so unqualified table names are ambiguous"
+        if c.unresolved:
+            return ("refused: the search path may have changed (earlier in this pipeline or query string) and "
+                    "hoopy has not read it again yet, so an unqualified name cannot be judged; qualify the "
+                    "names, or send the statement after the change has completed")
         if self.rules.configured and not STATISTICS.isdisjoint(c.relations):
             return "refused: column statistics (pg_stats) hold sample values of masked columns"
         if self.rules.configured and self.rules.touches(c):
             if c.copy_out:
-                return "refused: COPY TO STDOUT of a table with masked columns"
+                why = self._copy_mask_refusal(c)
+                if why:
+                    return why
             if c.classes - {"read"} and (c.whole_row or c.executes
                                          or not self.rules.names.isdisjoint(c.column_names)):
                 return "refused: this statement would copy a masked column"
         return None
 
+    def _copy_mask_refusal(self, c) -> str | None:
+        """COPY ... TO STDOUT naming a table with masked columns: masked line by
+        line when it can be (text format, columns listed: what pg_dump sends)."""
+        how = self.rules.copy_columns(c)
+        if isinstance(how, str):
+            return f"refused: COPY TO STDOUT of a table with masked columns cannot be masked here: {how}"
+        return None
+
     def judge(self, sql, params, proceed, refuse):
         """Calls proceed(classified) or refuse(message, code) once decided."""
+        if self.scope_reading is not None:
+            # The search path is being read again: judge once it is known.
+            self.waiting = True
+            self.scope_waiters.append(lambda: self.judge(sql, params, proceed, refuse))
+            return
         if len(sql) > LARGE_SQL:
             # Parsing megabytes of SQL would stall every other session: do it
-            # on a thread, with this connection paused meanwhile.
+            # on a thread (a few at once gateway-wide), this connection paused meanwhile.
             self.waiting = True
             self.pause("parsing")
 
@@ -610,17 +634,19 @@ class Frontend(Protocol):
                     self._judge(sql, params, proceed, refuse, c)
                     self.pump()
 
-            d = threads.deferToThreadPool(self.gateway.reactor, self.gateway.reactor.getThreadPool(),
-                                          _classify_or_error, sql)
+            d = PARSES.classify(self.gateway.reactor, sql, self.scope)
             d.addCallback(parsed)
             d.addErrback(lambda f: (log.failure("classifying", f), self.fatal("XX000", "internal error")))
             return
-        self._judge(sql, params, proceed, refuse, _classify_or_error(sql))
+        self._judge(sql, params, proceed, refuse, _classify_or_error(sql, self.scope))
 
     def _judge(self, sql, params, proceed, refuse, c):
         if isinstance(c, ClassifyError):
-            self.session.event("operation", "refused", reason=f"syntax error: {c}", sql=sql[:MAX_SQL_RECORDED])
-            return refuse(f"syntax error: {c}", "42601")
+            # Cannot be judged (a syntax error, too large, too deep, an internal
+            # failure): refused, and the record says why.
+            self.session.event("operation", "refused", reason=c.reason, sqlstate=c.code,
+                               sql=sql[:MAX_SQL_RECORDED])
+            return refuse(c.reason, c.code)
         if not c.statements:
             return proceed(c)  # empty query: nothing runs
         why = self._local_refusal(c)
@@ -651,8 +677,8 @@ class Frontend(Protocol):
             self.held = None
             self.waiting = False
             if isinstance(r, Allow):
-                if c.sets_search_path:
-                    self.search_path_changed = True
+                if c.may_change_path or (self.path_dirty and "TransactionStmt" in c.statements):
+                    self._search_path_may_change()
                 for name in c.deallocates:
                     if name is None:
                         self.prepared.clear()
@@ -660,11 +686,10 @@ class Frontend(Protocol):
                     else:
                         self.prepared.pop(name, None)
                         self.statements.pop(name, None)
-                for name, units, bare in c.prepares:
-                    units = units + tuple(Unit("write", f"public.{f}()") for f in self.user_functions & bare)
+                for name, body in c.prepares:
                     # If the name is taken the server refuses this PREPARE and keeps
                     # the old one: an EXECUTE is judged with both.
-                    self.prepared[name] = tuple(dict.fromkeys(self.prepared.get(name, ()) + units))
+                    self.prepared[name] = self.prepared.get(name, ()) + (body,)
                 for name in c.declares:
                     # A cursor is a portal. If the name is bound the DECLARE fails, yet a
                     # savepoint can bring the old portal back: judge an Execute as either.
@@ -684,10 +709,68 @@ class Frontend(Protocol):
         d.addCallback(decided)
         d.addErrback(lambda f: (log.failure("judging", f), self.fatal("XX000", "internal error judging")))
 
+    # --- the search path ------------------------------------------------------
+    # The gateway judges unqualified names with the session's real search path,
+    # read upstream at connect (SCOPE_QUERY) and again after any statement that
+    # may have changed it: until then the path is unknown, and statements wait
+    # for the new one (or, in the middle of an extended-protocol batch, where no
+    # query can be slipped in, an unqualified name is refused).
+    def _search_path_may_change(self):
+        self.scope = Scope.unknown()
+        self.scope_due = True
+        self.path_dirty = True  # a transaction's end may change it back
+
+    def _read_scope_if_due(self):
+        """Send SCOPE_QUERY upstream if the path must be read and the upstream is
+        between statements (after a Query or a Sync)."""
+        if not self.scope_due or self.scope_reading is not None or self.ext_open or self.upstream_skip \
+                or self.phase != "ready":
+            return
+        pending = Pending("scope")
+        pending.target = []  # result sets, as rows of text
+        self.scope_reading = pending
+        self.scope_due = False
+        self.forward(b"Q", codec.cstr(SCOPE_QUERY))
+        self.expect(pending)
+
+    def _scope_reply(self, t, p, head, out):
+        """A reply to SCOPE_QUERY: never shown to the client."""
+        if t == b"T":
+            head.target.append([])
+        elif t == b"D" and head.target:
+            head.target[-1].append([None if v is None else v.decode("utf-8", "replace")
+                                    for v in codec.parse_data_row(p)])
+        elif t == b"E":
+            head.error = codec.parse_fields(p).get("C") or "XX000"
+        elif t == b"Z":
+            self.tx_status = p[:1]
+            self.queue.popleft()
+            self.scope_reading = None
+            if head.error is None:
+                self.scope = Scope.from_results(head.target)
+                if self.tx_status == b"I":
+                    self.path_dirty = False
+            else:
+                # An aborted transaction: read it again after the next statement.
+                self.scope = Scope.unknown()
+                self.scope_due = True
+            self._flush_pending(out)
+            self.gateway.reactor.callLater(0, self._after_scope_read)
+
+    def _after_scope_read(self):
+        if self.phase != "ready" or self.scope_reading is not None:
+            return
+        waiters, self.scope_waiters = self.scope_waiters, []
+        self.waiting = False
+        for w in waiters:
+            w()
+        self.pump()
+
     def simple_query(self, sql):
         def proceed(c):
             self.forward(b"Q", codec.cstr(sql))
             self.expect(Pending("query", sql=sql, classified=c))
+            self._read_scope_if_due()
 
         def refuse(message, code):
             if self.tx_status == b"T":
@@ -821,6 +904,8 @@ class Frontend(Protocol):
             return
         head = q[0]
         k = head.kind
+        if k == "scope":
+            return self._scope_reply(t, p, head, out)
         if k in ("abort", "abort_sync"):
             if t == b"E":
                 if head.raw:
@@ -881,7 +966,7 @@ class Frontend(Protocol):
                 head.plan = self._plan(codec.parse_row_description(p), head.classified, None)
                 out.append(codec.msg(t, p))
                 return
-            if t == b"d" and head.plan is not None and head.plan.detectors:
+            if t == b"d" and head.plan is not None and (head.plan.detectors or getattr(head.plan, "copy_columns", None)):
                 out.append(codec.msg(t, head.plan.copy_line(p)))
                 return
             if t == b"H" and self.rules.detectors:
@@ -892,6 +977,8 @@ class Frontend(Protocol):
                     out.clear()
                     return self.fatal("42501", "hoopy: binary COPY TO STDOUT cannot be masked")
                 head.plan = RowPlan([], self.rules.detectors)
+            if t == b"H" and self.rules.configured:
+                self._plan_copy_masking(head)
             out.append(codec.msg(t, p))
             if t == b"C":
                 tag = codec.parse_command_tag(p)
@@ -918,6 +1005,12 @@ class Frontend(Protocol):
             self.tx_status = p[:1]
         q.popleft()
         self._flush_pending(out)
+
+    def _plan_copy_masking(self, head):
+        """CopyOutResponse of a COPY judged maskable: mask its columns in each line."""
+        columns = self.rules.copy_columns(head.classified) if head.classified is not None else None
+        if columns and not isinstance(columns, str):
+            head.plan = CopyMask(columns, self.rules.detectors)
 
     def _undo(self, e):
         """A Parse, Bind or Close the server failed or skipped: the name keeps what it had."""

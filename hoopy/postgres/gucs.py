@@ -14,7 +14,7 @@ ADMIN_SETTINGS = frozenset("""
 role session_authorization session_replication_role standard_conforming_strings backslash_quote lc_messages
 zero_damaged_pages ignore_checksum_failure ignore_system_indexes ignore_invalid_pages allow_system_table_mods
 allow_in_place_tablespaces session_preload_libraries local_preload_libraries dynamic_library_path
-compute_query_id event_triggers restrict_nonsystem_relation_kind allow_alter_system
+compute_query_id event_triggers allow_alter_system
 """.split())
 ADMIN_PREFIXES = ("log_", "debug_", "track_")
 

@@ -90,7 +90,6 @@ _LITERALS = {"true": True, "false": False, "null": None}
 def _loads_flat(j: str):
     """json.loads without recursion, for trees nested deeper than Python's stack."""
     stack: list = []  # open containers: [container, pending key]
-    key = None
     root = None
     expect_key = False
     pos = 0

@@ -356,7 +356,36 @@ class Walk:
 
 # --- handlers: one per node type the walk treats specially ---------------------------
 
+def _settings_row_name(f):
+    """pg_dump's ``SELECT set_config(name, 'v', false) FROM pg_settings WHERE name = 'x'``
+    sets x: the setting's name, or None if the SELECT is not of that form."""
+    items = f.get("fromClause") or ()
+    if len(items) != 1:
+        return None
+    typ, rv = _unwrap(items[0])
+    if typ != "RangeVar" or rv.get("relname") != "pg_settings" or rv.get("schemaname") not in (None, "pg_catalog"):
+        return None
+    typ, w = _unwrap(f.get("whereClause"))
+    if typ != "A_Expr" or w.get("kind") != "AEXPR_OP" or _strings(w.get("name")) != ["="]:
+        return None
+    t, left = _unwrap(w.get("lexpr"))
+    value = w.get("rexpr")
+    if t != "ColumnRef" or _strings(left.get("fields"))[-1:] != ["name"] or not isinstance(value, str):
+        return None
+    return value
+
+
 def _select(w: Walk, f, ctx):
+    name = _settings_row_name(f)
+    if name is not None:
+        # The only row's name is that constant: judge set_config(name, ...) as SET of it.
+        for t in f.get("targetList") or ():
+            typ, call = _unwrap(_unwrap(t)[1].get("val"))
+            args = call.get("args") if typ == "FuncCall" else None
+            if args and _strings(call.get("funcname"))[-1:] == ["set_config"] \
+                    and _unwrap(args[0])[0] == "ColumnRef" \
+                    and _strings(_unwrap(args[0])[1].get("fields"))[-1:] == ["name"]:
+                args[0] = name
     ctes = ctx.ctes
     wc = f.get("withClause")
     if wc:
