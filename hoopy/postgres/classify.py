@@ -16,13 +16,13 @@ from __future__ import annotations
 import threading
 
 import attrs
-from pglast.parser import ParseError, normalize
 
 from hoopy.policy.rules import Unit
 from hoopy.postgres import functions
 from hoopy.postgres.rules import object_name, pg_table_unit
 from hoopy.postgres.scope import CATALOG, DEFAULT, Scope
-from hoopy.postgres.sqltree import CannotJudge, ClassifyError, parse
+from hoopy.postgres import sqltree
+from hoopy.postgres.sqltree import CannotJudge, ClassifyError
 from hoopy.postgres.walk import ANY_OBJECT, CopyTarget, Parsed, walk
 
 
@@ -56,30 +56,25 @@ class Classified:
 
 _SHAPES: dict = {}
 _SHAPES_MAX = 4096
-_SHAPE_MAX_SQL = 16384  # longer SQL is rare, and classified on a thread: not cached
+_SHAPE_MAX = 4096  # characters of a shape worth keeping (at most 16 MB of keys)
 _lock = threading.Lock()
 
 
-def _shape(sql: str):
-    """The statement with its constants replaced by placeholders (libpg_query's
-    normalize, in C): ``aid = 1`` and ``aid = 2`` share one. A statement whose
-    meaning depends on a constant's value is never cached (Parsed.cacheable), so
-    a placeholder standing for a constant or a parameter is the same here."""
-    try:
-        return normalize(sql)
-    except ParseError:
-        return None
-
-
 def parse_statement(sql: str) -> Parsed:
-    """The statement's meaning before its names are looked up, cached by shape.
-    A miss parses the statement itself, never a stand-in."""
-    key = _shape(sql) if len(sql) <= _SHAPE_MAX_SQL else None
-    if key is not None:
+    """The statement's meaning before its names are looked up, cached by shape:
+    the parse tree itself with constants' values left out (``aid = 1`` and
+    ``aid = 2`` share one), so the key is exactly what the walk reads but for
+    those values; a statement whose meaning depends on a value is never cached
+    (Parsed.cacheable). Linear in the statement's size."""
+    j = sqltree.folded(sql)
+    key = sqltree.shape(j) if len(j) <= 2 * _SHAPE_MAX else None
+    if key is not None and len(key) <= _SHAPE_MAX:
         p = _SHAPES.get(key)
         if p is not None:
             return p
-    p = _parse(sql)
+    else:
+        key = None
+    p = _walk(j)
     if key is not None and p.cacheable:
         with _lock:
             if len(_SHAPES) >= _SHAPES_MAX:
@@ -88,12 +83,15 @@ def parse_statement(sql: str) -> Parsed:
     return p
 
 
-def _parse(sql: str) -> Parsed:
-    stmts = parse(sql)
+def _walk(j: str) -> Parsed:
     try:
-        return walk(stmts)
+        return walk(sqltree.load(j))
     except (RecursionError, MemoryError) as e:
         raise CannotJudge(f"the classifier ran out of room ({type(e).__name__})") from None
+
+
+def _parse(sql: str) -> Parsed:
+    return _walk(sqltree.folded(sql))
 
 
 # --- resolution --------------------------------------------------------------------
@@ -200,7 +198,7 @@ def classify_or_error(sql: str, scope: Scope = DEFAULT):
     try:
         return classify(sql, scope)
     except ClassifyError as e:
-        return e
+        return e.with_traceback(None)  # its frames hold the parse: let them go
     except (RecursionError, MemoryError) as e:
         return CannotJudge(f"the classifier ran out of room ({type(e).__name__})")
     except Exception as e:  # a bug must refuse the statement, not drop the connection
@@ -245,7 +243,7 @@ class ParseGate:
         return len(self._sem.waiting) if self._sem is not None else 0
 
 
-PARSES = ParseGate()
+PARSES = ParseGate(limit=1)  # one large parse at a time: its memory is the bound
 _TRIM_AFTER = 256 * 1024
 
 

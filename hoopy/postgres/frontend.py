@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import collections
 import re
+
+import attrs
 import secrets
 import time
 
@@ -585,6 +587,26 @@ class Frontend(Protocol):
                 units.extend(c.units)
         return units or [Unit("admin", ANY_OBJECT)]
 
+    def _with_prepared(self, c):
+        """For masking, EXECUTE of a prepared statement reads what its statement
+        reads (looked up in today's search path, as the server analyses it again);
+        a name hoopy cannot see into stays unknown (every expression masked)."""
+        if not c.executes:
+            return c
+        found = []
+        for name in c.executes:
+            known = [resolve(body, self.scope) for body in self.prepared.get(name, ())]
+            if name in self.statements:
+                known.append(_classify_or_error(self.statements[name][0], self.scope))
+            if not known or any(isinstance(k, ClassifyError) or k.executes or k.unresolved for k in known):
+                return c
+            found.extend(known)
+        return attrs.evolve(
+            c, relations=c.relations.union(*(k.relations for k in found)),
+            column_names=c.column_names.union(*(k.column_names for k in found)),
+            whole_row=c.whole_row or any(k.whole_row for k in found),
+            fetch=c.fetch or any(k.fetch for k in found), executes=())
+
     def _local_refusal(self, c) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""
         if self.lexer_unsafe:
@@ -649,7 +671,8 @@ class Frontend(Protocol):
             return refuse(c.reason, c.code)
         if not c.statements:
             return proceed(c)  # empty query: nothing runs
-        why = self._local_refusal(c)
+        c, masking = c, self._with_prepared(c)
+        why = self._local_refusal(masking)
         op = self._operation(sql, c, params)
         # Further client messages wait in the reader (a pipelining client is
         # paused only once PIPELINE_BUFFER of them has arrived: pausing every
@@ -697,7 +720,7 @@ class Frontend(Protocol):
                     if old is not None:
                         self.portals[name] = PortalInfo(f"{old.sql}\n;\nFETCH FROM {quote_ident(name)}",
                                                         old.params, ())
-                proceed(c)
+                proceed(masking)
             else:
                 msg = r.reason if r.rule is None or r.rule in r.reason else f"{r.reason} (rule {r.rule!r})"
                 if isinstance(r, Deny) and r.approval and r.approval not in msg:
@@ -758,8 +781,8 @@ class Frontend(Protocol):
             self.gateway.reactor.callLater(0, self._after_scope_read)
 
     def _after_scope_read(self):
-        if self.phase != "ready" or self.scope_reading is not None:
-            return
+        if self.phase != "ready" or self.scope_reading is not None or not self.scope_waiters:
+            return  # (no waiter: whatever holds `waiting` now is someone else's)
         waiters, self.scope_waiters = self.scope_waiters, []
         self.waiting = False
         for w in waiters:

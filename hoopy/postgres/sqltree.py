@@ -47,22 +47,45 @@ class CannotJudge(ClassifyError):
 MAX_NODES = 200_000
 MAX_DEPTH = 100_000  # JSON nesting (the parser refuses far less: its stack-depth check)
 
-_STRING = r'"(?:[^"\\]|\\.)*"'
-# JSON text outside strings never holds `,"location":` (a quote in a string is escaped).
-_LOCATION = re.compile(r',"location":-?\d+|"location":-?\d+,?')
-_STRING_CONST = re.compile(r'\{"A_Const":\{"sval":\{(?:"sval":(' + _STRING + r'))?\}\}\}')
-_OTHER_CONST = re.compile(r'\{"A_Const":\{[^{}"]*(?:"[a-z]+":(?:\{(?:"[a-z]+":(?:' + _STRING
-                          + r'|[-\w.]+))?\}|true|false)[^{}"]*)*\}\}|\{"ParamRef":\{[^{}]*\}\}')
+_STRING = r'"(?:[^"\\]++|\\.)*+"'  # possessive: no backtracking state on long strings
+# Positions are set to 0 (a literal prefix: fast to find; a quote in a string is
+# escaped, so `"location":` is never inside one).
+_LOCATION = re.compile(r'"location":-?\d+')
+_STRING_CONST = re.compile(r'\{"A_Const":\{"sval":\{(?:"sval":(' + _STRING + r'))?\}(?:,"location":0)?\}\}')
+_OTHER_CONST = re.compile(r'\{"A_Const":\{(?:,?"[a-z_]+":(?:\{(?:"[a-z_]+":(?:' + _STRING
+                          + r'|[-\w.]+))?\}|true|false|-?\d+))*\}\}|\{"ParamRef":\{[^{}]*\}\}')
+
+
+# A string constant becomes a JSON string starting with NUL (which no SQL name or
+# value can hold): the walk tells it from a name, and ``shape`` can leave it out.
+CONST = "\x00"
+
+
+def _string_const(m):
+    g = m.group(1)
+    return '"\\u0000' + g[1:] if g else '"\\u0000"'
 
 
 def _fold(j: str) -> str:
-    j = _LOCATION.sub("", j)
-    j = _STRING_CONST.sub(lambda m: m.group(1) or '""', j)
+    j = _LOCATION.sub('"location":0', j)
+    j = _STRING_CONST.sub(_string_const, j)
     return _OTHER_CONST.sub("0", j)
+
+
+def const_text(v):
+    """A folded string constant's text, or None for anything else."""
+    if isinstance(v, str) and v.startswith(CONST):
+        return v[1:]
+    return None
 
 
 def parse(sql: str) -> list:
     """The raw statements ({"stmt": {Type: fields}, ...}) of the SQL, constants folded."""
+    return load(folded(sql))
+
+
+def folded(sql: str) -> str:
+    """The parse tree as JSON text, positions dropped and constants folded; bounded."""
     try:
         j = parse_sql_json(sql)
     except ParseError as e:
@@ -72,10 +95,28 @@ def parse(sql: str) -> list:
         raise ClassifyError(message) from None
     except (MemoryError, RecursionError) as e:
         raise CannotJudge(f"the parser ran out of room ({type(e).__name__})") from None
+    # A first bound before the folding copies are made: each constant folds
+    # away at most three objects, each parameter two.
+    if j.count("{") - 3 * j.count('{"A_Const"') - 2 * j.count('{"ParamRef"') > MAX_NODES:
+        raise CannotJudge(f"it has more than {MAX_NODES} parse nodes")
     j = _fold(j)
     nodes = j.count("{")  # an upper bound: braces inside string constants count too
     if nodes > MAX_NODES:
         raise CannotJudge(f"it has more than {MAX_NODES} parse nodes ({nodes})")
+    return j
+
+
+_CONST_VALUE = re.compile(r'"\\u0000(?:[^"\\]++|\\.)*+"')
+
+
+def shape(j: str) -> str:
+    """``folded``'s text with the string constants' values left out too: statements
+    that differ only in constants share it. Only a statement whose meaning does not
+    depend on a constant's value may be cached by it (``Parsed.cacheable``)."""
+    return _CONST_VALUE.sub("0", j)
+
+
+def load(j: str) -> list:
     try:
         tree = json.loads(j)
     except RecursionError:

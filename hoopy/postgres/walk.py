@@ -31,7 +31,7 @@ import attrs
 from hoopy.policy.rules import Unit
 from hoopy.postgres import gucs
 from hoopy.postgres.functions import PURE, ROW_FUNCTIONS
-from hoopy.postgres.sqltree import NODE_TYPES, STRUCT_FIELDS
+from hoopy.postgres.sqltree import CONST, NODE_TYPES, STRUCT_FIELDS, const_text
 
 # The subject of a ddl or admin unit that is not about one named table or function
 # (DO, SET ROLE, COPY ... PROGRAM, DROP SCHEMA, ALTER ROLE, ...). No table pattern
@@ -369,8 +369,8 @@ def _settings_row_name(f):
     if typ != "A_Expr" or w.get("kind") != "AEXPR_OP" or _strings(w.get("name")) != ["="]:
         return None
     t, left = _unwrap(w.get("lexpr"))
-    value = w.get("rexpr")
-    if t != "ColumnRef" or _strings(left.get("fields"))[-1:] != ["name"] or not isinstance(value, str):
+    value = const_text(w.get("rexpr"))
+    if t != "ColumnRef" or _strings(left.get("fields"))[-1:] != ["name"] or value is None:
         return None
     return value
 
@@ -385,7 +385,7 @@ def _select(w: Walk, f, ctx):
             if args and _strings(call.get("funcname"))[-1:] == ["set_config"] \
                     and _unwrap(args[0])[0] == "ColumnRef" \
                     and _strings(_unwrap(args[0])[1].get("fields"))[-1:] == ["name"]:
-                args[0] = name
+                args[0] = CONST + name
     ctes = ctx.ctes
     wc = f.get("withClause")
     if wc:
@@ -470,8 +470,8 @@ def _copy(w: Walk, f, ctx):
                 d = _unwrap(o)[1]
                 arg = d.get("arg")
                 t, af = _unwrap(arg)
-                opts.append(((d.get("defname") or "").lower(),
-                             af.get("sval") if t == "String" else (arg if isinstance(arg, (str, int)) else None)))
+                value = af.get("sval") if t == "String" else const_text(arg)
+                opts.append(((d.get("defname") or "").lower(), value if value is not None else arg))
             w.copy = CopyTarget(rel.get("schemaname"), rel.get("relname") or "",
                                 tuple(_strings(f.get("attlist"))), tuple(opts))
             w.cacheable = False  # the options' values (FORMAT ..., NULL ...) are read
@@ -529,7 +529,7 @@ def _set(w: Walk, f, ctx):
     if kind == "VAR_SET_MULTI":  # SET TRANSACTION ..., SESSION CHARACTERISTICS, TRANSACTION SNAPSHOT
         return w.add("read")
     args = f.get("args") or ()
-    value = args[0] if args and isinstance(args[0], str) else None
+    value = const_text(args[0]) if args else None
     w.setting(f.get("name") or "", value, reset=kind in ("VAR_RESET", "VAR_SET_DEFAULT"))
 
 
@@ -579,9 +579,9 @@ def _func_call(w: Walk, f, ctx):
             # What drivers send (asyncpg turns jit off): judged as SET of that name.
             w.cacheable = False
             args = f.get("args") or ()
-            if args and isinstance(args[0], str):
-                value = args[1] if len(args) > 1 and isinstance(args[1], str) else None
-                w.setting(args[0], value)
+            name = const_text(args[0]) if args else None
+            if name is not None:
+                w.setting(name, const_text(args[1]) if len(args) > 1 else None)
             else:
                 w.add("admin")  # a name we cannot read
                 w.may_change_path = True
