@@ -112,10 +112,14 @@ def _function_schemas(scope: Scope, name: str):
     session's schemas did not hold when last read may be created in any of them
     before it runs: every schema of the path then."""
     schemas = scope.function_schemas(name)
-    if schemas == [CATALOG] and not functions.is_builtin(name):
-        schemas = [CATALOG] + [s for s in scope.explicit if s != CATALOG and s != scope.temp
-                                and not s.startswith("pg_temp")]
-    return schemas
+    if schemas is None or functions.is_builtin(name):
+        return schemas
+    if schemas == [CATALOG]:
+        return [CATALOG] + [s for s in scope.explicit if s != CATALOG and s != scope.temp
+                            and not s.startswith("pg_temp")]
+    # Found in the session's schemas and no built-in hoopy knows: pg_catalog has
+    # none of that name (a built-in of a later release is a documented limit).
+    return [s for s in schemas if s != CATALOG]
 
 
 def _resolve(p: Parsed, scope: Scope) -> Classified:

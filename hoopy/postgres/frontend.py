@@ -623,7 +623,7 @@ class Frontend(Protocol):
                 why = self._copy_mask_refusal(c)
                 if why:
                     return why
-            if c.classes - {"read"} and (c.whole_row or c.executes
+            if c.classes - {"read", "lock"} and (c.whole_row or c.executes
                                          or not self.rules.names.isdisjoint(c.column_names)):
                 return "refused: this statement would copy a masked column"
         return None

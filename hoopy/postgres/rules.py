@@ -7,7 +7,8 @@ units; each must be covered on its own.
 
 ``lock`` covers advisory locks (a unit without a table), ``LOCK TABLE`` in a
 mode stronger than ACCESS SHARE and row locks (``FOR UPDATE`` and its kin) on
-a table. ``write TABLE`` implies ``lock TABLE``.
+a table. ``write TABLE`` implies ``lock TABLE`` (and ``write`` without tables,
+every lock).
 
 A few objects are covered only by a rule that names them (no glob) or by a
 rule without objects: the catalog views and functions that show other
@@ -86,8 +87,12 @@ def parse(text: str):
     def match(unit: Unit) -> bool:
         if unit.kind not in classes:
             return False
-        if not patterns or unit.subject is None:
+        if not patterns:
             return True
+        if unit.subject is None:
+            # A unit without a table (SELECT 1, an advisory lock) is covered by any
+            # rule of its class; write TABLE implies lock on that table only.
+            return unit.kind == cls or cls == "all"
         if named_only(unit.subject):
             return unit.subject in literal
         return any(fnmatch.fnmatchcase(unit.subject, p) for p, _ in patterns)
