@@ -22,7 +22,7 @@ from hoopy.postgres import functions
 from hoopy.postgres.rules import object_name, pg_table_unit
 from hoopy.postgres.scope import CATALOG, DEFAULT, Scope
 from hoopy.postgres import sqltree
-from hoopy.postgres.sqltree import CannotJudge, ClassifyError
+from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy
 from hoopy.postgres.walk import ANY_OBJECT, CopyTarget, Parsed, walk
 
 
@@ -60,13 +60,13 @@ _SHAPE_MAX = 4096  # characters of a shape worth keeping (at most 16 MB of keys)
 _lock = threading.Lock()
 
 
-def parse_statement(sql: str) -> Parsed:
+def parse_statement(sql: str, inline: bool = False) -> Parsed:
     """The statement's meaning before its names are looked up, cached by shape:
     the parse tree itself with constants' values left out (``aid = 1`` and
     ``aid = 2`` share one), so the key is exactly what the walk reads but for
     those values; a statement whose meaning depends on a value is never cached
     (Parsed.cacheable). Linear in the statement's size."""
-    j = sqltree.folded(sql)
+    j = sqltree.folded(sql, inline)
     key = sqltree.shape(j) if len(j) <= 2 * _SHAPE_MAX else None
     if key is not None and len(key) <= _SHAPE_MAX:
         p = _SHAPES.get(key)
@@ -74,7 +74,7 @@ def parse_statement(sql: str) -> Parsed:
             return p
     else:
         key = None
-    p = _walk(j)
+    p = _walk(j, inline)
     if key is not None and p.cacheable:
         with _lock:
             if len(_SHAPES) >= _SHAPES_MAX:
@@ -83,9 +83,10 @@ def parse_statement(sql: str) -> Parsed:
     return p
 
 
-def _walk(j: str) -> Parsed:
+def _walk(j: str, inline: bool = False) -> Parsed:
+    stmts = sqltree.load(j, inline)
     try:
-        return walk(sqltree.load(j))
+        return walk(stmts)
     except (RecursionError, MemoryError) as e:
         raise CannotJudge(f"the classifier ran out of room ({type(e).__name__})") from None
 
@@ -191,18 +192,22 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
 
 # --- the entry points ------------------------------------------------------------------
 
-def classify(sql: str, scope: Scope = DEFAULT) -> Classified:
-    """Classified; raises ClassifyError (CannotJudge past a bound)."""
-    return resolve(parse_statement(sql), scope)
+def classify(sql: str, scope: Scope = DEFAULT, inline: bool = False) -> Classified:
+    """Classified; raises ClassifyError (CannotJudge past a bound), and with
+    ``inline`` Heavy when the statement is worth a thread."""
+    return resolve(parse_statement(sql, inline), scope)
 
 
-def classify_or_error(sql: str, scope: Scope = DEFAULT):
+def classify_or_error(sql: str, scope: Scope = DEFAULT, inline: bool = False):
     """Classified, or the ClassifyError that says why the statement cannot be judged.
-    Never raises: an internal failure is a CannotJudge too (refused, recorded)."""
+    Never raises (but Heavy, with ``inline``): an internal failure is a CannotJudge
+    too (refused, recorded)."""
     try:
-        return classify(sql, scope)
+        return classify(sql, scope, inline)
     except ClassifyError as e:
         return e.with_traceback(None)  # its frames hold the parse: let them go
+    except Heavy:
+        raise
     except (RecursionError, MemoryError) as e:
         return CannotJudge(f"the classifier ran out of room ({type(e).__name__})")
     except Exception as e:  # a bug must refuse the statement, not drop the connection
@@ -218,6 +223,20 @@ def _classify(sql: str, scope: Scope = DEFAULT) -> Classified:
 
 
 # --- large statements: off the reactor, a few at a time ---------------------------
+
+INLINE_SQL = 16 * 1024  # longer statements go to a thread at once
+
+
+def classify_soon(reactor, sql: str, scope: Scope):
+    """classify_or_error's result now, when it takes a moment; else a Deferred firing
+    with it, computed on a thread (PARSES: a few at once gateway-wide)."""
+    if len(sql) <= INLINE_SQL:
+        try:
+            return classify_or_error(sql, scope, inline=True)
+        except Heavy:
+            pass
+    return PARSES.classify(reactor, sql, scope)
+
 
 class ParseGate:
     """Large statements are classified on threads, at most ``limit`` at once
@@ -279,4 +298,4 @@ def table_units(units) -> tuple:
 
 
 __all__ = ["classify", "classify_or_error", "resolve", "parse_statement", "Classified", "ClassifyError",
-           "CannotJudge", "CopyTarget", "Scope", "ANY_OBJECT", "pg_table_unit", "PARSES"]
+           "CannotJudge", "CopyTarget", "Scope", "ANY_OBJECT", "pg_table_unit", "PARSES", "classify_soon"]

@@ -15,6 +15,7 @@ import attrs
 import secrets
 import time
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -26,7 +27,7 @@ from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.session import IN, OUT
 from hoopy.postgres import codec, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
-from hoopy.postgres.classify import ANY_OBJECT, PARSES, ClassifyError, classify_or_error, resolve
+from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify_or_error, classify_soon, resolve
 from hoopy.postgres.scope import SCOPE_QUERY, SCOPE_RESULTS, Scope
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.rows import CopyMask, MaskRules, RowPlan, catalog_query
@@ -44,7 +45,6 @@ STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
     "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"))
 _VALUE_START = re.compile(r"[:\"'`\u0080-\U0010ffff]")
 PIPELINE_BUFFER = 1024 * 1024  # client bytes read ahead while a statement is judged
-LARGE_SQL = 16 * 1024  # longer statements are parsed off the reactor thread (a few at once)
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 MAX_AUTH_MESSAGE = 64 * 1024  # as the server's own limit on an authentication token
 class Pending:
@@ -643,9 +643,11 @@ class Frontend(Protocol):
             self.waiting = True
             self.scope_waiters.append(lambda: self.judge(sql, params, proceed, refuse))
             return
-        if len(sql) > LARGE_SQL:
-            # Parsing megabytes of SQL would stall every other session: do it
-            # on a thread (a few at once gateway-wide), this connection paused meanwhile.
+        c = classify_soon(self.gateway.reactor, sql, self.scope)
+        if isinstance(c, Deferred):
+            # A large or deeply nested statement would stall every other session:
+            # it is judged on a thread (one at a time gateway-wide), this connection
+            # paused meanwhile.
             self.waiting = True
             self.pause("parsing")
 
@@ -656,11 +658,10 @@ class Frontend(Protocol):
                     self._judge(sql, params, proceed, refuse, c)
                     self.pump()
 
-            d = PARSES.classify(self.gateway.reactor, sql, self.scope)
-            d.addCallback(parsed)
-            d.addErrback(lambda f: (log.failure("classifying", f), self.fatal("XX000", "internal error")))
+            c.addCallback(parsed)
+            c.addErrback(lambda f: (log.failure("classifying", f), self.fatal("XX000", "internal error")))
             return
-        self._judge(sql, params, proceed, refuse, _classify_or_error(sql, self.scope))
+        self._judge(sql, params, proceed, refuse, c)
 
     def _judge(self, sql, params, proceed, refuse, c):
         if isinstance(c, ClassifyError):

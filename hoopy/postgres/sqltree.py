@@ -35,6 +35,10 @@ class ClassifyError(Exception):
         return f"{self.prefix}: {self.message}"
 
 
+class Heavy(Exception):
+    """Judging this statement would take more than a moment: do it off the reactor."""
+
+
 class CannotJudge(ClassifyError):
     """Past a bound (too large, too deep) or an internal failure of the classifier."""
 
@@ -46,6 +50,7 @@ class CannotJudge(ClassifyError):
 # megabyte of VALUES rows folds to a few objects per row.
 MAX_NODES = 200_000
 MAX_DEPTH = 100_000  # JSON nesting (the parser refuses far less: its stack-depth check)
+INLINE_NODES = 4000  # more than this is judged on a thread (about 10 ms of work)
 
 _STRING = r'"(?:[^"\\]++|\\.)*+"'  # possessive: no backtracking state on long strings
 # Positions are set to 0 (a literal prefix: fast to find; a quote in a string is
@@ -84,7 +89,7 @@ def parse(sql: str) -> list:
     return load(folded(sql))
 
 
-def folded(sql: str) -> str:
+def folded(sql: str, inline: bool = False) -> str:
     """The parse tree as JSON text, positions dropped and constants folded; bounded."""
     try:
         j = parse_sql_json(sql)
@@ -97,8 +102,11 @@ def folded(sql: str) -> str:
         raise CannotJudge(f"the parser ran out of room ({type(e).__name__})") from None
     # A first bound before the folding copies are made: each constant folds
     # away at most three objects, each parameter two.
-    if j.count("{") - 3 * j.count('{"A_Const"') - 2 * j.count('{"ParamRef"') > MAX_NODES:
+    least = j.count("{") - 3 * j.count('{"A_Const"') - 2 * j.count('{"ParamRef"')
+    if least > MAX_NODES:
         raise CannotJudge(f"it has more than {MAX_NODES} parse nodes")
+    if inline and (least > INLINE_NODES or len(j) > 64 * INLINE_NODES):
+        raise Heavy()
     j = _fold(j)
     nodes = j.count("{")  # an upper bound: braces inside string constants count too
     if nodes > MAX_NODES:
@@ -116,10 +124,16 @@ def shape(j: str) -> str:
     return _CONST_VALUE.sub("0", j)
 
 
-def load(j: str) -> list:
+def load(j: str, inline: bool = False) -> list:
+    """The folded JSON as Python objects. ``inline``: on the reactor thread, where a
+    tree too large or too deep for a moment's work raises Heavy instead."""
+    if inline and j.count("{") > INLINE_NODES:
+        raise Heavy()
     try:
         tree = json.loads(j)
     except RecursionError:
+        if inline:
+            raise Heavy() from None
         tree = _loads_flat(j)
     return tree.get("stmts") or []
 
