@@ -252,3 +252,16 @@ def test_statements_that_cannot_be_judged_are_refused_and_recorded(g):
     reasons = [e["data"].get("reason", "") for e in g.events("operation") if e.get("outcome") == "refused"]
     assert any("hoopy cannot judge this statement: it is nested too deeply" in r for r in reasons)
     assert any("hoopy cannot judge this statement: it has more than" in r for r in reasons)
+
+
+def test_the_path_is_read_again_after_a_copy_from_stdin_not_in_its_middle(g):
+    """A query slipped in after COPY FROM STDIN would arrive in the middle of the copy:
+    the gateway reads the path before the next statement instead."""
+    env = {**os.environ, "PGPASSWORD": LOCKER.token}
+    r = subprocess.run(["psql", f"host=127.0.0.1 port={g.port} user={LOCKER.name} dbname=x sslmode=disable",
+                        "-XAt", "-c", "SET search_path = shadow, public; COPY public.invoices (id, amount) FROM STDIN",
+                        "-c", "SELECT count(*) FROM customers"],
+                       input="41\t1\n42\t2\n\\.\n", capture_output=True, text=True, env=env, timeout=30)
+    assert "no grant allows read shadow.customers" in r.stderr, (r.stdout, r.stderr)
+    assert admin_sql("SELECT count(*) FROM invoices WHERE id IN (41, 42)", g.database) == "2"
+    admin_sql("DELETE FROM invoices WHERE id IN (41, 42)", g.database)

@@ -480,6 +480,7 @@ class Frontend(Protocol):
         if t == b"Q":
             return self.simple_query(codec.parse_query(p))
         if t == b"P":
+            self._read_scope_if_due()  # before this batch opens
             parse = codec.parse_parse(p)
             if parse.name and (parse.name in self.statements or parse.name in self.prepared):
                 # The server refuses it and keeps the statement it has: what a
@@ -638,6 +639,7 @@ class Frontend(Protocol):
 
     def judge(self, sql, params, proceed, refuse):
         """Calls proceed(classified) or refuse(message, code) once decided."""
+        self._read_scope_if_due()  # a Query: the upstream is between statements
         if self.scope_reading is not None:
             # The search path is being read again: judge once it is known.
             self.waiting = True
@@ -794,7 +796,8 @@ class Frontend(Protocol):
         def proceed(c):
             self.forward(b"Q", codec.cstr(sql))
             self.expect(Pending("query", sql=sql, classified=c))
-            self._read_scope_if_due()
+            if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
+                self._read_scope_if_due()
 
         def refuse(message, code):
             if self.tx_status == b"T":
