@@ -47,7 +47,8 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("postgres", "hoopy.postgres", "read | write | lock | ddl | admin | all [TABLE | FUNCTION() ...]",
              ("columns",)),
-    Protocol("ssh", "hoopy.ssh", "shell | sftp | exec GLOB | forward HOST:PORT"),
+    Protocol("ssh", "hoopy.ssh", "shell | sftp [read|write PATHGLOB] | exec COMMAND-GLOB | write PATHGLOB | "
+                                 "read PATHGLOB | forward HOST:PORT"),
     Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields",)),
 )}
 
