@@ -79,7 +79,7 @@ def parse(text: str):
     for t in words[1:]:
         t = t.rstrip(",")
         if not _OBJECT.match(t):
-            raise RuleError(f"{text!r}: {t!r} is not a table (schema.table) or function (schema.name())")
+            raise RuleError(f"{text!r}: {t!r} is not a table name (schema.table) or function (schema.name())")
         patterns.append(_pattern(t))
     classes = COVERS[cls]
     literal = frozenset(p for p, glob in patterns if not glob)
