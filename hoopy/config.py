@@ -485,7 +485,7 @@ def parse(data: dict, path: Path) -> Config:
                 if ctype is None:
                     continue
                 try:
-                    rules.append(parse_rule(ctype, text))
+                    rules.append(parse_rule(ctype, text, deny=word == "deny"))
                 except RuleError as e:
                     t.problem(f"{word}[{j}]", str(e))
             lists[word] = tuple(rules)

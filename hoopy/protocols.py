@@ -34,11 +34,14 @@ class Protocol:
     def parse_settings(self, table):
         return self.module("settings").parse(table)
 
-    def parse_rule(self, text: str) -> Rule:
+    def parse_rule(self, text: str, deny: bool = False) -> Rule:
         if not isinstance(text, str) or not text.strip():
             raise RuleError("empty rule")
         text = text.strip()
-        return Rule(self.name, text, self.module("rules").parse(text))
+        rules = self.module("rules")
+        # A protocol may read a deny rule more broadly (postgres: globs cover named-only objects).
+        parse = getattr(rules, "parse_deny", None) if deny else None
+        return Rule(self.name, text, (parse or rules.parse)(text))
 
     def make_service(self, gateway, connection):
         return self.module("service").make_service(gateway, connection)
@@ -60,6 +63,7 @@ def get(name: str) -> Protocol:
         raise RuleError(f"no protocol {name!r}") from None
 
 
-def parse_rule(protocol: str, text: str) -> Rule:
-    """A grant's rule for a connection of this protocol; RuleError says what is wrong."""
-    return get(protocol).parse_rule(text)
+def parse_rule(protocol: str, text: str, deny: bool = False) -> Rule:
+    """A grant's rule for a connection of this protocol; RuleError says what is wrong.
+    ``deny``: the rule is in a deny list."""
+    return get(protocol).parse_rule(text, deny)

@@ -247,3 +247,11 @@ def test_postgres_catalog_views_and_functions_that_expose_others_need_a_rule_nam
         assert _pg(f"admin {subject}").matches(u) and _pg("admin").matches(u)
     assert _pg("read pg_catalog.*").matches(Unit("read", "pg_catalog.pg_class"))
     assert _pg("read pg_catalog.*").matches(Unit("read", "pg_catalog.pg_settings"))
+    # In a deny list a glob covers them too: deny wins over what names them.
+    deny = parse_rule("postgres", "read pg_catalog.*", deny=True)
+    assert deny.matches(Unit("read", "pg_catalog.pg_stat_activity"))
+    p = policy(Grant("agent", "db", rules("postgres", "read pg_catalog.pg_stat_activity", "admin"), (),
+                     tuple(parse_rule("postgres", r, deny=True) for r in ("read pg_catalog.*", "admin pg_catalog.*")),
+                     None, 0))
+    assert p.judge("agent", "db", pg_op(Unit("read", "pg_catalog.pg_stat_activity"))).outcome == "deny"
+    assert p.judge("agent", "db", pg_op(Unit("admin", "pg_catalog.pg_read_file()"))).outcome == "deny"

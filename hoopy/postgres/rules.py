@@ -70,7 +70,7 @@ def _pattern(text: str) -> tuple[str, bool]:
     return ".".join(out) + ("()" if func else ""), glob
 
 
-def parse(text: str):
+def parse(text: str, deny: bool = False):
     words = text.split()
     cls = words[0].lower()
     if cls not in COVERS:
@@ -93,11 +93,17 @@ def parse(text: str):
             # A unit without a table (SELECT 1, an advisory lock) is covered by any
             # rule of its class; write TABLE implies lock on that table only.
             return unit.kind == cls or cls == "all"
-        if named_only(unit.subject):
+        if named_only(unit.subject) and not deny:
             return unit.subject in literal
         return any(fnmatch.fnmatchcase(unit.subject, p) for p, _ in patterns)
 
     return match
+
+
+def parse_deny(text: str):
+    """A rule of a grant's ``deny`` list: its globs cover everything they match
+    (``deny = ["read pg_catalog.*"]`` denies pg_stat_activity too)."""
+    return parse(text, deny=True)
 
 
 def named_only(subject: str) -> bool:
