@@ -141,4 +141,5 @@ class Gateway(MultiService):
                 except Exception:
                     log.failure("terminating session {id}", id=session.id)
             ds.append(session.end(reason))
+        ds.extend(self.approvals.expire_all(reason))  # retry-mode ones outlive their session
         return DeferredList([d for d in ds if d is not None], consumeErrors=True)

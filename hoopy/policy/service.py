@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from hoopy.audit.store import StoreError
 from hoopy.policy.approvals import ApprovalService, _describe
 from hoopy.policy.verdicts import Allow, Deny, Hold, Judgement
+from hoopy.units import format_duration
 
 log = Logger()
 
@@ -32,6 +33,8 @@ class PolicyService:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self.timeouts = {name: c.approval_timeout for name, c in config.connections.items()}
         self.default_timeout = config.gateway.approval_timeout
+        self.connections = config.connections
+        self.default_ttl = config.gateway.approval_ttl
         self._grants: dict[tuple[str, str], list] = {}
         for g in config.grants:
             self._grants.setdefault((g.identity, g.connection), []).append(g)
@@ -40,20 +43,40 @@ class PolicyService:
         now = self._now()
         grants = [g for g in self._grants.get((identity, connection), ()) if not g.expired(now)]
         worst = None
+        asking = []  # the grants whose approve rules hold this operation
         for unit in operation.units:
-            j = _judge_unit(grants, unit)
+            j, grant = _judge_unit(grants, unit)
             if j.outcome == "deny":
                 return Judgement("deny", j.rule, f"{j.reason} (for {identity} on {connection})")
+            if j.outcome == "approve":
+                asking.append(grant)
             if worst is None or (j.outcome == "approve" and worst.outcome == "allow"):
                 worst = j
         if worst is None:  # an operation with no units is not an operation anyone granted
             return Judgement("deny", None, f"nothing to judge in {operation.text!r}")
+        if worst.outcome == "approve":
+            mode, ttl = self._approval_terms(connection, asking)
+            return Judgement("approve", worst.rule, worst.reason, mode, ttl)
         return worst
 
-    def decide(self, session, operation) -> Deferred:
-        """Fires with Allow, Deny or Hold once the event saying so is durable."""
+    def _approval_terms(self, connection: str, grants) -> tuple[str, float]:
+        """hold or retry, and the ttl: each grant's own, else its connection's. Retry only when
+        every grant that asks for approval says retry; the shortest ttl among them."""
+        conn = self.connections.get(connection)
+        modes = {g.approvals or (conn.approvals if conn else "hold") for g in grants}
+        ttls = [g.approval_ttl if g.approval_ttl is not None else (conn.approval_ttl if conn else self.default_ttl)
+                for g in grants]
+        return ("retry" if modes == {"retry"} else "hold"), min(ttls, default=self.default_ttl)
+
+    def decide(self, session, operation, approvals: str | None = None) -> Deferred:
+        """Fires with Allow, Deny or Hold once the event saying so is durable.
+
+        ``approvals="retry"``: the caller asked not to wait (HTTP ``Prefer: respond-async``),
+        whatever the grant says."""
         j = self.judge(session.identity, session.connection, operation)
-        self._count(session, {"allow": "allowed", "approve": "held", "deny": "refused"}[j.outcome])
+        if j.outcome == "approve":
+            return ensureDeferred(self._approve(session, operation, j, approvals or j.approvals))
+        self._count(session, {"allow": "allowed", "deny": "refused"}[j.outcome])
         if j.outcome == "deny":
             log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
                      connection=session.connection, text=operation.text[:200], reason=j.reason)
@@ -63,9 +86,47 @@ class PolicyService:
         if j.outcome == "allow":
             d = session.event("operation", "allowed", rule=j.rule, **_describe(operation))
             return d.addCallbacks(lambda _: Allow(j.rule), self._store_down, errbackArgs=(session,))
+
+    async def _approve(self, session, operation, j, mode):
+        describe = _describe(operation)
         timeout = self.timeouts.get(session.connection, self.default_timeout)
-        d = self.approvals.request(session, operation, j.rule, timeout)
-        return d.addCallbacks(self._held, self._store_down, errbackArgs=(session,))
+        try:
+            # An approved retry approval of exactly this operation runs it, once (whatever
+            # this operation's own mode: the approval was asked for in retry mode).
+            found = await self.approvals.use(session, operation, j.rule, describe)
+            if isinstance(found, Allow):
+                self._count(session, "allowed")
+                return found
+            if mode != "retry":
+                self._count(session, "held")
+                return self._held(await self.approvals.request(session, operation, j.rule, timeout))
+            self._count(session, "refused")
+            if found is not None:
+                # Asked again while pending: the same approval, not a new one in the inbox.
+                reason = (f"approval {found['id']} is still pending (rule {j.rule!r}); nothing ran; "
+                          f"run the same {_noun(operation)} again after it is approved")
+                await session.event("operation", "refused", rule=j.rule, reason=reason, approval=found["id"],
+                                    status="pending", **describe)
+                return self._retry_refusal(found["id"], reason, j, operation, found["ttl_s"], timeout)
+            approval = await self.approvals.request(session, operation, j.rule, timeout, "retry", j.approval_ttl)
+        except StoreError as e:
+            log.error("session {id}: {e}", id=session.id, e=str(e))
+            return Deny(STORE_DOWN)
+        log.info("held {identity} on {connection}: {text!r} as approval {id} (retry mode)",
+                 identity=session.identity, connection=session.connection, text=operation.text[:200],
+                 id=approval.id)
+        reason = (f"held for approval {approval.id} (rule {j.rule!r}); nothing ran; "
+                  f"run the same {_noun(operation)} again after it is approved")
+        return self._retry_refusal(approval.id, reason, j, operation, approval.ttl_s, timeout)
+
+    def _retry_refusal(self, approval_id, reason, j, operation, ttl, timeout) -> Deny:
+        noun = _noun(operation)
+        detail = (f"A reviewer approves it with `hoopy approve {approval_id}` or in the web console. "
+                  f"Then the identical {noun}, by the same identity on the same connection, runs once "
+                  f"if it is sent within {format_duration(ttl or 0)} of the approval; a different {noun} "
+                  f"needs its own approval. Unless decided, the approval expires "
+                  f"{format_duration(timeout)} after it was asked for.")
+        return Deny(reason, j.rule, approval_id, "pending", detail)
 
     def _held(self, approval) -> Hold:
         log.info("held {identity} on {connection}: {text!r} as approval {id}", identity=approval.requester,
@@ -90,19 +151,30 @@ class PolicyService:
             self.metrics.operations.labels(session.protocol, session.connection, outcome).inc()
 
 
-def _judge_unit(grants, unit) -> Judgement:
-    allow = approve = None
+_NOUNS = {"statement": "statement", "exec": "command", "request": "request", "shell": "session",
+          "sftp": "session", "forward": "forward"}
+
+
+def _noun(operation) -> str:
+    """What the caller sends again, in its own words."""
+    return _NOUNS.get(operation.kind, "operation")
+
+
+def _judge_unit(grants, unit) -> tuple[Judgement, object]:
+    """The unit's judgement, and for approve the grant whose rule asked for it."""
+    allow = approve = approver = None
     for g in grants:
         for r in g.deny:
             if r.matches(unit):
-                return Judgement("deny", r.text, f"{unit} is denied by rule {r.text!r}")
+                return Judgement("deny", r.text, f"{unit} is denied by rule {r.text!r}"), g
         if approve is None:
             approve = next((r for r in g.approve if r.matches(unit)), None)
+            approver = g if approve is not None else None
         if allow is None:
             allow = next((r for r in g.allow if r.matches(unit)), None)
     if approve is not None:
-        return Judgement("approve", approve.text, f"{unit} needs approval (rule {approve.text!r})")
+        return Judgement("approve", approve.text, f"{unit} needs approval (rule {approve.text!r})"), approver
     if allow is not None:
-        return Judgement("allow", allow.text, f"allowed by rule {allow.text!r}")
-    return Judgement("deny", None, f"no grant allows {unit}")
+        return Judgement("allow", allow.text, f"allowed by rule {allow.text!r}"), None
+    return Judgement("deny", None, f"no grant allows {unit}"), None
 
