@@ -56,7 +56,7 @@ class HoopyProcess:
     """A real gateway process; its admin API on a free port."""
 
     def __init__(self, workdir: Path, body: str, admin_port: int | None = None,
-                 env: dict | None = None, approval_timeout: str = "30s"):
+                 env: dict | None = None, approval_timeout: str = "30s", gateway_extra: str = ""):
         self.workdir = Path(workdir)
         self.admin_port = admin_port or free_port()
         self.config = self.workdir / "hoopy.toml"
@@ -64,7 +64,7 @@ class HoopyProcess:
             "[gateway]\n"
             f'state = "hoopy.db"\nrecordings = "recordings"\n'
             f'admin_listen = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
-            f'approval_timeout = "{approval_timeout}"\nstore_busy_timeout = "1s"\n\n' + body)
+            f'approval_timeout = "{approval_timeout}"\nstore_busy_timeout = "1s"\n{gateway_extra}\n\n' + body)
         self.env = {**os.environ, **(env or {})}
         self.proc = None
         self.log = self.workdir / "twistd.log"

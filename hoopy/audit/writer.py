@@ -222,6 +222,8 @@ class BatchedStore:
         self._stopped: Deferred | None = None
         self.healthy = True
         self.on_error = None  # callable(exc): the metrics hook
+        # callables(StoredEvent), on the reactor thread once an event is durable (notifications)
+        self.observers: list = []
 
     @property
     def reactor(self):
@@ -329,11 +331,17 @@ class BatchedStore:
         self.healthy = True
         for d, stored in results:
             if d is None:
-                continue  # a trailing event
-            if isinstance(stored, Exception):
+                pass  # a trailing event
+            elif isinstance(stored, Exception):
                 d.errback(stored)
+                continue
             else:
                 d.callback(stored)
+            for observe in self.observers:
+                try:
+                    observe(stored)
+                except Exception:
+                    log.failure("observer of the state store")
 
     def _failed(self, deferreds, err):
         if self.healthy:
