@@ -205,7 +205,17 @@ class AdminResource(Resource):
 
 
 def make_service(gateway, listen: str):
-    site = Site(AdminResource(gateway))
+    from hoopy.admin.console import mount
+
+    site = Site(mount(AdminResource(gateway), gateway))  # /ui/: the web console
     site.displayTracebacks = False
     site.noisy = False
-    return strports.service(listen, site, reactor=gateway.reactor)
+    factory = site
+    gw = gateway.config.gateway
+    if gw.admin_tls_cert is not None:
+        from twisted.internet import ssl
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        cert = ssl.PrivateCertificate.loadPEM(gw.admin_tls_cert.value + "\n" + gw.admin_tls_key.value)
+        factory = TLSMemoryBIOFactory(cert.options(), False, site)
+    return strports.service(listen, factory, reactor=gateway.reactor)

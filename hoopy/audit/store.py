@@ -123,6 +123,25 @@ class ReaderQueries:
                           (approval_id,))
         return rows[0] if rows else None
 
+    def session_counts(self, session_ids):
+        """Per session: operations, refused, held, masked (redactions) counts."""
+        out: dict = {}
+        p, t = self.dialect.param, self.dialect.prefix
+        ids = list(session_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for r in self._rows(f"SELECT session, kind, outcome, count(*) AS n FROM {t}events WHERE session IN "
+                                f"({', '.join(p for _ in chunk)}) AND kind IN ('operation', 'redaction')"
+                                " GROUP BY session, kind, outcome", chunk):
+                c = out.setdefault(r["session"], {"operations": 0, "refused": 0, "held": 0, "masked": 0})
+                if r["kind"] == "redaction":
+                    c["masked"] += r["n"]
+                    continue
+                c["operations"] += r["n"]
+                if r["outcome"] in ("refused", "held"):
+                    c[r["outcome"]] += r["n"]
+        return out
+
     def retry_approvals(self, requester, connection, canonical):
         """Retry-mode approvals of this operation by this identity on this connection that
         may still matter (pending, or approved and not yet used), newest first."""
