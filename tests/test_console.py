@@ -108,7 +108,7 @@ def test_sign_in_cookies_headers_and_roles(gateway):
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
     assert "frame-ancestors 'none'" in csp and "wasm" not in csp
     assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
+    assert headers["Referrer-Policy"] == "same-origin" and headers["Cache-Control"] == "no-store"
     assert b"<script>" not in html and b" on" not in html.lower().replace(b" one", b"")  # no inline script or handler
 
     # A wrong token, an identity without a console role: refused and recorded.

@@ -108,11 +108,11 @@ def cross_origin(request) -> bool:
     if site and site.lower() not in (b"same-origin", b"none"):
         return True
     origin = request.getHeader(b"origin")
-    if origin and origin != b"null":
+    if origin and origin != b"null":  # ("null": a browser hiding it; the CSRF token still guards)
         host = request.getHeader(b"host") or b""
         scheme = b"https" if request.isSecure() else b"http"
         return origin.lower() != scheme + b"://" + host.lower()
-    return origin == b"null"
+    return False
 
 
 def set_cookie(request, name: bytes, value: str, max_age: int | None = None) -> None:
@@ -125,7 +125,8 @@ def security_headers(request, csp: str = CSP, cache: bool = False) -> None:
     h(b"content-security-policy", csp.encode())
     h(b"x-content-type-options", b"nosniff")
     h(b"x-frame-options", b"DENY")
-    h(b"referrer-policy", b"no-referrer")
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on our own forms
+    h(b"referrer-policy", b"same-origin")
     h(b"cross-origin-opener-policy", b"same-origin")
     h(b"cross-origin-resource-policy", b"same-origin")
     h(b"permissions-policy", b"camera=(), microphone=(), geolocation=(), payment=(), usb=()")
