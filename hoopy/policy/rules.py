@@ -49,8 +49,9 @@ class Operation:
     canonical: str | None = attrs.field(default=None, eq=False, kw_only=True)
 
     @classmethod
-    def single(cls, protocol: str, kind: str, text: str, subject: str | None = None, **detail):
-        return cls(protocol, kind, text, (Unit(kind, subject),), detail)
+    def single(cls, protocol: str, kind: str, text: str, subject: str | None = None, *,
+               canonical: str | None = None, **detail):
+        return cls(protocol, kind, text, (Unit(kind, subject),), detail, canonical=canonical)
 
     @staticmethod
     def canonical_of(*parts) -> str:
