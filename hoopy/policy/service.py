@@ -34,7 +34,7 @@ class PolicyService:
         self.timeouts = {name: c.approval_timeout for name, c in config.connections.items()}
         self.default_timeout = config.gateway.approval_timeout
         self.connections = config.connections
-        self.default_ttl = config.gateway.approval_ttl
+        self.default_ttl = getattr(config.gateway, "approval_ttl", 900.0)
         self._grants: dict[tuple[str, str], list] = {}
         for g in config.grants:
             self._grants.setdefault((g.identity, g.connection), []).append(g)
