@@ -137,8 +137,8 @@ def _show_approval(reader, args):
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    for k in ("id", "state", "requester", "connection", "protocol", "session", "rule", "created", "expires",
-              "decided", "reviewer", "reason"):
+    for k in ("id", "state", "requester", "caused_by", "connection", "protocol", "session", "rule", "mode",
+              "created", "expires", "decided", "reviewer", "reason", "usable_until", "used", "used_session"):
         if out.get(k) is not None:
             print(f"{k + ':':<12}{out[k]}")
     print("operation:")

@@ -232,3 +232,52 @@ async def test_two_nodes_on_one_postgres_state_cannot_both_run_it(pg, tmp_path):
     finally:
         await a.stopService()
         await b.stopService()
+
+
+def test_the_configuration_names_each_problem(tmp_path, monkeypatch):
+    from hoopy import config as cm
+    from tests.gateway_fixtures import write_config
+
+    monkeypatch.setenv("HOOK_URL", "https://hooks.example/T0/B0/secret")
+    p = write_config(tmp_path, api_extra='approvals = "later"\napproval_ttl = "soon"',
+                     grant_extra='approvals = "retry"\napproval_ttl = "2m"', extra="""
+[[notify]]
+url = "https://hooks.example/x"
+
+[[notify]]
+url = "ftp://hooks.example/x"
+secret = "inline-secret"
+events = ["approval.requested", "approval.exploded"]
+
+[[notify]]
+url = "env:HOOK_URL"
+format = "slack"
+colour = "red"
+""")
+    text = p.read_text().replace("[gateway]\n", '[gateway]\nconsole_url = "hoopy.example"\n'
+                                 'admin_tls_cert = "file:nowhere.pem"\n', 1)
+    p.write_text(text)
+    try:
+        cm.load(p)
+        raise AssertionError("accepted")
+    except cm.ConfigError as e:
+        problems = {str(x) for x in e.problems}
+    for want in ('connections.api.approvals: \'later\' is not one of hold, retry',
+                 "connections.api.approval_ttl: 'soon' is not a duration such as \"30s\" or \"5m\"",
+                 'notify[0].secret: is required for format = "json" (it signs each post: Hoopy-Signature)',
+                 "notify[1].url: must be an http:// or https:// URL (or an env:/file: reference to one)",
+                 'notify[1].secret: secrets are never inline: use "env:NAME" or "file:/path"',
+                 "notify[1].events[1]: 'approval.exploded' is not one of approval.requested, approval.decided, "
+                 "approval.expired, operation.refused, audit.failed",
+                 "notify[2].colour: unknown key",
+                 "gateway.console_url: must be an http:// or https:// URL (where the console is reached)",
+                 "gateway.admin_tls_key: admin_tls_cert and admin_tls_key go together"):
+        assert want in problems, (want, problems)
+    # The good parts parse: a grant's own mode and ttl; a Slack URL from the environment.
+    p = write_config(tmp_path, grant_extra='approvals = "retry"\napproval_ttl = "2m"',
+                     extra='[[notify]]\nurl = "env:HOOK_URL"\nformat = "slack"\n')
+    cfg = cm.load(p)
+    g = next(g for g in cfg.grants if g.identity == "agent")
+    assert (g.approvals, g.approval_ttl) == ("retry", 120.0)
+    assert cfg.connections["api"].approvals == "hold" and cfg.connections["api"].approval_ttl == 900.0
+    assert cfg.notify[0].url == "https://hooks.example/T0/B0/secret" and "secret" not in repr(cfg.notify[0])
