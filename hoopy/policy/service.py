@@ -100,14 +100,15 @@ class PolicyService:
             if mode != "retry":
                 self._count(session, "held")
                 return self._held(await self.approvals.request(session, operation, j.rule, timeout))
-            self._count(session, "refused")
             if found is not None:
+                self._count(session, "refused")
                 # Asked again while pending: the same approval, not a new one in the inbox.
                 reason = (f"approval {found['id']} is still pending (rule {j.rule!r}); nothing ran; "
                           f"run the same {_noun(operation)} again after it is approved")
                 await session.event("operation", "refused", rule=j.rule, reason=reason, approval=found["id"],
                                     status="pending", **describe)
                 return self._retry_refusal(found["id"], reason, j, operation, found["ttl_s"], timeout)
+            self._count(session, "held")  # (an approval was asked for; the caller comes back)
             approval = await self.approvals.request(session, operation, j.rule, timeout, "retry", j.approval_ttl)
         except StoreError as e:
             log.error("session {id}: {e}", id=session.id, e=str(e))
