@@ -260,3 +260,14 @@ def test_the_console_over_tls(hoopy_gateway, tmp_path):
     # The hoopy command reaches the TLS admin API (it trusts the listener's own certificate).
     r = gw.hoopy("approve", "ap-000000000000", token=ALICE.token)
     assert r.returncode == 1 and "no pending approval" in r.stderr, r.stderr
+
+
+def test_guessing_tokens_is_slowed_down_and_recorded(gateway):
+    b = Browser(gateway.admin)
+    for i in range(10):
+        html = b.get("/ui/signin")[2]
+        assert b.post("/ui/signin", {"csrf": b.csrf(html), "token": f"hpy_guess{i}"})[0] == 403
+    html = b.get("/ui/signin")[2]
+    status, _, page = b.post("/ui/signin", {"csrf": b.csrf(html), "token": ALICE.token})
+    assert status == 429 and b"Too many failed sign-ins" in page  # even the right token, for a minute
+    assert len(gateway.events("auth.failed")) == 10

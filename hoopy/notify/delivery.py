@@ -126,7 +126,9 @@ class Notifier(Service):
         headers[b"Content-Type"] = [b"application/json"]
         headers[b"User-Agent"] = [b"hoopy-notify"]
         try:
-            resp = await self._http().post(t.url, data=body, headers=headers, timeout=self.timeout)
+            # No redirects: a signed body goes only where the configuration says.
+            resp = await self._http().post(t.url, data=body, headers=headers, timeout=self.timeout,
+                                           allow_redirects=False)
             await resp.content()  # read (and so release) the connection
             return resp.code, None if 200 <= resp.code < 300 else f"HTTP {resp.code}"
         except Exception as e:
