@@ -182,6 +182,9 @@ async def test_nobody_approves_what_their_own_tool_call_caused(tmp_path):
             r = await hoopy_cli(gw.config.path, "approve", v2.approval, token=tok)
             assert r.returncode == 1, r.stdout
         await approve(gw, v.approval, token=ALICE.token)
+        # The agent's retry comes from another tool call: still the identical operation.
+        again = await s.decide(refund(caused_by={**caused, "tool_call": "call-2"}))
+        assert again == Allow("POST /v1/refunds", v.approval)
     finally:
         await gw.stopService()
 

@@ -65,8 +65,10 @@ class Operation:
         ``canonical`` from the full values."""
         if self.canonical is not None:
             return canonical_json([self.protocol, self.kind, self.canonical])
-        return canonical_json([self.protocol, self.kind, self.text, [str(u) for u in self.units],
-                               self.detail])
+        # (Not ``caused_by``: which tool call sent it does not make it another operation, and an
+        # agent's retry comes from a new call.)
+        detail = {k: v for k, v in self.detail.items() if k != "caused_by"}
+        return canonical_json([self.protocol, self.kind, self.text, [str(u) for u in self.units], detail])
 
     def canonical_key(self) -> str:
         """SHA-256 (hex) of ``canonical_form``: what the approvals table keeps and compares."""

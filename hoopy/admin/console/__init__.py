@@ -215,13 +215,14 @@ class Console(Resource):
         if ident is None or not {"reviewer", "auditor"} & set(ident.roles):
             self.sessions.failed(peer)
             who = ident.name if ident is not None else ""
-            self.gateway.record("auth.failed", "refused", peer=peer, identity=ident.name if ident else None,
-                                listener="console", method="token",
-                                reason="not a reviewer or auditor" if ident else "bad credentials").addErrback(
-                lambda f: log.error("console sign-in failure not recorded: {e}", e=f.getErrorMessage()))
+            d = self.gateway.record("auth.failed", "refused", peer=peer, identity=ident.name if ident else None,
+                                    listener="console", method="token",
+                                    reason="not a reviewer or auditor" if ident else "bad credentials")
+            d.addErrback(lambda f: log.error("console sign-in failure not recorded: {e}", e=f.getErrorMessage()))
             msg = (f"{who} is neither a reviewer nor an auditor." if ident is not None
                    else "That token is not valid.")
-            return self._signin_form(request, msg, 403)
+            # Answered once the failure is on the record.
+            return self._async(request, d.addCallback(lambda _: self._signin_form(request, msg, 403)))
         s = self.sessions.create(ident)
         auth.set_cookie(request, auth.COOKIE, s.id)
         auth.set_cookie(request, auth.PRE_COOKIE, "", max_age=0)
