@@ -86,6 +86,9 @@ class Grant:
     deny: tuple
     expires: datetime | None
     index: int  # position in the file, for messages: grants[3]
+    # What becomes of a part no rule can judge before it runs (a `$(...)`, an `eval`):
+    # "deny" (refused, the default) or "approve" (held for a reviewer).
+    unjudgeable: str = "deny"
     approvals: str | None = None  # overrides the connection's, for what this grant's approve rules hold
     approval_ttl: float | None = None
 
@@ -519,12 +522,13 @@ def parse(data: dict, path: Path) -> Config:
         expires = None
         if t.has("expires"):
             expires = _parse_time(t.raw("expires"), t.name("expires"), problems)
+        unjudgeable = t.string("unjudgeable", default="deny", choices=("deny", "approve")) or "deny"
         g_mode = t.string("approvals", choices=APPROVAL_MODES)
         g_ttl = t.duration("approval_ttl")
         t.finish()
         if ident and conn:
             grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i,
-                                g_mode, g_ttl))
+                                unjudgeable, g_mode, g_ttl))
 
     # [[masking]]
     masking = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import attrs
+
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
@@ -42,30 +44,33 @@ class PolicyService:
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
         grants = [g for g in self._grants.get((identity, connection), ()) if not g.expired(now)]
+        judged = [(unit, _judge_unit(grants, unit)) for unit in operation.units]
+        parts = ()
+        if len(judged) > 1:
+            # Every part with its own answer: what a reviewer and an auditor read.
+            parts = tuple({"unit": str(u), "outcome": j.outcome, "rule": j.rule,
+                           **({"reason": j.reason} if j.outcome != "allow" else {})} for u, j in judged)
         worst = None
-        asking = []  # the grants whose approve rules hold this operation
-        for unit in operation.units:
-            j, grant = _judge_unit(grants, unit)
+        for unit, j in judged:
             if j.outcome == "deny":
-                return Judgement("deny", j.rule, f"{j.reason} (for {identity} on {connection})")
-            if j.outcome == "approve":
-                asking.append(grant)
+                return Judgement("deny", j.rule, f"{j.reason} (for {identity} on {connection})", parts)
             if worst is None or (j.outcome == "approve" and worst.outcome == "allow"):
                 worst = j
         if worst is None:  # an operation with no units is not an operation anyone granted
             return Judgement("deny", None, f"nothing to judge in {operation.text!r}")
         if worst.outcome == "approve":
+            asking = [g for unit, j in judged if j.outcome == "approve" for g in _approvers(grants, unit, j)]
             mode, ttl = self._approval_terms(connection, asking)
-            return Judgement("approve", worst.rule, worst.reason, mode, ttl)
-        return worst
+            return Judgement("approve", worst.rule, worst.reason, parts, approvals=mode, approval_ttl=ttl)
+        return Judgement(worst.outcome, worst.rule, worst.reason, parts)
 
     def _approval_terms(self, connection: str, grants) -> tuple[str, float]:
         """hold or retry, and the ttl: each grant's own, else its connection's. Retry only when
         every grant that asks for approval says retry; the shortest ttl among them."""
         conn = self.connections.get(connection)
-        modes = {g.approvals or (conn.approvals if conn else "hold") for g in grants}
-        ttls = [g.approval_ttl if g.approval_ttl is not None else (conn.approval_ttl if conn else self.default_ttl)
-                for g in grants]
+        modes = {getattr(g, "approvals", None) or (conn.approvals if conn else "hold") for g in grants}
+        ttls = [g.approval_ttl if getattr(g, "approval_ttl", None) is not None
+                else (conn.approval_ttl if conn else self.default_ttl) for g in grants]
         return ("retry" if modes == {"retry"} else "hold"), min(ttls, default=self.default_ttl)
 
     def decide(self, session, operation, approvals: str | None = None) -> Deferred:
@@ -74,6 +79,9 @@ class PolicyService:
         ``approvals="retry"``: the caller asked not to wait (HTTP ``Prefer: respond-async``),
         whatever the grant says."""
         j = self.judge(session.identity, session.connection, operation)
+        if j.parts:
+            # The event (and a reviewer's approval) lists every part with the rule that judged it.
+            operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})
         if j.outcome == "approve":
             return ensureDeferred(self._approve(session, operation, j, approvals or j.approvals))
         self._count(session, {"allow": "allowed", "deny": "refused"}[j.outcome])
@@ -99,10 +107,10 @@ class PolicyService:
                 return found
             if mode != "retry":
                 self._count(session, "held")
-                return self._held(await self.approvals.request(session, operation, j.rule, timeout))
+                return self._held(await self.approvals.request(session, operation, j.rule, timeout), j.reason)
             if found is not None:
-                self._count(session, "refused")
                 # Asked again while pending: the same approval, not a new one in the inbox.
+                self._count(session, "refused")
                 reason = (f"approval {found['id']} is still pending (rule {j.rule!r}); nothing ran; "
                           f"run the same {_noun(operation)} again after it is approved")
                 await session.event("operation", "refused", rule=j.rule, reason=reason, approval=found["id"],
@@ -129,7 +137,7 @@ class PolicyService:
                   f"{format_duration(timeout)} after it was asked for.")
         return Deny(reason, j.rule, approval_id, "pending", detail)
 
-    def _held(self, approval) -> Hold:
+    def _held(self, approval, reason="") -> Hold:
         log.info("held {identity} on {connection}: {text!r} as approval {id}", identity=approval.requester,
                  connection=approval.session.connection, text=approval.operation.text[:200], id=approval.id)
         def resolved(a):
@@ -140,7 +148,7 @@ class PolicyService:
                 why += f": {a.reason}"
             return Deny(f"approval {a.id} {why}", a.rule, a.id)
 
-        return Hold(approval, approval.outcome.addCallback(resolved))
+        return Hold(approval, approval.outcome.addCallback(resolved), reason)
 
     def _store_down(self, failure, session):
         failure.trap(StoreError)
@@ -152,6 +160,8 @@ class PolicyService:
             self.metrics.operations.labels(session.protocol, session.connection, outcome).inc()
 
 
+UNJUDGEABLE_RULE = 'unjudgeable = "approve"'
+
 _NOUNS = {"statement": "statement", "exec": "command", "request": "request", "shell": "session",
           "sftp": "session", "forward": "forward"}
 
@@ -161,21 +171,45 @@ def _noun(operation) -> str:
     return _NOUNS.get(operation.kind, "operation")
 
 
-def _judge_unit(grants, unit) -> tuple[Judgement, object]:
-    """The unit's judgement, and for approve the grant whose rule asked for it."""
-    allow = approve = approver = None
+def _approvers(grants, unit, j) -> list:
+    """The grant whose rule asked for approval of this unit (as ``_judge_unit`` found it)."""
+    if j.rule == UNJUDGEABLE_RULE:
+        return [g for g in grants if getattr(g, "unjudgeable", "deny") == "approve"]
+    for g in grants:
+        if any(r.text == j.rule and r.matches(unit) for r in g.approve):
+            return [g]
+    return []
+
+
+def _judge_unit(grants, unit) -> Judgement:
+    if unit.kind == "refused":  # the protocol already knows: the subject says why
+        return Judgement("deny", None, f"refused: {unit.subject}")
+    if unit.kind == "unjudgeable":
+        return _unjudgeable(grants, unit.subject)
+    allow = approve = None
     for g in grants:
         for r in g.deny:
-            if r.matches(unit):
-                return Judgement("deny", r.text, f"{unit} is denied by rule {r.text!r}"), g
+            if r.denies(unit):
+                return Judgement("deny", r.text, f"{unit} is denied by rule {r.text!r}")
         if approve is None:
             approve = next((r for r in g.approve if r.matches(unit)), None)
-            approver = g if approve is not None else None
         if allow is None:
             allow = next((r for r in g.allow if r.matches(unit)), None)
     if approve is not None:
-        return Judgement("approve", approve.text, f"{unit} needs approval (rule {approve.text!r})"), approver
+        return Judgement("approve", approve.text, f"{unit} needs approval (rule {approve.text!r})")
     if allow is not None:
-        return Judgement("allow", allow.text, f"allowed by rule {allow.text!r}"), None
-    return Judgement("deny", None, f"no grant allows {unit}"), None
+        return Judgement("allow", allow.text, f"allowed by rule {allow.text!r}")
+    if unit.unjudgeable:
+        return _unjudgeable(grants, f"{unit}: {unit.unjudgeable}")
+    for g in grants:
+        r = next((r for r in g.allow + g.approve if r.permits(unit)), None)
+        if r is not None:
+            return Judgement("allow", r.text, f"allowed by rule {r.text!r}")
+    return Judgement("deny", None, f"no grant allows {unit}")
 
+
+def _unjudgeable(grants, what: str) -> Judgement:
+    """A part that cannot be judged before it runs: refused, or held where a grant says so."""
+    if any(getattr(g, "unjudgeable", "deny") == "approve" for g in grants):
+        return Judgement("approve", UNJUDGEABLE_RULE, f"cannot judge {what}: needs approval")
+    return Judgement("deny", None, f"cannot judge {what}")
