@@ -44,3 +44,21 @@ def test_a_held_shell_in_retry_mode_is_refused_and_then_opens(setup):  # noqa: F
     assert s.gw.hoopy("approve", aid, token=s.reviewer.token).returncode == 0
     r = s.ssh(None, "-tt", input="echo inside\nexit\n", timeout=30)
     assert r.returncode == 0 and "inside" in r.stdout, r.stdout + r.stderr
+
+
+def test_a_compound_line_is_approved_whole_and_the_same_parts_otherwise_joined_are_not(setup, tmp_path):  # noqa: F811
+    s = setup(allow=["exec echo *"], approve=["exec touch *"], extra='approvals = "retry"')
+    a, b = tmp_path / "a", tmp_path / "b"
+    line = f"touch {a} && echo done"
+    r = s.ssh(line)
+    assert r.returncode == 126
+    aid = approval_id(r.stderr)
+    row = s.gw.get(f"/approvals/{aid}", s.reviewer.token)[1]
+    assert row["mode"] == "retry" and "echo done" in row["operation"]
+    assert s.gw.hoopy("approve", aid, token=s.reviewer.token).returncode == 0
+    # The same parts joined otherwise (a `;` runs the echo even if touch fails) are not what was approved.
+    r = s.ssh(f"touch {a} ; echo done")
+    assert r.returncode == 126 and approval_id(r.stderr) != aid and not a.exists()
+    r = s.ssh(line)
+    assert r.returncode == 0 and "done" in r.stdout and a.exists(), r.stderr
+    assert not b.exists()
