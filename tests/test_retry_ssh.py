@@ -1,15 +1,35 @@
 """Retry-after-approval over SSH with the real ssh client and a real sshd: exit 126 at once
 with the approval id on stderr; after approval the identical command runs once."""
 import re
+import socket
+import time
 
-from tests.test_ssh import agent_key, setup, sshd  # noqa: F401  (fixtures)
+from tests.test_ssh import agent_key, setup as ssh_setup, sshd  # noqa: F401  (fixtures)
+import pytest
+
+
+@pytest.fixture
+def setup(ssh_setup):
+    """The SSH setup, once its listener accepts (asyncssh listens after the admin API answers)."""
+    def make(**kw):
+        s = ssh_setup(**kw)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", s.port), 0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        return s
+
+    return make
 
 
 def approval_id(err: str) -> str:
     return re.search(r"held for approval (ap-[0-9a-f]+)", err).group(1)
 
 
-def test_ssh_exec_is_refused_at_once_then_runs_once(setup, tmp_path):  # noqa: F811
+def test_ssh_exec_is_refused_at_once_then_runs_once(setup, tmp_path):
     s = setup(approve=["exec touch *"], extra='approvals = "retry"')
     target = tmp_path / "restarted"
     r = s.ssh(f"touch {target}", timeout=15)
@@ -36,7 +56,7 @@ def test_ssh_exec_is_refused_at_once_then_runs_once(setup, tmp_path):  # noqa: F
     assert s.gw.hoopy("audit", "verify").returncode == 0
 
 
-def test_a_held_shell_in_retry_mode_is_refused_and_then_opens(setup):  # noqa: F811
+def test_a_held_shell_in_retry_mode_is_refused_and_then_opens(setup):
     s = setup(approve=["shell"], extra='approvals = "retry"')
     r = s.ssh(None, "-tt", input="echo inside\nexit\n", timeout=15)
     assert r.returncode == 126 and "inside" not in r.stdout
@@ -46,7 +66,7 @@ def test_a_held_shell_in_retry_mode_is_refused_and_then_opens(setup):  # noqa: F
     assert r.returncode == 0 and "inside" in r.stdout, r.stdout + r.stderr
 
 
-def test_a_compound_line_is_approved_whole_and_the_same_parts_otherwise_joined_are_not(setup, tmp_path):  # noqa: F811
+def test_a_compound_line_is_approved_whole_and_the_same_parts_otherwise_joined_are_not(setup, tmp_path):
     s = setup(allow=["exec echo *"], approve=["exec touch *"], extra='approvals = "retry"')
     a, b = tmp_path / "a", tmp_path / "b"
     line = f"touch {a} && echo done"
