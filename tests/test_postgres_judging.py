@@ -265,3 +265,47 @@ def test_the_path_is_read_again_after_a_copy_from_stdin_not_in_its_middle(g):
     assert "no grant allows read shadow.customers" in r.stderr, (r.stdout, r.stderr)
     assert admin_sql("SELECT count(*) FROM invoices WHERE id IN (41, 42)", g.database) == "2"
     admin_sql("DELETE FROM invoices WHERE id IN (41, 42)", g.database)
+
+
+def test_a_retry_approval_is_bound_to_what_the_text_meant(g, tmp_path):
+    """Retry mode: an approved statement runs once when sent again. Sent again under another
+    search path, the same text names another table: that is not what was approved."""
+    admin_sql("CREATE TABLE IF NOT EXISTS shadow.invoices (id int PRIMARY KEY, amount int);"
+              "INSERT INTO shadow.invoices VALUES (1, 5) ON CONFLICT DO NOTHING", g.database)
+    agent, reviewer = ident("retrier"), ident("approver")
+    port = free_port()
+    body = agent.toml() + reviewer.toml(kind="human", roles=["reviewer"]) + f"""
+[connections.pg]
+type = "postgres"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "tcp:host=127.0.0.1:port=5432"
+upstream_user = "postgres"
+upstream_database = "{g.database}"
+upstream_tls = "disable"
+approvals = "retry"
+
+[[grants]]
+identity = "retrier"
+connection = "pg"
+allow = ["read public.invoices"]
+approve = ["write public.invoices", "write shadow.invoices"]
+"""
+    proc = HoopyProcess(tmp_path, body).start()
+    try:
+        dsn = f"host=127.0.0.1 port={port} user={agent.name} password={agent.token} dbname=x sslmode=disable"
+        update = "UPDATE invoices SET amount = amount + 1 WHERE id = 1"
+        with psycopg.connect(dsn, autocommit=True) as c:
+            msg = refused(c, update)
+            aid = msg.split("held for approval ", 1)[1].split(" ", 1)[0].rstrip(";")
+        assert proc.hoopy("approve", aid, token=reviewer.token).returncode == 0
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("SET search_path = shadow, public")
+            msg = refused(c, update)  # write shadow.invoices: another operation, held anew
+            assert "held for approval" in msg and aid not in msg
+            c.execute("RESET search_path")
+            c.execute(update)  # the approved one
+        assert admin_sql("SELECT amount FROM shadow.invoices WHERE id = 1", g.database) == "5"
+        assert admin_sql("SELECT amount FROM invoices WHERE id = 1", g.database) == "101"
+    finally:
+        proc.stop()
+        admin_sql("UPDATE invoices SET amount = 100 WHERE id = 1", g.database)
