@@ -56,6 +56,7 @@ class GatewaySettings:
     approval_timeout: float
     name: str
     store_busy_timeout: float
+    max_statement: int = 1024 * 1024  # largest SQL text judged per protocol message
 
 
 @attrs.frozen
@@ -405,10 +406,14 @@ def parse(data: dict, path: Path) -> Config:
     approval_timeout = gw.duration("approval_timeout", default=300.0)
     gw_name = gw.string("name", default=socket.gethostname())
     busy = gw.duration("store_busy_timeout", default=5.0)
+    max_statement = gw.size("max_statement", default=1024 * 1024)
+    if max_statement is not None and max_statement < 1024:
+        gw.problem("max_statement", "must be at least 1 KiB")
     gw.finish()
     gateway = GatewaySettings(
         state=state, recordings=recordings, admin_listen=admin_listen,
         approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
+        max_statement=max_statement,
     )
 
     # [identities.NAME]

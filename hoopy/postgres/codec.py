@@ -30,6 +30,10 @@ class ProtocolError(Exception):
     """The peer sent bytes that are not the protocol."""
 
 
+class NotUtf8(ProtocolError):
+    """A string field that is not UTF-8: for a statement, the server's 22021."""
+
+
 # --- reading -------------------------------------------------------------
 
 class StartupReader:
@@ -96,14 +100,35 @@ def parse_startup(payload: bytes) -> Startup:
     return Startup(code, params)
 
 
-class MessageReader:
-    """Typed messages: type byte + int32 length (self-inclusive) + payload."""
+@attrs.frozen
+class Oversized:
+    """In place of the payload of a message over its type's limit: its length
+    and its first bytes. The rest was skipped as it arrived, never buffered."""
+    length: int
+    head: bytes
 
-    def __init__(self, max_size: int = MAX_MESSAGE):
+
+OVERSIZED_HEAD = 2000
+
+
+class MessageReader:
+    """Typed messages: type byte + int32 length (self-inclusive) + payload.
+
+    ``limits`` maps a message type to the largest payload kept: a longer one is
+    skipped while it is read and comes out as an ``Oversized`` payload."""
+
+    def __init__(self, max_size: int = MAX_MESSAGE, limits: dict | None = None):
         self.buf = bytearray()
         self.max_size = max_size
+        self.limits = limits or {}
+        self._skip = 0  # bytes of an oversized message still to drop
+        self._oversized = None  # (type, Oversized) to hand out once skipped
 
     def feed(self, data: bytes):
+        if self._skip:
+            n = min(self._skip, len(data))
+            self._skip -= n
+            data = data[n:]
         self.buf += data
 
     def __iter__(self):
@@ -116,12 +141,25 @@ class MessageReader:
         return m
 
     def next(self):
+        if self._oversized is not None:
+            if self._skip:
+                return None
+            m, self._oversized = self._oversized, None
+            return m
         buf = self.buf
         if len(buf) < 5:
             return None
         t, n = _HI.unpack_from(buf)
         if n < 4 or n > self.max_size:
             raise ProtocolError(f"invalid length {n} for message {t!r}")
+        limit = self.limits.get(t) if self.limits else None
+        if limit is not None and n - 4 > limit:
+            head = bytes(buf[5:5 + min(n - 4, OVERSIZED_HEAD)])
+            taken = min(len(buf), n + 1)
+            del buf[:taken]
+            self._skip = n + 1 - taken
+            self._oversized = (t, Oversized(n - 4, head))
+            return self.next()
         if len(buf) < n + 1:
             return None
         payload = bytes(buf[5:n + 1])
@@ -221,8 +259,8 @@ class Cursor:
             raise ProtocolError("string not terminated")
         try:
             v = self.b[self.i:j].decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("string is not UTF-8")
+        except UnicodeDecodeError as e:
+            raise NotUtf8(f"invalid byte sequence for encoding \"UTF8\": 0x{self.b[self.i + e.start]:02x}")
         self.i = j + 1
         return v
 

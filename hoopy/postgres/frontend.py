@@ -23,13 +23,15 @@ from hoopy.policy.masking import redact_text
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.session import IN, OUT
-from hoopy.postgres import codec, scram
+from hoopy.postgres import codec, guards, scram
 from hoopy.postgres.backend import UpstreamError, connect, send_cancel
+from hoopy.postgres.copy import BinaryCopyMasker, MarkerScan
 from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, RowPlan, catalog_query
 from hoopy.postgres.startup import (
-    PRIVATE_PARAMS, lexing_unsafe, parse_options, quote_ident, quote_option, settings_problem, startup_keys)
+    attribution, lexing_unsafe, parse_options, passes_upstream, quote_ident, quote_option, settings_problem,
+    startup_keys)
 from hoopy.sockwrite import write_now
 
 log = Logger()
@@ -137,7 +139,9 @@ class Frontend(Protocol):
         self.waiting = False
         self.tx_status = b"I"
         self.search_path_changed = False
-        self.lexer_unsafe = False
+        self.marker_scan = MarkerScan()  # COPY FROM STDIN data
+        self.copy_in_refused = False
+        self.unsafe_settings: dict = {}  # server settings under which SQL may read otherwise
         self.user_functions = frozenset()
         self.held = None
         self.key = None
@@ -196,10 +200,19 @@ class Frontend(Protocol):
         if self.phase == "closed":
             return
         self.phase = "closed"
-        self.transport.loseConnection()
-        if self.up is not None and self.up.transport is not None:
-            self.up.transport.loseConnection()
+        self._hang_up()
         self._end(reason)
+
+    def _hang_up(self):
+        """Close both connections. A TLS transport's loseConnection waits for its
+        registered producer to unregister before it sends close_notify: unregister
+        first, or a TLS client never sees the end."""
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+        up = self.up.transport if self.up is not None else None
+        if up is not None:
+            up.unregisterProducer()
+            up.loseConnection()
 
     def _end(self, reason):
         if self.held is not None and self.session is not None:
@@ -241,6 +254,7 @@ class Frontend(Protocol):
             if busy:
                 # Stop the query upstream rather than drain it into memory.
                 send_cancel(self.gateway.reactor, self.settings, self.up.pid, self.up.key)
+            self.up.transport.unregisterProducer()
             self.up.transport.loseConnection()
         self._end("client disconnected" if not busy else "client disconnected mid-result")
 
@@ -342,6 +356,8 @@ class Frontend(Protocol):
 
     def _authenticated(self):
         self.reader.max_size = MAX_CLIENT_MESSAGE
+        limit = self.gateway.config.gateway.max_statement
+        self.reader.limits = {b"Q": limit, b"P": limit}  # SQL text: skipped while read, never buffered
         self.session = self.gateway.new_session(self.user, self.connection, self._peer)
         self.session.terminate = self.terminate
         d = self.session.start()
@@ -355,16 +371,17 @@ class Frontend(Protocol):
     def _session_started(self, _):
         if self.phase == "closed":
             return self.session.end("client disconnected")
-        ours, rest = parse_options(self.client_params.get("options", ""))
-        self.session.attribute(application_name=self.client_params.get("application_name"),
-                               model=ours.get("model"), tool_call=ours.get("tool_call"),
-                               mcp_server=ours.get("mcp_server"))
+        options, rest = parse_options(self.client_params.get("options", ""))
+        ours = attribution(self.client_params, options)
+        self._attribute(application_name=self.client_params.get("application_name"),
+                        model=ours.get("model"), tool_call=ours.get("tool_call"),
+                        mcp_server=ours.get("mcp_server"))
         if "search_path" in startup_keys(self.client_params, rest):
             self.search_path_changed = True
         up = {"user": self.settings.upstream_user,
               "database": self.settings.upstream_database or self.client_params.get("database") or self.user}
         for k, v in self.client_params.items():
-            if k not in PRIVATE_PARAMS and not k.startswith("_pq_."):
+            if passes_upstream(k):
                 up[k] = v
         if rest:
             up["options"] = " ".join(quote_option(w) for w in rest)
@@ -401,11 +418,17 @@ class Frontend(Protocol):
         # And the other way: an upstream that does not keep up (a COPY FROM
         # faster than the server takes it) stops our reading from the client.
         backend.transport.registerProducer(_ClientReading(self), True)
-        pid = secrets.randbits(31)
+        # The server's own pid (drivers compare it with pg_backend_pid() and
+        # notifications); a secret key of ours binds a cancel to this client.
+        pid = backend.pid
         key = secrets.token_bytes(4)
+        while (pid, key) in self.service.cancel_keys:
+            key = secrets.token_bytes(4)
         self.key = (pid, key)
         self.service.cancel_keys[self.key] = self
-        self.lexer_unsafe = any(lexing_unsafe(k, v) for k, v in backend.statuses.items())
+        self.unsafe_settings = {k.lower(): v for k, v in backend.statuses.items() if lexing_unsafe(k, v)}
+        if "application_name" in backend.statuses:  # what took effect upstream
+            self._attribute(application_name=backend.statuses["application_name"])
         out = [codec.parameter_status(k, v) for k, v in backend.statuses.items()]
         out.append(codec.backend_key(pid, key))
         out.append(codec.ready(b"I"))
@@ -413,6 +436,10 @@ class Frontend(Protocol):
         self.phase = "ready"
         self.timeout.cancel()
         self.pump()
+
+    def _attribute(self, **values):
+        self.session.attribute(**values).addErrback(
+            lambda f: log.error("attribution not recorded: {e}", e=f.getErrorMessage()))
 
     def cancel_upstream(self):
         if self.up is None:
@@ -434,9 +461,7 @@ class Frontend(Protocol):
             except Exception:
                 pass
             self.phase = "closed"
-            self.transport.loseConnection()
-            if self.up is not None and self.up.transport is not None:
-                self.up.transport.loseConnection()
+            self._hang_up()
         return self._end(reason)
 
     # --- client messages ------------------------------------------------------
@@ -465,14 +490,26 @@ class Frontend(Protocol):
     def handle(self, t: bytes, p: bytes):
         if t == b"X":
             return self.close("client terminated")
+        if self.copy_in_refused and t not in (b"d", b"c", b"f"):
+            self.copy_in_refused = False
+            self.marker_scan = MarkerScan()
         if (self.skipping or self.upstream_skip) and t != b"S":
             # upstream_skip: after an error in the extended protocol the server
             # ignores every message (Query too) until Sync, and answers none.
             return
+        if type(p) is codec.Oversized:
+            return self._oversized(t, p)
         if t == b"Q":
-            return self.simple_query(codec.parse_query(p))
+            try:
+                sql = codec.parse_query(p)
+            except codec.NotUtf8 as e:
+                return self._not_utf8(e, p, simple=True)
+            return self.simple_query(sql)
         if t == b"P":
-            parse = codec.parse_parse(p)
+            try:
+                parse = codec.parse_parse(p)
+            except codec.NotUtf8 as e:
+                return self._not_utf8(e, p, simple=False)
             if parse.name and (parse.name in self.statements or parse.name in self.prepared):
                 # The server refuses it and keeps the statement it has: what a
                 # Bind of the name runs is still that one.
@@ -508,7 +545,7 @@ class Frontend(Protocol):
                 pending.target = (self.portals, b.portal, info, prev)
                 self.expect(pending)
 
-            return self.judge(sql, params, proceed, self.refuse_now)
+            return self.judge(sql, params, proceed, self.refuse_now, b.params)
         if t == b"D":
             kind, name = codec.parse_describe(p)
             self.forward(t, p)
@@ -544,12 +581,46 @@ class Frontend(Protocol):
             return self.expect(Pending("sync"))
         if t == b"H":
             return self.forward(t, p)
-        if t in (b"d", b"c", b"f"):
+        if t == b"d":
+            if self.copy_in_refused:
+                return None  # the server left COPY at our CopyFail and drops these too
+            if self.marker_scan.found(p):
+                return self._refuse_copy_in()
+            return self.forward(t, p)
+        if t in (b"c", b"f"):
+            self.marker_scan = MarkerScan()
+            if self.copy_in_refused:
+                return None
             return self.forward(t, p)
         if t == b"F":
             return self.expect(Pending("synthetic", raw=codec.error(
                 "42501", "hoopy: function calls by OID (fastpath) are not allowed") + codec.ready(self.tx_status)))
         raise codec.ProtocolError(f"unknown message type {t!r}")
+
+    def _refuse_copy_in(self):
+        """COPY FROM STDIN data holding the redaction marker: the COPY fails upstream
+        (CopyFail, so nothing of it is stored) with our reason as its error."""
+        why = ("refused: this COPY data holds hoopy's redaction marker " + guards.MARKER
+               + ": it would replace real values with the mask")
+        self.copy_in_refused = True
+        self.session.event("operation", "refused", reason=why, sql="COPY FROM STDIN (data)").addErrback(
+            lambda f: log.error("refusal not recorded: {e}", e=f.getErrorMessage()))
+        self.forward(b"f", codec.cstr("hoopy: " + why))
+
+    def _oversized(self, t, p):
+        """SQL text over [gateway] max_statement: refused unread (54000), the session goes on."""
+        limit = self.gateway.config.gateway.max_statement
+        why = f"statement of {p.length} bytes is over max_statement ({limit} bytes)"
+        self.session.event("operation", "refused", reason=why, sql=p.head.decode("utf-8", "replace")).addErrback(
+            lambda f: log.error("refusal not recorded: {e}", e=f.getErrorMessage()))
+        (self.refuse_query if t == b"Q" else self.refuse_now)("hoopy: " + why, "54000")
+
+    def _not_utf8(self, e, p, simple):
+        """As the server: the statement fails with 22021, the session goes on."""
+        self.session.event("operation", "refused", reason=f"statement is not UTF-8: {e}",
+                           sql=p[:2000].decode("utf-8", "replace")).addErrback(
+            lambda f: log.error("refusal not recorded: {e}", e=f.getErrorMessage()))
+        return (self.refuse_query if simple else self.refuse_now)(str(e), "22021")
 
     # --- judging --------------------------------------------------------------
     def _operation(self, sql, classified, params=None):
@@ -578,11 +649,14 @@ class Frontend(Protocol):
                              for f in self.user_functions & (c.bare_functions | c.dotted))
         return units or [Unit("admin", ANY_OBJECT)]
 
-    def _local_refusal(self, c) -> str | None:
+    def _local_refusal(self, c, sql, raw_params) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""
-        if self.lexer_unsafe:
+        if self.unsafe_settings and not guards.restores(sql, self.unsafe_settings):
             return ("refused: standard_conforming_strings is off or client_encoding is not UTF8 in this "
-                    "session, so hoopy cannot read its SQL as the server does")
+                    "session, so hoopy cannot read its SQL as the server does (only setting it back is allowed)")
+        why = guards.encoding_problem(sql) or guards.stores_marker(sql, raw_params)
+        if why:
+            return why
         if c.unqualified and self.search_path_changed:
             return "refused: search_path was changed in this session, so unqualified table names are ambiguous"
         if self.rules.configured and not STATISTICS.isdisjoint(c.relations):
@@ -595,7 +669,7 @@ class Frontend(Protocol):
                 return "refused: this statement would copy a masked column"
         return None
 
-    def judge(self, sql, params, proceed, refuse):
+    def judge(self, sql, params, proceed, refuse, raw_params=()):
         """Calls proceed(classified) or refuse(message, code) once decided."""
         if len(sql) > LARGE_SQL:
             # Parsing megabytes of SQL would stall every other session: do it
@@ -607,7 +681,7 @@ class Frontend(Protocol):
                 self.waiting = False
                 self.resume("parsing")
                 if self.phase != "closed":
-                    self._judge(sql, params, proceed, refuse, c)
+                    self._judge(sql, params, proceed, refuse, c, raw_params)
                     self.pump()
 
             d = threads.deferToThreadPool(self.gateway.reactor, self.gateway.reactor.getThreadPool(),
@@ -615,15 +689,15 @@ class Frontend(Protocol):
             d.addCallback(parsed)
             d.addErrback(lambda f: (log.failure("classifying", f), self.fatal("XX000", "internal error")))
             return
-        self._judge(sql, params, proceed, refuse, _classify_or_error(sql))
+        self._judge(sql, params, proceed, refuse, _classify_or_error(sql), raw_params)
 
-    def _judge(self, sql, params, proceed, refuse, c):
+    def _judge(self, sql, params, proceed, refuse, c, raw_params=()):
         if isinstance(c, ClassifyError):
             self.session.event("operation", "refused", reason=f"syntax error: {c}", sql=sql[:MAX_SQL_RECORDED])
             return refuse(f"syntax error: {c}", "42601")
         if not c.statements:
             return proceed(c)  # empty query: nothing runs
-        why = self._local_refusal(c)
+        why = self._local_refusal(c, sql, raw_params)
         op = self._operation(sql, c, params)
         # Further client messages wait in the reader (a pipelining client is
         # paused only once PIPELINE_BUFFER of them has arrived: pausing every
@@ -689,14 +763,15 @@ class Frontend(Protocol):
             self.forward(b"Q", codec.cstr(sql))
             self.expect(Pending("query", sql=sql, classified=c))
 
-        def refuse(message, code):
-            if self.tx_status == b"T":
-                # As the server would: an error inside a transaction block aborts it.
-                self.forward(b"Q", codec.cstr(ABORT_SQL))
-                return self.expect(Pending("abort", raw=codec.error(code, message)))
-            self.expect(Pending("synthetic", raw=codec.error(code, message) + codec.ready(self.tx_status)))
+        self.judge(sql, None, proceed, self.refuse_query)
 
-        self.judge(sql, None, proceed, refuse)
+    def refuse_query(self, message, code):
+        """A refused simple Query."""
+        if self.tx_status == b"T":
+            # As the server would: an error inside a transaction block aborts it.
+            self.forward(b"Q", codec.cstr(ABORT_SQL))
+            return self.expect(Pending("abort", raw=codec.error(code, message)))
+        self.expect(Pending("synthetic", raw=codec.error(code, message) + codec.ready(self.tx_status)))
 
     def execute(self, portal, p):
         info = self.portals.get(portal)
@@ -808,8 +883,13 @@ class Frontend(Protocol):
         if t in (b"N", b"A", b"S"):
             if t == b"S":
                 c = codec.Cursor(p)
-                if lexing_unsafe(c.cstr(), c.cstr()):
-                    self.lexer_unsafe = True
+                name, value = c.cstr(), c.cstr()
+                if lexing_unsafe(name, value):
+                    self.unsafe_settings[name.lower()] = value
+                else:
+                    self.unsafe_settings.pop(name.lower(), None)
+                if name == "application_name":  # SET application_name (pgjdbc sets it so)
+                    self._attribute(application_name=value)
             out.append(codec.msg(t, p))
             return
         if not q:
@@ -834,6 +914,14 @@ class Frontend(Protocol):
         if t == b"E":
             fields = codec.parse_fields(p)
             out.append(codec.msg(t, p))
+            if fields.get("S") in ("FATAL", "PANIC"):
+                # The server ends the session (terminated, shut down): its error is the last word.
+                if head.sql is not None and k in ("query", "execute"):
+                    head.error = fields.get("C")
+                    self._done(head)
+                write_now(self.transport, b"".join(out))
+                out.clear()
+                return self.close("upstream ended the session")
             if k == "query":
                 head.error = fields.get("C")
                 return
@@ -882,16 +970,19 @@ class Frontend(Protocol):
                 out.append(codec.msg(t, p))
                 return
             if t == b"d" and head.plan is not None and head.plan.detectors:
+                if head.copy:
+                    data = head.copy.feed(p)
+                    if data:
+                        out.append(codec.msg(t, data))
+                    return
                 out.append(codec.msg(t, head.plan.copy_line(p)))
                 return
             if t == b"H" and self.rules.detectors:
-                if codec.Cursor(p).byte() == b"\x01":
-                    # Binary COPY cannot be scanned for patterns: nothing of it may pass.
-                    self.cancel_upstream()
-                    self.transport.write(b"".join(out))
-                    out.clear()
-                    return self.fatal("42501", "hoopy: binary COPY TO STDOUT cannot be masked")
                 head.plan = RowPlan([], self.rules.detectors)
+                # Binary COPY: values without their types; see hoopy/postgres/copy.py.
+                head.copy = BinaryCopyMasker(head.plan) if codec.Cursor(p).byte() == b"\x01" else None
+            if t == b"c" and head.copy and not head.copy.done:
+                raise codec.ProtocolError("binary COPY stream ended early")
             out.append(codec.msg(t, p))
             if t == b"C":
                 tag = codec.parse_command_tag(p)
@@ -902,6 +993,7 @@ class Frontend(Protocol):
                 elif head.plan is not None:
                     self._redactions(head)
                     head.plan = None
+                    head.copy = None
             elif t in (b"s", b"I") and k == "execute":
                 q.popleft()
                 self._done(head)
