@@ -326,14 +326,14 @@ def test_error_scrub_cuts_translated_messages_before_any_value():
     import types
 
     from hoopy.postgres import codec
-    from hoopy.postgres.frontend import Frontend
+    from hoopy.postgres.replies import UpstreamReplies
 
     fake = types.SimpleNamespace(rules=MaskRules(configured=("public.customers.ssn",)))
     for m in ("Relation »123-45-6789« existiert nicht", "la relation « 123-45-6789 » n'existe pas",
               "relacja „123-45-6789” nie istnieje", "relation '123-45-6789' does not exist",
               "invalid input syntax for type integer: \"123-45-6789\""):
         p = b"SERROR\0C42P01\0M" + m.encode() + b"\0\0"
-        out = codec.parse_fields(Frontend._scrub(fake, p, None))["M"]
+        out = codec.parse_fields(UpstreamReplies.scrub(fake, p, None))["M"]
         assert "6789" not in out, out
         assert "details withheld" in out
 

@@ -10,11 +10,7 @@ import struct
 
 import attrs
 
-PROTOCOL_30 = 196608
-PROTOCOL_32 = 196610
-SSL_REQUEST = 80877103
-GSSENC_REQUEST = 80877104
-CANCEL_REQUEST = 80877102
+from hoopy.postgres.wire import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_30, PROTOCOL_32, SSL_REQUEST  # noqa: F401
 
 # Bounds: a startup packet is small; a regular message may be large (COPY
 # rows, big parameters) but not unbounded.
@@ -371,14 +367,6 @@ def parse_row_description(p: bytes) -> list[Field]:
     return out
 
 
-def build_row_description(fields) -> bytes:
-    body = [struct.pack("!h", len(fields))]
-    for f in fields:
-        body.append(f.name.encode() + b"\0" + struct.pack(
-            "!IhIhih", f.table_oid, f.attnum, f.type_oid, f.typlen, f.typmod, f.format))
-    return msg(b"T", b"".join(body))
-
-
 def parse_data_row(p: bytes) -> list:
     c = Cursor(p)
     n = c.int16()
@@ -495,5 +483,111 @@ def sasl_initial(mech: str, data: bytes) -> bytes:
     return msg(b"p", cstr(mech) + _I.pack(len(data)) + data)
 
 
+def parse_message(name: str, sql: str, param_types=()) -> bytes:
+    return msg(b"P", cstr(name) + cstr(sql) + _H.pack(len(param_types))
+               + b"".join(_I.pack(t) for t in param_types))
+
+
+def bind_message(portal: str, statement: str, param_formats=(), params=(), result_formats=()) -> bytes:
+    parts = [cstr(portal), cstr(statement), _H.pack(len(param_formats))]
+    parts += [_H.pack(f) for f in param_formats]
+    parts.append(_H.pack(len(params)))
+    for v in params:
+        parts.append(b"\xff\xff\xff\xff" if v is None else _I.pack(len(v)) + v)
+    parts.append(_H.pack(len(result_formats)))
+    parts += [_H.pack(f) for f in result_formats]
+    return msg(b"B", b"".join(parts))
+
+
+def execute(portal: str, max_rows: int = 0) -> bytes:
+    return msg(b"E", cstr(portal) + _I.pack(max_rows))
+
+
+def close(kind: bytes, name: str) -> bytes:
+    return msg(b"C", kind + cstr(name))
+
+
+def copy_data(data: bytes) -> bytes:
+    return msg(b"d", data)
+
+
+def copy_fail(message: str) -> bytes:
+    return msg(b"f", cstr(message))
+
+
+def row_description(fields) -> bytes:
+    body = [_H.pack(len(fields))]
+    for f in fields:
+        body.append(cstr(f.name) + struct.pack("!IhIhih", f.table_oid, f.attnum, f.type_oid, f.typlen, f.typmod,
+                                               f.format))
+    return msg(b"T", b"".join(body))
+
+
+def command_complete(tag: str) -> bytes:
+    return msg(b"C", cstr(tag))
+
+
+def notification(pid: int, channel: str, payload: str) -> bytes:
+    return msg(b"A", _I.pack(pid) + cstr(channel) + cstr(payload))
+
+
+def parse_notification(p: bytes) -> tuple[int, str, str]:
+    c = Cursor(p)
+    return c.int32(), c.cstr(), c.cstr()
+
+
+def copy_response(t: bytes, overall: int, formats=()) -> bytes:
+    """CopyInResponse (G), CopyOutResponse (H) or CopyBothResponse (W)."""
+    return msg(t, bytes([overall]) + _H.pack(len(formats)) + b"".join(_H.pack(f) for f in formats))
+
+
+def parse_copy_response(p: bytes) -> tuple[int, tuple]:
+    c = Cursor(p)
+    overall = c.byte()[0]
+    n = c.int16()
+    if n < 0:
+        raise ProtocolError("negative column count")
+    return overall, tuple(c.int16() for _ in range(n))
+
+
+def parameter_description(types) -> bytes:
+    return msg(b"t", _H.pack(len(types)) + b"".join(_I.pack(t) for t in types))
+
+
+def parse_parameter_description(p: bytes) -> tuple:
+    c = Cursor(p)
+    n = c.int16()
+    if n < 0:
+        raise ProtocolError("negative parameter count")
+    return tuple(c.int32() & 0xFFFFFFFF for _ in range(n))
+
+
+def parse_parameter_status(p: bytes) -> tuple[str, str]:
+    c = Cursor(p)
+    return c.cstr(), c.cstr()
+
+
+def parse_backend_key(p: bytes) -> tuple[int, bytes]:
+    c = Cursor(p)
+    pid = c.int32()
+    key = c.rest()
+    if not 4 <= len(key) <= 256:
+        raise ProtocolError("bad BackendKeyData")
+    return pid, key
+
+
+def parse_auth(p: bytes) -> tuple[int, bytes]:
+    c = Cursor(p)
+    return c.int32(), c.rest()
+
+
+def parse_ready(p: bytes) -> bytes:
+    if len(p) != 1 or p not in (b"I", b"T", b"E"):
+        raise ProtocolError("bad ReadyForQuery")
+    return p
+
+
 TERMINATE = msg(b"X")
 SYNC = msg(b"S")
+FLUSH = msg(b"H")
+COPY_DONE = msg(b"c")

@@ -138,29 +138,6 @@ def byte_detectors(detectors):
     return out
 
 
-def split_row(p: bytes) -> list:
-    """DataRow payload -> values (None for NULL); ProtocolError when malformed."""
-    n = int.from_bytes(p[:2], "big", signed=True)
-    out = []
-    pos = 2
-    end = len(p)
-    unpack = _I.unpack_from
-    try:
-        for _ in range(n):
-            (k,) = unpack(p, pos)
-            pos += 4
-            if k == -1:
-                out.append(None)
-            else:
-                if k < 0 or pos + k > end:
-                    raise codec.ProtocolError("bad DataRow")
-                out.append(p[pos:pos + k])
-                pos += k
-    except struct.error:
-        raise codec.ProtocolError("bad DataRow")
-    return out
-
-
 # Functions defined outside pg_catalog: a name on the classifier's list of
 # side-effect-free built-ins that is also here may resolve to one of them.
 FUNCTIONS_QUERY = ("SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p "
