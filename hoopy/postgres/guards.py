@@ -28,8 +28,8 @@ def _nodes(sql: str):
     """Every node of the parse tree as (type name, fields); None if it does not parse."""
     try:
         tree = json.loads(parser.parse_sql_json(sql))
-    except Exception:  # noqa: BLE001 - the classifier reports syntax errors; this check just does not apply
-        return None
+    except (parser.ParseError, RecursionError, ValueError):
+        return None  # the classifier reports what does not parse; this check does not apply
     out = []
     stack = [tree]
     while stack:

@@ -60,7 +60,6 @@ def _items(v: bytes, array: bool):
             for _ in range(ndim):
                 count *= _I.unpack_from(v, pos)[0]
                 pos += 8
-            oids = None
         else:
             count, pos = _I.unpack_from(v, 0)[0], 4
             elem = None
