@@ -87,6 +87,8 @@ class UpstreamSide:
         return [Send(codec.startup_message(self.params))]
 
     def receive_data(self, data: bytes) -> list:
+        if self.state in (State.READY, State.FAILED):
+            return []  # once ready, the server's bytes are the client side's
         out: list = []
         try:
             if self.state is State.TLS_NEGOTIATION:
