@@ -45,7 +45,7 @@ class ClientSide(UpstreamReplies):
         self.skip = Skip.NO
         self.rules = rules  # rows.MaskRules
         self.reader = codec.MessageReader(MAX_CLIENT_MESSAGE, {wire.QUERY: max_statement, wire.PARSE: max_statement})
-        self.ureader = codec.MessageReader()
+        self.ubuf = bytearray()  # the server's bytes of an unfinished message
         self.max_statement = max_statement
         self.to_client: list = []
         self.to_upstream: list = []

@@ -13,7 +13,7 @@ import attrs
 from hoopy.postgres.wire import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_30, PROTOCOL_32, SSL_REQUEST  # noqa: F401
 
 from hoopy.postgres.framing import (  # noqa: F401 - re-exported: the readers are the codec's
-    MAX_MESSAGE, MAX_STARTUP, OVERSIZED_HEAD, MessageReader, Oversized, ProtocolError, StartupReader, row_run)
+    MAX_MESSAGE, MAX_STARTUP, OVERSIZED_HEAD, MessageReader, Oversized, ProtocolError, StartupReader)
 
 _I = struct.Struct("!i")
 _H = struct.Struct("!h")

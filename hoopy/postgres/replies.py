@@ -7,6 +7,7 @@ object, its two directions in two files.
 from __future__ import annotations
 
 import re
+import struct
 import time
 
 from hoopy.policy.masking import redact_text
@@ -22,69 +23,120 @@ _STATEMENT = (Kind.EXECUTE, Kind.QUERY)
 _ABORTS = (Kind.ABORT, Kind.ABORT_SYNC)
 
 
+_HI = struct.Struct("!ci")
+
+
 class UpstreamReplies:
     def receive_upstream(self, data: bytes) -> None:
+        """One pass over what the server sent: whole messages that pass unchanged are
+        copied out as runs of bytes; only the ones that matter to the gateway (the end
+        of a statement, an error, what masking must see) are parsed."""
         if self.state in (State.CLOSED, State.ERROR):
             return
-        r = self.ureader
+        buf = self.ubuf
+        if buf:
+            buf += data
+        else:
+            buf = data  # nothing held back: read the chunk as it came
         out = self.to_client
         q = self.queue
+        end = len(buf)
+        pos = run = 0  # run: where the bytes that pass as they are start
+        rows_at = -1  # where a run of rows to search for patterns starts
         head = q[0] if q else None
-        if head is not None and head.plan is None and head.kind in _STATEMENT:
-            raw, n = r.take_rows(data)  # the common case: a chunk of rows to pass on
-            if n:
-                head.rows += n
-                out.append(raw)
-        else:
-            r.feed(data)
         try:
-            while True:
-                head = q[0] if q else None
-                if head is not None and head.kind in _STATEMENT:
+            while end - pos >= 5:
+                t, n = _HI.unpack_from(buf, pos)
+                if n < 4:
+                    raise codec.ProtocolError(f"invalid length {n} for message {t!r}")
+                nxt = pos + 1 + n
+                if nxt > end:
+                    if n > codec.MAX_MESSAGE:
+                        raise codec.ProtocolError(f"invalid length {n} for message {t!r}")
+                    break
+                if t == wire.DATA_ROW and head is not None and head.kind in _STATEMENT:
+                    head.rows += 1
                     plan = head.plan
                     if plan is None:
-                        raw, n = r.scan_rows()
-                        if n:
-                            head.rows += n
-                            out.append(raw)
-                    elif plan.prefilter is not None:
-                        raw, n = r.scan_rows()
-                        if n:
-                            head.rows += n
-                            # No pattern can be anywhere in this run of rows: pass it whole.
-                            out.append(raw if plan.prefilter.search(raw) is None else plan.apply_many(raw))
-                m = r.next()
-                if m is None:
-                    return
-                t, p = m
+                        pos = nxt  # passes as it is
+                        continue
+                    if plan.prefilter is not None:
+                        # Pattern masking only: a run of rows with no candidate anywhere passes whole.
+                        if rows_at < 0:
+                            rows_at = pos
+                        pos = nxt
+                        if end - pos >= 5:
+                            t2, n2 = _HI.unpack_from(buf, pos)
+                            if t2 == wire.DATA_ROW and pos + 1 + n2 <= end:
+                                continue  # more whole rows right behind: one search for them all
+                        if plan.prefilter.search(buf, rows_at, pos) is not None:
+                            if run < rows_at:
+                                out.append(buf[run:rows_at])
+                            out.append(plan.apply_many(buf, rows_at, pos))
+                            run = pos
+                        rows_at = -1
+                        continue
+                    new = plan.rewrite(bytes(buf[pos + 5:nxt]))
+                    if new is not None:
+                        if run < pos:
+                            out.append(buf[run:pos])
+                        out.append(new)
+                        run = nxt
+                    pos = nxt
+                    continue
+                if run < pos:
+                    out.append(buf[run:pos])
+                    run = pos
+                p = bytes(buf[pos + 5:nxt])
+                pos = nxt
                 if t in wire.ASYNC:
-                    self._async_message(t, p)
-                elif not q:
-                    self._unexpected(t, p)
+                    keep = self._async_message(t, p)
+                elif head is None:
+                    keep = self._unexpected(t, p)
                 else:
-                    self._REPLIES[q[0].kind](self, q[0], t, p)
+                    keep = self._REPLIES[head.kind](self, head, t, p)
+                if not keep:
+                    run = pos
                 if self.state in (State.CLOSED, State.ERROR):
                     return  # nothing more may reach the client
+                head = q[0] if q else None
         except codec.ProtocolError as e:
-            self.fatal("08006", f"upstream protocol error: {e}")
+            return self.fatal("08006", f"upstream protocol error: {e}")
+        finally:
+            if run < pos and self.state not in (State.CLOSED, State.ERROR):
+                out.append(buf[run:pos])
+        if pos == end:
+            self.ubuf = bytearray()
+        elif buf is data:
+            self.ubuf = bytearray(data[pos:])
+        else:
+            del buf[:pos]
+
+    # Each handler returns True when the message passes to the client as it came (the
+    # caller copies it with the bytes around it), False when it sent what the client sees.
 
     # --- messages outside any reply -----------------------------------------------
-    def _async_message(self, t: bytes, p: bytes) -> None:
+    def _async_message(self, t: bytes, p: bytes) -> bool:
         rules = self.rules
         if t == wire.NOTICE_RESPONSE:
-            if rules.active:
-                p = self.scrub(p, self.queue[0] if self.queue else None)
+            if not rules.active:
+                return True
+            new = self.scrub(p, self.queue[0] if self.queue else None)
         elif t == wire.NOTIFICATION_RESPONSE:
-            if rules.detectors:
-                # NOTIFY payloads are text another session chose: patterns apply.
-                pid, channel, payload = codec.parse_notification(p)
-                new, counts = redact_text(payload, rules.detectors)
-                if counts:
-                    p = p[:4] + codec.cstr(channel) + codec.cstr(new)
+            if not rules.detectors:
+                return True
+            # NOTIFY payloads are text another session chose: patterns apply.
+            pid, channel, payload = codec.parse_notification(p)
+            text, counts = redact_text(payload, rules.detectors)
+            new = p[:4] + codec.cstr(channel) + codec.cstr(text) if counts else p
         else:
             name, value = codec.parse_parameter_status(p)
             self.parameter_status(name, value)
-        self.to_client.append(codec.msg(t, p))
+            return True
+        if new is p:
+            return True
+        self.to_client.append(codec.msg(t, new))
+        return False
 
     def parameter_status(self, name: str, value: str) -> None:
         key = name.lower()
@@ -95,34 +147,44 @@ class UpstreamReplies:
         if key == "application_name":  # what took effect (pgjdbc sets it with SET)
             self.commands.append(Attribute({"application_name": value}))
 
-    def _unexpected(self, t: bytes, p: bytes) -> None:
-        if t == wire.ERROR_RESPONSE:
-            p = self.scrub(p, None) if self.rules.active else p
-            self.to_client.append(codec.msg(t, p))
-            if codec.parse_fields(p).get("S") in ("FATAL", "PANIC"):
-                self._ended_upstream()
-            return
+    def _unexpected(self, t: bytes, p: bytes) -> bool:
+        if t != wire.ERROR_RESPONSE:
+            return True
+        p = self.scrub(p, None) if self.rules.active else p
         self.to_client.append(codec.msg(t, p))
+        if codec.parse_fields(p).get("S") in ("FATAL", "PANIC"):
+            self._ended_upstream()
+        return False
 
     def _ended_upstream(self) -> None:
         """The server ends the session (terminated, shutting down): its error is the last word."""
         self.state = State.CLOSED
         self.commands.append(Close("upstream ended the session"))
 
+    def _finished(self, t: bytes, p: bytes) -> bool:
+        """The head is done: the reply passes, then any of the gateway's own replies queued behind it."""
+        q = self.queue
+        q.popleft()
+        if q and q[0].kind is Kind.SYNTHETIC:
+            self.to_client.append(codec.msg(t, p))
+            self.flush_synthetic()
+            return False
+        return True
+
     # --- replies, by what they answer ---------------------------------------------
-    def _abort(self, head: Expected, t: bytes, p: bytes) -> None:
+    def _abort(self, head: Expected, t: bytes, p: bytes) -> bool:
         if t == wire.ERROR_RESPONSE:
             if head.raw:
                 self.to_client.append(head.raw)  # the client sees our refusal, not the stand-in error
             if codec.parse_fields(p).get("S") in ("FATAL", "PANIC"):
                 self._ended_upstream()
-        elif t == wire.READY_FOR_QUERY:
+            return False
+        if t == wire.READY_FOR_QUERY:
             self.tx_status = codec.parse_ready(p)
-            self.to_client.append(codec.msg(t, p))
-            self.queue.popleft()
-            self.flush_synthetic()
+            return self._finished(t, p)
+        return False  # the stand-in's other replies are not the client's
 
-    def _error(self, head: Expected, p: bytes) -> None:
+    def _error(self, head: Expected, p: bytes) -> bool:
         p = self.scrub(p, head) if self.rules.active else p
         fields = codec.parse_fields(p)
         self.to_client.append(codec.msg(wire.ERROR_RESPONSE, p))
@@ -130,12 +192,13 @@ class UpstreamReplies:
             if head.sql is not None and head.kind in _STATEMENT:
                 head.error = fields.get("C")
                 self.done(head)
-            return self._ended_upstream()
+            self._ended_upstream()
+            return False
         if head.kind is Kind.QUERY:
             head.error = fields.get("C")
-            return
+            return False
         if head.kind is Kind.SYNC:
-            return
+            return False
         # The server now skips to Sync, answering nothing: so do the replies we expect.
         q = self.queue
         undo = []
@@ -158,6 +221,7 @@ class UpstreamReplies:
             # The client has not sent its Sync yet: what it sends until then is ignored
             # upstream, and must expect no reply.
             self.skip = Skip.UPSTREAM
+        return False
 
     def _undo(self, e: Expected) -> None:
         """A Parse, Bind or Close the server failed or skipped: the name keeps what it had."""
@@ -168,70 +232,72 @@ class UpstreamReplies:
             else:
                 table[name] = prev
 
-    def _describe_for_masking(self, head: Expected, t: bytes, p: bytes) -> None:
+    def _describe_for_masking(self, head: Expected, t: bytes, p: bytes) -> bool:
         if t == wire.ERROR_RESPONSE:
             return self._error(head, p)
         ex, info = head.target
         if t == wire.ROW_DESCRIPTION:
             ex.plan = info.plan = self._plan(codec.parse_row_description(p), ex.classified, info.result_formats)
         self.queue.popleft()  # RowDescription or NoData: the client did not ask
+        return False
 
-    def _statement(self, head: Expected, t: bytes, p: bytes) -> None:
+    def _statement(self, head: Expected, t: bytes, p: bytes) -> bool:
         """A simple Query's or an Execute's replies."""
-        out = self.to_client
-        if t == wire.DATA_ROW:
-            head.rows += 1
-            out.append(head.plan.apply(p) if head.plan is not None else codec.msg(t, p))
-            return
+        k = head.kind
+        if t == wire.COMMAND_COMPLETE:
+            tag = codec.parse_command_tag(p)
+            head.tag = tag if head.tag is None or k is Kind.EXECUTE else f"{head.tag}; {tag}"
+            if k is Kind.EXECUTE:
+                self.done(head)
+                return self._finished(t, p)
+            if head.plan is not None:
+                self.redactions(head)
+                head.plan = None
+                head.copy = None
+            return True
+        if t == wire.READY_FOR_QUERY:
+            self.tx_status = codec.parse_ready(p)
+            self.done(head)
+            return self._finished(t, p)
+        if t == wire.ROW_DESCRIPTION:
+            if k is Kind.QUERY and self.rules.active:
+                head.plan = self._plan(codec.parse_row_description(p), head.classified, None)
+            return True
         if t == wire.ERROR_RESPONSE:
             return self._error(head, p)
-        k = head.kind
-        if t == wire.ROW_DESCRIPTION and k is Kind.QUERY:
-            head.plan = self._plan(codec.parse_row_description(p), head.classified, None)
-        elif t == wire.COPY_DATA and head.plan is not None and head.plan.detectors:
+        if t == wire.COPY_DATA:
+            if head.plan is None or not head.plan.detectors:
+                return True
             if head.copy is not None:
                 data = head.copy.feed(p)
                 if data:
-                    out.append(codec.msg(t, data))
-                return
-            p = head.plan.copy_line(p)
-        elif t == wire.COPY_OUT_RESPONSE and self.rules.detectors:
+                    self.to_client.append(codec.msg(t, data))
+                return False
+            new = head.plan.copy_line(p)
+            if new is p:
+                return True
+            self.to_client.append(codec.msg(t, new))
+            return False
+        if t == wire.COPY_OUT_RESPONSE and self.rules.detectors:
             head.plan = RowPlan([], self.rules.detectors)
             # Binary COPY: values without their types; see hoopy/postgres/copy.py.
             head.copy = BinaryCopyMasker(head.plan) if codec.parse_copy_response(p)[0] == 1 else None
         elif t == wire.COPY_DONE and head.copy is not None and not head.copy.done:
             raise codec.ProtocolError("binary COPY stream ended early")
-        out.append(codec.msg(t, p))
-        if t == wire.COMMAND_COMPLETE:
-            tag = codec.parse_command_tag(p)
-            head.tag = tag if head.tag is None or k is Kind.EXECUTE else f"{head.tag}; {tag}"
-            if k is Kind.EXECUTE:
-                self.queue.popleft()
-                self.done(head)
-            elif head.plan is not None:
-                self.redactions(head)
-                head.plan = None
-                head.copy = None
         elif k is Kind.EXECUTE and t in (wire.PORTAL_SUSPENDED, wire.EMPTY_QUERY_RESPONSE):
-            self.queue.popleft()
             self.done(head)
-        elif t == wire.READY_FOR_QUERY:
-            self.tx_status = codec.parse_ready(p)
-            self.queue.popleft()
-            self.done(head)
-            self.flush_synthetic()
+            return self._finished(t, p)
+        return True
 
-    def _one_reply(self, head: Expected, t: bytes, p: bytes) -> None:
+    def _one_reply(self, head: Expected, t: bytes, p: bytes) -> bool:
         """Parse, Bind, Close, Describe, Sync: their reply passes; the head is done with it."""
         if t == wire.ERROR_RESPONSE:
             return self._error(head, p)
-        self.to_client.append(codec.msg(t, p))
         if head.kind is Kind.DESCRIBE_STATEMENT and t == wire.PARAMETER_DESCRIPTION:
-            return  # RowDescription or NoData follows
+            return True  # RowDescription or NoData follows
         if t == wire.READY_FOR_QUERY:
             self.tx_status = codec.parse_ready(p)
-        self.queue.popleft()
-        self.flush_synthetic()
+        return self._finished(t, p)
 
     _REPLIES = {
         Kind.QUERY: _statement,

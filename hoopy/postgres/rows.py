@@ -298,11 +298,16 @@ class RowPlan:
         return self
 
     def apply(self, payload: bytes) -> bytes:
-        """One DataRow payload -> the DataRow message to send. Only the values
-        that change are rebuilt; the rest of the row is copied as it came."""
+        """One DataRow payload -> the DataRow message to send."""
+        new = self.rewrite(payload)
+        return codec.msg(b"D", payload) if new is None else new
+
+    def rewrite(self, payload: bytes) -> bytes | None:
+        """One DataRow payload -> the rewritten DataRow message, or None when nothing
+        in it changes. Only the values that change are rebuilt."""
         pf = self.prefilter
         if pf is not None and pf.search(payload) is None:
-            return codec.msg(b"D", payload)
+            return None
         actions = self.actions
         count = len(actions)
         vf = self.value_filter
@@ -343,20 +348,30 @@ class RowPlan:
         except struct.error:
             raise codec.ProtocolError("bad DataRow")
         if pieces is None:
-            return codec.msg(b"D", payload)
+            return None
         pieces.append(payload[last:])
         body = b"".join(pieces)
         return b"D" + _I.pack(len(body) + 4) + body
 
-    def apply_many(self, raw: bytes) -> bytes:
-        """A run of whole DataRow messages."""
+    def apply_many(self, raw, start: int = 0, end: int | None = None) -> bytes:
+        """A run of whole DataRow messages (``raw[start:end]``): rows that do not
+        change are copied as runs of bytes."""
         out = []
-        pos = 0
-        end = len(raw)
+        pos = run = start
+        end = len(raw) if end is None else end
+        rewrite = self.rewrite
         while pos < end:
             (n,) = _I.unpack_from(raw, pos + 1)
-            out.append(self.apply(raw[pos + 5:pos + 1 + n]))
-            pos += n + 1
+            nxt = pos + 1 + n
+            new = rewrite(bytes(raw[pos + 5:nxt]))
+            if new is not None:
+                if run < pos:
+                    out.append(raw[run:pos])
+                out.append(new)
+                run = nxt
+            pos = nxt
+        if run < end:
+            out.append(raw[run:end])
         return b"".join(out)
 
     def _scan(self, v: bytes, f):
