@@ -95,6 +95,10 @@ class Session:
         self.gateway.store.append_trailing(self._event(kind, outcome, data))
 
     def _event(self, kind, outcome, data) -> Event:
+        # The end of an operation carries its duration: its latency, by protocol and outcome.
+        seconds = data["duration_ms"] / 1000 if "duration_ms" in data else data.get("duration_s")
+        if isinstance(seconds, (int, float)):
+            self.gateway.metrics.operation_duration.labels(self.protocol, outcome or "ok").observe(seconds)
         return Event(kind=kind, outcome=outcome, session=self.id, identity=self.identity,
                      connection=self.connection, protocol=self.protocol, peer=self.peer,
                      data=data)
