@@ -198,7 +198,7 @@ class ClientSide(UpstreamReplies):
             info = self.portals[portal] = Portal(f"FETCH FROM {quote_ident(portal)}", None)
         if info.judged:  # at its Bind, or at an earlier Execute of a suspended portal
             return self.send_execute(info, portal, p)
-        self.judge(Judging(Kind.EXECUTE, info.sql, info.params, (), p, portal, info))
+        self.judge(Judging(Kind.EXECUTE, info.sql, info.params, None, p, portal, info))
 
     def _close(self, p: bytes) -> None:
         kind, name = codec.parse_describe(p)
@@ -273,21 +273,22 @@ class ClientSide(UpstreamReplies):
     }
 
     # --- refusals ----------------------------------------------------------------
-    def refuse_query(self, message: str, code: str) -> None:
+    def refuse_query(self, message: str, code: str, detail: str | None = None) -> None:
         """A refused simple Query: inside a transaction block it aborts the transaction,
         as any error from the server would."""
+        error = codec.error(code, message, detail=detail)
         if self.tx_status == wire.IN_TRANSACTION:
             self.forward(wire.QUERY, codec.cstr(ABORT_SQL))
-            return self.expect(Expected(Kind.ABORT, raw=codec.error(code, message)))
-        self.expect(Expected(Kind.SYNTHETIC, raw=codec.error(code, message) + codec.ready(self.tx_status)))
+            return self.expect(Expected(Kind.ABORT, raw=error))
+        self.expect(Expected(Kind.SYNTHETIC, raw=error + codec.ready(self.tx_status)))
 
-    def refuse_extended(self, message: str, code: str = "42501") -> None:
+    def refuse_extended(self, message: str, code: str = "42501", detail: str | None = None) -> None:
         """An error in the extended protocol: the client's messages up to Sync are skipped."""
         self.skip = Skip.REFUSED
-        self.expect(Expected(Kind.SYNTHETIC, raw=codec.error(code, message)))
+        self.expect(Expected(Kind.SYNTHETIC, raw=codec.error(code, message, detail=detail)))
 
-    def _refuse(self, kind: Kind, message: str, code: str) -> None:
-        (self.refuse_query if kind is Kind.QUERY else self.refuse_extended)(message, code)
+    def _refuse(self, kind: Kind, message: str, code: str, detail: str | None = None) -> None:
+        (self.refuse_query if kind is Kind.QUERY else self.refuse_extended)(message, code, detail)
 
     def _oversized(self, t: bytes, p) -> None:
         """SQL text over [gateway] max_statement: refused unread (54000), the session goes on."""
@@ -329,7 +330,8 @@ class ClientSide(UpstreamReplies):
             return self._proceed(j)  # an empty query: nothing runs
         self.state = State.JUDGING
         self.pending = j
-        self.commands.append(Decide(self._operation(j.sql, c, j.params), self.local_refusal(c, j.sql, j.raw_params)))
+        self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params),
+                                    self.local_refusal(c, j.sql, j.raw_params or ())))
 
     def decided(self, verdict) -> None:
         """The answer to a Decide command (and later to a Hold's resolution)."""
@@ -353,7 +355,8 @@ class ClientSide(UpstreamReplies):
                 else f"{verdict.reason} (rule {verdict.rule!r})"
             if isinstance(verdict, Deny) and verdict.approval and verdict.approval not in msg:
                 msg += f" (approval {verdict.approval})"
-            self._refuse(j.kind, "hoopy: " + msg, "42501")
+            # (retry mode: what to do next goes in the error's DETAIL)
+            self._refuse(j.kind, "hoopy: " + msg, "42501", getattr(verdict, "detail", None))
         self.pump()
 
     def _allowed(self, c) -> None:
@@ -409,8 +412,12 @@ class ClientSide(UpstreamReplies):
         self.forward(wire.EXECUTE, p)
         self.expect(ex)
 
-    def _operation(self, sql: str, c, params=None) -> Operation:
+    def _operation(self, sql: str, c, params=None, raw_params=None) -> Operation:
         detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
+        # What a retry-mode approval is bound to: the whole SQL text and the parameters' exact bytes
+        # (the recorded text and values may be shortened).
+        canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
+                                           if raw_params is not None else params)
         if params is not None:
             detail["params"] = params
         units = list(c.units)
@@ -419,7 +426,8 @@ class ClientSide(UpstreamReplies):
             units.append(Unit("write", f"public.{name}()"))
         for name in c.executes:
             units.extend(self._prepared_units(name))
-        return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)
+        return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail,
+                         canonical=canonical)
 
     def _prepared_units(self, name: str) -> list:
         """What EXECUTE of a name may run: the units an SQL PREPARE of it was judged with

@@ -88,7 +88,7 @@ class Judging:
     kind: Kind  # QUERY, BIND or EXECUTE
     sql: str
     params: list | None = None  # decoded, for the record
-    raw_params: tuple = ()
+    raw_params: tuple | None = None  # a Bind's exact bytes (None for a Query or a cursor's Execute)
     message: bytes = b""  # the client's message payload (Bind, Execute)
     portal: str = ""
     portal_info: Portal | None = None

@@ -107,11 +107,12 @@ def write() -> None:
 
 
 if __name__ == "__main__":
-    # Run as __main__, this module is not the tests.compat.matrix the tests register their rows in.
-    from tests.compat import matrix
+    # Run as a script this module is __main__; the tests register their rows with
+    # tests.compat.matrix, so use that one.
+    from tests.compat import matrix as _m
 
     if sys.argv[1:] == ["--write"]:
-        matrix.write()
-        print(f"wrote {DOC}")
+        _m.write()
+        print(f"wrote {_m.DOC}")
     else:
-        print(matrix.table(matrix.collect()))
+        print(_m.table(_m.collect()))
