@@ -224,18 +224,7 @@ def _classify(sql: str, scope: Scope = DEFAULT) -> Classified:
 
 # --- large statements: off the reactor, a few at a time ---------------------------
 
-INLINE_SQL = 16 * 1024  # longer statements go to a thread at once
-
-
-def classify_soon(reactor, sql: str, scope: Scope):
-    """classify_or_error's result now, when it takes a moment; else a Deferred firing
-    with it, computed on a thread (PARSES: a few at once gateway-wide)."""
-    if len(sql) <= INLINE_SQL:
-        try:
-            return classify_or_error(sql, scope, inline=True)
-        except Heavy:
-            pass
-    return PARSES.classify(reactor, sql, scope)
+INLINE_SQL = 16 * 1024  # longer statements go to a thread at once (client_side.judge)
 
 
 class ParseGate:
@@ -298,4 +287,4 @@ def table_units(units) -> tuple:
 
 
 __all__ = ["classify", "classify_or_error", "resolve", "parse_statement", "Classified", "ClassifyError",
-           "CannotJudge", "CopyTarget", "Scope", "ANY_OBJECT", "pg_table_unit", "PARSES", "classify_soon"]
+           "CannotJudge", "CopyTarget", "Scope", "ANY_OBJECT", "pg_table_unit", "PARSES", "INLINE_SQL", "Heavy"]
