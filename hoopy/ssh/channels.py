@@ -23,7 +23,7 @@ from hoopy.audit.asciicast import AsciicastRecorder
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.session import IN, OUT
-from hoopy.ssh import sftp
+from hoopy.ssh import private, sftp
 from hoopy.ssh.masking import LineMasker
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
@@ -96,6 +96,9 @@ class ClientSession(asyncssh.SSHServerSession):
         self._sftp_queue = collections.deque()
         self._sftp_pump = None
         self._eof_pending = False
+        self._ending = []  # "exit" and "eof" in the order the upstream sent them
+        self._exited = False
+        self._end_known = False  # the upstream ended (or the gateway refused): an end to relay
         self._early = []
         self.maskers = None  # {datatype: LineMasker} for exec output, where masking applies
         self.up_blocked = False  # the upstream channel asked us to stop writing
@@ -278,6 +281,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self._notice(message)
         self.exit_status = status
         self.reason = message
+        self._end_known = True
         if record:
             await self._finish()
         self._exit()
@@ -434,6 +438,25 @@ class ClientSession(asyncssh.SSHServerSession):
             self.chan.close()
 
     # --- closing -------------------------------------------------------------
+    #
+    # sshd ends a channel with exit-status (or exit-signal), EOF and close, in either order of
+    # the first two. A client may close as soon as it sees EOF (OpenSSH's ControlMaster, node's
+    # ssh2), so a status sent after EOF is lost to it. So neither goes to the client as it
+    # arrives: both wait until the channel's event is durable, then go in the order sshd sent
+    # them, then close (see _exit).
+
+    def upstream_eof(self):
+        self.flush_masked()
+        if "eof" not in self._ending:
+            self._ending.append("eof")
+
+    def upstream_exit(self, status=None, signal=None):
+        if signal is not None:
+            self.exit_signal = signal
+        else:
+            self.exit_status = status
+        if "exit" not in self._ending:
+            self._ending.append("exit")
 
     def upstream_closed(self, exc):
         """The upstream channel ended: pass its exit on, record, close."""
@@ -444,20 +467,37 @@ class ClientSession(asyncssh.SSHServerSession):
             self._notice(f"hoopy: the upstream connection was lost: {why}")
             self.exit_status = GATEWAY_FAILED
             self.reason = f"upstream lost: {why}"
-        asyncio.ensure_future(self._close_after_record())
-
-    async def _close_after_record(self):
-        await self._finish()
-        self._exit()
+        self._end_known = True
+        self._finish()  # relays the end once the channel's event is durable
 
     def _exit(self):
+        """Relay the end as sshd sent it: exit-status/signal and EOF in its order, then close."""
+        if self.closed or self._exited:
+            return
+        self._exited = True
+        asyncio.ensure_future(self._send_end())
+
+    async def _send_end(self):
+        # exit-status is a channel request: it would overtake output still waiting for the
+        # client's window, which sshd never does. So wait for that output to go first.
+        while not self.closed and self.chan.get_write_buffer_size():
+            await asyncio.sleep(0.01)
         if self.closed:
             return
-        if self.exit_signal is not None:
-            sig, core, msg = self.exit_signal
-            self.chan.exit_with_signal(sig, core, msg)
-        else:
-            self.chan.exit(self.exit_status if self.exit_status is not None else GATEWAY_FAILED)
+        order = self._ending if "exit" in self._ending else ["exit", *self._ending]
+        if "eof" not in order:
+            order = [*order, "eof"]
+        for what in order:
+            if what == "exit":
+                if self.exit_signal is not None:
+                    sig, core, msg = self.exit_signal
+                    private.send_exit_signal(self.chan, sig, core, msg)
+                else:
+                    status = self.exit_status if self.exit_status is not None else GATEWAY_FAILED
+                    private.send_exit_status(self.chan, status)
+            else:
+                self.chan.write_eof()
+        self.chan.close()
 
     def connection_lost(self, exc):
         """The client's channel is gone (closed, or the client vanished)."""
@@ -526,9 +566,13 @@ class ClientSession(asyncssh.SSHServerSession):
                                                        command=self.command, patterns=counts)))
             ok = self.exit_status == 0 and self.exit_signal is None
             await _quiet(wait(session.event(f"ssh.{self.kind}", "ok" if ok else "failed", **data)))
+            if self._end_known:
+                self._exit()  # the status reaches the client once it is on the record
             if self.recorder is not None:
                 await _quiet(wait(self.recorder.seal()))
         finally:
+            if self._end_known:
+                self._exit()  # (once: a no-op when already relayed above)
             if not self.done.done():
                 self.done.set_result(None)
 
@@ -554,16 +598,14 @@ class UpstreamSession(asyncssh.SSHClientSession):
         self.down.from_upstream(data, datatype)
 
     def eof_received(self):
-        self.down.flush_masked()
-        if not self.down.closed:
-            self.down.chan.write_eof()
+        self.down.upstream_eof()
         return True
 
     def exit_status_received(self, status):
-        self.down.exit_status = status
+        self.down.upstream_exit(status=status)
 
     def exit_signal_received(self, signal, core_dumped, msg, lang):
-        self.down.exit_signal = (signal, core_dumped, msg)
+        self.down.upstream_exit(signal=(signal, core_dumped, msg))
 
     def pause_writing(self):
         self.down.up_blocked = True
