@@ -25,6 +25,7 @@ from hoopy.policy.verdicts import Deny, Hold
 from hoopy.session import IN, OUT
 from hoopy.ssh import private, sftp
 from hoopy.ssh.masking import LineMasker
+from hoopy.ssh.refusals import REFUSED_OPERATION, REFUSED_WHY
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
 log = Logger()
@@ -113,10 +114,19 @@ class ClientSession(asyncssh.SSHServerSession):
         self.client.records.add(self.done)
         self.done.add_done_callback(self.client.records.discard)
 
+    def request_refused(self, request: str, why: str | None):
+        """A request on this channel was refused (here or by asyncssh): on the record, with why."""
+        why = why or self.__dict__.pop("_why", None) or REFUSED_WHY.get(request) \
+            or f"channel request {request!r} is not offered through hoopy"
+        detail = {"command": self.command} if self.command else {}
+        self.client.refuse(REFUSED_OPERATION.get(request, "channel-request"), request, why,
+                           channel=self.kind, **detail)
+
     def pty_requested(self, term_type, term_size, term_modes):
         if self.kind is not None:
             # After exec/shell the decision (and whether the channel is recorded) is already
             # being made: a late pty-req would reach upstream as a terminal nobody records.
+            self._why = f"a terminal asked for after the {self.kind} started (judged without one)"
             return False
         self.pty = (term_type, term_size, term_modes)
         return True
@@ -129,6 +139,7 @@ class ClientSession(asyncssh.SSHServerSession):
         if not command:
             # An empty command line would open the upstream user's login shell (asyncssh sends a
             # `shell` request for it, sshd runs the shell for it): a shell judged as `exec *`.
+            self._why = "an empty command line (upstream it would be the login shell)"
             return False
         self.kind = "exec"
         self.command = command
@@ -136,6 +147,7 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def subsystem_requested(self, subsystem):
         if subsystem != "sftp":
+            self._why = f"subsystem {subsystem!r} is not offered through hoopy (only sftp)"
             return False
         self.kind = "sftp"
         return True
@@ -379,6 +391,7 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.up is not None:
             self.up.send_break(msec)
             return True
+        self._why = "a break before the channel is open upstream"
         return False
 
     # Backpressure: the client cannot take more, so stop reading upstream, and back.

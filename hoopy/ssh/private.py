@@ -10,17 +10,25 @@ upgrade that removes one fails loudly in the suite, not silently on a client.
 from __future__ import annotations
 
 import asyncssh
-from asyncssh.packet import Boolean, String, UInt32
+from asyncssh.constants import MSG_CHANNEL_OPEN
+from asyncssh.packet import Boolean, SSHPacket, String, UInt32
 
 # What this module touches; tests/test_ssh_private.py checks each one.
 USED_METHODS = (  # (class, method name)
     (asyncssh.SSHServerChannel, "_send_request"),
     (asyncssh.SSHServerChannel, "_process_env_request"),
+    (asyncssh.SSHServerChannel, "_report_response"),
+    (asyncssh.SSHServerConnection, "_process_channel_open"),
+    (asyncssh.SSHServerConnection, "send_channel_open_failure"),
+    (asyncssh.SSHServerConnection, "_report_global_response"),
 )
 USED_ATTRIBUTES = (  # (class, attribute its instances carry)
     (asyncssh.SSHServerChannel, "_send_state"),
     (asyncssh.SSHServerChannel, "_env"),
+    (asyncssh.SSHServerChannel, "_request_queue"),
+    (asyncssh.SSHServerConnection, "_global_request_queue"),
 )
+# And the class attribute ``SSHServerConnection._packet_handlers`` (a dict by message type).
 
 
 def send_exit_status(chan: asyncssh.SSHServerChannel, status: int) -> bool:
@@ -41,34 +49,112 @@ def send_exit_signal(chan: asyncssh.SSHServerChannel, signal: str, core_dumped: 
     return True
 
 
-class BoundedEnvChannel(asyncssh.SSHServerChannel):
-    """A server channel that keeps a bounded number of ``env`` requests.
+class GatewayServerChannel(asyncssh.SSHServerChannel):
+    """A session channel that bounds its ``env`` requests and reports every request it refuses.
 
-    asyncssh keeps every one a client sends; ``env_refused(key, why)`` (set per
-    channel) hears of each one refused, so it can be recorded.
+    asyncssh keeps every ``env`` request a client sends, and refuses some
+    requests on its own (``x11-req``, ``auth-agent-req@openssh.com``, a second
+    ``exec``, a command line that is not UTF-8, unknown requests) without
+    telling the application: ``refused(request)``, set per channel, hears of
+    each refusal, whoever made it.
     """
 
     max_env = 64
     max_env_bytes = 4096
-    env_refused = None
+    refused = None  # callable(request name, why or None)
 
     def _process_env_request(self, packet) -> bool:
         key = packet.get_string()
         value = packet.get_string()
         packet.check_end()
         if len(key) + len(value) > self.max_env_bytes:
-            why = f"larger than {self.max_env_bytes} bytes"
+            self._env_why = f"env {_text(key)}: larger than {self.max_env_bytes} bytes"
         elif key not in self._env and len(self._env) >= self.max_env:
-            why = f"more than {self.max_env} variables"
+            self._env_why = f"env {_text(key)}: more than {self.max_env} variables"
         else:
             self._env[key] = value
             return True
-        if self.env_refused is not None:
-            self.env_refused(key, why)
         return False
 
+    def _report_response(self, result) -> None:
+        request = self._request_queue[0][0] if self._request_queue else "?"
+        super()._report_response(result)
+        if not result and request not in QUIET_REQUESTS and self.refused is not None:
+            why = self.__dict__.pop("_env_why", None) if request == "env" else None
+            self.refused(request, why)
 
-def bound_env(chan: asyncssh.SSHServerChannel, max_env: int, max_bytes: int, on_refused) -> None:
-    """Make ``chan`` (made by ``create_server_channel``) keep at most ``max_env`` variables."""
-    chan.__class__ = BoundedEnvChannel
-    chan.max_env, chan.max_env_bytes, chan.env_refused = max_env, max_bytes, on_refused
+
+def gateway_channel(chan: asyncssh.SSHServerChannel, max_env: int, max_bytes: int,
+                    refused) -> asyncssh.SSHServerChannel:
+    """Make ``chan`` (from ``create_server_channel``) a GatewayServerChannel."""
+    chan.__class__ = GatewayServerChannel
+    chan.max_env, chan.max_env_bytes, chan.refused = max_env, max_bytes, refused
+    return chan
+
+
+# Requests whose refusal is the ordinary answer, not a refused operation.
+QUIET_REQUESTS = frozenset({"keepalive@openssh.com"})
+
+
+def _text(b) -> str:
+    return b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b)
+
+
+class GatewayServerConnection(asyncssh.SSHServerConnection):
+    """A client connection that reports what asyncssh refuses without asking the application.
+
+    Channel opens of a type asyncssh does not know (and any open refused with
+    a reason not from hoopy, whose own refusals are recorded where made and
+    start with ``hoopy:``) and global requests answered with failure reach
+    ``refused(what, name, why)``. ``no-more-sessions@openssh.com`` (sent by
+    OpenSSH clients that will open no more sessions) is honoured as sshd does.
+    """
+
+    refused = None  # callable("open" | "global", name, reason)
+    no_more_sessions = False
+
+    def _process_channel_open_peeking(self, pkttype, pktid, packet):
+        try:
+            peek = SSHPacket(packet.get_remaining_payload())
+            chantype = _text(peek.get_string())
+            send_chan = peek.get_uint32()
+            opening = self.__dict__.setdefault("_opening", {})
+            if len(opening) > 256:
+                opening.clear()
+            opening[send_chan] = chantype
+        except (asyncssh.Error, ValueError):
+            pass  # malformed: asyncssh itself ends the connection
+        return asyncssh.SSHServerConnection._process_channel_open(self, pkttype, pktid, packet)
+
+    _packet_handlers = {**asyncssh.SSHServerConnection._packet_handlers,
+                        MSG_CHANNEL_OPEN: _process_channel_open_peeking}
+
+    def send_channel_open_failure(self, send_chan, code, reason, lang) -> None:
+        chantype = self.__dict__.get("_opening", {}).pop(send_chan, "?")
+        super().send_channel_open_failure(send_chan, code, reason, lang)
+        if self.refused is not None and not str(reason).startswith("hoopy:"):
+            self.refused("open", chantype, str(reason))
+
+    def _report_global_response(self, result) -> None:
+        name = "?"
+        if self._global_request_queue:
+            try:  # what was read of the packet: its message type, then the request's name
+                consumed = SSHPacket(self._global_request_queue[0][1].get_consumed_payload())
+                consumed.get_byte()
+                name = _text(consumed.get_string())
+            except (asyncssh.Error, ValueError):
+                pass
+        super()._report_global_response(result)
+        if not result and name not in QUIET_REQUESTS and self.refused is not None:
+            self.refused("global", name, None)
+
+    def _process_no_more_sessions_at_openssh_dot_com_global_request(self, packet) -> None:
+        packet.check_end()
+        self.no_more_sessions = True
+        self._report_global_response(True)
+
+
+def gateway_connection(conn: asyncssh.SSHServerConnection, refused) -> asyncssh.SSHServerConnection:
+    conn.__class__ = GatewayServerConnection
+    conn.refused = refused
+    return conn

@@ -89,6 +89,8 @@ def test_openssh_exec(env):
     assert env.ssh("hoopy", "exit 3").returncode == 3
     r = env.ssh("hoopy", "cat", input="through stdin\n")
     assert (r.returncode, r.stdout) == (0, "through stdin\n"), r.stderr
+    # What OpenSSH sends on its own (no-more-sessions@openssh.com) is no refusal.
+    assert not [e for e in env.gw.events("operation") if e["outcome"] == "refused"]
 
 
 @row("ssh", OPENSSH, "ControlMaster/ControlPersist: exit status of every command")
