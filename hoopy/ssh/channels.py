@@ -24,7 +24,7 @@ from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.session import IN, OUT
 from hoopy.ssh import private, sftp
-from hoopy.ssh.masking import LineMasker
+from hoopy.ssh.masking import StreamMasker, compile_detectors
 from hoopy.ssh.refusals import REFUSED_OPERATION, REFUSED_WHY
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
@@ -101,7 +101,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self._exited = False
         self._end_known = False  # the upstream ended (or the gateway refused): an end to relay
         self._early = []
-        self.maskers = None  # {datatype: LineMasker} for exec output, where masking applies
+        self.maskers = None  # {datatype: StreamMasker} for exec and shell output, where masking applies
         self.up_blocked = False  # the upstream channel asked us to stop writing
         self.env = {}  # what goes upstream (see upstream_env)
         self.env_dropped = []
@@ -226,11 +226,15 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.kind == "sftp":
             kw["subsystem"] = "sftp"
             self.tracker = sftp.Tracker()
-        if self.kind == "exec" and self.pty is None:
-            detectors = [d for m in session.masking()
-                         for d in m.patterns]
+        if self.kind in ("exec", "shell"):
+            # Terminals too: what the client sees, and so what the recording holds, is masked.
+            detectors = tuple(d for m in session.masking() for d in m.patterns)
             if detectors:
-                self.maskers = {None: LineMasker(detectors), STDERR: LineMasker(detectors)}
+                try:
+                    compiled = compile_detectors(detectors)
+                except ValueError as e:
+                    return await self._fail(f"hoopy: refused: {e}", REFUSED)
+                self.maskers = {None: StreamMasker(compiled), STDERR: StreamMasker(compiled)}
         try:
             up, _ = await upstream.create_session(
                 lambda: UpstreamSession(self), self.command if self.kind == "exec" else None, **kw)
@@ -334,10 +338,19 @@ class ClientSession(asyncssh.SSHServerSession):
             except sftp.SFTPError as e:
                 return self._abort(f"hoopy: {e}")
         if self.maskers is not None:
-            data = self.maskers[STDERR if datatype == STDERR else None].feed(data)
+            masker = self.maskers[STDERR if datatype == STDERR else None]
+            before = sum(masker.counts.values())
+            data = masker.feed(data)
+            if self.recorder is not None and sum(masker.counts.values()) != before:
+                self._marker_redacted(masker, before)
             if not data:
                 return
         self._deliver(data, datatype)
+
+    def _marker_redacted(self, masker, before):
+        """A marker in the recording where values were masked (how many so far, by which pattern)."""
+        n = sum(masker.counts.values()) - before
+        self.recorder.marker(f"redacted {n} ({', '.join(sorted(masker.counts))})")
 
     def _deliver(self, data, datatype):
         if self.recorder is not None:
@@ -361,7 +374,10 @@ class ClientSession(asyncssh.SSHServerSession):
         """The held-back tail of masked output, once upstream has no more."""
         if self.maskers is not None:
             for datatype, masker in self.maskers.items():
+                before = sum(masker.counts.values())
                 tail = masker.flush()
+                if self.recorder is not None and sum(masker.counts.values()) != before:
+                    self._marker_redacted(masker, before)
                 if tail:
                     self._deliver(tail, datatype)
 
@@ -575,8 +591,10 @@ class ClientSession(asyncssh.SSHServerSession):
                         counts[name] = counts.get(name, 0) + n
                 if counts:
                     data["redacted"] = counts
-                    await _quiet(wait(session.redacted(sum(counts.values()), where="exec output",
-                                                       command=self.command, patterns=counts)))
+                    where = "terminal output" if self.recorder is not None else f"{self.kind} output"
+                    await _quiet(wait(session.redacted(sum(counts.values()), where=where, channel=self.kind,
+                                                       command=self.command, patterns=counts,
+                                                       recording=self.recording)))
             ok = self.exit_status == 0 and self.exit_signal is None
             await _quiet(wait(session.event(f"ssh.{self.kind}", "ok" if ok else "failed", **data)))
             if self._end_known:
