@@ -70,7 +70,8 @@ def collect() -> list[Row]:
         if info.name.startswith("test_"):
             importlib.import_module(f"tests.compat.{info.name}")
     seen: dict[tuple, Row] = {}
-    for r in _ROWS:
+    # Under `python3 -m tests.compat.matrix` this module is __main__: the rows are in the imported one.
+    for r in importlib.import_module("tests.compat.matrix")._ROWS:
         key = (r.protocol, r.client, r.scenario, r.tls)
         if key in seen and seen[key] != r:
             raise ValueError(f"row {key} declared twice with different outcomes: {seen[key].test}, {r.test}")
