@@ -33,6 +33,10 @@ log = Logger()
 STDERR = asyncssh.EXTENDED_DATA_STDERR
 REFUSED = 126  # what a shell returns for "found but cannot run"
 GATEWAY_FAILED = 255  # what ssh itself returns when the connection fails
+# How much a channel may buffer toward a peer that is not reading before the other side is
+# paused (asyncssh's default is 64 KiB: in bulk transfers that paused and resumed the other
+# side every few packets). Resumed when a quarter is left.
+WRITE_HIGH = 512 * 1024
 ATTRIBUTION = {"HOOPY_MODEL": "model", "HOOPY_TOOL_CALL": "tool_call", "HOOPY_MCP_SERVER": "mcp_server"}
 
 # What a client's `env` requests may pass upstream. The command line is the operation judged, so
@@ -100,6 +104,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self._ending = []  # "exit" and "eof" in the order the upstream sent them
         self._exited = False
         self._end_known = False  # the upstream ended (or the gateway refused): an end to relay
+        self._drained = None  # at the end: resolved once the client has all the output
         self._early = []
         self.maskers = None  # {datatype: StreamMasker} for exec and shell output, where masking applies
         self.up_blocked = False  # the upstream channel asked us to stop writing
@@ -110,6 +115,7 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def connection_made(self, chan):
         self.chan = chan
+        chan.set_write_buffer_limits(WRITE_HIGH)
         self.client.channels.add(self)
         self.client.records.add(self.done)
         self.done.add_done_callback(self.client.records.discard)
@@ -412,11 +418,14 @@ class ClientSession(asyncssh.SSHServerSession):
 
     # Backpressure: the client cannot take more, so stop reading upstream, and back.
     def pause_writing(self):
-        if self.up is not None:
+        if self.up is not None and self._drained is None:
             self.up.pause_reading()
 
     def resume_writing(self):
-        if self.up is not None:
+        if self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)
+        elif self.up is not None:
             self.up.resume_reading()
 
     # --- sftp: record each file operation before it goes upstream ---------------
@@ -508,9 +517,12 @@ class ClientSession(asyncssh.SSHServerSession):
 
     async def _send_end(self):
         # exit-status is a channel request: it would overtake output still waiting for the
-        # client's window, which sshd never does. So wait for that output to go first.
-        while not self.closed and self.chan.get_write_buffer_size():
-            await asyncio.sleep(0.01)
+        # client's window, which sshd never does. So wait for that output to go first: with
+        # limits of 0, asyncssh calls resume_writing once all of it is sent.
+        if self.chan.get_write_buffer_size():
+            self._drained = asyncio.get_running_loop().create_future()
+            self.chan.set_write_buffer_limits(0, 0)
+            await self._drained
         if self.closed:
             return
         order = self._ending if "exit" in self._ending else ["exit", *self._ending]
@@ -531,6 +543,8 @@ class ClientSession(asyncssh.SSHServerSession):
     def connection_lost(self, exc):
         """The client's channel is gone (closed, or the client vanished)."""
         self.closed = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         self.client.channels.discard(self)
         if not getattr(self, "_counted_closed", False):
             self._counted_closed = True
@@ -624,6 +638,7 @@ class UpstreamSession(asyncssh.SSHClientSession):
 
     def connection_made(self, chan):
         self.chan = chan
+        chan.set_write_buffer_limits(WRITE_HIGH)
 
     def data_received(self, data, datatype):
         self.down.from_upstream(data, datatype)

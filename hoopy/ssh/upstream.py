@@ -10,6 +10,8 @@ import asyncio
 import asyncssh
 from twisted.internet.endpoints import clientFromString
 
+from hoopy.ssh import private
+
 
 # AES-GCM is one call into OpenSSL per packet; asyncssh's chacha20-poly1305 is
 # two passes with Python between them (about 3x slower here). The gateway is the
@@ -81,6 +83,9 @@ class Upstream:
 class _Client(asyncssh.SSHClient):
     def __init__(self, on_lost):
         self._on_lost = on_lost
+
+    def connection_made(self, conn):
+        private.gateway_client_connection(conn)  # fewer send syscalls (see hoopy/ssh/private.py)
 
     def connection_lost(self, exc):
         if self._on_lost is not None:
