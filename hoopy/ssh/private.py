@@ -149,16 +149,18 @@ class _CoalescedSends:
     def _send(self, data: bytes) -> None:
         pending = self._pending_sends
         if pending is None:
-            self._pending_sends = [data]
+            # The transport as it is now: asyncssh drops its reference when it closes (the
+            # abort it schedules runs after this flush, so what it sent before still goes).
+            self._pending_sends = pending = [self._transport]
             self._loop.call_soon(self._send_pending)
-        else:
-            pending.append(data)
+        pending.append(data)
 
     def _send_pending(self) -> None:
         pending, self._pending_sends = self._pending_sends, None
-        if pending and self._transport:
+        transport, data = pending[0], pending[1:]
+        if transport is not None and data:
             try:
-                self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+                transport.write(data[0] if len(data) == 1 else b"".join(data))
             except ConnectionError:
                 pass
 
