@@ -26,6 +26,7 @@ USED_METHODS = (  # (class, method name)
     (asyncssh.SSHServerConnection, "data_received"),
     (asyncssh.SSHServerConnection, "_recv_pkthdr"),
     (asyncssh.SSHServerConnection, "_recv_packet"),
+    (asyncssh.SSHServerConnection, "_reset_keepalive_timer"),
 )
 USED_ATTRIBUTES = (  # (class, attribute its instances carry)
     (asyncssh.SSHServerChannel, "_send_state"),
@@ -127,6 +128,15 @@ class _CoalescedSends:
     """
 
     _pending_sends = None
+    _keepalive_reset_at = -1e9
+
+    def _reset_keepalive_timer(self) -> None:
+        # asyncssh cancels and re-arms its keepalive timer (a new timer handle on the loop's heap)
+        # for every piece of input: once a second is as good for a 30-60 s keepalive.
+        now = self._loop.time()
+        if now - self._keepalive_reset_at >= 1.0:
+            self._keepalive_reset_at = now
+            super()._reset_keepalive_timer()
 
     def data_received(self, data, datatype=None) -> None:
         n = len(data)
