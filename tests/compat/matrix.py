@@ -70,8 +70,7 @@ def collect() -> list[Row]:
         if info.name.startswith("test_"):
             importlib.import_module(f"tests.compat.{info.name}")
     seen: dict[tuple, Row] = {}
-    # Under `python3 -m tests.compat.matrix` this module is __main__: the rows are in the imported one.
-    for r in importlib.import_module("tests.compat.matrix")._ROWS:
+    for r in _ROWS:
         key = (r.protocol, r.client, r.scenario, r.tls)
         if key in seen and seen[key] != r:
             raise ValueError(f"row {key} declared twice with different outcomes: {seen[key].test}, {r.test}")
@@ -108,8 +107,12 @@ def write() -> None:
 
 
 if __name__ == "__main__":
+    # Run as a script this module is __main__; the tests register their rows with
+    # tests.compat.matrix, so use that one.
+    from tests.compat import matrix as _m
+
     if sys.argv[1:] == ["--write"]:
-        write()
-        print(f"wrote {DOC}")
+        _m.write()
+        print(f"wrote {_m.DOC}")
     else:
-        print(table(collect()))
+        print(_m.table(_m.collect()))

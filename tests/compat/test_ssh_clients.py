@@ -43,10 +43,10 @@ class Env:
             "exec echo *", "exec exit *", "exec cat", "exec true", "exec sh", "sftp",
             "exec scp -t *", "exec scp -f *", "exec scp -d -t *",
             "exec rsync --server *",
-            f"exec git-upload-pack '{self.repo}'", f"exec git-receive-pack '{self.repo}'",
-            # Ansible with pipelining: its command lines are constant, spelled out literally.
-            "exec /bin/sh -c 'echo ~ && sleep 0'",
-            "exec /bin/sh -c '/usr/bin/python3 && sleep 0'",
+            f"exec git-upload-pack {self.repo}", f"exec git-receive-pack {self.repo}",
+            # Ansible with pipelining: `/bin/sh -c 'echo ~agent && sleep 0'`, then
+            # `/bin/sh -c '/usr/bin/python3 && sleep 0'` (the wrapper is seen through).
+            "exec echo ~agent", "exec /usr/bin/python3", "exec sleep 0",
         ]
         (tmp / "gw").mkdir()
         self.gw = HoopyProcess(tmp / "gw", agent.toml(ssh_keys=[pub]) + conn + grant("agent", allow)).start()
@@ -191,7 +191,8 @@ GIT = _version(["git", "--version"], lambda out: "git " + out.split()[2])
 
 
 @row("ssh", GIT, "clone, push, clone again over ssh", outcome="limited",
-     note="runs `git-upload-pack 'PATH'` / `git-receive-pack 'PATH'`: the quotes are spelled out in the rule")
+     note="runs `git-upload-pack 'PATH'` / `git-receive-pack 'PATH'` as an exec: needs "
+          "`exec git-upload-pack PATH` / `exec git-receive-pack PATH` rules")
 def test_git(env, tmp_path):
     genv = {**os.environ, "GIT_SSH_COMMAND": _ssh_cmd(env), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
             "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
@@ -289,16 +290,18 @@ def _ansible(env, tmp_path, *args, pipelining=False):
 
 
 @row("ssh", ANSIBLE, "ad-hoc `-m command`, pipelining on (ControlMaster as by default)",
-     outcome="limited", note="with `ANSIBLE_PIPELINING=True` its command line is constant: "
-     "grant `exec /bin/sh -c '/usr/bin/python3 && sleep 0'`; the module arrives on stdin (in the ssh.exec event)")
+     outcome="limited", note="with `ANSIBLE_PIPELINING=True` its command lines are constant: "
+     "`/bin/sh -c 'echo ~agent && sleep 0'` and `/bin/sh -c '/usr/bin/python3 && sleep 0'`, granted by "
+     "`exec echo ~agent`, `exec /usr/bin/python3`, `exec sleep 0`; the module arrives on stdin (in the ssh.exec event)")
 def test_ansible_command_pipelined(env, tmp_path):
     r = _ansible(env, tmp_path, "-m", "command", "-a", "echo hi-from-ansible", pipelining=True)
     assert r.returncode == 0 and "hi-from-ansible" in r.stdout, (r.stdout, r.stderr)
 
 
 @row("ssh", ANSIBLE, "ad-hoc `-m command` and `-m copy`, default settings", outcome="refused",
-     note="each task first runs `/bin/sh -c '( umask 77 && mkdir -p \"` echo ~/.ansible/tmp `\"&& ...ansible-tmp-RANDOM...'`: "
-          "`&&`, quotes, backquotes and a random name that no exec glob grants; Ansible reports hoopy's "
+     note="each task first makes a remote temporary directory with `/bin/sh -c '( umask 77 && mkdir -p \"` echo "
+          "~/.ansible/tmp `\"&& ...ansible-tmp-RANDOM...'`: backquote substitutions cannot be judged before "
+          "they run, so it is refused (held with `unjudgeable = \"approve\"`); Ansible reports hoopy's "
           "refusal (exit 126), the connection stays up")
 def test_ansible_defaults_are_refused_with_the_status(env, tmp_path):
     (tmp_path / "src.txt").write_text("copied\n")
