@@ -68,6 +68,8 @@ def test_a_shell_on_a_terminal_is_masked_and_recorded_masked(setup, tmp_path):
     assert "alice@example.com" not in shown and "[REDACTED]" in shown
     (red,) = _wait_events(s, "redaction")
     assert red["data"]["patterns"] == {"email": 1, "credit_card": 1, "us_ssn": 1}
+    (sealed,) = s.gw.events("recording.sealed")
+    assert sealed["data"]["redacted"] == {"email": 1, "credit_card": 1, "us_ssn": 1}
     assert red["data"]["where"] == "terminal output" and red["data"]["recording"] == cast.name
 
 

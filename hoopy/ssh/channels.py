@@ -608,7 +608,9 @@ class ClientSession(asyncssh.SSHServerSession):
             if self._end_known:
                 self._exit()  # the status reaches the client once it is on the record
             if self.recorder is not None:
-                await _quiet(wait(self.recorder.seal()))
+                # The recording holds masked output only; its seal says how much was masked.
+                sealed = {"redacted": data["redacted"]} if data.get("redacted") else {}
+                await _quiet(wait(self.recorder.seal(**sealed)))
         finally:
             if self._end_known:
                 self._exit()  # (once: a no-op when already relayed above)
