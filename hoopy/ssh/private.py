@@ -3,9 +3,11 @@
 asyncssh's public API has no call for some things a relay must do exactly as
 sshd does (send ``exit-status`` without closing, so EOF and close can follow
 in the upstream's order; bound what a client's ``env`` requests make the
-gateway keep). Each use is a small function here; tests/test_ssh_private.py
-checks that every name still exists with the shape used, so an asyncssh
-upgrade that removes one fails loudly in the suite, not silently on a client.
+gateway keep; hear of every request asyncssh refuses on its own, so it is
+recorded), nor for relaying bulk data without copying it many times over.
+Each use is here, small; tests/test_ssh_private.py checks that every name
+still exists with the shape used, so an asyncssh upgrade that removes one
+fails loudly in the suite, not silently on a client.
 """
 from __future__ import annotations
 
