@@ -3,18 +3,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.compat.matrix import row
 from tests.support import HoopyProcess, ident
-from tests.test_ssh import CLIENT_OPTS, Sshd, connection_toml, grant, keygen
+from tests.test_ssh import Sshd, connection_toml, grant, keygen, wait_listening
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,15 +48,7 @@ class Env:
         ]
         (tmp / "gw").mkdir()
         self.gw = HoopyProcess(tmp / "gw", agent.toml(ssh_keys=[pub]) + conn + grant("agent", allow)).start()
-        deadline = time.monotonic() + 10  # the ssh listener starts just after the admin API
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        wait_listening(self.port)
         self.ssh_config = tmp / "ssh_config"
         self.ssh_config.write_text(f"""\
 Host hoopy
