@@ -48,6 +48,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("postgres", "hoopy.postgres", "read | write | ddl | admin | all [TABLE ...]", ("columns",)),
     Protocol("ssh", "hoopy.ssh", "shell | sftp | exec GLOB | forward HOST:PORT"),
     Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields",)),
+    Protocol("mcp", "hoopy.mcp", "tool NAME [ARG=GLOB]... | resource URI | prompt NAME | sampling | elicitation | roots",
+             ("fields",)),
 )}
 
 

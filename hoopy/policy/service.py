@@ -50,9 +50,20 @@ class PolicyService:
             return Judgement("deny", None, f"nothing to judge in {operation.text!r}")
         return worst
 
-    def decide(self, session, operation) -> Deferred:
-        """Fires with Allow, Deny or Hold once the event saying so is durable."""
+    def decide(self, session, operation, also=()) -> Deferred:
+        """Fires with Allow, Deny or Hold once the event saying so is durable.
+
+        ``also``: further identities whose grants on this connection must cover the
+        operation as well (an MCP server's downstream operation, for its callers)."""
         j = self.judge(session.identity, session.connection, operation)
+        for other in also:
+            if j.outcome == "deny":
+                break
+            k = self.judge(other, session.connection, operation)
+            if k.outcome == "deny":
+                j = Judgement("deny", k.rule, f"not covered by the calling identity's grants: {k.reason}")
+            elif k.outcome == "approve" and j.outcome == "allow":
+                j = Judgement("approve", k.rule, f"the calling identity {other}: {k.reason}")
         self._count(session, {"allow": "allowed", "approve": "held", "deny": "refused"}[j.outcome])
         if j.outcome == "deny":
             log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,

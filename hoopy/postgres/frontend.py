@@ -302,7 +302,8 @@ class Frontend(Protocol):
         ident = self.gateway.identities.get(user)
         verifier = ident.token_scram if ident is not None else None
         cbind = self.service.cbind_data if self.tls else None
-        self.scram = scram.ScramServer(verifier, cbind, user)
+        self.scram = scram.ScramServer(verifier, cbind, user,
+                                       self.gateway.identities.scram_alternates(user) if ident else None)
         mechs = ([scram.MECH_PLUS] if cbind is not None else []) + [scram.MECH]
         self.phase = "auth"
         self.auth_step = 0
@@ -321,8 +322,10 @@ class Frontend(Protocol):
             try:
                 if self.scram is None:  # cleartext over TLS
                     token = codec.Cursor(p).cstr()
-                    if self.gateway.identities.authenticate_token(self.user, token) is None:
+                    ident = self.gateway.identities.authenticate_token(self.user, token)
+                    if ident is None:
                         raise scram.ScramError("wrong token")
+                    self.credential = ident.credential
                     self.transport.write(codec.auth(0))
                     self.phase = "connecting"
                     self._authenticated()
@@ -342,7 +345,8 @@ class Frontend(Protocol):
 
     def _authenticated(self):
         self.reader.max_size = MAX_CLIENT_MESSAGE
-        self.session = self.gateway.new_session(self.user, self.connection, self._peer)
+        credential = self.scram.credential if self.scram is not None else getattr(self, "credential", None)
+        self.session = self.gateway.new_session(self.user, self.connection, self._peer, credential=credential)
         self.session.terminate = self.terminate
         d = self.session.start()
         d.addCallbacks(self._session_started, self._session_failed)
