@@ -27,6 +27,18 @@ def _text(masker: Masker, text: str, counts: dict) -> str:
     return masker.mask_value(text, counts)
 
 
+def _json_strings(masker, value, counts):
+    """Strings that are themselves JSON (a tool's text result mirrored in structured content)
+    get their fields masked too."""
+    if isinstance(value, str):
+        return _text(masker, value, counts) if masker.fields and value[:1] in "{[" else value
+    if isinstance(value, list):
+        return [_json_strings(masker, v, counts) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_strings(masker, v, counts) for k, v in value.items()}
+    return value
+
+
 def _content(masker, items, counts):
     out = []
     for item in items:
@@ -53,7 +65,8 @@ def mask_result(masker: Masker, result) -> tuple[object, dict]:
     if isinstance(out.get("content"), list):
         out["content"] = _content(masker, out["content"], counts)
     if "structuredContent" in out:
-        out["structuredContent"] = masker.mask_value(out["structuredContent"], counts)
+        out["structuredContent"] = masker.mask_value(_json_strings(masker, out["structuredContent"], counts),
+                                                     counts)
     if isinstance(out.get("contents"), list):  # resources/read
         out["contents"] = [
             {**c, "text": _text(masker, c["text"], counts)} if isinstance(c, dict) and isinstance(c.get("text"), str)
