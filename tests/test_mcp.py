@@ -97,7 +97,7 @@ listen = "tcp:{ports['tools']}:interface=127.0.0.1"
 command = ["{sys.executable}", "-m", "tests.mcp_peers.tools_server", "stdio"]
 env = {child_env}
 acts_as = "{TOOLS_ID.name}"
-max_children = 4
+max_children = 8
 idle_timeout = "60s"
 allowed_origins = ["http://localhost:6274"]
 
@@ -491,7 +491,7 @@ def test_upstream_server_that_dies(world):
     assert out[0]["isError"] and "the MCP server failed" in out[0]["text"] and "exit" in out[0]["text"]
     assert out[1]["text"] == "again"  # a new session, a new child
     lost = [e for e in events(world, "mcp.upstream") if e["outcome"] == "lost"]
-    assert lost and "exited" in lost[-1]["data"]["reason"]
+    assert lost and "the MCP server process ended (exit status 3)" in lost[-1]["data"]["reason"]
     wait_for(lambda: any("upstream lost" in (e["data"].get("reason") or "")
                          for e in events(world, "session.end", lost[-1]["session"])))
     out = ts(world.url("tools"), AGENT.token, ["call", "die", {}])
@@ -550,6 +550,7 @@ asyncio.run(main())
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.stdout.strip(), r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["text"] == "via stdio" and "echo" in out["tools"] and "drop_all" not in out["tools"]
     r = subprocess.run([sys.executable, "-m", "hoopy", "mcp", "stdio", world.url("tools")], capture_output=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer, protocol
-from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
@@ -267,8 +266,7 @@ class StdioChannel:
             if t.active():
                 t.cancel()
         if self.peer is not None:
-            why = "exited" if reason.check(ProcessDone) else "ended"
-            self.peer.connection_lost(f"the MCP server process {why} ({self.status})")
+            self.peer.connection_lost(f"the MCP server process ended ({self.status})")
         if self.on_exit is not None:
             self.on_exit(self)
         self.exit.callback(self.status)
