@@ -5,7 +5,8 @@ import json
 
 from twisted.internet import defer, protocol
 from twisted.logger import Logger
-from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 from twisted.web.http_headers import Headers
 
 from hoopy.mcp import wire
@@ -19,6 +20,28 @@ class EraHint:
 
     def __init__(self):
         self.modern_known = None
+
+
+@implementer(IBodyProducer)
+class _Bytes:
+    """A request body written at once (FileBodyProducer would wait for the cooperator's next turn)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self.data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 class _Body(protocol.Protocol):
@@ -101,9 +124,7 @@ class HTTPChannel:
             return defer.fail(ConnectionError("the upstream session is closed"))
         h = self._headers(msg if modern else None, modern)
         h.setRawHeaders(b"content-type", [b"application/json"])
-        from io import BytesIO
-
-        body = FileBodyProducer(BytesIO(wire.dumps(msg)))
+        body = _Bytes(wire.dumps(msg))
         d = self.agent.request(b"POST", self.url, h, body)
         state = {"body": None}
         if pending is not None:
