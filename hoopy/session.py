@@ -110,6 +110,10 @@ class Session:
                 data = {**data, "caused_by": [c.record() for c in causes]}
         if self.credential and kind == "session.start":
             data = {**data, "credential": self.credential}
+        # The end of an operation carries its duration: its latency, by protocol and outcome.
+        seconds = data["duration_ms"] / 1000 if "duration_ms" in data else data.get("duration_s")
+        if isinstance(seconds, (int, float)):
+            self.gateway.metrics.operation_duration.labels(self.protocol, outcome or "ok").observe(seconds)
         return Event(kind=kind, outcome=outcome, session=self.id, identity=self.identity,
                      connection=self.connection, protocol=self.protocol, peer=self.peer,
                      data=data)
