@@ -23,6 +23,7 @@ from hoopy.mcp.rules import ToolUnit
 from hoopy.mcp.upstream import UpstreamError, UpstreamSession
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold
+from hoopy.session import IN
 
 log = Logger()
 
@@ -148,6 +149,8 @@ class MCPSession:
         """Answer one client request through ``reply`` (notify / finish)."""
         self.touch()
         self.replies.add(reply)
+        reply.session = self.session
+        self.session.count_bytes(IN, reply.size_in)
         method = msg["method"]
         started = time.monotonic()
         if method != "tools/call":

@@ -20,6 +20,7 @@ from hoopy.audit.store import StoreError
 from hoopy.mcp import wire
 from hoopy.mcp.sse import event_bytes
 from hoopy.mcp.wire import WireError
+from hoopy.session import IN, OUT
 
 log = Logger()
 
@@ -39,6 +40,8 @@ class Reply:
         self.gone = False
         self._on_gone: list = []
         self._ping = None
+        self.session = None  # set by the conversation: bytes out are counted on it
+        self.size_in = 0
         request.notifyFinish().addErrback(lambda f: self._lost())
 
     def _lost(self):
@@ -79,7 +82,12 @@ class Reply:
             req.setHeader(b"cache-control", b"no-cache, no-transform")
             req.setHeader(b"x-accel-buffering", b"no")
             self._ping = self.reactor.callLater(PING, self._pinged)
-        self.request.write(event_bytes(wire.dumps(msg)))
+        self._write(event_bytes(wire.dumps(msg)))
+
+    def _write(self, data: bytes):
+        if self.session is not None:
+            self.session.count_bytes(OUT, len(data))
+        self.request.write(data)
 
     def _pinged(self):
         if not self.done and not self.gone:
@@ -99,13 +107,13 @@ class Reply:
         if req.finished or req._disconnected:
             return
         if self.committed:
-            req.write(event_bytes(wire.dumps(msg)))
+            self._write(event_bytes(wire.dumps(msg)))
         else:
             if status is None:
                 status = wire.ERROR_STATUS.get(msg["error"].get("code"), 200) if "error" in msg else 200
             req.setResponseCode(status)
             req.setHeader(b"content-type", b"application/json")
-            req.write(wire.dumps(msg))
+            self._write(wire.dumps(msg))
         req.finish()
 
     def fail(self, code, message):
@@ -226,7 +234,8 @@ class MCPResource(Resource):
         accept = (request.getHeader(b"accept") or b"").decode("latin-1").lower()
         sse_ok = "text/event-stream" in accept or "*/*" in accept
         try:
-            msg = wire.loads(request.content.read(), self.settings.max_message)
+            body = request.content.read()
+            msg = wire.loads(body, self.settings.max_message)
             wire.check_message(msg)
         except WireError as e:
             return self._plain(request, 400, wire.error(None, e.code, str(e)))
@@ -235,9 +244,9 @@ class MCPResource(Resource):
         modern = version in wire.MODERN_VERSIONS or (
             version is None and wire.is_request(msg) and msg["method"] == "server/discover")
         if modern:
-            d = defer.ensureDeferred(self._modern(request, ident, msg, headers, sse_ok))
+            d = defer.ensureDeferred(self._modern(request, ident, msg, headers, sse_ok, body))
         else:
-            d = defer.ensureDeferred(self._handshake(request, ident, msg, headers, sse_ok))
+            d = defer.ensureDeferred(self._handshake(request, ident, msg, headers, sse_ok, body))
         d.addErrback(self._crashed, request, msg)
         return NOT_DONE_YET
 
@@ -263,7 +272,7 @@ class MCPResource(Resource):
             request.write(wire.dumps(msg))
         request.finish()
 
-    async def _modern(self, request, ident, msg, headers, sse_ok):
+    async def _modern(self, request, ident, msg, headers, sse_ok, body):
         if not wire.is_request(msg):
             # The per-request era has no client notifications or responses over HTTP: accepted, dropped.
             return self._finish(request, 202)
@@ -280,9 +289,10 @@ class MCPResource(Resource):
         if conv is None:
             return self._finish(request, 503, wire.error(msg["id"], wire.INTERNAL_ERROR, self.service.refusal))
         reply = Reply(request, sse_ok, msg["id"], self.gateway.reactor)
+        reply.size_in = len(body)
         await conv.handle(msg, reply)
 
-    async def _handshake(self, request, ident, msg, headers, sse_ok):
+    async def _handshake(self, request, ident, msg, headers, sse_ok, body):
         sid = (headers(wire.H_SESSION) or [None])[0]
         if wire.is_request(msg) and msg["method"] == "initialize":
             if sid:
@@ -329,6 +339,7 @@ class MCPResource(Resource):
             return self._finish(request, 200, wire.error(msg["id"], wire.METHOD_NOT_FOUND,
                                                          f"Method not found: {msg['method']}"))
         reply = Reply(request, sse_ok, msg["id"], self.gateway.reactor)
+        reply.size_in = len(body)
         await conv.handle(msg, reply)
 
     def render_GET(self, request):
