@@ -57,7 +57,7 @@ def world(tmp_path_factory):
     admin_sql("CREATE TABLE invoices (id int PRIMARY KEY, amount int); INSERT INTO invoices VALUES (1, 100), (2, 250);",
               db)
     ssh_port, pg_port = free_port(), free_port()
-    ports = {name: free_port() for name in ("tools", "everything", "everything_http", "sdk_http", "shared")}
+    ports = {name: free_port() for name in ("tools", "everything", "everything_http", "sdk_http", "shared", "one")}
     http_everything, http_sdk = free_port(), free_port()
     desc = tmp / "echo-description.txt"
     desc.write_text("Echo the text back.")
@@ -115,6 +115,14 @@ listen = "tcp:{ports['everything']}:interface=127.0.0.1"
 command = ["node", "{EVERYTHING}", "stdio"]
 env = {{ PATH = "{path}" }}
 
+[connections.one]
+type = "mcp"
+listen = "tcp:{ports['one']}:interface=127.0.0.1"
+command = ["node", "{EVERYTHING}", "stdio"]
+env = {{ PATH = "{path}" }}
+run_as = "nobody"
+max_children = 1
+
 [connections.everything_http]
 type = "mcp"
 listen = "tcp:{ports['everything_http']}:interface=127.0.0.1"
@@ -134,6 +142,7 @@ upstream = "http://127.0.0.1:{http_sdk}/mcp"
                     connection="everything")
             + grant("agent", ["tool echo", "tool get-structured-content", "tool trigger-long-running-operation"],
                     ["tool get-sum"], connection="everything_http")
+            + grant("agent", ["tool echo"], connection="one")
             + grant("agent", ["tool echo", "tool customer"], connection="sdk_http")
             + grant("ssh-tools", ["exec id", "exec hostname", "exec echo *"], connection="web")
             + grant("ssh-tools", ["read public.invoices"], connection="billing")
@@ -532,6 +541,34 @@ def test_token_origin_and_unknown_methods(world):
                                       "Mcp-Name": "echo"})
     assert status == 200 and json.loads(out)["result"]["content"][0]["text"] == "a"
     assert post(url, {"jsonrpc": "2.0", "id": 6, "method": "tools/list"}, {**sid, "Content-Length": "1"})[0] in (200, 400)
+
+
+def _initialize(url, token=AGENT.token):
+    status, headers, body = post(url, {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}},
+        {"Authorization": f"Bearer {token}"})
+    return status, headers, json.loads(body)
+
+
+def test_children_run_as_another_user_at_most_max_children(world):
+    import pwd
+
+    url = world.url("one")
+    status, headers, first = _initialize(url)
+    assert status == 200, first
+    s = wait_for(lambda: [e for e in events(world, "mcp.upstream") if e["connection"] == "one"])[-1]
+    pid = s["data"]["pid"]
+    uid = int(next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("Uid:")).split()[1])
+    assert uid == pwd.getpwnam("nobody").pw_uid
+    # a second session would be a second child: refused with a message, the first one untouched
+    status, _, second = _initialize(url)
+    assert status == 502 and "max_children" in second["error"]["message"]
+    req = urllib.request.Request(url, method="DELETE", headers={
+        "Authorization": f"Bearer {AGENT.token}", "Mcp-Session-Id": headers["Mcp-Session-Id"]})
+    assert urllib.request.urlopen(req, timeout=30).status == 200
+    wait_for(lambda: not Path(f"/proc/{pid}").exists())
+    status, _, third = _initialize(url)
+    assert status == 200, third
 
 
 def test_stdio_bridge_with_the_sdk_stdio_client(world):

@@ -287,7 +287,9 @@ class StdioChannel:
             if t.active():
                 t.cancel()
         if self.peer is not None:
-            self.peer.connection_lost(f"the MCP server process ended ({self.status})")
+            last = self.proto.stderr.decode("utf-8", "replace").strip().splitlines()[-1:] if self.proto else []
+            self.peer.connection_lost(f"the MCP server process ended ({self.status})"
+                                      + (f": {last[0][:300]}" if last else ""))
         if self.on_exit is not None:
             self.on_exit(self)
         self.exit.callback(self.status)

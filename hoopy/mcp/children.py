@@ -94,7 +94,8 @@ class Children:
             self._cleanup(cred, tmpdir)
 
         channel = StdioChannel(self.gateway.reactor, argv, env, self.settings.max_message, self.hint,
-                               uid=uid, gid=gid, cwd=tmpdir or home or "/", on_exit=exited)
+                               uid=uid, gid=gid,
+                               cwd=tmpdir or (home if home and os.path.isdir(home) else "/"), on_exit=exited)
         child.channel = channel
         try:
             channel.open()
