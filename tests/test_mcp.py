@@ -138,10 +138,11 @@ upstream = "http://127.0.0.1:{http_sdk}/mcp"
             + grant("agent", ["tool run", "tool query"], connection="shared")
             + grant("other", ["tool run"], connection="shared")
             + grant("agent", ["tool echo", "tool get-env", "tool get-structured-content",
-                              "tool trigger-long-running-operation", "resource demo://resource/static/document/*"],
-                    connection="everything")
-            + grant("agent", ["tool echo", "tool get-structured-content", "tool trigger-long-running-operation"],
-                    ["tool get-sum"], connection="everything_http")
+                              "tool trigger-long-running-operation", "resource demo://resource/static/document/*",
+                              "tool trigger-sampling-request"], connection="everything")
+            + grant("agent", ["tool echo", "tool get-structured-content", "tool trigger-long-running-operation",
+                              "tool trigger-sampling-request", "sampling"], ["tool get-sum"],
+                    connection="everything_http")
             + grant("agent", ["tool echo"], connection="one")
             + grant("agent", ["tool echo", "tool customer"], connection="sdk_http")
             + grant("ssh-tools", ["exec id", "exec hostname", "exec echo *"], connection="web")
@@ -200,12 +201,13 @@ def sdk(url, token, *actions, mode="auto", timeout=90, background=False):
     return lines
 
 
-def ts(url, token, *actions, timeout=90, background=False):
+def ts(url, token, *actions, timeout=90, background=False, sampling=False):
     """The TypeScript SDK client (2025-11-25): the first line says what it negotiated."""
     argv = ["node", str(TS_CLIENT), url, token or "", json.dumps(actions)]
+    env = {**os.environ, "SAMPLING": "1" if sampling else "0"}
     if background:
-        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env)
     lines = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     assert len(lines) == len(actions) + 1, r.stdout + r.stderr
     return lines
@@ -303,6 +305,23 @@ def test_third_party_server_over_stdio_and_http_both_clients(world):
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in p.communicate(timeout=60)[0].splitlines()]
     assert "5" in lines[1]["text"] and not lines[1]["isError"]
+
+
+def test_a_servers_sampling_request_reaches_the_client_only_where_granted(world):
+    # granted: the server asks the client (on the call's stream); the client's answer goes back
+    out = ts(world.url("everything_http"), AGENT.token, ["list"],
+             ["call", "trigger-sampling-request", {"prompt": "hi", "maxTokens": 5}], sampling=True)
+    assert "trigger-sampling-request" in out[1]["tools"]
+    assert "sampled by the test client" in out[2]["text"] and not out[2]["isError"]
+    s = [e for e in events(world, "mcp.session") if e["connection"] == "everything_http"][-1]["session"]
+    assert [e for e in events(world, "operation", s) if e["data"].get("operation") == "sampling"
+            and e["outcome"] == "allowed"]
+    # not granted: the server is never told the client could sample (so it offers no such tool)
+    out = ts(world.url("everything"), AGENT.token, ["list"],
+             ["call", "trigger-sampling-request", {"prompt": "hi", "maxTokens": 5}], sampling=True)
+    assert "trigger-sampling-request" not in out[1]["tools"]
+    assert out[2].get("isError") or "exception" in out[2]
+    assert "sampled by the test client" not in json.dumps(out[2])
 
 
 def test_held_call_names_its_approval_in_progress_and_runs_after_approval(world):

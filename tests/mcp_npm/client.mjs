@@ -8,7 +8,15 @@ const [url, token, actionsJson] = process.argv.slice(2);
 const actions = JSON.parse(actionsJson);
 const headers = token ? { Authorization: `Bearer ${token}` } : {};
 const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
-const client = new Client({ name: "test-ts-client", version: "1.32.2" }, { capabilities: {} });
+const sampling = process.env.SAMPLING === "1";
+const client = new Client({ name: "test-ts-client", version: "1.32.2" },
+                          { capabilities: sampling ? { sampling: {} } : {} });
+if (sampling) {
+  const { CreateMessageRequestSchema } = await import("@modelcontextprotocol/sdk/types.js");
+  client.setRequestHandler(CreateMessageRequestSchema, async () => ({
+    model: "test-model", role: "assistant", content: { type: "text", text: "sampled by the test client" },
+  }));
+}
 try {
   await client.connect(transport);
   console.log(JSON.stringify({ version: transport.protocolVersion ?? null, session: transport.sessionId ?? null }));
