@@ -83,6 +83,12 @@ command = ["x"]
 env = { K = "{nope}", T = "{token}" }
 run_as = "nobody"
 allowed_origins = ["not an origin"]
+
+[connections.u]
+type = "mcp"
+listen = "tcp:0"
+upstream = "http://127.0.0.1:9/mcp"
+acts_as = "nobody-here"
 """)
     with pytest.raises(cm.ConfigError) as e:
         cm.load(p)
@@ -90,6 +96,7 @@ allowed_origins = ["not an origin"]
     for key in ("connections.t.upstream", "connections.t.env.K", "connections.t.env", "connections.t.allowed_origins[0]"):
         assert key in text
     assert "unknown placeholder {nope}" in text and "set acts_as" in text
+    assert "connections.u.acts_as: unknown identity 'nobody-here'" in text
 
 
 def test_modern_envelope_and_headers_are_checked():

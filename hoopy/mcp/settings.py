@@ -27,6 +27,12 @@ class MCPSettings:
     record_limit: int = 4096  # bytes of (masked) arguments and results kept in an event
     credential_lifetime: float = 86400.0  # per-child credentials expire even if the child lives on
 
+    def cross_check(self, identities) -> list:
+        """Problems only the whole file shows: (key, message)."""
+        if self.acts_as is not None and self.acts_as not in identities:
+            return [("acts_as", f"unknown identity {self.acts_as!r}")]
+        return []
+
 
 def parse(t) -> MCPSettings:
     upstream = t.string("upstream")
