@@ -5,7 +5,7 @@ Clients: the MCP Python SDK 2.x (revision 2026-07-28, per-request) and the TypeS
 (tests/mcp_peers/tools_server.py) whose tools reach a real sshd and the real PostgreSQL
 through hoopy's own SSH and PostgreSQL connections with per-child credentials, and
 ``@modelcontextprotocol/server-everything`` from npm over stdio and over Streamable HTTP
-(installed by .ci/run into tests/mcp_npm; never fetched here).
+(installed by .ci/run into tests/node_modules; never fetched here).
 """
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ from tests.support import HoopyProcess, free_port, ident
 from tests.test_ssh import Sshd, grant
 
 ROOT = Path(__file__).resolve().parent.parent
-NPM = ROOT / "tests" / "mcp_npm" / "node_modules"
+NPM = ROOT / "tests" / "node_modules"
 EVERYTHING = NPM / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
-TS_CLIENT = ROOT / "tests" / "mcp_npm" / "client.mjs"
+TS_CLIENT = ROOT / "tests" / "mcp_peers" / "client.mjs"
 PG = "host=127.0.0.1 port=5432 user=postgres"
 
 AGENT, OTHER, REVIEWER, TOOLS_ID = ident("agent"), ident("other"), ident("alice"), ident("ssh-tools")
@@ -44,7 +44,7 @@ def admin_sql(sql, db="postgres"):
 
 def test_the_npm_parts_are_installed():
     """.ci/run installs them (npm ci in tests/mcp_npm): a missing one is a failure, never a skip."""
-    assert EVERYTHING.exists(), "run .ci/run (npm ci --prefix tests/mcp_npm)"
+    assert EVERYTHING.exists(), "run .ci/run (npm ci --prefix tests)"
     assert (NPM / "@modelcontextprotocol" / "sdk" / "package.json").exists()
 
 

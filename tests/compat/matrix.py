@@ -107,11 +107,12 @@ def write() -> None:
 
 
 if __name__ == "__main__":
-    # Run as a script this file is __main__; the tests' @row calls fill tests.compat.matrix's list.
+    # Run as a script this module is __main__; the tests register their rows with
+    # tests.compat.matrix, so use that one.
     from tests.compat import matrix as _m
 
     if sys.argv[1:] == ["--write"]:
         _m.write()
-        print(f"wrote {DOC}")
+        print(f"wrote {_m.DOC}")
     else:
         print(_m.table(_m.collect()))
