@@ -43,7 +43,7 @@ def admin_sql(sql, db="postgres"):
 
 
 def test_the_npm_parts_are_installed():
-    """.ci/run installs them (npm ci in tests/mcp_npm): a missing one is a failure, never a skip."""
+    """.ci/run installs them (npm ci --prefix tests): a missing one is a failure, never a skip."""
     assert EVERYTHING.exists(), "run .ci/run (npm ci --prefix tests)"
     assert (NPM / "@modelcontextprotocol" / "sdk" / "package.json").exists()
 

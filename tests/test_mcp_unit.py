@@ -24,15 +24,15 @@ from tests.support import ident
 
 def test_tool_rules_match_names_and_arguments():
     m = parse('tool run_* command="ls *" opts.depth=3')
-    assert m(ToolUnit("tool", "run_sh", {"command": "ls -l", "opts": {"depth": 3}}))
-    assert not m(ToolUnit("tool", "run_sh", {"command": "rm -rf /", "opts": {"depth": 3}}))
-    assert not m(ToolUnit("tool", "run_sh", {"command": "ls"}))  # a missing argument matches nothing
-    assert not m(ToolUnit("tool", "other", {"command": "ls -l", "opts": {"depth": 3}}))
+    assert m(ToolUnit("tool", "run_sh", args={"command": "ls -l", "opts": {"depth": 3}}))
+    assert not m(ToolUnit("tool", "run_sh", args={"command": "rm -rf /", "opts": {"depth": 3}}))
+    assert not m(ToolUnit("tool", "run_sh", args={"command": "ls"}))  # a missing argument matches nothing
+    assert not m(ToolUnit("tool", "other", args={"command": "ls -l", "opts": {"depth": 3}}))
     # other JSON as compact JSON; strings as written
-    assert parse("tool q 'flags=[[]\"a\",*'")(ToolUnit("tool", "q", {"flags": ["a", "b"]}))  # [ is a glob class
-    assert not parse("tool q 'flags=[[]\"a\",*'")(ToolUnit("tool", "q", {"flags": ["b", "a"]}))
-    assert parse("tool q n=1*")(ToolUnit("tool", "q", {"n": 12}))
-    assert not parse("tool q n=1*")(ToolUnit("tool", "q", {"n": "x1"}))
+    assert parse("tool q 'flags=[[]\"a\",*'")(ToolUnit("tool", "q", args={"flags": ["a", "b"]}))  # [ is a glob class
+    assert not parse("tool q 'flags=[[]\"a\",*'")(ToolUnit("tool", "q", args={"flags": ["b", "a"]}))
+    assert parse("tool q n=1*")(ToolUnit("tool", "q", args={"n": 12}))
+    assert not parse("tool q n=1*")(ToolUnit("tool", "q", args={"n": "x1"}))
     assert parse("resource file:///srv/*")(Unit("resource", "file:///srv/a.txt"))
     assert not parse("resource file:///srv/*")(Unit("tool", "file:///srv/a.txt"))
     assert parse("sampling")(Unit("sampling", None))
