@@ -61,7 +61,6 @@ class MCPService(Service):
             return None
         claimed = {k: (headers(h) or [None])[0] for k, h in (("model", "x-hoopy-model"),
                                                              ("tool_call", "x-hoopy-tool-call"))}
-        claimed["mcp_server"] = self.connection.name
         await session.attribute(**claimed)
         await session.event("mcp.session", "ok", era=era, version=version,
                             client=wire.client_label(client_info), client_info=client_info,
