@@ -53,13 +53,15 @@ class Session:
 
     # --- what a protocol asks of its session ------------------------------
 
-    def decide(self, operation) -> Deferred:
+    def decide(self, operation, approvals: str | None = None) -> Deferred:
         """Fires with Allow, Deny or Hold (hoopy.policy.verdicts) once the event saying so is durable.
+        ``approvals="retry"``: never Hold (the caller asked not to wait); a Deny then carries the
+        approval id and ``status="pending"``.
 
         An operation made for an MCP tool call (see hoopy.causal) of a connection with
         ``require_caller_grant`` must also be covered by each calling identity's grants here."""
         callers = sorted({c.caller for c in self._causes() if c.require_caller_grant})
-        return self.gateway.policy.decide(self, operation, also=callers)
+        return self.gateway.policy.decide(self, operation, approvals, also=callers)
 
     def _causes(self) -> list:
         flight = getattr(self.gateway, "in_flight", None)
@@ -91,6 +93,11 @@ class Session:
 
     def expire_hold(self, approval_id: str, reason: str):
         return self.gateway.approvals.expire(approval_id, reason)
+
+    def approval_status(self, approval_id: str) -> Deferred:
+        """An approval this session's identity asked for: a dict (approval, status, ...), or None
+        if it is unknown or someone else's."""
+        return self.gateway.approvals.status(approval_id, self.identity)
 
     # --- the record ---------------------------------------------------------
 

@@ -360,6 +360,10 @@ class MCPSession:
         if isinstance(verdict, Deny):
             why = verdict.reason + (f" (rule {verdict.rule!r})" if verdict.rule and verdict.rule not in verdict.reason
                                     else "")
+            if verdict.status == "pending":  # retry after approval: the same call runs once approved
+                why = f"approval {verdict.approval} is pending: {why}"
+            if verdict.detail:
+                why += f". {verdict.detail}"
             return tool_error(id_, f"refused by hoopy: {why}")
         acts_as = self.settings.acts_as
         call = ToolCall(id=call_id, session=self.session.id, request=id_, tool=name,

@@ -36,6 +36,11 @@ def review_text(text: str, detail: dict) -> str:
     return _UNSAFE.sub(_escape, text)
 
 
+def escape_controls(text: str) -> str:
+    """Control characters and bidirectional overrides shown as ``\\x1b``, ``\\u202e``; tab and newline kept."""
+    return _UNSAFE.sub(_escape, text)
+
+
 def _escape(m) -> str:
     c = ord(m.group())
     return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
