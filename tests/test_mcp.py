@@ -57,7 +57,8 @@ def world(tmp_path_factory):
     admin_sql("CREATE TABLE invoices (id int PRIMARY KEY, amount int); INSERT INTO invoices VALUES (1, 100), (2, 250);",
               db)
     ssh_port, pg_port = free_port(), free_port()
-    ports = {name: free_port() for name in ("tools", "everything", "everything_http", "sdk_http", "shared", "one")}
+    ports = {name: free_port() for name in ("tools", "everything", "everything_http", "sdk_http", "shared", "one",
+                                            "retry")}
     http_everything, http_sdk = free_port(), free_port()
     desc = tmp / "echo-description.txt"
     desc.write_text("Echo the text back.")
@@ -123,6 +124,12 @@ env = {{ PATH = "{path}" }}
 run_as = "nobody"
 max_children = 1
 
+[connections.retry]
+type = "mcp"
+listen = "tcp:{ports['retry']}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{http_sdk}/mcp"
+approvals = "retry"
+
 [connections.everything_http]
 type = "mcp"
 listen = "tcp:{ports['everything_http']}:interface=127.0.0.1"
@@ -144,6 +151,7 @@ upstream = "http://127.0.0.1:{http_sdk}/mcp"
                               "tool trigger-sampling-request", "sampling"], ["tool get-sum"],
                     connection="everything_http")
             + grant("agent", ["tool echo"], connection="one")
+            + grant("agent", [], ["tool echo"], connection="retry")
             + grant("agent", ["tool echo", "tool customer"], connection="sdk_http")
             + grant("ssh-tools", ["exec id", "exec hostname", "exec echo *"], connection="web")
             + grant("ssh-tools", ["read public.invoices"], connection="billing")
@@ -333,6 +341,17 @@ def test_held_call_names_its_approval_in_progress_and_runs_after_approval(world)
     # `exec uptime` is not granted to ssh-tools on web: the tool's SSH command is refused downstream
     assert ap[0]["id"] in out["progress"][0] and "granted" in out["progress"][1]
     assert "[exit 126]" in out["text"]
+
+
+def test_retry_mode_refuses_at_once_with_the_approval_then_runs_the_same_call_once(world):
+    url = world.url("retry")
+    first = sdk(url, AGENT.token, ["call", "echo", {"text": "retry me"}])[0]
+    assert first["isError"] and "approval ap-" in first["text"] and "pending" in first["text"]
+    ap = first["text"].split("approval ")[1].split()[0].rstrip(":")
+    assert world.hoopy("approve", ap, token=REVIEWER.token).returncode == 0
+    again = sdk(url, AGENT.token, ["call", "echo", {"text": "retry me"}], ["call", "echo", {"text": "retry me"}])
+    assert again[0] == {"isError": False, "text": "retry me", "progress": []}
+    assert again[1]["isError"]  # once
 
 
 def test_denied_hold_is_a_tool_error(world):

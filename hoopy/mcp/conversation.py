@@ -354,8 +354,11 @@ class MCPSession:
             await self.session.event("operation", "refused", rule=rule, reason=reason, operation="tool",
                                      text=f"tools/call {name}", **detail)
             return tool_error(id_, f"refused by hoopy: {reason}")
+        # The same call (tool and full arguments), not this request's ids, is what a retry-mode
+        # approval is bound to.
         op = Operation("mcp", "tool", f"tools/call {name} {_compact(recorded)}",
-                       (ToolUnit("tool", name, args=args),), detail)
+                       (ToolUnit("tool", name, args=args),), detail,
+                       canonical=Operation.canonical_of(name, _compact(args)))
         verdict = await self._verdict(op, msg, reply)
         if isinstance(verdict, Deny):
             why = verdict.reason + (f" (rule {verdict.rule!r})" if verdict.rule and verdict.rule not in verdict.reason
