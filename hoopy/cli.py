@@ -243,12 +243,18 @@ def cmd_show(args):
     attribution = {k: s[k] for k in ("model", "tool_call", "mcp_server", "application_name") if s[k]}
     if attribution:
         print("  " + "  ".join(f"{k}={v}" for k, v in attribution.items()))
+    from hoopy.mcp.show import beneath
+
+    links = beneath(reader, s, events)  # the causal link: tool calls and what they caused
     for e in events:
-        data = e["data"]
+        data = dict(e["data"])
         text = data.pop("text", None)
+        data.pop("caused_by", None)
         extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in data.items() if v is not None)
         print(f"{e['seq']:>6} {e['time']} {e['kind']:<18} {e['outcome'] or '':<9} "
               + (f"{text}  " if text else "") + extra)
+        for line in links.get(e["seq"], ()):
+            print(f"{'':>8}{line}")
     return 0
 
 
@@ -351,6 +357,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", help="RFC 3339 time or date")
     sp.add_argument("--until", help="RFC 3339 time or date")
     sp.set_defaults(fn=cmd_export)
+    from hoopy.mcp.cli import add_parser as add_mcp
+
+    add_mcp(sub, cfg)
     return p
 
 

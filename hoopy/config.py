@@ -496,6 +496,13 @@ def parse(data: dict, path: Path) -> Config:
                 settings=settings, approval_timeout=timeout, approvals=mode, approval_ttl=ttl,
             )
 
+    # Settings that name other parts of the file (an MCP connection's acts_as identity)
+    for name, conn in connections.items():
+        cross = getattr(conn.settings, "cross_check", None)
+        if cross is not None:
+            for key, message in cross(declared):
+                problems.append(Problem(f"connections.{name}.{key}", message))
+
     # [[grants]]
     grants = []
     for i, table in enumerate(top._get("grants", False, [], list, "an array of tables") or []):

@@ -53,6 +53,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("ssh", "hoopy.ssh", "shell | sftp [read|write PATHGLOB] | exec COMMAND-GLOB | write PATHGLOB | "
                                  "read PATHGLOB | forward HOST:PORT"),
     Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields",)),
+    Protocol("mcp", "hoopy.mcp", "tool NAME [ARG=GLOB]... | resource URI | prompt NAME | sampling | elicitation | roots",
+             ("fields",)),
 )}
 
 

@@ -269,14 +269,14 @@ class HTTPProxy:
             ep = wrapClientTLS(creator, ep)
         return ep
 
-    def session_for(self, channel, identity: str, peer: str):
+    def session_for(self, channel, identity: str, peer: str, credential: str | None = None):
         """The channel's session for this identity: a new one if another identity spoke before."""
         s = channel.session
-        if s is not None and s.identity == identity and not s.ended:
+        if s is not None and s.identity == identity and s.credential == credential and not s.ended:
             return defer.succeed(s)
         if s is not None:
             self.end_session(channel, "another identity used this connection")
-        session = self.gateway.new_session(identity, self.connection, peer)
+        session = self.gateway.new_session(identity, self.connection, peer, credential=credential)
 
         def terminate(reason, channel=channel, session=session):
             d = session.end(reason)
@@ -387,7 +387,8 @@ class Exchange:
             self.outcome = "unauthenticated"
             return
         try:
-            self.session = await self._wait(self.proxy.session_for(req.channel, ident.name, self.peer))
+            self.session = await self._wait(self.proxy.session_for(req.channel, ident.name, self.peer,
+                                                                 ident.credential))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record this session", "error")
         if req.uri.startswith(STATUS_PREFIX.encode()):  # (req.path is not parsed yet here)

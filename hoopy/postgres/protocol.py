@@ -59,7 +59,7 @@ class ClientProtocol(Protocol):
         self.settings = service.connection.settings
         self.handshake = hs.Handshake(
             verifier=self._verifier, check_token=self._check_token, client_auth=self.settings.client_auth,
-            tls_offered=service.tls_context is not None, cbind=service.cbind_data)
+            tls_offered=service.tls_context is not None, cbind=service.cbind_data, alternates=self._alternates)
         self.cs: ClientSide | None = None
         self.session = None
         self.up: UpstreamProtocol | None = None
@@ -74,7 +74,11 @@ class ClientProtocol(Protocol):
         return ident.token_scram if ident is not None else None
 
     def _check_token(self, user, token):
-        return self.gateway.identities.authenticate_token(user, token) is not None
+        return self.gateway.identities.authenticate_token(user, token)  # the Identity (truthy) or None
+
+    def _alternates(self, user):
+        # Per-child tokens of this identity (an MCP server's children): checked beside its own.
+        return self.gateway.identities.scram_alternates(user) if self.gateway.identities.get(user) else None
 
     # --- the connection --------------------------------------------------------------
     def connectionMade(self):
@@ -191,7 +195,7 @@ class ClientProtocol(Protocol):
 
     def _authenticated(self, c):
         self.early += c.rest
-        self.session = self.gateway.new_session(c.user, self.connection, self.peer)
+        self.session = self.gateway.new_session(c.user, self.connection, self.peer, credential=c.credential)
         self.session.terminate = self.terminate
         self.session.start().addCallbacks(self._session_started, self._session_failed, callbackArgs=(c,))
 
