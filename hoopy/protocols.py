@@ -47,7 +47,7 @@ class Protocol:
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("postgres", "hoopy.postgres", "read | write | ddl | admin | all [TABLE ...]", ("columns",)),
     Protocol("ssh", "hoopy.ssh", "shell | sftp | exec GLOB | forward HOST:PORT"),
-    Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields",)),
+    Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields", "passthrough")),
 )}
 
 

@@ -19,6 +19,7 @@ or did not reach the upstream.
   /ws-refuse      answers a WebSocket upgrade with 403
   /ws-h2c         answers any upgrade with 101 to h2c
   /raw?b=B64&ct=TYPE&ce=ENC&h=NAME:VALUE  the body, Content-Type and headers the test asks for
+                  (/files/* the same)
                   (no Content-Type without ct); honours "Range: bytes=A-B" with a 206;
                   with stall=1 the body is sent and the response never ends
 """
@@ -186,7 +187,7 @@ def main(port: int, logfile: str, tls=()):
                 request.write(b"y" * 1000)
                 reactor.callLater(0.05, request.transport.abortConnection)
                 return NOT_DONE_YET
-            if p == "/raw":
+            if p == "/raw" or p.startswith("/files/"):
                 a = request.args
                 data = base64.urlsafe_b64decode(a.get(b"b", [b""])[0])
                 request.defaultContentType = None

@@ -85,7 +85,8 @@ def renamed_masked_field(documents, masked_keys) -> tuple[str, str] | None:
         if len(doc) > MAX_DOCUMENT:
             raise TooLong(f"a GraphQL document over {MAX_DOCUMENT} characters")
         for alias, field in aliases(doc):
-            if field in masked_keys and alias != field:
+            # masked keys are casefolded, as the masker matches them: "x: SSN" renames "ssn" too
+            if field.casefold() in masked_keys and alias.casefold() != field.casefold():
                 return alias, field
     return None
 

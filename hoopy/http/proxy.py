@@ -753,33 +753,22 @@ class Exchange:
         masker = self.proxy.masker
         # HEAD, 204 and 304 carry no body to mask (and must keep their headers as sent)
         bodyless = self.method == "HEAD" or response.code in (204, 304)
-        must_mask = masker.applies(kind) and not bodyless
-        if masker.active and not bodyless and (ct or "").strip().lower().startswith("multipart/"):
-            # a batch answer (multipart/mixed) holds JSON parts the masker would not see
-            response.deliverBody(_Discard())
-            raise Refusal(502, f"the upstream body is {ct.split(';')[0]}, whose parts cannot be masked", "error")
+        # A route the operator listed in ``passthrough``: bodies the masker cannot read go through unread
+        opaque_ok = masker.active and masker.passes(self.method, self.path)
+        must_mask = masker.active and not bodyless and (kind != "other" or not opaque_ok)
         deliver = response.deliverBody
-        if masker.active and not bodyless and kind == "other":
-            # Not labelled JSON or text, yet it may be JSON (a missing or wrong Content-Type, or one
-            # the caller negotiated): its first bytes decide.
-            if not decodable(encoding):
-                response.deliverBody(_Discard())
-                raise Refusal(502, f"the upstream body may need masking but its Content-Encoding "
-                                   f"{encoding!r} cannot be decoded", "error")
-            sniff = _Sniff(encoding, self)
-            response.deliverBody(sniff)
-            head = await self._wait(sniff.decided, cancel=True)
-            deliver = sniff.attach
-            if looks_like_json(head):
-                must_mask, kind = True, "text"  # masked as JSON (or JSON lines) when it parses
+        if must_mask and (ct or "").strip().lower().startswith("multipart/"):
+            # a batch answer (multipart/mixed) holds JSON parts the masker would not see
+            deliver(_Discard())
+            await self._unmaskable(f"the upstream body is {ct.split(';')[0]}, whose parts cannot be masked")
         if must_mask and response.code == 206:
             deliver(_Discard())
-            raise Refusal(502, "the upstream sent a partial (206) body that must be masked: a slice "
-                               "cannot be masked", "error")
+            await self._unmaskable("the upstream sent a partial (206) body that must be masked: a slice "
+                                   "cannot be masked")
         if must_mask and not charset_ok(ct):
             deliver(_Discard())
-            raise Refusal(502, f"the upstream body must be masked but its charset ({ct}) cannot be "
-                               "read by the masker", "error")
+            await self._unmaskable(f"the upstream body must be masked but its charset ({ct}) cannot be "
+                                   "read by the masker")
         extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
         out = req.responseHeaders
         scrub = self.proxy.scrub_header
@@ -802,7 +791,7 @@ class Exchange:
 
         # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
         head_of_masked = ((self.method == "HEAD" or response.code == 304) and masker.active
-                          and (masker.applies(kind) or kind == "other"))
+                          and not (kind == "other" and opaque_ok))
         cleaned = [(name, clean(values)) for name, values in response.headers.getAllRawHeaders()]
         for name, values in cleaned:
             n = name.lower()
@@ -823,15 +812,20 @@ class Exchange:
             raise
         if must_mask and encoding and not decodable(encoding):
             deliver(_Discard())
-            raise Refusal(502, f"the upstream body must be masked but its Content-Encoding "
-                               f"{encoding!r} cannot be decoded", "error")
+            await self._unmaskable(f"the upstream body must be masked but its Content-Encoding "
+                                   f"{encoding!r} cannot be decoded")
         decoder = Decoder(encoding, self.settings.mask_limit) if must_mask and codings(encoding) else None
         if must_mask and kind != "sse":
-            data = await self._wait(self._collect(deliver, decoder), cancel=True)
+            try:
+                data = await self._wait(self._collect(deliver, decoder), cancel=True)
+            except Refusal as r:
+                if r.status == 502:  # too large, or its coding corrupt: not a body the masker could read
+                    await self._unmaskable(r.error)
+                raise
             try:
                 data, counts = await self._mask(kind, data)
             except MaskError as e:
-                raise Refusal(502, f"the upstream body cannot be masked: {e}", "error")
+                await self._unmaskable(f"the upstream body cannot be masked: {e}")
             data = self.proxy.scrub_body(data)
             await self._record_redactions("response", counts)
             self._keep_body("resp", data, kind)
@@ -865,6 +859,15 @@ class Exchange:
         if len(data) >= THREAD_MASK_SIZE:
             return await deferToThread(masker.mask, kind, data)
         return masker.mask(kind, data)
+
+    async def _unmaskable(self, reason: str):
+        """A body that must be masked and cannot be: refused (502), and recorded so (never passed)."""
+        try:
+            await self._wait(self.session.event("redaction", "refused", direction="response", path=self.path,
+                                                reason=reason))
+        except StoreError:
+            raise Refusal(503, "refused: the audit store cannot record a refusal", "error")
+        raise Refusal(502, reason, "refused")
 
     async def _record_redactions(self, direction: str, counts: dict):
         if not counts:
@@ -1179,85 +1182,6 @@ class _JSONOverrideWatch(_MultipartOverrideWatch):
 
     PATTERN = re.compile(rb'"_method"|\\u00(?:4[1-9a-fA-F]|5[0-9aAfF]|6[1-9a-fA-F]|7[0-9aA])')
     CARRY = 16
-
-
-class _Sniff(Protocol):
-    """Holds the first bytes of a body until they show whether it may be JSON, then hands the
-    connection (and those bytes) to the protocol that reads the body."""
-
-    SNIFF = 512
-
-    def __init__(self, encoding, exchange):
-        self.exchange = exchange
-        self.stall = None
-        self.buf = b""
-        self.peek = zlib.decompressobj(16 + zlib.MAX_WBITS if codings(encoding)[:1] in (["gzip"], ["x-gzip"])
-                                       else zlib.MAX_WBITS) if codings(encoding) else None
-        self.head = b""
-        self.decided = defer.Deferred(lambda d: self._cancel())
-        self.target = None
-        self.lost = None
-
-    def connectionMade(self):
-        self.exchange.upstream_transport = self.transport
-        reactor, timeout = self.exchange.proxy.gateway.reactor, self.exchange.settings.upstream_timeout
-        self.stall = reactor.callLater(timeout, self._stalled)
-
-    def _stalled(self):
-        if not self.decided.called:
-            timeout = self.exchange.settings.upstream_timeout
-            if self.transport is not None:
-                self.transport.stopProducing()
-            self.decided.errback(Refusal(504, f"the upstream stalled: no body bytes for {timeout:g}s", "error"))
-
-    def _decide(self):
-        if self.stall is not None and self.stall.active():
-            self.stall.cancel()
-        if not self.decided.called:
-            self.decided.callback(self.head)
-
-    def dataReceived(self, data):
-        if self.target is not None:
-            return self.target.dataReceived(data)
-        self.buf += data
-        if self.decided.called:
-            return
-        if self.peek is not None:
-            try:
-                self.head += self.peek.decompress(data, self.SNIFF)
-            except zlib.error:
-                self.head = b"{"  # undecodable: taken for JSON, and refused when masking finds it corrupt
-        else:
-            self.head += data
-        stripped = self.head.replace(b"\x00", b"").lstrip(b" \t\r\n\x1e\xef\xbb\xbf\xff\xfe")
-        if stripped or len(self.head) >= self.SNIFF or len(self.buf) >= 64 * 1024:
-            self.transport.pauseProducing()
-            self._decide()
-
-    def connectionLost(self, reason):
-        if self.target is not None:
-            return self.target.connectionLost(reason)
-        self.exchange.upstream_transport = None
-        self.lost = reason
-        self._decide()
-
-    def _cancel(self):
-        if self.stall is not None and self.stall.active():
-            self.stall.cancel()
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def attach(self, target):
-        self.target = target
-        transport = self.transport
-        target.makeConnection(transport)
-        if self.lost is None and transport is not None and not isinstance(target, _Discard):
-            transport.resumeProducing()
-        buf, self.buf = self.buf, b""
-        if buf:
-            target.dataReceived(buf)
-        if self.lost is not None:
-            target.connectionLost(self.lost)
 
 
 class _Discard(Protocol):
