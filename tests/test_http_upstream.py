@@ -15,7 +15,8 @@ or did not reach the upstream.
   /reset          sends a head and half a body, then drops the connection
   /stall          sends a head and 1000 bytes, then nothing, connection open
   /upload         counts and hashes the request body
-  /ws             a WebSocket echo (text frames), answering 101 itself
+  /ws             a WebSocket echo (text frames), answering 101 itself (?choose=1: choosing the first
+                  subprotocol offered; else none)
   /ws-refuse      answers a WebSocket upgrade with 403
   /ws-h2c         answers any upgrade with 101 to h2c
   /raw?b=B64&ct=TYPE&ce=ENC&h=NAME:VALUE  the body, Content-Type and headers the test asks for
@@ -135,8 +136,13 @@ def main(port: int, logfile: str, tls=()):
                 request.channel.connectionLost = lambda reason: None
                 transport.unregisterProducer()
                 proto.makeConnection(transport)
+                chosen = b""
+                offered = request.getHeader(b"sec-websocket-protocol")
+                if offered and b"choose" in request.args:  # /ws?choose=1: the first protocol offered
+                    chosen = b"Sec-WebSocket-Protocol: " + offered.split(b",")[0].strip() + b"\r\n"
                 transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n" + chosen
+                                + b"\r\n")
                 transport.resumeProducing()
                 return NOT_DONE_YET
             if p.startswith("/echo") or p.startswith("/v1/"):

@@ -291,10 +291,13 @@ class HTTPProxy:
         return defer.DeferredList(ds, consumeErrors=True)
 
 
-def _token(hdrs) -> str | None:
+def _token(hdrs, upgrade: bool = False) -> str | None:
     """The caller's token (from ``hdrs``, lower-case name -> values); None when there is none, ""
     when there are two that differ (refused as a bad credential: which identity it acts as must
-    not depend on which header a reader takes)."""
+    not depend on which header a reader takes). A WebSocket upgrade may carry it in its subprotocol
+    offer (``hoopy``, ``hoopy.bearer.TOKEN``): browsers cannot send Authorization."""
+    from hoopy.http.upgrade import subprotocol_tokens
+
     found = set()
     for auth in hdrs.get(b"authorization", ()):
         scheme, _, value = auth.strip().partition(b" ")
@@ -303,6 +306,8 @@ def _token(hdrs) -> str | None:
     for tok in hdrs.get(b"x-hoopy-token", ()):
         if tok.strip():
             found.add(tok.strip())
+    if upgrade:
+        found.update(subprotocol_tokens(hdrs))
     if not found:
         return None
     return found.pop().decode("latin-1") if len(found) == 1 else ""
@@ -362,7 +367,9 @@ class Exchange:
         req = self.request
         # The request's headers by lower-case name, read once: every check below looks them up here.
         self.hdrs = hdrs = {name.lower(): values for name, values in req.requestHeaders.getAllRawHeaders()}
-        token = _token(hdrs)
+        from hoopy.http.upgrade import is_websocket_upgrade
+
+        token = _token(hdrs, upgrade=is_websocket_upgrade(req.method, hdrs))
         ident = self.proxy.gateway.identities.by_token(token) if token else None
         if ident is None:
             self.proxy.gateway.auth_failed(self.proxy.connection, self.peer, "", "bearer",
@@ -444,6 +451,8 @@ class Exchange:
         for name, values in self.request.requestHeaders.getAllRawHeaders():
             if name.lower() in (b"authorization", b"x-hoopy-token"):
                 continue
+            if name.lower() == b"sec-websocket-protocol" and self.websocket:
+                continue  # the browser's way to send it: removed before the upgrade goes upstream
             if any(tok in v for v in values):
                 raise Refusal(400, f"the caller's token is in the {name.decode('latin-1')} header too, "
                                    "and would reach the upstream")
@@ -504,16 +513,21 @@ class Exchange:
         extra_hop = H.connection_tokens(conn) - {b"upgrade"} if conn else ()
         out = Headers()
         if upgrade:
+            from hoopy.http.upgrade import upstream_subprotocols
+
             out.setRawHeaders(b"host", [proxy.upstream_host])
             out.setRawHeaders(b"connection", [b"Upgrade"])
             out.setRawHeaders(b"upgrade", [b"websocket"])
+            protocols = upstream_subprotocols(self.hdrs)
+            if protocols:
+                out.setRawHeaders(b"sec-websocket-protocol", [b", ".join(protocols)])
         else:
             # The Agent's own Host value, set here: the Agent copies the headers to add one otherwise.
             out.setRawHeaders(b"host", [proxy.agent_host])
         dropped = proxy.dropped_request_headers
         for name, values in h.getAllRawHeaders():
             n = name.lower()
-            if n in dropped or n in extra_hop:
+            if n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol"):
                 continue
             if masking:
                 if n in (b"accept-encoding", b"range", b"if-range"):
@@ -693,6 +707,9 @@ class Exchange:
                 proxy.end_session(channel, "client disconnected")
             proxy.channels.discard(channel)
 
+        from hoopy.http.upgrade import SUBPROTOCOL, offered_subprotocols, with_subprotocol_answer
+
+        head = with_subprotocol_answer(head, SUBPROTOCOL in offered_subprotocols(self.hdrs))
         head = self.proxy.scrub_header(head)  # an injected credential echoed in the 101 stays here
         client = take_over(channel, up, head + rest, lost)
         self.resp_bytes = len(head) + len(rest)
