@@ -394,42 +394,6 @@ class _FakeTransport:
         self.log.append("stop")
 
 
-def test_upstream_pause_is_soft_until_bytes_arrive_then_holds_them_in_order():
-    from twisted.internet.task import Clock
-
-    from hoopy.http.service import _UpstreamTransport
-
-    got = []
-
-    class Proto:
-        def deliver(self, data):
-            got.append(data)
-
-    clock, real = Clock(), _FakeTransport()
-    t = _UpstreamTransport(real, Proto(), clock)
-    t.pauseProducing()
-    t.resumeProducing()
-    assert real.log == []  # a pause and resume with nothing between: the socket is not touched
-    t.pauseProducing()
-    t.hold(b"a")
-    t.hold(b"b")
-    assert real.log == ["pause"] and got == []
-    t.resumeProducing()
-    assert got == [] and real.paused  # handed on in the next turn, and reading resumes only after
-    t.pauseProducing()  # paused again before that turn: nothing goes
-    clock.advance(0)
-    assert got == [] and real.paused
-    t.resumeProducing()
-    clock.advance(0)
-    assert got == [b"a", b"b"] and real.log == ["pause", "resume"]
-    t.pauseProducing()
-    t.hold(b"c")
-    t.stopProducing()
-    t.resumeProducing()
-    clock.advance(0)
-    assert got == [b"a", b"b"] and "stop" in real.log  # what was held is dropped
-
-
 # --- GraphQL aliases ---------------------------------------------------------------------------
 
 from hoopy.http.graphql import MAX_DOCUMENT, TooLong, aliases, documents_in_body, renamed_masked_field  # noqa: E402,E501

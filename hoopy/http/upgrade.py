@@ -59,11 +59,67 @@ def with_subprotocol_answer(head: bytes, offered_ours: bool) -> bytes:
 
 
 def request_head(method: bytes, target: bytes, headers) -> bytes:
+    """The request head of ``headers`` ((name, value) pairs)."""
     lines = [method + b" " + target + b" HTTP/1.1"]
-    for name, values in headers.getAllRawHeaders():
-        for v in values:
-            lines.append(name + b": " + v)
+    for name, v in headers:
+        lines.append(name + b": " + v)
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def relay(ex):
+    """A judged WebSocket upgrade: relayed byte for byte once the upstream says 101."""
+
+    from hoopy.http.checks import Refusal
+    from hoopy.http.response_body import reason_text
+    from hoopy.session import IN, OUT
+
+    up = UpstreamSide(request_head(b"GET", ex.target(), ex.upstream_headers(upgrade=True)))
+    result = None
+    for d in (ex.site.raw_endpoint().connect(OneConnection(up)), up.answered):
+        ex.arm_timer(d)
+        try:
+            result = await ex.wait(d, cancel=True)
+        except Exception as e:
+            if up.transport is not None:
+                up.transport.abortConnection()
+            if ex.gone:
+                raise defer.CancelledError()
+            if ex.timed_out:
+                raise Refusal(504, f"the upstream did not answer within {ex.settings.upstream_timeout:g}s", "error")
+            raise Refusal(502, f"the upstream could not be reached: {reason_text(e)}", "error")
+        finally:
+            ex.disarm_timer()
+    status, head, rest = result
+    ex.record.status = status
+    if status != 101:
+        up.transport.abortConnection()
+        raise Refusal(502, f"the upstream answered the WebSocket upgrade with {status}, not 101", "error")
+    said = [ln.partition(b":")[2].strip().lower() for ln in head.split(b"\r\n")[1:]
+            if ln.partition(b":")[0].strip().lower() == b"upgrade"]
+    if said != [b"websocket"]:
+        up.transport.abortConnection()
+        raise Refusal(502, "the upstream switched to another protocol than WebSocket: no tunnel", "error")
+    session, timer, site, channel = ex.session, Timer(), ex.site, ex.channel
+
+    def lost():
+        session.event("websocket.closed", "ok", path=ex.path, duration_ms=timer.ms(),
+                      bytes_from_upstream=up.bytes_in + len(rest), bytes_to_upstream=client.bytes_out
+                      ).addErrback(_not_recorded)
+        session.count_bytes(OUT, up.bytes_in + len(rest))
+        session.count_bytes(IN, client.bytes_out)
+        site.channel_closed(channel)
+
+    head = with_subprotocol_answer(head, SUBPROTOCOL in offered_subprotocols(ex.hdrs))
+    head = site.scrub_header(head)  # an injected credential echoed in the 101 stays here
+    client = ex.sink.take_over(up, head + rest, lost)
+    ex.record.response_bytes = len(head) + len(rest)
+    ex.finished = True
+    ex.record.outcome = "upgraded"
+    ex._record()
+
+
+def _not_recorded(f):
+    log.error("websocket close not recorded: {e}", e=f.getErrorMessage())
 
 
 class UpstreamSide(Protocol):
