@@ -170,7 +170,6 @@ class Masker:
     _key_re: object = attrs.field(init=False, repr=False, eq=False)
     _names_re: object = attrs.field(init=False, repr=False, eq=False)
     _json_key_re: object = attrs.field(init=False, repr=False, eq=False)
-    _dotted_re: object = attrs.field(init=False, repr=False, eq=False)
     _fast: bool = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self):
@@ -188,10 +187,8 @@ class Masker:
         s("_json_key_re", re.compile(r'"(?:%s)"\s*:\s*' % "|".join(map(re.escape, sorted(self._plain, key=len,
                                                                                        reverse=True))), re.I)
           if self._plain else None)
-        last = {parts[-1] for _, parts in dotted}
-        s("_dotted_re", re.compile("|".join(map(re.escape, sorted(last))), re.I) if last else None)
         s("_fast", all(d.name in _QUOTELESS for d in self.detectors)
-          and not any(c in f for f in self.fields for c in '"\\'))
+          and all(f.isascii() and '"' not in f and "\\" not in f for f in self.fields))
 
     @classmethod
     def from_config(cls, maskings) -> "Masker":
@@ -286,11 +283,12 @@ class Masker:
 
         Without escapes, a string's text is its value; built-in patterns cannot match across a quote,
         and a plain field's name appearing only as ``"name":`` means every occurrence is a key."""
-        if self._dotted_re is not None and self._dotted_re.search(text):
-            return None
         counts: dict = {}
-        if self._names_re is not None:
-            names = len(self._names_re.findall(text))
+        if self.key_names:
+            low = text.lower()  # one pass in C; key names are ASCII here (see _fast)
+            if any(parts[-1] in low for _, parts in self._dotted):
+                return None
+            names = sum(low.count(n) for n in self._plain)
             if names:
                 keys = list(self._json_key_re.finditer(text))
                 if len(keys) != names:
