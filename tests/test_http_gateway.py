@@ -82,7 +82,7 @@ identity = "billing-agent"
 connection = "api"
 allow = ["GET /v1/customers/*", "* /echo/**", "GET /customer", "GET /gzip/customer", "GET /text", "GET /sse",
          "GET /big", "GET /slow", "GET /reset", "GET /stall", "POST /upload", "POST /v1/search",
-         "GET /raw", "HEAD /raw", "* /items/**", "GET /files/*"]
+         "GET /raw", "HEAD /raw", "* /items/**", "GET /files/*", "GET /hostile"]
 approve = ["POST /v1/refunds"]
 deny = ["DELETE /v1/customers/*", "DELETE /items/**", "PUT /items/*/lock"]
 

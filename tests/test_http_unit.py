@@ -263,11 +263,12 @@ def test_escapes_disable_the_fast_path():
 
 
 def test_deep_nesting_is_masked_or_refused_never_passed():
-    deep = b"[" * 100000 + b'{"ssn": "123-45-6789"}' + b"]" * 100000
-    out, counts = _masker().mask_json(deep)  # read as text: no recursion
-    assert b"123-45-6789" not in out and counts == {"field:ssn": 1}
-    with pytest.raises(MaskError):  # an escape: only the walk can read it, and it will not go that deep
-        _masker().mask_json(deep.replace(b"6789", b"\\u0036789"))
+    import orjson
+
+    assert tuple(int(x) for x in orjson.__version__.split(".")[:2]) >= (3, 10), "orjson < 3.10 crashes on deep JSON"
+    for deep in (b"[" * 100000 + b'{"ssn": "123-45-6789"}' + b"]" * 100000, b"[" * 10**6 + b"]" * 10**6):
+        with pytest.raises(MaskError):
+            _masker().mask_json(deep)  # refused, and the process lives on
 
 
 @pytest.mark.parametrize("body", [

@@ -138,6 +138,10 @@ def operation(method: str, path: str, query: str | None, judge) -> Operation:
     return Operation("http", "request", text, tuple(units), {"method": method, "path": path, "query": query})
 
 
+_CANONICAL = {b"x-forwarded-for": b"X-Forwarded-For", b"x-forwarded-proto": b"X-Forwarded-Proto",
+              b"forwarded": b"Forwarded"}
+
+
 class HeaderPlan:
     """How one connection's requests are rewritten for the upstream (computed once per site)."""
 
@@ -179,6 +183,6 @@ class HeaderPlan:
         # No host= / X-Forwarded-Host: the caller picks its Host header, and an upstream (or the ingress
         # in front of it) that routes on X-Forwarded-Host would take the caller to another site.
         for name, value in H.forwarded_for(peer_host, self.proto, None).items():
-            out.append((name, value))
+            out.append((_CANONICAL.get(name, name), value))
         out += self.inject
         return out

@@ -103,6 +103,8 @@ _WS = re.compile(r"\s*")
 _END_TAG = re.compile(r"</\s*([^\s/>]+)[^>]*>")
 _XML_REF = re.compile(r"&(lt|gt|amp|quot|apos|#[0-9]+|#[xX][0-9a-fA-F]+);")
 _XML_NAMED = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
+MAX_ATTRIBUTES = 1024  # of one tag
+MAX_DEPTH = 1024  # open elements; deeper is refused (each costs memory, and no real page goes there)
 _VOID = frozenset("area base br col embed hr img input link meta param source track wbr keygen".split())
 _RAW = frozenset(("script", "style"))
 _RCDATA = frozenset(("textarea", "title"))
@@ -184,6 +186,9 @@ class _Markup:
         return self.stack[self.masked_at] if self.masked_at >= 0 else None
 
     def push(self, e: _Element):
+        if len(self.stack) >= MAX_DEPTH:
+            raise MaskError(f"the markup nests elements more than {MAX_DEPTH} deep: refused (browsers and XML "
+                            "parsers stop there too)")
         self.open.setdefault(e.name, []).append(len(self.stack))
         if e.masked is not None and self.masked_at < 0:
             self.masked_at = len(self.stack)
@@ -246,6 +251,15 @@ class _Markup:
         if self.labels:
             self.labels[-1].label.append(self.unescape(raw) if "&" in raw else raw)
         self.out.append(self.value(raw, self.path(), False))
+
+    def emit_plain(self, raw: str):
+        """Text that is no markup (what follows a tag never closed): fields as key: value, patterns."""
+        if self.masked() is not None:
+            return self.emit_text(raw)
+        c: dict = {}
+        v = self.masker.mask_plain_text(raw, c, self.path(), self.depth)
+        _merge(self.counts, c)
+        self.out.append(v if c else raw)
 
     def raw_value(self, raw: str) -> str:
         c: dict = {}
@@ -316,7 +330,7 @@ class _Markup:
         em = _END_TAG.match(text, start)
         if em is None:
             if text.find(">", start) < 0:  # no tag ends anywhere after: the rest is text
-                self.emit_text(text[start:])
+                self.emit_plain(text[start:])
                 return len(text)
             self.emit_text("</")
             return start + 2
@@ -347,9 +361,11 @@ class _Markup:
                 p += 1  # a stray "/" or "=": browsers skip it
                 continue
             attrs.append(am)
+            if len(attrs) > MAX_ATTRIBUTES:
+                raise MaskError(f"a tag with more than {MAX_ATTRIBUTES} attributes is refused")
             p = am.end()
         if te is None:  # never closed: the rest is no tag; masked as text
-            self.emit_text(text[start:])
+            self.emit_plain(text[start:])
             return n
         stack = self.stack
         if html and name in _CLOSES and stack and stack[-1].name in _CLOSES[name]:

@@ -77,8 +77,9 @@ def _loads(text):
     """(value, True) parsed by orjson, or (value, False) by json (NaN, huge integers); ValueError."""
     try:
         return orjson.loads(text), True
-    except orjson.JSONDecodeError:
-        pass
+    except orjson.JSONDecodeError as e:
+        if "depth" in str(e):  # orjson stops at 1,024 levels (older releases crashed the process)
+            raise MaskError("the JSON body is nested too deeply to be masked")
     try:
         return json.loads(text), False
     except RecursionError:
@@ -515,6 +516,16 @@ class Masker:
             out.append(m)
             _merge(counts, c)
         return b"\n".join(out), counts
+
+    def mask_plain_text(self, text: str, counts: dict, path: tuple = (), depth: int = 0) -> str:
+        """For format readers: text that is none of the formats (a tag never closed): fields as
+        ``key: value``, then patterns."""
+        if self.fields and self._names_re is not None and self._names_re.search(text):
+            text = self._text_fields(text, counts, path, depth + 1)
+        if self._hinted:
+            text, c = self._patterns(text)
+            _merge(counts, c)
+        return text
 
     def mask_value_text(self, text: str, counts: dict, path: tuple = (), depth: int = 0) -> str:
         """For format readers: one decoded text value masked (structure it holds, then patterns)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
@@ -18,6 +19,9 @@ from zope.interface import implementer
 from hoopy.http import headers as H
 from hoopy.http.bodies import Decoder, MaskError, SSEMasker, body_kind, charset_ok, codings, decodable
 from hoopy.http.checks import BODY_DIGESTS, Refusal
+
+
+MASK_SLOTS = defer.DeferredSemaphore(4)  # response bodies buffered and masked at once, per process
 
 
 def reason_text(e) -> str:
@@ -325,18 +329,19 @@ async def respond(ex, response):
         raise
     decoder = Decoder(encoding, settings.mask_limit) if must_mask and codings(encoding) else None
     if must_mask and kind != "sse":
-        c = Collect(ex, decoder, settings.mask_limit)
-        deliver(c)
+        # Bodies read whole and masked at once, gateway-wide, are few: the others wait with their
+        # upstream connection unread (its TCP window fills), so memory stays a few mask_limits.
+        slot = MASK_SLOTS.acquire()
         try:
-            data = await ex.wait(c.done, cancel=True)
-        except Refusal as r:
-            if r.status == 502:  # too large, or its coding corrupt: not a body the masker could read
-                await ex.unmaskable(r.error)
+            await ex.wait(slot, cancel=True)
+        except BaseException:
+            if slot.called and not isinstance(slot.result, Failure):
+                MASK_SLOTS.release()  # had it, and the client went meanwhile
             raise
         try:
-            data, counts = await ex.mask(kind, data)
-        except MaskError as e:
-            await ex.unmaskable(f"the upstream body cannot be masked: {e}")
+            data, counts = await _read_and_mask(ex, deliver, decoder, kind)
+        finally:
+            MASK_SLOTS.release()
         data = site.scrub_body(data)
         await ex.record_redactions("response", counts)
         ex.record.keep("response_body", data)
@@ -354,6 +359,21 @@ async def respond(ex, response):
         await stream.done
     finally:
         ex.pending = None
+
+
+async def _read_and_mask(ex, deliver, decoder, kind):
+    c = Collect(ex, decoder, ex.settings.mask_limit)
+    deliver(c)
+    try:
+        data = await ex.wait(c.done, cancel=True)
+    except Refusal as r:
+        if r.status == 502:  # too large, or its coding corrupt: not a body the masker could read
+            await ex.unmaskable(r.error)
+        raise
+    try:
+        return await ex.mask(kind, data)
+    except MaskError as e:
+        await ex.unmaskable(f"the upstream body cannot be masked: {e}")
 
 
 def _clean_headers(ex, response, must_mask: bool, opaque: bool):

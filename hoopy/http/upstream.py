@@ -107,15 +107,21 @@ class UpstreamResponse:
 
     def deliverBody(self, protocol):
         self._protocol = protocol
-        protocol.makeConnection(_BodyTransport(self._conn))
+        transport = _BodyTransport(self._conn)
+        protocol.makeConnection(transport)
         pending, self._pending = self._pending, []
         for data in pending:
             protocol.dataReceived(data)
         if self._done is not None:
             protocol.connectionLost(self._done)
+        elif pending and self._protocol is protocol:
+            transport.resumeProducing()  # paused while nobody read (see _data); the reader pauses on its own
 
     def _data(self, data: bytes):
         if self._protocol is None:
+            # nobody reads the body yet: hold what this read brought, and read no more meanwhile
+            if not self._pending and self._conn.transport is not None:
+                self._conn.transport.pauseProducing()
             self._pending.append(data)
         else:
             self._protocol.dataReceived(data)
@@ -299,6 +305,8 @@ class UpstreamConnection(Protocol):
 
     def abort(self, error: Exception | None = None):
         self.reusable = False
+        self.lost = True  # never handed out again, even before the transport says it is gone
+        self.client._gone(self)
         req = self.exchange
         if req is not None and error is not None:
             req.fail(Failure(error))
