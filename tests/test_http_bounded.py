@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.test_http_gateway import AGENT, gw, upstream  # noqa: F401 (fixtures)
 

@@ -12,7 +12,7 @@ import zlib
 
 import pytest
 
-from tests.test_http_gateway import AGENT, curl, gw, raw_url, upstream, wait_events  # noqa: F401 (fixtures)
+from tests.test_http_gateway import curl, gw, raw_url, upstream, wait_events  # noqa: F401 (fixtures)
 
 SSN, CARD, MAIL = "123-45-6789", "4111 1111 1111 1111", "ada@example.com"
 

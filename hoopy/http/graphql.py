@@ -20,8 +20,8 @@ from hoopy.http.bodies import looks_like_json
 _TOKEN = re.compile(r'''
     (?P<ws>[\s,\ufeff]+)
   | (?P<comment>\#[^\n\r]*)
-  | (?P<block>"""(?:\\"""|[^"]|"(?!""))*(?:"""|$))
-  | (?P<string>"(?:\\.|[^"\\\n\r])*"?)
+  | (?P<block>"""(?:\\"""|\\|[^"\\]++|"(?!""))*+(?:"""|$))
+  | (?P<string>"(?:\\.|[^"\\\n\r]++)*+"?)
   | (?P<name>[_A-Za-z][_0-9A-Za-z]*)
   | (?P<number>-?[0-9][0-9.eE+-]*)
   | (?P<punct>\.\.\.|[!$&():=@\[\]{|}])

@@ -31,6 +31,7 @@ import re
 import attrs
 import orjson
 
+from hoopy.http.keyvalue import key_regex, value_end
 from hoopy.policy.masking import MASK
 
 MAX_DEPTH = 8  # levels of structure inside strings (JSON in a string in JSON ...) read before refusing
@@ -95,65 +96,7 @@ def _dumps(value, fast: bool) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-# --- key: value in text -------------------------------------------------------------------------
-
-# How a key may be quoted in text: JSON/JavaScript quotes (escaped any number of times: JSON in a
-# JavaScript string), HTML character references of a quote, or not at all.
-_QUOTE = r"""\\*["'`]|&quot;|&\#0*34;|&\#[xX]0*22;|&apos;|&\#0*39;|&\#[xX]0*27;"""
-_BARE_VALUE = re.compile(r"""[^,;}\]&<>"'`\r\n]*""")
-_VALUE_END_WS = re.compile(r"\s+$")
-_NESTED = re.compile(r'''"(?:[^"\\]|\\.)*"?|[\[\]{}]''', re.S)
-
-
-def _key_regex(names) -> re.Pattern | None:
-    if not names:
-        return None
-    alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-    return re.compile(
-        # (?<!\\): a run of backslashes is tried once, from its start (else each of them: quadratic)
-        rf"""(?:(?<!\\)(?P<q>{_QUOTE})(?P<k1>{alt})(?P=q)|(?<![\w$-])(?P<k2>{alt})(?![\w$-]))\s*(?::|=>|=)[ \t]*""",
-        re.I)
-
-
-_QUOTE_AT = re.compile(_QUOTE)
 _MASKED_KEY = re.compile(re.escape(MASK) + r'[^"]*"\s*:')
-_LITERAL = {q: re.compile(q + r"(?:[^" + q + r"\\]|\\.)*" + q + "?", re.S) for q in ("\"", "'", "`")}
-
-
-def _value_end(text: str, i: int) -> tuple[int, str | None]:
-    """Where the value starting at ``i`` ends, and its quote (None for a bare or nested value).
-    An unterminated value runs to the end of the text (masked whole, never cut short)."""
-    n = len(text)
-    if i >= n:
-        return i, None
-    m = _QUOTE_AT.match(text, i)
-    if m is not None:
-        q = m.group()
-        if len(q) == 1:  # a string literal with backslash escapes
-            return _LITERAL[q].match(text, i).end(), q
-        j = m.end()
-        while True:
-            k = text.find(q, j)
-            if k < 0:
-                return n, q
-            if q[0] == "\\" and text[k - 1] == "\\":
-                j = k + len(q)  # more backslashes: the quote of a string nested deeper
-                continue
-            return k + len(q), q
-    if text[i] in "{[":
-        depth = 0
-        for m in _NESTED.finditer(text, i):
-            t = m.group()
-            if t in "{[":
-                depth += 1
-            elif t in "}]":
-                depth -= 1
-                if depth == 0:
-                    return m.end(), None
-        return n, None
-    end = _BARE_VALUE.match(text, i).end()
-    ws = _VALUE_END_WS.search(text, i, end)
-    return (ws.start() if ws else end), None
 
 
 @attrs.frozen
@@ -182,7 +125,7 @@ class Masker:
         s("_dotted", dotted)
         s("key_names", frozenset(self._plain | {parts[-1] for _, parts in dotted}))
         s("_hinted", tuple((d, HINTS.get(d.name)) for d in self.detectors))
-        s("_key_re", _key_regex(self.key_names))
+        s("_key_re", key_regex(self.key_names))
         names = sorted(self.key_names, key=len, reverse=True)
         s("_names_re", re.compile("|".join(map(re.escape, names)), re.I) if names else None)
         s("_json_key_re", re.compile(r'"(?:%s)"\s*:\s*' % "|".join(map(re.escape, sorted(self._plain, key=len,
@@ -298,7 +241,7 @@ class Masker:
                 for m in keys:
                     if m.start() < pos:
                         continue  # inside a value already masked
-                    end, _ = _value_end(text, m.end())
+                    end, _ = value_end(text, m.end())
                     out += (text[pos:m.end()], '"', MASK, '"')
                     pos = end
                     _add(counts, "field:" + m.group()[1:].split('"', 1)[0].casefold())
@@ -460,7 +403,7 @@ class Masker:
         for m in self._key_re.finditer(text):
             if m.start() < pos:
                 continue
-            end, q = _value_end(text, m.end())
+            end, q = value_end(text, m.end())
             if end == m.end():
                 continue  # "ssn:" with nothing after it
             key = (m.group("k1") or m.group("k2")).casefold()
