@@ -136,7 +136,7 @@ def profiled(on: bool, pid: int, out: Path, run):
         top(out)
 
 
-def top(path: Path, n: int = 25):
+def top(path: Path, n: int = 30):
     """Self and inclusive shares per function of a py-spy raw (collapsed stacks) file: the reactor
     thread's, then how the samples fall by thread."""
     own: dict = {}

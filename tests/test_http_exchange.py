@@ -244,6 +244,14 @@ class _Settings:
     pool_size: int = 4
 
 
+@attrs.frozen
+class _Ident:
+    name: str
+
+
+_AGENT = _Ident("agent")
+
+
 class FakeSite:
     """The per-connection state an exchange reads, with the real upstream client in memory."""
 
@@ -262,7 +270,10 @@ class FakeSite:
         self.failed = []
 
     def by_token(self, token):
-        return attrs.make_class("Ident", ["name"])("agent") if token == "good-token" else None
+        return _AGENT if token == "good-token" else None
+
+    def identity_for(self, channel, token):
+        return self.by_token(token)
 
     def auth_failed(self, peer, why):
         self.failed.append(why)

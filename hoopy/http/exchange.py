@@ -112,7 +112,7 @@ class Exchange:
         self.path = None
         self.query = None
         self.websocket = False
-        self.token = None  # the caller's, kept out of the record
+        self.token = None  # the caller's, when it was found elsewhere too: kept out of the record
         self.gone = False
         self.finished = False
         self.holding = False
@@ -131,7 +131,7 @@ class Exchange:
     async def _run(self):
         site, hdrs = self.site, self.hdrs
         token = checks.token_of(self.method_b, hdrs)
-        ident = site.identities.by_token(token) if token else None
+        ident = site.identity_for(self.channel, token) if token else None
         if ident is None:
             site.auth_failed(self.peer, "missing token" if token is None else "bad credentials")
             self.record.outcome = "unauthenticated"
@@ -151,8 +151,11 @@ class Exchange:
         masker = site.masker
         self.path, self.query, self.websocket = checks.check_shape(self.method_b, self.uri, hdrs, masker.active)
         check_query(self.query, masker.field_keys)
-        self.token = token
-        checks.check_token_stays(token, self.pairs, self.query, self.websocket)
+        try:
+            checks.check_token_stays(token, self.pairs, self.query, self.websocket)
+        except Refusal:
+            self.token = token  # it is somewhere else too: kept out of the record (see _record)
+            raise
         op = checks.operation(self.method, self.path, self.query, self.session.judge)
         if self.body.present and not self.websocket and self.session.judge(op).outcome == "approve":
             # The reviewer approves the body too ("POST /v1/refunds" says nothing of the amount): it is

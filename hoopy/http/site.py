@@ -8,6 +8,7 @@ settings, the masker, the upstream client, the header plan, the injected secrets
 """
 from __future__ import annotations
 
+import hmac
 from urllib.parse import urlsplit
 
 from twisted.internet import defer
@@ -36,6 +37,15 @@ class GatewayChannel(HTTPChannel):
     session = None
     site_state = None  # the HTTPSite, set by the site
     _head = None  # the response head, not yet written
+    _host = None
+    last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
+    last_identity = None  # client sends it again and again (hashed once, not per request)
+
+    def getHost(self):
+        # twisted.web asks for every request; the connection's own address does not change
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
 
     def writeHeaders(self, version, code, reason, headers):
         if not isinstance(headers, Headers):
@@ -248,6 +258,16 @@ class HTTPSite:
         self.secrets = tuple(sorted(secrets, key=len, reverse=True))
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self.channels: set = set()
+
+    def identity_for(self, channel, token: str):
+        """The identity a token names (None: none): remembered per connection for its next request."""
+        raw = token.encode("latin-1")
+        if channel is not None and channel.last_token is not None and hmac.compare_digest(channel.last_token, raw):
+            return channel.last_identity
+        ident = self.identities.by_token(token)
+        if ident is not None and channel is not None:
+            channel.last_token, channel.last_identity = raw, ident
+        return ident
 
     def auth_failed(self, peer: str, why: str):
         self.gateway.auth_failed(self.connection, peer, "", "bearer", why)
