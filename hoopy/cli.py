@@ -117,7 +117,7 @@ def cmd_approvals(args):
              _first_line(r["operation"])] for r in rows],
            ["ID", "IDENTITY", "CONNECTION", "STATE", "AGE", "OPERATION"])
     if any(_first_line(r["operation"]) != r["operation"] for r in rows):
-        print("(... : more in `hoopy approvals ID`: parameters, request body)")
+        print("(... : more in `hoopy approvals ID`: parameters, request body, the parts of a command line)")
     return 0
 
 
@@ -137,8 +137,8 @@ def _show_approval(reader, args):
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    for k in ("id", "state", "requester", "connection", "protocol", "session", "rule", "created", "expires",
-              "decided", "reviewer", "reason"):
+    for k in ("id", "state", "requester", "caused_by", "connection", "protocol", "session", "rule", "mode",
+              "created", "expires", "decided", "reviewer", "reason", "usable_until", "used", "used_session"):
         if out.get(k) is not None:
             print(f"{k + ':':<12}{out[k]}")
     print("operation:")
@@ -159,7 +159,20 @@ def admin_url(cfg) -> str:
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{ep._port}"
+    scheme = "https" if cfg.gateway.admin_tls_cert is not None else "http"
+    return f"{scheme}://{host}:{ep._port}"
+
+
+def _admin_tls(cfg):
+    """For an https admin API: the system's CAs, and the listener's own certificate (self-signed or
+    not: X509_V_FLAG_PARTIAL_CHAIN lets a leaf be its own anchor)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    if cfg.gateway.admin_tls_cert is not None:
+        ctx.load_verify_locations(cadata=cfg.gateway.admin_tls_cert.value)
+        ctx.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
+    return ctx
 
 
 def cmd_decide(args):
@@ -174,7 +187,7 @@ def cmd_decide(args):
                                  headers={"Authorization": f"Bearer {token}",
                                           "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=_admin_tls(cfg) if base.startswith("https:") else None) as resp:
             out = json.load(resp)
     except urllib.error.HTTPError as e:
         try:

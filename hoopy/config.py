@@ -56,6 +56,13 @@ class GatewaySettings:
     approval_timeout: float
     name: str
     store_busy_timeout: float
+    approval_ttl: float = 900.0  # a retry-mode approval may be used this long after its decision
+    console_url: str | None = None  # where people reach the web console (links in notifications)
+    admin_tls_cert: Secret | None = None  # PEM; the admin listener (API and console) serves TLS
+    admin_tls_key: Secret | None = None
+
+
+APPROVAL_MODES = ("hold", "retry")
 
 
 @attrs.frozen
@@ -66,6 +73,8 @@ class Connection:
     upstream: str
     settings: Any  # the protocol's own attrs object (hoopy.<type>.settings)
     approval_timeout: float
+    approvals: str = "hold"  # hold: the caller waits; retry: refused at once with the approval id
+    approval_ttl: float = 900.0
 
 
 @attrs.frozen
@@ -77,6 +86,11 @@ class Grant:
     deny: tuple
     expires: datetime | None
     index: int  # position in the file, for messages: grants[3]
+    # What becomes of a part no rule can judge before it runs (a `$(...)`, an `eval`):
+    # "deny" (refused, the default) or "approve" (held for a reviewer).
+    unjudgeable: str = "deny"
+    approvals: str | None = None  # overrides the connection's, for what this grant's approve rules hold
+    approval_ttl: float | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and now >= self.expires
@@ -100,6 +114,7 @@ class Config:
     connections: dict  # name -> Connection
     grants: tuple[Grant, ...]
     masking: tuple[Masking, ...]
+    notify: tuple = ()  # of hoopy.notify.settings.NotifyTarget
 
     @property
     def base_dir(self) -> Path:
@@ -406,10 +421,26 @@ def parse(data: dict, path: Path) -> Config:
     approval_timeout = gw.duration("approval_timeout", default=300.0)
     gw_name = gw.string("name", default=socket.gethostname())
     busy = gw.duration("store_busy_timeout", default=5.0)
+    approval_ttl = gw.duration("approval_ttl", default=900.0)
+    console_url = gw.string("console_url")
+    if console_url is not None and not re.match(r"^https?://[^\s/]+", console_url):
+        gw.problem("console_url", "must be an http:// or https:// URL (where the console is reached)")
+        console_url = None
+    admin_tls_cert = gw.secret("admin_tls_cert")
+    admin_tls_key = gw.secret("admin_tls_key")
+    if (gw.has("admin_tls_cert")) != (gw.has("admin_tls_key")):
+        gw.problem("admin_tls_key" if gw.has("admin_tls_cert") else "admin_tls_cert",
+                   "admin_tls_cert and admin_tls_key go together")
+    elif admin_tls_cert is not None and admin_tls_key is not None:
+        err = _check_tls_pair(admin_tls_cert.value, admin_tls_key.value)
+        if err:
+            gw.problem("admin_tls_cert", err)
     gw.finish()
     gateway = GatewaySettings(
         state=state, recordings=recordings, admin_listen=admin_listen,
         approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
+        approval_ttl=approval_ttl, console_url=console_url,
+        admin_tls_cert=admin_tls_cert, admin_tls_key=admin_tls_key,
     )
 
     # [identities.NAME]
@@ -449,6 +480,8 @@ def parse(data: dict, path: Path) -> Config:
                     t.problem("listen", f"port {addr[0]} is already used by {other}")
             listeners.append((f"{key}.listen", addr))
         timeout = t.duration("approval_timeout", default=approval_timeout)
+        mode = t.string("approvals", default="hold", choices=APPROVAL_MODES)
+        ttl = t.duration("approval_ttl", default=approval_ttl)
         if ctype is None:
             continue  # its other keys cannot be judged without a type
         settings = PROTOCOLS[ctype].parse_settings(t)
@@ -456,7 +489,7 @@ def parse(data: dict, path: Path) -> Config:
         if listen:
             connections[name] = Connection(
                 name=name, type=ctype, listen=listen, upstream=t.data.get("upstream"),
-                settings=settings, approval_timeout=timeout,
+                settings=settings, approval_timeout=timeout, approvals=mode, approval_ttl=ttl,
             )
 
     # [[grants]]
@@ -490,9 +523,13 @@ def parse(data: dict, path: Path) -> Config:
         expires = None
         if t.has("expires"):
             expires = _parse_time(t.raw("expires"), t.name("expires"), problems)
+        unjudgeable = t.string("unjudgeable", default="deny", choices=("deny", "approve")) or "deny"
+        g_mode = t.string("approvals", choices=APPROVAL_MODES)
+        g_ttl = t.duration("approval_ttl")
         t.finish()
         if ident and conn:
-            grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i))
+            grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i,
+                                unjudgeable, g_mode, g_ttl))
 
     # [[masking]]
     masking = []
@@ -534,13 +571,39 @@ def parse(data: dict, path: Path) -> Config:
         if conn:
             masking.append(Masking(conn, columns, fields, tuple(detectors), i, passthrough))
 
+    # [[notify]]
+    from hoopy.notify.settings import parse_target
+
+    notify = []
+    for i, table in enumerate(top._get("notify", False, [], list, "an array of tables") or []):
+        key = f"notify[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        t = Table(key, table, problems, base)
+        target = parse_target(t, i)
+        t.finish()
+        if target is not None:
+            notify.append(target)
+
     top.finish()
     if problems:
         raise ConfigError(problems)
     return Config(
         path=path, gateway=gateway, identities=identities, connections=connections,
-        grants=tuple(grants), masking=tuple(masking),
+        grants=tuple(grants), masking=tuple(masking), notify=tuple(notify),
     )
+
+
+def _check_tls_pair(cert: str, key: str) -> str | None:
+    """A PEM certificate and its key, loadable together (checked before anything listens)."""
+    try:
+        from twisted.internet import ssl
+
+        ssl.PrivateCertificate.loadPEM(cert + "\n" + key)
+    except Exception as e:
+        return f"the certificate and key cannot be loaded together: {e}"
+    return None
 
 
 def check(path) -> list[Problem]:

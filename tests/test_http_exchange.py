@@ -209,7 +209,7 @@ class FakeSession:
     def judge(self, op):
         return Judgement("allow", "GET /**", "")
 
-    def decide(self, op):
+    def decide(self, op, approvals=None):
         self.script.judged.append(op)
         return defer.succeed(self.script.verdict)
 

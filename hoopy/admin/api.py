@@ -36,8 +36,10 @@ READ_ROLES = {"reviewer", "auditor"}
 
 def approval_json(row: dict) -> dict:
     out = {k: v for k, v in row.items() if not k.endswith("_us")}
-    for k in ("created_us", "expires_us", "decided_us"):
+    for k in ("created_us", "expires_us", "decided_us", "used_us"):
         out[k[:-3]] = iso(row.get(k))
+    if row.get("mode") == "retry" and row.get("decided_us") and row.get("state") == "approved":
+        out["usable_until"] = iso(row["decided_us"] + int(row.get("ttl_s") or 0) * 1_000_000)
     return out
 
 
@@ -205,7 +207,17 @@ class AdminResource(Resource):
 
 
 def make_service(gateway, listen: str):
-    site = Site(AdminResource(gateway))
+    from hoopy.admin.console import mount
+
+    site = Site(mount(AdminResource(gateway), gateway))  # /ui/: the web console
     site.displayTracebacks = False
     site.noisy = False
-    return strports.service(listen, site, reactor=gateway.reactor)
+    factory = site
+    gw = gateway.config.gateway
+    if gw.admin_tls_cert is not None:
+        from twisted.internet import ssl
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        cert = ssl.PrivateCertificate.loadPEM(gw.admin_tls_cert.value + "\n" + gw.admin_tls_key.value)
+        factory = TLSMemoryBIOFactory(cert.options(), False, site)
+    return strports.service(listen, factory, reactor=gateway.reactor)

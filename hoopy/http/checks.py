@@ -49,6 +49,15 @@ def token_of(method: bytes, hdrs: dict) -> str | None:
     return found.pop().decode("latin-1") if len(found) == 1 else ""
 
 
+def prefers_async(hdrs: dict) -> bool:
+    """``Prefer: respond-async`` (RFC 7240), among any other preferences."""
+    for value in hdrs.get(b"prefer", ()):
+        for pref in value.split(b","):
+            if pref.split(b";", 1)[0].split(b"=", 1)[0].strip().lower() == b"respond-async":
+                return True
+    return False
+
+
 def attribution(hdrs: dict) -> dict:
     """What the caller says it acts for (X-Hoopy-Model ...): recorded on the session."""
     return {k: (hdrs.get(h, (b"",))[-1] or b"").decode("utf-8", "replace") for k, h in _ATTRIBUTION}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 
+import attrs
 import orjson
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
@@ -23,12 +24,18 @@ from hoopy.http import checks
 from hoopy.http import headers as H
 from hoopy.http.checks import Refusal
 from hoopy.http.request_body import RequestBody, check_query
+from hoopy.audit.events import iso
 from hoopy.http.response_body import reason_text, respond
+from hoopy.policy.rules import Operation
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.session import IN, OUT, StoreError
 
 log = Logger()
 
+# Where a caller polls its own approval (retry mode, Prefer: respond-async): on this listener, with
+# its own token. Never forwarded upstream.
+STATUS_PREFIX = "/.hoopy/approvals/"
+STATUS_PREFIX_B = STATUS_PREFIX.encode()
 THREAD_MASK_SIZE = 64 * 1024  # bodies at least this large are masked on a worker thread, not the reactor
 
 
@@ -142,6 +149,9 @@ class Exchange:
             self.session = await self.wait(site.session_for(self.channel, ident.name, self.peer))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record this session", "error")
+        if self.uri.startswith(STATUS_PREFIX_B):  # the gateway's own: never forwarded
+            return await self._approval_status(self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
+                                               .decode("ascii", "replace"))
         claimed = checks.attribution(hdrs)
         if any(claimed.values()):
             try:
@@ -162,7 +172,11 @@ class Exchange:
             # read whole first (masked where a rule says so), shown, and exactly it goes upstream.
             await self.body.get(whole=True)
             op.detail.update(self.body.for_review())
-        verdict = await self.wait(self.session.decide(op))
+        # What a retry-mode approval is bound to: method, normalized path, query, the body's SHA-256.
+        op = attrs.evolve(op, canonical=Operation.canonical_of(self.method, self.path, self.query,
+                                                               op.detail.get("body_sha256")))
+        prefer_async = checks.prefers_async(hdrs)
+        verdict = await self.wait(self.session.decide(op, "retry" if prefer_async else None))
         if isinstance(verdict, Hold):
             self.record.approval = verdict.id
             self.holding = True  # a caller gone now expires the approval (see client_gone)
@@ -173,6 +187,11 @@ class Exchange:
         if isinstance(verdict, Deny):
             self.record.rule = verdict.rule
             self.record.approval = verdict.approval or self.record.approval
+            if verdict.status == "pending":  # retry mode: nothing ran; the caller sends it again once approved
+                url = f"{STATUS_PREFIX}{verdict.approval}"
+                raise Refusal(202 if prefer_async else 403, verdict.reason, "pending" if prefer_async else "refused",
+                              rule=verdict.rule, approval=self.record.approval, approval_status="pending",
+                              status_url=url)
             raise Refusal(403, verdict.reason, "refused", rule=verdict.rule, approval=self.record.approval)
         assert isinstance(verdict, Allow)
         self.record.rule = verdict.rule
@@ -182,6 +201,25 @@ class Exchange:
             await relay(self)
         else:
             await self._forward()
+
+    async def _approval_status(self, approval_id: str):
+        """GET /.hoopy/approvals/ID: the caller's own approval (its token), to poll after a 202."""
+        self.record.outcome = "status"
+        if self.method_b not in (b"GET", b"HEAD"):
+            return self.reply(405, {"error": "only GET reads an approval's status"}, [(b"Allow", b"GET, HEAD")])
+        try:
+            row = await self.wait(self.session.approval_status(approval_id))
+        except StoreError:
+            raise Refusal(503, "the audit store cannot be read", "error")
+        if row is None:
+            return self.reply(404, {"error": f"no approval {approval_id} of yours", "approval": approval_id})
+        body = {k: v for k, v in row.items() if not k.endswith("_us")}
+        for k in ("created_us", "expires_us", "decided_us", "usable_until_us"):
+            if row.get(k) is not None:
+                body[k[:-3]] = iso(row[k])
+        if body["status"] == "approved":
+            body["message"] = "approved: send the identical request again (it runs once)"
+        self.reply(200, body)
 
     def target(self) -> bytes:
         t = self.site.upstream_prefix + self.path.encode()
@@ -360,8 +398,14 @@ class Exchange:
             return
         body = {"error": r.error}
         # A policy refusal always names its rule and approval (null when none): INTERFACE.md
-        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval")})
-        self.reply(r.status, body)
+        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval", "status_url")})
+        if "approval_status" in r.extra:
+            body["status"] = r.extra["approval_status"]
+        headers = ()
+        if r.status == 202:  # Prefer: respond-async (RFC 7240): accepted for approval, poll status_url
+            body["message"] = body.pop("error")
+            headers = ((b"Location", r.extra["status_url"].encode()), (b"Preference-Applied", b"respond-async"))
+        self.reply(r.status, body, headers)
 
     def _record(self):
         session, rec = self.session, self.record
