@@ -60,6 +60,7 @@ class GatewaySettings:
     console_url: str | None = None  # where people reach the web console (links in notifications)
     admin_tls_cert: Secret | None = None  # PEM; the admin listener (API and console) serves TLS
     admin_tls_key: Secret | None = None
+    max_statement: int = 1024 * 1024  # largest SQL text judged per protocol message
 
 
 APPROVAL_MODES = ("hold", "retry")
@@ -421,6 +422,9 @@ def parse(data: dict, path: Path) -> Config:
     approval_timeout = gw.duration("approval_timeout", default=300.0)
     gw_name = gw.string("name", default=socket.gethostname())
     busy = gw.duration("store_busy_timeout", default=5.0)
+    max_statement = gw.size("max_statement", default=1024 * 1024)
+    if max_statement is not None and max_statement < 1024:
+        gw.problem("max_statement", "must be at least 1 KiB")
     approval_ttl = gw.duration("approval_ttl", default=900.0)
     console_url = gw.string("console_url")
     if console_url is not None and not re.match(r"^https?://[^\s/]+", console_url):
@@ -439,6 +443,7 @@ def parse(data: dict, path: Path) -> Config:
     gateway = GatewaySettings(
         state=state, recordings=recordings, admin_listen=admin_listen,
         approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
+        max_statement=max_statement,
         approval_ttl=approval_ttl, console_url=console_url,
         admin_tls_cert=admin_tls_cert, admin_tls_key=admin_tls_key,
     )
