@@ -52,7 +52,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              ("columns",)),
     Protocol("ssh", "hoopy.ssh", "shell | sftp [read|write PATHGLOB] | exec COMMAND-GLOB | write PATHGLOB | "
                                  "read PATHGLOB | forward HOST:PORT"),
-    Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields",)),
+    Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields", "passthrough")),
     Protocol("mcp", "hoopy.mcp", "tool NAME [ARG=GLOB]... | resource URI | prompt NAME | sampling | elicitation | roots",
              ("fields",)),
 )}
