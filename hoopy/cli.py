@@ -137,8 +137,8 @@ def _show_approval(reader, args):
     if args.json:
         print(json.dumps(out, indent=2))
         return 0
-    for k in ("id", "state", "requester", "connection", "protocol", "session", "rule", "created", "expires",
-              "decided", "reviewer", "reason"):
+    for k in ("id", "state", "requester", "caused_by", "connection", "protocol", "session", "rule", "mode",
+              "created", "expires", "decided", "reviewer", "reason", "usable_until", "used", "used_session"):
         if out.get(k) is not None:
             print(f"{k + ':':<12}{out[k]}")
     print("operation:")
@@ -159,7 +159,20 @@ def admin_url(cfg) -> str:
         host = "127.0.0.1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{ep._port}"
+    scheme = "https" if cfg.gateway.admin_tls_cert is not None else "http"
+    return f"{scheme}://{host}:{ep._port}"
+
+
+def _admin_tls(cfg):
+    """For an https admin API: the system's CAs, and the listener's own certificate (self-signed or
+    not: X509_V_FLAG_PARTIAL_CHAIN lets a leaf be its own anchor)."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    if cfg.gateway.admin_tls_cert is not None:
+        ctx.load_verify_locations(cadata=cfg.gateway.admin_tls_cert.value)
+        ctx.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
+    return ctx
 
 
 def cmd_decide(args):
@@ -174,7 +187,7 @@ def cmd_decide(args):
                                  headers={"Authorization": f"Bearer {token}",
                                           "Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=30, context=_admin_tls(cfg) if base.startswith("https:") else None) as resp:
             out = json.load(resp)
     except urllib.error.HTTPError as e:
         try:
@@ -203,8 +216,10 @@ def cmd_sessions(args):
         return 0
     _table([[s["id"], s["identity"] or "-", s["connection"] or "-", s["protocol"] or "-",
              session_json(s)["start"] or "-", session_json(s)["end"] or "open",
-             s["model"] or "-", s["tool_call"] or "-"] for s in rows],
-           ["ID", "IDENTITY", "CONNECTION", "PROTOCOL", "START", "END", "MODEL", "TOOL CALL"])
+             s["model"] or "-", s["tool_call"] or "-", s["mcp_server"] or "-", s["application_name"] or "-"]
+            for s in rows],
+           ["ID", "IDENTITY", "CONNECTION", "PROTOCOL", "START", "END", "MODEL", "TOOL CALL", "MCP SERVER",
+            "APPLICATION"])
     return 0
 
 
@@ -228,12 +243,18 @@ def cmd_show(args):
     attribution = {k: s[k] for k in ("model", "tool_call", "mcp_server", "application_name") if s[k]}
     if attribution:
         print("  " + "  ".join(f"{k}={v}" for k, v in attribution.items()))
+    from hoopy.mcp.show import beneath
+
+    links = beneath(reader, s, events)  # the causal link: tool calls and what they caused
     for e in events:
-        data = e["data"]
+        data = dict(e["data"])
         text = data.pop("text", None)
+        data.pop("caused_by", None)
         extra = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in data.items() if v is not None)
         print(f"{e['seq']:>6} {e['time']} {e['kind']:<18} {e['outcome'] or '':<9} "
               + (f"{text}  " if text else "") + extra)
+        for line in links.get(e["seq"], ()):
+            print(f"{'':>8}{line}")
     return 0
 
 
@@ -336,6 +357,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--since", help="RFC 3339 time or date")
     sp.add_argument("--until", help="RFC 3339 time or date")
     sp.set_defaults(fn=cmd_export)
+    from hoopy.mcp.cli import add_parser as add_mcp
+
+    add_mcp(sub, cfg)
     return p
 
 

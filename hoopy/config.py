@@ -56,6 +56,14 @@ class GatewaySettings:
     approval_timeout: float
     name: str
     store_busy_timeout: float
+    approval_ttl: float = 900.0  # a retry-mode approval may be used this long after its decision
+    console_url: str | None = None  # where people reach the web console (links in notifications)
+    admin_tls_cert: Secret | None = None  # PEM; the admin listener (API and console) serves TLS
+    admin_tls_key: Secret | None = None
+    max_statement: int = 1024 * 1024  # largest SQL text judged per protocol message
+
+
+APPROVAL_MODES = ("hold", "retry")
 
 
 @attrs.frozen
@@ -66,6 +74,8 @@ class Connection:
     upstream: str
     settings: Any  # the protocol's own attrs object (hoopy.<type>.settings)
     approval_timeout: float
+    approvals: str = "hold"  # hold: the caller waits; retry: refused at once with the approval id
+    approval_ttl: float = 900.0
 
 
 @attrs.frozen
@@ -80,6 +90,8 @@ class Grant:
     # What becomes of a part no rule can judge before it runs (a `$(...)`, an `eval`):
     # "deny" (refused, the default) or "approve" (held for a reviewer).
     unjudgeable: str = "deny"
+    approvals: str | None = None  # overrides the connection's, for what this grant's approve rules hold
+    approval_ttl: float | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and now >= self.expires
@@ -92,6 +104,7 @@ class Masking:
     fields: tuple[str, ...]
     patterns: tuple  # of hoopy.policy.masking.Detector
     index: int
+    passthrough: tuple[str, ...] = ()  # http: "METHOD /glob" routes whose unreadable bodies pass unmasked
 
 
 @attrs.frozen
@@ -102,6 +115,7 @@ class Config:
     connections: dict  # name -> Connection
     grants: tuple[Grant, ...]
     masking: tuple[Masking, ...]
+    notify: tuple = ()  # of hoopy.notify.settings.NotifyTarget
 
     @property
     def base_dir(self) -> Path:
@@ -408,10 +422,30 @@ def parse(data: dict, path: Path) -> Config:
     approval_timeout = gw.duration("approval_timeout", default=300.0)
     gw_name = gw.string("name", default=socket.gethostname())
     busy = gw.duration("store_busy_timeout", default=5.0)
+    max_statement = gw.size("max_statement", default=1024 * 1024)
+    if max_statement is not None and max_statement < 1024:
+        gw.problem("max_statement", "must be at least 1 KiB")
+    approval_ttl = gw.duration("approval_ttl", default=900.0)
+    console_url = gw.string("console_url")
+    if console_url is not None and not re.match(r"^https?://[^\s/]+", console_url):
+        gw.problem("console_url", "must be an http:// or https:// URL (where the console is reached)")
+        console_url = None
+    admin_tls_cert = gw.secret("admin_tls_cert")
+    admin_tls_key = gw.secret("admin_tls_key")
+    if (gw.has("admin_tls_cert")) != (gw.has("admin_tls_key")):
+        gw.problem("admin_tls_key" if gw.has("admin_tls_cert") else "admin_tls_cert",
+                   "admin_tls_cert and admin_tls_key go together")
+    elif admin_tls_cert is not None and admin_tls_key is not None:
+        err = _check_tls_pair(admin_tls_cert.value, admin_tls_key.value)
+        if err:
+            gw.problem("admin_tls_cert", err)
     gw.finish()
     gateway = GatewaySettings(
         state=state, recordings=recordings, admin_listen=admin_listen,
         approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
+        max_statement=max_statement,
+        approval_ttl=approval_ttl, console_url=console_url,
+        admin_tls_cert=admin_tls_cert, admin_tls_key=admin_tls_key,
     )
 
     # [identities.NAME]
@@ -451,6 +485,8 @@ def parse(data: dict, path: Path) -> Config:
                     t.problem("listen", f"port {addr[0]} is already used by {other}")
             listeners.append((f"{key}.listen", addr))
         timeout = t.duration("approval_timeout", default=approval_timeout)
+        mode = t.string("approvals", default="hold", choices=APPROVAL_MODES)
+        ttl = t.duration("approval_ttl", default=approval_ttl)
         if ctype is None:
             continue  # its other keys cannot be judged without a type
         settings = PROTOCOLS[ctype].parse_settings(t)
@@ -458,8 +494,15 @@ def parse(data: dict, path: Path) -> Config:
         if listen:
             connections[name] = Connection(
                 name=name, type=ctype, listen=listen, upstream=t.data.get("upstream"),
-                settings=settings, approval_timeout=timeout,
+                settings=settings, approval_timeout=timeout, approvals=mode, approval_ttl=ttl,
             )
+
+    # Settings that name other parts of the file (an MCP connection's acts_as identity)
+    for name, conn in connections.items():
+        cross = getattr(conn.settings, "cross_check", None)
+        if cross is not None:
+            for key, message in cross(declared):
+                problems.append(Problem(f"connections.{name}.{key}", message))
 
     # [[grants]]
     grants = []
@@ -485,7 +528,7 @@ def parse(data: dict, path: Path) -> Config:
                 if ctype is None:
                     continue
                 try:
-                    rules.append(parse_rule(ctype, text))
+                    rules.append(parse_rule(ctype, text, deny=word == "deny"))
                 except RuleError as e:
                     t.problem(f"{word}[{j}]", str(e))
             lists[word] = tuple(rules)
@@ -493,10 +536,12 @@ def parse(data: dict, path: Path) -> Config:
         if t.has("expires"):
             expires = _parse_time(t.raw("expires"), t.name("expires"), problems)
         unjudgeable = t.string("unjudgeable", default="deny", choices=("deny", "approve")) or "deny"
+        g_mode = t.string("approvals", choices=APPROVAL_MODES)
+        g_ttl = t.duration("approval_ttl")
         t.finish()
         if ident and conn:
             grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i,
-                                unjudgeable))
+                                unjudgeable, g_mode, g_ttl))
 
     # [[masking]]
     masking = []
@@ -514,13 +559,20 @@ def parse(data: dict, path: Path) -> Config:
             ctype = conn_types.get(conn)
         columns = t.strings("columns")
         fields = t.strings("fields")
-        for word, given in (("columns", columns), ("fields", fields)):
+        passthrough = t.strings("passthrough")
+        for word, given in (("columns", columns), ("fields", fields), ("passthrough", passthrough)):
             if given and ctype is not None and word not in PROTOCOLS[ctype].masking_keys:
                 owners = [p.name for p in PROTOCOLS.values() if word in p.masking_keys]
                 t.problem(word, f"{word} apply to {' and '.join(owners)} connections only")
         for j, col in enumerate(columns):
             if len(col.split(".")) not in (2, 3) or not all(col.split(".")):
                 t.problem(f"columns[{j}]", f"{col!r} is not schema.table.column")
+        if ctype == "http":
+            for j, route in enumerate(passthrough):
+                try:
+                    PROTOCOLS["http"].parse_rule(route)
+                except RuleError as e:
+                    t.problem(f"passthrough[{j}]", str(e))
         detectors = []
         for j, text in enumerate(t.strings("patterns")):
             try:
@@ -529,15 +581,41 @@ def parse(data: dict, path: Path) -> Config:
                 t.problem(f"patterns[{j}]", str(e))
         t.finish()
         if conn:
-            masking.append(Masking(conn, columns, fields, tuple(detectors), i))
+            masking.append(Masking(conn, columns, fields, tuple(detectors), i, passthrough))
+
+    # [[notify]]
+    from hoopy.notify.settings import parse_target
+
+    notify = []
+    for i, table in enumerate(top._get("notify", False, [], list, "an array of tables") or []):
+        key = f"notify[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        t = Table(key, table, problems, base)
+        target = parse_target(t, i)
+        t.finish()
+        if target is not None:
+            notify.append(target)
 
     top.finish()
     if problems:
         raise ConfigError(problems)
     return Config(
         path=path, gateway=gateway, identities=identities, connections=connections,
-        grants=tuple(grants), masking=tuple(masking),
+        grants=tuple(grants), masking=tuple(masking), notify=tuple(notify),
     )
+
+
+def _check_tls_pair(cert: str, key: str) -> str | None:
+    """A PEM certificate and its key, loadable together (checked before anything listens)."""
+    try:
+        from twisted.internet import ssl
+
+        ssl.PrivateCertificate.loadPEM(cert + "\n" + key)
+    except Exception as e:
+        return f"the certificate and key cannot be loaded together: {e}"
+    return None
 
 
 def check(path) -> list[Problem]:

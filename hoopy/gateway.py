@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from hoopy.audit.events import Event
 from hoopy.audit.failures import AuthFailureLog
 from hoopy.audit.store import StateConflict, open_store
+from hoopy.causal import InFlight
 from hoopy.identity import Directory
 from hoopy.metrics import Metrics
 from hoopy.policy.approvals import ApprovalService
@@ -37,11 +38,25 @@ class Gateway(MultiService):
         self._byte_counters: dict = {}
         self.auth_failures = AuthFailureLog(self.record, reactor)
         self.store = store or open_store(config, reactor)
-        self.store.on_error = lambda e: self.metrics.store_errors.inc()
+        self.store.on_error = self._store_failed
         self.approvals = ApprovalService(self.store, self.identities, reactor, self.metrics)
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
         self.recordings = config.gateway.recordings
         self.sessions: dict[str, Session] = {}
+        self.in_flight = InFlight()  # MCP tool calls now running: what operations record as caused_by
+        self.notifier = None
+        if config.notify:
+            from hoopy.notify.delivery import Notifier
+
+            self.notifier = Notifier(self, config.notify)
+            self.notifier.setName("notify")
+            self.notifier.setServiceParent(self)
+            self.store.observers.append(self.notifier.observe)
+
+    def _store_failed(self, error):
+        self.metrics.store_errors.inc()
+        if self.notifier is not None:
+            self.notifier.store_failed(error)
 
     # --- building ----------------------------------------------------------
 
@@ -61,9 +76,10 @@ class Gateway(MultiService):
 
     # --- sessions -----------------------------------------------------------
 
-    def new_session(self, identity: str, connection, peer: str) -> Session:
-        """A session object; ``start()`` records it (and fails if it cannot)."""
-        return Session(self, identity, connection.name, connection.type, peer)
+    def new_session(self, identity: str, connection, peer: str, credential: str | None = None) -> Session:
+        """A session object; ``start()`` records it (and fails if it cannot). ``credential``:
+        the per-child credential it authenticated with (hoopy.identity.Directory.issue)."""
+        return Session(self, identity, connection.name, connection.type, peer, credential=credential)
 
     def _session_started(self, session: Session):
         self.sessions[session.id] = session
@@ -141,4 +157,5 @@ class Gateway(MultiService):
                 except Exception:
                     log.failure("terminating session {id}", id=session.id)
             ds.append(session.end(reason))
+        ds.extend(self.approvals.expire_all(reason))  # retry-mode ones outlive their session
         return DeferredList([d for d in ds if d is not None], consumeErrors=True)

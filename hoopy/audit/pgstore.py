@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
-from hoopy.audit.writer import BatchedStore, Dialect, StoreError, schema_sql, write_batch
+from hoopy.audit.writer import BatchedStore, Dialect, StoreError, migration_sql, schema_sql, write_batch
 
 log = Logger()
 
@@ -96,14 +96,27 @@ def ensure_schema(conn) -> None:
                        " AND to_regclass(%s) IS NOT NULL",
                        (f"{SCHEMA_NAME}.events", f"{SCHEMA_NAME}.sessions",
                         f"{SCHEMA_NAME}.approvals")).fetchone()
-    if row[0]:
-        return
-    with conn.transaction():
-        # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
+    if not row[0]:
+        with conn.transaction():
+            # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+    existing = {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+        (SCHEMA_NAME, "approvals")).fetchall()}
+    todo = migration_sql(existing, f"{SCHEMA_NAME}.", "BIGINT")
+    if any(s.startswith("ALTER") for s in todo) or not _has_index(conn, "approvals_canonical"):
+        # A table made by an older release: its new columns (needs the owner, once).
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+            for stmt in todo:
+                conn.execute(stmt.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+
+
+def _has_index(conn, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA_NAME}.{name}",)).fetchone()[0]
 
 
 @implementer(IStoreReader)

@@ -33,7 +33,7 @@ class Result:
 # and `hoopy approvals` show these, so they must agree with the chain.
 SESSION_FROM_EVENTS = ("identity", "connection", "protocol", "peer", "started_us", "ended_us",
                        "end_reason", "model", "tool_call", "mcp_server", "application_name")
-APPROVAL_FROM_EVENTS = ("requester", "session", "operation", "state", "reviewer")
+APPROVAL_FROM_EVENTS = ("requester", "session", "operation", "state", "reviewer", "mode", "canonical", "ttl_s")
 
 
 def _derive(row, sessions: dict, approvals: dict):
@@ -52,7 +52,15 @@ def _derive(row, sessions: dict, approvals: dict):
         approvals[data["approval"]] = {"requester": row["identity"], "session": sid,
                                        "operation": data.get("review", data.get("text")),
                                        "state": "pending",
-                                       "reviewer": None, "_seq": row["seq"]}
+                                       "reviewer": None, "_seq": row["seq"],
+                                       # retry mode: what a later identical operation must match
+                                       "mode": data.get("mode"), "canonical": data.get("canonical"),
+                                       "ttl_s": data.get("ttl_s")}
+    elif kind == "operation" and row["outcome"] == "allowed" and '"approval"' in row["data"]:
+        # A retry-mode approval's one run names it: from then on it is used.
+        aid = json.loads(row["data"]).get("approval")
+        if aid in approvals:
+            approvals[aid]["state"] = "used"
     elif kind in ("approval.decided", "approval.expired"):
         data = json.loads(row["data"])
         if data.get("approval") in approvals:

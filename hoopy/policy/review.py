@@ -43,6 +43,11 @@ def _one_line(text: str) -> str:
     return str(text).replace("\\", "\\\\").replace("\n", "\\n")
 
 
+def escape_controls(text: str) -> str:
+    """Control characters and bidirectional overrides shown as ``\\x1b``, ``\\u202e``; tab and newline kept."""
+    return _UNSAFE.sub(_escape, text)
+
+
 def _escape(m) -> str:
     c = ord(m.group())
     return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
