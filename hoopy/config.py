@@ -56,6 +56,21 @@ class GatewaySettings:
     approval_timeout: float
     name: str
     store_busy_timeout: float
+    signing_key: Path | None = None  # Ed25519 private key; its public half beside it (.pub)
+    audit_anchor: str | None = None  # file:PATH | syslog:PATH | syslog://HOST[:PORT] | http(s)://URL
+    state_reader: str | None = None  # a postgresql:// URL the reader commands use instead of state
+    heartbeat: float = 60.0  # an idle node signs a heartbeat event this often
+    sign_interval: float = 2.0  # events stay unsigned at most about this long
+    admin_ca: Path | None = None  # CA the CLI trusts for an ssl: admin_listen
+
+    @property
+    def signing_public_key(self) -> Path | None:
+        """Where readers find the signing key's public half."""
+        return self.signing_key.with_name(self.signing_key.name + ".pub") if self.signing_key else None
+
+    @property
+    def reader_state(self) -> str:
+        return self.state_reader or self.state
 
 
 @attrs.frozen
@@ -99,6 +114,9 @@ class Config:
     connections: dict  # name -> Connection
     grants: tuple[Grant, ...]
     masking: tuple[Masking, ...]
+    # "full" (the gateway, `hoopy check`), "reader" (connections' settings left unread: no
+    # secret resolved) or "gateway" (only the [gateway] table was read).
+    mode: str = "full"
 
     @property
     def base_dir(self) -> Path:
@@ -369,8 +387,17 @@ def _parse_time(value, key: str, problems: list[Problem]) -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
-def load(path: str | os.PathLike) -> Config:
-    """Read and validate the file; raise ConfigError naming every problem."""
+MODES = ("full", "reader", "gateway")
+
+
+def load(path: str | os.PathLike, mode: str = "full") -> Config:
+    """Read and validate the file; raise ConfigError naming every problem.
+
+    ``mode="gateway"`` reads only the [gateway] table (what the reader commands
+    need: the state, recordings, admin address, the signing key's public half);
+    ``mode="reader"`` also reads identities, grants and masking, and of each
+    connection only its type, listen and upstream: no secret is resolved, so
+    nobody needs a connection's password to read the record."""
     path = Path(path).absolute()
     try:
         with open(path, "rb") as f:
@@ -379,10 +406,106 @@ def load(path: str | os.PathLike) -> Config:
         raise ConfigError([Problem("", f"cannot read {path}: {e.strerror or e}")])
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Problem("", f"{path}: not valid TOML: {e}")])
-    return parse(data, path)
+    return parse(data, path, mode)
 
 
-def parse(data: dict, path: Path) -> Config:
+def _admin_listen_problem(desc: str) -> str | None:
+    """The admin API carries reviewers' tokens: it is reached at an IP literal (a name
+    could resolve anywhere), over tcp: or ssl:."""
+    import ipaddress
+
+    kind = desc.split(":", 1)[0].lower()
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return f"must be a tcp: or ssl: endpoint (the hoopy command reaches it over HTTP), not {kind}:"
+    from twisted.internet.endpoints import serverFromString
+
+    iface = getattr(serverFromString(None, desc), "_interface", "") or ""
+    if iface:
+        try:
+            ipaddress.ip_address(iface)
+        except ValueError:
+            return (f"interface={iface} must be an IP address (127.0.0.1, ::1, 10.0.0.5): "
+                    "a host name could resolve to another machine, which would receive reviewers' tokens")
+    return None
+
+
+def _anchor_problem(value: str, base: Path) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value.startswith("file:"):
+        p = Path(os.path.expanduser(value[5:]))
+        p = p if p.is_absolute() else base / p
+        if not p.parent.is_dir():
+            return f"folder {p.parent} does not exist"
+        return None
+    if value.startswith("syslog:"):
+        rest = value[7:]
+        if rest.startswith("//"):
+            u = urlsplit(value)
+            try:
+                u.port
+            except ValueError:
+                return "syslog://HOST[:PORT]: bad port"
+            return None if u.hostname else "syslog://HOST[:PORT] needs a host"
+        return None if rest.startswith("/") else "syslog:/dev/log (a socket path) or syslog://HOST[:PORT] (UDP)"
+    if value.startswith(("http://", "https://")):
+        return None if urlsplit(value).hostname else "the URL needs a host"
+    return "must be \"file:/path\", \"syslog:/dev/log\", \"syslog://HOST[:PORT]\" or an http(s):// URL"
+
+
+def _parse_gateway(top: Table, problems: list, base: Path) -> GatewaySettings:
+    gw = Table("gateway", top.table("gateway", default={}), problems, base)
+    state = gw.string("state", default="hoopy.db")
+    if state and not state.startswith(("postgresql://", "postgres://")):
+        state = str(gw.resolve_path(state))
+    elif state:
+        for message in check_postgres_state(state):
+            problems.append(Problem("gateway.state", message))
+    state_reader = gw.string("state_reader")
+    if state_reader is not None:
+        if not state_reader.startswith(("postgresql://", "postgres://")):
+            gw.problem("state_reader", "is a postgresql:// URL (a read-only role for the reader commands)")
+            state_reader = None
+        elif not (state or "").startswith(("postgresql://", "postgres://")):
+            gw.problem("state_reader", "only goes with a postgresql:// state")
+            state_reader = None
+        else:
+            for message in check_postgres_state(state_reader):
+                gw.problem("state_reader", message)
+    recordings = gw.resolve_path(gw.string("recordings", default="recordings"))
+    admin_listen = gw.server_endpoint("admin_listen")
+    if admin_listen and (err := _admin_listen_problem(admin_listen)):
+        gw.problem("admin_listen", err)
+        admin_listen = None
+    approval_timeout = gw.duration("approval_timeout", default=300.0)
+    gw_name = gw.string("name", default=socket.gethostname())
+    busy = gw.duration("store_busy_timeout", default=5.0)
+    signing_key = gw.file_path("signing_key")
+    if signing_key is not None and not signing_key.exists() and not signing_key.parent.is_dir():
+        gw.problem("signing_key", f"folder {signing_key.parent} does not exist: a key is created only "
+                                  "in an existing folder (is the path mistyped?)")
+    anchor = gw.string("audit_anchor")
+    if anchor is not None and (err := _anchor_problem(anchor, base)):
+        gw.problem("audit_anchor", err)
+    if anchor is not None and signing_key is None:
+        gw.problem("audit_anchor", "anchors signed heads: it needs signing_key")
+    heartbeat = gw.duration("heartbeat", default=60.0)
+    if not 0.05 <= heartbeat <= 60:
+        gw.problem("heartbeat", "must be between 50ms and 1m (an idle gateway signs at least every minute)")
+    sign_interval = gw.duration("sign_interval", default=2.0)
+    if not 0.01 <= sign_interval <= 10:
+        gw.problem("sign_interval", "must be between 10ms and 10s")
+    admin_ca = gw.file_path("admin_ca")
+    gw.finish()
+    return GatewaySettings(
+        state=state, recordings=recordings, admin_listen=admin_listen,
+        approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
+        signing_key=signing_key, audit_anchor=anchor, state_reader=state_reader,
+        heartbeat=heartbeat, sign_interval=sign_interval, admin_ca=admin_ca,
+    )
+
+
+def parse(data: dict, path: Path, mode: str = "full") -> Config:
     from hoopy.identity import parse_identity
     from hoopy.policy.masking import parse_detector
     from hoopy.policy.rules import RuleError
@@ -393,23 +516,14 @@ def parse(data: dict, path: Path) -> Config:
     top = Table("", data, problems, base)
 
     # [gateway]
-    gw = Table("gateway", top.table("gateway", default={}), problems, base)
-    state = gw.string("state", default="hoopy.db")
-    if state and not state.startswith(("postgresql://", "postgres://")):
-        state = str(gw.resolve_path(state))
-    elif state:
-        for message in check_postgres_state(state):
-            problems.append(Problem("gateway.state", message))
-    recordings = gw.resolve_path(gw.string("recordings", default="recordings"))
-    admin_listen = gw.server_endpoint("admin_listen")
-    approval_timeout = gw.duration("approval_timeout", default=300.0)
-    gw_name = gw.string("name", default=socket.gethostname())
-    busy = gw.duration("store_busy_timeout", default=5.0)
-    gw.finish()
-    gateway = GatewaySettings(
-        state=state, recordings=recordings, admin_listen=admin_listen,
-        approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
-    )
+    gateway = _parse_gateway(top, problems, base)
+    admin_listen = gateway.admin_listen
+    approval_timeout = gateway.approval_timeout
+    if mode == "gateway":
+        if problems:
+            raise ConfigError(problems)
+        return Config(path=path, gateway=gateway, identities={}, connections={}, grants=(), masking=(),
+                      mode=mode)
 
     # [identities.NAME]
     identities = {}
@@ -450,8 +564,12 @@ def parse(data: dict, path: Path) -> Config:
         timeout = t.duration("approval_timeout", default=approval_timeout)
         if ctype is None:
             continue  # its other keys cannot be judged without a type
-        settings = PROTOCOLS[ctype].parse_settings(t)
-        t.finish()
+        if mode == "reader":
+            # Readers see where secrets live, never their values: nothing is resolved.
+            settings = {k: v for k, v in t.data.items() if k not in ("type", "listen", "approval_timeout")}
+        else:
+            settings = PROTOCOLS[ctype].parse_settings(t)
+            t.finish()
         if listen:
             connections[name] = Connection(
                 name=name, type=ctype, listen=listen, upstream=t.data.get("upstream"),
@@ -531,7 +649,7 @@ def parse(data: dict, path: Path) -> Config:
         raise ConfigError(problems)
     return Config(
         path=path, gateway=gateway, identities=identities, connections=connections,
-        grants=tuple(grants), masking=tuple(masking),
+        grants=tuple(grants), masking=tuple(masking), mode=mode,
     )
 
 

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
-from hoopy.audit.writer import BatchedStore, Dialect, StoreError, schema_sql, write_batch
+from hoopy.audit.writer import ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, schema_sql, write_batch
 
 log = Logger()
 
@@ -89,21 +89,37 @@ def _first_line(e) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def event_columns(conn) -> set:
+    return {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'events'",
+        (SCHEMA_NAME,)).fetchall()}
+
+
 def ensure_schema(conn) -> None:
-    """Create the hoopy schema if absent. Skipped when the tables exist, so a
-    runtime role without CREATE works once an owner has run it."""
+    """Create the hoopy schema if absent, and add the event columns a store made
+    by an earlier hoopy lacks. Skipped when all is there, so a runtime role
+    without CREATE works once an owner has run it."""
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL"
                        " AND to_regclass(%s) IS NOT NULL",
                        (f"{SCHEMA_NAME}.events", f"{SCHEMA_NAME}.sessions",
                         f"{SCHEMA_NAME}.approvals")).fetchone()
-    if row[0]:
+    if row[0] and not set(ADDED_EVENT_COLUMNS) - event_columns(conn):
         return
-    with conn.transaction():
-        # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                conn.execute(stmt)
+    psycopg = _psycopg()
+    try:
+        with conn.transaction():
+            # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+            for stmt in SCHEMA.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            for col in ADDED_EVENT_COLUMNS:
+                conn.execute(f"ALTER TABLE {SCHEMA_NAME}.events ADD COLUMN IF NOT EXISTS {col} text")
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise StoreError(
+            f"the hoopy schema needs creating or upgrading, and this role may not: {_first_line(e)}; "
+            f"start once as the tables' owner, or run: ALTER TABLE {SCHEMA_NAME}.events "
+            + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} text" for c in ADDED_EVENT_COLUMNS)) from e
 
 
 @implementer(IStoreReader)
@@ -124,6 +140,7 @@ class PostgresReader(ReaderQueries):
         from psycopg.rows import dict_row
 
         self.dsn = dsn
+        self._columns = None
         self.db = connect(dsn)
         self.db.autocommit = False
         self.db.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -141,6 +158,13 @@ class PostgresReader(ReaderQueries):
 
     def close(self):
         self.db.close()
+
+    def _event_columns(self) -> set:
+        if self._columns is None:
+            self._columns = {r["column_name"] for r in self._rows(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'events'", (SCHEMA_NAME,))}
+        return self._columns
 
     def _rows(self, sql, args=()):
         return list(self.db.execute(sql, args).fetchall())
@@ -229,17 +253,17 @@ class PostgresEventStore(BatchedStore):
         if self._listener is not None:
             self._listener.join(5)
 
-    def _write(self, batch):
+    def _write(self, batch, sign=False):
         psycopg = _psycopg()
         try:
             try:
-                results, head = self._transaction(batch)
+                results, signed = self._transaction(batch, sign)
             except _IdleConnectionLost:
                 # The server closed the connection while it sat idle (restart,
                 # failover, pg_terminate_backend) and nothing of this batch was
                 # sent: once more on a new connection. If that fails, refuse.
                 self._drop()
-                results, head = self._transaction(batch)
+                results, signed = self._transaction(batch, sign)
         except Exception as e:
             lost = isinstance(e, psycopg.OperationalError) and not isinstance(
                 e, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
@@ -248,6 +272,7 @@ class PostgresEventStore(BatchedStore):
             err = StoreError(f"the state store cannot write: {_first_line(e)}")
             self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
             return
+        self._committed(sum(1 for _, r in results if not isinstance(r, Exception)), signed)
         self.reactor.callFromThread(self._written, results)
 
     def _drop(self):
@@ -258,8 +283,8 @@ class PostgresEventStore(BatchedStore):
             pass
         self._conn = None
 
-    def _transaction(self, batch):
-        """One transaction for the whole batch; (results, new head) after COMMIT."""
+    def _transaction(self, batch, sign):
+        """One transaction for the whole batch; (results, the signed head or None) after COMMIT."""
         psycopg = _psycopg()
         reused = self._conn is not None and not self._conn.closed
         if not reused:
@@ -273,7 +298,7 @@ class PostgresEventStore(BatchedStore):
                 raise _IdleConnectionLost() from e
             raise
         try:
-            results, head = self._batch(cur, batch)
+            results, signed = self._batch(cur, batch, sign)
             cur.execute("COMMIT")
         except BaseException:
             if not conn.broken and not conn.closed:
@@ -282,16 +307,17 @@ class PostgresEventStore(BatchedStore):
                 except Exception:
                     pass
             raise
-        return results, head
+        return results, signed
 
-    def _batch(self, cur, batch):
+    def _batch(self, cur, batch, sign):
         # Every node appends to one chain: serialize, then read the head.
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
         head = self.dialect.head(cur) or (0, GENESIS)
-        results, head, decided = write_batch(self.dialect, cur, batch, head, self.gateway)
+        results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
+                                                     self.signer, sign)
         for aid in decided:  # delivered on COMMIT, never before
             cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
-        return results, head
+        return results, signed
 
     # --- the listener thread ---------------------------------------------------------
 
