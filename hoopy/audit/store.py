@@ -301,9 +301,11 @@ def open_store(config, reactor=None):
 
 
 def open_reader(config):
-    """An IStoreReader on ``gateway.state``; raises StoreError if it cannot."""
-    if is_postgres(config.gateway.state):
+    """An IStoreReader on ``gateway.state`` (``state_reader``, a read-only role, where
+    set); raises StoreError if it cannot."""
+    state = config.gateway.state_reader or config.gateway.state
+    if is_postgres(state):
         from hoopy.audit.pgstore import PostgresReader
 
-        return PostgresReader(config.gateway.state)
-    return SQLiteReader(config.gateway.state)
+        return PostgresReader(state)
+    return SQLiteReader(state)
