@@ -497,8 +497,8 @@ def cmd_audit_key(args):
         return _fail(f"cannot read {p}: {e.strerror or e} (the gateway writes it when it first starts)", 1)
     except SigningKeyError as e:
         return _fail(f"{p}: {e}", 1)
-    print(f"# gateway {escape(cfg.gateway.name)}, key id {key.id}, from {p}", file=sys.stderr)
-    print(key.text)
+    print(f"# gateway {escape(cfg.gateway.name)}, key id {key.id}, from {escape(p)}")
+    print(key.text)  # the last line: hoopy audit verify --key "$(hoopy audit key | tail -1)"
     return 0
 
 

@@ -399,13 +399,15 @@ class BatchedStore:
                 self.reactor.callFromThread(self._stopped.callback, None)
 
     def _heartbeat(self, why: str):
-        """Sign the head with an event of its own (nothing else to sign, or a tail left unsigned)."""
+        """Sign the head with an event of its own (nothing else to sign, or a tail left unsigned).
+        If the store cannot write, the next try waits ``sign_interval``."""
         self._next_try = time.monotonic() + self.sign_interval
         event = Event(kind=HEARTBEAT, outcome="ok", data={"key": self.signer.key_id, "why": why})
         self._write([(event, canonical_json(event.data), None, None, None, None)], True)
 
     def _committed(self, wrote: int, signed: dict | None):
         """In the writer thread, after COMMIT: keep the signing clock, feed the anchor."""
+        self._next_try = 0.0  # the store writes: a heartbeat is due on time again
         if signed is not None:
             self._last_sig = time.monotonic()
             self._unsigned_since = None
