@@ -192,7 +192,7 @@ def cmd_approvals(args):
         return _show_approval(reader, args)
     rows = reader.approvals(None if args.all else "pending")
     if args.json:
-        from hoopy.admin.api import approval_json
+        from hoopy.audit.views import approval_json
 
         _print_json([approval_json(r) for r in rows])
         return 0
@@ -214,7 +214,7 @@ def _first_line(text: str) -> str:
 
 def _show_approval(reader, args):
     """One approval in full: what the reviewer approves, with its parameters or body."""
-    from hoopy.admin.api import approval_json
+    from hoopy.audit.views import approval_json
 
     aid = _resolve(reader, "approvals", args.id)
     out = approval_json(reader.approval(aid))
@@ -362,7 +362,7 @@ def cmd_decide(args):
 
 
 def cmd_sessions(args):
-    from hoopy.admin.api import session_json
+    from hoopy.audit.views import session_json
 
     cfg = _config(args)
     reader = _reader(cfg)
@@ -389,7 +389,7 @@ def _detail(data: dict) -> str:
 
 
 def cmd_show(args):
-    from hoopy.admin.api import session_json
+    from hoopy.audit.views import session_json
     from hoopy.audit.store import event_json
 
     cfg = _config(args)

@@ -39,7 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from hoopy import __version__
-from hoopy.audit.events import iso
+from hoopy.audit.views import approval_json, session_json  # noqa: F401 (the JSON shapes, shared with the CLI)
 from hoopy.audit.store import StoreError, event_json
 from hoopy.policy.approvals import ApprovalError
 
@@ -71,20 +71,6 @@ def _peer(request) -> str:
     addr = request.getClientAddress()
     host, port = getattr(addr, "host", "?"), getattr(addr, "port", 0)
     return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def approval_json(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if not k.endswith("_us")}
-    for k in ("created_us", "expires_us", "decided_us"):
-        out[k[:-3]] = iso(row.get(k))
-    return out
-
-
-def session_json(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if not k.endswith("_us")}
-    out["start"] = iso(row.get("started_us"))
-    out["end"] = iso(row.get("ended_us"))
-    return out
 
 
 class AdminResource(Resource):
