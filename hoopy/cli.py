@@ -107,7 +107,8 @@ def _table(rows: list[list[str]], header: list[str]):
 
 def _check_id(given: str, what: str) -> str:
     if not _ID.match(given or ""):
-        raise SystemExit(_fail(f"{escape(given)!s} is not a {what} id (letters, digits, - and _)", 2))
+        article = "an" if what[0] in "aeiou" else "a"
+        raise SystemExit(_fail(f"{escape(given)!s} is not {article} {what} id (letters, digits, - and _)", 2))
     return given
 
 

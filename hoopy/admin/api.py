@@ -336,6 +336,8 @@ class AdminChannel(HTTPChannel):
 
     def allContentReceived(self):
         self._disarm()
+        if self._rejected:
+            return  # answered already: the request is never processed
         super().allContentReceived()
 
     def requestDone(self, request):
