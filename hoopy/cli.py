@@ -276,19 +276,16 @@ def check_admin_url(url: str) -> str:
 
 
 def admin_url(cfg) -> str:
-    from twisted.internet.endpoints import serverFromString
+    from hoopy.config import admin_address
 
     desc = cfg.gateway.admin_listen
     if not desc:
         raise SystemExit(_fail("gateway.admin_listen is not set: the gateway has no admin API", 2))
-    ep = serverFromString(None, desc)
-    host = getattr(ep, "_interface", "") or "127.0.0.1"
-    if host in ("0.0.0.0", "::"):
-        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
-    if ":" in host:
-        host = f"[{host}]"
-    scheme = "https" if desc.split(":", 1)[0].lower() == "ssl" else "http"
-    return f"{scheme}://{host}:{ep._port}"
+    try:
+        scheme, host, port = admin_address(desc)
+    except (ValueError, IndexError):
+        raise SystemExit(_fail(f"gateway.admin_listen {desc!r}: no port in it", 2))
+    return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
 class AdminClient:

@@ -409,17 +409,52 @@ def load(path: str | os.PathLike, mode: str = "full") -> Config:
     return parse(data, path, mode)
 
 
+def split_endpoint(desc: str) -> tuple[str, list, dict]:
+    """A Twisted endpoint string's kind, positional and keyword arguments (``:`` separates,
+    ``\\`` escapes), without importing the endpoint machinery (the reader commands stay light)."""
+    parts, cur, i = [], "", 0
+    while i < len(desc):
+        c = desc[i]
+        if c == "\\" and i + 1 < len(desc):
+            cur += desc[i + 1]
+            i += 2
+            continue
+        if c == ":":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    parts.append(cur)
+    kind, args, kwargs = parts[0].lower(), [], {}
+    for p in parts[1:]:
+        k, eq, v = p.partition("=")
+        if eq:
+            kwargs[k] = v
+        else:
+            args.append(p)
+    return kind, args, kwargs
+
+
+def admin_address(desc: str) -> tuple[str, str, int]:
+    """(scheme, host, port) the hoopy command reaches ``admin_listen`` at."""
+    kind, args, kw = split_endpoint(desc)
+    port = int(kw.get("port") or args[0])
+    host = kw.get("interface") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return ("https" if kind == "ssl" else "http"), host, port
+
+
 def _admin_listen_problem(desc: str) -> str | None:
     """The admin API carries reviewers' tokens: it is reached at an IP literal (a name
     could resolve anywhere), over tcp: or ssl:."""
     import ipaddress
 
-    kind = desc.split(":", 1)[0].lower()
+    kind, args, kw = split_endpoint(desc)
     if kind not in ("tcp", "tcp6", "ssl"):
         return f"must be a tcp: or ssl: endpoint (the hoopy command reaches it over HTTP), not {kind}:"
-    from twisted.internet.endpoints import serverFromString
-
-    iface = getattr(serverFromString(None, desc), "_interface", "") or ""
+    iface = kw.get("interface", "")
     if iface:
         try:
             ipaddress.ip_address(iface)
@@ -453,7 +488,7 @@ def _anchor_problem(value: str, base: Path) -> str | None:
     return "must be \"file:/path\", \"syslog:/dev/log\", \"syslog://HOST[:PORT]\" or an http(s):// URL"
 
 
-def _parse_gateway(top: Table, problems: list, base: Path) -> GatewaySettings:
+def _parse_gateway(top: Table, problems: list, base: Path, mode: str = "full") -> GatewaySettings:
     gw = Table("gateway", top.table("gateway", default={}), problems, base)
     state = gw.string("state", default="hoopy.db")
     if state and not state.startswith(("postgresql://", "postgres://")):
@@ -473,7 +508,8 @@ def _parse_gateway(top: Table, problems: list, base: Path) -> GatewaySettings:
             for message in check_postgres_state(state_reader):
                 gw.problem("state_reader", message)
     recordings = gw.resolve_path(gw.string("recordings", default="recordings"))
-    admin_listen = gw.server_endpoint("admin_listen")
+    # Readers of [gateway] alone leave the endpoint's full check to `hoopy check` and the gateway.
+    admin_listen = gw.string("admin_listen") if mode == "gateway" else gw.server_endpoint("admin_listen")
     if admin_listen and (err := _admin_listen_problem(admin_listen)):
         gw.problem("admin_listen", err)
         admin_listen = None
@@ -506,17 +542,12 @@ def _parse_gateway(top: Table, problems: list, base: Path) -> GatewaySettings:
 
 
 def parse(data: dict, path: Path, mode: str = "full") -> Config:
-    from hoopy.identity import parse_identity
-    from hoopy.policy.masking import parse_detector
-    from hoopy.policy.rules import RuleError
-    from hoopy.protocols import PROTOCOLS, parse_rule
-
     problems: list[Problem] = []
     base = path.parent
     top = Table("", data, problems, base)
 
     # [gateway]
-    gateway = _parse_gateway(top, problems, base)
+    gateway = _parse_gateway(top, problems, base, mode)
     admin_listen = gateway.admin_listen
     approval_timeout = gateway.approval_timeout
     if mode == "gateway":
@@ -524,6 +555,12 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
             raise ConfigError(problems)
         return Config(path=path, gateway=gateway, identities={}, connections={}, grants=(), masking=(),
                       mode=mode)
+
+    # Imported here: the reader commands that need only [gateway] never load the protocols.
+    from hoopy.identity import parse_identity
+    from hoopy.policy.masking import parse_detector
+    from hoopy.policy.rules import RuleError
+    from hoopy.protocols import PROTOCOLS, parse_rule
 
     # [identities.NAME]
     identities = {}
