@@ -42,6 +42,9 @@ class Gateway(MultiService):
         self.store.sign_interval = gw.sign_interval
         self.store.heartbeat = gw.heartbeat
         self.anchor = None
+        # The key is read (or made) now, before twistd daemonizes, so a key that cannot be
+        # used stops the start with a message on the terminal.
+        self._key_created = self._load_signing_key()
         self.approvals = ApprovalService(self.store, self.identities, reactor, self.metrics)
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
         self.recordings = config.gateway.recordings
@@ -108,14 +111,26 @@ class Gateway(MultiService):
 
         path = self.config.gateway.signing_key
         if path is None:
-            log.warn("the audit chain is not signed: set [gateway] signing_key = \"file:...\" "
-                     "(see docs/operators.md)")
-            return None
+            return False
         try:
             signer, created = load_signer(path)
         except SigningKeyError as e:
             raise SystemExit(f"hoopy: {e}")
         self.store.signer = signer
+        if self.config.gateway.audit_anchor:
+            from hoopy.audit.anchor import Anchor
+
+            self.anchor = Anchor(self.config.gateway.audit_anchor, self.config.base_dir)
+            self.store.anchor = self.anchor
+        return created
+
+    def _announce_key(self, created: bool):
+        signer = self.store.signer
+        path = self.config.gateway.signing_key
+        if signer is None:
+            log.warn("the audit chain is not signed: set [gateway] signing_key = \"file:...\" "
+                     "(see docs/operators.md)")
+            return
         if created:
             log.warn("\n" + "*" * 78 + "\n"
                      "* NEW SIGNING KEY for gateway {name}: {path}\n"
@@ -125,16 +140,12 @@ class Gateway(MultiService):
                      + "*" * 78, name=self.name_, path=str(path), pub=signer.public.text, kid=signer.key_id)
         else:
             log.info("signing the audit chain with key {kid} ({path})", kid=signer.key_id, path=str(path))
-        if self.config.gateway.audit_anchor:
-            from hoopy.audit.anchor import Anchor
-
-            self.anchor = Anchor(self.config.gateway.audit_anchor, self.config.base_dir)
-            self.anchor.start()
-            self.store.anchor = self.anchor
-        return created
 
     def startService(self):
-        created = self._load_signing_key()
+        created, self._key_created = self._key_created, False
+        self._announce_key(created)
+        if self.anchor is not None:
+            self.anchor.start()  # a thread: started here, after twistd has daemonized
         self.store.start()
         if created:
             signer = self.store.signer
