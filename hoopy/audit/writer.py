@@ -175,9 +175,15 @@ class Dialect:
         return cur.fetchone()
 
 
+_COLUMN_SETS: dict = {}
+
+
 def _row_write(table_columns, values: dict, drop=()) -> dict:
     """The values an upsert or update really writes (unknown keys are not written)."""
-    return {c: values[c] for c in table_columns if c in values and c not in drop}
+    known = _COLUMN_SETS.get(table_columns)
+    if known is None:
+        known = _COLUMN_SETS[table_columns] = frozenset(table_columns)
+    return {c: v for c, v in values.items() if c in known and c not in drop}
 
 
 def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, sign: bool = False):
