@@ -104,6 +104,7 @@ def test_the_hand_written_encoder_is_the_json_module_of_hoopy_0_1(values):
     """The bytes v1 hashed were json.dumps(..., separators=(",", ":"), ensure_ascii=False): the
     hand-written encoder must agree with it on every list of integers, strings and NULLs."""
     assert chain_array(values) == json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+    assert chain._array(values) == chain_array(values)  # the fast path links use
 
 
 def test_values_the_gateway_never_writes_are_refused():
