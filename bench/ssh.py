@@ -9,7 +9,8 @@ Starts a real sshd on a free port (as the tests do) and a real
   1. 256 MiB through ``exec cat`` with the OpenSSH client: MB/s, direct and through hoopy;
   2. interactive echo latency: one byte to ``cat`` on a pty and back, median and p99;
   3. 200 exec sessions at once (asyncssh clients, one connection each): errors and wall time;
-  4. gateway memory per idle session (authenticated, upstream connected, no channel).
+  4. gateway memory per idle session (authenticated, upstream connected, no channel);
+  J. (first, in process) the time to judge a typical agent command line: parse, parts, rules.
 
 Prints each figure and the hoopy/direct ratio. A script, not a test.
 """
@@ -118,13 +119,60 @@ async def idle_memory(t: Target, gw, n: int) -> float:
     return (after - before) / n
 
 
+# Command lines as MCP servers and agents send them, and the grant they are judged against.
+AGENT_LINES = [
+    "cd /srv/app && git status",
+    "timeout 120 sh -c 'echo hello'",
+    "ps aux | grep nginx",
+    "journalctl -u api --no-pager | tail -50",
+    "systemctl status api || true",
+    "cd '/srv/app' && git log --oneline -20 | grep -v Merge",
+    "cat > /etc/app/conf.d/x.conf <<'EOF'\nlisten 80;\nEOF",
+]
+AGENT_GRANT = dict(
+    allow=["exec git status", "exec git log *", "exec ps aux", "exec grep *", "exec tail -*", "exec true",
+           "exec journalctl -u * --no-pager", "exec systemctl status *", "exec echo *", "exec cat /var/log/*",
+           "write /etc/app/conf.d/*.conf", "read /etc/hosts"],
+    approve=["exec systemctl restart *"], deny=["exec systemctl status secret*", "exec rm *"])
+
+
+def judgement(rounds: int = 2000) -> list[tuple[str, float]]:
+    """Microseconds to judge one line: parse (tree-sitter), split into parts, match every rule of a
+    12-rule grant (the policy's own per-unit judgement). The best of 7 runs of `rounds` each."""
+    import timeit
+
+    from hoopy.config import Grant
+    from hoopy.policy.service import _judge_unit
+    from hoopy.protocols import parse_rule
+    from hoopy.ssh import shell
+
+    rules = {k: tuple(parse_rule("ssh", r) for r in v) for k, v in AGENT_GRANT.items()}
+    grants = [Grant("agent", "web", rules["allow"], rules["approve"], rules["deny"], None, 0)]
+    out = []
+    for line in AGENT_LINES:
+        def judge(line=line):
+            return [_judge_unit(grants, u) for u in shell.analyze(line, "bash").units]
+
+        judge()
+        best = min(timeit.repeat(judge, number=rounds, repeat=7)) / rounds
+        out.append((line, best * 1e6))
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--echoes", type=int, default=500)
     ap.add_argument("--concurrent", type=int, default=200)
     ap.add_argument("--idle", type=int, default=200)
+    ap.add_argument("--judge-only", action="store_true", help="only the command-line judgement benchmark")
     args = ap.parse_args()
+
+    print("J. judging an agent's command line (parse, parts, a 12-rule grant); goal: under 100 us")
+    for line, us in judgement():
+        print(f"   {us:7.1f} us  {line!r}")
+    if args.judge_only:
+        return
 
     with tempfile.TemporaryDirectory(prefix="hoopy-bench-ssh-") as tmp:
         tmp = Path(tmp)
@@ -136,7 +184,7 @@ def main():
             agent = ident("agent")
             conn, port = connection_toml(sshd)
             body = agent.toml(ssh_keys=[pub]) + conn + grant(
-                "agent", ["exec cat", "exec echo *", "exec stty raw -echo; cat"])
+                "agent", ["exec cat", "exec echo *", "exec stty raw -echo"])
             (tmp / "gw").mkdir()
             gw = HoopyProcess(tmp / "gw", body).start()
             direct = Target("direct", sshd.port, sshd.user, sshd.client_key)

@@ -204,7 +204,7 @@ def cmd_approvals(args):
              _first_line(escape(r["operation"], keep_newlines=True))] for r in rows],
            ["ID", "IDENTITY", "CONNECTION", "STATE", "AGE", "OPERATION"])
     if any(_first_line(r["operation"]) != r["operation"] for r in rows):
-        print("(... : more in `hoopy approvals ID`: parameters, request body)")
+        print("(... : more in `hoopy approvals ID`: parameters, request body, the parts of a command line)")
     return 0
 
 

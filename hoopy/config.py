@@ -92,6 +92,9 @@ class Grant:
     deny: tuple
     expires: datetime | None
     index: int  # position in the file, for messages: grants[3]
+    # What becomes of a part no rule can judge before it runs (a `$(...)`, an `eval`):
+    # "deny" (refused, the default) or "approve" (held for a reviewer).
+    unjudgeable: str = "deny"
 
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and now >= self.expires
@@ -644,9 +647,11 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
         expires = None
         if t.has("expires"):
             expires = _parse_time(t.raw("expires"), t.name("expires"), problems)
+        unjudgeable = t.string("unjudgeable", default="deny", choices=("deny", "approve")) or "deny"
         t.finish()
         if ident and conn:
-            grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i))
+            grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i,
+                                unjudgeable))
 
     # [[masking]]
     masking = []

@@ -92,6 +92,14 @@ class Identity:
     ssh_keys: tuple
     token_sha256: bytes | None = attrs.field(repr=False)
     token_scram: ScramVerifier | None = attrs.field(repr=False)
+    # Fixed attribution, recorded on every session of this identity (an MCP server that cannot
+    # send HOOPY_MODEL still says which model and server act through it).
+    model: str | None = None
+    mcp_server: str | None = None
+
+    @property
+    def attribution(self) -> dict:
+        return {k: v for k, v in (("model", self.model), ("mcp_server", self.mcp_server)) if v}
 
     @property
     def is_reviewer(self) -> bool:
@@ -117,6 +125,7 @@ class Identity:
             "ssh_keys": [f"{k.algorithm} {k.fingerprint} {k.comment}".strip() for k in self.ssh_keys],
             "has_token": self.token_sha256 is not None,
             "has_scram": self.token_scram is not None,
+            **self.attribution,
         }
 
 
@@ -155,8 +164,15 @@ def parse_identity(name: str, t) -> Identity | None:
             scram = ScramVerifier.parse(text)
         except ValueError as e:
             t.problem("token_scram", str(e))
+    fixed = {}
+    for key in ("model", "mcp_server"):
+        value = t.string(key)
+        if value is not None and (not value.strip() or len(value) > 512 or any(ord(c) < 32 for c in value)):
+            t.problem(key, "a name of up to 512 characters, without control characters")
+            value = None
+        fixed[key] = value
     t.finish()
-    return Identity(name, kind or "agent", frozenset(roles), tuple(keys), digest, scram)
+    return Identity(name, kind or "agent", frozenset(roles), tuple(keys), digest, scram, **fixed)
 
 
 class Directory:

@@ -1,5 +1,19 @@
-"""Prometheus metrics for the admin API's /metrics (one registry per gateway)."""
-from prometheus_client import CollectorRegistry, Counter, Gauge
+"""Prometheus metrics for the admin API's /metrics (one registry per gateway).
+
+Names follow Prometheus conventions: the unit as suffix (``_bytes``, ``_seconds``),
+``_total`` on counters (added by the client library), one ``direction`` vocabulary
+for every protocol (``in``: from the caller toward the upstream, ``out``: back to
+the caller; hoopy.session.IN/OUT). No ``_created`` series: they double every
+counter's series count and say nothing an operator reads.
+"""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()
+
+# Latency of an operation from its decision to its end, as recorded by its event's duration_ms:
+# sub-millisecond statements up to long exec sessions.
+DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                    60, 300, float("inf"))
 
 
 class Metrics:
@@ -11,9 +25,12 @@ class Metrics:
                                 ["protocol", "connection"], registry=r)
         self.operations = Counter("hoopy_operations", "Operations judged, by outcome",
                                   ["protocol", "connection", "outcome"], registry=r)
+        self.operation_duration = Histogram(
+            "hoopy_operation_duration_seconds", "Time from an operation's decision to its end",
+            ["protocol", "outcome"], buckets=DURATION_BUCKETS, registry=r)
         self.approvals_pending = Gauge("hoopy_approvals_pending", "Approvals waiting for a reviewer",
                                        registry=r)
-        self.bytes = Counter("hoopy_bytes_proxied", "Bytes proxied",
+        self.bytes = Counter("hoopy_proxied_bytes", "Bytes proxied, by direction (in: from the caller)",
                              ["protocol", "connection", "direction"], registry=r)
         self.auth_failures = Counter("hoopy_auth_failures", "Failed authentications",
                                      ["protocol", "connection"], registry=r)

@@ -46,7 +46,8 @@ class Protocol:
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("postgres", "hoopy.postgres", "read | write | ddl | admin | all [TABLE ...]", ("columns",)),
-    Protocol("ssh", "hoopy.ssh", "shell | sftp | exec GLOB | forward HOST:PORT"),
+    Protocol("ssh", "hoopy.ssh", "shell | sftp [read|write PATHGLOB] | exec COMMAND-GLOB | write PATHGLOB | "
+                                 "read PATHGLOB | forward HOST:PORT"),
     Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields",)),
 )}
 

@@ -95,6 +95,10 @@ class Session:
         self.gateway.store.append_trailing(self._event(kind, outcome, data))
 
     def _event(self, kind, outcome, data) -> Event:
+        # The end of an operation carries its duration: its latency, by protocol and outcome.
+        seconds = data["duration_ms"] / 1000 if "duration_ms" in data else data.get("duration_s")
+        if isinstance(seconds, (int, float)):
+            self.gateway.metrics.operation_duration.labels(self.protocol, outcome or "ok").observe(seconds)
         return Event(kind=kind, outcome=outcome, session=self.id, identity=self.identity,
                      connection=self.connection, protocol=self.protocol, peer=self.peer,
                      data=data)
@@ -111,6 +115,13 @@ class Session:
 
         def started(_):
             self.started = True
+            fixed = self._fixed_attribution()
+            if fixed:
+                # What the identity's config says acts through it: the gateway's own knowledge.
+                self.attribution.update(fixed)
+                return self.gateway.store.append(
+                    self._event("session.attribution", "ok", {**fixed, "source": "identity"}),
+                    session=self.row(**fixed)).addCallback(lambda _: self)
             return self
 
         def failed(f):
@@ -124,14 +135,33 @@ class Session:
         return d
 
     def attribute(self, **values) -> Deferred:
-        """Record who the caller acts for (model, tool_call, mcp_server, application_name)."""
+        """Record who the caller says it acts for (model, tool_call, mcp_server, application_name).
+
+        What a client sends is its claim: the event says ``"source": "claimed"``. Where the
+        identity fixes a value (``model``, ``mcp_server`` on [identities.X]), the fixed value
+        stays on the session and the claim is recorded beside it as ``claimed_model`` /
+        ``claimed_mcp_server``."""
         values = {k: str(v)[:512] for k, v in values.items() if k in ATTRIBUTION_KEYS and v}
-        values = {k: v for k, v in values.items() if self.attribution.get(k) != v}
-        if not values:
+        fixed = self._fixed_attribution()
+        shown, beside = {}, {}
+        for k, v in values.items():
+            if k in fixed:
+                if v != fixed[k] and self.attribution.get(f"claimed_{k}") != v:
+                    beside[f"claimed_{k}"] = v
+            elif self.attribution.get(k) != v:
+                shown[k] = v
+        if not shown and not beside:
             return succeed(None)
-        self.attribution.update(values)
+        self.attribution.update(shown)
+        self.attribution.update(beside)
         return self.gateway.store.append(
-            self._event("session.attribution", "ok", values), session=self.row(**values))
+            self._event("session.attribution", "ok", {**shown, **beside, "source": "claimed"}),
+            **({"session": self.row(**shown)} if shown else {}))
+
+    def _fixed_attribution(self) -> dict:
+        directory = getattr(self.gateway, "identities", None)
+        ident = directory.get(self.identity) if directory is not None else None
+        return dict(getattr(ident, "attribution", None) or {})
 
     def set_recording(self, path: str) -> None:
         self.recording = path

@@ -15,8 +15,9 @@ def test_admin_api_of_a_running_gateway(hoopy_gateway):
     status, text = gw.get("/metrics")
     assert status == 200
     for name in (b"hoopy_sessions_open", b"hoopy_operations_total", b"hoopy_approvals_pending",
-                 b"hoopy_bytes_proxied_total"):
+                 b"hoopy_proxied_bytes_total", b"hoopy_operation_duration_seconds"):
         assert b"# TYPE " + name.replace(b"_total", b"") in text or name in text, name
+    assert b"_created" not in text  # no series doubling every counter
     assert gw.get("/approvals")[0] == 401
     assert gw.get("/approvals", "not-a-token")[0] == 401
     assert gw.get("/approvals", AGENT.token)[0] == 403  # an agent is not a reviewer

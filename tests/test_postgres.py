@@ -1127,3 +1127,18 @@ def test_asyncpg_custom_types_introspect_through_a_read_grant(hoopy_gateway, dat
     assert in_thread(go) == [(1, "happy")]
     sqls = [e["data"]["sql"] for e in g.events("operation") if e["outcome"] == "allowed"]
     assert any("set_config('jit'" in s for s in sqls), sqls
+
+
+def test_metrics_name_bytes_and_latency_by_protocol(gw):
+    """Prometheus names: the unit as suffix, one direction vocabulary, a latency histogram per outcome."""
+    r = psql(gw, "SELECT id FROM customers ORDER BY id", "SELECT * FROM nope_no_table")
+    assert "does not exist" in r.stderr or "no grant" in r.stderr
+    assert wait_for(lambda: b'hoopy_operation_duration_seconds_count{outcome="ok",protocol="postgres"}'
+                    in gw.get("/metrics")[1])
+    text = gw.get("/metrics")[1].decode()
+    for direction in ("in", "out"):
+        line = next(ln for ln in text.splitlines() if ln.startswith("hoopy_proxied_bytes_total{")
+                    and f'direction="{direction}"' in ln and 'protocol="postgres"' in ln)
+        assert float(line.rsplit(" ", 1)[1]) > 0, line
+    assert "_created" not in text
+    assert 'direction="up"' not in text and 'direction="down"' not in text

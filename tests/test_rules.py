@@ -30,7 +30,10 @@ def grant(conn, allow=(), approve=(), deny=(), expires=None, proto="ssh", who="a
 
 
 def exec_op(cmd):
-    return Operation.single("ssh", "exec", cmd, cmd)
+    # The parts the shell will run (issue 12: an exec rule matches each simple command).
+    from hoopy.ssh import shell
+
+    return Operation("ssh", "exec", cmd, shell.analyze(cmd).units)
 
 
 SSH = grant("web", allow=["exec uptime", "exec df -h", "exec systemctl status *"],
@@ -43,7 +46,7 @@ SSH = grant("web", allow=["exec uptime", "exec df -h", "exec systemctl status *"
     ("systemctl status nginx", "allow"),
     ("systemctl status nginx.service --no-pager", "allow"),
     ("systemctl restart nginx", "approve"),
-    ("uptime ", "deny"),
+    ("uptime ", "allow"),  # (issue 12) what runs is `uptime`: whitespace is not an argument
     ("uptime; rm -rf /", "deny"),
     ("uptime && touch /tmp/x", "deny"),
     ("uptime || touch /tmp/x", "deny"),
@@ -56,12 +59,15 @@ SSH = grant("web", allow=["exec uptime", "exec df -h", "exec systemctl status *"
     ("systemctl status x & touch /tmp/x", "deny"),
     ("systemctl status x > /etc/passwd", "deny"),
     ("systemctl status x < /etc/shadow", "deny"),
-    ("systemctl status 'x;y'", "deny"),
+    ("systemctl status 'x;y'", "allow"),  # (issue 12) one argument, `x;y`, after quote removal
     ('systemctl status "$HOME"', "deny"),
     ("systemctl status ${IFS}x", "deny"),
-    ("systemctl status *", "deny"),
-    ("systemctl status x\\;y", "deny"),
-    ("systemctl status x#", "deny"),
+    ("systemctl status *", "allow"),  # (issue 12) a glob: each name it expands to the rule's * allows
+    ("systemctl status x\\;y", "allow"),  # (issue 12) the argument `x;y`
+    ("systemctl status x#", "allow"),  # (issue 12) `#` inside a word is a character
+    ("systemctl status ~root", "deny"),
+    ("systemctl status {a,b}", "deny"),
+    ("(systemctl status x) | sh -c 'rm -rf /'", "deny"),
     ("systemctl restart x; reboot", "deny"),
     ("rm -rf /", "deny"),
 ])

@@ -818,7 +818,7 @@ def test_env_passes_upstream_but_attribution_stays_at_the_gateway(setup):
     r = s.ssh("echo x=$HOOPY_TEST_X m=$HOOPY_MODEL", "-o", "SetEnv=HOOPY_TEST_X=42 HOOPY_MODEL=secret-model")
     assert r.stdout == "x=42 m=\n", r.stderr
     (attr,) = s.gw.events("session.attribution")
-    assert attr["data"] == {"model": "secret-model"}
+    assert attr["data"] == {"model": "secret-model", "source": "claimed"}  # a client's value is its claim
 
 
 def test_exec_with_a_terminal_is_recorded(setup):
@@ -917,7 +917,10 @@ def test_sftp_server_side_copy_and_link_chmod_are_events(setup, tmp_path):
     assert r.returncode == 0, r.stderr
     assert (remote / "copy").read_text() == "data\n" and (remote / "f").stat().st_mode & 0o777 == 0o600
     time.sleep(0.5)
-    events = [(e["kind"], e["data"]) for e in s.gw.events() if e["kind"].startswith("sftp.")]
+    # (Each event also names the rule that allowed it: issue 12.)
+    events = [(e["kind"], {k: v for k, v in e["data"].items() if k != "rule"}) for e in s.gw.events()
+              if e["kind"].startswith("sftp.")]
+    assert all(e["data"].get("rule") == "sftp" for e in s.gw.events() if e["kind"] in ("sftp.setstat", "sftp.link"))
     assert ("sftp.copy", {"path": f"{remote}/f", "to": f"{remote}/copy"}) in events, events
     assert ("sftp.setstat", {"path": f"{remote}/f"}) in events, events
     assert ("sftp.link", {"path": f"{remote}/f", "to": f"{remote}/hard"}) in events, events

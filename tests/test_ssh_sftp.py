@@ -1,4 +1,5 @@
 """The sans-IO SFTP reader (hoopy.ssh.sftp): packets in, audit actions out."""
+import hashlib
 import struct
 
 import pytest
@@ -35,7 +36,8 @@ def test_open_write_close_is_recorded_with_byte_counts():
     assert p == w and a is None
     (p, a), = tr.requests(pkt(sftp.CLOSE, rid(3) + s(b"h1")))
     assert a.kind == "sftp.close"
-    assert a.data == {"path": "/tmp/x", "mode": "write,create,truncate", "bytes_read": 0, "bytes_written": 1000}
+    assert a.data == {"path": "/tmp/x", "mode": "write,create,truncate", "bytes_read": 0, "bytes_written": 1000,
+                      "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def test_reads_are_counted_from_the_data_replies():

@@ -22,6 +22,16 @@ def review_text(text: str, detail: dict) -> str:
     body = detail.get("body")
     if body is not None:
         text += "\n\n" + body
+    parts = detail.get("parts")
+    if parts:
+        # A line of several commands: each part with what judged it, so the reviewer approves
+        # what will run, not only the line as typed.
+        text += "\n-- parts:" + "".join(
+            f"\n   {p['unit']}  ({p['outcome']}: {p.get('rule') or p.get('reason') or '-'})" for p in parts)
+    for h in detail.get("heredocs") or ():
+        text += f"\n-- here-document: {h['bytes']} bytes, sha256 {h['sha256']}"
+        if h.get("writes"):
+            text += " -> " + ", ".join(h["writes"])
     return escape(text, keep_newlines=True)
 
 

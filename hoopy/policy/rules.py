@@ -27,6 +27,11 @@ class Unit:
 
     kind: str
     subject: str | None = None
+    # Why no rule can judge this unit unless it names it exactly (a word the shell would still
+    # expand): when nothing matches, the unit is unjudgeable, not merely ungranted.
+    unjudgeable: str | None = None
+    # What the protocol's rules match when it is not the subject (ssh: the encoded words).
+    key: str | None = attrs.field(default=None, repr=False)
 
     def __str__(self) -> str:
         return self.kind if self.subject is None else f"{self.kind} {self.subject}"
@@ -53,6 +58,17 @@ class Rule:
 
     def matches(self, unit: Unit) -> bool:
         return self._match(unit)
+
+    def denies(self, unit: Unit) -> bool:
+        """As a deny rule: a protocol may match more widely there (ssh: any expansion of ``$X``)."""
+        return getattr(self._match, "deny", self._match)(unit)
+
+    def permits(self, unit: Unit) -> bool:
+        """From an allow or approve list, does this rule let the unit through although it does not
+        match it (ssh: ``sftp read GLOB`` opens the SFTP subsystem, whose operations are judged
+        one by one)?"""
+        p = getattr(self._match, "permits", None)
+        return bool(p and p(unit))
 
     def __str__(self) -> str:
         return self.text

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import attrs
+
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
@@ -39,20 +41,28 @@ class PolicyService:
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
         grants = [g for g in self._grants.get((identity, connection), ()) if not g.expired(now)]
+        judged = [(unit, _judge_unit(grants, unit)) for unit in operation.units]
+        parts = ()
+        if len(judged) > 1:
+            # Every part with its own answer: what a reviewer and an auditor read.
+            parts = tuple({"unit": str(u), "outcome": j.outcome, "rule": j.rule,
+                           **({"reason": j.reason} if j.outcome != "allow" else {})} for u, j in judged)
         worst = None
-        for unit in operation.units:
-            j = _judge_unit(grants, unit)
+        for unit, j in judged:
             if j.outcome == "deny":
-                return Judgement("deny", j.rule, f"{j.reason} (for {identity} on {connection})")
+                return Judgement("deny", j.rule, f"{j.reason} (for {identity} on {connection})", parts)
             if worst is None or (j.outcome == "approve" and worst.outcome == "allow"):
                 worst = j
         if worst is None:  # an operation with no units is not an operation anyone granted
             return Judgement("deny", None, f"nothing to judge in {operation.text!r}")
-        return worst
+        return Judgement(worst.outcome, worst.rule, worst.reason, parts)
 
     def decide(self, session, operation) -> Deferred:
         """Fires with Allow, Deny or Hold once the event saying so is durable."""
         j = self.judge(session.identity, session.connection, operation)
+        if j.parts:
+            # The event (and a reviewer's approval) lists every part with the rule that judged it.
+            operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})
         self._count(session, {"allow": "allowed", "approve": "held", "deny": "refused"}[j.outcome])
         if j.outcome == "deny":
             log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
@@ -65,9 +75,9 @@ class PolicyService:
             return d.addCallbacks(lambda _: Allow(j.rule), self._store_down, errbackArgs=(session,))
         timeout = self.timeouts.get(session.connection, self.default_timeout)
         d = self.approvals.request(session, operation, j.rule, timeout)
-        return d.addCallbacks(self._held, self._store_down, errbackArgs=(session,))
+        return d.addCallbacks(self._held, self._store_down, callbackArgs=(j.reason,), errbackArgs=(session,))
 
-    def _held(self, approval) -> Hold:
+    def _held(self, approval, reason="") -> Hold:
         log.info("held {identity} on {connection}: {text!r} as approval {id}", identity=approval.requester,
                  connection=approval.session.connection, text=approval.operation.text[:200], id=approval.id)
         def resolved(a):
@@ -78,7 +88,7 @@ class PolicyService:
                 why += f": {a.reason}"
             return Deny(f"approval {a.id} {why}", a.rule, a.id)
 
-        return Hold(approval, approval.outcome.addCallback(resolved))
+        return Hold(approval, approval.outcome.addCallback(resolved), reason)
 
     def _store_down(self, failure, session):
         failure.trap(StoreError)
@@ -90,11 +100,18 @@ class PolicyService:
             self.metrics.operations.labels(session.protocol, session.connection, outcome).inc()
 
 
+UNJUDGEABLE_RULE = 'unjudgeable = "approve"'
+
+
 def _judge_unit(grants, unit) -> Judgement:
+    if unit.kind == "refused":  # the protocol already knows: the subject says why
+        return Judgement("deny", None, f"refused: {unit.subject}")
+    if unit.kind == "unjudgeable":
+        return _unjudgeable(grants, unit.subject)
     allow = approve = None
     for g in grants:
         for r in g.deny:
-            if r.matches(unit):
+            if r.denies(unit):
                 return Judgement("deny", r.text, f"{unit} is denied by rule {r.text!r}")
         if approve is None:
             approve = next((r for r in g.approve if r.matches(unit)), None)
@@ -104,5 +121,17 @@ def _judge_unit(grants, unit) -> Judgement:
         return Judgement("approve", approve.text, f"{unit} needs approval (rule {approve.text!r})")
     if allow is not None:
         return Judgement("allow", allow.text, f"allowed by rule {allow.text!r}")
+    if unit.unjudgeable:
+        return _unjudgeable(grants, f"{unit}: {unit.unjudgeable}")
+    for g in grants:
+        r = next((r for r in g.allow + g.approve if r.permits(unit)), None)
+        if r is not None:
+            return Judgement("allow", r.text, f"allowed by rule {r.text!r}")
     return Judgement("deny", None, f"no grant allows {unit}")
 
+
+def _unjudgeable(grants, what: str) -> Judgement:
+    """A part that cannot be judged before it runs: refused, or held where a grant says so."""
+    if any(getattr(g, "unjudgeable", "deny") == "approve" for g in grants):
+        return Judgement("approve", UNJUDGEABLE_RULE, f"cannot judge {what}: needs approval")
+    return Judgement("deny", None, f"cannot judge {what}")

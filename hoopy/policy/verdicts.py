@@ -29,6 +29,7 @@ class Hold:
 
     approval: object
     resolution: Deferred = attrs.field(eq=False)
+    reason: str = ""  # why it needs a reviewer (the rule, or the part that cannot be judged)
 
     @property
     def id(self) -> str:
@@ -42,3 +43,5 @@ class Judgement:
     outcome: str
     rule: str | None
     reason: str
+    # Each unit's own answer, when the operation has several: {"unit", "outcome", "rule"[, "reason"]}.
+    parts: tuple = attrs.field(default=(), eq=False)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import re
 import time
 
 import asyncssh
@@ -23,8 +22,10 @@ from hoopy.audit.asciicast import AsciicastRecorder
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.session import IN, OUT
-from hoopy.ssh import sftp
+from hoopy.ssh import sftp, shell
+from hoopy.ssh.environment import upstream_env
 from hoopy.ssh.masking import LineMasker
+from hoopy.ssh.sftpgate import SFTPGate
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
 log = Logger()
@@ -34,29 +35,7 @@ REFUSED = 126  # what a shell returns for "found but cannot run"
 GATEWAY_FAILED = 255  # what ssh itself returns when the connection fails
 ATTRIBUTION = {"HOOPY_MODEL": "model", "HOOPY_TOOL_CALL": "tool_call", "HOOPY_MCP_SERVER": "mcp_server"}
 
-# What a client's `env` requests may pass upstream. The command line is the operation judged, so
-# nothing else may change what the host runs: an upstream that accepts PATH, BASH_ENV, ENV,
-# LD_PRELOAD, SHELLOPTS, PROMPT_COMMAND, BASH_FUNC_*, PAGER, GIT_* ... (`AcceptEnv *`) would run
-# another program than the one granted. So only locale, time zone and HOOPY_* names pass, with
-# plain values; everything else is dropped (as sshd drops what it does not accept) and the
-# operation's event names what passed and what was dropped.
-_LOCALE_NAMES = {"LANG", "LANGUAGE", "TZ", "COLORTERM"} | {f"LC_{n}" for n in (
-    "ALL", "CTYPE", "COLLATE", "MESSAGES", "MONETARY", "NUMERIC", "TIME", "ADDRESS",
-    "IDENTIFICATION", "MEASUREMENT", "NAME", "PAPER", "TELEPHONE")}
-_PLAIN_NAME = re.compile(r"HOOPY_[A-Z0-9_]+")
-_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.,:@%+=/ -]*")
-
-
-def upstream_env(env: dict) -> tuple[dict, list]:
-    """(what may go upstream, the names dropped)."""
-    passed, dropped = {}, []
-    for name, value in env.items():
-        if (name in _LOCALE_NAMES or _PLAIN_NAME.fullmatch(name)) and _PLAIN_VALUE.fullmatch(value) \
-                and len(value) <= 256:
-            passed[name] = value
-        else:
-            dropped.append(name)
-    return passed, sorted(dropped)
+# What a client's `env` requests may pass upstream: see hoopy.ssh.environment.
 
 
 async def wait(d):
@@ -81,6 +60,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self.recorder = None
         self.recording = None
         self.tracker = None  # sftp.Tracker for sftp channels
+        self.gate = None  # SFTPGate: judges each file request by its resolved path
         self.hold = None
         self.closed = False  # the client's side is gone
         self.exit_status = None
@@ -162,7 +142,11 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.env_dropped:
             detail["env_dropped"] = self.env_dropped
         if self.kind == "exec":
-            return Operation("ssh", "exec", self.command, (Unit("exec", self.command),), detail)
+            # What the upstream's shell will run, part by part (hoopy.ssh.shell).
+            analysis = shell.analyze(self.command, self.client.settings.upstream_shell)
+            if analysis.heredocs:
+                detail["heredocs"] = [dict(h) for h in analysis.heredocs]
+            return Operation("ssh", "exec", self.command, analysis.units, detail)
         return Operation("ssh", self.kind, self.kind, (Unit(self.kind),), detail)
 
     async def _open(self):
@@ -191,7 +175,8 @@ class ClientSession(asyncssh.SSHServerSession):
         decision = await wait(session.decide(self._operation()))
         if isinstance(decision, Hold):
             self.hold = decision
-            self._notice(f"hoopy: {self._what()} is held for approval {decision.id}; "
+            why = f" ({decision.reason})" if decision.reason and self.kind == "exec" else ""
+            self._notice(f"hoopy: {self._what()} is held for approval {decision.id}{why}; "
                          f"waiting for a reviewer (hoopy approve {decision.id})")
             self._marker(f"approval {decision.id} requested")
             decision = await wait(decision.resolution)
@@ -211,6 +196,7 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.kind == "sftp":
             kw["subsystem"] = "sftp"
             self.tracker = sftp.Tracker()
+            self.gate = SFTPGate(self)
         if self.kind == "exec" and self.pty is None:
             detectors = [d for m in session.masking()
                          for d in m.patterns]
@@ -313,10 +299,16 @@ class ClientSession(asyncssh.SSHServerSession):
         else:
             self.bytes_out += len(data)
         if self.tracker is not None:
+            # Whole packets only: the gateway's own requests' answers stay here, and its own
+            # replies to refused requests go between packets.
             try:
-                self.tracker.responses(data)
+                pkts, mine = self.tracker.read_responses(data)
             except sftp.SFTPError as e:
                 return self._abort(f"hoopy: {e}")
+            self.gate.answered(mine)
+            data = b"".join(pkts)
+            if not data:
+                return
         if self.maskers is not None:
             data = self.maskers[STDERR if datatype == STDERR else None].feed(data)
             if not data:
@@ -351,7 +343,7 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def eof_received(self):
         if self.up is not None:
-            if self._sftp_queue:
+            if self._sftp_queue or self._sftp_pump is not None:
                 self._eof_pending = True
             else:
                 self.up.write_eof()
@@ -390,14 +382,14 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def _sftp_requests(self, data):
         try:
-            packets = self.tracker.requests(data)
+            reqs = self.tracker.read_requests(data)
         except sftp.SFTPError as e:
             return self._abort(f"hoopy: {e}")
-        if not self._sftp_queue and all(a is None for _, a in packets):
-            if packets:
-                self.up.write(b"".join(p for p, _ in packets))
+        if not self._sftp_queue and all(r.access is None and r.action is None for r in reqs):
+            if reqs:
+                self.up.write(b"".join(r.pkt for r in reqs))
             return
-        self._sftp_queue.extend(packets)
+        self._sftp_queue.extend(reqs)
         if self._sftp_pump is None:
             self.chan.pause_reading()
             self._sftp_pump = asyncio.ensure_future(self._pump_sftp())
@@ -406,19 +398,21 @@ class ClientSession(asyncssh.SSHServerSession):
         try:
             while self._sftp_queue and not self.closed:
                 run = []
-                while self._sftp_queue and self._sftp_queue[0][1] is None:
-                    run.append(self._sftp_queue.popleft()[0])
+                while self._sftp_queue and self._sftp_queue[0].access is None and self._sftp_queue[0].action is None:
+                    run.append(self._sftp_queue.popleft().pkt)
                 if run:
                     self.up.write(b"".join(run))
                     continue
-                pkt, action = self._sftp_queue.popleft()
+                req = self._sftp_queue.popleft()
                 try:
-                    await wait(self.session.event(action.kind, "ok", **action.data))
-                except Exception:
+                    await self.gate.handle(req)
+                except asyncio.TimeoutError:
+                    return self._abort("hoopy: the upstream did not resolve an SFTP path")
+                except Exception as e:
+                    log.error("ssh sftp: {e}", e=e)
                     return self._abort("hoopy: refused: the audit store cannot record this file operation")
                 if self.up is None or self.closed:
                     return
-                self.up.write(pkt)
             if self._eof_pending and self.up is not None:
                 self.up.write_eof()
         finally:

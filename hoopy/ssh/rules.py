@@ -1,4 +1,19 @@
-"""The ssh rule words: ``shell | sftp | exec GLOB | forward HOST:PORT``."""
+"""The ssh rule words: ``shell | sftp [read|write GLOB] | exec GLOB | write GLOB | read GLOB |
+forward HOST:PORT``.
+
+An ``exec`` rule matches one simple command of a line (hoopy.ssh.shell splits the line), after
+quote removal: the rule's glob is itself read as a command (so ``exec grep 'a|b' *`` names grep
+with the argument ``a|b``), and its unquoted ``*`` matches any run of argument text. A word the
+command line leaves for the shell to expand (``$X``, ``~``, braces, a ``*`` pattern in the
+command name) matches only a rule word spelled the same; an unquoted ``*`` or ``?`` pattern in an
+argument is covered by a rule's ``*`` (each name it expands to would be).
+
+A ``deny`` rule matches when *some* expansion of the command could match it: a ``$X`` or a pattern
+in the command stands for any text there.
+
+``write``/``read`` (redirections) and ``sftp read``/``sftp write`` take a path glob: ``*`` and
+``?`` stay within one path segment, ``**`` crosses segments.
+"""
 from __future__ import annotations
 
 import fnmatch
@@ -6,52 +21,72 @@ import ipaddress
 import re
 
 from hoopy.policy.rules import RuleError, Unit
+from hoopy.ssh import shell as sh
 
-# What a wildcard in an exec rule may stand for: plain words only. Anything
-# a shell would treat as syntax (separators, substitution, redirection,
-# quoting, globbing, newlines) must be written literally in the rule.
-_SHELL_SAFE = r"[A-Za-z0-9_\-+=.,:/@% ]"
-
-
-_NOT_SAFE = re.compile(r"[^A-Za-z0-9_\-+=.,:/@% ]")
+_SPECIAL = sh.G_STAR + sh.G_QMARK + sh.INPUT + sh.V_OPEN + sh.V_CLOSE + sh.SKEL
+_STAR = f"[^{sh.V_OPEN}{sh.V_CLOSE}]*"  # argument text: never into a word the shell would expand
+_QMARK = f"[^{re.escape(_SPECIAL)}]"  # one character of argument text
+_VERBATIM = re.compile(f"{sh.V_OPEN}[^{sh.V_CLOSE}]*{sh.V_CLOSE}")
 
 
-def _exec_pattern(glob: str) -> re.Pattern:
-    """The whole glob as one regex (what _exec_matcher computes, without its speed guarantee)."""
+def _tokens(key: str):
+    """A rule's encoded words as tokens: ("*",), ("?",), or ("lit", text)."""
     out = []
-    for ch in glob:
-        if ch == "*":
-            out.append(f"{_SHELL_SAFE}*")
-        elif ch == "?":
-            out.append(_SHELL_SAFE)
+    pos = 0
+    while pos < len(key):
+        c = key[pos]
+        if c == sh.G_STAR:
+            out.append(("*",))
+        elif c == sh.G_QMARK:
+            out.append(("?",))
+        elif c == sh.V_OPEN:
+            end = key.index(sh.V_CLOSE, pos)
+            out.append(("lit", key[pos:end + 1]))
+            pos = end + 1
+            continue
         else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
+            out.append(("lit", c))
+        pos += 1
+    return out
 
 
-def _segment(seg: str) -> re.Pattern:
-    return re.compile("".join(_SHELL_SAFE if ch == "?" else re.escape(ch) for ch in seg), re.DOTALL)
+def _segment(toks) -> re.Pattern:
+    return re.compile("".join(_QMARK if t[0] == "?" else re.escape(t[1]) for t in toks), re.DOTALL)
 
 
-def _exec_matcher(glob: str):
-    """Does a command line match the glob? In time linear in the line (times the glob's length).
+def _seg_len(toks) -> int:
+    return sum(1 if t[0] == "?" else len(t[1]) for t in toks)
 
-    A regex with several ``[safe]*`` runs (``exec echo * * *``) backtracks polynomially on a
-    long line that almost matches: a few KiB would stall the whole gateway for minutes. Here
-    the glob is split at its stars into fixed-length segments, matched left to right, each at
-    its leftmost place the star before it can reach (the star covers only safe characters, so
-    it ends at the next unsafe one). Leftmost is never worse: a later place for a segment
-    could only leave the next star more to cover, and that is safe text either way.
+
+def _matcher(toks, bounded: bool):
+    """Does an encoded command match the rule's tokens? In time linear in the command (times the
+    rule's length).
+
+    A regex with several ``.*`` runs backtracks polynomially on a long line that almost matches:
+    a few KiB would stall the gateway. So the rule is split at its stars into fixed-length
+    segments, matched left to right, each at its leftmost place the star before it can reach.
+    ``bounded``: a star stops at a word the shell would expand (allow/approve rules); a deny
+    rule's star goes anywhere. Leftmost is never worse: a later place could only leave the next
+    star more to cover, and that is text it may cover either way.
     """
-    segs = glob.split("*")
+    segs = [[]]
+    for t in toks:
+        if t[0] == "*":
+            segs.append([])
+        else:
+            segs[-1].append(t)
+    stop = re.compile(f"[{sh.V_OPEN}{sh.V_CLOSE}]") if bounded else None
     if len(segs) == 1:
-        whole = _segment(glob)
+        whole = _segment(segs[0])
         return lambda text: whole.fullmatch(text) is not None
-    first, middle, last = _segment(segs[0]), [(_segment(s), len(s)) for s in segs[1:-1]], _segment(segs[-1])
-    n_first, n_last = len(segs[0]), len(segs[-1])
+    first, last = _segment(segs[0]), _segment(segs[-1])
+    middle = [(_segment(s), _seg_len(s)) for s in segs[1:-1]]
+    n_first, n_last = _seg_len(segs[0]), _seg_len(segs[-1])
 
-    def reach(text, pos):  # how far a star starting at pos can go: up to the next unsafe character
-        m = _NOT_SAFE.search(text, pos)
+    def reach(text, pos):
+        if stop is None:
+            return len(text)
+        m = stop.search(text, pos)
         return m.start() if m else len(text)
 
     def match(text: str) -> bool:
@@ -69,19 +104,200 @@ def _exec_matcher(glob: str):
     return match
 
 
+# How much two-sided matching a deny check may do before it answers "could match" (fail closed).
+_DENY_BUDGET = 250_000
+
+
+def _could_match(toks, key: str) -> bool:
+    """Could some expansion of an encoded command match the rule's tokens? (deny rules)
+
+    The command's patterns, ``$X`` words and xargs input stand for any text; the rule's ``*`` for
+    any text, its ``?`` for one character. A dynamic program over (rule token, command token)."""
+    cmd = []
+    pos = 0
+    while pos < len(key):
+        c = key[pos]
+        if c in (sh.G_STAR, sh.INPUT):
+            cmd.append(None)  # any text
+        elif c == sh.V_OPEN:
+            # A word the shell expands: its skeleton (the text it keeps, INPUT where anything
+            # may come), or anything at all without one.
+            end = key.find(sh.V_CLOSE, pos)
+            end = end if end >= 0 else len(key)
+            inner = key[pos + 1:end]
+            _, skel_sep, skel = inner.partition(sh.SKEL)
+            if not skel_sep:
+                cmd.append(None)
+            else:
+                cmd.extend(None if ch in (sh.INPUT, sh.G_STAR) else "?" if ch == sh.G_QMARK else ch for ch in skel)
+            pos = end + 1
+            continue
+        elif c == sh.G_QMARK:
+            cmd.append("?")  # one character
+        else:
+            cmd.append(c)
+        pos += 1
+    rule = []
+    for t in toks:
+        if t[0] == "lit":
+            rule.extend(t[1])
+        else:
+            rule.append(t[0] + "\0")  # "*\0" / "?\0": not a character
+    n, m = len(rule), len(cmd)
+    if (n + 1) * (m + 1) > _DENY_BUDGET:
+        return True
+    # reach[j]: rule[:i] and cmd[:j] can produce a common string.
+    prev = [False] * (m + 1)
+    prev[0] = True
+    for j in range(1, m + 1):
+        prev[j] = prev[j - 1] and cmd[j - 1] is None
+    for i in range(1, n + 1):
+        r = rule[i - 1]
+        cur = [False] * (m + 1)
+        cur[0] = prev[0] and r == "*\0"
+        for j in range(1, m + 1):
+            c = cmd[j - 1]
+            if r == "*\0":
+                v = prev[j] or cur[j - 1]  # the star covers nothing more, or one more token
+            elif c is None:
+                v = cur[j - 1] or prev[j] or prev[j - 1]  # any text: ends here, or covers r too
+            else:
+                v = prev[j - 1] and (r == "?\0" or c == "?" or r == c)
+            cur[j] = v
+        prev = cur
+    return prev[m]
+
+
+def exec_rule(glob: str):
+    """The matcher of ``exec GLOB``: callable(unit) -> bool, with ``.deny`` for deny lists."""
+    tree = sh.parse_tree(glob)
+    root = tree.root_node
+    if root.has_error:
+        raise RuleError(f"exec {glob!r}: not a command the shell can read (check its quotes)")
+    stmts = [c for c in root.children if c.is_named and c.type != "comment"]
+    if len(stmts) == 1 and stmts[0].type == "redirected_statement":
+        raise RuleError(f"exec {glob!r}: a redirection is a `write GLOB` or `read GLOB` rule")
+    if len(stmts) != 1 or stmts[0].type != "command":
+        raise RuleError(f"exec {glob!r}: an exec rule names one command (the gateway judges each command "
+                        f"of a line on its own: write one rule per command; `> FILE` is a `write` rule)")
+    judge = sh._Judge()
+    judge.src = glob.encode("utf-8", "surrogateescape")
+    words = []
+    for ch in stmts[0].children:
+        if ch.type == "command_name":
+            words.append(judge.word(ch.named_children[0] if ch.named_children else ch))
+        elif ch.type == "variable_assignment":
+            raise RuleError(f"exec {glob!r}: NAME=VALUE is not part of an exec rule (the environment a "
+                            f"line may set is fixed: LANG, LC_*, TZ, HOOPY_*)")
+        elif ch.type in ("file_redirect", "heredoc_redirect", "herestring_redirect"):
+            raise RuleError(f"exec {glob!r}: a redirection is a `write GLOB` or `read GLOB` rule")
+        elif ch.is_named:
+            words.append(judge.word(ch))
+        else:
+            raise RuleError(f"exec {glob!r}: not a plain command")
+    if judge.parts:
+        raise RuleError(f"exec {glob!r}: command substitution cannot be granted")
+    key = sh.SEP.join(w.enc for w in words)
+    toks = _tokens(key)
+    bounded, anywhere = _matcher(toks, True), _matcher(toks, False)
+    # The rule's leading literal text (its command name, usually): most commands fail here.
+    lead = []
+    for t in toks:
+        if t[0] != "lit" or t[1].startswith(sh.V_OPEN):
+            break
+        lead.append(t[1])
+    lead = "".join(lead)
+    special = re.compile(f"[{re.escape(_SPECIAL)}]")
+
+    def match(unit: Unit) -> bool:
+        # Spelled exactly as the command (`ls a?` for `ls a?`), or matched word for word.
+        k = unit.key
+        if unit.kind != "exec" or k is None:
+            return False
+        return k == key or (k.startswith(lead) and bounded(k))
+
+    def deny(unit: Unit) -> bool:
+        k = unit.key
+        if unit.kind != "exec" or k is None:
+            return False
+        if special.search(k) is None:
+            return k.startswith(lead) and anywhere(k)
+        return _could_match(toks, k)
+
+    match.deny = deny
+    return match
+
+
+def path_glob(glob: str):
+    """A path glob: `*` and `?` within one segment, `**` across segments (`/srv/**` is /srv and
+    everything under it)."""
+    if not glob.startswith("/"):
+        raise RuleError(f"{glob!r}: a path glob is absolute (starts with /)")
+    if any(s == ".." for s in glob.split("/")):
+        raise RuleError(f"{glob!r}: '..' in a path glob")
+    out = []
+    i = 0
+    while i < len(glob):
+        if glob.endswith("/**") and i == len(glob) - 3:
+            out.append("(?:/.*)?")  # the directory itself and everything under it
+            i += 3
+        elif glob.startswith("/**/", i):
+            out.append("/(?:.*/)?")
+            i += 4
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif glob[i] == "?":
+            out.append("[^/]")
+            i += 1
+        else:
+            out.append(re.escape(glob[i]))
+            i += 1
+    rx = re.compile("".join(out), re.DOTALL)
+    return lambda path: path is not None and len(path) <= 4096 and rx.fullmatch(path) is not None
+
+
 def parse(text: str):
     word, _, rest = text.partition(" ")
     word = word.lower()
     rest = rest.strip()
-    if word in ("shell", "sftp"):
+    if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", text):
+        raise RuleError(f"{text!r}: control characters in a rule")
+    if word == "shell":
         if rest:
-            raise RuleError(f"{text!r}: {word} takes nothing after it")
-        return lambda unit: unit.kind == word
+            raise RuleError(f"{text!r}: shell takes nothing after it")
+        return lambda unit: unit.kind == "shell"
+    if word == "sftp":
+        if not rest:
+            # Every SFTP operation: the subsystem and each file operation in it.
+            return lambda unit: unit.kind in ("sftp", "sftp.read", "sftp.write")
+        how, _, glob = rest.partition(" ")
+        how = how.lower()
+        glob = glob.strip()
+        if how not in ("read", "write") or not glob:
+            raise RuleError(f"{text!r}: sftp takes nothing, `read GLOB` or `write GLOB`")
+        ok = path_glob(glob)
+        kind = f"sftp.{how}"
+
+        def sftp_match(unit: Unit) -> bool:
+            return unit.kind == kind and ok(unit.subject)
+
+        # From an allow or approve list, a path rule lets the subsystem open; its file
+        # operations are then judged one by one.
+        sftp_match.permits = lambda unit: unit.kind == "sftp"
+        return sftp_match
+    if word in ("write", "read"):
+        if not rest:
+            raise RuleError(f"{text!r}: {word} needs a path glob")
+        ok = path_glob(rest)
+        return lambda unit: unit.kind == word and ok(unit.subject)
     if word == "exec":
         if not rest:
             raise RuleError(f"{text!r}: exec needs a command glob")
-        matches = _exec_matcher(rest)
-        return lambda unit: unit.kind == "exec" and unit.subject is not None and matches(unit.subject)
+        return exec_rule(rest)
     if word == "forward":
         host, sep, port = rest.rpartition(":")
         if not sep or not host or not port or " " in rest:
@@ -98,7 +314,8 @@ def parse(text: str):
             return host_ok(h.strip("[]").lower()) and (port == "*" or p == port)
 
         return match
-    raise RuleError(f"{text!r}: ssh rules are shell, sftp, exec GLOB or forward HOST:PORT")
+    raise RuleError(f"{text!r}: ssh rules are shell, sftp [read|write GLOB], exec GLOB, write GLOB, "
+                    f"read GLOB or forward HOST:PORT")
 
 
 _IP_PATTERN = re.compile(r"[0-9.*?]+|[0-9a-f.*?]*:[0-9a-f:.*?]*")
@@ -128,5 +345,3 @@ def _forward_host(pattern: str):
     rx = re.compile("".join(f"{label}*" if ch == "*" else label if ch == "?" else re.escape(ch)
                             for ch in pattern))
     return lambda host: rx.fullmatch(host) is not None
-
-

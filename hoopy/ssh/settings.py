@@ -17,6 +17,9 @@ class SSHSettings:
     connect_timeout: float = 10.0  # seconds to reach and authenticate to the upstream
     login_timeout: float = 30.0  # seconds a client has to authenticate
     ciphers: tuple = ()  # what clients may choose; the client's order decides
+    # The login shell of upstream_user, which runs every exec line: the grammar lines are judged
+    # in (bash or sh; any other: every line is unjudgeable). `hoopy check --connect` verifies it.
+    upstream_shell: str = "bash"
 
 
 # OpenSSH clients pick chacha20-poly1305 first when offered; asyncssh runs it
@@ -111,4 +114,18 @@ def _parse(t, host_key) -> SSHSettings:
         connect_timeout=t.duration("connect_timeout", default=10.0),
         login_timeout=t.duration("login_timeout", default=30.0),
         ciphers=_ciphers(t),
+        upstream_shell=_shell(t),
     )
+
+
+def _shell(t) -> str:
+    from hoopy.ssh.shell import dialect_of
+
+    shell = t.string("upstream_shell", default="bash")
+    if not shell or shell.strip() != shell or "\n" in shell:
+        t.problem("upstream_shell", "names the upstream user's login shell: bash, sh, or a path to one")
+        return "bash"
+    if dialect_of(shell) is None:
+        # Allowed (an honest description of the upstream), but nothing it runs can be judged.
+        pass
+    return shell

@@ -9,14 +9,16 @@ the handles the server gives out and counts the bytes read.
 """
 from __future__ import annotations
 
+import hashlib
+import posixpath
 import struct
 
 import attrs
 
 INIT, VERSION = 1, 2
 OPEN, CLOSE, READ, WRITE = 3, 4, 5, 6
-SETSTAT, FSETSTAT, OPENDIR = 9, 10, 11
-REMOVE, MKDIR, RMDIR, RENAME, SYMLINK = 13, 14, 15, 18, 20
+LSTAT, FSTAT, SETSTAT, FSETSTAT, OPENDIR, READDIR = 7, 8, 9, 10, 11, 12
+REMOVE, MKDIR, RMDIR, REALPATH, STAT, RENAME, READLINK, SYMLINK = 13, 14, 15, 16, 17, 18, 19, 20
 EXTENDED = 200
 # Requests that change nothing, or whose effect is recorded elsewhere (open, close), v3.
 _PLAIN_REQUESTS = {INIT, READ, WRITE, 7, 8, 12, 16, 17, 19}  # ... LSTAT FSTAT READDIR REALPATH STAT READLINK
@@ -27,6 +29,13 @@ STATUS, HANDLE, DATA = 101, 102, 103
 
 # The largest packet OpenSSH sends or accepts is 256 KiB; anything much larger is garbage.
 MAX_PACKET = 1 << 20
+# What one channel may make the gateway remember (issue 10: every parser bounded): open handles
+# (OpenSSH's server allows 512 at most) and requests awaiting their reply.
+MAX_HANDLES = 1024
+MAX_PENDING = 8192
+
+NO_SUCH_FILE, PERMISSION_DENIED, FAILURE, OP_UNSUPPORTED = 2, 3, 4, 8
+_WRITE_FLAGS = 0x02 | 0x04 | 0x08 | 0x10 | 0x20  # write, append, create, truncate, exclusive
 
 _PFLAGS = ((0x01, "read"), (0x02, "write"), (0x04, "append"), (0x08, "create"),
            (0x10, "truncate"), (0x20, "exclusive"))
@@ -50,6 +59,57 @@ class FileStats:
     mode: str
     read: int = 0
     written: int = 0
+    resolved: str | None = None  # the path the upstream resolved it to, as judged
+    next_offset: int = 0  # written in order so far: the SHA-256 covers what was written
+    sha: object = attrs.field(factory=hashlib.sha256, repr=False)
+    in_order: bool = True
+
+    def close_data(self, **extra) -> dict:
+        data = {"path": self.path, "mode": self.mode, "bytes_read": self.read, "bytes_written": self.written}
+        if self.resolved is not None and self.resolved != self.path:
+            data["resolved"] = self.resolved
+        if self.written:
+            # The hash of what was written, when it was written in order (else the size says it all).
+            data["sha256"] = self.sha.hexdigest() if self.in_order else None
+        return {**data, **extra}
+
+
+@attrs.frozen
+class Request:
+    """One client packet, with what the gateway must do before it goes upstream.
+
+    ``access``: "read" or "write" when the request is judged by path (None: not judged);
+    ``paths``: (path as sent, follow links) pairs the upstream resolves (SFTP REALPATH) first;
+    ``handle``: the already-judged file a handle request acts on (fsetstat).
+    """
+
+    pkt: bytes
+    type: int
+    rid: int | None
+    action: Action | None = None
+    access: str | None = None
+    paths: tuple = ()
+    handle_path: str | None = None
+
+
+def status(rid: int, code: int, message: str) -> bytes:
+    """An SSH_FXP_STATUS reply to the client (what the gateway answers for a refused request)."""
+    msg = message.encode("utf-8", "replace")[:1024]
+    body = struct.pack(">BII", STATUS, rid, code) + struct.pack(">I", len(msg)) + msg + struct.pack(">I", 0)
+    return struct.pack(">I", len(body)) + body
+
+
+def realpath_request(rid: int, path: str) -> bytes:
+    p = path.encode("utf-8", "surrogateescape")
+    body = struct.pack(">BI", REALPATH, rid) + struct.pack(">I", len(p)) + p
+    return struct.pack(">I", len(body)) + body
+
+
+def split_parent(path: str) -> tuple[str, str]:
+    """(the directory to resolve, the last name) of a path as sent: `a/b` -> (`a`, `b`)."""
+    stripped = path.rstrip("/") or "/"
+    parent, name = posixpath.split(stripped)
+    return (parent or "."), name
 
 
 class _Splitter:
@@ -120,10 +180,81 @@ class Tracker:
         self.files: dict[bytes, FileStats] = {}  # open handles
         self.dirs: dict[bytes, str] = {}
         self.closed: list[FileStats] = []
+        self.pending: set[int] = set()  # client request ids awaiting their reply
+        self.own: set[int] = set()  # the gateway's own request ids awaiting theirs
+        self._own = 0
+        self._resolved: dict[int, str] = {}  # open request id -> the path judged
 
     def requests(self, data: bytes) -> list[tuple[bytes, Action | None]]:
         """Whole client packets, each with the action to record before it is forwarded."""
-        return [(p, self._request(p)) for p in self._req.packets(data)]
+        return [(r.pkt, r.action) for r in self.read_requests(data)]
+
+    def read_requests(self, data: bytes) -> list[Request]:
+        """Whole client packets, each with what to judge and record before it is forwarded."""
+        return [self._judged(p) for p in self._req.packets(data)]
+
+    def _judged(self, p: bytes) -> Request:
+        t = p[4]
+        action = self._request(p)
+        if t == INIT:
+            return Request(p, t, None, action)
+        r = _Reader(p)
+        rid = r.u32()
+        self.pending.add(rid)
+        if len(self.pending) > MAX_PENDING:
+            raise SFTPError(f"more than {MAX_PENDING} SFTP requests awaiting a reply")
+        if t == OPEN:
+            path = r.text()
+            write = bool(r.u32() & _WRITE_FLAGS)
+            return Request(p, t, rid, action, "write" if write else "read", ((path, True),))
+        if t in (OPENDIR, STAT):
+            return Request(p, t, rid, action, "read", ((r.text(), True),))
+        if t in (LSTAT, READLINK):
+            return Request(p, t, rid, action, "read", ((r.text(), False),))
+        if t in (SETSTAT, MKDIR):
+            return Request(p, t, rid, action, "write", ((r.text(), True),))
+        if t in (REMOVE, RMDIR):
+            return Request(p, t, rid, action, "write", ((r.text(), False),))
+        if t == RENAME:
+            return Request(p, t, rid, action, "write", ((r.text(), False), (r.text(), False)))
+        if t == SYMLINK:
+            target, link = r.text(), r.text()  # OpenSSH's order
+            if not target.startswith("/"):
+                target = posixpath.join(posixpath.dirname(link) or ".", target)
+            return Request(p, t, rid, action, "write", ((link, False), (target, True)))
+        if t == FSETSTAT:
+            f = self.files.get(r.string())
+            return Request(p, t, rid, action, "write", (), f.resolved if f else None)
+        if t == EXTENDED:
+            name = r.text()
+            if name in ("posix-rename@openssh.com", "hardlink@openssh.com"):
+                return Request(p, t, rid, action, "write", ((r.text(), False), (r.text(), name.startswith("hard"))))
+            if name == "lsetstat@openssh.com":
+                return Request(p, t, rid, action, "write", ((r.text(), False),))
+            if name in _READ_ONLY_EXTENSIONS or name == "copy-data":
+                return Request(p, t, rid, action)  # judged when its handles were opened, or harmless
+            return Request(p, t, rid, action, "write", (), None)  # unknown: only plain `sftp` grants it
+        if t in (READ, WRITE, CLOSE, FSTAT, READDIR, REALPATH):
+            return Request(p, t, rid, action)
+        return Request(p, t, rid, action, "write", (), None)
+
+    def opened(self, rid: int, resolved: str):
+        """The request ``rid`` opening a file was judged on ``resolved``."""
+        self._resolved[rid] = resolved
+
+    def refused(self, rid: int):
+        """A request the gateway answered itself: it never reaches the upstream."""
+        self._opening.pop(rid, None)
+        self._resolved.pop(rid, None)
+        self.pending.discard(rid)
+
+    def own_id(self) -> int:
+        """A request id for the gateway's own request, not awaiting a reply to the client."""
+        while True:
+            self._own = (self._own - 1) & 0xFFFFFFFF or 0xFFFFFFFF
+            if self._own not in self.pending and self._own not in self.own:
+                self.own.add(self._own)
+                return self._own
 
     def _request(self, p: bytes) -> Action | None:
         t = p[4]
@@ -139,22 +270,28 @@ class Tracker:
         if t == READ:
             handle = r.string()
             self._reading[rid] = handle
+            if len(self._reading) > MAX_PENDING:
+                raise SFTPError(f"more than {MAX_PENDING} SFTP reads awaiting a reply")
             return None
         if t == WRITE:
             handle = r.string()
-            r.u64()
-            n = r.u32()
+            offset = r.u64()
+            data = r.string()
             f = self.files.get(handle)
             if f is not None:
-                f.written += n
+                f.written += len(data)
+                if f.in_order and offset == f.next_offset:
+                    f.sha.update(data)
+                    f.next_offset += len(data)
+                else:
+                    f.in_order = False
             return None
         if t == CLOSE:
             handle = r.string()
             f = self.files.pop(handle, None)
             self.dirs.pop(handle, None)
             if f is not None:
-                return Action("sftp.close", {"path": f.path, "mode": f.mode,
-                                             "bytes_read": f.read, "bytes_written": f.written})
+                return Action("sftp.close", f.close_data())
             return None
         if t == OPENDIR:
             return Action("sftp.list", {"path": r.text()})
@@ -198,7 +335,13 @@ class Tracker:
 
     def responses(self, data: bytes) -> list[bytes]:
         """Whole server packets (forwarded as they are), learning handles and counting reads."""
+        return [p for p in self.read_responses(data)[0]]
+
+    def read_responses(self, data: bytes) -> tuple[list[bytes], list[tuple[int, str | None]]]:
+        """(whole server packets for the client, answers to the gateway's own requests:
+        (id, the resolved path or None))."""
         pkts = self._resp.packets(data)
+        out, mine = [], []
         for p in pkts:
             t = p[4]
             if t == VERSION:
@@ -206,31 +349,40 @@ class Tracker:
                 # otherwise (v4+ OPEN, v5 RENAME flags, v6 LINK): end the channel, not mis-record it.
                 if _Reader(p).u32() != 3:
                     raise SFTPError("the upstream speaks an SFTP version other than 3")
-            elif t == HANDLE:
-                r = _Reader(p)
-                rid = r.u32()
+                out.append(p)
+                continue
+            r = _Reader(p)
+            rid = r.u32()
+            if rid in self.own and t in (101, 104):  # STATUS, NAME: an answer to the gateway
+                self.own.discard(rid)
+                if t == 104 and r.u32() >= 1:
+                    mine.append((rid, r.text()))
+                else:
+                    mine.append((rid, None))
+                continue
+            self.pending.discard(rid)
+            out.append(p)
+            if t == HANDLE:
                 handle = r.string()
                 opened = self._opening.pop(rid, None)
+                resolved = self._resolved.pop(rid, None)
                 if opened is not None:
-                    self.files[handle] = FileStats(*opened)
+                    if len(self.files) >= MAX_HANDLES:
+                        raise SFTPError(f"more than {MAX_HANDLES} SFTP files open at once")
+                    self.files[handle] = FileStats(*opened, resolved=resolved)
             elif t == DATA:
-                r = _Reader(p)
-                rid = r.u32()
                 handle = self._reading.pop(rid, None)
                 f = self.files.get(handle) if handle is not None else None
                 if f is not None:
                     f.read += r.u32()  # the data string's length
             elif t == STATUS:
-                r = _Reader(p)
-                rid = r.u32()
                 self._opening.pop(rid, None)
                 self._reading.pop(rid, None)
-        return pkts
+                self._resolved.pop(rid, None)
+        return out, mine
 
     def unclosed(self) -> list[Action]:
         """Files still open when the channel ended."""
-        out = [Action("sftp.close", {"path": f.path, "mode": f.mode, "bytes_read": f.read,
-                                     "bytes_written": f.written, "unclosed": True})
-               for f in self.files.values()]
+        out = [Action("sftp.close", f.close_data(unclosed=True)) for f in self.files.values()]
         self.files.clear()
         return out

@@ -85,3 +85,36 @@ class _Client(asyncssh.SSHClient):
     def connection_lost(self, exc):
         if self._on_lost is not None:
             self._on_lost(exc)
+
+
+async def login_shell(settings) -> str:
+    """The login shell of ``upstream_user`` (sshd runs every exec line with it): asks the upstream
+    for ``$SHELL``, which sshd sets from the user's passwd entry. Raises UpstreamError."""
+    conn = await Upstream(settings).connect()
+    try:
+        # printf and "$SHELL" read the same in sh, bash, zsh, fish and csh.
+        r = await asyncio.wait_for(conn.run("printf '%s\\n' \"$SHELL\"", check=False), settings.connect_timeout)
+    except asyncio.TimeoutError:
+        raise UpstreamError("the upstream did not say which shell it runs within the connect timeout") from None
+    finally:
+        conn.close()
+    out = r.stdout if isinstance(r.stdout, str) else (r.stdout or b"").decode("utf-8", "replace")
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+async def check_upstream_shell(settings) -> str | None:
+    """For `hoopy check --connect`: None if ``upstream_shell`` reads lines as the upstream's login
+    shell will, else the problem (for the key ``upstream_shell``)."""
+    from hoopy.ssh.shell import dialect_of
+
+    shell = await login_shell(settings)
+    want, got = dialect_of(settings.upstream_shell), dialect_of(shell)
+    if not shell:
+        return f"the upstream did not name its login shell (upstream_shell is {settings.upstream_shell!r})"
+    if want != got:
+        if got is None:
+            return (f"the login shell of {settings.upstream_user} is {shell}, which the gateway cannot read: "
+                    f"every exec line will be unjudgeable (set upstream_shell = {shell!r} to say so)")
+        return (f"upstream_shell is {settings.upstream_shell!r} but the login shell of {settings.upstream_user} "
+                f"is {shell}: set upstream_shell = {shell!r}")
+    return None
