@@ -409,7 +409,11 @@ class BatchedStore:
         If the store cannot write, the next try waits ``sign_interval``."""
         self._next_try = time.monotonic() + self.sign_interval
         event = Event(kind=HEARTBEAT, outcome="ok", data={"key": self.signer.key_id, "why": why})
-        self._write([(event, canonical_json(event.data), None, None, None, None)], True)
+        # Its own Deferred, so a store that cannot write says so once (healthy turns False), not
+        # "a trailing event was lost" every few seconds.
+        d = Deferred()
+        d.addErrback(lambda f: None)
+        self._write([(event, canonical_json(event.data), None, None, None, d)], True)
 
     def _committed(self, wrote: int, signed: dict | None):
         """In the writer thread, after COMMIT: keep the signing clock, feed the anchor."""
