@@ -335,6 +335,9 @@ def cmd_decide(args):
         aid = given
         if not re.fullmatch(r"ap-[0-9a-f]{12}", given):  # a prefix: which approval is it?
             status, found = client.call("GET", "/approvals?" + urllib.parse.urlencode({"prefix": given}))
+            if status in (401, 403):
+                msg = found.get("error") if isinstance(found, dict) else status
+                return _fail(f"{verb} {given}: refused: {escape(msg)}", 1)
             if status == 200 and isinstance(found, list):
                 ids = [a.get("id") for a in found if isinstance(a, dict)]
                 if not ids:
