@@ -222,8 +222,8 @@ def _show_approval(reader, args):
     if args.json:
         _print_json(out)
         return 0
-    for k in ("id", "state", "requester", "connection", "protocol", "session", "rule", "created", "expires",
-              "decided", "reviewer", "reason"):
+    for k in ("id", "state", "requester", "caused_by", "connection", "protocol", "session", "rule", "mode",
+              "created", "expires", "decided", "reviewer", "reason", "usable_until", "used", "used_session"):
         if out.get(k) is not None:
             print(f"{k + ':':<12}{escape(out[k])}")
     print("operation:")
@@ -285,6 +285,8 @@ def admin_url(cfg) -> str:
         scheme, host, port = admin_address(desc)
     except (ValueError, IndexError):
         raise SystemExit(_fail(f"gateway.admin_listen {desc!r}: no port in it", 2))
+    if cfg.gateway.admin_tls_cert is not None:
+        scheme = "https"  # the listener serves TLS itself (admin_tls_cert, admin_tls_key)
     return f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}"
 
 
@@ -296,7 +298,16 @@ class AdminClient:
             raise SystemExit(_fail(str(e), 2))
         context = None
         if self.base.startswith("https:"):
+            # The system's CAs, admin_ca, and the listener's own certificate (self-signed or not:
+            # X509_V_FLAG_PARTIAL_CHAIN lets a leaf be its own anchor).
             context = ssl.create_default_context()
+            cert = cfg.gateway.admin_tls_cert
+            if cert is not None and cert.value:
+                try:
+                    context.load_verify_locations(cadata=cert.value)
+                except ssl.SSLError as e:
+                    raise SystemExit(_fail(f"gateway.admin_tls_cert: {e}", 2))
+                context.verify_flags |= getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0)
             if cfg.gateway.admin_ca is not None:
                 try:
                     context.load_verify_locations(cafile=str(cfg.gateway.admin_ca))

@@ -62,6 +62,10 @@ class GatewaySettings:
     heartbeat: float = 60.0  # an idle node signs a heartbeat event this often
     sign_interval: float = 2.0  # events stay unsigned at most about this long
     admin_ca: Path | None = None  # CA the CLI trusts for an ssl: admin_listen
+    approval_ttl: float = 900.0  # a retry-mode approval may be used this long after its decision
+    console_url: str | None = None  # where people reach the web console (links in notifications)
+    admin_tls_cert: Secret | None = None  # PEM; the admin listener (API and console) serves TLS
+    admin_tls_key: Secret | None = None
 
     @property
     def signing_public_key(self) -> Path | None:
@@ -73,6 +77,9 @@ class GatewaySettings:
         return self.state_reader or self.state
 
 
+APPROVAL_MODES = ("hold", "retry")
+
+
 @attrs.frozen
 class Connection:
     name: str
@@ -81,6 +88,8 @@ class Connection:
     upstream: str
     settings: Any  # the protocol's own attrs object (hoopy.<type>.settings)
     approval_timeout: float
+    approvals: str = "hold"  # hold: the caller waits; retry: refused at once with the approval id
+    approval_ttl: float = 900.0
 
 
 @attrs.frozen
@@ -95,6 +104,8 @@ class Grant:
     # What becomes of a part no rule can judge before it runs (a `$(...)`, an `eval`):
     # "deny" (refused, the default) or "approve" (held for a reviewer).
     unjudgeable: str = "deny"
+    approvals: str | None = None  # overrides the connection's, for what this grant's approve rules hold
+    approval_ttl: float | None = None
 
     def expired(self, now: datetime) -> bool:
         return self.expires is not None and now >= self.expires
@@ -120,6 +131,7 @@ class Config:
     # "full" (the gateway, `hoopy check`), "reader" (connections' settings left unread: no
     # secret resolved) or "gateway" (only the [gateway] table was read).
     mode: str = "full"
+    notify: tuple = ()  # of hoopy.notify.settings.NotifyTarget
 
     @property
     def base_dir(self) -> Path:
@@ -535,12 +547,36 @@ def _parse_gateway(top: Table, problems: list, base: Path, mode: str = "full") -
     if not 0.01 <= sign_interval <= 10:
         gw.problem("sign_interval", "must be between 10ms and 10s")
     admin_ca = gw.file_path("admin_ca")
+    approval_ttl = gw.duration("approval_ttl", default=900.0)
+    console_url = gw.string("console_url")
+    if console_url is not None and not re.match(r"^https?://[^\s/]+", console_url):
+        gw.problem("console_url", "must be an http:// or https:// URL (where the console is reached)")
+        console_url = None
+    if mode == "full":
+        admin_tls_cert = gw.secret("admin_tls_cert")
+        admin_tls_key = gw.secret("admin_tls_key")
+    else:
+        # Readers never resolve the listener's private key; its certificate (public) is read if it
+        # can be, for approve and deny to verify the listener with.
+        ref = gw.string("admin_tls_cert")
+        gw.string("admin_tls_key")
+        admin_tls_cert = (resolve_secret(ref, "gateway.admin_tls_cert", [], base) or Secret(ref, "")) if ref else None
+        admin_tls_key = None
+    if (gw.has("admin_tls_cert")) != (gw.has("admin_tls_key")):
+        gw.problem("admin_tls_key" if gw.has("admin_tls_cert") else "admin_tls_cert",
+                   "admin_tls_cert and admin_tls_key go together")
+    elif mode == "full" and admin_tls_cert is not None and admin_tls_key is not None:
+        err = _check_tls_pair(admin_tls_cert.value, admin_tls_key.value)
+        if err:
+            gw.problem("admin_tls_cert", err)
     gw.finish()
     return GatewaySettings(
         state=state, recordings=recordings, admin_listen=admin_listen,
         approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
         signing_key=signing_key, audit_anchor=anchor, state_reader=state_reader,
         heartbeat=heartbeat, sign_interval=sign_interval, admin_ca=admin_ca,
+        approval_ttl=approval_ttl, console_url=console_url,
+        admin_tls_cert=admin_tls_cert, admin_tls_key=admin_tls_key,
     )
 
 
@@ -602,6 +638,8 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
                     t.problem("listen", f"port {addr[0]} is already used by {other}")
             listeners.append((f"{key}.listen", addr))
         timeout = t.duration("approval_timeout", default=approval_timeout)
+        mode = t.string("approvals", default="hold", choices=APPROVAL_MODES)
+        ttl = t.duration("approval_ttl", default=approval_ttl)
         if ctype is None:
             continue  # its other keys cannot be judged without a type
         if mode == "reader":
@@ -613,7 +651,7 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
         if listen:
             connections[name] = Connection(
                 name=name, type=ctype, listen=listen, upstream=t.data.get("upstream"),
-                settings=settings, approval_timeout=timeout,
+                settings=settings, approval_timeout=timeout, approvals=mode, approval_ttl=ttl,
             )
 
     # [[grants]]
@@ -648,10 +686,12 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
         if t.has("expires"):
             expires = _parse_time(t.raw("expires"), t.name("expires"), problems)
         unjudgeable = t.string("unjudgeable", default="deny", choices=("deny", "approve")) or "deny"
+        g_mode = t.string("approvals", choices=APPROVAL_MODES)
+        g_ttl = t.duration("approval_ttl")
         t.finish()
         if ident and conn:
             grants.append(Grant(ident, conn, lists["allow"], lists["approve"], lists["deny"], expires, i,
-                                unjudgeable))
+                                unjudgeable, g_mode, g_ttl))
 
     # [[masking]]
     masking = []
@@ -686,13 +726,42 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
         if conn:
             masking.append(Masking(conn, columns, fields, tuple(detectors), i))
 
+    # [[notify]]
+    from hoopy.notify.settings import parse_target
+
+    notify = []
+    top._seen.add("notify")
+    # Readers never resolve the webhooks' secrets: [[notify]] is the gateway's alone.
+    for i, table in enumerate((top._get("notify", False, [], list, "an array of tables") or [])
+                              if mode == "full" else []):
+        key = f"notify[{i}]"
+        if not isinstance(table, dict):
+            problems.append(Problem(key, "must be a table"))
+            continue
+        t = Table(key, table, problems, base)
+        target = parse_target(t, i)
+        t.finish()
+        if target is not None:
+            notify.append(target)
+
     top.finish()
     if problems:
         raise ConfigError(problems)
     return Config(
         path=path, gateway=gateway, identities=identities, connections=connections,
-        grants=tuple(grants), masking=tuple(masking), mode=mode,
+        grants=tuple(grants), masking=tuple(masking), notify=tuple(notify), mode=mode,
     )
+
+
+def _check_tls_pair(cert: str, key: str) -> str | None:
+    """A PEM certificate and its key, loadable together (checked before anything listens)."""
+    try:
+        from twisted.internet import ssl
+
+        ssl.PrivateCertificate.loadPEM(cert + "\n" + key)
+    except Exception as e:
+        return f"the certificate and key cannot be loaded together: {e}"
+    return None
 
 
 def check(path) -> list[Problem]:

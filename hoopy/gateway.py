@@ -37,7 +37,7 @@ class Gateway(MultiService):
         self._byte_counters: dict = {}
         self.auth_failures = AuthFailureLog(self.record, reactor)
         self.store = store or open_store(config, reactor)
-        self.store.on_error = lambda e: self.metrics.store_errors.inc()
+        self.store.on_error = self._store_failed
         gw = config.gateway
         self.store.sign_interval = gw.sign_interval
         self.store.heartbeat = gw.heartbeat
@@ -49,6 +49,19 @@ class Gateway(MultiService):
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
         self.recordings = config.gateway.recordings
         self.sessions: dict[str, Session] = {}
+        self.notifier = None
+        if config.notify:
+            from hoopy.notify.delivery import Notifier
+
+            self.notifier = Notifier(self, config.notify)
+            self.notifier.setName("notify")
+            self.notifier.setServiceParent(self)
+            self.store.observers.append(self.notifier.observe)
+
+    def _store_failed(self, error):
+        self.metrics.store_errors.inc()
+        if self.notifier is not None:
+            self.notifier.store_failed(error)
 
     # --- building ----------------------------------------------------------
 
@@ -202,4 +215,5 @@ class Gateway(MultiService):
                 except Exception:
                     log.failure("terminating session {id}", id=session.id)
             ds.append(session.end(reason))
+        ds.extend(self.approvals.expire_all(reason))  # retry-mode ones outlive their session
         return DeferredList([d for d in ds if d is not None], consumeErrors=True)

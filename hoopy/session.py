@@ -52,9 +52,11 @@ class Session:
 
     # --- what a protocol asks of its session ------------------------------
 
-    def decide(self, operation) -> Deferred:
-        """Fires with Allow, Deny or Hold (hoopy.policy.verdicts) once the event saying so is durable."""
-        return self.gateway.policy.decide(self, operation)
+    def decide(self, operation, approvals: str | None = None) -> Deferred:
+        """Fires with Allow, Deny or Hold (hoopy.policy.verdicts) once the event saying so is durable.
+        ``approvals="retry"``: never Hold (the caller asked not to wait); a Deny then carries the
+        approval id and ``status="pending"``."""
+        return self.gateway.policy.decide(self, operation, approvals)
 
     def judge(self, operation):
         """The policy's pure answer (a Judgement), recording nothing."""
@@ -82,6 +84,11 @@ class Session:
 
     def expire_hold(self, approval_id: str, reason: str):
         return self.gateway.approvals.expire(approval_id, reason)
+
+    def approval_status(self, approval_id: str) -> Deferred:
+        """An approval this session's identity asked for: a dict (approval, status, ...), or None
+        if it is unknown or someone else's."""
+        return self.gateway.approvals.status(approval_id, self.identity)
 
     # --- the record ---------------------------------------------------------
 

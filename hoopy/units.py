@@ -40,3 +40,16 @@ def parse_size(value) -> int:
             unit = m.group(2).lower() if m.group(2) else None
             return int(m.group(1)) * _SIZE_FACTOR[unit]
     raise ValueError(f"{value!r} is not a size such as \"64KiB\" or \"1MiB\"")
+
+
+def format_duration(seconds: float) -> str:
+    """The way the config writes it: "15m", "1h30m", "45s"."""
+    s = int(round(seconds))
+    if s <= 0:
+        return "0s"
+    out = ""
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if s >= n:
+            out += f"{s // n}{unit}"
+            s %= n
+    return out

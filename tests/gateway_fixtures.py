@@ -14,7 +14,9 @@ from tests.support import free_port, ident
 AGENT, ALICE, BOB, CAROL = ident("agent"), ident("alice"), ident("bob"), ident("carol")
 
 
-def write_config(tmp_path, approval_timeout="30s", busy="0.5s"):
+def write_config(tmp_path, approval_timeout="30s", busy="0.5s", api_extra="", grant_extra="", extra=""):
+    """``api_extra`` goes in [connections.api], ``grant_extra`` in the agent's grant,
+    ``extra`` at the end (more tables)."""
     port = free_port()
     text = f"""
 [gateway]
@@ -33,17 +35,20 @@ store_busy_timeout = "{busy}"
 type = "http"
 listen = "tcp:0"
 upstream = "http://127.0.0.1:9"
+{api_extra}
 
 [[grants]]
 identity = "agent"
 connection = "api"
 allow = ["GET /v1/*"]
 approve = ["POST /v1/refunds"]
+{grant_extra}
 
 [[grants]]
 identity = "bob"
 connection = "api"
 approve = ["POST /v1/refunds"]
+{extra}
 """
     p = tmp_path / "hoopy.toml"
     p.write_text(text)
@@ -60,9 +65,9 @@ def start_gateway(tmp_path, **kw) -> Gateway:
     return gw
 
 
-def request(method, path):
+def request(method, path, **detail):
     return Operation("http", "request", f"{method} {path}", (Unit(method, path),),
-                     {"method": method, "path": path})
+                     {"method": method, "path": path, **detail})
 
 
 def hoopy_cli(config, *args, token=None):

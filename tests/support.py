@@ -56,7 +56,9 @@ class HoopyProcess:
     """A real gateway process; its admin API on a free port."""
 
     def __init__(self, workdir: Path, body: str, admin_port: int | None = None,
-                 env: dict | None = None, approval_timeout: str = "30s"):
+                 env: dict | None = None, approval_timeout: str = "30s", gateway_extra: str = "",
+                 admin_scheme: str = "http", admin_ca: str | None = None):
+        self.admin_scheme, self.admin_ca = admin_scheme, admin_ca
         self.workdir = Path(workdir)
         self.admin_port = admin_port or free_port()
         self.config = self.workdir / "hoopy.toml"
@@ -64,14 +66,14 @@ class HoopyProcess:
             "[gateway]\n"
             f'state = "hoopy.db"\nrecordings = "recordings"\n'
             f'admin_listen = "tcp:{self.admin_port}:interface=127.0.0.1"\n'
-            f'approval_timeout = "{approval_timeout}"\nstore_busy_timeout = "1s"\n\n' + body)
+            f'approval_timeout = "{approval_timeout}"\nstore_busy_timeout = "1s"\n{gateway_extra}\n\n' + body)
         self.env = {**os.environ, **(env or {})}
         self.proc = None
         self.log = self.workdir / "twistd.log"
 
     @property
     def admin(self) -> str:
-        return f"http://127.0.0.1:{self.admin_port}"
+        return f"{self.admin_scheme}://127.0.0.1:{self.admin_port}"
 
     @property
     def db(self) -> Path:
@@ -117,8 +119,13 @@ class HoopyProcess:
         req = urllib.request.Request(self.admin + path, data=data, method=method)
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        ctx = None
+        if self.admin_ca:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=self.admin_ca)
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
+            with urllib.request.urlopen(req, timeout=10, context=ctx) as r:
                 raw = r.read()
                 return r.status, (json.loads(raw) if r.headers.get_content_type() == "application/json" else raw)
         except urllib.error.HTTPError as e:

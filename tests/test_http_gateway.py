@@ -122,7 +122,7 @@ def upstream(tmp_path_factory):
 def gw(upstream, tmp_path_factory):
     port, plain = free_port(), free_port()
     p = HoopyProcess(tmp_path_factory.mktemp("gw"), gateway_toml(upstream.port, port, plain),
-                     env={"API_AUTH": UPSTREAM_SECRET}, approval_timeout="4s")
+                     env={"API_AUTH": UPSTREAM_SECRET}, approval_timeout="12s")
     p.start()
     p.url = f"http://127.0.0.1:{port}"
     p.port = port

@@ -28,11 +28,12 @@ import ipaddress
 import json
 import re
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import attrs
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application import strports
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.threads import deferToThread
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -359,10 +360,16 @@ class AdminSite(Site):
         self.open = 0
         self.by_peer: dict = {}
 
-    def buildProtocol(self, addr):
+    def admits(self, addr) -> bool:
         host = getattr(addr, "host", None)
         if self.open >= MAX_CONNECTIONS or self.by_peer.get(host, 0) >= PER_PEER:
             log.warn("admin API: connection from {host} refused: too many open", host=host)
+            return False
+        return True
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if not self.admits(addr):
             return None
         p = super().buildProtocol(addr)
         p._host = host
@@ -380,8 +387,26 @@ class AdminSite(Site):
             self.by_peer.pop(host, None)
 
 
+class _CappedTLSFactory(TLSMemoryBIOFactory):
+    """TLS around the admin site; a connection over the site's caps is closed before TLS starts."""
+
+    def buildProtocol(self, addr):
+        if not self.wrappedFactory.admits(addr):
+            return None
+        return super().buildProtocol(addr)
+
+
 def make_service(gateway, listen: str):
-    site = AdminSite(AdminResource(gateway), reactor=gateway.reactor)
+    from hoopy.admin.console import mount
+
+    site = AdminSite(mount(AdminResource(gateway), gateway), reactor=gateway.reactor)  # /ui/: the web console
     site.displayTracebacks = False
     site.noisy = False
-    return strports.service(listen, site, reactor=gateway.reactor)
+    factory = site
+    gw = gateway.config.gateway
+    if gw.admin_tls_cert is not None:
+        from twisted.internet import ssl
+
+        cert = ssl.PrivateCertificate.loadPEM(gw.admin_tls_cert.value + "\n" + gw.admin_tls_key.value)
+        factory = _CappedTLSFactory(cert.options(), False, site)
+    return strports.service(listen, factory, reactor=gateway.reactor)

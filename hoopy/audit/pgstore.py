@@ -26,7 +26,8 @@ from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
-from hoopy.audit.writer import ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, schema_sql, write_batch
+from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql, schema_sql,
+                                write_batch)
 
 log = Logger()
 
@@ -96,30 +97,42 @@ def event_columns(conn) -> set:
 
 
 def ensure_schema(conn) -> None:
-    """Create the hoopy schema if absent, and add the event columns a store made
-    by an earlier hoopy lacks. Skipped when all is there, so a runtime role
+    """Create the hoopy schema if absent, and bring a store made by an earlier hoopy up to
+    date (event and approval columns, indexes). Skipped when all is there, so a runtime role
     without CREATE works once an owner has run it."""
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL"
                        " AND to_regclass(%s) IS NOT NULL",
                        (f"{SCHEMA_NAME}.events", f"{SCHEMA_NAME}.sessions",
                         f"{SCHEMA_NAME}.approvals")).fetchone()
-    if row[0] and not set(ADDED_EVENT_COLUMNS) - event_columns(conn):
-        return
     psycopg = _psycopg()
     try:
-        with conn.transaction():
-            # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-            for col in ADDED_EVENT_COLUMNS:
-                conn.execute(f"ALTER TABLE {SCHEMA_NAME}.events ADD COLUMN IF NOT EXISTS {col} text")
+        if not row[0]:
+            with conn.transaction():
+                # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+        existing = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (SCHEMA_NAME, "approvals")).fetchall()}
+        todo = migration_sql(existing, f"{SCHEMA_NAME}.", "BIGINT")
+        todo += [f"ALTER TABLE {SCHEMA_NAME}.events ADD COLUMN {c} text"
+                 for c in ADDED_EVENT_COLUMNS if c not in event_columns(conn)]
+        if any(s.startswith("ALTER") for s in todo) or not _has_index(conn, "approvals_canonical"):
+            # A table made by an older release: its new columns (needs the owner, once).
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+                for stmt in todo:
+                    conn.execute(stmt.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
     except psycopg.errors.InsufficientPrivilege as e:
         raise StoreError(
             f"the hoopy schema needs creating or upgrading, and this role may not: {_first_line(e)}; "
-            f"start once as the tables' owner, or run: ALTER TABLE {SCHEMA_NAME}.events "
-            + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} text" for c in ADDED_EVENT_COLUMNS)) from e
+            "start the gateway once as the tables' owner") from e
+
+
+def _has_index(conn, name: str) -> bool:
+    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA_NAME}.{name}",)).fetchone()[0]
 
 
 @implementer(IStoreReader)

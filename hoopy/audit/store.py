@@ -19,7 +19,7 @@ from hoopy.audit.chain import GENESIS
 from hoopy.audit.events import iso
 from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, APPROVAL_COLUMNS, EVENT_COLUMNS,  # noqa: F401
                                 SESSION_COLUMNS, BatchedStore, Dialect, StateConflict, StoreError,
-                                schema_sql, write_batch)
+                                migration_sql, schema_sql, write_batch)
 
 log = Logger()
 
@@ -157,6 +157,34 @@ class ReaderQueries:
                           (approval_id,))
         return rows[0] if rows else None
 
+    def session_counts(self, session_ids):
+        """Per session: operations, refused, held, masked (redactions) counts."""
+        out: dict = {}
+        p, t = self.dialect.param, self.dialect.prefix
+        ids = list(session_ids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for r in self._rows(f"SELECT session, kind, outcome, count(*) AS n FROM {t}events WHERE session IN "
+                                f"({', '.join(p for _ in chunk)}) AND kind IN ('operation', 'redaction')"
+                                " GROUP BY session, kind, outcome", chunk):
+                c = out.setdefault(r["session"], {"operations": 0, "refused": 0, "held": 0, "masked": 0})
+                if r["kind"] == "redaction":
+                    c["masked"] += r["n"]
+                    continue
+                c["operations"] += r["n"]
+                if r["outcome"] in ("refused", "held"):
+                    c[r["outcome"]] += r["n"]
+        return out
+
+    def retry_approvals(self, requester, connection, canonical):
+        """Retry-mode approvals of this operation by this identity on this connection that
+        may still matter (pending, or approved and not yet used), newest first."""
+        p = self.dialect.param
+        return self._rows(
+            f"SELECT * FROM {self.dialect.prefix}approvals WHERE canonical = {p} AND requester = {p}"
+            f" AND connection = {p} AND mode = 'retry' AND state IN ('pending', 'approved')"
+            " ORDER BY created_us DESC LIMIT 20", (canonical, requester, connection))
+
 
 @implementer(IStoreReader)
 class SQLiteReader(ReaderQueries):
@@ -219,6 +247,9 @@ class SQLiteEventStore(BatchedStore):
         for col in ADDED_EVENT_COLUMNS:
             if col not in have:
                 db.execute(f"ALTER TABLE events ADD COLUMN {col} TEXT")
+        existing = {r[1] for r in db.execute("PRAGMA table_info(approvals)")}
+        for stmt in migration_sql(existing):
+            db.execute(stmt)
         return db
 
     def start(self):

@@ -40,7 +40,11 @@ SESSION_COLUMNS = ("id", "gateway", "identity", "connection", "protocol", "peer"
                    "ended_us", "end_reason", "model", "tool_call", "mcp_server",
                    "application_name", "recording")
 APPROVAL_COLUMNS = ("id", "gateway", "session", "requester", "connection", "protocol", "operation",
-                    "rule", "state", "created_us", "expires_us", "decided_us", "reviewer", "reason")
+                    "rule", "state", "created_us", "expires_us", "decided_us", "reviewer", "reason",
+                    "mode", "canonical", "ttl_s", "caused_by", "used_us", "used_session")
+# Columns added after the first release: (name, type) added to an older table at start.
+ADDED_APPROVAL_COLUMNS = (("mode", "TEXT"), ("canonical", "TEXT"), ("ttl_s", "{integer}"),
+                          ("caused_by", "TEXT"), ("used_us", "{integer}"), ("used_session", "TEXT"))
 EVENT_COLUMNS = ("seq", "time_us", "gateway", "session", "identity", "connection", "protocol",
                  "peer", "kind", "outcome", "data", "writes", "prev", "hash", "signature")
 # Columns added after the first release: opened stores that lack them get them.
@@ -102,10 +106,28 @@ CREATE TABLE IF NOT EXISTS {prefix}approvals (
     expires_us {integer},
     decided_us {integer},
     reviewer TEXT,
-    reason TEXT
+    reason TEXT,
+    mode TEXT,
+    canonical TEXT,
+    ttl_s {integer},
+    caused_by TEXT,
+    used_us {integer},
+    used_session TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_state ON {prefix}approvals(state, created_us);
 """
+
+# After the added columns exist (a table made by an older release gets them first).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS approvals_canonical ON {prefix}approvals(canonical);
+"""
+
+
+def migration_sql(existing: set[str], prefix: str = "", integer: str = "INTEGER") -> list[str]:
+    """Statements bringing an older approvals table up to date, given its column names."""
+    out = [f"ALTER TABLE {prefix}approvals ADD COLUMN {name} {kind.format(integer=integer)}"
+           for name, kind in ADDED_APPROVAL_COLUMNS if name not in existing]
+    return out + [s.strip() for s in _INDEXES.format(prefix=prefix).split(";") if s.strip()]
 
 
 def schema_sql(prefix: str = "", integer: str = "INTEGER") -> str:
@@ -290,6 +312,8 @@ class BatchedStore:
         self._last_sig = 0.0  # monotonic time of the last signature
         self._unsigned_since: float | None = None  # first event of ours not yet signed
         self._next_try = 0.0  # a failed heartbeat is tried again no sooner than this
+        # callables(StoredEvent), on the reactor thread once an event is durable (notifications)
+        self.observers: list = []
 
     @property
     def reactor(self):
@@ -441,11 +465,17 @@ class BatchedStore:
         self.healthy = True
         for d, stored in results:
             if d is None:
-                continue  # a trailing event
-            if isinstance(stored, Exception):
+                pass  # a trailing event
+            elif isinstance(stored, Exception):
                 d.errback(stored)
+                continue
             else:
                 d.callback(stored)
+            for observe in self.observers:
+                try:
+                    observe(stored)
+                except Exception:
+                    log.failure("observer of the state store")
 
     def _failed(self, deferreds, err):
         if self.healthy:

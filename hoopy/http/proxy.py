@@ -18,6 +18,7 @@ import time
 import zlib
 from io import BytesIO
 
+import attrs
 from twisted.internet import defer
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -42,6 +43,20 @@ from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.session import IN, OUT, StoreError
 from hoopy.sockwrite import write_now
+from hoopy.audit.events import iso
+
+# Where a caller polls its own approval (retry mode, Prefer: respond-async): on this listener,
+# with its own token. Never forwarded upstream.
+STATUS_PREFIX = "/.hoopy/approvals/"
+
+
+def _prefers_async(hdrs: dict) -> bool:
+    """``Prefer: respond-async`` (RFC 7240), among any other preferences."""
+    for value in hdrs.get(b"prefer", ()):
+        for pref in value.split(b","):
+            if pref.split(b";", 1)[0].split(b"=", 1)[0].strip().lower() == b"respond-async":
+                return True
+    return False
 
 log = Logger()
 
@@ -375,6 +390,9 @@ class Exchange:
             self.session = await self._wait(self.proxy.session_for(req.channel, ident.name, self.peer))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record this session", "error")
+        if req.uri.startswith(STATUS_PREFIX.encode()):  # (req.path is not parsed yet here)
+            return await self._approval_status(
+                req.uri[len(STATUS_PREFIX):].split(b"?", 1)[0].decode("ascii", "replace"))
         attribution = {k: (hdrs.get(h, (b"",))[-1] or b"").decode("utf-8", "replace") for k, h in (
             ("model", b"x-hoopy-model"), ("tool_call", b"x-hoopy-tool-call"),
             ("mcp_server", b"x-hoopy-mcp-server"))}
@@ -397,7 +415,11 @@ class Exchange:
             # read whole first (masked where a rule says so), shown, and exactly it goes upstream.
             self.held_body = await self._request_body(whole=True)
             op.detail.update(self._body_for_review())
-        verdict = await self._wait(self.session.decide(op))
+        # What a retry-mode approval is bound to: method, normalized path, query, the body's SHA-256.
+        op = attrs.evolve(op, canonical=Operation.canonical_of(
+            self.method, self.path, self.query, op.detail.get("body_sha256")))
+        prefer_async = _prefers_async(self.hdrs)
+        verdict = await self._wait(self.session.decide(op, "retry" if prefer_async else None))
         if isinstance(verdict, Hold):
             self.approval = verdict.id
             self.holding = True  # a caller gone now expires the approval (see _client_gone)
@@ -408,6 +430,13 @@ class Exchange:
         if isinstance(verdict, Deny):
             self.rule = verdict.rule
             self.approval = verdict.approval or self.approval
+            if verdict.status == "pending":  # retry mode: nothing ran; the caller sends it again once approved
+                url = f"{STATUS_PREFIX}{verdict.approval}"
+                if prefer_async:
+                    raise Refusal(202, verdict.reason, "pending", rule=verdict.rule, approval=self.approval,
+                                  approval_status="pending", status_url=url)
+                raise Refusal(403, verdict.reason, "refused", rule=verdict.rule, approval=self.approval,
+                              approval_status="pending", status_url=url)
             raise Refusal(403, verdict.reason, "refused", rule=verdict.rule, approval=self.approval)
         assert isinstance(verdict, Allow)
         self.rule = verdict.rule
@@ -415,6 +444,26 @@ class Exchange:
             await self._relay()
         else:
             await self._forward()
+
+    async def _approval_status(self, approval_id: str):
+        """GET /.hoopy/approvals/ID: the caller's own approval (its token), to poll after a 202."""
+        self.outcome = "status"
+        if self.request.method not in (b"GET", b"HEAD"):
+            self.request.setHeader(b"allow", b"GET, HEAD")
+            return self._reply(405, {"error": "only GET reads an approval's status"})
+        try:
+            row = await self._wait(self.session.approval_status(approval_id))
+        except StoreError:
+            raise Refusal(503, "the audit store cannot be read", "error")
+        if row is None:
+            return self._reply(404, {"error": f"no approval {approval_id} of yours", "approval": approval_id})
+        body = {k: v for k, v in row.items() if not k.endswith("_us")}
+        for k in ("created_us", "expires_us", "decided_us", "usable_until_us"):
+            if row.get(k) is not None:
+                body[k[:-3]] = iso(row[k])
+        if body["status"] == "approved":
+            body["message"] = "approved: send the identical request again (it runs once)"
+        self._reply(200, body)
 
     def _units(self) -> tuple:
         """What the policy judges: the path as forwarded, and each form of it that a lenient upstream
@@ -924,7 +973,7 @@ class Exchange:
             self.resp_bytes += len(data)
             self.request.write(data)
 
-    def _reply(self, status: int, body: dict):
+    def _reply(self, status: int, body: dict, headers=()):
         req = self.request
         self.status = status
         data = json.dumps(body).encode() + b"\n"
@@ -933,6 +982,8 @@ class Exchange:
             for name in list(dict(req.responseHeaders.getAllRawHeaders())):
                 if name.lower() not in (b"www-authenticate",):
                     req.responseHeaders.removeHeader(name)
+            for name, value in headers:
+                req.setHeader(name, value)
             req.setHeader(b"content-type", b"application/json")
             req.setHeader(b"cache-control", b"no-store")
             req.setHeader(b"date", datetimeToString())
@@ -1008,8 +1059,14 @@ class Exchange:
             return
         body = {"error": r.error}
         # A policy refusal always names its rule and approval (null when none): INTERFACE.md
-        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval")})
-        self._reply(r.status, body)
+        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval", "status_url")})
+        if "approval_status" in r.extra:
+            body["status"] = r.extra["approval_status"]
+        headers = ()
+        if r.status == 202:  # Prefer: respond-async (RFC 7240): accepted for approval, poll status_url
+            body["message"] = body.pop("error")
+            headers = ((b"location", r.extra["status_url"].encode()), (b"preference-applied", b"respond-async"))
+        self._reply(r.status, body, headers)
 
     def _record(self):
         session = self.session

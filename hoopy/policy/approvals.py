@@ -13,9 +13,22 @@ and records the decision; the row only changes if it is still pending
 (``expect_state``), so two nodes can never both decide. The store then
 notifies every node, and the holder resolves its waiter from the row
 without writing a second event. Only the holder expires its approvals.
+
+Retry mode: nobody waits. The caller is refused at once with the approval id
+and runs the identical operation again once it is approved: ``use`` finds an
+approved, unused retry approval of that identity, connection and canonical
+form (``Operation.canonical_key``) within its ``ttl_s`` of the decision, and
+marks it used in the same transaction as the event of the run, only if it is
+still ``approved`` (``expect_state``): two nodes cannot both run it. Its
+session ending does not expire it (the caller comes back on a new one).
+
+Who may not decide: the requester, and every identity whose MCP tool call
+caused the operation (``caused_by`` in the operation's detail, set by the MCP
+gateway: a dict or list of dicts with an ``identity``).
 """
 from __future__ import annotations
 
+import json
 import time
 
 import attrs
@@ -26,6 +39,7 @@ from twisted.logger import Logger
 from hoopy.audit.events import Event
 from hoopy.audit.store import StateConflict, StoreError
 from hoopy.policy.review import review_text
+from hoopy.policy.verdicts import Allow
 from hoopy.session import new_id
 
 log = Logger()
@@ -52,12 +66,23 @@ class Approval:
     reviewer: str | None = None
     reason: str | None = None
     decided_us: int | None = None
+    mode: str = "hold"  # hold: a caller waits on ``outcome``; retry: nobody waits
+    ttl_s: int | None = None  # retry: how long after approval the identical operation may run once
     outcome: Deferred = attrs.field(factory=Deferred)  # fires with the Approval once decided
     _timer: object = None
 
     @property
     def requester(self) -> str:
         return self.session.identity
+
+    @property
+    def caused_by(self):
+        return self.operation.detail.get("caused_by")
+
+    @property
+    def requesters(self) -> set[str]:
+        """Who may not decide it: the requester and whoever caused it (MCP)."""
+        return {self.requester} | caused_by_identities(self.caused_by)
 
     def summary(self) -> dict:
         return {"approval": self.id, "state": self.state, "reviewer": self.reviewer,
@@ -71,7 +96,27 @@ class Approval:
             "rule": self.rule, "state": self.state,
             "created_us": self.created_us, "expires_us": self.expires_us,
             "decided_us": self.decided_us, "reviewer": self.reviewer, "reason": self.reason,
+            # Retry mode only (hold leaves them NULL): what a later identical operation must match.
+            "mode": "retry" if self.mode == "retry" else None,
+            "canonical": self.operation.canonical_key() if self.mode == "retry" else None,
+            "ttl_s": self.ttl_s,
+            "caused_by": json.dumps(self.caused_by, sort_keys=True, default=str) if self.caused_by else None,
         }
+
+
+def caused_by_identities(caused_by) -> set[str]:
+    """The identities named by a ``caused_by`` value: one call (a dict) or several (a list)."""
+    if isinstance(caused_by, str):
+        try:
+            caused_by = json.loads(caused_by)
+        except ValueError:
+            return set()
+    calls = caused_by if isinstance(caused_by, list) else [caused_by] if caused_by else []
+    return {c["identity"] for c in calls if isinstance(c, dict) and isinstance(c.get("identity"), str)}
+
+
+def row_requesters(row: dict) -> set[str]:
+    return {row["requester"]} | caused_by_identities(row.get("caused_by"))
 
 
 @attrs.frozen
@@ -104,21 +149,24 @@ class ApprovalService:
         if self.metrics:
             self.metrics.approvals_pending.set(len(self.pending))
 
-    def request(self, session, operation, rule: str, timeout: float) -> Deferred:
+    def request(self, session, operation, rule: str, timeout: float, mode: str = "hold",
+                ttl: float | None = None) -> Deferred:
         """Create and record a pending approval; fires with it once durable."""
         now = time.time_ns() // 1000
         approval = Approval(
             id=new_id("ap-")[:15], session=session, operation=operation, rule=rule,
-            created_us=now, expires_us=now + int(timeout * 1e6),
+            created_us=now, expires_us=now + int(timeout * 1e6), mode=mode,
+            ttl_s=int(ttl) if mode == "retry" and ttl is not None else None,
         )
         # One event, with the approvals row in the same transaction; the event says what the row
         # shows the reviewer (when that is more than the operation's text), for audit verify.
         row = approval.row()
         review = {"review": row["operation"]} if row["operation"] != operation.text else {}
+        retry = {"mode": "retry", "canonical": row["canonical"], "ttl_s": approval.ttl_s} if mode == "retry" else {}
         d = self.store.append(
             session._event("operation", "held", {
                 "approval": approval.id, "rule": rule, "timeout_s": timeout,
-                "expires_us": approval.expires_us, **_describe(operation), **review}),
+                "expires_us": approval.expires_us, **_describe(operation), **review, **retry}),
             approval=row)
 
         def pending(_):
@@ -145,8 +193,8 @@ class ApprovalService:
             return fail(ApprovalError("not_found", f"no pending approval {approval_id}"))
         if reviewer is None or not reviewer.is_reviewer:
             return fail(ApprovalError("not_reviewer", f"{reviewer_name} is not a reviewer"))
-        if reviewer.name == approval.requester:
-            return fail(ApprovalError("self_approval", f"{reviewer_name} cannot decide its own request"))
+        if reviewer.name in approval.requesters:
+            return fail(ApprovalError("self_approval", _own(reviewer_name, approval.requester)))
         state = "approved" if approve else "denied"
         return self._settle(approval, state, reviewer.name, reason)
 
@@ -223,8 +271,8 @@ class ApprovalService:
             raise ApprovalError("not_pending", f"approval {approval_id} has expired")
         if reviewer is None or not reviewer.is_reviewer:
             raise ApprovalError("not_reviewer", f"{reviewer_name} is not a reviewer")
-        if reviewer.name == row["requester"]:
-            raise ApprovalError("self_approval", f"{reviewer_name} cannot decide its own request")
+        if reviewer.name in row_requesters(row):
+            raise ApprovalError("self_approval", _own(reviewer_name, row["requester"]))
         state = "approved" if approve else "denied"
         ev = Event(kind="approval.decided", outcome=state, session=row["session"],
                    identity=row["requester"], connection=row["connection"], protocol=row["protocol"],
@@ -290,12 +338,99 @@ class ApprovalService:
         return self._settle(approval, "expired", None, reason).addErrback(lambda f: None)
 
     def cancel_session(self, session, reason: str) -> list[Deferred]:
-        """The held caller went away (or the gateway stops): its approvals expire."""
+        """The held caller went away: the approvals it waits on expire. A retry-mode
+        approval stays pending: its caller comes back with the same operation."""
         ds = []
         for approval in list(self.pending.values()):
-            if approval.session is session:
+            if approval.session is session and approval.mode != "retry":
                 ds.append(self._settle(approval, "expired", None, reason).addErrback(lambda f: None))
         return ds
+
+    def expire_all(self, reason: str) -> list[Deferred]:
+        """The gateway stops: whatever this node holds expires on the record."""
+        return [self._settle(a, "expired", None, reason).addErrback(lambda f: None)
+                for a in list(self.pending.values())]
+
+    # --- retry mode: one use of an approval -------------------------------------------
+
+    def _retry_rows(self, requester, connection, canonical):
+        reader = self.store.reader()
+        try:
+            return reader.retry_approvals(requester, connection, canonical)
+        except StoreError:
+            raise
+        except Exception as e:
+            raise StoreError(f"the state store cannot be read: {e}") from e
+        finally:
+            reader.close()
+
+    async def use(self, session, operation, rule: str, describe: dict):
+        """An approved retry approval of exactly this operation, by this identity on this
+        connection, still within its ttl: consumed with the event of the run (``Allow``
+        naming it). Otherwise the newest still-pending one (its row: the caller is told
+        its id again), or None. Fails with StoreError."""
+        key = operation.canonical_key()
+        rows = await self._in_thread(self._retry_rows, session.identity, session.connection, key)
+        now = time.time_ns() // 1000
+        for row in rows:
+            if row["state"] != "approved" or row["decided_us"] is None:
+                continue
+            if now >= row["decided_us"] + int(row["ttl_s"] or 0) * 1_000_000:
+                continue
+            ev = session._event("operation", "allowed", {
+                "rule": rule, "approval": row["id"], "approved_by": row["reviewer"], **describe})
+            try:
+                # Only if still approved: a second run (here or on another node) finds it used.
+                await self.store.append(ev, approval={"id": row["id"], "state": "used", "used_us": now,
+                                                      "used_session": session.id},
+                                        expect_state="approved")
+            except StateConflict:
+                continue
+            log.info("approval {id} used by {who} on {conn}", id=row["id"], who=session.identity,
+                     conn=session.connection)
+            return Allow(rule, row["id"])
+        for row in rows:
+            if row["state"] == "pending" and (row["expires_us"] is None or now < row["expires_us"]):
+                return row
+        return None
+
+    # --- what a caller may read of its own approval ------------------------------------
+
+    def status(self, approval_id: str, identity: str) -> Deferred:
+        """The approval's state for its requester (None for anyone else or an unknown id)."""
+        def read():
+            reader = self.store.reader()
+            try:
+                return reader.approval(approval_id)
+            finally:
+                reader.close()
+
+        def shape(row):
+            if row is None or row["requester"] != identity:
+                return None
+            now = time.time_ns() // 1000
+            state = row["state"]
+            out = {"approval": row["id"], "status": state, "rule": row["rule"],
+                   "connection": row["connection"], "created_us": row["created_us"],
+                   "expires_us": row["expires_us"] if state == "pending" else None,
+                   "decided_us": row["decided_us"], "reviewer": row["reviewer"], "reason": row["reason"]}
+            if state == "pending" and row["expires_us"] is not None and now >= row["expires_us"]:
+                out["status"] = "expired"
+            if state == "approved" and row.get("mode") == "retry":
+                until = row["decided_us"] + int(row.get("ttl_s") or 0) * 1_000_000
+                out["usable_until_us"] = until
+                if now >= until:
+                    out["status"] = "expired"
+                    out["reason"] = "approved, but not used within approval_ttl"
+            return out
+
+        return self._in_thread(read).addCallback(shape)
+
+
+def _own(reviewer: str, requester: str) -> str:
+    if reviewer == requester:
+        return f"{reviewer} cannot decide its own request"
+    return f"{reviewer} cannot decide a request its own tool call caused (requested by {requester})"
 
 
 def _describe(operation) -> dict:

@@ -35,6 +35,12 @@ def review_text(text: str, detail: dict) -> str:
     return escape(text, keep_newlines=True)
 
 
+def escape_controls(text: str) -> str:
+    """Control characters, bidirectional overrides and other invisible characters shown as
+    ``\\x1b``, ``\\u202e``; tab and newline kept (hoopy.text.escape)."""
+    return escape(text, keep_newlines=True)
+
+
 def _sql_literal(value) -> str:
     if value is None:
         return "NULL"

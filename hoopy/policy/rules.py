@@ -9,7 +9,11 @@ for one thing never carries another.
 """
 from __future__ import annotations
 
+import hashlib
+
 import attrs
+
+from hoopy.audit.chain import canonical_json
 
 
 class RuleError(ValueError):
@@ -44,10 +48,36 @@ class Operation:
     text: str  # what a person reads: the SQL, the command line, "GET /path"
     units: tuple  # of Unit
     detail: dict = attrs.field(factory=dict, eq=False)  # recorded with the event
+    # What makes two operations "the same" for a one-time approval (retry mode): the
+    # protocol sets it where it knows better than the default (see ``canonical_form``),
+    # with ``Operation.canonical_of(...)``.
+    canonical: str | None = attrs.field(default=None, eq=False, kw_only=True)
 
     @classmethod
-    def single(cls, protocol: str, kind: str, text: str, subject: str | None = None, **detail):
-        return cls(protocol, kind, text, (Unit(kind, subject),), detail)
+    def single(cls, protocol: str, kind: str, text: str, subject: str | None = None, *,
+               canonical: str | None = None, **detail):
+        return cls(protocol, kind, text, (Unit(kind, subject),), detail, canonical=canonical)
+
+    @staticmethod
+    def canonical_of(*parts) -> str:
+        """A canonical form from exact parts (str, int, None, lists; bytes as hex)."""
+        return canonical_json([p.hex() if isinstance(p, (bytes, bytearray)) else p for p in parts])
+
+    def canonical_form(self) -> str:
+        """The form an approval is bound to. By default everything the policy judged and the
+        event records: text, units and detail. That is sound only where text and detail are
+        not shortened: a protocol that shortens them (long SQL, large parameters) sets
+        ``canonical`` from the full values."""
+        if self.canonical is not None:
+            return canonical_json([self.protocol, self.kind, self.canonical])
+        # (Not ``caused_by``: which tool call sent it does not make it another operation, and an
+        # agent's retry comes from a new call.)
+        detail = {k: v for k, v in self.detail.items() if k != "caused_by"}
+        return canonical_json([self.protocol, self.kind, self.text, [str(u) for u in self.units], detail])
+
+    def canonical_key(self) -> str:
+        """SHA-256 (hex) of ``canonical_form``: what the approvals table keeps and compares."""
+        return hashlib.sha256(self.canonical_form().encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @attrs.frozen

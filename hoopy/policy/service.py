@@ -12,12 +12,13 @@ from datetime import datetime, timezone
 
 import attrs
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from hoopy.audit.store import StoreError
 from hoopy.policy.approvals import ApprovalService, _describe
 from hoopy.policy.verdicts import Allow, Deny, Hold, Judgement
+from hoopy.units import format_duration
 
 log = Logger()
 
@@ -34,6 +35,8 @@ class PolicyService:
         self._now = now or (lambda: datetime.now(timezone.utc))
         self.timeouts = {name: c.approval_timeout for name, c in config.connections.items()}
         self.default_timeout = config.gateway.approval_timeout
+        self.connections = config.connections
+        self.default_ttl = getattr(config.gateway, "approval_ttl", 900.0)
         self._grants: dict[tuple[str, str], list] = {}
         for g in config.grants:
             self._grants.setdefault((g.identity, g.connection), []).append(g)
@@ -55,15 +58,33 @@ class PolicyService:
                 worst = j
         if worst is None:  # an operation with no units is not an operation anyone granted
             return Judgement("deny", None, f"nothing to judge in {operation.text!r}")
+        if worst.outcome == "approve":
+            asking = [g for unit, j in judged if j.outcome == "approve" for g in _approvers(grants, unit, j)]
+            mode, ttl = self._approval_terms(connection, asking)
+            return Judgement("approve", worst.rule, worst.reason, parts, approvals=mode, approval_ttl=ttl)
         return Judgement(worst.outcome, worst.rule, worst.reason, parts)
 
-    def decide(self, session, operation) -> Deferred:
-        """Fires with Allow, Deny or Hold once the event saying so is durable."""
+    def _approval_terms(self, connection: str, grants) -> tuple[str, float]:
+        """hold or retry, and the ttl: each grant's own, else its connection's. Retry only when
+        every grant that asks for approval says retry; the shortest ttl among them."""
+        conn = self.connections.get(connection)
+        modes = {getattr(g, "approvals", None) or (conn.approvals if conn else "hold") for g in grants}
+        ttls = [g.approval_ttl if getattr(g, "approval_ttl", None) is not None
+                else (conn.approval_ttl if conn else self.default_ttl) for g in grants]
+        return ("retry" if modes == {"retry"} else "hold"), min(ttls, default=self.default_ttl)
+
+    def decide(self, session, operation, approvals: str | None = None) -> Deferred:
+        """Fires with Allow, Deny or Hold once the event saying so is durable.
+
+        ``approvals="retry"``: the caller asked not to wait (HTTP ``Prefer: respond-async``),
+        whatever the grant says."""
         j = self.judge(session.identity, session.connection, operation)
         if j.parts:
             # The event (and a reviewer's approval) lists every part with the rule that judged it.
             operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})
-        self._count(session, {"allow": "allowed", "approve": "held", "deny": "refused"}[j.outcome])
+        if j.outcome == "approve":
+            return ensureDeferred(self._approve(session, operation, j, approvals or j.approvals))
+        self._count(session, {"allow": "allowed", "deny": "refused"}[j.outcome])
         if j.outcome == "deny":
             log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
                      connection=session.connection, text=operation.text[:200], reason=j.reason)
@@ -73,9 +94,48 @@ class PolicyService:
         if j.outcome == "allow":
             d = session.event("operation", "allowed", rule=j.rule, **_describe(operation))
             return d.addCallbacks(lambda _: Allow(j.rule), self._store_down, errbackArgs=(session,))
+
+    async def _approve(self, session, operation, j, mode):
+        describe = _describe(operation)
         timeout = self.timeouts.get(session.connection, self.default_timeout)
-        d = self.approvals.request(session, operation, j.rule, timeout)
-        return d.addCallbacks(self._held, self._store_down, callbackArgs=(j.reason,), errbackArgs=(session,))
+        try:
+            # An approved retry approval of exactly this operation runs it, once (whatever
+            # this operation's own mode: the approval was asked for in retry mode).
+            found = await self.approvals.use(session, operation, j.rule, describe)
+            if isinstance(found, Allow):
+                self._count(session, "allowed")
+                return found
+            if mode != "retry":
+                self._count(session, "held")
+                return self._held(await self.approvals.request(session, operation, j.rule, timeout), j.reason)
+            if found is not None:
+                # Asked again while pending: the same approval, not a new one in the inbox.
+                self._count(session, "refused")
+                reason = (f"approval {found['id']} is still pending (rule {j.rule!r}); nothing ran; "
+                          f"run the same {_noun(operation)} again after it is approved")
+                await session.event("operation", "refused", rule=j.rule, reason=reason, approval=found["id"],
+                                    status="pending", **describe)
+                return self._retry_refusal(found["id"], reason, j, operation, found["ttl_s"], timeout)
+            self._count(session, "held")  # (an approval was asked for; the caller comes back)
+            approval = await self.approvals.request(session, operation, j.rule, timeout, "retry", j.approval_ttl)
+        except StoreError as e:
+            log.error("session {id}: {e}", id=session.id, e=str(e))
+            return Deny(STORE_DOWN)
+        log.info("held {identity} on {connection}: {text!r} as approval {id} (retry mode)",
+                 identity=session.identity, connection=session.connection, text=operation.text[:200],
+                 id=approval.id)
+        reason = (f"held for approval {approval.id} (rule {j.rule!r}); nothing ran; "
+                  f"run the same {_noun(operation)} again after it is approved")
+        return self._retry_refusal(approval.id, reason, j, operation, approval.ttl_s, timeout)
+
+    def _retry_refusal(self, approval_id, reason, j, operation, ttl, timeout) -> Deny:
+        noun = _noun(operation)
+        detail = (f"A reviewer approves it with `hoopy approve {approval_id}` or in the web console. "
+                  f"Then the identical {noun}, by the same identity on the same connection, runs once "
+                  f"if it is sent within {format_duration(ttl or 0)} of the approval; a different {noun} "
+                  f"needs its own approval. Unless decided, the approval expires "
+                  f"{format_duration(timeout)} after it was asked for.")
+        return Deny(reason, j.rule, approval_id, "pending", detail)
 
     def _held(self, approval, reason="") -> Hold:
         log.info("held {identity} on {connection}: {text!r} as approval {id}", identity=approval.requester,
@@ -101,6 +161,24 @@ class PolicyService:
 
 
 UNJUDGEABLE_RULE = 'unjudgeable = "approve"'
+
+_NOUNS = {"statement": "statement", "exec": "command", "request": "request", "shell": "session",
+          "sftp": "session", "forward": "forward"}
+
+
+def _noun(operation) -> str:
+    """What the caller sends again, in its own words."""
+    return _NOUNS.get(operation.kind, "operation")
+
+
+def _approvers(grants, unit, j) -> list:
+    """The grant whose rule asked for approval of this unit (as ``_judge_unit`` found it)."""
+    if j.rule == UNJUDGEABLE_RULE:
+        return [g for g in grants if getattr(g, "unjudgeable", "deny") == "approve"]
+    for g in grants:
+        if any(r.text == j.rule and r.matches(unit) for r in g.approve):
+            return [g]
+    return []
 
 
 def _judge_unit(grants, unit) -> Judgement:

@@ -20,6 +20,10 @@ class Deny:
     reason: str
     rule: str | None = None
     approval: str | None = None
+    # "pending" when refused in retry mode: the approval exists and waits for a reviewer;
+    # the caller runs the identical operation again once it is approved.
+    status: str | None = None
+    detail: str | None = None  # what to do next, for protocols with a place for it (SQL's DETAIL)
 
 
 @attrs.frozen
@@ -38,10 +42,14 @@ class Hold:
 
 @attrs.frozen
 class Judgement:
-    """The pure answer: outcome allow | approve | deny, the rule, the reason."""
+    """The pure answer: outcome allow | approve | deny, the rule, the reason; for
+    approve, how (``approvals``: hold | retry) and how long an approval may be used
+    (``approval_ttl``, seconds from the decision), from the grants that asked for it."""
 
     outcome: str
     rule: str | None
     reason: str
     # Each unit's own answer, when the operation has several: {"unit", "outcome", "rule"[, "reason"]}.
     parts: tuple = attrs.field(default=(), eq=False)
+    approvals: str = "hold"
+    approval_ttl: float | None = None

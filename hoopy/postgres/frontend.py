@@ -508,7 +508,7 @@ class Frontend(Protocol):
                 pending.target = (self.portals, b.portal, info, prev)
                 self.expect(pending)
 
-            return self.judge(sql, params, proceed, self.refuse_now)
+            return self.judge(sql, params, proceed, self.refuse_now, raw_params=b.params)
         if t == b"D":
             kind, name = codec.parse_describe(p)
             self.forward(t, p)
@@ -552,8 +552,12 @@ class Frontend(Protocol):
         raise codec.ProtocolError(f"unknown message type {t!r}")
 
     # --- judging --------------------------------------------------------------
-    def _operation(self, sql, classified, params=None):
+    def _operation(self, sql, classified, params=None, raw_params=None):
         detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
+        # What a retry-mode approval is bound to: the whole SQL text and the parameters' exact bytes
+        # (the recorded text and values may be shortened).
+        canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
+                                           if raw_params is not None else params)
         if params is not None:
             detail["params"] = params
         units = list(classified.units)
@@ -562,7 +566,8 @@ class Frontend(Protocol):
             units.append(Unit("write", f"public.{name}()"))
         for name in classified.executes:
             units.extend(self._prepared_units(name))
-        return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail)
+        return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail,
+                         canonical=canonical)
 
     def _prepared_units(self, name):
         """What EXECUTE of a name may run: the units an SQL PREPARE of it was judged
@@ -595,7 +600,7 @@ class Frontend(Protocol):
                 return "refused: this statement would copy a masked column"
         return None
 
-    def judge(self, sql, params, proceed, refuse):
+    def judge(self, sql, params, proceed, refuse, raw_params=None):
         """Calls proceed(classified) or refuse(message, code) once decided."""
         if len(sql) > LARGE_SQL:
             # Parsing megabytes of SQL would stall every other session: do it
@@ -607,7 +612,7 @@ class Frontend(Protocol):
                 self.waiting = False
                 self.resume("parsing")
                 if self.phase != "closed":
-                    self._judge(sql, params, proceed, refuse, c)
+                    self._judge(sql, params, proceed, refuse, c, raw_params)
                     self.pump()
 
             d = threads.deferToThreadPool(self.gateway.reactor, self.gateway.reactor.getThreadPool(),
@@ -615,16 +620,16 @@ class Frontend(Protocol):
             d.addCallback(parsed)
             d.addErrback(lambda f: (log.failure("classifying", f), self.fatal("XX000", "internal error")))
             return
-        self._judge(sql, params, proceed, refuse, _classify_or_error(sql))
+        self._judge(sql, params, proceed, refuse, _classify_or_error(sql), raw_params)
 
-    def _judge(self, sql, params, proceed, refuse, c):
+    def _judge(self, sql, params, proceed, refuse, c, raw_params=None):
         if isinstance(c, ClassifyError):
             self.session.event("operation", "refused", reason=f"syntax error: {c}", sql=sql[:MAX_SQL_RECORDED])
             return refuse(f"syntax error: {c}", "42601")
         if not c.statements:
             return proceed(c)  # empty query: nothing runs
         why = self._local_refusal(c)
-        op = self._operation(sql, c, params)
+        op = self._operation(sql, c, params, raw_params)
         # Further client messages wait in the reader (a pipelining client is
         # paused only once PIPELINE_BUFFER of them has arrived: pausing every
         # statement would cost two epoll changes each).
@@ -677,7 +682,8 @@ class Frontend(Protocol):
                 msg = r.reason if r.rule is None or r.rule in r.reason else f"{r.reason} (rule {r.rule!r})"
                 if isinstance(r, Deny) and r.approval and r.approval not in msg:
                     msg += f" (approval {r.approval})"
-                refuse("hoopy: " + msg, "42501")
+                # (retry mode: what to do next goes in the error's DETAIL)
+                refuse("hoopy: " + msg, "42501", getattr(r, "detail", None))
             self.resume("judging")
             self.pump()
 
@@ -689,12 +695,13 @@ class Frontend(Protocol):
             self.forward(b"Q", codec.cstr(sql))
             self.expect(Pending("query", sql=sql, classified=c))
 
-        def refuse(message, code):
+        def refuse(message, code, detail=None):
             if self.tx_status == b"T":
                 # As the server would: an error inside a transaction block aborts it.
                 self.forward(b"Q", codec.cstr(ABORT_SQL))
-                return self.expect(Pending("abort", raw=codec.error(code, message)))
-            self.expect(Pending("synthetic", raw=codec.error(code, message) + codec.ready(self.tx_status)))
+                return self.expect(Pending("abort", raw=codec.error(code, message, detail=detail)))
+            self.expect(Pending("synthetic", raw=codec.error(code, message, detail=detail)
+                                + codec.ready(self.tx_status)))
 
         self.judge(sql, None, proceed, refuse)
 
@@ -727,10 +734,10 @@ class Frontend(Protocol):
         self.forward(b"E", p)
         self.expect(ex)
 
-    def refuse_now(self, message, code="42501"):
+    def refuse_now(self, message, code="42501", detail=None):
         """An error in the extended protocol: the client's messages up to Sync are skipped."""
         self.skipping = "refused"
-        self.expect(Pending("synthetic", raw=codec.error(code, message)))
+        self.expect(Pending("synthetic", raw=codec.error(code, message, detail=detail)))
 
     def expect(self, pending):
         if self.upstream_skip and pending.kind not in ("sync", "abort_sync", "synthetic"):

@@ -186,6 +186,8 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.closed:
             return await self._finish()
         if isinstance(decision, Deny):
+            if decision.status == "pending":  # retry mode: nothing ran; the agent runs it again once approved
+                return await self._fail(f"hoopy: {decision.reason}\nhoopy: {decision.detail}", REFUSED)
             return await self._fail(f"hoopy: refused: {decision.reason}", REFUSED)
         kw = {"env": self.env, "encoding": None, "window": WINDOW, "max_pktsize": MAX_PACKET}
         if self.pty is not None:
@@ -255,7 +257,7 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.closed:
             return
         nl = "\r\n" if self.pty is not None else "\n"
-        data = (line + nl).encode()
+        data = (line.replace("\n", nl) + nl).encode() if nl != "\n" else (line + nl).encode()
         self.chan.write_stderr(data)
         if self.recorder is not None:
             self.recorder.output(data)

@@ -205,7 +205,8 @@ class ClientConnection(asyncssh.SSHServer):
         except Exception as e:
             raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, f"hoopy: {e}")
         target = f"{host}:{port}"
-        op = Operation.single("ssh", "forward", f"forward {target}", target, origin=f"{orig_host}:{orig_port}")
+        op = Operation.single("ssh", "forward", f"forward {target}", target, origin=f"{orig_host}:{orig_port}",
+                              canonical=target)  # (the origin port differs on every try)
         decision = await wait(session.decide(op))
         if isinstance(decision, Hold):
             decision = await wait(decision.resolution)
