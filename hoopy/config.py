@@ -589,6 +589,7 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
     gateway = _parse_gateway(top, problems, base, mode)
     admin_listen = gateway.admin_listen
     approval_timeout = gateway.approval_timeout
+    approval_ttl = gateway.approval_ttl
     if mode == "gateway":
         if problems:
             raise ConfigError(problems)
@@ -638,7 +639,7 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
                     t.problem("listen", f"port {addr[0]} is already used by {other}")
             listeners.append((f"{key}.listen", addr))
         timeout = t.duration("approval_timeout", default=approval_timeout)
-        mode = t.string("approvals", default="hold", choices=APPROVAL_MODES)
+        approvals_mode = t.string("approvals", default="hold", choices=APPROVAL_MODES)
         ttl = t.duration("approval_ttl", default=approval_ttl)
         if ctype is None:
             continue  # its other keys cannot be judged without a type
@@ -651,7 +652,7 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
         if listen:
             connections[name] = Connection(
                 name=name, type=ctype, listen=listen, upstream=t.data.get("upstream"),
-                settings=settings, approval_timeout=timeout, approvals=mode, approval_ttl=ttl,
+                settings=settings, approval_timeout=timeout, approvals=approvals_mode, approval_ttl=ttl,
             )
 
     # [[grants]]
