@@ -669,3 +669,40 @@ def test_anchor_to_syslog_and_http(upstream, tmp_path):
         stop.set()
         http.shutdown()
         udp.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_retry_mode_columns_are_covered_too(tmp_path):
+    """Columns another part of hoopy added to the approvals table (retry mode: mode, canonical,
+    ttl_s, used_us, used_session) are covered without verify knowing them: the chain holds
+    every row write as written."""
+    from hoopy.policy.verdicts import Allow
+    from tests.gateway_fixtures import ALICE as AL, hoopy_cli, request, start_gateway
+
+    gw = start_gateway(tmp_path, api_extra='approvals = "retry"')
+    try:
+        s = gw.new_session("agent", gw.config.connections["api"], "127.0.0.1:1")
+        await s.start()
+        op = request("POST", "/v1/refunds", body='{"amount": 5}')
+        aid = (await s.decide(op)).approval
+        r = await hoopy_cli(gw.config.path, "approve", aid, token=AL.token)
+        assert r.returncode == 0, r.stderr
+        assert isinstance(await s.decide(request("POST", "/v1/refunds", body='{"amount": 5}')), Allow)
+        await s.end()
+    finally:
+        await gw.stopService()
+    cfg, db = gw.config.path, gw.config.gateway.state
+    assert (await hoopy_cli(cfg, "audit", "verify")).returncode == 0
+    original = sqlite3.connect(db).execute("SELECT * FROM approvals").fetchone()
+    for column, value in (("mode", "'hold'"), ("canonical", "'x'"), ("ttl_s", "ttl_s + 1"),
+                          ("used_us", "used_us + 1"), ("used_session", "'other'"), ("state", "'approved'")):
+        c = sqlite3.connect(db, isolation_level=None)
+        c.execute(f"UPDATE approvals SET {column} = {value}")
+        c.close()
+        r = await hoopy_cli(cfg, "audit", "verify")
+        assert r.returncode == 1 and f"the approvals table says {column}=" in r.stdout, (column, r.stdout)
+        c = sqlite3.connect(db, isolation_level=None)
+        c.execute("DELETE FROM approvals")
+        c.execute(f"INSERT INTO approvals VALUES ({', '.join('?' * len(original))})", original)
+        c.close()
+    assert (await hoopy_cli(cfg, "audit", "verify")).returncode == 0
