@@ -48,9 +48,11 @@ def sh(args, **kw):
 
 
 def pgbench(port, user, db, seconds, env, clients=8):
+    """(TPS, average latency in ms)."""
     out = sh(["pgbench", "-n", "-S", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds), "-h", "127.0.0.1",
               "-p", str(port), "-U", user, db], env=env).stdout
-    return float(re.search(r"tps = ([0-9.]+)", out).group(1))
+    return (float(re.search(r"tps = ([0-9.]+)", out).group(1)),
+            float(re.search(r"latency average = ([0-9.]+) ms", out).group(1)))
 
 
 def bulk(port, user, db, rows, env, sql=None):
@@ -82,7 +84,7 @@ def main():
     os.chmod(work, 0o755)
     db = f"hoopy_bench_{secrets.token_hex(3)}"
     token = new_token()
-    hp, hpm, hpb, bp, admin = free_port(), free_port(), free_port(), free_port(), free_port()
+    hp, hpm, hpb, bp, admin, rp = free_port(), free_port(), free_port(), free_port(), free_port(), free_port()
     procs = []
     try:
         sh(["psql", PG + " dbname=postgres", "-Xqc", f"CREATE DATABASE {db}"])
@@ -170,10 +172,19 @@ patterns = ["email"]
             print(line, flush=True)
             results.append(line)
 
-        d = pgbench(5432, "postgres", db, a.seconds, penv, a.clients)
-        b = pgbench(bp, "postgres", db, a.seconds, penv, a.clients)
-        h = pgbench(hp, "bench", db, a.seconds, env, a.clients)
-        report(f"pgbench -S, {a.clients} clients (TPS)", d, h, "tps", f"pgbouncer {b:,.0f} tps, hoopy/pgbouncer {h / b:.2f}")
+        # The floor: a bare byte relay on hoopy's reactor, immediate sends (bench/relay.py).
+        relay = subprocess.Popen([sys.executable, str(_HERE / "relay.py"), str(rp), "5432"])
+        procs.append(relay)
+        time.sleep(1)
+        for clients in sorted({a.clients, 1}, reverse=True):
+            d, dl = pgbench(5432, "postgres", db, a.seconds, penv, clients)
+            b, bl = pgbench(bp, "postgres", db, a.seconds, penv, clients)
+            f, fl = pgbench(rp, "postgres", db, a.seconds, penv, clients)
+            h, hl = pgbench(hp, "bench", db, a.seconds, env, clients)
+            report(f"pgbench -S, {clients} client(s) (TPS)", d, h, "tps",
+                   f"pgbouncer {b:,.0f}, floor {f:,.0f}; hoopy/pgbouncer {h / b:.2f}, hoopy/floor {h / f:.2f}")
+            print(f"    latency a statement: direct {dl:.3f} ms, pgbouncer {bl:.3f}, floor {fl:.3f}, hoopy {hl:.3f} "
+                  f"(hoopy adds {hl - dl:+.3f} ms to direct, {hl - fl:+.3f} to the floor)", flush=True)
 
         d = bulk(5432, "postgres", db, a.rows, penv)
         h = bulk(hp, "bench", db, a.rows, env)

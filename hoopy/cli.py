@@ -387,8 +387,10 @@ def cmd_sessions(args):
         return 0
     _table([[s["id"], s["identity"] or "-", s["connection"] or "-", s["protocol"] or "-",
              session_json(s)["start"] or "-", session_json(s)["end"] or "open",
-             s["model"] or "-", s["tool_call"] or "-"] for s in rows],
-           ["ID", "IDENTITY", "CONNECTION", "PROTOCOL", "START", "END", "MODEL", "TOOL CALL"])
+             s["model"] or "-", s["tool_call"] or "-", s["mcp_server"] or "-", s["application_name"] or "-"]
+            for s in rows],
+           ["ID", "IDENTITY", "CONNECTION", "PROTOCOL", "START", "END", "MODEL", "TOOL CALL", "MCP SERVER",
+            "APPLICATION"])
     return 0
 
 

@@ -66,6 +66,7 @@ class GatewaySettings:
     console_url: str | None = None  # where people reach the web console (links in notifications)
     admin_tls_cert: Secret | None = None  # PEM; the admin listener (API and console) serves TLS
     admin_tls_key: Secret | None = None
+    max_statement: int = 1024 * 1024  # largest SQL text judged per protocol message
 
     @property
     def signing_public_key(self) -> Path | None:
@@ -547,6 +548,9 @@ def _parse_gateway(top: Table, problems: list, base: Path, mode: str = "full") -
     if not 0.01 <= sign_interval <= 10:
         gw.problem("sign_interval", "must be between 10ms and 10s")
     admin_ca = gw.file_path("admin_ca")
+    max_statement = gw.size("max_statement", default=1024 * 1024)
+    if max_statement is not None and max_statement < 1024:
+        gw.problem("max_statement", "must be at least 1 KiB")
     approval_ttl = gw.duration("approval_ttl", default=900.0)
     console_url = gw.string("console_url")
     if console_url is not None and not re.match(r"^https?://[^\s/]+", console_url):
@@ -575,6 +579,7 @@ def _parse_gateway(top: Table, problems: list, base: Path, mode: str = "full") -
         approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
         signing_key=signing_key, audit_anchor=anchor, state_reader=state_reader,
         heartbeat=heartbeat, sign_interval=sign_interval, admin_ca=admin_ca,
+        max_statement=max_statement,
         approval_ttl=approval_ttl, console_url=console_url,
         admin_tls_cert=admin_tls_cert, admin_tls_key=admin_tls_key,
     )

@@ -440,15 +440,19 @@ def test_sigterm_ends_and_records_open_sessions(gw):
     c.close()
 
 
-def test_copy_to_stdout_is_pattern_masked_and_binary_copy_refused(gw, database):
+def test_copy_to_stdout_is_pattern_masked_binary_too(gw, database):
     r = psql(gw, "COPY (SELECT id, 'mail ann@example.com' FROM public.invoices ORDER BY id) TO STDOUT")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["1\tmail [REDACTED]", "2\tmail [REDACTED]"]
     r = psql(gw, "COPY (SELECT id, email FROM public.customers) TO STDOUT")  # names a masked table
     assert r.returncode != 0 and "masked" in r.stderr
-    r = psql(gw, "COPY (SELECT 'x@example.com') TO STDOUT (FORMAT binary)")
-    assert r.returncode != 0 and "binary COPY" in r.stderr
-    assert "example" not in r.stdout
+    # Binary COPY carries no types: a value with a pattern match becomes NULL (issue 11 item 5).
+    r = subprocess.run([PSQL, f"host=127.0.0.1 port={gw.pg_port} user={AGENT.name} dbname=x", "-XAt", "-c",
+                        "COPY (SELECT 'x@example.com', 4111111111111111::int8, 'plain') TO STDOUT (FORMAT binary)"],
+                       capture_output=True, timeout=30, env={**os.environ, "PGPASSWORD": AGENT.token})
+    assert r.returncode == 0, r.stderr
+    assert b"example" not in r.stdout and (4111111111111111).to_bytes(8, "big") not in r.stdout
+    assert b"\x00\x03\xff\xff\xff\xff\xff\xff\xff\xff\x00\x00\x00\x05plain" in r.stdout, r.stdout
 
 
 def test_held_statement_notice_names_the_approval_at_once(gw, database):

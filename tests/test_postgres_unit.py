@@ -65,14 +65,27 @@ def test_message_reader_and_builders():
         r.next()
 
 
-def test_scan_rows_takes_only_whole_datarows():
-    rows = codec.build_data_row([b"a"]) * 3
-    r = codec.MessageReader()
-    r.feed(rows + codec.msg(b"C", b"SELECT 3\0") + codec.build_data_row([b"x"])[:-1])
-    raw, n = r.scan_rows()
-    assert n == 3 and raw == rows
-    assert r.next()[0] == b"C"
-    assert r.scan_rows() == (b"", 0)
+def _reading_rows():
+    """A client side in the middle of a query's result (no masking rule)."""
+    from hoopy.postgres.client_side import ClientSide
+    from hoopy.postgres.pipeline import Expected, Kind
+
+    cs = ClientSide(MaskRules(), max_statement=1 << 20)
+    cs.queue.append(Expected(Kind.QUERY, sql="SELECT"))
+    return cs
+
+
+def test_whole_datarows_pass_as_they_came_and_a_partial_one_waits():
+    one = codec.build_data_row([b"a"])
+    rows = one * 3
+    tail = codec.msg(b"C", b"SELECT 3\0")
+    cs = _reading_rows()
+    cs.receive_upstream(rows + tail + one[:-1])
+    assert b"".join(cs.to_client) == rows + tail and cs.queue[0].rows == 3
+    assert bytes(cs.ubuf) == one[:-1]
+    cs.to_client.clear()
+    cs.receive_upstream(one[-1:])
+    assert b"".join(cs.to_client) == one and cs.queue[0].rows == 4 and not cs.ubuf
 
 
 @settings(max_examples=300, deadline=None)
@@ -280,15 +293,14 @@ def test_params_decoding_and_options():
     assert rest == ["-c", "work_mem=4MB", "-c", "geqo=off"]
 
 
-def test_take_rows_passes_whole_rows_and_buffers_the_rest():
+def test_rows_pass_whole_however_the_chunks_are_cut():
     one = codec.build_data_row([b"a"])
-    rows = one * 3
-    tail = codec.msg(b"C", b"SELECT 3\0")
-    for data, count in ((rows, 3), (rows + tail, 3), (rows[:7], 0), (tail + rows, 0)):
-        r = codec.MessageReader()
-        raw, n = r.take_rows(data)
-        assert raw == data[:len(raw)] and n == count == len(raw) // len(one)
-        assert bytes(r.buf) == data[len(raw):]
+    stream = one * 3 + codec.msg(b"C", b"SELECT 3\0")
+    for cut in range(len(stream) + 1):
+        cs = _reading_rows()
+        cs.receive_upstream(stream[:cut])
+        cs.receive_upstream(stream[cut:])
+        assert b"".join(cs.to_client) == stream and cs.queue[0].rows == 3 and not cs.ubuf
 
 
 def test_classify_namespace_changes_and_hidden_names():
@@ -326,14 +338,14 @@ def test_error_scrub_cuts_translated_messages_before_any_value():
     import types
 
     from hoopy.postgres import codec
-    from hoopy.postgres.frontend import Frontend
+    from hoopy.postgres.replies import UpstreamReplies
 
     fake = types.SimpleNamespace(rules=MaskRules(configured=("public.customers.ssn",)))
     for m in ("Relation »123-45-6789« existiert nicht", "la relation « 123-45-6789 » n'existe pas",
               "relacja „123-45-6789” nie istnieje", "relation '123-45-6789' does not exist",
               "invalid input syntax for type integer: \"123-45-6789\""):
         p = b"SERROR\0C42P01\0M" + m.encode() + b"\0\0"
-        out = codec.parse_fields(Frontend._scrub(fake, p, None))["M"]
+        out = codec.parse_fields(UpstreamReplies.scrub(fake, p, None))["M"]
         assert "6789" not in out, out
         assert "details withheld" in out
 

@@ -10,53 +10,17 @@ import struct
 
 import attrs
 
-PROTOCOL_30 = 196608
-PROTOCOL_32 = 196610
-SSL_REQUEST = 80877103
-GSSENC_REQUEST = 80877104
-CANCEL_REQUEST = 80877102
+from hoopy.postgres.wire import CANCEL_REQUEST, GSSENC_REQUEST, PROTOCOL_30, PROTOCOL_32, SSL_REQUEST  # noqa: F401
 
-# Bounds: a startup packet is small; a regular message may be large (COPY
-# rows, big parameters) but not unbounded.
-MAX_STARTUP = 10_000
-MAX_MESSAGE = 1 << 30
+from hoopy.postgres.framing import (  # noqa: F401 - re-exported: the readers are the codec's
+    MAX_MESSAGE, MAX_STARTUP, OVERSIZED_HEAD, MessageReader, Oversized, ProtocolError, StartupReader)
 
 _I = struct.Struct("!i")
-_HI = struct.Struct("!ci")  # type byte + length
 _H = struct.Struct("!h")
 
 
-class ProtocolError(Exception):
-    """The peer sent bytes that are not the protocol."""
-
-
-# --- reading -------------------------------------------------------------
-
-class StartupReader:
-    """Untyped startup-phase packets: int32 length (self-inclusive) + payload."""
-
-    def __init__(self):
-        self.buf = bytearray()
-
-    def feed(self, data: bytes):
-        self.buf += data
-
-    def next(self) -> bytes | None:
-        if len(self.buf) < 4:
-            return None
-        (n,) = _I.unpack_from(self.buf)
-        if n < 8 or n > MAX_STARTUP:
-            raise ProtocolError(f"invalid startup packet length {n}")
-        if len(self.buf) < n:
-            return None
-        payload = bytes(self.buf[4:n])
-        del self.buf[:n]
-        return payload
-
-    def take_rest(self) -> bytes:
-        rest = bytes(self.buf)
-        self.buf.clear()
-        return rest
+class NotUtf8(ProtocolError):
+    """A string field that is not UTF-8: for a statement, the server's 22021."""
 
 
 @attrs.frozen
@@ -94,88 +58,6 @@ def parse_startup(payload: bytes) -> Startup:
     except UnicodeDecodeError:
         raise ProtocolError("startup packet is not UTF-8")
     return Startup(code, params)
-
-
-class MessageReader:
-    """Typed messages: type byte + int32 length (self-inclusive) + payload."""
-
-    def __init__(self, max_size: int = MAX_MESSAGE):
-        self.buf = bytearray()
-        self.max_size = max_size
-
-    def feed(self, data: bytes):
-        self.buf += data
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> tuple[bytes, bytes]:
-        m = self.next()
-        if m is None:
-            raise StopIteration
-        return m
-
-    def next(self):
-        buf = self.buf
-        if len(buf) < 5:
-            return None
-        t, n = _HI.unpack_from(buf)
-        if n < 4 or n > self.max_size:
-            raise ProtocolError(f"invalid length {n} for message {t!r}")
-        if len(buf) < n + 1:
-            return None
-        payload = bytes(buf[5:n + 1])
-        del buf[:n + 1]
-        return t, payload
-
-    def take_rows(self, data: bytes):
-        """With nothing buffered: the whole DataRows at the start of ``data``
-        as (raw bytes, how many); the rest is buffered. Saves copying a
-        pass-through chunk into the buffer and out again."""
-        if self.buf:
-            self.buf += data
-            return self.scan_rows()
-        pos, rows = row_run(data)
-        if pos < len(data):
-            self.buf += data[pos:] if pos else data
-        if not pos:
-            return b"", 0
-        return (data[:pos] if pos < len(data) else data), rows
-
-    def scan_rows(self):
-        """Fast path for pass-through: the longest prefix of whole DataRow
-        messages, as (raw bytes, how many rows)."""
-        buf = self.buf
-        pos = 0
-        rows = 0
-        end = len(buf)
-        unpack = _HI.unpack_from
-        while end - pos >= 5:
-            t, n = unpack(buf, pos)
-            if t != b"D" or n < 4 or end - pos < n + 1:
-                break
-            rows += 1
-            pos += n + 1
-        if not pos:
-            return b"", 0
-        raw = bytes(buf[:pos])
-        del buf[:pos]
-        return raw, rows
-
-
-def row_run(data) -> tuple[int, int]:
-    """(end, count) of the whole DataRow messages at the start of ``data``."""
-    pos = 0
-    rows = 0
-    end = len(data)
-    unpack = _HI.unpack_from
-    while end - pos >= 5:
-        t, n = unpack(data, pos)
-        if t != b"D" or n < 4 or end - pos < n + 1:
-            break
-        rows += 1
-        pos += n + 1
-    return pos, rows
 
 
 class Cursor:
@@ -221,8 +103,8 @@ class Cursor:
             raise ProtocolError("string not terminated")
         try:
             v = self.b[self.i:j].decode()
-        except UnicodeDecodeError:
-            raise ProtocolError("string is not UTF-8")
+        except UnicodeDecodeError as e:
+            raise NotUtf8(f"invalid byte sequence for encoding \"UTF8\": 0x{self.b[self.i + e.start]:02x}")
         self.i = j + 1
         return v
 
@@ -331,14 +213,6 @@ def parse_row_description(p: bytes) -> list[Field]:
         out.append(Field(name, c.int32() & 0xFFFFFFFF, c.int16(), c.int32() & 0xFFFFFFFF,
                          c.int16(), c.int32(), c.int16()))
     return out
-
-
-def build_row_description(fields) -> bytes:
-    body = [struct.pack("!h", len(fields))]
-    for f in fields:
-        body.append(f.name.encode() + b"\0" + struct.pack(
-            "!IhIhih", f.table_oid, f.attnum, f.type_oid, f.typlen, f.typmod, f.format))
-    return msg(b"T", b"".join(body))
 
 
 def parse_data_row(p: bytes) -> list:
@@ -457,5 +331,111 @@ def sasl_initial(mech: str, data: bytes) -> bytes:
     return msg(b"p", cstr(mech) + _I.pack(len(data)) + data)
 
 
+def parse_message(name: str, sql: str, param_types=()) -> bytes:
+    return msg(b"P", cstr(name) + cstr(sql) + _H.pack(len(param_types))
+               + b"".join(_I.pack(t) for t in param_types))
+
+
+def bind_message(portal: str, statement: str, param_formats=(), params=(), result_formats=()) -> bytes:
+    parts = [cstr(portal), cstr(statement), _H.pack(len(param_formats))]
+    parts += [_H.pack(f) for f in param_formats]
+    parts.append(_H.pack(len(params)))
+    for v in params:
+        parts.append(b"\xff\xff\xff\xff" if v is None else _I.pack(len(v)) + v)
+    parts.append(_H.pack(len(result_formats)))
+    parts += [_H.pack(f) for f in result_formats]
+    return msg(b"B", b"".join(parts))
+
+
+def execute(portal: str, max_rows: int = 0) -> bytes:
+    return msg(b"E", cstr(portal) + _I.pack(max_rows))
+
+
+def close(kind: bytes, name: str) -> bytes:
+    return msg(b"C", kind + cstr(name))
+
+
+def copy_data(data: bytes) -> bytes:
+    return msg(b"d", data)
+
+
+def copy_fail(message: str) -> bytes:
+    return msg(b"f", cstr(message))
+
+
+def row_description(fields) -> bytes:
+    body = [_H.pack(len(fields))]
+    for f in fields:
+        body.append(cstr(f.name) + struct.pack("!IhIhih", f.table_oid, f.attnum, f.type_oid, f.typlen, f.typmod,
+                                               f.format))
+    return msg(b"T", b"".join(body))
+
+
+def command_complete(tag: str) -> bytes:
+    return msg(b"C", cstr(tag))
+
+
+def notification(pid: int, channel: str, payload: str) -> bytes:
+    return msg(b"A", _I.pack(pid) + cstr(channel) + cstr(payload))
+
+
+def parse_notification(p: bytes) -> tuple[int, str, str]:
+    c = Cursor(p)
+    return c.int32(), c.cstr(), c.cstr()
+
+
+def copy_response(t: bytes, overall: int, formats=()) -> bytes:
+    """CopyInResponse (G), CopyOutResponse (H) or CopyBothResponse (W)."""
+    return msg(t, bytes([overall]) + _H.pack(len(formats)) + b"".join(_H.pack(f) for f in formats))
+
+
+def parse_copy_response(p: bytes) -> tuple[int, tuple]:
+    c = Cursor(p)
+    overall = c.byte()[0]
+    n = c.int16()
+    if n < 0:
+        raise ProtocolError("negative column count")
+    return overall, tuple(c.int16() for _ in range(n))
+
+
+def parameter_description(types) -> bytes:
+    return msg(b"t", _H.pack(len(types)) + b"".join(_I.pack(t) for t in types))
+
+
+def parse_parameter_description(p: bytes) -> tuple:
+    c = Cursor(p)
+    n = c.int16()
+    if n < 0:
+        raise ProtocolError("negative parameter count")
+    return tuple(c.int32() & 0xFFFFFFFF for _ in range(n))
+
+
+def parse_parameter_status(p: bytes) -> tuple[str, str]:
+    c = Cursor(p)
+    return c.cstr(), c.cstr()
+
+
+def parse_backend_key(p: bytes) -> tuple[int, bytes]:
+    c = Cursor(p)
+    pid = c.int32()
+    key = c.rest()
+    if not 4 <= len(key) <= 256:
+        raise ProtocolError("bad BackendKeyData")
+    return pid, key
+
+
+def parse_auth(p: bytes) -> tuple[int, bytes]:
+    c = Cursor(p)
+    return c.int32(), c.rest()
+
+
+def parse_ready(p: bytes) -> bytes:
+    if len(p) != 1 or p not in (b"I", b"T", b"E"):
+        raise ProtocolError("bad ReadyForQuery")
+    return p
+
+
 TERMINATE = msg(b"X")
 SYNC = msg(b"S")
+FLUSH = msg(b"H")
+COPY_DONE = msg(b"c")

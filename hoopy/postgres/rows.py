@@ -60,7 +60,6 @@ def _items(v: bytes, array: bool):
             for _ in range(ndim):
                 count *= _I.unpack_from(v, pos)[0]
                 pos += 8
-            oids = None
         else:
             count, pos = _I.unpack_from(v, 0)[0], 4
             elem = None
@@ -135,29 +134,6 @@ def byte_detectors(detectors):
         if d.name not in PREFILTERS:
             return None
         out.append((d.name, re.compile(d.pattern.pattern.encode("ascii")), d.check))
-    return out
-
-
-def split_row(p: bytes) -> list:
-    """DataRow payload -> values (None for NULL); ProtocolError when malformed."""
-    n = int.from_bytes(p[:2], "big", signed=True)
-    out = []
-    pos = 2
-    end = len(p)
-    unpack = _I.unpack_from
-    try:
-        for _ in range(n):
-            (k,) = unpack(p, pos)
-            pos += 4
-            if k == -1:
-                out.append(None)
-            else:
-                if k < 0 or pos + k > end:
-                    raise codec.ProtocolError("bad DataRow")
-                out.append(p[pos:pos + k])
-                pos += k
-    except struct.error:
-        raise codec.ProtocolError("bad DataRow")
     return out
 
 
@@ -306,6 +282,22 @@ class RowPlan:
         if all(a is None or (a[0] == "scan" and not _opaque(a[2])) for a in self.actions):
             self.prefilter = prefilter(self.detectors)
         self.byte_detectors = byte_detectors(self.detectors)
+        # Per column, what a value needs: 0 nothing, 1 a pattern scan of text (in place,
+        # skipped when the value filter finds no candidate), 2 any other scan, 3 the mask.
+        kinds = []
+        for a in self.actions:
+            if a is None:
+                kinds.append(0)
+            elif a[0] == "mask":
+                kinds.append(3)
+            elif not _opaque(a[2]) and self.value_filter is not None:
+                f = a[2]
+                plain = self.byte_detectors is not None and _in_place(f) and not (
+                    f.type_oid == JSONB and f.format == 1)
+                kinds.append(4 if plain else 1)  # 4: text whose bytes the built-in patterns read as they are
+            else:
+                kinds.append(2)
+        self._kinds = kinds
 
     def with_formats(self, formats):
         """Describe of a statement says text; Bind decides the real formats."""
@@ -322,65 +314,85 @@ class RowPlan:
         return self
 
     def apply(self, payload: bytes) -> bytes:
-        """One DataRow payload -> the DataRow message to send. Only the values
-        that change are rebuilt; the rest of the row is copied as it came."""
+        """One DataRow payload -> the DataRow message to send."""
+        new = self.rewrite(payload)
+        return codec.msg(b"D", payload) if new is None else new
+
+    def rewrite(self, payload: bytes) -> bytes | None:
+        """One DataRow payload -> the rewritten DataRow message, or None when nothing
+        in it changes. Only the values that change are rebuilt."""
         pf = self.prefilter
         if pf is not None and pf.search(payload) is None:
-            return codec.msg(b"D", payload)
+            return None
         actions = self.actions
-        count = len(actions)
-        vf = self.value_filter
+        kinds = self._kinds
+        count = len(kinds)
+        vf_search = self.value_filter.search if self.value_filter is not None else None
         unpack = _I.unpack_from
         end = len(payload)
+        pieces = None
         try:
             n = int.from_bytes(payload[:2], "big", signed=True)
             pos = 2
-            pieces = None
             last = 0
             for i in range(n):
                 (k,) = unpack(payload, pos)
                 start = pos
                 pos += 4
-                if k == -1:
-                    continue
-                if k < 0 or pos + k > end:
-                    raise codec.ProtocolError("bad DataRow")
-                a = actions[i] if i < count else None
-                if a is not None:
-                    if a[0] == "scan" and vf is not None and not _opaque(a[2]) \
-                            and vf.search(payload, pos, pos + k) is None:
-                        pos += k  # no candidate in this value: nothing to scan
+                if k < 0:
+                    if k == -1:
                         continue
-                    v = payload[pos:pos + k]
-                    if a[0] == "mask":
-                        nv = _mask_value(a[2])
-                        self.columns[a[1]] = self.columns.get(a[1], 0) + 1
-                    else:
-                        nv = self._scan(v, a[2])
-                    if nv is not v:
-                        if pieces is None:
-                            pieces = []
-                        pieces.append(payload[last:start])
-                        pieces.append(b"\xff\xff\xff\xff" if nv is None else _I.pack(len(nv)) + nv)
-                        last = pos + k
-                pos += k
+                    raise codec.ProtocolError("bad DataRow")
+                e = pos + k
+                if e > end:
+                    raise codec.ProtocolError("bad DataRow")
+                kind = kinds[i] if i < count else 0
+                if kind == 0 or ((kind == 1 or kind == 4) and vf_search(payload, pos, e) is None):
+                    pos = e  # nothing to do, or no candidate in this value
+                    continue
+                a = actions[i]
+                v = payload[pos:e]
+                if kind == 4:
+                    nv = self._scan_bytes(v)
+                elif kind == 3:
+                    nv = _mask_value(a[2])
+                    self.columns[a[1]] = self.columns.get(a[1], 0) + 1
+                else:
+                    nv = self._scan(v, a[2])
+                if nv is not v:
+                    if pieces is None:
+                        pieces = []
+                    pieces.append(payload[last:start])
+                    pieces.append(b"\xff\xff\xff\xff" if nv is None else _I.pack(len(nv)) + nv)
+                    last = e
+                pos = e
         except struct.error:
             raise codec.ProtocolError("bad DataRow")
         if pieces is None:
-            return codec.msg(b"D", payload)
+            return None
         pieces.append(payload[last:])
         body = b"".join(pieces)
         return b"D" + _I.pack(len(body) + 4) + body
 
-    def apply_many(self, raw: bytes) -> bytes:
-        """A run of whole DataRow messages."""
+    def apply_many(self, raw, start: int = 0, end: int | None = None) -> bytes:
+        """A run of whole DataRow messages (``raw[start:end]``): rows that do not
+        change are copied as runs of bytes."""
         out = []
-        pos = 0
-        end = len(raw)
+        pos = run = start
+        end = len(raw) if end is None else end
+        rewrite = self.rewrite
         while pos < end:
             (n,) = _I.unpack_from(raw, pos + 1)
-            out.append(self.apply(raw[pos + 5:pos + 1 + n]))
-            pos += n + 1
+            nxt = pos + 1 + n
+            new = rewrite(bytes(raw[pos + 5:nxt]))
+            if new is not None:
+                if run < pos:
+                    out.append(raw[run:pos])
+                out.append(new)
+                run = nxt
+            pos = nxt
+        if run < end:
+            out.append(raw[run:end])
         return b"".join(out)
 
     def _scan(self, v: bytes, f):
@@ -400,27 +412,8 @@ class RowPlan:
         if f.type_oid == JSONB and f.format == 1:
             prefix, v = v[:1], v[1:]
         if self.byte_detectors is not None:
-            # The built-in patterns are ASCII: they match UTF-8 bytes as they match text.
-            changed = False
-            for name, pattern, check in self.byte_detectors:
-                if check is None:
-                    v2, k = pattern.subn(MASK_B, v)
-                else:
-                    k = 0
-
-                    def sub(m, check=check):
-                        nonlocal k
-                        if check(m.group(0).decode("ascii")):
-                            k += 1
-                            return MASK_B
-                        return m.group(0)
-
-                    v2 = pattern.sub(sub, v)
-                if k:
-                    self.patterns[name] = self.patterns.get(name, 0) + k
-                    v = v2
-                    changed = True
-            return prefix + v if changed else (prefix + v if prefix else v)
+            nv = self._scan_bytes(v)
+            return prefix + nv if prefix else nv
         try:
             text = v.decode()
         except UnicodeDecodeError:
@@ -430,6 +423,28 @@ class RowPlan:
             return prefix + v if prefix else v
         self._count(counts)
         return prefix + new.encode()
+
+    def _scan_bytes(self, v: bytes) -> bytes:
+        """A text value with the built-in patterns, which are ASCII and match UTF-8
+        bytes as they match text. The same object back when nothing matched."""
+        for name, pattern, check in self.byte_detectors:
+            if check is None:
+                v2, k = pattern.subn(MASK_B, v)
+            else:
+                k = 0
+
+                def sub(m, check=check):
+                    nonlocal k
+                    if check(m.group(0).decode("ascii")):
+                        k += 1
+                        return MASK_B
+                    return m.group(0)
+
+                v2 = pattern.sub(sub, v)
+            if k:
+                self.patterns[name] = self.patterns.get(name, 0) + k
+                v = v2
+        return v
 
     def _count(self, counts):
         for k, n in counts.items():

@@ -146,12 +146,22 @@ class ScramClient:
         return (self.gs2 + self.first_bare).encode()
 
     def final(self, server_first: bytes) -> bytes:
-        sf = server_first.decode()
+        try:
+            sf = server_first.decode()
+        except UnicodeDecodeError:
+            raise ScramError("server-first-message is not UTF-8") from None
         a = _attrs(sf)
-        if not a.get("r", "").startswith(self.cnonce):
+        if not a.get("r", "").startswith(self.cnonce) or len(a["r"]) == len(self.cnonce):
             raise ScramError("upstream nonce mismatch")
-        salt = base64.b64decode(a["s"])
-        iterations = int(a["i"])
+        if "s" not in a or "i" not in a:
+            raise ScramError("server-first-message without salt or iteration count")
+        try:
+            salt = base64.b64decode(a["s"], validate=True)
+            iterations = int(a["i"])
+        except ValueError:
+            raise ScramError("malformed salt or iteration count") from None
+        if not 1 <= iterations <= 10_000_000:
+            raise ScramError(f"iteration count {iterations} out of range")
         salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), salt, iterations)
         client_key = hmac.digest(salted, b"Client Key", "sha256")
         stored = hashlib.sha256(client_key).digest()
@@ -163,10 +173,14 @@ class ScramClient:
         return f"{without_proof},p={_b64(proof)}".encode()
 
     def verify(self, server_final: bytes):
-        a = _attrs(server_final.decode())
-        if "e" in a:
-            raise ScramError(f"upstream refused: {a['e']}")
-        if not hmac.compare_digest(base64.b64decode(a.get("v", "")), self.expected):
+        try:
+            a = _attrs(server_final.decode())
+            if "e" in a:
+                raise ScramError(f"upstream refused: {a['e']}")
+            signature = base64.b64decode(a.get("v", ""), validate=True)
+        except (UnicodeDecodeError, ValueError):
+            raise ScramError("malformed server-final-message") from None
+        if not hmac.compare_digest(signature, self.expected):
             raise ScramError("upstream server signature is wrong")
 
 

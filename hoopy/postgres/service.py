@@ -1,16 +1,13 @@
-"""The postgres connection service: a listener whose protocol is hoopy's frontend."""
+"""The postgres connection service: a listener whose protocol is hoopy/postgres/protocol.py."""
 from __future__ import annotations
 
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
+from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
-from twisted.logger import Logger
 
 from hoopy.postgres import scram
-from hoopy.postgres.backend import send_cancel
-from hoopy.postgres.frontend import Frontend
-
-log = Logger()
+from hoopy.postgres.protocol import ClientProtocol, send_cancel
 
 
 def _tls(settings):
@@ -37,7 +34,7 @@ class PostgresFactory(Factory):
         self.gateway = gateway
         self.connection = connection
         self.clients: set = set()
-        self.cancel_keys: dict = {}  # (pid, key) we gave a client -> its Frontend
+        self.cancel_keys: dict = {}  # (pid, key) we gave a client -> its ClientProtocol
         self.tls_context, self.cbind_data = _tls(connection.settings)
         columns, detectors = [], []
         for m in gateway.config.masking_for(connection.name):
@@ -47,32 +44,34 @@ class PostgresFactory(Factory):
         self.detectors = tuple(detectors)
 
     def buildProtocol(self, addr):
-        return Frontend(self)
+        return ClientProtocol(self)
 
     def cancel(self, pid: int, key: bytes):
-        fe = self.cancel_keys.get((pid, key))
-        if fe is None or fe.up is None:
+        client = self.cancel_keys.get((pid, key))
+        if client is None or client.up is None or client.cs is None:
             return  # as PostgreSQL: an unknown key is silently ignored
-        if fe.held is not None:
+        if client.cs.held is not None:
             # Waiting for a reviewer: withdraw the request; nothing runs.
-            fe.session.cancel_holds("cancelled by the client")
+            client.session.cancel_holds("cancelled by the client")
             return
-        fe.cancel_upstream()
+        client.cancel_upstream()
+
+
+class PostgresService(StreamServerEndpointService):
+    """The listener; stopping it ends every client session (57P01) and waits for their records."""
+
+    def __init__(self, gateway, connection):
+        self.factory = PostgresFactory(gateway, connection)
+        super().__init__(serverFromString(gateway.reactor, connection.listen), self.factory)
+
+    def stopService(self):
+        d = defer.maybeDeferred(super().stopService)
+        ends = [defer.maybeDeferred(c.terminate, "gateway shutdown") for c in list(self.factory.clients)]
+        return defer.DeferredList([d] + ends, consumeErrors=True)
 
 
 def make_service(gateway, connection):
-    factory = PostgresFactory(gateway, connection)
-    svc = strports.service(connection.listen, factory, reactor=gateway.reactor)
-    stop = svc.stopService
-
-    def stop_service():
-        d = defer.maybeDeferred(stop)
-        ends = [defer.maybeDeferred(fe.terminate, "gateway shutdown") for fe in list(factory.clients)]
-        return defer.DeferredList([d] + ends, consumeErrors=True)
-
-    svc.stopService = stop_service
-    svc.factory = factory
-    return svc
+    return PostgresService(gateway, connection)
 
 
 __all__ = ["make_service", "send_cancel"]

@@ -19,12 +19,34 @@ CLIENT_SETTINGS = {"application_name", "client_encoding", "datestyle", "timezone
                    "idle_in_transaction_session_timeout", "work_mem", "geqo", "lc_messages",
                    "lc_monetary", "lc_numeric", "lc_time", "jit", "default_transaction_isolation",
                    "default_transaction_read_only", "bytea_output", "fallback_application_name"}
-UTF8_NAMES = {"utf8", "utf-8", "unicode"}
+# PostgreSQL matches encoding names ignoring case and anything not a letter or
+# digit (utf_8, UTF-8, Unicode are all UTF8).
+UTF8_NAMES = {"utf8", "unicode"}
+
+
+def is_utf8_name(value: str) -> bool:
+    return "".join(ch for ch in value.strip().strip("'\"").lower() if ch.isalnum()) in UTF8_NAMES
+
+
+def ours(key: str) -> bool:
+    """A startup parameter for hoopy (asyncpg's server_settings={"hoopy.model": ...})."""
+    return key.lower().startswith("hoopy.")
+
+
+def passes_upstream(key: str) -> bool:
+    return key not in PRIVATE_PARAMS and not key.startswith("_pq_.") and not ours(key)
+
+
+def attribution(params: dict, options: dict) -> dict:
+    """hoopy.* values from startup parameters and -c options (options win)."""
+    got = {k.lower()[6:]: v for k, v in params.items() if ours(k)}
+    got.update(options)
+    return got
 
 
 def settings_problem(params: dict, option_words: list) -> str | None:
     """Why the client's startup settings cannot pass, or None."""
-    pairs = [(k, v) for k, v in params.items() if k not in PRIVATE_PARAMS and not k.startswith("_pq_.")]
+    pairs = [(k, v) for k, v in params.items() if passes_upstream(k)]
     words = list(option_words)
     while words:
         w = words.pop(0)
@@ -36,7 +58,7 @@ def settings_problem(params: dict, option_words: list) -> str | None:
         key = setting_key(k)
         if key not in CLIENT_SETTINGS:
             return f"startup setting {k!r} is not allowed through hoopy"
-        if key == "client_encoding" and v.strip().lower().strip("'\"") not in UTF8_NAMES:
+        if key == "client_encoding" and not is_utf8_name(v):
             return "hoopy accepts only UTF8 as client_encoding"
     return None
 
@@ -48,7 +70,7 @@ def setting_key(name: str) -> str:
 
 def startup_keys(params: dict, option_words: list) -> set:
     """Every setting the startup packet makes, by setting_key."""
-    keys = {setting_key(k) for k in params if k not in PRIVATE_PARAMS and not k.startswith("_pq_.")}
+    keys = {setting_key(k) for k in params if passes_upstream(k)}
     words = list(option_words)
     while words:
         w = words.pop(0)
@@ -63,7 +85,7 @@ def lexing_unsafe(name: str, value: str) -> bool:
     if name == "standard_conforming_strings":
         return value.lower() != "on"
     if name == "client_encoding":
-        return value.lower() not in UTF8_NAMES
+        return not is_utf8_name(value)
     return False
 
 

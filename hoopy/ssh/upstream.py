@@ -10,6 +10,8 @@ import asyncio
 import asyncssh
 from twisted.internet.endpoints import clientFromString
 
+from hoopy.upstream import UpstreamError  # noqa: F401 - one error type for every protocol's upstream
+
 
 # AES-GCM is one call into OpenSSL per packet; asyncssh's chacha20-poly1305 is
 # two passes with Python between them (about 3x slower here). The gateway is the
@@ -23,10 +25,6 @@ FAST_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-po
 # through Python carries more.
 WINDOW = 8 * 1024 * 1024
 MAX_PACKET = 128 * 1024
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached or trusted; the message is for the client."""
 
 
 def address(endpoint: str) -> tuple[str, int]:

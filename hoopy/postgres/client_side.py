@@ -1,0 +1,463 @@
+"""The client side of an authenticated session, sans-IO.
+
+``receive_data(bytes)`` takes the client's bytes; ``receive_upstream(bytes)``
+(hoopy/postgres/replies.py) the server's. What is to be sent collects in
+``to_client`` and ``to_upstream``; what the adapter must do (ask the session
+for a decision, record an event, close) in ``commands``. A statement waits
+for its decision in a named state (JUDGING, HELD): the client's further
+messages wait in the reader meanwhile, and ``decided(verdict)`` resumes.
+"""
+from __future__ import annotations
+
+import collections
+
+from hoopy.policy.rules import Operation, Unit
+from hoopy.policy.verdicts import Allow, Deny, Hold
+from hoopy.postgres import codec, guards, wire
+from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
+from hoopy.postgres.copy import MarkerScan
+from hoopy.postgres.params import decode_param
+from hoopy.postgres.pipeline import (
+    Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
+from hoopy.postgres.replies import UpstreamReplies
+from hoopy.postgres.startup import quote_ident
+
+MAX_SQL_RECORDED = 100_000
+LARGE_SQL = 64 * 1024  # longer statements are classified off the reactor thread
+MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
+ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
+ABORT_PORTAL = "hoopy refused this statement"  # no such portal: Execute of it fails
+# Catalog views holding sample values of columns (histograms, most common values).
+STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
+    "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"))
+
+
+def classify_or_error(sql):
+    try:
+        return classify(sql)
+    except ClassifyError as e:
+        return e
+
+
+class ClientSide(UpstreamReplies):
+    def __init__(self, rules, *, max_statement: int, user_functions=frozenset(), statuses=None):
+        self.state = State.READY
+        self.skip = Skip.NO
+        self.rules = rules  # rows.MaskRules
+        self.reader = codec.MessageReader(MAX_CLIENT_MESSAGE, {wire.QUERY: max_statement, wire.PARSE: max_statement})
+        self.ubuf = bytearray()  # the server's bytes of an unfinished message
+        self.max_statement = max_statement
+        self.to_client: list = []
+        self.to_upstream: list = []
+        self.commands: list = []
+        self.queue: collections.deque = collections.deque()
+        self.statements: dict = {}  # name -> (sql, param types)
+        self.portals: dict = {}  # name -> Portal
+        self.prepared: dict = {}  # SQL PREPARE name -> units
+        self.pending: Judging | None = None
+        self.held: Hold | None = None
+        self.tx_status = wire.IDLE
+        self.user_functions = frozenset(user_functions)
+        self.search_path_changed = False
+        self.unsafe_settings: dict = {}  # server settings under which SQL may read otherwise
+        self.marker_scan = MarkerScan()  # COPY FROM STDIN data
+        self.copy_in_refused = False
+        for k, v in (statuses or {}).items():
+            self.parameter_status(k, v)
+
+    @property
+    def waiting(self) -> bool:
+        return self.state in (State.PARSING, State.JUDGING, State.HELD)
+
+    @property
+    def busy(self) -> bool:
+        """A statement is running upstream (a client that leaves now should cancel it)."""
+        return any(e.kind in (Kind.EXECUTE, Kind.QUERY) for e in self.queue)
+
+    # --- the client's messages ------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        if self.state in (State.CLOSED, State.ERROR):
+            return
+        self.reader.feed(data)
+        self.pump()
+
+    def pump(self) -> None:
+        """Handle the client's messages until one must wait for a decision."""
+        reader = self.reader
+        try:
+            while self.state is State.READY:
+                m = reader.next()
+                if m is None:
+                    return
+                t, p = m
+                if self.copy_in_refused and t not in (wire.COPY_DATA, wire.COPY_DONE, wire.COPY_FAIL):
+                    self.copy_in_refused = False
+                    self.marker_scan = MarkerScan()
+                if t == wire.TERMINATE:
+                    self.close("client terminated")
+                    return
+                if self.skip is not Skip.NO and t != wire.SYNC:
+                    # After an error the server ignores every message (Query too) up to Sync,
+                    # and answers none: so does the gateway.
+                    continue
+                if type(p) is codec.Oversized:
+                    self._oversized(t, p)
+                    continue
+                handler = self._MESSAGES.get(t)
+                if handler is None:
+                    raise codec.ProtocolError(f"unknown message type {t!r}")
+                handler(self, p)
+        except codec.ProtocolError as e:
+            self.fatal("08P01", f"invalid frontend message: {e}")
+
+    def fatal(self, code: str, message: str) -> None:
+        if self.state in (State.CLOSED, State.ERROR):
+            return
+        self.to_client.append(codec.error(code, message, "FATAL"))
+        self.state = State.ERROR
+        self.commands.append(Close(message))
+
+    def close(self, reason: str) -> None:
+        if self.state not in (State.CLOSED, State.ERROR):
+            self.state = State.CLOSED
+            self.commands.append(Close(reason))
+
+    def forward(self, t: bytes, p: bytes) -> None:
+        self.to_upstream.append(codec.msg(t, p))
+
+    def expect(self, e: Expected) -> None:
+        if self.skip is Skip.UPSTREAM and e.kind not in (Kind.SYNC, Kind.ABORT_SYNC, Kind.SYNTHETIC):
+            # Sent while the server skips to Sync after an error (a held statement approved
+            # meanwhile): ignored upstream, so no reply is coming.
+            if e.kind in (Kind.EXECUTE, Kind.QUERY) and e.sql is not None:
+                e.error = "skipped"
+                self.done(e)
+            return
+        self.queue.append(e)
+        if e.kind is Kind.SYNTHETIC and len(self.queue) == 1:
+            self.flush_synthetic()
+
+    def flush_synthetic(self) -> None:
+        q = self.queue
+        while q and q[0].kind is Kind.SYNTHETIC:
+            self.to_client.append(q.popleft().raw)
+
+    def record(self, kind: str, outcome: str | None, **data) -> None:
+        self.commands.append(Record(kind, outcome, data))
+
+    # --- one handler per message type ------------------------------------------------
+    def _query(self, p: bytes) -> None:
+        try:
+            sql = codec.parse_query(p)
+        except codec.NotUtf8 as e:
+            return self._not_utf8(e, p, Kind.QUERY)
+        self.judge(Judging(Kind.QUERY, sql))
+
+    def _parse(self, p: bytes) -> None:
+        try:
+            parse = codec.parse_parse(p)
+        except codec.NotUtf8 as e:
+            return self._not_utf8(e, p, Kind.PARSE)
+        if parse.name and (parse.name in self.statements or parse.name in self.prepared):
+            # The server refuses it and keeps the statement it has: what a Bind of the
+            # name runs is still that one.
+            return self.refuse_extended(f'prepared statement "{parse.name}" already exists', "42P05")
+        prev = self.statements.get(parse.name)
+        entry = self.statements[parse.name] = (parse.query, parse.param_types)
+        self.forward(wire.PARSE, p)
+        e = Expected(Kind.PARSE)
+        e.target = (self.statements, parse.name, entry, prev)
+        self.expect(e)
+
+    def _bind(self, p: bytes) -> None:
+        b = codec.parse_bind(p)
+        stmt = self.statements.get(b.statement)
+        if stmt is None or b.statement in self.prepared:
+            # An SQL PREPARE shares the namespace: judged as EXECUTE of the name (the
+            # units it was prepared with, and any protocol statement's).
+            stmt = (f"EXECUTE {quote_ident(b.statement)}", ())
+        sql, types = stmt
+        fmts = b.param_formats
+        params = [decode_param(v, fmts[0] if len(fmts) == 1 else (fmts[i] if fmts else 0),
+                               types[i] if i < len(types) else 0) for i, v in enumerate(b.params)]
+        # Judged at Bind, not at Execute: planning an unnamed statement with its parameters
+        # already runs code (IMMUTABLE functions are folded into constants at Bind).
+        self.judge(Judging(Kind.BIND, sql, params, b.params, p, b.portal, Portal(sql, params, b.result_formats)))
+
+    def _describe(self, p: bytes) -> None:
+        kind, _ = codec.parse_describe(p)
+        self.forward(wire.DESCRIBE, p)
+        self.expect(Expected(Kind.DESCRIBE_STATEMENT if kind == wire.STATEMENT else Kind.DESCRIBE_PORTAL))
+
+    def _execute(self, p: bytes) -> None:
+        portal, _ = codec.parse_execute(p)
+        info = self.portals.get(portal)
+        if info is None:
+            # Not bound through this protocol: an SQL cursor (DECLARE) shares the namespace.
+            # Reading it is a FETCH, judged and masked as one.
+            info = self.portals[portal] = Portal(f"FETCH FROM {quote_ident(portal)}", None)
+        if info.judged:  # at its Bind, or at an earlier Execute of a suspended portal
+            return self.send_execute(info, portal, p)
+        self.judge(Judging(Kind.EXECUTE, info.sql, info.params, None, p, portal, info))
+
+    def _close(self, p: bytes) -> None:
+        kind, name = codec.parse_describe(p)
+        e = Expected(Kind.CLOSE)
+        if kind == wire.STATEMENT:
+            self.statements.pop(name, None)  # an unknown name is judged as admin: no undo
+            self.prepared.pop(name, None)  # one namespace with SQL PREPARE
+        else:
+            # An unknown portal is judged as a FETCH: if the server skips this Close, the
+            # portal (and what it runs) stays.
+            e.target = (self.portals, name, None, self.portals.pop(name, None))
+        self.forward(wire.CLOSE, p)
+        self.expect(e)
+
+    def _sync(self, p: bytes) -> None:
+        refused_in_tx = self.skip is Skip.REFUSED and self.tx_status == wire.IN_TRANSACTION
+        self.skip = Skip.NO
+        self.portals.pop("", None)
+        if refused_in_tx:
+            # Our refusal must abort the transaction as a server error would: an Execute of
+            # a portal that cannot exist fails (or, if the server is already skipping after
+            # an error, is ignored) before the Sync.
+            self.forward(wire.EXECUTE, codec.cstr(ABORT_PORTAL) + b"\0\0\0\0")
+            self.forward(wire.SYNC, p)
+            return self.expect(Expected(Kind.ABORT_SYNC))
+        self.forward(wire.SYNC, p)
+        self.expect(Expected(Kind.SYNC))
+
+    def _flush(self, p: bytes) -> None:
+        self.forward(wire.FLUSH, p)
+
+    def _copy_data(self, p: bytes) -> None:
+        if self.copy_in_refused:
+            return  # the server left COPY at our CopyFail and drops these too
+        if self.marker_scan.found(p):
+            why = ("refused: this COPY data holds hoopy's redaction marker " + guards.MARKER
+                   + ": it would replace real values with the mask")
+            self.copy_in_refused = True
+            self.record("operation", "refused", reason=why, sql="COPY FROM STDIN (data)")
+            # CopyFail: the COPY fails upstream, none of its rows is stored, our reason is its error.
+            return self.forward(wire.COPY_FAIL, codec.cstr("hoopy: " + why))
+        self.forward(wire.COPY_DATA, p)
+
+    def _copy_end(self, p: bytes, t: bytes) -> None:
+        self.marker_scan = MarkerScan()
+        if not self.copy_in_refused:
+            self.forward(t, p)
+
+    def _copy_done(self, p: bytes) -> None:
+        self._copy_end(p, wire.COPY_DONE)
+
+    def _copy_fail(self, p: bytes) -> None:
+        self._copy_end(p, wire.COPY_FAIL)
+
+    def _function_call(self, p: bytes) -> None:
+        self.expect(Expected(Kind.SYNTHETIC, raw=codec.error(
+            "42501", "hoopy: function calls by OID (fastpath) are not allowed") + codec.ready(self.tx_status)))
+
+    _MESSAGES = {
+        wire.QUERY: _query,
+        wire.PARSE: _parse,
+        wire.BIND: _bind,
+        wire.DESCRIBE: _describe,
+        wire.EXECUTE: _execute,
+        wire.CLOSE: _close,
+        wire.SYNC: _sync,
+        wire.FLUSH: _flush,
+        wire.COPY_DATA: _copy_data,
+        wire.COPY_DONE: _copy_done,
+        wire.COPY_FAIL: _copy_fail,
+        wire.FUNCTION_CALL: _function_call,
+    }
+
+    # --- refusals ----------------------------------------------------------------
+    def refuse_query(self, message: str, code: str, detail: str | None = None) -> None:
+        """A refused simple Query: inside a transaction block it aborts the transaction,
+        as any error from the server would."""
+        error = codec.error(code, message, detail=detail)
+        if self.tx_status == wire.IN_TRANSACTION:
+            self.forward(wire.QUERY, codec.cstr(ABORT_SQL))
+            return self.expect(Expected(Kind.ABORT, raw=error))
+        self.expect(Expected(Kind.SYNTHETIC, raw=error + codec.ready(self.tx_status)))
+
+    def refuse_extended(self, message: str, code: str = "42501", detail: str | None = None) -> None:
+        """An error in the extended protocol: the client's messages up to Sync are skipped."""
+        self.skip = Skip.REFUSED
+        self.expect(Expected(Kind.SYNTHETIC, raw=codec.error(code, message, detail=detail)))
+
+    def _refuse(self, kind: Kind, message: str, code: str, detail: str | None = None) -> None:
+        (self.refuse_query if kind is Kind.QUERY else self.refuse_extended)(message, code, detail)
+
+    def _oversized(self, t: bytes, p) -> None:
+        """SQL text over [gateway] max_statement: refused unread (54000), the session goes on."""
+        why = f"statement of {p.length} bytes is over max_statement ({self.max_statement} bytes)"
+        self.record("operation", "refused", reason=why, sql=p.head.decode("utf-8", "replace"))
+        self._refuse(Kind.QUERY if t == wire.QUERY else Kind.PARSE, "hoopy: " + why, "54000")
+
+    def _not_utf8(self, e, p: bytes, kind: Kind) -> None:
+        """As the server: the statement fails with 22021, the session goes on."""
+        self.record("operation", "refused", reason=f"statement is not UTF-8: {e}",
+                    sql=p[:2000].decode("utf-8", "replace"))
+        self._refuse(kind, str(e), "22021")
+
+    # --- judging -----------------------------------------------------------------
+    def judge(self, j: Judging) -> None:
+        if len(j.sql) > LARGE_SQL:
+            # Parsing megabytes of SQL would stall every other session: a thread does it.
+            self.state = State.PARSING
+            self.pending = j
+            self.commands.append(Classify(j.sql))
+            return
+        self._judge(j, classify_or_error(j.sql))
+
+    def classified(self, c) -> None:
+        """The answer to a Classify command."""
+        if self.state is not State.PARSING:
+            return
+        self.state = State.READY
+        j, self.pending = self.pending, None
+        self._judge(j, c)
+        self.pump()
+
+    def _judge(self, j: Judging, c) -> None:
+        if isinstance(c, ClassifyError):
+            self.record("operation", "refused", reason=f"syntax error: {c}", sql=j.sql[:MAX_SQL_RECORDED])
+            return self._refuse(j.kind, f"syntax error: {c}", "42601")
+        j.classified = c
+        if not c.statements:
+            return self._proceed(j)  # an empty query: nothing runs
+        self.state = State.JUDGING
+        self.pending = j
+        self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params),
+                                    self.local_refusal(c, j.sql, j.raw_params or ())))
+
+    def decided(self, verdict) -> None:
+        """The answer to a Decide command (and later to a Hold's resolution)."""
+        if self.state not in (State.JUDGING, State.HELD):
+            return
+        if isinstance(verdict, Hold):
+            self.state = State.HELD
+            self.held = verdict
+            self.to_client.append(codec.notice(
+                f"hoopy: held for approval {verdict.id} (rule {verdict.approval.rule!r}); waiting for a reviewer",
+                detail=f"approve with: hoopy approve {verdict.id}"))
+            return
+        self.state = State.READY
+        self.held = None
+        j, self.pending = self.pending, None
+        if isinstance(verdict, Allow):
+            self._allowed(j.classified)
+            self._proceed(j)
+        else:
+            msg = verdict.reason if verdict.rule is None or verdict.rule in verdict.reason \
+                else f"{verdict.reason} (rule {verdict.rule!r})"
+            if isinstance(verdict, Deny) and verdict.approval and verdict.approval not in msg:
+                msg += f" (approval {verdict.approval})"
+            # (retry mode: what to do next goes in the error's DETAIL)
+            self._refuse(j.kind, "hoopy: " + msg, "42501", getattr(verdict, "detail", None))
+        self.pump()
+
+    def _allowed(self, c) -> None:
+        """What an allowed statement changes in the namespaces the gateway tracks."""
+        if c.sets_search_path:
+            self.search_path_changed = True
+        for name in c.deallocates:
+            if name is None:
+                self.prepared.clear()
+                self.statements.clear()
+            else:
+                self.prepared.pop(name, None)
+                self.statements.pop(name, None)
+        for name, units, bare in c.prepares:
+            units = units + tuple(Unit("write", f"public.{f}()") for f in self.user_functions & bare)
+            # If the name is taken the server refuses this PREPARE and keeps the old one:
+            # an EXECUTE is judged with both.
+            self.prepared[name] = tuple(dict.fromkeys(self.prepared.get(name, ()) + units))
+        for name in c.declares:
+            # A cursor is a portal. If the name is bound the DECLARE fails, yet a savepoint
+            # can bring the old portal back: judge an Execute as either.
+            old = self.portals.get(name)
+            if old is not None:
+                self.portals[name] = Portal(f"{old.sql}\n;\nFETCH FROM {quote_ident(name)}", old.params)
+
+    def _proceed(self, j: Judging) -> None:
+        c = j.classified
+        if j.kind is Kind.QUERY:
+            self.forward(wire.QUERY, codec.cstr(j.sql))
+            return self.expect(Expected(Kind.QUERY, sql=j.sql, classified=c))
+        info = j.portal_info
+        info.judged = True
+        info.classified = c
+        if j.kind is Kind.EXECUTE:
+            return self.send_execute(info, j.portal, j.message)
+        prev = self.portals.get(j.portal)
+        self.portals[j.portal] = info
+        self.forward(wire.BIND, j.message)
+        e = Expected(Kind.BIND)
+        e.target = (self.portals, j.portal, info, prev)
+        self.expect(e)
+
+    def send_execute(self, info: Portal, portal: str, p: bytes) -> None:
+        describe, info.executed = self.rules.active and not info.executed, True  # only the first
+        ex = Expected(Kind.EXECUTE, sql=info.sql, classified=info.classified)
+        ex.plan = info.plan
+        if describe:
+            # Masking needs the result columns; the client may not have asked.
+            d = Expected(Kind.DESCRIBE_FOR_MASKING)
+            d.target = (ex, info)
+            self.forward(wire.DESCRIBE, wire.PORTAL + codec.cstr(portal))
+            self.expect(d)
+        self.forward(wire.EXECUTE, p)
+        self.expect(ex)
+
+    def _operation(self, sql: str, c, params=None, raw_params=None) -> Operation:
+        detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
+        # What a retry-mode approval is bound to: the whole SQL text and the parameters' exact bytes
+        # (the recorded text and values may be shortened).
+        canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
+                                           if raw_params is not None else params)
+        if params is not None:
+            detail["params"] = params
+        units = list(c.units)
+        for name in self.user_functions & (c.bare_functions | c.dotted):
+            # May call a user-defined function of that name ("t.f" is f(t)).
+            units.append(Unit("write", f"public.{name}()"))
+        for name in c.executes:
+            units.extend(self._prepared_units(name))
+        return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail,
+                         canonical=canonical)
+
+    def _prepared_units(self, name: str) -> list:
+        """What EXECUTE of a name may run: the units an SQL PREPARE of it was judged with
+        and those of a protocol statement of that name (one namespace)."""
+        units = list(self.prepared.get(name, ()))
+        if name in self.statements:
+            c = classify_or_error(self.statements[name][0])
+            if isinstance(c, ClassifyError) or c.executes:
+                units.append(Unit("admin", ANY_OBJECT))
+            else:
+                units.extend(c.units)
+                units.extend(Unit("write", f"public.{f}()") for f in self.user_functions & (c.bare_functions | c.dotted))
+        return units or [Unit("admin", ANY_OBJECT)]
+
+    def local_refusal(self, c, sql: str, raw_params=()) -> str | None:
+        """Refusals that need no rule: what the gateway cannot judge or mask safely."""
+        if self.unsafe_settings and not guards.restores(sql, self.unsafe_settings):
+            return ("refused: standard_conforming_strings is off or client_encoding is not UTF8 in this "
+                    "session, so hoopy cannot read its SQL as the server does (only setting it back is allowed)")
+        why = guards.encoding_problem(sql) or guards.stores_marker(sql, raw_params)
+        if why:
+            return why
+        if c.unqualified and self.search_path_changed:
+            return "refused: search_path was changed in this session, so unqualified table names are ambiguous"
+        rules = self.rules
+        if rules.configured and not STATISTICS.isdisjoint(c.relations):
+            return "refused: column statistics (pg_stats) hold sample values of masked columns"
+        if rules.configured and rules.touches(c):
+            if c.copy_out:
+                return "refused: COPY TO STDOUT of a table with masked columns"
+            if c.classes - {"read"} and (c.whole_row or c.executes or not rules.names.isdisjoint(c.column_names)):
+                return "refused: this statement would copy a masked column"
+        return None

@@ -1,0 +1,148 @@
+"""The client side's vocabulary: its states, the replies it is owed, the
+statements it waits to have judged, and the commands it gives its adapter.
+
+A client may pipeline many messages before it reads a reply; the server
+answers each in order. ``Expected`` is one reply the client is owed, in a
+queue in the order the messages went upstream (or were answered by the
+gateway itself: ``SYNTHETIC``).
+"""
+from __future__ import annotations
+
+import enum
+import time
+
+import attrs
+
+
+class State(enum.Enum):
+    READY = "ready"  # reading the client's messages
+    PARSING = "parsing"  # a long statement is classified off the reactor thread
+    JUDGING = "judging"  # paused on the policy's decision
+    HELD = "held"  # paused on a reviewer (an approve rule)
+    CLOSED = "closed"
+    ERROR = "error"  # a protocol error: FATAL sent, closing
+
+
+class Skip(enum.Enum):
+    """Where the extended protocol's error handling stands (everything up to Sync is skipped)."""
+    NO = "no"
+    REFUSED = "refused"  # the gateway refused a message: it skips the client's messages up to Sync
+    UPSTREAM = "upstream"  # the server failed one: it ignores (and answers nothing) up to Sync
+
+
+class Kind(enum.Enum):
+    QUERY = "query"  # a simple Query: replies up to ReadyForQuery
+    PARSE = "parse"
+    BIND = "bind"
+    CLOSE = "close"
+    DESCRIBE_STATEMENT = "describe statement"  # ParameterDescription, then RowDescription or NoData
+    DESCRIBE_PORTAL = "describe portal"
+    DESCRIBE_FOR_MASKING = "describe for masking"  # the gateway's own Describe: not forwarded
+    EXECUTE = "execute"
+    SYNC = "sync"
+    ABORT = "abort"  # a stand-in query that fails, so a refusal aborts the transaction
+    ABORT_SYNC = "abort sync"  # the same in the extended protocol: Execute of no portal, Sync
+    SYNTHETIC = "synthetic"  # the gateway's own reply, sent when it reaches the head
+
+
+STATEMENTS = (Kind.QUERY, Kind.EXECUTE)
+
+
+class Expected:
+    """One reply the client is owed."""
+
+    __slots__ = ("kind", "raw", "sql", "classified", "plan", "rows", "start", "tag", "error", "target", "copy")
+
+    def __init__(self, kind: Kind, raw: bytes | None = None, sql: str | None = None, classified=None):
+        self.kind = kind
+        self.raw = raw  # SYNTHETIC and ABORT: the bytes the client sees
+        self.sql = sql
+        self.classified = classified
+        self.plan = None  # rows.RowPlan while a result is masked
+        self.rows = 0
+        self.start = time.monotonic()
+        self.tag = None
+        self.error = None  # SQLSTATE of a failed statement
+        self.target = None  # PARSE/BIND/CLOSE: a name's undo; DESCRIBE_FOR_MASKING: (execute, portal)
+        self.copy = None  # copy.BinaryCopyMasker during a binary COPY TO STDOUT
+
+
+class Portal:
+    """A bound portal as the gateway judged it."""
+
+    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified", "executed")
+
+    def __init__(self, sql: str, params, result_formats=()):
+        self.sql = sql
+        self.params = params
+        self.result_formats = result_formats
+        self.judged = False
+        self.plan = None
+        self.classified = None
+        self.executed = False  # an Execute went upstream (a later one resumes a suspended portal)
+
+
+@attrs.define
+class Judging:
+    """A statement waiting for its decision: what to send once it is allowed."""
+    kind: Kind  # QUERY, BIND or EXECUTE
+    sql: str
+    params: list | None = None  # decoded, for the record
+    raw_params: tuple | None = None  # a Bind's exact bytes (None for a Query or a cursor's Execute)
+    message: bytes = b""  # the client's message payload (Bind, Execute)
+    portal: str = ""
+    portal_info: Portal | None = None
+    classified: object = None
+
+
+# --- commands to the adapter ----------------------------------------------------
+
+@attrs.frozen
+class Decide:
+    """Ask the session; answer with ``decided``. ``refusal``: a refusal that needs no rule."""
+    operation: object
+    refusal: str | None = None
+
+
+@attrs.frozen
+class Classify:
+    """Classify this SQL off the reactor thread; answer with ``classified``."""
+    sql: str
+
+
+@attrs.frozen
+class Record:
+    """An event, written in order with the others (nothing waits for it)."""
+    kind: str
+    outcome: str | None
+    data: dict
+
+
+@attrs.frozen
+class Trailing:
+    """An event that rides with the next flush (a statement's completion)."""
+    kind: str
+    outcome: str | None
+    data: dict
+
+
+@attrs.frozen
+class Redacted:
+    count: int
+    data: dict
+
+
+@attrs.frozen
+class Attribute:
+    values: dict
+
+
+@attrs.frozen
+class CancelUpstream:
+    pass
+
+
+@attrs.frozen
+class Close:
+    """Close both connections (after sending what is queued)."""
+    reason: str

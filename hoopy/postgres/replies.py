@@ -1,0 +1,375 @@
+"""The client side's handling of what the server sends: each reply matched to
+the message it answers (the queue of ``Expected``), masked where a rule can
+apply, passed on as bytes where none can, and every statement's completion
+recorded. A mixin of ``ClientSide`` (hoopy/postgres/client_side.py): one
+object, its two directions in two files.
+"""
+from __future__ import annotations
+
+import re
+import struct
+import time
+
+from hoopy.policy.masking import redact_text
+from hoopy.postgres import codec, wire
+from hoopy.postgres.copy import BinaryCopyMasker
+from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
+from hoopy.postgres.rows import RowPlan
+from hoopy.postgres.startup import lexing_unsafe
+
+# Before the first colon, quote (any language's: lc_messages) or non-ASCII letter.
+_VALUE_START = re.compile(r"[:\"'`\u0080-\U0010ffff]")
+_STATEMENT = (Kind.EXECUTE, Kind.QUERY)
+_ABORTS = (Kind.ABORT, Kind.ABORT_SYNC)
+
+
+_HI = struct.Struct("!ci")
+
+
+class UpstreamReplies:
+    def receive_upstream(self, data: bytes) -> None:
+        """One pass over what the server sent: whole messages that pass unchanged are
+        copied out as runs of bytes; only the ones that matter to the gateway (the end
+        of a statement, an error, what masking must see) are parsed."""
+        if self.state in (State.CLOSED, State.ERROR):
+            return
+        buf = self.ubuf
+        if buf:
+            buf += data
+        else:
+            buf = data  # nothing held back: read the chunk as it came
+        out = self.to_client
+        q = self.queue
+        end = len(buf)
+        pos = run = 0  # run: where the bytes that pass as they are start
+        rows_at = -1  # where a run of rows to search for patterns starts
+        head = q[0] if q else None
+        try:
+            while end - pos >= 5:
+                t, n = _HI.unpack_from(buf, pos)
+                if n < 4:
+                    raise codec.ProtocolError(f"invalid length {n} for message {t!r}")
+                nxt = pos + 1 + n
+                if nxt > end:
+                    if n > codec.MAX_MESSAGE:
+                        raise codec.ProtocolError(f"invalid length {n} for message {t!r}")
+                    break
+                if t == wire.DATA_ROW and head is not None and head.kind in _STATEMENT:
+                    head.rows += 1
+                    plan = head.plan
+                    if plan is None:
+                        pos = nxt  # passes as it is
+                        continue
+                    if plan.prefilter is not None:
+                        # Pattern masking only: a run of rows with no candidate anywhere passes whole.
+                        if rows_at < 0:
+                            rows_at = pos
+                        pos = nxt
+                        if end - pos >= 5:
+                            t2, n2 = _HI.unpack_from(buf, pos)
+                            if t2 == wire.DATA_ROW and pos + 1 + n2 <= end:
+                                continue  # more whole rows right behind: one search for them all
+                        if plan.prefilter.search(buf, rows_at, pos) is not None:
+                            if run < rows_at:
+                                out.append(buf[run:rows_at])
+                            out.append(plan.apply_many(buf, rows_at, pos))
+                            run = pos
+                        rows_at = -1
+                        continue
+                    new = plan.rewrite(bytes(buf[pos + 5:nxt]))
+                    if new is not None:
+                        if run < pos:
+                            out.append(buf[run:pos])
+                        out.append(new)
+                        run = nxt
+                    pos = nxt
+                    continue
+                if run < pos:
+                    out.append(buf[run:pos])
+                    run = pos
+                p = bytes(buf[pos + 5:nxt])
+                pos = nxt
+                if t in wire.ASYNC:
+                    keep = self._async_message(t, p)
+                elif head is None:
+                    keep = self._unexpected(t, p)
+                else:
+                    keep = self._REPLIES[head.kind](self, head, t, p)
+                if not keep:
+                    run = pos
+                if self.state in (State.CLOSED, State.ERROR):
+                    return  # nothing more may reach the client
+                head = q[0] if q else None
+        except codec.ProtocolError as e:
+            return self.fatal("08006", f"upstream protocol error: {e}")
+        finally:
+            if run < pos and self.state not in (State.CLOSED, State.ERROR):
+                out.append(buf[run:pos])
+        if pos == end:
+            self.ubuf = bytearray()
+        elif buf is data:
+            self.ubuf = bytearray(data[pos:])
+        else:
+            del buf[:pos]
+
+    # Each handler returns True when the message passes to the client as it came (the
+    # caller copies it with the bytes around it), False when it sent what the client sees.
+
+    # --- messages outside any reply -----------------------------------------------
+    def _async_message(self, t: bytes, p: bytes) -> bool:
+        rules = self.rules
+        if t == wire.NOTICE_RESPONSE:
+            if not rules.active:
+                return True
+            new = self.scrub(p, self.queue[0] if self.queue else None)
+        elif t == wire.NOTIFICATION_RESPONSE:
+            if not rules.detectors:
+                return True
+            # NOTIFY payloads are text another session chose: patterns apply.
+            pid, channel, payload = codec.parse_notification(p)
+            text, counts = redact_text(payload, rules.detectors)
+            new = p[:4] + codec.cstr(channel) + codec.cstr(text) if counts else p
+        else:
+            name, value = codec.parse_parameter_status(p)
+            self.parameter_status(name, value)
+            return True
+        if new is p:
+            return True
+        self.to_client.append(codec.msg(t, new))
+        return False
+
+    def parameter_status(self, name: str, value: str) -> None:
+        key = name.lower()
+        if lexing_unsafe(name, value):
+            self.unsafe_settings[key] = value
+        else:
+            self.unsafe_settings.pop(key, None)
+        if key == "application_name":  # what took effect (pgjdbc sets it with SET)
+            self.commands.append(Attribute({"application_name": value}))
+
+    def _unexpected(self, t: bytes, p: bytes) -> bool:
+        if t != wire.ERROR_RESPONSE:
+            return True
+        p = self.scrub(p, None) if self.rules.active else p
+        self.to_client.append(codec.msg(t, p))
+        if codec.parse_fields(p).get("S") in ("FATAL", "PANIC"):
+            self._ended_upstream()
+        return False
+
+    def _ended_upstream(self) -> None:
+        """The server ends the session (terminated, shutting down): its error is the last word."""
+        self.state = State.CLOSED
+        self.commands.append(Close("upstream ended the session"))
+
+    def _finished(self, t: bytes, p: bytes) -> bool:
+        """The head is done: the reply passes, then any of the gateway's own replies queued behind it."""
+        q = self.queue
+        q.popleft()
+        if q and q[0].kind is Kind.SYNTHETIC:
+            self.to_client.append(codec.msg(t, p))
+            self.flush_synthetic()
+            return False
+        return True
+
+    # --- replies, by what they answer ---------------------------------------------
+    def _abort(self, head: Expected, t: bytes, p: bytes) -> bool:
+        if t == wire.ERROR_RESPONSE:
+            if head.raw:
+                self.to_client.append(head.raw)  # the client sees our refusal, not the stand-in error
+            if codec.parse_fields(p).get("S") in ("FATAL", "PANIC"):
+                self._ended_upstream()
+            return False
+        if t == wire.READY_FOR_QUERY:
+            self.tx_status = codec.parse_ready(p)
+            return self._finished(t, p)
+        return False  # the stand-in's other replies are not the client's
+
+    def _error(self, head: Expected, p: bytes) -> bool:
+        p = self.scrub(p, head) if self.rules.active else p
+        fields = codec.parse_fields(p)
+        self.to_client.append(codec.msg(wire.ERROR_RESPONSE, p))
+        if fields.get("S") in ("FATAL", "PANIC"):
+            if head.sql is not None and head.kind in _STATEMENT:
+                head.error = fields.get("C")
+                self.done(head)
+            self._ended_upstream()
+            return False
+        if head.kind is Kind.QUERY:
+            head.error = fields.get("C")
+            return False
+        if head.kind is Kind.SYNC:
+            return False
+        # The server now skips to Sync, answering nothing: so do the replies we expect.
+        q = self.queue
+        undo = []
+        while q and q[0].kind not in (Kind.SYNC, Kind.ABORT_SYNC):
+            e = q.popleft()
+            if e.kind in (Kind.PARSE, Kind.BIND, Kind.CLOSE) and e.target is not None:
+                undo.append(e)
+            elif e.kind is Kind.EXECUTE:
+                e.error = fields.get("C")
+                self.done(e)
+            elif e.kind is Kind.DESCRIBE_FOR_MASKING:
+                ex = e.target[0]
+                ex.error = fields.get("C")
+                self.done(ex)
+                if q and q[0] is ex:
+                    q.popleft()
+        for e in reversed(undo):  # last first: Close p then Bind p leaves p as it was
+            self._undo(e)
+        if not q:
+            # The client has not sent its Sync yet: what it sends until then is ignored
+            # upstream, and must expect no reply.
+            self.skip = Skip.UPSTREAM
+        return False
+
+    def _undo(self, e: Expected) -> None:
+        """A Parse, Bind or Close the server failed or skipped: the name keeps what it had."""
+        table, name, new, prev = e.target
+        if table.get(name) is new:
+            if prev is None:
+                table.pop(name, None)
+            else:
+                table[name] = prev
+
+    def _describe_for_masking(self, head: Expected, t: bytes, p: bytes) -> bool:
+        if t == wire.ERROR_RESPONSE:
+            return self._error(head, p)
+        ex, info = head.target
+        if t == wire.ROW_DESCRIPTION:
+            ex.plan = info.plan = self._plan(codec.parse_row_description(p), ex.classified, info.result_formats)
+        self.queue.popleft()  # RowDescription or NoData: the client did not ask
+        return False
+
+    def _statement(self, head: Expected, t: bytes, p: bytes) -> bool:
+        """A simple Query's or an Execute's replies."""
+        k = head.kind
+        if t == wire.COMMAND_COMPLETE:
+            tag = codec.parse_command_tag(p)
+            head.tag = tag if head.tag is None or k is Kind.EXECUTE else f"{head.tag}; {tag}"
+            if k is Kind.EXECUTE:
+                self.done(head)
+                return self._finished(t, p)
+            if head.plan is not None:
+                self.redactions(head)
+                head.plan = None
+                head.copy = None
+            return True
+        if t == wire.READY_FOR_QUERY:
+            self.tx_status = codec.parse_ready(p)
+            self.done(head)
+            return self._finished(t, p)
+        if t == wire.ROW_DESCRIPTION:
+            if k is Kind.QUERY and self.rules.active:
+                head.plan = self._plan(codec.parse_row_description(p), head.classified, None)
+            return True
+        if t == wire.ERROR_RESPONSE:
+            return self._error(head, p)
+        if t == wire.COPY_DATA:
+            if head.plan is None or not head.plan.detectors:
+                return True
+            if head.copy is not None:
+                data = head.copy.feed(p)
+                if data:
+                    self.to_client.append(codec.msg(t, data))
+                return False
+            new = head.plan.copy_line(p)
+            if new is p:
+                return True
+            self.to_client.append(codec.msg(t, new))
+            return False
+        if t == wire.COPY_OUT_RESPONSE and self.rules.detectors:
+            head.plan = RowPlan([], self.rules.detectors)
+            # Binary COPY: values without their types; see hoopy/postgres/copy.py.
+            head.copy = BinaryCopyMasker(head.plan) if codec.parse_copy_response(p)[0] == 1 else None
+        elif t == wire.COPY_DONE and head.copy is not None and not head.copy.done:
+            raise codec.ProtocolError("binary COPY stream ended early")
+        elif k is Kind.EXECUTE and t in (wire.PORTAL_SUSPENDED, wire.EMPTY_QUERY_RESPONSE):
+            self.done(head)
+            return self._finished(t, p)
+        return True
+
+    def _one_reply(self, head: Expected, t: bytes, p: bytes) -> bool:
+        """Parse, Bind, Close, Describe, Sync: their reply passes; the head is done with it."""
+        if t == wire.ERROR_RESPONSE:
+            return self._error(head, p)
+        if head.kind is Kind.DESCRIBE_STATEMENT and t == wire.PARAMETER_DESCRIPTION:
+            return True  # RowDescription or NoData follows
+        if t == wire.READY_FOR_QUERY:
+            self.tx_status = codec.parse_ready(p)
+        return self._finished(t, p)
+
+    _REPLIES = {
+        Kind.QUERY: _statement,
+        Kind.EXECUTE: _statement,
+        Kind.PARSE: _one_reply,
+        Kind.BIND: _one_reply,
+        Kind.CLOSE: _one_reply,
+        Kind.DESCRIBE_STATEMENT: _one_reply,
+        Kind.DESCRIBE_PORTAL: _one_reply,
+        Kind.SYNC: _one_reply,
+        Kind.SYNTHETIC: _one_reply,
+        Kind.DESCRIBE_FOR_MASKING: _describe_for_masking,
+        Kind.ABORT: _abort,
+        Kind.ABORT_SYNC: _abort,
+    }
+
+    # --- masking and the record -------------------------------------------------------
+    def scrub(self, p: bytes, head) -> bytes:
+        """Error and notice texts can quote values ('invalid input syntax for type integer:
+        "123-45-6789"'): patterns apply to them, and for a statement over masked columns
+        their details are withheld."""
+        fields = codec.parse_fields(p)
+        c = head.classified if head is not None else None
+        changed = False
+        rules = self.rules
+        if rules.configured and (c is None or rules.touches(c)):
+            for k in ("D", "H", "W", "q"):
+                if fields.pop(k, None) is not None:
+                    changed = True
+            m = fields.get("M", "")
+            cut = _VALUE_START.split(m, 1)
+            if len(cut) > 1:
+                fields["M"] = cut[0].rstrip() + " (details withheld by hoopy: the statement reads masked columns)"
+                changed = True
+        if rules.detectors:
+            for k in ("M", "D", "H", "W"):
+                if k in fields:
+                    new, counts = redact_text(fields[k], rules.detectors)
+                    if counts:
+                        fields[k] = new
+                        changed = True
+        if not changed:
+            return p
+        return b"".join(k.encode() + codec.cstr(v) for k, v in fields.items()) + b"\0"
+
+    def _plan(self, fields, classified, formats):
+        plan = self.rules.plan(fields, classified)
+        if plan is not None and formats:
+            plan.with_formats(formats)
+        return plan
+
+    def redactions(self, e: Expected) -> None:
+        s = e.plan.summary() if e.plan is not None else None
+        if not s:
+            return
+        n = sum(s["columns"].values()) + sum(s["patterns"].values())
+        e.plan.columns, e.plan.patterns = {}, {}
+        self.commands.append(Redacted(n, {"sql": (e.sql or "")[:2000], **s}))
+
+    def done(self, e: Expected) -> None:
+        """A statement finished: its rows, duration and outcome are recorded."""
+        if e.sql is None:
+            return
+        self.redactions(e)
+        data = {"sql": e.sql[:2000], "duration_ms": round((time.monotonic() - e.start) * 1000, 3)}
+        if e.kind is Kind.EXECUTE:
+            data["rows"] = e.rows if e.tag is None or not e.tag.startswith(("INSERT", "UPDATE", "DELETE", "MERGE")) \
+                else codec.rows_from_tag(e.tag)
+        else:
+            data["rows_returned"] = e.rows
+        if e.tag:
+            data["tag"] = e.tag
+        if e.error:
+            data["sqlstate"] = e.error
+        self.commands.append(Trailing("statement", "error" if e.error else "ok", data))

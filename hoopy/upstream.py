@@ -1,0 +1,12 @@
+"""What every protocol raises when its upstream cannot be reached or used."""
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """The upstream refused, failed or could not be reached. ``code`` is the
+    protocol's own word for it where it has one (a PostgreSQL SQLSTATE)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.code = code
