@@ -26,6 +26,7 @@ sys.path.insert(0, str(_HERE.parent))
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import tempfile
@@ -57,14 +58,24 @@ class Target:
                                       agent_path=None, config=[])
 
 
-def throughput(t: Target, mib: int, cipher: str | None = None) -> float:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (the machine may be shared: time per MiB
+    of the gateway's own CPU is what stays comparable under load)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(t: Target, mib: int, cipher: str | None = None, pid: int | None = None) -> tuple[float, float]:
+    """(MiB/s, CPU ms per MiB of process ``pid``, or 0)."""
     opts = ("-c", cipher) if cipher else ()
     cmd = f"head -c {mib}M /dev/zero | {' '.join(t.ssh(*opts))} cat | wc -c"
+    c0 = cpu_seconds(pid) if pid else 0.0
     t0 = time.monotonic()
     out = subprocess.run(cmd, shell=True, capture_output=True, text=True, check=True).stdout
     dt = time.monotonic() - t0
+    cpu = (cpu_seconds(pid) - c0) * 1000 / mib if pid else 0.0
     assert int(out) == mib << 20, (t.name, out)
-    return mib / dt
+    return mib / dt, cpu
 
 
 async def echo_latency(t: Target, n: int) -> list[float]:
@@ -119,6 +130,11 @@ async def idle_memory(t: Target, gw, n: int) -> float:
     return (after - before) / n
 
 
+def _table(rows):
+    print("\n| measure | direct | hoopy | hoopy/direct |\n|---|---|---|---|")
+    for name, dv, hv, r in rows:
+        f = lambda v: "-" if v is None else f"{v:.3f}" if v < 10 else f"{v:.1f}"  # noqa: E731
+        print(f"| {name} | {f(dv)} | {f(hv)} | {f(r)} |")
 # Command lines as MCP servers and agents send them, and the grant they are judged against.
 AGENT_LINES = [
     "cd /srv/app && git status",
@@ -165,12 +181,15 @@ def main():
     ap.add_argument("--echoes", type=int, default=500)
     ap.add_argument("--concurrent", type=int, default=200)
     ap.add_argument("--idle", type=int, default=200)
+    ap.add_argument("--only", choices=["bulk"], help="only the bulk throughput (1.)")
+    ap.add_argument("--cipher", action="append", help="bulk with this cipher only (repeatable)")
     ap.add_argument("--judge-only", action="store_true", help="only the command-line judgement benchmark")
     args = ap.parse_args()
 
-    print("J. judging an agent's command line (parse, parts, a 12-rule grant); goal: under 100 us")
-    for line, us in judgement():
-        print(f"   {us:7.1f} us  {line!r}")
+    if args.only != "bulk":
+        print("J. judging an agent's command line (parse, parts, a 12-rule grant); goal: under 100 us")
+        for line, us in judgement():
+            print(f"   {us:7.1f} us  {line!r}")
     if args.judge_only:
         return
 
@@ -191,19 +210,26 @@ def main():
             hoopy = Target("hoopy", port, "agent", agent_key)
             rows = []
 
-            print(f"0. gateway memory per idle session ({args.idle} sessions)")
-            per = asyncio.run(idle_memory(hoopy, gw, args.idle))
-            print(f"   {per:.0f} KiB per idle session (measured first, on a fresh gateway;"
-                  f" RSS now {rss_kib(gw.proc.pid) / 1024:.0f} MiB)")
-            rows.append(("KiB per idle session", None, per, None))
+            if args.only != "bulk":
+                print(f"0. gateway memory per idle session ({args.idle} sessions)")
+                per = asyncio.run(idle_memory(hoopy, gw, args.idle))
+                print(f"   {per:.0f} KiB per idle session (measured first, on a fresh gateway;"
+                      f" RSS now {rss_kib(gw.proc.pid) / 1024:.0f} MiB)")
+                rows.append(("KiB per idle session", None, per, None))
 
-            for cipher in (None, "aes128-ctr", "aes128-gcm@openssh.com"):
+            for cipher in args.cipher or (None, "aes128-ctr", "aes128-gcm@openssh.com"):
                 print(f"1. {args.mib} MiB through exec cat (OpenSSH client, cipher {cipher or 'default'})")
-                d = throughput(direct, args.mib, cipher)
-                h = throughput(hoopy, args.mib, cipher)
-                print(f"   direct {d:8.1f} MiB/s   hoopy {h:8.1f} MiB/s   hoopy/direct {h / d:.2f}")
+                d, _ = throughput(direct, args.mib, cipher)
+                h, cpu = throughput(hoopy, args.mib, cipher, gw.proc.pid)
+                print(f"   direct {d:8.1f} MiB/s   hoopy {h:8.1f} MiB/s   hoopy/direct {h / d:.2f}"
+                      f"   gateway CPU {cpu:.2f} ms/MiB (load {os.getloadavg()[0]:.1f})")
                 rows.append((f"throughput MiB/s ({cipher or 'default cipher'})", d, h, h / d))
+                rows.append((f"gateway CPU ms per MiB ({cipher or 'default cipher'})", None, cpu, None))
+            if args.only == "bulk":
+                args.echoes = args.concurrent = 0
 
+            if not args.echoes:
+                return _table(rows)
             print(f"2. echo latency, {args.echoes} round trips of one byte on a pty")
             ds = asyncio.run(echo_latency(direct, args.echoes))
             hs = asyncio.run(echo_latency(hoopy, args.echoes))
@@ -220,10 +246,7 @@ def main():
             print(f"   direct {dt:.2f} s, {de} errors   hoopy {ht:.2f} s, {he} errors   time ratio {ht / dt:.2f}")
             rows.append((f"{args.concurrent} concurrent s", dt, ht, ht / dt))
 
-            print("\n| measure | direct | hoopy | hoopy/direct |\n|---|---|---|---|")
-            for name, dv, hv, r in rows:
-                f = lambda v: "-" if v is None else f"{v:.3f}" if v < 10 else f"{v:.1f}"  # noqa: E731
-                print(f"| {name} | {f(dv)} | {f(hv)} | {f(r)} |")
+            _table(rows)
         finally:
             if gw is not None:
                 gw.stop()

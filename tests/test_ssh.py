@@ -219,9 +219,25 @@ def setup(hoopy_gateway, sshd, agent_key, tmp_path):
         body = (agent.toml(ssh_keys=[pub]) + reviewer.toml(kind="human", roles=["reviewer"])
                 + conn + grant("agent", allow, approve, deny))
         gw = hoopy_gateway(body, approval_timeout=approval_timeout)
+        wait_listening(port)
         return Setup(gw, port, key, agent, reviewer, sshd, tmp_path)
 
     return make
+
+
+def wait_listening(port, timeout=15):
+    """The ssh listener starts just after the admin API answers /health: wait for it too."""
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def exec_events(gw):

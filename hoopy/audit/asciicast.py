@@ -35,8 +35,8 @@ class IRecorder(Interface):
     def marker(label):
         """A marker ("m"), such as an approval requested or decided."""
 
-    def seal():
-        """Close the file and record its SHA-256; returns a Deferred."""
+    def seal(**data):
+        """Close the file and record its SHA-256 (and ``data``, e.g. redaction counts); returns a Deferred."""
 
 
 def _dumps(obj) -> str:
@@ -115,8 +115,8 @@ class AsciicastRecorder:
     def marker(self, label: str):
         self._event("m", label)
 
-    def seal(self):
-        """Close, hash off the reactor thread, and record ``recording.sealed``."""
+    def seal(self, **data):
+        """Close, hash off the reactor thread, and record ``recording.sealed`` (with ``data``)."""
         if self.sealed is not None:
             return self.sealed
         for code, dec in self._decoders.items():
@@ -135,7 +135,7 @@ class AsciicastRecorder:
             return self.session.event(
                 "recording.sealed", "ok" if not self.failed else "incomplete",
                 path=self.path.name, sha256=digest, size=size, duration_s=duration,
-                error=str(self.failed) if self.failed else None)
+                error=str(self.failed) if self.failed else None, **data)
 
         self.sealed = deferToThread(sha256_file, self.path).addCallback(record)
         self.sealed.addErrback(lambda f: log.error("sealing {p}: {e}", p=str(self.path),

@@ -22,9 +22,10 @@ from hoopy.audit.asciicast import AsciicastRecorder
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.session import IN, OUT
-from hoopy.ssh import sftp, shell
+from hoopy.ssh import private, sftp, shell
 from hoopy.ssh.environment import upstream_env
-from hoopy.ssh.masking import LineMasker
+from hoopy.ssh.masking import StreamMasker, compile_detectors
+from hoopy.ssh.refusals import REFUSED_OPERATION, REFUSED_WHY
 from hoopy.ssh.sftpgate import SFTPGate
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
 
@@ -33,6 +34,10 @@ log = Logger()
 STDERR = asyncssh.EXTENDED_DATA_STDERR
 REFUSED = 126  # what a shell returns for "found but cannot run"
 GATEWAY_FAILED = 255  # what ssh itself returns when the connection fails
+# How much a channel may buffer toward a peer that is not reading before the other side is
+# paused (asyncssh's default is 64 KiB: in bulk transfers that paused and resumed the other
+# side every few packets). Resumed when a quarter is left.
+WRITE_HIGH = 512 * 1024
 ATTRIBUTION = {"HOOPY_MODEL": "model", "HOOPY_TOOL_CALL": "tool_call", "HOOPY_MCP_SERVER": "mcp_server"}
 
 # What a client's `env` requests may pass upstream: see hoopy.ssh.environment.
@@ -76,8 +81,12 @@ class ClientSession(asyncssh.SSHServerSession):
         self._sftp_queue = collections.deque()
         self._sftp_pump = None
         self._eof_pending = False
+        self._ending = []  # "exit" and "eof" in the order the upstream sent them
+        self._exited = False
+        self._end_known = False  # the upstream ended (or the gateway refused): an end to relay
+        self._drained = None  # at the end: resolved once the client has all the output
         self._early = []
-        self.maskers = None  # {datatype: LineMasker} for exec output, where masking applies
+        self.maskers = None  # {datatype: StreamMasker} for exec and shell output, where masking applies
         self.up_blocked = False  # the upstream channel asked us to stop writing
         self.env = {}  # what goes upstream (see upstream_env)
         self.env_dropped = []
@@ -86,14 +95,24 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def connection_made(self, chan):
         self.chan = chan
+        chan.set_write_buffer_limits(WRITE_HIGH)
         self.client.channels.add(self)
         self.client.records.add(self.done)
         self.done.add_done_callback(self.client.records.discard)
+
+    def request_refused(self, request: str, why: str | None):
+        """A request on this channel was refused (here or by asyncssh): on the record, with why."""
+        why = why or self.__dict__.pop("_why", None) or REFUSED_WHY.get(request) \
+            or f"channel request {request!r} is not offered through hoopy"
+        detail = {"command": self.command} if self.command else {}
+        self.client.refuse(REFUSED_OPERATION.get(request, "channel-request"), request, why,
+                           channel=self.kind, **detail)
 
     def pty_requested(self, term_type, term_size, term_modes):
         if self.kind is not None:
             # After exec/shell the decision (and whether the channel is recorded) is already
             # being made: a late pty-req would reach upstream as a terminal nobody records.
+            self._why = f"a terminal asked for after the {self.kind} started (judged without one)"
             return False
         self.pty = (term_type, term_size, term_modes)
         return True
@@ -106,6 +125,7 @@ class ClientSession(asyncssh.SSHServerSession):
         if not command:
             # An empty command line would open the upstream user's login shell (asyncssh sends a
             # `shell` request for it, sshd runs the shell for it): a shell judged as `exec *`.
+            self._why = "an empty command line (upstream it would be the login shell)"
             return False
         self.kind = "exec"
         self.command = command
@@ -113,6 +133,7 @@ class ClientSession(asyncssh.SSHServerSession):
 
     def subsystem_requested(self, subsystem):
         if subsystem != "sftp":
+            self._why = f"subsystem {subsystem!r} is not offered through hoopy (only sftp)"
             return False
         self.kind = "sftp"
         return True
@@ -199,11 +220,15 @@ class ClientSession(asyncssh.SSHServerSession):
             kw["subsystem"] = "sftp"
             self.tracker = sftp.Tracker()
             self.gate = SFTPGate(self)
-        if self.kind == "exec" and self.pty is None:
-            detectors = [d for m in session.masking()
-                         for d in m.patterns]
+        if self.kind in ("exec", "shell"):
+            # Terminals too: what the client sees, and so what the recording holds, is masked.
+            detectors = tuple(d for m in session.masking() for d in m.patterns)
             if detectors:
-                self.maskers = {None: LineMasker(detectors), STDERR: LineMasker(detectors)}
+                try:
+                    compiled = compile_detectors(detectors)
+                except ValueError as e:
+                    return await self._fail(f"hoopy: refused: {e}", REFUSED)
+                self.maskers = {None: StreamMasker(compiled), STDERR: StreamMasker(compiled)}
         try:
             up, _ = await upstream.create_session(
                 lambda: UpstreamSession(self), self.command if self.kind == "exec" else None, **kw)
@@ -266,6 +291,7 @@ class ClientSession(asyncssh.SSHServerSession):
         self._notice(message)
         self.exit_status = status
         self.reason = message
+        self._end_known = True
         if record:
             await self._finish()
         self._exit()
@@ -312,10 +338,19 @@ class ClientSession(asyncssh.SSHServerSession):
             if not data:
                 return
         if self.maskers is not None:
-            data = self.maskers[STDERR if datatype == STDERR else None].feed(data)
+            masker = self.maskers[STDERR if datatype == STDERR else None]
+            before = sum(masker.counts.values())
+            data = masker.feed(data)
+            if self.recorder is not None and sum(masker.counts.values()) != before:
+                self._marker_redacted(masker, before)
             if not data:
                 return
         self._deliver(data, datatype)
+
+    def _marker_redacted(self, masker, before):
+        """A marker in the recording where values were masked (how many so far, by which pattern)."""
+        n = sum(masker.counts.values()) - before
+        self.recorder.marker(f"redacted {n} ({', '.join(sorted(masker.counts))})")
 
     def _deliver(self, data, datatype):
         if self.recorder is not None:
@@ -339,7 +374,10 @@ class ClientSession(asyncssh.SSHServerSession):
         """The held-back tail of masked output, once upstream has no more."""
         if self.maskers is not None:
             for datatype, masker in self.maskers.items():
+                before = sum(masker.counts.values())
                 tail = masker.flush()
+                if self.recorder is not None and sum(masker.counts.values()) != before:
+                    self._marker_redacted(masker, before)
                 if tail:
                     self._deliver(tail, datatype)
 
@@ -369,15 +407,19 @@ class ClientSession(asyncssh.SSHServerSession):
         if self.up is not None:
             self.up.send_break(msec)
             return True
+        self._why = "a break before the channel is open upstream"
         return False
 
     # Backpressure: the client cannot take more, so stop reading upstream, and back.
     def pause_writing(self):
-        if self.up is not None:
+        if self.up is not None and self._drained is None:
             self.up.pause_reading()
 
     def resume_writing(self):
-        if self.up is not None:
+        if self._drained is not None:
+            if not self._drained.done():
+                self._drained.set_result(None)
+        elif self.up is not None:
             self.up.resume_reading()
 
     # --- sftp: record each file operation before it goes upstream ---------------
@@ -430,6 +472,25 @@ class ClientSession(asyncssh.SSHServerSession):
             self.chan.close()
 
     # --- closing -------------------------------------------------------------
+    #
+    # sshd ends a channel with exit-status (or exit-signal), EOF and close, in either order of
+    # the first two. A client may close as soon as it sees EOF (OpenSSH's ControlMaster, node's
+    # ssh2), so a status sent after EOF is lost to it. So neither goes to the client as it
+    # arrives: both wait until the channel's event is durable, then go in the order sshd sent
+    # them, then close (see _exit).
+
+    def upstream_eof(self):
+        self.flush_masked()
+        if "eof" not in self._ending:
+            self._ending.append("eof")
+
+    def upstream_exit(self, status=None, signal=None):
+        if signal is not None:
+            self.exit_signal = signal
+        else:
+            self.exit_status = status
+        if "exit" not in self._ending:
+            self._ending.append("exit")
 
     def upstream_closed(self, exc):
         """The upstream channel ended: pass its exit on, record, close."""
@@ -440,24 +501,46 @@ class ClientSession(asyncssh.SSHServerSession):
             self._notice(f"hoopy: the upstream connection was lost: {why}")
             self.exit_status = GATEWAY_FAILED
             self.reason = f"upstream lost: {why}"
-        asyncio.ensure_future(self._close_after_record())
-
-    async def _close_after_record(self):
-        await self._finish()
-        self._exit()
+        self._end_known = True
+        self._finish()  # relays the end once the channel's event is durable
 
     def _exit(self):
+        """Relay the end as sshd sent it: exit-status/signal and EOF in its order, then close."""
+        if self.closed or self._exited:
+            return
+        self._exited = True
+        asyncio.ensure_future(self._send_end())
+
+    async def _send_end(self):
+        # exit-status is a channel request: it would overtake output still waiting for the
+        # client's window, which sshd never does. So wait for that output to go first: with
+        # limits of 0, asyncssh calls resume_writing once all of it is sent.
+        if self.chan.get_write_buffer_size():
+            self._drained = asyncio.get_running_loop().create_future()
+            self.chan.set_write_buffer_limits(0, 0)
+            await self._drained
         if self.closed:
             return
-        if self.exit_signal is not None:
-            sig, core, msg = self.exit_signal
-            self.chan.exit_with_signal(sig, core, msg)
-        else:
-            self.chan.exit(self.exit_status if self.exit_status is not None else GATEWAY_FAILED)
+        order = self._ending if "exit" in self._ending else ["exit", *self._ending]
+        if "eof" not in order:
+            order = [*order, "eof"]
+        for what in order:
+            if what == "exit":
+                if self.exit_signal is not None:
+                    sig, core, msg = self.exit_signal
+                    private.send_exit_signal(self.chan, sig, core, msg)
+                else:
+                    status = self.exit_status if self.exit_status is not None else GATEWAY_FAILED
+                    private.send_exit_status(self.chan, status)
+            else:
+                self.chan.write_eof()
+        self.chan.close()
 
     def connection_lost(self, exc):
         """The client's channel is gone (closed, or the client vanished)."""
         self.closed = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
         self.client.channels.discard(self)
         if not getattr(self, "_counted_closed", False):
             self._counted_closed = True
@@ -518,13 +601,21 @@ class ClientSession(asyncssh.SSHServerSession):
                         counts[name] = counts.get(name, 0) + n
                 if counts:
                     data["redacted"] = counts
-                    await _quiet(wait(session.redacted(sum(counts.values()), where="exec output",
-                                                       command=self.command, patterns=counts)))
+                    where = "terminal output" if self.recorder is not None else f"{self.kind} output"
+                    await _quiet(wait(session.redacted(sum(counts.values()), where=where, channel=self.kind,
+                                                       command=self.command, patterns=counts,
+                                                       recording=self.recording)))
             ok = self.exit_status == 0 and self.exit_signal is None
             await _quiet(wait(session.event(f"ssh.{self.kind}", "ok" if ok else "failed", **data)))
+            if self._end_known:
+                self._exit()  # the status reaches the client once it is on the record
             if self.recorder is not None:
-                await _quiet(wait(self.recorder.seal()))
+                # The recording holds masked output only; its seal says how much was masked.
+                sealed = {"redacted": data["redacted"]} if data.get("redacted") else {}
+                await _quiet(wait(self.recorder.seal(**sealed)))
         finally:
+            if self._end_known:
+                self._exit()  # (once: a no-op when already relayed above)
             if not self.done.done():
                 self.done.set_result(None)
 
@@ -545,21 +636,20 @@ class UpstreamSession(asyncssh.SSHClientSession):
 
     def connection_made(self, chan):
         self.chan = chan
+        chan.set_write_buffer_limits(WRITE_HIGH)
 
     def data_received(self, data, datatype):
         self.down.from_upstream(data, datatype)
 
     def eof_received(self):
-        self.down.flush_masked()
-        if not self.down.closed:
-            self.down.chan.write_eof()
+        self.down.upstream_eof()
         return True
 
     def exit_status_received(self, status):
-        self.down.exit_status = status
+        self.down.upstream_exit(status=status)
 
     def exit_signal_received(self, signal, core_dumped, msg, lang):
-        self.down.exit_signal = (signal, core_dumped, msg)
+        self.down.upstream_exit(signal=(signal, core_dumped, msg))
 
     def pause_writing(self):
         self.down.up_blocked = True

@@ -16,6 +16,8 @@ from twisted.logger import Logger
 
 from hoopy.policy.rules import Operation
 from hoopy.policy.verdicts import Deny, Hold
+from hoopy.ssh import private
+from hoopy.ssh.refusals import REFUSED_OPERATION, REFUSED_WHY
 from hoopy.ssh.channels import ClientSession, wait
 from hoopy.ssh.forward import ForwardSession, UpstreamForward
 from hoopy.ssh.upstream import UpstreamError
@@ -46,16 +48,10 @@ MAX_FORWARDS = 64
 MAX_ENV = 64
 MAX_ENV_BYTES = 4096
 
-
-class ServerChannel(asyncssh.SSHServerChannel):
-    def _process_env_request(self, packet) -> bool:
-        key = packet.get_string()
-        value = packet.get_string()
-        packet.check_end()
-        if len(key) + len(value) > MAX_ENV_BYTES or (key not in self._env and len(self._env) >= MAX_ENV):
-            return False
-        self._env[key] = value
-        return True
+# Refusals of one connection recorded one by one; past this many they are counted, and one
+# event at the end says how many more there were of each kind (a client looping on a refused
+# request cannot fill the store).
+MAX_REFUSALS_RECORDED = 100
 
 
 class ClientConnection(asyncssh.SSHServer):
@@ -79,11 +75,13 @@ class ClientConnection(asyncssh.SSHServer):
         self.end_reason = None
         self.ended = asyncio.get_event_loop().create_future()
         self.refused = False  # closed at once: too many connections authenticating
+        self.refusals = 0  # refusals recorded one by one
+        self.refusals_suppressed = {}  # operation -> how many more, beyond MAX_REFUSALS_RECORDED
 
     # --- authentication ----------------------------------------------------------
 
     def connection_made(self, conn):
-        self.conn = conn
+        self.conn = private.gateway_connection(conn, self._asyncssh_refused)
         peer = conn.get_extra_info("peername")
         if peer:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -178,17 +176,20 @@ class ClientConnection(asyncssh.SSHServer):
         if self.ready is None:
             return False
         if self.sessions >= MAX_SESSIONS:
-            log.info("ssh {peer}: session channel refused: {n} open", peer=self.peer, n=self.sessions)
-            return False
+            self._refuse_open("session", "session", f"more than {MAX_SESSIONS} session channels open at once")
+        if self.conn.no_more_sessions:
+            self._refuse_open("session", "session", "a session channel after no-more-sessions@openssh.com")
         self.sessions += 1
-        chan = self.conn.create_server_channel()  # the connection's encoding, window and packet size
-        chan.__class__ = ServerChannel
-        return chan, ClientSession(self)
+        session = ClientSession(self)
+        # The connection's encoding, window and packet size; env requests bounded; refusals recorded.
+        chan = private.gateway_channel(self.conn.create_server_channel(), MAX_ENV, MAX_ENV_BYTES,
+                                       session.request_refused)
+        return chan, session
 
     def connection_requested(self, dest_host, dest_port, orig_host, orig_port):
         if self.forwards >= MAX_FORWARDS:
-            log.info("ssh {peer}: forward refused: {n} open", peer=self.peer, n=self.forwards)
-            return False
+            self._refuse_open("forward", f"forward {dest_host}:{dest_port}",
+                              f"more than {MAX_FORWARDS} port-forward channels open or waiting")
         self.forwards += 1
         return self._counted_forward(dest_host, dest_port, orig_host, orig_port)
 
@@ -217,17 +218,79 @@ class ClientConnection(asyncssh.SSHServer):
         try:
             fwd.up, _ = await upstream.create_connection(lambda: UpstreamForward(fwd), host, port)
         except asyncssh.ChannelOpenError as e:
+            self._record_refusal("ssh.forward", "failed", target=target,
+                                 reason=f"the upstream refused the forward: {e.reason}")
             raise asyncssh.ChannelOpenError(e.code, f"hoopy: upstream: {e.reason}")
         return fwd
 
-    def server_requested(self, listen_host, listen_port):
-        return False  # remote forwarding: no rule grants it
+    # No rule grants these: each refusal is recorded with its reason.
 
-    def unix_connection_requested(self, dest_path):
+    def server_requested(self, listen_host, listen_port):
+        self._global_detail = {"text": f"tcpip-forward {listen_host}:{listen_port}"}
         return False
 
     def unix_server_requested(self, listen_path):
+        self._global_detail = {"text": f"streamlocal-forward {listen_path}"}
         return False
+
+    def unix_connection_requested(self, dest_path):
+        self._refuse_open("direct-streamlocal", f"direct-streamlocal {dest_path}",
+                          "forwarding to a socket on the upstream host is not offered through hoopy")
+
+    def tun_requested(self, unit):
+        self._refuse_open("tun", f"tun {unit if unit is not None else 'any'}",
+                          "tunnel devices (-w) are not offered through hoopy")
+
+    def tap_requested(self, unit):
+        self._refuse_open("tun", f"tap {unit if unit is not None else 'any'}",
+                          "tunnel devices (-w) are not offered through hoopy")
+
+    # --- refusals on the record ------------------------------------------------------------
+
+    def _refuse_open(self, operation, text, reason):
+        """Record a refused channel open and refuse it with the reason (the client shows it)."""
+        self.refuse(operation, text, reason)
+        raise asyncssh.ChannelOpenError(asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"hoopy: refused: {reason}")
+
+    def _asyncssh_refused(self, what, name, reason):
+        """asyncssh refused a channel open or a global request on its own (or at our word)."""
+        if what == "open":
+            self.refuse(REFUSED_OPERATION.get(name, "channel-open"), f"channel open {name}",
+                        reason if reason not in ("Unknown channel type",) else f"channel type {name!r} is not offered")
+            return
+        detail = self.__dict__.pop("_global_detail", None) or {"text": f"global request {name}"}
+        self.refuse(REFUSED_OPERATION.get(name, "global-request"), detail["text"],
+                    REFUSED_WHY.get(name) or f"global request {name!r} is not offered through hoopy")
+
+    def refuse(self, operation: str, text: str, reason: str, **detail):
+        """Record one refusal (an ``operation`` event, outcome ``refused``) and log it."""
+        log.info("ssh {peer}: refused {operation} {text!r}: {reason}", peer=self.peer, operation=operation,
+                 text=text[:200], reason=reason)
+        if self.refusals >= MAX_REFUSALS_RECORDED:
+            self.refusals_suppressed[operation] = self.refusals_suppressed.get(operation, 0) + 1
+            return
+        self.refusals += 1
+        self._record_refusal("operation", "refused", operation=operation, text=text, units=[],
+                             rule=None, reason=reason, **detail)
+
+    def _record_refusal(self, kind, outcome, **data):
+        if self.ready is None:
+            return  # not logged in: no session to record it in (auth.failed says who tried)
+
+        async def record():
+            try:
+                await asyncio.shield(self.ready)
+            except Exception:
+                pass  # the session may exist even though the upstream failed
+            if self.session is not None and not self.session.ended:
+                try:
+                    await wait(self.session.event(kind, outcome, **data))
+                except Exception as e:
+                    log.error("ssh {peer}: refusal not recorded: {e}", peer=self.peer, e=e)
+
+        f = asyncio.ensure_future(record())
+        self.records.add(f)
+        f.add_done_callback(self.records.discard)
 
     # --- the end -------------------------------------------------------------------------
 
@@ -250,6 +313,10 @@ class ClientConnection(asyncssh.SSHServer):
             # Each channel records its end (and seals its recording) before the session ends.
             if self.records:
                 await asyncio.wait(list(self.records), timeout=30)
+            if self.session is not None and self.refusals_suppressed:
+                await _quiet_event(self.session, "operation", "suppressed", reason=(
+                    f"more than {MAX_REFUSALS_RECORDED} refusals on one connection: the rest counted"),
+                    counts=self.refusals_suppressed, units=[], rule=None)
             if self.session is not None:
                 # Held port forwards have no channel yet to notice the client going: expire them.
                 await asyncio.gather(*(wait(d) for d in self.gateway.approvals.cancel_session(
@@ -272,3 +339,10 @@ class ClientConnection(asyncssh.SSHServer):
         if self.conn is not None:
             self.conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"hoopy: {reason}")
         return Deferred.fromFuture(asyncio.shield(self.ended))
+
+
+async def _quiet_event(session, kind, outcome, **data):
+    try:
+        await wait(session.event(kind, outcome, **data))
+    except Exception as e:
+        log.error("ssh: event not recorded: {e}", e=e)

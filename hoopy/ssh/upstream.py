@@ -10,6 +10,7 @@ import asyncio
 import asyncssh
 from twisted.internet.endpoints import clientFromString
 
+from hoopy.ssh import private
 from hoopy.upstream import UpstreamError  # noqa: F401 - one error type for every protocol's upstream
 
 
@@ -79,6 +80,9 @@ class Upstream:
 class _Client(asyncssh.SSHClient):
     def __init__(self, on_lost):
         self._on_lost = on_lost
+
+    def connection_made(self, conn):
+        private.gateway_client_connection(conn)  # fewer send syscalls (see hoopy/ssh/private.py)
 
     def connection_lost(self, exc):
         if self._on_lost is not None:
