@@ -423,9 +423,14 @@ def cmd_show(args):
     attribution = {k: s[k] for k in ("model", "tool_call", "mcp_server", "application_name") if s.get(k)}
     if attribution:
         print("  " + "  ".join(f"{k}={e_(v)}" for k, v in attribution.items()))
+    from hoopy.mcp.show import beneath
+
+    links = beneath(reader, s, events)  # the causal link: tool calls and what they caused
     for e in events:
-        print(f"{e['seq']:>6} {e['time']} {e_(e['kind']):<18} {e_(e['outcome'] or ''):<9} "
-              + _detail(e["data"]))
+        data = {k: v for k, v in e["data"].items() if k != "caused_by"}
+        print(f"{e['seq']:>6} {e['time']} {e_(e['kind']):<18} {e_(e['outcome'] or ''):<9} " + _detail(data))
+        for line in links.get(e["seq"], ()):
+            print(f"{'':>8}{e_(line)}")
     return 0
 
 
@@ -688,6 +693,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--key", action="append", metavar="PUBLIC_KEY",
                     help="verify signatures at export with this key (default: the gateway's .pub)")
     sp.set_defaults(fn=cmd_export)
+    from hoopy.mcp.cli import add_parser as add_mcp
+
+    add_mcp(sub, cfg)
     return p
 
 

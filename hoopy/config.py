@@ -119,6 +119,7 @@ class Masking:
     fields: tuple[str, ...]
     patterns: tuple  # of hoopy.policy.masking.Detector
     index: int
+    passthrough: tuple[str, ...] = ()  # http: "METHOD /glob" routes whose unreadable bodies pass unmasked
 
 
 @attrs.frozen
@@ -660,6 +661,13 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
                 settings=settings, approval_timeout=timeout, approvals=approvals_mode, approval_ttl=ttl,
             )
 
+    # Settings that name other parts of the file (an MCP connection's acts_as identity)
+    for name, conn in connections.items():
+        cross = getattr(conn.settings, "cross_check", None)
+        if cross is not None:
+            for key, message in cross(declared):
+                problems.append(Problem(f"connections.{name}.{key}", message))
+
     # [[grants]]
     grants = []
     for i, table in enumerate(top._get("grants", False, [], list, "an array of tables") or []):
@@ -684,7 +692,7 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
                 if ctype is None:
                     continue
                 try:
-                    rules.append(parse_rule(ctype, text))
+                    rules.append(parse_rule(ctype, text, deny=word == "deny"))
                 except RuleError as e:
                     t.problem(f"{word}[{j}]", str(e))
             lists[word] = tuple(rules)
@@ -715,13 +723,20 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
             ctype = conn_types.get(conn)
         columns = t.strings("columns")
         fields = t.strings("fields")
-        for word, given in (("columns", columns), ("fields", fields)):
+        passthrough = t.strings("passthrough")
+        for word, given in (("columns", columns), ("fields", fields), ("passthrough", passthrough)):
             if given and ctype is not None and word not in PROTOCOLS[ctype].masking_keys:
                 owners = [p.name for p in PROTOCOLS.values() if word in p.masking_keys]
                 t.problem(word, f"{word} apply to {' and '.join(owners)} connections only")
         for j, col in enumerate(columns):
             if len(col.split(".")) not in (2, 3) or not all(col.split(".")):
                 t.problem(f"columns[{j}]", f"{col!r} is not schema.table.column")
+        if ctype == "http":
+            for j, route in enumerate(passthrough):
+                try:
+                    PROTOCOLS["http"].parse_rule(route)
+                except RuleError as e:
+                    t.problem(f"passthrough[{j}]", str(e))
         detectors = []
         for j, text in enumerate(t.strings("patterns")):
             try:
@@ -730,7 +745,7 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
                 t.problem(f"patterns[{j}]", str(e))
         t.finish()
         if conn:
-            masking.append(Masking(conn, columns, fields, tuple(detectors), i))
+            masking.append(Masking(conn, columns, fields, tuple(detectors), i, passthrough))
 
     # [[notify]]
     from hoopy.notify.settings import parse_target

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from hoopy.audit.events import Event
 from hoopy.audit.failures import AuthFailureLog
 from hoopy.audit.store import StateConflict, open_store
+from hoopy.causal import InFlight
 from hoopy.identity import Directory
 from hoopy.metrics import Metrics
 from hoopy.policy.approvals import ApprovalService
@@ -49,6 +50,7 @@ class Gateway(MultiService):
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
         self.recordings = config.gateway.recordings
         self.sessions: dict[str, Session] = {}
+        self.in_flight = InFlight()  # MCP tool calls now running: what operations record as caused_by
         self.notifier = None
         if config.notify:
             from hoopy.notify.delivery import Notifier
@@ -81,9 +83,10 @@ class Gateway(MultiService):
 
     # --- sessions -----------------------------------------------------------
 
-    def new_session(self, identity: str, connection, peer: str) -> Session:
-        """A session object; ``start()`` records it (and fails if it cannot)."""
-        return Session(self, identity, connection.name, connection.type, peer)
+    def new_session(self, identity: str, connection, peer: str, credential: str | None = None) -> Session:
+        """A session object; ``start()`` records it (and fails if it cannot). ``credential``:
+        the per-child credential it authenticated with (hoopy.identity.Directory.issue)."""
+        return Session(self, identity, connection.name, connection.type, peer, credential=credential)
 
     def _session_started(self, session: Session):
         self.sessions[session.id] = session

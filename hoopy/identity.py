@@ -92,6 +92,9 @@ class Identity:
     ssh_keys: tuple
     token_sha256: bytes | None = attrs.field(repr=False)
     token_scram: ScramVerifier | None = attrs.field(repr=False)
+    # Set on the identity a per-child credential authenticated as (see Directory.issue):
+    # the credential's id, which sessions record and causal links use.
+    credential: str | None = None
     # Fixed attribution, recorded on every session of this identity (an MCP server that cannot
     # send HOOPY_MODEL still says which model and server act through it).
     model: str | None = None
@@ -175,11 +178,90 @@ def parse_identity(name: str, t) -> Identity | None:
     return Identity(name, kind or "agent", frozenset(roles), tuple(keys), digest, scram, **fixed)
 
 
-class Directory:
-    """Lookup of identities by name, token or SSH key."""
+@attrs.frozen
+class Credential:
+    """A per-child credential: a token and an SSH key that act as ``identity`` until revoked
+    or ``expires`` (wall-clock seconds). The private parts are handed to one child only."""
 
-    def __init__(self, identities: dict):
+    id: str
+    identity: str
+    expires: float
+    token: str = attrs.field(repr=False)
+    token_sha256: bytes = attrs.field(repr=False)
+    scram: ScramVerifier = attrs.field(repr=False)
+    ssh_key: SSHKey
+    private_key: bytes = attrs.field(repr=False)  # OpenSSH format
+
+
+class Directory:
+    """Lookup of identities by name, token or SSH key (and live per-child credentials)."""
+
+    def __init__(self, identities: dict, clock=None):
+        import time
+
         self._by_name = dict(identities)
+        self._ephemeral: dict[str, Credential] = {}
+        self._salts: dict[str, tuple] = {}  # identity -> (salt, iterations) its SCRAM verifiers share
+        self._time = clock or time.time
+
+    # --- per-child credentials ---------------------------------------------------------
+
+    def issue(self, name: str, lifetime: float) -> Credential:
+        """A new credential for ``name``, valid until revoked or ``lifetime`` seconds pass."""
+        import asyncssh
+
+        base = self._by_name[name]
+        if base.token_scram is not None:
+            salt, iterations = base.token_scram.salt, base.token_scram.iterations
+        else:
+            salt, iterations = self._salts.setdefault(name, (secrets.token_bytes(16), SCRAM_ITERATIONS))
+        token = new_token()
+        key = asyncssh.generate_private_key("ssh-ed25519", comment=f"hoopy per-child credential for {name}")
+        pub = key.convert_to_public()
+        cred = Credential(
+            id="cr-" + secrets.token_hex(6), identity=name, expires=self._time() + lifetime,
+            token=token, token_sha256=hash_token(token),
+            scram=ScramVerifier.make(token, salt, iterations),
+            ssh_key=SSHKey(pub.get_algorithm(), pub.public_data, "hoopy per-child credential"),
+            private_key=key.export_private_key("openssh"))
+        self._ephemeral[cred.id] = cred
+        return cred
+
+    def revoke(self, credential_id: str) -> None:
+        self._ephemeral.pop(credential_id, None)
+
+    def _live(self, name: str | None = None):
+        now = self._time()
+        for c in list(self._ephemeral.values()):
+            if c.expires <= now:
+                self._ephemeral.pop(c.id, None)
+            elif name is None or c.identity == name:
+                yield c
+
+    def _as(self, cred: Credential) -> Identity | None:
+        base = self._by_name.get(cred.identity)
+        return attrs.evolve(base, credential=cred.id) if base is not None else None
+
+    def match_ssh_key(self, name: str, algorithm: str, blob: bytes) -> Identity | None:
+        """The identity this key authenticates as ``name`` (with ``credential`` set for a per-child key)."""
+        ident = self._by_name.get(name)
+        if ident is None:
+            return None
+        found = None
+        for c in self._live(name):  # no early exit: the time does not say which key
+            if c.ssh_key.matches(algorithm, blob):
+                found = self._as(c)
+        if ident.check_ssh_key(algorithm, blob):
+            return ident
+        return found
+
+    def scram_alternates(self, name: str) -> dict:
+        """credential id -> SCRAM verifier of each live per-child token of ``name`` (same salt as its own)."""
+        return {c.id: c.scram for c in self._live(name)}
+
+    def as_credential(self, credential_id: str | None) -> Identity | None:
+        c = self._ephemeral.get(credential_id) if credential_id else None
+        return self._as(c) if c is not None and c.expires > self._time() else None
 
     def get(self, name: str) -> Identity | None:
         return self._by_name.get(name)
@@ -194,6 +276,10 @@ class Directory:
         for ident in self._by_name.values():
             if ident.token_sha256 is not None and hmac.compare_digest(digest, ident.token_sha256):
                 found = ident
+        if self._ephemeral:
+            for c in self._live():
+                if hmac.compare_digest(digest, c.token_sha256):
+                    found = self._as(c)
         return found
 
     def authenticate_token(self, name: str, token: str) -> Identity | None:
@@ -201,4 +287,9 @@ class Directory:
         if ident is None:
             hmac.compare_digest(hash_token(token), b"\0" * 32)
             return None
+        if self._ephemeral:
+            digest = hash_token(token)
+            for c in self._live(name):
+                if hmac.compare_digest(digest, c.token_sha256):
+                    return self._as(c)
         return ident if ident.check_token(token) else None

@@ -34,21 +34,27 @@ class Protocol:
     def parse_settings(self, table):
         return self.module("settings").parse(table)
 
-    def parse_rule(self, text: str) -> Rule:
+    def parse_rule(self, text: str, deny: bool = False) -> Rule:
         if not isinstance(text, str) or not text.strip():
             raise RuleError("empty rule")
         text = text.strip()
-        return Rule(self.name, text, self.module("rules").parse(text))
+        rules = self.module("rules")
+        # A protocol may read a deny rule more broadly (postgres: globs cover named-only objects).
+        parse = getattr(rules, "parse_deny", None) if deny else None
+        return Rule(self.name, text, (parse or rules.parse)(text))
 
     def make_service(self, gateway, connection):
         return self.module("service").make_service(gateway, connection)
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
-    Protocol("postgres", "hoopy.postgres", "read | write | ddl | admin | all [TABLE ...]", ("columns",)),
+    Protocol("postgres", "hoopy.postgres", "read | write | lock | ddl | admin | all [TABLE | FUNCTION() ...]",
+             ("columns",)),
     Protocol("ssh", "hoopy.ssh", "shell | sftp [read|write PATHGLOB] | exec COMMAND-GLOB | write PATHGLOB | "
                                  "read PATHGLOB | forward HOST:PORT"),
-    Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields",)),
+    Protocol("http", "hoopy.http", "METHOD /path/glob", ("fields", "passthrough")),
+    Protocol("mcp", "hoopy.mcp", "tool NAME [ARG=GLOB]... | resource URI | prompt NAME | sampling | elicitation | roots",
+             ("fields",)),
 )}
 
 
@@ -59,6 +65,7 @@ def get(name: str) -> Protocol:
         raise RuleError(f"no protocol {name!r}") from None
 
 
-def parse_rule(protocol: str, text: str) -> Rule:
-    """A grant's rule for a connection of this protocol; RuleError says what is wrong."""
-    return get(protocol).parse_rule(text)
+def parse_rule(protocol: str, text: str, deny: bool = False) -> Rule:
+    """A grant's rule for a connection of this protocol; RuleError says what is wrong.
+    ``deny``: the rule is in a deny list."""
+    return get(protocol).parse_rule(text, deny)

@@ -41,6 +41,7 @@ class Session:
     peer: str
     id: str = attrs.field(factory=new_id)
     attribution: dict = attrs.field(factory=dict)
+    credential: str | None = None  # the per-child credential it authenticated with (MCP children)
     ended: bool = False
     recording: str | None = None
     # Set by the protocol: ends the connection (gateway shutdown). Returns a
@@ -55,8 +56,16 @@ class Session:
     def decide(self, operation, approvals: str | None = None) -> Deferred:
         """Fires with Allow, Deny or Hold (hoopy.policy.verdicts) once the event saying so is durable.
         ``approvals="retry"``: never Hold (the caller asked not to wait); a Deny then carries the
-        approval id and ``status="pending"``."""
-        return self.gateway.policy.decide(self, operation, approvals)
+        approval id and ``status="pending"``.
+
+        An operation made for an MCP tool call (see hoopy.causal) of a connection with
+        ``require_caller_grant`` must also be covered by each calling identity's grants here."""
+        callers = sorted({c.caller for c in self._causes() if c.require_caller_grant})
+        return self.gateway.policy.decide(self, operation, approvals, also=callers)
+
+    def _causes(self) -> list:
+        flight = getattr(self.gateway, "in_flight", None)
+        return flight.causes(self) if flight is not None else []
 
     def judge(self, operation):
         """The policy's pure answer (a Judgement), recording nothing."""
@@ -102,6 +111,12 @@ class Session:
         self.gateway.store.append_trailing(self._event(kind, outcome, data))
 
     def _event(self, kind, outcome, data) -> Event:
+        if kind == "operation" and "caused_by" not in data:
+            causes = self._causes()
+            if causes:
+                data = {**data, "caused_by": [c.record() for c in causes]}
+        if self.credential and kind == "session.start":
+            data = {**data, "credential": self.credential}
         # The end of an operation carries its duration: its latency, by protocol and outcome.
         seconds = data["duration_ms"] / 1000 if "duration_ms" in data else data.get("duration_s")
         if isinstance(seconds, (int, float)):

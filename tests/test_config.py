@@ -201,7 +201,7 @@ EXPECTED = [
     ("grants[0].identity", "unknown identity 'nobody'"),
     ("grants[0].allow[0]", "is not a method"),
     ("grants[0].allow[1]", "the path must start with /"),
-    ("grants[1].allow[0]", "postgres rules start with read, write, ddl, admin or all"),
+    ("grants[1].allow[0]", "postgres rules start with read, write, lock, ddl, admin or all"),
     ("grants[1].allow[1]", "is not a table name"),
     ("grants[2].connection", "unknown connection 'missing'"),
     ("grants[2].expires", "is not an RFC 3339 time"),

@@ -82,7 +82,7 @@ identity = "billing-agent"
 connection = "api"
 allow = ["GET /v1/customers/*", "* /echo/**", "GET /customer", "GET /gzip/customer", "GET /text", "GET /sse",
          "GET /big", "GET /slow", "GET /reset", "GET /stall", "POST /upload", "POST /v1/search",
-         "GET /raw", "HEAD /raw", "* /items/**"]
+         "GET /raw", "HEAD /raw", "* /items/**", "GET /files/*", "GET /hostile"]
 approve = ["POST /v1/refunds"]
 deny = ["DELETE /v1/customers/*", "DELETE /items/**", "PUT /items/*/lock"]
 
@@ -108,6 +108,8 @@ allow = ["GET /ws", "GET /ws-refuse", "GET /ws-h2c", "HEAD /raw"]
 connection = "api"
 fields = ["ssn", "card.number"]
 patterns = ["email"]
+# binary downloads the masker cannot read: streamed unread (anything else on a masked connection is refused)
+passthrough = ["GET /big", "GET /stall", "GET /reset", "GET /files/*"]
 """ + extra)
 
 

@@ -15,12 +15,14 @@ or did not reach the upstream.
   /reset          sends a head and half a body, then drops the connection
   /stall          sends a head and 1000 bytes, then nothing, connection open
   /upload         counts and hashes the request body
-  /ws             a WebSocket echo (text frames), answering 101 itself
+  /ws             a WebSocket echo (text frames), answering 101 itself (?choose=1: choosing the first
+                  subprotocol offered; else none)
   /ws-refuse      answers a WebSocket upgrade with 403
   /ws-h2c         answers any upgrade with 101 to h2c
   /raw?b=B64&ct=TYPE&ce=ENC&h=NAME:VALUE  the body, Content-Type and headers the test asks for
                   (no Content-Type without ct); honours "Range: bytes=A-B" with a 206;
-                  with stall=1 the body is sent and the response never ends
+                  with stall=1 the body is sent and the response never ends (/files/* the same)
+  /hostile?kind=K&size=N  a body built to cost a masker the most (see hostile())
 """
 from __future__ import annotations
 
@@ -39,6 +41,47 @@ CUSTOMER = {
     "contact": {"email": "ada@example.com", "note": "call ada@example.com after 5"},
     "orders": [{"id": 1, "ssn": "987-65-4320"}],
 }
+
+
+def hostile(kind: str, size: int) -> tuple[bytes, bytes, bytes | None]:
+    """(Content-Type, body, Content-Encoding) of a body built to cost a masker the most."""
+    import zlib
+
+    def fill(unit: bytes, ct: bytes, head=b"", tail=b""):
+        return ct, head + unit * max(1, (size - len(head) - len(tail)) // len(unit)) + tail, None
+
+    if kind == "email-run":
+        return fill(b"a", b"text/plain", tail=b"@")
+    if kind == "email-labels":
+        return fill(b"a" * 63 + b"@" + b"b" * 62 + b"-", b"text/plain")
+    if kind == "unclosed-tags":
+        return fill(b"<a ", b"text/html")
+    if kind == "unclosed-attribute":
+        return fill(b"y", b"text/html", head=b'<a ssn="')
+    if kind == "deep-markup":
+        return fill(b"<ssn>", b"application/xml")
+    if kind == "end-tags":
+        return fill(b"</a ", b"text/html", tail=b">ssn")
+    if kind == "json-deep":
+        n = size // 2
+        return b"application/json", b"[" * n + b"]" * n, None
+    if kind == "json-in-strings":
+        inner = json.dumps({"ssn": "1" * 20})
+        for _ in range(6):
+            inner = json.dumps({"ssn": "x", "d": inner})
+        return fill(inner.encode() + b",", b"application/json", head=b"[", tail=b"0]")
+    if kind == "kv-nested":
+        return fill(b"[", b"text/plain", head=b"ssn: ")
+    if kind == "csv-wide":
+        n = size // 4
+        return b"text/csv", b"ssn," * n + b"\n" + b"1," * n + b"\n", None
+    if kind == "backslashes":
+        return fill(b"\\", b"text/plain", head=b"ssn ")
+    if kind == "gzip-bomb":  # 64 MiB of zeros (32 times the tests' mask_limit), 64 KiB on the wire
+        z = zlib.compressobj(9, zlib.DEFLATED, 31)
+        block = b"0" * (1 << 20)
+        return b"application/json", b"".join(z.compress(block) for _ in range(64)) + z.flush(), b"gzip"
+    raise ValueError(kind)
 
 
 def main(port: int, logfile: str, tls=()):
@@ -134,8 +177,13 @@ def main(port: int, logfile: str, tls=()):
                 request.channel.connectionLost = lambda reason: None
                 transport.unregisterProducer()
                 proto.makeConnection(transport)
+                chosen = b""
+                offered = request.getHeader(b"sec-websocket-protocol")
+                if offered and b"choose" in request.args:  # /ws?choose=1: the first protocol offered
+                    chosen = b"Sec-WebSocket-Protocol: " + offered.split(b",")[0].strip() + b"\r\n"
                 transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+                                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n" + chosen
+                                + b"\r\n")
                 transport.resumeProducing()
                 return NOT_DONE_YET
             if p.startswith("/echo") or p.startswith("/v1/"):
@@ -186,7 +234,7 @@ def main(port: int, logfile: str, tls=()):
                 request.write(b"y" * 1000)
                 reactor.callLater(0.05, request.transport.abortConnection)
                 return NOT_DONE_YET
-            if p == "/raw":
+            if p == "/raw" or p.startswith("/files/"):
                 a = request.args
                 data = base64.urlsafe_b64decode(a.get(b"b", [b""])[0])
                 request.defaultContentType = None
@@ -209,6 +257,14 @@ def main(port: int, logfile: str, tls=()):
                     request.write(data)
                     return NOT_DONE_YET
                 return data
+            if p == "/hostile":  # the worst bodies found for the maskers, about ?size= bytes
+                kind = request.args[b"kind"][0].decode()
+                size = int(request.args.get(b"size", [b"2000000"])[0])
+                ct, body, ce = hostile(kind, size)
+                request.setHeader(b"content-type", ct)
+                if ce:
+                    request.setHeader(b"content-encoding", ce)
+                return body
             if p == "/health":
                 return b"ok"
             request.setResponseCode(404)

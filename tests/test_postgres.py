@@ -140,7 +140,7 @@ def test_psql_reads_refusals_and_masking(gw, database):
               "WITH d AS (DELETE FROM customers RETURNING id) SELECT * FROM d",
               "EXPLAIN ANALYZE DELETE FROM customers",
               "SELECT id FROM customers FOR UPDATE",
-              "SELECT set_config('search_path', 'x', false)",
+              "SELECT set_config('role', 'postgres', false)",
               "DO $$BEGIN DELETE FROM customers; END$$",
               "COPY customers TO STDOUT",
               "SET ROLE postgres"):

@@ -14,6 +14,7 @@ from hoopy.policy.masking import BUILTIN
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.postgres import client_startup as hs, codec, pipeline as cmd, upstream_side as us, wire
 from hoopy.postgres.client_side import ABORT_SQL, ClientSide
+from hoopy.postgres.scope import Scope
 from hoopy.postgres.pipeline import State
 from hoopy.postgres.rows import MaskRules
 from hoopy.postgres.scram import MECH, ScramClient
@@ -30,7 +31,8 @@ class Exchange:
     """A ClientSide between a scripted client, a scripted policy and a scripted server."""
 
     def __init__(self, policy=lambda op: Allow("all"), patterns=(), max_statement=1024 * 1024):
-        self.cs = ClientSide(MaskRules(tuple(BUILTIN[p] for p in patterns)), max_statement=max_statement)
+        self.cs = ClientSide(MaskRules(tuple(BUILTIN[p] for p in patterns)), max_statement=max_statement,
+                             scope=Scope.default())
         self.policy = policy
         self.upstream = b""  # what the server saw
         self.client = b""  # what the client saw
@@ -452,3 +454,87 @@ def test_fuzz_messages_reach_bind_and_execute_and_never_crash():
     finally:
         codec.parse_bind, codec.parse_execute = real_bind, real_execute
     assert reached["bind"] > 50 and reached["execute"] > 50, reached
+
+
+# --- the search path ------------------------------------------------------------------
+
+def _scope_reply(path=("pg_catalog", "shadow", "public"), rels=(("shadow", "t"),), status=b"I") -> bytes:
+    """What the server answers to SCOPE_QUERY: three result sets, then ReadyForQuery."""
+    import json
+
+    def rs(rows, n):
+        fields = [codec.Field(f"c{i}", 0, 0, 25, -1, -1, 0) for i in range(n)]
+        return (codec.row_description(fields) + b"".join(codec.build_data_row(r) for r in rows)
+                + codec.command_complete(f"SELECT {len(rows)}"))
+    head = [json.dumps(list(path)).encode(), json.dumps([s for s in path if s != "pg_catalog"]).encode(),
+            b"agent", None]
+    return (rs([head], 4) + rs([[a.encode(), b.encode()] for a, b in rels], 2) + rs([], 2)
+            + codec.ready(status))
+
+
+def _units(x):
+    return [r for r in x.records if isinstance(r, cmd.Record)]
+
+
+def test_after_set_search_path_the_path_is_read_and_the_next_statement_waits_for_it():
+    from hoopy.postgres.scope import SCOPE_QUERY
+
+    seen = []
+    x = Exchange(policy=lambda op: (seen.append(sorted(map(str, op.units))), Allow("all"))[1])
+    x.send(codec.query("SET search_path = shadow, public"))
+    # The statement, then at once the gateway's own query for the path (not the client's).
+    assert x.take_upstream() == [(b"Q", b"SET search_path = shadow, public\0"), (b"Q", SCOPE_QUERY.encode() + b"\0")]
+    x.send(codec.query("SELECT * FROM t"))
+    assert x.take_upstream() == [] and x.cs.state is State.READING_PATH  # waits for the path
+    x.reply(codec.command_complete("SET") + codec.ready(b"I"))
+    assert x.take_client() == [(b"C", b"SET\0"), (b"Z", b"I")]
+    x.reply(_scope_reply())
+    assert x.take_client() == []  # the path's rows are the gateway's own
+    assert x.take_upstream() == [(b"Q", b"SELECT * FROM t\0")]
+    assert seen[-1] == ["read shadow.t"]
+
+
+def test_a_pipelined_batch_after_a_path_change_refuses_unqualified_names():
+    x = Exchange()
+    x.send(codec.parse_message("", "SET search_path = shadow") + codec.bind_message("", "")
+           + codec.execute("") + codec.parse_message("s2", "SELECT * FROM t") + codec.bind_message("", "s2"))
+    x.reply(codec.msg(b"1") + codec.msg(b"2") + codec.command_complete("SET") + codec.msg(b"1"))
+    refused = [m for m in x.take_client() if m[0] == b"E"]
+    assert refused and b"search path may have changed" in refused[0][1]
+    x.send(codec.SYNC)
+    up = x.take_upstream()
+    assert up[-1][0] == b"Q" and up[-2] == (b"S", b"")  # the path is read right after the Sync
+
+
+def test_the_path_is_not_read_in_the_middle_of_copy_from_stdin():
+    from hoopy.postgres.scope import SCOPE_QUERY
+
+    x = Exchange()
+    x.send(codec.query("SET search_path = shadow, public; COPY public.t FROM STDIN"))
+    assert x.take_upstream() == [(b"Q", b"SET search_path = shadow, public; COPY public.t FROM STDIN\0")]
+    x.send(codec.msg(b"d", b"1\n") + codec.msg(b"c", b""))
+    assert [t for t, _ in x.take_upstream()] == [b"d", b"c"]
+    x.reply(codec.command_complete("SET") + codec.msg(b"G", b"\0\0\1\0\0")
+            + codec.command_complete("COPY 1") + codec.ready(b"I"))
+    x.send(codec.query("SELECT * FROM t"))
+    # Only now, before the next statement: the gateway's query first, the statement once it is known.
+    assert x.take_upstream() == [(b"Q", SCOPE_QUERY.encode() + b"\0")]
+    x.reply(_scope_reply())
+    assert x.take_upstream() == [(b"Q", b"SELECT * FROM t\0")]
+
+
+def test_the_end_of_a_transaction_that_changed_the_path_reads_it_again():
+    from hoopy.postgres.scope import SCOPE_QUERY
+
+    x = Exchange()
+    x.send(codec.query("BEGIN")).reply(codec.command_complete("BEGIN") + codec.ready(b"T"))
+    x.take_upstream()
+    x.send(codec.query("SET LOCAL search_path = shadow, public"))
+    x.reply(codec.command_complete("SET") + codec.ready(b"T")).reply(_scope_reply(status=b"T"))
+    x.take_upstream()
+    x.send(codec.query("COMMIT"))
+    assert x.take_upstream() == [(b"Q", b"COMMIT\0"), (b"Q", SCOPE_QUERY.encode() + b"\0")]
+    x.reply(codec.command_complete("COMMIT") + codec.ready(b"I"))
+    x.reply(_scope_reply(path=("pg_catalog", "public"), rels=()))
+    x.send(codec.query("SELECT 1"))
+    assert x.take_upstream() == [(b"Q", b"SELECT 1\0")]  # no further read: the path is known, outside a transaction

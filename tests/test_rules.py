@@ -187,3 +187,71 @@ def test_a_crafted_path_cannot_stall_the_matcher():
     assert time.perf_counter() - t0 < 0.5
     assert p.judge("agent", "api", http_op("GET", "/xaxbxcxdy")).outcome == "allow"
     assert p.judge("agent", "api", http_op("GET", "/files/2026/q4/a-b-c.csv")).outcome == "allow"
+
+
+def _pg(rule):
+    from hoopy.protocols import parse_rule
+
+    return parse_rule("postgres", rule)
+
+
+def test_postgres_lock_rule_word_and_write_implies_lock_on_its_tables():
+    from hoopy.policy.rules import Unit
+
+    lock_t = Unit("lock", "public.t")
+    advisory = Unit("lock")
+    assert _pg("lock public.t").matches(lock_t) and _pg("lock public.t").matches(advisory)
+    assert _pg("lock").matches(lock_t) and _pg("lock").matches(advisory)
+    assert _pg("write public.t").matches(lock_t)
+    assert not _pg("write public.t").matches(Unit("lock", "public.u"))
+    assert not _pg("write public.t").matches(advisory)  # advisory locks: lock, or write without tables
+    assert _pg("write").matches(advisory) and _pg("all").matches(advisory) and _pg("all public.*").matches(advisory)
+    assert not _pg("read public.t").matches(lock_t) and not _pg("lock public.t").matches(Unit("read", "public.t"))
+    assert not _pg("lock public.t").matches(Unit("write", "public.t"))
+
+
+def test_postgres_rules_name_functions_and_quoted_names_literally():
+    from hoopy.policy.rules import Unit
+
+    from hoopy.postgres.rules import object_name
+
+    assert _pg("write public.refund()").matches(Unit("write", "public.refund()"))
+    assert _pg("write refund()").matches(Unit("write", "public.refund()"))
+    assert not _pg("write public.refund()").matches(Unit("write", "public.refund"))
+    # A dot inside a quoted name is not a schema separator, on either side.
+    assert object_name("public", "a.b") == 'public."a.b"' and object_name("a.b", "c") == '"a.b".c'
+    assert _pg('read public."a.b"').matches(Unit("read", object_name("public", "a.b")))
+    assert not _pg('read public."a.b"').matches(Unit("read", object_name("public.a", "b")))
+    assert not _pg("read public.a").matches(Unit("read", object_name("public.a", "b")))
+    # Case: unquoted folds, quoted keeps; glob characters in quotes are literal.
+    assert _pg('read public."Customers"').matches(Unit("read", "public.Customers"))
+    assert not _pg("read public.Customers").matches(Unit("read", "public.Customers"))
+    assert _pg('read public."x*"').matches(Unit("read", "public.x*"))
+    assert not _pg('read public."x*"').matches(Unit("read", "public.xy"))
+    with pytest.raises(RuleError):
+        _pg("read public.f(x)")
+
+
+def test_postgres_catalog_views_and_functions_that_expose_others_need_a_rule_naming_them():
+    from hoopy.policy.rules import Unit
+
+    for subject in ("pg_catalog.pg_stat_activity", "pg_catalog.pg_locks", "pg_catalog.pg_stats",
+                    "pg_catalog.pg_authid", "public.pg_stat_statements"):
+        u = Unit("read", subject)
+        assert not _pg("read pg_catalog.*").matches(u) and not _pg("read *.*").matches(u), subject
+        assert _pg(f"read {subject}").matches(u) and _pg("read").matches(u) and _pg("all").matches(u)
+    for subject in ("pg_catalog.pg_stat_get_activity()", "pg_catalog.pg_read_file()",
+                    "pg_catalog.pg_terminate_backend()", "public.dblink_exec()"):
+        u = Unit("admin", subject)
+        assert not _pg("admin pg_catalog.*").matches(u) and not _pg("admin *.*").matches(u), subject
+        assert _pg(f"admin {subject}").matches(u) and _pg("admin").matches(u)
+    assert _pg("read pg_catalog.*").matches(Unit("read", "pg_catalog.pg_class"))
+    assert _pg("read pg_catalog.*").matches(Unit("read", "pg_catalog.pg_settings"))
+    # In a deny list a glob covers them too: deny wins over what names them.
+    deny = parse_rule("postgres", "read pg_catalog.*", deny=True)
+    assert deny.matches(Unit("read", "pg_catalog.pg_stat_activity"))
+    p = policy(Grant("agent", "db", rules("postgres", "read pg_catalog.pg_stat_activity", "admin"), (),
+                     tuple(parse_rule("postgres", r, deny=True) for r in ("read pg_catalog.*", "admin pg_catalog.*")),
+                     None, 0))
+    assert p.judge("agent", "db", pg_op(Unit("read", "pg_catalog.pg_stat_activity"))).outcome == "deny"
+    assert p.judge("agent", "db", pg_op(Unit("admin", "pg_catalog.pg_read_file()"))).outcome == "deny"

@@ -9,6 +9,7 @@
   GET  /sessions[?limit=N]              reviewer or auditor token
   GET  /sessions/ID
   GET  /sessions/ID/events
+  POST /mcp/CONNECTION/tools/TOOL/accept reviewer token: accept a changed tool definition (pinning)
 
 Tokens come as ``Authorization: Bearer TOKEN``; a wrong one is an
 ``auth.failed`` event (protocol ``admin``), summarized in a flood like the
@@ -193,6 +194,8 @@ class AdminResource(Resource):
 
     def render_POST(self, request):
         parts = [p.decode("utf-8", "replace") for p in request.postpath if p]
+        if len(parts) == 5 and parts[0] == "mcp" and parts[2] == "tools" and parts[4] == "accept":
+            return self._mcp_accept(request, parts[1], parts[3])
         if len(parts) != 3 or parts[0] != "approvals" or parts[2] not in ("approve", "deny"):
             return self._json(request, 404, {"error": "not found"})
         if not _ID.match(parts[1]):
@@ -233,6 +236,29 @@ class AdminResource(Resource):
             return 503, {"error": f"not recorded, nothing changed: {f.getErrorMessage()}"}
 
         return self._async(request, d.addCallbacks(done, refused))
+
+    def _mcp_accept(self, request, connection: str, tool: str):
+        """POST /mcp/CONNECTION/tools/TOOL/accept: a reviewer accepts a changed tool definition."""
+        ident = self._identity(request)
+        if ident is None:
+            return self._unauthorized(request)
+        if not ident.is_reviewer:
+            return self._json(request, 403, {"error": f"{ident.name} is not a reviewer"})
+        try:
+            svc = self.gateway.getServiceNamed(f"connection:{connection}")
+        except KeyError:
+            svc = None
+        if svc is None or not hasattr(svc, "accept"):
+            return self._json(request, 404, {"error": f"no mcp connection {connection}"})
+        d = svc.accept(tool, ident.name)
+        if d is None:
+            return self._json(request, 409, {"error": f"tool {tool} has no changed definition waiting"})
+
+        def refused(f):
+            f.trap(StoreError)
+            return 503, {"error": f"not recorded, nothing changed: {f.getErrorMessage()}"}
+
+        return self._async(request, d.addCallbacks(lambda out: (200, out), refused))
 
     def _health(self, request):
         store_ok = self.gateway.store.healthy

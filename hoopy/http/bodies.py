@@ -1,53 +1,34 @@
-"""Body masking, sans-IO: JSON, server-sent events and text.
+"""Body framing for masking, sans-IO: what a body is, server-sent events, echoed secrets, decoding.
 
-A ``Masker`` holds a connection's masking rules. JSON bodies are parsed and
-walked: a ``field`` without a dot masks that key anywhere, a dotted field
-("card.number") masks a key reached by that path of keys (at any depth;
-arrays do not add a step); ``patterns`` run on every string value. SSE is
-masked one event at a time as it streams (the ``data:`` lines of an event
-hold JSON in MCP's streamable HTTP). Text bodies are masked by patterns.
-
-Counts name what was masked, never the value: ``{"field:ssn": 2, "email": 1}``.
+``body_kind`` names a body's format from its Content-Type; ``SSEMasker`` masks an event stream
+one event at a time as it arrives; ``Scrubber`` replaces the injected upstream credentials in a
+stream; ``Decoder`` undoes a Content-Encoding (gzip, deflate, br) with an output limit. The
+masking itself is hoopy.http.masker (JSON, text) and hoopy.http.formats (CSV, XML, HTML).
 """
 from __future__ import annotations
 
 import codecs
-import json
 import re
 import zlib
 
-import attrs
-
 from hoopy.bytesearch import contains
-from hoopy.policy.masking import MASK
+from hoopy.http.masker import MaskError, Masker, _add, check_ascii_compatible, looks_like_json
 
+__all__ = ["MaskError", "Masker", "SSEMasker", "Scrubber", "Decoder", "body_kind", "charset_ok", "codings",
+           "decodable", "looks_like_json", "check_ascii_compatible"]
 
-class MaskError(Exception):
-    """The body must be masked but cannot be (too large, not decodable): refuse it."""
-
-
-# A character every match of a built-in detector contains: strings without it are skipped cheaply
-# (the e-mail pattern is slow to search for on long text with no "@").
-HINTS = {"email": "@", "us_ssn": "-"}
-
-
-def _redact(text: str, hinted) -> tuple[str, dict]:
-    counts = {}
-    for d, hint in hinted:
-        if hint is not None and hint not in text:
-            continue
-        text, n = d.redact(text)
-        if n:
-            counts[d.name] = counts.get(d.name, 0) + n
-    return text, counts
-
-
-def _add(counts: dict, key: str, n: int = 1):
-    counts[key] = counts.get(key, 0) + n
+_CSV = frozenset(("text/csv", "application/csv", "text/x-csv", "text/comma-separated-values",
+                  "text/tab-separated-values", "text/tsv"))
+_HTML = frozenset(("text/html", "application/xhtml+xml"))
+_XML = frozenset(("application/xml", "text/xml"))
+_TEXT = frozenset(("application/x-www-form-urlencoded", "application/javascript", "application/x-javascript",
+                   "application/ecmascript", "application/graphql", "application/x-ndjson", "application/ndjson",
+                   "application/jsonl", "application/x-jsonlines", "application/yaml", "application/x-yaml",
+                   "application/toml", "application/sql", "application/x-sh", "application/jwt"))
 
 
 def body_kind(content_type: str | bytes | None) -> str:
-    """json | sse | text | other, from a Content-Type value."""
+    """json | sse | csv | xml | html | text | other, from a Content-Type value."""
     if not content_type:
         return "other"
     if isinstance(content_type, bytes):
@@ -55,196 +36,22 @@ def body_kind(content_type: str | bytes | None) -> str:
     ct = content_type.split(";", 1)[0].strip().lower()
     if ct == "text/event-stream":
         return "sse"
-    if ct == "application/json" or ct.endswith("+json"):
+    if ct == "application/json" or ct.endswith("+json") or ct == "application/json-seq":
         return "json"
-    if ct.startswith("text/") or ct in ("application/xml", "application/x-www-form-urlencoded",
-                                        "application/javascript", "application/graphql"):
+    if ct in _CSV:
+        return "csv"
+    if ct in _HTML:
+        return "html"
+    if ct in _XML or ct.endswith("+xml"):
+        return "xml"
+    if ct.startswith("text/") or ct in _TEXT:
         return "text"
     return "other"
 
 
-@attrs.frozen
-class Masker:
-    fields: tuple = ()  # "ssn", "card.number"
-    detectors: tuple = ()  # hoopy.policy.masking.Detector
-    # Split once: plain keys are a set lookup; only dotted fields need the key path.
-    _plain: frozenset = attrs.field(init=False, repr=False, eq=False)
-    _dotted: tuple = attrs.field(init=False, repr=False, eq=False)
-    _hinted: tuple = attrs.field(init=False, repr=False, eq=False)
-    # Every key a field rule names, each segment of a dotted one: a GraphQL alias may rename none.
-    field_keys: frozenset = attrs.field(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self):
-        object.__setattr__(self, "field_keys", frozenset(k for f in self.fields for k in f.split(".")))
-        object.__setattr__(self, "_plain", frozenset(f for f in self.fields if "." not in f))
-        object.__setattr__(self, "_hinted", tuple((d, HINTS.get(d.name)) for d in self.detectors))
-        object.__setattr__(self, "_dotted", tuple((f, tuple(f.split("."))) for f in self.fields if "." in f))
-
-    @classmethod
-    def from_config(cls, maskings) -> "Masker":
-        fields, detectors = [], []
-        for m in maskings:
-            fields += [f for f in m.fields if f not in fields]
-            detectors += [d for d in m.patterns if d not in detectors]
-        return cls(tuple(fields), tuple(detectors))
-
-    @property
-    def active(self) -> bool:
-        return bool(self.fields or self.detectors)
-
-    def applies(self, kind: str) -> bool:
-        # Text too when only fields apply: JSON labelled text/plain (or text/html) is still JSON to
-        # whoever reads it. Other (binary) types are sniffed by the proxy (``looks_like_json``).
-        return kind in ("json", "sse", "text") and self.active
-
-    # --- JSON ---------------------------------------------------------------
-
-    def mask_value(self, value, counts: dict, path: tuple = ()):
-        plain, dotted = self._plain, self._dotted
-        hinted = self._hinted
-
-        def walk(value, path):
-            if isinstance(value, str):
-                if hinted:
-                    text, c = _redact(value, hinted)
-                    if c:
-                        for name, n in c.items():
-                            _add(counts, name, n)
-                        return text
-                return value
-            if isinstance(value, int) and not isinstance(value, bool):
-                # a card number sent as a JSON number is the same number to its reader
-                if hinted:
-                    text, c = _redact(str(value), hinted)
-                    if c:
-                        for name, n in c.items():
-                            _add(counts, name, n)
-                        return MASK
-                return value
-            if isinstance(value, dict):
-                out = {}
-                for k, v in value.items():
-                    if k in plain:
-                        _add(counts, f"field:{k}")
-                        out[k] = MASK
-                        continue
-                    if dotted:
-                        p = path + (str(k),)
-                        hit = next((f for f, parts in dotted if p[-len(parts):] == parts), None)
-                        if hit is not None:
-                            _add(counts, f"field:{hit}")
-                            out[k] = MASK
-                            continue
-                    else:
-                        p = path
-                    out[k] = walk(v, p) if isinstance(v, (str, dict, list, int)) else v
-                return out
-            if isinstance(value, list):
-                return [walk(v, path) if isinstance(v, (str, dict, list, int)) else v for v in value]
-            return value
-
-        return walk(value, path)
-
-    def _clean(self, data: bytes) -> bool:
-        """True when nothing in ``data`` can need masking (the fast path, checked on the raw text).
-
-        Any JSON escape (\\uXXXX, \\/, \\n ...) could hide a match from a text search, so its
-        presence means: walk.
-        """
-        if b"\\" in data:
-            return False
-        text = data.decode("utf-8", "surrogateescape")
-        for f in self.fields:
-            if f'"{f.rsplit(".", 1)[-1]}"' in text:
-                return False
-        return not any((hint is None or hint in text) and d.pattern.search(text) for d, hint in self._hinted)
-
-    def mask_json(self, data: bytes) -> tuple[bytes, dict]:
-        """Masked JSON bytes and counts; the input unchanged when nothing matched."""
-        if not data.strip():
-            return data, {}
-        _check_ascii_compatible(data)
-        dup = []
-
-        def pairs(items):
-            d = dict(items)
-            if len(d) != len(items):
-                dup.append(True)
-            return d
-
-        try:
-            value = json.loads(data, object_pairs_hook=pairs)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            if self.fields:
-                raise MaskError("the body is declared JSON but is not valid JSON, so it cannot be masked")
-            return self.mask_text(data)
-        if self._clean(data):
-            return data, {}
-        counts: dict = {}
-        try:
-            masked = self.mask_value(value, counts)
-        except RecursionError:
-            raise MaskError("the JSON body is nested too deeply to be masked")
-        if not counts and not dup:
-            return data, counts
-        # With duplicate keys the walk saw only the last value of each: what is sent is what was walked.
-        return json.dumps(masked, ensure_ascii=False, separators=(",", ":")).encode(), counts
-
-    def mask_sniffed(self, data: bytes) -> tuple[bytes, dict]:
-        """A body whose type does not say JSON but may hold it: JSON (or JSON lines) if it parses,
-        else text by patterns; refused if it looks like JSON, fields apply, and it does not parse."""
-        if not looks_like_json(data):
-            return self.mask_text(data)
-        try:
-            return self.mask_json(data)
-        except MaskError:
-            pass
-        lines = data.replace(b"\x1e", b"\n").split(b"\n")  # JSON lines, or RS-separated JSON texts
-        out, counts = [], {}
-        try:
-            for ln in lines:
-                if ln.strip():
-                    json.loads(ln)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            if self.fields:
-                raise MaskError("the body looks like JSON but does not parse, so it cannot be masked")
-            return self.mask_text(data)
-        for ln in lines:
-            m, c = self.mask_json(ln)
-            out.append(m)
-            for k, n in c.items():
-                _add(counts, k, n)
-        return b"\n".join(out), counts
-
-    def mask_text(self, data: bytes) -> tuple[bytes, dict]:
-        if not self.detectors:
-            return data, {}
-        _check_ascii_compatible(data)
-        text = data.decode("utf-8", "surrogateescape")
-        masked, counts = _redact(text, self._hinted)
-        if not counts:
-            return data, counts
-        return masked.encode("utf-8", "surrogateescape"), counts
-
-    def mask(self, kind: str, data: bytes) -> tuple[bytes, dict]:
-        if kind == "json":
-            return self.mask_json(data)
-        if kind == "sse":
-            s = SSEMasker(self, limit=max(len(data), 1))
-            return s.feed(data) + s.close(), s.counts
-        return self.mask_sniffed(data)
-
-
-_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 # Charsets in which the ASCII text the patterns and field names look for is plain ASCII bytes.
 _ASCII_CHARSETS = re.compile(r"^(utf-?8|us-ascii|ascii|iso-?8859-\d+|latin-?1|(windows|cp)-?125\d|shift_jis|"
                              r"euc-jp|euc-kr|gb2312|gbk|gb18030|big5|koi8-[ru])$")
-
-
-def _check_ascii_compatible(data: bytes):
-    """UTF-16/32 (a BOM or NUL bytes) hide every ASCII match from the masker: refused, not passed."""
-    if data.startswith(_BOMS) or b"\x00" in data:
-        raise MaskError("the body is not UTF-8 (UTF-16/32 or binary), so it cannot be masked")
 
 
 def charset_ok(content_type) -> bool:
@@ -258,15 +65,6 @@ def charset_ok(content_type) -> bool:
         if k.strip().lower() == "charset":
             return bool(_ASCII_CHARSETS.match(v.strip().strip('"').lower()))
     return True
-
-
-def looks_like_json(head: bytes) -> bool:
-    """Whether a body's first bytes look like JSON (or a BOM / UTF-16 form of it)."""
-    for bom in (codecs.BOM_UTF8,) + _BOMS:
-        if head.startswith(bom):
-            return True if bom != codecs.BOM_UTF8 else looks_like_json(head[len(bom):])
-    stripped = head.replace(b"\x00", b"").lstrip(b" \t\r\n\x1e")  # RS: JSON text sequences (RFC 7464)
-    return stripped[:1] in (b"{", b"[", b'"')
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -402,21 +200,35 @@ def codings(encoding: str | None) -> list[str]:
 
 
 class Decoder:
-    """Undoes a Content-Encoding (gzip, deflate) with an output limit."""
+    """Undoes a Content-Encoding (gzip, deflate, br) with an output limit (a bomb is refused early)."""
 
     def __init__(self, encoding: str, limit: int):
         found = codings(encoding)
         enc = found[0] if len(found) == 1 else encoding.strip().lower()
+        self._br = None
+        self._z = None
         if enc in ("gzip", "x-gzip"):
             self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
         elif enc == "deflate":
-            self._z = zlib.decompressobj(zlib.MAX_WBITS)
+            self._z = None  # zlib-wrapped as the RFC says, or raw as some servers send: the first byte tells
+        elif enc == "br":
+            import brotli
+
+            self._br = brotli.Decompressor()
         else:
             raise MaskError(f"cannot decode Content-Encoding {encoding!r} to mask it")
+        self._deflate = enc == "deflate"
         self.limit = limit
         self.total = 0
 
     def feed(self, data: bytes) -> bytes:
+        if self._br is not None:
+            return self._feed_br(data)
+        if self._z is None:
+            if not data:
+                return b""
+            raw = (data[0] & 0x0F) != 8  # a zlib header starts with the deflate method, 8
+            self._z = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
         try:
             out = self._z.decompress(data, self.limit + 1 - self.total)
         except zlib.error as e:
@@ -426,14 +238,41 @@ class Decoder:
             raise MaskError(f"the decoded body is larger than mask_limit ({self.limit} bytes)")
         return out
 
-    def close(self) -> bytes:
+    def _feed_br(self, data: bytes) -> bytes:
+        import brotli
+
+        out = []
         try:
-            return self._z.flush()
+            piece = self._br.process(data, output_buffer_limit=self.limit + 1 - self.total)
+            while True:
+                self.total += len(piece)
+                out.append(piece)
+                if self.total > self.limit:
+                    raise MaskError(f"the decoded body is larger than mask_limit ({self.limit} bytes)")
+                if self._br.can_accept_more_data():
+                    break
+                piece = self._br.process(b"", output_buffer_limit=self.limit + 1 - self.total)
+        except brotli.error as e:
+            raise MaskError(f"the compressed body is corrupt: {e}")
+        return b"".join(out)
+
+    def close(self) -> bytes:
+        if self._br is not None:
+            if not self._br.is_finished():
+                raise MaskError("the compressed body is cut short")
+            return b""
+        if self._z is None:
+            return b""
+        try:
+            out = self._z.flush()
         except zlib.error as e:
             raise MaskError(f"the compressed body is corrupt: {e}")
+        if not self._z.eof:
+            raise MaskError("the compressed body is cut short")
+        return out
 
 
 def decodable(encoding: str | None) -> bool:
     """One coding at most (``gzip, gzip`` is not undone twice) and one this module decodes."""
     found = codings(encoding)
-    return not found or (len(found) == 1 and found[0] in ("gzip", "x-gzip", "deflate"))
+    return not found or (len(found) == 1 and found[0] in ("gzip", "x-gzip", "deflate", "br"))

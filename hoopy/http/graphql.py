@@ -20,8 +20,8 @@ from hoopy.http.bodies import looks_like_json
 _TOKEN = re.compile(r'''
     (?P<ws>[\s,\ufeff]+)
   | (?P<comment>\#[^\n\r]*)
-  | (?P<block>"""(?:\\"""|[^"]|"(?!""))*(?:"""|$))
-  | (?P<string>"(?:\\.|[^"\\\n\r])*"?)
+  | (?P<block>"""(?:\\"""|\\|[^"\\]++|"(?!""))*+(?:"""|$))
+  | (?P<string>"(?:\\.|[^"\\\n\r]++)*+"?)
   | (?P<name>[_A-Za-z][_0-9A-Za-z]*)
   | (?P<number>-?[0-9][0-9.eE+-]*)
   | (?P<punct>\.\.\.|[!$&():=@\[\]{|}])
@@ -85,7 +85,8 @@ def renamed_masked_field(documents, masked_keys) -> tuple[str, str] | None:
         if len(doc) > MAX_DOCUMENT:
             raise TooLong(f"a GraphQL document over {MAX_DOCUMENT} characters")
         for alias, field in aliases(doc):
-            if field in masked_keys and alias != field:
+            # masked keys are casefolded, as the masker matches them: "x: SSN" renames "ssn" too
+            if field.casefold() in masked_keys and alias.casefold() != field.casefold():
                 return alias, field
     return None
 

@@ -1,6 +1,8 @@
 """Header rules, sans-IO: what is dropped, what is injected, what is recorded."""
 from __future__ import annotations
 
+import re
+
 # RFC 9110 7.6.1: meaningful for one hop only, never forwarded.
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"proxy-connection",
@@ -36,11 +38,6 @@ def connection_tokens(values) -> set[bytes]:
     return out
 
 
-def forwardable(name: bytes, extra_hop: set) -> bool:
-    n = name.lower()
-    return not (n in HOP_BY_HOP or n in extra_hop)
-
-
 def is_secret(name: bytes) -> bool:
     n = name.lower()
     return (n in SECRET or n.endswith((b"-token", b"-key", b"-secret", b"apikey", b"-signature", b"-credential",
@@ -60,11 +57,16 @@ def _record_name(name: bytes):
     return found
 
 
+_BEARER_PROTOCOL = re.compile(rb"hoopy\.bearer\.[^,\s]+")
+
+
 def for_record(pairs) -> dict:
     """{name: value or [values]} with secret values replaced: safe to keep."""
     out: dict = {}
     for name, values in pairs:
         key, secret = _RECORD_NAMES.get(name) or _record_name(name)
+        if key == "sec-websocket-protocol":  # a browser's token rides here (hoopy.bearer.TOKEN)
+            values = [_BEARER_PROTOCOL.sub(b"hoopy.bearer." + REDACTED.encode(), v) for v in values]
         if len(values) == 1:
             out[key] = REDACTED if secret else values[0].decode("latin-1")[:1024]
         else:

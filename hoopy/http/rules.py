@@ -1,4 +1,9 @@
-"""The http rule words: ``METHOD /path/glob`` (METHOD may be ``*``)."""
+"""The http rule words: ``METHOD /path/glob`` (METHOD may be ``*``).
+
+``*`` matches within one segment, ``?`` one character of it, ``**`` across segments. A ``*`` that is a
+whole segment never matches an empty one: ``GET /v1/customers/*`` is one customer, not the
+collection ``/v1/customers/`` (which upstreams that ignore a trailing slash serve as ``/v1/customers``).
+"""
 from __future__ import annotations
 
 import re
@@ -8,24 +13,29 @@ from hoopy.policy.rules import RuleError
 _METHOD = re.compile(r"^(\*|[A-Z]+)$")
 
 
-def _path_pattern(glob: str) -> re.Pattern:
-    """The glob as one regex: what _path_matcher computes, without its speed guarantee (tests)."""
-    out = []
-    i = 0
-    while i < len(glob):
+def _tokens(glob: str) -> list[str]:
+    """"*", "**", "?" or one literal character each; a "*" that is a whole segment is "?" then "*"
+    (at least one character: never an empty segment)."""
+    tokens = []
+    i, n = 0, len(glob)
+    while i < n:
         if glob.startswith("**", i):
-            out.append(".*")
+            tokens.append("**")
             i += 2
         elif glob[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif glob[i] == "?":
-            out.append("[^/]")
+            whole = (i > 0 and glob[i - 1] == "/") and (i + 1 == n or glob[i + 1] == "/")
+            tokens += ["?", "*"] if whole else ["*"]
             i += 1
         else:
-            out.append(re.escape(glob[i]))
+            tokens.append(glob[i])
             i += 1
-    return re.compile("".join(out), re.DOTALL)
+    return tokens
+
+
+def _path_pattern(glob: str) -> re.Pattern:
+    """The glob as one regex: what _path_matcher computes, without its speed guarantee (tests)."""
+    parts = {"**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return re.compile("".join(parts.get(t) or re.escape(t) for t in _tokens(glob)), re.DOTALL)
 
 
 def _path_matcher(glob: str):
@@ -36,15 +46,7 @@ def _path_matcher(glob: str):
     ``*`` and ``**`` mixed no leftmost shortcut is right. So the glob runs as
     an NFA, its live states kept as the bits of one integer (shift-and).
     """
-    tokens = []  # "*", "**", "?" or one literal character
-    i = 0
-    while i < len(glob):
-        if glob.startswith("**", i):
-            tokens.append("**")
-            i += 2
-        else:
-            tokens.append(glob[i])
-            i += 1
+    tokens = _tokens(glob)
     m = len(tokens)
     final = 1 << m
     any_char = 0  # "?" positions: any character but "/"
@@ -89,7 +91,7 @@ def _path_matcher(glob: str):
     return match
 
 
-def parse(text: str):
+def _compile(text: str):
     parts = text.split()
     if len(parts) != 2:
         raise RuleError(f"{text!r}: http rules are METHOD /path/glob")
@@ -98,8 +100,16 @@ def parse(text: str):
         raise RuleError(f"{text!r}: {method!r} is not a method (GET, POST, ... or *)")
     if not path.startswith("/"):
         raise RuleError(f"{text!r}: the path must start with /")
-    matches = _path_matcher(path)
+    return method, _path_matcher(path)
+
+
+def parse(text: str):
+    method, matches = _compile(text)
     return lambda unit: (method == "*" or unit.kind == method) and unit.subject is not None and matches(
         unit.subject)
 
 
+def route_matcher(text: str):
+    """``METHOD /glob`` as a test of (method, path): a route list outside grants (masking passthrough)."""
+    method, matches = _compile(text)
+    return lambda m, path: (method == "*" or m == method) and matches(path)

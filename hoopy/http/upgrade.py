@@ -19,13 +19,107 @@ log = Logger()
 
 MAX_HEAD = 64 * 1024
 
+# Browsers cannot set Authorization on a WebSocket: the token rides in the subprotocol offer instead,
+# ``new WebSocket(url, ["hoopy", "hoopy.bearer." + token])``, for upgrades only.
+SUBPROTOCOL = b"hoopy"
+BEARER_PREFIX = b"hoopy.bearer."
+
+
+def is_websocket_upgrade(method: bytes, hdrs: dict) -> bool:
+    return method == b"GET" and any(b"websocket" in v.lower() for v in hdrs.get(b"upgrade", ()))
+
+
+def offered_subprotocols(hdrs: dict) -> list[bytes]:
+    """Every protocol of every Sec-WebSocket-Protocol header, in order."""
+    return [t.strip() for v in hdrs.get(b"sec-websocket-protocol", ()) for t in v.split(b",") if t.strip()]
+
+
+def subprotocol_tokens(hdrs: dict) -> list[bytes]:
+    """The tokens offered as ``hoopy.bearer.TOKEN``, counted only beside a plain ``hoopy`` entry."""
+    offered = offered_subprotocols(hdrs)
+    if SUBPROTOCOL not in offered:
+        return []
+    return [t[len(BEARER_PREFIX):] for t in offered if t.startswith(BEARER_PREFIX) and len(t) > len(BEARER_PREFIX)]
+
+
+def upstream_subprotocols(hdrs: dict) -> list[bytes]:
+    """What the upstream is offered: the caller's protocols without ours (the token never goes on)."""
+    return [t for t in offered_subprotocols(hdrs) if t != SUBPROTOCOL and not t.startswith(BEARER_PREFIX)]
+
+
+def with_subprotocol_answer(head: bytes, offered_ours: bool) -> bytes:
+    """The upstream's 101 head, answering ``hoopy`` when the caller offered it and the upstream chose
+    none (a browser fails a handshake that offered protocols and got none back)."""
+    if not offered_ours:
+        return head
+    for ln in head.split(b"\r\n")[1:]:
+        if ln.partition(b":")[0].strip().lower() == b"sec-websocket-protocol":
+            return head
+    return head[:-2] + b"Sec-WebSocket-Protocol: " + SUBPROTOCOL + b"\r\n\r\n"
+
 
 def request_head(method: bytes, target: bytes, headers) -> bytes:
+    """The request head of ``headers`` ((name, value) pairs)."""
     lines = [method + b" " + target + b" HTTP/1.1"]
-    for name, values in headers.getAllRawHeaders():
-        for v in values:
-            lines.append(name + b": " + v)
+    for name, v in headers:
+        lines.append(name + b": " + v)
     return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+async def relay(ex):
+    """A judged WebSocket upgrade: relayed byte for byte once the upstream says 101."""
+
+    from hoopy.http.checks import Refusal
+    from hoopy.http.response_body import reason_text
+    from hoopy.session import IN, OUT
+
+    up = UpstreamSide(request_head(b"GET", ex.target(), ex.upstream_headers(upgrade=True)))
+    result = None
+    for d in (ex.site.raw_endpoint().connect(OneConnection(up)), up.answered):
+        ex.arm_timer(d)
+        try:
+            result = await ex.wait(d, cancel=True)
+        except Exception as e:
+            if up.transport is not None:
+                up.transport.abortConnection()
+            if ex.gone:
+                raise defer.CancelledError()
+            if ex.timed_out:
+                raise Refusal(504, f"the upstream did not answer within {ex.settings.upstream_timeout:g}s", "error")
+            raise Refusal(502, f"the upstream could not be reached: {reason_text(e)}", "error")
+        finally:
+            ex.disarm_timer()
+    status, head, rest = result
+    ex.record.status = status
+    if status != 101:
+        up.transport.abortConnection()
+        raise Refusal(502, f"the upstream answered the WebSocket upgrade with {status}, not 101", "error")
+    said = [ln.partition(b":")[2].strip().lower() for ln in head.split(b"\r\n")[1:]
+            if ln.partition(b":")[0].strip().lower() == b"upgrade"]
+    if said != [b"websocket"]:
+        up.transport.abortConnection()
+        raise Refusal(502, "the upstream switched to another protocol than WebSocket: no tunnel", "error")
+    session, timer, site, channel = ex.session, Timer(), ex.site, ex.channel
+
+    def lost():
+        session.event("websocket.closed", "ok", path=ex.path, duration_ms=timer.ms(),
+                      bytes_from_upstream=up.bytes_in + len(rest), bytes_to_upstream=client.bytes_out
+                      ).addErrback(_not_recorded)
+        session.count_bytes(OUT, up.bytes_in + len(rest))
+        session.count_bytes(IN, client.bytes_out)
+        site.channel_closed(channel)
+
+    head = with_subprotocol_answer(head, SUBPROTOCOL in offered_subprotocols(ex.hdrs))
+    head = site.scrub_header(head)  # an injected credential echoed in the 101 stays here
+    client = ex.sink.take_over(up, head + rest, lost)
+    ex.record.response_bytes = len(head) + len(rest)
+    ex.finished = True
+    ex.record.outcome = "upgraded"
+    ex._record()
+
+
+def _not_recorded(f):
+    log.error("websocket close not recorded: {e}", e=f.getErrorMessage())
 
 
 class UpstreamSide(Protocol):

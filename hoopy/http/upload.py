@@ -208,4 +208,8 @@ class BodyPipe:
 
         self.startProducing(Collector()).addCallbacks(finished, failed)
 
-        return result.addErrback(lambda f: (self.stopProducing(), f)[1])
+        return result.addErrback(self._collect_failed)
+
+    def _collect_failed(self, failure):
+        self.stopProducing()  # too large, or abandoned: the rest has nowhere to go
+        return failure

@@ -12,7 +12,12 @@ import attrs
 
 MASK = "[REDACTED]"
 
-_EMAIL = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+")
+# An address starts where a run of local-part characters starts ("@" is not one of them), and the run
+# is taken whole and never given back (possessive): each run is read once. A plain "[...]+@" retries
+# from every character of a long run that is no address: quadratic (a 1 MB value held a thread for
+# minutes), and twice as slow on ordinary JSON. Same matches (checked against it in the tests).
+_LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]"
+_EMAIL = re.compile(rf"(?<!{_LOCAL}){_LOCAL}++@[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?)+")
 # Digits with optional single space or dash separators, not inside a longer number.
 _CARD = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
 _SSN = re.compile(r"(?<![0-9])(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![0-9])")

@@ -73,12 +73,22 @@ class PolicyService:
                 else (conn.approval_ttl if conn else self.default_ttl) for g in grants]
         return ("retry" if modes == {"retry"} else "hold"), min(ttls, default=self.default_ttl)
 
-    def decide(self, session, operation, approvals: str | None = None) -> Deferred:
+    def decide(self, session, operation, approvals: str | None = None, also=()) -> Deferred:
         """Fires with Allow, Deny or Hold once the event saying so is durable.
 
         ``approvals="retry"``: the caller asked not to wait (HTTP ``Prefer: respond-async``),
-        whatever the grant says."""
+        whatever the grant says. ``also``: further identities whose grants on this connection
+        must cover the operation as well (an MCP server's downstream operation, for its callers)."""
         j = self.judge(session.identity, session.connection, operation)
+        for other in also:
+            if j.outcome == "deny":
+                break
+            k = self.judge(other, session.connection, operation)
+            if k.outcome == "deny":
+                j = attrs.evolve(j, outcome="deny", rule=k.rule,
+                                 reason=f"not covered by the calling identity's grants: {k.reason}")
+            elif k.outcome == "approve" and j.outcome == "allow":
+                j = attrs.evolve(k, reason=f"the calling identity {other}: {k.reason}", parts=j.parts)
         if j.parts:
             # The event (and a reviewer's approval) lists every part with the rule that judged it.
             operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})

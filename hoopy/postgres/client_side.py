@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import collections
 
+import attrs
+
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.postgres import codec, guards, wire
-from hoopy.postgres.classify import ANY_OBJECT, ClassifyError, classify
+from hoopy.postgres.classify import INLINE_SQL, ANY_OBJECT, ClassifyError, Heavy, classify_or_error, resolve
 from hoopy.postgres.copy import MarkerScan
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.pipeline import (
     Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
 from hoopy.postgres.replies import UpstreamReplies
+from hoopy.postgres.scope import SCOPE_QUERY, Scope
 from hoopy.postgres.startup import quote_ident
 
 MAX_SQL_RECORDED = 100_000
-LARGE_SQL = 64 * 1024  # longer statements are classified off the reactor thread
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
 ABORT_PORTAL = "hoopy refused this statement"  # no such portal: Execute of it fails
@@ -32,15 +34,11 @@ STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
     "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"))
 
 
-def classify_or_error(sql):
-    try:
-        return classify(sql)
-    except ClassifyError as e:
-        return e
+_EXTENDED = (wire.PARSE, wire.BIND, wire.DESCRIBE, wire.EXECUTE, wire.CLOSE, wire.FLUSH)
 
 
 class ClientSide(UpstreamReplies):
-    def __init__(self, rules, *, max_statement: int, user_functions=frozenset(), statuses=None):
+    def __init__(self, rules, *, max_statement: int, scope: Scope | None = None, statuses=None):
         self.state = State.READY
         self.skip = Skip.NO
         self.rules = rules  # rows.MaskRules
@@ -53,12 +51,17 @@ class ClientSide(UpstreamReplies):
         self.queue: collections.deque = collections.deque()
         self.statements: dict = {}  # name -> (sql, param types)
         self.portals: dict = {}  # name -> Portal
-        self.prepared: dict = {}  # SQL PREPARE name -> units
+        self.prepared: dict = {}  # SQL PREPARE name -> the Parsed statements it may hold
         self.pending: Judging | None = None
         self.held: Hold | None = None
         self.tx_status = wire.IDLE
-        self.user_functions = frozenset(user_functions)
-        self.search_path_changed = False
+        # The session's search path, as read upstream (hoopy/postgres/scope.py): names are
+        # judged with it. Unknown from a statement that may change it until read again.
+        self.scope = scope if scope is not None else Scope.unknown()
+        self.scope_due = False  # read it again at the next chance (a Query, a Parse, after a Sync)
+        self.scope_reading: Expected | None = None  # the read in flight
+        self.path_dirty = False  # changed inside a transaction: its end may change it back
+        self.ext_open = False  # extended-protocol messages went upstream since the last Sync
         self.unsafe_settings: dict = {}  # server settings under which SQL may read otherwise
         self.marker_scan = MarkerScan()  # COPY FROM STDIN data
         self.copy_in_refused = False
@@ -67,7 +70,7 @@ class ClientSide(UpstreamReplies):
 
     @property
     def waiting(self) -> bool:
-        return self.state in (State.PARSING, State.JUDGING, State.HELD)
+        return self.state in (State.PARSING, State.READING_PATH, State.JUDGING, State.HELD)
 
     @property
     def busy(self) -> bool:
@@ -124,6 +127,10 @@ class ClientSide(UpstreamReplies):
 
     def forward(self, t: bytes, p: bytes) -> None:
         self.to_upstream.append(codec.msg(t, p))
+        if t == wire.SYNC or t == wire.QUERY:
+            self.ext_open = False
+        elif t in _EXTENDED:
+            self.ext_open = True  # an extended-protocol batch until its Sync
 
     def expect(self, e: Expected) -> None:
         if self.skip is Skip.UPSTREAM and e.kind not in (Kind.SYNC, Kind.ABORT_SYNC, Kind.SYNTHETIC):
@@ -158,6 +165,7 @@ class ClientSide(UpstreamReplies):
             parse = codec.parse_parse(p)
         except codec.NotUtf8 as e:
             return self._not_utf8(e, p, Kind.PARSE)
+        self.read_scope_if_due()  # before this batch opens
         if parse.name and (parse.name in self.statements or parse.name in self.prepared):
             # The server refuses it and keeps the statement it has: what a Bind of the
             # name runs is still that one.
@@ -223,9 +231,11 @@ class ClientSide(UpstreamReplies):
             # an error, is ignored) before the Sync.
             self.forward(wire.EXECUTE, codec.cstr(ABORT_PORTAL) + b"\0\0\0\0")
             self.forward(wire.SYNC, p)
-            return self.expect(Expected(Kind.ABORT_SYNC))
+            self.expect(Expected(Kind.ABORT_SYNC))
+            return self.read_scope_if_due()
         self.forward(wire.SYNC, p)
         self.expect(Expected(Kind.SYNC))
+        self.read_scope_if_due()
 
     def _flush(self, p: bytes) -> None:
         self.forward(wire.FLUSH, p)
@@ -304,13 +314,22 @@ class ClientSide(UpstreamReplies):
 
     # --- judging -----------------------------------------------------------------
     def judge(self, j: Judging) -> None:
-        if len(j.sql) > LARGE_SQL:
-            # Parsing megabytes of SQL would stall every other session: a thread does it.
-            self.state = State.PARSING
+        self.read_scope_if_due()  # a Query: the upstream is between statements
+        if self.scope_reading is not None:
+            # The search path is being read again: judge once it is known.
+            self.state = State.READING_PATH
             self.pending = j
-            self.commands.append(Classify(j.sql))
             return
-        self._judge(j, classify_or_error(j.sql))
+        if len(j.sql) <= INLINE_SQL:
+            try:
+                return self._judge(j, classify_or_error(j.sql, self.scope, inline=True))
+            except Heavy:
+                pass
+        # A large or deeply nested statement would stall every other session: a thread
+        # judges it (one at a time gateway-wide), this connection waiting meanwhile.
+        self.state = State.PARSING
+        self.pending = j
+        self.commands.append(Classify(j.sql, self.scope))
 
     def classified(self, c) -> None:
         """The answer to a Classify command."""
@@ -323,15 +342,18 @@ class ClientSide(UpstreamReplies):
 
     def _judge(self, j: Judging, c) -> None:
         if isinstance(c, ClassifyError):
-            self.record("operation", "refused", reason=f"syntax error: {c}", sql=j.sql[:MAX_SQL_RECORDED])
-            return self._refuse(j.kind, f"syntax error: {c}", "42601")
-        j.classified = c
+            # Cannot be judged (a syntax error, too large, too deep, an internal failure):
+            # refused, and the record says why.
+            self.record("operation", "refused", reason=c.reason, sqlstate=c.code, sql=j.sql[:MAX_SQL_RECORDED])
+            return self._refuse(j.kind, c.reason, c.code)
+        masking = self.with_prepared(c)
+        j.classified = masking
         if not c.statements:
             return self._proceed(j)  # an empty query: nothing runs
         self.state = State.JUDGING
         self.pending = j
         self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params),
-                                    self.local_refusal(c, j.sql, j.raw_params or ())))
+                                    self.local_refusal(masking, j.sql, j.raw_params or ())))
 
     def decided(self, verdict) -> None:
         """The answer to a Decide command (and later to a Hold's resolution)."""
@@ -361,8 +383,8 @@ class ClientSide(UpstreamReplies):
 
     def _allowed(self, c) -> None:
         """What an allowed statement changes in the namespaces the gateway tracks."""
-        if c.sets_search_path:
-            self.search_path_changed = True
+        if c.may_change_path or (self.path_dirty and "TransactionStmt" in c.statements):
+            self.search_path_may_change()
         for name in c.deallocates:
             if name is None:
                 self.prepared.clear()
@@ -370,11 +392,10 @@ class ClientSide(UpstreamReplies):
             else:
                 self.prepared.pop(name, None)
                 self.statements.pop(name, None)
-        for name, units, bare in c.prepares:
-            units = units + tuple(Unit("write", f"public.{f}()") for f in self.user_functions & bare)
+        for name, body in c.prepares:
             # If the name is taken the server refuses this PREPARE and keeps the old one:
             # an EXECUTE is judged with both.
-            self.prepared[name] = tuple(dict.fromkeys(self.prepared.get(name, ()) + units))
+            self.prepared[name] = self.prepared.get(name, ()) + (body,)
         for name in c.declares:
             # A cursor is a portal. If the name is bound the DECLARE fails, yet a savepoint
             # can bring the old portal back: judge an Execute as either.
@@ -386,7 +407,10 @@ class ClientSide(UpstreamReplies):
         c = j.classified
         if j.kind is Kind.QUERY:
             self.forward(wire.QUERY, codec.cstr(j.sql))
-            return self.expect(Expected(Kind.QUERY, sql=j.sql, classified=c))
+            self.expect(Expected(Kind.QUERY, sql=j.sql, classified=c))
+            if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
+                self.read_scope_if_due()
+            return
         info = j.portal_info
         info.judged = True
         info.classified = c
@@ -414,33 +438,93 @@ class ClientSide(UpstreamReplies):
 
     def _operation(self, sql: str, c, params=None, raw_params=None) -> Operation:
         detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
-        # What a retry-mode approval is bound to: the whole SQL text and the parameters' exact bytes
-        # (the recorded text and values may be shortened).
-        canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
-                                           if raw_params is not None else params)
         if params is not None:
             detail["params"] = params
         units = list(c.units)
-        for name in self.user_functions & (c.bare_functions | c.dotted):
-            # May call a user-defined function of that name ("t.f" is f(t)).
-            units.append(Unit("write", f"public.{name}()"))
         for name in c.executes:
             units.extend(self._prepared_units(name))
-        return Operation("postgres", "statement", detail["sql"][:2000], tuple(dict.fromkeys(units)), detail,
-                         canonical=canonical)
+        units = tuple(dict.fromkeys(units))
+        # What a retry-mode approval is bound to: the whole SQL text, the parameters' exact bytes
+        # (the recorded text and values may be shortened), and what the text means here: the
+        # same text under another search path names other tables.
+        canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
+                                           if raw_params is not None else params, sorted(str(u) for u in units))
+        return Operation("postgres", "statement", detail["sql"][:2000], units, detail, canonical=canonical)
+
+    def _prepared_bodies(self, name: str) -> list:
+        """What EXECUTE of a name may run: what an SQL PREPARE of it held and a protocol
+        statement of that name (one namespace), its names looked up in today's search
+        path (the server analyses a prepared statement again when the path has changed)."""
+        found = [resolve(body, self.scope) for body in self.prepared.get(name, ())]
+        if name in self.statements:
+            found.append(classify_or_error(self.statements[name][0], self.scope))
+        return found
 
     def _prepared_units(self, name: str) -> list:
-        """What EXECUTE of a name may run: the units an SQL PREPARE of it was judged with
-        and those of a protocol statement of that name (one namespace)."""
-        units = list(self.prepared.get(name, ()))
-        if name in self.statements:
-            c = classify_or_error(self.statements[name][0])
-            if isinstance(c, ClassifyError) or c.executes:
+        units = []
+        for c in self._prepared_bodies(name):
+            if isinstance(c, ClassifyError) or c.executes or c.unresolved:
                 units.append(Unit("admin", ANY_OBJECT))
             else:
                 units.extend(c.units)
-                units.extend(Unit("write", f"public.{f}()") for f in self.user_functions & (c.bare_functions | c.dotted))
         return units or [Unit("admin", ANY_OBJECT)]
+
+    def with_prepared(self, c):
+        """For masking, EXECUTE of a prepared statement reads what its statement reads;
+        a name the gateway cannot see into stays unknown (every expression masked)."""
+        if not c.executes:
+            return c
+        found = []
+        for name in c.executes:
+            known = self._prepared_bodies(name)
+            if not known or any(isinstance(k, ClassifyError) or k.executes or k.unresolved for k in known):
+                return c
+            found.extend(known)
+        return attrs.evolve(
+            c, relations=c.relations.union(*(k.relations for k in found)),
+            column_names=c.column_names.union(*(k.column_names for k in found)),
+            whole_row=c.whole_row or any(k.whole_row for k in found),
+            fetch=c.fetch or any(k.fetch for k in found), executes=())
+
+    # --- the search path -----------------------------------------------------------
+    # Names are judged with the session's real search path, read upstream at connect
+    # (scope.SCOPE_QUERY, by the adapter) and again after any statement that may have
+    # changed it: until then it is unknown; a statement waits for the new one, or, in
+    # the middle of an extended-protocol batch where no query can be slipped in, an
+    # unqualified name is refused.
+    def search_path_may_change(self) -> None:
+        self.scope = Scope.unknown()
+        self.scope_due = True
+        self.path_dirty = True  # a transaction's end may change it back
+
+    def read_scope_if_due(self) -> None:
+        """Send SCOPE_QUERY upstream if the path must be read and the upstream is between
+        statements (after a Query or a Sync, before a Parse)."""
+        if not self.scope_due or self.scope_reading is not None or self.ext_open or self.skip is not Skip.NO:
+            return
+        e = Expected(Kind.SCOPE)
+        e.target = []  # its result sets, rows of text
+        self.scope_reading = e
+        self.scope_due = False
+        self.forward(wire.QUERY, codec.cstr(SCOPE_QUERY))
+        self.expect(e)
+
+    def scope_read(self, e: Expected) -> None:
+        """SCOPE_QUERY's ReadyForQuery: the path is known again; a statement waiting for it goes on."""
+        self.scope_reading = None
+        if e.error is None:
+            self.scope = Scope.from_results(e.target)
+            if self.tx_status == wire.IDLE:
+                self.path_dirty = False
+        else:
+            # An aborted transaction: read it again after the next statement.
+            self.scope = Scope.unknown()
+            self.scope_due = True
+        if self.state is State.READING_PATH:
+            self.state = State.READY
+            j, self.pending = self.pending, None
+            self.judge(j)
+            self.pump()
 
     def local_refusal(self, c, sql: str, raw_params=()) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""
@@ -450,14 +534,19 @@ class ClientSide(UpstreamReplies):
         why = guards.encoding_problem(sql) or guards.stores_marker(sql, raw_params)
         if why:
             return why
-        if c.unqualified and self.search_path_changed:
-            return "refused: search_path was changed in this session, so unqualified table names are ambiguous"
+        if c.unresolved:
+            return ("refused: the search path may have changed (earlier in this pipeline or query string) and "
+                    "hoopy has not read it again yet, so an unqualified name cannot be judged; qualify the "
+                    "names, or send the statement after the change has completed")
         rules = self.rules
         if rules.configured and not STATISTICS.isdisjoint(c.relations):
             return "refused: column statistics (pg_stats) hold sample values of masked columns"
         if rules.configured and rules.touches(c):
             if c.copy_out:
-                return "refused: COPY TO STDOUT of a table with masked columns"
-            if c.classes - {"read"} and (c.whole_row or c.executes or not rules.names.isdisjoint(c.column_names)):
+                how = rules.copy_columns(c)  # text format, columns listed (what pg_dump sends): masked line by line
+                if isinstance(how, str):
+                    return f"refused: COPY TO STDOUT of a table with masked columns cannot be masked here: {how}"
+            if c.classes - {"read", "lock"} and (c.whole_row or c.executes
+                                                 or not rules.names.isdisjoint(c.column_names)):
                 return "refused: this statement would copy a masked column"
         return None

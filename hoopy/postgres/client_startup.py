@@ -59,6 +59,7 @@ class Authenticated:
     user: str
     params: dict
     rest: bytes  # what the client sent after authenticating (a pipelining client)
+    credential: str | None = None  # the per-child credential that proved itself (hoopy.mcp), if any
 
 
 class Handshake:
@@ -66,9 +67,13 @@ class Handshake:
     is True for a right token; ``cbind`` is the tls-server-end-point data when
     this side can offer TLS, ``tls_offered`` whether it can."""
 
-    def __init__(self, *, verifier, check_token, client_auth: str, tls_offered: bool, cbind: bytes | None):
+    def __init__(self, *, verifier, check_token, client_auth: str, tls_offered: bool, cbind: bytes | None,
+                 alternates=None):
         self.verifier = verifier
         self.check_token = check_token
+        # alternates(user): {credential id: ScramVerifier} of per-child tokens (hoopy.identity.Directory)
+        self.alternates = alternates or (lambda user: None)
+        self.credential = None
         self.client_auth = client_auth
         self.tls_offered = tls_offered
         self.cbind = cbind
@@ -145,7 +150,7 @@ class Handshake:
             out.append(Reply(codec.auth(wire.AUTH_CLEARTEXT)))
         else:
             cbind = self.cbind if self.tls else None
-            self.scram = scram.ScramServer(self.verifier(user), cbind, user)
+            self.scram = scram.ScramServer(self.verifier(user), cbind, user, self.alternates(user))
             mechs = ([scram.MECH_PLUS] if cbind is not None else []) + [scram.MECH]
             out.append(Reply(codec.auth(wire.AUTH_SASL, b"".join(codec.cstr(m) for m in mechs) + b"\0")))
         if rest:
@@ -172,8 +177,10 @@ class Handshake:
 
     def _password(self, p: bytes) -> list:
         if self.scram is None:  # cleartext, over TLS
-            if not self.check_token(self.user, codec.Cursor(p).cstr()):
+            ok = self.check_token(self.user, codec.Cursor(p).cstr())
+            if not ok:
                 raise scram.ScramError("wrong token")
+            self.credential = getattr(ok, "credential", None)
             return self._done(codec.auth(wire.AUTH_OK))
         if not self.sasl_started:
             mech, data = codec.parse_sasl_initial(p)
@@ -186,4 +193,5 @@ class Handshake:
         self.phase = Phase.DONE
         rest = bytes(self.reader.buf)
         self.reader.buf.clear()
-        return [Reply(reply), Authenticated(self.user, self.params, rest)]
+        credential = self.scram.credential if self.scram is not None else self.credential
+        return [Reply(reply), Authenticated(self.user, self.params, rest, credential)]

@@ -17,6 +17,7 @@ import attrs
 class State(enum.Enum):
     READY = "ready"  # reading the client's messages
     PARSING = "parsing"  # a long statement is classified off the reactor thread
+    READING_PATH = "reading path"  # the session's search path is read again upstream before judging
     JUDGING = "judging"  # paused on the policy's decision
     HELD = "held"  # paused on a reviewer (an approve rule)
     CLOSED = "closed"
@@ -43,6 +44,7 @@ class Kind(enum.Enum):
     ABORT = "abort"  # a stand-in query that fails, so a refusal aborts the transaction
     ABORT_SYNC = "abort sync"  # the same in the extended protocol: Execute of no portal, Sync
     SYNTHETIC = "synthetic"  # the gateway's own reply, sent when it reaches the head
+    SCOPE = "scope"  # the gateway's own query for the search path (hoopy/postgres/scope.py): not forwarded
 
 
 STATEMENTS = (Kind.QUERY, Kind.EXECUTE)
@@ -106,8 +108,9 @@ class Decide:
 
 @attrs.frozen
 class Classify:
-    """Classify this SQL off the reactor thread; answer with ``classified``."""
+    """Classify this SQL off the reactor thread (``classify.PARSES``); answer with ``classified``."""
     sql: str
+    scope: object = None  # the session's search path (scope.Scope) to judge names with
 
 
 @attrs.frozen

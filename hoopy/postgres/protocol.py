@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 
-from twisted.internet import threads
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -19,10 +18,12 @@ from zope.interface import implementer
 
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.postgres import client_startup as hs, codec, pipeline as cmd
-from hoopy.postgres.client_side import ClientSide, classify_or_error
+from hoopy.postgres.classify import PARSES
+from hoopy.postgres.client_side import ClientSide
 from hoopy.postgres.upstream import UpstreamProtocol, connect, log_failure as _log_failure, nodelay as _nodelay, send_cancel
-from hoopy.postgres.rows import FUNCTIONS_QUERY, MaskRules, catalog_query
-from hoopy.postgres.startup import attribution, parse_options, passes_upstream, quote_option, startup_keys
+from hoopy.postgres.rows import MaskRules, catalog_query
+from hoopy.postgres.scope import SCOPE_QUERY, SCOPE_RESULTS, Scope
+from hoopy.postgres.startup import attribution, parse_options, passes_upstream, quote_option
 from hoopy.session import IN, OUT
 from hoopy.sockwrite import write_now
 from hoopy.upstream import UpstreamError
@@ -58,7 +59,7 @@ class ClientProtocol(Protocol):
         self.settings = service.connection.settings
         self.handshake = hs.Handshake(
             verifier=self._verifier, check_token=self._check_token, client_auth=self.settings.client_auth,
-            tls_offered=service.tls_context is not None, cbind=service.cbind_data)
+            tls_offered=service.tls_context is not None, cbind=service.cbind_data, alternates=self._alternates)
         self.cs: ClientSide | None = None
         self.session = None
         self.up: UpstreamProtocol | None = None
@@ -73,7 +74,11 @@ class ClientProtocol(Protocol):
         return ident.token_scram if ident is not None else None
 
     def _check_token(self, user, token):
-        return self.gateway.identities.authenticate_token(user, token) is not None
+        return self.gateway.identities.authenticate_token(user, token)  # the Identity (truthy) or None
+
+    def _alternates(self, user):
+        # Per-child tokens of this identity (an MCP server's children): checked beside its own.
+        return self.gateway.identities.scram_alternates(user) if self.gateway.identities.get(user) else None
 
     # --- the connection --------------------------------------------------------------
     def connectionMade(self):
@@ -190,7 +195,7 @@ class ClientProtocol(Protocol):
 
     def _authenticated(self, c):
         self.early += c.rest
-        self.session = self.gateway.new_session(c.user, self.connection, self.peer)
+        self.session = self.gateway.new_session(c.user, self.connection, self.peer, credential=c.credential)
         self.session.terminate = self.terminate
         self.session.start().addCallbacks(self._session_started, self._session_failed, callbackArgs=(c,))
 
@@ -209,13 +214,14 @@ class ClientProtocol(Protocol):
         ours = attribution(c.params, options)
         self._attribute(application_name=c.params.get("application_name"), model=ours.get("model"),
                         tool_call=ours.get("tool_call"), mcp_server=ours.get("mcp_server"))
-        self.search_path_at_startup = "search_path" in startup_keys(c.params, rest)
         params = {"user": self.settings.upstream_user,
                   "database": self.settings.upstream_database or c.params.get("database") or c.user}
         params.update((k, v) for k, v in c.params.items() if passes_upstream(k))
         if rest:
             params["options"] = " ".join(quote_option(w) for w in rest)
-        catalog = FUNCTIONS_QUERY + (catalog_query(self.rules.configured) if self.rules.configured else "")
+        # The session's search path (read again by the client side when it may change), then
+        # the masked columns.
+        catalog = SCOPE_QUERY + (catalog_query(self.rules.configured) if self.rules.configured else "")
         d = connect(self.gateway.reactor, self.settings, params, catalog)
         d.addCallbacks(self._upstream_ready, self._upstream_failed)
 
@@ -240,12 +246,11 @@ class ClientProtocol(Protocol):
             up.transport.loseConnection()
             return
         ready = up.info
+        results = list(ready.catalog) + [[]] * (SCOPE_RESULTS + 2)
         if self.rules.configured:
-            self.rules.load((ready.catalog + [[], [], []])[1:3])
-        functions = frozenset(r[0] for r in (ready.catalog or [[]])[0])
+            self.rules.load(results[SCOPE_RESULTS:SCOPE_RESULTS + 2])
         self.cs = cs = ClientSide(self.rules, max_statement=self.gateway.config.gateway.max_statement,
-                                  user_functions=functions, statuses=ready.statuses)
-        cs.search_path_changed = self.search_path_at_startup
+                                  scope=Scope.from_results(results[:SCOPE_RESULTS]), statuses=ready.statuses)
         up.client = self
         self.transport.registerProducer(up.transport, True)
         up.transport.registerProducer(_ClientReading(self), True)
@@ -329,8 +334,8 @@ class ClientProtocol(Protocol):
         self.fatal("XX000", f"hoopy: internal error {what}")
 
     def _classify(self, c):
-        reactor = self.gateway.reactor
-        d = threads.deferToThreadPool(reactor, reactor.getThreadPool(), classify_or_error, c.sql)
+        # On a thread, one large statement at a time gateway-wide (its memory is the bound).
+        d = PARSES.classify(self.gateway.reactor, c.sql, c.scope)
         d.addCallback(self._classified)
         d.addErrback(self._internal_error, "classifying")
 

@@ -14,7 +14,7 @@ from hoopy.policy.masking import redact_text
 from hoopy.postgres import codec, wire
 from hoopy.postgres.copy import BinaryCopyMasker
 from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
-from hoopy.postgres.rows import RowPlan
+from hoopy.postgres.rows import CopyMask, RowPlan
 from hoopy.postgres.startup import lexing_unsafe
 
 # Before the first colon, quote (any language's: lc_messages) or non-ASCII letter.
@@ -266,7 +266,7 @@ class UpstreamReplies:
         if t == wire.ERROR_RESPONSE:
             return self._error(head, p)
         if t == wire.COPY_DATA:
-            if head.plan is None or not head.plan.detectors:
+            if head.plan is None or not (head.plan.detectors or getattr(head.plan, "copy_columns", None)):
                 return True
             if head.copy is not None:
                 data = head.copy.feed(p)
@@ -282,12 +282,34 @@ class UpstreamReplies:
             head.plan = RowPlan([], self.rules.detectors)
             # Binary COPY: values without their types; see hoopy/postgres/copy.py.
             head.copy = BinaryCopyMasker(head.plan) if codec.parse_copy_response(p)[0] == 1 else None
+        if t == wire.COPY_OUT_RESPONSE and self.rules.configured and head.copy is None:
+            # A COPY of a table with masked columns judged maskable (text format, columns
+            # listed, as pg_dump sends): its columns are masked in each line.
+            columns = self.rules.copy_columns(head.classified) if head.classified is not None else None
+            if columns and not isinstance(columns, str):
+                head.plan = CopyMask(columns, self.rules.detectors)
         elif t == wire.COPY_DONE and head.copy is not None and not head.copy.done:
             raise codec.ProtocolError("binary COPY stream ended early")
         elif k is Kind.EXECUTE and t in (wire.PORTAL_SUSPENDED, wire.EMPTY_QUERY_RESPONSE):
             self.done(head)
             return self._finished(t, p)
         return True
+
+    def _scope(self, head: Expected, t: bytes, p: bytes) -> bool:
+        """A reply to the gateway's own SCOPE_QUERY: read, never shown to the client."""
+        if t == wire.ROW_DESCRIPTION:
+            head.target.append([])
+        elif t == wire.DATA_ROW and head.target:
+            head.target[-1].append([None if v is None else v.decode("utf-8", "replace")
+                                    for v in codec.parse_data_row(p)])
+        elif t == wire.ERROR_RESPONSE:
+            head.error = codec.parse_fields(p).get("C") or "XX000"
+        elif t == wire.READY_FOR_QUERY:
+            self.tx_status = codec.parse_ready(p)
+            self.queue.popleft()
+            self.flush_synthetic()
+            self.scope_read(head)
+        return False
 
     def _one_reply(self, head: Expected, t: bytes, p: bytes) -> bool:
         """Parse, Bind, Close, Describe, Sync: their reply passes; the head is done with it."""
@@ -312,6 +334,7 @@ class UpstreamReplies:
         Kind.DESCRIBE_FOR_MASKING: _describe_for_masking,
         Kind.ABORT: _abort,
         Kind.ABORT_SYNC: _abort,
+        Kind.SCOPE: _scope,
     }
 
     # --- masking and the record -------------------------------------------------------

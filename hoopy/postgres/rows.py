@@ -137,10 +137,6 @@ def byte_detectors(detectors):
     return out
 
 
-# Functions defined outside pg_catalog: a name on the classifier's list of
-# side-effect-free built-ins that is also here may resolve to one of them.
-FUNCTIONS_QUERY = ("SELECT DISTINCT p.proname FROM pg_catalog.pg_proc p "
-                   "WHERE p.pronamespace <> 'pg_catalog'::pg_catalog.regnamespace;")
 
 
 def catalog_query(columns) -> str:
@@ -157,7 +153,7 @@ def catalog_query(columns) -> str:
         " WHERE a.attnum > 0 AND NOT a.attisdropped"
         f" AND n.nspname || '.' || c.relname || '.' || a.attname = ANY(ARRAY[{lit}]::text[])"
         " UNION SELECT i.inhrelid, t.attname FROM pg_catalog.pg_inherits i JOIN t ON i.inhparent = t.oid) "
-        "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname FROM t "
+        "SELECT c.oid, a.attnum, n.nspname, c.relname, a.attname, a.atttypid FROM t "
         "JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attname = t.attname "
         "JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
@@ -185,6 +181,7 @@ class MaskRules:
     names: frozenset = frozenset()  # masked column names
     view_names: frozenset = frozenset()  # "schema.view" of views over masked tables
     configured: tuple = ()  # the column names as configured
+    column_types: dict = attrs.field(factory=dict)  # "schema.table.column" -> type OID
 
     @property
     def active(self) -> bool:
@@ -193,9 +190,10 @@ class MaskRules:
     def load(self, results):
         """``results``: the two row sets of catalog_query, as text values."""
         cols, rels = results
-        for oid, attnum, nsp, rel, att in cols:
+        for oid, attnum, nsp, rel, att, *typ in cols:
             self.columns[(int(oid), int(attnum))] = f"{nsp}.{rel}.{att}"
             self.tables[int(oid)] = f"{nsp}.{rel}"
+            self.column_types[f"{nsp}.{rel}.{att}"] = int(typ[0]) if typ and typ[0] else 0
         names = {c.rsplit(".", 1)[-1].lower() for c in self.configured}
         relations = {c.rsplit(".", 1)[0] for c in self.configured}
         view_names = set()
@@ -226,6 +224,29 @@ class MaskRules:
         if not self.view_names.isdisjoint(c.relations):
             return True
         return self.touches(c) and (c.whole_row or not self.names.isdisjoint(c.column_names))
+
+    def copy_columns(self, c):
+        """For COPY ... TO STDOUT of a table with masked columns: None if none of
+        its columns is masked; (index, label, type OID) of each masked one in
+        COPY's text format; or a string saying why it cannot be masked."""
+        if c is None or c.copy is None:
+            return "a query's results have no column origins"
+        rel, target = c.copy
+        masked = [(lbl, t) for lbl, t in self.column_types.items() if lbl.rsplit(".", 1)[0] == rel]
+        if not masked:
+            return None
+        if not target.columns:
+            return "list its columns (COPY t (a, b) TO STDOUT, as pg_dump does) so hoopy can tell which to mask"
+        for name, value in target.options:
+            if name == "format" and str(value).lower() == "text":
+                continue
+            if name == "encoding" and isinstance(value, str) and value.replace("-", "").lower() in ("utf8",):
+                continue
+            return f"only the default text format can be masked (option {name})"
+        types = dict(masked)
+        out = [(i, f"{rel}.{col}", types[f"{rel}.{col}"]) for i, col in enumerate(target.columns)
+               if f"{rel}.{col}" in types]
+        return out or None
 
     def plan(self, fields, classified) -> "RowPlan | None":
         if not self.active:
@@ -466,3 +487,32 @@ class RowPlan:
         if not self.columns and not self.patterns:
             return None
         return {"columns": dict(self.columns), "patterns": dict(self.patterns)}
+
+
+class CopyMask(RowPlan):
+    """COPY ... TO STDOUT in text format with masked columns: each line's fields
+    split at tabs (a tab in a value is written as \\t), the masked ones replaced
+    (text types: the marker; json: the marker as a JSON string; others: \\N,
+    NULL), then patterns over the line."""
+
+    def __init__(self, columns, detectors):
+        self.copy_columns = [(i, label, _copy_mask(t)) for i, label, t in columns]
+        super().__init__([], detectors)
+
+    def copy_line(self, data: bytes) -> bytes:
+        end = data.endswith(b"\n")
+        fields = (data[:-1] if end else data).split(b"\t")
+        for i, label, value in self.copy_columns:
+            if i < len(fields) and fields[i] != b"\\N":
+                fields[i] = value
+                self.columns[label] = self.columns.get(label, 0) + 1
+        data = b"\t".join(fields) + (b"\n" if end else b"")
+        return super().copy_line(data) if self.detectors else data
+
+
+def _copy_mask(type_oid: int) -> bytes:
+    if type_oid in TEXT_TYPES or type_oid == 0:
+        return MASK_B
+    if type_oid in (JSON, JSONB):
+        return b'"' + MASK_B + b'"'
+    return b"\\N"

@@ -53,8 +53,22 @@ class ScramServer:
     runs the same exchange against a made-up one and always fails, so an
     attacker cannot tell a wrong user from a wrong password."""
 
-    def __init__(self, verifier: ScramVerifier | None, cbind_data: bytes | None, user_hint: str = ""):
-        self.ok_user = verifier is not None
+    def __init__(self, verifier: ScramVerifier | None, cbind_data: bytes | None, user_hint: str = "",
+                 alternates: dict | None = None):
+        # alternates: credential id -> verifier with the same salt and iterations (per-child
+        # tokens, hoopy.identity.Directory.issue); ``credential`` says which one proved itself.
+        self.alternates = {k: v for k, v in (alternates or {}).items()
+                           if verifier is not None and (v.salt, v.iterations) == (verifier.salt, verifier.iterations)}
+        if verifier is None and alternates:
+            first = next(iter(alternates.values()))
+            verifier = ScramVerifier(first.iterations, first.salt, secrets.token_bytes(32), secrets.token_bytes(32))
+            self.alternates = dict(alternates)
+            self.ok_user = True
+            self._own_ok = False
+        else:
+            self.ok_user = verifier is not None
+            self._own_ok = True
+        self.credential = None
         if verifier is None:
             salt = hashlib.sha256(b"hoopy-unknown:" + user_hint.encode() + _SECRET).digest()[:16]
             verifier = ScramVerifier(4096, salt, secrets.token_bytes(32), secrets.token_bytes(32))
@@ -116,12 +130,17 @@ class ScramServer:
         if a.get("r") != self.nonce:
             raise ScramError("nonce mismatch")
         auth_msg = f"{self.client_first_bare},{self.server_first},{without_proof}".encode()
-        sig = hmac.digest(self.v.stored_key, auth_msg, "sha256")
-        client_key = _xor(proof_b, sig)
-        good = len(proof_b) == 32 and hmac.compare_digest(hashlib.sha256(client_key).digest(), self.v.stored_key)
-        if not (good and self.ok_user):
+        matched = None
+        for cred, v in ((None, self.v), *self.alternates.items()):
+            sig = hmac.digest(v.stored_key, auth_msg, "sha256")
+            client_key = _xor(proof_b, sig)
+            if len(proof_b) == 32 and hmac.compare_digest(hashlib.sha256(client_key).digest(), v.stored_key):
+                if cred is not None or self._own_ok:
+                    matched = (cred, v)
+        if matched is None or not self.ok_user:
             raise ScramError("password authentication failed")
-        return f"v={_b64(hmac.digest(self.v.server_key, auth_msg, 'sha256'))}".encode()
+        self.credential = matched[0]
+        return f"v={_b64(hmac.digest(matched[1].server_key, auth_msg, 'sha256'))}".encode()
 
 
 _SECRET = secrets.token_bytes(32)

@@ -110,11 +110,12 @@ class ClientConnection(asyncssh.SSHServer):
         return True
 
     def validate_public_key(self, username, key):
-        ident = self.gateway.identities.get(username)
-        ok = ident is not None and ident.check_ssh_key(key.get_algorithm(), key.public_data)
-        if not ok:
+        ident = self.gateway.identities.match_ssh_key(username, key.get_algorithm(), key.public_data)
+        if ident is None:
             self.rejected_keys += 1
-        return ok
+            return False
+        self.credential = ident.credential  # a per-child credential (hoopy.mcp), or None
+        return True
 
     def validate_ca_key(self, username, key):
         return False  # certificates are not identities
@@ -125,7 +126,8 @@ class ClientConnection(asyncssh.SSHServer):
         self.ready.add_done_callback(lambda f: f.exception())  # retrieved by channels
 
     async def _start(self, identity):
-        session = self.gateway.new_session(identity, self.connection, self.peer)
+        session = self.gateway.new_session(identity, self.connection, self.peer,
+                                           credential=getattr(self, "credential", None))
         try:
             await wait(session.start())
         except Exception as e:

@@ -1,0 +1,70 @@
+"""The HTTP gateway's own CPU per request, in memory: no sockets, no store, no other process.
+
+    PYTHONPATH=. python -P bench/http_inproc.py [--requests 20000] [--profile]
+
+Runs small GETs through a real ``Exchange`` (checks, judgement, header plan, the upstream client
+on StringTransport, the response path, the record) with the in-memory session of
+tests/test_http_exchange.py, and prints CPU microseconds per request: a number that a loaded,
+shared machine does not move much, for relative progress (what bench/http.py adds on top is
+twisted.web's server, the socket calls and the store's durable writes).
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+from twisted.internet.testing import StringTransport
+
+from hoopy.http.exchange import Exchange
+from hoopy.http.upload import BodyPipe
+from tests.test_http_exchange import FakeSite, MemorySink, Script
+
+ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 52\r\n\r\n' \
+         b'{"id": 42, "name": "Ada", "plan": "pro", "active": true}'[:52 + 80]
+PAIRS = [(b"Host", [b"127.0.0.1:8080"]), (b"Authorization", [b"Bearer good-token"]), (b"User-Agent", [b"wrk"]),
+         (b"Accept", [b"*/*"])]
+
+
+def one(site):
+    pipe = BodyPipe(StringTransport(), 0)
+    pipe.end()
+    sink = MemorySink()
+    Exchange(site, sink, None, b"GET", b"/small.json", PAIRS, ("127.0.0.1", 40000), pipe).run()
+    site.endpoint.protocols[-1].dataReceived(ANSWER)
+    assert sink.code == 200, sink.code
+    site.endpoint.transports[-1].clear()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--requests", type=int, default=20000)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    site = FakeSite(Script())
+    site.script.events = _Nothing()
+    for _ in range(200):
+        one(site)  # warm, and one pooled upstream connection
+    t = time.process_time()
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+    for _ in range(args.requests):
+        one(site)
+    if args.profile:
+        prof.disable()
+    cpu = time.process_time() - t
+    print(f"{args.requests} requests, {cpu / args.requests * 1e6:.1f} us of CPU each (in memory: the gateway's own "
+          f"code, no sockets, no store){' (under cProfile)' if args.profile else ''}")
+    if args.profile:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+class _Nothing(list):
+    def append(self, item):
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""What a request must be before it is judged, and what goes upstream of it: pure functions.
+
+Everything here reads a request's method, target and headers (``hdrs``: lower-case name -> list of
+values, read once per request) and either returns or raises ``Refusal``, the JSON error the client
+is shown. No I/O, no Twisted: tested directly (tests/test_http_exchange.py).
+"""
+from __future__ import annotations
+
+import re
+from urllib.parse import unquote_plus
+
+from hoopy.http import headers as H
+from hoopy.http.paths import PathError, normalize_target
+from hoopy.http.upgrade import BEARER_PREFIX, is_websocket_upgrade, subprotocol_tokens, upstream_subprotocols
+from hoopy.policy.rules import Operation, Unit
+
+_METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")
+# Hashes of a body: of an unmasked body they let a masked value be guessed offline
+BODY_DIGESTS = frozenset({b"etag", b"content-md5", b"digest", b"content-digest", b"repr-digest"})
+_ATTRIBUTION = (("model", b"x-hoopy-model"), ("tool_call", b"x-hoopy-tool-call"),
+                ("mcp_server", b"x-hoopy-mcp-server"))
+
+
+class Refusal(Exception):
+    """Ends an exchange with a JSON error the client shows."""
+
+    def __init__(self, status: int, error: str, outcome: str = "refused", **extra):
+        super().__init__(error)
+        self.status, self.error, self.outcome, self.extra = status, error, outcome, extra
+
+
+def token_of(method: bytes, hdrs: dict) -> str | None:
+    """The caller's token; None when there is none, "" when there are two that differ (refused as a
+    bad credential: which identity it acts as must not depend on which header a reader takes). A
+    WebSocket upgrade may carry it in its subprotocol offer (``hoopy``, ``hoopy.bearer.TOKEN``):
+    browsers cannot send Authorization."""
+    found = set()
+    for auth in hdrs.get(b"authorization", ()):
+        scheme, _, value = auth.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and value.strip():
+            found.add(value.strip())
+    for tok in hdrs.get(b"x-hoopy-token", ()):
+        if tok.strip():
+            found.add(tok.strip())
+    if b"sec-websocket-protocol" in hdrs and is_websocket_upgrade(method, hdrs):
+        found.update(subprotocol_tokens(hdrs))
+    if not found:
+        return None
+    return found.pop().decode("latin-1") if len(found) == 1 else ""
+
+
+def prefers_async(hdrs: dict) -> bool:
+    """``Prefer: respond-async`` (RFC 7240), among any other preferences."""
+    for value in hdrs.get(b"prefer", ()):
+        for pref in value.split(b","):
+            if pref.split(b";", 1)[0].split(b"=", 1)[0].strip().lower() == b"respond-async":
+                return True
+    return False
+
+
+def attribution(hdrs: dict) -> dict:
+    """What the caller says it acts for (X-Hoopy-Model ...): recorded on the session."""
+    return {k: (hdrs.get(h, (b"",))[-1] or b"").decode("utf-8", "replace") for k, h in _ATTRIBUTION}
+
+
+def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[str, str | None, bool]:
+    """(normalized path, query, is a WebSocket upgrade) of a request whose shape may be judged."""
+    if method == b"CONNECT":
+        raise Refusal(405, "CONNECT is not forwarded")
+    if not _METHOD.fullmatch(method):
+        # Rules name methods in upper case; many upstreams upper-case what they get, so "delete"
+        # would be judged as no DELETE and run as one.
+        raise Refusal(400, "the method must be an upper-case token (GET, POST, ...)")
+    try:
+        path, query = normalize_target(uri)
+    except PathError as e:
+        raise Refusal(400, str(e))
+    if query:
+        for part in re.split(r"[&;]", query):
+            key = unquote_plus(part.partition("=")[0]).strip().lower()
+            if key in H.METHOD_OVERRIDE_PARAMS:
+                raise Refusal(400, f"method-override parameters ({key}) are refused: send the real method")
+    h = hdrs
+    if len(h.get(b"host", ())) > 1:
+        raise Refusal(400, "a request has one Host header")
+    for name in H.PATH_OVERRIDE:
+        if name in h:
+            raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
+                               "is what is judged")
+    if b"content-length" in h and b"transfer-encoding" in h:
+        raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding")
+    for name in H.METHOD_OVERRIDE:
+        if name in h:
+            raise Refusal(400, f"method-override headers ({name.decode()}) are refused: send the real method")
+    websocket = False
+    if b"upgrade" in h:
+        # exactly websocket: "websocket, h2c" would let the upstream pick h2c, and an HTTP/2 tunnel
+        # carries requests to any path, none of them judged
+        upgrade = [t.strip().lower() for v in h[b"upgrade"] for t in v.split(b",") if t.strip()]
+        if method != b"GET" or upgrade != [b"websocket"]:
+            raise Refusal(501, "only WebSocket upgrades (GET with Upgrade: websocket) are relayed")
+        if masking:
+            raise Refusal(501, "WebSocket frames cannot be masked, and this connection has masking "
+                               "rules: upgrades are refused rather than relayed unmasked")
+        websocket = True
+    return path, query, websocket
+
+
+def check_token_stays(token: str, pairs, query: str | None, websocket: bool):
+    """The caller's token goes nowhere but here: not upstream in another header, a cookie or the query."""
+    tok = token.encode("latin-1")
+    for name, values in pairs:
+        n = name.lower()
+        if n in (b"authorization", b"x-hoopy-token"):
+            continue
+        if n == b"sec-websocket-protocol" and websocket:
+            if any(tok in v.replace(BEARER_PREFIX + tok, b"") for v in values):
+                raise Refusal(400, "the caller's token is in the subprotocol offer other than as "
+                                   "hoopy.bearer.TOKEN, and would reach the upstream")
+            continue  # the browser's way to send it: removed before the upgrade goes upstream
+        if any(tok in v for v in values):
+            raise Refusal(400, f"the caller's token is in the {name.decode('latin-1')} header too, "
+                               "and would reach the upstream")
+    if query is not None and (token in query or token in unquote_plus(query)):
+        raise Refusal(400, "the caller's token is in the query string, and would reach the upstream")
+
+
+def operation(method: str, path: str, query: str | None, judge) -> Operation:
+    """What the policy judges: the path as forwarded, and each form of it that a lenient upstream
+    reads as the same route (Express and older Spring ignore a trailing slash, IIS and many others
+    ignore case, IIS drops trailing dots and spaces) whenever a rule treats that form more strictly
+    (denies or holds it). Otherwise "DELETE /v1/customers/42/" would slip past "DELETE
+    /v1/customers/*" and reach the very route it denies. ``judge``: the session's pure judgement."""
+    units = [Unit(method, path)]
+    trimmed = path.rstrip("/") or "/"
+    dotless = "/".join(re.sub(r"(?:\.|%20)+$", "", seg) or seg for seg in trimmed.split("/"))
+    forms = dict.fromkeys(f for p in (trimmed, path.lower(), dotless) for f in (p, p.lower(), p.rstrip("/") or "/"))
+    for form in forms:
+        if form == path:
+            continue
+        unit = Unit(method, form)
+        j = judge(Operation("http", "request", f"{method} {form}", (unit,)))
+        if j.outcome == "approve" or (j.outcome == "deny" and j.rule is not None):
+            units.append(unit)
+    # The reviewer of a held request reads this text: the query is part of what is approved
+    text = f"{method} {path}" + (f"?{query[:1024]}" if query else "")
+    return Operation("http", "request", text, tuple(units), {"method": method, "path": path, "query": query})
+
+
+_CANONICAL = {b"x-forwarded-for": b"X-Forwarded-For", b"x-forwarded-proto": b"X-Forwarded-Proto",
+              b"forwarded": b"Forwarded"}
+
+
+class HeaderPlan:
+    """How one connection's requests are rewritten for the upstream (computed once per site)."""
+
+    def __init__(self, inject: list, upstream_host: bytes, client_host: bytes, proto: str):
+        self.inject = inject  # [(name, value)]: the connection's upstream_headers
+        self.upstream_host, self.client_host, self.proto = upstream_host, client_host, proto
+        # Never forwarded as the caller sent them: hop-by-hop, ours, forwarding headers, Host,
+        # Content-Length, the caller's credential, and those the gateway injects.
+        self.dropped = (H.HOP_BY_HOP | H.HOOPY | H.FORWARDING | {n.lower() for n, _ in inject}
+                        | {b"host", b"content-length", b"authorization"})
+
+    def build(self, method: bytes, pairs, hdrs: dict, peer_host: str, masking: bool,
+              upgrade: bool = False) -> list:
+        """The upstream request's headers, as (name, value) pairs."""
+        conn = hdrs.get(b"connection")
+        extra_hop = H.connection_tokens(conn) - {b"upgrade"} if conn else ()
+        out = []
+        if upgrade:
+            out += [(b"Host", self.upstream_host), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")]
+            protocols = upstream_subprotocols(hdrs)
+            if protocols:
+                out.append((b"Sec-WebSocket-Protocol", b", ".join(protocols)))
+        else:
+            out.append((b"Host", self.client_host))
+        dropped = self.dropped
+        for name, values in pairs:
+            n = name.lower()
+            if n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol"):
+                continue
+            if masking:
+                if n in (b"accept-encoding", b"range", b"if-range"):
+                    continue  # we must read what we mask, whole (a slice of a JSON value is no JSON)
+                if n in (b"if-none-match", b"if-match") and method in (b"GET", b"HEAD"):
+                    continue  # a 304/412 would tell whether a guessed body (its ETag) is the unmasked one
+            for v in values:
+                out.append((name, v))
+        if masking:
+            out.append((b"Accept-Encoding", b"identity"))
+        # No host= / X-Forwarded-Host: the caller picks its Host header, and an upstream (or the ingress
+        # in front of it) that routes on X-Forwarded-Host would take the caller to another site.
+        for name, value in H.forwarded_for(peer_host, self.proto, None).items():
+            out.append((_CANONICAL.get(name, name), value))
+        out += self.inject
+        return out

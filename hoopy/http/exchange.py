@@ -1,0 +1,440 @@
+"""One request through the gateway, from judgement to the last byte.
+
+An ``Exchange`` authenticates the caller, checks the request's shape (checks.py), asks its session
+for a decision (waiting for a reviewer when held), forwards the request (upstream.py; its body
+through request_body.py) and hands the answer to response_body.py, then records one
+``http.request`` event. It speaks to the client only through an ``IResponseSink`` (site.py adapts
+twisted.web's Request; the tests use one in memory), to the policy and the record only through its
+``Session``, and upstream only through the site's upstream client.
+"""
+from __future__ import annotations
+
+import time
+
+import attrs
+import orjson
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import datetimeToString
+from zope.interface import Attribute, Interface
+
+from hoopy.http import checks
+from hoopy.http import headers as H
+from hoopy.http.checks import Refusal
+from hoopy.http.request_body import RequestBody, check_query
+from hoopy.audit.events import iso
+from hoopy.http.response_body import reason_text, respond
+from hoopy.policy.rules import Operation
+from hoopy.policy.verdicts import Allow, Deny, Hold
+from hoopy.session import IN, OUT, StoreError
+
+log = Logger()
+
+# Where a caller polls its own approval (retry mode, Prefer: respond-async): on this listener, with
+# its own token. Never forwarded upstream.
+STATUS_PREFIX = "/.hoopy/approvals/"
+STATUS_PREFIX_B = STATUS_PREFIX.encode()
+THREAD_MASK_SIZE = 64 * 1024  # bodies at least this large are masked on a worker thread, not the reactor
+
+
+class IResponseSink(Interface):
+    """Where an exchange's answer goes: the client's connection, or a test's memory."""
+
+    started = Attribute("True once the response head has been written")
+
+    def head(code, phrase, headers):
+        """The status and the headers ((name, value) pairs), sent with the first body bytes."""
+
+    def write(data):
+        """Body bytes."""
+
+    def finish():
+        """The response is complete."""
+
+    def abort():
+        """The response cannot be completed: cut the connection (no client mistakes it for whole)."""
+
+    def register_producer(producer):
+        """A push producer the client's socket pauses when it cannot keep up."""
+
+    def unregister_producer():
+        """The producer is done."""
+
+    def close_later(seconds, done):
+        """Close the connection in ``seconds`` unless ``done`` (a Deferred) fires first."""
+
+    def take_over(upstream, answer, on_lost):
+        """Turn the connection into a byte relay to ``upstream`` (a WebSocket), sending ``answer``."""
+
+
+class Record:
+    """What the ``http.request`` event of an exchange will say."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.status = None
+        self.outcome = None
+        self.error = None
+        self.rule = None
+        self.approval = None
+        self.response_headers = None
+        self.request_body = None
+        self.response_body = None
+        self.response_bytes = 0
+
+    def keep(self, which: str, data: bytes, total: int | None = None):
+        """The first ``record_body_limit`` bytes of a (masked) body, or its size past that."""
+        setattr(self, which, prefix(data, self.limit, len(data) if total is None else total))
+
+
+def prefix(data: bytes, limit: int, total: int):
+    if limit <= 0:
+        return None
+    text = data[:limit].decode("utf-8", "replace")
+    return text if total <= limit else {"head": text, "total_bytes": total}
+
+
+class Exchange:
+    """One request (see the module doc). ``pairs``: the request headers as (name, [values])."""
+
+    def __init__(self, site, sink, channel, method: bytes, uri: bytes, pairs, peer: tuple, pipe):
+        self.site = site
+        self.sink = sink
+        self.channel = channel  # opaque here: what the site keeps its session on
+        self.settings = site.settings
+        self.reactor = site.reactor
+        self.started = time.monotonic()
+        self.method_b, self.uri, self.pairs = method, uri, pairs
+        self.method = method.decode("latin-1")
+        # The request's headers by lower-case name, read once: every check looks them up here.
+        self.hdrs = {name.lower(): values for name, values in pairs}
+        self.peer_host = peer[0]
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.pipe = pipe
+        self.record = Record(self.settings.record_body_limit)
+        self.body = RequestBody(self)
+        self.session = None
+        self.path = None
+        self.query = None
+        self.websocket = False
+        self.token = None  # the caller's, when it was found elsewhere too: kept out of the record
+        self.gone = False
+        self.finished = False
+        self.holding = False
+        self.pending = None  # the Deferred being waited on, cancelled if the client goes
+        self.upstream_transport = None
+        self.timer = None
+        self.timed_out = False
+
+    # --- the flow -------------------------------------------------------------------------------
+
+    def run(self) -> defer.Deferred:
+        d = defer.ensureDeferred(self._run())
+        d.addErrback(self._failed)
+        return d
+
+    async def _run(self):
+        site, hdrs = self.site, self.hdrs
+        token = checks.token_of(self.method_b, hdrs)
+        ident = site.identity_for(self.channel, token) if token else None
+        if ident is None:
+            site.auth_failed(self.peer, "missing token" if token is None else "bad credentials")
+            self.record.outcome = "unauthenticated"
+            self.reply(401, {"error": "authentication required: send Authorization: Bearer TOKEN"},
+                       [(b"WWW-Authenticate", b'Bearer realm="hoopy"')])
+            return
+        try:
+            self.session = await self.wait(site.session_for(self.channel, ident.name, self.peer, ident.credential))
+        except StoreError:
+            raise Refusal(503, "refused: the audit store cannot record this session", "error")
+        if self.uri.startswith(STATUS_PREFIX_B):  # the gateway's own: never forwarded
+            return await self._approval_status(self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
+                                               .decode("ascii", "replace"))
+        claimed = checks.attribution(hdrs)
+        if any(claimed.values()):
+            try:
+                await self.wait(self.session.attribute(**claimed))
+            except StoreError:
+                raise Refusal(503, "refused: the audit store cannot record this request", "error")
+        masker = site.masker
+        self.path, self.query, self.websocket = checks.check_shape(self.method_b, self.uri, hdrs, masker.active)
+        check_query(self.query, masker.field_keys)
+        try:
+            checks.check_token_stays(token, self.pairs, self.query, self.websocket)
+        except Refusal:
+            self.token = token  # it is somewhere else too: kept out of the record (see _record)
+            raise
+        op = checks.operation(self.method, self.path, self.query, self.session.judge)
+        if self.body.present and not self.websocket and self.session.judge(op).outcome == "approve":
+            # The reviewer approves the body too ("POST /v1/refunds" says nothing of the amount): it is
+            # read whole first (masked where a rule says so), shown, and exactly it goes upstream.
+            await self.body.get(whole=True)
+            op.detail.update(self.body.for_review())
+        # What a retry-mode approval is bound to: method, normalized path, query, the body's SHA-256.
+        op = attrs.evolve(op, canonical=Operation.canonical_of(self.method, self.path, self.query,
+                                                               op.detail.get("body_sha256")))
+        prefer_async = checks.prefers_async(hdrs)
+        verdict = await self.wait(self.session.decide(op, "retry" if prefer_async else None))
+        if isinstance(verdict, Hold):
+            self.record.approval = verdict.id
+            self.holding = True  # a caller gone now expires the approval (see client_gone)
+            try:
+                verdict = await self.wait(verdict.resolution)
+            finally:
+                self.holding = False
+        if isinstance(verdict, Deny):
+            self.record.rule = verdict.rule
+            self.record.approval = verdict.approval or self.record.approval
+            if verdict.status == "pending":  # retry mode: nothing ran; the caller sends it again once approved
+                url = f"{STATUS_PREFIX}{verdict.approval}"
+                raise Refusal(202 if prefer_async else 403, verdict.reason, "pending" if prefer_async else "refused",
+                              rule=verdict.rule, approval=self.record.approval, approval_status="pending",
+                              status_url=url)
+            raise Refusal(403, verdict.reason, "refused", rule=verdict.rule, approval=self.record.approval)
+        assert isinstance(verdict, Allow)
+        self.record.rule = verdict.rule
+        if self.websocket:
+            from hoopy.http.upgrade import relay
+
+            await relay(self)
+        else:
+            await self._forward()
+
+    async def _approval_status(self, approval_id: str):
+        """GET /.hoopy/approvals/ID: the caller's own approval (its token), to poll after a 202."""
+        self.record.outcome = "status"
+        if self.method_b not in (b"GET", b"HEAD"):
+            return self.reply(405, {"error": "only GET reads an approval's status"}, [(b"Allow", b"GET, HEAD")])
+        try:
+            row = await self.wait(self.session.approval_status(approval_id))
+        except StoreError:
+            raise Refusal(503, "the audit store cannot be read", "error")
+        if row is None:
+            return self.reply(404, {"error": f"no approval {approval_id} of yours", "approval": approval_id})
+        body = {k: v for k, v in row.items() if not k.endswith("_us")}
+        for k in ("created_us", "expires_us", "decided_us", "usable_until_us"):
+            if row.get(k) is not None:
+                body[k[:-3]] = iso(row[k])
+        if body["status"] == "approved":
+            body["message"] = "approved: send the identical request again (it runs once)"
+        self.reply(200, body)
+
+    def target(self) -> bytes:
+        t = self.site.upstream_prefix + self.path.encode()
+        return t + b"?" + self.query.encode() if self.query is not None else t
+
+    def upstream_headers(self, upgrade: bool = False) -> list:
+        return self.site.header_plan.build(self.method_b, self.pairs, self.hdrs, self.peer_host,
+                                           self.site.masker.active, upgrade)
+
+    async def _forward(self):
+        body = await self.body.get()
+        d = self.site.upstream.request(self.method_b, self.target(), self.upstream_headers(), body)
+        self.arm_timer(d)  # reset by every body byte in or out (progress): an upload takes its time
+        try:
+            response = await self.wait(d, cancel=True)
+        except Exception as e:
+            if self.gone:
+                raise defer.CancelledError()
+            if self.body.refusal is not None:
+                raise self.body.refusal
+            if not self.timed_out:
+                raise Refusal(502, f"the upstream could not be reached: {reason_text(e)}", "error")
+            raise Refusal(504, f"the upstream did not answer within {self.settings.upstream_timeout:g}s", "error")
+        finally:
+            self.disarm_timer()
+        await respond(self, response)
+
+    # --- the upstream's time --------------------------------------------------------------------
+
+    def arm_timer(self, d):
+        def expire():
+            if self.pipe is not None and self.pipe.waiting_on_caller:
+                # the upload is slow on the caller's side: not the upstream's fault
+                self.timer = self.reactor.callLater(self.settings.upstream_timeout, expire)
+                return
+            self.timed_out = True
+            d.cancel()
+
+        self.timer = self.reactor.callLater(self.settings.upstream_timeout, expire)
+
+    def progress(self):
+        # upstream_timeout counts from the last request byte received or sent, not from the start
+        # of an upload: a slow caller is not a slow upstream
+        if self.timer is not None and self.timer.active():
+            self.timer.reset(self.settings.upstream_timeout)
+
+    def disarm_timer(self):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+        self.timer = None
+
+    # --- masking and its record -----------------------------------------------------------------
+
+    async def mask(self, kind, data):
+        masker = self.site.masker
+        if len(data) >= THREAD_MASK_SIZE:
+            return await deferToThread(masker.mask, kind, data)
+        return masker.mask(kind, data)
+
+    async def record_redactions(self, direction: str, counts: dict):
+        if not counts:
+            return
+        try:
+            await self.wait(self.session.redacted(sum(counts.values()), direction=direction, path=self.path,
+                                                  counts=counts))
+        except StoreError:
+            raise Refusal(503, "refused: the audit store cannot record a redaction", "error")
+
+    async def unmaskable(self, reason: str):
+        """A body that must be masked and cannot be: refused (502), and recorded so (never passed)."""
+        try:
+            await self.wait(self.session.event("redaction", "refused", direction="response", path=self.path,
+                                               reason=reason))
+        except StoreError:
+            raise Refusal(503, "refused: the audit store cannot record a refusal", "error")
+        raise Refusal(502, reason, "refused")
+
+    # --- the client side --------------------------------------------------------------------------
+
+    async def wait(self, d, cancel: bool = False):
+        """Await ``d``; if the client goes away meanwhile, stop here.
+
+        Only Deferreds of this exchange (upstream requests, body reads) are cancelled; one owned by
+        the store or the approvals (an event being made durable, a reviewer's decision) is let fire,
+        and the exchange ends after.
+        """
+        if d.called and not isinstance(d.result, Failure) and not self.gone:
+            return d.result  # already there: no trip through the coroutine machinery
+        if cancel:
+            self.pending = d
+            if self.gone:
+                d.cancel()
+        try:
+            result = await d
+        finally:
+            if self.pending is d:
+                self.pending = None
+        if self.gone:
+            raise defer.CancelledError()
+        return result
+
+    def client_gone(self, failure=None):
+        if self.finished:
+            return
+        self.gone = True
+        self.disarm_timer()
+        if self.pending is not None:
+            self.pending.cancel()
+        if self.holding and self.session is not None:
+            self.session.cancel_holds("the caller went away while held")
+        if self.upstream_transport is not None:
+            self.upstream_transport.stopProducing()
+        if self.pipe is not None:
+            self.pipe.abort(failure or Failure(defer.CancelledError("the client went away")))
+
+    def write(self, data: bytes):
+        if not self.gone and data:
+            self.record.response_bytes += len(data)
+            self.sink.write(data)
+
+    def reply(self, status: int, body: dict, extra=()):
+        self.record.status = status
+        data = orjson.dumps(body) + b"\n"
+        if not self.gone and not self.sink.started:
+            self.sink.head(status, None, [
+                *extra, (b"Content-Type", b"application/json"), (b"Cache-Control", b"no-store"),
+                (b"Date", datetimeToString()), (b"Content-Length", b"%d" % len(data))])
+            self.write(data)
+        self.finish(None)
+
+    def finish(self, outcome):
+        if self.record.outcome is None:
+            self.record.outcome = outcome
+        if self.finished:
+            return
+        self.finished = True
+        if not self.gone:
+            pipe = self.pipe
+            if pipe is None or pipe.done:
+                self.sink.finish()
+            else:
+                # Answered before the caller finished sending (refused, or the upstream answered
+                # early): the rest is read and dropped; a caller that keeps sending for long loses
+                # the connection instead.
+                pipe.discard()
+                self.sink.close_later(5, pipe.received_all)
+        self._record()
+
+    def _abort(self, outcome, error):
+        """The response already started: all that is left is to cut the connection."""
+        self.record.outcome, self.record.error = outcome, error
+        self.finished = True
+        if not self.gone:
+            self.sink.abort()
+        self._record()
+
+    def _failed(self, failure: Failure):
+        if self.finished:
+            return
+        if failure.check(defer.CancelledError) and self.gone:
+            self.record.outcome, self.record.error = "client gone", "the client went away"
+            self.finished = True
+            self._record()
+            return
+        if failure.check(Refusal):
+            r = failure.value
+        elif failure.check(StoreError):
+            r = Refusal(503, "refused: the audit store cannot record this request", "error")
+        else:
+            log.failure("http exchange failed", failure)
+            r = Refusal(502, f"the gateway could not complete the request: {failure.getErrorMessage()}", "error")
+        self.record.error = r.error
+        self.record.outcome = r.outcome
+        if self.sink.started:
+            self._abort(r.outcome, r.error)
+            return
+        body = {"error": r.error}
+        # A policy refusal always names its rule and approval (null when none): INTERFACE.md
+        body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval", "status_url")})
+        if "approval_status" in r.extra:
+            body["status"] = r.extra["approval_status"]
+        headers = ()
+        if r.status == 202:  # Prefer: respond-async (RFC 7240): accepted for approval, poll status_url
+            body["message"] = body.pop("error")
+            headers = ((b"Location", r.extra["status_url"].encode()), (b"Preference-Applied", b"respond-async"))
+        self.reply(r.status, body, headers)
+
+    def _record(self):
+        session, rec = self.session, self.record
+        if session is None:
+            return
+        pipe = self.pipe
+        req_bytes = 0
+        if pipe is not None:
+            req_bytes = pipe.received
+            kind = self.body.kind
+            if rec.request_body is None and kind not in (None, "other") and not self.site.masker.applies(kind):
+                # (a body that had to be masked and was not, refused or too large, is not kept unmasked)
+                rec.request_body = prefix(bytes(pipe.head), self.settings.record_body_limit, pipe.received)
+        session.count_bytes(IN, req_bytes)
+        session.count_bytes(OUT, rec.response_bytes)
+        data = {
+            "method": self.method, "path": self.path, "query": self.query, "status": rec.status,
+            "request_bytes": req_bytes, "response_bytes": rec.response_bytes,
+            "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
+            "request_headers": H.for_record(self.pairs),
+        }
+        if self.path is None:
+            data["target"] = self.uri.decode("latin-1")[:2048]
+        for k in ("rule", "approval", "error", "response_headers", "request_body", "response_body"):
+            v = getattr(rec, k)
+            if v is not None:
+                data[k] = v
+        if self.token:  # a caller that put its token somewhere else too (refused): not into the record
+            text, tok = orjson.dumps(data).decode(), orjson.dumps(self.token).decode()[1:-1]
+            if tok in text:
+                data = orjson.loads(text.replace(tok, H.REDACTED))
+        session.trailing_event("http.request", rec.outcome or "ok", **data)

@@ -1,0 +1,497 @@
+"""An HTTP/1.1 client for one upstream origin: a keep-alive pool over llhttp (httptools).
+
+The gateway's only way upstream for ordinary requests (WebSocket upgrades take their own
+connection: upgrade.py). Small on purpose, so other gateways (MCP) can use it too::
+
+    client = UpstreamClient(reactor, "https://api.internal:8443", pool_size=64, ca_pem=None)
+    d = client.request(b"GET", b"/v1/x?y=1", [(b"host", b"api.internal:8443"), ...], body)
+    response = await d            # head in: .code .phrase .headers .length
+    response.deliverBody(proto)   # IProtocol: dataReceived, then connectionLost(ResponseDone |
+                                  # PotentialDataLoss | ResponseFailed); proto.transport pauses it
+    d.cancel()                    # before the head: the connection is aborted, never reused
+
+``body``: None, bytes, or an IBodyProducer (``length`` known: Content-Length; else chunked). A
+producer that fails aborts the connection: an upstream never sees a short body as complete.
+
+What the parser (llhttp, strict) refuses in a response is an error, never a guess: both
+Content-Length and Transfer-Encoding, two lengths, a bad chunk, bytes after a message the
+request did not ask for. 1xx answers before the final one are skipped; HEAD, 204 and 304 have no
+body; a body without a length ends with the connection (PotentialDataLoss, as twisted.web says).
+A connection goes back to the pool only after a complete exchange that both sides keep alive.
+A request on a pooled connection that the upstream had closed meanwhile is retried once on a
+new connection when it is idempotent and its body can be sent again (none, or bytes).
+"""
+from __future__ import annotations
+
+from collections import deque
+from urllib.parse import urlsplit
+
+import httptools
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH
+
+from hoopy.sockwrite import write_now
+
+READ_SIZE = 256 * 1024  # a large body moves in fewer, larger reads: less Python per byte
+# The end of every complete body: one Failure made once (making one per response cost 4% of a request).
+_DONE = Failure(ResponseDone("Response body fully received"))
+_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+_BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, or broke the exchange; the message says how."""
+
+
+class RawHeaders:
+    """Response headers as the upstream sent them (names in their case, in order)."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self, pairs: list):
+        self.pairs = pairs
+
+    def getRawHeaders(self, name: bytes, default=None):
+        name = name.lower()
+        found = [v for n, v in self.pairs if n.lower() == name]
+        return found or default
+
+    def getAllRawHeaders(self):
+        """(name, [values]) per header name, in the order first seen."""
+        seen: dict = {}
+        for n, v in self.pairs:
+            key = n.lower()
+            if key in seen:
+                seen[key][1].append(v)
+            else:
+                seen[key] = (n, [v])
+        return list(seen.values())
+
+
+class _BodyTransport:
+    """What a body protocol sees as its transport: pausing it pauses the upstream socket."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def pauseProducing(self):
+        if self._conn.transport is not None:
+            self._conn.transport.pauseProducing()
+
+    def resumeProducing(self):
+        if self._conn.transport is not None:
+            self._conn.transport.resumeProducing()
+
+    def stopProducing(self):
+        self._conn.abort()
+
+    def getPeer(self):
+        return self._conn.transport.getPeer() if self._conn.transport is not None else None
+
+
+class UpstreamResponse:
+    """The head of an upstream response; its body goes to the protocol given to deliverBody."""
+
+    def __init__(self, conn, code: int, phrase: bytes, headers: RawHeaders, length, version: bytes):
+        self._conn = conn
+        self.code, self.phrase, self.headers, self.length, self.version = code, phrase, headers, length, version
+        self._protocol = None
+        self._pending: list = []
+        self._done: Failure | None = None
+
+    def deliverBody(self, protocol):
+        self._protocol = protocol
+        transport = _BodyTransport(self._conn)
+        protocol.makeConnection(transport)
+        pending, self._pending = self._pending, []
+        for data in pending:
+            protocol.dataReceived(data)
+        if self._done is not None:
+            protocol.connectionLost(self._done)
+        elif pending and self._protocol is protocol:
+            transport.resumeProducing()  # paused while nobody read (see _data); the reader pauses on its own
+
+    def _data(self, data: bytes):
+        if self._protocol is None:
+            # nobody reads the body yet: hold what this read brought, and read no more meanwhile
+            if not self._pending and self._conn.transport is not None:
+                self._conn.transport.pauseProducing()
+            self._pending.append(data)
+        else:
+            self._protocol.dataReceived(data)
+
+    def _end(self, reason: Failure):
+        if self._done is not None:
+            return
+        self._done = reason
+        if self._protocol is not None:
+            self._protocol.connectionLost(reason)
+
+
+class _Consumer:
+    """The upstream socket as an IConsumer for a request body: Content-Length or chunked framing."""
+
+    def __init__(self, conn, chunked: bool):
+        self.conn, self.chunked = conn, chunked
+
+    def write(self, data: bytes):
+        t = self.conn.transport
+        if t is None or not data:
+            return
+        write_now(t, b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+
+    def registerProducer(self, producer, streaming):
+        if self.conn.transport is not None:
+            self.conn.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self):
+        if self.conn.transport is not None:
+            self.conn.transport.unregisterProducer()
+
+
+class UpstreamConnection(Protocol):
+    """One upstream connection: one request at a time, its response parsed by llhttp."""
+
+    def __init__(self, client: "UpstreamClient"):
+        self.client = client
+        self.parser = None
+        self.exchange = None  # the _Request in flight
+        self.reusable = False
+        self.lost = False
+        self._framed = True
+        self.on_close = None  # a Deferred fired once the connection is gone (pool closing)
+
+    def connectionMade(self):
+        t = self.transport
+        if ITCPTransport.providedBy(t):
+            t.setTcpNoDelay(True)
+        if hasattr(t, "bufferSize"):
+            t.bufferSize = READ_SIZE
+        self.client._made(self)
+
+    # --- sending ---------------------------------------------------------------------------------
+
+    def send(self, req: "_Request"):
+        self.exchange = req
+        self.reusable = False
+        self.parser = httptools.HttpResponseParser(self)
+        req.conn = self
+        req.state = "sending"
+        head = req.head
+        body = req.body
+        if body is None or isinstance(body, bytes):
+            write_now(self.transport, head + body if body else head)
+            req.body_sent = True
+            return
+        chunked = body.length is UNKNOWN_LENGTH
+        write_now(self.transport, head)
+        # the socket pauses the producer when the upstream reads slower than the body comes
+        self.transport.registerProducer(body, True)
+        req.producing = body
+        d = body.startProducing(_Consumer(self, chunked))
+
+        def sent(_):
+            req.producing = None
+            if self.transport is not None:
+                self.transport.unregisterProducer()
+            if self.exchange is not req or self.transport is None:
+                return
+            if chunked:
+                write_now(self.transport, b"0\r\n\r\n")
+            req.body_sent = True
+            if req.state == "done":
+                self._finished(req)
+
+        def failed(f):
+            req.producing = None
+            if self.transport is not None:
+                self.transport.unregisterProducer()
+            if self.exchange is req:
+                # never let the upstream take a short body as the whole: the connection goes
+                self.abort()
+                req.fail(f)
+
+        d.addCallbacks(sent, failed)
+
+    # --- llhttp callbacks --------------------------------------------------------------------------
+
+    def on_message_begin(self):
+        self._headers = []
+        self._phrase = b""
+
+    def on_status(self, phrase: bytes):
+        self._phrase += phrase
+
+    def on_header(self, name: bytes, value: bytes):
+        self._headers.append((name, value))
+
+    def on_headers_complete(self):
+        req = self.exchange
+        code = self.parser.get_status_code()
+        if req is None or req.state == "done":
+            raise UpstreamError("the upstream sent a response nobody asked for")
+        if 100 <= code < 200:
+            if code == 101:
+                raise UpstreamError("the upstream switched protocols on an ordinary request")
+            return  # 100 Continue, 103 Early Hints: the final answer follows
+        length = UNKNOWN_LENGTH
+        bodyless = req.method == b"HEAD" or code in (204, 304)
+        for n, v in self._headers:
+            if n.lower() == b"content-length":
+                try:
+                    length = int(v)
+                except ValueError:
+                    raise UpstreamError("the upstream sent a bad Content-Length")
+        if bodyless:
+            length = 0
+        self._framed = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers)
+        resp = UpstreamResponse(self, code, self._phrase, RawHeaders(self._headers), length,
+                                b"HTTP/" + self.parser.get_http_version().encode())
+        req.response = resp
+        req.state = "body"
+        req.head_in(resp)
+        if req.method == b"HEAD":
+            # llhttp does not know the request was HEAD: the message ends here, whatever it says
+            self._message_done(req, keep=self.parser.should_keep_alive())
+            self.parser = None
+
+    def on_body(self, data: bytes):
+        req = self.exchange
+        if req is None or req.response is None or req.state != "body":
+            raise UpstreamError("the upstream sent body bytes after the end of its response")
+        req.response._data(data)
+
+    def on_message_complete(self):
+        req = self.exchange
+        if req is None or req.response is None or req.state == "done":
+            return  # the end of a 1xx, or of a HEAD answer already ended
+        self._message_done(req, keep=self.parser.should_keep_alive())
+
+    def _message_done(self, req, keep: bool):
+        req.state = "done"
+        self.reusable = keep
+        req.response._end(_DONE)
+        if req.body_sent:
+            self._finished(req)
+
+    def _finished(self, req):
+        if self.exchange is not req:
+            return
+        self.exchange = None
+        if self.reusable and self.transport is not None and not self.lost:
+            self.client._release(self)
+        elif self.transport is not None:
+            self.transport.loseConnection()
+
+    # --- bytes in, connection gone ---------------------------------------------------------------
+
+    def dataReceived(self, data: bytes):
+        if self.parser is None:
+            if self.exchange is None and not data.strip():
+                return  # a stray CRLF between responses
+            self.abort(UpstreamError("the upstream sent bytes nobody asked for"))
+            return
+        try:
+            self.parser.feed_data(data)
+        except (httptools.HttpParserError, UpstreamError) as e:
+            reason = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) and e.__context__ else e
+            self.abort(UpstreamError(f"the upstream's response is not valid HTTP: {reason}"))
+
+    def abort(self, error: Exception | None = None):
+        self.reusable = False
+        self.lost = True  # never handed out again, even before the transport says it is gone
+        self.client._gone(self)
+        req = self.exchange
+        if req is not None and error is not None:
+            req.fail(Failure(error))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self.lost = True
+        self.client._gone(self)
+        if self.on_close is not None:
+            self.on_close.callback(None)
+        req, self.exchange = self.exchange, None
+        if req is None or req.state == "done":
+            return
+        if req.state == "body":
+            resp = req.response
+            if not self._framed and req.method != b"HEAD":
+                resp._end(Failure(PotentialDataLoss()))  # a body that ends with the connection
+            else:
+                resp._end(Failure(ResponseFailed([reason])))
+            return
+        req.lost_before_head(reason)
+
+
+class _Request:
+    """One request: written on a connection, answered by a head (``d``) and then a body."""
+
+    def __init__(self, client, method, head, body, retry: bool):
+        self.client, self.method, self.head, self.body, self.retry = client, method, head, body, retry
+        self.d = defer.Deferred(self._cancel)
+        self.conn = None
+        self.state = "waiting"  # waiting | connecting | sending | body | done
+        self.response = None
+        self.body_sent = False
+        self.producing = None
+        self.fresh = False  # on a new connection (a failure there is not the pool's staleness)
+        self.connecting = None
+
+    def head_in(self, resp):
+        if not self.d.called:
+            self.d.callback(resp)
+
+    def fail(self, f: Failure):
+        if self.state == "body" and self.response is not None:
+            self.response._end(Failure(ResponseFailed([f])))
+        self.state = "done"
+        if not self.d.called:
+            self.d.errback(f)
+
+    def lost_before_head(self, reason: Failure):
+        if self.retry and not self.fresh and self.producing is None and self.state == "sending":
+            # a pooled connection the upstream had closed: once more, on a new one
+            self.retry = False
+            self.state = "waiting"
+            self.body_sent = False
+            self.client._connect_for(self)
+            return
+        self.state = "done"
+        if not self.d.called:
+            self.d.errback(UpstreamError(f"the upstream closed the connection before answering: "
+                                         f"{reason.getErrorMessage()}"))
+
+    def _cancel(self, d):
+        self.state = "done"
+        if self.producing is not None:
+            self.producing.stopProducing()
+        if self.connecting is not None:
+            self.connecting.cancel()
+        if self.conn is not None:
+            self.conn.abort()
+
+
+class _Factory(Factory):
+    noisy = False
+
+    def __init__(self, client):
+        self.client = client
+
+    def buildProtocol(self, addr):
+        return UpstreamConnection(self.client)
+
+
+class UpstreamClient:
+    """Requests to one origin over a pool of kept-alive connections."""
+
+    def __init__(self, reactor, base_url: str, pool_size: int = 64, connect_timeout: float = 10.0,
+                 tls_creator=None):
+        u = urlsplit(base_url)
+        self.reactor = reactor
+        self.tls = u.scheme == "https"
+        self.hostname = u.hostname
+        self.port = u.port or (443 if self.tls else 80)
+        self.pool_size = pool_size
+        self.connect_timeout = connect_timeout
+        self.tls_creator = tls_creator  # IOpenSSLClientConnectionCreator, for https
+        self.idle: deque[UpstreamConnection] = deque()
+        self.busy: set = set()
+        self._factory = _Factory(self)
+        self._endpoint = None
+
+    def endpoint(self):
+        if self._endpoint is None:
+            ep = HostnameEndpoint(self.reactor, self.hostname, self.port, timeout=self.connect_timeout)
+            if self.tls:
+                ep = wrapClientTLS(self.tls_creator, ep)
+            self._endpoint = ep
+        return self._endpoint
+
+    def request(self, method: bytes, target: bytes, headers, body=None) -> defer.Deferred:
+        """Fires with an UpstreamResponse once its head is in (UpstreamError if it cannot be had)."""
+        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        if body is None:
+            if method in _BODY_METHODS:
+                lines.append(b"Content-Length: 0\r\n")
+        elif isinstance(body, bytes):
+            lines.append(b"Content-Length: %d\r\n" % len(body))
+        elif body.length is UNKNOWN_LENGTH:
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            lines.append(b"Content-Length: %d\r\n" % body.length)
+        lines.append(b"\r\n")
+        retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
+        req = _Request(self, method, b"".join(lines), body, retry)
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.transport is not None and not conn.lost:
+                self.busy.add(conn)
+                conn.send(req)
+                return req.d
+        self._connect_for(req)
+        return req.d
+
+    def _connect_for(self, req):
+        req.state = "connecting"
+        req.fresh = True
+        d = self.endpoint().connect(self._factory)
+        req.connecting = d
+
+        def connected(conn):
+            req.connecting = None
+            if req.state == "done":  # cancelled meanwhile: this connection is for the pool
+                self._release(conn)
+                return
+            self.busy.add(conn)
+            conn.send(req)
+
+        def failed(f):
+            req.connecting = None
+            if req.state != "done":
+                req.state = "done"
+                if not req.d.called:
+                    req.d.errback(UpstreamError(f.getErrorMessage() or f.type.__name__))
+
+        d.addCallbacks(connected, failed)
+
+    def _made(self, conn):
+        pass
+
+    def _release(self, conn):
+        self.busy.discard(conn)
+        if len(self.idle) < self.pool_size and conn.transport is not None and not conn.lost:
+            conn.parser = None
+            self.idle.append(conn)
+        elif conn.transport is not None:
+            conn.transport.loseConnection()
+
+    def _gone(self, conn):
+        self.busy.discard(conn)
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    def close(self) -> defer.Deferred:
+        """Close every idle connection (a gateway stopping); fires when they are gone."""
+        ds = []
+        for conn in list(self.idle):
+            if conn.transport is not None:
+                d = defer.Deferred()
+                conn.on_close = d
+                ds.append(d)
+                conn.transport.loseConnection()
+        self.idle.clear()
+        return defer.DeferredList(ds, consumeErrors=True)

@@ -1,0 +1,480 @@
+"""The HTTP gateway in memory, no sockets: the upstream client over StringTransport, and scripted
+exchanges in the mitmproxy style: the client sends X, the policy answers Y, the upstream sees Z.
+
+Hypothesis checks that the client reads a response the same however its bytes are split.
+"""
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone, ResponseFailed
+from twisted.web.http import PotentialDataLoss
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from hoopy.http.checks import Refusal, check_shape, token_of
+from hoopy.http.exchange import Exchange, IResponseSink
+from hoopy.http.masker import Masker
+from hoopy.http.upload import BodyPipe
+from hoopy.http.upstream import UpstreamClient, UpstreamError
+from hoopy.policy.masking import BUILTIN
+from hoopy.policy.verdicts import Allow, Deny, Judgement
+
+# --- the upstream client -------------------------------------------------------------------------
+
+
+class _Endpoint:
+    """Connects at once, to a StringTransport per connection (kept in ``transports``)."""
+
+    def __init__(self):
+        self.transports = []
+        self.protocols = []
+
+    def connect(self, factory):
+        p = factory.buildProtocol(None)
+        t = StringTransport()
+        self.transports.append(t)
+        self.protocols.append(p)
+        p.makeConnection(t)
+        return defer.succeed(p)
+
+
+class _Body:
+    def __init__(self):
+        self.data, self.reason = [], None
+
+    def makeConnection(self, transport):
+        self.transport = transport
+
+    def dataReceived(self, data):
+        self.data.append(data)
+
+    def connectionLost(self, reason):
+        self.reason = reason
+
+
+def _client():
+    c = UpstreamClient(Clock(), "http://up.example:8080", pool_size=4)
+    ep = _Endpoint()
+    c.endpoint = lambda: ep
+    return c, ep
+
+
+def _ask(c, method=b"GET", target=b"/x", body=None):
+    results = []
+    c.request(method, target, [(b"Host", b"up.example:8080")], body).addBoth(results.append)
+    return results
+
+
+def _feed(proto, data: bytes, cuts):
+    pos = 0
+    for cut in sorted(set(cuts)) + [len(data)]:
+        if cut > pos:
+            proto.dataReceived(data[pos:cut])
+            pos = cut
+
+
+def _read(c, ep, response: bytes, cuts=(), method=b"GET"):
+    got = _ask(c, method)
+    _feed(ep.protocols[-1], response, cuts)
+    assert got, "no response head"
+    if isinstance(got[0], Failure):
+        return got[0], None
+    body = _Body()
+    got[0].deliverBody(body)
+    return got[0], body
+
+
+RESPONSES = [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello", b"hello", ResponseDone),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhel\r\n2;x=1\r\nlo\r\n0\r\nT: 1\r\n\r\n",
+     b"hello", ResponseDone),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", b"ok", ResponseDone),
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", b"", ResponseDone),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(RESPONSES), st.lists(st.integers(0, 120), max_size=8))
+def test_a_response_reads_the_same_however_its_bytes_are_split(case, cuts):
+    raw, body, done = case
+    c, ep = _client()
+    resp, b = _read(c, ep, raw, cuts)
+    assert b"".join(b.data) == body and b.reason.check(done)
+    assert len(c.idle) == 1  # complete and kept alive: back in the pool
+
+
+def test_head_has_no_body_and_the_connection_reads_the_next_response():
+    c, ep = _client()
+    resp, b = _read(c, ep, b"HTTP/1.1 200 OK\r\nContent-Length: 999\r\n\r\n", method=b"HEAD")
+    assert resp.length == 0 and b.reason.check(ResponseDone) and len(c.idle) == 1
+    resp, b = _read(c, ep, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert b"".join(b.data) == b"ok" and len(ep.transports) == 1  # the same connection, reused
+
+
+def test_a_body_until_close_is_potential_data_loss():
+    c, ep = _client()
+    resp, b = _read(c, ep, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nsome")
+    ep.protocols[-1].connectionLost(Failure(ConnectionError("closed")))
+    assert b"".join(b.data) == b"some" and b.reason.check(PotentialDataLoss) and not c.idle
+
+
+def test_a_length_cut_short_is_a_failure_not_an_end():
+    c, ep = _client()
+    resp, b = _read(c, ep, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    ep.protocols[-1].connectionLost(Failure(ConnectionError("reset")))
+    assert b.reason.check(ResponseFailed)
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",  # bytes nobody asked for
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+])
+def test_what_the_strict_parser_refuses_never_reaches_the_caller_as_good(raw):
+    c, ep = _client()
+    got = _ask(c)
+    ep.protocols[-1].dataReceived(raw)
+    if got and not isinstance(got[0], Failure):  # a head that was fine, then what followed was not
+        body = _Body()
+        got[0].deliverBody(body)
+        assert body.reason is not None
+    assert ep.transports[-1].disconnecting and not c.idle  # never back in the pool
+
+
+def test_a_stale_pooled_connection_is_retried_once_for_idempotent_requests():
+    c, ep = _client()
+    _read(c, ep, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert len(c.idle) == 1
+    got = _ask(c)  # goes out on the pooled connection, which the upstream had closed
+    ep.protocols[0].connectionLost(Failure(ConnectionError("reset by peer")))
+    assert len(ep.transports) == 2 and not got  # sent again, on a new connection
+    assert ep.transports[1].value().startswith(b"GET /x HTTP/1.1\r\n")
+    ep.protocols[1].dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert got and got[0].code == 200
+    # a POST is never sent twice
+    got = _ask(c, b"POST", body=b"x")
+    ep.protocols[1].connectionLost(Failure(ConnectionError("reset by peer")))
+    assert isinstance(got[0], Failure) and got[0].check(UpstreamError)
+
+
+def test_a_streamed_body_is_chunked_and_a_failed_one_aborts_the_connection():
+    c, ep = _client()
+    pipe = BodyPipe(StringTransport(), None)
+    got = _ask(c, b"POST", body=pipe)
+    t = ep.transports[-1]
+    pipe.feed(b"abc")
+    assert t.value().endswith(b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
+    pipe.abort(Failure(ConnectionError("the client went away")))
+    assert t.disconnecting or getattr(t, "aborted", False) or isinstance(got[0], Failure)
+    assert not c.idle
+
+
+def test_cancel_before_the_head_aborts_and_never_pools():
+    c, ep = _client()
+    d = c.request(b"GET", b"/x", [])
+    d.addErrback(lambda f: None)
+    d.cancel()
+    assert not c.idle
+
+
+# --- scripted exchanges ----------------------------------------------------------------------------
+
+
+@attrs.define
+class Script:
+    """What the policy answers and what the test saw of the session."""
+
+    verdict: object = attrs.field(factory=lambda: Allow("GET /**"))
+    judged: list = attrs.field(factory=list)
+    events: list = attrs.field(factory=list)
+
+
+class FakeSession:
+    def __init__(self, script: Script, identity: str):
+        self.script, self.identity, self.ended = script, identity, False
+
+    def judge(self, op):
+        return Judgement("allow", "GET /**", "")
+
+    def decide(self, op, approvals=None):
+        self.script.judged.append(op)
+        return defer.succeed(self.script.verdict)
+
+    def attribute(self, **kw):
+        self.script.events.append(("attribution", kw))
+        return defer.succeed(None)
+
+    def redacted(self, count, **data):
+        self.script.events.append(("redaction", data))
+        return defer.succeed(None)
+
+    def event(self, kind, outcome=None, **data):
+        self.script.events.append((kind, outcome, data))
+        return defer.succeed(None)
+
+    def trailing_event(self, kind, outcome=None, **data):
+        self.script.events.append((kind, outcome, data))
+
+    def count_bytes(self, direction, n):
+        pass
+
+    def cancel_holds(self, reason):
+        return []
+
+
+@attrs.define
+class _Settings:
+    upstream: str = "http://up.example:8080"
+    upstream_timeout: float = 5.0
+    mask_limit: int = 1 << 20
+    record_body_limit: int = 256
+    pool_size: int = 4
+
+
+@attrs.frozen
+class _Ident:
+    name: str
+
+
+_AGENT = _Ident("agent")
+
+
+class FakeSite:
+    """The per-connection state an exchange reads, with the real upstream client in memory."""
+
+    def __init__(self, script: Script, masker=Masker()):
+        from hoopy.http.checks import HeaderPlan
+
+        self.script = script
+        self.reactor = Clock()
+        self.settings = _Settings()
+        self.masker = masker
+        self.upstream, self.endpoint = _client()
+        self.upstream_prefix = b""
+        self.header_plan = HeaderPlan([(b"Authorization", b"Bearer upstream-secret")], b"up.example:8080",
+                                      b"up.example:8080", "http")
+        self.identities = self
+        self.failed = []
+
+    def by_token(self, token):
+        return _AGENT if token == "good-token" else None
+
+    def identity_for(self, channel, token):
+        return self.by_token(token)
+
+    def auth_failed(self, peer, why):
+        self.failed.append(why)
+
+    def session_for(self, channel, identity, peer):
+        return defer.succeed(FakeSession(self.script, identity))
+
+    def scrub_header(self, v):
+        return v.replace(b"upstream-secret", b"[REDACTED]")
+
+    def scrub_body(self, data):
+        return data.replace(b"upstream-secret", b"*" * 15)
+
+    def scrubber(self):
+        from hoopy.http.bodies import Scrubber
+
+        return Scrubber([b"upstream-secret"])
+
+
+@implementer(IResponseSink)
+class MemorySink:
+    def __init__(self):
+        self.started = False
+        self.code, self.headers, self.body, self.done, self.aborted = None, [], [], False, False
+        self.producer = None
+
+    def head(self, code, phrase, headers):
+        self.code, self.headers = code, list(headers)
+
+    def write(self, data):
+        self.started = True
+        self.body.append(data)
+
+    def finish(self):
+        self.started = True
+        self.done = True
+
+    def abort(self):
+        self.aborted = True
+
+    def register_producer(self, producer):
+        self.producer = producer
+
+    def unregister_producer(self):
+        self.producer = None
+
+    def close_later(self, seconds, done):
+        pass
+
+    def take_over(self, upstream, answer, on_lost):
+        raise AssertionError("no upgrades here")
+
+    def json(self):
+        return json.loads(b"".join(self.body))
+
+
+def exchange(site, method=b"GET", uri=b"/v1/x", headers=(), body=None):
+    """Client sends X: run one exchange; returns (sink, the exchange)."""
+    pairs = [(b"Host", [b"gw"]), (b"Authorization", [b"Bearer good-token"])] + [(n, [v]) for n, v in headers]
+    pipe = BodyPipe(StringTransport(), len(body) if body is not None else 0)
+    if body is None:
+        pipe.end()
+    sink = MemorySink()
+    ex = Exchange(site, sink, object(), method, uri, pairs, ("127.0.0.1", 5555), pipe)
+    ex.run()
+    if body is not None:
+        pipe.feed(body)
+        pipe.end()
+    return sink, ex
+
+
+def upstream_saw(site) -> bytes:
+    return site.endpoint.transports[-1].value() if site.endpoint.transports else b""
+
+
+def answer(site, raw: bytes):
+    site.endpoint.protocols[-1].dataReceived(raw)
+
+
+def test_the_sink_adapter_provides_the_interface():
+    from hoopy.http.site import RequestSink
+
+    assert IResponseSink.implementedBy(RequestSink)
+    verifyObject(IResponseSink, MemorySink())
+
+
+def test_allowed_get_goes_upstream_with_the_injected_credential_and_comes_back():
+    site = FakeSite(Script())
+    sink, ex = exchange(site, uri=b"/v1/x?a=1", headers=[(b"X-Forwarded-For", b"6.6.6.6"), (b"Cookie", b"c=1")])
+    seen = upstream_saw(site)
+    assert seen.startswith(b"GET /v1/x?a=1 HTTP/1.1\r\nHost: up.example:8080\r\n")
+    assert b"Authorization: Bearer upstream-secret\r\n" in seen and b"good-token" not in seen
+    assert b"6.6.6.6" not in seen and b"Cookie: c=1\r\n" in seen and b"X-Forwarded-For: 127.0.0.1" in seen
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nETag: x\r\n\r\nok")
+    assert sink.code == 200 and b"".join(sink.body) == b"ok" and sink.done
+    assert (b"ETag", b"x") in sink.headers  # no masking here: nothing to hide behind a hash
+    kind, outcome, data = site.script.events[-1]
+    assert kind == "http.request" and outcome == "ok" and data["status"] == 200 and "good-token" not in json.dumps(data)
+
+
+def test_denied_request_never_reaches_the_upstream():
+    site = FakeSite(Script(verdict=Deny("no", "DELETE /**")))
+    sink, ex = exchange(site, method=b"DELETE", uri=b"/v1/x")
+    assert sink.code == 403 and sink.json() == {"error": "no", "rule": "DELETE /**", "approval": None}
+    assert upstream_saw(site) == b""
+
+
+def test_a_bad_token_is_401_and_nothing_is_judged():
+    site = FakeSite(Script())
+    sink = MemorySink()
+    ex = Exchange(site, sink, object(), b"GET", b"/v1/x", [(b"Authorization", [b"Bearer nope"])],
+                  ("127.0.0.1", 1), BodyPipe(StringTransport(), 0))
+    ex.pipe.end()
+    ex.run()
+    assert sink.code == 401 and (b"WWW-Authenticate", b'Bearer realm="hoopy"') in sink.headers
+    assert site.failed == ["bad credentials"] and site.script.judged == []
+
+
+def test_masked_json_answer_is_masked_and_its_hash_dropped():
+    site = FakeSite(Script(), Masker(("ssn",), (BUILTIN["email"],)))
+    sink, ex = exchange(site)
+    assert b"Accept-Encoding: identity\r\n" in upstream_saw(site)
+    body = b'{"SSN": "123-45-6789", "mail": "ada@example.com", "echo": "upstream-secret"}'
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: e\r\nContent-Length: %d\r\n\r\n%b"
+           % (len(body), body))
+    out = sink.json()
+    assert out == {"SSN": "[REDACTED]", "mail": "[REDACTED]", "echo": "*" * 15}
+    assert not any(n.lower() == b"etag" for n, _ in sink.headers)
+    assert (b"Content-Length", b"%d" % len(b"".join(sink.body))) in sink.headers
+    assert ("redaction", {"direction": "response", "path": "/v1/x", "counts": {"field:ssn": 1, "email": 1}}) \
+        in site.script.events
+
+
+def test_an_unreadable_body_is_refused_with_an_event_and_a_passthrough_route_streams_it():
+    from hoopy.http.rules import route_matcher
+
+    masker = Masker(("ssn",), (), (("GET /files/*", route_matcher("GET /files/*")),))
+    for uri, code in ((b"/v1/x", 502), (b"/files/a.png", 200)):
+        site = FakeSite(Script(), masker)
+        sink, ex = exchange(site, uri=uri)
+        answer(site, b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 4\r\n\r\n\x89PN\x00")
+        assert sink.code == code, (uri, sink.code)
+        if code == 502:
+            assert "cannot be masked" in sink.json()["error"]
+            assert any(e[0] == "redaction" and e[1] == "refused" for e in site.script.events)
+        else:
+            assert b"".join(sink.body) == b"\x89PN\x00"
+
+
+def test_an_upstream_that_breaks_before_its_head_is_502():
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    site.endpoint.protocols[-1].connectionLost(Failure(ConnectionError("reset")))
+    assert sink.code == 502 and "could not be reached" in sink.json()["error"]
+
+
+def test_an_upstream_silent_for_upstream_timeout_is_504():
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    site.reactor.advance(5.1)
+    assert sink.code == 504 and site.endpoint.transports[-1].disconnecting is not None
+
+
+def test_the_client_gone_mid_response_stops_the_upstream():
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    ex.client_gone(Failure(ConnectionError("client gone")))
+    assert not site.upstream.idle  # that connection is not reused
+    assert site.script.events[-1][1] in ("client gone", "ok", "error")
+
+
+def test_a_post_body_streams_to_the_upstream_as_it_arrives():
+    site = FakeSite(Script(verdict=Allow("POST /**")))
+    pairs = [(b"Authorization", [b"Bearer good-token"]), (b"Content-Type", [b"application/octet-stream"]),
+             (b"Content-Length", [b"6"])]
+    pipe = BodyPipe(StringTransport(), 6)
+    sink = MemorySink()
+    Exchange(site, sink, object(), b"POST", b"/up", pairs, ("127.0.0.1", 1), pipe).run()
+    pipe.feed(b"abc")
+    assert upstream_saw(site).endswith(b"Content-Length: 6\r\n\r\nabc")
+    pipe.feed(b"def")
+    pipe.end()
+    assert upstream_saw(site).endswith(b"\r\n\r\nabcdef")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=64), st.sampled_from([b"GET", b"POST", b"get", b"CONNECT", b"DELETE"]))
+def test_check_shape_refuses_or_returns_a_path_it_would_forward(target, method):
+    try:
+        path, query, ws = check_shape(method, b"/" + target, {}, masking=False)
+    except Refusal as r:
+        assert r.status in (400, 405, 501)
+        return
+    assert path.startswith("/") and "//" not in path and not ws
+
+
+@given(st.text(alphabet="abc-_", min_size=1, max_size=20))
+def test_a_subprotocol_token_counts_only_beside_the_plain_entry_and_only_on_upgrades(tok):
+    up = {b"upgrade": [b"websocket"], b"sec-websocket-protocol": [b"hoopy, hoopy.bearer." + tok.encode()]}
+    assert token_of(b"GET", up) == tok
+    assert token_of(b"POST", up) is None
+    assert token_of(b"GET", {b"sec-websocket-protocol": up[b"sec-websocket-protocol"]}) is None
+    assert token_of(b"GET", {**up, b"sec-websocket-protocol": [b"hoopy.bearer." + tok.encode()]}) is None
