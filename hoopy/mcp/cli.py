@@ -1,7 +1,6 @@
 """The ``hoopy mcp`` commands: ``stdio URL`` (a stdio bridge) and ``accept CONNECTION TOOL``."""
 from __future__ import annotations
 
-import json
 import os
 import sys
 import urllib.error
