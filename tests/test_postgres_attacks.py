@@ -1,0 +1,223 @@
+"""Attacks on what the PostgreSQL gateway lets run, through a real ``twistd -n hoopy``
+and the real server.
+
+An identity with ``read public.customers`` (``ssn`` masked, the ``email`` pattern)
+and nothing else tries to read other relations, write anything, or hold locks it
+has no grant for. What the server did is the judge: a marker table that must not
+change, the locks the backend holds (``pg_locks``), the settings it runs with.
+Each test is one class of mistake the gateway made, with the variants found.
+"""
+from __future__ import annotations
+
+import secrets
+import socket
+import subprocess
+import time
+
+import pytest
+
+from hoopy.postgres import codec, scram
+from tests.support import HoopyProcess, free_port, ident
+
+psycopg = pytest.importorskip("psycopg")
+
+PG = "host=127.0.0.1 port=5432 user=postgres"
+
+SCHEMA = """
+CREATE TABLE customers (id int PRIMARY KEY, name text, ssn text, email text);
+INSERT INTO customers VALUES (1, 'Ann', '123-45-6789', 'ann@example.com'), (2, 'Bob', '987-65-4321', 'b@x.org');
+CREATE TABLE secrets (id int, v text);
+INSERT INTO secrets VALUES (1, 'the secret');
+CREATE TABLE marker (n int);
+INSERT INTO marker VALUES (0);
+CREATE TABLE scratch (v text);
+CREATE VIEW v_customers AS SELECT id, ssn AS tax_id FROM customers;
+CREATE SCHEMA shadow;
+CREATE TABLE shadow.customers (id int, name text, ssn text, email text);
+INSERT INTO shadow.customers VALUES (1, 'Shadow', 'shadow-ssn', 'shadow@x.org');
+CREATE FUNCTION public.go_shadow() RETURNS int LANGUAGE plpgsql
+  AS $$BEGIN PERFORM set_config('search_path', 'shadow, public', false); RETURN 1; END$$;
+"""
+
+AGENT = ident("agent")
+APPROVED = ident("needs-approval")
+COPIER = ident("copier")
+CALLER = ident("caller")
+REVIEWER = ident("reviewer")
+
+
+def admin_sql(sql, db="postgres"):
+    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def g(tmp_path_factory):
+    db = f"hoopy_attack_{secrets.token_hex(4)}"
+    admin_sql(f"CREATE DATABASE {db}")
+    admin_sql(SCHEMA, db)
+    port = free_port()
+    body = (AGENT.toml() + APPROVED.toml() + COPIER.toml() + CALLER.toml()
+            + REVIEWER.toml(kind="human", roles=["reviewer"]) + f"""
+[connections.pg]
+type = "postgres"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "tcp:host=127.0.0.1:port=5432"
+upstream_user = "postgres"
+upstream_database = "{db}"
+upstream_tls = "disable"
+approvals = "retry"
+
+[[grants]]
+identity = "agent"
+connection = "pg"
+allow = ["read public.customers"]
+
+[[grants]]
+identity = "needs-approval"
+connection = "pg"
+allow = ["read public.customers"]
+approve = ["write public.marker"]
+
+[[grants]]
+identity = "copier"
+connection = "pg"
+allow = ["read public.v_customers", "write public.scratch"]
+
+[[grants]]
+identity = "caller"
+connection = "pg"
+allow = ["read public.customers", "write public.go_shadow()"]
+
+[[masking]]
+connection = "pg"
+columns = ["public.customers.ssn", "shadow.customers.ssn"]
+patterns = ["email"]
+""")
+    proc = HoopyProcess(tmp_path_factory.mktemp("attacks"), body).start()
+    proc.port, proc.database = port, db
+    yield proc
+    proc.stop()
+    admin_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def connect(g, who=AGENT, **kw):
+    return psycopg.connect(f"host=127.0.0.1 port={g.port} user={who.name} password={who.token} dbname=x "
+                           "sslmode=disable", autocommit=True, **kw)
+
+
+def refused(conn, sql, code="42501") -> str:
+    with pytest.raises(psycopg.Error) as e:
+        conn.execute(sql)
+    assert e.value.sqlstate == code, (sql, e.value.sqlstate, str(e.value))
+    return str(e.value)
+
+
+def marker(g) -> str:
+    return admin_sql("SELECT n FROM marker", g.database)
+
+
+class Raw:
+    """A client on a plain socket (hoopy's own codec and SCRAM client): the test
+    decides which messages go, in which order, and when to read."""
+
+    def __init__(self, g, who=AGENT, params=None):
+        self.s = socket.create_connection(("127.0.0.1", g.port), timeout=10)
+        self.r = codec.MessageReader()
+        self.s.sendall(codec.startup_message({"user": who.name, "database": "x", **(params or {})}))
+        self.error = None
+        t, p = self.recv()
+        if t == b"E":
+            self.error = codec.parse_fields(p)
+            return
+        client = scram.ScramClient(who.token, [scram.MECH], None)
+        self.s.sendall(codec.sasl_initial(client.mech, client.first()))
+        t, p = self.recv()
+        self.s.sendall(codec.password(client.final(p[4:])))
+        while True:
+            t, p = self.recv()
+            if t == b"E":
+                self.error = codec.parse_fields(p)
+                return
+            if t == b"Z":
+                return
+
+    def recv(self):
+        while True:
+            m = self.r.next()
+            if m is not None:
+                return m
+            data = self.s.recv(65536)
+            assert data, "the gateway closed the connection"
+            self.r.feed(data)
+
+    def send(self, *messages):
+        self.s.sendall(b"".join(messages))
+
+    def until_ready(self) -> list:
+        got = []
+        while True:
+            t, p = self.recv()
+            got.append((t, p))
+            if t == b"Z":
+                return got
+
+    def query(self, sql) -> list:
+        self.send(codec.query(sql))
+        return self.until_ready()
+
+    def close(self):
+        self.s.close()
+
+
+def errors(got) -> list:
+    return [codec.parse_fields(p) for t, p in got if t == b"E"]
+
+
+def rows(got) -> list:
+    return [codec.parse_data_row(p) for t, p in got if t == b"D"]
+
+
+def parse(name, sql):
+    return codec.msg(b"P", codec.cstr(name) + codec.cstr(sql) + b"\0\0")
+
+
+def bind(portal, stmt):
+    return codec.msg(b"B", codec.cstr(portal) + codec.cstr(stmt) + b"\0\0\0\0\0\0")
+
+
+def execute(portal):
+    return codec.msg(b"E", codec.cstr(portal) + b"\0\0\0\0")
+
+
+def describe_statement(name):
+    return codec.msg(b"D", b"S" + codec.cstr(name))
+
+
+def close_statement(name):
+    return codec.msg(b"C", b"S" + codec.cstr(name))
+
+
+FLUSH = codec.msg(b"H", b"")
+
+
+# --- startup: what the client's options become upstream ----------------------------
+
+@pytest.mark.parametrize("space", ["\t", "\n", "\r", "\x0b", "\x0c", "\u00a0"], ids=["tab", "lf", "cr", "vt", "ff", "nbsp"])
+def test_an_escaped_space_in_an_allowed_option_cannot_smuggle_another_setting(g, space):
+    """The server splits ``options`` at every C whitespace character; a backslash keeps one
+    in a word. An allowed option whose value holds ``\\<TAB>-c\\<TAB>name=value`` is one word
+    to the gateway's check; passed on with the tab unescaped, it was three to the server,
+    which set ``session_replication_role = replica`` (triggers and foreign keys off)."""
+    bs = "\\"
+    options = f"-c application_name=x{bs}{space}-c{bs}{space}session_replication_role=replica"
+    c = Raw(g, params={"options": options})
+    try:
+        if c.error is None:
+            assert rows(c.query("SHOW session_replication_role")) == [[b"origin"]]
+        else:
+            assert c.error["C"] == "42501", c.error
+    finally:
+        c.close()
