@@ -221,3 +221,31 @@ def test_an_escaped_space_in_an_allowed_option_cannot_smuggle_another_setting(g,
             assert c.error["C"] == "42501", c.error
     finally:
         c.close()
+
+
+# --- the search path, read again in a failed transaction -------------------------------
+
+@pytest.mark.parametrize("fail, sql", [
+    (None, "DISCARD ALL"),  # fails by itself in a transaction block
+    ("SELECT 1/0", "SET search_path = shadow, public"),
+    ("SELECT 1/0", "RESET ALL"),
+    ("SELECT 1/0", "SET ROLE NONE"),
+    ("SELECT 1/0", "SELECT set_config('search_path', 'shadow', true)"),
+])
+def test_a_statement_after_a_failed_path_change_in_a_transaction_gets_its_answer(g, fail, sql):
+    """After a statement that may change the search path the gateway reads it upstream again.
+    In a failed transaction that read fails, and the gateway asked again, and again, for ever:
+    the client's next statement (its ROLLBACK) never got an answer, and the server logged an
+    error per try."""
+    c = Raw(g)
+    try:
+        c.query("BEGIN")
+        if fail:
+            assert errors(c.query(fail))
+        assert errors(c.query(sql))
+        assert errors(c.query("SELECT count(*) FROM customers"))  # still the failed transaction
+        got = c.query("ROLLBACK")
+        assert not errors(got) and got[-1][1] == b"I", got
+        assert rows(c.query("SELECT count(*) FROM customers")) == [[b"2"]]
+    finally:
+        c.close()

@@ -313,8 +313,9 @@ class ClientSide(UpstreamReplies):
         self._refuse(kind, str(e), "22021")
 
     # --- judging -----------------------------------------------------------------
-    def judge(self, j: Judging) -> None:
-        self.read_scope_if_due()  # a Query: the upstream is between statements
+    def judge(self, j: Judging, read_path: bool = True) -> None:
+        if read_path:
+            self.read_scope_if_due()  # a Query: the upstream is between statements
         if self.scope_reading is not None:
             # The search path is being read again: judge once it is known.
             self.state = State.READING_PATH
@@ -502,6 +503,10 @@ class ClientSide(UpstreamReplies):
         statements (after a Query or a Sync, before a Parse)."""
         if not self.scope_due or self.scope_reading is not None or self.ext_open or self.skip is not Skip.NO:
             return
+        if self.tx_status == wire.IN_FAILED_TRANSACTION:
+            # Every query fails until the transaction ends (ROLLBACK needs no name looked up):
+            # read it after that.
+            return
         e = Expected(Kind.SCOPE)
         e.target = []  # its result sets, rows of text
         self.scope_reading = e
@@ -517,13 +522,15 @@ class ClientSide(UpstreamReplies):
             if self.tx_status == wire.IDLE:
                 self.path_dirty = False
         else:
-            # An aborted transaction: read it again after the next statement.
+            # An aborted transaction (or another failure): read it again before a later
+            # statement; this one is judged with the path unknown (an unqualified name is
+            # refused), never by asking again at once, which could go on for ever.
             self.scope = Scope.unknown()
             self.scope_due = True
         if self.state is State.READING_PATH:
             self.state = State.READY
             j, self.pending = self.pending, None
-            self.judge(j)
+            self.judge(j, read_path=e.error is None)
             self.pump()
 
     def local_refusal(self, c, sql: str, raw_params=()) -> str | None:
