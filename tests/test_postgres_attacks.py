@@ -223,6 +223,72 @@ def test_an_escaped_space_in_an_allowed_option_cannot_smuggle_another_setting(g,
         c.close()
 
 
+# --- prepared statements: a name holds what the server says it holds ------------------
+
+def _forgotten_by(c, how):
+    """Make the gateway believe statement "p" is gone while the server keeps it."""
+    if how == "deallocate in a failed transaction":
+        c.query("BEGIN")
+        c.query("SELECT 1/0")
+        assert errors(c.query("DEALLOCATE p"))[0]["C"] == "25P02"  # the server refused it
+        c.query("ROLLBACK")
+    elif how == "deallocate all in a failed transaction":
+        c.query("BEGIN")
+        c.query("SELECT 1/0")
+        assert errors(c.query("DEALLOCATE ALL"))[0]["C"] == "25P02"
+        c.query("ROLLBACK")
+    elif how == "discard all in a transaction block":
+        c.query("BEGIN")
+        assert errors(c.query("DISCARD ALL"))[0]["C"] == "25001"
+        c.query("ROLLBACK")
+    elif how == "close skipped after an error":
+        c.send(parse("", "SELECT 1/0"), bind("", ""), execute(""), close_statement("p"), codec.SYNC)
+        assert errors(c.until_ready())[0]["C"] == "22012"
+    elif how == "deallocate bound and never executed":
+        c.send(parse("", "DEALLOCATE p"), bind("", ""), codec.SYNC)
+        c.until_ready()
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("how", ["deallocate in a failed transaction", "deallocate all in a failed transaction",
+                                 "discard all in a transaction block", "close skipped after an error",
+                                 "deallocate bound and never executed"])
+def test_a_statement_name_the_server_still_holds_is_judged_as_what_it_holds(g, how):
+    """The gateway dropped a prepared statement's name when a DEALLOCATE (or DISCARD ALL, or
+    a protocol Close) was allowed, not when the server carried it out. Where the server did
+    not (a failed transaction, a Close skipped after an error, a DEALLOCATE bound but never
+    executed), a later ``PREPARE p AS <a read>`` failed upstream (the name exists) but was
+    taken as p's statement, and ``EXECUTE p`` ran the UPDATE the server still held, without
+    the approval its rule asks for."""
+    before = marker(g)
+    c = Raw(g, APPROVED)
+    try:
+        c.send(parse("p", "UPDATE marker SET n = n + 1"), codec.SYNC)
+        assert not errors(c.until_ready())
+        _forgotten_by(c, how)
+        assert errors(c.query("PREPARE p AS SELECT id FROM customers"))[0]["C"] == "42P05"
+        got = c.query("EXECUTE p")
+        assert errors(got) and errors(got)[0]["C"] == "42501", got
+        assert "approval" in errors(got)[0]["M"]  # write public.marker: held, nothing ran
+        c.send(bind("", "p"), execute(""), codec.SYNC)
+        assert errors(c.until_ready())[0]["C"] == "42501"
+        # The session goes on, and a name the server did drop is free again.
+        c.query("DEALLOCATE p")
+        c.send(parse("p", "SELECT count(*) FROM customers"), bind("", "p"), execute(""), codec.SYNC)
+        assert rows(c.until_ready()) == [[b"2"]]
+    finally:
+        c.close()
+    assert marker(g) == before
+
+
+def test_an_sql_prepared_statement_that_reads_nothing_runs(g):
+    with connect(g) as c:
+        c.execute("PREPARE one AS SELECT 1")
+        assert c.execute("EXECUTE one").fetchone() == (1,)
+        c.execute("DEALLOCATE one")
+
+
 # --- the search path, read again in a failed transaction -------------------------------
 
 @pytest.mark.parametrize("fail, sql", [

@@ -212,8 +212,9 @@ class ClientSide(UpstreamReplies):
         kind, name = codec.parse_describe(p)
         e = Expected(Kind.CLOSE)
         if kind == wire.STATEMENT:
-            self.statements.pop(name, None)  # an unknown name is judged as admin: no undo
-            self.prepared.pop(name, None)  # one namespace with SQL PREPARE
+            # Forgotten at its CloseComplete: a Close the server skips after an error
+            # leaves the statement there, and a Bind of the name still runs it.
+            e.forget = (name,)
         else:
             # An unknown portal is judged as a FETCH: if the server skips this Close, the
             # portal (and what it runs) stays.
@@ -386,13 +387,7 @@ class ClientSide(UpstreamReplies):
         """What an allowed statement changes in the namespaces the gateway tracks."""
         if c.may_change_path or (self.path_dirty and "TransactionStmt" in c.statements):
             self.search_path_may_change()
-        for name in c.deallocates:
-            if name is None:
-                self.prepared.clear()
-                self.statements.clear()
-            else:
-                self.prepared.pop(name, None)
-                self.statements.pop(name, None)
+        # (DEALLOCATE and DISCARD ALL drop names only once they have run: see forget)
         for name, body in c.prepares:
             # If the name is taken the server refuses this PREPARE and keeps the old one:
             # an EXECUTE is judged with both.
@@ -408,13 +403,16 @@ class ClientSide(UpstreamReplies):
         c = j.classified
         if j.kind is Kind.QUERY:
             self.forward(wire.QUERY, codec.cstr(j.sql))
-            self.expect(Expected(Kind.QUERY, sql=j.sql, classified=c))
+            e = Expected(Kind.QUERY, sql=j.sql, classified=c)
+            e.forget = c.deallocates
+            self.expect(e)
             if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
                 self.read_scope_if_due()
             return
         info = j.portal_info
         info.judged = True
         info.classified = c
+        info.forget = c.deallocates
         if j.kind is Kind.EXECUTE:
             return self.send_execute(info, j.portal, j.message)
         prev = self.portals.get(j.portal)
@@ -428,6 +426,7 @@ class ClientSide(UpstreamReplies):
         describe, info.executed = self.rules.active and not info.executed, True  # only the first
         ex = Expected(Kind.EXECUTE, sql=info.sql, classified=info.classified)
         ex.plan = info.plan
+        ex.forget, info.forget = info.forget, ()  # once: a second Execute of a done portal runs nothing
         if describe:
             # Masking needs the result columns; the client may not have asked.
             d = Expected(Kind.DESCRIBE_FOR_MASKING)
@@ -451,6 +450,16 @@ class ClientSide(UpstreamReplies):
         canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
                                            if raw_params is not None else params, sorted(str(u) for u in units))
         return Operation("postgres", "statement", detail["sql"][:2000], units, detail, canonical=canonical)
+
+    def forget_statements(self, names) -> None:
+        """A DEALLOCATE, DISCARD ALL or Close has completed: the server dropped these names."""
+        for name in names:
+            if name is None:
+                self.prepared.clear()
+                self.statements.clear()
+            else:
+                self.prepared.pop(name, None)
+                self.statements.pop(name, None)
 
     def _prepared_bodies(self, name: str) -> list:
         """What EXECUTE of a name may run: what an SQL PREPARE of it held and a protocol

@@ -53,7 +53,8 @@ STATEMENTS = (Kind.QUERY, Kind.EXECUTE)
 class Expected:
     """One reply the client is owed."""
 
-    __slots__ = ("kind", "raw", "sql", "classified", "plan", "rows", "start", "tag", "error", "target", "copy")
+    __slots__ = ("kind", "raw", "sql", "classified", "plan", "rows", "start", "tag", "error", "target", "copy",
+                 "forget")
 
     def __init__(self, kind: Kind, raw: bytes | None = None, sql: str | None = None, classified=None):
         self.kind = kind
@@ -67,12 +68,15 @@ class Expected:
         self.error = None  # SQLSTATE of a failed statement
         self.target = None  # PARSE/BIND/CLOSE: a name's undo; DESCRIBE_FOR_MASKING: (execute, portal)
         self.copy = None  # copy.BinaryCopyMasker during a binary COPY TO STDOUT
+        # Statement names (None: all) the server drops once this completes (DEALLOCATE,
+        # DISCARD ALL, a Close): forgotten only then, never on a refused or skipped one.
+        self.forget = ()
 
 
 class Portal:
     """A bound portal as the gateway judged it."""
 
-    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified", "executed")
+    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified", "executed", "forget")
 
     def __init__(self, sql: str, params, result_formats=()):
         self.sql = sql
@@ -82,6 +86,7 @@ class Portal:
         self.plan = None
         self.classified = None
         self.executed = False  # an Execute went upstream (a later one resumes a suspended portal)
+        self.forget = ()  # statement names its DEALLOCATE drops, once its Execute completes
 
 
 @attrs.define

@@ -484,7 +484,8 @@ def _prepare(w: Walk, f, ctx):
     sub.push(f.get("query"), TOP)
     sub.run_stack()
     w.merge(sub)
-    w.prepares.append((f.get("name"), sub.finish(())))
+    # Its kind: a body that names nothing (PREPARE p AS SELECT 1) is still a read.
+    w.prepares.append((f.get("name"), sub.finish((_unwrap(f.get("query"))[0] or "SelectStmt",))))
 
 
 def _execute(w: Walk, f, ctx):
