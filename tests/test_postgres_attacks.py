@@ -141,6 +141,8 @@ class Raw:
             if t == b"E":
                 self.error = codec.parse_fields(p)
                 return
+            if t == b"K":
+                self.pid = int.from_bytes(p[:4], "big")  # the upstream backend's own pid
             if t == b"Z":
                 return
 
@@ -313,5 +315,74 @@ def test_a_statement_after_a_failed_path_change_in_a_transaction_gets_its_answer
         got = c.query("ROLLBACK")
         assert not errors(got) and got[-1][1] == b"I", got
         assert rows(c.query("SELECT count(*) FROM customers")) == [[b"2"]]
+    finally:
+        c.close()
+
+
+
+# --- Parse: judged before the server analyses (and locks) anything ---------------------
+
+def backend_locks(g, pid) -> dict:
+    out = {}
+    for line in admin_sql(f"SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                          f"WHERE l.pid = {pid} AND c.relnamespace <> 'pg_catalog'::regnamespace",
+                          g.database).splitlines():
+        rel, mode = line.split("|")
+        out.setdefault(rel, set()).add(mode)
+    return out
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO secrets VALUES (9, 'x')",
+    "UPDATE marker SET n = n + 1",
+    "DELETE FROM secrets",
+    "MERGE INTO marker m USING secrets s ON false WHEN NOT MATCHED THEN INSERT VALUES (1)",
+    "SELECT * FROM secrets FOR UPDATE",
+    "SELECT * FROM secrets",
+    "WITH customers AS (SELECT * FROM secrets) SELECT * FROM customers",
+    "SELECT * FROM customers c JOIN secrets s USING (id)",
+    "DECLARE c CURSOR FOR SELECT * FROM secrets",
+    "CREATE TABLE x AS SELECT * FROM secrets",
+    "EXPLAIN SELECT * FROM secrets",
+    "SELECT * FROM pg_catalog.pg_authid",
+])
+def test_a_parse_the_grant_refuses_takes_no_lock_and_shows_no_columns(g, sql):
+    """Parse went upstream unjudged (only the Bind was judged): the server's parse analysis
+    locked every relation named until the transaction ended (RowExclusiveLock on an INSERT's
+    target: a caller with a read grant on one table could hold it for as long as it liked,
+    stalling any ALTER, CREATE INDEX or VACUUM FULL of it and every query queued behind those),
+    and a Describe of the statement listed the columns and types of tables it may not read."""
+    c = Raw(g)
+    try:
+        c.send(parse("", sql), describe_statement(""), FLUSH)
+        t, p = c.recv()  # before Sync: the refusal, or (unjudged) ParseComplete
+        assert t == b"E" and codec.parse_fields(p)["C"] == "42501", (t, p)
+        locks = backend_locks(g, c.pid)
+        assert not {"secrets", "marker"} & set(locks), locks
+        c.send(codec.SYNC)
+        got = c.until_ready()
+        assert not [m for m, _ in got if m in (b"t", b"T", b"n")], got  # no description of anything
+        assert rows(c.query("SELECT count(*) FROM customers")) == [[b"2"]]
+    finally:
+        c.close()
+    assert marker(g) == "0" and admin_sql("SELECT count(*) FROM secrets", g.database) == "1"
+    refusals = [e for e in g.events("operation") if e.get("outcome") == "refused" and e["data"].get("sql") == sql]
+    assert refusals and refusals[-1]["data"].get("stage") == "parse", refusals
+
+
+def test_a_parse_the_grant_allows_goes_upstream_as_it_came(g):
+    c = Raw(g)
+    try:
+        c.send(parse("s1", "SELECT name FROM customers WHERE id = $1"), describe_statement("s1"), codec.SYNC)
+        got = c.until_ready()
+        assert [m for m, _ in got] == [b"1", b"t", b"T", b"Z"], got
+        c.send(codec.msg(b"B", b"\0s1\0" + b"\0\0" + b"\0\x01" + b"\0\0\0\x011" + b"\0\0"), execute(""),
+               codec.SYNC)
+        assert rows(c.until_ready()) == [[b"Ann"]]
+        # Refused at its Parse: the name stays free.
+        c.send(parse("s2", "SELECT * FROM secrets"), codec.SYNC)
+        assert errors(c.until_ready())[0]["C"] == "42501"
+        c.send(parse("s2", "SELECT 2"), bind("", "s2"), execute(""), codec.SYNC)
+        assert rows(c.until_ready()) == [[b"2"]]
     finally:
         c.close()

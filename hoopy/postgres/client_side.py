@@ -20,7 +20,7 @@ from hoopy.postgres.classify import INLINE_SQL, ANY_OBJECT, ClassifyError, Heavy
 from hoopy.postgres.copy import MarkerScan
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.pipeline import (
-    Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
+    Check, Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
 from hoopy.postgres.replies import UpstreamReplies
 from hoopy.postgres.scope import SCOPE_QUERY, Scope
 from hoopy.postgres.startup import quote_ident
@@ -170,11 +170,18 @@ class ClientSide(UpstreamReplies):
             # The server refuses it and keeps the statement it has: what a Bind of the
             # name runs is still that one.
             return self.refuse_extended(f'prepared statement "{parse.name}" already exists', "42P05")
-        prev = self.statements.get(parse.name)
-        entry = self.statements[parse.name] = (parse.query, parse.param_types)
-        self.forward(wire.PARSE, p)
+        # Judged before it goes upstream: parsing runs nothing, but the server's parse
+        # analysis opens every relation the statement names and locks it until the
+        # transaction ends (RowExclusiveLock on an INSERT's target), and a Describe of the
+        # statement shows the columns of a table the caller may not read.
+        self.judge(Judging(Kind.PARSE, parse.query, message=p, portal=parse.name, types=parse.param_types))
+
+    def _send_parse(self, j: Judging) -> None:
+        prev = self.statements.get(j.portal)
+        entry = self.statements[j.portal] = (j.sql, j.types)
+        self.forward(wire.PARSE, j.message)
         e = Expected(Kind.PARSE)
-        e.target = (self.statements, parse.name, entry, prev)
+        e.target = (self.statements, j.portal, entry, prev)
         self.expect(e)
 
     def _bind(self, p: bytes) -> None:
@@ -354,6 +361,11 @@ class ClientSide(UpstreamReplies):
             return self._proceed(j)  # an empty query: nothing runs
         self.state = State.JUDGING
         self.pending = j
+        if j.kind is Kind.PARSE:
+            # Only whether it could be allowed: nothing runs yet, and the Bind is decided
+            # (and recorded) with its parameters.
+            self.commands.append(Check(self._operation(j.sql, c), self.parse_refusal(c, j.sql)))
+            return
         self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params),
                                     self.local_refusal(masking, j.sql, j.raw_params or ())))
 
@@ -372,7 +384,8 @@ class ClientSide(UpstreamReplies):
         self.held = None
         j, self.pending = self.pending, None
         if isinstance(verdict, Allow):
-            self._allowed(j.classified)
+            if j.kind is not Kind.PARSE:  # a Parse runs nothing: what it changes, its Bind does
+                self._allowed(j.classified)
             self._proceed(j)
         else:
             msg = verdict.reason if verdict.rule is None or verdict.rule in verdict.reason \
@@ -401,6 +414,8 @@ class ClientSide(UpstreamReplies):
 
     def _proceed(self, j: Judging) -> None:
         c = j.classified
+        if j.kind is Kind.PARSE:
+            return self._send_parse(j)
         if j.kind is Kind.QUERY:
             self.forward(wire.QUERY, codec.cstr(j.sql))
             e = Expected(Kind.QUERY, sql=j.sql, classified=c)
@@ -541,6 +556,14 @@ class ClientSide(UpstreamReplies):
             j, self.pending = self.pending, None
             self.judge(j, read_path=e.error is None)
             self.pump()
+
+    def parse_refusal(self, c, sql: str) -> str | None:
+        """What refuses a Parse whatever the grant: a statement whose names cannot be looked up."""
+        if self.unsafe_settings:
+            return self.local_refusal(c, sql)
+        if c.unresolved:
+            return self.local_refusal(c, sql)
+        return None
 
     def local_refusal(self, c, sql: str, raw_params=()) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""

@@ -92,14 +92,15 @@ class Portal:
 @attrs.define
 class Judging:
     """A statement waiting for its decision: what to send once it is allowed."""
-    kind: Kind  # QUERY, BIND or EXECUTE
+    kind: Kind  # QUERY, PARSE, BIND or EXECUTE
     sql: str
     params: list | None = None  # decoded, for the record
     raw_params: tuple | None = None  # a Bind's exact bytes (None for a Query or a cursor's Execute)
     message: bytes = b""  # the client's message payload (Bind, Execute)
-    portal: str = ""
+    portal: str = ""  # (for a Parse: the statement's name)
     portal_info: Portal | None = None
     classified: object = None
+    types: tuple = ()  # a Parse's parameter type OIDs
 
 
 # --- commands to the adapter ----------------------------------------------------
@@ -107,6 +108,14 @@ class Judging:
 @attrs.frozen
 class Decide:
     """Ask the session; answer with ``decided``. ``refusal``: a refusal that needs no rule."""
+    operation: object
+    refusal: str | None = None
+
+
+@attrs.frozen
+class Check:
+    """Could the policy allow this (recording nothing if so)? Answer with ``decided``:
+    Allow, or Deny once the refusal is recorded. ``refusal``: one that needs no rule."""
     operation: object
     refusal: str | None = None
 
