@@ -386,3 +386,27 @@ def test_a_parse_the_grant_allows_goes_upstream_as_it_came(g):
         assert rows(c.until_ready()) == [[b"2"]]
     finally:
         c.close()
+
+
+# --- server configuration: the settings PostgreSQL keeps from ordinary roles -------------
+
+@pytest.mark.parametrize("sql", [
+    "SHOW data_directory", 'SHOW "HBA_FILE"', "SHOW ALL", "SELECT current_setting('config_file')",
+    "SELECT current_setting('Primary_Conninfo', true)", "SELECT pg_catalog.current_setting('ssl_passphrase_command')",
+    "SELECT current_setting(n) FROM (VALUES ('data_directory')) v(n)",
+    "SELECT * FROM pg_show_all_settings() WHERE name = 'data_directory'",
+])
+def test_superuser_only_settings_need_a_rule_for_pg_settings(g, sql):
+    """SHOW, current_setting() and pg_show_all_settings() were reads needing no rule, while the
+    pg_settings view needs one: with the gateway's upstream user a superuser, a caller with a read
+    grant on one table read the data directory, hba_file, primary_conninfo (a replication password)
+    and ssl_passphrase_command. Reading them is now reading pg_settings."""
+    with connect(g) as c:
+        assert "read pg_catalog.pg_settings" in refused(c, sql)
+
+
+def test_ordinary_settings_stay_reads(g):
+    with connect(g) as c:
+        assert c.execute("SHOW work_mem").fetchone()[0]
+        assert c.execute("SELECT current_setting('search_path'), current_setting('server_version_num')"
+                         ).fetchone()[0] == '"$user", public'

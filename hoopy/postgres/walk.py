@@ -508,6 +508,14 @@ def _read(w: Walk, f, ctx):
     w.add("read")
 
 
+def _show(w: Walk, f, ctx):
+    # SHOW ALL and a superuser-only setting show server configuration: a read of pg_settings.
+    name = (f.get("name") or "").lower()
+    if name == "all" or name in gucs.SUPERUSER_ONLY:
+        return w.ref("read", *gucs.SETTINGS_VIEW)
+    w.add("read")
+
+
 def _write(w: Walk, f, ctx):
     w.add("write")
 
@@ -576,6 +584,14 @@ def _func_call(w: Walk, f, ctx):
         w.calls.setdefault((schema, name, w.late), None)
         if schema is None and name not in PURE:
             w.impure = True  # may run SET search_path before a later statement of the string
+        if name == "current_setting" and schema in (None, "pg_catalog"):
+            # Judged by the setting's name: a superuser-only one, or a name we cannot read,
+            # is a read of pg_settings (server configuration).
+            args = f.get("args") or ()
+            setting = const_text(args[0]) if args else None
+            w.cacheable = False
+            if setting is None or setting.strip().lower() in gucs.SUPERUSER_ONLY:
+                w.ref("read", *gucs.SETTINGS_VIEW)
         if name == "set_config" and schema in (None, "pg_catalog"):
             # What drivers send (asyncpg turns jit off): judged as SET of that name.
             w.cacheable = False
@@ -621,7 +637,7 @@ _HANDLERS = {
     "FetchStmt": _fetch,
     "ClosePortalStmt": _read,
     "VariableSetStmt": _set,
-    "VariableShowStmt": _read,
+    "VariableShowStmt": _show,
     "TransactionStmt": _transaction,
     "DeallocateStmt": _deallocate,
     "DiscardStmt": _discard,
