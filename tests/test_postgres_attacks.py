@@ -410,3 +410,24 @@ def test_ordinary_settings_stay_reads(g):
         assert c.execute("SHOW work_mem").fetchone()[0]
         assert c.execute("SELECT current_setting('search_path'), current_setting('server_version_num')"
                          ).fetchone()[0] == '"$user", public'
+
+
+# --- a query string: later names are looked up after earlier statements ran -------------
+
+@pytest.mark.parametrize("sql", [
+    "SELECT public.go_shadow(); SELECT name FROM customers",
+    "SELECT 1 FROM customers WHERE public.go_shadow() = 1; SELECT name FROM customers",
+    "SELECT customers.go_shadow FROM customers; SELECT name FROM customers",
+])
+def test_a_qualified_call_before_an_unqualified_name_in_one_string(g, sql):
+    """The server looks a statement's names up when it gets to it. A function that may change the
+    search path made later unqualified names unjudgeable only when it was called unqualified:
+    ``SELECT public.go_shadow(); SELECT name FROM customers`` was judged as reading
+    public.customers and read shadow.customers, which no rule allows."""
+    with connect(g, CALLER) as c:
+        try:
+            msg = refused(c, sql)
+            assert "search path may have changed" in msg
+        finally:
+            c.execute("RESET search_path")
+        assert c.execute("SELECT name FROM customers ORDER BY id").fetchall() == [("Ann",), ("Bob",)]

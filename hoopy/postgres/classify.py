@@ -173,6 +173,10 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
             for s in schemas:
                 if s != CATALOG:
                     units[functions.call_unit(s, name)] = None
+                    if len(p.statements) > 1:
+                        # A function that may change the path, called before the names of
+                        # later statements are looked up (we do not keep which statement).
+                        unresolved = True
     if not units and p.statements:
         units[Unit("read")] = None  # SELECT 1, SELECT now(): reads nothing, still a read
     # A function hoopy cannot vouch for may run SET search_path (or create what a name finds).

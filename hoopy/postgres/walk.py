@@ -582,7 +582,7 @@ def _func_call(w: Walk, f, ctx):
     if q is not None:
         schema, name = q
         w.calls.setdefault((schema, name, w.late), None)
-        if schema is None and name not in PURE:
+        if name not in PURE or schema not in (None, "pg_catalog"):
             w.impure = True  # may run SET search_path before a later statement of the string
         if name == "current_setting" and schema in (None, "pg_catalog"):
             # Judged by the setting's name: a superuser-only one, or a name we cannot read,
