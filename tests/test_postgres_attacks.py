@@ -451,3 +451,14 @@ def test_a_write_copying_a_masked_column_through_a_renaming_view_is_refused(g, s
         c.execute("INSERT INTO scratch VALUES ('plain')")  # a write that copies nothing masked
     assert admin_sql("SELECT v FROM scratch", g.database) == "plain"
     admin_sql("DELETE FROM scratch", g.database)
+
+
+def test_prepare_transaction_is_admin(g):
+    """PREPARE TRANSACTION leaves a transaction that outlives the session, holding its locks and
+    holding back vacuum, which only COMMIT/ROLLBACK PREPARED (admin) end: it was a read.
+    (The shared server has max_prepared_transactions = 0; the refusal is the gateway's own.)"""
+    with connect(g) as c:
+        c.execute("BEGIN")
+        c.execute("SELECT count(*) FROM customers")
+        assert "admin" in refused(c, "PREPARE TRANSACTION 'keep-my-locks'")
+        c.execute("ROLLBACK")

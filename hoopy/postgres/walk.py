@@ -526,8 +526,11 @@ def _admin(w: Walk, f, ctx):
 
 
 def _transaction(w: Walk, f, ctx):
-    # COMMIT / ROLLBACK PREPARED act on a transaction another session may have prepared.
-    w.add("admin" if f.get("kind") in ("TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED") else "read")
+    # COMMIT / ROLLBACK PREPARED act on a transaction another session may have prepared;
+    # PREPARE TRANSACTION leaves one behind that outlives the session, holding its locks
+    # and its snapshot (vacuum stops at it) until an admin ends it.
+    w.add("admin" if f.get("kind") in ("TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
+                                       "TRANS_STMT_PREPARE") else "read")
 
 
 def _set(w: Walk, f, ctx):
