@@ -37,6 +37,8 @@ CREATE TABLE shadow.customers (id int, name text, ssn text, email text);
 INSERT INTO shadow.customers VALUES (1, 'Shadow', 'shadow-ssn', 'shadow@x.org');
 CREATE FUNCTION public.go_shadow() RETURNS int LANGUAGE plpgsql
   AS $$BEGIN PERFORM set_config('search_path', 'shadow, public', false); RETURN 1; END$$;
+CREATE FUNCTION public.bump() RETURNS int LANGUAGE plpgsql
+  AS $$BEGIN UPDATE public.marker SET n = n + 1; RETURN 1; END$$;
 """
 
 AGENT = ident("agent")
@@ -462,3 +464,59 @@ def test_prepare_transaction_is_admin(g):
         c.execute("SELECT count(*) FROM customers")
         assert "admin" in refused(c, "PREPARE TRANSACTION 'keep-my-locks'")
         c.execute("ROLLBACK")
+
+
+
+# --- expressions the walk did not look into ----------------------------------------------
+
+HIDDEN = [
+    "SELECT CASE WHEN true THEN {} END",
+    "SELECT CASE WHEN false THEN NULL ELSE {} END",
+    "SELECT CASE {} WHEN 1 THEN 1 END",
+    "SELECT ({}) IS NULL",
+    "SELECT ({}) IS NOT NULL",
+    "SELECT ({}) IS DISTINCT FROM 1",
+    "SELECT (({}) = 1) IS TRUE",
+    "SELECT (({}) = 1) IS NOT UNKNOWN",
+    "SELECT json_array({})",
+    "SELECT json_scalar({})",
+    "SELECT json_object('k' : {})",
+    "SELECT 1 FROM customers WHERE CASE WHEN id = 1 THEN ({}) IS NULL END",
+]
+
+
+@pytest.mark.parametrize("expr, check", [
+    ("bump()", "marker"),
+    ("pg_catalog.pg_read_file('postgresql.conf')", "admin pg_catalog.pg_read_file()"),
+    ("query_to_xml('SELECT * FROM secrets', true, false, '')", "admin pg_catalog.query_to_xml()"),
+    ("set_config('session_replication_role', 'replica', false)", "admin"),
+    ("nextval('pg_class_oid_index')", "write pg_catalog.nextval()"),
+    ("pg_advisory_lock(42)", "no grant allows lock"),
+], ids=["user-function", "server-file", "query-as-text", "admin-setting", "sequence", "advisory-lock"])
+@pytest.mark.parametrize("shape", HIDDEN)
+def test_a_call_inside_any_expression_is_judged(g, shape, expr, check):
+    """Fields PostgreSQL's parse tree declares as an abstract expression (CASE's WHEN, THEN and
+    ELSE, IS [NOT] NULL, IS TRUE, json_array, ...) hold their node with its type; the walk read
+    them as a struct of the declared type and never saw the call inside: ``SELECT CASE WHEN true
+    THEN query_to_xml('SELECT * FROM secrets', ...) END`` returned the secrets under a one-table
+    read grant, ``... THEN bump() END`` wrote. (A walk that misses a call, a column or a relation
+    the parser produced now refuses the statement instead: 54001.)"""
+    sql = shape.format(expr)
+    before = marker(g)
+    with connect(g) as c:
+        msg = refused(c, sql)
+        if check != "marker":
+            assert check in msg, msg
+    assert marker(g) == before
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT CASE WHEN true THEN ssn END FROM customers",
+    "SELECT CASE WHEN false THEN NULL ELSE ssn END FROM customers",
+    "SELECT CASE ssn WHEN '' THEN NULL ELSE ssn END FROM customers",
+    "SELECT CASE WHEN ssn IS NOT NULL THEN ssn END FROM customers",
+])
+def test_a_masked_column_inside_any_expression_is_masked(g, sql):
+    with connect(g) as c:
+        got = c.execute(sql + " ORDER BY id").fetchall()
+    assert "45-6789" not in repr(got) and "65-4321" not in repr(got), got

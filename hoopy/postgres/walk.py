@@ -167,6 +167,9 @@ class Walk:
         self.late = False  # a statement before this one in the string may change the path
         self.impure = False  # a function hoopy cannot vouch for was called
         self.stack: list = []
+        # FuncCall, ColumnRef and RangeVar nodes judged: every one in the tree must be
+        # (walk() checks against the parser's output), or the statement is refused.
+        self.seen = [0, 0, 0]
 
     # --- results ---------------------------------------------------------------
     def add(self, cls, subject=None):
@@ -208,6 +211,7 @@ class Walk:
         self.declares.extend(o.declares)
         self.may_change_path |= o.may_change_path
         self.cacheable &= o.cacheable
+        self.seen = [a + b for a, b in zip(self.seen, o.seen)]
 
     # --- the loop --------------------------------------------------------------
     def run_stack(self):
@@ -237,6 +241,12 @@ class Walk:
 
     def field(self, typ, name, v, ctx):
         if isinstance(v, dict) and v:
+            if _unwrap(v)[0] is not None:
+                # A node written with its type ({"FuncCall": {...}}): fields declared as an
+                # abstract Expr (CASE ... THEN, ELSE, IS NULL, IS TRUE, ...) are, and must be
+                # walked as what they hold, never as a struct of their declared type.
+                self.stack.append(_unwrap(v) + (ctx,))
+                return
             st = STRUCT_FIELDS.get((typ, name))
             if st is not None:
                 if st == "RangeVar" and (typ, name) in CREATES:
@@ -263,6 +273,7 @@ class Walk:
 
     def relation(self, rv, cls="read", ctes=frozenset(), lock=False):
         """A RangeVar that names a relation (or, with ``ctes``, maybe a WITH query)."""
+        self.seen[2] += 1
         name = rv.get("relname") or ""
         schema = rv.get("schemaname")
         self.alias(rv.get("alias"))
@@ -274,6 +285,7 @@ class Walk:
             self.ref("lock", schema, name)
 
     def new_relation(self, rv):
+        self.seen[2] += 1
         schema = rv.get("schemaname")
         if schema is None and rv.get("relpersistence") == "t":
             schema = "pg_temp"
@@ -338,6 +350,7 @@ class Walk:
         self.add(gucs.set_class(name, value, reset))
 
     def column_ref(self, f, star_ok=False):
+        self.seen[1] += 1
         names = _strings(f.get("fields"))
         if "*" in names:
             if not star_ok:
@@ -386,6 +399,7 @@ def _select(w: Walk, f, ctx):
                     and _unwrap(args[0])[0] == "ColumnRef" \
                     and _strings(_unwrap(args[0])[1].get("fields"))[-1:] == ["name"]:
                 args[0] = CONST + name
+                w.seen[1] += 1  # the column reference it replaces
     ctes = ctx.ctes
     wc = f.get("withClause")
     if wc:
@@ -396,6 +410,7 @@ def _select(w: Walk, f, ctx):
     lock_names = set()
     for lc in f.get("lockingClause") or ():
         rels = _unwrap(lc)[1].get("lockedRels")
+        w.seen[2] += len(rels or ())  # FOR UPDATE OF name: FROM items, judged there
         if rels:
             lock_names.update(_unwrap(rv)[1].get("relname") for rv in rels)
         else:
@@ -545,6 +560,11 @@ def _set(w: Walk, f, ctx):
     w.setting(f.get("name") or "", value, reset=kind in ("VAR_RESET", "VAR_SET_DEFAULT"))
 
 
+def _constraints(w: Walk, f, ctx):
+    w.seen[2] += len(f.get("constraints") or ())  # SET CONSTRAINTS name: constraints, not relations
+    w.add("read")
+
+
 def _deallocate(w: Walk, f, ctx):
     w.deallocates.append(None if f.get("isall") or f.get("name") is None else f.get("name"))
     w.add("read")
@@ -581,6 +601,7 @@ def _call(w: Walk, f, ctx):
 
 
 def _func_call(w: Walk, f, ctx):
+    w.seen[0] += 1
     q = _qualified(_strings(f.get("funcname")))
     if q is not None:
         schema, name = q
@@ -651,7 +672,7 @@ _HANDLERS = {
     "TruncateStmt": _truncate,
     "CallStmt": _call,
     "DoStmt": _admin,
-    "ConstraintsSetStmt": _read,
+    "ConstraintsSetStmt": _constraints,
     "FuncCall": _func_call,
     "ColumnRef": _column_ref,
     "Alias": _alias,
@@ -684,8 +705,10 @@ def _named_objects(kind, f):
     return None
 
 
-def walk(stmts) -> Parsed:
-    """What the raw statements of ``hoopy.postgres.sqltree.parse`` do."""
+def walk(stmts, expected=None) -> Parsed:
+    """What the raw statements of ``hoopy.postgres.sqltree.parse`` do. ``expected``: how many
+    FuncCall, ColumnRef and RangeVar nodes the parser's output holds; a walk that judged
+    fewer missed part of the statement, which is then refused (CannotJudge)."""
     w = Walk()
     kinds = []
     for raw in stmts:
@@ -713,4 +736,10 @@ def walk(stmts) -> Parsed:
             w.add(cls)  # about no table we can name: (any object)
         else:
             w.fixed.setdefault(Unit(cls, None), None)
+    if expected is not None and any(a < b for a, b in zip(w.seen, expected)):
+        from hoopy.postgres.sqltree import CannotJudge
+
+        missed = ", ".join(f"{b - a} {n}" for a, b, n in zip(w.seen, expected, ("calls", "column references",
+                                                                                   "relation names")) if a < b)
+        raise CannotJudge(f"internal error: the classifier did not reach every part of it ({missed})")
     return w.finish(kinds)
