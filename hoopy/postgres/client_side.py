@@ -65,6 +65,7 @@ class ClientSide(UpstreamReplies):
         self.unsafe_settings: dict = {}  # server settings under which SQL may read otherwise
         self.marker_scan = MarkerScan()  # COPY FROM STDIN data
         self.copy_in_refused = False
+        self.last_classified = None  # (scope, sql, Classified): a Parse's, for its Bind
         for k, v in (statuses or {}).items():
             self.parameter_status(k, v)
 
@@ -330,10 +331,16 @@ class ClientSide(UpstreamReplies):
             self.pending = j
             return
         if len(j.sql) <= INLINE_SQL:
+            last = self.last_classified
+            if last is not None and last[0] is self.scope and last[1] == j.sql:
+                return self._judge(j, last[2])  # a Bind of the statement just Parsed
             try:
-                return self._judge(j, classify_or_error(j.sql, self.scope, inline=True))
+                c = classify_or_error(j.sql, self.scope, inline=True)
             except Heavy:
                 pass
+            else:
+                self.last_classified = (self.scope, j.sql, c)
+                return self._judge(j, c)
         # A large or deeply nested statement would stall every other session: a thread
         # judges it (one at a time gateway-wide), this connection waiting meanwhile.
         self.state = State.PARSING
