@@ -39,6 +39,22 @@ CREATE FUNCTION public.go_shadow() RETURNS int LANGUAGE plpgsql
   AS $$BEGIN PERFORM set_config('search_path', 'shadow, public', false); RETURN 1; END$$;
 CREATE FUNCTION public.bump() RETURNS int LANGUAGE plpgsql
   AS $$BEGIN UPDATE public.marker SET n = n + 1; RETURN 1; END$$;
+CREATE FUNCTION public.bump_plus(int, int) RETURNS int LANGUAGE plpgsql
+  AS $$BEGIN UPDATE public.marker SET n = n + 1; RETURN $1 + $2; END$$;
+CREATE OPERATOR public.## (FUNCTION = public.bump_plus, LEFTARG = int, RIGHTARG = int);
+CREATE OPERATOR public.%%% (FUNCTION = public.bump_plus, LEFTARG = int, RIGHTARG = int);
+CREATE FUNCTION public.bump_check(int) RETURNS bool LANGUAGE plpgsql
+  AS $$BEGIN UPDATE public.marker SET n = n + 1; RETURN true; END$$;
+CREATE DOMAIN public.checked AS int CHECK (public.bump_check(VALUE));
+CREATE DOMAIN public.checked_twice AS public.checked;
+CREATE TYPE public.boxed AS (a int);
+CREATE FUNCTION public.box_it(int) RETURNS public.boxed LANGUAGE plpgsql
+  AS $$BEGIN UPDATE public.marker SET n = n + 1; RETURN ROW($1)::public.boxed; END$$;
+CREATE CAST (int AS public.boxed) WITH FUNCTION public.box_it(int);
+CREATE FUNCTION public.same_plus(int, int) RETURNS int LANGUAGE sql IMMUTABLE AS 'SELECT $1 + $2';
+CREATE OPERATOR public.+++# (FUNCTION = public.same_plus, LEFTARG = int, RIGHTARG = int);
+CREATE FUNCTION public.positive(int) RETURNS bool LANGUAGE sql IMMUTABLE AS 'SELECT $1 > 0';
+CREATE DOMAIN public.posint AS int CHECK (public.positive(VALUE));
 """
 
 AGENT = ident("agent")
@@ -520,3 +536,57 @@ def test_a_masked_column_inside_any_expression_is_masked(g, sql):
     with connect(g) as c:
         got = c.execute(sql + " ORDER BY id").fetchall()
     assert "45-6789" not in repr(got) and "65-4321" not in repr(got), got
+
+
+
+# --- operators and casts: functions by another name --------------------------------------
+
+@pytest.mark.parametrize("sql", [
+    "SELECT 1 ## 2",  # a built-in operator name, overloaded for (int, int) in public
+    "SELECT 1 OPERATOR(public.##) 2",
+    "SELECT 1 %%% 2",
+    "SELECT count(*) FROM customers WHERE id %%% 1 > 0",
+    "SELECT 1::checked",
+    "SELECT CAST('1' AS public.checked)",
+    "SELECT 1::checked_twice",
+    "SELECT ARRAY[1]::checked[]",
+    "SELECT 1::boxed",
+    "SELECT * FROM xmltable('/a' PASSING '<a>1</a>' COLUMNS x checked PATH '.')",
+])
+def test_operators_casts_and_domain_checks_that_run_volatile_functions_are_judged(g, sql):
+    """An operator is a function under another name, and so are a cast's function and a
+    domain's CHECK: ``SELECT 1 ## 2`` (## overloaded for integers by a plpgsql function),
+    ``SELECT 1::checked`` (a domain whose CHECK calls one) and ``SELECT 1::boxed`` (a cast WITH
+    FUNCTION) each ran an UPDATE under a one-table read grant. A VOLATILE function reached so is
+    judged as called (write on it)."""
+    before = marker(g)
+    with connect(g) as c:
+        msg = refused(c, sql)
+        assert "write public.bump_" in msg or "write public.box_it()" in msg, msg
+    assert marker(g) == before
+
+
+def test_a_parameter_typed_as_such_a_domain_is_judged(g):
+    """The extended protocol's Parse may give parameter types by OID: the server converts the
+    Bind's value to that type, running the domain's CHECK. (So does EXECUTE of a statement
+    PREPAREd with such parameter types: judged at the PREPARE and at each EXECUTE.)"""
+    with connect(g) as conn:
+        assert "write public.bump_check()" in refused(conn, "PREPARE typed(checked) AS SELECT $1")
+    oid = int(admin_sql("SELECT 'public.checked'::regtype::oid", g.database))
+    before = marker(g)
+    c = Raw(g)
+    try:
+        c.send(codec.parse_message("", "SELECT $1", (oid,)), bind("", ""), execute(""), codec.SYNC)
+        got = c.until_ready()
+        assert errors(got) and "write public.bump_check()" in errors(got)[0]["M"], got
+    finally:
+        c.close()
+    assert marker(g) == before
+
+
+def test_immutable_operators_and_domain_checks_stay_reads(g):
+    """What extensions declare (citext, PostGIS: IMMUTABLE C functions behind their operators
+    and casts) is the type's own behaviour, as a built-in's is."""
+    with connect(g) as c:
+        assert c.execute("SELECT 1 +++# 2, 5::posint").fetchone() == (3, 5)
+        assert c.execute("SELECT count(*) FROM customers WHERE id = 1").fetchone() == (1,)

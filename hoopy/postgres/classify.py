@@ -126,6 +126,39 @@ def _function_schemas(scope: Scope, name: str):
     return [s for s in schemas if s != CATALOG]
 
 
+def _write_units(functions_) -> list:
+    return [Unit("write", object_name(s, f) + "()") for s, f in sorted(functions_)]
+
+
+def _named_in(table: dict, schemas, schema, name) -> list:
+    """Keys (schema, name) of ``table`` that a name may reach: the schema given, else the
+    path's schemas, else (path not known, or changed by an earlier statement) any schema."""
+    if schema is not None:
+        return [(schema, name)] if (schema, name) in table else []
+    if schemas is None:
+        return [k for k in table if k[1] == name]
+    return [(s, name) for s in schemas if (s, name) in table]
+
+
+def _operator_units(scope: Scope, schema, name, late):
+    """What an operator may run: the VOLATILE functions of user-defined operators of that
+    name it may reach (an IMMUTABLE or STABLE one, as every built-in, is part of a read). An
+    operator hoopy knows nowhere (created after the path was read) is a write on it in each
+    schema it may be in; None if that cannot be told."""
+    schemas = scope.code_schemas(late)
+    units = []
+    for key in _named_in(scope.operators, schemas, schema, name):
+        units.extend(_write_units(scope.operators[key]))
+    if name in functions.BUILTIN_OPERATORS or _named_in(dict.fromkeys(scope.user_operators), schemas, schema, name):
+        return units
+    if schema is not None:
+        return units + [Unit("write", object_name(schema, name) + "()")]
+    if schemas is None:
+        return None
+    return units + [Unit("write", object_name(s, name) + "()") for s in scope.explicit
+                    if s != CATALOG and not s.startswith("pg_temp")]
+
+
 def _resolve(p: Parsed, scope: Scope) -> Classified:
     units = dict.fromkeys(p.fixed)
     relations = set()
@@ -165,6 +198,19 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
             u = functions.call_unit(s, name)
             if u is not None:
                 units[u] = None
+    for schema, name, late in p.operators:
+        if schema == CATALOG:
+            continue
+        found = _operator_units(scope, schema, name, late)
+        if found is None:
+            unresolved = True
+        else:
+            units.update(dict.fromkeys(found))
+    for schema, name, late in p.casts:
+        if schema == CATALOG:
+            continue
+        for key in _named_in(scope.types, scope.code_schemas(late), schema, name):
+            units.update(dict.fromkeys(_write_units(scope.types[key])))
     if p.dotted:
         # "t.name" may be name(t) (functional notation): a function of that name
         # outside pg_catalog may be called.

@@ -23,6 +23,7 @@ from hoopy.postgres.pipeline import (
     Check, Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
 from hoopy.postgres.replies import UpstreamReplies
 from hoopy.postgres.scope import SCOPE_QUERY, Scope
+from hoopy.postgres.rules import object_name
 from hoopy.postgres.startup import quote_ident
 
 MAX_SQL_RECORDED = 100_000
@@ -198,7 +199,8 @@ class ClientSide(UpstreamReplies):
                                types[i] if i < len(types) else 0) for i, v in enumerate(b.params)]
         # Judged at Bind, not at Execute: planning an unnamed statement with its parameters
         # already runs code (IMMUTABLE functions are folded into constants at Bind).
-        self.judge(Judging(Kind.BIND, sql, params, b.params, p, b.portal, Portal(sql, params, b.result_formats)))
+        self.judge(Judging(Kind.BIND, sql, params, b.params, p, b.portal, Portal(sql, params, b.result_formats),
+                           types=tuple(types)))
 
     def _describe(self, p: bytes) -> None:
         kind, _ = codec.parse_describe(p)
@@ -371,9 +373,9 @@ class ClientSide(UpstreamReplies):
         if j.kind is Kind.PARSE:
             # Only whether it could be allowed: nothing runs yet, and the Bind is decided
             # (and recorded) with its parameters.
-            self.commands.append(Check(self._operation(j.sql, c), self.parse_refusal(c, j.sql)))
+            self.commands.append(Check(self._operation(j.sql, c, types=j.types), self.parse_refusal(c, j.sql)))
             return
-        self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params),
+        self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params, j.types),
                                     self.local_refusal(masking, j.sql, j.raw_params or ())))
 
     def decided(self, verdict) -> None:
@@ -458,13 +460,18 @@ class ClientSide(UpstreamReplies):
         self.forward(wire.EXECUTE, p)
         self.expect(ex)
 
-    def _operation(self, sql: str, c, params=None, raw_params=None) -> Operation:
+    def _operation(self, sql: str, c, params=None, raw_params=None, types=()) -> Operation:
         detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
         if params is not None:
             detail["params"] = params
         units = list(c.units)
         for name in c.executes:
             units.extend(self._prepared_units(name))
+        for oid in types:
+            # A parameter of a domain (or a type) whose conversion runs a VOLATILE function:
+            # the server converts the Bind's values to it (a CHECK constraint, a cast).
+            for fn in sorted(self.scope.type_oids.get(oid, ())):
+                units.append(Unit("write", object_name(*fn) + "()"))
         units = tuple(dict.fromkeys(units))
         # What a retry-mode approval is bound to: the whole SQL text, the parameters' exact bytes
         # (the recorded text and values may be shortened), and what the text means here: the
@@ -525,7 +532,7 @@ class ClientSide(UpstreamReplies):
     # the middle of an extended-protocol batch where no query can be slipped in, an
     # unqualified name is refused.
     def search_path_may_change(self) -> None:
-        self.scope = Scope.unknown()
+        self.scope = Scope.unknown(self.scope)
         self.scope_due = True
         self.path_dirty = True  # a transaction's end may change it back
 
@@ -556,7 +563,7 @@ class ClientSide(UpstreamReplies):
             # An aborted transaction (or another failure): read it again before a later
             # statement; this one is judged with the path unknown (an unqualified name is
             # refused), never by asking again at once, which could go on for ever.
-            self.scope = Scope.unknown()
+            self.scope = Scope.unknown(self.scope)
             self.scope_due = True
         if self.state is State.READING_PATH:
             self.state = State.READY

@@ -152,6 +152,15 @@ record_out record_send row_to_json to_json to_jsonb hstore to_tsvector json_popu
 """.split())
 
 
+# pg_catalog's operator names (PostgreSQL 15): an operator of any other name is
+# user-defined.
+BUILTIN_OPERATORS = frozenset("""
+!! !~ !~* !~~ !~~* # ## #- #> #>> % & && &< &<| &> * *< *<= *<> *= *> *>= + - -> ->> -|- / < <-> << <<= <<|
+<= <> <@ <^ = > >= >> >>= >^ ? ?# ?& ?- ?-| ?| ?|| @ @-@ @> @? @@ @@@ ^ ^@ | |&> |/ |>> || ||/ ~ ~* ~<=~ ~<~
+~= ~>=~ ~>~ ~~ ~~* != ^@
+""".split())
+
+
 def subject(schema: str, name: str) -> str:
     from hoopy.postgres.rules import object_name
 

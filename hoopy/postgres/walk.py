@@ -65,6 +65,8 @@ class Parsed:
     fixed: tuple  # Units needing no lookup
     refs: tuple  # (class, what, schema or None, name, late): what = rel | new | fn | newfn
     calls: tuple  # (schema or None, name, late) of every function called
+    operators: tuple  # (schema or None, operator, late) of every operator named (explicitly or by IN, LIKE, ...)
+    casts: tuple  # (schema or None, type, late) of every type a value is cast or coerced to
     # late: in a statement after one that may change the search path, in the same
     # string (the server looks its names up only when it gets to it).
     dotted: frozenset  # (last name, late) of "a.b" column references: b may be a function of a
@@ -150,6 +152,8 @@ class Walk:
         self.fixed: dict = {}
         self.refs: dict = {}
         self.calls: dict = {}
+        self.operators: dict = {}
+        self.casts: dict = {}
         self.columns: set = set()
         self.aliases: set = set()
         self.pending_lone: list = []
@@ -184,6 +188,7 @@ class Walk:
         whole = self.whole_row or any(n in self.aliases for n in self.pending_lone)
         return Parsed(
             statements=tuple(kinds), fixed=tuple(self.fixed), refs=tuple(self.refs), calls=tuple(self.calls),
+            operators=tuple(self.operators), casts=tuple(self.casts),
             dotted=frozenset(self.dotted), column_names=frozenset(self.columns), whole_row=whole,
             copy_out=self.copy_out, copy=self.copy, fetch=self.fetch, prepares=tuple(self.prepares),
             executes=tuple(self.executes), deallocates=tuple(self.deallocates), declares=tuple(self.declares),
@@ -197,6 +202,10 @@ class Walk:
             self.refs.setdefault((cls if cls and c == "read" else c, what, schema, name, late or self.late), None)
         for schema, name, late in o.calls:
             self.calls.setdefault((schema, name, late or self.late), None)
+        for schema, name, late in o.operators:
+            self.operators.setdefault((schema, name, late or self.late), None)
+        for schema, name, late in o.casts:
+            self.casts.setdefault((schema, name, late or self.late), None)
         for name, late in o.dotted:
             self.dotted.add((name, late or self.late))
         self.columns |= o.columns
@@ -299,6 +308,8 @@ class Walk:
             eref = a.get("aliasname") if isinstance(a, dict) else f.get("relname")
             self.relation(f, "read", ctx.ctes, lock_all or eref in lock_names)
         elif typ == "JoinExpr":
+            if f.get("usingClause"):
+                self.operator(["="])  # JOIN ... USING compares with "=" as written
             a = f.get("alias")
             locked = lock_all or (isinstance(a, dict) and a.get("aliasname") in lock_names)
             self.alias(a)
@@ -348,6 +359,18 @@ class Walk:
             cls = "read" if isinstance(value, str) and value.lower() == "none" and name == "role" else "admin"
             return self.add(cls)
         self.add(gucs.set_class(name, value, reset))
+
+    def operator(self, names):
+        q = _qualified(names)
+        if q is not None and q[1]:
+            self.operators.setdefault(q + (self.late,), None)
+
+    def cast(self, type_name):
+        """A value converted to this type (TypeName): its casts and domain checks may run code."""
+        if isinstance(type_name, dict):
+            q = _qualified(_strings(type_name.get("names")))
+            if q is not None:
+                self.casts.setdefault(q + (self.late,), None)
 
     def column_ref(self, f, star_ok=False):
         self.seen[1] += 1
@@ -496,6 +519,8 @@ def _copy(w: Walk, f, ctx):
 
 def _prepare(w: Walk, f, ctx):
     sub = Walk()
+    for t in f.get("argtypes") or ():
+        sub.cast(_unwrap(t)[1])  # EXECUTE's parameters are converted to these types
     sub.push(f.get("query"), TOP)
     sub.run_stack()
     w.merge(sub)
@@ -633,6 +658,52 @@ def _column_ref(w: Walk, f, ctx):
     w.column_ref(f)
 
 
+# Operators an expression names without writing them (the server looks these names up
+# as it looks up a written operator).
+_IMPLIED_OPERATORS = {"AEXPR_BETWEEN": (">=", "<="), "AEXPR_BETWEEN_SYM": (">=", "<="),
+                      "AEXPR_NOT_BETWEEN": ("<", ">"), "AEXPR_NOT_BETWEEN_SYM": ("<", ">")}
+
+
+def _a_expr(w: Walk, f, ctx):
+    implied = _IMPLIED_OPERATORS.get(f.get("kind"))
+    if implied:
+        for op in implied:
+            w.operator([op])
+    else:
+        w.operator(_strings(f.get("name")))
+    w.fields("A_Expr", f, ctx, skip=("name",))
+
+
+def _sublink(w: Walk, f, ctx):
+    if f.get("operName"):
+        w.operator(_strings(f.get("operName")))
+    elif f.get("subLinkType") == "ANY_SUBLINK":
+        w.operator(["="])  # x IN (SELECT ...)
+    w.fields("SubLink", f, ctx, skip=("operName",))
+
+
+def _sort_by(w: Walk, f, ctx):
+    if f.get("useOp"):
+        w.operator(_strings(f.get("useOp")))  # ORDER BY x USING op
+    w.fields("SortBy", f, ctx, skip=("useOp",))
+
+
+def _case(w: Walk, f, ctx):
+    if f.get("arg") is not None:
+        w.operator(["="])  # CASE x WHEN v: x = v
+    w.fields("CaseExpr", f, ctx)
+
+
+def _type_cast(w: Walk, f, ctx):
+    w.cast(f.get("typeName"))
+    w.fields("TypeCast", f, ctx)
+
+
+def _table_func_column(w: Walk, f, ctx):
+    w.cast(f.get("typeName"))  # XMLTABLE ... COLUMNS x type: each value is converted to it
+    w.fields("RangeTableFuncCol", f, ctx)
+
+
 def _alias(w: Walk, f, ctx):
     w.alias(f)
 
@@ -675,6 +746,12 @@ _HANDLERS = {
     "ConstraintsSetStmt": _constraints,
     "FuncCall": _func_call,
     "ColumnRef": _column_ref,
+    "A_Expr": _a_expr,
+    "SubLink": _sublink,
+    "SortBy": _sort_by,
+    "CaseExpr": _case,
+    "TypeCast": _type_cast,
+    "RangeTableFuncCol": _table_func_column,
     "Alias": _alias,
     "CommonTableExpr": _cte,
     "LockingClause": _lockedrel,
