@@ -56,11 +56,26 @@ class GatewaySettings:
     approval_timeout: float
     name: str
     store_busy_timeout: float
+    signing_key: Path | None = None  # Ed25519 private key; its public half beside it (.pub)
+    audit_anchor: str | None = None  # file:PATH | syslog:PATH | syslog://HOST[:PORT] | http(s)://URL
+    state_reader: str | None = None  # a postgresql:// URL the reader commands use instead of state
+    heartbeat: float = 60.0  # an idle node signs a heartbeat event this often
+    sign_interval: float = 2.0  # events stay unsigned at most about this long
+    admin_ca: Path | None = None  # CA the CLI trusts for an ssl: admin_listen
     approval_ttl: float = 900.0  # a retry-mode approval may be used this long after its decision
     console_url: str | None = None  # where people reach the web console (links in notifications)
     admin_tls_cert: Secret | None = None  # PEM; the admin listener (API and console) serves TLS
     admin_tls_key: Secret | None = None
     max_statement: int = 1024 * 1024  # largest SQL text judged per protocol message
+
+    @property
+    def signing_public_key(self) -> Path | None:
+        """Where readers find the signing key's public half."""
+        return self.signing_key.with_name(self.signing_key.name + ".pub") if self.signing_key else None
+
+    @property
+    def reader_state(self) -> str:
+        return self.state_reader or self.state
 
 
 APPROVAL_MODES = ("hold", "retry")
@@ -115,6 +130,9 @@ class Config:
     connections: dict  # name -> Connection
     grants: tuple[Grant, ...]
     masking: tuple[Masking, ...]
+    # "full" (the gateway, `hoopy check`), "reader" (connections' settings left unread: no
+    # secret resolved) or "gateway" (only the [gateway] table was read).
+    mode: str = "full"
     notify: tuple = ()  # of hoopy.notify.settings.NotifyTarget
 
     @property
@@ -386,8 +404,17 @@ def _parse_time(value, key: str, problems: list[Problem]) -> datetime | None:
     return dt.astimezone(timezone.utc)
 
 
-def load(path: str | os.PathLike) -> Config:
-    """Read and validate the file; raise ConfigError naming every problem."""
+MODES = ("full", "reader", "gateway")
+
+
+def load(path: str | os.PathLike, mode: str = "full") -> Config:
+    """Read and validate the file; raise ConfigError naming every problem.
+
+    ``mode="gateway"`` reads only the [gateway] table (what the reader commands
+    need: the state, recordings, admin address, the signing key's public half);
+    ``mode="reader"`` also reads identities, grants and masking, and of each
+    connection only its type, listen and upstream: no secret is resolved, so
+    nobody needs a connection's password to read the record."""
     path = Path(path).absolute()
     try:
         with open(path, "rb") as f:
@@ -396,20 +423,89 @@ def load(path: str | os.PathLike) -> Config:
         raise ConfigError([Problem("", f"cannot read {path}: {e.strerror or e}")])
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([Problem("", f"{path}: not valid TOML: {e}")])
-    return parse(data, path)
+    return parse(data, path, mode)
 
 
-def parse(data: dict, path: Path) -> Config:
-    from hoopy.identity import parse_identity
-    from hoopy.policy.masking import parse_detector
-    from hoopy.policy.rules import RuleError
-    from hoopy.protocols import PROTOCOLS, parse_rule
+def split_endpoint(desc: str) -> tuple[str, list, dict]:
+    """A Twisted endpoint string's kind, positional and keyword arguments (``:`` separates,
+    ``\\`` escapes), without importing the endpoint machinery (the reader commands stay light)."""
+    parts, cur, i = [], "", 0
+    while i < len(desc):
+        c = desc[i]
+        if c == "\\" and i + 1 < len(desc):
+            cur += desc[i + 1]
+            i += 2
+            continue
+        if c == ":":
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += c
+        i += 1
+    parts.append(cur)
+    kind, args, kwargs = parts[0].lower(), [], {}
+    for p in parts[1:]:
+        k, eq, v = p.partition("=")
+        if eq:
+            kwargs[k] = v
+        else:
+            args.append(p)
+    return kind, args, kwargs
 
-    problems: list[Problem] = []
-    base = path.parent
-    top = Table("", data, problems, base)
 
-    # [gateway]
+def admin_address(desc: str) -> tuple[str, str, int]:
+    """(scheme, host, port) the hoopy command reaches ``admin_listen`` at."""
+    kind, args, kw = split_endpoint(desc)
+    port = int(kw.get("port") or args[0])
+    host = kw.get("interface") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return ("https" if kind == "ssl" else "http"), host, port
+
+
+def _admin_listen_problem(desc: str) -> str | None:
+    """The admin API carries reviewers' tokens: it is reached at an IP literal (a name
+    could resolve anywhere), over tcp: or ssl:."""
+    import ipaddress
+
+    kind, args, kw = split_endpoint(desc)
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return f"must be a tcp: or ssl: endpoint (the hoopy command reaches it over HTTP), not {kind}:"
+    iface = kw.get("interface", "")
+    if iface:
+        try:
+            ipaddress.ip_address(iface)
+        except ValueError:
+            return (f"interface={iface} must be an IP address (127.0.0.1, ::1, 10.0.0.5): "
+                    "a host name could resolve to another machine, which would receive reviewers' tokens")
+    return None
+
+
+def _anchor_problem(value: str, base: Path) -> str | None:
+    from urllib.parse import urlsplit
+
+    if value.startswith("file:"):
+        p = Path(os.path.expanduser(value[5:]))
+        p = p if p.is_absolute() else base / p
+        if not p.parent.is_dir():
+            return f"folder {p.parent} does not exist"
+        return None
+    if value.startswith("syslog:"):
+        rest = value[7:]
+        if rest.startswith("//"):
+            u = urlsplit(value)
+            try:
+                u.port
+            except ValueError:
+                return "syslog://HOST[:PORT]: bad port"
+            return None if u.hostname else "syslog://HOST[:PORT] needs a host"
+        return None if rest.startswith("/") else "syslog:/dev/log (a socket path) or syslog://HOST[:PORT] (UDP)"
+    if value.startswith(("http://", "https://")):
+        return None if urlsplit(value).hostname else "the URL needs a host"
+    return "must be \"file:/path\", \"syslog:/dev/log\", \"syslog://HOST[:PORT]\" or an http(s):// URL"
+
+
+def _parse_gateway(top: Table, problems: list, base: Path, mode: str = "full") -> GatewaySettings:
     gw = Table("gateway", top.table("gateway", default={}), problems, base)
     state = gw.string("state", default="hoopy.db")
     if state and not state.startswith(("postgresql://", "postgres://")):
@@ -417,11 +513,42 @@ def parse(data: dict, path: Path) -> Config:
     elif state:
         for message in check_postgres_state(state):
             problems.append(Problem("gateway.state", message))
+    state_reader = gw.string("state_reader")
+    if state_reader is not None:
+        if not state_reader.startswith(("postgresql://", "postgres://")):
+            gw.problem("state_reader", "is a postgresql:// URL (a read-only role for the reader commands)")
+            state_reader = None
+        elif not (state or "").startswith(("postgresql://", "postgres://")):
+            gw.problem("state_reader", "only goes with a postgresql:// state")
+            state_reader = None
+        else:
+            for message in check_postgres_state(state_reader):
+                gw.problem("state_reader", message)
     recordings = gw.resolve_path(gw.string("recordings", default="recordings"))
-    admin_listen = gw.server_endpoint("admin_listen")
+    # Readers of [gateway] alone leave the endpoint's full check to `hoopy check` and the gateway.
+    admin_listen = gw.string("admin_listen") if mode == "gateway" else gw.server_endpoint("admin_listen")
+    if admin_listen and (err := _admin_listen_problem(admin_listen)):
+        gw.problem("admin_listen", err)
+        admin_listen = None
     approval_timeout = gw.duration("approval_timeout", default=300.0)
     gw_name = gw.string("name", default=socket.gethostname())
     busy = gw.duration("store_busy_timeout", default=5.0)
+    signing_key = gw.file_path("signing_key")
+    if signing_key is not None and not signing_key.exists() and not signing_key.parent.is_dir():
+        gw.problem("signing_key", f"folder {signing_key.parent} does not exist: a key is created only "
+                                  "in an existing folder (is the path mistyped?)")
+    anchor = gw.string("audit_anchor")
+    if anchor is not None and (err := _anchor_problem(anchor, base)):
+        gw.problem("audit_anchor", err)
+    if anchor is not None and signing_key is None:
+        gw.problem("audit_anchor", "anchors signed heads: it needs signing_key")
+    heartbeat = gw.duration("heartbeat", default=60.0)
+    if not 0.05 <= heartbeat <= 60:
+        gw.problem("heartbeat", "must be between 50ms and 1m (an idle gateway signs at least every minute)")
+    sign_interval = gw.duration("sign_interval", default=2.0)
+    if not 0.01 <= sign_interval <= 10:
+        gw.problem("sign_interval", "must be between 10ms and 10s")
+    admin_ca = gw.file_path("admin_ca")
     max_statement = gw.size("max_statement", default=1024 * 1024)
     if max_statement is not None and max_statement < 1024:
         gw.problem("max_statement", "must be at least 1 KiB")
@@ -430,23 +557,56 @@ def parse(data: dict, path: Path) -> Config:
     if console_url is not None and not re.match(r"^https?://[^\s/]+", console_url):
         gw.problem("console_url", "must be an http:// or https:// URL (where the console is reached)")
         console_url = None
-    admin_tls_cert = gw.secret("admin_tls_cert")
-    admin_tls_key = gw.secret("admin_tls_key")
+    if mode == "full":
+        admin_tls_cert = gw.secret("admin_tls_cert")
+        admin_tls_key = gw.secret("admin_tls_key")
+    else:
+        # Readers never resolve the listener's private key; its certificate (public) is read if it
+        # can be, for approve and deny to verify the listener with.
+        ref = gw.string("admin_tls_cert")
+        gw.string("admin_tls_key")
+        admin_tls_cert = (resolve_secret(ref, "gateway.admin_tls_cert", [], base) or Secret(ref, "")) if ref else None
+        admin_tls_key = None
     if (gw.has("admin_tls_cert")) != (gw.has("admin_tls_key")):
         gw.problem("admin_tls_key" if gw.has("admin_tls_cert") else "admin_tls_cert",
                    "admin_tls_cert and admin_tls_key go together")
-    elif admin_tls_cert is not None and admin_tls_key is not None:
+    elif mode == "full" and admin_tls_cert is not None and admin_tls_key is not None:
         err = _check_tls_pair(admin_tls_cert.value, admin_tls_key.value)
         if err:
             gw.problem("admin_tls_cert", err)
     gw.finish()
-    gateway = GatewaySettings(
+    return GatewaySettings(
         state=state, recordings=recordings, admin_listen=admin_listen,
         approval_timeout=approval_timeout, name=gw_name, store_busy_timeout=busy,
+        signing_key=signing_key, audit_anchor=anchor, state_reader=state_reader,
+        heartbeat=heartbeat, sign_interval=sign_interval, admin_ca=admin_ca,
         max_statement=max_statement,
         approval_ttl=approval_ttl, console_url=console_url,
         admin_tls_cert=admin_tls_cert, admin_tls_key=admin_tls_key,
     )
+
+
+def parse(data: dict, path: Path, mode: str = "full") -> Config:
+    problems: list[Problem] = []
+    base = path.parent
+    top = Table("", data, problems, base)
+
+    # [gateway]
+    gateway = _parse_gateway(top, problems, base, mode)
+    admin_listen = gateway.admin_listen
+    approval_timeout = gateway.approval_timeout
+    approval_ttl = gateway.approval_ttl
+    if mode == "gateway":
+        if problems:
+            raise ConfigError(problems)
+        return Config(path=path, gateway=gateway, identities={}, connections={}, grants=(), masking=(),
+                      mode=mode)
+
+    # Imported here: the reader commands that need only [gateway] never load the protocols.
+    from hoopy.identity import parse_identity
+    from hoopy.policy.masking import parse_detector
+    from hoopy.policy.rules import RuleError
+    from hoopy.protocols import PROTOCOLS, parse_rule
 
     # [identities.NAME]
     identities = {}
@@ -485,16 +645,20 @@ def parse(data: dict, path: Path) -> Config:
                     t.problem("listen", f"port {addr[0]} is already used by {other}")
             listeners.append((f"{key}.listen", addr))
         timeout = t.duration("approval_timeout", default=approval_timeout)
-        mode = t.string("approvals", default="hold", choices=APPROVAL_MODES)
+        approvals_mode = t.string("approvals", default="hold", choices=APPROVAL_MODES)
         ttl = t.duration("approval_ttl", default=approval_ttl)
         if ctype is None:
             continue  # its other keys cannot be judged without a type
-        settings = PROTOCOLS[ctype].parse_settings(t)
-        t.finish()
+        if mode == "reader":
+            # Readers see where secrets live, never their values: nothing is resolved.
+            settings = {k: v for k, v in t.data.items() if k not in ("type", "listen", "approval_timeout")}
+        else:
+            settings = PROTOCOLS[ctype].parse_settings(t)
+            t.finish()
         if listen:
             connections[name] = Connection(
                 name=name, type=ctype, listen=listen, upstream=t.data.get("upstream"),
-                settings=settings, approval_timeout=timeout, approvals=mode, approval_ttl=ttl,
+                settings=settings, approval_timeout=timeout, approvals=approvals_mode, approval_ttl=ttl,
             )
 
     # Settings that name other parts of the file (an MCP connection's acts_as identity)
@@ -587,7 +751,10 @@ def parse(data: dict, path: Path) -> Config:
     from hoopy.notify.settings import parse_target
 
     notify = []
-    for i, table in enumerate(top._get("notify", False, [], list, "an array of tables") or []):
+    top._seen.add("notify")
+    # Readers never resolve the webhooks' secrets: [[notify]] is the gateway's alone.
+    for i, table in enumerate((top._get("notify", False, [], list, "an array of tables") or [])
+                              if mode == "full" else []):
         key = f"notify[{i}]"
         if not isinstance(table, dict):
             problems.append(Problem(key, "must be a table"))
@@ -603,7 +770,7 @@ def parse(data: dict, path: Path) -> Config:
         raise ConfigError(problems)
     return Config(
         path=path, gateway=gateway, identities=identities, connections=connections,
-        grants=tuple(grants), masking=tuple(masking), notify=tuple(notify),
+        grants=tuple(grants), masking=tuple(masking), notify=tuple(notify), mode=mode,
     )
 
 

@@ -39,6 +39,13 @@ class Gateway(MultiService):
         self.auth_failures = AuthFailureLog(self.record, reactor)
         self.store = store or open_store(config, reactor)
         self.store.on_error = self._store_failed
+        gw = config.gateway
+        self.store.sign_interval = gw.sign_interval
+        self.store.heartbeat = gw.heartbeat
+        self.anchor = None
+        # The key is read (or made) now, before twistd daemonizes, so a key that cannot be
+        # used stops the start with a message on the terminal.
+        self._key_created = self._load_signing_key()
         self.approvals = ApprovalService(self.store, self.identities, reactor, self.metrics)
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
         self.recordings = config.gateway.recordings
@@ -100,7 +107,8 @@ class Gateway(MultiService):
             peer=peer, data=data))
 
     def auth_failed(self, connection, peer: str, user: str, method: str, reason: str = "bad credentials"):
-        self.metrics.auth_failures.labels(connection.type, connection.name).inc()
+        # The admin API has no connection name: its failures are labelled "admin".
+        self.metrics.auth_failures.labels(connection.type, connection.name or connection.type).inc()
         return self.auth_failures.failed(connection, peer, user, method, reason)
 
     def count_bytes(self, session: Session, direction: str, n: int):
@@ -112,8 +120,57 @@ class Gateway(MultiService):
 
     # --- lifecycle ------------------------------------------------------------
 
+    def _load_signing_key(self):
+        """This node's Ed25519 key (made if its file is absent and its folder there), before the
+        store opens: a key that cannot be used stops the gateway."""
+        from hoopy.audit.signing import SigningKeyError, load_signer
+
+        path = self.config.gateway.signing_key
+        if path is None:
+            return False
+        try:
+            signer, created = load_signer(path)
+        except SigningKeyError as e:
+            raise SystemExit(f"hoopy: {e}")
+        self.store.signer = signer
+        if self.config.gateway.audit_anchor:
+            from hoopy.audit.anchor import Anchor
+
+            self.anchor = Anchor(self.config.gateway.audit_anchor, self.config.base_dir)
+            self.store.anchor = self.anchor
+        return created
+
+    def _announce_key(self, created: bool):
+        signer = self.store.signer
+        path = self.config.gateway.signing_key
+        if signer is None:
+            log.warn("the audit chain is not signed: set [gateway] signing_key = \"file:...\" "
+                     "(see docs/operators.md)")
+            return
+        if created:
+            log.warn("\n" + "*" * 78 + "\n"
+                     "* NEW SIGNING KEY for gateway {name}: {path}\n"
+                     "* public key {pub} (key id {kid}), also in {path}.pub\n"
+                     "* Give this public key to whoever audits: hoopy audit verify --key {pub}\n"
+                     "* If this node already had a key, the path is wrong: a new key is a new identity.\n"
+                     + "*" * 78, name=self.name_, path=str(path), pub=signer.public.text, kid=signer.key_id)
+        else:
+            log.info("signing the audit chain with key {kid} ({path})", kid=signer.key_id, path=str(path))
+
     def startService(self):
+        created, self._key_created = self._key_created, False
+        self._announce_key(created)
+        if self.anchor is not None:
+            self.anchor.start()  # a thread: started here, after twistd has daemonized
         self.store.start()
+        if created:
+            signer = self.store.signer
+            self.store.append(Event(
+                kind="audit.key.created", outcome="ok",
+                data={"key_id": signer.key_id, "public_key": signer.public.text,
+                      "path": str(signer.path)})).addErrback(
+                lambda f: log.error("the new signing key's event was not recorded: {e}",
+                                    e=f.getErrorMessage()))
         # Approvals left pending by a previous run can never resume their caller.
         reader = self.store.reader()
         try:
@@ -144,6 +201,10 @@ class Gateway(MultiService):
         d.addCallback(lambda _: self.end_all_sessions("gateway shutdown"))
         d.addCallback(lambda _: gatherResults(self.auth_failures.flush()))
         d.addCallback(lambda _: self.store.stop())
+        if self.anchor is not None:
+            from twisted.internet.threads import deferToThread
+
+            d.addCallback(lambda _: deferToThread(self.anchor.stop))
         return d
 
     def end_all_sessions(self, reason: str):

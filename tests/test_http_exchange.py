@@ -247,6 +247,7 @@ class _Settings:
 @attrs.frozen
 class _Ident:
     name: str
+    credential: str | None = None  # a per-child credential's id (hoopy/identity.py)
 
 
 _AGENT = _Ident("agent")
@@ -278,7 +279,7 @@ class FakeSite:
     def auth_failed(self, peer, why):
         self.failed.append(why)
 
-    def session_for(self, channel, identity, peer):
+    def session_for(self, channel, identity, peer, credential=None):
         return defer.succeed(FakeSession(self.script, identity))
 
     def scrub_header(self, v):

@@ -176,7 +176,9 @@ async def test_cli_and_tampering_on_a_postgres_state(pg, tmp_path):
          "event 6: its content does not match its hash"),
         (["DELETE FROM hoopy.events WHERE seq = 4"],
          "event 4: missing: the chain jumps from event 3 to 5 (removed)"),
-        (["DELETE FROM hoopy.events WHERE seq = 4", "UPDATE hoopy.events SET seq = seq - 1 WHERE seq > 4"],
+        # (renumbered through negatives: a unique key is checked row by row, in no set order)
+        (["DELETE FROM hoopy.events WHERE seq = 4", "UPDATE hoopy.events SET seq = -seq WHERE seq > 4",
+          "UPDATE hoopy.events SET seq = -seq - 1 WHERE seq < 0"],
          "event 4: its link to the event before does not match"),
         (["UPDATE hoopy.events SET seq = -1 WHERE seq = 4", "UPDATE hoopy.events SET seq = 4 WHERE seq = 5",
           "UPDATE hoopy.events SET seq = 5 WHERE seq = -1"],
@@ -369,3 +371,103 @@ async def test_server_gone_refuses_operations_and_the_store_recovers(pg, tmp_pat
     assert r.returncode == 0, r.stdout + r.stderr
     allowed = sql(pg, "SELECT count(*) FROM hoopy.events WHERE kind = 'operation' AND outcome = 'allowed'")
     assert allowed == [(3,)]  # the refused ones were never recorded as allowed
+
+
+# --- signatures on a shared chain; a read-only role for readers ------------------------------------
+
+
+def signing_node(tmp_path, url, node, **kw) -> Gateway:
+    from twisted.internet import reactor
+
+    p = pg_config(tmp_path, url, node, **kw)
+    p.write_text(p.read_text().replace(f'name = "{node}"', f'name = "{node}"\nsigning_key = "file:{node}.key"'))
+    gw = Gateway(cm.load(p), reactor)
+    gw.add_admin()
+    gw.startService()
+    return gw
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_node_signs_the_shared_chain_with_its_own_key(pg, tmp_path):
+    a = signing_node(tmp_path, pg, "node-a")
+    b = signing_node(tmp_path, pg, "node-b")
+    try:
+        for gw in (a, b, a, b):
+            s = gw.new_session("agent", gw.config.connections["api"], "127.0.0.1:40009")
+            await s.start()
+            assert isinstance(await gw.policy.decide(s, request("GET", "/v1/x")), Allow)
+            await s.end()
+    finally:
+        await a.stopService()
+        await b.stopService()
+    key_a = (tmp_path / "node-a" / "node-a.key.pub").read_text().strip()
+    key_b = (tmp_path / "node-b" / "node-b.key.pub").read_text().strip()
+    signers = sql(pg, "SELECT DISTINCT gateway, split_part(signature, ':', 2) FROM hoopy.events"
+                      " WHERE signature IS NOT NULL")
+    assert len(signers) == 2 and len({k for _, k in signers}) == 2
+    cfg = a.config.path
+    r = await hoopy_cli(cfg, "audit", "verify", "--key", key_a)
+    assert r.returncode == 1 and "not among the keys given" in r.stdout, r.stdout
+    r = await hoopy_cli(cfg, "audit", "verify", "--key", key_a, "--key", key_b)
+    assert r.returncode == 0 and "0 event(s) after it unsigned" in r.stdout, r.stdout + r.stderr
+    # Delete an event and recompute every link after it: the chain holds, the signatures do not.
+    from hoopy.audit.chain import link
+
+    rows = sql(pg, "SELECT seq, time_us, gateway, session, identity, connection, protocol, peer, kind, outcome,"
+                   " data, writes, prev, hash, signature FROM hoopy.events ORDER BY seq")
+    cols = ["seq", "time_us", "gateway", "session", "identity", "connection", "protocol", "peer", "kind",
+            "outcome", "data", "writes", "prev", "hash", "signature"]
+    rows = [dict(zip(cols, r)) for r in rows]
+    victim = next(i for i, r in enumerate(rows) if r["kind"] == "operation")
+    kept = rows[:victim] + rows[victim + 1:]
+    prev = rows[victim]["prev"]
+    for i, r in enumerate(kept[victim:], victim):
+        r.update(seq=i + 1, prev=prev)
+        r["hash"] = link(prev, r)
+        prev = r["hash"]
+    sql(pg, "DELETE FROM hoopy.events")
+    for r in kept:
+        sql(pg, f"INSERT INTO hoopy.events ({', '.join(cols)}) VALUES ({', '.join(['%s'] * len(cols))})",
+            *[r[c] for c in cols])
+    assert (await hoopy_cli(cfg, "audit", "verify")).returncode == 0  # unkeyed: fooled
+    r = await hoopy_cli(cfg, "audit", "verify", "--key", key_a, "--key", key_b)
+    assert r.returncode == 1 and "signature does not verify" in r.stdout, r.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_readers_use_a_read_only_role_and_never_the_writers(pg, tmp_path):
+    role = f"hoopy_ro_{secrets.token_hex(4)}"
+    dbname = pg.rsplit("/", 1)[1]
+    gw = start_node(tmp_path, pg, "node-a")
+    try:
+        s = gw.new_session("agent", gw.config.connections["api"], "127.0.0.1:40010")
+        await s.start()
+        await gw.policy.decide(s, request("GET", "/v1/x"))
+        await s.end()
+    finally:
+        await gw.stopService()
+    admin_sql(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        sql(pg, f'GRANT USAGE ON SCHEMA hoopy TO "{role}"')
+        sql(pg, f'GRANT SELECT ON ALL TABLES IN SCHEMA hoopy TO "{role}"')
+        host = SERVER.split("@", 1)[1]
+        writer = f"postgresql://no_such_role_{secrets.token_hex(3)}@{host}/{dbname}"
+        reader = f"postgresql://{role}@{host}/{dbname}"
+        cfg = gw.config.path
+        text = cfg.read_text().replace(f'state = "{pg}"', f'state = "{writer}"\nstate_reader = "{reader}"')
+        cfg.write_text(text)
+        for args in (("sessions",), ("show", s.id[:6]), ("events", "--type", "operation"), ("audit", "verify"),
+                     ("approvals", "--all")):
+            r = await hoopy_cli(cfg, *args)
+            assert r.returncode == 0, (args, r.stdout, r.stderr)
+        r = await hoopy_cli(cfg, "evidence", "export", "-o", str(tmp_path / "e.tar.gz"))
+        assert r.returncode == 0, r.stderr
+        # The reader's role cannot change the record.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            sql(reader, "UPDATE hoopy.sessions SET model = 'x'")
+        # `hoopy check` (the gateway's view) still names the writer's URL as the state.
+        r = await hoopy_cli(cfg, "check")
+        assert r.returncode == 0, r.stdout
+    finally:
+        admin_sql(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        admin_sql(f'DROP ROLE IF EXISTS "{role}"')

@@ -2,7 +2,7 @@
 
   GET  /health                          200 ok, 503 when the store cannot write
   GET  /metrics                         Prometheus text
-  GET  /approvals[?state=pending]       reviewer or auditor token
+  GET  /approvals[?state=pending][&prefix=ap-12]   reviewer or auditor token
   GET  /approvals/ID
   POST /approvals/ID/approve            reviewer token; body {"reason": "..."} optional
   POST /approvals/ID/deny
@@ -11,21 +11,37 @@
   GET  /sessions/ID/events
   POST /mcp/CONNECTION/tools/TOOL/accept reviewer token: accept a changed tool definition (pinning)
 
-Tokens come as ``Authorization: Bearer TOKEN``.
+Tokens come as ``Authorization: Bearer TOKEN``; a wrong one is an
+``auth.failed`` event (protocol ``admin``), summarized in a flood like the
+protocols' (hoopy.audit.failures).
+
+Approving is the most powerful act in the system, so the listener is strict
+before anything is stored or parsed (``AdminChannel``, ``AdminSite``): a body
+larger than MAX_BODY is refused from its Content-Length (chunked bodies are
+refused), the request line and headers must arrive within HEADER_TIMEOUT and
+the body within BODY_TIMEOUT, at most MAX_CONNECTIONS are open (PER_PEER from
+one address), and ``Host`` must be an IP address or ``localhost`` (a DNS name
+pointing a browser at the admin port is refused), except over TLS.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 
+import attrs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.application import strports
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.threads import deferToThread
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.logger import Logger
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from hoopy import __version__
-from hoopy.audit.events import iso
+from hoopy.audit.views import approval_json, session_json  # noqa: F401 (the JSON shapes, shared with the CLI)
 from hoopy.audit.store import StoreError, event_json
 from hoopy.policy.approvals import ApprovalError
 
@@ -33,22 +49,30 @@ log = Logger()
 
 MAX_BODY = 64 * 1024
 READ_ROLES = {"reviewer", "auditor"}
+HEADER_TIMEOUT = 10.0  # seconds for the request line and headers
+BODY_TIMEOUT = 30.0  # seconds for the body, once the headers are in
+IDLE_TIMEOUT = 30.0  # a kept-alive connection with nothing to say
+MAX_CONNECTIONS = 128
+PER_PEER = 32
+# Ids as hoopy makes them; anything else (a "/", "?", "%", "..") is refused before any lookup.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
-def approval_json(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if not k.endswith("_us")}
-    for k in ("created_us", "expires_us", "decided_us", "used_us"):
-        out[k[:-3]] = iso(row.get(k))
-    if row.get("mode") == "retry" and row.get("decided_us") and row.get("state") == "approved":
-        out["usable_until"] = iso(row["decided_us"] + int(row.get("ttl_s") or 0) * 1_000_000)
-    return out
+@attrs.frozen
+class _AdminListener:
+    """What ``auth.failed`` events of the admin API name: no connection, protocol "admin"."""
+
+    name: str | None = None
+    type: str = "admin"
 
 
-def session_json(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if not k.endswith("_us")}
-    out["start"] = iso(row.get("started_us"))
-    out["end"] = iso(row.get("ended_us"))
-    return out
+ADMIN = _AdminListener()
+
+
+def _peer(request) -> str:
+    addr = request.getClientAddress()
+    host, port = getattr(addr, "host", "?"), getattr(addr, "port", 0)
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 class AdminResource(Resource):
@@ -77,7 +101,10 @@ class AdminResource(Resource):
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return None
-        return self.gateway.identities.by_token(token.strip())
+        ident = self.gateway.identities.by_token(token.strip())
+        if ident is None:  # a guess, or a revoked token: on the record, counted, flood-summarized
+            self.gateway.auth_failed(ADMIN, _peer(request), "", "bearer", "unknown admin token")
+        return ident
 
     def _unauthorized(self, request):
         request.setHeader(b"www-authenticate", b'Bearer realm="hoopy-admin"')
@@ -122,10 +149,22 @@ class AdminResource(Resource):
             return self._unauthorized(request)
         if not READ_ROLES & ident.roles:
             return self._json(request, 403, {"error": f"{ident.name} is neither reviewer nor auditor"})
-        args = {k.decode(): v[0].decode() for k, v in request.args.items() if v}
+        args = {k.decode("utf-8", "replace"): v[0].decode("utf-8", "replace")
+                for k, v in request.args.items() if v}
+        if len(parts) >= 2 and not _ID.match(parts[1]):
+            return self._json(request, 400, {"error": f"not an id: {parts[1][:80]!r}"})
         if parts[0] == "approvals":
             if len(parts) == 1:
                 state = args.get("state")
+                prefix = args.get("prefix")
+                if prefix is not None:
+                    if not _ID.match(prefix):
+                        return self._json(request, 400, {"error": "prefix: not the beginning of an id"})
+
+                    def matching(r):
+                        rows = [r.approval(i) for i in r.ids_with_prefix("approvals", prefix, limit=21)]
+                        return 200, [approval_json(a) for a in rows if a and (state is None or a["state"] == state)]
+                    return self._read(request, matching)
                 return self._read(request, lambda r: (200, [approval_json(a) for a in r.approvals(state)]))
             if len(parts) == 2:
                 def one(r, aid=parts[1]):
@@ -159,6 +198,8 @@ class AdminResource(Resource):
             return self._mcp_accept(request, parts[1], parts[3])
         if len(parts) != 3 or parts[0] != "approvals" or parts[2] not in ("approve", "deny"):
             return self._json(request, 404, {"error": "not found"})
+        if not _ID.match(parts[1]):
+            return self._json(request, 400, {"error": f"not an approval id: {parts[1][:80]!r}"})
         ident = self._identity(request)
         if ident is None:
             return self._unauthorized(request)
@@ -232,18 +273,166 @@ class AdminResource(Resource):
         return self._json(request, 200 if store_ok else 503, body)
 
 
+class AdminChannel(HTTPChannel):
+    """HTTP/1.1 for the admin API, strict before anything is stored: see the module's docstring."""
+
+    maxHeaders = 64
+    totalHeadersSize = 16384
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._rejected = False
+        self._deadline = None
+        self._arm(HEADER_TIMEOUT, "request line and headers")
+
+    def _arm(self, seconds, what):
+        self._disarm()
+        self._deadline = self.callLater(seconds, self._too_slow, what)
+
+    def _disarm(self):
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+    def _too_slow(self, what):
+        self._deadline = None
+        self._refuse(408, f"{what} took too long")
+
+    def _refuse(self, status: int, message: str):
+        """Answer and close, and read nothing more of this connection."""
+        if self._rejected:
+            return
+        self._rejected = True
+        self._disarm()
+        body = json.dumps({"error": message}).encode() + b"\n"
+        reason = {400: b"Bad Request", 408: b"Request Timeout", 411: b"Length Required",
+                  413: b"Content Too Large", 421: b"Misdirected Request"}.get(status, b"Error")
+        if self.transport is not None and not self.transport.disconnecting:
+            self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+                                 b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+                                 % (status, reason, len(body), body))
+            self.transport.loseConnection()
+
+    def dataReceived(self, data):
+        if self._rejected:
+            return
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data):
+        if self._rejected:
+            return
+        super().rawDataReceived(data)
+
+    def lineReceived(self, line):
+        if self._rejected:
+            return
+        return super().lineReceived(line)
+
+    def _host_ok(self, req) -> bool:
+        if ISSLTransport.providedBy(self.transport):
+            return True  # a name the certificate verifies: DNS rebinding cannot present it
+        hosts = req.requestHeaders.getRawHeaders(b"host") or []
+        if len(hosts) != 1:
+            return False
+        host = hosts[0].decode("latin-1").strip()
+        if host.startswith("["):
+            host = host[1:host.find("]")] if "]" in host else ""
+        else:
+            host = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if host.lower() == "localhost":
+            return True
+        try:
+            ipaddress.ip_address(host)
+            return True
+        except ValueError:
+            return False
+
+    def allHeadersReceived(self):
+        req = self.requests[-1]
+        if not self._host_ok(req):
+            return self._refuse(421, "Host must be this gateway's IP address (or localhost)")
+        if self.length is None and self._transferDecoder is not None:
+            return self._refuse(411, "a body needs a Content-Length")
+        if self.length is not None and self.length > MAX_BODY:
+            return self._refuse(413, f"a body is at most {MAX_BODY} bytes")
+        super().allHeadersReceived()
+        if self.length:
+            self._arm(BODY_TIMEOUT, "the body")
+        else:
+            self._disarm()
+
+    def allContentReceived(self):
+        self._disarm()
+        if self._rejected:
+            return  # answered already: the request is never processed
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if self.persistent and not self._rejected:
+            self._arm(HEADER_TIMEOUT, "request line and headers")
+
+    def connectionLost(self, reason):
+        self._disarm()
+        self.site._lost(self)
+        super().connectionLost(reason)
+
+
+class AdminSite(Site):
+    protocol = AdminChannel
+
+    def __init__(self, resource, **kw):
+        super().__init__(resource, timeout=IDLE_TIMEOUT, **kw)
+        self.open = 0
+        self.by_peer: dict = {}
+
+    def admits(self, addr) -> bool:
+        host = getattr(addr, "host", None)
+        if self.open >= MAX_CONNECTIONS or self.by_peer.get(host, 0) >= PER_PEER:
+            log.warn("admin API: connection from {host} refused: too many open", host=host)
+            return False
+        return True
+
+    def buildProtocol(self, addr):
+        host = getattr(addr, "host", None)
+        if not self.admits(addr):
+            return None
+        p = super().buildProtocol(addr)
+        p._host = host
+        self.open += 1
+        self.by_peer[host] = self.by_peer.get(host, 0) + 1
+        return p
+
+    def _lost(self, channel):
+        host = getattr(channel, "_host", None)
+        self.open -= 1
+        n = self.by_peer.get(host, 1) - 1
+        if n:
+            self.by_peer[host] = n
+        else:
+            self.by_peer.pop(host, None)
+
+
+class _CappedTLSFactory(TLSMemoryBIOFactory):
+    """TLS around the admin site; a connection over the site's caps is closed before TLS starts."""
+
+    def buildProtocol(self, addr):
+        if not self.wrappedFactory.admits(addr):
+            return None
+        return super().buildProtocol(addr)
+
+
 def make_service(gateway, listen: str):
     from hoopy.admin.console import mount
 
-    site = Site(mount(AdminResource(gateway), gateway))  # /ui/: the web console
+    site = AdminSite(mount(AdminResource(gateway), gateway), reactor=gateway.reactor)  # /ui/: the web console
     site.displayTracebacks = False
     site.noisy = False
     factory = site
     gw = gateway.config.gateway
     if gw.admin_tls_cert is not None:
         from twisted.internet import ssl
-        from twisted.protocols.tls import TLSMemoryBIOFactory
 
         cert = ssl.PrivateCertificate.loadPEM(gw.admin_tls_cert.value + "\n" + gw.admin_tls_key.value)
-        factory = TLSMemoryBIOFactory(cert.options(), False, site)
+        factory = _CappedTLSFactory(cert.options(), False, site)
     return strports.service(listen, factory, reactor=gateway.reactor)

@@ -1,7 +1,30 @@
 """The hash chain: each event's SHA-256 covers its content and the hash before it.
 
 Editing an event changes its hash; removing, inserting or reordering one
-breaks the next event's link; both are found by ``verify``.
+breaks the next event's link; both are found by ``verify``. Signatures
+(hoopy.audit.signing) make the chain keyed: a re-linked chain no longer
+matches what the gateway signed.
+
+The bytes each hash covers are defined here, by hand, and pinned by test
+vectors (tests/test_chain_vectors.py): they never depend on a JSON library's
+choices, so a store written today verifies with whatever encoder hoopy uses
+later. ``data`` and ``writes`` are hashed as the strings stored, whatever
+produced them.
+
+Two link formats, told apart by the ``writes`` column:
+
+- v1 (stores written before row writes were chained; ``writes`` is NULL):
+  ``sha256(prev + "\\n" + A([seq, time_us, gateway, session, identity,
+  connection, protocol, peer, kind, outcome, data]))``
+- v2 (``writes`` is a string, ``"{}"`` when the event wrote no row):
+  ``sha256("hoopy-chain-v2\\n" + prev + "\\n" + A([... the same ..., writes]))``
+
+where ``A`` is a JSON array with no spaces, integers in decimal, ``null`` for
+NULL, and strings in double quotes escaping only ``"``, ``\\``, ``\\b \\f \\n
+\\r \\t`` and the other characters below U+0020 (``\\u00XX``, lower-case hex);
+every other character is itself, and the whole is UTF-8. A v2 hash can never
+equal a v1 hash of other content (the prefix), so a stripped ``writes`` is an
+edit like any other.
 """
 from __future__ import annotations
 
@@ -11,21 +34,80 @@ import json
 GENESIS = "0" * 64
 
 # The columns, in this order, that each link covers.
-FIELDS = ("seq", "time_us", "gateway", "session", "identity", "connection",
-          "protocol", "peer", "kind", "outcome", "data")
-
+FIELDS_V1 = ("seq", "time_us", "gateway", "session", "identity", "connection",
+             "protocol", "peer", "kind", "outcome", "data")
+FIELDS = FIELDS_V1 + ("writes",)
+FIELDS_V2 = FIELDS
+V2_PREFIX = "hoopy-chain-v2\n"
+NO_WRITES = "{}"
 
 # One encoder, made once: json.dumps with options builds a new one per call.
+# Used for what the store writes (event data, row writes); never for the
+# bytes a hash covers.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+_CANONICAL_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
 def canonical_json(obj) -> str:
-    return _CANONICAL.encode(obj)
+    """JSON for the store: sorted keys, no spaces. A string that cannot be
+    UTF-8 (a lone surrogate from bytes decoded with surrogateescape) is written
+    \\u-escaped instead, so one odd value can never make a batch unwritable."""
+    text = _CANONICAL.encode(obj)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return _CANONICAL_ASCII.encode(obj)
+    return text
+
+
+# --- the frozen encoding -----------------------------------------------------------------
+
+_SHORT = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_ESCAPES = {chr(i): _SHORT.get(chr(i), f"\\u{i:04x}") for i in range(0x20)}
+_ESCAPES['"'] = '\\"'
+_ESCAPES["\\"] = "\\\\"
+_TABLE = str.maketrans(_ESCAPES)
+
+
+def _value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return '"' + v.translate(_TABLE) + '"'
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    raise TypeError(f"a chained column holds {type(v).__name__}, not an integer, a string or NULL")
+
+
+def chain_array(values) -> str:
+    """The frozen array encoding ``A`` (see the module's docstring)."""
+    return "[" + ",".join(_value(v) for v in values) + "]"
+
+
+# For integers, strings and NULLs the standard library's C encoder writes exactly ``A`` (the test
+# vectors and a property test hold it to chain_array), and does it several times faster; any
+# other value (which the gateway never writes) goes through chain_array, which refuses it.
+_ARRAY = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False).encode
+_SIMPLE = (str, int, type(None))
+
+
+def _array(values: list) -> str:
+    for v in values:
+        if type(v) not in _SIMPLE:
+            return chain_array(values)
+    return _ARRAY(values)
+
+
+def link_bytes(prev_hash: str, row: dict) -> bytes:
+    """Exactly the bytes whose SHA-256 is ``row``'s hash."""
+    if row.get("writes") is None:
+        return f"{prev_hash}\n{_array([row[f] for f in FIELDS_V1])}".encode()
+    return f"{V2_PREFIX}{prev_hash}\n{_array([row[f] for f in FIELDS_V2])}".encode()
 
 
 def link(prev_hash: str, row: dict) -> str:
-    body = canonical_json([row[f] for f in FIELDS])
-    return hashlib.sha256(f"{prev_hash}\n{body}".encode()).hexdigest()
+    return hashlib.sha256(link_bytes(prev_hash, row)).hexdigest()
 
 
 class Break(Exception):
@@ -35,24 +117,47 @@ class Break(Exception):
         super().__init__(f"event {seq}: {message}")
 
 
+class Walker:
+    """Checks rows one at a time, in seq order, from the first event or from
+    a known point (an archive that starts mid-chain)."""
+
+    def __init__(self, prev: str | None = GENESIS, next_seq: int | None = 1):
+        self.prev = prev  # None: take the first row's prev as given
+        self.next_seq = next_seq  # None: take the first row's seq as given
+        self.count = 0
+        self.last = 0
+
+    def step(self, row) -> None:
+        """Raise Break if ``row`` does not follow the rows before it."""
+        seq = row["seq"]
+        if self.next_seq is not None and seq != self.next_seq:
+            if seq > self.next_seq:
+                raise Break(self.next_seq,
+                            f"missing: the chain jumps from event {self.next_seq - 1} to {seq} (removed)")
+            raise Break(seq, "out of order")
+        prev = row["prev"] if self.prev is None else self.prev
+        if row["prev"] != prev:
+            raise Break(seq, "its link to the event before does not match "
+                             "(an event was removed, inserted or reordered)")
+        try:
+            h = link(prev, row)
+        except (TypeError, UnicodeEncodeError) as e:
+            raise Break(seq, f"a column holds what the gateway never writes ({e}) (edited)")
+        if h != row["hash"]:
+            raise Break(seq, "its content does not match its hash (edited)")
+        self.prev = row["hash"]
+        self.next_seq = seq + 1
+        self.count += 1
+        self.last = seq
+
+    @property
+    def head(self) -> str:
+        return self.prev if self.prev is not None else GENESIS
+
+
 def verify_rows(rows):
     """Walk rows in seq order; return (count, last seq, head hash) or raise Break."""
-    prev = GENESIS
-    expected_seq = 1
-    count = 0
-    last = 0
+    w = Walker()
     for row in rows:
-        seq = row["seq"]
-        if seq != expected_seq:
-            if seq > expected_seq:
-                raise Break(expected_seq, f"missing: the chain jumps from event {expected_seq - 1} to {seq} (removed)")
-            raise Break(seq, "out of order")
-        if row["prev"] != prev:
-            raise Break(seq, "its link to the event before does not match (an event was removed, inserted or reordered)")
-        if link(prev, row) != row["hash"]:
-            raise Break(seq, "its content does not match its hash (edited)")
-        prev = row["hash"]
-        expected_seq += 1
-        count += 1
-        last = seq
-    return count, last, prev
+        w.step(row)
+    return w.count, w.last, w.head

@@ -12,7 +12,9 @@
   identities.json      identities (names, kinds, roles, key fingerprints; never tokens)
   grants.json          grants, masking rules and connections in force (no secrets)
   recordings/*.cast    the terminal recordings of the sessions in the period
-  verify_events.py     a standalone checker of the chain in events.jsonl
+  verify_events.py     a standalone checker of the chain and its signatures
+  public_keys.json     the signing keys seen (informational: take the key to check
+                       with from the gateway's operator, never from here)
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hoopy import __version__
-from hoopy.audit import chain as chainmod
 from hoopy.audit.events import iso
 from hoopy.audit.store import event_json
 from hoopy.audit.verify import verify
@@ -60,10 +61,16 @@ CONTROLS = [
      "`asciinema play`.",
      ["events.jsonl", "sessions.jsonl", "approvals.jsonl", "recordings/"]),
     ("AU-9", "Protection of audit information",
-     "Events are hash-chained; the chain and every sealed recording were verified at export "
-     "(verification.json) and can be re-checked offline with verify_events.py; this archive's "
-     "files are listed with their SHA-256 in manifest.json.",
+     "Events are hash-chained and the chain head is signed with each gateway node's Ed25519 key; "
+     "every row of the sessions and approvals tables is replayed from the chain; the chain, its "
+     "signatures and every sealed recording were verified at export (verification.json) and can be "
+     "re-checked offline with verify_events.py and the gateway's public key; this archive's files are "
+     "listed with their SHA-256 in manifest.json.",
      ["verification.json", "verify_events.py", "manifest.json"]),
+    ("AU-10", "Non-repudiation",
+     "Each signed event carries an Ed25519 signature over the chain head by the key of the node that "
+     "wrote it; only that node holds the private key, and the signature covers every event before it.",
+     ["events.jsonl", "verify_events.py"]),
     ("AU-12", "Audit record generation",
      "Records are made by the gateway on the connection, outside the agent; terminal recordings "
      "are asciicast v2 written as the session ran.",
@@ -78,54 +85,32 @@ CONTROLS = [
      ["grants.json"]),
 ]
 
-VERIFY_SCRIPT = '''#!/usr/bin/env python3
-"""Check the hash chain of events.jsonl without hoopy: python3 verify_events.py events.jsonl"""
-import hashlib, json, sys
-
-FIELDS = %r
-
-def canonical(obj):
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-
-def main(path):
-    prev = None
-    n = 0
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            e = json.loads(line)
-            row = dict(e, data=canonical(e["data"]))
-            if prev is not None and e["prev"] != prev:
-                print(f"broken: event {e['seq']}: its link to the event before does not match")
-                return 1
-            body = canonical([row[k] for k in FIELDS])
-            if hashlib.sha256(f"{e['prev']}\\n{body}".encode()).hexdigest() != e["hash"]:
-                print(f"broken: event {e['seq']}: its content does not match its hash")
-                return 1
-            prev = e["hash"]
-            n += 1
-    print(f"ok: {n} events, every link holds")
-    return 0
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "events.jsonl"))
-''' % (chainmod.FIELDS,)
+# The standalone checker, shipped as it is in hoopy (tested there).
+VERIFY_SCRIPT = (Path(__file__).with_name("verify_events.py")).read_text()
 
 
 def _jsonl(rows) -> bytes:
     return b"".join(json.dumps(r, default=str, ensure_ascii=False).encode() + b"\n" for r in rows)
 
 
+def _shown(v, unread: bool):
+    """A setting as the archive shows it: a secret as where it lives, never its value."""
+    if hasattr(v, "ref"):
+        return f"<secret {v.ref}>"
+    if unread and isinstance(v, str) and v.startswith(("env:", "file:")):
+        return f"<secret {v}>"  # read without resolving (reader mode): a reference, shown as one
+    if isinstance(v, dict):
+        return {k: _shown(x, unread) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_shown(x, unread) for x in v]
+    return str(v) if v is not None else None
+
+
 def _policy(config) -> dict:
     conns = {}
+    unread = getattr(config, "mode", "full") != "full"
     for name, c in config.connections.items():
-        s = {}
-        for k, v in vars_of(c.settings).items():
-            if hasattr(v, "ref"):
-                s[k] = f"<secret {v.ref}>"  # where the secret lives, never its value
-            elif isinstance(v, dict):
-                s[k] = {hk: (f"<secret {hv.ref}>" if hasattr(hv, "ref") else hv) for hk, hv in v.items()}
-            else:
-                s[k] = str(v) if v is not None else None
+        s = {k: _shown(v, unread) for k, v in vars_of(c.settings).items()}
         conns[name] = {"type": c.type, "listen": c.listen, "upstream": c.upstream,
                        "approval_timeout_s": c.approval_timeout, "settings": s}
     return {
@@ -143,6 +128,8 @@ def _policy(config) -> dict:
 def vars_of(obj) -> dict:
     import attrs
 
+    if isinstance(obj, dict):
+        return dict(obj)
     return attrs.asdict(obj, recurse=False) if attrs.has(type(obj)) else dict(vars(obj))
 
 
@@ -155,33 +142,57 @@ def _controls_md(since, until) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _readme(verification, since, until) -> str:
+def _readme(verification, since, until, keys) -> str:
     return f"""# hoopy evidence archive
 
 Exported {iso(time.time_ns() // 1000)} by hoopy {__version__}; period {since or 'the beginning'} to {until or 'the export'}.
 
 - `manifest.json` lists every file here with its SHA-256: `sha256sum` each to check the archive.
 - `verification.json`: the whole event chain and every sealed recording were verified at export:
-  **{'intact' if verification['ok'] else 'BROKEN: ' + str(verification['problem'])}**.
-- `events.jsonl` is one event per line with `seq`, `prev` and `hash`: `python3 verify_events.py events.jsonl`
-  recomputes every link offline.
+  **{'intact' if verification['ok'] else 'BROKEN: ' + str(verification['problem'])}**
+  (signatures {'checked with the key(s) ' + ', '.join(verification['keys']) if verification['signatures_checked'] else 'not checked: no public key at export'}).
+- `events.jsonl` is one event per line with `seq`, `prev`, `hash` and, on signed events, the `signature`
+  of the chain head: `python3 verify_events.py events.jsonl --key ed25519:...` recomputes every link and
+  checks every signature offline. Take each gateway's public key from its operator (`hoopy audit key` on
+  the gateway host), never from this archive: `public_keys.json` lists the keys seen
+  ({', '.join(keys) or 'none'}), for information only.
 - `recordings/*.cast` are asciicast v2: `asciinema play FILE` or `asciinema cat FILE`; their SHA-256 is
   in the `recording.sealed` events.
 - `controls.md` maps NIST 800-53 controls to these files. No token, password or key is in this archive.
 """
 
 
-def export(config, reader, out: Path, since_us: int | None = None, until_us: int | None = None) -> dict:
-    """Write the archive; return its manifest."""
-    files: list[tuple[str, bytes | Path]] = []
-    verification = verify(reader, config.gateway.recordings).as_dict()
+def _keys_seen(reader, keyring) -> dict:
+    """Public keys the chain announced (audit.key.created) and the ones used to verify."""
+    keys = {}
+    for e in reader.events(kind="audit.key.created"):
+        try:
+            d = json.loads(e["data"])
+        except ValueError:
+            continue
+        if isinstance(d, dict) and d.get("key_id"):
+            keys[d["key_id"]] = {"public_key": d.get("public_key"), "gateway": e["gateway"],
+                                 "created": iso(e["time_us"]), "announced_by_event": e["seq"]}
+    for kid, k in (keyring.keys.items() if keyring else ()):
+        keys.setdefault(kid, {"public_key": k.text})["used_at_export"] = True
+    return keys
 
-    events = [event_json(e) for e in reader.events(since_us=since_us, until_us=until_us)]
+
+def export(config, reader, out: Path, since_us: int | None = None, until_us: int | None = None,
+           keyring=None) -> dict:
+    """Write the archive; return its manifest. ``keyring`` checks the signatures at export."""
+    files: list[tuple[str, bytes | Path]] = []
+    verification = verify(reader, config.gateway.recordings, keyring=keyring).as_dict()
+
+    events = [dict(event_json(e), data_json=e["data"])
+              for e in reader.events(since_us=since_us, until_us=until_us)]
     sessions = [s for s in reader.sessions(since_us=since_us, until_us=until_us)]
     approvals = [a for a in reader.approvals()
                  if (since_us is None or (a["created_us"] or 0) >= since_us)
                  and (until_us is None or (a["created_us"] or 0) <= until_us)]
     since, until = iso(since_us), iso(until_us)
+    keys = _keys_seen(reader, keyring)
+    signed = [e for e in events if e.get("signature")]
 
     files.append(("events.jsonl", _jsonl(events)))
     files.append(("sessions.jsonl", _jsonl(
@@ -193,8 +204,11 @@ def export(config, reader, out: Path, since_us: int | None = None, until_us: int
     files.append(("grants.json", json.dumps(_policy(config), indent=2, default=str).encode()))
     files.append(("verification.json", json.dumps(verification, indent=2).encode()))
     files.append(("controls.md", _controls_md(since, until).encode()))
-    files.append(("README.md", _readme(verification, since, until).encode()))
+    files.append(("README.md", _readme(verification, since, until, list(keys)).encode()))
     files.append(("verify_events.py", VERIFY_SCRIPT.encode()))
+    files.append(("public_keys.json", json.dumps(
+        {"note": "informational: check signatures with the key the gateway's operator gives you",
+         "keys": keys}, indent=2).encode()))
     rec_dir = config.gateway.recordings
     for e in events:
         if e["kind"] == "recording.sealed":
@@ -206,6 +220,8 @@ def export(config, reader, out: Path, since_us: int | None = None, until_us: int
                 "gateway": config.gateway.name, "since": since, "until": until,
                 "counts": {"events": len(events), "sessions": len(sessions), "approvals": len(approvals)},
                 "chain_head": {"seq": verification["head_seq"], "hash": verification["head_hash"]},
+                "signed_head": ({k: signed[-1][k] for k in ("seq", "hash", "time", "gateway", "signature")}
+                                if signed else None),
                 "files": []}
     out = Path(out)
     tmp = out.with_name(out.name + ".part")

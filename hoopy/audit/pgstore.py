@@ -26,7 +26,8 @@ from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
-from hoopy.audit.writer import BatchedStore, Dialect, StoreError, migration_sql, schema_sql, write_batch
+from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql, schema_sql,
+                                write_batch)
 
 log = Logger()
 
@@ -89,30 +90,45 @@ def _first_line(e) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
+def event_columns(conn) -> set:
+    return {r[0] for r in conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = 'events'",
+        (SCHEMA_NAME,)).fetchall()}
+
+
 def ensure_schema(conn) -> None:
-    """Create the hoopy schema if absent. Skipped when the tables exist, so a
-    runtime role without CREATE works once an owner has run it."""
+    """Create the hoopy schema if absent, and bring a store made by an earlier hoopy up to
+    date (event and approval columns, indexes). Skipped when all is there, so a runtime role
+    without CREATE works once an owner has run it."""
     row = conn.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL"
                        " AND to_regclass(%s) IS NOT NULL",
                        (f"{SCHEMA_NAME}.events", f"{SCHEMA_NAME}.sessions",
                         f"{SCHEMA_NAME}.approvals")).fetchone()
-    if not row[0]:
-        with conn.transaction():
-            # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
-    existing = {r[0] for r in conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-        (SCHEMA_NAME, "approvals")).fetchall()}
-    todo = migration_sql(existing, f"{SCHEMA_NAME}.", "BIGINT")
-    if any(s.startswith("ALTER") for s in todo) or not _has_index(conn, "approvals_canonical"):
-        # A table made by an older release: its new columns (needs the owner, once).
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-            for stmt in todo:
-                conn.execute(stmt.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+    psycopg = _psycopg()
+    try:
+        if not row[0]:
+            with conn.transaction():
+                # Two nodes starting at once would race on CREATE ... IF NOT EXISTS.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+                for stmt in SCHEMA.split(";"):
+                    if stmt.strip():
+                        conn.execute(stmt)
+        existing = {r[0] for r in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+            (SCHEMA_NAME, "approvals")).fetchall()}
+        todo = migration_sql(existing, f"{SCHEMA_NAME}.", "BIGINT")
+        todo += [f"ALTER TABLE {SCHEMA_NAME}.events ADD COLUMN {c} text"
+                 for c in ADDED_EVENT_COLUMNS if c not in event_columns(conn)]
+        if any(s.startswith("ALTER") for s in todo) or not _has_index(conn, "approvals_canonical"):
+            # A table made by an older release: its new columns (needs the owner, once).
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
+                for stmt in todo:
+                    conn.execute(stmt.replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))
+    except psycopg.errors.InsufficientPrivilege as e:
+        raise StoreError(
+            f"the hoopy schema needs creating or upgrading, and this role may not: {_first_line(e)}; "
+            "start the gateway once as the tables' owner") from e
 
 
 def _has_index(conn, name: str) -> bool:
@@ -137,6 +153,7 @@ class PostgresReader(ReaderQueries):
         from psycopg.rows import dict_row
 
         self.dsn = dsn
+        self._columns = None
         self.db = connect(dsn)
         self.db.autocommit = False
         self.db.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -154,6 +171,13 @@ class PostgresReader(ReaderQueries):
 
     def close(self):
         self.db.close()
+
+    def _event_columns(self) -> set:
+        if self._columns is None:
+            self._columns = {r["column_name"] for r in self._rows(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_schema = %s AND table_name = 'events'", (SCHEMA_NAME,))}
+        return self._columns
 
     def _rows(self, sql, args=()):
         return list(self.db.execute(sql, args).fetchall())
@@ -242,17 +266,17 @@ class PostgresEventStore(BatchedStore):
         if self._listener is not None:
             self._listener.join(5)
 
-    def _write(self, batch):
+    def _write(self, batch, sign=False):
         psycopg = _psycopg()
         try:
             try:
-                results, head = self._transaction(batch)
+                results, signed = self._transaction(batch, sign)
             except _IdleConnectionLost:
                 # The server closed the connection while it sat idle (restart,
                 # failover, pg_terminate_backend) and nothing of this batch was
                 # sent: once more on a new connection. If that fails, refuse.
                 self._drop()
-                results, head = self._transaction(batch)
+                results, signed = self._transaction(batch, sign)
         except Exception as e:
             lost = isinstance(e, psycopg.OperationalError) and not isinstance(
                 e, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
@@ -261,6 +285,7 @@ class PostgresEventStore(BatchedStore):
             err = StoreError(f"the state store cannot write: {_first_line(e)}")
             self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
             return
+        self._committed(sum(1 for _, r in results if not isinstance(r, Exception)), signed)
         self.reactor.callFromThread(self._written, results)
 
     def _drop(self):
@@ -271,8 +296,8 @@ class PostgresEventStore(BatchedStore):
             pass
         self._conn = None
 
-    def _transaction(self, batch):
-        """One transaction for the whole batch; (results, new head) after COMMIT."""
+    def _transaction(self, batch, sign):
+        """One transaction for the whole batch; (results, the signed head or None) after COMMIT."""
         psycopg = _psycopg()
         reused = self._conn is not None and not self._conn.closed
         if not reused:
@@ -286,7 +311,7 @@ class PostgresEventStore(BatchedStore):
                 raise _IdleConnectionLost() from e
             raise
         try:
-            results, head = self._batch(cur, batch)
+            results, signed = self._batch(cur, batch, sign)
             cur.execute("COMMIT")
         except BaseException:
             if not conn.broken and not conn.closed:
@@ -295,16 +320,17 @@ class PostgresEventStore(BatchedStore):
                 except Exception:
                     pass
             raise
-        return results, head
+        return results, signed
 
-    def _batch(self, cur, batch):
+    def _batch(self, cur, batch, sign):
         # Every node appends to one chain: serialize, then read the head.
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
         head = self.dialect.head(cur) or (0, GENESIS)
-        results, head, decided = write_batch(self.dialect, cur, batch, head, self.gateway)
+        results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
+                                                     self.signer, sign)
         for aid in decided:  # delivered on COMMIT, never before
             cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
-        return results, head
+        return results, signed
 
     # --- the listener thread ---------------------------------------------------------
 

@@ -17,13 +17,14 @@ from zope.interface import Attribute, Interface, implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.events import iso
-from hoopy.audit.writer import (APPROVAL_COLUMNS, EVENT_COLUMNS, SESSION_COLUMNS,  # noqa: F401
-                                BatchedStore, Dialect, StateConflict, StoreError, migration_sql, schema_sql,
-                                write_batch)
+from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, APPROVAL_COLUMNS, EVENT_COLUMNS,  # noqa: F401
+                                SESSION_COLUMNS, BatchedStore, Dialect, StateConflict, StoreError,
+                                migration_sql, schema_sql, write_batch)
 
 log = Logger()
 
 SCHEMA = schema_sql()
+TABLES = ("events", "sessions", "approvals")
 
 class IEventStore(Interface):
     healthy = Attribute("False after a write failed, until one succeeds again")
@@ -101,15 +102,48 @@ class ReaderQueries:
                           (session_id,))
         return rows[0] if rows else None
 
-    def events(self, session=None, since_us=None, until_us=None):
+    def _event_select(self) -> str:
+        """The event columns, NULL for those a store made by an earlier hoopy lacks."""
+        have = self._event_columns()
+        return ", ".join(c if c in have else f"NULL AS {c}" for c in EVENT_COLUMNS)
+
+    def events(self, session=None, since_us=None, until_us=None, identity=None, connection=None,
+               kind=None, after_seq=None, limit=None):
+        """Event rows in chain order. ``kind`` matches the kind or, ending in a
+        dot, every kind it begins (``auth.``)."""
         p = self.dialect.param
-        sql, args = f"SELECT {', '.join(EVENT_COLUMNS)} FROM {self.dialect.prefix}events WHERE 1=1", []
+        sql, args = f"SELECT {self._event_select()} FROM {self.dialect.prefix}events WHERE 1=1", []
         for clause, value in ((f"session = {p}", session), (f"time_us >= {p}", since_us),
-                              (f"time_us <= {p}", until_us)):
+                              (f"time_us <= {p}", until_us), (f"identity = {p}", identity),
+                              (f"connection = {p}", connection), (f"seq > {p}", after_seq)):
             if value is not None:
                 sql += f" AND {clause}"
                 args.append(value)
-        return self._stream(sql + " ORDER BY seq", args)
+        if kind is not None:
+            if kind.endswith("."):
+                sql += f" AND substr(kind, 1, {len(kind)}) = {p}"
+            else:
+                sql += f" AND kind = {p}"
+            args.append(kind)
+        sql += " ORDER BY seq"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self._stream(sql, args)
+
+    def table(self, name: str):
+        """Every row of one of the store's tables (for verify), as dicts."""
+        if name not in TABLES:
+            raise ValueError(f"no table {name!r}")
+        return self._rows(f"SELECT * FROM {self.dialect.prefix}{name}")
+
+    def ids_with_prefix(self, table: str, prefix: str, limit: int = 20) -> list[str]:
+        """Ids in ``sessions`` or ``approvals`` that begin with ``prefix``."""
+        if table not in ("sessions", "approvals"):
+            raise ValueError(f"no table {table!r}")
+        p = self.dialect.param
+        return [r["id"] for r in self._rows(
+            f"SELECT id FROM {self.dialect.prefix}{table} WHERE substr(id, 1, {len(prefix)}) = {p}"
+            f" ORDER BY id LIMIT {int(limit)}", (prefix,))]
 
     def approvals(self, state=None):
         t = self.dialect.prefix
@@ -171,6 +205,9 @@ class SQLiteReader(ReaderQueries):
     def close(self):
         self.db.close()
 
+    def _event_columns(self) -> set:
+        return {r[1] for r in self.db.execute("PRAGMA table_info(events)")}
+
     def _rows(self, sql, args=()):
         return [dict(r) for r in self.db.execute(sql, args)]
 
@@ -205,6 +242,11 @@ class SQLiteEventStore(BatchedStore):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)
+        # A store made by an earlier hoopy: add the columns it lacks (NULL in its old rows).
+        have = {r[1] for r in db.execute("PRAGMA table_info(events)")}
+        for col in ADDED_EVENT_COLUMNS:
+            if col not in have:
+                db.execute(f"ALTER TABLE events ADD COLUMN {col} TEXT")
         existing = {r[1] for r in db.execute("PRAGMA table_info(approvals)")}
         for stmt in migration_sql(existing):
             db.execute(stmt)
@@ -218,10 +260,13 @@ class SQLiteEventStore(BatchedStore):
     def reader(self) -> SQLiteReader:
         return SQLiteReader(self.path)
 
-    def _write(self, batch):
+    def _write(self, batch, sign=False):
         cur = self._db.cursor()
         try:
-            results = self._insert_only(cur, batch) if self._only_events(batch) else self._locked(cur, batch)
+            if self._only_events(batch):
+                results, signed = self._insert_only(cur, batch, sign)
+            else:
+                results, signed = self._locked(cur, batch, sign)
         except Exception as e:
             self._head = None  # read it again before the next batch
             try:
@@ -232,6 +277,7 @@ class SQLiteEventStore(BatchedStore):
             err = StoreError(f"the state store cannot write: {e}")
             self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
             return
+        self._committed(sum(1 for _, r in results if not isinstance(r, Exception)), signed)
         self.reactor.callFromThread(self._written, results)
 
     def _only_events(self, batch) -> bool:
@@ -239,7 +285,7 @@ class SQLiteEventStore(BatchedStore):
         return len(batch) <= self.dialect.rows_per_insert and all(
             item[2] is None and item[3] is None and item[4] is None for item in batch)
 
-    def _insert_only(self, cur, batch):
+    def _insert_only(self, cur, batch, sign):
         """The common batch (events only) as one INSERT, which SQLite runs as
         its own transaction: one trip into the database and one flush, where
         BEGIN, a head query and COMMIT would each wait for the GIL again while
@@ -248,22 +294,24 @@ class SQLiteEventStore(BatchedStore):
         fails whole on the primary key, and we chain onto the real head."""
         head = self._head or self.dialect.head(cur) or (0, GENESIS)
         try:
-            results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
-            return results
+            results, self._head, _, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
+                                                         self.signer, sign)
+            return results, signed
         except sqlite3.IntegrityError:
             self._head = None
         # Another writer is busy: a head read outside the lock may be stale again by the INSERT, so
         # this time it is read inside the write lock.
-        return self._locked(cur, batch)
+        return self._locked(cur, batch, sign)
 
-    def _locked(self, cur, batch):
+    def _locked(self, cur, batch, sign):
         """The batch in a transaction that holds the write lock from the start: the head is read
         inside it, right even if another process appended since."""
         cur.execute("BEGIN IMMEDIATE")
         head = self.dialect.head(cur) or (0, GENESIS)
-        results, self._head, _ = write_batch(self.dialect, cur, batch, head, self.gateway)
+        results, self._head, _, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
+                                                     self.signer, sign)
         cur.execute("COMMIT")
-        return results
+        return results, signed
 
     def _close(self):
         self._db.close()
@@ -284,9 +332,11 @@ def open_store(config, reactor=None):
 
 
 def open_reader(config):
-    """An IStoreReader on ``gateway.state``; raises StoreError if it cannot."""
-    if is_postgres(config.gateway.state):
+    """An IStoreReader on ``gateway.state`` (``state_reader``, a read-only role, where
+    set); raises StoreError if it cannot."""
+    state = config.gateway.state_reader or config.gateway.state
+    if is_postgres(state):
         from hoopy.audit.pgstore import PostgresReader
 
-        return PostgresReader(config.gateway.state)
-    return SQLiteReader(config.gateway.state)
+        return PostgresReader(state)
+    return SQLiteReader(state)

@@ -1,9 +1,24 @@
 """What every state store shares: one writer thread that batches queued
-events into a single transaction and links each into the hash chain.
+events into a single transaction, links each into the hash chain, records
+in the chain every row it writes, and signs the chain head.
 
-A store subclasses ``BatchedStore`` and supplies ``_write(batch)`` (its
-transaction around ``write_batch``) and ``_close()``; the SQL that differs
-between databases is only the placeholder and the table prefix.
+A store subclasses ``BatchedStore`` and supplies ``_write(batch, sign)`` (its
+transaction around ``write_batch``, then ``_committed``) and ``_close()``;
+the SQL that differs between databases is only the placeholder and the
+table prefix.
+
+Everything that makes the record trustworthy happens here, in the writer
+thread, so no caller can skip it:
+
+- each event's ``writes`` column records the session and approval rows the
+  same transaction wrote (the values as written), so ``hoopy audit verify``
+  replays the chain and checks every column of every row;
+- with a signing key, the head is signed (the last event of a batch carries
+  the signature) whenever a batch holds an event in ``SIGN_KINDS`` (a session
+  end, a sealed recording, a decision), when the last signature is
+  ``sign_interval`` old, and by an ``audit.heartbeat`` event when events of
+  this node are left unsigned that long or nothing happened for
+  ``heartbeat``; each signed head goes to the anchor, if one is set.
 """
 from __future__ import annotations
 
@@ -11,10 +26,12 @@ import queue
 import threading
 import time
 
+import attrs
+
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hoopy.audit.chain import canonical_json, link
+from hoopy.audit.chain import NO_WRITES, canonical_json, link
 from hoopy.audit.events import Event, StoredEvent
 
 log = Logger()
@@ -29,7 +46,13 @@ APPROVAL_COLUMNS = ("id", "gateway", "session", "requester", "connection", "prot
 ADDED_APPROVAL_COLUMNS = (("mode", "TEXT"), ("canonical", "TEXT"), ("ttl_s", "{integer}"),
                           ("caused_by", "TEXT"), ("used_us", "{integer}"), ("used_session", "TEXT"))
 EVENT_COLUMNS = ("seq", "time_us", "gateway", "session", "identity", "connection", "protocol",
-                 "peer", "kind", "outcome", "data", "prev", "hash")
+                 "peer", "kind", "outcome", "data", "writes", "prev", "hash", "signature")
+# Columns added after the first release: opened stores that lack them get them.
+ADDED_EVENT_COLUMNS = ("writes", "signature")
+# A batch holding one of these is signed whatever the time since the last signature.
+SIGN_KINDS = frozenset({"session.end", "recording.sealed", "approval.decided", "approval.expired",
+                        "audit.heartbeat", "audit.key.created"})
+HEARTBEAT = "audit.heartbeat"
 
 
 _SCHEMA = """
@@ -45,8 +68,10 @@ CREATE TABLE IF NOT EXISTS {prefix}events (
     kind TEXT NOT NULL,
     outcome TEXT,
     data TEXT NOT NULL,
+    writes TEXT,
     prev TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    signature TEXT
 );
 CREATE INDEX IF NOT EXISTS events_session ON {prefix}events(session, seq);
 CREATE INDEX IF NOT EXISTS events_time ON {prefix}events(time_us);
@@ -130,7 +155,7 @@ _STOP = object()
 class Dialect:
     """How one database spells the few statements that differ."""
 
-    rows_per_insert = 64  # 13 parameters each: far below any database's limit
+    rows_per_insert = 64  # 15 parameters each: far below any database's limit
 
     def __init__(self, param: str, prefix: str = ""):
         self.param = param
@@ -172,11 +197,26 @@ class Dialect:
         return cur.fetchone()
 
 
-def write_batch(dialect: Dialect, cur, batch, head, gateway: str):
+_COLUMN_SETS: dict = {}
+
+
+def _row_write(table_columns, values: dict, drop=()) -> dict:
+    """The values an upsert or update really writes (unknown keys are not written)."""
+    known = _COLUMN_SETS.get(table_columns)
+    if known is None:
+        known = _COLUMN_SETS[table_columns] = frozenset(table_columns)
+    return {c: v for c, v in values.items() if c in known and c not in drop}
+
+
+def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, sign: bool = False):
     """Insert a batch, each event linked to the one before, inside the
     caller's transaction. Returns (results, new head, ids of approvals that
-    left pending); results pair each Deferred with its StoredEvent or the
-    StateConflict that kept it out of the chain."""
+    left pending, the signed head or None); results pair each Deferred with
+    its StoredEvent or the StateConflict that kept it out of the chain.
+
+    Each event's ``writes`` records the rows written with it, as written;
+    with a ``signer``, the batch's last event is signed when ``sign`` or when
+    the batch holds an event of a kind in SIGN_KINDS."""
     seq, prev = head
     results, decided, rows = [], [], []
     for event, data, session, approval, expect, d in batch:
@@ -186,28 +226,69 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str):
                 results.append((d, conflict))  # nothing written for this one
                 continue
         seq += 1
+        writes = {}
+        if session:
+            writes["sessions"] = _row_write(SESSION_COLUMNS, {"gateway": gateway, **session})
+        if approval:
+            if expect is None:
+                writes["approvals"] = _row_write(APPROVAL_COLUMNS, {"gateway": gateway, **approval})
+            else:  # dialect.conditional wrote these columns, where the state was ``expect``
+                writes["approvals"] = _row_write(APPROVAL_COLUMNS, approval, drop=("gateway",))
+                writes["expect"] = {"approvals": {"state": expect}}
         row = {"seq": seq, "time_us": event.time_us, "gateway": gateway, "session": event.session,
                "identity": event.identity, "connection": event.connection, "protocol": event.protocol,
-               "peer": event.peer, "kind": event.kind, "outcome": event.outcome, "data": data}
+               "peer": event.peer, "kind": event.kind, "outcome": event.outcome, "data": data,
+               "writes": canonical_json(writes) if writes else NO_WRITES, "signature": None}
         h = link(prev, row)
         row["prev"] = prev
         row["hash"] = h
-        rows.append([row[c] for c in EVENT_COLUMNS])
+        rows.append(row)
         if session:
-            dialect.upsert(cur, "sessions", SESSION_COLUMNS, {"gateway": gateway, **session})
+            dialect.upsert(cur, "sessions", SESSION_COLUMNS, writes["sessions"])
         if approval and expect is None:
-            dialect.upsert(cur, "approvals", APPROVAL_COLUMNS, {"gateway": gateway, **approval})
+            dialect.upsert(cur, "approvals", APPROVAL_COLUMNS, writes["approvals"])
         if approval and approval.get("state", "pending") != "pending":
             decided.append(approval["id"])
         prev = h
         results.append((d, StoredEvent(seq, h, event)))
+    signed = None
+    if rows and signer is not None and (sign or any(r["kind"] in SIGN_KINDS for r in rows)):
+        last = rows[-1]
+        last["signature"] = signer.sign(last["seq"], last["hash"])
+        signed = {"gateway": gateway, "seq": last["seq"], "hash": last["hash"], "time_us": last["time_us"],
+                  "signature": last["signature"]}
     if rows:
-        dialect.insert_events(cur, rows)
-    return results, (seq, prev), decided
+        dialect.insert_events(cur, [[r[c] for c in EVENT_COLUMNS] for r in rows])
+    return results, (seq, prev), decided, signed
+
+
+def _clean_text(value):
+    """A string the database can store: lone surrogates (bytes decoded with
+    surrogateescape) become their \\udXXX escape."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def _clean_event(event: Event) -> Event:
+    fields = ("session", "identity", "connection", "protocol", "peer", "kind", "outcome")
+    changed = {f: _clean_text(getattr(event, f)) for f in fields}
+    if all(changed[f] is getattr(event, f) for f in fields):
+        return event
+    return attrs.evolve(event, **changed)
+
+
+def _clean_row(row: dict | None) -> dict | None:
+    if not row:
+        return row
+    return {k: _clean_text(v) for k, v in row.items()}
 
 
 class BatchedStore:
-    """The queue, the writer thread and the hand-back to the reactor."""
+    """The queue, the writer thread, signing, and the hand-back to the reactor."""
 
     max_batch = 512
     linger = 0.005  # seconds a batch of trailing events waits for company
@@ -222,6 +303,15 @@ class BatchedStore:
         self._stopped: Deferred | None = None
         self.healthy = True
         self.on_error = None  # callable(exc): the metrics hook
+        # Signing (hoopy.audit.signing.Signer), set before start; None: the chain is unsigned.
+        self.signer = None
+        self.anchor = None  # hoopy.audit.anchor.Anchor: receives every signed head
+        self.sign_interval = 2.0  # events of this node stay unsigned at most about this long
+        self.heartbeat = 60.0  # an idle node signs a heartbeat event this often
+        self.last_signed: dict | None = None  # the last head this node signed (writer thread)
+        self._last_sig = 0.0  # monotonic time of the last signature
+        self._unsigned_since: float | None = None  # first event of ours not yet signed
+        self._next_try = 0.0  # a failed heartbeat is tried again no sooner than this
         # callables(StoredEvent), on the reactor thread once an event is durable (notifications)
         self.observers: list = []
 
@@ -234,6 +324,7 @@ class BatchedStore:
         return self._reactor
 
     def _start_writer(self):
+        self._last_sig = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="hoopy-store-writer", daemon=True)
         self._thread.start()
 
@@ -263,7 +354,7 @@ class BatchedStore:
         if expect_state is not None and not (approval and approval.get("id")):
             d.errback(StoreError("expect_state needs an approval row with its id"))
             return d
-        self._queue.put((event, data, session, approval, expect_state, d))
+        self._queue.put((_clean_event(event), data, _clean_row(session), _clean_row(approval), expect_state, d))
         return d
 
     def append_trailing(self, event: Event) -> None:
@@ -279,13 +370,28 @@ class BatchedStore:
         except (TypeError, ValueError) as e:
             log.error("event not recorded, its data is not JSON: {e}", e=e)
             return
-        self._queue.put((event, data, None, None, None, None))
+        self._queue.put((_clean_event(event), data, None, None, None, None))
 
     # --- the writer thread ---------------------------------------------------
 
+    def _idle_timeout(self) -> float | None:
+        """How long the writer may wait for work before it must sign."""
+        if self.signer is None:
+            return None
+        if self._unsigned_since is not None:
+            due = self._unsigned_since + self.sign_interval
+        else:
+            due = self._last_sig + self.heartbeat
+        return max(0.0, max(due, self._next_try) - time.monotonic())
+
     def _run(self):
         while True:
-            item = self._queue.get()
+            timeout = self._idle_timeout()
+            try:
+                item = self._queue.get(timeout=timeout) if timeout is not None else self._queue.get()
+            except queue.Empty:
+                self._heartbeat("unsigned events" if self._unsigned_since is not None else "idle")
+                continue
             if item is _STOP:
                 break
             batch = [item]
@@ -309,15 +415,43 @@ class BatchedStore:
                     break
                 batch.append(nxt)
                 urgent = urgent or nxt[-1] is not None
-            self._write(batch)
+            sign = self.signer is not None and time.monotonic() - self._last_sig >= self.sign_interval
+            self._write(batch, sign)
             if stop_after:
                 break
         try:
-            self._close()
+            if self.signer is not None and self._unsigned_since is not None:
+                self._heartbeat("stopping")  # nothing of ours is left unsigned
         finally:
-            self.reactor.callFromThread(self._stopped.callback, None)
+            try:
+                self._close()
+            finally:
+                self.reactor.callFromThread(self._stopped.callback, None)
 
-    def _write(self, batch):
+    def _heartbeat(self, why: str):
+        """Sign the head with an event of its own (nothing else to sign, or a tail left unsigned).
+        If the store cannot write, the next try waits ``sign_interval``."""
+        self._next_try = time.monotonic() + self.sign_interval
+        event = Event(kind=HEARTBEAT, outcome="ok", data={"key": self.signer.key_id, "why": why})
+        # Its own Deferred, so a store that cannot write says so once (healthy turns False), not
+        # "a trailing event was lost" every few seconds.
+        d = Deferred()
+        d.addErrback(lambda f: None)
+        self._write([(event, canonical_json(event.data), None, None, None, d)], True)
+
+    def _committed(self, wrote: int, signed: dict | None):
+        """In the writer thread, after COMMIT: keep the signing clock, feed the anchor."""
+        self._next_try = 0.0  # the store writes: a heartbeat is due on time again
+        if signed is not None:
+            self._last_sig = time.monotonic()
+            self._unsigned_since = None
+            self.last_signed = signed
+            if self.anchor is not None:
+                self.anchor.submit(signed)
+        elif wrote and self.signer is not None and self._unsigned_since is None:
+            self._unsigned_since = time.monotonic()
+
+    def _write(self, batch, sign: bool):
         raise NotImplementedError
 
     def _close(self):

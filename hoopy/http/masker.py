@@ -470,6 +470,16 @@ class Masker:
             _merge(counts, c)
         return text
 
+    def mask_value(self, value, counts: dict, path: tuple = ()):
+        """A decoded JSON value (an MCP tool's arguments or result) masked as a JSON body's would be:
+        fields by key in any case, JSON inside its strings, then patterns."""
+        if not self.active:
+            return value
+        try:
+            return self._walk(value, counts, tuple(p.casefold() for p in path), 0)
+        except RecursionError:
+            raise MaskError("the value is nested too deeply to be masked")
+
     def mask_value_text(self, text: str, counts: dict, path: tuple = (), depth: int = 0) -> str:
         """For format readers: one decoded text value masked (structure it holds, then patterns)."""
         return self._string(text, counts, path, depth)

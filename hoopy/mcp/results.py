@@ -3,8 +3,6 @@ embedded resources. ``[[masking]]`` patterns apply to every string; fields to JS
 (in structured content, and in text content that is itself JSON)."""
 from __future__ import annotations
 
-import json
-
 from hoopy.http.bodies import Masker
 
 
@@ -13,30 +11,8 @@ def masker_for(gateway, connection: str) -> Masker:
 
 
 def _text(masker: Masker, text: str, counts: dict) -> str:
-    if masker.fields and text[:1] in "{[":
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = None
-        if isinstance(value, (dict, list)):
-            before = sum(counts.values())
-            masked = masker.mask_value(value, counts)
-            if sum(counts.values()) == before:
-                return text
-            return json.dumps(masked, ensure_ascii=False)
+    # The masker reads JSON (and CSV, markup) held in a string itself: fields inside, then patterns.
     return masker.mask_value(text, counts)
-
-
-def _json_strings(masker, value, counts):
-    """Strings that are themselves JSON (a tool's text result mirrored in structured content)
-    get their fields masked too."""
-    if isinstance(value, str):
-        return _text(masker, value, counts) if masker.fields and value[:1] in "{[" else value
-    if isinstance(value, list):
-        return [_json_strings(masker, v, counts) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_strings(masker, v, counts) for k, v in value.items()}
-    return value
 
 
 def _content(masker, items, counts):
@@ -65,8 +41,7 @@ def mask_result(masker: Masker, result) -> tuple[object, dict]:
     if isinstance(out.get("content"), list):
         out["content"] = _content(masker, out["content"], counts)
     if "structuredContent" in out:
-        out["structuredContent"] = masker.mask_value(_json_strings(masker, out["structuredContent"], counts),
-                                                     counts)
+        out["structuredContent"] = masker.mask_value(out["structuredContent"], counts)
     if isinstance(out.get("contents"), list):  # resources/read
         out["contents"] = [
             {**c, "text": _text(masker, c["text"], counts)} if isinstance(c, dict) and isinstance(c.get("text"), str)

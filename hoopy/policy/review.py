@@ -6,14 +6,13 @@ approvals row keeps this text, and the held event records it too (``review``) so
 ``hoopy audit verify`` can check the row.
 
 The text is the caller's: control characters (a terminal escape that redraws the line a
-reviewer reads, a NUL a PostgreSQL text column refuses) and bidirectional overrides
-(which reorder what is displayed) are shown escaped, never acted on.
+reviewer reads, a NUL a PostgreSQL text column refuses), bidirectional overrides (which
+reorder what is displayed) and other invisible characters are shown escaped, never acted
+on (hoopy.text.escape, the one function every command shows untrusted text with).
 """
 from __future__ import annotations
 
-import re
-
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+from hoopy.text import escape
 
 
 def review_text(text: str, detail: dict) -> str:
@@ -33,17 +32,13 @@ def review_text(text: str, detail: dict) -> str:
         text += f"\n-- here-document: {h['bytes']} bytes, sha256 {h['sha256']}"
         if h.get("writes"):
             text += " -> " + ", ".join(h["writes"])
-    return _UNSAFE.sub(_escape, text)
+    return escape(text, keep_newlines=True)
 
 
 def escape_controls(text: str) -> str:
-    """Control characters and bidirectional overrides shown as ``\\x1b``, ``\\u202e``; tab and newline kept."""
-    return _UNSAFE.sub(_escape, text)
-
-
-def _escape(m) -> str:
-    c = ord(m.group())
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    """Control characters, bidirectional overrides and other invisible characters shown as
+    ``\\x1b``, ``\\u202e``; tab and newline kept (hoopy.text.escape)."""
+    return escape(text, keep_newlines=True)
 
 
 def _sql_literal(value) -> str:

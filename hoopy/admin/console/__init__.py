@@ -215,9 +215,13 @@ class Console(Resource):
         if ident is None or not {"reviewer", "auditor"} & set(ident.roles):
             self.sessions.failed(peer)
             who = ident.name if ident is not None else ""
-            d = self.gateway.record("auth.failed", "refused", peer=peer, identity=ident.name if ident else None,
-                                    listener="console", method="token",
-                                    reason="not a reviewer or auditor" if ident else "bad credentials")
+            if ident is None:  # a wrong token: as the admin API's, counted and flood-summarized
+                from hoopy.admin.api import ADMIN, _peer
+
+                d = self.gateway.auth_failed(ADMIN, _peer(request), "", "console token", "bad credentials")
+            else:
+                d = self.gateway.record("auth.failed", "refused", peer=peer, identity=ident.name,
+                                        listener="console", method="token", reason="not a reviewer or auditor")
             d.addErrback(lambda f: log.error("console sign-in failure not recorded: {e}", e=f.getErrorMessage()))
             msg = (f"{who} is neither a reviewer nor an auditor." if ident is not None
                    else "That token is not valid.")
