@@ -819,7 +819,7 @@ def test_messages_skipped_after_an_upstream_error_do_not_shift_the_replies(gw):
     from hoopy.postgres import codec
 
     s, until_ready, parse, bind, execute = _proto(gw)
-    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"H"))
+    s.sendall(parse("", "SELECT no_such_column FROM customers") + codec.msg(b"H"))
     assert until_ready.recv_msg()[0] == b"E"  # flushed; the server now skips to Sync
     time.sleep(0.2)
     s.sendall(parse("", "SELECT 1") + bind("", "") + execute("") + codec.SYNC)
@@ -874,12 +874,12 @@ def test_a_failed_or_skipped_bind_or_close_keeps_the_portal_judged_as_it_is(gw, 
     s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
     until_ready()
     # A Close the server skips after an error.
-    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"C", b"Pp\0") + codec.SYNC)
+    s.sendall(parse("", "SELECT no_such_column FROM customers") + codec.msg(b"C", b"Pp\0") + codec.SYNC)
     until_ready()
     s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
     until_ready()
     # A Close and a Bind of the name, both skipped after an error.
-    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"C", b"Pp\0") + bind("p", "")
+    s.sendall(parse("", "SELECT no_such_column FROM customers") + codec.msg(b"C", b"Pp\0") + bind("p", "")
               + codec.SYNC)
     until_ready()
     s.sendall(codec.query("ROLLBACK TO SAVEPOINT a"))
@@ -923,7 +923,7 @@ def test_refusal_in_a_transaction_after_an_upstream_error_does_not_hang(gw):
     s, until_ready, parse, bind, execute = _proto(gw)
     s.sendall(codec.query("BEGIN"))
     until_ready()
-    s.sendall(parse("", "SELECT * FROM no_such_table") + parse("d", "DELETE FROM invoices")
+    s.sendall(parse("", "SELECT no_such_column FROM customers") + parse("d", "DELETE FROM invoices")
               + bind("", "d") + execute("") + codec.SYNC)
     got = until_ready()
     assert got[-1] == (b"Z", b"E"), got
@@ -1087,7 +1087,7 @@ def test_a_held_execute_approved_after_an_upstream_error_expects_no_reply(gw, da
 
     gw.database = database
     s, until_ready, parse, bind, execute = _proto(gw)
-    s.sendall(parse("", "SELECT * FROM no_such_table") + codec.msg(b"H")
+    s.sendall(parse("", "SELECT no_such_column FROM customers") + codec.msg(b"H")
               + parse("u", "UPDATE invoices SET amount = amount WHERE id = 1") + bind("", "u") + execute(""))
     rows = gw.wait_pending(REVIEWER.token)
     time.sleep(0.3)  # the error reaches the gateway while the Execute is held

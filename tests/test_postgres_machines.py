@@ -38,6 +38,7 @@ class Exchange:
         self.client = b""  # what the client saw
         self.records: list = []
         self.holds: list = []
+        self.checks: list = []
 
     def _run(self):
         cs = self.cs
@@ -55,6 +56,10 @@ class Exchange:
                     if isinstance(verdict, Hold):
                         self.holds.append(verdict)
                     cs.decided(verdict)
+                elif isinstance(c, cmd.Check):  # a Parse: could it be allowed? (a hold waits at its Bind)
+                    verdict = Deny(c.refusal) if c.refusal else self.policy(c.operation)
+                    self.checks.append(c)
+                    cs.decided(Allow("check") if isinstance(verdict, Hold) else verdict)
                 else:
                     self.records.append(c)
 
@@ -127,12 +132,28 @@ def test_a_refusal_inside_a_transaction_aborts_it_upstream():
 
 
 def test_a_refused_bind_skips_to_sync_as_the_server_would():
-    x = Exchange(policy=deny_writes)
-    x.send(codec.parse_message("", "DELETE FROM t WHERE id = $1") + codec.bind_message("", "", (), (b"1",))
+    x = Exchange()
+    # Allowed at its Parse; its Bind would store the redaction marker: refused.
+    x.send(codec.parse_message("", "UPDATE t SET a = $1") + codec.bind_message("", "", (), (b"[REDACTED]",))
            + codec.execute("") + codec.SYNC)
     assert [t for t, _ in x.take_upstream()] == [b"P", b"S"]  # the Bind and Execute never went up
     x.reply(codec.msg(b"1") + codec.ready())
     assert [t for t, _ in x.take_client()] == [b"1", b"E", b"Z"]
+
+
+def test_a_parse_the_policy_would_refuse_never_goes_up():
+    """The server's parse analysis locks what a statement names: a Parse is judged first."""
+    x = Exchange(policy=deny_writes)
+    x.send(codec.parse_message("", "DELETE FROM t WHERE id = $1") + codec.describe(b"S", "")
+           + codec.bind_message("", "", (), (b"1",)) + codec.execute("") + codec.SYNC)
+    assert [t for t, _ in x.take_upstream()] == [b"S"]
+    x.reply(codec.ready())
+    (t1, e), (t2, _) = x.take_client()
+    assert (t1, t2) == (b"E", b"Z") and codec.parse_fields(e)["C"] == "42501"
+    assert [c.operation.units for c in x.checks][0][0].kind == "write"
+    # Allowed: it goes up as it came, and its Bind is decided as before.
+    x.send(codec.parse_message("s", "SELECT 1") + codec.SYNC)
+    assert [t for t, _ in x.take_upstream()] == [b"P", b"S"]
 
 
 def test_a_held_statement_waits_paused_and_runs_once_approved():

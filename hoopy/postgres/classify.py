@@ -85,8 +85,11 @@ def parse_statement(sql: str, inline: bool = False) -> Parsed:
 
 def _walk(j: str, inline: bool = False) -> Parsed:
     stmts = sqltree.load(j, inline)
+    # Every call, column reference and relation name in the parser's output (a quote inside a
+    # string is escaped, so these texts cannot come from a value) must be reached by the walk.
+    expected = (j.count('{"FuncCall":'), j.count('{"ColumnRef":'), j.count('"relname":'))
     try:
-        return walk(stmts)
+        return walk(stmts, expected)
     except (RecursionError, MemoryError) as e:
         raise CannotJudge(f"the classifier ran out of room ({type(e).__name__})") from None
 
@@ -121,6 +124,39 @@ def _function_schemas(scope: Scope, name: str):
     # Found in the session's schemas and no built-in hoopy knows: pg_catalog has
     # none of that name (a built-in of a later release is a documented limit).
     return [s for s in schemas if s != CATALOG]
+
+
+def _write_units(functions_) -> list:
+    return [Unit("write", object_name(s, f) + "()") for s, f in sorted(functions_)]
+
+
+def _named_in(table: dict, schemas, schema, name) -> list:
+    """Keys (schema, name) of ``table`` that a name may reach: the schema given, else the
+    path's schemas, else (path not known, or changed by an earlier statement) any schema."""
+    if schema is not None:
+        return [(schema, name)] if (schema, name) in table else []
+    if schemas is None:
+        return [k for k in table if k[1] == name]
+    return [(s, name) for s in schemas if (s, name) in table]
+
+
+def _operator_units(scope: Scope, schema, name, late):
+    """What an operator may run: the VOLATILE functions of user-defined operators of that
+    name it may reach (an IMMUTABLE or STABLE one, as every built-in, is part of a read). An
+    operator hoopy knows nowhere (created after the path was read) is a write on it in each
+    schema it may be in; None if that cannot be told."""
+    schemas = scope.code_schemas(late)
+    units = []
+    for key in _named_in(scope.operators, schemas, schema, name):
+        units.extend(_write_units(scope.operators[key]))
+    if name in functions.BUILTIN_OPERATORS or _named_in(dict.fromkeys(scope.user_operators), schemas, schema, name):
+        return units
+    if schema is not None:
+        return units + [Unit("write", object_name(schema, name) + "()")]
+    if schemas is None:
+        return None
+    return units + [Unit("write", object_name(s, name) + "()") for s in scope.explicit
+                    if s != CATALOG and not s.startswith("pg_temp")]
 
 
 def _resolve(p: Parsed, scope: Scope) -> Classified:
@@ -162,6 +198,19 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
             u = functions.call_unit(s, name)
             if u is not None:
                 units[u] = None
+    for schema, name, late in p.operators:
+        if schema == CATALOG:
+            continue
+        found = _operator_units(scope, schema, name, late)
+        if found is None:
+            unresolved = True
+        else:
+            units.update(dict.fromkeys(found))
+    for schema, name, late in p.casts:
+        if schema == CATALOG:
+            continue
+        for key in _named_in(scope.types, scope.code_schemas(late), schema, name):
+            units.update(dict.fromkeys(_write_units(scope.types[key])))
     if p.dotted:
         # "t.name" may be name(t) (functional notation): a function of that name
         # outside pg_catalog may be called.
@@ -173,6 +222,10 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
             for s in schemas:
                 if s != CATALOG:
                     units[functions.call_unit(s, name)] = None
+                    if len(p.statements) > 1:
+                        # A function that may change the path, called before the names of
+                        # later statements are looked up (we do not keep which statement).
+                        unresolved = True
     if not units and p.statements:
         units[Unit("read")] = None  # SELECT 1, SELECT now(): reads nothing, still a read
     # A function hoopy cannot vouch for may run SET search_path (or create what a name finds).

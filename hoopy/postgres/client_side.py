@@ -20,9 +20,10 @@ from hoopy.postgres.classify import INLINE_SQL, ANY_OBJECT, ClassifyError, Heavy
 from hoopy.postgres.copy import MarkerScan
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.pipeline import (
-    Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
+    Check, Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
 from hoopy.postgres.replies import UpstreamReplies
 from hoopy.postgres.scope import SCOPE_QUERY, Scope
+from hoopy.postgres.rules import object_name
 from hoopy.postgres.startup import quote_ident
 
 MAX_SQL_RECORDED = 100_000
@@ -65,6 +66,7 @@ class ClientSide(UpstreamReplies):
         self.unsafe_settings: dict = {}  # server settings under which SQL may read otherwise
         self.marker_scan = MarkerScan()  # COPY FROM STDIN data
         self.copy_in_refused = False
+        self.last_classified = None  # (scope, sql, Classified): a Parse's, for its Bind
         for k, v in (statuses or {}).items():
             self.parameter_status(k, v)
 
@@ -170,11 +172,18 @@ class ClientSide(UpstreamReplies):
             # The server refuses it and keeps the statement it has: what a Bind of the
             # name runs is still that one.
             return self.refuse_extended(f'prepared statement "{parse.name}" already exists', "42P05")
-        prev = self.statements.get(parse.name)
-        entry = self.statements[parse.name] = (parse.query, parse.param_types)
-        self.forward(wire.PARSE, p)
+        # Judged before it goes upstream: parsing runs nothing, but the server's parse
+        # analysis opens every relation the statement names and locks it until the
+        # transaction ends (RowExclusiveLock on an INSERT's target), and a Describe of the
+        # statement shows the columns of a table the caller may not read.
+        self.judge(Judging(Kind.PARSE, parse.query, message=p, portal=parse.name, types=parse.param_types))
+
+    def _send_parse(self, j: Judging) -> None:
+        prev = self.statements.get(j.portal)
+        entry = self.statements[j.portal] = (j.sql, j.types)
+        self.forward(wire.PARSE, j.message)
         e = Expected(Kind.PARSE)
-        e.target = (self.statements, parse.name, entry, prev)
+        e.target = (self.statements, j.portal, entry, prev)
         self.expect(e)
 
     def _bind(self, p: bytes) -> None:
@@ -190,7 +199,8 @@ class ClientSide(UpstreamReplies):
                                types[i] if i < len(types) else 0) for i, v in enumerate(b.params)]
         # Judged at Bind, not at Execute: planning an unnamed statement with its parameters
         # already runs code (IMMUTABLE functions are folded into constants at Bind).
-        self.judge(Judging(Kind.BIND, sql, params, b.params, p, b.portal, Portal(sql, params, b.result_formats)))
+        self.judge(Judging(Kind.BIND, sql, params, b.params, p, b.portal, Portal(sql, params, b.result_formats),
+                           types=tuple(types)))
 
     def _describe(self, p: bytes) -> None:
         kind, _ = codec.parse_describe(p)
@@ -212,8 +222,9 @@ class ClientSide(UpstreamReplies):
         kind, name = codec.parse_describe(p)
         e = Expected(Kind.CLOSE)
         if kind == wire.STATEMENT:
-            self.statements.pop(name, None)  # an unknown name is judged as admin: no undo
-            self.prepared.pop(name, None)  # one namespace with SQL PREPARE
+            # Forgotten at its CloseComplete: a Close the server skips after an error
+            # leaves the statement there, and a Bind of the name still runs it.
+            e.forget = (name,)
         else:
             # An unknown portal is judged as a FETCH: if the server skips this Close, the
             # portal (and what it runs) stays.
@@ -313,18 +324,25 @@ class ClientSide(UpstreamReplies):
         self._refuse(kind, str(e), "22021")
 
     # --- judging -----------------------------------------------------------------
-    def judge(self, j: Judging) -> None:
-        self.read_scope_if_due()  # a Query: the upstream is between statements
+    def judge(self, j: Judging, read_path: bool = True) -> None:
+        if read_path:
+            self.read_scope_if_due()  # a Query: the upstream is between statements
         if self.scope_reading is not None:
             # The search path is being read again: judge once it is known.
             self.state = State.READING_PATH
             self.pending = j
             return
         if len(j.sql) <= INLINE_SQL:
+            last = self.last_classified
+            if last is not None and last[0] is self.scope and last[1] == j.sql:
+                return self._judge(j, last[2])  # a Bind of the statement just Parsed
             try:
-                return self._judge(j, classify_or_error(j.sql, self.scope, inline=True))
+                c = classify_or_error(j.sql, self.scope, inline=True)
             except Heavy:
                 pass
+            else:
+                self.last_classified = (self.scope, j.sql, c)
+                return self._judge(j, c)
         # A large or deeply nested statement would stall every other session: a thread
         # judges it (one at a time gateway-wide), this connection waiting meanwhile.
         self.state = State.PARSING
@@ -352,7 +370,12 @@ class ClientSide(UpstreamReplies):
             return self._proceed(j)  # an empty query: nothing runs
         self.state = State.JUDGING
         self.pending = j
-        self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params),
+        if j.kind is Kind.PARSE:
+            # Only whether it could be allowed: nothing runs yet, and the Bind is decided
+            # (and recorded) with its parameters.
+            self.commands.append(Check(self._operation(j.sql, c, types=j.types), self.parse_refusal(c, j.sql)))
+            return
+        self.commands.append(Decide(self._operation(j.sql, c, j.params, j.raw_params, j.types),
                                     self.local_refusal(masking, j.sql, j.raw_params or ())))
 
     def decided(self, verdict) -> None:
@@ -370,7 +393,8 @@ class ClientSide(UpstreamReplies):
         self.held = None
         j, self.pending = self.pending, None
         if isinstance(verdict, Allow):
-            self._allowed(j.classified)
+            if j.kind is not Kind.PARSE:  # a Parse runs nothing: what it changes, its Bind does
+                self._allowed(j.classified)
             self._proceed(j)
         else:
             msg = verdict.reason if verdict.rule is None or verdict.rule in verdict.reason \
@@ -385,13 +409,7 @@ class ClientSide(UpstreamReplies):
         """What an allowed statement changes in the namespaces the gateway tracks."""
         if c.may_change_path or (self.path_dirty and "TransactionStmt" in c.statements):
             self.search_path_may_change()
-        for name in c.deallocates:
-            if name is None:
-                self.prepared.clear()
-                self.statements.clear()
-            else:
-                self.prepared.pop(name, None)
-                self.statements.pop(name, None)
+        # (DEALLOCATE and DISCARD ALL drop names only once they have run: see forget)
         for name, body in c.prepares:
             # If the name is taken the server refuses this PREPARE and keeps the old one:
             # an EXECUTE is judged with both.
@@ -405,15 +423,20 @@ class ClientSide(UpstreamReplies):
 
     def _proceed(self, j: Judging) -> None:
         c = j.classified
+        if j.kind is Kind.PARSE:
+            return self._send_parse(j)
         if j.kind is Kind.QUERY:
             self.forward(wire.QUERY, codec.cstr(j.sql))
-            self.expect(Expected(Kind.QUERY, sql=j.sql, classified=c))
+            e = Expected(Kind.QUERY, sql=j.sql, classified=c)
+            e.forget = c.deallocates
+            self.expect(e)
             if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
                 self.read_scope_if_due()
             return
         info = j.portal_info
         info.judged = True
         info.classified = c
+        info.forget = c.deallocates
         if j.kind is Kind.EXECUTE:
             return self.send_execute(info, j.portal, j.message)
         prev = self.portals.get(j.portal)
@@ -427,6 +450,7 @@ class ClientSide(UpstreamReplies):
         describe, info.executed = self.rules.active and not info.executed, True  # only the first
         ex = Expected(Kind.EXECUTE, sql=info.sql, classified=info.classified)
         ex.plan = info.plan
+        ex.forget, info.forget = info.forget, ()  # once: a second Execute of a done portal runs nothing
         if describe:
             # Masking needs the result columns; the client may not have asked.
             d = Expected(Kind.DESCRIBE_FOR_MASKING)
@@ -436,13 +460,18 @@ class ClientSide(UpstreamReplies):
         self.forward(wire.EXECUTE, p)
         self.expect(ex)
 
-    def _operation(self, sql: str, c, params=None, raw_params=None) -> Operation:
+    def _operation(self, sql: str, c, params=None, raw_params=None, types=()) -> Operation:
         detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
         if params is not None:
             detail["params"] = params
         units = list(c.units)
         for name in c.executes:
             units.extend(self._prepared_units(name))
+        for oid in types:
+            # A parameter of a domain (or a type) whose conversion runs a VOLATILE function:
+            # the server converts the Bind's values to it (a CHECK constraint, a cast).
+            for fn in sorted(self.scope.type_oids.get(oid, ())):
+                units.append(Unit("write", object_name(*fn) + "()"))
         units = tuple(dict.fromkeys(units))
         # What a retry-mode approval is bound to: the whole SQL text, the parameters' exact bytes
         # (the recorded text and values may be shortened), and what the text means here: the
@@ -450,6 +479,16 @@ class ClientSide(UpstreamReplies):
         canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
                                            if raw_params is not None else params, sorted(str(u) for u in units))
         return Operation("postgres", "statement", detail["sql"][:2000], units, detail, canonical=canonical)
+
+    def forget_statements(self, names) -> None:
+        """A DEALLOCATE, DISCARD ALL or Close has completed: the server dropped these names."""
+        for name in names:
+            if name is None:
+                self.prepared.clear()
+                self.statements.clear()
+            else:
+                self.prepared.pop(name, None)
+                self.statements.pop(name, None)
 
     def _prepared_bodies(self, name: str) -> list:
         """What EXECUTE of a name may run: what an SQL PREPARE of it held and a protocol
@@ -493,7 +532,7 @@ class ClientSide(UpstreamReplies):
     # the middle of an extended-protocol batch where no query can be slipped in, an
     # unqualified name is refused.
     def search_path_may_change(self) -> None:
-        self.scope = Scope.unknown()
+        self.scope = Scope.unknown(self.scope)
         self.scope_due = True
         self.path_dirty = True  # a transaction's end may change it back
 
@@ -501,6 +540,10 @@ class ClientSide(UpstreamReplies):
         """Send SCOPE_QUERY upstream if the path must be read and the upstream is between
         statements (after a Query or a Sync, before a Parse)."""
         if not self.scope_due or self.scope_reading is not None or self.ext_open or self.skip is not Skip.NO:
+            return
+        if self.tx_status == wire.IN_FAILED_TRANSACTION:
+            # Every query fails until the transaction ends (ROLLBACK needs no name looked up):
+            # read it after that.
             return
         e = Expected(Kind.SCOPE)
         e.target = []  # its result sets, rows of text
@@ -517,14 +560,24 @@ class ClientSide(UpstreamReplies):
             if self.tx_status == wire.IDLE:
                 self.path_dirty = False
         else:
-            # An aborted transaction: read it again after the next statement.
-            self.scope = Scope.unknown()
+            # An aborted transaction (or another failure): read it again before a later
+            # statement; this one is judged with the path unknown (an unqualified name is
+            # refused), never by asking again at once, which could go on for ever.
+            self.scope = Scope.unknown(self.scope)
             self.scope_due = True
         if self.state is State.READING_PATH:
             self.state = State.READY
             j, self.pending = self.pending, None
-            self.judge(j)
+            self.judge(j, read_path=e.error is None)
             self.pump()
+
+    def parse_refusal(self, c, sql: str) -> str | None:
+        """What refuses a Parse whatever the grant: a statement whose names cannot be looked up."""
+        if self.unsafe_settings:
+            return self.local_refusal(c, sql)
+        if c.unresolved:
+            return self.local_refusal(c, sql)
+        return None
 
     def local_refusal(self, c, sql: str, raw_params=()) -> str | None:
         """Refusals that need no rule: what the gateway cannot judge or mask safely."""
@@ -546,7 +599,9 @@ class ClientSide(UpstreamReplies):
                 how = rules.copy_columns(c)  # text format, columns listed (what pg_dump sends): masked line by line
                 if isinstance(how, str):
                     return f"refused: COPY TO STDOUT of a table with masked columns cannot be masked here: {how}"
-            if c.classes - {"read", "lock"} and (c.whole_row or c.executes
-                                                 or not rules.names.isdisjoint(c.column_names)):
+            # A write whose rows never come back to be masked: any result that would be masked
+            # (a masked column by name, a whole row, a view over a masked table, whose columns
+            # may be renamed) would be copied in clear.
+            if c.classes - {"read", "lock"} and rules.tainted(c):
                 return "refused: this statement would copy a masked column"
         return None

@@ -99,6 +99,8 @@ pg_try_advisory_lock pg_try_advisory_lock_shared pg_try_advisory_xact_lock pg_tr
 ADVISORY_UNLOCKS = frozenset("pg_advisory_unlock pg_advisory_unlock_shared pg_advisory_unlock_all".split())
 
 WRITES = frozenset("nextval setval".split())
+# Functions behind a catalog view, judged as a read of that view.
+VIEW_FUNCTIONS = {"pg_show_all_settings": "pg_settings"}
 NOTIFY = frozenset(("pg_notify",))  # as NOTIFY: write (no table)
 SETTINGS = frozenset(("set_config",))  # judged as SET of the name (hoopy.postgres.gucs)
 
@@ -137,7 +139,7 @@ _pg_truetypmod
 """.split())
 
 PURE = (_STABLE_BUILTINS | _VOLATILE_READS | _NEWER_READS) - EXPOSING - ADMIN_ACTIONS - ADVISORY_LOCKS \
-    - WRITES - NOTIFY - SETTINGS
+    - WRITES - NOTIFY - SETTINGS - set(VIEW_FUNCTIONS)
 
 # Built-ins callable with one row argument: "c.to_jsonb" is to_jsonb(c), a whole row
 # (functional notation, which reads like a column reference).
@@ -147,6 +149,15 @@ cume_dist dense_rank first_value hash_record json_agg json_build_array json_buil
 jsonb_build_array jsonb_build_object lag last_value lead mode num_nonnulls num_nulls percent_rank
 pg_collation_for pg_column_compression pg_column_size pg_typeof quote_literal quote_nullable rank
 record_out record_send row_to_json to_json to_jsonb hstore to_tsvector json_populate_record
+""".split())
+
+
+# pg_catalog's operator names (PostgreSQL 15): an operator of any other name is
+# user-defined.
+BUILTIN_OPERATORS = frozenset("""
+!! !~ !~* !~~ !~~* # ## #- #> #>> % & && &< &<| &> * *< *<= *<> *= *> *>= + - -> ->> -|- / < <-> << <<= <<|
+<= <> <@ <^ = > >= >> >>= >^ ? ?# ?& ?- ?-| ?| ?|| @ @-@ @> @? @@ @@@ ^ ^@ | |&> |/ |>> || ||/ ~ ~* ~<=~ ~<~
+~= ~>=~ ~>~ ~~ ~~* != ^@
 """.split())
 
 
@@ -161,7 +172,8 @@ EXTENSIONS = frozenset("""
 pg_stat_statements pg_stat_statements_info pg_file_write pg_file_rename pg_file_unlink pg_file_sync
 pg_logdir_ls get_raw_page heap_page_items heap_page_item_attrs bt_page_items page_header
 """.split()) | frozenset(n for n in EXPOSING if n.startswith("dblink"))
-KNOWN = (PURE | EXPOSING | ADMIN_ACTIONS | ADVISORY_LOCKS | ADVISORY_UNLOCKS | WRITES | NOTIFY | SETTINGS) \
+KNOWN = (PURE | EXPOSING | ADMIN_ACTIONS | ADVISORY_LOCKS | ADVISORY_UNLOCKS | WRITES | NOTIFY | SETTINGS
+         | set(VIEW_FUNCTIONS)) \
     - EXTENSIONS
 
 
@@ -179,6 +191,8 @@ def call_unit(schema: str, name: str) -> Unit | None:
             return Unit("admin", subject(schema, name))
         if name in ADVISORY_LOCKS:
             return Unit("lock")
+        if name in VIEW_FUNCTIONS:
+            return Unit("read", f"{CATALOG}.{VIEW_FUNCTIONS[name]}")
         if name in NOTIFY:
             return Unit("write")
         return Unit("write", subject(schema, name))

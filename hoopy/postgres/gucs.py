@@ -18,6 +18,21 @@ compute_query_id event_triggers allow_alter_system
 """.split())
 ADMIN_PREFIXES = ("log_", "debug_", "track_")
 
+# Settings PostgreSQL shows only to superusers and members of pg_read_all_settings
+# (GUC_SUPERUSER_ONLY: server paths, the replication connection string with its
+# password, the SSL passphrase command, what libraries load): server configuration,
+# as pg_file_settings is. The upstream user may be a superuser; the caller reads
+# them only with a rule covering pg_catalog.pg_settings, whose rows hold them too.
+# (PostgreSQL 15, probed as a plain role; later releases' additions by name.)
+SUPERUSER_ONLY = frozenset("""
+config_file data_directory dynamic_library_path extension_destdir external_pid_file hba_file ident_file
+jit_provider krb_server_keyfile log_directory log_filename output_plugin_libraries primary_conninfo
+session_preload_libraries shared_preload_libraries ssl_ciphers ssl_dh_params_file ssl_ecdh_curve
+ssl_max_protocol_version ssl_min_protocol_version ssl_passphrase_command unix_socket_directories
+ssl_groups ssl_tls13_ciphers oauth_validator_libraries extension_control_path
+""".split())
+SETTINGS_VIEW = ("pg_catalog", "pg_settings")  # what reading one of them is judged as
+
 # Settings after whose change the gateway must read the search path again:
 # the path itself, and who "$user" is.
 PATH_SETTINGS = frozenset(("search_path", "role", "session_authorization"))

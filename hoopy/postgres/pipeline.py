@@ -53,7 +53,8 @@ STATEMENTS = (Kind.QUERY, Kind.EXECUTE)
 class Expected:
     """One reply the client is owed."""
 
-    __slots__ = ("kind", "raw", "sql", "classified", "plan", "rows", "start", "tag", "error", "target", "copy")
+    __slots__ = ("kind", "raw", "sql", "classified", "plan", "rows", "start", "tag", "error", "target", "copy",
+                 "forget")
 
     def __init__(self, kind: Kind, raw: bytes | None = None, sql: str | None = None, classified=None):
         self.kind = kind
@@ -67,12 +68,15 @@ class Expected:
         self.error = None  # SQLSTATE of a failed statement
         self.target = None  # PARSE/BIND/CLOSE: a name's undo; DESCRIBE_FOR_MASKING: (execute, portal)
         self.copy = None  # copy.BinaryCopyMasker during a binary COPY TO STDOUT
+        # Statement names (None: all) the server drops once this completes (DEALLOCATE,
+        # DISCARD ALL, a Close): forgotten only then, never on a refused or skipped one.
+        self.forget = ()
 
 
 class Portal:
     """A bound portal as the gateway judged it."""
 
-    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified", "executed")
+    __slots__ = ("sql", "params", "result_formats", "judged", "plan", "classified", "executed", "forget")
 
     def __init__(self, sql: str, params, result_formats=()):
         self.sql = sql
@@ -82,19 +86,21 @@ class Portal:
         self.plan = None
         self.classified = None
         self.executed = False  # an Execute went upstream (a later one resumes a suspended portal)
+        self.forget = ()  # statement names its DEALLOCATE drops, once its Execute completes
 
 
 @attrs.define
 class Judging:
     """A statement waiting for its decision: what to send once it is allowed."""
-    kind: Kind  # QUERY, BIND or EXECUTE
+    kind: Kind  # QUERY, PARSE, BIND or EXECUTE
     sql: str
     params: list | None = None  # decoded, for the record
     raw_params: tuple | None = None  # a Bind's exact bytes (None for a Query or a cursor's Execute)
     message: bytes = b""  # the client's message payload (Bind, Execute)
-    portal: str = ""
+    portal: str = ""  # (for a Parse: the statement's name)
     portal_info: Portal | None = None
     classified: object = None
+    types: tuple = ()  # a Parse's parameter type OIDs
 
 
 # --- commands to the adapter ----------------------------------------------------
@@ -102,6 +108,14 @@ class Judging:
 @attrs.frozen
 class Decide:
     """Ask the session; answer with ``decided``. ``refusal``: a refusal that needs no rule."""
+    operation: object
+    refusal: str | None = None
+
+
+@attrs.frozen
+class Check:
+    """Could the policy allow this (recording nothing if so)? Answer with ``decided``:
+    Allow, or Deny once the refusal is recorded. ``refusal``: one that needs no rule."""
     operation: object
     refusal: str | None = None
 

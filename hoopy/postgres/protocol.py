@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hoopy.policy.verdicts import Deny, Hold
+from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.postgres import client_startup as hs, codec, pipeline as cmd
 from hoopy.postgres.classify import PARSES
 from hoopy.postgres.client_side import ClientSide
@@ -320,6 +320,28 @@ class ClientProtocol(Protocol):
         d.addCallback(self._decided)
         d.addErrback(self._internal_error, "judging")
 
+    def _check(self, c):
+        """A Parse: refused if the policy would refuse its statement; else it goes upstream
+        with no event (its Bind is decided and recorded)."""
+        op = c.operation
+        reason, rule = c.refusal, None
+        if reason is None:
+            try:
+                j = self.session.judge(op)
+            except Exception as e:  # fail closed
+                log.failure("judging a Parse")
+                j = Deny(f"hoopy could not judge this statement ({type(e).__name__})")
+                reason = j.reason
+            else:
+                if j.outcome != "deny":  # allow, or approve: its Bind is held
+                    return self._decided(Allow(j.rule))
+                reason, rule = j.reason, j.rule
+        d = self.session.event("operation", "refused", reason=reason, rule=rule, stage="parse",
+                               sql=op.detail["sql"], units=[str(u) for u in op.units])
+        d.addBoth(lambda _: Deny(reason, rule))
+        d.addCallback(self._decided)
+        d.addErrback(self._internal_error, "judging")
+
     def _decided(self, verdict):
         if self.closed:
             return
@@ -372,6 +394,6 @@ class ClientProtocol(Protocol):
     def _close(self, c):
         self.close(c.reason)
 
-    _COMMANDS = {cmd.Decide: _decide, cmd.Classify: _classify, cmd.Record: _record, cmd.Trailing: _trailing,
+    _COMMANDS = {cmd.Decide: _decide, cmd.Check: _check, cmd.Classify: _classify, cmd.Record: _record, cmd.Trailing: _trailing,
                  cmd.Redacted: _redacted, cmd.Attribute: _attribute_command, cmd.CancelUpstream: cancel_upstream,
                  cmd.Close: _close}

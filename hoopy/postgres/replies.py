@@ -248,6 +248,8 @@ class UpstreamReplies:
             tag = codec.parse_command_tag(p)
             head.tag = tag if head.tag is None or k is Kind.EXECUTE else f"{head.tag}; {tag}"
             if k is Kind.EXECUTE:
+                if head.forget:
+                    self.forget_statements(head.forget)
                 self.done(head)
                 return self._finished(t, p)
             if head.plan is not None:
@@ -257,6 +259,10 @@ class UpstreamReplies:
             return True
         if t == wire.READY_FOR_QUERY:
             self.tx_status = codec.parse_ready(p)
+            if head.forget and head.error is None:
+                # Every statement of the string ran (after an error we cannot tell whether its
+                # DEALLOCATE did: the names stay, judged as what they may hold).
+                self.forget_statements(head.forget)
             self.done(head)
             return self._finished(t, p)
         if t == wire.ROW_DESCRIPTION:
@@ -319,6 +325,8 @@ class UpstreamReplies:
             return True  # RowDescription or NoData follows
         if t == wire.READY_FOR_QUERY:
             self.tx_status = codec.parse_ready(p)
+        elif t == wire.CLOSE_COMPLETE and head.forget:
+            self.forget_statements(head.forget)
         return self._finished(t, p)
 
     _REPLIES = {

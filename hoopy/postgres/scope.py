@@ -24,9 +24,16 @@ import attrs
 CATALOG = "pg_catalog"
 TEMP = "pg_temp"
 
-# One simple query, three result sets: the path, the relation names of every
+# One simple query, four result sets: the path, the relation names of every
 # schema in it but the last, the function names of its schemas (pg_catalog's
-# are hoopy's reviewed catalogue, hoopy.postgres.functions).
+# are hoopy's reviewed catalogue, hoopy.postgres.functions), and the functions
+# outside pg_catalog that a statement reaches through an operator or a cast:
+# every user-defined operator (its function, and whether that is VOLATILE), and
+# the VOLATILE functions behind a type: casts into it, a domain's CHECK
+# constraints (its base domains' too). A function PostgreSQL may not treat as
+# free of side effects (VOLATILE, the default of CREATE FUNCTION) reached that
+# way is judged as called; an IMMUTABLE or STABLE one (what extensions such as
+# citext or PostGIS declare) is the type's own behaviour, as a built-in's is.
 SCOPE_QUERY = (
     "SELECT pg_catalog.array_to_json(pg_catalog.current_schemas(true))::text,"
     " pg_catalog.array_to_json(pg_catalog.current_schemas(false))::text,"
@@ -41,8 +48,26 @@ SCOPE_QUERY = (
     " JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace"
     " WHERE n.nspname = ANY (pg_catalog.current_schemas(false)) AND n.nspname <> 'pg_catalog'"
     " AND p.pronamespace <> pg_catalog.pg_my_temp_schema();"
+    "WITH RECURSIVE d(oid, base) AS ("
+    " SELECT oid, oid FROM pg_catalog.pg_type WHERE typtype = 'd'"
+    " UNION SELECT d.oid, t.typbasetype FROM d JOIN pg_catalog.pg_type t ON t.oid = d.base AND t.typtype = 'd'),"
+    " fn(target, proc) AS ("
+    " SELECT d.oid, dep.refobjid FROM d JOIN pg_catalog.pg_constraint c ON c.contypid = d.base"
+    " JOIN pg_catalog.pg_depend dep ON dep.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass"
+    " AND dep.objid = c.oid AND dep.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass"
+    " UNION SELECT c.casttarget, c.castfunc FROM pg_catalog.pg_cast c WHERE c.castfunc <> 0"
+    " UNION SELECT d.oid, c.castfunc FROM d JOIN pg_catalog.pg_cast c ON c.casttarget = d.base AND c.castfunc <> 0)"
+    " SELECT 't', tn.nspname, t.typname, t.oid::text || ' ' || t.typarray::text, pn.nspname, p.proname"
+    " FROM fn JOIN pg_catalog.pg_proc p ON p.oid = fn.proc"
+    " JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace"
+    " JOIN pg_catalog.pg_type t ON t.oid = fn.target JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace"
+    " WHERE pn.nspname <> 'pg_catalog' AND p.provolatile = 'v'"
+    " UNION ALL SELECT 'o', n.nspname, o.oprname, p.provolatile::text, pn.nspname, p.proname"
+    " FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace"
+    " JOIN pg_catalog.pg_proc p ON p.oid = o.oprcode JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace"
+    " WHERE n.nspname <> 'pg_catalog';"
 )
-SCOPE_RESULTS = 3  # result sets SCOPE_QUERY returns
+SCOPE_RESULTS = 4  # result sets SCOPE_QUERY returns
 
 # PostgreSQL's own catalog relations (tables, views, sequences; PostgreSQL 15):
 # what the default scope, used without an upstream, knows pg_catalog holds.
@@ -87,6 +112,11 @@ class Scope:
     temp: str | None = None  # this session's temporary schema (pg_temp_N), if it has one
     relations: dict = attrs.field(factory=dict)  # schema -> relation names (every path schema but the last)
     functions: dict = attrs.field(factory=dict)  # schema -> function names (path schemas, not pg_catalog)
+    # What operators and casts reach (the fourth result set), as (function schema, name) sets:
+    operators: dict = attrs.field(factory=dict)  # (schema, operator) -> VOLATILE functions of operators
+    user_operators: frozenset = frozenset()  # every (schema, operator) outside pg_catalog
+    types: dict = attrs.field(factory=dict)  # (schema, type) -> VOLATILE functions a cast into it runs
+    type_oids: dict = attrs.field(factory=dict)  # type OID (and its array's) -> the same
 
     @classmethod
     def default(cls, functions: dict | None = None) -> "Scope":
@@ -95,13 +125,24 @@ class Scope:
                    dict(functions or {}))
 
     @classmethod
-    def unknown(cls) -> "Scope":
-        return cls(None)
+    def unknown(cls, previous: "Scope | None" = None) -> "Scope":
+        """The path not known; what operators and casts reach (the whole database's, not
+        the path's) is kept from ``previous``."""
+        if previous is None:
+            return cls(None)
+        return cls(None, operators=previous.operators, user_operators=previous.user_operators,
+                   types=previous.types, type_oids=previous.type_oids)
+
+    def code_schemas(self, late: bool) -> tuple | None:
+        """The schemas an unqualified operator or type name may be found in: the path's
+        (pg_temp holds no operators, but types); every schema when the path is not known
+        or will have changed (``late``): None."""
+        return None if late or self.path is None else self.path
 
     @classmethod
     def from_results(cls, results) -> "Scope":
-        """``results``: SCOPE_QUERY's three row sets, as text values."""
-        head, rels, funcs = (list(results) + [[], [], []])[:3]
+        """``results``: SCOPE_QUERY's row sets, as text values."""
+        head, rels, funcs, code = (list(results) + [[], [], [], []])[:4]
         if not head:
             return cls.unknown()
         path_json, explicit_json, user, temp = (list(head[0]) + [None] * 4)[:4]
@@ -113,9 +154,26 @@ class Scope:
         functions: dict = {}
         for nsp, name in funcs:
             functions.setdefault(nsp, set()).add(name)
+        operators: dict = {}
+        user_operators = set()
+        types: dict = {}
+        type_oids: dict = {}
+        for row in code:
+            kind, nsp, name, extra, fnsp, fn = (list(row) + [None] * 6)[:6]
+            if kind == "o":
+                user_operators.add((nsp, name))
+                if extra == "v":
+                    operators.setdefault((nsp, name), set()).add((fnsp, fn))
+            elif kind == "t":
+                types.setdefault((nsp, name), set()).add((fnsp, fn))
+                for oid in (extra or "").split():
+                    if oid != "0":
+                        type_oids.setdefault(int(oid), set()).add((fnsp, fn))
         return cls(path, explicit, user or "", temp,
                    {k: frozenset(v) for k, v in relations.items()},
-                   {k: frozenset(v) for k, v in functions.items()})
+                   {k: frozenset(v) for k, v in functions.items()},
+                   {k: frozenset(v) for k, v in operators.items()}, frozenset(user_operators),
+                   {k: frozenset(v) for k, v in types.items()}, {k: frozenset(v) for k, v in type_oids.items()})
 
     @property
     def known(self) -> bool:

@@ -47,6 +47,10 @@ def attribution(params: dict, options: dict) -> dict:
 def settings_problem(params: dict, option_words: list) -> str | None:
     """Why the client's startup settings cannot pass, or None."""
     pairs = [(k, v) for k, v in params.items() if passes_upstream(k)]
+    if any(ch.isspace() and not ch.isascii() for ch in params.get("options", "")):
+        # The server splits options at whitespace byte by byte, as its locale says: a
+        # non-ASCII space escaped here could end a word there.
+        return "startup options may not hold non-ASCII whitespace"
     words = list(option_words)
     while words:
         w = words.pop(0)
@@ -138,4 +142,8 @@ def quote_ident(name: str) -> str:
 
 
 def quote_option(w: str) -> str:
-    return w.replace("\\", "\\\\").replace(" ", "\\ ")
+    """One word of ``options`` as the server reads it back: pg_split_opts splits at
+    every C whitespace character (space, tab, newline, CR, VT, FF) and a backslash
+    keeps the next character in the word. Every such character is escaped, or a word
+    the gateway checked as one setting would reach the server as several."""
+    return "".join("\\" + ch if ch == "\\" or ch.isspace() else ch for ch in w)

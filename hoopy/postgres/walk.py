@@ -65,6 +65,8 @@ class Parsed:
     fixed: tuple  # Units needing no lookup
     refs: tuple  # (class, what, schema or None, name, late): what = rel | new | fn | newfn
     calls: tuple  # (schema or None, name, late) of every function called
+    operators: tuple  # (schema or None, operator, late) of every operator named (explicitly or by IN, LIKE, ...)
+    casts: tuple  # (schema or None, type, late) of every type a value is cast or coerced to
     # late: in a statement after one that may change the search path, in the same
     # string (the server looks its names up only when it gets to it).
     dotted: frozenset  # (last name, late) of "a.b" column references: b may be a function of a
@@ -150,6 +152,8 @@ class Walk:
         self.fixed: dict = {}
         self.refs: dict = {}
         self.calls: dict = {}
+        self.operators: dict = {}
+        self.casts: dict = {}
         self.columns: set = set()
         self.aliases: set = set()
         self.pending_lone: list = []
@@ -167,6 +171,9 @@ class Walk:
         self.late = False  # a statement before this one in the string may change the path
         self.impure = False  # a function hoopy cannot vouch for was called
         self.stack: list = []
+        # FuncCall, ColumnRef and RangeVar nodes judged: every one in the tree must be
+        # (walk() checks against the parser's output), or the statement is refused.
+        self.seen = [0, 0, 0]
 
     # --- results ---------------------------------------------------------------
     def add(self, cls, subject=None):
@@ -181,6 +188,7 @@ class Walk:
         whole = self.whole_row or any(n in self.aliases for n in self.pending_lone)
         return Parsed(
             statements=tuple(kinds), fixed=tuple(self.fixed), refs=tuple(self.refs), calls=tuple(self.calls),
+            operators=tuple(self.operators), casts=tuple(self.casts),
             dotted=frozenset(self.dotted), column_names=frozenset(self.columns), whole_row=whole,
             copy_out=self.copy_out, copy=self.copy, fetch=self.fetch, prepares=tuple(self.prepares),
             executes=tuple(self.executes), deallocates=tuple(self.deallocates), declares=tuple(self.declares),
@@ -194,6 +202,10 @@ class Walk:
             self.refs.setdefault((cls if cls and c == "read" else c, what, schema, name, late or self.late), None)
         for schema, name, late in o.calls:
             self.calls.setdefault((schema, name, late or self.late), None)
+        for schema, name, late in o.operators:
+            self.operators.setdefault((schema, name, late or self.late), None)
+        for schema, name, late in o.casts:
+            self.casts.setdefault((schema, name, late or self.late), None)
         for name, late in o.dotted:
             self.dotted.add((name, late or self.late))
         self.columns |= o.columns
@@ -208,6 +220,7 @@ class Walk:
         self.declares.extend(o.declares)
         self.may_change_path |= o.may_change_path
         self.cacheable &= o.cacheable
+        self.seen = [a + b for a, b in zip(self.seen, o.seen)]
 
     # --- the loop --------------------------------------------------------------
     def run_stack(self):
@@ -237,6 +250,12 @@ class Walk:
 
     def field(self, typ, name, v, ctx):
         if isinstance(v, dict) and v:
+            if _unwrap(v)[0] is not None:
+                # A node written with its type ({"FuncCall": {...}}): fields declared as an
+                # abstract Expr (CASE ... THEN, ELSE, IS NULL, IS TRUE, ...) are, and must be
+                # walked as what they hold, never as a struct of their declared type.
+                self.stack.append(_unwrap(v) + (ctx,))
+                return
             st = STRUCT_FIELDS.get((typ, name))
             if st is not None:
                 if st == "RangeVar" and (typ, name) in CREATES:
@@ -263,6 +282,7 @@ class Walk:
 
     def relation(self, rv, cls="read", ctes=frozenset(), lock=False):
         """A RangeVar that names a relation (or, with ``ctes``, maybe a WITH query)."""
+        self.seen[2] += 1
         name = rv.get("relname") or ""
         schema = rv.get("schemaname")
         self.alias(rv.get("alias"))
@@ -274,6 +294,7 @@ class Walk:
             self.ref("lock", schema, name)
 
     def new_relation(self, rv):
+        self.seen[2] += 1
         schema = rv.get("schemaname")
         if schema is None and rv.get("relpersistence") == "t":
             schema = "pg_temp"
@@ -287,6 +308,8 @@ class Walk:
             eref = a.get("aliasname") if isinstance(a, dict) else f.get("relname")
             self.relation(f, "read", ctx.ctes, lock_all or eref in lock_names)
         elif typ == "JoinExpr":
+            if f.get("usingClause"):
+                self.operator(["="])  # JOIN ... USING compares with "=" as written
             a = f.get("alias")
             locked = lock_all or (isinstance(a, dict) and a.get("aliasname") in lock_names)
             self.alias(a)
@@ -337,7 +360,20 @@ class Walk:
             return self.add(cls)
         self.add(gucs.set_class(name, value, reset))
 
+    def operator(self, names):
+        q = _qualified(names)
+        if q is not None and q[1]:
+            self.operators.setdefault(q + (self.late,), None)
+
+    def cast(self, type_name):
+        """A value converted to this type (TypeName): its casts and domain checks may run code."""
+        if isinstance(type_name, dict):
+            q = _qualified(_strings(type_name.get("names")))
+            if q is not None:
+                self.casts.setdefault(q + (self.late,), None)
+
     def column_ref(self, f, star_ok=False):
+        self.seen[1] += 1
         names = _strings(f.get("fields"))
         if "*" in names:
             if not star_ok:
@@ -386,6 +422,7 @@ def _select(w: Walk, f, ctx):
                     and _unwrap(args[0])[0] == "ColumnRef" \
                     and _strings(_unwrap(args[0])[1].get("fields"))[-1:] == ["name"]:
                 args[0] = CONST + name
+                w.seen[1] += 1  # the column reference it replaces
     ctes = ctx.ctes
     wc = f.get("withClause")
     if wc:
@@ -396,6 +433,7 @@ def _select(w: Walk, f, ctx):
     lock_names = set()
     for lc in f.get("lockingClause") or ():
         rels = _unwrap(lc)[1].get("lockedRels")
+        w.seen[2] += len(rels or ())  # FOR UPDATE OF name: FROM items, judged there
         if rels:
             lock_names.update(_unwrap(rv)[1].get("relname") for rv in rels)
         else:
@@ -481,10 +519,13 @@ def _copy(w: Walk, f, ctx):
 
 def _prepare(w: Walk, f, ctx):
     sub = Walk()
+    for t in f.get("argtypes") or ():
+        sub.cast(_unwrap(t)[1])  # EXECUTE's parameters are converted to these types
     sub.push(f.get("query"), TOP)
     sub.run_stack()
     w.merge(sub)
-    w.prepares.append((f.get("name"), sub.finish(())))
+    # Its kind: a body that names nothing (PREPARE p AS SELECT 1) is still a read.
+    w.prepares.append((f.get("name"), sub.finish((_unwrap(f.get("query"))[0] or "SelectStmt",))))
 
 
 def _execute(w: Walk, f, ctx):
@@ -507,6 +548,14 @@ def _read(w: Walk, f, ctx):
     w.add("read")
 
 
+def _show(w: Walk, f, ctx):
+    # SHOW ALL and a superuser-only setting show server configuration: a read of pg_settings.
+    name = (f.get("name") or "").lower()
+    if name == "all" or name in gucs.SUPERUSER_ONLY:
+        return w.ref("read", *gucs.SETTINGS_VIEW)
+    w.add("read")
+
+
 def _write(w: Walk, f, ctx):
     w.add("write")
 
@@ -517,8 +566,11 @@ def _admin(w: Walk, f, ctx):
 
 
 def _transaction(w: Walk, f, ctx):
-    # COMMIT / ROLLBACK PREPARED act on a transaction another session may have prepared.
-    w.add("admin" if f.get("kind") in ("TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED") else "read")
+    # COMMIT / ROLLBACK PREPARED act on a transaction another session may have prepared;
+    # PREPARE TRANSACTION leaves one behind that outlives the session, holding its locks
+    # and its snapshot (vacuum stops at it) until an admin ends it.
+    w.add("admin" if f.get("kind") in ("TRANS_STMT_COMMIT_PREPARED", "TRANS_STMT_ROLLBACK_PREPARED",
+                                       "TRANS_STMT_PREPARE") else "read")
 
 
 def _set(w: Walk, f, ctx):
@@ -531,6 +583,11 @@ def _set(w: Walk, f, ctx):
     args = f.get("args") or ()
     value = const_text(args[0]) if args else None
     w.setting(f.get("name") or "", value, reset=kind in ("VAR_RESET", "VAR_SET_DEFAULT"))
+
+
+def _constraints(w: Walk, f, ctx):
+    w.seen[2] += len(f.get("constraints") or ())  # SET CONSTRAINTS name: constraints, not relations
+    w.add("read")
 
 
 def _deallocate(w: Walk, f, ctx):
@@ -569,12 +626,21 @@ def _call(w: Walk, f, ctx):
 
 
 def _func_call(w: Walk, f, ctx):
+    w.seen[0] += 1
     q = _qualified(_strings(f.get("funcname")))
     if q is not None:
         schema, name = q
         w.calls.setdefault((schema, name, w.late), None)
-        if schema is None and name not in PURE:
+        if name not in PURE or schema not in (None, "pg_catalog"):
             w.impure = True  # may run SET search_path before a later statement of the string
+        if name == "current_setting" and schema in (None, "pg_catalog"):
+            # Judged by the setting's name: a superuser-only one, or a name we cannot read,
+            # is a read of pg_settings (server configuration).
+            args = f.get("args") or ()
+            setting = const_text(args[0]) if args else None
+            w.cacheable = False
+            if setting is None or setting.strip().lower() in gucs.SUPERUSER_ONLY:
+                w.ref("read", *gucs.SETTINGS_VIEW)
         if name == "set_config" and schema in (None, "pg_catalog"):
             # What drivers send (asyncpg turns jit off): judged as SET of that name.
             w.cacheable = False
@@ -590,6 +656,52 @@ def _func_call(w: Walk, f, ctx):
 
 def _column_ref(w: Walk, f, ctx):
     w.column_ref(f)
+
+
+# Operators an expression names without writing them (the server looks these names up
+# as it looks up a written operator).
+_IMPLIED_OPERATORS = {"AEXPR_BETWEEN": (">=", "<="), "AEXPR_BETWEEN_SYM": (">=", "<="),
+                      "AEXPR_NOT_BETWEEN": ("<", ">"), "AEXPR_NOT_BETWEEN_SYM": ("<", ">")}
+
+
+def _a_expr(w: Walk, f, ctx):
+    implied = _IMPLIED_OPERATORS.get(f.get("kind"))
+    if implied:
+        for op in implied:
+            w.operator([op])
+    else:
+        w.operator(_strings(f.get("name")))
+    w.fields("A_Expr", f, ctx, skip=("name",))
+
+
+def _sublink(w: Walk, f, ctx):
+    if f.get("operName"):
+        w.operator(_strings(f.get("operName")))
+    elif f.get("subLinkType") == "ANY_SUBLINK":
+        w.operator(["="])  # x IN (SELECT ...)
+    w.fields("SubLink", f, ctx, skip=("operName",))
+
+
+def _sort_by(w: Walk, f, ctx):
+    if f.get("useOp"):
+        w.operator(_strings(f.get("useOp")))  # ORDER BY x USING op
+    w.fields("SortBy", f, ctx, skip=("useOp",))
+
+
+def _case(w: Walk, f, ctx):
+    if f.get("arg") is not None:
+        w.operator(["="])  # CASE x WHEN v: x = v
+    w.fields("CaseExpr", f, ctx)
+
+
+def _type_cast(w: Walk, f, ctx):
+    w.cast(f.get("typeName"))
+    w.fields("TypeCast", f, ctx)
+
+
+def _table_func_column(w: Walk, f, ctx):
+    w.cast(f.get("typeName"))  # XMLTABLE ... COLUMNS x type: each value is converted to it
+    w.fields("RangeTableFuncCol", f, ctx)
 
 
 def _alias(w: Walk, f, ctx):
@@ -620,7 +732,7 @@ _HANDLERS = {
     "FetchStmt": _fetch,
     "ClosePortalStmt": _read,
     "VariableSetStmt": _set,
-    "VariableShowStmt": _read,
+    "VariableShowStmt": _show,
     "TransactionStmt": _transaction,
     "DeallocateStmt": _deallocate,
     "DiscardStmt": _discard,
@@ -631,9 +743,15 @@ _HANDLERS = {
     "TruncateStmt": _truncate,
     "CallStmt": _call,
     "DoStmt": _admin,
-    "ConstraintsSetStmt": _read,
+    "ConstraintsSetStmt": _constraints,
     "FuncCall": _func_call,
     "ColumnRef": _column_ref,
+    "A_Expr": _a_expr,
+    "SubLink": _sublink,
+    "SortBy": _sort_by,
+    "CaseExpr": _case,
+    "TypeCast": _type_cast,
+    "RangeTableFuncCol": _table_func_column,
     "Alias": _alias,
     "CommonTableExpr": _cte,
     "LockingClause": _lockedrel,
@@ -664,8 +782,10 @@ def _named_objects(kind, f):
     return None
 
 
-def walk(stmts) -> Parsed:
-    """What the raw statements of ``hoopy.postgres.sqltree.parse`` do."""
+def walk(stmts, expected=None) -> Parsed:
+    """What the raw statements of ``hoopy.postgres.sqltree.parse`` do. ``expected``: how many
+    FuncCall, ColumnRef and RangeVar nodes the parser's output holds; a walk that judged
+    fewer missed part of the statement, which is then refused (CannotJudge)."""
     w = Walk()
     kinds = []
     for raw in stmts:
@@ -693,4 +813,10 @@ def walk(stmts) -> Parsed:
             w.add(cls)  # about no table we can name: (any object)
         else:
             w.fixed.setdefault(Unit(cls, None), None)
+    if expected is not None and any(a < b for a, b in zip(w.seen, expected)):
+        from hoopy.postgres.sqltree import CannotJudge
+
+        missed = ", ".join(f"{b - a} {n}" for a, b, n in zip(w.seen, expected, ("calls", "column references",
+                                                                                   "relation names")) if a < b)
+        raise CannotJudge(f"internal error: the classifier did not reach every part of it ({missed})")
     return w.finish(kinds)
