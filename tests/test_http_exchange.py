@@ -24,7 +24,8 @@ from hoopy.http.checks import Refusal, check_shape, token_of
 from hoopy.http.exchange import Exchange, IResponseSink
 from hoopy.http.masker import Masker
 from hoopy.http.upload import BodyPipe
-from hoopy.http.upstream import UpstreamClient, UpstreamError
+from hoopy.http.upstream import UpstreamClient
+from hoopy.upstream import UpstreamError
 from hoopy.policy.masking import BUILTIN
 from hoopy.policy.verdicts import Allow, Deny, Judgement
 

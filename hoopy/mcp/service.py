@@ -13,6 +13,7 @@ from hoopy.mcp.conversation import MCPSession
 from hoopy.mcp.pinning import Pins
 from hoopy.mcp.results import masker_for
 from hoopy.mcp.site import MCPResource, MCPSite
+from hoopy.upstream import UpstreamError
 
 log = Logger()
 
@@ -111,8 +112,6 @@ class MCPService(Service):
         try:
             child = self.children.spawn()
         except ChildLimit as e:
-            from hoopy.mcp.upstream import UpstreamError
-
             raise UpstreamError(str(e))
         return child.channel, child
 

@@ -20,12 +20,9 @@ from twisted.python.failure import Failure
 
 from hoopy.mcp import wire
 from hoopy.mcp.wire import WireError
+from hoopy.upstream import UpstreamError
 
 log = Logger()
-
-
-class UpstreamError(Exception):
-    pass
 
 
 class Pending:
@@ -148,7 +145,12 @@ class UpstreamSession:
 
         p.done.addBoth(finish)
         d = self.channel.send(out, p, modern=version if era_modern else None, probe=probe)
-        d.addErrback(lambda f: (not p.done.called) and p.done.errback(f))
+
+        def not_sent(f):
+            if not p.done.called:
+                p.done.errback(f)
+
+        d.addErrback(not_sent)
         return p.done
 
     def _timed_out(self, p: Pending):
