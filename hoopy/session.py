@@ -152,8 +152,13 @@ class Session:
             return f
 
         d.addCallbacks(started, failed)
-        self._start_d = Deferred()
-        d.addBoth(lambda r: (self._start_d.callback(None), r)[1])
+        self._start_d = start_d = Deferred()
+
+        def settled(result):
+            start_d.callback(None)  # an end() waiting on the start goes on, whatever it was
+            return result
+
+        d.addBoth(settled)
         return d
 
     def attribute(self, **values) -> Deferred:
@@ -215,7 +220,12 @@ class Session:
         d = self.gateway.store.append(ev, session=row)
         d.addErrback(lambda f: log.error("session {id}: end not recorded: {e}",
                                          id=self.id, e=f.getErrorMessage()))
-        d.addBoth(lambda r: (self.gateway._session_ended(self), r)[1])
+
+        def ended(result):
+            self.gateway._session_ended(self)
+            return result
+
+        d.addBoth(ended)
         if self._end_d is None:
             self._end_d = d
         return d

@@ -237,10 +237,14 @@ class ApprovalService:
 
     def _expire(self, approval_id: str):
         approval = self.pending.get(approval_id)
-        if approval is not None:
-            self._settle(approval, "expired", None, "approval timed out").addErrback(
-                lambda f: f.check(ApprovalError) or log.error(
-                    "approval {id}: expiry not recorded: {e}", id=approval_id, e=f.getErrorMessage()))
+        if approval is None:
+            return
+
+        def not_recorded(f):
+            if not f.check(ApprovalError):  # an ApprovalError: decided meanwhile, nothing to expire
+                log.error("approval {id}: expiry not recorded: {e}", id=approval_id, e=f.getErrorMessage())
+
+        self._settle(approval, "expired", None, "approval timed out").addErrback(not_recorded)
 
     # --- several nodes, one store ---------------------------------------------------
 
@@ -298,9 +302,14 @@ class ApprovalService:
             targets = [a for a in (self.pending.get(approval_id),) if a is not None]
         for approval in targets:
             self._in_thread(self._read, approval.id).addCallbacks(
-                lambda rows, a=approval: rows[0] and self.pending.get(a.id) is a and self._adopt(a, rows[0]),
-                lambda f, a=approval: log.warn("approval {id}: cannot read its row: {e}",
-                                               id=a.id, e=f.getErrorMessage()))
+                self._read_elsewhere, self._not_read, callbackArgs=(approval,), errbackArgs=(approval,))
+
+    def _read_elsewhere(self, rows, approval: Approval):
+        if rows[0] and self.pending.get(approval.id) is approval:  # still ours to resolve
+            self._adopt(approval, rows[0])
+
+    def _not_read(self, f, approval: Approval):
+        log.warn("approval {id}: cannot read its row: {e}", id=approval.id, e=f.getErrorMessage())
 
     def _sync(self, approval: Approval):
         """Resolve a waiter that lost the race from the row that won it."""
