@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
-from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
+from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
 from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql, schema_sql,
                                 write_batch)
 
