@@ -9,6 +9,7 @@ protocol imports.
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -16,6 +17,9 @@ from twisted.logger import Logger
 
 from hoopy.audit.events import Event
 from hoopy.audit.store import StoreError
+
+if TYPE_CHECKING:
+    from hoopy.gateway import Gateway
 
 __all__ = ["Session", "StoreError", "new_id", "IN", "OUT"]
 
@@ -34,7 +38,7 @@ def new_id(prefix: str = "") -> str:
 
 @attrs.define(eq=False)
 class Session:
-    gateway: object  # hoopy.gateway.Gateway
+    gateway: Gateway
     identity: str
     connection: str
     protocol: str
@@ -46,7 +50,7 @@ class Session:
     recording: str | None = None
     # Set by the protocol: ends the connection (gateway shutdown). Returns a
     # Deferred that fires once the session has ended and recorded so.
-    terminate: object = None
+    terminate: Callable[[str], Deferred] | None = None
     started: bool = False  # True once session.start is durable
     _start_d: Deferred | None = None
     _end_d: Deferred | None = None
@@ -152,7 +156,7 @@ class Session:
             return f
 
         d.addCallbacks(started, failed)
-        self._start_d = start_d = Deferred()
+        self._start_d = start_d = Deferred[None]()
 
         def settled(result):
             start_d.callback(None)  # an end() waiting on the start goes on, whatever it was

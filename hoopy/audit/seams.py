@@ -4,6 +4,8 @@
 """
 from __future__ import annotations
 
+from typing import Iterator
+
 from zope.interface import Attribute, Interface
 
 from hoopy.audit.writer import EVENT_COLUMNS, Dialect
@@ -67,6 +69,16 @@ class ReaderQueries:
     runs a query (``_rows``: all rows as dicts, ``_stream``: rows one by one)."""
 
     dialect: Dialect
+
+    # What each store provides: how it runs a query.
+    def _rows(self, sql: str, args=()) -> list[dict]:
+        raise NotImplementedError
+
+    def _stream(self, sql: str, args) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def _event_columns(self) -> set:
+        raise NotImplementedError
 
     def sessions(self, since_us=None, until_us=None, limit=None):
         p, t = self.dialect.param, self.dialect.prefix

@@ -53,7 +53,7 @@ class _Body(protocol.Protocol):
         self.limit = limit
         self.on_message = on_message
         self.finished = finished
-        self.buf = []
+        self.buf: list = []
         self.size = 0
 
     def dataReceived(self, data):
@@ -255,7 +255,7 @@ class StdioChannel:
         self.version = None
         self.exit = defer.Deferred()
         self.status = None
-        self._kill_timers = []
+        self._kill_timers: list = []
 
     modern_known = HTTPChannel.modern_known
 

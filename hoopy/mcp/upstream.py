@@ -45,10 +45,10 @@ class UpstreamSession:
         self.era = None  # "modern" | "handshake"
         self.version = None
         self.server_info = None
-        self.capabilities = {}
+        self.capabilities: dict = {}
         self.instructions = None
         self.client_info = None
-        self.client_caps = {}
+        self.client_caps: dict = {}
         self._ids = itertools.count(1)
         self.pending: dict = {}  # up_id -> Pending
         self.progress: dict = {}  # our token -> Pending

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.defer import Deferred, succeed, ensureDeferred, fail
@@ -41,6 +42,12 @@ from hoopy.audit.store import StateConflict, StoreError
 from hoopy.policy.review import review_text
 from hoopy.policy.verdicts import Allow
 from hoopy.session import new_id
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from hoopy.policy.rules import Operation
+    from hoopy.session import Session
 
 log = Logger()
 
@@ -57,8 +64,8 @@ class ApprovalError(Exception):
 @attrs.define(eq=False)
 class Approval:
     id: str
-    session: object  # hoopy.session.Session
-    operation: object  # hoopy.policy.rules.Operation
+    session: Session
+    operation: Operation
     rule: str
     created_us: int
     expires_us: int
@@ -69,7 +76,7 @@ class Approval:
     mode: str = "hold"  # hold: a caller waits on ``outcome``; retry: nobody waits
     ttl_s: int | None = None  # retry: how long after approval the identical operation may run once
     outcome: Deferred = attrs.field(factory=Deferred)  # fires with the Approval once decided
-    _timer: object = None
+    _timer: IDelayedCall | None = None
 
     @property
     def requester(self) -> str:

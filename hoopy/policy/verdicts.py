@@ -5,8 +5,13 @@ Deferred that fires with Allow or Deny once a reviewer decides (or time runs out
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 from twisted.internet.defer import Deferred
+
+if TYPE_CHECKING:
+    from hoopy.policy.approvals import Approval
 
 
 @attrs.frozen
@@ -31,7 +36,7 @@ class Hold:
     """Held for a reviewer. ``approval.id`` is what the caller is shown;
     ``resolution`` fires with Allow or Deny once decided or timed out."""
 
-    approval: object
+    approval: Approval
     resolution: Deferred = attrs.field(eq=False)
     reason: str = ""  # why it needs a reviewer (the rule, or the part that cannot be judged)
 
