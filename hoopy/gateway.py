@@ -50,6 +50,7 @@ class Gateway(MultiService):
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
         self.recordings = config.gateway.recordings
         self.sessions: dict[str, Session] = {}
+        self._stopping = False  # cannot_listen asked the reactor to stop
         self.in_flight = InFlight()  # MCP tool calls now running: what operations record as caused_by
         self.notifier = None
         if config.notify:
@@ -206,6 +207,16 @@ class Gateway(MultiService):
 
             d.addCallback(lambda _: deferToThread(self.anchor.stop))
         return d
+
+    def cannot_listen(self, what: str, listen: str, why: str) -> None:
+        """A configured listener cannot open: the gateway does not run without it (an operator
+        would otherwise find a connection silently missing). The one place that stops the
+        reactor for it; the services only report."""
+        log.critical("{what}: cannot listen on {listen}: {why}; the gateway stops", what=what,
+                     listen=listen, why=why)
+        if not self._stopping:
+            self._stopping = True
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def end_all_sessions(self, reason: str):
         ds = []

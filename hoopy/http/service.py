@@ -1,12 +1,9 @@
 """The http connection service: a twisted.web site on ``listen`` forwarding to ``upstream``."""
 from __future__ import annotations
 
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 
-log = Logger()
+from hoopy.listening import Listener
 
 
 def _tls_policy(settings):
@@ -30,14 +27,13 @@ def _tls_factory(settings, factory):
     return TLSMemoryBIOFactory(cert.options(), False, factory)
 
 
-class HTTPService(Service):
+class HTTPService(Listener):
     def __init__(self, gateway, connection):
         from urllib.parse import urlsplit
 
         from hoopy.http.site import GatewaySite, HTTPSite
         from hoopy.http.upstream import UpstreamClient
 
-        self.gateway = gateway
         self.connection = connection
         settings = connection.settings
         policy = _tls_policy(settings)
@@ -49,31 +45,12 @@ class HTTPService(Service):
         tls = settings.tls_cert is not None
         self.state = HTTPSite(gateway, connection, self.upstream, tls, policy)
         self.site = GatewaySite(self.state)
-        self.factory = _tls_factory(settings, self.site) if tls else self.site
-        self.port = None
-
-    def startService(self):
-        super().startService()
-        ep = serverFromString(self.gateway.reactor, self.connection.listen)
-        d = ep.listen(self.factory)
-
-        def listening(port):
-            self.port = port
-            log.info("http {name}: listening on {addr}, upstream {up}", name=self.connection.name,
-                     addr=port.getHost(), up=self.connection.settings.upstream)
-
-        def failed(f):
-            log.error("http {name}: cannot listen on {listen}: {e}", name=self.connection.name,
-                      listen=self.connection.listen, e=f.getErrorMessage())
-            self.gateway.reactor.stop()
-
-        d.addCallbacks(listening, failed)
+        super().__init__(gateway, f"http {connection.name}", connection.listen,
+                         _tls_factory(settings, self.site) if tls else self.site)
 
     @defer.inlineCallbacks
     def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            yield self.port.stopListening()
+        yield super().stopService()
         yield self.state.stop("gateway shutdown")
         yield self.upstream.close()
 

@@ -73,9 +73,8 @@ class SSHService(Service):
                      host=self.host or "*", port=self.port)
 
         def failed(f):
-            log.critical("ssh {name}: cannot listen on {listen}: {e}", name=self.connection.name,
-                         listen=self.connection.listen, e=f.getErrorMessage())
-            self.gateway.reactor.stop()
+            self.gateway.cannot_listen(f"ssh {self.connection.name}", self.connection.listen,
+                                       f.getErrorMessage())
 
         d.addCallbacks(listening, failed)
         self._starting = d
