@@ -622,6 +622,9 @@ def parser() -> argparse.ArgumentParser:
 
     cfg(sub.add_parser("check", help="validate the configuration (resolves every secret, as the gateway)")
         ).set_defaults(fn=cmd_check)
+    from hoopy.init import add_parser as add_init
+
+    add_init(sub)
     tok = sub.add_parser("token", help="make tokens").add_subparsers(dest="token_command", required=True,
                                                                     metavar="SUBCOMMAND")
     sp = tok.add_parser("new", help="print a new token, with a NAME as a ready [identities.NAME] block")
