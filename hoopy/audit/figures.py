@@ -365,7 +365,8 @@ def controls(f: dict) -> list:
 
     add("AC-2", "Every caller is a named identity (agent or human) with its own token or SSH key; nobody "
                 "connects anonymously or with the upstream's credential, and every session names its identity.",
-        [_ev(f"identities in force ({idf['agents']} agents, {idf['humans']} humans)", idf["declared"],
+        [_ev(f"identities in force (agents {idf['agents']}, humans {idf['humans']}; reviewers "
+             f"{', '.join(idf['reviewers']) or 'none'})", idf["declared"],
              "identities.declared"),
          _ev("sessions, each naming its identity", sess["total"], "sessions.total",
              [x for s in sess["by_identity"] for x in s["examples"]]),
@@ -423,7 +424,7 @@ def controls(f: dict) -> list:
          _ev("operations naming the caller's address", au3["operations_with_peer"], "au3.operations_with_peer")],
         ["events.jsonl", "sessions.jsonl"])
     add("AU-6", "The record is readable for review: this report, JSON lines of events, sessions and "
-                "approvals, replayable terminal recordings; `hoopy events` and the web console filter it.",
+                "approvals, replayable terminal recordings; hoopy events and the web console filter it.",
         [_ev("sessions to review", sess["total"], "sessions.total_review"),
          _ev("refusals to review", ops["refused"], "operations.refused_review", ops["examples"]["refused"]),
          _ev("failed logins to review", fl["logins"], "failed_logins.review", fl["examples"]),
@@ -432,7 +433,8 @@ def controls(f: dict) -> list:
         ["report.html", "events.jsonl", "sessions.jsonl", "approvals.jsonl", "recordings/"])
     add("AU-9", "Events are hash-chained; each node signs the chain head with its Ed25519 key; every row of "
                 "the sessions and approvals tables is replayed from the chain; verified at export.",
-        [_ev("chain intact at export" if ch["ok"] else f"chain BROKEN at export: {ch['problem']}",
+        [_ev("events in the chain, intact at export" if ch["ok"]
+             else f"events in the chain, BROKEN at export: {ch['problem']}",
              ch["events"] or 0, "chain.events"),
          _ev("table rows compared with the chain", ch["rows_checked"] or 0, "chain.rows_checked"),
          _ev("sealed recordings matching their hash", ch["recordings"] or 0, "chain.recordings")],
@@ -462,7 +464,8 @@ def controls(f: dict) -> list:
         ["grants.json", "events.jsonl"])
     add("SC-8", "Each connection's TLS settings, towards callers and towards the upstream; SSH is always "
                 "encrypted and the upstream host key pinned.",
-        [_ev(f"{x['name']}: callers {x['tls']['callers']}; upstream {x['tls']['upstream']}", x["sessions"],
+        [_ev(f"sessions through {x['name']}: callers {x['tls']['callers']}; upstream {x['tls']['upstream']}",
+             x["sessions"],
              f"tls.{x['name']}") for x in f["connections"]],
         ["grants.json"])
     return c

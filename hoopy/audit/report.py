@@ -83,7 +83,7 @@ def activity_svg(activity: dict) -> str:
                 f'height="60" viewBox="0 0 {w} 60"><text x="12" y="34">no events in this period</text></svg>')
     peak = max(max(b["allowed"] + b["held"] + b["refused"], b["sessions"]) for b in buckets) or 1
     plot_w, plot_h = w - left - 10, h - bottom - top
-    bw = plot_w / len(buckets)
+    bw = min(plot_w / len(buckets), 48.0)  # a few buckets: bars, not walls
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
              f'aria-label="operations and sessions per {e(activity["bucket"])}" id="chart-activity">',
              f'<line x1="{left}" y1="{top + plot_h}" x2="{w - 10}" y2="{top + plot_h}" stroke="#888"/>',
