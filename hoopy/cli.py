@@ -598,6 +598,8 @@ def cmd_export(args):
 EPILOG = """\
 Run the gateway itself with twistd:
   twistd -n hoopy -c hoopy.toml        (in the foreground; without -n it daemonizes)
+A first configuration for your upstreams, with tokens and the client commands to try:
+  hoopy init --postgres postgresql://USER@HOST:5432/DB [--ssh USER@HOST --ssh-key FILE] [--http URL]
 
 Reader commands (approvals, approve, deny, sessions, show, replay, events, audit,
 evidence) need only the [gateway] table: never a connection's secrets. Session and

@@ -232,7 +232,7 @@ def _shown(path: Path) -> str:
         rel = os.path.relpath(path)
     except ValueError:
         return str(path)
-    return rel if not rel.startswith("../../") else str(path)
+    return rel if not rel.startswith("..") else str(path)
 
 
 def _identity_block(name, kind, token, role=None, ssh_key=None) -> list[str]:

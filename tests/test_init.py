@@ -113,6 +113,8 @@ def test_the_readme_keeps_its_first_lines_and_the_quickstart_follows():
     # the quickstart is the next section, and three commands make the first connection
     headings = re.findall(r"^## (.*)$", text, flags=re.M)
     assert headings[0].startswith("Quickstart")
+    r = hoopy("--help", cwd=ROOT)
+    assert "twistd -n hoopy -c hoopy.toml" in r.stdout and "hoopy init --postgres" in r.stdout
     lines = quickstart_lines()
     assert lines[0].startswith("hoopy init --postgres postgresql://") and lines[1].startswith("twistd -n hoopy")
     assert "psql" in lines[2]
