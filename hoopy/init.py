@@ -10,7 +10,6 @@ The written file is loaded as ``hoopy check`` would before anything is written.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import shlex

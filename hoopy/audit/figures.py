@@ -25,8 +25,8 @@ from collections import Counter, defaultdict
 from hoopy.audit.events import iso
 
 EXAMPLES = 5  # example event ids per figure
-BUCKETS = ((1, "1 second"), (10, "10 seconds"), (60, "1 minute"), (300, "5 minutes"), (900, "15 minutes"), (3600, "1 hour"), (6 * 3600, "6 hours"),
-           (86400, "1 day"), (7 * 86400, "1 week"), (30 * 86400, "30 days"))
+BUCKETS = ((1, "1 second"), (10, "10 seconds"), (60, "1 minute"), (300, "5 minutes"), (900, "15 minutes"),
+           (3600, "1 hour"), (6 * 3600, "6 hours"), (86400, "1 day"), (7 * 86400, "1 week"), (30 * 86400, "30 days"))
 MAX_BUCKETS = 60
 OUTCOMES = ("allowed", "refused", "held")
 
