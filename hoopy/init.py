@@ -234,7 +234,7 @@ def _shown(path: Path) -> str:
     return rel if not rel.startswith("..") else str(path)
 
 
-def _identity_block(name, kind, token, role=None, ssh_key=None) -> list[str]:
+def _identity_block(name, kind, token, role=None, ssh_key=None, scram=False) -> list[str]:
     from hoopy.identity import ScramVerifier, hash_token
 
     lines = [f"[identities.{name}]", f'kind = "{kind}"']
@@ -242,7 +242,7 @@ def _identity_block(name, kind, token, role=None, ssh_key=None) -> list[str]:
         lines.append(f'roles = ["{role}"]   # approves or denies held operations (hoopy approve ID, '
                      "or the web console)")
     lines.append(f'token_sha256 = "{hash_token(token).hex()}"')
-    if kind == "agent":
+    if scram:
         lines.append(f'token_scram = "{ScramVerifier.make(token)}"   # PostgreSQL logins (SCRAM)')
     if ssh_key:
         lines.append(f"ssh_keys = [{_q(ssh_key)}]")
@@ -289,7 +289,7 @@ def plan(config: Path, postgres: Postgres | None, ssh: SSHTarget | None, host_ke
         "                                   # its public half (gateway.key.pub) is what auditors check with",
         "",
         "# --- identities: every caller is named (NIST AC-2). `hoopy token new NAME` makes more. -------",
-        *_identity_block(AGENT, "agent", agent_token, ssh_key=agent_pub),
+        *_identity_block(AGENT, "agent", agent_token, ssh_key=agent_pub, scram=postgres is not None),
         "",
         *_identity_block(REVIEWER, "human", reviewer_token, role="reviewer"),
         "",
@@ -335,6 +335,8 @@ def plan(config: Path, postgres: Postgres | None, ssh: SSHTarget | None, host_ke
                 f"upstream_key = {_q('file:' + str(ssh.key))}   # the gateway's key upstream",
                 'upstream_known_hosts = "file:ssh.known_hosts"   # the host key confirmed at init; '
                 "another is refused",
+                "# upstream_shell = \"bash\"   # the upstream user's login shell, which runs every command: "
+                "\"sh\" for dash or ash",
                 "# host_key: the gateway's own host key, made beside this file at the first start", ""]
         grants += ["[[grants]]", f'identity = "{AGENT}"', 'connection = "ssh"',
                    "allow = [" + ", ".join(_q(r) for r in SSH_READS) + "]   # commands that only read",
