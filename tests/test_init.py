@@ -369,3 +369,20 @@ def test_the_documented_config_passes_check_as_shipped(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2 and "BILLING_DB_PASSWORD is not set" in r.stdout \
         and "INTERNAL_API_AUTH is not set" in r.stdout
+
+
+@pytest.mark.parametrize("url, upstream, user, password, db, tls", [
+    ("postgresql://postgres@127.0.0.1:5432/postgres", "tcp:host=127.0.0.1:port=5432", "postgres", None,
+     "postgres", "prefer"),
+    ("postgres://app:p%40ss%3Aw@db.internal/app?sslmode=verify-full", "tcp:host=db.internal:port=5432", "app",
+     "p@ss:w", "app", "verify-full"),
+    ("postgresql://app@[::1]:6543/x?sslmode=allow", "tcp:host=\\:\\:1:port=6543", "app", None, "x", "prefer"),
+    ("postgresql://app@/x?host=/var/run/postgresql", "unix:path=/var/run/postgresql/.s.PGSQL.5432", "app", None,
+     "x", "prefer"),
+    ("postgresql://app:@h/x?sslmode=disable", "tcp:host=h:port=5432", "app", "", "x", "disable"),
+])
+def test_postgres_urls(url, upstream, user, password, db, tls):
+    from hoopy.init import parse_postgres
+
+    p = parse_postgres(url)
+    assert (p.upstream, p.user, p.password, p.database, p.tls) == (upstream, user, password, db, tls)
