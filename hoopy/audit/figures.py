@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter, defaultdict
+from collections.abc import Sequence
+from typing import Any
 
 from hoopy.audit.events import iso
 
@@ -97,7 +99,7 @@ def _ex():
 
 
 def compute(events: list, identities: list, policy: dict, verification: dict, since_us=None, until_us=None,
-            gateway: str | None = None, approvals: list = (), exported_us: int | None = None) -> dict:
+            gateway: str | None = None, approvals: Sequence = (), exported_us: int | None = None) -> dict:
     """The figures of the period. ``events``: as in events.jsonl (``seq``, ``time_us``, ``kind``,
     ``outcome``, ``identity``, ``connection``, ``data`` a dict ...); ``identities``: identities.json;
     ``policy``: grants.json; ``verification``: verification.json; ``approvals``: approval rows."""
@@ -111,19 +113,19 @@ def compute(events: list, identities: list, policy: dict, verification: dict, si
     refused_examples: list = []  # (seq, identity, connection, text, rule) of a few refusals
     held_at: dict = {}  # approval id -> time_us of its held event
     decided: list = []
-    expired = {"count": 0, "examples": []}
-    redaction = {"events": 0, "values": 0, "examples": []}
+    expired: dict[str, Any] = {"count": 0, "examples": []}
+    redaction: dict[str, Any] = {"events": 0, "values": 0, "examples": []}
     red_rules: dict = defaultdict(lambda: {"values": 0, "events": 0, "examples": []})
-    failed = {"logins": 0, "events": 0, "suppressed_events": 0, "examples": []}
+    failed: dict[str, Any] = {"logins": 0, "events": 0, "suppressed_events": 0, "examples": []}
     failed_by_conn: dict = defaultdict(lambda: {"count": 0, "examples": []})
     failed_users: Counter = Counter()
-    sealed = {"count": 0, "examples": []}
-    signed = {"count": 0, "examples": []}
+    sealed: dict[str, Any] = {"count": 0, "examples": []}
+    signed: dict[str, Any] = {"count": 0, "examples": []}
     au3 = {"events": 0, "with_time": 0, "with_gateway": 0, "with_outcome": 0,
            "operations": 0, "operations_with_identity": 0, "operations_with_session": 0,
            "operations_with_peer": 0}
-    times = []
-    all_ex = []
+    times: list[int] = []
+    all_ex: list = []
     for e in events:
         seq, kind, outcome = e.get("seq"), str(e.get("kind") or ""), e.get("outcome")
         data = e.get("data") if isinstance(e.get("data"), dict) else {}
@@ -323,7 +325,7 @@ def _activity(events, start_us, end_us) -> dict:
         label = f"{size // 86400} days"
     base = start_us - start_us % (size * 1_000_000)
     n = int((end_us - base) // (size * 1_000_000)) + 1
-    buckets = [{"start": iso(base + i * size * 1_000_000), "allowed": 0, "refused": 0, "held": 0, "sessions": 0}
+    buckets: list[dict[str, Any]] = [{"start": iso(base + i * size * 1_000_000), "allowed": 0, "refused": 0, "held": 0, "sessions": 0}
                for i in range(n)]
     for e in events:
         t = e.get("time_us")
