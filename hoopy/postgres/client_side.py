@@ -592,6 +592,8 @@ class ClientSide(UpstreamReplies):
                     "hoopy has not read it again yet, so an unqualified name cannot be judged; qualify the "
                     "names, or send the statement after the change has completed")
         rules = self.rules
+        if rules.detectors and c.copy_out and c.copy_quoting:
+            return f"refused: {c.copy_quoting}"
         if rules.configured and not STATISTICS.isdisjoint(c.relations):
             return "refused: column statistics (pg_stats) hold sample values of masked columns"
         if rules.configured and rules.touches(c):
