@@ -147,9 +147,10 @@ def test_copy_lines_show_no_value_in_its_types_notation(g, sql):
     "SELECT pg_notify('ch', f::text) FROM contacts",
 ])
 def test_notification_payloads_in_a_types_notation_are_masked(g, sql):
-    with connect(g) as listener, connect(g) as sender:
+    """Another session (the application) sends the payload; the agent listens."""
+    with connect(g) as listener:
         listener.execute("LISTEN ch")
-        sender.execute(sql)
+        admin_sql(sql, g.database)
         got = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
     assert got and "[REDACTED]" in got[0], got
     clean(got)
