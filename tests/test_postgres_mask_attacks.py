@@ -25,6 +25,9 @@ LEAKS = ("ann@example", "ann\\@", "ann@@", "616e6e40", CARD, "4.111111111111111e
 SCHEMA = f"""
 CREATE TABLE contacts (id int, email text, card text, bt bytea, n numeric, f float8);
 INSERT INTO contacts VALUES (1, '{MAIL}', '{CARD}', '{MAIL}', {CARD}, {CARD});
+CREATE TABLE links (id int, url text, shown text, label varchar(80));
+INSERT INTO links VALUES (1, 'https://crm.example/find?email=ann%40example.com', E'ann\\u200b@example.com',
+                          'ann&#64;example.com');
 CREATE TABLE customers (id int, name text, ssn text);
 INSERT INTO customers VALUES (1, 'Ann', '123-45-6789');
 """
@@ -57,7 +60,7 @@ upstream_tls = "disable"
 [[grants]]
 identity = "agent"
 connection = "pg"
-allow = ["read public.contacts", "read public.customers"]
+allow = ["read public.contacts", "read public.customers", "read public.links"]
 
 [[masking]]
 connection = "pg"
@@ -212,3 +215,14 @@ def test_ordinary_copy_options_still_work_and_are_masked(g, options):
                 data += bytes(chunk)
     assert b"[REDACTED]" in data, data
     clean(data)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+@pytest.mark.parametrize("sql", ["SELECT url, shown, label FROM links", "SELECT ARRAY[url, shown] FROM links",
+                                 "SELECT url || ' ' || shown FROM links"])
+def test_a_value_stored_spelled_otherwise_is_masked(g, sql, binary):
+    """An address stored percent-encoded in a URL, with a zero-width space in it, or as an HTML
+    character reference: what a reader of the value reads is an address (hoopy.policy.masking)."""
+    with connect(g) as c:
+        got = c.cursor(binary=binary).execute(sql).fetchall()
+    assert "ann" not in clean(got), got

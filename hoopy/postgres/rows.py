@@ -38,7 +38,9 @@ _H = struct.Struct("!h")
 _HEX_RUN = re.compile(r"\\+x((?:[0-9a-fA-F]{2}){4,})")
 _FLOAT_EXP = re.compile(r"(?<![0-9.])[0-9]\.[0-9]+e\+[0-9]{1,3}(?![0-9])")
 NOTATION_MARK = rb"\\x[0-9a-fA-F]{8}|[0-9]\.[0-9]+e\+"
-_NOTATION_B = re.compile(NOTATION_MARK)
+# A text value whose characters may be spelled otherwise (or hold one a reader does not see):
+# read as text, by hoopy.policy.masking's detectors, not by the byte patterns.
+_NOTATION_B = re.compile(NOTATION_MARK + rb"|%[0-9A-Fa-f]{2}|\\[xu0-7]|&#|&[a-z]+;|[\x80-\xff]")
 
 
 def _whole_float(x: float) -> str | None:
@@ -167,7 +169,9 @@ def binary_texts(oid: int, v: bytes, depth: int = 0) -> list:
 # Cheap byte-level tests that must match wherever a built-in detector could:
 # a row (or a whole chunk of rows) none of them finds passes untouched.
 PREFILTERS = {
-    "email": rb"@",
+    # An "@" as written, or spelled otherwise for a reader (percent-encoded, escaped, a character
+    # reference, a fullwidth or small commercial at): see hoopy.policy.masking.
+    "email": rb"@|%40|\\x40|\\u0040|\\u\{40\}|\\100|&#0*64|&#[xX]0*40|&commat;|\xef\xbc\xa0|\xef\xb9\xab",
     "credit_card": rb"[0-9](?:[ -]?[0-9]){12}",
     "us_ssn": rb"[0-9]{3}-[0-9]{2}-[0-9]{4}",
 }
@@ -432,9 +436,9 @@ class RowPlan:
                 a = actions[i]
                 v = payload[pos:e]
                 if kind == 4:
-                    nv = self._scan_bytes(v)
-                    if _NOTATION_B.search(nv) is not None:
-                        nv = self._scan(nv, a[2], notations=True)
+                    # As text where a character may be spelled otherwise: the byte patterns
+                    # first could mask a part of such a value and leave the rest.
+                    nv = self._scan_bytes(v) if _NOTATION_B.search(v) is None else self._scan(v, a[2], True)
                 elif kind == 3:
                     nv = _mask_value(a[2])
                     self.columns[a[1]] = self.columns.get(a[1], 0) + 1
