@@ -226,3 +226,21 @@ def test_a_value_stored_spelled_otherwise_is_masked(g, sql, binary):
     with connect(g) as c:
         got = c.cursor(binary=binary).execute(sql).fetchall()
     assert "ann" not in clean(got), got
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["text", "binary"])
+@pytest.mark.parametrize("sql", [
+    "SELECT row_to_json(c) FROM contacts c",
+    "SELECT json_agg(c) FROM contacts c",
+    "SELECT to_jsonb(c) FROM contacts c",
+    "SELECT jsonb_build_object('n', n, 'id', id) FROM contacts",
+    "SELECT json_build_object('f', f) FROM contacts",
+    "SELECT json_build_array(n, email) FROM contacts",
+])
+def test_a_json_value_with_a_number_masked_stays_json(g, sql, binary):
+    """A card number that is a JSON number (a numeric or float column in row_to_json) was replaced
+    by a bare [REDACTED]: not JSON, so every client failed to read the row (psycopg: JSONDecodeError).
+    Masked JSON stays JSON."""
+    with connect(g) as c:
+        got = c.cursor(binary=binary).execute(sql).fetchall()
+    assert "[REDACTED]" in clean(got), got

@@ -349,6 +349,20 @@ def _mask_value(f) -> bytes | None:
     return None
 
 
+def _still_json(v: bytes, f) -> bytes:
+    """A json value after patterns: a match that was a JSON number (a card number in
+    row_to_json of a numeric column) left a bare marker, which is no JSON: then the whole
+    value becomes the marker as a JSON string, still valid for its type."""
+    import json
+
+    body = v[1:] if f.type_oid == JSONB and f.format == 1 else v
+    try:
+        json.loads(body)
+        return v
+    except ValueError:
+        return _mask_value(f)
+
+
 class RowPlan:
     def __init__(self, actions, detectors):
         self.actions = actions
@@ -444,6 +458,8 @@ class RowPlan:
                     self.columns[a[1]] = self.columns.get(a[1], 0) + 1
                 else:
                     nv = self._scan(v, a[2])
+                if nv is not v and nv is not None and kind != 3 and a[2].type_oid in (JSON, JSONB):
+                    nv = _still_json(nv, a[2])
                 if nv is not v:
                     if pieces is None:
                         pieces = []
