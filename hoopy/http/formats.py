@@ -29,8 +29,14 @@ csv.field_size_limit(1 << 30)  # our own limit is mask_limit; the csv module's 1
 _DELIMS = (",", ";", "\t", "|")
 
 
+def _cell_name(name: str) -> str:
+    """A header cell as a CSV reader names its column: a byte order mark before the first one is
+    dropped (Excel, Python's utf-8-sig), with the space and quotes around it."""
+    return name.strip().lstrip("\ufeff").strip().strip("\"'").casefold()
+
+
 def _column_field(masker, name: str) -> str | None:
-    parts = tuple(name.strip().strip("\"'").casefold().split("."))
+    parts = tuple(_cell_name(name).split("."))
     found = masker.is_field(parts)
     if found is None and parts[-1] in masker.key_names:
         found = next((f for f in masker.fields if f.casefold().rsplit(".", 1)[-1] == parts[-1]), parts[-1])
@@ -69,7 +75,7 @@ def mask_csv(masker, text: str, counts: dict, delimiter: str | None = None, dept
         if not probe:
             return text
     c: dict = {}
-    names = [h.strip().casefold() for h in header]
+    names = [_cell_name(h) for h in header]
     out_rows = [[masker.mask_value_text(cell, c, (), depth + 1) for cell in header]]
     for row in rows[1:]:
         new = []

@@ -32,7 +32,7 @@ import attrs
 import orjson
 
 from hoopy.http.keyvalue import key_regex, value_end
-from hoopy.policy.masking import MASK
+from hoopy.policy.masking import MASK, may_be_spelled
 
 MAX_DEPTH = 8  # levels of structure inside strings (JSON in a string in JSON ...) read before refusing
 
@@ -250,7 +250,7 @@ class Masker:
                 out.append(text[pos:])
                 text = "".join(out)
         for d, hint in self._hinted:
-            if hint is not None and hint not in text:
+            if hint is not None and hint not in text and not may_be_spelled(text):
                 continue
             if d.name == "credit_card":
                 text = self._cards_in_json(d, text, counts)
@@ -347,7 +347,7 @@ class Masker:
     def _patterns(self, text: str) -> tuple[str, dict]:
         counts: dict = {}
         for d, hint in self._hinted:
-            if hint is not None and hint not in text:
+            if hint is not None and hint not in text and not may_be_spelled(text):
                 continue
             text, n = d.redact(text)
             if n:

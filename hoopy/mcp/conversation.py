@@ -18,7 +18,7 @@ from twisted.logger import Logger
 
 from hoopy.causal import ToolCall
 from hoopy.mcp import lists, wire
-from hoopy.mcp.results import mask_arguments, mask_result
+from hoopy.mcp.results import mask_arguments, mask_error, mask_message, mask_result
 from hoopy.mcp.rules import ToolUnit
 from hoopy.mcp.upstream import UpstreamSession
 from hoopy.upstream import UpstreamError
@@ -247,10 +247,27 @@ class MCPSession:
         resp = await self.upstream.request({"method": msg["method"], "params": msg.get("params")}, related)
         out = {"jsonrpc": "2.0", "id": msg.get("id")}
         if "error" in resp:
-            out["error"] = resp["error"]
+            out["error"] = await self._masked_error(resp["error"], method=msg["method"], id=msg.get("id"))
         else:
             out["result"] = resp.get("result")
         return out
+
+    async def _masked_error(self, error, **where):
+        """An error the server answered: its message and data masked (a server's message may quote
+        a value), the redaction recorded before it goes on."""
+        masked, counts = mask_error(self.service.masker, error)
+        if counts:
+            await self.session.redacted(sum(counts.values()), where="error", detectors=counts, **where)
+        return masked
+
+    def _masked_message(self, m):
+        """A notification or request of the server, its params masked (a log line, a progress
+        message, a sampling prompt may hold a value)."""
+        masked, counts = mask_message(self.service.masker, m)
+        if counts:
+            self.session.redacted(sum(counts.values()), where=m.get("method"), detectors=counts).addErrback(
+                lambda f: log.failure("mcp: a redaction was not recorded", f))
+        return masked
 
     def _to_client(self, resp, listing=False):
         """A response as the client's era expects it."""
@@ -402,7 +419,7 @@ class MCPSession:
         out = {"jsonrpc": "2.0", "id": id_}
         counts = {}
         if "error" in resp:
-            out["error"] = resp["error"]
+            out["error"] = await self._masked_error(resp["error"], call=call_id, tool=name)
         else:
             result, counts = mask_result(self.service.masker, resp.get("result"))
             out["result"] = result
@@ -460,7 +477,7 @@ class MCPSession:
                 return
             m = {**m, "params": {**(m.get("params") or {}), "progressToken": token}}
         self.session.trailing_event("mcp.notification", None, direction="out", method=method)
-        reply.notify(m)
+        reply.notify(self._masked_message(m))
 
     def _server_message(self, m):
         """A message of the server that belongs to no request."""
@@ -474,7 +491,7 @@ class MCPSession:
         if method == "notifications/tools/list_changed":
             self.service.definitions.clear()
         self.session.trailing_event("mcp.notification", None, direction="out", method=method)
-        self._push(m)
+        self._push(self._masked_message(m))
 
     def _push(self, m):
         if self.era != "handshake":
@@ -515,7 +532,7 @@ class MCPSession:
         self._ids += 1
         our = f"hoopy-{self._ids}"
         self.to_client[our] = up_id
-        out = {**m, "id": our}
+        out = {**self._masked_message(m), "id": our}
         if reply is not None:
             reply.notify(out)
         else:

@@ -35,6 +35,91 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+# Other spellings of a character that a body's reader turns back into it: percent-encoding (a
+# URL, a form), a backslash escape (JavaScript, C, Python), an HTML/XML character reference; and
+# characters a reader does not see or reads as their ASCII twin (zero-width, soft hyphen, word
+# joiner, bidi controls, byte order mark; fullwidth forms, small commercial at, Unicode dashes).
+_SPELLED = re.compile(
+    r"%([0-9A-Fa-f]{2})|\\x([0-9A-Fa-f]{2})|\\u\{([0-9A-Fa-f]{1,6})\}|\\u([0-9A-Fa-f]{4})|\\([0-7]{3})"
+    r"|&#[xX]([0-9A-Fa-f]{1,6});?|&#([0-9]{1,7});?|&(commat|period|hyphen|dash|minus|lowbar|plus|num);"
+    "|([\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff])"
+    "|([\uff01-\uff5e\ufe6b\u2010-\u2015\u2212])")
+# Where a spelling may start: one character class, which the regex engine scans fast.
+_SPELL_START = re.compile("[%\\\\&\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff"
+                          "\uff01-\uff5e\ufe6b\u2010-\u2015\u2212]")
+_NAMED = {"commat": "@", "period": ".", "hyphen": "-", "dash": "-", "minus": "-", "lowbar": "_", "plus": "+",
+          "num": "#"}
+_BASES = (16, 16, 16, 16, 8, 16, 10)
+
+
+def _spelled_char(m) -> str | None:
+    """The character a spelling stands for; "" for one a reader does not see; None: not one."""
+    g = m.lastindex
+    if g <= 7:
+        n = int(m.group(g), _BASES[g - 1])
+        return chr(n) if n <= 0x10FFFF and not 0xD800 <= n <= 0xDFFF else None
+    if g == 8:
+        return _NAMED[m.group(8)]
+    if g == 9:
+        return ""
+    c = ord(m.group(10))
+    return chr(c - 0xFEE0) if 0xFF01 <= c <= 0xFF5E else "@" if c == 0xFE6B else "-"
+
+
+def may_be_spelled(text: str) -> bool:
+    return "%" in text or "\\" in text or "&" in text or not text.isascii()
+
+
+def _spelled_view(text: str):
+    """(decoded text, segments) with every spelling above read as its character, or None when
+    there is none. A segment: (decoded start, decoded end, original start, original end, plain)."""
+    out, segs, pos, d = [], [], 0, 0
+    match = _SPELLED.match
+    for c in _SPELL_START.finditer(text):
+        if c.start() < pos:
+            continue
+        m = match(text, c.start())
+        if m is None:
+            continue
+        ch = _spelled_char(m)
+        if ch is None:
+            continue
+        s, e = m.span()
+        if s > pos:
+            out.append(text[pos:s])
+            segs.append((d, d + s - pos, pos, s, True))
+            d += s - pos
+        if ch:
+            out.append(ch)
+            segs.append((d, d + 1, s, e, False))
+            d += 1
+        else:
+            segs.append((d, d, s, e, False))  # invisible: joined to what follows
+        pos = e
+    if not segs:
+        return None
+    out.append(text[pos:])
+    segs.append((d, d + len(text) - pos, pos, len(text), True))
+    return "".join(out), segs
+
+
+def _original_span(segs, starts, a: int, b: int) -> tuple[int, int]:
+    """The original text's span of the decoded span [a, b) (invisible characters inside it included)."""
+    import bisect
+
+    i = bisect.bisect_right(starts, a) - 1
+    while segs[i][1] <= a and segs[i][0] != segs[i][1] and i + 1 < len(segs):
+        i += 1
+    ds, de, os_, oe, plain = segs[i]
+    start = os_ + (a - ds) if plain else os_
+    j = bisect.bisect_right(starts, b - 1) - 1
+    while segs[j][1] <= b - 1 and j + 1 < len(segs):
+        j += 1
+    ds, de, os2, oe2, plain = segs[j]
+    end = os2 + (b - ds) if plain else oe2
+    return start, end
+
+
 @attrs.frozen
 class Detector:
     name: str  # what the redaction event says: "email", "credit_card", "regex:..."
@@ -42,7 +127,16 @@ class Detector:
     check: object = attrs.field(default=None, repr=False)  # extra test of a match
 
     def redact(self, text: str) -> tuple[str, int]:
-        """The text with every match replaced, and how many were replaced."""
+        """The text with every match replaced, and how many were replaced; a value spelled
+        otherwise for its reader (``ada%40example.com``, ``ada\\u0040...``, ``ada&#64;...``, a
+        zero-width space inside it) is found as its reader reads it."""
+        if may_be_spelled(text):
+            done = self._redact_spelled(text)
+            if done is not None:
+                return done
+        return self._redact(text)
+
+    def _redact(self, text: str) -> tuple[str, int]:
         if self.check is None:
             return self.pattern.subn(MASK, text)
         count = 0
@@ -55,6 +149,28 @@ class Detector:
             return m.group(0)
 
         return self.pattern.sub(sub, text), count
+
+    def _redact_spelled(self, text: str):
+        """Matches in the text as its reader reads it, masked in the text as written (a match
+        is looked for only there: a plain pass first could mask a part of a spelled value)."""
+        view = _spelled_view(text)
+        if view is None:
+            return None
+        decoded, segs = view
+        starts = [sg[0] for sg in segs]
+        spans = []
+        for m in self.pattern.finditer(decoded):
+            if self.check is not None and not self.check(m.group(0)):
+                continue
+            spans.append(_original_span(segs, starts, *m.span()))
+        if not spans:
+            return text, 0
+        out, last = [], 0
+        for s, e in spans:
+            if s >= last:
+                out += (text[last:s], MASK)
+                last = e
+        return "".join(out) + text[last:], len(spans)
 
 
 def _card_check(s: str) -> bool:

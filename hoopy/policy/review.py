@@ -19,6 +19,9 @@ def review_text(text: str, detail: dict) -> str:
     params = detail.get("params")
     if params:
         text += "\n-- parameters: " + ", ".join(f"${i} = {_sql_literal(v)}" for i, v in enumerate(params, 1))
+    for prepared in detail.get("prepared") or ():
+        # EXECUTE of a prepared name: the statement the name holds is what runs.
+        text += "\n-- prepared as: " + _one_line(prepared)
     body = detail.get("body")
     if body is not None:
         text += "\n\n" + body

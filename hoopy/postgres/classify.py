@@ -42,6 +42,7 @@ class Classified:
     may_change_path: bool = False  # the gateway must read the search path again afterwards
     unresolved: bool = False  # an unqualified name could not be looked up: the path is not known
     copy: tuple | None = None  # ("schema.name", CopyTarget) of a COPY ... TO STDOUT of a relation
+    copy_quoting: str | None = None  # why a COPY TO STDOUT's options could hide a value from patterns
 
     @property
     def classes(self) -> frozenset:
@@ -240,7 +241,7 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
         units=tuple(units), relations=frozenset(relations), column_names=p.column_names, whole_row=p.whole_row,
         statements=p.statements, copy_out=p.copy_out, fetch=p.fetch, prepares=p.prepares, executes=p.executes,
         deallocates=p.deallocates, declares=p.declares, may_change_path=may_change,
-        unresolved=unresolved, copy=copy)
+        unresolved=unresolved, copy=copy, copy_quoting=p.copy_quoting)
 
 
 # --- the entry points ------------------------------------------------------------------

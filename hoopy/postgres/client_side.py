@@ -53,6 +53,7 @@ class ClientSide(UpstreamReplies):
         self.statements: dict = {}  # name -> (sql, param types)
         self.portals: dict = {}  # name -> Portal
         self.prepared: dict = {}  # SQL PREPARE name -> the Parsed statements it may hold
+        self.prepared_sql: dict = {}  # SQL PREPARE name -> the SQL texts that prepared them
         self.pending: Judging | None = None
         self.held: Hold | None = None
         self.tx_status = wire.IDLE
@@ -394,7 +395,7 @@ class ClientSide(UpstreamReplies):
         j, self.pending = self.pending, None
         if isinstance(verdict, Allow):
             if j.kind is not Kind.PARSE:  # a Parse runs nothing: what it changes, its Bind does
-                self._allowed(j.classified)
+                self._allowed(j.classified, j.sql)
             self._proceed(j)
         else:
             msg = verdict.reason if verdict.rule is None or verdict.rule in verdict.reason \
@@ -405,7 +406,7 @@ class ClientSide(UpstreamReplies):
             self._refuse(j.kind, "hoopy: " + msg, "42501", getattr(verdict, "detail", None))
         self.pump()
 
-    def _allowed(self, c) -> None:
+    def _allowed(self, c, sql: str | None = None) -> None:
         """What an allowed statement changes in the namespaces the gateway tracks."""
         if c.may_change_path or (self.path_dirty and "TransactionStmt" in c.statements):
             self.search_path_may_change()
@@ -414,6 +415,7 @@ class ClientSide(UpstreamReplies):
             # If the name is taken the server refuses this PREPARE and keeps the old one:
             # an EXECUTE is judged with both.
             self.prepared[name] = self.prepared.get(name, ()) + (body,)
+            self.prepared_sql[name] = self.prepared_sql.get(name, ()) + (sql,)
         for name in c.declares:
             # A cursor is a portal. If the name is bound the DECLARE fails, yet a savepoint
             # can bring the old portal back: judge an Execute as either.
@@ -476,8 +478,16 @@ class ClientSide(UpstreamReplies):
         # What a retry-mode approval is bound to: the whole SQL text, the parameters' exact bytes
         # (the recorded text and values may be shortened), and what the text means here: the
         # same text under another search path names other tables.
+        # An EXECUTE is bound to the text of what each name it runs holds: approved while p deleted
+        # one row, it must not run after p was prepared again to delete them all.
+        bodies = [[name, list(self.prepared_sql.get(name, ())),
+                   self.statements[name][0] if name in self.statements else None] for name in c.executes]
         canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
-                                           if raw_params is not None else params, sorted(str(u) for u in units))
+                                           if raw_params is not None else params, sorted(str(u) for u in units),
+                                           *([bodies] if bodies else []))
+        if bodies:  # what the reviewer approves: the statements behind the names, not only "EXECUTE p"
+            detail["prepared"] = [t[:MAX_SQL_RECORDED] for _, texts, proto in bodies
+                                  for t in (*texts, *([proto] if proto is not None else [])) if t]
         return Operation("postgres", "statement", detail["sql"][:2000], units, detail, canonical=canonical)
 
     def forget_statements(self, names) -> None:
@@ -485,9 +495,11 @@ class ClientSide(UpstreamReplies):
         for name in names:
             if name is None:
                 self.prepared.clear()
+                self.prepared_sql.clear()
                 self.statements.clear()
             else:
                 self.prepared.pop(name, None)
+                self.prepared_sql.pop(name, None)
                 self.statements.pop(name, None)
 
     def _prepared_bodies(self, name: str) -> list:
@@ -592,6 +604,8 @@ class ClientSide(UpstreamReplies):
                     "hoopy has not read it again yet, so an unqualified name cannot be judged; qualify the "
                     "names, or send the statement after the change has completed")
         rules = self.rules
+        if rules.detectors and c.copy_out and c.copy_quoting:
+            return f"refused: {c.copy_quoting}"
         if rules.configured and not STATISTICS.isdisjoint(c.relations):
             return "refused: column statistics (pg_stats) hold sample values of masked columns"
         if rules.configured and rules.touches(c):

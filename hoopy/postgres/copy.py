@@ -15,7 +15,7 @@ import struct
 from hoopy.policy.masking import redact_text
 from hoopy.postgres import codec
 from hoopy.postgres.guards import MARKER_B
-from hoopy.postgres.rows import _items, _numeric_text, binary_texts
+from hoopy.postgres.rows import _items, _numeric_text, _whole_float, binary_texts
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _I = struct.Struct("!i")
@@ -28,6 +28,10 @@ def guess_texts(v: bytes) -> list:
     out = [v.decode("utf-8", "replace")]
     if len(v) in (2, 4, 8):
         out.append(str(int.from_bytes(v, "big", signed=True)))
+    if len(v) == 8:
+        whole = _whole_float(struct.unpack("!d", v)[0])  # a float8 (a card number as a float)
+        if whole is not None:
+            out.append(whole)
     if len(v) >= 8 and len(v) % 2 == 0 and 8 + 2 * _H.unpack_from(v, 0)[0] == len(v):
         try:
             out.append(_numeric_text(v))

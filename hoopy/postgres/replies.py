@@ -10,11 +10,10 @@ import re
 import struct
 import time
 
-from hoopy.policy.masking import redact_text
 from hoopy.postgres import codec, wire
 from hoopy.postgres.copy import BinaryCopyMasker
 from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
-from hoopy.postgres.rows import CopyMask, RowPlan
+from hoopy.postgres.rows import CopyMask, RowPlan, redact_notations
 from hoopy.postgres.startup import lexing_unsafe
 
 # Before the first colon, quote (any language's: lc_messages) or non-ASCII letter.
@@ -127,7 +126,7 @@ class UpstreamReplies:
                 return True
             # NOTIFY payloads are text another session chose: patterns apply.
             pid, channel, payload = codec.parse_notification(p)
-            text, counts = redact_text(payload, rules.detectors)
+            text, counts = redact_notations(payload, rules.detectors)
             new = p[:4] + codec.cstr(channel) + codec.cstr(text) if counts else p
         else:
             name, value = codec.parse_parameter_status(p)
@@ -366,7 +365,7 @@ class UpstreamReplies:
         if rules.detectors:
             for k in ("M", "D", "H", "W"):
                 if k in fields:
-                    new, counts = redact_text(fields[k], rules.detectors)
+                    new, counts = redact_notations(fields[k], rules.detectors)
                     if counts:
                         fields[k] = new
                         changed = True

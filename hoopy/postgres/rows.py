@@ -6,6 +6,7 @@ when no rule can apply, so the rows pass through as bytes, untouched.
 """
 from __future__ import annotations
 
+import re
 import struct
 
 import attrs
@@ -20,12 +21,68 @@ JSON = 114
 JSONB = 3802
 INT_BINARY = {20: struct.Struct("!q"), 21: struct.Struct("!h"), 23: struct.Struct("!i")}
 NUMERIC = 1700
-# Types whose values cannot show a pattern's text (bool, floats, times, uuid, oid):
-# not scanned. Every other value is: text types and json are redacted in place,
-# any other type (arrays, records, numeric, xml, tsvector...) becomes NULL.
-NO_TEXT = frozenset({16, 26, 700, 701, 1082, 1083, 1114, 1184, 1186, 1266, 2950})
+BYTEA = 17
+FLOATS = {700: struct.Struct("!f"), 701: struct.Struct("!d")}
+# Types whose values cannot show a pattern's text (bool, times, uuid, oid): not
+# scanned. Every other value is: text types and json are redacted in place, any
+# other type (arrays, records, numeric, floats, bytea, xml, tsvector...) becomes NULL.
+NO_TEXT = frozenset({16, 26, 1082, 1083, 1114, 1184, 1186, 1266, 2950})
+# Types whose text format shows a value in a notation of their own: bytea in hex
+# (\x616e6e40...: every client decodes it back to the bytes), a float with an
+# exponent (4.111111111111111e+15, which a client shows as 4111111111111111.0).
+NOTATION = frozenset({BYTEA, *FLOATS})
 _I = struct.Struct("!i")
 _H = struct.Struct("!h")
+# Those notations anywhere in a text (an array or record of them, a COPY line, a message):
+# a run of bytea hex (its backslash doubled inside arrays and records), a float's exponent.
+_HEX_RUN = re.compile(r"\\+x((?:[0-9a-fA-F]{2}){4,})")
+_FLOAT_EXP = re.compile(r"(?<![0-9.])[0-9]\.[0-9]+e\+[0-9]{1,3}(?![0-9])")
+NOTATION_MARK = rb"\\x[0-9a-fA-F]{8}|[0-9]\.[0-9]+e\+"
+# A text value whose characters may be spelled otherwise (or hold one a reader does not see):
+# read as text, by hoopy.policy.masking's detectors, not by the byte patterns.
+_NOTATION_B = re.compile(NOTATION_MARK + rb"|%[0-9A-Fa-f]{2}|\\[xu0-7]|&#|&[a-z]+;|[\x80-\xff]")
+
+
+def _whole_float(x: float) -> str | None:
+    """A float that is a whole number, in decimal digits (as a card number would be written)."""
+    if x == x and abs(x) < 1e21 and x.is_integer():
+        return str(int(x))
+    return None
+
+
+def _notation_runs(text: str):
+    """(start, end, the text it stands for) of each bytea hex run and whole float in ``text``."""
+    for m in _HEX_RUN.finditer(text):
+        yield m.start(), m.end(), bytes.fromhex(m.group(1)).decode("utf-8", "replace")
+    for m in _FLOAT_EXP.finditer(text):
+        whole = _whole_float(float(m.group()))
+        if whole is not None:
+            yield m.start(), m.end(), whole
+
+
+def notation_texts(text: str) -> list:
+    return [t for _, _, t in _notation_runs(text)]
+
+
+def redact_notations(text: str, detectors) -> tuple[str, dict]:
+    """Patterns over a text (a message, a COPY line), then over what each bytea hex run
+    or whole float in it stands for: a run that holds a match becomes the marker."""
+    text, counts = redact_text(text, detectors)
+    if "\\x" not in text and "e+" not in text:
+        return text, counts
+    out, last = [], 0
+    for start, end, decoded in sorted(_notation_runs(text)):
+        if start < last:
+            continue
+        _, found = redact_text(decoded, detectors)
+        if found:
+            out += (text[last:start], MASK)
+            last = end
+            for k, n in found.items():
+                counts[k] = counts.get(k, 0) + n
+    if out:
+        text = "".join(out) + text[last:]
+    return text, counts
 
 
 def _in_place(f) -> bool:
@@ -33,8 +90,9 @@ def _in_place(f) -> bool:
 
 
 def _opaque(f) -> bool:
-    """A binary value whose bytes need not show its text (ints, numeric, arrays, records)."""
-    return f.format == 1 and not _in_place(f)
+    """A value whose bytes need not show its text: binary ints, numeric, arrays, records;
+    bytea and floats in either format."""
+    return (f.format == 1 and not _in_place(f)) or f.type_oid in NOTATION
 
 
 def _numeric_text(v: bytes) -> str:
@@ -92,6 +150,10 @@ def binary_texts(oid: int, v: bytes, depth: int = 0) -> list:
     try:
         if oid in INT_BINARY:
             out.append(str(INT_BINARY[oid].unpack(v)[0]))
+        elif oid in FLOATS:
+            whole = _whole_float(FLOATS[oid].unpack(v)[0])
+            if whole is not None:
+                out.append(whole)
         elif oid == NUMERIC:
             out.append(_numeric_text(v))
         elif oid not in TEXT_TYPES and depth < 8:
@@ -107,28 +169,27 @@ def binary_texts(oid: int, v: bytes, depth: int = 0) -> list:
 # Cheap byte-level tests that must match wherever a built-in detector could:
 # a row (or a whole chunk of rows) none of them finds passes untouched.
 PREFILTERS = {
-    "email": rb"@",
+    # An "@" as written, or spelled otherwise for a reader (percent-encoded, escaped, a character
+    # reference, a fullwidth or small commercial at): see hoopy.policy.masking.
+    "email": rb"@|%40|\\x40|\\u0040|\\u\{40\}|\\100|&#0*64|&#[xX]0*40|&commat;|\xef\xbc\xa0|\xef\xb9\xab",
     "credit_card": rb"[0-9](?:[ -]?[0-9]){12}",
     "us_ssn": rb"[0-9]{3}-[0-9]{2}-[0-9]{4}",
 }
 
 
 def prefilter(detectors):
-    """One compiled bytes regex, or None when a detector has no prefilter."""
-    import re
-
+    """One compiled bytes regex, or None when a detector has no prefilter. It also finds
+    the notations a value may hide in (bytea hex, a float's exponent)."""
     parts = []
     for d in detectors:
         if d.name not in PREFILTERS:
             return None
         parts.append(PREFILTERS[d.name])
-    return re.compile(b"|".join(parts)) if parts else None
+    return re.compile(b"|".join(parts + [NOTATION_MARK])) if parts else None
 
 
 def byte_detectors(detectors):
     """(name, bytes pattern, check) for built-in detectors, or None if any is custom."""
-    import re
-
     out = []
     for d in detectors:
         if d.name not in PREFILTERS:
@@ -267,7 +328,8 @@ class MaskRules:
             if label is not None:
                 actions.append(("mask", label, f))
                 any_action = True
-            elif self.detectors and f.type_oid not in NO_TEXT:
+            elif self.detectors and f.type_oid not in NO_TEXT and not (
+                    f.type_oid in FLOATS and all(d.name == "email" for d in self.detectors)):
                 actions.append(("scan", None, f))
                 any_action = True
             else:
@@ -285,6 +347,20 @@ def _mask_value(f) -> bytes | None:
     if f.type_oid == JSONB:
         return (b"\x01" if f.format == 1 else b"") + b'"' + MASK_B + b'"'
     return None
+
+
+def _still_json(v: bytes, f) -> bytes:
+    """A json value after patterns: a match that was a JSON number (a card number in
+    row_to_json of a numeric column) left a bare marker, which is no JSON: then the whole
+    value becomes the marker as a JSON string, still valid for its type."""
+    import json
+
+    body = v[1:] if f.type_oid == JSONB and f.format == 1 else v
+    try:
+        json.loads(body)
+        return v
+    except ValueError:
+        return _mask_value(f)
 
 
 class RowPlan:
@@ -374,12 +450,16 @@ class RowPlan:
                 a = actions[i]
                 v = payload[pos:e]
                 if kind == 4:
-                    nv = self._scan_bytes(v)
+                    # As text where a character may be spelled otherwise: the byte patterns
+                    # first could mask a part of such a value and leave the rest.
+                    nv = self._scan_bytes(v) if _NOTATION_B.search(v) is None else self._scan(v, a[2], True)
                 elif kind == 3:
                     nv = _mask_value(a[2])
                     self.columns[a[1]] = self.columns.get(a[1], 0) + 1
                 else:
                     nv = self._scan(v, a[2])
+                if nv is not v and nv is not None and kind != 3 and a[2].type_oid in (JSON, JSONB):
+                    nv = _still_json(nv, a[2])
                 if nv is not v:
                     if pieces is None:
                         pieces = []
@@ -416,13 +496,17 @@ class RowPlan:
             out.append(raw[run:end])
         return b"".join(out)
 
-    def _scan(self, v: bytes, f):
+    def _scan(self, v: bytes, f, notations: bool = False):
         pf = self.value_filter
         if pf is not None and not _opaque(f) and pf.search(v) is None:
             return v
         if not _in_place(f):
             # A number, array, record...: the mask would not be a valid value: NULL.
-            texts = binary_texts(f.type_oid, v) if f.format == 1 else [v.decode("utf-8", "replace")]
+            if f.format == 1:
+                texts = binary_texts(f.type_oid, v)
+            else:
+                text = v.decode("utf-8", "replace")
+                texts = [text] + notation_texts(text)
             for text in texts:
                 _, counts = redact_text(text, self.detectors)
                 if counts:
@@ -432,14 +516,15 @@ class RowPlan:
         prefix = b""
         if f.type_oid == JSONB and f.format == 1:
             prefix, v = v[:1], v[1:]
-        if self.byte_detectors is not None:
+        if self.byte_detectors is not None and not notations and _NOTATION_B.search(v) is None:
             nv = self._scan_bytes(v)
             return prefix + nv if prefix else nv
         try:
             text = v.decode()
         except UnicodeDecodeError:
             return v
-        new, counts = redact_text(text, self.detectors)
+        # A text value holding another type's notation (bt::text, f::text) is read in it too.
+        new, counts = redact_notations(text, self.detectors)
         if not counts:
             return prefix + v if prefix else v
         self._count(counts)
@@ -472,12 +557,13 @@ class RowPlan:
             self.patterns[k] = self.patterns.get(k, 0) + n
 
     def copy_line(self, data: bytes) -> bytes:
-        """COPY TO STDOUT in text or CSV: patterns over the whole line."""
+        """COPY TO STDOUT in text or CSV: patterns over the whole line, and over what its
+        bytea hex and whole floats stand for."""
         try:
             text = data.decode()
         except UnicodeDecodeError:
             return data
-        new, counts = redact_text(text, self.detectors)
+        new, counts = redact_notations(text, self.detectors)
         if counts:
             self._count(counts)
             return new.encode()

@@ -81,6 +81,8 @@ class Parsed:
     declares: tuple  # names of cursors DECLAREd
     may_change_path: bool  # the search path (or who "$user" is) may differ afterwards
     cacheable: bool  # judged from the shape alone: no constant's value was read
+    # Why a COPY ... TO STDOUT's options could hide a value from the patterns (see _copy), or None.
+    copy_quoting: str | None = None
     resolved: dict = attrs.field(factory=dict, eq=False, repr=False, hash=False)  # Scope -> Classified
 
 
@@ -161,6 +163,7 @@ class Walk:
         self.dotted: set = set()
         self.copy_out = False
         self.copy = None
+        self.copy_quoting = None
         self.fetch = False
         self.prepares: list = []
         self.executes: list = []
@@ -192,7 +195,7 @@ class Walk:
             dotted=frozenset(self.dotted), column_names=frozenset(self.columns), whole_row=whole,
             copy_out=self.copy_out, copy=self.copy, fetch=self.fetch, prepares=tuple(self.prepares),
             executes=tuple(self.executes), deallocates=tuple(self.deallocates), declares=tuple(self.declares),
-            may_change_path=self.may_change_path, cacheable=self.cacheable)
+            may_change_path=self.may_change_path, cacheable=self.cacheable, copy_quoting=self.copy_quoting)
 
     def merge(self, o: "Walk", cls=None):
         """Take what another walk found; ``cls``: its reads count as this class (DDL)."""
@@ -213,6 +216,7 @@ class Walk:
         self.pending_lone.extend(o.pending_lone)
         self.whole_row |= o.whole_row
         self.copy_out |= o.copy_out
+        self.copy_quoting = self.copy_quoting or o.copy_quoting
         self.fetch |= o.fetch
         self.executes.extend(o.executes)
         self.prepares.extend(o.prepares)
@@ -491,6 +495,12 @@ def _explain(w: Walk, f, ctx):
     w.push(f.get("query"), ROOT)
 
 
+# Delimiter, quote and escape characters that no built-in pattern's match contains (an address's
+# local part takes most punctuation, a card number spaces and dashes), so escaping them cannot
+# split a value the patterns look for.
+COPY_SAFE_CHARS = frozenset('\t,;:"()<>[]')
+
+
 def _copy(w: Walk, f, ctx):
     if f.get("filename") is not None or f.get("is_program"):
         w.add("admin")  # server files and programs
@@ -502,14 +512,24 @@ def _copy(w: Walk, f, ctx):
         w.push(f["query"], ROOT)
     if not is_from and f.get("filename") is None:
         w.copy_out = True
+        opts = []
+        for o in f.get("options") or ():
+            d = _unwrap(o)[1]
+            arg = d.get("arg")
+            t, af = _unwrap(arg)
+            value = af.get("sval") if t == "String" else const_text(arg)
+            opts.append(((d.get("defname") or "").lower(), value if value is not None else arg))
+        for name, value in opts:
+            # COPY escapes (text) or quotes and doubles (csv) its delimiter, quote and escape
+            # characters inside a value: one that can be part of what a pattern finds splits it
+            # for the patterns (QUOTE '@' wrote ann@example.com as @ann@@example.com@).
+            if name in ("delimiter", "quote", "escape") and not (
+                    isinstance(value, str) and len(value) == 1 and value in COPY_SAFE_CHARS):
+                w.copy_quoting = (f"COPY's {name.upper()} {value!r} may be written inside a value, "
+                                  "where it hides the value from the masking patterns; use one of "
+                                  + " ".join(repr(c) for c in sorted(COPY_SAFE_CHARS)))
+                w.cacheable = False
         if rel:
-            opts = []
-            for o in f.get("options") or ():
-                d = _unwrap(o)[1]
-                arg = d.get("arg")
-                t, af = _unwrap(arg)
-                value = af.get("sval") if t == "String" else const_text(arg)
-                opts.append(((d.get("defname") or "").lower(), value if value is not None else arg))
             w.copy = CopyTarget(rel.get("schemaname"), rel.get("relname") or "",
                                 tuple(_strings(f.get("attlist"))), tuple(opts))
             w.cacheable = False  # the options' values (FORMAT ..., NULL ...) are read
