@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from typing import Any
 
 from hoopy.http.bodies import Masker
 
@@ -57,7 +58,7 @@ def _has_blob(v) -> bool:
     return False
 
 
-def _masked(masker: Masker, value) -> tuple[object, dict]:
+def _masked(masker: Masker, value) -> tuple[Any, dict]:
     counts: dict = {}
     if not masker.active:
         return value, counts

@@ -6,6 +6,7 @@ and record each redaction (which detector, how many) but never the value.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 import re
 
 import attrs
@@ -124,7 +125,7 @@ def _original_span(segs, starts, a: int, b: int) -> tuple[int, int]:
 class Detector:
     name: str  # what the redaction event says: "email", "credit_card", "regex:..."
     pattern: re.Pattern = attrs.field(repr=False)
-    check: object = attrs.field(default=None, repr=False)  # extra test of a match
+    check: Callable[[str], bool] | None = attrs.field(default=None, repr=False)  # extra test of a match
 
     def redact(self, text: str) -> tuple[str, int]:
         """The text with every match replaced, and how many were replaced; a value spelled
@@ -165,7 +166,8 @@ class Detector:
             spans.append(_original_span(segs, starts, *m.span()))
         if not spans:
             return text, 0
-        out, last = [], 0
+        out: list[str] = []
+        last = 0
         for s, e in spans:
             if s >= last:
                 out += (text[last:s], MASK)
