@@ -21,6 +21,7 @@ from hoopy.metrics import Metrics
 from hoopy.policy.approvals import ApprovalService
 from hoopy.policy.service import PolicyService
 from hoopy.protocols import PROTOCOLS
+from hoopy.reach import Upstreams
 from hoopy.session import Session
 
 log = Logger()
@@ -35,6 +36,7 @@ class Gateway(MultiService):
         self.name_ = config.gateway.name
         self.identities = Directory(config.identities)
         self.metrics = Metrics()
+        self.upstreams = Upstreams(self)  # reachability: /health, hoopy_upstream_up, the probe
         self._byte_counters: dict = {}
         self.auth_failures = AuthFailureLog(self.record, reactor)
         self.store = store or open_store(config, reactor)
@@ -191,12 +193,14 @@ class Gateway(MultiService):
                 # A reviewer on another node may have decided it meanwhile.
                 expect_state="pending").addErrback(lambda f: f.trap(StateConflict))
         super().startService()
+        self.upstreams.start()
         log.info("hoopy gateway {name} started: {n} connection(s)", name=self.name_,
                  n=len(self.config.connections))
 
     def stopService(self):
         # Children first (listeners close, sessions end and are recorded),
         # then anything still open, then the store.
+        self.upstreams.stop()
         d = super().stopService() or succeed(None)
         d.addCallback(lambda _: self.end_all_sessions("gateway shutdown"))
         d.addCallback(lambda _: gatherResults(self.auth_failures.flush()))

@@ -46,11 +46,18 @@ class HTTPService(Service):
         creator = policy.creatorForNetloc(u.hostname.encode("idna"), port) if u.scheme == "https" else None
         self.upstream = UpstreamClient(gateway.reactor, settings.upstream, pool_size=settings.pool_size,
                                        connect_timeout=min(settings.upstream_timeout, 10.0), tls_creator=creator)
+        self.upstream.on_reach = self._reach
         tls = settings.tls_cert is not None
         self.state = HTTPSite(gateway, connection, self.upstream, tls, policy)
         self.site = GatewaySite(self.state)
         self.factory = _tls_factory(settings, self.site) if tls else self.site
         self.port = None
+
+    def _reach(self, error):
+        if error is None:
+            self.gateway.upstreams.succeeded(self.connection)
+        else:
+            self.gateway.upstreams.failed(self.connection, error)
 
     def startService(self):
         super().startService()

@@ -37,8 +37,13 @@ class PostgresFactory(Factory):
         self.cancel_keys: dict = {}  # (pid, key) we gave a client -> its ClientProtocol
         self.tls_context, self.cbind_data = _tls(connection.settings)
         columns, detectors = [], []
+        # Each masked column's rule, as configured: what a session that cannot resolve it names.
+        self.mask_rules: dict = {}
         for m in gateway.config.masking_for(connection.name):
-            columns += [c.lower() if '"' not in c else c.replace('"', "") for c in m.columns]
+            for j, c in enumerate(m.columns):
+                name = c.lower() if '"' not in c else c.replace('"', "")
+                columns.append(name)
+                self.mask_rules.setdefault(name, f"masking[{m.index}].columns[{j}] = {c!r}")
             detectors += [d for d in m.patterns if d not in detectors]
         self.mask_columns = tuple(dict.fromkeys(columns))
         self.detectors = tuple(detectors)

@@ -36,12 +36,14 @@ class UpstreamProtocol(Protocol):
         self.client = None  # the ClientProtocol, once ready
         self.info: us.Ready | None = None
         self.tls = False
+        self.answered = False  # the server said something: reachable, whatever it said
 
     def connectionMade(self):
         nodelay(self.transport)
         self._run(self.side.start())
 
     def dataReceived(self, data: bytes):
+        self.answered = True
         client = self.client
         if client is not None:
             client.upstream_data(data)
@@ -63,6 +65,7 @@ class UpstreamProtocol(Protocol):
                 self.fail(UpstreamError(c.message, c.code))
 
     def fail(self, error: UpstreamError):
+        error.reached = self.answered
         if not self.ready.called:
             self.ready.errback(error)
         if self.transport is not None:
@@ -83,7 +86,9 @@ class UpstreamProtocol(Protocol):
 
     def connectionLost(self, reason):
         if not self.ready.called:
-            self.ready.errback(UpstreamError("upstream closed the connection during startup", "08001"))
+            e = UpstreamError("upstream closed the connection during startup", "08001")
+            e.reached = self.answered
+            self.ready.errback(e)
         elif self.client is not None:
             self.client.upstream_lost()
 

@@ -65,16 +65,22 @@ class Upstream:
             ), self.timeout)
             return conn
         except asyncssh.HostKeyNotVerifiable as e:
-            raise UpstreamError(
+            raise _reached(UpstreamError(
                 f"the upstream host key of {self.name} is not the one in upstream_known_hosts "
-                f"(unknown or changed): session refused ({e.reason})") from None
+                f"(unknown or changed): session refused ({e.reason})")) from None
         except asyncssh.PermissionDenied:
-            raise UpstreamError(f"the upstream {self.name} refused the gateway's key") from None
+            raise _reached(UpstreamError(f"the upstream {self.name} refused the gateway's key")) from None
         except asyncio.TimeoutError:
             raise UpstreamError(f"the upstream {self.name} did not answer within {self.timeout:g}s") from None
         except (OSError, asyncssh.Error) as e:
             why = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
             raise UpstreamError(f"the upstream {self.name} is unreachable: {why}") from None
+
+
+def _reached(e: UpstreamError) -> UpstreamError:
+    """The upstream answered (it is reachable) but the gateway cannot use it."""
+    e.reached = True
+    return e
 
 
 class _Client(asyncssh.SSHClient):
