@@ -31,7 +31,7 @@ import re
 
 import attrs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.application import strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -439,4 +439,6 @@ def make_service(gateway, listen: str):
 
         cert = ssl.PrivateCertificate.loadPEM(gw.admin_tls_cert.value + "\n" + gw.admin_tls_key.value)
         factory = _CappedTLSFactory(cert.options(), False, site)
-    return strports.service(listen, factory, reactor=gateway.reactor)
+    from hoopy.listen import Guarded
+
+    return StreamServerEndpointService(Guarded(gateway, "gateway.admin_listen", listen), factory)

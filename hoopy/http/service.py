@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 log = Logger()
@@ -61,20 +60,19 @@ class HTTPService(Service):
 
     def startService(self):
         super().startService()
-        ep = serverFromString(self.gateway.reactor, self.connection.listen)
-        d = ep.listen(self.factory)
+        from hoopy.listen import listen
+
+        d = listen(self.gateway, f"connections.{self.connection.name}.listen", self.connection.listen,
+                   self.factory)
 
         def listening(port):
+            if port is None:
+                return  # hoopy.listen said why, and stops the gateway
             self.port = port
             log.info("http {name}: listening on {addr}, upstream {up}", name=self.connection.name,
                      addr=port.getHost(), up=self.connection.settings.upstream)
 
-        def failed(f):
-            log.error("http {name}: cannot listen on {listen}: {e}", name=self.connection.name,
-                      listen=self.connection.listen, e=f.getErrorMessage())
-            self.gateway.reactor.stop()
-
-        d.addCallbacks(listening, failed)
+        d.addCallback(listening)
 
     @defer.inlineCallbacks
     def stopService(self):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 
 from hoopy.mcp import wire
@@ -125,19 +124,17 @@ class MCPService(Service):
         super().startService()
         self.pins.load().addErrback(lambda f: log.error("mcp {c}: pins not read: {e}", c=self.connection.name,
                                                          e=f.getErrorMessage()))
-        ep = serverFromString(self.gateway.reactor, self.connection.listen)
-        d = ep.listen(self.site)
+        from hoopy.listen import listen
+
+        d = listen(self.gateway, f"connections.{self.connection.name}.listen", self.connection.listen, self.site)
 
         def listening(port):
+            if port is None:
+                return  # hoopy.listen said why, and stops the gateway
             self.port = port
             log.info("mcp {name}: listening on {addr}", name=self.connection.name, addr=port.getHost())
 
-        def failed(f):
-            log.error("mcp {name}: cannot listen on {listen}: {e}", name=self.connection.name,
-                      listen=self.connection.listen, e=f.getErrorMessage())
-            self.gateway.reactor.stop()
-
-        d.addCallbacks(listening, failed)
+        d.addCallback(listening)
 
     @defer.inlineCallbacks
     def stopService(self):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 
 from hoopy.postgres import scram
@@ -30,6 +29,7 @@ def _tls(settings):
 
 
 class PostgresFactory(Factory):
+    noisy = False  # no "Starting factory" lines
     def __init__(self, gateway, connection):
         self.gateway = gateway
         self.connection = connection
@@ -66,8 +66,11 @@ class PostgresService(StreamServerEndpointService):
     """The listener; stopping it ends every client session (57P01) and waits for their records."""
 
     def __init__(self, gateway, connection):
+        from hoopy.listen import Guarded
+
         self.factory = PostgresFactory(gateway, connection)
-        super().__init__(serverFromString(gateway.reactor, connection.listen), self.factory)
+        super().__init__(Guarded(gateway, f"connections.{connection.name}.listen", connection.listen),
+                         self.factory)
 
     def stopService(self):
         d = defer.maybeDeferred(super().stopService)

@@ -54,9 +54,15 @@ class SSHService(Service):
 
     def startService(self):
         super().startService()
+        from hoopy.listen import cannot_listen
+
         key = host_key(self.settings.host_key)
+        listen_key = f"connections.{self.connection.name}.listen"
+        bound = getattr(self.gateway, "prebound", {}).pop(listen_key, None)
+        # A socket bound before twistd daemonized (hoopy.listen), or the address.
+        where = {"sock": bound[0]} if bound is not None else {"host": self.host or None, "port": self.port}
         d = Deferred.fromFuture(asyncio.ensure_future(asyncssh.create_server(
-            lambda: ClientConnection(self), self.host or None, self.port,
+            lambda: ClientConnection(self), **where,
             server_host_keys=[key], encoding=None, line_editor=False,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
             password_auth=False, kbdint_auth=False, gss_host=None,
@@ -73,9 +79,7 @@ class SSHService(Service):
                      host=self.host or "*", port=self.port)
 
         def failed(f):
-            log.critical("ssh {name}: cannot listen on {listen}: {e}", name=self.connection.name,
-                         listen=self.connection.listen, e=f.getErrorMessage())
-            self.gateway.reactor.stop()
+            cannot_listen(self.gateway, listen_key, self.connection.listen, f)
 
         d.addCallbacks(listening, failed)
         self._starting = d
