@@ -93,12 +93,12 @@ def _grant_objects(cfg, conn):
 
 
 async def check_postgres(reactor, cfg, conn, lines):
-    from twisted.internet.endpoints import clientFromString, connectProtocol
+    from twisted.internet.endpoints import clientFromString
 
     from hoopy.postgres import upstream_side as us
     from hoopy.postgres.rows import catalog_query
     from hoopy.postgres.rules import object_name
-    from hoopy.postgres.upstream import UpstreamProtocol
+    from hoopy.postgres.upstream import UpstreamProtocol, _Quiet
     from hoopy.upstream import UpstreamError
 
     s = conn.settings
@@ -136,7 +136,7 @@ async def check_postgres(reactor, cfg, conn, lines):
     except Exception as e:
         lines.append(Line(f"{key}.upstream", ERROR, f"not a client endpoint: {e}"))
         return
-    connectProtocol(ep, p).addCallbacks(connected, refused)
+    ep.connect(_Quiet(p)).addCallbacks(connected, refused)
     timer = reactor.callLater(TIMEOUT, lambda: p.fail(UpstreamError(f"no answer within {TIMEOUT:g}s", "08001")))
     try:
         up = await p.ready

@@ -180,3 +180,79 @@ def test_all_protocols_listen_on_their_bound_sockets(tmp_path, hoopy_gateway):
                        capture_output=True, text=True, timeout=30, env={**os.environ, "PGPASSWORD": "wrong"})
     assert r.returncode != 0 and "password authentication failed" in r.stderr
     assert "Starting factory" not in gw.log_text() and "Stopping factory" not in gw.log_text()
+
+
+def _wait(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    return cond()
+
+
+def test_health_and_metrics_report_each_upstream(tmp_path, hoopy_gateway):
+    """Reachability from the probe and from real sessions; a failure is a warning naming the
+    connection; no factory start/stop lines in the log."""
+    sshd = Sshd(tmp_path / "sshd").start()
+    try:
+        wrong_kh = tmp_path / "wrong_kh"
+        wrong_kh.write_text(f"[127.0.0.1]:{sshd.port} {keygen(tmp_path / 'someone_else')}\n")
+        agent_key = tmp_path / "agent_key"
+        agent_pub = keygen(agent_key)
+        pg_port, web_port, closed = free_port(), free_port(), closed_port()
+        ssh_toml, ssh_port = connection_toml(sshd, name="box", known_hosts=wrong_kh)
+        body = (AGENT.toml(ssh_keys=[agent_pub])
+                + conn_toml("postgres", "pg", f"tcp:{pg_port}:interface=127.0.0.1", tmp_path, upstream_port=5432)
+                + conn_toml("http", "web", f"tcp:{web_port}:interface=127.0.0.1", tmp_path, upstream_port=closed)
+                + ssh_toml
+                + f'\n[connections.tools]\ntype = "mcp"\nlisten = "tcp:{free_port()}:interface=127.0.0.1"\n'
+                  'command = ["/bin/true"]\n'
+                + grant(AGENT.name, ["read"], connection="pg") + grant(AGENT.name, ["GET /**"], connection="web")
+                + grant(AGENT.name, ["exec *"], connection="box"))
+        gw = hoopy_gateway(body)
+
+        def ups():
+            status, h = gw.get("/health")
+            return status, h["upstreams"], h
+        assert _wait(lambda: ups()[1]["pg"]["reachable"] is True and ups()[1]["web"]["reachable"] is False
+                     and ups()[1]["box"]["reachable"] is True)
+        status, up, health = ups()
+        assert status == 200 and health["store_writable"] is True and health["store"] == "ok"
+        assert up["web"]["checked_by"] == "probe" and "refused" in up["web"]["last_error"].lower()
+        assert up["web"]["checked_at"].endswith("Z") and up["pg"]["last_error"] is None
+        assert up["tools"]["reachable"] is None and "local command" in up["tools"]["note"]
+        _, metrics = gw.get("/metrics")
+        assert b'hoopy_upstream_up{connection="pg"} 1.0' in metrics
+        assert b'hoopy_upstream_up{connection="web"} 0.0' in metrics
+        assert _wait(lambda: re.search(r"#warn\] web: upstream http://127\.0\.0\.1:\d+ unreachable", gw.log_text()))
+
+        # Real sessions report too: a psql session, an HTTP request, an SSH login refused upstream.
+        r = subprocess.run(["psql", f"host=127.0.0.1 port={pg_port} user={AGENT.name} dbname=postgres", "-XAtc",
+                            "select 1"], capture_output=True, text=True, timeout=30,
+                           env={**os.environ, "PGPASSWORD": AGENT.token})
+        assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
+        assert _wait(lambda: ups()[1]["pg"]["checked_by"] == "session")
+        import urllib.error
+        import urllib.request
+
+        req = urllib.request.Request(f"http://127.0.0.1:{web_port}/x",
+                                     headers={"Authorization": f"Bearer {AGENT.token}"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=20)
+        assert e.value.code in (502, 503, 504)
+        assert _wait(lambda: ups()[1]["web"]["checked_by"] == "session")
+        wait_listening(ssh_port)
+        r = subprocess.run(["ssh", "-p", str(ssh_port), "-i", str(agent_key), "-o", "StrictHostKeyChecking=no",
+                            "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-F", "/dev/null",
+                            f"{AGENT.name}@127.0.0.1", "true"], capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0
+        box = _wait(lambda: ups()[1]["box"] if ups()[1]["box"]["checked_by"] == "session" else None)
+        assert box["reachable"] is True and "upstream_known_hosts" in box["last_error"]
+        assert re.search(r"#warn\] box: upstream \S+ refused the gateway: the upstream host key", gw.log_text())
+    finally:
+        sshd.stop()
+    gw.stop()
+    log = gw.log_text()
+    assert "Starting factory" not in log and "Stopping factory" not in log, log

@@ -6,14 +6,26 @@ their own. Once the server is ready every byte goes to the client's
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from hoopy.postgres import codec, scram, upstream_side as us
 from hoopy.upstream import UpstreamError
 
 log = Logger()
+
+
+class _Quiet(Factory):
+    """One given protocol, as connectProtocol does, without its "Starting factory" log lines."""
+
+    noisy = False
+
+    def __init__(self, protocol):
+        self.one = protocol
+
+    def buildProtocol(self, addr):
+        return self.one
 
 
 def nodelay(transport):
@@ -118,7 +130,7 @@ def connect(reactor, settings, params, catalog_sql=None, timeout=10):
     password = settings.upstream_password.value if settings.upstream_password is not None else None
     side = us.UpstreamSide(settings.upstream_user, password, settings.upstream_tls, params, catalog_sql)
     p = UpstreamProtocol(settings, side)
-    connectProtocol(clientFromString(reactor, settings.upstream), p).addErrback(
+    clientFromString(reactor, settings.upstream).connect(_Quiet(p)).addErrback(
         lambda f: p.fail(UpstreamError(f"cannot connect to upstream: {f.getErrorMessage()}", "08001")))
 
     def too_slow():
@@ -142,6 +154,6 @@ def send_cancel(reactor, settings, pid: int, key: bytes):
             self.transport.write(codec.cancel_request(pid, key))
             self.transport.loseConnection()
 
-    d = connectProtocol(clientFromString(reactor, settings.upstream), Cancel())
+    d = clientFromString(reactor, settings.upstream).connect(_Quiet(Cancel()))
     d.addErrback(log_failure("cancel not delivered"))
     return d
