@@ -187,3 +187,71 @@ def test_a_column_dropped_upstream_refuses_new_sessions(hoopy_gateway, database)
     r = psql(port, "SELECT 1")
     assert r.returncode != 0 and "masking[1].columns[0] = 'public.customers.card_number'" in r.stderr
     assert gw.events("masking.unresolved")
+
+
+CHECK_BODY = """
+[gateway]
+state = "hoopy.db"
+
+[identities.a]
+kind = "agent"
+token_sha256 = "{sha}"
+
+[connections.pg]
+type = "postgres"
+listen = "tcp:15432"
+upstream = "tcp:host=127.0.0.1:port=5432"
+upstream_user = "postgres"
+
+[connections.api]
+type = "http"
+listen = "tcp:18080"
+upstream = "http://127.0.0.1:9"
+
+[connections.box]
+type = "ssh"
+listen = "tcp:12222"
+upstream = "tcp:host=127.0.0.1:port=22"
+upstream_user = "root"
+upstream_key = "file:{key}"
+upstream_known_hosts = "file:{kh}"
+
+[[masking]]
+connection = "{conn}"
+{rule}
+"""
+
+
+@pytest.mark.parametrize("conn,rule,key,message", [
+    ("pg", 'columns = ["customers.ssn"]', "masking[0].columns[0]", "is not schema.table.column"),
+    ("pg", 'columns = ["public..ssn"]', "masking[0].columns[0]", "is not schema.table.column"),
+    ("pg", 'columns = ["public.customers.ssn.x"]', "masking[0].columns[0]", "is not schema.table.column"),
+    ("pg", 'patterns = ["regex:(unclosed"]', "masking[0].patterns[0]", "bad regular expression"),
+    ("pg", 'patterns = ["regex:x*"]', "masking[0].patterns[0]", "matches the empty string"),
+    ("api", 'fields = ["card..number"]', "masking[0].fields[0]", "is not a key or a dotted path"),
+    ("api", 'fields = [".ssn"]', "masking[0].fields[0]", "is not a key or a dotted path"),
+    ("api", 'fields = [""]', "masking[0].fields[0]", "is not a key or a dotted path"),
+    ("api", 'patterns = ["regex:[a-"]', "masking[0].patterns[0]", "bad regular expression"),
+    ("api", 'passthrough = ["GET nopath"]', "masking[0].passthrough[0]", "the path must start with /"),
+    ("box", 'patterns = ["regex:(?P<x"]', "masking[0].patterns[0]", "bad regular expression"),
+    ("box", 'patterns = ["phone"]', "masking[0].patterns[0]", "unknown pattern"),
+    ("box", 'fields = ["ssn"]', "masking[0].fields", "apply to"),
+    ("box", 'columns = ["public.t.c"]', "masking[0].columns", "apply to postgres connections only"),
+])
+def test_check_refuses_masking_rules_that_can_never_match(tmp_path, conn, rule, key, message):
+    """A rule whose syntax or target is invalid fails `hoopy check` (exit 2, named by its key),
+    so it cannot reach a gateway that would mask nothing with it."""
+    import hashlib
+    import sys
+
+    from tests.test_ssh import keygen
+
+    keygen(tmp_path / "k")
+    (tmp_path / "kh").write_text("[127.0.0.1]:22 " + (tmp_path / "k.pub").read_text())
+    cfg = tmp_path / "hoopy.toml"
+    cfg.write_text(CHECK_BODY.format(sha=hashlib.sha256(b"x").hexdigest(), key=tmp_path / "k",
+                                     kh=tmp_path / "kh", conn=conn, rule=rule))
+    r = subprocess.run([sys.executable, "-m", "hoopy", "check", "-c", str(cfg)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert any(ln.startswith(f"{cfg}: {key}: ") and message in ln for ln in r.stdout.splitlines()), r.stdout
