@@ -299,10 +299,16 @@ class ClientProtocol(Protocol):
                    f"of {database} (no such column or table): connection {self.connection.name} "
                    "refuses every statement until it does")
         log.error("postgres {c}: {m}", c=self.connection.name, m=message)
-        self.session.event("masking.unresolved", "error", rules=rules, columns=missing,
-                           message=message).addErrback(_log_failure("masking.unresolved not recorded"))
+        # On the record before the client hears anything (its statements wait in `early`).
+        d = self.session.event("masking.unresolved", "error", rules=rules, columns=missing, message=message)
+        d.addErrback(_log_failure("masking.unresolved not recorded"))
+        d.addCallback(lambda _: self._start_refusing(up.info, message))
+        d.addErrback(self._internal_error, "refusing")
+
+    def _start_refusing(self, ready, message):
+        if self.closed:
+            return
         self.refusing = RefuseAll("42703", message)
-        ready = up.info
         greeting = [codec.parameter_status(k, v) for k, v in ready.statuses.items()]
         # No cancel key of ours is registered: nothing runs that a cancel could stop.
         greeting += [codec.backend_key(ready.pid, secrets.token_bytes(4)), codec.ready(b"I")]
