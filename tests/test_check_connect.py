@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from tests.support import free_port, ident
 from tests.test_postgres_tls import cluster, make_cert  # noqa: F401 - the module's own PostgreSQL

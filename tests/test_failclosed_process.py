@@ -2,12 +2,10 @@
 ``twistd hoopy`` processes with real peers (issue 15, 1: misconfiguration never fails open)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
