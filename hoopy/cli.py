@@ -603,6 +603,8 @@ def cmd_export(args):
 EPILOG = """\
 Run the gateway itself with twistd:
   twistd -n hoopy -c hoopy.toml        (in the foreground; without -n it daemonizes)
+A first configuration for your upstreams, with tokens and the client commands to try:
+  hoopy init --postgres postgresql://USER@HOST:5432/DB [--ssh USER@HOST --ssh-key FILE] [--http URL]
 
 Reader commands (approvals, approve, deny, sessions, show, replay, events, audit,
 evidence) need only the [gateway] table: never a connection's secrets. Session and
@@ -630,6 +632,9 @@ def parser() -> argparse.ArgumentParser:
                     help="also reach every upstream with the gateway's credentials: login, TLS, SSH host key, "
                          "masked columns, grants' tables (exit 2 on any problem)")
     sp.set_defaults(fn=cmd_check)
+    from hoopy.init import add_parser as add_init
+
+    add_init(sub)
     tok = sub.add_parser("token", help="make tokens").add_subparsers(dest="token_command", required=True,
                                                                     metavar="SUBCOMMAND")
     sp = tok.add_parser("new", help="print a new token, with a NAME as a ready [identities.NAME] block")

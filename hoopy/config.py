@@ -73,10 +73,6 @@ class GatewaySettings:
         """Where readers find the signing key's public half."""
         return self.signing_key.with_name(self.signing_key.name + ".pub") if self.signing_key else None
 
-    @property
-    def reader_state(self) -> str:
-        return self.state_reader or self.state
-
 
 APPROVAL_MODES = ("hold", "retry")
 
@@ -370,7 +366,7 @@ def listener_address(desc: str) -> tuple[int, str] | None:
 
     try:
         ep = serverFromString(None, desc)
-    except Exception:
+    except Exception:  # a plugin's parser raises anything; the listen check names the bad string
         return None
     port = getattr(ep, "_port", None)
     if not isinstance(port, int) or port == 0:

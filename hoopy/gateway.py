@@ -52,6 +52,7 @@ class Gateway(MultiService):
         self.policy = PolicyService(config, self.store, self.approvals, self.metrics)
         self.recordings = config.gateway.recordings
         self.sessions: dict[str, Session] = {}
+        self._stopping = False  # cannot_listen asked the reactor to stop
         self.in_flight = InFlight()  # MCP tool calls now running: what operations record as caused_by
         self.notifier = None
         if config.notify:
@@ -210,6 +211,29 @@ class Gateway(MultiService):
 
             d.addCallback(lambda _: deferToThread(self.anchor.stop))
         return d
+
+    def cannot_listen(self, what: str, listen: str, why: str, key: str | None = None, error=None) -> None:
+        """A configured listener cannot open: the gateway does not run without it (an operator
+        would otherwise find a connection silently missing). The one place that stops the
+        reactor for it; the services only report. Under twistd the listeners were bound before
+        it daemonized (hoopy.listen), so this is for a failure after that: still one line, and
+        exit status 1."""
+        if key is not None:
+            from hoopy.listen import describe
+
+            log.critical("{line}; the gateway stops", line=describe(key, listen, error if error is not None else why))
+        else:
+            log.critical("{what}: cannot listen on {listen}: {why}; the gateway stops", what=what,
+                         listen=listen, why=why)
+        if not self._stopping:
+            self._stopping = True
+            if getattr(self, "under_twistd", False):
+                import atexit
+                import os
+
+                # twistd exits 0 once its reactor stops; nothing else can say the start failed.
+                atexit.register(os._exit, 1)
+            self.reactor.callWhenRunning(self.reactor.stop)
 
     def end_all_sessions(self, reason: str):
         ds = []

@@ -259,10 +259,6 @@ class Directory:
         """credential id -> SCRAM verifier of each live per-child token of ``name`` (same salt as its own)."""
         return {c.id: c.scram for c in self._live(name)}
 
-    def as_credential(self, credential_id: str | None) -> Identity | None:
-        c = self._ephemeral.get(credential_id) if credential_id else None
-        return self._as(c) if c is not None and c.expires > self._time() else None
-
     def get(self, name: str) -> Identity | None:
         return self._by_name.get(name)
 

@@ -5,21 +5,17 @@
 sheds privileges: a port in use or not permitted stops the start with one line on the
 terminal naming the connection and its ``listen`` key, and exit status 1, never a
 traceback or a gateway left running without it. The services then adopt the bound
-sockets. A gateway built another way (the tests) binds when its services start, and a
-failure there is the same one line and stops the gateway with status 1.
+sockets (hoopy.listening.Listener, the ssh service). A gateway built another way (the tests)
+binds when its services start; a failure there is ``Gateway.cannot_listen``'s.
 """
 from __future__ import annotations
 
-import atexit
 import os
 import socket
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IStreamServerEndpoint
-from twisted.logger import Logger
 from zope.interface import implementer
-
-log = Logger()
 
 BACKLOG = 50  # Twisted's default
 
@@ -129,34 +125,6 @@ def endpoint(gateway, key: str, desc: str):
     return serverFromString(gateway.reactor, desc)
 
 
-def listen(gateway, key: str, desc: str, factory) -> defer.Deferred:
-    """Listen for ``key`` (fires with the port; a failure is ``cannot_listen``'s, then None)."""
-    try:
-        d = endpoint(gateway, key, desc).listen(factory)
-    except Exception:
-        d = defer.fail()
-
-    def failed(f):
-        if f.check(defer.CancelledError):
-            return None
-        cannot_listen(gateway, key, desc, f)
-        return None
-
-    return d.addErrback(failed)
-
-
-@implementer(IStreamServerEndpoint)
-class Guarded:
-    """For StreamServerEndpointService: the endpoint is chosen when the service listens
-    (after the sockets were bound), and a failure is one line and a stop."""
-
-    def __init__(self, gateway, key: str, desc: str):
-        self.gateway, self.key, self.desc = gateway, key, desc
-
-    def listen(self, factory):
-        return listen(self.gateway, self.key, self.desc, factory)
-
-
 def bind_all(config) -> dict:
     """Bind every listener of this config now (twistd: before it daemonizes): key -> bound
     socket, for ``Gateway.prebound``. Raises SystemExit with one line naming the key when
@@ -175,17 +143,3 @@ def bind_all(config) -> dict:
         if b is not None:
             bound[key] = b
     return bound
-
-
-def cannot_listen(gateway, key: str, desc: str, failure):
-    """A listener failed when its service started: one line, the gateway stops, exit status 1."""
-    error = getattr(failure, "value", failure)
-    log.critical("{line}", line=describe(key, desc, error))
-    if getattr(gateway, "under_twistd", False) and not getattr(gateway, "_exit_1", False):
-        gateway._exit_1 = True
-        # twistd exits 0 once its reactor stops; nothing else can say the start failed.
-        atexit.register(os._exit, 1)
-    if gateway.reactor.running:
-        gateway.reactor.stop()
-    else:
-        gateway.reactor.callWhenRunning(gateway.reactor.stop)

@@ -9,6 +9,7 @@ protocol imports.
 from __future__ import annotations
 
 import secrets
+from typing import TYPE_CHECKING, Callable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -16,6 +17,9 @@ from twisted.logger import Logger
 
 from hoopy.audit.events import Event
 from hoopy.audit.store import StoreError
+
+if TYPE_CHECKING:
+    from hoopy.gateway import Gateway
 
 __all__ = ["Session", "StoreError", "new_id", "IN", "OUT"]
 
@@ -34,7 +38,7 @@ def new_id(prefix: str = "") -> str:
 
 @attrs.define(eq=False)
 class Session:
-    gateway: object  # hoopy.gateway.Gateway
+    gateway: Gateway
     identity: str
     connection: str
     protocol: str
@@ -46,7 +50,7 @@ class Session:
     recording: str | None = None
     # Set by the protocol: ends the connection (gateway shutdown). Returns a
     # Deferred that fires once the session has ended and recorded so.
-    terminate: object = None
+    terminate: Callable[[str], Deferred] | None = None
     started: bool = False  # True once session.start is durable
     _start_d: Deferred | None = None
     _end_d: Deferred | None = None
@@ -152,8 +156,13 @@ class Session:
             return f
 
         d.addCallbacks(started, failed)
-        self._start_d = Deferred()
-        d.addBoth(lambda r: (self._start_d.callback(None), r)[1])
+        self._start_d = start_d = Deferred[None]()
+
+        def settled(result):
+            start_d.callback(None)  # an end() waiting on the start goes on, whatever it was
+            return result
+
+        d.addBoth(settled)
         return d
 
     def attribute(self, **values) -> Deferred:
@@ -215,7 +224,12 @@ class Session:
         d = self.gateway.store.append(ev, session=row)
         d.addErrback(lambda f: log.error("session {id}: end not recorded: {e}",
                                          id=self.id, e=f.getErrorMessage()))
-        d.addBoth(lambda r: (self.gateway._session_ended(self), r)[1])
+
+        def ended(result):
+            self.gateway._session_ended(self)
+            return result
+
+        d.addBoth(ended)
         if self._end_d is None:
             self._end_d = d
         return d

@@ -111,12 +111,18 @@ def test_documented_config_with_every_optional_key(tmp_path, monkeypatch):
 
 
 def real_example(tmp_path, monkeypatch, text):
+    """The secrets docs/hoopy.toml names (its header says how to make them), beside it."""
     import asyncssh
 
     key = asyncssh.generate_private_key("ssh-ed25519")
     (tmp_path / "k").write_bytes(key.export_private_key())
     (tmp_path / "kh").write_text("[10.0.0.5]:22 " + key.export_public_key().decode())
     (tmp_path / "crt").write_text("x")
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    (tmp_path / "keys" / "web-1").write_bytes(key.export_private_key())
+    (tmp_path / "known_hosts").write_text("10.0.0.5 " + key.export_public_key().decode())
+    for name in ("tls.crt", "tls.key"):
+        (tmp_path / name).write_text("x")
     a, b = ident("billing-agent"), ident("alice")
     text = text.replace('"ssh-ed25519 AAAAC3Nza... billing-agent"',
                         '"' + key.export_public_key().decode().strip() + ' billing-agent"')

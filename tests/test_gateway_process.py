@@ -67,3 +67,62 @@ def test_daemonizes_without_n(tmp_path):
         time.sleep(0.1)
     assert not (tmp_path / "h.pid").exists()
     assert "Server Shut Down" in (tmp_path / "h.log").read_text()
+
+
+def _taken_port():
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s, s.getsockname()[1]
+
+
+CONNECTIONS = {
+    "http": 'type = "http"\nlisten = "tcp:{port}:interface=127.0.0.1"\nupstream = "http://127.0.0.1:9"\n',
+    "postgres": 'type = "postgres"\nlisten = "tcp:{port}:interface=127.0.0.1"\n'
+                'upstream = "tcp:host=127.0.0.1:port=5432"\nupstream_user = "postgres"\nupstream_tls = "disable"\n',
+    "mcp": 'type = "mcp"\nlisten = "tcp:{port}:interface=127.0.0.1"\nupstream = "http://127.0.0.1:9/mcp"\n',
+    "ssh": 'type = "ssh"\nlisten = "tcp:{port}:interface=127.0.0.1"\nupstream = "tcp:host=127.0.0.1:port=9"\n'
+           'upstream_user = "u"\nupstream_key = "file:{dir}/key"\nupstream_known_hosts = "file:{dir}/known_hosts"\n',
+}
+
+
+def test_a_listener_that_cannot_open_stops_the_gateway(tmp_path):
+    """Every kind of listener, the admin API's too: the gateway never runs with one missing."""
+    import subprocess
+
+    from tests.support import HoopyProcess
+
+    for kind in [*CONNECTIONS, "admin"]:
+        sock, port = _taken_port()
+        try:
+            d = tmp_path / kind
+            d.mkdir()
+            if kind == "ssh":
+                import asyncssh
+
+                (d / "key").write_bytes(asyncssh.generate_private_key("ssh-ed25519").export_private_key())
+                (d / "key").chmod(0o600)
+                host = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+                (d / "known_hosts").write_text(f"[127.0.0.1]:9 {host}")
+            body = BODY + (f"[connections.c{kind}]\n" + CONNECTIONS[kind].format(port=port, dir=d)
+                           if kind != "admin" else "")
+            p = HoopyProcess(tmp_path / kind, body, admin_port=port if kind == "admin" else None)
+            try:
+                p.start(timeout=20)
+            except RuntimeError:
+                pass  # it may stop before its admin API answers: that is the point
+            try:
+                p.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                p.stop()
+                raise AssertionError(f"{kind}: the gateway kept running without its listener")
+            log = p.log_text()
+            # Bound before twistd daemonizes (hoopy.listen): one line naming the key, status 1.
+            key = "gateway.admin_listen" if kind == "admin" else f"connections.c{kind}.listen"
+            assert p.proc.returncode == 1, (kind, log[-2000:])
+            assert f"hoopy: {key} = 'tcp:{port}" in log and "cannot listen" in log, (kind, log[-2000:])
+            assert "Traceback" not in log
+        finally:
+            sock.close()

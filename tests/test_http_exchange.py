@@ -24,9 +24,10 @@ from hoopy.http.checks import Refusal, check_shape, token_of
 from hoopy.http.exchange import Exchange, IResponseSink
 from hoopy.http.masker import Masker
 from hoopy.http.upload import BodyPipe
-from hoopy.http.upstream import UpstreamClient, UpstreamError
+from hoopy.http.upstream import UpstreamClient
+from hoopy.upstream import UpstreamError
 from hoopy.policy.masking import BUILTIN
-from hoopy.policy.verdicts import Allow, Deny, Judgement
+from hoopy.policy.verdicts import Allow, Deny, Hold, Judgement
 
 # --- the upstream client -------------------------------------------------------------------------
 
@@ -232,6 +233,7 @@ class FakeSession:
         pass
 
     def cancel_holds(self, reason):
+        self.script.events.append(("cancel_holds", reason))
         return []
 
 
@@ -479,3 +481,106 @@ def test_a_subprotocol_token_counts_only_beside_the_plain_entry_and_only_on_upgr
     assert token_of(b"POST", up) is None
     assert token_of(b"GET", {b"sec-websocket-protocol": up[b"sec-websocket-protocol"]}) is None
     assert token_of(b"GET", {**up, b"sec-websocket-protocol": [b"hoopy.bearer." + tok.encode()]}) is None
+
+
+# --- held for a reviewer ---------------------------------------------------------------------------
+
+def _held():
+    from types import SimpleNamespace
+
+    return Hold(SimpleNamespace(id="ap-7"), defer.Deferred(), "POST /v1/refunds")
+
+
+def test_a_held_request_waits_paused_and_goes_up_once_approved():
+    hold = _held()
+    site = FakeSite(Script(verdict=hold))
+    sink, ex = exchange(site, method=b"POST", uri=b"/v1/refunds", body=b'{"amount": 5}',
+                        headers=[(b"Content-Type", b"application/json"), (b"Content-Length", b"13")])
+    assert upstream_saw(site) == b"" and sink.code is None  # held: nothing went up, nothing came back
+    hold.resolution.callback(Allow("POST /v1/refunds", approval="ap-7"))
+    seen = upstream_saw(site)
+    assert seen.startswith(b"POST /v1/refunds HTTP/1.1\r\n") and seen.endswith(b'\r\n\r\n{"amount": 5}')
+    answer(site, b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.code == 201 and b"".join(sink.body) == b"ok"
+    kind, outcome, data = site.script.events[-1]
+    assert kind == "http.request" and data["approval"] == "ap-7"
+
+
+@pytest.mark.parametrize("deny", [Deny("rejected by alice", "POST /v1/refunds", "ap-7"),
+                                  Deny("approval timed out", "POST /v1/refunds", "ap-7")])
+def test_a_held_request_refused_by_the_reviewer_never_goes_up(deny):
+    hold = _held()
+    site = FakeSite(Script(verdict=hold))
+    sink, ex = exchange(site, method=b"POST", uri=b"/v1/refunds", body=b"{}", headers=[(b"Content-Length", b"2")])
+    hold.resolution.callback(deny)
+    assert upstream_saw(site) == b""
+    assert sink.code == 403 and sink.json()["approval"] == "ap-7" and sink.json()["error"] == deny.reason
+
+
+def test_a_caller_gone_while_held_withdraws_the_approval_and_nothing_goes_up():
+    hold = _held()
+    site = FakeSite(Script(verdict=hold))
+    sink, ex = exchange(site, method=b"POST", uri=b"/v1/refunds", body=b"{}", headers=[(b"Content-Length", b"2")])
+    ex.client_gone(Failure(ConnectionError("gone")))
+    assert ("cancel_holds", "the caller went away while held") in site.script.events
+    hold.resolution.callback(Allow("POST /v1/refunds"))  # approved after all: too late
+    assert upstream_saw(site) == b""
+
+
+# --- the same however the bytes are split ------------------------------------------------------------
+
+SPLIT_CASES = [
+    # (content type of the answer, its body framing, the body): masked JSON, chunked; SSE, masked by event;
+    # plain text with a length
+    (b"application/json", b"chunked", b'{"mail": "ada@example.com", "n": [1, 2, 3], "s": "upstream-secret"}'),
+    (b"text/event-stream", b"chunked", b"data: ada@example.com\n\nevent: x\ndata: plain\n\ndata: bob@example.org\n\n"),
+    (b"text/plain", b"length", b"hello ada@example.com and upstream-secret, twice: upstream-secret"),
+]
+
+
+def _framed(ctype, framing, body):
+    if framing == b"length":
+        return b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nContent-Length: %d\r\n\r\n%b" % (ctype, len(body), body)
+    chunks = b"".join(b"%x\r\n%b\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+    return b"HTTP/1.1 200 OK\r\nContent-Type: %b\r\nTransfer-Encoding: chunked\r\n\r\n%b0\r\n\r\n" % (ctype, chunks)
+
+
+def _pieces(data: bytes, cuts) -> list:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:]) if b > a]
+
+
+def _steady(events):
+    """Events without what a clock decides."""
+    out = []
+    for e in events:
+        if len(e) == 3 and isinstance(e[2], dict):
+            e = (e[0], e[1], {k: v for k, v in e[2].items() if "duration" not in k and not k.endswith("_ms")})
+        out.append(e)
+    return out
+
+
+def _run_split(case, body_cuts, answer_cuts):
+    ctype, framing, answer_body = case
+    site = FakeSite(Script(verdict=Allow("POST /**")), Masker((), (BUILTIN["email"],)))
+    request_body = b'{"q": "' + b"x" * 40 + b'"}'
+    pipe = BodyPipe(StringTransport(), len(request_body))
+    sink = MemorySink()
+    pairs = [(b"Authorization", [b"Bearer good-token"]), (b"Content-Type", [b"application/json"]),
+             (b"Content-Length", [b"%d" % len(request_body)])]
+    Exchange(site, sink, object(), b"POST", b"/v1/x", pairs, ("127.0.0.1", 1), pipe).run()
+    for piece in _pieces(request_body, body_cuts):
+        pipe.feed(piece)
+    pipe.end()
+    for piece in _pieces(_framed(ctype, framing, answer_body), answer_cuts):
+        answer(site, piece)
+    return upstream_saw(site), sink.code, sink.headers, b"".join(sink.body), sink.done, _steady(site.script.events)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(SPLIT_CASES), st.lists(st.integers(0, 60), max_size=6), st.lists(st.integers(0, 400), max_size=12))
+def test_an_exchange_is_the_same_however_the_request_and_the_answer_are_split(case, body_cuts, answer_cuts):
+    got = _run_split(case, body_cuts, answer_cuts)
+    assert got == _run_split(case, [], [])
+    up, code, headers, body, done, events = got
+    assert code == 200 and done and b"ada@example.com" not in body and b"upstream-secret" not in body

@@ -257,6 +257,48 @@ def test_scram_unknown_user_and_downgrade_fail():
         server.first(scram.MECH, b"y,,n=,r=abc")  # client could bind, thinks we cannot
 
 
+def _server_first_variants(nonce: str) -> list[bytes]:
+    salt = "c2FsdHNhbHQ="
+    return [f"r={nonce}x,i=4096".encode(),  # no salt: was a KeyError
+            f"r={nonce}x,s={salt}".encode(),  # no iteration count
+            f"s={salt},i=4096".encode(),  # no nonce
+            f"r={nonce},s={salt},i=4096".encode(),  # the server added nothing to our nonce
+            f"r=other{nonce}x,s={salt},i=4096".encode(),  # not our nonce
+            f"r={nonce}x,s=not*base64,i=4096".encode(),
+            f"r={nonce}x,s={salt},i=many".encode(),
+            f"r={nonce}x,s={salt},i=0".encode(),
+            f"r={nonce}x,s={salt},i=99999999999".encode(),
+            f"r={nonce}x,s=,i=".encode(),
+            f"r={nonce}x,,s={salt},i=4096".encode(),  # an empty attribute
+            f"r={nonce}x,s{salt},i=4096".encode(),  # an attribute without "="
+            b"", b"\xff\xfe", f"r={nonce}x,s={salt},i=4096".encode() + b"\xff"]
+
+
+def test_scram_client_refuses_every_broken_server_first_with_a_scram_error():
+    for i in range(len(_server_first_variants(""))):
+        client = scram.ScramClient("pw", [scram.MECH], None)
+        bad = _server_first_variants(client.cnonce)[i]
+        with pytest.raises(scram.ScramError):
+            client.final(bad)
+
+
+# An iteration count is one of these (a large valid one would only be slow): the rest is anything.
+_COUNTS = st.sampled_from(["4096", "1", "0", "-1", "10000001", "", "x", "\u0661\u0662"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.sampled_from("rsaxe,="), st.text(max_size=12)), st.tuples(st.just("i"), _COUNTS)),
+                max_size=6), st.binary(max_size=8))
+def test_scram_client_meets_any_server_first_with_a_proof_or_a_scram_error(attrs_, tail):
+    client = scram.ScramClient("pw", [scram.MECH], None)
+    text = ",".join(f"{k}={client.cnonce + v if k == 'r' else v}" for k, v in attrs_)
+    try:
+        out = client.final(text.encode() + tail)
+    except scram.ScramError:
+        return
+    assert out.startswith(b"c=biws,r=" + client.cnonce.encode()) and b",p=" in out
+
+
 def test_md5_password_matches_postgres_formula():
     inner = hashlib.md5(b"pwuser").hexdigest()
     assert scram.md5_password("user", "pw", b"salt") == \

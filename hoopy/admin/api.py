@@ -31,7 +31,6 @@ import re
 
 import attrs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.threads import deferToThread
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -43,6 +42,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from hoopy import __version__
 from hoopy.audit.views import approval_json, session_json  # noqa: F401 (the JSON shapes, shared with the CLI)
 from hoopy.audit.store import StoreError, event_json
+from hoopy.listening import Listener
 from hoopy.policy.approvals import ApprovalError
 
 log = Logger()
@@ -439,6 +439,4 @@ def make_service(gateway, listen: str):
 
         cert = ssl.PrivateCertificate.loadPEM(gw.admin_tls_cert.value + "\n" + gw.admin_tls_key.value)
         factory = _CappedTLSFactory(cert.options(), False, site)
-    from hoopy.listen import Guarded
-
-    return StreamServerEndpointService(Guarded(gateway, "gateway.admin_listen", listen), factory)
+    return Listener(gateway, "admin API", listen, factory, key="gateway.admin_listen")

@@ -4,7 +4,10 @@
 
   manifest.json        every other file with its SHA-256 and size
   README.md            what is here and how to check it without hoopy
-  controls.md          NIST 800-53 controls -> the files that evidence them
+  report.html          the period on one self-contained page: per NIST 800-53 control what the
+                       gateway enforced and the evidence (counts, example event ids), charts
+  controls.md          the same figures per control, as markdown (hoopy.audit.figures computes
+                       them once; hoopy.audit.report lays out both)
   verification.json    the result of verifying the whole chain and recordings
   events.jsonl         the events in the period, with their chain links
   sessions.jsonl       the sessions in the period
@@ -27,63 +30,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hoopy import __version__
+from hoopy.audit import figures, report
 from hoopy.audit.events import iso
 from hoopy.audit.store import event_json
 from hoopy.audit.verify import verify
 
 ROOT = "hoopy-evidence"
-
-CONTROLS = [
-    ("AC-2", "Account management",
-     "Every caller is a named identity (agent or human) with its own credential; sessions name it.",
-     ["identities.json", "sessions.jsonl"]),
-    ("AC-3", "Access enforcement",
-     "Every operation was judged by the policy before it reached the target: `operation` events "
-     "with outcome allowed, refused or held, and the rule that decided.",
-     ["events.jsonl", "grants.json"]),
-    ("AC-5", "Separation of duties",
-     "Held operations were decided by a reviewer other than the requester (`approval.decided` "
-     "events name both).",
-     ["approvals.jsonl", "events.jsonl", "identities.json"]),
-    ("AC-6", "Least privilege",
-     "Grants are deny-by-default allow/approve/deny rules per identity and connection, with expiry.",
-     ["grants.json", "events.jsonl"]),
-    ("AU-2", "Event logging",
-     "Session start and end, each operation and its outcome, approvals, redactions, failed "
-     "authentications and sealed recordings are events.",
-     ["events.jsonl"]),
-    ("AU-3", "Content of audit records",
-     "Each event has what (kind, data), when (time), where (gateway, connection, peer), who "
-     "(identity, session attribution) and the outcome.",
-     ["events.jsonl", "sessions.jsonl"]),
-    ("AU-6", "Audit record review, analysis and reporting",
-     "Events, sessions and approvals as JSON lines for review; terminal sessions replayable with "
-     "`asciinema play`.",
-     ["events.jsonl", "sessions.jsonl", "approvals.jsonl", "recordings/"]),
-    ("AU-9", "Protection of audit information",
-     "Events are hash-chained and the chain head is signed with each gateway node's Ed25519 key; "
-     "every row of the sessions and approvals tables is replayed from the chain; the chain, its "
-     "signatures and every sealed recording were verified at export (verification.json) and can be "
-     "re-checked offline with verify_events.py and the gateway's public key; this archive's files are "
-     "listed with their SHA-256 in manifest.json.",
-     ["verification.json", "verify_events.py", "manifest.json"]),
-    ("AU-10", "Non-repudiation",
-     "Each signed event carries an Ed25519 signature over the chain head by the key of the node that "
-     "wrote it; only that node holds the private key, and the signature covers every event before it.",
-     ["events.jsonl", "verify_events.py"]),
-    ("AU-12", "Audit record generation",
-     "Records are made by the gateway on the connection, outside the agent; terminal recordings "
-     "are asciicast v2 written as the session ran.",
-     ["events.jsonl", "recordings/"]),
-    ("SC-7", "Boundary protection",
-     "Agents reach targets only through the gateway's listeners; connections list what each "
-     "listener fronts, and refused operations never reached the target.",
-     ["grants.json", "events.jsonl"]),
-    ("SC-8", "Transmission confidentiality and integrity",
-     "Connections list the TLS settings used towards callers and targets; upstream credentials "
-     "are held by the gateway and never given to callers.",
-     ["grants.json"]),
-]
 
 # The standalone checker, shipped as it is in hoopy (tested there).
 VERIFY_SCRIPT = (Path(__file__).with_name("verify_events.py")).read_text()
@@ -133,15 +85,6 @@ def vars_of(obj) -> dict:
     return attrs.asdict(obj, recurse=False) if attrs.has(type(obj)) else dict(vars(obj))
 
 
-def _controls_md(since, until) -> str:
-    lines = ["# NIST SP 800-53 controls and the evidence in this archive", "",
-             f"Period: {since or 'the beginning'} to {until or 'the export'}.", "",
-             "| control | name | how hoopy meets it | evidence |", "|---|---|---|---|"]
-    for cid, name, how, files in CONTROLS:
-        lines.append(f"| {cid} | {name} | {how} | {', '.join(f'`{f}`' for f in files)} |")
-    return "\n".join(lines) + "\n"
-
-
 def _readme(verification, since, until, keys) -> str:
     return f"""# hoopy evidence archive
 
@@ -158,7 +101,10 @@ Exported {iso(time.time_ns() // 1000)} by hoopy {__version__}; period {since or 
   ({', '.join(keys) or 'none'}), for information only.
 - `recordings/*.cast` are asciicast v2: `asciinema play FILE` or `asciinema cat FILE`; their SHA-256 is
   in the `recording.sealed` events.
-- `controls.md` maps NIST 800-53 controls to these files. No token, password or key is in this archive.
+- `report.html` is the period on one page (open it in any browser, offline: it loads nothing): per NIST
+  800-53 control what the gateway enforced and the evidence, with counts and example event ids (`#seq`),
+  charts of activity and refusals. `controls.md` has the same figures as markdown, with the files that
+  evidence each control. No token, password or key is in this archive.
 """
 
 
@@ -194,16 +140,22 @@ def export(config, reader, out: Path, since_us: int | None = None, until_us: int
     keys = _keys_seen(reader, keyring)
     signed = [e for e in events if e.get("signature")]
 
+    exported_us = time.time_ns() // 1000
+    policy = _policy(config)
+    identities = [i.public() for i in config.identities.values()]
+    fig = figures.compute(events, identities, policy, verification, since_us, until_us,
+                          gateway=config.gateway.name, approvals=approvals, exported_us=exported_us)
+
     files.append(("events.jsonl", _jsonl(events)))
     files.append(("sessions.jsonl", _jsonl(
         dict(s, start=iso(s["started_us"]), end=iso(s["ended_us"])) for s in sessions)))
     files.append(("approvals.jsonl", _jsonl(
         dict(a, created=iso(a["created_us"]), decided=iso(a["decided_us"])) for a in approvals)))
-    files.append(("identities.json", json.dumps(
-        [i.public() for i in config.identities.values()], indent=2).encode()))
-    files.append(("grants.json", json.dumps(_policy(config), indent=2, default=str).encode()))
+    files.append(("identities.json", json.dumps(identities, indent=2).encode()))
+    files.append(("grants.json", json.dumps(policy, indent=2, default=str).encode()))
     files.append(("verification.json", json.dumps(verification, indent=2).encode()))
-    files.append(("controls.md", _controls_md(since, until).encode()))
+    files.append(("report.html", report.render_html(fig).encode()))
+    files.append(("controls.md", report.render_markdown(fig).encode()))
     files.append(("README.md", _readme(verification, since, until, list(keys)).encode()))
     files.append(("verify_events.py", VERIFY_SCRIPT.encode()))
     files.append(("public_keys.json", json.dumps(
@@ -216,7 +168,7 @@ def export(config, reader, out: Path, since_us: int | None = None, until_us: int
             if name and "/" not in name and (rec_dir / name).is_file():
                 files.append((f"recordings/{name}", rec_dir / name))
 
-    manifest = {"hoopy": __version__, "exported": iso(time.time_ns() // 1000),
+    manifest = {"hoopy": __version__, "exported": iso(exported_us),
                 "gateway": config.gateway.name, "since": since, "until": until,
                 "counts": {"events": len(events), "sessions": len(sessions), "approvals": len(approvals)},
                 "chain_head": {"seq": verification["head_seq"], "hash": verification["head_hash"]},

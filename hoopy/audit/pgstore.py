@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
-from hoopy.audit.store import IEventStore, IStoreReader, ReaderQueries
+from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
 from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql, schema_sql,
                                 write_batch)
 
@@ -66,7 +66,7 @@ def describe(dsn: str) -> str:
         from psycopg.conninfo import conninfo_to_dict
 
         info = conninfo_to_dict(dsn)
-    except Exception:
+    except Exception:  # unreadable: never echo it, it may hold a password
         return "postgresql://(unparsable)"
     host = info.get("host") or info.get("hostaddr") or "localhost"
     port = info.get("port") or "5432"
@@ -292,7 +292,7 @@ class PostgresEventStore(BatchedStore):
         try:
             if self._conn is not None:
                 self._conn.close()
-        except Exception:
+        except Exception:  # a connection given up on: the error that broke it is the one reported
             pass
         self._conn = None
 
@@ -317,7 +317,7 @@ class PostgresEventStore(BatchedStore):
             if not conn.broken and not conn.closed:
                 try:
                     cur.execute("ROLLBACK")
-                except Exception:
+                except Exception:  # the batch's own error, raised next, is the one that matters
                     pass
             raise
         return results, signed
@@ -359,7 +359,7 @@ class PostgresEventStore(BatchedStore):
                 log.warn("state store listener lost its connection ({e}); reconnecting", e=_first_line(e))
                 try:
                     conn.close()
-                except Exception:
+                except Exception:  # lost already, and logged above: closing is only tidying
                     pass
                 conn = None
         if conn is not None:

@@ -32,7 +32,7 @@ REDACTED = "[REDACTED]"
 
 def connection_tokens(values) -> set[bytes]:
     """Header names a Connection header lists (they are hop-by-hop too)."""
-    out = set()
+    out: set = set()
     for v in values or ():
         out.update(t.strip().lower() for t in v.split(b",") if t.strip())
     return out

@@ -138,7 +138,9 @@ class Masker:
     def from_config(cls, maskings) -> "Masker":
         from hoopy.http.rules import route_matcher
 
-        fields, detectors, passthrough = [], [], []
+        fields: list = []
+        detectors: list = []
+        passthrough: list = []
         for m in maskings:
             fields += [f for f in m.fields if f not in fields]
             detectors += [d for d in m.patterns if d not in detectors]
@@ -297,7 +299,7 @@ class Masker:
         if isinstance(value, str):
             return self._string(value, counts, path, depth)
         if isinstance(value, dict):
-            out = {}
+            out: dict = {}
             for k, v in value.items():
                 kf = k.casefold() if isinstance(k, str) else k
                 if kf in plain:
@@ -343,7 +345,7 @@ class Masker:
     # --- text -------------------------------------------------------------------
 
     def _patterns(self, text: str) -> tuple[str, dict]:
-        counts = {}
+        counts: dict = {}
         for d, hint in self._hinted:
             if hint is not None and hint not in text:
                 continue
@@ -445,7 +447,8 @@ class Masker:
         except MaskError:
             pass
         lines = data.replace(b"\x1e", b"\n").split(b"\n")  # JSON lines, or RS-separated JSON texts
-        out, counts = [], {}
+        out: list = []
+        counts: dict = {}
         try:
             for ln in lines:
                 if ln.strip():

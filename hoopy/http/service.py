@@ -1,11 +1,9 @@
 """The http connection service: a twisted.web site on ``listen`` forwarding to ``upstream``."""
 from __future__ import annotations
 
-from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.logger import Logger
 
-log = Logger()
+from hoopy.listening import Listener
 
 
 def _tls_policy(settings):
@@ -29,14 +27,13 @@ def _tls_factory(settings, factory):
     return TLSMemoryBIOFactory(cert.options(), False, factory)
 
 
-class HTTPService(Service):
+class HTTPService(Listener):
     def __init__(self, gateway, connection):
         from urllib.parse import urlsplit
 
         from hoopy.http.site import GatewaySite, HTTPSite
         from hoopy.http.upstream import UpstreamClient
 
-        self.gateway = gateway
         self.connection = connection
         settings = connection.settings
         policy = _tls_policy(settings)
@@ -49,8 +46,9 @@ class HTTPService(Service):
         tls = settings.tls_cert is not None
         self.state = HTTPSite(gateway, connection, self.upstream, tls, policy)
         self.site = GatewaySite(self.state)
-        self.factory = _tls_factory(settings, self.site) if tls else self.site
-        self.port = None
+        super().__init__(gateway, f"http {connection.name}", connection.listen,
+                         _tls_factory(settings, self.site) if tls else self.site,
+                         key=f"connections.{connection.name}.listen")
 
     def _reach(self, error):
         if error is None:
@@ -58,27 +56,9 @@ class HTTPService(Service):
         else:
             self.gateway.upstreams.failed(self.connection, error)
 
-    def startService(self):
-        super().startService()
-        from hoopy.listen import listen
-
-        d = listen(self.gateway, f"connections.{self.connection.name}.listen", self.connection.listen,
-                   self.factory)
-
-        def listening(port):
-            if port is None:
-                return  # hoopy.listen said why, and stops the gateway
-            self.port = port
-            log.info("http {name}: listening on {addr}, upstream {up}", name=self.connection.name,
-                     addr=port.getHost(), up=self.connection.settings.upstream)
-
-        d.addCallback(listening)
-
     @defer.inlineCallbacks
     def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            yield self.port.stopListening()
+        yield super().stopService()
         yield self.state.stop("gateway shutdown")
         yield self.upstream.close()
 

@@ -37,16 +37,13 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from hoopy.sockwrite import write_now
+from hoopy.upstream import UpstreamError
 
 READ_SIZE = 256 * 1024  # a large body moves in fewer, larger reads: less Python per byte
 # The end of every complete body: one Failure made once (making one per response cost 4% of a request).
 _DONE = Failure(ResponseDone("Response body fully received"))
 _IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
-
-
-class UpstreamError(Exception):
-    """The upstream could not be reached, or broke the exchange; the message says how."""
 
 
 class RawHeaders:

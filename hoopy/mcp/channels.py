@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from twisted.internet import defer, protocol
+from twisted.internet.error import ProcessExitedAlready
 from twisted.logger import Logger
 from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
@@ -52,7 +53,7 @@ class _Body(protocol.Protocol):
         self.limit = limit
         self.on_message = on_message
         self.finished = finished
-        self.buf = []
+        self.buf: list = []
         self.size = 0
 
     def dataReceived(self, data):
@@ -254,7 +255,7 @@ class StdioChannel:
         self.version = None
         self.exit = defer.Deferred()
         self.status = None
-        self._kill_timers = []
+        self._kill_timers: list = []
 
     modern_known = HTTPChannel.modern_known
 
@@ -298,26 +299,32 @@ class StdioChannel:
         if self.process is not None and self.status is None:
             try:
                 self.process.signalProcess("KILL")
-            except Exception:
-                pass
+            except ProcessExitedAlready:
+                pass  # it ended on its own meanwhile: what kill wanted
 
     def close(self) -> defer.Deferred:
         """Close its stdin; TERM after 2 s, KILL after 5 s."""
         if self.process is None or self.status is not None:
             return defer.succeed(None)
         d = defer.Deferred()
-        self.exit.addBoth(lambda r: (d.called or d.callback(None), r)[1])
+
+        def exited(result):
+            if not d.called:
+                d.callback(None)
+            return result
+
+        self.exit.addBoth(exited)
         try:
             self.process.closeStdin()
-        except Exception:
-            pass
+        except OSError as e:  # its pipe is gone already; the signals below still end it
+            log.info("mcp server process: stdin not closed: {e}", e=e)
 
         def signal(name):
             if self.status is None:
                 try:
                     self.process.signalProcess(name)
-                except Exception:
-                    pass
+                except ProcessExitedAlready:
+                    pass  # it ended between the check and the signal
 
         self._kill_timers = [self.reactor.callLater(2, signal, "TERM"), self.reactor.callLater(5, signal, "KILL")]
         return d

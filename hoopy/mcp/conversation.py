@@ -20,7 +20,8 @@ from hoopy.causal import ToolCall
 from hoopy.mcp import lists, wire
 from hoopy.mcp.results import mask_arguments, mask_result
 from hoopy.mcp.rules import ToolUnit
-from hoopy.mcp.upstream import UpstreamError, UpstreamSession
+from hoopy.mcp.upstream import UpstreamSession
+from hoopy.upstream import UpstreamError
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.session import IN

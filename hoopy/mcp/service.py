@@ -1,10 +1,10 @@
 """The mcp connection service: the /mcp listener, its sessions, children and pins."""
 from __future__ import annotations
 
-from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from hoopy.listening import Listener
 from hoopy.mcp import wire
 from hoopy.mcp.channels import EraHint, HTTPChannel
 from hoopy.mcp.children import ChildLimit, Children
@@ -12,6 +12,7 @@ from hoopy.mcp.conversation import MCPSession
 from hoopy.mcp.pinning import Pins
 from hoopy.mcp.results import masker_for
 from hoopy.mcp.site import MCPResource, MCPSite
+from hoopy.upstream import UpstreamError
 
 log = Logger()
 
@@ -25,9 +26,9 @@ def _agent(reactor, settings):
     return Agent(reactor, pool=pool, connectTimeout=10), pool
 
 
-class MCPService(Service):
+class MCPService(Listener):
     def __init__(self, gateway, connection):
-        self.gateway = gateway
+        self.gateway = gateway  # what the parts made below read
         self.connection = connection
         self.settings = connection.settings
         self.hint = EraHint()
@@ -41,9 +42,10 @@ class MCPService(Service):
         self.agent = self.pool = None
         if self.settings.upstream:
             self.agent, self.pool = _agent(gateway.reactor, self.settings)
-        self.site = MCPSite(MCPResource(self), self.settings.max_message)
-        self.port = None
         self.refusal = "refused"
+        self.site = MCPSite(MCPResource(self), self.settings.max_message)
+        super().__init__(gateway, f"mcp {connection.name}", connection.listen, self.site,
+                         key=f"connections.{connection.name}.listen")
 
     # --- sessions ---------------------------------------------------------------------
 
@@ -110,8 +112,6 @@ class MCPService(Service):
         try:
             child = self.children.spawn()
         except ChildLimit as e:
-            from hoopy.mcp.upstream import UpstreamError
-
             raise UpstreamError(str(e))
         return child.channel, child
 
@@ -124,23 +124,10 @@ class MCPService(Service):
         super().startService()
         self.pins.load().addErrback(lambda f: log.error("mcp {c}: pins not read: {e}", c=self.connection.name,
                                                          e=f.getErrorMessage()))
-        from hoopy.listen import listen
-
-        d = listen(self.gateway, f"connections.{self.connection.name}.listen", self.connection.listen, self.site)
-
-        def listening(port):
-            if port is None:
-                return  # hoopy.listen said why, and stops the gateway
-            self.port = port
-            log.info("mcp {name}: listening on {addr}", name=self.connection.name, addr=port.getHost())
-
-        d.addCallback(listening)
 
     @defer.inlineCallbacks
     def stopService(self):
-        super().stopService()
-        if self.port is not None:
-            yield self.port.stopListening()
+        yield super().stopService()
         convs = list(self.by_mcp_id.values()) + list(self.by_key.values())
         yield defer.DeferredList([c.end("gateway shutdown") for c in convs], consumeErrors=True)
         if self.pool is not None:

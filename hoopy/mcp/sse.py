@@ -33,7 +33,7 @@ class SSEParser:
             data = data[1:]
         self._cr = data.endswith(b"\r")
         buf = self._buf + data
-        out = []
+        out: list = []
         start = 0
         n = len(buf)
         while start < n:

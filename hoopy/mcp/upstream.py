@@ -20,12 +20,9 @@ from twisted.python.failure import Failure
 
 from hoopy.mcp import wire
 from hoopy.mcp.wire import WireError
+from hoopy.upstream import UpstreamError
 
 log = Logger()
-
-
-class UpstreamError(Exception):
-    pass
 
 
 class Pending:
@@ -48,10 +45,10 @@ class UpstreamSession:
         self.era = None  # "modern" | "handshake"
         self.version = None
         self.server_info = None
-        self.capabilities = {}
+        self.capabilities: dict = {}
         self.instructions = None
         self.client_info = None
-        self.client_caps = {}
+        self.client_caps: dict = {}
         self._ids = itertools.count(1)
         self.pending: dict = {}  # up_id -> Pending
         self.progress: dict = {}  # our token -> Pending
@@ -148,7 +145,12 @@ class UpstreamSession:
 
         p.done.addBoth(finish)
         d = self.channel.send(out, p, modern=version if era_modern else None, probe=probe)
-        d.addErrback(lambda f: (not p.done.called) and p.done.errback(f))
+
+        def not_sent(f):
+            if not p.done.called:
+                p.done.errback(f)
+
+        d.addErrback(not_sent)
         return p.done
 
     def _timed_out(self, p: Pending):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import TYPE_CHECKING
 
 import attrs
 from twisted.internet.defer import Deferred, succeed, ensureDeferred, fail
@@ -41,6 +42,12 @@ from hoopy.audit.store import StateConflict, StoreError
 from hoopy.policy.review import review_text
 from hoopy.policy.verdicts import Allow
 from hoopy.session import new_id
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
+    from hoopy.policy.rules import Operation
+    from hoopy.session import Session
 
 log = Logger()
 
@@ -57,8 +64,8 @@ class ApprovalError(Exception):
 @attrs.define(eq=False)
 class Approval:
     id: str
-    session: object  # hoopy.session.Session
-    operation: object  # hoopy.policy.rules.Operation
+    session: Session
+    operation: Operation
     rule: str
     created_us: int
     expires_us: int
@@ -69,7 +76,7 @@ class Approval:
     mode: str = "hold"  # hold: a caller waits on ``outcome``; retry: nobody waits
     ttl_s: int | None = None  # retry: how long after approval the identical operation may run once
     outcome: Deferred = attrs.field(factory=Deferred)  # fires with the Approval once decided
-    _timer: object = None
+    _timer: IDelayedCall | None = None
 
     @property
     def requester(self) -> str:
@@ -237,10 +244,14 @@ class ApprovalService:
 
     def _expire(self, approval_id: str):
         approval = self.pending.get(approval_id)
-        if approval is not None:
-            self._settle(approval, "expired", None, "approval timed out").addErrback(
-                lambda f: f.check(ApprovalError) or log.error(
-                    "approval {id}: expiry not recorded: {e}", id=approval_id, e=f.getErrorMessage()))
+        if approval is None:
+            return
+
+        def not_recorded(f):
+            if not f.check(ApprovalError):  # an ApprovalError: decided meanwhile, nothing to expire
+                log.error("approval {id}: expiry not recorded: {e}", id=approval_id, e=f.getErrorMessage())
+
+        self._settle(approval, "expired", None, "approval timed out").addErrback(not_recorded)
 
     # --- several nodes, one store ---------------------------------------------------
 
@@ -298,9 +309,14 @@ class ApprovalService:
             targets = [a for a in (self.pending.get(approval_id),) if a is not None]
         for approval in targets:
             self._in_thread(self._read, approval.id).addCallbacks(
-                lambda rows, a=approval: rows[0] and self.pending.get(a.id) is a and self._adopt(a, rows[0]),
-                lambda f, a=approval: log.warn("approval {id}: cannot read its row: {e}",
-                                               id=a.id, e=f.getErrorMessage()))
+                self._read_elsewhere, self._not_read, callbackArgs=(approval,), errbackArgs=(approval,))
+
+    def _read_elsewhere(self, rows, approval: Approval):
+        if rows[0] and self.pending.get(approval.id) is approval:  # still ours to resolve
+            self._adopt(approval, rows[0])
+
+    def _not_read(self, f, approval: Approval):
+        log.warn("approval {id}: cannot read its row: {e}", id=approval.id, e=f.getErrorMessage())
 
     def _sync(self, approval: Approval):
         """Resolve a waiter that lost the race from the row that won it."""

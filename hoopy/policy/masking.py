@@ -85,7 +85,7 @@ def parse_detector(text: str) -> Detector:
 
 def redact_text(text: str, detectors) -> tuple[str, dict]:
     """Apply every detector; return the text and {detector name: count}."""
-    counts = {}
+    counts: dict = {}
     for d in detectors:
         text, n = d.redact(text)
         if n:

@@ -5,8 +5,16 @@ Deferred that fires with Allow or Deny once a reviewer decides (or time runs out
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import attrs
 from twisted.internet.defer import Deferred
+
+
+class PendingApproval(Protocol):
+    """What a protocol reads of a held approval (hoopy.policy.approvals.Approval)."""
+
+    id: str
 
 
 @attrs.frozen
@@ -31,7 +39,7 @@ class Hold:
     """Held for a reviewer. ``approval.id`` is what the caller is shown;
     ``resolution`` fires with Allow or Deny once decided or timed out."""
 
-    approval: object
+    approval: PendingApproval
     resolution: Deferred = attrs.field(eq=False)
     reason: str = ""  # why it needs a reviewer (the rule, or the part that cannot be judged)
 

@@ -335,9 +335,5 @@ def _malloc_trim():
 _trim = None
 
 
-def table_units(units) -> tuple:
-    return tuple(units)
-
-
 __all__ = ["classify", "classify_or_error", "resolve", "parse_statement", "Classified", "ClassifyError",
            "CannotJudge", "CopyTarget", "Scope", "ANY_OBJECT", "pg_table_unit", "PARSES", "INLINE_SQL", "Heavy"]

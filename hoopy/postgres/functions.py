@@ -204,12 +204,6 @@ def call_unit(schema: str, name: str) -> Unit | None:
     return Unit("write", subject(schema, name))
 
 
-def reviewed_lists() -> dict:
-    """For docs and tests: the lists as they are."""
-    return {"exposing": sorted(EXPOSING), "admin": sorted(ADMIN_ACTIONS), "lock": sorted(ADVISORY_LOCKS),
-            "unlock": sorted(ADVISORY_UNLOCKS), "write": sorted(WRITES | NOTIFY)}
-
-
 # Catalog views showing what EXPOSING's functions show: other sessions' activity
 # and locks, server files and configuration, memory, statistics samples, password
 # hashes, large object data. Like those functions, covered only by a rule that

@@ -27,7 +27,7 @@ def _b64(b: bytes) -> str:
 
 
 def _attrs(msg: str) -> dict:
-    out = {}
+    out: dict = {}
     for part in msg.split(","):
         if len(part) < 2 or part[1] != "=":
             raise ScramError(f"malformed SCRAM attribute {part[:10]!r}")

@@ -1,10 +1,10 @@
 """The postgres connection service: a listener whose protocol is hoopy/postgres/protocol.py."""
 from __future__ import annotations
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer
 from twisted.internet.protocol import Factory
 
+from hoopy.listening import Listener
 from hoopy.postgres import scram
 from hoopy.postgres.protocol import ClientProtocol, send_cancel
 
@@ -62,18 +62,15 @@ class PostgresFactory(Factory):
         client.cancel_upstream()
 
 
-class PostgresService(StreamServerEndpointService):
+class PostgresService(Listener):
     """The listener; stopping it ends every client session (57P01) and waits for their records."""
 
     def __init__(self, gateway, connection):
-        from hoopy.listen import Guarded
-
-        self.factory = PostgresFactory(gateway, connection)
-        super().__init__(Guarded(gateway, f"connections.{connection.name}.listen", connection.listen),
-                         self.factory)
+        super().__init__(gateway, f"postgres {connection.name}", connection.listen,
+                         PostgresFactory(gateway, connection), key=f"connections.{connection.name}.listen")
 
     def stopService(self):
-        d = defer.maybeDeferred(super().stopService)
+        d = super().stopService()
         ends = [defer.maybeDeferred(c.terminate, "gateway shutdown") for c in list(self.factory.clients)]
         return defer.DeferredList([d] + ends, consumeErrors=True)
 

@@ -72,17 +72,6 @@ def setting_key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def startup_keys(params: dict, option_words: list) -> set:
-    """Every setting the startup packet makes, by setting_key."""
-    keys = {setting_key(k) for k in params if passes_upstream(k)}
-    words = list(option_words)
-    while words:
-        w = words.pop(0)
-        if w == "-c" and words:
-            keys.add(setting_key(words.pop(0).partition("=")[0]))
-    return keys
-
-
 def lexing_unsafe(name: str, value: str) -> bool:
     """A server setting under which the gateway's parser may read SQL differently."""
     name = name.lower()

@@ -430,7 +430,7 @@ def _select(w: Walk, f, ctx):
     inner = Ctx(ctes, False, False)
     skip = ["withClause", "fromClause", "lockingClause", "intoClause", "targetList", "larg", "rarg"]
     lock_all = ctx.lock
-    lock_names = set()
+    lock_names: set = set()
     for lc in f.get("lockingClause") or ():
         rels = _unwrap(lc)[1].get("lockedRels")
         w.seen[2] += len(rels or ())  # FOR UPDATE OF name: FROM items, judged there

@@ -185,7 +185,7 @@ class StreamMasker:
 
     def _judge(self, text: str, base: int, final: bool):
         """(where the final part of text ends, the spans in it to mask)."""
-        matches = []  # (start, end, detector): every finished match from base
+        matches: list = []  # (start, end, detector): every finished match from base
         cut = len(text)
         for d in self.detectors:
             matches.extend((m.start(), m.end(), d) for m in d.pattern.finditer(text, base) if m.end() > m.start())
@@ -211,7 +211,7 @@ class StreamMasker:
         if not spans:
             return raw[:raw_cut]
         spans.sort()
-        merged = []  # overlapping matches of different detectors are one masked value
+        merged: list = []  # overlapping matches of different detectors are one masked value
         for s, e, name in spans:
             self.counts[name] = self.counts.get(name, 0) + 1
             if merged and s < merged[-1][1]:

@@ -169,6 +169,7 @@ class _CoalescedSends:
 
     def _send_pending(self) -> None:
         pending, self._pending_sends = self._pending_sends, None
+        assert pending is not None  # scheduled only by _send, once per batch
         transport, data = pending[0], pending[1:]
         if transport is not None and data:
             try:

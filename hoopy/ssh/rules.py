@@ -113,7 +113,7 @@ def _could_match(toks, key: str) -> bool:
 
     The command's patterns, ``$X`` words and xargs input stand for any text; the rule's ``*`` for
     any text, its ``?`` for one character. A dynamic program over (rule token, command token)."""
-    cmd = []
+    cmd: list = []
     pos = 0
     while pos < len(key):
         c = key[pos]

@@ -20,7 +20,7 @@ from hoopy.ssh import private
 from hoopy.ssh.refusals import REFUSED_OPERATION, REFUSED_WHY
 from hoopy.ssh.channels import ClientSession, wait
 from hoopy.ssh.forward import ForwardSession, UpstreamForward
-from hoopy.ssh.upstream import UpstreamError
+from hoopy.upstream import UpstreamError
 
 log = Logger()
 
@@ -143,8 +143,8 @@ class ClientConnection(asyncssh.SSHServer):
             try:
                 await wait(session.event("ssh.upstream", "failed", upstream=self.service.upstream.name,
                                          reason=str(e)))
-            except Exception:
-                pass
+            except Exception as not_recorded:  # the upstream's failure is what the caller hears of
+                log.error("ssh {peer}: upstream failure not recorded: {e}", peer=self.peer, e=not_recorded)
             raise
         self.gateway.upstreams.succeeded(self.connection)
         return session, self.upstream
@@ -282,10 +282,9 @@ class ClientConnection(asyncssh.SSHServer):
             return  # not logged in: no session to record it in (auth.failed says who tried)
 
         async def record():
-            try:
-                await asyncio.shield(self.ready)
-            except Exception:
-                pass  # the session may exist even though the upstream failed
+            # Until the login is done, however it went: the session may exist even though the
+            # upstream failed (that failure is recorded where it happens).
+            await asyncio.wait([self.ready])
             if self.session is not None and not self.session.ended:
                 try:
                     await wait(self.session.event(kind, outcome, **data))

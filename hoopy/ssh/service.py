@@ -54,8 +54,6 @@ class SSHService(Service):
 
     def startService(self):
         super().startService()
-        from hoopy.listen import cannot_listen
-
         key = host_key(self.settings.host_key)
         listen_key = f"connections.{self.connection.name}.listen"
         bound = getattr(self.gateway, "prebound", {}).pop(listen_key, None)
@@ -79,7 +77,8 @@ class SSHService(Service):
                      host=self.host or "*", port=self.port)
 
         def failed(f):
-            cannot_listen(self.gateway, listen_key, self.connection.listen, f)
+            self.gateway.cannot_listen(f"ssh {self.connection.name}", self.connection.listen,
+                                       f.getErrorMessage(), key=listen_key, error=f.value)
 
         d.addCallbacks(listening, failed)
         self._starting = d

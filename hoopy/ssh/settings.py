@@ -70,19 +70,23 @@ def _check_known_hosts(t, key, secret):
         t.problem(key, f"is not a known_hosts file: {e}")
 
 
+def _endpoint(parse, desc: str):
+    """The endpoint ``desc`` names, or None when it does not parse."""
+    try:
+        return parse(None, desc)
+    except Exception:  # an endpoint plugin's parser raises anything; the core check names a bad string
+        return None
+
+
 def _check_endpoints(t, listen, upstream):
     from twisted.internet.endpoints import clientFromString, serverFromString
 
-    try:
-        if listen and not isinstance(getattr(serverFromString(None, listen), "_port", None), int):
-            t.problem("listen", "ssh listens on tcp:PORT[:interface=ADDR] only")
-    except Exception:
-        pass  # the core names a bad endpoint string
-    try:
-        if upstream and not getattr(clientFromString(None, upstream), "_host", None):
-            t.problem("upstream", "ssh connects upstream with tcp:host=HOST:port=PORT only")
-    except Exception:
-        pass
+    ep = _endpoint(serverFromString, listen) if listen else None
+    if ep is not None and not isinstance(getattr(ep, "_port", None), int):
+        t.problem("listen", "ssh listens on tcp:PORT[:interface=ADDR] only")
+    ep = _endpoint(clientFromString, upstream) if upstream else None
+    if ep is not None and not getattr(ep, "_host", None):
+        t.problem("upstream", "ssh connects upstream with tcp:host=HOST:port=PORT only")
 
 
 def parse(t) -> SSHSettings:

@@ -11,7 +11,7 @@ import asyncssh
 from twisted.internet.endpoints import clientFromString
 
 from hoopy.ssh import private
-from hoopy.upstream import UpstreamError  # noqa: F401 - one error type for every protocol's upstream
+from hoopy.upstream import UpstreamError
 
 
 # AES-GCM is one call into OpenSSL per packet; asyncssh's chacha20-poly1305 is

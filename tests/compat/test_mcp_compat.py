@@ -7,7 +7,7 @@ from tests.compat.matrix import row
 from tests.test_mcp import AGENT, sdk, ts, world  # noqa: F401  (world: the module's gateway fixture)
 
 
-@row("mcp", "Python SDK mcp 2.3 (revision 2026-07-28)", "Streamable HTTP: list, call, refused, masked")
+@row("mcp", "Python SDK (mcp)", "Streamable HTTP, revision 2026-07-28: list, call, refused, masked")
 def test_python_sdk_current_revision(world):  # noqa: F811
     out = sdk(world.url("tools"), AGENT.token, ["list"], ["call", "echo", {"text": "a"}],
               ["call", "drop_all", {}], ["call", "customer", {"id": 2}], ["version"])
@@ -16,7 +16,7 @@ def test_python_sdk_current_revision(world):  # noqa: F811
     assert out[4]["version"] == "2026-07-28"
 
 
-@row("mcp", "TypeScript SDK 1.32.2 (revision 2025-11-25)", "Streamable HTTP: list, call, refused, masked")
+@row("mcp", "TypeScript SDK (@modelcontextprotocol/sdk)", "Streamable HTTP, revision 2025-11-25: list, call, refused, masked")
 def test_typescript_sdk_handshake_revision(world):  # noqa: F811
     out = ts(world.url("tools"), AGENT.token, ["list"], ["call", "echo", {"text": "b"}],
              ["call", "drop_all", {}], ["call", "customer", {"id": 2}])
@@ -25,7 +25,7 @@ def test_typescript_sdk_handshake_revision(world):  # noqa: F811
     assert "[REDACTED]" in out[4]["text"]
 
 
-@row("mcp", "@modelcontextprotocol/server-everything 2026.8.31", "as the server: stdio child and Streamable HTTP")
+@row("mcp", "@modelcontextprotocol/server-everything", "as the server: stdio child and Streamable HTTP")
 def test_server_everything_both_transports(world):  # noqa: F811
     for name in ("everything", "everything_http"):
         out = sdk(world.url(name), AGENT.token, ["call", "echo", {"message": "c"}],
@@ -33,7 +33,7 @@ def test_server_everything_both_transports(world):  # noqa: F811
         assert out[0]["text"] == "Echo: c" and len(out[1]["progress"]) == 2
 
 
-@row("mcp", "Python SDK mcp 2.3 via `hoopy mcp stdio`", "stdio bridge: list, call")
+@row("mcp", "Python SDK (mcp) via `hoopy mcp stdio`", "stdio bridge: list, call")
 def test_stdio_bridge(world):  # noqa: F811
     import os
     import subprocess

@@ -17,14 +17,6 @@ from tests.test_ssh import Sshd, connection_toml, grant, keygen, wait_listening
 pytestmark = pytest.mark.timeout(300)
 
 
-def _version(argv, pick=lambda out: out.split()[0]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=20)
-        return pick((r.stdout + r.stderr).strip())
-    except (OSError, IndexError):
-        return "?"
-
-
 class Env:
     def __init__(self, tmp: Path):
         self.tmp = tmp
@@ -79,7 +71,7 @@ def env(tmp_path_factory):
     e.stop()
 
 
-OPENSSH = _version(["ssh", "-V"], lambda out: out.split(",")[0].replace("OpenSSH_", "OpenSSH "))
+OPENSSH = "OpenSSH"
 
 
 @row("ssh", OPENSSH, "exec: output, stdin, exit status")
@@ -114,7 +106,7 @@ def _ssh_cmd(env) -> str:
     return f"ssh -F {env.ssh_config}"
 
 
-@row("ssh", OPENSSH.replace("OpenSSH", "scp (OpenSSH") + ")", "upload and download (SFTP protocol, the default)")
+@row("ssh", "scp (OpenSSH)", "upload and download (SFTP protocol, the default)")
 def test_scp(env, tmp_path):
     src = tmp_path / "up.bin"
     src.write_bytes(os.urandom(300_000))
@@ -127,7 +119,7 @@ def test_scp(env, tmp_path):
     assert (tmp_path / "down.bin").read_bytes() == src.read_bytes() == (env.remote / "scp.bin").read_bytes()
 
 
-@row("ssh", OPENSSH.replace("OpenSSH", "scp -O (OpenSSH") + ")", "legacy protocol: upload and download",
+@row("ssh", "scp -O (OpenSSH)", "legacy protocol: upload and download",
      outcome="limited", note="runs `scp -t PATH` / `scp -f PATH` as an exec: needs `exec scp -t *`, "
                              "`exec scp -f *` rules; the file is not an sftp.* event")
 def test_scp_legacy(env, tmp_path):
@@ -144,7 +136,7 @@ def test_scp_legacy(env, tmp_path):
     assert f"scp -t {env.remote}/legacy.bin" in cmds and f"scp -f {env.remote}/legacy.bin" in cmds
 
 
-@row("ssh", OPENSSH.replace("OpenSSH", "sftp (OpenSSH") + ")", "batch: put, get, ls, rename, rm")
+@row("ssh", "sftp (OpenSSH)", "batch: put, get, ls, rename, rm")
 def test_sftp(env, tmp_path):
     src = tmp_path / "f.txt"
     src.write_text("sftp through hoopy\n")
@@ -158,7 +150,7 @@ def test_sftp(env, tmp_path):
     assert not (env.remote / "h.txt").exists()
 
 
-RSYNC = _version(["rsync", "--version"], lambda out: "rsync " + out.split()[2])
+RSYNC = "rsync"
 
 
 @row("ssh", RSYNC, "push and pull a tree over ssh (-e ssh)", outcome="limited",
@@ -177,7 +169,7 @@ def test_rsync(env, tmp_path):
     assert (tmp_path / "back" / "sub" / "b.bin").read_bytes() == (tree / "sub" / "b.bin").read_bytes()
 
 
-GIT = _version(["git", "--version"], lambda out: "git " + out.split()[2])
+GIT = "git"
 
 
 @row("ssh", GIT, "clone, push, clone again over ssh", outcome="limited",
@@ -216,7 +208,7 @@ c.close()
 '''
 
 
-@row("ssh", "paramiko " + _version([sys.executable, "-c", "import paramiko; print(paramiko.__version__)"]),
+@row("ssh", "paramiko",
      "exec (output, exit status, environment) and SFTP")
 def test_paramiko(env):
     r = subprocess.run([sys.executable, "-c", PARAMIKO_CLIENT, str(env.port), str(env.key),
@@ -247,7 +239,7 @@ asyncio.run(main(*sys.argv[1:]))
 '''
 
 
-@row("ssh", "asyncssh " + _version([sys.executable, "-c", "import asyncssh; print(asyncssh.__version__)"]),
+@row("ssh", "asyncssh",
      "exec (output, stdin, exit status, environment) and SFTP")
 def test_asyncssh(env):
     r = subprocess.run([sys.executable, "-c", ASYNCSSH_CLIENT, str(env.port), str(env.key),
@@ -256,7 +248,7 @@ def test_asyncssh(env):
         (r.stdout, r.stderr)
 
 
-ANSIBLE = _version(["ansible", "--version"], lambda out: "Ansible " + out.split("core ")[1].split("]")[0])
+ANSIBLE = "Ansible (ansible-core)"
 
 
 def _ansible(env, tmp_path, *args, pipelining=False):

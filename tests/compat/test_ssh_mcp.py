@@ -16,7 +16,7 @@ from tests.support import ident
 from tests.test_ssh import agent_key, connection_toml, grant, sshd  # noqa: F401  (fixtures)
 
 SSH_MCP = Path(__file__).resolve().parents[1] / "node_modules" / "ssh-mcp" / "build" / "index.js"
-CLIENT = "ssh-mcp 2.11 (npm) via the MCP Python SDK"
+CLIENT = "ssh-mcp (npm) via the MCP Python SDK"
 
 
 def _need():
