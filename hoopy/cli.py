@@ -147,6 +147,11 @@ def cmd_check(args):
     if cfg.gateway.signing_key is None:
         print(f"{args.config}: warning: gateway.signing_key is not set: the audit chain is not signed",
               file=sys.stderr)
+    if getattr(args, "connect", False):
+        from hoopy.checks_connect import main as check_connect
+
+        sys.stdout.flush()
+        return check_connect(cfg, args.config)
     return 0
 
 
@@ -622,8 +627,11 @@ def parser() -> argparse.ArgumentParser:
     def json_flag(sp, what="as JSON"):
         sp.add_argument("--json", action="store_true", help=f"print {what} (untrusted text escaped)")
 
-    cfg(sub.add_parser("check", help="validate the configuration (resolves every secret, as the gateway)")
-        ).set_defaults(fn=cmd_check)
+    sp = cfg(sub.add_parser("check", help="validate the configuration (resolves every secret, as the gateway)"))
+    sp.add_argument("--connect", action="store_true",
+                    help="also reach every upstream with the gateway's credentials: login, TLS, SSH host key, "
+                         "masked columns, grants' tables (exit 2 on any problem)")
+    sp.set_defaults(fn=cmd_check)
     from hoopy.init import add_parser as add_init
 
     add_init(sub)

@@ -725,8 +725,14 @@ def parse(data: dict, path: Path, mode: str = "full") -> Config:
                 owners = [p.name for p in PROTOCOLS.values() if word in p.masking_keys]
                 t.problem(word, f"{word} apply to {' and '.join(owners)} connections only")
         for j, col in enumerate(columns):
-            if len(col.split(".")) not in (2, 3) or not all(col.split(".")):
+            # The schema too: a column is resolved upstream by its whole name, and a rule that
+            # cannot resolve makes its connection refuse every statement.
+            if len(col.split(".")) != 3 or not all(p.strip() for p in col.split(".")):
                 t.problem(f"columns[{j}]", f"{col!r} is not schema.table.column")
+        for j, field in enumerate(fields):
+            # A key or a dotted path of keys: an empty part could never match, masking nothing.
+            if not all(p.strip() for p in field.split(".")):
+                t.problem(f"fields[{j}]", f"{field!r} is not a key or a dotted path of keys (card.number)")
         if ctype == "http":
             for j, route in enumerate(passthrough):
                 try:

@@ -21,6 +21,7 @@ from hoopy.metrics import Metrics
 from hoopy.policy.approvals import ApprovalService
 from hoopy.policy.service import PolicyService
 from hoopy.protocols import PROTOCOLS
+from hoopy.reach import Upstreams
 from hoopy.session import Session
 
 log = Logger()
@@ -35,6 +36,7 @@ class Gateway(MultiService):
         self.name_ = config.gateway.name
         self.identities = Directory(config.identities)
         self.metrics = Metrics()
+        self.upstreams = Upstreams(self)  # reachability: /health, hoopy_upstream_up, the probe
         self._byte_counters: dict = {}
         self.auth_failures = AuthFailureLog(self.record, reactor)
         self.store = store or open_store(config, reactor)
@@ -192,12 +194,14 @@ class Gateway(MultiService):
                 # A reviewer on another node may have decided it meanwhile.
                 expect_state="pending").addErrback(lambda f: f.trap(StateConflict))
         super().startService()
+        self.upstreams.start()
         log.info("hoopy gateway {name} started: {n} connection(s)", name=self.name_,
                  n=len(self.config.connections))
 
     def stopService(self):
         # Children first (listeners close, sessions end and are recorded),
         # then anything still open, then the store.
+        self.upstreams.stop()
         d = super().stopService() or succeed(None)
         d.addCallback(lambda _: self.end_all_sessions("gateway shutdown"))
         d.addCallback(lambda _: gatherResults(self.auth_failures.flush()))
@@ -208,14 +212,27 @@ class Gateway(MultiService):
             d.addCallback(lambda _: deferToThread(self.anchor.stop))
         return d
 
-    def cannot_listen(self, what: str, listen: str, why: str) -> None:
+    def cannot_listen(self, what: str, listen: str, why: str, key: str | None = None, error=None) -> None:
         """A configured listener cannot open: the gateway does not run without it (an operator
         would otherwise find a connection silently missing). The one place that stops the
-        reactor for it; the services only report."""
-        log.critical("{what}: cannot listen on {listen}: {why}; the gateway stops", what=what,
-                     listen=listen, why=why)
+        reactor for it; the services only report. Under twistd the listeners were bound before
+        it daemonized (hoopy.listen), so this is for a failure after that: still one line, and
+        exit status 1."""
+        if key is not None:
+            from hoopy.listen import describe
+
+            log.critical("{line}; the gateway stops", line=describe(key, listen, error if error is not None else why))
+        else:
+            log.critical("{what}: cannot listen on {listen}: {why}; the gateway stops", what=what,
+                         listen=listen, why=why)
         if not self._stopping:
             self._stopping = True
+            if getattr(self, "under_twistd", False):
+                import atexit
+                import os
+
+                # twistd exits 0 once its reactor stops; nothing else can say the start failed.
+                atexit.register(os._exit, 1)
             self.reactor.callWhenRunning(self.reactor.stop)
 
     def end_all_sessions(self, reason: str):

@@ -19,8 +19,9 @@ class Listener(Service):
     """Listens on ``listen`` with ``factory`` from privilegedStartService (before twistd drops
     privileges); stopping it stops listening. ``what`` names it in logs."""
 
-    def __init__(self, gateway, what: str, listen: str, factory):
+    def __init__(self, gateway, what: str, listen: str, factory, key: str | None = None):
         self.gateway = gateway
+        self.key = key  # the config key of ``listen``, for the one line when it cannot open
         self.what = what
         self.listen = listen
         self.factory = factory
@@ -29,7 +30,14 @@ class Listener(Service):
 
     def privilegedStartService(self):
         super().privilegedStartService()
-        d = serverFromString(self.gateway.reactor, self.listen).listen(self.factory)
+        if self.key is not None:
+            # twistd bound it before daemonizing (hoopy.listen.bind_all): adopt that socket.
+            from hoopy.listen import endpoint
+
+            ep = endpoint(self.gateway, self.key, self.listen)
+        else:
+            ep = serverFromString(self.gateway.reactor, self.listen)
+        d = ep.listen(self.factory)
         d.addCallbacks(self._opened, self._failed)
         self._listening = d
 
@@ -43,7 +51,8 @@ class Listener(Service):
         log.info("{what}: listening on {addr}", what=self.what, addr=port.getHost())
 
     def _failed(self, failure):
-        self.gateway.cannot_listen(self.what, self.listen, failure.getErrorMessage())
+        self.gateway.cannot_listen(self.what, self.listen, failure.getErrorMessage(), key=self.key,
+                                   error=failure.value)
 
     def stopService(self):
         super().stopService()

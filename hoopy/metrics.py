@@ -37,3 +37,6 @@ class Metrics:
         self.redactions = Counter("hoopy_redactions", "Values masked",
                                   ["protocol", "connection"], registry=r)
         self.store_errors = Counter("hoopy_store_errors", "Failed state store writes", registry=r)
+        self.upstream_up = Gauge("hoopy_upstream_up", "1 when the connection's upstream answered its "
+                                 "last check (a session's connect or the probe), 0 when it did not",
+                                 ["connection"], registry=r)

@@ -51,8 +51,14 @@ def makeService(options):
         raise SystemExit(f"hoopy: {options['config']} has problems; not starting:\n{lines}")
 
     from hoopy.gateway import Gateway
+    from hoopy.listen import bind_all
 
+    # Every listener is bound now, before twistd daemonizes: one that cannot be is one line
+    # naming its key on the terminal and exit status 1.
+    bound = bind_all(cfg)
     gateway = Gateway(cfg)
+    gateway.prebound = bound
+    gateway.under_twistd = True
     gateway.add_connections()
     gateway.add_admin()
     return gateway

@@ -1,6 +1,6 @@
 """The admin API (JSON over twisted.web) on ``gateway.admin_listen``.
 
-  GET  /health                          200 ok, 503 when the store cannot write
+  GET  /health                          200 ok, 503 when the store cannot write; each upstream's reach
   GET  /metrics                         Prometheus text
   GET  /approvals[?state=pending][&prefix=ap-12]   reviewer or auditor token
   GET  /approvals/ID
@@ -267,8 +267,12 @@ class AdminResource(Resource):
             "store": "ok" if store_ok else "failing",
             "gateway": self.gateway.name_,
             "version": __version__,
+            "store_writable": store_ok,
             "sessions_open": len(self.gateway.sessions),
             "approvals_pending": len(self.gateway.approvals.pending),
+            # Reported, not judged: an upstream that is down is not this node's fault, and a load
+            # balancer taking every node out for it would help nobody.
+            "upstreams": self.gateway.upstreams.snapshot(),
         }
         return self._json(request, 200 if store_ok else 503, body)
 
@@ -435,4 +439,4 @@ def make_service(gateway, listen: str):
 
         cert = ssl.PrivateCertificate.loadPEM(gw.admin_tls_cert.value + "\n" + gw.admin_tls_key.value)
         factory = _CappedTLSFactory(cert.options(), False, site)
-    return Listener(gateway, "admin API", listen, factory)
+    return Listener(gateway, "admin API", listen, factory, key="gateway.admin_listen")

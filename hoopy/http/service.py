@@ -42,11 +42,19 @@ class HTTPService(Listener):
         creator = policy.creatorForNetloc(u.hostname.encode("idna"), port) if u.scheme == "https" else None
         self.upstream = UpstreamClient(gateway.reactor, settings.upstream, pool_size=settings.pool_size,
                                        connect_timeout=min(settings.upstream_timeout, 10.0), tls_creator=creator)
+        self.upstream.on_reach = self._reach
         tls = settings.tls_cert is not None
         self.state = HTTPSite(gateway, connection, self.upstream, tls, policy)
         self.site = GatewaySite(self.state)
         super().__init__(gateway, f"http {connection.name}", connection.listen,
-                         _tls_factory(settings, self.site) if tls else self.site)
+                         _tls_factory(settings, self.site) if tls else self.site,
+                         key=f"connections.{connection.name}.listen")
+
+    def _reach(self, error):
+        if error is None:
+            self.gateway.upstreams.succeeded(self.connection)
+        else:
+            self.gateway.upstreams.failed(self.connection, error)
 
     @defer.inlineCallbacks
     def stopService(self):

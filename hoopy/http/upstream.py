@@ -405,6 +405,7 @@ class UpstreamClient:
         self.busy: set = set()
         self._factory = _Factory(self)
         self._endpoint = None
+        self.on_reach = None  # (error or None) -> None: each new connection's outcome (hoopy.reach)
 
     def endpoint(self):
         if self._endpoint is None:
@@ -448,6 +449,9 @@ class UpstreamClient:
 
         def connected(conn):
             req.connecting = None
+            if self.on_reach is not None and not self.tls:
+                # Over TLS a TCP connect says nothing of the handshake: the probe checks that.
+                self.on_reach(None)
             if req.state == "done":  # cancelled meanwhile: this connection is for the pool
                 self._release(conn)
                 return
@@ -456,6 +460,8 @@ class UpstreamClient:
 
         def failed(f):
             req.connecting = None
+            if self.on_reach is not None and not f.check(defer.CancelledError):
+                self.on_reach(f.getErrorMessage() or f.type.__name__)
             if req.state != "done":
                 req.state = "done"
                 if not req.d.called:

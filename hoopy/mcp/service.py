@@ -44,7 +44,8 @@ class MCPService(Listener):
             self.agent, self.pool = _agent(gateway.reactor, self.settings)
         self.refusal = "refused"
         self.site = MCPSite(MCPResource(self), self.settings.max_message)
-        super().__init__(gateway, f"mcp {connection.name}", connection.listen, self.site)
+        super().__init__(gateway, f"mcp {connection.name}", connection.listen, self.site,
+                         key=f"connections.{connection.name}.listen")
 
     # --- sessions ---------------------------------------------------------------------
 

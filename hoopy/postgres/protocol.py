@@ -21,6 +21,7 @@ from hoopy.postgres import client_startup as hs, codec, pipeline as cmd
 from hoopy.postgres.classify import PARSES
 from hoopy.postgres.client_side import ClientSide
 from hoopy.postgres.upstream import UpstreamProtocol, connect, log_failure as _log_failure, nodelay as _nodelay, send_cancel
+from hoopy.postgres.refusing import RefuseAll
 from hoopy.postgres.rows import MaskRules, catalog_query
 from hoopy.postgres.scope import SCOPE_QUERY, SCOPE_RESULTS, Scope
 from hoopy.postgres.startup import attribution, parse_options, passes_upstream, quote_option
@@ -68,6 +69,7 @@ class ClientProtocol(Protocol):
         self.closed = False
         self.key = None
         self.rules = MaskRules(service.detectors, configured=service.mask_columns)
+        self.refusing: RefuseAll | None = None  # a masking rule did not resolve: every statement refused
 
     def _verifier(self, user):
         ident = self.gateway.identities.get(user)
@@ -98,6 +100,8 @@ class ClientProtocol(Protocol):
             self.session.count_bytes(IN, len(data))
             cs.receive_data(data)
             return self.run()
+        if self.refusing is not None:
+            return self._refuse_data(data)
         if self.closed:
             return
         if self.session is not None:  # authenticated: waiting for the session and the upstream
@@ -228,6 +232,8 @@ class ClientProtocol(Protocol):
     def _upstream_failed(self, f):
         e = f.value
         code, message = (e.code or "08001", e.message) if isinstance(e, UpstreamError) else ("08001", str(e))
+        self.gateway.upstreams.failed(self.connection, message if code == "08001" else f"{message} ({code})",
+                                      reachable=getattr(e, "reached", False))
         if code.startswith("28"):
             # Do not show the client the upstream's authentication story.
             log.error("upstream authentication failed: {m}", m=message)
@@ -242,6 +248,7 @@ class ClientProtocol(Protocol):
 
     def _upstream_ready(self, up):
         self.up = up
+        self.gateway.upstreams.succeeded(self.connection)
         if self.closed:
             up.transport.loseConnection()
             return
@@ -249,6 +256,9 @@ class ClientProtocol(Protocol):
         results = list(ready.catalog) + [[]] * (SCOPE_RESULTS + 2)
         if self.rules.configured:
             self.rules.load(results[SCOPE_RESULTS:SCOPE_RESULTS + 2])
+            missing = self.rules.unresolved()
+            if missing:
+                return self._refuse_everything(up, missing)
         self.cs = cs = ClientSide(self.rules, max_statement=self.gateway.config.gateway.max_statement,
                                   scope=Scope.from_results(results[:SCOPE_RESULTS]), statuses=ready.statuses)
         up.client = self
@@ -271,6 +281,54 @@ class ClientProtocol(Protocol):
         self.resume("connecting")
         cs.receive_data(early)
         self.run()
+
+    # --- a masking rule that does not resolve: fail closed -------------------------------
+    def _refuse_everything(self, up, missing):
+        """A masked column or table that the upstream catalog does not have (a typo, a table
+        not created yet) would mask nothing: this session runs no statement at all. The client
+        is answered as if connected, and every statement it sends is refused naming the rule;
+        a new connection reads the catalog again, so the connection serves once the rule
+        resolves."""
+        # Nothing goes upstream: the connection is closed before the client is told anything.
+        self.up = None
+        up.transport.write(codec.msg(b"X"))  # Terminate: a clean goodbye, not an unexpected EOF
+        up.transport.loseConnection()
+        rules = [self.service.mask_rules.get(c, repr(c)) for c in missing]
+        database = self.settings.upstream_database or "the client's database"
+        message = (f"hoopy: masking rule {'; '.join(rules)} does not resolve in the upstream catalog "
+                   f"of {database} (no such column or table): connection {self.connection.name} "
+                   "refuses every statement until it does")
+        log.error("postgres {c}: {m}", c=self.connection.name, m=message)
+        # On the record before the client hears anything (its statements wait in `early`).
+        d = self.session.event("masking.unresolved", "error", rules=rules, columns=missing, message=message)
+        d.addErrback(_log_failure("masking.unresolved not recorded"))
+        d.addCallback(lambda _: self._start_refusing(up.info, message))
+        d.addErrback(self._internal_error, "refusing")
+
+    def _start_refusing(self, ready, message):
+        if self.closed:
+            return
+        self.refusing = RefuseAll("42703", message)
+        greeting = [codec.parameter_status(k, v) for k, v in ready.statuses.items()]
+        # No cancel key of ours is registered: nothing runs that a cancel could stop.
+        greeting += [codec.backend_key(ready.pid, secrets.token_bytes(4)), codec.ready(b"I")]
+        self.timer.cancel()
+        self.transport.write(b"".join(greeting))
+        early, self.early = bytes(self.early), bytearray()
+        self.resume("connecting")
+        self._refuse_data(early, counted=True)
+
+    def _refuse_data(self, data: bytes, counted: bool = False):
+        if self.closed or not data:
+            return
+        if not counted:
+            self.session.count_bytes(IN, len(data))
+        out, close = self.refusing.receive_data(data)
+        if out:
+            self.session.count_bytes(OUT, len(out))
+            self.transport.write(out)
+        if close:
+            self.close(close)
 
     # --- the session's commands ---------------------------------------------------------
     def run(self):

@@ -267,6 +267,11 @@ class MaskRules:
         self.view_names = frozenset(view_names)
         self.names = frozenset(names)
 
+    def unresolved(self) -> list:
+        """The configured columns the catalog did not return: a mistyped column or table masks
+        nothing, so the session that read this catalog must refuse every statement."""
+        return [c for c in self.configured if c not in self.column_types]
+
     def touches(self, c) -> bool:
         """The statement names a masked table or a view over one."""
         if c is not None and self.configured and (c.executes or c.fetch):

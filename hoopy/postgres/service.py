@@ -29,6 +29,7 @@ def _tls(settings):
 
 
 class PostgresFactory(Factory):
+    noisy = False  # no "Starting factory" lines
     def __init__(self, gateway, connection):
         self.gateway = gateway
         self.connection = connection
@@ -36,8 +37,13 @@ class PostgresFactory(Factory):
         self.cancel_keys: dict = {}  # (pid, key) we gave a client -> its ClientProtocol
         self.tls_context, self.cbind_data = _tls(connection.settings)
         columns, detectors = [], []
+        # Each masked column's rule, as configured: what a session that cannot resolve it names.
+        self.mask_rules: dict = {}
         for m in gateway.config.masking_for(connection.name):
-            columns += [c.lower() if '"' not in c else c.replace('"', "") for c in m.columns]
+            for j, c in enumerate(m.columns):
+                name = c.lower() if '"' not in c else c.replace('"', "")
+                columns.append(name)
+                self.mask_rules.setdefault(name, f"masking[{m.index}].columns[{j}] = {c!r}")
             detectors += [d for d in m.patterns if d not in detectors]
         self.mask_columns = tuple(dict.fromkeys(columns))
         self.detectors = tuple(detectors)
@@ -61,7 +67,7 @@ class PostgresService(Listener):
 
     def __init__(self, gateway, connection):
         super().__init__(gateway, f"postgres {connection.name}", connection.listen,
-                         PostgresFactory(gateway, connection))
+                         PostgresFactory(gateway, connection), key=f"connections.{connection.name}.listen")
 
     def stopService(self):
         d = super().stopService()

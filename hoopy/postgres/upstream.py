@@ -6,14 +6,26 @@ their own. Once the server is ready every byte goes to the client's
 from __future__ import annotations
 
 from twisted.internet import defer
-from twisted.internet.endpoints import clientFromString, connectProtocol
-from twisted.internet.protocol import Protocol
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from hoopy.postgres import codec, scram, upstream_side as us
 from hoopy.upstream import UpstreamError
 
 log = Logger()
+
+
+class _Quiet(Factory):
+    """One given protocol, as connectProtocol does, without its "Starting factory" log lines."""
+
+    noisy = False
+
+    def __init__(self, protocol):
+        self.one = protocol
+
+    def buildProtocol(self, addr):
+        return self.one
 
 
 def nodelay(transport):
@@ -36,12 +48,14 @@ class UpstreamProtocol(Protocol):
         self.client = None  # the ClientProtocol, once ready
         self.info: us.Ready | None = None
         self.tls = False
+        self.answered = False  # the server said something: reachable, whatever it said
 
     def connectionMade(self):
         nodelay(self.transport)
         self._run(self.side.start())
 
     def dataReceived(self, data: bytes):
+        self.answered = True
         client = self.client
         if client is not None:
             client.upstream_data(data)
@@ -63,6 +77,7 @@ class UpstreamProtocol(Protocol):
                 self.fail(UpstreamError(c.message, c.code))
 
     def fail(self, error: UpstreamError):
+        error.reached = self.answered
         if not self.ready.called:
             self.ready.errback(error)
         if self.transport is not None:
@@ -83,7 +98,9 @@ class UpstreamProtocol(Protocol):
 
     def connectionLost(self, reason):
         if not self.ready.called:
-            self.ready.errback(UpstreamError("upstream closed the connection during startup", "08001"))
+            e = UpstreamError("upstream closed the connection during startup", "08001")
+            e.reached = self.answered
+            self.ready.errback(e)
         elif self.client is not None:
             self.client.upstream_lost()
 
@@ -113,7 +130,7 @@ def connect(reactor, settings, params, catalog_sql=None, timeout=10):
     password = settings.upstream_password.value if settings.upstream_password is not None else None
     side = us.UpstreamSide(settings.upstream_user, password, settings.upstream_tls, params, catalog_sql)
     p = UpstreamProtocol(settings, side)
-    connectProtocol(clientFromString(reactor, settings.upstream), p).addErrback(
+    clientFromString(reactor, settings.upstream).connect(_Quiet(p)).addErrback(
         lambda f: p.fail(UpstreamError(f"cannot connect to upstream: {f.getErrorMessage()}", "08001")))
 
     def too_slow():
@@ -137,6 +154,6 @@ def send_cancel(reactor, settings, pid: int, key: bytes):
             self.transport.write(codec.cancel_request(pid, key))
             self.transport.loseConnection()
 
-    d = connectProtocol(clientFromString(reactor, settings.upstream), Cancel())
+    d = clientFromString(reactor, settings.upstream).connect(_Quiet(Cancel()))
     d.addErrback(log_failure("cancel not delivered"))
     return d

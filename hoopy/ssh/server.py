@@ -138,6 +138,7 @@ class ClientConnection(asyncssh.SSHServer):
         try:
             self.upstream = await self.service.upstream.connect(self._upstream_lost)
         except UpstreamError as e:
+            self.gateway.upstreams.failed(self.connection, str(e), reachable=getattr(e, "reached", False))
             self.end_reason = f"upstream failed: {e}"
             try:
                 await wait(session.event("ssh.upstream", "failed", upstream=self.service.upstream.name,
@@ -145,6 +146,7 @@ class ClientConnection(asyncssh.SSHServer):
             except Exception as not_recorded:  # the upstream's failure is what the caller hears of
                 log.error("ssh {peer}: upstream failure not recorded: {e}", peer=self.peer, e=not_recorded)
             raise
+        self.gateway.upstreams.succeeded(self.connection)
         return session, self.upstream
 
     async def wait_ready(self):

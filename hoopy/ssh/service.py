@@ -55,8 +55,12 @@ class SSHService(Service):
     def startService(self):
         super().startService()
         key = host_key(self.settings.host_key)
+        listen_key = f"connections.{self.connection.name}.listen"
+        bound = getattr(self.gateway, "prebound", {}).pop(listen_key, None)
+        # A socket bound before twistd daemonized (hoopy.listen), or the address.
+        where = {"sock": bound[0]} if bound is not None else {"host": self.host or None, "port": self.port}
         d = Deferred.fromFuture(asyncio.ensure_future(asyncssh.create_server(
-            lambda: ClientConnection(self), self.host or None, self.port,
+            lambda: ClientConnection(self), **where,
             server_host_keys=[key], encoding=None, line_editor=False,
             agent_forwarding=False, x11_forwarding=False, allow_scp=False,
             password_auth=False, kbdint_auth=False, gss_host=None,
@@ -74,7 +78,7 @@ class SSHService(Service):
 
         def failed(f):
             self.gateway.cannot_listen(f"ssh {self.connection.name}", self.connection.listen,
-                                       f.getErrorMessage())
+                                       f.getErrorMessage(), key=listen_key, error=f.value)
 
         d.addCallbacks(listening, failed)
         self._starting = d

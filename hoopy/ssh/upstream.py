@@ -65,16 +65,25 @@ class Upstream:
             ), self.timeout)
             return conn
         except asyncssh.HostKeyNotVerifiable as e:
-            raise UpstreamError(
+            raise _reached(UpstreamError(
                 f"the upstream host key of {self.name} is not the one in upstream_known_hosts "
-                f"(unknown or changed): session refused ({e.reason})") from None
+                f"(unknown or changed): session refused ({e.reason})"), "upstream_known_hosts") from None
         except asyncssh.PermissionDenied:
-            raise UpstreamError(f"the upstream {self.name} refused the gateway's key") from None
+            raise _reached(UpstreamError(f"the upstream {self.name} refused the gateway's key"),
+                           "upstream_key") from None
         except asyncio.TimeoutError:
             raise UpstreamError(f"the upstream {self.name} did not answer within {self.timeout:g}s") from None
         except (OSError, asyncssh.Error) as e:
             why = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e) or type(e).__name__
             raise UpstreamError(f"the upstream {self.name} is unreachable: {why}") from None
+
+
+def _reached(e: UpstreamError, key: str) -> UpstreamError:
+    """The upstream answered (it is reachable) but the gateway cannot use it; ``key``: the
+    setting that says why (for `hoopy check --connect`)."""
+    e.reached = True
+    e.key = key
+    return e
 
 
 class _Client(asyncssh.SSHClient):
