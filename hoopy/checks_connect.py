@@ -12,6 +12,7 @@ does. A check never writes upstream: PostgreSQL gets catalog reads, SSH one ``pr
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import attrs
 
@@ -36,7 +37,7 @@ def main(cfg, config_path, out=None) -> int:
     from twisted.internet import defer, reactor
 
     lines: list[Line] = []
-    box = {}
+    box: dict = {}
 
     async def everything():
         for conn in cfg.connections.values():
@@ -271,7 +272,7 @@ async def _http_probe(reactor, url: str, creator, headers: dict):
 
     u = urlsplit(url)
     port = u.port or (443 if u.scheme == "https" else 80)
-    done = defer.Deferred()
+    done: defer.Deferred = defer.Deferred()
     state = {"tls": False, "tcp": False}
 
     @implementer(IHandshakeListener)
@@ -302,12 +303,17 @@ async def _http_probe(reactor, url: str, creator, headers: dict):
         noisy = False
         protocol = P
 
-    ep = HostnameEndpoint(reactor, u.hostname, port, timeout=TIMEOUT)
+    ep: Any = HostnameEndpoint(reactor, u.hostname or "", port, timeout=TIMEOUT)
     if creator is not None:
         ep = wrapClientTLS(creator, ep)
+
+    def fail(why) -> None:
+        if not done.called:
+            done.errback(why)
+
     d = ep.connect(F())
-    d.addErrback(lambda f: done.called or done.errback(f))
-    timer = reactor.callLater(TIMEOUT, lambda: done.called or done.errback(TimeoutError(f"no answer within {TIMEOUT:g}s")))
+    d.addErrback(fail)
+    timer = reactor.callLater(TIMEOUT, fail, TimeoutError(f"no answer within {TIMEOUT:g}s"))
     try:
         line = await done
         return line, None, state

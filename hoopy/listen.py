@@ -132,7 +132,7 @@ def bind_all(config) -> dict:
     listeners = [(f"connections.{c.name}.listen", c.listen) for c in config.connections.values()]
     if config.gateway.admin_listen:
         listeners.append(("gateway.admin_listen", config.gateway.admin_listen))
-    bound = {}
+    bound: dict = {}
     for key, desc in listeners:
         try:
             b = prebind(desc)

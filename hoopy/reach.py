@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -125,13 +126,14 @@ def _http_endpoint(reactor, url: str, ca=None):
     u = urlsplit(url)
     tls = u.scheme == "https"
     port = u.port or (443 if tls else 80)
-    ep = HostnameEndpoint(reactor, u.hostname, port, timeout=TIMEOUT)
+    host = u.hostname or ""
+    ep: Any = HostnameEndpoint(reactor, host, port, timeout=TIMEOUT)
     if tls:
         from hoopy.http.service import _tls_policy
 
         policy = _tls_policy(_CA(ca))
-        ep = wrapClientTLS(policy.creatorForNetloc(u.hostname.encode("idna"), port), ep)
-    return ep, tls, f"{u.hostname}:{port}"
+        ep = wrapClientTLS(policy.creatorForNetloc(host.encode("idna"), port), ep)
+    return ep, tls, f"{host}:{port}"
 
 
 @attrs.frozen
@@ -160,7 +162,7 @@ def probe_target(reactor, connection):
 def probe(reactor, target) -> defer.Deferred:
     """Fires None when the upstream answered, fails with why not (within TIMEOUT)."""
     ep, tls, banner, _ = target
-    done = defer.Deferred()
+    done: defer.Deferred = defer.Deferred()
     d = ep.connect(_ProbeFactory(done, tls, banner))
 
     def connected(p):

@@ -10,3 +10,7 @@ class UpstreamError(Exception):
         super().__init__(message)
         self.message = message
         self.code = code
+        # Set where the upstream answered but cannot be used (for `hoopy check --connect`):
+        # it was reached, and ``key`` is the setting that says why.
+        self.reached = False
+        self.key: str | None = None

@@ -31,7 +31,7 @@ class RefuseAll:
         if self.closed:
             return b"", None
         self.reader.feed(data)
-        out = []
+        out: list[bytes] = []
         try:
             while (m := self.reader.next()) is not None:
                 t = m[0]
