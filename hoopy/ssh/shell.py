@@ -368,6 +368,7 @@ def _dotdot(seg: str, globs: bool) -> bool:
     return low == ".."
 
 
+@functools.lru_cache(maxsize=512)  # (every allow and approve rule asks it of the same part)
 def mark_dotdots(key: str, globs: bool = True) -> str:
     """The encoded command (or rule) with each `..` segment as one DOTDOT character."""
     if "." not in key and "%" not in key and INPUT not in key and key.isascii():
