@@ -28,6 +28,51 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ssh_listener(port: int, version: bytes = b"SSH-2.0-", timeout: float = 30, alive=None) -> bytes:
+    """Until an SSH server answers on 127.0.0.1:``port`` with a version line starting ``version``
+    (``SSH-2.0-hoopy`` for the gateway, ``SSH-2.0-OpenSSH`` for sshd); returns that line.
+
+    The one wait every SSH test uses before its first client connects: the gateway starts its
+    SSH listeners after its admin API answers, and a bare TCP connect proves only that something
+    listens there. ``alive``: a callable that raises if the server's process has died (no use
+    waiting for it)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        if alive is not None:
+            alive()
+        try:
+            with socket.create_connection(("127.0.0.1", port), 5) as c:
+                c.settimeout(max(1.0, min(10.0, deadline - time.monotonic())))
+                line = b""
+                while not line.endswith(b"\n") and len(line) < 256:
+                    got = c.recv(256 - len(line))
+                    if not got:
+                        break
+                    line += got
+            if line.startswith(version):
+                return line.strip()
+            last = f"answered {line[:80]!r}, not {version!r}"
+        except OSError as e:
+            last = repr(e)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no SSH server on 127.0.0.1:{port} after {timeout}s ({last})")
+        time.sleep(0.05)
+
+
+def ssh_listen_ports(config_text: str) -> list[int]:
+    """The ports of the gateway's ssh connections (`listen = "tcp:PORT..."`, not port 0)."""
+    import tomllib
+
+    ports = []
+    for c in tomllib.loads(config_text).get("connections", {}).values():
+        if c.get("type") == "ssh" and str(c.get("listen", "")).startswith("tcp:"):
+            port = str(c["listen"]).split(":")[1]
+            if port.isdigit() and int(port):
+                ports.append(int(port))
+    return ports
+
+
 @attrs.frozen
 class Ident:
     name: str
@@ -95,11 +140,24 @@ class HoopyProcess:
             try:
                 status, _ = self.get("/health")
                 if status in (200, 503):
-                    return self
+                    break
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"gateway did not come up:\n{self.log.read_text()}")
+        else:
+            raise RuntimeError(f"gateway did not come up:\n{self.log.read_text()}")
+        # Its ssh listeners start just after the admin API answers: every SSH test waits for them here.
+        for port in ssh_listen_ports(self.config.read_text()):
+            self.wait_ssh(port)
+        return self
+
+    def _alive(self):
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"twistd exited {self.proc.returncode}:\n{self.log_text()}")
+
+    def wait_ssh(self, port: int, timeout: float = 30) -> bytes:
+        """Until this gateway's ssh listener on ``port`` answers (with hoopy's version line)."""
+        return wait_ssh_listener(port, b"SSH-2.0-hoopy", timeout, alive=self._alive)
 
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc is None or self.proc.poll() is not None:

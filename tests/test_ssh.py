@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, ident
+from tests.support import free_port, ident, wait_ssh_listener
 
 SSHD = "/usr/sbin/sshd"
 CLIENT_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -98,17 +98,12 @@ MaxSessions 500
         # Its own process group: killing it kills the per-connection sshd children too.
         self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)],
                                      stdout=self._logf, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 10
-        import socket
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sshd exited: {self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("sshd did not start")
+        wait_ssh_listener(self.port, b"SSH-2.0-OpenSSH", alive=self._alive)
+        return self
+
+    def _alive(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {self.log.read_text()}")
 
     def kill(self):
         """Kill sshd and every sshd it forked (an upstream host that dies mid-session)."""
@@ -218,26 +213,10 @@ def setup(hoopy_gateway, sshd, agent_key, tmp_path):
         conn, port = connection_toml(sshd, known_hosts=known_hosts, extra=extra)
         body = (agent.toml(ssh_keys=[pub]) + reviewer.toml(kind="human", roles=["reviewer"])
                 + conn + grant("agent", allow, approve, deny))
-        gw = hoopy_gateway(body, approval_timeout=approval_timeout)
-        wait_listening(port)
+        gw = hoopy_gateway(body, approval_timeout=approval_timeout)  # (its ssh listener answers: support.py)
         return Setup(gw, port, key, agent, reviewer, sshd, tmp_path)
 
     return make
-
-
-def wait_listening(port, timeout=15):
-    """The ssh listener starts just after the admin API answers /health: wait for it too."""
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), 1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
 
 
 def exec_events(gw):
@@ -981,38 +960,87 @@ def _fds(pid):
 
 
 def test_connections_that_never_log_in_are_bounded_and_timed_out(setup):
+    """A flood of connections that never log in: the gateway holds at most MAX_UNAUTHENTICATED of
+    them at any moment, closes each it holds after login_timeout, and goes on serving.
+
+    Robust under load: the client connects without blocking (a connection the kernel queues
+    while the gateway is busy is waited for, not failed), and every step waits for a condition
+    (each connection answered, then closed) with generous deadlines; what is asserted is counted
+    and timed per connection, not guessed from one sleep."""
+    import selectors
     import socket
 
     from hoopy.ssh.server import MAX_UNAUTHENTICATED
+    from hoopy.ssh.service import LISTEN_BACKLOG
 
-    s = setup(allow=["exec echo *"], extra='login_timeout = "8s"')
-    before = _fds(s.gw.proc.pid)
-    socks = []
+    login_timeout = 8
+    s = setup(allow=["exec echo *"], extra=f'login_timeout = "{login_timeout}s"')
+    pid = s.gw.proc.pid
+    before = _fds(pid)
+    n = MAX_UNAUTHENTICATED + 300
+    sel = selectors.DefaultSelector()
+    state = {}  # socket -> {"sent", "banner" (time), "closed" (time)}
+    peak = 0
+    settled = None  # what the gateway held once every connection had its answer
     try:
-        t0 = time.monotonic()
-        for _ in range(MAX_UNAUTHENTICATED + 300):
-            c = socket.create_connection(("127.0.0.1", s.port), 5)
-            c.sendall(b"SSH-2.0-silent\r\n")
-            socks.append(c)
-        time.sleep(0.5)
-        assert time.monotonic() - t0 < 6, "too slow to show anything"
-        # The gateway holds at most MAX_UNAUTHENTICATED of them, not every one a client opens.
-        held = _fds(s.gw.proc.pid) - before
-        assert held < MAX_UNAUTHENTICATED + 50, held
-        deadline = time.monotonic() + 15  # past login_timeout: all of them are gone
-        while time.monotonic() < deadline and _fds(s.gw.proc.pid) - before > 20:
-            time.sleep(0.2)
-        assert _fds(s.gw.proc.pid) - before < 20
-        for c in socks:
-            c.settimeout(2)
-            try:
-                while c.recv(65536):
-                    pass
-            except (ConnectionResetError, socket.timeout) as e:
-                assert not isinstance(e, socket.timeout), "a silent connection was never closed"
+        for _ in range(n):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(("127.0.0.1", s.port))
+            state[c] = {"sent": False, "banner": None, "closed": None}
+            sel.register(c, selectors.EVENT_WRITE | selectors.EVENT_READ)
+        deadline = time.monotonic() + 60 + login_timeout
+        open_ = set(state)
+        while open_ and time.monotonic() < deadline:
+            for key, events in sel.select(0.2):
+                c, st = key.fileobj, state[key.fileobj]
+                if events & selectors.EVENT_WRITE and not st["sent"]:
+                    st["sent"] = True
+                    try:
+                        c.send(b"SSH-2.0-silent\r\n")  # then nothing: no key exchange, no login
+                    except OSError:
+                        pass
+                    sel.modify(c, selectors.EVENT_READ)
+                if events & selectors.EVENT_READ:
+                    try:
+                        data = c.recv(65536)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        data = b""
+                    now = time.monotonic()
+                    if data and st["banner"] is None:
+                        st["banner"] = now
+                    if not data:
+                        st["closed"] = now
+                        sel.unregister(c)
+                        open_.discard(c)
+            fds = _fds(pid) - before
+            peak = max(peak, fds)
+            if settled is None and all(st["banner"] or st["closed"] for st in state.values()):
+                settled = fds
+        assert not open_, f"{len(open_)} connections still open after {login_timeout}s + 60s"
     finally:
-        for c in socks:
+        sel.close()
+        for c in state:
             c.close()
+    # Once each has its answer the gateway holds at most MAX_UNAUTHENTICATED of them, not every one
+    # a client opens. (For a moment it holds more: asyncio accepts up to LISTEN_BACKLOG a loop
+    # iteration and the gateway counts them an iteration or two later; `peak` says how many.)
+    assert settled is not None and settled < MAX_UNAUTHENTICATED + 50, (settled, peak, LISTEN_BACKLOG)
+    # Those it held (answered, then kept) it closed at login_timeout, no earlier and not much later
+    # (each counted from its own answer: under load the gateway answers some later than others).
+    held = [st["closed"] - st["banner"] for st in state.values() if st["banner"] is not None
+            and st["closed"] - st["banner"] > login_timeout / 2]
+    assert len(held) >= MAX_UNAUTHENTICATED // 2, len(held)
+    assert max(held) < login_timeout + 30, max(held)
+    assert min(held) > login_timeout - 1, min(held)
+    # The rest were closed at once, past the bound.
+    assert sum(1 for st in state.values() if st["banner"] is None or st["closed"] - st["banner"] < 2) >= n - len(held)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _fds(pid) - before > 20:
+        time.sleep(0.2)
+    assert _fds(pid) - before <= 20
     r = s.ssh("echo still serving")
     assert (r.returncode, r.stdout) == (0, "still serving\n"), r.stderr
     assert not s.gw.events("auth.failed")  # nobody tried a name

@@ -167,7 +167,13 @@ class ClientSession(asyncssh.SSHServerSession):
             analysis = shell.analyze(self.command, self.client.settings.upstream_shell)
             if analysis.heredocs:
                 detail["heredocs"] = [dict(h) for h in analysis.heredocs]
-            return Operation("ssh", "exec", self.command, analysis.units, detail)
+            units = analysis.units
+            if self.pty is not None:
+                # The keys reach the program: a pager or an editor there is a shell (fails closed).
+                escape = shell.terminal_unit(analysis.parts)
+                if escape is not None:
+                    units += (escape,)
+            return Operation("ssh", "exec", self.command, units, detail)
         return Operation("ssh", self.kind, self.kind, (Unit(self.kind),), detail)
 
     async def _open(self):

@@ -23,8 +23,9 @@ import re
 from hoopy.policy.rules import RuleError, Unit
 from hoopy.ssh import shell as sh
 
-_SPECIAL = sh.G_STAR + sh.G_QMARK + sh.INPUT + sh.V_OPEN + sh.V_CLOSE + sh.SKEL
-_STAR = f"[^{sh.V_OPEN}{sh.V_CLOSE}]*"  # argument text: never into a word the shell would expand
+DOTDOT = sh.DOTDOT
+_SPECIAL = sh.G_STAR + sh.G_QMARK + sh.INPUT + sh.V_OPEN + sh.V_CLOSE + sh.SKEL + DOTDOT
+_STAR = f"[^{sh.V_OPEN}{sh.V_CLOSE}{DOTDOT}]*"  # argument text: never into a word the shell would expand
 _QMARK = f"[^{re.escape(_SPECIAL)}]"  # one character of argument text
 _VERBATIM = re.compile(f"{sh.V_OPEN}[^{sh.V_CLOSE}]*{sh.V_CLOSE}")
 
@@ -75,7 +76,7 @@ def _matcher(toks, bounded: bool):
             segs.append([])
         else:
             segs[-1].append(t)
-    stop = re.compile(f"[{sh.V_OPEN}{sh.V_CLOSE}]") if bounded else None
+    stop = re.compile(f"[{sh.V_OPEN}{sh.V_CLOSE}{DOTDOT}]") if bounded else None
     if len(segs) == 1:
         whole = _segment(segs[0])
         return lambda text: whole.fullmatch(text) is not None
@@ -200,6 +201,8 @@ def exec_rule(glob: str):
     """The matcher of ``exec GLOB``: callable(unit) -> bool, with ``.deny`` for deny lists."""
     tree = sh.parse_tree(glob)
     root = tree.root_node
+    if sh.nesting(root, sh.MAX_NESTING) in (None, -1):
+        raise RuleError(f"exec {glob!r}: nested more than {sh.MAX_NESTING} levels deep")
     if root.has_error or sh._misread(root, glob.encode("utf-8", "surrogateescape")) is not None:
         raise RuleError(f"exec {glob!r}: not a command the shell can read (check its quotes)")
     stmts = [c for c in root.children if c.is_named and c.type != "comment"]
@@ -227,10 +230,14 @@ def exec_rule(glob: str):
         raise RuleError(f"exec {glob!r}: command substitution cannot be granted")
     key = sh.SEP.join(w.enc for w in words)
     toks = _tokens(key)
-    bounded, anywhere = _matcher(toks, True), _matcher(toks, False)
+    anywhere = _matcher(toks, False)
+    # Allow and approve rules match with each `..` segment marked: a rule's `*` never covers one
+    # (`exec cat /var/log/*` is not `cat /var/log/../../etc/shadow`); a rule's own `..` matches.
+    marked_toks = _tokens(sh.mark_dotdots(key, globs=False))
+    bounded = _matcher(marked_toks, True)
     # The rule's leading literal text (its command name, usually): most commands fail here.
     lead = []
-    for t in toks:
+    for t in marked_toks:
         if t[0] != "lit" or t[1].startswith(sh.V_OPEN):
             break
         lead.append(t[1])
@@ -242,7 +249,10 @@ def exec_rule(glob: str):
         k = unit.key
         if unit.kind != "exec" or k is None:
             return False
-        return k == key or (k.startswith(lead) and bounded(k))
+        if k == key:
+            return True
+        k = sh.mark_dotdots(k)
+        return k.startswith(lead) and bounded(k)
 
     # A deny rule names a program wherever it is: `exec rm *` denies /bin/rm and /usr/bin/rm too
     # (and `exec /bin/rm *` denies rm), so both command names are compared by their last segment.
@@ -297,7 +307,15 @@ def path_glob(glob: str):
             out.append(re.escape(glob[i]))
             i += 1
     rx = re.compile("".join(out), re.DOTALL)
-    return lambda path: path is not None and len(path) <= 4096 and rx.fullmatch(path) is not None
+
+    def match(path) -> bool:
+        # Paths come resolved (SFTP REALPATH) or normalized (redirections); one that still has a
+        # `.` or `..` segment matches no path glob (`*` would cover `..`: /srv/*/x is not /x).
+        if path is None or len(path) > 4096 or rx.fullmatch(path) is None:
+            return False
+        return "/." not in path or not any(seg in (".", "..") for seg in path.split("/"))
+
+    return match
 
 
 def parse(text: str):

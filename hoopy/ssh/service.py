@@ -20,6 +20,8 @@ from hoopy.ssh.upstream import MAX_PACKET, WINDOW, Upstream
 
 log = Logger()
 
+LISTEN_BACKLOG = 128  # as sshd's
+
 
 def listen_address(desc: str) -> tuple[str, int]:
     ep = serverFromString(None, desc)
@@ -66,6 +68,9 @@ class SSHService(Service):
             password_auth=False, kbdint_auth=False, gss_host=None,
             login_timeout=self.settings.login_timeout, server_version="hoopy",
             keepalive_interval=60, keepalive_count_max=3,
+            # asyncio accepts up to `backlog` connections in one go before any is counted against
+            # MAX_UNAUTHENTICATED: it bounds both the kernel's queue and that burst of descriptors.
+            backlog=LISTEN_BACKLOG,
             encryption_algs=list(self.settings.ciphers),
             # Bigger packets from the client mean fewer trips through Python per MiB.
             window=WINDOW, max_pktsize=MAX_PACKET,

@@ -27,6 +27,7 @@ import hashlib
 import posixpath
 import re
 import time
+import unicodedata
 
 import attrs
 
@@ -39,9 +40,16 @@ G_QMARK = "\x12"
 INPUT = "\x1a"
 V_OPEN, V_CLOSE = "\x1c", "\x1d"
 SKEL = "\x1f"  # inside V_OPEN...V_CLOSE: what follows is the word's skeleton, for deny rules
+# A `..` path segment, as allow and approve rules see a command (mark_dotdots): a rule's `*` or `?`
+# never covers it; a rule's own literal `..` matches it.
+DOTDOT = "\x10"
 
 MAX_LINE = 256 * 1024  # longer lines are not judged (refused, or held where the grant says so)
 MAX_DEPTH = 6  # sh -c 'sh -c ...' nesting
+# Syntax nested deeper than this (subshells, groups, if/while/for/case, $(...), quotes, arithmetic,
+# counted across `sh -c` strings too) is not judged: the walk is recursive, and a crafted line
+# would otherwise end it in a RecursionError. Agents' lines are under 10 deep.
+MAX_NESTING = 64
 MAX_PARTS = 512  # parts of one line
 MAX_WORDS = 4096  # words of one line: bounds the time a line can hold the reactor (about 0.1 s)
 # Syntax nodes of one parse (what every walk in Python visits): a 256 KiB line of `"a" ` or `1+`
@@ -223,7 +231,47 @@ def analyze(line: str, shell: str = "bash") -> Analysis:
             j.parts.append(Part("exec", _display_line(line), _encode_line(line), None))
     except Unjudgeable as e:
         return Analysis((Part("unjudgeable", str(e)),), tuple(j.heredocs))
+    except RecursionError:
+        # Not reached while MAX_NESTING bounds the walk: a backstop, so a line never ends in an
+        # error with no judgement.
+        return Analysis((Part("unjudgeable", f"a command line nested too deeply (more than {MAX_NESTING} "
+                                             f"levels)"),), ())
     return Analysis(tuple(j.parts), tuple(j.heredocs))
+
+
+# Programs that, run on a terminal (`ssh -t host CMD`), take no commands from its keys and open no
+# pager, editor or prompt that runs one: an exec of only these needs no `shell` grant with a
+# terminal. Every other program might (`less`, `more`, `man`, `systemctl`, `journalctl` and `git`
+# open a pager that runs `!cmd`; `vi` runs `:!sh`; `top`, `mysql`, `python3` read commands): with
+# a terminal it needs `shell` as well as its exec rule. A list of what is known, not of what is
+# feared: a program missing from it needs `shell` (fails closed). (`rm -i`, `cp -i` ask y/n only.)
+NO_TERMINAL_ESCAPE = frozenset({
+    ":", "true", "false", "cd", "pwd", "echo", "printf", "test", "[", "exit", "sleep", "kill", "wait", "env",
+    "cat", "tac", "head", "tail", "wc", "nl", "ls", "stat", "du", "df", "date", "uptime", "id", "whoami",
+    "groups", "hostname", "uname", "nproc", "free", "ps", "printenv", "tty", "file", "basename", "dirname",
+    "realpath", "readlink", "sort", "uniq", "cut", "tr", "seq", "rev", "sha256sum", "sha1sum", "sha512sum",
+    "md5sum", "cksum", "base64", "od", "grep", "egrep", "fgrep", "diff", "cmp", "comm", "paste", "fold",
+    "touch", "mkdir", "rmdir", "rm", "cp", "mv", "ln", "chmod", "chown", "chgrp", "truncate", "mktemp", "tee",
+})
+
+
+def terminal_unit(parts) -> Unit | None:
+    """With a terminal, the keys typed reach what the line runs: a pager's `!cmd`, an editor's
+    `:!sh`. The `shell` unit such a line needs besides its parts, or None when every part runs a
+    program of NO_TERMINAL_ESCAPE (or only opens files)."""
+    for p in parts:
+        if p.kind in ("write", "read"):
+            continue
+        name = shown = None
+        if p.kind == "exec" and p.key is not None:
+            name = shown = p.key.split(SEP, 1)[0]
+            if "/" in name:
+                # A name in PATH's own folders is that program; elsewhere it is any file.
+                name = posixpath.basename(name) if name.startswith(_BIN_DIRS) else None
+        if name is None or name not in NO_TERMINAL_ESCAPE:
+            what = f"`{_clip(shown, 60)}`" if shown and V_OPEN not in shown else "what it runs"
+            return Unit("shell", f"(exec on a terminal: {what} may run commands typed at it)")
+    return None
 
 
 def _display_line(line: str) -> str:
@@ -291,6 +339,50 @@ def _ansi_c(body: str) -> str | None:
     return "".join(out)
 
 
+# Where a path segment ends in an argument: `/`, and `=` and `:` (`--root=..`, `host:..`).
+_SEGMENTS = re.compile("([/=:])")
+_DOT_ENCODINGS = ("%c0%ae", "%e0%80%ae", "%u002e", "%2e")  # percent, overlong UTF-8, IIS
+
+
+def _dotdot(seg: str, globs: bool) -> bool:
+    """Is this segment `..`, or could it be read as `..`? Encoded (`%2e%2e`, `%252e.`, `%c0%ae.`,
+    the two-dot leader `‥`) for programs that decode a path (curl, web tools), or a pattern the
+    shell could expand to `..` (`.?`, `.*`, `..*`: one that starts with a dot and can match one
+    more). ``globs``: the command's own unquoted patterns (a rule's `*` is not one)."""
+    if seg == ".." or (globs and INPUT in seg):
+        # (xargs input spliced into a path, `-I{} cat /var/log/{}`: it could be `../..`)
+        return True
+    if not seg or ("." not in seg and "%" not in seg and seg.isascii()):
+        return False
+    if globs and seg[0] == "." and len(seg) > 1 and all(c in (".", G_STAR, G_QMARK) for c in seg[1:]):
+        if sum(c != G_STAR for c in seg[1:]) <= 1:
+            return True
+    low = seg.lower()
+    if "%" in low:
+        for _ in range(3):  # double and triple encoding
+            for enc in _DOT_ENCODINGS:
+                low = low.replace(enc, ".")
+            low = low.replace("%25", "%")
+    if not low.isascii():
+        low = unicodedata.normalize("NFKC", low)
+    return low == ".."
+
+
+@functools.lru_cache(maxsize=512)  # (every allow and approve rule asks it of the same part)
+def mark_dotdots(key: str, globs: bool = True) -> str:
+    """The encoded command (or rule) with each `..` segment as one DOTDOT character."""
+    if "." not in key and "%" not in key and INPUT not in key and key.isascii():
+        return key
+    words = []
+    for word in key.split(SEP):
+        if V_OPEN not in word and word != INPUT:  # (a word the shell expands: no rule's `*` covers it anyway)
+            pieces = _SEGMENTS.split(word)
+            word = "".join(DOTDOT if i % 2 == 0 and _dotdot(p, globs) else p for i, p in enumerate(pieces))
+        words.append(word)
+    return SEP.join(words)
+
+
+
 # --- the judge ---------------------------------------------------------------------------------
 
 class _Judge:
@@ -300,6 +392,9 @@ class _Judge:
         self.src = b""
         self.dialect = "bash"
         self.depth = 0
+        self.nesting = 0  # syntax levels of the programs around the one being walked (sh -c)
+        self.root = None  # the tree being walked, and how deep it nests (None: not yet known)
+        self.levels = None
         self.words = 0
         self.deadline = None  # when the parses of this line must be done (monotonic)
         # Descriptors the line points at files (anywhere in it, nested shells included), the
@@ -343,7 +438,18 @@ class _Judge:
         text = _join_continuations(text, self.deadline)
         tree = self.parse(text)
         root = tree.root_node
-        if root.descendant_count > MAX_NODES:
+        base = self.nesting
+        if self.root is not None:  # a `sh -c` string: it counts from the deepest level of the line around it
+            if self.levels is None:
+                self.levels = nesting(self.root, MAX_NESTING)
+            base += self.levels
+        levels = None
+        if root.descendant_count > MAX_NESTING - base:  # else it cannot nest that deep: no walk needed
+            levels = nesting(root, MAX_NESTING - base)
+            if levels is None:
+                raise Unjudgeable(f"shell syntax nested more than {MAX_NESTING} levels deep (subshells, groups, "
+                                  f"if/while/for/case, $(...), quotes, arithmetic inside one another)")
+        if (levels is not None and levels < 0) or root.descendant_count > MAX_NODES:
             raise Unjudgeable(f"a command line of more than {MAX_NODES} syntax nodes")
         if root.has_error:
             raise Unjudgeable(f"the shell syntax of {_clip(text)!r} (it does not parse)")
@@ -352,12 +458,13 @@ class _Judge:
         if misread is not None:
             raise Unjudgeable(f"the shell syntax of {_clip(text)!r}: the parser reads it otherwise than "
                               f"the shell ({misread})")
-        saved = (self.src, self.dialect, self.depth)
-        self.src, self.dialect, self.depth = src, dialect, depth
+        saved = (self.src, self.dialect, self.depth, self.nesting, self.root, self.levels)
+        self.src, self.dialect, self.depth, self.nesting = src, dialect, depth, base
+        self.root, self.levels = root, levels
         try:
             return self.sequence(root.children, cwd)
         finally:
-            self.src, self.dialect, self.depth = saved
+            self.src, self.dialect, self.depth, self.nesting, self.root, self.levels = saved
 
     def parse(self, text: str):
         try:
@@ -485,17 +592,26 @@ class _Judge:
         raise Unjudgeable(f"{_clip(self.t(node))!r} ({k.replace('_', ' ')})")
 
     def list(self, node, cwd, redirs=()):
-        named = [c for c in node.children if c.is_named and c.type != "comment"]
-        ops = [c.type for c in node.children if c.type in ("&&", "||")]
-        if len(named) != 2 or len(ops) != 1:
-            raise Unjudgeable(f"the list {_clip(self.t(node))!r}")
-        left, right = named
-        lok, lfail = self.statement(left, cwd)
-        if ops[0] == "&&":
-            rok, rfail = self.statement(right, lok if lok is not BOTTOM else cwd, redirs)
-            return rok, _merge(lfail, rfail)
-        rok, rfail = self.statement(right, lfail if lfail is not BOTTOM else cwd, redirs)
-        return _merge(lok, rok), rfail
+        # `a && b || c ...` is a chain of lists nested on the left, one per operator: followed in
+        # a loop, so a long chain is no deeper to walk than one list.
+        chain = []
+        while node.type == "list":
+            named = [c for c in node.children if c.is_named and c.type != "comment"]
+            ops = [c.type for c in node.children if c.type in ("&&", "||")]
+            if len(named) != 2 or len(ops) != 1:
+                raise Unjudgeable(f"the list {_clip(self.t(node))!r}")
+            chain.append((ops[0], named[1]))
+            node = named[0]
+        ok, fail = self.statement(node, cwd)
+        for i, (op, right) in enumerate(reversed(chain)):
+            last = redirs if i == len(chain) - 1 else ()  # the rightmost command's redirections
+            if op == "&&":
+                rok, rfail = self.statement(right, ok if ok is not BOTTOM else cwd, last)
+                ok, fail = rok, _merge(fail, rfail)
+            else:
+                rok, rfail = self.statement(right, fail if fail is not BOTTOM else cwd, last)
+                ok, fail = _merge(ok, rok), rfail
+        return ok, fail
 
     def if_statement(self, node, cwd):
         # if C; then B; [elif C; then B;]... [else B;] fi
@@ -1022,6 +1138,15 @@ class _Judge:
             why = f"the command name {name.text!r} would be expanded by the shell"
         else:
             why = next((w.why for w in words if not w.literal and V_OPEN in w.enc), None)
+        if why is None:
+            # A rule's `*` never covers a `..` segment (hoopy.ssh.rules): only a rule that spells
+            # it matches, as for a word the shell expands.
+            dd = next((w for w in words if DOTDOT in mark_dotdots(w.enc)), None)
+            if dd is not None and INPUT in dd.enc:
+                why = (f"`{_clip(dd.text)}`: xargs input spliced into a path could hold '..', which a rule's * "
+                       f"never covers")
+            elif dd is not None:
+                why = f"`{_clip(dd.text)}`: a path with '..' (where it leads depends on links), which a rule's * never covers"
         self.add(Part("exec", _show(words), SEP.join(w.enc for w in words), why))
 
     def subscripted(self, words) -> bool:
@@ -1370,6 +1495,36 @@ def _merge(a, b):
     if a is _UNJUDGED or b is _UNJUDGED:
         return None
     return a if a == b else None
+
+
+def nesting(root, limit: int, budget: int = MAX_NODES) -> int | None:
+    """How deep the syntax under ``root`` nests (named nodes below it on the longest path), or
+    None past ``limit``. A chain the judge follows in a loop is one level: `a && b && c` (lists
+    nested on the left) and arithmetic operators (walked without recursion). Depth first, it
+    stops at the first path too deep; past ``budget`` nodes it stops and answers -1 (the line is
+    too big to judge anyway)."""
+    best = 0
+    stack = [(root, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        n, d = pop()
+        budget -= 1
+        if budget < 0:
+            return -1
+        if d > best:
+            best = d
+            if best > limit:
+                return None
+        typ = n.type
+        first = True
+        for c in n.children:
+            if not c.is_named:
+                continue
+            ctyp = c.type
+            chain = ctyp == typ and ((typ == "list" and first) or typ == "binary_expression")
+            first = False
+            push((c, d if chain else d + 1))
+    return best
 
 
 def _walk(node):

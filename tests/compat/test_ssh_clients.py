@@ -12,7 +12,7 @@ import pytest
 
 from tests.compat.matrix import row
 from tests.support import HoopyProcess, ident
-from tests.test_ssh import Sshd, connection_toml, grant, keygen, wait_listening
+from tests.test_ssh import Sshd, connection_toml, grant, keygen
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -40,7 +40,6 @@ class Env:
         ]
         (tmp / "gw").mkdir()
         self.gw = HoopyProcess(tmp / "gw", agent.toml(ssh_keys=[pub]) + conn + grant("agent", allow)).start()
-        wait_listening(self.port)
         self.ssh_config = tmp / "ssh_config"
         self.ssh_config.write_text(f"""\
 Host hoopy
