@@ -15,6 +15,8 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from hoopy.transport import stream
+
 log = Logger()
 
 MAX_HEAD = 64 * 1024
@@ -128,10 +130,10 @@ class UpstreamSide(Protocol):
     def __init__(self, head: bytes):
         self.head = head
         self.buf = b""
-        self.answered = defer.Deferred()  # fires with (status, head bytes, rest)
-        self.client = None  # ClientSide once relaying
+        self.answered: defer.Deferred[tuple[int, bytes, bytes]] = defer.Deferred()  # (status, head bytes, rest)
+        self.client: ClientSide | None = None  # once relaying
         self.bytes_in = 0
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[str] = defer.Deferred()  # fires with why
 
     def connectionMade(self):
         self.transport.write(self.head)
@@ -204,7 +206,7 @@ def take_over(channel, upstream: UpstreamSide, answer: bytes, on_lost) -> Client
     transport.write(answer)
     # Backpressure both ways: each side pauses the other's reading.
     transport.registerProducer(upstream.transport, True)
-    upstream.transport.registerProducer(transport, True)
+    stream(upstream.transport).registerProducer(transport, True)
     transport.resumeProducing()
     if early:
         client.dataReceived(early)
