@@ -12,7 +12,8 @@ from hoopy.causal import InFlight, ToolCall
 from hoopy.http.bodies import Masker
 from hoopy.identity import Directory, ScramVerifier, parse_ssh_key
 from hoopy.mcp import lists, wire
-from hoopy.mcp.pinning import digest
+from hoopy.mcp.conversation import MCPSession
+from hoopy.mcp.pinning import Pins, digest
 from hoopy.mcp.results import mask_result
 from hoopy.mcp.rules import ToolUnit, parse
 from hoopy.mcp.sse import SSEError, SSEParser
@@ -169,6 +170,50 @@ def test_pin_digest_covers_the_definition_only():
     t = {"name": "x", "description": "d", "inputSchema": {"type": "object"}}
     assert digest(t) == digest({**t, "icons": []}) != digest({**t, "description": "d2"})
     assert digest(t) != digest({**t, "annotations": {"destructiveHint": True}})
+
+
+def test_a_listed_tool_without_a_string_name_is_hidden_and_never_pinned(tmp_path):
+    """An upstream's tools/list is untrusted: a nameless tool, or one named by a list or an object,
+    once crashed the whole listing (an unhashable pin key) or was pinned as tool null."""
+    from twisted.internet import defer
+
+    recorded = []
+
+    class Gateway:
+        def record(self, kind, outcome, **data):
+            recorded.append((kind, data["tool"]))
+            return defer.succeed(None)
+
+    class Connection:
+        name = "t"
+
+    class Service:
+        pins = Pins(Gateway(), Connection())
+        definitions: dict = {}
+
+    class Session:
+        def trailing_event(self, *a, **kw):
+            pass
+
+    conv = object.__new__(MCPSession)  # only what _list reads: no gateway, no upstream
+    conv.service, conv.session, conv.era = Service(), Session(), "modern"
+    conv.grants = _grants(tmp_path, allow=["tool *"])
+    tools = [{"name": "read_file"}, {"description": "no name"}, {"name": None}, {"name": ["x"]},
+             {"name": {"a": 1}}, {"name": 5}, "not a tool"]
+
+    async def forward(msg, reply):
+        return {"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}}
+
+    conv._forward = forward
+    out = []
+    defer.ensureDeferred(conv._list({"method": "tools/list"}, None)).addBoth(out.append)
+    assert out and isinstance(out[0], dict), out
+    assert out[0]["result"]["tools"] == [{"name": "read_file"}]
+    assert recorded == [("mcp.pin", "read_file")] and list(Service.pins.pinned) == ["read_file"]
+    assert list(Service.definitions) == ["read_file"]
+    for bad in (None, ["x"], 5):
+        with pytest.raises(TypeError):
+            Service.pins.check({"name": bad})
 
 
 def _call(id_, actor="svc", child=None):

@@ -70,8 +70,10 @@ class _SyslogSink:
         self.target = target
         if target.startswith("syslog://"):
             u = urlsplit(target)
-            self.address = (u.hostname, u.port or 514)
-            self.family = socket.AF_INET6 if ":" in (u.hostname or "") else socket.AF_INET
+            if not u.hostname:  # the config refuses it first
+                raise ValueError(f"audit_anchor: {target!r} needs a host")
+            self.address: tuple[str, int] | str = (u.hostname, u.port or 514)
+            self.family = socket.AF_INET6 if ":" in u.hostname else socket.AF_INET
         else:
             self.address = target[len("syslog:"):]
             self.family = socket.AF_UNIX

@@ -68,7 +68,7 @@ class AsciicastRecorder:
         self._decoders = {"o": codecs.getincrementaldecoder("utf-8")("replace"),
                           "i": codecs.getincrementaldecoder("utf-8")("replace")}
         self.sealed = None  # the Deferred of seal(), once called
-        self.failed = None  # the OSError that stopped writing, if any
+        self.failed: OSError | None = None  # the OSError that stopped writing, if any
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: a recording is never written over.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)

@@ -153,7 +153,7 @@ class PostgresReader(ReaderQueries):
         from psycopg.rows import dict_row
 
         self.dsn = dsn
-        self._columns = None
+        self._columns: set[str] | None = None
         self.db = connect(dsn)
         self.db.autocommit = False
         self.db.isolation_level = IsolationLevel.REPEATABLE_READ
@@ -172,7 +172,7 @@ class PostgresReader(ReaderQueries):
     def close(self):
         self.db.close()
 
-    def _event_columns(self) -> set:
+    def _event_columns(self) -> set[str]:
         if self._columns is None:
             self._columns = {r["column_name"] for r in self._rows(
                 "SELECT column_name FROM information_schema.columns"

@@ -186,44 +186,44 @@ def main(argv=None):
     last_seq = None
     with open(path, encoding="utf-8") as f:
         for line in f:
-            e = json.loads(line)
-            if "data_json" in e:
-                if json.loads(e["data_json"]) != e["data"]:
-                    print("broken: event %s: its data differs from the data its hash covers" % e["seq"])
+            ev = json.loads(line)
+            if "data_json" in ev:
+                if json.loads(ev["data_json"]) != ev["data"]:
+                    print("broken: event %s: its data differs from the data its hash covers" % ev["seq"])
                     return 1
-                row = dict(e, data=e["data_json"])
+                row = dict(ev, data=ev["data_json"])
             else:  # an archive from before data_json: hoopy's canonical form then
-                row = dict(e, data=json.dumps(e["data"], sort_keys=True, separators=(",", ":"),
+                row = dict(ev, data=json.dumps(ev["data"], sort_keys=True, separators=(",", ":"),
                                               ensure_ascii=False, default=str))
-            if prev is not None and e["prev"] != prev:
-                print("broken: event %s: its link to the event before does not match" % e["seq"])
+            if prev is not None and ev["prev"] != prev:
+                print("broken: event %s: its link to the event before does not match" % ev["seq"])
                 return 1
-            if last_seq is not None and e["seq"] != last_seq + 1:
-                print("broken: event %s: the chain jumps from event %s (removed)" % (e["seq"], last_seq))
+            if last_seq is not None and ev["seq"] != last_seq + 1:
+                print("broken: event %s: the chain jumps from event %s (removed)" % (ev["seq"], last_seq))
                 return 1
-            if link(e["prev"], row) != e["hash"]:
-                print("broken: event %s: its content does not match its hash" % e["seq"])
+            if link(ev["prev"], row) != ev["hash"]:
+                print("broken: event %s: its content does not match its hash" % ev["seq"])
                 return 1
-            sig = e.get("signature")
+            sig = ev.get("signature")
             if sig is not None and keys:
                 try:
                     _, kid, b64 = sig.split(":", 2)
                     raw_sig = base64.b64decode(b64)
                 except ValueError:
-                    print("broken: event %s: its signature is malformed" % e["seq"])
+                    print("broken: event %s: its signature is malformed" % ev["seq"])
                     return 1
                 if kid not in keys:
-                    print("broken: event %s: signed by key %s, which is not among the keys given" % (e["seq"], kid))
+                    print("broken: event %s: signed by key %s, which is not among the keys given" % (ev["seq"], kid))
                     return 1
-                if not verify_signature(keys[kid], head_message(e["seq"], e["hash"]), raw_sig):
+                if not verify_signature(keys[kid], head_message(ev["seq"], ev["hash"]), raw_sig):
                     print("broken: event %s: its signature does not verify (forged, or re-linked after signing)"
-                          % e["seq"])
+                          % ev["seq"])
                     return 1
             if sig is not None:
                 signed += 1
-                last = e
-            prev = e["hash"]
-            last_seq = e["seq"]
+                last = ev
+            prev = ev["hash"]
+            last_seq = ev["seq"]
             n += 1
     print("ok: %d events, every link holds" % n)
     if not keys:

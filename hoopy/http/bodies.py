@@ -223,7 +223,7 @@ class Decoder:
 
     def feed(self, data: bytes) -> bytes:
         if self._br is not None:
-            return self._feed_br(data)
+            return self._feed_br(self._br, data)
         if self._z is None:
             if not data:
                 return b""
@@ -238,20 +238,20 @@ class Decoder:
             raise MaskError(f"the decoded body is larger than mask_limit ({self.limit} bytes)")
         return out
 
-    def _feed_br(self, data: bytes) -> bytes:
+    def _feed_br(self, br, data: bytes) -> bytes:
         import brotli
 
         out = []
         try:
-            piece = self._br.process(data, output_buffer_limit=self.limit + 1 - self.total)
+            piece = br.process(data, output_buffer_limit=self.limit + 1 - self.total)
             while True:
                 self.total += len(piece)
                 out.append(piece)
                 if self.total > self.limit:
                     raise MaskError(f"the decoded body is larger than mask_limit ({self.limit} bytes)")
-                if self._br.can_accept_more_data():
+                if br.can_accept_more_data():
                     break
-                piece = self._br.process(b"", output_buffer_limit=self.limit + 1 - self.total)
+                piece = br.process(b"", output_buffer_limit=self.limit + 1 - self.total)
         except brotli.error as e:
             raise MaskError(f"the compressed body is corrupt: {e}")
         return b"".join(out)

@@ -11,7 +11,7 @@ from urllib.parse import unquote_plus
 
 from hoopy.http import headers as H
 from hoopy.http.paths import PathError, normalize_target
-from hoopy.http.upgrade import BEARER_PREFIX, is_websocket_upgrade, subprotocol_tokens, upstream_subprotocols
+from hoopy.http.websocket import BEARER_PREFIX, is_websocket_upgrade, subprotocol_tokens, upstream_subprotocols
 from hoopy.policy.rules import Operation, Unit
 
 _METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")

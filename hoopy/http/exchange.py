@@ -28,7 +28,7 @@ from hoopy.audit.events import iso
 from hoopy.http.response_body import reason_text, respond
 from hoopy.policy.rules import Operation
 from hoopy.policy.verdicts import Allow, Deny, Hold
-from hoopy.session import IN, OUT, StoreError
+from hoopy.session import IN, OUT, Session, StoreError
 
 log = Logger()
 
@@ -74,14 +74,15 @@ class Record:
 
     def __init__(self, limit: int):
         self.limit = limit
-        self.status = None
-        self.outcome = None
-        self.error = None
-        self.rule = None
-        self.approval = None
-        self.response_headers = None
-        self.request_body = None
-        self.response_body = None
+        self.status: int | None = None
+        self.outcome: str | None = None
+        self.error: str | None = None
+        self.rule: str | None = None
+        self.approval: str | None = None
+        self.response_headers: dict | None = None
+        # a body's kept prefix: its text, or {"head": text, "total_bytes": n} when longer (see prefix)
+        self.request_body: str | dict | None = None
+        self.response_body: str | dict | None = None
         self.response_bytes = 0
 
     def keep(self, which: str, data: bytes, total: int | None = None):
@@ -89,7 +90,7 @@ class Record:
         setattr(self, which, prefix(data, self.limit, len(data) if total is None else total))
 
 
-def prefix(data: bytes, limit: int, total: int):
+def prefix(data: bytes, limit: int, total: int) -> str | dict | None:
     if limit <= 0:
         return None
     text = data[:limit].decode("utf-8", "replace")
@@ -115,9 +116,9 @@ class Exchange:
         self.pipe = pipe
         self.record = Record(self.settings.record_body_limit)
         self.body = RequestBody(self)
-        self.session = None
-        self.path = None
-        self.query = None
+        self.session: Session | None = None  # set once the caller is authenticated
+        self.path: str | None = None
+        self.query: str | None = None
         self.websocket = False
         self.token = None  # the caller's, when it was found elsewhere too: kept out of the record
         self.gone = False
@@ -146,11 +147,12 @@ class Exchange:
                        [(b"WWW-Authenticate", b'Bearer realm="hoopy"')])
             return
         try:
-            self.session = await self.wait(site.session_for(self.channel, ident.name, self.peer, ident.credential))
+            self.session = session = await self.wait(site.session_for(self.channel, ident.name, self.peer,
+                                                                      ident.credential))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record this session", "error")
         if self.uri.startswith(STATUS_PREFIX_B):  # the gateway's own: never forwarded
-            return await self._approval_status(self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
+            return await self._approval_status(session, self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
                                                .decode("ascii", "replace"))
         claimed = checks.attribution(hdrs)
         if any(claimed.values()):
@@ -202,13 +204,13 @@ class Exchange:
         else:
             await self._forward()
 
-    async def _approval_status(self, approval_id: str):
+    async def _approval_status(self, session: Session, approval_id: str):
         """GET /.hoopy/approvals/ID: the caller's own approval (its token), to poll after a 202."""
         self.record.outcome = "status"
         if self.method_b not in (b"GET", b"HEAD"):
             return self.reply(405, {"error": "only GET reads an approval's status"}, [(b"Allow", b"GET, HEAD")])
         try:
-            row = await self.wait(self.session.approval_status(approval_id))
+            row = await self.wait(session.approval_status(approval_id))
         except StoreError:
             raise Refusal(503, "the audit store cannot be read", "error")
         if row is None:
@@ -221,7 +223,13 @@ class Exchange:
             body["message"] = "approved: send the identical request again (it runs once)"
         self.reply(200, body)
 
+    def _session(self) -> Session:
+        """The caller's session, for what only runs after authentication (masking a body)."""
+        assert self.session is not None, "no session before the caller is authenticated"
+        return self.session
+
     def target(self) -> bytes:
+        assert self.path is not None, "no target before the request's shape is checked"
         t = self.site.upstream_prefix + self.path.encode()
         return t + b"?" + self.query.encode() if self.query is not None else t
 
@@ -283,7 +291,7 @@ class Exchange:
         if not counts:
             return
         try:
-            await self.wait(self.session.redacted(sum(counts.values()), direction=direction, path=self.path,
+            await self.wait(self._session().redacted(sum(counts.values()), direction=direction, path=self.path,
                                                   counts=counts))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record a redaction", "error")
@@ -291,7 +299,7 @@ class Exchange:
     async def unmaskable(self, reason: str):
         """A body that must be masked and cannot be: refused (502), and recorded so (never passed)."""
         try:
-            await self.wait(self.session.event("redaction", "refused", direction="response", path=self.path,
+            await self.wait(self._session().event("redaction", "refused", direction="response", path=self.path,
                                                reason=reason))
         except StoreError:
             raise Refusal(503, "refused: the audit store cannot record a refusal", "error")
@@ -401,7 +409,7 @@ class Exchange:
         body.update({k: v for k, v in r.extra.items() if k in ("rule", "approval", "status_url")})
         if "approval_status" in r.extra:
             body["status"] = r.extra["approval_status"]
-        headers = ()
+        headers: tuple[tuple[bytes, bytes], ...] = ()
         if r.status == 202:  # Prefer: respond-async (RFC 7240): accepted for approval, poll status_url
             body["message"] = body.pop("error")
             headers = ((b"Location", r.extra["status_url"].encode()), (b"Preference-Applied", b"respond-async"))

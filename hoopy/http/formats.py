@@ -178,7 +178,7 @@ class _Markup:
         self.labels: list[_Element] = []
         self.masked_at = -1  # the outermost masked element's place in the stack, or -1
         self.masked_emitted = False
-        self.dd = None  # the field the last <dt> named: masks the <dd> after it
+        self.dd: str | None = None  # the field the last <dt> named: masks the <dd> after it
 
     # --- the stack -------------------------------------------------------------------------------
 
@@ -351,12 +351,15 @@ class _Markup:
     def start_tag(self, start: int) -> int:
         text, n, html, masker = self.text, len(self.text), self.html, self.masker
         nm = _NAME.match(text, start + 1)
+        assert nm is not None  # _MARKUP found "<" before a name's first letter
         qname = nm.group()
         name = qname.split(":")[-1].casefold()
         p = nm.end()
         attrs: list = []
         while True:
-            p = _WS.match(text, p).end()
+            ws = _WS.match(text, p)
+            assert ws is not None  # a starred pattern matches, empty at worst
+            p = ws.end()
             te = _TAG_END.match(text, p)
             if te is not None:
                 break

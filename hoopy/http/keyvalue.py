@@ -43,7 +43,9 @@ def value_end(text: str, i: int) -> tuple[int, str | None]:
     if m is not None:
         q = m.group()
         if len(q) == 1:  # a string literal with backslash escapes
-            return _LITERAL[q].match(text, i).end(), q
+            lit = _LITERAL[q].match(text, i)
+            assert lit is not None  # the pattern's optional closing quote: it matches the opening one alone
+            return lit.end(), q
         j = m.end()
         while True:
             k = text.find(q, j)
@@ -64,6 +66,8 @@ def value_end(text: str, i: int) -> tuple[int, str | None]:
                 if depth == 0:
                     return m.end(), None
         return n, None
-    end = _BARE_VALUE.match(text, i).end()
+    bare = _BARE_VALUE.match(text, i)
+    assert bare is not None  # a starred pattern matches, empty at worst
+    end = bare.end()
     ws = _VALUE_END_WS.search(text, i, end)
     return (ws.start() if ws else end), None

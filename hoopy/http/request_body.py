@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from twisted.python.failure import Failure
@@ -81,7 +82,7 @@ class RequestBody:
         form = media == b"application/x-www-form-urlencoded"
         field_keys = masker.field_keys
         if media.startswith(b"multipart/"):
-            watches = [MultipartOverrideWatch(self._refused)]
+            watches: list[Callable[[bytes], bool]] = [MultipartOverrideWatch(self._refused)]
             if field_keys:  # the GraphQL multipart request spec: the document is in a part
                 watches.append(MultipartGraphQLWatch(ct, self._graphql_part, self._refused))
             pipe.set_watch(AnyWatch(watches))

@@ -136,7 +136,7 @@ class Stream(Protocol):
 
     def __init__(self, exchange, sse: SSEMasker | None, decoder, kind, scrubber=None):
         self.ex, self.sse, self.decoder, self.kind, self.scrubber = exchange, sse, decoder, kind, scrubber
-        self.done = defer.Deferred(lambda d: self.stopProducing())
+        self.done: defer.Deferred[None] = defer.Deferred(lambda d: self.stopProducing())
         self.keep = exchange.settings.record_body_limit if kind != "other" else 0
         self.kept: list = []
         self.kept_size = 0

@@ -133,7 +133,7 @@ class RequestSink:
 
     @property
     def started(self) -> bool:
-        return self.request.startedWriting
+        return bool(self.request.startedWriting)  # twisted keeps a 0/1 int
 
     def head(self, code, phrase, headers):
         req = self.request
@@ -198,7 +198,9 @@ def _finish_when_in(result, req, timer):
 
 
 class GatewaySite(Site):
-    protocol = GatewayChannel
+    # HTTP/1.1 channels, not twisted's HTTP/2-negotiating wrapper, which its stubs name as the
+    # only type: any HTTPChannel works here at run time.
+    protocol = GatewayChannel  # type: ignore[assignment]
     requestFactory = GatewayRequest
     noisy = False
 

@@ -15,47 +15,15 @@ from twisted.internet import defer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from hoopy.http.checks import Refusal
+from hoopy.http.response_body import reason_text
+from hoopy.http.websocket import SUBPROTOCOL, offered_subprotocols, with_subprotocol_answer
+from hoopy.session import IN, OUT
+from hoopy.transport import stream
+
 log = Logger()
 
 MAX_HEAD = 64 * 1024
-
-# Browsers cannot set Authorization on a WebSocket: the token rides in the subprotocol offer instead,
-# ``new WebSocket(url, ["hoopy", "hoopy.bearer." + token])``, for upgrades only.
-SUBPROTOCOL = b"hoopy"
-BEARER_PREFIX = b"hoopy.bearer."
-
-
-def is_websocket_upgrade(method: bytes, hdrs: dict) -> bool:
-    return method == b"GET" and any(b"websocket" in v.lower() for v in hdrs.get(b"upgrade", ()))
-
-
-def offered_subprotocols(hdrs: dict) -> list[bytes]:
-    """Every protocol of every Sec-WebSocket-Protocol header, in order."""
-    return [t.strip() for v in hdrs.get(b"sec-websocket-protocol", ()) for t in v.split(b",") if t.strip()]
-
-
-def subprotocol_tokens(hdrs: dict) -> list[bytes]:
-    """The tokens offered as ``hoopy.bearer.TOKEN``, counted only beside a plain ``hoopy`` entry."""
-    offered = offered_subprotocols(hdrs)
-    if SUBPROTOCOL not in offered:
-        return []
-    return [t[len(BEARER_PREFIX):] for t in offered if t.startswith(BEARER_PREFIX) and len(t) > len(BEARER_PREFIX)]
-
-
-def upstream_subprotocols(hdrs: dict) -> list[bytes]:
-    """What the upstream is offered: the caller's protocols without ours (the token never goes on)."""
-    return [t for t in offered_subprotocols(hdrs) if t != SUBPROTOCOL and not t.startswith(BEARER_PREFIX)]
-
-
-def with_subprotocol_answer(head: bytes, offered_ours: bool) -> bytes:
-    """The upstream's 101 head, answering ``hoopy`` when the caller offered it and the upstream chose
-    none (a browser fails a handshake that offered protocols and got none back)."""
-    if not offered_ours:
-        return head
-    for ln in head.split(b"\r\n")[1:]:
-        if ln.partition(b":")[0].strip().lower() == b"sec-websocket-protocol":
-            return head
-    return head[:-2] + b"Sec-WebSocket-Protocol: " + SUBPROTOCOL + b"\r\n\r\n"
 
 
 def request_head(method: bytes, target: bytes, headers) -> bytes:
@@ -68,10 +36,6 @@ def request_head(method: bytes, target: bytes, headers) -> bytes:
 
 async def relay(ex):
     """A judged WebSocket upgrade: relayed byte for byte once the upstream says 101."""
-
-    from hoopy.http.checks import Refusal
-    from hoopy.http.response_body import reason_text
-    from hoopy.session import IN, OUT
 
     up = UpstreamSide(request_head(b"GET", ex.target(), ex.upstream_headers(upgrade=True)))
     result = None
@@ -128,10 +92,10 @@ class UpstreamSide(Protocol):
     def __init__(self, head: bytes):
         self.head = head
         self.buf = b""
-        self.answered = defer.Deferred()  # fires with (status, head bytes, rest)
-        self.client = None  # ClientSide once relaying
+        self.answered: defer.Deferred[tuple[int, bytes, bytes]] = defer.Deferred()  # (status, head bytes, rest)
+        self.client: ClientSide | None = None  # once relaying
         self.bytes_in = 0
-        self.closed = defer.Deferred()
+        self.closed: defer.Deferred[str] = defer.Deferred()  # fires with why
 
     def connectionMade(self):
         self.transport.write(self.head)
@@ -204,7 +168,7 @@ def take_over(channel, upstream: UpstreamSide, answer: bytes, on_lost) -> Client
     transport.write(answer)
     # Backpressure both ways: each side pauses the other's reading.
     transport.registerProducer(upstream.transport, True)
-    upstream.transport.registerProducer(transport, True)
+    stream(upstream.transport).registerProducer(transport, True)
     transport.resumeProducing()
     if early:
         client.dataReceived(early)

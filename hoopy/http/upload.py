@@ -36,7 +36,7 @@ class BodyPipe:
         self.received = 0
         self.done = False
         self.discarding = False
-        self.received_all = defer.Deferred()
+        self.received_all: defer.Deferred[int] = defer.Deferred()  # fires with the body's size
         self._buf: deque = deque()
         self._buffered = 0
         self._consumer = None
@@ -93,7 +93,7 @@ class BodyPipe:
     def sniff(self, n: int) -> defer.Deferred:
         """The body's first ``n`` bytes (fewer if it is shorter), once they are in; before anything
         has gone upstream (nothing is taken from the pipe)."""
-        d = defer.Deferred()
+        d: defer.Deferred[bytes] = defer.Deferred()
         self._sniffers.append((n, d))
         self._check_sniffers()
         return d
@@ -186,7 +186,7 @@ class BodyPipe:
         """The whole body (for masking), or BodyTooLarge past ``limit`` bytes."""
         parts = []
         size = 0
-        result = defer.Deferred()
+        result: defer.Deferred[bytes] = defer.Deferred()
 
         class Collector:
             def write(self, data):

@@ -37,6 +37,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH
 
 from hoopy.sockwrite import write_now
+from hoopy.transport import stream
 from hoopy.upstream import UpstreamError
 
 READ_SIZE = 256 * 1024  # a large body moves in fewer, larger reads: less Python per byte
@@ -159,12 +160,12 @@ class UpstreamConnection(Protocol):
 
     def __init__(self, client: "UpstreamClient"):
         self.client = client
-        self.parser = None
-        self.exchange = None  # the _Request in flight
+        self.parser: httptools.HttpResponseParser | None = None
+        self.exchange: _Request | None = None  # the one in flight
         self.reusable = False
         self.lost = False
         self._framed = True
-        self.on_close = None  # a Deferred fired once the connection is gone (pool closing)
+        self.on_close: defer.Deferred[None] | None = None  # a Deferred fired once the connection is gone (pool closing)
 
     def connectionMade(self):
         t = self.transport
@@ -191,7 +192,7 @@ class UpstreamConnection(Protocol):
         chunked = body.length is UNKNOWN_LENGTH
         write_now(self.transport, head)
         # the socket pauses the producer when the upstream reads slower than the body comes
-        self.transport.registerProducer(body, True)
+        stream(self.transport).registerProducer(body, True)
         req.producing = body
         d = body.startProducing(_Consumer(self, chunked))
 
@@ -310,7 +311,7 @@ class UpstreamConnection(Protocol):
         if req is not None and error is not None:
             req.fail(Failure(error))
         if self.transport is not None:
-            self.transport.abortConnection()
+            stream(self.transport).abortConnection()
 
     def connectionLost(self, reason):
         self.lost = True
@@ -335,8 +336,8 @@ class _Request:
 
     def __init__(self, client, method, head, body, retry: bool):
         self.client, self.method, self.head, self.body, self.retry = client, method, head, body, retry
-        self.d = defer.Deferred(self._cancel)
-        self.conn = None
+        self.d: defer.Deferred[UpstreamResponse] = defer.Deferred(self._cancel)  # the head
+        self.conn: UpstreamConnection | None = None
         self.state = "waiting"  # waiting | connecting | sending | body | done
         self.response = None
         self.body_sent = False
@@ -492,7 +493,7 @@ class UpstreamClient:
         ds = []
         for conn in list(self.idle):
             if conn.transport is not None:
-                d = defer.Deferred()
+                d: defer.Deferred[None] = defer.Deferred()
                 conn.on_close = d
                 ds.append(d)
                 conn.transport.loseConnection()

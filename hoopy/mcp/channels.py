@@ -253,8 +253,8 @@ class StdioChannel:
         self.proto = None
         self.process = None
         self.version = None
-        self.exit = defer.Deferred()
-        self.status = None
+        self.exit: defer.Deferred[str] = defer.Deferred()  # fires with the status
+        self.status: str | None = None  # "exit status N" | "signal N" once ended
         self._kill_timers: list = []
 
     modern_known = HTTPChannel.modern_known

@@ -65,7 +65,7 @@ class Children:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "wb") as f:
                     f.write(cred.private_key)
-                if uid is not None:
+                if uid is not None and gid is not None:  # both set by run_as
                     os.chown(tmpdir, uid, gid)
                     os.chown(path, uid, gid)
                 values["{ssh_key_file}"] = path

@@ -15,7 +15,7 @@ def cmd_stdio(args):
 
 
 def cmd_accept(args):
-    from hoopy.cli import AdminClient, _config, _fail
+    from hoopy.cliutil import AdminClient, fail as _fail, load_config as _config
     from hoopy.text import escape
 
     # The connections' types, no secret resolved: a reviewer needs no upstream credential.

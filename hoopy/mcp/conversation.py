@@ -225,17 +225,25 @@ class MCPSession:
             return self._to_client(await self._forward(msg, reply))
         raise wire.WireError(wire.METHOD_NOT_FOUND, f"Method not found: {method}")
 
+    def _connected(self) -> UpstreamSession:
+        """The upstream session, for what runs only after connect()."""
+        assert self.upstream is not None, "read before connect()"
+        return self.upstream
+
     def discover_result(self) -> dict:
-        up = self.upstream
+        up = self._connected()
         return {"supportedVersions": list(wire.MODERN_VERSIONS), "capabilities": self.server_capabilities(),
                 "serverInfo": up.server_info or {"name": "hoopy", "version": "0"},
                 **({"instructions": up.instructions} if up.instructions else {}),
                 "cacheScope": "private", "ttlMs": 0, "resultType": "complete"}
 
     def initialize_result(self, requested: str) -> dict:
-        up = self.upstream
-        version = up.version if up.era == "handshake" else (
-            requested if requested in wire.HANDSHAKE_VERSIONS else wire.LATEST_HANDSHAKE)
+        up = self._connected()
+        if up.era == "handshake":
+            assert up.version is not None  # set with the era
+            version = up.version
+        else:
+            version = requested if requested in wire.HANDSHAKE_VERSIONS else wire.LATEST_HANDSHAKE
         self.version = version
         return {"protocolVersion": version, "capabilities": self.server_capabilities(),
                 "serverInfo": up.server_info or {"name": "hoopy", "version": "0"},
@@ -295,7 +303,7 @@ class MCPSession:
             if not isinstance(item, dict):
                 continue
             name = item.get(field)
-            if kind == "tool":
+            if kind == "tool" and isinstance(name, str):  # without a name: hidden below, never pinned
                 status, d = self.service.pins.check(item)
                 if d is not None:
                     try:

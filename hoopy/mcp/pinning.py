@@ -65,8 +65,11 @@ class Pins:
         return self.loaded
 
     def check(self, tool: dict):
-        """'ok', 'new' (pinned now: a Deferred to wait on) or 'changed'."""
+        """'ok', 'new' (pinned now: a Deferred to wait on) or 'changed'. A tool is pinned by its name:
+        one without a string name is no tool a client can call, and is never pinned."""
         name = tool.get("name")
+        if not isinstance(name, str):
+            raise TypeError(f"a tool named {name!r} cannot be pinned")
         h = digest(tool)
         known = self.pinned.get(name)
         if known == h:

@@ -25,7 +25,7 @@ class SSEParser:
         self._data: list[str] = []
         self._size = 0
         self._event = ""
-        self._id = None
+        self._id: str | None = None
         self._cr = False  # the last chunk ended in CR: an LF starting the next is its pair
 
     def feed(self, data: bytes) -> list[SSEEvent]:

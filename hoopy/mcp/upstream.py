@@ -42,20 +42,20 @@ class UpstreamSession:
         self.reactor = reactor
         self.timeout = timeout
         channel.peer = self
-        self.era = None  # "modern" | "handshake"
-        self.version = None
-        self.server_info = None
+        self.era: str | None = None  # "modern" | "handshake"
+        self.version: str | None = None  # set with era
+        self.server_info: dict | None = None
         self.capabilities: dict = {}
-        self.instructions = None
-        self.client_info = None
+        self.instructions: str | None = None
+        self.client_info: dict | None = None
         self.client_caps: dict = {}
         self._ids = itertools.count(1)
         self.pending: dict = {}  # up_id -> Pending
         self.progress: dict = {}  # our token -> Pending
         self.on_message = None  # unsolicited messages from the server: (msg) -> None
         self.on_lost = None  # (reason) -> None
-        self.lost = None  # the reason, once the upstream is gone
-        self._started = None
+        self.lost: str | None = None  # the reason, once the upstream is gone
+        self._started: Shared | None = None
 
     # --- starting -------------------------------------------------------------------
 
@@ -125,6 +125,7 @@ class UpstreamSession:
         version = self.version if modern is ... else modern
         era_modern = (self.era == "modern") if modern is ... else (modern is not None)
         if era_modern:
+            assert version is not None  # the modern era always has its version
             params = wire.add_envelope(wire.strip_envelope(params) or {}, version, self.client_info,
                                        self.client_caps)
         else:
@@ -233,8 +234,8 @@ class Shared:
 
     def __init__(self, d: defer.Deferred):
         self.done = False
-        self.result = None
-        self.waiters: list = []
+        self.result: object = None  # the outcome: a value or a Failure
+        self.waiters: list[defer.Deferred] = []
         d.addBoth(self._fire)
 
     def _fire(self, r):
@@ -251,7 +252,7 @@ class Shared:
             w.callback(self.result)
 
     def get(self) -> defer.Deferred:
-        w = defer.Deferred()
+        w: defer.Deferred = defer.Deferred()
         if self.done:
             self._give(w)
         else:

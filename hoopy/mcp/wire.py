@@ -164,7 +164,8 @@ def check_modern(msg: dict, headers) -> dict:
             raise WireError(HEADER_MISMATCH, f"{h} header appears more than once")
     params = msg.get("params")
     meta = params.get("_meta") if isinstance(params, dict) else None
-    if not isinstance(meta, dict) or META_VERSION not in meta or META_CLIENT_CAPS not in meta:
+    if not isinstance(params, dict) or not isinstance(meta, dict) or META_VERSION not in meta \
+            or META_CLIENT_CAPS not in meta:
         raise WireError(INVALID_PARAMS, f"params._meta must carry {META_VERSION!r} and {META_CLIENT_CAPS!r}")
     version = meta[META_VERSION]
     got = headers(H_VERSION)

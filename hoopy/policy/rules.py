@@ -10,6 +10,7 @@ for one thing never carries another.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import attrs
 
@@ -84,7 +85,7 @@ class Operation:
 class Rule:
     protocol: str
     text: str
-    _match: object = attrs.field(repr=False, eq=False)
+    _match: Callable[[Unit], bool] = attrs.field(repr=False, eq=False)
 
     def matches(self, unit: Unit) -> bool:
         return self._match(unit)

@@ -45,7 +45,7 @@ class PolicyService:
         now = self._now()
         grants = [g for g in self._grants.get((identity, connection), ()) if not g.expired(now)]
         judged = [(unit, _judge_unit(grants, unit)) for unit in operation.units]
-        parts = ()
+        parts: tuple[dict[str, str | None], ...] = ()
         if len(judged) > 1:
             # Every part with its own answer: what a reviewer and an auditor read.
             parts = tuple({"unit": str(u), "outcome": j.outcome, "rule": j.rule,
@@ -101,9 +101,11 @@ class PolicyService:
             deny = Deny(j.reason, j.rule)
             d = session.event("operation", "refused", rule=j.rule, reason=j.reason, **_describe(operation))
             return d.addBoth(lambda _: deny)
-        if j.outcome == "allow":
-            d = session.event("operation", "allowed", rule=j.rule, **_describe(operation))
-            return d.addCallbacks(lambda _: Allow(j.rule), self._store_down, errbackArgs=(session,))
+        # allow: the mapping above raised on any outcome but the three
+        rule = j.rule
+        assert rule is not None, "every allow names the rule that allowed it"
+        d = session.event("operation", "allowed", rule=rule, **_describe(operation))
+        return d.addCallbacks(lambda _: Allow(rule), self._store_down, errbackArgs=(session,))
 
     async def _approve(self, session, operation, j, mode):
         describe = _describe(operation)

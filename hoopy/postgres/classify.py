@@ -14,6 +14,7 @@ cached per shape and scope.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -24,6 +25,9 @@ from hoopy.postgres.scope import CATALOG, DEFAULT, Scope
 from hoopy.postgres import sqltree
 from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy
 from hoopy.postgres.walk import ANY_OBJECT, CopyTarget, Parsed, walk
+
+if TYPE_CHECKING:  # twisted is imported where it runs: the classifier itself is pure
+    from twisted.internet.defer import DeferredSemaphore
 
 
 @attrs.frozen
@@ -112,7 +116,7 @@ def resolve(p: Parsed, scope: Scope) -> Classified:
     return c
 
 
-def _function_schemas(scope: Scope, name: str):
+def _function_schemas(scope: Scope, name: str) -> list[str] | None:
     """Where an unqualified call may go. A name hoopy knows as no built-in and the
     session's schemas did not hold when last read may be created in any of them
     before it runs: every schema of the path then."""
@@ -176,13 +180,15 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
             units[Unit(cls, object_name(s, name))] = None
             relations.add(f"{s}.{name}")
             continue
+        schemas: list[str] | None  # None: where the name goes cannot be known
         if schema is not None:
             schemas = [scope.schema_name(schema)]
         elif what == "newfn":
-            schemas = [scope.relation(None, name, create=True)]
+            new = scope.relation(None, name, create=True)
+            schemas = [new] if new is not None else None
         else:
             schemas = _function_schemas(scope, name)
-        if schemas is None or None in schemas:
+        if schemas is None:
             unresolved = True
             continue
         for s in schemas:
@@ -288,7 +294,7 @@ class ParseGate:
 
     def __init__(self, limit: int = 2):
         self.limit = limit
-        self._sem = None
+        self._sem: DeferredSemaphore | None = None  # made on first use, on the reactor's thread
 
     def classify(self, reactor, sql: str, scope: Scope):
         """A Deferred firing with classify_or_error's result (never failing)."""

@@ -85,7 +85,7 @@ class BinaryCopyMasker:
             if n < 0:
                 raise codec.ProtocolError("bad binary COPY tuple")
             p = pos + 2
-            values = []
+            values: list[bytes | None] = []  # None: a NULL field
             complete = True
             for _ in range(n):
                 if end - p < 4:

@@ -21,6 +21,7 @@ A function is judged by what it is, never by a prefix of its name:
 from __future__ import annotations
 
 from hoopy.policy.rules import Unit
+from hoopy.postgres.names import object_name
 from hoopy.postgres.builtin_names import NAMES as _STABLE_BUILTINS
 
 CATALOG = "pg_catalog"
@@ -162,8 +163,6 @@ BUILTIN_OPERATORS = frozenset("""
 
 
 def subject(schema: str, name: str) -> str:
-    from hoopy.postgres.rules import object_name
-
     return object_name(schema, name) + "()"
 
 

@@ -22,6 +22,8 @@ import fnmatch
 import re
 
 from hoopy.policy.rules import RuleError, Unit
+from hoopy.postgres.functions import named_only_subject
+from hoopy.postgres.names import object_name, quote_part
 
 PG_CLASSES = ("read", "write", "lock", "ddl", "admin")
 # What a rule of each class covers: write TABLE implies lock TABLE.
@@ -31,18 +33,6 @@ COVERS = {"read": ("read",), "write": ("write", "lock"), "lock": ("lock",), "ddl
 _PART = r'(?:[A-Za-z_*?][A-Za-z0-9_$*?]*|"(?:[^"]|"")+")'
 _OBJECT = re.compile(rf"^{_PART}(?:\.{_PART})?(\(\))?$")
 _GLOB = re.compile(r"[*?\[]")
-
-
-def quote_part(part: str) -> str:
-    """One part of an object's name as units show it: quoted when it holds a dot
-    or a quote, so "a.b".c and a."b.c" stay apart."""
-    if "." in part or '"' in part:
-        return '"' + part.replace('"', '""') + '"'
-    return part
-
-
-def object_name(schema: str, name: str) -> str:
-    return f"{quote_part(schema)}.{quote_part(name)}"
 
 
 def _split(text: str) -> list[str]:
@@ -108,8 +98,6 @@ def parse_deny(text: str):
 
 def named_only(subject: str) -> bool:
     """Objects a glob never covers (see the module's doc)."""
-    from hoopy.postgres.functions import named_only_subject
-
     return named_only_subject(subject)
 
 

@@ -119,7 +119,11 @@ class ScramServer:
         if not sep:
             raise ScramError("client proof missing")
         a = _attrs(without_proof)
-        expect_c = self.gs2_header.encode() + (self.cbind_data if self.mech == MECH_PLUS else b"")
+        expect_c = self.gs2_header.encode()
+        if self.mech == MECH_PLUS:
+            if self.cbind_data is None:  # first() takes PLUS only over TLS: never binds to nothing
+                raise ScramError("no channel binding data for SCRAM-SHA-256-PLUS")
+            expect_c += self.cbind_data
         try:
             c = base64.b64decode(a.get("c", ""), validate=True)
             proof_b = base64.b64decode(proof, validate=True)

@@ -165,6 +165,7 @@ def _loads_flat(j: str):
                 root = done
             expect_key = bool(stack) and isinstance(stack[-1][0], dict)
             continue
+        value: object  # a JSON value: dict, list, str, number, bool or None
         if c == "{" or c == "[":
             value = {} if c == "{" else []
         elif c == '"':

@@ -11,6 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from hoopy.postgres import codec, scram, upstream_side as us
+from hoopy.transport import stream
 from hoopy.upstream import UpstreamError
 
 log = Logger()
@@ -44,7 +45,7 @@ class UpstreamProtocol(Protocol):
         self.settings = settings
         self.side = side
         self.side.channel_binding = self._channel_binding
-        self.ready = defer.Deferred()  # fires with this protocol once the upstream is ready
+        self.ready: defer.Deferred[UpstreamProtocol] = defer.Deferred()  # fires once the upstream is ready
         self.client = None  # the ClientProtocol, once ready
         self.info: us.Ready | None = None
         self.tls = False
@@ -81,7 +82,7 @@ class UpstreamProtocol(Protocol):
         if not self.ready.called:
             self.ready.errback(error)
         if self.transport is not None:
-            self.transport.abortConnection()
+            stream(self.transport).abortConnection()
 
     def _channel_binding(self):
         """tls-server-end-point data of the server's certificate (SCRAM-SHA-256-PLUS)."""

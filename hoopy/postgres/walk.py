@@ -656,7 +656,7 @@ def _func_call(w: Walk, f, ctx):
         if name == "current_setting" and schema in (None, "pg_catalog"):
             # Judged by the setting's name: a superuser-only one, or a name we cannot read,
             # is a read of pg_settings (server configuration).
-            args = f.get("args") or ()
+            args: list = f.get("args") or []
             setting = const_text(args[0]) if args else None
             w.cacheable = False
             if setting is None or setting.strip().lower() in gucs.SUPERUSER_ONLY:
@@ -664,7 +664,7 @@ def _func_call(w: Walk, f, ctx):
         if name == "set_config" and schema in (None, "pg_catalog"):
             # What drivers send (asyncpg turns jit off): judged as SET of that name.
             w.cacheable = False
-            args = f.get("args") or ()
+            args = f.get("args") or []
             name = const_text(args[0]) if args else None
             if name is not None:
                 w.setting(name, const_text(args[1]) if len(args) > 1 else None)

@@ -61,7 +61,7 @@ class FileStats:
     written: int = 0
     resolved: str | None = None  # the path the upstream resolved it to, as judged
     next_offset: int = 0  # written in order so far: the SHA-256 covers what was written
-    sha: object = attrs.field(factory=hashlib.sha256, repr=False)
+    sha: hashlib._Hash = attrs.field(factory=hashlib.sha256, repr=False)
     in_order: bool = True
 
     def close_data(self, **extra) -> dict:
@@ -175,6 +175,11 @@ class _Reader:
         name shown as \\xff is another file than the byte 0xff: judged by its display, a link
         named with that byte passed as the directory named `\\xff`."""
         return self.string().decode("utf-8", "surrogateescape")
+
+
+# The upstream's answer to a request the gateway sent itself (by request id): a REALPATH's path
+# (None: no name), a STATUS code, or whether an ATTRS came back (STAT: the path exists).
+Answer = str | int | bool | None
 
 
 def display(path: str | None) -> str | None:
@@ -362,11 +367,12 @@ class Tracker:
         """Whole server packets (forwarded as they are), learning handles and counting reads."""
         return [p for p in self.read_responses(data)[0]]
 
-    def read_responses(self, data: bytes) -> tuple[list[bytes], list[tuple[int, str | None]]]:
+    def read_responses(self, data: bytes) -> tuple[list[bytes], list[tuple[int, Answer]]]:
         """(whole server packets for the client, answers to the gateway's own requests: (id, the
         resolved path of a NAME, the code of a STATUS, or True for an ATTRS))."""
         pkts = self._resp.packets(data)
-        out, mine = [], []
+        out: list[bytes] = []
+        mine: list[tuple[int, Answer]] = []
         for p in pkts:
             t = p[4]
             if t == VERSION:
@@ -398,8 +404,8 @@ class Tracker:
                         raise SFTPError(f"more than {MAX_HANDLES} SFTP files open at once")
                     self.files[handle] = FileStats(*opened, resolved=resolved)
             elif t == DATA:
-                handle = self._reading.pop(rid, None)
-                f = self.files.get(handle) if handle is not None else None
+                read_from = self._reading.pop(rid, None)
+                f = self.files.get(read_from) if read_from is not None else None
                 if f is not None:
                     f.read += r.u32()  # the data string's length
             elif t == STATUS:

@@ -114,7 +114,7 @@ class SFTPGate:
                                    f"hoopy: {sftp.display(path)!r} does not resolve on the upstream")
             resolved.append(got)
         kind = f"sftp.{req.access}"
-        subjects = resolved or [req.handle_path]
+        subjects: list[str | None] = list(resolved) if resolved else [req.handle_path]  # None: unknown
         name = _NAMES.get(req.type, f"request {req.type}")
         if req.type == sftp.EXTENDED and req.action is not None:
             name = req.action.data.get("name") or req.action.kind.split(".", 1)[1]
@@ -151,6 +151,7 @@ class SFTPGate:
             self.ch.up.write(req.pkt)
 
     def answer(self, req: sftp.Request, code: int, message: str):
+        assert req.rid is not None  # only INIT has none, and it is never judged
         self.tracker.refused(req.rid)
         if not self.ch.closed:
             self.ch._deliver(sftp.status(req.rid, code, message), None)
