@@ -90,6 +90,22 @@ def build(qualname: str, tmp_path, cleanups: list):
         rec = AsciicastRecorder(tmp_path / "r.cast", None, 80, 24)
         cleanups.append(rec._file.close)  # seal() would record it in a session: there is none here
         return rec
+    if qualname == "hoopy.listen.Adopted":
+        import socket
+
+        from twisted.internet import reactor
+
+        from hoopy.listen import Adopted
+
+        s = socket.socket()
+        cleanups.append(s.close)
+        return Adopted(reactor, (s, socket.AF_INET, None))
+    if qualname == "hoopy.reach._Probe":
+        from twisted.internet import defer
+
+        from hoopy.reach import _Probe
+
+        return _Probe(defer.Deferred(), True, None)
     if qualname == "hoopy.mcp.channels._Bytes":
         from hoopy.mcp.channels import _Bytes
 
