@@ -130,7 +130,7 @@ class Redirections(Walk):
             return
         kind = "read" if op in ("<",) else "write"
         if fd is not None:
-            fds = (fd,)
+            fds: tuple[int, ...] = (fd,)
         elif op in ("&>", "&>>", ">&"):
             fds = (1, 2)
         else:
