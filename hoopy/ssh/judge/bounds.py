@@ -19,6 +19,6 @@ MAX_WORDS = 4096  # words of one line: bounds the time a line can hold the react
 MAX_NODES = 20_000
 
 # Characters a line may hold: no C0 control other than tab and newline (they would be NUL for
-# execve, carriage returns a terminal hides, or the encoding's own markers above).
+# execve, carriage returns a terminal hides, or the encoding's own markers: hoopy.ssh.judge.encoding).
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _WIDE_ESCAPE = re.compile(r"[^\x00-\x7f]\\")

@@ -9,7 +9,8 @@ from hoopy.ssh.judge.cwd import _UNJUDGED, BOTTOM
 from hoopy.ssh.judge.dotdots import mark_dotdots
 from hoopy.ssh.judge.encoding import DOTDOT, G_QMARK, G_STAR, INPUT, SEP, SKEL, V_CLOSE, V_OPEN
 from hoopy.ssh.judge.parts import _clip, Part, Unjudgeable
-from hoopy.ssh.judge.programs import _BIN_DIRS, _BUILTIN_ONLY, _NAME_BUILTINS, _NAME_TESTS, _NO_OP, _RESERVED, _SET_OPTIONS, _SUBSCRIPTED, _UNJUDGEABLE_BUILTINS
+from hoopy.ssh.judge.programs import (_BIN_DIRS, _BUILTIN_ONLY, _NAME_BUILTINS, _NAME_TESTS, _NO_OP, _RESERVED,
+                                      _SET_OPTIONS, _SUBSCRIPTED, _UNJUDGEABLE_BUILTINS)
 from hoopy.ssh.judge.redirections import _normal, _Redirects
 from hoopy.ssh.judge.walk import Walk
 from hoopy.ssh.judge.words import _show, literal_word, Word

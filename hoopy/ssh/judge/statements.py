@@ -26,7 +26,7 @@ _INTEGER = re.compile(r"[-+]?[0-9]+")
 
 
 class Statements(Walk):
-    # Each returns (cwd if it succeeded, cwd if it failed).
+    """Each statement returns (cwd if it succeeded, cwd if it failed)."""
 
     def sequence(self, children, cwd):
         ok = fail = cwd
