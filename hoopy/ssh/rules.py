@@ -21,13 +21,17 @@ import ipaddress
 import re
 
 from hoopy.policy.rules import RuleError, Unit
-from hoopy.ssh import shell as sh
+from hoopy.ssh.judge.bounds import MAX_NESTING
+from hoopy.ssh.judge.dotdots import mark_dotdots
+from hoopy.ssh.judge.encoding import DOTDOT, G_QMARK, G_STAR, INPUT, SEP, SKEL, V_CLOSE, V_OPEN
+from hoopy.ssh.judge.judge import _Judge
+from hoopy.ssh.judge.misread import _misread
+from hoopy.ssh.judge.parse import nesting, parse_tree
 
-DOTDOT = sh.DOTDOT
-_SPECIAL = sh.G_STAR + sh.G_QMARK + sh.INPUT + sh.V_OPEN + sh.V_CLOSE + sh.SKEL + DOTDOT
-_STAR = f"[^{sh.V_OPEN}{sh.V_CLOSE}{DOTDOT}]*"  # argument text: never into a word the shell would expand
+_SPECIAL = G_STAR + G_QMARK + INPUT + V_OPEN + V_CLOSE + SKEL + DOTDOT
+_STAR = f"[^{V_OPEN}{V_CLOSE}{DOTDOT}]*"  # argument text: never into a word the shell would expand
 _QMARK = f"[^{re.escape(_SPECIAL)}]"  # one character of argument text
-_VERBATIM = re.compile(f"{sh.V_OPEN}[^{sh.V_CLOSE}]*{sh.V_CLOSE}")
+_VERBATIM = re.compile(f"{V_OPEN}[^{V_CLOSE}]*{V_CLOSE}")
 
 
 def _tokens(key: str):
@@ -36,12 +40,12 @@ def _tokens(key: str):
     pos = 0
     while pos < len(key):
         c = key[pos]
-        if c == sh.G_STAR:
+        if c == G_STAR:
             out.append(("*",))
-        elif c == sh.G_QMARK:
+        elif c == G_QMARK:
             out.append(("?",))
-        elif c == sh.V_OPEN:
-            end = key.index(sh.V_CLOSE, pos)
+        elif c == V_OPEN:
+            end = key.index(V_CLOSE, pos)
             out.append(("lit", key[pos:end + 1]))
             pos = end + 1
             continue
@@ -76,7 +80,7 @@ def _matcher(toks, bounded: bool):
             segs.append([])
         else:
             segs[-1].append(t)
-    stop = re.compile(f"[{sh.V_OPEN}{sh.V_CLOSE}{DOTDOT}]") if bounded else None
+    stop = re.compile(f"[{V_OPEN}{V_CLOSE}{DOTDOT}]") if bounded else None
     if len(segs) == 1:
         whole = _segment(segs[0])
         return lambda text: whole.fullmatch(text) is not None
@@ -118,22 +122,22 @@ def _could_match(toks, key: str) -> bool:
     pos = 0
     while pos < len(key):
         c = key[pos]
-        if c in (sh.G_STAR, sh.INPUT):
+        if c in (G_STAR, INPUT):
             cmd.append(None)  # any text
-        elif c == sh.V_OPEN:
+        elif c == V_OPEN:
             # A word the shell expands: its skeleton (the text it keeps, INPUT where anything
             # may come), or anything at all without one.
-            end = key.find(sh.V_CLOSE, pos)
+            end = key.find(V_CLOSE, pos)
             end = end if end >= 0 else len(key)
             inner = key[pos + 1:end]
-            _, skel_sep, skel = inner.partition(sh.SKEL)
+            _, skel_sep, skel = inner.partition(SKEL)
             if not skel_sep:
                 cmd.append(None)
             else:
-                cmd.extend(None if ch in (sh.INPUT, sh.G_STAR) else "?" if ch == sh.G_QMARK else ch for ch in skel)
+                cmd.extend(None if ch in (INPUT, G_STAR) else "?" if ch == G_QMARK else ch for ch in skel)
             pos = end + 1
             continue
-        elif c == sh.G_QMARK:
+        elif c == G_QMARK:
             cmd.append("?")  # one character
         else:
             cmd.append(c)
@@ -173,23 +177,23 @@ def _base_key(key: str) -> str | None:
     """The encoded command with its name's directory removed (`/bin/rm -f x` -> `rm -f x`), or
     None when the name has no `/`. A name the shell expands that holds a `/` (`/bin/$X`) could
     end in anything: its last segment is any text."""
-    name, sep, rest = key.partition(sh.SEP)
+    name, sep, rest = key.partition(SEP)
     if "/" not in name:
         return None
-    if name.startswith(sh.V_OPEN):
-        skel = name[1:-1].partition(sh.SKEL)[2]
+    if name.startswith(V_OPEN):
+        skel = name[1:-1].partition(SKEL)[2]
         if "/" not in skel and skel:
             return None
         tail = skel.rsplit("/", 1)[1] if "/" in skel else ""
-        if not skel or any(c in tail for c in (sh.INPUT, sh.G_STAR)) or sh.INPUT in skel.rsplit("/", 1)[0]:
-            tail = sh.INPUT  # the expansion may hold a `/` of its own: any last segment
-        return sh.V_OPEN + "?" + sh.SKEL + tail + sh.V_CLOSE + sep + rest
+        if not skel or any(c in tail for c in (INPUT, G_STAR)) or INPUT in skel.rsplit("/", 1)[0]:
+            tail = INPUT  # the expansion may hold a `/` of its own: any last segment
+        return V_OPEN + "?" + SKEL + tail + V_CLOSE + sep + rest
     return name.rsplit("/", 1)[1] + sep + rest
 
 
 def _base_tokens(toks):
     """A rule's tokens with its command name's directory removed (the same tokens if none)."""
-    name_end = next((i for i, t in enumerate(toks) if t == ("lit", sh.SEP)), len(toks))
+    name_end = next((i for i, t in enumerate(toks) if t == ("lit", SEP)), len(toks))
     name = toks[:name_end]
     slash = max((i for i, t in enumerate(name) if t == ("lit", "/")), default=None)
     if slash is None:
@@ -199,11 +203,11 @@ def _base_tokens(toks):
 
 def exec_rule(glob: str):
     """The matcher of ``exec GLOB``: callable(unit) -> bool, with ``.deny`` for deny lists."""
-    tree = sh.parse_tree(glob)
+    tree = parse_tree(glob)
     root = tree.root_node
-    if sh.nesting(root, sh.MAX_NESTING) in (None, -1):
-        raise RuleError(f"exec {glob!r}: nested more than {sh.MAX_NESTING} levels deep")
-    if root.has_error or sh._misread(root, glob.encode("utf-8", "surrogateescape")) is not None:
+    if nesting(root, MAX_NESTING) in (None, -1):
+        raise RuleError(f"exec {glob!r}: nested more than {MAX_NESTING} levels deep")
+    if root.has_error or _misread(root, glob.encode("utf-8", "surrogateescape")) is not None:
         raise RuleError(f"exec {glob!r}: not a command the shell can read (check its quotes)")
     stmts = [c for c in root.children if c.is_named and c.type != "comment"]
     if len(stmts) == 1 and stmts[0].type == "redirected_statement":
@@ -211,7 +215,7 @@ def exec_rule(glob: str):
     if len(stmts) != 1 or stmts[0].type != "command":
         raise RuleError(f"exec {glob!r}: an exec rule names one command (the gateway judges each command "
                         f"of a line on its own: write one rule per command; `> FILE` is a `write` rule)")
-    judge = sh._Judge()
+    judge = _Judge()
     judge.src = glob.encode("utf-8", "surrogateescape")
     words = []
     for ch in stmts[0].children:
@@ -228,17 +232,17 @@ def exec_rule(glob: str):
             raise RuleError(f"exec {glob!r}: not a plain command")
     if judge.parts:
         raise RuleError(f"exec {glob!r}: command substitution cannot be granted")
-    key = sh.SEP.join(w.enc for w in words)
+    key = SEP.join(w.enc for w in words)
     toks = _tokens(key)
     anywhere = _matcher(toks, False)
     # Allow and approve rules match with each `..` segment marked: a rule's `*` never covers one
     # (`exec cat /var/log/*` is not `cat /var/log/../../etc/shadow`); a rule's own `..` matches.
-    marked_toks = _tokens(sh.mark_dotdots(key, globs=False))
+    marked_toks = _tokens(mark_dotdots(key, globs=False))
     bounded = _matcher(marked_toks, True)
     # The rule's leading literal text (its command name, usually): most commands fail here.
     lead = []
     for t in marked_toks:
-        if t[0] != "lit" or t[1].startswith(sh.V_OPEN):
+        if t[0] != "lit" or t[1].startswith(V_OPEN):
             break
         lead.append(t[1])
     lead = "".join(lead)
@@ -251,7 +255,7 @@ def exec_rule(glob: str):
             return False
         if k == key:
             return True
-        k = sh.mark_dotdots(k)
+        k = mark_dotdots(k)
         return k.startswith(lead) and bounded(k)
 
     # A deny rule names a program wherever it is: `exec rm *` denies /bin/rm and /usr/bin/rm too
