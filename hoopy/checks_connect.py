@@ -350,7 +350,7 @@ async def _check_url(reactor, key, url, creator, headers, lines, ca_key):
 async def check_http(reactor, cfg, conn, lines):
     from urllib.parse import urlsplit
 
-    from hoopy.http.service import _tls_policy
+    from hoopy.http.tls import upstream_tls_policy as _tls_policy
 
     s = conn.settings
     key = f"connections.{conn.name}"

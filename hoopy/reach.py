@@ -129,7 +129,7 @@ def _http_endpoint(reactor, url: str, ca=None):
     host = u.hostname or ""
     ep: Any = HostnameEndpoint(reactor, host, port, timeout=TIMEOUT)
     if tls:
-        from hoopy.http.service import _tls_policy
+        from hoopy.http.tls import upstream_tls_policy as _tls_policy
 
         policy = _tls_policy(_CA(ca))
         ep = wrapClientTLS(policy.creatorForNetloc(host.encode("idna"), port), ep)

@@ -8,7 +8,6 @@ protocol imports.
 """
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING, Callable
 
 import attrs
@@ -16,6 +15,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
 from hoopy.audit.events import Event
+from hoopy.ids import new_id
 from hoopy.audit.store import StoreError
 
 if TYPE_CHECKING:
@@ -30,10 +30,6 @@ ATTRIBUTION_KEYS = ("model", "tool_call", "mcp_server", "application_name")
 # The one ``direction`` vocabulary of byte counts, whatever the protocol:
 IN = "in"  # from the caller, toward the upstream
 OUT = "out"  # from the upstream, toward the caller
-
-
-def new_id(prefix: str = "") -> str:
-    return prefix + secrets.token_hex(8)
 
 
 @attrs.define(eq=False)

@@ -3,20 +3,8 @@ from __future__ import annotations
 
 from twisted.internet import defer
 
+from hoopy.http.tls import upstream_tls_policy as _tls_policy
 from hoopy.listening import Listener
-
-
-def _tls_policy(settings):
-    """How https upstreams are verified: the system roots, or only ``upstream_ca``; host names
-    (and IP addresses) are checked against the certificate (service-identity)."""
-    from twisted.internet import ssl
-    from twisted.web.client import BrowserLikePolicyForHTTPS
-
-    if settings.upstream_ca is None:
-        return BrowserLikePolicyForHTTPS()
-    certs = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
-             for part in settings.upstream_ca.value.encode().split(b"-----BEGIN CERTIFICATE-----")[1:]]
-    return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certs))
 
 
 def _tls_factory(settings, factory):

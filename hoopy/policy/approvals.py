@@ -41,7 +41,7 @@ from hoopy.audit.events import Event
 from hoopy.audit.store import StateConflict, StoreError
 from hoopy.policy.review import review_text
 from hoopy.policy.verdicts import Allow
-from hoopy.session import new_id
+from hoopy.ids import new_id
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
