@@ -1077,6 +1077,17 @@ def test_sse_line_endings_and_bom_cannot_desync_the_masker(gw, stream):
     assert b"123-45-6789" not in got, got
 
 
+def test_a_masked_event_stream_leaves_its_pooled_upstream_connection_usable(gw, upstream):
+    # The stream pauses its upstream connection while a redaction is written; when the body had
+    # already ended, that connection went back to the pool paused and the next request on it
+    # waited for an answer nobody read (504).
+    for _ in range(3):
+        status, got, _, _ = curl(raw_url(gw, b'data: {"ssn": "123-45-6789"}\n\n', "text/event-stream"))
+        assert status == 200 and b"123-45-6789" not in got, got
+        status, body, _, _ = curl(gw.url + "/v1/customers/1")
+        assert status == 200, body
+
+
 def test_injected_credential_is_not_echoed_back_in_response_headers(gw):
     status, got, headers, _ = curl(raw_url(gw, b"moved", "text/plain",
                                            h=["Location: https://elsewhere.example/?auth={auth}",

@@ -73,23 +73,31 @@ class RawHeaders:
 
 
 class _BodyTransport:
-    """What a body protocol sees as its transport: pausing it pauses the upstream socket."""
+    """What a body protocol sees as its transport: pausing it pauses the upstream socket, while
+    its exchange holds the connection. Once the exchange is over the connection may serve another
+    (from the pool): a late pause or stop from this reader (say, one waiting for a redaction to
+    be written after the body ended) must not stall or kill that one."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_req")
 
     def __init__(self, conn):
         self._conn = conn
+        self._req = conn.exchange
+
+    def _ours(self):
+        return self._conn.exchange is self._req and self._conn.transport is not None
 
     def pauseProducing(self):
-        if self._conn.transport is not None:
+        if self._ours():
             self._conn.transport.pauseProducing()
 
     def resumeProducing(self):
-        if self._conn.transport is not None:
+        if self._ours():
             self._conn.transport.resumeProducing()
 
     def stopProducing(self):
-        self._conn.abort()
+        if self._conn.exchange is self._req:
+            self._conn.abort()
 
     def getPeer(self):
         return self._conn.transport.getPeer() if self._conn.transport is not None else None
@@ -477,6 +485,9 @@ class UpstreamClient:
         self.busy.discard(conn)
         if len(self.idle) < self.pool_size and conn.transport is not None and not conn.lost:
             conn.parser = None
+            # Reading again: the last body's reader may have paused it (backpressure, a redaction
+            # being written); an idle connection must still see the upstream close it.
+            conn.transport.resumeProducing()
             self.idle.append(conn)
         elif conn.transport is not None:
             conn.transport.loseConnection()
