@@ -82,7 +82,9 @@ class Connection:
     name: str
     type: str
     listen: str
-    upstream: str
+    # None for an MCP connection to a stdio server (``command``); in reader mode, the file's
+    # value unchecked (evidence records it as written).
+    upstream: str | None
     settings: Any  # the protocol's own attrs object (hoopy.<type>.settings)
     approval_timeout: float
     approvals: str = "hold"  # hold: the caller waits; retry: refused at once with the approval id
@@ -331,7 +333,8 @@ def check_postgres_state(url: str) -> list[str]:
     if not (info.get("host") or info.get("hostaddr")):
         problems.append("the PostgreSQL URL names no host or socket directory "
                         "(postgresql://user@host/db, or ?host=/run/postgresql)")
-    if any(p and not p.isdigit() for p in info.get("port", "").split(",")):
+    # conninfo_to_dict types its values as str | int | None; parsed from a URL they are str.
+    if any(p and not p.isdigit() for p in str(info.get("port") or "").split(",")):
         problems.append(f"port {info['port']!r} is not a number")
     if "password" in info:
         problems.append("no password in the state URL: use PGPASSWORD, ~/.pgpass or passfile=/path")

@@ -157,7 +157,7 @@ class ClientSession(asyncssh.SSHServerSession):
         return self.client.session
 
     def _operation(self) -> Operation:
-        detail = {"pty": self.pty is not None}
+        detail: dict[str, object] = {"pty": self.pty is not None}
         if self.env:
             detail["env"] = sorted(self.env)
         if self.env_dropped:

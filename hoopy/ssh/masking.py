@@ -118,11 +118,13 @@ def compile_detectors(detectors: tuple) -> tuple:
     return tuple(out)
 
 
-def _project(raw: str, end: int):
+def _project(raw: str, end: int) -> tuple[str, list[int] | None]:
     """(the text a terminal shows of raw[:end], raw index of each of its characters)."""
     if not any(c in raw for c in _INTRODUCERS):
         return raw[:end], None  # the common case: every character is shown
-    shown, index, pos = [], [], 0
+    shown: list[str] = []
+    index: list[int] = []
+    pos = 0
     for m in _ESCAPE.finditer(raw, 0, end):
         shown.append(raw[pos:m.start()])
         index.extend(range(pos, m.start()))

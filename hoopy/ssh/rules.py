@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import re
+from collections.abc import Callable
 
 from hoopy.policy.rules import RuleError, Unit
 from hoopy.ssh.judge.bounds import MAX_NESTING
@@ -34,9 +35,9 @@ _QMARK = f"[^{re.escape(_SPECIAL)}]"  # one character of argument text
 _VERBATIM = re.compile(f"{V_OPEN}[^{V_CLOSE}]*{V_CLOSE}")
 
 
-def _tokens(key: str):
+def _tokens(key: str) -> list[tuple[str, ...]]:
     """A rule's encoded words as tokens: ("*",), ("?",), or ("lit", text)."""
-    out = []
+    out: list[tuple[str, ...]] = []
     pos = 0
     while pos < len(key):
         c = key[pos]
@@ -74,7 +75,7 @@ def _matcher(toks, bounded: bool):
     rule's star goes anywhere. Leftmost is never worse: a later place could only leave the next
     star more to cover, and that is text it may cover either way.
     """
-    segs = [[]]
+    segs: list[list[tuple[str, ...]]] = [[]]
     for t in toks:
         if t[0] == "*":
             segs.append([])
@@ -240,12 +241,12 @@ def exec_rule(glob: str):
     marked_toks = _tokens(mark_dotdots(key, globs=False))
     bounded = _matcher(marked_toks, True)
     # The rule's leading literal text (its command name, usually): most commands fail here.
-    lead = []
+    lead_parts = []
     for t in marked_toks:
         if t[0] != "lit" or t[1].startswith(V_OPEN):
             break
-        lead.append(t[1])
-    lead = "".join(lead)
+        lead_parts.append(t[1])
+    lead = "".join(lead_parts)
     special = re.compile(f"[{re.escape(_SPECIAL)}]")
 
     def match(unit: Unit) -> bool:
@@ -278,7 +279,18 @@ def exec_rule(glob: str):
         return (bk is not None or base_toks is not toks) and deny_one(bk if bk is not None else k, base_toks,
                                                                        base_anywhere)
 
-    match.deny = deny
+    return _judgements(match, deny=deny)
+
+
+def _judgements(match: Callable[[Unit], bool], *, deny: Callable[[Unit], bool] | None = None,
+                permits: Callable[[Unit], bool] | None = None) -> Callable[[Unit], bool]:
+    """``match`` carrying the other judgements hoopy.policy.rules.Rule looks up on a matcher by
+    name (``deny``, ``permits``: function attributes, which the type checker does not model).
+    Named parameters, so a misspelt one fails here instead of leaving Rule its fallback."""
+    if deny is not None:
+        setattr(match, "deny", deny)
+    if permits is not None:
+        setattr(match, "permits", permits)
     return match
 
 
@@ -350,8 +362,7 @@ def parse(text: str):
 
         # From an allow or approve list, a path rule lets the subsystem open; its file
         # operations are then judged one by one.
-        sftp_match.permits = lambda unit: unit.kind == "sftp"
-        return sftp_match
+        return _judgements(sftp_match, permits=lambda unit: unit.kind == "sftp")
     if word in ("write", "read"):
         if not rest:
             raise RuleError(f"{text!r}: {word} needs a path glob")

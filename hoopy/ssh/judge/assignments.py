@@ -4,7 +4,7 @@ from __future__ import annotations
 from hoopy.ssh.environment import passes as env_passes
 from hoopy.ssh.judge.parts import _clip, Part
 from hoopy.ssh.judge.walk import Walk
-from hoopy.ssh.judge.words import Word
+from hoopy.ssh.judge.words import is_literal, Word
 
 
 # Lowercase variables programs read from the environment: assignments to them are filtered too.
@@ -34,7 +34,7 @@ class Assignments(Walk):
 
     def environment(self, name, value: Word, text=None):
         """NAME=VALUE for a command's environment: the same filter as SSH `env` requests."""
-        if not value.literal:
+        if not is_literal(value):
             self.add(Part("refused", f"{_clip(text or name)!r}: an environment value the shell would expand"))
         elif not env_passes(name, value.value):
             self.add(Part("refused", f"{name}={_clip(value.value)!r}: only LANG, LC_*, TZ and HOOPY_* "

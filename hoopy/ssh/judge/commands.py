@@ -13,7 +13,7 @@ from hoopy.ssh.judge.programs import (_BIN_DIRS, _BUILTIN_ONLY, _NAME_BUILTINS, 
                                       _SET_OPTIONS, _SUBSCRIPTED, _UNJUDGEABLE_BUILTINS)
 from hoopy.ssh.judge.redirections import _normal, _Redirects
 from hoopy.ssh.judge.walk import Walk
-from hoopy.ssh.judge.words import _show, literal_word, Word
+from hoopy.ssh.judge.words import _show, is_literal, literal_word, Word
 
 
 class Commands(Walk):
@@ -78,7 +78,7 @@ class Commands(Walk):
         if depth > MAX_DEPTH:
             raise Unjudgeable(f"wrappers nested deeper than {MAX_DEPTH}")
         name = words[0]
-        if not name.literal:
+        if not is_literal(name):
             self.exec_part(words)
             return cwd, cwd
         cmd = name.value
@@ -100,7 +100,7 @@ class Commands(Walk):
         if cmd in _NAME_BUILTINS and self.subscripted(words):
             return cwd, cwd
         if cmd in _NO_OP:
-            if cmd == "wait" and any(w.literal and w.value.startswith("-") and "p" in w.value for w in args):
+            if cmd == "wait" and any(is_literal(w) and w.value.startswith("-") and "p" in w.value for w in args):
                 # wait -p NAME assigns the job's pid to any variable (PATH included).
                 self.unjudgeable(f"{_clip(_show(words))!r}: wait -p assigns a variable")
                 return cwd, cwd
@@ -118,7 +118,7 @@ class Commands(Walk):
             return cwd, cwd  # runs nothing
         if cmd == "export" or cmd == "readonly":
             for w in args:
-                if not w.literal:
+                if not is_literal(w):
                     self.unjudgeable(f"{cmd} {w.text}")
                 elif "=" in w.value:
                     n, _, v = w.value.partition("=")
@@ -161,6 +161,7 @@ class Commands(Walk):
 
     def exec_part(self, words: list[Word]):
         name = words[0]
+        why: str | None
         if not name.literal:
             # A pattern or expansion for the command name decides which program runs: only a
             # rule spelling it exactly can match it (a rule's * does not cover it).
@@ -203,7 +204,7 @@ class Commands(Walk):
         args = list(args)
         while args and args[0].literal and args[0].value in ("-P", "-L", "-e", "--"):
             args.pop(0)
-        if len(args) != 1 or not args[0].literal:
+        if len(args) != 1 or not is_literal(args[0]):
             return None, cwd
         target = args[0].value
         if not target.startswith("/"):
@@ -244,7 +245,7 @@ class Commands(Walk):
         files = []
         opts = True
         for w in args:
-            if not w.literal:
+            if not is_literal(w):
                 self.unjudgeable(f"tee {w.text}: a file name the shell would expand")
                 continue
             v = w.value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, TypeGuard
 
 import attrs
 
@@ -29,6 +30,17 @@ class Word:
     @property
     def literal(self) -> bool:
         return self.value is not None
+
+
+if TYPE_CHECKING:
+    class LiteralWord(Word):
+        """A Word whose value is known: what ``is_literal`` narrows to (never built)."""
+        value: str
+
+
+def is_literal(w: Word) -> TypeGuard[LiteralWord]:
+    """``w.literal``, said so the type checker knows that ``w.value`` is then a str."""
+    return w.value is not None
 
 
 def _quote(s: str) -> str:

@@ -9,7 +9,7 @@ import re
 from hoopy.ssh.judge.encoding import INPUT
 from hoopy.ssh.judge.parts import Unjudgeable
 from hoopy.ssh.judge.walk import Walk
-from hoopy.ssh.judge.words import _NUMBER, literal_word, Word
+from hoopy.ssh.judge.words import _NUMBER, is_literal, literal_word, Word
 
 
 _DURATION = re.compile(r"[0-9]+(\.[0-9]+)?[smhd]?")
@@ -201,7 +201,7 @@ class Wrappers(Walk):
             return "words", _nice(args)
         if base == "nohup":
             rest = args[1:] if args and args[0].literal and args[0].value == "--" else args
-            if rest and rest[0].literal and rest[0].value.startswith("-"):
+            if rest and is_literal(rest[0]) and rest[0].value.startswith("-"):
                 raise Unjudgeable(f"nohup {rest[0].value}: an option the gateway does not know")
             return "words", rest
         if base == "stdbuf":
@@ -225,7 +225,7 @@ class Wrappers(Walk):
         string = None
         while i < len(args):
             w = args[i]
-            if not w.literal:
+            if not is_literal(w):
                 raise Unjudgeable(f"{base} {w.text}: an argument the shell would expand")
             v = w.value
             if v in ("--login", "--noprofile", "--norc") and dialect == "bash":
@@ -253,7 +253,7 @@ class Wrappers(Walk):
         if i >= len(args):
             raise Unjudgeable(f"{base} -c without a command string")
         s = args[i]
-        if not s.literal:
+        if not is_literal(s):
             raise Unjudgeable(f"{base} -c {s.text}: a command string the shell would expand")
         return "shell", (dialect, s.value)
 
@@ -261,7 +261,7 @@ class Wrappers(Walk):
         i = 0
         while i < len(args):
             w = args[i]
-            if not w.literal:
+            if not is_literal(w):
                 raise Unjudgeable(f"env {w.text}: an argument the shell would expand")
             v = w.value
             if v in ("-i", "--ignore-environment", "-"):
@@ -281,9 +281,9 @@ class Wrappers(Walk):
                 break
         # env takes every word with `=` as NAME=VALUE, whatever NAME is (`env 'X-Y=1' rm`): all of
         # them pass the environment filter (which refuses such a name), none is the command.
-        while i < len(args) and args[i].literal and "=" in args[i].value:
-            n, _, val = args[i].value.partition("=")
-            self.environment(n, literal_word(val), args[i].value)
+        while i < len(args) and is_literal(w := args[i]) and "=" in w.value:
+            n, _, val = w.value.partition("=")
+            self.environment(n, literal_word(val), w.value)
             i += 1
         if i < len(args) and not args[i].literal and "=" in args[i].text.split("$", 1)[0]:
             raise Unjudgeable(f"env {args[i].text}: an environment value the shell would expand")
