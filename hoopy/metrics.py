@@ -37,3 +37,13 @@ class Metrics:
         self.redactions = Counter("hoopy_redactions", "Values masked",
                                   ["protocol", "connection"], registry=r)
         self.store_errors = Counter("hoopy_store_errors", "Failed state store writes", registry=r)
+        self._children: dict = {}
+
+    def child(self, metric, *labels):
+        """``metric.labels(*labels)``, looked up once per label set: ``labels()`` validates and
+        locks on every call and costs more than the increment (once or twice a statement)."""
+        key = (metric._name, labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c

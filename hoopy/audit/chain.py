@@ -48,10 +48,58 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _CANONICAL_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
+try:
+    import orjson as _orjson
+
+    _DUMPS = _orjson.dumps
+    _SORTED = _orjson.OPT_SORT_KEYS
+except ImportError:  # pragma: no cover (a dependency; the standard library gives the same bytes)
+    _DUMPS = None
+
+_I64, _U64 = -2 ** 63, 2 ** 64 - 1
+_INF = float("inf")
+
+
+def _leaf(v) -> bool:
+    t = type(v)
+    return (t is str or v is None or t is bool or (t is int and _I64 <= v <= _U64)
+            or (t is float and (v == 0.0 or 1e-4 <= abs(v) < _INF)))
+
+
+def _plain(o, depth: int = 0) -> bool:
+    """True when orjson writes exactly the standard library's bytes for ``o``: dicts with string
+    keys, lists, tuples, strings, booleans, None, integers of 64 bits, and floats that both print
+    the same way (not NaN, not infinite, none below 1e-4 but zero: orjson writes 1e-5 as 0.00001).
+    Anything else (a subclass, bytes, a date: ``default=str``) takes the standard library."""
+    if depth > 32:
+        return False
+    t = type(o)
+    if t is dict:
+        for k, v in o.items():
+            if type(k) is not str or not (_leaf(v) or _plain(v, depth + 1)):
+                return False
+        return True
+    if t is list or t is tuple:
+        for v in o:
+            if not (_leaf(v) or _plain(v, depth + 1)):
+                return False
+        return True
+    return False
+
+
 def canonical_json(obj) -> str:
     """JSON for the store: sorted keys, no spaces. A string that cannot be
     UTF-8 (a lone surrogate from bytes decoded with surrogateescape) is written
-    \\u-escaped instead, so one odd value can never make a batch unwritable."""
+    \\u-escaped instead, so one odd value can never make a batch unwritable.
+
+    orjson writes it (in C, a few times faster) whenever its bytes are the standard
+    library's (``_plain``; frozen by tests/test_chain_vectors.py); it refuses a lone
+    surrogate, which then takes the standard library's path."""
+    if _DUMPS is not None and _plain(obj):
+        try:
+            return _DUMPS(obj, option=_SORTED).decode()
+        except TypeError:  # orjson.JSONEncodeError: a lone surrogate
+            pass
     text = _CANONICAL.encode(obj)
     if not text.isascii():
         try:

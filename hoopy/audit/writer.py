@@ -273,8 +273,18 @@ def _clean_text(value):
     return value
 
 
+_EVENT_TEXT = ("session", "identity", "connection", "protocol", "peer", "kind", "outcome")
+
+
 def _clean_event(event: Event) -> Event:
-    fields = ("session", "identity", "connection", "protocol", "peer", "kind", "outcome")
+    # The common case, once per event on the reactor: every field ASCII (or None), nothing to clean.
+    for v in (event.session, event.identity, event.connection, event.protocol, event.peer, event.kind,
+              event.outcome):
+        if v is not None and not (type(v) is str and v.isascii()):
+            break
+    else:
+        return event
+    fields = _EVENT_TEXT
     changed = {f: _clean_text(getattr(event, f)) for f in fields}
     if all(changed[f] is getattr(event, f) for f in fields):
         return event
