@@ -117,16 +117,27 @@ def measure(name, cmd, port, user, db, a, env, work):
         if a.cpu:
             c0 = cpu_seconds(proc.pid)
             spy = None
+            if a.strace:
+                spy = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(work / f"{name}.strace")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
             if a.profile:
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "1000", "--format",
-                                        "raw", "--output", str(work / f"{name}.spy"), "--threads"],
+                                        "raw", "--output", str(work / f"{name}.spy"), "--threads", "--gil"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             tps = pgbench(port, user, db, a.statements, a.clients, env)
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
-                top(work / f"{name}.spy")
+                if a.strace:
+                    print(f"## {name}: system calls a statement (strace -c -f)")
+                    for line in (work / f"{name}.strace").read_text().splitlines()[2:]:
+                        f = line.split()
+                        if len(f) >= 5 and f[3].isdigit():
+                            print(f"  {int(f[3]) / a.statements:6.2f}  {f[-1]}  ({f[1]} s total)")
+                else:
+                    top(work / f"{name}.spy")
             per = (cpu_seconds(proc.pid) - c0) / a.statements * 1e6
             print(f"{name:6} {per:10.1f} us CPU a statement (pgbench -S -c {a.clients}, {a.statements}; "
                   f"{tps:,.0f} TPS, load {os.getloadavg()[0]:.1f})", flush=True)
@@ -162,6 +173,7 @@ def main():
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--only", choices=("hoopy", "floor"))
     ap.add_argument("--cpu", action="store_true", help="CPU time from /proc instead of callgrind")
+    ap.add_argument("--strace", action="store_true", help="with --cpu: count system calls a statement")
     ap.add_argument("--profile", action="store_true", help="with --cpu: py-spy each process, print the top")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (callgrind files)")
     ap.add_argument("--masking", action="store_true", help="an email pattern rule on the connection")
@@ -199,7 +211,8 @@ identity = "bench"
 connection = "direct"
 allow = ["read"]
 {masking}""")
-        twistd = shutil.which("twistd", path=str(Path(sys.executable).parent)) or "twistd"
+        twistd = os.environ.get("HOOPY_TWISTD") or shutil.which("twistd", path=str(Path(sys.executable).parent)) \
+            or "twistd"
         results = {}
         if a.only in (None, "floor"):
             results["floor"] = measure("floor", [sys.executable, str(_HERE / "relay.py"), str(rp), "5432"], rp,

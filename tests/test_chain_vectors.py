@@ -107,7 +107,8 @@ def test_the_hand_written_encoder_is_the_json_module_of_hoopy_0_1(values):
     """The bytes v1 hashed were json.dumps(..., separators=(",", ":"), ensure_ascii=False): the
     hand-written encoder must agree with it on every list of integers, strings and NULLs."""
     assert chain_array(values) == json.dumps(values, separators=(",", ":"), ensure_ascii=False)
-    assert chain._array(values) == chain_array(values)  # the fast path links use
+    assert chain._array(values) == chain_array(values)
+    assert chain._array_bytes(values) == chain_array(values).encode()  # the fast path links use
 
 
 def test_values_the_gateway_never_writes_are_refused():
@@ -208,3 +209,14 @@ def test_canonical_json_is_the_json_module_for_every_value(obj):
     except UnicodeEncodeError:
         want = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     assert chain.canonical_json(obj) == want
+
+
+def test_a_lone_surrogate_in_a_chained_column_still_fails_to_link():
+    """A column the gateway never writes that way (an edited row holding a lone surrogate): the
+    fast path refuses it as the standard library did, and verify reports an edit."""
+    with pytest.raises(UnicodeEncodeError):
+        chain._array_bytes([1, "bad\udc80"])
+    row = dict(V2[0][0], peer="x\udc80")
+    with pytest.raises(chain.Break):
+        chain.Walker().step(dict(row, prev=GENESIS, hash="0" * 64))
+    assert chain._array_bytes([2 ** 64, -2 ** 63 - 1]) == b"[18446744073709551616,-9223372036854775809]"

@@ -60,12 +60,6 @@ _I64, _U64 = -2 ** 63, 2 ** 64 - 1
 _INF = float("inf")
 
 
-def _leaf(v) -> bool:
-    t = type(v)
-    return (t is str or v is None or t is bool or (t is int and _I64 <= v <= _U64)
-            or (t is float and (v == 0.0 or 1e-4 <= abs(v) < _INF)))
-
-
 def _plain(o, depth: int = 0) -> bool:
     """True when orjson writes exactly the standard library's bytes for ``o``: dicts with string
     keys, lists, tuples, strings, booleans, None, integers of 64 bits, and floats that both print
@@ -75,16 +69,29 @@ def _plain(o, depth: int = 0) -> bool:
         return False
     t = type(o)
     if t is dict:
-        for k, v in o.items():
-            if type(k) is not str or not (_leaf(v) or _plain(v, depth + 1)):
+        for k in o:
+            if type(k) is not str:
                 return False
-        return True
-    if t is list or t is tuple:
-        for v in o:
-            if not (_leaf(v) or _plain(v, depth + 1)):
-                return False
-        return True
-    return False
+        values = o.values()
+    elif t is list or t is tuple:
+        values = o
+    else:
+        return False
+    for v in values:  # the leaves inline: this runs for every event
+        t = type(v)
+        if t is str or v is None or t is bool:
+            continue
+        if t is int:
+            if _I64 <= v <= _U64:
+                continue
+            return False
+        if t is float:
+            if v == 0.0 or 1e-4 <= abs(v) < _INF:
+                continue
+            return False
+        if not _plain(v, depth + 1):
+            return False
+    return True
 
 
 def canonical_json(obj) -> str:
@@ -147,11 +154,30 @@ def _array(values: list) -> str:
     return _ARRAY(values)
 
 
+def _array_bytes(values: list) -> bytes:
+    """``_array(values)`` as UTF-8. orjson writes the same bytes for integers of 64 bits, strings
+    and NULLs (the vectors and a property test hold it to chain_array); it refuses a larger integer
+    and a lone surrogate, which then take the standard library (and a surrogate fails to encode,
+    as before)."""
+    for v in values:
+        if type(v) not in _SIMPLE:
+            return chain_array(values).encode()
+    if _DUMPS is not None:
+        try:
+            return _DUMPS(values)
+        except TypeError:
+            pass
+    return _ARRAY(values).encode()
+
+
+_V2_PREFIX_BYTES = V2_PREFIX.encode()
+
+
 def link_bytes(prev_hash: str, row: dict) -> bytes:
     """Exactly the bytes whose SHA-256 is ``row``'s hash."""
     if row.get("writes") is None:
-        return f"{prev_hash}\n{_array([row[f] for f in FIELDS_V1])}".encode()
-    return f"{V2_PREFIX}{prev_hash}\n{_array([row[f] for f in FIELDS_V2])}".encode()
+        return prev_hash.encode() + b"\n" + _array_bytes([row[f] for f in FIELDS_V1])
+    return _V2_PREFIX_BYTES + prev_hash.encode() + b"\n" + _array_bytes([row[f] for f in FIELDS_V2])
 
 
 def link(prev_hash: str, row: dict) -> str:
