@@ -14,6 +14,9 @@ from __future__ import annotations
 import errno
 
 from twisted.internet import tcp
+from twisted.logger import Logger
+
+_log = Logger()
 
 _PLAIN = (tcp.Server, tcp.Client)
 
@@ -78,3 +81,26 @@ def fast_reads_supported() -> bool:
     return (all(hasattr(cls, n) for n in ("_readOrWrite", "_unregisterFDInAsyncio"))
             and "callWithLogger, reader, self._readOrWrite, reader, True" in source
             and "_continuousPolling" in source and "self._readers[reader] = fd" in source)
+
+
+def thread_caller(reactor):
+    """``reactor.callFromThread`` for a hand-off made once per statement (the store's writer
+    thread giving back a durable batch). On the asyncio reactor it is asyncio's own
+    ``call_soon_threadsafe``: Twisted's goes through ``callLater(0)`` (a DelayedCall, the
+    loop's timer rescheduled twice and one more loop turn, about 40 Python calls) for every call.
+    What the callable raises is logged, as Twisted's would be."""
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is None or not callable(getattr(loop, "call_soon_threadsafe", None)):
+        return reactor.callFromThread
+
+    def call(f, *args):
+        loop.call_soon_threadsafe(_logged, f, args)
+
+    return call
+
+
+def _logged(f, args):
+    try:
+        f(*args)
+    except Exception:
+        _log.failure("while handing a result from a thread to the reactor")

@@ -93,3 +93,35 @@ async def test_a_protocol_that_raises_is_disconnected_and_the_reactor_serves_on(
         await port2.stopListening()
     failures = [e["log_failure"] for e in logged if "log_failure" in e]
     assert any(f.check(RuntimeError) for f in failures)
+
+
+@pytest_twisted.ensureDeferred
+async def test_thread_caller_runs_on_the_reactor_in_order_and_logs_what_raises():
+    import threading
+
+    from twisted.logger import globalLogPublisher
+
+    call = sockwrite.thread_caller(reactor)
+    assert call != reactor.callFromThread  # the asyncio reactor: the direct hand-off
+    seen, done = [], defer.Deferred()
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+
+    def on_reactor(i):
+        seen.append((i, threading.current_thread() is threading.main_thread()))
+        if i == 2:
+            raise RuntimeError("a bug in a callback")
+        if i == 499:
+            done.callback(None)
+
+    def worker():
+        for i in range(500):
+            call(on_reactor, i)
+
+    try:
+        threading.Thread(target=worker).start()
+        await done
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert seen == [(i, True) for i in range(500)]
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in logged)

@@ -324,6 +324,7 @@ class BatchedStore:
         self._next_try = 0.0  # a failed heartbeat is tried again no sooner than this
         # callables(StoredEvent), on the reactor thread once an event is durable (notifications)
         self.observers: list = []
+        self._to_reactor = lambda f, *args: self.reactor.callFromThread(f, *args)  # (_start_writer)
 
     @property
     def reactor(self):
@@ -334,6 +335,9 @@ class BatchedStore:
         return self._reactor
 
     def _start_writer(self):
+        from hoopy.sockwrite import thread_caller
+
+        self._to_reactor = thread_caller(self.reactor)  # once a batch: the cheapest hand-back there is
         self._last_sig = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="hoopy-store-writer", daemon=True)
         self._thread.start()
