@@ -184,6 +184,11 @@ def link(prev_hash: str, row: dict) -> str:
     return hashlib.sha256(link_bytes(prev_hash, row)).hexdigest()
 
 
+def link_v2(prev_hash: str, values: list) -> str:
+    """``link`` of a v2 row given as its FIELDS_V2 values in order (the writer's own rows)."""
+    return hashlib.sha256(_V2_PREFIX_BYTES + prev_hash.encode() + b"\n" + _array_bytes(values)).hexdigest()
+
+
 class Break(Exception):
     def __init__(self, seq, message):
         self.seq = seq
