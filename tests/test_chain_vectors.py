@@ -220,3 +220,11 @@ def test_a_lone_surrogate_in_a_chained_column_still_fails_to_link():
     with pytest.raises(chain.Break):
         chain.Walker().step(dict(row, prev=GENESIS, hash="0" * 64))
     assert chain._array_bytes([2 ** 64, -2 ** 63 - 1]) == b"[18446744073709551616,-9223372036854775809]"
+
+
+def test_the_writers_link_is_link():
+    """write_batch links a row given as its values in FIELDS_V2 order (chain.link_v2)."""
+    prev = GENESIS
+    for row, _, expected in V2:
+        assert chain.link_v2(prev, [row[f] for f in chain.FIELDS_V2]) == expected
+        prev = expected
