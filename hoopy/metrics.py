@@ -40,3 +40,13 @@ class Metrics:
         self.upstream_up = Gauge("hoopy_upstream_up", "1 when the connection's upstream answered its "
                                  "last check (a session's connect or the probe), 0 when it did not",
                                  ["connection"], registry=r)
+        self._children: dict = {}
+
+    def child(self, metric, *labels):
+        """``metric.labels(*labels)``, looked up once per label set: ``labels()`` validates and
+        locks on every call and costs more than the increment (once or twice a statement)."""
+        key = (metric._name, labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c

@@ -80,7 +80,8 @@ class Session:
         event (``data`` says where and by which rules); fires once durable."""
         if not count:
             return succeed(None)
-        self.gateway.metrics.redactions.labels(self.protocol, self.connection).inc(count)
+        m = self.gateway.metrics
+        m.child(m.redactions, self.protocol, self.connection).inc(count)
         return self.event("redaction", "masked", **data)
 
     def count_bytes(self, direction: str, n: int) -> None:
@@ -120,7 +121,8 @@ class Session:
         # The end of an operation carries its duration: its latency, by protocol and outcome.
         seconds = data["duration_ms"] / 1000 if "duration_ms" in data else data.get("duration_s")
         if isinstance(seconds, (int, float)):
-            self.gateway.metrics.operation_duration.labels(self.protocol, outcome or "ok").observe(seconds)
+            m = self.gateway.metrics
+            m.child(m.operation_duration, self.protocol, outcome or "ok").observe(seconds)
         return Event(kind=kind, outcome=outcome, session=self.id, identity=self.identity,
                      connection=self.connection, protocol=self.protocol, peer=self.peer,
                      data=data)

@@ -11,7 +11,12 @@ normal path.
 """
 from __future__ import annotations
 
+import errno
+
 from twisted.internet import tcp
+from twisted.logger import Logger
+
+_log = Logger()
 
 _PLAIN = (tcp.Server, tcp.Client)
 
@@ -28,3 +33,74 @@ def write_now(transport, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+def _fast_add_reader(self, reader):
+    """AsyncioSelectorReactor.addReader, registering ``_readOrWrite`` itself: Twisted wraps every
+    read in ``log.callWithLogger`` (the transport's logPrefix, a copied log context, a pushed
+    context frame: a dozen Python calls per read, two reads a statement), which only names the
+    ``system`` of legacy ``twisted.python.log`` messages. ``_readOrWrite`` already catches and
+    logs what ``doRead`` raises and disconnects the transport, as before."""
+    if reader in self._readers.keys() or reader in self._continuousPolling._readers:
+        return
+    fd = reader.fileno()
+    try:
+        self._asyncioEventloop.add_reader(fd, self._readOrWrite, reader, True)
+        self._readers[reader] = fd
+    except OSError as e:
+        self._unregisterFDInAsyncio(fd)
+        if e.errno == errno.EPERM:
+            self._continuousPolling.addReader(reader)
+        else:
+            raise
+
+
+def install_fast_reads(reactor) -> bool:
+    """Use ``_fast_add_reader`` on the asyncio reactor (for readers added from now on). False,
+    and nothing changed, when the private parts it replaces are not what it was written for."""
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor) or not fast_reads_supported():
+        return False
+    setattr(type(reactor), "addReader", _fast_add_reader)  # the one reactor class of this process
+    return True
+
+
+def fast_reads_supported() -> bool:
+    """The private names ``_fast_add_reader`` relies on are still there (tests/test_sockwrite.py
+    fails loudly when a Twisted upgrade changes them)."""
+    import inspect
+
+    from twisted.internet import asyncioreactor
+
+    cls = asyncioreactor.AsyncioSelectorReactor
+    try:
+        source = inspect.getsource(cls.addReader)
+    except (OSError, TypeError):
+        return False
+    return (all(hasattr(cls, n) for n in ("_readOrWrite", "_unregisterFDInAsyncio"))
+            and "callWithLogger, reader, self._readOrWrite, reader, True" in source
+            and "_continuousPolling" in source and "self._readers[reader] = fd" in source)
+
+
+def thread_caller(reactor):
+    """``reactor.callFromThread`` for a hand-off made once per statement (the store's writer
+    thread giving back a durable batch). On the asyncio reactor it is asyncio's own
+    ``call_soon_threadsafe``: Twisted's goes through ``callLater(0)`` (a DelayedCall, the
+    loop's timer rescheduled twice and one more loop turn, about 40 Python calls) for every call.
+    What the callable raises is logged, as Twisted's would be."""
+    loop = getattr(reactor, "_asyncioEventloop", None)
+    if loop is None or not callable(getattr(loop, "call_soon_threadsafe", None)):
+        return reactor.callFromThread
+
+    def call(f, *args):
+        loop.call_soon_threadsafe(_logged, f, args)
+
+    return call
+
+
+def _logged(f, args):
+    try:
+        f(*args)
+    except Exception:
+        _log.failure("while handing a result from a thread to the reactor")

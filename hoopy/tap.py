@@ -50,6 +50,11 @@ def makeService(options):
         lines = "\n".join(f"  {p}" for p in e.problems)
         raise SystemExit(f"hoopy: {options['config']} has problems; not starting:\n{lines}")
 
+    from twisted.internet import reactor
+
+    from hoopy.sockwrite import install_fast_reads
+
+    install_fast_reads(reactor)
     from hoopy.gateway import Gateway
     from hoopy.listen import bind_all
 

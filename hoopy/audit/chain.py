@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 
 GENESIS = "0" * 64
 
@@ -48,10 +49,66 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _CANONICAL_ASCII = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
 
 
+_DUMPS: Callable[..., bytes] | None
+try:
+    import orjson as _orjson
+
+    _DUMPS = _orjson.dumps
+    _SORTED = _orjson.OPT_SORT_KEYS
+except ImportError:  # pragma: no cover (a dependency; the standard library gives the same bytes)
+    _DUMPS = None
+
+_I64, _U64 = -2 ** 63, 2 ** 64 - 1
+_INF = float("inf")
+
+
+def _plain(o, depth: int = 0) -> bool:
+    """True when orjson writes exactly the standard library's bytes for ``o``: dicts with string
+    keys, lists, tuples, strings, booleans, None, integers of 64 bits, and floats that both print
+    the same way (not NaN, not infinite, none below 1e-4 but zero: orjson writes 1e-5 as 0.00001).
+    Anything else (a subclass, bytes, a date: ``default=str``) takes the standard library."""
+    if depth > 32:
+        return False
+    t = type(o)
+    if t is dict:
+        for k in o:
+            if type(k) is not str:
+                return False
+        values = o.values()
+    elif t is list or t is tuple:
+        values = o
+    else:
+        return False
+    for v in values:  # the leaves inline: this runs for every event
+        t = type(v)
+        if t is str or v is None or t is bool:
+            continue
+        if t is int:
+            if _I64 <= v <= _U64:
+                continue
+            return False
+        if t is float:
+            if v == 0.0 or 1e-4 <= abs(v) < _INF:
+                continue
+            return False
+        if not _plain(v, depth + 1):
+            return False
+    return True
+
+
 def canonical_json(obj) -> str:
     """JSON for the store: sorted keys, no spaces. A string that cannot be
     UTF-8 (a lone surrogate from bytes decoded with surrogateescape) is written
-    \\u-escaped instead, so one odd value can never make a batch unwritable."""
+    \\u-escaped instead, so one odd value can never make a batch unwritable.
+
+    orjson writes it (in C, a few times faster) whenever its bytes are the standard
+    library's (``_plain``; frozen by tests/test_chain_vectors.py); it refuses a lone
+    surrogate, which then takes the standard library's path."""
+    if _DUMPS is not None and _plain(obj):
+        try:
+            return _DUMPS(obj, option=_SORTED).decode()
+        except TypeError:  # orjson.JSONEncodeError: a lone surrogate
+            pass
     text = _CANONICAL.encode(obj)
     if not text.isascii():
         try:
@@ -99,15 +156,39 @@ def _array(values: list) -> str:
     return _ARRAY(values)
 
 
+def _array_bytes(values: list) -> bytes:
+    """``_array(values)`` as UTF-8. orjson writes the same bytes for integers of 64 bits, strings
+    and NULLs (the vectors and a property test hold it to chain_array); it refuses a larger integer
+    and a lone surrogate, which then take the standard library (and a surrogate fails to encode,
+    as before)."""
+    for v in values:
+        if type(v) not in _SIMPLE:
+            return chain_array(values).encode()
+    if _DUMPS is not None:
+        try:
+            return _DUMPS(values)
+        except TypeError:
+            pass
+    return _ARRAY(values).encode()
+
+
+_V2_PREFIX_BYTES = V2_PREFIX.encode()
+
+
 def link_bytes(prev_hash: str, row: dict) -> bytes:
     """Exactly the bytes whose SHA-256 is ``row``'s hash."""
     if row.get("writes") is None:
-        return f"{prev_hash}\n{_array([row[f] for f in FIELDS_V1])}".encode()
-    return f"{V2_PREFIX}{prev_hash}\n{_array([row[f] for f in FIELDS_V2])}".encode()
+        return prev_hash.encode() + b"\n" + _array_bytes([row[f] for f in FIELDS_V1])
+    return _V2_PREFIX_BYTES + prev_hash.encode() + b"\n" + _array_bytes([row[f] for f in FIELDS_V2])
 
 
 def link(prev_hash: str, row: dict) -> str:
     return hashlib.sha256(link_bytes(prev_hash, row)).hexdigest()
+
+
+def link_v2(prev_hash: str, values: list) -> str:
+    """``link`` of a v2 row given as its FIELDS_V2 values in order (the writer's own rows)."""
+    return hashlib.sha256(_V2_PREFIX_BYTES + prev_hash.encode() + b"\n" + _array_bytes(values)).hexdigest()
 
 
 class Break(Exception):

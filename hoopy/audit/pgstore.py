@@ -283,10 +283,10 @@ class PostgresEventStore(BatchedStore):
             if lost or (self._conn is not None and (self._conn.broken or self._conn.closed)):
                 self._drop()  # the next batch reconnects
             err = StoreError(f"the state store cannot write: {_first_line(e)}")
-            self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
+            self._to_reactor(self._failed, [b[-1] for b in batch], err)
             return
         self._committed(sum(1 for _, r in results if not isinstance(r, Exception)), signed)
-        self.reactor.callFromThread(self._written, results)
+        self._to_reactor(self._written, results)
 
     def _drop(self):
         try:

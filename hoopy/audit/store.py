@@ -118,10 +118,10 @@ class SQLiteEventStore(BatchedStore):
             except sqlite3.Error:
                 pass
             err = StoreError(f"the state store cannot write: {e}")
-            self.reactor.callFromThread(self._failed, [b[-1] for b in batch], err)
+            self._to_reactor(self._failed, [b[-1] for b in batch], err)
             return
         self._committed(sum(1 for _, r in results if not isinstance(r, Exception)), signed)
-        self.reactor.callFromThread(self._written, results)
+        self._to_reactor(self._written, results)
 
     def _only_events(self, batch) -> bool:
         # No session or approval rows: the batch is one INSERT statement.

@@ -31,7 +31,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hoopy.audit.chain import NO_WRITES, canonical_json, link
+from hoopy.audit.chain import FIELDS_V2, NO_WRITES, canonical_json, link_v2
 from hoopy.audit.events import Event, StoredEvent
 
 log = Logger()
@@ -186,11 +186,19 @@ class Dialect:
     def insert_events(self, cur, rows):
         """Insert rows (lists in EVENT_COLUMNS order) with one statement: one
         trip into the database (and out of the GIL) per batch, not per event."""
-        one = f"({', '.join(self.param for _ in EVENT_COLUMNS)})"
         for i in range(0, len(rows), self.rows_per_insert):
             chunk = rows[i:i + self.rows_per_insert]
-            cur.execute(f"INSERT INTO {self.prefix}events ({', '.join(EVENT_COLUMNS)}) VALUES "
-                        + ", ".join(one for _ in chunk), [v for row in chunk for v in row])
+            cur.execute(self._insert_sql(len(chunk)), [v for row in chunk for v in row])
+
+    def _insert_sql(self, n: int) -> str:
+        """The INSERT of ``n`` rows, made once per ``n``."""
+        cache = self.__dict__.setdefault("_inserts", {})
+        sql = cache.get(n)
+        if sql is None:
+            one = f"({', '.join(self.param for _ in EVENT_COLUMNS)})"
+            sql = cache[n] = (f"INSERT INTO {self.prefix}events ({', '.join(EVENT_COLUMNS)}) VALUES "
+                              + ", ".join(one for _ in range(n)))
+        return sql
 
     def head(self, cur):
         cur.execute(f"SELECT seq, hash FROM {self.prefix}events ORDER BY seq DESC LIMIT 1")
@@ -206,6 +214,11 @@ def _row_write(table_columns, values: dict, drop=()) -> dict:
     if known is None:
         known = _COLUMN_SETS[table_columns] = frozenset(table_columns)
     return {c: v for c, v in values.items() if c in known and c not in drop}
+
+
+_SEQ, _TIME, _KIND, _HASH, _SIGNATURE = (EVENT_COLUMNS.index(c) for c in ("seq", "time_us", "kind", "hash", "signature"))
+if EVENT_COLUMNS != FIELDS_V2 + ("prev", "hash", "signature"):  # write_batch builds rows in this order
+    raise RuntimeError("EVENT_COLUMNS must be the chained fields, then prev, hash, signature")
 
 
 def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, sign: bool = False):
@@ -235,13 +248,11 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
             else:  # dialect.conditional wrote these columns, where the state was ``expect``
                 writes["approvals"] = _row_write(APPROVAL_COLUMNS, approval, drop=("gateway",))
                 writes["expect"] = {"approvals": {"state": expect}}
-        row = {"seq": seq, "time_us": event.time_us, "gateway": gateway, "session": event.session,
-               "identity": event.identity, "connection": event.connection, "protocol": event.protocol,
-               "peer": event.peer, "kind": event.kind, "outcome": event.outcome, "data": data,
-               "writes": canonical_json(writes) if writes else NO_WRITES, "signature": None}
-        h = link(prev, row)
-        row["prev"] = prev
-        row["hash"] = h
+        # The row in EVENT_COLUMNS order: the FIELDS_V2 values the link covers, then prev, hash, signature.
+        row = [seq, event.time_us, gateway, event.session, event.identity, event.connection, event.protocol,
+               event.peer, event.kind, event.outcome, data, canonical_json(writes) if writes else NO_WRITES]
+        h = link_v2(prev, row)
+        row += (prev, h, None)
         rows.append(row)
         if session:
             dialect.upsert(cur, "sessions", SESSION_COLUMNS, writes["sessions"])
@@ -252,13 +263,13 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
         prev = h
         results.append((d, StoredEvent(seq, h, event)))
     signed = None
-    if rows and signer is not None and (sign or any(r["kind"] in SIGN_KINDS for r in rows)):
+    if rows and signer is not None and (sign or any(r[_KIND] in SIGN_KINDS for r in rows)):
         last = rows[-1]
-        last["signature"] = signer.sign(last["seq"], last["hash"])
-        signed = {"gateway": gateway, "seq": last["seq"], "hash": last["hash"], "time_us": last["time_us"],
-                  "signature": last["signature"]}
+        last[_SIGNATURE] = signer.sign(last[_SEQ], last[_HASH])
+        signed = {"gateway": gateway, "seq": last[_SEQ], "hash": last[_HASH], "time_us": last[_TIME],
+                  "signature": last[_SIGNATURE]}
     if rows:
-        dialect.insert_events(cur, [[r[c] for c in EVENT_COLUMNS] for r in rows])
+        dialect.insert_events(cur, rows)
     return results, (seq, prev), decided, signed
 
 
@@ -273,8 +284,18 @@ def _clean_text(value):
     return value
 
 
+_EVENT_TEXT = ("session", "identity", "connection", "protocol", "peer", "kind", "outcome")
+
+
 def _clean_event(event: Event) -> Event:
-    fields = ("session", "identity", "connection", "protocol", "peer", "kind", "outcome")
+    # The common case, once per event on the reactor: every field ASCII (or None), nothing to clean.
+    for v in (event.session, event.identity, event.connection, event.protocol, event.peer, event.kind,
+              event.outcome):
+        if v is not None and not (type(v) is str and v.isascii()):
+            break
+    else:
+        return event
+    fields = _EVENT_TEXT
     changed = {f: _clean_text(getattr(event, f)) for f in fields}
     if all(changed[f] is getattr(event, f) for f in fields):
         return event
@@ -314,6 +335,7 @@ class BatchedStore:
         self._next_try = 0.0  # a failed heartbeat is tried again no sooner than this
         # callables(StoredEvent), on the reactor thread once an event is durable (notifications)
         self.observers: list = []
+        self._to_reactor = lambda f, *args: self.reactor.callFromThread(f, *args)  # (_start_writer)
 
     @property
     def reactor(self):
@@ -324,6 +346,9 @@ class BatchedStore:
         return self._reactor
 
     def _start_writer(self):
+        from hoopy.sockwrite import thread_caller
+
+        self._to_reactor = thread_caller(self.reactor)  # once a batch: the cheapest hand-back there is
         self._last_sig = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="hoopy-store-writer", daemon=True)
         self._thread.start()

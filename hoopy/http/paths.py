@@ -18,6 +18,8 @@ _UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 _PATH_OK = re.compile(rb"^[A-Za-z0-9\-._~!$&'()*+,=:@/%]*$")
 _QUERY_OK = re.compile(rb"^[A-Za-z0-9\-._~!$&'()*+,;=:@/?%\[\]|{}^`\"<>\\]*$")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_HIGH_ESCAPE = re.compile(rb"%[89A-F]")  # compiled once (every request's path)
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
 # Escapes that would let an upstream see a different path than the one judged.
 _FORBIDDEN_ESCAPES = {b"2F": "an encoded slash", b"5C": "an encoded backslash",
                       b"00": "an encoded NUL", b"3B": "an encoded semicolon"}
@@ -69,10 +71,10 @@ def _decode_segment(seg: bytes) -> bytes:
         else:
             out += b"%" + esc
         i += 3
-    if re.search(rb"%[89A-F]", bytes(out)):
+    if _HIGH_ESCAPE.search(out):
         # Escaped bytes outside ASCII must be UTF-8: an overlong form (%C0%AF is "/") is refused.
         try:
-            re.sub(rb"%([0-9A-Fa-f]{2})", lambda m: bytes([int(m.group(1), 16)]), seg).decode("utf-8")
+            _ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), seg).decode("utf-8")
         except UnicodeDecodeError:
             raise PathError("the path has percent-escaped bytes that are not UTF-8 (overlong forms "
                             "such as %C0%AF are read as '/' by some upstreams)")

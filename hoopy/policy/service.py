@@ -169,7 +169,7 @@ class PolicyService:
 
     def _count(self, session, outcome):
         if self.metrics:
-            self.metrics.operations.labels(session.protocol, session.connection, outcome).inc()
+            self.metrics.child(self.metrics.operations, session.protocol, session.connection, outcome).inc()
 
 
 UNJUDGEABLE_RULE = 'unjudgeable = "approve"'

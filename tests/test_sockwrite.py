@@ -1,0 +1,127 @@
+"""hoopy/sockwrite.py: the private Twisted parts used for speed (immediate sends, reads registered
+without callWithLogger), held to what they replace, on real loopback sockets."""
+import pytest
+import pytest_twisted
+from twisted.internet import defer, protocol, reactor
+from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint, connectProtocol
+
+from hoopy import sockwrite
+
+
+def test_the_private_parts_are_still_there():
+    """A Twisted upgrade that changes addReader, _readOrWrite or tcp's write buffers must fail
+    here, not slow the gateway down or break it quietly."""
+    assert isinstance(reactor, AsyncioSelectorReactor)
+    assert sockwrite.fast_reads_supported()
+
+
+@pytest.fixture
+def fast_reads(monkeypatch):
+    monkeypatch.setattr(AsyncioSelectorReactor, "addReader", sockwrite._fast_add_reader)
+
+
+class Echo(protocol.Protocol):
+    def dataReceived(self, data):
+        if b"boom" in data:
+            raise RuntimeError("a bug in a protocol")
+        sockwrite.write_now(self.transport, data)
+
+
+class Collect(protocol.Protocol):
+    def __init__(self, want):
+        self.want, self.got = want, bytearray()
+        self.done, self.lost = defer.Deferred(), defer.Deferred()
+
+    def dataReceived(self, data):
+        self.got += data
+        if len(self.got) >= self.want and not self.done.called:
+            self.done.callback(bytes(self.got))
+
+    def connectionLost(self, reason):
+        self.lost.callback(reason.type)
+
+
+async def _pair(want):
+    port = await TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+        protocol.Factory.forProtocol(Echo))
+    client = Collect(want)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
+    return port, client
+
+
+@pytest_twisted.ensureDeferred
+async def test_bytes_relayed_with_fast_reads_and_immediate_sends_arrive_whole_and_in_order(fast_reads):
+    """Small writes go out at once, a large one the kernel does not take whole continues through
+    the transport's buffer: every byte, in order, on both paths."""
+    payload = b"".join(i.to_bytes(4, "big") for i in range(1 << 20))  # 4 MiB: more than a send takes
+    port, client = await _pair(len(payload) + 5)
+    try:
+        assert type(client.transport) in sockwrite._PLAIN  # else write_now would never send at once
+        for name in ("dataBuffer", "_tempDataBuffer", "TLS", "connected", "disconnecting", "_writeDisconnected",
+                     "socket"):
+            assert hasattr(client.transport, name), name
+        client.transport.write(b"hello")
+        for i in range(0, len(payload), 65536):
+            client.transport.write(payload[i:i + 65536])
+        got = await client.done
+        assert got == b"hello" + payload
+    finally:
+        client.transport.loseConnection()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_protocol_that_raises_is_disconnected_and_the_reactor_serves_on(fast_reads):
+    """What callWithLogger did that matters: an exception in dataReceived is logged and that
+    connection closed; others go on."""
+    from twisted.logger import globalLogPublisher
+
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+    port, bad = await _pair(1)
+    port2, good = await _pair(4)
+    try:
+        bad.transport.write(b"boom")
+        assert await bad.lost is not None
+        good.transport.write(b"fine")
+        assert await good.done == b"fine"
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        good.transport.loseConnection()
+        await port.stopListening()
+        await port2.stopListening()
+    failures = [e["log_failure"] for e in logged if "log_failure" in e]
+    assert any(f.check(RuntimeError) for f in failures)
+
+
+@pytest_twisted.ensureDeferred
+async def test_thread_caller_runs_on_the_reactor_in_order_and_logs_what_raises():
+    import threading
+
+    from twisted.logger import globalLogPublisher
+
+    call = sockwrite.thread_caller(reactor)
+    assert call != reactor.callFromThread  # the asyncio reactor: the direct hand-off
+    seen, done = [], defer.Deferred()
+    logged = []
+    globalLogPublisher.addObserver(logged.append)
+
+    def on_reactor(i):
+        seen.append((i, threading.current_thread() is threading.main_thread()))
+        if i == 2:
+            raise RuntimeError("a bug in a callback")
+        if i == 499:
+            done.callback(None)
+
+    def worker():
+        for i in range(500):
+            call(on_reactor, i)
+
+    try:
+        threading.Thread(target=worker).start()
+        await done
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert seen == [(i, True) for i in range(500)]
+    assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in logged)
