@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.support import TWISTD, HoopyProcess, free_port, ident
-from tests.test_ssh import Sshd, connection_toml, grant, keygen, wait_listening
+from tests.support import TWISTD, HoopyProcess, free_port, ident, wait_ssh_listener
+from tests.test_ssh import Sshd, connection_toml, grant, keygen
 
 AGENT = ident("fc-agent")
 
@@ -165,7 +165,7 @@ def test_all_protocols_listen_on_their_bound_sockets(tmp_path, hoopy_gateway):
     body = AGENT.toml() + "".join(conn_toml(k, k, f"tcp:{p}:interface=127.0.0.1", tmp_path)
                                   for k, p in ports.items())
     gw = hoopy_gateway(body)
-    wait_listening(ports["ssh"])
+    wait_ssh_listener(ports["ssh"])
     with socket.create_connection(("127.0.0.1", ports["ssh"]), 5) as s:
         assert s.recv(64).startswith(b"SSH-2.0-hoopy")
     import urllib.request
@@ -241,7 +241,7 @@ def test_health_and_metrics_report_each_upstream(tmp_path, hoopy_gateway):
             urllib.request.urlopen(req, timeout=20)
         assert e.value.code in (502, 503, 504)
         assert _wait(lambda: ups()[1]["web"]["checked_by"] == "session")
-        wait_listening(ssh_port)
+        wait_ssh_listener(ssh_port)
         r = subprocess.run(["ssh", "-p", str(ssh_port), "-i", str(agent_key), "-o", "StrictHostKeyChecking=no",
                             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-F", "/dev/null",
                             f"{AGENT.name}@127.0.0.1", "true"], capture_output=True, text=True, timeout=30)
