@@ -88,7 +88,12 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
             raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
                                "is what is judged")
     if b"content-length" in h and b"transfer-encoding" in h:
-        raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding")
+        raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding", close=True)
+    te = h.get(b"transfer-encoding")
+    if te is not None and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
+        # twisted.web reads "chunked" + "identity" (two headers) as chunked and ignores "identity"
+        # alone; a server in front of or behind us may frame either otherwise: never guessed at.
+        raise Refusal(400, "the only transfer coding accepted is one 'Transfer-Encoding: chunked'", close=True)
     for name in H.METHOD_OVERRIDE:
         if name in h:
             raise Refusal(400, f"method-override headers ({name.decode()}) are refused: send the real method")
@@ -158,9 +163,10 @@ class HeaderPlan:
         self.inject = inject  # [(name, value)]: the connection's upstream_headers
         self.upstream_host, self.client_host, self.proto = upstream_host, client_host, proto
         # Never forwarded as the caller sent them: hop-by-hop, ours, forwarding headers, Host,
-        # Content-Length, the caller's credential, and those the gateway injects.
+        # Content-Length, the caller's credential, those the gateway injects, and Expect (answered
+        # here: the body follows at once).
         self.dropped = (H.HOP_BY_HOP | H.HOOPY | H.FORWARDING | {n.lower() for n, _ in inject}
-                        | {b"host", b"content-length", b"authorization"})
+                        | {b"host", b"content-length", b"authorization", b"expect"})
 
     def build(self, method: bytes, pairs, hdrs: dict, peer_host: str, masking: bool,
               upgrade: bool = False) -> list:

@@ -127,6 +127,7 @@ class Exchange:
         self.upstream_transport = None
         self.timer = None
         self.timed_out = False
+        self.close_now = False  # a refusal that closes the connection (its framing is in doubt)
 
     # --- the flow -------------------------------------------------------------------------------
 
@@ -365,7 +366,7 @@ class Exchange:
                 # early): the rest is read and dropped; a caller that keeps sending for long loses
                 # the connection instead.
                 pipe.discard()
-                self.sink.close_later(5, pipe.received_all)
+                self.sink.close_later(0 if self.close_now else 5, pipe.received_all)
         self._record()
 
     def _abort(self, outcome, error):
@@ -402,6 +403,10 @@ class Exchange:
         if "approval_status" in r.extra:
             body["status"] = r.extra["approval_status"]
         headers = ()
+        if r.extra.get("close"):
+            # The request's framing is in doubt: nothing more is read from this connection
+            self.close_now = True
+            headers = ((b"Connection", b"close"),)
         if r.status == 202:  # Prefer: respond-async (RFC 7240): accepted for approval, poll status_url
             body["message"] = body.pop("error")
             headers = ((b"Location", r.extra["status_url"].encode()), (b"Preference-Applied", b"respond-async"))

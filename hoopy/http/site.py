@@ -144,6 +144,8 @@ class RequestSink:
         out = req.responseHeaders = Headers()
         for name, values in grouped.items():
             out.setRawHeaders(name, values)
+        if grouped.get(b"Connection") == [b"close"]:
+            req.channel.persistent = False  # no pipelined request after this one is read
 
     def write(self, data):
         self.request.write(data)

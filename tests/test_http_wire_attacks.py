@@ -1,0 +1,179 @@
+"""A hostile caller with a narrow grant against a real ``twistd -n hoopy``, on the wire.
+
+The upstream is tests/wire_peers.RawUpstream: a raw-socket HTTP/1.1 server that records every byte
+it received (so a test sees whether a smuggled request ever reached it) and answers whatever a
+test scripts (two responses, bodies to HEAD, short bodies, echoed credentials). Requests are raw
+bytes on sockets: malformed framing, pipelining, slow heads. The caller ``narrow`` may only
+``GET /v1/customers/*`` (and HEAD/POST there); every attack tries to reach ``/admin`` or to make
+the upstream run something nobody judged.
+"""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from urllib.parse import quote
+
+import pytest
+
+from tests.support import HoopyProcess, free_port, ident
+from tests.wire_peers import RawUpstream, raw, response, statuses
+
+NARROW = ident("narrow")
+VICTIM = ident("victim")
+# The upstream's credential, with the characters encoders spell otherwise ("/" "+" "=")
+SECRET = "Bearer up/str+eam-Secret-7777=abcd"
+TOK = NARROW.token.encode()
+AUTH = b"Authorization: Bearer " + TOK + b"\r\n"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    up = RawUpstream()
+    port = free_port()
+    body = NARROW.toml(scram=False) + VICTIM.toml(scram=False) + f"""
+[connections.api]
+type = "http"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{up.port}"
+upstream_headers = {{ Authorization = "env:API_AUTH" }}
+upstream_timeout = "3s"
+pool_size = 4
+
+[[grants]]
+identity = "narrow"
+connection = "api"
+allow = ["GET /v1/customers/*", "HEAD /v1/customers/*", "POST /v1/customers/*", "DELETE /v1/customers/*",
+         "OPTIONS /v1/customers/*"]
+approve = ["POST /v1/refunds"]
+
+[[grants]]
+identity = "victim"
+connection = "api"
+allow = ["* /**"]
+"""
+    gw = HoopyProcess(tmp_path_factory.mktemp("wire"), body, env={"API_AUTH": SECRET}, approval_timeout="20s")
+    gw.start()
+    gw.port = port
+    gw.up = up
+    yield gw
+    gw.stop()
+    up.stop()
+    assert "Traceback" not in gw.log_text(), gw.log_text()[-4000:]
+
+
+def req(method: bytes, target: bytes, extra: bytes = b"", body: bytes = b"", auth: bytes = AUTH) -> bytes:
+    return method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n" + auth + extra + b"\r\n" + body
+
+
+ADMIN = req(b"GET", b"/admin")  # pipelined after each attack: must never reach the upstream
+
+
+def never_reached_admin(world, mark: int):
+    """The upstream never read a request for /admin (as a request: bytes of a body are a body)."""
+    heads = [h for h, _ in world.up.since(mark)]
+    assert not [h for h in heads if b"/admin" in h.split(b"\r\n", 1)[0]], heads
+
+
+# --- request framing: nothing the gateway and the upstream could read differently ------------
+
+REFUSED_FRAMING = {
+    "CL and TE": b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "TE chunked, identity": b"Transfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "TE identity, chunked": b"Transfer-Encoding: identity, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "TE with space before colon": b"Transfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "TE with a vertical tab": b"Transfer-Encoding: \x0bchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "TE xchunked": b"Transfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "two TE headers": b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "TE identity alone": b"Transfer-Encoding: identity\r\n\r\nhello",
+    "two equal CL": b"Content-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "CL list": b"Content-Length: 5, 5\r\n\r\nhello",
+    "CL plus sign": b"Content-Length: +5\r\n\r\nhello",
+    "CL negative": b"Content-Length: -1\r\n\r\nhello",
+    "CL hex": b"Content-Length: 0x5\r\n\r\nhello",
+    "CL underscore": b"Content-Length: 1_0\r\n\r\nhellohello",
+    "bare CR in a header": b"X-A: a\rTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello",
+    "bare LF in a header value": b"X-A: a\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nhello",
+    "NUL in a header": b"X-A: a\x00b\r\nContent-Length: 5\r\n\r\nhello",
+    "chunk size 0x": b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+    "chunk size overflow": b"Transfer-Encoding: chunked\r\n\r\n10000000000000005\r\nhello\r\n0\r\n\r\n",
+    "chunk lines with bare LF": b"Transfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
+    "chunk longer than its size": b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED_FRAMING))
+def test_ambiguous_request_framing_is_refused_and_the_connection_closed(world, name):
+    before = mark = world.up.mark()
+    head = b"POST /v1/customers/1 HTTP/1.1\r\nHost: x\r\n" + AUTH
+    out = raw(world.port, head + REFUSED_FRAMING[name] + ADMIN, wait_close=True, timeout=4)
+    got = statuses(out)
+    # refused (400), or the connection closed without an answer; never a second answer on it
+    assert got in ([400], []), (name, out[:300])
+    assert world.up.since(before) == [], name
+    never_reached_admin(world, mark)
+
+
+NORMALIZED_FRAMING = {
+    "TE in capitals": b"Transfer-Encoding: CHUNKED\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "TE with a tab": b"Transfer-Encoding:\tchunked\t\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "TE folded (obs-fold)": b"Transfer-Encoding:\r\n chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "chunk extension": b"Transfer-Encoding: chunked\r\n\r\n5;a=b\r\nhello\r\n0\r\n\r\n",
+    "chunk size with leading zeros": b"Transfer-Encoding: chunked\r\n\r\n0005\r\nhello\r\n0\r\n\r\n",
+    "trailers naming credentials": b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nAuthorization: Bearer x\r\n"
+                                   b"X-Hoopy-Token: y\r\nContent-Length: 40\r\n\r\n",
+    "CL with leading zeros": b"Content-Length: 005\r\n\r\nhello",
+    "Expect: 100-continue": b"Expect: 100-continue\r\nContent-Length: 5\r\n\r\nhello",
+}
+
+
+@pytest.mark.parametrize("name", list(NORMALIZED_FRAMING))
+def test_framing_the_gateway_reads_is_sent_upstream_in_its_own_framing(world, name):
+    """Lenient but unambiguous shapes: read once by the gateway, re-framed for the upstream (its own
+    Content-Length or chunking, no trailers), and the pipelined request after them judged on its own."""
+    before = mark = world.up.mark()
+    head = b"POST /v1/customers/1 HTTP/1.1\r\nHost: x\r\n" + AUTH
+    out = raw(world.port, head + NORMALIZED_FRAMING[name] + ADMIN, wait_close=True, timeout=4)
+    got = [s for s in statuses(out) if s != 100]
+    assert got == [200, 403], (name, out[-400:])
+    sent = world.up.since(before)
+    assert [(h.split(b"\r\n")[0], b) for h, b in sent] == [(b"POST /v1/customers/1 HTTP/1.1", b"hello")], sent
+    head = sent[0][0]
+    assert b"Bearer x" not in head and b"X-Hoopy-Token" not in head and b"Expect" not in head, head
+    never_reached_admin(world, mark)
+
+
+@pytest.mark.parametrize("name, data", [
+    ("bare LF request", b"GET /v1/customers/1 HTTP/1.1\nHost: x\n" + AUTH.replace(b"\r\n", b"\n") + b"\n" + ADMIN),
+    ("HTTP/2 preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + ADMIN),
+    ("HTTP/0.9", b"GET /admin\r\n\r\n"),
+    ("HTTP/1.2", b"GET /admin HTTP/1.2\r\nHost: x\r\n" + AUTH + b"\r\n"),
+    ("two versions", b"GET /v1/customers/1 HTTP/1.1 HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n" + ADMIN),
+    ("tabs in the request line", b"GET\t/admin\tHTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n"),
+    ("space before a header colon", b"GET /v1/customers/1 HTTP/1.1\r\nHost: x\r\nAuthorization : Bearer "
+                                    + TOK + b"\r\n\r\n" + ADMIN),
+    ("HTTP/1.0 keep-alive then more", b"GET /v1/customers/1 HTTP/1.0\r\nConnection: keep-alive\r\n" + AUTH
+                                      + b"\r\n" + ADMIN),
+])
+def test_malformed_or_old_requests_never_carry_a_second_one(world, name, data):
+    mark = world.up.mark()
+    out = raw(world.port, data, wait_close=True, timeout=4)
+    assert 403 not in statuses(out), (name, out[:300])
+    never_reached_admin(world, mark)
+
+
+def test_pipelined_requests_are_each_judged(world):
+    mark = world.up.mark()
+    out = raw(world.port, req(b"GET", b"/v1/customers/1") + ADMIN + req(b"GET", b"/v1/customers/2"),
+              wait_close=True, timeout=4)
+    assert statuses(out) == [200, 403, 200], out[-500:]
+    never_reached_admin(world, mark)
+
+
+def test_h2c_and_other_upgrades_are_refused(world):
+    mark = world.up.mark()
+    for up in (b"h2c", b"websocket, h2c", b"HTTP/2.0", b"TLS/1.2"):
+        out = raw(world.port, req(b"GET", b"/v1/customers/1", b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: " + up
+                                  + b"\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n") + ADMIN, timeout=4)
+        assert statuses(out)[:1] == [501], out[:300]
+    never_reached_admin(world, mark)
