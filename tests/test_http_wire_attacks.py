@@ -177,3 +177,67 @@ def test_h2c_and_other_upgrades_are_refused(world):
                                   + b"\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n") + ADMIN, timeout=4)
         assert statuses(out)[:1] == [501], out[:300]
     never_reached_admin(world, mark)
+
+
+# --- bodies where a method has none: a smuggled request for the next caller's credential ---------
+
+
+@pytest.mark.parametrize("method, framing", [(b"GET", "length"), (b"HEAD", "length"), (b"GET", "chunked"),
+                                             (b"HEAD", "chunked"), (b"TRACE", "length")])
+def test_a_body_on_get_head_or_trace_is_refused(world, method, framing):
+    """A server that does not read a GET's body takes it for the next request on the connection:
+    behind a pool that is the next caller's request, injected credential included (RFC 9110 9.3.1)."""
+    mark = world.up.mark()
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: x\r\nX-Pad: aaaa\r\n"
+    if framing == "length":
+        extra, body = b"Content-Length: %d\r\n" % len(smuggled), smuggled
+    else:
+        extra, body = b"Transfer-Encoding: chunked\r\n", b"%x\r\n%b\r\n0\r\n\r\n" % (len(smuggled), smuggled)
+    out = raw(world.port, req(method, b"/v1/customers/1", extra, body) + ADMIN, wait_close=True, timeout=4)
+    if method == b"TRACE":  # refused for what it is; its body was framed (the next request is judged)
+        assert statuses(out)[:1] == [405], out[:400]
+    else:  # the body's framing is in doubt downstream: refused, and the connection closed
+        assert statuses(out) == [400], out[:400]
+        assert method == b"HEAD" or b"cannot carry a body" in out
+    assert world.up.since(mark) == []
+
+
+def test_a_get_with_content_length_zero_still_passes(world):
+    out = raw(world.port, req(b"GET", b"/v1/customers/1", b"Content-Length: 0\r\n"))
+    assert statuses(out) == [200], out[:300]
+
+
+def test_a_body_on_delete_never_reaches_a_reused_upstream_connection(world):
+    """DELETE may carry a body (Kubernetes' DeleteOptions): it goes upstream on a connection that is
+    closed after its answer, so a server that left the body unread cannot prepend it to the next
+    caller's request (and that caller's injected credential)."""
+    up = world.up
+    mark = up.mark()
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    up.script["/v1/customers/lenient"] = lambda head, body: response(200, b"ok")
+    lenient = up.ignore_get_body
+    try:
+        # this upstream leaves the body of a DELETE unread, as some do with GET
+        up.ignore_delete_body = True
+        out = raw(world.port, req(b"DELETE", b"/v1/customers/lenient", b"Content-Length: %d\r\n" % len(smuggled),
+                                  smuggled))
+        assert statuses(out) == [200], out
+        for i in range(3):  # other callers' requests, over the gateway's pool
+            out = raw(world.port, req(b"GET", b"/v1/customers/%d" % i, auth=b"Authorization: Bearer "
+                                      + VICTIM.token.encode() + b"\r\n"))
+            assert statuses(out) == [200], out
+    finally:
+        up.ignore_delete_body, up.ignore_get_body = False, lenient
+    never_reached_admin(world, mark)
+    head = up.since(mark)[0][0]
+    assert b"\r\nConnection: close" in head, head
+
+
+@pytest.mark.parametrize("method", [b"TRACE", b"TRACK"])
+def test_trace_is_never_forwarded_even_where_granted(world, method):
+    """TRACE echoes the request as the upstream got it: the injected credential with it."""
+    mark = world.up.mark()
+    out = raw(world.port, req(method, b"/v1/customers/1", auth=b"Authorization: Bearer "
+                              + VICTIM.token.encode() + b"\r\n"))
+    assert statuses(out) == [405], out[:300]
+    assert world.up.since(mark) == []

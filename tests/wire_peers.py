@@ -13,7 +13,7 @@ import threading
 import time
 
 
-def read_request(sock, buf: bytes, ignore_get_body: bool = False):
+def read_request(sock, buf: bytes, ignore_get_body: bool = False, ignore_delete_body: bool = False):
     """(head bytes, body bytes, rest) of one request, framed as a strict server frames it; None at EOF.
 
     ``ignore_get_body``: as some servers do, a GET's Content-Length is not read (its body, if any,
@@ -30,7 +30,7 @@ def read_request(sock, buf: bytes, ignore_get_body: bool = False):
         n, _, v = ln.partition(b":")
         hdrs.setdefault(n.strip().lower(), []).append(v.strip())
     body = b""
-    if ignore_get_body and head.startswith(b"GET "):
+    if (ignore_get_body and head.startswith(b"GET ")) or (ignore_delete_body and head.startswith(b"DELETE ")):
         return head, body, buf
     if b"transfer-encoding" in hdrs:
         while True:
@@ -78,6 +78,7 @@ class RawUpstream:
         self.lock = threading.Lock()
         self.closed = False
         self.ignore_get_body = False
+        self.ignore_delete_body = False
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self):
@@ -106,7 +107,7 @@ class RawUpstream:
         buf = b""
         try:
             while True:
-                got = read_request(rec, buf, self.ignore_get_body)
+                got = read_request(rec, buf, self.ignore_get_body, self.ignore_delete_body)
                 if got is None:
                     return
                 head, body, buf = got

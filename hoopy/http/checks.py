@@ -67,6 +67,9 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
     """(normalized path, query, is a WebSocket upgrade) of a request whose shape may be judged."""
     if method == b"CONNECT":
         raise Refusal(405, "CONNECT is not forwarded")
+    if method in (b"TRACE", b"TRACK"):
+        # the upstream echoes the request it got, the injected credential in it
+        raise Refusal(405, f"{method.decode()} is not forwarded: it echoes the injected credential")
     if not _METHOD.fullmatch(method):
         # Rules name methods in upper case; many upstreams upper-case what they get, so "delete"
         # would be judged as no DELETE and run as one.
@@ -89,6 +92,11 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
                                "is what is judged")
     if b"content-length" in h and b"transfer-encoding" in h:
         raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding", close=True)
+    if method in (b"GET", b"HEAD") and (b"transfer-encoding" in h or any(
+            v.strip() != b"0" for v in h.get(b"content-length", ()))):
+        # A server that does not read a GET's body takes it for the next request on its connection,
+        # behind a pool another caller's, with the injected credential (RFC 9110 9.3.1: may be refused)
+        raise Refusal(400, f"a {method.decode()} request cannot carry a body: send it with POST", close=True)
     te = h.get(b"transfer-encoding")
     if te is not None and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
         # twisted.web reads "chunked" + "identity" (two headers) as chunked and ignores "identity"
@@ -152,6 +160,7 @@ def operation(method: str, path: str, query: str | None, judge) -> Operation:
     return Operation("http", "request", text, tuple(units), {"method": method, "path": path, "query": query})
 
 
+_BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 _CANONICAL = {b"x-forwarded-for": b"X-Forwarded-For", b"x-forwarded-proto": b"X-Forwarded-Proto",
               b"forwarded": b"Forwarded"}
 
@@ -195,6 +204,11 @@ class HeaderPlan:
                 out.append((name, v))
         if masking:
             out.append((b"Accept-Encoding", b"identity"))
+        if method not in _BODY_METHODS and (b"content-length" in hdrs or b"transfer-encoding" in hdrs):
+            # A body where the method defines none (DELETE, OPTIONS ...): an upstream that leaves it
+            # unread would prepend it to the next request on the connection (another caller's):
+            # that connection is not used again.
+            out.append((b"Connection", b"close"))
         # No host= / X-Forwarded-Host: the caller picks its Host header, and an upstream (or the ingress
         # in front of it) that routes on X-Forwarded-Host would take the caller to another site.
         for name, value in H.forwarded_for(peer_host, self.proto, None).items():

@@ -274,7 +274,7 @@ class UpstreamConnection(Protocol):
 
     def _message_done(self, req, keep: bool):
         req.state = "done"
-        self.reusable = keep
+        self.reusable = keep and not req.close
         req.response._end(_DONE)
         if req.body_sent:
             self._finished(req)
@@ -343,6 +343,7 @@ class _Request:
         self.producing = None
         self.fresh = False  # on a new connection (a failure there is not the pool's staleness)
         self.connecting = None
+        self.close = False  # the request said Connection: close
 
     def head_in(self, resp):
         if not self.d.called:
@@ -417,8 +418,11 @@ class UpstreamClient:
     def request(self, method: bytes, target: bytes, headers, body=None) -> defer.Deferred:
         """Fires with an UpstreamResponse once its head is in (UpstreamError if it cannot be had)."""
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        close = False
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
+            if value == b"close" and name.lower() == b"connection":
+                close = True
         if body is None:
             if method in _BODY_METHODS:
                 lines.append(b"Content-Length: 0\r\n")
@@ -431,6 +435,7 @@ class UpstreamClient:
         lines.append(b"\r\n")
         retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
         req = _Request(self, method, b"".join(lines), body, retry)
+        req.close = close  # asked for: the connection is never reused after this exchange
         while self.idle:
             conn = self.idle.pop()
             if conn.transport is not None and not conn.lost:
