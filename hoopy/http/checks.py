@@ -102,6 +102,9 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
         # twisted.web reads "chunked" + "identity" (two headers) as chunked and ignores "identity"
         # alone; a server in front of or behind us may frame either otherwise: never guessed at.
         raise Refusal(400, "the only transfer coding accepted is one 'Transfer-Encoding: chunked'", close=True)
+    for name in H.IDENTITY_ASSERTION.intersection(h):
+        raise Refusal(400, f"identity headers of authenticating proxies ({name.decode()}) are refused: "
+                           "the upstream would take them for who is calling")
     for name in H.METHOD_OVERRIDE:
         if name in h:
             raise Refusal(400, f"method-override headers ({name.decode()}) are refused: send the real method")
@@ -193,7 +196,8 @@ class HeaderPlan:
         dropped = self.dropped
         for name, values in pairs:
             n = name.lower()
-            if n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol"):
+            if (n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol")
+                    or n.startswith(b"x-hoopy-")):  # the gateway's own namespace: never the upstream's
                 continue
             if masking:
                 if n in (b"accept-encoding", b"range", b"if-range"):
