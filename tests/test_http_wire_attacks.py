@@ -9,7 +9,9 @@ the upstream run something nobody judged.
 """
 from __future__ import annotations
 
+import base64
 import json
+import re
 import socket
 import time
 from urllib.parse import quote
@@ -23,6 +25,7 @@ NARROW = ident("narrow")
 VICTIM = ident("victim")
 # The upstream's credential, with the characters encoders spell otherwise ("/" "+" "=")
 SECRET = "Bearer up/str+eam-Secret-7777=abcd"
+BASIC = "Basic " + base64.b64encode(b"svc-user:pa55word-xyz").decode()
 TOK = NARROW.token.encode()
 AUTH = b"Authorization: Bearer " + TOK + b"\r\n"
 
@@ -36,7 +39,7 @@ def world(tmp_path_factory):
 type = "http"
 listen = "tcp:{port}:interface=127.0.0.1"
 upstream = "http://127.0.0.1:{up.port}"
-upstream_headers = {{ Authorization = "env:API_AUTH" }}
+upstream_headers = {{ Authorization = "env:API_AUTH", X-Upstream-Auth = "env:API_BASIC" }}
 upstream_timeout = "3s"
 pool_size = 4
 
@@ -52,7 +55,7 @@ identity = "victim"
 connection = "api"
 allow = ["* /**"]
 """
-    gw = HoopyProcess(tmp_path_factory.mktemp("wire"), body, env={"API_AUTH": SECRET}, approval_timeout="20s")
+    gw = HoopyProcess(tmp_path_factory.mktemp("wire"), body, env={"API_AUTH": SECRET, "API_BASIC": BASIC}, approval_timeout="20s")
     gw.start()
     gw.port = port
     gw.up = up
@@ -241,3 +244,70 @@ def test_trace_is_never_forwarded_even_where_granted(world, method):
                               + VICTIM.token.encode() + b"\r\n"))
     assert statuses(out) == [405], out[:300]
     assert world.up.since(mark) == []
+
+
+# --- headers: who the caller is, and the upstream's credential ----------------------------------
+
+
+@pytest.mark.parametrize("header", [
+    b"X-Remote-User", b"Remote-User", b"X-Forwarded-User", b"X-Forwarded-Email", b"X-Forwarded-Groups",
+    b"X-Forwarded-Preferred-Username", b"X-Auth-Request-User", b"X-Auth-Request-Email", b"X-Authenticated-User",
+    b"X-WEBAUTH-USER", b"X-Remote-Group", b"X-Ms-Client-Principal-Name", b"X-Goog-Authenticated-User-Email",
+    b"X-Amzn-Oidc-Identity", b"Cf-Access-Authenticated-User-Email", b"X-Forwarded-Client-Cert", b"X-SSL-Client-DN",
+])
+def test_identity_headers_of_authenticating_proxies_are_refused(world, header):
+    """An upstream that sat behind an authenticating proxy (oauth2-proxy, Apache, ALB, IAP, Cloudflare
+    Access, Envoy's XFCC) trusts these headers as who is calling: a caller must not set them."""
+    mark = world.up.mark()
+    out = raw(world.port, req(b"GET", b"/v1/customers/1", header + b": admin@example.com\r\n"))
+    assert statuses(out) == [400], out[:300]
+    assert header.lower() in out.lower()
+    assert world.up.since(mark) == []
+
+
+def test_hoopy_headers_never_go_upstream(world):
+    mark = world.up.mark()
+    out = raw(world.port, req(b"GET", b"/v1/customers/1", b"X-Hoopy-Identity: admin\r\nX-Hoopy-Session: s-1\r\n"
+                                                          b"X-HOOPY-Model: m\r\nConnection: X-Hoopy-Token\r\n"))
+    assert statuses(out) == [200], out[:300]
+    head = world.up.since(mark)[0][0].lower()
+    assert b"x-hoopy" not in head, head
+
+
+@pytest.mark.parametrize("header", [b"Authorization", b"X-Upstream-Auth", b"Host", b"X-Forwarded-For",
+                                    b"Content-Length", b"Forwarded"])
+def test_connection_cannot_drop_what_the_gateway_sets(world, header):
+    """``Connection: Authorization`` names a header as hop-by-hop: the gateway's own survive it."""
+    mark = world.up.mark()
+    out = raw(world.port, req(b"GET", b"/v1/customers/1", b"Connection: keep-alive, " + header + b"\r\n"))
+    assert statuses(out) == [200], out[:300]
+    head = world.up.since(mark)[0][0]
+    assert b"\r\nAuthorization: " + SECRET.encode() in head and b"\r\nX-Upstream-Auth: Basic " in head, head
+    assert b"\r\nHost: " in head and b"\r\nX-Forwarded-For: " in head and b"\r\nForwarded: " in head
+
+
+def _spellings():
+    token = SECRET.split(" ", 1)[1]
+    json_escaped = token.replace("/", "\\/")  # PHP's json_encode escapes "/" by default
+    return {
+        "upper-case": token.upper(), "lower-case": token.lower(), "percent-encoded": quote(SECRET, safe=""),
+        "percent-encoded, lower-case hex": re.sub("%[0-9A-F]{2}", lambda m: m.group().lower(), quote(token, safe="")),
+        "form-encoded": quote(SECRET, safe="").replace("%20", "+"), "JSON with escaped slashes": json_escaped,
+        "Basic credentials decoded": "svc-user:pa55word-xyz", "Basic password": "pa55word-xyz",
+    }
+
+
+@pytest.mark.parametrize("how", list(_spellings()))
+@pytest.mark.parametrize("where", ["Location", "X-Debug", "body"])
+def test_an_echoed_credential_is_caught_in_any_common_spelling(world, how, where):
+    spelled = _spellings()[how].encode()
+    path = b"/v1/customers/echo-" + how.replace(" ", "-").replace(",", "").encode() + b"-" + where.encode()
+    if where == "body":
+        world.up.script[path.decode()] = lambda h, b: response(200, b'{"seen": "' + spelled + b'"}',
+                                                                [(b"Content-Type", b"application/json")])
+    else:
+        world.up.script[path.decode()] = lambda h, b: response(302 if where == "Location" else 200, b"",
+                                                                [(where.encode(), b"http://x/cb?auth=" + spelled)])
+    out = raw(world.port, req(b"GET", path))
+    assert statuses(out)[:1] in ([200], [302]), out[:300]
+    assert spelled not in out and spelled.lower() not in out.lower(), out

@@ -8,8 +8,11 @@ settings, the masker, the upstream client, the header plan, the injected secrets
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
-from urllib.parse import urlsplit
+import re
+from urllib.parse import quote_from_bytes, urlsplit
 
 from twisted.internet import defer
 from twisted.web.http import HTTPChannel
@@ -254,10 +257,11 @@ class HTTPSite:
         # echoes one back (a header, a redirect's Location, a debug body) must not hand it to the caller.
         secrets = set()
         for _, v in inject:
-            for sec in (v, v.partition(b" ")[2].strip()):
-                if len(sec) >= 8:
-                    secrets.add(sec)
+            secrets.update(spellings(v))
         self.secrets = tuple(sorted(secrets, key=len, reverse=True))
+        # Headers are searched in any case (an upstream may upper-case what it echoes)
+        self._secret_re = re.compile(b"|".join(re.escape(s) for s in self.secrets), re.IGNORECASE) \
+            if self.secrets else None
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self.channels: set = set()
 
@@ -275,10 +279,9 @@ class HTTPSite:
         self.gateway.auth_failed(self.connection, peer, "", "bearer", why)
 
     def scrub_header(self, value: bytes) -> bytes:
-        for secret in self.secrets:
-            if secret in value:
-                value = value.replace(secret, H.REDACTED.encode())
-        return value
+        if self._secret_re is None:
+            return value
+        return self._secret_re.sub(H.REDACTED.encode(), value)
 
     def scrub_body(self, data: bytes) -> bytes:
         for secret in self.secrets:
@@ -336,6 +339,29 @@ class HTTPSite:
             elif channel.transport is not None:
                 channel.transport.loseConnection()
         return defer.DeferredList(ds, consumeErrors=True)
+
+
+def spellings(value: bytes) -> set[bytes]:
+    """An injected header value as an upstream may echo it: whole and without its scheme; in either
+    case; percent- and form-encoded (a redirect's query); with JSON's escaped slash (PHP's default);
+    and a Basic credential decoded (user:password, and the password). Each at least 8 bytes."""
+    scheme, _, rest = value.partition(b" ")
+    rest = rest.strip()
+    base = {value, rest}
+    if scheme.lower() == b"basic" and rest:
+        try:
+            plain = base64.b64decode(rest, validate=True)
+        except (binascii.Error, ValueError):
+            plain = b""
+        if plain:
+            base.update((plain, plain.partition(b":")[2]))
+    out = set()
+    for s in base:
+        for form in (s, s.lower(), s.upper()):
+            pct = quote_from_bytes(form, safe=b"").encode()
+            out.update((form, form.replace(b"/", b"\\/"), pct, pct.replace(b"%20", b"+"),
+                        re.sub(rb"%[0-9A-F]{2}", lambda m: m.group().lower(), pct)))
+    return {s for s in out if len(s) >= 8}
 
 
 class _Terminate:
