@@ -311,3 +311,64 @@ def test_an_echoed_credential_is_caught_in_any_common_spelling(world, how, where
     out = raw(world.port, req(b"GET", path))
     assert statuses(out)[:1] in ([200], [302]), out[:300]
     assert spelled not in out and spelled.lower() not in out.lower(), out
+
+
+# --- the response side: an upstream that answers more, less or otherwise than asked ---------------
+
+SMUGGLED = b"HTTP/1.1 200 OK\r\nContent-Length: 19\r\n\r\nSMUGGLED-FOR-VICTIM"
+EVIL_RESPONSES = {
+    "two responses": (b"GET", response(200, b"first") + SMUGGLED, [200]),
+    "more than Content-Length": (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello" + SMUGGLED, [200]),
+    "a body to HEAD": (b"HEAD", response(200, b"X" * 30) + SMUGGLED, [200]),
+    "a body to 204": (b"GET", b"HTTP/1.1 204 No Content\r\n\r\n" + SMUGGLED, [204]),
+    "a body to 304": (b"GET", b"HTTP/1.1 304 Not Modified\r\n\r\n" + SMUGGLED, [304]),
+    "1xx then the answer": (b"GET", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nSet-Cookie: a=b\r\n"
+                                    b"Link: </x>\r\n\r\n" + response(200, b"final"), [200]),
+    "101 on an ordinary request": (b"GET", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n"
+                                           b"Connection: Upgrade\r\n\r\n" + SMUGGLED, [502]),
+    "CL and TE": (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                          b"5\r\nhello\r\n0\r\n\r\n" + SMUGGLED, [502]),
+    "two lengths": (b"GET", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello", [502]),
+    "bare LF": (b"GET", b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx", [502]),
+    "bare CR in a header": (b"GET", b"HTTP/1.1 200 OK\r\nX-A: a\rSet-Cookie: evil=1\r\nContent-Length: 1\r\n\r\nx",
+                            [502]),
+    "obs-fold": (b"GET", b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 1\r\n\r\nx", [502]),
+    "HTTP/0.9": (b"GET", b"hello from 0.9\r\n", [502]),
+    "chunk size overflow": (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\nabc",
+                            [502]),
+}
+
+
+@pytest.mark.parametrize("name", list(EVIL_RESPONSES))
+def test_an_upstream_answering_otherwise_cannot_answer_the_next_caller(world, name):
+    method, evil, expect = EVIL_RESPONSES[name]
+    path = "/v1/customers/evil-" + re.sub(r"[^a-z0-9]+", "-", name.lower())
+    world.up.script[path] = lambda h, b: evil
+    out = raw(world.port, req(method, path.encode()), timeout=5)
+    assert statuses(out) == expect, (name, out[:400])
+    assert b"SMUGGLED" not in out and b"evil=1" not in out and b"Set-Cookie" not in out
+    # the next callers, over the pool, get their own answers
+    for i in range(3):
+        out = raw(world.port, req(b"GET", b"/v1/customers/next-%d" % i, auth=b"Authorization: Bearer "
+                                  + VICTIM.token.encode() + b"\r\n"))
+        assert statuses(out) == [200] and b"SMUGGLED" not in out and b"/v1/customers/next-%d" % i in out, out
+
+
+def test_a_body_cut_short_is_cut_for_the_caller_and_its_connection_not_reused(world):
+    world.up.script["/v1/customers/short"] = lambda h, b: b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly-ten!!"
+    t = time.monotonic()
+    out = raw(world.port, req(b"GET", b"/v1/customers/short"), wait_close=True, timeout=10)
+    assert out.endswith(b"only-ten!!") and time.monotonic() - t < 8, out  # cut (upstream_timeout 3s)
+    out = raw(world.port, req(b"GET", b"/v1/customers/after-short"))
+    assert statuses(out) == [200] and b"/v1/customers/after-short" in out
+
+
+def test_hop_by_hop_response_headers_are_dropped(world):
+    world.up.script["/v1/customers/hop"] = lambda h, b: response(200, b"x", [
+        (b"Connection", b"close, X-Internal"), (b"X-Internal", b"1"), (b"Keep-Alive", b"timeout=1"),
+        (b"Upgrade", b"h2c"), (b"Proxy-Authenticate", b"Basic"), (b"Trailer", b"X-T")])
+    out = raw(world.port, req(b"GET", b"/v1/customers/hop"))
+    head = out.partition(b"\r\n\r\n")[0].lower()
+    assert statuses(out) == [200]
+    for h in (b"x-internal", b"keep-alive", b"upgrade", b"proxy-authenticate", b"trailer"):
+        assert h not in head, head
