@@ -372,3 +372,107 @@ def test_hop_by_hop_response_headers_are_dropped(world):
     assert statuses(out) == [200]
     for h in (b"x-internal", b"keep-alive", b"upgrade", b"proxy-authenticate", b"trailer"):
         assert h not in head, head
+
+
+# --- resources ---------------------------------------------------------------------------------
+
+HEAD_TIMEOUT = 20  # hoopy.http.site.GatewayChannel.head_timeout
+
+
+def _drip(port: int, first: bytes, limit: float) -> tuple[float, bytes]:
+    """Send a request head one byte a second (slowloris); (seconds until the gateway closed, what it said)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.settimeout(1.0)
+    t = time.monotonic()
+    out = b""
+    try:
+        if first:
+            s.sendall(first)
+        while time.monotonic() - t < limit:
+            try:
+                s.sendall(b"X")
+            except OSError:
+                break
+            try:
+                c = s.recv(4096)
+                if not c:
+                    break
+                out += c
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+        return time.monotonic() - t, out
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("first", [b"GET /v1/customers/1 HTTP/1.1\r\nHost: x\r\nX-Slow: ", b""])
+def test_a_request_head_dripped_byte_by_byte_is_cut_off(world, first):
+    """Slowloris: each byte resets an idle timeout, so only a deadline for the whole head stops it."""
+    took, out = _drip(world.port, first, HEAD_TIMEOUT + 25)
+    assert took < HEAD_TIMEOUT + 8, took
+    assert out.startswith(b"HTTP/1.1 408"), out
+
+
+def test_a_silent_connection_is_closed(world):
+    s = socket.create_connection(("127.0.0.1", world.port))
+    s.settimeout(HEAD_TIMEOUT + 10)
+    t = time.monotonic()
+    try:
+        data = s.recv(100)
+    finally:
+        s.close()
+    assert time.monotonic() - t < HEAD_TIMEOUT + 8 and data.startswith(b"HTTP/1.1 408"), data
+
+
+def test_keep_alive_requests_each_get_their_own_head_deadline(world):
+    """A client slow between requests is not cut off for the time its earlier requests took."""
+    s = socket.create_connection(("127.0.0.1", world.port), timeout=10)
+    try:
+        for i in range(3):
+            s.sendall(req(b"GET", b"/v1/customers/%d" % i))
+            got = b""
+            while not statuses(got) or not got.endswith(b"}"):
+                got += s.recv(65536)
+            assert statuses(got) == [200]
+            time.sleep(HEAD_TIMEOUT / 2)
+    finally:
+        s.close()
+
+
+def test_too_many_or_too_large_headers_are_refused(world):
+    many = b"".join(b"X-H%d: v\r\n" % i for i in range(600))
+    assert statuses(raw(world.port, req(b"GET", b"/v1/customers/1", many), wait_close=True)) == [400]
+    big = b"X-Big: " + b"a" * 20000 + b"\r\n"
+    assert statuses(raw(world.port, req(b"GET", b"/v1/customers/1", big), wait_close=True)) in ([400], [])
+    long_target = b"/v1/customers/" + b"a" * 20000
+    assert statuses(raw(world.port, req(b"GET", long_target), wait_close=True)) in ([400], [])
+
+
+def test_an_endless_body_to_a_refused_route_is_cut_off(world):
+    """Refused at its head; the rest of its body is read and dropped for at most 5 s."""
+    s = socket.create_connection(("127.0.0.1", world.port), timeout=2)
+    t = time.monotonic()
+    try:
+        s.sendall(req(b"POST", b"/admin", b"Transfer-Encoding: chunked\r\n"))
+        out = b""
+        while time.monotonic() - t < 30:
+            try:
+                s.sendall(b"1000\r\n" + b"a" * 4096 + b"\r\n")
+            except OSError:
+                break
+            try:
+                s.setblocking(False)
+                out += s.recv(65536)
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            finally:
+                s.setblocking(True)
+            time.sleep(0.01)
+    finally:
+        s.close()
+    assert time.monotonic() - t < 15
+    assert statuses(out) == [403], out[:200]

@@ -15,6 +15,7 @@ import re
 from urllib.parse import quote_from_bytes, urlsplit
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -27,6 +28,8 @@ from hoopy.http.checks import HeaderPlan
 from hoopy.http.exchange import Exchange, IResponseSink
 from hoopy.http.upload import BodyPipe
 from hoopy.sockwrite import write_now
+
+log = Logger()
 
 
 class GatewayChannel(HTTPChannel):
@@ -43,6 +46,40 @@ class GatewayChannel(HTTPChannel):
     _host = None
     last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
     last_identity = None  # client sends it again and again (hashed once, not per request)
+    # A request's head must be in this long after its first byte (or after the connection opened):
+    # twisted.web's idle timeout restarts at every byte, so a head sent a byte at a time (slowloris)
+    # would hold its connection, unauthenticated, for ever.
+    head_timeout = 20.0
+    _head_timer = None
+    _awaiting_head = True
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._arm_head()
+
+    def _arm_head(self):
+        if self._head_timer is None:
+            self._head_timer = self.site_state.reactor.callLater(self.head_timeout, self._head_late)
+
+    def _head_late(self):
+        self._head_timer = None
+        if self.transport is not None and self._awaiting_head:
+            log.info("http {conn}: no request head within {t:g}s from {peer}: closed",
+                     conn=self.site_state.connection.name, t=self.head_timeout, peer=str(self.transport.getPeer()))
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            self.transport.loseConnection()
+
+    def dataReceived(self, data):
+        if self._awaiting_head:
+            self._arm_head()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._awaiting_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().allHeadersReceived()
 
     def getHost(self):
         # twisted.web asks for every request; the connection's own address does not change
@@ -77,9 +114,13 @@ class GatewayChannel(HTTPChannel):
 
     def requestDone(self, request):
         self.flush_head()
+        self._awaiting_head = True  # the next head's deadline starts at its first byte
         super().requestDone(request)
 
     def connectionLost(self, reason):
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connectionLost(reason)
         self.site_state.channel_closed(self)
 
