@@ -377,6 +377,14 @@ class MCPSession:
         op = Operation("mcp", "tool", f"tools/call {name} {_compact(recorded)}",
                        (ToolUnit("tool", name, args=args),), detail,
                        canonical=Operation.canonical_of(name, _compact(args)))
+        if name not in self.service.definitions and self.session.judge(op).outcome != "deny":
+            # Not a tool the server lists (by this exact name): a server that folds case or Unicode
+            # would run "DELETE_DB" as the delete_db a rule denies, and an unlisted tool is never pinned.
+            # (What the policy refuses anyway is refused as such, below.)
+            reason = f"tool {name!r} is not one the MCP server lists; call a listed tool by its exact name"
+            await self.session.event("operation", "refused", rule="unlisted", reason=reason, operation="tool",
+                                     text=f"tools/call {name}", **detail)
+            return tool_error(id_, f"refused by hoopy: {reason}")
         verdict = await self._verdict(op, msg, reply)
         if isinstance(verdict, Deny):
             why = verdict.reason + (f" (rule {verdict.rule!r})" if verdict.rule and verdict.rule not in verdict.reason
