@@ -208,10 +208,14 @@ class MCPResource(Resource):
                                     peer=_peer(request), reason=f"Origin {o!r} is not allowed")
                 return None, self._plain(request, 403, wire.error(None, wire.INVALID_REQUEST,
                                                                   f"Origin {o} is not allowed"))
-        auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        auths = request.requestHeaders.getRawHeaders(b"authorization") or [b""]
+        auth = auths[-1].decode("latin-1")
         scheme, _, token = auth.partition(" ")
         ident = None
-        if scheme.lower() == "bearer" and token.strip():
+        if len(set(auths)) > 1:
+            # which identity it acts as must not depend on which header a reader takes (as for HTTP)
+            token = "two different tokens"
+        elif scheme.lower() == "bearer" and token.strip():
             ident = self.gateway.identities.by_token(token.strip())
         if ident is None:
             self.gateway.auth_failed(self.service.connection, _peer(request), "", "bearer",
@@ -220,6 +224,9 @@ class MCPResource(Resource):
                 request, 401, wire.error(None, wire.INVALID_REQUEST,
                                          "authentication required: send Authorization: Bearer TOKEN"),
                 headers=((b"www-authenticate", b'Bearer realm="hoopy"'),))
+        if len(request.requestHeaders.getRawHeaders(b"mcp-session-id") or ()) > 1:
+            return None, self._plain(request, 400, wire.error(None, wire.INVALID_REQUEST,
+                                                              "a request names one Mcp-Session-Id"))
         return ident, None
 
     def _headers(self, request):
