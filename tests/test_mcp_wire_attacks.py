@@ -234,3 +234,11 @@ def test_a_per_request_client_instance_is_not_shared_across_identities(world):
     assert outs["mcp-a"]["result"]["content"][0]["text"] == "ran echo"
     assert outs["mcp-b"]["result"]["isError"], outs
     assert world.srv.calls[ran:] == ["echo"]
+
+
+def test_a_call_the_server_never_answers_in_time_fails_once_and_says_why(world):
+    h = session(world, A)
+    status, out = call(world, h, "slow")
+    assert out["result"]["isError"] and "did not answer tools/call within 5s" in out["result"]["content"][0]["text"], out
+    assert "AlreadyCalledError" not in world.log_text()
+    assert call(world, h, "echo")[1]["result"]["content"][0]["text"] == "ran echo"

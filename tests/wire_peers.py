@@ -205,7 +205,7 @@ class LenientMCPServer:
     """A handshake-era Streamable HTTP MCP server, on a RawUpstream at /mcp, that looks tools up
     as some servers do: by a case-folded, NFKC-normalized name. ``calls`` lists what it ran."""
 
-    TOOLS = ("read_report", "delete_db", "echo")
+    TOOLS = ("read_report", "delete_db", "echo", "slow")
 
     def __init__(self, up: RawUpstream):
         self.up = up
@@ -234,6 +234,14 @@ class LenientMCPServer:
             if name not in self.TOOLS:
                 return self._json({"jsonrpc": "2.0", "id": id_, "error": {"code": -32602, "message": "no tool"}})
             self.calls.append(name)
+            if name == "slow":  # answers after the gateway's upstream_timeout
+                out = self._json({"jsonrpc": "2.0", "id": id_, "result": {"content": [{"type": "text", "text": "late"}]}})
+
+                def late(sock):
+                    time.sleep(8)
+                    sock.sendall(out)
+                    yield None
+                return late
             return self._json({"jsonrpc": "2.0", "id": id_,
                                "result": {"content": [{"type": "text", "text": f"ran {name}"}]}})
         return self._json({"jsonrpc": "2.0", "id": id_, "error": {"code": -32601, "message": "Method not found"}})
