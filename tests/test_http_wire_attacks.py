@@ -476,3 +476,62 @@ def test_an_endless_body_to_a_refused_route_is_cut_off(world):
         s.close()
     assert time.monotonic() - t < 15
     assert statuses(out) == [403], out[:200]
+
+
+# --- path matching: one segment under /v1/customers, and nothing else ----------------------------
+
+PATHS = [b"/v1/customers/%2e%2e/admin", b"/v1/customers/..%2fadmin", b"/v1/customers/1%2F..%2F..%2Fadmin",
+         b"/v1/customers/%252e%252e/admin", b"/v1/customers/1;x=y", b"/v1/customers/1\\..\\..\\admin",
+         b"http://x/v1/customers/1", b"//127.0.0.1/admin", b"/v1/customers/1#/../../admin", b"/v1/customers/\xc3\xa9",
+         b"/v1/customers/%00", b"/v1/customers/1%00.json", b"/v1/customers/..", b"/v1/customers/1/..",
+         b"/v1/customers/%2e", b"/v1/Customers/1", b"/v1/customers/1%3f/../../admin", b"/v1/customers/1%23/../../admin",
+         b"/v1/customers/%u002e", b"/v1/customers/1%20/../../admin", b"*", b"/v1/customers/%C0%AE%C0%AE/admin",
+         b"/v1/customers/x%0d%0aHost:%20evil", b"/v1/customers/1/", b"/v1/customers/", b"/v1/customers/a/b",
+         b"//v1/customers/1/../../admin", b"/./v1/customers/1/./../../../admin"]
+
+
+@pytest.mark.parametrize("target", PATHS)
+def test_path_tricks_reach_nothing_but_one_customer(world, target):
+    mark = world.up.mark()
+    out = raw(world.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + AUTH + b"\r\n", wait_close=False)
+    for head, _ in world.up.since(mark):
+        line = head.split(b"\r\n")[0]
+        path = line.split(b" ")[1].split(b"?")[0]
+        assert re.fullmatch(rb"/v1/customers/[^/]+", path), (target, line)
+    assert statuses(out)[:1] in ([200], [400], [403], []), (target, out[:200])
+
+
+@pytest.mark.parametrize("extra", [b"Host: 127.0.0.1:1\r\n", b"Host: x\r\nHost: admin.internal\r\n",
+                                   b"X-Forwarded-Host: admin.internal\r\n", b"X-Original-URL: /admin\r\n",
+                                   b"X-Rewrite-URL: /admin\r\n", b"X-HTTP-Method-Override: DELETE\r\n"])
+def test_headers_that_pick_another_site_path_or_method_are_dropped_or_refused(world, extra):
+    mark = world.up.mark()
+    out = raw(world.port, b"GET /v1/customers/1 HTTP/1.1\r\n" + (b"" if extra.startswith(b"Host") else b"Host: x\r\n")
+              + AUTH + extra + b"\r\n")
+    assert statuses(out)[:1] in ([200], [400]), out[:200]
+    for head, _ in world.up.since(mark):
+        assert b"admin" not in head and b"127.0.0.1:1\r\n" not in head and b"DELETE" not in head, head
+
+
+def test_requests_pipelined_behind_a_held_one_wait_in_bounded_memory(world):
+    """A held request keeps its connection; what is pipelined behind it is not read past a small
+    buffer (the socket is paused) and nothing of it goes upstream before the decision."""
+    mark = world.up.mark()
+    rss = lambda: int(next(l for l in open(f"/proc/{world.proc.pid}/status") if l.startswith("VmRSS:")).split()[1])
+    before = rss()
+    s = socket.create_connection(("127.0.0.1", world.port), timeout=5)
+    try:
+        s.sendall(req(b"POST", b"/v1/refunds", b"Content-Type: application/json\r\nContent-Length: 2\r\n", b"{}"))
+        s.setblocking(False)
+        sent, chunk = 0, req(b"GET", b"/v1/customers/1") * 200
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and sent < 64 * 1024 * 1024:
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.05)
+        assert sent < 32 * 1024 * 1024, sent  # the gateway stopped reading
+        assert world.up.since(mark) == []
+        assert rss() - before < 30 * 1024, (before, rss())
+    finally:
+        s.close()
