@@ -535,3 +535,19 @@ def test_requests_pipelined_behind_a_held_one_wait_in_bounded_memory(world):
         assert rss() - before < 30 * 1024, (before, rss())
     finally:
         s.close()
+
+
+def test_a_204_carries_no_content_length_to_the_caller(world):
+    """RFC 9110 8.6: a client that reads the upstream's Content-Length on a 204 takes that many bytes
+    of the next response on its connection for this one's body."""
+    world.up.script["/v1/customers/nocontent"] = lambda h, b: b"HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n"
+    s = socket.create_connection(("127.0.0.1", world.port), timeout=5)
+    try:
+        s.sendall(req(b"GET", b"/v1/customers/nocontent") + req(b"GET", b"/v1/customers/after"))
+        out = b""
+        while statuses(out) != [204, 200] or not out.endswith(b"}"):
+            out += s.recv(65536)
+    finally:
+        s.close()
+    first = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"content-length" not in first, first
