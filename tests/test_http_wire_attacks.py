@@ -551,3 +551,23 @@ def test_a_204_carries_no_content_length_to_the_caller(world):
         s.close()
     first = out.split(b"\r\n\r\n", 1)[0].lower()
     assert b"content-length" not in first, first
+
+
+@pytest.mark.parametrize("header, refused", [
+    (b"X_Original_URL: /admin", True), (b"X_HTTP_Method_Override: DELETE", True), (b"X_Remote_User: admin", True),
+    (b"Remote_User: admin", True), (b"X_Forwarded_For: 6.6.6.6", False), (b"X_Forwarded_Host: admin.internal", False),
+    (b"Transfer_Encoding: chunked", False), (b"Content_Length: 40", False), (b"X_Upstream_Auth: Basic evil", False),
+    (b"X_Hoopy_Model: spoof", False), (b"Proxy_Authorization: Basic evil", False),
+])
+def test_underscore_spellings_of_special_headers_are_treated_as_those_headers(world, header, refused):
+    """CGI, PHP, WSGI and Rack read X_Original_URL as X-Original-URL (both are HTTP_X_ORIGINAL_URL);
+    gunicorn framed by Transfer_Encoding. Each special header is the same in its underscore form."""
+    mark = world.up.mark()
+    out = raw(world.port, req(b"GET", b"/v1/customers/1", header + b"\r\n"))
+    if refused:
+        assert statuses(out) == [400], out[:300]
+        assert world.up.since(mark) == []
+    else:
+        assert statuses(out) == [200], out[:300]
+        head = world.up.since(mark)[0][0]
+        assert header.split(b":")[0].lower() not in head.lower(), head

@@ -86,8 +86,11 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
     h = hdrs
     if len(h.get(b"host", ())) > 1:
         raise Refusal(400, "a request has one Host header")
+    # CGI, PHP, WSGI and Rack read X_Original_URL as X-Original-URL (both HTTP_X_ORIGINAL_URL): every
+    # header below counts in its underscore spelling too
+    names = h.keys() if not any(b"_" in n for n in h) else {n.replace(b"_", b"-") for n in h}
     for name in H.PATH_OVERRIDE:
-        if name in h:
+        if name in names:
             raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
                                "is what is judged")
     if b"content-length" in h and b"transfer-encoding" in h:
@@ -102,11 +105,11 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
         # twisted.web reads "chunked" + "identity" (two headers) as chunked and ignores "identity"
         # alone; a server in front of or behind us may frame either otherwise: never guessed at.
         raise Refusal(400, "the only transfer coding accepted is one 'Transfer-Encoding: chunked'", close=True)
-    for name in H.IDENTITY_ASSERTION.intersection(h):
+    for name in H.IDENTITY_ASSERTION.intersection(names):
         raise Refusal(400, f"identity headers of authenticating proxies ({name.decode()}) are refused: "
                            "the upstream would take them for who is calling")
     for name in H.METHOD_OVERRIDE:
-        if name in h:
+        if name in names:
             raise Refusal(400, f"method-override headers ({name.decode()}) are refused: send the real method")
     websocket = False
     if b"upgrade" in h:
@@ -196,6 +199,8 @@ class HeaderPlan:
         dropped = self.dropped
         for name, values in pairs:
             n = name.lower()
+            if b"_" in n:  # Transfer_Encoding, X_Forwarded_For: the same header to CGI-style readers
+                n = n.replace(b"_", b"-")
             if (n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol")
                     or n.startswith(b"x-hoopy-")):  # the gateway's own namespace: never the upstream's
                 continue
