@@ -34,13 +34,13 @@ upstream_timeout = "5s"
 [[grants]]
 identity = "mcp-a"
 connection = "tools"
-allow = ["tool *"]
-deny = ["tool delete_*"]
+allow = ["tool *", "resource *"]
+deny = ["tool delete_*", "tool echo path=/etc/*", "resource file:///etc/*"]
 
 [[grants]]
 identity = "mcp-b"
 connection = "tools"
-allow = ["tool read_*"]
+allow = ["tool read_*", "tool echo path=/srv/reports/*", "resource file:///srv/reports/*"]
 """
     gw = HoopyProcess(tmp_path_factory.mktemp("mcpwire"), body)
     gw.start()
@@ -242,3 +242,53 @@ def test_a_call_the_server_never_answers_in_time_fails_once_and_says_why(world):
     assert out["result"]["isError"] and "did not answer tools/call within 5s" in out["result"]["content"][0]["text"], out
     assert "AlreadyCalledError" not in world.log_text()
     assert call(world, h, "echo")[1]["result"]["content"][0]["text"] == "ran echo"
+
+
+# --- paths in arguments and resource URIs ---------------------------------------------------------
+
+ESCAPES = ["/srv/reports/../../etc/passwd", "/srv/reports/./../../etc/passwd", "/srv/reports/%2e%2e/%2e%2e/etc/passwd",
+           "/srv/reports/%2E%2E%2F%2E%2E%2Fetc/passwd", "/srv/reports/..\\..\\etc\\passwd", "/srv/reports/..",
+           "/srv/reports/q1/../../../etc/passwd"]
+
+
+@pytest.mark.parametrize("path", ESCAPES)
+def test_an_allowed_argument_path_cannot_climb_out_with_dot_segments(world, path):
+    """`tool echo path=/srv/reports/*` grants files under /srv/reports: a server resolves `..`
+    (and decodes %2e, reads \\ as / on Windows), so the glob must see what the server will."""
+    h = session(world, B)
+    ran = len(world.srv.calls)
+    status, out = call(world, h, "echo", args={"path": path})
+    assert out["result"]["isError"], out
+    assert world.srv.calls[ran:] == []
+    assert call(world, h, "echo", args={"path": "/srv/reports/q1.csv"})[1]["result"]["content"][0]["text"] == "ran echo"
+
+
+@pytest.mark.parametrize("path", ["/srv/../etc/passwd", "//etc/passwd", "/srv/%2e%2e/etc/shadow", "/./etc/passwd",
+                                  "/tmp/..\\etc/passwd"])
+def test_a_denied_argument_path_cannot_be_reached_by_another_spelling(world, path):
+    h = session(world, A)
+    ran = len(world.srv.calls)
+    status, out = call(world, h, "echo", args={"path": path})
+    assert out["result"]["isError"] and "path=/etc/*" in out["result"]["content"][0]["text"], out
+    assert world.srv.calls[ran:] == []
+
+
+@pytest.mark.parametrize("uri", ["file://" + p for p in ESCAPES] + ["file:///srv/reports/%2fetc%2fpasswd"])
+def test_a_resource_uri_cannot_climb_out_of_its_glob(world, uri):
+    h = session(world, B)
+    reads = len(world.srv.reads)
+    status, _, body = post(world, {"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": uri}}, h)
+    assert "error" in json.loads(body), body
+    assert world.srv.reads[reads:] == []
+    status, _, body = post(world, {"jsonrpc": "2.0", "id": 9, "method": "resources/read",
+                                   "params": {"uri": "file:///srv/reports/q1.csv"}}, h)
+    assert json.loads(body)["result"]["contents"][0]["text"] == "read", body
+
+
+@pytest.mark.parametrize("uri", ["file:///srv/../etc/passwd", "file:////etc/passwd", "file:///tmp/%2e%2e/etc/passwd"])
+def test_a_denied_resource_cannot_be_reached_by_another_spelling(world, uri):
+    h = session(world, A)
+    reads = len(world.srv.reads)
+    status, _, body = post(world, {"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": uri}}, h)
+    assert "error" in json.loads(body), body
+    assert world.srv.reads[reads:] == []

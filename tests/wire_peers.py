@@ -210,6 +210,8 @@ class LenientMCPServer:
     def __init__(self, up: RawUpstream):
         self.up = up
         self.calls: list = []
+        self.args: list = []
+        self.reads: list = []
         up.script["/mcp"] = self.serve
 
     def serve(self, head: bytes, body: bytes):
@@ -223,7 +225,7 @@ class LenientMCPServer:
         if "id" not in msg:
             return response(202, b"")
         if m == "initialize":
-            res = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}},
+            res = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "resources": {}},
                    "serverInfo": {"name": "lenient", "version": "1"}}
             return self._json({"jsonrpc": "2.0", "id": id_, "result": res}, [(b"Mcp-Session-Id", b"up-1")])
         if m == "tools/list":
@@ -234,6 +236,7 @@ class LenientMCPServer:
             if name not in self.TOOLS:
                 return self._json({"jsonrpc": "2.0", "id": id_, "error": {"code": -32602, "message": "no tool"}})
             self.calls.append(name)
+            self.args.append(msg["params"].get("arguments"))
             if name == "slow":  # answers after the gateway's upstream_timeout
                 out = self._json({"jsonrpc": "2.0", "id": id_, "result": {"content": [{"type": "text", "text": "late"}]}})
 
@@ -244,6 +247,11 @@ class LenientMCPServer:
                 return late
             return self._json({"jsonrpc": "2.0", "id": id_,
                                "result": {"content": [{"type": "text", "text": f"ran {name}"}]}})
+        if m == "resources/read":
+            uri = msg["params"]["uri"]
+            self.reads.append(uri)
+            return self._json({"jsonrpc": "2.0", "id": id_,
+                               "result": {"contents": [{"uri": uri, "mimeType": "text/plain", "text": "read"}]}})
         return self._json({"jsonrpc": "2.0", "id": id_, "error": {"code": -32601, "message": "Method not found"}})
 
     @staticmethod

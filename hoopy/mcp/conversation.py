@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from hoopy.causal import ToolCall
 from hoopy.mcp import lists, wire
 from hoopy.mcp.results import mask_arguments, mask_error, mask_message, mask_result
-from hoopy.mcp.rules import ToolUnit
+from hoopy.mcp.rules import ToolUnit, resolved, resolved_args
 from hoopy.mcp.upstream import UpstreamSession
 from hoopy.upstream import UpstreamError
 from hoopy.policy.rules import Operation, Unit
@@ -31,6 +32,7 @@ log = Logger()
 LIST_KEYS = {"tools/list": ("tools", "tool", "name"), "resources/list": ("resources", "resource", "uri"),
              "resources/templates/list": ("resourceTemplates", "resource", "uriTemplate"),
              "prompts/list": ("prompts", "prompt", "name")}
+_ENCODED = re.compile(r"%(2e|2f|5c|00)|\\|\x00", re.IGNORECASE)
 BACKLOG = 256  # server messages kept for a handshake client with no GET stream open
 
 
@@ -203,7 +205,13 @@ class MCPSession:
             uri = params.get("uri")
             if not isinstance(uri, str):
                 raise wire.WireError(wire.INVALID_PARAMS, "uri must be a string")
-            op = Operation.single("mcp", "resource", f"{method} {uri}", uri, method=method, uri=uri)
+            if _ENCODED.search(uri):
+                raise wire.WireError(wire.INVALID_PARAMS, "refused by hoopy: the resource URI has an encoded dot, "
+                                     "slash or backslash (or a backslash, a NUL), which servers read differently")
+            units = (Unit("resource", uri),)
+            if resolved(uri) is not None:  # "file:///srv/reports/../../etc/passwd" is file:///etc/passwd
+                units += (Unit("resource", resolved(uri)),)
+            op = Operation("mcp", "resource", f"{method} {uri}", units, {"method": method, "uri": uri})
             return await self._judged_forward(msg, reply, op, mask=method == "resources/read")
         if method == "prompts/get":
             name = params.get("name")
@@ -374,8 +382,13 @@ class MCPSession:
             return tool_error(id_, f"refused by hoopy: {reason}")
         # The same call (tool and full arguments), not this request's ids, is what a retry-mode
         # approval is bound to.
-        op = Operation("mcp", "tool", f"tools/call {name} {_compact(recorded)}",
-                       (ToolUnit("tool", name, args=args),), detail,
+        units = (ToolUnit("tool", name, args=args),)
+        as_resolved = resolved_args(args)
+        if as_resolved is not None:
+            # a path argument as the server will resolve it ("/srv/reports/../../etc/passwd" is
+            # /etc/passwd): every rule must hold for that form too
+            units += (ToolUnit("tool", name, args=as_resolved),)
+        op = Operation("mcp", "tool", f"tools/call {name} {_compact(recorded)}", units, detail,
                        canonical=Operation.canonical_of(name, _compact(args)))
         if name not in self.service.definitions and self.session.judge(op).outcome != "deny":
             # Not a tool the server lists (by this exact name): a server that folds case or Unicode
