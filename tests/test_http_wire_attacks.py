@@ -571,3 +571,34 @@ def test_underscore_spellings_of_special_headers_are_treated_as_those_headers(wo
         assert statuses(out) == [200], out[:300]
         head = world.up.since(mark)[0][0]
         assert header.split(b":")[0].lower() not in head.lower(), head
+
+
+@pytest.mark.parametrize("shape", ["one endless header", "many headers", "endless 1xx"])
+def test_an_upstream_head_without_end_is_cut_in_bounded_memory(world, shape):
+    """llhttp keeps no limit of its own on a response head: an upstream that never ends its head
+    (or sends 1xx answers for ever) must not grow the gateway's memory until the timeout."""
+    def endless(h, b):
+        def gen(sock):
+            sock.sendall(b"HTTP/1.1 200 OK\r\n" if shape != "endless 1xx" else b"")
+            if shape == "one endless header":
+                sock.sendall(b"X-Long: ")
+            piece = {"one endless header": b"a" * 65536, "many headers": b"X-A: b\r\n" * 8192,
+                     "endless 1xx": b"HTTP/1.1 100 Continue\r\nX-A: b\r\n\r\n" * 2048}[shape]
+            t = time.monotonic()
+            try:
+                while time.monotonic() - t < 10:
+                    sock.sendall(piece)
+            except OSError:
+                pass
+            yield None
+        return gen
+    path = "/v1/customers/head-" + shape.replace(" ", "-")
+    world.up.script[path] = endless
+    rss = lambda: int(next(l for l in open(f"/proc/{world.proc.pid}/status") if l.startswith("VmRSS:")).split()[1])
+    before = rss()
+    t = time.monotonic()
+    out = raw(world.port, req(b"GET", path.encode()), timeout=15)
+    grown = rss() - before
+    assert grown < 40 * 1024, (before, grown)
+    assert statuses(out) == [502], out[:300]
+    assert time.monotonic() - t < 8

@@ -39,6 +39,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH
 from hoopy.sockwrite import write_now
 from hoopy.upstream import UpstreamError
 
+# A response head (with any 1xx before it) larger than this is refused: llhttp and httptools keep no
+# limit of their own, and an upstream that never ends its head grew the gateway by 1 GiB in 3 s.
+MAX_HEAD = 256 * 1024
 READ_SIZE = 256 * 1024  # a large body moves in fewer, larger reads: less Python per byte
 # The end of every complete body: one Failure made once (making one per response cost 4% of a request).
 _DONE = Failure(ResponseDone("Response body fully received"))
@@ -164,6 +167,8 @@ class UpstreamConnection(Protocol):
         self.reusable = False
         self.lost = False
         self._framed = True
+        self._head_seen = 0  # bytes read before the final response head was complete
+        self._head_done = False
         self.on_close = None  # a Deferred fired once the connection is gone (pool closing)
 
     def connectionMade(self):
@@ -180,6 +185,7 @@ class UpstreamConnection(Protocol):
         self.exchange = req
         self.reusable = False
         self.parser = httptools.HttpResponseParser(self)
+        self._head_seen, self._head_done = 0, False
         req.conn = self
         req.state = "sending"
         head = req.head
@@ -239,6 +245,7 @@ class UpstreamConnection(Protocol):
             if code == 101:
                 raise UpstreamError("the upstream switched protocols on an ordinary request")
             return  # 100 Continue, 103 Early Hints: the final answer follows
+        self._head_done = True
         length = UNKNOWN_LENGTH
         bodyless = req.method == b"HEAD" or code in (204, 304)
         for n, v in self._headers:
@@ -296,6 +303,11 @@ class UpstreamConnection(Protocol):
                 return  # a stray CRLF between responses
             self.abort(UpstreamError("the upstream sent bytes nobody asked for"))
             return
+        if not self._head_done:
+            if self._head_seen > MAX_HEAD:  # checked before feeding: at most MAX_HEAD + one read buffered
+                self.abort(UpstreamError(f"the upstream's response head is larger than {MAX_HEAD // 1024} KiB"))
+                return
+            self._head_seen += len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, UpstreamError) as e:
