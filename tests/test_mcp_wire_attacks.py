@@ -292,3 +292,14 @@ def test_a_denied_resource_cannot_be_reached_by_another_spelling(world, uri):
     status, _, body = post(world, {"jsonrpc": "2.0", "id": 9, "method": "resources/read", "params": {"uri": uri}}, h)
     assert "error" in json.loads(body), body
     assert world.srv.reads[reads:] == []
+
+
+def test_a_server_sending_a_head_without_end_is_cut_in_bounded_memory(world):
+    h = session(world, A)
+    rss = lambda: int(next(l for l in open(f"/proc/{world.proc.pid}/status") if l.startswith("VmRSS:")).split()[1])
+    before = rss()
+    status, out = call(world, h, "flood")
+    grown = rss() - before
+    assert grown < 40 * 1024, grown
+    assert out["result"]["isError"], out
+    assert call(world, h, "echo")[1]["result"]["content"][0]["text"] == "ran echo"

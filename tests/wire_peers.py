@@ -205,7 +205,7 @@ class LenientMCPServer:
     """A handshake-era Streamable HTTP MCP server, on a RawUpstream at /mcp, that looks tools up
     as some servers do: by a case-folded, NFKC-normalized name. ``calls`` lists what it ran."""
 
-    TOOLS = ("read_report", "delete_db", "echo", "slow")
+    TOOLS = ("read_report", "delete_db", "echo", "slow", "flood")
 
     def __init__(self, up: RawUpstream):
         self.up = up
@@ -237,6 +237,17 @@ class LenientMCPServer:
                 return self._json({"jsonrpc": "2.0", "id": id_, "error": {"code": -32602, "message": "no tool"}})
             self.calls.append(name)
             self.args.append(msg["params"].get("arguments"))
+            if name == "flood":  # a response head without end
+                def flood(sock):
+                    sock.sendall(b"HTTP/1.1 200 OK\r\n")
+                    t = time.monotonic()
+                    try:
+                        while time.monotonic() - t < 8:
+                            sock.sendall(b"X-A: b\r\n" * 8192)
+                    except OSError:
+                        pass
+                    yield None
+                return flood
             if name == "slow":  # answers after the gateway's upstream_timeout
                 out = self._json({"jsonrpc": "2.0", "id": id_, "result": {"content": [{"type": "text", "text": "late"}]}})
 
