@@ -602,3 +602,12 @@ def test_an_upstream_head_without_end_is_cut_in_bounded_memory(world, shape):
     assert grown < 40 * 1024, (before, grown)
     assert statuses(out) == [502], out[:300]
     assert time.monotonic() - t < 8
+
+
+@pytest.mark.parametrize("target", [b"//.hoopy/approvals/ap-1", b"/%2ehoopy/approvals/ap-1", b"/x/../.hoopy/approvals/ap-1",
+                                    b"/./.hoopy/x", b"/.hoopy", b"/.hoopy/", b"/.HOOPY/approvals/ap-1"])
+def test_the_gateways_own_prefix_never_goes_upstream_in_any_spelling(world, target):
+    mark = world.up.mark()
+    out = raw(world.port, req(b"GET", target, auth=b"Authorization: Bearer " + VICTIM.token.encode() + b"\r\n"))
+    assert statuses(out)[:1] in ([400], [404]), out[:300]
+    assert world.up.since(mark) == [], world.up.since(mark)

@@ -161,6 +161,9 @@ class Exchange:
                 raise Refusal(503, "refused: the audit store cannot record this request", "error")
         masker = site.masker
         self.path, self.query, self.websocket = checks.check_shape(self.method_b, self.uri, hdrs, masker.active)
+        if self.path.lower() == "/.hoopy" or self.path.lower().startswith("/.hoopy/"):
+            # the gateway's own prefix, in another spelling than the status path's (//.hoopy/, %2e, case)
+            raise Refusal(404, f"{self.path} is the gateway's own path; approvals are read at {STATUS_PREFIX}ID")
         check_query(self.query, masker.field_keys)
         try:
             checks.check_token_stays(token, self.pairs, self.query, self.websocket)
