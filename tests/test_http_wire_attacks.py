@@ -611,3 +611,59 @@ def test_the_gateways_own_prefix_never_goes_upstream_in_any_spelling(world, targ
     out = raw(world.port, req(b"GET", target, auth=b"Authorization: Bearer " + VICTIM.token.encode() + b"\r\n"))
     assert statuses(out)[:1] in ([400], [404]), out[:300]
     assert world.up.since(mark) == [], world.up.since(mark)
+
+
+# --- WebSocket: a 101 from something that never switched --------------------------------------
+
+WS_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+WS_ACCEPT = b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # RFC 6455's example for that key
+
+
+def _upgrade(path: bytes, key: bytes | None = WS_KEY) -> bytes:
+    return req(b"GET", path, b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+               + (b"Sec-WebSocket-Key: " + key + b"\r\n" if key else b""))
+
+
+@pytest.mark.parametrize("accept", [None, b"wrong+accept+value+base64A=", WS_ACCEPT.lower()])
+def test_a_101_without_the_websocket_handshake_opens_no_tunnel(world, accept):
+    """An HTTP app that answers 101 (a route that reflects a status) has not switched: a tunnel to
+    it would carry raw requests to any path, none judged. The 101 must prove the handshake."""
+    path = "/v1/customers/fake-ws-%s" % (accept or b"none").decode()[:5]
+    world.up.script[path] = lambda h, b: (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                          b"Connection: Upgrade\r\n" + (b"Sec-WebSocket-Accept: " + accept + b"\r\n"
+                                                                         if accept else b"") + b"\r\n")
+    mark = world.up.mark()
+    s = socket.create_connection(("127.0.0.1", world.port), timeout=4)
+    try:
+        s.sendall(_upgrade(path.encode()))
+        out = b""
+        try:
+            while b"\r\n\r\n" not in out:
+                c = s.recv(4096)
+                if not c:
+                    break
+                out += c
+            s.sendall(b"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.5)
+        except OSError:
+            pass
+    finally:
+        s.close()
+    assert statuses(out) == [502], out[:300]
+    never_reached_admin(world, mark)
+
+
+def test_an_upgrade_without_a_valid_key_is_refused(world):
+    for key in (None, b"short", b"not base64 at all!!!!!!="):
+        mark = world.up.mark()
+        out = raw(world.port, _upgrade(b"/v1/customers/ws", key))
+        assert statuses(out) == [400], out[:300]
+        assert world.up.since(mark) == []
+
+
+def test_a_real_websocket_handshake_is_relayed(world):
+    world.up.script["/v1/customers/real-ws"] = lambda h, b: (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + WS_ACCEPT + b"\r\n\r\n")
+    out = raw(world.port, _upgrade(b"/v1/customers/real-ws"), timeout=2)
+    assert statuses(out) == [101] and WS_ACCEPT in out, out

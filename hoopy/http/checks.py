@@ -11,7 +11,8 @@ from urllib.parse import unquote_plus
 
 from hoopy.http import headers as H
 from hoopy.http.paths import PathError, normalize_target
-from hoopy.http.upgrade import BEARER_PREFIX, is_websocket_upgrade, subprotocol_tokens, upstream_subprotocols
+from hoopy.http.upgrade import (BEARER_PREFIX, is_websocket_upgrade, subprotocol_tokens, upstream_subprotocols,
+                                websocket_key)
 from hoopy.policy.rules import Operation, Unit
 
 _METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")
@@ -121,6 +122,8 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
         if masking:
             raise Refusal(501, "WebSocket frames cannot be masked, and this connection has masking "
                                "rules: upgrades are refused rather than relayed unmasked")
+        if websocket_key(h) is None:
+            raise Refusal(400, "a WebSocket upgrade needs one Sec-WebSocket-Key (16 bytes in base64)")
         websocket = True
     return path, query, websocket
 

@@ -9,6 +9,9 @@ unjudged tunnel.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import time
 
 from twisted.internet import defer
@@ -23,6 +26,28 @@ MAX_HEAD = 64 * 1024
 # ``new WebSocket(url, ["hoopy", "hoopy.bearer." + token])``, for upgrades only.
 SUBPROTOCOL = b"hoopy"
 BEARER_PREFIX = b"hoopy.bearer."
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def websocket_key(hdrs: dict) -> bytes | None:
+    """The caller's one Sec-WebSocket-Key if it is valid (16 bytes in base64), else None."""
+    keys = hdrs.get(b"sec-websocket-key", ())
+    if len(keys) != 1:
+        return None
+    key = keys[0].strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except (binascii.Error, ValueError):
+        return None
+    return key
+
+
+def websocket_accept(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept that proves a server read ``key`` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
 
 
 def is_websocket_upgrade(method: bytes, hdrs: dict) -> bool:
@@ -99,6 +124,14 @@ async def relay(ex):
     if said != [b"websocket"]:
         up.transport.abortConnection()
         raise Refusal(502, "the upstream switched to another protocol than WebSocket: no tunnel", "error")
+    accept = [ln.partition(b":")[2].strip() for ln in head.split(b"\r\n")[1:]
+              if ln.partition(b":")[0].strip().lower() == b"sec-websocket-accept"]
+    if accept != [websocket_accept(websocket_key(ex.hdrs) or b"")]:
+        # A 101 from an app that never switched (a route that reflects a status) would make the
+        # tunnel a channel for raw requests to any path, none judged: the handshake must be proven.
+        up.transport.abortConnection()
+        raise Refusal(502, "the upstream's 101 does not carry the Sec-WebSocket-Accept of the handshake: "
+                           "no tunnel", "error")
     session, timer, site, channel = ex.session, Timer(), ex.site, ex.channel
 
     def lost():
