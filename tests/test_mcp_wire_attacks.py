@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -303,3 +304,30 @@ def test_a_server_sending_a_head_without_end_is_cut_in_bounded_memory(world):
     assert grown < 40 * 1024, grown
     assert out["result"]["isError"], out
     assert call(world, h, "echo")[1]["result"]["content"][0]["text"] == "ran echo"
+
+
+@pytest.mark.parametrize("first", [b"POST /mcp HTTP/1.1\r\nHost: x\r\nX-Slow: ", b""])
+def test_a_request_head_dripped_byte_by_byte_is_cut_off(world, first):
+    """Slowloris on the MCP listener: the head must be in within 20 s of its first byte."""
+    s = socket.create_connection(("127.0.0.1", world.port))
+    s.settimeout(1.0)
+    t = time.monotonic()
+    out = b""
+    try:
+        if first:
+            s.sendall(first)
+        while time.monotonic() - t < 45:
+            try:
+                s.sendall(b"X")
+                c = s.recv(4096)
+                if not c:
+                    break
+                out += c
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+    finally:
+        s.close()
+    assert time.monotonic() - t < 28, out
+    assert out.startswith(b"HTTP/1.1 408"), out

@@ -32,23 +32,11 @@ from hoopy.sockwrite import write_now
 log = Logger()
 
 
-class GatewayChannel(HTTPChannel):
-    """One client connection: holds its session and ends it when the connection goes.
+class HeadDeadline:
+    """For an HTTPChannel: a request's head must be in ``head_timeout`` after its first byte (or after
+    the connection opened). twisted.web's idle timeout restarts at every byte, so a head sent a byte
+    at a time (slowloris) would hold its connection, unauthenticated, for ever. Late: 408, closed."""
 
-    A response's head is held back until its first body bytes (or the request's end) and goes out
-    with them in one write, sent at once when nothing is buffered (``write_now``): a small answer
-    is one send() instead of two buffered writes, each costing a loop turn and epoll changes.
-    """
-
-    session = None
-    site_state = None  # the HTTPSite, set by the site
-    _head = None  # the response head, not yet written
-    _host = None
-    last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
-    last_identity = None  # client sends it again and again (hashed once, not per request)
-    # A request's head must be in this long after its first byte (or after the connection opened):
-    # twisted.web's idle timeout restarts at every byte, so a head sent a byte at a time (slowloris)
-    # would hold its connection, unauthenticated, for ever.
     head_timeout = 20.0
     _head_timer = None
     _awaiting_head = True
@@ -59,13 +47,13 @@ class GatewayChannel(HTTPChannel):
 
     def _arm_head(self):
         if self._head_timer is None:
-            self._head_timer = self.site_state.reactor.callLater(self.head_timeout, self._head_late)
+            self._head_timer = self.callLater(self.head_timeout, self._head_late)
 
     def _head_late(self):
         self._head_timer = None
         if self.transport is not None and self._awaiting_head:
-            log.info("http {conn}: no request head within {t:g}s from {peer}: closed",
-                     conn=self.site_state.connection.name, t=self.head_timeout, peer=str(self.transport.getPeer()))
+            log.info("no request head within {t:g}s from {peer}: closed", t=self.head_timeout,
+                     peer=str(self.transport.getPeer()))
             self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
             self.transport.loseConnection()
 
@@ -81,6 +69,31 @@ class GatewayChannel(HTTPChannel):
             self._head_timer = None
         super().allHeadersReceived()
 
+    def requestDone(self, request):
+        self._awaiting_head = True  # the next head's deadline starts at its first byte
+        super().requestDone(request)
+
+    def connectionLost(self, reason):
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connectionLost(reason)
+
+
+class GatewayChannel(HeadDeadline, HTTPChannel):
+    """One client connection: holds its session and ends it when the connection goes.
+
+    A response's head is held back until its first body bytes (or the request's end) and goes out
+    with them in one write, sent at once when nothing is buffered (``write_now``): a small answer
+    is one send() instead of two buffered writes, each costing a loop turn and epoll changes.
+    """
+
+    session = None
+    site_state = None  # the HTTPSite, set by the site
+    _head = None  # the response head, not yet written
+    _host = None
+    last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
+    last_identity = None  # client sends it again and again (hashed once, not per request)
     def getHost(self):
         # twisted.web asks for every request; the connection's own address does not change
         if self._host is None:
@@ -114,13 +127,9 @@ class GatewayChannel(HTTPChannel):
 
     def requestDone(self, request):
         self.flush_head()
-        self._awaiting_head = True  # the next head's deadline starts at its first byte
         super().requestDone(request)
 
     def connectionLost(self, reason):
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
         super().connectionLost(reason)
         self.site_state.channel_closed(self)
 

@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from hoopy.audit.store import StoreError
+from hoopy.http.site import HeadDeadline
 from hoopy.mcp import wire
 from hoopy.mcp.sse import event_bytes
 from hoopy.mcp.wire import WireError
@@ -384,8 +385,13 @@ def _peer(request) -> str:
     return f"{getattr(a, 'host', '?')}:{getattr(a, 'port', '?')}"
 
 
+class MCPChannel(HeadDeadline, http.HTTPChannel):
+    """A client connection of the MCP listener: its request heads have a deadline (slowloris)."""
+
+
 class MCPSite(Site):
     noisy = False
+    protocol = MCPChannel
 
     def __init__(self, resource, limit):
         super().__init__(resource)
