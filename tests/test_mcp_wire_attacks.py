@@ -35,8 +35,8 @@ upstream_timeout = "5s"
 [[grants]]
 identity = "mcp-a"
 connection = "tools"
-allow = ["tool *", "resource *"]
-deny = ["tool delete_*", "tool echo path=/etc/*", "resource file:///etc/*"]
+allow = ["tool *", "resource *", "prompt *"]
+deny = ["tool delete_*", "tool echo path=/etc/*", "resource file:///etc/*", "prompt secret_*"]
 
 [[grants]]
 identity = "mcp-b"
@@ -331,3 +331,14 @@ def test_a_request_head_dripped_byte_by_byte_is_cut_off(world, first):
         s.close()
     assert time.monotonic() - t < 28, out
     assert out.startswith(b"HTTP/1.1 408"), out
+
+
+@pytest.mark.parametrize("name", ["SECRET_PLAN", "Secret_plan", "\uff53ecret_plan", " secret_plan"])
+def test_a_prompt_name_in_another_case_or_unicode_form_is_refused(world, name):
+    h = session(world, A)
+    ran = len(world.srv.calls)
+    status, _, body = post(world, {"jsonrpc": "2.0", "id": 4, "method": "prompts/get", "params": {"name": name}}, h)
+    assert "error" in json.loads(body) and "refused by hoopy" in json.loads(body)["error"]["message"], body
+    assert world.srv.calls[ran:] == []
+    status, _, body = post(world, {"jsonrpc": "2.0", "id": 4, "method": "prompts/get", "params": {"name": "summarize"}}, h)
+    assert json.loads(body)["result"]["messages"][0]["content"]["text"] == "prompt summarize", body

@@ -206,6 +206,7 @@ class LenientMCPServer:
     as some servers do: by a case-folded, NFKC-normalized name. ``calls`` lists what it ran."""
 
     TOOLS = ("read_report", "delete_db", "echo", "slow", "flood")
+    PROMPTS = ("summarize", "secret_plan")
 
     def __init__(self, up: RawUpstream):
         self.up = up
@@ -225,7 +226,7 @@ class LenientMCPServer:
         if "id" not in msg:
             return response(202, b"")
         if m == "initialize":
-            res = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "resources": {}},
+            res = {"protocolVersion": "2025-06-18", "capabilities": {"tools": {}, "resources": {}, "prompts": {}},
                    "serverInfo": {"name": "lenient", "version": "1"}}
             return self._json({"jsonrpc": "2.0", "id": id_, "result": res}, [(b"Mcp-Session-Id", b"up-1")])
         if m == "tools/list":
@@ -258,6 +259,16 @@ class LenientMCPServer:
                 return late
             return self._json({"jsonrpc": "2.0", "id": id_,
                                "result": {"content": [{"type": "text", "text": f"ran {name}"}]}})
+        if m == "prompts/list":
+            prompts = [{"name": n, "description": n} for n in self.PROMPTS]
+            return self._json({"jsonrpc": "2.0", "id": id_, "result": {"prompts": prompts}})
+        if m == "prompts/get":
+            name = unicodedata.normalize("NFKC", msg["params"]["name"]).casefold().strip()
+            if name not in self.PROMPTS:
+                return self._json({"jsonrpc": "2.0", "id": id_, "error": {"code": -32602, "message": "no prompt"}})
+            self.calls.append("prompt:" + name)
+            return self._json({"jsonrpc": "2.0", "id": id_, "result": {"messages": [
+                {"role": "user", "content": {"type": "text", "text": f"prompt {name}"}}]}})
         if m == "resources/read":
             uri = msg["params"]["uri"]
             self.reads.append(uri)

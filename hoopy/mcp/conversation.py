@@ -219,6 +219,15 @@ class MCPSession:
                 raise wire.WireError(wire.INVALID_PARAMS, "name must be a string")
             args, _ = mask_arguments(self.service.masker, params.get("arguments"))
             op = Operation.single("mcp", "prompt", f"prompts/get {name}", name, prompt=name, arguments=args)
+            if name not in self.service.prompt_names and self.session.judge(op).outcome != "deny":
+                await self._refresh_names("prompts/list", "prompts", self.service.prompt_names)
+            if name not in self.service.prompt_names and self.session.judge(op).outcome != "deny":
+                # as for tools: a server that folds case or Unicode would serve "SECRET_PLAN" as the
+                # secret_plan a rule denies; only names it lists, exactly
+                reason = f"prompt {name!r} is not one the MCP server lists; get a listed prompt by its exact name"
+                await self.session.event("operation", "refused", rule="unlisted", reason=reason, operation="prompt",
+                                         text=f"prompts/get {name}", prompt=name)
+                raise wire.WireError(wire.INVALID_PARAMS, f"refused by hoopy: {reason}", {"rule": "unlisted"})
             return await self._judged_forward(msg, reply, op, mask=True)
         if method == "completion/complete":
             ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
@@ -303,6 +312,8 @@ class MCPSession:
             if not isinstance(item, dict):
                 continue
             name = item.get(field)
+            if kind == "prompt" and isinstance(name, str):
+                self.service.prompt_names.add(name)
             if kind == "tool":
                 status, d = self.service.pins.check(item)
                 if d is not None:
@@ -457,6 +468,19 @@ class MCPSession:
             return None
         return out
 
+    async def _refresh_names(self, method: str, key: str, names: set):
+        """Add every name a list method answers (all its pages) to ``names``."""
+        cursor = None
+        for _ in range(50):
+            resp = await self.upstream.request({"method": method, "params": {"cursor": cursor} if cursor else {}}, None)
+            res = resp.get("result") if isinstance(resp, dict) else None
+            if not isinstance(res, dict):
+                return
+            names.update(i["name"] for i in res.get(key) or [] if isinstance(i, dict) and isinstance(i.get("name"), str))
+            cursor = res.get("nextCursor")
+            if not cursor:
+                return
+
     async def _refresh_tools(self, reply):
         cursor = None
         for _ in range(50):
@@ -511,6 +535,8 @@ class MCPSession:
             return
         if method == "notifications/tools/list_changed":
             self.service.definitions.clear()
+        if method == "notifications/prompts/list_changed":
+            self.service.prompt_names.clear()
         self.session.trailing_event("mcp.notification", None, direction="out", method=method)
         self._push(self._masked_message(m))
 
