@@ -170,6 +170,7 @@ class Exchange:
         except Refusal:
             self.token = token  # it is somewhere else too: kept out of the record (see _record)
             raise
+        self.body.caller_token = token.encode("latin-1")
         op = checks.operation(self.method, self.path, self.query, self.session.judge)
         if self.body.present and not self.websocket and self.session.judge(op).outcome == "approve":
             # The reviewer approves the body too ("POST /v1/refunds" says nothing of the amount): it is
