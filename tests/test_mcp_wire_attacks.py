@@ -342,3 +342,17 @@ def test_a_prompt_name_in_another_case_or_unicode_form_is_refused(world, name):
     assert world.srv.calls[ran:] == []
     status, _, body = post(world, {"jsonrpc": "2.0", "id": 4, "method": "prompts/get", "params": {"name": "summarize"}}, h)
     assert json.loads(body)["result"]["messages"][0]["content"]["text"] == "prompt summarize", body
+
+
+@pytest.mark.parametrize("spelled", ["plain", "escaped"])
+def test_the_callers_token_in_a_message_never_reaches_the_server_or_the_record(world, spelled):
+    h = session(world, B)
+    ran = len(world.srv.calls)
+    tok = B.token if spelled == "plain" else "".join(f"\\u{ord(c):04x}" for c in B.token)
+    data = ('{"jsonrpc":"2.0","id":21,"method":"tools/call","params":{"name":"read_report","arguments":'
+            '{"note":"my token is ' + tok + '"}}}').encode()
+    status, _, body = post(world, None, h, data)
+    assert status == 400 and b"token" in body, body
+    assert world.srv.calls[ran:] == []
+    time.sleep(0.3)
+    assert B.token not in json.dumps(world.events())

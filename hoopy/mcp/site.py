@@ -218,6 +218,7 @@ class MCPResource(Resource):
             token = "two different tokens"
         elif scheme.lower() == "bearer" and token.strip():
             ident = self.gateway.identities.by_token(token.strip())
+            request.hoopy_token = token.strip().encode("latin-1")  # checked against the body
         if ident is None:
             self.gateway.auth_failed(self.service.connection, _peer(request), "", "bearer",
                                      "missing token" if not token.strip() else "bad credentials")
@@ -247,6 +248,14 @@ class MCPResource(Resource):
             wire.check_message(msg)
         except WireError as e:
             return self._plain(request, 400, wire.error(None, e.code, str(e)))
+        tok = request.hoopy_token
+        if tok in body or (b"\\u" in body and tok in wire.dumps(msg)):
+            # a client talked into sending its own token: not to the server, not into the record
+            self.gateway.record("mcp.refused", "refused", connection=self.service.connection, identity=ident.name,
+                                peer=_peer(request), reason="the caller's token is in the message")
+            return self._plain(request, 400, wire.error(msg.get("id"), wire.INVALID_REQUEST,
+                                                        "the caller's token is in the message, and would reach "
+                                                        "the MCP server: refused"))
         headers = self._headers(request)
         version = (headers(wire.H_VERSION) or [None])[0]
         modern = version in wire.MODERN_VERSIONS or (
