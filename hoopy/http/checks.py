@@ -11,7 +11,8 @@ from urllib.parse import unquote_plus
 
 from hoopy.http import headers as H
 from hoopy.http.paths import PathError, normalize_target
-from hoopy.http.websocket import BEARER_PREFIX, is_websocket_upgrade, subprotocol_tokens, upstream_subprotocols
+from hoopy.http.websocket import (BEARER_PREFIX, is_websocket_upgrade, subprotocol_tokens, upstream_subprotocols,
+                                websocket_key)
 from hoopy.policy.rules import Operation, Unit
 
 _METHOD = re.compile(rb"[A-Z][A-Z0-9_-]*")
@@ -70,6 +71,9 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
     """(normalized path, query, is a WebSocket upgrade) of a request whose shape may be judged."""
     if method == b"CONNECT":
         raise Refusal(405, "CONNECT is not forwarded")
+    if method in (b"TRACE", b"TRACK"):
+        # the upstream echoes the request it got, the injected credential in it
+        raise Refusal(405, f"{method.decode()} is not forwarded: it echoes the injected credential")
     if not _METHOD.fullmatch(method):
         # Rules name methods in upper case; many upstreams upper-case what they get, so "delete"
         # would be judged as no DELETE and run as one.
@@ -86,14 +90,30 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
     h = hdrs
     if len(h.get(b"host", ())) > 1:
         raise Refusal(400, "a request has one Host header")
+    # CGI, PHP, WSGI and Rack read X_Original_URL as X-Original-URL (both HTTP_X_ORIGINAL_URL): every
+    # header below counts in its underscore spelling too
+    names = h.keys() if not any(b"_" in n for n in h) else {n.replace(b"_", b"-") for n in h}
     for name in H.PATH_OVERRIDE:
-        if name in h:
+        if name in names:
             raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
                                "is what is judged")
     if b"content-length" in h and b"transfer-encoding" in h:
-        raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding")
+        raise Refusal(400, "a request cannot have both Content-Length and Transfer-Encoding", close=True)
+    if method in (b"GET", b"HEAD") and (b"transfer-encoding" in h or any(
+            v.strip() != b"0" for v in h.get(b"content-length", ()))):
+        # A server that does not read a GET's body takes it for the next request on its connection,
+        # behind a pool another caller's, with the injected credential (RFC 9110 9.3.1: may be refused)
+        raise Refusal(400, f"a {method.decode()} request cannot carry a body: send it with POST", close=True)
+    te = h.get(b"transfer-encoding")
+    if te is not None and (len(te) != 1 or te[0].strip().lower() != b"chunked"):
+        # twisted.web reads "chunked" + "identity" (two headers) as chunked and ignores "identity"
+        # alone; a server in front of or behind us may frame either otherwise: never guessed at.
+        raise Refusal(400, "the only transfer coding accepted is one 'Transfer-Encoding: chunked'", close=True)
+    for name in H.IDENTITY_ASSERTION.intersection(names):
+        raise Refusal(400, f"identity headers of authenticating proxies ({name.decode()}) are refused: "
+                           "the upstream would take them for who is calling")
     for name in H.METHOD_OVERRIDE:
-        if name in h:
+        if name in names:
             raise Refusal(400, f"method-override headers ({name.decode()}) are refused: send the real method")
     websocket = False
     if b"upgrade" in h:
@@ -105,6 +125,8 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
         if masking:
             raise Refusal(501, "WebSocket frames cannot be masked, and this connection has masking "
                                "rules: upgrades are refused rather than relayed unmasked")
+        if websocket_key(h) is None:
+            raise Refusal(400, "a WebSocket upgrade needs one Sec-WebSocket-Key (16 bytes in base64)")
         websocket = True
     return path, query, websocket
 
@@ -150,6 +172,7 @@ def operation(method: str, path: str, query: str | None, judge) -> Operation:
     return Operation("http", "request", text, tuple(units), {"method": method, "path": path, "query": query})
 
 
+_BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 _CANONICAL = {b"x-forwarded-for": b"X-Forwarded-For", b"x-forwarded-proto": b"X-Forwarded-Proto",
               b"forwarded": b"Forwarded"}
 
@@ -161,9 +184,10 @@ class HeaderPlan:
         self.inject = inject  # [(name, value)]: the connection's upstream_headers
         self.upstream_host, self.client_host, self.proto = upstream_host, client_host, proto
         # Never forwarded as the caller sent them: hop-by-hop, ours, forwarding headers, Host,
-        # Content-Length, the caller's credential, and those the gateway injects.
+        # Content-Length, the caller's credential, those the gateway injects, and Expect (answered
+        # here: the body follows at once).
         self.dropped = (H.HOP_BY_HOP | H.HOOPY | H.FORWARDING | {n.lower() for n, _ in inject}
-                        | {b"host", b"content-length", b"authorization"})
+                        | {b"host", b"content-length", b"authorization", b"expect"})
 
     def build(self, method: bytes, pairs, hdrs: dict, peer_host: str, masking: bool,
               upgrade: bool = False) -> list:
@@ -181,7 +205,10 @@ class HeaderPlan:
         dropped = self.dropped
         for name, values in pairs:
             n = name.lower()
-            if n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol"):
+            if b"_" in n:  # Transfer_Encoding, X_Forwarded_For: the same header to CGI-style readers
+                n = n.replace(b"_", b"-")
+            if (n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol")
+                    or n.startswith(b"x-hoopy-")):  # the gateway's own namespace: never the upstream's
                 continue
             if masking:
                 if n in (b"accept-encoding", b"range", b"if-range"):
@@ -192,6 +219,11 @@ class HeaderPlan:
                 out.append((name, v))
         if masking:
             out.append((b"Accept-Encoding", b"identity"))
+        if method not in _BODY_METHODS and (b"content-length" in hdrs or b"transfer-encoding" in hdrs):
+            # A body where the method defines none (DELETE, OPTIONS ...): an upstream that leaves it
+            # unread would prepend it to the next request on the connection (another caller's):
+            # that connection is not used again.
+            out.append((b"Connection", b"close"))
         # No host= / X-Forwarded-Host: the caller picks its Host header, and an upstream (or the ingress
         # in front of it) that routes on X-Forwarded-Host would take the caller to another site.
         for name, value in H.forwarded_for(peer_host, self.proto, None).items():

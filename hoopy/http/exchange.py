@@ -128,6 +128,7 @@ class Exchange:
         self.upstream_transport = None
         self.timer = None
         self.timed_out = False
+        self.close_now = False  # a refusal that closes the connection (its framing is in doubt)
 
     # --- the flow -------------------------------------------------------------------------------
 
@@ -162,12 +163,16 @@ class Exchange:
                 raise Refusal(503, "refused: the audit store cannot record this request", "error")
         masker = site.masker
         self.path, self.query, self.websocket = checks.check_shape(self.method_b, self.uri, hdrs, masker.active)
+        if self.path.lower() == "/.hoopy" or self.path.lower().startswith("/.hoopy/"):
+            # the gateway's own prefix, in another spelling than the status path's (//.hoopy/, %2e, case)
+            raise Refusal(404, f"{self.path} is the gateway's own path; approvals are read at {STATUS_PREFIX}ID")
         check_query(self.query, masker.field_keys)
         try:
             checks.check_token_stays(token, self.pairs, self.query, self.websocket)
         except Refusal:
             self.token = token  # it is somewhere else too: kept out of the record (see _record)
             raise
+        self.body.caller_token = token.encode("latin-1")
         op = checks.operation(self.method, self.path, self.query, self.session.judge)
         if self.body.present and not self.websocket and self.session.judge(op).outcome == "approve":
             # The reviewer approves the body too ("POST /v1/refunds" says nothing of the amount): it is
@@ -373,7 +378,7 @@ class Exchange:
                 # early): the rest is read and dropped; a caller that keeps sending for long loses
                 # the connection instead.
                 pipe.discard()
-                self.sink.close_later(5, pipe.received_all)
+                self.sink.close_later(0 if self.close_now else 5, pipe.received_all)
         self._record()
 
     def _abort(self, outcome, error):
@@ -410,6 +415,10 @@ class Exchange:
         if "approval_status" in r.extra:
             body["status"] = r.extra["approval_status"]
         headers: tuple[tuple[bytes, bytes], ...] = ()
+        if r.extra.get("close"):
+            # The request's framing is in doubt: nothing more is read from this connection
+            self.close_now = True
+            headers = ((b"Connection", b"close"),)
         if r.status == 202:  # Prefer: respond-async (RFC 7240): accepted for approval, poll status_url
             body["message"] = body.pop("error")
             headers = ((b"Location", r.extra["status_url"].encode()), (b"Preference-Applied", b"respond-async"))

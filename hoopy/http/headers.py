@@ -16,6 +16,21 @@ FORWARDING = frozenset({b"forwarded", b"x-forwarded-for", b"x-forwarded-host", b
                         b"x-forwarded-port", b"x-forwarded-server", b"x-forwarded-scheme",
                         b"x-forwarded-ssl", b"x-original-host", b"x-host", b"x-client-ip",
                         b"true-client-ip", b"x-cluster-client-ip", b"front-end-https", b"x-url-scheme"})
+# Who the caller is, as authenticating proxies tell the app behind them (Apache and nginx auth modules,
+# oauth2-proxy, Grafana, Azure App Service, Google IAP, AWS ALB, Cloudflare Access, Envoy's client
+# certificate header): an upstream that sat behind one trusts them, so a caller may not set them.
+IDENTITY_ASSERTION = frozenset({
+    b"remote-user", b"x-remote-user", b"x-remote-group", b"x-remote-groups", b"x-forwarded-user",
+    b"x-forwarded-email", b"x-forwarded-groups", b"x-forwarded-preferred-username", b"x-forwarded-access-token",
+    b"x-auth-request-user", b"x-auth-request-email", b"x-auth-request-groups",
+    b"x-auth-request-preferred-username", b"x-auth-request-access-token", b"x-authenticated-user",
+    b"x-authenticated-userid", b"x-webauth-user", b"x-ms-client-principal", b"x-ms-client-principal-name",
+    b"x-ms-client-principal-id", b"x-ms-client-principal-idp", b"x-goog-authenticated-user-email",
+    b"x-goog-authenticated-user-id", b"x-goog-iap-jwt-assertion", b"x-amzn-oidc-identity", b"x-amzn-oidc-data",
+    b"x-amzn-oidc-accesstoken", b"cf-access-authenticated-user-email", b"cf-access-jwt-assertion",
+    b"x-forwarded-client-cert", b"x-client-cert", b"x-ssl-client-cert", b"x-ssl-client-dn", b"x-ssl-client-s-dn",
+    b"x-ssl-client-verify", b"x-client-verify", b"ssl-client-cert", b"ssl-client-verify",
+})
 # Headers with which frameworks (IIS URL Rewrite, Symfony, Zend, nginx setups) route to another path
 # than the request line's: the policy judged the request line, so these are refused outright.
 PATH_OVERRIDE = frozenset({b"x-original-url", b"x-rewrite-url", b"x-original-uri", b"x-override-url"})

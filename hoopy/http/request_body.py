@@ -54,6 +54,7 @@ class RequestBody:
         self.kind = None  # body_kind of its Content-Type, once looked at
         self.data = None  # the bytes read whole (masked), as a reviewer saw them / they went upstream
         self.refusal = None  # set when a watcher refused the streaming body
+        self.caller_token = b""  # the caller's token (set once known): never in a body that goes on
         self._read = False
         self._body = None
 
@@ -81,13 +82,17 @@ class RequestBody:
         # A form field "_method" makes Rails, Laravel and Symfony run another method than the judged one.
         form = media == b"application/x-www-form-urlencoded"
         field_keys = masker.field_keys
+        watches: list[Callable[[bytes], bool]] = []
+        if self.caller_token:  # the caller's own token goes nowhere but here, a body included
+            watches.append(TokenWatch(self.caller_token, self._token_refused))
         if media.startswith(b"multipart/"):
-            watches: list[Callable[[bytes], bool]] = [MultipartOverrideWatch(self._refused)]
+            watches.append(MultipartOverrideWatch(self._refused))
             if field_keys:  # the GraphQL multipart request spec: the document is in a part
                 watches.append(MultipartGraphQLWatch(ct, self._graphql_part, self._refused))
-            pipe.set_watch(AnyWatch(watches))
         elif kind == "json":  # Laravel reads _method from a JSON body too
-            pipe.set_watch(JSONOverrideWatch(self._refused))
+            watches.append(JSONOverrideWatch(self._refused))
+        if watches:
+            pipe.set_watch(watches[0] if len(watches) == 1 else AnyWatch(watches))
         if self.refusal is not None:
             raise self.refusal
         mask = masker.applies(kind)
@@ -157,6 +162,10 @@ class RequestBody:
             except ValueError:
                 raise Refusal(400, "the multipart part 'operations' is not JSON")
 
+    def _token_refused(self, refusal: Refusal):
+        self.ex.token = self.caller_token.decode("latin-1")  # kept out of the record (see Exchange._record)
+        self._refused(refusal)
+
     def _refused(self, refusal: Refusal):
         """A streaming body turned out to be refused (a multipart method override): stop it going on."""
         if self.refusal is None:
@@ -200,6 +209,25 @@ class MultipartOverrideWatch:
                 self.refuse(Refusal(400, "method-override fields (_method) in the body are refused: "
                                          "send the real method"))
                 return True
+        return False
+
+
+class TokenWatch:
+    """The caller's own token in its request body (an agent talked into posting it): refused before
+    the piece holding it goes on. A token split over two reads may have sent its first bytes on in
+    the request that is then aborted (never completed)."""
+
+    def __init__(self, token: bytes, refuse):
+        self.token, self.refuse = token, refuse
+        self.tail = b""
+
+    def __call__(self, data: bytes) -> bool:
+        n = len(self.token) - 1  # only the edge between two pieces is joined (no copy of a large piece)
+        found = self.token in data or self.token in self.tail + data[:n]
+        self.tail = (self.tail + data)[-n:] if len(data) < n else data[-n:]
+        if found:
+            self.refuse(Refusal(400, "the caller's token is in the request body, and would reach the upstream"))
+            return True
         return False
 
 

@@ -406,6 +406,8 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
         if n in H.HOP_BY_HOP or n in extra_hop:
             continue
         if n == b"content-length":
+            if response.code == 204:
+                continue  # RFC 9110 8.6: never on a 204 (a client that read it would eat the next answer)
             if not (must_mask or head_of_masked):  # else ours, or none: the unmasked length tells a
                 out.append((name, values[0]))      # masked value's size
             continue

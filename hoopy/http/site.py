@@ -8,10 +8,14 @@ settings, the masker, the upstream client, the header plan, the injected secrets
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
-from urllib.parse import urlsplit
+import re
+from urllib.parse import quote_from_bytes, urlsplit
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
@@ -25,8 +29,58 @@ from hoopy.http.exchange import Exchange, IResponseSink
 from hoopy.http.upload import BodyPipe
 from hoopy.sockwrite import write_now
 
+log = Logger()
 
-class GatewayChannel(HTTPChannel):
+
+class HeadDeadline:
+    """For an HTTPChannel: a request's head must be in ``head_timeout`` after its first byte (or after
+    the connection opened). twisted.web's idle timeout restarts at every byte, so a head sent a byte
+    at a time (slowloris) would hold its connection, unauthenticated, for ever. Late: 408, closed."""
+
+    head_timeout = 20.0
+    _head_timer = None
+    _awaiting_head = True
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._arm_head()
+
+    def _arm_head(self):
+        if self._head_timer is None:
+            self._head_timer = self.callLater(self.head_timeout, self._head_late)
+
+    def _head_late(self):
+        self._head_timer = None
+        if self.transport is not None and self._awaiting_head:
+            log.info("no request head within {t:g}s from {peer}: closed", t=self.head_timeout,
+                     peer=str(self.transport.getPeer()))
+            self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            self.transport.loseConnection()
+
+    def dataReceived(self, data):
+        if self._awaiting_head:
+            self._arm_head()
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        self._awaiting_head = False
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().allHeadersReceived()
+
+    def requestDone(self, request):
+        self._awaiting_head = True  # the next head's deadline starts at its first byte
+        super().requestDone(request)
+
+    def connectionLost(self, reason=None):
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connectionLost(reason)
+
+
+class GatewayChannel(HeadDeadline, HTTPChannel):
     """One client connection: holds its session and ends it when the connection goes.
 
     A response's head is held back until its first body bytes (or the request's end) and goes out
@@ -40,7 +94,6 @@ class GatewayChannel(HTTPChannel):
     _host = None
     last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
     last_identity = None  # client sends it again and again (hashed once, not per request)
-
     def getHost(self):
         # twisted.web asks for every request; the connection's own address does not change
         if self._host is None:
@@ -144,6 +197,8 @@ class RequestSink:
         out = req.responseHeaders = Headers()
         for name, values in grouped.items():
             out.setRawHeaders(name, values)
+        if grouped.get(b"Connection") == [b"close"]:
+            req.channel.persistent = False  # no pipelined request after this one is read
 
     def write(self, data):
         self.request.write(data)
@@ -254,10 +309,11 @@ class HTTPSite:
         # echoes one back (a header, a redirect's Location, a debug body) must not hand it to the caller.
         secrets = set()
         for _, v in inject:
-            for sec in (v, v.partition(b" ")[2].strip()):
-                if len(sec) >= 8:
-                    secrets.add(sec)
+            secrets.update(spellings(v))
         self.secrets = tuple(sorted(secrets, key=len, reverse=True))
+        # Headers are searched in any case (an upstream may upper-case what it echoes)
+        self._secret_re = re.compile(b"|".join(re.escape(s) for s in self.secrets), re.IGNORECASE) \
+            if self.secrets else None
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self.channels: set = set()
 
@@ -275,10 +331,9 @@ class HTTPSite:
         self.gateway.auth_failed(self.connection, peer, "", "bearer", why)
 
     def scrub_header(self, value: bytes) -> bytes:
-        for secret in self.secrets:
-            if secret in value:
-                value = value.replace(secret, H.REDACTED.encode())
-        return value
+        if self._secret_re is None:
+            return value
+        return self._secret_re.sub(H.REDACTED.encode(), value)
 
     def scrub_body(self, data: bytes) -> bytes:
         for secret in self.secrets:
@@ -336,6 +391,29 @@ class HTTPSite:
             elif channel.transport is not None:
                 channel.transport.loseConnection()
         return defer.DeferredList(ds, consumeErrors=True)
+
+
+def spellings(value: bytes) -> set[bytes]:
+    """An injected header value as an upstream may echo it: whole and without its scheme; in either
+    case; percent- and form-encoded (a redirect's query); with JSON's escaped slash (PHP's default);
+    and a Basic credential decoded (user:password, and the password). Each at least 8 bytes."""
+    scheme, _, rest = value.partition(b" ")
+    rest = rest.strip()
+    base = {value, rest}
+    if scheme.lower() == b"basic" and rest:
+        try:
+            plain = base64.b64decode(rest, validate=True)
+        except (binascii.Error, ValueError):
+            plain = b""
+        if plain:
+            base.update((plain, plain.partition(b":")[2]))
+    out: set[bytes] = set()
+    for s in base:
+        for form in (s, s.lower(), s.upper()):
+            pct = quote_from_bytes(form, safe=b"").encode()
+            out.update((form, form.replace(b"/", b"\\/"), pct, pct.replace(b"%20", b"+"),
+                        re.sub(rb"%[0-9A-F]{2}", lambda m: m.group().lower(), pct)))
+    return {s for s in out if len(s) >= 8}
 
 
 class _Terminate:

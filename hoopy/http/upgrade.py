@@ -17,7 +17,8 @@ from twisted.logger import Logger
 
 from hoopy.http.checks import Refusal
 from hoopy.http.response_body import reason_text
-from hoopy.http.websocket import SUBPROTOCOL, offered_subprotocols, with_subprotocol_answer
+from hoopy.http.websocket import (SUBPROTOCOL, offered_subprotocols, websocket_accept, websocket_key,
+                                  with_subprotocol_answer)
 from hoopy.session import IN, OUT
 from hoopy.transport import stream
 
@@ -63,6 +64,14 @@ async def relay(ex):
     if said != [b"websocket"]:
         up.transport.abortConnection()
         raise Refusal(502, "the upstream switched to another protocol than WebSocket: no tunnel", "error")
+    accept = [ln.partition(b":")[2].strip() for ln in head.split(b"\r\n")[1:]
+              if ln.partition(b":")[0].strip().lower() == b"sec-websocket-accept"]
+    if accept != [websocket_accept(websocket_key(ex.hdrs) or b"")]:
+        # A 101 from an app that never switched (a route that reflects a status) would make the
+        # tunnel a channel for raw requests to any path, none judged: the handshake must be proven.
+        up.transport.abortConnection()
+        raise Refusal(502, "the upstream's 101 does not carry the Sec-WebSocket-Accept of the handshake: "
+                           "no tunnel", "error")
     session, timer, site, channel = ex.session, Timer(), ex.site, ex.channel
 
     def lost():

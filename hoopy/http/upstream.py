@@ -40,6 +40,9 @@ from hoopy.sockwrite import write_now
 from hoopy.transport import stream
 from hoopy.upstream import UpstreamError
 
+# A response head (with any 1xx before it) larger than this is refused: llhttp and httptools keep no
+# limit of their own, and an upstream that never ends its head grew the gateway by 1 GiB in 3 s.
+MAX_HEAD = 256 * 1024
 READ_SIZE = 256 * 1024  # a large body moves in fewer, larger reads: less Python per byte
 # The end of every complete body: one Failure made once (making one per response cost 4% of a request).
 _DONE = Failure(ResponseDone("Response body fully received"))
@@ -173,6 +176,8 @@ class UpstreamConnection(Protocol):
         self.reusable = False
         self.lost = False
         self._framed = True
+        self._head_seen = 0  # bytes read before the final response head was complete
+        self._head_done = False
         self.on_close: defer.Deferred[None] | None = None  # a Deferred fired once the connection is gone (pool closing)
 
     def connectionMade(self):
@@ -189,6 +194,7 @@ class UpstreamConnection(Protocol):
         self.exchange = req
         self.reusable = False
         self.parser = httptools.HttpResponseParser(self)
+        self._head_seen, self._head_done = 0, False
         req.conn = self
         req.state = "sending"
         head = req.head
@@ -248,6 +254,7 @@ class UpstreamConnection(Protocol):
             if code == 101:
                 raise UpstreamError("the upstream switched protocols on an ordinary request")
             return  # 100 Continue, 103 Early Hints: the final answer follows
+        self._head_done = True
         length = UNKNOWN_LENGTH
         bodyless = req.method == b"HEAD" or code in (204, 304)
         for n, v in self._headers:
@@ -283,7 +290,7 @@ class UpstreamConnection(Protocol):
 
     def _message_done(self, req, keep: bool):
         req.state = "done"
-        self.reusable = keep
+        self.reusable = keep and not req.close
         req.response._end(_DONE)
         if req.body_sent:
             self._finished(req)
@@ -305,6 +312,11 @@ class UpstreamConnection(Protocol):
                 return  # a stray CRLF between responses
             self.abort(UpstreamError("the upstream sent bytes nobody asked for"))
             return
+        if not self._head_done:
+            if self._head_seen > MAX_HEAD:  # checked before feeding: at most MAX_HEAD + one read buffered
+                self.abort(UpstreamError(f"the upstream's response head is larger than {MAX_HEAD // 1024} KiB"))
+                return
+            self._head_seen += len(data)
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, UpstreamError) as e:
@@ -352,6 +364,7 @@ class _Request:
         self.producing = None
         self.fresh = False  # on a new connection (a failure there is not the pool's staleness)
         self.connecting = None
+        self.close = False  # the request said Connection: close
 
     def head_in(self, resp):
         if not self.d.called:
@@ -427,8 +440,11 @@ class UpstreamClient:
     def request(self, method: bytes, target: bytes, headers, body=None) -> defer.Deferred:
         """Fires with an UpstreamResponse once its head is in (UpstreamError if it cannot be had)."""
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
+        close = False
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
+            if value == b"close" and name.lower() == b"connection":
+                close = True
         if body is None:
             if method in _BODY_METHODS:
                 lines.append(b"Content-Length: 0\r\n")
@@ -441,6 +457,7 @@ class UpstreamClient:
         lines.append(b"\r\n")
         retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
         req = _Request(self, method, b"".join(lines), body, retry)
+        req.close = close  # asked for: the connection is never reused after this exchange
         while self.idle:
             conn = self.idle.pop()
             if conn.transport is not None and not conn.lost:

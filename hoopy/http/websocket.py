@@ -6,10 +6,35 @@ upgrade.py relays with them; neither imports the other for it.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+
 # Browsers cannot set Authorization on a WebSocket: the token rides in the subprotocol offer instead,
 # ``new WebSocket(url, ["hoopy", "hoopy.bearer." + token])``, for upgrades only.
 SUBPROTOCOL = b"hoopy"
 BEARER_PREFIX = b"hoopy.bearer."
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def websocket_key(hdrs: dict) -> bytes | None:
+    """The caller's one Sec-WebSocket-Key if it is valid (16 bytes in base64), else None."""
+    keys = hdrs.get(b"sec-websocket-key", ())
+    if len(keys) != 1:
+        return None
+    key = keys[0].strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            return None
+    except (binascii.Error, ValueError):
+        return None
+    return key
+
+
+def websocket_accept(key: bytes) -> bytes:
+    """The Sec-WebSocket-Accept that proves a server read ``key`` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
 
 
 def is_websocket_upgrade(method: bytes, hdrs: dict) -> bool:

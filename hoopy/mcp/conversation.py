@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from hoopy.causal import ToolCall
 from hoopy.mcp import lists, wire
 from hoopy.mcp.results import mask_arguments, mask_error, mask_message, mask_result
-from hoopy.mcp.rules import ToolUnit
+from hoopy.mcp.rules import ToolUnit, resolved, resolved_args
 from hoopy.mcp.upstream import UpstreamSession
 from hoopy.upstream import UpstreamError
 from hoopy.policy.rules import Operation, Unit
@@ -31,6 +32,7 @@ log = Logger()
 LIST_KEYS = {"tools/list": ("tools", "tool", "name"), "resources/list": ("resources", "resource", "uri"),
              "resources/templates/list": ("resourceTemplates", "resource", "uriTemplate"),
              "prompts/list": ("prompts", "prompt", "name")}
+_ENCODED = re.compile(r"%(2e|2f|5c|00)|\\|\x00", re.IGNORECASE)
 BACKLOG = 256  # server messages kept for a handshake client with no GET stream open
 
 
@@ -203,7 +205,13 @@ class MCPSession:
             uri = params.get("uri")
             if not isinstance(uri, str):
                 raise wire.WireError(wire.INVALID_PARAMS, "uri must be a string")
-            op = Operation.single("mcp", "resource", f"{method} {uri}", uri, method=method, uri=uri)
+            if _ENCODED.search(uri):
+                raise wire.WireError(wire.INVALID_PARAMS, "refused by hoopy: the resource URI has an encoded dot, "
+                                     "slash or backslash (or a backslash, a NUL), which servers read differently")
+            units = (Unit("resource", uri),)
+            if resolved(uri) is not None:  # "file:///srv/reports/../../etc/passwd" is file:///etc/passwd
+                units += (Unit("resource", resolved(uri)),)
+            op = Operation("mcp", "resource", f"{method} {uri}", units, {"method": method, "uri": uri})
             return await self._judged_forward(msg, reply, op, mask=method == "resources/read")
         if method == "prompts/get":
             name = params.get("name")
@@ -211,6 +219,15 @@ class MCPSession:
                 raise wire.WireError(wire.INVALID_PARAMS, "name must be a string")
             args, _ = mask_arguments(self.service.masker, params.get("arguments"))
             op = Operation.single("mcp", "prompt", f"prompts/get {name}", name, prompt=name, arguments=args)
+            if name not in self.service.prompt_names and self.session.judge(op).outcome != "deny":
+                await self._refresh_names("prompts/list", "prompts", self.service.prompt_names)
+            if name not in self.service.prompt_names and self.session.judge(op).outcome != "deny":
+                # as for tools: a server that folds case or Unicode would serve "SECRET_PLAN" as the
+                # secret_plan a rule denies; only names it lists, exactly
+                reason = f"prompt {name!r} is not one the MCP server lists; get a listed prompt by its exact name"
+                await self.session.event("operation", "refused", rule="unlisted", reason=reason, operation="prompt",
+                                         text=f"prompts/get {name}", prompt=name)
+                raise wire.WireError(wire.INVALID_PARAMS, f"refused by hoopy: {reason}", {"rule": "unlisted"})
             return await self._judged_forward(msg, reply, op, mask=True)
         if method == "completion/complete":
             ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
@@ -303,6 +320,8 @@ class MCPSession:
             if not isinstance(item, dict):
                 continue
             name = item.get(field)
+            if kind == "prompt" and isinstance(name, str):
+                self.service.prompt_names.add(name)
             if kind == "tool" and isinstance(name, str):  # without a name: hidden below, never pinned
                 status, d = self.service.pins.check(item)
                 if d is not None:
@@ -382,9 +401,22 @@ class MCPSession:
             return tool_error(id_, f"refused by hoopy: {reason}")
         # The same call (tool and full arguments), not this request's ids, is what a retry-mode
         # approval is bound to.
-        op = Operation("mcp", "tool", f"tools/call {name} {_compact(recorded)}",
-                       (ToolUnit("tool", name, args=args),), detail,
+        units = (ToolUnit("tool", name, args=args),)
+        as_resolved = resolved_args(args)
+        if as_resolved is not None:
+            # a path argument as the server will resolve it ("/srv/reports/../../etc/passwd" is
+            # /etc/passwd): every rule must hold for that form too
+            units += (ToolUnit("tool", name, args=as_resolved),)
+        op = Operation("mcp", "tool", f"tools/call {name} {_compact(recorded)}", units, detail,
                        canonical=Operation.canonical_of(name, _compact(args)))
+        if name not in self.service.definitions and self.session.judge(op).outcome != "deny":
+            # Not a tool the server lists (by this exact name): a server that folds case or Unicode
+            # would run "DELETE_DB" as the delete_db a rule denies, and an unlisted tool is never pinned.
+            # (What the policy refuses anyway is refused as such, below.)
+            reason = f"tool {name!r} is not one the MCP server lists; call a listed tool by its exact name"
+            await self.session.event("operation", "refused", rule="unlisted", reason=reason, operation="tool",
+                                     text=f"tools/call {name}", **detail)
+            return tool_error(id_, f"refused by hoopy: {reason}")
         verdict = await self._verdict(op, msg, reply)
         if isinstance(verdict, Deny):
             why = verdict.reason + (f" (rule {verdict.rule!r})" if verdict.rule and verdict.rule not in verdict.reason
@@ -444,6 +476,19 @@ class MCPSession:
             return None
         return out
 
+    async def _refresh_names(self, method: str, key: str, names: set):
+        """Add every name a list method answers (all its pages) to ``names``."""
+        cursor = None
+        for _ in range(50):
+            resp = await self._connected().request({"method": method, "params": {"cursor": cursor} if cursor else {}}, None)
+            res = resp.get("result") if isinstance(resp, dict) else None
+            if not isinstance(res, dict):
+                return
+            names.update(i["name"] for i in res.get(key) or [] if isinstance(i, dict) and isinstance(i.get("name"), str))
+            cursor = res.get("nextCursor")
+            if not cursor:
+                return
+
     async def _refresh_tools(self, reply):
         cursor = None
         for _ in range(50):
@@ -498,6 +543,8 @@ class MCPSession:
             return
         if method == "notifications/tools/list_changed":
             self.service.definitions.clear()
+        if method == "notifications/prompts/list_changed":
+            self.service.prompt_names.clear()
         self.session.trailing_event("mcp.notification", None, direction="out", method=method)
         self._push(self._masked_message(m))
 

@@ -36,6 +36,61 @@ class ToolUnit(Unit):
         return f"tool {self.subject}"
 
 
+_ENCODED_PATH = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+_AUTHORITY = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/\\]*")
+
+
+def resolved(value: str) -> str | None:
+    """``value`` as a server that resolves a path reads it, where that differs: ``%2e`` ``%2f``
+    ``%5c`` decoded, backslashes as slashes, repeated slashes collapsed, ``.`` and ``..`` segments
+    resolved (``scheme://authority`` kept). None when nothing changes. A glob over a path
+    (``path=/srv/reports/*``) must also hold for this form: ``/srv/reports/../../etc/passwd`` is
+    ``/etc/passwd`` to the server."""
+    if "." not in value and "%" not in value and "\\" not in value and "//" not in value:
+        return None
+    v = _ENCODED_PATH.sub(lambda m: "." if m.group(1) in ("2e", "2E") else "/", value).replace("\\", "/")
+    head = ""
+    m = _AUTHORITY.match(v)
+    if m:
+        head, v = m.group(), v[m.end():]
+    absolute = v.startswith("/")
+    out: list = []
+    for seg in v.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if out and out[-1] != "..":
+                out.pop()
+            elif not absolute:
+                out.append("..")
+            continue
+        out.append(seg)
+    r = head + ("/" if absolute else "") + "/".join(out) + ("/" if v.endswith("/") and out else "")
+    return r if r != value else None
+
+
+def resolved_args(args):
+    """``args`` with every string as ``resolved`` reads it; None when nothing changes."""
+    changed = False
+
+    def walk(node):
+        nonlocal changed
+        if isinstance(node, str):
+            r = resolved(node)
+            if r is not None:
+                changed = True
+                return r
+            return node
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    out = walk(args)
+    return out if changed else None
+
+
 def arg_value(args, path: str):
     """The value of a dotted argument path as a rule compares it, or None if absent."""
     node = args

@@ -35,6 +35,7 @@ class MCPService(Listener):
         self.pins = Pins(gateway, connection)
         self.masker = masker_for(gateway, connection.name)
         self.definitions: dict = {}  # tool name -> its definition, as last listed
+        self.prompt_names: set = set()  # prompts the server listed (only these are got)
         self.by_mcp_id: dict = {}  # handshake era: Mcp-Session-Id -> MCPSession
         self.by_key: dict = {}  # per-request era: (identity, client) -> MCPSession
         self._opening: dict = {}

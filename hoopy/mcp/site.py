@@ -17,6 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from hoopy.audit.store import StoreError
+from hoopy.http.site import HeadDeadline
 from hoopy.mcp import wire
 from hoopy.mcp.sse import event_bytes
 from hoopy.mcp.wire import WireError
@@ -208,11 +209,16 @@ class MCPResource(Resource):
                                     peer=_peer(request), reason=f"Origin {o!r} is not allowed")
                 return None, self._plain(request, 403, wire.error(None, wire.INVALID_REQUEST,
                                                                   f"Origin {o} is not allowed"))
-        auth = (request.getHeader(b"authorization") or b"").decode("latin-1")
+        auths = request.requestHeaders.getRawHeaders(b"authorization") or [b""]
+        auth = auths[-1].decode("latin-1")
         scheme, _, token = auth.partition(" ")
         ident = None
-        if scheme.lower() == "bearer" and token.strip():
+        if len(set(auths)) > 1:
+            # which identity it acts as must not depend on which header a reader takes (as for HTTP)
+            token = "two different tokens"
+        elif scheme.lower() == "bearer" and token.strip():
             ident = self.gateway.identities.by_token(token.strip())
+            request.hoopy_token = token.strip().encode("latin-1")  # checked against the body
         if ident is None:
             self.gateway.auth_failed(self.service.connection, _peer(request), "", "bearer",
                                      "missing token" if not token.strip() else "bad credentials")
@@ -220,6 +226,9 @@ class MCPResource(Resource):
                 request, 401, wire.error(None, wire.INVALID_REQUEST,
                                          "authentication required: send Authorization: Bearer TOKEN"),
                 headers=((b"www-authenticate", b'Bearer realm="hoopy"'),))
+        if len(request.requestHeaders.getRawHeaders(b"mcp-session-id") or ()) > 1:
+            return None, self._plain(request, 400, wire.error(None, wire.INVALID_REQUEST,
+                                                              "a request names one Mcp-Session-Id"))
         return ident, None
 
     def _headers(self, request):
@@ -239,6 +248,14 @@ class MCPResource(Resource):
             wire.check_message(msg)
         except WireError as e:
             return self._plain(request, 400, wire.error(None, e.code, str(e)))
+        tok = request.hoopy_token
+        if tok in body or (b"\\u" in body and tok in wire.dumps(msg)):
+            # a client talked into sending its own token: not to the server, not into the record
+            self.gateway.record("mcp.refused", "refused", connection=self.service.connection, identity=ident.name,
+                                peer=_peer(request), reason="the caller's token is in the message")
+            return self._plain(request, 400, wire.error(msg.get("id"), wire.INVALID_REQUEST,
+                                                        "the caller's token is in the message, and would reach "
+                                                        "the MCP server: refused"))
         headers = self._headers(request)
         version = (headers(wire.H_VERSION) or [None])[0]
         modern = version in wire.MODERN_VERSIONS or (
@@ -377,8 +394,13 @@ def _peer(request) -> str:
     return f"{getattr(a, 'host', '?')}:{getattr(a, 'port', '?')}"
 
 
+class MCPChannel(HeadDeadline, http.HTTPChannel):
+    """A client connection of the MCP listener: its request heads have a deadline (slowloris)."""
+
+
 class MCPSite(Site):
     noisy = False
+    protocol = MCPChannel  # type: ignore[assignment]  # Twisted's stubs allow only its HTTP/2 wrapper here; any HTTPChannel works
 
     def __init__(self, resource, limit):
         super().__init__(resource)

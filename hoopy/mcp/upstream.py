@@ -145,7 +145,10 @@ class UpstreamSession:
             return r
 
         p.done.addBoth(finish)
-        d = self.channel.send(out, p, modern=version if era_modern else None, probe=probe)
+        try:
+            d = self.channel.send(out, p, modern=version if era_modern else None, probe=probe)
+        except Exception as e:  # not sent at all: fail now, not when the timer finds it pending
+            d = defer.fail(e)
 
         def not_sent(f):
             if not p.done.called:
@@ -156,12 +159,16 @@ class UpstreamSession:
 
     def _timed_out(self, p: Pending):
         if not p.done.called:
+            error = UpstreamError(f"the upstream did not answer {p.method} within {self.timeout:g}s")
             if p.abort is not None:
                 p.abort()
-            self.cancel(p, "timed out")
-            p.done.errback(UpstreamError(f"the upstream did not answer {p.method} within {self.timeout:g}s"))
+            # cancel fails the request itself (once: a second errback raised AlreadyCalledError in the
+            # reactor, and the call was reported "cancelled" rather than timed out)
+            self.cancel(p, "timed out", error)
+            if not p.done.called:
+                p.done.errback(error)
 
-    def cancel(self, p: Pending, reason: str):
+    def cancel(self, p: Pending, reason: str, error: Exception | None = None):
         """The client gave up on this request: tell the upstream (closing the stream, or a notification)."""
         if self.lost is not None or p.done.called:
             return
@@ -171,7 +178,7 @@ class UpstreamSession:
             self.channel.send({"jsonrpc": "2.0", "method": "notifications/cancelled",
                                "params": {"requestId": p.up_id, "reason": reason}}, None).addErrback(lambda f: None)
         if not p.done.called:
-            p.done.errback(UpstreamError(f"cancelled: {reason}"))
+            p.done.errback(error or UpstreamError(f"cancelled: {reason}"))
 
     def notify(self, msg: dict) -> defer.Deferred:
         if self.lost is not None or self.era is None:

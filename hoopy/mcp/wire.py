@@ -88,9 +88,22 @@ def loads(body: bytes, limit: int):
     if len(body) > limit:
         raise WireError(INVALID_REQUEST, f"message larger than {limit} bytes")
     try:
-        return json.loads(body)
+        msg = json.loads(body)
     except (ValueError, RecursionError):
         raise WireError(PARSE_ERROR, "Parse error")
+    if _SURROGATE.search(body):
+        # a lone surrogate escape decodes to a str that cannot be encoded again: it could be judged
+        # but neither recorded nor forwarded as judged
+        try:
+            json.dumps(msg, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise WireError(PARSE_ERROR, "Parse error: a string holds a lone surrogate (not Unicode)")
+    return msg
+
+
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+MAX_ID_LENGTH = 256  # a string id (UUIDs are 36): it is recorded in every event of its request
+MAX_ID = 2 ** 63
 
 
 def error(id_, code: int, message: str, data=None) -> dict:
@@ -124,6 +137,8 @@ def check_message(msg) -> None:
         raise WireError(INVALID_REQUEST, "method must be a string")
     if "id" in msg and (isinstance(msg["id"], bool) or not isinstance(msg["id"], (str, int))):
         raise WireError(INVALID_REQUEST, "id must be a string or an integer")
+    if "id" in msg and (len(msg["id"]) > MAX_ID_LENGTH if isinstance(msg["id"], str) else abs(msg["id"]) >= MAX_ID):
+        raise WireError(INVALID_REQUEST, f"id must be at most {MAX_ID_LENGTH} characters or a 64-bit integer")
     if "params" in msg and not isinstance(msg["params"], dict):
         raise WireError(INVALID_PARAMS, "params must be an object")
 
