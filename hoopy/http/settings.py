@@ -17,6 +17,7 @@ class HTTPSettings:
     mask_limit: int = 8 * 1024 * 1024  # a body that must be masked is buffered up to this; larger: refused
     record_body_limit: int = 4096  # bytes of each (masked) body kept in the request event
     pool_size: int = 64  # persistent upstream connections kept per host
+    head_timeout: float = 20.0  # a request head must be in within this of its first byte (slowloris)
 
 
 def parse(t) -> HTTPSettings:
@@ -42,6 +43,7 @@ def parse(t) -> HTTPSettings:
         mask_limit=t.size("mask_limit", default=8 * 1024 * 1024),
         record_body_limit=t.size("record_body_limit", default=4096),
         pool_size=t.integer("pool_size", default=64, minimum=1),
+        head_timeout=t.duration("head_timeout", default=20.0),
     )
     if t.has("tls_cert") != t.has("tls_key"):
         t.problem("tls_key" if t.has("tls_cert") else "tls_cert", "tls_cert and tls_key go together")

@@ -270,6 +270,7 @@ class GatewaySite(Site):
     def buildProtocol(self, addr):
         channel = super().buildProtocol(addr)
         channel.site_state = self.state
+        channel.head_timeout = self.state.settings.head_timeout
         self.state.channels.add(channel)
         return channel
 

@@ -44,7 +44,7 @@ class MCPService(Listener):
         if self.settings.upstream:
             self.agent, self.pool = _agent(gateway.reactor, self.settings)
         self.refusal = "refused"
-        self.site = MCPSite(MCPResource(self), self.settings.max_message)
+        self.site = MCPSite(MCPResource(self), self.settings.max_message, self.settings.head_timeout)
         super().__init__(gateway, f"mcp {connection.name}", connection.listen, self.site,
                          key=f"connections.{connection.name}.listen")
 

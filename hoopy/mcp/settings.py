@@ -26,6 +26,7 @@ class MCPSettings:
     max_message: int = 4 * 1024 * 1024  # largest JSON-RPC message either way
     record_limit: int = 4096  # bytes of (masked) arguments and results kept in an event
     credential_lifetime: float = 86400.0  # per-child credentials expire even if the child lives on
+    head_timeout: float = 20.0  # a request head must be in within this of its first byte (slowloris)
 
     def cross_check(self, identities) -> list:
         """Problems only the whole file shows: (key, message)."""
@@ -94,4 +95,5 @@ def parse(t) -> MCPSettings:
         max_message=t.size("max_message", default=4 * 1024 * 1024),
         record_limit=t.size("record_limit", default=4096),
         credential_lifetime=t.duration("credential_lifetime", default=86400.0),
+        head_timeout=t.duration("head_timeout", default=20.0),
     )

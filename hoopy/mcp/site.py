@@ -9,6 +9,7 @@ names the identity; a browser's ``Origin`` must be one of ``allowed_origins``.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -402,10 +403,17 @@ class MCPSite(Site):
     noisy = False
     protocol = MCPChannel  # type: ignore[assignment]  # Twisted's stubs allow only its HTTP/2 wrapper here; any HTTPChannel works
 
-    def __init__(self, resource, limit):
+    def __init__(self, resource, limit, head_timeout: float = 20.0):
         super().__init__(resource)
-        self.requestFactory = type("MCPRequest", (BoundedRequest,), {"limit": limit})
+        bounded: Any = type("MCPRequest", (BoundedRequest,), {"limit": limit})  # its limit, per connection
+        self.requestFactory = bounded
         self.displayTracebacks = False
+        self.head_timeout = head_timeout
+
+    def buildProtocol(self, addr):
+        channel = super().buildProtocol(addr)
+        channel.head_timeout = self.head_timeout
+        return channel
 
     def log(self, request):
         pass  # every request is an event of its session; an access log would say it twice
