@@ -183,3 +183,27 @@ def test_the_linear_email_pattern_finds_what_the_plain_one_finds(text):
     label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
     plain = re.compile(rf"{local}+@{label}(?:\.{label})+")  # quadratic on long runs: the reference only
     assert BUILTIN["email"].pattern.subn("X", text) == plain.subn("X", text)
+
+
+@settings(max_examples=5000, deadline=None)
+@given(st.text(alphabet="ab.-@_x1 \"'<>+{}é%&\\", max_size=60), st.integers(0, 3))
+def test_the_email_finder_from_each_at_finds_what_the_pattern_finds(text, reps):
+    """The "@"-anchored finder (used to mask) against the pattern it stands for, and redact against
+    the pattern's own substitution, on texts made to hold runs, labels, "@@", dots and dashes."""
+    from hoopy.policy.masking import _EMAIL, _email_spans
+
+    text = text * reps if reps else text
+    assert _email_spans(text) == [m.span() for m in _EMAIL.finditer(text)]
+    if not any(c in text for c in "%&\\é"):
+        assert BUILTIN["email"].redact(text) == _EMAIL.subn("[REDACTED]", text)
+
+
+@pytest.mark.parametrize("text", [
+    "a@b.com_x@c.com", " @b.com_x@c.com", "a@b.com-@c.com@d.com", "a@b.c@d.e", "@a.b", "a@", "a@b",
+    "x" * 70 + "@" + "y" * 64 + ".com", "a@" + "b" * 63 + ".com", "a@b" + "-" * 61 + "c.de",
+    "a@b.-c.com", "a.@b.com.", "é a@b.com é", "a@b.com\na@b.com", "!#$%&'*+/=?^_`{|}~-@x.yz",
+    "a@b.com@c.com@d.com", "(a@b.com)", "\"a@b.com\",\"c@d.com\""])
+def test_the_email_finder_on_edges(text):
+    from hoopy.policy.masking import _EMAIL, _email_spans
+
+    assert _email_spans(text) == [m.span() for m in _EMAIL.finditer(text)]

@@ -19,6 +19,43 @@ MASK = "[REDACTED]"
 # minutes), and twice as slow on ordinary JSON. Same matches (checked against it in the tests).
 _LOCAL = r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]"
 _EMAIL = re.compile(rf"(?<!{_LOCAL}){_LOCAL}++@[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{{0,61}}[A-Za-z0-9])?)+")
+# The same matches found from each "@" (a literal: the engine scans for it in a tight loop) rather than by
+# trying the pattern at every character (10 ns a character, most of a masked JSON body's cost): the domain
+# matched forward from the "@", the local part is the run of local-part characters before it (read from
+# the reversed text, once per "@"). A run that began inside the previous match is no match (the plain
+# scan resumed after that match, where the look-behind refuses the rest of the run).
+_DOMAIN = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+"
+_AT_DOMAIN = re.compile("@" + _DOMAIN)
+_LOCAL_RUN = re.compile(_LOCAL + "*+")
+
+
+def _email_spans(text: str) -> list:
+    """The spans of every _EMAIL match in the text, as ``_EMAIL.finditer`` finds them."""
+    spans: list = []
+    if "@" not in text:
+        return spans
+    rev, n, last = text[::-1], len(text), 0
+    run = _LOCAL_RUN.match
+    for m in _AT_DOMAIN.finditer(text):
+        at = n - m.start()  # the "@"'s end in the reversed text: the local part's run starts there
+        start = n - run(rev, at).end()
+        if start < last or start == n - at:
+            continue  # inside the previous match, or no local part
+        last = m.end()
+        spans.append((start, last))
+    return spans
+
+
+def _replace(text: str, spans) -> str:
+    out: list = []
+    pos = 0
+    for s, e in spans:
+        out += (text[pos:s], MASK)
+        pos = e
+    out.append(text[pos:])
+    return "".join(out)
+
+
 # Digits with optional single space or dash separators, not inside a longer number.
 _CARD = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
 _SSN = re.compile(r"(?<![0-9])(?!000|666|9[0-9]{2})[0-9]{3}-(?!00)[0-9]{2}-(?!0000)[0-9]{4}(?![0-9])")
@@ -126,6 +163,8 @@ class Detector:
     name: str  # what the redaction event says: "email", "credit_card", "regex:..."
     pattern: re.Pattern = attrs.field(repr=False)
     check: Callable[[str], bool] | None = attrs.field(default=None, repr=False)  # extra test of a match
+    # the spans of the pattern's matches in a text, found faster than by the pattern itself (the same spans)
+    spans: Callable[[str], list] | None = attrs.field(default=None, repr=False, eq=False)
 
     def redact(self, text: str) -> tuple[str, int]:
         """The text with every match replaced, and how many were replaced; a value spelled
@@ -138,6 +177,9 @@ class Detector:
         return self._redact(text)
 
     def _redact(self, text: str) -> tuple[str, int]:
+        if self.spans is not None:
+            spans = self.spans(text)
+            return (_replace(text, spans), len(spans)) if spans else (text, 0)
         if self.check is None:
             return self.pattern.subn(MASK, text)
         count = 0
@@ -160,7 +202,9 @@ class Detector:
         decoded, segs = view
         starts = [sg[0] for sg in segs]
         spans = []
-        for m in self.pattern.finditer(decoded):
+        if self.spans is not None:
+            spans = [_original_span(segs, starts, a, b) for a, b in self.spans(decoded)]
+        for m in self.pattern.finditer(decoded) if self.spans is None else ():
             if self.check is not None and not self.check(m.group(0)):
                 continue
             spans.append(_original_span(segs, starts, *m.span()))
@@ -181,7 +225,7 @@ def _card_check(s: str) -> bool:
 
 
 BUILTIN = {
-    "email": Detector("email", _EMAIL),
+    "email": Detector("email", _EMAIL, spans=_email_spans),
     "credit_card": Detector("credit_card", _CARD, _card_check),
     "us_ssn": Detector("us_ssn", _SSN),
 }
