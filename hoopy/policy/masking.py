@@ -38,7 +38,9 @@ def _email_spans(text: str) -> list:
     run = _LOCAL_RUN.match
     for m in _AT_DOMAIN.finditer(text):
         at = n - m.start()  # the "@"'s end in the reversed text: the local part's run starts there
-        start = n - run(rev, at).end()
+        r = run(rev, at)
+        assert r is not None  # a run of '*' matches, empty at worst
+        start = n - r.end()
         if start < last or start == n - at:
             continue  # inside the previous match, or no local part
         last = m.end()
