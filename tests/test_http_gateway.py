@@ -3,7 +3,7 @@
 
 One gateway and one upstream serve the whole module (starting twistd per
 test would cost more than the tests); tests that need their own gateway
-(an upstream that is down, SIGTERM) start one with ``hoopy_gateway``.
+(an upstream that is down, SIGTERM) start their own (``hoopy_gateway``, ``start_gateway``).
 """
 from __future__ import annotations
 
@@ -120,15 +120,20 @@ def upstream(tmp_path_factory):
     up.stop()
 
 
-@pytest.fixture(scope="module")
-def gw(upstream, tmp_path_factory):
+def start_gateway(upstream: Upstream, workdir: Path) -> HoopyProcess:
     port, plain = free_port(), free_port()
-    p = HoopyProcess(tmp_path_factory.mktemp("gw"), gateway_toml(upstream.port, port, plain),
+    p = HoopyProcess(workdir, gateway_toml(upstream.port, port, plain),
                      env={"API_AUTH": UPSTREAM_SECRET}, approval_timeout="12s")
     p.start()
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
     p.plain_port = plain
+    return p
+
+
+@pytest.fixture(scope="module")
+def gw(upstream, tmp_path_factory):
+    p = start_gateway(upstream, tmp_path_factory.mktemp("gw"))
     yield p
     p.stop()
     # every fault above was answered, none escaped as an unhandled error
@@ -1285,7 +1290,17 @@ def test_audit_verify_passes(gw):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_sigterm_ends_and_records_open_sessions(gw, upstream):
+def test_sigterm_ends_and_records_open_sessions(upstream, tmp_path):
+    # its own gateway: stopping the module's would fail every test that runs after this one
+    gw = start_gateway(upstream, tmp_path)
+    try:
+        _sigterm_ends_and_records_open_sessions(gw)
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text(), gw.log_text()[-5000:]
+
+
+def _sigterm_ends_and_records_open_sessions(gw):
     # a held request is open while the gateway stops: the caller gets an answer, the session an end
     p = _held_post(gw, "{}")
     gw.wait_pending(REVIEWER.token)
