@@ -3,7 +3,7 @@
 
 One gateway and one upstream serve the whole module (starting twistd per
 test would cost more than the tests); tests that need their own gateway
-(an upstream that is down, SIGTERM) start one with ``hoopy_gateway``.
+(an upstream that is down, SIGTERM) start their own (``hoopy_gateway``, ``start_gateway``).
 """
 from __future__ import annotations
 
@@ -120,15 +120,20 @@ def upstream(tmp_path_factory):
     up.stop()
 
 
-@pytest.fixture(scope="module")
-def gw(upstream, tmp_path_factory):
+def start_gateway(upstream: Upstream, workdir: Path) -> HoopyProcess:
     port, plain = free_port(), free_port()
-    p = HoopyProcess(tmp_path_factory.mktemp("gw"), gateway_toml(upstream.port, port, plain),
+    p = HoopyProcess(workdir, gateway_toml(upstream.port, port, plain),
                      env={"API_AUTH": UPSTREAM_SECRET}, approval_timeout="12s")
     p.start()
     p.url = f"http://127.0.0.1:{port}"
     p.port = port
     p.plain_port = plain
+    return p
+
+
+@pytest.fixture(scope="module")
+def gw(upstream, tmp_path_factory):
+    p = start_gateway(upstream, tmp_path_factory.mktemp("gw"))
     yield p
     p.stop()
     # every fault above was answered, none escaped as an unhandled error
@@ -178,14 +183,20 @@ def status_of(resp: bytes) -> int:
     return int(resp.split(b" ", 2)[1])
 
 
-def wait_events(g, kind, count, timeout=5.0):
-    """The events of a kind once there are ``count`` (request events are written after the response)."""
+def wait_events(g, kind, count, timeout=5.0, since=0, where=None):
+    """The events of a kind once there are ``count`` (request events are written after the response).
+    The module's gateway is shared: ``since`` (how many there were before, see ``count_events``) and
+    ``where`` keep to this test's own, or events of tests run earlier would satisfy the wait."""
     deadline = time.monotonic() + timeout
     while True:
-        ev = g.events(kind)
+        ev = [e for e in g.events(kind)[since:] if where is None or where(e)]
         if len(ev) >= count or time.monotonic() > deadline:
             return ev
         time.sleep(0.05)
+
+
+def count_events(g, kind) -> int:
+    return len(g.events(kind))
 
 
 # --- routes, identity, headers ---------------------------------------------------------------
@@ -537,12 +548,11 @@ def test_text_body_masked_by_patterns_and_request_json_masked(gw, upstream):
 
 
 def test_each_redaction_is_an_event_without_the_value(gw):
+    before = count_events(gw, "redaction")
     curl(gw.url + "/customer")
-    events = gw.events("redaction")
-    assert events
-    counts = [e["data"]["counts"] for e in events if e["data"]["path"] == "/customer"]
-    assert {"field:ssn": 2, "field:card.number": 1, "email": 2} in counts
-    assert all(s not in json.dumps(events) for s in SECRETS)
+    mine = wait_events(gw, "redaction", 1, since=before, where=lambda e: e["data"]["path"] == "/customer")
+    assert {"field:ssn": 2, "field:card.number": 1, "email": 2} in [e["data"]["counts"] for e in mine]
+    assert all(s not in json.dumps(gw.events("redaction")) for s in SECRETS)
 
 
 def test_a_body_over_mask_limit_is_refused_not_passed(gw, tmp_path):
@@ -746,6 +756,7 @@ def test_websocket_upgrade_is_judged_as_get_then_relayed(gw, upstream):
     import hashlib
 
     mark = upstream.mark()
+    closed_before, requests_before = count_events(gw, "websocket.closed"), count_events(gw, "http.request")
     s, key, head, rest = ws_open(gw.plain_port, "/ws", AGENT.token)
     assert head.startswith(b"HTTP/1.1 101"), head
     accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
@@ -765,9 +776,9 @@ def test_websocket_upgrade_is_judged_as_get_then_relayed(gw, upstream):
     assert seen and seen[0]["headers"]["authorization"] == [UPSTREAM_SECRET]
     assert seen[0]["headers"]["upgrade"] == ["websocket"]
     assert AGENT.token not in json.dumps(seen)
-    closed = wait_events(gw, "websocket.closed", 1)
+    closed = wait_events(gw, "websocket.closed", 1, since=closed_before)
     assert closed and closed[-1]["data"]["bytes_to_upstream"] > 0
-    up = [e for e in gw.events("http.request") if e["outcome"] == "upgraded"]
+    up = wait_events(gw, "http.request", 1, since=requests_before, where=lambda e: e["outcome"] == "upgraded")
     assert up and up[-1]["data"]["status"] == 101 and up[-1]["data"]["rule"] == "GET /ws"
 
 
@@ -956,6 +967,7 @@ def test_one_session_per_connection_and_complete_request_records(gw):
 
 
 def test_another_identity_on_the_same_connection_gets_its_own_session(gw):
+    ends_before, requests_before = count_events(gw, "session.end"), count_events(gw, "http.request")
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         for tok in (AGENT.token, OTHER.token):
             s.sendall(f"GET /v1/customers/9 HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {tok}\r\n\r\n".encode())
@@ -964,10 +976,11 @@ def test_another_identity_on_the_same_connection_gets_its_own_session(gw):
                     re.search(rb"Content-Length: (\d+)", buf).group(1)):
                 buf += s.recv(65536)
             assert buf.startswith(b"HTTP/1.1 200")
-    ends = wait_events(gw, "session.end", 1)
-    switched = [e for e in ends if e["data"]["reason"] == "another identity used this connection"]
+    switched = wait_events(gw, "session.end", 1, since=ends_before,
+                           where=lambda e: e["data"]["reason"] == "another identity used this connection")
     assert switched and switched[-1]["identity"] == "billing-agent"
-    other = [e for e in gw.events("http.request") if e["identity"] == "other-agent"]
+    other = wait_events(gw, "http.request", 1, since=requests_before,
+                        where=lambda e: e["identity"] == "other-agent" and e["data"]["path"] == "/v1/customers/9")
     assert other and other[-1]["session"] != switched[-1]["session"]
 
 
@@ -1110,7 +1123,7 @@ def test_two_different_tokens_are_a_bad_credential(gw, upstream):
 def test_the_callers_token_never_rides_upstream_in_another_place(gw, upstream, where):
     from urllib.parse import quote
 
-    mark = upstream.mark()
+    mark, before = upstream.mark(), count_events(gw, "http.request")
     url, args = gw.url + "/v1/customers/1", []
     if where == "query":
         url += "?access_token=" + quote(AGENT.token)
@@ -1121,8 +1134,8 @@ def test_the_callers_token_never_rides_upstream_in_another_place(gw, upstream, w
     status, body, _, _ = curl(url, *args)
     assert status == 400 and "token" in json.loads(body)["error"], body
     assert AGENT.token not in json.dumps(upstream.since(mark))
-    events = wait_events(gw, "http.request", 1)
-    assert AGENT.token not in json.dumps(events)  # nor into the record
+    events = wait_events(gw, "http.request", 1, since=before)
+    assert events and AGENT.token not in json.dumps(events)  # nor into the record
 
 
 def test_the_callers_host_header_does_not_pick_the_upstream_site(gw, upstream):
@@ -1285,7 +1298,17 @@ def test_audit_verify_passes(gw):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_sigterm_ends_and_records_open_sessions(gw, upstream):
+def test_sigterm_ends_and_records_open_sessions(upstream, tmp_path):
+    # its own gateway: stopping the module's would fail every test that runs after this one
+    gw = start_gateway(upstream, tmp_path)
+    try:
+        _sigterm_ends_and_records_open_sessions(gw)
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log_text(), gw.log_text()[-5000:]
+
+
+def _sigterm_ends_and_records_open_sessions(gw):
     # a held request is open while the gateway stops: the caller gets an answer, the session an end
     p = _held_post(gw, "{}")
     gw.wait_pending(REVIEWER.token)

@@ -249,6 +249,9 @@ def wait_for(cond, timeout=15):
 # --- lists, calls, refusals, holds, masking: both client eras ------------------------------
 
 def test_modern_client_lists_filtered_calls_refusals_and_masking(world):
+    # A per-request era session is the identity and the client's name and version (docs/mcp.md), ended
+    # only when idle: tests run before this one may have opened it. So: this test's events, its session.
+    before = len(world.events())
     out = sdk(world.url("tools"), AGENT.token, ["list"], ["call", "echo", {"text": "hi"}],
               ["call", "drop_all", {}], ["call", "die_not_granted", {}], ["call", "customer", {"id": 7}],
               ["version"])
@@ -260,19 +263,21 @@ def test_modern_client_lists_filtered_calls_refusals_and_masking(world):
     assert masked["email"] == "[REDACTED]" and masked["card"] == "[REDACTED]" and masked["ssn"] == "[REDACTED]"
     assert masked["name"] == "Ann"
     assert out[5]["version"] == "2026-07-28"
-    session = [e for e in events(world, "mcp.session") if e["data"]["client"] == "test-sdk-client/2.3"][-1]
+    mine = wait_for(lambda: [e for e in world.events()[before:] if e["connection"] == "tools"
+                             and e["kind"] == "mcp.tool.result" and e["data"]["tool"] == "customer"])
+    (session,) = [e for e in events(world, "mcp.session", mine[-1]["session"])]
+    assert session["data"]["client"] == "test-sdk-client/2.3"
     assert session["data"]["era"] == "modern" and session["data"]["version"] == "2026-07-28"
     up = events(world, "mcp.upstream", session["session"])[0]["data"]
     assert up["upstream_era"] == "modern" and up["upstream_version"] == "2026-07-28"
-    ops = events(world, "operation", session["session"])
-    refused = [e for e in ops if e["outcome"] == "refused"]
+    new = [e for e in world.events()[before:] if e["session"] == session["session"]]
+    refused = [e for e in new if e["kind"] == "operation" and e["outcome"] == "refused"]
     assert {e["data"]["tool"] for e in refused} == {"drop_all", "die_not_granted"}
     assert refused[0]["data"]["rule"] == "tool drop_all"
-    results = {e["data"]["tool"]: e for e in events(world, "mcp.tool.result", session["session"])}
-    r = results["customer"]["data"]
+    r = mine[-1]["data"]
     assert r["result_bytes"] > 0 and len(r["result_sha256"]) == 64 and r["duration_ms"] >= 0
     assert "user7@example.com" not in json.dumps(r)
-    red = events(world, "redaction", session["session"])
+    red = [e for e in new if e["kind"] == "redaction"]
     assert red and red[0]["data"]["detectors"]["email"] >= 1
 
 

@@ -270,8 +270,16 @@ def test_the_path_is_read_again_after_a_copy_from_stdin_not_in_its_middle(g):
 def test_a_retry_approval_is_bound_to_what_the_text_meant(g, tmp_path):
     """Retry mode: an approved statement runs once when sent again. Sent again under another
     search path, the same text names another table: that is not what was approved."""
+    # the module's database is shared: shadow.invoices would change what the other tests' paths resolve to
     admin_sql("CREATE TABLE IF NOT EXISTS shadow.invoices (id int PRIMARY KEY, amount int);"
               "INSERT INTO shadow.invoices VALUES (1, 5) ON CONFLICT DO NOTHING", g.database)
+    try:
+        _a_retry_approval_is_bound_to_what_the_text_meant(g, tmp_path)
+    finally:
+        admin_sql("DROP TABLE shadow.invoices", g.database)
+
+
+def _a_retry_approval_is_bound_to_what_the_text_meant(g, tmp_path):
     agent, reviewer = ident("retrier"), ident("approver")
     port = free_port()
     body = agent.toml() + reviewer.toml(kind="human", roles=["reviewer"]) + f"""
