@@ -203,7 +203,9 @@ def main():
             agent = ident("agent")
             conn, port = connection_toml(sshd)
             body = agent.toml(ssh_keys=[pub]) + conn + grant(
-                "agent", ["exec cat", "exec echo *", "exec stty raw -echo"])
+                # the echo test runs `stty raw -echo; cat` on a terminal: an exec on a terminal whose
+                # programs are not all on the no-escape list needs `shell` too (docs/ssh.md)
+                "agent", ["exec cat", "exec echo *", "exec stty raw -echo", "shell"])
             (tmp / "gw").mkdir()
             gw = HoopyProcess(tmp / "gw", body).start()
             direct = Target("direct", sshd.port, sshd.user, sshd.client_key)
