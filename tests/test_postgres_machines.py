@@ -333,6 +333,7 @@ def test_handshake_same_result_however_split(cuts):
         out += h.receive_data(final[i:i + 1])
     auth = [c for c in out if isinstance(c, hs.Authenticated)]
     assert auth and auth[0].user == "agent" and h.phase is hs.Phase.DONE
+    assert h.scram is None  # no SCRAM keys or nonces kept for the connection's lifetime
     # fed a byte at a time, the query after the last SASL message is handed on whole
     assert auth[0].rest + b"".join(h.receive_data(b"")) in (b"", codec.query("SELECT 1")[:len(auth[0].rest)])
 
@@ -614,3 +615,42 @@ def test_the_end_of_a_transaction_that_changed_the_path_reads_it_again():
     x.reply(_scope_reply(path=("pg_catalog", "public"), rels=()))
     x.send(codec.query("SELECT 1"))
     assert x.take_upstream() == [(b"Q", b"SELECT 1\0")]  # no further read: the path is known, outside a transaction
+
+
+# --- what an idle connection keeps ---------------------------------------------------------
+
+def test_upstream_side_hands_the_catalog_over_and_keeps_no_rows():
+    """The catalog read at connect (hundreds of rows: pg_catalog's relations) goes to the
+    client side once; the upstream side keeps none of it for the connection's lifetime."""
+    side = us.UpstreamSide("u", "pw", "disable", {"user": "u"}, catalog_sql="SELECT 1")
+    side.start()
+    side.receive_data(codec.auth(wire.AUTH_OK) + codec.backend_key(7, b"\1\2\3\4") + codec.ready())
+    out = side.receive_data(_scope_reply(rels=[("shadow", f"t{i}") for i in range(300)]) + b"TAIL")
+    ready = next(c for c in out if isinstance(c, us.Ready))
+    assert len(ready.catalog) == 3 and len(ready.catalog[1]) == 300 and ready.rest == b"TAIL"
+    assert side.catalog == [] and side._rows is None and not side.reader.buf
+
+
+def test_equal_scopes_share_their_name_sets_and_unequal_ones_do_not(monkeypatch):
+    import hoopy.postgres.scope as scope_mod
+
+    def read(rels, funcs=()):
+        # Fresh lists and strings each time, as each connection decodes its own rows.
+        head = [['["pg_catalog", "public"]', '["public"]', "agent", None]]
+        return Scope.from_results([head, [["pg_catalog", "".join(r)] for r in rels],
+                                   [["public", "".join(f)] for f in funcs], []])
+    a = read([f"pg_class{i}" for i in range(50)], ["f"])
+    b = read([f"pg_class{i}" for i in range(50)], ["f"])
+    c = read([f"pg_class{i}" for i in range(51)], ["g"])
+    assert a.relations["pg_catalog"] is b.relations["pg_catalog"]
+    assert a.functions["public"] is b.functions["public"]
+    assert c.relations["pg_catalog"] == a.relations["pg_catalog"] | {"pg_class50"}
+    assert c.functions["public"] == {"g"} and a.functions["public"] == {"f"}
+    # Bounded: past the limit the table starts again, and every scope still says what it read.
+    monkeypatch.setattr(scope_mod, "SHARED_NAMES_MAX", 60)
+    d = read([f"x{i}" for i in range(40)])
+    e = read([f"y{i}" for i in range(40)])
+    assert sum(len(s) for s in scope_mod._SHARED) <= 60
+    assert d.relations["pg_catalog"] == {f"x{i}" for i in range(40)}
+    assert e.relations["pg_catalog"] == {f"y{i}" for i in range(40)}
+    assert a.relations["pg_catalog"] == {f"pg_class{i}" for i in range(50)}

@@ -194,4 +194,5 @@ class Handshake:
         rest = bytes(self.reader.buf)
         self.reader.buf.clear()
         credential = self.scram.credential if self.scram is not None else self.credential
+        self.scram = None  # its keys and nonces: nothing once authenticated, and not kept while idle
         return [Reply(reply), Authenticated(self.user, self.params, rest, credential)]

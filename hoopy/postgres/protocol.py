@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 
+import attrs
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -254,6 +255,9 @@ class ClientProtocol(Protocol):
             return
         ready = up.info
         results = list(ready.catalog) + [[]] * (SCOPE_RESULTS + 2)
+        # The catalog's rows (hundreds: pg_catalog's relations) are read once, below; an idle
+        # connection must not keep them (nor the bytes that followed ReadyForQuery).
+        up.info = attrs.evolve(ready, catalog=[], rest=b"")
         if self.rules.configured:
             self.rules.load(results[SCOPE_RESULTS:SCOPE_RESULTS + 2])
             missing = self.rules.unresolved()

@@ -98,6 +98,28 @@ pg_ts_dict pg_ts_parser pg_ts_template pg_type pg_user pg_user_mapping pg_user_m
 """.split())
 
 
+# Every session of a database reads the same names (pg_catalog's relations alone are
+# hundreds): one frozen set of them is kept for all sessions that read equal ones, not one
+# each. Bounded by the names held; past that the table starts again (sets already handed
+# out stay with their scopes).
+_SHARED: dict = {}
+_SHARED_NAMES = [0]
+SHARED_NAMES_MAX = 500_000
+
+
+def _shared(names) -> frozenset:
+    names = frozenset(names)
+    kept = _SHARED.get(names)
+    if kept is not None:
+        return kept
+    if _SHARED_NAMES[0] + len(names) > SHARED_NAMES_MAX:
+        _SHARED.clear()
+        _SHARED_NAMES[0] = 0
+    _SHARED[names] = names
+    _SHARED_NAMES[0] += len(names)
+    return names
+
+
 @attrs.frozen(eq=False)
 class Scope:
     """The session's search path and what its schemas hold, as last read upstream.
@@ -170,10 +192,10 @@ class Scope:
                     if oid != "0":
                         type_oids.setdefault(int(oid), set()).add((fnsp, fn))
         return cls(path, explicit, user or "", temp,
-                   {k: frozenset(v) for k, v in relations.items()},
-                   {k: frozenset(v) for k, v in functions.items()},
-                   {k: frozenset(v) for k, v in operators.items()}, frozenset(user_operators),
-                   {k: frozenset(v) for k, v in types.items()}, {k: frozenset(v) for k, v in type_oids.items()})
+                   {k: _shared(v) for k, v in relations.items()},
+                   {k: _shared(v) for k, v in functions.items()},
+                   {k: _shared(v) for k, v in operators.items()}, _shared(user_operators),
+                   {k: _shared(v) for k, v in types.items()}, {k: _shared(v) for k, v in type_oids.items()})
 
     @property
     def known(self) -> bool:

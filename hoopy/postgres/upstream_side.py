@@ -12,6 +12,7 @@ there every byte the server sends belongs to the client side.
 from __future__ import annotations
 
 import enum
+import sys
 
 import attrs
 
@@ -115,7 +116,9 @@ class UpstreamSide:
         if self.state is State.READY:
             rest = bytes(self.reader.buf)
             self.reader.buf.clear()
-            out.append(Ready(self.statuses, self.pid, self.key, self.catalog, rest))
+            # The rows are handed over, not kept: the client side builds its scope from them once.
+            catalog, self.catalog, self._rows = self.catalog, [], None
+            out.append(Ready(self.statuses, self.pid, self.key, catalog, rest))
         return out
 
     def _fail(self, code: str, message: str) -> list:
@@ -174,7 +177,8 @@ class UpstreamSide:
 
     def _parameter_status(self, p: bytes) -> list:
         k, v = codec.parse_parameter_status(p)
-        self.statuses[k] = v
+        # Every session gets the same dozen or so names and values: one copy of each.
+        self.statuses[sys.intern(k)] = sys.intern(v)
         return []
 
     def _backend_key(self, p: bytes) -> list:
