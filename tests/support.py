@@ -228,3 +228,15 @@ class HoopyProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+# The local PostgreSQL the tests use (trust auth), and one statement run on it as its superuser.
+PG = "host=127.0.0.1 port=5432 user=postgres"
+
+
+def admin_sql(sql: str, db: str = "postgres") -> str:
+    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+

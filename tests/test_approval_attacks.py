@@ -9,24 +9,15 @@ from __future__ import annotations
 
 import re
 import secrets
-import subprocess
 
 import pytest
 
-from tests.support import HoopyProcess, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident
 
 psycopg = pytest.importorskip("psycopg")
 
-PG = "host=127.0.0.1 port=5432 user=postgres"
 AGENT = ident("agent")
 REVIEWER = ident("reviewer")
-
-
-def admin_sql(sql, db="postgres"):
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -16,21 +16,13 @@ import threading
 
 import pytest
 
-from tests.support import free_port, ident
+from tests.support import admin_sql, free_port, ident
 
 psycopg = pytest.importorskip("psycopg")
 asyncpg = pytest.importorskip("asyncpg")
 
-PG = "host=127.0.0.1 port=5432 user=postgres"
 AGENT = ident("fc-agent")
 CARD = "4111111111111111"
-
-
-def admin_sql(sql: str, db: str = "postgres") -> str:
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 @pytest.fixture

@@ -22,24 +22,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import HoopyProcess, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident
 from tests.test_ssh import Sshd, grant
 
 ROOT = Path(__file__).resolve().parent.parent
 NPM = ROOT / "tests" / "node_modules"
 EVERYTHING = NPM / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 TS_CLIENT = ROOT / "tests" / "mcp_peers" / "client.mjs"
-PG = "host=127.0.0.1 port=5432 user=postgres"
 
 AGENT, OTHER, REVIEWER, TOOLS_ID = ident("agent"), ident("other"), ident("alice"), ident("ssh-tools")
 GATEWAY_SECRET = "hoopy-gateway-secret-" + secrets.token_hex(8)
-
-
-def admin_sql(sql, db="postgres"):
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 def test_the_npm_parts_are_installed():

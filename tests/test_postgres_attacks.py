@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import secrets
 import socket
-import subprocess
 import time
 
 import pytest
 
 from hoopy.postgres import codec, scram
-from tests.support import HoopyProcess, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident
 
 psycopg = pytest.importorskip("psycopg")
 
-PG = "host=127.0.0.1 port=5432 user=postgres"
 
 SCHEMA = """
 CREATE TABLE customers (id int PRIMARY KEY, name text, ssn text, email text);
@@ -62,13 +60,6 @@ APPROVED = ident("needs-approval")
 COPIER = ident("copier")
 CALLER = ident("caller")
 REVIEWER = ident("reviewer")
-
-
-def admin_sql(sql, db="postgres"):
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 @pytest.fixture(scope="module")

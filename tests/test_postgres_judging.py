@@ -10,11 +10,10 @@ import subprocess
 
 import pytest
 
-from tests.support import HoopyProcess, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident
 
 psycopg = pytest.importorskip("psycopg")
 
-PG = "host=127.0.0.1 port=5432 user=postgres"
 
 SCHEMA = """
 CREATE TABLE customers (id int PRIMARY KEY, name text, ssn text, email text);
@@ -35,13 +34,6 @@ CREATE FUNCTION public.go_shadow() RETURNS int LANGUAGE plpgsql
 READER = ident("reader")
 LOCKER = ident("locker")
 WATCHER = ident("watcher")
-
-
-def admin_sql(sql, db="postgres"):
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ a COPY whose options quote or escape it so that the pattern no longer sees it.
 from __future__ import annotations
 
 import secrets
-import subprocess
 
 import pytest
 
-from tests.support import HoopyProcess, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident
 
 psycopg = pytest.importorskip("psycopg")
 
-PG = "host=127.0.0.1 port=5432 user=postgres"
 MAIL, CARD = "ann@example.com", "4111111111111111"
 # What must never come out, in any notation psycopg or a person reads back.
 LEAKS = ("ann@example", "ann\\@", "ann@@", "616e6e40", CARD, "4.111111111111111e+15", "4111111111111111.0")
@@ -33,13 +31,6 @@ INSERT INTO customers VALUES (1, 'Ann', '123-45-6789');
 """
 
 AGENT = ident("agent")
-
-
-def admin_sql(sql, db="postgres"):
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from html.parser import HTMLParser
 import pytest
 
 from hoopy.audit import figures, report
-from tests.support import free_port, ident
+from tests.support import admin_sql, free_port, ident
 
 EVIL = [
     '<script>alert(1)</script>',
@@ -256,17 +256,9 @@ def test_a_long_period_stays_a_readable_chart():
 
 # --- the whole path, in a real browser --------------------------------------------------------------
 
-PG = "host=127.0.0.1 port=5432 user=postgres"
 AGENT, REVIEWER = ident("agent"), ident("reviewer")
 EVIL_USER = "<img src=x onerror=alert(1)>"
 EVIL_SQL = "DELETE FROM customers -- <script>alert('sql')</script>"
-
-
-def admin_sql(sql, db="postgres"):
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 @pytest.fixture

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import attrs
 
-from tests.support import HoopyProcess, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident
 
-PG = "host=127.0.0.1 port=5432 user=postgres"
 SCHEMA = """
 CREATE TABLE customers (id int PRIMARY KEY, name text, email text, ssn text);
 INSERT INTO customers VALUES (1, 'Ann', 'ann@example.com', '123-45-6789'),
@@ -26,13 +25,6 @@ CREATE TABLE notes (id int PRIMARY KEY, body text, n bigint, tags text[]);
 INSERT INTO notes VALUES (1, 'hello', 7, '{a,b}'), (2, 'mail me at zed@example.net', 8, '{c}');
 CREATE TABLE ledger (id serial PRIMARY KEY, amount int, memo text);
 """
-
-
-def admin_sql(sql: str, db: str = "postgres") -> str:
-    r = subprocess.run(["psql", f"{PG} dbname={db}", "-XqAt", "-v", "ON_ERROR_STOP=1", "-c", sql],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout.strip()
 
 
 @attrs.define
