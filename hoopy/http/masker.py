@@ -111,9 +111,9 @@ class Masker:
     field_keys: frozenset = attrs.field(init=False, repr=False, eq=False)
     # The names a text masker looks for: plain fields and the last key of each dotted one.
     key_names: frozenset = attrs.field(init=False, repr=False, eq=False)
-    _key_re: object = attrs.field(init=False, repr=False, eq=False)
-    _names_re: object = attrs.field(init=False, repr=False, eq=False)
-    _json_key_re: object = attrs.field(init=False, repr=False, eq=False)
+    _key_re: re.Pattern[str] | None = attrs.field(init=False, repr=False, eq=False)
+    _names_re: re.Pattern[str] | None = attrs.field(init=False, repr=False, eq=False)
+    _json_key_re: re.Pattern[str] = attrs.field(init=False, repr=False, eq=False)
     _fast: bool = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self):
@@ -213,8 +213,8 @@ class Masker:
         if self._fast and b"\\" not in data:
             done = self._json_raw(data.decode("utf-8", "surrogateescape"))
             if done is not None:
-                text, counts = done
-                return (data, counts) if not counts else (text.encode("utf-8", "surrogateescape"), counts)
+                text, found = done
+                return (data, found) if not found else (text.encode("utf-8", "surrogateescape"), found)
         counts: dict = {}
         try:
             masked = self._walk(value, counts, (), 0)
@@ -239,7 +239,8 @@ class Masker:
                 keys = list(self._json_key_re.finditer(text))
                 if len(keys) != names:
                     return None
-                out, pos = [], 0
+                out: list[str] = []
+                pos = 0
                 for m in keys:
                     if m.start() < pos:
                         continue  # inside a value already masked
@@ -266,7 +267,8 @@ class Masker:
     def _cards_in_json(d, text: str, counts: dict) -> str:
         """Card numbers in JSON text: inside a string, masked in place; a JSON number, replaced whole
         by the masked string (as the walk does)."""
-        out, pos, quotes = [], 0, 0
+        out: list[str] = []
+        pos = quotes = 0
 
         def number_bounds(s, e):
             while s > 0 and text[s - 1] in "-+.eE0123456789":
@@ -401,7 +403,10 @@ class Masker:
             out = formats.mask_csv(self, text, c, delimiter=delim, depth=depth)
             _merge(counts, c)
             return out
-        out, pos = [], 0
+        if self._key_re is None:
+            return text  # no field names: nothing to find as ``key: value``
+        parts: list[str] = []
+        pos = 0
         for m in self._key_re.finditer(text):
             if m.start() < pos:
                 continue
@@ -409,13 +414,13 @@ class Masker:
             if end == m.end():
                 continue  # "ssn:" with nothing after it
             key = (m.group("k1") or m.group("k2")).casefold()
-            out += (text[pos:m.end()], f"{q}{MASK}{q}" if q else MASK)
+            parts += (text[pos:m.end()], f"{q}{MASK}{q}" if q else MASK)
             pos = end
             _add(counts, f"field:{key}")
-        if not out:
+        if not parts:
             return text
-        out.append(text[pos:])
-        return "".join(out)
+        parts.append(text[pos:])
+        return "".join(parts)
 
     def mask_text(self, data: bytes) -> tuple[bytes, dict]:
         """Text of no particular format: fields where it names them, then patterns."""
