@@ -60,6 +60,9 @@ def parse_startup(payload: bytes) -> Startup:
     return Startup(code, params)
 
 
+_Bytes = bytes  # Cursor.bytes shadows the type inside the class
+
+
 class Cursor:
     """Reads fields out of one message payload, raising ProtocolError when short."""
 
@@ -108,7 +111,7 @@ class Cursor:
         self.i = j + 1
         return v
 
-    def rest(self) -> bytes:
+    def rest(self) -> _Bytes:
         v = self.b[self.i:]
         self.i = len(self.b)
         return v
@@ -238,7 +241,7 @@ def build_data_row(values) -> bytes:
 
 def parse_fields(p: bytes) -> dict:
     """ErrorResponse / NoticeResponse fields: {code char: text}."""
-    out = {}
+    out: dict[str, str] = {}
     c = Cursor(p)
     while True:
         t = c.byte()

@@ -112,7 +112,7 @@ class UpstreamSide:
         except (codec.ProtocolError, scram.ScramError, ValueError) as e:
             return out + self._fail("08006", f"upstream protocol error: {e}")
         except UpstreamError as e:
-            return out + self._fail(e.code, e.message)
+            return out + self._fail(e.code or "08006", e.message)
         if self.state is State.READY:
             rest = bytes(self.reader.buf)
             self.reader.buf.clear()
