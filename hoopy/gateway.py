@@ -11,6 +11,7 @@ from __future__ import annotations
 from twisted.application.service import MultiService
 from twisted.internet.defer import DeferredList, gatherResults, succeed
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from hoopy.audit.events import Event
 from hoopy.audit.failures import AuthFailureLog
@@ -22,10 +23,11 @@ from hoopy.policy.approvals import ApprovalService
 from hoopy.policy.service import PolicyService
 from hoopy.protocols import PROTOCOLS
 from hoopy.reach import Upstreams
-from hoopy.session import Session
+from hoopy.session import ISessionHost, Session
 
 log = Logger()
 
+@implementer(ISessionHost)
 class Gateway(MultiService):
     def __init__(self, config, reactor=None, store=None):
         super().__init__()
@@ -91,12 +93,12 @@ class Gateway(MultiService):
         the per-child credential it authenticated with (hoopy.identity.Directory.issue)."""
         return Session(self, identity, connection.name, connection.type, peer, credential=credential)
 
-    def _session_started(self, session: Session):
+    def session_started(self, session: Session):
         self.sessions[session.id] = session
         self.metrics.sessions.labels(session.protocol, session.connection).inc()
         self.metrics.sessions_open.labels(session.protocol, session.connection).inc()
 
-    def _session_ended(self, session: Session):
+    def session_ended(self, session: Session):
         if self.sessions.pop(session.id, None) is not None:
             self.metrics.sessions_open.labels(session.protocol, session.connection).dec()
 

@@ -8,20 +8,18 @@ protocol imports.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
+from zope.interface import Attribute, Interface
 
 from hoopy.audit.events import Event
 from hoopy.ids import new_id
 from hoopy.audit.store import StoreError
 
-if TYPE_CHECKING:
-    from hoopy.gateway import Gateway
-
-__all__ = ["Session", "StoreError", "new_id", "IN", "OUT"]
+__all__ = ["ISessionHost", "Session", "StoreError", "new_id", "IN", "OUT"]
 
 log = Logger()
 
@@ -32,9 +30,31 @@ IN = "in"  # from the caller, toward the upstream
 OUT = "out"  # from the upstream, toward the caller
 
 
+class ISessionHost(Interface):
+    """What a session needs of the gateway it lives in (hoopy.gateway.Gateway): the services it
+    hands decisions, holds, events and counts to, and word of its start and end. The seam keeps
+    the session from knowing the gateway that builds it."""
+
+    config = Attribute("the gateway's hoopy.config.Config (masking_for)")
+    policy = Attribute("hoopy.policy.service.PolicyService (decide, judge)")
+    approvals = Attribute("hoopy.policy.approvals.ApprovalService (cancel_session, expire, status)")
+    store = Attribute("the hoopy.audit.seams.IEventStore events go to")
+    metrics = Attribute("hoopy.metrics.Metrics")
+    in_flight = Attribute("the MCP tool calls now running (what operations record as caused_by)")
+
+    def session_started(session):
+        """The session's start is durable: count it and list it as open."""
+
+    def session_ended(session):
+        """The session ended: no longer open."""
+
+    def count_bytes(session, direction, n):
+        """``n`` bytes moved in ``direction`` (IN or OUT) for the session's connection."""
+
+
 @attrs.define(eq=False)
 class Session:
-    gateway: Gateway
+    gateway: ISessionHost
     identity: str
     connection: str
     protocol: str
@@ -64,7 +84,7 @@ class Session:
         return self.gateway.policy.decide(self, operation, approvals, also=callers)
 
     def _causes(self) -> list:
-        flight = getattr(self.gateway, "in_flight", None)
+        flight = self.gateway.in_flight
         return flight.causes(self) if flight is not None else []
 
     def judge(self, operation):
@@ -132,7 +152,7 @@ class Session:
 
     def start(self) -> Deferred:
         ev = self._event("session.start", "ok", {})
-        self.gateway._session_started(self)
+        self.gateway.session_started(self)
         d = self.gateway.store.append(ev, session=self.row(
             identity=self.identity, connection=self.connection, protocol=self.protocol,
             peer=self.peer, started_us=ev.time_us))
@@ -149,7 +169,7 @@ class Session:
             return self
 
         def failed(f):
-            self.gateway._session_ended(self)
+            self.gateway.session_ended(self)
             self.ended = True
             return f
 
@@ -212,7 +232,7 @@ class Session:
         if not self.started:
             # Its start was never recorded (or not yet): there is no session to end.
             self.ended = True
-            self.gateway._session_ended(self)
+            self.gateway.session_ended(self)
             return succeed(None)
         self.ended = True
         ev = self._event("session.end", "ok", {"reason": reason, **data})
@@ -224,7 +244,7 @@ class Session:
                                          id=self.id, e=f.getErrorMessage()))
 
         def ended(result):
-            self.gateway._session_ended(self)
+            self.gateway.session_ended(self)
             return result
 
         d.addBoth(ended)

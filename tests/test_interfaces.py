@@ -110,6 +110,13 @@ def build(qualname: str, tmp_path, cleanups: list):
         from hoopy.mcp.channels import _Bytes
 
         return _Bytes(b"{}")
+    if qualname == "hoopy.gateway.Gateway":
+        from hoopy import config as cm
+        from hoopy.gateway import Gateway
+
+        p = tmp_path / "hoopy.toml"
+        p.write_text(f'[gateway]\nstate = "{tmp_path / "s.db"}"\nrecordings = "{tmp_path / "rec"}"\n')
+        return Gateway(cm.load(p), Clock())
     if qualname == "hoopy.audit.store.SQLiteEventStore":
         from hoopy.audit.store import SQLiteEventStore
 
@@ -145,7 +152,8 @@ FOUND = implementers()
 
 def test_the_walk_finds_the_implementers_we_know():
     assert {"hoopy.audit.store.SQLiteEventStore", "hoopy.audit.pgstore.PostgresEventStore",
-            "hoopy.http.site.RequestSink", "hoopy.audit.asciicast.AsciicastRecorder"} <= set(FOUND)
+            "hoopy.http.site.RequestSink", "hoopy.audit.asciicast.AsciicastRecorder",
+            "hoopy.gateway.Gateway"} <= set(FOUND)
 
 
 @pytest.mark.parametrize("qualname", sorted(FOUND))

@@ -29,7 +29,6 @@ import ipaddress
 import json
 import re
 
-import attrs
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.interfaces import IProtocolFactory, ISSLTransport
 from twisted.internet.threads import deferToThread
@@ -40,6 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from hoopy import __version__
+from hoopy.admin.caller import ADMIN, peer_text
 from hoopy.audit.views import approval_json, session_json  # noqa: F401 (the JSON shapes, shared with the CLI)
 from hoopy.audit.store import StoreError, event_json
 from hoopy.listening import Listener
@@ -56,23 +56,6 @@ MAX_CONNECTIONS = 128
 PER_PEER = 32
 # Ids as hoopy makes them; anything else (a "/", "?", "%", "..") is refused before any lookup.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-
-
-@attrs.frozen
-class _AdminListener:
-    """What ``auth.failed`` events of the admin API name: no connection, protocol "admin"."""
-
-    name: str | None = None
-    type: str = "admin"
-
-
-ADMIN = _AdminListener()
-
-
-def _peer(request) -> str:
-    addr = request.getClientAddress()
-    host, port = getattr(addr, "host", "?"), getattr(addr, "port", 0)
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
 
 
 class AdminResource(Resource):
@@ -103,7 +86,7 @@ class AdminResource(Resource):
             return None
         ident = self.gateway.identities.by_token(token.strip())
         if ident is None:  # a guess, or a revoked token: on the record, counted, flood-summarized
-            self.gateway.auth_failed(ADMIN, _peer(request), "", "bearer", "unknown admin token")
+            self.gateway.auth_failed(ADMIN, peer_text(request), "", "bearer", "unknown admin token")
         return ident
 
     def _unauthorized(self, request):

@@ -12,7 +12,8 @@ import re
 import zlib
 
 from hoopy.bytesearch import contains
-from hoopy.http.masker import MaskError, Masker, _add, check_ascii_compatible, looks_like_json
+from hoopy.http.masker import Masker
+from hoopy.http.redaction import MaskError, add_count, check_ascii_compatible, looks_like_json
 
 __all__ = ["MaskError", "Masker", "SSEMasker", "Scrubber", "Decoder", "body_kind", "charset_ok", "codings",
            "decodable", "looks_like_json", "check_ascii_compatible"]
@@ -146,12 +147,22 @@ class SSEMasker:
         if not counts:
             return b"\n".join(lines)
         for k, n in counts.items():
-            _add(self.counts, k, n)
+            add_count(self.counts, k, n)
         return b"\n".join(others + [b"data: " + m for m in masked.split(b"\n")])
 
     def take_counts(self) -> dict:
         c, self.counts = self.counts, {}
         return c
+
+
+def mask_body(masker: Masker, kind: str, data: bytes) -> tuple[bytes, dict]:
+    """A whole body of ``kind`` (``body_kind``) masked: (bytes, counts), the input itself when
+    nothing matched. MaskError: refuse it. An event stream is masked event by event, as it is
+    when streamed; every other kind by the masker."""
+    if kind == "sse":
+        s = SSEMasker(masker, limit=max(len(data), 1))
+        return s.feed(data) + s.close(), s.counts
+    return masker.mask(kind, data)
 
 
 class Scrubber:

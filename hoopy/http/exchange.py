@@ -22,6 +22,7 @@ from zope.interface import Attribute, Interface
 
 from hoopy.http import checks
 from hoopy.http import headers as H
+from hoopy.http.bodies import mask_body
 from hoopy.http.checks import Refusal
 from hoopy.http.request_body import RequestBody, check_query
 from hoopy.audit.events import iso
@@ -289,8 +290,8 @@ class Exchange:
     async def mask(self, kind, data):
         masker = self.site.masker
         if len(data) >= THREAD_MASK_SIZE:
-            return await deferToThread(masker.mask, kind, data)
-        return masker.mask(kind, data)
+            return await deferToThread(mask_body, masker, kind, data)
+        return mask_body(masker, kind, data)
 
     async def record_redactions(self, direction: str, counts: dict):
         if not counts:

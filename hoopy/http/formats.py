@@ -22,7 +22,8 @@ import html as htmllib
 import io
 import re
 
-from hoopy.http.masker import MASK, MaskError, _add, _merge
+from hoopy.http.redaction import MaskError, add_count, merge_counts
+from hoopy.policy.masking import MASK
 
 csv.field_size_limit(1 << 30)  # our own limit is mask_limit; the csv module's 128 KiB would refuse real data
 
@@ -82,14 +83,14 @@ def mask_csv(masker, text: str, counts: dict, delimiter: str | None = None, dept
         for i, cell in enumerate(row):
             f = columns.get(i)
             if f is not None and cell != "":
-                _add(c, f"field:{f}")
+                add_count(c, f"field:{f}")
                 new.append(MASK)
             else:
                 new.append(masker.mask_value_text(cell, c, (names[i],) if i < len(names) else (), depth + 1))
         out_rows.append(new)
     if not c:
         return text
-    _merge(counts, c)
+    merge_counts(counts, c)
     term = "\r\n" if "\r\n" in text[:65536] else "\n"
     buf = io.StringIO()
     csv.writer(buf, delimiter=delimiter, lineterminator=term, quoting=csv.QUOTE_MINIMAL).writerows(out_rows)
@@ -154,8 +155,8 @@ def mask_markup(masker, text: str, counts: dict, html: bool, path: tuple = (), d
     result = "".join(m.out) if m.counts else text
     # patterns over the whole (a tag name, a declaration, a tag never closed)
     result, more = masker._patterns(result)
-    _merge(m.counts, more)
-    _merge(counts, m.counts)
+    merge_counts(m.counts, more)
+    merge_counts(counts, m.counts)
     return result
 
 
@@ -241,7 +242,7 @@ class _Markup:
         v = self.masker.mask_value_text(decoded, c, where, self.depth)
         if not c:
             return raw
-        _merge(self.counts, c)
+        merge_counts(self.counts, c)
         return htmllib.escape(v, quote=attr)
 
     def emit_text(self, raw: str):
@@ -252,7 +253,7 @@ class _Markup:
             if not self.masked_emitted:
                 self.masked_emitted = True
                 self.out.append(MASK)
-                _add(self.counts, f"field:{m.masked}")
+                add_count(self.counts, f"field:{m.masked}")
             return
         if self.labels:
             self.labels[-1].label.append(self.unescape(raw) if "&" in raw else raw)
@@ -264,13 +265,13 @@ class _Markup:
             return self.emit_text(raw)
         c: dict = {}
         v = self.masker.mask_plain_text(raw, c, self.path(), self.depth)
-        _merge(self.counts, c)
+        merge_counts(self.counts, c)
         self.out.append(v if c else raw)
 
     def raw_value(self, raw: str) -> str:
         c: dict = {}
         v = self.masker.mask_value_text(raw, c, self.path(), self.depth)
-        _merge(self.counts, c)
+        merge_counts(self.counts, c)
         return v if c else raw
 
     # --- the tokens ----------------------------------------------------------------------------
@@ -433,7 +434,7 @@ class _Markup:
             if afield is None and names_field and an in ("value", "content"):
                 afield = names_field
             if afield is not None and raw != "":
-                _add(self.counts, f"field:{afield}")
+                add_count(self.counts, f"field:{afield}")
                 new = MASK
             else:
                 new = self.value(raw, here + (an,), True)

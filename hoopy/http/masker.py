@@ -24,7 +24,6 @@ hostile inputs); a body the masker cannot read raises MaskError and is refused.
 """
 from __future__ import annotations
 
-import codecs
 import json
 import re
 
@@ -32,6 +31,7 @@ import attrs
 import orjson
 
 from hoopy.http.keyvalue import key_regex, value_end
+from hoopy.http.redaction import MaskError, add_count, check_ascii_compatible, looks_like_json, merge_counts
 from hoopy.policy.masking import MASK, may_be_spelled
 
 MAX_DEPTH = 8  # levels of structure inside strings (JSON in a string in JSON ...) read before refusing
@@ -41,37 +41,6 @@ HINTS = {"email": "@", "us_ssn": "-"}
 # Built-in detectors whose matches never contain a quote or a backslash: on JSON text without
 # escapes, a match inside a string is the same match as in the decoded string.
 _QUOTELESS = frozenset({"email", "credit_card", "us_ssn"})
-
-
-class MaskError(Exception):
-    """The body must be masked but cannot be (too large, not readable): refuse it."""
-
-
-def _add(counts: dict, key: str, n: int = 1):
-    counts[key] = counts.get(key, 0) + n
-
-
-def _merge(counts: dict, more: dict):
-    for k, n in more.items():
-        counts[k] = counts.get(k, 0) + n
-
-
-_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
-
-
-def check_ascii_compatible(data: bytes):
-    """UTF-16/32 (a BOM or NUL bytes) hide every ASCII match from the masker: refused, not passed."""
-    if data.startswith(_BOMS) or b"\x00" in data:
-        raise MaskError("the body is not UTF-8 (UTF-16/32 or binary), so it cannot be masked")
-
-
-def looks_like_json(head: bytes) -> bool:
-    """Whether a body's first bytes look like JSON (or a BOM / UTF-16 form of it)."""
-    for bom in (codecs.BOM_UTF8,) + _BOMS:
-        if head.startswith(bom):
-            return True if bom != codecs.BOM_UTF8 else looks_like_json(head[len(bom):])
-    stripped = head.replace(b"\x00", b"").lstrip(b" \t\r\n\x1e")  # RS: JSON text sequences (RFC 7464)
-    return stripped[:1] in (b"{", b"[", b'"')
 
 
 def _loads(text):
@@ -167,11 +136,6 @@ class Masker:
         """Masked bytes and counts; the input itself when nothing matched. MaskError: refuse."""
         if kind == "json":
             return self.mask_json(data)
-        if kind == "sse":
-            from hoopy.http.bodies import SSEMasker
-
-            s = SSEMasker(self, limit=max(len(data), 1))
-            return s.feed(data) + s.close(), s.counts
         if kind in ("csv", "xml", "html"):
             from hoopy.http import formats
 
@@ -247,7 +211,7 @@ class Masker:
                     end, _ = value_end(text, m.end())
                     out += (text[pos:m.end()], '"', MASK, '"')
                     pos = end
-                    _add(counts, "field:" + m.group()[1:].split('"', 1)[0].casefold())
+                    add_count(counts, "field:" + m.group()[1:].split('"', 1)[0].casefold())
                 out.append(text[pos:])
                 text = "".join(out)
         for d, hint in self._hinted:
@@ -258,7 +222,7 @@ class Masker:
             else:
                 text, n = d.redact(text)
                 if n:
-                    _add(counts, d.name, n)
+                    add_count(counts, d.name, n)
         if counts and _MASKED_KEY.search(text):
             return None  # a key masked by a pattern: the walk keeps two such keys apart
         return text, counts
@@ -290,7 +254,7 @@ class Masker:
                 s, e = number_bounds(s, e)
                 out += (text[pos:s], '"', MASK, '"')
             pos = e
-            _add(counts, d.name)
+            add_count(counts, d.name)
         if not out:
             return text
         out.append(text[pos:])
@@ -305,7 +269,7 @@ class Masker:
             for k, v in value.items():
                 kf = k.casefold() if isinstance(k, str) else k
                 if kf in plain:
-                    _add(counts, f"field:{kf}")
+                    add_count(counts, f"field:{kf}")
                     out[self._key(k, counts, out)] = MASK
                     continue
                 p = path
@@ -313,7 +277,7 @@ class Masker:
                     p = path + (kf,)
                     hit = next((f for f, parts in dotted if p[-len(parts):] == parts), None)
                     if hit is not None:
-                        _add(counts, f"field:{hit}")
+                        add_count(counts, f"field:{hit}")
                         out[self._key(k, counts, out)] = MASK
                         continue
                 out[self._key(k, counts, out) if hinted else k] = (
@@ -326,7 +290,7 @@ class Masker:
             # a card number sent as a JSON number is the same number to its reader
             text, c = self._patterns(repr(value) if isinstance(value, float) else str(value))
             if c:
-                _merge(counts, c)
+                merge_counts(counts, c)
                 return MASK
         return value
 
@@ -337,7 +301,7 @@ class Masker:
         text, c = self._patterns(key)
         if not c:
             return key
-        _merge(counts, c)
+        merge_counts(counts, c)
         n, out = 1, text
         while out in taken:
             n += 1
@@ -375,7 +339,7 @@ class Masker:
                     masked = self._walk(value, c, path, depth + 1)
                     if not c:
                         return s
-                    _merge(counts, c)
+                    merge_counts(counts, c)
                     return _dumps(masked, fast).decode()
             if self.fields and self._names_re is not None and self._names_re.search(s):
                 if head == "<":
@@ -384,13 +348,13 @@ class Masker:
                     c = {}
                     out = formats.mask_markup(self, s, c, html=True, path=path, depth=depth + 1)
                     if c:
-                        _merge(counts, c)
+                        merge_counts(counts, c)
                         return out
                 s = self._text_fields(s, counts, path, depth + 1)
         if self._hinted:
             s, c = self._patterns(s)
             if c:
-                _merge(counts, c)
+                merge_counts(counts, c)
         return s
 
     def _text_fields(self, text: str, counts: dict, path: tuple, depth: int) -> str:
@@ -401,7 +365,7 @@ class Masker:
         if delim is not None:
             c: dict = {}
             out = formats.mask_csv(self, text, c, delimiter=delim, depth=depth)
-            _merge(counts, c)
+            merge_counts(counts, c)
             return out
         if self._key_re is None:
             return text  # no field names: nothing to find as ``key: value``
@@ -416,7 +380,7 @@ class Masker:
             key = (m.group("k1") or m.group("k2")).casefold()
             parts += (text[pos:m.end()], f"{q}{MASK}{q}" if q else MASK)
             pos = end
-            _add(counts, f"field:{key}")
+            add_count(counts, f"field:{key}")
         if not parts:
             return text
         parts.append(text[pos:])
@@ -465,7 +429,7 @@ class Masker:
         for ln in lines:
             m, c = self.mask_json(ln)
             out.append(m)
-            _merge(counts, c)
+            merge_counts(counts, c)
         return b"\n".join(out), counts
 
     def mask_plain_text(self, text: str, counts: dict, path: tuple = (), depth: int = 0) -> str:
@@ -475,7 +439,7 @@ class Masker:
             text = self._text_fields(text, counts, path, depth + 1)
         if self._hinted:
             text, c = self._patterns(text)
-            _merge(counts, c)
+            merge_counts(counts, c)
         return text
 
     def mask_value(self, value, counts: dict, path: tuple = ()):

@@ -35,6 +35,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.template import flattenString
 
+from hoopy.admin.caller import ADMIN, peer_text
 from hoopy.admin.console import auth, pages
 from hoopy.audit.events import parse_time
 from hoopy.audit.store import StoreError, event_json
@@ -216,9 +217,7 @@ class Console(Resource):
             self.sessions.failed(peer)
             who = ident.name if ident is not None else ""
             if ident is None:  # a wrong token: as the admin API's, counted and flood-summarized
-                from hoopy.admin.api import ADMIN, _peer
-
-                d = self.gateway.auth_failed(ADMIN, _peer(request), "", "console token", "bad credentials")
+                d = self.gateway.auth_failed(ADMIN, peer_text(request), "", "console token", "bad credentials")
             else:
                 d = self.gateway.record("auth.failed", "refused", peer=peer, identity=ident.name,
                                         listener="console", method="token", reason="not a reviewer or auditor")
