@@ -641,7 +641,7 @@ class UpstreamSession(asyncssh.SSHClientSession):
         self.chan = None
 
     def connection_made(self, chan):
-        self.chan = chan
+        self.chan = private.gateway_upstream_channel(chan)  # data packets sent with fewer copies
         chan.set_write_buffer_limits(WRITE_HIGH)
 
     def data_received(self, data, datatype):

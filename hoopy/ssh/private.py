@@ -11,8 +11,15 @@ fails loudly in the suite, not silently on a client.
 """
 from __future__ import annotations
 
+import os
+import time
+
 import asyncssh
-from asyncssh.constants import MSG_CHANNEL_OPEN
+from asyncssh.channel import SSHChannel
+from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_CHANNEL_OPEN
+from asyncssh.encryption import GCMEncryption
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from asyncssh.logging import SSHLogger
 from asyncssh.packet import Boolean, SSHPacket, String, UInt32
 
 # What this module touches; tests/test_ssh_private.py checks each one.
@@ -29,6 +36,11 @@ USED_METHODS = (  # (class, method name)
     (asyncssh.SSHServerConnection, "_recv_pkthdr"),
     (asyncssh.SSHServerConnection, "_recv_packet"),
     (asyncssh.SSHServerConnection, "_reset_keepalive_timer"),
+    (asyncssh.SSHServerChannel, "_flush_send_buf"),
+    (asyncssh.SSHServerChannel, "_pause_resume_writing"),
+    (asyncssh.SSHServerChannel, "_close_send"),
+    (asyncssh.SSHServerChannel, "log_sent_packet"),
+    (asyncssh.SSHClientConnection, "_send_kexinit"),
 )
 USED_ATTRIBUTES = (  # (class, attribute its instances carry)
     (asyncssh.SSHServerChannel, "_send_state"),
@@ -43,8 +55,29 @@ USED_ATTRIBUTES = (  # (class, attribute its instances carry)
     (asyncssh.SSHServerConnection, "_recv_blocksize"),
     (asyncssh.SSHServerConnection, "_recv_macsize"),
     (asyncssh.SSHServerConnection, "_pktlen"),
+    # the send path of channel data (_FastChannelData, _CoalescedSends._send_channel_data)
+    (asyncssh.SSHServerChannel, "_send_buf"),
+    (asyncssh.SSHServerChannel, "_send_buf_len"),
+    (asyncssh.SSHServerChannel, "_send_window"),
+    (asyncssh.SSHServerChannel, "_send_pktsize"),
+    (asyncssh.SSHServerChannel, "_send_chan"),
+    (asyncssh.SSHServerChannel, "_conn"),
+    (asyncssh.SSHClientConnection, "_kex_complete"),
+    (asyncssh.SSHClientConnection, "_auth_complete"),
+    (asyncssh.SSHClientConnection, "_compressor"),
+    (asyncssh.SSHClientConnection, "_rekey_bytes"),
+    (asyncssh.SSHClientConnection, "_rekey_bytes_sent"),
+    (asyncssh.SSHClientConnection, "_rekey_seconds"),
+    (asyncssh.SSHClientConnection, "_rekey_time"),
+    (asyncssh.SSHClientConnection, "_send_encryption"),
+    (asyncssh.SSHClientConnection, "_send_enchdrlen"),
+    (asyncssh.SSHClientConnection, "_send_blocksize"),
+    (asyncssh.SSHClientConnection, "_send_seq"),
+    (asyncssh.SSHClientConnection, "_enc_alg_cs"),
+    (asyncssh.SSHClientConnection, "_enc_alg_sc"),
 )
-# And the class attribute ``SSHServerConnection._packet_handlers`` (a dict by message type).
+# And the class attribute ``SSHServerConnection._packet_handlers`` (a dict by message type), and
+# asyncssh.crypto.cipher.GCMCipher's _key, _iv and _update_iv (see _send_channel_data).
 
 
 def send_exit_status(chan: asyncssh.SSHServerChannel, status: int) -> bool:
@@ -65,6 +98,43 @@ def send_exit_signal(chan: asyncssh.SSHServerChannel, signal: str, core_dumped: 
     return True
 
 
+def _flush_send_buf(self) -> None:
+    """asyncssh's SSHChannel._flush_send_buf, with data packets built straight from the send buffer.
+
+    asyncssh copies each byte of channel data about twelve times on its way out (the buffer
+    slice, ``String()``, the channel's and the connection's payload concatenations, the padding,
+    the header and the MAC appended) and sends an empty ``SSH_MSG_IGNORE`` before every packet
+    (RFC 4251 9.3.1's countermeasure for CBC modes). Here, in the steady state of a connection
+    whose cipher is not CBC, each data packet is one join of its fields, encrypted and handed to
+    the socket as is (_CoalescedSends._send_channel_data); in any other state (key exchange or
+    rekey due, compression, CBC) the packet goes asyncssh's own way. Flow control is asyncssh's:
+    the same window, packet size and buffer accounting, the same pause/resume of the session.
+    (A function set on the channel classes, not a mixin: a channel's __class__ is switched to
+    them, and a second base would change the object layout.)
+    """
+    send = getattr(self._conn, "_send_channel_data", None)
+    if send is None or self._send_chan is None:
+        return SSHChannel._flush_send_buf(self)
+    while self._send_buf and self._send_window:
+        buf, datatype = self._send_buf[0]
+        n = min(len(buf), self._send_window, self._send_pktsize)
+        if not send(self, datatype, buf, n):
+            return SSHChannel._flush_send_buf(self)  # the rest asyncssh's way
+        if n == len(buf):
+            del self._send_buf[0]
+        else:
+            del buf[:n]
+        self._send_buf_len -= n
+        self._send_window -= n
+    self._pause_resume_writing()
+    if not self._send_buf:
+        if self._send_state == "eof_pending":
+            self.send_packet(MSG_CHANNEL_EOF)
+            self._send_state = "eof"
+        elif self._send_state == "close_pending":
+            self._close_send()
+
+
 class GatewayServerChannel(asyncssh.SSHServerChannel):
     """A session channel that bounds its ``env`` requests and reports every request it refuses.
 
@@ -75,6 +145,7 @@ class GatewayServerChannel(asyncssh.SSHServerChannel):
     each refusal, whoever made it.
     """
 
+    _flush_send_buf = _flush_send_buf
     max_env = 64
     max_env_bytes = 4096
     refused = None  # callable(request name, why or None)
@@ -114,6 +185,24 @@ QUIET_REQUESTS = frozenset({"keepalive@openssh.com"})
 
 def _text(b) -> str:
     return b.decode("utf-8", "replace") if isinstance(b, bytes) else str(b)
+
+
+class GatewayUpstreamChannel(asyncssh.SSHClientChannel):
+    """The upstream half of a session channel."""
+
+    _flush_send_buf = _flush_send_buf
+
+
+def gateway_upstream_channel(chan: asyncssh.SSHClientChannel) -> asyncssh.SSHClientChannel:
+    """Make ``chan`` (a session channel the gateway opened upstream) a GatewayUpstreamChannel."""
+    if type(chan) is asyncssh.SSHClientChannel:
+        chan.__class__ = GatewayUpstreamChannel
+    return chan
+
+
+# Ciphers for which the fast path sends no SSH_MSG_IGNORE before a data packet (not CBC).
+_NO_IGNORE_NEEDED = frozenset({b"aes128-gcm@openssh.com", b"aes256-gcm@openssh.com",
+                               b"chacha20-poly1305@openssh.com", b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"})
 
 
 class _CoalescedSends:
@@ -159,13 +248,61 @@ class _CoalescedSends:
             pos += need
 
     def _send(self, data: bytes) -> None:
+        self._send_parts(data)
+
+    def _send_parts(self, *parts: bytes) -> None:
         pending = self._pending_sends
         if pending is None:
             # The transport as it is now: asyncssh drops its reference when it closes (the
             # abort it schedules runs after this flush, so what it sent before still goes).
             self._pending_sends = pending = [self._transport]
             self._loop.call_soon(self._send_pending)
-        pending.append(data)
+        pending.extend(parts)
+
+    _fast_for = None  # the send encryption _fast_ok was decided for
+    _fast_ok = False
+    _send_seq: int  # (asyncssh's, declared for the type checker)
+
+    def _send_channel_data(self, chan, datatype, buf: bytearray, n: int) -> bool:
+        """Send buf[:n] as one data packet of ``chan``, as asyncssh's send_packet would, with
+        fewer copies; False (nothing sent) where this connection's state needs asyncssh's way."""
+        enc = self._send_encryption
+        if enc is not self._fast_for:
+            self._fast_for = enc
+            alg = self._enc_alg_cs if self.is_client() else self._enc_alg_sc
+            self._fast_ok = enc is not None and alg in _NO_IGNORE_NEEDED
+        if not (self._fast_ok and self._kex_complete and self._auth_complete and self._compressor is None
+                and self._rekey_bytes_sent < self._rekey_bytes
+                and not (self._rekey_seconds and time.monotonic() >= self._rekey_time)):
+            return False
+        pkttype, fields = (MSG_CHANNEL_DATA, (chan._send_chan, n)) if datatype is None \
+            else (MSG_CHANNEL_EXTENDED_DATA, (chan._send_chan, datatype, n))
+        padlen = -(self._send_enchdrlen + 1 + 4 * len(fields) + n) % self._send_blocksize
+        if padlen < 4:
+            padlen += self._send_blocksize
+        head = bytes((padlen, pkttype)) + b"".join(f.to_bytes(4, "big") for f in fields)
+        with memoryview(buf) as view:
+            data = view[:n]
+            packet = b"".join((head, data, os.urandom(padlen)))
+            data.release()  # (the caller deletes what was sent from buf)
+        pktlen = len(packet)
+        hdr = pktlen.to_bytes(4, "big")
+        seq = self._send_seq
+        if type(enc) is GCMEncryption:
+            # Ciphertext and tag, as they go on the wire after the length (asyncssh splits and joins them).
+            cipher = enc._cipher
+            aead = cipher.__dict__.get("_hoopy_aead")
+            if aead is None:
+                aead = cipher._hoopy_aead = AESGCM(cipher._key)  # as asyncssh's GCMCipher does
+            self._send_parts(hdr, aead.encrypt(cipher._iv, packet, hdr))
+            cipher._update_iv()
+        else:
+            self._send_parts(*enc.encrypt_packet(seq, hdr, packet))
+        self._send_seq = (seq + 1) & 0xffffffff
+        self._rekey_bytes_sent += pktlen
+        if SSHLogger._debug_level >= 3:
+            chan.log_sent_packet(pkttype, seq, packet[1:-padlen])
+        return True
 
     def _send_pending(self) -> None:
         pending, self._pending_sends = self._pending_sends, None
