@@ -38,6 +38,7 @@ MAX_RAW_HEAD = 64 * 1024  # bytes read while a head is still incomplete (llhttp 
 QUEUE_BYTES = 64 * 1024  # parsed bytes waiting behind the request being answered: past this, stop reading
 QUEUE_REQUESTS = 64
 IDLE_TIMEOUT = 60.0  # between requests (twisted.web's default)
+ABORT_TIMEOUT = 15.0  # a closing connection whose client does not read what is left is cut (as twisted.web)
 
 _NONE, _HEAD, _IDLE = 0, 1, 2  # what the connection's deadline is for
 _BY_PIPE, _BY_QUEUE = 1, 2  # why the socket is not read
@@ -108,6 +109,7 @@ class GatewayChannel(Protocol):
         self._kind = _NONE
         self._timer = None
         self._close_timer = None
+        self._abort_timer = None
         self._peer = ("unknown", "")
         self.lost = False
 
@@ -166,6 +168,8 @@ class GatewayChannel(Protocol):
     def connectionLost(self, reason=None):
         self._closing = self.lost = True
         self._cancel_timers()
+        if self._abort_timer is not None and self._abort_timer.active():
+            self._abort_timer.cancel()
         req, self._active = self._active, None
         self._queue.clear()
         if req is not None and req.exchange is not None and not req.response.finished:
@@ -407,8 +411,10 @@ class GatewayChannel(Protocol):
         self._closing = True
         self._queue.clear()
         self._cancel_timers()
-        if self.transport is not None:
+        if self.transport is not None and not self.lost:
             self.transport.loseConnection()
+            if self._abort_timer is None:
+                self._abort_timer = self.reactor.callLater(ABORT_TIMEOUT, stream(self.transport).abortConnection)
 
     def _pause(self, why: int):
         if not self._paused and self.transport is not None:
