@@ -1,12 +1,13 @@
 """The HTTP gateway's own CPU per request, in memory: no sockets, no store, no other process.
 
-    PYTHONPATH=. python -P bench/http_inproc.py [--requests 20000] [--profile]
+    PYTHONPATH=. python -P bench/http_inproc.py [--requests 20000] [--channel] [--profile]
 
 Runs small GETs through a real ``Exchange`` (checks, judgement, header plan, the upstream client
 on StringTransport, the response path, the record) with the in-memory session of
 tests/test_http_exchange.py, and prints CPU microseconds per request: a number that a loaded,
 shared machine does not move much, for relative progress (what bench/http.py adds on top is
-twisted.web's server, the socket calls and the store's durable writes).
+the socket calls and the store's durable writes). ``--channel``: the client side too, request
+bytes in and response bytes out through hoopy/http/server.py's channel on a StringTransport.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from tests.test_http_exchange import FakeSite, MemorySink, Script
 
 ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 52\r\n\r\n' \
          b'{"id": 42, "name": "Ada", "plan": "pro", "active": true}'[:52 + 80]
+REQUEST = (b"GET /small.json HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer good-token\r\n"
+           b"User-Agent: wrk\r\nAccept: */*\r\n\r\n")
 PAIRS = [(b"Host", [b"127.0.0.1:8080"]), (b"Authorization", [b"Bearer good-token"]), (b"User-Agent", [b"wrk"]),
          (b"Accept", [b"*/*"])]
 
@@ -37,26 +40,46 @@ def one(site):
     site.endpoint.transports[-1].clear()
 
 
+def one_on_channel(site, channel, client):
+    channel.dataReceived(REQUEST)
+    site.endpoint.protocols[-1].dataReceived(ANSWER)
+    assert client.value().startswith(b"HTTP/1.1 200 "), client.value()[:100]
+    client.clear()
+    site.endpoint.transports[-1].clear()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--channel", action="store_true", help="the client side's channel too (bytes in, bytes out)")
     args = ap.parse_args()
-    site = FakeSite(Script())
+    if args.channel:
+        from hoopy.http.server import GatewayChannel
+        from tests.test_http_server import Site
+
+        site = Site(Script())
+        channel, client = GatewayChannel(site), StringTransport()
+        channel.makeConnection(client)
+        run = lambda: one_on_channel(site, channel, client)  # noqa: E731
+    else:
+        site = FakeSite(Script())
+        run = lambda: one(site)  # noqa: E731
     site.script.events = _Nothing()
     for _ in range(200):
-        one(site)  # warm, and one pooled upstream connection
+        run()  # warm, and one pooled upstream connection
     t = time.process_time()
     if args.profile:
         prof = cProfile.Profile()
         prof.enable()
     for _ in range(args.requests):
-        one(site)
+        run()
     if args.profile:
         prof.disable()
     cpu = time.process_time() - t
-    print(f"{args.requests} requests, {cpu / args.requests * 1e6:.1f} us of CPU each (in memory: the gateway's own "
-          f"code, no sockets, no store){' (under cProfile)' if args.profile else ''}")
+    what = "the client side's channel and the exchange" if args.channel else "the exchange"
+    print(f"{args.requests} requests, {cpu / args.requests * 1e6:.1f} us of CPU each (in memory: {what}, "
+          f"no sockets, no store){' (under cProfile)' if args.profile else ''}")
     if args.profile:
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
 

@@ -357,9 +357,9 @@ def answer(site, raw: bytes):
 
 
 def test_the_sink_adapter_provides_the_interface():
-    from hoopy.http.site import RequestSink
+    from hoopy.http.reply import Response
 
-    assert IResponseSink.implementedBy(RequestSink)
+    assert IResponseSink.implementedBy(Response)
     verifyObject(IResponseSink, MemorySink())
 
 

@@ -502,28 +502,3 @@ def test_a_whole_segment_star_never_matches_an_empty_segment(glob, path, hit):
     from hoopy.http.rules import route_matcher
 
     assert route_matcher(f"GET {glob}")("GET", path) is hit
-
-
-def test_the_private_twisted_web_names_the_gateway_relies_on_are_there():
-    """site.py starts an exchange at a request's head (HTTPChannel._command/_path/_version), ends a
-    request only while its client is there (Request._disconnected), and upgrade.py takes over what a
-    channel had buffered (HTTPChannel._dataBuffer). An upgrade of Twisted that renames one fails here,
-    loudly, not in production."""
-    from twisted.internet.testing import StringTransport
-    from twisted.web.http import HTTPChannel, Request
-
-    seen = {}
-
-    class R(Request):
-        def gotLength(self, length):
-            ch = self.channel
-            seen.update(command=ch._command, path=ch._path, version=ch._version)
-            super().gotLength(length)
-
-    ch = HTTPChannel()
-    ch.requestFactory = R
-    ch.makeConnection(StringTransport())
-    ch.dataReceived(b"GET /x?y HTTP/1.1\r\nHost: a\r\n\r\n")
-    assert seen == {"command": b"GET", "path": b"/x?y", "version": b"HTTP/1.1"}
-    assert hasattr(ch, "_dataBuffer") and isinstance(ch._dataBuffer, list)
-    assert hasattr(Request(ch), "_disconnected")

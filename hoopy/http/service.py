@@ -19,7 +19,8 @@ class HTTPService(Listener):
     def __init__(self, gateway, connection):
         from urllib.parse import urlsplit
 
-        from hoopy.http.site import GatewaySite, HTTPSite
+        from hoopy.http.server import GatewayFactory
+        from hoopy.http.site import HTTPSite
         from hoopy.http.upstream import UpstreamClient
 
         self.connection = connection
@@ -33,7 +34,7 @@ class HTTPService(Listener):
         self.upstream.on_reach = self._reach
         tls = settings.tls_cert is not None
         self.state = HTTPSite(gateway, connection, self.upstream, tls, policy)
-        self.site = GatewaySite(self.state)
+        self.site = GatewayFactory(self.state)
         super().__init__(gateway, f"http {connection.name}", connection.listen,
                          _tls_factory(settings, self.site) if tls else self.site,
                          key=f"connections.{connection.name}.listen")

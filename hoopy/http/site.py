@@ -1,10 +1,9 @@
-"""The client side: twisted.web's server, adapted, and what one http connection's requests share.
+"""What one http connection's requests share, and the head deadline of twisted.web channels.
 
-``GatewaySite`` serves one ``[connections.X]`` of type http. Each client TCP connection is a
-``GatewayChannel`` that holds its session; each request starts an ``Exchange`` as soon as its head
-is in (``GatewayRequest.gotLength``), while its body still arrives through a ``BodyPipe``, and
-answers through a ``RequestSink``. ``HTTPSite`` holds what every request of the connection shares:
-settings, the masker, the upstream client, the header plan, the injected secrets to scrub.
+``HTTPSite`` holds what every request of a ``[connections.X]`` of type http shares: settings, the
+masker, the upstream client, the header plan, the injected secrets to scrub, and each client
+connection's session (the connections themselves are hoopy/http/server.py's). ``HeadDeadline``
+gives a twisted.web ``HTTPChannel`` (the MCP gateway's) a deadline for each request head.
 """
 from __future__ import annotations
 
@@ -16,18 +15,10 @@ from urllib.parse import quote_from_bytes, urlsplit
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.http import HTTPChannel
-from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
-from zope.interface import implementer
 
 from hoopy.http import headers as H
 from hoopy.http.bodies import Masker, Scrubber
 from hoopy.http.checks import HeaderPlan
-from hoopy.http.exchange import Exchange, IResponseSink
-from hoopy.http.upload import BodyPipe
-from hoopy.sockwrite import write_now
 
 log = Logger()
 
@@ -78,211 +69,6 @@ class HeadDeadline:
             self._head_timer.cancel()
             self._head_timer = None
         super().connectionLost(reason)
-
-
-class GatewayChannel(HeadDeadline, HTTPChannel):
-    """One client connection: holds its session and ends it when the connection goes.
-
-    A response's head is held back until its first body bytes (or the request's end) and goes out
-    with them in one write, sent at once when nothing is buffered (``write_now``): a small answer
-    is one send() instead of two buffered writes, each costing a loop turn and epoll changes.
-    """
-
-    session = None
-    site_state = None  # the HTTPSite, set by the site
-    _head = None  # the response head, not yet written
-    _host = None
-    last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
-    last_identity = None  # client sends it again and again (hashed once, not per request)
-    def getHost(self):
-        # twisted.web asks for every request; the connection's own address does not change
-        if self._host is None:
-            self._host = super().getHost()
-        return self._host
-
-    def writeHeaders(self, version, code, reason, headers):
-        if not isinstance(headers, Headers):
-            return super().writeHeaders(version, code, reason, headers)
-        seq = [version, b" ", code, b" ", reason, b"\r\n"]
-        for name, values in headers.getAllRawHeaders():
-            for value in values:
-                seq += (name, b": ", value, b"\r\n")
-        seq.append(b"\r\n")
-        self._head = b"".join(seq)
-
-    def write(self, data):
-        head = self._head
-        if head is not None:
-            self._head = None
-            data = head + data
-        if data and self.transport is not None:
-            write_now(self.transport, data)
-
-    def writeSequence(self, iovec):
-        self.write(b"".join(iovec))
-
-    def flush_head(self):
-        if self._head is not None:
-            self.write(b"")
-
-    def requestDone(self, request):
-        self.flush_head()
-        super().requestDone(request)
-
-    def connectionLost(self, reason):
-        super().connectionLost(reason)
-        self.site_state.channel_closed(self)
-
-
-class GatewayRequest(Request):
-    """A request whose exchange starts once its head is in, while its body still arrives."""
-
-    _parsePOSTFormSubmission = False  # the body is not ours to parse: it goes upstream
-    defaultContentType = None
-    exchange = None
-
-    def gotLength(self, length):
-        ch = self.channel
-        # twisted.web sets these in requestReceived, after the body; the head is all we need.
-        self.method, self.uri, self.clientproto = ch._command, ch._path, ch._version
-        state = ch.site_state
-        self.content = BodyPipe(ch.transport, length, keep=state.settings.record_body_limit)
-        # A held request may keep its caller's socket paused for long: no idle timeout meanwhile.
-        self._saved_timeout = ch.setTimeout(None)
-        addr = self.getClientAddress()
-        self.exchange = Exchange(state, RequestSink(self), ch, self.method, self.uri,
-                                 list(self.requestHeaders.getAllRawHeaders()),
-                                 (getattr(addr, "host", "unknown"), getattr(addr, "port", "")), self.content)
-        self.notifyFinish().addErrback(self.exchange.client_gone)
-        self.exchange.run()
-
-    def handleContentChunk(self, data):
-        self.content.feed(data)
-
-    def write(self, data):
-        super().write(data)
-        self.channel.flush_head()  # a head written alone (an event stream's) goes now, not later
-
-    def process(self):
-        # The exchange already runs (since gotLength): no resource tree to walk, nothing to render.
-        self.site = self.channel.site
-
-    def requestReceived(self, command, path, version):
-        if self._saved_timeout and hasattr(self.channel, "_savedTimeOut"):
-            self.channel._savedTimeOut = self._saved_timeout  # restored by requestDone
-        pipe = self.content
-        super().requestReceived(command, path, version)  # reads content.tell(): before any finish
-        pipe.end()
-
-
-@implementer(IResponseSink)
-class RequestSink:
-    """An exchange's answer, written to twisted.web's Request."""
-
-    __slots__ = ("request",)
-
-    def __init__(self, request: GatewayRequest):
-        self.request = request
-
-    @property
-    def started(self) -> bool:
-        return bool(self.request.startedWriting)  # twisted keeps a 0/1 int
-
-    def head(self, code, phrase, headers):
-        req = self.request
-        req.setResponseCode(code, phrase or None)
-        grouped: dict = {}
-        for name, value in headers:
-            grouped.setdefault(name, []).append(value)
-        out = req.responseHeaders = Headers()
-        for name, values in grouped.items():
-            out.setRawHeaders(name, values)
-        if grouped.get(b"Connection") == [b"close"]:
-            req.channel.persistent = False  # no pipelined request after this one is read
-
-    def write(self, data):
-        self.request.write(data)
-
-    def finish(self):
-        self.request.finish()
-
-    def abort(self):
-        transport = self.request.channel.transport
-        if transport is not None:
-            transport.abortConnection()
-
-    def register_producer(self, producer):
-        self.request.registerProducer(producer, True)
-
-    def unregister_producer(self):
-        self.request.unregisterProducer()
-
-    def close_later(self, seconds, done):
-        req = self.request
-        channel = req.channel
-
-        def close():
-            if channel.transport is not None:
-                channel.transport.loseConnection()
-
-        timer = channel.site_state.reactor.callLater(seconds, close)
-        req.notifyFinish().addBoth(_cancel_timer, timer).addErrback(_ignore)  # the request's end, any way
-        done.addCallback(_finish_when_in, req, timer)
-
-    def take_over(self, upstream, answer, on_lost):
-        from hoopy.http.upgrade import take_over
-
-        return take_over(self.request.channel, upstream, answer, on_lost)
-
-
-def _cancel_timer(result, timer):
-    if timer.active():
-        timer.cancel()
-    return result
-
-
-def _ignore(failure):
-    return None
-
-
-def _finish_when_in(result, req, timer):
-    _cancel_timer(None, timer)
-    if not req.finished and not req._disconnected:
-        req.finish()
-    return result
-
-
-class GatewaySite(Site):
-    # HTTP/1.1 channels, not twisted's HTTP/2-negotiating wrapper, which its stubs name as the
-    # only type: any HTTPChannel works here at run time.
-    protocol = GatewayChannel  # type: ignore[assignment]
-    requestFactory = GatewayRequest
-    noisy = False
-
-    def __init__(self, state: "HTTPSite"):
-        super().__init__(_NoResource())
-        # The body is not ours to parse: it goes upstream. twisted.web parsed a multipart body after
-        # it had streamed away, found nothing, and answered 400 to every multipart POST.
-        self._parsePOSTFormSubmission = False
-        self.state = state
-        self.displayTracebacks = False
-
-    def buildProtocol(self, addr):
-        channel = super().buildProtocol(addr)
-        channel.site_state = self.state
-        channel.head_timeout = self.state.settings.head_timeout
-        self.state.channels.add(channel)
-        return channel
-
-    def log(self, request):
-        pass  # every request is an event in the store; no second access log
-
-
-class _NoResource(Resource):
-    isLeaf = True
-
-    def render(self, request):  # not reached: GatewayRequest starts its exchange at its head
-        return NOT_DONE_YET
 
 
 class HTTPSite:

@@ -165,12 +165,13 @@ def take_over(channel, upstream: UpstreamSide, answer: bytes, on_lost) -> Client
     """Turn an HTTP channel into one end of a raw relay to ``upstream``."""
     client = ClientSide(upstream, on_lost)
     transport = channel.transport
-    early = b"".join(getattr(channel, "_dataBuffer", []) or [])  # sent before we answered
-    channel._dataBuffer = []
-    # The channel stops being HTTP: its bytes and its end now belong to the relay.
-    channel.dataReceived = client.dataReceived
-    channel.connectionLost = client.connectionLost
-    channel.setTimeout(None)
+    # The channel stops being HTTP: its bytes (those sent before we answered too) and its end
+    # now belong to the relay.
+    try:
+        early = channel.hand_over(client)
+    except RuntimeError:
+        stream(upstream.transport).abortConnection()
+        raise
     client.makeConnection(transport)
     transport.unregisterProducer()
     upstream.client = client
