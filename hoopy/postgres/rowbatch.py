@@ -1,4 +1,4 @@
-"""A run of DataRows masked at once for the ``email`` pattern (``RowPlan.mask_run``).
+"""A run of DataRows masked at once for the ``email`` pattern (``RowPlan.mask_rows``).
 
 One C-level pass over the whole run finds every byte that can start something the
 pattern or a spelling needs (``@``, ``%``, ``\\``, ``&``, ``+``, non-ASCII); a row
@@ -52,7 +52,7 @@ def _marks(raw, start: int, end: int) -> list:
     return out
 
 
-def _spans(raw, marks: list, mi: int, vs: int, ve: int, start: int, end: int):
+def _spans(raw, marks: list, mi: int, vs: int, ve: int):
     """The address spans in the value ``raw[vs:ve]`` whose marks start at ``marks[mi]``, as
     ``_email_spans`` finds them in it; None if a mark other than "@" is in it."""
     spans = []
@@ -148,7 +148,7 @@ def email_rows(plan, raw, start: int, end: int):
                     e = d.end()
                     spans: list | None = [(s, e)]
                 else:
-                    spans = _spans(raw, marks, mi, vs, ve, start, end) if kind == FAST else None
+                    spans = _spans(raw, marks, mi, vs, ve) if kind == FAST else None
                     if spans is None:
                         v = bytes(raw[vs:ve])
                         nv = plan.value(i, 4 if kind == FAST else kind, v)
