@@ -41,7 +41,6 @@ class UpstreamReplies:
         q = self.queue
         end = len(buf)
         pos = run = 0  # run: where the bytes that pass as they are start
-        rows_at = -1  # where a run of rows to search for patterns starts
         head = q[0] if q else None
         try:
             while end - pos >= 5:
@@ -60,20 +59,16 @@ class UpstreamReplies:
                         pos = nxt  # passes as it is
                         continue
                     if plan.prefilter is not None:
-                        # Pattern masking only: a run of rows with no candidate anywhere passes whole.
-                        if rows_at < 0:
-                            rows_at = pos
-                        pos = nxt
-                        if end - pos >= 5:
-                            t2, n2 = _HI.unpack_from(buf, pos)
-                            if t2 == wire.DATA_ROW and pos + 1 + n2 <= end:
-                                continue  # more whole rows right behind: one search for them all
-                        if plan.prefilter.search(buf, rows_at, pos) is not None:
-                            if run < rows_at:
-                                out.append(buf[run:rows_at])
-                            out.append(plan.apply_many(buf, rows_at, pos))
-                            run = pos
-                        rows_at = -1
+                        # Pattern masking only: the run of whole rows from here read at once, a run
+                        # with no candidate anywhere passed whole.
+                        masked, stop, rows = plan.mask_rows(buf, pos, end)
+                        head.rows += rows - 1
+                        if masked is not None:
+                            if run < pos:
+                                out.append(buf[run:pos])
+                            out.append(masked)
+                            run = stop
+                        pos = stop
                         continue
                     new = plan.rewrite(bytes(buf[pos + 5:nxt]))
                     if new is not None:
