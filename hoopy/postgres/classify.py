@@ -22,7 +22,7 @@ from hoopy.policy.rules import Unit
 from hoopy.postgres import functions
 from hoopy.postgres.rules import object_name, pg_table_unit
 from hoopy.postgres.scope import CATALOG, DEFAULT, Scope
-from hoopy.postgres import sqltree
+from hoopy.postgres import sqltext, sqltree
 from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy
 from hoopy.postgres.walk import ANY_OBJECT, CopyTarget, Parsed, walk
 
@@ -60,6 +60,7 @@ class Classified:
 # --- the shape cache ---------------------------------------------------------------
 
 _SHAPES: dict = {}
+_TEXTS: dict = {}  # sqltext.key(text) -> the Parsed its shape gave (cacheable ones only)
 _SHAPES_MAX = 4096
 _SHAPE_MAX = 4096  # characters of a shape worth keeping (at most 16 MB of keys)
 _lock = threading.Lock()
@@ -70,7 +71,25 @@ def parse_statement(sql: str, inline: bool = False) -> Parsed:
     the parse tree itself with constants' values left out (``aid = 1`` and
     ``aid = 2`` share one), so the key is exactly what the walk reads but for
     those values; a statement whose meaning depends on a value is never cached
-    (Parsed.cacheable). Linear in the statement's size."""
+    (Parsed.cacheable). Linear in the statement's size.
+
+    In front of it, a text of the plain subset ``sqltext`` admits is looked up by its
+    text with the literals' values left out, which skips the parser itself."""
+    tkey = sqltext.key(sql) if len(sql) <= _SHAPE_MAX else None
+    if tkey is not None:
+        p = _TEXTS.get(tkey)
+        if p is not None:
+            return p
+    p = _parse_shape(sql, inline)
+    if tkey is not None and p.cacheable:
+        with _lock:
+            if len(_TEXTS) >= _SHAPES_MAX:
+                _TEXTS.pop(next(iter(_TEXTS)), None)
+            _TEXTS[tkey] = p
+    return p
+
+
+def _parse_shape(sql: str, inline: bool = False) -> Parsed:
     j = sqltree.folded(sql, inline)
     key = sqltree.shape(j) if len(j) <= 2 * _SHAPE_MAX else None
     if key is not None and len(key) <= _SHAPE_MAX:
