@@ -50,7 +50,7 @@ def sh(args, **kw):
     return r
 
 
-def wait_port(port, timeout=120):
+def wait_port(port, timeout=600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:

@@ -23,6 +23,7 @@ from hoopy.units import format_duration
 log = Logger()
 
 STORE_DOWN = "refused: the audit store cannot record this operation"
+MEMO_MAX = 4096  # judgements remembered per identity and connection
 
 __all__ = ["Allow", "Deny", "Hold", "Judgement", "PolicyService", "STORE_DOWN"]
 
@@ -38,11 +39,35 @@ class PolicyService:
         self.connections = config.connections
         self.default_ttl = getattr(config.gateway, "approval_ttl", 900.0)
         self._grants: dict[tuple[str, str], list] = {}
+        # (identity, connection) -> (valid from, valid until or None, {units: Judgement})
+        self._memo: dict[tuple[str, str], tuple] = {}
         for g in config.grants:
             self._grants.setdefault((g.identity, g.connection), []).append(g)
 
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
+        units = operation.units
+        if not units:
+            return self._judge(identity, connection, operation, now)
+        # The same units judged again by the same grants get the same answer: remembered per
+        # identity and connection while no grant of theirs expires (nor the clock goes back).
+        key = (identity, connection)
+        memo = self._memo.get(key)
+        if memo is None or now < memo[0] or (memo[1] is not None and now >= memo[1]):
+            ends = [g.expires for g in self._grants.get(key, ()) if g.expires is not None and g.expires > now]
+            memo = self._memo[key] = (now, min(ends, default=None), {})
+        known = memo[2]
+        j = known.get(units)
+        if j is None:
+            j = self._judge(identity, connection, operation, now)
+            if len(known) >= MEMO_MAX:
+                known.clear()
+            known[units] = j
+        if j.parts:  # (a caller may keep them in an event: its own copies)
+            j = attrs.evolve(j, parts=tuple(dict(p) for p in j.parts))
+        return j
+
+    def _judge(self, identity: str, connection: str, operation, now) -> Judgement:
         grants = [g for g in self._grants.get((identity, connection), ()) if not g.expired(now)]
         judged = [(unit, _judge_unit(grants, unit)) for unit in operation.units]
         parts: tuple[dict[str, str | None], ...] = ()
