@@ -115,7 +115,7 @@ def measure(name, cmd, port, user, db, a, env, work):
         proc = subprocess.Popen(cmd, cwd=work, stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
     else:
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                                 "--dump-instr=no", "--compress-strings=no"] + cmd, cwd=work,
+                                 "--dump-instr=no", "--compress-strings=no", "--separate-threads=yes"] + cmd, cwd=work,
                                 stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
     try:
         wait_port(port)
@@ -154,12 +154,16 @@ def measure(name, cmd, port, user, db, a, env, work):
         time.sleep(1)
         dumps = [f for f in glob.glob(f"{out}.{proc.pid}*") if "measured" in open(f).read(4000)]
         total = 0
+        by_thread = {}
         for f in dumps:
             for line in open(f):
                 if line.startswith(("summary:", "totals:")):
                     total += int(line.split()[1])
+                    by_thread[f.rsplit("-", 1)[-1]] = int(line.split()[1])
                     break
         per = total / a.statements
+        # Thread 01 is the reactor's; the others are the store's writer and the thread pool.
+        print("   by thread: " + ", ".join(f"{t} {k / a.statements:,.0f}" for t, k in sorted(by_thread.items())))
         print(f"{name:6} {per:12,.0f} instructions a statement (pgbench -S -M {MODE} -c {a.clients}, {a.statements}; "
               f"{len(dumps)} dump(s))", flush=True)
         if a.keep:
