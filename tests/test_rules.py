@@ -292,3 +292,17 @@ def test_postgres_catalog_views_and_functions_that_expose_others_need_a_rule_nam
                      None, 0))
     assert p.judge("agent", "db", pg_op(Unit("read", "pg_catalog.pg_stat_activity"))).outcome == "deny"
     assert p.judge("agent", "db", pg_op(Unit("admin", "pg_catalog.pg_read_file()"))).outcome == "deny"
+
+
+def test_tool_calls_with_other_arguments_are_judged_anew():
+    # A ToolUnit's arguments are not part of its equality: a remembered judgement of
+    # `run command=ls` must never answer `run command=rm -rf /`.
+    from hoopy.mcp.rules import ToolUnit
+
+    p = policy(grant("mcp", allow=["tool run command=ls*"], proto="mcp"))
+
+    def call(cmd):
+        u = ToolUnit("tool", "run", args={"command": cmd})
+        return p.judge("agent", "mcp", Operation("mcp", "tool", f"tools/call run {cmd}", (u,))).outcome
+
+    assert [call("ls -l"), call("rm -rf /"), call("ls"), call("rm -rf /")] == ["allow", "deny", "allow", "deny"]

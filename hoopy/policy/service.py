@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from hoopy.audit.store import StoreError
 from hoopy.policy.approvals import ApprovalService, _describe
+from hoopy.policy.rules import Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold, Judgement
 from hoopy.units import format_duration
 
@@ -47,7 +48,9 @@ class PolicyService:
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
         units = operation.units
-        if not units:
+        if not units or not all(type(u) is Unit for u in units):
+            # Only a plain Unit is all its fields, each part of its hash: a subclass may carry
+            # what rules read outside them (an MCP ToolUnit's arguments).
             return self._judge(identity, connection, operation, now)
         # The same units judged again by the same grants get the same answer: remembered per
         # identity and connection while no grant of theirs expires (nor the clock goes back).
