@@ -322,8 +322,6 @@ def test_guard_the_cached_parsed_is_resolved_in_each_sessions_own_scope():
 
 # --- through a real gateway: the COPY hole leaks a masked address ----------------------------
 
-psycopg = pytest.importorskip("psycopg")
-
 from tests.support import HoopyProcess, admin_sql, free_port, ident  # noqa: E402
 
 AGENT = ident("agent")
@@ -365,6 +363,7 @@ patterns = ["email"]
 
 
 def _copy_out(g, sql):
+    psycopg = pytest.importorskip("psycopg")
     with psycopg.connect(f"host=127.0.0.1 port={g.port} user={AGENT.name} password={AGENT.token} dbname=x "
                          "sslmode=disable", autocommit=True) as c:
         data = b""
@@ -385,7 +384,7 @@ def test_hole_gateway_copy_after_a_safe_delimiter_leaks_the_address(pg_gateway):
     assert safe == b"[REDACTED]\n", safe
     got = _copy_out(pg_gateway, "COPY (SELECT email FROM contacts) TO STDOUT (DELIMITER '@')")
     assert b"ann" not in (got if isinstance(got, bytes) else b""), got
-    assert isinstance(got, psycopg.Error), got  # refused, as it is on a fresh gateway
+    assert isinstance(got, Exception) and getattr(got, "sqlstate", None) in ("42501", "22023", "0A000"), got  # refused, as it is on a fresh gateway
 
 
 # === 2. the judgement memo ==========================================================================
