@@ -24,7 +24,11 @@ from hoopy.units import format_duration
 log = Logger()
 
 STORE_DOWN = "refused: the audit store cannot record this operation"
-MEMO_MAX = 4096  # judgements remembered per identity and connection
+MEMO_MAX = 1024  # judgements remembered per identity and connection
+# Only small operations are remembered, so the memo stays small whatever callers send (at most
+# about MEMO_MAX * MEMO_UNITS * 2 * MEMO_TEXT characters per identity and connection: ~8 MB).
+MEMO_UNITS = 8
+MEMO_TEXT = 512
 
 __all__ = ["Allow", "Deny", "Hold", "Judgement", "PolicyService", "STORE_DOWN"]
 
@@ -48,7 +52,9 @@ class PolicyService:
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
         units = operation.units
-        if not units or not all(type(u) is Unit for u in units):
+        if not units or len(units) > MEMO_UNITS or not all(
+                type(u) is Unit and len(u.subject or "") <= MEMO_TEXT and len(u.key or "") <= MEMO_TEXT
+                for u in units):
             # Only a plain Unit is all its fields, each part of its hash: a subclass may carry
             # what rules read outside them (an MCP ToolUnit's arguments).
             return self._judge(identity, connection, operation, now)

@@ -13,6 +13,7 @@ cached per shape and scope.
 """
 from __future__ import annotations
 
+import json
 import threading
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from hoopy.postgres import functions
 from hoopy.postgres.rules import object_name, pg_table_unit
 from hoopy.postgres.scope import CATALOG, DEFAULT, Scope
 from hoopy.postgres import sqltext, sqltree
-from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy
+from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy, parse_sql_json
 from hoopy.postgres.walk import ANY_OBJECT, CopyTarget, Parsed, walk
 
 if TYPE_CHECKING:  # twisted is imported where it runs: the classifier itself is pure
@@ -81,12 +82,35 @@ def parse_statement(sql: str, inline: bool = False) -> Parsed:
         if p is not None:
             return p
     p = _parse_shape(sql, inline)
-    if tkey is not None and p.cacheable:
+    if tkey is not None and p.cacheable and _literals_are_constants(sql):
         with _lock:
             if len(_TEXTS) >= _SHAPES_MAX:
                 _TEXTS.pop(next(iter(_TEXTS)), None)
             _TEXTS[tkey] = p
     return p
+
+
+def _literals_are_constants(sql: str) -> bool:
+    """Whether every literal the text key leaves out became a constant node where it stands.
+    Only then may texts that differ in those values share a Parsed: the grammar turns a literal
+    it reads for itself (a COPY option's string, the precision in ``float(25)``, a LANGUAGE
+    name) into no constant, and the shape keeps such a value, but the text key would not.
+    Once per new text key: it parses the text again, with positions."""
+    offsets = sqltext.literal_offsets(sql)
+    if not offsets:
+        return True
+    found = set()
+    stack = [json.loads(parse_sql_json(sql))]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            const = node.get("A_Const")
+            if isinstance(const, dict) and "location" in const:
+                found.add(const["location"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return all(any(o in found for o in places) for places in offsets)
 
 
 def _parse_shape(sql: str, inline: bool = False) -> Parsed:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["key"]
+__all__ = ["key", "literal_offsets"]
 
 _SPACE = r"[ \t\n\r]"
 _OPCHARS = r"~!@#^&|`?+\-*/%<>="
@@ -57,3 +57,20 @@ def key(sql: str) -> str | None:
     if "'" in sql:
         sql = _STRINGS.sub("''", sql)
     return _INTEGERS.sub("0", sql)
+
+
+def literal_offsets(sql: str) -> list[tuple[int, ...]]:
+    """For each literal ``key`` leaves out, where the parser may put the constant it makes, in
+    bytes of the UTF-8 text (the parser's ``location``): where the literal starts, and for an
+    integer right after a minus also the minus (a unary minus folded into the constant). Only
+    for a text ``key`` admits."""
+    blank = _STRINGS.sub(lambda m: "'" + " " * (len(m.group()) - 2) + "'", sql)  # same offsets
+    places: list[tuple[int, ...]] = [(m.start(),) for m in _STRINGS.finditer(sql)]
+    for m in _INTEGERS.finditer(blank):
+        i = j = m.start()
+        while j > 0 and blank[j - 1] in " \t\n\r":
+            j -= 1
+        places.append((i, j - 1) if j > 0 and blank[j - 1] == "-" else (i,))
+    if sql.isascii():
+        return places
+    return [tuple(len(sql[:i].encode()) for i in p) for p in places]
