@@ -50,7 +50,7 @@ def sh(args, **kw):
     return r
 
 
-def wait_port(port, timeout=120):
+def wait_port(port, timeout=600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -66,9 +66,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+MODE = "simple"  # pgbench -M: simple, extended or prepared (--mode)
+
+
 def pgbench(port, user, db, n, clients, env):
     """TPS (wall clock: a loaded machine moves it)."""
-    out = sh(["pgbench", "-n", "-S", "-c", str(clients), "-j", "1", "-t", str(n // clients), "-h", "127.0.0.1",
+    out = sh(["pgbench", "-n", "-S", "-M", MODE, "-c", str(clients), "-j", "1", "-t", str(n // clients), "-h", "127.0.0.1",
         "-p", str(port), "-U", user, db], env=env).stdout
     return float(re.search(r"tps = ([0-9.]+)", out).group(1))
 
@@ -105,11 +108,14 @@ def top(path: Path, n: int = 40):
 
 def measure(name, cmd, port, user, db, a, env, work):
     out = work / f"cg.{name}"
+    if a.cprofile and name == "hoopy":
+        # twistd's own profiler: it saves the stats when the reactor stops.
+        cmd = cmd[:2] + ["--profile", str(work / "hoopy.prof"), "--profiler", "cprofile", "--savestats"] + cmd[2:]
     if a.cpu:
         proc = subprocess.Popen(cmd, cwd=work, stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
     else:
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
-                                 "--dump-instr=no", "--compress-strings=no"] + cmd, cwd=work,
+                                 "--dump-instr=no", "--compress-strings=no", "--separate-threads=yes"] + cmd, cwd=work,
                                 stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
     try:
         wait_port(port)
@@ -139,7 +145,7 @@ def measure(name, cmd, port, user, db, a, env, work):
                 else:
                     top(work / f"{name}.spy")
             per = (cpu_seconds(proc.pid) - c0) / a.statements * 1e6
-            print(f"{name:6} {per:10.1f} us CPU a statement (pgbench -S -c {a.clients}, {a.statements}; "
+            print(f"{name:6} {per:10.1f} us CPU a statement (pgbench -S -M {MODE} -c {a.clients}, {a.statements}; "
                   f"{tps:,.0f} TPS, load {os.getloadavg()[0]:.1f})", flush=True)
             return per
         sh(["callgrind_control", "-z", str(proc.pid)])
@@ -148,13 +154,17 @@ def measure(name, cmd, port, user, db, a, env, work):
         time.sleep(1)
         dumps = [f for f in glob.glob(f"{out}.{proc.pid}*") if "measured" in open(f).read(4000)]
         total = 0
+        by_thread = {}
         for f in dumps:
             for line in open(f):
                 if line.startswith(("summary:", "totals:")):
                     total += int(line.split()[1])
+                    by_thread[f.rsplit("-", 1)[-1]] = int(line.split()[1])
                     break
         per = total / a.statements
-        print(f"{name:6} {per:12,.0f} instructions a statement (pgbench -S -c {a.clients}, {a.statements}; "
+        # Thread 01 is the reactor's; the others are the store's writer and the thread pool.
+        print("   by thread: " + ", ".join(f"{t} {k / a.statements:,.0f}" for t, k in sorted(by_thread.items())))
+        print(f"{name:6} {per:12,.0f} instructions a statement (pgbench -S -M {MODE} -c {a.clients}, {a.statements}; "
               f"{len(dumps)} dump(s))", flush=True)
         if a.keep:
             print(f"   callgrind output: {dumps}")
@@ -165,6 +175,24 @@ def measure(name, cmd, port, user, db, a, env, work):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        if a.cprofile and (work / "hoopy.prof").exists():
+            cprofile_top(work / "hoopy.prof", a.statements + max(a.clients, a.statements // 4))
+
+
+def cprofile_top(path: Path, statements: int, n: int = 45):
+    """The reactor thread's functions (cProfile sees the main thread only), microseconds a
+    statement (warm-up included), by own time then by inclusive time."""
+    import pstats
+
+    st = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    rows = [(tt / statements * 1e6, ct / statements * 1e6, nc / statements, f"{Path(f).name}:{ln} {fn}")
+            for (f, ln, fn), (cc, nc, tt, ct, callers) in st.items()]
+    print(f"## cProfile (reactor thread), us a statement: own [inclusive] calls")
+    for own, incl, calls, what in sorted(rows, key=lambda r: -r[0])[:n]:
+        print(f"  {own:6.2f} [{incl:7.2f}] {calls:5.1f}  {what}")
+    print("## by inclusive")
+    for own, incl, calls, what in sorted(rows, key=lambda r: -r[1])[:n]:
+        print(f"  [{incl:7.2f}] {own:6.2f} {calls:5.1f}  {what}")
 
 
 def main():
@@ -175,9 +203,14 @@ def main():
     ap.add_argument("--cpu", action="store_true", help="CPU time from /proc instead of callgrind")
     ap.add_argument("--strace", action="store_true", help="with --cpu: count system calls a statement")
     ap.add_argument("--profile", action="store_true", help="with --cpu: py-spy each process, print the top")
+    ap.add_argument("--cprofile", action="store_true", help="with --cpu: cProfile the gateway's reactor thread")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (callgrind files)")
     ap.add_argument("--masking", action="store_true", help="an email pattern rule on the connection")
+    ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple",
+                    help="pgbench's protocol (-M)")
     a = ap.parse_args()
+    global MODE
+    MODE = a.mode
     work = Path(tempfile.mkdtemp(prefix="hoopy-pg-instr-"))
     db = f"hoopy_instr_{secrets.token_hex(3)}"
     token = new_token()

@@ -428,3 +428,37 @@ def test_settings_that_hide_or_weaken_the_server_are_admin():
               "SET row_security = off", "SET TRANSACTION SNAPSHOT '00000003-00000002-1'",
               "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY", "RESET ALL", "DISCARD ALL"):
         assert classify(q).classes == {"read"}, q
+
+
+def test_the_approval_form_is_made_late_from_the_values_of_the_moment():
+    """An operation's canonical form (what a retry-mode approval is bound to) is made only
+    when asked, yet from what was judged: the exact parameter bytes, every unit, the texts
+    behind an EXECUTE's name, as they were when the statement was judged."""
+    import json
+
+    from hoopy.postgres.classify import classify
+    from hoopy.postgres.client_side import ClientSide
+    from hoopy.postgres.scope import Scope
+
+    cs = ClientSide(MaskRules(), max_statement=1 << 20, scope=Scope.default())
+    c = classify("SELECT * FROM t WHERE a = $1", Scope.default())
+    params = ["7"]
+    op = cs._operation("SELECT * FROM t WHERE a = $1", c, params, (b"7",))
+    params[0] = "8"
+    def inner(o):
+        protocol, kind, exact = json.loads(o.canonical_form())
+        assert (protocol, kind) == ("postgres", "statement")
+        return json.loads(exact)
+
+    assert inner(op) == ["SELECT * FROM t WHERE a = $1", [b"7".hex()], ["read public.t"]]
+    values = ["1"]
+    text = cs._operation("SELECT * FROM t WHERE a = 1", classify("SELECT * FROM t WHERE a = 1", Scope.default()),
+                         params=values)
+    values[0] = "2"
+    assert inner(text)[1] == ["1"]
+    cs.prepared["p"] = (classify("PREPARE p AS DELETE FROM t WHERE id = 1").prepares[0][1],)
+    cs.prepared_sql["p"] = ("PREPARE p AS DELETE FROM t WHERE id = 1",)
+    ex = cs._operation("EXECUTE p", classify("EXECUTE p", Scope.default()))
+    cs.prepared_sql["p"] = ("PREPARE p AS DELETE FROM t",)  # prepared again after it was judged
+    assert inner(ex)[3] == [["p", ["PREPARE p AS DELETE FROM t WHERE id = 1"], None]]
+    assert "write public.t" in inner(ex)[2]

@@ -96,6 +96,43 @@ def test_deny_by_default_and_per_identity_and_connection():
     assert "no grant allows exec uptime" in p.judge("other", "web", exec_op("uptime")).reason
 
 
+def test_remembered_judgements_end_with_the_grant_that_made_them():
+    # The policy remembers a judgement per identity, connection and units: it must not
+    # outlive the grant it came from, nor a deny rule that has expired come back unseen.
+    t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    clock = [t0]
+    allow = grant("web", allow=["exec uptime"], expires=t0 + timedelta(seconds=10))
+    deny = grant("web", allow=["exec *"], deny=["exec reboot"], expires=t0 + timedelta(seconds=5))
+    later = grant("web", allow=["exec df *"])
+    p = policy(allow, deny, later, now=lambda: clock[0])
+    seen = [(p.judge("agent", "web", exec_op(c)).outcome, p.judge("agent", "web", exec_op(c)).outcome)
+            for c in ("uptime", "reboot", "df -h")]
+    assert seen == [("allow", "allow"), ("deny", "deny"), ("allow", "allow")]
+    clock[0] = t0 + timedelta(seconds=5)  # the deny rule's grant (and its exec *) expire
+    assert p.judge("agent", "web", exec_op("reboot")).outcome == "deny"  # no grant allows it now
+    assert p.judge("agent", "web", exec_op("ls")).outcome == "deny"
+    assert p.judge("agent", "web", exec_op("uptime")).outcome == "allow"
+    clock[0] = t0 + timedelta(seconds=10)
+    assert p.judge("agent", "web", exec_op("uptime")).outcome == "deny"
+    assert p.judge("agent", "web", exec_op("df -h")).outcome == "allow"
+    clock[0] = t0 + timedelta(seconds=1)  # the clock set back: the grants are in force again
+    assert p.judge("agent", "web", exec_op("uptime")).outcome == "allow"
+    assert p.judge("agent", "web", exec_op("ls")).outcome == "allow"
+    assert p.judge("agent", "web", exec_op("reboot")).outcome == "deny"
+    # Another identity or connection is judged by its own grants.
+    assert p.judge("other", "web", exec_op("uptime")).outcome == "deny"
+    assert p.judge("agent", "db", exec_op("uptime")).outcome == "deny"
+
+
+def test_remembered_parts_are_the_callers_own():
+    p = policy(grant("db", allow=["read public.a", "read public.b"], proto="postgres"))
+    op = Operation("postgres", "statement", "SELECT", (pg_table_unit("read", "public", "a"),
+                                                       pg_table_unit("read", "public", "b")))
+    first = p.judge("agent", "db", op)
+    first.parts[0]["outcome"] = "tampered"
+    assert [x["outcome"] for x in p.judge("agent", "db", op).parts] == ["allow", "allow"]
+
+
 def test_expired_grants_do_not_exist():
     now = datetime(2026, 6, 1, tzinfo=timezone.utc)
     g = grant("web", allow=["exec uptime"], expires=now)
@@ -255,3 +292,17 @@ def test_postgres_catalog_views_and_functions_that_expose_others_need_a_rule_nam
                      None, 0))
     assert p.judge("agent", "db", pg_op(Unit("read", "pg_catalog.pg_stat_activity"))).outcome == "deny"
     assert p.judge("agent", "db", pg_op(Unit("admin", "pg_catalog.pg_read_file()"))).outcome == "deny"
+
+
+def test_tool_calls_with_other_arguments_are_judged_anew():
+    # A ToolUnit's arguments are not part of its equality: a remembered judgement of
+    # `run command=ls` must never answer `run command=rm -rf /`.
+    from hoopy.mcp.rules import ToolUnit
+
+    p = policy(grant("mcp", allow=["tool run command=ls*"], proto="mcp"))
+
+    def call(cmd):
+        u = ToolUnit("tool", "run", args={"command": cmd})
+        return p.judge("agent", "mcp", Operation("mcp", "tool", f"tools/call run {cmd}", (u,))).outcome
+
+    assert [call("ls -l"), call("rm -rf /"), call("ls"), call("rm -rf /")] == ["allow", "deny", "allow", "deny"]

@@ -52,7 +52,8 @@ class Operation:
     # What makes two operations "the same" for a one-time approval (retry mode): the
     # protocol sets it where it knows better than the default (see ``canonical_form``),
     # with ``Operation.canonical_of(...)``.
-    canonical: str | None = attrs.field(default=None, eq=False, kw_only=True)
+    # (Or a function giving it: only an approval asks for it, and most operations need none.)
+    canonical: str | Callable[[], str] | None = attrs.field(default=None, eq=False, kw_only=True)
 
     @classmethod
     def single(cls, protocol: str, kind: str, text: str, subject: str | None = None, *,
@@ -70,7 +71,8 @@ class Operation:
         not shortened: a protocol that shortens them (long SQL, large parameters) sets
         ``canonical`` from the full values."""
         if self.canonical is not None:
-            return canonical_json([self.protocol, self.kind, self.canonical])
+            exact = self.canonical if isinstance(self.canonical, str) else self.canonical()
+            return canonical_json([self.protocol, self.kind, exact])
         # (Not ``caused_by``: which tool call sent it does not make it another operation, and an
         # agent's retry comes from a new call.)
         detail = {k: v for k, v in self.detail.items() if k != "caused_by"}

@@ -17,12 +17,18 @@ from twisted.logger import Logger
 
 from hoopy.audit.store import StoreError
 from hoopy.policy.approvals import ApprovalService, _describe
+from hoopy.policy.rules import Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold, Judgement
 from hoopy.units import format_duration
 
 log = Logger()
 
 STORE_DOWN = "refused: the audit store cannot record this operation"
+MEMO_MAX = 1024  # judgements remembered per identity and connection
+# Only small operations are remembered, so the memo stays small whatever callers send (at most
+# about MEMO_MAX * MEMO_UNITS * 2 * MEMO_TEXT characters per identity and connection: ~8 MB).
+MEMO_UNITS = 8
+MEMO_TEXT = 512
 
 __all__ = ["Allow", "Deny", "Hold", "Judgement", "PolicyService", "STORE_DOWN"]
 
@@ -38,11 +44,39 @@ class PolicyService:
         self.connections = config.connections
         self.default_ttl = getattr(config.gateway, "approval_ttl", 900.0)
         self._grants: dict[tuple[str, str], list] = {}
+        # (identity, connection) -> (valid from, valid until or None, {units: Judgement})
+        self._memo: dict[tuple[str, str], tuple] = {}
         for g in config.grants:
             self._grants.setdefault((g.identity, g.connection), []).append(g)
 
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
+        units = operation.units
+        if not units or len(units) > MEMO_UNITS or not all(
+                type(u) is Unit and len(u.subject or "") <= MEMO_TEXT and len(u.key or "") <= MEMO_TEXT
+                for u in units):
+            # Only a plain Unit is all its fields, each part of its hash: a subclass may carry
+            # what rules read outside them (an MCP ToolUnit's arguments).
+            return self._judge(identity, connection, operation, now)
+        # The same units judged again by the same grants get the same answer: remembered per
+        # identity and connection while no grant of theirs expires (nor the clock goes back).
+        key = (identity, connection)
+        memo = self._memo.get(key)
+        if memo is None or now < memo[0] or (memo[1] is not None and now >= memo[1]):
+            ends = [g.expires for g in self._grants.get(key, ()) if g.expires is not None and g.expires > now]
+            memo = self._memo[key] = (now, min(ends, default=None), {})
+        known = memo[2]
+        j = known.get(units)
+        if j is None:
+            j = self._judge(identity, connection, operation, now)
+            if len(known) >= MEMO_MAX:
+                known.clear()
+            known[units] = j
+        if j.parts:  # (a caller may keep them in an event: its own copies)
+            j = attrs.evolve(j, parts=tuple(dict(p) for p in j.parts))
+        return j
+
+    def _judge(self, identity: str, connection: str, operation, now) -> Judgement:
         grants = [g for g in self._grants.get((identity, connection), ()) if not g.expired(now)]
         judged = [(unit, _judge_unit(grants, unit)) for unit in operation.units]
         parts: tuple[dict[str, str | None], ...] = ()

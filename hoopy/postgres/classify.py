@@ -13,6 +13,7 @@ cached per shape and scope.
 """
 from __future__ import annotations
 
+import json
 import threading
 from typing import TYPE_CHECKING
 
@@ -22,8 +23,8 @@ from hoopy.policy.rules import Unit
 from hoopy.postgres import functions
 from hoopy.postgres.rules import object_name, pg_table_unit
 from hoopy.postgres.scope import CATALOG, DEFAULT, Scope
-from hoopy.postgres import sqltree
-from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy
+from hoopy.postgres import sqltext, sqltree
+from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy, parse_sql_json
 from hoopy.postgres.walk import ANY_OBJECT, CopyTarget, Parsed, walk
 
 if TYPE_CHECKING:  # twisted is imported where it runs: the classifier itself is pure
@@ -60,6 +61,7 @@ class Classified:
 # --- the shape cache ---------------------------------------------------------------
 
 _SHAPES: dict = {}
+_TEXTS: dict = {}  # sqltext.key(text) -> the Parsed its shape gave (cacheable ones only)
 _SHAPES_MAX = 4096
 _SHAPE_MAX = 4096  # characters of a shape worth keeping (at most 16 MB of keys)
 _lock = threading.Lock()
@@ -70,7 +72,48 @@ def parse_statement(sql: str, inline: bool = False) -> Parsed:
     the parse tree itself with constants' values left out (``aid = 1`` and
     ``aid = 2`` share one), so the key is exactly what the walk reads but for
     those values; a statement whose meaning depends on a value is never cached
-    (Parsed.cacheable). Linear in the statement's size."""
+    (Parsed.cacheable). Linear in the statement's size.
+
+    In front of it, a text of the plain subset ``sqltext`` admits is looked up by its
+    text with the literals' values left out, which skips the parser itself."""
+    tkey = sqltext.key(sql) if len(sql) <= _SHAPE_MAX else None
+    if tkey is not None:
+        p = _TEXTS.get(tkey)
+        if p is not None:
+            return p
+    p = _parse_shape(sql, inline)
+    if tkey is not None and p.cacheable and _literals_are_constants(sql):
+        with _lock:
+            if len(_TEXTS) >= _SHAPES_MAX:
+                _TEXTS.pop(next(iter(_TEXTS)), None)
+            _TEXTS[tkey] = p
+    return p
+
+
+def _literals_are_constants(sql: str) -> bool:
+    """Whether every literal the text key leaves out became a constant node where it stands.
+    Only then may texts that differ in those values share a Parsed: the grammar turns a literal
+    it reads for itself (a COPY option's string, the precision in ``float(25)``, a LANGUAGE
+    name) into no constant, and the shape keeps such a value, but the text key would not.
+    Once per new text key: it parses the text again, with positions."""
+    offsets = sqltext.literal_offsets(sql)
+    if not offsets:
+        return True
+    found = set()
+    stack = [json.loads(parse_sql_json(sql))]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            const = node.get("A_Const")
+            if isinstance(const, dict) and "location" in const:
+                found.add(const["location"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return all(any(o in found for o in places) for places in offsets)
+
+
+def _parse_shape(sql: str, inline: bool = False) -> Parsed:
     j = sqltree.folded(sql, inline)
     key = sqltree.shape(j) if len(j) <= 2 * _SHAPE_MAX else None
     if key is not None and len(key) <= _SHAPE_MAX:

@@ -466,15 +466,17 @@ class ClientSide(UpstreamReplies):
         detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
         if params is not None:
             detail["params"] = params
-        units = list(c.units)
-        for name in c.executes:
-            units.extend(self._prepared_units(name))
-        for oid in types:
-            # A parameter of a domain (or a type) whose conversion runs a VOLATILE function:
-            # the server converts the Bind's values to it (a CHECK constraint, a cast).
-            for fn in sorted(self.scope.type_oids.get(oid, ())):
-                units.append(Unit("write", object_name(*fn) + "()"))
-        units = tuple(dict.fromkeys(units))
+        units = c.units  # (distinct already)
+        if c.executes or types:
+            more = list(units)
+            for name in c.executes:
+                more.extend(self._prepared_units(name))
+            for oid in types:
+                # A parameter of a domain (or a type) whose conversion runs a VOLATILE function:
+                # the server converts the Bind's values to it (a CHECK constraint, a cast).
+                for fn in sorted(self.scope.type_oids.get(oid, ())):
+                    more.append(Unit("write", object_name(*fn) + "()"))
+            units = tuple(dict.fromkeys(more))
         # What a retry-mode approval is bound to: the whole SQL text, the parameters' exact bytes
         # (the recorded text and values may be shortened), and what the text means here: the
         # same text under another search path names other tables.
@@ -482,9 +484,13 @@ class ClientSide(UpstreamReplies):
         # one row, it must not run after p was prepared again to delete them all.
         bodies = [[name, list(self.prepared_sql.get(name, ())),
                    self.statements[name][0] if name in self.statements else None] for name in c.executes]
-        canonical = Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
-                                           if raw_params is not None else params, sorted(str(u) for u in units),
-                                           *([bodies] if bodies else []))
+        values = list(params) if raw_params is None and params is not None else None  # (as they are now)
+
+        def canonical() -> str:  # made only if an approval asks for it
+            return Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
+                                          if raw_params is not None else values, sorted(str(u) for u in units),
+                                          *([bodies] if bodies else []))
+
         if bodies:  # what the reviewer approves: the statements behind the names, not only "EXECUTE p"
             detail["prepared"] = [t[:MAX_SQL_RECORDED] for _, texts, proto in bodies
                                   for t in (*texts, *([proto] if proto is not None else [])) if t]
