@@ -25,6 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -33,6 +34,9 @@ from twisted.logger import Logger
 
 from hoopy.audit.chain import FIELDS_V2, NO_WRITES, canonical_json, link_v2
 from hoopy.audit.events import Event, StoredEvent
+
+if TYPE_CHECKING:
+    from hoopy.audit.signing import Signer
 
 log = Logger()
 
@@ -325,7 +329,7 @@ class BatchedStore:
         self.healthy = True
         self.on_error = None  # callable(exc): the metrics hook
         # Signing (hoopy.audit.signing.Signer), set before start; None: the chain is unsigned.
-        self.signer = None
+        self.signer: Signer | None = None
         self.anchor = None  # hoopy.audit.anchor.Anchor: receives every signed head
         self.sign_interval = 2.0  # events of this node stay unsigned at most about this long
         self.heartbeat = 60.0  # an idle node signs a heartbeat event this often
@@ -367,7 +371,7 @@ class BatchedStore:
 
     def append(self, event: Event, session: dict | None = None, approval: dict | None = None,
                expect_state: str | None = None) -> Deferred:
-        d = Deferred()
+        d: Deferred[StoredEvent] = Deferred()
         if self._stopped is not None or self._thread is None:
             d.errback(StoreError("the state store is closed"))
             return d
@@ -457,10 +461,11 @@ class BatchedStore:
         """Sign the head with an event of its own (nothing else to sign, or a tail left unsigned).
         If the store cannot write, the next try waits ``sign_interval``."""
         self._next_try = time.monotonic() + self.sign_interval
+        assert self.signer is not None  # callers: only when signing
         event = Event(kind=HEARTBEAT, outcome="ok", data={"key": self.signer.key_id, "why": why})
         # Its own Deferred, so a store that cannot write says so once (healthy turns False), not
         # "a trailing event was lost" every few seconds.
-        d = Deferred()
+        d: Deferred[StoredEvent] = Deferred()
         d.addErrback(lambda f: None)
         self._write([(event, canonical_json(event.data), None, None, None, d)], True)
 
