@@ -28,6 +28,7 @@ from hoopy.postgres.scope import SCOPE_QUERY, SCOPE_RESULTS, Scope
 from hoopy.postgres.startup import attribution, parse_options, passes_upstream, quote_option
 from hoopy.session import IN, OUT
 from hoopy.sockwrite import write_now
+from hoopy.transport import stream
 from hoopy.upstream import UpstreamError
 
 log = Logger()
@@ -117,18 +118,18 @@ class ClientProtocol(Protocol):
     def pause(self, reason: str):
         """Stop reading from the client until every reason to is gone."""
         if not self.paused_for:
-            self.transport.pauseProducing()
+            stream(self.transport).pauseProducing()
         self.paused_for.add(reason)
 
     def resume(self, reason: str):
         if reason in self.paused_for:
             self.paused_for.discard(reason)
             if not self.paused_for and not self.closed:
-                self.transport.resumeProducing()
+                stream(self.transport).resumeProducing()
 
     def fatal(self, code: str, message: str):
         if not self.closed:
-            self.transport.write(codec.error(code, message, "FATAL"))
+            stream(self.transport).write(codec.error(code, message, "FATAL"))
             self.close(message)
 
     def close(self, reason: str):
@@ -327,10 +328,11 @@ class ClientProtocol(Protocol):
             return
         if not counted:
             self.session.count_bytes(IN, len(data))
+        assert self.refusing is not None  # called only once _refuse_everything set it
         out, close = self.refusing.receive_data(data)
         if out:
             self.session.count_bytes(OUT, len(out))
-            self.transport.write(out)
+            stream(self.transport).write(out)
         if close:
             self.close(close)
 
@@ -363,7 +365,9 @@ class ClientProtocol(Protocol):
 
     def upstream_data(self, data: bytes):
         if not self.closed:
-            self.cs.receive_upstream(data)
+            cs = self.cs
+            assert cs is not None  # the upstream hands its bytes over only once _upstream_ready set it
+            cs.receive_upstream(data)
             self.run()
 
     def upstream_lost(self):
