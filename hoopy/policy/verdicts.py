@@ -15,6 +15,7 @@ class PendingApproval(Protocol):
     """What a protocol reads of a held approval (hoopy.policy.approvals.Approval)."""
 
     id: str
+    rule: str  # named in PostgreSQL's notice of the hold
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ messages wait in the reader meanwhile, and ``decided(verdict)`` resumes.
 from __future__ import annotations
 
 import collections
+from typing import Any
 
 import attrs
 
@@ -67,7 +68,7 @@ class ClientSide(UpstreamReplies):
         self.unsafe_settings: dict = {}  # server settings under which SQL may read otherwise
         self.marker_scan = MarkerScan()  # COPY FROM STDIN data
         self.copy_in_refused = False
-        self.last_classified = None  # (scope, sql, Classified): a Parse's, for its Bind
+        self.last_classified: tuple[Scope, str, Any] | None = None  # (scope, sql, Classified): a Parse's, for its Bind
         for k, v in (statuses or {}).items():
             self.parameter_status(k, v)
 
@@ -356,6 +357,7 @@ class ClientSide(UpstreamReplies):
             return
         self.state = State.READY
         j, self.pending = self.pending, None
+        assert j is not None  # PARSING: judge() left it pending
         self._judge(j, c)
         self.pump()
 
@@ -393,6 +395,7 @@ class ClientSide(UpstreamReplies):
         self.state = State.READY
         self.held = None
         j, self.pending = self.pending, None
+        assert j is not None  # JUDGING or HELD: _judge() left it pending
         if isinstance(verdict, Allow):
             if j.kind is not Kind.PARSE:  # a Parse runs nothing: what it changes, its Bind does
                 self._allowed(j.classified, j.sql)
@@ -425,6 +428,7 @@ class ClientSide(UpstreamReplies):
 
     def _proceed(self, j: Judging) -> None:
         c = j.classified
+        assert c is not None  # _judge() set it
         if j.kind is Kind.PARSE:
             return self._send_parse(j)
         if j.kind is Kind.QUERY:
@@ -436,6 +440,7 @@ class ClientSide(UpstreamReplies):
                 self.read_scope_if_due()
             return
         info = j.portal_info
+        assert info is not None  # a Bind's or an Execute's
         info.judged = True
         info.classified = c
         info.forget = c.deallocates
@@ -463,7 +468,7 @@ class ClientSide(UpstreamReplies):
         self.expect(ex)
 
     def _operation(self, sql: str, c, params=None, raw_params=None, types=()) -> Operation:
-        detail = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
+        detail: dict[str, Any] = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
         if params is not None:
             detail["params"] = params
         units = c.units  # (distinct already)
@@ -586,6 +591,7 @@ class ClientSide(UpstreamReplies):
         if self.state is State.READING_PATH:
             self.state = State.READY
             j, self.pending = self.pending, None
+            assert j is not None  # READING_PATH: judge() left it pending
             self.judge(j, read_path=e.error is None)
             self.pump()
 

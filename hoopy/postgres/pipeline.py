@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    from hoopy.postgres.classify import Classified
+    from hoopy.postgres.copy import BinaryCopyMasker
+    from hoopy.postgres.rows import CopyMask, RowPlan
 
 
 class State(enum.Enum):
@@ -60,17 +66,18 @@ class Expected:
         self.kind = kind
         self.raw = raw  # SYNTHETIC and ABORT: the bytes the client sees
         self.sql = sql
-        self.classified = classified
-        self.plan = None  # rows.RowPlan while a result is masked
+        self.classified: Classified | None = classified
+        self.plan: RowPlan | CopyMask | None = None  # while a result (or a COPY's lines) is masked
         self.rows = 0
         self.start = time.monotonic()
-        self.tag = None
-        self.error = None  # SQLSTATE of a failed statement
-        self.target = None  # PARSE/BIND/CLOSE: a name's undo; DESCRIBE_FOR_MASKING: (execute, portal)
-        self.copy = None  # copy.BinaryCopyMasker during a binary COPY TO STDOUT
+        self.tag: str | None = None
+        self.error: str | None = None  # SQLSTATE of a failed statement
+        # PARSE/BIND/CLOSE: a name's undo; DESCRIBE_FOR_MASKING: (execute, portal); SCOPE: the rows read
+        self.target: Any = None
+        self.copy: BinaryCopyMasker | None = None  # during a binary COPY TO STDOUT
         # Statement names (None: all) the server drops once this completes (DEALLOCATE,
         # DISCARD ALL, a Close): forgotten only then, never on a refused or skipped one.
-        self.forget = ()
+        self.forget: tuple[str | None, ...] = ()
 
 
 class Portal:
@@ -83,10 +90,10 @@ class Portal:
         self.params = params
         self.result_formats = result_formats
         self.judged = False
-        self.plan = None
-        self.classified = None
+        self.plan: RowPlan | None = None
+        self.classified: Classified | None = None
         self.executed = False  # an Execute went upstream (a later one resumes a suspended portal)
-        self.forget = ()  # statement names its DEALLOCATE drops, once its Execute completes
+        self.forget: tuple[str | None, ...] = ()  # statement names its DEALLOCATE drops, once its Execute completes
 
 
 @attrs.define
@@ -99,7 +106,7 @@ class Judging:
     message: bytes = b""  # the client's message payload (Bind, Execute)
     portal: str = ""  # (for a Parse: the statement's name)
     portal_info: Portal | None = None
-    classified: object = None
+    classified: Classified | None = None
     types: tuple = ()  # a Parse's parameter type OIDs
 
 
