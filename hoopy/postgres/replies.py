@@ -6,14 +6,16 @@ object, its two directions in two files.
 """
 from __future__ import annotations
 
+import collections
 import re
 import struct
 import time
+from typing import TYPE_CHECKING
 
 from hoopy.postgres import codec, wire
 from hoopy.postgres.copy import BinaryCopyMasker
 from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
-from hoopy.postgres.rows import CopyMask, RowPlan, redact_notations
+from hoopy.postgres.rows import CopyMask, MaskRules, RowPlan, redact_notations
 from hoopy.postgres.startup import lexing_unsafe
 
 # Before the first colon, quote (any language's: lc_messages) or non-ASCII letter.
@@ -26,13 +28,30 @@ _HI = struct.Struct("!ci")
 
 
 class UpstreamReplies:
+    # What it shares with the ClientSide it is mixed into (set in ClientSide.__init__).
+    ubuf: bytearray
+    to_client: list
+    queue: collections.deque
+    commands: list
+    rules: MaskRules
+    unsafe_settings: dict
+
+    if TYPE_CHECKING:  # ClientSide's, called from here
+        def fatal(self, code: str, message: str) -> None: ...
+
+        def flush_synthetic(self) -> None: ...
+
+        def forget_statements(self, names) -> None: ...
+
+        def scope_read(self, e: Expected) -> None: ...
+
     def receive_upstream(self, data: bytes) -> None:
         """One pass over what the server sent: whole messages that pass unchanged are
         copied out as runs of bytes; only the ones that matter to the gateway (the end
         of a statement, an error, what masking must see) are parsed."""
         if self.state in (State.CLOSED, State.ERROR):
             return
-        buf = self.ubuf
+        buf: bytes | bytearray = self.ubuf
         if buf:
             buf += data
         else:
@@ -104,6 +123,7 @@ class UpstreamReplies:
         elif buf is data:
             self.ubuf = bytearray(data[pos:])
         else:
+            assert isinstance(buf, bytearray)  # not data: self.ubuf, which data was appended to
             del buf[:pos]
 
     # Each handler returns True when the message passes to the client as it came (the
@@ -375,11 +395,14 @@ class UpstreamReplies:
         return plan
 
     def redactions(self, e: Expected) -> None:
-        s = e.plan.summary() if e.plan is not None else None
+        plan = e.plan
+        if plan is None:
+            return
+        s = plan.summary()
         if not s:
             return
         n = sum(s["columns"].values()) + sum(s["patterns"].values())
-        e.plan.columns, e.plan.patterns = {}, {}
+        plan.columns, plan.patterns = {}, {}
         self.commands.append(Redacted(n, {"sql": (e.sql or "")[:2000], **s}))
 
     def done(self, e: Expected) -> None:
