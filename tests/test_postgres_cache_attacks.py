@@ -1,4 +1,4 @@
-"""Attacks on the two caches of the pgcpu branch (attack-pgcpu).
+"""Attacks on the two caches in front of PostgreSQL judging: the text key and the policy's memo.
 
 1. ``sqltext.key`` in front of ``classify.parse_statement``: two texts with one key are served
    the Parsed of the first. Claimed sound because "the grammar never looks at a literal's value".
@@ -10,8 +10,10 @@
 2. ``PolicyService.judge``'s memo, keyed by the operation's units: units that compare equal but
    judge differently (an MCP ToolUnit's ``args`` is ``eq=False``) share one answer.
 
-Tests named ``test_hole_*`` fail on the pgcpu branch (5d11b17): each is a hole. Tests named
-``test_guard_*`` pass there: attacks that found nothing, kept as regression guards.
+Tests named ``test_closed_hole_*`` failed on the caches as first written: each was a hole, now closed
+(the text key kept only where every literal became a constant where it stands, ``classify.
+_literals_are_constants``; the memo for plain, small Units only). Tests named ``test_guard_*`` passed
+there too: attacks that found nothing, kept as regression guards.
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ COPY_PAIRS = [
 
 
 @pytest.mark.parametrize("first, second", COPY_PAIRS)
-def test_hole_copy_of_a_query_served_the_safe_delimiters_judgement(first, second):
+def test_closed_hole_copy_of_a_query_served_the_safe_delimiters_judgement(first, second):
     """HOLE (masking bypass). ``COPY (query) TO STDOUT (DELIMITER '@')`` is refused where
     patterns apply (copy_quoting: the server escapes '@' inside a value, the email pattern no
     longer sees the address). Sent after the same COPY with DELIMITER ',' it is served that
@@ -95,7 +97,7 @@ GRAMMAR_READS_THE_VALUE = [
 
 
 @pytest.mark.parametrize("first, second", GRAMMAR_READS_THE_VALUE)
-def test_hole_integer_values_the_grammar_reads(first, second):
+def test_closed_hole_integer_values_the_grammar_reads(first, second):
     """HOLE (low: no judgement found that differs). The claim "the grammar never looks at an
     integer literal's value" is false: ``float(25)`` is served the Parsed of ``float(5)`` (casts
     to pg_catalog.float4, not float8), ``float(0)`` / ``ALTER COLUMN 0`` (syntax errors) are
@@ -190,7 +192,7 @@ def _variants(sql):
             yield sql[:m.start()] + v + sql[m.end():]
 
 
-def test_hole_statements_of_one_key_get_another_statements_parsed():
+def test_closed_hole_statements_of_one_key_get_another_statements_parsed():
     """The strongest form over a corpus: for every admitted statement and every variant of one
     of its literals (same key), what parse_statement serves the variant after the statement
     is what a fresh parse of the variant gives. Fails on the COPY options and the float(p) /
@@ -385,7 +387,7 @@ def _copy_out(g, sql):
         return data
 
 
-def test_hole_gateway_copy_after_a_safe_delimiter_leaks_the_address(pg_gateway):
+def test_closed_hole_gateway_copy_after_a_safe_delimiter_leaks_the_address(pg_gateway):
     """HOLE (high: masking bypass through a real gateway). Alone, ``COPY (SELECT email FROM
     contacts) TO STDOUT (DELIMITER '@')`` is refused; after the same text with DELIMITER ','
     it runs and the address comes out as ``ann\\@example.com``, unmasked."""
@@ -418,7 +420,7 @@ def _tool(path):
     return Operation("mcp", "tool", "read_file", (ToolUnit("tool", "read_file", args={"path": path}),))
 
 
-def test_hole_mcp_tool_calls_with_other_arguments_share_one_judgement():
+def test_closed_hole_mcp_tool_calls_with_other_arguments_share_one_judgement():
     """HOLE (high: an argument-constrained grant or deny rule bypassed). ToolUnit's ``args`` is
     ``eq=False``: every call of one tool has equal (and equally hashed) units, so the memo
     answers a call with the judgement of the tool's first call, whatever its arguments."""
@@ -428,7 +430,7 @@ def test_hole_mcp_tool_calls_with_other_arguments_share_one_judgement():
     assert p.judge("agent", "m", _tool("/etc/passwd")).outcome == "deny"
 
 
-def test_hole_mcp_tool_approval_by_argument_is_skipped():
+def test_closed_hole_mcp_tool_approval_by_argument_is_skipped():
     p = _policy(_grant("m", "mcp", allow=["tool read_file"], approve=["tool read_file path=/secret/*"]))
     assert p.judge("agent", "m", _tool("/tmp/a")).outcome == "allow"
     assert p.judge("agent", "m", _tool("/secret/keys")).outcome == "approve"
@@ -518,7 +520,7 @@ def _post(world, msg, headers):
         return e.code, e.headers, e.read()
 
 
-def test_hole_gateway_mcp_call_with_a_path_outside_the_grant_runs(mcp_world):
+def test_closed_hole_gateway_mcp_call_with_a_path_outside_the_grant_runs(mcp_world):
     """HOLE (high, through a real gateway): `tool echo path=/srv/reports/*` allows reports only.
     After one allowed call, ``echo`` with path /etc/passwd reaches the MCP server."""
     auth = {"Authorization": f"Bearer {B.token}"}
@@ -539,7 +541,7 @@ def test_hole_gateway_mcp_call_with_a_path_outside_the_grant_runs(mcp_world):
     assert mcp_world.srv.calls[ran:] == [], mcp_world.srv.args[ran:]
 
 
-def test_hole_memo_keeps_every_large_operation_it_judged():
+def test_closed_hole_memo_keeps_every_large_operation_it_judged():
     """HOLE (medium: authenticated memory DoS). The memo keeps each judged operation's units and
     its Judgement's ``parts`` (a dict with a reason per unit) until MEMO_MAX (4096) entries per
     identity and connection, whatever their size. One 400 KB SQL text naming 20000 tables
