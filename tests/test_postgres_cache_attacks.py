@@ -262,7 +262,7 @@ def _vary(draw, sql):
     return _INTEGERS.sub(lambda m: draw(st.sampled_from(["0", "5", "31337", "999999999", "000000000"])), sql)
 
 
-@settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(near_plain_sql(), st.data())
 def test_guard_one_key_is_one_token_sequence_but_for_literal_values(sql, data):
     """Guard (passes): key(a) == key(b) implies the server's lexer reads the same tokens but
