@@ -240,3 +240,15 @@ def admin_sql(sql: str, db: str = "postgres") -> str:
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
+
+
+def pg_connection(port: int, db: str) -> str:
+    """A `[connections.pg]` table for a hoopy.toml: a gateway on 127.0.0.1:``port`` in front of
+    the local PostgreSQL's ``db`` as its superuser, plain TCP. More keys of the table may follow."""
+    return f'''[connections.pg]
+type = "postgres"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "tcp:host=127.0.0.1:port=5432"
+upstream_user = "postgres"
+upstream_database = "{db}"
+upstream_tls = "disable"'''

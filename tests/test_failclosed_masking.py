@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from tests.support import admin_sql, free_port, ident
+from tests.support import admin_sql, free_port, ident, pg_connection
 
 psycopg = pytest.importorskip("psycopg")
 asyncpg = pytest.importorskip("asyncpg")
@@ -43,13 +43,7 @@ def database():
 def body(db, port, columns):
     cols = ", ".join(f'"{c}"' for c in columns)
     return AGENT.toml() + f"""
-[connections.pg]
-type = "postgres"
-listen = "tcp:{port}:interface=127.0.0.1"
-upstream = "tcp:host=127.0.0.1:port=5432"
-upstream_user = "postgres"
-upstream_database = "{db}"
-upstream_tls = "disable"
+{pg_connection(port, db)}
 
 [[grants]]
 identity = "fc-agent"

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from hoopy.postgres import codec, scram
-from tests.support import HoopyProcess, admin_sql, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident, pg_connection
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -70,13 +70,7 @@ def g(tmp_path_factory):
     port = free_port()
     body = (AGENT.toml() + APPROVED.toml() + COPIER.toml() + CALLER.toml()
             + REVIEWER.toml(kind="human", roles=["reviewer"]) + f"""
-[connections.pg]
-type = "postgres"
-listen = "tcp:{port}:interface=127.0.0.1"
-upstream = "tcp:host=127.0.0.1:port=5432"
-upstream_user = "postgres"
-upstream_database = "{db}"
-upstream_tls = "disable"
+{pg_connection(port, db)}
 approvals = "retry"
 
 [[grants]]

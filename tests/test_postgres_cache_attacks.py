@@ -333,7 +333,7 @@ def test_guard_the_cached_parsed_is_resolved_in_each_sessions_own_scope():
 
 # --- through a real gateway: the COPY hole leaks a masked address ----------------------------
 
-from tests.support import HoopyProcess, admin_sql, free_port, ident  # noqa: E402
+from tests.support import HoopyProcess, admin_sql, free_port, ident, pg_connection  # noqa: E402
 
 AGENT = ident("agent")
 MAIL = "ann@example.com"
@@ -347,13 +347,7 @@ def pg_gateway(tmp_path_factory):
         admin_sql(f"CREATE TABLE contacts (id int, email text); INSERT INTO contacts VALUES (1, '{MAIL}');", db)
         port = free_port()
         body = AGENT.toml() + f"""
-[connections.pg]
-type = "postgres"
-listen = "tcp:{port}:interface=127.0.0.1"
-upstream = "tcp:host=127.0.0.1:port=5432"
-upstream_user = "postgres"
-upstream_database = "{db}"
-upstream_tls = "disable"
+{pg_connection(port, db)}
 
 [[grants]]
 identity = "agent"

@@ -12,7 +12,7 @@ import secrets
 
 import pytest
 
-from tests.support import HoopyProcess, admin_sql, free_port, ident
+from tests.support import HoopyProcess, admin_sql, free_port, ident, pg_connection
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -40,13 +40,7 @@ def g(tmp_path_factory):
     admin_sql(SCHEMA, db)
     port = free_port()
     body = AGENT.toml() + f"""
-[connections.pg]
-type = "postgres"
-listen = "tcp:{port}:interface=127.0.0.1"
-upstream = "tcp:host=127.0.0.1:port=5432"
-upstream_user = "postgres"
-upstream_database = "{db}"
-upstream_tls = "disable"
+{pg_connection(port, db)}
 
 [[grants]]
 identity = "agent"
