@@ -17,7 +17,7 @@ import attrs
 if TYPE_CHECKING:
     from hoopy.postgres.classify import Classified
     from hoopy.postgres.copy import BinaryCopyMasker
-    from hoopy.postgres.rows import CopyMask, RowPlan
+    from hoopy.postgres.rowplan import CopyMask, RowPlan
 
 
 class State(enum.Enum):

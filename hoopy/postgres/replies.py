@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING
 from hoopy.postgres import codec, wire
 from hoopy.postgres.copy import BinaryCopyMasker
 from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
-from hoopy.postgres.rows import CopyMask, MaskRules, RowPlan, redact_notations
+from hoopy.postgres.rowplan import CopyMask, RowPlan
+from hoopy.postgres.rows import MaskRules
+from hoopy.postgres.values import redact_notations
 from hoopy.postgres.startup import lexing_unsafe
 
 # Before the first colon, quote (any language's: lc_messages) or non-ASCII letter.
