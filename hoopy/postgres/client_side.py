@@ -30,6 +30,14 @@ from hoopy.postgres.startup import quote_ident
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
 ABORT_PORTAL = "hoopy refused this statement"  # no such portal: Execute of it fails
+# Python 3.11 reads an Enum member (``State.READY``) through EnumType's ``__getattr__`` hook, at
+# five times a global's cost: what every statement reads is read from these.
+_READY, _JUDGING, _HELD = State.READY, State.JUDGING, State.HELD
+_STOPPED = (State.CLOSED, State.ERROR)
+_WAITING = (State.PARSING, State.READING_PATH, State.JUDGING, State.HELD)
+_DECIDING = (State.JUDGING, State.HELD)
+_SKIP_NO, _SKIP_UPSTREAM = Skip.NO, Skip.UPSTREAM
+_QUERY, _PARSE, _EXECUTE, _SYNC, _SYNTHETIC = Kind.QUERY, Kind.PARSE, Kind.EXECUTE, Kind.SYNC, Kind.SYNTHETIC
 
 
 _EXTENDED = (wire.PARSE, wire.BIND, wire.DESCRIBE, wire.EXECUTE, wire.CLOSE, wire.FLUSH)
@@ -70,7 +78,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
 
     @property
     def waiting(self) -> bool:
-        return self.state in (State.PARSING, State.READING_PATH, State.JUDGING, State.HELD)
+        return self.state in _WAITING
 
     @property
     def busy(self) -> bool:
@@ -79,7 +87,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
 
     # --- the client's messages ------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
-        if self.state in (State.CLOSED, State.ERROR):
+        if self.state in _STOPPED:
             return
         self.reader.feed(data)
         self.pump()
@@ -88,7 +96,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
         """Handle the client's messages until one must wait for a decision."""
         reader = self.reader
         try:
-            while self.state is State.READY:
+            while self.state is _READY:
                 m = reader.next()
                 if m is None:
                     return
@@ -99,7 +107,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
                 if t == wire.TERMINATE:
                     self.close("client terminated")
                     return
-                if self.skip is not Skip.NO and t != wire.SYNC:
+                if self.skip is not _SKIP_NO and t != wire.SYNC:
                     # After an error the server ignores every message (Query too) up to Sync,
                     # and answers none: so does the gateway.
                     continue
@@ -133,7 +141,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             self.ext_open = True  # an extended-protocol batch until its Sync
 
     def expect(self, e: Expected) -> None:
-        if self.skip is Skip.UPSTREAM and e.kind not in (Kind.SYNC, Kind.ABORT_SYNC, Kind.SYNTHETIC):
+        if self.skip is _SKIP_UPSTREAM and e.kind not in (_SYNC, Kind.ABORT_SYNC, _SYNTHETIC):
             # Sent while the server skips to Sync after an error (a held statement approved
             # meanwhile): ignored upstream, so no reply is coming.
             if e.kind in (Kind.EXECUTE, Kind.QUERY) and e.sql is not None:
@@ -141,12 +149,12 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
                 self.done(e)
             return
         self.queue.append(e)
-        if e.kind is Kind.SYNTHETIC and len(self.queue) == 1:
+        if e.kind is _SYNTHETIC and len(self.queue) == 1:
             self.flush_synthetic()
 
     def flush_synthetic(self) -> None:
         q = self.queue
-        while q and q[0].kind is Kind.SYNTHETIC:
+        while q and q[0].kind is _SYNTHETIC:
             self.to_client.append(q.popleft().raw)
 
     def record(self, kind: str, outcome: str | None, **data) -> None:
@@ -158,7 +166,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             sql = codec.parse_query(p)
         except codec.NotUtf8 as e:
             return self._not_utf8(e, p, Kind.QUERY)
-        self.judge(Judging(Kind.QUERY, sql))
+        self.judge(Judging(_QUERY, sql))
 
     def _parse(self, p: bytes) -> None:
         try:
@@ -367,9 +375,9 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
         j.classified = masking
         if not c.statements:
             return self._proceed(j)  # an empty query: nothing runs
-        self.state = State.JUDGING
+        self.state = _JUDGING
         self.pending = j
-        if j.kind is Kind.PARSE:
+        if j.kind is _PARSE:
             # Only whether it could be allowed: nothing runs yet, and the Bind is decided
             # (and recorded) with its parameters.
             self.commands.append(Check(self._operation(j.sql, c, types=j.types), self.parse_refusal(c, j.sql)))
@@ -379,7 +387,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
 
     def decided(self, verdict) -> None:
         """The answer to a Decide command (and later to a Hold's resolution)."""
-        if self.state not in (State.JUDGING, State.HELD):
+        if self.state not in _DECIDING:
             return
         if isinstance(verdict, Hold):
             self.state = State.HELD
@@ -388,12 +396,12 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
                 f"hoopy: held for approval {verdict.id} (rule {verdict.approval.rule!r}); waiting for a reviewer",
                 detail=f"approve with: hoopy approve {verdict.id}"))
             return
-        self.state = State.READY
+        self.state = _READY
         self.held = None
         j, self.pending = self.pending, None
         assert j is not None  # JUDGING or HELD: _judge() left it pending
         if isinstance(verdict, Allow):
-            if j.kind is not Kind.PARSE:  # a Parse runs nothing: what it changes, its Bind does
+            if j.kind is not _PARSE:  # a Parse runs nothing: what it changes, its Bind does
                 self._allowed(j.classified, j.sql)
             self._proceed(j)
         else:
@@ -425,11 +433,11 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
     def _proceed(self, j: Judging) -> None:
         c = j.classified
         assert c is not None  # _judge() set it
-        if j.kind is Kind.PARSE:
+        if j.kind is _PARSE:
             return self._send_parse(j)
-        if j.kind is Kind.QUERY:
+        if j.kind is _QUERY:
             self.forward(wire.QUERY, codec.cstr(j.sql))
-            e = Expected(Kind.QUERY, sql=j.sql, classified=c)
+            e = Expected(_QUERY, sql=j.sql, classified=c)
             e.forget = c.deallocates
             self.expect(e)
             if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
@@ -440,7 +448,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
         info.judged = True
         info.classified = c
         info.forget = c.deallocates
-        if j.kind is Kind.EXECUTE:
+        if j.kind is _EXECUTE:
             return self.send_execute(info, j.portal, j.message)
         prev = self.portals.get(j.portal)
         self.portals[j.portal] = info
@@ -451,7 +459,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
 
     def send_execute(self, info: Portal, portal: str, p: bytes) -> None:
         describe, info.executed = self.rules.active and not info.executed, True  # only the first
-        ex = Expected(Kind.EXECUTE, sql=info.sql, classified=info.classified)
+        ex = Expected(_EXECUTE, sql=info.sql, classified=info.classified)
         ex.plan = info.plan
         ex.forget, info.forget = info.forget, ()  # once: a second Execute of a done portal runs nothing
         if describe:

@@ -52,6 +52,11 @@ class Kind(enum.Enum):
     SYNTHETIC = "synthetic"  # the gateway's own reply, sent when it reaches the head
     SCOPE = "scope"  # the gateway's own query for the search path (hoopy/postgres/scope.py): not forwarded
 
+    # Enum's own __hash__ is a Python function (hash of the name); members are singletons equal
+    # only to themselves, so identity hashes alike, in C (replies.py looks a handler up by kind
+    # for every reply).
+    __hash__ = object.__hash__
+
 
 STATEMENTS = (Kind.QUERY, Kind.EXECUTE)
 

@@ -13,6 +13,8 @@ from hoopy.postgres import codec, wire
 from hoopy.postgres.pipeline import Expected, Judging, Kind, Skip, State
 from hoopy.postgres.scope import SCOPE_QUERY, Scope
 
+_SKIP_NO = Skip.NO  # (as a global: see client_side.py)
+
 
 class SearchPath:
     # What it shares with the ClientSide it is mixed into (set in ClientSide.__init__).
@@ -43,7 +45,7 @@ class SearchPath:
     def read_scope_if_due(self) -> None:
         """Send SCOPE_QUERY upstream if the path must be read and the upstream is between
         statements (after a Query or a Sync, before a Parse)."""
-        if not self.scope_due or self.scope_reading is not None or self.ext_open or self.skip is not Skip.NO:
+        if not self.scope_due or self.scope_reading is not None or self.ext_open or self.skip is not _SKIP_NO:
             return
         if self.tx_status == wire.IN_FAILED_TRANSACTION:
             # Every query fails until the transaction ends (ROLLBACK needs no name looked up):
