@@ -427,16 +427,19 @@ class BatchedStore:
             urgent = item[-1] is not None
             stop_after = False
             deadline = None
+            q = self._queue
             while len(batch) < self.max_batch:
                 try:
                     if urgent:
-                        nxt = self._queue.get_nowait()
+                        if q.empty():
+                            break  # (this thread alone takes from the queue: no Empty raised and caught per batch)
+                        nxt = q.get_nowait()
                     else:
                         # Only trailing events so far: wait a moment for one
                         # someone waits on, and share its flush.
                         if deadline is None:
                             deadline = time.monotonic() + self.linger
-                        nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                        nxt = q.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if nxt is _STOP:

@@ -6,40 +6,44 @@
 for a decision, record an event, close) in ``commands``. A statement waits
 for its decision in a named state (JUDGING, HELD): the client's further
 messages wait in the reader meanwhile, and ``decided(verdict)`` resumes.
+What a statement is judged as is hoopy/postgres/operations.py; the search
+path's upkeep, hoopy/postgres/search_path.py (mixins, one object).
 """
 from __future__ import annotations
 
 import collections
 from typing import Any
 
-import attrs
-
-from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.postgres import codec, guards, wire
-from hoopy.postgres.classify import INLINE_SQL, ANY_OBJECT, ClassifyError, Heavy, classify_or_error, resolve
+from hoopy.postgres.classify import INLINE_SQL, ClassifyError, Heavy, classify_or_error
 from hoopy.postgres.copy import MarkerScan
+from hoopy.postgres.operations import MAX_SQL_RECORDED, StatementOperations
 from hoopy.postgres.params import decode_param
 from hoopy.postgres.pipeline import (
     Check, Classify, Close, Decide, Expected, Judging, Kind, Portal, Record, Skip, State)
 from hoopy.postgres.replies import UpstreamReplies
-from hoopy.postgres.scope import SCOPE_QUERY, Scope
-from hoopy.postgres.rules import object_name
+from hoopy.postgres.scope import Scope
+from hoopy.postgres.search_path import SearchPath
 from hoopy.postgres.startup import quote_ident
 
-MAX_SQL_RECORDED = 100_000
 MAX_CLIENT_MESSAGE = 256 * 1024 * 1024
 ABORT_SQL = "SELECT 1/0 AS hoopy_refused_this_statement"  # fails: aborts the upstream transaction
 ABORT_PORTAL = "hoopy refused this statement"  # no such portal: Execute of it fails
-# Catalog views holding sample values of columns (histograms, most common values).
-STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
-    "pg_stats", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic", "pg_statistic_ext_data"))
+# Python 3.11 reads an Enum member (``State.READY``) through EnumType's ``__getattr__`` hook, at
+# five times a global's cost: what every statement reads is read from these.
+_READY, _JUDGING, _HELD = State.READY, State.JUDGING, State.HELD
+_STOPPED = (State.CLOSED, State.ERROR)
+_WAITING = (State.PARSING, State.READING_PATH, State.JUDGING, State.HELD)
+_DECIDING = (State.JUDGING, State.HELD)
+_SKIP_NO, _SKIP_UPSTREAM = Skip.NO, Skip.UPSTREAM
+_QUERY, _PARSE, _EXECUTE, _SYNC, _SYNTHETIC = Kind.QUERY, Kind.PARSE, Kind.EXECUTE, Kind.SYNC, Kind.SYNTHETIC
 
 
 _EXTENDED = (wire.PARSE, wire.BIND, wire.DESCRIBE, wire.EXECUTE, wire.CLOSE, wire.FLUSH)
 
 
-class ClientSide(UpstreamReplies):
+class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
     def __init__(self, rules, *, max_statement: int, scope: Scope | None = None, statuses=None):
         self.state = State.READY
         self.skip = Skip.NO
@@ -74,7 +78,7 @@ class ClientSide(UpstreamReplies):
 
     @property
     def waiting(self) -> bool:
-        return self.state in (State.PARSING, State.READING_PATH, State.JUDGING, State.HELD)
+        return self.state in _WAITING
 
     @property
     def busy(self) -> bool:
@@ -83,7 +87,7 @@ class ClientSide(UpstreamReplies):
 
     # --- the client's messages ------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
-        if self.state in (State.CLOSED, State.ERROR):
+        if self.state in _STOPPED:
             return
         self.reader.feed(data)
         self.pump()
@@ -92,7 +96,7 @@ class ClientSide(UpstreamReplies):
         """Handle the client's messages until one must wait for a decision."""
         reader = self.reader
         try:
-            while self.state is State.READY:
+            while self.state is _READY:
                 m = reader.next()
                 if m is None:
                     return
@@ -103,7 +107,7 @@ class ClientSide(UpstreamReplies):
                 if t == wire.TERMINATE:
                     self.close("client terminated")
                     return
-                if self.skip is not Skip.NO and t != wire.SYNC:
+                if self.skip is not _SKIP_NO and t != wire.SYNC:
                     # After an error the server ignores every message (Query too) up to Sync,
                     # and answers none: so does the gateway.
                     continue
@@ -137,7 +141,7 @@ class ClientSide(UpstreamReplies):
             self.ext_open = True  # an extended-protocol batch until its Sync
 
     def expect(self, e: Expected) -> None:
-        if self.skip is Skip.UPSTREAM and e.kind not in (Kind.SYNC, Kind.ABORT_SYNC, Kind.SYNTHETIC):
+        if self.skip is _SKIP_UPSTREAM and e.kind not in (_SYNC, Kind.ABORT_SYNC, _SYNTHETIC):
             # Sent while the server skips to Sync after an error (a held statement approved
             # meanwhile): ignored upstream, so no reply is coming.
             if e.kind in (Kind.EXECUTE, Kind.QUERY) and e.sql is not None:
@@ -145,12 +149,12 @@ class ClientSide(UpstreamReplies):
                 self.done(e)
             return
         self.queue.append(e)
-        if e.kind is Kind.SYNTHETIC and len(self.queue) == 1:
+        if e.kind is _SYNTHETIC and len(self.queue) == 1:
             self.flush_synthetic()
 
     def flush_synthetic(self) -> None:
         q = self.queue
-        while q and q[0].kind is Kind.SYNTHETIC:
+        while q and q[0].kind is _SYNTHETIC:
             self.to_client.append(q.popleft().raw)
 
     def record(self, kind: str, outcome: str | None, **data) -> None:
@@ -162,7 +166,7 @@ class ClientSide(UpstreamReplies):
             sql = codec.parse_query(p)
         except codec.NotUtf8 as e:
             return self._not_utf8(e, p, Kind.QUERY)
-        self.judge(Judging(Kind.QUERY, sql))
+        self.judge(Judging(_QUERY, sql))
 
     def _parse(self, p: bytes) -> None:
         try:
@@ -371,9 +375,9 @@ class ClientSide(UpstreamReplies):
         j.classified = masking
         if not c.statements:
             return self._proceed(j)  # an empty query: nothing runs
-        self.state = State.JUDGING
+        self.state = _JUDGING
         self.pending = j
-        if j.kind is Kind.PARSE:
+        if j.kind is _PARSE:
             # Only whether it could be allowed: nothing runs yet, and the Bind is decided
             # (and recorded) with its parameters.
             self.commands.append(Check(self._operation(j.sql, c, types=j.types), self.parse_refusal(c, j.sql)))
@@ -383,7 +387,7 @@ class ClientSide(UpstreamReplies):
 
     def decided(self, verdict) -> None:
         """The answer to a Decide command (and later to a Hold's resolution)."""
-        if self.state not in (State.JUDGING, State.HELD):
+        if self.state not in _DECIDING:
             return
         if isinstance(verdict, Hold):
             self.state = State.HELD
@@ -392,12 +396,12 @@ class ClientSide(UpstreamReplies):
                 f"hoopy: held for approval {verdict.id} (rule {verdict.approval.rule!r}); waiting for a reviewer",
                 detail=f"approve with: hoopy approve {verdict.id}"))
             return
-        self.state = State.READY
+        self.state = _READY
         self.held = None
         j, self.pending = self.pending, None
         assert j is not None  # JUDGING or HELD: _judge() left it pending
         if isinstance(verdict, Allow):
-            if j.kind is not Kind.PARSE:  # a Parse runs nothing: what it changes, its Bind does
+            if j.kind is not _PARSE:  # a Parse runs nothing: what it changes, its Bind does
                 self._allowed(j.classified, j.sql)
             self._proceed(j)
         else:
@@ -429,11 +433,11 @@ class ClientSide(UpstreamReplies):
     def _proceed(self, j: Judging) -> None:
         c = j.classified
         assert c is not None  # _judge() set it
-        if j.kind is Kind.PARSE:
+        if j.kind is _PARSE:
             return self._send_parse(j)
-        if j.kind is Kind.QUERY:
+        if j.kind is _QUERY:
             self.forward(wire.QUERY, codec.cstr(j.sql))
-            e = Expected(Kind.QUERY, sql=j.sql, classified=c)
+            e = Expected(_QUERY, sql=j.sql, classified=c)
             e.forget = c.deallocates
             self.expect(e)
             if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
@@ -444,7 +448,7 @@ class ClientSide(UpstreamReplies):
         info.judged = True
         info.classified = c
         info.forget = c.deallocates
-        if j.kind is Kind.EXECUTE:
+        if j.kind is _EXECUTE:
             return self.send_execute(info, j.portal, j.message)
         prev = self.portals.get(j.portal)
         self.portals[j.portal] = info
@@ -455,7 +459,7 @@ class ClientSide(UpstreamReplies):
 
     def send_execute(self, info: Portal, portal: str, p: bytes) -> None:
         describe, info.executed = self.rules.active and not info.executed, True  # only the first
-        ex = Expected(Kind.EXECUTE, sql=info.sql, classified=info.classified)
+        ex = Expected(_EXECUTE, sql=info.sql, classified=info.classified)
         ex.plan = info.plan
         ex.forget, info.forget = info.forget, ()  # once: a second Execute of a done portal runs nothing
         if describe:
@@ -466,168 +470,3 @@ class ClientSide(UpstreamReplies):
             self.expect(d)
         self.forward(wire.EXECUTE, p)
         self.expect(ex)
-
-    def _operation(self, sql: str, c, params=None, raw_params=None, types=()) -> Operation:
-        detail: dict[str, Any] = {"sql": sql if len(sql) <= MAX_SQL_RECORDED else sql[:MAX_SQL_RECORDED] + "..."}
-        if params is not None:
-            detail["params"] = params
-        units = c.units  # (distinct already)
-        if c.executes or types:
-            more = list(units)
-            for name in c.executes:
-                more.extend(self._prepared_units(name))
-            for oid in types:
-                # A parameter of a domain (or a type) whose conversion runs a VOLATILE function:
-                # the server converts the Bind's values to it (a CHECK constraint, a cast).
-                for fn in sorted(self.scope.type_oids.get(oid, ())):
-                    more.append(Unit("write", object_name(*fn) + "()"))
-            units = tuple(dict.fromkeys(more))
-        # What a retry-mode approval is bound to: the whole SQL text, the parameters' exact bytes
-        # (the recorded text and values may be shortened), and what the text means here: the
-        # same text under another search path names other tables.
-        # An EXECUTE is bound to the text of what each name it runs holds: approved while p deleted
-        # one row, it must not run after p was prepared again to delete them all.
-        bodies = [[name, list(self.prepared_sql.get(name, ())),
-                   self.statements[name][0] if name in self.statements else None] for name in c.executes]
-        values = list(params) if raw_params is None and params is not None else None  # (as they are now)
-
-        def canonical() -> str:  # made only if an approval asks for it
-            return Operation.canonical_of(sql, [None if v is None else bytes(v).hex() for v in raw_params]
-                                          if raw_params is not None else values, sorted(str(u) for u in units),
-                                          *([bodies] if bodies else []))
-
-        if bodies:  # what the reviewer approves: the statements behind the names, not only "EXECUTE p"
-            detail["prepared"] = [t[:MAX_SQL_RECORDED] for _, texts, proto in bodies
-                                  for t in (*texts, *([proto] if proto is not None else [])) if t]
-        return Operation("postgres", "statement", detail["sql"][:2000], units, detail, canonical=canonical)
-
-    def forget_statements(self, names) -> None:
-        """A DEALLOCATE, DISCARD ALL or Close has completed: the server dropped these names."""
-        for name in names:
-            if name is None:
-                self.prepared.clear()
-                self.prepared_sql.clear()
-                self.statements.clear()
-            else:
-                self.prepared.pop(name, None)
-                self.prepared_sql.pop(name, None)
-                self.statements.pop(name, None)
-
-    def _prepared_bodies(self, name: str) -> list:
-        """What EXECUTE of a name may run: what an SQL PREPARE of it held and a protocol
-        statement of that name (one namespace), its names looked up in today's search
-        path (the server analyses a prepared statement again when the path has changed)."""
-        found = [resolve(body, self.scope) for body in self.prepared.get(name, ())]
-        if name in self.statements:
-            found.append(classify_or_error(self.statements[name][0], self.scope))
-        return found
-
-    def _prepared_units(self, name: str) -> list:
-        units = []
-        for c in self._prepared_bodies(name):
-            if isinstance(c, ClassifyError) or c.executes or c.unresolved:
-                units.append(Unit("admin", ANY_OBJECT))
-            else:
-                units.extend(c.units)
-        return units or [Unit("admin", ANY_OBJECT)]
-
-    def with_prepared(self, c):
-        """For masking, EXECUTE of a prepared statement reads what its statement reads;
-        a name the gateway cannot see into stays unknown (every expression masked)."""
-        if not c.executes:
-            return c
-        found = []
-        for name in c.executes:
-            known = self._prepared_bodies(name)
-            if not known or any(isinstance(k, ClassifyError) or k.executes or k.unresolved for k in known):
-                return c
-            found.extend(known)
-        return attrs.evolve(
-            c, relations=c.relations.union(*(k.relations for k in found)),
-            column_names=c.column_names.union(*(k.column_names for k in found)),
-            whole_row=c.whole_row or any(k.whole_row for k in found),
-            fetch=c.fetch or any(k.fetch for k in found), executes=())
-
-    # --- the search path -----------------------------------------------------------
-    # Names are judged with the session's real search path, read upstream at connect
-    # (scope.SCOPE_QUERY, by the adapter) and again after any statement that may have
-    # changed it: until then it is unknown; a statement waits for the new one, or, in
-    # the middle of an extended-protocol batch where no query can be slipped in, an
-    # unqualified name is refused.
-    def search_path_may_change(self) -> None:
-        self.scope = Scope.unknown(self.scope)
-        self.scope_due = True
-        self.path_dirty = True  # a transaction's end may change it back
-
-    def read_scope_if_due(self) -> None:
-        """Send SCOPE_QUERY upstream if the path must be read and the upstream is between
-        statements (after a Query or a Sync, before a Parse)."""
-        if not self.scope_due or self.scope_reading is not None or self.ext_open or self.skip is not Skip.NO:
-            return
-        if self.tx_status == wire.IN_FAILED_TRANSACTION:
-            # Every query fails until the transaction ends (ROLLBACK needs no name looked up):
-            # read it after that.
-            return
-        e = Expected(Kind.SCOPE)
-        e.target = []  # its result sets, rows of text
-        self.scope_reading = e
-        self.scope_due = False
-        self.forward(wire.QUERY, codec.cstr(SCOPE_QUERY))
-        self.expect(e)
-
-    def scope_read(self, e: Expected) -> None:
-        """SCOPE_QUERY's ReadyForQuery: the path is known again; a statement waiting for it goes on."""
-        self.scope_reading = None
-        if e.error is None:
-            self.scope = Scope.from_results(e.target)
-            if self.tx_status == wire.IDLE:
-                self.path_dirty = False
-        else:
-            # An aborted transaction (or another failure): read it again before a later
-            # statement; this one is judged with the path unknown (an unqualified name is
-            # refused), never by asking again at once, which could go on for ever.
-            self.scope = Scope.unknown(self.scope)
-            self.scope_due = True
-        if self.state is State.READING_PATH:
-            self.state = State.READY
-            j, self.pending = self.pending, None
-            assert j is not None  # READING_PATH: judge() left it pending
-            self.judge(j, read_path=e.error is None)
-            self.pump()
-
-    def parse_refusal(self, c, sql: str) -> str | None:
-        """What refuses a Parse whatever the grant: a statement whose names cannot be looked up."""
-        if self.unsafe_settings:
-            return self.local_refusal(c, sql)
-        if c.unresolved:
-            return self.local_refusal(c, sql)
-        return None
-
-    def local_refusal(self, c, sql: str, raw_params=()) -> str | None:
-        """Refusals that need no rule: what the gateway cannot judge or mask safely."""
-        if self.unsafe_settings and not guards.restores(sql, self.unsafe_settings):
-            return ("refused: standard_conforming_strings is off or client_encoding is not UTF8 in this "
-                    "session, so hoopy cannot read its SQL as the server does (only setting it back is allowed)")
-        why = guards.encoding_problem(sql) or guards.stores_marker(sql, raw_params)
-        if why:
-            return why
-        if c.unresolved:
-            return ("refused: the search path may have changed (earlier in this pipeline or query string) and "
-                    "hoopy has not read it again yet, so an unqualified name cannot be judged; qualify the "
-                    "names, or send the statement after the change has completed")
-        rules = self.rules
-        if rules.detectors and c.copy_out and c.copy_quoting:
-            return f"refused: {c.copy_quoting}"
-        if rules.configured and not STATISTICS.isdisjoint(c.relations):
-            return "refused: column statistics (pg_stats) hold sample values of masked columns"
-        if rules.configured and rules.touches(c):
-            if c.copy_out:
-                how = rules.copy_columns(c)  # text format, columns listed (what pg_dump sends): masked line by line
-                if isinstance(how, str):
-                    return f"refused: COPY TO STDOUT of a table with masked columns cannot be masked here: {how}"
-            # A write whose rows never come back to be masked: any result that would be masked
-            # (a masked column by name, a whole row, a view over a masked table, whose columns
-            # may be renamed) would be copied in clear.
-            if c.classes - {"read", "lock"} and rules.tainted(c):
-                return "refused: this statement would copy a masked column"
-        return None

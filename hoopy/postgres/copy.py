@@ -15,7 +15,7 @@ import struct
 from hoopy.policy.masking import redact_text
 from hoopy.postgres import codec
 from hoopy.postgres.guards import MARKER_B
-from hoopy.postgres.rows import _items, _numeric_text, _whole_float, binary_texts
+from hoopy.postgres.values import _items, _numeric_text, _whole_float, binary_texts
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _I = struct.Struct("!i")
@@ -47,7 +47,7 @@ def guess_texts(v: bytes) -> list:
 
 class BinaryCopyMasker:
     """Rewrites a binary COPY stream as it arrives, row by row; ``plan`` (a
-    rows.RowPlan) counts what was masked. Bytes of an unfinished row wait."""
+    rowplan.RowPlan) counts what was masked. Bytes of an unfinished row wait."""
 
     def __init__(self, plan):
         self.plan = plan

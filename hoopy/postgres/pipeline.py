@@ -17,7 +17,7 @@ import attrs
 if TYPE_CHECKING:
     from hoopy.postgres.classify import Classified
     from hoopy.postgres.copy import BinaryCopyMasker
-    from hoopy.postgres.rows import CopyMask, RowPlan
+    from hoopy.postgres.rowplan import CopyMask, RowPlan
 
 
 class State(enum.Enum):
@@ -51,6 +51,11 @@ class Kind(enum.Enum):
     ABORT_SYNC = "abort sync"  # the same in the extended protocol: Execute of no portal, Sync
     SYNTHETIC = "synthetic"  # the gateway's own reply, sent when it reaches the head
     SCOPE = "scope"  # the gateway's own query for the search path (hoopy/postgres/scope.py): not forwarded
+
+    # Enum's own __hash__ is a Python function (hash of the name); members are singletons equal
+    # only to themselves, so identity hashes alike, in C (replies.py looks a handler up by kind
+    # for every reply).
+    __hash__ = object.__hash__
 
 
 STATEMENTS = (Kind.QUERY, Kind.EXECUTE)

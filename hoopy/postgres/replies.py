@@ -15,13 +15,18 @@ from typing import TYPE_CHECKING
 from hoopy.postgres import codec, wire
 from hoopy.postgres.copy import BinaryCopyMasker
 from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
-from hoopy.postgres.rows import CopyMask, MaskRules, RowPlan, redact_notations
+from hoopy.postgres.rowplan import CopyMask, RowPlan
+from hoopy.postgres.rows import MaskRules
+from hoopy.postgres.values import redact_notations
 from hoopy.postgres.startup import lexing_unsafe
 
 # Before the first colon, quote (any language's: lc_messages) or non-ASCII letter.
 _VALUE_START = re.compile(r"[:\"'`\u0080-\U0010ffff]")
 _STATEMENT = (Kind.EXECUTE, Kind.QUERY)
 _ABORTS = (Kind.ABORT, Kind.ABORT_SYNC)
+# Enum members read per statement, as globals (see client_side.py: an Enum member costs more on 3.11).
+_QUERY, _EXECUTE, _SYNC, _SYNTHETIC = Kind.QUERY, Kind.EXECUTE, Kind.SYNC, Kind.SYNTHETIC
+_STOPPED = (State.CLOSED, State.ERROR)
 
 
 _HI = struct.Struct("!ci")
@@ -49,7 +54,7 @@ class UpstreamReplies:
         """One pass over what the server sent: whole messages that pass unchanged are
         copied out as runs of bytes; only the ones that matter to the gateway (the end
         of a statement, an error, what masking must see) are parsed."""
-        if self.state in (State.CLOSED, State.ERROR):
+        if self.state in _STOPPED:
             return
         buf: bytes | bytearray = self.ubuf
         if buf:
@@ -110,13 +115,13 @@ class UpstreamReplies:
                     keep = self._REPLIES[head.kind](self, head, t, p)
                 if not keep:
                     run = pos
-                if self.state in (State.CLOSED, State.ERROR):
+                if self.state in _STOPPED:
                     return  # nothing more may reach the client
                 head = q[0] if q else None
         except codec.ProtocolError as e:
             return self.fatal("08006", f"upstream protocol error: {e}")
         finally:
-            if run < pos and self.state not in (State.CLOSED, State.ERROR):
+            if run < pos and self.state not in _STOPPED:
                 out.append(buf[run:pos])
         if pos == end:
             self.ubuf = bytearray()
@@ -179,7 +184,7 @@ class UpstreamReplies:
         """The head is done: the reply passes, then any of the gateway's own replies queued behind it."""
         q = self.queue
         q.popleft()
-        if q and q[0].kind is Kind.SYNTHETIC:
+        if q and q[0].kind is _SYNTHETIC:
             self.to_client.append(codec.msg(t, p))
             self.flush_synthetic()
             return False
@@ -208,10 +213,10 @@ class UpstreamReplies:
                 self.done(head)
             self._ended_upstream()
             return False
-        if head.kind is Kind.QUERY:
+        if head.kind is _QUERY:
             head.error = fields.get("C")
             return False
-        if head.kind is Kind.SYNC:
+        if head.kind is _SYNC:
             return False
         # The server now skips to Sync, answering nothing: so do the replies we expect.
         q = self.queue
@@ -260,8 +265,8 @@ class UpstreamReplies:
         k = head.kind
         if t == wire.COMMAND_COMPLETE:
             tag = codec.parse_command_tag(p)
-            head.tag = tag if head.tag is None or k is Kind.EXECUTE else f"{head.tag}; {tag}"
-            if k is Kind.EXECUTE:
+            head.tag = tag if head.tag is None or k is _EXECUTE else f"{head.tag}; {tag}"
+            if k is _EXECUTE:
                 if head.forget:
                     self.forget_statements(head.forget)
                 self.done(head)
@@ -280,7 +285,7 @@ class UpstreamReplies:
             self.done(head)
             return self._finished(t, p)
         if t == wire.ROW_DESCRIPTION:
-            if k is Kind.QUERY and self.rules.active:
+            if k is _QUERY and self.rules.active:
                 head.plan = self._plan(codec.parse_row_description(p), head.classified, None)
             return True
         if t == wire.ERROR_RESPONSE:
@@ -411,7 +416,7 @@ class UpstreamReplies:
             return
         self.redactions(e)
         data = {"sql": e.sql[:2000], "duration_ms": round((time.monotonic() - e.start) * 1000, 3)}
-        if e.kind is Kind.EXECUTE:
+        if e.kind is _EXECUTE:
             data["rows"] = e.rows if e.tag is None or not e.tag.startswith(("INSERT", "UPDATE", "DELETE", "MERGE")) \
                 else codec.rows_from_tag(e.tag)
         else:
