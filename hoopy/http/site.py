@@ -102,6 +102,7 @@ class HTTPSite:
         self._secret_re = re.compile(b"|".join(re.escape(s) for s in self.secrets), re.IGNORECASE) \
             if self.secrets else None
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
+        self._scrubber = Scrubber(self.secrets) if self.secrets else None  # each response gets a fresh() one
         self.channels: set = set()
 
     def identity_for(self, channel, token: str):
@@ -129,7 +130,7 @@ class HTTPSite:
         return data
 
     def scrubber(self):
-        return Scrubber(self.secrets) if self.secrets else None
+        return self._scrubber.fresh() if self._scrubber is not None else None
 
     def raw_endpoint(self):
         """A client endpoint to the upstream outside the pool (for upgrades)."""
