@@ -193,7 +193,8 @@ class UpstreamConnection(Protocol):
     def send(self, req: "_Request"):
         self.exchange = req
         self.reusable = False
-        self.parser = httptools.HttpResponseParser(self)
+        if self.parser is None:  # else the last response's, at a message's start (see _release)
+            self.parser = httptools.HttpResponseParser(self)
         self._head_seen, self._head_done = 0, False
         req.conn = self
         req.state = "sending"
@@ -307,7 +308,7 @@ class UpstreamConnection(Protocol):
     # --- bytes in, connection gone ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes):
-        if self.parser is None:
+        if self.parser is None or self.exchange is None:
             if self.exchange is None and not data.strip():
                 return  # a stray CRLF between responses
             self.abort(UpstreamError("the upstream sent bytes nobody asked for"))
@@ -501,7 +502,8 @@ class UpstreamClient:
     def _release(self, conn):
         self.busy.discard(conn)
         if len(self.idle) < self.pool_size and conn.transport is not None and not conn.lost:
-            conn.parser = None
+            # Its parser is kept for the next request: llhttp is at a message's start after a
+            # complete keep-alive response (a HEAD's answer drops it: llhttp would wait for a body).
             # Reading again: the last body's reader may have paused it (backpressure, a redaction
             # being written); an idle connection must still see the upstream close it.
             conn.transport.resumeProducing()
