@@ -98,6 +98,11 @@ def measure(name, cmd, port, token, a, work):
         if a.cpu:
             c0 = cpu_seconds(proc.pid)
             spy = None
+            if a.strace:
+                spy = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(work / f"{name}.strace")],
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1)
+                c0 = cpu_seconds(proc.pid)
             if a.profile:
                 spy = subprocess.Popen(["py-spy", "record", "--pid", str(proc.pid), "--rate", "1000", "--format",
                                         "raw", "--output", str(work / f"{name}.spy"), "--threads", "--gil"],
@@ -109,7 +114,17 @@ def measure(name, cmd, port, token, a, work):
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
-                bench_pg_top(work / f"{name}.spy")
+                if a.strace:
+                    print(f"## {name}: system calls a request (strace -c -f)")
+                    for line in (work / f"{name}.strace").read_text().splitlines()[2:]:
+                        f = line.split()
+                        if len(f) >= 5 and f[3].isdigit():
+                            print(f"  {int(f[3]) / n:6.2f}  {f[-1]}  ({f[1]} s total)")
+                else:
+                    bench_pg_top(work / f"{name}.spy")
+            times = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            print(f"   {name}: user {int(times[11]) / os.sysconf('SC_CLK_TCK'):.2f} s, system "
+                  f"{int(times[12]) / os.sysconf('SC_CLK_TCK'):.2f} s since it started")
             print(f"{name:6} {per:10.1f} us CPU a request ({n} small GETs on {a.clients} connection(s); "
                   f"{rps:,.0f} req/s, load {os.getloadavg()[0]:.1f})", flush=True)
             return per
@@ -144,6 +159,41 @@ def measure(name, cmd, port, token, a, work):
             cprofile_top(work / "hoopy.prof", n + max(a.clients * 20, n // 4))
 
 
+def ab(a, work, token):
+    """Two trees' gateways side by side, the load alternating between them in rounds: a machine
+    whose load drifts (other processes) moves both alike, so the ratio holds where the figures do not."""
+    procs, ports = [], []
+    for tree in a.ab:
+        port, admin = free_port(), free_port()
+        cfg = work / f"ab{len(procs)}"
+        cfg.mkdir()
+        (cfg / "hoopy.toml").write_text((work / "hoopy.toml").read_text().replace(f"tcp:{a.hp}:", f"tcp:{port}:")
+                                        .replace(f"tcp:{a.admin}:", f"tcp:{admin}:"))
+        twistd = shutil.which("twistd") or "twistd"
+        procs.append(subprocess.Popen([sys.executable, twistd, "-n", "--pidfile=", "hoopy", "-c", "hoopy.toml"],
+                                      cwd=cfg, env={**os.environ, "PYTHONPATH": str(Path(tree).resolve())},
+                                      stdout=open(cfg / "twistd.log", "wb"), stderr=subprocess.STDOUT))
+        ports.append(port)
+    try:
+        for port in ports:
+            wait_port(port, 60)
+            load(port, a.requests // 4, a.clients, token)
+        cpu = [0.0, 0.0]
+        for r in range(a.rounds):
+            for i, (proc, port) in enumerate(zip(procs, ports)):
+                c0 = cpu_seconds(proc.pid)
+                load(port, a.requests, a.clients, token)
+                cpu[i] += cpu_seconds(proc.pid) - c0
+        n = a.requests // a.clients * a.clients * a.rounds
+        for tree, c in zip(a.ab, cpu):
+            print(f"{tree}: {c / n * 1e6:8.1f} us CPU a request ({n} small GETs in {a.rounds} rounds)")
+        print(f"second/first: {cpu[1] / cpu[0]:.3f} (load {os.getloadavg()[0]:.1f})")
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(30)
+
+
 def bench_pg_top(path: Path):
     spec = importlib.util.spec_from_file_location("bench_pg_instr", _HERE / "pg_instr.py")
     mod = importlib.util.module_from_spec(spec)
@@ -174,8 +224,11 @@ def main():
     ap.add_argument("--only", choices=("hoopy", "floor"))
     ap.add_argument("--cpu", action="store_true", help="CPU time from /proc instead of callgrind")
     ap.add_argument("--profile", action="store_true", help="with --cpu: py-spy the process, print the top")
+    ap.add_argument("--strace", action="store_true", help="with --cpu: count system calls a request")
     ap.add_argument("--cprofile", action="store_true", help="with --cpu: cProfile the gateway's reactor thread")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (callgrind files)")
+    ap.add_argument("--ab", nargs=2, metavar="TREE", help="with --cpu: two source trees' gateways, alternately")
+    ap.add_argument("--rounds", type=int, default=6, help="with --ab: rounds of --requests each")
     a = ap.parse_args()
     for tool in ("nginx", "valgrind"):
         if not shutil.which(tool):
@@ -211,6 +264,10 @@ allow = ["GET /**"]
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(up)
+        if a.ab:
+            a.hp, a.admin = hp, admin
+            ab(a, work, token)
+            return
         twistd = os.environ.get("HOOPY_TWISTD") or shutil.which("twistd", path=str(Path(sys.executable).parent)) \
             or "twistd"
         results = {}
