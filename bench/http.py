@@ -103,7 +103,19 @@ def wrk(url: str, seconds: int, connections: int, threads: int, token: str | Non
         return v * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "non2xx": int(errors.group(1)) if errors else 0}
+    done = re.search(r"(\d+) requests in", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "non2xx": int(errors.group(1)) if errors else 0,
+            "requests": int(done.group(1)) if done else 0, "socket_errors": sum(map(int, sock.groups())) if sock else 0}
+
+
+def latency(r: dict) -> str:
+    """A one-connection p50, or why there is none: wrk prints 0.00us when no request completed
+    (a run whose requests all hung until its timeout), which is no latency."""
+    if r["requests"] == 0 or r["p50_ms"] == 0:
+        return f"(not measured: {r['requests']} requests done, {r['socket_errors']} socket errors)"
+    bad = f" ({r['socket_errors']} socket errors, {r['non2xx']} non-2xx)" if r["socket_errors"] or r["non2xx"] else ""
+    return f"{r['p50_ms']:.3f} ms{bad}"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -301,11 +313,14 @@ patterns = ["email"]
             ("direct", f"http://127.0.0.1:{up_port}/small.json", None),
             ("floor", f"http://127.0.0.1:{floor_port}/small.json", None),
             ("hoopy", f"http://127.0.0.1:{hoopy_port}/small.json", token))}
-        print(f"direct p50 {one['direct']['p50_ms']:.3f} ms, floor p50 {one['floor']['p50_ms']:.3f} ms, "
-              f"hoopy p50 {one['hoopy']['p50_ms']:.3f} ms: hoopy adds "
-              f"{one['hoopy']['p50_ms'] - one['direct']['p50_ms']:.3f} ms (target <= 0.5), the floor "
-              f"{one['floor']['p50_ms'] - one['direct']['p50_ms']:.3f} ms; "
-              f"hoopy {one['hoopy']['rps']:.0f} req/s on one connection")
+        od, of, oh = one["direct"], one["floor"], one["hoopy"]
+        print(f"direct p50 {latency(od)}, floor p50 {latency(of)}, hoopy p50 {latency(oh)} "
+              f"({od['requests']}, {of['requests']}, {oh['requests']} requests)")
+        if od["p50_ms"] and oh["p50_ms"]:
+            print(f"hoopy adds {oh['p50_ms'] - od['p50_ms']:.3f} ms over direct (target <= 0.5)"
+                  + (f", {oh['p50_ms'] - of['p50_ms']:.3f} ms over the floor; the floor adds "
+                     f"{of['p50_ms'] - od['p50_ms']:.3f} ms over direct" if of["p50_ms"] else "")
+                  + f"; hoopy {oh['rps']:.0f} req/s on one connection")
 
         print("# 256 MiB download (curl)")
         dd = download(f"http://127.0.0.1:{up_port}/big.bin", None)

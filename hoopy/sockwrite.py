@@ -55,6 +55,23 @@ def _fast_add_reader(self, reader):
             raise
 
 
+def _call_later(self, delay, callable, *args, **kwargs):
+    """AsyncioSelectorReactor.callLater, rescheduling asyncio's timer only when the new call is due
+    before it. Twisted's compares ``loop.time() + self.timeout()`` (the earliest call's delay, read
+    on another clock just after) with the time it scheduled: that sum comes out smaller by the
+    microseconds between the two clock reads every time, so every callLater cancelled asyncio's
+    TimerHandle and made a new one (two a request over HTTP: 8 us here, a tenth of the timer work).
+    The new call's own due time says the same without the race: a call due later than the timer
+    needs nothing, one due before it moves the timer, as before."""
+    from twisted.internet.posixbase import PosixReactorBase
+
+    dc = PosixReactorBase.callLater(self, delay, callable, *args, **kwargs)
+    at = self._scheduledAt
+    if at is None or self._asyncioEventloop.time() + max(0.0, delay) < at:
+        self._reschedule()
+    return dc
+
+
 def install_fast_reads(reactor) -> bool:
     """Use ``_fast_add_reader`` on the asyncio reactor (for readers added from now on). False,
     and nothing changed, when the private parts it replaces are not what it was written for."""
@@ -63,6 +80,7 @@ def install_fast_reads(reactor) -> bool:
     if not isinstance(reactor, AsyncioSelectorReactor) or not fast_reads_supported():
         return False
     setattr(type(reactor), "addReader", _fast_add_reader)  # the one reactor class of this process
+    setattr(type(reactor), "callLater", _call_later)
     return True
 
 
@@ -78,9 +96,16 @@ def fast_reads_supported() -> bool:
         source = inspect.getsource(cls.addReader)
     except (OSError, TypeError):
         return False
-    return (all(hasattr(cls, n) for n in ("_readOrWrite", "_unregisterFDInAsyncio"))
+    try:
+        later = inspect.getsource(cls.callLater)
+    except (OSError, TypeError):
+        return False
+    return (all(hasattr(cls, n) for n in ("_readOrWrite", "_unregisterFDInAsyncio", "_reschedule"))
             and "callWithLogger, reader, self._readOrWrite, reader, True" in source
-            and "_continuousPolling" in source and "self._readers[reader] = fd" in source)
+            and "_continuousPolling" in source and "self._readers[reader] = fd" in source
+            and "PosixReactorBase.callLater(self, delay, callable, *args, **kwargs)" in later
+            and "abs_time < self._scheduledAt" in later and "self._reschedule()" in later
+            and "self._scheduledAt = abs_time" in inspect.getsource(cls._reschedule))
 
 
 def thread_caller(reactor):

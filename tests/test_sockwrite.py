@@ -125,3 +125,31 @@ async def test_thread_caller_runs_on_the_reactor_in_order_and_logs_what_raises()
         globalLogPublisher.removeObserver(logged.append)
     assert seen == [(i, True) for i in range(500)]
     assert any(e.get("log_failure") is not None and e["log_failure"].check(RuntimeError) for e in logged)
+
+
+@pytest_twisted.ensureDeferred
+async def test_call_later_moves_asyncios_timer_only_for_a_sooner_call(monkeypatch):
+    """Twisted's callLater on asyncio rescheduled asyncio's timer on every call (a clock-read race,
+    see sockwrite._call_later); hoopy's does only when the new call is due first, and that call
+    still fires on time."""
+    import time
+
+    monkeypatch.setattr(AsyncioSelectorReactor, "callLater", sockwrite._call_later)
+    moved = []
+    real = AsyncioSelectorReactor._reschedule
+    monkeypatch.setattr(AsyncioSelectorReactor, "_reschedule", lambda self: (moved.append(1), real(self)))
+    first = reactor.callLater(10, lambda: None)  # due before the ones below
+    try:
+        moved.clear()
+        later = [reactor.callLater(30, lambda: None) for _ in range(20)]
+        assert moved == []
+        for c in later:
+            c.cancel()
+        t0 = time.monotonic()
+        d = defer.Deferred()
+        reactor.callLater(0.05, d.callback, None)
+        assert moved == [1]  # due first: the timer moves
+        await d
+        assert 0.04 <= time.monotonic() - t0 < 2
+    finally:
+        first.cancel()

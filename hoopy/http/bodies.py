@@ -171,29 +171,49 @@ class Scrubber:
     Only a tail that could be the start of a secret is held back until the next piece.
     """
 
+    __slots__ = ("secrets", "cores", "starts", "tail")
+
     def __init__(self, secrets):
         self.secrets = tuple(sorted(secrets, key=len, reverse=True))  # longest first
         # A secret that holds another ("Bearer TOKEN" holds TOKEN) cannot be in a buffer the other is
         # not in: only these are searched for in every piece (one pass over a download, not two).
         self.cores = tuple(s for s in self.secrets if not any(o != s and o in s for o in self.secrets))
+        # The secrets by their first byte (the case and escape spellings of one credential share a
+        # few): a piece's end is searched once a first byte, not once a secret.
+        by_first: dict = {}
+        for s in self.secrets:
+            by_first.setdefault(s[:1], []).append(s)
+        self.starts = tuple((first, len(group[0]), tuple(group)) for first, group in by_first.items())
         self.tail = b""
+
+    def fresh(self) -> "Scrubber":
+        """A scrubber of the same secrets with a tail of its own: one per response, without sorting
+        the secrets and finding their cores again (quadratic in their number: 7% of a small GET)."""
+        s = Scrubber.__new__(Scrubber)
+        s.secrets, s.cores, s.starts, s.tail = self.secrets, self.cores, self.starts, b""
+        return s
 
     def feed(self, data: bytes) -> bytes:
         buf = self.tail + data if self.tail else data
-        if any(contains(buf, c) for c in self.cores):
-            for s in self.secrets:
-                if s in buf:
-                    buf = buf.replace(s, b"*" * len(s))
+        if not buf:
+            return buf
+        for c in self.cores:
+            if contains(buf, c):
+                for s in self.secrets:
+                    if s in buf:
+                        buf = buf.replace(s, b"*" * len(s))
+                break
         hold = 0
         n = len(buf)
-        for s in self.secrets:
-            # the longest end of buf that begins s: look only where s's first byte is, leftmost first
-            i = buf.find(s[:1], max(0, n - len(s) + 1))
+        for first, longest, group in self.starts:
+            # the longest end of buf that begins a secret: look only where a first byte is, leftmost first
+            i = buf.find(first, max(0, n - longest + 1))
             while i != -1 and n - i > hold:
-                if s.startswith(buf[i:]):
+                end = buf[i:]
+                if any(s.startswith(end) for s in group):
                     hold = n - i
                     break
-                i = buf.find(s[:1], i + 1)
+                i = buf.find(first, i + 1)
         if hold:
             buf, self.tail = buf[:-hold], buf[-hold:]
         else:

@@ -157,19 +157,36 @@ def operation(method: str, path: str, query: str | None, judge) -> Operation:
     (denies or holds it). Otherwise "DELETE /v1/customers/42/" would slip past "DELETE
     /v1/customers/*" and reach the very route it denies. ``judge``: the session's pure judgement."""
     units = [Unit(method, path)]
-    trimmed = path.rstrip("/") or "/"
-    dotless = "/".join(_TRAILING_DOTS.sub("", seg) or seg for seg in trimmed.split("/"))
-    forms = dict.fromkeys(f for p in (trimmed, path.lower(), dotless) for f in (p, p.lower(), p.rstrip("/") or "/"))
-    for form in forms:
-        if form == path:
-            continue
+    for form in _lenient_forms(path):
         unit = Unit(method, form)
         j = judge(Operation("http", "request", f"{method} {form}", (unit,)))
         if j.outcome == "approve" or (j.outcome == "deny" and j.rule is not None):
             units.append(unit)
     # The reviewer of a held request reads this text: the query is part of what is approved
     text = f"{method} {path}" + (f"?{query[:1024]}" if query else "")
-    return Operation("http", "request", text, tuple(units), {"method": method, "path": path, "query": query})
+    detail = {"method": method, "path": path, "query": query}
+    # What a retry-mode approval is bound to: method, normalized path, query, the body's SHA-256 (put in
+    # ``detail`` when a reviewer reads the body, before the decision). Made only when an approval asks.
+    return Operation("http", "request", text, tuple(units), detail, canonical=lambda: Operation.canonical_of(
+        method, path, query, detail.get("body_sha256")))
+
+
+_FORMS: dict = {}  # path -> its other lenient forms (pure string work, the same for every request of a path)
+
+
+def _lenient_forms(path: str) -> tuple:
+    forms = _FORMS.get(path)
+    if forms is None:
+        trimmed = path.rstrip("/") or "/"
+        dotless = "/".join((_TRAILING_DOTS.sub("", seg) or seg) if seg.endswith((".", "%20")) else seg
+                           for seg in trimmed.split("/"))
+        forms = tuple(f for f in dict.fromkeys(f for p in (trimmed, path.lower(), dotless)
+                                               for f in (p, p.lower(), p.rstrip("/") or "/")) if f != path)
+        if len(path) <= 256:  # paths come from callers: the cache stays small (at most ~10 MB)
+            if len(_FORMS) >= 4096:
+                _FORMS.clear()
+            _FORMS[path] = forms
+    return forms
 
 
 _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))

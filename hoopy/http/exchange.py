@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 
-import attrs
 import orjson
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
@@ -27,7 +26,6 @@ from hoopy.http.checks import Refusal
 from hoopy.http.request_body import RequestBody, check_query
 from hoopy.audit.events import iso
 from hoopy.http.response_body import reason_text, respond
-from hoopy.policy.rules import Operation
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.session import IN, OUT, Session, StoreError
 
@@ -180,9 +178,6 @@ class Exchange:
             # read whole first (masked where a rule says so), shown, and exactly it goes upstream.
             await self.body.get(whole=True)
             op.detail.update(self.body.for_review())
-        # What a retry-mode approval is bound to: method, normalized path, query, the body's SHA-256.
-        op = attrs.evolve(op, canonical=Operation.canonical_of(self.method, self.path, self.query,
-                                                               op.detail.get("body_sha256")))
         prefer_async = checks.prefers_async(hdrs)
         verdict = await self.wait(self.session.decide(op, "retry" if prefer_async else None))
         if isinstance(verdict, Hold):

@@ -91,6 +91,13 @@ def normalize_path(path: bytes) -> str:
         if b";" in path:
             raise PathError("the path has a ';' parameter, which some upstreams strip before routing")
         raise PathError("the path has characters that must be percent-encoded")
+    if b"%" not in path and b"//" not in path and b"/." not in path:
+        return path.decode("ascii")  # no escape, empty or dot segment: already its normal form
+    return _normalize_segments(path)
+
+
+def _normalize_segments(path: bytes) -> str:
+    """normalize_path's work, segment by segment (``path`` already passed its character check)."""
     out: list[bytes] = []
     segments = path.split(b"/")[1:]
     last = len(segments) - 1

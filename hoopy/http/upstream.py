@@ -53,26 +53,33 @@ _BODY_METHODS = frozenset((b"POST", b"PUT", b"PATCH"))
 class RawHeaders:
     """Response headers as the upstream sent them (names in their case, in order)."""
 
-    __slots__ = ("pairs",)
+    __slots__ = ("pairs", "_by_name")
 
-    def __init__(self, pairs: list):
+    def __init__(self, pairs: list, by_name: dict | None = None):
         self.pairs = pairs
+        # (name as first spelled, [values]) by lower-case name, in the order first seen: made once
+        # (on_headers_complete has it), not once a lookup
+        self._by_name = by_name if by_name is not None else _by_name(pairs)
 
     def getRawHeaders(self, name: bytes, default=None):
-        name = name.lower()
-        found = [v for n, v in self.pairs if n.lower() == name]
-        return found or default
+        found = self._by_name.get(name.lower())
+        return list(found[1]) if found is not None else default
 
     def getAllRawHeaders(self):
         """(name, [values]) per header name, in the order first seen."""
-        seen: dict = {}
-        for n, v in self.pairs:
-            key = n.lower()
-            if key in seen:
-                seen[key][1].append(v)
-            else:
-                seen[key] = (n, [v])
-        return list(seen.values())
+        return [(n, list(vs)) for n, vs in self._by_name.values()]
+
+
+def _by_name(pairs) -> dict:
+    seen: dict = {}
+    for n, v in pairs:
+        key = n.lower()
+        found = seen.get(key)
+        if found is None:
+            seen[key] = (n, [v])
+        else:
+            found[1].append(v)
+    return seen
 
 
 class _BodyTransport:
@@ -193,7 +200,8 @@ class UpstreamConnection(Protocol):
     def send(self, req: "_Request"):
         self.exchange = req
         self.reusable = False
-        self.parser = httptools.HttpResponseParser(self)
+        if self.parser is None:  # else the last response's, at a message's start (see _release)
+            self.parser = httptools.HttpResponseParser(self)
         self._head_seen, self._head_done = 0, False
         req.conn = self
         req.state = "sending"
@@ -257,16 +265,17 @@ class UpstreamConnection(Protocol):
         self._head_done = True
         length = UNKNOWN_LENGTH
         bodyless = req.method == b"HEAD" or code in (204, 304)
-        for n, v in self._headers:
-            if n.lower() == b"content-length":
-                try:
-                    length = int(v)
-                except ValueError:
-                    raise UpstreamError("the upstream sent a bad Content-Length")
+        by_name = _by_name(self._headers)
+        lengths = by_name.get(b"content-length")
+        for v in lengths[1] if lengths is not None else ():
+            try:
+                length = int(v)
+            except ValueError:
+                raise UpstreamError("the upstream sent a bad Content-Length")
         if bodyless:
             length = 0
-        self._framed = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers)
-        resp = UpstreamResponse(self, code, self._phrase, RawHeaders(self._headers), length,
+        self._framed = lengths is not None or b"transfer-encoding" in by_name
+        resp = UpstreamResponse(self, code, self._phrase, RawHeaders(self._headers, by_name), length,
                                 b"HTTP/" + self.parser.get_http_version().encode())
         req.response = resp
         req.state = "body"
@@ -307,7 +316,7 @@ class UpstreamConnection(Protocol):
     # --- bytes in, connection gone ---------------------------------------------------------------
 
     def dataReceived(self, data: bytes):
-        if self.parser is None:
+        if self.parser is None or self.exchange is None:
             if self.exchange is None and not data.strip():
                 return  # a stray CRLF between responses
             self.abort(UpstreamError("the upstream sent bytes nobody asked for"))
@@ -501,7 +510,8 @@ class UpstreamClient:
     def _release(self, conn):
         self.busy.discard(conn)
         if len(self.idle) < self.pool_size and conn.transport is not None and not conn.lost:
-            conn.parser = None
+            # Its parser is kept for the next request: llhttp is at a message's start after a
+            # complete keep-alive response (a HEAD's answer drops it: llhttp would wait for a body).
             # Reading again: the last body's reader may have paused it (backpressure, a redaction
             # being written); an idle connection must still see the upstream close it.
             conn.transport.resumeProducing()
