@@ -71,6 +71,9 @@ def req(method: bytes, target: bytes, extra: bytes = b"", body: bytes = b"", aut
 
 
 ADMIN = req(b"GET", b"/admin")  # pipelined after each attack: must never reach the upstream
+# The same as the last request on its connection: it says so, and the gateway closes once it has
+# answered; a test reading every answer until the close then waits for no idle deadline (4 s each).
+ADMIN_LAST = req(b"GET", b"/admin", b"Connection: close\r\n")
 
 
 def never_reached_admin(world, mark: int):
@@ -137,7 +140,7 @@ def test_framing_the_gateway_reads_is_sent_upstream_in_its_own_framing(world, na
     Content-Length or chunking, no trailers), and the pipelined request after them judged on its own."""
     before = mark = world.up.mark()
     head = b"POST /v1/customers/1 HTTP/1.1\r\nHost: x\r\n" + AUTH
-    out = raw(world.port, head + NORMALIZED_FRAMING[name] + ADMIN, wait_close=True, timeout=4)
+    out = raw(world.port, head + NORMALIZED_FRAMING[name] + ADMIN_LAST, wait_close=True, timeout=4)
     got = [s for s in statuses(out) if s != 100]
     assert got == [200, 403], (name, out[-400:])
     sent = world.up.since(before)
@@ -168,8 +171,8 @@ def test_malformed_or_old_requests_never_carry_a_second_one(world, name, data):
 
 def test_pipelined_requests_are_each_judged(world):
     mark = world.up.mark()
-    out = raw(world.port, req(b"GET", b"/v1/customers/1") + ADMIN + req(b"GET", b"/v1/customers/2"),
-              wait_close=True, timeout=4)
+    out = raw(world.port, req(b"GET", b"/v1/customers/1") + ADMIN
+              + req(b"GET", b"/v1/customers/2", b"Connection: close\r\n"), wait_close=True, timeout=4)
     assert statuses(out) == [200, 403, 200], out[-500:]
     never_reached_admin(world, mark)
 
@@ -197,7 +200,7 @@ def test_a_body_on_get_head_or_trace_is_refused(world, method, framing):
         extra, body = b"Content-Length: %d\r\n" % len(smuggled), smuggled
     else:
         extra, body = b"Transfer-Encoding: chunked\r\n", b"%x\r\n%b\r\n0\r\n\r\n" % (len(smuggled), smuggled)
-    out = raw(world.port, req(method, b"/v1/customers/1", extra, body) + ADMIN, wait_close=True, timeout=4)
+    out = raw(world.port, req(method, b"/v1/customers/1", extra, body) + ADMIN_LAST, wait_close=True, timeout=4)
     if method == b"TRACE":  # refused for what it is; its body was framed (the next request is judged)
         assert statuses(out)[:1] == [405], out[:400]
     else:  # the body's framing is in doubt downstream: refused, and the connection closed

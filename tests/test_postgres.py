@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.support import free_port, ident
+from tests.support import HoopyProcess, free_port, ident
 
 psycopg = pytest.importorskip("psycopg")
 asyncpg = pytest.importorskip("asyncpg")
@@ -81,13 +81,29 @@ patterns = ["email", "credit_card"]
 """)
 
 
-@pytest.fixture
-def gw(hoopy_gateway, database):
-    port = free_port()
-    g = hoopy_gateway(body(database, port), approval_timeout="5s")
+def _pg_attrs(g, port):
     g.pg_port = port
     g.dsn = f"host=127.0.0.1 port={port} user={AGENT.name} password={AGENT.token} dbname=whatever"
     return g
+
+
+@pytest.fixture
+def gw(hoopy_gateway, database):
+    """A gateway of the test's own: for tests that read its events, approvals, metrics or store,
+    or stop it or its upstream."""
+    port = free_port()
+    return _pg_attrs(hoopy_gateway(body(database, port), approval_timeout="5s"), port)
+
+
+@pytest.fixture(scope="module")
+def shared_gw(database, tmp_path_factory):
+    """The same gateway, one for the module: for tests that only connect and read what their own
+    statements get (a gateway start each was ~20 of this file's starts)."""
+    port = free_port()
+    g = _pg_attrs(HoopyProcess(tmp_path_factory.mktemp("pg-shared"), body(database, port),
+                               approval_timeout="5s").start(), port)
+    yield g
+    g.stop()
 
 
 def psql(g, *sql, user=AGENT, password=None, extra_env=None, timeout=30):
@@ -163,8 +179,8 @@ def test_psql_reads_refusals_and_masking(gw, database):
     assert any(e["data"]["columns"].get("public.customers.ssn") for e in redactions)
 
 
-def test_psycopg_text_binary_pipeline(gw, database):
-    with psycopg.connect(gw.dsn, autocommit=True) as c:
+def test_psycopg_text_binary_pipeline(shared_gw, database):
+    with psycopg.connect(shared_gw.dsn, autocommit=True) as c:
         assert c.execute("SELECT id, name, ssn FROM customers WHERE id = %s", (1,)).fetchall() == \
             [(1, "Ann", "[REDACTED]")]
         cur = c.cursor(binary=True)
@@ -440,14 +456,14 @@ def test_sigterm_ends_and_records_open_sessions(gw):
     c.close()
 
 
-def test_copy_to_stdout_is_pattern_masked_binary_too(gw, database):
-    r = psql(gw, "COPY (SELECT id, 'mail ann@example.com' FROM public.invoices ORDER BY id) TO STDOUT")
+def test_copy_to_stdout_is_pattern_masked_binary_too(shared_gw, database):
+    r = psql(shared_gw, "COPY (SELECT id, 'mail ann@example.com' FROM public.invoices ORDER BY id) TO STDOUT")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["1\tmail [REDACTED]", "2\tmail [REDACTED]"]
-    r = psql(gw, "COPY (SELECT id, email FROM public.customers) TO STDOUT")  # names a masked table
+    r = psql(shared_gw, "COPY (SELECT id, email FROM public.customers) TO STDOUT")  # names a masked table
     assert r.returncode != 0 and "masked" in r.stderr
     # Binary COPY carries no types: a value with a pattern match becomes NULL (issue 11 item 5).
-    r = subprocess.run([PSQL, f"host=127.0.0.1 port={gw.pg_port} user={AGENT.name} dbname=x", "-XAt", "-c",
+    r = subprocess.run([PSQL, f"host=127.0.0.1 port={shared_gw.pg_port} user={AGENT.name} dbname=x", "-XAt", "-c",
                         "COPY (SELECT 'x@example.com', 4111111111111111::int8, 'plain') TO STDOUT (FORMAT binary)"],
                        capture_output=True, timeout=30, env={**os.environ, "PGPASSWORD": AGENT.token})
     assert r.returncode == 0, r.stderr
@@ -527,10 +543,10 @@ public class HoopyJdbc {
 
 
 @pytest.mark.skipif(JDBC_JAR is None or shutil.which("java") is None, reason="needs java and the pgjdbc jar")
-def test_jdbc_prepared_statements(gw, tmp_path):
+def test_jdbc_prepared_statements(shared_gw, tmp_path):
     src = tmp_path / "HoopyJdbc.java"
     src.write_text(JDBC_SOURCE)
-    url = f"jdbc:postgresql://127.0.0.1:{gw.pg_port}/x?sslmode=disable"
+    url = f"jdbc:postgresql://127.0.0.1:{shared_gw.pg_port}/x?sslmode=disable"
     r = subprocess.run(["java", "-cp", JDBC_JAR, str(src), url, AGENT.name, AGENT.token],
                        capture_output=True, text=True, timeout=90)
     assert r.returncode == 0, r.stderr
@@ -539,11 +555,11 @@ def test_jdbc_prepared_statements(gw, tmp_path):
     assert lines[7:] == ["refused 42501", "count 2"]
 
 
-def test_large_statement_is_judged_off_the_reactor(gw):
+def test_large_statement_is_judged_off_the_reactor(shared_gw):
     big = "x" * 200_000
 
     def run(sql):  # on stdin: too long for one argument
-        return subprocess.run([PSQL, f"host=127.0.0.1 port={gw.pg_port} user={AGENT.name} dbname=x", "-XAt"],
+        return subprocess.run([PSQL, f"host=127.0.0.1 port={shared_gw.pg_port} user={AGENT.name} dbname=x", "-XAt"],
                               input=sql + ";\n", capture_output=True, text=True, timeout=30,
                               env={**os.environ, "PGPASSWORD": AGENT.token})
 
@@ -555,13 +571,13 @@ def test_large_statement_is_judged_off_the_reactor(gw):
     assert "syntax error" in r.stderr
 
 
-def test_startup_settings_that_would_change_identity_or_parsing_are_refused(gw):
+def test_startup_settings_that_would_change_identity_or_parsing_are_refused(shared_gw):
     for options in ("-c role=postgres", "-c standard_conforming_strings=off", "-c session_authorization=x"):
-        r = psql(gw, "SELECT 1", extra_env={"PGOPTIONS": options})
+        r = psql(shared_gw, "SELECT 1", extra_env={"PGOPTIONS": options})
         assert r.returncode != 0 and "not allowed through hoopy" in r.stderr, (options, r.stderr)
-    r = psql(gw, "SELECT 1", extra_env={"PGCLIENTENCODING": "SJIS"})
+    r = psql(shared_gw, "SELECT 1", extra_env={"PGCLIENTENCODING": "SJIS"})
     assert r.returncode != 0 and "UTF8" in r.stderr
-    r = psql(gw, "SELECT 1", extra_env={"PGOPTIONS": "-c statement_timeout=5s -c hoopy.model=m"})
+    r = psql(shared_gw, "SELECT 1", extra_env={"PGOPTIONS": "-c statement_timeout=5s -c hoopy.model=m"})
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
 
 
@@ -625,11 +641,11 @@ def test_sql_prepared_statements_and_cursors_reached_by_protocol_messages(gw, da
     s.close()
 
 
-def test_error_messages_do_not_leak_masked_values(gw):
-    r = psql(gw, "SELECT ssn::int FROM customers")
+def test_error_messages_do_not_leak_masked_values(shared_gw):
+    r = psql(shared_gw, "SELECT ssn::int FROM customers")
     assert r.returncode != 0 and "invalid input syntax" in r.stderr
     assert "45-6789" not in r.stderr and "65-4321" not in r.stderr, r.stderr
-    r = psql(gw, "SELECT 'ann@example.com'::int")  # psql itself echoes the query: look at the message
+    r = psql(shared_gw, "SELECT 'ann@example.com'::int")  # psql itself echoes the query: look at the message
     assert r.returncode != 0 and r.stderr.splitlines()[0].endswith('"[REDACTED]"'), r.stderr
 
 
@@ -659,19 +675,19 @@ def test_random_messages_after_login_never_take_the_gateway_down(gw):
     assert "Traceback" not in gw.log_text(), gw.log_text()[-3000:]
 
 
-def test_user_function_named_like_a_builtin_is_not_taken_for_a_read(gw, database):
+def test_user_function_named_like_a_builtin_is_not_taken_for_a_read(shared_gw, database):
     """public.upper(int) deletes rows: a call to "upper" is judged a write, not a read."""
-    r = psql(gw, "SELECT upper(2)")
+    r = psql(shared_gw, "SELECT upper(2)")
     assert r.returncode != 0 and "no grant allows write public.upper()" in r.stderr, r.stderr
-    r = psql(gw, "SELECT pg_catalog.upper('abc'), lower('X')")
+    r = psql(shared_gw, "SELECT pg_catalog.upper('abc'), lower('X')")
     assert r.returncode == 0 and r.stdout.strip() == "ABC|x", r.stderr
     assert invoices(database) == "1|100\n2|200"
 
 
-def test_notification_payloads_are_pattern_masked(gw, database):
+def test_notification_payloads_are_pattern_masked(shared_gw, database):
     from hoopy.postgres import codec
 
-    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+    s, recv_msg = raw_client(shared_gw.pg_port, AGENT.name, AGENT.token)
     s.sendall(codec.query("LISTEN hoopy_chan"))
     while recv_msg()[0] != b"Z":
         pass
@@ -688,11 +704,11 @@ def test_notification_payloads_are_pattern_masked(gw, database):
     s.close()
 
 
-def _proto(gw):
+def _proto(shared_gw):
     """A raw protocol client and helpers for the namespace tests below."""
     from hoopy.postgres import codec
 
-    s, recv_msg = raw_client(gw.pg_port, AGENT.name, AGENT.token)
+    s, recv_msg = raw_client(shared_gw.pg_port, AGENT.name, AGENT.token)
 
     def until_ready():
         got = []
@@ -715,17 +731,17 @@ def _proto(gw):
     return s, until_ready, parse, bind, execute
 
 
-def test_a_statement_is_judged_before_its_bind_reaches_the_server(gw, database):
+def test_a_statement_is_judged_before_its_bind_reaches_the_server(shared_gw, database):
     """Planning an unnamed statement at Bind folds IMMUTABLE functions with constant arguments:
     the function runs before any Execute. A mislabelled one with a side effect (here it advances a
     sequence) must not run for a caller whose grant does not cover it."""
     from hoopy.postgres import codec
 
-    gw.database = database
+    shared_gw.database = database
     admin_sql("CREATE SEQUENCE side_effects; CREATE FUNCTION sneaky(int) RETURNS int IMMUTABLE "
               "LANGUAGE plpgsql AS $$ BEGIN PERFORM nextval('side_effects'); RETURN $1; END $$", database)
     before = admin_sql("SELECT last_value, is_called FROM side_effects", database)
-    s, until_ready, parse, _, execute = _proto(gw)
+    s, until_ready, parse, _, execute = _proto(shared_gw)
     bind = codec.msg(b"B", b"\0\0" + b"\0\0" + b"\0\x01" + b"\0\0\0\x01" + b"7" + b"\0\0")  # $1 = '7'
     s.sendall(parse("", "SELECT sneaky($1::int)") + bind + execute("") + codec.SYNC)
     got = until_ready()
@@ -737,13 +753,13 @@ def test_a_statement_is_judged_before_its_bind_reaches_the_server(gw, database):
     s.close()
 
 
-def test_parse_of_a_name_in_use_does_not_change_what_the_gateway_judges(gw, database):
+def test_parse_of_a_name_in_use_does_not_change_what_the_gateway_judges(shared_gw, database):
     """The server refuses a Parse of a statement name that exists and keeps the old
     statement: the gateway must not judge the refused text instead of the kept one."""
     from hoopy.postgres import codec
 
     before = invoices(database)
-    s, until_ready, parse, bind, execute = _proto(gw)
+    s, until_ready, parse, bind, execute = _proto(shared_gw)
     s.sendall(parse("s1", "DELETE FROM invoices") + codec.SYNC)  # parsed, not run
     until_ready()
     s.sendall(parse("s1", "SELECT 1") + codec.SYNC)  # the server: "already exists"
@@ -764,13 +780,13 @@ def test_parse_of_a_name_in_use_does_not_change_what_the_gateway_judges(gw, data
     s.close()
 
 
-def test_unnamed_portal_survives_sync_inside_a_transaction(gw, database):
+def test_unnamed_portal_survives_sync_inside_a_transaction(shared_gw, database):
     """In a transaction block the unnamed portal outlives Sync: an Execute of it
     after Sync runs what was bound, and must be judged as that."""
     from hoopy.postgres import codec
 
     before = invoices(database)
-    s, until_ready, parse, bind, execute = _proto(gw)
+    s, until_ready, parse, bind, execute = _proto(shared_gw)
     s.sendall(codec.query("BEGIN"))
     until_ready()
     s.sendall(parse("", "DELETE FROM invoices") + bind("", "") + codec.SYNC)
@@ -784,11 +800,11 @@ def test_unnamed_portal_survives_sync_inside_a_transaction(gw, database):
     s.close()
 
 
-def test_cursor_declared_with_the_name_of_an_old_portal_is_masked(gw, database):
+def test_cursor_declared_with_the_name_of_an_old_portal_is_masked(shared_gw, database):
     """A portal's judgement dies with it: a cursor DECLAREd later under its name is a FETCH."""
     from hoopy.postgres import codec
 
-    s, until_ready, parse, bind, execute = _proto(gw)
+    s, until_ready, parse, bind, execute = _proto(shared_gw)
     s.sendall(parse("", "SELECT 1") + bind("p", "") + execute("p") + codec.SYNC)
     until_ready()  # the implicit transaction ends: portal p is gone upstream
     s.sendall(codec.query("BEGIN; DECLARE p CURSOR FOR SELECT ssn, lower(ssn) FROM customers ORDER BY id"))
@@ -802,23 +818,23 @@ def test_cursor_declared_with_the_name_of_an_old_portal_is_masked(gw, database):
     s.close()
 
 
-def test_table_alias_column_names_do_not_unmask(gw):
+def test_table_alias_column_names_do_not_unmask(shared_gw):
     for q in ("SELECT lower(x) FROM customers AS c(i, n, x)",
               "SELECT x || '' FROM customers c(i, n, x) WHERE i = 1",
               "SELECT t.x || '' FROM (customers JOIN invoices USING (id)) AS t(i, n, x)",
               "SELECT row_to_json(j) FROM (customers JOIN invoices USING (id)) AS j",
               "SELECT j::text FROM (customers NATURAL JOIN invoices) j"):
-        r = psql(gw, q)
+        r = psql(shared_gw, q)
         assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout, r.stderr)
 
 
-def test_messages_skipped_after_an_upstream_error_do_not_shift_the_replies(gw):
+def test_messages_skipped_after_an_upstream_error_do_not_shift_the_replies(shared_gw):
     """After an error the server ignores messages until Sync and answers none of
     them: the gateway must not expect replies to them, or later rows reach the
     client under the wrong expectation (unmasked)."""
     from hoopy.postgres import codec
 
-    s, until_ready, parse, bind, execute = _proto(gw)
+    s, until_ready, parse, bind, execute = _proto(shared_gw)
     s.sendall(parse("", "SELECT no_such_column FROM customers") + codec.msg(b"H"))
     assert until_ready.recv_msg()[0] == b"E"  # flushed; the server now skips to Sync
     time.sleep(0.2)
@@ -833,10 +849,10 @@ def test_messages_skipped_after_an_upstream_error_do_not_shift_the_replies(gw):
     s.close()
 
 
-def test_expressions_over_a_view_that_renames_a_masked_column_are_masked(gw):
+def test_expressions_over_a_view_that_renames_a_masked_column_are_masked(shared_gw):
     for q in ("SELECT lower(x) FROM renamed_view", "SELECT x || '' FROM renamed_view v",
               "SELECT x FROM renamed_view", "SELECT json_agg(x) FROM renamed_view"):
-        r = psql(gw, q)
+        r = psql(shared_gw, q)
         assert r.returncode == 0 and "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout)
 
 
@@ -855,13 +871,13 @@ def test_a_masked_column_read_through_an_inheritance_child_is_masked(hoopy_gatew
         admin_sql("DROP TABLE customers_archive", database)
 
 
-def test_a_failed_or_skipped_bind_or_close_keeps_the_portal_judged_as_it_is(gw, database):
+def test_a_failed_or_skipped_bind_or_close_keeps_the_portal_judged_as_it_is(shared_gw, database):
     """Bind of a name in use fails; a Close skipped after an error does nothing:
     after ROLLBACK TO SAVEPOINT the old portal runs, and must be judged as itself."""
     from hoopy.postgres import codec
 
     before = invoices(database)
-    s, until_ready, parse, bind, execute = _proto(gw)
+    s, until_ready, parse, bind, execute = _proto(shared_gw)
     s.sendall(codec.query("BEGIN"))
     until_ready()
     s.sendall(parse("", "DELETE FROM invoices") + bind("p", "") + codec.SYNC)
@@ -898,10 +914,10 @@ def test_a_failed_or_skipped_bind_or_close_keeps_the_portal_judged_as_it_is(gw, 
     s.close()
 
 
-def test_bind_over_a_holdable_cursor_name_does_not_unmask_it(gw):
+def test_bind_over_a_holdable_cursor_name_does_not_unmask_it(shared_gw):
     from hoopy.postgres import codec
 
-    s, until_ready, parse, bind, execute = _proto(gw)
+    s, until_ready, parse, bind, execute = _proto(shared_gw)
     s.sendall(codec.query("DECLARE h CURSOR WITH HOLD FOR SELECT lower(ssn) FROM customers ORDER BY id"))
     until_ready()
     s.sendall(parse("", "SELECT 1") + bind("h", "") + codec.SYNC)  # fails: the cursor exists
@@ -915,12 +931,12 @@ def test_bind_over_a_holdable_cursor_name_does_not_unmask_it(gw):
     s.close()
 
 
-def test_refusal_in_a_transaction_after_an_upstream_error_does_not_hang(gw):
+def test_refusal_in_a_transaction_after_an_upstream_error_does_not_hang(shared_gw):
     """Our stand-in for a refused Sync must still be answered when the server is
     already skipping after an error of its own."""
     from hoopy.postgres import codec
 
-    s, until_ready, parse, bind, execute = _proto(gw)
+    s, until_ready, parse, bind, execute = _proto(shared_gw)
     s.sendall(codec.query("BEGIN"))
     until_ready()
     s.sendall(parse("", "SELECT no_such_column FROM customers") + parse("d", "DELETE FROM invoices")
@@ -934,19 +950,19 @@ def test_refusal_in_a_transaction_after_an_upstream_error_does_not_hang(gw):
     s.close()
 
 
-def test_patterns_reach_into_arrays_records_and_other_types(gw):
+def test_patterns_reach_into_arrays_records_and_other_types(shared_gw):
     """Pattern masking is not only for text columns: an email in an array, a record,
     a tsvector or xml, a card number as numeric, in text and binary formats."""
     for q in ("SELECT array_agg(email) FROM customers", "SELECT ROW(email, 1) FROM customers",
               "SELECT c FROM customers c", "SELECT to_tsvector('simple', email) FROM customers",
               "SELECT xmlelement(name x, email) FROM customers", "SELECT card::numeric FROM customers",
               "SELECT ARRAY[card] FROM customers", "SELECT ARRAY[[email]]::varchar[] FROM customers"):
-        r = psql(gw, q)
+        r = psql(shared_gw, q)
         assert r.returncode == 0 and "example" not in r.stdout and "4111111111111111" not in r.stdout, \
             (q, r.stdout, r.stderr)
 
     async def go():
-        conn = await asyncpg.connect(host="127.0.0.1", port=gw.pg_port, user=AGENT.name,
+        conn = await asyncpg.connect(host="127.0.0.1", port=shared_gw.pg_port, user=AGENT.name,
                                      password=AGENT.token, database="x")
         try:
             out = []
@@ -958,13 +974,13 @@ def test_patterns_reach_into_arrays_records_and_other_types(gw):
             await conn.close()
 
     texts = in_thread(go)
-    with psycopg.connect(gw.dsn) as conn:  # binary arrays of numbers
+    with psycopg.connect(shared_gw.dsn) as conn:  # binary arrays of numbers
         for q in ("SELECT array_agg(card) FROM customers", "SELECT ARRAY[card::numeric] FROM customers"):
             texts.append(repr(conn.execute(q, binary=True).fetchall()))
     for text in texts:
         assert "4111111111111111" not in text and "example" not in text, text
     # Harmless values stay.
-    r = psql(gw, "SELECT ARRAY[id], ROW(name), 42::numeric FROM customers WHERE id = 2")
+    r = psql(shared_gw, "SELECT ARRAY[id], ROW(name), 42::numeric FROM customers WHERE id = 2")
     assert r.stdout.strip() == "{2}|(Bob)|42", r.stdout
 
 
@@ -985,7 +1001,7 @@ def test_column_statistics_do_not_show_masked_values(hoopy_gateway, database):
     assert r.returncode == 0 and r.stdout.strip() == "1", r.stderr
 
 
-def test_search_path_set_at_startup_under_another_spelling_is_noticed(gw, database):
+def test_search_path_set_at_startup_under_another_spelling_is_noticed(shared_gw, database):
     """The server folds case and dashes in setting names: Search_Path, --search-path,
     -c search-path all move unqualified names to another schema."""
     from hoopy.postgres import codec, scram
@@ -993,10 +1009,10 @@ def test_search_path_set_at_startup_under_another_spelling_is_noticed(gw, databa
     admin_sql("CREATE SCHEMA IF NOT EXISTS shadow; CREATE TABLE IF NOT EXISTS shadow.invoices (secret text);"
               "DELETE FROM shadow.invoices; INSERT INTO shadow.invoices VALUES ('top secret')", database)
     for opts in ("--search-path=shadow", "-c search-path=shadow", "-c Search-Path=shadow"):
-        r = psql(gw, "SELECT * FROM invoices", extra_env={"PGOPTIONS": opts})
+        r = psql(shared_gw, "SELECT * FROM invoices", extra_env={"PGOPTIONS": opts})
         assert "top secret" not in r.stdout, (opts, r.stdout)
     # As a startup parameter of its own.
-    s = socket.create_connection(("127.0.0.1", gw.pg_port), timeout=10)
+    s = socket.create_connection(("127.0.0.1", shared_gw.pg_port), timeout=10)
     s.sendall(codec.startup_message({"user": AGENT.name, "database": "x", "Search_Path": "shadow"}))
     rd = codec.MessageReader()
 
@@ -1027,28 +1043,28 @@ def test_search_path_set_at_startup_under_another_spelling_is_noticed(gw, databa
     s.close()
 
 
-def test_prepared_statement_executed_later_is_masked_and_scrubbed(gw):
-    r = psql(gw, "PREPARE q AS SELECT lower(ssn), ssn || '' FROM customers ORDER BY id", "EXECUTE q")
+def test_prepared_statement_executed_later_is_masked_and_scrubbed(shared_gw):
+    r = psql(shared_gw, "PREPARE q AS SELECT lower(ssn), ssn || '' FROM customers ORDER BY id", "EXECUTE q")
     assert r.returncode == 0 and "45-6789" not in r.stdout and "65-4321" not in r.stdout, (r.stdout, r.stderr)
-    r = psql(gw, "PREPARE q AS SELECT ssn::int FROM customers", "EXECUTE q")
+    r = psql(shared_gw, "PREPARE q AS SELECT ssn::int FROM customers", "EXECUTE q")
     assert "45-6789" not in r.stderr and "65-4321" not in r.stderr, r.stderr
-    r = psql(gw, "PREPARE q AS SELECT ssn FROM customers", "EXPLAIN ANALYZE EXECUTE q",
+    r = psql(shared_gw, "PREPARE q AS SELECT ssn FROM customers", "EXPLAIN ANALYZE EXECUTE q",
              "CREATE TEMP TABLE t AS EXECUTE q")
     assert "45-6789" not in r.stdout + r.stderr
 
 
-def test_functional_notation_is_a_call_with_the_whole_row(gw, database):
+def test_functional_notation_is_a_call_with_the_whole_row(shared_gw, database):
     """t.f is f(t) in PostgreSQL: a masked row through c.to_jsonb, and a user
     function called as i.zap, are not column reads."""
     for q in ("SELECT c.to_jsonb FROM customers c", "SELECT c.row_to_json FROM customers c",
               "SELECT customers.to_json FROM customers", "SELECT c.record_out FROM customers c"):
-        r = psql(gw, q)
+        r = psql(shared_gw, q)
         assert "45-6789" not in r.stdout and "65-4321" not in r.stdout, (q, r.stdout, r.stderr)
     admin_sql("CREATE OR REPLACE FUNCTION public.zap(i invoices) RETURNS int LANGUAGE sql "
               "AS 'DELETE FROM invoices WHERE id = i.id RETURNING 1'", database)
     try:
         before = invoices(database)
-        r = psql(gw, "SELECT i.zap FROM invoices i")
+        r = psql(shared_gw, "SELECT i.zap FROM invoices i")
         assert r.returncode != 0 and "42501" not in r.stdout, (r.stdout, r.stderr)
         assert invoices(database) == before
     finally:
