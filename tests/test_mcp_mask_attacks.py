@@ -1,6 +1,7 @@
 """Getting a masked value out through the MCP gateway: every place an MCP server's answer can
 carry text, not only a tool result's text content (pure code: hoopy.mcp.results; the wiring
-is in hoopy.mcp.conversation, whose real-peer tests are tests/test_mcp.py).
+is in hoopy.mcp.conversation, tool_calls and server_messages, whose real-peer tests are
+tests/test_mcp.py).
 
 A tool result's ``resource_link`` (its uri, name, title and description), the ``_meta`` and
 annotations of a result or an item, a resource's base64 ``blob`` of text, a JSON-RPC error's

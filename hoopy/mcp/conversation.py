@@ -2,13 +2,11 @@
 
 Every client request is judged (tool calls, resource reads, prompts), filtered (lists),
 bridged between the eras the two sides speak, masked on the way back and recorded.
-A tool call in flight is registered with the gateway (hoopy.causal) so that what the
-server does on hoopy's other connections meanwhile records ``caused_by``.
+Tool calls are hoopy.mcp.tool_calls; what the server sends on its own (notifications,
+its requests to the client) is hoopy.mcp.server_messages.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import secrets
 import time
@@ -17,10 +15,11 @@ from collections import deque
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from hoopy.causal import ToolCall
 from hoopy.mcp import lists, wire
 from hoopy.mcp.results import mask_arguments, mask_error, mask_message, mask_result
-from hoopy.mcp.rules import ToolUnit, resolved, resolved_args
+from hoopy.mcp.rules import resolved
+from hoopy.mcp.server_messages import ServerMessages
+from hoopy.mcp.tool_calls import ToolCalls, tool_error
 from hoopy.mcp.upstream import UpstreamSession
 from hoopy.upstream import UpstreamError
 from hoopy.policy.rules import Operation, Unit
@@ -36,22 +35,9 @@ _ENCODED = re.compile(r"%(2e|2f|5c|00)|\\|\x00", re.IGNORECASE)
 BACKLOG = 256  # server messages kept for a handshake client with no GET stream open
 
 
-def _compact(value) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=True, default=str)
+class MCPSession(ToolCalls, ServerMessages):
+    """One MCP session (its tool calls: ToolCalls; what the server sends: ServerMessages)."""
 
-
-def _clip(value, limit: int):
-    text = _compact(value)
-    if len(text.encode()) <= limit:
-        return value
-    return {"truncated": True, "bytes": len(text.encode()), "head": text.encode()[:limit].decode("utf-8", "ignore")}
-
-
-def tool_error(id_, text: str) -> dict:
-    return wire.result(id_, {"content": [{"type": "text", "text": text}], "isError": True})
-
-
-class MCPSession:
     def __init__(self, service, session, era: str, version: str, client_info, capabilities, key=None):
         self.service = service
         self.gateway = service.gateway
@@ -340,6 +326,19 @@ class MCPSession:
                                         hidden=hidden)
         return self._to_client({**resp, "result": {**res, key: shown}}, listing=True)
 
+    async def _refresh_names(self, method: str, key: str, names: set):
+        """Add every name a list method answers (all its pages) to ``names``."""
+        cursor = None
+        for _ in range(50):
+            resp = await self._connected().request({"method": method, "params": {"cursor": cursor} if cursor else {}}, None)
+            res = resp.get("result") if isinstance(resp, dict) else None
+            if not isinstance(res, dict):
+                return
+            names.update(i["name"] for i in res.get(key) or [] if isinstance(i, dict) and isinstance(i.get("name"), str))
+            cursor = res.get("nextCursor")
+            if not cursor:
+                return
+
     # --- judged requests ----------------------------------------------------------------
 
     async def _verdict(self, op, msg, reply):
@@ -373,251 +372,3 @@ class MCPSession:
                 await self.session.redacted(sum(counts.values()), method=msg["method"], id=msg.get("id"),
                                             detectors=counts)
         return self._to_client(resp)
-
-    async def _tool_call(self, msg, reply):
-        id_ = msg.get("id")
-        params = msg.get("params") if isinstance(msg.get("params"), dict) else {}
-        name = params.get("name")
-        args = params.get("arguments", {})
-        if not isinstance(name, str) or not isinstance(args, (dict, type(None))):
-            raise wire.WireError(wire.INVALID_PARAMS, "tools/call needs a name and an arguments object")
-        args = args or {}
-        pins = self.service.pins
-        if name not in self.service.definitions and name not in pins.changed:
-            # Never listed since the gateway started: see its definition (and pin it) first.
-            await self._refresh_tools(reply)
-        call_id = "tc-" + secrets.token_hex(8)
-        recorded, _ = mask_arguments(self.service.masker, args)
-        recorded = _clip(recorded, self.settings.record_limit)
-        detail = {"tool": name, "arguments": recorded, "request": id_, "call": call_id}
-        if self.client:
-            detail["client"] = self.client
-        if name in pins.changed:
-            rule = "pinning"
-            reason = (f"tool {name} changed since it was pinned; a reviewer must accept the new definition "
-                      f"(hoopy mcp accept {self.session.connection} {name})")
-            await self.session.event("operation", "refused", rule=rule, reason=reason, operation="tool",
-                                     text=f"tools/call {name}", **detail)
-            return tool_error(id_, f"refused by hoopy: {reason}")
-        # The same call (tool and full arguments), not this request's ids, is what a retry-mode
-        # approval is bound to.
-        units = (ToolUnit("tool", name, args=args),)
-        as_resolved = resolved_args(args)
-        if as_resolved is not None:
-            # a path argument as the server will resolve it ("/srv/reports/../../etc/passwd" is
-            # /etc/passwd): every rule must hold for that form too
-            units += (ToolUnit("tool", name, args=as_resolved),)
-        op = Operation("mcp", "tool", f"tools/call {name} {_compact(recorded)}", units, detail,
-                       canonical=Operation.canonical_of(name, _compact(args)))
-        if name not in self.service.definitions and self.session.judge(op).outcome != "deny":
-            # Not a tool the server lists (by this exact name): a server that folds case or Unicode
-            # would run "DELETE_DB" as the delete_db a rule denies, and an unlisted tool is never pinned.
-            # (What the policy refuses anyway is refused as such, below.)
-            reason = f"tool {name!r} is not one the MCP server lists; call a listed tool by its exact name"
-            await self.session.event("operation", "refused", rule="unlisted", reason=reason, operation="tool",
-                                     text=f"tools/call {name}", **detail)
-            return tool_error(id_, f"refused by hoopy: {reason}")
-        verdict = await self._verdict(op, msg, reply)
-        if isinstance(verdict, Deny):
-            why = verdict.reason + (f" (rule {verdict.rule!r})" if verdict.rule and verdict.rule not in verdict.reason
-                                    else "")
-            if verdict.status == "pending":  # retry after approval: the same call runs once approved
-                why = f"approval {verdict.approval} is pending: {why}"
-            if verdict.detail:
-                why += f". {verdict.detail}"
-            return tool_error(id_, f"refused by hoopy: {why}")
-        acts_as = self.settings.acts_as
-        call = ToolCall(id=call_id, session=self.session.id, request=id_, tool=name,
-                        connection=self.session.connection, caller=self.session.identity,
-                        acts_as=acts_as, child=self.child.credential_id if self.child else None,
-                        client=self.client, model=self.session.attribution.get("model"),
-                        require_caller_grant=self.settings.require_caller_grant) if acts_as else None
-        started = time.monotonic()
-        if call is not None:
-            self.gateway.in_flight.begin(call)
-        outcome, resp = "failed", None
-        try:
-            pending = self.upstream.request({"method": "tools/call", "params": params},
-                                            lambda m: self._related(m, msg, reply))
-            reply.on_gone(lambda: self._client_gone(pending))
-            resp = await pending
-            outcome = "error" if "error" in resp or (resp.get("result") or {}).get("isError") else "ok"
-        except UpstreamError as e:
-            outcome = "cancelled" if str(e).startswith("cancelled") else "failed"
-            resp = {"error": {"code": wire.INTERNAL_ERROR, "message": str(e)}}
-            if outcome == "failed":
-                resp = None
-                failure = str(e)
-        finally:
-            if call is not None:
-                self.gateway.in_flight.end(call)
-        duration = round((time.monotonic() - started) * 1000, 3)
-        if resp is None:
-            self.session.trailing_event("mcp.tool.result", "failed", call=call_id, tool=name, request=id_,
-                                        duration_ms=duration, reason=failure)
-            return tool_error(id_, f"hoopy: the MCP server failed: {failure}")
-        out = {"jsonrpc": "2.0", "id": id_}
-        counts = {}
-        if "error" in resp:
-            out["error"] = await self._masked_error(resp["error"], call=call_id, tool=name)
-        else:
-            result, counts = mask_result(self.service.masker, resp.get("result"))
-            out["result"] = result
-        out = self._to_client(out)
-        body = wire.dumps(out.get("result", out.get("error")))
-        if counts:
-            await self.session.redacted(sum(counts.values()), call=call_id, tool=name, detectors=counts)
-        self.session.trailing_event(
-            "mcp.tool.result", outcome, call=call_id, tool=name, request=id_, duration_ms=duration,
-            result_bytes=len(body), result_sha256=hashlib.sha256(body).hexdigest(),
-            **({"error": out["error"].get("message")} if "error" in out else {}),
-            **({"result": _clip(json.loads(body), self.settings.record_limit)} if outcome != "cancelled" else {}))
-        if reply.gone:
-            return None
-        return out
-
-    async def _refresh_names(self, method: str, key: str, names: set):
-        """Add every name a list method answers (all its pages) to ``names``."""
-        cursor = None
-        for _ in range(50):
-            resp = await self._connected().request({"method": method, "params": {"cursor": cursor} if cursor else {}}, None)
-            res = resp.get("result") if isinstance(resp, dict) else None
-            if not isinstance(res, dict):
-                return
-            names.update(i["name"] for i in res.get(key) or [] if isinstance(i, dict) and isinstance(i.get("name"), str))
-            cursor = res.get("nextCursor")
-            if not cursor:
-                return
-
-    async def _refresh_tools(self, reply):
-        cursor = None
-        for _ in range(50):
-            params = {"cursor": cursor} if cursor else {}
-            resp = await self.upstream.request({"method": "tools/list", "params": params}, None)
-            res = resp.get("result") if isinstance(resp, dict) else None
-            if not isinstance(res, dict):
-                return
-            for tool in res.get("tools") or []:
-                if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                    status, d = self.service.pins.check(tool)
-                    if d is not None:
-                        await d
-                    self.service.definitions[tool["name"]] = tool
-            cursor = res.get("nextCursor")
-            if not cursor:
-                return
-
-    def _client_gone(self, pending):
-        if not pending.called:
-            for p in list(self.upstream.pending.values()):
-                if p.done is pending:
-                    self.upstream.cancel(p, "the client went away")
-
-    # --- what the server sends ------------------------------------------------------------
-
-    def _related(self, m, msg, reply):
-        """A message the server sent while answering the client's request ``msg``."""
-        if "id" in m and "method" in m:
-            self._server_request(m, reply)
-            return
-        method = m.get("method")
-        if method not in wire.SERVER_NOTIFICATIONS:
-            self.session.trailing_event("mcp.notification", "refused", direction="out", method=method)
-            return
-        if method == "notifications/progress":
-            token = ((msg.get("params") or {}).get("_meta") or {}).get("progressToken")
-            if token is None:
-                return
-            m = {**m, "params": {**(m.get("params") or {}), "progressToken": token}}
-        self.session.trailing_event("mcp.notification", None, direction="out", method=method)
-        reply.notify(self._masked_message(m))
-
-    def _server_message(self, m):
-        """A message of the server that belongs to no request."""
-        if "id" in m:
-            self._server_request(m, None)
-            return
-        method = m.get("method")
-        if method not in wire.SERVER_NOTIFICATIONS:
-            self.session.trailing_event("mcp.notification", "refused", direction="out", method=method)
-            return
-        if method == "notifications/tools/list_changed":
-            self.service.definitions.clear()
-        if method == "notifications/prompts/list_changed":
-            self.service.prompt_names.clear()
-        self.session.trailing_event("mcp.notification", None, direction="out", method=method)
-        self._push(self._masked_message(m))
-
-    def _push(self, m):
-        if self.era != "handshake":
-            return  # the per-request era has no stream to put it on
-        if self.streams:
-            for s in self.streams:
-                s.send(m)
-        else:
-            self.backlog.append(m)
-
-    def _server_request(self, m, reply):
-        defer.ensureDeferred(self._answer_server_request(m, reply)).addErrback(
-            lambda f: log.failure("mcp server request", f))
-
-    async def _answer_server_request(self, m, reply):
-        method, up_id = m.get("method"), m.get("id")
-        if method == "ping":
-            await self.upstream.respond(wire.result(up_id, {}))
-            return
-        kind = wire.SERVER_REQUESTS.get(method)
-        if kind is None:
-            self.session.trailing_event("mcp.server_request", "refused", method=method)
-            await self.upstream.respond(wire.error(up_id, wire.METHOD_NOT_FOUND, f"Method not found: {method}"))
-            return
-        op = Operation.single("mcp", kind, method, None, method=method)
-        verdict = await self.session.decide(op)
-        if isinstance(verdict, Hold):
-            verdict = await verdict.resolution
-        if isinstance(verdict, Deny):
-            await self.upstream.respond(wire.error(up_id, wire.INVALID_REQUEST, f"refused by hoopy: {verdict.reason}"))
-            return
-        if self.era != "handshake" or (reply is None and not self.streams):
-            await self.upstream.respond(wire.error(
-                up_id, wire.INVALID_REQUEST,
-                f"the client cannot be asked: it speaks {self.version}, which has no server-to-client requests"
-                if self.era != "handshake" else "the client has no stream open to be asked on"))
-            return
-        self._ids += 1
-        our = f"hoopy-{self._ids}"
-        self.to_client[our] = up_id
-        out = {**self._masked_message(m), "id": our}
-        if reply is not None:
-            reply.notify(out)
-        else:
-            self._push(out)
-
-    def client_response(self, msg):
-        """The client answers a request the server made."""
-        up_id = self.to_client.pop(msg.get("id"), None)
-        if up_id is None:
-            return False
-        out = {"jsonrpc": "2.0", "id": up_id}
-        if "error" in msg:
-            out["error"] = msg["error"]
-        else:
-            out["result"] = msg.get("result")
-        self.session.trailing_event("mcp.response", "error" if "error" in msg else "ok", direction="in",
-                                    id=msg.get("id"))
-        self.upstream.respond(out)
-        return True
-
-    def client_notification(self, msg):
-        method = msg["method"]
-        self.session.trailing_event("mcp.notification", None, direction="in", method=method)
-        if method == "notifications/initialized":
-            return
-        if method == "notifications/cancelled":
-            target = (msg.get("params") or {}).get("requestId")
-            for reply in list(self.replies):
-                if reply.request_id == target:
-                    reply.cancel("cancelled by the client")
-            return
-        if self.upstream is not None and self.upstream.era is not None:
-            self.upstream.notify(msg)

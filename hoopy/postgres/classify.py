@@ -25,7 +25,8 @@ from hoopy.postgres.rules import object_name, pg_table_unit
 from hoopy.postgres.scope import CATALOG, DEFAULT, Scope
 from hoopy.postgres import sqltext, sqltree
 from hoopy.postgres.sqltree import CannotJudge, ClassifyError, Heavy, parse_sql_json
-from hoopy.postgres.walk import ANY_OBJECT, CopyTarget, Parsed, walk
+from hoopy.postgres.parsed import ANY_OBJECT, CopyTarget, Parsed
+from hoopy.postgres.walk import walk
 
 if TYPE_CHECKING:  # twisted is imported where it runs: the classifier itself is pure
     from twisted.internet.defer import DeferredSemaphore

@@ -5,9 +5,10 @@ before anything reaches upstream: the client's bytes are held (its window
 stays shut) until the decision, then the two channels are joined with
 backpressure both ways (a side that cannot write pauses the other side's
 reading). Terminal channels are recorded in asciicast v2; exec channels
-without a terminal keep their output, bounded, in their closing event;
-SFTP requests are read packet by packet and each file operation is
-recorded (durable) before the packet goes upstream.
+without a terminal keep their output, bounded, in their closing event
+(hoopy.ssh.channel_end); SFTP requests are read packet by packet and each
+file operation is recorded (durable) before the packet goes upstream
+(hoopy.ssh.sftp_relay).
 """
 from __future__ import annotations
 
@@ -21,39 +22,33 @@ from twisted.logger import Logger
 from hoopy.audit.asciicast import AsciicastRecorder
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Deny, Hold
-from hoopy.session import IN, OUT
-from hoopy.ssh import private, sftp, shell
+from hoopy.ssh import sftp, shell
+from hoopy.ssh.awaiting import wait
+from hoopy.ssh.channel_end import GATEWAY_FAILED, ChannelEnd
 from hoopy.ssh.environment import upstream_env
 from hoopy.ssh.masking import StreamMasker, compile_detectors
 from hoopy.ssh.refusals import REFUSED_OPERATION, REFUSED_WHY
+from hoopy.ssh.sftp_relay import SFTPRelay
 from hoopy.ssh.sftpgate import SFTPGate
 from hoopy.ssh.upstream import MAX_PACKET, WINDOW
+from hoopy.ssh.upstream_session import WRITE_HIGH, UpstreamSession
 
 log = Logger()
 
 STDERR = asyncssh.EXTENDED_DATA_STDERR
 REFUSED = 126  # what a shell returns for "found but cannot run"
-GATEWAY_FAILED = 255  # what ssh itself returns when the connection fails
-# How much a channel may buffer toward a peer that is not reading before the other side is
-# paused (asyncssh's default is 64 KiB: in bulk transfers that paused and resumed the other
-# side every few packets). Resumed when a quarter is left.
-WRITE_HIGH = 512 * 1024
 ATTRIBUTION = {"HOOPY_MODEL": "model", "HOOPY_TOOL_CALL": "tool_call", "HOOPY_MCP_SERVER": "mcp_server"}
 
 # What a client's `env` requests may pass upstream: see hoopy.ssh.environment.
-
-
-async def wait(d):
-    """Await a Twisted Deferred from asyncio code."""
-    return await d.asFuture(asyncio.get_running_loop())
 
 
 def _text(v) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-class ClientSession(asyncssh.SSHServerSession):
-    """One session channel from the client: exec, shell or the sftp subsystem."""
+class ClientSession(SFTPRelay, ChannelEnd, asyncssh.SSHServerSession):
+    """One session channel from the client: exec, shell or the sftp subsystem (its SFTP
+    requests: SFTPRelay; its end: ChannelEnd)."""
 
     def __init__(self, client):
         self.client = client  # hoopy.ssh.server.ClientConnection
@@ -427,245 +422,3 @@ class ClientSession(asyncssh.SSHServerSession):
                 self._drained.set_result(None)
         elif self.up is not None:
             self.up.resume_reading()
-
-    # --- sftp: record each file operation before it goes upstream ---------------
-
-    def _sftp_requests(self, data):
-        try:
-            reqs = self.tracker.read_requests(data)
-        except sftp.SFTPError as e:
-            return self._abort(f"hoopy: {e}")
-        if not self._sftp_queue and all(r.access is None and r.action is None for r in reqs):
-            if reqs:
-                self.up.write(b"".join(r.pkt for r in reqs))
-            return
-        self._sftp_queue.extend(reqs)
-        if self._sftp_pump is None:
-            self.chan.pause_reading()
-            self._sftp_pump = asyncio.ensure_future(self._pump_sftp())
-
-    async def _pump_sftp(self):
-        try:
-            while self._sftp_queue and not self.closed:
-                run = []
-                while self._sftp_queue and self._sftp_queue[0].access is None and self._sftp_queue[0].action is None:
-                    run.append(self._sftp_queue.popleft().pkt)
-                if run:
-                    self.up.write(b"".join(run))
-                    continue
-                req = self._sftp_queue.popleft()
-                try:
-                    await self.gate.handle(req)
-                except asyncio.TimeoutError:
-                    return self._abort("hoopy: the upstream did not resolve an SFTP path")
-                except Exception as e:
-                    log.error("ssh sftp: {e}", e=e)
-                    return self._abort("hoopy: refused: the audit store cannot record this file operation")
-                if self.up is None or self.closed:
-                    return
-            if self._eof_pending and self.up is not None:
-                self.up.write_eof()
-        finally:
-            self._sftp_pump = None
-            if not self.closed and not self.up_blocked:
-                self.chan.resume_reading()
-
-    def _abort(self, message):
-        self._notice(message)
-        if self.up is not None:
-            self.up.close()
-        if not self.closed:
-            self.chan.close()
-
-    # --- closing -------------------------------------------------------------
-    #
-    # sshd ends a channel with exit-status (or exit-signal), EOF and close, in either order of
-    # the first two. A client may close as soon as it sees EOF (OpenSSH's ControlMaster, node's
-    # ssh2), so a status sent after EOF is lost to it. So neither goes to the client as it
-    # arrives: both wait until the channel's event is durable, then go in the order sshd sent
-    # them, then close (see _exit).
-
-    def upstream_eof(self):
-        self.flush_masked()
-        if "eof" not in self._ending:
-            self._ending.append("eof")
-
-    def upstream_exit(self, status=None, signal=None):
-        if signal is not None:
-            self.exit_signal = signal
-        else:
-            self.exit_status = status
-        if "exit" not in self._ending:
-            self._ending.append("exit")
-
-    def upstream_closed(self, exc):
-        """The upstream channel ended: pass its exit on, record, close."""
-        self.up_exc = exc
-        self.flush_masked()
-        if self.exit_status is None and self.exit_signal is None:
-            why = getattr(exc, "reason", None) or (str(exc) if exc else "") or "closed without an exit status"
-            self._notice(f"hoopy: the upstream connection was lost: {why}")
-            self.exit_status = GATEWAY_FAILED
-            self.reason = f"upstream lost: {why}"
-        self._end_known = True
-        self._finish()  # relays the end once the channel's event is durable
-
-    def _exit(self):
-        """Relay the end as sshd sent it: exit-status/signal and EOF in its order, then close."""
-        if self.closed or self._exited:
-            return
-        self._exited = True
-        asyncio.ensure_future(self._send_end())
-
-    async def _send_end(self):
-        # exit-status is a channel request: it would overtake output still waiting for the
-        # client's window, which sshd never does. So wait for that output to go first: with
-        # limits of 0, asyncssh calls resume_writing once all of it is sent.
-        if self.chan.get_write_buffer_size():
-            self._drained = asyncio.get_running_loop().create_future()
-            self.chan.set_write_buffer_limits(0, 0)
-            await self._drained
-        if self.closed:
-            return
-        order = self._ending if "exit" in self._ending else ["exit", *self._ending]
-        if "eof" not in order:
-            order = [*order, "eof"]
-        for what in order:
-            if what == "exit":
-                if self.exit_signal is not None:
-                    sig, core, msg = self.exit_signal
-                    private.send_exit_signal(self.chan, sig, core, msg)
-                else:
-                    status = self.exit_status if self.exit_status is not None else GATEWAY_FAILED
-                    private.send_exit_status(self.chan, status)
-            else:
-                self.chan.write_eof()
-        self.chan.close()
-
-    def connection_lost(self, exc):
-        """The client's channel is gone (closed, or the client vanished)."""
-        self.closed = True
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
-        self.client.channels.discard(self)
-        if not getattr(self, "_counted_closed", False):
-            self._counted_closed = True
-            self.client.sessions -= 1
-        if self.hold is not None:
-            # This channel's approval only: other channels of the session may be held too.
-            self.client.session.expire_hold(self.hold.approval.id, "the client went away")
-        if self.up is not None:
-            self.up.close()
-        if self._finishing is None and self.kind is not None and self.session is not None:
-            if self.exit_status is None:
-                self.reason = "client closed the channel" if exc is None else f"client lost: {exc}"
-            asyncio.ensure_future(self._finish())
-        elif self.kind is None and not self.done.done():
-            self.done.set_result(None)
-
-    def client_gone(self):
-        """The whole client connection ended."""
-        if not self.closed:
-            self.connection_lost(None)
-
-    def _finish(self):
-        if self._finishing is None:
-            self._finishing = asyncio.ensure_future(self._record_end())
-        return self._finishing
-
-    async def _record_end(self):
-        try:
-            session = self.session
-            if session is None:
-                return
-            session.count_bytes(IN, self.bytes_in)
-            session.count_bytes(OUT, self.bytes_out + self.bytes_err)
-            data = {
-                "exit_status": self.exit_status,
-                "exit_signal": self.exit_signal[0] if self.exit_signal else None,
-                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out, "bytes_err": self.bytes_err,
-                "duration_s": round(time.monotonic() - self.started, 3), "pty": self.pty is not None,
-            }
-            if getattr(self, "reason", None):
-                data["reason"] = self.reason
-            if self.kind == "exec":
-                data["command"] = self.command
-                if self.recorder is None:
-                    data["output"] = self.output.decode("utf-8", "replace")
-                    data["output_truncated"] = self.truncated
-                    data["input"] = self.input.decode("utf-8", "replace")
-                    data["input_truncated"] = self.input_truncated
-            if self.tracker is not None:
-                for action in self.tracker.unclosed():
-                    await _quiet(wait(session.event(action.kind, "ok", **action.data)))
-            if self.recording:
-                data["recording"] = self.recording
-            if self.maskers is not None:
-                counts = {}
-                for m in self.maskers.values():
-                    for name, n in m.counts.items():
-                        counts[name] = counts.get(name, 0) + n
-                if counts:
-                    data["redacted"] = counts
-                    where = "terminal output" if self.recorder is not None else f"{self.kind} output"
-                    await _quiet(wait(session.redacted(sum(counts.values()), where=where, channel=self.kind,
-                                                       command=self.command, patterns=counts,
-                                                       recording=self.recording)))
-            ok = self.exit_status == 0 and self.exit_signal is None
-            await _quiet(wait(session.event(f"ssh.{self.kind}", "ok" if ok else "failed", **data)))
-            if self._end_known:
-                self._exit()  # the status reaches the client once it is on the record
-            if self.recorder is not None:
-                # The recording holds masked output only; its seal says how much was masked.
-                sealed = {"redacted": data["redacted"]} if data.get("redacted") else {}
-                await _quiet(wait(self.recorder.seal(**sealed)))
-        finally:
-            if self._end_known:
-                self._exit()  # (once: a no-op when already relayed above)
-            if not self.done.done():
-                self.done.set_result(None)
-
-
-async def _quiet(aw):
-    try:
-        await aw
-    except Exception as e:  # the store is down: logged there; the channel still closes
-        log.error("ssh: event not recorded: {e}", e=e)
-
-
-class UpstreamSession(asyncssh.SSHClientSession):
-    """The upstream half of a session channel: everything goes back to the client."""
-
-    def __init__(self, down: ClientSession):
-        self.down = down
-        self.chan = None
-
-    def connection_made(self, chan):
-        self.chan = private.gateway_upstream_channel(chan)  # data packets sent with fewer copies
-        chan.set_write_buffer_limits(WRITE_HIGH)
-
-    def data_received(self, data, datatype):
-        self.down.from_upstream(data, datatype)
-
-    def eof_received(self):
-        self.down.upstream_eof()
-        return True
-
-    def exit_status_received(self, status):
-        self.down.upstream_exit(status=status)
-
-    def exit_signal_received(self, signal, core_dumped, msg, lang):
-        self.down.upstream_exit(signal=(signal, core_dumped, msg))
-
-    def pause_writing(self):
-        self.down.up_blocked = True
-        if not self.down.closed:
-            self.down.chan.pause_reading()
-
-    def resume_writing(self):
-        self.down.up_blocked = False
-        if not self.down.closed and self.down._sftp_pump is None:
-            self.down.chan.resume_reading()
-
-    def connection_lost(self, exc):
-        self.down.upstream_closed(exc)

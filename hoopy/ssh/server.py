@@ -18,7 +18,8 @@ from hoopy.policy.rules import Operation
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.ssh import private
 from hoopy.ssh.refusals import REFUSED_OPERATION, REFUSED_WHY
-from hoopy.ssh.channels import ClientSession, wait
+from hoopy.ssh.awaiting import quiet, wait
+from hoopy.ssh.channels import ClientSession
 from hoopy.ssh.forward import ForwardSession, UpstreamForward
 from hoopy.upstream import UpstreamError
 
@@ -345,7 +346,4 @@ class ClientConnection(asyncssh.SSHServer):
 
 
 async def _quiet_event(session, kind, outcome, **data):
-    try:
-        await wait(session.event(kind, outcome, **data))
-    except Exception as e:
-        log.error("ssh: event not recorded: {e}", e=e)
+    await quiet(wait(session.event(kind, outcome, **data)))

@@ -24,6 +24,7 @@ import posixpath
 from hoopy.policy.rules import Operation, Unit
 from hoopy.policy.verdicts import Deny, Hold
 from hoopy.ssh import sftp
+from hoopy.ssh.awaiting import wait
 
 # The upstream answers its own REALPATH at once; one that does not in this long is broken.
 RESOLVE_TIMEOUT = 30.0
@@ -99,11 +100,11 @@ class SFTPGate:
             # On the record like any refusal (the event), and answered here.
             op = Operation("ssh", f"sftp.{req.access}", f"sftp {_NAMES.get(req.type, req.type)}",
                            (Unit("refused", req.refuse),), {"paths": [sftp.display(p) for p, _ in req.paths]})
-            decision = await _wait(session.decide(op))
+            decision = await wait(session.decide(op))
             return self.answer(req, sftp.PERMISSION_DENIED, f"hoopy: refused: {decision.reason}")
         if req.access is None:
             if req.action is not None:
-                await _wait(session.event(req.action.kind, "ok", **req.action.data))
+                await wait(session.event(req.action.kind, "ok", **req.action.data))
             self.ch.up.write(req.pkt)
             return
         resolved = []
@@ -126,11 +127,11 @@ class SFTPGate:
                         "resolved": [sftp.display(r) for r in resolved]})
         j = session.judge(op)
         if j.outcome != "allow":
-            decision = await _wait(session.decide(op))
+            decision = await wait(session.decide(op))
             if isinstance(decision, Hold):
                 self.ch._notice(f"hoopy: {text} is held for approval {decision.id}; "
                                 f"waiting for a reviewer (hoopy approve {decision.id})")
-                decision = await _wait(decision.resolution)
+                decision = await wait(decision.resolution)
             if isinstance(decision, Deny):
                 return self.answer(req, sftp.PERMISSION_DENIED, f"hoopy: refused: {decision.reason}")
             rule = decision.rule
@@ -143,9 +144,9 @@ class SFTPGate:
             if resolved and resolved != [p for p, _ in req.paths]:
                 data["resolved"] = sftp.display(resolved[0]) if len(resolved) == 1 else [sftp.display(r) for r in resolved]
             data["rule"] = rule
-            await _wait(session.event(req.action.kind, "ok", **data))
+            await wait(session.event(req.action.kind, "ok", **data))
         elif req.type not in _QUIET:
-            await _wait(session.event("sftp.request", "ok", request=name, paths=[sftp.display(r) for r in resolved],
+            await wait(session.event("sftp.request", "ok", request=name, paths=[sftp.display(r) for r in resolved],
                                       rule=rule))
         if self.ch.up is not None and not self.ch.closed:
             self.ch.up.write(req.pkt)
@@ -156,6 +157,3 @@ class SFTPGate:
         if not self.ch.closed:
             self.ch._deliver(sftp.status(req.rid, code, message), None)
 
-
-async def _wait(d):
-    return await d.asFuture(asyncio.get_running_loop())
