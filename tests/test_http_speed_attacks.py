@@ -1,0 +1,80 @@
+"""Attacks on the httpcpu round's shortcuts (a pooled connection keeping its llhttp parser, the
+asyncio reactor's callLater, the Scrubber's fresh() copies, the path fast path).
+
+A kept parser must hold nothing of the last response: bytes an upstream sent after a complete
+answer, in the same read, must not become the head of the next caller's answer on that connection.
+"""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hoopy.http.bodies import Scrubber
+from tests.support import HoopyProcess, free_port, ident
+from tests.wire_peers import RawUpstream, raw, response, statuses
+
+ATTACKER = ident("attacker")
+VICTIM = ident("victim")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    up = RawUpstream()
+    port = free_port()
+    body = ATTACKER.toml(scram=False) + VICTIM.toml(scram=False) + f"""
+[connections.api]
+type = "http"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{up.port}"
+upstream_timeout = "3s"
+pool_size = 1
+
+[[grants]]
+identity = "attacker"
+connection = "api"
+allow = ["GET /v1/customers/*"]
+
+[[grants]]
+identity = "victim"
+connection = "api"
+allow = ["* /**"]
+"""
+    gw = HoopyProcess(tmp_path_factory.mktemp("speed"), body)
+    gw.start()
+    gw.port = port
+    gw.up = up
+    yield gw
+    gw.stop()
+    up.stop()
+    assert "Traceback" not in gw.log_text(), gw.log_text()[-4000:]
+
+
+def req(who, target: bytes) -> bytes:
+    return (b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + who.token.encode()
+            + b"\r\n\r\n")
+
+
+# What an upstream sends after a complete answer, in the same write: the start of a head that the
+# next answer on the connection would complete (an open header value swallows its status line).
+TAILS = {
+    "an open header": b"HTTP/1.1 200 OK\r\nSet-Cookie: pwned=1\r\nX-Pad: ",
+    "a status line": b"HTTP/1.1 200 OK\r\nSet-Cookie: pwned=1\r\n",
+    "half a status line": b"HTTP/1.1 2",
+    "a 1xx's start": b"HTTP/1.1 103 Early Hints\r\nSet-Cookie: pwned=1\r\nX-Pad: ",
+}
+
+
+@pytest.mark.parametrize("name", list(TAILS))
+def test_a_partial_head_after_an_answer_never_reaches_the_next_caller(world, name):
+    path = "/v1/customers/tail-" + name.replace(" ", "-").replace("'", "")
+    world.up.script[path] = lambda h, b: response(200, b"first") + TAILS[name]
+    out = raw(world.port, req(ATTACKER, path.encode()))
+    assert statuses(out) == [200] and out.endswith(b"first"), out
+    # pool_size 1: the victim's request goes on the same upstream connection, if it was kept
+    for i in range(2):
+        target = b"/v1/customers/victim-%d-%d" % (hash(name) & 0xffff, i)
+        out = raw(world.port, req(VICTIM, target))
+        assert statuses(out) == [200], (name, out[:400])
+        assert b"pwned" not in out and b"X-Pad" not in out and target in out, (name, out[:400])
