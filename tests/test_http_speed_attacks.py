@@ -6,8 +6,6 @@ answer, in the same read, must not become the head of the next caller's answer o
 """
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -78,3 +76,28 @@ def test_a_partial_head_after_an_answer_never_reaches_the_next_caller(world, nam
         out = raw(world.port, req(VICTIM, target))
         assert statuses(out) == [200], (name, out[:400])
         assert b"pwned" not in out and b"X-Pad" not in out and target in out, (name, out[:400])
+
+
+def test_a_call_moved_sooner_moves_asyncios_timer_though_only_later_calls_follow(monkeypatch):
+    """hoopy's callLater compares only the new call's due time with asyncio's timer (Twisted's took
+    the earliest call's): a DelayedCall.reset() to sooner (the HTTP server's one deadline timer
+    moving from the idle deadline to a head's) must move the timer itself (Twisted's asyncio reactor
+    does, in _moveCallLaterSooner), or it fires at the old time when only later calls follow."""
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    from hoopy import sockwrite
+
+    monkeypatch.setattr(AsyncioSelectorReactor, "callLater", sockwrite._call_later)
+    calls = [reactor.callLater(3000, lambda: None), reactor.callLater(2000, lambda: None)]
+    try:
+        loop = reactor._asyncioEventloop
+        if reactor._scheduledAt - loop.time() < 1000:
+            pytest.skip("another call is due first in this process: the timer cannot be seen to move")
+        calls[1].reset(0.05)
+        calls.append(reactor.callLater(2500, lambda: None))  # due after the timer: moves nothing itself
+        assert reactor._scheduledAt - loop.time() < 1
+    finally:
+        for c in calls:
+            if c.active():
+                c.cancel()
