@@ -6,6 +6,8 @@ answer, in the same read, must not become the head of the next caller's answer o
 """
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -64,18 +66,42 @@ TAILS = {
 }
 
 
+# The answer the tail follows: each leaves llhttp at a message's start (a kept parser)
+FIRSTS = {
+    "Content-Length": (response(200, b"first"), [200]),
+    "chunked": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n\r\n", [200]),
+    "chunked with a trailer": (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n0\r\n"
+                               b"X-T: 1\r\n\r\n", [200]),
+    "204": (b"HTTP/1.1 204 No Content\r\n\r\n", [204]),
+    "304": (b"HTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n", [304]),
+    "after a 100": (b"HTTP/1.1 100 Continue\r\n\r\n" + response(200, b"first"), [200]),
+}
+
+
+@pytest.mark.parametrize("first", list(FIRSTS))
 @pytest.mark.parametrize("name", list(TAILS))
-def test_a_partial_head_after_an_answer_never_reaches_the_next_caller(world, name):
-    path = "/v1/customers/tail-" + name.replace(" ", "-").replace("'", "")
-    world.up.script[path] = lambda h, b: response(200, b"first") + TAILS[name]
-    out = raw(world.port, req(ATTACKER, path.encode()))
-    assert statuses(out) == [200] and out.endswith(b"first"), out
+def test_a_partial_head_after_an_answer_never_reaches_the_next_caller(world, name, first):
+    answer, expect = FIRSTS[first]
+    path = "/v1/customers/tail-" + re.sub(r"[^a-z0-9]+", "-", f"{name}-{first}".lower())
+    world.up.script[path] = lambda h, b: answer + TAILS[name]
+    out = raw(world.port, req(ATTACKER, path.encode()), timeout=2)
+    assert statuses(out) == expect and b"pwned" not in out, out
     # pool_size 1: the victim's request goes on the same upstream connection, if it was kept
     for i in range(2):
-        target = b"/v1/customers/victim-%d-%d" % (hash(name) & 0xffff, i)
+        target = path.replace("tail-", "victim-").encode() + b"-%d" % i
         out = raw(world.port, req(VICTIM, target))
         assert statuses(out) == [200], (name, out[:400])
         assert b"pwned" not in out and b"X-Pad" not in out and target in out, (name, out[:400])
+
+
+def test_stray_line_ends_after_an_answer_keep_the_connection(world):
+    """CRLFs between responses begin no message (llhttp skips them): the connection stays pooled."""
+    world.up.script["/v1/customers/crlf"] = lambda h, b: response(200, b"first") + b"\r\n\r\n"
+    n = len(world.up.conns)
+    for i in range(3):
+        out = raw(world.port, req(ATTACKER, b"/v1/customers/crlf"))
+        assert statuses(out) == [200] and out.endswith(b"first"), out
+    assert len(world.up.conns) - n <= 1  # one connection (a new one at most if the last was closed)
 
 
 def test_a_call_moved_sooner_moves_asyncios_timer_though_only_later_calls_follow(monkeypatch):
