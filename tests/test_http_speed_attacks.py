@@ -17,6 +17,7 @@ from tests.wire_peers import RawUpstream, raw, response, statuses
 
 ATTACKER = ident("attacker")
 VICTIM = ident("victim")
+KEY = "sk-live-0123456789abcdef"  # the injected credential: token characters only (fits a header name)
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,7 @@ listen = "tcp:{port}:interface=127.0.0.1"
 upstream = "http://127.0.0.1:{up.port}"
 upstream_timeout = "3s"
 pool_size = 1
+upstream_headers = {{ X-Api-Key = "env:API_KEY" }}
 
 [[grants]]
 identity = "attacker"
@@ -41,7 +43,7 @@ identity = "victim"
 connection = "api"
 allow = ["* /**"]
 """
-    gw = HoopyProcess(tmp_path_factory.mktemp("speed"), body)
+    gw = HoopyProcess(tmp_path_factory.mktemp("speed"), body, env={"API_KEY": KEY})
     gw.start()
     gw.port = port
     gw.up = up
@@ -127,3 +129,14 @@ def test_a_call_moved_sooner_moves_asyncios_timer_though_only_later_calls_follow
         for c in calls:
             if c.active():
                 c.cancel()
+
+
+@pytest.mark.parametrize("spelled", [KEY, KEY.upper(), "x-" + KEY])
+def test_the_credential_in_a_response_header_name_never_reaches_the_caller(world, spelled):
+    """An upstream that echoes request headers as names (X-Echo-<value>: 1, a debug route): the
+    credential is scrubbed from values, and a name must not carry it either."""
+    path = "/v1/customers/name-" + re.sub(r"[^a-z0-9]+", "-", spelled.lower())
+    world.up.script[path] = lambda h, b: response(200, b"ok", [(spelled.encode(), b"1"), (b"X-Other", b"2")])
+    out = raw(world.port, req(ATTACKER, path.encode()))
+    assert statuses(out) == [200] and out.endswith(b"ok") and b"X-Other: 2" in out, out
+    assert KEY.encode() not in out.lower(), out
