@@ -399,9 +399,16 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
 
     # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
     head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
-    cleaned = [(name, clean(values)) for name, values in response.headers.getAllRawHeaders()]
+    cleaned = []
+    for name, values in response.headers.getAllRawHeaders():
+        named = scrub(name)
+        # A name can hold the credential too (an upstream echoing headers as names): such a header
+        # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
+        cleaned.append((named, clean(values), named == name))
     out = []
-    for name, values in cleaned:
+    for name, values, forward in cleaned:
+        if not forward:
+            continue
         n = name.lower()
         if n in H.HOP_BY_HOP or n in extra_hop:
             continue
@@ -416,5 +423,5 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
         if masker.active and n in BODY_DIGESTS:
             continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
         out += [(name, v) for v in values]
-    ex.record.response_headers = H.for_record(cleaned)
+    ex.record.response_headers = H.for_record([(name, values) for name, values, _ in cleaned])
     return out, counts
