@@ -140,3 +140,13 @@ def test_the_credential_in_a_response_header_name_never_reaches_the_caller(world
     out = raw(world.port, req(ATTACKER, path.encode()))
     assert statuses(out) == [200] and out.endswith(b"ok") and b"X-Other: 2" in out, out
     assert KEY.encode() not in out.lower(), out
+
+
+@pytest.mark.parametrize("spelled", [KEY, KEY.upper(), "X-Api-Key: " + KEY])
+def test_the_credential_in_a_status_reason_never_reaches_the_caller(world, spelled):
+    """A reason phrase that echoes the request ("401 bad key <key>") is upstream text like a header."""
+    path = "/v1/customers/reason-" + re.sub(r"[^a-z0-9]+", "-", spelled.lower())
+    world.up.script[path] = lambda h, b: b"HTTP/1.1 401 bad " + spelled.encode() + b"\r\nContent-Length: 2\r\n\r\nno"
+    out = raw(world.port, req(ATTACKER, path.encode()))
+    assert statuses(out) == [401] and out.endswith(b"no"), out
+    assert KEY.encode() not in out.lower(), out
