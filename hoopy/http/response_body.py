@@ -322,6 +322,7 @@ async def respond(ex, response):
             deliver(Discard())
             await ex.unmaskable(why)
     headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other")
+    phrase = site.scrub_header(response.phrase)  # upstream text like a header ("401 bad key <key>")
     try:
         await ex.record_redactions("response", header_counts)
     except Exception:
@@ -346,11 +347,11 @@ async def respond(ex, response):
         await ex.record_redactions("response", counts)
         ex.record.keep("response_body", data)
         headers.append((b"Content-Length", b"%d" % len(data)))
-        ex.sink.head(response.code, response.phrase, headers)
+        ex.sink.head(response.code, phrase, headers)
         ex.write(data)
         ex.finish("ok")
         return
-    ex.sink.head(response.code, response.phrase, headers)
+    ex.sink.head(response.code, phrase, headers)
     scrubber = site.scrubber() if not codings(encoding) or must_mask else None
     stream = Stream(ex, SSEMasker(masker, settings.mask_limit) if must_mask else None, decoder, kind, scrubber)
     ex.pending = stream.done
