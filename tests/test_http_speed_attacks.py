@@ -7,6 +7,7 @@ answer, in the same read, must not become the head of the next caller's answer o
 from __future__ import annotations
 
 import re
+import socket
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -150,3 +151,35 @@ def test_the_credential_in_a_status_reason_never_reaches_the_caller(world, spell
     out = raw(world.port, req(ATTACKER, path.encode()))
     assert statuses(out) == [401] and out.endswith(b"no"), out
     assert KEY.encode() not in out.lower(), out
+
+
+@pytest.mark.parametrize("cut", [1, 7, len(KEY) - 1])
+@pytest.mark.parametrize("spelled", [KEY, KEY.upper()])
+def test_the_credential_split_across_reads_of_two_responses_is_starred(world, spelled, cut):
+    """Each response's Scrubber is a fresh() copy of the site's: the tail one holds back at a read's
+    end is its own (two answers on one connection, each cut inside the credential)."""
+    import time
+
+    def answer(h, b):
+        def gen(sock):
+            sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            for part in (b"x" + spelled[:cut].encode(), spelled[cut:].encode() + b"y"):
+                sock.sendall(b"%x\r\n%b\r\n" % (len(part), part))
+                time.sleep(0.05)
+            sock.sendall(b"0\r\n\r\n")
+            yield None
+        return gen
+    path = "/v1/customers/split-%d-%s" % (cut, "up" if spelled.isupper() else "low")
+    world.up.script[path] = answer
+    with socket.create_connection(("127.0.0.1", world.port), timeout=5) as s:
+        s.sendall(req(ATTACKER, path.encode()) * 2)  # pipelined: the same upstream connection, in turn
+        out = b""
+        t = time.monotonic()
+        while out.count(b"0\r\n\r\n") < 2 and time.monotonic() - t < 5:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+    assert statuses(out) == [200, 200], out
+    assert KEY.encode() not in out.lower() and spelled[:cut].encode() + spelled[cut:cut + 1].encode() not in out, out
+    assert out.count(b"x") >= 2 and out.count(b"y") >= 2 and out.count(b"*" * len(KEY)) == 2, out
