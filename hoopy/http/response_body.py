@@ -322,6 +322,7 @@ async def respond(ex, response):
             deliver(Discard())
             await ex.unmaskable(why)
     headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other")
+    phrase = site.scrub_header(response.phrase)  # upstream text like a header ("401 bad key <key>")
     try:
         await ex.record_redactions("response", header_counts)
     except Exception:
@@ -346,11 +347,11 @@ async def respond(ex, response):
         await ex.record_redactions("response", counts)
         ex.record.keep("response_body", data)
         headers.append((b"Content-Length", b"%d" % len(data)))
-        ex.sink.head(response.code, response.phrase, headers)
+        ex.sink.head(response.code, phrase, headers)
         ex.write(data)
         ex.finish("ok")
         return
-    ex.sink.head(response.code, response.phrase, headers)
+    ex.sink.head(response.code, phrase, headers)
     scrubber = site.scrubber() if not codings(encoding) or must_mask else None
     stream = Stream(ex, SSEMasker(masker, settings.mask_limit) if must_mask else None, decoder, kind, scrubber)
     ex.pending = stream.done
@@ -399,9 +400,16 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
 
     # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
     head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
-    cleaned = [(name, clean(values)) for name, values in response.headers.getAllRawHeaders()]
+    cleaned = []
+    for name, values in response.headers.getAllRawHeaders():
+        named = scrub(name)
+        # A name can hold the credential too (an upstream echoing headers as names): such a header
+        # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
+        cleaned.append((named, clean(values), named == name))
     out = []
-    for name, values in cleaned:
+    for name, values, forward in cleaned:
+        if not forward:
+            continue
         n = name.lower()
         if n in H.HOP_BY_HOP or n in extra_hop:
             continue
@@ -416,5 +424,5 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
         if masker.active and n in BODY_DIGESTS:
             continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
         out += [(name, v) for v in values]
-    ex.record.response_headers = H.for_record(cleaned)
+    ex.record.response_headers = H.for_record([(name, values) for name, values, _ in cleaned])
     return out, counts

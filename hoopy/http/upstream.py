@@ -244,6 +244,11 @@ class UpstreamConnection(Protocol):
     # --- llhttp callbacks --------------------------------------------------------------------------
 
     def on_message_begin(self):
+        req = self.exchange
+        if req is None or req.state == "done":
+            # Bytes after a complete answer, in its read: the parser is kept for the next request,
+            # so even the start of a head would become part of the next caller's answer.
+            raise UpstreamError("the upstream sent a response nobody asked for")
         self._headers = []
         self._phrase = b""
 
