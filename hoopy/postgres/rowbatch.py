@@ -211,7 +211,7 @@ def _load_c():
     if os.environ.get("HOOPY_ROWMASK") == "python":
         return None
     try:
-        from hoopy.postgres import _rowmask  # type: ignore[attr-defined]
+        from hoopy.postgres import _rowmask
     except ImportError:
         return None
     if (_rowmask.DOMAIN, _rowmask.LOCAL) != (_DOMAIN, _LOCAL):
@@ -220,9 +220,9 @@ def _load_c():
     perr, serr = codec.ProtocolError, struct.error
 
     def email_rows_c(plan, raw, start: int, end: int):
-        if 0 <= start <= end <= len(raw):
+        if 0 <= start <= end <= len(raw) and type(raw) in (bytes, bytearray):
             return c_rows(plan, raw, start, end, MASK_B, perr, serr)
-        return email_rows_py(plan, raw, start, end)  # bounds the C code does not take
+        return email_rows_py(plan, raw, start, end)  # what the C code does not take: as before
 
     email_rows_c.__doc__ = email_rows_py.__doc__
     return email_rows_c
