@@ -170,8 +170,8 @@ def _outcome(fn, columns, raw, start, end):
     plan, calls = _recorded(plan)
     try:
         got = fn(plan, raw, start, end)
-    except codec.ProtocolError as e:
-        got = ("ProtocolError", str(e))
+    except Exception as e:  # ProtocolError, or whatever the per-row code raises: the same from both
+        got = (type(e).__name__, str(e))
     return got, dict(plan.patterns), dict(plan.columns), calls
 
 
