@@ -1,0 +1,117 @@
+"""Adversarial inputs for the C row masking (hoopy/postgres/_rowmask.c) against the Python
+reference (``rowbatch.email_rows_py``): plans with any column kinds and per-row code that answers
+anything a RowPlan may answer, values made of the bytes the domain and local-part classes turn on
+(label lengths at the 63 limit, "@" runs, UTF-8 and invalid UTF-8), counts and lengths at the int16
+and int32 edges and at the row's and the run's end. Same bytes, stop, rows, counts, calls, errors."""
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
+
+from hoopy.postgres import codec, rowbatch
+
+C = rowbatch.email_rows_c
+needs_c = pytest.mark.skipif(C is None, reason="the C module is not built")
+
+
+class Plan:
+    """A stand-in RowPlan: any batch kinds; ``value`` and ``rewrite`` answer as a RowPlan may
+    (None, the value itself or an equal copy, other bytes, a bytearray, a memoryview), picked
+    from the arguments so both paths get the same answer for the same call."""
+
+    def __init__(self, kinds, salt):
+        self.batch_kinds = kinds
+        self.salt = salt
+        self.patterns: dict = {}
+        self.calls: list = []
+
+    def _pick(self, *key):
+        return zlib.crc32(repr((self.salt,) + key).encode()) % 7
+
+    def value(self, i, kind, v):
+        self.calls.append(("value", i, kind, v))
+        c = self._pick(i, kind, v)
+        if c == 6:
+            self.patterns["email"] = self.patterns.get("email", 0) + 1  # the per-row code counts too
+        return [None, v, bytes(v), v + b"@x", b"", bytearray(b"ab@c.de"), memoryview(b"[m]")][c]
+
+    def rewrite(self, payload):
+        self.calls.append(("rewrite", payload))
+        c = self._pick(payload)
+        if c < 3:
+            return None
+        return codec.msg(b"D", payload[:2] + b"\x00\x00\x00\x01z" if c == 3 else b"\x00\x00")
+
+
+def _outcome(fn, kinds, salt, raw, start, end):
+    plan = Plan(list(kinds), salt)
+    try:
+        got = fn(plan, raw, start, end)
+    except Exception as e:
+        got = (type(e).__name__, str(e))
+    return got, plan.patterns, plan.calls
+
+
+def _same(kinds, salt, raw, start, end):
+    want = _outcome(rowbatch.email_rows_py, kinds, salt, raw, start, end)
+    got = _outcome(C, kinds, salt, raw, start, end)
+    assert got == want
+    return got
+
+
+# Bytes the classes turn on: letters, digits, "-", ".", local-only punctuation, "@", the other
+# marks, NUL, controls, UTF-8 (é, U+FF20), lone continuation and lead bytes, 0xff.
+ATOMS = [b"a", b"Z", b"0", b"-", b".", b"_", b"!", b"~", b"'", b"@", b"@@", b"%", b"+", b"&", b"\\", b" ", b"\x00",
+         b"\n", "é".encode(), "\uff20".encode(), b"\x80", b"\xc3", b"\xff", b"a@b.c", b"ann@example.com"]
+LABELS = st.sampled_from([1, 2, 61, 62, 63, 64, 65]).flatmap(lambda n: st.sampled_from([b"a" * n, b"a" * (n - 1) + b"-",
+                                                                                         b"-" + b"b" * (n - 1)]))
+PIECE = st.one_of(st.sampled_from(ATOMS), LABELS, st.binary(max_size=3))
+VALUE = st.one_of(st.none(), st.lists(PIECE, max_size=12).map(b"".join))
+KIND = st.sampled_from([0, 0, 1, 4, 5, 5, 5, 2, 3])
+I32 = st.sampled_from([-(2 ** 31), -2, -1, 0, 1, 2 ** 15, 2 ** 31 - 1, 2 ** 31 - 5, 2 ** 31 - 8])
+I16 = st.sampled_from([-(2 ** 15), -1, 0, 1, 2, 2 ** 15 - 1])
+
+
+@st.composite
+def row(draw, ncols):
+    n = draw(st.one_of(st.just(ncols), st.integers(0, ncols + 2), I16))
+    body = []
+    for _ in range(draw(st.integers(0, min(max(n, 0), ncols + 2)))):
+        v = draw(VALUE)
+        how = draw(st.integers(0, 30))
+        if how == 0:
+            body.append(struct.pack("!i", draw(I32)) + (v or b""))
+        elif how == 1 and v:
+            body.append(struct.pack("!i", len(v) + draw(st.sampled_from([-1, 1, 4]))) + v)  # just off the value
+        else:
+            body.append(b"\xff\xff\xff\xff" if v is None else struct.pack("!i", len(v)) + v)
+    payload = struct.pack("!h", n) + b"".join(body)
+    if not draw(st.integers(0, 15)):
+        payload = payload[:draw(st.integers(0, len(payload)))]
+    length = len(payload) + 4
+    if not draw(st.integers(0, 20)):
+        length += draw(st.sampled_from([-1, 1, 2 ** 31 - 1 - length, -length - 1]))
+    return b"D" + struct.pack("!i", length) + payload
+
+
+@st.composite
+def case(draw):
+    kinds = draw(st.lists(KIND, min_size=0, max_size=5))
+    rows = draw(st.lists(row(len(kinds)), min_size=1, max_size=6))
+    head = draw(st.sampled_from([b"", b"@", b"\x80" * 3]))
+    raw = head + b"".join(rows) + draw(st.sampled_from([b"", b"D", b"D\x00\x00\x00\x09@", b"Z\x00\x00\x00\x05I"]))
+    start = len(head)
+    end = draw(st.one_of(st.just(len(raw)), st.integers(start, len(raw))))
+    if draw(st.booleans()):
+        raw = bytearray(raw)
+    return kinds, draw(st.integers(0, 3)), raw, start, end
+
+
+@needs_c
+@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case())
+def test_any_kinds_any_answers_same_as_python(c):
+    _same(*c)
