@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PostgreSQL: the same load directly, through hoopy, and through pgbouncer.
 
-    python3 bench/postgres.py [--seconds 10] [--rows 1000000] [--idle 1000]
+    python3 bench/postgres.py [--seconds 10] [--rows 1000000] [--idle 1000] [--only rows]
 
 Needs the local PostgreSQL on 127.0.0.1:5432 (trust for user postgres),
 pgbench and psql, pgbouncer (apt), and root to run pgbouncer as postgres.
@@ -78,6 +78,7 @@ def main():
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=8, help="pgbench clients (the target is set for 8)")
+    ap.add_argument("--only", choices=["rows"], help="rows: only the bulk reads (no pgbench, pgbouncer, idle)")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hoopy-bench-pg-"))
@@ -88,7 +89,8 @@ def main():
     procs = []
     try:
         sh(["psql", PG + " dbname=postgres", "-Xqc", f"CREATE DATABASE {db}"])
-        sh(["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-U", "postgres", db])
+        if a.only is None:
+            sh(["pgbench", "-i", "-q", "-s", "1", "-h", "127.0.0.1", "-U", "postgres", db])
 
         # pgbouncer as postgres (it refuses root): transaction pooling, trust.
         (work / "userlist.txt").write_text('"postgres" ""\n')
@@ -99,10 +101,11 @@ def main():
             f"default_pool_size = 20\nunix_socket_dir =\n"
             "ignore_startup_parameters = extra_float_digits,options\n")
         subprocess.run(["chown", "-R", "postgres", str(work)], check=False)
-        bouncer = subprocess.Popen(["su", "postgres", "-s", "/bin/sh", "-c",
-                                    f"exec pgbouncer -q {work}/pgbouncer.ini"])
-        time.sleep(1)
-        procs.append(bouncer)
+        if a.only is None:
+            bouncer = subprocess.Popen(["su", "postgres", "-s", "/bin/sh", "-c",
+                                        f"exec pgbouncer -q {work}/pgbouncer.ini"])
+            time.sleep(1)
+            procs.append(bouncer)
 
         sha = hashlib.sha256(token.encode()).hexdigest()
         common = f'upstream_user = "postgres"\nupstream_database = "{db}"\nupstream_tls = "disable"\n'
@@ -173,10 +176,11 @@ patterns = ["email"]
             results.append(line)
 
         # The floor: a bare byte relay on hoopy's reactor, immediate sends (bench/relay.py).
-        relay = subprocess.Popen([sys.executable, str(_HERE / "relay.py"), str(rp), "5432"])
-        procs.append(relay)
-        time.sleep(1)
-        for clients in sorted({a.clients, 1}, reverse=True):
+        if a.only is None:
+            relay = subprocess.Popen([sys.executable, str(_HERE / "relay.py"), str(rp), "5432"])
+            procs.append(relay)
+            time.sleep(1)
+        for clients in sorted({a.clients, 1}, reverse=True) if a.only is None else ():
             d, dl = pgbench(5432, "postgres", db, a.seconds, penv, clients)
             b, bl = pgbench(bp, "postgres", db, a.seconds, penv, clients)
             f, fl = pgbench(rp, "postgres", db, a.seconds, penv, clients)
@@ -191,6 +195,8 @@ patterns = ["email"]
         report(f"{a.rows:,} rows, no rule hit", d, h, "rows/s")
         hm = bulk(hpm, "bench", db, a.rows, env)
         report(f"{a.rows:,} rows, email on every row", d, hm, "rows/s")
+        if a.only == "rows":
+            return
 
         import psycopg
 

@@ -8,10 +8,15 @@ do not change are copied as slices of the run. A value whose only such bytes are
 forward from each ``@``, the local part read backwards from it), clipped to the
 value; any other value with a mark goes to ``RowPlan.value``, the per-row code.
 Same output bytes and counts as masking row by row (tests/test_postgres_rowbatch.py).
+
+``email_rows`` is the C twin of ``email_rows_py`` (hoopy/postgres/_rowmask.c, built by setup.py
+when a compiler is there) when it imports, else ``email_rows_py`` itself; HOOPY_ROWMASK=python
+picks the Python code. Same bytes, counts and errors (tests/test_postgres_rowmask_c.py).
 """
 from __future__ import annotations
 
 from itertools import accumulate
+import os
 import re
 import struct
 
@@ -75,7 +80,7 @@ def _spans(raw, marks: list, mi: int, vs: int, ve: int):
     return spans
 
 
-def email_rows(plan, raw, start: int, end: int):
+def email_rows_py(plan, raw, start: int, end: int):
     """The run of whole DataRow messages at ``raw[start:]``, up to ``end``: (its bytes masked,
     or None when none changes; where the run stops; how many rows it holds)."""
     marks = _marks(raw, start, end)
@@ -199,3 +204,29 @@ def email_rows(plan, raw, start: int, end: int):
     if run < pos:
         out.append(raw[run:pos])
     return b"".join(out), pos, rows
+
+
+def _load_c():
+    """The C ``email_rows``, or None: not built, turned off, or written for other regexes."""
+    if os.environ.get("HOOPY_ROWMASK") == "python":
+        return None
+    try:
+        from hoopy.postgres import _rowmask
+    except ImportError:
+        return None
+    if (_rowmask.DOMAIN, _rowmask.LOCAL) != (_DOMAIN, _LOCAL):
+        return None  # masking.py's regexes changed: the C code reproduces the old ones
+    c_rows = _rowmask.email_rows
+    perr, serr = codec.ProtocolError, struct.error
+
+    def email_rows_c(plan, raw, start: int, end: int):
+        if 0 <= start <= end <= len(raw) and type(raw) in (bytes, bytearray):
+            return c_rows(plan, raw, start, end, MASK_B, perr, serr)
+        return email_rows_py(plan, raw, start, end)  # what the C code does not take: as before
+
+    email_rows_c.__doc__ = email_rows_py.__doc__
+    return email_rows_c
+
+
+email_rows_c = _load_c()
+email_rows = email_rows_c or email_rows_py

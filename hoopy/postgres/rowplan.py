@@ -239,16 +239,15 @@ class RowPlan:
         if self.byte_detectors is not None and not notations and _NOTATION_B.search(v) is None:
             nv = self._scan_bytes(v)
             return prefix + nv if prefix else nv
-        try:
-            text = v.decode()
-        except UnicodeDecodeError:
-            return v
+        # Not UTF-8 (PostgreSQL sends none in a UTF8 session, another server might): its other bytes
+        # kept as they are (surrogateescape), not the whole value passed unread.
+        text = v.decode("utf-8", "surrogateescape")
         # A text value holding another type's notation (bt::text, f::text) is read in it too.
         new, counts = redact_notations(text, self.detectors)
         if not counts:
             return prefix + v if prefix else v
         self._count(counts)
-        return prefix + new.encode()
+        return prefix + new.encode("utf-8", "surrogateescape")
 
     def _scan_bytes(self, v: bytes) -> bytes:
         """A text value with the built-in patterns, which are ASCII and match UTF-8
