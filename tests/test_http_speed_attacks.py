@@ -112,24 +112,27 @@ def test_a_call_moved_sooner_moves_asyncios_timer_though_only_later_calls_follow
     the earliest call's): a DelayedCall.reset() to sooner (the HTTP server's one deadline timer
     moving from the idle deadline to a head's) must move the timer itself (Twisted's asyncio reactor
     does, in _moveCallLaterSooner), or it fires at the old time when only later calls follow."""
-    from twisted.internet import reactor
+    import asyncio
+
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     from hoopy import sockwrite
 
     monkeypatch.setattr(AsyncioSelectorReactor, "callLater", sockwrite._call_later)
-    calls = [reactor.callLater(3000, lambda: None), reactor.callLater(2000, lambda: None)]
+    # A reactor of its own (not installed, never run): the process's reactor may hold calls of
+    # other tests due sooner, which would hide whether the timer moves.
+    loop = asyncio.new_event_loop()
+    reactor = AsyncioSelectorReactor(loop)
     try:
-        loop = reactor._asyncioEventloop
-        if reactor._scheduledAt - loop.time() < 1000:
-            pytest.skip("another call is due first in this process: the timer cannot be seen to move")
+        calls = [reactor.callLater(3000, lambda: None), reactor.callLater(2000, lambda: None)]
+        assert reactor._scheduledAt - loop.time() > 1000
         calls[1].reset(0.05)
         calls.append(reactor.callLater(2500, lambda: None))  # due after the timer: moves nothing itself
         assert reactor._scheduledAt - loop.time() < 1
-    finally:
         for c in calls:
-            if c.active():
-                c.cancel()
+            c.cancel()
+    finally:
+        loop.close()
 
 
 @pytest.mark.parametrize("spelled", [KEY, KEY.upper(), "x-" + KEY])

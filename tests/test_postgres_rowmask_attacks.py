@@ -112,8 +112,10 @@ def case(draw):
     return kinds, draw(st.integers(0, 3)), raw, start, end
 
 
+# 1,500 examples in the suite, for its time: the rounds that wrote this ran 4,000 on three seeds and
+# 15,000 besides, all passing (docs/performance.md, the row masking in C rounds).
 @needs_c
-@settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(case())
 @example(([5], 0, codec.build_data_row([b"x@" + b"a" * 64 + b".cd y@" + b"b" * 63 + b".cd"]), 0, None))
 @example(([5], 0, codec.build_data_row([b"a@b.cd@e.fg a@b.ca@b.c @a.b x@-a.b x@a-.b.c"]), 0, None))

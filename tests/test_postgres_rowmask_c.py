@@ -73,7 +73,7 @@ DOMAINISH = st.lists(st.tuples(LABEL, st.sampled_from([".", ".", "..", "-", "@",
 
 
 @needs_c
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(DOMAINISH, st.integers(0, 8))
 @example(b"a" * 63 + b".b", 0)
 @example(b"a" * 64 + b".b", 0)
@@ -182,8 +182,10 @@ def _same(columns, raw, start, end):
     return got
 
 
+# 1,500 examples in the suite, for its time: the rounds that wrote this ran 4,000 on three seeds and
+# 15,000 besides, all passing (docs/performance.md, the row masking in C rounds).
 @needs_c
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(run())
 def test_c_and_python_give_the_same_bytes_counts_calls_and_errors(case):
     _same(*case)
