@@ -219,38 +219,13 @@ def test_no_reference_is_kept_or_lost_on_any_path():
 @pytest.fixture(scope="module")
 def two_gateways(tmp_path_factory):
     """Two gateways on one database: the C row masking and HOOPY_ROWMASK=python."""
-    import secrets
-
-    from tests.support import HoopyProcess, admin_sql, free_port, ident, pg_connection
+    from tests.support import ident
+    from tests.test_postgres_rowmask_c import c_and_python_gateways
 
     agent = ident("agent")
-    db = f"hoopy_attackrow_{secrets.token_hex(4)}"
-    admin_sql(f"CREATE DATABASE {db}")
-    admin_sql("CREATE TABLE t (id int, a text, b varchar, c name, j jsonb);", db)
-    procs = []
-    try:
-        for name, env in (("c", {}), ("python", {"HOOPY_ROWMASK": "python"})):
-            port = free_port()
-            body = agent.toml() + f"""
-{pg_connection(port, db)}
-
-[[grants]]
-identity = "agent"
-connection = "pg"
-allow = ["read public.t"]
-
-[[masking]]
-connection = "pg"
-patterns = ["email"]
-"""
-            p = HoopyProcess(tmp_path_factory.mktemp(f"attackrow-{name}"), body, env=env).start()
-            p.port = port
-            procs.append(p)
+    with c_and_python_gateways(tmp_path_factory, agent, "attackrow",
+                               "CREATE TABLE t (id int, a text, b varchar, c name, j jsonb);") as (db, procs):
         yield agent, db, procs
-    finally:
-        for p in procs:
-            p.stop()
-        admin_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 def test_class_edge_values_through_real_gateways_c_and_python_agree(two_gateways):

@@ -5,6 +5,8 @@ ProtocolError, over generated runs of DataRows, well-formed and not; then throug
 gateways (the C one and HOOPY_ROWMASK=python) with psycopg against the real server."""
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 from pathlib import Path
@@ -253,16 +255,18 @@ VALUES = ["ann@example.com", "x", "", None, "@" * 300, "a@b.c" * 50, "bob%40exam
 AGENT = ident("agent")
 
 
-@pytest.fixture(scope="module")
-def gateways(tmp_path_factory):
-    db = f"hoopy_rowc_{secrets.token_hex(4)}"
+@contextlib.contextmanager
+def c_and_python_gateways(tmp_path_factory, agent, tag: str, table: str):
+    """Two gateways masking e-mail addresses in one new database's table: the C row masking and
+    HOOPY_ROWMASK=python. Yields (database, [c, python])."""
+    db = f"hoopy_{tag}_{secrets.token_hex(4)}"
     admin_sql(f"CREATE DATABASE {db}")
-    admin_sql("CREATE TABLE t (id int, a text, b varchar, j json, n numeric, f float8);", db)
+    admin_sql(table, db)
     procs = []
     try:
         for name, env in (("c", {}), ("python", {"HOOPY_ROWMASK": "python"})):
             port = free_port()
-            body = AGENT.toml() + f"""
+            body = agent.toml() + f"""
 {pg_connection(port, db)}
 
 [[grants]]
@@ -274,7 +278,7 @@ allow = ["read public.t"]
 connection = "pg"
 patterns = ["email"]
 """
-            p = HoopyProcess(tmp_path_factory.mktemp(f"rowc-{name}"), body, env=env).start()
+            p = HoopyProcess(tmp_path_factory.mktemp(f"{tag}-{name}"), body, env=env).start()
             p.port = port
             procs.append(p)
         yield db, procs
@@ -282,6 +286,13 @@ patterns = ["email"]
         for p in procs:
             p.stop()
         admin_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def gateways(tmp_path_factory):
+    with c_and_python_gateways(tmp_path_factory, AGENT, "rowc",
+                               "CREATE TABLE t (id int, a text, b varchar, j json, n numeric, f float8);") as both:
+        yield both
 
 
 def _redacted(gw) -> int:
