@@ -21,7 +21,6 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]  # benc
 sys.path.insert(0, str(_HERE.parent))
 
 import argparse  # noqa: E402
-import glob  # noqa: E402
 import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
@@ -132,15 +131,7 @@ def measure(name, cmd, port, token, a, work):
         load(port, n, a.clients, token)
         subprocess.run(["callgrind_control", "-d", "measured", str(proc.pid)], capture_output=True, check=True)
         time.sleep(1)
-        dumps = [f for f in glob.glob(f"{out}.{proc.pid}*") if "measured" in open(f).read(4000)]
-        total = 0
-        by_thread = {}
-        for f in dumps:
-            for line in open(f):
-                if line.startswith(("summary:", "totals:")):
-                    total += int(line.split()[1])
-                    by_thread[f.rsplit("-", 1)[-1]] = int(line.split()[1])
-                    break
+        total, by_thread, dumps = _pg_instr().callgrind_counts(out, proc.pid)
         per = total / n
         # Thread 01 is the reactor's; the others are the store's writer and the thread pool.
         print("   by thread: " + ", ".join(f"{t} {k / n:,.0f}" for t, k in sorted(by_thread.items())))
@@ -194,27 +185,20 @@ def ab(a, work, token):
             proc.wait(30)
 
 
-def bench_pg_top(path: Path):
+def _pg_instr():
+    """bench/pg_instr.py, whose callgrind, py-spy and cProfile readers this script shares."""
     spec = importlib.util.spec_from_file_location("bench_pg_instr", _HERE / "pg_instr.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
-    mod.top(path)
+    return mod
+
+
+def bench_pg_top(path: Path):
+    _pg_instr().top(path)
 
 
 def cprofile_top(path: Path, requests: int, n: int = 40):
-    """The reactor thread's functions (cProfile sees the main thread only), microseconds a request
-    (warm-up included), by own time then by inclusive time."""
-    import pstats
-
-    st = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
-    rows = [(tt / requests * 1e6, ct / requests * 1e6, nc / requests, f"{Path(f).name}:{ln} {fn}")
-            for (f, ln, fn), (cc, nc, tt, ct, callers) in st.items()]
-    print("## cProfile (reactor thread), us a request: own [inclusive] calls")
-    for own, incl, calls, what in sorted(rows, key=lambda r: -r[0])[:n]:
-        print(f"  {own:6.2f} [{incl:7.2f}] {calls:5.1f}  {what}")
-    print("## by inclusive")
-    for own, incl, calls, what in sorted(rows, key=lambda r: -r[1])[:n]:
-        print(f"  [{incl:7.2f}] {own:6.2f} {calls:5.1f}  {what}")
+    _pg_instr().cprofile_top(path, requests, n, unit="request")
 
 
 def main():

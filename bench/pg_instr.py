@@ -152,15 +152,7 @@ def measure(name, cmd, port, user, db, a, env, work):
         pgbench(port, user, db, a.statements, a.clients, env)
         sh(["callgrind_control", "-d", "measured", str(proc.pid)])
         time.sleep(1)
-        dumps = [f for f in glob.glob(f"{out}.{proc.pid}*") if "measured" in open(f).read(4000)]
-        total = 0
-        by_thread = {}
-        for f in dumps:
-            for line in open(f):
-                if line.startswith(("summary:", "totals:")):
-                    total += int(line.split()[1])
-                    by_thread[f.rsplit("-", 1)[-1]] = int(line.split()[1])
-                    break
+        total, by_thread, dumps = callgrind_counts(out, proc.pid)
         per = total / a.statements
         # Thread 01 is the reactor's; the others are the store's writer and the thread pool.
         print("   by thread: " + ", ".join(f"{t} {k / a.statements:,.0f}" for t, k in sorted(by_thread.items())))
@@ -179,15 +171,30 @@ def measure(name, cmd, port, user, db, a, env, work):
             cprofile_top(work / "hoopy.prof", a.statements + max(a.clients, a.statements // 4))
 
 
-def cprofile_top(path: Path, statements: int, n: int = 45):
+def callgrind_counts(out, pid: int):
+    """The instructions of the dumps callgrind_control wrote as "measured" for ``pid``: (all threads,
+    {thread: count}, the dump files)."""
+    dumps = [f for f in glob.glob(f"{out}.{pid}*") if "measured" in open(f).read(4000)]
+    total = 0
+    by_thread = {}
+    for f in dumps:
+        for line in open(f):
+            if line.startswith(("summary:", "totals:")):
+                total += int(line.split()[1])
+                by_thread[f.rsplit("-", 1)[-1]] = int(line.split()[1])
+                break
+    return total, by_thread, dumps
+
+
+def cprofile_top(path: Path, statements: int, n: int = 45, unit: str = "statement"):
     """The reactor thread's functions (cProfile sees the main thread only), microseconds a
-    statement (warm-up included), by own time then by inclusive time."""
+    statement (or ``unit``; warm-up included), by own time then by inclusive time."""
     import pstats
 
     st = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
     rows = [(tt / statements * 1e6, ct / statements * 1e6, nc / statements, f"{Path(f).name}:{ln} {fn}")
             for (f, ln, fn), (cc, nc, tt, ct, callers) in st.items()]
-    print(f"## cProfile (reactor thread), us a statement: own [inclusive] calls")
+    print(f"## cProfile (reactor thread), us a {unit}: own [inclusive] calls")
     for own, incl, calls, what in sorted(rows, key=lambda r: -r[0])[:n]:
         print(f"  {own:6.2f} [{incl:7.2f}] {calls:5.1f}  {what}")
     print("## by inclusive")
