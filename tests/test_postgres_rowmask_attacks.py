@@ -235,7 +235,6 @@ def test_class_edge_values_through_real_gateways_c_and_python_agree(two_gateways
     import random
     import time
 
-    psycopg = pytest.importorskip("psycopg")
     agent, db, procs = two_gateways
     rnd = random.Random(20261130)
     pieces = [a for a in ATOMS if a not in (b"\x00", b"\x80", b"\xc3", b"\xff")]
@@ -245,17 +244,10 @@ def test_class_edge_values_through_real_gateways_c_and_python_agree(two_gateways
         return b"".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12))).decode()
 
     rows = [(i, value(), value(), value()[:63], json.dumps({"e": value()})) for i in range(3000)]
-    with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={db}", autocommit=True) as c:
-        with c.cursor() as cur:
-            cur.executemany("INSERT INTO t VALUES (%s, %s, %s, %s, %s)", rows)
-    results = []
-    for gw in procs:
-        got = []
-        with psycopg.connect(f"host=127.0.0.1 port={gw.port} user={agent.name} password={agent.token} dbname=x "
-                             "sslmode=disable", autocommit=True) as c:
-            for binary in (False, True):
-                got.append(c.cursor(binary=binary).execute("SELECT * FROM t ORDER BY id").fetchall())
-        results.append(got)
+    from tests.test_postgres_rowmask_c import insert_rows, read_through
+
+    insert_rows(db, rows)
+    results = [read_through(gw, agent, "SELECT * FROM t ORDER BY id") for gw in procs]
     assert results[0] == results[1]
     assert sum(r[1] != w[1] for r, w in zip(results[0][0], rows)) > 100  # addresses were masked
 

@@ -295,12 +295,36 @@ def gateways(tmp_path_factory):
         yield both
 
 
+def insert_rows(db: str, rows: list) -> None:
+    """The rows into table t of ``db``, straight to PostgreSQL."""
+    import psycopg
+
+    marks = ", ".join(["%s"] * len(rows[0]))
+    with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={db}", autocommit=True) as c:
+        with c.cursor() as cur:
+            cur.executemany(f"INSERT INTO t VALUES ({marks})", rows)
+
+
+def read_through(gw, agent, table_sql: str, extra_sql: str | None = None) -> list:
+    """What the caller reads through the gateway: ``table_sql`` in text then binary format, then
+    ``extra_sql`` in text if given."""
+    import psycopg
+
+    got = []
+    with psycopg.connect(f"host=127.0.0.1 port={gw.port} user={agent.name} password={agent.token} dbname=x "
+                         "sslmode=disable", autocommit=True) as c:
+        for binary in (False, True):
+            got.append(c.cursor(binary=binary).execute(table_sql).fetchall())
+        if extra_sql is not None:
+            got.append(c.execute(extra_sql).fetchall())
+    return got
+
+
 def _redacted(gw) -> int:
     return sum(sum(e["data"].get("patterns", {}).values()) for e in gw.events("redaction"))
 
 
 def test_through_real_gateways_c_and_python_give_the_same_rows(gateways):
-    psycopg = pytest.importorskip("psycopg")
     db, procs = gateways
     import json
 
@@ -309,20 +333,10 @@ def test_through_real_gateways_c_and_python_give_the_same_rows(gateways):
         a = VALUES[i % len(VALUES)]
         b = VALUES[(i * 7 + 3) % len(VALUES)]
         rows.append((i, a, b, json.dumps({"e": b}), i, i * 1.5))
-    with psycopg.connect(f"host=127.0.0.1 port=5432 user=postgres dbname={db}", autocommit=True) as c:
-        with c.cursor() as cur:
-            cur.executemany("INSERT INTO t VALUES (%s, %s, %s, %s, %s, %s)", rows)
-    results = []
-    for gw in procs:
-        got = []
-        with psycopg.connect(f"host=127.0.0.1 port={gw.port} user={AGENT.name} password={AGENT.token} dbname=x "
-                             "sslmode=disable", autocommit=True) as c:
-            for binary in (False, True):
-                cur = c.cursor(binary=binary)
-                got.append(cur.execute("SELECT id, a, b, j, n, f FROM t ORDER BY id").fetchall())
-            got.append(c.execute("SELECT g, 'user' || g || '@example.com', md5(g::text) "
-                                 "FROM generate_series(1, 50000) g").fetchall())
-        results.append(got)
+    insert_rows(db, rows)
+    results = [read_through(gw, AGENT, "SELECT id, a, b, j, n, f FROM t ORDER BY id",
+                            "SELECT g, 'user' || g || '@example.com', md5(g::text) FROM generate_series(1, 50000) g")
+               for gw in procs]
     assert results[0] == results[1]
     text = results[0][0]
     assert text[0][1] == "[REDACTED]" and text[2][1] == ""
