@@ -2,7 +2,6 @@
 exactly as prometheus_client's own Counter and Histogram of the same labels and values are."""
 from __future__ import annotations
 
-
 from hypothesis import given, settings, strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
