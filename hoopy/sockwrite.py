@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 
 from twisted.internet import tcp
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.logger import Logger
 
 _log = Logger()
@@ -63,8 +64,6 @@ def _call_later(self, delay, callable, *args, **kwargs):
     TimerHandle and made a new one (two a request over HTTP: 8 us here, a tenth of the timer work).
     The new call's own due time says the same without the race: a call due later than the timer
     needs nothing, one due before it moves the timer, as before."""
-    from twisted.internet.posixbase import PosixReactorBase
-
     dc = PosixReactorBase.callLater(self, delay, callable, *args, **kwargs)
     at = self._scheduledAt
     if at is None or self._asyncioEventloop.time() + max(0.0, delay) < at:
