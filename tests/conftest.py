@@ -1,5 +1,7 @@
 # No module-level reactor import here: pytest-twisted installs the asyncio
 # reactor (addopts --reactor=asyncio) and an earlier import would break it.
+import time
+
 import pytest
 
 from tests.support import HoopyProcess
@@ -36,3 +38,25 @@ def hoopy_gateway(tmp_path):
             p.stop()
         except Exception:
             pass
+
+
+def pytest_runtest_setup(item):
+    item.hoopy_t0 = time.monotonic()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test shows the last lines of every gateway it may have talked to (still running, or
+    started by this test): on a CI machine nothing else is left to read once the run is over."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        t0 = getattr(item, "hoopy_t0", 0.0)
+        for gw in list(HoopyProcess.running):
+            if not ((gw.proc is not None and gw.proc.poll() is None) or gw.started_at >= t0):
+                continue
+            try:
+                tail = gw.log_text()[-6000:]
+            except OSError:
+                continue
+            report.sections.append((f"gateway log {gw.workdir.name} (last 6,000 characters)", tail))

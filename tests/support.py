@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -100,6 +101,8 @@ def ident(name: str) -> Ident:
 class HoopyProcess:
     """A real gateway process; its admin API on a free port."""
 
+    running: "weakref.WeakSet[HoopyProcess]" = weakref.WeakSet()  # read by conftest on a failure
+
     def __init__(self, workdir: Path, body: str, admin_port: int | None = None,
                  env: dict | None = None, approval_timeout: str = "30s", gateway_extra: str = "",
                  admin_scheme: str = "http", admin_ca: str | None = None):
@@ -133,6 +136,8 @@ class HoopyProcess:
         self.proc = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "hoopy", "-c", str(self.config)],
             cwd=self.workdir, env=self.env, stdout=self._logf, stderr=subprocess.STDOUT)
+        HoopyProcess.running.add(self)
+        self.started_at = time.monotonic()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
