@@ -321,8 +321,10 @@ async def respond(ex, response):
         if why is not None:
             deliver(Discard())
             await ex.unmaskable(why)
-    headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other")
-    phrase = site.scrub_header(response.phrase)  # upstream text like a header ("401 bad key <key>")
+    scrub = site.head_scrub(response.phrase, response.headers.pairs)  # None: no credential in the head
+    headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other", scrub)
+    # upstream text like a header ("401 bad key <key>")
+    phrase = scrub(response.phrase) if scrub is not None else response.phrase
     try:
         await ex.record_redactions("response", header_counts)
     except Exception:
@@ -377,16 +379,18 @@ async def _read_and_mask(ex, deliver, decoder, kind):
         await ex.unmaskable(f"the upstream body cannot be masked: {e}")
 
 
-def _clean_headers(ex, response, must_mask: bool, opaque: bool):
-    """The response headers the client gets ((name, value) pairs) and what patterns masked in them."""
-    masker, scrub = ex.site.masker, ex.site.scrub_header
+def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
+    """The response headers the client gets ((name, value) pairs) and what patterns masked in them.
+    ``scrub``: the site's header scrubber, or None when the head holds no injected credential."""
+    masker = ex.site.masker
     counts: dict = {}
     extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
 
     def clean(values):
-        values = [scrub(v) for v in values]
+        if scrub is not None:
+            values = [scrub(v) for v in values]
         if not masker.detectors:
-            return values
+            return values  # (the response's own list when nothing was scrubbed: only read from here on)
         masked = []
         for v in values:  # a pattern's match in a header (a Location's query, a file name) too
             try:
@@ -401,8 +405,8 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
     # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
     head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
     cleaned = []
-    for name, values in response.headers.getAllRawHeaders():
-        named = scrub(name)
+    for name, values in response.headers.grouped():  # (read only, as clean() is)
+        named = scrub(name) if scrub is not None else name
         # A name can hold the credential too (an upstream echoing headers as names): such a header
         # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
         cleaned.append((named, clean(values), named == name))

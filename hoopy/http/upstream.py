@@ -69,6 +69,11 @@ class RawHeaders:
         """(name, [values]) per header name, in the order first seen."""
         return [(n, list(vs)) for n, vs in self._by_name.values()]
 
+    def grouped(self):
+        """(name, [values]) per header name, in the order first seen: this object's own, not copies
+        (for a reader that only reads them: getAllRawHeaders' copies were a tenth of a response head's cost)."""
+        return self._by_name.values()
+
 
 def _by_name(pairs) -> dict:
     seen: dict = {}
