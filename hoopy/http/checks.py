@@ -67,6 +67,18 @@ def attribution(hdrs: dict) -> dict:
     return {k: (hdrs.get(h, (b"",))[-1] or b"").decode("utf-8", "replace") for k, h in _ATTRIBUTION}
 
 
+_ATTRIBUTION_HEADERS = tuple(h for _, h in _ATTRIBUTION)
+
+
+def claims_attribution(hdrs: dict) -> bool:
+    """Whether the request carries any X-Hoopy-Model/-Tool-Call/-MCP-Server header (most carry none:
+    ``attribution`` is read only then)."""
+    for h in _ATTRIBUTION_HEADERS:
+        if h in hdrs:
+            return True
+    return False
+
+
 def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[str, str | None, bool]:
     """(normalized path, query, is a WebSocket upgrade) of a request whose shape may be judged."""
     if method == b"CONNECT":
@@ -144,7 +156,9 @@ def check_token_stays(token: str, pairs, query: str | None, websocket: bool):
                 raise Refusal(400, "the caller's token is in the subprotocol offer other than as "
                                    "hoopy.bearer.TOKEN, and would reach the upstream")
             continue  # the browser's way to send it: removed before the upgrade goes upstream
-        if any(v.find(tok) != -1 for v in values):
+        for v in values:
+            if v.find(tok) == -1:
+                continue
             raise Refusal(400, f"the caller's token is in the {name.decode('latin-1')} header too, "
                                "and would reach the upstream")
     if query is not None and (token in query or token in unquote_plus(query)):

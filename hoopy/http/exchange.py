@@ -97,9 +97,10 @@ def prefix(data: bytes, limit: int, total: int) -> str | dict | None:
 
 
 class Exchange:
-    """One request (see the module doc). ``pairs``: the request headers as (name, [values])."""
+    """One request (see the module doc). ``pairs``: the request headers as (name, [values]); ``hdrs``,
+    if given, the same lists by lower-case name."""
 
-    def __init__(self, site, sink, channel, method: bytes, uri: bytes, pairs, peer: tuple, pipe):
+    def __init__(self, site, sink, channel, method: bytes, uri: bytes, pairs, peer: tuple, pipe, hdrs=None):
         self.site = site
         self.sink = sink
         self.channel = channel  # opaque here: what the site keeps its session on
@@ -108,8 +109,9 @@ class Exchange:
         self.started = time.monotonic()
         self.method_b, self.uri, self.pairs = method, uri, pairs
         self.method = method.decode("latin-1")
-        # The request's headers by lower-case name, read once: every check looks them up here.
-        self.hdrs = {name.lower(): values for name, values in pairs}
+        # The request's headers by lower-case name, read once: every check looks them up here (the
+        # server's channel made them with the pairs: ``hdrs``)
+        self.hdrs = hdrs if hdrs is not None else {name.lower(): values for name, values in pairs}
         self.peer_host = peer[0]
         self.peer = f"{peer[0]}:{peer[1]}"
         self.pipe = pipe
@@ -154,8 +156,8 @@ class Exchange:
         if self.uri.startswith(STATUS_PREFIX_B):  # the gateway's own: never forwarded
             return await self._approval_status(session, self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
                                                .decode("ascii", "replace"))
-        claimed = checks.attribution(hdrs)
-        if any(claimed.values()):
+        claimed = checks.attribution(hdrs) if checks.claims_attribution(hdrs) else None
+        if claimed is not None and any(claimed.values()):
             try:
                 await self.wait(self.session.attribute(**claimed))
             except StoreError:

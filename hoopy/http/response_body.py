@@ -427,6 +427,7 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
             continue
         if masker.active and n in BODY_DIGESTS:
             continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
-        out += [(name, v) for v in values]
+        for v in values:
+            out.append((name, v))
     ex.record.response_headers = H.for_record([(name, values) for name, values, _ in cleaned])
     return out, counts
