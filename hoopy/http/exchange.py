@@ -71,6 +71,9 @@ class IResponseSink(Interface):
 class Record:
     """What the ``http.request`` event of an exchange will say."""
 
+    __slots__ = ("limit", "status", "outcome", "error", "rule", "approval", "response_headers", "request_body",
+                 "response_body", "response_bytes")
+
     def __init__(self, limit: int):
         self.limit = limit
         self.status: int | None = None
@@ -241,7 +244,7 @@ class Exchange:
                                            self.site.masker.active, upgrade)
 
     async def _forward(self):
-        body = await self.body.get()
+        body = None if self.body.absent() else await self.body.get()
         d = self.site.upstream.request(self.method_b, self.target(), self.upstream_headers(), body)
         self.arm_timer(d)  # reset by every body byte in or out (progress): an upload takes its time
         try:

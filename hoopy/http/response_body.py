@@ -325,11 +325,12 @@ async def respond(ex, response):
     headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other", scrub)
     # upstream text like a header ("401 bad key <key>")
     phrase = scrub(response.phrase) if scrub is not None else response.phrase
-    try:
-        await ex.record_redactions("response", header_counts)
-    except Exception:
-        deliver(Discard())  # the body is read by no one: let the upstream connection go
-        raise
+    if header_counts:  # (record_redactions does nothing without counts: no coroutine then)
+        try:
+            await ex.record_redactions("response", header_counts)
+        except Exception:
+            deliver(Discard())  # the body is read by no one: let the upstream connection go
+            raise
     decoder = Decoder(encoding, settings.mask_limit) if must_mask and codings(encoding) else None
     if must_mask and kind != "sse":
         # Bodies read whole and masked at once, gateway-wide, are few: the others wait with their

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import re
+from itertools import chain
 from urllib.parse import quote_from_bytes, urlsplit
 
 from twisted.internet import defer
@@ -139,7 +140,7 @@ class HTTPSite:
         head every ``scrub_header`` call would have returned unchanged."""
         if self._secret_re is None:
             return None
-        low = b"".join([phrase, *[n + v for n, v in pairs]]).lower()
+        low = b"".join(chain((phrase,), chain.from_iterable(pairs))).lower()
         for core in self._secret_cores:
             if low.find(core) != -1:
                 return self.scrub_header
