@@ -405,17 +405,19 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
 
     # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
     head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
-    cleaned = []
-    for name, values in response.headers.grouped():  # (read only, as clean() is)
-        named = scrub(name) if scrub is not None else name
-        # A name can hold the credential too (an upstream echoing headers as names): such a header
-        # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
-        cleaned.append((named, clean(values), named == name))
+    # Nothing scrubbed nor masked (most heads): the headers are read as they came, not copied
+    plain = scrub is None and not masker.detectors
+    cleaned: list | None = None if plain else []
     out = []
-    for name, values, forward in cleaned:
-        if not forward:
-            continue
-        n = name.lower()
+    for n, (name, values) in response.headers.by_lower():  # (read only, as clean() is)
+        if cleaned is not None:
+            named = scrub(name) if scrub is not None else name
+            values = clean(values)
+            # A name can hold the credential too (an upstream echoing headers as names): such a header
+            # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
+            cleaned.append((named, values))
+            if named != name:
+                continue
         if n in H.HOP_BY_HOP or n in extra_hop:
             continue
         if n == b"content-length":
@@ -430,5 +432,5 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
             continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
         for v in values:
             out.append((name, v))
-    ex.record.response_headers = H.for_record([(name, values) for name, values, _ in cleaned])
+    ex.record.response_headers = H.for_record(cleaned if cleaned is not None else response.headers.grouped())
     return out, counts
