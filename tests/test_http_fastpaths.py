@@ -131,3 +131,137 @@ def test_masker_activity_follows_its_rules():
 
     assert not attrs.evolve(Masker(fields=("ssn",)), fields=()).active
     assert attrs.evolve(Masker(), fields=("card.number",)).active
+
+
+# --- HeadChecks: what a connection's last request head passed, for the same head again -------------
+
+from hoopy.http.checks import HeaderPlan as _Plan  # noqa: E402
+from hoopy.policy.verdicts import Allow, Deny  # noqa: E402
+from tests.test_http_server import answer_upstream, connect, get, statuses  # noqa: E402
+
+_SAME = get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n")
+
+
+def _upstream_requests(site) -> list[bytes]:
+    return [t.value() for t in site.endpoint.transports]
+
+
+def _allowed_twice(site, ch, t, head=_SAME):
+    for _ in range(2):
+        t.clear()
+        ch.dataReceived(head)
+        answer_upstream(site, b"fine")
+        assert statuses(t.value()) == [200], t.value()
+
+
+def test_the_same_head_again_is_answered_as_the_first_and_still_judged():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    checked = ch.head_checks
+    assert checked is not None and checked.path == "/v1/items" and checked.query == "page=2"
+    assert len(site.script.judged) == 2  # the policy judged both
+    sent = b"".join(_upstream_requests(site))
+    assert sent.count(b"GET /v1/items?page=2 HTTP/1.1\r\n") == 2
+    assert b"6.6.6.6" not in sent and sent.count(b"X-Forwarded-For: 192.168.1.1") == 2
+    assert b"good-token" not in sent and sent.count(b"Authorization: Bearer upstream-secret") == 2
+    records = [data for kind, _, data in site.script.events if kind == "http.request"]
+    assert len(records) == 2 and records[0]["request_headers"] == records[1]["request_headers"]
+    assert records[0]["request_headers"] is not records[1]["request_headers"]
+    records[0]["request_headers"]["x"] = "changed"  # a reader's change stays its own
+    assert "x" not in checked.record
+
+
+def test_a_policy_that_changes_is_asked_again_for_the_same_head():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    site.script.verdict = Deny("grant revoked", "GET /**")
+    t.clear()
+    ch.dataReceived(_SAME)
+    assert statuses(t.value()) == [403] and b"grant revoked" in t.value()
+    site.script.verdict = Allow("GET /**")
+    t.clear()
+    ch.dataReceived(_SAME)
+    answer_upstream(site)
+    assert statuses(t.value()) == [200]
+
+
+@pytest.mark.parametrize("variant, status", [
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\nCookie: t=good-token\r\n"), 400),
+    (get(b"/v1/items?page=2&token=good-token", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 400),
+    (get(b"/.hoopy/x?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 404),
+    (get(b"//.HOOPY/x", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 404),
+    (get(b"/v1/items?_method=DELETE", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Original-URL: /admin\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX_Original_URL: /admin\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-HTTP-Method-Override: DELETE\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nRemote-User: admin\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\nHost: other\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nContent-Length: 5\r\n") + b"hello", 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n",
+         auth=b"Authorization: Bearer bad-token\r\n"), 401),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n",
+         auth=b"Authorization: Bearer good-token\r\nX-Hoopy-Token: other-token\r\n"), 401),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n", auth=b""), 401),
+])
+def test_a_head_that_differs_from_the_checked_one_is_checked_itself(variant, status):
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    t.clear()
+    ch.dataReceived(variant)
+    assert statuses(t.value())[:1] == [status], t.value()
+    if status != 401 and not t.disconnecting:  # and the checked head still passes after it
+        t.clear()
+        ch.dataReceived(_SAME)
+        answer_upstream(site)
+        assert statuses(t.value()) == [200]
+
+
+def test_a_method_or_a_name_spelled_otherwise_is_another_head():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    first = ch.head_checks
+    t.clear()
+    ch.dataReceived(_SAME.replace(b"GET ", b"TRACE ", 1))
+    assert statuses(t.value()) == [405] and ch.head_checks is first
+    t.clear()
+    ch.dataReceived(_SAME.replace(b"Accept:", b"accept:"))
+    answer_upstream(site)
+    assert statuses(t.value()) == [200] and ch.head_checks is not first  # checked, and kept anew
+
+
+def test_each_connection_checks_its_own_heads():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    site2, ch2, t2 = connect(site)
+    assert ch2.head_checks is None
+    ch2.dataReceived(_SAME.replace(b"Accept: */*\r\n", b"Accept: */*\r\nCookie: t=good-token\r\n"))
+    assert statuses(t2.value()) == [400]
+
+
+def test_a_site_whose_masker_or_header_plan_changed_checks_the_head_again():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    site.masker = Masker(fields=("ssn",))  # a reload: masking now (Accept-Encoding: identity upstream)
+    t.clear()
+    ch.dataReceived(_SAME)
+    answer_upstream(site, b"plain")
+    assert statuses(t.value()) == [200]
+    assert _upstream_requests(site)[-1].count(b"Accept-Encoding: identity") >= 1 or any(
+        b"Accept-Encoding: identity" in r for r in _upstream_requests(site))
+    assert ch.head_checks.masker is site.masker
+    site.header_plan = _Plan([(b"Authorization", b"Bearer rotated-secret")], b"up.example:8080",
+                             b"up.example:8080", "http")
+    t.clear()
+    ch.dataReceived(_SAME)
+    answer_upstream(site)
+    assert statuses(t.value()) == [200]
+    assert any(b"Bearer rotated-secret" in r for r in _upstream_requests(site))
+    assert ch.head_checks.plan is site.header_plan
+
+
+def test_a_websocket_upgrade_is_never_kept():
+    site, ch, t = connect()
+    up = (b"GET /ws HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer good-token\r\nUpgrade: websocket\r\n"
+          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    ch.dataReceived(up)
+    assert ch.head_checks is None

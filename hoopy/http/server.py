@@ -59,11 +59,12 @@ class _Refused(Exception):
 class _Request:
     """One parsed request head and, until it is answered, what arrived of its body."""
 
-    __slots__ = ("method", "url", "version", "pairs", "hdrs", "persistent", "upgrade", "expect", "length",
+    __slots__ = ("method", "url", "version", "pairs", "hdrs", "lines", "persistent", "upgrade", "expect", "length",
                  "pipe", "chunks", "complete", "queued", "exchange", "response")
 
-    def __init__(self, method, url, version, pairs, hdrs, persistent, upgrade, expect, length):
+    def __init__(self, method, url, version, pairs, hdrs, lines, persistent, upgrade, expect, length):
         self.method, self.url, self.version, self.pairs, self.hdrs = method, url, version, pairs, hdrs
+        self.lines = lines  # the header lines as llhttp gave them: [(name, value)], never changed
         self.persistent, self.upgrade, self.expect, self.length = persistent, upgrade, expect, length
         self.pipe: BodyPipe | None = None
         self.chunks: list = []  # body bytes that arrived while the request waited its turn
@@ -77,6 +78,7 @@ class GatewayChannel(Protocol):
     """One client connection: parses its requests, answers them in order, holds its session."""
 
     session = None
+    head_checks = None  # what the checks of this connection's last checked request head found (exchange.py)
     last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
     last_identity = None  # client sends it again and again (hashed once, not per request)
 
@@ -212,7 +214,8 @@ class GatewayChannel(Protocol):
         # exchange's lookups): made once here
         hdrs: dict = {}
         pairs: list = []
-        for name, value in self._raw:
+        lines = self._raw
+        for name, value in lines:
             key = name.lower()
             values = hdrs.get(key)
             if values is None:
@@ -227,7 +230,7 @@ class GatewayChannel(Protocol):
         elif b"content-length" in hdrs:
             length = int(hdrs[b"content-length"][0])  # llhttp read it: digits, one value
         expect = hdrs.get(b"expect")
-        req = _Request(p.get_method(), self._url, b"HTTP/" + version.encode(), pairs, hdrs,
+        req = _Request(p.get_method(), self._url, b"HTTP/" + version.encode(), pairs, hdrs, lines,
                        version == "1.1" and p.should_keep_alive(), p.should_upgrade(),
                        expect is not None and expect[0].lower() == b"100-continue" and version == "1.1",
                        length)
@@ -297,7 +300,7 @@ class GatewayChannel(Protocol):
             pipe.end()  # (no body: the exchange need not wait for the message's end)
         req.response = Response(self, req)
         req.exchange = Exchange(state, req.response, self, req.method, req.url, req.pairs, self._peer, pipe,
-                                req.hdrs)
+                                req.hdrs, req.lines)
         req.exchange.run()
 
     def request_done(self, req: _Request):
