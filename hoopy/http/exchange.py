@@ -312,15 +312,16 @@ class Exchange:
     # --- the upstream's time --------------------------------------------------------------------
 
     def arm_timer(self, d):
-        def expire():
-            if self.pipe is not None and self.pipe.waiting_on_caller:
-                # the upload is slow on the caller's side: not the upstream's fault
-                self.timer = self.reactor.callLater(self.settings.upstream_timeout, expire)
-                return
-            self.timed_out = True
-            d.cancel()
+        # (a method and its argument, not a closure made per request)
+        self.timer = self.reactor.callLater(self.settings.upstream_timeout, self._expire, d)
 
-        self.timer = self.reactor.callLater(self.settings.upstream_timeout, expire)
+    def _expire(self, d):
+        if self.pipe is not None and self.pipe.waiting_on_caller:
+            # the upload is slow on the caller's side: not the upstream's fault
+            self.timer = self.reactor.callLater(self.settings.upstream_timeout, self._expire, d)
+            return
+        self.timed_out = True
+        d.cancel()
 
     def progress(self):
         # upstream_timeout counts from the last request byte received or sent, not from the start

@@ -136,7 +136,7 @@ class Stream(Protocol):
 
     def __init__(self, exchange, sse: SSEMasker | None, decoder, kind, scrubber=None):
         self.ex, self.sse, self.decoder, self.kind, self.scrubber = exchange, sse, decoder, kind, scrubber
-        self.done: defer.Deferred[None] = defer.Deferred(lambda d: self.stopProducing())
+        self.done: defer.Deferred[None] = defer.Deferred(self._cancelled)
         self.keep = exchange.settings.record_body_limit if kind != "other" else 0
         self.kept: list = []
         self.kept_size = 0
@@ -156,9 +156,16 @@ class Stream(Protocol):
         else:
             # An event stream may rightly be quiet for long; any other body may not.
             timeout = ex.settings.upstream_timeout
-            self.stall = Stall(ex.reactor, timeout,
-                               lambda: self._break(f"the upstream stalled: no body bytes for {timeout:g}s"),
-                               lambda: self.client_paused or self.paused_for_store)
+            self.stall = Stall(ex.reactor, timeout, self._stalled, self._stall_excused)
+
+    def _cancelled(self, d):
+        self.stopProducing()
+
+    def _stalled(self):
+        self._break(f"the upstream stalled: no body bytes for {self.stall.timeout:g}s")
+
+    def _stall_excused(self) -> bool:
+        return self.client_paused or self.paused_for_store
 
     # IPushProducer, for the client's socket
     def pauseProducing(self):
