@@ -153,7 +153,7 @@ class Exchange:
         self.path: str | None = None
         self.query: str | None = None
         self.websocket = False
-        self.token = None  # the caller's, when it was found elsewhere too: kept out of the record
+        self.token: str | None = None  # the caller's, when it was found elsewhere too: kept out of the record
         self.gone = False
         self.finished = False
         self.holding = False
