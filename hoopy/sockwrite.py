@@ -66,7 +66,7 @@ def _call_later(self, delay, callable, *args, **kwargs):
     needs nothing, one due before it moves the timer, as before."""
     dc = PosixReactorBase.callLater(self, delay, callable, *args, **kwargs)
     at = self._scheduledAt
-    if at is None or self._asyncioEventloop.time() + max(0.0, delay) < at:
+    if at is None or self._asyncioEventloop.time() + (delay if delay > 0.0 else 0.0) < at:
         self._reschedule()
     return dc
 

@@ -287,6 +287,9 @@ class FakeSite:
     def scrub_header(self, v):
         return v.replace(b"upstream-secret", b"[REDACTED]")
 
+    def head_scrub(self, phrase, pairs):
+        return self.scrub_header  # every head searched
+
     def scrub_body(self, data):
         return data.replace(b"upstream-secret", b"*" * 15)
 

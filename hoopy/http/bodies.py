@@ -207,7 +207,7 @@ class Scrubber:
         n = len(buf)
         for first, longest, group in self.starts:
             # the longest end of buf that begins a secret: look only where a first byte is, leftmost first
-            i = buf.find(first, max(0, n - longest + 1))
+            i = buf.find(first, n - longest + 1 if n >= longest else 0)
             while i != -1 and n - i > hold:
                 end = buf[i:]
                 if any(s.startswith(end) for s in group):
@@ -227,6 +227,8 @@ class Scrubber:
 
 def codings(encoding: str | None) -> list[str]:
     """The content codings of a Content-Encoding value (all its headers joined), without identity."""
+    if not encoding:
+        return []
     return [c.strip().lower() for c in (encoding or "").split(",") if c.strip().lower() not in ("", "identity")]
 
 

@@ -67,6 +67,18 @@ def attribution(hdrs: dict) -> dict:
     return {k: (hdrs.get(h, (b"",))[-1] or b"").decode("utf-8", "replace") for k, h in _ATTRIBUTION}
 
 
+_ATTRIBUTION_HEADERS = tuple(h for _, h in _ATTRIBUTION)
+
+
+def claims_attribution(hdrs: dict) -> bool:
+    """Whether the request carries any X-Hoopy-Model/-Tool-Call/-MCP-Server header (most carry none:
+    ``attribution`` is read only then)."""
+    for h in _ATTRIBUTION_HEADERS:
+        if h in hdrs:
+            return True
+    return False
+
+
 def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[str, str | None, bool]:
     """(normalized path, query, is a WebSocket upgrade) of a request whose shape may be judged."""
     if method == b"CONNECT":
@@ -92,7 +104,8 @@ def check_shape(method: bytes, uri: bytes, hdrs: dict, masking: bool) -> tuple[s
         raise Refusal(400, "a request has one Host header")
     # CGI, PHP, WSGI and Rack read X_Original_URL as X-Original-URL (both HTTP_X_ORIGINAL_URL): every
     # header below counts in its underscore spelling too
-    names = h.keys() if not any(b"_" in n for n in h) else {n.replace(b"_", b"-") for n in h}
+    # (find(), not ``in``, on bytes in the per-request path: see hoopy/bytesearch.py)
+    names = h.keys() if b"".join(h).find(b"_") == -1 else {n.replace(b"_", b"-") for n in h}
     for name in H.PATH_OVERRIDE:
         if name in names:
             raise Refusal(400, f"path-override headers ({name.decode()}) are refused: the request line "
@@ -143,7 +156,9 @@ def check_token_stays(token: str, pairs, query: str | None, websocket: bool):
                 raise Refusal(400, "the caller's token is in the subprotocol offer other than as "
                                    "hoopy.bearer.TOKEN, and would reach the upstream")
             continue  # the browser's way to send it: removed before the upgrade goes upstream
-        if any(tok in v for v in values):
+        for v in values:
+            if v.find(tok) == -1:
+                continue
             raise Refusal(400, f"the caller's token is in the {name.decode('latin-1')} header too, "
                                "and would reach the upstream")
     if query is not None and (token in query or token in unquote_plus(query)):
@@ -205,6 +220,18 @@ class HeaderPlan:
         # here: the body follows at once).
         self.dropped = (H.HOP_BY_HOP | H.HOOPY | H.FORWARDING | {n.lower() for n, _ in inject}
                         | {b"host", b"content-length", b"authorization", b"expect"})
+        self._forwarded: dict = {}  # peer host -> its forwarding headers (the same for every request of a peer)
+
+    def forwarding(self, peer_host: str) -> list:
+        """The Forwarded and X-Forwarded-* headers for a peer: made once a peer host."""
+        found = self._forwarded.get(peer_host)
+        if found is None:
+            found = [(_CANONICAL.get(name, name), value)
+                     for name, value in H.forwarded_for(peer_host, self.proto, None).items()]
+            if len(self._forwarded) >= 4096:  # peers come and go: the cache stays small
+                self._forwarded.clear()
+            self._forwarded[peer_host] = found
+        return found
 
     def build(self, method: bytes, pairs, hdrs: dict, peer_host: str, masking: bool,
               upgrade: bool = False) -> list:
@@ -222,7 +249,7 @@ class HeaderPlan:
         dropped = self.dropped
         for name, values in pairs:
             n = name.lower()
-            if b"_" in n:  # Transfer_Encoding, X_Forwarded_For: the same header to CGI-style readers
+            if n.find(b"_") != -1:  # Transfer_Encoding, X_Forwarded_For: the same header to CGI-style readers
                 n = n.replace(b"_", b"-")
             if (n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol")
                     or n.startswith(b"x-hoopy-")):  # the gateway's own namespace: never the upstream's
@@ -243,7 +270,6 @@ class HeaderPlan:
             out.append((b"Connection", b"close"))
         # No host= / X-Forwarded-Host: the caller picks its Host header, and an upstream (or the ingress
         # in front of it) that routes on X-Forwarded-Host would take the caller to another site.
-        for name, value in H.forwarded_for(peer_host, self.proto, None).items():
-            out.append((_CANONICAL.get(name, name), value))
+        out += self.forwarding(peer_host)
         out += self.inject
         return out

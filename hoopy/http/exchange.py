@@ -71,6 +71,9 @@ class IResponseSink(Interface):
 class Record:
     """What the ``http.request`` event of an exchange will say."""
 
+    __slots__ = ("limit", "status", "outcome", "error", "rule", "approval", "response_headers", "request_body",
+                 "response_body", "response_bytes")
+
     def __init__(self, limit: int):
         self.limit = limit
         self.status: int | None = None
@@ -96,10 +99,38 @@ def prefix(data: bytes, limit: int, total: int) -> str | dict | None:
     return text if total <= limit else {"head": text, "total_bytes": total}
 
 
-class Exchange:
-    """One request (see the module doc). ``pairs``: the request headers as (name, [values])."""
+class HeadChecks:
+    """What the checks of one request head found, all of them passed: kept by its connection, so
+    the next request there with exactly the same method, target and header lines (a keep-alive
+    client sending the same request again) is not checked again. Everything here is a pure function
+    of those bytes, of the connection's peer, and of the site's masker and header plan (compared by
+    identity): the token, the normalized path and query, and (made on first use) the upstream
+    request's headers and the record's. Nothing that changes with time or state is kept (who the
+    token names, the session, the policy's judgement: each request asks again). Never a WebSocket
+    upgrade, never the status path. Nothing here is changed once made: readers get copies."""
 
-    def __init__(self, site, sink, channel, method: bytes, uri: bytes, pairs, peer: tuple, pipe):
+    __slots__ = ("method", "uri", "lines", "peer", "masker", "plan", "token", "path", "query", "upstream", "record")
+
+    def __init__(self, ex: "Exchange", token: str):
+        self.method, self.uri, self.lines, self.peer = ex.method_b, ex.uri, ex.lines, ex.peer_host
+        self.masker, self.plan = ex.site.masker, ex.site.header_plan
+        self.token, self.path, self.query = token, ex.path, ex.query
+        self.upstream: list | None = None
+        self.record: dict | None = None
+
+    def same(self, ex: "Exchange") -> bool:
+        site = ex.site
+        return (self.lines == ex.lines and self.uri == ex.uri and self.method == ex.method_b
+                and self.peer == ex.peer_host and self.masker is site.masker and self.plan is site.header_plan)
+
+
+class Exchange:
+    """One request (see the module doc). ``pairs``: the request headers as (name, [values]); ``hdrs``,
+    if given, the same lists by lower-case name; ``lines``, if given, the header lines as parsed (a
+    request of the server's, whose connection keeps what its last head's checks found)."""
+
+    def __init__(self, site, sink, channel, method: bytes, uri: bytes, pairs, peer: tuple, pipe, hdrs=None,
+                 lines=None):
         self.site = site
         self.sink = sink
         self.channel = channel  # opaque here: what the site keeps its session on
@@ -108,8 +139,11 @@ class Exchange:
         self.started = time.monotonic()
         self.method_b, self.uri, self.pairs = method, uri, pairs
         self.method = method.decode("latin-1")
-        # The request's headers by lower-case name, read once: every check looks them up here.
-        self.hdrs = {name.lower(): values for name, values in pairs}
+        # The request's headers by lower-case name, read once: every check looks them up here (the
+        # server's channel made them with the pairs: ``hdrs``)
+        self.hdrs = hdrs if hdrs is not None else {name.lower(): values for name, values in pairs}
+        self.lines = lines  # the head's header lines as parsed (the server's), for HeadChecks
+        self.checked: HeadChecks | None = None
         self.peer_host = peer[0]
         self.peer = f"{peer[0]}:{peer[1]}"
         self.pipe = pipe
@@ -119,7 +153,7 @@ class Exchange:
         self.path: str | None = None
         self.query: str | None = None
         self.websocket = False
-        self.token = None  # the caller's, when it was found elsewhere too: kept out of the record
+        self.token: str | None = None  # the caller's, when it was found elsewhere too: kept out of the record
         self.gone = False
         self.finished = False
         self.holding = False
@@ -138,7 +172,10 @@ class Exchange:
 
     async def _run(self):
         site, hdrs = self.site, self.hdrs
-        token = checks.token_of(self.method_b, hdrs)
+        known = self.channel.head_checks if self.lines is not None else None
+        if known is not None and not known.same(self):
+            known = None
+        token = known.token if known is not None else checks.token_of(self.method_b, hdrs)
         ident = site.identity_for(self.channel, token) if token else None
         if ident is None:
             site.auth_failed(self.peer, "missing token" if token is None else "bad credentials")
@@ -154,23 +191,17 @@ class Exchange:
         if self.uri.startswith(STATUS_PREFIX_B):  # the gateway's own: never forwarded
             return await self._approval_status(session, self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
                                                .decode("ascii", "replace"))
-        claimed = checks.attribution(hdrs)
-        if any(claimed.values()):
+        claimed = checks.attribution(hdrs) if checks.claims_attribution(hdrs) else None
+        if claimed is not None and any(claimed.values()):
             try:
                 await self.wait(self.session.attribute(**claimed))
             except StoreError:
                 raise Refusal(503, "refused: the audit store cannot record this request", "error")
-        masker = site.masker
-        self.path, self.query, self.websocket = checks.check_shape(self.method_b, self.uri, hdrs, masker.active)
-        if self.path.lower() == "/.hoopy" or self.path.lower().startswith("/.hoopy/"):
-            # the gateway's own prefix, in another spelling than the status path's (//.hoopy/, %2e, case)
-            raise Refusal(404, f"{self.path} is the gateway's own path; approvals are read at {STATUS_PREFIX}ID")
-        check_query(self.query, masker.field_keys)
-        try:
-            checks.check_token_stays(token, self.pairs, self.query, self.websocket)
-        except Refusal:
-            self.token = token  # it is somewhere else too: kept out of the record (see _record)
-            raise
+        if known is not None:  # the same head as the last one checked here: it passed them all
+            self.path, self.query = known.path, known.query
+            self.checked = known
+        else:
+            self._check_head(token)
         self.body.caller_token = token.encode("latin-1")
         op = checks.operation(self.method, self.path, self.query, self.session.judge)
         if self.body.present and not self.websocket and self.session.judge(op).outcome == "approve":
@@ -205,6 +236,22 @@ class Exchange:
         else:
             await self._forward()
 
+    def _check_head(self, token: str):
+        """The request head's checks (raise Refusal); passed, they are kept by the connection (HeadChecks)."""
+        masker = self.site.masker
+        self.path, self.query, self.websocket = checks.check_shape(self.method_b, self.uri, self.hdrs, masker.active)
+        if self.path.lower() == "/.hoopy" or self.path.lower().startswith("/.hoopy/"):
+            # the gateway's own prefix, in another spelling than the status path's (//.hoopy/, %2e, case)
+            raise Refusal(404, f"{self.path} is the gateway's own path; approvals are read at {STATUS_PREFIX}ID")
+        check_query(self.query, masker.field_keys)
+        try:
+            checks.check_token_stays(token, self.pairs, self.query, self.websocket)
+        except Refusal:
+            self.token = token  # it is somewhere else too: kept out of the record (see _record)
+            raise
+        if self.lines is not None and not self.websocket:
+            self.checked = self.channel.head_checks = HeadChecks(self, token)
+
     async def _approval_status(self, session: Session, approval_id: str):
         """GET /.hoopy/approvals/ID: the caller's own approval (its token), to poll after a 202."""
         self.record.outcome = "status"
@@ -235,11 +282,17 @@ class Exchange:
         return t + b"?" + self.query.encode() if self.query is not None else t
 
     def upstream_headers(self, upgrade: bool = False) -> list:
-        return self.site.header_plan.build(self.method_b, self.pairs, self.hdrs, self.peer_host,
-                                           self.site.masker.active, upgrade)
+        checked = self.checked if not upgrade else None
+        if checked is not None and checked.upstream is not None:
+            return list(checked.upstream)
+        out = self.site.header_plan.build(self.method_b, self.pairs, self.hdrs, self.peer_host,
+                                          self.site.masker.active, upgrade)
+        if checked is not None:
+            checked.upstream = list(out)
+        return out
 
     async def _forward(self):
-        body = await self.body.get()
+        body = None if self.body.absent() else await self.body.get()
         d = self.site.upstream.request(self.method_b, self.target(), self.upstream_headers(), body)
         self.arm_timer(d)  # reset by every body byte in or out (progress): an upload takes its time
         try:
@@ -259,15 +312,16 @@ class Exchange:
     # --- the upstream's time --------------------------------------------------------------------
 
     def arm_timer(self, d):
-        def expire():
-            if self.pipe is not None and self.pipe.waiting_on_caller:
-                # the upload is slow on the caller's side: not the upstream's fault
-                self.timer = self.reactor.callLater(self.settings.upstream_timeout, expire)
-                return
-            self.timed_out = True
-            d.cancel()
+        # (a method and its argument, not a closure made per request)
+        self.timer = self.reactor.callLater(self.settings.upstream_timeout, self._expire, d)
 
-        self.timer = self.reactor.callLater(self.settings.upstream_timeout, expire)
+    def _expire(self, d):
+        if self.pipe is not None and self.pipe.waiting_on_caller:
+            # the upload is slow on the caller's side: not the upstream's fault
+            self.timer = self.reactor.callLater(self.settings.upstream_timeout, self._expire, d)
+            return
+        self.timed_out = True
+        d.cancel()
 
     def progress(self):
         # upstream_timeout counts from the last request byte received or sent, not from the start
@@ -420,6 +474,14 @@ class Exchange:
             headers = ((b"Location", r.extra["status_url"].encode()), (b"Preference-Applied", b"respond-async"))
         self.reply(r.status, body, headers)
 
+    def _record_headers(self) -> dict:
+        checked = self.checked
+        if checked is None:
+            return H.for_record(self.pairs)
+        if checked.record is None:
+            checked.record = H.for_record(self.pairs)
+        return dict(checked.record)
+
     def _record(self):
         session, rec = self.session, self.record
         if session is None:
@@ -438,7 +500,7 @@ class Exchange:
             "method": self.method, "path": self.path, "query": self.query, "status": rec.status,
             "request_bytes": req_bytes, "response_bytes": rec.response_bytes,
             "duration_ms": round((time.monotonic() - self.started) * 1000, 3),
-            "request_headers": H.for_record(self.pairs),
+            "request_headers": self._record_headers(),
         }
         if self.path is None:
             data["target"] = self.uri.decode("latin-1")[:2048]

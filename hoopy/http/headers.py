@@ -49,7 +49,10 @@ def connection_tokens(values) -> set[bytes]:
     """Header names a Connection header lists (they are hop-by-hop too)."""
     out: set = set()
     for v in values or ():
-        out.update(t.strip().lower() for t in v.split(b",") if t.strip())
+        for t in v.split(b","):
+            t = t.strip()
+            if t:
+                out.add(t.lower())
     return out
 
 

@@ -84,6 +84,8 @@ class Masker:
     _names_re: re.Pattern[str] | None = attrs.field(init=False, repr=False, eq=False)
     _json_key_re: re.Pattern[str] = attrs.field(init=False, repr=False, eq=False)
     _fast: bool = attrs.field(init=False, repr=False, eq=False)
+    # Whether anything is masked: read ten times a request, so computed once (the class is frozen)
+    active: bool = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self):
         s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen attrs)
@@ -100,6 +102,7 @@ class Masker:
         s("_json_key_re", re.compile(r'"(?:%s)"\s*:\s*' % "|".join(map(re.escape, sorted(self._plain, key=len,
                                                                                        reverse=True))), re.I)
           if self._plain else None)
+        s("active", bool(self.fields or self.detectors))
         s("_fast", all(d.name in _QUOTELESS for d in self.detectors)
           and all(f.isascii() and '"' not in f and "\\" not in f for f in self.fields))
 
@@ -117,10 +120,6 @@ class Masker:
                 if text not in [t for t, _ in passthrough]:
                     passthrough.append((text, route_matcher(text)))
         return cls(tuple(fields), tuple(detectors), tuple(passthrough))
-
-    @property
-    def active(self) -> bool:
-        return bool(self.fields or self.detectors)
 
     def applies(self, kind: str) -> bool:
         """Whether a body of this kind is masked (read whole, or as a stream for SSE)."""

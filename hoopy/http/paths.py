@@ -37,7 +37,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes | None]:
         raise PathError("only origin-form request targets (/path?query) are accepted, "
                         "not absolute-form or authority-form")
     path, sep, query = target.partition(b"?")
-    if b"#" in target:
+    if target.find(b"#") != -1:  # (find(), not ``in``: see hoopy/bytesearch.py)
         raise PathError("a request target cannot carry a fragment")
     if sep and not _QUERY_OK.match(query):
         raise PathError("the query string has characters that must be percent-encoded")
@@ -91,7 +91,7 @@ def normalize_path(path: bytes) -> str:
         if b";" in path:
             raise PathError("the path has a ';' parameter, which some upstreams strip before routing")
         raise PathError("the path has characters that must be percent-encoded")
-    if b"%" not in path and b"//" not in path and b"/." not in path:
+    if path.find(b"%") == -1 and path.find(b"//") == -1 and path.find(b"/.") == -1:
         return path.decode("ascii")  # no escape, empty or dot segment: already its normal form
     return _normalize_segments(path)
 

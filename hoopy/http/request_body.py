@@ -63,6 +63,19 @@ class RequestBody:
         h, pipe = self.ex.hdrs, self.ex.pipe
         return b"transfer-encoding" in h or (b"content-length" in h and pipe is not None and pipe.length != 0)
 
+    def absent(self) -> bool:
+        """True (and the body read: None, its pipe discarded) when the request has no body at all:
+        what ``get`` would find first, without a coroutine (most requests)."""
+        if self._read:
+            return False
+        h = self.ex.hdrs
+        if b"content-length" in h or b"transfer-encoding" in h:
+            return False
+        self._read = True
+        self.ex.pipe.discard()
+        self._body = None
+        return True
+
     async def get(self, whole: bool = False):
         """What goes upstream: None, the BodyPipe (streamed), or bytes (read whole)."""
         if not self._read:

@@ -136,7 +136,7 @@ class Stream(Protocol):
 
     def __init__(self, exchange, sse: SSEMasker | None, decoder, kind, scrubber=None):
         self.ex, self.sse, self.decoder, self.kind, self.scrubber = exchange, sse, decoder, kind, scrubber
-        self.done: defer.Deferred[None] = defer.Deferred(lambda d: self.stopProducing())
+        self.done: defer.Deferred[None] = defer.Deferred(self._cancelled)
         self.keep = exchange.settings.record_body_limit if kind != "other" else 0
         self.kept: list = []
         self.kept_size = 0
@@ -156,9 +156,16 @@ class Stream(Protocol):
         else:
             # An event stream may rightly be quiet for long; any other body may not.
             timeout = ex.settings.upstream_timeout
-            self.stall = Stall(ex.reactor, timeout,
-                               lambda: self._break(f"the upstream stalled: no body bytes for {timeout:g}s"),
-                               lambda: self.client_paused or self.paused_for_store)
+            self.stall = Stall(ex.reactor, timeout, self._stalled, self._stall_excused)
+
+    def _cancelled(self, d):
+        self.stopProducing()
+
+    def _stalled(self):
+        self._break(f"the upstream stalled: no body bytes for {self.stall.timeout:g}s")
+
+    def _stall_excused(self) -> bool:
+        return self.client_paused or self.paused_for_store
 
     # IPushProducer, for the client's socket
     def pauseProducing(self):
@@ -321,13 +328,16 @@ async def respond(ex, response):
         if why is not None:
             deliver(Discard())
             await ex.unmaskable(why)
-    headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other")
-    phrase = site.scrub_header(response.phrase)  # upstream text like a header ("401 bad key <key>")
-    try:
-        await ex.record_redactions("response", header_counts)
-    except Exception:
-        deliver(Discard())  # the body is read by no one: let the upstream connection go
-        raise
+    scrub = site.head_scrub(response.phrase, response.headers.pairs)  # None: no credential in the head
+    headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other", scrub)
+    # upstream text like a header ("401 bad key <key>")
+    phrase = scrub(response.phrase) if scrub is not None else response.phrase
+    if header_counts:  # (record_redactions does nothing without counts: no coroutine then)
+        try:
+            await ex.record_redactions("response", header_counts)
+        except Exception:
+            deliver(Discard())  # the body is read by no one: let the upstream connection go
+            raise
     decoder = Decoder(encoding, settings.mask_limit) if must_mask and codings(encoding) else None
     if must_mask and kind != "sse":
         # Bodies read whole and masked at once, gateway-wide, are few: the others wait with their
@@ -377,16 +387,18 @@ async def _read_and_mask(ex, deliver, decoder, kind):
         await ex.unmaskable(f"the upstream body cannot be masked: {e}")
 
 
-def _clean_headers(ex, response, must_mask: bool, opaque: bool):
-    """The response headers the client gets ((name, value) pairs) and what patterns masked in them."""
-    masker, scrub = ex.site.masker, ex.site.scrub_header
+def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
+    """The response headers the client gets ((name, value) pairs) and what patterns masked in them.
+    ``scrub``: the site's header scrubber, or None when the head holds no injected credential."""
+    masker = ex.site.masker
     counts: dict = {}
     extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
 
     def clean(values):
-        values = [scrub(v) for v in values]
+        if scrub is not None:
+            values = [scrub(v) for v in values]
         if not masker.detectors:
-            return values
+            return values  # (the response's own list when nothing was scrubbed: only read from here on)
         masked = []
         for v in values:  # a pattern's match in a header (a Location's query, a file name) too
             try:
@@ -400,17 +412,19 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
 
     # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
     head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
-    cleaned = []
-    for name, values in response.headers.getAllRawHeaders():
-        named = scrub(name)
-        # A name can hold the credential too (an upstream echoing headers as names): such a header
-        # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
-        cleaned.append((named, clean(values), named == name))
+    # Nothing scrubbed nor masked (most heads): the headers are read as they came, not copied
+    plain = scrub is None and not masker.detectors
+    cleaned: list | None = None if plain else []
     out = []
-    for name, values, forward in cleaned:
-        if not forward:
-            continue
-        n = name.lower()
+    for n, (name, values) in response.headers.by_lower():  # (read only, as clean() is)
+        if cleaned is not None:
+            named = scrub(name) if scrub is not None else name
+            values = clean(values)
+            # A name can hold the credential too (an upstream echoing headers as names): such a header
+            # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
+            cleaned.append((named, values))
+            if named != name:
+                continue
         if n in H.HOP_BY_HOP or n in extra_hop:
             continue
         if n == b"content-length":
@@ -423,6 +437,7 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool):
             continue
         if masker.active and n in BODY_DIGESTS:
             continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
-        out += [(name, v) for v in values]
-    ex.record.response_headers = H.for_record([(name, values) for name, values, _ in cleaned])
+        for v in values:
+            out.append((name, v))
+    ex.record.response_headers = H.for_record(cleaned if cleaned is not None else response.headers.grouped())
     return out, counts

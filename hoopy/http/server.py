@@ -59,11 +59,12 @@ class _Refused(Exception):
 class _Request:
     """One parsed request head and, until it is answered, what arrived of its body."""
 
-    __slots__ = ("method", "url", "version", "pairs", "persistent", "upgrade", "expect", "length",
+    __slots__ = ("method", "url", "version", "pairs", "hdrs", "lines", "persistent", "upgrade", "expect", "length",
                  "pipe", "chunks", "complete", "queued", "exchange", "response")
 
-    def __init__(self, method, url, version, pairs, persistent, upgrade, expect, length):
-        self.method, self.url, self.version, self.pairs = method, url, version, pairs
+    def __init__(self, method, url, version, pairs, hdrs, lines, persistent, upgrade, expect, length):
+        self.method, self.url, self.version, self.pairs, self.hdrs = method, url, version, pairs, hdrs
+        self.lines = lines  # the header lines as llhttp gave them: [(name, value)], never changed
         self.persistent, self.upgrade, self.expect, self.length = persistent, upgrade, expect, length
         self.pipe: BodyPipe | None = None
         self.chunks: list = []  # body bytes that arrived while the request waited its turn
@@ -77,6 +78,7 @@ class GatewayChannel(Protocol):
     """One client connection: parses its requests, answers them in order, holds its session."""
 
     session = None
+    head_checks = None  # what the checks of this connection's last checked request head found (exchange.py)
     last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
     last_identity = None  # client sends it again and again (hashed once, not per request)
 
@@ -139,7 +141,10 @@ class GatewayChannel(Protocol):
             return
         if self._phase != 2:
             self._head_bytes += len(data)
-            if b" \r\n" in data or b"\t\r\n" in data or b"\r\n " in data or b"\r\n\t" in data:
+            # (find(), not ``in``: bytes' ``in`` tries the needle as an integer first, and the
+            # TypeError it makes and drops costs more than the search; see hoopy/bytesearch.py)
+            if (data.find(b" \r\n") != -1 or data.find(b"\t\r\n") != -1 or data.find(b"\r\n ") != -1
+                    or data.find(b"\r\n\t") != -1):
                 data = self._lenient_head(data)
         try:
             self._parser.feed_data(data)
@@ -205,24 +210,29 @@ class GatewayChannel(Protocol):
         version = p.get_http_version()
         if version != "1.1" and version != "1.0":
             self._refuse(505 if version != "0.9" else 400)
-        groups: dict = {}  # (name as first spelled, [values]) by lower-case name
-        for name, value in self._raw:
+        # The headers as (name as first spelled, [values]), and the same lists by lower-case name (the
+        # exchange's lookups): made once here
+        hdrs: dict = {}
+        pairs: list = []
+        lines = self._raw
+        for name, value in lines:
             key = name.lower()
-            g = groups.get(key)
-            if g is None:
-                groups[key] = (name, [value])
+            values = hdrs.get(key)
+            if values is None:
+                hdrs[key] = values = [value]
+                pairs.append((name, values))
             else:
-                g[1].append(value)
+                values.append(value)
         self._raw = []
         length: int | None = 0
-        if b"transfer-encoding" in groups:
+        if b"transfer-encoding" in hdrs:
             length = None
-        elif b"content-length" in groups:
-            length = int(groups[b"content-length"][1][0])  # llhttp read it: digits, one value
-        expect = groups.get(b"expect")
-        req = _Request(p.get_method(), self._url, b"HTTP/" + version.encode(), list(groups.values()),
+        elif b"content-length" in hdrs:
+            length = int(hdrs[b"content-length"][0])  # llhttp read it: digits, one value
+        expect = hdrs.get(b"expect")
+        req = _Request(p.get_method(), self._url, b"HTTP/" + version.encode(), pairs, hdrs, lines,
                        version == "1.1" and p.should_keep_alive(), p.should_upgrade(),
-                       expect is not None and expect[1][0].lower() == b"100-continue" and version == "1.1",
+                       expect is not None and expect[0].lower() == b"100-continue" and version == "1.1",
                        length)
         self._phase = 2
         self._head_bytes = 0
@@ -289,7 +299,8 @@ class GatewayChannel(Protocol):
         if req.complete or req.length == 0:
             pipe.end()  # (no body: the exchange need not wait for the message's end)
         req.response = Response(self, req)
-        req.exchange = Exchange(state, req.response, self, req.method, req.url, req.pairs, self._peer, pipe)
+        req.exchange = Exchange(state, req.response, self, req.method, req.url, req.pairs, self._peer, pipe,
+                                req.hdrs, req.lines)
         req.exchange.run()
 
     def request_done(self, req: _Request):

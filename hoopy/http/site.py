@@ -11,6 +11,7 @@ import base64
 import binascii
 import hmac
 import re
+from itertools import chain
 from urllib.parse import quote_from_bytes, urlsplit
 
 from twisted.internet import defer
@@ -127,9 +128,23 @@ class HTTPSite:
             return value
         low = value.lower()
         for core in self._secret_cores:
-            if core in low:
+            if low.find(core) != -1:  # (find(), not ``in``: see hoopy/bytesearch.py)
                 return self._secret_re.sub(H.REDACTED.encode(), value)
         return value
+
+    def head_scrub(self, phrase: bytes, pairs):
+        """``scrub_header`` if a response head (its reason phrase and (name, value) pairs) may hold
+        an injected credential, else None: nothing in it is scrubbed. One search of the whole head
+        in lower case instead of one per name and value (most heads hold none): a core in any name
+        or value in lower case is in their concatenation in lower case, so None is only said of a
+        head every ``scrub_header`` call would have returned unchanged."""
+        if self._secret_re is None:
+            return None
+        low = b"".join(chain((phrase,), chain.from_iterable(pairs))).lower()
+        for core in self._secret_cores:
+            if low.find(core) != -1:
+                return self.scrub_header
+        return None
 
     def scrub_body(self, data: bytes) -> bytes:
         for secret in self.secrets:

@@ -9,6 +9,7 @@ and a store that cannot write turns every answer into a refusal.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import partial
 
 import attrs
 
@@ -38,7 +39,7 @@ class PolicyService:
         self.store = store
         self.approvals = approvals
         self.metrics = metrics
-        self._now = now or (lambda: datetime.now(timezone.utc))
+        self._now = now or partial(datetime.now, timezone.utc)  # (a partial: no Python frame a call)
         self.timeouts = {name: c.approval_timeout for name, c in config.connections.items()}
         self.default_timeout = config.gateway.approval_timeout
         self.connections = config.connections
@@ -52,9 +53,7 @@ class PolicyService:
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
         units = operation.units
-        if not units or len(units) > MEMO_UNITS or not all(
-                type(u) is Unit and len(u.subject or "") <= MEMO_TEXT and len(u.key or "") <= MEMO_TEXT
-                for u in units):
+        if not units or len(units) > MEMO_UNITS or not _memo_units(units):
             # Only a plain Unit is all its fields, each part of its hash: a subclass may carry
             # what rules read outside them (an MCP ToolUnit's arguments).
             return self._judge(identity, connection, operation, now)
@@ -204,6 +203,14 @@ class PolicyService:
     def _count(self, session, outcome):
         if self.metrics:
             self.metrics.child(self.metrics.operations, session.protocol, session.connection, outcome).inc()
+
+
+def _memo_units(units) -> bool:
+    """Units the memo may key on: plain Units with short texts."""
+    for u in units:
+        if type(u) is not Unit or len(u.subject or "") > MEMO_TEXT or len(u.key or "") > MEMO_TEXT:
+            return False
+    return True
 
 
 UNJUDGEABLE_RULE = 'unjudgeable = "approve"'

@@ -1,0 +1,267 @@
+"""The httpcpu3 round's shortcuts on the request path, attacked: each must answer exactly what the
+long way answers, for every input an attacker picks (a credential spelled or placed otherwise, another
+peer, a request with or without a body)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hoopy.bytesearch import contains
+from hoopy.http import checks
+from hoopy.http.checks import HeaderPlan
+from hoopy.http.masker import Masker
+from hoopy.http.site import HTTPSite, spellings
+
+CREDENTIAL = b"Bearer sk-live-Upstream/Tok+en=42"
+
+
+def site(value: bytes | None = CREDENTIAL) -> HTTPSite:
+    inject = {"Authorization": SimpleNamespace(value=value.decode("latin-1"))} if value is not None else {}
+    settings_ = SimpleNamespace(upstream="http://up.example:8080/api", upstream_headers=inject)
+    gateway = SimpleNamespace(reactor=None, identities=None, config=SimpleNamespace(masking_for=lambda name: ()))
+    return HTTPSite(gateway, SimpleNamespace(name="api", settings=settings_), upstream=None, tls=False)
+
+
+def slow_scrub(s: HTTPSite, phrase: bytes, pairs) -> tuple:
+    """What the head looked like scrubbed part by part (the code before the shortcut)."""
+    return s.scrub_header(phrase), [(s.scrub_header(n), s.scrub_header(v)) for n, v in pairs]
+
+
+def fast_scrub(s: HTTPSite, phrase: bytes, pairs) -> tuple:
+    scrub = s.head_scrub(phrase, pairs)
+    if scrub is None:
+        return phrase, list(pairs)
+    return scrub(phrase), [(scrub(n), scrub(v)) for n, v in pairs]
+
+
+SPELLED = sorted(spellings(CREDENTIAL))
+
+
+@pytest.mark.parametrize("spelled", SPELLED)
+@pytest.mark.parametrize("where", ["phrase", "name", "value", "second value", "last of many"])
+@pytest.mark.parametrize("case", [bytes.upper, bytes.swapcase, lambda b: b])
+def test_an_echoed_credential_is_found_wherever_the_head_holds_it(spelled, where, case):
+    s = site()
+    secret = case(spelled)
+    phrase, pairs = b"OK", [(b"Server", b"nginx"), (b"Content-Length", b"5")]
+    if where == "phrase":
+        phrase = b"bad key " + secret
+    elif where == "name":
+        pairs.insert(1, (b"X-" + secret, b"1"))
+    elif where == "value":
+        pairs.insert(0, (b"Location", b"http://x/cb?auth=" + secret))
+    elif where == "second value":
+        pairs += [(b"X-Echo", b"a"), (b"X-Echo", secret)]
+    else:
+        pairs += [(b"X-%d" % i, b"v") for i in range(40)] + [(b"X-Z", b"..." + secret + b"...")]
+    assert s.head_scrub(phrase, pairs) is not None
+    assert fast_scrub(s, phrase, pairs) == slow_scrub(s, phrase, pairs)
+    scrubbed_phrase, scrubbed = fast_scrub(s, phrase, pairs)
+    everything = (scrubbed_phrase + b"".join(n + v for n, v in scrubbed)).lower()
+    # every spelling of the credential that is at least as long as its core is gone (as before)
+    assert all(sp.lower() not in everything for sp in SPELLED), everything
+
+
+def test_a_head_without_the_credential_is_not_searched_header_by_header():
+    s = site()
+    assert s.head_scrub(b"OK", [(b"Server", b"nginx"), (b"Content-Type", b"application/json")]) is None
+    # a part of the credential is not the credential
+    assert s.head_scrub(b"OK", [(b"X-A", CREDENTIAL[:-3])]) is None
+    # no injected headers: nothing to search, ever
+    assert site(None).head_scrub(b"OK", [(b"X-A", CREDENTIAL)]) is None
+
+
+_HEADER = st.binary(min_size=0, max_size=40)
+_PIECES = st.sampled_from([b"", b"sk-live-", b"Upstream", b"/Tok+en=42", b"SK-LIVE-UPSTREAM/TOK+EN=42", b"Bearer ",
+                           b"sk-live-upstream%2Ftok%2Ben%3D42", b"%2F", b"\r\n", b"\x00"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(st.tuples(st.lists(_PIECES | _HEADER, max_size=4).map(b"".join),
+                          st.lists(_PIECES | _HEADER, max_size=4).map(b"".join)), max_size=8),
+       st.lists(_PIECES | _HEADER, max_size=3).map(b"".join))
+def test_the_whole_head_search_gives_what_the_part_by_part_scrub_gives(pairs, phrase):
+    s = site()
+    assert fast_scrub(s, phrase, pairs) == slow_scrub(s, phrase, pairs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.binary(min_size=1, max_size=8))
+def test_contains_is_in(haystack, needle):
+    assert contains(haystack, needle) == (needle in haystack)
+    assert contains(haystack + needle, needle)
+
+
+def test_each_peer_gets_its_own_forwarding_headers():
+    plan = HeaderPlan([(b"Authorization", b"Bearer x")], b"up:80", b"up", "https")
+
+    def forwarded(peer):
+        out = plan.build(b"GET", [(b"Accept", [b"*/*"])], {b"accept": [b"*/*"]}, peer, False)
+        return {n: v for n, v in out if n in (b"X-Forwarded-For", b"Forwarded", b"X-Forwarded-Proto")}
+
+    a, b, v6 = forwarded("10.0.0.1"), forwarded("10.0.0.2"), forwarded("::1")
+    assert a[b"X-Forwarded-For"] == b"10.0.0.1" and b"for=10.0.0.1;" in a[b"Forwarded"]
+    assert b[b"X-Forwarded-For"] == b"10.0.0.2" and b"for=10.0.0.2;" in b[b"Forwarded"]
+    assert v6[b"Forwarded"] == b'for="[::1]";proto=https'
+    assert forwarded("10.0.0.1") == a and a[b"X-Forwarded-Proto"] == b"https"
+    # a caller's own forwarding headers never pass, cached or not
+    out = plan.build(b"GET", [(b"X-Forwarded-For", [b"6.6.6.6"])], {b"x-forwarded-for": [b"6.6.6.6"]}, "10.0.0.1",
+                     False)
+    assert [v for n, v in out if n.lower() == b"x-forwarded-for"] == [b"10.0.0.1"]
+    # the cache stays bounded whatever peers come
+    for i in range(5000):
+        plan.forwarding(f"10.1.{i // 256}.{i % 256}")
+    assert len(plan._forwarded) <= 4096
+
+
+def test_attribution_headers_are_noticed_in_any_of_their_names():
+    for h in (b"x-hoopy-model", b"x-hoopy-tool-call", b"x-hoopy-mcp-server"):
+        hdrs = {h: [b"m"], b"accept": [b"*/*"]}
+        assert checks.claims_attribution(hdrs) and any(checks.attribution(hdrs).values())
+    assert not checks.claims_attribution({b"accept": [b"*/*"], b"x-hoopy-token": [b"t"]})
+
+
+def test_masker_activity_follows_its_rules():
+    assert not Masker().active
+    assert Masker(fields=("ssn",)).active
+    import attrs
+
+    assert not attrs.evolve(Masker(fields=("ssn",)), fields=()).active
+    assert attrs.evolve(Masker(), fields=("card.number",)).active
+
+
+# --- HeadChecks: what a connection's last request head passed, for the same head again -------------
+
+from hoopy.http.checks import HeaderPlan as _Plan  # noqa: E402
+from hoopy.policy.verdicts import Allow, Deny  # noqa: E402
+from tests.test_http_server import answer_upstream, connect, get, statuses  # noqa: E402
+
+_SAME = get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n")
+
+
+def _upstream_requests(site) -> list[bytes]:
+    return [t.value() for t in site.endpoint.transports]
+
+
+def _allowed_twice(site, ch, t, head=_SAME):
+    for _ in range(2):
+        t.clear()
+        ch.dataReceived(head)
+        answer_upstream(site, b"fine")
+        assert statuses(t.value()) == [200], t.value()
+
+
+def test_the_same_head_again_is_answered_as_the_first_and_still_judged():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    checked = ch.head_checks
+    assert checked is not None and checked.path == "/v1/items" and checked.query == "page=2"
+    assert len(site.script.judged) == 2  # the policy judged both
+    sent = b"".join(_upstream_requests(site))
+    assert sent.count(b"GET /v1/items?page=2 HTTP/1.1\r\n") == 2
+    assert b"6.6.6.6" not in sent and sent.count(b"X-Forwarded-For: 192.168.1.1") == 2
+    assert b"good-token" not in sent and sent.count(b"Authorization: Bearer upstream-secret") == 2
+    records = [data for kind, _, data in site.script.events if kind == "http.request"]
+    assert len(records) == 2 and records[0]["request_headers"] == records[1]["request_headers"]
+    assert records[0]["request_headers"] is not records[1]["request_headers"]
+    records[0]["request_headers"]["x"] = "changed"  # a reader's change stays its own
+    assert "x" not in checked.record
+
+
+def test_a_policy_that_changes_is_asked_again_for_the_same_head():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    site.script.verdict = Deny("grant revoked", "GET /**")
+    t.clear()
+    ch.dataReceived(_SAME)
+    assert statuses(t.value()) == [403] and b"grant revoked" in t.value()
+    site.script.verdict = Allow("GET /**")
+    t.clear()
+    ch.dataReceived(_SAME)
+    answer_upstream(site)
+    assert statuses(t.value()) == [200]
+
+
+@pytest.mark.parametrize("variant, status", [
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\nCookie: t=good-token\r\n"), 400),
+    (get(b"/v1/items?page=2&token=good-token", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 400),
+    (get(b"/.hoopy/x?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 404),
+    (get(b"//.HOOPY/x", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 404),
+    (get(b"/v1/items?_method=DELETE", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Original-URL: /admin\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX_Original_URL: /admin\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-HTTP-Method-Override: DELETE\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nRemote-User: admin\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\nHost: other\r\n"), 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nContent-Length: 5\r\n") + b"hello", 400),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n",
+         auth=b"Authorization: Bearer bad-token\r\n"), 401),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n",
+         auth=b"Authorization: Bearer good-token\r\nX-Hoopy-Token: other-token\r\n"), 401),
+    (get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n", auth=b""), 401),
+])
+def test_a_head_that_differs_from_the_checked_one_is_checked_itself(variant, status):
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    t.clear()
+    ch.dataReceived(variant)
+    assert statuses(t.value())[:1] == [status], t.value()
+    if status != 401 and not t.disconnecting:  # and the checked head still passes after it
+        t.clear()
+        ch.dataReceived(_SAME)
+        answer_upstream(site)
+        assert statuses(t.value()) == [200]
+
+
+def test_a_method_or_a_name_spelled_otherwise_is_another_head():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    first = ch.head_checks
+    t.clear()
+    ch.dataReceived(_SAME.replace(b"GET ", b"TRACE ", 1))
+    assert statuses(t.value()) == [405] and ch.head_checks is first
+    t.clear()
+    ch.dataReceived(_SAME.replace(b"Accept:", b"accept:"))
+    answer_upstream(site)
+    assert statuses(t.value()) == [200] and ch.head_checks is not first  # checked, and kept anew
+
+
+def test_each_connection_checks_its_own_heads():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    site2, ch2, t2 = connect(site)
+    assert ch2.head_checks is None
+    ch2.dataReceived(_SAME.replace(b"Accept: */*\r\n", b"Accept: */*\r\nCookie: t=good-token\r\n"))
+    assert statuses(t2.value()) == [400]
+
+
+def test_a_site_whose_masker_or_header_plan_changed_checks_the_head_again():
+    site, ch, t = connect()
+    _allowed_twice(site, ch, t)
+    site.masker = Masker(fields=("ssn",))  # a reload: masking now (Accept-Encoding: identity upstream)
+    t.clear()
+    ch.dataReceived(_SAME)
+    answer_upstream(site, b"plain")
+    assert statuses(t.value()) == [200]
+    assert _upstream_requests(site)[-1].count(b"Accept-Encoding: identity") >= 1 or any(
+        b"Accept-Encoding: identity" in r for r in _upstream_requests(site))
+    assert ch.head_checks.masker is site.masker
+    site.header_plan = _Plan([(b"Authorization", b"Bearer rotated-secret")], b"up.example:8080",
+                             b"up.example:8080", "http")
+    t.clear()
+    ch.dataReceived(_SAME)
+    answer_upstream(site)
+    assert statuses(t.value()) == [200]
+    assert any(b"Bearer rotated-secret" in r for r in _upstream_requests(site))
+    assert ch.head_checks.plan is site.header_plan
+
+
+def test_a_websocket_upgrade_is_never_kept():
+    site, ch, t = connect()
+    up = (b"GET /ws HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer good-token\r\nUpgrade: websocket\r\n"
+          b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    ch.dataReceived(up)
+    assert ch.head_checks is None
