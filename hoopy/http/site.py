@@ -114,7 +114,11 @@ class HTTPSite:
         """The identity a token names (None: none): remembered per connection for its next request."""
         raw = token.encode("latin-1")
         if channel is not None and channel.last_token is not None and hmac.compare_digest(channel.last_token, raw):
-            return channel.last_identity
+            ident = channel.last_identity
+            # a per-child credential is revoked when its child exits, and expires: asked each time
+            if ident.credential is None or self.identities.live(ident.credential):
+                return ident
+            channel.last_token = channel.last_identity = None  # asked anew below (None: gone)
         ident = self.identities.by_token(token)
         if ident is not None and channel is not None:
             channel.last_token, channel.last_identity = raw, ident
@@ -204,9 +208,14 @@ class HTTPSite:
         return defer.DeferredList(ds, consumeErrors=True)
 
 
+# What percent-encoders leave of the reserved characters (see spellings)
+_PARTLY_SAFE = (b"/", b"+=:@$&,;", b"/+=:@$&,;!*'()")
+
+
 def spellings(value: bytes) -> set[bytes]:
     """An injected header value as an upstream may echo it: whole and without its scheme; in either
-    case; percent- and form-encoded (a redirect's query); with JSON's escaped slash (PHP's default);
+    case; percent- and form-encoded (a redirect's query), wholly or partly (as
+    common encoders leave "/", "+", "="); with JSON's escaped slash (PHP's default);
     and a Basic credential decoded (user:password, and the password). Each at least 8 bytes."""
     scheme, _, rest = value.partition(b" ")
     rest = rest.strip()
@@ -222,8 +231,13 @@ def spellings(value: bytes) -> set[bytes]:
     for s in base:
         for form in (s, s.lower(), s.upper()):
             pct = quote_from_bytes(form, safe=b"").encode()
-            out.update((form, form.replace(b"/", b"\\/"), pct, pct.replace(b"%20", b"+"),
-                        re.sub(rb"%[0-9A-F]{2}", lambda m: m.group().lower(), pct)))
+            out.update((form, form.replace(b"/", b"\\/"), pct, pct.replace(b"%20", b"+")))
+            # partly encoded, as encoders leave reserved characters: Python's quote() keeps "/", Go's
+            # url.PathEscape "+", "=", ":", "@", "$", "&"; a path encoder "/" and all of them
+            for safe in _PARTLY_SAFE:
+                out.add(quote_from_bytes(form, safe=safe).encode())
+    # percent escapes in lower-case hex too (the header search ignores case; bodies are searched as is)
+    out.update([re.sub(rb"%[0-9A-F]{2}", lambda m: m.group().lower(), s) for s in out if b"%" in s])
     return {s for s in out if len(s) >= 8}
 
 
