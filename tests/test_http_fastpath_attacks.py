@@ -379,3 +379,36 @@ def test_a_partly_percent_encoded_credential_never_reaches_the_caller(world, nam
     out = raw(world.port, req(path.encode()))
     assert statuses(out) == [200], out
     assert spelled.lower() not in out.lower(), out
+
+
+def _site_for(value: bytes):
+    from hoopy.http.site import HTTPSite
+
+    inject = {"Authorization": SimpleNamespace(value=value.decode("latin-1"))}
+    settings_ = SimpleNamespace(upstream="http://up.example:8080", upstream_headers=inject)
+    gateway = SimpleNamespace(reactor=None, identities=None, config=SimpleNamespace(masking_for=lambda name: ()))
+    return HTTPSite(gateway, SimpleNamespace(name="api", settings=settings_), upstream=None, tls=False)
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+_CHARS = st.sampled_from(list(b"abcXYZ0129-._~/+=:@$&,;!*'()%? "))
+
+
+@hsettings(max_examples=150, deadline=None)
+@given(st.sampled_from([b"Bearer ", b"Basic ", b"Token ", b""]), st.lists(_CHARS, min_size=8, max_size=30).map(bytes),
+       st.sampled_from([bytes.upper, bytes.lower, bytes.swapcase, lambda b: b]))
+def test_every_spelling_is_found_by_the_heads_search_and_scrubbed(scheme, secret, case):
+    """The strings a head is searched for first (the cores: a run of unreserved characters the
+    spellings share) must be in every spelling in any case: a head without one is not scrubbed."""
+    from hoopy.http.site import spellings
+
+    value = scheme + secret.strip()
+    if len(value.strip()) < 8:
+        return
+    site = _site_for(value)
+    for spelled in spellings(value):
+        echoed = b"x;" + case(spelled) + b";y"
+        assert site.head_scrub(b"OK", [(b"X-Echo", echoed)]) is not None, (value, spelled)
+        assert site.head_scrub(echoed, [(b"X-A", b"1")]) is not None, (value, spelled)
+        assert spelled.lower() not in site.scrub_header(echoed).lower(), (value, spelled)

@@ -105,7 +105,7 @@ class HTTPSite:
         # Each secret in lower case holds one of these: a header value whose lower case holds none
         # is not searched (most are not: the pattern costs microseconds a header, the test a tenth)
         lowered = {s.lower() for s in self.secrets}
-        self._secret_cores = tuple(s for s in lowered if not any(o != s and o in s for o in lowered))
+        self._secret_cores = _cores(lowered)
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self._scrubber = Scrubber(self.secrets) if self.secrets else None  # each response gets a fresh() one
         self.channels: set = set()
@@ -206,6 +206,28 @@ class HTTPSite:
             elif channel.transport is not None:
                 channel.transport.loseConnection()
         return defer.DeferredList(ds, consumeErrors=True)
+
+
+_UNRESERVED_RUN = re.compile(rb"[a-z0-9._~-]{8,}")
+
+
+def _cores(lowered: set) -> tuple:
+    """Strings one of which every secret (in lower case) holds: a header whose lower case holds none
+    is not searched with the pattern. A run of 8+ unreserved characters is spelled alike in every
+    spelling (no encoder touches them), so a secret's spellings share it: the longest such run of a
+    secret that its other spellings hold too, else the secret itself."""
+    anchors = set()
+    for s in lowered:
+        runs = sorted(_UNRESERVED_RUN.findall(s), key=len, reverse=True)
+        found = None
+        for run in runs:
+            if sum(1 for o in lowered if run in o) > 1:
+                found = run
+                break
+        anchors.add(found or s)
+    # each secret holds one of them (checked, not assumed), and none holds another
+    assert all(any(a in s for a in anchors) for s in lowered)
+    return tuple(a for a in anchors if not any(o != a and o in a for o in anchors))
 
 
 # What percent-encoders leave of the reserved characters (see spellings)
