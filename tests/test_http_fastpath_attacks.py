@@ -61,10 +61,30 @@ connection = "api"
 allow = ["GET /v1/customers/*"]
 expires = "{expires}"
 """
+    masked_port = free_port()
+    body += f"""
+[connections.masked]
+type = "http"
+listen = "tcp:{masked_port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{up.port}"
+upstream_headers = {{ Authorization = "env:API_AUTH" }}
+upstream_timeout = "3s"
+pool_size = 1
+
+[[masking]]
+connection = "masked"
+patterns = ["email"]
+
+[[grants]]
+identity = "attacker"
+connection = "masked"
+allow = ["GET /v1/customers/*"]
+"""
     gw = HoopyProcess(tmp_path_factory.mktemp("fastpath"), body, env={"API_AUTH": SECRET, "API_BASIC": BASIC})
     gw.started_at = time.monotonic()
     gw.start()
     gw.port = port
+    gw.masked_port = masked_port
     gw.up = up
     yield gw
     gw.stop()
@@ -412,3 +432,28 @@ def test_every_spelling_is_found_by_the_heads_search_and_scrubbed(scheme, secret
         assert site.head_scrub(b"OK", [(b"X-Echo", echoed)]) is not None, (value, spelled)
         assert site.head_scrub(echoed, [(b"X-A", b"1")]) is not None, (value, spelled)
         assert spelled.lower() not in site.scrub_header(echoed).lower(), (value, spelled)
+
+
+
+MASKED_HEADS = {
+    "email only": [(b"X-Contact", b"ada@example.com")],
+    "email and credential": [(b"X-Contact", b"ada@example.com"), (b"X-Echo", CORE.upper())],
+    "credential in a name": [(b"X-" + quote(CORE.decode(), safe="").encode(), b"ada@example.com"),
+                             (b"X-Other", b"2")],
+    "credential after an email in one value": [(b"X-Echo", b"ada@example.com " + CORE)],
+    "neither": [(b"X-Other", b"2")],
+}
+
+
+@pytest.mark.parametrize("name", list(MASKED_HEADS))
+def test_a_masked_connections_heads_are_masked_and_scrubbed_whichever_shortcut_reads_them(world, name):
+    """Where patterns mask headers, a head is never read "as it came": masked, and scrubbed when it
+    holds the credential (found by the whole-head search), whatever else it holds."""
+    path = "/v1/customers/masked-" + re.sub(r"[^a-z0-9]+", "-", name)
+    hdrs = MASKED_HEADS[name] + [(b"Content-Type", b"text/plain")]
+    world.up.script[path] = lambda h, b: response(200, b"ok", hdrs)
+    out = raw(world.masked_port, req(path.encode()))
+    assert statuses(out) == [200] and out.endswith(b"ok"), out
+    assert b"ada@example.com" not in out and CORE not in out.lower(), out
+    if name == "credential in a name":
+        assert b"eam-secret-7777" not in out.lower() and b"X-Other: 2" in out, out
