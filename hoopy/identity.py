@@ -230,6 +230,16 @@ class Directory:
     def revoke(self, credential_id: str) -> None:
         self._ephemeral.pop(credential_id, None)
 
+    def live(self, credential_id: str) -> bool:
+        """Whether a per-child credential is still good (not revoked, not expired)."""
+        c = self._ephemeral.get(credential_id)
+        if c is None:
+            return False
+        if c.expires <= self._time():
+            self._ephemeral.pop(credential_id, None)
+            return False
+        return True
+
     def _live(self, name: str | None = None):
         now = self._time()
         for c in list(self._ephemeral.values()):

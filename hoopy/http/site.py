@@ -105,7 +105,7 @@ class HTTPSite:
         # Each secret in lower case holds one of these: a header value whose lower case holds none
         # is not searched (most are not: the pattern costs microseconds a header, the test a tenth)
         lowered = {s.lower() for s in self.secrets}
-        self._secret_cores = tuple(s for s in lowered if not any(o != s and o in s for o in lowered))
+        self._secret_cores = _cores(lowered)
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self._scrubber = Scrubber(self.secrets) if self.secrets else None  # each response gets a fresh() one
         self.channels: set = set()
@@ -114,7 +114,11 @@ class HTTPSite:
         """The identity a token names (None: none): remembered per connection for its next request."""
         raw = token.encode("latin-1")
         if channel is not None and channel.last_token is not None and hmac.compare_digest(channel.last_token, raw):
-            return channel.last_identity
+            ident = channel.last_identity
+            # a per-child credential is revoked when its child exits, and expires: asked each time
+            if ident.credential is None or self.identities.live(ident.credential):
+                return ident
+            channel.last_token = channel.last_identity = None  # asked anew below (None: gone)
         ident = self.identities.by_token(token)
         if ident is not None and channel is not None:
             channel.last_token, channel.last_identity = raw, ident
@@ -204,9 +208,36 @@ class HTTPSite:
         return defer.DeferredList(ds, consumeErrors=True)
 
 
+_UNRESERVED_RUN = re.compile(rb"[a-z0-9._~-]{8,}")
+
+
+def _cores(lowered: set) -> tuple:
+    """Strings one of which every secret (in lower case) holds: a header whose lower case holds none
+    is not searched with the pattern. A run of 8+ unreserved characters is spelled alike in every
+    spelling (no encoder touches them), so a secret's spellings share it: the longest such run of a
+    secret that its other spellings hold too, else the secret itself."""
+    anchors = set()
+    for s in lowered:
+        runs = sorted(_UNRESERVED_RUN.findall(s), key=len, reverse=True)
+        found = None
+        for run in runs:
+            if sum(1 for o in lowered if run in o) > 1:
+                found = run
+                break
+        anchors.add(found or s)
+    # each secret holds one of them (checked, not assumed), and none holds another
+    assert all(any(a in s for a in anchors) for s in lowered)
+    return tuple(a for a in anchors if not any(o != a and o in a for o in anchors))
+
+
+# What percent-encoders leave of the reserved characters (see spellings)
+_PARTLY_SAFE = (b"/", b"+=:@$&,;", b"/+=:@$&,;!*'()")
+
+
 def spellings(value: bytes) -> set[bytes]:
     """An injected header value as an upstream may echo it: whole and without its scheme; in either
-    case; percent- and form-encoded (a redirect's query); with JSON's escaped slash (PHP's default);
+    case; percent- and form-encoded (a redirect's query), wholly or partly (as
+    common encoders leave "/", "+", "="); with JSON's escaped slash (PHP's default);
     and a Basic credential decoded (user:password, and the password). Each at least 8 bytes."""
     scheme, _, rest = value.partition(b" ")
     rest = rest.strip()
@@ -222,8 +253,13 @@ def spellings(value: bytes) -> set[bytes]:
     for s in base:
         for form in (s, s.lower(), s.upper()):
             pct = quote_from_bytes(form, safe=b"").encode()
-            out.update((form, form.replace(b"/", b"\\/"), pct, pct.replace(b"%20", b"+"),
-                        re.sub(rb"%[0-9A-F]{2}", lambda m: m.group().lower(), pct)))
+            out.update((form, form.replace(b"/", b"\\/"), pct, pct.replace(b"%20", b"+")))
+            # partly encoded, as encoders leave reserved characters: Python's quote() keeps "/", Go's
+            # url.PathEscape "+", "=", ":", "@", "$", "&"; a path encoder "/" and all of them
+            for safe in _PARTLY_SAFE:
+                out.add(quote_from_bytes(form, safe=safe).encode())
+    # percent escapes in lower-case hex too (the header search ignores case; bodies are searched as is)
+    out.update([re.sub(rb"%[0-9A-F]{2}", lambda m: m.group().lower(), s) for s in out if b"%" in s])
     return {s for s in out if len(s) >= 8}
 
 
