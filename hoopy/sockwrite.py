@@ -117,10 +117,61 @@ def thread_caller(reactor):
     if loop is None or not callable(getattr(loop, "call_soon_threadsafe", None)):
         return reactor.callFromThread
 
+    _read_self_once(loop)
+
     def call(f, *args):
         loop.call_soon_threadsafe(_logged, f, args)
 
     return call
+
+
+_SELF_READ = """    def _read_from_self(self):
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+                if not data:
+                    break
+                self._process_self_data(data)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+"""
+
+
+def _read_self_once(loop) -> bool:
+    """asyncio's wake-up socket read once per wake-up, not until EAGAIN: its ``_read_from_self``
+    loops to a second ``recv`` that raises BlockingIOError, for every hand-back of a durable batch
+    (a system call and an exception a statement). The selector is level-triggered (epoll, poll,
+    select), so a byte left unread wakes the loop again at once. Only where ``_read_from_self`` is
+    the code this was written for (tests/test_sockwrite.py); False and nothing changed otherwise."""
+    import inspect
+    import selectors
+
+    if getattr(loop, "_hoopy_read_once", False):
+        return True
+    try:
+        same = inspect.getsource(type(loop)._read_from_self) == _SELF_READ
+    except (AttributeError, OSError, TypeError):
+        return False
+    ssock = getattr(loop, "_ssock", None)
+    selector = getattr(loop, "_selector", None)
+    if not same or ssock is None or type(selector) not in (getattr(selectors, "EpollSelector", None),
+                                                           selectors.PollSelector, selectors.SelectSelector):
+        return False
+    recv, process = ssock.recv, loop._process_self_data
+
+    def read_once():
+        try:
+            data = recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            process(data)
+
+    loop._add_reader(ssock.fileno(), read_once)  # replaces the loop's own reader of that socket
+    loop._hoopy_read_once = True
+    return True
 
 
 def _logged(f, args):

@@ -153,3 +153,50 @@ async def test_call_later_moves_asyncios_timer_only_for_a_sooner_call(monkeypatc
         assert 0.04 <= time.monotonic() - t0 < 2
     finally:
         first.cancel()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_wake_up_socket_is_read_once_a_wake_up_and_nothing_is_lost():
+    """thread_caller reads asyncio's wake-up socket once a wake-up (no recv to EAGAIN): the loop's
+    own reader was the code it replaces, and bursts larger than one read (bytes left unread) still
+    wake the loop until every call ran."""
+    import threading
+
+    loop = reactor._asyncioEventloop
+    sockwrite.thread_caller(reactor)
+    assert loop._hoopy_read_once
+    key = loop._selector.get_key(loop._ssock.fileno())
+    assert key.data[0]._callback.__name__ == "read_once"
+    seen, done = [], defer.Deferred()
+
+    def on_reactor(i):
+        seen.append(i)
+        if i == 19_999:
+            done.callback(None)
+
+    def worker():
+        call = sockwrite.thread_caller(reactor)  # (installed once: a second call changes nothing)
+        for i in range(20_000):  # far more than 4096 wake-up bytes between two reads
+            call(on_reactor, i)
+
+    threading.Thread(target=worker).start()
+    await done
+    assert seen == list(range(20_000))
+    # A byte left makes the socket readable again: the loop reads on until none is left.
+    import socket as _s
+
+    from twisted.internet import task
+    for _ in range(20):
+        await task.deferLater(reactor, 0.001, lambda: None)
+    try:
+        leftover = loop._ssock.recv(65536, _s.MSG_PEEK)
+    except BlockingIOError:
+        leftover = b""
+    assert leftover == b""
+
+
+def test_the_wake_up_read_it_replaces_is_asyncios_own():
+    import asyncio.selector_events as se
+    import inspect
+
+    assert inspect.getsource(se.BaseSelectorEventLoop._read_from_self) == sockwrite._SELF_READ

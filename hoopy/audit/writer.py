@@ -22,6 +22,7 @@ thread, so no caller can skip it:
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -154,6 +155,7 @@ class StateConflict(Exception):
 
 
 _STOP = object()
+_WAKE = object()  # something waits in BatchedStore._items
 
 
 class Dialect:
@@ -340,6 +342,13 @@ class BatchedStore:
         # callables(StoredEvent), on the reactor thread once an event is durable (notifications)
         self.observers: list = []
         self._to_reactor = lambda f, *args: self.reactor.callFromThread(f, *args)  # (_start_writer)
+        # What is appended waits here, in the order appended; the queue carries only wake-ups
+        # (_WAKE, _STOP). An append someone waits for always wakes the writer; a trailing one
+        # (append_trailing) only when the writer is idle (``_armed`` False): after each batch the
+        # writer looks here again within ``linger`` without being woken, so a statement's
+        # outcome rides with the next decision at no hand-off of its own.
+        self._items: collections.deque = collections.deque()
+        self._armed = False
 
     @property
     def reactor(self):
@@ -383,7 +392,8 @@ class BatchedStore:
         if expect_state is not None and not (approval and approval.get("id")):
             d.errback(StoreError("expect_state needs an approval row with its id"))
             return d
-        self._queue.put((_clean_event(event), data, _clean_row(session), _clean_row(approval), expect_state, d))
+        self._items.append((_clean_event(event), data, _clean_row(session), _clean_row(approval), expect_state, d))
+        self._queue.put(_WAKE)
         return d
 
     def append_trailing(self, event: Event) -> None:
@@ -399,7 +409,25 @@ class BatchedStore:
         except (TypeError, ValueError) as e:
             log.error("event not recorded, its data is not JSON: {e}", e=e)
             return
-        self._queue.put((_clean_event(event), data, None, None, None, None))
+        self._items.append((_clean_event(event), data, None, None, None, None))
+        if not self._armed:
+            # The writer may wait with no timeout: wake it. (If it disarms itself after this
+            # read of _armed, it looks at _items once more after, and finds the event.)
+            self._armed = True
+            self._queue.put(_WAKE)
+
+    def _take(self, batch: list) -> bool:
+        """(Writer thread) what waits in _items, in order, onto ``batch``, up to a batch's
+        worth; whether any of it is waited for."""
+        items = self._items
+        urgent = False
+        room = self.max_batch - len(batch)
+        while items and room > 0:
+            item = items.popleft()
+            batch.append(item)
+            urgent = urgent or item[-1] is not None
+            room -= 1
+        return urgent
 
     # --- the writer thread ---------------------------------------------------
 
@@ -414,43 +442,67 @@ class BatchedStore:
         return max(0.0, max(due, self._next_try) - time.monotonic())
 
     def _run(self):
+        q = self._queue
         while True:
             timeout = self._idle_timeout()
+            lingering = self._armed and (timeout is None or timeout > self.linger)
+            if lingering:
+                timeout = self.linger
             try:
-                item = self._queue.get(timeout=timeout) if timeout is not None else self._queue.get()
+                token = q.get(timeout=timeout) if timeout is not None else q.get()
             except queue.Empty:
-                self._heartbeat("unsigned events" if self._unsigned_since is not None else "idle")
+                if not lingering:
+                    self._heartbeat("unsigned events" if self._unsigned_since is not None else "idle")
+                    continue
+                if not self._items:
+                    # Nothing trailed within linger: disarmed (the next trailing event wakes
+                    # this thread), then one more look, for an append that saw it armed.
+                    self._armed = False
+                    if not self._items:
+                        continue
+                    self._armed = True
+                # Trailing events that lingered: written now.
+                batch: list = []
+                self._take(batch)
+                sign = self.signer is not None and time.monotonic() - self._last_sig >= self.sign_interval
+                self._write(batch, sign)
                 continue
-            if item is _STOP:
+            if token is _STOP:
                 break
-            batch = [item]
-            urgent = item[-1] is not None
+            batch = []
+            urgent = self._take(batch)
+            if not batch:
+                continue  # (a wake-up for what an earlier batch took)
             stop_after = False
             deadline = None
-            q = self._queue
             while len(batch) < self.max_batch:
                 try:
                     if urgent:
                         if q.empty():
                             break  # (this thread alone takes from the queue: no Empty raised and caught per batch)
-                        nxt = q.get_nowait()
+                        token = q.get_nowait()
                     else:
                         # Only trailing events so far: wait a moment for one
                         # someone waits on, and share its flush.
                         if deadline is None:
                             deadline = time.monotonic() + self.linger
-                        nxt = q.get(timeout=max(0.0, deadline - time.monotonic()))
+                        token = q.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-                if nxt is _STOP:
+                if token is _STOP:
                     stop_after = True
                     break
-                batch.append(nxt)
-                urgent = urgent or nxt[-1] is not None
+                urgent = self._take(batch) or urgent
+            self._take(batch)  # what came meanwhile: the order is the deque's
+            self._armed = True  # what trails from now on is looked for within linger
             sign = self.signer is not None and time.monotonic() - self._last_sig >= self.sign_interval
             self._write(batch, sign)
             if stop_after:
                 break
+        while self._items:  # stopping: everything appended before the stop is written
+            batch = []
+            self._take(batch)
+            self._write(batch, False)
         try:
             if self.signer is not None and self._unsigned_since is not None:
                 self._heartbeat("stopping")  # nothing of ours is left unsigned

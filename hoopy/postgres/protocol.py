@@ -15,6 +15,7 @@ import attrs
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from hoopy.policy.verdicts import Allow, Deny, Hold
@@ -381,10 +382,19 @@ class ClientProtocol(Protocol):
             d = self.session.event("operation", "refused", reason=c.refusal, sql=op.detail["sql"],
                                    units=[str(u) for u in op.units])
             d.addBoth(lambda _: Deny(c.refusal))
-        else:
-            d = self.session.decide(c.operation)
-        d.addCallback(self._decided)
-        d.addErrback(self._internal_error, "judging")
+            d.addCallback(self._decided)
+            d.addErrback(self._internal_error, "judging")
+            return
+        # One callback, not a callback and an errback after it: a decision that fails and a
+        # _decided that raises both end the connection (fail closed), as before.
+        self.session.decide(c.operation).addCallbacks(self._decided_or_fail, self._internal_error,
+                                                      errbackArgs=("judging",))
+
+    def _decided_or_fail(self, verdict):
+        try:
+            self._decided(verdict)
+        except Exception:
+            self._internal_error(Failure(), "judging")
 
     def _check(self, c):
         """A Parse: refused if the policy would refuse its statement; else it goes upstream
