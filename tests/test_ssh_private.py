@@ -287,3 +287,18 @@ def test_channel_data_is_dispatched_where_asyncssh_would_dispatch_it():
                  "datalen > self._recv_window", "self.logger.debug2(", "self._accept_data(data)"):
         assert step in source
     assert inspect.getsource(SSHChannel._process_data).count("self.") == 4
+
+
+def test_the_socket_transport_s_write_still_sends_first_when_nothing_is_buffered():
+    """_send_pending's sendmsg is what asyncio's write does first, so its private names must be
+    the ones write uses, in that order."""
+    import asyncio.selector_events as se
+
+    source = inspect.getsource(se._SelectorSocketTransport.write)
+    for step in ("if self._eof:", "if self._empty_waiter is not None:", "if self._conn_lost:",
+                 "if not self._buffer:", "n = self._sock.send(data)", "self._buffer.extend(data)"):
+        assert step in source, step
+    assert private._SOCKET_TRANSPORT is se._SelectorSocketTransport
+    parts = [b"abcd", b"efgh", b"ij"]
+    assert private._unsent(parts, 0) == parts and private._unsent(parts, 10) == []
+    assert private._unsent(parts, 4) == [b"efgh", b"ij"] and private._unsent(parts, 5) == [b"fgh", b"ij"]
