@@ -55,7 +55,7 @@ def measure(code: str, sshd: Sshd, a, work: Path) -> float:
         keygen(key)
     pub = Path(f"{key}.pub").read_text().strip()
     agent = ident("agent")
-    conn, port = connection_toml(sshd)
+    conn, port = connection_toml(sshd, extra='connect_timeout = "300s"')  # (valgrind's key exchange)
     gwdir = Path(tempfile.mkdtemp(prefix="gw-", dir=work))
     env = {"PYTHONPATH": code}
     twistd = support.TWISTD
