@@ -11,16 +11,28 @@ fails loudly in the suite, not silently on a client.
 """
 from __future__ import annotations
 
+import asyncio.selector_events
+import ctypes
 import os
 import time
+from typing import Any
+from hmac import compare_digest as _compare_digest
 
 import asyncssh
 from asyncssh.channel import SSHChannel
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_CHANNEL_OPEN
-from asyncssh.encryption import GCMEncryption
+from asyncssh.encryption import ETMEncryption, GCMEncryption
+from asyncssh.misc import DisconnectError
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from asyncssh.logging import SSHLogger
 from asyncssh.packet import Boolean, SSHPacket, String, UInt32
+
+try:  # UMAC is nettle's, through ctypes (asyncssh.crypto.umac); absent without libnettle
+    from asyncssh.crypto import umac as _umac_module
+    from asyncssh.mac import _UMAC as _UMACHandler
+except ImportError:  # pragma: no cover
+    _umac_module = _UMACHandler = None  # type: ignore[assignment]
 
 # What this module touches; tests/test_ssh_private.py checks each one.
 USED_METHODS = (  # (class, method name)
@@ -41,6 +53,13 @@ USED_METHODS = (  # (class, method name)
     (asyncssh.SSHServerChannel, "_close_send"),
     (asyncssh.SSHServerChannel, "log_sent_packet"),
     (asyncssh.SSHClientConnection, "_send_kexinit"),
+    # the receive path of whole packets (_CoalescedSends._recv_whole)
+    (asyncssh.SSHServerConnection, "_recv_data"),
+    (asyncssh.SSHServerConnection, "_send_disconnect"),
+    (asyncssh.SSHServerConnection, "_force_close"),
+    (asyncssh.SSHServerConnection, "internal_error"),
+    (asyncssh.SSHServerConnection, "_finish_recv_packet"),
+    (asyncssh.SSHServerChannel, "_accept_data"),
 )
 USED_ATTRIBUTES = (  # (class, attribute its instances carry)
     (asyncssh.SSHServerChannel, "_send_state"),
@@ -75,9 +94,81 @@ USED_ATTRIBUTES = (  # (class, attribute its instances carry)
     (asyncssh.SSHClientConnection, "_send_seq"),
     (asyncssh.SSHClientConnection, "_enc_alg_cs"),
     (asyncssh.SSHClientConnection, "_enc_alg_sc"),
+    (asyncssh.SSHClientConnection, "_recv_encryption"),
+    (asyncssh.SSHClientConnection, "_recv_seq"),
+    (asyncssh.SSHClientConnection, "_max_recv_pktlen"),
+    (asyncssh.SSHClientConnection, "_decompressor"),
+    (asyncssh.SSHClientConnection, "_packet"),
+    (asyncssh.SSHClientConnection, "_channels"),
+    (asyncssh.SSHServerChannel, "_recv_state"),
+    (asyncssh.SSHServerChannel, "_recv_window"),
 )
-# And the class attribute ``SSHServerConnection._packet_handlers`` (a dict by message type), and
-# asyncssh.crypto.cipher.GCMCipher's _key, _iv and _update_iv (see _send_channel_data).
+# And the class attribute ``SSHServerConnection._packet_handlers`` (a dict by message type),
+# asyncssh.crypto.cipher.GCMCipher's _key, _iv and _update_iv (see _send_channel_data), the
+# encryptions' _cipher and _mac, asyncssh.mac._UMAC's _key and _umac_alg, and
+# asyncssh.crypto.umac's _nettle and its UMAC objects' _ctx (see keyed_umac).
+
+
+def keyed_umac(mac) -> bool:
+    """Give an asyncssh UMAC handler (one direction of one connection's keys) a context keyed
+    once: asyncssh keys a new nettle context for every packet (a 4 KiB buffer, the key schedule
+    and about a hundred AES blocks of subkeys), a third of the time of a 32 KiB packet's MAC.
+    The MAC is the same bytes (nettle's set_nonce takes the sequence number each time, its digest
+    resets the hash). False where ``mac`` is not asyncssh's UMAC or its nettle is not there."""
+    if _UMACHandler is None or type(mac) is not _UMACHandler or "sign" in mac.__dict__:
+        return False
+    new = mac._umac_alg
+    cls = getattr(new, "__self__", None)
+    nettle = getattr(_umac_module, "_nettle", None)
+    name = getattr(cls, "name", "")
+    if cls is None or nettle is None or name not in ("umac32", "umac64", "umac96", "umac128"):
+        return False
+    ctx = new(mac._key)._ctx  # keyed by asyncssh's own code: no nonce yet, no message
+    set_nonce = getattr(nettle, f"nettle_{name}_set_nonce")
+    update = getattr(nettle, f"nettle_{name}_update")
+    digest = getattr(nettle, f"nettle_{name}_digest")
+    size = cls.digest_size
+    c_size, c_eight = ctypes.c_size_t(size), ctypes.c_size_t(8)
+    out = ctypes.create_string_buffer(size)
+
+    def sign(seq: int, packet: bytes) -> bytes:
+        set_nonce(ctx, c_eight, seq.to_bytes(8, "big"))
+        update(ctx, ctypes.c_size_t(len(packet)), packet)
+        digest(ctx, c_size, out)
+        return out.raw
+
+    def sign_at(seq: int, address: int, length: int) -> bytes:
+        # The MAC of ``length`` bytes at ``address`` (inside a bytes object the caller holds).
+        set_nonce(ctx, c_eight, seq.to_bytes(8, "big"))
+        update(ctx, ctypes.c_size_t(length), ctypes.c_void_p(address))
+        digest(ctx, c_size, out)
+        return out.raw
+
+    def verify(seq: int, packet: bytes, sig: bytes) -> bool:
+        return _compare_digest(sign(seq, packet), sig)
+
+    for attr, f in (("sign", sign), ("verify", verify), ("_hoopy_sign_at", sign_at)):
+        setattr(mac, attr, f)  # (on this handler only: asyncssh's own packets use them too)
+    return True
+
+
+# asyncio's own socket transport (its write tries send() first when nothing is buffered: _send_pending).
+_SOCKET_TRANSPORT = asyncio.selector_events._SelectorSocketTransport
+_DATA = bytes((MSG_CHANNEL_DATA,))
+_PROCESS_DATA = SSHChannel._packet_handlers[MSG_CHANNEL_DATA]  # (asyncssh's SSHChannel._process_data)
+
+
+class _Decrypted:
+    """A packet's decryption done already (_CoalescedSends._recv_whole): what asyncssh's
+    _recv_packet asks of its encryption, for one packet."""
+
+    __slots__ = ("plain",)
+
+    def __init__(self, plain):
+        self.plain = plain  # None: the MAC did not verify (asyncssh raises MACError)
+
+    def decrypt_packet(self, seq, first, rest, header_len, mac):
+        return self.plain
 
 
 def send_exit_status(chan: asyncssh.SSHServerChannel, status: int) -> bool:
@@ -231,13 +322,21 @@ class _CoalescedSends:
 
     def data_received(self, data, datatype=None) -> None:
         n = len(data)
-        view = memoryview(data) if n > 4096 else data
+        whole = type(data) is bytes  # (what asyncio reads: _recv_whole takes packets from it)
+        view = memoryview(data) if whole or n > 4096 else data
         pos = 0
+        if whole:
+            self._reset_keepalive_timer()  # as asyncssh's _recv_data does for what it takes
         while pos < n:
             if not self._transport:
                 return  # closed by what came before: asyncssh reads no further either
             handler = self._recv_handler
             if handler == self._recv_pkthdr:
+                if whole and not self._inpbuf:
+                    used = self._recv_whole(data, view, pos, n)
+                    if used:
+                        pos += used
+                        continue
                 need = self._recv_blocksize - len(self._inpbuf)
             elif handler == self._recv_packet:
                 need = 4 + self._pktlen + self._recv_macsize - self._recv_blocksize - len(self._inpbuf)
@@ -246,6 +345,93 @@ class _CoalescedSends:
             need = max(need, 1)
             super().data_received(view[pos:pos + need], datatype)
             pos += need
+
+    _recv_fast_for: object = None  # the receive encryption _recv_kind was decided for
+    _recv_kind: str | None = None  # "gcm", "etm", or None: asyncssh's way
+    _pktlen: int  # (asyncssh's, declared for the type checker)
+    _recv_encryption: Any
+
+    def _recv_whole(self, data: bytes, view, pos: int, n: int) -> int:
+        """Decrypt and check the packet at data[pos:] straight from the read, if all of it is
+        there and this connection's state allows, and have asyncssh's _recv_packet process it as
+        it would have (the same checks, dispatch, flow control and errors): the bytes used, or 0
+        (nothing done: asyncssh's way). asyncssh copies each byte of a packet about five times
+        before decrypting it (its input buffer, the rest of the packet, the first block joined
+        to it, the part after the length, the tag joined for AES-GCM); here none."""
+        enc = self._recv_encryption
+        if enc is not self._recv_fast_for:
+            self._recv_fast_for = enc
+            kind = None
+            if type(enc) is GCMEncryption:
+                kind = "gcm"
+            elif type(enc) is ETMEncryption:
+                kind = "etm"
+                keyed_umac(enc._mac)
+            self._recv_kind = kind
+        kind = self._recv_kind
+        if kind is None or self._decompressor is not None or not self._auth_complete or n - pos < 4:
+            return 0
+        pktlen = int.from_bytes(view[pos:pos + 4], "big")
+        macsize = self._recv_macsize
+        end = pos + 4 + pktlen + macsize
+        if end > n or pktlen > self._max_recv_pktlen or 4 + pktlen + macsize < self._recv_blocksize:
+            return 0
+        seq = self._recv_seq
+        if kind == "gcm":
+            cipher = enc._cipher
+            aead = cipher.__dict__.get("_hoopy_aead")
+            if aead is None:
+                aead = cipher._hoopy_aead = AESGCM(cipher._key)
+            try:
+                plain = aead.decrypt(cipher._iv, view[pos + 4:end], view[pos:pos + 4])
+            except InvalidTag:
+                plain = None
+            cipher._update_iv()  # (asyncssh's verify_and_decrypt: whether or not the tag checked)
+        else:
+            mac = enc._mac
+            body = pos + 4 + pktlen
+            sign_at = mac.__dict__.get("_hoopy_sign_at")
+            if sign_at is not None:
+                # The length and ciphertext where they are, in ``data`` (a bytes object, held here).
+                address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
+                ok = _compare_digest(sign_at(seq, address + pos, 4 + pktlen), bytes(view[body:end]))
+            else:
+                ok = mac.verify(seq, bytes(view[pos:body]), bytes(view[body:end]))
+            plain = enc._cipher.decrypt(view[pos + 4:body]) if ok else None
+        if plain is not None and plain[1:2] == _DATA and SSHLogger._debug_level < 2:
+            # Channel data, the bulk of a transfer: asyncssh's _recv_packet and the channel's
+            # _process_data in one step (its checks, in its order), the data sliced once.
+            padlen = plain[0]
+            payload_end = len(plain) - padlen
+            datalen = int.from_bytes(plain[6:10], "big")
+            chan = self._channels.get(int.from_bytes(plain[2:6], "big"))
+            if (padlen and 10 + datalen == payload_end and chan is not None
+                    and chan._packet_handlers.get(MSG_CHANNEL_DATA) is _PROCESS_DATA
+                    and chan._recv_state == "open" and datalen <= chan._recv_window):
+                try:
+                    chan._accept_data(plain[10:payload_end])
+                    self._finish_recv_packet(MSG_CHANNEL_DATA, seq)
+                except DisconnectError as exc:
+                    self._send_disconnect(exc.code, exc.reason, exc.lang)
+                    self._force_close(exc)
+                except Exception:
+                    self.internal_error()
+                return end - pos
+        # asyncssh's _recv_packet from here, with nothing left to read for this packet
+        self._recv_encryption = _Decrypted(plain)
+        self._packet = b""
+        self._pktlen = self._recv_blocksize - 4 - macsize  # what it reads after this: nothing
+        try:
+            self._recv_packet()
+        except DisconnectError as exc:
+            self._send_disconnect(exc.code, exc.reason, exc.lang)
+            self._force_close(exc)
+        except Exception:
+            self.internal_error()
+        finally:
+            if type(self._recv_encryption) is _Decrypted:  # (new keys, if it was NEWKEYS, stay)
+                self._recv_encryption = enc
+        return end - pos
 
     def _send(self, data: bytes) -> None:
         self._send_parts(data)
@@ -271,6 +457,8 @@ class _CoalescedSends:
             self._fast_for = enc
             alg = self._enc_alg_cs if self.is_client() else self._enc_alg_sc
             self._fast_ok = enc is not None and alg in _NO_IGNORE_NEEDED
+            if type(enc) is ETMEncryption:
+                keyed_umac(enc._mac)
         if not (self._fast_ok and self._kex_complete and self._auth_complete and self._compressor is None
                 and self._rekey_bytes_sent < self._rekey_bytes
                 and not (self._rekey_seconds and time.monotonic() >= self._rekey_time)):
@@ -308,11 +496,35 @@ class _CoalescedSends:
         pending, self._pending_sends = self._pending_sends, None
         assert pending is not None  # scheduled only by _send, once per batch
         transport, data = pending[0], pending[1:]
-        if transport is not None and data:
-            try:
-                transport.write(data[0] if len(data) == 1 else b"".join(data))
-            except ConnectionError:
-                pass
+        if transport is None or not data:
+            return
+        try:
+            if 1 < len(data) <= 512 and type(transport) is _SOCKET_TRANSPORT and not transport._buffer \
+                    and not transport._eof and not transport._conn_lost and transport._empty_waiter is None:
+                # What transport.write does first with nothing buffered (send now), with the parts
+                # as they are (one sendmsg) instead of joined into one more copy of every byte.
+                try:
+                    sent = transport._sock.sendmsg(data)
+                except OSError:
+                    sent = 0  # (EAGAIN; any other error meets transport.write below, as it would)
+                data = _unsent(data, sent)
+                if not data:
+                    return
+            transport.write(data[0] if len(data) == 1 else b"".join(data))
+        except ConnectionError:
+            pass
+
+
+def _unsent(parts: list, n: int) -> list:
+    """What is left of ``parts`` once their first ``n`` bytes have gone."""
+    i = 0
+    while i < len(parts) and n >= len(parts[i]):
+        n -= len(parts[i])
+        i += 1
+    rest = parts[i:]
+    if n and rest:
+        rest[0] = rest[0][n:]
+    return rest
 
 
 class GatewayClientConnection(_CoalescedSends, asyncssh.SSHClientConnection):
