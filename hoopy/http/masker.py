@@ -43,6 +43,24 @@ HINTS = {"email": "@", "us_ssn": "-"}
 _QUOTELESS = frozenset({"email", "credit_card", "us_ssn"})
 
 
+def _load_valid():
+    """hoopy/http/_jsonmask.c's ``valid`` (True: certainly JSON that _loads parses), or None."""
+    import os
+
+    if os.environ.get("HOOPY_JSONMASK") == "python":
+        return None
+    try:
+        from hoopy.http import _jsonmask
+    except ImportError:
+        return None
+    return _jsonmask.valid
+
+
+# A body the raw path takes (no backslash) is checked by this scan instead of being parsed (the parse
+# built a million objects for nothing but to know it parses); False: parsed as before.
+_valid = _load_valid()
+
+
 def _loads(text):
     """(value, True) parsed by orjson, or (value, False) by json (NaN, huge integers); ValueError."""
     try:
@@ -168,13 +186,21 @@ class Masker:
         if not data.strip():
             return data, {}
         check_ascii_compatible(data)
+        raw = self._fast and b"\\" not in data
+        if raw and _valid is not None and type(data) is bytes and _valid(data):
+            # known to parse: the raw path needs no parse, the walk only when the raw path declines
+            done = self._json_raw(data.decode("utf-8", "surrogateescape"))
+            if done is not None:
+                text, found = done
+                return (data, found) if not found else (text.encode("utf-8", "surrogateescape"), found)
+            raw = False
         try:
             value, fast = _loads(data)
         except (ValueError, UnicodeDecodeError):
             if self.fields:
                 raise MaskError("the body is declared JSON but is not valid JSON, so it cannot be masked")
             return self.mask_text(data)
-        if self._fast and b"\\" not in data:
+        if raw:
             done = self._json_raw(data.decode("utf-8", "surrogateescape"))
             if done is not None:
                 text, found = done
