@@ -487,7 +487,53 @@ done:
     return res;
 }
 
+/* masked_key(text, mask) -> bool: whether re.search(re.escape(mask) + r'[^"]*"\s*:', text) finds a
+ * match (mask holds no quote): for each run between two quotes that holds the mask, the quote that
+ * ends it followed by whitespace and a colon. The regex reads the rest of a run again from every
+ * mask in it (a string of 200,000 masked addresses took minutes); this reads each run once. */
+static PyObject *
+masked_key(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *text, *mask;
+    Py_ssize_t n, ml, i, j, k;
+    int kind;
+    const void *d;
+    if (nargs != 2 || !PyUnicode_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "masked_key(text: str, mask: str)");
+        return NULL;
+    }
+    text = args[0];
+    mask = args[1];
+    n = PyUnicode_GET_LENGTH(text);
+    ml = PyUnicode_GET_LENGTH(mask);
+    if (ml == 0 || PyUnicode_FindChar(mask, '"', 0, ml, 1) != -1) {
+        PyErr_SetString(PyExc_ValueError, "the mask must be a non-empty text without a quote");
+        return NULL;
+    }
+    kind = PyUnicode_KIND(text);
+    d = PyUnicode_DATA(text);
+    i = PyUnicode_Find(text, mask, 0, n, 1);
+    while (i >= 0) {
+        j = PyUnicode_FindChar(text, '"', i + ml, n, 1);
+        if (j < 0)
+            break;
+        if (j == -2)
+            return NULL;
+        k = j + 1;
+        while (k < n && Py_UNICODE_ISSPACE(PyUnicode_READ(kind, d, k)))
+            k++;
+        if (k < n && PyUnicode_READ(kind, d, k) == ':')
+            Py_RETURN_TRUE;
+        i = PyUnicode_Find(text, mask, j + 1, n, 1);
+    }
+    if (i == -2)
+        return NULL;
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
+    {"masked_key", (PyCFunction)(void (*)(void))masked_key, METH_FASTCALL,
+     "whether re.search(re.escape(mask) + r'[^\"]*\"\\s*:', text) matches, in linear time"},
     {"valid", valid, METH_O, "True when the bytes are certainly JSON the masker's _loads parses (no backslash)"},
     {"email_spans", email_spans, METH_O, "masking._email_spans in C"},
     {"email_redact", (PyCFunction)(void (*)(void))email_redact, METH_FASTCALL,
