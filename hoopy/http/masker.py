@@ -8,7 +8,9 @@ arrays add no step). Names match in any case ("SSN" is "ssn"). ``patterns``
 Formats, each read as its reader reads it (see formats.py for the markup and
 CSV readers):
 
-- JSON: parsed and walked. A string value that holds structured text (JSON in
+- JSON: parsed and walked; a body without a backslash, for built-in patterns, masked as text
+  without a walk (``_json_raw``), and not even parsed when hoopy/http/_jsonmask.c (optional) says
+  it certainly parses. A string value that holds structured text (JSON in
   a JSON string, markup, ``key: value`` text) is read and masked in turn, up to
   ``MAX_DEPTH`` levels, the key path carried on.
 - text of any other kind (JavaScript/JSONP, YAML, logs, forms): a key named by a
@@ -53,7 +55,7 @@ def _load_valid():
         from hoopy.http import _jsonmask
     except ImportError:
         return None
-    return _jsonmask.valid
+    return getattr(_jsonmask, "valid", None)  # None: a module built from an older _jsonmask.c
 
 
 # A body the raw path takes (no backslash) is checked by this scan instead of being parsed (the parse
@@ -102,7 +104,9 @@ def _load_masked_key():
         return _masked_key_py
     from hoopy.http import _jsonmask
 
-    c = _jsonmask.masked_key
+    c = getattr(_jsonmask, "masked_key", None)
+    if c is None:
+        return _masked_key_py  # a module built from an older _jsonmask.c
     return lambda text: c(text, MASK)
 
 
