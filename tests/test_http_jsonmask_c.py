@@ -69,7 +69,7 @@ DOMAINISH = st.lists(st.tuples(LABEL, st.sampled_from([".", ".", "..", "-", "@",
 
 
 @needs_c
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.one_of(EMAILISH, DOMAINISH, st.tuples(EMAILISH, DOMAINISH).map("@".join)), st.integers(0, 3))
 @example("a" * 63 + "@" + "b" * 63 + ".c", 1)
 @example("x@y.z\U0001f600a@b.cc", 1)
@@ -99,7 +99,7 @@ MASKISH = st.lists(st.sampled_from([MASK, '"', ":", " ", "\u00a0", "\u2003", "\x
                                     "[REDACTED", "]", "\n"]), max_size=14).map("".join)
 
 
-@settings(max_examples=3000, deadline=None)
+@settings(max_examples=3000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(MASKISH)
 @example('[REDACTED]x"\u2003\x85:')
 def test_masked_key_is_the_regex(text):
