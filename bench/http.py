@@ -14,7 +14,8 @@ real ``twistd -n hoopy`` with one http connection to the same upstream. Then:
   2. the same at one connection: latency added by hoopy (target: at most +0.5 ms);
   3. curl: a 256 MiB download, MB/s and the gateway's RSS sampled during it;
   4. wrk: the 1 MiB JSON through a connection that masks e-mail addresses (target:
-     at least 60 MB/s).
+     at least 60 MB/s); ``--only masked`` runs this alone (HOOPY_JSONMASK=python in the
+     environment: the gateway without hoopy/http/_jsonmask.c).
 
 Nothing here is a test: it prints numbers for docs/performance.md.
 """
@@ -207,6 +208,7 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--only", choices=["masked"], help="only the masked 1 MiB JSON run (4.)")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy the gateway during the small-GET run and the masked run; print the top entries")
     args = ap.parse_args()
@@ -290,45 +292,46 @@ patterns = ["email"]
         print(f"# load average before: {os.getloadavg()[0]:.2f} (2 cores shared with others)")
 
         d, c, t = args.duration, args.connections, args.threads
-        print(f"# small JSON GET, wrk -t{t} -c{c} -d{d}s, keep-alive")
-        wrk(f"http://127.0.0.1:{hoopy_port}/small.json", 2, c, t, token)  # warm up the pools
-        wrk(f"http://127.0.0.1:{floor_port}/small.json", 2, c, t, None)
-        res = {
-            "direct": wrk(f"http://127.0.0.1:{up_port}/small.json", d, c, t, None),
-            "nginx": wrk(f"http://127.0.0.1:{ngx_port}/small.json", d, c, t, None),
-            "floor": wrk_cpu(f"http://127.0.0.1:{floor_port}/small.json", d, c, t, None, floor.pid),
-            "hoopy": profiled(args.profile, gw.pid, work / "small.prof", lambda: wrk_cpu(
-                f"http://127.0.0.1:{hoopy_port}/small.json", d, c, t, token, gw.pid)),
-        }
-        print(f"{'path':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10}")
-        for k, v in res.items():
-            cpu = f"{v['cpu_us_per_req']:10.0f}" if "cpu_us_per_req" in v else f"{'-':>10}"
-            print(f"{k:8} {v['rps']:10.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['non2xx']:8d} {cpu}")
-        h, f = res["hoopy"], res["floor"]
-        print(f"hoopy/floor req/s {h['rps'] / f['rps']:.3f} (target >= 0.6); by CPU per request "
-              f"{f['cpu_us_per_req'] / h['cpu_us_per_req']:.3f}; hoopy/direct {h['rps'] / res['direct']['rps']:.3f}; "
-              f"hoopy/nginx {h['rps'] / res['nginx']['rps']:.3f}")
-        print("# the same at one connection (latency without queueing)")
-        one = {k: wrk(u, max(3, d // 2), 1, 1, tok) for k, u, tok in (
-            ("direct", f"http://127.0.0.1:{up_port}/small.json", None),
-            ("floor", f"http://127.0.0.1:{floor_port}/small.json", None),
-            ("hoopy", f"http://127.0.0.1:{hoopy_port}/small.json", token))}
-        od, of, oh = one["direct"], one["floor"], one["hoopy"]
-        print(f"direct p50 {latency(od)}, floor p50 {latency(of)}, hoopy p50 {latency(oh)} "
-              f"({od['requests']}, {of['requests']}, {oh['requests']} requests)")
-        if od["p50_ms"] and oh["p50_ms"]:
-            print(f"hoopy adds {oh['p50_ms'] - od['p50_ms']:.3f} ms over direct (target <= 0.5)"
-                  + (f", {oh['p50_ms'] - of['p50_ms']:.3f} ms over the floor; the floor adds "
-                     f"{of['p50_ms'] - od['p50_ms']:.3f} ms over direct" if of["p50_ms"] else "")
-                  + f"; hoopy {oh['rps']:.0f} req/s on one connection")
+        if args.only != "masked":
+            print(f"# small JSON GET, wrk -t{t} -c{c} -d{d}s, keep-alive")
+            wrk(f"http://127.0.0.1:{hoopy_port}/small.json", 2, c, t, token)  # warm up the pools
+            wrk(f"http://127.0.0.1:{floor_port}/small.json", 2, c, t, None)
+            res = {
+                "direct": wrk(f"http://127.0.0.1:{up_port}/small.json", d, c, t, None),
+                "nginx": wrk(f"http://127.0.0.1:{ngx_port}/small.json", d, c, t, None),
+                "floor": wrk_cpu(f"http://127.0.0.1:{floor_port}/small.json", d, c, t, None, floor.pid),
+                "hoopy": profiled(args.profile, gw.pid, work / "small.prof", lambda: wrk_cpu(
+                    f"http://127.0.0.1:{hoopy_port}/small.json", d, c, t, token, gw.pid)),
+            }
+            print(f"{'path':8} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'CPU us/req':>10}")
+            for k, v in res.items():
+                cpu = f"{v['cpu_us_per_req']:10.0f}" if "cpu_us_per_req" in v else f"{'-':>10}"
+                print(f"{k:8} {v['rps']:10.0f} {v['p50_ms']:8.2f} {v['p99_ms']:8.2f} {v['non2xx']:8d} {cpu}")
+            h, f = res["hoopy"], res["floor"]
+            print(f"hoopy/floor req/s {h['rps'] / f['rps']:.3f} (target >= 0.6); by CPU per request "
+                  f"{f['cpu_us_per_req'] / h['cpu_us_per_req']:.3f}; hoopy/direct {h['rps'] / res['direct']['rps']:.3f}; "
+                  f"hoopy/nginx {h['rps'] / res['nginx']['rps']:.3f}")
+            print("# the same at one connection (latency without queueing)")
+            one = {k: wrk(u, max(3, d // 2), 1, 1, tok) for k, u, tok in (
+                ("direct", f"http://127.0.0.1:{up_port}/small.json", None),
+                ("floor", f"http://127.0.0.1:{floor_port}/small.json", None),
+                ("hoopy", f"http://127.0.0.1:{hoopy_port}/small.json", token))}
+            od, of, oh = one["direct"], one["floor"], one["hoopy"]
+            print(f"direct p50 {latency(od)}, floor p50 {latency(of)}, hoopy p50 {latency(oh)} "
+                  f"({od['requests']}, {of['requests']}, {oh['requests']} requests)")
+            if od["p50_ms"] and oh["p50_ms"]:
+                print(f"hoopy adds {oh['p50_ms'] - od['p50_ms']:.3f} ms over direct (target <= 0.5)"
+                      + (f", {oh['p50_ms'] - of['p50_ms']:.3f} ms over the floor; the floor adds "
+                         f"{of['p50_ms'] - od['p50_ms']:.3f} ms over direct" if of["p50_ms"] else "")
+                      + f"; hoopy {oh['rps']:.0f} req/s on one connection")
 
-        print("# 256 MiB download (curl)")
-        dd = download(f"http://127.0.0.1:{up_port}/big.bin", None)
-        hd = download(f"http://127.0.0.1:{hoopy_port}/big.bin", token, gw.pid)
-        nd = download(f"http://127.0.0.1:{ngx_port}/big.bin", None)
-        print(f"direct {dd['MBps']:.0f} MB/s, nginx {nd['MBps']:.0f} MB/s, hoopy {hd['MBps']:.0f} MB/s "
-              f"(ratio {hd['MBps'] / dd['MBps']:.2f}); gateway RSS {hd['rss_min_mib']:.0f}-{hd['rss_max_mib']:.0f} MiB "
-              f"during the transfer; status {hd['status']}, {hd['bytes']} bytes")
+            print("# 256 MiB download (curl)")
+            dd = download(f"http://127.0.0.1:{up_port}/big.bin", None)
+            hd = download(f"http://127.0.0.1:{hoopy_port}/big.bin", token, gw.pid)
+            nd = download(f"http://127.0.0.1:{ngx_port}/big.bin", None)
+            print(f"direct {dd['MBps']:.0f} MB/s, nginx {nd['MBps']:.0f} MB/s, hoopy {hd['MBps']:.0f} MB/s "
+                  f"(ratio {hd['MBps'] / dd['MBps']:.2f}); gateway RSS {hd['rss_min_mib']:.0f}-{hd['rss_max_mib']:.0f} MiB "
+                  f"during the transfer; status {hd['status']}, {hd['bytes']} bytes")
 
         print("# masked 1 MiB JSON (e-mail pattern on every value), wrk -c4")
         size = (www / "masked.json").stat().st_size

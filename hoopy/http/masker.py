@@ -8,7 +8,9 @@ arrays add no step). Names match in any case ("SSN" is "ssn"). ``patterns``
 Formats, each read as its reader reads it (see formats.py for the markup and
 CSV readers):
 
-- JSON: parsed and walked. A string value that holds structured text (JSON in
+- JSON: parsed and walked; a body without a backslash, for built-in patterns, masked as text
+  without a walk (``_json_raw``), and not even parsed when hoopy/http/_jsonmask.c (optional) says
+  it certainly parses. A string value that holds structured text (JSON in
   a JSON string, markup, ``key: value`` text) is read and masked in turn, up to
   ``MAX_DEPTH`` levels, the key path carried on.
 - text of any other kind (JavaScript/JSONP, YAML, logs, forms): a key named by a
@@ -43,6 +45,24 @@ HINTS = {"email": "@", "us_ssn": "-"}
 _QUOTELESS = frozenset({"email", "credit_card", "us_ssn"})
 
 
+def _load_valid():
+    """hoopy/http/_jsonmask.c's ``valid`` (True: certainly JSON that _loads parses), or None."""
+    import os
+
+    if os.environ.get("HOOPY_JSONMASK") == "python":
+        return None
+    try:
+        from hoopy.http import _jsonmask
+    except ImportError:
+        return None
+    return getattr(_jsonmask, "valid", None)  # None: a module built from an older _jsonmask.c
+
+
+# A body the raw path takes (no backslash) is checked by this scan instead of being parsed (the parse
+# built a million objects for nothing but to know it parses); False: parsed as before.
+_valid = _load_valid()
+
+
 def _loads(text):
     """(value, True) parsed by orjson, or (value, False) by json (NaN, huge integers); ValueError."""
     try:
@@ -65,7 +85,32 @@ def _dumps(value, fast: bool) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-_MASKED_KEY = re.compile(re.escape(MASK) + r'[^"]*"\s*:')
+_MASKED_KEY = re.compile(re.escape(MASK) + r'[^"]*"\s*:')  # what _masked_key_py tells, the reference
+# The same search in linear time: the run after a mask stops at the next mask (the last mask of a run
+# reaches the quote the first one would; "[REDACTED]" cannot overlap itself). The regex above read
+# the rest of a quoted run again from every mask in it: a string of 200,000 masked addresses held
+# the thread for minutes.
+_MASKED_KEY_LINEAR = re.compile(re.escape(MASK) + r'(?:[^"\[]|\[(?!' + re.escape(MASK[1:]) + r'))*+"\s*:')
+assert MASK == "[REDACTED]"  # the regex above is written for a mask of this shape
+
+
+def _masked_key_py(text: str) -> bool:
+    """Whether ``_MASKED_KEY.search(text)`` finds a mask that ends a key (in linear time)."""
+    return _MASKED_KEY_LINEAR.search(text) is not None
+
+
+def _load_masked_key():
+    if _valid is None:
+        return _masked_key_py
+    from hoopy.http import _jsonmask
+
+    c = getattr(_jsonmask, "masked_key", None)
+    if c is None:
+        return _masked_key_py  # a module built from an older _jsonmask.c
+    return lambda text: c(text, MASK)
+
+
+_masked_key = _load_masked_key()
 
 
 @attrs.frozen
@@ -167,13 +212,21 @@ class Masker:
         if not data.strip():
             return data, {}
         check_ascii_compatible(data)
+        raw = self._fast and b"\\" not in data
+        if raw and _valid is not None and type(data) is bytes and _valid(data):
+            # known to parse: the raw path needs no parse, the walk only when the raw path declines
+            done = self._json_raw(data.decode("utf-8", "surrogateescape"))
+            if done is not None:
+                text, found = done
+                return (data, found) if not found else (text.encode("utf-8", "surrogateescape"), found)
+            raw = False
         try:
             value, fast = _loads(data)
         except (ValueError, UnicodeDecodeError):
             if self.fields:
                 raise MaskError("the body is declared JSON but is not valid JSON, so it cannot be masked")
             return self.mask_text(data)
-        if self._fast and b"\\" not in data:
+        if raw:
             done = self._json_raw(data.decode("utf-8", "surrogateescape"))
             if done is not None:
                 text, found = done
@@ -222,7 +275,7 @@ class Masker:
                 text, n = d.redact(text)
                 if n:
                     add_count(counts, d.name, n)
-        if counts and _MASKED_KEY.search(text):
+        if counts and _masked_key(text):
             return None  # a key masked by a pattern: the walk keeps two such keys apart
         return text, counts
 
