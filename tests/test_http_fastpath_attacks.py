@@ -457,3 +457,35 @@ def test_a_masked_connections_heads_are_masked_and_scrubbed_whichever_shortcut_r
     assert b"ada@example.com" not in out and CORE not in out.lower(), out
     if name == "credential in a name":
         assert b"eam-secret-7777" not in out.lower() and b"X-Other: 2" in out, out
+
+
+def _nested_json(depth: int, leaf: str) -> str:
+    inner: object = {"e": leaf}
+    for _ in range(depth):
+        inner = {"k": json.dumps(inner)}
+    return json.dumps(inner)
+
+
+@pytest.mark.parametrize("depth", [2, 9, 14])
+def test_a_header_the_masker_cannot_read_goes_out_as_the_mask_not_as_it_came(world, depth):
+    """JSON in a header value nested past the masker's bound (8 levels of structure in strings) made
+    it raise, and the header went out unmasked, e-mail and all. Now such a value is the mask whole."""
+    path = f"/v1/customers/nested-header-{depth}"
+    value = _nested_json(depth, "ada@example.com\n").encode()
+    world.up.script[path] = lambda h, b: response(200, b"ok", [(b"X-Blob", value), (b"Content-Type", b"text/plain")])
+    out = raw(world.masked_port, req(path.encode()))
+    assert statuses(out) == [200] and out.endswith(b"ok"), out
+    assert b"ada@example.com" not in out, out
+    assert re.search(rb"(?im)^x-blob: ", out), out
+
+
+@pytest.mark.parametrize("body", [b'{"a": "\xffann@example.com\\u001f"}', b'{"\xffann@example.com\\n": 1}',
+                                  b'["\xff", "{\\"e\\": \\"ann@example.com\\"}"]'])
+def test_a_json_body_with_bytes_not_utf8_is_refused_as_unmaskable_not_crashed_on(world, body):
+    """Such a body made the masker raise UnicodeEncodeError: a 502 with a traceback in the log, and no
+    ``passthrough`` for it. Now it is a body the masker cannot read: refused with that reason."""
+    path = "/v1/customers/bad-utf8-" + str(abs(hash(body)) % 10**8)
+    world.up.script[path] = lambda h, b: response(200, body, [(b"Content-Type", b"application/json")])
+    out = raw(world.masked_port, req(path.encode()))
+    assert statuses(out) == [502], out
+    assert b"ann@example.com" not in out and b"not UTF-8" in out, out

@@ -178,6 +178,14 @@ class Masker:
 
     def mask(self, kind: str, data: bytes) -> tuple[bytes, dict]:
         """Masked bytes and counts; the input itself when nothing matched. MaskError: refuse."""
+        try:
+            return self._mask(kind, data)
+        except UnicodeError:
+            # bytes that are not UTF-8 where a rewrite must encode them (JSON in the text): a body
+            # the masker cannot read, refused as any other (or passed where ``passthrough`` says)
+            raise MaskError("the body holds bytes that are not UTF-8 where it must be rewritten to mask it")
+
+    def _mask(self, kind: str, data: bytes) -> tuple[bytes, dict]:
         if kind == "json":
             return self.mask_json(data)
         if kind in ("csv", "xml", "html"):

@@ -19,7 +19,9 @@ from zope.interface import implementer
 from hoopy.http import headers as H
 from hoopy.http.bodies import Decoder, MaskError, SSEMasker, body_kind, charset_ok, codings, decodable
 from hoopy.http.checks import BODY_DIGESTS, Refusal
+from hoopy.http.masker import MASK
 
+MASK_B = MASK.encode()
 
 MASK_SLOTS = defer.DeferredSemaphore(4)  # response bodies buffered and masked at once, per process
 
@@ -403,8 +405,10 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
         for v in values:  # a pattern's match in a header (a Location's query, a file name) too
             try:
                 v, c = masker.mask_text(v)
-            except MaskError:
-                c = {}
+            except (MaskError, UnicodeError):
+                # a value the masker cannot read (structure nested past its bound, bytes it cannot
+                # rewrite) may hold what it masks: it goes out whole as the mask, never as it came
+                v, c = MASK_B, {"unreadable": 1}
             for k, n in c.items():
                 counts[k] = counts.get(k, 0) + n
             masked.append(v)
