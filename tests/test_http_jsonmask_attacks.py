@@ -243,26 +243,43 @@ def test_a_field_named_in_another_case_is_masked_on_the_raw_path_too(key):
     same(raw)
 
 
-# --- leaks: addresses a reader reads as addresses that the rules do not see (both paths) -------
+# --- addresses a reader reads as addresses: spelled with characters it drops or maps (both paths) -
 
-POLICY_LEAKS = [
+SPELLED = [
     ("ada@example\u3002com", "IDNA reads U+3002 IDEOGRAPHIC FULL STOP as a dot"),
     ("ada@example\uff61com", "IDNA reads U+FF61 HALFWIDTH IDEOGRAPHIC FULL STOP as a dot"),
-    ("ada\u2066@example.com", "U+2066..2069 bidi isolates are invisible (U+202A..202E are in the list)"),
+    ("ada@example\ufe52com", "U+FE52 SMALL FULL STOP reads as a dot"),
+    ("ada\u2066@example.com", "U+2066..2069 bidi isolates are invisible (U+202A..202E were in the list)"),
+    ("ada@exa\u2069mple.com", "U+2069 POP DIRECTIONAL ISOLATE is invisible"),
     ("ada@exa\ufe0fmple.com", "U+FE00..FE0F variation selectors are invisible"),
     ("ada@exa\U000e0020mple.com", "U+E0020.. tag characters are invisible"),
+    ("ada@exa\U000e007fmple.com", "U+E007F CANCEL TAG is invisible"),
     ("ada@exa\u034fmple.com", "U+034F combining grapheme joiner is invisible"),
+    ("ada\u061c@example.com", "U+061C ARABIC LETTER MARK is invisible"),
+]
+# Left as limits (docs/http.md): letters that only NFKC makes ASCII, and internationalized domains.
+POLICY_LEAKS = [
     ("ada\U0001d400@example.com", "U+1D400 MATHEMATICAL BOLD A is 'A' under NFKC"),
     ("ada@b\u00fccher.de", "an internationalized domain (RFC 6531 / IDNA) is an address"),
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="policy gap in masking.py's spellings, Python and C alike: "
-                   "characters a reader drops or maps to '.' / ASCII are not in _SPELLED")
-@pytest.mark.parametrize("value,why", POLICY_LEAKS)
-def test_an_address_spelled_with_unlisted_characters_is_masked(value, why):
+def _masked_once(value, why):
     m = Masker((), (masking.parse_detector("email"),))
     data = json.dumps({"e": value}, ensure_ascii=False).encode()
     same(data, CONFIGS[:1])
     out, counts = m.mask_json(data)
     assert counts.get("email") == 1 and b"ada" not in out, why
+
+
+@pytest.mark.parametrize("value,why", SPELLED)
+def test_an_address_spelled_with_characters_a_reader_drops_or_maps_is_masked(value, why):
+    """These went out unmasked (attackjson): masking.py's spellings now read them as a reader does."""
+    _masked_once(value, why)
+
+
+@pytest.mark.xfail(strict=True, reason="a limit (docs/http.md): NFKC-only letters and internationalized "
+                   "domains are not read as addresses by the email pattern, Python and C alike")
+@pytest.mark.parametrize("value,why", POLICY_LEAKS)
+def test_an_address_spelled_with_unlisted_characters_is_masked(value, why):
+    _masked_once(value, why)

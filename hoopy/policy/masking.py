@@ -79,15 +79,16 @@ def luhn_ok(digits: str) -> bool:
 # Other spellings of a character that a body's reader turns back into it: percent-encoding (a
 # URL, a form), a backslash escape (JavaScript, C, Python), an HTML/XML character reference; and
 # characters a reader does not see or reads as their ASCII twin (zero-width, soft hyphen, word
-# joiner, bidi controls, byte order mark; fullwidth forms, small commercial at, Unicode dashes).
+# joiner, bidi controls and isolates, variation selectors, tag characters, combining grapheme joiner,
+# byte order mark; fullwidth forms, small commercial at, Unicode dashes, ideographic full stops).
 _SPELLED = re.compile(
     r"%([0-9A-Fa-f]{2})|\\x([0-9A-Fa-f]{2})|\\u\{([0-9A-Fa-f]{1,6})\}|\\u([0-9A-Fa-f]{4})|\\([0-7]{3})"
     r"|&#[xX]([0-9A-Fa-f]{1,6});?|&#([0-9]{1,7});?|&(commat|period|hyphen|dash|minus|lowbar|plus|num);"
-    "|([\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff])"
-    "|([\uff01-\uff5e\ufe6b\u2010-\u2015\u2212])")
+    "|([\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufe00-\ufe0f\ufeff\U000e0000-\U000e007f])"
+    "|([\uff01-\uff5e\ufe6b\u2010-\u2015\u2212\u3002\uff61\ufe52])")
 # Where a spelling may start: one character class, which the regex engine scans fast.
-_SPELL_START = re.compile("[%\\\\&\u00ad\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff"
-                          "\uff01-\uff5e\ufe6b\u2010-\u2015\u2212]")
+_SPELL_START = re.compile("[%\\\\&\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufe00-\ufe0f"
+                          "\ufeff\U000e0000-\U000e007f\uff01-\uff5e\ufe6b\u2010-\u2015\u2212\u3002\uff61\ufe52]")
 _NAMED = {"commat": "@", "period": ".", "hyphen": "-", "dash": "-", "minus": "-", "lowbar": "_", "plus": "+",
           "num": "#"}
 _BASES = (16, 16, 16, 16, 8, 16, 10)
@@ -104,7 +105,9 @@ def _spelled_char(m) -> str | None:
     if g == 9:
         return ""
     c = ord(m.group(10))
-    return chr(c - 0xFEE0) if 0xFF01 <= c <= 0xFF5E else "@" if c == 0xFE6B else "-"
+    if 0xFF01 <= c <= 0xFF5E:
+        return chr(c - 0xFEE0)
+    return "@" if c == 0xFE6B else "." if c in (0x3002, 0xFF61, 0xFE52) else "-"
 
 
 def may_be_spelled(text: str) -> bool:
