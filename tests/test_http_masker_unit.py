@@ -145,7 +145,10 @@ HOSTILE = {
 @pytest.mark.parametrize("kind", ["text", "html", "xml", "json", "csv"])
 def test_hostile_bodies_are_masked_or_refused_in_linear_time(name, kind):
     m = _masker()
-    small, big = HOSTILE[name][: len(HOSTILE[name]) // 8], HOSTILE[name]
+    big = HOSTILE[name]
+    # an eighth of it with the same ending: an input's last bytes may be what sets the work off
+    # ("end tags" ends in a field name: an eighth without it was masked by a fast path, 70x cheaper)
+    small = big[: len(big) // 8] + big[-8:]
 
     def cost(text):
         t = time.process_time()
