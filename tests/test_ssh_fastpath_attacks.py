@@ -74,6 +74,63 @@ async def _pair(gateway: bool, cipher: str, mac: str):
     return conn, chan, state
 
 
+async def _pair_upstream(gateway: bool, cipher: str, mac: str):
+    """The other way round: a plain asyncssh server (the attacker, an upstream host) and a client
+    (plain asyncssh, or with the gateway's upstream connection class): (server conn, server chan,
+    the client's state)."""
+    server_key = asyncssh.generate_private_key("ssh-ed25519")
+    state: dict = {"data": [], "closed": None}
+    done = asyncio.get_event_loop().create_future()
+    attacker: dict = {}
+
+    class Session(asyncssh.SSHServerSession):
+        def connection_made(self, chan):
+            attacker["chan"] = chan
+
+        def shell_requested(self):
+            return True
+
+    class Server(asyncssh.SSHServer):
+        def connection_made(self, conn):
+            attacker["conn"] = conn
+
+        def begin_auth(self, username):
+            return False
+
+        def session_requested(self):
+            return attacker["conn"].create_server_channel(encoding=None), Session()
+
+    class Client(asyncssh.SSHClient):
+        def connection_made(self, conn):
+            state["conn"] = private.gateway_client_connection(conn) if gateway else conn
+
+        def connection_lost(self, exc):
+            state["closed"] = exc
+            if not done.done():
+                done.set_result(exc)
+
+    class Collect(asyncssh.SSHClientSession):
+        def data_received(self, data, datatype):
+            state["data"].append((bytes(data), datatype))
+
+    server = await asyncssh.create_server(Server, "127.0.0.1", 0, server_host_keys=[server_key],
+                                          encryption_algs=[cipher], mac_algs=[mac], line_editor=False)
+    port = server.sockets[0].getsockname()[1]
+    conn, _ = await asyncssh.create_connection(Client, "127.0.0.1", port, username="u", known_hosts=None,
+                                               agent_path=None, config=[], encryption_algs=[cipher],
+                                               mac_algs=[mac])
+    chan, _ = await conn.create_session(Collect, encoding=None)
+    for _ in range(200):
+        await asyncio.sleep(0.005)
+        if "chan" in attacker and attacker["chan"]._send_chan is not None:
+            break
+    attacker["chan"].write(b"hello")
+    await asyncio.sleep(0.02)
+    state["data"].clear()
+    state["chan"], state["done"], state["server"] = chan, done, server
+    return attacker["conn"], attacker["chan"], state
+
+
 def _raw(conn, payload: bytes, padlen: int | None = None, pktlen: int | None = None) -> bytes:
     """The packet ``payload`` as ``conn`` would encrypt it next (its sequence number and cipher
     state advance), with the padding length and the length field chosen by the attacker."""
@@ -95,10 +152,10 @@ def _data(chan, data: bytes, recv_chan: int | None = None, strlen: int | None = 
     return Byte(MSG_CHANNEL_DATA) + UInt32(rc) + UInt32(len(data) if strlen is None else strlen) + data
 
 
-async def _run(gateway, algs, build, cuts=None):
+async def _run(gateway, algs, build, cuts=None, pair=_pair):
     """Build the attacker's bytes (``build(conn, chan, state)`` gives the wire bytes), feed them to
     the server's data_received in reads cut at ``cuts``, then say what the server made of them."""
-    conn, chan, state = await _pair(gateway, *algs)
+    conn, chan, state = await pair(gateway, *algs)
     try:
         wire = build(conn, chan, state)
         sconn = state["conn"]
@@ -117,9 +174,9 @@ async def _run(gateway, algs, build, cuts=None):
         state["server"].close()
 
 
-async def _both(algs, build, cuts=None):
-    plain = await _run(False, algs, build, cuts)
-    gw = await _run(True, algs, build, cuts)
+async def _both(algs, build, cuts=None, pair=_pair):
+    plain = await _run(False, algs, build, cuts, pair)
+    gw = await _run(True, algs, build, cuts, pair)
     return plain, gw
 
 
@@ -203,6 +260,17 @@ async def test_the_gateway_accepts_and_refuses_what_asyncssh_does(case, algs):
     plain, gw = await _deferred(_both(algs, CASES[case]))
     assert gw == plain
     if case in EXPECTED and algs in (ETM, UMAC):  # (GCM: no sequence number; others: the length encrypted)
+        assert plain[1] == EXPECTED[case] or plain[1][0] == EXPECTED[case]
+
+
+@pytest.mark.parametrize("algs", [ETM, UMAC, GCM], ids=_IDS.get)
+@pytest.mark.parametrize("case", sorted(set(CASES) - {"open_then_data"}))
+@pytest_twisted.ensureDeferred
+async def test_the_gateway_s_upstream_end_accepts_and_refuses_what_asyncssh_does(case, algs):
+    """A malicious upstream host: the same packets, to the gateway's client connection."""
+    plain, gw = await _deferred(_both(algs, CASES[case], pair=_pair_upstream))
+    assert gw == plain
+    if case in EXPECTED and algs in (ETM, UMAC):
         assert plain[1] == EXPECTED[case] or plain[1][0] == EXPECTED[case]
 
 
