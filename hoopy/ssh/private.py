@@ -22,7 +22,7 @@ import asyncssh
 from asyncssh.channel import SSHChannel
 from asyncssh.constants import MSG_CHANNEL_DATA, MSG_CHANNEL_EOF, MSG_CHANNEL_EXTENDED_DATA, MSG_CHANNEL_OPEN
 from asyncssh.encryption import ETMEncryption, GCMEncryption
-from asyncssh.misc import DisconnectError
+from asyncssh.misc import DisconnectError, MACError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from asyncssh.logging import SSHLogger
@@ -346,6 +346,19 @@ class _CoalescedSends:
             super().data_received(view[pos:pos + need], datatype)
             pos += need
 
+    def _recv_pkthdr(self) -> bool:
+        # A packet shorter than one cipher block (RFC 4253 6: at least 16 bytes, a multiple of the
+        # block size) is refused once its length is known. asyncssh takes a whole block before
+        # reading the length, so for such a packet it checks the MAC (the GCM tag) over bytes of
+        # the next packet and whatever else is buffered: it refuses it or not by how the packet
+        # was cut into reads (with a MACError when it refuses); the pieces data_received hands it
+        # and _recv_whole would accept one a peer built so. Refused always, as asyncssh would.
+        if not super()._recv_pkthdr():
+            return False
+        if self._recv_encryption and 4 + self._pktlen < self._recv_blocksize:
+            raise MACError('MAC verification failed')
+        return True
+
     _recv_fast_for: object = None  # the receive encryption _recv_kind was decided for
     _recv_kind: str | None = None  # "gcm", "etm", or None: asyncssh's way
     _pktlen: int  # (asyncssh's, declared for the type checker)
@@ -374,8 +387,8 @@ class _CoalescedSends:
         pktlen = int.from_bytes(view[pos:pos + 4], "big")
         macsize = self._recv_macsize
         end = pos + 4 + pktlen + macsize
-        if end > n or pktlen > self._max_recv_pktlen or 4 + pktlen + macsize < self._recv_blocksize:
-            return 0
+        if end > n or pktlen > self._max_recv_pktlen or 4 + pktlen < self._recv_blocksize:
+            return 0  # (shorter than a block: _recv_pkthdr refuses it)
         seq = self._recv_seq
         if kind == "gcm":
             cipher = enc._cipher
