@@ -315,7 +315,7 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("setup, sql", CASES, ids=[c[1][:70] for c in CASES])
+@pytest.mark.parametrize("setup, sql", CASES, ids=[c[1].replace(DB, "DB")[:70] for c in CASES])
 def test_classifier_judges_what_the_server_locks(conns, setup, sql):
     conn, monitor, reach = conns
     try:
