@@ -109,7 +109,10 @@ def quickstart_lines() -> list[str]:
 def test_the_readme_keeps_its_first_lines_and_the_quickstart_follows():
     text = (ROOT / "README.md").read_text()
     first = re.search(r"```sh\n(.*?)```", text, flags=re.S).group(1).splitlines()
-    assert first == ["pip install -e '.[test]' && twistd -n hoopy -c hoopy.toml", "python3 -m pytest -q"]
+    assert first == ["pip install -e '.[test]' && twistd -n hoopy -c hoopy.toml",
+                     "python3 -m pytest -q -n 2 --dist loadfile"]
+    # and CI runs exactly that command
+    assert (ROOT / ".ci" / "run").read_text().rstrip().splitlines()[-1] == first[1]
     # the quickstart is the next section, and three commands make the first connection
     headings = re.findall(r"^## (.*)$", text, flags=re.M)
     assert headings[0].startswith("Quickstart")
