@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 
 GENESIS = "0" * 64
@@ -96,14 +97,41 @@ def _plain(o, depth: int = 0) -> bool:
     return True
 
 
+def _load_canon():
+    """hoopy/audit/_canon.c's (dumps, link), or (None, None): not built, or turned off
+    (HOOPY_CANON=python: the Python code below, the reference it is held to)."""
+    if os.environ.get("HOOPY_CANON") == "python":
+        return None, None
+    try:
+        from hoopy.audit import _canon
+    except ImportError:
+        return None, None
+    return _canon.dumps, _canon.link
+
+
+# Each returns None (never raises) for what it does not write exactly as the Python path below:
+# that path then writes it, or refuses it, as before (tests/test_chain_vectors.py holds both).
+_C_DUMPS, _C_LINK = _load_canon()
+
+
 def canonical_json(obj) -> str:
     """JSON for the store: sorted keys, no spaces. A string that cannot be
     UTF-8 (a lone surrogate from bytes decoded with surrogateescape) is written
     \\u-escaped instead, so one odd value can never make a batch unwritable.
 
-    orjson writes it (in C, a few times faster) whenever its bytes are the standard
-    library's (``_plain``; frozen by tests/test_chain_vectors.py); it refuses a lone
-    surrogate, which then takes the standard library's path."""
+    hoopy/audit/_canon.c writes it where built (one pass in C; None for anything but exact
+    dicts, lists, tuples, strings, numbers, booleans and None), else orjson whenever its bytes
+    are the standard library's (``_plain``; frozen by tests/test_chain_vectors.py); orjson
+    refuses a lone surrogate, which then takes the standard library's path."""
+    if _C_DUMPS is not None:
+        text = _C_DUMPS(obj)
+        if text is not None:
+            return text
+    return _canonical_python(obj)
+
+
+def _canonical_python(obj) -> str:
+    """canonical_json without the C module: the reference the C module is held to."""
     if _DUMPS is not None and _plain(obj):
         try:
             return _DUMPS(obj, option=_SORTED).decode()
@@ -183,11 +211,27 @@ def link_bytes(prev_hash: str, row: dict) -> bytes:
 
 
 def link(prev_hash: str, row: dict) -> str:
+    if _C_LINK is not None:
+        if row.get("writes") is None:
+            h = _C_LINK(b"", prev_hash, [row[f] for f in FIELDS_V1])
+        else:
+            h = _C_LINK(_V2_PREFIX_BYTES, prev_hash, [row[f] for f in FIELDS_V2])
+        if h is not None:
+            return h
     return hashlib.sha256(link_bytes(prev_hash, row)).hexdigest()
 
 
 def link_v2(prev_hash: str, values: list) -> str:
-    """``link`` of a v2 row given as its FIELDS_V2 values in order (the writer's own rows)."""
+    """``link`` of a v2 row given as its FIELDS_V2 values in order (the writer's own rows); the
+    C module hashes it in one call where built (the same bytes: the vectors and a property)."""
+    if _C_LINK is not None:
+        h = _C_LINK(_V2_PREFIX_BYTES, prev_hash, values)
+        if h is not None:
+            return h
+    return _link_v2_python(prev_hash, values)
+
+
+def _link_v2_python(prev_hash: str, values: list) -> str:
     return hashlib.sha256(_V2_PREFIX_BYTES + prev_hash.encode() + b"\n" + _array_bytes(values)).hexdigest()
 
 
