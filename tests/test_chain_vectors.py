@@ -52,6 +52,14 @@ V2 = [
      b'hoopy-chain-v2\n1f4bd2e4f855e02bc8104c862953ace3f642ad451ac8816ad6e8db5cdf7a9781\n[2,5,"gw\xc3\xa9",null,'
      b'"id\\"\\\\",null,null,"\x7f\xc2\x80\xe2\x80\xa8","k\\n\\u0001",null,"{\\"a\\":1}","{}"]',
      "c3e079ea0722c1f422d9d2380bb559220fe43beaaf509fe482c364ca192a8f2a"),
+    # (written by the hoopy of 2026-12-01 before hoopy/audit/_canon.c)
+    (dict(seq=3, time_us=18446744073709551621, gateway='', session='', identity='😀́éé', connection='中文', protocol='ssh', peer='\ufeff\uffff\x85', kind='operation', outcome='allowed', data='{"nan":NaN,"params":[1.5,-0.0,1e-05,1e+16,1180591620717411303424,-9223372036854775809,null,true,{"a":{},"z":[]}],"text":"UPDATE t SET x = \'é😀\\\\n\' WHERE y = \\"\\u0000\\u001f\x7f\\""}', writes='{"sessions":{"gateway":"","id":"","model":"m\u2028"}}'),
+     b'hoopy-chain-v2\nc3e079ea0722c1f422d9d2380bb559220fe43beaaf509fe482c364ca192a8f2a\n[3,18446744073709551621,"","","\xf0\x9f\x98\x80\xcc\x81e\xcc\x81\xc3\xa9","\xe4\xb8\xad\xe6\x96\x87","ssh","\xef\xbb\xbf\xef\xbf\xbf\xc2\x85","operation","allowed","{\\"nan\\":NaN,\\"params\\":[1.5,-0.0,1e-05,1e+16,1180591620717411303424,-9223372036854775809,null,true,{\\"a\\":{},\\"z\\":[]}],\\"text\\":\\"UPDATE t SET x = \'\xc3\xa9\xf0\x9f\x98\x80\\\\\\\\n\' WHERE y = \\\\\\"\\\\u0000\\\\u001f\x7f\\\\\\"\\"}","{\\"sessions\\":{\\"gateway\\":\\"\\",\\"id\\":\\"\\",\\"model\\":\\"m\xe2\x80\xa8\\"}}"]',
+     '8a875933f4b49bd698eae528da89de647a344677d18af69d37c0c285665843d5'),
+    # (written by the hoopy of 2026-12-01 before hoopy/audit/_canon.c)
+    (dict(seq=-9223372036854775808, time_us=-1180591620717411303424, gateway='g', session=None, identity=None, connection=None, protocol=None, peer=None, kind='', outcome='', data='', writes=''),
+     b'hoopy-chain-v2\n8a875933f4b49bd698eae528da89de647a344677d18af69d37c0c285665843d5\n[-9223372036854775808,-1180591620717411303424,"g",null,null,null,null,null,"","","",""]',
+     '039c6cceff504fffda3dd678583103820b1a8631f78c5904f977d358bfb9f4c4'),
 ]
 
 
@@ -142,6 +150,8 @@ class _I(int):
 
 
 CANONICAL = [
+    ('{"params": [1.5, -0.0, 1e-05, 1e16, 2**70, -2**63 - 1, None, True, {"z": [], "a": {}}], "text": "UPDATE t SET x = \'\\u00e9\\U0001F600\\\\n\' WHERE y = \\"\\x00\\x1f\\x7f\\"", "nan": float("nan")}',
+     '{"nan":NaN,"params":[1.5,-0.0,1e-05,1e+16,1180591620717411303424,-9223372036854775809,null,true,{"a":{},"z":[]}],"text":"UPDATE t SET x = \'é😀\\\\n\' WHERE y = \\"\\u0000\\u001f\x7f\\""}'),
     ('{}',
      '{}'),
     ('{"text": "SELECT abalance FROM pgbench_accounts WHERE aid = 4711;", "rule": "read", "statement": "SelectStmt", "tables": ["public.pgbench_accounts"], "parts": [["read", "public.pgbench_accounts"]]}',
