@@ -144,9 +144,8 @@ class Session:
         if isinstance(seconds, (int, float)):
             m = self.gateway.metrics
             m.child(m.operation_duration, self.protocol, outcome or "ok").observe(seconds)
-        return Event(kind=kind, outcome=outcome, session=self.id, identity=self.identity,
-                     connection=self.connection, protocol=self.protocol, peer=self.peer,
-                     data=data)
+        # (positional: Event's fields in order, a little cheaper than keywords once an event)
+        return Event(kind, outcome, self.id, self.identity, self.connection, self.protocol, self.peer, data)
 
     def row(self, **values) -> dict:
         return {"id": self.id, **values}

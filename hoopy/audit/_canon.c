@@ -139,9 +139,12 @@ static int put_int(buf_t *b, PyObject *v)
     long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
     if (x == -1 && PyErr_Occurred()) return -1;
     if (!overflow) {
-        char tmp[32];
-        int k = snprintf(tmp, sizeof tmp, "%lld", x);
-        return put(b, tmp, k);
+        char tmp[24];
+        char *e = tmp + sizeof tmp, *q = e;
+        unsigned long long u = x < 0 ? 0ULL - (unsigned long long)x : (unsigned long long)x;
+        do { *--q = (char)('0' + u % 10); u /= 10; } while (u);
+        if (x < 0) *--q = '-';
+        return put(b, q, e - q);
     }
     PyObject *s = PyLong_Type.tp_repr(v); /* what int.__repr__ writes, as the json module */
     if (s == NULL) return -1;

@@ -7,7 +7,9 @@ from datetime import datetime, timezone
 import attrs
 
 
-@attrs.frozen
+# slots=False: attrs then fills a frozen instance's __dict__ directly, where a slotted frozen
+# class calls object.__setattr__ once a field (one event a statement, two with its outcome).
+@attrs.frozen(slots=False)
 class Event:
     kind: str  # session.start, operation, approval.decided, redaction, recording.sealed, ...
     outcome: str | None = None  # allowed, refused, held, approved, denied, expired, ok, error, ...
@@ -20,7 +22,7 @@ class Event:
     time_us: int = attrs.field(factory=lambda: time.time_ns() // 1000)
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)
 class StoredEvent:
     seq: int
     hash: str

@@ -108,8 +108,10 @@ class SQLiteEventStore(BatchedStore):
         try:
             if self._only_events(batch):
                 results, signed = self._insert_only(cur, batch, sign)
+                wrote = len(results)  # (no approval row: nothing a conflict kept out)
             else:
                 results, signed = self._locked(cur, batch, sign)
+                wrote = sum(1 for _, r in results if not isinstance(r, Exception))
         except Exception as e:
             self._head = None  # read it again before the next batch
             try:
@@ -120,13 +122,17 @@ class SQLiteEventStore(BatchedStore):
             err = StoreError(f"the state store cannot write: {e}")
             self._to_reactor(self._failed, [b[-1] for b in batch], err)
             return
-        self._committed(sum(1 for _, r in results if not isinstance(r, Exception)), signed)
+        self._committed(wrote, signed)
         self._to_reactor(self._written, results)
 
     def _only_events(self, batch) -> bool:
         # No session or approval rows: the batch is one INSERT statement.
-        return len(batch) <= self.dialect.rows_per_insert and all(
-            item[2] is None and item[3] is None and item[4] is None for item in batch)
+        if len(batch) > self.dialect.rows_per_insert:
+            return False
+        for item in batch:  # (a loop, not all() over a generator: once an event)
+            if item[2] is not None or item[3] is not None or item[4] is not None:
+                return False
+        return True
 
     def _insert_only(self, cur, batch, sign):
         """The common batch (events only) as one INSERT, which SQLite runs as

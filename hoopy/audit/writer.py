@@ -23,6 +23,7 @@ thread, so no caller can skip it:
 from __future__ import annotations
 
 import collections
+import itertools
 import queue
 import threading
 import time
@@ -33,7 +34,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hoopy.audit.chain import FIELDS_V2, NO_WRITES, canonical_json, link_v2
+from hoopy.audit.chain import _C_DUMPS, _C_LINK, _V2_PREFIX_BYTES, FIELDS_V2, NO_WRITES, canonical_json, link_v2
 from hoopy.audit.events import Event, StoredEvent
 
 if TYPE_CHECKING:
@@ -191,19 +192,30 @@ class Dialect:
 
     def insert_events(self, cur, rows):
         """Insert rows (lists in EVENT_COLUMNS order) with one statement: one
-        trip into the database (and out of the GIL) per batch, not per event."""
+        trip into the database (and out of the GIL) per batch, not per event.
+
+        A row is EVENT_COLUMNS without ``signature`` (NULL, written as such in the statement) or,
+        the batch's signed last row only, with it: Python's sqlite3 binds None through its
+        adapter lookup (a tuple, a dict lookup and an AttributeError raised and cleared, about
+        10k instructions), once an event for a column that is nearly always NULL."""
+        flat = itertools.chain.from_iterable  # (the parameters flattened in C, not a Python loop)
         for i in range(0, len(rows), self.rows_per_insert):
             chunk = rows[i:i + self.rows_per_insert]
-            cur.execute(self._insert_sql(len(chunk)), [v for row in chunk for v in row])
+            cur.execute(self._insert_sql(len(chunk), len(chunk[-1]) == _WIDTH), list(flat(chunk)))
 
-    def _insert_sql(self, n: int) -> str:
-        """The INSERT of ``n`` rows, made once per ``n``."""
+    def _insert_sql(self, n: int, last_signed: bool = False) -> str:
+        """The INSERT of ``n`` rows (the last one with its signature, or none), made once."""
         cache = self.__dict__.setdefault("_inserts", {})
-        sql = cache.get(n)
+        sql = cache.get((n, last_signed))
         if sql is None:
-            one = f"({', '.join(self.param for _ in EVENT_COLUMNS)})"
-            sql = cache[n] = (f"INSERT INTO {self.prefix}events ({', '.join(EVENT_COLUMNS)}) VALUES "
-                              + ", ".join(one for _ in range(n)))
+            p = self.param
+            unsigned = f"({', '.join(p for _ in EVENT_COLUMNS[:-1])}, NULL)"
+            signed = f"({', '.join(p for _ in EVENT_COLUMNS)})"
+            values = [unsigned] * n
+            if last_signed:
+                values[-1] = signed
+            sql = cache[(n, last_signed)] = (f"INSERT INTO {self.prefix}events ({', '.join(EVENT_COLUMNS)}) VALUES "
+                                             + ", ".join(values))
         return sql
 
     def head(self, cur):
@@ -222,7 +234,8 @@ def _row_write(table_columns, values: dict, drop=()) -> dict:
     return {c: v for c, v in values.items() if c in known and c not in drop}
 
 
-_SEQ, _TIME, _KIND, _HASH, _SIGNATURE = (EVENT_COLUMNS.index(c) for c in ("seq", "time_us", "kind", "hash", "signature"))
+_SEQ, _TIME, _KIND, _HASH = (EVENT_COLUMNS.index(c) for c in ("seq", "time_us", "kind", "hash"))
+_WIDTH = len(EVENT_COLUMNS)  # a row with its signature; every other row is one shorter
 if EVENT_COLUMNS != FIELDS_V2 + ("prev", "hash", "signature"):  # write_batch builds rows in this order
     raise RuntimeError("EVENT_COLUMNS must be the chained fields, then prev, hash, signature")
 
@@ -238,7 +251,21 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
     the batch holds an event of a kind in SIGN_KINDS."""
     seq, prev = head
     results, decided, rows = [], [], []
+    clink = _C_LINK
     for event, data, session, approval, expect, d in batch:
+        if session is None and approval is None:
+            # The common item (a statement's decision, its outcome): no row written with it, so
+            # ``writes`` is NO_WRITES; linked by one C call where built (chain.link_v2 otherwise).
+            # (append refuses expect_state without an approval row.)
+            seq += 1
+            row = [seq, event.time_us, gateway, event.session, event.identity, event.connection, event.protocol,
+                   event.peer, event.kind, event.outcome, data, NO_WRITES]
+            h = (clink(_V2_PREFIX_BYTES, prev, row) if clink is not None else None) or link_v2(prev, row)
+            row += (prev, h)
+            rows.append(row)
+            prev = h
+            results.append((d, StoredEvent(seq, h, event)))
+            continue
         if expect is not None:
             conflict = dialect.conditional(cur, approval, expect)
             if conflict is not None:
@@ -254,11 +281,12 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
             else:  # dialect.conditional wrote these columns, where the state was ``expect``
                 writes["approvals"] = _row_write(APPROVAL_COLUMNS, approval, drop=("gateway",))
                 writes["expect"] = {"approvals": {"state": expect}}
-        # The row in EVENT_COLUMNS order: the FIELDS_V2 values the link covers, then prev, hash, signature.
+        # The row in EVENT_COLUMNS order: the FIELDS_V2 values the link covers, then prev, hash (and the
+        # signature, the batch's signed last row only).
         row = [seq, event.time_us, gateway, event.session, event.identity, event.connection, event.protocol,
                event.peer, event.kind, event.outcome, data, canonical_json(writes) if writes else NO_WRITES]
         h = link_v2(prev, row)
-        row += (prev, h, None)
+        row += (prev, h)  # (the signature, NULL or the last row's, is added below)
         rows.append(row)
         if session:
             dialect.upsert(cur, "sessions", SESSION_COLUMNS, writes["sessions"])
@@ -271,9 +299,10 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
     signed = None
     if rows and signer is not None and (sign or any(r[_KIND] in SIGN_KINDS for r in rows)):
         last = rows[-1]
-        last[_SIGNATURE] = signer.sign(last[_SEQ], last[_HASH])
+        signature = signer.sign(last[_SEQ], last[_HASH])
+        last.append(signature)  # the only row with a signature column (Dialect.insert_events)
         signed = {"gateway": gateway, "seq": last[_SEQ], "hash": last[_HASH], "time_us": last[_TIME],
-                  "signature": last[_SIGNATURE]}
+                  "signature": signature}
     if rows:
         dialect.insert_events(cur, rows)
     return results, (seq, prev), decided, signed
@@ -385,7 +414,11 @@ class BatchedStore:
             d.errback(StoreError("the state store is closed"))
             return d
         try:
-            data = canonical_json(event.data)
+            # (hoopy/audit/_canon.c called here directly, a Python call less once an event;
+            # None: canonical_json's Python path decides)
+            data = _C_DUMPS(event.data) if _C_DUMPS is not None else None
+            if data is None:
+                data = canonical_json(event.data)
         except (TypeError, ValueError) as e:  # a bug in the caller, never silently dropped
             d.errback(StoreError(f"event data is not JSON: {e}"))
             return d
@@ -405,7 +438,9 @@ class BatchedStore:
             log.error("event not recorded, the state store is closed: {kind}", kind=event.kind)
             return
         try:
-            data = canonical_json(event.data)
+            data = _C_DUMPS(event.data) if _C_DUMPS is not None else None
+            if data is None:
+                data = canonical_json(event.data)
         except (TypeError, ValueError) as e:
             log.error("event not recorded, its data is not JSON: {e}", e=e)
             return
