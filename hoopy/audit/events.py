@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
+from typing import NamedTuple
 
 import attrs
 
@@ -22,8 +23,10 @@ class Event:
     time_us: int = attrs.field(factory=lambda: time.time_ns() // 1000)
 
 
-@attrs.frozen(slots=False)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """An event as the store linked it (what ``append`` fires with). Immutable, as before; a named
+    tuple so the writer makes one per event with ``tuple.__new__`` (one C call), not an
+    attrs ``__init__``."""
     seq: int
     hash: str
     event: Event

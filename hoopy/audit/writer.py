@@ -234,6 +234,7 @@ def _row_write(table_columns, values: dict, drop=()) -> dict:
     return {c: v for c, v in values.items() if c in known and c not in drop}
 
 
+_stored = tuple.__new__  # StoredEvent(seq, hash, event) in one C call (a named tuple)
 _SEQ, _TIME, _KIND, _HASH = (EVENT_COLUMNS.index(c) for c in ("seq", "time_us", "kind", "hash"))
 _WIDTH = len(EVENT_COLUMNS)  # a row with its signature; every other row is one shorter
 if EVENT_COLUMNS != FIELDS_V2 + ("prev", "hash", "signature"):  # write_batch builds rows in this order
@@ -264,7 +265,7 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
             row += (prev, h)
             rows.append(row)
             prev = h
-            results.append((d, StoredEvent(seq, h, event)))
+            results.append((d, _stored(StoredEvent, (seq, h, event))))
             continue
         if expect is not None:
             conflict = dialect.conditional(cur, approval, expect)
@@ -295,7 +296,7 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
         if approval and approval.get("state", "pending") != "pending":
             decided.append(approval["id"])
         prev = h
-        results.append((d, StoredEvent(seq, h, event)))
+        results.append((d, _stored(StoredEvent, (seq, h, event))))
     signed = None
     if rows and signer is not None and (sign or any(r[_KIND] in SIGN_KINDS for r in rows)):
         last = rows[-1]
