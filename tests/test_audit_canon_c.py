@@ -240,3 +240,38 @@ def test_the_frozen_vectors_without_the_c_module(python_only):
     ns = {"Color": v.Color, "S": v._S, "I": v._I, "datetime": v.datetime, "uuid": v.uuid}
     for source, expected in v.CANONICAL:
         assert chain.canonical_json(eval(source, ns)) == expected
+
+
+# --- the writer's _clean_event: nothing to clean --------------------------------------------------
+
+def _ascii_python(*texts) -> bool:
+    return all(t is None or (type(t) is str and t.isascii()) for t in texts)
+
+
+@needs_c
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.none() | _TEXT | st.integers() | st.builds(_S, st.text(max_size=4)), max_size=8))
+@example(["a", None, "b\x7f"])
+@example(["a", "\x80"])
+@example([_S("x")])
+def test_c_ascii_is_the_python_check(texts):
+    assert chain._C_ASCII(*texts) == _ascii_python(*texts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.none() | _TEXT, min_size=7, max_size=7))
+def test_clean_event_is_the_same_with_and_without_c(fields):
+    """Whether the C check or the loop decides, the event is left alone or cleaned the same way."""
+    from unittest import mock
+
+    from hoopy.audit import writer
+    from hoopy.audit.events import Event
+
+    session, identity, connection, protocol, peer, kind, outcome = fields
+    ev = Event(kind=kind or "k", outcome=outcome, session=session, identity=identity, connection=connection,
+               protocol=protocol, peer=peer)
+    with_c = writer._clean_event(ev)
+    with mock.patch.object(writer, "_C_ASCII", None):
+        without = writer._clean_event(ev)
+    assert with_c == without
+    assert (with_c is ev) == (without is ev)

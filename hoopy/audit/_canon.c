@@ -6,6 +6,7 @@
  *       dicts with str keys, lists, tuples, str, int, float, bool and None. None (not an
  *       exception) for anything else (a subclass, a non-str key, a lone surrogate, 64 levels
  *       deep, a cycle): the caller then takes the standard library, which decides as before.
+ *   ascii(*texts)              -> bool         every argument None or an exact ASCII str
  *   link(prefix, prev, values) -> str | None   sha256(prefix + prev + "\n" + A(values)).hexdigest()
  *       with A the chain's frozen array encoding (chain.py's docstring) of exact int, str and None;
  *       None for any other value or a lone surrogate (the Python path then refuses it as before).
@@ -312,7 +313,21 @@ static PyObject *canon_link(PyObject *self, PyObject *const *args, Py_ssize_t na
     return out;
 }
 
+/* True when every argument is None or an exact str of ASCII characters only (the common event:
+ * nothing for the writer's _clean_text to change); False otherwise, and the Python code looks. */
+static PyObject *canon_ascii(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        PyObject *v = args[i];
+        if (v == Py_None) continue;
+        if (!PyUnicode_CheckExact(v) || !PyUnicode_IS_ASCII(v)) Py_RETURN_FALSE;
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
+    {"ascii", (PyCFunction)(void (*)(void))canon_ascii, METH_FASTCALL,
+     "True: every argument is None or an ASCII str"},
     {"dumps", (PyCFunction)canon_dumps, METH_O, "canonical_json's text, or None: take the Python path"},
     {"link", (PyCFunction)(void (*)(void))canon_link, METH_FASTCALL,
      "sha256(prefix + prev + '\\n' + A(values)).hexdigest(), or None: take the Python path"},

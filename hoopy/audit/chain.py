@@ -98,20 +98,21 @@ def _plain(o, depth: int = 0) -> bool:
 
 
 def _load_canon():
-    """hoopy/audit/_canon.c's (dumps, link), or (None, None): not built, or turned off
-    (HOOPY_CANON=python: the Python code below, the reference it is held to)."""
+    """hoopy/audit/_canon.c's (dumps, link, ascii), or Nones: not built, or turned off
+    (HOOPY_CANON=python: the Python code, the reference it is held to)."""
     if os.environ.get("HOOPY_CANON") == "python":
-        return None, None
+        return None, None, None
     try:
         from hoopy.audit import _canon
     except ImportError:
-        return None, None
-    return _canon.dumps, _canon.link
+        return None, None, None
+    return _canon.dumps, _canon.link, getattr(_canon, "ascii", None)
 
 
-# Each returns None (never raises) for what it does not write exactly as the Python path below:
-# that path then writes it, or refuses it, as before (tests/test_chain_vectors.py holds both).
-_C_DUMPS, _C_LINK = _load_canon()
+# dumps and link return None (never raise) for what they do not write exactly as the Python path
+# below: that path then writes it, or refuses it, as before (tests/test_chain_vectors.py holds
+# both). ascii: the writer's _clean_event's common case in one call.
+_C_DUMPS, _C_LINK, _C_ASCII = _load_canon()
 
 
 def canonical_json(obj) -> str:

@@ -34,7 +34,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hoopy.audit.chain import _C_DUMPS, _C_LINK, _V2_PREFIX_BYTES, FIELDS_V2, NO_WRITES, canonical_json, link_v2
+from hoopy.audit.chain import _C_ASCII, _C_DUMPS, _C_LINK, _V2_PREFIX_BYTES, FIELDS_V2, NO_WRITES, canonical_json, link_v2
 from hoopy.audit.events import Event, StoredEvent
 
 if TYPE_CHECKING:
@@ -324,7 +324,11 @@ _EVENT_TEXT = ("session", "identity", "connection", "protocol", "peer", "kind", 
 
 
 def _clean_event(event: Event) -> Event:
-    # The common case, once per event on the reactor: every field ASCII (or None), nothing to clean.
+    # The common case, once per event on the reactor: every field ASCII (or None), nothing to clean
+    # (one C call where hoopy/audit/_canon.c is built; False only means: look).
+    if _C_ASCII is not None and _C_ASCII(event.session, event.identity, event.connection, event.protocol,
+                                         event.peer, event.kind, event.outcome):
+        return event
     for v in (event.session, event.identity, event.connection, event.protocol, event.peer, event.kind,
               event.outcome):
         if v is not None and not (type(v) is str and v.isascii()):
