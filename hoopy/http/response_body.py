@@ -33,11 +33,15 @@ def reason_text(e) -> str:
     return str(e) or type(e).__name__
 
 
+def _never() -> bool:
+    return False
+
+
 class Stall:
     """The upstream silent for ``timeout`` seconds: ``expired`` is called, unless ``excused()``
     (the client is the slow one, or the store) says to wait on."""
 
-    def __init__(self, reactor, timeout: float, expired, excused=lambda: False):
+    def __init__(self, reactor, timeout: float, expired, excused=_never):
         self.reactor, self.timeout, self.expired, self.excused = reactor, timeout, expired, excused
         self.call = reactor.callLater(timeout, self._fire)
 
@@ -56,6 +60,9 @@ class Stall:
         if self.call is not None and self.call.active():
             self.call.cancel()
         self.call = None
+        # Neither is called once cancelled: the body protocol they are methods of (which holds
+        # this) is let go, so it frees by reference count rather than by the garbage collector
+        self.expired = self.excused = _never
 
 
 class Discard(Protocol):
