@@ -298,6 +298,7 @@ class Exchange:
         try:
             response = await self.wait(d, cancel=True)
         except Exception as e:
+            self.disarm_timer()
             if self.gone:
                 raise defer.CancelledError()
             if self.body.refusal is not None:
@@ -305,9 +306,20 @@ class Exchange:
             if not self.timed_out:
                 raise Refusal(502, f"the upstream could not be reached: {reason_text(e)}", "error")
             raise Refusal(504, f"the upstream did not answer within {self.settings.upstream_timeout:g}s", "error")
+        # The timer stays armed into respond: the body's stall watch takes it over (take_timer), and
+        # whatever it did not take is disarmed here (its d has fired: firing meanwhile did nothing)
+        try:
+            await respond(self, response)
         finally:
             self.disarm_timer()
-        await respond(self, response)
+
+    def streamed(self, _):
+        # the response body's stream is over (respond): nothing is waited on any more
+        self.pending = None
+
+    def stream_failed(self, failure: Failure):
+        self.streamed(None)
+        self._failed(failure)
 
     # --- the upstream's time --------------------------------------------------------------------
 
@@ -328,6 +340,12 @@ class Exchange:
         # of an upload: a slow caller is not a slow upstream
         if self.timer is not None and self.timer.active():
             self.timer.reset(self.settings.upstream_timeout)
+
+    def take_timer(self):
+        """The upstream timer, once the head is in: the response body's stall watch goes on with it
+        (response_body.Stall) instead of this one being cancelled and another made."""
+        timer, self.timer = self.timer, None
+        return timer
 
     def disarm_timer(self):
         if self.timer is not None and self.timer.active():

@@ -41,9 +41,17 @@ class Stall:
     """The upstream silent for ``timeout`` seconds: ``expired`` is called, unless ``excused()``
     (the client is the slow one, or the store) says to wait on."""
 
-    def __init__(self, reactor, timeout: float, expired, excused=_never):
+    def __init__(self, reactor, timeout: float, expired, excused=_never, call=None):
         self.reactor, self.timeout, self.expired, self.excused = reactor, timeout, expired, excused
-        self.call = reactor.callLater(timeout, self._fire)
+        if call is not None and call.active():
+            # the exchange's upstream timer (Exchange.take_timer), due for this from now on: one
+            # timer a request rather than one cancelled and another made (both are only ever
+            # reset, cancelled or fired on the reactor thread)
+            call.func, call.args, call.kw = self._fire, (), {}
+            call.reset(timeout)
+            self.call = call
+        else:
+            self.call = reactor.callLater(timeout, self._fire)
 
     def _fire(self):
         if self.excused():
@@ -90,7 +98,7 @@ class Collect(Protocol):
         ex.upstream_transport = self.transport
         timeout = ex.settings.upstream_timeout
         self.stall = Stall(ex.reactor, timeout, lambda: self._fail(
-            f"the upstream stalled: no body bytes for {timeout:g}s", 504))
+            f"the upstream stalled: no body bytes for {timeout:g}s", 504), call=ex.take_timer())
 
     def _stop(self):
         if self.stall is not None:
@@ -165,7 +173,7 @@ class Stream(Protocol):
         else:
             # An event stream may rightly be quiet for long; any other body may not.
             timeout = ex.settings.upstream_timeout
-            self.stall = Stall(ex.reactor, timeout, self._stalled, self._stall_excused)
+            self.stall = Stall(ex.reactor, timeout, self._stalled, self._stall_excused, ex.take_timer())
 
     def _cancelled(self, d):
         self.stopProducing()
@@ -373,12 +381,12 @@ async def respond(ex, response):
     ex.sink.head(response.code, phrase, headers)
     scrubber = site.scrubber() if not codings(encoding) or must_mask else None
     stream = Stream(ex, SSEMasker(masker, settings.mask_limit) if must_mask else None, decoder, kind, scrubber)
-    ex.pending = stream.done
+    ex.pending = done = stream.done
+    # The stream ends the exchange itself (ex.finish, or a failure handed to the exchange as its
+    # coroutine's would be): the coroutine is not suspended a third time to wait for it (its
+    # Deferred machinery was a tenth of a small GET's Python)
+    done.addCallbacks(ex.streamed, ex.stream_failed)
     deliver(stream)
-    try:
-        await stream.done
-    finally:
-        ex.pending = None
 
 
 async def _read_and_mask(ex, deliver, decoder, kind):
