@@ -587,3 +587,73 @@ def test_an_exchange_is_the_same_however_the_request_and_the_answer_are_split(ca
     assert got == _run_split(case, [], [])
     up, code, headers, body, done, events = got
     assert code == 200 and done and b"ada@example.com" not in body and b"upstream-secret" not in body
+
+
+# --- one timer a request: the body's stall watch takes the upstream timer over (httpcpu4) ------------
+
+def _timers(site):
+    return [c for c in site.reactor.getDelayedCalls() if c.active()]
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["streamed", "read-whole"])
+def test_the_stall_watch_takes_over_the_upstream_timer_and_counts_from_the_head(masked):
+    site = FakeSite(Script(), Masker(("ssn",), ()) if masked else Masker())
+    site.reactor.advance(100)
+    sink, ex = exchange(site)
+    timer = _timers(site)
+    assert len(timer) == 1  # the upstream's answer is awaited: one timer
+    site.reactor.advance(4.0)  # 4 of the 5 s gone waiting for the head
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n")
+    assert _timers(site) == timer and ex.timer is None  # the same one, now the body's, from the head on
+    site.reactor.advance(4.0)  # 8 s since the request, 4 since the head: not yet
+    assert not sink.aborted and not sink.done and sink.code in (None, 200)
+    answer(site, b"{\"a\": ")  # bytes: the watch starts again
+    site.reactor.advance(4.9)
+    assert not sink.aborted and not sink.done
+    answer(site, b"1")
+    site.reactor.advance(4.9)
+    assert not sink.aborted and not sink.done
+    site.reactor.advance(0.2)  # silent for the timeout: cut (a streamed answer) or 504 (read whole)
+    kind, outcome, data = site.script.events[-1]
+    assert kind == "http.request" and outcome == "error" and "stalled" in data["error"]
+    if masked:
+        assert sink.code == 504
+    else:
+        assert sink.aborted
+    assert _timers(site) == []
+
+
+def test_a_head_that_never_comes_is_still_a_504_and_a_complete_answer_leaves_no_timer():
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    site.reactor.advance(5.1)
+    assert sink.code == 504 and _timers(site) == []
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.done and b"".join(sink.body) == b"ok" and _timers(site) == []
+    # a head without a body to watch (HEAD): the timer is disarmed, not left to fire
+    sink, ex = exchange(site, method=b"HEAD")
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    assert sink.done and _timers(site) == []
+    site.reactor.advance(10)
+    assert sink.done and not sink.aborted and not ex.timed_out
+
+
+def test_a_streamed_answer_that_breaks_off_or_whose_client_goes_ends_the_exchange_as_before():
+    # (the stream ends the exchange by callbacks now, not by the coroutine waiting on it)
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    site.endpoint.transports[-1].loseConnection()
+    site.endpoint.protocols[-1].connectionLost(Failure(ConnectionError("reset")))
+    kind, outcome, data = site.script.events[-1]
+    assert sink.aborted and outcome == "error" and "broke off" in data["error"] and ex.pending is None
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    ex.client_gone()
+    kind, outcome, data = site.script.events[-1]
+    assert outcome == "client gone" and site.endpoint.transports[-1].disconnecting
+    site.endpoint.protocols[-1].connectionLost(Failure(ConnectionError("aborted")))  # (a real transport's)
+    assert _timers(site) == []
