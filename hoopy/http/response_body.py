@@ -131,7 +131,7 @@ class Collect(Protocol):
         self.ex.upstream_transport = None
         if self.done.called:
             return
-        if not reason.check(ResponseDone, PotentialDataLoss):
+        if reason.type is not ResponseDone and not reason.check(ResponseDone, PotentialDataLoss):
             self.done.errback(Refusal(502, f"the upstream response broke off: {reason_text(reason.value)}", "error"))
             return
         try:
@@ -283,7 +283,8 @@ class Stream(Protocol):
         self._keep()
         if self.done.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # (the type first: every complete body ends so, and check() spells out each class it is given)
+        if reason.type is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
             try:
                 tail = b""
                 if self.decoder is not None:
