@@ -267,3 +267,49 @@ def test_a_websocket_upgrade_is_never_kept():
           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     ch.dataReceived(up)
     assert ch.head_checks is None
+
+
+# --- httpcpu4: a checked head's upstream request head is made once ---------------------------------
+
+_HEADS = [
+    _SAME,
+    get(b"/v1/items?page=3", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"),
+    get(b"/v1/other", extra=b"Accept: */*\r\n"),
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 7.7.7.7\r\n"),
+    get(b"/v1/items?page=2", extra=b"Accept: application/json\r\nConnection: close\r\n"),
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\n").replace(b"GET ", b"POST ", 1)[:-2] + b"Content-Length: 0\r\n\r\n",
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\n").replace(b"GET ", b"DELETE ", 1),
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\n").replace(b"GET ", b"HEAD ", 1),
+]
+
+
+def _sent_alone(head: bytes) -> bytes:
+    """What the upstream gets for ``head`` on a connection of its own (checked the long way)."""
+    site, ch, t = connect()
+    site.script.verdict = Allow("** /**")
+    ch.dataReceived(head)
+    sent = _upstream_requests(site)
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
+@pytest.mark.parametrize("order", [[0, 0, 1, 1, 0], [2, 3, 2, 3, 0, 0], [4, 4], [5, 5, 6, 6, 7, 7, 5]],
+                         ids=["query", "path-and-peer-header", "close", "methods"])
+def test_the_upstream_gets_the_same_bytes_for_a_kept_head_as_for_a_head_checked_alone(order):
+    alone = {i: _sent_alone(_HEADS[i]) for i in set(order)}
+    site, ch, t = connect()
+    site.script.verdict = Allow("** /**")
+    for i in order:
+        if t.disconnecting:  # (Connection: close asked: the next request on a new connection)
+            site2, ch, t = connect(site)
+        before = sum(len(r) for r in _upstream_requests(site))
+        t.clear()
+        ch.dataReceived(_HEADS[i])
+        sent = b"".join(_upstream_requests(site))[before:]
+        assert sent == alone[i], (i, sent, alone[i])
+        proto = next(p for p in site.endpoint.protocols if getattr(p, "exchange", None) is not None)
+        head_only = _HEADS[i].startswith(b"HEAD ")
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + (b"" if head_only else b"ok"))
+        assert statuses(t.value()) == [200], t.value()
+    if b"Content-Length" not in _HEADS[order[-1]]:  # (made for a request without a body only)
+        assert ch.head_checks is not None and ch.head_checks.request is not None

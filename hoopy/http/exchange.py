@@ -109,7 +109,8 @@ class HeadChecks:
     token names, the session, the policy's judgement: each request asks again). Never a WebSocket
     upgrade, never the status path. Nothing here is changed once made: readers get copies."""
 
-    __slots__ = ("method", "uri", "lines", "peer", "masker", "plan", "token", "path", "query", "upstream", "record")
+    __slots__ = ("method", "uri", "lines", "peer", "masker", "plan", "token", "path", "query", "upstream", "record",
+                 "request")
 
     def __init__(self, ex: "Exchange", token: str):
         self.method, self.uri, self.lines, self.peer = ex.method_b, ex.uri, ex.lines, ex.peer_host
@@ -117,6 +118,9 @@ class HeadChecks:
         self.token, self.path, self.query = token, ex.path, ex.query
         self.upstream: list | None = None
         self.record: dict | None = None
+        # the upstream request's head bytes and its Connection: close, for a request without a body
+        # (the upstream client's ``head``: made of the path, query and upstream headers above)
+        self.request: tuple[bytes, bool] | None = None
 
     def same(self, ex: "Exchange") -> bool:
         site = ex.site
@@ -295,7 +299,14 @@ class Exchange:
 
     async def _forward(self):
         body = None if self.body.absent() else await self.body.get()
-        d = self.site.upstream.request(self.method_b, self.target(), self.upstream_headers(), body)
+        upstream, checked = self.site.upstream, self.checked
+        if body is None and checked is not None:
+            # a head checked before on this connection (HeadChecks): its upstream head made once
+            if checked.request is None:
+                checked.request = upstream.head(self.method_b, self.target(), self.upstream_headers(), None)
+            d = upstream.send_head(self.method_b, *checked.request)
+        else:
+            d = upstream.request(self.method_b, self.target(), self.upstream_headers(), body)
         self.arm_timer(d)  # reset by every body byte in or out (progress): an upload takes its time
         try:
             response = await self.wait(d, cancel=True)

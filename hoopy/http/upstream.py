@@ -463,6 +463,14 @@ class UpstreamClient:
 
     def request(self, method: bytes, target: bytes, headers, body=None) -> defer.Deferred:
         """Fires with an UpstreamResponse once its head is in (UpstreamError if it cannot be had)."""
+        head, close = self.head(method, target, headers, body)
+        return self.send_head(method, head, close, body)
+
+    @staticmethod
+    def head(method: bytes, target: bytes, headers, body=None) -> tuple[bytes, bool]:
+        """The request head ``request`` sends, and whether it asks for Connection: close: a pure
+        function of its arguments (and of ``body``'s kind and length), which a caller sending the
+        same request again may keep and hand to ``send_head``."""
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         close = False
         for name, value in headers:
@@ -479,8 +487,12 @@ class UpstreamClient:
         else:
             lines.append(b"Content-Length: %d\r\n" % body.length)
         lines.append(b"\r\n")
+        return b"".join(lines), close
+
+    def send_head(self, method: bytes, head: bytes, close: bool, body=None) -> defer.Deferred:
+        """``request`` with its head made (``head``)."""
         retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
-        req = _Request(self, method, b"".join(lines), body, retry)
+        req = _Request(self, method, head, body, retry)
         req.close = close  # asked for: the connection is never reused after this exchange
         while self.idle:
             conn = self.idle.pop()
