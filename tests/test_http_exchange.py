@@ -657,3 +657,66 @@ def test_a_streamed_answer_that_breaks_off_or_whose_client_goes_ends_the_exchang
     assert outcome == "client gone" and site.endpoint.transports[-1].disconnecting
     site.endpoint.protocols[-1].connectionLost(Failure(ConnectionError("aborted")))  # (a real transport's)
     assert _timers(site) == []
+
+
+# --- the exchange's own coroutine driver (httpcpu4): what it awaits, as Twisted's driver had it ------
+
+class _LateSession(FakeSession):
+    """A session whose decision comes later, through a chain: a Deferred paused on another."""
+
+    def __init__(self, script, identity):
+        super().__init__(script, identity)
+        self.inner: defer.Deferred = defer.Deferred()
+
+    def decide(self, op, approvals=None):
+        self.script.judged.append(op)
+        outer: defer.Deferred = defer.Deferred()
+        outer.addCallback(lambda _: self.inner)  # paused on inner until it fires
+        outer.callback(None)
+        return outer
+
+
+class _LateSite(FakeSite):
+    def session_for(self, channel, identity, peer, credential=None):
+        self.session = _LateSession(self.script, identity)
+        return self.session  # (the session itself, as the real site gives a channel's next request)
+
+
+@pytest.mark.parametrize("outcome", ["allow", "deny", "store down", "client gone", "bug"])
+def test_a_decision_that_comes_later_is_awaited_as_before(outcome):
+    from hoopy.session import StoreError
+
+    site = _LateSite(Script())
+    sink, ex = exchange(site)
+    assert sink.code is None and upstream_saw(site) == b"" and ex._coro is not None  # waiting on the decision
+    inner = site.session.inner
+    if outcome == "allow":
+        inner.callback(Allow("GET /**"))
+        answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert sink.code == 200 and b"".join(sink.body) == b"ok" and sink.done
+    elif outcome == "deny":
+        inner.callback(Deny("no", "GET /**"))
+        assert sink.code == 403 and upstream_saw(site) == b""
+    elif outcome == "store down":
+        inner.errback(StoreError("disk full"))
+        assert sink.code == 503 and upstream_saw(site) == b""
+    elif outcome == "client gone":
+        ex.client_gone()
+        inner.callback(Allow("GET /**"))  # (the store's Deferred is let fire: the exchange ends after)
+        assert sink.code is None and upstream_saw(site) == b""
+        assert site.script.events[-1][1] == "client gone"
+    else:
+        inner.callback("not a verdict")  # a bug: answered 502, recorded, nothing forwarded
+        assert sink.code == 502 and upstream_saw(site) == b""
+    assert ex._coro is None and ex.finished  # the coroutine ran to its end, and nothing is left waiting
+    assert inner.result is None or not isinstance(inner.result, Failure)  # a failure was handled, not left
+
+
+def test_run_starts_the_exchange_and_returns_nothing_to_wait_on():
+    site = FakeSite(Script())
+    sink = MemorySink()
+    pipe = BodyPipe(StringTransport(), 0)
+    pipe.end()
+    ex = Exchange(site, sink, object(), b"GET", b"/v1/x", [(b"Authorization", [b"Bearer good-token"])],
+                  ("127.0.0.1", 1), pipe)
+    assert ex.run() is None and upstream_saw(site).startswith(b"GET /v1/x ")

@@ -35,6 +35,7 @@ log = Logger()
 # its own token. Never forwarded upstream.
 STATUS_PREFIX = "/.hoopy/approvals/"
 STATUS_PREFIX_B = STATUS_PREFIX.encode()
+_WAITING = object()  # (Exchange._step: the awaited Deferred has not fired)
 THREAD_MASK_SIZE = 64 * 1024  # bodies at least this large are masked on a worker thread, not the reactor
 
 
@@ -166,13 +167,67 @@ class Exchange:
         self.timer = None
         self.timed_out = False
         self.close_now = False  # a refusal that closes the connection (its framing is in doubt)
+        self._coro = None  # the running _run (see _step)
+        self._adding = False
+        self._fired: object = _WAITING
 
     # --- the flow -------------------------------------------------------------------------------
 
-    def run(self) -> defer.Deferred:
-        d = defer.ensureDeferred(self._run())
-        d.addErrback(self._failed)
-        return d
+    def run(self) -> None:
+        """Start the exchange; it ends on its own (answered, refused, or its client gone)."""
+        self._coro = self._run()
+        self._step()
+
+    # The coroutine is driven here rather than by ``defer.ensureDeferred``: nothing waits on the
+    # exchange as a whole (its end is its answer and its record), and Twisted's general driver (a
+    # cancellable Deferred, a copied context, per-step bookkeeping and a last callback through it)
+    # was most of the Deferred machinery of a small GET. What it awaits are Deferreds: their own
+    # ``__await__`` reads their result (or raises their failure) when the coroutine is resumed.
+
+    def _step(self, failure: Failure | None = None):
+        coro = self._coro
+        while coro is not None:
+            try:
+                if failure is not None:  # as Twisted's driver does: thrown in where it awaited
+                    d = failure.throwExceptionIntoGenerator(coro)
+                    failure = None
+                else:
+                    d = coro.send(None)
+            except StopIteration:
+                self._coro = None
+                return
+            except BaseException:
+                self._coro = None
+                self._ended_badly(Failure())
+                return
+            if not isinstance(d, defer.Deferred):
+                coro.close()
+                self._coro = None
+                self._ended_badly(Failure(TypeError(f"an exchange awaits Deferreds only, not {d!r}")))
+                return
+            self._adding, self._fired = True, _WAITING
+            d.addBoth(self._resumed)
+            self._adding = False
+            fired, self._fired = self._fired, _WAITING
+            if fired is _WAITING:
+                return  # resumed by _resumed when d fires
+            # (d fired while its callback was added: on at once, without recursion)
+            failure = fired if isinstance(fired, Failure) else None
+
+    def _resumed(self, result):
+        if self._adding:
+            self._fired = result
+        else:
+            self._step(result if isinstance(result, Failure) else None)
+        # A result is left as it was (the coroutine read it where it awaited); a failure was thrown
+        # into the coroutine, handled there: not left to be logged as unhandled
+        return None if isinstance(result, Failure) else result
+
+    def _ended_badly(self, failure: Failure):
+        try:
+            self._failed(failure)
+        except Exception:
+            log.failure("http exchange failed while failing", Failure())
 
     async def _run(self):
         site, hdrs = self.site, self.hdrs
@@ -400,8 +455,10 @@ class Exchange:
         the store or the approvals (an event being made durable, a reviewer's decision) is let fire,
         and the exchange ends after.
         """
-        if d.called and not isinstance(d.result, Failure) and not self.gone:
-            return d.result  # already there: no trip through the coroutine machinery
+        if d.called and not d.paused and not isinstance(d.result, Failure) and not self.gone:
+            # already there: no trip through the coroutine machinery (not when paused: its result
+            # is then another Deferred it waits on, not yet its own)
+            return d.result
         if cancel:
             self.pending = d
             if self.gone:
