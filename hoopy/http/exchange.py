@@ -10,6 +10,7 @@ twisted.web's Request; the tests use one in memory), to the policy and the recor
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 
 import orjson
 from twisted.internet import defer
@@ -167,7 +168,7 @@ class Exchange:
         self.timer = None
         self.timed_out = False
         self.close_now = False  # a refusal that closes the connection (its framing is in doubt)
-        self._coro = None  # the running _run (see _step)
+        self._coro: Coroutine | None = None  # the running _run (see _step)
         self._adding = False
         self._fired: object = _WAITING
 
