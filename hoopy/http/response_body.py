@@ -379,8 +379,16 @@ async def respond(ex, response):
         ex.write(data)
         ex.finish("ok")
         return
-    ex.sink.head(response.code, phrase, headers)
     scrubber = site.scrubber() if not codings(encoding) or must_mask else None
+    if not must_mask:
+        whole = response.whole()
+        if whole is not None:
+            # All of it came with its head (most small answers): what Stream does with a body that
+            # arrives in one piece and ends, without a stream, its stall watch and its Deferred
+            # (tests/test_http_fastpaths.py holds the two to the same bytes and record)
+            _whole(ex, response, phrase, headers, whole, scrubber, kind)
+            return
+    ex.sink.head(response.code, phrase, headers)
     stream = Stream(ex, SSEMasker(masker, settings.mask_limit) if must_mask else None, decoder, kind, scrubber)
     ex.pending = done = stream.done
     # The stream ends the exchange itself (ex.finish, or a failure handed to the exchange as its
@@ -388,6 +396,17 @@ async def respond(ex, response):
     # Deferred machinery was a tenth of a small GET's Python)
     done.addCallbacks(ex.streamed, ex.stream_failed)
     deliver(stream)
+
+
+def _whole(ex, response, phrase, headers, data: bytes, scrubber, kind):
+    """A body not masked, all of it in: scrubbed and kept as Stream would, in one piece."""
+    if scrubber is not None:
+        data = scrubber.feed(data) + scrubber.close()
+    ex.sink.head(response.code, phrase, headers)
+    ex.write(data)
+    if kind != "other" and ex.settings.record_body_limit:
+        ex.record.keep("response_body", data)
+    ex.finish("ok")
 
 
 async def _read_and_mask(ex, deliver, decoder, kind):

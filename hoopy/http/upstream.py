@@ -132,6 +132,11 @@ class UpstreamResponse:
         self._protocol = None
         self._pending: list = []
         self._done: Failure | None = None
+        # The head goes to its caller once the read that brought it is parsed (see
+        # UpstreamConnection._hand_head): what that read holds of the body waits here meanwhile,
+        # without pausing the socket; past that read, nobody reading pauses it (_held)
+        self._handing = True
+        self._held = False
 
     def deliverBody(self, protocol):
         self._protocol = protocol
@@ -142,13 +147,26 @@ class UpstreamResponse:
             protocol.dataReceived(data)
         if self._done is not None:
             protocol.connectionLost(self._done)
-        elif pending and self._protocol is protocol:
+        elif self._held and self._protocol is protocol:
+            self._held = False
             transport.resumeProducing()  # paused while nobody read (see _data); the reader pauses on its own
+
+    def whole(self) -> bytes | None:
+        """The whole body when it is all in already, complete by its Content-Length (a small answer
+        read with its head): taken here, never delivered to a protocol. None otherwise (then
+        ``deliverBody`` as ever)."""
+        if self._protocol is not None or self._done is not _DONE or self.length is UNKNOWN_LENGTH:
+            return None
+        self._protocol = _TAKEN
+        pending, self._pending = self._pending, []
+        return b"".join(pending)
 
     def _data(self, data: bytes):
         if self._protocol is None:
             # nobody reads the body yet: hold what this read brought, and read no more meanwhile
-            if not self._pending and self._conn.transport is not None:
+            # (unless the head is still to be handed over at the end of this very read)
+            if not self._handing and not self._held and self._conn.transport is not None:
+                self._held = True
                 self._conn.transport.pauseProducing()
             self._pending.append(data)
         else:
@@ -160,6 +178,19 @@ class UpstreamResponse:
         self._done = reason
         if self._protocol is not None:
             self._protocol.connectionLost(reason)
+
+
+class _Taken:
+    """A body taken whole (UpstreamResponse.whole): nothing more is delivered."""
+
+    def dataReceived(self, data):
+        pass
+
+    def connectionLost(self, reason):
+        pass
+
+
+_TAKEN = _Taken()
 
 
 class _Consumer:
@@ -195,6 +226,7 @@ class UpstreamConnection(Protocol):
         self._framed = True
         self._head_seen = 0  # bytes read before the final response head was complete
         self._head_done = False
+        self._head_out: _Request | None = None  # a request whose head this read brought: handed at its end
         self.on_close: defer.Deferred[None] | None = None  # a Deferred fired once the connection is gone (pool closing)
 
     def connectionMade(self):
@@ -294,7 +326,10 @@ class UpstreamConnection(Protocol):
                                 b"HTTP/" + self.parser.get_http_version().encode())
         req.response = resp
         req.state = "body"
-        req.head_in(resp)
+        # Handed to its caller once this read is parsed (dataReceived): a small answer's body and
+        # end are in by then (the caller may take it whole), and the caller's code runs outside
+        # llhttp's callbacks
+        self._head_out = req
         if req.method == b"HEAD":
             # llhttp does not know the request was HEAD: the message ends here, whatever it says
             self._message_done(req, keep=self.parser.should_keep_alive())
@@ -344,8 +379,19 @@ class UpstreamConnection(Protocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, UpstreamError) as e:
+            self._hand_head()  # (a head before what is refused reaches its caller first, as it came)
             reason = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) and e.__context__ else e
             self.abort(UpstreamError(f"the upstream's response is not valid HTTP: {reason}"))
+            return
+        self._hand_head()
+
+    def _hand_head(self):
+        req = self._head_out
+        if req is not None:
+            self._head_out = None
+            resp = req.response
+            resp._handing = False
+            req.head_in(resp)
 
     def abort(self, error: Exception | None = None):
         self.reusable = False
