@@ -24,6 +24,7 @@ new connection when it is idempotent and its body can be sent again (none, or by
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -100,9 +101,11 @@ class _BodyTransport:
 
     __slots__ = ("_conn", "_req")
 
-    def __init__(self, conn):
+    def __init__(self, conn, req):
         self._conn = conn
-        self._req = conn.exchange
+        # the request this body answers (not the connection's at delivery: a body taken after its
+        # head was handed over may find its connection back in the pool, or serving another)
+        self._req = req
 
     def _ours(self):
         return self._conn.exchange is self._req and self._conn.transport is not None
@@ -129,7 +132,8 @@ class UpstreamResponse:
     def __init__(self, conn, code: int, phrase: bytes, headers: RawHeaders, length, version: bytes):
         self._conn = conn
         self.code, self.phrase, self.headers, self.length, self.version = code, phrase, headers, length, version
-        self._protocol = None
+        self._protocol: Any = None
+        self._req: _Request | None = None  # the request it answers (set by the connection)
         self._pending: list = []
         self._done: Failure | None = None
         # The head goes to its caller once the read that brought it is parsed (see
@@ -140,7 +144,7 @@ class UpstreamResponse:
 
     def deliverBody(self, protocol):
         self._protocol = protocol
-        transport = _BodyTransport(self._conn)
+        transport = _BodyTransport(self._conn, self._req)
         protocol.makeConnection(transport)
         pending, self._pending = self._pending, []
         for data in pending:
@@ -324,6 +328,7 @@ class UpstreamConnection(Protocol):
         self._framed = lengths is not None or b"transfer-encoding" in by_name
         resp = UpstreamResponse(self, code, self._phrase, RawHeaders(self._headers, by_name), length,
                                 b"HTTP/" + self.parser.get_http_version().encode())
+        resp._req = req
         req.response = resp
         req.state = "body"
         # Handed to its caller once this read is parsed (dataReceived): a small answer's body and
