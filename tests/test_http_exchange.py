@@ -720,3 +720,32 @@ def test_run_starts_the_exchange_and_returns_nothing_to_wait_on():
     ex = Exchange(site, sink, object(), b"GET", b"/v1/x", [(b"Authorization", [b"Bearer good-token"])],
                   ("127.0.0.1", 1), pipe)
     assert ex.run() is None and upstream_saw(site).startswith(b"GET /v1/x ")
+
+
+class _SlowRedactions(FakeSession):
+    pending: list = []
+
+    def redacted(self, count, **data):
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+class _SlowRedactionSite(FakeSite):
+    def session_for(self, channel, identity, peer, credential=None):
+        return _SlowRedactions(self.script, identity)
+
+
+def test_a_masked_stream_taken_after_its_connection_went_back_to_the_pool_never_pauses_that_connection():
+    # Its head is handed over once the read is parsed: a whole event stream in that read has ended and
+    # its connection is back in the pool when the stream pauses it for a redaction being written.
+    _SlowRedactions.pending = []
+    site = _SlowRedactionSite(Script(), Masker(("ssn",), ()))
+    sink, ex = exchange(site)
+    body = b'data: {"ssn": "123-45-6789"}\n\n'
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%b"
+           % (len(body), body))
+    up = site.endpoint.transports[-1]
+    assert _SlowRedactions.pending and up.producerState == "producing"  # pooled, and read as ever
+    _SlowRedactions.pending[0].callback(None)
+    assert sink.done and b"123-45-6789" not in b"".join(sink.body) and up.producerState == "producing"
