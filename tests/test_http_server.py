@@ -264,10 +264,15 @@ def test_an_answered_request_frees_by_reference_count_not_by_the_garbage_collect
     gc.disable()
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
-        for _ in range(5):
+        for i in range(6):
             t.clear()
             ch.dataReceived(get())
-            answer_upstream(site, b'{"id": 42}')
+            if i % 2:  # the body after its head (streamed)
+                proto = next(p for p in site.endpoint.protocols if getattr(p, "exchange", None) is not None)
+                proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+                proto.dataReceived(b'{"id": 42}')
+            else:  # the body with its head (taken whole)
+                answer_upstream(site, b'{"id": 42}')
             assert statuses(t.value()) == [200] and t.value().endswith(b'{"id": 42}')
         gc.collect()
         left = [type(o).__qualname__ for o in gc.garbage]

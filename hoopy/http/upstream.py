@@ -145,6 +145,7 @@ class UpstreamResponse:
     def deliverBody(self, protocol):
         self._protocol = protocol
         transport = _BodyTransport(self._conn, self._req)
+        self._req = None  # (its request holds this response: no cycle left once it is delivered)
         protocol.makeConnection(transport)
         pending, self._pending = self._pending, []
         for data in pending:
@@ -162,6 +163,7 @@ class UpstreamResponse:
         if self._protocol is not None or self._done is not _DONE or self.length is UNKNOWN_LENGTH:
             return None
         self._protocol = _TAKEN
+        self._req = None  # (see deliverBody)
         pending, self._pending = self._pending, []
         return b"".join(pending)
 
