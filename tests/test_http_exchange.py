@@ -587,3 +587,165 @@ def test_an_exchange_is_the_same_however_the_request_and_the_answer_are_split(ca
     assert got == _run_split(case, [], [])
     up, code, headers, body, done, events = got
     assert code == 200 and done and b"ada@example.com" not in body and b"upstream-secret" not in body
+
+
+# --- one timer a request: the body's stall watch takes the upstream timer over (httpcpu4) ------------
+
+def _timers(site):
+    return [c for c in site.reactor.getDelayedCalls() if c.active()]
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["streamed", "read-whole"])
+def test_the_stall_watch_takes_over_the_upstream_timer_and_counts_from_the_head(masked):
+    site = FakeSite(Script(), Masker(("ssn",), ()) if masked else Masker())
+    site.reactor.advance(100)
+    sink, ex = exchange(site)
+    timer = _timers(site)
+    assert len(timer) == 1  # the upstream's answer is awaited: one timer
+    site.reactor.advance(4.0)  # 4 of the 5 s gone waiting for the head
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 20\r\n\r\n")
+    assert _timers(site) == timer and ex.timer is None  # the same one, now the body's, from the head on
+    site.reactor.advance(4.0)  # 8 s since the request, 4 since the head: not yet
+    assert not sink.aborted and not sink.done and sink.code in (None, 200)
+    answer(site, b"{\"a\": ")  # bytes: the watch starts again
+    site.reactor.advance(4.9)
+    assert not sink.aborted and not sink.done
+    answer(site, b"1")
+    site.reactor.advance(4.9)
+    assert not sink.aborted and not sink.done
+    site.reactor.advance(0.2)  # silent for the timeout: cut (a streamed answer) or 504 (read whole)
+    kind, outcome, data = site.script.events[-1]
+    assert kind == "http.request" and outcome == "error" and "stalled" in data["error"]
+    if masked:
+        assert sink.code == 504
+    else:
+        assert sink.aborted
+    assert _timers(site) == []
+
+
+def test_a_head_that_never_comes_is_still_a_504_and_a_complete_answer_leaves_no_timer():
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    site.reactor.advance(5.1)
+    assert sink.code == 504 and _timers(site) == []
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.done and b"".join(sink.body) == b"ok" and _timers(site) == []
+    # a head without a body to watch (HEAD): the timer is disarmed, not left to fire
+    sink, ex = exchange(site, method=b"HEAD")
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+    assert sink.done and _timers(site) == []
+    site.reactor.advance(10)
+    assert sink.done and not sink.aborted and not ex.timed_out
+
+
+def test_a_streamed_answer_that_breaks_off_or_whose_client_goes_ends_the_exchange_as_before():
+    # (the stream ends the exchange by callbacks now, not by the coroutine waiting on it)
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    site.endpoint.transports[-1].loseConnection()
+    site.endpoint.protocols[-1].connectionLost(Failure(ConnectionError("reset")))
+    kind, outcome, data = site.script.events[-1]
+    assert sink.aborted and outcome == "error" and "broke off" in data["error"] and ex.pending is None
+    site = FakeSite(Script())
+    sink, ex = exchange(site)
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    ex.client_gone()
+    kind, outcome, data = site.script.events[-1]
+    assert outcome == "client gone" and site.endpoint.transports[-1].disconnecting
+    site.endpoint.protocols[-1].connectionLost(Failure(ConnectionError("aborted")))  # (a real transport's)
+    assert _timers(site) == []
+
+
+# --- the exchange's own coroutine driver (httpcpu4): what it awaits, as Twisted's driver had it ------
+
+class _LateSession(FakeSession):
+    """A session whose decision comes later, through a chain: a Deferred paused on another."""
+
+    def __init__(self, script, identity):
+        super().__init__(script, identity)
+        self.inner: defer.Deferred = defer.Deferred()
+
+    def decide(self, op, approvals=None):
+        self.script.judged.append(op)
+        outer: defer.Deferred = defer.Deferred()
+        outer.addCallback(lambda _: self.inner)  # paused on inner until it fires
+        outer.callback(None)
+        return outer
+
+
+class _LateSite(FakeSite):
+    def session_for(self, channel, identity, peer, credential=None):
+        self.session = _LateSession(self.script, identity)
+        return self.session  # (the session itself, as the real site gives a channel's next request)
+
+
+@pytest.mark.parametrize("outcome", ["allow", "deny", "store down", "client gone", "bug"])
+def test_a_decision_that_comes_later_is_awaited_as_before(outcome):
+    from hoopy.session import StoreError
+
+    site = _LateSite(Script())
+    sink, ex = exchange(site)
+    assert sink.code is None and upstream_saw(site) == b"" and ex._coro is not None  # waiting on the decision
+    inner = site.session.inner
+    if outcome == "allow":
+        inner.callback(Allow("GET /**"))
+        answer(site, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        assert sink.code == 200 and b"".join(sink.body) == b"ok" and sink.done
+    elif outcome == "deny":
+        inner.callback(Deny("no", "GET /**"))
+        assert sink.code == 403 and upstream_saw(site) == b""
+    elif outcome == "store down":
+        inner.errback(StoreError("disk full"))
+        assert sink.code == 503 and upstream_saw(site) == b""
+    elif outcome == "client gone":
+        ex.client_gone()
+        inner.callback(Allow("GET /**"))  # (the store's Deferred is let fire: the exchange ends after)
+        assert sink.code is None and upstream_saw(site) == b""
+        assert site.script.events[-1][1] == "client gone"
+    else:
+        inner.callback("not a verdict")  # a bug: answered 502, recorded, nothing forwarded
+        assert sink.code == 502 and upstream_saw(site) == b""
+    assert ex._coro is None and ex.finished  # the coroutine ran to its end, and nothing is left waiting
+    assert inner.result is None or not isinstance(inner.result, Failure)  # a failure was handled, not left
+
+
+def test_run_starts_the_exchange_and_returns_nothing_to_wait_on():
+    site = FakeSite(Script())
+    sink = MemorySink()
+    pipe = BodyPipe(StringTransport(), 0)
+    pipe.end()
+    ex = Exchange(site, sink, object(), b"GET", b"/v1/x", [(b"Authorization", [b"Bearer good-token"])],
+                  ("127.0.0.1", 1), pipe)
+    assert ex.run() is None and upstream_saw(site).startswith(b"GET /v1/x ")
+
+
+class _SlowRedactions(FakeSession):
+    pending: list = []
+
+    def redacted(self, count, **data):
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+
+class _SlowRedactionSite(FakeSite):
+    def session_for(self, channel, identity, peer, credential=None):
+        return _SlowRedactions(self.script, identity)
+
+
+def test_a_masked_stream_taken_after_its_connection_went_back_to_the_pool_never_pauses_that_connection():
+    # Its head is handed over once the read is parsed: a whole event stream in that read has ended and
+    # its connection is back in the pool when the stream pauses it for a redaction being written.
+    _SlowRedactions.pending = []
+    site = _SlowRedactionSite(Script(), Masker(("ssn",), ()))
+    sink, ex = exchange(site)
+    body = b'data: {"ssn": "123-45-6789"}\n\n'
+    answer(site, b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%b"
+           % (len(body), body))
+    up = site.endpoint.transports[-1]
+    assert _SlowRedactions.pending and up.producerState == "producing"  # pooled, and read as ever
+    _SlowRedactions.pending[0].callback(None)
+    assert sink.done and b"123-45-6789" not in b"".join(sink.body) and up.producerState == "producing"

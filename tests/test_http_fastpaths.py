@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -267,3 +269,120 @@ def test_a_websocket_upgrade_is_never_kept():
           b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     ch.dataReceived(up)
     assert ch.head_checks is None
+
+
+# --- httpcpu4: a checked head's upstream request head is made once ---------------------------------
+
+_HEADS = [
+    _SAME,
+    get(b"/v1/items?page=3", extra=b"Accept: */*\r\nX-Forwarded-For: 6.6.6.6\r\n"),
+    get(b"/v1/other", extra=b"Accept: */*\r\n"),
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\nX-Forwarded-For: 7.7.7.7\r\n"),
+    get(b"/v1/items?page=2", extra=b"Accept: application/json\r\nConnection: close\r\n"),
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\n").replace(b"GET ", b"POST ", 1)[:-2] + b"Content-Length: 0\r\n\r\n",
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\n").replace(b"GET ", b"DELETE ", 1),
+    get(b"/v1/items?page=2", extra=b"Accept: */*\r\n").replace(b"GET ", b"HEAD ", 1),
+]
+
+
+def _sent_alone(head: bytes) -> bytes:
+    """What the upstream gets for ``head`` on a connection of its own (checked the long way)."""
+    site, ch, t = connect()
+    site.script.verdict = Allow("** /**")
+    ch.dataReceived(head)
+    sent = _upstream_requests(site)
+    assert len(sent) == 1, sent
+    return sent[0]
+
+
+@pytest.mark.parametrize("order", [[0, 0, 1, 1, 0], [2, 3, 2, 3, 0, 0], [4, 4], [5, 5, 6, 6, 7, 7, 5]],
+                         ids=["query", "path-and-peer-header", "close", "methods"])
+def test_the_upstream_gets_the_same_bytes_for_a_kept_head_as_for_a_head_checked_alone(order):
+    alone = {i: _sent_alone(_HEADS[i]) for i in set(order)}
+    site, ch, t = connect()
+    site.script.verdict = Allow("** /**")
+    for i in order:
+        if t.disconnecting:  # (Connection: close asked: the next request on a new connection)
+            site2, ch, t = connect(site)
+        before = sum(len(r) for r in _upstream_requests(site))
+        t.clear()
+        ch.dataReceived(_HEADS[i])
+        sent = b"".join(_upstream_requests(site))[before:]
+        assert sent == alone[i], (i, sent, alone[i])
+        proto = next(p for p in site.endpoint.protocols if getattr(p, "exchange", None) is not None)
+        head_only = _HEADS[i].startswith(b"HEAD ")
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n" + (b"" if head_only else b"ok"))
+        assert statuses(t.value()) == [200], t.value()
+    if b"Content-Length" not in _HEADS[order[-1]]:  # (made for a request without a body only)
+        assert ch.head_checks is not None and ch.head_checks.request is not None
+
+
+# --- httpcpu4: a body that came whole with its head is answered as the stream answers it -----------
+
+_ANSWERS = [
+    (b"200 OK", [b"Content-Type: application/json"], b'{"id": 42, "name": "Ada"}'),
+    (b"200 OK", [b"Content-Type: application/json"], b'{"echo": "Bearer upstream-secret", "again": "upstream-secret"}'),
+    (b"200 OK", [b"Content-Type: text/plain"], b"x" * 300 + b"upstream-secret" + b"y" * 300),  # past the record's limit
+    (b"200 OK", [b"Content-Type: application/octet-stream"], bytes(range(256)) + b"upstream-secret"),
+    (b"200 OK", [b"Content-Type: text/event-stream"], b"data: upstream-secret\n\n"),
+    (b"200 OK", [b"Content-Type: application/json", b"Content-Encoding: gzip"], b"\x1f\x8bnot really gzip"),
+    (b"200 OK", [], b""),
+    (b"204 No Content", [], b""),
+    (b"304 Not Modified", [b"ETag: \"v1\""], b""),
+    (b"404 Not Found", [b"Content-Type: application/json", b"X-Echo: upstream-secret"], b'{"error": "no"}'),
+]
+
+
+def _answered(raw: bytes, cuts: list[int], method: bytes = b"GET"):
+    """What the client gets and what is recorded when the upstream's answer ``raw`` arrives in
+    reads cut at ``cuts`` (none: head and body in one read, taken whole)."""
+    site, ch, t = connect()
+    site.script.verdict = Allow("** /**")
+    ch.dataReceived(get(b"/v1/x").replace(b"GET ", method + b" ", 1))
+    proto = next(p for p in site.endpoint.protocols if getattr(p, "exchange", None) is not None)
+    last = 0
+    for cut in cuts + [len(raw)]:
+        if cut > last:
+            proto.dataReceived(raw[last:cut])
+            last = cut
+    out = re.sub(rb"Date: [^\r]*\r\n", b"", t.value())
+    records = [data for kind, _, data in site.script.events if kind == "http.request"]
+    assert len(records) == 1, (out, site.script.events)
+    rec = dict(records[0])
+    rec.pop("duration_ms")
+    return out, rec, t.disconnecting
+
+
+@pytest.mark.parametrize("i", range(len(_ANSWERS)))
+@pytest.mark.parametrize("method", [b"GET", b"HEAD"])
+def test_a_body_that_came_with_its_head_is_answered_and_recorded_as_a_streamed_one(i, method):
+    status, headers, body = _ANSWERS[i]
+    no_body = method == b"HEAD" or status[:3] in (b"204", b"304")
+    length = [] if status[:3] in (b"204", b"304") else [b"Content-Length: %d" % len(body)]
+    raw = b"HTTP/1.1 " + status + b"\r\n" + b"".join(h + b"\r\n" for h in headers + length) + b"\r\n"
+    head_end = len(raw)
+    raw += b"" if no_body else body
+    whole = _answered(raw, [], method)
+    assert b"upstream-secret" not in whole[0] and "upstream-secret" not in repr(whole[1])
+    # the long way: the head alone first (the stream takes the body), then the body in pieces
+    for cuts in ([head_end], [head_end, head_end + 1], [head_end - 2, head_end + 7, head_end + 20, len(raw) - 1]):
+        cuts = sorted({c for c in cuts if 0 < c < len(raw)} | {head_end} if head_end < len(raw) else
+                      {c for c in cuts if 0 < c < len(raw)})
+        assert _answered(raw, cuts, method) == whole, cuts
+
+
+def test_a_body_still_arriving_after_its_head_is_streamed_and_the_socket_not_paused_for_it():
+    site, ch, t = connect()
+    ch.dataReceived(get(b"/v1/x"))
+    proto = next(p for p in site.endpoint.protocols if getattr(p, "exchange", None) is not None)
+    up = site.endpoint.transports[-1]
+    paused = []
+    pause = up.pauseProducing
+    up.pauseProducing = lambda: (paused.append(1), pause())  # type: ignore[method-assign]
+    proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    # what came with the head waited for the stream without the socket being paused and resumed
+    # for it (two epoll changes a response)
+    assert up.producerState == "producing" and paused == []
+    assert t.value().endswith(b"abc")
+    proto.dataReceived(b"defghij")
+    assert t.value().endswith(b"abcdefghij") and statuses(t.value()) == [200]

@@ -247,3 +247,38 @@ def _run(cuts) -> tuple[bytes, bytes]:
 @given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
 def test_the_same_requests_and_answers_however_the_bytes_are_split(cuts):
     assert _run(cuts) == _run([])
+
+
+def test_an_answered_request_frees_by_reference_count_not_by_the_garbage_collector():
+    """(httpcpu4) A small GET on a keep-alive connection leaves nothing in reference cycles: its
+    _Request, Response, Exchange, request body and stall watch are freed as the answer ends, not
+    by a collection later (the collector's passes were 3.7% of the reactor thread)."""
+    import gc
+
+    site, ch, t = connect()
+    for _ in range(3):  # warm: the pooled upstream connection, the connection's checked head
+        ch.dataReceived(get())
+        answer_upstream(site, b"warm")
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for i in range(6):
+            t.clear()
+            ch.dataReceived(get())
+            if i % 2:  # the body after its head (streamed)
+                proto = next(p for p in site.endpoint.protocols if getattr(p, "exchange", None) is not None)
+                proto.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+                proto.dataReceived(b'{"id": 42}')
+            else:  # the body with its head (taken whole)
+                answer_upstream(site, b'{"id": 42}')
+            assert statuses(t.value()) == [200] and t.value().endswith(b'{"id": 42}')
+        gc.collect()
+        left = [type(o).__qualname__ for o in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        if enabled:
+            gc.enable()
+    assert left == []

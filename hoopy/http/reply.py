@@ -92,7 +92,8 @@ class Response:
         if self._chunked:
             out += b"0\r\n\r\n"
         self.finished = True
-        self.channel.send(out)
+        if out:  # (nothing left to send after a body with its length: most answers)
+            self.channel.send(out)
         self.channel.request_done(self.request)
 
     def abort(self):

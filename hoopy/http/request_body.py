@@ -74,6 +74,10 @@ class RequestBody:
         self._read = True
         self.ex.pipe.discard()
         self._body = None
+        # Nothing here needs its exchange again (no body: no watcher, no refusal, nothing read), and
+        # the exchange holds this: let go, so a request frees by reference count, not by the
+        # garbage collector (a cycle a request)
+        self.ex = None
         return True
 
     async def get(self, whole: bool = False):

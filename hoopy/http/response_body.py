@@ -33,13 +33,25 @@ def reason_text(e) -> str:
     return str(e) or type(e).__name__
 
 
+def _never() -> bool:
+    return False
+
+
 class Stall:
     """The upstream silent for ``timeout`` seconds: ``expired`` is called, unless ``excused()``
     (the client is the slow one, or the store) says to wait on."""
 
-    def __init__(self, reactor, timeout: float, expired, excused=lambda: False):
+    def __init__(self, reactor, timeout: float, expired, excused=_never, call=None):
         self.reactor, self.timeout, self.expired, self.excused = reactor, timeout, expired, excused
-        self.call = reactor.callLater(timeout, self._fire)
+        if call is not None and call.active():
+            # the exchange's upstream timer (Exchange.take_timer), due for this from now on: one
+            # timer a request rather than one cancelled and another made (both are only ever
+            # reset, cancelled or fired on the reactor thread)
+            call.func, call.args, call.kw = self._fire, (), {}
+            call.reset(timeout)
+            self.call = call
+        else:
+            self.call = reactor.callLater(timeout, self._fire)
 
     def _fire(self):
         if self.excused():
@@ -56,6 +68,9 @@ class Stall:
         if self.call is not None and self.call.active():
             self.call.cancel()
         self.call = None
+        # Neither is called once cancelled: the body protocol they are methods of (which holds
+        # this) is let go, so it frees by reference count rather than by the garbage collector
+        self.expired = self.excused = _never
 
 
 class Discard(Protocol):
@@ -83,7 +98,7 @@ class Collect(Protocol):
         ex.upstream_transport = self.transport
         timeout = ex.settings.upstream_timeout
         self.stall = Stall(ex.reactor, timeout, lambda: self._fail(
-            f"the upstream stalled: no body bytes for {timeout:g}s", 504))
+            f"the upstream stalled: no body bytes for {timeout:g}s", 504), call=ex.take_timer())
 
     def _stop(self):
         if self.stall is not None:
@@ -116,7 +131,7 @@ class Collect(Protocol):
         self.ex.upstream_transport = None
         if self.done.called:
             return
-        if not reason.check(ResponseDone, PotentialDataLoss):
+        if reason.type is not ResponseDone and not reason.check(ResponseDone, PotentialDataLoss):
             self.done.errback(Refusal(502, f"the upstream response broke off: {reason_text(reason.value)}", "error"))
             return
         try:
@@ -158,7 +173,7 @@ class Stream(Protocol):
         else:
             # An event stream may rightly be quiet for long; any other body may not.
             timeout = ex.settings.upstream_timeout
-            self.stall = Stall(ex.reactor, timeout, self._stalled, self._stall_excused)
+            self.stall = Stall(ex.reactor, timeout, self._stalled, self._stall_excused, ex.take_timer())
 
     def _cancelled(self, d):
         self.stopProducing()
@@ -268,7 +283,8 @@ class Stream(Protocol):
         self._keep()
         if self.done.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
+        # (the type first: every complete body ends so, and check() spells out each class it is given)
+        if reason.type is ResponseDone or reason.check(ResponseDone, PotentialDataLoss):
             try:
                 tail = b""
                 if self.decoder is not None:
@@ -363,15 +379,34 @@ async def respond(ex, response):
         ex.write(data)
         ex.finish("ok")
         return
-    ex.sink.head(response.code, phrase, headers)
     scrubber = site.scrubber() if not codings(encoding) or must_mask else None
+    if not must_mask:
+        whole = response.whole()
+        if whole is not None:
+            # All of it came with its head (most small answers): what Stream does with a body that
+            # arrives in one piece and ends, without a stream, its stall watch and its Deferred
+            # (tests/test_http_fastpaths.py holds the two to the same bytes and record)
+            _whole(ex, response, phrase, headers, whole, scrubber, kind)
+            return
+    ex.sink.head(response.code, phrase, headers)
     stream = Stream(ex, SSEMasker(masker, settings.mask_limit) if must_mask else None, decoder, kind, scrubber)
-    ex.pending = stream.done
+    ex.pending = done = stream.done
+    # The stream ends the exchange itself (ex.finish, or a failure handed to the exchange as its
+    # coroutine's would be): the coroutine is not suspended a third time to wait for it (its
+    # Deferred machinery was a tenth of a small GET's Python)
+    done.addCallbacks(ex.streamed, ex.stream_failed)
     deliver(stream)
-    try:
-        await stream.done
-    finally:
-        ex.pending = None
+
+
+def _whole(ex, response, phrase, headers, data: bytes, scrubber, kind):
+    """A body not masked, all of it in: scrubbed and kept as Stream would, in one piece."""
+    if scrubber is not None:
+        data = scrubber.feed(data) + scrubber.close()
+    ex.sink.head(response.code, phrase, headers)
+    ex.write(data)
+    if kind != "other" and ex.settings.record_body_limit:
+        ex.record.keep("response_body", data)
+    ex.finish("ok")
 
 
 async def _read_and_mask(ex, deliver, decoder, kind):

@@ -308,6 +308,10 @@ class GatewayChannel(Protocol):
         if self._active is not req:
             return
         self._active = None
+        # The request, its answer and its exchange point at one another; the channel is done with
+        # them (the exchange's coroutine may still end, holding what it needs): the cycle is cut so
+        # they free by reference count, not by the garbage collector
+        req.exchange = req.response = None
         if self._close_timer is not None:
             if self._close_timer.active():
                 self._close_timer.cancel()

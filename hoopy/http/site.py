@@ -174,10 +174,12 @@ class HTTPSite:
 
     def session_for(self, channel, identity: str, peer: str, credential: str | None = None):
         """The channel's session for this identity (and per-child credential, see hoopy/causal.py):
-        a new one if another identity or credential spoke before."""
+        a new one if another identity or credential spoke before. The session itself when the
+        channel's goes on (most requests: no Deferred made and waited on), else a Deferred of the
+        new one, which fires once it is recorded."""
         s = channel.session
         if s is not None and s.identity == identity and s.credential == credential and not s.ended:
-            return defer.succeed(s)
+            return s
         if s is not None:
             self.end_session(channel, "another identity used this connection")
         session = self.gateway.new_session(identity, self.connection, peer, credential=credential)

@@ -36,7 +36,7 @@ class BodyPipe:
         self.received = 0
         self.done = False
         self.discarding = False
-        self.received_all: defer.Deferred[int] = defer.Deferred()  # fires with the body's size
+        self._received_all: defer.Deferred[int] | None = None  # made when asked (most never are)
         self._buf: deque = deque()
         self._buffered = 0
         self._consumer = None
@@ -47,6 +47,13 @@ class BodyPipe:
         self.watch = None  # called with every piece before it goes on; True: it must not (see abort)
         self._aborted = None
         self._sniffers: list = []
+
+    @property
+    def received_all(self) -> defer.Deferred:
+        """Fires with the body's size once it is all in."""
+        if self._received_all is None:
+            self._received_all = defer.succeed(self.received) if self.done else defer.Deferred()
+        return self._received_all
 
     # --- what twisted.web's Request expects of ``content`` ----------------------
 
@@ -114,8 +121,9 @@ class BodyPipe:
 
     def end(self):
         self.done = True
-        if not self.received_all.called:
-            self.received_all.callback(self.received)
+        d = self._received_all
+        if d is not None and not d.called:
+            d.callback(self.received)
         self._check_sniffers()
         self._flush()
 

@@ -24,6 +24,7 @@ new connection when it is idempotent and its body can be sent again (none, or by
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 from urllib.parse import urlsplit
 
 import httptools
@@ -100,9 +101,11 @@ class _BodyTransport:
 
     __slots__ = ("_conn", "_req")
 
-    def __init__(self, conn):
+    def __init__(self, conn, req):
         self._conn = conn
-        self._req = conn.exchange
+        # the request this body answers (not the connection's at delivery: a body taken after its
+        # head was handed over may find its connection back in the pool, or serving another)
+        self._req = req
 
     def _ours(self):
         return self._conn.exchange is self._req and self._conn.transport is not None
@@ -129,26 +132,47 @@ class UpstreamResponse:
     def __init__(self, conn, code: int, phrase: bytes, headers: RawHeaders, length, version: bytes):
         self._conn = conn
         self.code, self.phrase, self.headers, self.length, self.version = code, phrase, headers, length, version
-        self._protocol = None
+        self._protocol: Any = None
+        self._req: _Request | None = None  # the request it answers (set by the connection)
         self._pending: list = []
         self._done: Failure | None = None
+        # The head goes to its caller once the read that brought it is parsed (see
+        # UpstreamConnection._hand_head): what that read holds of the body waits here meanwhile,
+        # without pausing the socket; past that read, nobody reading pauses it (_held)
+        self._handing = True
+        self._held = False
 
     def deliverBody(self, protocol):
         self._protocol = protocol
-        transport = _BodyTransport(self._conn)
+        transport = _BodyTransport(self._conn, self._req)
+        self._req = None  # (its request holds this response: no cycle left once it is delivered)
         protocol.makeConnection(transport)
         pending, self._pending = self._pending, []
         for data in pending:
             protocol.dataReceived(data)
         if self._done is not None:
             protocol.connectionLost(self._done)
-        elif pending and self._protocol is protocol:
+        elif self._held and self._protocol is protocol:
+            self._held = False
             transport.resumeProducing()  # paused while nobody read (see _data); the reader pauses on its own
+
+    def whole(self) -> bytes | None:
+        """The whole body when it is all in already, complete by its Content-Length (a small answer
+        read with its head): taken here, never delivered to a protocol. None otherwise (then
+        ``deliverBody`` as ever)."""
+        if self._protocol is not None or self._done is not _DONE or self.length is UNKNOWN_LENGTH:
+            return None
+        self._protocol = _TAKEN
+        self._req = None  # (see deliverBody)
+        pending, self._pending = self._pending, []
+        return b"".join(pending)
 
     def _data(self, data: bytes):
         if self._protocol is None:
             # nobody reads the body yet: hold what this read brought, and read no more meanwhile
-            if not self._pending and self._conn.transport is not None:
+            # (unless the head is still to be handed over at the end of this very read)
+            if not self._handing and not self._held and self._conn.transport is not None:
+                self._held = True
                 self._conn.transport.pauseProducing()
             self._pending.append(data)
         else:
@@ -160,6 +184,19 @@ class UpstreamResponse:
         self._done = reason
         if self._protocol is not None:
             self._protocol.connectionLost(reason)
+
+
+class _Taken:
+    """A body taken whole (UpstreamResponse.whole): nothing more is delivered."""
+
+    def dataReceived(self, data):
+        pass
+
+    def connectionLost(self, reason):
+        pass
+
+
+_TAKEN = _Taken()
 
 
 class _Consumer:
@@ -195,6 +232,7 @@ class UpstreamConnection(Protocol):
         self._framed = True
         self._head_seen = 0  # bytes read before the final response head was complete
         self._head_done = False
+        self._head_out: _Request | None = None  # a request whose head this read brought: handed at its end
         self.on_close: defer.Deferred[None] | None = None  # a Deferred fired once the connection is gone (pool closing)
 
     def connectionMade(self):
@@ -292,9 +330,13 @@ class UpstreamConnection(Protocol):
         self._framed = lengths is not None or b"transfer-encoding" in by_name
         resp = UpstreamResponse(self, code, self._phrase, RawHeaders(self._headers, by_name), length,
                                 b"HTTP/" + self.parser.get_http_version().encode())
+        resp._req = req
         req.response = resp
         req.state = "body"
-        req.head_in(resp)
+        # Handed to its caller once this read is parsed (dataReceived): a small answer's body and
+        # end are in by then (the caller may take it whole), and the caller's code runs outside
+        # llhttp's callbacks
+        self._head_out = req
         if req.method == b"HEAD":
             # llhttp does not know the request was HEAD: the message ends here, whatever it says
             self._message_done(req, keep=self.parser.should_keep_alive())
@@ -344,8 +386,19 @@ class UpstreamConnection(Protocol):
         try:
             self.parser.feed_data(data)
         except (httptools.HttpParserError, UpstreamError) as e:
+            self._hand_head()  # (a head before what is refused reaches its caller first, as it came)
             reason = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) and e.__context__ else e
             self.abort(UpstreamError(f"the upstream's response is not valid HTTP: {reason}"))
+            return
+        self._hand_head()
+
+    def _hand_head(self):
+        req = self._head_out
+        if req is not None:
+            self._head_out = None
+            resp = req.response
+            resp._handing = False
+            req.head_in(resp)
 
     def abort(self, error: Exception | None = None):
         self.reusable = False
@@ -463,6 +516,14 @@ class UpstreamClient:
 
     def request(self, method: bytes, target: bytes, headers, body=None) -> defer.Deferred:
         """Fires with an UpstreamResponse once its head is in (UpstreamError if it cannot be had)."""
+        head, close = self.head(method, target, headers, body)
+        return self.send_head(method, head, close, body)
+
+    @staticmethod
+    def head(method: bytes, target: bytes, headers, body=None) -> tuple[bytes, bool]:
+        """The request head ``request`` sends, and whether it asks for Connection: close: a pure
+        function of its arguments (and of ``body``'s kind and length), which a caller sending the
+        same request again may keep and hand to ``send_head``."""
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         close = False
         for name, value in headers:
@@ -479,8 +540,12 @@ class UpstreamClient:
         else:
             lines.append(b"Content-Length: %d\r\n" % body.length)
         lines.append(b"\r\n")
+        return b"".join(lines), close
+
+    def send_head(self, method: bytes, head: bytes, close: bool, body=None) -> defer.Deferred:
+        """``request`` with its head made (``head``)."""
         retry = method in _IDEMPOTENT and (body is None or isinstance(body, bytes))
-        req = _Request(self, method, b"".join(lines), body, retry)
+        req = _Request(self, method, head, body, retry)
         req.close = close  # asked for: the connection is never reused after this exchange
         while self.idle:
             conn = self.idle.pop()
