@@ -179,3 +179,11 @@ def _logged(f, args):
         f(*args)
     except Exception:
         _log.failure("while handing a result from a thread to the reactor")
+
+
+def retarget(call, func) -> None:
+    """Point a pending DelayedCall at ``func()`` (no arguments) rather than cancel it and make
+    another: one timer a request where a timeout changes hands (http/response_body.Stall).
+    ``func``/``args``/``kw`` are plain attributes DelayedCall calls when it fires, not documented
+    API: tests/test_sockwrite.py fails if an upgrade changes that."""
+    call.func, call.args, call.kw = func, (), {}

@@ -16,6 +16,27 @@ def test_the_private_parts_are_still_there():
     assert sockwrite.fast_reads_supported()
 
 
+def test_a_retargeted_delayed_call_fires_the_new_callable_once_at_its_reset_time():
+    """sockwrite.retarget sets DelayedCall's func/args/kw (http/response_body.Stall hands the
+    exchange's timer over): an upgrade that renames them or copies them at creation fails here."""
+    from twisted.internet.task import Clock
+    clock, fired = Clock(), []
+    call = clock.callLater(5, fired.append, "old")
+    sockwrite.retarget(call, lambda: fired.append("new"))
+    call.reset(2)
+    clock.advance(1.9)
+    assert fired == []
+    clock.advance(0.2)
+    assert fired == ["new"] and not call.active()
+    real = reactor.callLater(3600, fired.append, "old")
+    try:
+        assert {"func", "args", "kw"} <= set(vars(real))
+        sockwrite.retarget(real, lambda: None)
+        assert real.func is not None and real.args == () and real.kw == {}
+    finally:
+        real.cancel()
+
+
 @pytest.fixture
 def fast_reads(monkeypatch):
     monkeypatch.setattr(AsyncioSelectorReactor, "addReader", sockwrite._fast_add_reader)

@@ -20,6 +20,7 @@ from hoopy.http import headers as H
 from hoopy.http.bodies import Decoder, MaskError, SSEMasker, body_kind, charset_ok, codings, decodable
 from hoopy.http.checks import BODY_DIGESTS, Refusal
 from hoopy.http.masker import MASK
+from hoopy.sockwrite import retarget
 
 MASK_B = MASK.encode()
 
@@ -47,7 +48,7 @@ class Stall:
             # the exchange's upstream timer (Exchange.take_timer), due for this from now on: one
             # timer a request rather than one cancelled and another made (both are only ever
             # reset, cancelled or fired on the reactor thread)
-            call.func, call.args, call.kw = self._fire, (), {}
+            retarget(call, self._fire)
             call.reset(timeout)
             self.call = call
         else:
