@@ -16,7 +16,7 @@ from typing import Any
 
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.postgres import codec, guards, wire
-from hoopy.postgres.classify import INLINE_SQL, ClassifyError, Heavy, classify_or_error
+from hoopy.postgres.classify import INLINE_SQL, ClassifyError, Heavy, classify_or_error, known
 from hoopy.postgres.copy import MarkerScan
 from hoopy.postgres.operations import MAX_SQL_RECORDED, StatementOperations
 from hoopy.postgres.params import decode_param
@@ -331,7 +331,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
 
     # --- judging -----------------------------------------------------------------
     def judge(self, j: Judging, read_path: bool = True) -> None:
-        if read_path:
+        if read_path and self.scope_due:
             self.read_scope_if_due()  # a Query: the upstream is between statements
         if self.scope_reading is not None:
             # The search path is being read again: judge once it is known.
@@ -339,6 +339,9 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             self.pending = j
             return
         if len(j.sql) <= INLINE_SQL:
+            c = known(j.sql, self.scope)  # the steady state: text cached, resolved in this scope
+            if c is not None:
+                return self._judge(j, c)
             last = self.last_classified
             if last is not None and last[0] is self.scope and last[1] == j.sql:
                 return self._judge(j, last[2])  # a Bind of the statement just Parsed
@@ -371,7 +374,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             # refused, and the record says why.
             self.record("operation", "refused", reason=c.reason, sqlstate=c.code, sql=j.sql[:MAX_SQL_RECORDED])
             return self._refuse(j.kind, c.reason, c.code)
-        masking = self.with_prepared(c)
+        masking = self.with_prepared(c) if c.executes else c
         j.classified = masking
         if not c.statements:
             return self._proceed(j)  # an empty query: nothing runs
