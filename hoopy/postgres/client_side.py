@@ -404,8 +404,11 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
         j, self.pending = self.pending, None
         assert j is not None  # JUDGING or HELD: _judge() left it pending
         if isinstance(verdict, Allow):
-            if j.kind is not _PARSE:  # a Parse runs nothing: what it changes, its Bind does
-                self._allowed(j.classified, j.sql)
+            c = j.classified
+            # A Parse runs nothing: what it changes, its Bind does. (Only a statement that may
+            # change a namespace the gateway tracks, or one after a change, has anything to do there.)
+            if j.kind is not _PARSE and (c.may_change_path or self.path_dirty or c.prepares or c.declares):
+                self._allowed(c, j.sql)
             self._proceed(j)
         else:
             msg = verdict.reason if verdict.rule is None or verdict.rule in verdict.reason \
@@ -443,7 +446,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             e = Expected(_QUERY, sql=j.sql, classified=c)
             e.forget = c.deallocates
             self.expect(e)
-            if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
+            if self.scope_due and "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
                 self.read_scope_if_due()
             return
         info = j.portal_info
