@@ -258,3 +258,65 @@ def test_a_broken_fast_lane_is_caught(breakage):
         breakage(mp)
         bad = _run(FIXED, "agent")
     assert bad != good
+
+
+# --- the policy's memo: looked up before the units are vetted --------------------------------------
+
+from hoopy.mcp.rules import ToolUnit  # noqa: E402
+from hoopy.policy import service as service_mod  # noqa: E402
+from hoopy.policy.rules import Operation, Unit  # noqa: E402
+
+_LONG = "public." + "x" * (service_mod.MEMO_TEXT + 1)
+_UNITS = [Unit("read", "public.t"), Unit("read", "alice.t"), Unit("write", "public.t"), Unit("read", _LONG),
+          Unit("admin", "(any object)"), ToolUnit("tool", "read_file", args={"path": "/srv/public/a"}),
+          ToolUnit("tool", "read_file", args={"path": "/etc/shadow"})]
+
+
+def _memo_policy(clock):
+    def g(who, proto, allow=(), deny=(), expires=None):
+        return Grant(who, "db", tuple(parse_rule(proto, r) for r in allow), (),
+                     tuple(parse_rule(proto, r, deny=True) for r in deny), expires, 0)
+
+    class Cfg:
+        connections: dict = {}
+        grants = (g("agent", "postgres", allow=["read public.*", "admin"], deny=["write alice.*"]),
+                  g("agent", "postgres", allow=["read alice.*", "write *.*"], expires=T0 + timedelta(seconds=30)),
+                  g("agent", "mcp", allow=["tool read_file path=/srv/public/*"], deny=["tool read_file path=*shadow*"]),
+                  g("other", "postgres", allow=["read *.*"]))
+
+        class gateway:
+            approval_timeout = 60
+    return PolicyService(Cfg, None, None, now=lambda: clock[0])
+
+
+_memo_step = st.one_of(st.tuples(st.just("op"), st.lists(st.integers(0, len(_UNITS) - 1), min_size=1, max_size=3),
+                                 st.sampled_from(["agent", "other"])),
+                       st.tuples(st.just("tick"), st.sampled_from([1, 29, 31, -40])))
+
+
+def _memo_differs(program) -> bool:
+    clock = [T0]
+    p = _memo_policy(clock)
+    for step in program:
+        if step[0] == "tick":
+            clock[0] += timedelta(seconds=step[1])
+            continue
+        units = tuple(_UNITS[i] for i in step[1])
+        op = Operation("postgres", "statement", "x", units)
+        got = p.judge(step[2], "db", op)
+        want = p._judge(step[2], "db", op, clock[0])
+        if (got.outcome, got.rule, got.reason, got.parts) != (want.outcome, want.rule, want.reason, want.parts):
+            return True
+    return False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_memo_step, min_size=1, max_size=30))
+def test_the_memo_answers_as_a_fresh_judgement(program):
+    assert not _memo_differs(program)
+
+
+def test_a_memo_that_stores_unvetted_units_is_caught(monkeypatch):
+    monkeypatch.setattr(service_mod, "_memo_units", lambda units: True)
+    tool = [("op", [5], "agent"), ("op", [6], "agent")]  # the same tool, other arguments
+    assert _memo_differs(tool)
