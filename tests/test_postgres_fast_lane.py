@@ -156,6 +156,10 @@ def _run(program, identity="agent"):
     for step in program:
         if step[0] == "sql":
             cs.receive_data(codec.msg(wire.QUERY, codec.cstr(step[1])))
+        elif step[0] == "ext":  # the extended protocol: judged at Parse (Check) and at Bind (Decide)
+            sql, params = step[1], step[2]
+            cs.receive_data(codec.parse_message("", sql) + codec.bind_message("", "", (), params)
+                            + codec.execute("") + codec.msg(wire.SYNC))
         elif step[0] == "tick":
             clock[0] += timedelta(seconds=step[1])
         else:
@@ -179,6 +183,8 @@ _step = st.one_of(
     st.tuples(st.just("sql"), st.builds(lambda t, n, s: t.format(n=n, s=s), st.sampled_from(STATEMENTS),
                                         st.integers(0, 99999), st.sampled_from(["a", "b", "it''s"]))),
     st.tuples(st.just("tick"), st.sampled_from([1, 10, 25])),
+    st.builds(lambda t, n: ("ext", t.format(n="$1", s="a"), [str(n).encode()] if "{n}" in t else []),
+              st.sampled_from(STATEMENTS), st.integers(0, 99999)),
     st.just(("reload",)),
 )
 
@@ -207,6 +213,9 @@ FIXED = [("sql", "SELECT x FROM t WHERE a = 'a'"), ("sql", "SELECT abalance FROM
          ("sql", "SELECT x FROM t WHERE a = 'e'"), ("sql", "RESET ROLE"), ("sql", "SELECT x FROM t WHERE a = 'e'"),
          ("sql", "CREATE TEMP TABLE t (x int)"), ("sql", "SELECT x FROM t WHERE a = 'f'"), ("reload",),
          ("sql", "SELECT x FROM t WHERE a = 'g'"), ("sql", "SELECT f(3)"), ("sql", "SELECT f(4)")]
+# The extended protocol first (Parse checked, Bind decided), across a path change of its own.
+FIXED = [("ext", "SELECT x FROM t WHERE a = $1", [b"1"]), ("ext", "SET search_path TO alice, public", []),
+         ("ext", "SELECT x FROM t WHERE a = $1", [b"2"]), ("sql", "SET search_path TO public")] + FIXED
 
 
 def test_the_fixed_program_exercises_what_it_should():
@@ -216,6 +225,7 @@ def test_the_fixed_program_exercises_what_it_should():
     units = [tuple(e[-1]["units"]) for e in decided]
     # The same text's units follow the path: public.t, then alice.t, then pg_temp.t.
     assert ("read public.t",) in units and ("read alice.t",) in units and ("read pg_temp.t",) in units
+    assert units[:2] == [("read public.t",)] * 2 and units[4:6] == [("read alice.t",)] * 2  # (Parse, Bind)
     assert {e[0] for e in decided} >= {"allow", "deny"}
 
 
