@@ -391,8 +391,15 @@ class ClientProtocol(Protocol):
                                                       errbackArgs=("judging",))
 
     def _decided_or_fail(self, verdict):
+        # _decided's body, inline (every statement comes here).
         try:
-            self._decided(verdict)
+            if self.closed:
+                return
+            self.cs.decided(verdict)
+            if isinstance(verdict, Hold):
+                verdict.resolution.addCallbacks(
+                    self._decided, lambda f: self._decided(Deny(f"approval failed: {f.getErrorMessage()}")))
+            self.run()
         except Exception:
             self._internal_error(Failure(), "judging")
 
