@@ -405,6 +405,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
         assert j is not None  # JUDGING or HELD: _judge() left it pending
         if isinstance(verdict, Allow):
             c = j.classified
+            assert c is not None  # _judge() set it
             # A Parse runs nothing: what it changes, its Bind does. (Only a statement that may
             # change a namespace the gateway tracks, or one after a change, has anything to do there.)
             if j.kind is not _PARSE and (c.may_change_path or self.path_dirty or c.prepares or c.declares):
