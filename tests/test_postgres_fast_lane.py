@@ -1,9 +1,10 @@
 """The steady state's fast lane held to the slow path it bypasses (the pgfast round).
 
 The fast lane: ``classify.resolve`` answers from a memo kept on the ``Scope`` (by the cached
-Parsed's identity), and ``ClientSide.judge`` first asks ``classify.known`` (text cache hit and
-memo hit in one call). The slow path: every statement parsed afresh (no text or shape cache)
-and resolved afresh (no memo). Sessions of different identities share the module's caches, as
+Parsed's identity), and ``ClientSide.judge`` answers the text it judged last in this scope at
+once, else asks ``classify.known`` (text cache hit and memo hit in one call). The slow path:
+every statement parsed afresh (no text or shape cache) and resolved afresh (no memo, no last
+answer). Sessions of different identities share the module's caches, as
 a gateway's connections do; between statements the search path changes (SET search_path, SET
 ROLE, a temporary schema appearing), grants expire and are replaced. Both lanes must give the
 same judgement of every statement and the same decision record, in the same order.
@@ -177,6 +178,9 @@ def _slow(monkeypatch):
     monkeypatch.setattr(classify_mod, "parse_statement", lambda sql, inline=False: classify_mod._parse(sql))
     monkeypatch.setattr(classify_mod, "resolve", classify_mod._resolve)
     monkeypatch.setattr(client_side_mod, "known", lambda sql, scope: None)
+    # Nor the connection's last answer (a Bind of the statement just Parsed, the same text again).
+    monkeypatch.setattr(ClientSide, "last_classified", property(lambda self: None, lambda self, v: None),
+                        raising=False)
 
 
 _step = st.one_of(

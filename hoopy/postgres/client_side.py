@@ -339,18 +339,18 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             self.pending = j
             return
         if len(j.sql) <= INLINE_SQL:
-            c = known(j.sql, self.scope)  # the steady state: text cached, resolved in this scope
-            if c is not None:
-                return self._judge(j, c)
+            scope = self.scope
             last = self.last_classified
-            if last is not None and last[0] is self.scope and last[1] == j.sql:
-                return self._judge(j, last[2])  # a Bind of the statement just Parsed
-            try:
-                c = classify_or_error(j.sql, self.scope, inline=True)
-            except Heavy:
-                pass
-            else:
-                self.last_classified = (self.scope, j.sql, c)
+            if last is not None and last[0] is scope and last[1] == j.sql:
+                return self._judge(j, last[2])  # a Bind of the statement just Parsed (or the same text again)
+            c = known(j.sql, scope)  # the steady state: text cached, resolved in this scope
+            if c is None:
+                try:
+                    c = classify_or_error(j.sql, scope, inline=True)
+                except Heavy:
+                    c = None
+            if c is not None:
+                self.last_classified = (scope, j.sql, c)
                 return self._judge(j, c)
         # A large or deeply nested statement would stall every other session: a thread
         # judges it (one at a time gateway-wide), this connection waiting meanwhile.
