@@ -48,6 +48,7 @@ class PolicyService:
         # (identity, connection) -> (valid from, valid until or None, {units: Judgement})
         self._memo: dict[tuple[str, str], tuple] = {}
         self._allows: dict[str, Allow] = {}
+        self._counters: dict = {}  # (protocol, connection, outcome) -> metrics.operations' child (never dropped)
         for g in config.grants:
             self._grants.setdefault((g.identity, g.connection), []).append(g)
 
@@ -133,7 +134,13 @@ class PolicyService:
             operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})
         if j.outcome == "approve":
             return ensureDeferred(self._approve(session, operation, j, approvals or j.approvals))
-        self._count(session, {"allow": "allowed", "deny": "refused"}[j.outcome])
+        m = self.metrics
+        if m:  # (self._count, inline, its child kept here: every statement counts)
+            key = (session.protocol, session.connection, _COUNTED[j.outcome])
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = m.child(m.operations, *key)
+            counter.inc()
         if j.outcome == "deny":
             log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
                      connection=session.connection, text=operation.text[:200], reason=j.reason)
@@ -212,6 +219,9 @@ class PolicyService:
     def _count(self, session, outcome):
         if self.metrics:
             self.metrics.child(self.metrics.operations, session.protocol, session.connection, outcome).inc()
+
+
+_COUNTED = {"allow": "allowed", "deny": "refused"}
 
 
 def _answer(_, verdict):
