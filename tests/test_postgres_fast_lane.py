@@ -334,3 +334,32 @@ def test_a_memo_that_stores_unvetted_units_is_caught(monkeypatch):
     monkeypatch.setattr(service_mod, "_memo_units", lambda units: True)
     tool = [("op", [5], "agent"), ("op", [6], "agent")]  # the same tool, other arguments
     assert _memo_differs(tool)
+
+
+def test_decide_counts_every_outcome_with_its_kept_counter():
+    """policy.decide keeps the operations counter's child per (protocol, connection, outcome):
+    every decision still counts once, under its own labels."""
+    from prometheus_client import generate_latest
+    from twisted.internet.defer import succeed
+
+    from hoopy.metrics import Metrics
+
+    class _Session:
+        identity, connection, protocol, id = "agent", "db", "postgres", "s1"
+
+        def event(self, kind, outcome=None, **data):
+            return succeed(None)
+
+    clock = [T0]
+    p = _memo_policy(clock)
+    p.metrics = Metrics()
+    verdicts = []
+    for units in [(_UNITS[0],), (_UNITS[0],), (_UNITS[2],), (_UNITS[0],)]:
+        p.decide(_Session(), Operation("postgres", "statement", "x", units)).addCallback(verdicts.append)
+    assert [type(v).__name__ for v in verdicts] == ["Allow", "Allow", "Allow", "Allow"]
+    clock[0] += timedelta(seconds=31)  # the grant allowing writes expired
+    p.decide(_Session(), Operation("postgres", "statement", "x", (_UNITS[2],))).addCallback(verdicts.append)
+    assert type(verdicts[-1]).__name__ == "Deny"
+    text = generate_latest(p.metrics.registry).decode()
+    assert 'hoopy_operations_total{connection="db",outcome="allowed",protocol="postgres"} 4.0' in text
+    assert 'hoopy_operations_total{connection="db",outcome="refused",protocol="postgres"} 1.0' in text
