@@ -149,14 +149,25 @@ def _parse(sql: str) -> Parsed:
 
 # --- resolution --------------------------------------------------------------------
 
+RESOLVED_MAX = 1024  # Classifieds a Scope remembers (then it starts again)
+
+
 def resolve(p: Parsed, scope: Scope) -> Classified:
-    """The units of a parsed statement in a session whose path is ``scope``."""
-    c = p.resolved.get(scope)
-    if c is None:
-        c = _resolve(p, scope)
-        if len(p.resolved) >= 4:
-            p.resolved.clear()  # scopes change rarely: keep the last few
-        p.resolved[scope] = c
+    """The units of a parsed statement in a session whose path is ``scope``.
+
+    Remembered on the Scope, by the Parsed's identity: a Scope is never changed, only
+    replaced (a new search path, or the path unknown, is a new Scope with an empty memo),
+    and the Parsed is kept beside its answer so its id cannot be reused while remembered.
+    (Kept on the Parsed, keyed by Scope, as before, eight connections sharing one cached
+    Parsed evicted each other's answers from its four places on every statement.)"""
+    memo = scope.resolved
+    hit = memo.get(id(p))
+    if hit is not None:
+        return hit[1]
+    c = _resolve(p, scope)
+    if len(memo) >= RESOLVED_MAX:
+        memo.clear()
+    memo[id(p)] = (p, c)
     return c
 
 
@@ -300,6 +311,23 @@ def classify(sql: str, scope: Scope = DEFAULT, inline: bool = False) -> Classifi
     """Classified; raises ClassifyError (CannotJudge past a bound), and with
     ``inline`` Heavy when the statement is worth a thread."""
     return resolve(parse_statement(sql, inline), scope)
+
+
+def known(sql: str, scope: Scope) -> Classified | None:
+    """What ``classify(sql, scope)`` answers, if the text cache holds the text's Parsed and
+    ``scope`` has already resolved it; else None (classify then). One call in place of
+    classify_or_error, classify, parse_statement and resolve for the steady state's statement:
+    the same lookups, in the same tables, so the same answer."""
+    if len(sql) > _SHAPE_MAX:
+        return None
+    tkey = sqltext.key(sql)
+    if tkey is None:
+        return None
+    p = _TEXTS.get(tkey)
+    if p is None:
+        return None
+    hit = scope.resolved.get(id(p))
+    return hit[1] if hit is not None else None
 
 
 def classify_or_error(sql: str, scope: Scope = DEFAULT, inline: bool = False):

@@ -53,7 +53,8 @@ class StatementOperations:
         # An EXECUTE is bound to the text of what each name it runs holds: approved while p deleted
         # one row, it must not run after p was prepared again to delete them all.
         bodies = [[name, list(self.prepared_sql.get(name, ())),
-                   self.statements[name][0] if name in self.statements else None] for name in c.executes]
+                   self.statements[name][0] if name in self.statements else None]
+                  for name in c.executes] if c.executes else None
         values = list(params) if raw_params is None and params is not None else None  # (as they are now)
 
         def canonical() -> str:  # made only if an approval asks for it
