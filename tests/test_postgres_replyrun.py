@@ -169,3 +169,32 @@ def _skips_every_description(buf, pos, end, also_t):
 @pytest.mark.parametrize("broken, patterns", [(_one_row_short, ()), (_skips_every_description, ("email",))])
 def test_a_scanner_broken_on_purpose_is_caught(reference, monkeypatch, broken, patterns):
     assert exchange([], patterns, scan=broken, monkeypatch=monkeypatch) != reference[patterns]
+
+
+# --- the plans cached a session (MaskRules.plan_for) ----------------------------------------
+def test_a_cached_plan_is_the_plan_made_anew_with_its_own_counts():
+    from hoopy.policy.masking import BUILTIN
+    from hoopy.postgres.classify import classify
+    from hoopy.postgres.rows import PLAN_CACHE, MaskRules
+
+    rules = MaskRules((BUILTIN["email"],), configured=("public.customers.ssn",))
+    rules.load(([("16384", "3", "public", "customers", "ssn")], [("16384", "r", "public", "customers")]))
+    fields = [codec.Field("x", 16384, 3, 25, -1, -1, 0), codec.Field("e", 0, 0, 25, -1, -1, 0),
+              codec.Field("ssn", 0, 0, 25, -1, -1, 0)]
+    desc = codec.row_description(fields)[5:]
+    row = codec.build_data_row([b"123-45-6789", b"ann@example.com", b"999"])[5:]
+    tainted, clean = classify("SELECT ssn AS x, e, ssn FROM customers"), classify("SELECT 1 AS x, 'a' AS e, 3 AS ssn")
+    for c, formats in ((tainted, None), (clean, None), (tainted, (0,)), (clean, (0, 0, 0))):
+        made = rules.plan(fields, c)
+        if formats:
+            made.with_formats(formats)
+        first, second = rules.plan_for(desc, c, formats), rules.plan_for(desc, c, formats)
+        assert first is not second and first.columns is not second.columns
+        assert first.apply(row) == made.apply(row) == second.apply(row)
+        assert first.summary() == made.summary() == second.summary()
+        assert rules.plan_for(desc, c, formats).summary() is None  # a copy counts from nothing
+    assert rules.plan_for(desc, tainted).apply(row) != rules.plan_for(desc, clean).apply(row)
+    for i in range(PLAN_CACHE * 2):  # many shapes: the cache stays bounded
+        rules.plan_for(codec.row_description([codec.Field(f"c{i}", 0, 0, 25, -1, -1, 0)])[5:], None)
+    assert len(rules._plans) <= PLAN_CACHE
+    assert MaskRules(()).plan_for(desc, tainted) is None

@@ -30,6 +30,11 @@ _ABORTS = (Kind.ABORT, Kind.ABORT_SYNC)
 _QUERY, _EXECUTE, _SYNC, _SYNTHETIC = Kind.QUERY, Kind.EXECUTE, Kind.SYNC, Kind.SYNTHETIC
 _STOPPED = (State.CLOSED, State.ERROR)
 _D = wire.DATA_ROW
+# The reply that ends these heads, as its header (_one_reply): taken without the general code.
+# (A tuple, not a dict: an Enum member's hash is a Python call.)
+_PARSE, _BIND = Kind.PARSE, Kind.BIND
+_ONE = (_PARSE, _BIND, _SYNC)
+_PARSED, _BOUND, _READY = b"1\0\0\0\x04", b"2\0\0\0\x04", b"Z\0\0\0\x05"
 _C, _Z = wire.COMMAND_COMPLETE[0], wire.READY_FOR_QUERY[0]  # as replyrun.scan gives a type: an int
 # HOOPY_PGREPLY=python: every message of a reply read one at a time, as before skip_run (the
 # reference the shortcut is compared with: tests/test_postgres_replyrun.py).
@@ -113,6 +118,23 @@ class UpstreamReplies:
                         continue
                     if end - pos < 5:
                         break
+                elif _FAST and head is not None and head.kind in _ONE and buf[pos:pos + 5] == (
+                        _PARSED if head.kind is _PARSE else _BOUND if head.kind is _BIND else _READY):
+                    # ParseComplete, BindComplete, a Sync's ReadyForQuery (the extended protocol's
+                    # usual replies): the head is done with it; it passes (_one_reply, _finished).
+                    nxt = pos + 6 if head.kind is _SYNC else pos + 5
+                    if nxt > end:
+                        break
+                    if head.kind is _SYNC:
+                        self.tx_status = codec.parse_ready(bytes(buf[pos + 5:nxt]))
+                    q.popleft()
+                    pos = nxt
+                    if q and q[0].kind is _SYNTHETIC:
+                        out.append(buf[run:pos])
+                        run = pos
+                        self.flush_synthetic()
+                    head = q[0] if q else None
+                    continue
                 t, n = _HI.unpack_from(buf, pos)
                 if n < 4:
                     raise codec.ProtocolError(f"invalid length {n} for message {t!r}")
@@ -169,7 +191,8 @@ class UpstreamReplies:
             if run < pos and self.state not in _STOPPED:
                 out.append(buf[run:pos])
         if pos == end:
-            self.ubuf = bytearray()
+            if buf is not data:
+                self.ubuf = bytearray()  # (else it was empty, and stays so)
         elif buf is data:
             self.ubuf = bytearray(data[pos:])
         else:
