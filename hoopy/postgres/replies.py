@@ -99,11 +99,15 @@ class UpstreamReplies:
                             if k is _QUERY:
                                 head.tag = tag if head.tag is None else f"{head.tag}; {tag}"
                                 pos = nxt
-                                continue
-                            head.tag = tag
-                            if head.forget:
-                                self.forget_statements(head.forget)
-                        else:
+                                if end - pos < 6 or buf[pos:pos + 5] != _READY:
+                                    continue  # another statement of the Query, or the rest to come
+                                nxt = pos + 6  # its ReadyForQuery, read below without another scan
+                                ti = _Z
+                            else:
+                                head.tag = tag
+                                if head.forget:
+                                    self.forget_statements(head.forget)
+                        if ti == _Z:
                             self.tx_status = codec.parse_ready(bytes(buf[pos + 5:nxt]))
                             if head.forget and head.error is None:
                                 self.forget_statements(head.forget)
