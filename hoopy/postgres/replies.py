@@ -31,7 +31,6 @@ _QUERY, _EXECUTE, _SYNC, _SYNTHETIC = Kind.QUERY, Kind.EXECUTE, Kind.SYNC, Kind.
 _STOPPED = (State.CLOSED, State.ERROR)
 _D = wire.DATA_ROW
 # The reply that ends these heads, as its header (_one_reply): taken without the general code.
-# (A tuple, not a dict: an Enum member's hash is a Python call.)
 _PARSE, _BIND = Kind.PARSE, Kind.BIND
 _ONE = (_PARSE, _BIND, _SYNC)
 _PARSED, _BOUND, _READY = b"1\0\0\0\x04", b"2\0\0\0\x04", b"Z\0\0\0\x05"
