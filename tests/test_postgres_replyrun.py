@@ -33,7 +33,8 @@ CLIENT = (
     + codec.query("SELECT broken")
     + codec.query("")
     + codec.query("COPY a TO STDOUT")
-    + codec.parse_message("", "SELECT id, email FROM b") + codec.bind_message("", "") + codec.execute("", 1) + codec.SYNC
+    + codec.parse_message("", "SELECT id, email FROM b") + codec.bind_message("", "") + codec.execute("", 1)
+    + codec.SYNC
     + codec.parse_message("", "SELECT v FROM a") + codec.bind_message("", "") + codec.describe(b"P", "")
     + codec.execute("") + codec.SYNC
     + codec.query("SELECT 2; SELECT 3; SELECT 4")
@@ -129,7 +130,8 @@ def test_the_python_scanner_gives_the_same(reference, monkeypatch, patterns):
 _message = st.one_of(
     st.tuples(st.sampled_from(b"DTCZEINSs1d"), st.binary(max_size=12)).map(lambda m: codec.msg(bytes([m[0]]), m[1])),
     # a length under 4, or past any buffer
-    st.tuples(st.sampled_from(b"DTC"), st.integers(min_value=-3, max_value=3) | st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1))
+    st.tuples(st.sampled_from(b"DTC"),
+              st.integers(min_value=-3, max_value=3) | st.integers(min_value=-(1 << 31), max_value=(1 << 31) - 1))
     .map(lambda m: bytes([m[0]]) + struct.pack("!i", m[1])))
 
 
