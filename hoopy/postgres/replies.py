@@ -33,6 +33,7 @@ _D = wire.DATA_ROW
 # The reply that ends these heads, as its header (_one_reply): taken without the general code.
 _PARSE, _BIND = Kind.PARSE, Kind.BIND
 _ONE = (_PARSE, _BIND, _SYNC)
+_STATUSES = (b"I", b"T", b"E")  # the ReadyForQuery statuses codec.parse_ready takes
 _PARSED, _BOUND, _READY = b"1\0\0\0\x04", b"2\0\0\0\x04", b"Z\0\0\0\x05"
 _C, _Z = wire.COMMAND_COMPLETE[0], wire.READY_FOR_QUERY[0]  # as replyrun.scan gives a type: an int
 # HOOPY_PGREPLY=python: every message of a reply read one at a time, as before skip_run (the
@@ -91,25 +92,32 @@ class UpstreamReplies:
                     pos, rows, ti, nxt = scan(buf, pos, end, plain or k is _EXECUTE)
                     if rows:
                         head.rows += rows
-                    if ti == _C or (ti == _Z and k is _QUERY):
-                        if ti == _C:
-                            # codec.parse_command_tag
-                            tag = bytes(buf[pos + 5:nxt]).rstrip(b"\0").decode(errors="replace")
-                            if k is _QUERY:
-                                head.tag = tag if head.tag is None else f"{head.tag}; {tag}"
-                                pos = nxt
-                                if end - pos < 6 or buf[pos:pos + 5] != _READY:
-                                    continue  # another statement of the Query, or the rest to come
-                                nxt = pos + 6  # its ReadyForQuery, read below without another scan
-                                ti = _Z
-                            else:
-                                head.tag = tag
-                                if head.forget:
-                                    self.forget_statements(head.forget)
-                        if ti == _Z:
-                            self.tx_status = codec.parse_ready(bytes(buf[pos + 5:nxt]))
+                    finished = False
+                    if ti == _C:
+                        # codec.parse_command_tag
+                        tag = bytes(buf[pos + 5:nxt]).rstrip(b"\0").decode(errors="replace")
+                        if k is _QUERY:
+                            head.tag = tag if head.tag is None else f"{head.tag}; {tag}"
+                            pos = nxt
+                            if end - pos < 6 or buf[pos:pos + 5] != _READY:
+                                continue  # another statement of the Query, or the rest to come
+                            nxt = pos + 6  # its ReadyForQuery, read below without another scan
+                            ti = _Z
+                        else:
+                            head.tag = tag
+                            if head.forget:
+                                self.forget_statements(head.forget)
+                            finished = True
+                    if ti == _Z and k is _QUERY:
+                        # A status codec.parse_ready refuses goes to the general code, which
+                        # refuses it after passing what came before it, as it always did.
+                        status = bytes(buf[pos + 5:nxt])
+                        if status in _STATUSES:
+                            self.tx_status = status
                             if head.forget and head.error is None:
                                 self.forget_statements(head.forget)
+                            finished = True
+                    if finished:
                         self.done(head)
                         q.popleft()  # _finished, with the reply in the run that passes
                         pos = nxt
@@ -122,14 +130,15 @@ class UpstreamReplies:
                     if end - pos < 5:
                         break
                 elif _FAST and head is not None and head.kind in _ONE and buf[pos:pos + 5] == (
-                        _PARSED if head.kind is _PARSE else _BOUND if head.kind is _BIND else _READY):
+                        _PARSED if head.kind is _PARSE else _BOUND if head.kind is _BIND else _READY) and (
+                        head.kind is not _SYNC or buf[pos + 5:pos + 6] in _STATUSES):
                     # ParseComplete, BindComplete, a Sync's ReadyForQuery (the extended protocol's
                     # usual replies): the head is done with it; it passes (_one_reply, _finished).
                     nxt = pos + 6 if head.kind is _SYNC else pos + 5
                     if nxt > end:
                         break
                     if head.kind is _SYNC:
-                        self.tx_status = codec.parse_ready(bytes(buf[pos + 5:nxt]))
+                        self.tx_status = bytes(buf[pos + 5:nxt])  # one of _STATUSES
                     q.popleft()
                     pos = nxt
                     if q and q[0].kind is _SYNTHETIC:
