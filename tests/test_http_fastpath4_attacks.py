@@ -493,3 +493,141 @@ def test_a_caller_gone_while_its_answer_waits_for_a_mask_slot_lets_its_upstream_
     finally:
         for s in holders:
             s.close()
+
+
+# --- an upstream that answers before the request body is all in ---------------------------------------
+
+class EarlyUpstream:
+    """Answers each request as soon as its head is in (as servers that refuse or stream do), then
+    reads its body as its framing says (as a server draining it before the next request does).
+    ``seen``: (request line, body) of each request, as this upstream framed them."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.seen: list = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                s, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        buf = b""
+        s.settimeout(20)
+
+        def need(n):
+            nonlocal buf
+            while len(buf) < n:
+                c = s.recv(65536)
+                if not c:
+                    raise EOFError
+                buf += c
+
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    c = s.recv(65536)
+                    if not c:
+                        return
+                    buf += c
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                line = head.split(b"\r\n", 1)[0]
+                low = head.lower()
+                data = json.dumps({"line": line.decode("latin-1")}).encode()
+                s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+                          % (len(data), data))
+                body = b""
+                m = re.search(rb"\r\ncontent-length: *(\d+)", low)
+                if b"\r\ntransfer-encoding: chunked" in low:
+                    while True:
+                        while b"\r\n" not in buf:
+                            need(len(buf) + 1)
+                        size_line, _, buf = buf.partition(b"\r\n")
+                        size = int(size_line.split(b";")[0], 16)
+                        need(size + 2)
+                        body += buf[:size]
+                        buf = buf[size + 2:]
+                        if size == 0:
+                            break
+                elif m:
+                    need(int(m.group(1)))
+                    body, buf = buf[:int(m.group(1))], buf[int(m.group(1)):]
+                self.seen.append((line, body))
+        except (OSError, EOFError, ValueError):
+            return
+        finally:
+            s.close()
+
+    def stop(self):
+        self.closed = True
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def early(tmp_path_factory):
+    up = EarlyUpstream()
+    port = free_port()
+    body = CALLER.toml(scram=False) + OTHER.toml(scram=False) + f"""
+[connections.early]
+type = "http"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{up.port}"
+upstream_timeout = "{TIMEOUT:g}s"
+pool_size = 1
+
+[[grants]]
+identity = "caller"
+connection = "early"
+allow = ["GET /v1/**", "POST /v1/**"]
+
+[[grants]]
+identity = "other"
+connection = "early"
+allow = ["GET /v1/**"]
+"""
+    gw = HoopyProcess(tmp_path_factory.mktemp("early"), body)
+    gw.start()
+    gw.port, gw.up = port, up
+    yield gw
+    gw.stop()
+    up.stop()
+    assert "Traceback" not in gw.log_text(), gw.log_text()[-4000:]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_an_upstream_answering_before_the_body_is_in_never_gets_a_short_body_nor_anothers_request(early, framing):
+    """The caller sends half its body, gets the upstream's early answer, then the rest. The rest is
+    dropped (the answer is out), so the upstream got a short body: it must never see it complete
+    (a chunked body ended by the gateway), and its connection, still waiting for the rest of a
+    Content-Length body, must never carry the next caller's request (its head read as that body)."""
+    if framing == "chunked":
+        head = b"Transfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n"
+        first, rest = b"5\r\nhello\r\n", b"5\r\nworld\r\n0\r\n\r\n"
+    else:
+        head = b"Content-Length: 40\r\nContent-Type: application/octet-stream\r\n"
+        first, rest = b"hello", b"w" * 35
+    with socket.create_connection(("127.0.0.1", early.port), timeout=8) as s:
+        s.sendall(req(b"/v1/upload-" + framing.encode(), head, method=b"POST") + first)
+        got = until_answered_or_closed(s, 5)
+        assert statuses(got) == [200], got
+        time.sleep(0.3)
+        s.sendall(rest)
+        time.sleep(0.5)
+    # another caller, on the pooled connection if it went back to the pool
+    for i in range(2):
+        out = raw(early.port, req(b"/v1/victim-%d" % i, who=OTHER))
+        assert statuses(out) == [200] and b"GET /v1/victim-%d HTTP/1.1" % i in out, out
+    time.sleep(0.3)
+    for line, body in early.up.seen:
+        assert not (line.startswith(b"POST /v1/upload-") and len(body) < (10 if framing == "chunked" else 40)), \
+            ("the upstream took a short body as whole", line, body)
+        assert b"GET /v1/victim" not in body, ("another caller's request read as a body", line, body)
