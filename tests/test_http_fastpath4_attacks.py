@@ -313,6 +313,21 @@ def test_an_upstream_that_stalls_after_its_head_is_cut_at_the_timeout(world, por
 
 
 @pytest.mark.parametrize("port", ["port", "masked_port"])
+@pytest.mark.parametrize("shape", ["nothing", "a 100 then nothing", "a head dripped"])
+def test_an_upstream_without_a_whole_head_is_cut_at_the_timeout_from_the_request(world, port, shape):
+    head = b"HTTP/1.1 200 X\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+    sends = {"nothing": [], "a 100 then nothing": [(0.2, b"HTTP/1.1 100 Continue\r\n\r\n")],
+             "a head dripped": [(0.3, head[i:i + 4]) for i in range(0, len(head), 4)]}[shape]
+    path = script(world, f"/v1/nohead-{port}-{shape.replace(' ', '-')}", _timed(sends))
+    t = time.monotonic()
+    with socket.create_connection(("127.0.0.1", getattr(world, port)), timeout=10) as s:
+        s.sendall(req(path))
+        out = until_answered_or_closed(s, timeout=TIMEOUT * 4)
+    took = time.monotonic() - t
+    assert statuses(out) == [504] and TIMEOUT - 0.3 < took < TIMEOUT + 1.5, (took, out)
+
+
+@pytest.mark.parametrize("port", ["port", "masked_port"])
 def test_a_late_head_and_a_slow_body_are_timed_from_their_last_byte_not_from_the_request(world, port):
     """The head comes just before the upstream timeout, the body a byte every 0.6 s for longer than
     the timeout: each gap is under it, so the answer completes (the timer taken over is reset)."""
