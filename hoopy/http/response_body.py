@@ -367,6 +367,9 @@ async def respond(ex, response):
         except BaseException:
             if slot.called and not isinstance(slot.result, Failure):
                 MASK_SLOTS.release()  # had it, and the client went meanwhile
+            # the body is read by no one: the upstream connection goes (else, paused while nobody
+            # reads it, it stayed open and unread for ever: a socket leaked a caller that left)
+            deliver(Discard())
             raise
         try:
             data, counts = await _read_and_mask(ex, deliver, decoder, kind)
