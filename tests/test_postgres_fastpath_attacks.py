@@ -238,11 +238,15 @@ def g(tmp_path_factory):
     from tests.support import HoopyProcess, admin_sql, free_port, ident, pg_connection
 
     db = f"hoopy_attackpg_{secrets.token_hex(4)}"
+    role = db + "_r"
     admin_sql(f"CREATE DATABASE {db}")
-    admin_sql(SCHEMA, db)
+    admin_sql(SCHEMA + f"CREATE ROLE {role}; CREATE SCHEMA {role} AUTHORIZATION {role}; "
+              f"CREATE TABLE {role}.customers (id int, ssn text, email text); "
+              f"INSERT INTO {role}.customers VALUES (1, 'role-ssn', 'role@x.org'); "
+              f"GRANT ALL ON ALL TABLES IN SCHEMA public, {role} TO {role}; GRANT USAGE ON SCHEMA {role} TO {role};", db)
     port = free_port()
-    reader, maker = ident("reader"), ident("maker")
-    body = reader.toml() + maker.toml() + f"""
+    reader, maker, roler = ident("reader"), ident("maker"), ident("roler")
+    body = reader.toml() + maker.toml() + roler.toml() + f"""
 {pg_connection(port, db)}
 
 [[grants]]
@@ -255,16 +259,23 @@ identity = "maker"
 connection = "pg"
 allow = ["read public.customers", "read pg_catalog.*", "ddl"]
 
+[[grants]]
+identity = "roler"
+connection = "pg"
+allow = ["read public.customers", "read pg_catalog.*", "admin"]
+
 [[masking]]
 connection = "pg"
 columns = ["public.customers.ssn", "shadow.customers.ssn"]
 patterns = ["email"]
 """
     proc = HoopyProcess(tmp_path_factory.mktemp("attackpg"), body).start()
-    proc.port, proc.database, proc.who = port, db, {"reader": reader, "maker": maker}
+    proc.port, proc.database, proc.role = port, db, role
+    proc.who = {"reader": reader, "maker": maker, "roler": roler}
     yield proc
     proc.stop()
     admin_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    admin_sql(f"DROP ROLE IF EXISTS {role}")
 
 
 def connect(g, who="reader", **kw):
@@ -296,6 +307,29 @@ def test_a_function_that_sets_the_path_is_not_answered_from_the_cache(g, prepare
         c.execute("SELECT public.go_shadow()")
         refused(c, WARM, prepare)  # shadow.customers: not granted
         c.execute("SET search_path TO public")
+        assert c.execute(WARM, prepare=prepare).fetchall() == MASKED
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_set_config_in_a_select(g, prepare):
+    with connect(g) as c:
+        _warm(c, prepare)
+        c.execute("SELECT set_config('search_path', 'shadow, public', false)")
+        refused(c, WARM, prepare)
+        c.execute("SELECT set_config('search_path', 'public', false)")
+        assert c.execute(WARM, prepare=prepare).fetchall() == MASKED
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+@pytest.mark.parametrize("become, back", [("SET ROLE {}", "RESET ROLE"),
+                                          ("SET SESSION AUTHORIZATION {}", "RESET SESSION AUTHORIZATION")])
+def test_another_role_makes_user_another_schema(g, prepare, become, back):
+    with connect(g, "roler") as c:
+        c.execute('SET search_path TO "$user", public')
+        _warm(c, prepare)
+        c.execute(become.format(g.role))
+        refused(c, WARM, prepare, f"{g.role}.customers")
+        c.execute(back)
         assert c.execute(WARM, prepare=prepare).fetchall() == MASKED
 
 
