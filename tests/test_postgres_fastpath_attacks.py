@@ -399,3 +399,18 @@ def test_another_identity_on_the_same_gateway(g):
         a.execute("SELECT public.go_shadow()")
         refused(b, "SELECT public.go_shadow()", mentions="go_shadow")  # maker has no grant for it
         _warm(b, True)
+
+
+def test_prepared_bodies_count_in_the_memo_bound():
+    """The same through SQL PREPARE: EXECUTE resolves the PREPARE's body, which the memo kept
+    counted as no text at all (so unbounded by RESOLVED_CHARS) after DEALLOCATE had dropped it."""
+    x = Exchange()
+    scope = x.cs.scope
+    for k in range(100):
+        body = "SELECT " + ", ".join(f"t.c{i}_{k}" for i in range(330)) + " FROM public.t"
+        for sql, tag in ((f"PREPARE p AS {body}", "PREPARE"), ("EXECUTE p", "SELECT 0"), ("DEALLOCATE p", "DEALLOCATE")):
+            x.send(codec.query(sql))
+            x.reply(codec.command_complete(tag) + codec.ready(b"I"))
+        assert x.cs.scope is scope and "p" not in x.cs.prepared
+    kept = sum(len(v[0].column_names) for k, v in scope.resolved.items() if k != 0)
+    assert kept * 9 <= scope.resolved.get(0, 0)  # each name here stands for 9 characters or more
