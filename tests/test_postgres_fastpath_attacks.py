@@ -130,6 +130,27 @@ def _same(fast, slow):
     assert slow[0][:s_at].startswith(fast[0][:f_at])
 
 
+def _skips_descriptions(buf, pos, end, also_t):
+    return replyrun.scan_py(buf, pos, end, True)  # a masked statement's RowDescription passed unread
+
+
+def _drops_a_row(buf, pos, end, also_t):
+    p, n, t, nxt = replyrun.scan_py(buf, pos, end, also_t)
+    return p, max(n - 1, 0), t, nxt
+
+
+@pytest.mark.parametrize("broken", [_skips_descriptions, _drops_a_row])
+def test_the_hostile_differential_catches_a_broken_scanner(monkeypatch, broken):
+    @settings(max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(_message, max_size=30).map(b"".join), st.booleans())
+    def differential(server, patterns):
+        _same(_exchange(server, [], patterns, True, monkeypatch, broken),
+              _exchange(server, [], patterns, False, monkeypatch))
+
+    with pytest.raises((AssertionError, ExceptionGroup)):
+        differential()
+
+
 def _a_well_behaved_reply():
     ssn_rows = codec.row_description([F_SSN, F_EXPR]) + _data_row([SECRET, SECRET], 0)
     return (ssn_rows + codec.command_complete("SELECT 1") + codec.ready(b"I")
