@@ -342,6 +342,25 @@ def test_set_config_in_a_select(g, prepare):
 
 
 @pytest.mark.parametrize("prepare", [False, True])
+def test_set_config_after_the_same_text_key_with_another_setting(g, prepare):
+    """'application_name' and 'search_path' give one text key (literals left out): the cached
+    Parsed of the first must not answer for the second. (A setting's name as a parameter is
+    admin on any object: roler has that.)"""
+    with connect(g, "roler") as c:
+        _warm(c, prepare)
+        for _ in range(6):
+            c.execute("SELECT set_config('application_name', 'x', false)", prepare=prepare)
+        c.execute("SELECT set_config('search_path', 'shadow, public', false)", prepare=prepare)
+        refused(c, WARM, prepare)
+        c.execute("SELECT set_config('search_path', 'public', false)", prepare=prepare)
+        for _ in range(6):  # parameters: the value is not in the text at all
+            c.execute("SELECT set_config(%s, %s, false)", ("application_name", "y"), prepare=prepare)
+        assert c.execute(WARM, prepare=prepare).fetchall() == MASKED
+        c.execute("SELECT set_config(%s, %s, false)", ("search_path", "shadow, public"), prepare=prepare)
+        refused(c, WARM, prepare)
+
+
+@pytest.mark.parametrize("prepare", [False, True])
 @pytest.mark.parametrize("become, back", [("SET ROLE {}", "RESET ROLE"),
                                           ("SET SESSION AUTHORIZATION {}", "RESET SESSION AUTHORIZATION")])
 def test_another_role_makes_user_another_schema(g, prepare, become, back):
