@@ -454,3 +454,18 @@ def test_prepared_bodies_count_in_the_memo_bound():
         assert x.cs.scope is scope and "p" not in x.cs.prepared
     kept = sum(len(v[0].column_names) for k, v in scope.resolved.items() if k != 0)
     assert kept * 9 <= scope.resolved.get(0, 0)  # each name here stands for 9 characters or more
+
+
+def test_the_last_answer_is_refused_once_the_session_reads_sql_otherwise():
+    """standard_conforming_strings off between two sends of one text: the cached answer (last
+    answer, memo, text cache) is still refused, as every statement but setting it back is."""
+    x = Exchange()
+    sql = "SELECT x FROM public.t WHERE a = 'it\\\\'' OR true --'"
+    for _ in range(3):
+        x.send(codec.query(sql))
+        x.reply(codec.command_complete("SELECT 0") + codec.ready(b"I"))
+    before = len(x.upstream)
+    x.reply(codec.parameter_status("standard_conforming_strings", "off"))
+    x.send(codec.query(sql))
+    assert len(x.upstream) == before  # not forwarded
+    assert b"standard_conforming_strings" in x.client.rsplit(b"C\0\0\0", 1)[-1]
