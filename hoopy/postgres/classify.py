@@ -153,7 +153,7 @@ RESOLVED_MAX = 1024  # Classifieds a Scope remembers (then it starts again)
 RESOLVED_CHARS = 256 * 1024  # and at most this much statement text behind them (see resolve)
 
 
-def resolve(p: Parsed, scope: Scope, size: int = 0) -> Classified:
+def resolve(p: Parsed, scope: Scope, size: int | None = None) -> Classified:
     """The units of a parsed statement in a session whose path is ``scope``.
 
     Remembered on the Scope, by the Parsed's identity: a Scope is never changed, only
@@ -162,8 +162,8 @@ def resolve(p: Parsed, scope: Scope, size: int = 0) -> Classified:
     (Kept on the Parsed, keyed by Scope, as before, eight connections sharing one cached
     Parsed evicted each other's answers from its four places on every statement.)
 
-    ``size``: the length of the text ``p`` was parsed from (0: a prepared body, already kept
-    by its session). The memo keeps its Parsed alive, about 25 bytes of it a character of
+    ``size``: the length of the text ``p`` was parsed from (None: not known, not remembered).
+    The memo keeps its Parsed alive, about 25 bytes of it a character of
     text: a Parsed no cache shares (not cacheable, or of a text longer than the caches keep)
     is never met again and is not remembered, and the texts behind a memo are bounded
     (RESOLVED_CHARS), else one connection's distinct long statements pinned gigabytes
@@ -173,7 +173,7 @@ def resolve(p: Parsed, scope: Scope, size: int = 0) -> Classified:
     if hit is not None:
         return hit[1]
     c = _resolve(p, scope)
-    if size > _SHAPE_MAX or not p.cacheable:
+    if size is None or size > _SHAPE_MAX or not p.cacheable:
         return c
     # memo[0]: the characters of text behind it (no object's id is 0)
     chars = memo.get(0, 0) + size

@@ -17,8 +17,6 @@ from hoopy.postgres.rows import MaskRules
 from hoopy.postgres.rules import object_name
 from hoopy.postgres.scope import Scope
 
-_UNKNOWN_SIZE = 1 << 62  # a text's size not known: resolve does not remember it
-
 MAX_SQL_RECORDED = 100_000
 # Catalog views holding sample values of columns (histograms, most common values).
 STATISTICS = frozenset(f"pg_catalog.{n}" for n in (
@@ -86,9 +84,9 @@ class StatementOperations:
         statement of that name (one namespace), its names looked up in today's search
         path (the server analyses a prepared statement again when the path has changed)."""
         # Each body with its PREPARE's length: resolve's memo keeps what it resolves alive, and
-        # counts it against its bound by that (a text not known counts past any bound).
+        # counts it against its bound by that (a text not known: not remembered).
         sqls = self.prepared_sql.get(name, ())
-        found = [resolve(body, self.scope, len(sqls[i]) if i < len(sqls) and sqls[i] else _UNKNOWN_SIZE)
+        found = [resolve(body, self.scope, len(sqls[i]) if i < len(sqls) and sqls[i] else None)
                  for i, body in enumerate(self.prepared.get(name, ()))]
         if name in self.statements:
             found.append(classify_or_error(self.statements[name][0], self.scope))
