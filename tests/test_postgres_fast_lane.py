@@ -176,7 +176,7 @@ def _run(program, identity="agent"):
 def _slow(monkeypatch):
     """The slow path: no text cache, no shape cache, no resolve memo, no ``known``."""
     monkeypatch.setattr(classify_mod, "parse_statement", lambda sql, inline=False: classify_mod._parse(sql))
-    monkeypatch.setattr(classify_mod, "resolve", classify_mod._resolve)
+    monkeypatch.setattr(classify_mod, "resolve", lambda p, scope, size=None: classify_mod._resolve(p, scope))
     monkeypatch.setattr(client_side_mod, "known", lambda sql, scope: None)
     # Nor the connection's last answer (a Bind of the statement just Parsed, the same text again).
     monkeypatch.setattr(ClientSide, "last_classified", property(lambda self: None, lambda self, v: None),
@@ -237,7 +237,7 @@ def _memo_without_scope(monkeypatch):
     """Broken: one memo for every scope (answers follow the Parsed, not the path)."""
     shared: dict = {}
 
-    def resolve(p, scope):
+    def resolve(p, scope, size=None):
         hit = shared.get(id(p))
         if hit is None:
             hit = shared[id(p)] = (p, classify_mod._resolve(p, scope))
