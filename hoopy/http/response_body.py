@@ -351,7 +351,8 @@ async def respond(ex, response):
     # compressed anyway): the scrubber cannot read it, so it is decoded (bounded by mask_limit),
     # scrubbed and sent decoded; one the gateway cannot decode is refused. Connections that inject
     # nothing pass compressed bodies through untouched.
-    unzip = not must_mask and not bodyless and bool(site.secrets) and bool(codings(encoding))
+    unzip = (encoding is not None and not must_mask and not bodyless and bool(codings(encoding))
+             and bool(site.secrets))
     if unzip and not decodable(encoding):
         deliver(Discard())
         raise Refusal(502, f"the upstream body's Content-Encoding {encoding!r} cannot be decoded, so the "
