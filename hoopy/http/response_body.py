@@ -459,7 +459,8 @@ async def _read_decoded(ex, deliver, decoder) -> bytes:
 
 def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
     """The response headers the client gets ((name, value) pairs) and what patterns masked in them.
-    ``scrub``: the site's header scrubber, or None when the head holds no injected credential."""
+    ``scrub``: the site's header scrubber, or None when the head holds no injected credential.
+    ``must_mask``: the body goes out rewritten (masked, or decoded to be scrubbed)."""
     masker = ex.site.masker
     counts: dict = {}
     extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
