@@ -205,12 +205,18 @@ static int put_seq(buf_t *b, PyObject *o, int depth)
     PyObject *fast = PySequence_Fast(o, "");  /* a list or a tuple: itself */
     if (fast == NULL) return -1;
     int r;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
     if ((r = putc1(b, '[')) != 0) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    /* Python code can run in here: put_dict's PyDict_Keys allocates a list, which may start the
+     * garbage collector, and a finalizer (__del__, a weakref callback) may then change this list.
+     * So its length is read again at each item and the item held while it is written (as the
+     * json module does), never a length or an item read before. */
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
         if (i && (r = putc1(b, ',')) != 0) goto done;
-        /* A list may change size only by Python code, and none runs here. */
-        if ((r = put_value(b, PySequence_Fast_GET_ITEM(fast, i), depth + 1)) != 0) goto done;
+        PyObject *v = PySequence_Fast_GET_ITEM(fast, i);
+        Py_INCREF(v);
+        r = put_value(b, v, depth + 1);
+        Py_DECREF(v);
+        if (r) goto done;
     }
     r = putc1(b, ']');
 done:
