@@ -109,6 +109,9 @@ class HTTPSite:
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self._scrubber = Scrubber(self.secrets) if self.secrets else None  # each response gets a fresh() one
         self.channels: set = set()
+        # The last plain response head's cleaning (response_body._clean_headers): most answers of
+        # an upstream repeat their head but for its Date, which changes once a second
+        self.head_memo: tuple | None = None
 
     def identity_for(self, channel, token: str):
         """The identity a token names (None: none): remembered per connection for its next request."""
