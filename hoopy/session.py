@@ -81,7 +81,8 @@ class Session:
 
         An operation made for an MCP tool call (see hoopy.causal) of a connection with
         ``require_caller_grant`` must also be covered by each calling identity's grants here."""
-        causes = self._causes()
+        flight = self.gateway.in_flight  # (self._causes(), inline: every statement asks)
+        causes = flight.causes(self) if flight is not None else None
         callers = sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
         return self.gateway.policy.decide(self, operation, approvals, also=callers)
 

@@ -284,6 +284,8 @@ class FakeSite:
     def session_for(self, channel, identity, peer, credential=None):
         return defer.succeed(FakeSession(self.script, identity))
 
+    secrets = (b"upstream-secret",)
+
     def scrub_header(self, v):
         return v.replace(b"upstream-secret", b"[REDACTED]")
 

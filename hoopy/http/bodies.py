@@ -251,6 +251,7 @@ class Decoder:
         else:
             raise MaskError(f"cannot decode Content-Encoding {encoding!r} to mask it")
         self._deflate = enc == "deflate"
+        self._gzip = self._z is not None
         self.limit = limit
         self.total = 0
 
@@ -262,6 +263,17 @@ class Decoder:
                 return b""
             raw = (data[0] & 0x0F) != 8  # a zlib header starts with the deflate method, 8
             self._z = zlib.decompressobj(-zlib.MAX_WBITS if raw else zlib.MAX_WBITS)
+        out = self._inflate(data)
+        # gzip members one after another are one body (RFC 1952 2.2; clients decode them all):
+        # a member left unread would be a part never scrubbed nor masked, and one a client reads
+        while self._gzip and self._z.eof and self._z.unused_data:
+            rest = self._z.unused_data
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out += self._inflate(rest)
+        return out
+
+    def _inflate(self, data: bytes) -> bytes:
+        assert self._z is not None
         try:
             out = self._z.decompress(data, self.limit + 1 - self.total)
         except zlib.error as e:

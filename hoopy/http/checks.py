@@ -221,6 +221,9 @@ class HeaderPlan:
         self.dropped = (H.HOP_BY_HOP | H.HOOPY | H.FORWARDING | {n.lower() for n, _ in inject}
                         | {b"host", b"content-length", b"authorization", b"expect"})
         self._forwarded: dict = {}  # peer host -> its forwarding headers (the same for every request of a peer)
+        # Set by the site when an injected header is a credential it scrubs from responses: bodies
+        # are then asked for uncompressed (a compressed one is decoded to be scrubbed, or refused)
+        self.plain_bodies = False
 
     def forwarding(self, peer_host: str) -> list:
         """The Forwarded and X-Forwarded-* headers for a peer: made once a peer host."""
@@ -247,6 +250,7 @@ class HeaderPlan:
         else:
             out.append((b"Host", self.client_host))
         dropped = self.dropped
+        plain = masking or self.plain_bodies  # bodies the gateway reads (to mask, or to scrub the credential)
         for name, values in pairs:
             n = name.lower()
             if n.find(b"_") != -1:  # Transfer_Encoding, X_Forwarded_For: the same header to CGI-style readers
@@ -254,14 +258,14 @@ class HeaderPlan:
             if (n in dropped or n in extra_hop or (upgrade and n == b"sec-websocket-protocol")
                     or n.startswith(b"x-hoopy-")):  # the gateway's own namespace: never the upstream's
                 continue
-            if masking:
-                if n in (b"accept-encoding", b"range", b"if-range"):
+            if plain:
+                if n == b"accept-encoding" or (masking and n in (b"range", b"if-range")):
                     continue  # we must read what we mask, whole (a slice of a JSON value is no JSON)
-                if n in (b"if-none-match", b"if-match") and method in (b"GET", b"HEAD"):
+                if masking and n in (b"if-none-match", b"if-match") and method in (b"GET", b"HEAD"):
                     continue  # a 304/412 would tell whether a guessed body (its ETag) is the unmasked one
             for v in values:
                 out.append((name, v))
-        if masking:
+        if plain:
             out.append((b"Accept-Encoding", b"identity"))
         if method not in _BODY_METHODS and (b"content-length" in hdrs or b"transfer-encoding" in hdrs):
             # A body where the method defines none (DELETE, OPTIONS ...): an upstream that leaves it

@@ -516,7 +516,7 @@ class Exchange:
                 # Answered before the caller finished sending (refused, or the upstream answered
                 # early): the rest is read and dropped; a caller that keeps sending for long loses
                 # the connection instead.
-                pipe.discard()
+                pipe.drop()
                 self.sink.close_later(0 if self.close_now else 5, pipe.received_all)
         self._record()
 

@@ -347,8 +347,19 @@ async def respond(ex, response):
         if why is not None:
             deliver(Discard())
             await ex.unmaskable(why)
+    # A compressed body on a connection that injects a credential (asked for identity, it came
+    # compressed anyway): the scrubber cannot read it, so it is decoded (bounded by mask_limit),
+    # scrubbed and sent decoded; one the gateway cannot decode is refused. Connections that inject
+    # nothing pass compressed bodies through untouched.
+    unzip = (encoding is not None and not must_mask and not bodyless and bool(codings(encoding))
+             and bool(site.secrets))
+    if unzip and not decodable(encoding):
+        deliver(Discard())
+        raise Refusal(502, f"the upstream body's Content-Encoding {encoding!r} cannot be decoded, so the "
+                           "credential the gateway injects cannot be scrubbed from it", "refused")
     scrub = site.head_scrub(response.phrase, response.headers.pairs)  # None: no credential in the head
-    headers, header_counts = _clean_headers(ex, response, must_mask, opaque_ok and kind == "other", scrub)
+    # (decoded: its Content-Encoding, length and digests go, as a masked body's do)
+    headers, header_counts = _clean_headers(ex, response, must_mask or unzip, opaque_ok and kind == "other", scrub)
     # upstream text like a header ("401 bad key <key>")
     phrase = scrub(response.phrase) if scrub is not None else response.phrase
     if header_counts:  # (record_redactions does nothing without counts: no coroutine then)
@@ -358,7 +369,7 @@ async def respond(ex, response):
             deliver(Discard())  # the body is read by no one: let the upstream connection go
             raise
     decoder = Decoder(encoding, settings.mask_limit) if must_mask and codings(encoding) else None
-    if must_mask and kind != "sse":
+    if (must_mask and kind != "sse") or unzip:
         # Bodies read whole and masked at once, gateway-wide, are few: the others wait with their
         # upstream connection unread (its TCP window fills), so memory stays a few mask_limits.
         slot = MASK_SLOTS.acquire()
@@ -367,14 +378,21 @@ async def respond(ex, response):
         except BaseException:
             if slot.called and not isinstance(slot.result, Failure):
                 MASK_SLOTS.release()  # had it, and the client went meanwhile
+            # the body is read by no one: the upstream connection goes (else, paused while nobody
+            # reads it, it stayed open and unread for ever: a socket leaked a caller that left)
+            deliver(Discard())
             raise
         try:
-            data, counts = await _read_and_mask(ex, deliver, decoder, kind)
+            if unzip:
+                data, counts = await _read_decoded(ex, deliver, Decoder(encoding, settings.mask_limit)), {}
+            else:
+                data, counts = await _read_and_mask(ex, deliver, decoder, kind)
         finally:
             MASK_SLOTS.release()
         data = site.scrub_body(data)
         await ex.record_redactions("response", counts)
-        ex.record.keep("response_body", data)
+        if not unzip or (kind != "other" and settings.record_body_limit):  # (kept as Stream keeps it)
+            ex.record.keep("response_body", data)
         headers.append((b"Content-Length", b"%d" % len(data)))
         ex.sink.head(response.code, phrase, headers)
         ex.write(data)
@@ -425,9 +443,24 @@ async def _read_and_mask(ex, deliver, decoder, kind):
         await ex.unmaskable(f"the upstream body cannot be masked: {e}")
 
 
+async def _read_decoded(ex, deliver, decoder) -> bytes:
+    """A compressed body read whole and decoded (to scrub it), up to mask_limit: larger, corrupt or
+    cut short, refused (502)."""
+    c = Collect(ex, decoder, ex.settings.mask_limit)
+    deliver(c)
+    try:
+        return await ex.wait(c.done, cancel=True)
+    except Refusal as r:
+        if r.status != 502:
+            raise
+        raise Refusal(502, f"the upstream body is compressed (it was asked for identity) and is decoded to "
+                           f"scrub the credential the gateway injects: {r.error}", "refused")
+
+
 def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
     """The response headers the client gets ((name, value) pairs) and what patterns masked in them.
-    ``scrub``: the site's header scrubber, or None when the head holds no injected credential."""
+    ``scrub``: the site's header scrubber, or None when the head holds no injected credential.
+    ``must_mask``: the body goes out rewritten (masked, or decoded to be scrubbed)."""
     site = ex.site
     masker = site.masker
     # Nothing scrubbed nor masked (most heads): what comes out is a function of the header lines,
@@ -486,7 +519,7 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
             continue
         if must_mask and n == b"content-encoding":
             continue
-        if masker.active and n in BODY_DIGESTS:
+        if (masker.active or must_mask) and n in BODY_DIGESTS:
             continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
         for v in values:
             out.append((name, v))

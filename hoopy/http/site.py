@@ -99,6 +99,9 @@ class HTTPSite:
         for _, v in inject:
             secrets.update(spellings(v))
         self.secrets = tuple(sorted(secrets, key=len, reverse=True))
+        # An upstream asked for a compressed body (Accept-Encoding: gzip) would echo the credential
+        # where the scrubber cannot read it: bodies are asked for uncompressed (response_body.py)
+        self.header_plan.plain_bodies = bool(self.secrets)
         # Headers are searched in any case (an upstream may upper-case what it echoes)
         self._secret_re = re.compile(b"|".join(re.escape(s) for s in self.secrets), re.IGNORECASE) \
             if self.secrets else None

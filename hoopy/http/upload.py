@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import deque
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
@@ -24,6 +25,10 @@ LOW = 64 * 1024  # ... and resumed
 
 class BodyTooLarge(Exception):
     pass
+
+
+class BodyDropped(Exception):
+    """The answer went out before the request body was all in: the rest of it goes nowhere."""
 
 
 @implementer(IBodyProducer)
@@ -137,6 +142,16 @@ class BodyPipe:
         self._check_sniffers()
         if self._produced is not None and not self._produced.called:
             self._produced.errback(reason)
+
+    def drop(self):
+        """The answer is out before the body is all in (refused, or the upstream answered early):
+        the rest is read and dropped. A body going upstream meanwhile fails its request (its
+        connection is cut): never ended short as if whole (a chunked body's last chunk), nor left
+        for the pool half sent (the upstream would read the next caller's request as its rest)."""
+        if self._produced is not None and not self._produced.called:
+            self.abort(Failure(BodyDropped("the answer went out before the request body was all in")))
+        else:
+            self.discard()
 
     def discard(self):
         """Nobody will read the rest (the request was refused): drop it, and keep reading."""

@@ -163,7 +163,9 @@ class UpstreamResponse:
         if self._protocol is not None or self._done is not _DONE or self.length is UNKNOWN_LENGTH:
             return None
         self._protocol = _TAKEN
-        self._req = None  # (see deliverBody)
+        # no body transport is made for it: the request it answers is let go (it holds this, so
+        # the pair would be a reference cycle, freed by the garbage collector, not by count)
+        self._req = None
         pending, self._pending = self._pending, []
         return b"".join(pending)
 

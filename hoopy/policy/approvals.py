@@ -451,4 +451,4 @@ def _own(reviewer: str, requester: str) -> str:
 
 def _describe(operation) -> dict:
     return {"operation": operation.kind, "text": operation.text,
-            "units": [str(u) for u in operation.units], **operation.detail}
+            "units": list(map(str, operation.units)), **operation.detail}

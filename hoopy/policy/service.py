@@ -47,15 +47,15 @@ class PolicyService:
         self._grants: dict[tuple[str, str], list] = {}
         # (identity, connection) -> (valid from, valid until or None, {units: Judgement})
         self._memo: dict[tuple[str, str], tuple] = {}
+        self._allows: dict[str, Allow] = {}
+        self._counters: dict = {}  # (protocol, connection, outcome) -> metrics.operations' child (never dropped)
         for g in config.grants:
             self._grants.setdefault((g.identity, g.connection), []).append(g)
 
     def judge(self, identity: str, connection: str, operation) -> Judgement:
         now = self._now()
         units = operation.units
-        if not units or len(units) > MEMO_UNITS or not _memo_units(units):
-            # Only a plain Unit is all its fields, each part of its hash: a subclass may carry
-            # what rules read outside them (an MCP ToolUnit's arguments).
+        if not units or len(units) > MEMO_UNITS:
             return self._judge(identity, connection, operation, now)
         # The same units judged again by the same grants get the same answer: remembered per
         # identity and connection while no grant of theirs expires (nor the clock goes back).
@@ -65,9 +65,16 @@ class PolicyService:
             ends = [g.expires for g in self._grants.get(key, ()) if g.expires is not None and g.expires > now]
             memo = self._memo[key] = (now, min(ends, default=None), {})
         known = memo[2]
+        # Looked up before _memo_units is asked: only units it admits are ever stored, and units
+        # equal to stored ones are of the same classes with the same fields (attrs' equality
+        # compares the class first), so units it would refuse can never find an entry.
         j = known.get(units)
         if j is None:
             j = self._judge(identity, connection, operation, now)
+            if not _memo_units(units):
+                # Only a plain Unit is all its fields, each part of its hash: a subclass may carry
+                # what rules read outside them (an MCP ToolUnit's arguments).
+                return j
             if len(known) >= MEMO_MAX:
                 known.clear()
             known[units] = j
@@ -127,7 +134,13 @@ class PolicyService:
             operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})
         if j.outcome == "approve":
             return ensureDeferred(self._approve(session, operation, j, approvals or j.approvals))
-        self._count(session, {"allow": "allowed", "deny": "refused"}[j.outcome])
+        m = self.metrics
+        if m:  # (self._count, inline, its child kept here: every statement counts)
+            key = (session.protocol, session.connection, _COUNTED[j.outcome])
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = m.child(m.operations, *key)
+            counter.inc()
         if j.outcome == "deny":
             log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
                      connection=session.connection, text=operation.text[:200], reason=j.reason)
@@ -137,8 +150,11 @@ class PolicyService:
         # allow: the mapping above raised on any outcome but the three
         rule = j.rule
         assert rule is not None, "every allow names the rule that allowed it"
+        allow = self._allows.get(rule)
+        if allow is None:  # (one Allow a rule: it is frozen, and a statement need not build one)
+            allow = self._allows[rule] = Allow(rule)
         d = session.event("operation", "allowed", rule=rule, **_describe(operation))
-        return d.addCallbacks(lambda _: Allow(rule), self._store_down, errbackArgs=(session,))
+        return d.addCallbacks(_answer, self._store_down, callbackArgs=(allow,), errbackArgs=(session,))
 
     async def _approve(self, session, operation, j, mode):
         describe = _describe(operation)
@@ -203,6 +219,13 @@ class PolicyService:
     def _count(self, session, outcome):
         if self.metrics:
             self.metrics.child(self.metrics.operations, session.protocol, session.connection, outcome).inc()
+
+
+_COUNTED = {"allow": "allowed", "deny": "refused"}
+
+
+def _answer(_, verdict):
+    return verdict
 
 
 def _memo_units(units) -> bool:

@@ -557,7 +557,61 @@ test_classes(PyObject *self, PyObject *unused)
                          (const char *)LDH, (Py_ssize_t)256, (const char *)ALNUM, (Py_ssize_t)256);
 }
 
+/* hoopy/postgres/replyrun.py's scan_py in C: from buf[pos], skip the whole DataRows (and
+ * RowDescriptions if also_t); return (where it stopped, the DataRows skipped, the type byte of
+ * the whole message there or -1, where that message ends). buf is bytes or a bytearray,
+ * 0 <= pos <= end <= len(buf) (else TypeError/ValueError); only headers inside [pos, end) are
+ * read, and a message is whole only if its declared length (>= 4) ends at or before end. */
+static PyObject *
+scan_reply(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    const unsigned char *b;
+    Py_ssize_t len, pos, end, rows = 0;
+    int also_t;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scan_reply(buf, pos, end, also_t)");
+        return NULL;
+    }
+    if (PyBytes_CheckExact(args[0])) {
+        b = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+        len = PyBytes_GET_SIZE(args[0]);
+    } else if (PyByteArray_CheckExact(args[0])) {
+        b = (const unsigned char *)PyByteArray_AS_STRING(args[0]);
+        len = PyByteArray_GET_SIZE(args[0]);
+    } else {
+        PyErr_SetString(PyExc_TypeError, "scan_reply: bytes or bytearray");
+        return NULL;
+    }
+    pos = PyLong_AsSsize_t(args[1]);
+    if (pos == -1 && PyErr_Occurred())
+        return NULL;
+    end = PyLong_AsSsize_t(args[2]);
+    if (end == -1 && PyErr_Occurred())
+        return NULL;
+    also_t = PyObject_IsTrue(args[3]);
+    if (also_t < 0)
+        return NULL;
+    if (pos < 0 || pos > end || end > len) {
+        PyErr_SetString(PyExc_ValueError, "scan_reply: bounds");
+        return NULL;
+    }
+    while (end - pos >= 5) {
+        unsigned char t = b[pos];
+        int32_t n = be32(b + pos + 1);
+        if (n < 4 || (Py_ssize_t)n > end - pos - 1)
+            break;
+        if (t == 'D')
+            rows++;
+        else if (t != 'T' || !also_t)
+            return Py_BuildValue("(nnin)", pos, rows, (int)t, pos + 1 + (Py_ssize_t)n);
+        pos += 1 + (Py_ssize_t)n;
+    }
+    return Py_BuildValue("(nnin)", pos, rows, -1, pos);
+}
+
 static PyMethodDef methods[] = {
+    {"scan_reply", (PyCFunction)(void (*)(void))scan_reply, METH_FASTCALL,
+     "replyrun.scan_py: (stop, DataRows skipped, type of the whole message at stop or -1, its end)"},
     {"email_rows", (PyCFunction)(void (*)(void))email_rows, METH_FASTCALL,
      "email_rows(plan, raw, start, end, mask, ProtocolError, struct.error): rowbatch.email_rows_py in C"},
     {"_at_domain", test_at_domain, METH_VARARGS, "the domain matcher alone (tests)"},

@@ -149,14 +149,39 @@ def _parse(sql: str) -> Parsed:
 
 # --- resolution --------------------------------------------------------------------
 
-def resolve(p: Parsed, scope: Scope) -> Classified:
-    """The units of a parsed statement in a session whose path is ``scope``."""
-    c = p.resolved.get(scope)
-    if c is None:
-        c = _resolve(p, scope)
-        if len(p.resolved) >= 4:
-            p.resolved.clear()  # scopes change rarely: keep the last few
-        p.resolved[scope] = c
+RESOLVED_MAX = 1024  # Classifieds a Scope remembers (then it starts again)
+RESOLVED_CHARS = 256 * 1024  # and at most this much statement text behind them (see resolve)
+
+
+def resolve(p: Parsed, scope: Scope, size: int | None = None) -> Classified:
+    """The units of a parsed statement in a session whose path is ``scope``.
+
+    Remembered on the Scope, by the Parsed's identity: a Scope is never changed, only
+    replaced (a new search path, or the path unknown, is a new Scope with an empty memo),
+    and the Parsed is kept beside its answer so its id cannot be reused while remembered.
+    (Kept on the Parsed, keyed by Scope, as before, eight connections sharing one cached
+    Parsed evicted each other's answers from its four places on every statement.)
+
+    ``size``: the length of the text ``p`` was parsed from (None: not known, not remembered).
+    The memo keeps its Parsed alive, about 25 bytes of it a character of
+    text: a Parsed no cache shares (not cacheable, or of a text longer than the caches keep)
+    is never met again and is not remembered, and the texts behind a memo are bounded
+    (RESOLVED_CHARS), else one connection's distinct long statements pinned gigabytes
+    (tests/test_postgres_fastpath_attacks.py)."""
+    memo = scope.resolved
+    hit = memo.get(id(p))
+    if hit is not None:
+        return hit[1]
+    c = _resolve(p, scope)
+    if size is None or size > _SHAPE_MAX or not p.cacheable:
+        return c
+    # memo[0]: the characters of text behind it (no object's id is 0)
+    chars = memo.get(0, 0) + size
+    if len(memo) > RESOLVED_MAX or chars > RESOLVED_CHARS:
+        memo.clear()
+        chars = size
+    memo[id(p)] = (p, c)
+    memo[0] = chars
     return c
 
 
@@ -299,7 +324,24 @@ def _resolve(p: Parsed, scope: Scope) -> Classified:
 def classify(sql: str, scope: Scope = DEFAULT, inline: bool = False) -> Classified:
     """Classified; raises ClassifyError (CannotJudge past a bound), and with
     ``inline`` Heavy when the statement is worth a thread."""
-    return resolve(parse_statement(sql, inline), scope)
+    return resolve(parse_statement(sql, inline), scope, len(sql))
+
+
+def known(sql: str, scope: Scope) -> Classified | None:
+    """What ``classify(sql, scope)`` answers, if the text cache holds the text's Parsed and
+    ``scope`` has already resolved it; else None (classify then). One call in place of
+    classify_or_error, classify, parse_statement and resolve for the steady state's statement:
+    the same lookups, in the same tables, so the same answer."""
+    if len(sql) > _SHAPE_MAX:
+        return None
+    tkey = sqltext.key(sql)
+    if tkey is None:
+        return None
+    p = _TEXTS.get(tkey)
+    if p is None:
+        return None
+    hit = scope.resolved.get(id(p))
+    return hit[1] if hit is not None else None
 
 
 def classify_or_error(sql: str, scope: Scope = DEFAULT, inline: bool = False):
@@ -323,7 +365,7 @@ def classify_or_error(sql: str, scope: Scope = DEFAULT, inline: bool = False):
 
 def _classify(sql: str, scope: Scope = DEFAULT) -> Classified:
     """Uncached: what a fresh parse gives (tests compare the cache with it)."""
-    return resolve(_parse(sql), scope)
+    return _resolve(_parse(sql), scope)
 
 
 # --- large statements: off the reactor, a few at a time ---------------------------

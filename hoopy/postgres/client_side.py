@@ -16,7 +16,7 @@ from typing import Any
 
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.postgres import codec, guards, wire
-from hoopy.postgres.classify import INLINE_SQL, ClassifyError, Heavy, classify_or_error
+from hoopy.postgres.classify import INLINE_SQL, ClassifyError, Heavy, classify_or_error, known
 from hoopy.postgres.copy import MarkerScan
 from hoopy.postgres.operations import MAX_SQL_RECORDED, StatementOperations
 from hoopy.postgres.params import decode_param
@@ -331,7 +331,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
 
     # --- judging -----------------------------------------------------------------
     def judge(self, j: Judging, read_path: bool = True) -> None:
-        if read_path:
+        if read_path and self.scope_due:
             self.read_scope_if_due()  # a Query: the upstream is between statements
         if self.scope_reading is not None:
             # The search path is being read again: judge once it is known.
@@ -339,15 +339,18 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             self.pending = j
             return
         if len(j.sql) <= INLINE_SQL:
+            scope = self.scope
             last = self.last_classified
-            if last is not None and last[0] is self.scope and last[1] == j.sql:
-                return self._judge(j, last[2])  # a Bind of the statement just Parsed
-            try:
-                c = classify_or_error(j.sql, self.scope, inline=True)
-            except Heavy:
-                pass
-            else:
-                self.last_classified = (self.scope, j.sql, c)
+            if last is not None and last[0] is scope and last[1] == j.sql:
+                return self._judge(j, last[2])  # a Bind of the statement just Parsed (or the same text again)
+            c = known(j.sql, scope)  # the steady state: text cached, resolved in this scope
+            if c is None:
+                try:
+                    c = classify_or_error(j.sql, scope, inline=True)
+                except Heavy:
+                    c = None
+            if c is not None:
+                self.last_classified = (scope, j.sql, c)
                 return self._judge(j, c)
         # A large or deeply nested statement would stall every other session: a thread
         # judges it (one at a time gateway-wide), this connection waiting meanwhile.
@@ -371,7 +374,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             # refused, and the record says why.
             self.record("operation", "refused", reason=c.reason, sqlstate=c.code, sql=j.sql[:MAX_SQL_RECORDED])
             return self._refuse(j.kind, c.reason, c.code)
-        masking = self.with_prepared(c)
+        masking = self.with_prepared(c) if c.executes else c
         j.classified = masking
         if not c.statements:
             return self._proceed(j)  # an empty query: nothing runs
@@ -401,8 +404,12 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
         j, self.pending = self.pending, None
         assert j is not None  # JUDGING or HELD: _judge() left it pending
         if isinstance(verdict, Allow):
-            if j.kind is not _PARSE:  # a Parse runs nothing: what it changes, its Bind does
-                self._allowed(j.classified, j.sql)
+            c = j.classified
+            assert c is not None  # _judge() set it
+            # A Parse runs nothing: what it changes, its Bind does. (Only a statement that may
+            # change a namespace the gateway tracks, or one after a change, has anything to do there.)
+            if j.kind is not _PARSE and (c.may_change_path or self.path_dirty or c.prepares or c.declares):
+                self._allowed(c, j.sql)
             self._proceed(j)
         else:
             msg = verdict.reason if verdict.rule is None or verdict.rule in verdict.reason \
@@ -440,7 +447,7 @@ class ClientSide(UpstreamReplies, StatementOperations, SearchPath):
             e = Expected(_QUERY, sql=j.sql, classified=c)
             e.forget = c.deallocates
             self.expect(e)
-            if "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
+            if self.scope_due and "CopyStmt" not in c.statements:  # (a query now would arrive in the middle of COPY FROM STDIN)
                 self.read_scope_if_due()
             return
         info = j.portal_info

@@ -170,7 +170,13 @@ def parse_bind(p: bytes) -> Bind:
 
 
 def parse_query(p: bytes) -> str:
-    return Cursor(p).cstr()
+    j = p.find(b"\0")
+    if j >= 0:
+        try:
+            return p[:j].decode()  # (every Query: without a Cursor)
+        except UnicodeDecodeError:
+            pass
+    return Cursor(p).cstr()  # raises as it always has
 
 
 def parse_describe(p: bytes) -> tuple[bytes, str]:

@@ -53,7 +53,8 @@ class StatementOperations:
         # An EXECUTE is bound to the text of what each name it runs holds: approved while p deleted
         # one row, it must not run after p was prepared again to delete them all.
         bodies = [[name, list(self.prepared_sql.get(name, ())),
-                   self.statements[name][0] if name in self.statements else None] for name in c.executes]
+                   self.statements[name][0] if name in self.statements else None]
+                  for name in c.executes] if c.executes else None
         values = list(params) if raw_params is None and params is not None else None  # (as they are now)
 
         def canonical() -> str:  # made only if an approval asks for it
@@ -82,7 +83,11 @@ class StatementOperations:
         """What EXECUTE of a name may run: what an SQL PREPARE of it held and a protocol
         statement of that name (one namespace), its names looked up in today's search
         path (the server analyses a prepared statement again when the path has changed)."""
-        found = [resolve(body, self.scope) for body in self.prepared.get(name, ())]
+        # Each body with its PREPARE's length: resolve's memo keeps what it resolves alive, and
+        # counts it against its bound by that (a text not known: not remembered).
+        sqls = self.prepared_sql.get(name, ())
+        found = [resolve(body, self.scope, len(sqls[i]) if i < len(sqls) and sqls[i] else None)
+                 for i, body in enumerate(self.prepared.get(name, ()))]
         if name in self.statements:
             found.append(classify_or_error(self.statements[name][0], self.scope))
         return found

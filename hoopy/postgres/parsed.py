@@ -47,4 +47,3 @@ class Parsed:
     cacheable: bool  # judged from the shape alone: no constant's value was read
     # Why a COPY ... TO STDOUT's options could hide a value from the patterns (see _copy), or None.
     copy_quoting: str | None = None
-    resolved: dict = attrs.field(factory=dict, eq=False, repr=False, hash=False)  # Scope -> Classified

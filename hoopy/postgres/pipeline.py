@@ -147,9 +147,11 @@ class Record:
     data: dict
 
 
-@attrs.frozen
+@attrs.define
 class Trailing:
-    """An event that rides with the next flush (a statement's completion)."""
+    """An event that rides with the next flush (a statement's completion). Not frozen: one is
+    made every statement, and a frozen attrs class sets each field through object.__setattr__
+    (twice the cost); nothing changes one once made."""
     kind: str
     outcome: str | None
     data: dict

@@ -21,7 +21,7 @@ from zope.interface import implementer
 from hoopy.policy.verdicts import Allow, Deny, Hold
 from hoopy.postgres import client_startup as hs, codec, pipeline as cmd
 from hoopy.postgres.classify import PARSES
-from hoopy.postgres.client_side import ClientSide
+from hoopy.postgres.client_side import _WAITING, ClientSide
 from hoopy.postgres.upstream import UpstreamProtocol, connect, log_failure as _log_failure, nodelay as _nodelay, send_cancel
 from hoopy.postgres.refusing import RefuseAll
 from hoopy.postgres.rows import MaskRules, catalog_query
@@ -356,7 +356,7 @@ class ClientProtocol(Protocol):
             commands, cs.commands = cs.commands, []
             for c in commands:
                 self._COMMANDS[type(c)](self, c)
-        if cs.waiting:
+        if cs.state in _WAITING:  # (cs.waiting, without a property's call)
             # A pipelining client is paused only once PIPELINE_BUFFER of its messages
             # wait: pausing every statement would cost two epoll changes each.
             if len(cs.reader.buf) > PIPELINE_BUFFER:
@@ -391,8 +391,15 @@ class ClientProtocol(Protocol):
                                                       errbackArgs=("judging",))
 
     def _decided_or_fail(self, verdict):
+        # _decided's body, inline (every statement comes here).
         try:
-            self._decided(verdict)
+            if self.closed:
+                return
+            self.cs.decided(verdict)
+            if isinstance(verdict, Hold):
+                verdict.resolution.addCallbacks(
+                    self._decided, lambda f: self._decided(Deny(f"approval failed: {f.getErrorMessage()}")))
+            self.run()
         except Exception:
             self._internal_error(Failure(), "judging")
 

@@ -7,6 +7,7 @@ object, its two directions in two files.
 from __future__ import annotations
 
 import collections
+import os
 import re
 import struct
 import time
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from hoopy.postgres import codec, wire
 from hoopy.postgres.copy import BinaryCopyMasker
+from hoopy.postgres.replyrun import scan
 from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
 from hoopy.postgres.rowplan import CopyMask, RowPlan
 from hoopy.postgres.rows import MaskRules
@@ -27,9 +29,21 @@ _ABORTS = (Kind.ABORT, Kind.ABORT_SYNC)
 # Enum members read per statement, as globals (see client_side.py: an Enum member costs more on 3.11).
 _QUERY, _EXECUTE, _SYNC, _SYNTHETIC = Kind.QUERY, Kind.EXECUTE, Kind.SYNC, Kind.SYNTHETIC
 _STOPPED = (State.CLOSED, State.ERROR)
+_D = wire.DATA_ROW
+# The reply that ends these heads, as its header (_one_reply): taken without the general code.
+_PARSE, _BIND = Kind.PARSE, Kind.BIND
+_ONE = (_PARSE, _BIND, _SYNC)
+_STATUSES = (b"I", b"T", b"E")  # the ReadyForQuery statuses codec.parse_ready takes
+_PARSED, _BOUND, _READY = b"1\0\0\0\x04", b"2\0\0\0\x04", b"Z\0\0\0\x05"
+_C, _Z = wire.COMMAND_COMPLETE[0], wire.READY_FOR_QUERY[0]  # as replyrun.scan gives a type: an int
+# HOOPY_PGREPLY=python: every message of a reply read one at a time, as before skip_run (the
+# reference the shortcut is compared with: tests/test_postgres_replyrun.py).
+_FAST = os.environ.get("HOOPY_PGREPLY") != "python"
 
 
 _HI = struct.Struct("!ci")
+_WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE")
+_monotonic = time.monotonic
 
 
 class UpstreamReplies:
@@ -66,8 +80,73 @@ class UpstreamReplies:
         end = len(buf)
         pos = run = 0  # run: where the bytes that pass as they are start
         head = q[0] if q else None
+        plain = not self.rules.active  # no masking rule: a RowDescription passes unread
         try:
             while end - pos >= 5:
+                if _FAST and head is not None and head.plan is None and head.kind in _STATEMENT:
+                    # A statement's reply while nothing in it is masked: its rows (and a
+                    # RowDescription nothing reads) pass as they are, the run's end and the
+                    # message after it found in one pass (replyrun.py); the usual end of the
+                    # statement is read here, anything else by the general code below.
+                    k = head.kind
+                    pos, rows, ti, nxt = scan(buf, pos, end, plain or k is _EXECUTE)
+                    if rows:
+                        head.rows += rows
+                    finished = False
+                    if ti == _C:
+                        # codec.parse_command_tag
+                        tag = bytes(buf[pos + 5:nxt]).rstrip(b"\0").decode(errors="replace")
+                        if k is _QUERY:
+                            head.tag = tag if head.tag is None else f"{head.tag}; {tag}"
+                            pos = nxt
+                            if end - pos < 6 or buf[pos:pos + 5] != _READY:
+                                continue  # another statement of the Query, or the rest to come
+                            nxt = pos + 6  # its ReadyForQuery, read below without another scan
+                            ti = _Z
+                        else:
+                            head.tag = tag
+                            if head.forget:
+                                self.forget_statements(head.forget)
+                            finished = True
+                    if ti == _Z and k is _QUERY:
+                        # A status codec.parse_ready refuses goes to the general code, which
+                        # refuses it after passing what came before it, as it always did.
+                        status = bytes(buf[pos + 5:nxt])
+                        if status in _STATUSES:
+                            self.tx_status = status
+                            if head.forget and head.error is None:
+                                self.forget_statements(head.forget)
+                            finished = True
+                    if finished:
+                        self.done(head)
+                        q.popleft()  # _finished, with the reply in the run that passes
+                        pos = nxt
+                        if q and q[0].kind is _SYNTHETIC:
+                            out.append(buf[run:pos])
+                            run = pos
+                            self.flush_synthetic()
+                        head = q[0] if q else None
+                        continue
+                    if end - pos < 5:
+                        break
+                elif _FAST and head is not None and head.kind in _ONE and buf[pos:pos + 5] == (
+                        _PARSED if head.kind is _PARSE else _BOUND if head.kind is _BIND else _READY) and (
+                        head.kind is not _SYNC or buf[pos + 5:pos + 6] in _STATUSES):
+                    # ParseComplete, BindComplete, a Sync's ReadyForQuery (the extended protocol's
+                    # usual replies): the head is done with it; it passes (_one_reply, _finished).
+                    nxt = pos + 6 if head.kind is _SYNC else pos + 5
+                    if nxt > end:
+                        break
+                    if head.kind is _SYNC:
+                        self.tx_status = bytes(buf[pos + 5:nxt])  # one of _STATUSES
+                    q.popleft()
+                    pos = nxt
+                    if q and q[0].kind is _SYNTHETIC:
+                        out.append(buf[run:pos])
+                        run = pos
+                        self.flush_synthetic()
+                    head = q[0] if q else None
+                    continue
                 t, n = _HI.unpack_from(buf, pos)
                 if n < 4:
                     raise codec.ProtocolError(f"invalid length {n} for message {t!r}")
@@ -76,7 +155,7 @@ class UpstreamReplies:
                     if n > codec.MAX_MESSAGE:
                         raise codec.ProtocolError(f"invalid length {n} for message {t!r}")
                     break
-                if t == wire.DATA_ROW and head is not None and head.kind in _STATEMENT:
+                if t == _D and head is not None and head.kind in _STATEMENT:
                     head.rows += 1
                     plan = head.plan
                     if plan is None:
@@ -124,7 +203,8 @@ class UpstreamReplies:
             if run < pos and self.state not in _STOPPED:
                 out.append(buf[run:pos])
         if pos == end:
-            self.ubuf = bytearray()
+            if buf is not data:
+                self.ubuf = bytearray()  # (else it was empty, and stays so)
         elif buf is data:
             self.ubuf = bytearray(data[pos:])
         else:
@@ -256,7 +336,7 @@ class UpstreamReplies:
             return self._error(head, p)
         ex, info = head.target
         if t == wire.ROW_DESCRIPTION:
-            ex.plan = info.plan = self._plan(codec.parse_row_description(p), ex.classified, info.result_formats)
+            ex.plan = info.plan = self.rules.plan_for(p, ex.classified, info.result_formats)
         self.queue.popleft()  # RowDescription or NoData: the client did not ask
         return False
 
@@ -286,7 +366,7 @@ class UpstreamReplies:
             return self._finished(t, p)
         if t == wire.ROW_DESCRIPTION:
             if k is _QUERY and self.rules.active:
-                head.plan = self._plan(codec.parse_row_description(p), head.classified, None)
+                head.plan = self.rules.plan_for(p, head.classified)
             return True
         if t == wire.ERROR_RESPONSE:
             return self._error(head, p)
@@ -393,12 +473,6 @@ class UpstreamReplies:
             return p
         return b"".join(k.encode() + codec.cstr(v) for k, v in fields.items()) + b"\0"
 
-    def _plan(self, fields, classified, formats):
-        plan = self.rules.plan(fields, classified)
-        if plan is not None and formats:
-            plan.with_formats(formats)
-        return plan
-
     def redactions(self, e: Expected) -> None:
         plan = e.plan
         if plan is None:
@@ -412,17 +486,22 @@ class UpstreamReplies:
 
     def done(self, e: Expected) -> None:
         """A statement finished: its rows, duration and outcome are recorded."""
-        if e.sql is None:
+        sql = e.sql
+        if sql is None:
             return
-        self.redactions(e)
-        data = {"sql": e.sql[:2000], "duration_ms": round((time.monotonic() - e.start) * 1000, 3)}
+        if e.plan is not None:
+            self.redactions(e)
+        data = {"sql": sql[:2000], "duration_ms": round((_monotonic() - e.start) * 1000, 3)}
+        tag = e.tag
         if e.kind is _EXECUTE:
-            data["rows"] = e.rows if e.tag is None or not e.tag.startswith(("INSERT", "UPDATE", "DELETE", "MERGE")) \
-                else codec.rows_from_tag(e.tag)
+            data["rows"] = e.rows if tag is None or not tag.startswith(_WRITES) else codec.rows_from_tag(tag)
         else:
             data["rows_returned"] = e.rows
-        if e.tag:
-            data["tag"] = e.tag
-        if e.error:
-            data["sqlstate"] = e.error
-        self.commands.append(Trailing("statement", "error" if e.error else "ok", data))
+        if tag:
+            data["tag"] = tag
+        error = e.error
+        if error:
+            data["sqlstate"] = error
+            self.commands.append(Trailing("statement", "error", data))
+        else:
+            self.commands.append(Trailing("statement", "ok", data))

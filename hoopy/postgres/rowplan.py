@@ -88,6 +88,15 @@ class RowPlan:
             self.batch_kinds = [rowbatch.FAST if k == 4 and a[2].type_oid not in (JSON, JSONB) else k
                                 for k, a in zip(kinds, self.actions)]
 
+    def fresh(self) -> "RowPlan":
+        """A copy with nothing counted yet, for another result of the same shape. What a copy
+        shares is never changed in place (``with_formats`` sets new lists)."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        new.columns = {}
+        new.patterns = {}
+        return new
+
     def with_formats(self, formats):
         """Describe of a statement says text; Bind decides the real formats."""
         if not formats:

@@ -50,6 +50,11 @@ def catalog_query(columns) -> str:
         "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace")
 
 
+_NONE = object()
+PLAN_CACHE = 32  # plans kept a session
+PLAN_CACHE_BYTES = 4096  # a longer RowDescription (a very wide result) is planned each time
+
+
 @attrs.define
 class MaskRules:
     detectors: tuple = ()
@@ -61,6 +66,9 @@ class MaskRules:
     view_names: frozenset = frozenset()  # "schema.view" of views over masked tables
     configured: tuple = ()  # the column names as configured
     column_types: dict = attrs.field(factory=dict)  # "schema.table.column" -> type OID
+    # (RowDescription bytes, taint, formats) -> the plan made for them (plan_for): rules do not
+    # change once loaded (load runs before the first statement), so neither does a plan.
+    _plans: dict = attrs.field(factory=dict, init=False, repr=False, eq=False)
 
     @property
     def active(self) -> bool:
@@ -132,10 +140,34 @@ class MaskRules:
                if f"{rel}.{col}" in types]
         return out or None
 
-    def plan(self, fields, classified) -> "RowPlan | None":
+    def plan_for(self, description: bytes, classified, formats=None) -> "RowPlan | None":
+        """``plan`` of a RowDescription payload as it came, with a Bind's result formats: the
+        same plan as ``plan(parse_row_description(description), classified)`` then
+        ``with_formats(formats)``, a fresh copy of the one made for the same bytes, taint
+        and formats (a session asks the same statement's plan again and again: pgbench -S
+        does on every statement)."""
         if not self.active:
             return None
         taint = self.tainted(classified) if self.configured else False
+        key = (description, taint, formats or None)
+        cache = self._plans
+        made = cache.get(key, _NONE)
+        if made is _NONE:
+            made = self._plan(codec.parse_row_description(description), taint)
+            if made is not None and formats:
+                made.with_formats(formats)
+            if len(description) <= PLAN_CACHE_BYTES:
+                if len(cache) >= PLAN_CACHE:
+                    cache.clear()  # a session with many shapes of result: start again
+                cache[key] = made
+        return None if made is None else made.fresh()
+
+    def plan(self, fields, classified) -> "RowPlan | None":
+        if not self.active:
+            return None
+        return self._plan(fields, self.tainted(classified) if self.configured else False)
+
+    def _plan(self, fields, taint: bool) -> "RowPlan | None":
         actions: list[tuple[str, str | None, codec.Field] | None] = []
         any_action = False
         for f in fields:

@@ -139,6 +139,9 @@ class Scope:
     user_operators: frozenset = frozenset()  # every (schema, operator) outside pg_catalog
     types: dict = attrs.field(factory=dict)  # (schema, type) -> VOLATILE functions a cast into it runs
     type_oids: dict = attrs.field(factory=dict)  # type OID (and its array's) -> the same
+    # id(Parsed) -> (Parsed, Classified): classify.resolve's answers under this scope. Sound
+    # because a Scope is never changed in place: what the session's path becomes is a new Scope.
+    resolved: dict = attrs.field(factory=dict, init=False, repr=False)
 
     @classmethod
     def default(cls, functions: dict | None = None) -> "Scope":
