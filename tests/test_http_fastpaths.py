@@ -386,3 +386,101 @@ def test_a_body_still_arriving_after_its_head_is_streamed_and_the_socket_not_pau
     assert t.value().endswith(b"abc")
     proto.dataReceived(b"defghij")
     assert t.value().endswith(b"abcdefghij") and statuses(t.value()) == [200]
+
+
+# --- httpcpu5: a plain response head's cleaning kept by the site (response_body._clean_headers) ----
+
+from hoopy.http.exchange import Record  # noqa: E402
+from hoopy.http.response_body import _clean_headers  # noqa: E402
+from hoopy.http.upstream import RawHeaders  # noqa: E402
+
+_HEAD_LINES = [
+    (b"Content-Type", b"application/json"), (b"Content-Length", b"25"), (b"Content-Length", b"26"),
+    (b"Date", b"Tue, 01 Dec 2026 01:00:00 GMT"), (b"Date", b"Tue, 01 Dec 2026 01:00:01 GMT"),
+    (b"Connection", b"keep-alive"), (b"Connection", b"x-drop"), (b"X-Drop", b"1"), (b"Keep-Alive", b"timeout=5"),
+    (b"ETag", b'"v1"'), (b"Content-MD5", b"abc"), (b"Content-Encoding", b"gzip"), (b"Set-Cookie", b"a=1"),
+    (b"Set-Cookie", b"b=2"), (b"X-Api-Key", b"k"), (b"content-type", b"text/plain"),
+]
+_MASKERS = [Masker(), Masker(fields=("ssn",))]
+
+
+def _cleaned(s: HTTPSite, lines, code: int, method: str, must_mask: bool, opaque: bool):
+    ex = SimpleNamespace(site=s, method=method, record=Record(0))
+    response = SimpleNamespace(headers=RawHeaders(list(lines)), code=code)
+    out, counts = _clean_headers(ex, response, must_mask, opaque, None)
+    return out, counts, ex.record.response_headers
+
+
+_heads = st.tuples(st.lists(st.sampled_from(_HEAD_LINES), max_size=8), st.sampled_from([200, 204, 304, 404]),
+                   st.sampled_from(["GET", "HEAD"]), st.booleans(), st.booleans(), st.sampled_from([0, 1]))
+
+
+def _variants(head):
+    """The head, then each of its key's parts changed alone, each right after the head (a hit if that
+    part were left out of the key)."""
+    lines, code, method, must_mask, opaque, m = head
+    yield head
+    for other in ([*lines, (b"X-More", b"1")], lines[:-1], lines[::-1]):
+        yield (other, code, method, must_mask, opaque, m)
+        yield head
+    for c in (200, 204, 304):
+        yield (lines, c, method, must_mask, opaque, m)
+        yield head
+    for v in ((lines, code, "HEAD" if method == "GET" else "GET", must_mask, opaque, m),
+              (lines, code, method, not must_mask, opaque, m), (lines, code, method, must_mask, not opaque, m),
+              (lines, code, method, must_mask, opaque, 1 - m)):
+        yield v
+        yield head
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_heads, min_size=1, max_size=3))
+def test_a_kept_response_head_cleaning_is_what_cleaning_it_alone_gives(heads):
+    """Heads answered in a row by one site (its memo warm, hits and misses) clean to the same headers,
+    counts and record as each head cleaned by a site of its own."""
+    kept = site(None)
+    for head in heads:
+        for lines, code, method, must_mask, opaque, m in _variants(head):
+            kept.masker = _MASKERS[m]
+            alone = site(None)
+            alone.masker = _MASKERS[m]
+            got, want = _cleaned(kept, lines, code, method, must_mask, opaque), \
+                _cleaned(alone, lines, code, method, must_mask, opaque)
+            assert got == want, (lines, code, method, must_mask, opaque, m)
+            assert kept.head_memo is not None  # (a plain head: kept)
+
+
+def test_a_kept_response_head_is_given_as_a_copy():
+    s = site(None)
+    lines = [(b"Content-Type", b"application/json"), (b"Content-Length", b"2")]
+    want = _cleaned(s, lines, 200, "GET", False, False)
+    out, _, rec = _cleaned(s, lines, 200, "GET", False, False)  # (a hit)
+    assert (out, rec) == want[0::2]
+    out.append((b"X-Added", b"by a caller"))
+    rec["added"] = "by a caller"
+    assert _cleaned(s, lines, 200, "GET", False, False) == want
+
+
+# --- httpcpu5: the last response head found clean is kept by the site (HTTPSite.head_scrub) ---------
+
+def _echoing(phrase: bytes, pairs: list, where: int, secret: bytes) -> tuple:
+    """The head with the credential put in its phrase (-1), a name (even) or a value (odd)."""
+    if where == -1 or not pairs:
+        return phrase + secret, pairs
+    i = (where // 2) % len(pairs)
+    n, v = pairs[i]
+    return phrase, pairs[:i] + [(n + secret, v) if where % 2 == 0 else (n, v + secret)] + pairs[i + 1:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(_HEADER, _HEADER), max_size=5), _HEADER,
+                          st.integers(-1, 9), st.sampled_from(SPELLED)), min_size=1, max_size=4))
+def test_a_head_kept_as_clean_is_searched_again_when_anything_of_it_differs(heads):
+    """One site, heads in a row: each clean head, again (a hit), then itself with the credential in
+    one place (twice), then clean again: each scrubbed as the part-by-part scrub does."""
+    s = site()
+    for pairs, phrase, where, secret in heads:
+        echoed_phrase, echoed = _echoing(phrase, pairs, where, secret)
+        for p, ps in ((phrase, pairs), (phrase, pairs), (echoed_phrase, echoed), (echoed_phrase, echoed),
+                      (phrase, pairs)):
+            assert fast_scrub(s, p, ps) == slow_scrub(s, p, ps), (p, ps)

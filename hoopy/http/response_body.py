@@ -461,7 +461,19 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
     """The response headers the client gets ((name, value) pairs) and what patterns masked in them.
     ``scrub``: the site's header scrubber, or None when the head holds no injected credential.
     ``must_mask``: the body goes out rewritten (masked, or decoded to be scrubbed)."""
-    masker = ex.site.masker
+    site = ex.site
+    masker = site.masker
+    # Nothing scrubbed nor masked (most heads): what comes out is a function of the header lines,
+    # the status, HEAD or not, must_mask, opaque and the masker (its being active), and nothing
+    # else: the last such head's cleaning is kept by the site and given again for the same key
+    # (tests/test_http_fastpaths.py holds the two to the same headers and record)
+    plain = scrub is None and not masker.detectors
+    if plain:
+        key = (tuple(response.headers.pairs), response.code, ex.method == "HEAD", must_mask, opaque, masker.active)
+        memo = site.head_memo
+        if memo is not None and memo[0] is masker and memo[1] == key:
+            ex.record.response_headers = dict(memo[3])
+            return list(memo[2]), {}
     counts: dict = {}
     extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
 
@@ -485,8 +497,7 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
 
     # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
     head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
-    # Nothing scrubbed nor masked (most heads): the headers are read as they came, not copied
-    plain = scrub is None and not masker.detectors
+    # Nothing scrubbed nor masked (plain): the headers are read as they came, not copied
     cleaned: list | None = None if plain else []
     out = []
     for n, (name, values) in response.headers.by_lower():  # (read only, as clean() is)
@@ -512,5 +523,8 @@ def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
             continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
         for v in values:
             out.append((name, v))
-    ex.record.response_headers = H.for_record(cleaned if cleaned is not None else response.headers.grouped())
+    record = ex.record.response_headers = H.for_record(cleaned if cleaned is not None else response.headers.grouped())
+    if plain:
+        # copies kept: the caller's list goes on to the client's head, the record's dict to the event
+        site.head_memo = (masker, key, list(out), dict(record))
     return out, counts

@@ -112,6 +112,10 @@ class HTTPSite:
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self._scrubber = Scrubber(self.secrets) if self.secrets else None  # each response gets a fresh() one
         self.channels: set = set()
+        # The last plain response head's cleaning (response_body._clean_headers): most answers of
+        # an upstream repeat their head but for its Date, which changes once a second
+        self.head_memo: tuple | None = None
+        self._clean_head: tuple | None = None  # the last response head head_scrub found clean
 
     def identity_for(self, channel, token: str):
         """The identity a token names (None: none): remembered per connection for its next request."""
@@ -147,10 +151,16 @@ class HTTPSite:
         head every ``scrub_header`` call would have returned unchanged."""
         if self._secret_re is None:
             return None
+        # The last head found clean, kept: the same phrase and header lines again are clean again
+        # (an upstream repeats its head but for its Date, which changes once a second)
+        head = (phrase, tuple(pairs))
+        if head == self._clean_head:
+            return None
         low = b"".join(chain((phrase,), chain.from_iterable(pairs))).lower()
         for core in self._secret_cores:
             if low.find(core) != -1:
                 return self.scrub_header
+        self._clean_head = head
         return None
 
     def scrub_body(self, data: bytes) -> bytes:
