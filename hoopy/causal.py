@@ -42,21 +42,23 @@ class ToolCall:
 
 class InFlight:
     def __init__(self):
-        self._by_actor: dict[str, dict[str, ToolCall]] = {}
+        # acts_as -> {call id: ToolCall}; empty when no call is in flight (Session reads it so:
+        # the common case, an operation with no MCP call running anywhere, costs no call).
+        self.by_actor: dict[str, dict[str, ToolCall]] = {}
 
     def begin(self, call: ToolCall) -> None:
-        self._by_actor.setdefault(call.acts_as, {})[call.id] = call
+        self.by_actor.setdefault(call.acts_as, {})[call.id] = call
 
     def end(self, call: ToolCall) -> None:
-        calls = self._by_actor.get(call.acts_as)
+        calls = self.by_actor.get(call.acts_as)
         if calls is not None:
             calls.pop(call.id, None)
             if not calls:
-                del self._by_actor[call.acts_as]
+                del self.by_actor[call.acts_as]
 
     def causes(self, session) -> list[ToolCall]:
         """The calls an operation of this session may have been made for, now."""
-        calls = self._by_actor.get(session.identity)
+        calls = self.by_actor.get(session.identity)
         if not calls or session.protocol == "mcp":
             return []
         cred = getattr(session, "credential", None)

@@ -81,14 +81,12 @@ class Session:
 
         An operation made for an MCP tool call (see hoopy.causal) of a connection with
         ``require_caller_grant`` must also be covered by each calling identity's grants here."""
-        flight = self.gateway.in_flight  # (self._causes(), inline: every statement asks)
-        causes = flight.causes(self) if flight is not None else None
+        gw = self.gateway
+        flight = gw.in_flight
+        # (no MCP call in flight anywhere, the common case: nothing to ask InFlight)
+        causes = flight.causes(self) if flight is not None and flight.by_actor else ()
         callers = sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
-        return self.gateway.policy.decide(self, operation, approvals, also=callers)
-
-    def _causes(self) -> list:
-        flight = self.gateway.in_flight
-        return flight.causes(self) if flight is not None else []
+        return gw.policy.decide(self, operation, approvals, also=callers)
 
     def judge(self, operation):
         """The policy's pure answer (a Judgement), recording nothing."""
@@ -136,9 +134,11 @@ class Session:
 
     def _event(self, kind, outcome, data) -> Event:
         if kind == "operation" and "caused_by" not in data:
-            causes = self._causes()
-            if causes:
-                data = {**data, "caused_by": [c.record() for c in causes]}
+            flight = self.gateway.in_flight
+            if flight is not None and flight.by_actor:  # (read here: no call when nothing is in flight)
+                causes = flight.causes(self)
+                if causes:
+                    data = {**data, "caused_by": [c.record() for c in causes]}
         if self.credential and kind == "session.start":
             data = {**data, "credential": self.credential}
         # The end of an operation carries its duration: its latency, by protocol and outcome.
