@@ -215,7 +215,7 @@ def test_health_and_metrics_report_each_upstream(tmp_path, hoopy_gateway):
             status, h = gw.get("/health")
             return status, h["upstreams"], h
         assert _wait(lambda: ups()[1]["pg"]["reachable"] is True and ups()[1]["web"]["reachable"] is False
-                     and ups()[1]["box"]["reachable"] is True)
+                     and ups()[1]["box"]["reachable"] is True), ups()[1]  # (what each said, when it fails)
         status, up, health = ups()
         assert status == 200 and health["store_writable"] is True and health["store"] == "ok"
         assert up["web"]["checked_by"] == "probe" and "refused" in up["web"]["last_error"].lower()
