@@ -35,7 +35,7 @@ upstream_headers = {{ Authorization = "env:API_AUTH" }}
 [[grants]]
 identity = "compat-agent"
 connection = "{name}"
-allow = ["GET /echo/**", "POST /echo/**", "GET /ws"]
+allow = ["GET /echo/**", "POST /echo/**", "GET /ws", "GET /gzip/customer", "GET /files/*"]
 """
     gw = HoopyProcess(d, AGENT.toml(scram=False) + conns, env={"API_AUTH": UPSTREAM_SECRET})
     gw.start()
@@ -65,6 +65,42 @@ def _curl(site, tls):
     _check_echo(subprocess.run(common + ["-H", "Content-Type: application/json", "--data", '{"n": 1}',
                                          base + "/echo/b"], capture_output=True, check=True).stdout,
                 "POST", '{"n": 1}')
+
+
+def _curl_compressed_and_ranges(site, tls):
+    """Where a credential is injected the upstream is asked for identity and no range: the body is
+    read whole and searched for the credential (docs/compatibility.md, "What HTTP clients see")."""
+    import base64
+
+
+    base = site.urls[tls]
+    common = ["curl", "-sS", "--fail", "-H", f"Authorization: Bearer {AGENT.token}"] + (["--cacert", site.ca] if tls else [])
+    seen = json.loads(subprocess.run(common + ["--compressed", base + "/echo/c"], capture_output=True,
+                                     check=True).stdout)
+    assert seen["headers"].get("accept-encoding", seen["headers"].get("Accept-Encoding")) in ("identity", ["identity"])
+    # an upstream that compresses anyway: curl --compressed reads the decoded body as it is
+    out = subprocess.run(common + ["--compressed", "-D", "-", base + "/gzip/customer"], capture_output=True,
+                         check=True).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"content-encoding" not in head.lower() and json.loads(body)["id"] == 42
+    data = bytes(range(256)) * 4
+    b = base64.urlsafe_b64encode(data).decode()
+    out = subprocess.run(common + ["-r", "100-199", "-D", "-", f"{base}/files/blob?b={b}"], capture_output=True,
+                         check=True).stdout
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == data, head
+
+
+@row("http", "curl", "--compressed and -r (a byte range) where a credential is injected", tls=False,
+     outcome="limited", note="answers come uncompressed and whole: a range gets the whole body with 200")
+def test_curl_compressed_and_ranges_plain(site):
+    _curl_compressed_and_ranges(site, False)
+
+
+@row("http", "curl", "--compressed and -r (a byte range) where a credential is injected", tls=True,
+     outcome="limited", note="answers come uncompressed and whole: a range gets the whole body with 200")
+def test_curl_compressed_and_ranges_tls(site):
+    _curl_compressed_and_ranges(site, True)
 
 
 def _requests(site, tls):
