@@ -9,6 +9,8 @@ durable in SQLite as always) and the floor (bench/relay.py) under ``valgrind --t
 warms each with pgbench -S, zeroes the counters, runs ``pgbench -S -t N`` and reads the
 instructions the process executed (all its threads) divided by the statements. ``--cpu``
 runs without valgrind and prints user+system CPU microseconds a statement instead (from /proc).
+``--strace`` with it counts system calls a statement; ``HOOPY_STRACE="strace -f -tt -T"`` (with
+``--keep``) writes a timeline of every call instead, to see where a statement waits.
 """
 from __future__ import annotations
 
@@ -124,7 +126,7 @@ def measure(name, cmd, port, user, db, a, env, work):
             c0 = cpu_seconds(proc.pid)
             spy = None
             if a.strace:
-                spy = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(work / f"{name}.strace")],
+                spy = subprocess.Popen([*os.environ.get("HOOPY_STRACE", "strace -c -f").split(), "-p", str(proc.pid), "-o", str(work / f"{name}.strace")],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             if a.profile:
