@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.support import HoopyProcess, free_port, ident
-from tests.wire_peers import RawUpstream, raw, response, statuses
+from tests.wire_peers import RawUpstream, raw, read_all, response, statuses
 
 CALLER = ident("caller")
 OTHER = ident("other")
@@ -108,20 +108,6 @@ def answers(out: bytes) -> list[tuple[int, bytes]]:
         n = int(ln.group(1)) if ln and code not in (204, 304) else 0
         got.append((code, tail[:n]))
         rest = tail[n:]
-
-
-def read_all(s, timeout: float = 6) -> bytes:
-    s.settimeout(timeout)
-    out = b""
-    try:
-        while True:
-            c = s.recv(65536)
-            if not c:
-                break
-            out += c
-    except (socket.timeout, ConnectionResetError):
-        pass
-    return out
 
 
 def until_answered_or_closed(s, timeout: float) -> bytes:

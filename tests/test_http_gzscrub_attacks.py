@@ -22,7 +22,7 @@ import brotli
 import pytest
 
 from tests.support import HoopyProcess, free_port, ident
-from tests.wire_peers import RawUpstream
+from tests.wire_peers import RawUpstream, raw
 
 CALLER = ident("caller")
 SECRET = "Bearer gz/scrub+Secret-7777=abcd"
@@ -129,19 +129,7 @@ def script(world, path: str, fn) -> bytes:
 def get(port: int, path: bytes, method: bytes = b"GET", extra: bytes = b"Accept-Encoding: gzip, deflate, br, zstd\r\n"):
     msg = (method + b" " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + CALLER.token.encode()
            + b"\r\n" + extra + b"Connection: close\r\n\r\n")
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        s.sendall(msg)
-        s.settimeout(10)
-        out = b""
-        try:
-            while True:
-                c = s.recv(65536)
-                if not c:
-                    break
-                out += c
-        except (socket.timeout, ConnectionResetError):
-            pass
-    return out
+    return raw(port, msg, timeout=10, wait_close=True)
 
 
 def split(out: bytes) -> tuple[int, bytes, bytes]:

@@ -170,18 +170,25 @@ def raw(port: int, data: bytes, timeout: float = 5, wait_close: bool = False, pa
         s.sendall(data)
         if pause:
             time.sleep(pause)
-        out = b""
-        try:
-            while True:
-                c = s.recv(65536)
-                if not c:
-                    break
-                out += c
-                if not wait_close and _complete(out):
-                    break
-        except (socket.timeout, ConnectionResetError):
-            pass
-        return out
+        return read_all(s, timeout, None if wait_close else _complete)
+
+
+def read_all(s, timeout: float = 6, enough=None) -> bytes:
+    """What ``s`` receives until the peer closes, is silent for ``timeout`` or resets, or (given)
+    ``enough(received)`` says it is all."""
+    s.settimeout(timeout)
+    out = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            out += c
+            if enough is not None and enough(out):
+                break
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return out
 
 
 def _complete(out: bytes) -> bool:
