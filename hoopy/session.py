@@ -81,12 +81,14 @@ class Session:
 
         An operation made for an MCP tool call (see hoopy.causal) of a connection with
         ``require_caller_grant`` must also be covered by each calling identity's grants here."""
-        gw = self.gateway
-        flight = gw.in_flight
-        # (no MCP call in flight anywhere, the common case: nothing to ask InFlight)
-        causes = flight.causes(self) if flight is not None and flight.by_actor else ()
+        causes = self._causes()
         callers = sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
-        return gw.policy.decide(self, operation, approvals, also=callers)
+        return self.gateway.policy.decide(self, operation, approvals, also=callers)
+
+    def _causes(self):
+        flight = self.gateway.in_flight
+        # (no MCP call in flight anywhere, the common case: nothing to ask InFlight)
+        return flight.causes(self) if flight is not None and flight.by_actor else ()
 
     def judge(self, operation):
         """The policy's pure answer (a Judgement), recording nothing."""
@@ -134,11 +136,9 @@ class Session:
 
     def _event(self, kind, outcome, data) -> Event:
         if kind == "operation" and "caused_by" not in data:
-            flight = self.gateway.in_flight
-            if flight is not None and flight.by_actor:  # (read here: no call when nothing is in flight)
-                causes = flight.causes(self)
-                if causes:
-                    data = {**data, "caused_by": [c.record() for c in causes]}
+            causes = self._causes()
+            if causes:
+                data = {**data, "caused_by": [c.record() for c in causes]}
         if self.credential and kind == "session.start":
             data = {**data, "credential": self.credential}
         # The end of an operation carries its duration: its latency, by protocol and outcome.

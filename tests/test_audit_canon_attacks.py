@@ -357,8 +357,9 @@ def _write_store(where, monkeypatch, c: bool, pg: bool = False):
 
     from hoopy.audit.signing import Signer
 
-    for mod in (chain, writer):
-        for n in ("_C_DUMPS", "_C_LINK", "_C_ASCII"):
+    # (the writer reaches dumps and link through chain's functions; _C_ASCII it holds itself)
+    for mod, names in ((chain, ("_C_DUMPS", "_C_LINK", "_C_ASCII")), (writer, ("_C_ASCII",))):
+        for n in names:
             monkeypatch.setattr(mod, n, getattr(chain, n) if c else None)
     if pg:
         from hoopy.audit.pgstore import PostgresEventStore, ensure_schema

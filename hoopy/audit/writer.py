@@ -34,7 +34,7 @@ import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from hoopy.audit.chain import _C_ASCII, _C_DUMPS, _C_LINK, _V2_PREFIX_BYTES, FIELDS_V2, NO_WRITES, canonical_json, link_v2
+from hoopy.audit.chain import _C_ASCII, FIELDS_V2, NO_WRITES, canonical_json, link_v2
 from hoopy.audit.events import Event, StoredEvent
 
 if TYPE_CHECKING:
@@ -252,16 +252,15 @@ def write_batch(dialect: Dialect, cur, batch, head, gateway: str, signer=None, s
     the batch holds an event of a kind in SIGN_KINDS."""
     seq, prev = head
     results, decided, rows = [], [], []
-    clink = _C_LINK
     for event, data, session, approval, expect, d in batch:
         if session is None and approval is None:
             # The common item (a statement's decision, its outcome): no row written with it, so
-            # ``writes`` is NO_WRITES; linked by one C call where built (chain.link_v2 otherwise).
+            # ``writes`` is NO_WRITES (link_v2: one C call where hoopy/audit/_canon.c is built).
             # (append refuses expect_state without an approval row.)
             seq += 1
             row = [seq, event.time_us, gateway, event.session, event.identity, event.connection, event.protocol,
                    event.peer, event.kind, event.outcome, data, NO_WRITES]
-            h = (clink(_V2_PREFIX_BYTES, prev, row) if clink is not None else None) or link_v2(prev, row)
+            h = link_v2(prev, row)
             row += (prev, h)
             rows.append(row)
             prev = h
@@ -419,11 +418,7 @@ class BatchedStore:
             d.errback(StoreError("the state store is closed"))
             return d
         try:
-            # (hoopy/audit/_canon.c called here directly, a Python call less once an event;
-            # None: canonical_json's Python path decides)
-            data = _C_DUMPS(event.data) if _C_DUMPS is not None else None
-            if data is None:
-                data = canonical_json(event.data)
+            data = canonical_json(event.data)  # (in C where hoopy/audit/_canon.c is built)
         except (TypeError, ValueError) as e:  # a bug in the caller, never silently dropped
             d.errback(StoreError(f"event data is not JSON: {e}"))
             return d
@@ -443,9 +438,7 @@ class BatchedStore:
             log.error("event not recorded, the state store is closed: {kind}", kind=event.kind)
             return
         try:
-            data = _C_DUMPS(event.data) if _C_DUMPS is not None else None
-            if data is None:
-                data = canonical_json(event.data)
+            data = canonical_json(event.data)
         except (TypeError, ValueError) as e:
             log.error("event not recorded, its data is not JSON: {e}", e=e)
             return
