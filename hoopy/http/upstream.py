@@ -333,6 +333,10 @@ class UpstreamConnection(Protocol):
         resp = UpstreamResponse(self, code, self._phrase, RawHeaders(self._headers, by_name), length,
                                 b"HTTP/" + self.parser.get_http_version().encode())
         resp._req = req
+        # A chunked body's trailer fields reach on_header too, after the head (often in the same
+        # read): they go to a list of their own, never into this head's lines, which the site's
+        # head memos take as the whole head (a trailer was given out as a header for a head alike)
+        self._headers = []
         req.response = resp
         req.state = "body"
         # Handed to its caller once this read is parsed (dataReceived): a small answer's body and
