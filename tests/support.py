@@ -23,10 +23,21 @@ BIN = Path(sys.executable).parent
 TWISTD = shutil.which("twistd", path=str(BIN)) or shutil.which("twistd")
 
 
+_GIVEN: set = set()  # ports free_port handed out in this process
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process: the kernel may give the same
+    ephemeral port to two binds in a row once the first is closed, and a config holding it twice
+    is refused ("port ... is already used by ..."), as a full run once found."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    return port
 
 
 def wait_ssh_listener(port: int, version: bytes = b"SSH-2.0-", timeout: float = 30, alive=None) -> bytes:
