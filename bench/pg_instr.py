@@ -68,6 +68,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(pid: int) -> dict:
+    """{thread: (user, system) seconds} of every thread of ``pid``."""
+    out: dict = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            # Python 3.11 names no OS thread: the main (reactor) thread is the one whose id is the pid.
+            name = "reactor" if task.name == str(pid) else f"thread {task.name}"
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        u, s = out.get(name, (0.0, 0.0))
+        out[name] = (u + int(fields[11]) / os.sysconf("SC_CLK_TCK"), s + int(fields[12]) / os.sysconf("SC_CLK_TCK"))
+    return out
+
+
 MODE = "simple"  # pgbench -M: simple, extended or prepared (--mode)
 
 
@@ -124,6 +139,7 @@ def measure(name, cmd, port, user, db, a, env, work):
         pgbench(port, user, db, max(a.clients, a.statements // 4), a.clients, env)  # warm: caches, pools
         if a.cpu:
             c0 = cpu_seconds(proc.pid)
+            t0 = thread_cpu(proc.pid)
             spy = None
             if a.strace:
                 spy = subprocess.Popen([*os.environ.get("HOOPY_STRACE", "strace -c -f").split(), "-p", str(proc.pid), "-o", str(work / f"{name}.strace")],
@@ -147,6 +163,10 @@ def measure(name, cmd, port, user, db, a, env, work):
                 else:
                     top(work / f"{name}.spy")
             per = (cpu_seconds(proc.pid) - c0) / a.statements * 1e6
+            t1 = thread_cpu(proc.pid)
+            print("   by thread (user + system us a statement): " + ", ".join(
+                f"{t} {(u - t0.get(t, (0, 0))[0]) / a.statements * 1e6:.0f} + {(s - t0.get(t, (0, 0))[1]) / a.statements * 1e6:.0f}"
+                for t, (u, s) in sorted(t1.items())))
             print(f"{name:6} {per:10.1f} us CPU a statement (pgbench -S -M {MODE} -c {a.clients}, {a.statements}; "
                   f"{tps:,.0f} TPS, load {os.getloadavg()[0]:.1f})", flush=True)
             return per
