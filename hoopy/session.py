@@ -71,6 +71,7 @@ class Session:
     started: bool = False  # True once session.start is durable
     _start_d: Deferred | None = None
     _end_d: Deferred | None = None
+    _timers: dict = attrs.field(factory=dict, init=False, repr=False)  # outcome -> operation_duration's child
 
     # --- what a protocol asks of its session ------------------------------
 
@@ -84,6 +85,14 @@ class Session:
         causes = self._causes()
         callers = sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
         return self.gateway.policy.decide(self, operation, approvals, also=callers)
+
+    def decide_then(self, operation, verdict, failed) -> None:
+        """``decide`` with its answer handed to ``verdict(answer)`` (Allow, Deny or Hold, once the
+        event saying so is durable) and a failure to ``failed(failure)`` (the caller fails closed),
+        not through a Deferred of its own: PolicyService.decide_then."""
+        causes = self._causes()
+        callers = sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
+        self.gateway.policy.decide_then(self, operation, verdict, failed, also=callers)
 
     def _causes(self):
         flight = self.gateway.in_flight
@@ -134,18 +143,31 @@ class Session:
         whose decision is already durable); it shares the next flush."""
         self.gateway.store.append_trailing(self._event(kind, outcome, data))
 
+    # ``event`` and ``trailing_event`` with the data as a dict made for the event, taken as it is
+    # (keywords would copy it once more): for a caller that makes one every operation.
+    def record(self, kind: str, outcome: str | None, data: dict) -> Deferred:
+        return self.gateway.store.append(self._event(kind, outcome, data))
+
+    def record_trailing(self, kind: str, outcome: str | None, data: dict) -> None:
+        self.gateway.store.append_trailing(self._event(kind, outcome, data))
+
     def _event(self, kind, outcome, data) -> Event:
         if kind == "operation" and "caused_by" not in data:
-            causes = self._causes()
-            if causes:
-                data = {**data, "caused_by": [c.record() for c in causes]}
-        if self.credential and kind == "session.start":
+            flight = self.gateway.in_flight  # (_causes, inline: every operation comes here)
+            if flight is not None and flight.by_actor:
+                causes = flight.causes(self)
+                if causes:
+                    data = {**data, "caused_by": [c.record() for c in causes]}
+        elif kind == "session.start" and self.credential:
             data = {**data, "credential": self.credential}
         # The end of an operation carries its duration: its latency, by protocol and outcome.
         seconds = data["duration_ms"] / 1000 if "duration_ms" in data else data.get("duration_s")
         if isinstance(seconds, (int, float)):
-            m = self.gateway.metrics
-            m.child(m.operation_duration, self.protocol, outcome or "ok").observe(seconds)
+            timer = self._timers.get(outcome)
+            if timer is None:  # (the histogram's child, looked up once a session and outcome)
+                m = self.gateway.metrics
+                timer = self._timers[outcome] = m.child(m.operation_duration, self.protocol, outcome or "ok")
+            timer.observe(seconds)
         # (positional: Event's fields in order, its time as Event's default makes it; a little cheaper
         # than keywords and the default's factory, once an event)
         return Event(kind, outcome, self.id, self.identity, self.connection, self.protocol, self.peer, data,

@@ -16,6 +16,9 @@ class _Session:
     def decide(self, operation):
         return self.d
 
+    def decide_then(self, operation, verdict, failed):
+        self.d.addCallbacks(verdict, failed)
+
 
 class _CS:
     def __init__(self, raises=False):

@@ -156,6 +156,70 @@ class PolicyService:
         d = session.event("operation", "allowed", rule=rule, **_describe(operation))
         return d.addCallbacks(_answer, self._store_down, callbackArgs=(allow,), errbackArgs=(session,))
 
+    def decide_then(self, session, operation, verdict, failed, also=()) -> None:
+        """``decide`` for a caller that takes the answer as a call, not as a Deferred: ``verdict(v)``
+        with Allow, Deny or Hold once the event saying so is durable (Deny(STORE_DOWN) if it cannot
+        be written), ``failed(failure)`` if no answer can be given (the caller fails closed). The
+        same judgement, the same event, the same counts as ``decide``; an allowed operation (every
+        statement of a steady session) costs the store's Deferred one callback and nothing else."""
+        j = self.judge(session.identity, session.connection, operation)
+        if also or j.parts:
+            j, operation = self._judged(session, operation, also, j)
+        outcome = j.outcome
+        if outcome == "approve":
+            ensureDeferred(self._approve(session, operation, j, j.approvals)).addCallbacks(verdict, failed)
+            return
+        # (_counted and _allow, inline: every statement comes here)
+        m = self.metrics
+        if m:
+            key = (session.protocol, session.connection, _COUNTED[outcome])
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = m.child(m.operations, *key)
+            counter.inc()
+        if outcome == "deny":
+            self._deny(session, operation, j).addCallbacks(verdict, failed)
+            return
+        rule = j.rule
+        assert rule is not None, "every allow names the rule that allowed it"
+        allow = self._allows.get(rule)
+        if allow is None:
+            allow = self._allows[rule] = Allow(rule)
+        detail = operation.detail
+        if "rule" in detail:  # as ``event(..., rule=rule, **describe)`` would: a duplicate keyword fails
+            raise TypeError("the operation's detail names a 'rule'")
+        # _describe(operation), with the rule first, made once (event() would copy it as keywords)
+        data = {"rule": rule, "operation": operation.kind, "text": operation.text,
+                "units": list(map(str, operation.units)), **detail}
+        session.record("operation", "allowed", data).addCallbacks(
+            _then, _store_down_then, callbackArgs=(allow, verdict), errbackArgs=(session, verdict, failed))
+
+    def _judged(self, session, operation, also, j=None):
+        """The judgement of ``operation`` for the session's identity (``j``, if already made) and
+        ``also``'s, and the operation as its event records it (with its parts)."""
+        if j is None:
+            j = self.judge(session.identity, session.connection, operation)
+        for other in also:
+            if j.outcome == "deny":
+                break
+            k = self.judge(other, session.connection, operation)
+            if k.outcome == "deny":
+                j = attrs.evolve(j, outcome="deny", rule=k.rule,
+                                 reason=f"not covered by the calling identity's grants: {k.reason}")
+            elif k.outcome == "approve" and j.outcome == "allow":
+                j = attrs.evolve(k, reason=f"the calling identity {other}: {k.reason}", parts=j.parts)
+        if j.parts:
+            # The event (and a reviewer's approval) lists every part with the rule that judged it.
+            operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})
+        return j, operation
+
+    def _deny(self, session, operation, j) -> Deferred:
+        log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
+                 connection=session.connection, text=operation.text[:200], reason=j.reason)
+        deny = Deny(j.reason, j.rule)
+        d = session.event("operation", "refused", rule=j.rule, reason=j.reason, **_describe(operation))
+        return d.addBoth(lambda _: deny)
+
     async def _approve(self, session, operation, j, mode):
         describe = _describe(operation)
         timeout = self.timeouts.get(session.connection, self.default_timeout)
@@ -226,6 +290,20 @@ _COUNTED = {"allow": "allowed", "deny": "refused"}
 
 def _answer(_, verdict):
     return verdict
+
+
+def _then(_, answer, verdict) -> None:
+    verdict(answer)
+
+
+def _store_down_then(failure, session, verdict, failed) -> None:
+    """PolicyService._store_down for ``decide_then``: a store that cannot write refuses; any
+    other failure is the caller's to fail closed on."""
+    if failure.check(StoreError):
+        log.error("session {id}: {e}", id=session.id, e=failure.getErrorMessage())
+        verdict(Deny(STORE_DOWN))
+    else:
+        failed(failure)
 
 
 def _memo_units(units) -> bool:

@@ -385,10 +385,12 @@ class ClientProtocol(Protocol):
             d.addCallback(self._decided)
             d.addErrback(self._internal_error, "judging")
             return
-        # One callback, not a callback and an errback after it: a decision that fails and a
-        # _decided that raises both end the connection (fail closed), as before.
-        self.session.decide(c.operation).addCallbacks(self._decided_or_fail, self._internal_error,
-                                                      errbackArgs=("judging",))
+        # The answer as a call (no Deferred chain of our own after the store's): a decision that
+        # fails and a _decided that raises both end the connection (fail closed), as before.
+        self.session.decide_then(c.operation, self._decided_or_fail, self._judging_failed)
+
+    def _judging_failed(self, f):
+        self._internal_error(f, "judging")
 
     def _decided_or_fail(self, verdict):
         # _decided's body, inline (every statement comes here).
@@ -453,7 +455,7 @@ class ClientProtocol(Protocol):
         self.session.event(c.kind, c.outcome, **c.data).addErrback(_log_failure(f"{c.kind} not recorded"))
 
     def _trailing(self, c):
-        self.session.trailing_event(c.kind, c.outcome, **c.data)
+        self.session.record_trailing(c.kind, c.outcome, c.data)  # (c.data: made for it, by done())
 
     def _redacted(self, c):
         self.session.redacted(c.count, **c.data).addErrback(_log_failure("redaction not recorded"))
