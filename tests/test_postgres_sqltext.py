@@ -169,3 +169,38 @@ def test_texts_with_one_key_have_one_parse_shape():
         assert key(other) == k, (sql, other)
         assert _shape(other) == _shape(sql), (sql, other)
     assert admitted > 300  # (else the generator tests nothing)
+
+
+def test_the_memo_answers_what_the_key_computes():
+    """``key`` remembers its answers by the exact text: every answer, first or remembered, is what
+    ``_key`` computes, for texts one character (case, space, a literal, a quote) apart, sent in
+    turns, and after the memo was emptied when full."""
+    from hoopy.postgres import sqltext
+
+    base = ["SELECT abalance FROM pgbench_accounts WHERE aid = 1;", "select abalance from pgbench_accounts where aid = 1;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid =  1;", "SELECT abalance FROM pgbench_accounts WHERE aid = 12;",
+            "SELECT abalance FROM pgbench_accounts WHERE aid = '1';", "SELECT abalance FROM pgbench_accounts WHERE aid = 1.5;",
+            "SELECT 'a''b' FROM t", "SELECT 'a' 'b'", "SELECT 1 -- x", "SELECT x::int", "SELECT $1", "SELECT $2",
+            "SELECT 1234567890", "SELECT 123456789", "SELECT 'é'", "SELECT é"]
+    texts = base + [t + " " for t in base] + [t.replace("1", "7") for t in base]
+    sqltext._MEMO.clear()
+    rng = random.Random(5)
+    for _ in range(3):
+        for t in rng.sample(texts, len(texts)):
+            # a fresh str of the same characters each time, as a decoded message is
+            fresh = "".join(list(t))
+            assert sqltext.key(fresh) == sqltext._key(t), t
+    assert len(sqltext._MEMO) == len(set(texts))  # remembered, once a text
+    # Emptied when full, and right again after.
+    old = sqltext.MEMO_MAX
+    try:
+        sqltext.MEMO_MAX = 5
+        sqltext._MEMO.clear()
+        for t in texts + texts:
+            assert sqltext.key(t) == sqltext._key(t), t
+            assert len(sqltext._MEMO) <= 5
+    finally:
+        sqltext.MEMO_MAX = old
+    # A long text is answered but not remembered.
+    long = "SELECT " + ", ".join(["a"] * 600)
+    assert sqltext.key(long) == sqltext._key(long) and long not in sqltext._MEMO

@@ -49,9 +49,32 @@ _STRINGS = re.compile(r"'[^']*(?:''[^']*)*'")
 _INTEGERS = re.compile(r"[0-9](?<![A-Za-z0-9_$][0-9])[0-9]*")  # (the digit first: a fast scan)
 
 
+# key's answers by the exact text: a statement sent again (the same text, as a simple Query or a
+# Parse) costs a dictionary lookup, not the two regular expressions. Only short texts are kept,
+# and the table is emptied when full, so it holds at most about MEMO_MAX * MEMO_TEXT * 2
+# characters (texts and keys): ~8 MB. A text's key depends on its characters alone.
+MEMO_MAX = 4096
+MEMO_TEXT = 1024
+_MEMO: dict = {}
+_MISSING = object()
+
+
 def key(sql: str) -> str | None:
     """The text with every string literal written ``''`` and every integer ``0``, or
     None if the text is not of the plain subset above."""
+    k = _MEMO.get(sql, _MISSING)
+    if k is not _MISSING:
+        return k
+    k = _key(sql)
+    if len(sql) <= MEMO_TEXT:
+        if len(_MEMO) >= MEMO_MAX:
+            _MEMO.clear()  # (a thread may be reading it too: clear is one step under the GIL)
+        _MEMO[sql] = k
+    return k
+
+
+def _key(sql: str) -> str | None:
+    """``key``, computed (the memo's reference)."""
     if _ADMIT.fullmatch(sql) is None:
         return None
     if "'" in sql:
