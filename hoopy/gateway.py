@@ -123,6 +123,15 @@ class Gateway(MultiService):
             child = self._byte_counters[key] = self.metrics.bytes.labels(*key)
         child.inc(n)
 
+    def byte_counter(self, session: Session, direction: str):
+        """The counter ``count_bytes(session, direction, n)`` adds ``n`` to (its ``inc(n)``): for a
+        protocol that counts every read, kept for the session."""
+        key = (session.protocol, session.connection, direction)
+        child = self._byte_counters.get(key)
+        if child is None:
+            child = self._byte_counters[key] = self.metrics.bytes.labels(*key)
+        return child
+
     # --- lifecycle ------------------------------------------------------------
 
     def _load_signing_key(self):

@@ -8,6 +8,7 @@ protocol imports.
 """
 from __future__ import annotations
 
+from functools import partial
 from time import time_ns
 from typing import Callable
 
@@ -119,6 +120,15 @@ class Session:
     def count_bytes(self, direction: str, n: int) -> None:
         """Bytes proxied: ``IN`` from the caller, ``OUT`` to it."""
         self.gateway.count_bytes(self, direction, n)
+
+    def byte_counts(self) -> tuple[Callable[[int], None], Callable[[int], None]]:
+        """``count_bytes(IN, n)`` and ``count_bytes(OUT, n)`` as two calls taking ``n``: the host's
+        counters' own ``inc`` where it hands them out (a protocol that counts every read and write
+        keeps these), else through ``count_bytes``."""
+        counter = getattr(self.gateway, "byte_counter", None)
+        if counter is None:
+            return partial(self.count_bytes, IN), partial(self.count_bytes, OUT)
+        return counter(self, IN).inc, counter(self, OUT).inc
 
     def cancel_holds(self, reason: str) -> list:
         """Expire every approval this session waits on (the caller left); Deferreds, one each."""

@@ -117,9 +117,10 @@ class Judging:
 
 # --- commands to the adapter ----------------------------------------------------
 
-@attrs.frozen
+@attrs.define
 class Decide:
-    """Ask the session; answer with ``decided``. ``refusal``: a refusal that needs no rule."""
+    """Ask the session; answer with ``decided``. ``refusal``: a refusal that needs no rule.
+    Not frozen, as Trailing: one is made every statement; nothing changes one once made."""
     operation: object
     refusal: str | None = None
 

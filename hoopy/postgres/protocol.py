@@ -33,6 +33,7 @@ from hoopy.transport import stream
 from hoopy.upstream import UpstreamError
 
 log = Logger()
+_TRAILING = cmd.Trailing
 PIPELINE_BUFFER = 1024 * 1024  # client bytes read ahead while a statement is judged
 STARTUP_TIMEOUT = 60
 
@@ -100,7 +101,7 @@ class ClientProtocol(Protocol):
     def dataReceived(self, data: bytes):
         cs = self.cs
         if cs is not None:
-            self.session.count_bytes(IN, len(data))
+            self._count_in(len(data))  # (session.count_bytes(IN, n), its counter kept)
             cs.receive_data(data)
             return self.run()
         if self.refusing is not None:
@@ -265,6 +266,7 @@ class ClientProtocol(Protocol):
             missing = self.rules.unresolved()
             if missing:
                 return self._refuse_everything(up, missing)
+        self._count_in, self._count_out = self.session.byte_counts()
         self.cs = cs = ClientSide(self.rules, max_statement=self.gateway.config.gateway.max_statement,
                                   scope=Scope.from_results(results[:SCOPE_RESULTS]), statuses=ready.statuses)
         up.client = self
@@ -350,12 +352,15 @@ class ClientProtocol(Protocol):
             data = b"".join(cs.to_client)
             cs.to_client.clear()
             if not self.closed:
-                self.session.count_bytes(OUT, len(data))
+                self._count_out(len(data))  # (session.count_bytes(OUT, n), its counter kept)
                 write_now(self.transport, data)
         if cs.commands:
             commands, cs.commands = cs.commands, []
             for c in commands:
-                self._COMMANDS[type(c)](self, c)
+                if type(c) is _TRAILING:  # (_trailing, inline: every statement ends with one)
+                    self.session.record_trailing(c.kind, c.outcome, c.data)
+                else:
+                    self._COMMANDS[type(c)](self, c)
         if cs.state in _WAITING:  # (cs.waiting, without a property's call)
             # A pipelining client is paused only once PIPELINE_BUFFER of its messages
             # wait: pausing every statement would cost two epoll changes each.
