@@ -65,7 +65,11 @@ def key(sql: str) -> str | None:
     k = _MEMO.get(sql, _MISSING)
     if k is not _MISSING:
         return k
-    k = _key(sql)
+    # (_key's body, inline: a text seen once pays one frame fewer)
+    if _ADMIT.fullmatch(sql) is None:
+        k = None
+    else:
+        k = _INTEGERS.sub("0", _STRINGS.sub("''", sql) if "'" in sql else sql)
     if len(sql) <= MEMO_TEXT:
         if len(_MEMO) >= MEMO_MAX:
             _MEMO.clear()  # (a thread may be reading it too: clear is one step under the GIL)
