@@ -33,7 +33,7 @@ from hoopy.transport import stream
 from hoopy.upstream import UpstreamError
 
 log = Logger()
-_TRAILING = cmd.Trailing
+_TRAILING, _DECIDE = cmd.Trailing, cmd.Decide
 PIPELINE_BUFFER = 1024 * 1024  # client bytes read ahead while a statement is judged
 STARTUP_TIMEOUT = 60
 
@@ -359,6 +359,8 @@ class ClientProtocol(Protocol):
             for c in commands:
                 if type(c) is _TRAILING:  # (_trailing, inline: every statement ends with one)
                     self.session.record_trailing(c.kind, c.outcome, c.data)
+                elif type(c) is _DECIDE and c.refusal is None:  # (_decide's common path, inline)
+                    self.session.decide_then(c.operation, self._decided_or_fail, self._judging_failed)
                 else:
                     self._COMMANDS[type(c)](self, c)
         if cs.state in _WAITING:  # (cs.waiting, without a property's call)

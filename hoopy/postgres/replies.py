@@ -46,6 +46,20 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE")
 _monotonic = time.monotonic
 
 
+def ms3(y: float) -> float:
+    """``round(y, 3)``, the same float, without its decimal conversion where none is needed.
+    ``round(y, 3)`` is the double nearest to k/1000 for k the integer nearest to y*1000 (exactly,
+    ties to even); ``round(y * 1000)`` finds that k whenever y*1000 (one rounding of the product:
+    under a millionth off below 1e9) is not within that of a tie; then k/1000, one correctly
+    rounded division, is that same double. Near a tie (or past 1e9), round(y, 3) itself."""
+    v = y * 1000.0
+    if -1e9 < v < 1e9:  # (not NaN nor infinite either)
+        k = round(v)
+        if -0.4999 < v - k < 0.4999:
+            return k / 1000
+    return round(y, 3)
+
+
 class UpstreamReplies:
     # What it shares with the ClientSide it is mixed into (set in ClientSide.__init__).
     ubuf: bytearray
@@ -491,7 +505,7 @@ class UpstreamReplies:
             return
         if e.plan is not None:
             self.redactions(e)
-        data = {"sql": sql[:2000], "duration_ms": round((_monotonic() - e.start) * 1000, 3)}
+        data = {"sql": sql[:2000], "duration_ms": ms3((_monotonic() - e.start) * 1000)}
         tag = e.tag
         if e.kind is _EXECUTE:
             data["rows"] = e.rows if tag is None or not tag.startswith(_WRITES) else codec.rows_from_tag(tag)
