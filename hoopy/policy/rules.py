@@ -42,7 +42,9 @@ class Unit:
         return self.kind if self.subject is None else f"{self.kind} {self.subject}"
 
 
-@attrs.frozen
+# slots=False (as hoopy.audit.events.Event): attrs then fills a frozen instance's __dict__ directly,
+# where a slotted frozen class calls object.__setattr__ once a field (one Operation a statement).
+@attrs.frozen(slots=False)
 class Operation:
     protocol: str
     kind: str  # statement | exec | shell | sftp | forward | request | ...
