@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from hoopy.postgres import classify as classify_mod, sqltree
 from hoopy.postgres.classify import _classify, classify, classify_or_error, parse_statement
@@ -171,36 +172,68 @@ def test_texts_with_one_key_have_one_parse_shape():
     assert admitted > 300  # (else the generator tests nothing)
 
 
-def test_the_memo_answers_what_the_key_computes():
-    """``key`` remembers its answers by the exact text: every answer, first or remembered, is what
-    ``_key`` computes, for texts one character (case, space, a literal, a quote) apart, sent in
-    turns, and after the memo was emptied when full."""
-    from hoopy.postgres import sqltext
-
+def _memo_texts():
     base = ["SELECT abalance FROM pgbench_accounts WHERE aid = 1;", "select abalance from pgbench_accounts where aid = 1;",
             "SELECT abalance FROM pgbench_accounts WHERE aid =  1;", "SELECT abalance FROM pgbench_accounts WHERE aid = 12;",
             "SELECT abalance FROM pgbench_accounts WHERE aid = '1';", "SELECT abalance FROM pgbench_accounts WHERE aid = 1.5;",
             "SELECT 'a''b' FROM t", "SELECT 'a' 'b'", "SELECT 1 -- x", "SELECT x::int", "SELECT $1", "SELECT $2",
-            "SELECT 1234567890", "SELECT 123456789", "SELECT 'é'", "SELECT é"]
-    texts = base + [t + " " for t in base] + [t.replace("1", "7") for t in base]
+            "SELECT 1234567890", "SELECT 123456789", "SELECT 'é'", "SELECT é", "SELECT a1 FROM t2 WHERE b = 3",
+            "SELECT a FROM t WHERE b = $1 AND c = 4", "SELECT '7' FROM t9", "SELECT 1e5", "SELECT 0x1F", "SELECT 1_000",
+            "SELECT t.1", "SELECT 1.", "SELECT .5", "SELECT a$1", "SELECT $1x", "SELECT 1'x'", "SELECT x FROM t WHERE y IN (1, 22, 333)"]
+    return base + [t + " " for t in base] + [t.replace("1", "7") for t in base] + [t.replace("1", "0") for t in base]
+
+
+def test_the_memo_answers_what_the_key_computes():
+    """``key`` remembers its answers (by the text's digit shape, else by the exact text): every
+    answer, first or remembered, is what ``_key`` computes, for texts one character (case, space,
+    a digit, a quote) apart, sent in turns, and after the tables were emptied when full."""
+    from hoopy.postgres import sqltext
+
+    texts = _memo_texts()
     sqltext._MEMO.clear()
+    sqltext._SHAPES.clear()
     rng = random.Random(5)
     for _ in range(3):
         for t in rng.sample(texts, len(texts)):
-            # a fresh str of the same characters each time, as a decoded message is
-            fresh = "".join(list(t))
+            fresh = "".join(list(t))  # a fresh str of the same characters each time, as a decoded message is
             assert sqltext.key(fresh) == sqltext._key(t), t
-    assert len(sqltext._MEMO) == len(set(texts))  # remembered, once a text
+    # the pgbench statement: one shape a number of digits, its key for every aid
+    assert sqltext.key("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;") == \
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 0;"
+    assert sqltext._SHAPES[b"SELECT abalance FROM pgbench_accounts WHERE aid = 00000;"] == \
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 0;"
+    assert sqltext._SHAPES[b"SELECT $0"] is sqltext._OWN  # a digit the key keeps: by the exact text
     # Emptied when full, and right again after.
     old = sqltext.MEMO_MAX
     try:
         sqltext.MEMO_MAX = 5
         sqltext._MEMO.clear()
+        sqltext._SHAPES.clear()
         for t in texts + texts:
             assert sqltext.key(t) == sqltext._key(t), t
-            assert len(sqltext._MEMO) <= 5
+            assert len(sqltext._MEMO) <= 5 and len(sqltext._SHAPES) <= 5
     finally:
         sqltext.MEMO_MAX = old
     # A long text is answered but not remembered.
-    long = "SELECT " + ", ".join(["a"] * 600)
-    assert sqltext.key(long) == sqltext._key(long) and long not in sqltext._MEMO
+    long = "SELECT " + ", ".join(["a1"] * 600)
+    assert sqltext.key(long) == sqltext._key(long)
+    assert long not in sqltext._MEMO and long.encode().translate(sqltext._ZEROS) not in sqltext._SHAPES
+
+
+_PIECES = ["SELECT", "a", "a1", "t12", "_x9", "$1", "$12", "1", "12", "007", "123456789", "1234567890", "'1'", "'a1b'",
+           "'it''s 2'", "1.5", ".5", "5.", "1e5", "0x1F", "1_000", "=", "<>", "-", "--", "/*", "(", ")", ",", ";", "[", "]",
+           ".", "'", "\"", "é", "'é1'", "::", "$", "1'x'", "a$1"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_PIECES), st.sampled_from(["", " ", "  ", "\n"])), min_size=1, max_size=12),
+       st.lists(st.integers(0, 9), min_size=1, max_size=4))
+@settings(max_examples=400, deadline=None)
+def test_texts_of_one_digit_shape_get_their_own_key(pieces, digits):
+    """Texts alike but for their digits (each digit of the text replaced by others, in turn): each
+    answer of ``key`` is ``_key``'s, whichever text of the shape came first."""
+    from hoopy.postgres import sqltext
+
+    text = "".join(p + sep for p, sep in pieces)
+    for d in digits:
+        variant = "".join(str((int(ch) + d) % 10) if ch in "0123456789" else ch for ch in text)
+        assert sqltext.key(variant) == sqltext._key(variant), variant

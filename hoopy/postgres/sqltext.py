@@ -49,31 +49,58 @@ _STRINGS = re.compile(r"'[^']*(?:''[^']*)*'")
 _INTEGERS = re.compile(r"[0-9](?<![A-Za-z0-9_$][0-9])[0-9]*")  # (the digit first: a fast scan)
 
 
-# key's answers by the exact text: a statement sent again (the same text, as a simple Query or a
-# Parse) costs a dictionary lookup, not the two regular expressions. Only short texts are kept,
-# and the table is emptied when full, so it holds at most about MEMO_MAX * MEMO_TEXT * 2
-# characters (texts and keys): ~8 MB. A text's key depends on its characters alone.
+# key's answers, remembered two ways (each table at most MEMO_MAX entries of texts of at most
+# MEMO_TEXT characters, emptied when full: ~8 MB each at most).
+#
+# By the text's digit shape: an ASCII text with each of its digits written 0. The three regular
+# expressions above see a digit only as one of the class [0-9] (never a particular digit, never a
+# backreference), so a text and its digit shape are admitted alike and have their literals in the
+# same places. When every digit of the shape stands inside a literal (a string or an integer,
+# which the key writes '' and 0), every text of that shape has the shape's key: then one lookup
+# answers for them all (``SELECT ... WHERE aid = 17`` and ``... = 18``, which the exact text never
+# would). Whether a digit stands elsewhere (in a name, a $n) is found once a shape: its key is
+# then not the key of the shape with every digit written 1. Such a shape answers _OWN: the text is
+# looked up by its exact characters instead.
 MEMO_MAX = 4096
 MEMO_TEXT = 1024
-_MEMO: dict = {}
+_SHAPES: dict = {}  # digit shape (bytes) -> the key of every text of that shape, None, or _OWN
+_MEMO: dict = {}  # exact text -> key (texts whose shape is _OWN, and non-ASCII ones)
 _MISSING = object()
+_OWN = object()
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_ONES = bytes.maketrans(b"0", b"1")
 
 
 def key(sql: str) -> str | None:
     """The text with every string literal written ``''`` and every integer ``0``, or
     None if the text is not of the plain subset above."""
+    if len(sql) > MEMO_TEXT:
+        return _key(sql)
+    if sql.isascii():
+        shape = sql.encode().translate(_ZEROS)
+        k = _SHAPES.get(shape, _MISSING)
+        if k is _MISSING:
+            k = _shape_key(shape)
+            if len(_SHAPES) >= MEMO_MAX:
+                _SHAPES.clear()  # (a thread may be reading it too: clear is one step under the GIL)
+            _SHAPES[shape] = k
+        if k is not _OWN:
+            return k
     k = _MEMO.get(sql, _MISSING)
-    if k is not _MISSING:
-        return k
-    # (_key's body, inline: a text seen once pays one frame fewer)
-    if _ADMIT.fullmatch(sql) is None:
-        k = None
-    else:
-        k = _INTEGERS.sub("0", _STRINGS.sub("''", sql) if "'" in sql else sql)
-    if len(sql) <= MEMO_TEXT:
+    if k is _MISSING:
+        k = _key(sql)
         if len(_MEMO) >= MEMO_MAX:
-            _MEMO.clear()  # (a thread may be reading it too: clear is one step under the GIL)
+            _MEMO.clear()
         _MEMO[sql] = k
+    return k
+
+
+def _shape_key(shape: bytes):
+    """The key every text of this digit shape has, or _OWN if a digit of it stands outside the
+    literals (the key keeps it: texts of the shape differ there)."""
+    k = _key(shape.decode())
+    if k is not None and _key(shape.translate(_ONES).decode()) != k:
+        return _OWN
     return k
 
 
