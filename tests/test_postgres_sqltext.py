@@ -237,3 +237,15 @@ def test_texts_of_one_digit_shape_get_their_own_key(pieces, digits):
     for d in digits:
         variant = "".join(str((int(ch) + d) % 10) if ch in "0123456789" else ch for ch in text)
         assert sqltext.key(variant) == sqltext._key(variant), variant
+
+
+def test_the_expressions_see_a_digit_only_as_the_class():
+    """The digit-shape memo is sound only while the three expressions name a digit only through
+    [0-9] (a text and its shape then read alike): no other digit in their patterns, but counts."""
+    import re as _re
+
+    from hoopy.postgres import sqltext
+
+    for pattern in (sqltext._ADMIT.pattern, sqltext._STRINGS.pattern, sqltext._INTEGERS.pattern):
+        rest = _re.sub(r"\[0-9\]|0-9|\{1,9\}|\{1,5\}|\\x00", "", pattern)
+        assert not _re.search(r"[0-9]|\\d|\\[0-7]", rest), pattern
