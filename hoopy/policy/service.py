@@ -119,55 +119,22 @@ class PolicyService:
         ``approvals="retry"``: the caller asked not to wait (HTTP ``Prefer: respond-async``),
         whatever the grant says. ``also``: further identities whose grants on this connection
         must cover the operation as well (an MCP server's downstream operation, for its callers)."""
-        j = self.judge(session.identity, session.connection, operation)
-        for other in also:
-            if j.outcome == "deny":
-                break
-            k = self.judge(other, session.connection, operation)
-            if k.outcome == "deny":
-                j = attrs.evolve(j, outcome="deny", rule=k.rule,
-                                 reason=f"not covered by the calling identity's grants: {k.reason}")
-            elif k.outcome == "approve" and j.outcome == "allow":
-                j = attrs.evolve(k, reason=f"the calling identity {other}: {k.reason}", parts=j.parts)
-        if j.parts:
-            # The event (and a reviewer's approval) lists every part with the rule that judged it.
-            operation = attrs.evolve(operation, detail={**operation.detail, "parts": list(j.parts)})
-        if j.outcome == "approve":
-            return ensureDeferred(self._approve(session, operation, j, approvals or j.approvals))
-        m = self.metrics
-        if m:  # (self._count, inline, its child kept here: every statement counts)
-            key = (session.protocol, session.connection, _COUNTED[j.outcome])
-            counter = self._counters.get(key)
-            if counter is None:
-                counter = self._counters[key] = m.child(m.operations, *key)
-            counter.inc()
-        if j.outcome == "deny":
-            log.info("refused {identity} on {connection}: {text!r}: {reason!r}", identity=session.identity,
-                     connection=session.connection, text=operation.text[:200], reason=j.reason)
-            deny = Deny(j.reason, j.rule)
-            d = session.event("operation", "refused", rule=j.rule, reason=j.reason, **_describe(operation))
-            return d.addBoth(lambda _: deny)
-        # allow: the mapping above raised on any outcome but the three
-        rule = j.rule
-        assert rule is not None, "every allow names the rule that allowed it"
-        allow = self._allows.get(rule)
-        if allow is None:  # (one Allow a rule: it is frozen, and a statement need not build one)
-            allow = self._allows[rule] = Allow(rule)
-        d = session.event("operation", "allowed", rule=rule, **_describe(operation))
-        return d.addCallbacks(_answer, self._store_down, callbackArgs=(allow,), errbackArgs=(session,))
+        d: Deferred = Deferred()
+        self.decide_then(session, operation, d.callback, d.errback, also, approvals)
+        return d
 
-    def decide_then(self, session, operation, verdict, failed, also=()) -> None:
-        """``decide`` for a caller that takes the answer as a call, not as a Deferred: ``verdict(v)``
-        with Allow, Deny or Hold once the event saying so is durable (Deny(STORE_DOWN) if it cannot
-        be written), ``failed(failure)`` if no answer can be given (the caller fails closed). The
-        same judgement, the same event, the same counts as ``decide``; an allowed operation (every
-        statement of a steady session) costs the store's Deferred one callback and nothing else."""
+    def decide_then(self, session, operation, verdict, failed, also=(), approvals: str | None = None) -> None:
+        """The decision, handed to ``verdict(v)``: Allow, Deny or Hold once the event saying so is
+        durable (Deny(STORE_DOWN) if it cannot be written); ``failed(failure)`` if no answer can be
+        given (the caller fails closed). ``decide`` is this with a Deferred; an allowed operation
+        (every statement of a steady session) costs the store's Deferred one callback and nothing
+        else."""
         j = self.judge(session.identity, session.connection, operation)
         if also or j.parts:
             j, operation = self._judged(session, operation, also, j)
         outcome = j.outcome
         if outcome == "approve":
-            ensureDeferred(self._approve(session, operation, j, j.approvals)).addCallbacks(verdict, failed)
+            ensureDeferred(self._approve(session, operation, j, approvals or j.approvals)).addCallbacks(verdict, failed)
             return
         # (_counted and _allow, inline: every statement comes here)
         m = self.metrics
@@ -275,11 +242,6 @@ class PolicyService:
 
         return Hold(approval, approval.outcome.addCallback(resolved), reason)
 
-    def _store_down(self, failure, session):
-        failure.trap(StoreError)
-        log.error("session {id}: {e}", id=session.id, e=failure.getErrorMessage())
-        return Deny(STORE_DOWN)
-
     def _count(self, session, outcome):
         if self.metrics:
             self.metrics.child(self.metrics.operations, session.protocol, session.connection, outcome).inc()
@@ -288,16 +250,12 @@ class PolicyService:
 _COUNTED = {"allow": "allowed", "deny": "refused"}
 
 
-def _answer(_, verdict):
-    return verdict
-
-
 def _then(_, answer, verdict) -> None:
     verdict(answer)
 
 
 def _store_down_then(failure, session, verdict, failed) -> None:
-    """PolicyService._store_down for ``decide_then``: a store that cannot write refuses; any
+    """For ``decide_then``: a store that cannot write refuses; any
     other failure is the caller's to fail closed on."""
     if failure.check(StoreError):
         log.error("session {id}: {e}", id=session.id, e=failure.getErrorMessage())
