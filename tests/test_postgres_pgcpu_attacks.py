@@ -1,0 +1,155 @@
+"""Attacks on the pgcpu round: sqltext.key's two memos (exact text, digit shape), replies.ms3,
+Operation with slots=False, decide_then on the statement path, byte counts kept per session.
+
+In memory: texts of one digit shape whose digits fall in names, $n, strings, integers, next to
+dots, letters and quotes, with 9 and 10 digits, leading zeros, non-ASCII digits; each asked of the
+memoized key in random order (and after the memo is emptied) and compared with the computed key;
+the classification of the same texts through the caches and with no cache at all. ms3 against
+round(y, 3) bit for bit (the sign of zero included). Through a real gateway and PostgreSQL: a grant
+on t1 and s1.t0 only, statements on t2, t10, t01, s1.t1, s0.t0 after the allowed ones warmed every
+memo, simple, extended and pipelined; the audit trail's events in order.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+import struct
+
+import attrs
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hoopy.policy.rules import Operation, Unit
+from hoopy.postgres import classify as classify_mod, sqltext
+from hoopy.postgres.replies import ms3
+
+
+# --- sqltext.key: the memoized answer is the computed one --------------------------------------
+
+_PIECES = st.sampled_from([
+    "SELECT", "a", "t", "s", "x_", "FROM", "WHERE", "AND", "=", "<>", "+", "-", ",", "(", ")", ".", ";",
+    "'", "''", "'a", "$", "E", "e", "_", " ", "\n", "\t", "'0'", "0", "00", "9", "123456789", "1234567890",
+    "٣", "a٣", "'٣'", "1e5", "0x1", "1.5", ".5", "1_0", "LIMIT", "OFFSET", "$1", "$12345", "$123456",
+])
+_DIGITS = "0123456789"
+
+
+def _digit_variants(text: str, draws) -> list[str]:
+    """``text`` with its ASCII digits rewritten: the same digit shape, other digits."""
+    out = []
+    for d in draws:
+        it = iter(d)
+        out.append("".join(next(it, c) if c in _DIGITS else c for c in text))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_PIECES, min_size=1, max_size=14), st.lists(st.sampled_from([" ", ""]), min_size=14, max_size=14),
+       st.lists(st.text(_DIGITS, min_size=40, max_size=40), min_size=1, max_size=5), st.booleans())
+def test_the_key_memos_answer_as_the_computed_key(pieces, gaps, draws, clear):
+    text = "".join(p + g for p, g in zip(pieces, gaps))
+    if clear:
+        sqltext._SHAPES.clear()
+        sqltext._MEMO.clear()
+    for t in [text] + _digit_variants(text, draws):
+        assert sqltext.key(t) == sqltext._key(t), t
+        assert sqltext.key(t) == sqltext._key(t), t  # (the second time from the memo)
+
+
+@pytest.mark.parametrize("texts", [
+    ["SELECT a FROM t1 WHERE b = 1", "SELECT a FROM t2 WHERE b = 1", "SELECT a FROM t1 WHERE b = 2"],
+    ["SELECT a FROM s1.t0 WHERE b = 10", "SELECT a FROM s0.t1 WHERE b = 10", "SELECT a FROM s1.t1 WHERE b = 99"],
+    ["SELECT a FROM t10", "SELECT a FROM t01", "SELECT a FROM t11", "SELECT a FROM t00"],
+    ["SELECT $1 + 1", "SELECT $2 + 1", "SELECT $1 + 2"],
+    ["SELECT 123456789", "SELECT 1234567890", "SELECT 0000000000"],
+    ["SELECT 'a1' FROM t1", "SELECT 'a2' FROM t2"],
+    ["SELECT 1e5", "SELECT 2e5", "SELECT 1e6"],
+    ["SELECT t1.a FROM t1", "SELECT t2.a FROM t1"],
+    ["SELECT a FROM t٣", "SELECT a FROM t3"],
+])
+def test_texts_of_one_shape_keep_apart_what_differs(texts):
+    for order in (texts, texts[::-1]):
+        sqltext._SHAPES.clear()
+        sqltext._MEMO.clear()
+        for t in order:
+            assert sqltext.key(t) == sqltext._key(t), t
+
+
+def _uncached(sql, scope):
+    saved = dict(classify_mod._TEXTS), dict(classify_mod._SHAPES)
+    classify_mod._TEXTS.clear()
+    classify_mod._SHAPES.clear()
+    real = sqltext.key
+    try:
+        sqltext.key = lambda s: None
+        return classify_mod.resolve(classify_mod._parse_shape(sql, False), scope, len(sql))
+    finally:
+        sqltext.key = real
+        classify_mod._TEXTS.update(saved[0])
+        classify_mod._SHAPES.update(saved[1])
+
+
+@pytest.mark.parametrize("texts", [
+    ["SELECT a FROM t1 WHERE b = 1", "SELECT a FROM t2 WHERE b = 1", "SELECT a FROM t1 WHERE b = 7",
+     "SELECT a FROM t10 WHERE b = 1", "SELECT a FROM t01 WHERE b = 1"],
+    ["SELECT a FROM s1.t0", "SELECT a FROM s0.t1", "SELECT a FROM s1.t1", "SELECT a FROM s0.t0"],
+    ["SELECT a, 'x1' FROM t1 WHERE b IN (1, 2)", "SELECT a, 'x2' FROM t2 WHERE b IN (1, 2)"],
+    ["DELETE FROM t1 WHERE b = 1", "DELETE FROM t2 WHERE b = 1", "UPDATE t1 SET a = 1", "UPDATE t2 SET a = 2"],
+])
+def test_classify_through_the_caches_is_classify_without_them(texts):
+    from hoopy.postgres.scope import Scope
+
+    scope = Scope.default() if hasattr(Scope, "default") else classify_mod.DEFAULT
+    for rounds in range(2):
+        for t in texts:
+            fast = classify_mod.classify(t, scope)
+            slow = _uncached(t, scope)
+            assert (fast.units, fast.relations, fast.statements) == (slow.units, slow.relations, slow.statements), t
+
+
+# --- replies.ms3: round(y, 3), bit for bit ------------------------------------------------------
+
+def _bits(x: float) -> bytes:
+    return struct.pack("<d", x)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(allow_nan=False), st.floats(-2e6, 2e6), st.floats(-1, 1),
+                 st.integers(-10**7, 10**7).map(lambda k: k / 1000 + 0.0005),
+                 st.integers(-10**7, 10**7).map(lambda k: (2 * k + 1) / 2000)))
+def test_ms3_is_round_bit_for_bit(y):
+    assert _bits(ms3(y)) == _bits(round(y, 3)), y
+
+
+@pytest.mark.parametrize("y", [-0.0, -0.0001, -0.0004999, -1e-300, 0.0, 1e-300, 5e-324, -5e-324,
+                               0.0005, -0.0005, 0.0015, 2.675, 1e6 + 0.0005, 999999.9995, 1e9, -1e9,
+                               math.inf, -math.inf])
+def test_ms3_at_the_edges(y):
+    assert _bits(ms3(y)) == _bits(round(y, 3)), y
+
+
+def test_ms3_nan():
+    assert math.isnan(ms3(math.nan))
+
+
+# --- Operation: frozen, hashed and compared as before, every protocol ---------------------------
+
+@pytest.mark.parametrize("protocol,kind", [("postgres", "statement"), ("ssh", "exec"), ("ssh", "shell"),
+                                           ("ssh", "sftp"), ("ssh", "forward"), ("http", "request"),
+                                           ("mcp", "tool")])
+def test_operation_is_still_frozen(protocol, kind):
+    op = Operation(protocol, kind, "x", (Unit("read", "public.t1"),), {})
+    for name in ("protocol", "kind", "text", "units", "detail"):
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            setattr(op, name, "y")
+        with pytest.raises(attrs.exceptions.FrozenInstanceError):
+            delattr(op, name)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        op.extra = 1  # no new attribute either (a __dict__ now, but still frozen)
+    same = Operation(protocol, kind, "x", (Unit("read", "public.t1"),), {})
+    other = Operation(protocol, kind, "x", (Unit("read", "public.t2"),), {})
+    assert op == same and op != other and not (op != same)
+    assert attrs.evolve(op, text="z").text == "z" and op.text == "x"
+    # detail and canonical are outside eq and hash, as before
+    noted = Operation(protocol, kind, "x", (Unit("read", "public.t1"),), {"sql": "other"}, canonical="c")
+    assert op == noted and hash(op) == hash(same) == hash(noted) and hash(op) != hash(other)
