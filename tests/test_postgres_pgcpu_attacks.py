@@ -153,3 +153,135 @@ def test_operation_is_still_frozen(protocol, kind):
     # detail and canonical are outside eq and hash, as before
     noted = Operation(protocol, kind, "x", (Unit("read", "public.t1"),), {"sql": "other"}, canonical="c")
     assert op == noted and hash(op) == hash(same) == hash(noted) and hash(op) != hash(other)
+
+
+# --- through a real gateway and PostgreSQL ---------------------------------------------------
+psycopg = pytest.importorskip("psycopg")
+
+TABLES = ["public.t1", "public.t2", "public.t10", "public.t11", "public.t01", "s1.t0", "s1.t1", "s0.t0"]
+ALLOWED = {"public.t1", "public.t10", "public.t11", "s1.t0"}
+MASKED_COLS = {"public.t11", "s1.t0"}
+
+
+def _name(qualified: str) -> str:
+    return qualified.split(".", 1)[1] if qualified.startswith("public.") else qualified
+
+
+@pytest.fixture(scope="module")
+def g(tmp_path_factory):
+    from tests.support import HoopyProcess, admin_sql, free_port, ident, pg_connection
+
+    db = f"hoopy_attackpgcpu_{secrets.token_hex(4)}"
+    admin_sql(f"CREATE DATABASE {db}")
+    admin_sql("CREATE SCHEMA s1; CREATE SCHEMA s0; " + "".join(
+        f"CREATE TABLE {t} (id int, ssn text); INSERT INTO {t} VALUES (1, 'secret-{t}'), (2, 'two-{t}'); "
+        for t in TABLES), db)
+    port = free_port()
+    reader = ident("reader")
+    body = reader.toml() + f"""
+{pg_connection(port, db)}
+
+[[grants]]
+identity = "reader"
+connection = "pg"
+allow = ["read public.t1", "read public.t10", "read public.t11", "read s1.t0", "read pg_catalog.*"]
+
+[[masking]]
+connection = "pg"
+columns = ["public.t11.ssn", "s1.t0.ssn"]
+"""
+    proc = HoopyProcess(tmp_path_factory.mktemp("attackpgcpu"), body).start()
+    proc.port, proc.database, proc.reader = port, db, reader
+    yield proc
+    proc.stop()
+    admin_sql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+def connect(g, **kw):
+    i = g.reader
+    return psycopg.connect(f"host=127.0.0.1 port={g.port} user={i.name} password={i.token} dbname=x "
+                           "sslmode=disable", autocommit=True, **kw)
+
+
+def _expect(table: str, row_id: int):
+    if table not in ALLOWED:
+        return "refused"
+    if table in MASKED_COLS:
+        return [("[REDACTED]",)]
+    return [((f"secret-{table}" if row_id == 1 else f"two-{table}"),)]
+
+
+def _run(c, sql, prepare):
+    try:
+        return c.execute(sql, prepare=prepare).fetchall()
+    except psycopg.Error as e:
+        assert e.sqlstate == "42501", (sql, e.sqlstate, str(e))
+        return "refused"
+
+
+@pytest.mark.parametrize("prepare", [False, True])
+def test_names_with_digits_are_judged_each_as_itself(g, prepare):
+    """Every table asked with the same digit shape, the allowed ones first (every memo warm), then
+    the others; literal digits varied; each answer as its own table's grant and masking say."""
+    with connect(g) as c:
+        for rnd in range(3):
+            order = sorted(TABLES, key=lambda t: (t not in ALLOWED, t)) if rnd == 0 else TABLES[::(-1) ** rnd]
+            for t in order:
+                for row_id in (1, 2):
+                    for sql in (f"SELECT ssn FROM {_name(t)} WHERE id = {row_id}",
+                                f"SELECT ssn FROM {_name(t)} WHERE id = {row_id} AND 'x{rnd}' = 'x{rnd}'"):
+                        assert _run(c, sql, prepare) == _expect(t, row_id), sql
+            # parameters: $1 kept in the key, the value bound
+            for t in order:
+                try:
+                    got = c.execute(f"SELECT ssn FROM {_name(t)} WHERE id = %s", (1,), prepare=prepare).fetchall()
+                except psycopg.Error as e:
+                    assert e.sqlstate == "42501"
+                    got = "refused"
+                assert got == _expect(t, 1), t
+
+
+def test_pipelined_allowed_and_refused_keep_their_order(g):
+    with connect(g) as c:
+        for _ in range(2):
+            with c.pipeline():
+                a = c.execute("SELECT ssn FROM t10 WHERE id = 1")
+                b = c.execute("SELECT ssn FROM t11 WHERE id = 1")
+                d = c.execute("SELECT ssn FROM t1 WHERE id = 2")
+            assert a.fetchall() == _expect("public.t10", 1)
+            assert b.fetchall() == _expect("public.t11", 1)
+            assert d.fetchall() == _expect("public.t1", 2)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                with c.pipeline():
+                    c.execute("SELECT ssn FROM t10 WHERE id = 1")
+                    c.execute("SELECT ssn FROM t01 WHERE id = 1")
+                    c.execute("SELECT ssn FROM t11 WHERE id = 1")
+            assert c.execute("SELECT ssn FROM t11 WHERE id = 2").fetchall() == _expect("public.t11", 2)
+
+
+def test_the_trail_says_what_each_statement_was(g):
+    import time
+
+    marker = secrets.token_hex(4)
+    sent = []
+    with connect(g) as c:
+        for t in TABLES:
+            sql = f"SELECT ssn FROM {_name(t)} WHERE id = 1 AND '{marker}' = '{marker}'"
+            sent.append((sql, t))
+            _run(c, sql, False)
+    deadline = time.monotonic() + 10
+    while True:
+        ops = [e for e in g.events("operation") if marker in (e.get("data") or {}).get("text", "")]
+        stmts = [e for e in g.events("statement") if marker in (e.get("data") or {}).get("sql", "")]
+        if len(ops) == len(TABLES) and len(stmts) == len(ALLOWED) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert [e["data"]["text"] for e in ops] == [s for s, _ in sent]
+    for e, (sql, t) in zip(ops, sent):
+        assert e["outcome"] == ("allowed" if t in ALLOWED else "refused"), (sql, e)
+        assert e["data"]["units"] == [f"read {t}"], e
+        assert e["data"].get("rule") == (f"read {t}" if t in ALLOWED else None) or t not in ALLOWED, e
+    assert [e["data"]["sql"] for e in stmts] == [s for s, t in sent if t in ALLOWED]
+    for e in stmts:
+        d = e["data"]["duration_ms"]
+        assert isinstance(d, float) and d >= 0 and d == round(d, 3), e
