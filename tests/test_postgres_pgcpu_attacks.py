@@ -21,7 +21,10 @@ from hypothesis import given, settings, strategies as st
 
 from hoopy.policy.rules import Operation, Unit
 from hoopy.postgres import classify as classify_mod, sqltext
-from hoopy.postgres.replies import ms3
+try:
+    from hoopy.postgres.replies import ms3
+except ImportError:
+    ms3 = None
 
 
 # --- sqltext.key: the memoized answer is the computed one --------------------------------------
@@ -285,3 +288,189 @@ def test_the_trail_says_what_each_statement_was(g):
     for e in stmts:
         d = e["data"]["duration_ms"]
         assert isinstance(d, float) and d >= 0 and d == round(d, 3), e
+
+
+# --- decide_then against decide: holds, store failures late, exactly one answer ---------------
+import pytest_twisted  # noqa: E402
+from twisted.internet.defer import Deferred, fail  # noqa: E402
+
+from hoopy.audit.store import StoreError  # noqa: E402
+from hoopy.policy.service import STORE_DOWN, Allow, Deny, Hold  # noqa: E402
+
+
+def _answers(session, op):
+    got: list = []
+    session.decide_then(op, lambda v: got.append(("verdict", v)), lambda f: got.append(("failed", f)))
+    return got
+
+
+@pytest_twisted.ensureDeferred
+async def test_decide_then_holds_as_decide(tmp_path):
+    from tests.gateway_fixtures import request, start_gateway
+
+    gw = start_gateway(tmp_path)
+    try:
+        s = gw.new_session("agent", gw.config.connections["api"], "127.0.0.1:40011")
+        await s.start()
+        v1 = await s.decide(request("POST", "/v1/refunds"))
+        d: Deferred = Deferred()
+        s.decide_then(request("POST", "/v1/refunds"), d.callback, d.errback)
+        v2 = await d
+        assert isinstance(v1, Hold) and isinstance(v2, Hold) and v1.reason == v2.reason
+        assert v1.approval.operation == v2.approval.operation and v1.approval.rule == v2.approval.rule
+        # the caller leaves: both holds end refused, as the protocol's Hold callbacks expect
+        for c in s.cancel_holds("left"):
+            await c
+        r1, r2 = await v1.resolution, await v2.resolution
+        assert isinstance(r1, Deny) and isinstance(r2, Deny) and r1.reason.split()[2:] == r2.reason.split()[2:]
+        # a store that cannot write while a hold is asked for: refused, both ways
+        real = gw.store.append
+        gw.store.append = lambda *a, **kw: fail(StoreError("disk full"))
+        assert await s.decide(request("POST", "/v1/refunds")) == Deny(STORE_DOWN)
+        d = Deferred()
+        s.decide_then(request("POST", "/v1/refunds"), d.callback, d.errback)
+        assert await d == Deny(STORE_DOWN)
+        gw.store.append = real
+        await s.end()
+    finally:
+        await gw.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_decide_then_answers_once_and_only_when_the_store_has(tmp_path):
+    """The store answers late (the event not yet durable): no verdict before; then exactly one,
+    whatever the store says (written, StoreError, another failure), for an allow and a deny."""
+    from tests.gateway_fixtures import request, start_gateway
+
+    gw = start_gateway(tmp_path)
+    try:
+        s = gw.new_session("agent", gw.config.connections["api"], "127.0.0.1:40012")
+        await s.start()
+        real = gw.store.append
+        for op, ends in [(request("GET", "/v1/a"), [None, StoreError("late"), RuntimeError("bug")]),
+                         (request("DELETE", "/v1/a"), [None, StoreError("late"), RuntimeError("bug")])]:
+            for end in ends:
+                pending: list = []
+
+                def later(*a, **kw):
+                    d = Deferred()
+                    pending.append(d)
+                    return d
+
+                gw.store.append = later
+                got = _answers(s, op)
+                assert got == [] and len(pending) == 1, (op, end)  # nothing before the store answers
+                if end is None:
+                    pending[0].callback(None)
+                else:
+                    pending[0].errback(end)
+                assert len(got) == 1, (op, end, got)
+                kind, v = got[0]
+                if op.text.startswith("DELETE"):
+                    assert kind == "verdict" and isinstance(v, Deny) and v.reason != STORE_DOWN  # refused anyway
+                elif end is None:
+                    assert kind == "verdict" and isinstance(v, Allow)
+                elif isinstance(end, StoreError):
+                    assert kind == "verdict" and v == Deny(STORE_DOWN)  # never Allow without its event
+                else:
+                    assert kind == "failed" and v.check(RuntimeError)
+        gw.store.append = real
+        await s.end()
+    finally:
+        await gw.stopService()
+
+
+def _metric(g, direction: str) -> float:
+    text = g.get("/metrics")[1].decode()
+    for ln in text.splitlines():
+        if ln.startswith("hoopy_proxied_bytes_total{") and f'direction="{direction}"' in ln and 'protocol="postgres"' in ln:
+            return float(ln.rpartition(" ")[2])
+    return 0.0
+
+
+def test_bytes_counted_are_the_bytes_on_the_wire(g):
+    """A counting relay between psycopg and the gateway: the gateway's in/out byte counters move by
+    exactly what crossed the wire, allowed, refused, pipelined, and a connection dropped mid-reply."""
+    import socket
+    import threading
+    import time
+
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    counts = {"in": 0, "out": 0}
+    lock = threading.Lock()
+    threads = []
+
+    def pump(a, b, direction):
+        try:
+            while True:
+                data = a.recv(65536)
+                if not data:
+                    break
+                with lock:
+                    counts[direction] += len(data)
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def accept():
+        while True:
+            try:
+                c, _ = lsock.accept()
+            except OSError:
+                return
+            u = socket.create_connection(("127.0.0.1", g.port))
+            for a, b, d in ((c, u, "in"), (u, c, "out")):
+                t = threading.Thread(target=pump, args=(a, b, d), daemon=True)
+                t.start()
+                threads.append(t)
+
+    threading.Thread(target=accept, daemon=True).start()
+    i = g.reader
+    dsn = (f"host=127.0.0.1 port={lsock.getsockname()[1]} user={i.name} password={i.token} dbname=x "
+           "sslmode=disable")
+
+    def settled():
+        """(wire in, wire out, counted in, counted out) once the relay and the counters agree to move no more."""
+        last = None
+        for _ in range(50):
+            time.sleep(0.1)
+            with lock:
+                now = (counts["in"], counts["out"], _metric(g, "in"), _metric(g, "out"))
+            if now == last:
+                return now
+            last = now
+        return last
+
+    # (the startup and authentication are outside this round: measured from a connection's first statement)
+    c = psycopg.connect(dsn, autocommit=True)
+    a = settled()
+    for t in TABLES:
+        _run(c, f"SELECT ssn FROM {_name(t)} WHERE id = 1", False)
+        _run(c, f"SELECT ssn FROM {_name(t)} WHERE id = 2", True)
+    with c.pipeline():
+        c.execute("SELECT ssn FROM t10 WHERE id = 1")
+        c.execute("SELECT generate_series(1, 3)")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with c.pipeline():
+            c.execute("SELECT ssn FROM t2 WHERE id = 1")
+            c.execute("SELECT ssn FROM t1 WHERE id = 1")
+    b = settled()
+    assert b[2] - a[2] == b[0] - a[0] and b[3] - a[3] == b[1] - a[1], (a, b)
+    c.close()
+    c2 = psycopg.connect(dsn, autocommit=True)
+    a = settled()
+    c2.pgconn.send_query(b"SELECT ssn FROM t1 WHERE id = 1; SELECT ssn FROM t10 WHERE id = 1")
+    c2.pgconn.flush()
+    time.sleep(0.3)
+    b = settled()
+    c2.pgconn.finish()  # gone without reading its reply
+    assert b[2] - a[2] == b[0] - a[0] and b[3] - a[3] == b[1] - a[1], (a, b)
+    lsock.close()
