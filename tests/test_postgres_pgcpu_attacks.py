@@ -21,10 +21,7 @@ from hypothesis import given, settings, strategies as st
 
 from hoopy.policy.rules import Operation, Unit
 from hoopy.postgres import classify as classify_mod, sqltext
-try:
-    from hoopy.postgres.replies import ms3
-except ImportError:
-    ms3 = None
+from hoopy.postgres.replies import ms3
 
 
 # --- sqltext.key: the memoized answer is the computed one --------------------------------------
@@ -474,3 +471,31 @@ def test_bytes_counted_are_the_bytes_on_the_wire(g):
     c2.pgconn.finish()  # gone without reading its reply
     assert b[2] - a[2] == b[0] - a[0] and b[3] - a[3] == b[1] - a[1], (a, b)
     lsock.close()
+
+
+_NAME = st.sampled_from(["t", "s", "a", "b_", "x"]).flatmap(lambda p: st.text(_DIGITS, max_size=3).map(lambda d: p + d))
+_LIT = st.one_of(st.text(_DIGITS, min_size=1, max_size=10), st.text(_DIGITS + "ab ", max_size=4).map(lambda v: f"'{v}'"),
+                 st.integers(1, 99999).map(lambda n: f"${n}"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAME, _NAME, _NAME, _LIT, _LIT, st.booleans()), min_size=1, max_size=6))
+def test_classify_of_digit_named_texts_through_the_caches(parts):
+    """Statements naming digit-bearing tables, schemas and columns, with integer, string and $n
+    literals; asked in order, each twice: classify through every cache as without any."""
+    from hoopy.postgres.scope import Scope
+
+    scope = classify_mod.DEFAULT if not hasattr(Scope, "default") else Scope.default()
+    for col, schema, table, lit1, lit2, qualified in parts * 2:
+        rel = f"{schema}.{table}" if qualified else table
+        sql = f"SELECT {col} FROM {rel} WHERE {col} = {lit1} AND {table}.{col} <> {lit2}"
+        assert sqltext.key(sql) == sqltext._key(sql), sql
+        try:
+            slow = _uncached(sql, scope)
+        except Exception as e:  # noqa: BLE001 (the cached path must fail the same way)
+            with pytest.raises(type(e)):
+                classify_mod.classify(sql, scope)
+            continue
+        fast = classify_mod.classify(sql, scope)
+        assert (fast.units, fast.relations, fast.column_names, fast.statements) == \
+            (slow.units, slow.relations, slow.column_names, slow.statements), sql
