@@ -499,3 +499,67 @@ def test_classify_of_digit_named_texts_through_the_caches(parts):
         fast = classify_mod.classify(sql, scope)
         assert (fast.units, fast.relations, fast.column_names, fast.statements) == \
             (slow.units, slow.relations, slow.column_names, slow.statements), sql
+
+
+def test_a_store_that_refuses_writes_refuses_statements_and_forwards_none(tmp_path):
+    """A PostgreSQL state store whose events table rejects every insert (a trigger) once every
+    memo is warm: each statement (simple, prepared, pipelined) is refused, nothing reaches the
+    server; once the store writes again, statements run."""
+    from tests.support import HoopyProcess, admin_sql, free_port, ident, pg_connection
+
+    tag = secrets.token_hex(4)
+    up, st_db = f"hoopy_attackpgcpu_up_{tag}", f"hoopy_attackpgcpu_st_{tag}"
+    admin_sql(f"CREATE DATABASE {up}")
+    admin_sql(f"CREATE DATABASE {st_db}")
+    admin_sql("CREATE TABLE w1 (id int)", up)
+    port = free_port()
+    writer = ident("writer")
+    body = writer.toml() + f"""
+{pg_connection(port, up)}
+
+[[grants]]
+identity = "writer"
+connection = "pg"
+allow = ["read public.w1", "write public.w1", "read pg_catalog.*"]
+"""
+    proc = HoopyProcess(tmp_path, body)
+    proc.config.write_text(proc.config.read_text().replace(
+        'state = "hoopy.db"', f'state = "postgresql://postgres@127.0.0.1:5432/{st_db}"\nname = "n1"', 1))
+    proc.start()
+    try:
+        with psycopg.connect(f"host=127.0.0.1 port={port} user={writer.name} password={writer.token} dbname=x "
+                             "sslmode=disable", autocommit=True) as c:
+            for n in range(6):
+                c.execute(f"INSERT INTO w1 VALUES ({n})", prepare=False)
+                c.execute("INSERT INTO w1 VALUES (%s)", (n,), prepare=True)
+            admin_sql("CREATE FUNCTION hoopy.no_events() RETURNS trigger LANGUAGE plpgsql AS "
+                      "$$BEGIN RAISE EXCEPTION 'no events'; END$$; "
+                      "CREATE TRIGGER no_events BEFORE INSERT ON hoopy.events FOR EACH ROW "
+                      "EXECUTE FUNCTION hoopy.no_events()", st_db)
+            for sql, args, prepare in [("INSERT INTO w1 VALUES (100)", None, False),
+                                       ("INSERT INTO w1 VALUES (%s)", (101,), True),
+                                       ("INSERT INTO w1 VALUES (102)", None, None)]:
+                with pytest.raises(psycopg.Error) as e:
+                    c.execute(sql, args, prepare=prepare)
+                assert "audit store" in str(e.value) or "store" in str(e.value), str(e.value)
+            with pytest.raises(psycopg.Error):
+                with c.pipeline():
+                    c.execute("INSERT INTO w1 VALUES (103)")
+                    c.execute("INSERT INTO w1 VALUES (%s)", (104,))
+        assert admin_sql("SELECT count(*) FROM w1 WHERE id >= 100", up) == "0"
+        admin_sql("DROP TRIGGER no_events ON hoopy.events", st_db)
+        with psycopg.connect(f"host=127.0.0.1 port={port} user={writer.name} password={writer.token} dbname=x "
+                             "sslmode=disable", autocommit=True) as c:
+            for _ in range(50):  # (the store may take a moment to be healthy again)
+                try:
+                    c.execute("INSERT INTO w1 VALUES (200)")
+                    break
+                except psycopg.Error:
+                    import time
+                    time.sleep(0.2)
+        assert admin_sql("SELECT count(*) FROM w1 WHERE id = 200", up) == "1"
+        assert admin_sql("SELECT count(*) FROM w1 WHERE id >= 100 AND id < 200", up) == "0"
+    finally:
+        proc.stop()
+        admin_sql(f"DROP DATABASE IF EXISTS {up} WITH (FORCE)")
+        admin_sql(f"DROP DATABASE IF EXISTS {st_db} WITH (FORCE)")
