@@ -559,6 +559,22 @@ allow = ["read public.w1", "write public.w1", "read pg_catalog.*"]
                     time.sleep(0.2)
         assert admin_sql("SELECT count(*) FROM w1 WHERE id = 200", up) == "1"
         assert admin_sql("SELECT count(*) FROM w1 WHERE id >= 100 AND id < 200", up) == "0"
+        # A store slow to write (a second an event): the caller leaves while its decision is in the
+        # store; the statement, allowed once its event is durable, is not run for nobody.
+        admin_sql("CREATE FUNCTION hoopy.slow_events() RETURNS trigger LANGUAGE plpgsql AS "
+                  "$$BEGIN PERFORM pg_sleep(1); RETURN NEW; END$$; "
+                  "CREATE TRIGGER slow_events BEFORE INSERT ON hoopy.events FOR EACH ROW "
+                  "EXECUTE FUNCTION hoopy.slow_events()", st_db)
+        import time
+        c = psycopg.connect(f"host=127.0.0.1 port={port} user={writer.name} password={writer.token} dbname=x "
+                            "sslmode=disable", autocommit=True)
+        c.pgconn.send_query(b"INSERT INTO w1 VALUES (300); INSERT INTO w1 VALUES (301)")
+        c.pgconn.flush()
+        time.sleep(0.2)
+        c.pgconn.finish()
+        time.sleep(4)
+        assert admin_sql("SELECT count(*) FROM w1 WHERE id >= 300", up) == "0"
+        admin_sql("DROP TRIGGER slow_events ON hoopy.events", st_db)
     finally:
         proc.stop()
         admin_sql(f"DROP DATABASE IF EXISTS {up} WITH (FORCE)")
