@@ -579,3 +579,46 @@ allow = ["read public.w1", "write public.w1", "read pg_catalog.*"]
         proc.stop()
         admin_sql(f"DROP DATABASE IF EXISTS {up} WITH (FORCE)")
         admin_sql(f"DROP DATABASE IF EXISTS {st_db} WITH (FORCE)")
+
+
+@pytest_twisted.ensureDeferred
+async def test_decide_then_with_callers_judges_as_decide(tmp_path):
+    """``also`` (an MCP caller's identity whose grants must cover the operation too): the same
+    verdict and the same event both ways, for a caller that denies, one that asks for approval, and
+    one that covers it."""
+    from hoopy.audit.chain import canonical_json
+    from tests.gateway_fixtures import request, start_gateway
+
+    gw = start_gateway(tmp_path)
+    try:
+        s = gw.new_session("agent", gw.config.connections["api"], "127.0.0.1:40013")
+        await s.start()
+        seen = []
+        append = gw.store.append
+
+        def on_append(event, *a, **kw):
+            seen.append((event.kind, event.outcome, canonical_json(event.data)))
+            return append(event, *a, **kw)
+
+        gw.store.append = on_append
+        for op, also in [(request("GET", "/v1/a"), ["bob"]), (request("GET", "/v1/a"), ["agent"]),
+                         (request("POST", "/v1/refunds"), ["bob"]), (request("DELETE", "/v1/a"), ["agent"])]:
+            v1 = await gw.policy.decide(s, op, also=also)
+            n = len(seen)
+            d: Deferred = Deferred()
+            gw.policy.decide_then(s, op, d.callback, d.errback, also=also)
+            v2 = await d
+            assert type(v1) is type(v2), (op, also)
+            if isinstance(v1, Hold):
+                assert v1.reason == v2.reason
+            else:
+                assert v1 == v2, (op, also)
+            assert [(k, o) for k, o, _ in seen[:n]][-1:] == [(k, o) for k, o, _ in seen[n:]][-1:], (op, also)
+            if not isinstance(v1, Hold):
+                assert seen[n - 1][2] == seen[-1][2], (op, also)
+        for c in s.cancel_holds("done"):
+            await c
+        gw.store.append = append
+        await s.end()
+    finally:
+        await gw.stopService()
