@@ -55,7 +55,7 @@ def ms3(y: float) -> float:
     v = y * 1000.0
     if -1e9 < v < 1e9:  # (not NaN nor infinite either)
         k = round(v)
-        if -0.4999 < v - k < 0.4999:
+        if k and -0.4999 < v - k < 0.4999:  # (k = 0: round(y, 3) keeps y's sign, -0.0 for -0.0001)
             return k / 1000
     return round(y, 3)
 
