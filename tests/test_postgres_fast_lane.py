@@ -350,6 +350,9 @@ def test_decide_counts_every_outcome_with_its_kept_counter():
         def event(self, kind, outcome=None, **data):
             return succeed(None)
 
+        def record(self, kind, outcome, data):
+            return succeed(None)
+
     clock = [T0]
     p = _memo_policy(clock)
     p.metrics = Metrics()
