@@ -135,3 +135,18 @@ def deferLater(seconds):
     from twisted.internet import task
 
     return task.deferLater(reactor, seconds, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_relative_path_is_held_where_it_was_opened(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = SQLiteEventStore("rel.db", "gw", reactor)
+    s.start()
+    try:
+        await s.append(ev(0))
+        monkeypatch.chdir("/")  # (a daemon's chdir after the store opened)
+        await s.append(ev(1))
+        assert s.healthy
+    finally:
+        await s.stop()
+    assert len(rows(str(tmp_path / "rel.db"))) == 2

@@ -79,6 +79,7 @@ class SQLiteEventStore(BatchedStore):
         self.path = str(path)
         self._head = None  # (seq, hash) of our last commit; None: read it from the table
         self._file: tuple | None = None  # (st_dev, st_ino) of the file opened at ``path``
+        self._where = self.path  # ``path`` made absolute when opened
         self._db: sqlite3.Connection | None = None
         self._lost: str | None = None  # why the file at ``path`` is no longer ours (every batch refused)
 
@@ -97,7 +98,9 @@ class SQLiteEventStore(BatchedStore):
         existing = {r[1] for r in db.execute("PRAGMA table_info(approvals)")}
         for stmt in migration_sql(existing):
             db.execute(stmt)
-        st = os.stat(self.path)
+        # (the path as it was when opened: a later change of working directory moves nothing)
+        self._where = os.path.abspath(self.path)
+        st = os.stat(self._where)
         self._file = (st.st_dev, st.st_ino)
         return db
 
@@ -105,7 +108,7 @@ class SQLiteEventStore(BatchedStore):
         """Why the file at ``path`` is no longer the one this connection writes (deleted, renamed
         away or replaced: what it commits would go to a file nobody reads), or None."""
         try:
-            st = os.stat(self.path)
+            st = os.stat(self._where)
         except OSError as e:
             return f"the state store file {self.path} is gone ({e.strerror}); what was written to it is refused"
         if (st.st_dev, st.st_ino) != self._file:
