@@ -10,6 +10,7 @@ chain link is computed inside that thread: no caller can skip it.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -77,6 +78,10 @@ class SQLiteEventStore(BatchedStore):
         super().__init__(gateway, reactor, busy_timeout)
         self.path = str(path)
         self._head = None  # (seq, hash) of our last commit; None: read it from the table
+        self._file: tuple | None = None  # (st_dev, st_ino) of the file opened at ``path``
+        self._where = self.path  # ``path`` made absolute when opened
+        self._db: sqlite3.Connection | None = None
+        self._lost: str | None = None  # why the file at ``path`` is no longer ours (every batch refused)
 
     def _connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +98,45 @@ class SQLiteEventStore(BatchedStore):
         existing = {r[1] for r in db.execute("PRAGMA table_info(approvals)")}
         for stmt in migration_sql(existing):
             db.execute(stmt)
+        # (the path as it was when opened: a later change of working directory moves nothing)
+        self._where = os.path.abspath(self.path)
+        st = os.stat(self._where)
+        self._file = (st.st_dev, st.st_ino)
         return db
+
+    def _moved(self) -> str | None:
+        """Why the file at ``path`` is no longer the one this connection writes (deleted, renamed
+        away or replaced: what it commits would go to a file nobody reads), or None."""
+        try:
+            st = os.stat(self._where)
+        except OSError as e:
+            return f"the state store file {self.path} is gone ({e.strerror}); what was written to it is refused"
+        if (st.st_dev, st.st_ino) != self._file:
+            return f"the state store file {self.path} was replaced; what was written to the old one is refused"
+        return None
+
+    def _lose_file(self, why: str) -> None:
+        """(Writer thread) the file this connection writes is not the one at ``path`` any more:
+        closed (its WAL goes back into it), and every later batch refused with ``why`` until the
+        gateway is started again. Not opened anew: a replaced file may already have taken this
+        connection's WAL (SQLite cannot tell whose it is), and a store made empty behind the
+        operator's back would start a second chain silently."""
+        old, self._db, self._head = self._db, None, None
+        self._lost = why + "; restart the gateway to use the file now at that path"
+        if old is None:
+            return
+        try:
+            # What the WAL holds into the file this connection has open (SQLite's close skips that
+            # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
+            # moved file's readers never look and the next file at the path would take it), then
+            # the WAL emptied.
+            old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            log.error("state store: the moved file's WAL could not be written back into it: {e}", e=e)
+        try:
+            old.close()
+        except sqlite3.Error:
+            pass
 
     def start(self):
         """Open synchronously (at startup, before listening) so a bad store stops the gateway."""
@@ -104,6 +147,9 @@ class SQLiteEventStore(BatchedStore):
         return SQLiteReader(self.path)
 
     def _write(self, batch, sign=False):
+        if self._db is None:
+            self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(self._lost or "the state store is closed"))
+            return
         cur = self._db.cursor()
         try:
             if self._only_events(batch):
@@ -121,6 +167,13 @@ class SQLiteEventStore(BatchedStore):
                 pass
             err = StoreError(f"the state store cannot write: {e}")
             self._to_reactor(self._failed, [b[-1] for b in batch], err)
+            return
+        # Committed: but into the file at ``path``? (Looked at after the commit, so a file deleted or
+        # replaced before it returned is seen: those events are refused, never reported durable.)
+        moved = self._moved()
+        if moved is not None:
+            self._lose_file(moved)
+            self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(self._lost))
             return
         self._committed(wrote, signed)
         self._to_reactor(self._written, results)
@@ -163,7 +216,8 @@ class SQLiteEventStore(BatchedStore):
         return results, signed
 
     def _close(self):
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
 
 def is_postgres(state: str) -> bool:

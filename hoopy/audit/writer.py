@@ -352,6 +352,10 @@ class BatchedStore:
 
     max_batch = 512
     linger = 0.005  # seconds a batch of trailing events waits for company
+    # Events waiting for the writer past which appends are refused: a writer that cannot keep up
+    # (a disk that hangs) must not let them queue in memory without end (its operations wait and
+    # none is forwarded; past this they are refused at once).
+    max_pending = 50_000
     shared = False  # True where other gateway nodes write the same store
 
     def __init__(self, gateway: str, reactor=None, busy_timeout: float = 5.0):
@@ -425,6 +429,9 @@ class BatchedStore:
         if expect_state is not None and not (approval and approval.get("id")):
             d.errback(StoreError("expect_state needs an approval row with its id"))
             return d
+        if len(self._items) >= self.max_pending:
+            d.errback(StoreError(f"the state store is {len(self._items)} events behind"))
+            return d
         self._items.append((_clean_event(event), data, _clean_row(session), _clean_row(approval), expect_state, d))
         self._queue.put(_WAKE)
         return d
@@ -441,6 +448,10 @@ class BatchedStore:
             data = canonical_json(event.data)
         except (TypeError, ValueError) as e:
             log.error("event not recorded, its data is not JSON: {e}", e=e)
+            return
+        if len(self._items) >= self.max_pending:
+            log.error("event not recorded, the state store is {n} events behind: {kind}", n=len(self._items),
+                      kind=event.kind)
             return
         self._items.append((_clean_event(event), data, None, None, None, None))
         if not self._armed:
