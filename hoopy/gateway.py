@@ -117,18 +117,14 @@ class Gateway(MultiService):
         return self.auth_failures.failed(connection, peer, user, method, reason)
 
     def count_bytes(self, session: Session, direction: str, n: int):
-        key = (session.protocol, session.connection, direction)
-        child = self._byte_counters.get(key)
-        if child is None:  # labels() costs more than the increment: once per key
-            child = self._byte_counters[key] = self.metrics.bytes.labels(*key)
-        child.inc(n)
+        self.byte_counter(session, direction).inc(n)
 
     def byte_counter(self, session: Session, direction: str):
         """The counter ``count_bytes(session, direction, n)`` adds ``n`` to (its ``inc(n)``): for a
         protocol that counts every read, kept for the session."""
         key = (session.protocol, session.connection, direction)
         child = self._byte_counters.get(key)
-        if child is None:
+        if child is None:  # labels() costs more than the increment: once per key
             child = self._byte_counters[key] = self.metrics.bytes.labels(*key)
         return child
 
