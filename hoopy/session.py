@@ -83,17 +83,18 @@ class Session:
 
         An operation made for an MCP tool call (see hoopy.causal) of a connection with
         ``require_caller_grant`` must also be covered by each calling identity's grants here."""
-        causes = self._causes()
-        callers = sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
-        return self.gateway.policy.decide(self, operation, approvals, also=callers)
+        return self.gateway.policy.decide(self, operation, approvals, also=self._callers())
 
     def decide_then(self, operation, verdict, failed) -> None:
         """``decide`` with its answer handed to ``verdict(answer)`` (Allow, Deny or Hold, once the
         event saying so is durable) and a failure to ``failed(failure)`` (the caller fails closed),
         not through a Deferred of its own: PolicyService.decide_then."""
+        self.gateway.policy.decide_then(self, operation, verdict, failed, also=self._callers())
+
+    def _callers(self):
+        """The calling identities whose grants must cover this session's operation too."""
         causes = self._causes()
-        callers = sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
-        self.gateway.policy.decide_then(self, operation, verdict, failed, also=callers)
+        return sorted({c.caller for c in causes if c.require_caller_grant}) if causes else ()
 
     def _causes(self):
         flight = self.gateway.in_flight
