@@ -11,6 +11,8 @@ instructions the process executed (all its threads) divided by the statements. `
 runs without valgrind and prints user+system CPU microseconds a statement instead (from /proc).
 ``--strace`` with it counts system calls a statement; ``HOOPY_STRACE="strace -f -tt -T"`` (with
 ``--keep``) writes a timeline of every call instead, to see where a statement waits.
+``--trace`` with it (one client) puts bench/pg_trace_probe.py on the gateway's path and prints where
+a statement's time goes, interval by interval, from its bytes in to its reply out.
 """
 from __future__ import annotations
 
@@ -129,7 +131,15 @@ def measure(name, cmd, port, user, db, a, env, work):
         # twistd's own profiler: it saves the stats when the reactor stops.
         cmd = cmd[:2] + ["--profile", str(work / "hoopy.prof"), "--profiler", "cprofile", "--savestats"] + cmd[2:]
     if a.cpu:
-        proc = subprocess.Popen(cmd, cwd=work, stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
+        genv = None
+        if a.trace and name == "hoopy":
+            probe = work / "probe"
+            probe.mkdir(exist_ok=True)
+            shutil.copy(_HERE / "pg_trace_probe.py", probe / "sitecustomize.py")
+            genv = {**os.environ, "HOOPY_TRACE_OUT": str(work / "trace.txt"),
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(probe), str(_HERE.parent),
+                                                                os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen(cmd, cwd=work, env=genv, stdout=open(work / f"{name}.log", "wb"), stderr=subprocess.STDOUT)
     else:
         proc = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p",
                                  "--dump-instr=no", "--compress-strings=no", "--separate-threads=yes"] + cmd, cwd=work,
@@ -150,7 +160,11 @@ def measure(name, cmd, port, user, db, a, env, work):
                                         "raw", "--output", str(work / f"{name}.spy"), "--threads", "--gil"],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
+            if a.trace:
+                (work / "trace.txt").unlink(missing_ok=True)  # (the warm-up's)
             tps = pgbench(port, user, db, a.statements, a.clients, env)
+            if a.trace and name == "hoopy":
+                trace_report(work / "trace.txt")
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(30)
@@ -193,6 +207,58 @@ def measure(name, cmd, port, user, db, a, env, work):
             cprofile_top(work / "hoopy.prof", a.statements + max(a.clients, a.statements // 4))
 
 
+TRACE = ("cin", "app", "wake", "w0", "w1", "back", "dec", "s0", "s1", "fwd", "uin", "s0", "s1", "cout")
+TRACE_SAYS = {"cin>app": "client bytes in -> decision appended (parse, judge, event: reactor)",
+              "app>wake": "the writer thread woken",
+              "wake>w0": "the batch taken, rows built",
+              "w0>w1": "INSERT + fsync (SQLite)",
+              "w1>back": "file check, hand-back to the reactor",
+              "back>dec": "the batch's Deferreds fired",
+              "dec>s0": "the verdict at the connection",
+              "s0>s1": "send to upstream (the system call; the GIL back after it)",
+              "s1>fwd": "rest of the verdict",
+              "fwd>uin": "upstream's answer (PostgreSQL, loopback)",
+              "uin>s0": "the reply read and matched",
+              "s0>s1'": "send to the client",
+              "s1>cout": "rest of the reply (its outcome appended)"}
+
+
+def trace_report(path: Path) -> None:
+    """The intervals of complete statements (one client: each is TRACE in order, other marks
+    between them ignored), median / mean / p90 microseconds."""
+    import statistics
+
+    if not path.exists():
+        print("   (no trace written)")
+        return
+    cycles, cur = [], None
+    for line in path.read_text().splitlines():
+        t, tag = line.split()
+        if tag == "cin":
+            cur = [int(t)]
+        elif cur is not None and tag == TRACE[len(cur)]:
+            cur.append(int(t))
+            if len(cur) == len(TRACE):
+                cycles.append(cur)
+                cur = None
+    if not cycles:
+        print("   (no complete statement in the trace)")
+        return
+    print(f"## where a statement's time goes ({len(cycles)} statements; us: median / mean / p90)")
+    seen = set()
+    for i in range(1, len(TRACE)):
+        key = f"{TRACE[i - 1]}>{TRACE[i]}"
+        if key in seen:
+            key += "'"
+        seen.add(key)
+        v = sorted((c[i] - c[i - 1]) / 1000 for c in cycles)
+        print(f"  {key:10} {statistics.median(v):7.1f} {statistics.mean(v):7.1f} {v[len(v) * 9 // 10]:7.1f}"
+              f"  {TRACE_SAYS.get(key, '')}")
+    v = sorted((c[-1] - c[0]) / 1000 for c in cycles)
+    print(f"  {'cin>cout':10} {statistics.median(v):7.1f} {statistics.mean(v):7.1f} {v[len(v) * 9 // 10]:7.1f}"
+          f"  in the gateway, a statement")
+
+
 def callgrind_counts(out, pid: int):
     """The instructions of the dumps callgrind_control wrote as "measured" for ``pid``: (all threads,
     {thread: count}, the dump files)."""
@@ -233,6 +299,8 @@ def main():
     ap.add_argument("--strace", action="store_true", help="with --cpu: count system calls a statement")
     ap.add_argument("--profile", action="store_true", help="with --cpu: py-spy each process, print the top")
     ap.add_argument("--cprofile", action="store_true", help="with --cpu: cProfile the gateway's reactor thread")
+    ap.add_argument("--trace", action="store_true",
+                    help="with --cpu and one client: where a statement's time goes (bench/pg_trace_probe.py)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (callgrind files)")
     ap.add_argument("--masking", action="store_true", help="an email pattern rule on the connection")
     ap.add_argument("--mode", choices=("simple", "extended", "prepared"), default="simple",
