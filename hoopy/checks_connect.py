@@ -30,10 +30,9 @@ class Line:
 def main(cfg, config_path, out=None) -> int:
     """Run every check; print a line each; 2 on any error, else 0."""
     out = out or sys.stdout
-    from twisted.internet import asyncioreactor
+    from hoopy.eventloop import install_reactor
 
-    if "twisted.internet.reactor" not in sys.modules:
-        asyncioreactor.install()
+    install_reactor()
     from twisted.internet import defer, reactor
 
     lines: list[Line] = []

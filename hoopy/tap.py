@@ -1,23 +1,26 @@
 """twistd's entry point: ``twistd -n hoopy -c hoopy.toml``.
 
-asyncssh runs on asyncio, so the gateway runs on Twisted's asyncio reactor.
+asyncssh runs on asyncio, so the gateway runs on Twisted's asyncio reactor
+(on uvloop's loop where uvloop is installed: hoopy/eventloop.py).
 The Options constructor installs it when nothing has chosen a reactor yet
 (twistd parses ``-r`` before it builds our options); makeService refuses
 any other reactor with a one-line error.
 """
 from __future__ import annotations
 
-import sys
-
+from twisted.logger import Logger
 from twisted.python import usage
+
+log = Logger()
 
 
 def _install_asyncio_reactor():
-    if "twisted.internet.reactor" in sys.modules:
-        return
-    from twisted.internet import asyncioreactor
+    from hoopy.eventloop import EventLoopError, install_reactor
 
-    asyncioreactor.install()
+    try:
+        install_reactor()  # (on uvloop's loop where it is installed: hoopy/eventloop.py)
+    except EventLoopError as e:
+        raise SystemExit(f"hoopy: {e}; not starting")
 
 
 class Options(usage.Options):
@@ -52,9 +55,11 @@ def makeService(options):
 
     from twisted.internet import reactor
 
+    from hoopy.eventloop import name as loop_name
     from hoopy.sockwrite import install_fast_reads
 
     install_fast_reads(reactor)
+    log.info("event loop: {loop}", loop=loop_name(reactor._asyncioEventloop))
     from hoopy.gateway import Gateway
     from hoopy.listen import bind_all
 
