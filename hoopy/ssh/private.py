@@ -523,7 +523,12 @@ class _CoalescedSends:
                 data = _unsent(data, sent)
                 if not data:
                     return
-            transport.write(data[0] if len(data) == 1 else b"".join(data))
+            if len(data) == 1:
+                transport.write(data[0])
+            elif type(transport) is _SOCKET_TRANSPORT:
+                transport.write(b"".join(data))  # (asyncio's writelines joins them the same way)
+            else:
+                transport.writelines(data)  # (uvloop: one vectored write, no copy of the parts)
         except ConnectionError:
             pass
 
@@ -544,8 +549,18 @@ class GatewayClientConnection(_CoalescedSends, asyncssh.SSHClientConnection):
     """The gateway's connection to the upstream host."""
 
 
+def _recast(conn, cls) -> None:
+    """``conn`` made an instance of ``cls`` (a subclass of its own). uvloop's transport keeps the
+    protocol's ``data_received`` it found when the connection was made (asyncio's looks it up on
+    every read): handed the protocol again, it takes the subclass's."""
+    conn.__class__ = cls
+    transport = getattr(conn, "_transport", None)
+    if transport is not None and type(transport) is not _SOCKET_TRANSPORT and not transport.is_closing():
+        transport.set_protocol(conn)
+
+
 def gateway_client_connection(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHClientConnection:
-    conn.__class__ = GatewayClientConnection
+    _recast(conn, GatewayClientConnection)
     return conn
 
 
@@ -604,6 +619,6 @@ class GatewayServerConnection(_CoalescedSends, asyncssh.SSHServerConnection):
 
 
 def gateway_connection(conn: asyncssh.SSHServerConnection, refused) -> asyncssh.SSHServerConnection:
-    conn.__class__ = GatewayServerConnection
+    _recast(conn, GatewayServerConnection)
     conn.refused = refused
     return conn
