@@ -59,3 +59,30 @@ def install_reactor(environ=None) -> None:
     loop = new_loop(environ)
     asyncio.set_event_loop(loop)
     asyncioreactor.install(loop)
+    if name(loop) == "uvloop":
+        loop.call_soon(_reap_on_sigchld, loop)  # (runs once the loop has set its own wake-up fd)
+
+
+def _reap_on_sigchld(loop) -> None:
+    """Child processes reaped when SIGCHLD comes, on uvloop too.
+
+    Twisted learns of SIGCHLD through ``signal.set_wakeup_fd`` (a byte on its own pipe, its handler
+    a no-op); uvloop, once running, points the wake-up fd at its own socket, so Twisted only reaped a
+    child when the child's pipes closed after it had exited, or at the next spawn. A child that
+    closes its pipes and exits later (an MCP server told to stop) was never seen to end, and a
+    gateway waiting on it at shutdown hung. uvloop refuses ``add_signal_handler(SIGCHLD)``; a
+    Python handler is run by uvloop when its wake-up socket reads the signal, and hands the
+    reaping to the loop."""
+    import signal
+
+    from twisted.internet.process import reapAllProcesses
+
+    def on_sigchld(signum, frame):
+        loop.call_soon(reapAllProcesses)
+
+    try:
+        signal.signal(signal.SIGCHLD, on_sigchld)
+    except ValueError:  # (not the main thread: uvloop does not take signals there either)
+        return
+    signal.siginterrupt(signal.SIGCHLD, False)  # (as Twisted's: no EINTR for it elsewhere)
+    reapAllProcesses()  # (a child that ended before the handler was in)

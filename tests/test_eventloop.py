@@ -85,3 +85,34 @@ allow = ["read"]
     db = sqlite3.connect(gw.db)
     kinds = dict(db.execute("SELECT outcome, count(*) FROM events WHERE kind = 'operation' GROUP BY outcome"))
     assert kinds == {"allowed": 50, "refused": 1}
+
+
+CHILD = """
+import os, sys
+from hoopy.eventloop import install_reactor
+install_reactor()
+from twisted.internet import reactor, protocol
+class P(protocol.ProcessProtocol):
+    def processEnded(self, reason):
+        print("ended", reason.value.exitCode, flush=True)
+        reactor.stop()
+def go():
+    # Its pipes closed first, its exit later: only SIGCHLD tells the reactor it has ended.
+    reactor.spawnProcess(P(), "/bin/sh", ["sh", "-c", "exec >&- 2>&- <&-; sleep 0.3; exit 3"], env=os.environ)
+reactor.callWhenRunning(go)
+reactor.callLater(10, lambda: (print("never ended", flush=True), reactor.stop()))
+reactor.run()
+"""
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_child_that_exits_after_closing_its_pipes_is_seen_to_end(loop):
+    """On uvloop Twisted's SIGCHLD wake-up is not heard (hoopy/eventloop._reap_on_sigchld): an MCP
+    server that closed its pipes and exited later was never reaped, and the gateway hung at stop."""
+    import os
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    r = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "HOOPY_EVENT_LOOP": loop, "PYTHONPATH": root})
+    assert r.stdout.strip() == "ended 3", (r.stdout, r.stderr[-2000:])
