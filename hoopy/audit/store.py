@@ -80,6 +80,10 @@ class SQLiteEventStore(BatchedStore):
         self._head = None  # (seq, hash) of our last commit; None: read it from the table
         self._file: tuple | None = None  # (st_dev, st_ino) of the file opened at ``path``
         self._where = self.path  # ``path`` made absolute when opened
+        # (name, (st_dev, st_ino)) of the WAL and its index as opened: SQLite names them after the file
+        # with its symbolic links resolved, and keeps them open (a -wal deleted under it takes every
+        # later commit into an unlinked inode, lost at a crash)
+        self._sidecars: tuple = ()
         self._db: sqlite3.Connection | None = None
         self._lost: str | None = None  # why the file at ``path`` is no longer ours (every batch refused)
 
@@ -102,6 +106,13 @@ class SQLiteEventStore(BatchedStore):
         self._where = os.path.abspath(self.path)
         st = os.stat(self._where)
         self._file = (st.st_dev, st.st_ino)
+        real = os.path.realpath(self._where)
+        db.execute("SELECT count(*) FROM events").fetchone()  # (a read: the -wal and -shm are open)
+        sidecars = []
+        for name in (real + "-wal", real + "-shm"):
+            st = os.stat(name)
+            sidecars.append((name, (st.st_dev, st.st_ino)))
+        self._sidecars = tuple(sidecars)
         return db
 
     def _moved(self) -> str | None:
@@ -113,6 +124,13 @@ class SQLiteEventStore(BatchedStore):
             return f"the state store file {self.path} is gone ({e.strerror}); what was written to it is refused"
         if (st.st_dev, st.st_ino) != self._file:
             return f"the state store file {self.path} was replaced; what was written to the old one is refused"
+        for name, ident in self._sidecars:
+            try:
+                st = os.stat(name)
+            except OSError as e:
+                return f"the state store's {name} is gone ({e.strerror}); what was written to it is refused"
+            if (st.st_dev, st.st_ino) != ident:
+                return f"the state store's {name} was replaced; what was written to the old one is refused"
         return None
 
     def _lose_file(self, why: str) -> None:
@@ -144,7 +162,7 @@ class SQLiteEventStore(BatchedStore):
         self._start_writer()
 
     def reader(self) -> SQLiteReader:
-        return SQLiteReader(self.path)
+        return SQLiteReader(self._where)  # (where it was opened, whatever the working directory now)
 
     def _write(self, batch, sign=False):
         if self._db is None:
@@ -216,7 +234,16 @@ class SQLiteEventStore(BatchedStore):
         return results, signed
 
     def _close(self):
-        if self._db is not None:
+        if self._db is None:
+            return
+        # Moved while no batch came to see it: SQLite's close leaves the WAL of a moved file where it
+        # is, at the path (the moved file lacks what it holds; the next file opened there takes it, or
+        # deletes it if that file is empty): written back into the moved file first.
+        moved = self._moved()
+        if moved is not None:
+            log.error("state store: {why}; seen at the stop", why=moved)
+            self._lose_file(moved)
+        else:
             self._db.close()
 
 

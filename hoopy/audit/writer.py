@@ -430,7 +430,8 @@ class BatchedStore:
             d.errback(StoreError("expect_state needs an approval row with its id"))
             return d
         if len(self._items) >= self.max_pending:
-            d.errback(StoreError(f"the state store is {len(self._items)} events behind"))
+            # (as any failure to write: logged once, /health 503, counted; healthy again once a batch is written)
+            self._failed([d], StoreError(f"the state store is {len(self._items)} events behind"))
             return d
         self._items.append((_clean_event(event), data, _clean_row(session), _clean_row(approval), expect_state, d))
         self._queue.put(_WAKE)
@@ -450,8 +451,7 @@ class BatchedStore:
             log.error("event not recorded, its data is not JSON: {e}", e=e)
             return
         if len(self._items) >= self.max_pending:
-            log.error("event not recorded, the state store is {n} events behind: {kind}", n=len(self._items),
-                      kind=event.kind)
+            self._failed([None], StoreError(f"the state store is {len(self._items)} events behind ({event.kind})"))
             return
         self._items.append((_clean_event(event), data, None, None, None, None))
         if not self._armed:

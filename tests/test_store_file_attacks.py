@@ -1,0 +1,353 @@
+"""Attacks on the SQLite store's watch over its file (tests/test_store_file_moved.py is the fix they
+attack): the variants of a file moved, replaced or cut from its WAL under a running gateway, and the
+``max_pending`` bound. Each names what it defends; the holes it found are fixed in
+hoopy/audit/store.py and hoopy/audit/writer.py (see docs/operators.md)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, task
+
+from hoopy.audit.store import SQLiteEventStore
+from tests.test_store_file_moved import chained, ev, refused, rows
+
+
+def texts(path) -> list:
+    return [d for _, d in rows(path)]
+
+
+def want(n, start=0) -> list:
+    return [f'{{"text":"SELECT {i}"}}' for i in range(start, n)]
+
+
+def wait(seconds):
+    return task.deferLater(reactor, seconds, lambda: None)
+
+
+def started(path) -> SQLiteEventStore:
+    s = SQLiteEventStore(str(path), "gw", reactor)
+    s.start()
+    return s
+
+
+def stop(s):
+    if s._stopped is None:
+        pytest_twisted.blockon(s.stop())
+
+
+@pytest.fixture
+def stores():
+    made: list = []
+    yield made
+    for s in made:
+        stop(s)
+
+
+# --- a file moved while no batch comes: seen at the stop -----------------------------------------
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("how", ["renamed away", "directory renamed"])
+async def test_a_file_moved_while_idle_takes_its_wal_at_the_stop(tmp_path, stores, how):
+    """Hole: SQLite's close skips the checkpoint of a moved file and leaves its WAL at the path. The
+    moved file held nothing (not even the tables); the next store opened at the path deleted that
+    WAL (an empty file) or would have taken it: three events acknowledged durable, lost."""
+    path = tmp_path / "state" / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    if how == "renamed away":
+        os.rename(path, tmp_path / "state" / "moved.db")
+        moved = tmp_path / "state" / "moved.db"
+    else:
+        os.rename(tmp_path / "state", tmp_path / "state.old")
+        moved = tmp_path / "state.old" / "hoopy.db"
+    await s.stop()  # no append came between the move and the stop
+    assert texts(moved) == want(3) and chained(moved)
+    wal = str(path) + "-wal"
+    assert not os.path.exists(wal) or os.path.getsize(wal) == 0  # nothing left for the next file at the path
+    again = started(path)  # a restart: a new, empty store at the path (not the old events)
+    stores.append(again)
+    await again.append(ev(9))
+    await again.stop()
+    assert texts(path) == ['{"text":"SELECT 9"}'] and chained(path)
+    assert texts(moved) == want(3)
+
+
+# --- the WAL or its index deleted or replaced, the main file left --------------------------------
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("which", ["-wal", "-shm"])
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_the_wal_or_its_index_cut_away_is_seen(tmp_path, stores, which, how):
+    path = tmp_path / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    side = str(path) + which
+    if how == "deleted":
+        os.unlink(side)
+    else:
+        shutil.copyfile(side, side + ".new")
+        os.replace(side + ".new", side)
+    why = await refused(s.append(ev(3)))
+    assert which in why and "restart" in why and not s.healthy
+    assert "restart" in await refused(s.append(ev(4)))
+    await s.stop()
+    # Everything written, the refused batch too (committed before it was seen), is in the file at the
+    # path: the WAL its connection had open was written back into it.
+    assert texts(path) == want(4) and chained(path)
+
+
+CRASH = textwrap.dedent("""
+    import os, sys
+    from twisted.internet import reactor, defer
+    from hoopy.audit.store import SQLiteEventStore
+    from tests.test_store_file_moved import ev
+    path = sys.argv[1]
+
+    async def main():
+        s = SQLiteEventStore(path, "gw", reactor)
+        s.start()
+        for i in range(3):
+            await s.append(ev(i))
+        os.unlink(path + "-wal")  # (a cleaner that took it for a temporary file)
+        for i in range(3, 6):
+            try:
+                stored = await s.append(ev(i))
+                print("durable", stored.seq, flush=True)
+            except Exception as e:
+                print("refused", e, flush=True)
+        os._exit(0)  # the process dies: no close
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(lambda f: (f.printTraceback(), os._exit(3))))
+    reactor.run()
+""")
+
+
+def test_events_reported_durable_after_the_wal_was_deleted_survive_a_crash(tmp_path):
+    """Hole: with the -wal deleted, every later commit went into the unlinked WAL and was reported
+    durable; the process died and the file at the path had no events at all (not even the tables)."""
+    path = tmp_path / "hoopy.db"
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", CRASH, str(path)], env=env, capture_output=True, text=True,
+                         timeout=60, cwd=os.getcwd())
+    assert out.returncode == 0, out.stderr
+    durable = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("durable")]
+    db = sqlite3.connect(path)
+    try:
+        seqs = [r[0] for r in db.execute("SELECT seq FROM events ORDER BY seq")]
+    finally:
+        db.close()
+    assert set(durable) <= set(seqs) and {1, 2, 3} <= set(seqs), (out.stdout, seqs)
+    assert "refused" in out.stdout and "-wal" in out.stdout
+
+
+# --- symbolic links ---------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_a_symlinked_path_writes_on(tmp_path, stores):
+    """Held (and kept by the WAL check: SQLite names the -wal after the link's target, not the link)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "links").mkdir()
+    os.symlink(tmp_path / "real" / "t.db", tmp_path / "links" / "hoopy.db")
+    os.symlink("real", tmp_path / "dirlink")  # and a directory on the way that is a link
+    s = started(tmp_path / "links" / "hoopy.db")
+    s2 = started(tmp_path / "dirlink" / "u.db")
+    stores += [s, s2]
+    for i in range(3):
+        await s.append(ev(i))
+        await s2.append(ev(i))
+    assert s.healthy and s2.healthy
+    await s.stop()
+    await s2.stop()
+    assert texts(tmp_path / "real" / "t.db") == want(3)
+    assert texts(tmp_path / "real" / "u.db") == want(3)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("how", ["retargeted", "link's directory renamed", "target's directory renamed"])
+async def test_a_symlink_changed_under_the_store(tmp_path, stores, how):
+    for d in ("a", "b", "links"):
+        (tmp_path / d).mkdir()
+    link = tmp_path / "links" / "hoopy.db"
+    os.symlink(tmp_path / "a" / "t.db", link)
+    s = started(link)
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    if how == "retargeted":
+        other = started(tmp_path / "b" / "t.db")
+        await other.append(ev(100))
+        await other.stop()
+        os.symlink(tmp_path / "b" / "t.db", tmp_path / "links" / "new")
+        os.replace(tmp_path / "links" / "new", link)
+    elif how == "link's directory renamed":
+        os.rename(tmp_path / "links", tmp_path / "links.old")
+    else:
+        os.rename(tmp_path / "a", tmp_path / "a.old")
+    why = await refused(s.append(ev(3)))
+    assert str(link) in why and "restart" in why
+    await s.stop()
+    target = tmp_path / ("a.old" if how == "target's directory renamed" else "a") / "t.db"
+    assert texts(target) == want(4) and chained(target)  # the file it wrote keeps everything
+    wal = str(target) + "-wal"
+    assert not os.path.exists(wal) or os.path.getsize(wal) == 0
+    if how == "retargeted":
+        assert texts(tmp_path / "b" / "t.db") == ['{"text":"SELECT 100"}']
+
+
+# --- other files at the path ------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_a_hard_link_renamed_over_the_path_is_the_same_file(tmp_path, stores):
+    """Held: the same inode put back at the path (ln, mv) is not a replacement."""
+    path = tmp_path / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    await s.append(ev(0))
+    os.link(path, tmp_path / "again.db")
+    os.replace(tmp_path / "again.db", path)  # (rename(2) of a link onto itself: nothing happens)
+    os.link(path, tmp_path / "backup.db")  # a second name for it elsewhere
+    await s.append(ev(1))
+    assert s.healthy
+    await s.stop()
+    assert texts(path) == want(2)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("how", ["a copy put back", "a directory"])
+async def test_another_file_at_the_path_is_refused(tmp_path, stores, how):
+    path = tmp_path / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    keep = tmp_path / "keep.db"
+    os.link(path, keep)  # (so the old inode can be read after)
+    if how == "a copy put back":
+        shutil.copyfile(path, tmp_path / "copy.db")  # same bytes (the WAL's not in them), another inode
+        os.replace(tmp_path / "copy.db", path)
+    else:
+        os.unlink(path)
+        os.mkdir(path)
+    why = await refused(s.append(ev(3)))
+    assert "replaced" in why and "restart" in why and not s.healthy
+    await s.stop()
+    assert texts(keep) == want(4) and chained(keep)
+    if how == "a directory":
+        assert os.listdir(path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_appends_while_the_file_goes(tmp_path, stores):
+    """Held: appends racing the move are each either durable in the moved file or refused; none is
+    reported durable and missing from it, none written to the path after."""
+    path = tmp_path / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    await s.append(ev(0))
+    outcomes: dict = {}
+
+    def note(i):
+        return lambda r: outcomes.__setitem__(i, "refused" if hasattr(r, "check") else r.seq)
+
+    ds = []
+    for i in range(1, 400):
+        d = s.append(ev(i))
+        d.addBoth(note(i))
+        ds.append(d)
+        if i == 150:
+            os.rename(path, tmp_path / "moved.db")
+        if i % 50 == 0:
+            await wait(0.002)
+    await wait(0.3)
+    await s.stop()
+    assert len(outcomes) == 399
+    moved = dict(rows(tmp_path / "moved.db"))
+    durable = {i: seq for i, seq in outcomes.items() if seq != "refused"}
+    assert durable and any(v == "refused" for v in outcomes.values())
+    for i, seq in durable.items():
+        assert moved[seq] == f'{{"text":"SELECT {i}"}}'
+    assert chained(tmp_path / "moved.db")
+    assert not path.exists()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_reader_reads_where_the_store_was_opened(tmp_path, monkeypatch, stores):
+    """Hole: ``reader()`` opened the relative path against the working directory of the moment."""
+    monkeypatch.chdir(tmp_path)
+    s = SQLiteEventStore("rel.db", "gw", reactor)
+    s.start()
+    stores.append(s)
+    await s.append(ev(0))
+    monkeypatch.chdir("/")
+    r = s.reader()
+    try:
+        assert len(list(r._rows("SELECT seq FROM events"))) == 1
+    finally:
+        r.close()
+
+
+# --- max_pending ------------------------------------------------------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_past_max_pending_the_operator_sees_it_and_it_recovers(tmp_path, stores):
+    """Hole: past the bound appends were refused but the store stayed ``healthy`` (/health 200), the
+    error was neither counted (on_error, hoopy_store_errors_total) nor logged by the store."""
+    from twisted.logger import globalLogPublisher
+
+    s = started(tmp_path / "hoopy.db")
+    stores.append(s)
+    s.max_pending = 5
+    errors: list = []
+    s.on_error = errors.append
+    logged: list = []
+
+    def observe(e):
+        if e.get("log_level") is not None and e["log_level"].name == "error":
+            logged.append(e)
+
+    globalLogPublisher.addObserver(observe)
+    hold = threading.Event()
+    write = s._write
+
+    def stalled(batch, sign=False):  # a disk that hangs
+        hold.wait(30)
+        write(batch, sign)
+
+    s._write = stalled
+    try:
+        first = s.append(ev(0))
+        for _ in range(400):
+            if not s._items:
+                break
+            await wait(0.005)
+        waiting = [s.append(ev(i)) for i in range(1, 6)]  # exactly max_pending wait: all taken
+        assert s.healthy and not errors
+        why = await refused(s.append(ev(6)))
+        assert "behind" in why
+        assert not s.healthy and errors
+        s.append_trailing(ev(7))  # not queued, and said so
+        assert len(s._items) == 5
+        assert any("behind" in str(e.get("error", "")) or "behind" in str(e) for e in logged)
+        assert any("trailing" in e.get("log_format", "") for e in logged)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        hold.set()
+    await first
+    for d in waiting:
+        await d
+    assert s.healthy  # written again: healthy again
+    await s.append(ev(8))
+    await s.stop()
+    assert texts(tmp_path / "hoopy.db") == want(6) + ['{"text":"SELECT 8"}']
