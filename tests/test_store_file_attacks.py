@@ -21,7 +21,18 @@ from tests.test_store_file_moved import chained, ev, refused, rows
 
 
 def texts(path) -> list:
-    return [d for _, d in rows(path)]
+    """The events' data, without the ``audit.store.moved`` event that ends a file the store lost
+    (tests/test_store_file_attacks.py::test_the_file_written_says_which_events_were_refused)."""
+    db = sqlite3.connect(path)
+    try:
+        return [d for d, in db.execute("SELECT data FROM events WHERE kind != 'audit.store.moved' ORDER BY seq")]
+    finally:
+        db.close()
+
+
+def noted(path) -> bool:
+    """The file's last event says the store lost it."""
+    return last_event(path)[1] == "audit.store.moved"
 
 
 def want(n, start=0) -> list:
@@ -71,7 +82,7 @@ async def test_a_file_moved_while_idle_takes_its_wal_at_the_stop(tmp_path, store
         os.rename(tmp_path / "state", tmp_path / "state.old")
         moved = tmp_path / "state.old" / "hoopy.db"
     await s.stop()  # no append came between the move and the stop
-    assert texts(moved) == want(3) and chained(moved)
+    assert texts(moved) == want(3) and chained(moved) and noted(moved)
     wal = str(path) + "-wal"
     assert not os.path.exists(wal) or os.path.getsize(wal) == 0  # nothing left for the next file at the path
     again = started(path)  # a restart: a new, empty store at the path (not the old events)
@@ -105,7 +116,7 @@ async def test_the_wal_or_its_index_cut_away_is_seen(tmp_path, stores, which, ho
     await s.stop()
     # Everything written, the refused batch too (committed before it was seen), is in the file at the
     # path: the WAL its connection had open was written back into it.
-    assert texts(path) == want(4) and chained(path)
+    assert texts(path) == want(4) and chained(path) and noted(path)
 
 
 CRASH = textwrap.dedent("""
@@ -199,7 +210,7 @@ async def test_a_symlink_changed_under_the_store(tmp_path, stores, how):
     assert str(link) in why and "restart" in why
     await s.stop()
     target = tmp_path / ("a.old" if how == "target's directory renamed" else "a") / "t.db"
-    assert texts(target) == want(4) and chained(target)  # the file it wrote keeps everything
+    assert texts(target) == want(4) and chained(target) and noted(target)  # the file it wrote keeps everything
     wal = str(target) + "-wal"
     assert not os.path.exists(wal) or os.path.getsize(wal) == 0
     if how == "retargeted":
@@ -243,7 +254,7 @@ async def test_another_file_at_the_path_is_refused(tmp_path, stores, how):
     why = await refused(s.append(ev(3)))
     assert "replaced" in why and "restart" in why and not s.healthy
     await s.stop()
-    assert texts(keep) == want(4) and chained(keep)
+    assert texts(keep) == want(4) and chained(keep) and noted(keep)
     if how == "a directory":
         assert os.listdir(path) == []
 
@@ -266,6 +277,8 @@ async def test_concurrent_appends_while_the_file_goes(tmp_path, stores):
         d = s.append(ev(i))
         d.addBoth(note(i))
         ds.append(d)
+        if i == 100:
+            await d  # (some written before the move, whatever the machine's load)
         if i == 150:
             os.rename(path, tmp_path / "moved.db")
         if i % 50 == 0:
@@ -351,3 +364,83 @@ async def test_past_max_pending_the_operator_sees_it_and_it_recovers(tmp_path, s
     await s.append(ev(8))
     await s.stop()
     assert texts(tmp_path / "hoopy.db") == want(6) + ['{"text":"SELECT 8"}']
+
+
+# --- what the record says, and a file nothing links any more ------------------------------------
+
+def last_event(path) -> tuple:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT seq, kind, outcome, data FROM events ORDER BY seq DESC LIMIT 1").fetchone()
+    finally:
+        db.close()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("how", ["renamed away", "-wal deleted"])
+async def test_the_file_written_says_which_events_were_refused(tmp_path, stores, how):
+    """Hole: the batch committed before the move was seen is in the file, its operations allowed
+    there, but refused to their callers: nothing in the record said so."""
+    import json
+
+    path = tmp_path / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    if how == "renamed away":
+        os.rename(path, tmp_path / "moved.db")
+        written = tmp_path / "moved.db"
+    else:
+        os.unlink(str(path) + "-wal")
+        written = path
+    a, b = s.append(ev(3)), s.append(ev(4))  # one batch
+    s.append_trailing(ev(5))  # (what an operation did: not refused to anyone)
+    await refused(a)
+    await refused(b)
+    await s.stop()
+    seq, kind, outcome, data = last_event(written)
+    assert (kind, outcome) == ("audit.store.moved", "refused")
+    data = json.loads(data)
+    assert data["refused"] == [4, 5] and "restart" in data["why"]
+    assert chained(written) and len(rows(written)) == 7
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("how", ["a copy put back", "deleted", "replaced by another store"])
+async def test_a_moved_file_nothing_links_is_kept_beside_the_path(tmp_path, stores, how):
+    """Hole: a file replaced or deleted under the gateway lived on only in its open inode: the WAL was
+    written back into it and it vanished with the process. A copy put back at the path (cp, mv) lacked
+    what the WAL held: after a restart the chain went on from the copy, whole to ``verify``, the
+    acknowledged events gone."""
+    from twisted.logger import globalLogPublisher
+
+    path = tmp_path / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    if how == "a copy put back":
+        shutil.copyfile(path, tmp_path / "copy.db")
+        os.replace(tmp_path / "copy.db", path)
+    elif how == "deleted":
+        os.unlink(path)
+    else:
+        other = started(tmp_path / "other.db")
+        await other.append(ev(100))
+        await other.stop()
+        os.replace(tmp_path / "other.db", path)
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        await refused(s.append(ev(3)))
+        await s.stop()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    kept = [n for n in os.listdir(tmp_path) if n.startswith("hoopy.db.lost-") and not n.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1, os.listdir(tmp_path)
+    kept_path = tmp_path / kept[0]
+    assert texts(kept_path) == want(4) and chained(kept_path) and noted(kept_path)
+    from twisted.logger import formatEvent
+
+    assert any(str(kept_path) in formatEvent(e) for e in logged)

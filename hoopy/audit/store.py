@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hoopy.audit.chain import GENESIS
-from hoopy.audit.events import iso
+from hoopy.audit.chain import GENESIS, canonical_json
+from hoopy.audit.events import Event, iso
 from hoopy.audit.pgstore import PostgresEventStore, PostgresReader
 from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
 from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, APPROVAL_COLUMNS, EVENT_COLUMNS,  # noqa: F401
@@ -84,6 +85,7 @@ class SQLiteEventStore(BatchedStore):
         # with its symbolic links resolved, and keeps them open (a -wal deleted under it takes every
         # later commit into an unlinked inode, lost at a crash)
         self._sidecars: tuple = ()
+        self._fd: int | None = None  # the file opened at ``path``, held to see whether anything still links it
         self._db: sqlite3.Connection | None = None
         self._lost: str | None = None  # why the file at ``path`` is no longer ours (every batch refused)
 
@@ -104,7 +106,8 @@ class SQLiteEventStore(BatchedStore):
             db.execute(stmt)
         # (the path as it was when opened: a later change of working directory moves nothing)
         self._where = os.path.abspath(self.path)
-        st = os.stat(self._where)
+        self._fd = os.open(self._where, os.O_RDONLY)
+        st = os.fstat(self._fd)
         self._file = (st.st_dev, st.st_ino)
         real = os.path.realpath(self._where)
         db.execute("SELECT count(*) FROM events").fetchone()  # (a read: the -wal and -shm are open)
@@ -133,16 +136,23 @@ class SQLiteEventStore(BatchedStore):
                 return f"the state store's {name} was replaced; what was written to the old one is refused"
         return None
 
-    def _lose_file(self, why: str) -> None:
+    def _lose_file(self, why: str, refused=()) -> None:
         """(Writer thread) the file this connection writes is not the one at ``path`` any more:
         closed (its WAL goes back into it), and every later batch refused with ``why`` until the
         gateway is started again. Not opened anew: a replaced file may already have taken this
         connection's WAL (SQLite cannot tell whose it is), and a store made empty behind the
-        operator's back would start a second chain silently."""
+        operator's back would start a second chain silently.
+
+        The file written last says so: an ``audit.store.moved`` event (outcome ``refused``) ends its
+        chain, with ``why`` and the seqs of the events just committed whose callers were refused
+        (``refused``): their operations never ran, whatever those events say. A file nothing links
+        any more (deleted, or replaced by another) would vanish with this process: it is copied to
+        ``<path>.lost-<UTC time>`` beside the path, and the log names the copy."""
         old, self._db, self._head = self._db, None, None
         self._lost = why + "; restart the gateway to use the file now at that path"
         if old is None:
             return
+        self._note_lost(old, list(refused))
         try:
             # What the WAL holds into the file this connection has open (SQLite's close skips that
             # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
@@ -151,10 +161,61 @@ class SQLiteEventStore(BatchedStore):
             old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as e:
             log.error("state store: the moved file's WAL could not be written back into it: {e}", e=e)
+        self._keep_unlinked(old)
         try:
             old.close()
         except sqlite3.Error:
             pass
+        self._close_fd()
+
+    def _note_lost(self, db: sqlite3.Connection, refused: list) -> None:
+        cur = db.cursor()
+        note = Event("audit.store.moved", "refused", data={"why": self._lost, "refused": refused})
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            head = self.dialect.head(cur) or (0, GENESIS)  # (read inside the write lock)
+            write_batch(self.dialect, cur, [(note, canonical_json(note.data), None, None, None, None)], head,
+                        self.gateway, self.signer, self.signer is not None)
+            cur.execute("COMMIT")
+        except Exception as e:
+            log.error("state store: the moved file could not record that it was moved: {e}", e=e)
+            try:
+                if db.in_transaction:
+                    cur.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _keep_unlinked(self, db: sqlite3.Connection) -> None:
+        try:
+            if self._fd is None or os.fstat(self._fd).st_nlink > 0:
+                return  # (renamed, or linked elsewhere: it is still there to read)
+        except OSError:
+            return
+        kept = f"{self._where}.lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        n = 1
+        while os.path.lexists(kept):
+            n += 1
+            kept = f"{self._where}.lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{n}"
+        try:
+            target = sqlite3.connect(kept)
+            try:
+                db.backup(target)
+            finally:
+                target.close()
+        except (sqlite3.Error, OSError) as e:
+            log.error("state store: the file that was at {path} is linked nowhere; what it held could not be kept"
+                      " in {kept} and is lost when the gateway stops: {e}", path=self.path, kept=kept, e=e)
+            return
+        log.error("state store: the file that was at {path} is linked nowhere; what it held (every event"
+                  " written to it) is kept in {kept}", path=self.path, kept=kept)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
 
     def start(self):
         """Open synchronously (at startup, before listening) so a bad store stops the gateway."""
@@ -190,7 +251,8 @@ class SQLiteEventStore(BatchedStore):
         # replaced before it returned is seen: those events are refused, never reported durable.)
         moved = self._moved()
         if moved is not None:
-            self._lose_file(moved)
+            # (the seqs whose callers are refused: trailing events are what operations already did)
+            self._lose_file(moved, [s.seq for d, s in results if d is not None and not isinstance(s, Exception)])
             self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(self._lost))
             return
         self._committed(wrote, signed)
@@ -245,6 +307,7 @@ class SQLiteEventStore(BatchedStore):
             self._lose_file(moved)
         else:
             self._db.close()
+            self._close_fd()
 
 
 def is_postgres(state: str) -> bool:
