@@ -5,12 +5,14 @@ hoopy/audit/store.py and hoopy/audit/writer.py (see docs/operators.md)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 import pytest_twisted
@@ -444,3 +446,120 @@ async def test_a_moved_file_nothing_links_is_kept_beside_the_path(tmp_path, stor
     from twisted.logger import formatEvent
 
     assert any(str(kept_path) in formatEvent(e) for e in logged)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("how", ["renamed away", "deleted"])
+async def test_the_lost_file_verifies_signed_to_its_end(tmp_path, stores, how):
+    """Held (regression): the file written last (moved, or the copy kept of one linked nowhere) is a
+    whole chain whose last event, the one saying it was lost, is signed."""
+    from hoopy.audit.signing import Keyring, Signer
+    from hoopy.audit.store import SQLiteReader
+    from hoopy.audit.verify import verify
+
+    path = tmp_path / "hoopy.db"
+    s = SQLiteEventStore(str(path), "gw", reactor)
+    s.signer = Signer.generate()
+    s.start()
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    if how == "renamed away":
+        os.rename(path, tmp_path / "moved.db")
+        written = tmp_path / "moved.db"
+    else:
+        os.unlink(path)
+    await refused(s.append(ev(3)))
+    await s.stop()
+    if how == "deleted":
+        written = next(tmp_path / n for n in os.listdir(tmp_path) if n.startswith("hoopy.db.lost-")
+                       and not n.endswith(("-wal", "-shm", "-journal")))
+    reader = SQLiteReader(written)
+    try:
+        res = verify(reader, tmp_path / "recordings", Keyring([s.signer.public]))
+    finally:
+        reader.close()
+    assert res.ok, res
+    assert res.head_seq == 5 and noted(written)
+    db = sqlite3.connect(written)
+    try:
+        assert db.execute("SELECT signature FROM events WHERE seq = 5").fetchone()[0]
+    finally:
+        db.close()
+
+
+# --- a real gateway: what the client and the operator see -------------------------------------
+
+@pytest.mark.parametrize("how", ["renamed away", "-wal deleted"])
+def test_a_real_gateway_refuses_and_says_so(tmp_path, how):
+    """Held (the client refused with the store's reason, /health 503, hoopy_store_errors_total, a log
+    line) and the new parts: the file written says which operation was refused, a restart opens the
+    file at the path."""
+    import json
+
+    from tests.support import HoopyProcess, free_port, ident
+    from tests.wire_peers import RawUpstream, raw, statuses
+
+    who = ident("mover")
+    up = RawUpstream()
+    port = free_port()
+    body = who.toml(scram=False) + f"""
+[connections.api]
+type = "http"
+listen = "tcp:{port}:interface=127.0.0.1"
+upstream = "http://127.0.0.1:{up.port}"
+
+[[grants]]
+identity = "mover"
+connection = "api"
+allow = ["* /**"]
+"""
+    gw = HoopyProcess(tmp_path, body)
+    gw.start()
+
+    def get(n):
+        return raw(port, b"GET /v1/x%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer %b\r\n\r\n"
+                   % (n, who.token.encode()), wait_close=True)
+
+    try:
+        assert statuses(get(1)) == [200]
+        if how == "renamed away":
+            os.rename(gw.db, tmp_path / "moved.db")
+            written = tmp_path / "moved.db"
+        else:
+            os.unlink(str(gw.db) + "-wal")
+            written = gw.db
+        seen = len(up.requests)
+        out = get(2)
+        assert statuses(out) and statuses(out)[0] >= 500, out
+        assert b"audit" in out.lower() or b"record" in out.lower(), out
+        assert len(up.requests) == seen  # not forwarded
+        assert statuses(get(3))[0] >= 500
+        status, health = gw.get("/health")
+        assert status == 503 and health["store"] == "failing"
+        metrics = gw.get("/metrics")[1].decode()
+        m = re.search(r"^hoopy_store_errors_total (\S+)", metrics, re.M)
+        assert m and float(m.group(1)) >= 2, metrics
+        for _ in range(200):  # (the log file is written as the reactor gets to it)
+            log = gw.log_text()
+            if "restart the gateway" in log:
+                break
+            time.sleep(0.025)
+        assert "restart the gateway" in log and (how == "renamed away" or "-wal" in log)
+    finally:
+        gw.stop()
+        up.stop()
+    assert "Traceback" not in gw.log_text(), gw.log_text()[-3000:]
+    db = sqlite3.connect(written)
+    try:
+        kinds = [r[0] for r in db.execute("SELECT kind FROM events ORDER BY seq")]
+        note = json.loads(db.execute("SELECT data FROM events WHERE kind = 'audit.store.moved'").fetchone()[0])
+    finally:
+        db.close()
+    assert kinds[-1] == "audit.store.moved" and len(note["refused"]) >= 1
+    if how == "renamed away":
+        gw.start()  # a restart: the file at the path, new
+        try:
+            assert statuses(get(4)) == [200] and gw.get("/health")[0] == 200
+        finally:
+            gw.stop()
