@@ -571,3 +571,51 @@ allow = ["* /**"]
             assert statuses(get(4)) == [200] and gw.get("/health")[0] == 200
         finally:
             gw.stop()
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("reader", ["SQLiteReader (verify, the console)", "another process"])
+async def test_a_reader_holding_the_wal_when_the_file_moves(tmp_path, stores, reader):
+    """Hole: a reader's snapshot (``hoopy audit verify`` reads in one transaction) kept the
+    checkpoint from finishing; nothing looked at its result: the moved file was left "malformed",
+    what its WAL held stayed at the path (for the next file there to take or delete). What it held
+    is kept complete beside the path, and the log names it."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    from hoopy.audit.store import SQLiteReader
+
+    path = tmp_path / "hoopy.db"
+    s = SQLiteEventStore(str(path), "gw", reactor, busy_timeout=0.3)
+    s.start()
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    if reader.startswith("SQLiteReader"):
+        r = SQLiteReader(str(path))
+        assert len(r._rows("SELECT seq FROM events")) == 3  # (its snapshot: held until closed)
+        done = r.close
+    else:
+        p = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import sqlite3, sys
+            db = sqlite3.connect({str(path)!r}, isolation_level=None)
+            db.execute("BEGIN"); db.execute("SELECT count(*) FROM events").fetchone()
+            print("reading", flush=True); sys.stdin.read()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "reading"
+
+        def done():
+            p.stdin.close()
+            p.wait(10)
+    logged: list = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        os.rename(path, tmp_path / "moved.db")
+        await refused(s.append(ev(3)))
+        await s.stop()
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+        done()
+    kept = [n for n in os.listdir(tmp_path) if n.startswith("hoopy.db.lost-") and not n.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1, os.listdir(tmp_path)
+    assert texts(tmp_path / kept[0]) == want(4) and chained(tmp_path / kept[0]) and noted(tmp_path / kept[0])
+    assert any(str(tmp_path / kept[0]) in formatEvent(e) for e in logged)

@@ -146,8 +146,10 @@ class SQLiteEventStore(BatchedStore):
         The file written last says so: an ``audit.store.moved`` event (outcome ``refused``) ends its
         chain, with ``why`` and the seqs of the events just committed whose callers were refused
         (``refused``): their operations never ran, whatever those events say. A file nothing links
-        any more (deleted, or replaced by another) would vanish with this process: it is copied to
-        ``<path>.lost-<UTC time>`` beside the path, and the log names the copy."""
+        any more (deleted, or replaced by another) would vanish with this process, and one whose WAL a
+        reader's snapshot kept from being written back into it lacks part of what it holds: either is
+        copied whole (read through this connection) to ``<path>.lost-<UTC time>`` beside the path,
+        and the log names the copy."""
         old, self._db, self._head = self._db, None, None
         self._lost = why + "; restart the gateway to use the file now at that path"
         if old is None:
@@ -158,10 +160,16 @@ class SQLiteEventStore(BatchedStore):
             # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
             # moved file's readers never look and the next file at the path would take it), then
             # the WAL emptied.
-            old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # (a reader's snapshot, in this process or another, keeps it from finishing: busy)
+            whole = old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
         except sqlite3.Error as e:
             log.error("state store: the moved file's WAL could not be written back into it: {e}", e=e)
-        self._keep_unlinked(old)
+            whole = False
+        if not whole:
+            self._keep(old, "its WAL could not be written back into it (a reader held it): that file lacks part"
+                            " of what was written")
+        elif self._unlinked():
+            self._keep(old, "it is linked nowhere (deleted or replaced): it goes when the gateway stops")
         try:
             old.close()
         except sqlite3.Error:
@@ -185,12 +193,16 @@ class SQLiteEventStore(BatchedStore):
             except sqlite3.Error:
                 pass
 
-    def _keep_unlinked(self, db: sqlite3.Connection) -> None:
+    def _unlinked(self) -> bool:
+        """The file this connection has open is linked nowhere (renamed, or linked elsewhere: it is
+        still there to read)."""
         try:
-            if self._fd is None or os.fstat(self._fd).st_nlink > 0:
-                return  # (renamed, or linked elsewhere: it is still there to read)
+            return self._fd is not None and os.fstat(self._fd).st_nlink == 0
         except OSError:
-            return
+            return False
+
+    def _keep(self, db: sqlite3.Connection, why: str) -> None:
+        """A copy of everything ``db`` holds (read through it: its WAL too) beside the path."""
         kept = f"{self._where}.lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         n = 1
         while os.path.lexists(kept):
@@ -203,11 +215,11 @@ class SQLiteEventStore(BatchedStore):
             finally:
                 target.close()
         except (sqlite3.Error, OSError) as e:
-            log.error("state store: the file that was at {path} is linked nowhere; what it held could not be kept"
-                      " in {kept} and is lost when the gateway stops: {e}", path=self.path, kept=kept, e=e)
+            log.error("state store: the file that was at {path}: {why}; a copy of what it held could not be made"
+                      " in {kept}: {e}", path=self.path, why=why, kept=kept, e=e)
             return
-        log.error("state store: the file that was at {path} is linked nowhere; what it held (every event"
-                  " written to it) is kept in {kept}", path=self.path, kept=kept)
+        log.error("state store: the file that was at {path}: {why}; what it held (every event written to it)"
+                  " is kept in {kept}", path=self.path, why=why, kept=kept)
 
     def _close_fd(self) -> None:
         if self._fd is not None:
