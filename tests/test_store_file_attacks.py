@@ -619,3 +619,45 @@ async def test_a_reader_holding_the_wal_when_the_file_moves(tmp_path, stores, re
     assert len(kept) == 1, os.listdir(tmp_path)
     assert texts(tmp_path / kept[0]) == want(4) and chained(tmp_path / kept[0]) and noted(tmp_path / kept[0])
     assert any(str(tmp_path / kept[0]) in formatEvent(e) for e in logged)
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("signed", [False, True])
+async def test_a_file_moved_while_idle_is_seen_without_an_append(tmp_path, stores, signed):
+    """Hole: an idle store (no append; unsigned, no heartbeat either) never looked: /health said ok
+    for as long as nothing came, and the moved file's WAL stayed at the path, for any file opened
+    there meanwhile to take. The writer looks every ``file_check`` seconds while idle."""
+    from hoopy.audit.signing import Signer
+
+    path = tmp_path / "hoopy.db"
+    s = SQLiteEventStore(str(path), "gw", reactor)
+    s.file_check = 0.05
+    if signed:
+        s.signer = Signer.generate()
+        s.sign_interval = s.heartbeat = 3600.0  # (no heartbeat comes to see it)
+    s.start()
+    stores.append(s)
+    for i in range(3):
+        await s.append(ev(i))
+    await wait(0.2)
+    assert s.healthy  # (looking finds nothing amiss: no false alarm, no heartbeat every look)
+    if signed:
+        assert [k for k in kinds(path) if k == "audit.heartbeat"] == []
+    os.rename(path, tmp_path / "moved.db")
+    for _ in range(200):
+        if not s.healthy:
+            break
+        await wait(0.01)
+    assert not s.healthy
+    wal = str(path) + "-wal"
+    assert not os.path.exists(wal) or os.path.getsize(wal) == 0
+    assert texts(tmp_path / "moved.db") == want(3) and noted(tmp_path / "moved.db")
+    assert "restart" in await refused(s.append(ev(3)))
+
+
+def kinds(path) -> list:
+    db = sqlite3.connect(path)
+    try:
+        return [k for k, in db.execute("SELECT kind FROM events ORDER BY seq")]
+    finally:
+        db.close()

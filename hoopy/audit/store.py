@@ -74,6 +74,9 @@ class SQLiteEventStore(BatchedStore):
     """SQLite in WAL mode; one writer thread, batched transactions."""
 
     dialect = Dialect("?")
+    # Seconds an idle writer waits before it looks at the file at ``path`` again: a file moved while
+    # nothing is appended is seen (/health 503, its WAL written back into it) within this.
+    file_check = 1.0
 
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
@@ -228,6 +231,23 @@ class SQLiteEventStore(BatchedStore):
             except OSError:
                 pass
             self._fd = None
+
+    def _idle_timeout(self) -> float | None:
+        due = super()._idle_timeout()
+        if self._db is None:
+            return due
+        return self.file_check if due is None else min(due, self.file_check)
+
+    def _idle(self):
+        if self._db is not None:
+            moved = self._moved()
+            if moved is not None:
+                self._lose_file(moved)
+                self._to_reactor(self._failed, [], StoreError(self._lost))
+                return
+        due = super()._idle_timeout()
+        if due is not None and due <= 0.0:  # (not only a look at the file: the heartbeat is due)
+            super()._idle()
 
     def start(self):
         """Open synchronously (at startup, before listening) so a bad store stops the gateway."""

@@ -496,7 +496,7 @@ class BatchedStore:
                 token = q.get(timeout=timeout) if timeout is not None else q.get()
             except queue.Empty:
                 if not lingering:
-                    self._heartbeat("unsigned events" if self._unsigned_since is not None else "idle")
+                    self._idle()
                     continue
                 if not self._items:
                     # Nothing trailed within linger: disarmed (the next trailing event wakes
@@ -555,6 +555,10 @@ class BatchedStore:
                 self._close()
             finally:
                 self.reactor.callFromThread(self._stopped.callback, None)
+
+    def _idle(self):
+        """(Writer thread) nothing came within ``_idle_timeout``: the heartbeat is due."""
+        self._heartbeat("unsigned events" if self._unsigned_since is not None else "idle")
 
     def _heartbeat(self, why: str):
         """Sign the head with an event of its own (nothing else to sign, or a tail left unsigned).
