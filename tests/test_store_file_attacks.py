@@ -669,3 +669,38 @@ def kinds(path) -> list:
         return [k for k, in db.execute("SELECT kind FROM events ORDER BY seq")]
     finally:
         db.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_at_once_while_the_lost_file_is_copied(tmp_path, stores):
+    """Hole: the copy of a lost file (about 6 s a GB here) ran in the writer before any refusal was
+    handed back: every operation meanwhile waited for it, /health said ok. Now the refusal comes
+    first, and appends are refused at once, not queued behind the copy."""
+    path = tmp_path / "hoopy.db"
+    s = started(path)
+    stores.append(s)
+    await s.append(ev(0))
+    slow = threading.Event()
+    keep = s._keep
+
+    def slow_keep(db, why):
+        slow.wait(20)
+        keep(db, why)
+
+    s._keep = slow_keep
+    os.unlink(path)
+    try:
+        first = s.append(ev(1))
+        t0 = reactor.seconds()
+        assert "restart" in await refused(first)
+        assert not s.healthy and reactor.seconds() - t0 < 10
+        later = s.append(ev(2))
+        assert later.called  # (refused in append itself: nothing queued behind the copy)
+        assert "restart" in await refused(later)
+        s.append_trailing(ev(3))
+        assert not s._items
+    finally:
+        slow.set()
+    await s.stop()
+    kept = [n for n in os.listdir(tmp_path) if n.startswith("hoopy.db.lost-") and not n.endswith(("-wal", "-shm"))]
+    assert len(kept) == 1 and texts(tmp_path / kept[0]) == want(2)

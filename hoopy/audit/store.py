@@ -139,7 +139,7 @@ class SQLiteEventStore(BatchedStore):
                 return f"the state store's {name} was replaced; what was written to the old one is refused"
         return None
 
-    def _lose_file(self, why: str, refused=()) -> None:
+    def _lose_file(self, why: str, refused=(), deferreds=()) -> None:
         """(Writer thread) the file this connection writes is not the one at ``path`` any more:
         closed (its WAL goes back into it), and every later batch refused with ``why`` until the
         gateway is started again. Not opened anew: a replaced file may already have taken this
@@ -155,19 +155,26 @@ class SQLiteEventStore(BatchedStore):
         and the log names the copy."""
         old, self._db, self._head = self._db, None, None
         self._lost = why + "; restart the gateway to use the file now at that path"
+        # Every append from now on refused at once (not queued behind what follows, which may take a
+        # while); the batch that saw it (``deferreds``) once the file says so and holds its WAL (a
+        # refusal that comes after: the record settled), before a copy of the whole file.
+        self.refusing = self._lost
+        self.max_pending = 0
+        whole = False
+        if old is not None:
+            self._note_lost(old, list(refused))
+            try:
+                # What the WAL holds into the file this connection has open (SQLite's close skips that
+                # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
+                # moved file's readers never look and the next file at the path would take it), then
+                # the WAL emptied. (A reader's snapshot, in this process or another, keeps it from
+                # finishing: busy.)
+                whole = old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+            except sqlite3.Error as e:
+                log.error("state store: the moved file's WAL could not be written back into it: {e}", e=e)
+        self._to_reactor(self._failed, list(deferreds), StoreError(self._lost))
         if old is None:
             return
-        self._note_lost(old, list(refused))
-        try:
-            # What the WAL holds into the file this connection has open (SQLite's close skips that
-            # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
-            # moved file's readers never look and the next file at the path would take it), then
-            # the WAL emptied.
-            # (a reader's snapshot, in this process or another, keeps it from finishing: busy)
-            whole = old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
-        except sqlite3.Error as e:
-            log.error("state store: the moved file's WAL could not be written back into it: {e}", e=e)
-            whole = False
         if not whole:
             self._keep(old, "its WAL could not be written back into it (a reader held it): that file lacks part"
                             " of what was written")
@@ -218,6 +225,11 @@ class SQLiteEventStore(BatchedStore):
             finally:
                 target.close()
         except (sqlite3.Error, OSError) as e:
+            for name in (kept, kept + "-journal"):  # (a part of a copy, on a full disk: not taken for the whole)
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
             log.error("state store: the file that was at {path}: {why}; a copy of what it held could not be made"
                       " in {kept}: {e}", path=self.path, why=why, kept=kept, e=e)
             return
@@ -243,7 +255,6 @@ class SQLiteEventStore(BatchedStore):
             moved = self._moved()
             if moved is not None:
                 self._lose_file(moved)
-                self._to_reactor(self._failed, [], StoreError(self._lost))
                 return
         due = super()._idle_timeout()
         if due is not None and due <= 0.0:  # (not only a look at the file: the heartbeat is due)
@@ -284,8 +295,8 @@ class SQLiteEventStore(BatchedStore):
         moved = self._moved()
         if moved is not None:
             # (the seqs whose callers are refused: trailing events are what operations already did)
-            self._lose_file(moved, [s.seq for d, s in results if d is not None and not isinstance(s, Exception)])
-            self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(self._lost))
+            self._lose_file(moved, [s.seq for d, s in results if d is not None and not isinstance(s, Exception)],
+                            [b[-1] for b in batch])
             return
         self._committed(wrote, signed)
         self._to_reactor(self._written, results)
