@@ -704,3 +704,63 @@ async def test_refused_at_once_while_the_lost_file_is_copied(tmp_path, stores):
     await s.stop()
     kept = [n for n in os.listdir(tmp_path) if n.startswith("hoopy.db.lost-") and not n.endswith(("-wal", "-shm"))]
     assert len(kept) == 1 and texts(tmp_path / kept[0]) == want(2)
+
+
+PERMS = textwrap.dedent("""
+    import os, sys
+    from twisted.internet import reactor, defer
+    from hoopy.audit.store import SQLiteEventStore
+    import hoopy.sockwrite  # (imported before the drop: nobody cannot read the interpreter's packages)
+    from tests.test_store_file_moved import ev
+    os.setgid(65534); os.setuid(65534)  # (nobody: root reads through any permission)
+    folder, how = sys.argv[1], sys.argv[2]
+    path = os.path.join(folder, "hoopy.db")
+
+    async def main():
+        s = SQLiteEventStore(path, "gw", reactor)
+        s.start()
+        for i in range(3):
+            await s.append(ev(i))
+        os.chmod(folder if how == "folder" else path, 0)
+        try:
+            stored = await s.append(ev(3))
+            print("durable", stored.seq, s.healthy, flush=True)
+        except Exception as e:
+            print("refused", e, flush=True)
+        await s.stop()
+        os.chmod(folder, 0o755); os.chmod(path, 0o644)
+        reactor.stop()
+
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(main()).addErrback(
+        lambda f: (sys.stderr.write(f.getTraceback()), sys.stderr.flush(), os._exit(3))))
+    reactor.run()
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="drops to nobody to test permissions")
+@pytest.mark.parametrize("how", ["folder", "file"])
+def test_permissions_removed_under_the_store(tmp_path, how):
+    """Held: the file made unreadable changes nothing for the open store (its descriptors); the folder
+    made unsearchable makes the path unreachable: refused (fail closed), the file keeps everything."""
+    import tempfile
+    from pathlib import Path
+
+    top = Path(tempfile.mkdtemp(prefix="hoopy-perms-"))  # (pytest's own folder is 0700: nobody cannot pass)
+    os.chmod(top, 0o755)
+    folder = top / "state"
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    request_cleanup = lambda: shutil.rmtree(top, ignore_errors=True)  # noqa: E731
+    env = dict(os.environ, PYTHONPATH=os.getcwd(), HOME="/tmp")
+    try:
+        out = subprocess.run([sys.executable, "-c", PERMS, str(folder), how], env=env, capture_output=True,
+                             text=True, timeout=60, cwd=os.getcwd())
+        assert out.returncode == 0, out.stderr
+        if how == "file":
+            assert out.stdout.startswith("durable 4 True"), out.stdout
+            assert texts(folder / "hoopy.db") == want(4)
+        else:
+            assert out.stdout.startswith("refused") and "Permission denied" in out.stdout and "restart" in out.stdout
+            assert texts(folder / "hoopy.db") == want(4) and noted(folder / "hoopy.db")
+    finally:
+        request_cleanup()
