@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from pathlib import Path
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from hoopy.audit.chain import GENESIS
-from hoopy.audit.events import iso
+from hoopy.audit.chain import GENESIS, canonical_json
+from hoopy.audit.events import Event, iso
 from hoopy.audit.pgstore import PostgresEventStore, PostgresReader
 from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
 from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, APPROVAL_COLUMNS, EVENT_COLUMNS,  # noqa: F401
@@ -73,6 +74,9 @@ class SQLiteEventStore(BatchedStore):
     """SQLite in WAL mode; one writer thread, batched transactions."""
 
     dialect = Dialect("?")
+    # Seconds an idle writer waits before it looks at the file at ``path`` again: a file moved while
+    # nothing is appended is seen (/health 503, its WAL written back into it) within this.
+    file_check = 1.0
 
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
@@ -80,6 +84,11 @@ class SQLiteEventStore(BatchedStore):
         self._head = None  # (seq, hash) of our last commit; None: read it from the table
         self._file: tuple | None = None  # (st_dev, st_ino) of the file opened at ``path``
         self._where = self.path  # ``path`` made absolute when opened
+        # (name, (st_dev, st_ino)) of the WAL and its index as opened: SQLite names them after the file
+        # with its symbolic links resolved, and keeps them open (a -wal deleted under it takes every
+        # later commit into an unlinked inode, lost at a crash)
+        self._sidecars: tuple = ()
+        self._fd: int | None = None  # the file opened at ``path``, held to see whether anything still links it
         self._db: sqlite3.Connection | None = None
         self._lost: str | None = None  # why the file at ``path`` is no longer ours (every batch refused)
 
@@ -100,8 +109,16 @@ class SQLiteEventStore(BatchedStore):
             db.execute(stmt)
         # (the path as it was when opened: a later change of working directory moves nothing)
         self._where = os.path.abspath(self.path)
-        st = os.stat(self._where)
+        self._fd = os.open(self._where, os.O_RDONLY)
+        st = os.fstat(self._fd)
         self._file = (st.st_dev, st.st_ino)
+        real = os.path.realpath(self._where)
+        db.execute("SELECT count(*) FROM events").fetchone()  # (a read: the -wal and -shm are open)
+        sidecars = []
+        for name in (real + "-wal", real + "-shm"):
+            st = os.stat(name)
+            sidecars.append((name, (st.st_dev, st.st_ino)))
+        self._sidecars = tuple(sidecars)
         return db
 
     def _moved(self) -> str | None:
@@ -113,30 +130,135 @@ class SQLiteEventStore(BatchedStore):
             return f"the state store file {self.path} is gone ({e.strerror}); what was written to it is refused"
         if (st.st_dev, st.st_ino) != self._file:
             return f"the state store file {self.path} was replaced; what was written to the old one is refused"
+        for name, ident in self._sidecars:
+            try:
+                st = os.stat(name)
+            except OSError as e:
+                return f"the state store's {name} is gone ({e.strerror}); what was written to it is refused"
+            if (st.st_dev, st.st_ino) != ident:
+                return f"the state store's {name} was replaced; what was written to the old one is refused"
         return None
 
-    def _lose_file(self, why: str) -> None:
+    def _lose_file(self, why: str, refused=(), deferreds=()) -> None:
         """(Writer thread) the file this connection writes is not the one at ``path`` any more:
         closed (its WAL goes back into it), and every later batch refused with ``why`` until the
         gateway is started again. Not opened anew: a replaced file may already have taken this
         connection's WAL (SQLite cannot tell whose it is), and a store made empty behind the
-        operator's back would start a second chain silently."""
+        operator's back would start a second chain silently.
+
+        The file written last says so: an ``audit.store.moved`` event (outcome ``refused``) ends its
+        chain, with ``why`` and the seqs of the events just committed whose callers were refused
+        (``refused``): their operations never ran, whatever those events say. A file nothing links
+        any more (deleted, or replaced by another) would vanish with this process, and one whose WAL a
+        reader's snapshot kept from being written back into it lacks part of what it holds: either is
+        copied whole (read through this connection) to ``<path>.lost-<UTC time>`` beside the path,
+        and the log names the copy."""
         old, self._db, self._head = self._db, None, None
         self._lost = why + "; restart the gateway to use the file now at that path"
+        # Every append from now on refused at once (not queued behind what follows, which may take a
+        # while); the batch that saw it (``deferreds``) once the file says so and holds its WAL (a
+        # refusal that comes after: the record settled), before a copy of the whole file.
+        self.refusing = self._lost
+        self.max_pending = 0
+        whole = False
+        if old is not None:
+            self._note_lost(old, list(refused))
+            try:
+                # What the WAL holds into the file this connection has open (SQLite's close skips that
+                # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
+                # moved file's readers never look and the next file at the path would take it), then
+                # the WAL emptied. (A reader's snapshot, in this process or another, keeps it from
+                # finishing: busy.)
+                whole = old.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+            except sqlite3.Error as e:
+                log.error("state store: the moved file's WAL could not be written back into it: {e}", e=e)
+        self._to_reactor(self._failed, list(deferreds), StoreError(self._lost))
         if old is None:
             return
-        try:
-            # What the WAL holds into the file this connection has open (SQLite's close skips that
-            # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
-            # moved file's readers never look and the next file at the path would take it), then
-            # the WAL emptied.
-            old.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        except sqlite3.Error as e:
-            log.error("state store: the moved file's WAL could not be written back into it: {e}", e=e)
+        if not whole:
+            self._keep(old, "its WAL could not be written back into it (a reader held it): that file lacks part"
+                            " of what was written")
+        elif self._unlinked():
+            self._keep(old, "it is linked nowhere (deleted or replaced): it goes when the gateway stops")
         try:
             old.close()
         except sqlite3.Error:
             pass
+        self._close_fd()
+
+    def _note_lost(self, db: sqlite3.Connection, refused: list) -> None:
+        cur = db.cursor()
+        note = Event("audit.store.moved", "refused", data={"why": self._lost, "refused": refused})
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            head = self.dialect.head(cur) or (0, GENESIS)  # (read inside the write lock)
+            write_batch(self.dialect, cur, [(note, canonical_json(note.data), None, None, None, None)], head,
+                        self.gateway, self.signer, self.signer is not None)
+            cur.execute("COMMIT")
+        except Exception as e:
+            log.error("state store: the moved file could not record that it was moved: {e}", e=e)
+            try:
+                if db.in_transaction:
+                    cur.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _unlinked(self) -> bool:
+        """The file this connection has open is linked nowhere (renamed, or linked elsewhere: it is
+        still there to read)."""
+        try:
+            return self._fd is not None and os.fstat(self._fd).st_nlink == 0
+        except OSError:
+            return False
+
+    def _keep(self, db: sqlite3.Connection, why: str) -> None:
+        """A copy of everything ``db`` holds (read through it: its WAL too) beside the path."""
+        kept = f"{self._where}.lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+        n = 1
+        while os.path.lexists(kept):
+            n += 1
+            kept = f"{self._where}.lost-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{n}"
+        try:
+            target = sqlite3.connect(kept)
+            try:
+                db.backup(target)
+            finally:
+                target.close()
+        except (sqlite3.Error, OSError) as e:
+            for name in (kept, kept + "-journal"):  # (a part of a copy, on a full disk: not taken for the whole)
+                try:
+                    os.unlink(name)
+                except OSError:
+                    pass
+            log.error("state store: the file that was at {path}: {why}; a copy of what it held could not be made"
+                      " in {kept}: {e}", path=self.path, why=why, kept=kept, e=e)
+            return
+        log.error("state store: the file that was at {path}: {why}; what it held (every event written to it)"
+                  " is kept in {kept}", path=self.path, why=why, kept=kept)
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+    def _idle_timeout(self) -> float | None:
+        due = super()._idle_timeout()
+        if self._db is None:
+            return due
+        return self.file_check if due is None else min(due, self.file_check)
+
+    def _idle(self):
+        if self._db is not None:
+            moved = self._moved()
+            if moved is not None:
+                self._lose_file(moved)
+                return
+        due = super()._idle_timeout()
+        if due is not None and due <= 0.0:  # (not only a look at the file: the heartbeat is due)
+            super()._idle()
 
     def start(self):
         """Open synchronously (at startup, before listening) so a bad store stops the gateway."""
@@ -144,7 +266,7 @@ class SQLiteEventStore(BatchedStore):
         self._start_writer()
 
     def reader(self) -> SQLiteReader:
-        return SQLiteReader(self.path)
+        return SQLiteReader(self._where)  # (where it was opened, whatever the working directory now)
 
     def _write(self, batch, sign=False):
         if self._db is None:
@@ -172,8 +294,9 @@ class SQLiteEventStore(BatchedStore):
         # replaced before it returned is seen: those events are refused, never reported durable.)
         moved = self._moved()
         if moved is not None:
-            self._lose_file(moved)
-            self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(self._lost))
+            # (the seqs whose callers are refused: trailing events are what operations already did)
+            self._lose_file(moved, [s.seq for d, s in results if d is not None and not isinstance(s, Exception)],
+                            [b[-1] for b in batch])
             return
         self._committed(wrote, signed)
         self._to_reactor(self._written, results)
@@ -216,8 +339,18 @@ class SQLiteEventStore(BatchedStore):
         return results, signed
 
     def _close(self):
-        if self._db is not None:
+        if self._db is None:
+            return
+        # Moved while no batch came to see it: SQLite's close leaves the WAL of a moved file where it
+        # is, at the path (the moved file lacks what it holds; the next file opened there takes it, or
+        # deletes it if that file is empty): written back into the moved file first.
+        moved = self._moved()
+        if moved is not None:
+            log.error("state store: {why}; seen at the stop", why=moved)
+            self._lose_file(moved)
+        else:
             self._db.close()
+            self._close_fd()
 
 
 def is_postgres(state: str) -> bool:

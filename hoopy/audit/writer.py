@@ -357,6 +357,9 @@ class BatchedStore:
     # none is forwarded; past this they are refused at once).
     max_pending = 50_000
     shared = False  # True where other gateway nodes write the same store
+    # Why every append is refused from now on (a store that can write no more until a restart sets it,
+    # then max_pending to 0); None: not so.
+    refusing: str | None = None
 
     def __init__(self, gateway: str, reactor=None, busy_timeout: float = 5.0):
         self.gateway = gateway
@@ -430,7 +433,10 @@ class BatchedStore:
             d.errback(StoreError("expect_state needs an approval row with its id"))
             return d
         if len(self._items) >= self.max_pending:
-            d.errback(StoreError(f"the state store is {len(self._items)} events behind"))
+            # (as any failure to write: logged once, /health 503, counted; healthy again once a batch is
+            # written. A store that can write no more sets max_pending to 0 and ``refusing``: no check
+            # of its own on this path, taken once an operation)
+            self._failed([d], StoreError(self.refusing or f"the state store is {len(self._items)} events behind"))
             return d
         self._items.append((_clean_event(event), data, _clean_row(session), _clean_row(approval), expect_state, d))
         self._queue.put(_WAKE)
@@ -450,8 +456,8 @@ class BatchedStore:
             log.error("event not recorded, its data is not JSON: {e}", e=e)
             return
         if len(self._items) >= self.max_pending:
-            log.error("event not recorded, the state store is {n} events behind: {kind}", n=len(self._items),
-                      kind=event.kind)
+            self._failed([None], StoreError(f"{self.refusing or f'the state store is {len(self._items)} events behind'}"
+                                            f" ({event.kind})"))
             return
         self._items.append((_clean_event(event), data, None, None, None, None))
         if not self._armed:
@@ -496,7 +502,7 @@ class BatchedStore:
                 token = q.get(timeout=timeout) if timeout is not None else q.get()
             except queue.Empty:
                 if not lingering:
-                    self._heartbeat("unsigned events" if self._unsigned_since is not None else "idle")
+                    self._idle()
                     continue
                 if not self._items:
                     # Nothing trailed within linger: disarmed (the next trailing event wakes
@@ -555,6 +561,10 @@ class BatchedStore:
                 self._close()
             finally:
                 self.reactor.callFromThread(self._stopped.callback, None)
+
+    def _idle(self):
+        """(Writer thread) nothing came within ``_idle_timeout``: the heartbeat is due."""
+        self._heartbeat("unsigned events" if self._unsigned_since is not None else "idle")
 
     def _heartbeat(self, why: str):
         """Sign the head with an event of its own (nothing else to sign, or a tail left unsigned).
