@@ -21,7 +21,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from hoopy.http.checks import Refusal, check_shape, token_of
-from hoopy.http.exchange import Exchange, IResponseSink
+from hoopy.http.exchange import Exchange
+from hoopy.http.sink import IResponseSink
 from hoopy.http.masker import Masker
 from hoopy.http.upload import BodyPipe
 from hoopy.http.upstream import UpstreamClient

@@ -390,9 +390,9 @@ def test_a_body_still_arriving_after_its_head_is_streamed_and_the_socket_not_pau
 
 # --- httpcpu5: a plain response head's cleaning kept by the site (response_body._clean_headers) ----
 
-from hoopy.http.exchange import Record  # noqa: E402
+from hoopy.http.record import Record  # noqa: E402
 from hoopy.http.response_body import _clean_headers  # noqa: E402
-from hoopy.http.upstream import RawHeaders  # noqa: E402
+from hoopy.http.upstream_response import RawHeaders  # noqa: E402
 
 _HEAD_LINES = [
     (b"Content-Type", b"application/json"), (b"Content-Length", b"25"), (b"Content-Length", b"26"),

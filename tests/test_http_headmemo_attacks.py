@@ -12,10 +12,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from hoopy.http.exchange import Record
+from hoopy.http.record import Record
 from hoopy.http.masker import Masker
 from hoopy.http.response_body import _clean_headers
-from hoopy.http.upstream import RawHeaders
+from hoopy.http.upstream_response import RawHeaders
 from hoopy.policy.verdicts import Allow
 from tests.test_http_fastpaths import site as make_site
 from tests.test_http_server import Site, connect, get

@@ -1,4 +1,4 @@
-"""Attacks on the pgcpu round: sqltext.key's two memos (exact text, digit shape), replies.ms3,
+"""Attacks on the pgcpu round: sqltext.key's two memos (exact text, digit shape), statement_record.ms3,
 Operation with slots=False, decide_then on the statement path, byte counts kept per session.
 
 In memory: texts of one digit shape whose digits fall in names, $n, strings, integers, next to
@@ -21,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 
 from hoopy.policy.rules import Operation, Unit
 from hoopy.postgres import classify as classify_mod, sqltext
-from hoopy.postgres.replies import ms3
+from hoopy.postgres.statement_record import ms3
 
 
 # --- sqltext.key: the memoized answer is the computed one --------------------------------------
@@ -107,7 +107,7 @@ def test_classify_through_the_caches_is_classify_without_them(texts):
             assert (fast.units, fast.relations, fast.statements) == (slow.units, slow.relations, slow.statements), t
 
 
-# --- replies.ms3: round(y, 3), bit for bit ------------------------------------------------------
+# --- statement_record.ms3: round(y, 3), bit for bit ---------------------------------------------
 
 def _bits(x: float) -> bytes:
     return struct.pack("<d", x)

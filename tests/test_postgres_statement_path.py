@@ -1,12 +1,12 @@
 """The statement path's arithmetic shortcut (pgcpu): a statement's ``duration_ms`` through
-``replies.ms3`` is the very float ``round(y, 3)`` gives, bit for bit, ties and near-ties included."""
+``statement_record.ms3`` is the very float ``round(y, 3)`` gives, bit for bit, ties and near-ties included."""
 from __future__ import annotations
 
 import math
 import random
 import struct
 
-from hoopy.postgres.replies import ms3
+from hoopy.postgres.statement_record import ms3
 
 
 def _bits(x: float) -> bytes:

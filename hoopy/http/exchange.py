@@ -3,9 +3,10 @@
 An ``Exchange`` authenticates the caller, checks the request's shape (checks.py), asks its session
 for a decision (waiting for a reviewer when held), forwards the request (upstream.py; its body
 through request_body.py) and hands the answer to response_body.py, then records one
-``http.request`` event. It speaks to the client only through an ``IResponseSink`` (site.py adapts
-twisted.web's Request; the tests use one in memory), to the policy and the record only through its
-``Session``, and upstream only through the site's upstream client.
+``http.request`` event (record.py). It speaks to the client only through an ``IResponseSink``
+(sink.py; reply.py is the client connection's, the tests use one in memory), to the policy and the
+record only through its ``Session``, and upstream only through the site's upstream client. The
+gateway's own status path (approval_status.py) is answered here, never forwarded.
 """
 from __future__ import annotations
 
@@ -18,116 +19,22 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
-from zope.interface import Attribute, Interface
 
 from hoopy.http import checks
-from hoopy.http import headers as H
+from hoopy.http.approval_status import STATUS_PREFIX, STATUS_PREFIX_B, approval_status
 from hoopy.http.bodies import mask_body
 from hoopy.http.checks import Refusal
+from hoopy.http.head_checks import HeadChecks
+from hoopy.http.record import Record, write_record
 from hoopy.http.request_body import RequestBody, check_query
-from hoopy.audit.events import iso
 from hoopy.http.response_body import reason_text, respond
 from hoopy.policy.verdicts import Allow, Deny, Hold
-from hoopy.session import IN, OUT, Session, StoreError
+from hoopy.session import Session, StoreError
 
 log = Logger()
 
-# Where a caller polls its own approval (retry mode, Prefer: respond-async): on this listener, with
-# its own token. Never forwarded upstream.
-STATUS_PREFIX = "/.hoopy/approvals/"
-STATUS_PREFIX_B = STATUS_PREFIX.encode()
 _WAITING = object()  # (Exchange._step: the awaited Deferred has not fired)
 THREAD_MASK_SIZE = 64 * 1024  # bodies at least this large are masked on a worker thread, not the reactor
-
-
-class IResponseSink(Interface):
-    """Where an exchange's answer goes: the client's connection, or a test's memory."""
-
-    started = Attribute("True once the response head has been written")
-
-    def head(code, phrase, headers):
-        """The status and the headers ((name, value) pairs), sent with the first body bytes."""
-
-    def write(data):
-        """Body bytes."""
-
-    def finish():
-        """The response is complete."""
-
-    def abort():
-        """The response cannot be completed: cut the connection (no client mistakes it for whole)."""
-
-    def register_producer(producer):
-        """A push producer the client's socket pauses when it cannot keep up."""
-
-    def unregister_producer():
-        """The producer is done."""
-
-    def close_later(seconds, done):
-        """Close the connection in ``seconds`` unless ``done`` (a Deferred) fires first."""
-
-    def take_over(upstream, answer, on_lost):
-        """Turn the connection into a byte relay to ``upstream`` (a WebSocket), sending ``answer``."""
-
-
-class Record:
-    """What the ``http.request`` event of an exchange will say."""
-
-    __slots__ = ("limit", "status", "outcome", "error", "rule", "approval", "response_headers", "request_body",
-                 "response_body", "response_bytes")
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.status: int | None = None
-        self.outcome: str | None = None
-        self.error: str | None = None
-        self.rule: str | None = None
-        self.approval: str | None = None
-        self.response_headers: dict | None = None
-        # a body's kept prefix: its text, or {"head": text, "total_bytes": n} when longer (see prefix)
-        self.request_body: str | dict | None = None
-        self.response_body: str | dict | None = None
-        self.response_bytes = 0
-
-    def keep(self, which: str, data: bytes, total: int | None = None):
-        """The first ``record_body_limit`` bytes of a (masked) body, or its size past that."""
-        setattr(self, which, prefix(data, self.limit, len(data) if total is None else total))
-
-
-def prefix(data: bytes, limit: int, total: int) -> str | dict | None:
-    if limit <= 0:
-        return None
-    text = data[:limit].decode("utf-8", "replace")
-    return text if total <= limit else {"head": text, "total_bytes": total}
-
-
-class HeadChecks:
-    """What the checks of one request head found, all of them passed: kept by its connection, so
-    the next request there with exactly the same method, target and header lines (a keep-alive
-    client sending the same request again) is not checked again. Everything here is a pure function
-    of those bytes, of the connection's peer, and of the site's masker and header plan (compared by
-    identity): the token, the normalized path and query, and (made on first use) the upstream
-    request's headers and the record's. Nothing that changes with time or state is kept (who the
-    token names, the session, the policy's judgement: each request asks again). Never a WebSocket
-    upgrade, never the status path. Nothing here is changed once made: readers get copies."""
-
-    __slots__ = ("method", "uri", "lines", "peer", "masker", "plan", "token", "path", "query", "upstream", "record",
-                 "request")
-
-    def __init__(self, ex: "Exchange", token: str):
-        self.method, self.uri, self.lines, self.peer = ex.method_b, ex.uri, ex.lines, ex.peer_host
-        self.masker, self.plan = ex.site.masker, ex.site.header_plan
-        self.token, self.path, self.query = token, ex.path, ex.query
-        self.upstream: list | None = None
-        self.record: dict | None = None
-        # the upstream request's head bytes and its Connection: close, for a request without a body
-        # (the upstream client's ``head``: made of the path, query and upstream headers above)
-        self.request: tuple[bytes, bool] | None = None
-
-    def same(self, ex: "Exchange") -> bool:
-        site = ex.site
-        return (self.lines == ex.lines and self.uri == ex.uri and self.method == ex.method_b
-                and self.peer == ex.peer_host and self.masker is site.masker and self.plan is site.header_plan)
 
 
 class Exchange:
@@ -251,7 +158,7 @@ class Exchange:
                 raise Refusal(503, "refused: the audit store cannot record this session", "error")
         self.session = session
         if self.uri.startswith(STATUS_PREFIX_B):  # the gateway's own: never forwarded
-            return await self._approval_status(session, self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
+            return await approval_status(self, session, self.uri[len(STATUS_PREFIX_B):].split(b"?", 1)[0]
                                                .decode("ascii", "replace"))
         claimed = checks.attribution(hdrs) if checks.claims_attribution(hdrs) else None
         if claimed is not None and any(claimed.values()):
@@ -309,29 +216,10 @@ class Exchange:
         try:
             checks.check_token_stays(token, self.pairs, self.query, self.websocket)
         except Refusal:
-            self.token = token  # it is somewhere else too: kept out of the record (see _record)
+            self.token = token  # it is somewhere else too: kept out of the record (see record.write_record)
             raise
         if self.lines is not None and not self.websocket:
             self.checked = self.channel.head_checks = HeadChecks(self, token)
-
-    async def _approval_status(self, session: Session, approval_id: str):
-        """GET /.hoopy/approvals/ID: the caller's own approval (its token), to poll after a 202."""
-        self.record.outcome = "status"
-        if self.method_b not in (b"GET", b"HEAD"):
-            return self.reply(405, {"error": "only GET reads an approval's status"}, [(b"Allow", b"GET, HEAD")])
-        try:
-            row = await self.wait(session.approval_status(approval_id))
-        except StoreError:
-            raise Refusal(503, "the audit store cannot be read", "error")
-        if row is None:
-            return self.reply(404, {"error": f"no approval {approval_id} of yours", "approval": approval_id})
-        body = {k: v for k, v in row.items() if not k.endswith("_us")}
-        for k in ("created_us", "expires_us", "decided_us", "usable_until_us"):
-            if row.get(k) is not None:
-                body[k[:-3]] = iso(row[k])
-        if body["status"] == "approved":
-            body["message"] = "approved: send the identical request again (it runs once)"
-        self.reply(200, body)
 
     def _session(self) -> Session:
         """The caller's session, for what only runs after authentication (masking a body)."""
@@ -518,7 +406,7 @@ class Exchange:
                 # the connection instead.
                 pipe.drop()
                 self.sink.close_later(0 if self.close_now else 5, pipe.received_all)
-        self._record()
+        write_record(self)
 
     def _abort(self, outcome, error):
         """The response already started: all that is left is to cut the connection."""
@@ -526,7 +414,7 @@ class Exchange:
         self.finished = True
         if not self.gone:
             self.sink.abort()
-        self._record()
+        write_record(self)
 
     def _failed(self, failure: Failure):
         if self.finished:
@@ -534,7 +422,7 @@ class Exchange:
         if failure.check(defer.CancelledError) and self.gone:
             self.record.outcome, self.record.error = "client gone", "the client went away"
             self.finished = True
-            self._record()
+            write_record(self)
             return
         if failure.check(Refusal):
             r = failure.value
@@ -562,45 +450,3 @@ class Exchange:
             body["message"] = body.pop("error")
             headers = ((b"Location", r.extra["status_url"].encode()), (b"Preference-Applied", b"respond-async"))
         self.reply(r.status, body, headers)
-
-    def _record_headers(self) -> dict:
-        checked = self.checked
-        if checked is None:
-            return H.for_record(self.pairs)
-        if checked.record is None:
-            checked.record = H.for_record(self.pairs)
-        return dict(checked.record)
-
-    def _record(self):
-        session, rec = self.session, self.record
-        if session is None:
-            return
-        pipe = self.pipe
-        req_bytes = 0
-        if pipe is not None:
-            req_bytes = pipe.received
-            kind = self.body.kind
-            if rec.request_body is None and kind not in (None, "other") and not self.site.masker.applies(kind):
-                # (a body that had to be masked and was not, refused or too large, is not kept unmasked)
-                rec.request_body = prefix(bytes(pipe.head), self.settings.record_body_limit, pipe.received)
-        session.count_bytes(IN, req_bytes)
-        session.count_bytes(OUT, rec.response_bytes)
-        data = {
-            "method": self.method, "path": self.path, "query": self.query, "status": rec.status,
-            "request_bytes": req_bytes, "response_bytes": rec.response_bytes,
-            # (whole microseconds in ms, as round(..., 3) gave, without its decimal rounding: a tenth
-            # of the record's cost)
-            "duration_ms": (time.monotonic_ns() - self.started) // 1000 / 1000,
-            "request_headers": self._record_headers(),
-        }
-        if self.path is None:
-            data["target"] = self.uri.decode("latin-1")[:2048]
-        for k in ("rule", "approval", "error", "response_headers", "request_body", "response_body"):
-            v = getattr(rec, k)
-            if v is not None:
-                data[k] = v
-        if self.token:  # a caller that put its token somewhere else too (refused): not into the record
-            text, tok = orjson.dumps(data).decode(), orjson.dumps(self.token).decode()[1:-1]
-            if tok in text:
-                data = orjson.loads(text.replace(tok, H.REDACTED))
-        session.trailing_event("http.request", rec.outcome or "ok", **data)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from twisted.web.http import RESPONSES
 from zope.interface import implementer
 
-from hoopy.http.exchange import IResponseSink
+from hoopy.http.sink import IResponseSink
 
 _NO_BODY_CODES = frozenset((204, 304))
 

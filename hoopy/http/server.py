@@ -78,7 +78,7 @@ class GatewayChannel(Protocol):
     """One client connection: parses its requests, answers them in order, holds its session."""
 
     session = None
-    head_checks = None  # what the checks of this connection's last checked request head found (exchange.py)
+    head_checks = None  # what the checks of this connection's last checked request head found (head_checks.py)
     last_token = None  # the token of this connection's last request, and whose it is: a keep-alive
     last_identity = None  # client sends it again and again (hashed once, not per request)
 

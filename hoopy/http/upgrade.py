@@ -16,6 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from hoopy.http.checks import Refusal
+from hoopy.http.record import write_record
 from hoopy.http.response_body import reason_text
 from hoopy.http.websocket import (SUBPROTOCOL, offered_subprotocols, websocket_accept, websocket_key,
                                   with_subprotocol_answer)
@@ -88,7 +89,7 @@ async def relay(ex):
     ex.record.response_bytes = len(head) + len(rest)
     ex.finished = True
     ex.record.outcome = "upgraded"
-    ex._record()
+    write_record(ex)
 
 
 def _not_recorded(f):

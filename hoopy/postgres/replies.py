@@ -1,8 +1,8 @@
 """The client side's handling of what the server sends: each reply matched to
 the message it answers (the queue of ``Expected``), masked where a rule can
 apply, passed on as bytes where none can, and every statement's completion
-recorded. A mixin of ``ClientSide`` (hoopy/postgres/client_side.py): one
-object, its two directions in two files.
+recorded (statement_record.py, mixed in here). A mixin of ``ClientSide``
+(hoopy/postgres/client_side.py): one object, its two directions in two files.
 """
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import collections
 import os
 import re
 import struct
-import time
 from typing import TYPE_CHECKING
 
 from hoopy.postgres import codec, wire
 from hoopy.postgres.copy import BinaryCopyMasker
 from hoopy.postgres.replyrun import scan
-from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Redacted, Skip, State, Trailing
+from hoopy.postgres.pipeline import Attribute, Close, Expected, Kind, Skip, State
 from hoopy.postgres.rowplan import CopyMask, RowPlan
 from hoopy.postgres.rows import MaskRules
+from hoopy.postgres.statement_record import StatementRecord
 from hoopy.postgres.values import redact_notations
 from hoopy.postgres.startup import lexing_unsafe
 
@@ -42,25 +42,9 @@ _FAST = os.environ.get("HOOPY_PGREPLY") != "python"
 
 
 _HI = struct.Struct("!ci")
-_WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE")
-_monotonic = time.monotonic
 
 
-def ms3(y: float) -> float:
-    """``round(y, 3)``, the same float, without its decimal conversion where none is needed.
-    ``round(y, 3)`` is the double nearest to k/1000 for k the integer nearest to y*1000 (exactly,
-    ties to even); ``round(y * 1000)`` finds that k whenever y*1000 (one rounding of the product:
-    under a millionth off below 1e9) is not within that of a tie; then k/1000, one correctly
-    rounded division, is that same double. Near a tie (or past 1e9), round(y, 3) itself."""
-    v = y * 1000.0
-    if -1e9 < v < 1e9:  # (not NaN nor infinite either)
-        k = round(v)
-        if k and -0.4999 < v - k < 0.4999:  # (k = 0: round(y, 3) keeps y's sign, -0.0 for -0.0001)
-            return k / 1000
-    return round(y, 3)
-
-
-class UpstreamReplies:
+class UpstreamReplies(StatementRecord):
     # What it shares with the ClientSide it is mixed into (set in ClientSide.__init__).
     ubuf: bytearray
     to_client: list
@@ -458,7 +442,7 @@ class UpstreamReplies:
         Kind.SCOPE: _scope,
     }
 
-    # --- masking and the record -------------------------------------------------------
+    # --- masking what the server says (the record: statement_record.py) ---------------
     def scrub(self, p: bytes, head) -> bytes:
         """Error and notice texts can quote values ('invalid input syntax for type integer:
         "123-45-6789"'): patterns apply to them, and for a statement over masked columns
@@ -486,36 +470,3 @@ class UpstreamReplies:
         if not changed:
             return p
         return b"".join(k.encode() + codec.cstr(v) for k, v in fields.items()) + b"\0"
-
-    def redactions(self, e: Expected) -> None:
-        plan = e.plan
-        if plan is None:
-            return
-        s = plan.summary()
-        if not s:
-            return
-        n = sum(s["columns"].values()) + sum(s["patterns"].values())
-        plan.columns, plan.patterns = {}, {}
-        self.commands.append(Redacted(n, {"sql": (e.sql or "")[:2000], **s}))
-
-    def done(self, e: Expected) -> None:
-        """A statement finished: its rows, duration and outcome are recorded."""
-        sql = e.sql
-        if sql is None:
-            return
-        if e.plan is not None:
-            self.redactions(e)
-        data = {"sql": sql[:2000], "duration_ms": ms3((_monotonic() - e.start) * 1000)}
-        tag = e.tag
-        if e.kind is _EXECUTE:
-            data["rows"] = e.rows if tag is None or not tag.startswith(_WRITES) else codec.rows_from_tag(tag)
-        else:
-            data["rows_returned"] = e.rows
-        if tag:
-            data["tag"] = tag
-        error = e.error
-        if error:
-            data["sqlstate"] = error
-            self.commands.append(Trailing("statement", "error", data))
-        else:
-            self.commands.append(Trailing("statement", "ok", data))
