@@ -55,11 +55,18 @@ def makeService(options):
 
     from twisted.internet import reactor
 
+    from hoopy.eventloop import chosen
     from hoopy.eventloop import name as loop_name
     from hoopy.sockwrite import install_fast_reads
 
+    running, want = loop_name(reactor._asyncioEventloop), chosen()
+    if want and want != running:
+        # twistd's -r asyncio installs the reactor, on the stdlib's loop, before our options are
+        # read: a required uvloop is refused rather than quietly not run.
+        raise SystemExit(f"hoopy: HOOPY_EVENT_LOOP={want}, but the reactor runs on {running}'s loop "
+                         "(twistd -r asyncio installed it): drop -r; not starting")
     install_fast_reads(reactor)
-    log.info("event loop: {loop}", loop=loop_name(reactor._asyncioEventloop))
+    log.info("event loop: {loop}", loop=running)
     from hoopy.gateway import Gateway
     from hoopy.listen import bind_all
 

@@ -1,0 +1,127 @@
+"""Attacks on the gateway's event loop (hoopy/eventloop.py): what runs on the standard library's
+loop must run the same on uvloop, with real peers through a real ``twistd hoopy``. Each test runs
+on both loops (HOOPY_EVENT_LOOP), so a difference shows as one side failing."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.support import HoopyProcess, ident
+from tests.test_ssh import CLIENT_OPTS, Sshd, connection_toml, grant, keygen
+
+pytest.importorskip("uvloop")
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+def _rss_mib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def ssh_world(tmp_path):
+    made = []
+
+    def make(loop, allow):
+        sshd = Sshd(tmp_path / "sshd").start()
+        key = tmp_path / "agent_key"
+        pub = keygen(key)
+        agent = ident("agent")
+        conn, port = connection_toml(sshd)
+        gw = HoopyProcess(tmp_path, agent.toml(ssh_keys=[pub]) + conn + grant("agent", allow),
+                          env={"HOOPY_EVENT_LOOP": loop}).start()
+        made.append((gw, sshd))
+        argv = ["ssh", "-p", str(port), "-i", str(key), *CLIENT_OPTS, "agent@127.0.0.1"]
+        return gw, port, key, argv
+
+    yield make
+    for gw, sshd in made:
+        try:
+            gw.stop()
+        finally:
+            sshd.stop()
+
+
+# --- HOOPY_EVENT_LOOP where the reactor was chosen by someone else, and in `hoopy check` ---------
+
+def _config(tmp_path):
+    (tmp_path / "hoopy.toml").write_text('[gateway]\nstate = "hoopy.db"\n')
+    return tmp_path / "hoopy.toml"
+
+
+@pytest.mark.parametrize("value", ["libev", "uvloop"])
+def test_twistd_r_asyncio_does_not_bypass_the_choice(tmp_path, value):
+    """``-r asyncio`` is accepted (docs/operators.md), and twistd installs its reactor, on the
+    standard library's loop, before hoopy's options are read: a wrong HOOPY_EVENT_LOOP was then
+    not refused, and ``uvloop`` (required, "no fallback") ran the stdlib's loop quietly."""
+    from tests.support import TWISTD
+
+    _config(tmp_path)
+    r = subprocess.run([TWISTD, "-r", "asyncio", "-n", "--pidfile=", "hoopy", "-c", "hoopy.toml"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=20, env={**os.environ, "HOOPY_EVENT_LOOP": value})
+    out = r.stdout + r.stderr
+    assert r.returncode not in (0, None) and "HOOPY_EVENT_LOOP" in out and "not starting" in out, out[-2000:]
+    assert "Traceback" not in out and not (tmp_path / "hoopy.db").exists()
+
+
+@pytest.mark.parametrize("value", ["asyncio", ""])
+def test_twistd_r_asyncio_starts_where_the_stdlib_loop_is_asked_for_or_nothing_is(tmp_path, value):
+    from tests.support import TWISTD
+
+    _config(tmp_path)
+    with open(tmp_path / "log", "wb") as log:
+        p = subprocess.Popen([TWISTD, "-r", "asyncio", "-n", "--pidfile=", "hoopy", "-c", "hoopy.toml"], cwd=tmp_path,
+                             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOOPY_EVENT_LOOP": value})
+        try:
+            deadline = time.monotonic() + 20
+            while "hoopy gateway" not in (tmp_path / "log").read_text() and p.poll() is None:
+                assert time.monotonic() < deadline, (tmp_path / "log").read_text()
+                time.sleep(0.05)
+        finally:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+            p.wait(20)
+    text = (tmp_path / "log").read_text()
+    assert "event loop: asyncio" in text and "started" in text and "Traceback" not in text, text
+
+
+NO_UVLOOP = """
+import sys
+class _NoUvloop:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "uvloop":
+            raise ImportError("uvloop kept out by the test")
+sys.meta_path.insert(0, _NoUvloop())
+"""
+
+
+@pytest.mark.parametrize("connect", [False, True])
+def test_hoopy_check_refuses_what_the_gateway_would_refuse(tmp_path, connect):
+    """``hoopy check`` said ok (and ``--connect`` died with a traceback) for a HOOPY_EVENT_LOOP on
+    which the gateway does not start."""
+    _config(tmp_path)
+    (tmp_path / "nouv").mkdir()
+    (tmp_path / "nouv" / "sitecustomize.py").write_text(NO_UVLOOP)
+    no_uvloop = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "nouv"), os.environ.get("PYTHONPATH", "")])}
+    for env, why in (({"HOOPY_EVENT_LOOP": "libev"}, "must be one of"),
+                     ({"HOOPY_EVENT_LOOP": "uvloop", **no_uvloop}, "cannot be imported")):
+        r = subprocess.run([sys.executable, "-m", "hoopy", "check", *(["--connect"] if connect else []),
+                            "-c", "hoopy.toml"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                           env={**os.environ, **env})
+        out = r.stdout + r.stderr
+        assert r.returncode == 2, out
+        assert "HOOPY_EVENT_LOOP" in out and why in out and "Traceback" not in out, out
+    for env in ({"HOOPY_EVENT_LOOP": " UVLOOP "}, {"HOOPY_EVENT_LOOP": ""}, no_uvloop):  # (unset: falls back)
+        r = subprocess.run([sys.executable, "-m", "hoopy", "check", "-c", "hoopy.toml"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, env={**os.environ, **env})
+        assert r.returncode == 0, r.stdout + r.stderr
