@@ -125,3 +125,70 @@ def test_hoopy_check_refuses_what_the_gateway_would_refuse(tmp_path, connect):
         r = subprocess.run([sys.executable, "-m", "hoopy", "check", "-c", "hoopy.toml"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=60, env={**os.environ, **env})
         assert r.returncode == 0, r.stdout + r.stderr
+
+
+# --- child processes -----------------------------------------------------------------------------
+
+DAEMONIZING_MCP = r"""
+import json, os, sys, time
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m:
+        r = {"protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
+             "serverInfo": {"name": "d", "version": "1"}} if m.get("method") == "initialize" else {}
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+# Told to stop (stdin closed): it leaves a daemon behind that still holds its stdout and stderr.
+if os.fork() == 0:
+    os.setsid()
+    with open(sys.argv[1], "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+os._exit(0)
+"""
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_stdio_mcp_server_that_daemonizes_does_not_hold_the_gateway_at_stop(tmp_path, loop):
+    """The server exits, but a process it started keeps its stdout and stderr: Twisted reports the
+    child's end only when those pipes close, and the gateway, waiting for it at SIGTERM, stopped
+    only when the daemon did (on both loops)."""
+    import json
+    import urllib.request
+
+    from tests.support import free_port
+
+    agent, port = ident("agent"), free_port()
+    (tmp_path / "d.py").write_text(DAEMONIZING_MCP)
+    pidfile = tmp_path / "daemon.pid"
+    gw = HoopyProcess(tmp_path, agent.toml(scram=False) + f'''
+[connections.tools]
+type = "mcp"
+listen = "tcp:{port}:interface=127.0.0.1"
+command = ["{sys.executable}", "{tmp_path / 'd.py'}", "{pidfile}"]
+
+[[grants]]
+identity = "agent"
+connection = "tools"
+allow = ["tool *"]
+''', env={"HOOPY_EVENT_LOOP": loop}).start()
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="POST", data=json.dumps({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+        }).encode(), headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                              "Authorization": f"Bearer {agent.token}"})
+        with urllib.request.urlopen(req, timeout=15) as r:
+            assert r.status == 200
+        t0 = time.monotonic()
+        assert gw.stop(signal.SIGTERM, timeout=30) == -signal.SIGTERM
+        assert time.monotonic() - t0 < 12  # (stdin closed, TERM at 2 s, KILL at 5 s: then its pipes)
+        assert pidfile.exists()  # (the daemon was made: this test did what it says)
+        ends = gw.events("session.end")
+        assert [e["data"]["reason"] for e in ends] == ["gateway shutdown"], ends
+        assert "Traceback" not in gw.log_text()
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
