@@ -52,6 +52,55 @@ def ssh_world(tmp_path):
             sshd.stop()
 
 
+
+# --- SSH: asyncssh on the loop's own transports --------------------------------------------------
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_ssh_output_to_a_client_that_stops_reading_is_held_back_not_buffered(ssh_world, loop):
+    """On uvloop the relay writes with the transport's writelines and is told to pause by uvloop's
+    flow control: a client that reads nothing for a while must not make the gateway hold the
+    upstream's output in memory, and gets all of it once it reads again."""
+    gw, port, key, argv = ssh_world(loop, ["exec head -c 300000000 /dev/zero"])
+    before = _rss_mib(gw.proc.pid)
+    p = subprocess.Popen(argv + ["head -c 300000000 /dev/zero"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(1)
+        os.kill(p.pid, signal.SIGSTOP)
+        time.sleep(3)
+        held = _rss_mib(gw.proc.pid)
+        os.kill(p.pid, signal.SIGCONT)
+        n = 0
+        while chunk := p.stdout.read(1 << 20):
+            n += len(chunk)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert n == 300_000_000
+    assert held - before < 64, (before, held)  # (measured: 6-8 MiB on either loop)
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_sigterm_with_ssh_commands_running_ends_and_records_every_session(ssh_world, loop):
+    gw, port, key, argv = ssh_world(loop, ["exec sleep *"])
+    clients = [subprocess.Popen(argv + ["sleep 60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 20
+        while len(gw.events("ssh.exec")) + len(gw.events("session.start")) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert gw.stop(signal.SIGTERM) == -signal.SIGTERM
+        for c in clients:
+            _, err = c.communicate(timeout=20)
+            assert c.returncode == 255 and b"gateway shutdown" in err, err
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+    assert [e["data"]["reason"] for e in gw.events("session.end")] == ["gateway shutdown"] * 4
+    assert "Traceback" not in gw.log_text()
+
 # --- HOOPY_EVENT_LOOP where the reactor was chosen by someone else, and in `hoopy check` ---------
 
 def _config(tmp_path):
@@ -192,3 +241,45 @@ allow = ["tool *"]
                 os.kill(int(pidfile.read_text()), signal.SIGKILL)
             except (OSError, ValueError):
                 pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_daemonized_gateway_relays_ssh_and_stops(tmp_path, loop):
+    """twistd without -n forks to daemonize after hoopy made the loop (libuv's, on uvloop) and bound
+    its listeners; the suite's gateways all run with -n. The daemon relays SSH (uvloop's own
+    transports) and stops on SIGTERM."""
+    from tests.support import TWISTD
+
+    sshd = Sshd(tmp_path / "sshd").start()
+    try:
+        key = tmp_path / "agent_key"; pub = keygen(key)
+        agent = ident("agent")
+        conn, port = connection_toml(sshd)
+        gw = HoopyProcess(tmp_path, agent.toml(ssh_keys=[pub]) + conn + grant("agent", ["exec echo *", "exec head *"]),
+                          env={"HOOPY_EVENT_LOOP": loop})
+        r = subprocess.run([TWISTD, "--pidfile", "gw.pid", "--logfile", "gw.log", "hoopy", "-c", str(gw.config)],
+                           cwd=tmp_path, env=gw.env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        gw.wait_ssh(port)
+        argv = ["ssh", "-p", str(port), "-i", str(key), *CLIENT_OPTS, "agent@127.0.0.1"]
+        out = [subprocess.run(argv + [f"echo hi {i}"], capture_output=True, text=True, timeout=30) for i in range(5)]
+        big = subprocess.run(argv + ["head -c 20000000 /dev/zero"], capture_output=True, timeout=60)
+        pid = int((tmp_path / "gw.pid").read_text())
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _alive(pid):
+            assert time.monotonic() < deadline, "the daemon did not stop on SIGTERM"
+            time.sleep(0.05)
+        log = (tmp_path / "gw.log").read_text()
+        assert [o.stdout for o in out] == [f"hi {i}\n" for i in range(5)], (out[0].stderr, log[-3000:])
+        assert len(big.stdout) == 20000000 and "Traceback" not in log
+    finally:
+        sshd.stop()
