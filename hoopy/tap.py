@@ -40,6 +40,16 @@ def _reactor_ok() -> tuple[bool, str]:
     return isinstance(reactor, AsyncioSelectorReactor), type(reactor).__module__
 
 
+def _stop_on_hangup(reactor) -> None:
+    """SIGHUP (the terminal of a ``twistd -n`` closed) stops the gateway as SIGTERM does: every
+    session ended on the record, recordings sealed, not killed where it stands. Left alone where it
+    is ignored (nohup) or handled already."""
+    import signal
+
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, reactor.sigTerm)  # (exits with SIGHUP's status, as twistd does)
+
+
 def makeService(options):
     from hoopy import config as configmod
 
@@ -67,6 +77,7 @@ def makeService(options):
                          "(twistd -r asyncio installed it): drop -r; not starting")
     install_fast_reads(reactor)
     log.info("event loop: {loop}", loop=running)
+    _stop_on_hangup(reactor)
     from hoopy.gateway import Gateway
     from hoopy.listen import bind_all
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support import HoopyProcess, ident
+from tests.support import HoopyProcess, ident, pg_connection
 from tests.test_ssh import CLIENT_OPTS, Sshd, connection_toml, grant, keygen
 
 pytest.importorskip("uvloop")
@@ -283,3 +283,67 @@ def test_a_daemonized_gateway_relays_ssh_and_stops(tmp_path, loop):
         assert len(big.stdout) == 20000000 and "Traceback" not in log
     finally:
         sshd.stop()
+
+
+# --- SIGHUP ---------------------------------------------------------------------------------------
+
+def _start_twistd(tmp_path, loop, hup):
+    """``twistd -n hoopy`` with SIGHUP's disposition as given (SIG_DFL, or SIG_IGN as under nohup)."""
+    from tests.support import TWISTD
+
+    from tests.support import free_port
+
+    port, agent = free_port(), ident("agent")
+    (tmp_path / "hoopy.toml").write_text('[gateway]\nstate = "hoopy.db"\n' + agent.toml()
+                                         + pg_connection(port, "postgres")
+                                         + '\n[[grants]]\nidentity = "agent"\nconnection = "pg"\nallow = ["read"]\n')
+    log = open(tmp_path / "log", "wb")
+    p = subprocess.Popen([TWISTD, "-n", "--pidfile=", "hoopy", "-c", "hoopy.toml"], cwd=tmp_path, stdout=log,
+                         stderr=subprocess.STDOUT, env={**os.environ, "HOOPY_EVENT_LOOP": loop},
+                         preexec_fn=lambda: signal.signal(signal.SIGHUP, hup))
+    log.close()
+    deadline = time.monotonic() + 20
+    while "hoopy gateway" not in (tmp_path / "log").read_text():
+        assert p.poll() is None and time.monotonic() < deadline, (tmp_path / "log").read_text()
+        time.sleep(0.05)
+    dsn = f"host=127.0.0.1 port={port} user=agent password={agent.token} dbname=postgres sslmode=disable"
+    return p, dsn
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_hang_up_stops_the_gateway_as_sigterm_does(tmp_path, loop):
+    """SIGHUP (the terminal of a ``twistd -n`` closed) killed the gateway where it stood, on both
+    loops: no session's end on the record, recordings not sealed."""
+    import psycopg
+
+    from hoopy.audit.store import SQLiteReader
+
+    p, dsn = _start_twistd(tmp_path, loop, signal.SIG_DFL)
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            p.send_signal(signal.SIGHUP)
+            assert p.wait(20) == -signal.SIGHUP
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    text = (tmp_path / "log").read_text()
+    assert "Server Shut Down" in text and "Traceback" not in text, text[-3000:]
+    r = SQLiteReader(tmp_path / "hoopy.db")
+    try:
+        ends = [e for e in r.events() if e["kind"] == "session.end"]
+    finally:
+        r.close()
+    assert len(ends) == 1
+
+
+def test_a_hang_up_is_still_ignored_under_nohup(tmp_path):
+    p, dsn = _start_twistd(tmp_path, "uvloop", signal.SIG_IGN)
+    try:
+        p.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert p.poll() is None
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == -signal.SIGTERM
