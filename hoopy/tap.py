@@ -40,14 +40,36 @@ def _reactor_ok() -> tuple[bool, str]:
     return isinstance(reactor, AsyncioSelectorReactor), type(reactor).__module__
 
 
-def _stop_on_hangup(reactor) -> None:
+def _stop_on_signals(reactor) -> None:
     """SIGHUP (the terminal of a ``twistd -n`` closed) stops the gateway as SIGTERM does: every
     session ended on the record, recordings sealed, not killed where it stands. Left alone where it
-    is ignored (nohup) or handled already."""
+    is ignored (nohup). And a second SIGTERM, SIGINT or SIGHUP while the gateway is stopping (an
+    operator's second Ctrl-C) is noted, where Twisted's handler stopped the reactor again and logged
+    a ReactorNotRunning traceback; the exit status stays the first signal's."""
     import signal
 
+    stopping: list = []
+    reactor.addSystemEventTrigger("before", "shutdown", stopping.append, "shutdown")
+    twisteds = {signal.SIGHUP: reactor.sigTerm}  # (what handles each: the stop, its log line, the exit status)
+
+    def stop(number, frame):
+        if stopping:
+            log.info("signal {number}: the gateway is stopping already", number=number)
+            return
+        stopping.append(number)
+        twisteds[number](number, frame)
+
     if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
-        signal.signal(signal.SIGHUP, reactor.sigTerm)  # (exits with SIGHUP's status, as twistd does)
+        signal.signal(signal.SIGHUP, stop)
+
+    def replace_twisteds():  # (Twisted installs its own when the reactor starts, after makeService)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(sig)
+            if getattr(handler, "__self__", None) is reactor:
+                twisteds[sig] = handler
+                signal.signal(sig, stop)
+
+    reactor.callWhenRunning(replace_twisteds)
 
 
 def makeService(options):
@@ -77,7 +99,7 @@ def makeService(options):
                          "(twistd -r asyncio installed it): drop -r; not starting")
     install_fast_reads(reactor)
     log.info("event loop: {loop}", loop=running)
-    _stop_on_hangup(reactor)
+    _stop_on_signals(reactor)
     from hoopy.gateway import Gateway
     from hoopy.listen import bind_all
 

@@ -347,3 +347,57 @@ def test_a_hang_up_is_still_ignored_under_nohup(tmp_path):
     finally:
         p.send_signal(signal.SIGTERM)
         assert p.wait(20) == -signal.SIGTERM
+
+
+STUBBORN_MCP = r"""
+import json, signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # (and stays after stdin closes: KILL at 5 s ends it)
+for line in sys.stdin:
+    m = json.loads(line)
+    if "id" in m:
+        r = {"protocolVersion": m["params"]["protocolVersion"], "capabilities": {"tools": {}},
+             "serverInfo": {"name": "s", "version": "1"}} if m.get("method") == "initialize" else {}
+        print(json.dumps({"jsonrpc": "2.0", "id": m["id"], "result": r}), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_second_signal_while_stopping_is_noted_not_a_traceback(tmp_path, loop):
+    """An operator's second Ctrl-C (or a SIGTERM, a hang-up) while the gateway waits for a child to
+    stop: Twisted's handler stopped the reactor again and logged ReactorNotRunning, on both loops."""
+    import json
+    import urllib.request
+
+    from tests.support import free_port
+
+    agent, port = ident("agent"), free_port()
+    (tmp_path / "s.py").write_text(STUBBORN_MCP)
+    gw = HoopyProcess(tmp_path, agent.toml(scram=False) + f'''
+[connections.tools]
+type = "mcp"
+listen = "tcp:{port}:interface=127.0.0.1"
+command = ["{sys.executable}", "{tmp_path / 's.py'}"]
+
+[[grants]]
+identity = "agent"
+connection = "tools"
+allow = ["tool *"]
+''', env={"HOOPY_EVENT_LOOP": loop}).start()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="POST", data=json.dumps({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    }).encode(), headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                          "Authorization": f"Bearer {agent.token}"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        assert r.status == 200
+    gw.proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert gw.proc.poll() is None  # (waiting for the child: KILL at 5 s)
+    gw.proc.send_signal(signal.SIGINT)
+    gw.proc.send_signal(signal.SIGHUP)
+    assert gw.proc.wait(20) == -signal.SIGTERM  # (the first signal's status)
+    log = gw.log_text()
+    assert "Traceback" not in log and "ReactorNotRunning" not in log, log[-3000:]
+    assert "stopping already" in log
+    assert [e["data"]["reason"] for e in gw.events("session.end")] == ["gateway shutdown"]
