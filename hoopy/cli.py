@@ -124,6 +124,13 @@ def cmd_check(args):
             print(f"{args.config}: {p}")
         print(f"{len(e.problems)} problem(s)", file=sys.stderr)
         return 2
+    from hoopy.eventloop import problem
+
+    loop_problem = problem()  # (the gateway refuses to start on it: so does the check)
+    if loop_problem:
+        print(f"{args.config}: {loop_problem}: the gateway does not start with it")
+        print("1 problem(s)", file=sys.stderr)
+        return 2
     print(f"{args.config}: ok: {len(cfg.identities)} identities, {len(cfg.connections)} connections, "
           f"{len(cfg.grants)} grants, {len(cfg.masking)} masking rules")
     if cfg.gateway.signing_key is None:

@@ -48,10 +48,22 @@ def name(loop) -> str:
     return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
+def problem(environ=None) -> str | None:
+    """Why the gateway would not start on this HOOPY_EVENT_LOOP (``hoopy check`` says so), or None."""
+    try:
+        if chosen(environ) == "uvloop":
+            new_loop(environ).close()
+    except EventLoopError as e:
+        return str(e)
+    return None
+
+
 def install_reactor(environ=None) -> None:
-    """Twisted's asyncio reactor on the chosen loop, unless a reactor is installed already."""
+    """Twisted's asyncio reactor on the chosen loop, unless a reactor is installed already (the
+    choice is read all the same: a wrong one is refused whoever installed the reactor)."""
     import sys
 
+    chosen(environ)
     if "twisted.internet.reactor" in sys.modules:
         return
     from twisted.internet import asyncioreactor

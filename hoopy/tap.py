@@ -40,6 +40,38 @@ def _reactor_ok() -> tuple[bool, str]:
     return isinstance(reactor, AsyncioSelectorReactor), type(reactor).__module__
 
 
+def _stop_on_signals(reactor) -> None:
+    """SIGHUP (the terminal of a ``twistd -n`` closed) stops the gateway as SIGTERM does: every
+    session ended on the record, recordings sealed, not killed where it stands. Left alone where it
+    is ignored (nohup). And a second SIGTERM, SIGINT or SIGHUP while the gateway is stopping (an
+    operator's second Ctrl-C) is noted, where Twisted's handler stopped the reactor again and logged
+    a ReactorNotRunning traceback; the exit status stays the first signal's."""
+    import signal
+
+    stopping: list = []
+    reactor.addSystemEventTrigger("before", "shutdown", stopping.append, "shutdown")
+    twisteds = {signal.SIGHUP: reactor.sigTerm}  # (what handles each: the stop, its log line, the exit status)
+
+    def stop(number, frame):
+        if stopping:
+            log.info("signal {number}: the gateway is stopping already", number=number)
+            return
+        stopping.append(number)
+        twisteds[number](number, frame)
+
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, stop)
+
+    def replace_twisteds():  # (Twisted installs its own when the reactor starts, after makeService)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handler = signal.getsignal(sig)
+            if getattr(handler, "__self__", None) is reactor:
+                twisteds[sig] = handler
+                signal.signal(sig, stop)
+
+    reactor.callWhenRunning(replace_twisteds)
+
+
 def makeService(options):
     from hoopy import config as configmod
 
@@ -55,11 +87,19 @@ def makeService(options):
 
     from twisted.internet import reactor
 
+    from hoopy.eventloop import chosen
     from hoopy.eventloop import name as loop_name
     from hoopy.sockwrite import install_fast_reads
 
+    running, want = loop_name(reactor._asyncioEventloop), chosen()
+    if want and want != running:
+        # twistd's -r asyncio installs the reactor, on the stdlib's loop, before our options are
+        # read: a required uvloop is refused rather than quietly not run.
+        raise SystemExit(f"hoopy: HOOPY_EVENT_LOOP={want}, but the reactor runs on {running}'s loop "
+                         "(twistd -r asyncio installed it): drop -r; not starting")
     install_fast_reads(reactor)
-    log.info("event loop: {loop}", loop=loop_name(reactor._asyncioEventloop))
+    log.info("event loop: {loop}", loop=running)
+    _stop_on_signals(reactor)
     from hoopy.gateway import Gateway
     from hoopy.listen import bind_all
 

@@ -324,7 +324,9 @@ class StdioChannel:
                 try:
                     self.process.signalProcess(name)
                 except ProcessExitedAlready:
-                    pass  # it ended between the check and the signal
+                    # It has exited, but Twisted reports the end only once its stdout and stderr
+                    # close, and something it started (a daemon) may hold them: close our ends.
+                    self.process.loseConnection()
 
         self._kill_timers = [self.reactor.callLater(2, signal, "TERM"), self.reactor.callLater(5, signal, "KILL")]
         return d
