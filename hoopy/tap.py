@@ -57,6 +57,8 @@ def _stop_on_signals(reactor) -> None:
             log.info("signal {number}: the gateway is stopping already", number=number)
             return
         stopping.append(number)
+        if number == signal.SIGHUP:  # (Twisted's handler below logs it as SIGTERM)
+            log.info("Received SIGHUP: stopping as on SIGTERM")
         twisteds[number](number, frame)
 
     if signal.getsignal(signal.SIGHUP) == signal.SIG_DFL:

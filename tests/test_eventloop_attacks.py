@@ -329,6 +329,7 @@ def test_a_hang_up_stops_the_gateway_as_sigterm_does(tmp_path, loop):
             p.wait()
     text = (tmp_path / "log").read_text()
     assert "Server Shut Down" in text and "Traceback" not in text, text[-3000:]
+    assert "Received SIGHUP" in text, text[-3000:]  # (the log says which signal stopped it)
     r = SQLiteReader(tmp_path / "hoopy.db")
     try:
         ends = [e for e in r.events() if e["kind"] == "session.end"]
