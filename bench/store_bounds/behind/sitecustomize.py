@@ -1,6 +1,9 @@
 # Bound experiment: events-only batches durable in a preallocated O_DSYNC journal, handed back, THEN
 # inserted into SQLite (synchronous=NORMAL). Not a real store (no recovery).
-import importlib.abc, sys, os, json
+import sys, os
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hook import on_import  # noqa: E402
+import json  # noqa: E402
 _fd = None
 _off = [4096]
 def _journal(rows):
@@ -44,15 +47,4 @@ def _patch(m):
         self._moved()
     orig_write = S._write
     S._write = _write
-class L(importlib.abc.Loader):
-    def __init__(s, i): s.i = i
-    def create_module(s, spec): return s.i.create_module(spec)
-    def exec_module(s, m): s.i.exec_module(m); _patch(m)
-class F(importlib.abc.MetaPathFinder):
-    def find_spec(s, n, p, t=None):
-        if n != "hoopy.audit.store": return None
-        for f in sys.meta_path:
-            if f is s: continue
-            sp = f.find_spec(n, p, t)
-            if sp is not None: sp.loader = L(sp.loader); return sp
-sys.meta_path.insert(0, F())
+on_import(("hoopy.audit.store",), _patch)

@@ -1,4 +1,9 @@
-import importlib.abc, sys, os, json, socket, subprocess, itertools
+# Bound experiment: the writer of events-only appends in a child process (storechild.py), over a
+# socketpair with JSON lines; sessions and approvals stay on the writer thread. Not a real store.
+import sys, os
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hook import on_import  # noqa: E402
+import json, socket, subprocess, itertools  # noqa: E402,E401
 def _patch(m):
     if m.__name__ != "hoopy.audit.writer":
         return
@@ -43,15 +48,4 @@ def _patch(m):
             return ot(self, event)
         send(self, event, None)
     B.append = append; B.append_trailing = append_trailing
-class L(importlib.abc.Loader):
-    def __init__(s, i): s.i = i
-    def create_module(s, spec): return s.i.create_module(spec)
-    def exec_module(s, m): s.i.exec_module(m); _patch(m)
-class F(importlib.abc.MetaPathFinder):
-    def find_spec(s, n, p, t=None):
-        if n != "hoopy.audit.writer": return None
-        for f in sys.meta_path:
-            if f is s: continue
-            sp = f.find_spec(n, p, t)
-            if sp is not None: sp.loader = L(sp.loader); return sp
-sys.meta_path.insert(0, F())
+on_import(("hoopy.audit.writer",), _patch)

@@ -1,5 +1,8 @@
 # Bound experiment: the store's SQL and file check replaced (NOT a real store).
-import importlib.abc, sys, os, json
+import sys, os
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from hook import on_import  # noqa: E402
+import json  # noqa: E402
 MODE = os.environ.get("NOOP_MODE", "sql")
 _fd = None
 def _journal(self, cur, rows):
@@ -44,15 +47,4 @@ def _patch(m):
         m.Dialect.insert_events = (lambda self, cur, rows: None) if MODE == "sql" else _journal if MODE == "journal" else _dsync
     if m.__name__ == "hoopy.audit.store":
         m.SQLiteEventStore._moved = lambda self: None
-class L(importlib.abc.Loader):
-    def __init__(s, i): s.i = i
-    def create_module(s, spec): return s.i.create_module(spec)
-    def exec_module(s, m): s.i.exec_module(m); _patch(m)
-class F(importlib.abc.MetaPathFinder):
-    def find_spec(s, n, p, t=None):
-        if n not in ("hoopy.audit.writer", "hoopy.audit.store"): return None
-        for f in sys.meta_path:
-            if f is s: continue
-            sp = f.find_spec(n, p, t)
-            if sp is not None: sp.loader = L(sp.loader); return sp
-sys.meta_path.insert(0, F())
+on_import(("hoopy.audit.writer", "hoopy.audit.store"), _patch)
