@@ -19,6 +19,20 @@ pytest.importorskip("uvloop")
 LOOPS = ["asyncio", "uvloop"]
 
 
+def _initialize(port: int, token: str) -> None:
+    """An MCP initialize through the gateway: its stdio server is started and answered."""
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="POST", data=json.dumps({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    }).encode(), headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                          "Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=15) as r:
+        assert r.status == 200
+
+
 def _rss_mib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -200,8 +214,6 @@ def test_a_stdio_mcp_server_that_daemonizes_does_not_hold_the_gateway_at_stop(tm
     """The server exits, but a process it started keeps its stdout and stderr: Twisted reports the
     child's end only when those pipes close, and the gateway, waiting for it at SIGTERM, stopped
     only when the daemon did (on both loops)."""
-    import json
-    import urllib.request
 
     from tests.support import free_port
 
@@ -220,13 +232,7 @@ connection = "tools"
 allow = ["tool *"]
 ''', env={"HOOPY_EVENT_LOOP": loop}).start()
     try:
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="POST", data=json.dumps({
-            "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-        }).encode(), headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-                              "Authorization": f"Bearer {agent.token}"})
-        with urllib.request.urlopen(req, timeout=15) as r:
-            assert r.status == 200
+        _initialize(port, agent.token)  # (the stdio server started)
         t0 = time.monotonic()
         assert gw.stop(signal.SIGTERM, timeout=30) == -signal.SIGTERM
         assert time.monotonic() - t0 < 12  # (stdin closed, TERM at 2 s, KILL at 5 s: then its pipes)
@@ -366,8 +372,6 @@ time.sleep(120)
 def test_a_second_signal_while_stopping_is_noted_not_a_traceback(tmp_path, loop):
     """An operator's second Ctrl-C (or a SIGTERM, a hang-up) while the gateway waits for a child to
     stop: Twisted's handler stopped the reactor again and logged ReactorNotRunning, on both loops."""
-    import json
-    import urllib.request
 
     from tests.support import free_port
 
@@ -384,13 +388,7 @@ identity = "agent"
 connection = "tools"
 allow = ["tool *"]
 ''', env={"HOOPY_EVENT_LOOP": loop}).start()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/mcp", method="POST", data=json.dumps({
-        "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-    }).encode(), headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-                          "Authorization": f"Bearer {agent.token}"})
-    with urllib.request.urlopen(req, timeout=15) as r:
-        assert r.status == 200
+    _initialize(port, agent.token)  # (the stdio server started)
     gw.proc.send_signal(signal.SIGTERM)
     time.sleep(1)
     assert gw.proc.poll() is None  # (waiting for the child: KILL at 5 s)
