@@ -21,10 +21,10 @@ Each probe costs about a microsecond, inside the interval it ends.
 from __future__ import annotations
 
 import functools
-import importlib.abc
 import os
-import sys
 import time
+
+from bench.import_hook import on_import  # (the repository is on the path: bench/pg_instr.py puts it there)
 
 _OUT = os.environ.get("HOOPY_TRACE_OUT", "trace.txt")
 _T: list = []
@@ -76,30 +76,4 @@ def _patch(module) -> None:
 _WANTED = {"hoopy.postgres.protocol", "hoopy.postgres.upstream", "hoopy.audit.writer", "hoopy.audit.store"}
 
 
-class _Loader(importlib.abc.Loader):
-    def __init__(self, inner):
-        self.inner = inner
-
-    def create_module(self, spec):
-        return self.inner.create_module(spec)
-
-    def exec_module(self, module):
-        self.inner.exec_module(module)
-        _patch(module)
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in _WANTED:
-            return None
-        for finder in sys.meta_path:
-            if finder is self:
-                continue
-            spec = finder.find_spec(fullname, path, target)  # type: ignore[attr-defined]
-            if spec is not None:
-                spec.loader = _Loader(spec.loader)
-                return spec
-        return None
-
-
-sys.meta_path.insert(0, _Finder())
+on_import(_WANTED, _patch)

@@ -1,8 +1,8 @@
 # Bound experiment: events-only batches durable in a preallocated O_DSYNC journal, handed back, THEN
 # inserted into SQLite (synchronous=NORMAL). Not a real store (no recovery).
 import sys, os
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hook import on_import  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))  # (the repository)
+from bench.import_hook import on_import  # noqa: E402
 import json  # noqa: E402
 _fd = None
 _off = [4096]

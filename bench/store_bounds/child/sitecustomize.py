@@ -1,8 +1,8 @@
 # Bound experiment: the writer of events-only appends in a child process (storechild.py), over a
 # socketpair with JSON lines; sessions and approvals stay on the writer thread. Not a real store.
 import sys, os
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hook import on_import  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))  # (the repository)
+from bench.import_hook import on_import  # noqa: E402
 import json, socket, subprocess, itertools  # noqa: E402,E401
 def _patch(m):
     if m.__name__ != "hoopy.audit.writer":

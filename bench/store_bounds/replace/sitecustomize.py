@@ -1,7 +1,7 @@
 # Bound experiment: the store's SQL and file check replaced (NOT a real store).
 import sys, os
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from hook import on_import  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))  # (the repository)
+from bench.import_hook import on_import  # noqa: E402
 import json  # noqa: E402
 MODE = os.environ.get("NOOP_MODE", "sql")
 _fd = None

@@ -1,5 +1,5 @@
-"""The one import hook the store-bounds replacements share: ``on_import(names, patch)`` calls
-``patch(module)`` once each named module has run, so hoopy's code is replaced without being edited."""
+"""The one import hook bench/pg_trace_probe.py and the store-bounds replacements (bench/store_bounds/)
+share: ``on_import(names, patch)`` calls ``patch(module)`` once each named module has run, so hoopy's code is replaced without being edited."""
 import importlib.abc
 import sys
 
