@@ -211,7 +211,7 @@ TRACE = ("cin", "app", "wake", "w0", "w1", "back", "dec", "s0", "s1", "fwd", "ui
 TRACE_SAYS = {"cin>app": "client bytes in -> decision appended (parse, judge, event: reactor)",
               "app>wake": "the writer thread woken",
               "wake>w0": "the batch taken, rows built",
-              "w0>w1": "INSERT + fsync (SQLite)",
+              "w0>w1": "INSERT + fsync (SQLite), or the event log record",
               "w1>back": "file check, hand-back to the reactor",
               "back>dec": "the batch's Deferreds fired",
               "dec>s0": "the verdict at the connection",

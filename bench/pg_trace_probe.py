@@ -8,7 +8,8 @@ stopped by a signal may lose the last of them; the reader only takes complete st
     cin   ClientProtocol.dataReceived entered        (a statement's bytes from the client)
     app   BatchedStore.append returned               (the decision handed to the writer)
     wake  BatchedStore._take entered                 (the writer thread awake)
-    w0/w1 SQLiteEventStore._insert_only in / out     (the INSERT and its fsync)
+    w0/w1 SQLiteEventStore._insert_only in / out     (the INSERT and its fsync), or
+          EventLog.write in / out                    (the event log's O_DSYNC record)
     back  BatchedStore._written entered              (the reactor has the batch back)
     dec   ClientProtocol._decided_or_fail entered    (the verdict at the connection)
     s0/s1 write_now in / out                         (a send: to upstream after dec, to the client after uin)
@@ -71,9 +72,12 @@ def _patch(module) -> None:
         _around(module.BatchedStore, "_written", "back", None)
     elif name == "hoopy.audit.store":
         _around(module.SQLiteEventStore, "_insert_only", "w0", "w1")
+    elif name == "hoopy.audit.eventlog":
+        _around(module.EventLog, "write", "w0", "w1")
 
 
-_WANTED = {"hoopy.postgres.protocol", "hoopy.postgres.upstream", "hoopy.audit.writer", "hoopy.audit.store"}
+_WANTED = {"hoopy.postgres.protocol", "hoopy.postgres.upstream", "hoopy.audit.writer", "hoopy.audit.store",
+           "hoopy.audit.eventlog"}
 
 
 on_import(_WANTED, _patch)

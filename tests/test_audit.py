@@ -225,9 +225,15 @@ async def test_operations_are_refused_when_the_store_cannot_write(tmp_path):
         assert isinstance(await gw.policy.decide(s, request("GET", "/v1/a")), Allow)
         locker = await deferToThread(_lock, gw.config.gateway.state)
         try:
+            # An operation's event alone is durable in the event log, which no lock on the file
+            # holds up: allowed, and in the file once the lock goes.
+            assert isinstance(await gw.policy.decide(s, request("GET", "/v1/a")), Allow)
+            gw.store.event_log_was = gw.store._log
+            gw.store._log = None  # (what follows is what every write meets where the log cannot take it)
             v = await gw.policy.decide(s, request("GET", "/v1/a"))
             assert v == Deny(STORE_DOWN)  # allowed by the grant, refused because unrecorded
             assert not gw.store.healthy
+            gw.store._log = gw.store.event_log_was
             v = await gw.policy.decide(s, request("POST", "/v1/refunds"))
             assert v == Deny(STORE_DOWN)  # a hold that cannot be recorded is refused too
             assert gw.approvals.pending == {}
@@ -248,7 +254,8 @@ async def test_operations_are_refused_when_the_store_cannot_write(tmp_path):
     r = verify(gw.config.path)
     assert r.returncode == 0, r.stdout
     ops = [e for e in gw.store.reader().events() if e["kind"] == "operation"]
-    assert [e["outcome"] for e in ops] == ["allowed", "allowed"]  # nothing unrecorded claims to have run
+    # nothing unrecorded claims to have run (the refused one left no event)
+    assert [e["outcome"] for e in ops] == ["allowed", "allowed", "allowed"]
 
 
 @pytest_twisted.ensureDeferred
@@ -320,6 +327,8 @@ async def test_two_writers_on_one_sqlite_file_keep_one_chain(tmp_path):
 
     path = tmp_path / "shared.db"
     a, b = SQLiteEventStore(path, "a"), SQLiteEventStore(path, "b")
+    # (without the event log: with it, a second store on the file is refused at its start, below)
+    a.event_log = b.event_log = False
     a.start()
     b.start()
     try:
@@ -342,6 +351,30 @@ async def test_two_writers_on_one_sqlite_file_keep_one_chain(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_second_store_on_the_file_is_refused(tmp_path):
+    """The event log holds events the file has not yet: one writer a file. A second gateway on the
+    same SQLite file fails to start, saying why, and the first goes on."""
+    from hoopy.audit.store import SQLiteEventStore, StoreError
+
+    path = tmp_path / "one.db"
+    a = SQLiteEventStore(path, "a")
+    a.start()
+    try:
+        b = SQLiteEventStore(path, "b")
+        with pytest.raises(StoreError, match="in use by another gateway"):
+            b.start()
+        assert a._log is not None and a._log.fd is not None
+        from hoopy.audit.events import Event
+
+        assert (await a.append(Event(kind="test", data={}))).seq == 1
+    finally:
+        await a.stop()
+    c = SQLiteEventStore(path, "c")  # free again once the first has stopped
+    c.start()
+    await c.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_writer_that_loses_the_race_twice_still_appends(tmp_path, monkeypatch):
     """Another process appends between our head read and our INSERT whenever it can (a busy
     neighbour): the second try takes the write lock first, so the append cannot fail."""
@@ -350,6 +383,7 @@ async def test_a_writer_that_loses_the_race_twice_still_appends(tmp_path, monkey
 
     path = tmp_path / "shared.db"
     a = storemod.SQLiteEventStore(path, "a")
+    a.event_log = False  # (with the event log the file has one writer: test_a_second_store_on_the_file_is_refused)
     a.start()
     real = storemod.write_batch
     races = []

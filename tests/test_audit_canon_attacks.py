@@ -511,5 +511,11 @@ def test_the_signature_column_and_chunks_line_up():
     d.insert_events(db.cursor(), unsigned[:-1] + [signed])
     got = db.execute("SELECT seq, signature FROM events WHERE signature IS NOT NULL").fetchall()
     assert got == [(65, "sig")]
-    with pytest.raises(sqlite3.ProgrammingError):  # a full-width row not last: refused, not shifted
-        d.insert_events(db.cursor(), [[100] + list(range(cols - 1)), [101] + list(range(cols - 2))])
+    # Rows of several batches (the event log's, indexed together): a signed row in the middle
+    # ends its INSERT, so its signature lands on it and no parameter after it shifts.
+    mixed = [[200 + i] + [f"v{i}"] * (cols - 2) for i in range(5)]
+    mixed[1] = mixed[1] + ["sig-201"]
+    mixed[3] = mixed[3] + ["sig-203"]
+    d.insert_events(db.cursor(), mixed)
+    got = db.execute("SELECT seq, time_us, hash, signature FROM events WHERE seq >= 200 ORDER BY seq").fetchall()
+    assert got == [(200 + i, f"v{i}", f"v{i}", f"sig-20{i}" if i in (1, 3) else None) for i in range(5)]

@@ -25,11 +25,14 @@ def ev(i: int) -> Event:
 
 
 def rows(path) -> list:
-    db = sqlite3.connect(path)
+    """The events as a reader sees them (the file, and what the event log holds past it)."""
+    from hoopy.audit.store import SQLiteReader
+
+    r = SQLiteReader(path)
     try:
-        return db.execute("SELECT seq, data FROM events ORDER BY seq").fetchall()
+        return [tuple(x) for x in r.db.execute("SELECT seq, data FROM events ORDER BY seq")]
     finally:
-        db.close()
+        r.close()
 
 
 def chained(path) -> bool:

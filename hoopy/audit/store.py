@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS, canonical_json
+from hoopy.audit.eventlog import EventLog, EventLogError, buffer_reader, decode_run, encode, log_path, read_tail
 from hoopy.audit.events import Event, iso
 from hoopy.audit.pgstore import PostgresEventStore, PostgresReader
 from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
@@ -46,6 +47,44 @@ class SQLiteReader(ReaderQueries):
         # compares events and tables as they were at one moment (WAL readers
         # never block the writer).
         self.db.execute("BEGIN")
+        self._with_tail()
+
+    def _with_tail(self):
+        """Events the gateway has made durable in its event log and not yet in this file are read
+        from the log: ``events`` in this connection is the file's table and that tail (a temporary
+        view over both). The tail must continue this snapshot's last event; where the gateway
+        indexed more and started its log over between the two reads, the snapshot is taken again."""
+        path = log_path(self.path)
+        if not os.path.exists(path):
+            return
+        tail: list | None = []
+        for _ in range(50):
+            head = self._head()
+            tail = read_tail(path, head)
+            self.db.execute("ROLLBACK")
+            self.db.execute("BEGIN")
+            if tail is not None and self._head() == head:
+                break  # (the snapshot taken again holds what it held: the log read continues it)
+        else:
+            raise StoreError(f"the state store's event log {path} does not continue the events in"
+                             f" {self.path}; read again")
+        if not tail:
+            return
+        cols = [r[1] for r in self.db.execute("PRAGMA main.table_info(events)")]
+        self.db.execute("CREATE TEMP TABLE events_tail AS SELECT * FROM main.events WHERE 0")
+        for width in (len(EVENT_COLUMNS) - 1, len(EVENT_COLUMNS)):
+            rows = [r for r in tail if len(r) == width]
+            if rows:
+                names = [c for c in EVENT_COLUMNS[:width] if c in cols]
+                self.db.executemany(f"INSERT INTO temp.events_tail ({', '.join(names)})"
+                                    f" VALUES ({', '.join('?' for _ in names)})",
+                                    [r[:len(names)] for r in rows])
+        self.db.execute("CREATE TEMP VIEW events AS SELECT * FROM main.events UNION ALL"
+                        " SELECT * FROM temp.events_tail")
+
+    def _head(self) -> tuple:
+        row = self.db.execute("SELECT seq, hash FROM main.events ORDER BY seq DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else (0, GENESIS)
 
     def close(self):
         self.db.close()
@@ -77,6 +116,12 @@ class SQLiteEventStore(BatchedStore):
     # Seconds an idle writer waits before it looks at the file at ``path`` again: a file moved while
     # nothing is appended is seen (/health 503, its WAL written back into it) within this.
     file_check = 1.0
+    # An events-only batch is made durable by one O_DSYNC write to the event log
+    # (hoopy/audit/eventlog.py) and put into SQLite with others later, off the statement's path: once
+    # this many rows wait, or the oldest has waited this long. False: every batch is a SQLite commit.
+    event_log = True
+    index_rows = 1024
+    index_delay = 0.2
 
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
@@ -91,6 +136,10 @@ class SQLiteEventStore(BatchedStore):
         self._fd: int | None = None  # the file opened at ``path``, held to see whether anything still links it
         self._db: sqlite3.Connection | None = None
         self._lost: str | None = None  # why the file at ``path`` is no longer ours (every batch refused)
+        self._log: EventLog | None = None
+        self._pending: list = []  # rows durable in the event log, not yet in SQLite (in seq order)
+        self._pending_since = 0.0  # monotonic time the oldest of them was written
+        self._index_failed = False  # the last attempt to index them failed (logged once)
 
     def _connect(self) -> sqlite3.Connection:
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -119,7 +168,50 @@ class SQLiteEventStore(BatchedStore):
             st = os.stat(name)
             sidecars.append((name, (st.st_dev, st.st_ino)))
         self._sidecars = tuple(sidecars)
+        if self.event_log:
+            self._open_log(db, real)
         return db
+
+    def _open_log(self, db: sqlite3.Connection, real: str) -> None:
+        """The event log beside the file, and what it holds past the file's last event put into the
+        file first (a gateway stopped without indexing it: a crash, a kill), with an
+        ``audit.store.recovered`` event saying so. A log that does not continue the file stops the
+        start: its events would otherwise be lost, or chained onto the wrong store."""
+        elog = EventLog(log_path(real))
+        try:
+            old = elog.open()
+            head = self.dialect.head(db.cursor()) or (0, GENESIS)
+            tail = decode_run(buffer_reader(old), head) if old else []
+        except EventLogError as e:
+            elog.close()
+            raise StoreError(f"{e}; the event log {elog.path} belongs with the state file {self.path}: move both"
+                             " together, or move the log away to start without its events") from None
+        except OSError as e:
+            elog.close()
+            raise StoreError(f"the state store's event log {elog.path} cannot be used: {e}") from None
+        if tail:
+            cur = db.cursor()
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                self.dialect.insert_events(cur, tail)
+                note = Event("audit.store.recovered", "ok",
+                             data={"events": len(tail), "first": tail[0][0], "last": tail[-1][0],
+                                   "from": elog.path})
+                _, _, _, signed = write_batch(self.dialect, cur,
+                                              [(note, canonical_json(note.data), None, None, None, None)],
+                                              (tail[-1][0], tail[-1][13]), self.gateway, self.signer,
+                                              self.signer is not None)
+                cur.execute("COMMIT")
+                self._committed(1, signed)
+            except BaseException:
+                if db.in_transaction:
+                    cur.execute("ROLLBACK")
+                elog.close()
+                raise
+            log.info("state store: {n} event(s) ({first}-{last}) recovered from the event log {path}",
+                     n=len(tail), first=tail[0][0], last=tail[-1][0], path=elog.path)
+        elog.clear()
+        self._log = elog
 
     def _moved(self) -> str | None:
         """Why the file at ``path`` is no longer the one this connection writes (deleted, renamed
@@ -137,6 +229,8 @@ class SQLiteEventStore(BatchedStore):
                 return f"the state store's {name} is gone ({e.strerror}); what was written to it is refused"
             if (st.st_dev, st.st_ino) != ident:
                 return f"the state store's {name} was replaced; what was written to the old one is refused"
+        if self._log is not None:
+            return self._log.moved()
         return None
 
     def _lose_file(self, why: str, refused=(), deferreds=()) -> None:
@@ -162,6 +256,12 @@ class SQLiteEventStore(BatchedStore):
         self.max_pending = 0
         whole = False
         if old is not None:
+            if self._pending:  # (durable in the event log: into the file they continue, before its last event)
+                try:
+                    self._index(old)
+                except (sqlite3.Error, OSError) as e:
+                    log.error("state store: the event log's last events could not be put into the moved file: {e};"
+                              " they stay in the event log {path}", e=e, path=self._log and self._log.path)
             self._note_lost(old, list(refused))
             try:
                 # What the WAL holds into the file this connection has open (SQLite's close skips that
@@ -185,6 +285,20 @@ class SQLiteEventStore(BatchedStore):
         except sqlite3.Error:
             pass
         self._close_fd()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        """The log emptied where all it held is in a file (cleanly stopped, or written into the moved
+        file), kept as it is otherwise, for the next start to recover from; then closed."""
+        if self._log is None:
+            return
+        try:
+            if not self._pending and self._log.moved() is None:
+                self._log.clear()
+        except OSError as e:
+            log.error("state store: the event log could not be emptied: {e}", e=e)
+        self._log.close()
+        self._log = None
 
     def _note_lost(self, db: sqlite3.Connection, refused: list) -> None:
         cur = db.cursor()
@@ -248,7 +362,10 @@ class SQLiteEventStore(BatchedStore):
         due = super()._idle_timeout()
         if self._db is None:
             return due
-        return self.file_check if due is None else min(due, self.file_check)
+        due = self.file_check if due is None else min(due, self.file_check)
+        if self._pending:
+            due = min(due, max(0.0, self._pending_since + self.index_delay - time.monotonic()))
+        return due
 
     def _idle(self):
         if self._db is not None:
@@ -256,6 +373,8 @@ class SQLiteEventStore(BatchedStore):
             if moved is not None:
                 self._lose_file(moved)
                 return
+            if self._pending and time.monotonic() - self._pending_since >= self.index_delay:
+                self._index_now()
         due = super()._idle_timeout()
         if due is not None and due <= 0.0:  # (not only a look at the file: the heartbeat is due)
             super()._idle()
@@ -272,9 +391,12 @@ class SQLiteEventStore(BatchedStore):
         if self._db is None:
             self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(self._lost or "the state store is closed"))
             return
+        if self._log is not None and self._plain(batch) and self._write_logged(batch, sign):
+            return
         cur = self._db.cursor()
+        indexed = bool(self._pending)
         try:
-            if self._only_events(batch):
+            if not indexed and self._only_events(batch):
                 results, signed = self._insert_only(cur, batch, sign)
                 wrote = len(results)  # (no approval row: nothing a conflict kept out)
             else:
@@ -290,6 +412,8 @@ class SQLiteEventStore(BatchedStore):
             err = StoreError(f"the state store cannot write: {e}")
             self._to_reactor(self._failed, [b[-1] for b in batch], err)
             return
+        if indexed:  # (the log's rows went in first, in the same commit)
+            self._indexed()
         # Committed: but into the file at ``path``? (Looked at after the commit, so a file deleted or
         # replaced before it returned is seen: those events are refused, never reported durable.)
         moved = self._moved()
@@ -301,14 +425,105 @@ class SQLiteEventStore(BatchedStore):
         self._committed(wrote, signed)
         self._to_reactor(self._written, results)
 
-    def _only_events(self, batch) -> bool:
-        # No session or approval rows: the batch is one INSERT statement.
-        if len(batch) > self.dialect.rows_per_insert:
-            return False
+    @staticmethod
+    def _plain(batch) -> bool:
+        """No session or approval row in the batch: its events alone, which the log can hold."""
         for item in batch:  # (a loop, not all() over a generator: once an event)
             if item[2] is not None or item[3] is not None or item[4] is not None:
                 return False
         return True
+
+    def _write_logged(self, batch, sign) -> bool:
+        """An events-only batch made durable by one record in the event log (and kept to be put into
+        SQLite later); False where it is too large for the log (it is committed to SQLite instead)."""
+        assert self._log is not None and self._db is not None
+        if self._head is None:
+            self._head = self._chain_head(self._db.cursor())
+        rows = _Rows()
+        try:
+            results, head, _, signed = write_batch(rows, None, batch, self._head, self.gateway, self.signer, sign)
+            record = encode(rows.rows)
+            if not self._log.fits(record):
+                if self._pending:
+                    self._index(self._db)  # (all it holds into SQLite: it starts over, with room)
+                if not self._log.fits(record):
+                    return False
+            self._log.write(record)  # on the disk when it returns (O_DSYNC)
+        except Exception as e:
+            # (nothing advanced: the chain's head and the log's offset are where they were)
+            self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(f"the state store cannot write: {e}"))
+            return True
+        if not self._pending:
+            self._pending_since = time.monotonic()
+        self._pending.extend(rows.rows)
+        self._head = head
+        # Written: but into the log at the path? As after a commit. (Only the log: what is acknowledged
+        # here is durable in it alone. The file and its -wal are looked at after each commit into them.)
+        moved = self._log.moved()
+        if moved is not None:
+            self._lose_file(moved, [s.seq for d, s in results if d is not None], [b[-1] for b in batch])
+            return True
+        self._committed(len(results), signed)
+        self._to_reactor(self._written, results)
+        if len(self._pending) >= self.index_rows or time.monotonic() - self._pending_since >= self.index_delay:
+            self._index_now()
+        return True
+
+    def _chain_head(self, cur) -> tuple:
+        """(seq, hash) of the last event: the log's last where it holds events SQLite does not have yet."""
+        if self._pending:
+            last = self._pending[-1]
+            return (last[0], last[13])
+        return self.dialect.head(cur) or (0, GENESIS)
+
+    def _index(self, db: sqlite3.Connection) -> None:
+        """What the log holds into SQLite in one durable commit (raises if it cannot); then the log
+        starts over."""
+        cur = db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            self.dialect.insert_events(cur, self._pending)
+            cur.execute("COMMIT")
+        except BaseException:
+            try:
+                if db.in_transaction:
+                    cur.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self._indexed()
+
+    def _indexed(self) -> None:
+        self._pending = []
+        if self._log is not None:
+            self._log.start_over()
+        if self._index_failed:
+            self._index_failed = False
+            log.info("state store: the event log's events are put into the file again")
+
+    def _index_now(self) -> None:
+        """(Writer thread, off any operation's path) the log's events into SQLite. A failure leaves them
+        in the log (durable there; tried again later; once the log is full, batches go to SQLite
+        directly and are refused as any failure to write is)."""
+        assert self._db is not None
+        try:
+            self._index(self._db)
+        except (sqlite3.Error, OSError) as e:
+            self._pending_since = time.monotonic()  # (tried again after index_delay)
+            if not self._index_failed:
+                self._index_failed = True
+                log.error("state store: the event log's events cannot be put into the file yet ({e}); they are"
+                          " durable in the event log, and tried again", e=e)
+            return
+        moved = self._moved()
+        if moved is not None:
+            self._lose_file(moved)
+
+    def _only_events(self, batch) -> bool:
+        # No session or approval rows: the batch is one INSERT statement.
+        if len(batch) > self.dialect.rows_per_insert:
+            return False
+        return self._plain(batch)
 
     def _insert_only(self, cur, batch, sign):
         """The common batch (events only) as one INSERT, which SQLite runs as
@@ -330,8 +545,11 @@ class SQLiteEventStore(BatchedStore):
 
     def _locked(self, cur, batch, sign):
         """The batch in a transaction that holds the write lock from the start: the head is read
-        inside it, right even if another process appended since."""
+        inside it, right even if another process appended since. What the event log holds goes in
+        first, in the same commit (the file's chain has no gap)."""
         cur.execute("BEGIN IMMEDIATE")
+        if self._pending:
+            self.dialect.insert_events(cur, self._pending)
         head = self.dialect.head(cur) or (0, GENESIS)
         results, self._head, _, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
                                                      self.signer, sign)
@@ -340,7 +558,14 @@ class SQLiteEventStore(BatchedStore):
 
     def _close(self):
         if self._db is None:
+            self._close_log()
             return
+        if self._pending:
+            try:
+                self._index(self._db)
+            except (sqlite3.Error, OSError) as e:
+                log.error("state store: the event log's last events could not be put into the file at the stop: {e};"
+                          " the next start recovers them from {path}", e=e, path=self._log and self._log.path)
         # Moved while no batch came to see it: SQLite's close leaves the WAL of a moved file where it
         # is, at the path (the moved file lacks what it holds; the next file opened there takes it, or
         # deletes it if that file is empty): written back into the moved file first.
@@ -351,6 +576,18 @@ class SQLiteEventStore(BatchedStore):
         else:
             self._db.close()
             self._close_fd()
+            self._close_log()
+
+
+class _Rows(Dialect):
+    """Where write_batch puts an events-only batch's rows for the event log, instead of an INSERT."""
+
+    def __init__(self):
+        super().__init__("?")
+        self.rows: list = []
+
+    def insert_events(self, cur, rows):
+        self.rows = rows
 
 
 def is_postgres(state: str) -> bool:

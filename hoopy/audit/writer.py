@@ -199,9 +199,17 @@ class Dialect:
         adapter lookup (a tuple, a dict lookup and an AttributeError raised and cleared, about
         10k instructions), once an event for a column that is nearly always NULL."""
         flat = itertools.chain.from_iterable  # (the parameters flattened in C, not a Python loop)
-        for i in range(0, len(rows), self.rows_per_insert):
-            chunk = rows[i:i + self.rows_per_insert]
+        i, n = 0, len(rows)
+        while i < n:
+            end = min(i + self.rows_per_insert, n)
+            # Rows of several batches (the event log's, put in together): a signed row ends a chunk.
+            for j in range(i, end - 1):
+                if len(rows[j]) == _WIDTH:
+                    end = j + 1
+                    break
+            chunk = rows[i:end]
             cur.execute(self._insert_sql(len(chunk), len(chunk[-1]) == _WIDTH), list(flat(chunk)))
+            i = end
 
     def _insert_sql(self, n: int, last_signed: bool = False) -> str:
         """The INSERT of ``n`` rows (the last one with its signature, or none), made once."""
