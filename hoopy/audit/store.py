@@ -169,7 +169,12 @@ class SQLiteEventStore(BatchedStore):
             sidecars.append((name, (st.st_dev, st.st_ino)))
         self._sidecars = tuple(sidecars)
         if self.event_log:
-            self._open_log(db, real)
+            try:
+                self._open_log(db, real)
+            except BaseException:
+                db.close()  # (a start refused leaves nothing open: the operator moves files next)
+                self._close_fd()
+                raise
         return db
 
     def _open_log(self, db: sqlite3.Connection, real: str) -> None:
