@@ -28,7 +28,13 @@ def hoopy_gateway(tmp_path):
     procs = []
 
     def start(body: str, **kw) -> HoopyProcess:
-        p = HoopyProcess(tmp_path, body, **kw)
+        # A gateway started while another of this test still runs gets a folder (and a SQLite state
+        # file) of its own: a SQLite file serves one gateway. One started after the others stopped
+        # takes the test's folder again, and their store (a restart).
+        running = any(q.proc is not None and q.proc.poll() is None for q in procs)
+        where = tmp_path / f"gateway-{len(procs) + 1}" if running else tmp_path
+        where.mkdir(exist_ok=True)
+        p = HoopyProcess(where, body, **kw)
         procs.append(p)
         return p.start()
 

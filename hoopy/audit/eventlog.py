@@ -26,10 +26,7 @@ import os
 import struct
 import zlib
 
-try:
-    import orjson as _orjson
-except ImportError:  # pragma: no cover - orjson is a dependency; json keeps the log readable without it
-    _orjson = None
+import orjson
 
 MAGIC = b"HOOPY-EVENT-LOG\n"
 VERSION = 1
@@ -38,7 +35,7 @@ RECORD = b"HLR1"
 _HEAD = struct.Struct("<4sII")
 # The file's size: it is started over once the index has what it holds, so it holds a few hundred
 # milliseconds of batches; a batch that does not fit is committed to SQLite directly.
-SIZE = 8 << 20
+SIZE = 1 << 20
 # A reader reads at most this much of the log (the file's size, and a record's).
 _READ_LIMIT = SIZE
 
@@ -54,12 +51,10 @@ def log_path(store_file: str) -> str:
 
 
 def _dumps(rows: list) -> bytes:
-    if _orjson is not None:
-        try:
-            return _orjson.dumps(rows)
-        except TypeError:  # (a lone surrogate in a text column: json escapes it, orjson refuses)
-            pass
-    return json.dumps(rows, ensure_ascii=True, separators=(",", ":")).encode()
+    try:
+        return orjson.dumps(rows)
+    except TypeError:  # (a lone surrogate in a text column: json escapes it, orjson refuses)
+        return json.dumps(rows, ensure_ascii=True, separators=(",", ":")).encode()
 
 
 def encode(rows: list) -> bytes:

@@ -126,7 +126,7 @@ class SQLiteEventStore(BatchedStore):
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
         self.path = str(path)
-        self._head = None  # (seq, hash) of our last commit; None: read it from the table
+        self._head: tuple | None = None  # (seq, hash) of our last commit; None: read it from the table
         self._file: tuple | None = None  # (st_dev, st_ino) of the file opened at ``path``
         self._where = self.path  # ``path`` made absolute when opened
         # (name, (st_dev, st_ino)) of the WAL and its index as opened: SQLite names them after the file
@@ -462,9 +462,9 @@ class SQLiteEventStore(BatchedStore):
             self._pending_since = time.monotonic()
         self._pending.extend(rows.rows)
         self._head = head
-        # Written: but into the log at the path? As after a commit. (Only the log: what is acknowledged
-        # here is durable in it alone. The file and its -wal are looked at after each commit into them.)
-        moved = self._log.moved()
+        # Written: but beside the file at the path, into the log at the path? As after a commit: a file
+        # moved is seen at once, so the log never runs on past the file it continues.
+        moved = self._moved()
         if moved is not None:
             self._lose_file(moved, [s.seq for d, s in results if d is not None], [b[-1] for b in batch])
             return True
