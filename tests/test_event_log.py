@@ -463,3 +463,94 @@ def test_a_reader_reads_a_full_run_quickly(tmp_path):
     t = time.monotonic()
     assert eventlog.read_tail(str(p), (records, old[-1][13])) == rows
     assert time.monotonic() - t < 1.0
+
+
+# --- what is at the log's name: its mode, a link, a FIFO, a folder ----------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_the_log_has_the_files_permissions_so_whoever_reads_the_file_reads_it(tmp_path):
+    """SQLite gives its -wal the file's permissions, so that whoever may read the file reads every
+    event (an auditor's account, a console run as another user). The log holds the file's last
+    events: it must be as readable as the file, or such a reader fails (or misses them)."""
+    path = tmp_path / "hoopy.db"
+    s = SQLiteEventStore(path, "gw")
+    s.start()
+    await s.stop()
+    os.chmod(path, 0o640)
+    s = SQLiteEventStore(path, "gw")
+    s.start()
+    try:
+        await s.append(ev(0))
+        st_db, st_log = os.stat(path), os.stat(log_path(str(path)))
+        assert st_log.st_mode & 0o777 == 0o640
+        assert (st_log.st_uid, st_log.st_gid) == (st_db.st_uid, st_db.st_gid)
+    finally:
+        await s.stop()
+
+
+def test_a_reader_that_may_not_read_the_log_is_told_so(tmp_path, monkeypatch):
+    """Never a traceback, never the file's events without the log's: a StoreError that says why."""
+    path = str(tmp_path / "hoopy.db")
+    sqlite3.connect(path).executescript("CREATE TABLE events (seq INTEGER PRIMARY KEY, hash TEXT)")
+    with open(log_path(path), "wb") as f:
+        f.write(bytes(image(chain(2))))
+    real = os.open
+
+    def refused(p, *a, **k):
+        if str(p).endswith("-eventlog"):
+            raise PermissionError(13, "Permission denied", p)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(eventlog.os, "open", refused)
+    with pytest.raises(StoreError, match="event log .* cannot be read"):
+        SQLiteReader(path)
+
+
+@pytest.mark.parametrize("what", ["symlink", "fifo", "directory"])
+def test_what_is_not_a_log_file_at_its_name_stops_the_start_and_is_left_alone(tmp_path, what):
+    """A symbolic link at the log's name (the name is the file's, links resolved: a link there is
+    never the log) is not followed: the start would otherwise overwrite whatever it points to with
+    1 MiB of log. A FIFO or a folder: refused with a message, never a hang."""
+    path = tmp_path / "hoopy.db"
+    victim = tmp_path / "hoopy.toml"
+    victim.write_text("important\n")
+    lp = log_path(str(path))
+    if what == "symlink":
+        os.symlink(victim, lp)
+    elif what == "fifo":
+        os.mkfifo(lp)
+    else:
+        os.mkdir(lp)
+    s = SQLiteEventStore(path, "gw")
+    with pytest.raises(StoreError, match="event log"):
+        s.start()
+    assert victim.read_text() == "important\n"
+    assert s._log is None and s._db is None
+
+
+@pytest.mark.parametrize("what", ["symlink", "fifo", "directory"])
+def test_a_reader_is_not_held_or_misled_by_what_is_not_a_log_file(tmp_path, what):
+    path = str(tmp_path / "hoopy.db")
+    sqlite3.connect(path).executescript("CREATE TABLE events (seq INTEGER PRIMARY KEY, hash TEXT)")
+    lp = log_path(path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(bytes(image(chain(2))))
+    if what == "symlink":
+        os.symlink(elsewhere, lp)
+    elif what == "fifo":
+        os.mkfifo(lp)
+    else:
+        os.mkdir(lp)
+    got: list = []
+
+    def read():
+        try:
+            got.append(SQLiteReader(path))
+        except StoreError as e:
+            got.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "the reader hangs on the log's name"
+    assert len(got) == 1 and isinstance(got[0], StoreError) and "not a regular file" in str(got[0])

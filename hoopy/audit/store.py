@@ -55,7 +55,7 @@ class SQLiteReader(ReaderQueries):
         view over both). The tail must continue this snapshot's last event; where the gateway
         indexed more and started its log over between the two reads, the snapshot is taken again."""
         path = log_path(self.path)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return
         tail: list | None = []
         for _ in range(50):
@@ -184,7 +184,11 @@ class SQLiteEventStore(BatchedStore):
         start: its events would otherwise be lost, or chained onto the wrong store."""
         elog = EventLog(log_path(real))
         try:
-            old = elog.open()
+            old = elog.open(like=os.stat(real))
+        except (EventLogError, OSError) as e:
+            elog.close()
+            raise StoreError(f"the state store's event log {elog.path} cannot be used: {e}") from None
+        try:
             head = self.dialect.head(db.cursor()) or (0, GENESIS)
             tail = decode_run(buffer_reader(old), head) if old else []
         except EventLogError as e:
