@@ -554,3 +554,37 @@ def test_a_reader_is_not_held_or_misled_by_what_is_not_a_log_file(tmp_path, what
     t.join(5)
     assert not t.is_alive(), "the reader hangs on the log's name"
     assert len(got) == 1 and isinstance(got[0], StoreError) and "not a regular file" in str(got[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lock_on_the_file_does_not_hold_operations_while_the_log_has_room(tmp_path):
+    """docs/operators.md: a lock on the SQLite file held by another process (a sqlite3 shell in a
+    write transaction) no longer stops operations: their events are durable in the log. The index
+    tried meanwhile (every index_delay) must not wait the busy timeout in the writer thread, ahead
+    of every operation behind it."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    s = SQLiteEventStore(tmp_path / "hoopy.db", "gw", busy_timeout=5.0)
+    s.start()
+    try:
+        await s.append(ev(0))
+        lock = sqlite3.connect(s.path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        worst, t0, n = 0.0, time.monotonic(), 0
+        try:
+            while time.monotonic() - t0 < 1.5:
+                t = time.monotonic()
+                await s.append(ev(n))
+                worst = max(worst, time.monotonic() - t)
+                n += 1
+                await deferLater(reactor, 0.02, lambda: None)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert worst < 1.0, f"an operation waited {worst:.1f} s behind the index"
+        assert (await s.append(ev(99))).seq == n + 2
+    finally:
+        await s.stop()
+    rows = file_rows(s.path)
+    assert [r["seq"] for r in rows] == list(range(1, n + 3)) and verify_rows(rows)[0] == n + 2

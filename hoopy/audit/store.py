@@ -516,7 +516,14 @@ class SQLiteEventStore(BatchedStore):
         directly and are refused as any failure to write is)."""
         assert self._db is not None
         try:
-            self._index(self._db)
+            # Without waiting for a lock another process holds (a sqlite3 shell): the writer thread
+            # would wait busy_timeout here, ahead of every operation, which the log is there to spare
+            # them. (Where the log is full, or a batch must go to SQLite, the wait is the usual one.)
+            self._db.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._index(self._db)
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except (sqlite3.Error, OSError) as e:
             self._pending_since = time.monotonic()  # (tried again after index_delay)
             if not self._index_failed:
