@@ -588,3 +588,37 @@ async def test_a_lock_on_the_file_does_not_hold_operations_while_the_log_has_roo
         await s.stop()
     rows = file_rows(s.path)
     assert [r["seq"] for r in rows] == list(range(1, n + 3)) and verify_rows(rows)[0] == n + 2
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("where", ["before the commit", "after the commit"])
+async def test_a_kill_during_recovery_recovers_once(tmp_path, where):
+    """Killed while recovering (before its COMMIT, or after it and before the log is emptied): the
+    next start takes the log's events once, with one audit.store.recovered event, chain whole."""
+    import json
+
+    path = str(tmp_path / "hoopy.db")
+    p = _child_store(path, 30)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    if where == "before the commit":  # (the recovery's rows inserted, then a SIGKILL of itself)
+        hook = ("import os, signal\nfrom hoopy.audit import store as m\nreal = m.write_batch\n"
+                "def wb(*a, **k):\n    real(*a, **k)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                "m.write_batch = wb\n")
+    else:  # (committed, then killed before the log is emptied)
+        hook = ("import os, signal\nfrom hoopy.audit import store as m\n"
+                "m.EventLog.clear = lambda self: os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = hook + f"s = m.SQLiteEventStore({path!r}, 'gw-dies')\ns.start()\nprint('started')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
+    assert "started" not in r.stdout and r.returncode != 0, r.stderr
+    kinds = [x["kind"] for x in file_rows(path)]
+    assert kinds.count("audit.store.recovered") == (1 if where == "after the commit" else 0)
+    for _ in range(2):  # started again, twice: recovered once in all
+        s = SQLiteEventStore(path, "gw")
+        s.start()
+        await s.stop()
+    rows = file_rows(path)
+    notes = [x for x in rows if x["kind"] == "audit.store.recovered"]
+    assert len(notes) == 1 and json.loads(notes[0]["data"])["events"] == 30
+    assert [x["seq"] for x in rows] == list(range(1, 32)) and verify_rows(rows)[0] == 31
