@@ -622,3 +622,28 @@ async def test_a_kill_during_recovery_recovers_once(tmp_path, where):
     notes = [x for x in rows if x["kind"] == "audit.store.recovered"]
     assert len(notes) == 1 and json.loads(notes[0]["data"])["events"] == 30
     assert [x["seq"] for x in rows] == list(range(1, 32)) and verify_rows(rows)[0] == 31
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recovery_that_cannot_write_the_file_says_so_and_keeps_the_log(tmp_path):
+    """A full disk (or a sqlite3 shell holding the write lock) at the start that must recover: the
+    start is refused with a StoreError saying the events stay in the log (not a bare sqlite3 error),
+    nothing of that start keeps the log locked, and the next start recovers them."""
+    path = str(tmp_path / "hoopy.db")
+    p = _child_store(path, 12)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        s = SQLiteEventStore(path, "gw", busy_timeout=0.2)
+        with pytest.raises(StoreError, match=r"12 event\(s\) \(1-12\).*stay in the event log"):
+            s.start()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    s = SQLiteEventStore(path, "gw")  # (in this same process: no lock left behind by the refused start)
+    s.start()
+    await s.stop()
+    rows = file_rows(path)
+    assert [r["seq"] for r in rows] == list(range(1, 14)) and rows[-1]["kind"] == "audit.store.recovered"

@@ -200,8 +200,8 @@ class SQLiteEventStore(BatchedStore):
             raise StoreError(f"the state store's event log {elog.path} cannot be used: {e}") from None
         if tail:
             cur = db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
+                cur.execute("BEGIN IMMEDIATE")
                 self.dialect.insert_events(cur, tail)
                 note = Event("audit.store.recovered", "ok",
                              data={"events": len(tail), "first": tail[0][0], "last": tail[-1][0],
@@ -211,15 +211,26 @@ class SQLiteEventStore(BatchedStore):
                                               (tail[-1][0], tail[-1][13]), self.gateway, self.signer,
                                               self.signer is not None)
                 cur.execute("COMMIT")
-                self._committed(1, signed)
-            except BaseException:
-                if db.in_transaction:
-                    cur.execute("ROLLBACK")
-                elog.close()
+            except BaseException as e:
+                try:
+                    if db.in_transaction:
+                        cur.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                elog.close()  # (its lock too: nothing of this start is left holding the files)
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"the event log's {len(tail)} event(s) ({tail[0][0]}-{tail[-1][0]}) could not be"
+                                     f" put into the state file {self.path}: {e}; they stay in the event log"
+                                     f" {elog.path}: start again once the file can be written") from None
                 raise
+            self._committed(1, signed)
             log.info("state store: {n} event(s) ({first}-{last}) recovered from the event log {path}",
                      n=len(tail), first=tail[0][0], last=tail[-1][0], path=elog.path)
-        elog.clear()
+        try:
+            elog.clear()
+        except OSError as e:
+            elog.close()
+            raise StoreError(f"the state store's event log {elog.path} cannot be written: {e}") from None
         self._log = elog
 
     def _moved(self) -> str | None:
