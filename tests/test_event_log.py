@@ -647,3 +647,33 @@ async def test_a_recovery_that_cannot_write_the_file_says_so_and_keeps_the_log(t
     await s.stop()
     rows = file_rows(path)
     assert [r["seq"] for r in rows] == list(range(1, 14)) and rows[-1]["kind"] == "audit.store.recovered"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_refused_with_o_direct_goes_on_into_the_same_file(store, monkeypatch):
+    """A file system that takes O_DIRECT at open and refuses it at the write (EINVAL): the record
+    goes on without it, into the file the store opened and locked, never into whatever is at the
+    name by then."""
+    import errno as errno_
+
+    await store.append(ev(0))
+    lp = store._log.path
+    if not store._log._direct:
+        pytest.skip("O_DIRECT not in use here")
+    real = os.pwrite
+    first = [True]
+
+    def einval(fd, data, offset):
+        if fd == store._log.fd and first[0]:
+            first[0] = False
+            os.rename(lp, lp + ".theirs")  # (the name now someone else's file: a swap raced the fallback)
+            with open(lp, "wb") as f:
+                f.write(b"\0" * BLOCK)
+            raise OSError(errno_.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(eventlog.os, "pwrite", einval)
+    with pytest.raises(StoreError, match="event log"):
+        await store.append(ev(1))  # (the name was replaced: refused, as any moved log)
+    with open(lp, "rb") as f:
+        assert f.read() == b"\0" * BLOCK  # nothing written into the file that took the name

@@ -129,7 +129,8 @@ def buffer_reader(buf: bytes):
 
 # Opening the log's name: never through a symbolic link (the name is the file's with links resolved,
 # so a link there is never the log), and never waiting (a FIFO there would hold the opener).
-_OPEN = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN = _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
 
 
 def _not_a_file(path: str, what: str) -> str:
@@ -194,6 +195,7 @@ class EventLog:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise OSError(errno.EINVAL, _not_a_file(self.path, "a FIFO or a device"))
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)  # (a file: as usual)
             if like is not None:
                 try:
                     if os.geteuid() == 0:
@@ -232,10 +234,10 @@ class EventLog:
         # such writes come from a buffer aligned to the block.
         try:
             try:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | _OPEN | getattr(os, "O_DIRECT", 0))
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | _NOFOLLOW | getattr(os, "O_DIRECT", 0))
                 self._direct = bool(getattr(os, "O_DIRECT", 0))
             except OSError:
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | _OPEN)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | _NOFOLLOW)
                 self._direct = False
             st = os.fstat(self.fd)
             if (st.st_dev, st.st_ino) != self.ident:  # (the name replaced between the two opens)
@@ -270,9 +272,11 @@ class EventLog:
                 pos += n
         except OSError as e:
             if self._direct and e.errno == errno.EINVAL:
-                # (a file system that takes O_DIRECT at open and refuses it at the write)
-                os.close(self.fd)
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC)
+                # (a file system that takes O_DIRECT at open and refuses it at the write: the same
+                # open file without it, never the name opened again, which may be another file now)
+                import fcntl
+
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 self._direct = False
                 return self.write(record)
             raise
