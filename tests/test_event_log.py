@@ -677,3 +677,42 @@ async def test_a_write_refused_with_o_direct_goes_on_into_the_same_file(store, m
         await store.append(ev(1))  # (the name was replaced: refused, as any moved log)
     with open(lp, "rb") as f:
         assert f.read() == b"\0" * BLOCK  # nothing written into the file that took the name
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_moved_file_whose_pending_events_cannot_go_in_keeps_one_chain_with_its_log(store):
+    """The file moved while events wait in the log, and they cannot be put into it (a nearly full
+    disk: their many rows fail where the one row saying the file moved still fits). That row must not
+    take the seq of the log's first event in the file: the file and its log would hold two chains,
+    and put back together, the start is refused and the log's events are never recovered."""
+    import json
+
+    for i in range(5):
+        await store.append(ev(i))  # (pending in the log: index_delay is an hour here)
+    real_index = store._index
+
+    def full(db):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store._index = full
+    path = store.path
+    for suffix in ("", "-wal", "-shm"):
+        os.rename(path + suffix, path + ".moved" + suffix)
+    with pytest.raises(StoreError, match="restart the gateway"):
+        await store.append(ev(5))
+    store._index = real_index
+    await store.stop()
+    # Put back together (the file where it was, the log beside it): the next start takes the log's
+    # events, and the one saying the file moved, in one chain.
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + ".moved" + suffix):
+            os.replace(path + ".moved" + suffix, path + suffix)
+    s = SQLiteEventStore(path, "gw")
+    s.start()
+    await s.stop()
+    rows = file_rows(path)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1)) and verify_rows(rows)[0] == len(rows)
+    kinds = [r["kind"] for r in rows]
+    assert kinds[:6] == ["operation"] * 6 and "audit.store.moved" in kinds and kinds[-1] == "audit.store.recovered"
+    moved = [r for r in rows if r["kind"] == "audit.store.moved"][0]
+    assert json.loads(moved["data"])["refused"] == [6]

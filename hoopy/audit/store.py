@@ -282,7 +282,11 @@ class SQLiteEventStore(BatchedStore):
                 except (sqlite3.Error, OSError) as e:
                     log.error("state store: the event log's last events could not be put into the moved file: {e};"
                               " they stay in the event log {path}", e=e, path=self._log and self._log.path)
-            self._note_lost(old, list(refused))
+            if self._pending:
+                # (never into the file: it would take the seq of the log's first event, two chains)
+                self._log_note(list(refused))
+            else:
+                self._note_lost(old, list(refused))
             try:
                 # What the WAL holds into the file this connection has open (SQLite's close skips that
                 # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
@@ -336,6 +340,26 @@ class SQLiteEventStore(BatchedStore):
                     cur.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    def _log_note(self, refused: list) -> None:
+        """The file moved and the event log's events could not be put into it: the event saying so
+        goes into the log after them, so that the file and its log, put back together, hold one chain
+        that the next start recovers."""
+        assert self._log is not None
+        note = Event("audit.store.moved", "refused", data={"why": self._lost, "refused": refused})
+        last = self._pending[-1]
+        rows = _Rows()
+        try:
+            write_batch(rows, None, [(note, canonical_json(note.data), None, None, None, None)], (last[0], last[13]),
+                        self.gateway, self.signer, self.signer is not None)
+            record = encode(rows.rows)
+            if not self._log.fits(record):
+                raise OSError("the event log is full")
+            self._log.write(record)
+        except Exception as e:
+            log.error("state store: the moved file could not record that it was moved: {e}", e=e)
+            return
+        self._pending.extend(rows.rows)
 
     def _unlinked(self) -> bool:
         """The file this connection has open is linked nowhere (renamed, or linked elsewhere: it is
