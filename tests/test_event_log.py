@@ -463,3 +463,256 @@ def test_a_reader_reads_a_full_run_quickly(tmp_path):
     t = time.monotonic()
     assert eventlog.read_tail(str(p), (records, old[-1][13])) == rows
     assert time.monotonic() - t < 1.0
+
+
+# --- what is at the log's name: its mode, a link, a FIFO, a folder ----------------------------------
+
+@pytest_twisted.ensureDeferred
+async def test_the_log_has_the_files_permissions_so_whoever_reads_the_file_reads_it(tmp_path):
+    """SQLite gives its -wal the file's permissions, so that whoever may read the file reads every
+    event (an auditor's account, a console run as another user). The log holds the file's last
+    events: it must be as readable as the file, or such a reader fails (or misses them)."""
+    path = tmp_path / "hoopy.db"
+    s = SQLiteEventStore(path, "gw")
+    s.start()
+    await s.stop()
+    os.chmod(path, 0o640)
+    s = SQLiteEventStore(path, "gw")
+    s.start()
+    try:
+        await s.append(ev(0))
+        st_db, st_log = os.stat(path), os.stat(log_path(str(path)))
+        assert st_log.st_mode & 0o777 == 0o640
+        assert (st_log.st_uid, st_log.st_gid) == (st_db.st_uid, st_db.st_gid)
+    finally:
+        await s.stop()
+
+
+def test_a_reader_that_may_not_read_the_log_is_told_so(tmp_path, monkeypatch):
+    """Never a traceback, never the file's events without the log's: a StoreError that says why."""
+    path = str(tmp_path / "hoopy.db")
+    sqlite3.connect(path).executescript("CREATE TABLE events (seq INTEGER PRIMARY KEY, hash TEXT)")
+    with open(log_path(path), "wb") as f:
+        f.write(bytes(image(chain(2))))
+    real = os.open
+
+    def refused(p, *a, **k):
+        if str(p).endswith("-eventlog"):
+            raise PermissionError(13, "Permission denied", p)
+        return real(p, *a, **k)
+
+    monkeypatch.setattr(eventlog.os, "open", refused)
+    with pytest.raises(StoreError, match="event log .* cannot be read"):
+        SQLiteReader(path)
+
+
+@pytest.mark.parametrize("what", ["symlink", "fifo", "directory"])
+def test_what_is_not_a_log_file_at_its_name_stops_the_start_and_is_left_alone(tmp_path, what):
+    """A symbolic link at the log's name (the name is the file's, links resolved: a link there is
+    never the log) is not followed: the start would otherwise overwrite whatever it points to with
+    1 MiB of log. A FIFO or a folder: refused with a message, never a hang."""
+    path = tmp_path / "hoopy.db"
+    victim = tmp_path / "hoopy.toml"
+    victim.write_text("important\n")
+    lp = log_path(str(path))
+    if what == "symlink":
+        os.symlink(victim, lp)
+    elif what == "fifo":
+        os.mkfifo(lp)
+    else:
+        os.mkdir(lp)
+    s = SQLiteEventStore(path, "gw")
+    with pytest.raises(StoreError, match="event log"):
+        s.start()
+    assert victim.read_text() == "important\n"
+    assert s._log is None and s._db is None
+
+
+@pytest.mark.parametrize("what", ["symlink", "fifo", "directory"])
+def test_a_reader_is_not_held_or_misled_by_what_is_not_a_log_file(tmp_path, what):
+    path = str(tmp_path / "hoopy.db")
+    sqlite3.connect(path).executescript("CREATE TABLE events (seq INTEGER PRIMARY KEY, hash TEXT)")
+    lp = log_path(path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(bytes(image(chain(2))))
+    if what == "symlink":
+        os.symlink(elsewhere, lp)
+    elif what == "fifo":
+        os.mkfifo(lp)
+    else:
+        os.mkdir(lp)
+    got: list = []
+
+    def read():
+        try:
+            got.append(SQLiteReader(path))
+        except StoreError as e:
+            got.append(e)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "the reader hangs on the log's name"
+    assert len(got) == 1 and isinstance(got[0], StoreError) and "not a regular file" in str(got[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lock_on_the_file_does_not_hold_operations_while_the_log_has_room(tmp_path):
+    """docs/operators.md: a lock on the SQLite file held by another process (a sqlite3 shell in a
+    write transaction) no longer stops operations: their events are durable in the log. The index
+    tried meanwhile (every index_delay) must not wait the busy timeout in the writer thread, ahead
+    of every operation behind it."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    s = SQLiteEventStore(tmp_path / "hoopy.db", "gw", busy_timeout=5.0)
+    s.start()
+    try:
+        await s.append(ev(0))
+        lock = sqlite3.connect(s.path, isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        worst, t0, n = 0.0, time.monotonic(), 0
+        try:
+            while time.monotonic() - t0 < 1.5:
+                t = time.monotonic()
+                await s.append(ev(n))
+                worst = max(worst, time.monotonic() - t)
+                n += 1
+                await deferLater(reactor, 0.02, lambda: None)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert worst < 1.0, f"an operation waited {worst:.1f} s behind the index"
+        assert (await s.append(ev(99))).seq == n + 2
+    finally:
+        await s.stop()
+    rows = file_rows(s.path)
+    assert [r["seq"] for r in rows] == list(range(1, n + 3)) and verify_rows(rows)[0] == n + 2
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize("where", ["before the commit", "after the commit"])
+async def test_a_kill_during_recovery_recovers_once(tmp_path, where):
+    """Killed while recovering (before its COMMIT, or after it and before the log is emptied): the
+    next start takes the log's events once, with one audit.store.recovered event, chain whole."""
+    import json
+
+    path = str(tmp_path / "hoopy.db")
+    p = _child_store(path, 30)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    if where == "before the commit":  # (the recovery's rows inserted, then a SIGKILL of itself)
+        hook = ("import os, signal\nfrom hoopy.audit import store as m\nreal = m.write_batch\n"
+                "def wb(*a, **k):\n    real(*a, **k)\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                "m.write_batch = wb\n")
+    else:  # (committed, then killed before the log is emptied)
+        hook = ("import os, signal\nfrom hoopy.audit import store as m\n"
+                "m.EventLog.clear = lambda self: os.kill(os.getpid(), signal.SIGKILL)\n")
+    code = hook + f"s = m.SQLiteEventStore({path!r}, 'gw-dies')\ns.start()\nprint('started')\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
+    assert "started" not in r.stdout and r.returncode != 0, r.stderr
+    kinds = [x["kind"] for x in file_rows(path)]
+    assert kinds.count("audit.store.recovered") == (1 if where == "after the commit" else 0)
+    for _ in range(2):  # started again, twice: recovered once in all
+        s = SQLiteEventStore(path, "gw")
+        s.start()
+        await s.stop()
+    rows = file_rows(path)
+    notes = [x for x in rows if x["kind"] == "audit.store.recovered"]
+    assert len(notes) == 1 and json.loads(notes[0]["data"])["events"] == 30
+    assert [x["seq"] for x in rows] == list(range(1, 32)) and verify_rows(rows)[0] == 31
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_recovery_that_cannot_write_the_file_says_so_and_keeps_the_log(tmp_path):
+    """A full disk (or a sqlite3 shell holding the write lock) at the start that must recover: the
+    start is refused with a StoreError saying the events stay in the log (not a bare sqlite3 error),
+    nothing of that start keeps the log locked, and the next start recovers them."""
+    path = str(tmp_path / "hoopy.db")
+    p = _child_store(path, 12)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    lock = sqlite3.connect(path, isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        s = SQLiteEventStore(path, "gw", busy_timeout=0.2)
+        with pytest.raises(StoreError, match=r"12 event\(s\) \(1-12\).*stay in the event log"):
+            s.start()
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    s = SQLiteEventStore(path, "gw")  # (in this same process: no lock left behind by the refused start)
+    s.start()
+    await s.stop()
+    rows = file_rows(path)
+    assert [r["seq"] for r in rows] == list(range(1, 14)) and rows[-1]["kind"] == "audit.store.recovered"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_write_refused_with_o_direct_goes_on_into_the_same_file(store, monkeypatch):
+    """A file system that takes O_DIRECT at open and refuses it at the write (EINVAL): the record
+    goes on without it, into the file the store opened and locked, never into whatever is at the
+    name by then."""
+    import errno as errno_
+
+    await store.append(ev(0))
+    lp = store._log.path
+    if not store._log._direct:
+        pytest.skip("O_DIRECT not in use here")
+    real = os.pwrite
+    first = [True]
+
+    def einval(fd, data, offset):
+        if fd == store._log.fd and first[0]:
+            first[0] = False
+            os.rename(lp, lp + ".theirs")  # (the name now someone else's file: a swap raced the fallback)
+            with open(lp, "wb") as f:
+                f.write(b"\0" * BLOCK)
+            raise OSError(errno_.EINVAL, "Invalid argument")
+        return real(fd, data, offset)
+
+    monkeypatch.setattr(eventlog.os, "pwrite", einval)
+    with pytest.raises(StoreError, match="event log"):
+        await store.append(ev(1))  # (the name was replaced: refused, as any moved log)
+    with open(lp, "rb") as f:
+        assert f.read() == b"\0" * BLOCK  # nothing written into the file that took the name
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_moved_file_whose_pending_events_cannot_go_in_keeps_one_chain_with_its_log(store):
+    """The file moved while events wait in the log, and they cannot be put into it (a nearly full
+    disk: their many rows fail where the one row saying the file moved still fits). That row must not
+    take the seq of the log's first event in the file: the file and its log would hold two chains,
+    and put back together, the start is refused and the log's events are never recovered."""
+    import json
+
+    for i in range(5):
+        await store.append(ev(i))  # (pending in the log: index_delay is an hour here)
+    real_index = store._index
+
+    def full(db):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    store._index = full
+    path = store.path
+    for suffix in ("", "-wal", "-shm"):
+        os.rename(path + suffix, path + ".moved" + suffix)
+    with pytest.raises(StoreError, match="restart the gateway"):
+        await store.append(ev(5))
+    store._index = real_index
+    await store.stop()
+    # Put back together (the file where it was, the log beside it): the next start takes the log's
+    # events, and the one saying the file moved, in one chain.
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + ".moved" + suffix):
+            os.replace(path + ".moved" + suffix, path + suffix)
+    s = SQLiteEventStore(path, "gw")
+    s.start()
+    await s.stop()
+    rows = file_rows(path)
+    assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1)) and verify_rows(rows)[0] == len(rows)
+    kinds = [r["kind"] for r in rows]
+    assert kinds[:6] == ["operation"] * 6 and "audit.store.moved" in kinds and kinds[-1] == "audit.store.recovered"
+    moved = [r for r in rows if r["kind"] == "audit.store.moved"][0]
+    assert json.loads(moved["data"])["refused"] == [6]

@@ -23,10 +23,13 @@ import errno
 import json
 import mmap
 import os
+import stat
 import struct
 import zlib
 
 import orjson
+
+from hoopy.audit.writer import StoreError
 
 MAGIC = b"HOOPY-EVENT-LOG\n"
 VERSION = 1
@@ -124,14 +127,33 @@ def buffer_reader(buf: bytes):
     return lambda off, n: bytes(view[off:off + n])
 
 
+# Opening the log's name: never through a symbolic link (the name is the file's with links resolved,
+# so a link there is never the log), and never waiting (a FIFO there would hold the opener).
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_OPEN = _NOFOLLOW | getattr(os, "O_NONBLOCK", 0)
+
+
+def _not_a_file(path: str, what: str) -> str:
+    return (f"the state store's event log {path} is not a regular file ({what}): move it away (the gateway"
+            " makes the log at its first start)")
+
+
 def read_tail(path: str, after: tuple) -> list | None:
-    """(Readers) the rows the log at ``path`` holds past ``after`` (seq, hash), [] where none; None
-    where its run does not continue ``after`` (the index moved on since it was read: read again)."""
+    """(Readers) the rows the log at ``path`` holds past ``after`` (seq, hash), [] where none (or no
+    log); None where its run does not continue ``after`` (the index moved on since it was read: read
+    again). Raises StoreError where it cannot be read: the file's last events may be there alone."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | _OPEN)
     except FileNotFoundError:
         return []
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise StoreError(_not_a_file(path, "a symbolic link")) from None
+        raise StoreError(f"the state store's event log {path} cannot be read ({e.strerror}): it holds the"
+                         " file's last events; read as a user who may read it") from None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise StoreError(_not_a_file(path, "a folder, a FIFO or a device"))
         if not os.pread(fd, len(MAGIC), 0) == MAGIC:
             return []
         try:
@@ -156,13 +178,31 @@ class EventLog:
         self._buf = mmap.mmap(-1, BLOCK)
         self._lock_fd: int | None = None
 
-    def open(self) -> bytes:
+    def open(self, like: os.stat_result | None = None) -> bytes:
         """Open (made and filled with zeros if absent or short) and locked; returns what the file holds
-        for recovery. Raises EventLogError if another process holds it."""
+        for recovery. Raises EventLogError if another process holds it, OSError if it cannot be used
+        (a symbolic link, not a regular file). ``like``: the state file's stat: the log takes its
+        permissions (and, for root, its owner), as SQLite gives them to the file's -wal: whoever may
+        read the file reads its last events."""
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _OPEN, 0o600)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise OSError(e.errno, _not_a_file(self.path, "a symbolic link, not followed")) from None
+            raise
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, _not_a_file(self.path, "a FIFO or a device"))
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)  # (a file: as usual)
+            if like is not None:
+                try:
+                    if os.geteuid() == 0:
+                        os.fchown(fd, like.st_uid, like.st_gid)
+                    os.fchmod(fd, stat.S_IMODE(like.st_mode) & 0o666)
+                except PermissionError:
+                    pass  # (not ours to change: as it is)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -193,11 +233,21 @@ class EventLog:
         # cache where the file system allows it (a third less time a record here: no copy to flush);
         # such writes come from a buffer aligned to the block.
         try:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | getattr(os, "O_DIRECT", 0))
-            self._direct = bool(getattr(os, "O_DIRECT", 0))
-        except OSError:
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC)
-            self._direct = False
+            try:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | _NOFOLLOW | getattr(os, "O_DIRECT", 0))
+                self._direct = bool(getattr(os, "O_DIRECT", 0))
+            except OSError:
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC | _NOFOLLOW)
+                self._direct = False
+            st = os.fstat(self.fd)
+            if (st.st_dev, st.st_ino) != self.ident:  # (the name replaced between the two opens)
+                raise OSError(errno.EBUSY, f"{self.path} was replaced while it was opened")
+        except BaseException:
+            os.close(fd)
+            if self.fd is not None:
+                os.close(self.fd)
+                self.fd = None
+            raise
         self._lock_fd = fd  # (held open: the lock lives as long as it)
         return old
 
@@ -222,9 +272,11 @@ class EventLog:
                 pos += n
         except OSError as e:
             if self._direct and e.errno == errno.EINVAL:
-                # (a file system that takes O_DIRECT at open and refuses it at the write)
-                os.close(self.fd)
-                self.fd = os.open(self.path, os.O_WRONLY | os.O_DSYNC)
+                # (a file system that takes O_DIRECT at open and refuses it at the write: the same
+                # open file without it, never the name opened again, which may be another file now)
+                import fcntl
+
+                fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~os.O_DIRECT)
                 self._direct = False
                 return self.write(record)
             raise

@@ -55,7 +55,7 @@ class SQLiteReader(ReaderQueries):
         view over both). The tail must continue this snapshot's last event; where the gateway
         indexed more and started its log over between the two reads, the snapshot is taken again."""
         path = log_path(self.path)
-        if not os.path.exists(path):
+        if not os.path.lexists(path):
             return
         tail: list | None = []
         for _ in range(50):
@@ -184,7 +184,11 @@ class SQLiteEventStore(BatchedStore):
         start: its events would otherwise be lost, or chained onto the wrong store."""
         elog = EventLog(log_path(real))
         try:
-            old = elog.open()
+            old = elog.open(like=os.stat(real))
+        except (EventLogError, OSError) as e:
+            elog.close()
+            raise StoreError(f"the state store's event log {elog.path} cannot be used: {e}") from None
+        try:
             head = self.dialect.head(db.cursor()) or (0, GENESIS)
             tail = decode_run(buffer_reader(old), head) if old else []
         except EventLogError as e:
@@ -196,8 +200,8 @@ class SQLiteEventStore(BatchedStore):
             raise StoreError(f"the state store's event log {elog.path} cannot be used: {e}") from None
         if tail:
             cur = db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
+                cur.execute("BEGIN IMMEDIATE")
                 self.dialect.insert_events(cur, tail)
                 note = Event("audit.store.recovered", "ok",
                              data={"events": len(tail), "first": tail[0][0], "last": tail[-1][0],
@@ -207,15 +211,26 @@ class SQLiteEventStore(BatchedStore):
                                               (tail[-1][0], tail[-1][13]), self.gateway, self.signer,
                                               self.signer is not None)
                 cur.execute("COMMIT")
-                self._committed(1, signed)
-            except BaseException:
-                if db.in_transaction:
-                    cur.execute("ROLLBACK")
-                elog.close()
+            except BaseException as e:
+                try:
+                    if db.in_transaction:
+                        cur.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                elog.close()  # (its lock too: nothing of this start is left holding the files)
+                if isinstance(e, sqlite3.Error):
+                    raise StoreError(f"the event log's {len(tail)} event(s) ({tail[0][0]}-{tail[-1][0]}) could not be"
+                                     f" put into the state file {self.path}: {e}; they stay in the event log"
+                                     f" {elog.path}: start again once the file can be written") from None
                 raise
+            self._committed(1, signed)
             log.info("state store: {n} event(s) ({first}-{last}) recovered from the event log {path}",
                      n=len(tail), first=tail[0][0], last=tail[-1][0], path=elog.path)
-        elog.clear()
+        try:
+            elog.clear()
+        except OSError as e:
+            elog.close()
+            raise StoreError(f"the state store's event log {elog.path} cannot be written: {e}") from None
         self._log = elog
 
     def _moved(self) -> str | None:
@@ -267,7 +282,11 @@ class SQLiteEventStore(BatchedStore):
                 except (sqlite3.Error, OSError) as e:
                     log.error("state store: the event log's last events could not be put into the moved file: {e};"
                               " they stay in the event log {path}", e=e, path=self._log and self._log.path)
-            self._note_lost(old, list(refused))
+            if self._pending:
+                # (never into the file: it would take the seq of the log's first event, two chains)
+                self._log_note(list(refused))
+            else:
+                self._note_lost(old, list(refused))
             try:
                 # What the WAL holds into the file this connection has open (SQLite's close skips that
                 # for a file renamed or unlinked: it would stay in a WAL named for the path, where the
@@ -321,6 +340,26 @@ class SQLiteEventStore(BatchedStore):
                     cur.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+    def _log_note(self, refused: list) -> None:
+        """The file moved and the event log's events could not be put into it: the event saying so
+        goes into the log after them, so that the file and its log, put back together, hold one chain
+        that the next start recovers."""
+        assert self._log is not None
+        note = Event("audit.store.moved", "refused", data={"why": self._lost, "refused": refused})
+        last = self._pending[-1]
+        rows = _Rows()
+        try:
+            write_batch(rows, None, [(note, canonical_json(note.data), None, None, None, None)], (last[0], last[13]),
+                        self.gateway, self.signer, self.signer is not None)
+            record = encode(rows.rows)
+            if not self._log.fits(record):
+                raise OSError("the event log is full")
+            self._log.write(record)
+        except Exception as e:
+            log.error("state store: the moved file could not record that it was moved: {e}", e=e)
+            return
+        self._pending.extend(rows.rows)
 
     def _unlinked(self) -> bool:
         """The file this connection has open is linked nowhere (renamed, or linked elsewhere: it is
@@ -512,7 +551,14 @@ class SQLiteEventStore(BatchedStore):
         directly and are refused as any failure to write is)."""
         assert self._db is not None
         try:
-            self._index(self._db)
+            # Without waiting for a lock another process holds (a sqlite3 shell): the writer thread
+            # would wait busy_timeout here, ahead of every operation, which the log is there to spare
+            # them. (Where the log is full, or a batch must go to SQLite, the wait is the usual one.)
+            self._db.execute("PRAGMA busy_timeout = 0")
+            try:
+                self._index(self._db)
+            finally:
+                self._db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         except (sqlite3.Error, OSError) as e:
             self._pending_since = time.monotonic()  # (tried again after index_delay)
             if not self._index_failed:
