@@ -716,3 +716,25 @@ async def test_a_moved_file_whose_pending_events_cannot_go_in_keeps_one_chain_wi
     assert kinds[:6] == ["operation"] * 6 and "audit.store.moved" in kinds and kinds[-1] == "audit.store.recovered"
     moved = [r for r in rows if r["kind"] == "audit.store.moved"][0]
     assert json.loads(moved["data"])["refused"] == [6]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_log_is_indexed_once_half_full_not_when_an_operation_finds_it_full(store):
+    """A batch takes a block at least: at a few thousand batches a second the log would fill before
+    index_delay, and the next operation would wait for the index. It is indexed at half."""
+    store.index_rows = 10 ** 6
+    half = store._log.size // 2
+    indexed_on_the_path = []
+    real = store._index
+
+    def watch(db):
+        if not store._log.fits(bytes(BLOCK)):
+            indexed_on_the_path.append(store._log.offset)
+        return real(db)
+
+    store._index = watch
+    for i in range(3 * store._log.size // BLOCK):
+        await store.append(ev(i))
+        assert store._log.offset <= half + BLOCK
+    assert indexed_on_the_path == []
+    assert len(file_rows(store.path)) >= 2 * (store._log.size // BLOCK)

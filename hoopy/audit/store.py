@@ -509,7 +509,10 @@ class SQLiteEventStore(BatchedStore):
             return True
         self._committed(len(results), signed)
         self._to_reactor(self._written, results)
-        if len(self._pending) >= self.index_rows or time.monotonic() - self._pending_since >= self.index_delay:
+        # (also once the log is half full: a batch takes a block of it at least, so at a few thousand
+        # batches a second it would fill before index_delay, and be indexed on an operation's path)
+        if (len(self._pending) >= self.index_rows or self._log.offset >= self._log.size // 2
+                or time.monotonic() - self._pending_since >= self.index_delay):
             self._index_now()
         return True
 
