@@ -228,12 +228,23 @@ async def test_operations_are_refused_when_the_store_cannot_write(tmp_path):
             # An operation's event alone is durable in the event log, which no lock on the file
             # holds up: allowed, and in the file once the lock goes.
             assert isinstance(await gw.policy.decide(s, request("GET", "/v1/a")), Allow)
-            gw.store.event_log_was = gw.store._log
-            gw.store._log = None  # (what follows is what every write meets where the log cannot take it)
-            v = await gw.policy.decide(s, request("GET", "/v1/a"))
+            # What follows meets a log that cannot take a record either (a full disk).
+            from hoopy.audit import eventlog
+
+            real, log_fd = eventlog.os.pwrite, gw.store._log.fd
+
+            def full(fd, data, offset):
+                if fd == log_fd:
+                    raise OSError(28, "No space left on device")
+                return real(fd, data, offset)
+
+            eventlog.os.pwrite = full
+            try:
+                v = await gw.policy.decide(s, request("GET", "/v1/a"))
+            finally:
+                eventlog.os.pwrite = real
             assert v == Deny(STORE_DOWN)  # allowed by the grant, refused because unrecorded
             assert not gw.store.healthy
-            gw.store._log = gw.store.event_log_was
             v = await gw.policy.decide(s, request("POST", "/v1/refunds"))
             assert v == Deny(STORE_DOWN)  # a hold that cannot be recorded is refused too
             assert gw.approvals.pending == {}

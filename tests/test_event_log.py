@@ -738,3 +738,25 @@ async def test_the_log_is_indexed_once_half_full_not_when_an_operation_finds_it_
         assert store._log.offset <= half + BLOCK
     assert indexed_on_the_path == []
     assert len(file_rows(store.path)) >= 2 * (store._log.size // BLOCK)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_defect_in_a_write_refuses_that_batch_and_the_writer_goes_on(store):
+    """An exception the write does not handle (a bug) must not end the writer thread: every later
+    append, and the stop, would wait for ever."""
+    real = store._write_logged
+    calls = []
+
+    def broken(batch, sign):
+        if not calls:
+            calls.append(1)
+            raise RuntimeError("a defect")
+        return real(batch, sign)
+
+    store._write_logged = broken
+    with pytest.raises(StoreError, match="a defect"):
+        await store.append(ev(0))
+    assert (await store.append(ev(1))).seq == 1  # the refused one took no seq
+    assert store._thread.is_alive()
+    await store.stop()
+    assert [r["seq"] for r in file_rows(store.path)] == [1]

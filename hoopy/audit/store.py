@@ -126,7 +126,7 @@ class SQLiteEventStore(BatchedStore):
     def __init__(self, path: str | Path, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
         self.path = str(path)
-        self._head: tuple | None = None  # (seq, hash) of our last commit; None: read it from the table
+        self._head = None  # (seq, hash) of our last commit; None: read it from the table
         self._file: tuple | None = None  # (st_dev, st_ino) of the file opened at ``path``
         self._where = self.path  # ``path`` made absolute when opened
         # (name, (st_dev, st_ino)) of the WAL and its index as opened: SQLite names them after the file

@@ -397,6 +397,7 @@ class BatchedStore:
         # outcome rides with the next decision at no hand-off of its own.
         self._items: collections.deque = collections.deque()
         self._armed = False
+        self._head: tuple | None = None  # (seq, hash) of the chain's last event, where a store keeps it
 
     @property
     def reactor(self):
@@ -510,7 +511,10 @@ class BatchedStore:
                 token = q.get(timeout=timeout) if timeout is not None else q.get()
             except queue.Empty:
                 if not lingering:
-                    self._idle()
+                    try:
+                        self._idle()
+                    except Exception:  # (a defect: logged, and the thread kept, as in _write_guarded)
+                        log.failure("state store: the writer failed while idle")
                     continue
                 if not self._items:
                     # Nothing trailed within linger: disarmed (the next trailing event wakes
@@ -523,7 +527,7 @@ class BatchedStore:
                 batch: list = []
                 self._take(batch)
                 sign = self.signer is not None and time.monotonic() - self._last_sig >= self.sign_interval
-                self._write(batch, sign)
+                self._write_guarded(batch, sign)
                 continue
             if token is _STOP:
                 break
@@ -554,13 +558,13 @@ class BatchedStore:
             self._take(batch)  # what came meanwhile: the order is the deque's
             self._armed = True  # what trails from now on is looked for within linger
             sign = self.signer is not None and time.monotonic() - self._last_sig >= self.sign_interval
-            self._write(batch, sign)
+            self._write_guarded(batch, sign)
             if stop_after:
                 break
         while self._items:  # stopping: everything appended before the stop is written
             batch = []
             self._take(batch)
-            self._write(batch, False)
+            self._write_guarded(batch, False)
         try:
             if self.signer is not None and self._unsigned_since is not None:
                 self._heartbeat("stopping")  # nothing of ours is left unsigned
@@ -569,6 +573,17 @@ class BatchedStore:
                 self._close()
             finally:
                 self.reactor.callFromThread(self._stopped.callback, None)
+
+    def _write_guarded(self, batch, sign: bool):
+        """``_write``, and if it raises what it does not handle itself (a defect), that batch refused
+        and the thread kept: a writer thread that died would leave every later append waiting for
+        ever, the operations with it, and the stop."""
+        try:
+            self._write(batch, sign)
+        except Exception as e:
+            log.failure("state store: the writer failed on a batch; its operations are refused")
+            self._head = None  # (read again before the next batch)
+            self._to_reactor(self._failed, [b[-1] for b in batch], StoreError(f"the state store cannot write: {e!r}"))
 
     def _idle(self):
         """(Writer thread) nothing came within ``_idle_timeout``: the heartbeat is due."""
@@ -584,7 +599,7 @@ class BatchedStore:
         # "a trailing event was lost" every few seconds.
         d: Deferred[StoredEvent] = Deferred()
         d.addErrback(lambda f: None)
-        self._write([(event, canonical_json(event.data), None, None, None, d)], True)
+        self._write_guarded([(event, canonical_json(event.data), None, None, None, d)], True)
 
     def _committed(self, wrote: int, signed: dict | None):
         """In the writer thread, after COMMIT: keep the signing clock, feed the anchor."""
@@ -634,7 +649,7 @@ class BatchedStore:
         for d in deferreds:
             if d is None:
                 lost += 1
-            else:
+            elif not d.called:  # (a batch handed back before a later step of its write failed)
                 d.errback(err)
         if lost:
             log.error("state store: {n} trailing event(s) not recorded: {error}", n=lost, error=str(err))
