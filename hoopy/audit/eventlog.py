@@ -296,13 +296,7 @@ class EventLog:
         self.start_over()
 
     def moved(self) -> str | None:
-        try:
-            st = os.stat(self.path)
-        except OSError as e:
-            return f"the state store's event log {self.path} is gone ({e.strerror}); what was written to it is refused"
-        if (st.st_dev, st.st_ino) != self.ident:
-            return f"the state store's event log {self.path} was replaced; what was written to the old one is refused"
-        return None
+        return not_the_one(self.path, self.ident, f"the state store's event log {self.path}")
 
     def close(self) -> None:
         for fd in (self.fd, self._lock_fd):
@@ -313,6 +307,18 @@ class EventLog:
                     pass
         self.fd = None
         self._lock_fd = None
+
+
+def not_the_one(path: str, ident: tuple | None, what: str) -> str | None:
+    """Why the file at ``path`` is not the one opened as ``ident`` (st_dev, st_ino) any more (deleted,
+    renamed away, replaced: what is written to it goes to a file nobody reads), or None."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return f"{what} is gone ({e.strerror}); what was written to it is refused"
+    if (st.st_dev, st.st_ino) != ident:
+        return f"{what} was replaced; what was written to the old one is refused"
+    return None
 
 
 def _sync_dir(path: str) -> None:

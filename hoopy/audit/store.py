@@ -19,7 +19,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS, canonical_json
-from hoopy.audit.eventlog import EventLog, EventLogError, buffer_reader, decode_run, encode, log_path, read_tail
+from hoopy.audit.eventlog import (EventLog, EventLogError, buffer_reader, decode_run, encode, log_path, not_the_one,
+                                  read_tail)
 from hoopy.audit.events import Event, iso
 from hoopy.audit.pgstore import PostgresEventStore, PostgresReader
 from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
@@ -236,22 +237,12 @@ class SQLiteEventStore(BatchedStore):
     def _moved(self) -> str | None:
         """Why the file at ``path`` is no longer the one this connection writes (deleted, renamed
         away or replaced: what it commits would go to a file nobody reads), or None."""
-        try:
-            st = os.stat(self._where)
-        except OSError as e:
-            return f"the state store file {self.path} is gone ({e.strerror}); what was written to it is refused"
-        if (st.st_dev, st.st_ino) != self._file:
-            return f"the state store file {self.path} was replaced; what was written to the old one is refused"
+        why = not_the_one(self._where, self._file, f"the state store file {self.path}")
         for name, ident in self._sidecars:
-            try:
-                st = os.stat(name)
-            except OSError as e:
-                return f"the state store's {name} is gone ({e.strerror}); what was written to it is refused"
-            if (st.st_dev, st.st_ino) != ident:
-                return f"the state store's {name} was replaced; what was written to the old one is refused"
-        if self._log is not None:
-            return self._log.moved()
-        return None
+            why = why or not_the_one(name, ident, f"the state store's {name}")
+        if why is None and self._log is not None:
+            why = self._log.moved()
+        return why
 
     def _lose_file(self, why: str, refused=(), deferreds=()) -> None:
         """(Writer thread) the file this connection writes is not the one at ``path`` any more:
