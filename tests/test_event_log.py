@@ -42,6 +42,15 @@ def file_rows(path) -> list[dict]:
         db.close()
 
 
+async def started_and_stopped(path) -> list[dict]:
+    """A store started on ``path`` (which recovers what its log holds) and stopped cleanly: the
+    file's events then."""
+    s = SQLiteEventStore(path, "gw")
+    s.start()
+    await s.stop()
+    return file_rows(path)
+
+
 def reader_rows(path) -> list[dict]:
     r = SQLiteReader(path)
     try:
@@ -321,10 +330,7 @@ async def test_a_log_left_by_a_crash_is_not_dropped_when_the_file_is_moved_away(
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(str(tmp_path / "moved.db") + suffix):
             os.rename(str(tmp_path / "moved.db") + suffix, path + suffix)
-    s = SQLiteEventStore(path, "gw")
-    s.start()
-    await s.stop()
-    rows = file_rows(path)
+    rows = await started_and_stopped(path)
     assert [r["seq"] for r in rows] == list(range(1, 12)) and rows[-1]["kind"] == "audit.store.recovered"
 
 
@@ -642,10 +648,7 @@ async def test_a_recovery_that_cannot_write_the_file_says_so_and_keeps_the_log(t
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    s = SQLiteEventStore(path, "gw")  # (in this same process: no lock left behind by the refused start)
-    s.start()
-    await s.stop()
-    rows = file_rows(path)
+    rows = await started_and_stopped(path)  # (in this same process: no lock left behind by the refused start)
     assert [r["seq"] for r in rows] == list(range(1, 14)) and rows[-1]["kind"] == "audit.store.recovered"
 
 
@@ -707,10 +710,7 @@ async def test_a_moved_file_whose_pending_events_cannot_go_in_keeps_one_chain_wi
     for suffix in ("", "-wal", "-shm"):
         if os.path.exists(path + ".moved" + suffix):
             os.replace(path + ".moved" + suffix, path + suffix)
-    s = SQLiteEventStore(path, "gw")
-    s.start()
-    await s.stop()
-    rows = file_rows(path)
+    rows = await started_and_stopped(path)
     assert [r["seq"] for r in rows] == list(range(1, len(rows) + 1)) and verify_rows(rows)[0] == len(rows)
     kinds = [r["kind"] for r in rows]
     assert kinds[:6] == ["operation"] * 6 and "audit.store.moved" in kinds and kinds[-1] == "audit.store.recovered"

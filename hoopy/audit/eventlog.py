@@ -296,7 +296,7 @@ class EventLog:
         self.start_over()
 
     def moved(self) -> str | None:
-        return not_the_one(self.path, self.ident, f"the state store's event log {self.path}")
+        return not_the_one(self.path, self.ident, "the state store's event log", self.path)
 
     def close(self) -> None:
         for fd in (self.fd, self._lock_fd):
@@ -309,15 +309,16 @@ class EventLog:
         self._lock_fd = None
 
 
-def not_the_one(path: str, ident: tuple | None, what: str) -> str | None:
+def not_the_one(path: str, ident: tuple | None, what: str, name: str) -> str | None:
     """Why the file at ``path`` is not the one opened as ``ident`` (st_dev, st_ino) any more (deleted,
-    renamed away, replaced: what is written to it goes to a file nobody reads), or None."""
+    renamed away, replaced: what is written to it goes to a file nobody reads), or None. Said as
+    ``what`` and ``name``, put together only then (this runs after every batch)."""
     try:
         st = os.stat(path)
     except OSError as e:
-        return f"{what} is gone ({e.strerror}); what was written to it is refused"
+        return f"{what} {name} is gone ({e.strerror}); what was written to it is refused"
     if (st.st_dev, st.st_ino) != ident:
-        return f"{what} was replaced; what was written to the old one is refused"
+        return f"{what} {name} was replaced; what was written to the old one is refused"
     return None
 
 

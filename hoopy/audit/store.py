@@ -71,15 +71,14 @@ class SQLiteReader(ReaderQueries):
                              f" {self.path}; read again")
         if not tail:
             return
-        cols = [r[1] for r in self.db.execute("PRAGMA main.table_info(events)")]
+        # (a log is written only by a gateway that brought the file's table up to date: every column is there)
         self.db.execute("CREATE TEMP TABLE events_tail AS SELECT * FROM main.events WHERE 0")
         for width in (len(EVENT_COLUMNS) - 1, len(EVENT_COLUMNS)):
             rows = [r for r in tail if len(r) == width]
             if rows:
-                names = [c for c in EVENT_COLUMNS[:width] if c in cols]
+                names = EVENT_COLUMNS[:width]
                 self.db.executemany(f"INSERT INTO temp.events_tail ({', '.join(names)})"
-                                    f" VALUES ({', '.join('?' for _ in names)})",
-                                    [r[:len(names)] for r in rows])
+                                    f" VALUES ({', '.join('?' for _ in names)})", rows)
         self.db.execute("CREATE TEMP VIEW events AS SELECT * FROM main.events UNION ALL"
                         " SELECT * FROM temp.events_tail")
 
@@ -237,9 +236,9 @@ class SQLiteEventStore(BatchedStore):
     def _moved(self) -> str | None:
         """Why the file at ``path`` is no longer the one this connection writes (deleted, renamed
         away or replaced: what it commits would go to a file nobody reads), or None."""
-        why = not_the_one(self._where, self._file, f"the state store file {self.path}")
+        why = not_the_one(self._where, self._file, "the state store file", self.path)
         for name, ident in self._sidecars:
-            why = why or not_the_one(name, ident, f"the state store's {name}")
+            why = why or not_the_one(name, ident, "the state store's", name)
         if why is None and self._log is not None:
             why = self._log.moved()
         return why
