@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """PostgreSQL: the same load directly, through hoopy, and through pgbouncer.
 
-    python3 bench/postgres.py [--seconds 10] [--rows 1000000] [--idle 1000] [--only rows]
+    python3 bench/postgres.py [--seconds 10] [--rows 1000000] [--idle 1000] [--only rows] [--rounds N]
 
 Needs the local PostgreSQL on 127.0.0.1:5432 (trust for user postgres),
 pgbench and psql, pgbouncer (apt), and root to run pgbouncer as postgres.
-Prints each figure and its ratio to direct.
+Prints each figure and its ratio to direct. With ``--rounds N`` the pgbench runs (direct, pgbouncer,
+the floor, hoopy, one after another) are repeated N times and the median of each ratio is printed too:
+on a machine shared with others, one round can move by 2x.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import re
 import secrets
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -79,6 +82,7 @@ def main():
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=8, help="pgbench clients (the target is set for 8)")
     ap.add_argument("--only", choices=["rows"], help="rows: only the bulk reads (no pgbench, pgbouncer, idle)")
+    ap.add_argument("--rounds", type=int, default=1, help="pgbench rounds; the median ratios are printed")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hoopy-bench-pg-"))
@@ -181,14 +185,26 @@ patterns = ["email"]
             procs.append(relay)
             time.sleep(1)
         for clients in sorted({a.clients, 1}, reverse=True) if a.only is None else ():
-            d, dl = pgbench(5432, "postgres", db, a.seconds, penv, clients)
-            b, bl = pgbench(bp, "postgres", db, a.seconds, penv, clients)
-            f, fl = pgbench(rp, "postgres", db, a.seconds, penv, clients)
-            h, hl = pgbench(hp, "bench", db, a.seconds, env, clients)
-            report(f"pgbench -S, {clients} client(s) (TPS)", d, h, "tps",
-                   f"pgbouncer {b:,.0f}, floor {f:,.0f}; hoopy/pgbouncer {h / b:.2f}, hoopy/floor {h / f:.2f}")
-            print(f"    latency a statement: direct {dl:.3f} ms, pgbouncer {bl:.3f}, floor {fl:.3f}, hoopy {hl:.3f} "
-                  f"(hoopy adds {hl - dl:+.3f} ms to direct, {hl - fl:+.3f} to the floor)", flush=True)
+            ratios, added = [], []
+            for r in range(a.rounds):
+                d, dl = pgbench(5432, "postgres", db, a.seconds, penv, clients)
+                b, bl = pgbench(bp, "postgres", db, a.seconds, penv, clients)
+                f, fl = pgbench(rp, "postgres", db, a.seconds, penv, clients)
+                h, hl = pgbench(hp, "bench", db, a.seconds, env, clients)
+                round_ = f" [round {r + 1} of {a.rounds}]" if a.rounds > 1 else ""
+                report(f"pgbench -S, {clients} client(s) (TPS)", d, h, "tps",
+                       f"pgbouncer {b:,.0f}, floor {f:,.0f}; hoopy/pgbouncer {h / b:.2f}, hoopy/floor {h / f:.2f}"
+                       + round_)
+                print(f"    latency a statement: direct {dl:.3f} ms, pgbouncer {bl:.3f}, floor {fl:.3f}, hoopy {hl:.3f} "
+                      f"(hoopy adds {hl - dl:+.3f} ms to direct, {hl - fl:+.3f} to the floor)", flush=True)
+                ratios.append(h / f)
+                added.append(hl - dl)
+            if a.rounds > 1:
+                line = (f"pgbench -S, {clients} client(s): median of {a.rounds} rounds: hoopy/floor "
+                        f"{statistics.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)}); hoopy adds "
+                        f"{statistics.median(added):+.3f} ms to direct ({', '.join(f'{x:+.3f}' for x in added)})")
+                print(line, flush=True)
+                results.append(line)
 
         d = bulk(5432, "postgres", db, a.rows, penv)
         h = bulk(hp, "bench", db, a.rows, env)
