@@ -70,6 +70,22 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_switches(pid: int) -> dict:
+    """{thread: (voluntary, involuntary) context switches} of every thread of ``pid``: where two threads
+    share one GIL, each hand-off of it is a switch (a cheap, overhead-free count of the ping-pong)."""
+    out: dict = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = "reactor" if task.name == str(pid) else f"thread {task.name}"
+        try:
+            text = (task / "status").read_text()
+        except OSError:
+            continue
+        v = int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+        n = int(re.search(r"^nonvoluntary_ctxt_switches:\s+(\d+)", text, re.M).group(1))
+        out[name] = (v, n)
+    return out
+
+
 def thread_cpu(pid: int) -> dict:
     """{thread: (user, system) seconds} of every thread of ``pid``."""
     out: dict = {}
@@ -150,6 +166,7 @@ def measure(name, cmd, port, user, db, a, env, work):
         if a.cpu:
             c0 = cpu_seconds(proc.pid)
             t0 = thread_cpu(proc.pid)
+            w0 = thread_switches(proc.pid)
             spy = None
             if a.strace:
                 spy = subprocess.Popen([*os.environ.get("HOOPY_STRACE", "strace -c -f").split(), "-p", str(proc.pid), "-o", str(work / f"{name}.strace")],
@@ -178,6 +195,10 @@ def measure(name, cmd, port, user, db, a, env, work):
                     top(work / f"{name}.spy")
             per = (cpu_seconds(proc.pid) - c0) / a.statements * 1e6
             t1 = thread_cpu(proc.pid)
+            w1 = thread_switches(proc.pid)
+            print("   context switches a statement, voluntary + involuntary: " + ", ".join(
+                f"{t} {(v - w0.get(t, (0, 0))[0]) / a.statements:.2f} + {(n - w0.get(t, (0, 0))[1]) / a.statements:.2f}"
+                for t, (v, n) in sorted(w1.items())))
             print("   by thread (user + system us a statement): " + ", ".join(
                 f"{t} {(u - t0.get(t, (0, 0))[0]) / a.statements * 1e6:.0f} + {(s - t0.get(t, (0, 0))[1]) / a.statements * 1e6:.0f}"
                 for t, (u, s) in sorted(t1.items())))
