@@ -1,4 +1,5 @@
-"""An upstream response on its way to the client: its head cleaned, its body streamed or masked.
+"""An upstream response on its way to the client: its head cleaned (response_head.py), its body
+streamed or masked.
 
 ``respond(exchange, response)`` decides, from the head, what happens to the body: streamed as it
 comes (with backpressure both ways: the client's socket pauses the upstream's), masked event by
@@ -16,13 +17,10 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from hoopy.http import headers as H
 from hoopy.http.bodies import Decoder, MaskError, SSEMasker, body_kind, charset_ok, codings, decodable
-from hoopy.http.checks import BODY_DIGESTS, Refusal
-from hoopy.http.masker import MASK
+from hoopy.http.checks import Refusal
+from hoopy.http.response_head import clean_headers
 from hoopy.sockwrite import retarget
-
-MASK_B = MASK.encode()
 
 MASK_SLOTS = defer.DeferredSemaphore(4)  # response bodies buffered and masked at once, per process
 
@@ -359,7 +357,7 @@ async def respond(ex, response):
                            "credential the gateway injects cannot be scrubbed from it", "refused")
     scrub = site.head_scrub(response.phrase, response.headers.pairs)  # None: no credential in the head
     # (decoded: its Content-Encoding, length and digests go, as a masked body's do)
-    headers, header_counts = _clean_headers(ex, response, must_mask or unzip, opaque_ok and kind == "other", scrub)
+    headers, header_counts = clean_headers(ex, response, must_mask or unzip, opaque_ok and kind == "other", scrub)
     # upstream text like a header ("401 bad key <key>")
     phrase = scrub(response.phrase) if scrub is not None else response.phrase
     if header_counts:  # (record_redactions does nothing without counts: no coroutine then)
@@ -455,76 +453,3 @@ async def _read_decoded(ex, deliver, decoder) -> bytes:
             raise
         raise Refusal(502, f"the upstream body is compressed (it was asked for identity) and is decoded to "
                            f"scrub the credential the gateway injects: {r.error}", "refused")
-
-
-def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
-    """The response headers the client gets ((name, value) pairs) and what patterns masked in them.
-    ``scrub``: the site's header scrubber, or None when the head holds no injected credential.
-    ``must_mask``: the body goes out rewritten (masked, or decoded to be scrubbed)."""
-    site = ex.site
-    masker = site.masker
-    # Nothing scrubbed nor masked (most heads): what comes out is a function of the header lines,
-    # the status, HEAD or not, must_mask, opaque and the masker (its being active), and nothing
-    # else: the last such head's cleaning is kept by the site and given again for the same key
-    # (tests/test_http_fastpaths.py holds the two to the same headers and record)
-    plain = scrub is None and not masker.detectors
-    if plain:
-        key = (tuple(response.headers.pairs), response.code, ex.method == "HEAD", must_mask, opaque, masker.active)
-        memo = site.head_memo
-        if memo is not None and memo[0] is masker and memo[1] == key:
-            ex.record.response_headers = dict(memo[3])
-            return list(memo[2]), {}
-    counts: dict = {}
-    extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
-
-    def clean(values):
-        if scrub is not None:
-            values = [scrub(v) for v in values]
-        if not masker.detectors:
-            return values  # (the response's own list when nothing was scrubbed: only read from here on)
-        masked = []
-        for v in values:  # a pattern's match in a header (a Location's query, a file name) too
-            try:
-                v, c = masker.mask_text(v)
-            except (MaskError, UnicodeError):
-                # a value the masker cannot read (structure nested past its bound, bytes it cannot
-                # rewrite) may hold what it masks: it goes out whole as the mask, never as it came
-                v, c = MASK_B, {"unreadable": 1}
-            for k, n in c.items():
-                counts[k] = counts.get(k, 0) + n
-            masked.append(v)
-        return masked
-
-    # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
-    head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
-    # Nothing scrubbed nor masked (plain): the headers are read as they came, not copied
-    cleaned: list | None = None if plain else []
-    out = []
-    for n, (name, values) in response.headers.by_lower():  # (read only, as clean() is)
-        if cleaned is not None:
-            named = scrub(name) if scrub is not None else name
-            values = clean(values)
-            # A name can hold the credential too (an upstream echoing headers as names): such a header
-            # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
-            cleaned.append((named, values))
-            if named != name:
-                continue
-        if n in H.HOP_BY_HOP or n in extra_hop:
-            continue
-        if n == b"content-length":
-            if response.code == 204:
-                continue  # RFC 9110 8.6: never on a 204 (a client that read it would eat the next answer)
-            if not (must_mask or head_of_masked):  # else ours, or none: the unmasked length tells a
-                out.append((name, values[0]))      # masked value's size
-            continue
-        if must_mask and n == b"content-encoding":
-            continue
-        if (masker.active or must_mask) and n in BODY_DIGESTS:
-            continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
-        for v in values:
-            out.append((name, v))
-    record = ex.record.response_headers = H.for_record(cleaned if cleaned is not None else response.headers.grouped())
-    if plain:
-        # copies kept: the caller's list goes on to the client's head, the record's dict to the event
-        site.head_memo = (masker, key, list(out), dict(record))
-    return out, counts
