@@ -4,7 +4,7 @@ streamed or masked.
 ``respond(exchange, response)`` decides, from the head, what happens to the body: streamed as it
 comes (with backpressure both ways: the client's socket pauses the upstream's), masked event by
 event (SSE), or read whole (up to ``mask_limit``) and masked; refused when it must be masked and
-cannot be. The body protocols share one ``Stall`` timer rule: the upstream silent for
+cannot be. The body protocols share one ``Stall`` timer rule (stall.py): the upstream silent for
 ``upstream_timeout`` while nobody but it is to blame ends the exchange.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from zope.interface import implementer
 from hoopy.http.bodies import Decoder, MaskError, SSEMasker, body_kind, charset_ok, codings, decodable
 from hoopy.http.checks import Refusal
 from hoopy.http.response_head import clean_headers
-from hoopy.sockwrite import retarget
+from hoopy.http.stall import Stall
 
 MASK_SLOTS = defer.DeferredSemaphore(4)  # response bodies buffered and masked at once, per process
 
@@ -30,46 +30,6 @@ def reason_text(e) -> str:
     if inner:
         return "; ".join(f.getErrorMessage() or f.type.__name__ for f in inner)
     return str(e) or type(e).__name__
-
-
-def _never() -> bool:
-    return False
-
-
-class Stall:
-    """The upstream silent for ``timeout`` seconds: ``expired`` is called, unless ``excused()``
-    (the client is the slow one, or the store) says to wait on."""
-
-    def __init__(self, reactor, timeout: float, expired, excused=_never, call=None):
-        self.reactor, self.timeout, self.expired, self.excused = reactor, timeout, expired, excused
-        if call is not None and call.active():
-            # the exchange's upstream timer (Exchange.take_timer), due for this from now on: one
-            # timer a request rather than one cancelled and another made (both are only ever
-            # reset, cancelled or fired on the reactor thread)
-            retarget(call, self._fire)
-            call.reset(timeout)
-            self.call = call
-        else:
-            self.call = reactor.callLater(timeout, self._fire)
-
-    def _fire(self):
-        if self.excused():
-            self.call = self.reactor.callLater(self.timeout, self._fire)
-            return
-        self.call = None
-        self.expired()
-
-    def touch(self):
-        if self.call is not None and self.call.active():
-            self.call.reset(self.timeout)
-
-    def cancel(self):
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
-        # Neither is called once cancelled: the body protocol they are methods of (which holds
-        # this) is let go, so it frees by reference count rather than by the garbage collector
-        self.expired = self.excused = _never
 
 
 class Discard(Protocol):
