@@ -183,7 +183,7 @@ def _logged(f, args):
 
 def retarget(call, func) -> None:
     """Point a pending DelayedCall at ``func()`` (no arguments) rather than cancel it and make
-    another: one timer a request where a timeout changes hands (http/response_body.Stall).
+    another: one timer a request where a timeout changes hands (http/stall.Stall).
     ``func``/``args``/``kw`` are plain attributes DelayedCall calls when it fires, not documented
     API: tests/test_sockwrite.py fails if an upgrade changes that."""
     call.func, call.args, call.kw = func, (), {}

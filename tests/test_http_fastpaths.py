@@ -388,10 +388,10 @@ def test_a_body_still_arriving_after_its_head_is_streamed_and_the_socket_not_pau
     assert t.value().endswith(b"abcdefghij") and statuses(t.value()) == [200]
 
 
-# --- httpcpu5: a plain response head's cleaning kept by the site (response_body._clean_headers) ----
+# --- httpcpu5: a plain response head's cleaning kept by the site (response_head.clean_headers) ----
 
 from hoopy.http.record import Record  # noqa: E402
-from hoopy.http.response_body import _clean_headers  # noqa: E402
+from hoopy.http.response_head import clean_headers  # noqa: E402
 from hoopy.http.upstream_response import RawHeaders  # noqa: E402
 
 _HEAD_LINES = [
@@ -407,7 +407,7 @@ _MASKERS = [Masker(), Masker(fields=("ssn",))]
 def _cleaned(s: HTTPSite, lines, code: int, method: str, must_mask: bool, opaque: bool):
     ex = SimpleNamespace(site=s, method=method, record=Record(0))
     response = SimpleNamespace(headers=RawHeaders(list(lines)), code=code)
-    out, counts = _clean_headers(ex, response, must_mask, opaque, None)
+    out, counts = clean_headers(ex, response, must_mask, opaque, None)
     return out, counts, ex.record.response_headers
 
 

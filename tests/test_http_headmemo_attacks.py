@@ -1,6 +1,6 @@
 """Attacks on the two response-head memos of the httpcpu5 round (the attackmemo round).
 
-``response_body._clean_headers`` keeps the last plain head's cleaning (``HTTPSite.head_memo``),
+``response_head.clean_headers`` keeps the last plain head's cleaning (``HTTPSite.head_memo``),
 keyed on ``tuple(response.headers.pairs)``, the status, HEAD or not, must_mask, opaque and the
 masker; ``HTTPSite.head_scrub`` keeps the last (phrase, lines) found clean. Each attack: one site
 answering heads in a row (its memos warm), compared with the same answer on a fresh site.
@@ -14,7 +14,7 @@ import pytest
 
 from hoopy.http.record import Record
 from hoopy.http.masker import Masker
-from hoopy.http.response_body import _clean_headers
+from hoopy.http.response_head import clean_headers
 from hoopy.http.upstream_response import RawHeaders
 from hoopy.policy.verdicts import Allow
 from tests.test_http_fastpaths import site as make_site
@@ -136,8 +136,8 @@ def test_head_then_get_of_one_head_in_memory():
         for s in (warm, make_site(None)):
             s.masker = maskers[m]
             ex = SimpleNamespace(site=s, method=method, record=Record(0))
-            out, counts = _clean_headers(ex, SimpleNamespace(headers=RawHeaders(list(lines)), code=200), mm, False,
-                                         None)
+            out, counts = clean_headers(ex, SimpleNamespace(headers=RawHeaders(list(lines)), code=200), mm, False,
+                                        None)
             got.append((out, counts, ex.record.response_headers))
         assert got[0] == got[1], (method, mm, m)
 

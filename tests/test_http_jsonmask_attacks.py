@@ -18,7 +18,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from hoopy.http import masker as masker_mod
+from hoopy.http import json_codec
 from hoopy.http.masker import Masker
 from hoopy.http.redaction import MaskError
 from hoopy.policy import masking
@@ -35,12 +35,12 @@ PY_EMAIL = Detector("email", masking._EMAIL, spans=_email_spans)
 
 @contextlib.contextmanager
 def python_only():
-    saved = masker_mod._valid, masker_mod._masked_key
-    masker_mod._valid, masker_mod._masked_key = None, masker_mod._masked_key_py
+    saved = json_codec.valid, json_codec.masked_key
+    json_codec.valid, json_codec.masked_key = None, json_codec.masked_key_py
     try:
         yield
     finally:
-        masker_mod._valid, masker_mod._masked_key = saved
+        json_codec.valid, json_codec.masked_key = saved
 
 
 def outcome(fn, data):
@@ -112,14 +112,14 @@ KEYTEXT = st.lists(st.sampled_from([MASK, '"', ":", "x", "[REDACTED", "REDACTED]
 @settings(max_examples=600, deadline=None)
 @given(KEYTEXT)
 def test_masked_key_c_is_the_regex_with_unicode_space(text):
-    want = masker_mod._MASKED_KEY.search(text) is not None
-    assert masker_mod._masked_key_py(text) == want
+    want = json_codec.MASKED_KEY.search(text) is not None
+    assert json_codec.masked_key_py(text) == want
     assert _jsonmask.masked_key(text, MASK) == want
 
 
 def parses(data: bytes) -> bool:
     try:
-        masker_mod._loads(data)
+        json_codec.loads(data)
         return True
     except (ValueError, UnicodeDecodeError, MaskError, RecursionError):
         return False

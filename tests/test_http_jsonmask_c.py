@@ -21,7 +21,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from hoopy.http import masker as masker_mod
+from hoopy.http import json_codec
 from hoopy.http.masker import Masker
 from hoopy.http.redaction import MaskError
 from hoopy.policy import masking
@@ -33,7 +33,7 @@ except ImportError:
     _jsonmask = None
 
 needs_c = pytest.mark.skipif(_jsonmask is None, reason="the C module is not built (see the first test)")
-SOURCE = Path(masker_mod.__file__).with_name("_jsonmask.c")
+SOURCE = Path(json_codec.__file__).with_name("_jsonmask.c")
 
 
 def _compiler() -> bool:
@@ -53,8 +53,8 @@ def test_the_c_module_is_built_where_a_compiler_is():
         "the built module is from another version of _jsonmask.c: rebuild it"
     assert (_jsonmask.DOMAIN, _jsonmask.LOCAL) == (_DOMAIN, _LOCAL), "masking.py's regexes changed: update the C code"
     if os.environ.get("HOOPY_JSONMASK") != "python":
-        assert masker_mod._valid is _jsonmask.valid
-        assert masker_mod._masked_key is not masker_mod._masked_key_py
+        assert json_codec.valid is _jsonmask.valid
+        assert json_codec.masked_key is not json_codec.masked_key_py
         assert BUILTIN["email"].spans is masking.email_spans_c
         assert BUILTIN["email"].replace is masking.email_replace_c
 
@@ -103,8 +103,8 @@ MASKISH = st.lists(st.sampled_from([MASK, '"', ":", " ", "\u00a0", "\u2003", "\x
 @given(MASKISH)
 @example('[REDACTED]x"\u2003\x85:')
 def test_masked_key_is_the_regex(text):
-    want = bool(masker_mod._MASKED_KEY.search(text))
-    assert masker_mod._masked_key_py(text) is want
+    want = bool(json_codec.MASKED_KEY.search(text))
+    assert json_codec.masked_key_py(text) is want
     if _jsonmask is not None:
         assert _jsonmask.masked_key(text, MASK) is want
 
@@ -114,7 +114,7 @@ def test_masked_key_is_linear():
 
     for text in ('"' + (MASK + " ") * 200_000 + '",', '"' + (MASK + " ") * 200_000 + '" :', (MASK + '"') * 100_000):
         t = time.process_time()
-        want = masker_mod._masked_key_py(text)
+        want = json_codec.masked_key_py(text)
         if _jsonmask is not None:
             assert _jsonmask.masked_key(text, MASK) is want
         assert time.process_time() - t < 5
@@ -124,7 +124,7 @@ def test_masked_key_is_linear():
 
 def parses(data: bytes) -> bool:
     try:
-        masker_mod._loads(data)
+        json_codec.loads(data)
         return True
     except (ValueError, UnicodeDecodeError, MaskError, RecursionError):
         return False
@@ -171,12 +171,12 @@ PY_EMAIL = Detector("email", masking._EMAIL, spans=_email_spans)  # the referenc
 
 @contextlib.contextmanager
 def python_only():
-    saved = masker_mod._valid, masker_mod._masked_key
-    masker_mod._valid, masker_mod._masked_key = None, masker_mod._masked_key_py
+    saved = json_codec.valid, json_codec.masked_key
+    json_codec.valid, json_codec.masked_key = None, json_codec.masked_key_py
     try:
         yield
     finally:
-        masker_mod._valid, masker_mod._masked_key = saved
+        json_codec.valid, json_codec.masked_key = saved
 
 
 CONFIGS = [
@@ -375,10 +375,10 @@ def test_huge_and_deep_bodies():
 
 def test_the_fast_path_is_taken_for_the_usual_body(monkeypatch):
     """The point of the C scan: a body without backslashes is not parsed at all."""
-    if _jsonmask is None or masker_mod._valid is None:
+    if _jsonmask is None or json_codec.valid is None:
         pytest.skip("no C module")
     calls = []
-    monkeypatch.setattr(masker_mod, "_loads", lambda d: calls.append(d) or (orjson.loads(d), True))
+    monkeypatch.setattr(json_codec, "loads", lambda d: calls.append(d) or (orjson.loads(d), True))
     fast, _ = pair(("ssn",), ("email",))
     assert fast.mask_json(b'{"e": "a@b.co", "n": [1, 2]}') == (b'{"e": "[REDACTED]", "n": [1, 2]}', {"email": 1})
     assert calls == []

@@ -17,7 +17,7 @@ def test_the_private_parts_are_still_there():
 
 
 def test_a_retargeted_delayed_call_fires_the_new_callable_once_at_its_reset_time():
-    """sockwrite.retarget sets DelayedCall's func/args/kw (http/response_body.Stall hands the
+    """sockwrite.retarget sets DelayedCall's func/args/kw (http/stall.Stall hands the
     exchange's timer over): an upgrade that renames them or copies them at creation fails here."""
     from twisted.internet.task import Clock
     clock, fired = Clock(), []

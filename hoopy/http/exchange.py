@@ -300,7 +300,7 @@ class Exchange:
 
     def take_timer(self):
         """The upstream timer, once the head is in: the response body's stall watch goes on with it
-        (response_body.Stall) instead of this one being cancelled and another made."""
+        (stall.Stall) instead of this one being cancelled and another made."""
         timer, self.timer = self.timer, None
         return timer
 

@@ -9,8 +9,8 @@ Formats, each read as its reader reads it (see formats.py for the markup and
 CSV readers):
 
 - JSON: parsed and walked; a body without a backslash, for built-in patterns, masked as text
-  without a walk (``_json_raw``), and not even parsed when hoopy/http/_jsonmask.c (optional) says
-  it certainly parses. A string value that holds structured text (JSON in
+  without a walk (``_json_raw``), and not even parsed when hoopy/http/_jsonmask.c (optional; see
+  json_codec.py) says it certainly parses. A string value that holds structured text (JSON in
   a JSON string, markup, ``key: value`` text) is read and masked in turn, up to
   ``MAX_DEPTH`` levels, the key path carried on.
 - text of any other kind (JavaScript/JSONP, YAML, logs, forms): a key named by a
@@ -26,12 +26,11 @@ hostile inputs); a body the masker cannot read raises MaskError and is refused.
 """
 from __future__ import annotations
 
-import json
 import re
 
 import attrs
-import orjson
 
+from hoopy.http import json_codec
 from hoopy.http.keyvalue import key_regex, value_end
 from hoopy.http.redaction import MaskError, add_count, check_ascii_compatible, looks_like_json, merge_counts
 from hoopy.policy.masking import MASK, may_be_spelled
@@ -43,74 +42,6 @@ HINTS = {"email": "@", "us_ssn": "-"}
 # Built-in detectors whose matches never contain a quote or a backslash: on JSON text without
 # escapes, a match inside a string is the same match as in the decoded string.
 _QUOTELESS = frozenset({"email", "credit_card", "us_ssn"})
-
-
-def _load_valid():
-    """hoopy/http/_jsonmask.c's ``valid`` (True: certainly JSON that _loads parses), or None."""
-    import os
-
-    if os.environ.get("HOOPY_JSONMASK") == "python":
-        return None
-    try:
-        from hoopy.http import _jsonmask
-    except ImportError:
-        return None
-    return getattr(_jsonmask, "valid", None)  # None: a module built from an older _jsonmask.c
-
-
-# A body the raw path takes (no backslash) is checked by this scan instead of being parsed (the parse
-# built a million objects for nothing but to know it parses); False: parsed as before.
-_valid = _load_valid()
-
-
-def _loads(text):
-    """(value, True) parsed by orjson, or (value, False) by json (NaN, huge integers); ValueError."""
-    try:
-        return orjson.loads(text), True
-    except orjson.JSONDecodeError as e:
-        if "depth" in str(e):  # orjson stops at 1,024 levels (older releases crashed the process)
-            raise MaskError("the JSON body is nested too deeply to be masked")
-    try:
-        return json.loads(text), False
-    except RecursionError:
-        raise MaskError("the JSON body is nested too deeply to be masked")
-
-
-def _dumps(value, fast: bool) -> bytes:
-    if fast:
-        try:
-            return orjson.dumps(value)
-        except (orjson.JSONEncodeError, TypeError):
-            pass
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-_MASKED_KEY = re.compile(re.escape(MASK) + r'[^"]*"\s*:')  # what _masked_key_py tells, the reference
-# The same search in linear time: the run after a mask stops at the next mask (the last mask of a run
-# reaches the quote the first one would; "[REDACTED]" cannot overlap itself). The regex above read
-# the rest of a quoted run again from every mask in it: a string of 200,000 masked addresses held
-# the thread for minutes.
-_MASKED_KEY_LINEAR = re.compile(re.escape(MASK) + r'(?:[^"\[]|\[(?!' + re.escape(MASK[1:]) + r'))*+"\s*:')
-assert MASK == "[REDACTED]"  # the regex above is written for a mask of this shape
-
-
-def _masked_key_py(text: str) -> bool:
-    """Whether ``_MASKED_KEY.search(text)`` finds a mask that ends a key (in linear time)."""
-    return _MASKED_KEY_LINEAR.search(text) is not None
-
-
-def _load_masked_key():
-    if _valid is None:
-        return _masked_key_py
-    from hoopy.http import _jsonmask
-
-    c = getattr(_jsonmask, "masked_key", None)
-    if c is None:
-        return _masked_key_py  # a module built from an older _jsonmask.c
-    return lambda text: c(text, MASK)
-
-
-_masked_key = _load_masked_key()
 
 
 @attrs.frozen
@@ -221,7 +152,7 @@ class Masker:
             return data, {}
         check_ascii_compatible(data)
         raw = self._fast and b"\\" not in data
-        if raw and _valid is not None and type(data) is bytes and _valid(data):
+        if raw and json_codec.valid is not None and type(data) is bytes and json_codec.valid(data):
             # known to parse: the raw path needs no parse, the walk only when the raw path declines
             done = self._json_raw(data.decode("utf-8", "surrogateescape"))
             if done is not None:
@@ -229,7 +160,7 @@ class Masker:
                 return (data, found) if not found else (text.encode("utf-8", "surrogateescape"), found)
             raw = False
         try:
-            value, fast = _loads(data)
+            value, fast = json_codec.loads(data)
         except (ValueError, UnicodeDecodeError):
             if self.fields:
                 raise MaskError("the body is declared JSON but is not valid JSON, so it cannot be masked")
@@ -245,7 +176,7 @@ class Masker:
         except RecursionError:
             raise MaskError("the JSON body is nested too deeply to be masked")
         # Always what was walked, never the input: with a key twice the walk saw only its last value.
-        return _dumps(masked, fast), counts
+        return json_codec.dumps(masked, fast), counts
 
     def _json_raw(self, text: str):
         """Mask JSON text without escapes directly (no walk): (text, counts), or None when only the
@@ -290,7 +221,7 @@ class Masker:
                 text, n = d.redact(text)
                 if n:
                     add_count(counts, d.name, n)
-        if counts and _masked_key(text):
+        if counts and json_codec.masked_key(text):
             return None  # a key masked by a pattern: the walk keeps two such keys apart
         return text, counts
 
@@ -404,7 +335,7 @@ class Masker:
             head = t[:1]
             if head in ("{", "[") and (self.fields or "\\" in t):
                 try:
-                    value, fast = _loads(t)
+                    value, fast = json_codec.loads(t)
                 except (ValueError, UnicodeDecodeError):
                     value = None
                 if isinstance(value, (dict, list)):
@@ -413,7 +344,7 @@ class Masker:
                     if not c:
                         return s
                     merge_counts(counts, c)
-                    return _dumps(masked, fast).decode()
+                    return json_codec.dumps(masked, fast).decode()
             if self.fields and self._names_re is not None and self._names_re.search(s):
                 if head == "<":
                     from hoopy.http import formats
@@ -494,7 +425,7 @@ class Masker:
         try:
             for ln in lines:
                 if ln.strip():
-                    _loads(ln)
+                    json_codec.loads(ln)
         except (ValueError, UnicodeDecodeError, MaskError):
             if self.fields:
                 raise MaskError("the body looks like JSON but does not parse, so it cannot be masked")

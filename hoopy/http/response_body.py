@@ -1,9 +1,10 @@
-"""An upstream response on its way to the client: its head cleaned, its body streamed or masked.
+"""An upstream response on its way to the client: its head cleaned (response_head.py), its body
+streamed or masked.
 
 ``respond(exchange, response)`` decides, from the head, what happens to the body: streamed as it
 comes (with backpressure both ways: the client's socket pauses the upstream's), masked event by
 event (SSE), or read whole (up to ``mask_limit``) and masked; refused when it must be masked and
-cannot be. The body protocols share one ``Stall`` timer rule: the upstream silent for
+cannot be. The body protocols share one ``Stall`` timer rule (stall.py): the upstream silent for
 ``upstream_timeout`` while nobody but it is to blame ends the exchange.
 """
 from __future__ import annotations
@@ -16,13 +17,10 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from zope.interface import implementer
 
-from hoopy.http import headers as H
 from hoopy.http.bodies import Decoder, MaskError, SSEMasker, body_kind, charset_ok, codings, decodable
-from hoopy.http.checks import BODY_DIGESTS, Refusal
-from hoopy.http.masker import MASK
-from hoopy.sockwrite import retarget
-
-MASK_B = MASK.encode()
+from hoopy.http.checks import Refusal
+from hoopy.http.response_head import clean_headers
+from hoopy.http.stall import Stall
 
 MASK_SLOTS = defer.DeferredSemaphore(4)  # response bodies buffered and masked at once, per process
 
@@ -32,46 +30,6 @@ def reason_text(e) -> str:
     if inner:
         return "; ".join(f.getErrorMessage() or f.type.__name__ for f in inner)
     return str(e) or type(e).__name__
-
-
-def _never() -> bool:
-    return False
-
-
-class Stall:
-    """The upstream silent for ``timeout`` seconds: ``expired`` is called, unless ``excused()``
-    (the client is the slow one, or the store) says to wait on."""
-
-    def __init__(self, reactor, timeout: float, expired, excused=_never, call=None):
-        self.reactor, self.timeout, self.expired, self.excused = reactor, timeout, expired, excused
-        if call is not None and call.active():
-            # the exchange's upstream timer (Exchange.take_timer), due for this from now on: one
-            # timer a request rather than one cancelled and another made (both are only ever
-            # reset, cancelled or fired on the reactor thread)
-            retarget(call, self._fire)
-            call.reset(timeout)
-            self.call = call
-        else:
-            self.call = reactor.callLater(timeout, self._fire)
-
-    def _fire(self):
-        if self.excused():
-            self.call = self.reactor.callLater(self.timeout, self._fire)
-            return
-        self.call = None
-        self.expired()
-
-    def touch(self):
-        if self.call is not None and self.call.active():
-            self.call.reset(self.timeout)
-
-    def cancel(self):
-        if self.call is not None and self.call.active():
-            self.call.cancel()
-        self.call = None
-        # Neither is called once cancelled: the body protocol they are methods of (which holds
-        # this) is let go, so it frees by reference count rather than by the garbage collector
-        self.expired = self.excused = _never
 
 
 class Discard(Protocol):
@@ -359,7 +317,7 @@ async def respond(ex, response):
                            "credential the gateway injects cannot be scrubbed from it", "refused")
     scrub = site.head_scrub(response.phrase, response.headers.pairs)  # None: no credential in the head
     # (decoded: its Content-Encoding, length and digests go, as a masked body's do)
-    headers, header_counts = _clean_headers(ex, response, must_mask or unzip, opaque_ok and kind == "other", scrub)
+    headers, header_counts = clean_headers(ex, response, must_mask or unzip, opaque_ok and kind == "other", scrub)
     # upstream text like a header ("401 bad key <key>")
     phrase = scrub(response.phrase) if scrub is not None else response.phrase
     if header_counts:  # (record_redactions does nothing without counts: no coroutine then)
@@ -455,76 +413,3 @@ async def _read_decoded(ex, deliver, decoder) -> bytes:
             raise
         raise Refusal(502, f"the upstream body is compressed (it was asked for identity) and is decoded to "
                            f"scrub the credential the gateway injects: {r.error}", "refused")
-
-
-def _clean_headers(ex, response, must_mask: bool, opaque: bool, scrub):
-    """The response headers the client gets ((name, value) pairs) and what patterns masked in them.
-    ``scrub``: the site's header scrubber, or None when the head holds no injected credential.
-    ``must_mask``: the body goes out rewritten (masked, or decoded to be scrubbed)."""
-    site = ex.site
-    masker = site.masker
-    # Nothing scrubbed nor masked (most heads): what comes out is a function of the header lines,
-    # the status, HEAD or not, must_mask, opaque and the masker (its being active), and nothing
-    # else: the last such head's cleaning is kept by the site and given again for the same key
-    # (tests/test_http_fastpaths.py holds the two to the same headers and record)
-    plain = scrub is None and not masker.detectors
-    if plain:
-        key = (tuple(response.headers.pairs), response.code, ex.method == "HEAD", must_mask, opaque, masker.active)
-        memo = site.head_memo
-        if memo is not None and memo[0] is masker and memo[1] == key:
-            ex.record.response_headers = dict(memo[3])
-            return list(memo[2]), {}
-    counts: dict = {}
-    extra_hop = H.connection_tokens(response.headers.getRawHeaders(b"connection"))
-
-    def clean(values):
-        if scrub is not None:
-            values = [scrub(v) for v in values]
-        if not masker.detectors:
-            return values  # (the response's own list when nothing was scrubbed: only read from here on)
-        masked = []
-        for v in values:  # a pattern's match in a header (a Location's query, a file name) too
-            try:
-                v, c = masker.mask_text(v)
-            except (MaskError, UnicodeError):
-                # a value the masker cannot read (structure nested past its bound, bytes it cannot
-                # rewrite) may hold what it masks: it goes out whole as the mask, never as it came
-                v, c = MASK_B, {"unreadable": 1}
-            for k, n in c.items():
-                counts[k] = counts.get(k, 0) + n
-            masked.append(v)
-        return masked
-
-    # A HEAD or 304 answer for a body that may be masked: its Content-Length is the unmasked one
-    head_of_masked = (ex.method == "HEAD" or response.code == 304) and masker.active and not opaque
-    # Nothing scrubbed nor masked (plain): the headers are read as they came, not copied
-    cleaned: list | None = None if plain else []
-    out = []
-    for n, (name, values) in response.headers.by_lower():  # (read only, as clean() is)
-        if cleaned is not None:
-            named = scrub(name) if scrub is not None else name
-            values = clean(values)
-            # A name can hold the credential too (an upstream echoing headers as names): such a header
-            # is not forwarded (a scrubbed name is no token), and the record keeps it scrubbed.
-            cleaned.append((named, values))
-            if named != name:
-                continue
-        if n in H.HOP_BY_HOP or n in extra_hop:
-            continue
-        if n == b"content-length":
-            if response.code == 204:
-                continue  # RFC 9110 8.6: never on a 204 (a client that read it would eat the next answer)
-            if not (must_mask or head_of_masked):  # else ours, or none: the unmasked length tells a
-                out.append((name, values[0]))      # masked value's size
-            continue
-        if must_mask and n == b"content-encoding":
-            continue
-        if (masker.active or must_mask) and n in BODY_DIGESTS:
-            continue  # a hash of the unmasked body (Express's ETag is its SHA-1): a guess checked offline
-        for v in values:
-            out.append((name, v))
-    record = ex.record.response_headers = H.for_record(cleaned if cleaned is not None else response.headers.grouped())
-    if plain:
-        # copies kept: the caller's list goes on to the client's head, the record's dict to the event
-        site.head_memo = (masker, key, list(out), dict(record))
-    return out, counts

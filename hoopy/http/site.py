@@ -112,7 +112,7 @@ class HTTPSite:
         self.masker = Masker.from_config(gateway.config.masking_for(connection.name))
         self._scrubber = Scrubber(self.secrets) if self.secrets else None  # each response gets a fresh() one
         self.channels: set = set()
-        # The last plain response head's cleaning (response_body._clean_headers): most answers of
+        # The last plain response head's cleaning (response_head.clean_headers): most answers of
         # an upstream repeat their head but for its Date, which changes once a second
         self.head_memo: tuple | None = None
         self._clean_head: tuple | None = None  # the last response head head_scrub found clean
