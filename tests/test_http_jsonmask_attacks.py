@@ -220,9 +220,9 @@ def test_masking_stays_linear():
     """200,000 masked keys-to-be inside one string and 100,000 addresses as keys: seconds, not minutes."""
     for data in (b'{"k":"' + b"a@b.co " * 200_000 + b'"}', b"{" + b",".join(b'"a%d@b.co":1' % i for i in range(50_000))
                  + b"}"):
-        t = time.process_time()
+        t = time.thread_time()
         out, counts = Masker((), (masking.parse_detector("email"),)).mask_json(data)
-        assert time.process_time() - t < 10
+        assert time.thread_time() - t < 10
         assert b"@" not in out and orjson.loads(out)
 
 

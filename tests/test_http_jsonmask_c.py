@@ -88,9 +88,9 @@ def test_email_spans_are_linear():
     import time
 
     for text in ("@" * 400_000, "a" * 400_000 + "@", "a@" * 200_000, ("a@b." + "c" * 63) * 5000):
-        t = time.process_time()
+        t = time.thread_time()
         assert _jsonmask.email_spans(text) == _email_spans(text)
-        assert time.process_time() - t < 5
+        assert time.thread_time() - t < 5
 
 
 # --- a masked key: the regex, in linear time ---------------------------------------------
@@ -113,11 +113,11 @@ def test_masked_key_is_linear():
     import time
 
     for text in ('"' + (MASK + " ") * 200_000 + '",', '"' + (MASK + " ") * 200_000 + '" :', (MASK + '"') * 100_000):
-        t = time.process_time()
+        t = time.thread_time()
         want = json_codec.masked_key_py(text)
         if _jsonmask is not None:
             assert _jsonmask.masked_key(text, MASK) is want
-        assert time.process_time() - t < 5
+        assert time.thread_time() - t < 5
 
 
 # --- valid: never True for what the parse refuses ------------------------------------------

@@ -312,9 +312,9 @@ def test_guard_the_admission_regex_is_linear_near_the_length_limit():
 
     for text in ["'" + "''" * 2040 + "'", "a " * 2048, "(" * 4096, "1 " * 2048, "'a' " * 1000 + "'",
                  "a" * 4095 + "$", "= " * 2048, ("'x'\n" * 1000) + "'y'"]:
-        t = time.process_time()
+        t = time.thread_time()
         key(text)
-        assert time.process_time() - t < 0.05, text[:20]
+        assert time.thread_time() - t < 0.05, text[:20]
 
 
 def test_guard_the_cached_parsed_is_resolved_in_each_sessions_own_scope():

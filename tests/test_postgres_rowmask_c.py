@@ -224,11 +224,11 @@ def test_a_value_full_of_at_signs_is_linear():
     bounded number of times (a quadratic walk would take minutes here)."""
     for v in (b"@" * 200_000, b"a@b.cd" * 40_000, b"a" * 100_000 + b"@" * 100_000 + b"b.c" * 30_000):
         raw = codec.build_data_row([v])
-        t = time.process_time()
+        t = time.thread_time()
         got = _same([(25, 0)], raw, 0, len(raw))
         assert got is not None
         # The Python reference is linear too; the C walk must not be the slow part.
-        assert time.process_time() - t < 20
+        assert time.thread_time() - t < 20
 
 
 @needs_c
