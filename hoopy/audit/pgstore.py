@@ -19,6 +19,7 @@ The password never goes in ``state``: libpq's PGPASSWORD, ~/.pgpass or a
 from __future__ import annotations
 
 import itertools
+import select
 import threading
 
 from twisted.logger import Logger
@@ -26,8 +27,8 @@ from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
-from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql, schema_sql,
-                                write_batch)
+from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql,
+                                schema_sql, write_batch)
 
 log = Logger()
 
@@ -192,15 +193,72 @@ class PostgresReader(ReaderQueries):
 
 
 class _IdleConnectionLost(Exception):
-    """The writer's connection died while idle; nothing of the batch was sent."""
+    """The writer's connection died while idle: no reply came, not even to BEGIN. ``tried``:
+    where the batch was sent whole with its COMMIT, (last seq, its hash, results, head, signed):
+    looked for before it is written again (a server that died between its COMMIT and its first
+    reply)."""
+
+    def __init__(self, tried=None):
+        super().__init__("the state store's connection was lost")
+        self.tried = tried
+
+
+# A batch's events in one statement whatever its size: each column one array, sent in binary (no
+# text escaping of the data, one statement text, so prepared once by psycopg), unnested into rows.
+_ARRAYS = ", ".join(f"%b::{'bigint' if c in ('seq', 'time_us') else 'text'}[]" for c in EVENT_COLUMNS)
+INSERT_EVENTS = (f"INSERT INTO {SCHEMA_NAME}.events ({', '.join(EVENT_COLUMNS)})"
+                 f" SELECT * FROM unnest({_ARRAYS})")
+# The same, written only if the chain's head is still (seq, hash) the writer had (the params after
+# the columns: seq, seq, seq, hash): nothing after it, and it there (or the chain empty at seq 0).
+# No error where another node appended meanwhile: 0 rows, the transaction fine, the lock kept.
+INSERT_AFTER = (INSERT_EVENTS + f" WHERE NOT EXISTS (SELECT FROM {SCHEMA_NAME}.events WHERE seq > %b::bigint)"
+                f" AND (%b::bigint = 0 OR EXISTS (SELECT FROM {SCHEMA_NAME}.events WHERE seq = %b::bigint"
+                f" AND hash = %b::text))")
+LOCK = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"
+HEAD = f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1"
+_WIDTH = len(EVENT_COLUMNS)
+
+
+def _arrays(rows) -> list:
+    """Rows (EVENT_COLUMNS, the signature only on a signed row) as one list per column."""
+    cols = [list(c) for c in zip(*rows)][:_WIDTH - 1]  # (the signature: made below for every row)
+    cols.append([r[-1] if len(r) == _WIDTH else None for r in rows])
+    return cols
+
+
+class PgDialect(Dialect):
+    """Dialect with the events INSERT as one statement of arrays (INSERT_EVENTS)."""
+
+    def insert_events(self, cur, rows):
+        cur.execute(INSERT_EVENTS, _arrays(rows))
+
+
+class _Rows(Dialect):
+    """Where write_batch leaves an events-only batch's rows, for INSERT_AFTER."""
+
+    def __init__(self):
+        super().__init__("%s", f"{SCHEMA_NAME}.")
+        self.rows: list = []
+
+    def insert_events(self, cur, rows):
+        self.rows = rows
 
 
 @implementer(IEventStore)
 class PostgresEventStore(BatchedStore):
-    """One writer thread, batched transactions, a chain shared by every node."""
+    """One writer thread, batched transactions, a chain shared by every node.
+
+    A batch costs one round trip where it can: its statements are sent in one pipeline (BEGIN,
+    the chain lock, the INSERT, COMMIT) and the replies read once. The INSERT cannot wait for a
+    head read in the same pipeline, so an events-only batch is linked to the head this node's
+    last batch left (``_head``) and inserted only if that is still the head (INSERT_AFTER, under
+    the lock); if another node appended meanwhile nothing is written and the batch goes the
+    locked way: [BEGIN, lock, head read], then [the batch's statements, COMMIT], two round trips,
+    as every batch with session or approval rows does. A node that finds another one appending
+    (``_contended``) goes the locked way until its head read shows no one else wrote."""
 
     shared = True  # other gateway nodes may write the same store
-    dialect = Dialect("%s", f"{SCHEMA_NAME}.")
+    dialect = PgDialect("%s", f"{SCHEMA_NAME}.")
 
     def __init__(self, dsn: str, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
@@ -209,6 +267,7 @@ class PostgresEventStore(BatchedStore):
         self._closing = threading.Event()
         self._conn = None
         self._watchers: list = []
+        self._contended = False  # the last head read found another node's events after ours
 
     def __repr__(self):
         return f"<PostgresEventStore {describe(self.dsn)} gateway={self.gateway}>"
@@ -271,13 +330,16 @@ class PostgresEventStore(BatchedStore):
         try:
             try:
                 results, signed = self._transaction(batch, sign)
-            except _IdleConnectionLost:
+            except _IdleConnectionLost as lost:
                 # The server closed the connection while it sat idle (restart,
                 # failover, pg_terminate_backend) and nothing of this batch was
-                # sent: once more on a new connection. If that fails, refuse.
+                # executed: once more on a new connection. If that fails, refuse.
                 self._drop()
-                results, signed = self._transaction(batch, sign)
+                results, signed = self._transaction(batch, sign, lost.tried)
         except Exception as e:
+            if isinstance(e, _IdleConnectionLost) and e.__cause__ is not None:
+                e = e.__cause__
+            self._head = None  # read again, under the lock, before the next batch
             lost = isinstance(e, psycopg.OperationalError) and not isinstance(
                 e, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
             if lost or (self._conn is not None and (self._conn.broken or self._conn.closed)):
@@ -296,41 +358,137 @@ class PostgresEventStore(BatchedStore):
             pass
         self._conn = None
 
-    def _transaction(self, batch, sign):
-        """One transaction for the whole batch; (results, the signed head or None) after COMMIT."""
-        psycopg = _psycopg()
-        reused = self._conn is not None and not self._conn.closed
-        if not reused:
-            self._conn = self._connect()  # the last batch lost it: try again now
+    def _ready(self):
+        """The writer's connection, made again if the last batch lost it or if the server has
+        said something to it while it sat idle (a connection the server terminates gets its
+        FATAL message and then the end of the stream; nothing else comes unasked to one that
+        does not LISTEN): replaced before anything of the batch is sent."""
         conn = self._conn
-        cur = conn.cursor()
+        if conn is not None and not conn.closed:
+            try:
+                readable = select.select([conn.fileno()], [], [], 0)[0]
+            except (OSError, ValueError):
+                readable = True
+            if not readable:
+                return conn
+            self._drop()
+        self._conn = self._connect()
+        return self._conn
+
+    def _transaction(self, batch, sign, tried=None):
+        """One transaction for the whole batch; (results, the signed head or None) after COMMIT.
+        ``tried``: _IdleConnectionLost.tried of a first try."""
+        conn = self._ready()
+        if tried is not None:
+            seq, h, results, head, signed = tried
+            cur = conn.cursor()
+            cur.execute(f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s", (seq, h))
+            if cur.fetchone() is not None:  # it was committed after all (hash: these very events)
+                self._head = head
+                return results, signed
+        for item in batch:
+            if item[2] is not None or item[3] is not None:
+                break  # session or approval rows: the locked way
+        else:
+            if self._head is not None and not self._contended:
+                done = self._optimistic(conn, batch, sign)
+                if done is not None:
+                    return done
+        return self._locked(conn, batch, sign)
+
+    def _pipeline(self, conn, send):
+        """``send()`` issues statements (BEGIN first) in one pipeline; their replies read at once.
+        A connection found lost before any reply to BEGIN: _IdleConnectionLost. An error inside
+        the transaction rolls it back and is raised."""
+        psycopg = _psycopg()
+        begin = conn.cursor()
         try:
-            cur.execute("BEGIN")
+            with conn.pipeline():
+                begin.execute("BEGIN")
+                return send()
         except psycopg.OperationalError as e:
-            if reused and conn.broken:
+            if conn.broken and begin.pgresult is None:
                 raise _IdleConnectionLost() from e
+            self._rollback(conn)
             raise
-        try:
-            results, signed = self._batch(cur, batch, sign)
-            cur.execute("COMMIT")
         except BaseException:
-            if not conn.broken and not conn.closed:
-                try:
-                    cur.execute("ROLLBACK")
-                except Exception:  # the batch's own error, raised next, is the one that matters
-                    pass
+            self._rollback(conn)
             raise
+
+    @staticmethod
+    def _rollback(conn):
+        psycopg = _psycopg()
+        if conn.broken or conn.closed:
+            return
+        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:  # the batch's own error, raised next, is the one that matters
+                pass
+
+    def _optimistic(self, conn, batch, sign):
+        """An events-only batch linked to the cached head, in one round trip. (results, signed),
+        or None where the head had moved (nothing written; the transaction ended)."""
+        rows = _Rows()
+        results, head, _, signed = write_batch(rows, None, batch, self._head, self.gateway, self.signer, sign)
+        params = _arrays(rows.rows)
+        seq, prev = self._head
+        params += (seq, seq, seq, prev)
+        insert = conn.cursor()
+
+        def send():
+            cur = conn.cursor()
+            cur.execute(LOCK)
+            insert.execute(INSERT_AFTER, params)
+            cur.execute("COMMIT")
+
+        try:
+            self._pipeline(conn, send)
+        except _IdleConnectionLost as e:
+            last = rows.rows[-1]
+            raise _IdleConnectionLost((last[0], last[13], results, head, signed)) from e.__cause__
+        if insert.rowcount == len(rows.rows):
+            self._head = head
+            return results, signed
+        if insert.rowcount != 0:  # (cannot be: one statement, all or nothing)
+            raise StoreError(f"the chain INSERT wrote {insert.rowcount} of {len(rows.rows)} rows")
+        self._contended = True
+        return None
+
+    def _locked(self, conn, batch, sign):
+        """The batch with the chain lock taken and the head read first (one round trip), then
+        its statements and COMMIT: in a second round trip, or one each where a conditional
+        update's outcome decides what follows."""
+        cur, read = conn.cursor(), conn.cursor()
+
+        def first():
+            cur.execute(LOCK)
+            read.execute(HEAD)
+
+        self._pipeline(conn, first)
+        try:
+            head = tuple(read.fetchone() or (0, GENESIS))
+            # Another node's events since our last batch: it appends too, so the next batch goes
+            # this way as well (a guess from the cache would mostly miss); else the cache is right.
+            self._contended = self._head is not None and head != self._head
+            if any(item[4] is not None for item in batch):
+                results, head, signed = self._statements(cur, batch, head, sign)
+            else:
+                with conn.pipeline():
+                    results, head, signed = self._statements(cur, batch, head, sign)
+        except BaseException:
+            self._rollback(conn)
+            raise
+        self._head = head
         return results, signed
 
-    def _batch(self, cur, batch, sign):
-        # Every node appends to one chain: serialize, then read the head.
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-        head = self.dialect.head(cur) or (0, GENESIS)
+    def _statements(self, cur, batch, head, sign):
         results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
                                                      self.signer, sign)
         for aid in decided:  # delivered on COMMIT, never before
             cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
-        return results, signed
+        cur.execute("COMMIT")
+        return results, head, signed
 
     # --- the listener thread ---------------------------------------------------------
 
