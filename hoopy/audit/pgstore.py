@@ -19,7 +19,6 @@ The password never goes in ``state``: libpq's PGPASSWORD, ~/.pgpass or a
 from __future__ import annotations
 
 import itertools
-import select
 import threading
 
 from twisted.logger import Logger
@@ -193,29 +192,31 @@ class PostgresReader(ReaderQueries):
 
 
 class _IdleConnectionLost(Exception):
-    """The writer's connection died while idle: no reply came, not even to BEGIN. ``tried``:
-    where the batch was sent whole with its COMMIT, (last seq, its hash, results, head, signed):
-    looked for before it is written again (a server that died between its COMMIT and its first
-    reply)."""
-
-    def __init__(self, tried=None):
-        super().__init__("the state store's connection was lost")
-        self.tried = tried
+    """The writer's connection was found lost before anything of the batch could be committed."""
 
 
 # A batch's events in one statement whatever its size: each column one array, sent in binary (no
 # text escaping of the data, one statement text, so prepared once by psycopg), unnested into rows.
 _ARRAYS = ", ".join(f"%b::{'bigint' if c in ('seq', 'time_us') else 'text'}[]" for c in EVENT_COLUMNS)
-INSERT_EVENTS = (f"INSERT INTO {SCHEMA_NAME}.events ({', '.join(EVENT_COLUMNS)})"
-                 f" SELECT * FROM unnest({_ARRAYS})")
-# The same, written only if the chain's head is still (seq, hash) the writer had (the params after
-# the columns: seq, seq, seq, hash): nothing after it, and it there (or the chain empty at seq 0).
-# No error where another node appended meanwhile: 0 rows, the transaction fine, the lock kept.
-INSERT_AFTER = (INSERT_EVENTS + f" WHERE NOT EXISTS (SELECT FROM {SCHEMA_NAME}.events WHERE seq > %b::bigint)"
-                f" AND (%b::bigint = 0 OR EXISTS (SELECT FROM {SCHEMA_NAME}.events WHERE seq = %b::bigint"
-                f" AND hash = %b::text))")
+_INSERT = f"INSERT INTO {SCHEMA_NAME}.events ({', '.join(EVENT_COLUMNS)})"
+INSERT_EVENTS = f"{_INSERT} SELECT * FROM unnest({_ARRAYS})"
 LOCK = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"
 HEAD = f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1"
+# The same INSERT as a transaction of its own (the connection is in autocommit): it takes the chain
+# lock before it writes a row (the lock is the outer side of the join, the rows the inner), and
+# writes only if the chain's head is still the (seq, hash) the writer linked the rows to (the
+# params after the columns: seq, seq, seq, hash): the last seq that one, and it there with that
+# hash (or, at seq 0, the chain empty). Another node's rows seen: nothing written, no error. Rows
+# another node committed while this one waited for the lock are not seen (the statement's snapshot
+# is older) but take the same seqs: the primary key refuses the whole statement. Either way nothing
+# of it is written. (max(seq), not "no seq > n": the planner reads that from statistics that lag
+# behind the chain's end, and scans the whole table for it; max is one step of the index.)
+INSERT_AFTER = (f"{_INSERT} SELECT u.* FROM ({LOCK}) AS l, unnest({_ARRAYS}) AS u"
+                f" WHERE COALESCE((SELECT max(seq) FROM {SCHEMA_NAME}.events), 0) = %b::bigint"
+                f" AND (%b::bigint = 0 OR EXISTS (SELECT FROM {SCHEMA_NAME}.events WHERE seq = %b::bigint"
+                f" AND hash = %b::text))")
+# One round trip (the simple protocol runs the three): a transaction, the chain lock, the head.
+LOCKED_HEAD = f"BEGIN; {LOCK}; {HEAD}"
 _WIDTH = len(EVENT_COLUMNS)
 
 
@@ -248,14 +249,14 @@ class _Rows(Dialect):
 class PostgresEventStore(BatchedStore):
     """One writer thread, batched transactions, a chain shared by every node.
 
-    A batch costs one round trip where it can: its statements are sent in one pipeline (BEGIN,
-    the chain lock, the INSERT, COMMIT) and the replies read once. The INSERT cannot wait for a
-    head read in the same pipeline, so an events-only batch is linked to the head this node's
-    last batch left (``_head``) and inserted only if that is still the head (INSERT_AFTER, under
-    the lock); if another node appended meanwhile nothing is written and the batch goes the
-    locked way: [BEGIN, lock, head read], then [the batch's statements, COMMIT], two round trips,
-    as every batch with session or approval rows does. A node that finds another one appending
-    (``_contended``) goes the locked way until its head read shows no one else wrote."""
+    Each round trip costs the writer thread the GIL again, which the reactor thread holds while it
+    is busy (up to the switch interval, 5 ms, each): a batch takes as few as it can. An events-only
+    batch is linked to the head this node's last batch left (``_head``) and written by one
+    statement, its own transaction (INSERT_AFTER: the lock, the head checked, the rows; one round
+    trip). If another node appended meanwhile nothing is written and the batch goes the locked way,
+    as every batch with session or approval rows does: [BEGIN, lock, head read] in one round trip,
+    then its statements and COMMIT. A node that found another one appending (``_contended``) goes
+    the locked way until its head read shows no one else wrote."""
 
     shared = True  # other gateway nodes may write the same store
     dialect = PgDialect("%s", f"{SCHEMA_NAME}.")
@@ -330,12 +331,12 @@ class PostgresEventStore(BatchedStore):
         try:
             try:
                 results, signed = self._transaction(batch, sign)
-            except _IdleConnectionLost as lost:
+            except _IdleConnectionLost:
                 # The server closed the connection while it sat idle (restart,
                 # failover, pg_terminate_backend) and nothing of this batch was
-                # executed: once more on a new connection. If that fails, refuse.
+                # committed: once more on a new connection. If that fails, refuse.
                 self._drop()
-                results, signed = self._transaction(batch, sign, lost.tried)
+                results, signed = self._transaction(batch, sign)
         except Exception as e:
             if isinstance(e, _IdleConnectionLost) and e.__cause__ is not None:
                 e = e.__cause__
@@ -359,136 +360,107 @@ class PostgresEventStore(BatchedStore):
         self._conn = None
 
     def _ready(self):
-        """The writer's connection, made again if the last batch lost it or if the server has
-        said something to it while it sat idle (a connection the server terminates gets its
-        FATAL message and then the end of the stream; nothing else comes unasked to one that
-        does not LISTEN): replaced before anything of the batch is sent."""
-        conn = self._conn
-        if conn is not None and not conn.closed:
-            try:
-                readable = select.select([conn.fileno()], [], [], 0)[0]
-            except (OSError, ValueError):
-                readable = True
-            if not readable:
-                return conn
-            self._drop()
-        self._conn = self._connect()
+        """The writer's connection (made again where the last batch lost it)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
         return self._conn
 
-    def _transaction(self, batch, sign, tried=None):
-        """One transaction for the whole batch; (results, the signed head or None) after COMMIT.
-        ``tried``: _IdleConnectionLost.tried of a first try."""
-        conn = self._ready()
-        if tried is not None:
-            seq, h, results, head, signed = tried
-            cur = conn.cursor()
-            cur.execute(f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s", (seq, h))
-            if cur.fetchone() is not None:  # it was committed after all (hash: these very events)
-                self._head = head
-                return results, signed
+    def _transaction(self, batch, sign):
+        """One transaction for the whole batch; (results, the signed head or None) after COMMIT."""
+        self._ready()
         for item in batch:
             if item[2] is not None or item[3] is not None:
                 break  # session or approval rows: the locked way
         else:
             if self._head is not None and not self._contended:
-                done = self._optimistic(conn, batch, sign)
+                done = self._optimistic(batch, sign)
                 if done is not None:
                     return done
-        return self._locked(conn, batch, sign)
+        return self._locked(batch, sign)
 
-    def _pipeline(self, conn, send):
-        """``send()`` issues statements (BEGIN first) in one pipeline; their replies read at once.
-        A connection found lost before any reply to BEGIN: _IdleConnectionLost. An error inside
-        the transaction rolls it back and is raised."""
+    def _optimistic(self, batch, sign):
+        """An events-only batch linked to the cached head, in one statement. (results, signed),
+        or None where the head had moved (nothing written)."""
+        rows = _Rows()
+        results, head, _, signed = write_batch(rows, None, batch, self._head, self.gateway, self.signer, sign)
+        seq, prev = self._head
+        params = _arrays(rows.rows) + [seq, seq, seq, prev]
+        if self._insert_after(params, len(rows.rows), rows.rows[-1]):
+            self._head = head
+            return results, signed
+        self._contended = True
+        return None
+
+    def _insert_after(self, params, n, last) -> bool:
+        """INSERT_AFTER; whether the rows are in the chain. A connection lost on the way leaves
+        it unknown whether the statement was committed: the same statement once more on a new
+        connection (the same rows after the same head: one of the two at most is written), and
+        if that writes nothing, the rows looked for."""
         psycopg = _psycopg()
-        begin = conn.cursor()
+        cur = self._conn.cursor()
         try:
-            with conn.pipeline():
-                begin.execute("BEGIN")
-                return send()
+            cur.execute(INSERT_AFTER, params)
+            return cur.rowcount == n
+        except psycopg.errors.UniqueViolation:
+            return False  # (another node's rows, committed while this statement waited for the lock)
         except psycopg.OperationalError as e:
-            if conn.broken and begin.pgresult is None:
+            if not self._conn.broken:
+                raise
+            lost = e
+        self._drop()
+        cur = self._ready().cursor()
+        try:
+            cur.execute(INSERT_AFTER, params)
+            if cur.rowcount == n:
+                return True
+        except psycopg.errors.UniqueViolation:
+            pass
+        except psycopg.Error as e:
+            raise e from lost
+        cur.execute(f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s", (last[0], last[13]))
+        return cur.fetchone() is not None  # (where not: another node's rows follow the head: never ours)
+
+    @staticmethod
+    def _rollback(conn):
+        if not conn.broken and not conn.closed:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:  # the batch's own error, raised next, is the one that matters
+                pass
+
+    def _locked(self, batch, sign):
+        """The batch with the chain lock taken and the head read first (one round trip), then
+        its statements and COMMIT."""
+        psycopg = _psycopg()
+        conn = self._conn
+        cur = conn.cursor()
+        try:
+            cur.execute(LOCKED_HEAD)
+            while cur.nextset():
+                pass
+            head = tuple(cur.fetchone() or (0, GENESIS))
+        except psycopg.OperationalError as e:
+            if conn.broken:  # (no COMMIT sent: nothing of the batch written)
                 raise _IdleConnectionLost() from e
             self._rollback(conn)
             raise
         except BaseException:
             self._rollback(conn)
             raise
-
-    @staticmethod
-    def _rollback(conn):
-        psycopg = _psycopg()
-        if conn.broken or conn.closed:
-            return
-        if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-            try:
-                conn.execute("ROLLBACK")
-            except Exception:  # the batch's own error, raised next, is the one that matters
-                pass
-
-    def _optimistic(self, conn, batch, sign):
-        """An events-only batch linked to the cached head, in one round trip. (results, signed),
-        or None where the head had moved (nothing written; the transaction ended)."""
-        rows = _Rows()
-        results, head, _, signed = write_batch(rows, None, batch, self._head, self.gateway, self.signer, sign)
-        params = _arrays(rows.rows)
-        seq, prev = self._head
-        params += (seq, seq, seq, prev)
-        insert = conn.cursor()
-
-        def send():
-            cur = conn.cursor()
-            cur.execute(LOCK)
-            insert.execute(INSERT_AFTER, params)
-            cur.execute("COMMIT")
-
         try:
-            self._pipeline(conn, send)
-        except _IdleConnectionLost as e:
-            last = rows.rows[-1]
-            raise _IdleConnectionLost((last[0], last[13], results, head, signed)) from e.__cause__
-        if insert.rowcount == len(rows.rows):
-            self._head = head
-            return results, signed
-        if insert.rowcount != 0:  # (cannot be: one statement, all or nothing)
-            raise StoreError(f"the chain INSERT wrote {insert.rowcount} of {len(rows.rows)} rows")
-        self._contended = True
-        return None
-
-    def _locked(self, conn, batch, sign):
-        """The batch with the chain lock taken and the head read first (one round trip), then
-        its statements and COMMIT: in a second round trip, or one each where a conditional
-        update's outcome decides what follows."""
-        cur, read = conn.cursor(), conn.cursor()
-
-        def first():
-            cur.execute(LOCK)
-            read.execute(HEAD)
-
-        self._pipeline(conn, first)
-        try:
-            head = tuple(read.fetchone() or (0, GENESIS))
             # Another node's events since our last batch: it appends too, so the next batch goes
             # this way as well (a guess from the cache would mostly miss); else the cache is right.
             self._contended = self._head is not None and head != self._head
-            if any(item[4] is not None for item in batch):
-                results, head, signed = self._statements(cur, batch, head, sign)
-            else:
-                with conn.pipeline():
-                    results, head, signed = self._statements(cur, batch, head, sign)
+            results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
+                                                         self.signer, sign)
+            for aid in decided:  # delivered on COMMIT, never before
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
+            cur.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
             raise
         self._head = head
         return results, signed
-
-    def _statements(self, cur, batch, head, sign):
-        results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
-                                                     self.signer, sign)
-        for aid in decided:  # delivered on COMMIT, never before
-            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
-        cur.execute("COMMIT")
-        return results, head, signed
 
     # --- the listener thread ---------------------------------------------------------
 
