@@ -198,34 +198,3 @@ def test_the_head_check_reads_the_index_however_old_the_statistics(pg):
         plan = "\n".join(r[0] for r in cur.execute("EXPLAIN " + execute, args).fetchall())
         assert "Seq Scan" not in plan, plan
         assert cur.execute(execute, args).rowcount == 1
-
-
-NASTY = ["o'brien", "a''b", "back\\slash\\", "'); DELETE FROM hoopy.events; --", "$$ dollar $$", "E'\\x41'",
-         "{braces,comma}", '"quoted"', "NULL", "", "tab\tnew\nline", "é☃ 𝄞", "%s %b %(x)s", ";", "\\'"]
-
-
-@pytest_twisted.ensureDeferred
-async def test_values_sent_as_literals_arrive_as_they_were(pg, tmp_path):
-    """The locked way sends a batch's statements as one, its values quoted into it: every value
-    arrives as given, none is read as SQL (the rows, then the whole chain verified)."""
-    from twisted.internet import reactor
-
-    a = PostgresEventStore(pg, "node-a", reactor)
-    a.start()
-    try:
-        ds = []
-        for i, v in enumerate(NASTY):
-            session = {"id": f"s{i}{v}", "identity": v, "peer": v, "model": v, "started_us": i}
-            ds.append(a.append(Event("session.start", v, session=f"s{i}{v}", identity=v, peer=v,
-                                     data={"v": v, "list": [v, None]}), session=session))
-            ds.append(a.append(Event("operation", v, session=f"s{i}{v}", data={"sql": v})))
-        stored = await defer.gatherResults(ds)
-    finally:
-        await a.stop()
-    assert [s.seq for s in stored] == list(range(1, 2 * len(NASTY) + 1))
-    rows = sql(pg, "SELECT id, identity, peer, model FROM hoopy.sessions ORDER BY started_us")
-    assert rows == [(f"s{i}{v}", v, v, v) for i, v in enumerate(NASTY)]
-    outcomes = sql(pg, "SELECT outcome, identity FROM hoopy.events WHERE kind = 'session.start' ORDER BY seq")
-    assert outcomes == [(v, v) for v in NASTY]
-    chain(pg)
-    verify(tmp_path, pg, 2 * len(NASTY))

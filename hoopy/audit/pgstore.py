@@ -234,19 +234,6 @@ class PgDialect(Dialect):
         cur.execute(INSERT_EVENTS, _arrays(rows))
 
 
-class _Collected:
-    """A cursor that keeps the statements given it, their values put in as literals (psycopg's
-    ClientCursor quoting), to be sent together: one round trip for a batch's statements and its
-    COMMIT. (``%b``, the binary placeholder, as ``%s``: literals have no binary form.)"""
-
-    def __init__(self, conn):
-        self._client = _psycopg().ClientCursor(conn)
-        self.sql: list[str] = []
-
-    def execute(self, query, params=None):
-        self.sql.append(self._client.mogrify(query.replace("%b", "%s"), params))
-
-
 class _Rows(Dialect):
     """Where write_batch leaves an events-only batch's rows, for INSERT_AFTER."""
 
@@ -464,17 +451,11 @@ class PostgresEventStore(BatchedStore):
             # Another node's events since our last batch: it appends too, so the next batch goes
             # this way as well (a guess from the cache would mostly miss); else the cache is right.
             self._contended = self._head is not None and head != self._head
-            # No conditional update (whose outcome decides what follows): the statements and COMMIT
-            # sent as one (each waits its turn, while the lock is held, for the GIL otherwise).
-            out = cur if any(item[4] is not None for item in batch) else _Collected(conn)
-            results, head, decided, signed = write_batch(self.dialect, out, batch, head, self.gateway,
+            results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
                                                          self.signer, sign)
             for aid in decided:  # delivered on COMMIT, never before
-                out.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
-            if out is cur:
-                cur.execute("COMMIT")
-            else:
-                cur.execute("; ".join(out.sql + ["COMMIT"]))  # (no parameters: the simple protocol)
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
+            cur.execute("COMMIT")
         except BaseException:
             self._rollback(conn)
             raise
