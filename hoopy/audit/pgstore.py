@@ -4,9 +4,12 @@
 in the ``hoopy`` schema of that database (created if absent). Like the
 SQLite store, one writer thread batches whatever is queued into a single
 transaction and the Deferred from ``append`` fires only after COMMIT. Every
-node appends to the same chain: each batch first takes a transaction-level
-advisory lock and only then reads the head, so links stay right whichever
-node writes next.
+node appends to the same chain, and every batch takes a transaction-level
+advisory lock before it writes: a batch of events only is linked to the head
+this node's last batch left and written by one statement that writes nothing
+unless that is still the head (one round trip); any other batch, or one that
+found another node's events there, reads the head under the lock first. So
+links stay right whichever node writes next.
 
 When an approval row leaves ``pending`` the same transaction sends
 ``NOTIFY hoopy_approvals, '<id>'`` (delivered on COMMIT only); a listener
