@@ -198,3 +198,31 @@ def test_the_head_check_reads_the_index_however_old_the_statistics(pg):
         plan = "\n".join(r[0] for r in cur.execute("EXPLAIN " + execute, args).fetchall())
         assert "Seq Scan" not in plan, plan
         assert cur.execute(execute, args).rowcount == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_is_appended_while_the_lock_is_awaited_goes_in_with_that_turn(pg, tmp_path):
+    """Nodes that take turns at the chain lock: what a node is given while it waits for its turn
+    is written in the same transaction (one xmin), not in a turn of its own."""
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    a = PostgresEventStore(pg, "node-a", reactor)
+    a.start()  # (its first batch reads the head: the locked way)
+    holder = psycopg.connect(pg, autocommit=True)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
+        first = a.append(Event("test", "ok", data={"i": 0}))
+        await deferLater(reactor, 0.3, lambda: None)  # (the writer waits for the lock)
+        assert not first.called
+        more = [a.append(Event("test", "ok", data={"i": i})) for i in (1, 2)]
+        await deferLater(reactor, 0.1, lambda: None)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (CHAIN_LOCK,))
+        stored = await defer.gatherResults([first, *more])
+        assert [s.seq for s in stored] == [1, 2, 3]
+    finally:
+        holder.close()
+        await a.stop()
+    assert len({x for (x,) in sql(pg, "SELECT xmin::text FROM hoopy.events")}) == 1
+    chain(pg)
+    verify(tmp_path, pg, 3)

@@ -454,6 +454,10 @@ class PostgresEventStore(BatchedStore):
             # Another node's events since our last batch: it appends too, so the next batch goes
             # this way as well (a guess from the cache would mostly miss); else the cache is right.
             self._contended = self._head is not None and head != self._head
+            # What was appended while the lock was awaited (another node's batch ahead) goes in too,
+            # under the same lock and COMMIT: where nodes take turns, each turn carries more.
+            if self._items and len(batch) < self.max_batch:
+                self._take(batch)
             results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
                                                          self.signer, sign)
             for aid in decided:  # delivered on COMMIT, never before
