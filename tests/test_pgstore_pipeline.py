@@ -6,7 +6,6 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from hoopy.audit import pgstore
 from hoopy.audit.events import Event
 from hoopy.audit.pgstore import CHAIN_LOCK, PostgresEventStore
 from hoopy.audit.store import StoreError
