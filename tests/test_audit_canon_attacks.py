@@ -350,6 +350,14 @@ def _events():
     return evs
 
 
+def _taken(store) -> list:
+    """What waits in the store, taken off as its writer thread takes a batch (a batch's items are
+    no longer waiting: the postgresql:// writer takes what came since while it awaits the lock)."""
+    batch: list = []
+    store._take(batch)
+    return batch
+
+
 def _write_store(where, monkeypatch, c: bool, pg: bool = False):
     """Three batches through the store's own append and _write (the writer thread's code, run
     here, in order): the rows of every table, the StoredEvents, the signer."""
@@ -382,8 +390,7 @@ def _write_store(where, monkeypatch, c: bool, pg: bool = False):
     # 1: the common items only, past one INSERT's rows (64), the last signed
     for e in evs[:70]:
         s.append(e)
-    s._write(list(s._items), True)
-    s._items.clear()
+    s._write(_taken(s), True)
     # 2: session and approval rows, a conditional approval, odd data, trailing events
     s.append(evs[70], session={"id": "s1", "identity": "alice\udc80", "started_us": 1})
     s.append(evs[71], approval={"id": "a1", "state": "pending", "operation": "x", "requester": "alice",
@@ -394,13 +401,11 @@ def _write_store(where, monkeypatch, c: bool, pg: bool = False):
              approval={"id": "a1", "state": "denied"}, expect_state="pending")  # a conflict: not written
     s.append_trailing(Event(kind="t", data={"x": [1.5, -0.0]}, time_us=3_002))
     s.append_trailing(evs[72])
-    s._write(list(s._items), False)
-    s._items.clear()
+    s._write(_taken(s), False)
     # 3: exactly one INSERT's worth of rows (64), signed
     for i in range(64):
         s.append(Event(kind="operation", data={"i": i, "f": i / 7}, time_us=4_000 + i))
-    s._write(list(s._items), True)
-    s._items.clear()
+    s._write(_taken(s), True)
     s._close()
     failed = [a for a in out if len(a) == 2]
     assert not failed, failed

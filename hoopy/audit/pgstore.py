@@ -4,9 +4,12 @@
 in the ``hoopy`` schema of that database (created if absent). Like the
 SQLite store, one writer thread batches whatever is queued into a single
 transaction and the Deferred from ``append`` fires only after COMMIT. Every
-node appends to the same chain: each batch first takes a transaction-level
-advisory lock and only then reads the head, so links stay right whichever
-node writes next.
+node appends to the same chain, and every batch takes a transaction-level
+advisory lock before it writes: a batch of events only is linked to the head
+this node's last batch left and written by one statement that writes nothing
+unless that is still the head (one round trip); any other batch, or one that
+found another node's events there, reads the head under the lock first. So
+links stay right whichever node writes next.
 
 When an approval row leaves ``pending`` the same transaction sends
 ``NOTIFY hoopy_approvals, '<id>'`` (delivered on COMMIT only); a listener
@@ -26,8 +29,8 @@ from zope.interface import implementer
 
 from hoopy.audit.chain import GENESIS
 from hoopy.audit.seams import IEventStore, IStoreReader, ReaderQueries
-from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql, schema_sql,
-                                write_batch)
+from hoopy.audit.writer import (ADDED_EVENT_COLUMNS, EVENT_COLUMNS, BatchedStore, Dialect, StoreError, migration_sql,
+                                schema_sql, write_batch)
 
 log = Logger()
 
@@ -192,15 +195,74 @@ class PostgresReader(ReaderQueries):
 
 
 class _IdleConnectionLost(Exception):
-    """The writer's connection died while idle; nothing of the batch was sent."""
+    """The writer's connection was found lost before anything of the batch could be committed."""
+
+
+# A batch's events in one statement whatever its size: each column one array, sent in binary (no
+# text escaping of the data, one statement text, so prepared once by psycopg), unnested into rows.
+_ARRAYS = ", ".join(f"%b::{'bigint' if c in ('seq', 'time_us') else 'text'}[]" for c in EVENT_COLUMNS)
+_INSERT = f"INSERT INTO {SCHEMA_NAME}.events ({', '.join(EVENT_COLUMNS)})"
+INSERT_EVENTS = f"{_INSERT} SELECT * FROM unnest({_ARRAYS})"
+LOCK = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"
+HEAD = f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1"
+# The same INSERT as a transaction of its own (the connection is in autocommit): it takes the chain
+# lock before it writes a row (the lock is the outer side of the join, the rows the inner), and
+# writes only if the chain's head is still the (seq, hash) the writer linked the rows to (the
+# params after the columns: seq, seq, seq, hash): the last seq that one, and it there with that
+# hash (or, at seq 0, the chain empty). Another node's rows seen: nothing written, no error. Rows
+# another node committed while this one waited for the lock are not seen (the statement's snapshot
+# is older) but take the same seqs: the primary key refuses the whole statement. Either way nothing
+# of it is written. (max(seq), not "no seq > n": the planner reads that from statistics that lag
+# behind the chain's end, and scans the whole table for it; max is one step of the index.)
+INSERT_AFTER = (f"{_INSERT} SELECT u.* FROM ({LOCK}) AS l, unnest({_ARRAYS}) AS u"
+                f" WHERE COALESCE((SELECT max(seq) FROM {SCHEMA_NAME}.events), 0) = %b::bigint"
+                f" AND (%b::bigint = 0 OR EXISTS (SELECT FROM {SCHEMA_NAME}.events WHERE seq = %b::bigint"
+                f" AND hash = %b::text))")
+# One round trip (the simple protocol runs the three): a transaction, the chain lock, the head.
+LOCKED_HEAD = f"BEGIN; {LOCK}; {HEAD}"
+_WIDTH = len(EVENT_COLUMNS)
+
+
+def _arrays(rows) -> list:
+    """Rows (EVENT_COLUMNS, the signature only on a signed row) as one list per column."""
+    cols = [list(c) for c in zip(*rows)][:_WIDTH - 1]  # (the signature: made below for every row)
+    cols.append([r[-1] if len(r) == _WIDTH else None for r in rows])
+    return cols
+
+
+class PgDialect(Dialect):
+    """Dialect with the events INSERT as one statement of arrays (INSERT_EVENTS)."""
+
+    def insert_events(self, cur, rows):
+        cur.execute(INSERT_EVENTS, _arrays(rows))
+
+
+class _Rows(Dialect):
+    """Where write_batch leaves an events-only batch's rows, for INSERT_AFTER."""
+
+    def __init__(self):
+        super().__init__("%s", f"{SCHEMA_NAME}.")
+        self.rows: list = []
+
+    def insert_events(self, cur, rows):
+        self.rows = rows
 
 
 @implementer(IEventStore)
 class PostgresEventStore(BatchedStore):
-    """One writer thread, batched transactions, a chain shared by every node."""
+    """One writer thread, batched transactions, a chain shared by every node.
+
+    Each round trip costs the writer thread the GIL again, which the reactor thread holds while it
+    is busy (up to the switch interval, 5 ms, each): a batch takes as few as it can. An events-only
+    batch is linked to the head this node's last batch left (``_head``) and written by one
+    statement, its own transaction (INSERT_AFTER: the lock, the head checked, the rows; one round
+    trip). If another node appended meanwhile nothing is written and the batch goes the locked way,
+    as every batch with session or approval rows does: [BEGIN, lock, head read] in one round trip,
+    then its statements and COMMIT. A node that found another one appending (``_contended``) goes
+    the locked way until its head read shows no one else wrote."""
 
     shared = True  # other gateway nodes may write the same store
-    dialect = Dialect("%s", f"{SCHEMA_NAME}.")
+    dialect = PgDialect("%s", f"{SCHEMA_NAME}.")
 
     def __init__(self, dsn: str, gateway: str, reactor=None, busy_timeout: float = 5.0):
         super().__init__(gateway, reactor, busy_timeout)
@@ -209,6 +271,7 @@ class PostgresEventStore(BatchedStore):
         self._closing = threading.Event()
         self._conn = None
         self._watchers: list = []
+        self._contended = False  # the last head read found another node's events after ours
 
     def __repr__(self):
         return f"<PostgresEventStore {describe(self.dsn)} gateway={self.gateway}>"
@@ -274,10 +337,13 @@ class PostgresEventStore(BatchedStore):
             except _IdleConnectionLost:
                 # The server closed the connection while it sat idle (restart,
                 # failover, pg_terminate_backend) and nothing of this batch was
-                # sent: once more on a new connection. If that fails, refuse.
+                # committed: once more on a new connection. If that fails, refuse.
                 self._drop()
                 results, signed = self._transaction(batch, sign)
         except Exception as e:
+            if isinstance(e, _IdleConnectionLost) and e.__cause__ is not None:
+                e = e.__cause__
+            self._head = None  # read again, under the lock, before the next batch
             lost = isinstance(e, psycopg.OperationalError) and not isinstance(
                 e, (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled))
             if lost or (self._conn is not None and (self._conn.broken or self._conn.closed)):
@@ -296,40 +362,111 @@ class PostgresEventStore(BatchedStore):
             pass
         self._conn = None
 
+    def _ready(self):
+        """The writer's connection (made again where the last batch lost it)."""
+        if self._conn is None or self._conn.closed:
+            self._conn = self._connect()
+        return self._conn
+
     def _transaction(self, batch, sign):
         """One transaction for the whole batch; (results, the signed head or None) after COMMIT."""
+        self._ready()
+        for item in batch:
+            if item[2] is not None or item[3] is not None:
+                break  # session or approval rows: the locked way
+        else:
+            if self._head is not None and not self._contended:
+                done = self._optimistic(batch, sign)
+                if done is not None:
+                    return done
+        return self._locked(batch, sign)
+
+    def _optimistic(self, batch, sign):
+        """An events-only batch linked to the cached head, in one statement. (results, signed),
+        or None where the head had moved (nothing written)."""
+        rows = _Rows()
+        results, head, _, signed = write_batch(rows, None, batch, self._head, self.gateway, self.signer, sign)
+        seq, prev = self._head
+        params = _arrays(rows.rows) + [seq, seq, seq, prev]
+        if self._insert_after(params, len(rows.rows), rows.rows[-1]):
+            self._head = head
+            return results, signed
+        self._contended = True
+        return None
+
+    def _insert_after(self, params, n, last) -> bool:
+        """INSERT_AFTER; whether the rows are in the chain. A connection lost on the way leaves
+        it unknown whether the statement was committed: the same statement once more on a new
+        connection (the same rows after the same head: one of the two at most is written), and
+        if that writes nothing, the rows looked for."""
         psycopg = _psycopg()
-        reused = self._conn is not None and not self._conn.closed
-        if not reused:
-            self._conn = self._connect()  # the last batch lost it: try again now
+        cur = self._conn.cursor()
+        try:
+            cur.execute(INSERT_AFTER, params)
+            return cur.rowcount == n
+        except psycopg.errors.UniqueViolation:
+            return False  # (another node's rows, committed while this statement waited for the lock)
+        except psycopg.OperationalError as e:
+            if not self._conn.broken:
+                raise
+            lost = e
+        self._drop()
+        cur = self._ready().cursor()
+        try:
+            cur.execute(INSERT_AFTER, params)
+            if cur.rowcount == n:
+                return True
+        except psycopg.errors.UniqueViolation:
+            pass
+        except psycopg.Error as e:
+            raise e from lost
+        cur.execute(f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s", (last[0], last[13]))
+        return cur.fetchone() is not None  # (where not: another node's rows follow the head: never ours)
+
+    @staticmethod
+    def _rollback(conn):
+        if not conn.broken and not conn.closed:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:  # the batch's own error, raised next, is the one that matters
+                pass
+
+    def _locked(self, batch, sign):
+        """The batch with the chain lock taken and the head read first (one round trip), then
+        its statements and COMMIT."""
+        psycopg = _psycopg()
         conn = self._conn
         cur = conn.cursor()
         try:
-            cur.execute("BEGIN")
+            cur.execute(LOCKED_HEAD)
+            while cur.nextset():
+                pass
+            head = tuple(cur.fetchone() or (0, GENESIS))
         except psycopg.OperationalError as e:
-            if reused and conn.broken:
+            if conn.broken:  # (no COMMIT sent: nothing of the batch written)
                 raise _IdleConnectionLost() from e
+            self._rollback(conn)
+            raise
+        except BaseException:
+            self._rollback(conn)
             raise
         try:
-            results, signed = self._batch(cur, batch, sign)
+            # Another node's events since our last batch: it appends too, so the next batch goes
+            # this way as well (a guess from the cache would mostly miss); else the cache is right.
+            self._contended = self._head is not None and head != self._head
+            # What was appended while the lock was awaited (another node's batch ahead) goes in too,
+            # under the same lock and COMMIT: where nodes take turns, each turn carries more.
+            if self._items and len(batch) < self.max_batch:
+                self._take(batch)
+            results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
+                                                         self.signer, sign)
+            for aid in decided:  # delivered on COMMIT, never before
+                cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
             cur.execute("COMMIT")
         except BaseException:
-            if not conn.broken and not conn.closed:
-                try:
-                    cur.execute("ROLLBACK")
-                except Exception:  # the batch's own error, raised next, is the one that matters
-                    pass
+            self._rollback(conn)
             raise
-        return results, signed
-
-    def _batch(self, cur, batch, sign):
-        # Every node appends to one chain: serialize, then read the head.
-        cur.execute("SELECT pg_advisory_xact_lock(%s)", (CHAIN_LOCK,))
-        head = self.dialect.head(cur) or (0, GENESIS)
-        results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
-                                                     self.signer, sign)
-        for aid in decided:  # delivered on COMMIT, never before
-            cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
+        self._head = head
         return results, signed
 
     # --- the listener thread ---------------------------------------------------------
