@@ -221,7 +221,7 @@ class ClientProtocol(Protocol):
     def upstream_data(self, data: bytes):
         if not self.closed:
             cs = self.cs
-            assert cs is not None  # the upstream hands its bytes over only once _upstream_ready set it
+            assert cs is not None  # the upstream hands its bytes over only once Opening set it
             cs.receive_upstream(data)
             self.run()
 
