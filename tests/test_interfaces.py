@@ -63,10 +63,10 @@ def _pg_url():
 
 def build(qualname: str, tmp_path, cleanups: list):
     """One instance of each implementer, made as hoopy makes it."""
-    if qualname == "hoopy.postgres.protocol._ClientReading":
-        from hoopy.postgres.protocol import _ClientReading
+    if qualname == "hoopy.postgres.upstream.ClientReading":
+        from hoopy.postgres.upstream import ClientReading
 
-        return _ClientReading(object())
+        return ClientReading(object())
     if qualname == "hoopy.http.reply.Response":
         from hoopy.http.reply import Response
 

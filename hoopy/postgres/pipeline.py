@@ -59,6 +59,9 @@ class Kind(enum.Enum):
 
 
 STATEMENTS = (Kind.QUERY, Kind.EXECUTE)
+# The client's bytes read ahead (in the reader, or before the upstream is ready) while a
+# statement is judged: past it, the adapter stops reading from the client.
+PIPELINE_BUFFER = 1024 * 1024
 
 
 class Expected:

@@ -1,62 +1,44 @@
-"""The Twisted adapters: bytes in and out of the sans-IO state machines.
+"""The Twisted adapter of a client's connection: bytes in and out of the sans-IO state machines.
 
 ``ClientProtocol`` is a client's connection: the handshake (client_startup)
-until it authenticates, then the session's ``ClientSide``; it runs the
-commands both give (decisions, events, TLS, closing) against the Session and
-the transports. ``UpstreamProtocol`` is the gateway's connection to the
-server around an ``UpstreamSide``; once ready it hands every byte to its
-client.
+until it authenticates, then the session's ``ClientSide``; it sends what both
+give to each peer and runs their commands (decisions, events, TLS, closing)
+against the Session and the transports. Its collaborators do the rest:
+``opening.Opening`` from authentication to a ready upstream,
+``unresolved_masking.UnresolvedMasking`` when a masking rule does not resolve
+(every statement refused), ``judge.Judge`` the Decide, Check and Classify
+commands. The gateway's connection to the server is upstream.py's
+``UpstreamProtocol``; once ready it hands every byte to its client.
 """
 from __future__ import annotations
 
-import secrets
+from typing import Callable
 
-import attrs
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from hoopy.policy.verdicts import Allow, Deny, Hold
+from hoopy.policy.verdicts import Deny, Hold
 from hoopy.postgres import client_startup as hs, codec, pipeline as cmd
-from hoopy.postgres.classify import PARSES
 from hoopy.postgres.client_side import _WAITING, ClientSide
-from hoopy.postgres.upstream import UpstreamProtocol, connect, log_failure as _log_failure, nodelay as _nodelay, send_cancel
-from hoopy.postgres.refusing import RefuseAll
-from hoopy.postgres.rows import MaskRules, catalog_query
-from hoopy.postgres.scope import SCOPE_QUERY, SCOPE_RESULTS, Scope
-from hoopy.postgres.startup import attribution, parse_options, passes_upstream, quote_option
-from hoopy.session import IN, OUT
+from hoopy.postgres.judge import Judge
+from hoopy.postgres.opening import Opening
+from hoopy.postgres.pipeline import PIPELINE_BUFFER
+from hoopy.postgres.unresolved_masking import UnresolvedMasking
+from hoopy.postgres.upstream import UpstreamProtocol, log_failure as _log_failure, nodelay as _nodelay, send_cancel
 from hoopy.sockwrite import write_now
 from hoopy.transport import stream
-from hoopy.upstream import UpstreamError
 
 log = Logger()
 _TRAILING, _DECIDE = cmd.Trailing, cmd.Decide
-PIPELINE_BUFFER = 1024 * 1024  # client bytes read ahead while a statement is judged
 STARTUP_TIMEOUT = 60
 
 
-@implementer(IPushProducer)
-class _ClientReading:
-    """The client connection as the producer of what is written upstream: an upstream
-    that does not keep up (a fast COPY FROM) stops the reading from the client."""
-
-    def __init__(self, client):
-        self.client = client
-
-    def pauseProducing(self):
-        self.client.pause("upstream")
-
-    def resumeProducing(self):
-        self.client.resume("upstream")
-
-    def stopProducing(self):
-        return None
-
-
 class ClientProtocol(Protocol):
+    # The session's byte counters (Session.byte_counts), set by Opening once the upstream is ready.
+    _count_in: Callable[[int], None]
+    _count_out: Callable[[int], None]
+
     def __init__(self, service):
         self.service = service
         self.gateway = service.gateway
@@ -68,12 +50,19 @@ class ClientProtocol(Protocol):
         self.cs: ClientSide | None = None
         self.session = None
         self.up: UpstreamProtocol | None = None
-        self.early = bytearray()  # sent after authenticating, before the upstream is ready
         self.paused_for: set = set()
         self.closed = False
         self.key = None
-        self.rules = MaskRules(service.detectors, configured=service.mask_columns)
-        self.refusing: RefuseAll | None = None  # a masking rule did not resolve: every statement refused
+        self.opening = Opening(self)  # from authentication to a ready upstream
+        self.refusing: UnresolvedMasking | None = None  # a masking rule did not resolve: every statement refused
+        judge = Judge(self)
+        self._handshake = {hs.Reply: self._reply, hs.StartTLS: self._start_tls, hs.Cancel: self._cancel,
+                           hs.Refuse: self._refuse, hs.AuthFailed: self._auth_failed,
+                           hs.Authenticated: self.opening.start}
+        self._commands = {cmd.Decide: judge.decide, cmd.Check: judge.check, cmd.Classify: judge.classify,
+                          cmd.Record: self._record, cmd.Trailing: self._trailing, cmd.Redacted: self._redacted,
+                          cmd.Attribute: self._attribute_command, cmd.CancelUpstream: self.cancel_upstream,
+                          cmd.Close: self._close}
 
     def _verifier(self, user):
         ident = self.gateway.identities.get(user)
@@ -105,17 +94,13 @@ class ClientProtocol(Protocol):
             cs.receive_data(data)
             return self.run()
         if self.refusing is not None:
-            return self._refuse_data(data)
+            return self.refusing.receive_data(data)
         if self.closed:
             return
         if self.session is not None:  # authenticated: waiting for the session and the upstream
-            self.session.count_bytes(IN, len(data))
-            self.early += data
-            if len(self.early) > PIPELINE_BUFFER:
-                self.pause("connecting")
-            return
+            return self.opening.receive_data(data)
         for c in self.handshake.receive_data(data):
-            self._HANDSHAKE[type(c)](self, c)
+            self._handshake[type(c)](c)
 
     def pause(self, reason: str):
         """Stop reading from the client until every reason to is gone."""
@@ -201,144 +186,6 @@ class ClientProtocol(Protocol):
     def _auth_failed(self, c):
         self.gateway.auth_failed(self.connection, self.peer, c.user, c.method, c.reason)
 
-    def _authenticated(self, c):
-        self.early += c.rest
-        self.session = self.gateway.new_session(c.user, self.connection, self.peer, credential=c.credential)
-        self.session.terminate = self.terminate
-        self.session.start().addCallbacks(self._session_started, self._session_failed, callbackArgs=(c,))
-
-    _HANDSHAKE = {hs.Reply: _reply, hs.StartTLS: _start_tls, hs.Cancel: _cancel, hs.Refuse: _refuse,
-                  hs.AuthFailed: _auth_failed, hs.Authenticated: _authenticated}
-
-    def _session_failed(self, f):
-        log.error("postgres session not recorded: {e}", e=f.getErrorMessage())
-        self.session = None
-        self.fatal("08004", "hoopy cannot record this session: refused")
-
-    def _session_started(self, _, c):
-        if self.closed:
-            return self.session.end("client disconnected")
-        options, rest = parse_options(c.params.get("options", ""))
-        ours = attribution(c.params, options)
-        self._attribute(application_name=c.params.get("application_name"), model=ours.get("model"),
-                        tool_call=ours.get("tool_call"), mcp_server=ours.get("mcp_server"))
-        params = {"user": self.settings.upstream_user,
-                  "database": self.settings.upstream_database or c.params.get("database") or c.user}
-        params.update((k, v) for k, v in c.params.items() if passes_upstream(k))
-        if rest:
-            params["options"] = " ".join(quote_option(w) for w in rest)
-        # The session's search path (read again by the client side when it may change), then
-        # the masked columns.
-        catalog = SCOPE_QUERY + (catalog_query(self.rules.configured) if self.rules.configured else "")
-        d = connect(self.gateway.reactor, self.settings, params, catalog)
-        d.addCallbacks(self._upstream_ready, self._upstream_failed)
-
-    def _upstream_failed(self, f):
-        e = f.value
-        code, message = (e.code or "08001", e.message) if isinstance(e, UpstreamError) else ("08001", str(e))
-        self.gateway.upstreams.failed(self.connection, message if code == "08001" else f"{message} ({code})",
-                                      reachable=getattr(e, "reached", False))
-        if code.startswith("28"):
-            # Do not show the client the upstream's authentication story.
-            log.error("upstream authentication failed: {m}", m=message)
-            code, message = "08001", "the gateway could not authenticate upstream"
-        if self.session is not None:
-            self.session.event("upstream.failed", "error", code=code, message=message).addErrback(
-                _log_failure("upstream failure not recorded"))
-        if code not in ("08001", "08006"):
-            # e.g. 57P03 "starting up": to the client, the upstream is not available.
-            message, code = f"{message} (upstream SQLSTATE {code})", "08001"
-        self.fatal(code, "hoopy: " + message)
-
-    def _upstream_ready(self, up):
-        self.up = up
-        self.gateway.upstreams.succeeded(self.connection)
-        if self.closed:
-            up.transport.loseConnection()
-            return
-        ready = up.info
-        results = list(ready.catalog) + [[]] * (SCOPE_RESULTS + 2)
-        # The catalog's rows (hundreds: pg_catalog's relations) are read once, below; an idle
-        # connection must not keep them (nor the bytes that followed ReadyForQuery).
-        up.info = attrs.evolve(ready, catalog=[], rest=b"")
-        if self.rules.configured:
-            self.rules.load(results[SCOPE_RESULTS:SCOPE_RESULTS + 2])
-            missing = self.rules.unresolved()
-            if missing:
-                return self._refuse_everything(up, missing)
-        self._count_in, self._count_out = self.session.byte_counts()
-        self.cs = cs = ClientSide(self.rules, max_statement=self.gateway.config.gateway.max_statement,
-                                  scope=Scope.from_results(results[:SCOPE_RESULTS]), statuses=ready.statuses)
-        up.client = self
-        self.transport.registerProducer(up.transport, True)
-        up.transport.registerProducer(_ClientReading(self), True)
-        # The server's own pid (drivers compare it with pg_backend_pid() and with
-        # notifications); a secret key of ours binds a cancel to this client.
-        key = secrets.token_bytes(4)
-        while (ready.pid, key) in self.service.cancel_keys:
-            key = secrets.token_bytes(4)
-        self.key = (ready.pid, key)
-        self.service.cancel_keys[self.key] = self
-        greeting = [codec.parameter_status(k, v) for k, v in ready.statuses.items()]
-        greeting += [codec.backend_key(ready.pid, key), codec.ready(b"I")]
-        cs.to_client.append(b"".join(greeting))
-        self.timer.cancel()
-        if ready.rest:
-            cs.receive_upstream(ready.rest)
-        early, self.early = bytes(self.early), bytearray()
-        self.resume("connecting")
-        cs.receive_data(early)
-        self.run()
-
-    # --- a masking rule that does not resolve: fail closed -------------------------------
-    def _refuse_everything(self, up, missing):
-        """A masked column or table that the upstream catalog does not have (a typo, a table
-        not created yet) would mask nothing: this session runs no statement at all. The client
-        is answered as if connected, and every statement it sends is refused naming the rule;
-        a new connection reads the catalog again, so the connection serves once the rule
-        resolves."""
-        # Nothing goes upstream: the connection is closed before the client is told anything.
-        self.up = None
-        up.transport.write(codec.msg(b"X"))  # Terminate: a clean goodbye, not an unexpected EOF
-        up.transport.loseConnection()
-        rules = [self.service.mask_rules.get(c, repr(c)) for c in missing]
-        database = self.settings.upstream_database or "the client's database"
-        message = (f"hoopy: masking rule {'; '.join(rules)} does not resolve in the upstream catalog "
-                   f"of {database} (no such column or table): connection {self.connection.name} "
-                   "refuses every statement until it does")
-        log.error("postgres {c}: {m}", c=self.connection.name, m=message)
-        # On the record before the client hears anything (its statements wait in `early`).
-        d = self.session.event("masking.unresolved", "error", rules=rules, columns=missing, message=message)
-        d.addErrback(_log_failure("masking.unresolved not recorded"))
-        d.addCallback(lambda _: self._start_refusing(up.info, message))
-        d.addErrback(self._internal_error, "refusing")
-
-    def _start_refusing(self, ready, message):
-        if self.closed:
-            return
-        self.refusing = RefuseAll("42703", message)
-        greeting = [codec.parameter_status(k, v) for k, v in ready.statuses.items()]
-        # No cancel key of ours is registered: nothing runs that a cancel could stop.
-        greeting += [codec.backend_key(ready.pid, secrets.token_bytes(4)), codec.ready(b"I")]
-        self.timer.cancel()
-        self.transport.write(b"".join(greeting))
-        early, self.early = bytes(self.early), bytearray()
-        self.resume("connecting")
-        self._refuse_data(early, counted=True)
-
-    def _refuse_data(self, data: bytes, counted: bool = False):
-        if self.closed or not data:
-            return
-        if not counted:
-            self.session.count_bytes(IN, len(data))
-        assert self.refusing is not None  # called only once _refuse_everything set it
-        out, close = self.refusing.receive_data(data)
-        if out:
-            self.session.count_bytes(OUT, len(out))
-            stream(self.transport).write(out)
-        if close:
-            self.close(close)
-
     # --- the session's commands ---------------------------------------------------------
     def run(self):
         """Send what the client side has for each peer, then do what it asks."""
@@ -362,7 +209,7 @@ class ClientProtocol(Protocol):
                 elif type(c) is _DECIDE and c.refusal is None:  # (_decide's common path, inline)
                     self.session.decide_then(c.operation, self._decided_or_fail, self._judging_failed)
                 else:
-                    self._COMMANDS[type(c)](self, c)
+                    self._commands[type(c)](c)
         if cs.state in _WAITING:  # (cs.waiting, without a property's call)
             # A pipelining client is paused only once PIPELINE_BUFFER of its messages
             # wait: pausing every statement would cost two epoll changes each.
@@ -374,7 +221,7 @@ class ClientProtocol(Protocol):
     def upstream_data(self, data: bytes):
         if not self.closed:
             cs = self.cs
-            assert cs is not None  # the upstream hands its bytes over only once _upstream_ready set it
+            assert cs is not None  # the upstream hands its bytes over only once Opening set it
             cs.receive_upstream(data)
             self.run()
 
@@ -382,19 +229,6 @@ class ClientProtocol(Protocol):
         if not self.closed:
             self.up = None
             self.fatal("08006", "hoopy: the upstream server closed the connection")
-
-    def _decide(self, c):
-        if c.refusal:
-            op = c.operation
-            d = self.session.event("operation", "refused", reason=c.refusal, sql=op.detail["sql"],
-                                   units=[str(u) for u in op.units])
-            d.addBoth(lambda _: Deny(c.refusal))
-            d.addCallback(self._decided)
-            d.addErrback(self._internal_error, "judging")
-            return
-        # The answer as a call (no Deferred chain of our own after the store's): a decision that
-        # fails and a _decided that raises both end the connection (fail closed), as before.
-        self.session.decide_then(c.operation, self._decided_or_fail, self._judging_failed)
 
     def _judging_failed(self, f):
         self._internal_error(f, "judging")
@@ -412,28 +246,6 @@ class ClientProtocol(Protocol):
         except Exception:
             self._internal_error(Failure(), "judging")
 
-    def _check(self, c):
-        """A Parse: refused if the policy would refuse its statement; else it goes upstream
-        with no event (its Bind is decided and recorded)."""
-        op = c.operation
-        reason, rule = c.refusal, None
-        if reason is None:
-            try:
-                j = self.session.judge(op)
-            except Exception as e:  # fail closed
-                log.failure("judging a Parse")
-                j = Deny(f"hoopy could not judge this statement ({type(e).__name__})")
-                reason = j.reason
-            else:
-                if j.outcome != "deny":  # allow, or approve: its Bind is held
-                    return self._decided(Allow(j.rule))
-                reason, rule = j.reason, j.rule
-        d = self.session.event("operation", "refused", reason=reason, rule=rule, stage="parse",
-                               sql=op.detail["sql"], units=[str(u) for u in op.units])
-        d.addBoth(lambda _: Deny(reason, rule))
-        d.addCallback(self._decided)
-        d.addErrback(self._internal_error, "judging")
-
     def _decided(self, verdict):
         if self.closed:
             return
@@ -446,17 +258,6 @@ class ClientProtocol(Protocol):
     def _internal_error(self, f, what):
         log.failure(what, f)
         self.fatal("XX000", f"hoopy: internal error {what}")
-
-    def _classify(self, c):
-        # On a thread, one large statement at a time gateway-wide (its memory is the bound).
-        d = PARSES.classify(self.gateway.reactor, c.sql, c.scope)
-        d.addCallback(self._classified)
-        d.addErrback(self._internal_error, "classifying")
-
-    def _classified(self, result):
-        if not self.closed:
-            self.cs.classified(result)
-            self.run()
 
     def _record(self, c):
         self.session.event(c.kind, c.outcome, **c.data).addErrback(_log_failure(f"{c.kind} not recorded"))
@@ -485,7 +286,3 @@ class ClientProtocol(Protocol):
 
     def _close(self, c):
         self.close(c.reason)
-
-    _COMMANDS = {cmd.Decide: _decide, cmd.Check: _check, cmd.Classify: _classify, cmd.Record: _record, cmd.Trailing: _trailing,
-                 cmd.Redacted: _redacted, cmd.Attribute: _attribute_command, cmd.CancelUpstream: cancel_upstream,
-                 cmd.Close: _close}

@@ -1,14 +1,17 @@
 """The gateway's connection to the PostgreSQL server: a thin Twisted adapter
 around the sans-IO ``UpstreamSide``, and CancelRequests on connections of
 their own. Once the server is ready every byte goes to the client's
-``ClientProtocol``.
+``ClientProtocol``, and the client's reading is the producer of what is
+written upstream (``ClientReading``).
 """
 from __future__ import annotations
 
 from twisted.internet import defer
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from hoopy.postgres import codec, scram, upstream_side as us
 from hoopy.transport import stream
@@ -38,6 +41,24 @@ def nodelay(transport):
 
 def log_failure(what):
     return lambda f: log.error("{what}: {e}", what=what, e=f.getErrorMessage())
+
+
+@implementer(IPushProducer)
+class ClientReading:
+    """The client connection as the producer of what is written upstream: an upstream
+    that does not keep up (a fast COPY FROM) stops the reading from the client."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def pauseProducing(self):
+        self.client.pause("upstream")
+
+    def resumeProducing(self):
+        self.client.resume("upstream")
+
+    def stopProducing(self):
+        return None
 
 
 class UpstreamProtocol(Protocol):
