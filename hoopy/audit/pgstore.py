@@ -432,7 +432,9 @@ class PostgresEventStore(BatchedStore):
         """The batch with the chain lock taken and the head read first (one round trip), then
         its statements and COMMIT."""
         psycopg = _psycopg()
-        conn = self._conn
+        # (_ready: the one-round-trip way, missed, may have left a connection found closed since;
+        # nothing of this batch was written on it)
+        conn = self._ready()
         cur = conn.cursor()
         try:
             cur.execute(LOCKED_HEAD)
