@@ -282,6 +282,10 @@ class PostgresEventStore(BatchedStore):
         # never returns fails the batch, and so refuses its operations.
         conn.execute(f"SET lock_timeout = {ms}")
         conn.execute(f"SET statement_timeout = {ms * 2}")
+        # A node stalled inside its locked batch (between round trips: its process stopped, its
+        # host paused) would hold the chain lock, and refuse every other node, until the server's
+        # TCP keepalive gives up (two hours by default): the server ends that transaction instead.
+        conn.execute(f"SET idle_in_transaction_session_timeout = {ms * 2}")
         return conn
 
     def start(self):
