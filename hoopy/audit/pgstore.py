@@ -286,6 +286,11 @@ class PostgresEventStore(BatchedStore):
         # host paused) would hold the chain lock, and refuse every other node, until the server's
         # TCP keepalive gives up (two hours by default): the server ends that transaction instead.
         conn.execute(f"SET idle_in_transaction_session_timeout = {ms * 2}")
+        # Durable before acknowledged: a server, database or role set to synchronous_commit = off
+        # would have COMMIT return before the WAL is flushed (a crash loses acknowledged events).
+        # Only "off" is raised; a stronger setting (remote_apply, ...) is the operator's to keep.
+        conn.execute("SELECT set_config('synchronous_commit', 'on', false)"
+                     " WHERE current_setting('synchronous_commit') = 'off'")
         return conn
 
     def start(self):
