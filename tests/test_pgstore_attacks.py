@@ -306,3 +306,138 @@ def deferToThread(f, *args):
     from twisted.internet.threads import deferToThread as d
 
     return d(f, *args)
+
+
+# --- what held (kept as guards) ---------------------------------------------------------------------
+
+
+def cut_client_side(conn):
+    """The client's end of ``conn`` shut (a network that drops the reply): the server's backend
+    lives on, and carries on with what it was sent, until it next writes to the socket."""
+    s = socket.socket(fileno=os.dup(conn.pgconn.socket))
+    try:
+        s.shutdown(socket.SHUT_RDWR)
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("holder_appends", [False, True], ids=["lock-freed", "another-node-appends"])
+@pytest_twisted.ensureDeferred
+async def test_a_lost_reply_whose_statement_is_still_running_is_written_once(pg, holder_appends):
+    """The one-round-trip statement is waiting for the chain lock when its reply is lost: its
+    backend lives on, still queued for the lock, while the writer sends the same statement again
+    on a new connection (queued behind it). Then the lock is freed (or another node appends and
+    frees it): the old backend's statement runs after the new one was sent. Whatever the order,
+    the batch is in the chain once, acknowledged only if there, and never after another node's
+    events it was not linked to."""
+    from twisted.internet import reactor
+
+    a = PostgresEventStore(pg, "node-a", reactor, busy_timeout=5)
+    b = PostgresEventStore(pg, "node-b", reactor, busy_timeout=5)
+    a.start()
+    b.start()
+    holder = psycopg.connect(pg, autocommit=True)
+    try:
+        assert (await a.append(Event("test", "ok"))).seq == 1
+        if holder_appends:
+            assert (await b.append(Event("test", "ok"))).seq == 2
+            assert (await a.append(Event("test", "ok"))).seq == 3  # (a's cache right again)
+            assert (await a.append(Event("test", "ok"))).seq == 4
+        holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
+        old_pid = a._conn.info.backend_pid
+        d = a.append(Event("test", "ok", data={"once": 1}))
+        # (the statement is at the server, waiting for the lock)
+        while not sql(pg, "SELECT 1 FROM pg_locks WHERE pid = %s AND NOT granted", old_pid):
+            await sleep(0.02)
+        cut_client_side(a._conn)
+        while not sql(pg, "SELECT 1 FROM pg_locks l JOIN pg_stat_activity s USING (pid)"
+                          " WHERE NOT granted AND pid <> %s AND s.application_name = 'hoopy'", old_pid):
+            await sleep(0.02)  # (the same statement sent again, queued behind the old one)
+        if holder_appends:
+            # Another node's events while the lock is held for it (its batch: the locked way).
+            with holder.transaction():
+                head = holder.execute("SELECT seq, hash FROM hoopy.events ORDER BY seq DESC LIMIT 1").fetchone()
+            from hoopy.audit.writer import write_batch
+            from hoopy.audit.pgstore import PgDialect
+
+            with holder.transaction():
+                cur = holder.cursor()
+                write_batch(PgDialect("%s", "hoopy."), cur, [(Event("test", "ok", data={"holder": 1}), '{"holder":1}',
+                                                              None, None, None, None)], head, "node-h")
+        holder.execute("SELECT pg_advisory_unlock(%s)", (CHAIN_LOCK,))
+        got = await outcome(d, 20)
+        assert got != "no answer"
+        if hasattr(got, "value"):
+            acked = None
+        else:
+            acked = got
+        assert (await a.append(Event("test", "ok"))).seq  # (the node writes on)
+    finally:
+        holder.close()
+        await a.stop()
+        await b.stop()
+    rows = chain_ok(pg)
+    once = sql(pg, "SELECT seq, hash FROM hoopy.events WHERE data = %s", '{"once":1}')
+    assert len(once) <= 1, f"the batch is in the chain twice: {once}"
+    if acked is not None:
+        assert once == [(acked.seq, acked.hash)]
+    assert len(rows) == len(set(r[0] for r in rows))
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+@pytest_twisted.ensureDeferred
+async def test_a_server_restart_under_two_nodes_and_signing_leaves_every_acknowledged_event_once(own, cluster, mode):
+    """Two signing nodes append (events only, and session rows: both ways) while the server is
+    restarted (a fast shutdown, or a crash): refusals while it is down, then both write on; every
+    acknowledged event is in the chain exactly once, the chain whole and its signatures good."""
+    from twisted.internet import reactor
+
+    from hoopy.audit.signing import Keyring, Signer
+
+    nodes = [PostgresEventStore(own, f"node-{n}", reactor, busy_timeout=1) for n in "ab"]
+    for s in nodes:
+        s.signer = Signer.generate()
+        s.sign_interval = 0.05
+        s.start()
+    acked, refused = {}, 0
+    restart = None
+    try:
+        for r in range(60):
+            if r == 15:
+                restart = deferToThread(lambda: (cluster.pg_ctl("stop", "-m", mode), cluster.start()))
+            ds = []
+            for k, s in enumerate(nodes):
+                for i in range(20):
+                    tag = f"{k}:{r}:{i}"
+                    ev = Event("test", "ok", data={"tag": tag})
+                    ds.append((tag, s.append(ev, session={"id": tag, "identity": "x"}) if i == 7 else s.append(ev)))
+            for tag, d in ds:
+                try:
+                    got = await d
+                    acked[tag] = (got.seq, got.hash)
+                except StoreError:
+                    refused += 1
+            if restart is not None and restart.called and r > 30:
+                break
+            await sleep(0.02)
+        await restart
+        for s in nodes:  # both write again
+            assert (await s.append(Event("test", "ok"))).seq
+    finally:
+        for s in nodes:
+            await s.stop()
+    rows = chain_ok(own)
+    assert refused and acked
+    tags = {}
+    for seq, h, data in sql(own, "SELECT seq, hash, data FROM hoopy.events WHERE data LIKE '{\"tag\"%'"):
+        tags.setdefault(data, []).append((seq, h))
+    assert all(len(v) == 1 for v in tags.values()), "an event in the chain twice"
+    for tag, where in acked.items():
+        assert tags.get(f'{{"tag":"{tag}"}}') == [where], f"acknowledged event {tag} is not in the chain"
+    reader = PostgresReader(own)
+    try:
+        res = verify(reader, Path("/nonexistent"), keyring=Keyring(s.signer.public for s in nodes))
+    finally:
+        reader.close()
+    assert res.ok and res.signatures, res.problem
+    assert len(rows) > len(acked)
