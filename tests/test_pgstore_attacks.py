@@ -308,6 +308,36 @@ def deferToThread(f, *args):
     return d(f, *args)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_more_than_a_gigabyte_of_event_data_is_written(own):
+    """Found with max_batch 512 and large events (about 2.2 MB each, a statement's parameters
+    recorded, say): the whole batch now goes as one statement of arrays, and a protocol message is
+    at most 1 GB: the server closes the connection, all 511 operations are refused (and the next
+    batch as large too). Before the rewrite (c30b781's parent's parent, 109101e) the rows went 64
+    to a statement and the same batch was written. Heavy: about 1.1 GB of data, 30-60 s."""
+    from twisted.internet import reactor
+
+    a = PostgresEventStore(own, "node-a", reactor, busy_timeout=60)
+    a.start()
+    holder = psycopg.connect(own, autocommit=True)
+    big = "y" * 2_200_000
+    try:
+        assert (await a.append(Event("test", "ok"))).seq == 1
+        # The chain lock held elsewhere while they are appended: the writer waits with the first,
+        # the other 511 are then one batch.
+        holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
+        ds = [a.append(Event("test", "ok", data={"i": i, "big": big})) for i in range(512)]
+        await sleep(0.5)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (CHAIN_LOCK,))
+        results = await defer.DeferredList(ds, consumeErrors=True)
+        refused = [v.value for ok, v in results if not ok]
+        assert not refused, f"{len(refused)} refused: {refused[0]}"
+    finally:
+        holder.close()
+        await a.stop()
+    assert sql(own, "SELECT count(*) FROM hoopy.events") == [(513,)]
+
+
 # --- what held (kept as guards) ---------------------------------------------------------------------
 
 
