@@ -227,11 +227,30 @@ def _arrays(rows) -> list:
     return cols
 
 
+# A protocol message (a statement's parameters) is at most 1 GB: a batch whose event data passes
+# this many characters (4 bytes at most each) goes in several statements, the locked way.
+_STATEMENT_CHARS = 128 << 20
+_DATA = EVENT_COLUMNS.index("data")
+
+
+def _fits(rows, at: int = _DATA) -> bool:
+    return sum(len(r[at]) for r in rows) <= _STATEMENT_CHARS
+
+
 class PgDialect(Dialect):
     """Dialect with the events INSERT as one statement of arrays (INSERT_EVENTS)."""
 
     def insert_events(self, cur, rows):
-        cur.execute(INSERT_EVENTS, _arrays(rows))
+        if len(rows) == 1 or _fits(rows):  # (nearly always)
+            cur.execute(INSERT_EVENTS, _arrays(rows))
+            return
+        start, size = 0, 0
+        for i, r in enumerate(rows):
+            if size + len(r[_DATA]) > _STATEMENT_CHARS and i > start:
+                cur.execute(INSERT_EVENTS, _arrays(rows[start:i]))
+                start, size = i, 0
+            size += len(r[_DATA])
+        cur.execute(INSERT_EVENTS, _arrays(rows[start:]))
 
 
 class _Rows(Dialect):
@@ -381,7 +400,8 @@ class PostgresEventStore(BatchedStore):
             if item[2] is not None or item[3] is not None:
                 break  # session or approval rows: the locked way
         else:
-            if self._head is not None and not self._contended:
+            # (_fits: the batch's data, item[1], in one statement; else the locked way, in several)
+            if self._head is not None and not self._contended and (len(batch) == 1 or _fits(batch, 1)):
                 done = self._optimistic(batch, sign)
                 if done is not None:
                     return done
