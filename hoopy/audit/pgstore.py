@@ -230,11 +230,30 @@ def _arrays(rows) -> list:
     return cols
 
 
+# A protocol message (a statement's parameters) is at most 1 GB: a batch whose event data passes
+# this many characters (4 bytes at most each) goes in several statements, the locked way.
+_STATEMENT_CHARS = 128 << 20
+_DATA = EVENT_COLUMNS.index("data")
+
+
+def _fits(rows, at: int = _DATA) -> bool:
+    return sum(len(r[at]) for r in rows) <= _STATEMENT_CHARS
+
+
 class PgDialect(Dialect):
     """Dialect with the events INSERT as one statement of arrays (INSERT_EVENTS)."""
 
     def insert_events(self, cur, rows):
-        cur.execute(INSERT_EVENTS, _arrays(rows))
+        if len(rows) == 1 or _fits(rows):  # (nearly always)
+            cur.execute(INSERT_EVENTS, _arrays(rows))
+            return
+        start, size = 0, 0
+        for i, r in enumerate(rows):
+            if size + len(r[_DATA]) > _STATEMENT_CHARS and i > start:
+                cur.execute(INSERT_EVENTS, _arrays(rows[start:i]))
+                start, size = i, 0
+            size += len(r[_DATA])
+        cur.execute(INSERT_EVENTS, _arrays(rows[start:]))
 
 
 class _Rows(Dialect):
@@ -285,6 +304,15 @@ class PostgresEventStore(BatchedStore):
         # never returns fails the batch, and so refuses its operations.
         conn.execute(f"SET lock_timeout = {ms}")
         conn.execute(f"SET statement_timeout = {ms * 2}")
+        # A node stalled inside its locked batch (between round trips: its process stopped, its
+        # host paused) would hold the chain lock, and refuse every other node, until the server's
+        # TCP keepalive gives up (two hours by default): the server ends that transaction instead.
+        conn.execute(f"SET idle_in_transaction_session_timeout = {ms * 2}")
+        # Durable before acknowledged: a server, database or role set to synchronous_commit = off
+        # would have COMMIT return before the WAL is flushed (a crash loses acknowledged events).
+        # Only "off" is raised; a stronger setting (remote_apply, ...) is the operator's to keep.
+        conn.execute("SELECT set_config('synchronous_commit', 'on', false)"
+                     " WHERE current_setting('synchronous_commit') = 'off'")
         return conn
 
     def start(self):
@@ -375,7 +403,8 @@ class PostgresEventStore(BatchedStore):
             if item[2] is not None or item[3] is not None:
                 break  # session or approval rows: the locked way
         else:
-            if self._head is not None and not self._contended:
+            # (_fits: the batch's data, item[1], in one statement; else the locked way, in several)
+            if self._head is not None and not self._contended and (len(batch) == 1 or _fits(batch, 1)):
                 done = self._optimistic(batch, sign)
                 if done is not None:
                     return done
@@ -435,7 +464,9 @@ class PostgresEventStore(BatchedStore):
         """The batch with the chain lock taken and the head read first (one round trip), then
         its statements and COMMIT."""
         psycopg = _psycopg()
-        conn = self._conn
+        # (_ready: the one-round-trip way, missed, may have left a connection found closed since;
+        # nothing of this batch was written on it)
+        conn = self._ready()
         cur = conn.cursor()
         try:
             cur.execute(LOCKED_HEAD)
