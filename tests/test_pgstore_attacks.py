@@ -11,7 +11,8 @@ Findings (each test says what it shows): a connection found closed after a misse
 batch refused the locked way's batch (fixed); a node stalled mid-batch held the chain lock for
 ever (fixed: idle_in_transaction_session_timeout); synchronous_commit = off lost acknowledged
 events in a crash (fixed: raised to on); a batch over 1 GB of data was refused whole (fixed:
-several statements); a server that stops answering hangs the writer, healthy still True (open)."""
+several statements); a server that stops answering hung the writer, healthy still True (fixed: a
+watchdog cuts a batch's connection past stuck_after)."""
 import os
 import secrets
 import shutil
@@ -269,13 +270,78 @@ async def test_a_server_that_stops_answering_refuses_within_the_timeouts(own):
         assert (await a.append(Event("test", "ok"))).seq == 1
         pid = a._conn.info.backend_pid
         os.kill(pid, signal.SIGSTOP)
+        t0 = time.monotonic()
         got = await outcome(a.append(Event("test", "ok")), 10)
+        took = time.monotonic() - t0
+        healthy = a.healthy
         os.kill(pid, signal.SIGCONT)
         pid = None
         assert got != "no answer", f"no answer after 10 s; the store says healthy={a.healthy}"
+        # Answered once the watchdog cut the stopped backend's connection: refused (fail closed, and
+        # /health 503), or written by the retry on a new connection (the stopped backend held no
+        # lock here): then durably in the chain, checked below.
+        assert a.stuck_after - 0.5 <= took <= a.stuck_after + 3, took
+        if isinstance(got, Exception) or hasattr(got, "value"):
+            assert isinstance(getattr(got, "value", got), StoreError), got
+            assert not healthy
+        else:
+            assert sql(own, "SELECT count(*) FROM hoopy.events WHERE seq = %s AND hash = %s",
+                       got.seq, got.hash) == [(1,)]
+        # and the store writes on once the server answers
+        assert (await a.append(Event("test", "ok"))).seq >= 2
     finally:
         if pid is not None:
             os.kill(pid, signal.SIGCONT)
+        await a.stop()
+    chain_ok(own)
+
+
+def _cluster_pids(cluster) -> list:
+    """The postmaster of ``cluster`` and every process it started."""
+    main = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    kids = subprocess.run(["pgrep", "-P", str(main)], capture_output=True, text=True).stdout.split()
+    return [main] + [int(k) for k in kids]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_server_that_stops_answering_refuses_and_is_written_to_again(own, cluster):
+    """The whole server stopped (every process: as a host that hangs on its disk): the batch in
+    flight cannot be retried anywhere. Refused within stuck_after and the connect timeout, never
+    acknowledged, /health 503 meanwhile; once the server answers again the store writes on, and
+    the chain is whole."""
+    from twisted.internet import reactor
+
+    a = PostgresEventStore(own, "node-a", reactor, busy_timeout=0.5)
+    a.start()
+    pids = []
+    try:
+        assert (await a.append(Event("test", "ok"))).seq == 1
+        pids = _cluster_pids(cluster)
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        t0 = time.monotonic()
+        got = await outcome(a.append(Event("test", "ok")), 20)
+        took = time.monotonic() - t0
+        healthy = a.healthy
+        for p in pids:
+            os.kill(p, signal.SIGCONT)
+        pids = []
+        assert got != "no answer", f"no answer after 20 s; the store says healthy={a.healthy}"
+        assert isinstance(getattr(got, "value", None), StoreError), got
+        assert not healthy
+        assert took <= a.stuck_after + 8, took  # (the cut, then a reconnection's connect_timeout, 5 s)
+        deadline = time.monotonic() + 20
+        while True:  # (the server's backends wake and end the cut connections; then it writes)
+            try:
+                assert (await a.append(Event("test", "ok"))).seq >= 2
+                break
+            except StoreError:
+                assert time.monotonic() < deadline, "the store did not write again"
+                await sleep(0.5)
+        assert a.healthy
+    finally:
+        for p in pids:
+            os.kill(p, signal.SIGCONT)
         await a.stop()
     chain_ok(own)
 
@@ -315,33 +381,54 @@ def deferToThread(f, *args):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_batch_of_more_than_a_gigabyte_of_event_data_is_written(own):
+async def test_a_batch_of_more_than_a_gigabyte_of_event_data_is_written(own, monkeypatch):
     """Found with max_batch 512 and large events (about 2.2 MB each, a statement's parameters
-    recorded, say): the whole batch now goes as one statement of arrays, and a protocol message is
-    at most 1 GB: the server closes the connection, all 511 operations are refused (and the next
-    batch as large too). Before the rewrite (c30b781's parent's parent, 109101e) the rows went 64
-    to a statement and the same batch was written. Heavy: about 1.1 GB of data, 30-60 s."""
+    recorded, say): the whole batch went as one statement of arrays, and a protocol message is at
+    most 1 GB: the server closed the connection, all 511 operations were refused (and the next batch
+    as large too). Before the rewrite (109101e) the rows went 64 to a statement and the same batch
+    was written. Now a batch past _STATEMENT_CHARS of data goes in several statements. (Shown here
+    with the bound made 1 MiB and 16 events of 300 kB: the same path as 1.1 GB against the real
+    bound, which took 30-60 s and over a gigabyte of memory.)"""
     from twisted.internet import reactor
 
+    from hoopy.audit import pgstore
+
+    assert pgstore._STATEMENT_CHARS * 4 < 1 << 30  # (4 bytes at most a character, under the 1 GB cap)
+    monkeypatch.setattr(pgstore, "_STATEMENT_CHARS", 1 << 20)
+    sizes = []  # the data characters of each statement's arrays
+    arrays = pgstore._arrays
+
+    def counted(rows):
+        sizes.append(sum(len(r[pgstore._DATA]) for r in rows))
+        return arrays(rows)
+
+    monkeypatch.setattr(pgstore, "_arrays", counted)
     a = PostgresEventStore(own, "node-a", reactor, busy_timeout=60)
     a.start()
     holder = psycopg.connect(own, autocommit=True)
-    big = "y" * 2_200_000
+    big = "y" * 300_000
     try:
         assert (await a.append(Event("test", "ok"))).seq == 1
         # The chain lock held elsewhere while they are appended: the writer waits with the first,
-        # the other 511 are then one batch.
+        # the others are then one batch.
         holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
-        ds = [a.append(Event("test", "ok", data={"i": i, "big": big})) for i in range(512)]
+        ds = [a.append(Event("test", "ok", data={"i": i, "big": big})) for i in range(16)]
         await sleep(0.5)
         holder.execute("SELECT pg_advisory_unlock(%s)", (CHAIN_LOCK,))
         results = await defer.DeferredList(ds, consumeErrors=True)
         refused = [v.value for ok, v in results if not ok]
         assert not refused, f"{len(refused)} refused: {refused[0]}"
+        # and again on the one-statement way (no lock wait: a batch over the bound from the start)
+        ds = [a.append(Event("test", "ok", data={"j": i, "big": big})) for i in range(8)]
+        results = await defer.DeferredList(ds, consumeErrors=True)
+        assert all(ok for ok, _ in results), [v for ok, v in results if not ok]
     finally:
         holder.close()
         await a.stop()
-    assert sql(own, "SELECT count(*) FROM hoopy.events") == [(513,)]
+    assert sql(own, "SELECT count(*) FROM hoopy.events") == [(25,)]
+    chain_ok(own)
+    # never a statement past the bound (one row alone may be: it cannot be split)
+    assert max(sizes) <= 1 << 20 and len(sizes) >= 7, sizes
 
 
 # --- what held (kept as guards) ---------------------------------------------------------------------

@@ -22,7 +22,10 @@ The password never goes in ``state``: libpq's PGPASSWORD, ~/.pgpass or a
 from __future__ import annotations
 
 import itertools
+import os
+import socket
 import threading
+import time
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -291,6 +294,15 @@ class PostgresEventStore(BatchedStore):
         self._conn = None
         self._watchers: list = []
         self._contended = False  # the last head read found another node's events after ours
+        # A server that stops answering (its backend stopped, a disk that hangs under COMMIT) is
+        # not seen by keepalives or tcp_user_timeout (the host's TCP stack answers), and its
+        # statement_timeout is its own to enforce: the writer would wait for ever, every operation
+        # with it, and /health stay 200. A batch not done by ``_deadline`` has its connection cut by
+        # the watchdog thread, so it fails and is refused, as any connection lost. (Past every
+        # timeout the server enforces: the lock's, then a few statements'.)
+        self.stuck_after = max(5.0, 6 * busy_timeout)
+        self._deadline: float | None = None
+        self._watchdog: threading.Thread | None = None
 
     def __repr__(self):
         return f"<PostgresEventStore {describe(self.dsn)} gateway={self.gateway}>"
@@ -336,6 +348,8 @@ class PostgresEventStore(BatchedStore):
         self._listener = threading.Thread(target=self._listen, args=(listen,),
                                           name="hoopy-store-listener", daemon=True)
         self._listener.start()
+        self._watchdog = threading.Thread(target=self._watch, name="hoopy-store-watchdog", daemon=True)
+        self._watchdog.start()
         self._start_writer()
         log.info("state store: {where}", where=describe(self.dsn))
 
@@ -358,6 +372,38 @@ class PostgresEventStore(BatchedStore):
             self._listener.join(5)
 
     def _write(self, batch, sign=False):
+        self._deadline = time.monotonic() + self.stuck_after
+        try:
+            self._write_batch(batch, sign)
+        finally:
+            self._deadline = None
+
+    def _watch(self):
+        """(Its own thread) the connection of a batch past its deadline cut: see ``stuck_after``."""
+        while not self._closing.wait(min(1.0, self.stuck_after / 4)):
+            deadline = self._deadline
+            if deadline is None or time.monotonic() < deadline:
+                continue
+            conn = self._conn
+            try:
+                fd = conn.pgconn.socket if conn is not None else -1
+            except Exception:  # (closed meanwhile: the writer is past it)
+                continue
+            if fd < 0:
+                continue
+            log.error("state store: no answer from {where} in {s:.0f} s; its connection is cut and the batch"
+                      " refused", where=describe(self.dsn), s=self.stuck_after)
+            try:
+                s = socket.socket(fileno=os.dup(fd))
+                try:
+                    s.shutdown(socket.SHUT_RDWR)  # (the writer's wait returns, libpq sees the end)
+                finally:
+                    s.close()
+            except OSError:
+                pass
+            self._deadline = time.monotonic() + self.stuck_after  # (a reconnection meanwhile: its own turn)
+
+    def _write_batch(self, batch, sign):
         psycopg = _psycopg()
         try:
             try:
