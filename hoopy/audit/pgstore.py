@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+from typing import Any
 
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -291,7 +292,7 @@ class PostgresEventStore(BatchedStore):
         self.dsn = dsn
         self._listener: threading.Thread | None = None
         self._closing = threading.Event()
-        self._conn = None
+        self._conn: Any = None  # (psycopg.Connection: imported only where the store is used)
         self._watchers: list = []
         self._contended = False  # the last head read found another node's events after ours
         # A server that stops answering (its backend stopped, a disk that hangs under COMMIT) is
