@@ -102,7 +102,7 @@ async def test_a_stop_while_the_store_cannot_write_ends_within_a_timeout_or_two(
     """Another holder keeps the chain lock; thousands of appends wait. The stop refuses them all
     (none is written, none lost silently), but must not try them batch after batch, each waiting
     the lock timeout: with the defaults (5 s, max_pending 50,000, 512 a batch) that is a shutdown
-    of eight minutes."""
+    of eight minutes. (The batch under way, then two more tried: about three timeouts.)"""
     from twisted.internet import reactor
 
     a = PostgresEventStore(pg, "node-a", reactor, busy_timeout=0.3)
@@ -111,7 +111,7 @@ async def test_a_stop_while_the_store_cannot_write_ends_within_a_timeout_or_two(
     try:
         await a.append(Event("test", "ok"))
         holder.execute("SELECT pg_advisory_lock(%s)", (CHAIN_LOCK,))
-        ds = [a.append(Event("test", "ok", data={"i": i})) for i in range(5 * a.max_batch)]
+        ds = [a.append(Event("test", "ok", data={"i": i})) for i in range(10 * a.max_batch)]
         outcome = defer.DeferredList(ds, consumeErrors=True)
         t0 = time.monotonic()
         await a.stop()
@@ -121,4 +121,4 @@ async def test_a_stop_while_the_store_cannot_write_ends_within_a_timeout_or_two(
         holder.close()
     assert all(not ok for ok, _ in results)  # every one refused, none left waiting
     assert sql(pg, "SELECT count(*) FROM hoopy.events") == [(1,)]
-    assert took < 4 * a.busy_timeout, f"the stop took {took:.1f} s"
+    assert took < 5 * a.busy_timeout, f"the stop took {took:.1f} s"
