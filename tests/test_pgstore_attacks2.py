@@ -122,3 +122,57 @@ async def test_a_stop_while_the_store_cannot_write_ends_within_a_timeout_or_two(
     assert all(not ok for ok, _ in results)  # every one refused, none left waiting
     assert sql(pg, "SELECT count(*) FROM hoopy.events") == [(1,)]
     assert took < 5 * a.busy_timeout, f"the stop took {took:.1f} s"
+
+
+class ReplyLostAfterOthersAppend:
+    """The writer's connection: its next statement is committed, then another node appends after
+    it, then the connection is lost before the reply reaches this one."""
+
+    def __init__(self, conn, other):
+        self.conn, self.other = conn, other
+        self.broken = self.closed = False
+
+    def cursor(self):
+        return self
+
+    def execute(self, query, params=None):
+        import threading
+
+        from twisted.internet import reactor
+
+        self.conn.execute(query, params)
+        done = threading.Event()
+        reactor.callFromThread(lambda: self.other().addBoth(lambda _: done.set()))
+        assert done.wait(10)
+        self.broken = True
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    def close(self):
+        self.closed = True
+        self.conn.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_lost_reply_after_which_another_node_appended_is_written_once(pg, tmp_path):
+    """The one-statement way committed; another node's batch follows it before the reply is lost.
+    The same statement sent again writes nothing (the head moved), the batch's last row is found:
+    acknowledged at its seq, never written again after the other node's."""
+    from twisted.internet import reactor
+
+    a = PostgresEventStore(pg, "node-a", reactor)
+    b = PostgresEventStore(pg, "node-b", reactor)
+    a.start()
+    b.start()
+    try:
+        assert (await a.append(Event("test", "ok", data={"i": 0}))).seq == 1
+        a._conn = ReplyLostAfterOthersAppend(a._conn, lambda: b.append(Event("test", "ok", data={"b": 1})))
+        stored = await a.append(Event("test", "ok", data={"i": 1}))
+        assert stored.seq == 2 and a.healthy
+        assert (await a.append(Event("test", "ok", data={"i": 2}))).seq == 4
+    finally:
+        await a.stop()
+        await b.stop()
+    assert [r[0] for r in sql(pg, "SELECT data FROM hoopy.events ORDER BY seq")] == [
+        '{"i":0}', '{"i":1}', '{"b":1}', '{"i":2}']
+    chain(pg)
+    verify(tmp_path, pg, 4)
