@@ -536,16 +536,37 @@ class PostgresEventStore(BatchedStore):
             # under the same lock and COMMIT: where nodes take turns, each turn carries more.
             if self._items and len(batch) < self.max_batch:
                 self._take(batch)
+            before = head
             results, head, decided, signed = write_batch(self.dialect, cur, batch, head, self.gateway,
                                                          self.signer, sign)
             for aid in decided:  # delivered on COMMIT, never before
                 cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, aid))
+        except BaseException:
+            self._rollback(conn)
+            raise
+        try:
             cur.execute("COMMIT")
+        except psycopg.OperationalError as e:
+            # The COMMIT sent and the connection lost before its reply: committed or not is unknown.
+            # The batch's last event there (its hash covers every row the batch wrote) says it was.
+            if not (conn.broken and head != before and self._found(head, e)):
+                self._rollback(conn)
+                raise
         except BaseException:
             self._rollback(conn)
             raise
         self._head = head
         return results, signed
+
+    def _found(self, head, lost) -> bool:
+        """(On a new connection) whether the event (seq, hash) is in the chain."""
+        self._drop()
+        try:
+            cur = self._ready().cursor()
+            cur.execute(f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s", head)
+            return cur.fetchone() is not None
+        except Exception as e:
+            raise lost from e
 
     # --- the listener thread ---------------------------------------------------------
 

@@ -398,6 +398,7 @@ class BatchedStore:
         self._items: collections.deque = collections.deque()
         self._armed = False
         self._head: tuple | None = None  # (seq, hash) of the chain's last event, where a store keeps it
+        self._writes = 0  # (writer thread) batches committed, counted while stopping
 
     @property
     def reactor(self):
@@ -502,7 +503,7 @@ class BatchedStore:
 
     def _run(self):
         q = self._queue
-        while True:
+        while self._stopped is None:  # (stopped: straight to the drain below, whatever tokens still wait)
             timeout = self._idle_timeout()
             lingering = self._armed and (timeout is None or timeout > self.linger)
             if lingering:
@@ -561,10 +562,20 @@ class BatchedStore:
             self._write_guarded(batch, sign)
             if stop_after:
                 break
-        while self._items:  # stopping: everything appended before the stop is written
+        failed = 0
+        while self._items:  # stopping: everything appended before the stop is written (or refused)
             batch = []
             self._take(batch)
+            self._writes = 0
             self._write_guarded(batch, False)
+            failed = 0 if self._writes else failed + 1
+            if failed == 2:
+                # Two batches in a row not written (the chain lock held elsewhere, the server gone):
+                # what is left is refused at once, not tried batch after batch, each waiting a
+                # timeout (50,000 pending at 512 a batch: a stop of minutes).
+                rest = [item[-1] for item in self._items]
+                self._items.clear()
+                self._to_reactor(self._failed, rest, StoreError("the state store is stopping and cannot write"))
         try:
             if self.signer is not None and self._unsigned_since is not None:
                 self._heartbeat("stopping")  # nothing of ours is left unsigned
@@ -604,6 +615,7 @@ class BatchedStore:
     def _committed(self, wrote: int, signed: dict | None):
         """In the writer thread, after COMMIT: keep the signing clock, feed the anchor."""
         self._next_try = 0.0  # the store writes: a heartbeat is due on time again
+        self._writes += 1
         if signed is not None:
             self._last_sig = time.monotonic()
             self._unsigned_since = None
