@@ -208,6 +208,9 @@ _ARRAYS = ", ".join(f"%b::{'bigint' if c in ('seq', 'time_us') else 'text'}[]" f
 _INSERT = f"INSERT INTO {SCHEMA_NAME}.events ({', '.join(EVENT_COLUMNS)})"
 INSERT_EVENTS = f"{_INSERT} SELECT * FROM unnest({_ARRAYS})"
 LOCK = f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"
+# Whether the event (seq, hash) is in the chain: a batch whose reply was lost looks for its last
+# event (its hash covers every row the batch wrote).
+HAS_EVENT = f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s"
 HEAD = f"SELECT seq, hash FROM {SCHEMA_NAME}.events ORDER BY seq DESC LIMIT 1"
 # The same INSERT as a transaction of its own (the connection is in autocommit): it takes the chain
 # lock before it writes a row (the lock is the outer side of the join, the rows the inner), and
@@ -496,7 +499,7 @@ class PostgresEventStore(BatchedStore):
             pass
         except psycopg.Error as e:
             raise e from lost
-        cur.execute(f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s", (last[0], last[13]))
+        cur.execute(HAS_EVENT, (last[0], last[13]))
         return cur.fetchone() is not None  # (where not: another node's rows follow the head: never ours)
 
     @staticmethod
@@ -563,7 +566,7 @@ class PostgresEventStore(BatchedStore):
         self._drop()
         try:
             cur = self._ready().cursor()
-            cur.execute(f"SELECT 1 FROM {SCHEMA_NAME}.events WHERE seq = %s AND hash = %s", head)
+            cur.execute(HAS_EVENT, head)
             return cur.fetchone() is not None
         except Exception as e:
             raise lost from e
